@@ -1,0 +1,374 @@
+//! Launch-time checks: what only the arguments can tell (runtime dims, dtypes, paged tables).
+
+use crate::ir::{DType, Kernel, ParamDim, ParamKind};
+
+/// What a backend knows about one argument before launching.
+#[derive(Clone, Copy, Debug)]
+pub enum ArgDesc<'a> {
+    /// A dense tensor.
+    Tensor {
+        /// Element type of the buffer.
+        dtype: DType,
+        /// Its shape.
+        shape: &'a [usize],
+        /// Whether it was passed for writing.
+        writable: bool,
+    },
+    /// A paged cache.
+    Paged {
+        /// Element type of the page data.
+        dtype: DType,
+        /// Number of pages in `data`.
+        num_pages: usize,
+        /// Tokens per page.
+        page_size: usize,
+        /// Elements per token row.
+        row: usize,
+        /// Sequences.
+        batch: usize,
+        /// Block-table entries per sequence.
+        pages_per_seq: usize,
+        /// Host view of the block table `[batch, pages_per_seq]` when available.
+        block_table: Option<&'a [i32]>,
+        /// Host view of the sequence lengths `[batch]` when available.
+        seq_lens: Option<&'a [i32]>,
+        /// Whether it was passed for writing.
+        writable: bool,
+    },
+    /// An f32 scalar.
+    F32(f32),
+    /// An i32 scalar.
+    I32(i32),
+}
+
+/// Why a launch was refused. Nothing was run.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum LaunchError {
+    /// Wrong number of arguments.
+    #[error("kernel `{kernel}` takes {expected} arguments, got {got}")]
+    ArgCount {
+        /// Kernel name.
+        kernel: String,
+        /// Parameters declared.
+        expected: usize,
+        /// Arguments given.
+        got: usize,
+    },
+    /// An argument of the wrong kind (tensor, paged, scalar) or mutability.
+    #[error("argument `{param}`: expected {expected}, got {got}")]
+    Kind {
+        /// Parameter name.
+        param: String,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// Wrong element type.
+    #[error("argument `{param}`: dtype {got}, expected {expected}")]
+    DType {
+        /// Parameter name.
+        param: String,
+        /// Declared dtype.
+        expected: DType,
+        /// Given dtype.
+        got: DType,
+    },
+    /// Wrong shape.
+    #[error("argument `{param}`: {why}")]
+    Shape {
+        /// Parameter name.
+        param: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Two arguments disagree on a runtime dimension.
+    #[error("dimension `{dim}` is {first} from one argument and {second} from `{param}`")]
+    DimMismatch {
+        /// Dimension name.
+        dim: String,
+        /// First value seen.
+        first: usize,
+        /// Conflicting value.
+        second: usize,
+        /// Where the conflict came from.
+        param: String,
+    },
+    /// A paged cache whose tables are inconsistent.
+    #[error("paged cache `{param}`: {why}")]
+    Paged {
+        /// Parameter name.
+        param: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A runtime dimension no argument determines, or a grid that is empty or too large.
+    #[error("launch of `{kernel}`: {why}")]
+    Grid {
+        /// Kernel name.
+        kernel: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The resolved launch: runtime dimension values and the grid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// Value of each runtime dimension, in [`Kernel::dims`] order.
+    pub dims: Vec<i64>,
+    /// Programs per grid axis.
+    pub grid: [usize; 3],
+}
+
+impl LaunchPlan {
+    /// Total number of programs.
+    pub fn programs(&self) -> usize {
+        self.grid.iter().product()
+    }
+}
+
+/// Checks `args` against `kernel`'s parameters and resolves the runtime dims and grid.
+pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan, LaunchError> {
+    if args.len() != kernel.params.len() {
+        return Err(LaunchError::ArgCount {
+            kernel: kernel.name.clone(),
+            expected: kernel.params.len(),
+            got: args.len(),
+        });
+    }
+    let mut dims: Vec<Option<usize>> = vec![None; kernel.dims.len()];
+    for (p, a) in kernel.params.iter().zip(args) {
+        let kind_err = |got: &str| LaunchError::Kind {
+            param: p.name.clone(),
+            expected: describe(&p.kind),
+            got: got.to_string(),
+        };
+        match (&p.kind, a) {
+            (
+                ParamKind::Tensor {
+                    dtype,
+                    dims: pd,
+                    writable,
+                },
+                ArgDesc::Tensor {
+                    dtype: d,
+                    shape,
+                    writable: w,
+                },
+            ) => {
+                if *writable && !*w {
+                    return Err(kind_err("a read-only tensor"));
+                }
+                if dtype != d {
+                    return Err(LaunchError::DType {
+                        param: p.name.clone(),
+                        expected: *dtype,
+                        got: *d,
+                    });
+                }
+                if pd.len() != shape.len() {
+                    return Err(LaunchError::Shape {
+                        param: p.name.clone(),
+                        why: format!(
+                            "rank {} (shape {shape:?}), expected rank {}",
+                            shape.len(),
+                            pd.len()
+                        ),
+                    });
+                }
+                for (axis, (want, got)) in pd.iter().zip(shape.iter()).enumerate() {
+                    match want {
+                        ParamDim::Const(c) if c != got => {
+                            return Err(LaunchError::Shape {
+                                param: p.name.clone(),
+                                why: format!(
+                                    "axis {axis} is {got}, expected {c} (shape {shape:?})"
+                                ),
+                            });
+                        }
+                        ParamDim::Runtime(r) => match dims[*r] {
+                            None => dims[*r] = Some(*got),
+                            Some(first) if first != *got => {
+                                return Err(LaunchError::DimMismatch {
+                                    dim: kernel.dims[*r].clone(),
+                                    first,
+                                    second: *got,
+                                    param: p.name.clone(),
+                                });
+                            }
+                            _ => {}
+                        },
+                        _ => {}
+                    }
+                }
+            }
+            (
+                ParamKind::Paged {
+                    dtype,
+                    row,
+                    writable,
+                },
+                ArgDesc::Paged {
+                    dtype: d,
+                    num_pages,
+                    page_size,
+                    row: r,
+                    batch,
+                    pages_per_seq,
+                    block_table,
+                    seq_lens,
+                    writable: w,
+                },
+            ) => {
+                if *writable && !*w {
+                    return Err(kind_err("a read-only paged cache"));
+                }
+                if dtype != d {
+                    return Err(LaunchError::DType {
+                        param: p.name.clone(),
+                        expected: *dtype,
+                        got: *d,
+                    });
+                }
+                check_paged(
+                    &p.name,
+                    *row,
+                    *r,
+                    *num_pages,
+                    *page_size,
+                    *batch,
+                    *pages_per_seq,
+                    *block_table,
+                    *seq_lens,
+                )?;
+            }
+            (ParamKind::Scalar { dtype: DType::F32 }, ArgDesc::F32(_))
+            | (ParamKind::Scalar { dtype: DType::I32 }, ArgDesc::I32(_)) => {}
+            (_, other) => return Err(kind_err(&describe_arg(other))),
+        }
+    }
+    let mut values = Vec::with_capacity(dims.len());
+    for (i, d) in dims.iter().enumerate() {
+        match d {
+            Some(v) => values.push(*v as i64),
+            None => {
+                return Err(LaunchError::Grid {
+                    kernel: kernel.name.clone(),
+                    why: format!("no argument determines dimension `{}`", kernel.dims[i]),
+                });
+            }
+        }
+    }
+    let mut grid = [1usize; 3];
+    for (axis, g) in kernel.grid.iter().enumerate() {
+        let v = g.eval_dims(&values).ok_or_else(|| LaunchError::Grid {
+            kernel: kernel.name.clone(),
+            why: "grid is not computable from dims".into(),
+        })?;
+        if !(0..=i32::MAX as i64).contains(&v) {
+            return Err(LaunchError::Grid {
+                kernel: kernel.name.clone(),
+                why: format!("grid axis {axis} = {v}"),
+            });
+        }
+        grid[axis] = v as usize;
+    }
+    Ok(LaunchPlan { dims: values, grid })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_paged(
+    name: &str,
+    want_row: usize,
+    row: usize,
+    num_pages: usize,
+    page_size: usize,
+    batch: usize,
+    pages_per_seq: usize,
+    block_table: Option<&[i32]>,
+    seq_lens: Option<&[i32]>,
+) -> Result<(), LaunchError> {
+    let err = |why: String| LaunchError::Paged {
+        param: name.to_string(),
+        why,
+    };
+    if row != want_row {
+        return Err(err(format!(
+            "rows have {row} elements, the kernel expects {want_row}"
+        )));
+    }
+    if page_size == 0 {
+        return Err(err("page size 0".into()));
+    }
+    if let Some(bt) = block_table {
+        if bt.len() != batch * pages_per_seq {
+            return Err(err(format!(
+                "block table has {} entries, expected {batch} x {pages_per_seq}",
+                bt.len()
+            )));
+        }
+    }
+    if let Some(lens) = seq_lens {
+        if lens.len() != batch {
+            return Err(err(format!(
+                "{} sequence lengths for a batch of {batch}",
+                lens.len()
+            )));
+        }
+        let capacity = pages_per_seq * page_size;
+        for (b, &len) in lens.iter().enumerate() {
+            if len < 0 || len as usize > capacity {
+                return Err(err(format!(
+                    "sequence {b} has length {len}, beyond the block table's {capacity} tokens"
+                )));
+            }
+            if let Some(bt) = block_table {
+                let used = (len as usize).div_ceil(page_size);
+                for (j, &page) in bt[b * pages_per_seq..b * pages_per_seq + used]
+                    .iter()
+                    .enumerate()
+                {
+                    if page < 0 || page as usize >= num_pages {
+                        return Err(err(format!(
+                            "block_table[{b}][{j}] = {page}, but there are {num_pages} pages"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(k: &ParamKind) -> String {
+    match k {
+        ParamKind::Tensor {
+            dtype,
+            dims,
+            writable,
+        } => format!(
+            "a {}tensor of {dtype} with rank {}",
+            if *writable { "writable " } else { "" },
+            dims.len()
+        ),
+        ParamKind::Paged {
+            dtype,
+            row,
+            writable,
+        } => format!(
+            "a {}paged cache of {dtype} rows of {row}",
+            if *writable { "writable " } else { "" }
+        ),
+        ParamKind::Scalar { dtype } => format!("an {dtype} scalar"),
+    }
+}
+
+fn describe_arg(a: &ArgDesc<'_>) -> String {
+    match a {
+        ArgDesc::Tensor { dtype, shape, .. } => format!("a tensor of {dtype} with shape {shape:?}"),
+        ArgDesc::Paged { dtype, .. } => format!("a paged cache of {dtype}"),
+        ArgDesc::F32(_) => "an f32 scalar".into(),
+        ArgDesc::I32(_) => "an i32 scalar".into(),
+    }
+}

@@ -1,0 +1,21 @@
+//! tpla-codegen: the tile IR, its validation, and the backends that lower it.
+//!
+//! - [`ir`]: typed tile operations with concrete tile shapes and symbolic launch-time indices.
+//! - [`builder`]: what the `#[kernel]` macro's output calls to construct a [`ir::Kernel`].
+//! - [`validate`]: structural checks; [`launch`]: checks of launch-time shapes.
+//! - [`cpu`]: Cranelift JIT backend. [`cuda`]: CUDA C++ emitter for NVRTC.
+//!
+//! This crate links no CUDA library.
+
+pub mod builder;
+pub mod config;
+pub mod error;
+pub mod ir;
+pub mod launch;
+pub mod printer;
+pub mod shape;
+pub mod validate;
+
+pub use builder::KernelBuilder;
+pub use config::{Config, KernelDef, TuneParam};
+pub use error::IrError;
