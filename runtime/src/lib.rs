@@ -1,1 +1,14 @@
-//! placeholder
+//! tpla-runtime: executes DSL kernels (CPU JIT, CUDA), holds the paged latent cache, and carries
+//! the f64 reference every backend is checked against.
+
+pub mod error;
+pub mod exec;
+pub mod paged;
+pub mod reference;
+pub mod tensor;
+
+pub use error::RuntimeError;
+pub use exec::{Executor, KernelArg};
+pub use half;
+pub use paged::HostPagedCache;
+pub use tensor::{Element, HostTensor};
