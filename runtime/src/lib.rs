@@ -2,6 +2,7 @@
 //! the f64 reference every backend is checked against.
 
 pub mod error;
+pub mod model;
 pub mod exec;
 pub mod paged;
 pub mod reference;

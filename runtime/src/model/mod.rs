@@ -1,0 +1,27 @@
+//! TPLA reparameterisation and fidelity (issue 3), pure CPU, f64 where the math is checked.
+//!
+//! - [`config`]: presets (deepseek-v3, kimi-k2, deepseek-v2-lite) and the softmax scale.
+//! - [`weights`] / [`tensors`]: one MLA layer, loaded from / stored to safetensors by DeepSeek names.
+//! - [`synthetic`]: seeded layers and hidden states with realistic structure.
+//! - [`hadamard`], [`pca`]: the two orthogonal transforms; [`reparam`]: γ folding, rotation, m_i, μ_i.
+//! - [`layer_ref`]: f64 reference decode of MLA and TPLA; [`shard`]: per-rank weights for g groups
+//!   and k devices; [`pdsep`]: prefill/decode separation.
+//! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`]: `tpla convert`.
+
+pub mod config;
+pub mod error;
+pub mod hadamard;
+pub mod layer_ref;
+pub mod linalg;
+pub mod pca;
+pub mod pdsep;
+pub mod reparam;
+pub mod shard;
+pub mod synthetic;
+pub mod tensors;
+pub mod weights;
+
+pub use config::{MlaConfig, Preset};
+pub use error::{ModelError, Result};
+pub use reparam::{Corrections, MuConvention, Transform};
+pub use weights::MlaLayer;
