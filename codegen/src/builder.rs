@@ -391,3 +391,9 @@ fn positive(what: &str, v: i64) -> Result<usize, IrError> {
     }
     Ok(v as usize)
 }
+
+/// Converts a constant dimension computed from the config into a tile or tensor extent, naming the
+/// expression when it is not positive. Used by macro-generated code.
+pub fn const_dim(what: &str, value: i64) -> Result<usize, IrError> {
+    positive(what, value)
+}

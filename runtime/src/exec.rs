@@ -125,6 +125,9 @@ pub trait Executor {
         config: &Config,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError>;
+    /// A new tensor of `shape` on this executor, filled with `T::default()` (zero) on the CPU
+    /// and left unspecified on a device.
+    fn alloc<T: Element>(&self, shape: &[usize]) -> Result<Self::Tensor<T>, RuntimeError>;
     /// A short name for messages (`cpu`, `cuda:0`).
     fn backend_name(&self) -> String;
 }

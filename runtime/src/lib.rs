@@ -1,6 +1,7 @@
 //! tpla-runtime: executes DSL kernels (CPU JIT, CUDA), holds the paged latent cache, and carries
 //! the f64 reference every backend is checked against.
 
+pub mod cpu_exec;
 pub mod error;
 pub mod model;
 pub mod exec;
@@ -8,6 +9,7 @@ pub mod paged;
 pub mod reference;
 pub mod tensor;
 
+pub use cpu_exec::CpuExecutor;
 pub use error::RuntimeError;
 pub use exec::{Executor, KernelArg};
 pub use half;

@@ -1,0 +1,53 @@
+//! Split-KV latent decode: MQA with one kv head over a paged latent cache.
+//!
+//! One kernel serves MLA (`LAT = 512`) and every TPLA shard (`LAT = 512 / g`): the latent width is
+//! a shape constant. Each program handles `BLOCK_H` heads of one sequence over one split of its
+//! tokens, runs an online softmax written from primitives, and writes an unnormalised-free partial
+//! output plus the split's log-sum-exp (natural log) for [`crate::combine_splits`].
+
+use tpla_macros::kernel;
+
+/// Partial attention of one split: `out[split, b, h, :] = softmax(scale · q·kᵀ) · V` over the
+/// split's tokens (V = the first `LAT` columns of each cache row) and `lse[split, b, h]`.
+///
+/// Scores use `exp2` with `scale · log2(e)` folded in. An empty split writes zeros and an lse of
+/// about -6.9e29, which the combine weighs as zero.
+#[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE))]
+pub fn latent_decode<
+    #[tune(16, 32, 64)] const BLOCK_H: usize,
+    #[tune(32, 16, 64)] const BLOCK_N: usize,
+    #[tune(2, 1, 3)] const STAGES: usize,
+>(
+    q: Tensor<f32, dims![batch, heads, LAT + ROPE]>,
+    cache: Paged<bf16, dims![LAT + ROPE]>,
+    out: TensorMut<f32, dims![splits, batch, heads, LAT]>,
+    lse: TensorMut<f32, dims![splits, batch, heads]>,
+    scale: f32,
+) {
+    let b = program_id(0);
+    let h0 = program_id(1) * BLOCK_H;
+    let split = program_id(2);
+    let qt = load(q.tile([b, h0..h0 + BLOCK_H, ..]));
+    let mut acc = zeros::<f32>([BLOCK_H, LAT]);
+    let mut m = full::<f32>([BLOCK_H], -1.0e30);
+    let mut l = zeros::<f32>([BLOCK_H]);
+    for kv in cache.blocks::<BLOCK_N>(b, split, splits).pipelined(STAGES) {
+        let s = gemm(qt, kv.t()) * (scale * LOG2_E);
+        let s = select(kv.valid().unsqueeze(0), s, -1.0e30);
+        let m_new = max(m, reduce_max(s, 1));
+        let p = exp2(s - m_new.unsqueeze(1));
+        let alpha = exp2(m - m_new);
+        l = l * alpha + reduce_sum(p, 1);
+        acc = acc * alpha.unsqueeze(1) + gemm(p, kv.cols(0..LAT));
+        m = m_new;
+    }
+    let l_safe = max(l, 1.0e-30);
+    store(
+        out.tile([split, b, h0..h0 + BLOCK_H, ..]),
+        acc / l_safe.unsqueeze(1),
+    );
+    store(
+        lse.tile([split, b, h0..h0 + BLOCK_H]),
+        (m + log2(l_safe)) * LN_2,
+    );
+}

@@ -1,0 +1,89 @@
+//! Multi-kernel operations built from the DSL kernels, generic over the executor.
+
+use tpla_codegen::Config;
+use tpla_runtime::{Executor, RuntimeError};
+
+use crate::{combine_splits, latent_decode};
+
+/// Shapes and tuning of one decode attention call.
+#[derive(Clone, Debug)]
+pub struct DecodeParams {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Latent width of the cache rows (512 for MLA, 512/g for a TPLA shard).
+    pub lat: usize,
+    /// RoPE width (64 for DeepSeek).
+    pub rope: usize,
+    /// KV splits per sequence.
+    pub splits: usize,
+    /// Softmax scale (take the model's).
+    pub scale: f32,
+    /// Config of `latent_decode` (tune values; `LAT` and `ROPE` are filled in).
+    pub decode: Config,
+    /// Config of `combine_splits` (tune values; `LAT` is filled in).
+    pub combine: Config,
+}
+
+impl DecodeParams {
+    /// Default tune values for the given shapes.
+    pub fn new(
+        batch: usize,
+        heads: usize,
+        lat: usize,
+        rope: usize,
+        splits: usize,
+        scale: f32,
+    ) -> Self {
+        use tpla_codegen::KernelDef;
+        DecodeParams {
+            batch,
+            heads,
+            lat,
+            rope,
+            splits,
+            scale,
+            decode: latent_decode.default_config(&[("LAT", lat as i64), ("ROPE", rope as i64)]),
+            combine: combine_splits.default_config(&[("LAT", lat as i64)]),
+        }
+    }
+    fn decode_config(&self) -> Config {
+        self.decode
+            .clone()
+            .with("LAT", self.lat as i64)
+            .with("ROPE", self.rope as i64)
+    }
+    fn combine_config(&self) -> Config {
+        self.combine.clone().with("LAT", self.lat as i64)
+    }
+}
+
+/// Latent decode attention: split-KV partials, then the log-sum-exp combine, into `out`
+/// (`[batch, heads, lat]`) and `lse` (`[batch, heads]`, natural log).
+pub fn decode_attention<X: Executor>(
+    exec: &X,
+    p: &DecodeParams,
+    q: &X::Tensor<f32>,
+    cache: &X::Paged<tpla_runtime::half::bf16>,
+    out: &mut X::Tensor<f32>,
+    lse: &mut X::Tensor<f32>,
+) -> Result<(), RuntimeError> {
+    if p.splits == 0 {
+        return Err(RuntimeError::InvalidInput(
+            "splits must be at least 1".into(),
+        ));
+    }
+    let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.heads, p.lat])?;
+    let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.heads])?;
+    latent_decode::launch(
+        exec,
+        &p.decode_config(),
+        q,
+        cache,
+        &mut part,
+        &mut part_lse,
+        p.scale,
+    )?;
+    combine_splits::launch(exec, &p.combine_config(), &part, &part_lse, out, lse)
+}
