@@ -9,6 +9,7 @@
 
 pub mod builder;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod ir;
 pub mod launch;

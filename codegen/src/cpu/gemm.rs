@@ -1,0 +1,322 @@
+//! `dst = a @ b` on tiles in scratch, accumulating in f32.
+//!
+//! Three register-blocked kernels, chosen from the operand strides:
+//! - **NT** (`a` and `b` both contiguous along K, e.g. `gemm(q, kv.t())`): every output is a dot
+//!   product; a 2x4 block of outputs keeps eight F32X4 accumulators in registers across the K
+//!   loop and reduces them horizontally at the end.
+//! - **NN** (`b` contiguous along N, `a` any strides, e.g. `gemm(p, kv.cols(..))`): a 4x8 output
+//!   block keeps eight F32X4 accumulators; each K step broadcasts four `a` scalars against two
+//!   `b` vectors.
+//! - a scalar triple loop for any other strides and for the edges.
+//!
+//! A destination that shares storage with an operand is computed in a temporary and copied.
+
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::Variable;
+
+use super::elementwise::Src;
+use super::lower::{mem, Lower};
+use crate::error::IrError;
+use crate::ir::TileId;
+
+/// Operand geometry: address of element `[0, 0]` and strides in elements.
+#[derive(Clone, Copy)]
+struct Op {
+    base: Value,
+    s0: usize,
+    s1: usize,
+}
+
+/// Blocking of the NT kernel (rows x columns of outputs).
+const NT_MR: usize = 2;
+const NT_NR: usize = 4;
+/// Blocking of the NN kernel (rows x F32X4 vectors of outputs).
+const NN_MR: usize = 4;
+const NN_NV: usize = 2;
+
+impl Lower<'_, '_> {
+    pub(super) fn gemm(&mut self, dst: TileId, a: TileId, b: TileId) -> Result<(), IrError> {
+        let al = self.layout(a);
+        let bl = self.layout(b);
+        let dl = self.layout(dst);
+        let (m, k, n) = (al.shape[0], al.shape[1], bl.shape[1]);
+        let st = |shape: &[usize], strides: &[usize], i: usize| {
+            if shape[i] == 1 {
+                0
+            } else {
+                strides[i]
+            }
+        };
+        let abase = self.scratch_at(al.offset);
+        let bbase = self.scratch_at(bl.offset);
+        let ao = Op {
+            base: abase,
+            s0: st(&al.shape, &al.strides, 0),
+            s1: st(&al.shape, &al.strides, 1),
+        };
+        let bo = Op {
+            base: bbase,
+            s0: st(&bl.shape, &bl.strides, 0),
+            s1: st(&bl.shape, &bl.strides, 1),
+        };
+        let alias = dl.root == al.root || dl.root == bl.root;
+        let out_off = if alias {
+            self.lay.gemm_temp.expect("temp planned for aliasing gemm")
+        } else {
+            dl.offset
+        };
+        let out = self.scratch_at(out_off);
+        if ao.s1 <= 1 && bo.s0 <= 1 && k >= 4 {
+            self.gemm_nt(ao, bo, out, m, n, k);
+        } else if bo.s1 <= 1 && n >= 4 {
+            self.gemm_nn(ao, bo, out, m, n, k);
+        } else {
+            self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n));
+        }
+        if alias {
+            let d = self.dst(dst);
+            let src = Src::Tile {
+                base: out,
+                strides: [if m == 1 { 0 } else { n }, if n == 1 { 0 } else { 1 }],
+                ty: types::F32,
+            };
+            self.elementwise(d, &[src], true, &mut |_, v, _| v[0]);
+        }
+        Ok(())
+    }
+
+    /// `acc + x * y` (fused when the target has FMA).
+    fn madd(&mut self, x: Value, y: Value, acc: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(x, y, acc)
+        } else {
+            let p = self.b.ins().fmul(x, y);
+            self.b.ins().fadd(acc, p)
+        }
+    }
+
+    /// Plain triple loop over rows `mr` and columns `nr` of the output (dense, row length `n`).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_scalar(
+        &mut self,
+        a: Op,
+        b: Op,
+        out: Value,
+        n: usize,
+        k: usize,
+        mr: (usize, usize),
+        nr: (usize, usize),
+    ) {
+        self.for_const(mr.0 as i64, mr.1 as i64, 1, |l, i| {
+            let ao = l.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+            let arow = l.b.ins().iadd(a.base, ao);
+            let oo = l.b.ins().imul_imm_s(i, (n * 4) as i64);
+            let orow = l.b.ins().iadd(out, oo);
+            l.for_const(nr.0 as i64, nr.1 as i64, 1, |l, j| {
+                let bo = l.b.ins().imul_imm_s(j, (b.s1 * 4) as i64);
+                let bcol = l.b.ins().iadd(b.base, bo);
+                let var: Variable = l.b.declare_var(types::F32);
+                let z = l.f32c(0.0, false);
+                l.b.def_var(var, z);
+                l.for_const(0, k as i64, 1, |l, kk| {
+                    let o = l.b.ins().imul_imm_s(kk, (a.s1 * 4) as i64);
+                    let pa = l.b.ins().iadd(arow, o);
+                    let x = l.b.ins().load(types::F32, mem(), pa, 0);
+                    let o = l.b.ins().imul_imm_s(kk, (b.s0 * 4) as i64);
+                    let pb = l.b.ins().iadd(bcol, o);
+                    let y = l.b.ins().load(types::F32, mem(), pb, 0);
+                    let acc = l.b.use_var(var);
+                    let acc = l.madd(x, y, acc);
+                    l.b.def_var(var, acc);
+                });
+                let acc = l.b.use_var(var);
+                let o = l.b.ins().imul_imm_s(j, 4);
+                let pd = l.b.ins().iadd(orow, o);
+                l.b.ins().store(mem(), acc, pd, 0);
+            });
+        });
+    }
+
+    /// Dot-product kernel: `a` rows and `b` columns contiguous along K.
+    fn gemm_nt(&mut self, a: Op, b: Op, out: Value, m: usize, n: usize, k: usize) {
+        let m_main = m / NT_MR * NT_MR;
+        let n_main = n / NT_NR * NT_NR;
+        let blocks = [
+            (0, m_main, NT_MR, 0, n_main, NT_NR),
+            (0, m_main, NT_MR, n_main, n, 1),
+            (m_main, m, 1, 0, n_main, NT_NR),
+            (m_main, m, 1, n_main, n, 1),
+        ];
+        for (m0, m1, mr, n0, n1, nr) in blocks {
+            if m0 >= m1 || n0 >= n1 {
+                continue;
+            }
+            self.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
+                l.for_const(n0 as i64, n1 as i64, nr as i64, |l, j| {
+                    l.nt_block(a, b, out, n, k, i, j, mr, nr);
+                });
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nt_block(
+        &mut self,
+        a: Op,
+        b: Op,
+        out: Value,
+        n: usize,
+        k: usize,
+        i: Value,
+        j: Value,
+        mr: usize,
+        nr: usize,
+    ) {
+        let ao = self.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+        let pa0 = self.b.ins().iadd(a.base, ao);
+        let bo = self.b.ins().imul_imm_s(j, (b.s1 * 4) as i64);
+        let pb0 = self.b.ins().iadd(b.base, bo);
+        let k4 = k / 4 * 4;
+        let zero = self.f32c(0.0, true);
+        let vars: Vec<Variable> = (0..mr * nr)
+            .map(|_| {
+                let v = self.b.declare_var(types::F32X4);
+                self.b.def_var(v, zero);
+                v
+            })
+            .collect();
+        self.for_const(0, k4 as i64, 4, |l, kk| {
+            let ko = l.b.ins().imul_imm_s(kk, 4);
+            let pa = l.b.ins().iadd(pa0, ko);
+            let pb = l.b.ins().iadd(pb0, ko);
+            let bv: Vec<Value> = (0..nr)
+                .map(|c| {
+                    l.b.ins()
+                        .load(types::F32X4, mem(), pb, (c * b.s1 * 4) as i32)
+                })
+                .collect();
+            for r in 0..mr {
+                let av =
+                    l.b.ins()
+                        .load(types::F32X4, mem(), pa, (r * a.s0 * 4) as i32);
+                for (c, &bvc) in bv.iter().enumerate() {
+                    let acc = l.b.use_var(vars[r * nr + c]);
+                    let acc = l.madd(av, bvc, acc);
+                    l.b.def_var(vars[r * nr + c], acc);
+                }
+            }
+        });
+        let oo = self.b.ins().imul_imm_s(i, (n * 4) as i64);
+        let orow = self.b.ins().iadd(out, oo);
+        let jo = self.b.ins().imul_imm_s(j, 4);
+        let o = self.b.ins().iadd(orow, jo);
+        for r in 0..mr {
+            for c in 0..nr {
+                let v = self.b.use_var(vars[r * nr + c]);
+                let l0 = self.b.ins().extractlane(v, 0);
+                let l1 = self.b.ins().extractlane(v, 1);
+                let l2 = self.b.ins().extractlane(v, 2);
+                let l3 = self.b.ins().extractlane(v, 3);
+                let p = self.b.ins().fadd(l0, l1);
+                let q = self.b.ins().fadd(l2, l3);
+                let mut s = self.b.ins().fadd(p, q);
+                for kk in k4..k {
+                    let x = self
+                        .b
+                        .ins()
+                        .load(types::F32, mem(), pa0, ((r * a.s0 + kk) * 4) as i32);
+                    let y = self
+                        .b
+                        .ins()
+                        .load(types::F32, mem(), pb0, ((c * b.s1 + kk) * 4) as i32);
+                    s = self.madd(x, y, s);
+                }
+                self.b.ins().store(mem(), s, o, ((r * n + c) * 4) as i32);
+            }
+        }
+    }
+
+    /// Broadcast kernel: `b` rows contiguous along N.
+    fn gemm_nn(&mut self, a: Op, b: Op, out: Value, m: usize, n: usize, k: usize) {
+        let m_main = m / NN_MR * NN_MR;
+        let w = NN_NV * 4;
+        let n_main = n / w * w;
+        let n_vec = n / 4 * 4;
+        let blocks = [
+            (0, m_main, NN_MR, 0, n_main, NN_NV),
+            (0, m_main, NN_MR, n_main, n_vec, 1),
+            (m_main, m, 1, 0, n_main, NN_NV),
+            (m_main, m, 1, n_main, n_vec, 1),
+        ];
+        for (m0, m1, mr, n0, n1, nv) in blocks {
+            if m0 >= m1 || n0 >= n1 {
+                continue;
+            }
+            self.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
+                l.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
+                    l.nn_block(a, b, out, n, k, i, j, mr, nv);
+                });
+            });
+        }
+        if n_vec < n {
+            self.gemm_scalar(a, b, out, n, k, (0, m), (n_vec, n));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nn_block(
+        &mut self,
+        a: Op,
+        b: Op,
+        out: Value,
+        n: usize,
+        k: usize,
+        i: Value,
+        j: Value,
+        mr: usize,
+        nv: usize,
+    ) {
+        let ao = self.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+        let pa0 = self.b.ins().iadd(a.base, ao);
+        let bo = self.b.ins().imul_imm_s(j, 4);
+        let pb0 = self.b.ins().iadd(b.base, bo);
+        let zero = self.f32c(0.0, true);
+        let vars: Vec<Variable> = (0..mr * nv)
+            .map(|_| {
+                let v = self.b.declare_var(types::F32X4);
+                self.b.def_var(v, zero);
+                v
+            })
+            .collect();
+        self.for_const(0, k as i64, 1, |l, kk| {
+            let ko = l.b.ins().imul_imm_s(kk, (a.s1 * 4) as i64);
+            let pa = l.b.ins().iadd(pa0, ko);
+            let ko = l.b.ins().imul_imm_s(kk, (b.s0 * 4) as i64);
+            let pb = l.b.ins().iadd(pb0, ko);
+            let bv: Vec<Value> = (0..nv)
+                .map(|c| l.b.ins().load(types::F32X4, mem(), pb, (c * 16) as i32))
+                .collect();
+            for r in 0..mr {
+                let x = l.b.ins().load(types::F32, mem(), pa, (r * a.s0 * 4) as i32);
+                let av = l.b.ins().splat(types::F32X4, x);
+                for (c, &bvc) in bv.iter().enumerate() {
+                    let acc = l.b.use_var(vars[r * nv + c]);
+                    let acc = l.madd(av, bvc, acc);
+                    l.b.def_var(vars[r * nv + c], acc);
+                }
+            }
+        });
+        let oo = self.b.ins().imul_imm_s(i, (n * 4) as i64);
+        let orow = self.b.ins().iadd(out, oo);
+        let jo = self.b.ins().imul_imm_s(j, 4);
+        let o = self.b.ins().iadd(orow, jo);
+        for r in 0..mr {
+            for c in 0..nv {
+                let v = self.b.use_var(vars[r * nv + c]);
+                self.b
+                    .ins()
+                    .store(mem(), v, o, ((r * n + c * 4) * 4) as i32);
+            }
+        }
+    }
+}

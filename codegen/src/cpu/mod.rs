@@ -1,0 +1,212 @@
+//! CPU backend: lowers the tile IR to Cranelift IR and JIT-compiles it to native code.
+//!
+//! One compiled function runs one program (grid cell); [`CpuKernel::run_program`] calls it.
+//! Its arguments follow [`abi`]; tile variables live in a caller-provided scratch buffer laid out
+//! by [`layout`] (f32 for float tiles, i32 for `I32` tiles, i32 0/1 for `Bool` tiles; views alias
+//! their source with strides).
+//!
+//! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
+//! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
+//! time) and stores (bf16 narrowed eight at a time), and gemm (see [`gemm`]). Everything else
+//! takes a scalar path that handles arbitrary strides. `exp2` and `log2` call the host's
+//! `f32::exp2` / `f32::log2`.
+
+pub mod abi;
+mod elementwise;
+mod gemm;
+pub mod layout;
+mod loops;
+mod lower;
+mod math;
+mod memory;
+
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use crate::error::IrError;
+use crate::ir::Kernel;
+use layout::Layouts;
+use lower::{backend_err, HostFns, Lower};
+
+/// Signature of the generated function (see [`abi`]).
+type ProgramFn = unsafe extern "C" fn(*const u64, *const i64, i64, i64, i64, *mut u8);
+
+/// A kernel compiled to native code for this machine.
+pub struct CpuKernel {
+    /// Owns the executable memory; `None` only while dropping.
+    module: Option<JITModule>,
+    func: ProgramFn,
+    scratch_bytes: usize,
+    clif: String,
+    slots: usize,
+    dims: usize,
+}
+
+// SAFETY: after `finalize_definitions` the JIT module's code and data are immutable; the only
+// thing shared between threads is the function pointer, which runs on caller-provided memory and
+// keeps no state of its own. The module itself is only touched again in `Drop`, which has
+// exclusive access.
+unsafe impl Send for CpuKernel {}
+// SAFETY: see `Send`: `&CpuKernel` only exposes immutable data and a reentrant function.
+unsafe impl Sync for CpuKernel {}
+
+impl Drop for CpuKernel {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: no reference to the generated code outlives `self`: `func` is private and
+            // `run_program` borrows `self`.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+impl std::fmt::Debug for CpuKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuKernel")
+            .field("scratch_bytes", &self.scratch_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CpuKernel {
+    /// Lowers and compiles one kernel (already validated by the builder).
+    pub fn compile(kernel: &Kernel) -> Result<CpuKernel, IrError> {
+        let err = |m: String| backend_err(kernel, m);
+        let mut flags = settings::builder();
+        flags
+            .set("opt_level", "speed")
+            .map_err(|e| err(e.to_string()))?;
+        flags
+            .set("is_pic", "false")
+            .map_err(|e| err(e.to_string()))?;
+        flags
+            .set("use_colocated_libcalls", "false")
+            .map_err(|e| err(e.to_string()))?;
+        let isa_builder = cranelift_native::builder().map_err(|e| err(e.to_string()))?;
+        // cranelift-native enables `has_fma` exactly when the host reports it.
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = true;
+        let isa = isa_builder
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| err(e.to_string()))?;
+        let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        jb.symbol(math::EXP2_SYMBOL, math::host_exp2 as *const u8);
+        jb.symbol(math::LOG2_SYMBOL, math::host_log2 as *const u8);
+        let mut module = JITModule::new(jb);
+
+        let lay = Layouts::plan(kernel)?;
+        let mut ctx: Context = module.make_context();
+        let mut sig = module.make_signature();
+        for _ in 0..6 {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        let mut unary = module.make_signature();
+        unary.params.push(AbiParam::new(types::F32));
+        unary.returns.push(AbiParam::new(types::F32));
+        let name = format!("tpla_{}", kernel.name);
+        let fid = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(|e| err(e.to_string()))?;
+        let exp2 = module
+            .declare_function(math::EXP2_SYMBOL, Linkage::Import, &unary)
+            .map_err(|e| err(e.to_string()))?;
+        let log2 = module
+            .declare_function(math::LOG2_SYMBOL, Linkage::Import, &unary)
+            .map_err(|e| err(e.to_string()))?;
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        let mut fctx = FunctionBuilderContext::new();
+        let tcfg = module.target_config();
+        {
+            let host = HostFns {
+                exp2: module.declare_func_in_func(exp2, &mut ctx.func),
+                log2: module.declare_func_in_func(log2, &mut ctx.func),
+            };
+            let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let lower = Lower::new(kernel, b, &lay, host, fma);
+            lower.finish(tcfg)?;
+        }
+        let clif = ctx.func.display().to_string();
+        module
+            .define_function(fid, &mut ctx)
+            .map_err(|e| err(format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        module
+            .finalize_definitions()
+            .map_err(|e| err(e.to_string()))?;
+        let code = module.get_finalized_function(fid);
+        // SAFETY: `code` is the finalized function defined with exactly `ProgramFn`'s signature
+        // (six i64 parameters, no returns, the platform's C calling convention).
+        let func = unsafe { std::mem::transmute::<*const u8, ProgramFn>(code) };
+        Ok(CpuKernel {
+            module: Some(module),
+            func,
+            scratch_bytes: lay.scratch_bytes,
+            clif,
+            slots: abi::total_slots(kernel),
+            dims: kernel.dims.len(),
+        })
+    }
+
+    /// Bytes of per-thread scratch one program needs (tile storage), 64-byte aligned size.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_bytes
+    }
+
+    /// Textual Cranelift IR of the compiled function (for `TPLA_DUMP=clif`).
+    pub fn clif(&self) -> &str {
+        &self.clif
+    }
+
+    /// Runs one program (grid cell).
+    ///
+    /// # Safety
+    /// `args` follows [`abi`] for this kernel's params, every pointer is valid for the shapes it
+    /// describes (checked by `launch::check_launch`, including block-table entries for pages
+    /// covering seq_lens), writable params are not aliased by other params, `scratch` has at
+    /// least `scratch_bytes()` bytes and is 16-byte aligned.
+    pub unsafe fn run_program(
+        &self,
+        args: &[u64],
+        dims: &[i64],
+        pid: [i64; 3],
+        scratch: &mut [u8],
+    ) {
+        assert!(
+            args.len() >= self.slots,
+            "cpu kernel: {} argument slots, need {}",
+            args.len(),
+            self.slots
+        );
+        assert!(
+            dims.len() >= self.dims,
+            "cpu kernel: {} dims, need {}",
+            dims.len(),
+            self.dims
+        );
+        assert!(
+            scratch.len() >= self.scratch_bytes,
+            "cpu kernel: scratch of {} bytes, need {}",
+            scratch.len(),
+            self.scratch_bytes
+        );
+        // SAFETY: the caller guarantees the argument contract above; the slices outlive the call
+        // and the generated code touches scratch only inside `scratch_bytes`.
+        unsafe {
+            (self.func)(
+                args.as_ptr(),
+                dims.as_ptr(),
+                pid[0],
+                pid[1],
+                pid[2],
+                scratch.as_mut_ptr(),
+            )
+        }
+    }
+}
