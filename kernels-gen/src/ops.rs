@@ -48,6 +48,19 @@ impl DecodeParams {
             combine: combine_splits.default_config(&[("LAT", lat as i64)]),
         }
     }
+    /// Checks the shapes: every size positive, the scale finite.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        for (what, v) in [("batch", self.batch), ("heads", self.heads), ("latent width", self.lat), ("rope width", self.rope), ("splits", self.splits)] {
+            if v == 0 {
+                return Err(RuntimeError::InvalidInput(format!("{what} must be at least 1")));
+            }
+        }
+        if !self.scale.is_finite() || self.scale == 0.0 {
+            return Err(RuntimeError::InvalidInput(format!("softmax scale {} must be finite and non-zero", self.scale)));
+        }
+        Ok(())
+    }
+
     fn decode_config(&self) -> Config {
         self.decode
             .clone()
@@ -86,4 +99,13 @@ pub fn decode_attention<X: Executor>(
         p.scale,
     )?;
     combine_splits::launch(exec, &p.combine_config(), &part, &part_lse, out, lse)
+}
+
+/// Latent width of one TPLA shard: `lat / groups`, or a typed error when `groups` is zero or does
+/// not divide `lat`.
+pub fn shard_width(lat: usize, groups: usize) -> Result<usize, RuntimeError> {
+    if groups == 0 || lat % groups != 0 {
+        return Err(RuntimeError::InvalidInput(format!("TP latent groups g = {groups} must divide the latent width {lat}")));
+    }
+    Ok(lat / groups)
 }
