@@ -82,11 +82,7 @@ pub fn decode_attention<X: Executor>(
     out: &mut X::Tensor<f32>,
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
-    if p.splits == 0 {
-        return Err(RuntimeError::InvalidInput(
-            "splits must be at least 1".into(),
-        ));
-    }
+    p.validate()?;
     let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.heads, p.lat])?;
     let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.heads])?;
     latent_decode::launch(
