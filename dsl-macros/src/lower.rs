@@ -85,8 +85,9 @@ enum Lowered {
 
 type R<T> = syn::Result<T>;
 
-fn err<T>(span: impl Spanned, msg: impl std::fmt::Display) -> R<T> {
-    Err(syn::Error::new(span.span(), msg))
+/// An error spanning all of `tokens` (start to end, also on stable Rust).
+fn err<T>(tokens: impl quote::ToTokens, msg: impl std::fmt::Display) -> R<T> {
+    Err(syn::Error::new_spanned(tokens, msg))
 }
 
 /// Expansion-time state.
@@ -327,12 +328,14 @@ impl Ctx {
                         shape,
                         typed: true,
                     },
-                    Lowered::V(_) => return err(
-                        &a.right,
-                        format!(
+                    Lowered::V(_) => {
+                        return err(
+                            &a.right,
+                            format!(
                             "`{id}` is a tile; assign a tile (use full(..) to broadcast a scalar)"
                         ),
-                    ),
+                        )
+                    }
                 };
                 if op.shape != shape {
                     return err(
@@ -717,7 +720,7 @@ impl Ctx {
             if !any_tile {
                 return err(b, "comparisons produce masks: one side must be a tile");
             }
-            let (oa, ob, _dt, shape) = self.elementwise(b.span(), &l, &r, "comparison")?;
+            let (oa, ob, _dt, shape) = self.elementwise(b, &l, &r, "comparison")?;
             return Ok(Lowered::Op(OpV {
                 code: quote!(#irp::TileOp::Compare(#irp::CmpOp::#c, #oa, #ob)),
                 dt: Dt::Bool,
@@ -729,7 +732,7 @@ impl Ctx {
             return err(b.op, "unsupported operator in a kernel");
         };
         if any_tile {
-            let (oa, ob, dt, shape) = self.elementwise(b.span(), &l, &r, sym_op)?;
+            let (oa, ob, dt, shape) = self.elementwise(b, &l, &r, sym_op)?;
             if dt == Dt::Bool {
                 return err(b, format!("`{sym_op}` on a bool mask"));
             }
@@ -765,7 +768,7 @@ impl Ctx {
     /// Type-checks an elementwise pair; returns both operands' code, the dtype and the shape.
     fn elementwise(
         &self,
-        at: proc_macro2::Span,
+        at: &dyn quote::ToTokens,
         l: &Val,
         r: &Val,
         what: &str,
@@ -780,10 +783,10 @@ impl Ctx {
                 },
             ) => {
                 if da != db {
-                    return Err(syn::Error::new(at, format!("dtype mismatch in `{what}`: {} tile vs {} tile; convert one with .cast::<{}>()", da.name(), db.name(), da.name())));
+                    return Err(syn::Error::new_spanned(at, format!("dtype mismatch in `{what}`: {} tile vs {} tile; convert one with .cast::<{}>()", da.name(), db.name(), da.name())));
                 }
                 let shape = broadcast(sa, sb).ok_or_else(|| {
-                    syn::Error::new(at, format!("shape mismatch in `{what}`: {} vs {} do not broadcast; use .unsqueeze(axis)", shape_str(sa), shape_str(sb)))
+                    syn::Error::new_spanned(at, format!("shape mismatch in `{what}`: {} vs {} do not broadcast; use .unsqueeze(axis)", shape_str(sa), shape_str(sb)))
                 })?;
                 Ok((operand(l, *da), operand(r, *db), *da, shape))
             }
@@ -793,7 +796,7 @@ impl Ctx {
                     Dt::F32 | Dt::Bf16 => {}
                     Dt::I32 if !scalar_is_float => {}
                     _ => {
-                        return Err(syn::Error::new(
+                        return Err(syn::Error::new_spanned(
                             at,
                             format!(
                                 "dtype mismatch in `{what}`: {} tile with a {} scalar",
@@ -805,7 +808,7 @@ impl Ctx {
                 }
                 Ok((operand(l, *dt), operand(r, *dt), *dt, shape.clone()))
             }
-            _ => Err(syn::Error::new(at, "expected a tile operand")),
+            _ => Err(syn::Error::new_spanned(at, "expected a tile operand")),
         }
     }
 
@@ -894,7 +897,7 @@ impl Ctx {
                     })),
                     _ if name == "cdiv" => err(c, "cdiv works on integer indices"),
                     (Val::Tile { .. }, _) | (_, Val::Tile { .. }) => {
-                        let (oa, ob, dt, shape) = self.elementwise(c.span(), &l, &r, &name)?;
+                        let (oa, ob, dt, shape) = self.elementwise(c, &l, &r, &name)?;
                         op(
                             quote!(#irp::TileOp::Binary(#irp::BinaryOp::#ir_op, #oa, #ob)),
                             dt,
@@ -1081,7 +1084,7 @@ impl Ctx {
                     );
                 }
                 let (a, b) = (self.val(args[1])?, self.val(args[2])?);
-                let (oa, ob, dt, shape) = self.elementwise(c.span(), &a, &b, "select")?;
+                let (oa, ob, dt, shape) = self.elementwise(c, &a, &b, "select")?;
                 let shape = broadcast(&sm, &shape).ok_or_else(|| {
                     syn::Error::new(
                         c.span(),
@@ -1339,6 +1342,7 @@ impl Ctx {
                                 Expr::Binary(b) if matches!(b.op, BinOp::Add(_)) && same_tokens(&b.left, s) => self.sym(&b.right)?,
                                 _ => match (self.sym(s), self.sym(end)) {
                                     (Ok(a), Ok(z)) => z.sub(&a),
+                                    (_, Err(e)) if e.to_string().starts_with("unknown") => return Err(e),
                                     _ => return err(end, "tile size is not a constant: write the span as `start..start + N` with a constant N"),
                                 },
                             };

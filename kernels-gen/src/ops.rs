@@ -50,13 +50,24 @@ impl DecodeParams {
     }
     /// Checks the shapes: every size positive, the scale finite.
     pub fn validate(&self) -> Result<(), RuntimeError> {
-        for (what, v) in [("batch", self.batch), ("heads", self.heads), ("latent width", self.lat), ("rope width", self.rope), ("splits", self.splits)] {
+        for (what, v) in [
+            ("batch", self.batch),
+            ("heads", self.heads),
+            ("latent width", self.lat),
+            ("rope width", self.rope),
+            ("splits", self.splits),
+        ] {
             if v == 0 {
-                return Err(RuntimeError::InvalidInput(format!("{what} must be at least 1")));
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{what} must be at least 1"
+                )));
             }
         }
         if !self.scale.is_finite() || self.scale == 0.0 {
-            return Err(RuntimeError::InvalidInput(format!("softmax scale {} must be finite and non-zero", self.scale)));
+            return Err(RuntimeError::InvalidInput(format!(
+                "softmax scale {} must be finite and non-zero",
+                self.scale
+            )));
         }
         Ok(())
     }
@@ -101,7 +112,9 @@ pub fn decode_attention<X: Executor>(
 /// not divide `lat`.
 pub fn shard_width(lat: usize, groups: usize) -> Result<usize, RuntimeError> {
     if groups == 0 || lat % groups != 0 {
-        return Err(RuntimeError::InvalidInput(format!("TP latent groups g = {groups} must divide the latent width {lat}")));
+        return Err(RuntimeError::InvalidInput(format!(
+            "TP latent groups g = {groups} must divide the latent width {lat}"
+        )));
     }
     Ok(lat / groups)
 }

@@ -15,13 +15,20 @@ fn check(page_size: usize, block_t: i64, new_tokens: usize, old_lens: &[usize], 
     let mut table = cache.block_table().to_vec();
     table.reverse();
     cache.set_block_table(table).unwrap();
-    cache.data_mut().iter_mut().for_each(|x| *x = bf16::from_f32(rng.gen_range(1.0..2.0)));
+    cache
+        .data_mut()
+        .iter_mut()
+        .for_each(|x| *x = bf16::from_f32(rng.gen_range(1.0..2.0)));
     let before = cache.clone();
     let new_lens: Vec<usize> = old_lens.iter().map(|l| l + new_tokens).collect();
     cache.set_seq_lens(&new_lens).unwrap();
-    let vals: Vec<f32> = (0..batch * new_tokens * row).map(|_| rng.gen_range(-1.0..-0.5)).collect();
+    let vals: Vec<f32> = (0..batch * new_tokens * row)
+        .map(|_| rng.gen_range(-1.0..-0.5))
+        .collect();
     let rows = HostTensor::<bf16>::from_f32(&[batch, new_tokens, row], &vals).unwrap();
-    let cfg = append_rows.default_config(&[("ROW", row as i64)]).with("BLOCK_T", block_t);
+    let cfg = append_rows
+        .default_config(&[("ROW", row as i64)])
+        .with("BLOCK_T", block_t);
     append_rows::launch(&ex, &cfg, &rows, &mut cache).unwrap();
     for b in 0..batch {
         for t in 0..cap {
@@ -31,7 +38,11 @@ fn check(page_size: usize, block_t: i64, new_tokens: usize, old_lens: &[usize], 
                 let want = &rows.data()[(b * new_tokens + j) * row..(b * new_tokens + j + 1) * row];
                 assert_eq!(got, want, "b {b} t {t}");
             } else {
-                assert_eq!(got, before.token(b, t).unwrap(), "b {b} t {t} must be untouched");
+                assert_eq!(
+                    got,
+                    before.token(b, t).unwrap(),
+                    "b {b} t {t} must be untouched"
+                );
             }
         }
     }

@@ -23,7 +23,10 @@ fn wrong_query_width_is_a_shape_error_and_writes_nothing() {
     let mut out = HostTensor::<f32>::full(&[1, 2, 4, 64], -7.0);
     let mut lse = HostTensor::<f32>::full(&[1, 2, 4], -7.0);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
-    assert!(matches!(e, RuntimeError::Launch(LaunchError::Shape { ref param, .. }) if param == "q"), "{e}");
+    assert!(
+        matches!(e, RuntimeError::Launch(LaunchError::Shape { ref param, .. }) if param == "q"),
+        "{e}"
+    );
     assert!(out.data().iter().all(|&x| x == -7.0));
 }
 
@@ -34,7 +37,10 @@ fn disagreeing_batch_is_a_dim_mismatch() {
     let mut out = HostTensor::<f32>::zeros(&[1, 3, 4, 64]);
     let mut lse = HostTensor::<f32>::zeros(&[1, 2, 4]);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
-    assert!(matches!(e, RuntimeError::Launch(LaunchError::DimMismatch { ref dim, .. }) if dim == "batch"), "{e}");
+    assert!(
+        matches!(e, RuntimeError::Launch(LaunchError::DimMismatch { ref dim, .. }) if dim == "batch"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -45,14 +51,26 @@ fn cache_row_width_must_match_the_kernel() {
     let mut out = HostTensor::<f32>::zeros(&[1, 2, 4, 64]);
     let mut lse = HostTensor::<f32>::zeros(&[1, 2, 4]);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
-    assert!(matches!(e, RuntimeError::Launch(LaunchError::Paged { .. })), "{e}");
+    assert!(
+        matches!(e, RuntimeError::Launch(LaunchError::Paged { .. })),
+        "{e}"
+    );
 }
 
 #[test]
 fn length_past_the_block_table_is_rejected() {
     let (_, _, mut cache) = setup();
     let e = cache.set_seq_lens(&[10, 33]).unwrap_err();
-    assert!(matches!(e, RuntimeError::LengthPastCache { len: 33, capacity: 32 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            RuntimeError::LengthPastCache {
+                len: 33,
+                capacity: 32
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(cache.seq_lens(), &[10, 20], "nothing changed");
 }
 
@@ -75,11 +93,21 @@ fn zero_heads_is_rejected_before_launch() {
 
 #[test]
 fn unknown_tune_value_is_a_config_error() {
-    let cfg = latent_decode.default_config(&[("LAT", 64), ("ROPE", 64)]).with("BLOCK_H", 12);
+    let cfg = latent_decode
+        .default_config(&[("LAT", 64), ("ROPE", 64)])
+        .with("BLOCK_H", 12);
     let e = latent_decode.build(&cfg).unwrap_err();
-    assert!(matches!(e, IrError::BadConfig { ref name, .. } if name == "BLOCK_H"), "{e}");
-    let e = latent_decode.build(&latent_decode.default_config(&[("LAT", 64)])).unwrap_err();
-    assert!(matches!(e, IrError::MissingConfig(ref n) if n == "ROPE"), "{e}");
+    assert!(
+        matches!(e, IrError::BadConfig { ref name, .. } if name == "BLOCK_H"),
+        "{e}"
+    );
+    let e = latent_decode
+        .build(&latent_decode.default_config(&[("LAT", 64)]))
+        .unwrap_err();
+    assert!(
+        matches!(e, IrError::MissingConfig(ref n) if n == "ROPE"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -90,7 +118,13 @@ fn wrong_dtype_is_rejected() {
     let (ex, _, mut cache) = setup();
     let rows = HostTensor::<f32>::zeros(&[2, 1, 128]);
     let cfg = append_rows.default_config(&[("ROW", 128)]);
-    let args = [CpuExecutor::tensor_arg(&rows), CpuExecutor::paged_arg_mut(&mut cache)];
+    let args = [
+        CpuExecutor::tensor_arg(&rows),
+        CpuExecutor::paged_arg_mut(&mut cache),
+    ];
     let e = ex.launch(&append_rows, &cfg, &args).unwrap_err();
-    assert!(matches!(e, RuntimeError::Launch(LaunchError::DType { .. })), "{e}");
+    assert!(
+        matches!(e, RuntimeError::Launch(LaunchError::DType { .. })),
+        "{e}"
+    );
 }

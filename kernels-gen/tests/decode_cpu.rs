@@ -5,8 +5,8 @@ mod common;
 use common::{f64s, Problem};
 use proptest::prelude::*;
 use tpla_codegen::KernelDef;
-use tpla_kernels::ops::{decode_attention, DecodeParams};
 use tpla_kernels::latent_decode;
+use tpla_kernels::ops::{decode_attention, DecodeParams};
 use tpla_runtime::reference::rel_error;
 use tpla_runtime::{CpuExecutor, HostTensor};
 
@@ -19,7 +19,10 @@ fn exec() -> &'static CpuExecutor {
 /// the original-input references.
 fn run(p: &Problem, splits: usize, block_h: i64, block_n: i64) -> (f64, f64) {
     let mut params = DecodeParams::new(p.batch, p.heads, p.lat, p.rope, splits, p.scale);
-    params.decode = params.decode.with("BLOCK_H", block_h).with("BLOCK_N", block_n);
+    params.decode = params
+        .decode
+        .with("BLOCK_H", block_h)
+        .with("BLOCK_N", block_n);
     let mut out = HostTensor::<f32>::full(&[p.batch, p.heads, p.lat], f32::NAN);
     let mut lse = HostTensor::<f32>::full(&[p.batch, p.heads], f32::NAN);
     decode_attention(exec(), &params, &p.q_tensor(), &p.cache, &mut out, &mut lse).unwrap();
@@ -82,7 +85,10 @@ fn empty_and_single_token_sequences() {
     let mut out = HostTensor::<f32>::full(&[3, 4, 64], f32::NAN);
     let mut lse = HostTensor::<f32>::full(&[3, 4], f32::NAN);
     decode_attention(exec(), &params, &p.q_tensor(), &p.cache, &mut out, &mut lse).unwrap();
-    assert!(out.data()[..4 * 64].iter().all(|&x| x == 0.0), "an empty sequence attends to nothing");
+    assert!(
+        out.data()[..4 * 64].iter().all(|&x| x == 0.0),
+        "an empty sequence attends to nothing"
+    );
     for b in 1..3 {
         let got = f64s(&out.data()[b * 256..(b + 1) * 256]);
         assert!(rel_error(&got, &p.reference(b, true).out) < 1e-6);

@@ -25,12 +25,25 @@ pub struct Problem {
 impl Problem {
     /// Random problem; pages are handed out in a shuffled order so the block table matters.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(seed: u64, batch: usize, heads: usize, lat: usize, rope: usize, lens: Vec<usize>, page_size: usize, scale: f32) -> Problem {
+    pub fn new(
+        seed: u64,
+        batch: usize,
+        heads: usize,
+        lat: usize,
+        rope: usize,
+        lens: Vec<usize>,
+        page_size: usize,
+        scale: f32,
+    ) -> Problem {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let d = lat + rope;
         let nz = |rng: &mut rand::rngs::StdRng| {
             let v: f32 = rng.gen_range(-1.0..1.0);
-            if v.abs() < 1e-3 { 0.5 } else { v }
+            if v.abs() < 1e-3 {
+                0.5
+            } else {
+                v
+            }
         };
         let q: Vec<f32> = (0..batch * heads * d).map(|_| nz(&mut rng)).collect();
         let max_len = lens.iter().copied().max().unwrap_or(1).max(1);
@@ -47,29 +60,62 @@ impl Problem {
         for (b, &len) in lens.iter().enumerate() {
             let r: Vec<f32> = (0..len * d).map(|_| nz(&mut rng)).collect();
             for t in 0..len {
-                let row: Vec<bf16> = r[t * d..(t + 1) * d].iter().map(|&x| bf16::from_f32(x)).collect();
+                let row: Vec<bf16> = r[t * d..(t + 1) * d]
+                    .iter()
+                    .map(|&x| bf16::from_f32(x))
+                    .collect();
                 cache.write_token(b, t, &row).unwrap();
             }
             rows.push(r);
         }
         cache.set_seq_lens(&lens).unwrap();
-        Problem { batch, heads, lat, rope, lens, scale, q, rows, cache }
+        Problem {
+            batch,
+            heads,
+            lat,
+            rope,
+            lens,
+            scale,
+            q,
+            rows,
+            cache,
+        }
     }
 
     pub fn q_tensor(&self) -> HostTensor<f32> {
-        HostTensor::from_vec(&[self.batch, self.heads, self.lat + self.rope], self.q.clone()).unwrap()
+        HostTensor::from_vec(
+            &[self.batch, self.heads, self.lat + self.rope],
+            self.q.clone(),
+        )
+        .unwrap()
     }
 
     /// f64 reference for sequence `b`; `rounded` feeds the bf16-rounded cache (what the kernel
     /// reads), otherwise the original f32 values.
     pub fn reference(&self, b: usize, rounded: bool) -> tpla_runtime::reference::AttentionOut {
         let d = self.lat + self.rope;
-        let q: Vec<f64> = self.q[b * self.heads * d..(b + 1) * self.heads * d].iter().map(|&x| x as f64).collect();
+        let q: Vec<f64> = self.q[b * self.heads * d..(b + 1) * self.heads * d]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         let rows: Vec<f64> = self.rows[b]
             .iter()
-            .map(|&x| if rounded { bf16::from_f32(x).to_f32() as f64 } else { x as f64 })
+            .map(|&x| {
+                if rounded {
+                    bf16::from_f32(x).to_f32() as f64
+                } else {
+                    x as f64
+                }
+            })
             .collect();
-        tpla_runtime::reference::latent_attention(&q, &rows, self.heads, self.lat, self.rope, self.scale as f64)
+        tpla_runtime::reference::latent_attention(
+            &q,
+            &rows,
+            self.heads,
+            self.lat,
+            self.rope,
+            self.scale as f64,
+        )
     }
 }
 
