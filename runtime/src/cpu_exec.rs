@@ -210,6 +210,33 @@ impl Executor for CpuExecutor {
         Ok(HostTensor::zeros(shape))
     }
 
+    fn upload<T: Element>(&self, t: &HostTensor<T>) -> Result<HostTensor<T>, RuntimeError> {
+        Ok(t.clone())
+    }
+
+    fn download<T: Element>(&self, t: &HostTensor<T>) -> Result<HostTensor<T>, RuntimeError> {
+        Ok(t.clone())
+    }
+
+    fn upload_paged<T: Element>(
+        &self,
+        c: &HostPagedCache<T>,
+    ) -> Result<HostPagedCache<T>, RuntimeError> {
+        Ok(c.clone())
+    }
+
+    fn set_seq_lens<T: Element>(
+        &self,
+        c: &mut HostPagedCache<T>,
+        lens: &[usize],
+    ) -> Result<(), RuntimeError> {
+        c.set_seq_lens(lens)
+    }
+
+    fn synchronize(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     fn backend_name(&self) -> String {
         format!("cpu ({} threads, Cranelift JIT)", self.threads())
     }

@@ -128,6 +128,28 @@ pub trait Executor {
     /// A new tensor of `shape` on this executor, filled with `T::default()` (zero) on the CPU
     /// and left unspecified on a device.
     fn alloc<T: Element>(&self, shape: &[usize]) -> Result<Self::Tensor<T>, RuntimeError>;
+    /// Copies a host tensor to this executor.
+    fn upload<T: Element>(&self, t: &crate::HostTensor<T>)
+        -> Result<Self::Tensor<T>, RuntimeError>;
+    /// Copies a tensor back to the host (after the work queued before it has finished).
+    fn download<T: Element>(
+        &self,
+        t: &Self::Tensor<T>,
+    ) -> Result<crate::HostTensor<T>, RuntimeError>;
+    /// Copies a host paged cache (pool, block table, lengths) to this executor.
+    fn upload_paged<T: Element>(
+        &self,
+        c: &crate::HostPagedCache<T>,
+    ) -> Result<Self::Paged<T>, RuntimeError>;
+    /// Sets the sequence lengths of a paged cache (each at most its capacity); on error nothing
+    /// changes.
+    fn set_seq_lens<T: Element>(
+        &self,
+        c: &mut Self::Paged<T>,
+        lens: &[usize],
+    ) -> Result<(), RuntimeError>;
+    /// Waits until all queued work has finished.
+    fn synchronize(&self) -> Result<(), RuntimeError>;
     /// A short name for messages (`cpu`, `cuda:0`).
     fn backend_name(&self) -> String;
 }
