@@ -10,6 +10,7 @@
 pub mod builder;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod ir;
 pub mod launch;

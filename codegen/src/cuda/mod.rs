@@ -1,0 +1,228 @@
+//! CUDA backend: lowers a [`Kernel`] to self-contained CUDA C++ for NVRTC.
+//!
+//! The generated translation unit contains the device prelude (`prelude.cu`: bf16 conversion,
+//! exp2/log2, warp reductions, `cp.async`, `ldmatrix`, `mma.sync`) followed by one
+//! `extern "C" __global__` function. It includes no toolkit header, so compiling it needs only
+//! libnvrtc (and its builtins library).
+//!
+//! # Execution model
+//!
+//! One program (one cell of [`Kernel::grid`]) is one thread block of
+//! [`CudaSource::block_threads`] threads; `ProgramId(0|1|2)` is `blockIdx.x|y|z`, so the launch
+//! grid is `(grid[0], grid[1], grid[2])` (CUDA limits axes 1 and 2 to 65535). Tiles live in one of
+//! four places, chosen per tile variable by a layout analysis:
+//!
+//! - **fragment registers**: rank-2 `[M, N]` tiles produced by a gemm (and elementwise results of
+//!   the same shape) are distributed over the warps in the `mma.sync` accumulator layout;
+//! - **row registers**: `[M]` / `[M, 1]` tiles that pair with the rows of a fragment tile
+//!   (row reductions, online-softmax statistics) are held by the threads owning those rows;
+//! - **shared memory**: everything else (loaded tiles, paged cache blocks, operands of a gemm),
+//!   row-major, bf16 tiles XOR-swizzled in 16-byte chunks so `ldmatrix` is conflict free;
+//! - **inline**: constant tiles (`full`, `iota`) and the `valid` mask of a paged block loop are
+//!   never stored, their elements are recomputed where read.
+//!
+//! Register arrays are indexed only inside fully unrolled loops (compile-time indices), so nothing
+//! is demoted to local memory. `__syncthreads()` is inserted between statements that touch the
+//! same shared (or global) buffer from different threads, including around loop back edges.
+//!
+//! # Numerics
+//!
+//! Elementwise math follows the IR (f32 whatever the label; bf16 rounding to nearest even only when
+//! a bf16 tensor or cache is written). Documented deviations: `exp2`/`log2` use the hardware
+//! approximations `ex2.approx.f32` / `lg2.approx.f32` (about 2 ulp); sums reduce in tree order.
+//! A gemm runs on tensor cores (`mma.sync.m16n8k16` bf16, f32 accumulation) on sm_80+ when
+//! `M % 16 == 0`, `N % 8 == 0` and `K % 16 == 0`. A bf16-labelled operand is fed as bf16 (exact
+//! for values loaded from bf16 memory, rounded otherwise); an f32-labelled operand is split into a
+//! bf16 high part and a bf16 residual (`x = hi + lo`), and the product is accumulated from
+//! `hi·hi + lo·hi + hi·lo` (about 16 significant bits per operand, relative error ~1e-5), unless
+//! [`F32Gemm::RoundBf16`] is chosen. Other gemms, and every gemm before sm_80, use f32 FMA.
+//!
+//! # Kernel argument ABI
+//!
+//! Arguments are passed in [`Kernel::params`] order, each expanded as below, followed by one
+//! `int` per runtime dimension in [`Kernel::dims`] order. [`CudaSource::params`] lists the slots.
+//!
+//! | parameter | slots |
+//! |---|---|
+//! | `Tensor` (f32 / bf16 / i32) | one device pointer to the dense row-major data (bf16 as raw `u16`) |
+//! | `Paged` | `data` pointer (`[num_pages, page_size, row]`), `block_table` pointer (`i32 [batch, pages_per_seq]`), `seq_lens` pointer (`i32 [batch]`), then `int page_size, pages_per_seq, num_pages, batch` |
+//! | `Scalar` f32 / i32 | the value (`float` / `int`) |
+//! | runtime dim | its value as `int` |
+//!
+//! Pointers must be 16-byte aligned (any `cuMemAlloc` result is). Dynamic shared memory of
+//! [`CudaSource::shared_bytes`] must be requested at launch; above 48 KiB the function attribute
+//! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` must be raised first.
+//! Index arithmetic is 32-bit (as the IR allows for GPUs); addresses are 64-bit.
+
+mod emit;
+pub mod samples;
+#[cfg(test)]
+mod tests;
+
+use crate::error::IrError;
+use crate::ir::{DType, Kernel};
+
+/// The device prelude every generated kernel starts with.
+pub const PRELUDE: &str = include_str!("prelude.cu");
+
+/// How a gemm with an f32-labelled operand uses the tensor cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum F32Gemm {
+    /// Split each f32 operand into bf16 `hi + lo` and accumulate three products (default).
+    #[default]
+    Split,
+    /// Round f32 operands to bf16 (one product; relative error of the inputs ~4e-3).
+    RoundBf16,
+    /// Never use tensor cores for such a gemm: f32 FMA.
+    Fma,
+}
+
+/// The GPU a kernel is generated for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Compute capability `(major, minor)`, e.g. `(9, 0)` for H100 / H200.
+    pub sm: (u32, u32),
+    /// Largest dynamic shared memory one block may use, in bytes.
+    pub max_shared_bytes: u32,
+    /// Policy for gemms with f32-labelled operands.
+    pub f32_gemm: F32Gemm,
+}
+
+impl Target {
+    /// A target for compute capability `major.minor` with that architecture's opt-in shared
+    /// memory limit per block.
+    pub fn new(major: u32, minor: u32) -> Target {
+        let max_shared_bytes = match (major, minor) {
+            (7, 0) | (7, 2) => 98_304,
+            (7, 5) => 65_536,
+            (8, 0) | (8, 7) => 166_912,
+            (8, _) => 101_376,
+            (9, 0) | (10, _) => 232_448,
+            (11, _) | (12, _) => 101_376,
+            _ => 49_152,
+        };
+        Target {
+            sm: (major, minor),
+            max_shared_bytes,
+            f32_gemm: F32Gemm::default(),
+        }
+    }
+
+    /// Hopper (H100 / H200): compute capability 9.0.
+    pub fn sm90() -> Target {
+        Target::new(9, 0)
+    }
+
+    /// The same target with another f32 gemm policy.
+    pub fn with_f32_gemm(mut self, f32_gemm: F32Gemm) -> Target {
+        self.f32_gemm = f32_gemm;
+        self
+    }
+
+    /// The NVRTC architecture name: `sm_90a` on Hopper (arch-specific features enabled),
+    /// `sm_XY` otherwise.
+    pub fn arch_name(&self) -> String {
+        let (major, minor) = self.sm;
+        if (major, minor) == (9, 0) {
+            "sm_90a".to_string()
+        } else {
+            format!("sm_{major}{minor}")
+        }
+    }
+
+    /// Whether `mma.sync` bf16 and `cp.async` are available (sm_80+).
+    pub fn has_tensor_cores(&self) -> bool {
+        self.sm.0 >= 8
+    }
+}
+
+/// What a paged parameter's pointer slot points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PagedPtr {
+    /// `data [num_pages, page_size, row]` of the cache dtype.
+    Data,
+    /// `block_table [batch, pages_per_seq]` of i32 page ids.
+    BlockTable,
+    /// `seq_lens [batch]` of i32.
+    SeqLens,
+}
+
+/// What a paged parameter's integer slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PagedInt {
+    /// Tokens per page.
+    PageSize,
+    /// Block-table entries per sequence.
+    PagesPerSeq,
+    /// Pages in `data`.
+    NumPages,
+    /// Sequences.
+    Batch,
+}
+
+/// One slot of the generated kernel's argument list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ParamAbi {
+    /// Device pointer to a dense tensor parameter's data.
+    Tensor {
+        /// Index in [`Kernel::params`].
+        param: usize,
+        /// Element type.
+        dtype: DType,
+    },
+    /// Device pointer belonging to a paged parameter.
+    PagedPtr {
+        /// Index in [`Kernel::params`].
+        param: usize,
+        /// Which array.
+        what: PagedPtr,
+    },
+    /// `int` describing a paged parameter.
+    PagedInt {
+        /// Index in [`Kernel::params`].
+        param: usize,
+        /// Which value.
+        what: PagedInt,
+    },
+    /// A scalar parameter by value (`float` for F32, `int` for I32).
+    Scalar {
+        /// Index in [`Kernel::params`].
+        param: usize,
+        /// F32 or I32.
+        dtype: DType,
+    },
+    /// A runtime dimension's value as `int`.
+    Dim {
+        /// Index in [`Kernel::dims`].
+        dim: usize,
+    },
+}
+
+/// Generated CUDA C++ and its launch geometry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CudaSource {
+    /// The `extern "C" __global__` symbol.
+    pub name: String,
+    /// The complete translation unit (prelude included).
+    pub code: String,
+    /// Threads per block.
+    pub block_threads: u32,
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+    /// The argument slots, in order.
+    pub params: Vec<ParamAbi>,
+    /// Pipelining depth actually used by each paged block loop, in program order (the IR's
+    /// `stages` hint, lowered where shared memory would not fit).
+    pub stages: Vec<usize>,
+    /// The f32 gemm policy actually used: [`Target::f32_gemm`], or [`F32Gemm::RoundBf16`] when
+    /// the split operands would not fit in shared memory.
+    pub f32_gemm: F32Gemm,
+}
+
+/// Generates CUDA C++ for `kernel` on `target`.
+///
+/// Fails with [`IrError::Backend`] when the kernel cannot be lowered, e.g. when its tiles need
+/// more shared memory than the target offers even without pipelining.
+pub fn emit(kernel: &Kernel, target: Target) -> Result<CudaSource, IrError> {
+    emit::emit(kernel, target)
+}

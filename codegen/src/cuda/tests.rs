@@ -1,0 +1,90 @@
+//! Emitter unit tests (no GPU, no NVRTC: structure of the generated code). NVRTC compilation of
+//! every variant is tested in `tpla-runtime`'s `nvrtc_compile` test.
+
+use super::samples::{combine_splits, latent_decode, DecodeParams};
+use super::*;
+
+fn decode(bh: usize, bn: usize, st: usize, lat: usize, q_bf16: bool, p_bf16: bool) -> DecodeParams {
+    DecodeParams {
+        lat,
+        rope: 64,
+        block_h: bh,
+        block_n: bn,
+        stages: st,
+        q_bf16,
+        p_bf16,
+    }
+}
+
+fn dump(name: &str, src: &CudaSource) {
+    if let Ok(dir) = std::env::var("TPLA_TEST_DUMP_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(format!("{dir}/{name}.cu"), &src.code);
+    }
+}
+
+#[test]
+fn decode_uses_tensor_cores_and_fits_hopper() {
+    for (bh, bn, st) in [(16, 32, 2), (32, 64, 3), (64, 64, 2), (64, 16, 1)] {
+        for (qb, pb) in [(true, true), (false, false)] {
+            let k = latent_decode(decode(bh, bn, st, 512, qb, pb)).unwrap();
+            let src = emit(&k, Target::sm90()).unwrap();
+            dump(&format!("decode_h{bh}_n{bn}_s{st}_q{}_p{}", qb as u8, pb as u8), &src);
+            let body = src.code.split("// ---- kernel").nth(1).unwrap();
+            assert!(body.contains("tpla_mma_bf16_16816("), "no mma for {bh}x{bn}");
+            assert!(src.shared_bytes <= Target::sm90().max_shared_bytes);
+            assert!(src.code.contains("cp.async") || src.code.contains("tpla_cp_async16"));
+            assert_eq!(src.stages.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn decode_abi_lists_every_slot() {
+    let k = latent_decode(decode(16, 32, 2, 256, true, true)).unwrap();
+    let src = emit(&k, Target::sm90()).unwrap();
+    // q, 3 paged pointers + 4 ints, out, lse, scale, 3 dims.
+    assert_eq!(src.params.len(), 1 + 7 + 1 + 1 + 1 + 3);
+    assert_eq!(src.name, "tpla_latent_decode");
+    assert!(src.code.contains("extern \"C\" __global__"));
+    assert!(!src.code.contains("#include"));
+}
+
+#[test]
+fn combine_emits_without_gemm() {
+    for bd in [64, 128, 256] {
+        let k = combine_splits(512, bd).unwrap();
+        let src = emit(&k, Target::sm90()).unwrap();
+        dump(&format!("combine_{bd}"), &src);
+        let body = src.code.split("// ---- kernel").nth(1).unwrap();
+        assert!(!body.contains("tpla_mma_bf16_16816("));
+    }
+}
+
+#[test]
+fn pre_ampere_falls_back_to_fma() {
+    let k = latent_decode(decode(16, 32, 2, 128, true, true)).unwrap();
+    let src = emit(&k, Target::new(7, 5)).unwrap();
+    dump("decode_sm75", &src);
+    assert!(src.code.contains("fmaf("));
+    assert_eq!(src.stages, vec![1]);
+}
+
+#[test]
+fn f32_operands_fall_back_to_bf16_rounding_when_split_does_not_fit() {
+    let k = latent_decode(decode(64, 64, 2, 512, false, false)).unwrap();
+    let src = emit(&k, Target::sm90()).unwrap();
+    assert_eq!(src.f32_gemm, F32Gemm::RoundBf16);
+    let k = latent_decode(decode(16, 64, 2, 512, false, false)).unwrap();
+    let src = emit(&k, Target::sm90()).unwrap();
+    assert_eq!(src.f32_gemm, F32Gemm::Split);
+}
+
+#[test]
+fn oversized_tiles_are_a_typed_error() {
+    let k = latent_decode(decode(64, 64, 3, 512, false, false)).unwrap();
+    match emit(&k, Target::new(7, 5)) {
+        Err(IrError::Backend { message, .. }) => assert!(message.contains("shared memory")),
+        other => panic!("expected a shared-memory error, got {:?}", other.map(|s| s.shared_bytes)),
+    }
+}
