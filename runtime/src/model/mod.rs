@@ -8,13 +8,16 @@
 //!   and k devices; [`pdsep`]: prefill/decode separation.
 //! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`]: `tpla convert`.
 
+pub mod accuracy;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod hadamard;
 pub mod layer_ref;
 pub mod linalg;
 pub mod pca;
 pub mod pdsep;
+pub mod plot;
 pub mod reparam;
 pub mod shard;
 pub mod synthetic;
@@ -25,3 +28,5 @@ pub use config::{MlaConfig, Preset};
 pub use error::{ModelError, Result};
 pub use reparam::{Corrections, MuConvention, Transform};
 pub use weights::MlaLayer;
+pub use accuracy::{run_accuracy, AccuracyOptions, AccuracyReport};
+pub use convert::{convert, ConvertManifest, ConvertOptions};

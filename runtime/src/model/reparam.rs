@@ -50,9 +50,25 @@ impl Transform {
 
 /// Logit correction convention under the sliced softmax (TPLA.md §3, open point).
 ///
-/// Default: [`MuConvention::One`], decided on the accuracy harness (see [`super::accuracy`] for the
-/// measured numbers): with μ_i = 1/e_i every local logit is multiplied by ≈ g, which sharpens each
-/// group's softmax and raised the error in every measured configuration.
+/// Default: [`MuConvention::One`], decided on the accuracy harness (`runtime/examples/accuracy.rs`,
+/// results in `bench/results/accuracy-2026-11-26*.json`): synthetic DeepSeek-V2-Lite-shaped layer,
+/// P = 512 prefill + N = 1024 decoded tokens, every 16th step, relative error of y vs exact MLA
+/// (mean over the same 1024 query steps), TPLA with both slices:
+///
+/// | transform | g | mode | μ = 1/e_i | μ = 1 |
+/// |---|---|---|---|---|
+/// | pca | 2 | pd sep | 5.57e-2 | 1.91e-2 |
+/// | pca | 2 | all decoded | 3.12e-2 | 1.91e-2 |
+/// | pca | 4 | pd sep | 8.23e-2 | 2.89e-2 |
+/// | pca | 8 | pd sep | 1.08e-1 | 3.77e-2 |
+/// | hadamard | 2 | pd sep | 7.72e-1 | 6.67e-1 |
+/// | none | 2 | pd sep | 7.96e-1 | 6.56e-1 |
+///
+/// μ = 1 had the lower error in all 36 paired comparisons (transform × g × {softmax only, both} ×
+/// mode) with seed 0 (geometric-mean error ratio 1/e : 1 = 1.65) and again 36/36 with seed 1
+/// (ratio 1.54). μ_i = 1/e_i multiplies each local logit by ≈ 1/e_i (g for uniform energy, up to
+/// 1/MIN_ENERGY for a near-empty PCA slice), which sharpens the local softmax away from the full one.
+/// Synthetic data only: re-run on real checkpoints before trusting the choice there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MuConvention {
     /// μ_i = 1/e_i ("in the same manner" as m_i, the paper's reading).

@@ -1,0 +1,573 @@
+//! The fidelity harness behind `tpla accuracy` (issue 3 point 6).
+//!
+//! One layer (loaded, or synthetic: [`super::synthetic`]) and one token stream of P + N synthetic
+//! hidden states; a separate calibration stream (other seed) fits PCA. For every variant
+//! transform {none, hadamard, pca} × g × slicing {exact, norm only, softmax only, both} × μ
+//! convention × mode {pd sep: P prefill tokens then N decoded; all decoded}, the layer output y of
+//! each evaluated decode step is compared with exact MLA on the *unrotated* layer (an independent
+//! code path): relative error `|y - y_mla| / |y_mla|` and cosine. Summaries are taken over the
+//! common query window (steps ≥ P) so both modes answer the same queries; the error-vs-decoded
+//! curve of "all decoded" also covers the first P steps. All variants share the layer, the seeds
+//! and the tokens.
+//!
+//! Slicing: `exact` = exact RMS (scalar all-reduce) + global softmax (must be 0 to rounding);
+//! `norm-only` = corrected local RMSNorm + global softmax; `softmax-only` = exact RMS + local
+//! softmax (μ applies); `both` = TPLA as in the paper.
+//!
+//! Measured (2026-11-26, seed 0, `bench/results/accuracy-2026-11-26.json`; synthetic
+//! DeepSeek-V2-Lite-shaped layer; P = 512, N = 1024, stride 16; μ = 1; mean rel. error of y over
+//! the 1024 query steps; pd sep / all decoded):
+//!
+//! | transform | g | norm only | softmax only | both |
+//! |---|---|---|---|---|
+//! | none | 2 | 9.2e-2 / 1.5e-1 | 6.6e-1 | 6.6e-1 / 6.6e-1 |
+//! | none | 8 | 2.8e-1 / 4.8e-1 | 8.1e-1 | 8.1e-1 / 8.5e-1 |
+//! | hadamard | 2 | 1.8e-2 / 2.9e-2 | 6.7e-1 | 6.7e-1 / 6.7e-1 |
+//! | hadamard | 8 | 5.4e-2 / 9.1e-2 | 9.2e-1 | 9.2e-1 / 9.2e-1 |
+//! | pca | 2 | 4.1e-3 / 7.1e-3 | 1.9e-2 | 1.9e-2 / 1.9e-2 |
+//! | pca | 4 | 5.9e-3 / 9.8e-3 | 2.9e-2 | 2.9e-2 / 2.9e-2 |
+//! | pca | 8 | 7.4e-3 / 1.3e-2 | 3.8e-2 | 3.8e-2 / 3.8e-2 |
+//!
+//! Exact options: ≤ 7e-15 everywhere. Caveat: the synthetic latent is strongly low-rank (the top
+//! 64 PCA components hold 99.8 % of the calibration energy), which favours PCA; the sliced softmax,
+//! not the sliced norm, dominates the error; pd sep only helps the norm part.
+//!
+//! CLI (wired by the `tpla` crate): `tpla accuracy [--preset deepseek-v2-lite] [--checkpoint PATH
+//! --layer N] [--seed S] [--prefill P] [--decode N] [--calib-tokens C] [--stride S]
+//! [--transforms none,hadamard,pca] [--groups 2,4,8] [--json FILE] [--png FILE]`.
+
+use super::config::{MlaConfig, Preset};
+use super::error::{ModelError, Result};
+use super::layer_ref::{mla_decode, mla_entry};
+use super::linalg::{axpy, cosine, dot, rel_err, softmax_in_place, Mat};
+use super::plot::{line_plot_png, Panel, Series};
+use super::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
+use super::synthetic::{synthetic_hidden, synthetic_layer};
+use super::tensors::Checkpoint;
+use super::weights::{MlaLayer, TokenProj};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Finest latent split the harness evaluates (g must divide it).
+const FINE: usize = 8;
+
+/// Which approximations are active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Slicing {
+    /// Exact RMS (all-reduce) + global softmax: exact MLA.
+    Exact,
+    /// Corrected local RMSNorm, global softmax.
+    NormOnly,
+    /// Exact RMS, local softmax.
+    SoftmaxOnly,
+    /// Both (TPLA).
+    Both,
+}
+
+impl Slicing {
+    fn local_norm(self) -> bool {
+        matches!(self, Slicing::NormOnly | Slicing::Both)
+    }
+    fn local_softmax(self) -> bool {
+        matches!(self, Slicing::SoftmaxOnly | Slicing::Both)
+    }
+    /// Spelling in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Slicing::Exact => "exact",
+            Slicing::NormOnly => "norm-only",
+            Slicing::SoftmaxOnly => "softmax-only",
+            Slicing::Both => "both",
+        }
+    }
+}
+
+/// Where cache entries come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// P tokens written by exact prefill, then N decoded.
+    PdSep,
+    /// Every token written by decode.
+    AllDecoded,
+}
+
+impl Mode {
+    /// Spelling in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::PdSep => "pd-sep",
+            Mode::AllDecoded => "all-decoded",
+        }
+    }
+}
+
+/// Options of the harness.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccuracyOptions {
+    /// Preset (dims and scale).
+    pub preset: Preset,
+    /// Override the preset's hidden size and heads (small shapes for tests); `None`: full preset.
+    pub shape: Option<(usize, usize)>,
+    /// Load the layer from this checkpoint (file or directory) instead of generating it.
+    pub checkpoint: Option<PathBuf>,
+    /// Layer index in the checkpoint.
+    pub layer: usize,
+    /// Seed of the synthetic layer, the Hadamard signs and the evaluation stream.
+    pub seed: u64,
+    /// P: prefill tokens of the pd-sep mode.
+    pub prefill_tokens: usize,
+    /// N: decoded tokens after the prefill.
+    pub decode_tokens: usize,
+    /// Calibration tokens (separate stream) for PCA; must be ≥ the latent width.
+    pub calib_tokens: usize,
+    /// Evaluate every `stride`-th decode step.
+    pub stride: usize,
+    /// Transforms to evaluate.
+    pub transforms: Vec<Transform>,
+    /// Group counts to evaluate (each must divide 8 and the latent).
+    pub groups: Vec<usize>,
+    /// μ conventions to evaluate.
+    pub mu: Vec<MuConvention>,
+}
+
+impl Default for AccuracyOptions {
+    fn default() -> Self {
+        AccuracyOptions {
+            preset: Preset::DeepseekV2Lite,
+            shape: None,
+            checkpoint: None,
+            layer: 0,
+            seed: 0,
+            prefill_tokens: 512,
+            decode_tokens: 1024,
+            calib_tokens: 4096,
+            stride: 16,
+            transforms: vec![Transform::None, Transform::Hadamard, Transform::Pca],
+            groups: vec![2, 4, 8],
+            mu: vec![MuConvention::InverseEnergy, MuConvention::One],
+        }
+    }
+}
+
+/// One variant's result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccuracyRow {
+    /// Transform.
+    pub transform: Transform,
+    /// g.
+    pub groups: usize,
+    /// Slicing.
+    pub slicing: Slicing,
+    /// Mode.
+    pub mode: Mode,
+    /// μ convention (only where the softmax is sliced).
+    pub mu: Option<MuConvention>,
+    /// Mean relative error of y over steps ≥ P.
+    pub rel_err_mean: f64,
+    /// Max relative error over steps ≥ P.
+    pub rel_err_max: f64,
+    /// Mean relative error over the last quarter of the steps.
+    pub rel_err_last: f64,
+    /// Mean cosine over steps ≥ P.
+    pub cosine_mean: f64,
+    /// Min cosine over steps ≥ P.
+    pub cosine_min: f64,
+    /// (tokens decoded, relative error) per evaluated step.
+    pub curve: Vec<(usize, f64)>,
+}
+
+/// Which μ convention the data favours.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MuDecision {
+    /// The convention with lower error in more paired comparisons.
+    pub favoured: MuConvention,
+    /// Paired comparisons (same transform, g, slicing, mode) won by μ = 1/e.
+    pub wins_inverse_energy: usize,
+    /// Won by μ = 1.
+    pub wins_one: usize,
+    /// Geometric mean of err(1/e) / err(1) over the pairs.
+    pub geo_mean_ratio: f64,
+}
+
+/// Energy fractions per transform and g (from the calibration set, in the rotated basis).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnergyRow {
+    /// Transform.
+    pub transform: Transform,
+    /// g.
+    pub groups: usize,
+    /// Measured e_i of the calibration latents.
+    pub measured: Vec<f64>,
+    /// e_i the corrections use.
+    pub used: Vec<f64>,
+}
+
+/// The harness output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccuracyReport {
+    /// Options used.
+    pub options: AccuracyOptions,
+    /// Layer dims.
+    pub config: MlaConfig,
+    /// "synthetic" or the checkpoint path.
+    pub layer_source: String,
+    /// Per variant.
+    pub rows: Vec<AccuracyRow>,
+    /// Energy fractions.
+    pub energy: Vec<EnergyRow>,
+    /// μ decision (None when fewer than two conventions were evaluated).
+    pub mu_decision: Option<MuDecision>,
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+}
+
+struct Variant {
+    t: usize,
+    groups: usize,
+    slicing: Slicing,
+    mode: Mode,
+    mu_conv: Option<MuConvention>,
+    corr: Corrections,
+}
+
+struct Prepared {
+    layer: MlaLayer,
+    c: Vec<Vec<f64>>,
+    fine_ss: Vec<[f64; FINE]>,
+    inv_rms: Vec<f64>,
+}
+
+/// The layer and token streams the harness uses (exposed so tests can rebuild them).
+pub struct HarnessInputs {
+    /// The original (unrotated) layer.
+    pub layer: MlaLayer,
+    /// "synthetic" or the checkpoint path.
+    pub source: String,
+    /// Evaluation hidden states `[P + N, D]`.
+    pub xs: Mat,
+    /// Calibration latents `c = x·W_DKV` `[calib_tokens, l]` of a separate stream.
+    pub calib: Mat,
+}
+
+/// Build the harness inputs for `opts` with dims `cfg`: the layer (loaded or `synthetic_layer(cfg,
+/// seed)`), the evaluation stream (stream seed `seed·7919 + 1`) and the calibration stream
+/// (`seed·7919 + 2`). Hidden states are synthetic even for a loaded layer (no activations ship).
+pub fn harness_inputs(opts: &AccuracyOptions, cfg: &MlaConfig) -> Result<HarnessInputs> {
+    let (layer, source) = match &opts.checkpoint {
+        Some(p) => (MlaLayer::load(&Checkpoint::open(p)?, cfg, opts.layer)?, p.display().to_string()),
+        None => (synthetic_layer(cfg, opts.seed)?, "synthetic".to_string()),
+    };
+    let total = opts.prefill_tokens + opts.decode_tokens;
+    let xs = synthetic_hidden(cfg.hidden, total, opts.seed, opts.seed.wrapping_mul(7919).wrapping_add(1));
+    let calib_x = synthetic_hidden(cfg.hidden, opts.calib_tokens, opts.seed, opts.seed.wrapping_mul(7919).wrapping_add(2));
+    let calib = calib_x.matmul(&layer.w_dkv);
+    Ok(HarnessInputs { layer, source, xs, calib })
+}
+
+/// Dims the harness uses for `opts` (the preset, or its small shape).
+pub fn harness_config(opts: &AccuracyOptions) -> MlaConfig {
+    let cfg = opts.preset.config();
+    match opts.shape {
+        Some((d, h)) => MlaConfig::small(opts.preset, d, h, cfg.q_lora_rank.map(|q| q.min(d))),
+        None => cfg,
+    }
+}
+
+/// Run the harness.
+pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
+    let start = std::time::Instant::now();
+    let cfg = harness_config(opts);
+    let l = cfg.kv_lora_rank;
+    if opts.stride == 0 || opts.decode_tokens == 0 {
+        return Err(ModelError::InvalidValue { name: "stride/decode_tokens", detail: "must be > 0".into() });
+    }
+    for &g in &opts.groups {
+        if g == 0 || l % g != 0 {
+            return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
+        }
+        if FINE % g != 0 || l % FINE != 0 {
+            return Err(ModelError::InvalidValue { name: "groups", detail: format!("harness evaluates g dividing {FINE}, got {g}") });
+        }
+    }
+    let HarnessInputs { layer, source, xs, calib } = harness_inputs(opts, &cfg)?;
+    let total = opts.prefill_tokens + opts.decode_tokens;
+
+    let proj: Vec<TokenProj> = (0..total).into_par_iter().map(|t| layer.project(xs.row(t), t)).collect();
+    let exact_cache: Vec<Vec<f64>> = proj.iter().map(|p| mla_entry(&layer, p)).collect();
+
+    // Per transform: reparameterised layer and rotated latents.
+    let mut prepared = Vec::new();
+    let mut variants = Vec::new();
+    let mut energy = Vec::new();
+    for (ti, &tr) in opts.transforms.iter().enumerate() {
+        let rot = Rotation::build(tr, l, opts.seed, Some((&calib, "calibration stream")))?;
+        let lr = reparameterise(&layer, &rot.u);
+        let c_raw = Mat { rows: total, cols: l, data: proj.iter().flat_map(|p| p.c.iter().cloned()).collect() };
+        let c_rot = c_raw.matmul(&rot.u);
+        let c: Vec<Vec<f64>> = (0..total).map(|t| c_rot.row(t).to_vec()).collect();
+        let fw = l / FINE;
+        let fine_ss = c.iter().map(|ct| std::array::from_fn(|j| dot(&ct[j * fw..(j + 1) * fw], &ct[j * fw..(j + 1) * fw]))).collect();
+        let inv_rms = c.iter().map(|ct| 1.0 / super::linalg::rms(ct, cfg.rms_eps)).collect();
+        let rc = calib.matmul(&rot.u);
+        let diag: Vec<f64> = (0..l).map(|j| (0..rc.rows).map(|r| rc.at(r, j).powi(2)).sum()).collect();
+        for &g in &opts.groups {
+            let used = rot.corrections(g, MuConvention::One)?.energy;
+            energy.push(EnergyRow { transform: tr, groups: g, measured: super::pca::energy_fractions(&diag, g)?, used });
+            for mode in [Mode::PdSep, Mode::AllDecoded] {
+                for slicing in [Slicing::Exact, Slicing::NormOnly, Slicing::SoftmaxOnly, Slicing::Both] {
+                    let convs: Vec<Option<MuConvention>> =
+                        if slicing.local_softmax() { opts.mu.iter().map(|&m| Some(m)).collect() } else { vec![None] };
+                    for mu_conv in convs {
+                        let corr = rot.corrections(g, mu_conv.unwrap_or(MuConvention::One))?;
+                        variants.push(Variant { t: ti, groups: g, slicing, mode, mu_conv, corr });
+                    }
+                }
+            }
+        }
+        prepared.push(Prepared { layer: lr, c, fine_ss, inv_rms });
+    }
+
+    let steps: Vec<usize> = (0..total).filter(|n| (n + 1) % opts.stride == 0).collect();
+    let p_tok = opts.prefill_tokens;
+    // For each step: (rel, cos) per variant (NaN where a pd-sep variant has no decoded token yet).
+    let results: Vec<Vec<(f64, f64)>> = steps
+        .par_iter()
+        .map(|&n| {
+            let q = &proj[n];
+            let y_ref = mla_decode(&layer, q, &exact_cache[..=n]);
+            let mut vcats: Vec<Vec<f64>> = vec![Vec::with_capacity(cfg.heads * cfg.v_head); variants.len()];
+            for (ti, pr) in prepared.iter().enumerate() {
+                for h in 0..cfg.heads {
+                    let qf = pr.layer.absorb_query(h, &q.q_nope[h]);
+                    let fw = l / FINE;
+                    let rope: Vec<f64> = (0..=n).map(|t| dot(&q.q_pe[h], &proj[t].k_pe)).collect();
+                    let fine: Vec<Vec<f64>> = (0..FINE)
+                        .map(|j| (0..=n).map(|t| dot(&qf[j * fw..(j + 1) * fw], &pr.c[t][j * fw..(j + 1) * fw])).collect())
+                        .collect();
+                    for (vi, v) in variants.iter().enumerate().filter(|(_, v)| v.t == ti) {
+                        if v.mode == Mode::PdSep && n < p_tok {
+                            continue;
+                        }
+                        let vh = variant_head(&cfg, pr, v, &fine, &rope, n, p_tok, h);
+                        vcats[vi].extend(vh);
+                    }
+                }
+            }
+            variants
+                .iter()
+                .enumerate()
+                .map(|(vi, v)| {
+                    if v.mode == Mode::PdSep && n < p_tok {
+                        return (f64::NAN, f64::NAN);
+                    }
+                    let y = prepared[v.t].layer.w_o.vecmat(&vcats[vi]);
+                    (rel_err(&y, &y_ref), cosine(&y, &y_ref))
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut rows = Vec::new();
+    for (vi, v) in variants.iter().enumerate() {
+        let mut curve = Vec::new();
+        let (mut rs, mut cs) = (Vec::new(), Vec::new());
+        for (si, &n) in steps.iter().enumerate() {
+            let (r, c) = results[si][vi];
+            if r.is_nan() {
+                continue;
+            }
+            let decoded = match v.mode {
+                Mode::PdSep => n + 1 - p_tok,
+                Mode::AllDecoded => n + 1,
+            };
+            curve.push((decoded, r));
+            if n >= p_tok {
+                rs.push(r);
+                cs.push(c);
+            }
+        }
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+        let last = &rs[rs.len() - (rs.len() / 4).max(1).min(rs.len())..];
+        rows.push(AccuracyRow {
+            transform: opts.transforms[v.t],
+            groups: v.groups,
+            slicing: v.slicing,
+            mode: v.mode,
+            mu: v.mu_conv,
+            rel_err_mean: mean(&rs),
+            rel_err_max: rs.iter().cloned().fold(0.0, f64::max),
+            rel_err_last: mean(last),
+            cosine_mean: mean(&cs),
+            cosine_min: cs.iter().cloned().fold(1.0, f64::min),
+            curve,
+        });
+    }
+    let mu_decision = decide_mu(&rows);
+    Ok(AccuracyReport {
+        options: opts.clone(),
+        config: cfg,
+        layer_source: source,
+        rows,
+        energy,
+        mu_decision,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn variant_head(
+    cfg: &MlaConfig,
+    pr: &Prepared,
+    v: &Variant,
+    fine: &[Vec<f64>],
+    rope: &[f64],
+    n: usize,
+    p_tok: usize,
+    h: usize,
+) -> Vec<f64> {
+    let l = cfg.kv_lora_rank;
+    let g = v.groups;
+    let w = l / g;
+    let per = FINE / g;
+    let len = n + 1;
+    // Norm factor f[i][t] and partial logits r[i][t].
+    let mut f = vec![vec![0.0; len]; g];
+    let mut r = vec![vec![0.0; len]; g];
+    for t in 0..len {
+        let exact = !v.slicing.local_norm() || (v.mode == Mode::PdSep && t < p_tok);
+        for i in 0..g {
+            let fs: f64 = (i * per..(i + 1) * per).map(|j| fine[j][t]).sum();
+            r[i][t] = fs;
+            f[i][t] = if exact {
+                pr.inv_rms[t]
+            } else {
+                let ss: f64 = pr.fine_ss[t][i * per..(i + 1) * per].iter().sum();
+                v.corr.norm_gain(i) / (ss / w as f64 + cfg.rms_eps).sqrt()
+            };
+        }
+    }
+    let mut a = vec![vec![0.0; len]; g];
+    if v.slicing.local_softmax() {
+        for i in 0..g {
+            let mut s: Vec<f64> = (0..len).map(|t| cfg.scale * (v.corr.mu[i] * f[i][t] * r[i][t] + rope[t])).collect();
+            softmax_in_place(&mut s);
+            for t in 0..len {
+                a[i][t] = s[t] * f[i][t];
+            }
+        }
+    } else {
+        let mut s: Vec<f64> = (0..len).map(|t| cfg.scale * ((0..g).map(|i| f[i][t] * r[i][t]).sum::<f64>() + rope[t])).collect();
+        softmax_in_place(&mut s);
+        for i in 0..g {
+            for t in 0..len {
+                a[i][t] = s[t] * f[i][t];
+            }
+        }
+    }
+    let mut o = vec![0.0; l];
+    for t in 0..len {
+        for i in 0..g {
+            axpy(&mut o[i * w..(i + 1) * w], a[i][t], &pr.c[t][i * w..(i + 1) * w]);
+        }
+    }
+    pr.layer.w_uv[h].vecmat(&o)
+}
+
+fn decide_mu(rows: &[AccuracyRow]) -> Option<MuDecision> {
+    let (mut wi, mut wo, mut logsum, mut cnt) = (0, 0, 0.0, 0usize);
+    for a in rows.iter().filter(|r| r.mu == Some(MuConvention::InverseEnergy)) {
+        if let Some(b) = rows.iter().find(|b| {
+            b.mu == Some(MuConvention::One) && b.transform == a.transform && b.groups == a.groups && b.slicing == a.slicing && b.mode == a.mode
+        }) {
+            if a.rel_err_mean < b.rel_err_mean {
+                wi += 1
+            } else {
+                wo += 1
+            }
+            logsum += (a.rel_err_mean / b.rel_err_mean).ln();
+            cnt += 1;
+        }
+    }
+    (cnt > 0).then(|| MuDecision {
+        favoured: if wi > wo { MuConvention::InverseEnergy } else { MuConvention::One },
+        wins_inverse_energy: wi,
+        wins_one: wo,
+        geo_mean_ratio: (logsum / cnt as f64).exp(),
+    })
+}
+
+impl AccuracyReport {
+    /// Plain-text table of the summaries.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{} ({}), P = {}, N = {}, stride {}, seed {}: rel. error / cosine of y vs exact MLA over steps >= P\n",
+            self.config.name, self.layer_source, self.options.prefill_tokens, self.options.decode_tokens, self.options.stride, self.options.seed
+        );
+        s += &format!(
+            "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+            "transform", "g", "slicing", "mu", "mode", "rel_mean", "rel_last", "rel_max", "cos_mean", "cos_min"
+        );
+        for r in &self.rows {
+            s += &format!(
+                "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>9.6}\n",
+                r.transform.name(),
+                r.groups,
+                r.slicing.name(),
+                r.mu.map_or("-", |m| m.name()),
+                r.mode.name(),
+                r.rel_err_mean,
+                r.rel_err_last,
+                r.rel_err_max,
+                r.cosine_mean,
+                r.cosine_min
+            );
+        }
+        if let Some(d) = &self.mu_decision {
+            s += &format!(
+                "mu decision: favoured {} (wins: 1/e {}, one {}; geo-mean err(1/e)/err(1) = {:.3})\n",
+                d.favoured.name(),
+                d.wins_inverse_energy,
+                d.wins_one,
+                d.geo_mean_ratio
+            );
+        }
+        s
+    }
+
+    /// Write the report as pretty JSON.
+    pub fn write_json(&self, path: &std::path::Path) -> Result<()> {
+        let s = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, s).map_err(|e| ModelError::io(path, e))
+    }
+
+    /// PNG of relative error vs decoded tokens: TPLA (slicing both) with μ = `mu`, one panel per mode.
+    pub fn write_png(&self, path: &std::path::Path, mu: MuConvention) -> Result<()> {
+        let mut panels = Vec::new();
+        for mode in [Mode::PdSep, Mode::AllDecoded] {
+            let mut series = Vec::new();
+            for r in self.rows.iter().filter(|r| r.mode == mode && r.slicing == Slicing::Both && r.mu == Some(mu)) {
+                let ti = self.options.transforms.iter().position(|&t| t == r.transform).unwrap_or(0);
+                let gi = self.options.groups.iter().position(|&g| g == r.groups).unwrap_or(0);
+                series.push(Series {
+                    label: format!("{} g={}", r.transform.name(), r.groups),
+                    points: r.curve.iter().map(|&(d, e)| (d as f64, e)).collect(),
+                    color: ti * 3 + gi,
+                    dashed: false,
+                });
+            }
+            panels.push(Panel {
+                title: match mode {
+                    Mode::PdSep => format!("pd sep: {} prefill tokens, then decode (mu={})", self.options.prefill_tokens, mu.name()),
+                    Mode::AllDecoded => format!("all tokens decoded (mu={})", mu.name()),
+                },
+                x_label: "tokens decoded".into(),
+                y_label: "rel. error of y vs MLA".into(),
+                series,
+            });
+        }
+        line_plot_png(path, &panels, 1400, 600)
+    }
+}
