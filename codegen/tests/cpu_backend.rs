@@ -1572,3 +1572,58 @@ fn clif_text_is_available() {
     fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<CpuKernel>();
 }
+
+/// exp2 over its whole range (vector lanes and scalar remainder) against `f32::exp2`.
+#[test]
+fn exp2_accuracy_sweep() {
+    let mut xs: Vec<f32> = (0..1200).map(|i| -160.0 + i as f32 * 0.2417).collect();
+    xs.extend([
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+        127.7,
+        127.99,
+        128.0,
+        -126.5,
+        -149.2,
+        -149.9,
+        0.0,
+        -0.0,
+    ]);
+    xs.extend((0..200).map(|i| -1.0 + i as f32 * 0.01));
+    let n = xs.len();
+    let mut b = KernelBuilder::new("exp2", &cfg());
+    let px = b.tensor("x", DType::F32, vec![ParamDim::Const(n)], false);
+    let po = b.tensor("o", DType::F32, vec![ParamDim::Const(n)], true);
+    let x = b
+        .define(
+            "x",
+            TileOp::Load {
+                param: px,
+                index: vec![span(c(0), n)],
+            },
+        )
+        .unwrap();
+    let y = b.define("y", TileOp::Unary(UnaryOp::Exp2, x)).unwrap();
+    b.store(po, vec![span(c(0), n)], y).unwrap();
+    let k = b.finish().unwrap();
+    let code = compile(&k);
+    let mut o = vec![0.0f32; n];
+    let mut args = Vec::new();
+    abi::push_tensor(&mut args, xs.as_ptr(), &[n]);
+    abi::push_tensor(&mut args, o.as_mut_ptr(), &[n]);
+    run(&k, &code, &args, &[], [1, 1, 1]);
+    for (x, got) in xs.iter().zip(&o) {
+        let want = x.exp2();
+        let ok = if want.is_nan() {
+            got.is_nan()
+        } else if want.is_infinite() || want == 0.0 {
+            *got == want
+        } else if want < f32::MIN_POSITIVE {
+            (got - want).abs() <= 2.0 * f32::from_bits(1)
+        } else {
+            ((got - want) / want).abs() <= 4.0 * f32::EPSILON
+        };
+        assert!(ok, "exp2({x}) = {got}, want {want}");
+    }
+}

@@ -45,7 +45,6 @@ pub(super) enum ParamVals {
 
 /// Host functions the generated code calls.
 pub(super) struct HostFns {
-    pub exp2: FuncRef,
     pub log2: FuncRef,
 }
 

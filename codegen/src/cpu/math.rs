@@ -1,5 +1,5 @@
 //! Elementwise arithmetic on f32 / i32 scalars and 4-lane vectors, and the host functions the
-//! generated code calls (`exp2`, `log2`).
+//! generated code calls (`log2`; `exp2` is inline).
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
@@ -7,19 +7,12 @@ use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use super::lower::Lower;
 use crate::ir::{BinaryOp, CmpOp, UnaryOp};
 
-/// `2^x` for the generated code (`exp2(-inf) = 0`).
-pub(super) extern "C" fn host_exp2(x: f32) -> f32 {
-    x.exp2()
-}
-
 /// `log2(x)` for the generated code (`log2(0) = -inf`).
 pub(super) extern "C" fn host_log2(x: f32) -> f32 {
     x.log2()
 }
 
-/// Symbol names of the host functions.
-pub(super) const EXP2_SYMBOL: &str = "tpla_cpu_exp2f";
-/// See [`EXP2_SYMBOL`].
+/// Symbol name of [`host_log2`].
 pub(super) const LOG2_SYMBOL: &str = "tpla_cpu_log2f";
 
 impl Lower<'_, '_> {
@@ -123,12 +116,9 @@ impl Lower<'_, '_> {
                 let one = self.f32c(1.0, vec);
                 self.b.ins().fdiv(one, x)
             }
-            UnaryOp::Exp2 | UnaryOp::Log2 => {
-                let f = if op == UnaryOp::Exp2 {
-                    self.host.exp2
-                } else {
-                    self.host.log2
-                };
+            UnaryOp::Exp2 => self.exp2(x, vec),
+            UnaryOp::Log2 => {
+                let f = self.host.log2;
                 if !vec {
                     let call = self.b.ins().call(f, &[x]);
                     return self.b.inst_results(call)[0];
@@ -142,6 +132,60 @@ impl Lower<'_, '_> {
                 }
                 r
             }
+        }
+    }
+
+    /// `2^x` inline: `x = n + f` with `n = nearest(x)`, `2^f` from a degree-6 polynomial on
+    /// `[-0.5, 0.5]` (Cephes `exp2f`, about 2 ulp), `2^n` built in exponent bits as two factors.
+    /// Inputs are clamped to `[-150, 128]`, so `exp2(-inf) = 0` exactly, subnormal results are
+    /// kept and `exp2(x >= 128) = inf`; NaN stays NaN.
+    pub(super) fn exp2(&mut self, x: Value, vec: bool) -> Value {
+        let hi = self.f32c(128.0, vec);
+        let lo = self.f32c(-150.0, vec);
+        let xc = self.float_binary(BinaryOp::Min, x, hi, vec);
+        let xc = self.float_binary(BinaryOp::Max, xc, lo, vec);
+        let n = self.b.ins().nearest(xc);
+        let f = self.b.ins().fsub(xc, n);
+        const P: [f32; 6] = [
+            1.535_336_2e-4,
+            1.339_887_4e-3,
+            9.618_438e-3,
+            5.550_332_5e-2,
+            2.402_264_8e-1,
+            6.931_472e-1,
+        ];
+        let mut p = self.f32c(P[0], vec);
+        for &c in &P[1..] {
+            let cv = self.f32c(c, vec);
+            p = self.madd_f(p, f, cv);
+        }
+        let one = self.f32c(1.0, vec);
+        let p = self.madd_f(p, f, one);
+        let ity = if vec { types::I32X4 } else { types::I32 };
+        let fty = if vec { types::F32X4 } else { types::F32 };
+        // 2^n = 2^h * 2^(n-h) with h = n >> 1, both factors normal for n in [-150, 128].
+        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let h = self.b.ins().sshr_imm_u(ni, 1);
+        let rest = self.b.ins().isub(ni, h);
+        let mut r = p;
+        for e in [h, rest] {
+            let bias = self.i32c(127, vec);
+            let e = self.b.ins().iadd(e, bias);
+            let e = self.b.ins().ishl_imm_u(e, 23);
+            let scale = self.b.ins().bitcast(fty, MemFlagsData::new(), e);
+            r = self.b.ins().fmul(r, scale);
+        }
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.choose(nan, x, r, vec)
+    }
+
+    /// `acc * x + c`, fused when the target has FMA.
+    pub(super) fn madd_f(&mut self, acc: Value, x: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(acc, x, c)
+        } else {
+            let m = self.b.ins().fmul(acc, x);
+            self.b.ins().fadd(m, c)
         }
     }
 

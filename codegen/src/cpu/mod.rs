@@ -8,8 +8,8 @@
 //! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (see [`gemm`]). Everything else
-//! takes a scalar path that handles arbitrary strides. `exp2` and `log2` call the host's
-//! `f32::exp2` / `f32::log2`.
+//! takes a scalar path that handles arbitrary strides. `exp2` is computed inline (polynomial,
+//! vectorized); `log2` calls the host's `f32::log2`.
 
 pub mod abi;
 mod elementwise;
@@ -96,7 +96,6 @@ impl CpuKernel {
             .finish(settings::Flags::new(flags))
             .map_err(|e| err(e.to_string()))?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-        jb.symbol(math::EXP2_SYMBOL, math::host_exp2 as *const u8);
         jb.symbol(math::LOG2_SYMBOL, math::host_log2 as *const u8);
         let mut module = JITModule::new(jb);
 
@@ -113,9 +112,6 @@ impl CpuKernel {
         let fid = module
             .declare_function(&name, Linkage::Local, &sig)
             .map_err(|e| err(e.to_string()))?;
-        let exp2 = module
-            .declare_function(math::EXP2_SYMBOL, Linkage::Import, &unary)
-            .map_err(|e| err(e.to_string()))?;
         let log2 = module
             .declare_function(math::LOG2_SYMBOL, Linkage::Import, &unary)
             .map_err(|e| err(e.to_string()))?;
@@ -125,7 +121,6 @@ impl CpuKernel {
         let tcfg = module.target_config();
         {
             let host = HostFns {
-                exp2: module.declare_func_in_func(exp2, &mut ctx.func),
                 log2: module.declare_func_in_func(log2, &mut ctx.func),
             };
             let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
@@ -133,9 +128,16 @@ impl CpuKernel {
             lower.finish(tcfg)?;
         }
         let clif = ctx.func.display().to_string();
+        let asm = std::env::var_os("TPLA_CPU_ASM").is_some();
+        ctx.set_disasm(asm);
         module
             .define_function(fid, &mut ctx)
             .map_err(|e| err(format!("{e:?}")))?;
+        if asm {
+            if let Some(v) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+                eprintln!("{v}");
+            }
+        }
         module.clear_context(&mut ctx);
         module
             .finalize_definitions()
