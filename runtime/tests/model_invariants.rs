@@ -168,8 +168,8 @@ fn pd_sep_prefill_is_exact_and_exact_rms_decode_is_exact() {
     let mut s = PdSession::new(&r, &corr, NormMode::LocalCorrected, SoftmaxMode::Local);
     let yp = s.prefill(&xs[..8]);
     assert!(max_rel(&yp, &y0[..8]) <= 1e-10);
-    for t in 0..8 {
-        let p = r.project(&xs[t], t);
+    for (t, x) in xs.iter().enumerate().take(8) {
+        let p = r.project(x, t);
         let rec = mla_entry(&r, &p);
         let mut joined = s.cache(0)[t][..256].to_vec();
         joined.extend_from_slice(&s.cache(1)[t]);

@@ -285,10 +285,10 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
         return Err(ModelError::InvalidValue { name: "stride/decode_tokens", detail: "must be > 0".into() });
     }
     for &g in &opts.groups {
-        if g == 0 || l % g != 0 {
+        if g == 0 || !l.is_multiple_of(g) {
             return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
         }
-        if FINE % g != 0 || l % FINE != 0 {
+        if !FINE.is_multiple_of(g) || !l.is_multiple_of(FINE) {
             return Err(ModelError::InvalidValue { name: "groups", detail: format!("harness evaluates g dividing {FINE}, got {g}") });
         }
     }

@@ -156,7 +156,7 @@ impl MlaConfig {
                 return Err(ModelError::InvalidValue { name, detail: "must be > 0".into() });
             }
         }
-        if self.qk_rope % 2 != 0 {
+        if !self.qk_rope.is_multiple_of(2) {
             return Err(ModelError::InvalidValue {
                 name: "qk_rope",
                 detail: format!("{} is odd", self.qk_rope),

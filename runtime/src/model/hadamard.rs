@@ -96,7 +96,7 @@ mod tests {
         let utu = u.t().matmul(&u);
         assert!(utu.max_abs_diff(&Mat::identity(512)) < 1e-12);
         let mut g = Gauss::new(3);
-        let c: Vec<f64> = (0..512).map(|_| g.next()).collect();
+        let c: Vec<f64> = (0..512).map(|_| g.sample()).collect();
         let fast = hd.apply(&c).unwrap();
         let dense = u.vecmat(&c);
         let err = fast.iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

@@ -8,6 +8,8 @@
 //!   and k devices; [`pdsep`]: prefill/decode separation.
 //! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`]: `tpla convert`.
 
+#![allow(clippy::needless_range_loop)]
+
 pub mod accuracy;
 pub mod config;
 pub mod convert;

@@ -50,7 +50,7 @@ impl Pca {
 /// Energy fraction of g consecutive slices of per-dimension energies.
 pub fn energy_fractions(energy: &[f64], g: usize) -> Result<Vec<f64>> {
     let l = energy.len();
-    if g == 0 || l % g != 0 {
+    if g == 0 || !l.is_multiple_of(g) {
         return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
     }
     let total: f64 = energy.iter().sum();

@@ -177,7 +177,7 @@ impl Rotation {
     /// Corrections for g groups under a μ convention.
     pub fn corrections(&self, g: usize, conv: MuConvention) -> Result<Corrections> {
         let l = self.u.rows;
-        if g == 0 || l % g != 0 {
+        if g == 0 || !l.is_multiple_of(g) {
             return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
         }
         Ok(match &self.energy {

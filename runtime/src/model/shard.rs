@@ -51,14 +51,14 @@ impl ShardPlan {
     /// Validate g | l, g | k and (k/g) | H.
     pub fn new(cfg: &MlaConfig, groups: usize, devices: usize) -> Result<Self> {
         let l = cfg.kv_lora_rank;
-        if groups == 0 || l % groups != 0 {
+        if groups == 0 || !l.is_multiple_of(groups) {
             return Err(ModelError::GroupsNotDividingLatent { groups, latent: l });
         }
-        if devices == 0 || devices % groups != 0 {
+        if devices == 0 || !devices.is_multiple_of(groups) {
             return Err(ModelError::GroupsNotDividingDevices { groups, devices });
         }
         let shards = devices / groups;
-        if cfg.heads % shards != 0 {
+        if !cfg.heads.is_multiple_of(shards) {
             return Err(ModelError::ShardsNotDividingHeads { shards, heads: cfg.heads });
         }
         Ok(ShardPlan { groups, devices, heads: cfg.heads, latent: l })

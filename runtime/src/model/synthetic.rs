@@ -36,7 +36,7 @@ impl Gauss {
     }
 
     /// One N(0, 1) sample.
-    pub fn next(&mut self) -> f64 {
+    pub fn sample(&mut self) -> f64 {
         if let Some(s) = self.spare.take() {
             return s;
         }
@@ -51,13 +51,13 @@ impl Gauss {
     /// Matrix of N(0, std²).
     pub fn mat(&mut self, rows: usize, cols: usize, std: f64) -> Mat {
         let mut m = Mat::zeros(rows, cols);
-        m.data.iter_mut().for_each(|v| *v = self.next() * std);
+        m.data.iter_mut().for_each(|v| *v = self.sample() * std);
         m
     }
 
     /// Log-normal vector exp(N(0, s²)).
     pub fn lognormal(&mut self, n: usize, s: f64) -> Vec<f64> {
-        (0..n).map(|_| (self.next() * s).exp()).collect()
+        (0..n).map(|_| (self.sample() * s).exp()).collect()
     }
 
     /// Uniform index in [0, n).
@@ -141,19 +141,19 @@ pub fn synthetic_hidden(d: usize, n: usize, model_seed: u64, stream_seed: u64) -
         let ch = gm.index(d);
         gamma[ch] *= 20.0;
     }
-    let mean: Vec<f64> = (0..d).map(|_| gm.next()).collect();
+    let mean: Vec<f64> = (0..d).map(|_| gm.sample()).collect();
     let topics = gm.mat(TOPICS, d, 1.0);
     let mut gs = Gauss::new(stream_seed ^ 0x5eed_0002);
     let rho: f64 = 0.9;
-    let mut a: Vec<f64> = (0..TOPICS).map(|_| gs.next()).collect();
+    let mut a: Vec<f64> = (0..TOPICS).map(|_| gs.sample()).collect();
     let mut x = Mat::zeros(n, d);
     for t in 0..n {
         for ak in a.iter_mut() {
-            *ak = rho * *ak + (1.0 - rho * rho).sqrt() * gs.next();
+            *ak = rho * *ak + (1.0 - rho * rho).sqrt() * gs.sample();
         }
         let row = &mut x.data[t * d..(t + 1) * d];
         for (j, v) in row.iter_mut().enumerate() {
-            *v = mean[j] + 0.5 * gs.next();
+            *v = mean[j] + 0.5 * gs.sample();
         }
         for (k, &ak) in a.iter().enumerate() {
             super::linalg::axpy(row, ak, topics.row(k));
