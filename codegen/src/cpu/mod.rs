@@ -7,9 +7,13 @@
 //!
 //! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
-//! time) and stores (bf16 narrowed eight at a time), and gemm (see [`gemm`]). Everything else
+//! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
+//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `gemm.rs`). Everything else
 //! takes a scalar path that handles arbitrary strides. `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.
+//!
+//! Index arithmetic is i64 and never traps (division by zero yields 0). Out-of-range loads read
+//! 0 and out-of-range stores are skipped, as the IR specifies.
 
 pub mod abi;
 mod elementwise;
@@ -74,6 +78,9 @@ impl std::fmt::Debug for CpuKernel {
 
 impl CpuKernel {
     /// Lowers and compiles one kernel (already validated by the builder).
+    ///
+    /// Errors are `IrError::Backend { backend: "cpu", .. }`. With the environment variable
+    /// `TPLA_CPU_ASM` set, the generated machine code is printed to stderr (debugging aid).
     pub fn compile(kernel: &Kernel) -> Result<CpuKernel, IrError> {
         let err = |m: String| backend_err(kernel, m);
         let mut flags = settings::builder();
