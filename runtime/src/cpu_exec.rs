@@ -225,6 +225,13 @@ impl Executor for CpuExecutor {
         Ok(c.clone())
     }
 
+    fn download_paged<T: Element>(
+        &self,
+        c: &HostPagedCache<T>,
+    ) -> Result<HostPagedCache<T>, RuntimeError> {
+        Ok(c.clone())
+    }
+
     fn set_seq_lens<T: Element>(
         &self,
         c: &mut HostPagedCache<T>,

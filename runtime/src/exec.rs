@@ -141,6 +141,11 @@ pub trait Executor {
         &self,
         c: &crate::HostPagedCache<T>,
     ) -> Result<Self::Paged<T>, RuntimeError>;
+    /// Copies a paged cache back to the host.
+    fn download_paged<T: Element>(
+        &self,
+        c: &Self::Paged<T>,
+    ) -> Result<crate::HostPagedCache<T>, RuntimeError>;
     /// Sets the sequence lengths of a paged cache (each at most its capacity); on error nothing
     /// changes.
     fn set_seq_lens<T: Element>(

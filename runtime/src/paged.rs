@@ -57,6 +57,49 @@ impl<T: Element> HostPagedCache<T> {
         })
     }
 
+    /// A cache from its raw parts (e.g. read from a file), validated: `data` holds
+    /// `num_pages * page_size * row` values, the block table `batch * pages_per_seq` page ids
+    /// below `num_pages`, and every length fits the table.
+    pub fn from_parts(
+        data: Vec<T>,
+        page_size: usize,
+        row: usize,
+        block_table: Vec<i32>,
+        seq_lens: &[usize],
+    ) -> Result<Self, RuntimeError> {
+        if page_size == 0 || row == 0 {
+            return Err(RuntimeError::InvalidInput(
+                "page size and row width must be positive".into(),
+            ));
+        }
+        if data.len() % (page_size * row) != 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "page pool of {} values is not a whole number of [{page_size}, {row}] pages",
+                data.len()
+            )));
+        }
+        let batch = seq_lens.len();
+        if batch == 0 || block_table.len() % batch != 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "block table of {} entries for a batch of {batch}",
+                block_table.len()
+            )));
+        }
+        let num_pages = data.len() / (page_size * row);
+        let mut c = HostPagedCache {
+            data,
+            num_pages,
+            page_size,
+            row,
+            block_table: vec![0; block_table.len()],
+            pages_per_seq: block_table.len() / batch,
+            seq_lens: vec![0; batch],
+        };
+        c.set_block_table(block_table)?;
+        c.set_seq_lens(seq_lens)?;
+        Ok(c)
+    }
+
     /// Replaces the block table (`[batch, pages_per_seq]`, page ids below `num_pages`).
     pub fn set_block_table(&mut self, table: Vec<i32>) -> Result<(), RuntimeError> {
         if table.len() != self.block_table.len() {

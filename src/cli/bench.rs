@@ -1,0 +1,272 @@
+//! `tpla bench`: speed measured, never assumed.
+//!
+//! On the CPU: the JIT-compiled `latent_decode` (+ combine) against a plain rustc -O
+//! implementation of the same math on the same thread count, next to a streaming-read roofline
+//! measured in the same process. Results are printed and stored as JSON under `bench/results/`.
+
+use std::time::Instant;
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tpla::decoder::auto_splits;
+use tpla_kernels::ops::{decode_attention, DecodeParams};
+use tpla_runtime::half::bf16;
+use tpla_runtime::reference::rel_error;
+use tpla_runtime::{CpuExecutor, HostPagedCache, HostTensor};
+
+use super::error::CliError;
+use super::BackendArg;
+
+/// Options of `tpla bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Executor to benchmark.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// Sequences (CPU benchmark).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Heads (CPU benchmark).
+    #[arg(long, default_value_t = 16)]
+    pub heads: usize,
+    /// Tokens per sequence (CPU benchmark).
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// Latent width (CPU benchmark); RoPE is 64.
+    #[arg(long, default_value_t = 512)]
+    pub lat: usize,
+    /// Timed repetitions (median reported).
+    #[arg(long, default_value_t = 9)]
+    pub reps: usize,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Directory for the JSON result.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: String,
+}
+
+#[derive(Serialize)]
+struct CpuBenchResult {
+    kind: &'static str,
+    date: String,
+    git_commit: String,
+    cpu: String,
+    threads: usize,
+    batch: usize,
+    heads: usize,
+    context: usize,
+    lat: usize,
+    rope: usize,
+    splits: usize,
+    config: String,
+    jit_ms: f64,
+    plain_rust_ms: f64,
+    speedup_jit_over_plain: f64,
+    jit_gflops: f64,
+    jit_gbps: f64,
+    plain_gflops: f64,
+    read_roofline_gbps: f64,
+    jit_vs_plain_rel_diff: f64,
+}
+
+/// Runs `tpla bench`.
+pub fn bench(a: BenchArgs) -> Result<(), CliError> {
+    match a.backend {
+        BackendArg::Cuda => Err(tpla_runtime::RuntimeError::BackendUnavailable {
+            backend: "cuda".into(),
+            reason: super::backend::probe_cuda().err().unwrap_or_default(),
+        }
+        .into()),
+        BackendArg::Auto | BackendArg::Cpu => cpu_bench(&a),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|x, y| x.total_cmp(y));
+    v[v.len() / 2]
+}
+
+/// Streaming-read bandwidth of this machine with `threads` threads (GB/s).
+fn read_roofline(pool: &rayon::ThreadPool) -> f64 {
+    use rayon::prelude::*;
+    let n = 64 << 20; // 256 MiB of f32
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: f32 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0.0f32, |a, b| a + b))
+                .sum()
+        });
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(s);
+        best = best.max((n * 4) as f64 / dt / 1e9);
+    }
+    best
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The current git commit, or "unknown".
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// UTC date as YYYY-MM-DD.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86400)
+        .unwrap_or(0) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
+    if a.batch == 0 || a.heads == 0 || a.context == 0 || a.lat == 0 || a.reps == 0 {
+        return Err(CliError::Usage(
+            "bench sizes and --reps must be positive".into(),
+        ));
+    }
+    let rope = 64;
+    let d = a.lat + rope;
+    let exec = CpuExecutor::new(a.threads)?;
+    let threads = exec.threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let qv: Vec<f32> = (0..a.batch * a.heads * d)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let q = HostTensor::from_vec(&[a.batch, a.heads, d], qv.clone())
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut cache = HostPagedCache::<bf16>::new(a.batch, a.context, 64, d)?;
+    cache
+        .data_mut()
+        .iter_mut()
+        .for_each(|x| *x = bf16::from_f32(rng.gen_range(-1.0f32..1.0)));
+    cache.set_seq_lens(&vec![a.context; a.batch])?;
+    let scale = 0.1352f32;
+    let splits = auto_splits(a.batch, a.heads, 16, a.context, 4 * threads, 512);
+    let params = DecodeParams::new(a.batch, a.heads, a.lat, rope, splits, scale);
+    let mut out = HostTensor::<f32>::full(&[a.batch, a.heads, a.lat], f32::NAN);
+    let mut lse = HostTensor::<f32>::full(&[a.batch, a.heads], f32::NAN);
+    let mut plain = vec![f32::NAN; a.batch * a.heads * a.lat];
+
+    println!("tpla bench (cpu): B={} H={} L={} latent {} + rope {rope}, {threads} threads, splits {splits}", a.batch, a.heads, a.context, a.lat);
+    let roof = read_roofline(&pool);
+    // Warm-up: compiles the kernels, touches the caches.
+    decode_attention(&exec, &params, &q, &cache, &mut out, &mut lse)?;
+    tpla::baseline::plain_decode(&pool, &qv, &cache, a.heads, a.lat, scale, &mut plain);
+    let (mut tj, mut tp) = (Vec::new(), Vec::new());
+    for _ in 0..a.reps {
+        out.data_mut().iter_mut().for_each(|x| *x = f32::NAN);
+        let t = Instant::now();
+        decode_attention(&exec, &params, &q, &cache, &mut out, &mut lse)?;
+        tj.push(t.elapsed().as_secs_f64());
+        plain.iter_mut().for_each(|x| *x = f32::NAN);
+        let t = Instant::now();
+        tpla::baseline::plain_decode(&pool, &qv, &cache, a.heads, a.lat, scale, &mut plain);
+        tp.push(t.elapsed().as_secs_f64());
+    }
+    let (jit, pl) = (median(tj), median(tp));
+    let diff = rel_error(
+        &out.data().iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        &plain.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+    );
+    let tokens = (a.batch * a.context) as f64;
+    let flops = 2.0 * tokens * a.heads as f64 * (d + a.lat) as f64;
+    let bytes = 2.0
+        * (tokens * d as f64 + (a.batch * a.heads * d) as f64 + (a.batch * a.heads * a.lat) as f64);
+    let result = CpuBenchResult {
+        kind: "cpu-latent-decode",
+        date: today(),
+        git_commit: git_commit(),
+        cpu: cpu_name(),
+        threads,
+        batch: a.batch,
+        heads: a.heads,
+        context: a.context,
+        lat: a.lat,
+        rope,
+        splits,
+        config: params.decode.to_string(),
+        jit_ms: jit * 1e3,
+        plain_rust_ms: pl * 1e3,
+        speedup_jit_over_plain: pl / jit,
+        jit_gflops: flops / jit / 1e9,
+        jit_gbps: bytes / jit / 1e9,
+        plain_gflops: flops / pl / 1e9,
+        read_roofline_gbps: roof,
+        jit_vs_plain_rel_diff: diff,
+    };
+    println!("{:<28} {:>10} {:>10} {:>10}", "", "ms", "GFLOP/s", "GB/s");
+    println!(
+        "{:<28} {:>10.2} {:>10.2} {:>10.2}",
+        "JIT (Cranelift, DSL kernel)", result.jit_ms, result.jit_gflops, result.jit_gbps
+    );
+    println!(
+        "{:<28} {:>10.2} {:>10.2} {:>10.2}",
+        "plain Rust (rustc -O)",
+        result.plain_rust_ms,
+        result.plain_gflops,
+        bytes / pl / 1e9
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>10.2}",
+        "streaming-read roofline", "", "", roof
+    );
+    println!(
+        "JIT / plain speedup: {:.2}x; outputs agree to rel {:.1e}",
+        result.speedup_jit_over_plain, diff
+    );
+    if !(diff <= 1e-4) {
+        return Err(CliError::Usage(format!(
+            "JIT and plain outputs disagree: rel {diff:.3e}"
+        )));
+    }
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| CliError::Io {
+        path: a.out_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let path = format!(
+        "{}/cpu-decode-{}-{}.json",
+        a.out_dir, result.date, result.git_commit
+    );
+    let json = serde_json::to_string_pretty(&result).map_err(|e| CliError::Usage(e.to_string()))?;
+    std::fs::write(&path, json + "\n").map_err(|e| CliError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    println!("wrote {path}");
+    Ok(())
+}

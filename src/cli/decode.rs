@@ -1,0 +1,260 @@
+//! `tpla decode`: the main job. A DeepSeek-shaped attention decode, exact MLA and TPLA side by
+//! side on one executor: time per step, tokens/s, and how far TPLA's output is from MLA's.
+
+use std::time::Instant;
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use tpla::decoder::{auto_splits, concat_shards, DecoderShape, LatentDecoder};
+use tpla_runtime::half::bf16;
+use tpla_runtime::reference::{latent_attention, rel_error};
+use tpla_runtime::{Executor, HostTensor};
+
+use super::backend::{dispatch, ExecJob};
+use super::error::CliError;
+use super::{BackendArg, PresetArg};
+
+/// Options of `tpla decode`.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// Model whose attention shape and softmax scale are used.
+    #[arg(long, value_enum, default_value = "deepseek-v3")]
+    pub preset: PresetArg,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens already in each sequence's cache before decoding.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// TPLA latent groups (devices the latent is split across); must divide 512.
+    #[arg(long, short, default_value_t = 2)]
+    pub g: usize,
+    /// Decode steps (one new token per sequence each).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    /// Tokens per cache page.
+    #[arg(long, default_value_t = 64)]
+    pub page_size: usize,
+    /// KV splits per sequence (0 = chosen from the grid size).
+    #[arg(long, default_value_t = 0)]
+    pub splits: usize,
+    /// Executor.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Seed of the random cache and queries.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+const LAT: usize = 512;
+const ROPE: usize = 64;
+
+/// Runs `tpla decode`.
+pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
+    if args.batch == 0 || args.context == 0 || args.steps == 0 {
+        return Err(CliError::Usage(
+            "--batch, --context and --steps must be at least 1".into(),
+        ));
+    }
+    if args.g == 0 || LAT % args.g != 0 {
+        return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
+            "g = {} must divide the latent width {LAT}",
+            args.g
+        ))
+        .into());
+    }
+    let backend = args.backend;
+    let threads = args.threads;
+    dispatch(backend, threads, DecodeJob(args))
+}
+
+struct DecodeJob(DecodeArgs);
+
+struct Timing {
+    mla: Vec<f64>,
+    tpla_shards: Vec<Vec<f64>>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+impl ExecJob for DecodeJob {
+    type Out = ();
+    fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
+        let a = self.0;
+        let cfg = a.preset.preset().config();
+        let heads = cfg.heads;
+        let scale = cfg.scale as f32;
+        let max_tokens = a.context + a.steps;
+        let target = 2 * std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(66);
+        let splits = if a.splits > 0 {
+            a.splits
+        } else {
+            auto_splits(a.batch, heads, 16, a.context, target, 256)
+        };
+        let shape = |groups| DecoderShape {
+            batch: a.batch,
+            heads,
+            lat: LAT,
+            rope: ROPE,
+            groups,
+            page_size: a.page_size,
+            max_tokens,
+            splits,
+            scale,
+        };
+        let mut mla = LatentDecoder::new(exec, shape(1))?;
+        let mut tpla = LatentDecoder::new(exec, shape(a.g))?;
+        println!(
+            "tpla decode: {} (H={heads}, latent {LAT} + rope {ROPE}, scale {scale:.4}), batch {}, context {}, g={}, page {}, splits {splits}",
+            cfg.name, a.batch, a.context, a.g, a.page_size
+        );
+        println!("backend: {}", exec.backend_name());
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+        let random_rows =
+            |n: usize, rng: &mut rand::rngs::StdRng| -> Result<HostTensor<bf16>, CliError> {
+                let v: Vec<bf16> = (0..a.batch * n * (LAT + ROPE))
+                    .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+                    .collect();
+                HostTensor::from_vec(&[a.batch, n, LAT + ROPE], v)
+                    .map_err(|e| CliError::Usage(e.to_string()))
+            };
+        let t0 = Instant::now();
+        let prefix = random_rows(a.context, &mut rng)?;
+        mla.append(exec, &prefix)?;
+        tpla.append(exec, &prefix)?;
+        exec.synchronize()?;
+        println!("prefill: {} tokens per sequence written to the MLA cache and {} TPLA shard caches in {:.2} s", a.context, a.g, t0.elapsed().as_secs_f64());
+
+        let mut timing = Timing {
+            mla: Vec::new(),
+            tpla_shards: vec![Vec::new(); a.g],
+        };
+        let mut last = None;
+        for step in 0..a.steps {
+            let row = random_rows(1, &mut rng)?;
+            mla.append(exec, &row)?;
+            tpla.append(exec, &row)?;
+            let qv: Vec<f32> = (0..a.batch * heads * (LAT + ROPE))
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let q = HostTensor::from_vec(&[a.batch, heads, LAT + ROPE], qv)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let qm = mla.shard_queries(exec, &q)?;
+            let qt = tpla.shard_queries(exec, &q)?;
+            exec.synchronize()?;
+            let t = Instant::now();
+            let om = mla.attend_prepared(exec, &qm)?;
+            exec.synchronize()?;
+            // The first step compiles the kernels: keep it out of the timings.
+            if step > 0 {
+                timing.mla.push(t.elapsed().as_secs_f64());
+            }
+            let mut ot = Vec::new();
+            for (i, qi) in qt.iter().enumerate() {
+                let t = Instant::now();
+                ot.push(tpla.attend_shard(exec, &tpla.shards()[i], qi)?);
+                exec.synchronize()?;
+                if step > 0 {
+                    timing.tpla_shards[i].push(t.elapsed().as_secs_f64());
+                }
+            }
+            if step + 1 == a.steps {
+                last = Some((q, om, ot));
+            }
+        }
+        let (q, om, ot) = last.expect("steps >= 1");
+        let mla_out = exec.download(&om[0].0)?.into_vec();
+        let parts: Vec<Vec<f32>> = ot
+            .iter()
+            .map(|(o, _)| exec.download(o).map(|t| t.into_vec()))
+            .collect::<Result<_, _>>()?;
+        let tpla_out = concat_shards(&parts, a.batch * heads, LAT / a.g);
+
+        let steps_timed = a.steps.saturating_sub(1).max(1);
+        let mut tm = timing.mla.clone();
+        let mla_s = if tm.is_empty() {
+            f64::NAN
+        } else {
+            median(&mut tm)
+        };
+        let shard_s: Vec<f64> = timing
+            .tpla_shards
+            .iter()
+            .map(|v| {
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    median(&mut v.clone())
+                }
+            })
+            .collect();
+        let per_device = shard_s.iter().copied().fold(0.0, f64::max);
+        let len = a.context + a.steps;
+        let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;
+        println!();
+        println!(
+            "{:<24} {:>10} {:>14} {:>12} {:>10}",
+            "attention per layer", "row (B)", "ms / step", "tokens/s", "GB/s"
+        );
+        println!(
+            "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
+            "MLA (one device)",
+            (LAT + ROPE) * 2,
+            mla_s * 1e3,
+            a.batch as f64 / mla_s,
+            bytes(LAT) / mla_s / 1e9
+        );
+        println!(
+            "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
+            format!("TPLA g={} (per device)", a.g),
+            (LAT / a.g + ROPE) * 2,
+            per_device * 1e3,
+            a.batch as f64 / per_device,
+            bytes(LAT / a.g) / per_device / 1e9
+        );
+        println!("per-device speedup TPLA vs MLA: {:.2}x (cache bytes ratio {:.2}x; median of {steps_timed} steps)", mla_s / per_device, (LAT + ROPE) as f64 / (LAT / a.g + ROPE) as f64);
+
+        let m64: Vec<f64> = mla_out.iter().map(|&x| x as f64).collect();
+        let t64: Vec<f64> = tpla_out.iter().map(|&x| x as f64).collect();
+        let cos = cosine(&t64, &m64);
+        println!("TPLA vs MLA attention output (random cache, no transform): rel diff {:.3e}, cosine {:.4}", rel_error(&t64, &m64), cos);
+
+        // Check sequence 0 of the MLA output against the f64 reference.
+        let d = LAT + ROPE;
+        let host_cache = exec.download_paged(&mla.shards()[0])?;
+        let mut rows = Vec::with_capacity(len * d);
+        for t in 0..len {
+            rows.extend(host_cache.token(0, t)?.iter().map(|x| x.to_f32() as f64));
+        }
+        let q0: Vec<f64> = q.data()[..heads * d].iter().map(|&x| x as f64).collect();
+        let r = latent_attention(&q0, &rows, heads, LAT, ROPE, scale as f64);
+        let e = rel_error(&m64[..heads * LAT], &r.out);
+        println!(
+            "MLA output vs f64 reference (sequence 0): rel err {e:.2e} {}",
+            if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" }
+        );
+        if e > 1e-2 || !e.is_finite() {
+            return Err(CliError::Usage(format!(
+                "kernel output disagrees with the f64 reference: rel err {e:.3e}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

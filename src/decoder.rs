@@ -1,0 +1,258 @@
+//! MLA and TPLA decode attention over paged latent caches, generic over the executor.
+//!
+//! [`LatentDecoder`] holds one paged cache per latent group: with `groups = 1` it is MLA (rows of
+//! `lat + rope`), with `groups = g` it holds the `g` TPLA shards (rows of `lat / g + rope`). Each
+//! step appends the new tokens' rows and runs split-KV decode attention per shard. In a
+//! tensor-parallel deployment each shard lives on its own device; here they run one after the
+//! other on one executor, so the per-shard time is what one device would spend.
+
+use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::append_rows;
+use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
+use tpla_runtime::half::bf16;
+use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
+
+/// Static shape of a decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecoderShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Full latent width (512 for the DeepSeek family).
+    pub lat: usize,
+    /// RoPE width (64).
+    pub rope: usize,
+    /// Latent groups (1 = MLA).
+    pub groups: usize,
+    /// Tokens per page.
+    pub page_size: usize,
+    /// Tokens each sequence can hold.
+    pub max_tokens: usize,
+    /// KV splits per sequence.
+    pub splits: usize,
+    /// The model's softmax scale.
+    pub scale: f32,
+}
+
+/// Per-shard caches plus the kernels' configs.
+pub struct LatentDecoder<X: Executor> {
+    shape: DecoderShape,
+    width: usize,
+    shards: Vec<X::Paged<bf16>>,
+    lens: Vec<usize>,
+    params: DecodeParams,
+    append: Config,
+}
+
+impl<X: Executor> LatentDecoder<X> {
+    /// Empty caches for `shape`, one per latent group, on `exec`.
+    pub fn new(exec: &X, shape: DecoderShape) -> Result<Self, RuntimeError> {
+        let width = shard_width(shape.lat, shape.groups)?;
+        let params = DecodeParams::new(
+            shape.batch,
+            shape.heads,
+            width,
+            shape.rope,
+            shape.splits,
+            shape.scale,
+        );
+        params.validate()?;
+        let host = HostPagedCache::<bf16>::new(
+            shape.batch,
+            shape.max_tokens,
+            shape.page_size,
+            width + shape.rope,
+        )?;
+        let shards = (0..shape.groups)
+            .map(|_| exec.upload_paged(&host))
+            .collect::<Result<Vec<_>, _>>()?;
+        let append = append_rows.default_config(&[("ROW", (width + shape.rope) as i64)]);
+        Ok(LatentDecoder {
+            lens: vec![0; shape.batch],
+            shape,
+            width,
+            shards,
+            params,
+            append,
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &DecoderShape {
+        &self.shape
+    }
+    /// Latent width of each shard.
+    pub fn shard_width(&self) -> usize {
+        self.width
+    }
+    /// Current sequence lengths.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+    /// Replaces the decode kernel's tune values (e.g. from the tune database).
+    pub fn set_decode_config(&mut self, config: Config) {
+        self.params.decode = config;
+    }
+
+    /// Appends `rows` (`[batch, n, lat + rope]`, full width) to every shard: shard `i` keeps
+    /// latent columns `[i·w, (i+1)·w)` plus the RoPE part. Errors (too long, wrong shape) change
+    /// nothing.
+    pub fn append(&mut self, exec: &X, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+        let s = &self.shape;
+        let full = s.lat + s.rope;
+        let sh = rows.shape();
+        if sh.len() != 3 || sh[0] != s.batch || sh[2] != full || sh[1] == 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rows must be [{}, n >= 1, {full}], got {sh:?}",
+                s.batch
+            )));
+        }
+        let n = sh[1];
+        let new_lens: Vec<usize> = self.lens.iter().map(|l| l + n).collect();
+        if let Some(&bad) = new_lens.iter().find(|&&l| l > s.max_tokens) {
+            return Err(RuntimeError::LengthPastCache {
+                len: bad,
+                capacity: s.max_tokens,
+            });
+        }
+        for (i, cache) in self.shards.iter_mut().enumerate() {
+            let slice = shard_rows(rows.data(), s.batch * n, s.lat, s.rope, self.width, i);
+            let part = exec.upload(
+                &HostTensor::from_vec(&[s.batch, n, self.width + s.rope], slice)
+                    .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+            )?;
+            exec.set_seq_lens(cache, &new_lens)?;
+            append_rows::launch(exec, &self.append, &part, cache)?;
+        }
+        self.lens = new_lens;
+        Ok(())
+    }
+
+    /// Decode attention of one query token per sequence against every shard. `q` is
+    /// `[batch, heads, lat + rope]` (full width, f32); returns one `[batch, heads, w]` output and
+    /// `[batch, heads]` lse per shard, still on the executor.
+    pub fn attend(
+        &self,
+        exec: &X,
+        q: &HostTensor<f32>,
+    ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
+        let s = &self.shape;
+        let sh = q.shape();
+        if sh != [s.batch, s.heads, s.lat + s.rope] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "q must be [{}, {}, {}], got {sh:?}",
+                s.batch,
+                s.heads,
+                s.lat + s.rope
+            )));
+        }
+        let queries = self.shard_queries(exec, q)?;
+        self.attend_prepared(exec, &queries)
+    }
+
+    /// Like [`Self::attend`] with per-shard queries already on the executor (what a timed loop
+    /// uses, so uploads stay out of the measurement).
+    pub fn attend_prepared(
+        &self,
+        exec: &X,
+        queries: &[X::Tensor<f32>],
+    ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
+        let s = &self.shape;
+        if queries.len() != s.groups {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} shard queries for {} groups",
+                queries.len(),
+                s.groups
+            )));
+        }
+        let mut outs = Vec::with_capacity(s.groups);
+        for (cache, q) in self.shards.iter().zip(queries) {
+            outs.push(self.attend_shard(exec, cache, q)?);
+        }
+        Ok(outs)
+    }
+
+    /// Decode attention on one shard.
+    pub fn attend_shard(
+        &self,
+        exec: &X,
+        cache: &X::Paged<bf16>,
+        q: &X::Tensor<f32>,
+    ) -> Result<(X::Tensor<f32>, X::Tensor<f32>), RuntimeError> {
+        let s = &self.shape;
+        let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
+        let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
+        decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
+        Ok((out, lse))
+    }
+
+    /// The shard caches.
+    pub fn shards(&self) -> &[X::Paged<bf16>] {
+        &self.shards
+    }
+
+    /// Per-shard queries for [`Self::attend_prepared`].
+    pub fn shard_queries(
+        &self,
+        exec: &X,
+        q: &HostTensor<f32>,
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        let s = &self.shape;
+        (0..s.groups)
+            .map(|i| {
+                let data = shard_rows(q.data(), s.batch * s.heads, s.lat, s.rope, self.width, i);
+                exec.upload(
+                    &HostTensor::from_vec(&[s.batch, s.heads, self.width + s.rope], data)
+                        .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Concatenates per-shard outputs (`[batch, heads, w]` each) along the latent axis.
+pub fn concat_shards(parts: &[Vec<f32>], batch_heads: usize, width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.len() * batch_heads * width);
+    for r in 0..batch_heads {
+        for p in parts {
+            out.extend_from_slice(&p[r * width..(r + 1) * width]);
+        }
+    }
+    out
+}
+
+/// Picks shard `i` of each `[lat + rope]` row: latent columns `[i·w, (i+1)·w)` then the RoPE part.
+pub fn shard_rows<T: Copy>(
+    data: &[T],
+    rows: usize,
+    lat: usize,
+    rope: usize,
+    w: usize,
+    i: usize,
+) -> Vec<T> {
+    let d = lat + rope;
+    let mut out = Vec::with_capacity(rows * (w + rope));
+    for r in 0..rows {
+        let row = &data[r * d..(r + 1) * d];
+        out.extend_from_slice(&row[i * w..(i + 1) * w]);
+        out.extend_from_slice(&row[lat..]);
+    }
+    out
+}
+
+/// KV splits so that the grid has at least `target` programs (e.g. two waves of SMs or threads),
+/// without splits shorter than `min_tokens`.
+pub fn auto_splits(
+    batch: usize,
+    heads: usize,
+    block_h: usize,
+    len: usize,
+    target: usize,
+    min_tokens: usize,
+) -> usize {
+    let programs = batch * heads.div_ceil(block_h.max(1));
+    let want = target.div_ceil(programs.max(1));
+    let cap = (len / min_tokens.max(1)).max(1);
+    want.clamp(1, cap)
+}
