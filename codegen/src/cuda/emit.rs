@@ -176,7 +176,9 @@ fn analyse(k: &Kernel) -> Info {
                     _ => operand_tiles(op).into_iter().for_each(|t| other[t] = true),
                 },
                 Stmt::Store { src, .. } | Stmt::PagedStore { src, .. } => other[*src] = true,
-                Stmt::For { body, .. } | Stmt::PagedBlocks { body, .. } => collect(body, users, other),
+                Stmt::For { body, .. } | Stmt::PagedBlocks { body, .. } => {
+                    collect(body, users, other)
+                }
                 Stmt::Let { .. } => {}
             }
         }
@@ -838,7 +840,14 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn add_buf(&mut self, prefix: &str, elem: Elem, shape: &[usize], slots: usize, tracked: bool) -> usize {
+    fn add_buf(
+        &mut self,
+        prefix: &str,
+        elem: Elem,
+        shape: &[usize],
+        slots: usize,
+        tracked: bool,
+    ) -> usize {
         let (r, c) = Self::norm(shape);
         let name = self.fresh(prefix);
         self.bufs.push(new_buf(name, elem, r, c, slots, tracked));
@@ -880,10 +889,16 @@ impl<'a> Lower<'a> {
                     done[*valid] = true;
                     if let ParamKind::Paged { dtype, row, .. } = self.k.params[*cache].kind {
                         let elem = Elem::of_dtype(dtype);
-                        let vec_ok = self.target.has_tensor_cores() && (row * elem.size()) % 16 == 0;
-                        let st = if vec_ok { (*stages).clamp(1, self.stages_cap.max(1)) } else { 1 };
+                        let vec_ok =
+                            self.target.has_tensor_cores() && (row * elem.size()) % 16 == 0;
+                        let st = if vec_ok {
+                            (*stages).clamp(1, self.stages_cap.max(1))
+                        } else {
+                            1
+                        };
                         let id = self.fresh("pb");
-                        let ring = self.add_buf(&format!("{id}_ring"), elem, &[*block, row], st, false);
+                        let ring =
+                            self.add_buf(&format!("{id}_ring"), elem, &[*block, row], st, false);
                         let cur = format!("{id}_cur");
                         self.bufs[ring].name = cur.clone();
                         let hi = format!("{id}_hi");
@@ -946,24 +961,26 @@ impl<'a> Lower<'a> {
         self.repr[t] = match lay[t] {
             Lay::Frag { m, n } => {
                 let arr = format!("t{t}");
-                self.decls
-                    .push(format!("{} {arr}[{}];", self.tile_vt(t).cty(), self.geo.frag_regs(m, n)));
+                self.decls.push(format!(
+                    "{} {arr}[{}];",
+                    self.tile_vt(t).cty(),
+                    self.geo.frag_regs(m, n)
+                ));
                 self.geo_m.insert(m);
                 self.geo_mn.insert((m, n));
                 Repr::Frag { m, n, arr }
             }
             Lay::Rows { m } => {
                 let arr = format!("t{t}");
-                self.decls
-                    .push(format!("{} {arr}[{}];", self.tile_vt(t).cty(), self.geo.mt(m) * 2));
+                self.decls.push(format!(
+                    "{} {arr}[{}];",
+                    self.tile_vt(t).cty(),
+                    self.geo.mt(m) * 2
+                ));
                 self.geo_m.insert(m);
                 Repr::Rows { m, arr }
             }
-            Lay::Any | Lay::Bottom
-                if self.info.single_def[t]
-                    .as_ref()
-                    .is_some_and(inlineable) =>
-            {
+            Lay::Any | Lay::Bottom if self.info.single_def[t].as_ref().is_some_and(inlineable) => {
                 let view = View::base(rank);
                 let kind = match op {
                     TileOp::Iota { axis } => InlineKind::Iota(view.axes[*axis]),
@@ -1028,9 +1045,9 @@ impl<'a> Lower<'a> {
                     v.to_string()
                 }
             }
-            Index::ProgramId(a) => ["(int)blockIdx.x", "(int)blockIdx.y", "(int)blockIdx.z"]
-                [*a as usize]
-                .to_string(),
+            Index::ProgramId(a) => {
+                ["(int)blockIdx.x", "(int)blockIdx.y", "(int)blockIdx.z"][*a as usize].to_string()
+            }
             Index::Dim(d) => format!("d{d}"),
             Index::Var(v) => format!("s{v}"),
             Index::Bin(op, a, b) => {
@@ -1213,7 +1230,9 @@ impl<'a> Lower<'a> {
             {
                 Some(Access::Reg(format!("{arr}[##R]")))
             }
-            (Repr::Rows { m, arr }, Iter::Rows { m: m2, .. }) if m == m2 && xs.as_slice() == res => {
+            (Repr::Rows { m, arr }, Iter::Rows { m: m2, .. })
+                if m == m2 && xs.as_slice() == res =>
+            {
                 Some(Access::Reg(format!("{arr}[##R]")))
             }
             (Repr::Smem { buf, view }, _) => Some(Access::Smem(*buf, view.clone())),
@@ -1228,7 +1247,13 @@ impl<'a> Lower<'a> {
 
     /// Access to `x` from `it`, emitting a shadow copy into `out` when needed. Returns the access
     /// and the tracked buffers it reads.
-    fn access(&mut self, x: TileId, it: &Iter, res: &[usize], out: &mut Vec<Node>) -> (Access, Vec<usize>) {
+    fn access(
+        &mut self,
+        x: TileId,
+        it: &Iter,
+        res: &[usize],
+        out: &mut Vec<Node>,
+    ) -> (Access, Vec<usize>) {
         if let Some(a) = self.direct_access(x, it, res) {
             let reads = match &a {
                 Access::Smem(b, _) if self.bufs[*b].tracked => vec![*b],
@@ -1238,7 +1263,10 @@ impl<'a> Lower<'a> {
         }
         let elem = self.shadow_elem(x, false);
         let b = self.materialize(x, elem, out);
-        (Access::Smem(b, View::base(self.k.tiles[x].shape.len())), vec![b])
+        (
+            Access::Smem(b, View::base(self.k.tiles[x].shape.len())),
+            vec![b],
+        )
     }
 
     /// Copies a register tile into its shadow buffer (one writer per element).
@@ -1246,10 +1274,7 @@ impl<'a> Lower<'a> {
         let b = self.shadow_buf(x, elem);
         let vt = self.tile_vt(x);
         let (it, guard) = match &self.repr[x] {
-            Repr::Frag { m, n, .. } => (
-                Iter::Frag { m: *m, n: *n },
-                format!("wr{m}_{n} == 0"),
-            ),
+            Repr::Frag { m, n, .. } => (Iter::Frag { m: *m, n: *n }, format!("wr{m}_{n} == 0")),
             Repr::Rows { m, .. } => (
                 Iter::Rows {
                     m: *m,
@@ -1261,7 +1286,13 @@ impl<'a> Lower<'a> {
         };
         let shape = self.shape(x);
         let (head, tail, ctx) = self.open(&it);
-        let src = self.read(&self.direct_access(x, &it, &shape).expect("own layout"), &ctx, &shape, &shape, vt);
+        let src = self.read(
+            &self.direct_access(x, &it, &shape).expect("own layout"),
+            &ctx,
+            &shape,
+            &shape,
+            vt,
+        );
         let view = View::base(shape.len());
         let (r, c) = view.phys(&ctx.coords);
         let buf = &self.bufs[b];
@@ -1298,7 +1329,8 @@ impl<'a> Lower<'a> {
             Access::Smem(b, view) => {
                 let (r, c) = view.phys(&coords);
                 let buf = &self.bufs[*b];
-                buf.elem.load(&format!("{}[{}]", buf.name, buf.addr(&r, &c)), vt)
+                buf.elem
+                    .load(&format!("{}[{}]", buf.name, buf.addr(&r, &c)), vt)
             }
             Access::Inline(kind, view) => {
                 let (r, c) = view.phys(&coords);
@@ -1355,14 +1387,20 @@ impl<'a> Lower<'a> {
                             continue;
                         }
                     }
-                    if let Some(f) = fused.iter().find(|f| f.add_dst == *dst && matches!(op, TileOp::Binary(BinaryOp::Add, ..)) && operand_tiles(op).contains(&f.gemm)) {
+                    if let Some(f) = fused.iter().find(|f| {
+                        f.add_dst == *dst
+                            && matches!(op, TileOp::Binary(BinaryOp::Add, ..))
+                            && operand_tiles(op).contains(&f.gemm)
+                    }) {
                         let (a, b, x) = (f.a, f.b, f.init);
                         self.lower_gemm(*dst, a, b, Some(x), &mut out)?;
                         continue;
                     }
                     self.lower_assign(*dst, op, &mut out)?;
                 }
-                Stmt::Store { param, index, src } => self.lower_store(*param, index, *src, &mut out)?,
+                Stmt::Store { param, index, src } => {
+                    self.lower_store(*param, index, *src, &mut out)?
+                }
                 Stmt::For {
                     var,
                     start,
@@ -1375,12 +1413,18 @@ impl<'a> Lower<'a> {
                     let mut reads = self.index_reads(start);
                     reads.extend(self.index_reads(end));
                     out.push(Node::Code {
-                        text: format!("const int {e} = {};\nint {i} = {};\n", self.idx(end), self.idx(start)),
+                        text: format!(
+                            "const int {e} = {};\nint {i} = {};\n",
+                            self.idx(end),
+                            self.idx(start)
+                        ),
                         reads,
                         writes: vec![],
                     });
                     out.push(Node::Scope {
-                        head: format!("for (; {i} < {e}; {i} = tpla_iadd({i}, 1)) {{\n    s{var} = {i};"),
+                        head: format!(
+                            "for (; {i} < {e}; {i} = tpla_iadd({i}, 1)) {{\n    s{var} = {i};"
+                        ),
                         body: inner,
                         tail: "}".into(),
                         looped: true,
@@ -1446,9 +1490,7 @@ impl<'a> Lower<'a> {
                     let (m, n) = (self.k.tiles[*a].shape[0], self.k.tiles[*b].shape[1]);
                     let dst_ok = matches!(self.repr[*dst], Repr::Frag { m: m2, n: n2, .. } if m2 == m && n2 == n)
                         && self.k.tiles[other].shape == [m, n];
-                    let untouched = !body[i + 1..j]
-                        .iter()
-                        .any(|s| assigns_any(s, &[*a, *b, *g]));
+                    let untouched = !body[i + 1..j].iter().any(|s| assigns_any(s, &[*a, *b, *g]));
                     if dst_ok && untouched {
                         out.push(Fusion {
                             gemm: *g,
@@ -1465,7 +1507,12 @@ impl<'a> Lower<'a> {
         out
     }
 
-    fn lower_assign(&mut self, dst: TileId, op: &TileOp, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_assign(
+        &mut self,
+        dst: TileId,
+        op: &TileOp,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         match op {
             TileOp::View(src, _) => {
                 // Views alias; a view of a register tile reads its shadow, refreshed here.
@@ -1513,7 +1560,14 @@ impl<'a> Lower<'a> {
         });
     }
 
-    fn operand_value(&self, o: &Operand, ctx: &Ctx, acc: &HashMap<TileId, Access>, res: &[usize], vt: Vt) -> String {
+    fn operand_value(
+        &self,
+        o: &Operand,
+        ctx: &Ctx,
+        acc: &HashMap<TileId, Access>,
+        res: &[usize],
+        vt: Vt,
+    ) -> String {
         match o {
             Operand::Tile(t) => {
                 let a = &acc[t];
@@ -1531,7 +1585,14 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn ew_value(&self, dst: TileId, op: &TileOp, ctx: &Ctx, acc: &HashMap<TileId, Access>, res: &[usize]) -> String {
+    fn ew_value(
+        &self,
+        dst: TileId,
+        op: &TileOp,
+        ctx: &Ctx,
+        acc: &HashMap<TileId, Access>,
+        res: &[usize],
+    ) -> String {
         let vt = self.tile_vt(dst);
         match op {
             TileOp::Full(o) => self.scalar_operand(o, vt),
@@ -1634,7 +1695,13 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn lower_load(&mut self, dst: TileId, param: ParamId, index: &[Slice], out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_load(
+        &mut self,
+        dst: TileId,
+        param: ParamId,
+        index: &[Slice],
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         let gdt = self.tensor_dtype(param);
         let gel = Elem::of_dtype(gdt);
         let vt = self.tile_vt(dst);
@@ -1646,7 +1713,11 @@ impl<'a> Lower<'a> {
             let (head, tail, ctx) = self.open(&it);
             let idx = self.region_index(index, &ctx.coords);
             let (inb, off) = self.offset_expr(&dims, &idx);
-            let v = format!("(({inb}) ? {} : {})", gel.load(&format!("p{param}[{off}]"), vt), vt.zero());
+            let v = format!(
+                "(({inb}) ? {} : {})",
+                gel.load(&format!("p{param}[{off}]"), vt),
+                vt.zero()
+            );
             let w = self.write(dst, &ctx, &v);
             out.push(Node::Code {
                 text: format!("{head}    {w}\n{tail}\n"),
@@ -1705,14 +1776,24 @@ impl<'a> Lower<'a> {
                 cty = gel.cty(),
                 name = b.name,
                 addr = b.addr("r_", "c_"),
-                row_inb = if row_inb.is_empty() { "true".into() } else { row_inb },
+                row_inb = if row_inb.is_empty() {
+                    "true".into()
+                } else {
+                    row_inb
+                },
             )
         } else {
-            let it = Iter::Flat { shape: shape.clone() };
+            let it = Iter::Flat {
+                shape: shape.clone(),
+            };
             let (head, tail, ctx) = self.open(&it);
             let idx = self.region_index(index, &ctx.coords);
             let (inb, off) = self.offset_expr(&dims, &idx);
-            let val = format!("(({inb}) ? {} : {})", gel.load(&format!("p{param}[{off}]"), vt), vt.zero());
+            let val = format!(
+                "(({inb}) ? {} : {})",
+                gel.load(&format!("p{param}[{off}]"), vt),
+                vt.zero()
+            );
             let w = self.write(dst, &ctx, &val);
             format!("{head}    {w}\n{tail}\n")
         };
@@ -1724,7 +1805,13 @@ impl<'a> Lower<'a> {
         Ok(())
     }
 
-    fn lower_store(&mut self, param: ParamId, index: &[Slice], src: TileId, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_store(
+        &mut self,
+        param: ParamId,
+        index: &[Slice],
+        src: TileId,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         let gdt = self.tensor_dtype(param);
         let gel = Elem::of_dtype(gdt);
         let dims = self.tensor_dims(param);
@@ -1779,7 +1866,11 @@ impl<'a> Lower<'a> {
                     cty = gel.cty(),
                     name = b.name,
                     addr = b.addr("r_", "c_"),
-                    row_inb = if row_inb.is_empty() { "true".into() } else { row_inb },
+                    row_inb = if row_inb.is_empty() {
+                        "true".into()
+                    } else {
+                        row_inb
+                    },
                 );
                 out.push(Node::Code {
                     text,
@@ -1820,10 +1911,22 @@ impl<'a> Lower<'a> {
 
     // -------------------------------------------------------------- reductions
 
-    fn lower_reduce(&mut self, dst: TileId, op: ReduceOp, src: TileId, axis: usize, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_reduce(
+        &mut self,
+        dst: TileId,
+        op: ReduceOp,
+        src: TileId,
+        axis: usize,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         let (init, f, quad, warpf) = match op {
             ReduceOp::Sum => ("0.0f", "({a} + {b})", "tpla_quad_sum", "tpla_warp_sum"),
-            ReduceOp::Max => ("__uint_as_float(0xff800000u)", "tpla_fmax({a}, {b})", "tpla_quad_max", "tpla_warp_max"),
+            ReduceOp::Max => (
+                "__uint_as_float(0xff800000u)",
+                "tpla_fmax({a}, {b})",
+                "tpla_quad_max",
+                "tpla_warp_max",
+            ),
         };
         let comb = |a: &str, b: &str| f.replace("{a}", a).replace("{b}", b);
         if matches!(self.repr[dst], Repr::Inline { .. } | Repr::None) {
@@ -1915,18 +2018,34 @@ impl<'a> Lower<'a> {
         let x = self.read(&a, &ctx, &sshape, &sshape, Vt::F32);
         let (into_regs, target_buf) = match &self.repr[dst] {
             Repr::Smem { .. } => (false, None),
-            _ => (true, Some(self.add_buf("rdx", Elem::F32, &[outputs], 1, true))),
+            _ => (
+                true,
+                Some(self.add_buf("rdx", Elem::F32, &[outputs], 1, true)),
+            ),
         };
         let dshape = self.shape(dst);
         let write = if let Some(tb) = target_buf {
             format!("{}[o_] = v_;", self.bufs[tb].name)
         } else {
-            let Repr::Smem { buf, view } = &self.repr[dst] else { unreachable!() };
-            let dc: Vec<String> = if dshape.is_empty() { vec![] } else if dshape.len() == 1 { vec!["o_".into()] } else { vec!["o_".into(), "0".into()] };
+            let Repr::Smem { buf, view } = &self.repr[dst] else {
+                unreachable!()
+            };
+            let dc: Vec<String> = if dshape.is_empty() {
+                vec![]
+            } else if dshape.len() == 1 {
+                vec!["o_".into()]
+            } else {
+                vec!["o_".into(), "0".into()]
+            };
             // rank-2 results of a reduction cannot occur (rank drops); keep general anyway
             let (r, c) = view.phys(&dc);
             let b = &self.bufs[*buf];
-            format!("{}[{}] = {};", b.name, b.addr(&r, &c), b.elem.store("v_", Vt::F32))
+            format!(
+                "{}[{}] = {};",
+                b.name,
+                b.addr(&r, &c),
+                b.elem.store("v_", Vt::F32)
+            )
         };
         let nw = self.geo.nw;
         let text = format!(
@@ -1979,10 +2098,19 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn gemm_operand(&mut self, t: TileId, bf16_shadow: bool, out: &mut Vec<Node>) -> (usize, View, Vec<usize>) {
+    fn gemm_operand(
+        &mut self,
+        t: TileId,
+        bf16_shadow: bool,
+        out: &mut Vec<Node>,
+    ) -> (usize, View, Vec<usize>) {
         match self.repr[t].clone() {
             Repr::Smem { buf, view } => {
-                let r = if self.bufs[buf].tracked { vec![buf] } else { vec![] };
+                let r = if self.bufs[buf].tracked {
+                    vec![buf]
+                } else {
+                    vec![]
+                };
                 (buf, view, r)
             }
             Repr::Frag { .. } | Repr::Rows { .. } => {
@@ -1995,7 +2123,9 @@ impl<'a> Lower<'a> {
                 let elem = self.shadow_elem(t, false);
                 let b = self.shadow_buf(t, elem);
                 let shape = self.shape(t);
-                let it = Iter::Flat { shape: shape.clone() };
+                let it = Iter::Flat {
+                    shape: shape.clone(),
+                };
                 let (head, tail, ctx) = self.open(&it);
                 let a = self.direct_access(t, &it, &shape).unwrap();
                 let vt = self.tile_vt(t);
@@ -2003,7 +2133,12 @@ impl<'a> Lower<'a> {
                 let (r, c) = View::base(shape.len()).phys(&ctx.coords);
                 let bb = &self.bufs[b];
                 out.push(Node::Code {
-                    text: format!("{head}    {}[{}] = {};\n{tail}\n", bb.name, bb.addr(&r, &c), elem.store(&v, vt)),
+                    text: format!(
+                        "{head}    {}[{}] = {};\n{tail}\n",
+                        bb.name,
+                        bb.addr(&r, &c),
+                        elem.store(&v, vt)
+                    ),
                     reads: vec![],
                     writes: vec![b],
                 });
@@ -2012,7 +2147,14 @@ impl<'a> Lower<'a> {
         }
     }
 
-    fn lower_gemm(&mut self, dst: TileId, a: TileId, b: TileId, init: Option<TileId>, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_gemm(
+        &mut self,
+        dst: TileId,
+        a: TileId,
+        b: TileId,
+        init: Option<TileId>,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         if matches!(self.repr[dst], Repr::None) {
             return Ok(());
         }
@@ -2021,7 +2163,8 @@ impl<'a> Lower<'a> {
         let frag = Geo::frag_ok(m, n);
         let (_, a_lo) = self.operand_terms(a);
         let (_, b_lo) = self.operand_terms(b);
-        let labelled_f32 = a_lo || b_lo
+        let labelled_f32 = a_lo
+            || b_lo
             || (self.k.tiles[a].dtype == DType::F32 && !self.info.exact_bf16[a])
             || (self.k.tiles[b].dtype == DType::F32 && !self.info.exact_bf16[b]);
         let mma = frag
@@ -2057,7 +2200,10 @@ impl<'a> Lower<'a> {
                 reads.extend(r);
                 let (head, tail, ctx) = self.open(&it);
                 let v = self.read(&ax, &ctx, &[m, n], &[m, n], Vt::F32);
-                text.push_str(&format!("{head}    {acc}[{}] = {v};\n{tail}\n", ctx.frag_slot));
+                text.push_str(&format!(
+                    "{head}    {acc}[{}] = {v};\n{tail}\n",
+                    ctx.frag_slot
+                ));
             }
             Some(_) => {}
             None => text.push_str(&format!(
@@ -2067,16 +2213,36 @@ impl<'a> Lower<'a> {
         let ab = self.bufs[abuf].clone();
         let bb = self.bufs[bbuf].clone();
         if mma {
-            text.push_str(&self.mma_loop(m, n, kd, mt, ntl, &acc, (&ab, &aview, a_lo), (&bb, &bview, b_lo)));
+            text.push_str(&self.mma_loop(
+                m,
+                n,
+                kd,
+                mt,
+                ntl,
+                &acc,
+                (&ab, &aview, a_lo),
+                (&bb, &bview, b_lo),
+            ));
         } else {
-            text.push_str(&self.fma_frag_loop(m, n, kd, mt, ntl, &acc, (&ab, &aview), (&bb, &bview)));
+            text.push_str(&self.fma_frag_loop(
+                m,
+                n,
+                kd,
+                mt,
+                ntl,
+                &acc,
+                (&ab, &aview),
+                (&bb, &bview),
+            ));
         }
         if local {
             // The destination is a shared tile: one writer per element.
             let it = Iter::Frag { m, n };
             let (head, tail, ctx) = self.open(&it);
             let w = self.write(dst, &ctx, &format!("gacc_[{}]", ctx.frag_slot));
-            text.push_str(&format!("if (wr{m}_{n} == 0) {{\n{head}    {w}\n{tail}\n}}\n"));
+            text.push_str(&format!(
+                "if (wr{m}_{n} == 0) {{\n{head}    {w}\n{tail}\n}}\n"
+            ));
         }
         text.push_str("}\n");
         out.push(Node::Code {
@@ -2088,7 +2254,16 @@ impl<'a> Lower<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn gemm_flat(&mut self, dst: TileId, a: (usize, View), b: (usize, View), kd: usize, init: Option<TileId>, mut reads: Vec<usize>, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn gemm_flat(
+        &mut self,
+        dst: TileId,
+        a: (usize, View),
+        b: (usize, View),
+        kd: usize,
+        init: Option<TileId>,
+        mut reads: Vec<usize>,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         let shape = self.shape(dst);
         let it = self.iter_of(dst);
         let ia = init.map(|x| self.access(x, &it, &shape, out));
@@ -2097,10 +2272,36 @@ impl<'a> Lower<'a> {
         }
         let (head, tail, ctx) = self.open(&it);
         let (r, c) = (ctx.coords[0].clone(), ctx.coords[1].clone());
-        let av = self.read(&Access::Smem(a.0, a.1.clone()), &Ctx { coords: vec![r.clone(), "k_".into()], frag_slot: String::new(), row_slot: String::new() }, &[0, 0], &[0, 0], Vt::F32);
-        let bv = self.read(&Access::Smem(b.0, b.1.clone()), &Ctx { coords: vec!["k_".into(), c.clone()], frag_slot: String::new(), row_slot: String::new() }, &[0, 0], &[0, 0], Vt::F32);
+        let av = self.read(
+            &Access::Smem(a.0, a.1.clone()),
+            &Ctx {
+                coords: vec![r.clone(), "k_".into()],
+                frag_slot: String::new(),
+                row_slot: String::new(),
+            },
+            &[0, 0],
+            &[0, 0],
+            Vt::F32,
+        );
+        let bv = self.read(
+            &Access::Smem(b.0, b.1.clone()),
+            &Ctx {
+                coords: vec!["k_".into(), c.clone()],
+                frag_slot: String::new(),
+                row_slot: String::new(),
+            },
+            &[0, 0],
+            &[0, 0],
+            Vt::F32,
+        );
         let init_v = match &ia {
-            Some((acc, _)) => self.read(acc, &ctx, &self.k.tiles[init.unwrap()].shape.clone(), &shape, Vt::F32),
+            Some((acc, _)) => self.read(
+                acc,
+                &ctx,
+                &self.k.tiles[init.unwrap()].shape.clone(),
+                &shape,
+                Vt::F32,
+            ),
             None => "0.0f".into(),
         };
         let w = self.write(dst, &ctx, "s_");
@@ -2113,10 +2314,21 @@ impl<'a> Lower<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fma_frag_loop(&self, m: usize, n: usize, kd: usize, mt: usize, ntl: usize, acc: &str, a: (&Buf, &View), b: (&Buf, &View)) -> String {
+    fn fma_frag_loop(
+        &self,
+        m: usize,
+        n: usize,
+        kd: usize,
+        mt: usize,
+        ntl: usize,
+        acc: &str,
+        a: (&Buf, &View),
+        b: (&Buf, &View),
+    ) -> String {
         let rd = |buf: &Buf, view: &View, x: &str, y: &str| {
             let (r, c) = view.phys(&[x.to_string(), y.to_string()]);
-            buf.elem.load(&format!("{}[{}]", buf.name, buf.addr(&r, &c)), Vt::F32)
+            buf.elem
+                .load(&format!("{}[{}]", buf.name, buf.addr(&r, &c)), Vt::F32)
         };
         let ar = format!("(wm{m} * {mt} + mi) * 16 + (lane >> 2) + (h << 3)");
         let bc = format!("(wn{m}_{n} * {ntl} + ni) * 8 + ((lane & 3) << 1) + e");
@@ -2151,7 +2363,16 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
     /// Code that fills `unsigned {name}h[4]` (and `{name}l[4]` when `lo`) with the A fragment of
     /// rows `m0_..m0_+16`, columns `k_..k_+16` (`b_op` false), or `{name}h[2]`/`{name}l[2]` with
     /// the B fragment of columns `n0_..n0_+8` (`b_op` true).
-    fn frag_load(&self, buf: &Buf, view: &View, lo: bool, b_op: bool, name: &str, n0: &str, pair: bool) -> String {
+    fn frag_load(
+        &self,
+        buf: &Buf,
+        view: &View,
+        lo: bool,
+        b_op: bool,
+        name: &str,
+        n0: &str,
+        pair: bool,
+    ) -> String {
         // Logical (row, col) of the operand for each 32-bit register: pairs along K.
         let (k_axis, mn_axis) = if b_op { (0usize, 1usize) } else { (1, 0) };
         let ldm = buf.elem == Elem::Bf16
@@ -2168,17 +2389,29 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
             let (lr, lc) = if !b_op {
                 if k_contig {
                     // matrices: (m0+i, k0), (m0+8+i, k0), (m0+i, k0+8), (m0+8+i, k0+8)
-                    ("(m0_ + (lane & 15))".to_string(), "(k_ + ((lane >> 4) << 3))".to_string())
+                    (
+                        "(m0_ + (lane & 15))".to_string(),
+                        "(k_ + ((lane >> 4) << 3))".to_string(),
+                    )
                 } else {
                     // trans: (k0+i, m0), (k0+i, m0+8), (k0+8+i, m0), (k0+8+i, m0+8)
-                    ("(m0_ + (((lane >> 3) & 1) << 3))".to_string(), "(k_ + (lane & 7) + ((lane >> 4) << 3))".to_string())
+                    (
+                        "(m0_ + (((lane >> 3) & 1) << 3))".to_string(),
+                        "(k_ + (lane & 7) + ((lane >> 4) << 3))".to_string(),
+                    )
                 }
             } else if k_contig {
                 // matrices (n0+i, k0), (n0+i, k0+8) [, (n0+8+i, k0), (n0+8+i, k0+8)]
-                ("(k_ + (((lane >> 3) & 1) << 3))".to_string(), format!("({n0} + (lane & 7) + ((lane >> 4) << 3))"))
+                (
+                    "(k_ + (((lane >> 3) & 1) << 3))".to_string(),
+                    format!("({n0} + (lane & 7) + ((lane >> 4) << 3))"),
+                )
             } else {
                 // trans: (k0+i, n0), (k0+8+i, n0) [, (k0+i, n0+8), (k0+8+i, n0+8)]
-                ("(k_ + (lane & 7) + (((lane >> 3) & 1) << 3))".to_string(), format!("({n0} + ((lane >> 4) << 3))"))
+                (
+                    "(k_ + (lane & 7) + (((lane >> 3) & 1) << 3))".to_string(),
+                    format!("({n0} + ((lane >> 4) << 3))"),
+                )
             };
             // (lr, lc) are logical (row, col) of the operand tile.
             let (pr, pc) = view.phys(&[lr, lc]);
@@ -2195,7 +2428,8 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
         // Generic: element pairs, converted (and split) in registers.
         let rd = |r: String, c: String| {
             let (pr, pc) = view.phys(&[r, c]);
-            buf.elem.load(&format!("{}[{}]", buf.name, buf.addr(&pr, &pc)), Vt::F32)
+            buf.elem
+                .load(&format!("{}[{}]", buf.name, buf.addr(&pr, &pc)), Vt::F32)
         };
         let mut s = String::new();
         let regs: Vec<(String, String, String, String)> = if !b_op {
@@ -2235,7 +2469,17 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn mma_loop(&self, m: usize, n: usize, kd: usize, mt: usize, ntl: usize, acc: &str, a: (&Buf, &View, bool), b: (&Buf, &View, bool)) -> String {
+    fn mma_loop(
+        &self,
+        m: usize,
+        n: usize,
+        kd: usize,
+        mt: usize,
+        ntl: usize,
+        acc: &str,
+        a: (&Buf, &View, bool),
+        b: (&Buf, &View, bool),
+    ) -> String {
         let (ab, av, alo) = a;
         let (bb, bv, blo) = b;
         let pairs = ntl % 2 == 0;
@@ -2248,19 +2492,32 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
             let d = format!("&{acc}[(mi * {ntl} + nj + {j}) * 4]");
             let bh = format!("&bf_h[{}]", j * 2);
             let bl = format!("&bf_l[{}]", j * 2);
-            mmas.push_str(&format!("            tpla_mma_bf16_16816({d}, af_[mi]h, {bh});\n"));
+            mmas.push_str(&format!(
+                "            tpla_mma_bf16_16816({d}, af_[mi]h, {bh});\n"
+            ));
             if alo {
-                mmas.push_str(&format!("            tpla_mma_bf16_16816({d}, af_[mi]l, {bh});\n"));
+                mmas.push_str(&format!(
+                    "            tpla_mma_bf16_16816({d}, af_[mi]l, {bh});\n"
+                ));
             }
             if blo {
-                mmas.push_str(&format!("            tpla_mma_bf16_16816({d}, af_[mi]h, {bl});\n"));
+                mmas.push_str(&format!(
+                    "            tpla_mma_bf16_16816({d}, af_[mi]h, {bl});\n"
+                ));
             }
         }
         // Fix up the array syntax: af_[mi]h -> af_h[mi].
-        let fix = |s: String| s.replace("af_[mi]h", "af_h[mi]").replace("af_[mi]l", "af_l[mi]");
+        let fix = |s: String| {
+            s.replace("af_[mi]h", "af_h[mi]")
+                .replace("af_[mi]l", "af_l[mi]")
+        };
         let aload = fix(aload);
         let mmas = fix(mmas);
-        let bdecl = if blo { "unsigned bf_h[4], bf_l[4];" } else { "unsigned bf_h[4];" };
+        let bdecl = if blo {
+            "unsigned bf_h[4], bf_l[4];"
+        } else {
+            "unsigned bf_h[4];"
+        };
         let adecl = if alo {
             format!("unsigned af_h[{mt}][4], af_l[{mt}][4];")
         } else {
@@ -2291,7 +2548,10 @@ for (int k_ = 0; k_ < {kd}; k_ += 16) {{
 
     // -------------------------------------------------------------- paged loops
 
-    fn paged_names(&self, cache: ParamId) -> (String, String, String, String, String, String, String) {
+    fn paged_names(
+        &self,
+        cache: ParamId,
+    ) -> (String, String, String, String, String, String, String) {
         (
             format!("p{cache}_data"),
             format!("p{cache}_bt"),
@@ -2330,7 +2590,12 @@ for (int k_ = 0; k_ < {kd}; k_ += 16) {{
         self.stages_used.push(st);
         let cur = format!("{id}_cur");
         let (data, bt, lens, ps, pps, np, nb) = self.paged_names(*cache);
-        let (lo, hi, nblk, bvar) = (format!("{id}_lo"), format!("{id}_hi"), format!("{id}_n"), format!("{id}_b"));
+        let (lo, hi, nblk, bvar) = (
+            format!("{id}_lo"),
+            format!("{id}_hi"),
+            format!("{id}_n"),
+            format!("{id}_b"),
+        );
         let inner = self.lower_block(body)?;
         let b = self.bufs[ring].clone();
         let slot = b.slot_elems();
@@ -2447,9 +2712,19 @@ for (int j_ = 0; j_ < {pre}; ++j_) {{
         Ok(())
     }
 
-    fn lower_paged_store(&mut self, cache: ParamId, batch: &Index, start: &Index, src: TileId, out: &mut Vec<Node>) -> Result<(), IrError> {
+    fn lower_paged_store(
+        &mut self,
+        cache: ParamId,
+        batch: &Index,
+        start: &Index,
+        src: TileId,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         let ParamKind::Paged { dtype, row, .. } = self.k.params[cache].kind else {
-            return Err(backend_err(self.k, "paged store into a non-paged parameter"));
+            return Err(backend_err(
+                self.k,
+                "paged store into a non-paged parameter",
+            ));
         };
         let gel = Elem::of_dtype(dtype);
         let shape = self.shape(src);
@@ -2509,7 +2784,11 @@ fn assigns_any(s: &Stmt, tiles: &[TileId]) -> bool {
         Stmt::For { body, .. } => body.iter().any(|s| assigns_any(s, tiles)),
         Stmt::PagedBlocks {
             tile, valid, body, ..
-        } => tiles.contains(tile) || tiles.contains(valid) || body.iter().any(|s| assigns_any(s, tiles)),
+        } => {
+            tiles.contains(tile)
+                || tiles.contains(valid)
+                || body.iter().any(|s| assigns_any(s, tiles))
+        }
         _ => false,
     }
 }
@@ -2656,7 +2935,10 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
                 dtype, writable, ..
             } => {
                 let c = if *writable { "" } else { "const " };
-                sig.push(format!("{c}{}* __restrict__ p{i}", Elem::of_dtype(*dtype).cty()));
+                sig.push(format!(
+                    "{c}{}* __restrict__ p{i}",
+                    Elem::of_dtype(*dtype).cty()
+                ));
                 params.push(ParamAbi::Tensor {
                     param: i,
                     dtype: *dtype,
@@ -2666,7 +2948,10 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
                 dtype, writable, ..
             } => {
                 let c = if *writable { "" } else { "const " };
-                sig.push(format!("{c}{}* __restrict__ p{i}_data", Elem::of_dtype(*dtype).cty()));
+                sig.push(format!(
+                    "{c}{}* __restrict__ p{i}_data",
+                    Elem::of_dtype(*dtype).cty()
+                ));
                 sig.push(format!("const int* __restrict__ p{i}_bt"));
                 sig.push(format!("const int* __restrict__ p{i}_lens"));
                 for (n, w) in [
@@ -2731,12 +3016,19 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
     ));
     code.push_str(&format!(
         "extern \"C\" __global__ void __launch_bounds__({nt}, 1) {name}(\n    {}) {{\n",
-        if sig.is_empty() { "void".to_string() } else { sig.join(",\n    ") }
+        if sig.is_empty() {
+            "void".to_string()
+        } else {
+            sig.join(",\n    ")
+        }
     ));
     code.push_str("    extern __shared__ __align__(128) unsigned char tpla_smem[];\n");
     code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n    (void)lane; (void)warp;\n");
     for m in &lw.geo_m {
-        code.push_str(&format!("    const int wm{m} = warp % {};\n    (void)wm{m};\n", geo.wm(*m)));
+        code.push_str(&format!(
+            "    const int wm{m} = warp % {};\n    (void)wm{m};\n",
+            geo.wm(*m)
+        ));
     }
     for (m, n) in &lw.geo_mn {
         let (wm, wn) = (geo.wm(*m), geo.wn(*m, *n));

@@ -63,7 +63,12 @@ pub fn latent_decode(p: DecodeParams) -> Result<Kernel, IrError> {
         vec![rt(splits), rt(batch), rt(heads), ParamDim::Const(lat)],
         true,
     );
-    let lse = kb.tensor("lse", DType::F32, vec![rt(splits), rt(batch), rt(heads)], true);
+    let lse = kb.tensor(
+        "lse",
+        DType::F32,
+        vec![rt(splits), rt(batch), rt(heads)],
+        true,
+    );
     let scale = kb.scalar("scale", DType::F32);
     kb.grid([
         Index::Dim(batch),
@@ -95,7 +100,12 @@ pub fn latent_decode(p: DecodeParams) -> Result<Kernel, IrError> {
             ],
         },
     )?;
-    let acc = kb.define_typed("acc", DType::F32, &[bh as i64, lat as i64], TileOp::Full(lit(0.0)))?;
+    let acc = kb.define_typed(
+        "acc",
+        DType::F32,
+        &[bh as i64, lat as i64],
+        TileOp::Full(lit(0.0)),
+    )?;
     let m = kb.define_typed("m", DType::F32, &[bh as i64], TileOp::Full(lit(-1.0e30)))?;
     let l = kb.define_typed("l", DType::F32, &[bh as i64], TileOp::Full(lit(0.0)))?;
     let (_start, kv, valid) = kb.begin_paged_blocks(
@@ -227,7 +237,12 @@ pub fn combine_splits(lat: usize, block_d: usize) -> Result<Kernel, IrError> {
         vec![rt(splits), rt(batch), rt(heads), ParamDim::Const(lat)],
         false,
     );
-    let lse = kb.tensor("lse", DType::F32, vec![rt(splits), rt(batch), rt(heads)], false);
+    let lse = kb.tensor(
+        "lse",
+        DType::F32,
+        vec![rt(splits), rt(batch), rt(heads)],
+        false,
+    );
     let out = kb.tensor(
         "out",
         DType::F32,
@@ -238,7 +253,11 @@ pub fn combine_splits(lat: usize, block_d: usize) -> Result<Kernel, IrError> {
     kb.grid([
         Index::Dim(batch),
         Index::Dim(heads),
-        Index::bin(IndexOp::CeilDiv, Index::Const(lat as i64), Index::Const(block_d as i64)),
+        Index::bin(
+            IndexOp::CeilDiv,
+            Index::Const(lat as i64),
+            Index::Const(block_d as i64),
+        ),
     ]);
     let t = Operand::Tile;
     let lit = |v: f32| Operand::Scalar(FScalar::Lit(v));
@@ -246,7 +265,11 @@ pub fn combine_splits(lat: usize, block_d: usize) -> Result<Kernel, IrError> {
     let h = kb.let_index("h", Index::ProgramId(1));
     let d0 = kb.let_index(
         "d0",
-        Index::bin(IndexOp::Mul, Index::ProgramId(2), Index::Const(block_d as i64)),
+        Index::bin(
+            IndexOp::Mul,
+            Index::ProgramId(2),
+            Index::Const(block_d as i64),
+        ),
     );
     let m = kb.define_typed("m", DType::F32, &[1], TileOp::Full(lit(f32::NEG_INFINITY)))?;
     let s = kb.begin_for("s", Index::Const(0), Index::Dim(splits));
@@ -267,7 +290,12 @@ pub fn combine_splits(lat: usize, block_d: usize) -> Result<Kernel, IrError> {
     kb.assign(m, TileOp::Binary(BinaryOp::Max, t(m), t(ls)))?;
     kb.end_loop()?;
     let total = kb.define_typed("total", DType::F32, &[1], TileOp::Full(lit(0.0)))?;
-    let acc = kb.define_typed("acc", DType::F32, &[1, block_d as i64], TileOp::Full(lit(0.0)))?;
+    let acc = kb.define_typed(
+        "acc",
+        DType::F32,
+        &[1, block_d as i64],
+        TileOp::Full(lit(0.0)),
+    )?;
     let s = kb.begin_for("s2", Index::Const(0), Index::Dim(splits));
     let ls = kb.define(
         "ls2",
@@ -295,10 +323,7 @@ pub fn combine_splits(lat: usize, block_d: usize) -> Result<Kernel, IrError> {
         TileOp::Load {
             param: part,
             index: vec![
-                Slice::Span {
-                    start: s,
-                    len: 1,
-                },
+                Slice::Span { start: s, len: 1 },
                 Slice::At(b.clone()),
                 Slice::At(h.clone()),
                 Slice::Span {

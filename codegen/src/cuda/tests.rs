@@ -29,9 +29,15 @@ fn decode_uses_tensor_cores_and_fits_hopper() {
         for (qb, pb) in [(true, true), (false, false)] {
             let k = latent_decode(decode(bh, bn, st, 512, qb, pb)).unwrap();
             let src = emit(&k, Target::sm90()).unwrap();
-            dump(&format!("decode_h{bh}_n{bn}_s{st}_q{}_p{}", qb as u8, pb as u8), &src);
+            dump(
+                &format!("decode_h{bh}_n{bn}_s{st}_q{}_p{}", qb as u8, pb as u8),
+                &src,
+            );
             let body = src.code.split("// ---- kernel").nth(1).unwrap();
-            assert!(body.contains("tpla_mma_bf16_16816("), "no mma for {bh}x{bn}");
+            assert!(
+                body.contains("tpla_mma_bf16_16816("),
+                "no mma for {bh}x{bn}"
+            );
             assert!(src.shared_bytes <= Target::sm90().max_shared_bytes);
             assert!(src.code.contains("cp.async") || src.code.contains("tpla_cp_async16"));
             assert_eq!(src.stages.len(), 1);
@@ -85,6 +91,9 @@ fn oversized_tiles_are_a_typed_error() {
     let k = latent_decode(decode(64, 64, 3, 512, false, false)).unwrap();
     match emit(&k, Target::new(7, 5)) {
         Err(IrError::Backend { message, .. }) => assert!(message.contains("shared memory")),
-        other => panic!("expected a shared-memory error, got {:?}", other.map(|s| s.shared_bytes)),
+        other => panic!(
+            "expected a shared-memory error, got {:?}",
+            other.map(|s| s.shared_bytes)
+        ),
     }
 }

@@ -1,0 +1,1278 @@
+//! Runs generated CUDA C++ on the host: the kernel source from `tpla_codegen::cuda::emit`, with
+//! its real prelude, compiled by the system C++ compiler against `tests/emu/cuda_emu.h` (threads
+//! as fibers, warp collectives emulated from the PTX fragment layouts). Results are compared with
+//! the Cranelift CPU backend on the same IR, and the latent decode also with an f64 reference.
+//!
+//! Needs a C++17 compiler (`$CXX`, else `c++`); without one every test prints SKIP and passes,
+//! unless `TPLA_REQUIRE_CXX=1`.
+
+#![allow(clippy::needless_range_loop)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use half::bf16;
+use tpla_codegen::cpu::{abi, CpuKernel};
+use tpla_codegen::cuda::samples::{combine_splits, latent_decode, DecodeParams};
+use tpla_codegen::cuda::{emit, CudaSource, F32Gemm, PagedInt, PagedPtr, ParamAbi, Target};
+use tpla_codegen::ir::*;
+use tpla_codegen::launch::{check_launch, ArgDesc};
+use tpla_codegen::{Config, KernelBuilder};
+
+// ------------------------------------------------------------------------------------ buffers
+
+/// Host bytes with 16-byte alignment.
+#[derive(Clone)]
+struct Bytes {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl Bytes {
+    fn new(len: usize) -> Bytes {
+        Bytes {
+            words: vec![0; len.div_ceil(16)],
+            len,
+        }
+    }
+    fn from_f32(v: &[f32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 4);
+        b.bytes_mut()
+            .copy_from_slice(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+        b
+    }
+    fn from_i32(v: &[i32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 4);
+        b.bytes_mut()
+            .copy_from_slice(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+        b
+    }
+    fn from_bf16(v: &[f32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 2);
+        b.bytes_mut().copy_from_slice(
+            &v.iter()
+                .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        b
+    }
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, with exclusive access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    }
+    fn ptr(&self) -> *const u8 {
+        self.words.as_ptr() as *const u8
+    }
+    fn f32s(&self) -> Vec<f32> {
+        self.bytes()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+    fn i32s(&self) -> Vec<i32> {
+        self.bytes()
+            .chunks(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+    fn bf16s(&self) -> Vec<f32> {
+        self.bytes()
+            .chunks(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect()
+    }
+    /// Decodes as `dtype` to f32 for comparisons.
+    fn values(&self, dtype: DType) -> Vec<f32> {
+        match dtype {
+            DType::F32 => self.f32s(),
+            DType::BF16 => self.bf16s(),
+            DType::I32 => self.i32s().iter().map(|&x| x as f32).collect(),
+            DType::Bool => self.bytes().iter().map(|&x| x as f32).collect(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum HostArg {
+    Tensor {
+        dtype: DType,
+        shape: Vec<usize>,
+        data: Bytes,
+    },
+    Paged {
+        dtype: DType,
+        row: usize,
+        data: Bytes,
+        block_table: Vec<i32>,
+        seq_lens: Vec<i32>,
+        page_size: usize,
+        pages_per_seq: usize,
+        num_pages: usize,
+    },
+    F32(f32),
+    I32(i32),
+}
+
+fn descs<'a>(k: &Kernel, args: &'a [HostArg]) -> Vec<ArgDesc<'a>> {
+    args.iter()
+        .zip(&k.params)
+        .map(|(a, p)| {
+            let writable = match p.kind {
+                ParamKind::Tensor { writable, .. } | ParamKind::Paged { writable, .. } => writable,
+                _ => false,
+            };
+            match a {
+                HostArg::Tensor { dtype, shape, .. } => ArgDesc::Tensor {
+                    dtype: *dtype,
+                    shape,
+                    writable,
+                },
+                HostArg::Paged {
+                    dtype,
+                    row,
+                    block_table,
+                    seq_lens,
+                    page_size,
+                    pages_per_seq,
+                    num_pages,
+                    ..
+                } => ArgDesc::Paged {
+                    dtype: *dtype,
+                    num_pages: *num_pages,
+                    page_size: *page_size,
+                    row: *row,
+                    batch: seq_lens.len(),
+                    pages_per_seq: *pages_per_seq,
+                    block_table: Some(block_table),
+                    seq_lens: Some(seq_lens),
+                    writable,
+                },
+                HostArg::F32(v) => ArgDesc::F32(*v),
+                HostArg::I32(v) => ArgDesc::I32(*v),
+            }
+        })
+        .collect()
+}
+
+/// Runs the kernel with the CPU backend; returns the args with outputs written.
+fn run_cpu(k: &Kernel, args: &[HostArg]) -> Vec<HostArg> {
+    let mut args = args.to_vec();
+    let plan = check_launch(k, &descs(k, &args)).expect("launch check");
+    let ck = CpuKernel::compile(k).expect("cpu compile");
+    let mut slots = Vec::new();
+    let tables: Vec<(Bytes, Bytes)> = args
+        .iter()
+        .map(|a| match a {
+            HostArg::Paged {
+                block_table,
+                seq_lens,
+                ..
+            } => (Bytes::from_i32(block_table), Bytes::from_i32(seq_lens)),
+            _ => (Bytes::new(0), Bytes::new(0)),
+        })
+        .collect();
+    for (a, (bt, sl)) in args.iter_mut().zip(&tables) {
+        match a {
+            HostArg::Tensor { shape, data, .. } => abi::push_tensor(&mut slots, data.ptr(), shape),
+            HostArg::Paged {
+                data,
+                page_size,
+                pages_per_seq,
+                num_pages,
+                seq_lens,
+                ..
+            } => abi::push_paged(
+                &mut slots,
+                data.ptr(),
+                bt.ptr() as *const i32,
+                sl.ptr() as *const i32,
+                *page_size,
+                *pages_per_seq,
+                *num_pages,
+                seq_lens.len(),
+            ),
+            HostArg::F32(v) => abi::push_f32(&mut slots, *v),
+            HostArg::I32(v) => abi::push_i32(&mut slots, *v),
+        }
+    }
+    let mut scratch = vec![0u128; ck.scratch_bytes().div_ceil(16) + 1];
+    for z in 0..plan.grid[2] {
+        for y in 0..plan.grid[1] {
+            for x in 0..plan.grid[0] {
+                // SAFETY: slots follow the CPU ABI for buffers that outlive the call and match the
+                // launch check; scratch is 16-byte aligned and large enough.
+                unsafe {
+                    let s = std::slice::from_raw_parts_mut(
+                        scratch.as_mut_ptr() as *mut u8,
+                        scratch.len() * 16,
+                    );
+                    ck.run_program(&slots, &plan.dims, [x as i64, y as i64, z as i64], s);
+                }
+            }
+        }
+    }
+    args
+}
+
+// ------------------------------------------------------------------------------------ emulation
+
+fn cxx() -> Option<String> {
+    let c = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let ok = Command::new(&c)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    ok.then_some(c)
+}
+
+fn skip_without_cxx(test: &str) -> Option<String> {
+    match cxx() {
+        Some(c) => Some(c),
+        None => {
+            if std::env::var("TPLA_REQUIRE_CXX").as_deref() == Ok("1") {
+                panic!("{test}: no C++ compiler and TPLA_REQUIRE_CXX=1");
+            }
+            println!("SKIP {test}: no C++ compiler (set CXX) to emulate CUDA kernels");
+            None
+        }
+    }
+}
+
+fn emu_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
+}
+
+/// Compiles `src` with the emulation header and runs it on `args`; returns the args with
+/// outputs written, or the compiler / runtime error.
+fn run_emu(
+    cxx: &str,
+    k: &Kernel,
+    src: &CudaSource,
+    args: &[HostArg],
+    tag: &str,
+) -> Result<Vec<HostArg>, String> {
+    let plan = check_launch(k, &descs(k, args)).map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("tpla-emu-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Buffers and the call.
+    let mut files = Vec::new(); // (var, path, writable)
+    let mut call = Vec::new();
+    for slot in &src.params {
+        match slot {
+            ParamAbi::Tensor { param, dtype } => {
+                let HostArg::Tensor { data, .. } = &args[*param] else {
+                    unreachable!()
+                };
+                let var = format!("b{param}");
+                if !files
+                    .iter()
+                    .any(|(v, _, _): &(String, PathBuf, bool)| *v == var)
+                {
+                    let path = dir.join(format!("{var}.bin"));
+                    std::fs::write(&path, data.bytes()).map_err(|e| e.to_string())?;
+                    let w = matches!(
+                        k.params[*param].kind,
+                        ParamKind::Tensor { writable: true, .. }
+                    );
+                    files.push((var.clone(), path, w));
+                }
+                call.push(format!("({}*){var}.data()", cty(*dtype)));
+            }
+            ParamAbi::PagedPtr { param, what } => {
+                let HostArg::Paged {
+                    dtype,
+                    data,
+                    block_table,
+                    seq_lens,
+                    ..
+                } = &args[*param]
+                else {
+                    unreachable!()
+                };
+                let (var, bytes, ty, w) = match what {
+                    PagedPtr::Data => (
+                        format!("b{param}d"),
+                        data.clone(),
+                        cty(*dtype),
+                        matches!(
+                            k.params[*param].kind,
+                            ParamKind::Paged { writable: true, .. }
+                        ),
+                    ),
+                    PagedPtr::BlockTable => (
+                        format!("b{param}t"),
+                        Bytes::from_i32(block_table),
+                        "int",
+                        false,
+                    ),
+                    PagedPtr::SeqLens => (
+                        format!("b{param}l"),
+                        Bytes::from_i32(seq_lens),
+                        "int",
+                        false,
+                    ),
+                };
+                let path = dir.join(format!("{var}.bin"));
+                std::fs::write(&path, bytes.bytes()).map_err(|e| e.to_string())?;
+                files.push((var.clone(), path, w));
+                call.push(format!("({ty}*){var}.data()"));
+            }
+            ParamAbi::PagedInt { param, what } => {
+                let HostArg::Paged {
+                    page_size,
+                    pages_per_seq,
+                    num_pages,
+                    seq_lens,
+                    ..
+                } = &args[*param]
+                else {
+                    unreachable!()
+                };
+                call.push(
+                    match what {
+                        PagedInt::PageSize => *page_size,
+                        PagedInt::PagesPerSeq => *pages_per_seq,
+                        PagedInt::NumPages => *num_pages,
+                        PagedInt::Batch => seq_lens.len(),
+                    }
+                    .to_string(),
+                );
+            }
+            ParamAbi::Scalar { param, .. } => call.push(match &args[*param] {
+                HostArg::F32(v) => format!("__uint_as_float(0x{:08x}u)", v.to_bits()),
+                HostArg::I32(v) => format!("({v})"),
+                _ => unreachable!(),
+            }),
+            ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
+        }
+    }
+    let code = src.code.replace(
+        "extern __shared__ __align__(128) unsigned char tpla_smem[];",
+        "unsigned char* tpla_smem = emu::B->smem.data();",
+    );
+    let mut main = String::from("#include \"cuda_emu.h\"\n");
+    main.push_str(&code);
+    main.push_str(
+        "\nint main(int argc, char** argv) {\n    (void)argc;\n    std::string dir = argv[1];\n",
+    );
+    for (var, path, _) in &files {
+        main.push_str(&format!(
+            "    auto {var} = emu::load(\"{}\");\n",
+            path.display()
+        ));
+    }
+    main.push_str(&format!(
+        "    emu::launch({}, {}, {}, {}, {}, [&]() {{ {}({}); }});\n",
+        plan.grid[0],
+        plan.grid[1],
+        plan.grid[2],
+        src.block_threads,
+        src.shared_bytes,
+        src.name,
+        call.join(", ")
+    ));
+    for (var, path, w) in &files {
+        if *w {
+            main.push_str(&format!(
+                "    emu::save(\"{}.out\", {var});\n",
+                path.display()
+            ));
+        }
+    }
+    main.push_str("    return 0;\n}\n");
+    let cpp = dir.join("main.cpp");
+    std::fs::write(&cpp, &main).map_err(|e| e.to_string())?;
+    let exe = dir.join("main");
+    let out = Command::new(cxx)
+        .args(["-std=c++17", "-O1", "-w", "-I"])
+        .arg(emu_dir())
+        .arg(&cpp)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "C++ compile of {} failed:\n{}",
+            cpp.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let run = Command::new(&exe)
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !run.status.success() {
+        return Err(format!(
+            "emulated kernel failed ({}): {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    let mut res = args.to_vec();
+    for (var, path, w) in &files {
+        if !*w {
+            continue;
+        }
+        let bytes = std::fs::read(format!("{}.out", path.display())).map_err(|e| e.to_string())?;
+        let param: usize = var[1..].trim_end_matches(['d', 't', 'l']).parse().unwrap();
+        match &mut res[param] {
+            HostArg::Tensor { data, .. } | HostArg::Paged { data, .. } => {
+                data.bytes_mut().copy_from_slice(&bytes)
+            }
+            _ => unreachable!(),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(res)
+}
+
+fn cty(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float",
+        DType::BF16 => "tpla_bf16",
+        DType::I32 => "int",
+        DType::Bool => "unsigned char",
+    }
+}
+
+/// Max |a - b| over the outputs of param `p`, with both as f32.
+/// bf16 outputs may differ by one rounding step (2^-8 relative) on top of that.
+fn max_diff(a: &HostArg, b: &HostArg) -> f32 {
+    let (x, y, dt) = match (a, b) {
+        (
+            HostArg::Tensor {
+                dtype, data: d1, ..
+            },
+            HostArg::Tensor { data: d2, .. },
+        ) => (d1.values(*dtype), d2.values(*dtype), *dtype),
+        (
+            HostArg::Paged {
+                dtype, data: d1, ..
+            },
+            HostArg::Paged { data: d2, .. },
+        ) => (d1.values(*dtype), d2.values(*dtype), *dtype),
+        _ => return 0.0,
+    };
+    let ulp = if dt == DType::BF16 { 1.0 / 128.0 } else { 0.0 };
+    x.iter()
+        .zip(&y)
+        .map(|(p, q)| {
+            if p.is_nan() || q.is_nan() {
+                if p.is_nan() && q.is_nan() {
+                    0.0
+                } else {
+                    f32::INFINITY
+                }
+            } else if p == q {
+                0.0
+            } else {
+                ((p - q).abs() - ulp * p.abs().max(q.abs())).max(0.0)
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Emulates and compares every writable output with the CPU backend.
+fn check_vs_cpu(
+    cxx: &str,
+    k: &Kernel,
+    target: Target,
+    args: &[HostArg],
+    tol: f32,
+    tag: &str,
+) -> Vec<HostArg> {
+    let src = emit(k, target).unwrap_or_else(|e| panic!("{tag}: emit failed: {e}"));
+    let gpu = run_emu(cxx, k, &src, args, tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let cpu = run_cpu(k, args);
+    for (i, p) in k.params.iter().enumerate() {
+        let w = matches!(
+            p.kind,
+            ParamKind::Tensor { writable: true, .. } | ParamKind::Paged { writable: true, .. }
+        );
+        if w {
+            let d = max_diff(&gpu[i], &cpu[i]);
+            if d > tol {
+                if let (HostArg::Tensor { dtype, data: g, .. }, HostArg::Tensor { data: c, .. }) =
+                    (&gpu[i], &cpu[i])
+                {
+                    let (g, c) = (g.values(*dtype), c.values(*dtype));
+                    let bad: Vec<(usize, f32, f32)> = (0..g.len())
+                        .filter(|&j| {
+                            !(g[j] == c[j] || (g[j].is_nan() && c[j].is_nan()))
+                                && ((g[j] - c[j]).abs() > tol || g[j].is_nan() != c[j].is_nan())
+                        })
+                        .take(8)
+                        .map(|j| (j, g[j], c[j]))
+                        .collect();
+                    eprintln!(
+                        "{tag}: `{}` first mismatches (index, emulated, cpu): {bad:?}",
+                        p.name
+                    );
+                }
+            }
+            assert!(
+                d <= tol,
+                "{tag}: output `{}` differs from the CPU backend by {d} (tol {tol})",
+                p.name
+            );
+        }
+    }
+    gpu
+}
+
+// ------------------------------------------------------------------------------------ inputs
+
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| bf16::from_f32(*x).to_f32()).collect()
+}
+
+/// A paged cache with shuffled pages.
+fn paged(
+    rng: &mut Rng,
+    row: usize,
+    seq_lens: &[i32],
+    page_size: usize,
+    poison_out: bool,
+) -> HostArg {
+    let pages_per_seq = seq_lens
+        .iter()
+        .map(|&l| (l as usize).div_ceil(page_size))
+        .max()
+        .unwrap_or(0)
+        .max(1)
+        + 1;
+    let num_pages = seq_lens.len() * pages_per_seq + 3;
+    let mut perm: Vec<i32> = (0..num_pages as i32).collect();
+    for i in (1..perm.len()).rev() {
+        let j = rng.below(i + 1);
+        perm.swap(i, j);
+    }
+    let block_table: Vec<i32> = perm[..seq_lens.len() * pages_per_seq].to_vec();
+    let vals = if poison_out {
+        vec![f32::NAN; num_pages * page_size * row]
+    } else {
+        rng.vec(num_pages * page_size * row)
+    };
+    HostArg::Paged {
+        dtype: DType::BF16,
+        row,
+        data: Bytes::from_bf16(&vals),
+        block_table,
+        seq_lens: seq_lens.to_vec(),
+        page_size,
+        pages_per_seq,
+        num_pages,
+    }
+}
+
+// ------------------------------------------------------------------------------------ decode
+
+/// f64 reference of one split of the latent decode: `(out [lat], lse)`.
+#[allow(clippy::too_many_arguments)]
+fn decode_ref(
+    q: &[f32],
+    cache: &HostArg,
+    b: usize,
+    h: usize,
+    heads: usize,
+    split: usize,
+    splits: usize,
+    lat: usize,
+    d: usize,
+    bn: usize,
+    scale: f32,
+) -> (Vec<f64>, f64) {
+    let HostArg::Paged {
+        data,
+        block_table,
+        seq_lens,
+        page_size,
+        pages_per_seq,
+        ..
+    } = cache
+    else {
+        unreachable!()
+    };
+    let kv = data.bf16s();
+    let len = seq_lens[b] as i64;
+    let per = (len + splits as i64 - 1) / splits as i64;
+    let chunk = (per + bn as i64 - 1) / bn as i64 * bn as i64;
+    let lo = split as i64 * chunk;
+    let hi = len.min(lo + chunk);
+    let qrow = &q[(b * heads + h) * d..(b * heads + h + 1) * d];
+    let mut scores = Vec::new();
+    let mut rows = Vec::new();
+    for t in lo..hi {
+        let t = t as usize;
+        let page = block_table[b * pages_per_seq + t / page_size] as usize;
+        let r =
+            &kv[(page * page_size + t % page_size) * d..(page * page_size + t % page_size + 1) * d];
+        let s: f64 = qrow
+            .iter()
+            .zip(r)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum::<f64>()
+            * scale as f64;
+        scores.push(s);
+        rows.push(r.to_vec());
+    }
+    if scores.is_empty() {
+        return (vec![0.0; lat], f64::NEG_INFINITY);
+    }
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    let mut out = vec![0.0; lat];
+    for (wt, r) in w.iter().zip(&rows) {
+        for j in 0..lat {
+            out[j] += wt / sum * r[j] as f64;
+        }
+    }
+    (out, m + sum.ln())
+}
+
+fn decode_case(
+    cxx: &str,
+    p: DecodeParams,
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
+    let tag = format!(
+        "decode_h{}_n{}_s{}_lat{}_q{}_p{}_sm{}{}_{:?}",
+        p.block_h,
+        p.block_n,
+        p.stages,
+        p.lat,
+        p.q_bf16 as u8,
+        p.p_bf16 as u8,
+        target.sm.0,
+        target.sm.1,
+        target.f32_gemm
+    );
+    let k = latent_decode(p).unwrap();
+    let d = p.lat + p.rope;
+    let batch = seq_lens.len();
+    let mut rng = Rng::new(seed);
+    let mut q = rng.vec(batch * heads * d);
+    if p.q_bf16 {
+        q = bf16_round(&q);
+    }
+    let cache = paged(&mut rng, d, seq_lens, 16, false);
+    let scale = 1.0 / (d as f32).sqrt() * 4.0;
+    let args = vec![
+        HostArg::Tensor {
+            dtype: if p.q_bf16 { DType::BF16 } else { DType::F32 },
+            shape: vec![batch, heads, d],
+            data: if p.q_bf16 {
+                Bytes::from_bf16(&q)
+            } else {
+                Bytes::from_f32(&q)
+            },
+        },
+        cache.clone(),
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads, p.lat],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads * p.lat]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads]),
+        },
+        HostArg::F32(scale),
+    ];
+    let src = emit(&k, target).unwrap();
+    // Rounded operands (bf16 p, or the RoundBf16 fallback) loosen the tolerance.
+    let rounded = p.p_bf16
+        || src.f32_gemm == F32Gemm::RoundBf16
+        || (!p.q_bf16 && src.f32_gemm != F32Gemm::Split);
+    let tol = if rounded { 2e-2 } else { 2e-3 };
+    let gpu = check_vs_cpu(cxx, &k, target, &args, tol, &tag);
+    let (HostArg::Tensor { data: out, .. }, HostArg::Tensor { data: lse, .. }) = (&gpu[2], &gpu[3])
+    else {
+        unreachable!()
+    };
+    let (out, lse) = (out.f32s(), lse.f32s());
+    let mut worst = 0.0f64;
+    for s in 0..splits {
+        for b in 0..batch {
+            for h in 0..heads {
+                let (o, l) = decode_ref(
+                    &q, &cache, b, h, heads, s, splits, p.lat, d, p.block_n, scale,
+                );
+                let base = ((s * batch + b) * heads + h) * p.lat;
+                for j in 0..p.lat {
+                    worst = worst.max((out[base + j] as f64 - o[j]).abs());
+                }
+                let gl = lse[(s * batch + b) * heads + h] as f64;
+                if l.is_finite() {
+                    assert!(
+                        (gl - l).abs() <= 1e-2 * l.abs().max(1.0),
+                        "{tag}: lse[{s},{b},{h}] = {gl}, reference {l}"
+                    );
+                } else {
+                    assert!(gl < -1e29, "{tag}: empty split lse = {gl}");
+                }
+            }
+        }
+    }
+    assert!(
+        worst <= tol as f64,
+        "{tag}: out differs from the f64 reference by {worst} (tol {tol})"
+    );
+    println!("{tag}: ok (max |out - ref| = {worst:.2e})");
+}
+
+#[test]
+fn emulated_decode_matches_cpu_and_reference() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_matches_cpu_and_reference") else {
+        return;
+    };
+    let dp = |bh, bn, st, lat, q, p| DecodeParams {
+        lat,
+        rope: 64,
+        block_h: bh,
+        block_n: bn,
+        stages: st,
+        q_bf16: q,
+        p_bf16: p,
+    };
+    // Tensor cores, ldmatrix everywhere; partial head block; an empty split.
+    decode_case(
+        &cxx,
+        dp(16, 32, 2, 128, true, true),
+        Target::sm90(),
+        21,
+        &[70, 5, 33],
+        2,
+        1,
+    );
+    // f32 q and p: hi/lo split, generic fragment loads, replicated warps (BLOCK_N = 16).
+    decode_case(
+        &cxx,
+        dp(16, 16, 1, 64, false, false),
+        Target::sm90(),
+        16,
+        &[40, 17],
+        3,
+        2,
+    );
+    // Three stages, two warp rows.
+    decode_case(
+        &cxx,
+        dp(32, 64, 3, 256, false, true),
+        Target::sm90(),
+        32,
+        &[150, 64],
+        2,
+        3,
+    );
+    // Pre-Ampere: FMA gemm and synchronous copies.
+    decode_case(
+        &cxx,
+        dp(16, 32, 2, 64, true, false),
+        Target::new(7, 5),
+        16,
+        &[45],
+        2,
+        4,
+    );
+}
+
+#[test]
+fn emulated_decode_full_size() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_full_size") else {
+        return;
+    };
+    let dp = DecodeParams {
+        lat: 512,
+        rope: 64,
+        block_h: 64,
+        block_n: 64,
+        stages: 2,
+        q_bf16: true,
+        p_bf16: true,
+    };
+    decode_case(&cxx, dp, Target::sm90(), 64, &[130], 2, 5);
+    decode_case(
+        &cxx,
+        DecodeParams {
+            q_bf16: false,
+            p_bf16: false,
+            ..dp
+        },
+        Target::sm90(),
+        64,
+        &[70],
+        1,
+        6,
+    );
+}
+
+#[test]
+fn emulated_combine_matches_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_combine_matches_cpu") else {
+        return;
+    };
+    let (splits, batch, heads, lat) = (3, 2, 3, 128);
+    let k = combine_splits(lat, 64).unwrap();
+    let mut rng = Rng::new(7);
+    let mut lse = rng.vec(splits * batch * heads);
+    lse[1] = -6.9e29; // an empty split
+    let args = vec![
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads, lat],
+            data: Bytes::from_f32(&rng.vec(splits * batch * heads * lat)),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads],
+            data: Bytes::from_f32(&lse),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![batch, heads, lat],
+            data: Bytes::from_f32(&vec![f32::NAN; batch * heads * lat]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![batch, heads],
+            data: Bytes::from_f32(&vec![f32::NAN; batch * heads]),
+        },
+    ];
+    check_vs_cpu(&cxx, &k, Target::sm90(), &args, 1e-5, "combine");
+}
+
+// ------------------------------------------------------------------------------------ synthetic
+
+fn c(i: i64) -> Index {
+    Index::Const(i)
+}
+fn pid(a: u8) -> Index {
+    Index::ProgramId(a)
+}
+fn mul(a: Index, b: Index) -> Index {
+    Index::bin(IndexOp::Mul, a, b)
+}
+fn span(start: Index, len: usize) -> Slice {
+    Slice::Span { start, len }
+}
+fn t(id: TileId) -> Operand {
+    Operand::Tile(id)
+}
+fn lit(v: f32) -> Operand {
+    Operand::Scalar(FScalar::Lit(v))
+}
+
+/// Elementwise, iota, compare/select, integer ops (division by zero), casts, row reductions,
+/// masked loads past the tensor's end, bf16 rounding on store.
+#[test]
+fn emulated_elementwise_mix_matches_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_elementwise_mix_matches_cpu") else {
+        return;
+    };
+    let mut kb = KernelBuilder::new("mix", &Config::new());
+    let rows = kb.dim("rows");
+    let x = kb.tensor(
+        "x",
+        DType::F32,
+        vec![ParamDim::Runtime(rows), ParamDim::Const(24)],
+        false,
+    );
+    let out = kb.tensor(
+        "out",
+        DType::F32,
+        vec![ParamDim::Runtime(rows), ParamDim::Const(24)],
+        true,
+    );
+    let outb = kb.tensor(
+        "outb",
+        DType::BF16,
+        vec![ParamDim::Runtime(rows), ParamDim::Const(24)],
+        true,
+    );
+    let outi = kb.tensor(
+        "outi",
+        DType::I32,
+        vec![ParamDim::Runtime(rows), ParamDim::Const(24)],
+        true,
+    );
+    kb.grid([
+        Index::bin(IndexOp::CeilDiv, Index::Dim(rows), c(16)),
+        c(1),
+        c(1),
+    ]);
+    let r0 = kb.let_index("r0", mul(pid(0), c(16)));
+    let xt = kb
+        .define(
+            "xt",
+            TileOp::Load {
+                param: x,
+                index: vec![span(r0.clone(), 16), span(c(0), 24)],
+            },
+        )
+        .unwrap();
+    let io = kb
+        .define_typed("io", DType::I32, &[16, 24], TileOp::Iota { axis: 1 })
+        .unwrap();
+    let mask = kb
+        .define(
+            "mask",
+            TileOp::Compare(CmpOp::Lt, t(io), Operand::Int(c(10))),
+        )
+        .unwrap();
+    let x2 = kb
+        .define("x2", TileOp::Binary(BinaryOp::Mul, t(xt), lit(2.0)))
+        .unwrap();
+    let nx = kb.define("nx", TileOp::Unary(UnaryOp::Neg, xt)).unwrap();
+    let y = kb
+        .define(
+            "y",
+            TileOp::Select {
+                mask,
+                on_true: t(x2),
+                on_false: t(nx),
+            },
+        )
+        .unwrap();
+    let rs = kb
+        .define(
+            "rs",
+            TileOp::Reduce {
+                op: ReduceOp::Sum,
+                src: y,
+                axis: 1,
+            },
+        )
+        .unwrap();
+    let cm = kb
+        .define(
+            "cm",
+            TileOp::Reduce {
+                op: ReduceOp::Max,
+                src: y,
+                axis: 0,
+            },
+        )
+        .unwrap();
+    let rsu = kb
+        .define("rsu", TileOp::View(rs, ViewOp::Unsqueeze(1)))
+        .unwrap();
+    let z0 = kb
+        .define("z0", TileOp::Binary(BinaryOp::Add, t(y), t(rsu)))
+        .unwrap();
+    let z = kb
+        .define("z", TileOp::Binary(BinaryOp::Sub, t(z0), t(cm)))
+        .unwrap();
+    let ex = kb.define("ex", TileOp::Unary(UnaryOp::Exp2, xt)).unwrap();
+    let ab = kb.define("ab", TileOp::Unary(UnaryOp::Abs, z)).unwrap();
+    let sq = kb.define("sq", TileOp::Unary(UnaryOp::Sqrt, ab)).unwrap();
+    let w = kb
+        .define("w", TileOp::Binary(BinaryOp::Add, t(sq), t(ex)))
+        .unwrap();
+    kb.store(out, vec![span(r0.clone(), 16), span(c(0), 24)], w)
+        .unwrap();
+    let wb = kb
+        .define_typed("wb", DType::BF16, &[16, 24], TileOp::Cast(z))
+        .unwrap();
+    kb.store(outb, vec![span(r0.clone(), 16), span(c(0), 24)], wb)
+        .unwrap();
+    let x100 = kb
+        .define("x100", TileOp::Binary(BinaryOp::Mul, t(xt), lit(100.0)))
+        .unwrap();
+    let qi = kb
+        .define_typed("qi", DType::I32, &[16, 24], TileOp::Cast(x100))
+        .unwrap();
+    let den = kb
+        .define(
+            "den",
+            TileOp::Binary(BinaryOp::Sub, t(io), Operand::Int(c(5))),
+        )
+        .unwrap();
+    let qd = kb
+        .define("qd", TileOp::Binary(BinaryOp::Div, t(qi), t(den)))
+        .unwrap();
+    kb.store(outi, vec![span(r0, 16), span(c(0), 24)], qd)
+        .unwrap();
+    let k = kb.finish().unwrap();
+    let n = 37;
+    let mut rng = Rng::new(11);
+    let args = vec![
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![n, 24],
+            data: Bytes::from_f32(&rng.vec(n * 24)),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![n, 24],
+            data: Bytes::from_f32(&vec![f32::NAN; n * 24]),
+        },
+        HostArg::Tensor {
+            dtype: DType::BF16,
+            shape: vec![n, 24],
+            data: Bytes::from_bf16(&vec![f32::NAN; n * 24]),
+        },
+        HostArg::Tensor {
+            dtype: DType::I32,
+            shape: vec![n, 24],
+            data: Bytes::from_i32(&vec![-7; n * 24]),
+        },
+    ];
+    check_vs_cpu(&cxx, &k, Target::sm90(), &args, 1e-4, "mix");
+}
+
+/// Gemms in every operand orientation: transposed bf16 A (ldmatrix.trans), f32 B (split), a
+/// fragment result feeding a transposed operand (shadow copy), a shape that is not tensor-core
+/// sized (FMA), a column reduction of a fragment tile.
+#[test]
+fn emulated_gemm_orientations_match_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_gemm_orientations_match_cpu") else {
+        return;
+    };
+    let mut kb = KernelBuilder::new("gemms", &Config::new());
+    let a = kb.tensor(
+        "a",
+        DType::BF16,
+        vec![ParamDim::Const(48), ParamDim::Const(32)],
+        false,
+    );
+    let b = kb.tensor(
+        "b",
+        DType::F32,
+        vec![ParamDim::Const(48), ParamDim::Const(24)],
+        false,
+    );
+    let c2o = kb.tensor(
+        "c2",
+        DType::F32,
+        vec![ParamDim::Const(32), ParamDim::Const(24)],
+        true,
+    );
+    let dout = kb.tensor(
+        "d",
+        DType::F32,
+        vec![ParamDim::Const(24), ParamDim::Const(48)],
+        true,
+    );
+    let colmax = kb.tensor("colmax", DType::F32, vec![ParamDim::Const(24)], true);
+    let a0 = kb
+        .define(
+            "a0",
+            TileOp::Load {
+                param: a,
+                index: vec![span(c(0), 48), span(c(0), 32)],
+            },
+        )
+        .unwrap();
+    let at = kb
+        .define("at", TileOp::View(a0, ViewOp::Transpose))
+        .unwrap();
+    let b0 = kb
+        .define(
+            "b0",
+            TileOp::Load {
+                param: b,
+                index: vec![span(c(0), 48), span(c(0), 24)],
+            },
+        )
+        .unwrap();
+    let cc = kb.define("cc", TileOp::Gemm { a: at, b: b0 }).unwrap();
+    let c2 = kb
+        .define("c2", TileOp::Binary(BinaryOp::Mul, t(cc), lit(0.5)))
+        .unwrap();
+    kb.store(c2o, vec![span(c(0), 32), span(c(0), 24)], c2)
+        .unwrap();
+    let c2t = kb
+        .define("c2t", TileOp::View(c2, ViewOp::Transpose))
+        .unwrap();
+    let dd = kb.define("dd", TileOp::Gemm { a: c2t, b: at }).unwrap();
+    kb.store(dout, vec![span(c(0), 24), span(c(0), 48)], dd)
+        .unwrap();
+    let cm = kb
+        .define(
+            "cm",
+            TileOp::Reduce {
+                op: ReduceOp::Max,
+                src: cc,
+                axis: 0,
+            },
+        )
+        .unwrap();
+    kb.store(colmax, vec![span(c(0), 24)], cm).unwrap();
+    let k = kb.finish().unwrap();
+    let mut rng = Rng::new(12);
+    let args = vec![
+        HostArg::Tensor {
+            dtype: DType::BF16,
+            shape: vec![48, 32],
+            data: Bytes::from_bf16(&rng.vec(48 * 32)),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![48, 24],
+            data: Bytes::from_f32(&rng.vec(48 * 24)),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![32, 24],
+            data: Bytes::from_f32(&vec![f32::NAN; 32 * 24]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![24, 48],
+            data: Bytes::from_f32(&vec![f32::NAN; 24 * 48]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![24],
+            data: Bytes::from_f32(&vec![f32::NAN; 24]),
+        },
+    ];
+    check_vs_cpu(&cxx, &k, Target::sm90(), &args, 2e-3, "gemms");
+    check_vs_cpu(
+        &cxx,
+        &k,
+        Target::sm90().with_f32_gemm(F32Gemm::Fma),
+        &args,
+        2e-4,
+        "gemms_fma",
+    );
+}
+
+/// Paged store (cache append) with rows landing outside the sequence, and a runtime loop.
+#[test]
+fn emulated_append_and_loop_match_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_append_and_loop_match_cpu") else {
+        return;
+    };
+    let row = 40;
+    let mut kb = KernelBuilder::new("append", &Config::new());
+    let batch = kb.dim("batch");
+    let newt = kb.dim("new_tokens");
+    let rows_p = kb.tensor(
+        "rows",
+        DType::BF16,
+        vec![
+            ParamDim::Runtime(batch),
+            ParamDim::Runtime(newt),
+            ParamDim::Const(row),
+        ],
+        false,
+    );
+    let cache = kb.paged("cache", DType::BF16, row as i64, true).unwrap();
+    let sums = kb.tensor(
+        "sums",
+        DType::F32,
+        vec![ParamDim::Runtime(batch), ParamDim::Const(row)],
+        true,
+    );
+    kb.grid([
+        Index::Dim(batch),
+        Index::bin(IndexOp::CeilDiv, Index::Dim(newt), c(8)),
+        c(1),
+    ]);
+    let b = kb.let_index("b", pid(0));
+    let j0 = kb.let_index("j0", mul(pid(1), c(8)));
+    let tile = kb
+        .define(
+            "t",
+            TileOp::Load {
+                param: rows_p,
+                index: vec![Slice::At(b.clone()), span(j0.clone(), 8), span(c(0), row)],
+            },
+        )
+        .unwrap();
+    let first = Index::bin(
+        IndexOp::Add,
+        Index::bin(
+            IndexOp::Sub,
+            Index::SeqLen {
+                cache,
+                batch: Box::new(b.clone()),
+            },
+            Index::Dim(newt),
+        ),
+        j0,
+    );
+    kb.paged_store(cache, b.clone(), first, tile).unwrap();
+    // Column sums over all new tokens, by a runtime loop (every program of a row writes the same).
+    let acc = kb
+        .define_typed("acc", DType::F32, &[1, row as i64], TileOp::Full(lit(0.0)))
+        .unwrap();
+    let j = kb.begin_for("j", c(0), Index::Dim(newt));
+    let r = kb
+        .define(
+            "r",
+            TileOp::Load {
+                param: rows_p,
+                index: vec![Slice::At(b.clone()), span(j, 1), span(c(0), row)],
+            },
+        )
+        .unwrap();
+    let rf = kb
+        .define_typed("rf", DType::F32, &[1, row as i64], TileOp::Cast(r))
+        .unwrap();
+    kb.assign(acc, TileOp::Binary(BinaryOp::Add, t(acc), t(rf)))
+        .unwrap();
+    kb.end_loop().unwrap();
+    kb.store(sums, vec![span(b, 1), span(c(0), row)], acc)
+        .unwrap();
+    let k = kb.finish().unwrap();
+    let mut rng = Rng::new(13);
+    let (bsz, nt) = (3, 11);
+    let lens = [11, 30, 5]; // the last sequence is shorter than the new rows: some are skipped
+    let mut cache_arg = paged(&mut rng, row, &lens, 8, false);
+    if let HostArg::Paged { data, .. } = &mut cache_arg {
+        // Poison: every row the kernel does not write must stay NaN in both backends.
+        let n = data.len / 2;
+        *data = Bytes::from_bf16(&vec![f32::NAN; n]);
+    }
+    let args = vec![
+        HostArg::Tensor {
+            dtype: DType::BF16,
+            shape: vec![bsz, nt, row],
+            data: Bytes::from_bf16(&rng.vec(bsz * nt * row)),
+        },
+        cache_arg,
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![bsz, row],
+            data: Bytes::from_f32(&vec![f32::NAN; bsz * row]),
+        },
+    ];
+    check_vs_cpu(&cxx, &k, Target::sm90(), &args, 1e-5, "append");
+}

@@ -1,0 +1,271 @@
+// Host emulation of the CUDA subset tpla's generated kernels use, for tests on machines without a
+// GPU. Each CUDA thread of a block is a ucontext fiber on one OS thread; `__syncthreads()` and the
+// warp collectives (shuffles, ldmatrix, mma.sync) are rendezvous points, so their exchange of data
+// between lanes is emulated from the PTX ISA's fragment layouts. A barrier that not every thread
+// of the block (or warp) reaches is reported as a deadlock. Shared memory starts filled with NaN
+// bytes so reads of unwritten shared memory show up in the results.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+#include <ucontext.h>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(a, b)
+#define __restrict__
+#define __align__(n) alignas(n)
+
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return uint4{a, b, c, d}; }
+struct emu_dim3 {
+    unsigned x, y, z;
+};
+
+inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+inline float __int_as_float(int u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+namespace emu {
+
+struct Bar {
+    int need = 0;
+    int arrived = 0;
+    long gen = 0;
+};
+
+struct Fiber {
+    ucontext_t ctx;
+    bool done = false;
+    Bar* wait = nullptr;
+    long gen = 0;
+};
+
+struct Block {
+    int nt = 0;
+    std::vector<Fiber> th;
+    std::vector<std::vector<char>> stacks;
+    ucontext_t sched;
+    int cur = 0;
+    Bar block_bar;
+    std::vector<Bar> warp_bar;
+    std::vector<uint64_t> xchg;     // [nt][8]
+    std::vector<const void*> addr;  // [nt]
+    std::vector<unsigned char> smem;
+    emu_dim3 bid{0, 0, 0};
+    std::function<void()> body;
+    long barriers = 0;
+};
+
+inline Block* B = nullptr;
+
+inline void wait(Bar& b) {
+    long g = b.gen;
+    if (++b.arrived == b.need) {
+        b.arrived = 0;
+        b.gen++;
+        return;
+    }
+    Fiber& f = B->th[B->cur];
+    f.wait = &b;
+    f.gen = g;
+    swapcontext(&f.ctx, &B->sched);
+}
+
+inline void entry() {
+    B->body();
+    B->th[B->cur].done = true;
+}
+
+inline emu_dim3 tidx() { return emu_dim3{(unsigned)B->cur, 0, 0}; }
+
+inline void run_block(int nt) {
+    for (int i = 0; i < nt; ++i) {
+        Fiber& f = B->th[i];
+        f = Fiber{};
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = B->stacks[i].data();
+        f.ctx.uc_stack.ss_size = B->stacks[i].size();
+        f.ctx.uc_link = &B->sched;
+        makecontext(&f.ctx, (void (*)())entry, 0);
+    }
+    for (;;) {
+        bool any = false, all_done = true;
+        for (int i = 0; i < nt; ++i) {
+            Fiber& f = B->th[i];
+            if (f.done) continue;
+            all_done = false;
+            if (f.wait && f.wait->gen == f.gen) continue;
+            f.wait = nullptr;
+            any = true;
+            B->cur = i;
+            swapcontext(&B->sched, &f.ctx);
+        }
+        if (all_done) break;
+        if (!any) {
+            fprintf(stderr, "emu: deadlock in block (%u,%u,%u): a barrier not reached by every thread\n",
+                    B->bid.x, B->bid.y, B->bid.z);
+            exit(3);
+        }
+    }
+}
+
+// Runs `kernel` (a closure calling the generated __global__ function) over the grid.
+inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, std::function<void()> kernel) {
+    Block blk;
+    B = &blk;
+    blk.nt = nt;
+    blk.th.resize(nt);
+    blk.stacks.assign(nt, std::vector<char>(512 * 1024));
+    blk.block_bar.need = nt;
+    blk.warp_bar.resize((nt + 31) / 32);
+    for (auto& w : blk.warp_bar) w.need = 32;
+    blk.xchg.assign((size_t)nt * 8, 0);
+    blk.addr.assign(nt, nullptr);
+    blk.body = kernel;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                blk.bid = emu_dim3{x, y, z};
+                blk.smem.assign(smem + 16, 0xff);
+                run_block(nt);
+            }
+    B = nullptr;
+}
+
+inline std::vector<unsigned char> load(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) {
+        fprintf(stderr, "emu: cannot open %s\n", path.c_str());
+        exit(2);
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    std::vector<unsigned char> v((size_t)n + 16);
+    if (n > 0 && fread(v.data(), 1, (size_t)n, f) != (size_t)n) exit(2);
+    fclose(f);
+    v.resize((size_t)n);
+    return v;
+}
+
+inline void save(const std::string& path, const std::vector<unsigned char>& v) {
+    FILE* f = fopen(path.c_str(), "wb");
+    if (!f) exit(2);
+    if (!v.empty()) fwrite(v.data(), 1, v.size(), f);
+    fclose(f);
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::tidx())
+#define blockIdx (emu::B->bid)
+inline void __syncthreads() {
+    emu::B->barriers++;
+    emu::wait(emu::B->block_bar);
+}
+inline unsigned long long __cvta_generic_to_shared(const void* p) { return (unsigned long long)p; }
+
+inline float __shfl_xor_sync(unsigned, float v, int m) {
+    const int t = emu::B->cur, w = t / 32, l = t % 32;
+    emu::B->xchg[(size_t)t * 8] = __float_as_uint(v);
+    emu::wait(emu::B->warp_bar[w]);
+    const float r = __uint_as_float((unsigned)emu::B->xchg[(size_t)(w * 32 + (l ^ m)) * 8]);
+    emu::wait(emu::B->warp_bar[w]);
+    return r;
+}
+
+inline float tpla_emu_exp2(float x) { return exp2f(x); }
+inline float tpla_emu_log2(float x) { return log2f(x); }
+inline int tpla_emu_f2i(float x) {
+    if (std::isnan(x)) return 0;
+    if (x >= 2147483647.0f) return 2147483647;
+    if (x <= -2147483648.0f) return (int)0x80000000u;
+    return (int)x;
+}
+
+inline void tpla_emu_ldmatrix(unsigned* r, const void* p, int n, bool trans) {
+    const int t = emu::B->cur, w = t / 32, l = t % 32;
+    if (((unsigned long long)p & 15ull) != 0 && l < 8 * n) {
+        fprintf(stderr, "emu: ldmatrix row address not 16-byte aligned (lane %d)\n", l);
+        exit(4);
+    }
+    if (l < 8 * n) {
+        const unsigned char* lo = emu::B->smem.data();
+        const unsigned char* hi = lo + emu::B->smem.size();
+        if ((const unsigned char*)p < lo || (const unsigned char*)p + 16 > hi) {
+            fprintf(stderr, "emu: ldmatrix address outside shared memory (lane %d)\n", l);
+            exit(4);
+        }
+    }
+    emu::B->addr[t] = p;
+    emu::wait(emu::B->warp_bar[w]);
+    for (int j = 0; j < n; ++j) {
+        uint16_t a, b;
+        if (!trans) {
+            const uint16_t* row = (const uint16_t*)emu::B->addr[w * 32 + 8 * j + l / 4];
+            a = row[2 * (l % 4)];
+            b = row[2 * (l % 4) + 1];
+        } else {
+            const uint16_t* r0 = (const uint16_t*)emu::B->addr[w * 32 + 8 * j + 2 * (l % 4)];
+            const uint16_t* r1 = (const uint16_t*)emu::B->addr[w * 32 + 8 * j + 2 * (l % 4) + 1];
+            a = r0[l / 4];
+            b = r1[l / 4];
+        }
+        r[j] = (unsigned)a | ((unsigned)b << 16);
+    }
+    emu::wait(emu::B->warp_bar[w]);
+}
+
+inline float emu_bf16_half(unsigned reg, int half) {
+    return __uint_as_float(((reg >> (16 * half)) & 0xffffu) << 16);
+}
+
+inline void tpla_emu_mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+    const int t = emu::B->cur, w = t / 32, l = t % 32;
+    uint64_t* x = &emu::B->xchg[(size_t)t * 8];
+    for (int i = 0; i < 4; ++i) x[i] = a[i];
+    x[4] = b[0];
+    x[5] = b[1];
+    emu::wait(emu::B->warp_bar[w]);
+    auto A = [&](int r, int k) {
+        const int lane = (r % 8) * 4 + (k % 8) / 2;
+        const int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return emu_bf16_half((unsigned)emu::B->xchg[(size_t)(w * 32 + lane) * 8 + reg], k % 2);
+    };
+    auto Bm = [&](int k, int n) {
+        const int lane = n * 4 + (k % 8) / 2;
+        const int reg = k >= 8 ? 1 : 0;
+        return emu_bf16_half((unsigned)emu::B->xchg[(size_t)(w * 32 + lane) * 8 + 4 + reg], k % 2);
+    };
+    float out[4];
+    const int g = l / 4, q = l % 4;
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) s += A(row, k) * Bm(k, col);
+        out[e] = d[e] + s;
+    }
+    emu::wait(emu::B->warp_bar[w]);
+    for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
