@@ -1,0 +1,162 @@
+//! End-to-end tests of the `tpla` binary: the main job, `run` against the f64 reference, and the
+//! typed errors (clear message, exit status 2, no panic) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use half::bf16;
+use rand::{Rng, SeedableRng};
+use safetensors::{tensor::TensorView, Dtype};
+
+fn tpla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tpla")).args(args).env("TPLA_REQUIRE_GPU", "0").output().expect("the binary runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tpla-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a `tpla run` input file; `edit` may change any tensor before writing.
+fn write_inputs(path: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) -> (Vec<f32>, Vec<bf16>, Vec<i32>, Vec<i32>) {
+    let (b, h, lat, rope, ps, pages) = (2usize, 3usize, 64usize, 64usize, 16usize, 4usize);
+    let d = lat + rope;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let q: Vec<f32> = (0..b * h * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let pool: Vec<bf16> = (0..b * pages * ps * d).map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0))).collect();
+    let table: Vec<i32> = (0..(b * pages) as i32).rev().collect();
+    let lens = vec![50i32, 9];
+    let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("q".into(), Dtype::F32, vec![b, h, d], q.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ("cache".into(), Dtype::BF16, vec![b * pages, ps, d], pool.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect()),
+        ("block_table".into(), Dtype::I32, vec![b, pages], table.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ("seq_lens".into(), Dtype::I32, vec![b], lens.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        ("scale".into(), Dtype::F32, vec![], 0.1352f32.to_le_bytes().to_vec()),
+    ];
+    edit(&mut t);
+    let views: Vec<(String, TensorView<'_>)> = t.iter().map(|(n, dt, s, data)| (n.clone(), TensorView::new(*dt, s.clone(), data).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
+    (q, pool, table, lens)
+}
+
+fn read_f32(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[test]
+fn run_matches_the_f64_reference_for_mla_and_tpla() {
+    let dir = tmp("run-ok");
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    let (q, pool, table, lens) = write_inputs(&inp, |_| {});
+    let o = tpla(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--groups", "2", "--backend", "cpu"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (h, lat, d, ps, pages) = (3, 64, 128, 16, 4);
+    let got = read_f32(&out, "out");
+    let got_tpla = read_f32(&out, "out_tpla");
+    for b in 0..2 {
+        let mut rows = Vec::new();
+        for t in 0..lens[b] as usize {
+            let page = table[b * pages + t / ps] as usize;
+            let off = (page * ps + t % ps) * d;
+            rows.extend(pool[off..off + d].iter().map(|x| x.to_f32() as f64));
+        }
+        let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d].iter().map(|&x| x as f64).collect();
+        let r = tpla_runtime::reference::latent_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64);
+        let g: Vec<f64> = got[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
+        assert!(tpla_runtime::reference::rel_error(&g, &r.out) < 1e-5);
+        let rt = tpla_runtime::reference::tpla_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64, 2);
+        let gt: Vec<f64> = got_tpla[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
+        assert!(tpla_runtime::reference::rel_error(&gt, &rt) < 1e-5);
+    }
+}
+
+fn expect_error(args: &[&str], needle: &str) {
+    let o = tpla(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: {err}");
+    assert!(err.contains(needle), "args {args:?}: expected `{needle}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn run_with(name: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>), needle: &str) {
+    let dir = tmp(name);
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    write_inputs(&inp, edit);
+    expect_error(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", "cpu"], needle);
+    assert!(!out.exists(), "no output on error");
+}
+
+#[test]
+fn run_missing_tensor() {
+    run_with("missing", |t| t.retain(|x| x.0 != "block_table"), "no tensor named `block_table`");
+}
+
+#[test]
+fn run_misshaped_tensor() {
+    run_with("shape", |t| t[3].2 = vec![2, 1], "tensor `seq_lens` has shape [2, 1]");
+    run_with("shape-q", |t| t[0].2 = vec![2, 3 * 128], "tensor `q` has shape");
+}
+
+#[test]
+fn run_wrong_dtype() {
+    run_with(
+        "dtype",
+        |t| {
+            let c = &mut t[1];
+            c.1 = Dtype::F16;
+        },
+        "tensor `cache` has dtype F16, expected BF16",
+    );
+}
+
+#[test]
+fn run_length_beyond_block_table() {
+    run_with("len", |t| t[3].3 = [65i32, 9].iter().flat_map(|x| x.to_le_bytes()).collect(), "past the cache capacity of 64 tokens");
+}
+
+#[test]
+fn run_zero_heads() {
+    run_with("heads", |t| {
+        t[0].2 = vec![2, 0, 128];
+        t[0].3 = vec![];
+    }, "heads must be at least 1");
+}
+
+#[test]
+fn run_page_size_zero() {
+    run_with("ps0", |t| {
+        t[1].2 = vec![8, 0, 128];
+        t[1].3 = vec![];
+    }, "tensor `cache` has shape [8, 0, 128]");
+}
+
+#[test]
+fn decode_rejects_g_not_dividing_512() {
+    expect_error(&["decode", "--g", "3", "--backend", "cpu"], "g = 3 must divide the latent width 512");
+}
+
+#[test]
+fn decode_rejects_page_size_zero() {
+    expect_error(&["decode", "--page-size", "0", "--backend", "cpu", "--context", "64", "--steps", "1"], "page size must be positive");
+}
+
+#[test]
+fn decode_main_job_runs_and_checks_itself() {
+    let o = tpla(&["decode", "--backend", "cpu", "--batch", "2", "--context", "300", "--steps", "3", "--preset", "deepseek-v2-lite"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("per-device speedup TPLA vs MLA"), "{out}");
+    assert!(out.contains("(ok)"), "{out}");
+}
+
+#[test]
+fn info_lists_backends() {
+    let o = tpla(&["info"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(out.contains("cpu   available"), "{out}");
+    assert!(out.contains("cuda"), "{out}");
+}
