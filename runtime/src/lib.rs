@@ -3,8 +3,8 @@
 
 pub mod cpu_exec;
 pub mod error;
-pub mod model;
 pub mod exec;
+pub mod model;
 pub mod paged;
 pub mod reference;
 pub mod tensor;

@@ -1,6 +1,8 @@
 //! The accuracy harness agrees with the f64 references, and its exact options give zero error.
 
-use tpla_runtime::model::accuracy::{harness_config, harness_inputs, run_accuracy, AccuracyOptions, Mode, Slicing};
+use tpla_runtime::model::accuracy::{
+    harness_config, harness_inputs, run_accuracy, AccuracyOptions, Mode, Slicing,
+};
 use tpla_runtime::model::config::Preset;
 use tpla_runtime::model::layer_ref::{mla_decode, mla_entry, NormMode, SoftmaxMode};
 use tpla_runtime::model::linalg::rel_err;
@@ -21,7 +23,14 @@ fn harness_matches_reference_and_exact_is_zero() {
     let rep = run_accuracy(&opts).unwrap();
     assert_eq!(rep.rows.len(), 3 * 3 * 2 * (1 + 1 + 2 + 2));
     for r in rep.rows.iter().filter(|r| r.slicing == Slicing::Exact) {
-        assert!(r.rel_err_max <= 1e-10, "{:?} g={} {:?}: {}", r.transform, r.groups, r.mode, r.rel_err_max);
+        assert!(
+            r.rel_err_max <= 1e-10,
+            "{:?} g={} {:?}: {}",
+            r.transform,
+            r.groups,
+            r.mode,
+            r.rel_err_max
+        );
     }
     // Rebuild one variant with the reference session: PCA, g = 2, both slices, μ = 1/e.
     let cfg = harness_config(&opts);
@@ -42,16 +51,35 @@ fn harness_matches_reference_and_exact_is_zero() {
         .collect();
     for mode in [Mode::PdSep, Mode::AllDecoded] {
         let mut s = PdSession::new(&lr, &corr, NormMode::LocalCorrected, SoftmaxMode::Local);
-        let start = if mode == Mode::PdSep { s.prefill(&xs[..12]); 12 } else { 0 };
+        let start = if mode == Mode::PdSep {
+            s.prefill(&xs[..12]);
+            12
+        } else {
+            0
+        };
         let row = rep
             .rows
             .iter()
-            .find(|r| r.transform == Transform::Pca && r.groups == 2 && r.slicing == Slicing::Both && r.mode == mode && r.mu == Some(MuConvention::InverseEnergy))
+            .find(|r| {
+                r.transform == Transform::Pca
+                    && r.groups == 2
+                    && r.slicing == Slicing::Both
+                    && r.mode == mode
+                    && r.mu == Some(MuConvention::InverseEnergy)
+            })
             .unwrap();
         for t in start..24 {
             let e = rel_err(&s.decode(&xs[t]), &y0[t]);
-            let (_, he) = row.curve.iter().find(|(d, _)| *d == t + 1 - start).copied().unwrap();
-            assert!((e - he).abs() <= 1e-12 + 1e-6 * e, "{mode:?} t={t}: reference {e} harness {he}");
+            let (_, he) = row
+                .curve
+                .iter()
+                .find(|(d, _)| *d == t + 1 - start)
+                .copied()
+                .unwrap();
+            assert!(
+                (e - he).abs() <= 1e-12 + 1e-6 * e,
+                "{mode:?} t={t}: reference {e} harness {he}"
+            );
             assert!(e > 1e-8);
         }
     }

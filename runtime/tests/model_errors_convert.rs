@@ -3,7 +3,9 @@
 use tpla_runtime::model::config::{MlaConfig, Preset};
 use tpla_runtime::model::convert::{convert, load_rank_layer, ConvertOptions};
 use tpla_runtime::model::error::ModelError;
-use tpla_runtime::model::layer_ref::{mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode};
+use tpla_runtime::model::layer_ref::{
+    mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode,
+};
 use tpla_runtime::model::linalg::{rel_err, Mat};
 use tpla_runtime::model::reparam::{reparameterise, MuConvention, Rotation, Transform};
 use tpla_runtime::model::shard::ShardPlan;
@@ -22,7 +24,11 @@ fn lite_small() -> MlaConfig {
 }
 
 /// Write a small layer, letting `edit` change the tensors, and try to load it with `cfg`.
-fn load_edited(cfg_file: &MlaConfig, cfg_load: &MlaConfig, edit: impl Fn(&mut TensorWriter)) -> Result<MlaLayer, ModelError> {
+fn load_edited(
+    cfg_file: &MlaConfig,
+    cfg_load: &MlaConfig,
+    edit: impl Fn(&mut TensorWriter),
+) -> Result<MlaLayer, ModelError> {
     let layer = synthetic_layer(cfg_file, 1).unwrap();
     let mut w = TensorWriter::default();
     layer.store(&mut w, 3);
@@ -60,7 +66,10 @@ fn missing_tensor_is_named() {
         *w = strip(w, "model.layers.3.self_attn.o_proj.weight");
     })
     .unwrap_err();
-    assert!(matches!(&err, ModelError::MissingTensor { name } if name == "model.layers.3.self_attn.o_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor { name } if name == "model.layers.3.self_attn.o_proj.weight"),
+        "{err}"
+    );
 }
 
 fn strip(w: &TensorWriter, name: &str) -> TensorWriter {
@@ -81,9 +90,20 @@ fn strip(w: &TensorWriter, name: &str) -> TensorWriter {
 #[test]
 fn wrong_shape_is_named() {
     let cfg = lite_small();
-    let err = load_edited(&cfg, &cfg, |w| w.put("model.layers.3.self_attn.kv_a_layernorm.weight", vec![500], vec![1.0; 500])).unwrap_err();
+    let err = load_edited(&cfg, &cfg, |w| {
+        w.put(
+            "model.layers.3.self_attn.kv_a_layernorm.weight",
+            vec![500],
+            vec![1.0; 500],
+        )
+    })
+    .unwrap_err();
     match err {
-        ModelError::WrongShape { name, expected, got } => {
+        ModelError::WrongShape {
+            name,
+            expected,
+            got,
+        } => {
             assert_eq!(name, "model.layers.3.self_attn.kv_a_layernorm.weight");
             assert_eq!((expected, got), (vec![512], vec![500]));
         }
@@ -96,21 +116,38 @@ fn preset_mismatch_both_ways() {
     let direct = lite_small();
     let lora = MlaConfig::small(Preset::DeepseekV3, 128, 2, Some(64));
     let e = load_edited(&direct, &lora, |_| {}).unwrap_err();
-    assert!(matches!(&e, ModelError::PresetMismatch { detail, .. } if detail.contains("q_proj")), "{e}");
+    assert!(
+        matches!(&e, ModelError::PresetMismatch { detail, .. } if detail.contains("q_proj")),
+        "{e}"
+    );
     let e = load_edited(&lora, &direct, |_| {}).unwrap_err();
-    assert!(matches!(&e, ModelError::PresetMismatch { detail, .. } if detail.contains("q_a_proj")), "{e}");
+    assert!(
+        matches!(&e, ModelError::PresetMismatch { detail, .. } if detail.contains("q_a_proj")),
+        "{e}"
+    );
 }
 
 #[test]
 fn too_few_calibration_samples() {
     let f = Mat::zeros(511, 512);
     let e = Rotation::build(Transform::Pca, 512, 0, Some((&f, "calib.safetensors"))).unwrap_err();
-    assert!(matches!(e, ModelError::TooFewCalibrationSamples { samples: 511, dims: 512, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ModelError::TooFewCalibrationSamples {
+                samples: 511,
+                dims: 512,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // And through convert with a calibration file.
     let dir = tmp("fewcalib");
     let mut w = TensorWriter::default();
     w.put("latents", vec![100, 512], vec![0.5; 100 * 512]);
-    w.write(dir.join("calib.safetensors"), OutDtype::F32, None).unwrap();
+    w.write(dir.join("calib.safetensors"), OutDtype::F32, None)
+        .unwrap();
     let opts = ConvertOptions {
         preset: Preset::DeepseekV2Lite,
         shape: Some((128, 2)),
@@ -125,17 +162,41 @@ fn too_few_calibration_samples() {
         dtype: OutDtype::F32,
         out_dir: dir.join("out"),
     };
-    assert!(matches!(convert(&opts).unwrap_err(), ModelError::TooFewCalibrationSamples { samples: 100, .. }));
+    assert!(matches!(
+        convert(&opts).unwrap_err(),
+        ModelError::TooFewCalibrationSamples { samples: 100, .. }
+    ));
 }
 
 #[test]
 fn groups_must_divide_latent_and_devices() {
     let cfg = lite_small();
-    assert!(matches!(ShardPlan::new(&cfg, 3, 3), Err(ModelError::GroupsNotDividingLatent { groups: 3, latent: 512 })));
-    assert!(matches!(ShardPlan::new(&cfg, 4, 2), Err(ModelError::GroupsNotDividingDevices { groups: 4, devices: 2 })));
-    assert!(matches!(ShardPlan::new(&cfg, 2, 8), Err(ModelError::ShardsNotDividingHeads { shards: 4, heads: 2 })));
+    assert!(matches!(
+        ShardPlan::new(&cfg, 3, 3),
+        Err(ModelError::GroupsNotDividingLatent {
+            groups: 3,
+            latent: 512
+        })
+    ));
+    assert!(matches!(
+        ShardPlan::new(&cfg, 4, 2),
+        Err(ModelError::GroupsNotDividingDevices {
+            groups: 4,
+            devices: 2
+        })
+    ));
+    assert!(matches!(
+        ShardPlan::new(&cfg, 2, 8),
+        Err(ModelError::ShardsNotDividingHeads {
+            shards: 4,
+            heads: 2
+        })
+    ));
     let rot = Rotation::build(Transform::Hadamard, 512, 0, None).unwrap();
-    assert!(matches!(rot.corrections(3, MuConvention::One), Err(ModelError::GroupsNotDividingLatent { .. })));
+    assert!(matches!(
+        rot.corrections(3, MuConvention::One),
+        Err(ModelError::GroupsNotDividingLatent { .. })
+    ));
 }
 
 #[test]
@@ -166,7 +227,9 @@ fn convert_writes_rank_files_that_decode_as_tpla() {
     let corr = rot.corrections(2, MuConvention::InverseEnergy).unwrap();
     assert_eq!(corr, man.layers[0].corrections);
     let lr = reparameterise(&layer, &rot.u);
-    let ranks: Vec<MlaLayer> = (0..4).map(|r| load_rank_layer(&dir, &man, r, 0).unwrap()).collect();
+    let ranks: Vec<MlaLayer> = (0..4)
+        .map(|r| load_rank_layer(&dir, &man, r, 0).unwrap())
+        .collect();
     let xs = synthetic_hidden(cfg.hidden, 6, 5, 77);
     let mut rc: Vec<Vec<Vec<f64>>> = vec![Vec::new(); 4];
     let mut gc: Vec<Vec<Vec<f64>>> = vec![Vec::new(); 2];
@@ -176,7 +239,9 @@ fn convert_writes_rank_files_that_decode_as_tpla() {
         for (rl, c) in ranks.iter().zip(rc.iter_mut()) {
             let p = rl.project(x, t);
             c.push(mla_entry(rl, &p));
-            y.iter_mut().zip(mla_decode(rl, &p, c)).for_each(|(a, b)| *a += b);
+            y.iter_mut()
+                .zip(mla_decode(rl, &p, c))
+                .for_each(|(a, b)| *a += b);
         }
         let p = lr.project(x, t);
         for (i, c) in gc.iter_mut().enumerate() {

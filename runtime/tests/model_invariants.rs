@@ -2,10 +2,14 @@
 
 use tpla_runtime::model::config::{MlaConfig, Preset};
 use tpla_runtime::model::hadamard::Hadamard;
-use tpla_runtime::model::layer_ref::{mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode};
+use tpla_runtime::model::layer_ref::{
+    mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode,
+};
 use tpla_runtime::model::linalg::{rel_err, Mat};
 use tpla_runtime::model::pdsep::PdSession;
-use tpla_runtime::model::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
+use tpla_runtime::model::reparam::{
+    reparameterise, Corrections, MuConvention, Rotation, Transform,
+};
 use tpla_runtime::model::shard::{reassemble, shard_all, ShardPlan};
 use tpla_runtime::model::synthetic::{random_orthogonal, synthetic_hidden, synthetic_layer, Gauss};
 use tpla_runtime::model::weights::MlaLayer;
@@ -33,7 +37,13 @@ fn mla_outputs(layer: &MlaLayer, xs: &[Vec<f64>]) -> Vec<Vec<f64>> {
 }
 
 /// TPLA outputs with every token decode-written.
-fn tpla_outputs(layer: &MlaLayer, corr: &Corrections, norm: NormMode, sm: SoftmaxMode, xs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+fn tpla_outputs(
+    layer: &MlaLayer,
+    corr: &Corrections,
+    norm: NormMode,
+    sm: SoftmaxMode,
+    xs: &[Vec<f64>],
+) -> Vec<Vec<f64>> {
     let mut caches = vec![Vec::new(); corr.groups];
     xs.iter()
         .enumerate()
@@ -48,7 +58,10 @@ fn tpla_outputs(layer: &MlaLayer, corr: &Corrections, norm: NormMode, sm: Softma
 }
 
 fn max_rel(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| rel_err(x, y)).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| rel_err(x, y))
+        .fold(0.0, f64::max)
 }
 
 fn calib_latents(layer: &MlaLayer, n: usize) -> Mat {
@@ -67,8 +80,12 @@ fn rotated_exact_mla_equals_unrotated() {
         let mut g = Gauss::new(9);
         let us = [
             Rotation::build(Transform::None, 512, 1, None).unwrap().u,
-            Rotation::build(Transform::Hadamard, 512, 1, None).unwrap().u,
-            Rotation::build(Transform::Pca, 512, 1, Some((&f, "calib"))).unwrap().u,
+            Rotation::build(Transform::Hadamard, 512, 1, None)
+                .unwrap()
+                .u,
+            Rotation::build(Transform::Pca, 512, 1, Some((&f, "calib")))
+                .unwrap()
+                .u,
             random_orthogonal(512, &mut g),
         ];
         for u in &us {
@@ -108,10 +125,16 @@ fn exact_options_give_zero_error_at_every_g() {
     let r = reparameterise(&layer, &Hadamard::new(512, 3).unwrap().dense());
     for g in [2, 4, 8] {
         let corr = Corrections::uniform(g, MuConvention::InverseEnergy);
-        let e = max_rel(&tpla_outputs(&r, &corr, NormMode::Exact, SoftmaxMode::Global, &xs), &y0);
+        let e = max_rel(
+            &tpla_outputs(&r, &corr, NormMode::Exact, SoftmaxMode::Global, &xs),
+            &y0,
+        );
         assert!(e <= 1e-10, "g={g} exact options rel err {e}");
         // The approximation is really active: local norm + local softmax differ from MLA.
-        let e2 = max_rel(&tpla_outputs(&r, &corr, NormMode::LocalCorrected, SoftmaxMode::Local, &xs), &y0);
+        let e2 = max_rel(
+            &tpla_outputs(&r, &corr, NormMode::LocalCorrected, SoftmaxMode::Local, &xs),
+            &y0,
+        );
         assert!(e2 > 1e-6, "g={g} TPLA should differ from MLA");
     }
 }
@@ -200,7 +223,12 @@ fn preset_shaped_deepseek_v2_lite() {
     let r = reparameterise(&layer, &Hadamard::new(512, 2).unwrap().dense());
     assert!(max_rel(&mla_outputs(&r, &xs), &y0) <= 1e-10);
     let corr = Corrections::uniform(1, MuConvention::One);
-    assert!(max_rel(&tpla_outputs(&r, &corr, NormMode::LocalCorrected, SoftmaxMode::Local, &xs), &y0) <= 1e-10);
+    assert!(
+        max_rel(
+            &tpla_outputs(&r, &corr, NormMode::LocalCorrected, SoftmaxMode::Local, &xs),
+            &y0
+        ) <= 1e-10
+    );
     let plan = ShardPlan::new(&cfg, 2, 4).unwrap();
     assert_eq!(plan.rank(3).head_range, (8, 16));
     assert_eq!(plan.rank(3).latent_range, (256, 512));

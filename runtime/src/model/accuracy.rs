@@ -257,14 +257,32 @@ pub struct HarnessInputs {
 /// (`seed·7919 + 2`). Hidden states are synthetic even for a loaded layer (no activations ship).
 pub fn harness_inputs(opts: &AccuracyOptions, cfg: &MlaConfig) -> Result<HarnessInputs> {
     let (layer, source) = match &opts.checkpoint {
-        Some(p) => (MlaLayer::load(&Checkpoint::open(p)?, cfg, opts.layer)?, p.display().to_string()),
+        Some(p) => (
+            MlaLayer::load(&Checkpoint::open(p)?, cfg, opts.layer)?,
+            p.display().to_string(),
+        ),
         None => (synthetic_layer(cfg, opts.seed)?, "synthetic".to_string()),
     };
     let total = opts.prefill_tokens + opts.decode_tokens;
-    let xs = synthetic_hidden(cfg.hidden, total, opts.seed, opts.seed.wrapping_mul(7919).wrapping_add(1));
-    let calib_x = synthetic_hidden(cfg.hidden, opts.calib_tokens, opts.seed, opts.seed.wrapping_mul(7919).wrapping_add(2));
+    let xs = synthetic_hidden(
+        cfg.hidden,
+        total,
+        opts.seed,
+        opts.seed.wrapping_mul(7919).wrapping_add(1),
+    );
+    let calib_x = synthetic_hidden(
+        cfg.hidden,
+        opts.calib_tokens,
+        opts.seed,
+        opts.seed.wrapping_mul(7919).wrapping_add(2),
+    );
     let calib = calib_x.matmul(&layer.w_dkv);
-    Ok(HarnessInputs { layer, source, xs, calib })
+    Ok(HarnessInputs {
+        layer,
+        source,
+        xs,
+        calib,
+    })
 }
 
 /// Dims the harness uses for `opts` (the preset, or its small shape).
@@ -282,20 +300,37 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
     let cfg = harness_config(opts);
     let l = cfg.kv_lora_rank;
     if opts.stride == 0 || opts.decode_tokens == 0 {
-        return Err(ModelError::InvalidValue { name: "stride/decode_tokens", detail: "must be > 0".into() });
+        return Err(ModelError::InvalidValue {
+            name: "stride/decode_tokens",
+            detail: "must be > 0".into(),
+        });
     }
     for &g in &opts.groups {
         if g == 0 || !l.is_multiple_of(g) {
-            return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
+            return Err(ModelError::GroupsNotDividingLatent {
+                groups: g,
+                latent: l,
+            });
         }
         if !FINE.is_multiple_of(g) || !l.is_multiple_of(FINE) {
-            return Err(ModelError::InvalidValue { name: "groups", detail: format!("harness evaluates g dividing {FINE}, got {g}") });
+            return Err(ModelError::InvalidValue {
+                name: "groups",
+                detail: format!("harness evaluates g dividing {FINE}, got {g}"),
+            });
         }
     }
-    let HarnessInputs { layer, source, xs, calib } = harness_inputs(opts, &cfg)?;
+    let HarnessInputs {
+        layer,
+        source,
+        xs,
+        calib,
+    } = harness_inputs(opts, &cfg)?;
     let total = opts.prefill_tokens + opts.decode_tokens;
 
-    let proj: Vec<TokenProj> = (0..total).into_par_iter().map(|t| layer.project(xs.row(t), t)).collect();
+    let proj: Vec<TokenProj> = (0..total)
+        .into_par_iter()
+        .map(|t| layer.project(xs.row(t), t))
+        .collect();
     let exact_cache: Vec<Vec<f64>> = proj.iter().map(|p| mla_entry(&layer, p)).collect();
 
     // Per transform: reparameterised layer and rotated latents.
@@ -305,29 +340,68 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
     for (ti, &tr) in opts.transforms.iter().enumerate() {
         let rot = Rotation::build(tr, l, opts.seed, Some((&calib, "calibration stream")))?;
         let lr = reparameterise(&layer, &rot.u);
-        let c_raw = Mat { rows: total, cols: l, data: proj.iter().flat_map(|p| p.c.iter().cloned()).collect() };
+        let c_raw = Mat {
+            rows: total,
+            cols: l,
+            data: proj.iter().flat_map(|p| p.c.iter().cloned()).collect(),
+        };
         let c_rot = c_raw.matmul(&rot.u);
         let c: Vec<Vec<f64>> = (0..total).map(|t| c_rot.row(t).to_vec()).collect();
         let fw = l / FINE;
-        let fine_ss = c.iter().map(|ct| std::array::from_fn(|j| dot(&ct[j * fw..(j + 1) * fw], &ct[j * fw..(j + 1) * fw]))).collect();
-        let inv_rms = c.iter().map(|ct| 1.0 / super::linalg::rms(ct, cfg.rms_eps)).collect();
+        let fine_ss = c
+            .iter()
+            .map(|ct| {
+                std::array::from_fn(|j| dot(&ct[j * fw..(j + 1) * fw], &ct[j * fw..(j + 1) * fw]))
+            })
+            .collect();
+        let inv_rms = c
+            .iter()
+            .map(|ct| 1.0 / super::linalg::rms(ct, cfg.rms_eps))
+            .collect();
         let rc = calib.matmul(&rot.u);
-        let diag: Vec<f64> = (0..l).map(|j| (0..rc.rows).map(|r| rc.at(r, j).powi(2)).sum()).collect();
+        let diag: Vec<f64> = (0..l)
+            .map(|j| (0..rc.rows).map(|r| rc.at(r, j).powi(2)).sum())
+            .collect();
         for &g in &opts.groups {
             let used = rot.corrections(g, MuConvention::One)?.energy;
-            energy.push(EnergyRow { transform: tr, groups: g, measured: super::pca::energy_fractions(&diag, g)?, used });
+            energy.push(EnergyRow {
+                transform: tr,
+                groups: g,
+                measured: super::pca::energy_fractions(&diag, g)?,
+                used,
+            });
             for mode in [Mode::PdSep, Mode::AllDecoded] {
-                for slicing in [Slicing::Exact, Slicing::NormOnly, Slicing::SoftmaxOnly, Slicing::Both] {
-                    let convs: Vec<Option<MuConvention>> =
-                        if slicing.local_softmax() { opts.mu.iter().map(|&m| Some(m)).collect() } else { vec![None] };
+                for slicing in [
+                    Slicing::Exact,
+                    Slicing::NormOnly,
+                    Slicing::SoftmaxOnly,
+                    Slicing::Both,
+                ] {
+                    let convs: Vec<Option<MuConvention>> = if slicing.local_softmax() {
+                        opts.mu.iter().map(|&m| Some(m)).collect()
+                    } else {
+                        vec![None]
+                    };
                     for mu_conv in convs {
                         let corr = rot.corrections(g, mu_conv.unwrap_or(MuConvention::One))?;
-                        variants.push(Variant { t: ti, groups: g, slicing, mode, mu_conv, corr });
+                        variants.push(Variant {
+                            t: ti,
+                            groups: g,
+                            slicing,
+                            mode,
+                            mu_conv,
+                            corr,
+                        });
                     }
                 }
             }
         }
-        prepared.push(Prepared { layer: lr, c, fine_ss, inv_rms });
+        prepared.push(Prepared {
+            layer: lr,
+            c,
+            fine_ss,
+            inv_rms,
+        });
     }
 
     let steps: Vec<usize> = (0..total).filter(|n| (n + 1) % opts.stride == 0).collect();
@@ -338,14 +412,21 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
         .map(|&n| {
             let q = &proj[n];
             let y_ref = mla_decode(&layer, q, &exact_cache[..=n]);
-            let mut vcats: Vec<Vec<f64>> = vec![Vec::with_capacity(cfg.heads * cfg.v_head); variants.len()];
+            let mut vcats: Vec<Vec<f64>> =
+                vec![Vec::with_capacity(cfg.heads * cfg.v_head); variants.len()];
             for (ti, pr) in prepared.iter().enumerate() {
                 for h in 0..cfg.heads {
                     let qf = pr.layer.absorb_query(h, &q.q_nope[h]);
                     let fw = l / FINE;
                     let rope: Vec<f64> = (0..=n).map(|t| dot(&q.q_pe[h], &proj[t].k_pe)).collect();
                     let fine: Vec<Vec<f64>> = (0..FINE)
-                        .map(|j| (0..=n).map(|t| dot(&qf[j * fw..(j + 1) * fw], &pr.c[t][j * fw..(j + 1) * fw])).collect())
+                        .map(|j| {
+                            (0..=n)
+                                .map(|t| {
+                                    dot(&qf[j * fw..(j + 1) * fw], &pr.c[t][j * fw..(j + 1) * fw])
+                                })
+                                .collect()
+                        })
                         .collect();
                     for (vi, v) in variants.iter().enumerate().filter(|(_, v)| v.t == ti) {
                         if v.mode == Mode::PdSep && n < p_tok {
@@ -452,14 +533,18 @@ fn variant_head(
     let mut a = vec![vec![0.0; len]; g];
     if v.slicing.local_softmax() {
         for i in 0..g {
-            let mut s: Vec<f64> = (0..len).map(|t| cfg.scale * (v.corr.mu[i] * f[i][t] * r[i][t] + rope[t])).collect();
+            let mut s: Vec<f64> = (0..len)
+                .map(|t| cfg.scale * (v.corr.mu[i] * f[i][t] * r[i][t] + rope[t]))
+                .collect();
             softmax_in_place(&mut s);
             for t in 0..len {
                 a[i][t] = s[t] * f[i][t];
             }
         }
     } else {
-        let mut s: Vec<f64> = (0..len).map(|t| cfg.scale * ((0..g).map(|i| f[i][t] * r[i][t]).sum::<f64>() + rope[t])).collect();
+        let mut s: Vec<f64> = (0..len)
+            .map(|t| cfg.scale * ((0..g).map(|i| f[i][t] * r[i][t]).sum::<f64>() + rope[t]))
+            .collect();
         softmax_in_place(&mut s);
         for i in 0..g {
             for t in 0..len {
@@ -470,7 +555,11 @@ fn variant_head(
     let mut o = vec![0.0; l];
     for t in 0..len {
         for i in 0..g {
-            axpy(&mut o[i * w..(i + 1) * w], a[i][t], &pr.c[t][i * w..(i + 1) * w]);
+            axpy(
+                &mut o[i * w..(i + 1) * w],
+                a[i][t],
+                &pr.c[t][i * w..(i + 1) * w],
+            );
         }
     }
     pr.layer.w_uv[h].vecmat(&o)
@@ -478,9 +567,16 @@ fn variant_head(
 
 fn decide_mu(rows: &[AccuracyRow]) -> Option<MuDecision> {
     let (mut wi, mut wo, mut logsum, mut cnt) = (0, 0, 0.0, 0usize);
-    for a in rows.iter().filter(|r| r.mu == Some(MuConvention::InverseEnergy)) {
+    for a in rows
+        .iter()
+        .filter(|r| r.mu == Some(MuConvention::InverseEnergy))
+    {
         if let Some(b) = rows.iter().find(|b| {
-            b.mu == Some(MuConvention::One) && b.transform == a.transform && b.groups == a.groups && b.slicing == a.slicing && b.mode == a.mode
+            b.mu == Some(MuConvention::One)
+                && b.transform == a.transform
+                && b.groups == a.groups
+                && b.slicing == a.slicing
+                && b.mode == a.mode
         }) {
             if a.rel_err_mean < b.rel_err_mean {
                 wi += 1
@@ -492,7 +588,11 @@ fn decide_mu(rows: &[AccuracyRow]) -> Option<MuDecision> {
         }
     }
     (cnt > 0).then(|| MuDecision {
-        favoured: if wi > wo { MuConvention::InverseEnergy } else { MuConvention::One },
+        favoured: if wi > wo {
+            MuConvention::InverseEnergy
+        } else {
+            MuConvention::One
+        },
         wins_inverse_energy: wi,
         wins_one: wo,
         geo_mean_ratio: (logsum / cnt as f64).exp(),
@@ -508,7 +608,16 @@ impl AccuracyReport {
         );
         s += &format!(
             "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
-            "transform", "g", "slicing", "mu", "mode", "rel_mean", "rel_last", "rel_max", "cos_mean", "cos_min"
+            "transform",
+            "g",
+            "slicing",
+            "mu",
+            "mode",
+            "rel_mean",
+            "rel_last",
+            "rel_max",
+            "cos_mean",
+            "cos_min"
         );
         for r in &self.rows {
             s += &format!(
@@ -548,9 +657,23 @@ impl AccuracyReport {
         let mut panels = Vec::new();
         for mode in [Mode::PdSep, Mode::AllDecoded] {
             let mut series = Vec::new();
-            for r in self.rows.iter().filter(|r| r.mode == mode && r.slicing == Slicing::Both && r.mu == Some(mu)) {
-                let ti = self.options.transforms.iter().position(|&t| t == r.transform).unwrap_or(0);
-                let gi = self.options.groups.iter().position(|&g| g == r.groups).unwrap_or(0);
+            for r in self
+                .rows
+                .iter()
+                .filter(|r| r.mode == mode && r.slicing == Slicing::Both && r.mu == Some(mu))
+            {
+                let ti = self
+                    .options
+                    .transforms
+                    .iter()
+                    .position(|&t| t == r.transform)
+                    .unwrap_or(0);
+                let gi = self
+                    .options
+                    .groups
+                    .iter()
+                    .position(|&g| g == r.groups)
+                    .unwrap_or(0);
                 series.push(Series {
                     label: format!("{} g={}", r.transform.name(), r.groups),
                     points: r.curve.iter().map(|&(d, e)| (d as f64, e)).collect(),
@@ -560,7 +683,11 @@ impl AccuracyReport {
             }
             panels.push(Panel {
                 title: match mode {
-                    Mode::PdSep => format!("pd sep: {} prefill tokens, then decode (mu={})", self.options.prefill_tokens, mu.name()),
+                    Mode::PdSep => format!(
+                        "pd sep: {} prefill tokens, then decode (mu={})",
+                        self.options.prefill_tokens,
+                        mu.name()
+                    ),
                     Mode::AllDecoded => format!("all tokens decoded (mu={})", mu.name()),
                 },
                 x_label: "tokens decoded".into(),

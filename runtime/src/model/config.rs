@@ -153,7 +153,10 @@ impl MlaConfig {
             ("v_head", self.v_head),
         ] {
             if v == 0 {
-                return Err(ModelError::InvalidValue { name, detail: "must be > 0".into() });
+                return Err(ModelError::InvalidValue {
+                    name,
+                    detail: "must be > 0".into(),
+                });
             }
         }
         if !self.qk_rope.is_multiple_of(2) {

@@ -105,7 +105,12 @@ fn layer_indices(ck: &Checkpoint) -> Vec<usize> {
     let mut v: Vec<usize> = ck
         .names()
         .iter()
-        .filter_map(|n| n.strip_prefix("model.layers.")?.strip_suffix(".self_attn.kv_b_proj.weight")?.parse().ok())
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .strip_suffix(".self_attn.kv_b_proj.weight")?
+                .parse()
+                .ok()
+        })
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -122,9 +127,17 @@ pub fn calib_latents(ck: &Checkpoint, path: &str, layer: &MlaLayer, idx: usize) 
         }
         let s = ck.shape(&name)?;
         if s.len() != 2 || s[1] != width {
-            return Err(ModelError::WrongShape { name, expected: vec![s.first().copied().unwrap_or(0), width], got: s });
+            return Err(ModelError::WrongShape {
+                name,
+                expected: vec![s.first().copied().unwrap_or(0), width],
+                got: s,
+            });
         }
-        Ok(Some(Mat { rows: s[0], cols: width, data: ck.read(&name, &s)? }))
+        Ok(Some(Mat {
+            rows: s[0],
+            cols: width,
+            data: ck.read(&name, &s)?,
+        }))
     };
     if let Some(m) = pick(format!("{p}calib_latents"), l)? {
         return Ok(m);
@@ -138,14 +151,21 @@ pub fn calib_latents(ck: &Checkpoint, path: &str, layer: &MlaLayer, idx: usize) 
     if let Some(x) = pick("hidden_states".into(), d)? {
         return Ok(x.matmul(&layer.w_dkv));
     }
-    Err(ModelError::MissingTensor { name: format!("{p}calib_latents (or calib_hidden, latents, hidden_states) in {path}") })
+    Err(ModelError::MissingTensor {
+        name: format!("{p}calib_latents (or calib_hidden, latents, hidden_states) in {path}"),
+    })
 }
 
 /// Convert: reparameterise every selected layer, shard for (g, k), write rank files and the
 /// manifest. Returns the manifest.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
     let cfg = match opts.shape {
-        Some((d, h)) => MlaConfig::small(opts.preset, d, h, opts.preset.config().q_lora_rank.map(|q| q.min(d))),
+        Some((d, h)) => MlaConfig::small(
+            opts.preset,
+            d,
+            h,
+            opts.preset.config().q_lora_rank.map(|q| q.min(d)),
+        ),
         None => opts.preset.config(),
     };
     let plan = ShardPlan::new(&cfg, opts.groups, opts.devices)?;
@@ -164,9 +184,13 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         (None, None) => vec![0],
     };
     if layers.is_empty() {
-        return Err(ModelError::PresetMismatch { preset: cfg.name.clone(), detail: "no `model.layers.N.self_attn.kv_b_proj.weight` in the checkpoint".into() });
+        return Err(ModelError::PresetMismatch {
+            preset: cfg.name.clone(),
+            detail: "no `model.layers.N.self_attn.kv_b_proj.weight` in the checkpoint".into(),
+        });
     }
-    let mut writers: Vec<TensorWriter> = (0..opts.devices).map(|_| TensorWriter::default()).collect();
+    let mut writers: Vec<TensorWriter> =
+        (0..opts.devices).map(|_| TensorWriter::default()).collect();
     let mut lm = Vec::new();
     for &idx in &layers {
         let layer = match &ck {
@@ -176,20 +200,36 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         let calib = if opts.transform == Transform::Pca {
             Some(match (&calib_ck, &ck) {
                 (Some(c), _) => calib_latents(c, calib_name.as_deref().unwrap_or(""), &layer, idx)?,
-                (None, None) => synthetic_hidden(cfg.hidden, 4 * cfg.kv_lora_rank, opts.seed, opts.seed.wrapping_mul(7919).wrapping_add(2)).matmul(&layer.w_dkv),
+                (None, None) => synthetic_hidden(
+                    cfg.hidden,
+                    4 * cfg.kv_lora_rank,
+                    opts.seed,
+                    opts.seed.wrapping_mul(7919).wrapping_add(2),
+                )
+                .matmul(&layer.w_dkv),
                 (None, Some(_)) => return Err(ModelError::MissingCalibration),
             })
         } else {
             None
         };
-        let src = calib_name.clone().unwrap_or_else(|| "synthetic calibration stream".into());
-        let rot = Rotation::build(opts.transform, cfg.kv_lora_rank, opts.seed, calib.as_ref().map(|m| (m, src.as_str())))?;
+        let src = calib_name
+            .clone()
+            .unwrap_or_else(|| "synthetic calibration stream".into());
+        let rot = Rotation::build(
+            opts.transform,
+            cfg.kv_lora_rank,
+            opts.seed,
+            calib.as_ref().map(|m| (m, src.as_str())),
+        )?;
         let corr = rot.corrections(opts.groups, opts.mu)?;
         let lr = reparameterise(&layer, &rot.u);
         for (w, sh) in writers.iter_mut().zip(shard_all(&lr, &corr, &plan)?) {
             sh.layer.store(w, idx);
         }
-        lm.push(LayerManifest { layer: idx, corrections: corr });
+        lm.push(LayerManifest {
+            layer: idx,
+            corrections: corr,
+        });
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| ModelError::io(&opts.out_dir, e))?;
     let mut ranks = Vec::new();
@@ -199,7 +239,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         let mut meta = std::collections::HashMap::new();
         meta.insert("tpla.rank".to_string(), r.to_string());
         meta.insert("tpla.group".to_string(), info.group.to_string());
-        meta.insert("tpla.transform".to_string(), opts.transform.name().to_string());
+        meta.insert(
+            "tpla.transform".to_string(),
+            opts.transform.name().to_string(),
+        );
         w.write(opts.out_dir.join(&file), opts.dtype, Some(meta))?;
         ranks.push(RankManifest { info, file });
     }
@@ -212,19 +255,31 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         devices: opts.devices,
         mu_convention: opts.mu,
         dtype: opts.dtype,
-        source: opts.checkpoint.as_ref().map_or("synthetic".into(), |p| p.display().to_string()),
+        source: opts
+            .checkpoint
+            .as_ref()
+            .map_or("synthetic".into(), |p| p.display().to_string()),
         calib: calib_name,
         layers: lm,
         ranks,
     };
     let path = opts.out_dir.join("manifest.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?).map_err(|e| ModelError::io(&path, e))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
+        .map_err(|e| ModelError::io(&path, e))?;
     Ok(manifest)
 }
 
 /// Load rank r's layer `idx` written by [`convert`] (dims from the manifest).
-pub fn load_rank_layer(dir: &std::path::Path, manifest: &ConvertManifest, rank: usize, idx: usize) -> Result<MlaLayer> {
-    let rm = manifest.ranks.get(rank).ok_or(ModelError::InvalidValue { name: "rank", detail: format!("{rank} >= k = {}", manifest.devices) })?;
+pub fn load_rank_layer(
+    dir: &std::path::Path,
+    manifest: &ConvertManifest,
+    rank: usize,
+    idx: usize,
+) -> Result<MlaLayer> {
+    let rm = manifest.ranks.get(rank).ok_or(ModelError::InvalidValue {
+        name: "rank",
+        detail: format!("{rank} >= k = {}", manifest.devices),
+    })?;
     let info = rm.info;
     let cfg = MlaConfig {
         name: format!("{}-rank{}", manifest.config.name, rank),

@@ -129,6 +129,9 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 impl ModelError {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.as_ref().display().to_string(), source }
+        ModelError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }

@@ -40,7 +40,9 @@ impl Hadamard {
             return Err(ModelError::NotPowerOfTwo(n));
         }
         let mut g = Gauss::new(seed ^ 0x4ada_3a4d);
-        Ok(Hadamard { signs: (0..n).map(|_| g.sign()).collect() })
+        Ok(Hadamard {
+            signs: (0..n).map(|_| g.sign()).collect(),
+        })
     }
 
     /// Width.
@@ -79,7 +81,11 @@ impl Hadamard {
         let s = (n as f64).powf(-0.5);
         // H[i][j] = (-1)^popcount(i & j) in Sylvester order.
         Mat::from_fn(n, n, |i, j| {
-            let h = if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+            let h = if (i & j).count_ones() % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            };
             self.signs[i] * h * s
         })
     }
@@ -99,8 +105,15 @@ mod tests {
         let c: Vec<f64> = (0..512).map(|_| g.sample()).collect();
         let fast = hd.apply(&c).unwrap();
         let dense = u.vecmat(&c);
-        let err = fast.iter().zip(&dense).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let err = fast
+            .iter()
+            .zip(&dense)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-12, "{err}");
-        assert!(matches!(Hadamard::new(48, 1), Err(ModelError::NotPowerOfTwo(48))));
+        assert!(matches!(
+            Hadamard::new(48, 1),
+            Err(ModelError::NotPowerOfTwo(48))
+        ));
     }
 }

@@ -34,7 +34,11 @@ pub enum SoftmaxMode {
 /// MLA cache entry `[ĉ | k_pe]` with `ĉ = γ ⊙ c / RMS(c)`.
 pub fn mla_entry(layer: &MlaLayer, p: &TokenProj) -> Vec<f64> {
     let r = rms(&p.c, layer.cfg.rms_eps);
-    let mut e: Vec<f64> = p.c.iter().zip(&layer.kv_norm).map(|(c, g)| g * c / r).collect();
+    let mut e: Vec<f64> =
+        p.c.iter()
+            .zip(&layer.kv_norm)
+            .map(|(c, g)| g * c / r)
+            .collect();
     e.extend_from_slice(&p.k_pe);
     e
 }
@@ -67,7 +71,13 @@ pub fn slice_width(l: usize, g: usize) -> usize {
 
 /// TPLA cache entry of group i for a decode-written token: `[ĉ_i | k_pe]`.
 /// `layer` must be reparameterised (γ folded, rotated).
-pub fn tpla_entry(layer: &MlaLayer, corr: &Corrections, i: usize, norm: NormMode, p: &TokenProj) -> Vec<f64> {
+pub fn tpla_entry(
+    layer: &MlaLayer,
+    corr: &Corrections,
+    i: usize,
+    norm: NormMode,
+    p: &TokenProj,
+) -> Vec<f64> {
     let g = corr.groups;
     let w = slice_width(layer.cfg.kv_lora_rank, g);
     let ci = &p.c[i * w..(i + 1) * w];
@@ -95,21 +105,32 @@ pub fn tpla_head(
     let w = slice_width(cfg.kv_lora_rank, g);
     let qfull = layer.absorb_query(h, &q.q_nope[h]);
     let n = caches[0].len();
-    let rope: Vec<f64> = (0..n).map(|t| dot(&q.q_pe[h], &caches[0][t][w..])).collect();
+    let rope: Vec<f64> = (0..n)
+        .map(|t| dot(&q.q_pe[h], &caches[0][t][w..]))
+        .collect();
     // Partial latent logits per group.
     let part: Vec<Vec<f64>> = (0..g)
-        .map(|i| caches[i].iter().map(|e| dot(&qfull[i * w..(i + 1) * w], &e[..w])).collect())
+        .map(|i| {
+            caches[i]
+                .iter()
+                .map(|e| dot(&qfull[i * w..(i + 1) * w], &e[..w]))
+                .collect()
+        })
         .collect();
     let mut v = vec![0.0; cfg.v_head];
     let probs: Vec<Vec<f64>> = match softmax {
         SoftmaxMode::Global => {
-            let mut s: Vec<f64> = (0..n).map(|t| cfg.scale * ((0..g).map(|i| part[i][t]).sum::<f64>() + rope[t])).collect();
+            let mut s: Vec<f64> = (0..n)
+                .map(|t| cfg.scale * ((0..g).map(|i| part[i][t]).sum::<f64>() + rope[t]))
+                .collect();
             softmax_in_place(&mut s);
             vec![s; g]
         }
         SoftmaxMode::Local => (0..g)
             .map(|i| {
-                let mut s: Vec<f64> = (0..n).map(|t| cfg.scale * (corr.mu[i] * part[i][t] + rope[t])).collect();
+                let mut s: Vec<f64> = (0..n)
+                    .map(|t| cfg.scale * (corr.mu[i] * part[i][t] + rope[t]))
+                    .collect();
                 softmax_in_place(&mut s);
                 s
             })

@@ -20,7 +20,11 @@ pub struct Mat {
 impl Mat {
     /// All zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Mat { rows, cols, data: vec![0.0; rows * cols] }
+        Mat {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     /// Identity of size n.
@@ -84,7 +88,11 @@ impl Mat {
 
     /// Rows [r0, r1).
     pub fn rows_range(&self, r0: usize, r1: usize) -> Mat {
-        Mat { rows: r1 - r0, cols: self.cols, data: self.data[r0 * self.cols..r1 * self.cols].to_vec() }
+        Mat {
+            rows: r1 - r0,
+            cols: self.cols,
+            data: self.data[r0 * self.cols..r1 * self.cols].to_vec(),
+        }
     }
 
     /// Concatenate along columns (all parts have the same rows).
@@ -109,7 +117,11 @@ impl Mat {
         for p in parts {
             data.extend_from_slice(&p.data);
         }
-        Mat { rows: data.len() / cols.max(1), cols, data }
+        Mat {
+            rows: data.len() / cols.max(1),
+            cols,
+            data,
+        }
     }
 
     /// `self · other` (parallel over rows).
@@ -117,13 +129,16 @@ impl Mat {
         assert_eq!(self.cols, other.rows, "matmul inner dims");
         let n = other.cols;
         let mut out = Mat::zeros(self.rows, n);
-        out.data.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, orow)| {
-            for (k, &a) in self.row(r).iter().enumerate() {
-                if a != 0.0 {
-                    axpy(orow, a, other.row(k));
+        out.data
+            .par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(r, orow)| {
+                for (k, &a) in self.row(r).iter().enumerate() {
+                    if a != 0.0 {
+                        axpy(orow, a, other.row(k));
+                    }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -141,7 +156,9 @@ impl Mat {
     /// Scale row r by s.
     pub fn scale_row(&mut self, r: usize, s: f64) {
         let c = self.cols;
-        self.data[r * c..(r + 1) * c].iter_mut().for_each(|v| *v *= s);
+        self.data[r * c..(r + 1) * c]
+            .iter_mut()
+            .for_each(|v| *v *= s);
     }
 
     /// Frobenius norm.
@@ -151,7 +168,11 @@ impl Mat {
 
     /// Largest absolute difference to another matrix of the same shape.
     pub fn max_abs_diff(&self, other: &Mat) -> f64 {
-        self.data.iter().zip(&other.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+        self.data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
     }
 }
 
@@ -176,7 +197,12 @@ pub fn norm(a: &[f64]) -> f64 {
 
 /// `|a - b| / |b|` (`|a - b|` when b is zero).
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
     let n = norm(b);
     if n > 0.0 {
         d / n

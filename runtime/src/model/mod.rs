@@ -26,9 +26,9 @@ pub mod synthetic;
 pub mod tensors;
 pub mod weights;
 
+pub use accuracy::{run_accuracy, AccuracyOptions, AccuracyReport};
 pub use config::{MlaConfig, Preset};
+pub use convert::{convert, ConvertManifest, ConvertOptions};
 pub use error::{ModelError, Result};
 pub use reparam::{Corrections, MuConvention, Transform};
 pub use weights::MlaLayer;
-pub use accuracy::{run_accuracy, AccuracyOptions, AccuracyReport};
-pub use convert::{convert, ConvertManifest, ConvertOptions};

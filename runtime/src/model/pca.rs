@@ -26,11 +26,17 @@ impl Pca {
     pub fn fit(f: &Mat, source_name: &str) -> Result<Self> {
         let l = f.cols;
         if f.rows < l {
-            return Err(ModelError::TooFewCalibrationSamples { source_name: source_name.into(), samples: f.rows, dims: l });
+            return Err(ModelError::TooFewCalibrationSamples {
+                source_name: source_name.into(),
+                samples: f.rows,
+                dims: l,
+            });
         }
         let m = second_moment(f);
         let fm = faer::Mat::<f64>::from_fn(l, l, |i, j| m.at(i, j));
-        let evd = fm.self_adjoint_eigen(faer::Side::Lower).map_err(|_| ModelError::Eigen { dims: l })?;
+        let evd = fm
+            .self_adjoint_eigen(faer::Side::Lower)
+            .map_err(|_| ModelError::Eigen { dims: l })?;
         let u = evd.U();
         let s = evd.S().column_vector();
         // faer returns ascending order: reverse.
@@ -51,11 +57,16 @@ impl Pca {
 pub fn energy_fractions(energy: &[f64], g: usize) -> Result<Vec<f64>> {
     let l = energy.len();
     if g == 0 || !l.is_multiple_of(g) {
-        return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
+        return Err(ModelError::GroupsNotDividingLatent {
+            groups: g,
+            latent: l,
+        });
     }
     let total: f64 = energy.iter().sum();
     let w = l / g;
-    Ok((0..g).map(|i| energy[i * w..(i + 1) * w].iter().sum::<f64>() / total.max(f64::MIN_POSITIVE)).collect())
+    Ok((0..g)
+        .map(|i| energy[i * w..(i + 1) * w].iter().sum::<f64>() / total.max(f64::MIN_POSITIVE))
+        .collect())
 }
 
 #[cfg(test)]
@@ -81,7 +92,11 @@ mod tests {
         let m = second_moment(&f);
         let v: Vec<f64> = (0..l).map(|i| p.basis.at(i, 0)).collect();
         let mv = m.t().vecmat(&v);
-        let err = mv.iter().zip(&v).map(|(a, b)| (a - p.eigenvalues[0] * b).abs()).fold(0.0, f64::max);
+        let err = mv
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| (a - p.eigenvalues[0] * b).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-8 * p.eigenvalues[0]);
         let e = p.energy_fractions(4).unwrap();
         assert!((e.iter().sum::<f64>() - 1.0).abs() < 1e-12 && e[0] > e[3]);
@@ -91,7 +106,11 @@ mod tests {
     fn too_few_samples_is_typed_error() {
         let f = Mat::zeros(100, 512);
         match Pca::fit(&f, "calib.safetensors") {
-            Err(ModelError::TooFewCalibrationSamples { samples: 100, dims: 512, source_name }) => {
+            Err(ModelError::TooFewCalibrationSamples {
+                samples: 100,
+                dims: 512,
+                source_name,
+            }) => {
                 assert_eq!(source_name, "calib.safetensors")
             }
             other => panic!("{other:?}"),

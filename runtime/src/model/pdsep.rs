@@ -35,8 +35,20 @@ pub struct PdSession<'a> {
 
 impl<'a> PdSession<'a> {
     /// New session on a reparameterised layer.
-    pub fn new(layer: &'a MlaLayer, corr: &'a Corrections, norm: NormMode, softmax: SoftmaxMode) -> Self {
-        PdSession { layer, corr, norm, softmax, prefill_cache: Vec::new(), caches: vec![Vec::new(); corr.groups] }
+    pub fn new(
+        layer: &'a MlaLayer,
+        corr: &'a Corrections,
+        norm: NormMode,
+        softmax: SoftmaxMode,
+    ) -> Self {
+        PdSession {
+            layer,
+            corr,
+            norm,
+            softmax,
+            prefill_cache: Vec::new(),
+            caches: vec![Vec::new(); corr.groups],
+        }
     }
 
     /// Prefill the prompt (hidden states, positions 0..): exact MLA outputs y per token; the

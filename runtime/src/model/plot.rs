@@ -77,10 +77,15 @@ pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> 
     let mut buf = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| ModelError::Plot(e.to_string()))?;
+        root.fill(&WHITE)
+            .map_err(|e| ModelError::Plot(e.to_string()))?;
         let areas = root.split_evenly((1, panels.len().max(1)));
         for (panel, area) in panels.iter().zip(areas.iter()) {
-            let pts = panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| p.1 > 0.0);
+            let pts = panel
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter())
+                .filter(|p| p.1 > 0.0);
             let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
             for &(x, y) in pts {
                 x0 = x0.min(x);
@@ -93,7 +98,9 @@ pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> 
             }
             let (y0, y1) = (y0 / 1.5, y1 * 1.5);
             let mut cb = ChartBuilder::on(area);
-            cb.margin(12).x_label_area_size(if text { 40 } else { 5 }).y_label_area_size(if text { 60 } else { 5 });
+            cb.margin(12)
+                .x_label_area_size(if text { 40 } else { 5 })
+                .y_label_area_size(if text { 60 } else { 5 });
             if text {
                 cb.caption(&panel.title, ("sans-serif", 18));
             }
@@ -102,29 +109,46 @@ pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> 
                 .map_err(|e| ModelError::Plot(e.to_string()))?;
             let mut mesh = chart.configure_mesh();
             if text {
-                mesh.x_desc(panel.x_label.as_str()).y_desc(panel.y_label.as_str()).y_label_formatter(&|v| format!("{v:.0e}"));
+                mesh.x_desc(panel.x_label.as_str())
+                    .y_desc(panel.y_label.as_str())
+                    .y_label_formatter(&|v| format!("{v:.0e}"));
             } else {
                 mesh.x_labels(0).y_labels(0);
             }
             mesh.draw().map_err(|e| ModelError::Plot(e.to_string()))?;
             for s in &panel.series {
                 let col = PALETTE[s.color % PALETTE.len()];
-                let style = ShapeStyle { color: col.to_rgba(), filled: false, stroke_width: 2 };
-                let data: Vec<(f64, f64)> = s.points.iter().cloned().filter(|p| p.1 > 0.0).collect();
+                let style = ShapeStyle {
+                    color: col.to_rgba(),
+                    filled: false,
+                    stroke_width: 2,
+                };
+                let data: Vec<(f64, f64)> =
+                    s.points.iter().cloned().filter(|p| p.1 > 0.0).collect();
                 let drawn = if s.dashed {
-                    let segs: Vec<Vec<(f64, f64)>> = data.windows(2).step_by(2).map(|w| w.to_vec()).collect();
+                    let segs: Vec<Vec<(f64, f64)>> =
+                        data.windows(2).step_by(2).map(|w| w.to_vec()).collect();
                     let mut last = None;
                     for seg in segs {
-                        last = Some(chart.draw_series(LineSeries::new(seg, style)).map_err(|e| ModelError::Plot(e.to_string()))?);
+                        last = Some(
+                            chart
+                                .draw_series(LineSeries::new(seg, style))
+                                .map_err(|e| ModelError::Plot(e.to_string()))?,
+                        );
                     }
                     last
                 } else {
-                    Some(chart.draw_series(LineSeries::new(data, style)).map_err(|e| ModelError::Plot(e.to_string()))?)
+                    Some(
+                        chart
+                            .draw_series(LineSeries::new(data, style))
+                            .map_err(|e| ModelError::Plot(e.to_string()))?,
+                    )
                 };
                 if text {
                     if let Some(d) = drawn {
-                        d.label(s.label.clone())
-                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                        d.label(s.label.clone()).legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 18, y)], style)
+                        });
                     }
                 }
             }
@@ -139,13 +163,17 @@ pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> 
                     .map_err(|e| ModelError::Plot(e.to_string()))?;
             }
         }
-        root.present().map_err(|e| ModelError::Plot(e.to_string()))?;
+        root.present()
+            .map_err(|e| ModelError::Plot(e.to_string()))?;
     }
     let file = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().map_err(|e| ModelError::Plot(e.to_string()))?;
-    w.write_image_data(&buf).map_err(|e| ModelError::Plot(e.to_string()))?;
+    let mut w = enc
+        .write_header()
+        .map_err(|e| ModelError::Plot(e.to_string()))?;
+    w.write_image_data(&buf)
+        .map_err(|e| ModelError::Plot(e.to_string()))?;
     Ok(())
 }

@@ -86,7 +86,10 @@ impl MuConvention {
         match s {
             "inverse-energy" | "1/e" => Ok(MuConvention::InverseEnergy),
             "one" | "1" => Ok(MuConvention::One),
-            o => Err(ModelError::InvalidValue { name: "mu", detail: format!("`{o}` (expected inverse-energy or one)") }),
+            o => Err(ModelError::InvalidValue {
+                name: "mu",
+                detail: format!("`{o}` (expected inverse-energy or one)"),
+            }),
         }
     }
 
@@ -127,7 +130,13 @@ impl Corrections {
             MuConvention::InverseEnergy => m.clone(),
             MuConvention::One => vec![1.0; energy.len()],
         };
-        Corrections { groups: energy.len(), energy, m, mu, mu_convention: conv }
+        Corrections {
+            groups: energy.len(),
+            energy,
+            m,
+            mu,
+            mu_convention: conv,
+        }
     }
 
     /// Uniform energy e_i = 1/g.
@@ -156,10 +165,25 @@ pub struct Rotation {
 
 impl Rotation {
     /// Build U. `calib` are calibration latents c = x·W_DKV `[n, l]` (required for PCA).
-    pub fn build(transform: Transform, l: usize, seed: u64, calib: Option<(&Mat, &str)>) -> Result<Self> {
+    pub fn build(
+        transform: Transform,
+        l: usize,
+        seed: u64,
+        calib: Option<(&Mat, &str)>,
+    ) -> Result<Self> {
         match transform {
-            Transform::None => Ok(Rotation { transform, seed, u: Mat::identity(l), energy: None }),
-            Transform::Hadamard => Ok(Rotation { transform, seed, u: Hadamard::new(l, seed)?.dense(), energy: None }),
+            Transform::None => Ok(Rotation {
+                transform,
+                seed,
+                u: Mat::identity(l),
+                energy: None,
+            }),
+            Transform::Hadamard => Ok(Rotation {
+                transform,
+                seed,
+                u: Hadamard::new(l, seed)?.dense(),
+                energy: None,
+            }),
             Transform::Pca => {
                 let (f, name) = calib.ok_or(ModelError::MissingCalibration)?;
                 if f.cols != l {
@@ -169,7 +193,12 @@ impl Rotation {
                     });
                 }
                 let p = Pca::fit(f, name)?;
-                Ok(Rotation { transform, seed, u: p.basis, energy: Some(p.eigenvalues) })
+                Ok(Rotation {
+                    transform,
+                    seed,
+                    u: p.basis,
+                    energy: Some(p.eigenvalues),
+                })
             }
         }
     }
@@ -178,7 +207,10 @@ impl Rotation {
     pub fn corrections(&self, g: usize, conv: MuConvention) -> Result<Corrections> {
         let l = self.u.rows;
         if g == 0 || !l.is_multiple_of(g) {
-            return Err(ModelError::GroupsNotDividingLatent { groups: g, latent: l });
+            return Err(ModelError::GroupsNotDividingLatent {
+                groups: g,
+                latent: l,
+            });
         }
         Ok(match &self.energy {
             Some(e) => Corrections::from_energy(energy_fractions(e, g)?, conv),

@@ -59,9 +59,17 @@ impl ShardPlan {
         }
         let shards = devices / groups;
         if !cfg.heads.is_multiple_of(shards) {
-            return Err(ModelError::ShardsNotDividingHeads { shards, heads: cfg.heads });
+            return Err(ModelError::ShardsNotDividingHeads {
+                shards,
+                heads: cfg.heads,
+            });
         }
-        Ok(ShardPlan { groups, devices, heads: cfg.heads, latent: l })
+        Ok(ShardPlan {
+            groups,
+            devices,
+            heads: cfg.heads,
+            latent: l,
+        })
     }
 
     /// Head shards per group (k/g).
@@ -75,7 +83,13 @@ impl ShardPlan {
         let (i, j) = (r / s, r % s);
         let w = self.latent / self.groups;
         let hd = self.heads / s;
-        RankInfo { rank: r, group: i, head_shard: j, latent_range: (i * w, (i + 1) * w), head_range: (j * hd, (j + 1) * hd) }
+        RankInfo {
+            rank: r,
+            group: i,
+            head_shard: j,
+            latent_range: (i * w, (i + 1) * w),
+            head_range: (j * hd, (j + 1) * hd),
+        }
     }
 
     /// All ranks.
@@ -105,10 +119,14 @@ pub fn shard_layer(layer: &MlaLayer, corr: &Corrections, info: RankInfo) -> Rank
     let (h0, h1) = info.head_range;
     let mu = corr.mu[info.group];
     let q = match &layer.q {
-        QPath::Lora { w_dq, q_norm, w_uq } => {
-            QPath::Lora { w_dq: w_dq.clone(), q_norm: q_norm.clone(), w_uq: head_cols(w_uq, cfg, h0, h1) }
-        }
-        QPath::Direct { w_q } => QPath::Direct { w_q: head_cols(w_q, cfg, h0, h1) },
+        QPath::Lora { w_dq, q_norm, w_uq } => QPath::Lora {
+            w_dq: w_dq.clone(),
+            q_norm: q_norm.clone(),
+            w_uq: head_cols(w_uq, cfg, h0, h1),
+        },
+        QPath::Direct { w_q } => QPath::Direct {
+            w_q: head_cols(w_q, cfg, h0, h1),
+        },
     };
     let w_uk = (h0..h1)
         .map(|h| {
@@ -145,20 +163,39 @@ pub fn shard_all(layer: &MlaLayer, corr: &Corrections, plan: &ShardPlan) -> Resu
     if corr.groups != plan.groups {
         return Err(ModelError::InvalidValue {
             name: "corrections",
-            detail: format!("computed for g = {}, plan has g = {}", corr.groups, plan.groups),
+            detail: format!(
+                "computed for g = {}, plan has g = {}",
+                corr.groups, plan.groups
+            ),
         });
     }
-    Ok(plan.ranks().into_iter().map(|r| shard_layer(layer, corr, r)).collect())
+    Ok(plan
+        .ranks()
+        .into_iter()
+        .map(|r| shard_layer(layer, corr, r))
+        .collect())
 }
 
 /// Reassemble the full reparameterised layer from all ranks (μ divided back out of W_UK).
-pub fn reassemble(shards: &[RankShard], plan: &ShardPlan, full_cfg: &MlaConfig, corr: &Corrections) -> Result<MlaLayer> {
+pub fn reassemble(
+    shards: &[RankShard],
+    plan: &ShardPlan,
+    full_cfg: &MlaConfig,
+    corr: &Corrections,
+) -> Result<MlaLayer> {
     if shards.len() != plan.devices {
-        return Err(ModelError::InvalidValue { name: "shards", detail: format!("{} shards for k = {}", shards.len(), plan.devices) });
+        return Err(ModelError::InvalidValue {
+            name: "shards",
+            detail: format!("{} shards for k = {}", shards.len(), plan.devices),
+        });
     }
     let s = plan.shards_per_group();
     let first_of_group = |i: usize| &shards[i * s];
-    let w_dkv = Mat::hcat(&(0..plan.groups).map(|i| first_of_group(i).layer.w_dkv.clone()).collect::<Vec<_>>());
+    let w_dkv = Mat::hcat(
+        &(0..plan.groups)
+            .map(|i| first_of_group(i).layer.w_dkv.clone())
+            .collect::<Vec<_>>(),
+    );
     let mut w_uk = Vec::new();
     let mut w_uv = Vec::new();
     let mut o_rows = Vec::new();
@@ -174,7 +211,11 @@ pub fn reassemble(shards: &[RankShard], plan: &ShardPlan, full_cfg: &MlaConfig, 
                 })
                 .collect();
             w_uk.push(Mat::vcat(&uk));
-            w_uv.push(Mat::vcat(&(0..plan.groups).map(|i| shards[i * s + j].layer.w_uv[hl].clone()).collect::<Vec<_>>()));
+            w_uv.push(Mat::vcat(
+                &(0..plan.groups)
+                    .map(|i| shards[i * s + j].layer.w_uv[hl].clone())
+                    .collect::<Vec<_>>(),
+            ));
         }
         o_rows.push(sh.layer.w_o.clone());
         q_cols.push(match &sh.layer.q {
@@ -183,8 +224,14 @@ pub fn reassemble(shards: &[RankShard], plan: &ShardPlan, full_cfg: &MlaConfig, 
         });
     }
     let q = match &shards[0].layer.q {
-        QPath::Lora { w_dq, q_norm, .. } => QPath::Lora { w_dq: w_dq.clone(), q_norm: q_norm.clone(), w_uq: Mat::hcat(&q_cols) },
-        QPath::Direct { .. } => QPath::Direct { w_q: Mat::hcat(&q_cols) },
+        QPath::Lora { w_dq, q_norm, .. } => QPath::Lora {
+            w_dq: w_dq.clone(),
+            q_norm: q_norm.clone(),
+            w_uq: Mat::hcat(&q_cols),
+        },
+        QPath::Direct { .. } => QPath::Direct {
+            w_q: Mat::hcat(&q_cols),
+        },
     };
     Ok(MlaLayer {
         cfg: full_cfg.clone(),

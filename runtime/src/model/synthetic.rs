@@ -32,7 +32,10 @@ pub struct Gauss {
 impl Gauss {
     /// From a seed.
     pub fn new(seed: u64) -> Self {
-        Gauss { rng: ChaCha8Rng::seed_from_u64(seed), spare: None }
+        Gauss {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            spare: None,
+        }
     }
 
     /// One N(0, 1) sample.
@@ -106,7 +109,9 @@ pub fn synthetic_layer(cfg: &MlaConfig, seed: u64) -> Result<MlaLayer> {
             q_norm: g.lognormal(ql, 0.2),
             w_uq: g.mat(ql, h * qh, (ql as f64).powf(-0.5)),
         },
-        None => QPath::Direct { w_q: g.mat(d, h * qh, (d as f64).powf(-0.5)) },
+        None => QPath::Direct {
+            w_q: g.mat(d, h * qh, (d as f64).powf(-0.5)),
+        },
     };
     let mut gm = g.mat(d, l, (d as f64).powf(-0.5));
     for r in 0..d {
@@ -124,10 +129,23 @@ pub fn synthetic_layer(cfg: &MlaConfig, seed: u64) -> Result<MlaLayer> {
     }
     let w_kr = g.mat(d, cfg.qk_rope, (d as f64).powf(-0.5));
     let kv_norm = g.lognormal(l, 0.3);
-    let w_uk = (0..h).map(|_| g.mat(l, cfg.qk_nope, (cfg.qk_nope as f64).powf(-0.5))).collect();
-    let w_uv = (0..h).map(|_| g.mat(l, cfg.v_head, (l as f64).powf(-0.5))).collect();
+    let w_uk = (0..h)
+        .map(|_| g.mat(l, cfg.qk_nope, (cfg.qk_nope as f64).powf(-0.5)))
+        .collect();
+    let w_uv = (0..h)
+        .map(|_| g.mat(l, cfg.v_head, (l as f64).powf(-0.5)))
+        .collect();
     let w_o = g.mat(h * cfg.v_head, d, ((h * cfg.v_head) as f64).powf(-0.5));
-    Ok(MlaLayer { cfg: cfg.clone(), q, w_dkv, w_kr, kv_norm, w_uk, w_uv, w_o })
+    Ok(MlaLayer {
+        cfg: cfg.clone(),
+        q,
+        w_dkv,
+        w_kr,
+        kv_norm,
+        w_uk,
+        w_uv,
+        w_o,
+    })
 }
 
 /// Seeded synthetic hidden states `[n, D]` (inputs of the attention layer), as in the module docs.

@@ -66,20 +66,32 @@ impl Checkpoint {
     }
 
     fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let &fi = self.index.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string() })?;
+        let &fi = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+            })?;
         let (p, bytes) = &self.files[fi];
         let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
             path: p.display().to_string(),
             detail: e.to_string(),
         })?;
-        st.tensor(name).map_err(|e| ModelError::Safetensors { path: p.display().to_string(), detail: e.to_string() })
+        st.tensor(name).map_err(|e| ModelError::Safetensors {
+            path: p.display().to_string(),
+            detail: e.to_string(),
+        })
     }
 
     /// Read a tensor of exactly `shape` as f64 values (row-major).
     pub fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>> {
         let v = self.view(name)?;
         if v.shape() != shape {
-            return Err(ModelError::WrongShape { name: name.into(), expected: shape.to_vec(), got: v.shape().to_vec() });
+            return Err(ModelError::WrongShape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                got: v.shape().to_vec(),
+            });
         }
         to_f64(name, v.dtype(), v.data())
     }
@@ -87,17 +99,39 @@ impl Checkpoint {
     /// Read a 2-D torch `Linear` weight `[out, in]` and return it as `[in, out]` (x · W).
     pub fn read_linear(&self, name: &str, out: usize, inp: usize) -> Result<Mat> {
         let d = self.read(name, &[out, inp])?;
-        Ok(Mat { rows: out, cols: inp, data: d }.t())
+        Ok(Mat {
+            rows: out,
+            cols: inp,
+            data: d,
+        }
+        .t())
     }
 }
 
 fn to_f64(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f64>> {
     Ok(match dtype {
-        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
-        other => return Err(ModelError::UnsupportedDtype { name: name.into(), dtype: format!("{other:?}") }),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(ModelError::UnsupportedDtype {
+                name: name.into(),
+                dtype: format!("{other:?}"),
+            })
+        }
     })
 }
 
@@ -132,10 +166,18 @@ impl TensorWriter {
     }
 
     /// Serialise to bytes.
-    pub fn to_bytes(&self, dtype: OutDtype, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    pub fn to_bytes(
+        &self,
+        dtype: OutDtype,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<Vec<u8>> {
         let (dt, enc): (Dtype, fn(f64, &mut Vec<u8>)) = match dtype {
-            OutDtype::Bf16 => (Dtype::BF16, |v, b| b.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes())),
-            OutDtype::F32 => (Dtype::F32, |v, b| b.extend_from_slice(&(v as f32).to_le_bytes())),
+            OutDtype::Bf16 => (Dtype::BF16, |v, b| {
+                b.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes())
+            }),
+            OutDtype::F32 => (Dtype::F32, |v, b| {
+                b.extend_from_slice(&(v as f32).to_le_bytes())
+            }),
             OutDtype::F64 => (Dtype::F64, |v, b| b.extend_from_slice(&v.to_le_bytes())),
         };
         let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = self
@@ -149,15 +191,25 @@ impl TensorWriter {
             .collect();
         let mut views = Vec::new();
         for (n, s, b) in &encoded {
-            let v = TensorView::new(dt, s.clone(), b)
-                .map_err(|e| ModelError::Safetensors { path: n.clone(), detail: e.to_string() })?;
+            let v = TensorView::new(dt, s.clone(), b).map_err(|e| ModelError::Safetensors {
+                path: n.clone(),
+                detail: e.to_string(),
+            })?;
             views.push((n.clone(), v));
         }
-        safetensors::serialize(views, &metadata).map_err(|e| ModelError::Safetensors { path: "<memory>".into(), detail: e.to_string() })
+        safetensors::serialize(views, &metadata).map_err(|e| ModelError::Safetensors {
+            path: "<memory>".into(),
+            detail: e.to_string(),
+        })
     }
 
     /// Serialise to a file.
-    pub fn write(&self, path: impl AsRef<Path>, dtype: OutDtype, metadata: Option<HashMap<String, String>>) -> Result<()> {
+    pub fn write(
+        &self,
+        path: impl AsRef<Path>,
+        dtype: OutDtype,
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<()> {
         let bytes = self.to_bytes(dtype, metadata)?;
         std::fs::write(path.as_ref(), bytes).map_err(|e| ModelError::io(path, e))
     }

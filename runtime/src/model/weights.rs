@@ -85,13 +85,20 @@ impl MlaLayer {
             rope_in_place(&mut p, pos, cfg.rope_theta);
             q_pe.push(p);
         }
-        TokenProj { c, k_pe, q_nope, q_pe }
+        TokenProj {
+            c,
+            k_pe,
+            q_nope,
+            q_pe,
+        }
     }
 
     /// Absorbed query of head h: `Q_h = W_UK[h] · q_nope_h` (512).
     pub fn absorb_query(&self, h: usize, q_nope: &[f64]) -> Vec<f64> {
         let w = &self.w_uk[h];
-        (0..w.rows).map(|r| super::linalg::dot(w.row(r), q_nope)).collect()
+        (0..w.rows)
+            .map(|r| super::linalg::dot(w.row(r), q_nope))
+            .collect()
     }
 
     /// Tensor-name prefix of layer `idx`.
@@ -132,14 +139,20 @@ impl MlaLayer {
                         detail: format!("file has `{p}q_a_proj.weight` but the preset has no q_lora (expects q_proj)"),
                     });
                 }
-                QPath::Direct { w_q: ck.read_linear(&format!("{p}q_proj.weight"), h * qh, d)? }
+                QPath::Direct {
+                    w_q: ck.read_linear(&format!("{p}q_proj.weight"), h * qh, d)?,
+                }
             }
         };
         let kva = ck.read_linear(&format!("{p}kv_a_proj_with_mqa.weight"), l + r, d)?;
         let kv_norm = ck.read(&format!("{p}kv_a_layernorm.weight"), &[l])?;
         // kv_b_proj: torch [H·(128+128), 512]; per head first 128 rows UK, last 128 UV.
         let kvb = ck.read(&format!("{p}kv_b_proj.weight"), &[h * (nope + v), l])?;
-        let kvb = Mat { rows: h * (nope + v), cols: l, data: kvb };
+        let kvb = Mat {
+            rows: h * (nope + v),
+            cols: l,
+            data: kvb,
+        };
         let mut w_uk = Vec::with_capacity(h);
         let mut w_uv = Vec::with_capacity(h);
         for hh in 0..h {
@@ -166,20 +179,35 @@ impl MlaLayer {
         match &self.q {
             QPath::Lora { w_dq, q_norm, w_uq } => {
                 w.put_linear(format!("{p}q_a_proj.weight"), w_dq);
-                w.put(format!("{p}q_a_layernorm.weight"), vec![q_norm.len()], q_norm.clone());
+                w.put(
+                    format!("{p}q_a_layernorm.weight"),
+                    vec![q_norm.len()],
+                    q_norm.clone(),
+                );
                 w.put_linear(format!("{p}q_b_proj.weight"), w_uq);
             }
             QPath::Direct { w_q } => w.put_linear(format!("{p}q_proj.weight"), w_q),
         }
-        w.put_linear(format!("{p}kv_a_proj_with_mqa.weight"), &Mat::hcat(&[self.w_dkv.clone(), self.w_kr.clone()]));
-        w.put(format!("{p}kv_a_layernorm.weight"), vec![self.kv_norm.len()], self.kv_norm.clone());
+        w.put_linear(
+            format!("{p}kv_a_proj_with_mqa.weight"),
+            &Mat::hcat(&[self.w_dkv.clone(), self.w_kr.clone()]),
+        );
+        w.put(
+            format!("{p}kv_a_layernorm.weight"),
+            vec![self.kv_norm.len()],
+            self.kv_norm.clone(),
+        );
         let mut rows = Vec::new();
         for (uk, uv) in self.w_uk.iter().zip(&self.w_uv) {
             rows.push(uk.t());
             rows.push(uv.t());
         }
         let kvb = Mat::vcat(&rows);
-        w.put(format!("{p}kv_b_proj.weight"), vec![kvb.rows, kvb.cols], kvb.data);
+        w.put(
+            format!("{p}kv_b_proj.weight"),
+            vec![kvb.rows, kvb.cols],
+            kvb.data,
+        );
         w.put_linear(format!("{p}o_proj.weight"), &self.w_o);
     }
 }
