@@ -2,6 +2,7 @@
 //! the f64 reference every backend is checked against.
 
 pub mod cpu_exec;
+pub mod cuda;
 pub mod error;
 pub mod exec;
 pub mod model;

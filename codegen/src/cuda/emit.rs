@@ -90,6 +90,9 @@ struct Info {
     gemms: Vec<(usize, usize)>,
     /// Every use is as a gemm operand (directly or through views).
     gemm_only: Vec<bool>,
+    /// Some gemm has an f32-labelled operand that is not exactly bf16.
+    split_gemm: bool,
+    gemm_operands: Vec<(TileId, TileId)>,
 }
 
 fn operand_tiles(op: &TileOp) -> Vec<TileId> {
@@ -123,6 +126,8 @@ fn analyse(k: &Kernel) -> Info {
         paged_tile: HashSet::new(),
         gemms: Vec::new(),
         gemm_only: vec![false; n],
+        split_gemm: false,
+        gemm_operands: Vec::new(),
     };
     fn walk(k: &Kernel, body: &[Stmt], info: &mut Info) {
         for s in body {
@@ -141,6 +146,7 @@ fn analyse(k: &Kernel) -> Info {
                     if let TileOp::Gemm { a, b } = op {
                         info.gemms
                             .push((k.tiles[*a].shape[0], k.tiles[*b].shape[1]));
+                        info.gemm_operands.push((*a, *b));
                     }
                 }
                 Stmt::Store { src, .. } | Stmt::PagedStore { src, .. } => info.uses[*src] += 1,
@@ -195,6 +201,11 @@ fn analyse(k: &Kernel) -> Info {
     for t in 0..n {
         info.gemm_only[t] = only_gemm(t, &users, &other_use, 0);
     }
+    info.split_gemm = info.gemm_operands.iter().any(|&(a, b)| {
+        [a, b].iter().any(|&t| {
+            k.tiles[t].dtype == DType::F32 && !(info.exact_bf16[t] || info.paged_tile.contains(&t))
+        })
+    });
     for t in 0..n {
         if info.assigns[t] != 1 {
             info.single_def[t] = None;
@@ -206,7 +217,10 @@ fn analyse(k: &Kernel) -> Info {
     info
 }
 
-fn choose_warps(k: &Kernel, info: &Info) -> usize {
+/// Warps per block: the fewest (4 or 8) that keep the largest fragment tile within a register
+/// budget per thread (128 accumulators, 96 when a gemm splits f32 operands into hi/lo parts,
+/// which needs more temporaries), else 8. A `WARPS` / `NUM_WARPS` config value overrides.
+fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
     for (name, v) in &k.config {
         if (name == "WARPS" || name == "NUM_WARPS") && [1, 2, 4, 8, 16, 32].contains(v) {
             return *v as usize;
@@ -221,13 +235,16 @@ fn choose_warps(k: &Kernel, info: &Info) -> usize {
     if frag.is_empty() {
         return 8;
     }
-    for nw in [4usize, 8, 16] {
+    let split = target.f32_gemm == F32Gemm::Split && target.has_tensor_cores() && info.split_gemm;
+    let budget = if split { 96 } else { 128 };
+    // At most 8 warps: a 512-thread block may use only 128 registers per thread.
+    for nw in [4usize, 8] {
         let g = Geo { nw };
-        if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= 128) {
+        if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
         }
     }
-    16
+    8
 }
 
 fn pure_index(i: &Index) -> bool {
@@ -498,7 +515,6 @@ struct Buf {
     name: String,
     elem: Elem,
     rows: usize,
-    cols: usize,
     /// Elements between rows.
     stride: usize,
     /// XOR swizzle of `chunk` elements (16 bytes) by `row & 7`; 0 when not swizzled.
@@ -549,7 +565,6 @@ fn new_buf(name: String, elem: Elem, rows: usize, cols: usize, slots: usize, tra
         name,
         elem,
         rows,
-        cols,
         stride,
         chunk,
         slots,
@@ -2879,7 +2894,7 @@ fn max_stages(body: &[Stmt]) -> usize {
 fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, IrError> {
     let info = analyse(k);
     let geo = Geo {
-        nw: choose_warps(k, &info),
+        nw: choose_warps(k, &info, &target),
     };
     let mut lcx = LayoutCx {
         k,
