@@ -237,7 +237,11 @@ fn skip_without_cxx(test: &str) -> Option<String> {
             if std::env::var("TPLA_REQUIRE_CXX").as_deref() == Ok("1") {
                 panic!("{test}: no C++ compiler and TPLA_REQUIRE_CXX=1");
             }
-            println!("SKIP {test}: no C++ compiler (set CXX) to emulate CUDA kernels");
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: no C++ compiler (set CXX) to emulate CUDA kernels"
+            );
             None
         }
     }

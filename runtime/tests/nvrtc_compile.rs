@@ -37,7 +37,9 @@ fn nvrtc_or_skip(test: &str) -> bool {
             if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
                 panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
             }
-            println!("SKIP {test}: NVRTC unavailable ({e})");
+            tpla_runtime::cuda::device::skip_notice(&format!(
+                "SKIP {test}: NVRTC unavailable ({e})"
+            ));
             false
         }
     }

@@ -5,14 +5,21 @@
 //! - [`cache`]: compiled kernels in memory and on disk, keyed by a hash of (source, NVRTC version,
 //!   options).
 //! - [`compile_kernel`]: IR + [`Target`] -> CUDA C++ ([`tpla_codegen::cuda::emit`]) -> image.
+//! - [`device`]: [`CudaExecutor`] (device discovery, device tensors, the paged cache on the
+//!   device, launches on the executor's or the caller's stream).
+//! - [`bench`]: event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
+//!   reports.
 //!
 //! `TPLA_DUMP=cuda` (or any comma list containing `cuda`) prints each generated source to stderr.
 
+pub mod bench;
 pub mod cache;
+pub mod device;
 pub mod nvrtc;
 mod sha256;
 
 pub use cache::{CacheSource, CachedKernel, KernelCache, Lookup};
+pub use device::{CudaExecutor, CudaPagedCache, CudaTensor, DeviceInfo, LoadedKernel};
 pub use nvrtc::{Image, NvrtcError, NvrtcLib, PtxasReport};
 pub use tpla_codegen::cuda::{CudaSource, F32Gemm, Target};
 

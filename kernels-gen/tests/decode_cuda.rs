@@ -1,0 +1,269 @@
+//! The kernel library on the CUDA executor: the CPU tests' properties on the GPU, against the f64
+//! reference (bf16 inputs: ≤ 1e-2 relative) and against the CPU JIT, with poisoned outputs.
+//! Without a GPU every test prints SKIP and passes, unless `TPLA_REQUIRE_GPU=1`.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{f64s, Problem};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use tpla_codegen::KernelDef;
+use tpla_kernels::ops::{decode_attention, DecodeParams};
+use tpla_kernels::{append_rows, combine_splits, latent_decode};
+use tpla_runtime::cuda::device::executor_or_skip;
+use tpla_runtime::cuda::CudaExecutor;
+use tpla_runtime::half::bf16;
+use tpla_runtime::reference::rel_error;
+use tpla_runtime::{CpuExecutor, Executor, HostPagedCache, HostTensor};
+
+fn gpu() -> Option<&'static CudaExecutor> {
+    static EX: OnceLock<Option<CudaExecutor>> = OnceLock::new();
+    EX.get_or_init(|| executor_or_skip("decode_cuda")).as_ref()
+}
+
+fn cpu() -> &'static CpuExecutor {
+    static EX: OnceLock<CpuExecutor> = OnceLock::new();
+    EX.get_or_init(|| CpuExecutor::new(0).unwrap())
+}
+
+/// Decode + combine on `exec` with outputs poisoned beforehand; returns (out, lse) on the host.
+fn decode_on<X: Executor>(
+    exec: &X,
+    p: &Problem,
+    params: &DecodeParams,
+    download: impl Fn(&X, &X::Tensor<f32>) -> HostTensor<f32>,
+) -> (HostTensor<f32>, HostTensor<f32>) {
+    let q = exec.upload(&p.q_tensor()).unwrap();
+    let cache = exec.upload_paged(&p.cache).unwrap();
+    let mut out = exec
+        .upload(&HostTensor::<f32>::full(
+            &[p.batch, p.heads, p.lat],
+            f32::NAN,
+        ))
+        .unwrap();
+    let mut lse = exec
+        .upload(&HostTensor::<f32>::full(&[p.batch, p.heads], f32::NAN))
+        .unwrap();
+    decode_attention(exec, params, &q, &cache, &mut out, &mut lse).unwrap();
+    (download(exec, &out), download(exec, &lse))
+}
+
+/// Worst relative errors per sequence: (vs the kernel's own bf16 inputs, vs unrounded inputs,
+/// vs the CPU JIT).
+fn run(
+    g: &CudaExecutor,
+    p: &Problem,
+    splits: usize,
+    block_h: i64,
+    block_n: i64,
+) -> (f64, f64, f64) {
+    let mut params = DecodeParams::new(p.batch, p.heads, p.lat, p.rope, splits, p.scale);
+    params.decode = params
+        .decode
+        .with("BLOCK_H", block_h)
+        .with("BLOCK_N", block_n);
+    let (out, lse) = decode_on(g, p, &params, |e, t| e.download(t).unwrap());
+    let (cout, _) = decode_on(cpu(), p, &params, |e, t| e.download(t).unwrap());
+    let (mut exact, mut bf16w, mut vs_cpu) = (0.0f64, 0.0f64, 0.0f64);
+    let hl = p.heads * p.lat;
+    for b in 0..p.batch {
+        let got = f64s(&out.data()[b * hl..(b + 1) * hl]);
+        let r = p.reference(b, true);
+        exact = exact.max(rel_error(&got, &r.out));
+        bf16w = bf16w.max(rel_error(&got, &p.reference(b, false).out));
+        vs_cpu = vs_cpu.max(rel_error(&got, &f64s(&cout.data()[b * hl..(b + 1) * hl])));
+        if p.lens[b] > 0 {
+            let got_lse = f64s(&lse.data()[b * p.heads..(b + 1) * p.heads]);
+            exact = exact.max(rel_error(&got_lse, &r.lse));
+        }
+    }
+    (exact, bf16w, vs_cpu)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn cuda_decode_matches_reference_and_cpu(
+        seed in any::<u64>(),
+        batch in 1usize..4,
+        heads in prop::sample::select(vec![1usize, 3, 16, 17, 40, 128]),
+        lat in prop::sample::select(vec![64usize, 128, 256, 512]),
+        page_size in prop::sample::select(vec![1usize, 16, 64]),
+        splits in 1usize..5,
+        block_h in prop::sample::select(vec![16i64, 32, 64]),
+        block_n in prop::sample::select(vec![16i64, 32, 64]),
+        max_len in 1usize..300,
+        len_seed in any::<u64>(),
+    ) {
+        let Some(g) = gpu() else { return Ok(()) };
+        let lens: Vec<usize> = (0..batch).map(|i| 1 + ((len_seed >> (i * 8)) as usize % max_len)).collect();
+        let heads = if lat * heads > 16384 { 16384 / lat } else { heads };
+        let p = Problem::new(seed, batch, heads, lat, 64, lens, page_size, 0.1352);
+        let (exact, bf16w, vs_cpu) = run(g, &p, splits, block_h, block_n);
+        // Tensor-core operands: f32 q and p are split into bf16 hi + lo (≈1e-5), or rounded to
+        // bf16 where shared memory forces it (≈1e-3).
+        prop_assert!(exact <= 5e-3, "vs the f64 reference on the kernel's inputs: {exact}");
+        prop_assert!(bf16w <= 1e-2, "vs unrounded inputs: {bf16w}");
+        prop_assert!(vs_cpu <= 5e-3, "vs the CPU JIT: {vs_cpu}");
+    }
+}
+
+#[test]
+fn cuda_every_tune_candidate_and_width_agrees() {
+    let Some(g) = gpu() else { return };
+    for lat in [512usize, 256, 128, 64] {
+        let p = Problem::new(lat as u64, 2, 20, lat, 64, vec![130, 64], 16, 0.2);
+        for cfg in latent_decode.tune_space(&[]) {
+            let (bh, bn) = (cfg.get("BLOCK_H").unwrap(), cfg.get("BLOCK_N").unwrap());
+            let mut params = DecodeParams::new(2, 20, lat, 64, 3, 0.2);
+            params.decode = cfg.clone();
+            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+            let mut worst = 0.0f64;
+            for b in 0..2 {
+                let hl = 20 * lat;
+                worst = worst.max(rel_error(
+                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                    &p.reference(b, true).out,
+                ));
+            }
+            println!("lat {lat} {cfg}: {worst:.2e}");
+            assert!(
+                worst <= 5e-3,
+                "lat {lat} BLOCK_H={bh} BLOCK_N={bn} {cfg}: {worst}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cuda_empty_and_single_token_sequences() {
+    let Some(g) = gpu() else { return };
+    let p = Problem::new(9, 3, 4, 64, 64, vec![0, 1, 2], 1, 0.5);
+    let mut params = DecodeParams::new(3, 4, 64, 64, 4, 0.5);
+    params.decode = params.decode.with("BLOCK_N", 16);
+    let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+    assert!(
+        out.data()[..4 * 64].iter().all(|&x| x == 0.0),
+        "an empty sequence attends to nothing"
+    );
+    for b in 1..3 {
+        let got = f64s(&out.data()[b * 256..(b + 1) * 256]);
+        assert!(rel_error(&got, &p.reference(b, true).out) < 1e-4);
+    }
+}
+
+#[test]
+fn cuda_combine_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for (lat, bd) in [(512usize, 128i64), (256, 64), (64, 256)] {
+        let (s, b, h) = (4usize, 3usize, 5usize);
+        let part: Vec<f32> = (0..s * b * h * lat)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        let mut lse: Vec<f32> = (0..s * b * h).map(|_| rng.gen_range(-3.0..3.0)).collect();
+        lse[0] = -6.9e29;
+        let part = HostTensor::from_vec(&[s, b, h, lat], part).unwrap();
+        let lse = HostTensor::from_vec(&[s, b, h], lse).unwrap();
+        let cfg = combine_splits
+            .default_config(&[("LAT", lat as i64)])
+            .with("BLOCK_D", bd);
+        let mut co = HostTensor::<f32>::full(&[b, h, lat], f32::NAN);
+        let mut cl = HostTensor::<f32>::full(&[b, h], f32::NAN);
+        combine_splits::launch(cpu(), &cfg, &part, &lse, &mut co, &mut cl).unwrap();
+        let (gp, gl) = (g.upload(&part).unwrap(), g.upload(&lse).unwrap());
+        let mut go = g
+            .upload(&HostTensor::<f32>::full(&[b, h, lat], f32::NAN))
+            .unwrap();
+        let mut gll = g
+            .upload(&HostTensor::<f32>::full(&[b, h], f32::NAN))
+            .unwrap();
+        combine_splits::launch(g, &cfg, &gp, &gl, &mut go, &mut gll).unwrap();
+        let (go, gll) = (g.download(&go).unwrap(), g.download(&gll).unwrap());
+        assert!(
+            rel_error(&f64s(go.data()), &f64s(co.data())) < 1e-5,
+            "lat {lat}"
+        );
+        assert!(
+            rel_error(&f64s(gll.data()), &f64s(cl.data())) < 1e-5,
+            "lat {lat}"
+        );
+    }
+}
+
+#[test]
+fn cuda_append_matches_cpu_and_touches_nothing_else() {
+    let Some(g) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    for (ps, bt, new_tokens) in [
+        (1usize, 1i64, 1usize),
+        (16, 16, 1),
+        (64, 64, 100),
+        (16, 64, 37),
+    ] {
+        let (old, row) = (vec![0usize, 17, 3, 64], 80usize);
+        let batch = old.len();
+        let cap = old.iter().max().unwrap() + new_tokens;
+        let mut cache = HostPagedCache::<bf16>::new(batch, cap, ps, row).unwrap();
+        let mut table = cache.block_table().to_vec();
+        table.reverse();
+        cache.set_block_table(table).unwrap();
+        cache
+            .data_mut()
+            .iter_mut()
+            .for_each(|x| *x = bf16::from_f32(rng.gen_range(1.0..2.0)));
+        let new_lens: Vec<usize> = old.iter().map(|l| l + new_tokens).collect();
+        cache.set_seq_lens(&new_lens).unwrap();
+        let vals: Vec<f32> = (0..batch * new_tokens * row)
+            .map(|_| rng.gen_range(-1.0..-0.5))
+            .collect();
+        let rows = HostTensor::<bf16>::from_f32(&[batch, new_tokens, row], &vals).unwrap();
+        let cfg = append_rows
+            .default_config(&[("ROW", row as i64)])
+            .with("BLOCK_T", bt);
+        let mut cpu_cache = cache.clone();
+        append_rows::launch(cpu(), &cfg, &rows, &mut cpu_cache).unwrap();
+        let grows = g.upload(&rows).unwrap();
+        let mut gcache = g.upload_paged(&cache).unwrap();
+        append_rows::launch(g, &cfg, &grows, &mut gcache).unwrap();
+        let back = g.download_paged(&gcache).unwrap();
+        assert_eq!(
+            back, cpu_cache,
+            "page size {ps}, BLOCK_T {bt}, {new_tokens} new tokens"
+        );
+    }
+}
+
+/// One launch of every kernel on tiny inputs: what `scripts/gpu-check.sh` runs under
+/// compute-sanitizer (memcheck, racecheck).
+#[test]
+fn sanitizer_smoke_every_kernel() {
+    let Some(g) = gpu() else { return };
+    for (lat, bh, bn, st) in [
+        (512usize, 16i64, 32i64, 2i64),
+        (256, 64, 64, 2),
+        (64, 32, 16, 3),
+        (128, 64, 16, 1),
+    ] {
+        let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", bh)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        assert!(out.data().iter().all(|x| x.is_finite()));
+    }
+    let rows = HostTensor::<bf16>::from_f32(&[2, 3, 80], &vec![0.5; 480]).unwrap();
+    let mut cache = HostPagedCache::<bf16>::new(2, 10, 4, 80).unwrap();
+    cache.set_seq_lens(&[3, 10]).unwrap();
+    let grows = g.upload(&rows).unwrap();
+    let mut gcache = g.upload_paged(&cache).unwrap();
+    let cfg = append_rows.default_config(&[("ROW", 80)]);
+    append_rows::launch(g, &cfg, &grows, &mut gcache).unwrap();
+    g.synchronize().unwrap();
+}

@@ -1,0 +1,342 @@
+//! GPU benchmark of split-KV latent decode (the `tpla-kernels` DSL kernels on the CUDA backend):
+//! MLA (latent 512 + RoPE 64) and a TPLA shard (256 + 64) at H ∈ {16, 64, 128},
+//! (B, L) ∈ {(128, 4096), (64, 32768)}, page size 64, s_q = 1. For each case a small sweep of
+//! tune configs picks the fastest (decode alone, median of 20 event-timed runs after warm-up),
+//! which is then timed with the combine. A same-process roofline (streaming read, device copy),
+//! cold NVRTC compile times per variant and cache-hit times are reported beside it.
+//!
+//! ```text
+//! cargo run --release -p tpla-runtime --example cuda_bench -- [--quick] [--out DIR]
+//! ```
+//! Prints a table and writes `DIR/cuda-decode-DATE-COMMIT.json` (default `bench/results`).
+//! Without a GPU it prints SKIP and exits 0 (exit 1 with `TPLA_REQUIRE_GPU=1`).
+
+use std::path::PathBuf;
+
+use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::{combine_splits, latent_decode};
+use tpla_runtime::cuda::bench::{
+    self, measure, roofline_default, BenchReport, CompileTimes, DecodeCaseResult, DecodeShape,
+};
+use tpla_runtime::cuda::device::gpu_required;
+use tpla_runtime::cuda::{
+    compile_kernel, nvrtc, CudaExecutor, CudaPagedCache, CudaTensor, KernelCache,
+};
+use tpla_runtime::half::bf16;
+use tpla_runtime::{CpuExecutor, Executor, HostPagedCache, HostTensor, RuntimeError};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bench/results"));
+    let exec = match CudaExecutor::new(0) {
+        Ok(e) => e,
+        Err(e) => {
+            if gpu_required() {
+                eprintln!("cuda_bench: TPLA_REQUIRE_GPU=1 but no GPU: {e}");
+                std::process::exit(1);
+            }
+            println!("SKIP cuda_bench: no CUDA GPU ({e})");
+            return;
+        }
+    };
+    if let Err(e) = run(&exec, quick, &out) {
+        eprintln!("cuda_bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Pseudo-random bf16 in [-1, 1) without a slow RNG (the pool can be gigabytes).
+fn pattern(i: usize, salt: u64) -> f32 {
+    let x = (i as u64 ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+fn device_cache(
+    exec: &CudaExecutor,
+    batch: usize,
+    context: usize,
+    d: usize,
+) -> Result<CudaPagedCache<bf16>, RuntimeError> {
+    let mut c = HostPagedCache::<bf16>::new(batch, context, 64, d)?;
+    // Shuffle whole pages between sequences so the block table matters.
+    let mut table = c.block_table().to_vec();
+    let n = table.len();
+    for i in 0..n {
+        table.swap(i, (i * 7919 + 13) % n);
+    }
+    c.set_block_table(table)?;
+    for (i, x) in c.data_mut().iter_mut().enumerate() {
+        *x = bf16::from_f32(pattern(i, 7));
+    }
+    c.set_seq_lens(&vec![context; batch])?;
+    exec.upload_paged(&c)
+}
+
+fn splits_for(
+    exec: &CudaExecutor,
+    batch: usize,
+    heads: usize,
+    bh: usize,
+    bn: usize,
+    context: usize,
+) -> usize {
+    let programs = batch * heads.div_ceil(bh);
+    let want = (2 * exec.info().sm_count as usize).div_ceil(programs.max(1));
+    want.clamp(1, (context / (4 * bn)).max(1))
+}
+
+struct Bufs {
+    q: CudaTensor<f32>,
+    out: CudaTensor<f32>,
+    lse: CudaTensor<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    exec: &CudaExecutor,
+    variant: &str,
+    cache: &CudaPagedCache<bf16>,
+    shape: DecodeShape,
+    quick: bool,
+    read_gbps: f64,
+) -> Result<DecodeCaseResult, RuntimeError> {
+    let d = shape.lat + shape.rope;
+    let (b, h) = (shape.batch, shape.heads);
+    let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    let bhs: Vec<i64> = [16i64, 32, 64]
+        .into_iter()
+        .filter(|&x| x as usize <= h.max(16))
+        .collect();
+    let bns: &[i64] = if quick { &[64] } else { &[32, 64] };
+    let sts: &[i64] = if quick { &[2] } else { &[2, 3] };
+    let max_splits = 64;
+    let mut bufs = Bufs {
+        q: exec.upload(
+            &HostTensor::from_vec(&[b, h, d], q)
+                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+        )?,
+        out: exec.alloc(&[b, h, shape.lat])?,
+        lse: exec.alloc(&[b, h])?,
+    };
+    let mut tried = Vec::new();
+    let mut best: Option<(Config, usize, f64)> = None;
+    for &bh in &bhs {
+        for &bn in bns {
+            for &st in sts {
+                let cfg = Config::new()
+                    .with("BLOCK_H", bh)
+                    .with("BLOCK_N", bn)
+                    .with("STAGES", st)
+                    .with("LAT", shape.lat as i64)
+                    .with("ROPE", shape.rope as i64);
+                let splits =
+                    splits_for(exec, b, h, bh as usize, bn as usize, shape.context).min(max_splits);
+                let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
+                let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
+                let m = measure(exec, 3, 20, || {
+                    latent_decode::launch(
+                        exec,
+                        &cfg,
+                        &bufs.q,
+                        cache,
+                        &mut part,
+                        &mut part_lse,
+                        scale,
+                    )
+                });
+                match m {
+                    Ok(m) => {
+                        tried.push((cfg.to_string(), splits, m.median_ms));
+                        if best.as_ref().is_none_or(|(_, _, t)| m.median_ms < *t) {
+                            best = Some((cfg.clone(), splits, m.median_ms));
+                        }
+                    }
+                    Err(e) => tried.push((format!("{cfg} failed: {e}"), splits, f64::NAN)),
+                }
+            }
+        }
+    }
+    let (cfg, splits, _) =
+        best.ok_or_else(|| RuntimeError::InvalidInput("no config ran".into()))?;
+    // Full op: decode + combine, with preallocated partials.
+    let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
+    let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
+    let ccfg = combine_splits.default_config(&[("LAT", shape.lat as i64)]);
+    let decode_only = measure(exec, 3, 30, || {
+        latent_decode::launch(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
+    })?;
+    let time = measure(exec, 3, 30, || {
+        latent_decode::launch(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)?;
+        combine_splits::launch(exec, &ccfg, &part, &part_lse, &mut bufs.out, &mut bufs.lse)
+    })?;
+    let gbps = shape.bytes() / (time.median_ms * 1e-3) / 1e9;
+    let tflops = shape.flops() / (time.median_ms * 1e-3) / 1e12;
+    Ok(DecodeCaseResult {
+        variant: variant.into(),
+        config: cfg.to_string(),
+        splits,
+        gbps,
+        tflops,
+        fraction_of_read_roofline: gbps / read_gbps,
+        time,
+        decode_only,
+        tried,
+        check_rel_diff: f64::NAN,
+        shape,
+    })
+}
+
+/// GPU vs CPU executor on a small problem with the chosen config (max relative difference).
+fn check_small(exec: &CudaExecutor, cfg: &str, lat: usize) -> Result<f64, RuntimeError> {
+    let (b, h, l, d) = (2usize, 16usize, 300usize, lat + 64);
+    let mut cfg_parsed = Config::new();
+    for kv in cfg.split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            if let Ok(v) = v.parse() {
+                cfg_parsed.set(k, v);
+            }
+        }
+    }
+    let cfg = cfg_parsed.with("BLOCK_H", 16);
+    let mut c = HostPagedCache::<bf16>::new(b, l, 16, d)?;
+    for (i, x) in c.data_mut().iter_mut().enumerate() {
+        *x = bf16::from_f32(pattern(i, 11));
+    }
+    c.set_seq_lens(&[l, l / 3])?;
+    let q = HostTensor::from_vec(&[b, h, d], (0..b * h * d).map(|i| pattern(i, 5)).collect())
+        .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
+    let splits = 3;
+    let cpu = CpuExecutor::new(0)?;
+    let mut po = HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN);
+    let mut pl = HostTensor::<f32>::full(&[splits, b, h], f32::NAN);
+    latent_decode::launch(&cpu, &cfg, &q, &c, &mut po, &mut pl, 0.1)?;
+    let gq = exec.upload(&q)?;
+    let gc = exec.upload_paged(&c)?;
+    let mut go = exec.upload(&HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN))?;
+    let mut gl = exec.upload(&HostTensor::<f32>::full(&[splits, b, h], f32::NAN))?;
+    latent_decode::launch(exec, &cfg, &gq, &gc, &mut go, &mut gl, 0.1)?;
+    let go = exec.download(&go)?;
+    let num: f64 = go
+        .data()
+        .iter()
+        .zip(po.data())
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = po.data().iter().map(|b| (*b as f64).powi(2)).sum();
+    Ok((num / den.max(1e-30)).sqrt())
+}
+
+fn run(exec: &CudaExecutor, quick: bool, out: &std::path::Path) -> Result<(), RuntimeError> {
+    println!("cuda_bench on {}", exec.backend_name());
+    let roof = roofline_default(exec)?;
+    println!(
+        "roofline: read {:.0} GB/s, copy {:.0} GB/s",
+        roof.read_gbps, roof.copy_gbps
+    );
+
+    // Compile times: a fresh disk cache in a temporary directory.
+    let tmp = std::env::temp_dir().join(format!("tpla-bench-kcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut compile = CompileTimes {
+        variants: Vec::new(),
+    };
+    for (name, def, consts) in [
+        (
+            "latent_decode",
+            &latent_decode as &dyn KernelDef,
+            vec![("LAT", 512i64), ("ROPE", 64)],
+        ),
+        (
+            "latent_decode",
+            &latent_decode as &dyn KernelDef,
+            vec![("LAT", 256i64), ("ROPE", 64)],
+        ),
+        (
+            "combine_splits",
+            &combine_splits as &dyn KernelDef,
+            vec![("LAT", 512i64)],
+        ),
+    ] {
+        let cfg = def.default_config(&consts);
+        let ir = def.build(&cfg)?;
+        let cold_cache = KernelCache::new(Some(tmp.clone()));
+        let cold = compile_kernel(&ir, exec.target(), &cold_cache).map_err(RuntimeError::from)?;
+        let warm = compile_kernel(&ir, exec.target(), &cold_cache).map_err(RuntimeError::from)?;
+        let disk = compile_kernel(&ir, exec.target(), &KernelCache::new(Some(tmp.clone())))
+            .map_err(RuntimeError::from)?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "compile {name} [{cfg}]: cold {:.0} ms, memory hit {:.3} ms, disk hit {:.3} ms",
+            ms(cold.lookup.elapsed),
+            ms(warm.lookup.elapsed),
+            ms(disk.lookup.elapsed)
+        );
+        compile.variants.push((
+            format!("{name} [{cfg}]"),
+            ms(cold.lookup.elapsed),
+            ms(warm.lookup.elapsed),
+            ms(disk.lookup.elapsed),
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    let mut cases = Vec::new();
+    let bl: &[(usize, usize)] = if quick {
+        &[(128, 4096)]
+    } else {
+        &[(128, 4096), (64, 32768)]
+    };
+    for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
+        for &(batch, context) in bl {
+            let cache = device_cache(exec, batch, context, lat + 64)?;
+            for heads in [16usize, 64, 128] {
+                let shape = DecodeShape {
+                    batch,
+                    heads,
+                    context,
+                    lat,
+                    rope: 64,
+                    page_size: 64,
+                };
+                match run_case(exec, variant, &cache, shape, quick, roof.read_gbps) {
+                    Ok(mut r) => {
+                        r.check_rel_diff = check_small(exec, &r.config, lat).unwrap_or(f64::NAN);
+                        println!(
+                            "{variant} H={heads} B={batch} L={context}: {:.1} us, {:.0} GB/s ({:.2}x read roofline), {:.1} TFLOPS, {} splits {}, vs CPU {:.1e}",
+                            r.time.median_ms * 1e3,
+                            r.gbps,
+                            r.fraction_of_read_roofline,
+                            r.tflops,
+                            r.config,
+                            r.splits,
+                            r.check_rel_diff
+                        );
+                        cases.push(r);
+                    }
+                    Err(e) => println!("{variant} H={heads} B={batch} L={context}: FAILED: {e}"),
+                }
+            }
+        }
+    }
+    let report = BenchReport {
+        kind: "cuda-latent-decode".into(),
+        date: bench::today(),
+        git_commit: bench::git_commit(),
+        device: exec.info().clone(),
+        nvrtc: nvrtc::nvrtc().map(|l| l.version).unwrap_or((0, 0)),
+        roofline: roof,
+        cases,
+        compile,
+    };
+    println!("\n{}", bench::table(&report));
+    let path = bench::write_report(out, &report)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

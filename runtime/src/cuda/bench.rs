@@ -1,0 +1,368 @@
+//! GPU benchmarking: event-timed medians, a roofline measured in the same process (a
+//! streaming-read kernel and a device-to-device copy), the FLOP and byte counts of decode
+//! attention (../shared/TPLA.md §5, FlashMLA's convention) and the JSON report written under
+//! `bench/results/`.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+
+use cudarc::driver::result;
+
+use super::device::{driver_err, CudaExecutor, DeviceInfo};
+use crate::RuntimeError;
+
+/// Timing of repeated runs, in milliseconds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Measurement {
+    /// Median over the timed runs.
+    pub median_ms: f64,
+    /// Fastest run.
+    pub min_ms: f64,
+    /// Slowest run.
+    pub max_ms: f64,
+    /// Timed runs (after warm-up).
+    pub reps: usize,
+}
+
+/// Runs `f` `warmup` times, then `reps` times each between two events recorded on the
+/// executor's stream, and returns the median (and extremes) of the event times.
+pub fn measure<F>(
+    exec: &CudaExecutor,
+    warmup: usize,
+    reps: usize,
+    mut f: F,
+) -> Result<Measurement, RuntimeError>
+where
+    F: FnMut() -> Result<(), RuntimeError>,
+{
+    if reps == 0 {
+        return Err(RuntimeError::InvalidInput("at least one timed run".into()));
+    }
+    let stream = exec.stream();
+    for _ in 0..warmup {
+        f()?;
+    }
+    stream
+        .synchronize()
+        .map_err(|e| driver_err("synchronize", e))?;
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = stream
+            .record_event(flags)
+            .map_err(|e| driver_err("event record", e))?;
+        f()?;
+        let end = stream
+            .record_event(flags)
+            .map_err(|e| driver_err("event record", e))?;
+        end.synchronize()
+            .map_err(|e| driver_err("event synchronize", e))?;
+        times.push(
+            start
+                .elapsed_ms(&end)
+                .map_err(|e| driver_err("event elapsed", e))? as f64,
+        );
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Measurement {
+        median_ms: times[times.len() / 2],
+        min_ms: times[0],
+        max_ms: times[times.len() - 1],
+        reps,
+    })
+}
+
+/// Bandwidths measured on this device in this process.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Roofline {
+    /// Streaming read (16-byte loads over a buffer far larger than L2), GB/s.
+    pub read_gbps: f64,
+    /// Bytes read per run.
+    pub read_bytes: u64,
+    /// Device-to-device copy, counting read + write, GB/s.
+    pub copy_gbps: f64,
+    /// Bytes copied per run (traffic is twice that).
+    pub copy_bytes: u64,
+}
+
+const STREAM_READ: &str = r#"
+extern "C" __global__ void __launch_bounds__(512) tpla_stream_read(
+    const uint4* __restrict__ p, unsigned long long n, unsigned* __restrict__ sink) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned acc = 0u;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        uint4 a = p[i], b = p[i + stride], c = p[i + 2 * stride], d = p[i + 3 * stride];
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        uint4 a = p[i];
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (acc == 0x9e3779b9u) sink[0] = acc;
+}
+"#;
+
+/// Measures the read and copy roofline with buffers of `read_bytes` / `copy_bytes` (use several
+/// times the L2 size; 2 GiB and 1 GiB by default in [`roofline_default`]).
+pub fn roofline(
+    exec: &CudaExecutor,
+    read_bytes: usize,
+    copy_bytes: usize,
+    reps: usize,
+) -> Result<Roofline, RuntimeError> {
+    let k = exec.load_source("tpla_stream_read", STREAM_READ)?;
+    let read_bytes = read_bytes / 16 * 16;
+    let (_buf, ptr) = exec.alloc_raw(read_bytes)?;
+    let (_sink, sink_ptr) = exec.alloc_raw(16)?;
+    let blocks = exec.info().sm_count.max(1) * 8;
+    let read = measure(exec, 2, reps, || {
+        let mut p = ptr;
+        let mut n = (read_bytes / 16) as u64;
+        let mut s = sink_ptr;
+        let mut params = [
+            &mut p as *mut u64 as *mut c_void,
+            &mut n as *mut u64 as *mut c_void,
+            &mut s as *mut u64 as *mut c_void,
+        ];
+        // SAFETY: three parameters (pointer, u64 count, pointer) matching the kernel; the buffer
+        // holds `n` 16-byte elements and the sink 16 bytes.
+        unsafe { exec.launch_raw(&k, (blocks, 1, 1), 512, 0, &mut params) }
+    })?;
+    drop(_buf);
+    let (_src, src) = exec.alloc_raw(copy_bytes)?;
+    let (_dst, dst) = exec.alloc_raw(copy_bytes)?;
+    let copy = measure(exec, 2, reps, || {
+        exec.context()
+            .bind_to_thread()
+            .map_err(|e| driver_err("binding the context", e))?;
+        // SAFETY: both buffers hold `copy_bytes` bytes and stay alive until after the final
+        // synchronisation inside `measure`.
+        unsafe { result::memcpy_dtod_async(dst, src, copy_bytes, exec.stream().cu_stream()) }
+            .map_err(|e| driver_err("device copy", e))
+    })?;
+    Ok(Roofline {
+        read_gbps: read_bytes as f64 / (read.median_ms * 1e-3) / 1e9,
+        read_bytes: read_bytes as u64,
+        copy_gbps: 2.0 * copy_bytes as f64 / (copy.median_ms * 1e-3) / 1e9,
+        copy_bytes: copy_bytes as u64,
+    })
+}
+
+/// [`roofline`] with 2 GiB read, 1 GiB copied, 20 runs each.
+pub fn roofline_default(exec: &CudaExecutor) -> Result<Roofline, RuntimeError> {
+    roofline(exec, 2 << 30, 1 << 30, 20)
+}
+
+/// One decode attention problem (s_q = 1 query token per sequence).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DecodeShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Tokens per sequence.
+    pub context: usize,
+    /// Latent (value) width: 512 for MLA, 512/g for a TPLA shard.
+    pub lat: usize,
+    /// RoPE width.
+    pub rope: usize,
+    /// Tokens per cache page.
+    pub page_size: usize,
+}
+
+impl DecodeShape {
+    /// `2 · s_q · Σlen · H · (d_qk + d_v)` with `d_qk = lat + rope`, `d_v = lat`.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.context) as f64
+            * self.heads as f64
+            * (2 * self.lat + self.rope) as f64
+    }
+    /// `2 · (Σlen · d_qk + B · s_q · H · d_qk + B · s_q · H · d_v)` bytes (bf16).
+    pub fn bytes(&self) -> f64 {
+        let dqk = (self.lat + self.rope) as f64;
+        let dv = self.lat as f64;
+        let b = self.batch as f64;
+        let h = self.heads as f64;
+        2.0 * ((self.batch * self.context) as f64 * dqk + b * h * dqk + b * h * dv)
+    }
+}
+
+/// Result of one decode case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DecodeCaseResult {
+    /// `mla` or `tpla-shard`.
+    pub variant: String,
+    /// The problem.
+    pub shape: DecodeShape,
+    /// Kernel config used (the fastest tried).
+    pub config: String,
+    /// KV splits.
+    pub splits: usize,
+    /// Decode + combine.
+    pub time: Measurement,
+    /// Decode kernel alone.
+    pub decode_only: Measurement,
+    /// Bytes / median time (decode + combine), GB/s.
+    pub gbps: f64,
+    /// FLOPs / median time, TFLOPS.
+    pub tflops: f64,
+    /// `gbps / roofline.read_gbps`.
+    pub fraction_of_read_roofline: f64,
+    /// Configs tried (config, splits, median ms).
+    pub tried: Vec<(String, usize, f64)>,
+    /// Max relative difference of the output against the CPU executor (or NaN if not checked).
+    pub check_rel_diff: f64,
+}
+
+/// Cold and warm compilation times.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CompileTimes {
+    /// Per variant: (kernel [config], cold NVRTC compile ms, memory-cache hit ms, disk-cache hit ms).
+    pub variants: Vec<(String, f64, f64, f64)>,
+}
+
+/// Everything a benchmark run reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// `cuda-latent-decode`.
+    pub kind: String,
+    /// UTC date.
+    pub date: String,
+    /// `git rev-parse --short HEAD`, or `unknown`.
+    pub git_commit: String,
+    /// The device.
+    pub device: DeviceInfo,
+    /// NVRTC version.
+    pub nvrtc: (i32, i32),
+    /// Same-process roofline.
+    pub roofline: Roofline,
+    /// The cases.
+    pub cases: Vec<DecodeCaseResult>,
+    /// Compile times.
+    pub compile: CompileTimes,
+}
+
+/// UTC date as YYYY-MM-DD.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86400)
+        .unwrap_or(0) as i64;
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The current git commit (short), `$TPLA_GIT_COMMIT` when set (binaries run away from the
+/// checkout), else `unknown`.
+pub fn git_commit() -> String {
+    if let Ok(c) = std::env::var("TPLA_GIT_COMMIT") {
+        if !c.is_empty() {
+            return c;
+        }
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes the report as `DIR/cuda-decode-DATE-COMMIT.json`; returns the path.
+pub fn write_report(dir: &Path, r: &BenchReport) -> Result<PathBuf, RuntimeError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RuntimeError::InvalidInput(format!("{}: {e}", dir.display())))?;
+    let path = dir.join(format!("cuda-decode-{}-{}.json", r.date, r.git_commit));
+    let json =
+        serde_json::to_string_pretty(r).map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| RuntimeError::InvalidInput(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// A printable table of the cases.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "device {} (sm_{}{}, {} SMs, driver {}), NVRTC {}.{}, commit {}\n\
+         roofline: read {:.0} GB/s, copy {:.0} GB/s (read + write)\n\
+         {:<11} {:>4} {:>4} {:>6} {:>4} {:>7} {:>10} {:>9} {:>8} {:>7}  config\n",
+        r.device.name,
+        r.device.compute_capability.0,
+        r.device.compute_capability.1,
+        r.device.sm_count,
+        r.device.driver_version,
+        r.nvrtc.0,
+        r.nvrtc.1,
+        r.git_commit,
+        r.roofline.read_gbps,
+        r.roofline.copy_gbps,
+        "variant",
+        "H",
+        "B",
+        "L",
+        "lat",
+        "splits",
+        "time(us)",
+        "GB/s",
+        "TFLOPS",
+        "x read"
+    );
+    for c in &r.cases {
+        s.push_str(&format!(
+            "{:<11} {:>4} {:>4} {:>6} {:>4} {:>7} {:>10.1} {:>9.0} {:>8.1} {:>7.2}  {}\n",
+            c.variant,
+            c.shape.heads,
+            c.shape.batch,
+            c.shape.context,
+            c.shape.lat,
+            c.splits,
+            c.time.median_ms * 1e3,
+            c.gbps,
+            c.tflops,
+            c.fraction_of_read_roofline,
+            c.config
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeShape;
+
+    #[test]
+    fn flop_and_byte_counts_follow_flashmla() {
+        let s = DecodeShape {
+            batch: 2,
+            heads: 16,
+            context: 100,
+            lat: 512,
+            rope: 64,
+            page_size: 64,
+        };
+        assert_eq!(s.flops(), 2.0 * 200.0 * 16.0 * (576.0 + 512.0));
+        assert_eq!(
+            s.bytes(),
+            2.0 * (200.0 * 576.0 + 2.0 * 16.0 * 576.0 + 2.0 * 16.0 * 512.0)
+        );
+        // Intensity tends to H (d_qk + d_v) / d_qk FLOP/B (about 2 H) for long contexts.
+        let long = DecodeShape {
+            context: 1 << 20,
+            ..s
+        };
+        let i = long.flops() / long.bytes();
+        assert!((i - 16.0 * 1088.0 / 576.0).abs() < 0.01 * i, "{i}");
+    }
+}
