@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds, on the development machine, everything scripts/gpu-check.sh runs on a GPU host (which
+# has no cargo): release test binaries and the benchmark, stripped, into gpu-bin/ (git-ignored,
+# carried to the GPU host; well under 64 MiB). Usage: scripts/gpu-build.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-bin
+rm -rf "$out"
+mkdir -p "$out"
+
+exe_of() { # cargo args... -> path of the last executable built
+  cargo "$@" --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4
+}
+
+build() { # name cargo-args...
+  local name=$1
+  shift
+  echo "building $name"
+  local exe
+  exe=$(exe_of "$@")
+  if [ -z "$exe" ] || [ ! -x "$exe" ]; then
+    echo "gpu-build: cargo $* produced no executable" >&2
+    cargo "$@" >&2
+    exit 1
+  fi
+  cp "$exe" "$out/$name"
+  strip "$out/$name" 2>/dev/null || true
+}
+
+build cuda_exec test --release -p tpla-runtime --test cuda_exec --no-run
+build nvrtc_compile test --release -p tpla-runtime --test nvrtc_compile --no-run
+build decode_cuda test --release -p tpla-kernels --test decode_cuda --no-run
+build cuda_bench build --release -p tpla-runtime --example cuda_bench
+git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
+if ! git diff --quiet HEAD -- codegen runtime kernels-gen 2>/dev/null; then
+  echo "$(cat "$out/COMMIT")-dirty" >"$out/COMMIT"
+fi
+ls -l "$out"
+du -sh "$out"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Runs on a GPU host (see ../shared/GPU-HOSTS.md) from the repository root, with gpu-bin/ built
+# by scripts/gpu-build.sh: the GPU tests (failing, not skipping, without a GPU), NVRTC on the
+# host's toolkit, compute-sanitizer memcheck and racecheck on every kernel, and the decode
+# benchmark. Logs and the benchmark JSON go to $OUT (default /tmp/tpla-gpu-check); a summary is
+# printed at the end. Exit status: 0 when every step passed.
+#   scripts/gpu-check.sh [tests|sanitize|bench|all]   (default all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+OUT=${OUT:-/tmp/tpla-gpu-check}
+mkdir -p "$OUT"
+bin=gpu-bin
+if [ ! -x "$bin/cuda_exec" ]; then
+  echo "gpu-check: $bin/ is missing; run scripts/gpu-build.sh on the build machine and carry $bin" >&2
+  exit 2
+fi
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1 NCCL_NVLS_ENABLE=0
+export TPLA_KERNEL_CACHE_DIR="$OUT/kernel-cache"
+export TPLA_GIT_COMMIT="$(cat "$bin/COMMIT" 2>/dev/null || echo unknown)"
+export RUST_BACKTRACE=1
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+
+summary="$OUT/summary.txt"
+: >"$summary"
+status=0
+step() { # name timeout-seconds command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local line
+  line=$(grep -E "test result:|ERROR SUMMARY|RACECHECK SUMMARY|wrote " "$OUT/$name.log" | tail -2 | tr '\n' ' ')
+  printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$line" | tee -a "$summary"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  echo "commit $TPLA_GIT_COMMIT"
+} >"$OUT/device.txt"
+cat "$OUT/device.txt"
+
+if [ "$what" = all ] || [ "$what" = tests ]; then
+  step nvrtc_compile 300 "$bin/nvrtc_compile" --test-threads=4 --nocapture
+  step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 --nocapture
+  step decode_cuda 420 "$bin/decode_cuda" --test-threads=1 --nocapture
+fi
+if [ "$what" = all ] || [ "$what" = sanitize ]; then
+  for tool in memcheck racecheck synccheck; do
+    step "sanitizer_$tool" 400 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+      "$bin/decode_cuda" --test-threads=1 sanitizer_smoke_every_kernel
+  done
+  step sanitizer_memcheck_exec 400 "$sanitizer" --tool memcheck --error-exitcode 9 \
+    "$bin/cuda_exec" --test-threads=1 copies_round_trip
+fi
+if [ "$what" = all ] || [ "$what" = bench ]; then
+  step cuda_bench 540 "$bin/cuda_bench" --out "$OUT/bench-results"
+  grep -A40 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null || true
+fi
+echo
+cat "$summary"
+[ -f "$OUT/bench-table.txt" ] && cat "$OUT/bench-table.txt"
+exit $status
