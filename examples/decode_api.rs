@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One decode step: attend with an absorbed query.
     let q: Vec<f32> = (0..batch * heads * (lat + rope)).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let q = HostTensor::from_vec(&[batch, heads, lat + rope], q)?;
+    let q = HostTensor::<bf16>::from_f32(&[batch, heads, lat + rope], &q)?;
     let exact = mla.attend(&exec, &q)?;
     let shards = tpla.attend(&exec, &q)?;
     let exact = exec.download(&exact[0].0)?.into_vec();

@@ -130,12 +130,12 @@ impl<X: Executor> LatentDecoder<X> {
     }
 
     /// Decode attention of one query token per sequence against every shard. `q` is
-    /// `[batch, heads, lat + rope]` (full width, f32); returns one `[batch, heads, w]` output and
+    /// `[batch, heads, lat + rope]` (full width, bf16); returns one `[batch, heads, w]` output and
     /// `[batch, heads]` lse per shard, still on the executor.
     pub fn attend(
         &self,
         exec: &X,
-        q: &HostTensor<f32>,
+        q: &HostTensor<bf16>,
     ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
         let s = &self.shape;
         let sh = q.shape();
@@ -156,7 +156,7 @@ impl<X: Executor> LatentDecoder<X> {
     pub fn attend_prepared(
         &self,
         exec: &X,
-        queries: &[X::Tensor<f32>],
+        queries: &[X::Tensor<bf16>],
     ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
         let s = &self.shape;
         if queries.len() != s.groups {
@@ -178,7 +178,7 @@ impl<X: Executor> LatentDecoder<X> {
         &self,
         exec: &X,
         cache: &X::Paged<bf16>,
-        q: &X::Tensor<f32>,
+        q: &X::Tensor<bf16>,
     ) -> Result<(X::Tensor<f32>, X::Tensor<f32>), RuntimeError> {
         let s = &self.shape;
         let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
@@ -196,8 +196,8 @@ impl<X: Executor> LatentDecoder<X> {
     pub fn shard_queries(
         &self,
         exec: &X,
-        q: &HostTensor<f32>,
-    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        q: &HostTensor<bf16>,
+    ) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
         let s = &self.shape;
         (0..s.groups)
             .map(|i| {

@@ -63,7 +63,7 @@ fn run_matches_the_f64_reference_for_mla_and_tpla() {
             let off = (page * ps + t % ps) * d;
             rows.extend(pool[off..off + d].iter().map(|x| x.to_f32() as f64));
         }
-        let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d].iter().map(|&x| x as f64).collect();
+        let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d].iter().map(|&x| bf16::from_f32(x).to_f32() as f64).collect();
         let r = tpla_runtime::reference::latent_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64);
         let g: Vec<f64> = got[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
         assert!(tpla_runtime::reference::rel_error(&g, &r.out) < 1e-5);

@@ -10,7 +10,9 @@ use tpla_macros::kernel;
 /// Partial attention of one split: `out[split, b, h, :] = softmax(scale · q·kᵀ) · V` over the
 /// split's tokens (V = the first `LAT` columns of each cache row) and `lse[split, b, h]`.
 ///
-/// Scores use `exp2` with `scale · log2(e)` folded in. An empty split writes zeros and an lse of
+/// Queries and the cache are bf16, accumulation is f32; `P` is labelled bf16 for the second gemm
+/// (FlashMLA's precision contract: a GPU feeds both gemms to bf16 tensor cores, the CPU JIT keeps
+/// f32). Scores use `exp2` with `scale · log2(e)` folded in. An empty split writes zeros and an lse of
 /// about -6.9e29, which the combine weighs as zero.
 #[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE))]
 pub fn latent_decode<
@@ -18,7 +20,7 @@ pub fn latent_decode<
     #[tune(32, 16, 64)] const BLOCK_N: usize,
     #[tune(2, 1, 3)] const STAGES: usize,
 >(
-    q: Tensor<f32, dims![batch, heads, LAT + ROPE]>,
+    q: Tensor<bf16, dims![batch, heads, LAT + ROPE]>,
     cache: Paged<bf16, dims![LAT + ROPE]>,
     out: TensorMut<f32, dims![splits, batch, heads, LAT]>,
     lse: TensorMut<f32, dims![splits, batch, heads]>,
@@ -38,7 +40,7 @@ pub fn latent_decode<
         let p = exp2(s - m_new.unsqueeze(1));
         let alpha = exp2(m - m_new);
         l = l * alpha + reduce_sum(p, 1);
-        acc = acc * alpha.unsqueeze(1) + gemm(p, kv.cols(0..LAT));
+        acc = acc * alpha.unsqueeze(1) + gemm(p.cast::<bf16>(), kv.cols(0..LAT));
         m = m_new;
     }
     let l_safe = max(l, 1.0e-30);

@@ -88,7 +88,7 @@ impl DecodeParams {
 pub fn decode_attention<X: Executor>(
     exec: &X,
     p: &DecodeParams,
-    q: &X::Tensor<f32>,
+    q: &X::Tensor<tpla_runtime::half::bf16>,
     cache: &X::Paged<tpla_runtime::half::bf16>,
     out: &mut X::Tensor<f32>,
     lse: &mut X::Tensor<f32>,

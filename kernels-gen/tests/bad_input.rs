@@ -7,9 +7,9 @@ use tpla_kernels::{append_rows, latent_decode};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{CpuExecutor, HostPagedCache, HostTensor, RuntimeError};
 
-fn setup() -> (CpuExecutor, HostTensor<f32>, HostPagedCache<bf16>) {
+fn setup() -> (CpuExecutor, HostTensor<bf16>, HostPagedCache<bf16>) {
     let ex = CpuExecutor::new(1).unwrap();
-    let q = HostTensor::<f32>::full(&[2, 4, 128], 0.5);
+    let q = HostTensor::<bf16>::full(&[2, 4, 128], bf16::from_f32(0.5));
     let mut cache = HostPagedCache::<bf16>::new(2, 32, 16, 128).unwrap();
     cache.set_seq_lens(&[10, 20]).unwrap();
     (ex, q, cache)
@@ -18,7 +18,7 @@ fn setup() -> (CpuExecutor, HostTensor<f32>, HostPagedCache<bf16>) {
 #[test]
 fn wrong_query_width_is_a_shape_error_and_writes_nothing() {
     let (ex, _, cache) = setup();
-    let q = HostTensor::<f32>::full(&[2, 4, 100], 0.5);
+    let q = HostTensor::<bf16>::full(&[2, 4, 100], bf16::from_f32(0.5));
     let cfg = latent_decode.default_config(&[("LAT", 64), ("ROPE", 64)]);
     let mut out = HostTensor::<f32>::full(&[1, 2, 4, 64], -7.0);
     let mut lse = HostTensor::<f32>::full(&[1, 2, 4], -7.0);
@@ -83,7 +83,7 @@ fn page_size_zero_is_rejected() {
 #[test]
 fn zero_heads_is_rejected_before_launch() {
     let (ex, _, cache) = setup();
-    let q = HostTensor::<f32>::zeros(&[2, 0, 128]);
+    let q = HostTensor::<bf16>::zeros(&[2, 0, 128]);
     let p = DecodeParams::new(2, 0, 64, 64, 1, 0.1);
     let mut out = HostTensor::<f32>::zeros(&[2, 0, 64]);
     let mut lse = HostTensor::<f32>::zeros(&[2, 0]);

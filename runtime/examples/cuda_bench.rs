@@ -92,7 +92,7 @@ fn splits_for(
 }
 
 struct Bufs {
-    q: CudaTensor<f32>,
+    q: CudaTensor<bf16>,
     out: CudaTensor<f32>,
     lse: CudaTensor<f32>,
 }
@@ -119,7 +119,7 @@ fn run_case(
     let max_splits = 64;
     let mut bufs = Bufs {
         q: exec.upload(
-            &HostTensor::from_vec(&[b, h, d], q)
+            &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
                 .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
         )?,
         out: exec.alloc(&[b, h, shape.lat])?,
@@ -210,7 +210,8 @@ fn check_small(exec: &CudaExecutor, cfg: &str, lat: usize) -> Result<f64, Runtim
         *x = bf16::from_f32(pattern(i, 11));
     }
     c.set_seq_lens(&[l, l / 3])?;
-    let q = HostTensor::from_vec(&[b, h, d], (0..b * h * d).map(|i| pattern(i, 5)).collect())
+    let qv: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 5)).collect();
+    let q = HostTensor::<bf16>::from_f32(&[b, h, d], &qv)
         .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
     let splits = 3;
     let cpu = CpuExecutor::new(0)?;

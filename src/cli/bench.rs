@@ -165,9 +165,9 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let qv: Vec<f32> = (0..a.batch * a.heads * d)
-        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)).to_f32())
         .collect();
-    let q = HostTensor::from_vec(&[a.batch, a.heads, d], qv.clone())
+    let q = HostTensor::<bf16>::from_f32(&[a.batch, a.heads, d], &qv)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let mut cache = HostPagedCache::<bf16>::new(a.batch, a.context, 64, d)?;
     cache

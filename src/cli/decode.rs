@@ -147,7 +147,7 @@ impl ExecJob for DecodeJob {
             let qv: Vec<f32> = (0..a.batch * heads * (LAT + ROPE))
                 .map(|_| rng.gen_range(-1.0f32..1.0))
                 .collect();
-            let q = HostTensor::from_vec(&[a.batch, heads, LAT + ROPE], qv)
+            let q = HostTensor::<bf16>::from_f32(&[a.batch, heads, LAT + ROPE], &qv)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let qm = mla.shard_queries(exec, &q)?;
             let qt = tpla.shard_queries(exec, &q)?;
@@ -236,7 +236,7 @@ impl ExecJob for DecodeJob {
         for t in 0..len {
             rows.extend(host_cache.token(0, t)?.iter().map(|x| x.to_f32() as f64));
         }
-        let q0: Vec<f64> = q.data()[..heads * d].iter().map(|&x| x as f64).collect();
+        let q0: Vec<f64> = q.data()[..heads * d].iter().map(|x| x.to_f32() as f64).collect();
         let r = latent_attention(&q0, &rows, heads, LAT, ROPE, scale as f64);
         let e = rel_error(&m64[..heads * LAT], &r.out);
         println!(

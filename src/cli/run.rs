@@ -2,7 +2,8 @@
 //! implementation can be checked against tpla.
 //!
 //! Inputs (names, dtypes, shapes):
-//! - `q`: f32 or bf16 `[batch, heads, lat + rope]`
+//! - `q`: bf16 or f32 `[batch, heads, lat + rope]` (f32 is rounded to bf16: the kernels take
+//!   bf16 queries, as FlashMLA does)
 //! - `cache`: bf16 `[num_pages, page_size, lat + rope]` (the page pool)
 //! - `block_table`: i32 `[batch, pages_per_seq]`
 //! - `seq_lens`: i32 `[batch]`
@@ -50,7 +51,7 @@ pub struct RunArgs {
 
 /// Decoded inputs.
 struct Inputs {
-    q: HostTensor<f32>,
+    q: HostTensor<bf16>,
     cache: HostPagedCache<bf16>,
     scale: f32,
     lat: usize,
@@ -114,7 +115,7 @@ fn read_inputs(path: &str, rope: usize) -> Result<Inputs, CliError> {
         d => return Err(dtype_err("q", d, "F32 or BF16")),
     };
     let (batch, heads, row) = (q.shape()[0], q.shape()[1], q.shape()[2]);
-    let q = HostTensor::from_vec(&[batch, heads, row], qv)
+    let q = HostTensor::<bf16>::from_f32(&[batch, heads, row], &qv)
         .map_err(|e| CliError::Usage(e.to_string()))?;
 
     let cache = tensor(&st, "cache")?;

@@ -45,7 +45,8 @@ impl Problem {
                 v
             }
         };
-        let q: Vec<f32> = (0..batch * heads * d).map(|_| nz(&mut rng)).collect();
+        // Queries are bf16 in the kernel: keep the rounded values so the reference sees them too.
+        let q: Vec<f32> = (0..batch * heads * d).map(|_| bf16::from_f32(nz(&mut rng)).to_f32()).collect();
         let max_len = lens.iter().copied().max().unwrap_or(1).max(1);
         let mut cache = HostPagedCache::<bf16>::new(batch, max_len, page_size, d).unwrap();
         let mut table: Vec<i32> = cache.block_table().to_vec();
@@ -82,12 +83,8 @@ impl Problem {
         }
     }
 
-    pub fn q_tensor(&self) -> HostTensor<f32> {
-        HostTensor::from_vec(
-            &[self.batch, self.heads, self.lat + self.rope],
-            self.q.clone(),
-        )
-        .unwrap()
+    pub fn q_tensor(&self) -> HostTensor<bf16> {
+        HostTensor::from_f32(&[self.batch, self.heads, self.lat + self.rope], &self.q).unwrap()
     }
 
     /// f64 reference for sequence `b`; `rounded` feeds the bf16-rounded cache (what the kernel
