@@ -44,7 +44,9 @@ impl DecodeParams {
             rope,
             splits,
             scale,
-            decode: latent_decode.default_config(&[("LAT", lat as i64), ("ROPE", rope as i64)]),
+            decode: latent_decode
+                .default_config(&[("LAT", lat as i64), ("ROPE", rope as i64)])
+                .with("BLOCK_H", block_h_for(heads)),
             combine: combine_splits.default_config(&[("LAT", lat as i64)]),
         }
     }
@@ -81,6 +83,22 @@ impl DecodeParams {
     fn combine_config(&self) -> Config {
         self.combine.clone().with("LAT", self.lat as i64)
     }
+}
+
+/// The `BLOCK_H` candidate that covers `heads` in as few programs as possible: every program
+/// streams the whole cache of its split, so heads per program divide the bytes read.
+pub fn block_h_for(heads: usize) -> i64 {
+    let cands = latent_decode_block_h();
+    cands.iter().copied().find(|&c| c as usize >= heads).unwrap_or_else(|| *cands.iter().max().unwrap_or(&16))
+}
+
+fn latent_decode_block_h() -> Vec<i64> {
+    use tpla_codegen::KernelDef;
+    latent_decode.tune_params().iter().find(|t| t.name == "BLOCK_H").map(|t| {
+        let mut v = t.candidates.to_vec();
+        v.sort_unstable();
+        v
+    }).unwrap_or_else(|| vec![16])
 }
 
 /// Latent decode attention: split-KV partials, then the log-sum-exp combine, into `out`

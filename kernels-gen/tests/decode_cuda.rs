@@ -151,7 +151,9 @@ fn cuda_empty_and_single_token_sequences() {
     );
     for b in 1..3 {
         let got = f64s(&out.data()[b * 256..(b + 1) * 256]);
-        assert!(rel_error(&got, &p.reference(b, true).out) < 1e-4);
+        // P is fed to the tensor cores in bf16: bf16 tolerance.
+        let e = rel_error(&got, &p.reference(b, true).out);
+        assert!(e < 1e-2, "b {b}: rel error {e}");
     }
 }
 

@@ -155,6 +155,11 @@ pub trait Executor {
     ) -> Result<(), RuntimeError>;
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), RuntimeError>;
+    /// Independent processors work can be spread over (CPU threads, GPU multiprocessors); used
+    /// to choose KV splits.
+    fn compute_units(&self) -> usize {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
     /// A short name for messages (`cpu`, `cuda:0`).
     fn backend_name(&self) -> String;
 }

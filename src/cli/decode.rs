@@ -91,10 +91,7 @@ impl ExecJob for DecodeJob {
         let heads = cfg.heads;
         let scale = cfg.scale as f32;
         let max_tokens = a.context + a.steps;
-        let target = 2 * std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .max(66);
+        let target = 2 * exec.compute_units();
         let splits = if a.splits > 0 {
             a.splits
         } else {

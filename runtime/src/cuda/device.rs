@@ -691,6 +691,10 @@ fn paged_arg<T: Element>(c: &CudaPagedCache<T>, writable: bool) -> KernelArg<'_>
 }
 
 impl Executor for CudaExecutor {
+    fn compute_units(&self) -> usize {
+        self.info.sm_count as usize
+    }
+
     type Tensor<T: Element> = CudaTensor<T>;
     type Paged<T: Element> = CudaPagedCache<T>;
 
