@@ -418,9 +418,15 @@ pub fn save_failed_source(name: &str, source: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// Serialises compilations. NVRTC 13.0 as installed on the GPU hosts returned an empty program
+/// log (no ptxas report) for some of the programs compiled concurrently from four threads
+/// (2026-11-26, H200 host; the pip wheel 13.0.88 did not), so one program compiles at a time.
+static COMPILE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Compiles `source` (whose kernel symbol is `name`) with `options` (see [`default_options`]).
 pub fn compile(name: &str, source: &str, options: &[String]) -> Result<Compiled, NvrtcError> {
     nvrtc()?;
+    let _serial = COMPILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let arch = options
         .iter()
         .find_map(|o| o.strip_prefix("--gpu-architecture="))
