@@ -56,8 +56,15 @@ impl Geo {
     fn frag_ok(m: usize, n: usize) -> bool {
         m > 0 && n > 0 && m % 16 == 0 && n % 8 == 0
     }
+    /// Warps along M. At most about `sqrt(nw)`: each warp then reuses every B fragment it loads
+    /// from shared memory for `mt` m-tiles, which halves the `ldmatrix` traffic of wide gemms
+    /// (P·V) against splitting M over all warps.
     fn wm(&self, m: usize) -> usize {
-        gcd(m / 16, self.nw)
+        let mut w = gcd(m / 16, self.nw);
+        while w > 1 && w * w > self.nw {
+            w /= 2;
+        }
+        w
     }
     fn wn(&self, m: usize, n: usize) -> usize {
         gcd(n / 8, self.nw / self.wm(m))
@@ -2497,14 +2504,26 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
     ) -> String {
         let (ab, av, alo) = a;
         let (bb, bv, blo) = b;
+        // Independent accumulator chains along K when a warp owns few output tiles: one chain of
+        // dependent mma.sync per tile would be latency bound (e.g. q·Kᵀ with K = 576).
+        let chains = mt * ntl;
+        let mut ks = 1;
+        while chains * ks * 2 <= 4 && kd % (16 * ks * 2) == 0 && kd / (16 * ks * 2) >= 2 {
+            ks *= 2;
+        }
         let pairs = ntl % 2 == 0;
         let step = if pairs { 2 } else { 1 };
         let aload = self.frag_load(ab, av, alo, false, "af_[mi]", "", true);
         // B: for pairs, the ldmatrix covers two n-tiles; the generic path too (4 regs).
         let bload = self.frag_load(bb, bv, blo, true, "bf_", "n0_", pairs);
         let mut mmas = String::new();
+        let dacc = if ks > 1 {
+            "kacc_[kk_]".to_string()
+        } else {
+            acc.to_string()
+        };
         for j in 0..step {
-            let d = format!("&{acc}[(mi * {ntl} + nj + {j}) * 4]");
+            let d = format!("&{dacc}[(mi * {ntl} + nj + {j}) * 4]");
             let bh = format!("&bf_h[{}]", j * 2);
             let bl = format!("&bf_l[{}]", j * 2);
             mmas.push_str(&format!(
@@ -2538,9 +2557,44 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
         } else {
             format!("unsigned af_h[{mt}][4];")
         };
+        let regs = mt * ntl * 4;
+        let (khead, ktail) = if ks > 1 {
+            (
+                format!(
+                    "float kacc_[{ks}][{regs}];
+#pragma unroll
+for (int kk_ = 0; kk_ < {ks}; ++kk_)
+#pragma unroll
+    for (int i_ = 0; i_ < {regs}; ++i_) kacc_[kk_][i_] = 0.0f;
+#pragma unroll 2
+for (int k0_ = 0; k0_ < {kd}; k0_ += {kstep}) {{
+#pragma unroll
+for (int kk_ = 0; kk_ < {ks}; ++kk_) {{
+    const int k_ = k0_ + kk_ * 16;
+",
+                    kstep = 16 * ks
+                ),
+                format!(
+                    "}}
+}}
+#pragma unroll
+for (int i_ = 0; i_ < {regs}; ++i_) {{
+    float s_ = kacc_[0][i_];
+#pragma unroll
+    for (int kk_ = 1; kk_ < {ks}; ++kk_) s_ += kacc_[kk_][i_];
+    {acc}[i_] += s_;
+}}
+"
+                ),
+            )
+        } else {
+            (
+                format!("#pragma unroll 2\nfor (int k_ = 0; k_ < {kd}; k_ += 16) {{\n"),
+                "}\n".to_string(),
+            )
+        };
         format!(
-            "#pragma unroll 2
-for (int k_ = 0; k_ < {kd}; k_ += 16) {{
+            "{khead}
     {adecl}
 #pragma unroll
     for (int mi = 0; mi < {mt}; ++mi) {{
@@ -2556,8 +2610,7 @@ for (int k_ = 0; k_ < {kd}; k_ += 16) {{
         for (int mi = 0; mi < {mt}; ++mi) {{
 {mmas}        }}
     }}
-}}
-"
+{ktail}"
         )
     }
 
@@ -2618,7 +2671,52 @@ for (int k_ = 0; k_ < {kd}; k_ += 16) {{
         let base = format!("{id}_base");
         let cty = elem.cty();
         // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks).
-        let issue = if vec_ok {
+        let rows_per_warp = block.div_ceil(nw);
+        let issue = if vec_ok && rows_per_warp <= 32 {
+            // The page lookups of a warp's rows are independent global loads: lane `i` resolves
+            // row `warp + i * nw` (one load latency per block instead of one per row), and the
+            // row offsets are broadcast with a shuffle while the copies are issued.
+            let v = 16 / elem.size();
+            let cpr = row / v;
+            let passes = cpr.div_ceil(32);
+            let tail_guard = if cpr % 32 == 0 {
+                String::new()
+            } else {
+                format!("if (ch_ < {cpr}) ")
+            };
+            format!(
+                "{{
+    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
+    int row_ = -1;
+    {{
+        const int r_ = warp + lane * {nw};
+        const int t_ = t0_ + r_;
+        if (r_ < {block} && t_ < {hi} && {ps} > 0) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+            if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
+        }}
+    }}
+#pragma unroll
+    for (int i_ = 0; i_ < {rows_per_warp}; ++i_) {{
+        const int r_ = warp + i_ * {nw};
+        const int rw_ = tpla_shfl_idx(row_, i_);
+        if (r_ < {block}) {{
+            const bool ok_ = rw_ >= 0;
+            const {cty}* src_ = {data} + (ok_ ? (tpla_i64)rw_ * {row} : (tpla_i64)0);
+#pragma unroll
+            for (int p_ = 0; p_ < {passes}; ++p_) {{
+                const int ch_ = lane + p_ * 32;
+                {tail_guard}tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);
+            }}
+        }}
+    }}
+}}
+",
+                addr = b.addr("r_", &format!("(ch_ * {v})")),
+            )
+        } else if vec_ok {
             let v = 16 / elem.size();
             let cpr = row / v;
             format!(

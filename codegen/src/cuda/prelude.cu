@@ -113,6 +113,10 @@ __device__ __forceinline__ unsigned tpla_smem_addr(const void* p) {
 __device__ __forceinline__ float tpla_shfl_xor(float v, int m) {
     return __shfl_xor_sync(0xffffffffu, v, m);
 }
+// Lane `src`'s value of `v` (every lane of the warp must call it).
+__device__ __forceinline__ int tpla_shfl_idx(int v, int src) {
+    return __shfl_sync(0xffffffffu, v, src);
+}
 // Reduction over the 4 lanes of a quad (lanes sharing lane / 4), as in the mma accumulator layout.
 __device__ __forceinline__ float tpla_quad_sum(float v) {
     v += tpla_shfl_xor(v, 1);

@@ -195,6 +195,15 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
     return r;
 }
 
+inline int __shfl_sync(unsigned, int v, int src) {
+    const int t = emu::B->cur, w = t / 32;
+    emu::B->xchg[(size_t)t * 8] = (unsigned)v;
+    emu::wait(emu::B->warp_bar[w]);
+    const int r = (int)(unsigned)emu::B->xchg[(size_t)(w * 32 + (src & 31)) * 8];
+    emu::wait(emu::B->warp_bar[w]);
+    return r;
+}
+
 inline float tpla_emu_exp2(float x) { return exp2f(x); }
 inline float tpla_emu_log2(float x) { return log2f(x); }
 inline int tpla_emu_f2i(float x) {
