@@ -78,8 +78,34 @@ fn device_cache(
     exec.upload_paged(&c)
 }
 
+/// Resident blocks per SM of a compiled variant (Hopper limits: 228 KiB shared memory with 1 KiB
+/// reserved per block, 64 Ki registers allocated per warp in units of 256, 2048 threads).
+fn blocks_per_sm(exec: &CudaExecutor, kcache: &KernelCache, cfg: &Config) -> usize {
+    let Ok(ir) = latent_decode.build(cfg) else {
+        return 1;
+    };
+    let Ok(c) = compile_kernel(&ir, exec.target(), kcache) else {
+        return 1;
+    };
+    let threads = c.source.block_threads.max(32) as usize;
+    let smem = c.source.shared_bytes as usize + 1024;
+    let by_smem = 233_472 / smem;
+    let by_threads = 2048 / threads;
+    let by_regs = match &c.lookup.kernel.report {
+        Some(r) => {
+            let per_warp = (r.registers as usize * 32).div_ceil(256) * 256;
+            65_536 / (per_warp.max(256) * threads.div_ceil(32))
+        }
+        None => 1,
+    };
+    by_smem.min(by_threads).min(by_regs).max(1)
+}
+
+/// KV splits: the count whose grid wastes the least of the last wave of resident blocks
+/// (time ~ waves / splits), with a 1% charge per split for the combine; ties go to fewer splits.
 fn splits_for(
     exec: &CudaExecutor,
+    per_sm: usize,
     batch: usize,
     heads: usize,
     bh: usize,
@@ -87,8 +113,13 @@ fn splits_for(
     context: usize,
 ) -> usize {
     let programs = batch * heads.div_ceil(bh);
-    let want = (2 * exec.info().sm_count as usize).div_ceil(programs.max(1));
-    want.clamp(1, (context / (4 * bn)).max(1))
+    let slots = exec.info().sm_count as usize * per_sm;
+    let max_s = (context / (4 * bn)).clamp(1, 64);
+    let cost =
+        |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
+    (1..=max_s)
+        .min_by(|&x, &y| cost(x).partial_cmp(&cost(y)).unwrap().then(x.cmp(&y)))
+        .unwrap_or(1)
 }
 
 struct Bufs {
@@ -117,6 +148,7 @@ fn run_case(
     let bns: &[i64] = if quick { &[64] } else { &[32, 64] };
     let sts: &[i64] = if quick { &[2] } else { &[2, 3] };
     let max_splits = 64;
+    let kcache = KernelCache::new(None);
     let mut bufs = Bufs {
         q: exec.upload(
             &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
@@ -136,8 +168,10 @@ fn run_case(
                     .with("STAGES", st)
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
+                let per_sm = blocks_per_sm(exec, &kcache, &cfg);
                 let splits =
-                    splits_for(exec, b, h, bh as usize, bn as usize, shape.context).min(max_splits);
+                    splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context)
+                        .min(max_splits);
                 let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
                 let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
                 let m = measure(exec, 3, 20, || {

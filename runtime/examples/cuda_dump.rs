@@ -1,0 +1,34 @@
+//! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
+//! ptxas report. Usage: cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+use tpla_codegen::{Config, KernelDef};
+use tpla_runtime::cuda::nvrtc::{compile, default_options};
+use tpla_runtime::cuda::Target;
+
+fn main() {
+    let a: Vec<i64> = std::env::args()
+        .skip(1)
+        .take(4)
+        .map(|s| s.parse().expect("integer"))
+        .collect();
+    let path = std::env::args().nth(5);
+    let cfg = Config::new()
+        .with("LAT", a[0])
+        .with("ROPE", 64)
+        .with("BLOCK_H", a[1])
+        .with("BLOCK_N", a[2])
+        .with("STAGES", a[3]);
+    let k = tpla_kernels::latent_decode.build(&cfg).expect("build");
+    let t = Target::sm90();
+    let src = tpla_codegen::cuda::emit(&k, t).expect("emit");
+    if let Some(p) = path {
+        std::fs::write(&p, &src.code).unwrap();
+    }
+    println!(
+        "[{cfg}] threads {} smem {} stages {:?}",
+        src.block_threads, src.shared_bytes, src.stages
+    );
+    match compile(&src.name, &src.code, &default_options(&t.arch_name())) {
+        Ok(c) => println!("{:?} {:.0} ms", c.report, c.compile_time.as_secs_f64() * 1e3),
+        Err(e) => println!("compile: {e}"),
+    }
+}
