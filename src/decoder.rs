@@ -35,6 +35,9 @@ pub struct DecoderShape {
     pub scale: f32,
 }
 
+/// One shard's attention output `[batch, heads, w]` and log-sum-exp `[batch, heads]`.
+pub type ShardOutput<X> = (<X as Executor>::Tensor<f32>, <X as Executor>::Tensor<f32>);
+
 /// Per-shard caches plus the kernels' configs.
 pub struct LatentDecoder<X: Executor> {
     shape: DecoderShape,
@@ -136,7 +139,7 @@ impl<X: Executor> LatentDecoder<X> {
         &self,
         exec: &X,
         q: &HostTensor<bf16>,
-    ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
+    ) -> Result<Vec<ShardOutput<X>>, RuntimeError> {
         let s = &self.shape;
         let sh = q.shape();
         if sh != [s.batch, s.heads, s.lat + s.rope] {
@@ -157,7 +160,7 @@ impl<X: Executor> LatentDecoder<X> {
         &self,
         exec: &X,
         queries: &[X::Tensor<bf16>],
-    ) -> Result<Vec<(X::Tensor<f32>, X::Tensor<f32>)>, RuntimeError> {
+    ) -> Result<Vec<ShardOutput<X>>, RuntimeError> {
         let s = &self.shape;
         if queries.len() != s.groups {
             return Err(RuntimeError::InvalidInput(format!(
@@ -179,7 +182,7 @@ impl<X: Executor> LatentDecoder<X> {
         exec: &X,
         cache: &X::Paged<bf16>,
         q: &X::Tensor<bf16>,
-    ) -> Result<(X::Tensor<f32>, X::Tensor<f32>), RuntimeError> {
+    ) -> Result<ShardOutput<X>, RuntimeError> {
         let s = &self.shape;
         let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
         let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;

@@ -391,7 +391,6 @@ impl Ctx {
         else {
             return err(&c.args[1], "store a tile");
         };
-        let irp = ir();
         match (target, dst.method.to_string().as_str()) {
             (Var::Tensor { id, dt: tdt, dims, writable }, "tile") => {
                 if !writable {
@@ -425,10 +424,6 @@ impl Ctx {
             }
             (_, m) => err(&dst.method, format!("cannot store into `.{m}(..)`: use `tensor.tile([..])` or `cache.rows(batch, start)`")),
         }
-        .map(|t: TokenStream| {
-            let _ = &irp;
-            t
-        })
     }
 
     fn for_loop(&mut self, f: &syn::ExprForLoop) -> R<TokenStream> {

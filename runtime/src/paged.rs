@@ -72,14 +72,14 @@ impl<T: Element> HostPagedCache<T> {
                 "page size and row width must be positive".into(),
             ));
         }
-        if data.len() % (page_size * row) != 0 {
+        if !data.len().is_multiple_of(page_size * row) {
             return Err(RuntimeError::InvalidInput(format!(
                 "page pool of {} values is not a whole number of [{page_size}, {row}] pages",
                 data.len()
             )));
         }
         let batch = seq_lens.len();
-        if batch == 0 || block_table.len() % batch != 0 {
+        if batch == 0 || !block_table.len().is_multiple_of(batch) {
             return Err(RuntimeError::InvalidInput(format!(
                 "block table of {} entries for a batch of {batch}",
                 block_table.len()

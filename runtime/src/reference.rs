@@ -72,7 +72,7 @@ pub fn tpla_shard_attention(
     i: usize,
 ) -> AttentionOut {
     assert!(
-        g > 0 && lat % g == 0 && i < g,
+        g > 0 && lat.is_multiple_of(g) && i < g,
         "g must divide lat and i < g"
     );
     let d = lat + rope;

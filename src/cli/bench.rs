@@ -249,7 +249,7 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
         "JIT / plain speedup: {:.2}x; outputs agree to rel {:.1e}",
         result.speedup_jit_over_plain, diff
     );
-    if !(diff <= 1e-4) {
+    if diff.is_nan() || diff > 1e-4 {
         return Err(CliError::Usage(format!(
             "JIT and plain outputs disagree: rel {diff:.3e}"
         )));

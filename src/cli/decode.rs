@@ -59,7 +59,7 @@ pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
             "--batch, --context and --steps must be at least 1".into(),
         ));
     }
-    if args.g == 0 || LAT % args.g != 0 {
+    if args.g == 0 || !LAT.is_multiple_of(args.g) {
         return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
             "g = {} must divide the latent width {LAT}",
             args.g
@@ -233,7 +233,10 @@ impl ExecJob for DecodeJob {
         for t in 0..len {
             rows.extend(host_cache.token(0, t)?.iter().map(|x| x.to_f32() as f64));
         }
-        let q0: Vec<f64> = q.data()[..heads * d].iter().map(|x| x.to_f32() as f64).collect();
+        let q0: Vec<f64> = q.data()[..heads * d]
+            .iter()
+            .map(|x| x.to_f32() as f64)
+            .collect();
         let r = latent_attention(&q0, &rows, heads, LAT, ROPE, scale as f64);
         let e = rel_error(&m64[..heads * LAT], &r.out);
         println!(
