@@ -47,6 +47,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step nvrtc_compile 300 "$bin/nvrtc_compile" --test-threads=4 --nocapture
   step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 --nocapture
   step decode_cuda 420 "$bin/decode_cuda" --test-threads=1 --nocapture
+  step cli_tests 120 env TPLA_BIN="$bin/tpla" "$bin/cli_tests" --test-threads=2 --nocapture
   step tpla_info 60 "$bin/tpla" info
   step tpla_decode 240 "$bin/tpla" decode --backend cuda
   step tpla_decode_k2 240 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 --context 32768 --steps 6

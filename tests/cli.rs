@@ -8,8 +8,14 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use safetensors::{tensor::TensorView, Dtype};
 
+/// The binary under test: `TPLA_BIN` when set (a GPU host runs a copied test binary next to a
+/// copied `tpla`), else the one cargo built.
+fn bin() -> String {
+    std::env::var("TPLA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tpla").to_string())
+}
+
 fn tpla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tpla")).args(args).env("TPLA_REQUIRE_GPU", "0").output().expect("the binary runs")
+    Command::new(bin()).args(args).env("TPLA_REQUIRE_GPU", "0").output().expect("the binary runs")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -48,11 +54,30 @@ fn read_f32(path: &Path, name: &str) -> Vec<f32> {
 
 #[test]
 fn run_matches_the_f64_reference_for_mla_and_tpla() {
-    let dir = tmp("run-ok");
+    check_run("cpu", 1e-5);
+}
+
+/// `tpla run --backend cuda` on a GPU host (bf16 tensor cores: bf16 tolerance). Skips with a
+/// message without a GPU; fails instead when TPLA_REQUIRE_GPU=1.
+#[test]
+fn run_on_cuda_matches_the_f64_reference() {
+    let o = tpla(&["info"]);
+    let info = String::from_utf8_lossy(&o.stdout);
+    if !info.contains("cuda  available") {
+        assert!(std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"), "TPLA_REQUIRE_GPU=1 but: {info}");
+        eprintln!("SKIP run_on_cuda_matches_the_f64_reference: no usable GPU ({})", info.lines().last().unwrap_or(""));
+        return;
+    }
+    check_run("cuda", 1e-2);
+}
+
+fn check_run(backend: &str, tol: f64) {
+    let dir = tmp(&format!("run-ok-{backend}"));
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     let (q, pool, table, lens) = write_inputs(&inp, |_| {});
-    let o = tpla(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--groups", "2", "--backend", "cpu"]);
+    let o = tpla(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--groups", "2", "--backend", backend]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("on {backend}")), "says which backend ran");
     let (h, lat, d, ps, pages) = (3, 64, 128, 16, 4);
     let got = read_f32(&out, "out");
     let got_tpla = read_f32(&out, "out_tpla");
@@ -66,10 +91,10 @@ fn run_matches_the_f64_reference_for_mla_and_tpla() {
         let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d].iter().map(|&x| bf16::from_f32(x).to_f32() as f64).collect();
         let r = tpla_runtime::reference::latent_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64);
         let g: Vec<f64> = got[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
-        assert!(tpla_runtime::reference::rel_error(&g, &r.out) < 1e-5);
+        assert!(tpla_runtime::reference::rel_error(&g, &r.out) < tol);
         let rt = tpla_runtime::reference::tpla_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64, 2);
         let gt: Vec<f64> = got_tpla[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
-        assert!(tpla_runtime::reference::rel_error(&gt, &rt) < 1e-5);
+        assert!(tpla_runtime::reference::rel_error(&gt, &rt) < tol);
     }
 }
 
