@@ -15,7 +15,11 @@ fn bin() -> String {
 }
 
 fn tpla(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env("TPLA_REQUIRE_GPU", "0").output().expect("the binary runs")
+    Command::new(bin())
+        .args(args)
+        .env("TPLA_REQUIRE_GPU", "0")
+        .output()
+        .expect("the binary runs")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -25,23 +29,60 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// Writes a `tpla run` input file; `edit` may change any tensor before writing.
-fn write_inputs(path: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) -> (Vec<f32>, Vec<bf16>, Vec<i32>, Vec<i32>) {
+fn write_inputs(
+    path: &Path,
+    edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+) -> (Vec<f32>, Vec<bf16>, Vec<i32>, Vec<i32>) {
     let (b, h, lat, rope, ps, pages) = (2usize, 3usize, 64usize, 64usize, 16usize, 4usize);
     let d = lat + rope;
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let q: Vec<f32> = (0..b * h * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let pool: Vec<bf16> = (0..b * pages * ps * d).map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0))).collect();
+    let q: Vec<f32> = (0..b * h * d)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let pool: Vec<bf16> = (0..b * pages * ps * d)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+        .collect();
     let table: Vec<i32> = (0..(b * pages) as i32).rev().collect();
     let lens = vec![50i32, 9];
     let mut t: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
-        ("q".into(), Dtype::F32, vec![b, h, d], q.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        ("cache".into(), Dtype::BF16, vec![b * pages, ps, d], pool.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect()),
-        ("block_table".into(), Dtype::I32, vec![b, pages], table.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        ("seq_lens".into(), Dtype::I32, vec![b], lens.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        ("scale".into(), Dtype::F32, vec![], 0.1352f32.to_le_bytes().to_vec()),
+        (
+            "q".into(),
+            Dtype::F32,
+            vec![b, h, d],
+            q.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        (
+            "cache".into(),
+            Dtype::BF16,
+            vec![b * pages, ps, d],
+            pool.iter()
+                .flat_map(|x| x.to_bits().to_le_bytes())
+                .collect(),
+        ),
+        (
+            "block_table".into(),
+            Dtype::I32,
+            vec![b, pages],
+            table.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        (
+            "seq_lens".into(),
+            Dtype::I32,
+            vec![b],
+            lens.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        (
+            "scale".into(),
+            Dtype::F32,
+            vec![],
+            0.1352f32.to_le_bytes().to_vec(),
+        ),
     ];
     edit(&mut t);
-    let views: Vec<(String, TensorView<'_>)> = t.iter().map(|(n, dt, s, data)| (n.clone(), TensorView::new(*dt, s.clone(), data).unwrap())).collect();
+    let views: Vec<(String, TensorView<'_>)> = t
+        .iter()
+        .map(|(n, dt, s, data)| (n.clone(), TensorView::new(*dt, s.clone(), data).unwrap()))
+        .collect();
     std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
     (q, pool, table, lens)
 }
@@ -49,7 +90,12 @@ fn write_inputs(path: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usiz
 fn read_f32(path: &Path, name: &str) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    st.tensor(name)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -64,8 +110,14 @@ fn run_on_cuda_matches_the_f64_reference() {
     let o = tpla(&["info"]);
     let info = String::from_utf8_lossy(&o.stdout);
     if !info.contains("cuda  available") {
-        assert!(std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"), "TPLA_REQUIRE_GPU=1 but: {info}");
-        eprintln!("SKIP run_on_cuda_matches_the_f64_reference: no usable GPU ({})", info.lines().last().unwrap_or(""));
+        assert!(
+            std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"),
+            "TPLA_REQUIRE_GPU=1 but: {info}"
+        );
+        eprintln!(
+            "SKIP run_on_cuda_matches_the_f64_reference: no usable GPU ({})",
+            info.lines().last().unwrap_or("")
+        );
         return;
     }
     check_run("cuda", 1e-2);
@@ -75,9 +127,22 @@ fn check_run(backend: &str, tol: f64) {
     let dir = tmp(&format!("run-ok-{backend}"));
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     let (q, pool, table, lens) = write_inputs(&inp, |_| {});
-    let o = tpla(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--groups", "2", "--backend", backend]);
+    let o = tpla(&[
+        "run",
+        "--inputs",
+        inp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--groups",
+        "2",
+        "--backend",
+        backend,
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("on {backend}")), "says which backend ran");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("on {backend}")),
+        "says which backend ran"
+    );
     let (h, lat, d, ps, pages) = (3, 64, 128, 16, 4);
     let got = read_f32(&out, "out");
     let got_tpla = read_f32(&out, "out_tpla");
@@ -88,12 +153,22 @@ fn check_run(backend: &str, tol: f64) {
             let off = (page * ps + t % ps) * d;
             rows.extend(pool[off..off + d].iter().map(|x| x.to_f32() as f64));
         }
-        let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d].iter().map(|&x| bf16::from_f32(x).to_f32() as f64).collect();
+        let qb: Vec<f64> = q[b * h * d..(b + 1) * h * d]
+            .iter()
+            .map(|&x| bf16::from_f32(x).to_f32() as f64)
+            .collect();
         let r = tpla_runtime::reference::latent_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64);
-        let g: Vec<f64> = got[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
+        let g: Vec<f64> = got[b * h * lat..(b + 1) * h * lat]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         assert!(tpla_runtime::reference::rel_error(&g, &r.out) < tol);
-        let rt = tpla_runtime::reference::tpla_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64, 2);
-        let gt: Vec<f64> = got_tpla[b * h * lat..(b + 1) * h * lat].iter().map(|&x| x as f64).collect();
+        let rt =
+            tpla_runtime::reference::tpla_attention(&qb, &rows, h, lat, 64, 0.1352f32 as f64, 2);
+        let gt: Vec<f64> = got_tpla[b * h * lat..(b + 1) * h * lat]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
         assert!(tpla_runtime::reference::rel_error(&gt, &rt) < tol);
     }
 }
@@ -102,27 +177,57 @@ fn expect_error(args: &[&str], needle: &str) {
     let o = tpla(args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "args {args:?}: {err}");
-    assert!(err.contains(needle), "args {args:?}: expected `{needle}` in: {err}");
+    assert!(
+        err.contains(needle),
+        "args {args:?}: expected `{needle}` in: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
-fn run_with(name: &str, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>), needle: &str) {
+fn run_with(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
+    needle: &str,
+) {
     let dir = tmp(name);
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     write_inputs(&inp, edit);
-    expect_error(&["run", "--inputs", inp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--backend", "cpu"], needle);
+    expect_error(
+        &[
+            "run",
+            "--inputs",
+            inp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
+        needle,
+    );
     assert!(!out.exists(), "no output on error");
 }
 
 #[test]
 fn run_missing_tensor() {
-    run_with("missing", |t| t.retain(|x| x.0 != "block_table"), "no tensor named `block_table`");
+    run_with(
+        "missing",
+        |t| t.retain(|x| x.0 != "block_table"),
+        "no tensor named `block_table`",
+    );
 }
 
 #[test]
 fn run_misshaped_tensor() {
-    run_with("shape", |t| t[3].2 = vec![2, 1], "tensor `seq_lens` has shape [2, 1]");
-    run_with("shape-q", |t| t[0].2 = vec![2, 3 * 128], "tensor `q` has shape");
+    run_with(
+        "shape",
+        |t| t[3].2 = vec![2, 1],
+        "tensor `seq_lens` has shape [2, 1]",
+    );
+    run_with(
+        "shape-q",
+        |t| t[0].2 = vec![2, 3 * 128],
+        "tensor `q` has shape",
+    );
 }
 
 #[test]
@@ -139,40 +244,84 @@ fn run_wrong_dtype() {
 
 #[test]
 fn run_length_beyond_block_table() {
-    run_with("len", |t| t[3].3 = [65i32, 9].iter().flat_map(|x| x.to_le_bytes()).collect(), "past the cache capacity of 64 tokens");
+    run_with(
+        "len",
+        |t| t[3].3 = [65i32, 9].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        "past the cache capacity of 64 tokens",
+    );
 }
 
 #[test]
 fn run_zero_heads() {
-    run_with("heads", |t| {
-        t[0].2 = vec![2, 0, 128];
-        t[0].3 = vec![];
-    }, "heads must be at least 1");
+    run_with(
+        "heads",
+        |t| {
+            t[0].2 = vec![2, 0, 128];
+            t[0].3 = vec![];
+        },
+        "heads must be at least 1",
+    );
 }
 
 #[test]
 fn run_page_size_zero() {
-    run_with("ps0", |t| {
-        t[1].2 = vec![8, 0, 128];
-        t[1].3 = vec![];
-    }, "tensor `cache` has shape [8, 0, 128]");
+    run_with(
+        "ps0",
+        |t| {
+            t[1].2 = vec![8, 0, 128];
+            t[1].3 = vec![];
+        },
+        "tensor `cache` has shape [8, 0, 128]",
+    );
 }
 
 #[test]
 fn decode_rejects_g_not_dividing_512() {
-    expect_error(&["decode", "--g", "3", "--backend", "cpu"], "g = 3 must divide the latent width 512");
+    expect_error(
+        &["decode", "--g", "3", "--backend", "cpu"],
+        "g = 3 must divide the latent width 512",
+    );
 }
 
 #[test]
 fn decode_rejects_page_size_zero() {
-    expect_error(&["decode", "--page-size", "0", "--backend", "cpu", "--context", "64", "--steps", "1"], "page size must be positive");
+    expect_error(
+        &[
+            "decode",
+            "--page-size",
+            "0",
+            "--backend",
+            "cpu",
+            "--context",
+            "64",
+            "--steps",
+            "1",
+        ],
+        "page size must be positive",
+    );
 }
 
 #[test]
 fn decode_main_job_runs_and_checks_itself() {
-    let o = tpla(&["decode", "--backend", "cpu", "--batch", "2", "--context", "300", "--steps", "3", "--preset", "deepseek-v2-lite"]);
+    let o = tpla(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--batch",
+        "2",
+        "--context",
+        "300",
+        "--steps",
+        "3",
+        "--preset",
+        "deepseek-v2-lite",
+    ]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(out.contains("per-device speedup TPLA vs MLA"), "{out}");
     assert!(out.contains("(ok)"), "{out}");
 }
@@ -184,4 +333,66 @@ fn info_lists_backends() {
     assert!(o.status.success());
     assert!(out.contains("cpu   available"), "{out}");
     assert!(out.contains("cuda"), "{out}");
+}
+
+#[test]
+fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
+    let dir = tmp("tune");
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("TPLA_TUNE_DIR", &dir)
+            .env("TPLA_REQUIRE_GPU", "0")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "tune",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1",
+        "--context",
+        "128",
+        "--reps",
+        "1",
+        "--preset",
+        "deepseek-v2-lite",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let decode = [
+        "decode",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1",
+        "--context",
+        "126",
+        "--steps",
+        "2",
+        "--preset",
+        "deepseek-v2-lite",
+    ];
+    let o = run(&decode);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("kernel configs: tuned"),
+        "{out}"
+    );
+    for f in std::fs::read_dir(&dir).unwrap() {
+        std::fs::write(f.unwrap().path(), "{ not json").unwrap();
+    }
+    let o = run(&decode);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success(),
+        "a corrupt tune file never stops a decode: {err}"
+    );
+    assert!(
+        err.contains("unusable") && out.contains("kernel configs: defaults"),
+        "{err}\n{out}"
+    );
 }

@@ -244,6 +244,10 @@ impl Executor for CpuExecutor {
         Ok(())
     }
 
+    fn device_identity(&self) -> String {
+        format!("cpu {} {} threads", std::env::consts::ARCH, self.threads())
+    }
+
     fn backend_name(&self) -> String {
         format!("cpu ({} threads, Cranelift JIT)", self.threads())
     }

@@ -158,7 +158,14 @@ pub trait Executor {
     /// Independent processors work can be spread over (CPU threads, GPU multiprocessors); used
     /// to choose KV splits.
     fn compute_units(&self) -> usize {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+    /// What the tune database keys on: the device model and everything that changes which
+    /// config is fastest (for a GPU: name, compute capability, SM count, driver).
+    fn device_identity(&self) -> String {
+        self.backend_name()
     }
     /// A short name for messages (`cpu`, `cuda:0`).
     fn backend_name(&self) -> String;

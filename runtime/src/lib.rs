@@ -9,6 +9,7 @@ pub mod model;
 pub mod paged;
 pub mod reference;
 pub mod tensor;
+pub mod tune;
 
 pub use cpu_exec::CpuExecutor;
 pub use error::RuntimeError;

@@ -17,7 +17,10 @@ pub trait ExecJob {
 /// A usable CUDA executor on device 0 (driver, device and libnvrtc all load), or why not.
 pub fn open_cuda() -> Result<CudaExecutor, RuntimeError> {
     let exec = CudaExecutor::new(0)?;
-    tpla_runtime::cuda::nvrtc::nvrtc().map_err(|e| RuntimeError::BackendUnavailable { backend: "cuda".into(), reason: e.to_string() })?;
+    tpla_runtime::cuda::nvrtc::nvrtc().map_err(|e| RuntimeError::BackendUnavailable {
+        backend: "cuda".into(),
+        reason: e.to_string(),
+    })?;
     Ok(exec)
 }
 
@@ -42,7 +45,11 @@ pub fn probe_cuda() -> Result<String, String> {
 
 /// Runs `job` on the executor `choice` selects; `auto` falls back to the CPU with a message on
 /// stderr when no GPU is usable. `threads` sizes the CPU pool (0 = all cores).
-pub fn dispatch<J: ExecJob>(choice: BackendArg, threads: usize, job: J) -> Result<J::Out, CliError> {
+pub fn dispatch<J: ExecJob>(
+    choice: BackendArg,
+    threads: usize,
+    job: J,
+) -> Result<J::Out, CliError> {
     match choice {
         BackendArg::Cuda => job.run(&open_cuda()?),
         BackendArg::Auto => match open_cuda() {

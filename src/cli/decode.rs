@@ -6,8 +6,11 @@ use std::time::Instant;
 use clap::Args;
 use rand::{Rng, SeedableRng};
 use tpla::decoder::{auto_splits, concat_shards, DecoderShape, LatentDecoder};
+use tpla_codegen::KernelDef;
+use tpla_kernels::latent_decode;
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::{latent_attention, rel_error};
+use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{Executor, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
@@ -110,11 +113,30 @@ impl ExecJob for DecodeJob {
         };
         let mut mla = LatentDecoder::new(exec, shape(1))?;
         let mut tpla = LatentDecoder::new(exec, shape(a.g))?;
+        let (db, warning) = TuneDb::open(&default_dir(), &exec.device_identity());
+        if let Some(w) = warning {
+            eprintln!("tpla: {w}");
+        }
+        let mut tuned = Vec::new();
+        for dec in [&mut mla, &mut tpla] {
+            let bucket = decode_bucket(a.batch, heads, dec.shard_width(), ROPE, max_tokens);
+            if let Some(c) = db.get(latent_decode.name(), &bucket) {
+                tuned.push(format!("{} from {}", c, db.path().display()));
+                dec.set_decode_config(c);
+            }
+        }
         println!(
             "tpla decode: {} (H={heads}, latent {LAT} + rope {ROPE}, scale {scale:.4}), batch {}, context {}, g={}, page {}, splits {splits}",
             cfg.name, a.batch, a.context, a.g, a.page_size
         );
         println!("backend: {}", exec.backend_name());
+        if tuned.is_empty() {
+            println!(
+                "kernel configs: defaults (run `tpla tune` to pick the fastest for this device)"
+            );
+        } else {
+            println!("kernel configs: tuned ({})", tuned.join("; "));
+        }
 
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
         let random_rows =

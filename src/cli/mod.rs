@@ -1,4 +1,4 @@
-//! The `tpla` command line: `info`, `decode`, `run`, `bench`, `convert`, `accuracy`.
+//! The `tpla` command line: `info`, `decode`, `run`, `bench`, `tune`, `convert`, `accuracy`.
 
 pub mod backend;
 pub mod bench;
@@ -7,6 +7,7 @@ pub mod error;
 pub mod info;
 pub mod model;
 pub mod run;
+pub mod tune;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -64,6 +65,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Benchmarks (CPU: the JIT kernel against plain Rust; GPU: kernels against a roofline).
     Bench(bench::BenchArgs),
+    /// Time every tune candidate of the decode kernel here and store the fastest.
+    Tune(tune::TuneArgs),
     /// Reparameterise and shard checkpoint weights for TPLA.
     Convert(model::ConvertArgs),
     /// Measure TPLA's fidelity against exact MLA on a layer.

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use tpla_runtime::model::tensors::OutDtype;
-use tpla_runtime::model::{convert as convert_model, run_accuracy, AccuracyOptions, ConvertOptions, MuConvention, Transform};
+use tpla_runtime::model::{
+    convert as convert_model, run_accuracy, AccuracyOptions, ConvertOptions, MuConvention,
+    Transform,
+};
 
 use super::error::CliError;
 use super::PresetArg;
@@ -157,7 +160,12 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
     };
     let manifest = convert_model(&opts)?;
     let json = serde_json::to_string(&manifest).unwrap_or_default();
-    println!("wrote {} rank files and manifest.json to {} ({} bytes of manifest)", a.devices, a.out.display(), json.len());
+    println!(
+        "wrote {} rank files and manifest.json to {} ({} bytes of manifest)",
+        a.devices,
+        a.out.display(),
+        json.len()
+    );
     Ok(())
 }
 

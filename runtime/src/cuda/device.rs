@@ -695,6 +695,14 @@ impl Executor for CudaExecutor {
         self.info.sm_count as usize
     }
 
+    fn device_identity(&self) -> String {
+        let i = &self.info;
+        format!(
+            "cuda {} sm_{}{} {} SMs driver {}",
+            i.name, i.compute_capability.0, i.compute_capability.1, i.sm_count, i.driver_version
+        )
+    }
+
     type Tensor<T: Element> = CudaTensor<T>;
     type Paged<T: Element> = CudaPagedCache<T>;
 

@@ -1,0 +1,145 @@
+//! `tpla tune`: time every tune candidate of the decode kernel on this device for a decode shape
+//! (MLA width and the TPLA shard width) and store the fastest in the tune database, which
+//! `tpla decode` then uses.
+
+use std::time::Instant;
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use tpla::decoder::auto_splits;
+use tpla_codegen::KernelDef;
+use tpla_kernels::latent_decode;
+use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
+use tpla_runtime::half::bf16;
+use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
+use tpla_runtime::{Executor, HostPagedCache, HostTensor};
+
+use super::backend::{dispatch, ExecJob};
+use super::bench::today;
+use super::error::CliError;
+use super::{BackendArg, PresetArg};
+
+/// Options of `tpla tune`.
+#[derive(Args, Debug, Clone)]
+pub struct TuneArgs {
+    /// Model preset (heads, scale).
+    #[arg(long, value_enum, default_value = "deepseek-v3")]
+    pub preset: PresetArg,
+    /// Sequences.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// TPLA latent groups (the shard width 512/g is tuned too).
+    #[arg(long, short, default_value_t = 2)]
+    pub g: usize,
+    /// Timed runs per candidate (median kept).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Executor.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendArg,
+    /// CPU threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// Runs `tpla tune`.
+pub fn tune(a: TuneArgs) -> Result<(), CliError> {
+    if a.batch == 0 || a.context == 0 || a.reps == 0 {
+        return Err(CliError::Usage(
+            "--batch, --context and --reps must be at least 1".into(),
+        ));
+    }
+    shard_width(512, a.g)?;
+    let (backend, threads) = (a.backend, a.threads);
+    dispatch(backend, threads, TuneJob(a))
+}
+
+struct TuneJob(TuneArgs);
+
+impl ExecJob for TuneJob {
+    type Out = ();
+    fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
+        let a = self.0;
+        let cfg = a.preset.preset().config();
+        let (heads, rope, scale) = (cfg.heads, 64usize, cfg.scale as f32);
+        let dir = default_dir();
+        let (mut db, warning) = TuneDb::open(&dir, &exec.device_identity());
+        if let Some(w) = warning {
+            eprintln!("tpla: {w}");
+        }
+        println!(
+            "tpla tune: {} on {}, batch {}, context {}, H={heads}",
+            cfg.name,
+            exec.backend_name(),
+            a.batch,
+            a.context
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut widths = vec![512usize];
+        if a.g > 1 {
+            widths.push(512 / a.g);
+        }
+        for lat in widths {
+            let d = lat + rope;
+            let q: Vec<bf16> = (0..a.batch * heads * d)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+                .collect();
+            let q = exec.upload(
+                &HostTensor::from_vec(&[a.batch, heads, d], q)
+                    .map_err(|e| CliError::Usage(e.to_string()))?,
+            )?;
+            let mut host = HostPagedCache::<bf16>::new(a.batch, a.context, 64, d)?;
+            host.data_mut()
+                .iter_mut()
+                .for_each(|x| *x = bf16::from_f32(rng.gen_range(-1.0f32..1.0)));
+            host.set_seq_lens(&vec![a.context; a.batch])?;
+            let cache = exec.upload_paged(&host)?;
+            let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
+            let mut best: Option<(f64, tpla_codegen::Config)> = None;
+            println!(
+                "  {:<52} {:>12}",
+                format!("latent_decode, {bucket}"),
+                "median us"
+            );
+            for cand in latent_decode.tune_space(&[]) {
+                let bh = cand.get("BLOCK_H").unwrap_or(16) as usize;
+                let splits =
+                    auto_splits(a.batch, heads, bh, a.context, 2 * exec.compute_units(), 256);
+                let mut p = DecodeParams::new(a.batch, heads, lat, rope, splits, scale);
+                p.decode = cand.clone();
+                let mut out = exec.alloc::<f32>(&[a.batch, heads, lat])?;
+                let mut lse = exec.alloc::<f32>(&[a.batch, heads])?;
+                // Warm-up compiles; a candidate that cannot build here (e.g. too much shared
+                // memory) is reported and skipped.
+                if let Err(e) = decode_attention(exec, &p, &q, &cache, &mut out, &mut lse) {
+                    println!("  {:<52} skipped: {e}", cand.to_string());
+                    continue;
+                }
+                exec.synchronize()?;
+                let mut times = Vec::with_capacity(a.reps);
+                for _ in 0..a.reps {
+                    let t = Instant::now();
+                    decode_attention(exec, &p, &q, &cache, &mut out, &mut lse)?;
+                    exec.synchronize()?;
+                    times.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                times.sort_by(|x, y| x.total_cmp(y));
+                let med = times[times.len() / 2];
+                println!("  {:<52} {med:>12.1}", format!("{cand} splits={splits}"));
+                if best.as_ref().is_none_or(|(t, _)| med < *t) {
+                    best = Some((med, cand));
+                }
+            }
+            if let Some((t, c)) = best {
+                println!("  best: {c} ({t:.1} us)");
+                db.put(latent_decode.name(), &bucket, &c, t, &today());
+            }
+        }
+        db.save()?;
+        println!("wrote {}", db.path().display());
+        Ok(())
+    }
+}
