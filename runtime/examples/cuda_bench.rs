@@ -80,6 +80,9 @@ fn device_cache(
 
 /// Resident blocks per SM of a compiled variant (Hopper limits: 228 KiB shared memory with 1 KiB
 /// reserved per block, 64 Ki registers allocated per warp in units of 256, 2048 threads).
+/// Warp counts tried per config: 0 = the emitter's choice, 8 = forced.
+const WARPS: [i64; 2] = [0, 8];
+
 fn blocks_per_sm(exec: &CudaExecutor, kcache: &KernelCache, cfg: &Config) -> usize {
     let Ok(ir) = latent_decode.build(cfg) else {
         return 1;
@@ -161,13 +164,17 @@ fn run_case(
     let mut best: Option<(Config, usize, f64)> = None;
     for &bh in &bhs {
         for &bn in bns {
-            for &st in sts {
-                let cfg = Config::new()
+            for (&st, &warps) in sts.iter().flat_map(|s| WARPS.iter().map(move |w| (s, w))) {
+                let mut cfg = Config::new()
                     .with("BLOCK_H", bh)
                     .with("BLOCK_N", bn)
                     .with("STAGES", st)
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
+                if warps > 0 {
+                    // The emitter's warp-count override (not a tune parameter of the kernel).
+                    cfg.set("WARPS", warps);
+                }
                 let per_sm = blocks_per_sm(exec, &kcache, &cfg);
                 let splits =
                     splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context)

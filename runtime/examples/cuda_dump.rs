@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 use tpla_codegen::{Config, KernelDef};
 use tpla_runtime::cuda::nvrtc::{compile, default_options};
 use tpla_runtime::cuda::Target;
@@ -11,12 +11,15 @@ fn main() {
         .map(|s| s.parse().expect("integer"))
         .collect();
     let path = std::env::args().nth(5);
-    let cfg = Config::new()
+    let mut cfg = Config::new()
         .with("LAT", a[0])
         .with("ROPE", 64)
         .with("BLOCK_H", a[1])
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
+    if let Some(w) = std::env::var("WARPS").ok().and_then(|w| w.parse().ok()) {
+        cfg.set("WARPS", w);
+    }
     let k = tpla_kernels::latent_decode.build(&cfg).expect("build");
     let t = Target::sm90();
     let src = tpla_codegen::cuda::emit(&k, t).expect("emit");

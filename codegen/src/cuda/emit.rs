@@ -2558,6 +2558,22 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
             format!("unsigned af_h[{mt}][4];")
         };
         let regs = mt * ntl * 4;
+        // Fully unrolled K loop for moderate K: the swizzled shared-memory addresses of every
+        // step fold to per-thread constants instead of being recomputed each step.
+        // Only where the kernel's accumulators leave room for the hoisted addresses.
+        let max_frag = self
+            .info
+            .gemms
+            .iter()
+            .filter(|&&(m, n)| Geo::frag_ok(m, n))
+            .map(|&(m, n)| self.geo.frag_regs(m, n))
+            .max()
+            .unwrap_or(0);
+        let unroll = if kd / (16 * ks) <= 48 && max_frag <= 64 {
+            "#pragma unroll"
+        } else {
+            "#pragma unroll 2"
+        };
         let (khead, ktail) = if ks > 1 {
             (
                 format!(
@@ -2566,7 +2582,7 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
 for (int kk_ = 0; kk_ < {ks}; ++kk_)
 #pragma unroll
     for (int i_ = 0; i_ < {regs}; ++i_) kacc_[kk_][i_] = 0.0f;
-#pragma unroll 2
+{unroll}
 for (int k0_ = 0; k0_ < {kd}; k0_ += {kstep}) {{
 #pragma unroll
 for (int kk_ = 0; kk_ < {ks}; ++kk_) {{
@@ -2589,7 +2605,7 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
             )
         } else {
             (
-                format!("#pragma unroll 2\nfor (int k_ = 0; k_ < {kd}; k_ += 16) {{\n"),
+                format!("{unroll}\nfor (int k_ = 0; k_ < {kd}; k_ += 16) {{\n"),
                 "}\n".to_string(),
             )
         };
