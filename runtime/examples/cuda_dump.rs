@@ -20,7 +20,16 @@ fn main() {
     if let Some(w) = std::env::var("WARPS").ok().and_then(|w| w.parse().ok()) {
         cfg.set("WARPS", w);
     }
-    let k = tpla_kernels::latent_decode.build(&cfg).expect("build");
+    let k = if std::env::var("COMBINE").is_ok() {
+        // COMBINE=1 cuda_dump LAT BLOCK_H BLOCK_D 0: the split combine instead.
+        let c = Config::new()
+            .with("LAT", a[0])
+            .with("BLOCK_H", a[1])
+            .with("BLOCK_D", a[2]);
+        tpla_kernels::combine_splits.build(&c).expect("build")
+    } else {
+        tpla_kernels::latent_decode.build(&cfg).expect("build")
+    };
     let t = Target::sm90();
     let src = tpla_codegen::cuda::emit(&k, t).expect("emit");
     if let Some(p) = path {
@@ -31,7 +40,11 @@ fn main() {
         src.block_threads, src.shared_bytes, src.stages
     );
     match compile(&src.name, &src.code, &default_options(&t.arch_name())) {
-        Ok(c) => println!("{:?} {:.0} ms", c.report, c.compile_time.as_secs_f64() * 1e3),
+        Ok(c) => println!(
+            "{:?} {:.0} ms",
+            c.report,
+            c.compile_time.as_secs_f64() * 1e3
+        ),
         Err(e) => println!("compile: {e}"),
     }
 }
