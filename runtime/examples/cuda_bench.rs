@@ -87,8 +87,12 @@ fn blocks_per_sm(exec: &CudaExecutor, kcache: &KernelCache, cfg: &Config) -> usi
     let Ok(ir) = latent_decode.build(cfg) else {
         return 1;
     };
-    let Ok(c) = compile_kernel(&ir, exec.target(), kcache) else {
-        return 1;
+    let c = match compile_kernel(&ir, exec.target(), kcache) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("blocks_per_sm [{cfg}]: compile failed ({e}); assuming 1");
+            return 1;
+        }
     };
     let threads = c.source.block_threads.max(32) as usize;
     let smem = c.source.shared_bytes as usize + 1024;
@@ -99,7 +103,11 @@ fn blocks_per_sm(exec: &CudaExecutor, kcache: &KernelCache, cfg: &Config) -> usi
             let per_warp = (r.registers as usize * 32).div_ceil(256) * 256;
             65_536 / (per_warp.max(256) * threads.div_ceil(32))
         }
-        None => 1,
+        None => {
+            // No ptxas report: assume the __launch_bounds__(threads, 1) cap of 255 registers.
+            eprintln!("blocks_per_sm [{cfg}]: no ptxas report; assuming 255 registers");
+            65_536 / (8192 * threads.div_ceil(32))
+        }
     };
     by_smem.min(by_threads).min(by_regs).max(1)
 }
