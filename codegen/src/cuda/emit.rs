@@ -2508,7 +2508,7 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
         // dependent mma.sync per tile would be latency bound (e.g. q·Kᵀ with K = 576).
         let chains = mt * ntl;
         let mut ks = 1;
-        while chains * ks * 2 <= 4 && kd % (16 * ks * 2) == 0 && kd / (16 * ks * 2) >= 2 {
+        while chains * ks * 2 <= 4 && kd.is_multiple_of(16 * ks * 2) && kd / (16 * ks * 2) >= 2 {
             ks *= 2;
         }
         let pairs = ntl % 2 == 0;
@@ -2695,7 +2695,7 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
             let v = 16 / elem.size();
             let cpr = row / v;
             let passes = cpr.div_ceil(32);
-            let tail_guard = if cpr % 32 == 0 {
+            let tail_guard = if cpr.is_multiple_of(32) {
                 String::new()
             } else {
                 format!("if (ch_ < {cpr}) ")
