@@ -85,13 +85,24 @@ pub fn file_name(device: &str) -> String {
 }
 
 /// The shape bucket a decode call falls in: heads and latent width exactly, batch and length
-/// rounded up to powers of two.
+/// rounded to the nearest power of two (so a 32K context stays in one bucket while decoding
+/// grows it by a few tokens).
 pub fn decode_bucket(batch: usize, heads: usize, lat: usize, rope: usize, len: usize) -> String {
     format!(
         "H{heads}-lat{lat}+{rope}-B{}-L{}",
-        batch.max(1).next_power_of_two(),
-        len.max(1).next_power_of_two()
+        nearest_pow2(batch),
+        nearest_pow2(len)
     )
+}
+
+fn nearest_pow2(n: usize) -> usize {
+    let up = n.max(1).next_power_of_two();
+    let down = up / 2;
+    if down > 0 && n - down < up - n {
+        down
+    } else {
+        up
+    }
 }
 
 impl TuneDb {
