@@ -25,7 +25,9 @@ pub fn rms_norm_slice<#[tune(8, 32)] const BLOCK_T: usize>(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (tokens, w) = (100usize, 256usize);
-    let data: Vec<f32> = (0..tokens * w).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0 + 1e-3).collect();
+    let data: Vec<f32> = (0..tokens * w)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0 + 1e-3)
+        .collect();
     let x = HostTensor::from_vec(&[tokens, w], data.clone())?;
     let mut y = HostTensor::<f32>::full(&[tokens, w], f32::NAN);
     let exec = CpuExecutor::new(0)?;
@@ -42,7 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             worst = worst.max((y.data()[r * w + c] as f64 - want).abs() / want.abs().max(1e-3));
         }
     }
-    println!("rms_norm_slice on {tokens} x {w}: worst relative error vs f64 {worst:.2e} ({})", exec.backend_name());
+    println!(
+        "rms_norm_slice on {tokens} x {w}: worst relative error vs f64 {worst:.2e} ({})",
+        exec.backend_name()
+    );
     if worst > 1e-5 {
         return Err(format!("kernel disagrees with the reference: {worst:.3e}").into());
     }

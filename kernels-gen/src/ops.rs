@@ -89,16 +89,25 @@ impl DecodeParams {
 /// streams the whole cache of its split, so heads per program divide the bytes read.
 pub fn block_h_for(heads: usize) -> i64 {
     let cands = latent_decode_block_h();
-    cands.iter().copied().find(|&c| c as usize >= heads).unwrap_or_else(|| *cands.iter().max().unwrap_or(&16))
+    cands
+        .iter()
+        .copied()
+        .find(|&c| c as usize >= heads)
+        .unwrap_or_else(|| *cands.iter().max().unwrap_or(&16))
 }
 
 fn latent_decode_block_h() -> Vec<i64> {
     use tpla_codegen::KernelDef;
-    latent_decode.tune_params().iter().find(|t| t.name == "BLOCK_H").map(|t| {
-        let mut v = t.candidates.to_vec();
-        v.sort_unstable();
-        v
-    }).unwrap_or_else(|| vec![16])
+    latent_decode
+        .tune_params()
+        .iter()
+        .find(|t| t.name == "BLOCK_H")
+        .map(|t| {
+            let mut v = t.candidates.to_vec();
+            v.sort_unstable();
+            v
+        })
+        .unwrap_or_else(|| vec![16])
 }
 
 /// Latent decode attention: split-KV partials, then the log-sum-exp combine, into `out`

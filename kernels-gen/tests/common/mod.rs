@@ -46,7 +46,9 @@ impl Problem {
             }
         };
         // Queries are bf16 in the kernel: keep the rounded values so the reference sees them too.
-        let q: Vec<f32> = (0..batch * heads * d).map(|_| bf16::from_f32(nz(&mut rng)).to_f32()).collect();
+        let q: Vec<f32> = (0..batch * heads * d)
+            .map(|_| bf16::from_f32(nz(&mut rng)).to_f32())
+            .collect();
         let max_len = lens.iter().copied().max().unwrap_or(1).max(1);
         let mut cache = HostPagedCache::<bf16>::new(batch, max_len, page_size, d).unwrap();
         let mut table: Vec<i32> = cache.block_table().to_vec();
