@@ -8,7 +8,7 @@
 
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
-use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
+use tpla_kernels::ops::{choose_splits, decode_attention, shard_width, DecodeParams};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
 
@@ -29,7 +29,8 @@ pub struct DecoderShape {
     pub page_size: usize,
     /// Tokens each sequence can hold.
     pub max_tokens: usize,
-    /// KV splits per sequence.
+    /// KV splits per sequence; 0 chooses them per call from the lengths and the device's
+    /// occupancy ([`choose_splits`]).
     pub splits: usize,
     /// The model's softmax scale.
     pub scale: f32,
@@ -52,12 +53,13 @@ impl<X: Executor> LatentDecoder<X> {
     /// Empty caches for `shape`, one per latent group, on `exec`.
     pub fn new(exec: &X, shape: DecoderShape) -> Result<Self, RuntimeError> {
         let width = shard_width(shape.lat, shape.groups)?;
+        // splits = 0 (automatic) is resolved per call from the current lengths.
         let params = DecodeParams::new(
             shape.batch,
             shape.heads,
             width,
             shape.rope,
-            shape.splits,
+            shape.splits.max(1),
             shape.scale,
         );
         params.validate()?;
@@ -186,7 +188,13 @@ impl<X: Executor> LatentDecoder<X> {
         let s = &self.shape;
         let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
         let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
-        decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
+        if s.splits == 0 {
+            let mut p = self.params.clone();
+            p.splits = choose_splits(exec, &p, self.lens.iter().copied().max().unwrap_or(1))?;
+            decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
+        } else {
+            decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
+        }
         Ok((out, lse))
     }
 
@@ -242,20 +250,4 @@ pub fn shard_rows<T: Copy>(
         out.extend_from_slice(&row[lat..]);
     }
     out
-}
-
-/// KV splits so that the grid has at least `target` programs (e.g. two waves of SMs or threads),
-/// without splits shorter than `min_tokens`.
-pub fn auto_splits(
-    batch: usize,
-    heads: usize,
-    block_h: usize,
-    len: usize,
-    target: usize,
-    min_tokens: usize,
-) -> usize {
-    let programs = batch * heads.div_ceil(block_h.max(1));
-    let want = target.div_ceil(programs.max(1));
-    let cap = (len / min_tokens.max(1)).max(1);
-    want.clamp(1, cap)
 }

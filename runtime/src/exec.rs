@@ -162,6 +162,16 @@ pub trait Executor {
             .map(|n| n.get())
             .unwrap_or(1)
     }
+    /// How many programs of `kernel` at `config` run at once on one compute unit (resident
+    /// blocks per SM on a GPU, one per thread on the CPU). Used to size the grid to whole waves.
+    fn resident_programs(
+        &self,
+        kernel: &dyn KernelDef,
+        config: &Config,
+    ) -> Result<usize, RuntimeError> {
+        let _ = (kernel, config);
+        Ok(1)
+    }
     /// What the tune database keys on: the device model and everything that changes which
     /// config is fastest (for a GPU: name, compute capability, SM count, driver).
     fn device_identity(&self) -> String {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use tpla::decoder::{auto_splits, concat_shards, DecoderShape, LatentDecoder};
+use tpla::decoder::{concat_shards, DecoderShape, LatentDecoder};
 use tpla_codegen::KernelDef;
 use tpla_kernels::latent_decode;
 use tpla_runtime::half::bf16;
@@ -94,12 +94,7 @@ impl ExecJob for DecodeJob {
         let heads = cfg.heads;
         let scale = cfg.scale as f32;
         let max_tokens = a.context + a.steps;
-        let target = 2 * exec.compute_units();
-        let splits = if a.splits > 0 {
-            a.splits
-        } else {
-            auto_splits(a.batch, heads, 16, a.context, target, 256)
-        };
+        let splits = a.splits;
         let shape = |groups| DecoderShape {
             batch: a.batch,
             heads,
@@ -126,8 +121,13 @@ impl ExecJob for DecodeJob {
             }
         }
         println!(
-            "tpla decode: {} (H={heads}, latent {LAT} + rope {ROPE}, scale {scale:.4}), batch {}, context {}, g={}, page {}, splits {splits}",
-            cfg.name, a.batch, a.context, a.g, a.page_size
+            "tpla decode: {} (H={heads}, latent {LAT} + rope {ROPE}, scale {scale:.4}), batch {}, context {}, g={}, page {}, splits {}",
+            cfg.name,
+            a.batch,
+            a.context,
+            a.g,
+            a.page_size,
+            if splits == 0 { "auto (whole waves of resident programs)".to_string() } else { splits.to_string() }
         );
         println!("backend: {}", exec.backend_name());
         if tuned.is_empty() {

@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use tpla::decoder::auto_splits;
 use tpla_codegen::KernelDef;
 use tpla_kernels::latent_decode;
-use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
+use tpla_kernels::ops::{choose_splits, decode_attention, shard_width, DecodeParams};
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{Executor, HostPagedCache, HostTensor};
@@ -105,11 +104,16 @@ impl ExecJob for TuneJob {
                 "median us"
             );
             for cand in latent_decode.tune_space(&[]) {
-                let bh = cand.get("BLOCK_H").unwrap_or(16) as usize;
-                let splits =
-                    auto_splits(a.batch, heads, bh, a.context, 2 * exec.compute_units(), 256);
-                let mut p = DecodeParams::new(a.batch, heads, lat, rope, splits, scale);
+                let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
+                let splits = match choose_splits(exec, &p, a.context) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        println!("  {:<52} skipped: {e}", cand.to_string());
+                        continue;
+                    }
+                };
+                p.splits = splits;
                 let mut out = exec.alloc::<f32>(&[a.batch, heads, lat])?;
                 let mut lse = exec.alloc::<f32>(&[a.batch, heads])?;
                 // Warm-up compiles; a candidate that cannot build here (e.g. too much shared

@@ -695,6 +695,23 @@ impl Executor for CudaExecutor {
         self.info.sm_count as usize
     }
 
+    fn resident_programs(
+        &self,
+        kernel: &dyn KernelDef,
+        config: &Config,
+    ) -> Result<usize, RuntimeError> {
+        let k = self.compile(kernel, config)?;
+        let n = k
+            .func
+            .occupancy_max_active_blocks_per_multiprocessor(
+                k.compiled.source.block_threads,
+                k.compiled.source.shared_bytes as usize,
+                None,
+            )
+            .map_err(|e| driver_err("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+        Ok((n as usize).max(1))
+    }
+
     fn device_identity(&self) -> String {
         let i = &self.info;
         format!(
