@@ -148,7 +148,7 @@ pub fn shard_width(lat: usize, groups: usize) -> Result<usize, RuntimeError> {
 
 /// KV splits for a decode launch: the count whose grid wastes least of its last wave of
 /// resident programs (time ~ waves / splits, with a 1% charge per split for the combine; ties go
-/// to fewer splits), never giving a split fewer than `4 · BLOCK_N` tokens. The occupancy comes
+/// to fewer splits), never giving a split fewer than `max(4 · BLOCK_N, 512)` tokens. The occupancy comes
 /// from the executor (the driver's occupancy query on a GPU).
 pub fn choose_splits<X: Executor>(
     exec: &X,
@@ -162,7 +162,8 @@ pub fn choose_splits<X: Executor>(
     let bn = cfg.get("BLOCK_N").unwrap_or(32).max(1) as usize;
     let programs = p.batch * p.heads.div_ceil(bh);
     let slots = (exec.compute_units() * per_unit).max(1);
-    let max_s = (len / (4 * bn)).clamp(1, 64);
+    // A split shorter than 512 tokens costs more in launch and combine than it adds in parallelism.
+    let max_s = (len / (4 * bn).max(512)).clamp(1, 64);
     let cost =
         |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
     Ok((1..=max_s)
