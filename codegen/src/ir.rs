@@ -18,6 +18,13 @@
 //!   view to be assigned exactly once, so aliasing can never be observed.
 //! - [`Stmt::PagedBlocks`] walks the tokens of one sequence split, `block` rows at a time; see its
 //!   documentation for the exact token range.
+//!
+//! Allowed backend deviations (documented so that results are compared with the right
+//! tolerance): a GPU backend may feed `BF16`-labelled gemm operands to bf16 tensor cores (the
+//! values are rounded to bf16; f32 accumulation stays), may use the hardware `exp2`/`log2`
+//! approximations (about 2 ulp), and may sum reductions in tree order. The CPU backend computes in
+//! f32 throughout. Kernels that want bit-level agreement between backends label gemm operands
+//! `F32`.
 
 use std::fmt;
 
