@@ -8,7 +8,8 @@
 
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
-use tpla_kernels::ops::{choose_splits, decode_attention, shard_width, DecodeParams};
+use tpla_kernels::latent_decode;
+use tpla_kernels::ops::{decode_attention, shard_width, splits_for_occupancy, DecodeParams};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
 
@@ -30,7 +31,7 @@ pub struct DecoderShape {
     /// Tokens each sequence can hold.
     pub max_tokens: usize,
     /// KV splits per sequence; 0 chooses them per call from the lengths and the device's
-    /// occupancy ([`choose_splits`]).
+    /// occupancy (`tpla_kernels::ops::choose_splits`).
     pub splits: usize,
     /// The model's softmax scale.
     pub scale: f32,
@@ -47,6 +48,8 @@ pub struct LatentDecoder<X: Executor> {
     lens: Vec<usize>,
     params: DecodeParams,
     append: Config,
+    /// Program slots of the device for the current decode config (queried once per config).
+    slots: std::sync::OnceLock<usize>,
 }
 
 impl<X: Executor> LatentDecoder<X> {
@@ -80,6 +83,7 @@ impl<X: Executor> LatentDecoder<X> {
             shards,
             params,
             append,
+            slots: std::sync::OnceLock::new(),
         })
     }
 
@@ -98,6 +102,7 @@ impl<X: Executor> LatentDecoder<X> {
     /// Replaces the decode kernel's tune values (e.g. from the tune database).
     pub fn set_decode_config(&mut self, config: Config) {
         self.params.decode = config;
+        self.slots = std::sync::OnceLock::new();
     }
 
     /// Appends `rows` (`[batch, n, lat + rope]`, full width) to every shard: shard `i` keeps
@@ -190,7 +195,16 @@ impl<X: Executor> LatentDecoder<X> {
         let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
         if s.splits == 0 {
             let mut p = self.params.clone();
-            p.splits = choose_splits(exec, &p, self.lens.iter().copied().max().unwrap_or(1))?;
+            let slots = match self.slots.get() {
+                Some(&n) => n,
+                None => {
+                    let per_unit =
+                        exec.resident_programs(&latent_decode, &self.params.decode_config())?;
+                    *self.slots.get_or_init(|| exec.compute_units() * per_unit)
+                }
+            };
+            p.splits =
+                splits_for_occupancy(&p, self.lens.iter().copied().max().unwrap_or(1), slots);
             decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
         } else {
             decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;

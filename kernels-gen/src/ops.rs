@@ -74,7 +74,8 @@ impl DecodeParams {
         Ok(())
     }
 
-    fn decode_config(&self) -> Config {
+    /// The decode kernel's full config: tune values plus `LAT` and `ROPE`.
+    pub fn decode_config(&self) -> Config {
         self.decode
             .clone()
             .with("LAT", self.lat as i64)
@@ -156,17 +157,28 @@ pub fn choose_splits<X: Executor>(
     len: usize,
 ) -> Result<usize, RuntimeError> {
     p.validate()?;
+    let per_unit = exec.resident_programs(&latent_decode, &p.decode_config())?;
+    Ok(splits_for_occupancy(
+        p,
+        len,
+        exec.compute_units() * per_unit,
+    ))
+}
+
+/// The split rule of [`choose_splits`] for a known number of program slots (compute units ×
+/// resident programs per unit), so a caller that launches the same config every step can query
+/// the occupancy once.
+pub fn splits_for_occupancy(p: &DecodeParams, len: usize, slots: usize) -> usize {
     let cfg = p.decode_config();
-    let per_unit = exec.resident_programs(&latent_decode, &cfg)?;
     let bh = cfg.get("BLOCK_H").unwrap_or(16).max(1) as usize;
     let bn = cfg.get("BLOCK_N").unwrap_or(32).max(1) as usize;
     let programs = p.batch * p.heads.div_ceil(bh);
-    let slots = (exec.compute_units() * per_unit).max(1);
+    let slots = slots.max(1);
     // A split shorter than 512 tokens costs more in launch and combine than it adds in parallelism.
     let max_s = (len / (4 * bn).max(512)).clamp(1, 64);
     let cost =
         |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
-    Ok((1..=max_s)
+    (1..=max_s)
         .min_by(|&x, &y| cost(x).total_cmp(&cost(y)).then(x.cmp(&y)))
-        .unwrap_or(1))
+        .unwrap_or(1)
 }
