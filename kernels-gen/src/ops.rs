@@ -139,7 +139,7 @@ pub fn decode_attention<X: Executor>(
 /// Latent width of one TPLA shard: `lat / groups`, or a typed error when `groups` is zero or does
 /// not divide `lat`.
 pub fn shard_width(lat: usize, groups: usize) -> Result<usize, RuntimeError> {
-    if groups == 0 || lat % groups != 0 {
+    if groups == 0 || !lat.is_multiple_of(groups) {
         return Err(RuntimeError::InvalidInput(format!(
             "TP latent groups g = {groups} must divide the latent width {lat}"
         )));
