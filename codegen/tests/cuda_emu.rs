@@ -355,10 +355,12 @@ fn run_emu(
             ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
         }
     }
-    let code = src.code.replace(
-        "extern __shared__ __align__(128) unsigned char tpla_smem[];",
-        "unsigned char* tpla_smem = emu::B->smem.data();",
-    );
+    let code = ["128", "1024"].iter().fold(src.code.clone(), |code, align| {
+        code.replace(
+            &format!("extern __shared__ __align__({align}) unsigned char tpla_smem[];"),
+            "unsigned char* tpla_smem = emu::B->smem.data();",
+        )
+    });
     let mut main = String::from("#include \"cuda_emu.h\"\n");
     main.push_str(&code);
     main.push_str(
@@ -843,6 +845,39 @@ fn emulated_decode_full_size() {
         1,
         6,
     );
+}
+
+/// The Hopper warpgroup path: `wgmma` with K-major and N-major operands, one and two
+/// warpgroups, a partial head block, and a mixed kernel whose P·V falls back to `mma.sync` in the
+/// warpgroup geometry (P has 32 columns, not a whole 128-byte swizzle block).
+#[test]
+fn emulated_decode_warpgroup_paths() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_warpgroup_paths") else {
+        return;
+    };
+    let dp = |bn, lat| DecodeParams {
+        lat,
+        rope: 64,
+        block_h: 64,
+        block_n: bn,
+        stages: 2,
+        q_bf16: true,
+        p_bf16: true,
+    };
+    let calls = |p: DecodeParams, t: Target| {
+        let src = tpla_codegen::cuda::emit(&latent_decode(p).unwrap(), t).unwrap();
+        src.code
+            .lines()
+            .filter(|l| l.trim_start().starts_with("tpla_wgmma_m64n"))
+            .count()
+    };
+    assert_eq!(calls(dp(64, 256), Target::sm90()), 2, "both gemms on wgmma");
+    assert_eq!(calls(dp(32, 128), Target::sm90()), 1, "q·kᵀ on wgmma, P·V on mma.sync");
+    assert_eq!(calls(dp(64, 256), Target::sm90().with_wgmma(false)), 0);
+    // One warpgroup (4 warps): P·V is m64n256, q·kᵀ m64n64.
+    decode_case(&cxx, dp(64, 256), Target::sm90(), 64, &[130, 40], 2, 11);
+    // Partial head block, q·kᵀ m64n16 per warpgroup, P·V on mma.sync.
+    decode_case(&cxx, dp(32, 128), Target::sm90(), 50, &[75], 1, 12);
 }
 
 #[test]

@@ -47,9 +47,15 @@ fn join(a: Lay, b: Lay) -> Lay {
 
 /// Warp geometry: `nw` warps per block. A fragment tile `[m, n]` is split over `wm(m)` warps
 /// along rows and `wn(m, n)` along columns; remaining warps hold replicas.
+///
+/// With `wg` (warpgroup geometry, for `wgmma`), 64-row tiles are split over 4 warps along rows:
+/// warps `4g .. 4g + 3` form warpgroup `g`, which owns a column slice of `n / wn` columns, and
+/// each warp's fragments are exactly the `wgmma` accumulator layout (warp `w % 4` holds rows
+/// `16 (w % 4) ..`, thread `lane` the mma.sync m16n8 positions).
 #[derive(Clone, Copy, Debug)]
 struct Geo {
     nw: usize,
+    wg: bool,
 }
 
 impl Geo {
@@ -60,6 +66,9 @@ impl Geo {
     /// from shared memory for `mt` m-tiles, which halves the `ldmatrix` traffic of wide gemms
     /// (P·V) against splitting M over all warps.
     fn wm(&self, m: usize) -> usize {
+        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
+            return 4;
+        }
         let mut w = gcd(m / 16, self.nw);
         while w > 1 && w * w > self.nw {
             w /= 2;
@@ -246,12 +255,35 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
     let budget = if split { 96 } else { 128 };
     // At most 8 warps: a 512-thread block may use only 128 registers per thread.
     for nw in [4usize, 8] {
-        let g = Geo { nw };
+        let g = Geo { nw, wg: false };
         if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
         }
     }
     8
+}
+
+/// Whether the kernel uses the warpgroup geometry (and with it `wgmma` where operands allow):
+/// the target allows it, the config does not say `WGMMA = 0`, every tensor-core gemm has 64 rows,
+/// the block is whole warpgroups and the accumulators fit the register budget under that geometry.
+fn use_warpgroups(k: &Kernel, info: &Info, target: &Target, nw: usize) -> bool {
+    let off = k
+        .config
+        .iter()
+        .any(|(name, v)| name == "WGMMA" && *v == 0);
+    let frag: Vec<(usize, usize)> = info
+        .gemms
+        .iter()
+        .copied()
+        .filter(|&(m, n)| Geo::frag_ok(m, n))
+        .collect();
+    let g = Geo { nw, wg: true };
+    target.wgmma
+        && !off
+        && nw.is_multiple_of(4)
+        && !frag.is_empty()
+        && frag.iter().all(|&(m, _)| m == 64)
+        && frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= 128)
 }
 
 fn pure_index(i: &Index) -> bool {
@@ -526,6 +558,11 @@ struct Buf {
     stride: usize,
     /// XOR swizzle of `chunk` elements (16 bytes) by `row & 7`; 0 when not swizzled.
     chunk: usize,
+    /// Column-blocked layout for `wgmma` operands (bf16, rows a multiple of 8, columns of 64):
+    /// element `(r, c)` lives in block `c / 64`, a `[rows][64]` tile of 128-byte rows whose
+    /// 16-byte chunks are XOR-swizzled by `r & 7`: the hardware's 128-byte swizzle when the block
+    /// starts on a 1024-byte boundary.
+    blocked: bool,
     /// Ring slots (stages) for paged loops, 1 otherwise.
     slots: usize,
     /// Whether the hazard analysis tracks it (rings manage their own barriers).
@@ -546,6 +583,12 @@ impl Buf {
         if self.rows == 1 {
             return format!("({c})");
         }
+        if self.blocked {
+            return format!(
+                "(((((unsigned)({c})) >> 6) * {blk}u) + ({r}) * 64 + ((((((unsigned)({c})) >> 3) & 7u) ^ (((unsigned)({r})) & 7u)) << 3) + (({c}) & 7))",
+                blk = self.rows * 64
+            );
+        }
         if self.chunk > 0 {
             let sh = self.chunk.trailing_zeros();
             format!(
@@ -557,9 +600,26 @@ impl Buf {
             format!("(({r}) * {} + ({c}))", self.stride)
         }
     }
+    /// Byte offset (C expression) of `(r, c)` in a blocked buffer where `r % 8 == 0`: the
+    /// unswizzled position `wgmma` descriptors start from (a column offset inside a block adds
+    /// its bytes, as the hardware applies the swizzle to the final address).
+    fn blocked_bytes(&self, r: &str, c: &str) -> String {
+        format!(
+            "((((unsigned)({c})) >> 6) * {blk}u + (unsigned)({r}) * 128u + (((unsigned)({c})) & 63u) * 2u)",
+            blk = self.rows * 128
+        )
+    }
 }
 
-fn new_buf(name: String, elem: Elem, rows: usize, cols: usize, slots: usize, tracked: bool) -> Buf {
+fn new_buf(
+    name: String,
+    elem: Elem,
+    (rows, cols): (usize, usize),
+    slots: usize,
+    tracked: bool,
+    blocked_ok: bool,
+) -> Buf {
+    let blocked = blocked_ok && elem == Elem::Bf16 && rows > 1 && rows % 8 == 0 && cols % 64 == 0;
     let chunk = 16 / elem.size();
     let (stride, chunk) = if elem != Elem::U8 && rows >= 8 && cols % (8 * chunk) == 0 {
         (cols, chunk)
@@ -574,6 +634,7 @@ fn new_buf(name: String, elem: Elem, rows: usize, cols: usize, slots: usize, tra
         rows,
         stride,
         chunk,
+        blocked,
         slots,
         tracked,
         offset: 0,
@@ -834,6 +895,8 @@ struct Lower<'a> {
     stages_used: Vec<usize>,
     /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
     paged: HashMap<TileId, (usize, String, usize)>,
+    /// `wgmma` instruction variants used: `(n, a M-major, b N-major)`.
+    wgmma_fns: BTreeSet<(usize, bool, bool)>,
 }
 
 fn nt_total(geo: &Geo) -> usize {
@@ -872,7 +935,8 @@ impl<'a> Lower<'a> {
     ) -> usize {
         let (r, c) = Self::norm(shape);
         let name = self.fresh(prefix);
-        self.bufs.push(new_buf(name, elem, r, c, slots, tracked));
+        self.bufs
+            .push(new_buf(name, elem, (r, c), slots, tracked, self.geo.wg));
         self.bufs.len() - 1
     }
 
@@ -2234,7 +2298,14 @@ impl<'a> Lower<'a> {
         }
         let ab = self.bufs[abuf].clone();
         let bb = self.bufs[bbuf].clone();
-        if mma {
+        let warpgroup = if mma && !a_lo && !b_lo {
+            self.wgmma_gemm(m, n, kd, &acc, (&ab, &aview), (&bb, &bview))
+        } else {
+            None
+        };
+        if let Some(code) = warpgroup {
+            text.push_str(&code);
+        } else if mma {
             text.push_str(&self.mma_loop(
                 m,
                 n,
@@ -2273,6 +2344,84 @@ impl<'a> Lower<'a> {
             writes: self.dst_writes(dst),
         });
         Ok(())
+    }
+
+    /// The gemm as warpgroup `wgmma` instructions, where the geometry and both operands allow:
+    /// 64 rows, bf16 operands in blocked (128-byte swizzled) shared memory, views whose K axis
+    /// is either axis, and a column slice per warpgroup of at most 256 (N-major B: a multiple
+    /// of 64). Issues `kd / 16` instructions, commits and waits, so the gemm completes in place
+    /// like the `mma.sync` loop it replaces.
+    fn wgmma_gemm(
+        &mut self,
+        m: usize,
+        n: usize,
+        kd: usize,
+        acc: &str,
+        a: (&Buf, &View),
+        b: (&Buf, &View),
+    ) -> Option<String> {
+        let (wm, wn) = (self.geo.wm(m), self.geo.wn(m, n));
+        if !self.geo.wg || m != 64 || wm != 4 || !kd.is_multiple_of(16) {
+            return None;
+        }
+        let nwg = n / wn;
+        if !nwg.is_multiple_of(8) || nwg > 256 {
+            return None;
+        }
+        let operand = |buf: &Buf, view: &View, k_axis: usize, mn0: &str| -> Option<(String, bool, usize)> {
+            if buf.elem != Elem::Bf16 || !buf.blocked || view.axes.len() != 2 {
+                return None;
+            }
+            let mn_axis = 1 - k_axis;
+            let (kp, mp) = (view.axes[k_axis]?, view.axes[mn_axis]?);
+            let [r0, c0] = view.off;
+            if kp == 1 && mp == 0 {
+                // K-major: K along the contiguous columns, 8-row core-matrix groups 1024 B apart.
+                (r0 % 8 == 0 && c0 % 16 == 0).then(|| {
+                    let at = buf.blocked_bytes(&format!("{r0} + {mn0}"), &format!("{c0} + k_"));
+                    (at, false, 16)
+                })
+            } else if kp == 0 && mp == 1 {
+                // MN-major: 64-column blocks `rows * 128` B apart (LBO), 8-row K groups 1024 B.
+                let mn_len = if k_axis == 1 { 64 } else { nwg };
+                (r0 % 8 == 0 && c0 % 64 == 0 && mn_len % 64 == 0).then(|| {
+                    let at = buf.blocked_bytes(&format!("{r0} + k_"), &format!("{c0} + {mn0}"));
+                    (at, true, buf.rows * 128)
+                })
+            } else {
+                None
+            }
+        };
+        let n0 = format!("wn{m}_{n} * {nwg}");
+        let (aat, ta, albo) = operand(a.0, a.1, 1, "0")?;
+        let (bat, tb, blbo) = operand(b.0, b.1, 0, &n0)?;
+        if albo >= 1 << 18 || blbo >= 1 << 18 {
+            return None;
+        }
+        self.wgmma_fns.insert((n / wn, ta, tb));
+        let regs = nwg / 2;
+        Some(format!(
+            "{{
+const unsigned wa_ = tpla_smem_addr({an});
+const unsigned wb_ = tpla_smem_addr({bn});
+#pragma unroll
+for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
+tpla_wgmma_fence();
+#pragma unroll
+for (int k_ = 0; k_ < {kd}; k_ += 16) {{
+    tpla_wgmma_m64n{nwg}k16_{tai}{tbi}({acc}, tpla_wgmma_desc(wa_ + {aat}, {albo}u), tpla_wgmma_desc(wb_ + {bat}, {blbo}u));
+}}
+tpla_wgmma_commit();
+tpla_wgmma_wait0();
+#pragma unroll
+for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
+}}
+",
+            an = a.0.name,
+            bn = b.0.name,
+            tai = ta as u8,
+            tbi = tb as u8,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2994,6 +3143,36 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     ))
 }
 
+/// Device function `tpla_wgmma_m64n{n}k16_{ta}{tb}(d, desc_a, desc_b)`: one warpgroup
+/// `d[64 x n] += A[64 x 16] · B[16 x n]`, bf16 operands from shared memory (descriptors), f32
+/// accumulators in the mma.sync fragment order (`d[j * 4 + e]`: row `16 (warp % 4) + lane / 4 +
+/// 8 (e >> 1)`, column `8 j + 2 (lane % 4) + (e & 1)`). `ta` / `tb`: A M-major / B N-major.
+fn wgmma_fn(n: usize, ta: bool, tb: bool) -> String {
+    let regs = n / 2;
+    let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
+    let outs: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
+    let (ta, tb) = (ta as u8, tb as u8);
+    format!(
+        "__device__ __forceinline__ void tpla_wgmma_m64n{n}k16_{ta}{tb}(float* d, unsigned long long da, unsigned long long db) {{
+#ifdef __CUDA_ARCH__
+    asm volatile(
+        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{sc}, 0;\\n\"
+        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, %{da}, %{db}, p, 1, 1, {ta}, {tb};\\n}}\\n\"
+        : {outs}
+        : \"l\"(da), \"l\"(db), \"r\"(1));
+#else
+    tpla_emu_wgmma(d, da, db, {n}, {ta}, {tb});
+#endif
+}}
+",
+        list = list.join(", "),
+        outs = outs.join(", "),
+        da = regs,
+        db = regs + 1,
+        sc = regs + 2,
+    )
+}
+
 fn max_stages(body: &[Stmt]) -> usize {
     body.iter()
         .map(|s| match s {
@@ -3007,8 +3186,10 @@ fn max_stages(body: &[Stmt]) -> usize {
 
 fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, IrError> {
     let info = analyse(k);
+    let nw = choose_warps(k, &info, &target);
     let geo = Geo {
-        nw: choose_warps(k, &info, &target),
+        nw,
+        wg: use_warpgroups(k, &info, &target, nw),
     };
     let mut lcx = LayoutCx {
         k,
@@ -3037,16 +3218,26 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
         stages_cap: cap,
         stages_used: Vec::new(),
         paged: HashMap::new(),
+        wgmma_fns: BTreeSet::new(),
     };
     lw.resolve(&lay);
     let nodes = lw.lower_block(&k.body)?;
     let nodes = insert_barriers(&nodes, &mut Hazards::default());
     let mut body = String::new();
     print_nodes(&nodes, 1, &mut body);
+    if !lw.wgmma_fns.is_empty() {
+        // wgmma reads shared memory through the async proxy: every barrier that publishes
+        // generic-proxy writes (stores, cp.async) to it carries a proxy fence.
+        body = body.replace("__syncthreads();", "tpla_fence_proxy_async(); __syncthreads();");
+    }
 
     // Shared memory layout.
     let mut off = 0usize;
     for b in lw.bufs.iter_mut() {
+        if b.blocked {
+            // The 128-byte swizzle repeats every 1024 bytes: blocks start on that boundary.
+            off = off.next_multiple_of(1024);
+        }
         b.offset = off;
         off += b.bytes();
     }
@@ -3132,6 +3323,9 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
     let name = format!("tpla_{}", sanitize(&k.name));
     let mut code = String::new();
     code.push_str(PRELUDE);
+    for &(n, ta, tb) in &lw.wgmma_fns {
+        code.push_str(&wgmma_fn(n, ta, tb));
+    }
     code.push_str(&format!(
         "\n// ---- kernel `{}` [{}]: {} threads, {} bytes of dynamic shared memory\n",
         k.name,
@@ -3151,7 +3345,10 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
             sig.join(",\n    ")
         }
     ));
-    code.push_str("    extern __shared__ __align__(128) unsigned char tpla_smem[];\n");
+    code.push_str(&format!(
+        "    extern __shared__ __align__({}) unsigned char tpla_smem[];\n",
+        if geo.wg { 1024 } else { 128 }
+    ));
     code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n    (void)lane; (void)warp;\n");
     for m in &lw.geo_m {
         code.push_str(&format!(

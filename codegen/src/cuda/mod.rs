@@ -86,6 +86,10 @@ pub struct Target {
     pub max_shared_bytes: u32,
     /// Policy for gemms with f32-labelled operands.
     pub f32_gemm: F32Gemm,
+    /// Whether 64-row bf16 gemms may use Hopper's warpgroup `wgmma.mma_async` with operands in
+    /// 128-byte-swizzled shared memory (default on sm_90a; a kernel config `WGMMA = 0` or
+    /// `TPLA_CUDA_WGMMA=0` in the runtime turns it off).
+    pub wgmma: bool,
 }
 
 impl Target {
@@ -105,6 +109,7 @@ impl Target {
             sm: (major, minor),
             max_shared_bytes,
             f32_gemm: F32Gemm::default(),
+            wgmma: (major, minor) == (9, 0),
         }
     }
 
@@ -116,6 +121,12 @@ impl Target {
     /// The same target with another f32 gemm policy.
     pub fn with_f32_gemm(mut self, f32_gemm: F32Gemm) -> Target {
         self.f32_gemm = f32_gemm;
+        self
+    }
+
+    /// The same target with warpgroup gemms allowed or not (only effective on sm_90a).
+    pub fn with_wgmma(mut self, wgmma: bool) -> Target {
+        self.wgmma = wgmma && self.sm == (9, 0);
         self
     }
 

@@ -105,7 +105,7 @@ __device__ __forceinline__ unsigned tpla_smem_addr(const void* p) {
 #ifdef __CUDA_ARCH__
     return (unsigned)__cvta_generic_to_shared(p);
 #else
-    return (unsigned)(unsigned long long)p;
+    return tpla_emu_smem_addr(p);
 #endif
 }
 
@@ -209,5 +209,43 @@ __device__ __forceinline__ void tpla_mma_bf16_16816(float* d, const unsigned* a,
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// ---- Hopper warpgroup gemm (sm_90a) [warpgroup] ---------------------------------------------
+// Shared-memory matrix descriptor of a 128-byte-swizzled operand starting at shared address
+// `addr`: `lbo` = bytes between 64-element blocks along M/N (N-major operands), 8-row core-matrix
+// groups 1024 bytes apart. The generated `tpla_wgmma_m64n*` functions take two of these.
+__device__ __forceinline__ unsigned long long tpla_wgmma_desc(unsigned addr, unsigned lbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4)
+        | ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16)
+        | ((unsigned long long)(1024u >> 4) << 32)
+        | (1ull << 62);
+}
+// Orders generic-proxy shared-memory writes before later async-proxy (wgmma) reads.
+__device__ __forceinline__ void tpla_fence_proxy_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tpla_wgmma_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tpla_wgmma_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tpla_wgmma_wait0() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous gemm.
+__device__ __forceinline__ void tpla_fence_operand(float& r) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+f"(r) :: "memory");
 #endif
 }

@@ -278,3 +278,47 @@ inline void tpla_emu_mma_bf16_16816(float* d, const unsigned* a, const unsigned*
     emu::wait(emu::B->warp_bar[w]);
     for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
+
+// Shared-memory "address" of a pointer: its offset in the block's shared memory (the GPU's
+// dynamic shared memory starts on a 1024-byte boundary, so swizzle bits agree).
+inline unsigned tpla_emu_smem_addr(const void* p) {
+    return (unsigned)((const unsigned char*)p - emu::B->smem.data());
+}
+
+// One warpgroup wgmma m64nNk16, bf16 operands from shared memory through 128-byte-swizzled
+// descriptors (PTX ISA canonical layouts: K-major ((8,m),(T,2k)):((8T,SBO),(1,T)), MN-major
+// ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 elements), f32 accumulators in fragment order.
+// Operands come from shared memory, so each thread computes its own outputs without exchange.
+inline float emu_wgmma_elem(unsigned long long desc, int mn, int k, int mn_major) {
+    const unsigned start = (unsigned)(desc & 0x3FFFull) << 4;
+    const unsigned lbo = (unsigned)((desc >> 16) & 0x3FFFull) << 4;
+    const unsigned sbo = (unsigned)((desc >> 32) & 0x3FFFull) << 4;
+    if ((desc >> 62) != 1ull || ((desc >> 49) & 7ull) != 0ull) {
+        fprintf(stderr, "emu: wgmma descriptor is not a 128-byte swizzle with base offset 0\n");
+        exit(4);
+    }
+    unsigned off;
+    if (!mn_major) off = (unsigned)(mn % 8) * 128u + (unsigned)(mn / 8) * sbo + (unsigned)k * 2u;
+    else off = (unsigned)(mn % 64) * 2u + (unsigned)(mn / 64) * lbo + (unsigned)(k % 8) * 128u + (unsigned)(k / 8) * sbo;
+    unsigned a = start + off;
+    a ^= ((a >> 7) & 7u) << 4;
+    if ((size_t)a + 2 > emu::B->smem.size()) {
+        fprintf(stderr, "emu: wgmma operand outside shared memory (byte %u)\n", a);
+        exit(4);
+    }
+    uint16_t h;
+    memcpy(&h, emu::B->smem.data() + a, 2);
+    return __uint_as_float((unsigned)h << 16);
+}
+
+inline void tpla_emu_wgmma(float* d, unsigned long long da, unsigned long long db, int n, int ta, int tb) {
+    const int t = emu::B->cur % 128, w = t / 32, l = t % 32;
+    for (int j = 0; j < n / 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const int row = 16 * w + l / 4 + 8 * (e >> 1), col = 8 * j + 2 * (l % 4) + (e & 1);
+            float s = 0.0f;
+            for (int k = 0; k < 16; ++k)
+                s += emu_wgmma_elem(da, row, k, ta) * emu_wgmma_elem(db, col, k, tb);
+            d[j * 4 + e] += s;
+        }
+}

@@ -125,6 +125,10 @@ impl DeviceInfo {
         if self.max_shared_per_block > 0 {
             t.max_shared_bytes = self.max_shared_per_block;
         }
+        // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection).
+        if std::env::var("TPLA_CUDA_WGMMA").is_ok_and(|v| v.trim() == "0") {
+            t = t.with_wgmma(false);
+        }
         t
     }
 }
