@@ -9,6 +9,7 @@
 //! cargo run --release -p tpla-runtime --example cuda_bench -- [--quick] [--out DIR]
 //! ```
 //! Prints a table and writes `DIR/cuda-decode-DATE-COMMIT.json` (default `bench/results`).
+//! `TPLA_BENCH_HEADS=64` limits the head counts; `TPLA_CUDA_WGMMA=0` keeps gemms on mma.sync.
 //! Without a GPU it prints SKIP and exits 0 (exit 1 with `TPLA_REQUIRE_GPU=1`).
 
 use std::path::PathBuf;
@@ -49,6 +50,15 @@ fn main() {
         eprintln!("cuda_bench failed: {e}");
         std::process::exit(1);
     }
+}
+
+/// Head counts to run: `TPLA_BENCH_HEADS` (comma list, e.g. `64`) or 16, 64 and 128.
+fn heads_list() -> Vec<usize> {
+    std::env::var("TPLA_BENCH_HEADS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vec![16, 64, 128])
 }
 
 /// Pseudo-random bf16 in [-1, 1) without a slow RNG (the pool can be gigabytes).
@@ -346,7 +356,7 @@ fn run(exec: &CudaExecutor, quick: bool, out: &std::path::Path) -> Result<(), Ru
     for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
         for &(batch, context) in bl {
             let cache = device_cache(exec, batch, context, lat + 64)?;
-            for heads in [16usize, 64, 128] {
+            for heads in heads_list() {
                 let shape = DecodeShape {
                     batch,
                     heads,
