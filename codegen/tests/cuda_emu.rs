@@ -847,9 +847,9 @@ fn emulated_decode_full_size() {
     );
 }
 
-/// The Hopper warpgroup path: `wgmma` with K-major and N-major operands, one and two
-/// warpgroups, a partial head block, and a mixed kernel whose P·V falls back to `mma.sync` in the
-/// warpgroup geometry (P has 32 columns, not a whole 128-byte swizzle block).
+/// The Hopper warpgroup path: q·kᵀ by wgmma from shared memory (K-major A and B), P·V by wgmma
+/// with P from registers and N-major V, with one warpgroup (latent 256) and two (latent 512, in
+/// `emulated_decode_full_size`), a partial head block and narrow token blocks.
 #[test]
 fn emulated_decode_warpgroup_paths() {
     let Some(cxx) = skip_without_cxx("emulated_decode_warpgroup_paths") else {
@@ -864,19 +864,25 @@ fn emulated_decode_warpgroup_paths() {
         q_bf16: true,
         p_bf16: true,
     };
+    // (calls with A from shared memory, calls with A from registers)
     let calls = |p: DecodeParams, t: Target| {
         let src = tpla_codegen::cuda::emit(&latent_decode(p).unwrap(), t).unwrap();
-        src.code
+        let issued: Vec<&str> = src
+            .code
             .lines()
-            .filter(|l| l.trim_start().starts_with("tpla_wgmma_m64n"))
-            .count()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("tpla_wgmma_m64n"))
+            .collect();
+        let regs = issued.iter().filter(|l| l.contains("k16_r")).count();
+        (issued.len() - regs, regs)
     };
-    assert_eq!(calls(dp(64, 256), Target::sm90()), 2, "both gemms on wgmma");
-    assert_eq!(calls(dp(32, 128), Target::sm90()), 1, "q·kᵀ on wgmma, P·V on mma.sync");
-    assert_eq!(calls(dp(64, 256), Target::sm90().with_wgmma(false)), 0);
+    assert_eq!(calls(dp(64, 256), Target::sm90()), (1, 1));
+    assert_eq!(calls(dp(32, 128), Target::sm90()), (1, 1));
+    assert_eq!(calls(dp(64, 512), Target::sm90()), (1, 1));
+    assert_eq!(calls(dp(64, 256), Target::sm90().with_wgmma(false)), (0, 0));
     // One warpgroup (4 warps): P·V is m64n256, q·kᵀ m64n64.
     decode_case(&cxx, dp(64, 256), Target::sm90(), 64, &[130, 40], 2, 11);
-    // Partial head block, q·kᵀ m64n16 per warpgroup, P·V on mma.sync.
+    // Partial head block, 32-token blocks.
     decode_case(&cxx, dp(32, 128), Target::sm90(), 50, &[75], 1, 12);
 }
 

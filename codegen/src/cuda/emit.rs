@@ -76,6 +76,17 @@ impl Geo {
         w
     }
     fn wn(&self, m: usize, n: usize) -> usize {
+        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
+            // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
+            // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
+            // row statistics stay in registers and P feeds wgmma from registers.
+            let groups = self.nw / 4;
+            return if (n / 8).is_multiple_of(groups) && n / groups >= 128 {
+                groups
+            } else {
+                1
+            };
+        }
         gcd(n / 8, self.nw / self.wm(m))
     }
     /// m-tiles of 16 rows per warp.
@@ -895,8 +906,8 @@ struct Lower<'a> {
     stages_used: Vec<usize>,
     /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
     paged: HashMap<TileId, (usize, String, usize)>,
-    /// `wgmma` instruction variants used: `(n, a M-major, b N-major)`.
-    wgmma_fns: BTreeSet<(usize, bool, bool)>,
+    /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
+    wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
 }
 
 fn nt_total(geo: &Geo) -> usize {
@@ -2257,15 +2268,69 @@ impl<'a> Lower<'a> {
             && self.target.has_tensor_cores()
             && kd % 16 == 0
             && !(labelled_f32 && self.target.f32_gemm == F32Gemm::Fma);
+        // A register fragment whose warps each hold whole rows feeds wgmma directly (no shared
+        // memory round trip, no barrier), if B qualifies too.
+        let a_regs = match &self.repr[a] {
+            Repr::Frag { m: m2, n: k2, arr }
+                if mma && !a_lo && !b_lo && *m2 == m && *k2 == kd && self.rs_geometry(m, kd) =>
+            {
+                Some(arr.clone())
+            }
+            _ => None,
+        };
+        let (bbuf, bview, rb) = self.gemm_operand(b, mma && !b_lo, out);
+        if let Some(arr) = a_regs {
+            let nwg = n / self.geo.wn(m, n);
+            let n0 = format!("wn{m}_{n} * {nwg}");
+            let bb = self.bufs[bbuf].clone();
+            if nwg.is_multiple_of(8)
+                && nwg <= 256
+                && self.wgmma_operand(&bb, &bview, 0, &n0, nwg).is_some()
+            {
+                return self.lower_gemm_frag(
+                    dst,
+                    (m, n, kd),
+                    init,
+                    rb,
+                    GemmKind::WgmmaRegsA(arr, bb, bview),
+                    out,
+                );
+            }
+        }
         let (abuf, aview, mut reads) = self.gemm_operand(a, mma && !a_lo, out);
-        let (bbuf, bview, r2) = self.gemm_operand(b, mma && !b_lo, out);
-        reads.extend(r2);
+        reads.extend(rb);
         // After shadowing, terms depend on the actual storage.
         let a_lo = a_lo && self.bufs[abuf].elem != Elem::Bf16;
         let b_lo = b_lo && self.bufs[bbuf].elem != Elem::Bf16;
         if !frag {
             return self.gemm_flat(dst, (abuf, aview), (bbuf, bview), kd, init, reads, out);
         }
+        let ab = self.bufs[abuf].clone();
+        let bb = self.bufs[bbuf].clone();
+        let kind = if mma {
+            GemmKind::Tensor {
+                a: (ab, aview, a_lo),
+                b: (bb, bview, b_lo),
+            }
+        } else {
+            GemmKind::Fma {
+                a: (ab, aview),
+                b: (bb, bview),
+            }
+        };
+        self.lower_gemm_frag(dst, (m, n, kd), init, reads, kind, out)
+    }
+
+    /// A fragment-layout gemm `dst = init + A·B` (`init` absent: zero) in one code node.
+    fn lower_gemm_frag(
+        &mut self,
+        dst: TileId,
+        (m, n, kd): (usize, usize, usize),
+        init: Option<TileId>,
+        mut reads: Vec<usize>,
+        kind: GemmKind,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
         self.geo_m.insert(m);
         self.geo_mn.insert((m, n));
         let (mt, ntl) = (self.geo.mt(m), self.geo.ntl(m, n));
@@ -2296,37 +2361,45 @@ impl<'a> Lower<'a> {
                 "#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) {acc}[i_] = 0.0f;\n"
             )),
         }
-        let ab = self.bufs[abuf].clone();
-        let bb = self.bufs[bbuf].clone();
-        let warpgroup = if mma && !a_lo && !b_lo {
-            self.wgmma_gemm(m, n, kd, &acc, (&ab, &aview), (&bb, &bview))
-        } else {
-            None
-        };
-        if let Some(code) = warpgroup {
-            text.push_str(&code);
-        } else if mma {
-            text.push_str(&self.mma_loop(
+        match kind {
+            GemmKind::WgmmaRegsA(arr, bb, bview) => {
+                let code = self
+                    .wgmma_gemm(m, n, kd, &acc, WgmmaA::Regs(&arr), (&bb, &bview))
+                    .expect("operands checked by the caller");
+                text.push_str(&code);
+            }
+            GemmKind::Tensor { a, b } => {
+                let (ab, aview, a_lo) = a;
+                let (bb, bview, b_lo) = b;
+                let warpgroup = if !a_lo && !b_lo {
+                    self.wgmma_gemm(m, n, kd, &acc, WgmmaA::Smem(&ab, &aview), (&bb, &bview))
+                } else {
+                    None
+                };
+                match warpgroup {
+                    Some(code) => text.push_str(&code),
+                    None => text.push_str(&self.mma_loop(
+                        m,
+                        n,
+                        kd,
+                        mt,
+                        ntl,
+                        &acc,
+                        (&ab, &aview, a_lo),
+                        (&bb, &bview, b_lo),
+                    )),
+                }
+            }
+            GemmKind::Fma { a, b } => text.push_str(&self.fma_frag_loop(
                 m,
                 n,
                 kd,
                 mt,
                 ntl,
                 &acc,
-                (&ab, &aview, a_lo),
-                (&bb, &bview, b_lo),
-            ));
-        } else {
-            text.push_str(&self.fma_frag_loop(
-                m,
-                n,
-                kd,
-                mt,
-                ntl,
-                &acc,
-                (&ab, &aview),
-                (&bb, &bview),
-            ));
+                (&a.0, &a.1),
+                (&b.0, &b.1),
+            )),
         }
         if local {
             // The destination is a shared tile: one writer per element.
@@ -2346,18 +2419,67 @@ impl<'a> Lower<'a> {
         Ok(())
     }
 
+    /// Whether a `[m, kd]` register fragment can be wgmma's A operand: the warpgroup geometry
+    /// gives each warp whole 16-row slices (`wm = 4`, one column group), the accumulator layout
+    /// that is also wgmma's register-A layout per 16 columns.
+    fn rs_geometry(&self, m: usize, kd: usize) -> bool {
+        self.geo.wg
+            && m == 64
+            && self.geo.wm(m) == 4
+            && self.geo.wn(m, kd) == 1
+            && kd.is_multiple_of(16)
+    }
+
+    /// Where a wgmma shared-memory operand starts and how it is described, if it qualifies:
+    /// bf16 in a blocked buffer, a 2-d view whose K axis (`k_axis` of the logical operand) is
+    /// either physical axis, aligned to whole core matrices. Returns the byte offset (a C
+    /// expression in `k_`), whether it is MN-major and the descriptor's leading byte offset.
+    /// `mn0` is the operand's first M/N index for this warpgroup, `mn_len` its M/N extent.
+    fn wgmma_operand(
+        &self,
+        buf: &Buf,
+        view: &View,
+        k_axis: usize,
+        mn0: &str,
+        mn_len: usize,
+    ) -> Option<(String, bool, usize)> {
+        if buf.elem != Elem::Bf16 || !buf.blocked || view.axes.len() != 2 {
+            return None;
+        }
+        let (kp, mp) = (view.axes[k_axis]?, view.axes[1 - k_axis]?);
+        let [r0, c0] = view.off;
+        let (at, mn_major, lbo) = if kp == 1 && mp == 0 {
+            // K-major: K along the contiguous columns, 8-row core-matrix groups 1024 B apart.
+            if r0 % 8 != 0 || c0 % 16 != 0 {
+                return None;
+            }
+            let at = buf.blocked_bytes(&format!("{r0} + {mn0}"), &format!("{c0} + k_"));
+            (at, false, 16)
+        } else if kp == 0 && mp == 1 {
+            // MN-major: 64-column blocks `rows * 128` B apart (LBO), 8-row K groups 1024 B.
+            if r0 % 8 != 0 || c0 % 64 != 0 || mn_len % 64 != 0 {
+                return None;
+            }
+            let at = buf.blocked_bytes(&format!("{r0} + k_"), &format!("{c0} + {mn0}"));
+            (at, true, buf.rows * 128)
+        } else {
+            return None;
+        };
+        (lbo < 1 << 18).then_some((at, mn_major, lbo))
+    }
+
     /// The gemm as warpgroup `wgmma` instructions, where the geometry and both operands allow:
-    /// 64 rows, bf16 operands in blocked (128-byte swizzled) shared memory, views whose K axis
-    /// is either axis, and a column slice per warpgroup of at most 256 (N-major B: a multiple
-    /// of 64). Issues `kd / 16` instructions, commits and waits, so the gemm completes in place
-    /// like the `mma.sync` loop it replaces.
+    /// 64 rows, B (and A unless it is a register fragment) bf16 in blocked (128-byte swizzled)
+    /// shared memory, and a column slice per warpgroup of at most 256. Issues `kd / 16`
+    /// instructions, commits and waits, so the gemm completes in place like the `mma.sync` loop
+    /// it replaces.
     fn wgmma_gemm(
         &mut self,
         m: usize,
         n: usize,
         kd: usize,
         acc: &str,
-        a: (&Buf, &View),
+        a: WgmmaA,
         b: (&Buf, &View),
     ) -> Option<String> {
         let (wm, wn) = (self.geo.wm(m), self.geo.wn(m, n));
@@ -2368,59 +2490,65 @@ impl<'a> Lower<'a> {
         if !nwg.is_multiple_of(8) || nwg > 256 {
             return None;
         }
-        let operand = |buf: &Buf, view: &View, k_axis: usize, mn0: &str| -> Option<(String, bool, usize)> {
-            if buf.elem != Elem::Bf16 || !buf.blocked || view.axes.len() != 2 {
-                return None;
+        let n0 = format!("wn{m}_{n} * {nwg}");
+        let (bat, tb, blbo) = self.wgmma_operand(b.0, b.1, 0, &n0, nwg)?;
+        let regs = nwg / 2;
+        let tbi = tb as u8;
+        let (setup, issue) = match a {
+            WgmmaA::Smem(ab, av) => {
+                let (aat, ta, albo) = self.wgmma_operand(ab, av, 1, "0", m)?;
+                self.wgmma_fns.insert((nwg, WgmmaForm::Smem(ta), tb));
+                (
+                    format!("const unsigned wa_ = tpla_smem_addr({});\n", ab.name),
+                    format!(
+                        "    tpla_wgmma_m64n{nwg}k16_{}{tbi}({acc}, tpla_wgmma_desc(wa_ + {aat}, {albo}u), tpla_wgmma_desc(wb_ + {bat}, {blbo}u));\n",
+                        ta as u8
+                    ),
+                )
             }
-            let mn_axis = 1 - k_axis;
-            let (kp, mp) = (view.axes[k_axis]?, view.axes[mn_axis]?);
-            let [r0, c0] = view.off;
-            if kp == 1 && mp == 0 {
-                // K-major: K along the contiguous columns, 8-row core-matrix groups 1024 B apart.
-                (r0 % 8 == 0 && c0 % 16 == 0).then(|| {
-                    let at = buf.blocked_bytes(&format!("{r0} + {mn0}"), &format!("{c0} + k_"));
-                    (at, false, 16)
-                })
-            } else if kp == 0 && mp == 1 {
-                // MN-major: 64-column blocks `rows * 128` B apart (LBO), 8-row K groups 1024 B.
-                let mn_len = if k_axis == 1 { 64 } else { nwg };
-                (r0 % 8 == 0 && c0 % 64 == 0 && mn_len % 64 == 0).then(|| {
-                    let at = buf.blocked_bytes(&format!("{r0} + k_"), &format!("{c0} + {mn0}"));
-                    (at, true, buf.rows * 128)
-                })
-            } else {
-                None
+            WgmmaA::Regs(arr) => {
+                if !self.rs_geometry(m, kd) {
+                    return None;
+                }
+                self.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
+                // Accumulator layout -> A layout: columns 16k.. of rows g / g + 8 are n-tiles
+                // 2k and 2k + 1 of the fragment, packed to bf16 pairs.
+                (
+                    format!(
+                        "unsigned pa_[{np}];
+#pragma unroll
+for (int k_ = 0; k_ < {ks}; ++k_) {{
+    pa_[k_ * 4 + 0] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 0], {arr}[(2 * k_) * 4 + 1]);
+    pa_[k_ * 4 + 1] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 2], {arr}[(2 * k_) * 4 + 3]);
+    pa_[k_ * 4 + 2] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 0], {arr}[(2 * k_ + 1) * 4 + 1]);
+    pa_[k_ * 4 + 3] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 2], {arr}[(2 * k_ + 1) * 4 + 3]);
+}}
+",
+                        np = kd / 4,
+                        ks = kd / 16
+                    ),
+                    format!(
+                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], tpla_wgmma_desc(wb_ + {bat}, {blbo}u));\n"
+                    ),
+                )
             }
         };
-        let n0 = format!("wn{m}_{n} * {nwg}");
-        let (aat, ta, albo) = operand(a.0, a.1, 1, "0")?;
-        let (bat, tb, blbo) = operand(b.0, b.1, 0, &n0)?;
-        if albo >= 1 << 18 || blbo >= 1 << 18 {
-            return None;
-        }
-        self.wgmma_fns.insert((n / wn, ta, tb));
-        let regs = nwg / 2;
         Some(format!(
             "{{
-const unsigned wa_ = tpla_smem_addr({an});
-const unsigned wb_ = tpla_smem_addr({bn});
+{setup}const unsigned wb_ = tpla_smem_addr({bn});
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 tpla_wgmma_fence();
 #pragma unroll
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
-    tpla_wgmma_m64n{nwg}k16_{tai}{tbi}({acc}, tpla_wgmma_desc(wa_ + {aat}, {albo}u), tpla_wgmma_desc(wb_ + {bat}, {blbo}u));
-}}
+{issue}}}
 tpla_wgmma_commit();
 tpla_wgmma_wait0();
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
 ",
-            an = a.0.name,
             bn = b.0.name,
-            tai = ta as u8,
-            tbi = tb as u8,
         ))
     }
 
@@ -3048,6 +3176,34 @@ if ({guard}) {{
     }
 }
 
+/// How a fragment-layout gemm is computed.
+enum GemmKind {
+    /// wgmma with A from the registers of the fragment array named, B in shared memory.
+    WgmmaRegsA(String, Buf, View),
+    /// Tensor cores (wgmma where it qualifies, else mma.sync); `bool`: operand has a lo part.
+    Tensor {
+        a: (Buf, View, bool),
+        b: (Buf, View, bool),
+    },
+    /// f32 FMA.
+    Fma { a: (Buf, View), b: (Buf, View) },
+}
+
+/// wgmma's A operand.
+enum WgmmaA<'a> {
+    Smem(&'a Buf, &'a View),
+    Regs(&'a str),
+}
+
+/// The A-operand form of a wgmma instruction variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum WgmmaForm {
+    /// Shared-memory descriptor; `true`: M-major.
+    Smem(bool),
+    /// Registers (bf16 pairs in the mma.sync A-fragment order).
+    Regs,
+}
+
 struct Fusion {
     gemm: TileId,
     add_dst: TileId,
@@ -3143,33 +3299,54 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     ))
 }
 
-/// Device function `tpla_wgmma_m64n{n}k16_{ta}{tb}(d, desc_a, desc_b)`: one warpgroup
-/// `d[64 x n] += A[64 x 16] · B[16 x n]`, bf16 operands from shared memory (descriptors), f32
-/// accumulators in the mma.sync fragment order (`d[j * 4 + e]`: row `16 (warp % 4) + lane / 4 +
-/// 8 (e >> 1)`, column `8 j + 2 (lane % 4) + (e & 1)`). `ta` / `tb`: A M-major / B N-major.
-fn wgmma_fn(n: usize, ta: bool, tb: bool) -> String {
+/// Device function for one warpgroup `d[64 x n] += A[64 x 16] · B[16 x n]` (bf16 operands, f32
+/// accumulators in the mma.sync fragment order: `d[j * 4 + e]` is row `16 (warp % 4) + lane / 4 +
+/// 8 (e >> 1)`, column `8 j + 2 (lane % 4) + (e & 1)`), B from a shared-memory descriptor (`tb`:
+/// N-major). `tpla_wgmma_m64n{n}k16_{ta}{tb}(d, desc_a, desc_b)` takes A by descriptor (`ta`:
+/// M-major); `tpla_wgmma_m64n{n}k16_r{tb}(d, a, desc_b)` takes four registers of bf16 pairs in
+/// the mma.sync A-fragment order (rows `16 (warp % 4) ..`).
+fn wgmma_fn(n: usize, a: WgmmaForm, tb: bool) -> String {
     let regs = n / 2;
     let list: Vec<String> = (0..regs).map(|i| format!("%{i}")).collect();
     let outs: Vec<String> = (0..regs).map(|i| format!("\"+f\"(d[{i}])")).collect();
-    let (ta, tb) = (ta as u8, tb as u8);
+    let tb = tb as u8;
+    let (name, a_param, a_asm, a_in, trans_a, emu, next) = match a {
+        WgmmaForm::Smem(ta) => (
+            format!("tpla_wgmma_m64n{n}k16_{}{tb}", ta as u8),
+            "unsigned long long da",
+            format!("%{regs}"),
+            "\"l\"(da)".to_string(),
+            format!("{}, ", ta as u8),
+            format!("tpla_emu_wgmma(d, da, db, {n}, {}, {tb});", ta as u8),
+            regs + 1,
+        ),
+        WgmmaForm::Regs => (
+            format!("tpla_wgmma_m64n{n}k16_r{tb}"),
+            "const unsigned* a",
+            format!("{{%{}, %{}, %{}, %{}}}", regs, regs + 1, regs + 2, regs + 3),
+            "\"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3])".to_string(),
+            String::new(),
+            format!("tpla_emu_wgmma_rs(d, a, db, {n}, {tb});"),
+            regs + 4,
+        ),
+    };
     format!(
-        "__device__ __forceinline__ void tpla_wgmma_m64n{n}k16_{ta}{tb}(float* d, unsigned long long da, unsigned long long db) {{
+        "__device__ __forceinline__ void {name}(float* d, {a_param}, unsigned long long db) {{
 #ifdef __CUDA_ARCH__
     asm volatile(
         \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{sc}, 0;\\n\"
-        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, %{da}, %{db}, p, 1, 1, {ta}, {tb};\\n}}\\n\"
+        \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, {a_asm}, %{db}, p, 1, 1, {trans_a}{tb};\\n}}\\n\"
         : {outs}
-        : \"l\"(da), \"l\"(db), \"r\"(1));
+        : {a_in}, \"l\"(db), \"r\"(1));
 #else
-    tpla_emu_wgmma(d, da, db, {n}, {ta}, {tb});
+    {emu}
 #endif
 }}
 ",
         list = list.join(", "),
         outs = outs.join(", "),
-        da = regs,
-        db = regs + 1,
-        sc = regs + 2,
+        db = next,
+        sc = next + 1,
     )
 }
 
@@ -3323,8 +3500,8 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
     let name = format!("tpla_{}", sanitize(&k.name));
     let mut code = String::new();
     code.push_str(PRELUDE);
-    for &(n, ta, tb) in &lw.wgmma_fns {
-        code.push_str(&wgmma_fn(n, ta, tb));
+    for &(n, a, tb) in &lw.wgmma_fns {
+        code.push_str(&wgmma_fn(n, a, tb));
     }
     code.push_str(&format!(
         "\n// ---- kernel `{}` [{}]: {} threads, {} bytes of dynamic shared memory\n",

@@ -5,6 +5,7 @@
 // of the block (or warp) reaches is reported as a deadlock. Shared memory starts filled with NaN
 // bytes so reads of unwritten shared memory show up in the results.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -69,6 +70,7 @@ struct Block {
     int cur = 0;
     Bar block_bar;
     std::vector<Bar> warp_bar;
+    std::vector<Bar> wg_bar;  // per warpgroup of 128 threads (wgmma with register A)
     std::vector<uint64_t> xchg;     // [nt][8]
     std::vector<const void*> addr;  // [nt]
     std::vector<unsigned char> smem;
@@ -140,6 +142,8 @@ inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, s
     blk.block_bar.need = nt;
     blk.warp_bar.resize((nt + 31) / 32);
     for (auto& w : blk.warp_bar) w.need = 32;
+    blk.wg_bar.resize((nt + 127) / 128);
+    for (size_t g = 0; g < blk.wg_bar.size(); ++g) blk.wg_bar[g].need = std::min(128, nt - 128 * (int)g);
     blk.xchg.assign((size_t)nt * 8, 0);
     blk.addr.assign(nt, nullptr);
     blk.body = kernel;
@@ -321,4 +325,29 @@ inline void tpla_emu_wgmma(float* d, unsigned long long da, unsigned long long d
                 s += emu_wgmma_elem(da, row, k, ta) * emu_wgmma_elem(db, col, k, tb);
             d[j * 4 + e] += s;
         }
+}
+
+// wgmma with A from registers: each thread holds the mma.sync A fragment (bf16 pairs) of rows
+// 16 (warp % 4) .. of its warpgroup; exchanged through the block's scratch at a warpgroup
+// rendezvous.
+inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db, int n, int tb) {
+    const int t = emu::B->cur, g = t / 128, tl = t % 128, w = tl / 32, l = tl % 32;
+    uint64_t* x = &emu::B->xchg[(size_t)t * 8];
+    for (int i = 0; i < 4; ++i) x[i] = a[i];
+    emu::wait(emu::B->wg_bar[g]);
+    auto A = [&](int r, int k) {
+        const int owner = g * 128 + (r / 16) * 32 + (r % 8) * 4 + (k % 8) / 2;
+        const int reg = ((r % 16) >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return emu_bf16_half((unsigned)emu::B->xchg[(size_t)owner * 8 + reg], k % 2);
+    };
+    std::vector<float> out((size_t)n / 2);
+    for (int j = 0; j < n / 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const int row = 16 * w + l / 4 + 8 * (e >> 1), col = 8 * j + 2 * (l % 4) + (e & 1);
+            float s = 0.0f;
+            for (int k = 0; k < 16; ++k) s += A(row, k) * emu_wgmma_elem(db, col, k, tb);
+            out[(size_t)j * 4 + e] = d[j * 4 + e] + s;
+        }
+    emu::wait(emu::B->wg_bar[g]);
+    for (int i = 0; i < n / 2; ++i) d[i] = out[(size_t)i];
 }
