@@ -122,6 +122,9 @@ pub fn decode_attention<X: Executor>(
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
     p.validate()?;
+    if p.splits == 1 {
+        return decode_unsplit(exec, p, q, cache, out, lse);
+    }
     let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.heads, p.lat])?;
     let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.heads])?;
     latent_decode::launch(
@@ -134,6 +137,43 @@ pub fn decode_attention<X: Executor>(
         p.scale,
     )?;
     combine_splits::launch(exec, &p.combine_config(), &part, &part_lse, out, lse)
+}
+
+/// One split: the decode kernel's partial output is already the normalised result, so it writes
+/// `out` and `lse` directly (viewed with a leading split axis of 1) and no combine runs.
+fn decode_unsplit<X: Executor>(
+    exec: &X,
+    p: &DecodeParams,
+    q: &X::Tensor<tpla_runtime::half::bf16>,
+    cache: &X::Paged<tpla_runtime::half::bf16>,
+    out: &mut X::Tensor<f32>,
+    lse: &mut X::Tensor<f32>,
+) -> Result<(), RuntimeError> {
+    let (b, h, lat) = (p.batch, p.heads, p.lat);
+    let shape_of = |a: tpla_runtime::KernelArg<'_>| match a {
+        tpla_runtime::KernelArg::Tensor { shape, .. } => shape.to_vec(),
+        _ => Vec::new(),
+    };
+    // Exact shapes first: the reshape below must not accept a permuted layout.
+    for (what, got, want) in [
+        ("out", shape_of(X::tensor_arg(out)), vec![b, h, lat]),
+        ("lse", shape_of(X::tensor_arg(lse)), vec![b, h]),
+    ] {
+        if got != want {
+            return Err(RuntimeError::InvalidInput(format!(
+                "decode: {what} has shape {got:?}, expected {want:?}"
+            )));
+        }
+    }
+    X::reshape(out, &[1, b, h, lat])?;
+    if let Err(e) = X::reshape(lse, &[1, b, h]) {
+        X::reshape(out, &[b, h, lat])?;
+        return Err(e);
+    }
+    let r = latent_decode::launch(exec, &p.decode_config(), q, cache, out, lse, p.scale);
+    X::reshape(out, &[b, h, lat])?;
+    X::reshape(lse, &[b, h])?;
+    r
 }
 
 /// Latent width of one TPLA shard: `lat / groups`, or a typed error when `groups` is zero or does

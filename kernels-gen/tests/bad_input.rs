@@ -128,3 +128,27 @@ fn wrong_dtype_is_rejected() {
         "{e}"
     );
 }
+
+#[test]
+fn single_split_rejects_a_permuted_output_and_keeps_its_shape() {
+    // With one split the decode writes `out` directly: a tensor with the right element count
+    // but the wrong shape must still be refused, untouched and with its shape unchanged.
+    let (ex, q, cache) = setup();
+    let p = DecodeParams::new(2, 4, 64, 64, 1, 0.1);
+    for (out_shape, lse_shape) in [(vec![4, 2, 64], vec![2, 4]), (vec![2, 4, 64], vec![4, 2])] {
+        let mut out = HostTensor::<f32>::full(&out_shape, -7.0);
+        let mut lse = HostTensor::<f32>::full(&lse_shape, -7.0);
+        let e = decode_attention(&ex, &p, &q, &cache, &mut out, &mut lse).unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidInput(_)), "{e}");
+        assert_eq!(out.shape(), &out_shape[..]);
+        assert_eq!(lse.shape(), &lse_shape[..]);
+        assert!(out.data().iter().chain(lse.data()).all(|&x| x == -7.0));
+    }
+    // The right shapes decode and come back as [batch, heads, lat] / [batch, heads].
+    let mut out = HostTensor::<f32>::full(&[2, 4, 64], f32::NAN);
+    let mut lse = HostTensor::<f32>::full(&[2, 4], f32::NAN);
+    decode_attention(&ex, &p, &q, &cache, &mut out, &mut lse).unwrap();
+    assert_eq!(out.shape(), &[2, 4, 64]);
+    assert_eq!(lse.shape(), &[2, 4]);
+    assert!(out.data().iter().chain(lse.data()).all(|x| x.is_finite()));
+}

@@ -210,6 +210,11 @@ impl Executor for CpuExecutor {
         Ok(HostTensor::zeros(shape))
     }
 
+    fn reshape<T: Element>(t: &mut HostTensor<T>, shape: &[usize]) -> Result<(), RuntimeError> {
+        t.reshape(shape)
+            .map_err(|e| RuntimeError::InvalidInput(e.to_string()))
+    }
+
     fn upload<T: Element>(&self, t: &HostTensor<T>) -> Result<HostTensor<T>, RuntimeError> {
         Ok(t.clone())
     }

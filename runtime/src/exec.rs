@@ -128,6 +128,9 @@ pub trait Executor {
     /// A new tensor of `shape` on this executor, filled with `T::default()` (zero) on the CPU
     /// and left unspecified on a device.
     fn alloc<T: Element>(&self, shape: &[usize]) -> Result<Self::Tensor<T>, RuntimeError>;
+    /// Gives a tensor of this executor another shape with the same number of elements (a view
+    /// change: no data moves); on a count mismatch it is an error and nothing changes.
+    fn reshape<T: Element>(t: &mut Self::Tensor<T>, shape: &[usize]) -> Result<(), RuntimeError>;
     /// Copies a host tensor to this executor.
     fn upload<T: Element>(&self, t: &crate::HostTensor<T>)
         -> Result<Self::Tensor<T>, RuntimeError>;

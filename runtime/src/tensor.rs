@@ -62,6 +62,21 @@ pub struct ShapeError {
 }
 
 impl<T: Element> HostTensor<T> {
+    /// Gives the tensor another shape with the same number of elements (no data moves); on a
+    /// count mismatch it is an error and the tensor is unchanged.
+    pub fn reshape(&mut self, shape: &[usize]) -> Result<(), ShapeError> {
+        let expected: usize = shape.iter().product();
+        if expected != self.data.len() {
+            return Err(ShapeError {
+                shape: shape.to_vec(),
+                expected,
+                len: self.data.len(),
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+
     /// A tensor of `shape` filled with `value`.
     pub fn full(shape: &[usize], value: T) -> Self {
         HostTensor {

@@ -906,6 +906,11 @@ struct Lower<'a> {
     stages_used: Vec<usize>,
     /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
     paged: HashMap<TileId, (usize, String, usize)>,
+    /// Nesting depth of the block being lowered.
+    depth: usize,
+    /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
+    /// (the loop body's own level) to issue it while the tensor cores run.
+    deferred_prefetch: Option<(String, usize)>,
     /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
     wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
 }
@@ -1469,6 +1474,13 @@ impl<'a> Lower<'a> {
     // -------------------------------------------------------------- statements
 
     fn lower_block(&mut self, body: &[Stmt]) -> Result<Vec<Node>, IrError> {
+        self.depth += 1;
+        let r = self.lower_block_at_depth(body);
+        self.depth -= 1;
+        r
+    }
+
+    fn lower_block_at_depth(&mut self, body: &[Stmt]) -> Result<Vec<Node>, IrError> {
         let mut out = Vec::new();
         let fused = self.find_fusions(body);
         for s in body {
@@ -2533,6 +2545,11 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
                 )
             }
         };
+        // Every early return is above: the deferred copy is placed exactly once.
+        let overlap = match &self.deferred_prefetch {
+            Some((_, d)) if *d == self.depth => self.deferred_prefetch.take().unwrap().0,
+            _ => String::new(),
+        };
         Some(format!(
             "{{
 {setup}const unsigned wb_ = tpla_smem_addr({bn});
@@ -2543,7 +2560,7 @@ tpla_wgmma_fence();
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
 {issue}}}
 tpla_wgmma_commit();
-tpla_wgmma_wait0();
+{overlap}tpla_wgmma_wait0();
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
@@ -2957,7 +2974,6 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
             format!("{id}_n"),
             format!("{id}_b"),
         );
-        let inner = self.lower_block(body)?;
         let b = self.bufs[ring].clone();
         let slot = b.slot_elems();
         let nw = self.geo.nw;
@@ -3055,6 +3071,19 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
                 addr = b.addr("r_", "c_"),
             )
         };
+        // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
+        // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
+        // body when there is one (overlapping the tensor cores), else at the top of the body.
+        let prefetch = format!(
+            "{{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}\ntpla_cp_async_commit();\n",
+            ahead = st - 1
+        );
+        let saved = self.deferred_prefetch.take();
+        if st >= 2 {
+            self.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
+        }
+        let inner = self.lower_block(body)?;
+        let unplaced = std::mem::replace(&mut self.deferred_prefetch, saved);
         let mut reads = self.index_reads(batch);
         reads.extend(self.index_reads(split));
         reads.extend(self.index_reads(num_splits));
@@ -3084,26 +3113,32 @@ for (int j_ = 0; j_ < {pre}; ++j_) {{
             reads,
             writes: vec![],
         });
-        let head = format!(
-            "for (int it_ = 0; it_ < {nblk}; ++it_) {{
-    {{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}
-    tpla_cp_async_commit();
-    tpla_cp_async_wait<{wait}>();",
-            ahead = st - 1,
-            wait = st - 1,
-        );
+        let head = if st >= 2 {
+            format!(
+                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_cp_async_wait<{}>();",
+                st - 2
+            )
+        } else {
+            format!(
+                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    {prefetch}    tpla_cp_async_wait<0>();"
+            )
+        };
         let mut body_nodes = vec![
             Node::Barrier,
             Node::Code {
                 text: format!(
-                    "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n"
+                    "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n{}",
+                    unplaced.map(|(p, _)| p).unwrap_or_default()
                 ),
                 reads: vec![],
                 writes: vec![],
             },
         ];
         body_nodes.extend(inner);
-        body_nodes.push(Node::Barrier);
+        if st < 2 {
+            // One slot: the next block's copy overwrites what this iteration read.
+            body_nodes.push(Node::Barrier);
+        }
         out.push(Node::Scope {
             head,
             body: body_nodes,
@@ -3396,6 +3431,8 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
         stages_used: Vec::new(),
         paged: HashMap::new(),
         wgmma_fns: BTreeSet::new(),
+        depth: 0,
+        deferred_prefetch: None,
     };
     lw.resolve(&lay);
     let nodes = lw.lower_block(&k.body)?;

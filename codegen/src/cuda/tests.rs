@@ -34,10 +34,20 @@ fn decode_uses_tensor_cores_and_fits_hopper() {
                 &src,
             );
             let body = src.code.split("// ---- kernel").nth(1).unwrap();
+            // 64-row bf16 gemms go to Hopper's warpgroup wgmma, the rest to mma.sync.
+            let wgmma = body.contains("tpla_wgmma_m64n");
             assert!(
-                body.contains("tpla_mma_bf16_16816("),
-                "no mma for {bh}x{bn}"
+                body.contains("tpla_mma_bf16_16816(") || wgmma,
+                "no tensor-core gemm for {bh}x{bn}"
             );
+            // (f32 operands at 64 rows fall back to bf16 rounding when the hi/lo split does not
+            // fit shared memory, and then qualify too.)
+            if bh != 64 || (qb && pb) {
+                assert_eq!(wgmma, bh == 64, "wgmma use for {bh}x{bn} q{qb} p{pb}");
+            }
+            if wgmma && !(qb && pb) {
+                assert_eq!(src.f32_gemm, F32Gemm::RoundBf16);
+            }
             assert!(src.shared_bytes <= Target::sm90().max_shared_bytes);
             assert!(src.code.contains("cp.async") || src.code.contains("tpla_cp_async16"));
             assert_eq!(src.stages.len(), 1);

@@ -168,6 +168,20 @@ pub struct CudaTensor<T> {
 }
 
 impl<T: Element> CudaTensor<T> {
+    /// Gives the tensor another shape with the same number of elements (no data moves); on a
+    /// count mismatch it is an error and the tensor is unchanged.
+    pub fn reshape(&mut self, shape: &[usize]) -> Result<(), RuntimeError> {
+        let n: usize = shape.iter().product();
+        if n != self.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "cannot reshape a tensor of shape {:?} ({} elements) to {shape:?} ({n})",
+                self.shape,
+                self.len()
+            )));
+        }
+        self.shape = shape.to_vec();
+        Ok(())
+    }
     /// Its shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -758,6 +772,10 @@ impl Executor for CudaExecutor {
     ) -> Result<(), RuntimeError> {
         let k = self.compile(kernel, config)?;
         self.launch_loaded(&k, args)
+    }
+
+    fn reshape<T: Element>(t: &mut CudaTensor<T>, shape: &[usize]) -> Result<(), RuntimeError> {
+        t.reshape(shape)
     }
 
     fn alloc<T: Element>(&self, shape: &[usize]) -> Result<CudaTensor<T>, RuntimeError> {
