@@ -884,6 +884,12 @@ fn emulated_decode_warpgroup_paths() {
     decode_case(&cxx, dp(64, 256), Target::sm90(), 64, &[130, 40], 2, 11);
     // Partial head block, 32-token blocks.
     decode_case(&cxx, dp(32, 128), Target::sm90(), 50, &[75], 1, 12);
+    // Two warpgroups, 16-token blocks: 2 rows x 72 chunks per warp, a partial copy pass.
+    let p = DecodeParams {
+        stages: 3,
+        ..dp(16, 512)
+    };
+    decode_case(&cxx, p, Target::sm90(), 64, &[90], 1, 13);
 }
 
 #[test]

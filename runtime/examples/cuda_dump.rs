@@ -11,6 +11,7 @@ fn main() {
         .map(|s| s.parse().expect("integer"))
         .collect();
     let path = std::env::args().nth(5);
+    let path: Option<String> = path;
     let mut cfg = Config::new()
         .with("LAT", a[0])
         .with("ROPE", 64)
@@ -32,19 +33,25 @@ fn main() {
     };
     let t = Target::sm90();
     let src = tpla_codegen::cuda::emit(&k, t).expect("emit");
-    if let Some(p) = path {
-        std::fs::write(&p, &src.code).unwrap();
+    if let Some(p) = &path {
+        std::fs::write(p, &src.code).unwrap();
     }
     println!(
         "[{cfg}] threads {} smem {} stages {:?}",
         src.block_threads, src.shared_bytes, src.stages
     );
     match compile(&src.name, &src.code, &default_options(&t.arch_name())) {
-        Ok(c) => println!(
-            "{:?} {:.0} ms",
-            c.report,
-            c.compile_time.as_secs_f64() * 1e3
-        ),
+        Ok(c) => {
+            println!(
+                "{:?} {:.0} ms",
+                c.report,
+                c.compile_time.as_secs_f64() * 1e3
+            );
+            // Beside the source: the CUBIN (for nvdisasm / cuobjdump) when one was produced.
+            if let (Some(p), tpla_runtime::cuda::nvrtc::Image::Cubin(bytes)) = (&path, &c.image) {
+                std::fs::write(format!("{p}.cubin"), bytes).unwrap();
+            }
+        }
         Err(e) => println!("compile: {e}"),
     }
 }

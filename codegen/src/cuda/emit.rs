@@ -2444,8 +2444,7 @@ impl<'a> Lower<'a> {
 
     /// Where a wgmma shared-memory operand starts and how it is described, if it qualifies:
     /// bf16 in a blocked buffer, a 2-d view whose K axis (`k_axis` of the logical operand) is
-    /// either physical axis, aligned to whole core matrices. Returns the byte offset (a C
-    /// expression in `k_`), whether it is MN-major and the descriptor's leading byte offset.
+    /// either physical axis, aligned to whole core matrices.
     /// `mn0` is the operand's first M/N index for this warpgroup, `mn_len` its M/N extent.
     fn wgmma_operand(
         &self,
@@ -2454,30 +2453,35 @@ impl<'a> Lower<'a> {
         k_axis: usize,
         mn0: &str,
         mn_len: usize,
-    ) -> Option<(String, bool, usize)> {
+    ) -> Option<WgmmaOperand> {
         if buf.elem != Elem::Bf16 || !buf.blocked || view.axes.len() != 2 {
             return None;
         }
         let (kp, mp) = (view.axes[k_axis]?, view.axes[1 - k_axis]?);
         let [r0, c0] = view.off;
-        let (at, mn_major, lbo) = if kp == 1 && mp == 0 {
+        let (at, at0, mn_major, lbo) = if kp == 1 && mp == 0 {
             // K-major: K along the contiguous columns, 8-row core-matrix groups 1024 B apart.
             if r0 % 8 != 0 || c0 % 16 != 0 {
                 return None;
             }
-            let at = buf.blocked_bytes(&format!("{r0} + {mn0}"), &format!("{c0} + k_"));
-            (at, false, 16)
+            let at = |k: &str| buf.blocked_bytes(&format!("{r0} + {mn0}"), &format!("{c0} + {k}"));
+            (at("k_"), at("0"), false, 16)
         } else if kp == 0 && mp == 1 {
             // MN-major: 64-column blocks `rows * 128` B apart (LBO), 8-row K groups 1024 B.
             if r0 % 8 != 0 || c0 % 64 != 0 || mn_len % 64 != 0 {
                 return None;
             }
-            let at = buf.blocked_bytes(&format!("{r0} + k_"), &format!("{c0} + {mn0}"));
-            (at, true, buf.rows * 128)
+            let at = |k: &str| buf.blocked_bytes(&format!("{r0} + {k}"), &format!("{c0} + {mn0}"));
+            (at("k_"), at("0"), true, buf.rows * 128)
         } else {
             return None;
         };
-        (lbo < 1 << 18).then_some((at, mn_major, lbo))
+        (lbo < 1 << 18).then_some(WgmmaOperand {
+            at,
+            at0,
+            mn_major,
+            lbo,
+        })
     }
 
     /// The gemm as warpgroup `wgmma` instructions, where the geometry and both operands allow:
@@ -2503,18 +2507,24 @@ impl<'a> Lower<'a> {
             return None;
         }
         let n0 = format!("wn{m}_{n} * {nwg}");
-        let (bat, tb, blbo) = self.wgmma_operand(b.0, b.1, 0, &n0, nwg)?;
+        let bop = self.wgmma_operand(b.0, b.1, 0, &n0, nwg)?;
+        let tb = bop.mn_major;
         let regs = nwg / 2;
         let tbi = tb as u8;
+        let bdesc = bop.step("db_");
         let (setup, issue) = match a {
             WgmmaA::Smem(ab, av) => {
-                let (aat, ta, albo) = self.wgmma_operand(ab, av, 1, "0", m)?;
-                self.wgmma_fns.insert((nwg, WgmmaForm::Smem(ta), tb));
+                let aop = self.wgmma_operand(ab, av, 1, "0", m)?;
+                self.wgmma_fns.insert((nwg, WgmmaForm::Smem(aop.mn_major), tb));
                 (
-                    format!("const unsigned wa_ = tpla_smem_addr({});\n", ab.name),
                     format!(
-                        "    tpla_wgmma_m64n{nwg}k16_{}{tbi}({acc}, tpla_wgmma_desc(wa_ + {aat}, {albo}u), tpla_wgmma_desc(wb_ + {bat}, {blbo}u));\n",
-                        ta as u8
+                        "const unsigned long long da_ = tpla_wgmma_desc(tpla_smem_addr({}) + {}, {}u);\n",
+                        ab.name, aop.at0, aop.lbo
+                    ),
+                    format!(
+                        "    tpla_wgmma_m64n{nwg}k16_{}{tbi}({acc}, {}, {bdesc});\n",
+                        aop.mn_major as u8,
+                        aop.step("da_"),
                     ),
                 )
             }
@@ -2540,7 +2550,7 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
                         ks = kd / 16
                     ),
                     format!(
-                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], tpla_wgmma_desc(wb_ + {bat}, {blbo}u));\n"
+                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], {bdesc});\n"
                     ),
                 )
             }
@@ -2552,7 +2562,7 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
         };
         Some(format!(
             "{{
-{setup}const unsigned wb_ = tpla_smem_addr({bn});
+{setup}const unsigned long long db_ = tpla_wgmma_desc(tpla_smem_addr({bn}) + {bat0}, {blbo}u);
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 tpla_wgmma_fence();
@@ -2566,6 +2576,8 @@ for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
 ",
             bn = b.0.name,
+            bat0 = bop.at0,
+            blbo = bop.lbo,
         ))
     }
 
@@ -2987,11 +2999,22 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
             // row offsets are broadcast with a shuffle while the copies are issued.
             let v = 16 / elem.size();
             let cpr = row / v;
-            let passes = cpr.div_ceil(32);
-            let tail_guard = if cpr.is_multiple_of(32) {
+            // The warp's rows x 16-byte chunks, enumerated flat over its lanes: every lane issues
+            // the same number of copies (no divergent tail pass per row), and a chunk's row comes
+            // from the lane that looked it up.
+            let total = rows_per_warp * cpr;
+            let iters = total.div_ceil(32);
+            let mut guard = Vec::new();
+            if !total.is_multiple_of(32) {
+                guard.push(format!("f_ < {total}"));
+            }
+            if !block.is_multiple_of(nw) {
+                guard.push(format!("r_ < {block}"));
+            }
+            let guard = if guard.is_empty() {
                 String::new()
             } else {
-                format!("if (ch_ < {cpr}) ")
+                format!("if ({}) ", guard.join(" && "))
             };
             format!(
                 "{{
@@ -3008,18 +3031,14 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
         }}
     }}
 #pragma unroll
-    for (int i_ = 0; i_ < {rows_per_warp}; ++i_) {{
-        const int r_ = warp + i_ * {nw};
-        const int rw_ = tpla_shfl_idx(row_, i_);
-        if (r_ < {block}) {{
-            const bool ok_ = rw_ >= 0;
-            const {cty}* src_ = {data} + (ok_ ? (tpla_i64)rw_ * {row} : (tpla_i64)0);
-#pragma unroll
-            for (int p_ = 0; p_ < {passes}; ++p_) {{
-                const int ch_ = lane + p_ * 32;
-                {tail_guard}tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);
-            }}
-        }}
+    for (int q_ = 0; q_ < {iters}; ++q_) {{
+        const int f_ = lane + q_ * 32;
+        const int rl_ = f_ / {cpr};
+        const int ch_ = f_ - rl_ * {cpr};
+        const int r_ = warp + rl_ * {nw};
+        const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
+        const bool ok_ = rw_ >= 0;
+        {guard}tpla_cp_async16(&dst_[{addr}], {data} + (ok_ ? (tpla_i64)rw_ * {row} : (tpla_i64)0) + ch_ * {v}, ok_);
     }}
 }}
 ",
@@ -3222,6 +3241,27 @@ enum GemmKind {
     },
     /// f32 FMA.
     Fma { a: (Buf, View), b: (Buf, View) },
+}
+
+/// A wgmma shared-memory operand: its byte offset in the buffer at step `k_` and at `k_ = 0`
+/// (C expressions), whether it is M/N-major and its descriptor's leading byte offset.
+struct WgmmaOperand {
+    at: String,
+    at0: String,
+    mn_major: bool,
+    lbo: usize,
+}
+
+impl WgmmaOperand {
+    /// The descriptor at step `k_` from the one at step 0: the start address is the low field
+    /// (16-byte units, no carry out for shared-memory addresses), and the difference folds to a
+    /// constant once the K loop is unrolled.
+    fn step(&self, desc0: &str) -> String {
+        format!(
+            "({desc0} + (unsigned long long)((({}) - ({})) >> 4))",
+            self.at, self.at0
+        )
+    }
 }
 
 /// wgmma's A operand.
