@@ -355,12 +355,14 @@ fn run_emu(
             ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
         }
     }
-    let code = ["128", "1024"].iter().fold(src.code.clone(), |code, align| {
-        code.replace(
-            &format!("extern __shared__ __align__({align}) unsigned char tpla_smem[];"),
-            "unsigned char* tpla_smem = emu::B->smem.data();",
-        )
-    });
+    let code = ["128", "1024"]
+        .iter()
+        .fold(src.code.clone(), |code, align| {
+            code.replace(
+                &format!("extern __shared__ __align__({align}) unsigned char tpla_smem[];"),
+                "unsigned char* tpla_smem = emu::B->smem.data();",
+            )
+        });
     let mut main = String::from("#include \"cuda_emu.h\"\n");
     main.push_str(&code);
     main.push_str(

@@ -246,6 +246,9 @@ fn sanitizer_smoke_every_kernel() {
     let Some(g) = gpu() else { return };
     for (lat, bh, bn, st) in [
         (512usize, 16i64, 32i64, 2i64),
+        // Hopper warpgroup paths: two warpgroups (latent 512), one (256), 32-token blocks.
+        (512, 64, 64, 2),
+        (512, 64, 32, 3),
         (256, 64, 64, 2),
         (64, 32, 16, 3),
         (128, 64, 16, 1),

@@ -106,38 +106,17 @@ fn device_cache(
     exec.upload_paged(&c)
 }
 
-/// Resident blocks per SM of a compiled variant (Hopper limits: 228 KiB shared memory with 1 KiB
-/// reserved per block, 64 Ki registers allocated per warp in units of 256, 2048 threads).
 /// Warp counts tried per config: 0 = the emitter's choice, 8 = forced.
 const WARPS: [i64; 2] = [0, 8];
 
-fn blocks_per_sm(exec: &CudaExecutor, kcache: &KernelCache, cfg: &Config) -> usize {
-    let Ok(ir) = latent_decode.build(cfg) else {
-        return 1;
-    };
-    let c = match compile_kernel(&ir, exec.target(), kcache) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("blocks_per_sm [{cfg}]: compile failed ({e}); assuming 1");
-            return 1;
-        }
-    };
-    let threads = c.source.block_threads.max(32) as usize;
-    let smem = c.source.shared_bytes as usize + 1024;
-    let by_smem = 233_472 / smem;
-    let by_threads = 2048 / threads;
-    let by_regs = match &c.lookup.kernel.report {
-        Some(r) => {
-            let per_warp = (r.registers as usize * 32).div_ceil(256) * 256;
-            65_536 / (per_warp.max(256) * threads.div_ceil(32))
-        }
-        None => {
-            // No ptxas report: assume the __launch_bounds__(threads, 1) cap of 255 registers.
-            eprintln!("blocks_per_sm [{cfg}]: no ptxas report; assuming 255 registers");
-            65_536 / (8192 * threads.div_ceil(32))
-        }
-    };
-    by_smem.min(by_threads).min(by_regs).max(1)
+/// Resident blocks per SM of a variant: the driver's occupancy for the loaded function.
+fn blocks_per_sm(exec: &CudaExecutor, cfg: &Config) -> usize {
+    exec.resident_programs(&latent_decode, cfg)
+        .unwrap_or_else(|e| {
+            eprintln!("blocks_per_sm [{cfg}]: {e}; assuming 1");
+            1
+        })
+        .max(1)
 }
 
 /// KV splits: the count whose grid wastes the least of the last wave of resident blocks
@@ -187,7 +166,6 @@ fn run_case(
     let bns: &[i64] = if quick { &[64] } else { &[32, 64] };
     let sts: &[i64] = if quick { &[2] } else { &[2, 3] };
     let max_splits = 64;
-    let kcache = KernelCache::new(None);
     let mut bufs = Bufs {
         q: exec.upload(
             &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
@@ -214,7 +192,7 @@ fn run_case(
                 if !config_selected(&cfg) {
                     continue;
                 }
-                let per_sm = blocks_per_sm(exec, &kcache, &cfg);
+                let per_sm = blocks_per_sm(exec, &cfg);
                 let splits =
                     splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context)
                         .min(max_splits);

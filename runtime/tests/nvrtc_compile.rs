@@ -103,6 +103,35 @@ fn sample_cases() -> Vec<Case> {
     cases
 }
 
+/// Where NVRTC's log has no ptxas report (the toolkit NVRTC on the GPU hosts leaves it out for
+/// some programs) and a GPU is present: the loaded function's registers and local memory from
+/// the driver, as a report (local memory = stack frame + spills, so 0 means spill-free).
+fn driver_report(k: &Kernel, target: Target) -> Option<PtxasReport> {
+    use std::sync::OnceLock;
+    use tpla_runtime::cuda::CudaExecutor;
+    static GPU: OnceLock<Option<Mutex<CudaExecutor>>> = OnceLock::new();
+    let gpu = GPU
+        .get_or_init(|| CudaExecutor::new(0).ok().map(Mutex::new))
+        .as_ref()?;
+    let exec = gpu.lock().unwrap_or_else(|p| p.into_inner());
+    if exec.target().arch_name() != target.arch_name() {
+        return None;
+    }
+    let r = exec.load(k.clone()).ok()?.resources().ok()?;
+    println!(
+        "  (ptxas report from the driver: {} registers, {} B local)",
+        r.registers, r.local_bytes
+    );
+    Some(PtxasReport {
+        function: k.name.clone(),
+        registers: r.registers,
+        stack_frame_bytes: r.local_bytes,
+        spill_store_bytes: 0,
+        spill_load_bytes: 0,
+        static_shared_bytes: 0,
+    })
+}
+
 struct Outcome {
     label: String,
     result: Result<(PtxasReport, Duration, u32, u32), String>,
@@ -128,9 +157,11 @@ fn compile_all(cases: Vec<Case>, target: Target) -> Vec<Outcome> {
                     let src =
                         tpla_codegen::cuda::emit(&k, target).map_err(|e| format!("emit: {e}"))?;
                     let c = compile(&src.name, &src.code, &opts).map_err(|e| e.to_string())?;
-                    let report = c
-                        .report
-                        .ok_or_else(|| format!("no ptxas report in the log:\n{}", c.log))?;
+                    let report = match c.report {
+                        Some(r) => r,
+                        None => driver_report(&k, target)
+                            .ok_or_else(|| format!("no ptxas report in the log:\n{}", c.log))?,
+                    };
                     Ok((report, c.compile_time, src.block_threads, src.shared_bytes))
                 })();
                 results.lock().unwrap().push((

@@ -278,10 +278,7 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
 /// the target allows it, the config does not say `WGMMA = 0`, every tensor-core gemm has 64 rows,
 /// the block is whole warpgroups and the accumulators fit the register budget under that geometry.
 fn use_warpgroups(k: &Kernel, info: &Info, target: &Target, nw: usize) -> bool {
-    let off = k
-        .config
-        .iter()
-        .any(|(name, v)| name == "WGMMA" && *v == 0);
+    let off = k.config.iter().any(|(name, v)| name == "WGMMA" && *v == 0);
     let frag: Vec<(usize, usize)> = info
         .gemms
         .iter()
@@ -2515,7 +2512,8 @@ impl<'a> Lower<'a> {
         let (setup, issue) = match a {
             WgmmaA::Smem(ab, av) => {
                 let aop = self.wgmma_operand(ab, av, 1, "0", m)?;
-                self.wgmma_fns.insert((nwg, WgmmaForm::Smem(aop.mn_major), tb));
+                self.wgmma_fns
+                    .insert((nwg, WgmmaForm::Smem(aop.mn_major), tb));
                 (
                     format!(
                         "const unsigned long long da_ = tpla_wgmma_desc(tpla_smem_addr({}) + {}, {}u);\n",
@@ -3482,7 +3480,10 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
     if !lw.wgmma_fns.is_empty() {
         // wgmma reads shared memory through the async proxy: every barrier that publishes
         // generic-proxy writes (stores, cp.async) to it carries a proxy fence.
-        body = body.replace("__syncthreads();", "tpla_fence_proxy_async(); __syncthreads();");
+        body = body.replace(
+            "__syncthreads();",
+            "tpla_fence_proxy_async(); __syncthreads();",
+        );
     }
 
     // Shared memory layout.

@@ -299,6 +299,31 @@ pub struct LoadedKernel {
     _module: Arc<CudaModule>,
 }
 
+/// What the driver reports for a loaded function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionResources {
+    /// Registers per thread.
+    pub registers: u32,
+    /// Local memory per thread in bytes (stack frame plus spills; 0 for a spill-free kernel).
+    pub local_bytes: u32,
+}
+
+impl LoadedKernel {
+    /// Registers and local memory of the loaded function, from the driver.
+    pub fn resources(&self) -> Result<FunctionResources, RuntimeError> {
+        let attr = |a| {
+            self.func
+                .get_attribute(a)
+                .map_err(|e| driver_err("cuFuncGetAttribute", e))
+        };
+        Ok(FunctionResources {
+            registers: attr(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NUM_REGS)? as u32,
+            local_bytes: attr(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?
+                as u32,
+        })
+    }
+}
+
 impl std::fmt::Debug for LoadedKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedKernel")
@@ -425,6 +450,9 @@ impl CudaExecutor {
     }
 
     /// Compiles and loads a kernel given as IR (not cached in the executor).
+    ///
+    /// The loaded function's registers and local memory come from the driver
+    /// ([`LoadedKernel::resources`]), also where NVRTC's log has no ptxas report.
     pub fn load(&self, ir: Kernel) -> Result<LoadedKernel, RuntimeError> {
         if super::dump_requested("ir") {
             eprintln!("{ir}");

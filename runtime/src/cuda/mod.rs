@@ -19,7 +19,9 @@ pub mod nvrtc;
 mod sha256;
 
 pub use cache::{CacheSource, CachedKernel, KernelCache, Lookup};
-pub use device::{CudaExecutor, CudaPagedCache, CudaTensor, DeviceInfo, LoadedKernel};
+pub use device::{
+    CudaExecutor, CudaPagedCache, CudaTensor, DeviceInfo, FunctionResources, LoadedKernel,
+};
 pub use nvrtc::{Image, NvrtcError, NvrtcLib, PtxasReport};
 pub use tpla_codegen::cuda::{CudaSource, F32Gemm, Target};
 
