@@ -3,7 +3,7 @@
 # by scripts/gpu-build.sh: the GPU tests (failing, not skipping, without a GPU), NVRTC on the
 # host's toolkit, compute-sanitizer memcheck and racecheck on every kernel, and the decode
 # benchmark. Logs and the benchmark JSON go to $OUT (default /tmp/tpla-gpu-check); a summary is
-# printed at the end. Exit status: 0 when every step passed.
+# printed at the end (step logs in $OUT/logs.tgz). Exit status: 0 when every step passed.
 #   scripts/gpu-check.sh [tests|sanitize|bench|all]   (default all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ if [ ! -x "$bin/cuda_exec" ]; then
 fi
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1 NCCL_NVLS_ENABLE=0
-export TPLA_KERNEL_CACHE_DIR="$OUT/kernel-cache"
+export TPLA_KERNEL_CACHE_DIR="${TMPDIR:-/tmp}/tpla-gpu-check-kernels"
 export TPLA_GIT_COMMIT="$(cat "$bin/COMMIT" 2>/dev/null || echo unknown)"
 export RUST_BACKTRACE=1
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -64,6 +64,8 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   step cuda_bench 540 "$bin/cuda_bench" --out "$OUT/bench-results"
   grep -A40 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null || true
 fi
+# Only a few files come back from a lent GPU machine: the step logs travel as one archive.
+(cd "$OUT" && tar czf logs.tgz ./*.log && rm -f ./*.log)
 echo
 cat "$summary"
 [ -f "$OUT/bench-table.txt" ] && cat "$OUT/bench-table.txt"
