@@ -31,7 +31,6 @@ build() { # name cargo-args...
 build cuda_exec test --release -p tpla-runtime --test cuda_exec --no-run
 build nvrtc_compile test --release -p tpla-runtime --test nvrtc_compile --no-run
 build decode_cuda test --release -p tpla-kernels --test decode_cuda --no-run
-build cuda_bench build --release -p tpla-runtime --example cuda_bench
 build tpla build --release --bin tpla
 build cli_tests test --release -p tpla --test cli --no-run
 git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"

@@ -61,7 +61,7 @@ if [ "$what" = all ] || [ "$what" = sanitize ]; then
     "$bin/cuda_exec" --test-threads=1 copies_round_trip
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  step cuda_bench 540 "$bin/cuda_bench" --out "$OUT/bench-results"
+  step cuda_bench 540 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
   grep -A40 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null || true
 fi
 # Only a few files come back from a lent GPU machine: the step logs travel as one archive.

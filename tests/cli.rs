@@ -396,3 +396,108 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
         "{err}\n{out}"
     );
 }
+
+/// Whether `tpla info` reports a usable GPU (skip message printed when not; a failure instead
+/// when TPLA_REQUIRE_GPU=1).
+fn gpu_or_skip(test: &str) -> bool {
+    let o = tpla(&["info"]);
+    let info = String::from_utf8_lossy(&o.stdout);
+    if info.contains("cuda  available") {
+        return true;
+    }
+    assert!(
+        std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"),
+        "TPLA_REQUIRE_GPU=1 but: {info}"
+    );
+    eprintln!("SKIP {test}: no usable GPU");
+    false
+}
+
+/// The JSON files `tpla bench` wrote into `dir`.
+fn bench_reports(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bench_on_the_cpu_writes_a_report() {
+    let dir = tmp("bench-cpu");
+    let o = tpla(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1",
+        "--heads",
+        "4",
+        "--context",
+        "96",
+        "--lat",
+        "64",
+        "--reps",
+        "2",
+        "--threads",
+        "1",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = bench_reports(&dir);
+    assert_eq!(r.len(), 1, "one report in {}", dir.display());
+    assert!(r[0]["jit_ms"].as_f64().is_some_and(|t| t > 0.0), "{}", r[0]);
+    assert!(r[0]["read_roofline_gbps"].as_f64().is_some_and(|g| g > 0.0));
+}
+
+#[test]
+fn bench_rejects_zero_gpu_heads_or_a_missing_gpu() {
+    if gpu_or_skip("bench_rejects_zero_gpu_heads_or_a_missing_gpu") {
+        expect_error(
+            &["bench", "--backend", "cuda", "--gpu-heads", "0"],
+            "--gpu-heads",
+        );
+    } else {
+        expect_error(&["bench", "--backend", "cuda"], "cuda");
+    }
+}
+
+/// `tpla bench --backend cuda` on a GPU host, one small slice of the matrix: a JSON report with
+/// the device, a roofline, compile times and a timed case.
+#[test]
+fn bench_on_cuda_writes_a_report() {
+    if !gpu_or_skip("bench_on_cuda_writes_a_report") {
+        return;
+    }
+    let dir = tmp("bench-cuda");
+    let o = tpla(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--quick",
+        "--variant",
+        "tpla-shard",
+        "--gpu-heads",
+        "64",
+        "--config",
+        "BLOCK_H=64,STAGES=2",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = bench_reports(&dir);
+    assert_eq!(r.len(), 1);
+    let text = r[0].to_string();
+    for key in ["read_gbps", "copy_gbps", "cases", "device", "driver"] {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
+    let cases = r[0]["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 1);
+    assert!(cases[0]["fraction_of_read_roofline"]
+        .as_f64()
+        .is_some_and(|f| f > 0.0));
+}

@@ -141,14 +141,12 @@ fn check_op(k: &Kernel, op: &TileOp, assigns: &[usize], dst: TileId) -> Result<(
             check_operand(k, on_false)?;
         }
         TileOp::Load { index, .. } => check_slices(k, index)?,
-        TileOp::View(src, _) => {
-            if assigns.get(*src) != Some(&1) || assigns[dst] != 1 {
-                return Err(IrError::Invalid(format!(
-                    "view `{}` of `{}`: both must be assigned exactly once",
-                    k.tiles[dst].name,
-                    k.tiles.get(*src).map(|t| t.name.as_str()).unwrap_or("?")
-                )));
-            }
+        TileOp::View(src, _) if (assigns.get(*src) != Some(&1) || assigns[dst] != 1) => {
+            return Err(IrError::Invalid(format!(
+                "view `{}` of `{}`: both must be assigned exactly once",
+                k.tiles[dst].name,
+                k.tiles.get(*src).map(|t| t.name.as_str()).unwrap_or("?")
+            )));
         }
         _ => {}
     }

@@ -1,8 +1,10 @@
 //! `tpla bench`: speed measured, never assumed.
 //!
-//! On the CPU: the JIT-compiled `latent_decode` (+ combine) against a plain rustc -O
-//! implementation of the same math on the same thread count, next to a streaming-read roofline
-//! measured in the same process. Results are printed and stored as JSON under `bench/results/`.
+//! On a CUDA GPU (`--backend cuda`, or `auto` where one is usable): the decode matrix of
+//! [`super::bench_cuda`] against a same-process roofline. On the CPU: the JIT-compiled
+//! `latent_decode` (+ combine) against a plain rustc -O implementation of the same math on the
+//! same thread count, next to a streaming-read roofline measured in the same process. Results are
+//! printed and stored as JSON under `bench/results/`.
 
 use std::time::Instant;
 
@@ -44,6 +46,18 @@ pub struct BenchArgs {
     /// Directory for the JSON result.
     #[arg(long, default_value = "bench/results")]
     pub out_dir: String,
+    /// GPU: fewer shapes and configs (B 128 x 4K; BLOCK_N 64, 2 stages).
+    #[arg(long)]
+    pub quick: bool,
+    /// GPU: head counts of the matrix.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    pub gpu_heads: Vec<usize>,
+    /// GPU: only this variant (`mla` or `tpla-shard`).
+    #[arg(long, value_parser = ["mla", "tpla-shard"])]
+    pub variant: Option<String>,
+    /// GPU: only configs with these values, e.g. `BLOCK_H=64,BLOCK_N=32` (profiling).
+    #[arg(long)]
+    pub config: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,13 +86,31 @@ struct CpuBenchResult {
 
 /// Runs `tpla bench`.
 pub fn bench(a: BenchArgs) -> Result<(), CliError> {
-    match a.backend {
-        BackendArg::Cuda => Err(tpla_runtime::RuntimeError::BackendUnavailable {
-            backend: "cuda".into(),
-            reason: super::backend::probe_cuda().err().unwrap_or_default(),
+    let gpu = |exec: tpla_runtime::cuda::CudaExecutor| -> Result<(), CliError> {
+        if a.gpu_heads.is_empty() || a.gpu_heads.contains(&0) {
+            return Err(CliError::Usage(
+                "--gpu-heads needs positive head counts".into(),
+            ));
         }
-        .into()),
-        BackendArg::Auto | BackendArg::Cpu => cpu_bench(&a),
+        let opts = super::bench_cuda::GpuBenchOpts {
+            quick: a.quick,
+            out: a.out_dir.clone().into(),
+            variant: a.variant.clone(),
+            heads: a.gpu_heads.clone(),
+            config: a.config.clone(),
+        };
+        Ok(super::bench_cuda::run(&exec, &opts)?)
+    };
+    match a.backend {
+        BackendArg::Cuda => gpu(super::backend::open_cuda()?),
+        BackendArg::Auto => match super::backend::open_cuda() {
+            Ok(exec) => gpu(exec),
+            Err(e) => {
+                eprintln!("tpla bench: no usable CUDA GPU ({e}); benchmarking the CPU JIT");
+                cpu_bench(&a)
+            }
+        },
+        BackendArg::Cpu => cpu_bench(&a),
     }
 }
 

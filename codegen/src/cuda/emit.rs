@@ -60,7 +60,7 @@ struct Geo {
 
 impl Geo {
     fn frag_ok(m: usize, n: usize) -> bool {
-        m > 0 && n > 0 && m % 16 == 0 && n % 8 == 0
+        m > 0 && n > 0 && m.is_multiple_of(16) && n.is_multiple_of(8)
     }
     /// Warps along M. At most about `sqrt(nw)`: each warp then reuses every B fragment it loads
     /// from shared memory for `mt` m-tiles, which halves the `ldmatrix` traffic of wide gemms
@@ -967,11 +967,9 @@ impl<'a> Lower<'a> {
     fn resolve_block(&mut self, body: &[Stmt], lay: &[Lay], done: &mut [bool]) {
         for s in body {
             match s {
-                Stmt::Assign { dst, op } => {
-                    if !done[*dst] {
-                        done[*dst] = true;
-                        self.resolve_tile(*dst, op, lay);
-                    }
+                Stmt::Assign { dst, op } if !done[*dst] => {
+                    done[*dst] = true;
+                    self.resolve_tile(*dst, op, lay);
                 }
                 Stmt::For { body, .. } => self.resolve_block(body, lay, done),
                 Stmt::PagedBlocks {
@@ -988,8 +986,8 @@ impl<'a> Lower<'a> {
                     done[*valid] = true;
                     if let ParamKind::Paged { dtype, row, .. } = self.k.params[*cache].kind {
                         let elem = Elem::of_dtype(dtype);
-                        let vec_ok =
-                            self.target.has_tensor_cores() && (row * elem.size()) % 16 == 0;
+                        let vec_ok = self.target.has_tensor_cores()
+                            && (row * elem.size()).is_multiple_of(16);
                         let st = if vec_ok {
                             (*stages).clamp(1, self.stages_cap.max(1))
                         } else {
@@ -1649,11 +1647,11 @@ impl<'a> Lower<'a> {
         let mut reads = Vec::new();
         let mut acc: HashMap<TileId, Access> = HashMap::new();
         for t in operand_tiles(op) {
-            if !acc.contains_key(&t) {
+            acc.entry(t).or_insert_with(|| {
                 let (a, r) = self.access(t, &it, &res, out);
                 reads.extend(r);
-                acc.insert(t, a);
-            }
+                a
+            });
         }
         let (head, tail, ctx) = self.open(&it);
         let val = self.ew_value(dst, op, &ctx, &acc, &res);
@@ -2354,7 +2352,7 @@ impl<'a> Lower<'a> {
         }
         // Initial accumulator: zero or the fused addend.
         match init {
-            Some(x) if !(x == dst && !local) => {
+            Some(x) if x != dst || local => {
                 let it = Iter::Frag { m, n };
                 let (ax, r) = self.access(x, &it, &[m, n], out);
                 reads.extend(r);
@@ -2465,7 +2463,7 @@ impl<'a> Lower<'a> {
             (at("k_"), at("0"), false, 16)
         } else if kp == 0 && mp == 1 {
             // MN-major: 64-column blocks `rows * 128` B apart (LBO), 8-row K groups 1024 B.
-            if r0 % 8 != 0 || c0 % 64 != 0 || mn_len % 64 != 0 {
+            if r0 % 8 != 0 || c0 % 64 != 0 || !mn_len.is_multiple_of(64) {
                 return None;
             }
             let at = |k: &str| buf.blocked_bytes(&format!("{r0} + {k}"), &format!("{c0} + {mn0}"));
@@ -2689,6 +2687,7 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
     /// Code that fills `unsigned {name}h[4]` (and `{name}l[4]` when `lo`) with the A fragment of
     /// rows `m0_..m0_+16`, columns `k_..k_+16` (`b_op` false), or `{name}h[2]`/`{name}l[2]` with
     /// the B fragment of columns `n0_..n0_+8` (`b_op` true).
+    #[allow(clippy::too_many_arguments)]
     fn frag_load(
         &self,
         buf: &Buf,
@@ -2707,7 +2706,7 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
             && view.axes[0].is_some()
             && view.axes[1].is_some()
             && view.axes[0] != view.axes[1]
-            && view.off[1] % 8 == 0;
+            && view.off[1].is_multiple_of(8);
         if ldm {
             // Contiguous physical axis is cols (1). Non-trans when K is the contiguous axis.
             let k_contig = view.axes[k_axis] == Some(1);
@@ -2815,7 +2814,7 @@ for (int k_ = 0; k_ < {kd}; ++k_) {{
         while chains * ks * 2 <= 4 && kd.is_multiple_of(16 * ks * 2) && kd / (16 * ks * 2) >= 2 {
             ks *= 2;
         }
-        let pairs = ntl % 2 == 0;
+        let pairs = ntl.is_multiple_of(2);
         let step = if pairs { 2 } else { 1 };
         let aload = self.frag_load(ab, av, alo, false, "af_[mi]", "", true);
         // B: for pairs, the ldmatrix covers two n-tiles; the generic path too (4 regs).
@@ -2973,7 +2972,7 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
         };
         let row = &row;
         let elem = Elem::of_dtype(dtype);
-        let vec_ok = self.target.has_tensor_cores() && (row * elem.size()) % 16 == 0;
+        let vec_ok = self.target.has_tensor_cores() && (row * elem.size()).is_multiple_of(16);
         let (ring, id, st) = self.paged[tile].clone();
         self.stages_used.push(st);
         let cur = format!("{id}_cur");

@@ -1,17 +1,11 @@
-//! GPU benchmark of split-KV latent decode (the `tpla-kernels` DSL kernels on the CUDA backend):
-//! MLA (latent 512 + RoPE 64) and a TPLA shard (256 + 64) at H ∈ {16, 64, 128},
-//! (B, L) ∈ {(128, 4096), (64, 32768)}, page size 64, s_q = 1. For each case a small sweep of
-//! tune configs picks the fastest (decode alone, median of 20 event-timed runs after warm-up),
-//! which is then timed with the combine. A same-process roofline (streaming read, device copy),
-//! cold NVRTC compile times per variant and cache-hit times are reported beside it.
-//!
-//! ```text
-//! cargo run --release -p tpla-runtime --example cuda_bench -- [--quick] [--out DIR]
-//! ```
-//! Prints a table and writes `DIR/cuda-decode-DATE-COMMIT.json` (default `bench/results`).
-//! `TPLA_BENCH_HEADS=64`, `TPLA_BENCH_VARIANT=mla|tpla-shard` and `TPLA_BENCH_CONFIG=BLOCK_H=64,..`
-//! limit the cases and the sweep; `TPLA_CUDA_WGMMA=0` keeps gemms on mma.sync.
-//! Without a GPU it prints SKIP and exits 0 (exit 1 with `TPLA_REQUIRE_GPU=1`).
+//! `tpla bench` on a CUDA GPU: split-KV latent decode (the `tpla-kernels` DSL kernels) for MLA
+//! (latent 512 + RoPE 64) and a TPLA shard (256 + 64) at H ∈ {16, 64, 128}, (B, L) ∈
+//! {(128, 4096), (64, 32768)}, page size 64, s_q = 1. For each case a sweep of tune configs
+//! (BLOCK_H × BLOCK_N × STAGES × warps) times the decode (median of 20 event-timed runs after
+//! warm-up); the full op (decode, plus the combine when there is more than one split) then decides
+//! among the four fastest. A same-process roofline (streaming read, device copy), cold NVRTC
+//! compile times per variant and cache-hit times are reported beside it; the table is printed and
+//! `DIR/cuda-decode-DATE-COMMIT.json` written (device, driver, date, commit).
 
 use std::path::PathBuf;
 
@@ -21,62 +15,36 @@ use tpla_runtime::cuda::bench::{
     self, measure, roofline_default, BenchReport, CompileTimes, DecodeCaseResult, DecodeShape,
     Measurement,
 };
-use tpla_runtime::cuda::device::gpu_required;
 use tpla_runtime::cuda::{
     compile_kernel, nvrtc, CudaExecutor, CudaPagedCache, CudaTensor, KernelCache,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::{CpuExecutor, Executor, HostPagedCache, HostTensor, RuntimeError};
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("bench/results"));
-    let exec = match CudaExecutor::new(0) {
-        Ok(e) => e,
-        Err(e) => {
-            if gpu_required() {
-                eprintln!("cuda_bench: TPLA_REQUIRE_GPU=1 but no GPU: {e}");
-                std::process::exit(1);
-            }
-            println!("SKIP cuda_bench: no CUDA GPU ({e})");
-            return;
-        }
-    };
-    if let Err(e) = run(&exec, quick, &out) {
-        eprintln!("cuda_bench failed: {e}");
-        std::process::exit(1);
-    }
+/// What the GPU benchmark runs.
+#[derive(Clone, Debug)]
+pub struct GpuBenchOpts {
+    /// Fewer shapes and configs (B 128 x 4K only; BLOCK_N 64, 2 stages).
+    pub quick: bool,
+    /// Directory for the JSON report.
+    pub out: PathBuf,
+    /// Only this variant (`mla` or `tpla-shard`).
+    pub variant: Option<String>,
+    /// Head counts.
+    pub heads: Vec<usize>,
+    /// Only configs with these `KEY=value,..` values (profiling one variant).
+    pub config: Option<String>,
 }
 
-/// Whether `cfg` is in the sweep: `TPLA_BENCH_CONFIG=BLOCK_H=64,BLOCK_N=32` keeps the configs
-/// with those values (for profiling one variant).
-fn config_selected(cfg: &Config) -> bool {
-    let Ok(want) = std::env::var("TPLA_BENCH_CONFIG") else {
+/// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant).
+fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
+    let Some(want) = want else {
         return true;
     };
     let have = parse_config(&cfg.to_string());
-    parse_config(&want)
+    parse_config(want)
         .iter()
         .all(|(k, v)| have.get(k).ok() == Some(v))
-}
-
-/// Head counts to run: `TPLA_BENCH_HEADS` (comma list, e.g. `64`) or 16, 64 and 128.
-fn heads_list() -> Vec<usize> {
-    std::env::var("TPLA_BENCH_HEADS")
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter_map(|x| x.trim().parse().ok())
-                .collect::<Vec<_>>()
-        })
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| vec![16, 64, 128])
 }
 
 /// Pseudo-random bf16 in [-1, 1) without a slow RNG (the pool can be gigabytes).
@@ -152,9 +120,10 @@ fn run_case(
     variant: &str,
     cache: &CudaPagedCache<bf16>,
     shape: DecodeShape,
-    quick: bool,
+    opts: &GpuBenchOpts,
     read_gbps: f64,
 ) -> Result<DecodeCaseResult, RuntimeError> {
+    let quick = opts.quick;
     let d = shape.lat + shape.rope;
     let (b, h) = (shape.batch, shape.heads);
     let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
@@ -189,7 +158,7 @@ fn run_case(
                     // The emitter's warp-count override (not a tune parameter of the kernel).
                     cfg.set("WARPS", warps);
                 }
-                if !config_selected(&cfg) {
+                if !config_selected(&cfg, opts.config.as_deref()) {
                     continue;
                 }
                 let per_sm = blocks_per_sm(exec, &cfg);
@@ -349,8 +318,10 @@ fn check_small(exec: &CudaExecutor, cfg: &str, lat: usize) -> Result<f64, Runtim
     Ok((num / den.max(1e-30)).sqrt())
 }
 
-fn run(exec: &CudaExecutor, quick: bool, out: &std::path::Path) -> Result<(), RuntimeError> {
-    println!("cuda_bench on {}", exec.backend_name());
+/// Runs the GPU benchmark matrix on `exec`, prints the table and writes the JSON report.
+pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
+    let (quick, out) = (opts.quick, opts.out.as_path());
+    println!("tpla bench (cuda) on {}", exec.backend_name());
     let roof = roofline_default(exec)?;
     println!(
         "roofline: read {:.0} GB/s, copy {:.0} GB/s",
@@ -409,14 +380,14 @@ fn run(exec: &CudaExecutor, quick: bool, out: &std::path::Path) -> Result<(), Ru
     } else {
         &[(128, 4096), (64, 32768)]
     };
-    let only = std::env::var("TPLA_BENCH_VARIANT").ok();
+    let only = opts.variant.clone();
     for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
         if only.as_deref().is_some_and(|v| v != variant) {
             continue;
         }
         for &(batch, context) in bl {
             let cache = device_cache(exec, batch, context, lat + 64)?;
-            for heads in heads_list() {
+            for &heads in &opts.heads {
                 let shape = DecodeShape {
                     batch,
                     heads,
@@ -425,7 +396,7 @@ fn run(exec: &CudaExecutor, quick: bool, out: &std::path::Path) -> Result<(), Ru
                     rope: 64,
                     page_size: 64,
                 };
-                match run_case(exec, variant, &cache, shape, quick, roof.read_gbps) {
+                match run_case(exec, variant, &cache, shape, opts, roof.read_gbps) {
                     Ok(mut r) => {
                         r.check_rel_diff = check_small(exec, &r.config, lat).unwrap_or(f64::NAN);
                         println!(
