@@ -44,6 +44,9 @@ pub type ShardOutput<X> = (<X as Executor>::Tensor<f32>, <X as Executor>::Tensor
 pub struct LatentDecoder<X: Executor> {
     shape: DecoderShape,
     width: usize,
+    /// Group index of `shards[0]`: all groups from 0, or the one group a tensor-parallel rank
+    /// holds.
+    first: usize,
     shards: Vec<X::Paged<bf16>>,
     lens: Vec<usize>,
     params: DecodeParams,
@@ -55,6 +58,28 @@ pub struct LatentDecoder<X: Executor> {
 impl<X: Executor> LatentDecoder<X> {
     /// Empty caches for `shape`, one per latent group, on `exec`.
     pub fn new(exec: &X, shape: DecoderShape) -> Result<Self, RuntimeError> {
+        let groups = shape.groups;
+        Self::with_groups(exec, shape, 0..groups)
+    }
+
+    /// An empty cache for latent group `index` only (of `shape.groups`): what one device of a
+    /// tensor-parallel group holds. `append` and `attend` take full-width rows and queries and
+    /// keep this group's columns.
+    pub fn new_shard(exec: &X, shape: DecoderShape, index: usize) -> Result<Self, RuntimeError> {
+        if index >= shape.groups {
+            return Err(RuntimeError::InvalidInput(format!(
+                "shard {index} of {} groups",
+                shape.groups
+            )));
+        }
+        Self::with_groups(exec, shape, index..index + 1)
+    }
+
+    fn with_groups(
+        exec: &X,
+        shape: DecoderShape,
+        groups: std::ops::Range<usize>,
+    ) -> Result<Self, RuntimeError> {
         let width = shard_width(shape.lat, shape.groups)?;
         // splits = 0 (automatic) is resolved per call from the current lengths.
         let params = DecodeParams::new(
@@ -72,7 +97,8 @@ impl<X: Executor> LatentDecoder<X> {
             shape.page_size,
             width + shape.rope,
         )?;
-        let shards = (0..shape.groups)
+        let first = groups.start;
+        let shards = groups
             .map(|_| exec.upload_paged(&host))
             .collect::<Result<Vec<_>, _>>()?;
         let append = append_rows.default_config(&[("ROW", (width + shape.rope) as i64)]);
@@ -80,6 +106,7 @@ impl<X: Executor> LatentDecoder<X> {
             lens: vec![0; shape.batch],
             shape,
             width,
+            first,
             shards,
             params,
             append,
@@ -126,7 +153,8 @@ impl<X: Executor> LatentDecoder<X> {
                 capacity: s.max_tokens,
             });
         }
-        for (i, cache) in self.shards.iter_mut().enumerate() {
+        for (j, cache) in self.shards.iter_mut().enumerate() {
+            let i = self.first + j;
             let slice = shard_rows(rows.data(), s.batch * n, s.lat, s.rope, self.width, i);
             let part = exec.upload(
                 &HostTensor::from_vec(&[s.batch, n, self.width + s.rope], slice)
@@ -137,6 +165,11 @@ impl<X: Executor> LatentDecoder<X> {
         }
         self.lens = new_lens;
         Ok(())
+    }
+
+    /// Group indices of the shards held (all groups, or one for a tensor-parallel rank).
+    pub fn groups_held(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.shards.len()
     }
 
     /// Decode attention of one query token per sequence against every shard. `q` is
@@ -168,15 +201,14 @@ impl<X: Executor> LatentDecoder<X> {
         exec: &X,
         queries: &[X::Tensor<bf16>],
     ) -> Result<Vec<ShardOutput<X>>, RuntimeError> {
-        let s = &self.shape;
-        if queries.len() != s.groups {
+        if queries.len() != self.shards.len() {
             return Err(RuntimeError::InvalidInput(format!(
-                "{} shard queries for {} groups",
+                "{} shard queries for {} shards",
                 queries.len(),
-                s.groups
+                self.shards.len()
             )));
         }
-        let mut outs = Vec::with_capacity(s.groups);
+        let mut outs = Vec::with_capacity(self.shards.len());
         for (cache, q) in self.shards.iter().zip(queries) {
             outs.push(self.attend_shard(exec, cache, q)?);
         }
@@ -224,7 +256,7 @@ impl<X: Executor> LatentDecoder<X> {
         q: &HostTensor<bf16>,
     ) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
         let s = &self.shape;
-        (0..s.groups)
+        (self.first..self.first + self.shards.len())
             .map(|i| {
                 let data = shard_rows(q.data(), s.batch * s.heads, s.lat, s.rope, self.width, i);
                 exec.upload(

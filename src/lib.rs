@@ -11,6 +11,7 @@
 
 pub mod baseline;
 pub mod decoder;
+pub mod tp;
 
 pub use tpla_codegen as codegen;
 pub use tpla_kernels as kernels;

@@ -1,6 +1,7 @@
 //! tpla-runtime: executes DSL kernels (CPU JIT, CUDA), holds the paged latent cache, and carries
 //! the f64 reference every backend is checked against.
 
+pub mod collective;
 pub mod cpu_exec;
 pub mod cuda;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod reference;
 pub mod tensor;
 pub mod tune;
 
+pub use collective::{AllReduce, HostAllReduce};
 pub use cpu_exec::CpuExecutor;
 pub use error::RuntimeError;
 pub use exec::{Executor, KernelArg};

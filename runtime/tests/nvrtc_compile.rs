@@ -68,6 +68,7 @@ fn library_cases() -> Vec<Case> {
         );
         add(&tpla_kernels::combine_splits, &[("LAT", lat)]);
         add(&tpla_kernels::append_rows, &[("ROW", lat + ROPE as i64)]);
+        add(&tpla_kernels::head_proj, &[("LAT", lat), ("DV", 128)]);
     }
     cases
 }

@@ -34,7 +34,7 @@ use crate::tensor::{Element, HostTensor};
 use crate::RuntimeError;
 use tpla_codegen::cuda::{PagedInt, PagedPtr, ParamAbi};
 
-fn unavailable(reason: impl Into<String>) -> RuntimeError {
+pub(crate) fn unavailable(reason: impl Into<String>) -> RuntimeError {
     RuntimeError::BackendUnavailable {
         backend: "cuda".into(),
         reason: reason.into(),
@@ -60,7 +60,7 @@ pub fn driver_err(what: &str, e: DriverError) -> RuntimeError {
     }
 }
 
-fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
+pub(crate) fn catch<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
         let msg = p
             .downcast_ref::<String>()
@@ -165,6 +165,17 @@ pub struct CudaTensor<T> {
     ptr: u64,
     shape: Vec<usize>,
     _t: PhantomData<T>,
+}
+
+impl CudaTensor<f32> {
+    /// The buffer as a typed f32 view for cudarc APIs that take typed device slices (NCCL).
+    pub(crate) fn f32_view_mut(&mut self) -> Option<cudarc::driver::CudaViewMut<'_, f32>> {
+        let n = self.len();
+        // SAFETY: the buffer was allocated for `n` f32 elements (`alloc`/`upload` size it as
+        // `len * size_of::<T>()` bytes, at least 16) and holds f32 data; a `u8` -> `f32` view of
+        // that many elements stays inside it, and device allocations are 256-byte aligned.
+        unsafe { self.buf.transmute_mut::<f32>(n) }
+    }
 }
 
 impl<T: Element> CudaTensor<T> {

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod cache;
 pub mod device;
+pub mod nccl;
 pub mod nvrtc;
 mod sha256;
 

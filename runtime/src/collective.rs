@@ -1,0 +1,108 @@
+//! Collectives of a tensor-parallel group, one rank per executor.
+//!
+//! TPLA's one communication per attention layer is an all-reduce (sum) of the ranks' projected
+//! outputs. [`AllReduce`] abstracts it over the executor type: [`HostAllReduce`] for CPU ranks
+//! (a sum in host memory, so the tensor-parallel path runs and is tested where no GPU is), and
+//! `cuda::nccl::NcclGroup` for GPUs.
+
+use crate::{CpuExecutor, Executor, HostTensor, RuntimeError};
+
+/// Element-wise sum over the ranks, in place: afterwards every rank's tensor holds the sum.
+pub trait AllReduce<X: Executor> {
+    /// Ranks in the group.
+    fn ranks(&self) -> usize;
+    /// Sums `parts[r]` (a tensor of `execs[r]`) over all ranks. Every part must have the same
+    /// shape; on error nothing has been changed where that can be checked beforehand (count and
+    /// shapes), and the error says which rank or shape was wrong.
+    fn all_reduce_sum(&self, execs: &[X], parts: &mut [X::Tensor<f32>])
+        -> Result<(), RuntimeError>;
+}
+
+/// The all-reduce of CPU ranks: the sum of host tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct HostAllReduce {
+    /// Ranks in the group.
+    pub ranks: usize,
+}
+
+impl AllReduce<CpuExecutor> for HostAllReduce {
+    fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    fn all_reduce_sum(
+        &self,
+        execs: &[CpuExecutor],
+        parts: &mut [HostTensor<f32>],
+    ) -> Result<(), RuntimeError> {
+        check_group(
+            self.ranks,
+            execs.len(),
+            parts.iter().map(|p| p.shape().to_vec()),
+        )?;
+        let mut sum = vec![0.0f32; parts[0].data().len()];
+        for p in parts.iter() {
+            for (s, x) in sum.iter_mut().zip(p.data()) {
+                *s += x;
+            }
+        }
+        for p in parts.iter_mut() {
+            p.data_mut().copy_from_slice(&sum);
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a group of `ranks` got one executor and one part per rank, all parts of one shape.
+pub fn check_group(
+    ranks: usize,
+    execs: usize,
+    shapes: impl Iterator<Item = Vec<usize>>,
+) -> Result<(), RuntimeError> {
+    let shapes: Vec<Vec<usize>> = shapes.collect();
+    if ranks == 0 || execs != ranks || shapes.len() != ranks {
+        return Err(RuntimeError::InvalidInput(format!(
+            "all-reduce over {ranks} ranks got {execs} executors and {} parts",
+            shapes.len()
+        )));
+    }
+    if let Some((r, s)) = shapes.iter().enumerate().find(|(_, s)| **s != shapes[0]) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "all-reduce: rank {r} has shape {s:?}, rank 0 has {:?}",
+            shapes[0]
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_all_reduce_sums_every_rank_and_rejects_mismatches() {
+        let execs: Vec<CpuExecutor> = (0..3).map(|_| CpuExecutor::new(1).unwrap()).collect();
+        let g = HostAllReduce { ranks: 3 };
+        let mut parts: Vec<HostTensor<f32>> = (0..3)
+            .map(|r| HostTensor::from_vec(&[2, 2], vec![r as f32 + 0.5; 4]).unwrap())
+            .collect();
+        g.all_reduce_sum(&execs, &mut parts).unwrap();
+        for p in &parts {
+            assert!(p.data().iter().all(|&x| x == 0.5 + 1.5 + 2.5));
+        }
+        let mut bad = vec![
+            HostTensor::from_vec(&[4], vec![1.0; 4]).unwrap(),
+            HostTensor::from_vec(&[2, 2], vec![1.0; 4]).unwrap(),
+            HostTensor::from_vec(&[4], vec![1.0; 4]).unwrap(),
+        ];
+        assert!(matches!(
+            g.all_reduce_sum(&execs, &mut bad),
+            Err(RuntimeError::InvalidInput(_))
+        ));
+        assert!(
+            bad[0].data().iter().all(|&x| x == 1.0),
+            "unchanged on error"
+        );
+        assert!(g.all_reduce_sum(&execs[..2], &mut parts[..2]).is_err());
+    }
+}

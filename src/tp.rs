@@ -1,0 +1,283 @@
+//! Tensor-parallel latent attention: one rank per executor, one all-reduce per layer.
+//!
+//! [`TpDecoder`] is TPLA across devices: rank `r` holds latent group `r` of the paged cache
+//! (`lat / g + rope` per token) for **every** head, runs split-KV decode attention on it, projects
+//! its latent output with the matching rows of each head's `W_UV` ([`tpla_kernels::head_proj`]),
+//! and the ranks' projections are summed by one all-reduce ([`AllReduce`]: NCCL on GPUs, a host
+//! sum on CPU executors). [`HeadParallelMla`] is the baseline it replaces: MLA under tensor
+//! parallelism splits the heads, so every rank holds (and reads) the whole `lat + rope` cache.
+//!
+//! Kernel launches are asynchronous on GPU executors, so the ranks' work overlaps although one
+//! host thread issues it.
+
+use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::head_proj;
+use tpla_runtime::half::bf16;
+use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
+
+use crate::decoder::{DecoderShape, LatentDecoder};
+
+/// The `[heads, rows, dv]` block of `w` (`[heads, lat, dv]`) holding latent rows `rows` of every
+/// head: rank `r`'s share of `W_UV` under TPLA.
+pub fn w_rows(w: &HostTensor<bf16>, rows: std::ops::Range<usize>) -> HostTensor<bf16> {
+    let (h, lat, dv) = (w.shape()[0], w.shape()[1], w.shape()[2]);
+    let mut out = Vec::with_capacity(h * rows.len() * dv);
+    for head in 0..h {
+        let base = head * lat * dv;
+        out.extend_from_slice(&w.data()[base + rows.start * dv..base + rows.end * dv]);
+    }
+    HostTensor::from_vec(&[h, rows.len(), dv], out).expect("sizes agree by construction")
+}
+
+fn check_w(w: &HostTensor<bf16>, heads: usize, lat: usize) -> Result<usize, RuntimeError> {
+    match w.shape() {
+        [h, l, dv] if *h == heads && *l == lat && *dv > 0 => Ok(*dv),
+        s => Err(RuntimeError::InvalidInput(format!(
+            "W_UV must be [{heads}, {lat}, dv > 0], got {s:?}"
+        ))),
+    }
+}
+
+/// One rank: its decoder (one latent group, or a head slice for the baseline) and its `W_UV`.
+struct Rank<X: Executor> {
+    dec: LatentDecoder<X>,
+    w: X::Tensor<bf16>,
+    proj: Config,
+}
+
+impl<X: Executor> Rank<X> {
+    /// Attention then projection: `[batch, heads, dv]` on this rank's executor.
+    fn run(
+        &self,
+        exec: &X,
+        q: &X::Tensor<bf16>,
+        dv: usize,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let s = self.dec.shape();
+        let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
+        let (o, _lse) = outs.pop().expect("one shard per rank");
+        let mut y = exec.alloc::<f32>(&[s.batch, s.heads, dv])?;
+        head_proj::launch(exec, &self.proj, &o, &self.w, &mut y)?;
+        Ok(y)
+    }
+}
+
+/// TPLA over `g` executors (see the module docs).
+pub struct TpDecoder<X: Executor, C: AllReduce<X>> {
+    execs: Vec<X>,
+    collective: C,
+    ranks: Vec<Rank<X>>,
+    shape: DecoderShape,
+    dv: usize,
+}
+
+impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
+    /// Rank `r` = `execs[r]` holds latent group `r` of `shape.groups` (which must equal the
+    /// number of executors and of the collective's ranks). `w_uv` is `[heads, lat, dv]`.
+    pub fn new(
+        execs: Vec<X>,
+        collective: C,
+        shape: DecoderShape,
+        w_uv: &HostTensor<bf16>,
+    ) -> Result<Self, RuntimeError> {
+        let g = shape.groups;
+        if execs.len() != g || collective.ranks() != g {
+            return Err(RuntimeError::InvalidInput(format!(
+                "TPLA over {g} latent groups needs {g} executors and a {g}-rank collective, got {} and {}",
+                execs.len(),
+                collective.ranks()
+            )));
+        }
+        let dv = check_w(w_uv, shape.heads, shape.lat)?;
+        let mut ranks = Vec::with_capacity(g);
+        for (r, exec) in execs.iter().enumerate() {
+            let dec = LatentDecoder::new_shard(exec, shape.clone(), r)?;
+            let width = dec.shard_width();
+            let w = exec.upload(&w_rows(w_uv, r * width..(r + 1) * width))?;
+            let proj = head_proj.default_config(&[("LAT", width as i64), ("DV", dv as i64)]);
+            ranks.push(Rank { dec, w, proj });
+        }
+        Ok(TpDecoder {
+            execs,
+            collective,
+            ranks,
+            shape,
+            dv,
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &DecoderShape {
+        &self.shape
+    }
+    /// The executors, in rank order.
+    pub fn execs(&self) -> &[X] {
+        &self.execs
+    }
+
+    /// Appends full-width rows `[batch, n, lat + rope]`: every rank keeps its latent group. A
+    /// bad shape or a length past the cache is refused before any rank changes.
+    pub fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
+            rank.dec.append(exec, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Each rank's query (`q` is `[batch, heads, lat + rope]`, full width) on its executor.
+    pub fn rank_queries(&self, q: &HostTensor<bf16>) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
+        let s = &self.shape;
+        if q.shape() != [s.batch, s.heads, s.lat + s.rope] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "q must be [{}, {}, {}], got {:?}",
+                s.batch,
+                s.heads,
+                s.lat + s.rope,
+                q.shape()
+            )));
+        }
+        let mut out = Vec::with_capacity(self.ranks.len());
+        for (rank, exec) in self.ranks.iter().zip(&self.execs) {
+            out.push(
+                rank.dec
+                    .shard_queries(exec, q)?
+                    .pop()
+                    .expect("one shard per rank"),
+            );
+        }
+        Ok(out)
+    }
+
+    /// One decode step from prepared queries: per rank attention and projection, then the
+    /// all-reduce. Returns every rank's `[batch, heads, dv]` (all equal: the full projection).
+    pub fn step(&self, queries: &[X::Tensor<bf16>]) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        if queries.len() != self.ranks.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} queries for {} ranks",
+                queries.len(),
+                self.ranks.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(self.ranks.len());
+        for ((rank, exec), q) in self.ranks.iter().zip(&self.execs).zip(queries) {
+            parts.push(rank.run(exec, q, self.dv)?);
+        }
+        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        Ok(parts)
+    }
+
+    /// Waits for every rank.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
+        self.execs.iter().try_for_each(|e| e.synchronize())
+    }
+}
+
+/// MLA under tensor parallelism (the baseline): rank `r` holds heads `[r·H/k, (r+1)·H/k)` and
+/// the whole `lat + rope` cache; no collective is needed for the attention itself.
+pub struct HeadParallelMla<X: Executor> {
+    execs: Vec<X>,
+    ranks: Vec<Rank<X>>,
+    shape: DecoderShape,
+    dv: usize,
+}
+
+impl<X: Executor> HeadParallelMla<X> {
+    /// `shape` is the full model (`groups` ignored, MLA); `heads` must divide by the ranks.
+    pub fn new(
+        execs: Vec<X>,
+        shape: DecoderShape,
+        w_uv: &HostTensor<bf16>,
+    ) -> Result<Self, RuntimeError> {
+        let k = execs.len();
+        if k == 0 || !shape.heads.is_multiple_of(k) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} heads cannot be split over {k} ranks",
+                shape.heads
+            )));
+        }
+        let dv = check_w(w_uv, shape.heads, shape.lat)?;
+        let hk = shape.heads / k;
+        let local = DecoderShape {
+            heads: hk,
+            groups: 1,
+            ..shape.clone()
+        };
+        let (lat, _) = (shape.lat, dv);
+        let mut ranks = Vec::with_capacity(k);
+        for (r, exec) in execs.iter().enumerate() {
+            let dec = LatentDecoder::new(exec, local.clone())?;
+            let wd = &w_uv.data()[r * hk * lat * dv..(r + 1) * hk * lat * dv];
+            let w = exec.upload(
+                &HostTensor::from_vec(&[hk, lat, dv], wd.to_vec())
+                    .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+            )?;
+            let proj = head_proj.default_config(&[("LAT", lat as i64), ("DV", dv as i64)]);
+            ranks.push(Rank { dec, w, proj });
+        }
+        Ok(HeadParallelMla {
+            execs,
+            ranks,
+            shape,
+            dv,
+        })
+    }
+
+    /// Appends full rows to every rank (each holds the whole cache).
+    pub fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
+            rank.dec.append(exec, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Each rank's query: its heads of `q` (`[batch, heads, lat + rope]`).
+    pub fn rank_queries(&self, q: &HostTensor<bf16>) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
+        let s = &self.shape;
+        let d = s.lat + s.rope;
+        if q.shape() != [s.batch, s.heads, d] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "q must be [{}, {}, {d}], got {:?}",
+                s.batch,
+                s.heads,
+                q.shape()
+            )));
+        }
+        let k = self.ranks.len();
+        let hk = s.heads / k;
+        (0..k)
+            .map(|r| {
+                let mut part = Vec::with_capacity(s.batch * hk * d);
+                for b in 0..s.batch {
+                    let base = (b * s.heads + r * hk) * d;
+                    part.extend_from_slice(&q.data()[base..base + hk * d]);
+                }
+                self.execs[r].upload(
+                    &HostTensor::from_vec(&[s.batch, hk, d], part)
+                        .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+                )
+            })
+            .collect()
+    }
+
+    /// One decode step: rank `r`'s `[batch, H/k, dv]` for its heads.
+    pub fn step(&self, queries: &[X::Tensor<bf16>]) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        if queries.len() != self.ranks.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} queries for {} ranks",
+                queries.len(),
+                self.ranks.len()
+            )));
+        }
+        self.ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(queries)
+            .map(|((rank, exec), q)| rank.run(exec, q, self.dv))
+            .collect()
+    }
+
+    /// Waits for every rank.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
+        self.execs.iter().try_for_each(|e| e.synchronize())
+    }
+}
