@@ -4,7 +4,7 @@
 # host's toolkit, compute-sanitizer memcheck and racecheck on every kernel, and the decode
 # benchmark. Logs and the benchmark JSON go to $OUT (default /tmp/tpla-gpu-check); a summary is
 # printed at the end (step logs in $OUT/logs.tgz). Exit status: 0 when every step passed.
-#   scripts/gpu-check.sh [tests|sanitize|bench|all]   (default all)
+#   scripts/gpu-check.sh [tests|sanitize|bench|all|multi]   (default all; multi: two GPUs, NCCL)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -51,6 +51,13 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step tpla_info 60 "$bin/tpla" info
   step tpla_decode 240 "$bin/tpla" decode --backend cuda
   step tpla_decode_k2 240 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 --context 32768 --steps 6
+fi
+if [ "$what" = multi ]; then
+  # Tensor parallelism over two GPUs: the NCCL test must run (not skip), then one layer of decode.
+  step tp_tests 300 env TPLA_REQUIRE_GPUS=2 "$bin/tp_tests" --test-threads=1 --nocapture
+  step tpla_decode_tp2_v3 300 "$bin/tpla" decode --backend cuda --devices 2 --steps 8
+  step tpla_decode_tp2_k2 400 "$bin/tpla" decode --backend cuda --devices 2 --preset kimi-k2 --batch 32 --context 32768 --steps 6
+  step tpla_decode_tp2_v3_b64 400 "$bin/tpla" decode --backend cuda --devices 2 --batch 64 --context 32768 --steps 6
 fi
 if [ "$what" = all ] || [ "$what" = sanitize ]; then
   for tool in memcheck racecheck synccheck; do

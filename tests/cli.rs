@@ -501,3 +501,79 @@ fn bench_on_cuda_writes_a_report() {
         .as_f64()
         .is_some_and(|f| f > 0.0));
 }
+
+#[test]
+fn decode_over_two_cpu_ranks_checks_itself() {
+    let o = tpla(&[
+        "decode",
+        "--devices",
+        "2",
+        "--backend",
+        "cpu",
+        "--preset",
+        "deepseek-v2-lite",
+        "--batch",
+        "2",
+        "--context",
+        "200",
+        "--steps",
+        "3",
+        "--page-size",
+        "16",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("TPLA g=2 (+ all-reduce)"), "{out}");
+    assert!(
+        out.contains("vs f64 reference (sequence 0)") && out.contains("(ok)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn decode_devices_must_divide_latent_and_heads() {
+    expect_error(
+        &["decode", "--devices", "3", "--backend", "cpu"],
+        "divide the latent",
+    );
+    expect_error(
+        &["decode", "--devices", "0", "--backend", "cpu"],
+        "--devices",
+    );
+    expect_error(
+        &[
+            "decode",
+            "--devices",
+            "32",
+            "--backend",
+            "cpu",
+            "--preset",
+            "deepseek-v2-lite",
+        ],
+        "divide the 16 heads",
+    );
+}
+
+/// On a GPU host with fewer GPUs than ranks, `--backend cuda` names the missing device.
+#[test]
+fn decode_on_more_gpus_than_present_is_a_typed_error() {
+    if !gpu_or_skip("decode_on_more_gpus_than_present_is_a_typed_error") {
+        return;
+    }
+    expect_error(
+        &[
+            "decode",
+            "--devices",
+            "64",
+            "--backend",
+            "cuda",
+            "--preset",
+            "deepseek-v3",
+        ],
+        "rank",
+    );
+}

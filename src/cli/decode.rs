@@ -50,6 +50,10 @@ pub struct DecodeArgs {
     /// Seed of the random cache and queries.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Tensor-parallel ranks (GPUs 0..k with NCCL, or k CPU ranks): k >= 2 runs TPLA with
+    /// g = k against head-parallel MLA, one layer including `W_UV` and the all-reduce.
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
 }
 
 const LAT: usize = 512;
@@ -68,6 +72,27 @@ pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
             args.g
         ))
         .into());
+    }
+    if args.devices == 0 {
+        return Err(CliError::Usage("--devices must be at least 1".into()));
+    }
+    if args.devices > 1 {
+        if !LAT.is_multiple_of(args.devices) {
+            return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
+                "{} devices must divide the latent width {LAT} (g = devices)",
+                args.devices
+            ))
+            .into());
+        }
+        let heads = args.preset.preset().config().heads;
+        if !heads.is_multiple_of(args.devices) {
+            return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
+                "{} devices must divide the {heads} heads (the MLA baseline splits them)",
+                args.devices
+            ))
+            .into());
+        }
+        return super::decode_tp::decode_tp(args);
     }
     let backend = args.backend;
     let threads = args.threads;

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench;
 pub mod bench_cuda;
 pub mod decode;
+pub mod decode_tp;
 pub mod error;
 pub mod info;
 pub mod model;

@@ -1,0 +1,254 @@
+//! `tpla decode --devices k`: one attention layer of decode under tensor parallelism over `k`
+//! executors (GPUs with NCCL, or CPU ranks with a host all-reduce), TPLA (g = k) against
+//! head-parallel MLA, with the result checked against the f64 reference.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use tpla::decoder::DecoderShape;
+use tpla::tp::{HeadParallelMla, TpDecoder};
+use tpla_runtime::half::bf16;
+use tpla_runtime::reference::{rel_error, tpla_attention};
+use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
+
+use super::decode::DecodeArgs;
+use super::error::CliError;
+use super::BackendArg;
+
+const LAT: usize = 512;
+const ROPE: usize = 64;
+
+/// Runs the tensor-parallel decode on `args.devices` ranks of the chosen backend.
+pub fn decode_tp(a: DecodeArgs) -> Result<(), CliError> {
+    let k = a.devices;
+    let cpu = |why: Option<String>| -> Result<(), CliError> {
+        if let Some(why) = why {
+            eprintln!("tpla: {why}; running the {k} ranks on the CPU JIT");
+        }
+        let threads = (if a.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            a.threads
+        } / k)
+            .max(1);
+        let make = || -> Result<Vec<CpuExecutor>, RuntimeError> {
+            (0..k).map(|_| CpuExecutor::new(threads)).collect()
+        };
+        run(
+            &a,
+            make()?,
+            make()?,
+            HostAllReduce { ranks: k },
+            "host all-reduce",
+        )
+    };
+    match a.backend {
+        BackendArg::Cpu => cpu(None),
+        BackendArg::Cuda => {
+            let (execs, mla_execs, group) = open_gpus(k)?;
+            run(&a, execs, mla_execs, group, "NCCL all-reduce")
+        }
+        BackendArg::Auto => match open_gpus(k) {
+            Ok((execs, mla_execs, group)) => run(&a, execs, mla_execs, group, "NCCL all-reduce"),
+            Err(e) => cpu(Some(format!("no {k}-GPU group ({e})"))),
+        },
+    }
+}
+
+type GpuGroup = (
+    Vec<tpla_runtime::cuda::CudaExecutor>,
+    Vec<tpla_runtime::cuda::CudaExecutor>,
+    tpla_runtime::cuda::nccl::NcclGroup,
+);
+
+/// `k` GPUs (device `r` for rank `r`; a second executor per device for the baseline) and an
+/// NCCL group over them.
+fn open_gpus(k: usize) -> Result<GpuGroup, RuntimeError> {
+    use tpla_runtime::cuda::{nccl::NcclGroup, CudaExecutor};
+    let open = || -> Result<Vec<CudaExecutor>, RuntimeError> {
+        (0..k)
+            .map(|r| {
+                CudaExecutor::new(r).map_err(|e| RuntimeError::BackendUnavailable {
+                    backend: "cuda".into(),
+                    reason: format!("rank {r} needs GPU {r}: {e}"),
+                })
+            })
+            .collect()
+    };
+    super::backend::open_cuda()?;
+    let execs = open()?;
+    let group = NcclGroup::new(&execs)?;
+    Ok((execs, open()?, group))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn run<X: Executor, C: AllReduce<X>>(
+    a: &DecodeArgs,
+    execs: Vec<X>,
+    mla_execs: Vec<X>,
+    collective: C,
+    how: &str,
+) -> Result<(), CliError> {
+    let k = a.devices;
+    let cfg = a.preset.preset().config();
+    let (heads, dv) = (cfg.heads, cfg.v_head);
+    let scale = cfg.scale as f32;
+    let max_tokens = a.context + a.steps;
+    let shape = DecoderShape {
+        batch: a.batch,
+        heads,
+        lat: LAT,
+        rope: ROPE,
+        groups: k,
+        page_size: a.page_size,
+        max_tokens,
+        splits: a.splits,
+        scale,
+    };
+    let backend = execs[0].backend_name();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    // W_UV ~ U(-1, 1) / sqrt(lat): outputs of the same order as the attention outputs.
+    let wv: Vec<bf16> = (0..heads * LAT * dv)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0) / (LAT as f32).sqrt()))
+        .collect();
+    let w =
+        HostTensor::from_vec(&[heads, LAT, dv], wv).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut tp = TpDecoder::new(execs, collective, shape.clone(), &w)?;
+    let mut mla = HeadParallelMla::new(mla_execs, shape, &w)?;
+    println!(
+        "tpla decode --devices {k}: {} (H={heads}, latent {LAT} + rope {ROPE}, v_head {dv}), batch {}, context {}, page {}",
+        cfg.name, a.batch, a.context, a.page_size
+    );
+    println!("ranks: {k} x {backend}, {how}; TPLA g={k} (latent group per rank, all heads) vs MLA (heads split, whole cache per rank)");
+
+    let d = LAT + ROPE;
+    let random_rows =
+        |n: usize, rng: &mut rand::rngs::StdRng| -> Result<HostTensor<bf16>, CliError> {
+            let v: Vec<bf16> = (0..a.batch * n * d)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
+                .collect();
+            HostTensor::from_vec(&[a.batch, n, d], v).map_err(|e| CliError::Usage(e.to_string()))
+        };
+    // Sequence 0's rows, kept for the f64 check.
+    let mut seq0: Vec<f64> = Vec::with_capacity(max_tokens * d);
+    let keep = |rows: &HostTensor<bf16>, seq0: &mut Vec<f64>| {
+        let n = rows.shape()[1];
+        seq0.extend(rows.data()[..n * d].iter().map(|x| x.to_f64()));
+    };
+    let t0 = Instant::now();
+    let prefix = random_rows(a.context, &mut rng)?;
+    keep(&prefix, &mut seq0);
+    tp.append(&prefix)?;
+    mla.append(&prefix)?;
+    tp.synchronize()?;
+    mla.synchronize()?;
+    println!(
+        "prefill: {} tokens per sequence into {k} TPLA shards and {k} full MLA copies in {:.2} s",
+        a.context,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let (mut t_tp, mut t_mla) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for step in 0..a.steps {
+        let row = random_rows(1, &mut rng)?;
+        keep(&row, &mut seq0);
+        tp.append(&row)?;
+        mla.append(&row)?;
+        let qv: Vec<f32> = (0..a.batch * heads * d)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let q = HostTensor::<bf16>::from_f32(&[a.batch, heads, d], &qv)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let (qt, qm) = (tp.rank_queries(&q)?, mla.rank_queries(&q)?);
+        tp.synchronize()?;
+        mla.synchronize()?;
+        let t = Instant::now();
+        let ym = mla.step(&qm)?;
+        mla.synchronize()?;
+        let tm = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let yt = tp.step(&qt)?;
+        tp.synchronize()?;
+        let tt = t.elapsed().as_secs_f64();
+        // The first step compiles the kernels: keep it out of the timings.
+        if step > 0 {
+            t_mla.push(tm);
+            t_tp.push(tt);
+        }
+        if step + 1 == a.steps {
+            last = Some((q, yt, ym));
+        }
+    }
+    let (q, yt, _ym) = last.expect("steps >= 1");
+    let timed = t_tp.len().max(1);
+    let (mla_s, tp_s) = if t_tp.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        (median(&mut t_mla), median(&mut t_tp))
+    };
+    let len = a.context + a.steps;
+    let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;
+    println!();
+    println!(
+        "{:<34} {:>14} {:>12} {:>16}",
+        "attention + W_UV per layer", "ms / step", "tokens/s", "cache GB/s/rank"
+    );
+    println!(
+        "{:<34} {:>14.3} {:>12.1} {:>16.1}",
+        format!("MLA, heads split over {k}"),
+        mla_s * 1e3,
+        a.batch as f64 / mla_s,
+        bytes(LAT) / mla_s / 1e9
+    );
+    println!(
+        "{:<34} {:>14.3} {:>12.1} {:>16.1}",
+        format!("TPLA g={k} (+ all-reduce)"),
+        tp_s * 1e3,
+        a.batch as f64 / tp_s,
+        bytes(LAT / k) / tp_s / 1e9
+    );
+    println!(
+        "speedup TPLA vs MLA at equal batch: {:.2}x (cache bytes per rank {:.2}x less; median of {timed} steps)",
+        mla_s / tp_s,
+        (LAT + ROPE) as f64 / (LAT / k + ROPE) as f64
+    );
+    if backend.starts_with("cpu") {
+        println!(
+            "(CPU ranks share this host and run one after another: times are sums over the ranks)"
+        );
+    }
+
+    // Rank 0's all-reduced output for sequence 0 against the f64 reference.
+    let y0 = tp.execs()[0].download(&yt[0])?;
+    let got: Vec<f64> = y0.data()[..heads * dv].iter().map(|&x| x as f64).collect();
+    let q0: Vec<f64> = q.data()[..heads * d].iter().map(|x| x.to_f64()).collect();
+    let o = tpla_attention(&q0, &seq0, heads, LAT, ROPE, scale as f64, k);
+    let mut want = vec![0.0f64; heads * dv];
+    for h in 0..heads {
+        for c in 0..LAT {
+            let x = o[h * LAT + c];
+            let row = &w.data()[(h * LAT + c) * dv..(h * LAT + c + 1) * dv];
+            for (v, wv) in row.iter().enumerate() {
+                want[h * dv + v] += x * wv.to_f64();
+            }
+        }
+    }
+    let e = rel_error(&got, &want);
+    println!(
+        "TPLA all-reduced output vs f64 reference (sequence 0): rel err {e:.2e} {}",
+        if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" }
+    );
+    if e > 1e-2 || !e.is_finite() {
+        return Err(CliError::Usage(format!(
+            "tensor-parallel output disagrees with the f64 reference: rel err {e:.3e}"
+        )));
+    }
+    Ok(())
+}
