@@ -112,6 +112,7 @@ fn run<X: Executor, C: AllReduce<X>>(
         scale,
     };
     let backend = execs[0].backend_name();
+    let names: Vec<String> = execs.iter().map(|e| e.backend_name()).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     // W_UV ~ U(-1, 1) / sqrt(lat): outputs of the same order as the attention outputs.
     let wv: Vec<bf16> = (0..heads * LAT * dv)
@@ -125,7 +126,10 @@ fn run<X: Executor, C: AllReduce<X>>(
         "tpla decode --devices {k}: {} (H={heads}, latent {LAT} + rope {ROPE}, v_head {dv}), batch {}, context {}, page {}",
         cfg.name, a.batch, a.context, a.page_size
     );
-    println!("ranks: {k} x {backend}, {how}; TPLA g={k} (latent group per rank, all heads) vs MLA (heads split, whole cache per rank)");
+    println!(
+        "ranks: {}; {how}; TPLA g={k} (latent group per rank, all heads) vs MLA (heads split, whole cache per rank)",
+        names.join(" | ")
+    );
 
     let d = LAT + ROPE;
     let random_rows =
