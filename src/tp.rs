@@ -38,6 +38,17 @@ fn check_w(w: &HostTensor<bf16>, heads: usize, lat: usize) -> Result<usize, Runt
     }
 }
 
+/// Where [`TpDecoder::step_until`] stops: for timing the parts of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TpStage {
+    /// Decode attention only (each rank's `[batch, heads, lat / g]` latent output).
+    Attention,
+    /// Attention and each rank's `W_UV` projection (partial sums, not yet reduced).
+    Projection,
+    /// The whole step: projection summed over the ranks.
+    AllReduce,
+}
+
 /// One rank: its decoder (one latent group, or a head slice for the baseline) and its `W_UV`.
 struct Rank<X: Executor> {
     dec: LatentDecoder<X>,
@@ -52,10 +63,14 @@ impl<X: Executor> Rank<X> {
         exec: &X,
         q: &X::Tensor<bf16>,
         dv: usize,
+        stop: TpStage,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let s = self.dec.shape();
         let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
         let (o, _lse) = outs.pop().expect("one shard per rank");
+        if stop == TpStage::Attention {
+            return Ok(o);
+        }
         let mut y = exec.alloc::<f32>(&[s.batch, s.heads, dv])?;
         head_proj::launch(exec, &self.proj, &o, &self.w, &mut y)?;
         Ok(y)
@@ -151,6 +166,15 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
     /// One decode step from prepared queries: per rank attention and projection, then the
     /// all-reduce. Returns every rank's `[batch, heads, dv]` (all equal: the full projection).
     pub fn step(&self, queries: &[X::Tensor<bf16>]) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        self.step_until(queries, TpStage::AllReduce)
+    }
+
+    /// A step up to `stop` (to time its parts): the per-rank tensors at that point.
+    pub fn step_until(
+        &self,
+        queries: &[X::Tensor<bf16>],
+        stop: TpStage,
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
         if queries.len() != self.ranks.len() {
             return Err(RuntimeError::InvalidInput(format!(
                 "{} queries for {} ranks",
@@ -160,9 +184,11 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
         }
         let mut parts = Vec::with_capacity(self.ranks.len());
         for ((rank, exec), q) in self.ranks.iter().zip(&self.execs).zip(queries) {
-            parts.push(rank.run(exec, q, self.dv)?);
+            parts.push(rank.run(exec, q, self.dv, stop)?);
         }
-        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        if stop == TpStage::AllReduce {
+            self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        }
         Ok(parts)
     }
 
@@ -272,7 +298,7 @@ impl<X: Executor> HeadParallelMla<X> {
             .iter()
             .zip(&self.execs)
             .zip(queries)
-            .map(|((rank, exec), q)| rank.run(exec, q, self.dv))
+            .map(|((rank, exec), q)| rank.run(exec, q, self.dv, TpStage::Projection))
             .collect()
     }
 

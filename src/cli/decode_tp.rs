@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tpla::decoder::DecoderShape;
-use tpla::tp::{HeadParallelMla, TpDecoder};
+use tpla::tp::{HeadParallelMla, TpDecoder, TpStage};
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::{rel_error, tpla_attention};
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
@@ -159,6 +159,8 @@ fn run<X: Executor, C: AllReduce<X>>(
     );
 
     let (mut t_tp, mut t_mla) = (Vec::new(), Vec::new());
+    // TPLA step parts: attention only, + W_UV (no all-reduce).
+    let (mut t_att, mut t_proj) = (Vec::new(), Vec::new());
     let mut last = None;
     for step in 0..a.steps {
         let row = random_rows(1, &mut rng)?;
@@ -177,6 +179,13 @@ fn run<X: Executor, C: AllReduce<X>>(
         let ym = mla.step(&qm)?;
         mla.synchronize()?;
         let tm = t.elapsed().as_secs_f64();
+        let part = |stop| -> Result<f64, CliError> {
+            let t = Instant::now();
+            tp.step_until(&qt, stop)?;
+            tp.synchronize()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let (ta, tpj) = (part(TpStage::Attention)?, part(TpStage::Projection)?);
         let t = Instant::now();
         let yt = tp.step(&qt)?;
         tp.synchronize()?;
@@ -185,6 +194,8 @@ fn run<X: Executor, C: AllReduce<X>>(
         if step > 0 {
             t_mla.push(tm);
             t_tp.push(tt);
+            t_att.push(ta);
+            t_proj.push(tpj);
         }
         if step + 1 == a.steps {
             last = Some((q, yt, ym));
@@ -223,6 +234,15 @@ fn run<X: Executor, C: AllReduce<X>>(
         mla_s / tp_s,
         (LAT + ROPE) as f64 / (LAT / k + ROPE) as f64
     );
+    if !t_att.is_empty() {
+        let (att, proj) = (median(&mut t_att), median(&mut t_proj));
+        println!(
+            "TPLA step parts: attention {:.3} ms, + W_UV {:.3} ms, + all-reduce {:.3} ms (each timed as its own prefix of the step)",
+            att * 1e3,
+            (proj - att) * 1e3,
+            (tp_s - proj) * 1e3
+        );
+    }
     if backend.starts_with("cpu") {
         println!(
             "(CPU ranks share this host and run one after another: times are sums over the ranks)"
