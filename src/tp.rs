@@ -77,13 +77,54 @@ impl<X: Executor> Rank<X> {
     }
 }
 
+/// The executors of a group and what each rank holds, in rank order.
+struct RankSet<X: Executor> {
+    execs: Vec<X>,
+    ranks: Vec<Rank<X>>,
+    dv: usize,
+}
+
+impl<X: Executor> RankSet<X> {
+    /// Appends full-width rows to every rank; the first rank refuses a bad shape or a length
+    /// past the cache before anything changes, and every rank checks the same.
+    fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
+            rank.dec.append(exec, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Each rank's attention (and projection, unless `stop` is [`TpStage::Attention`]).
+    fn run(
+        &self,
+        queries: &[X::Tensor<bf16>],
+        stop: TpStage,
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        if queries.len() != self.ranks.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} queries for {} ranks",
+                queries.len(),
+                self.ranks.len()
+            )));
+        }
+        self.ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(queries)
+            .map(|((rank, exec), q)| rank.run(exec, q, self.dv, stop))
+            .collect()
+    }
+
+    fn synchronize(&self) -> Result<(), RuntimeError> {
+        self.execs.iter().try_for_each(|e| e.synchronize())
+    }
+}
+
 /// TPLA over `g` executors (see the module docs).
 pub struct TpDecoder<X: Executor, C: AllReduce<X>> {
-    execs: Vec<X>,
+    set: RankSet<X>,
     collective: C,
-    ranks: Vec<Rank<X>>,
     shape: DecoderShape,
-    dv: usize,
 }
 
 impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
@@ -113,11 +154,9 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
             ranks.push(Rank { dec, w, proj });
         }
         Ok(TpDecoder {
-            execs,
+            set: RankSet { execs, ranks, dv },
             collective,
-            ranks,
             shape,
-            dv,
         })
     }
 
@@ -127,16 +166,13 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
     }
     /// The executors, in rank order.
     pub fn execs(&self) -> &[X] {
-        &self.execs
+        &self.set.execs
     }
 
     /// Appends full-width rows `[batch, n, lat + rope]`: every rank keeps its latent group. A
     /// bad shape or a length past the cache is refused before any rank changes.
     pub fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
-        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
-            rank.dec.append(exec, rows)?;
-        }
-        Ok(())
+        self.set.append(rows)
     }
 
     /// Each rank's query (`q` is `[batch, heads, lat + rope]`, full width) on its executor.
@@ -151,8 +187,8 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
                 q.shape()
             )));
         }
-        let mut out = Vec::with_capacity(self.ranks.len());
-        for (rank, exec) in self.ranks.iter().zip(&self.execs) {
+        let mut out = Vec::with_capacity(self.set.ranks.len());
+        for (rank, exec) in self.set.ranks.iter().zip(&self.set.execs) {
             out.push(
                 rank.dec
                     .shard_queries(exec, q)?
@@ -175,36 +211,25 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
         queries: &[X::Tensor<bf16>],
         stop: TpStage,
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
-        if queries.len() != self.ranks.len() {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{} queries for {} ranks",
-                queries.len(),
-                self.ranks.len()
-            )));
-        }
-        let mut parts = Vec::with_capacity(self.ranks.len());
-        for ((rank, exec), q) in self.ranks.iter().zip(&self.execs).zip(queries) {
-            parts.push(rank.run(exec, q, self.dv, stop)?);
-        }
+        let mut parts = self.set.run(queries, stop)?;
         if stop == TpStage::AllReduce {
-            self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+            self.collective
+                .all_reduce_sum(&self.set.execs, &mut parts)?;
         }
         Ok(parts)
     }
 
     /// Waits for every rank.
     pub fn synchronize(&self) -> Result<(), RuntimeError> {
-        self.execs.iter().try_for_each(|e| e.synchronize())
+        self.set.synchronize()
     }
 }
 
 /// MLA under tensor parallelism (the baseline): rank `r` holds heads `[r·H/k, (r+1)·H/k)` and
 /// the whole `lat + rope` cache; no collective is needed for the attention itself.
 pub struct HeadParallelMla<X: Executor> {
-    execs: Vec<X>,
-    ranks: Vec<Rank<X>>,
+    set: RankSet<X>,
     shape: DecoderShape,
-    dv: usize,
 }
 
 impl<X: Executor> HeadParallelMla<X> {
@@ -241,19 +266,14 @@ impl<X: Executor> HeadParallelMla<X> {
             ranks.push(Rank { dec, w, proj });
         }
         Ok(HeadParallelMla {
-            execs,
-            ranks,
+            set: RankSet { execs, ranks, dv },
             shape,
-            dv,
         })
     }
 
     /// Appends full rows to every rank (each holds the whole cache).
     pub fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
-        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
-            rank.dec.append(exec, rows)?;
-        }
-        Ok(())
+        self.set.append(rows)
     }
 
     /// Each rank's query: its heads of `q` (`[batch, heads, lat + rope]`).
@@ -268,7 +288,7 @@ impl<X: Executor> HeadParallelMla<X> {
                 q.shape()
             )));
         }
-        let k = self.ranks.len();
+        let k = self.set.ranks.len();
         let hk = s.heads / k;
         (0..k)
             .map(|r| {
@@ -277,7 +297,7 @@ impl<X: Executor> HeadParallelMla<X> {
                     let base = (b * s.heads + r * hk) * d;
                     part.extend_from_slice(&q.data()[base..base + hk * d]);
                 }
-                self.execs[r].upload(
+                self.set.execs[r].upload(
                     &HostTensor::from_vec(&[s.batch, hk, d], part)
                         .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
                 )
@@ -287,23 +307,11 @@ impl<X: Executor> HeadParallelMla<X> {
 
     /// One decode step: rank `r`'s `[batch, H/k, dv]` for its heads.
     pub fn step(&self, queries: &[X::Tensor<bf16>]) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
-        if queries.len() != self.ranks.len() {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{} queries for {} ranks",
-                queries.len(),
-                self.ranks.len()
-            )));
-        }
-        self.ranks
-            .iter()
-            .zip(&self.execs)
-            .zip(queries)
-            .map(|((rank, exec), q)| rank.run(exec, q, self.dv, TpStage::Projection))
-            .collect()
+        self.set.run(queries, TpStage::Projection)
     }
 
     /// Waits for every rank.
     pub fn synchronize(&self) -> Result<(), RuntimeError> {
-        self.execs.iter().try_for_each(|e| e.synchronize())
+        self.set.synchronize()
     }
 }

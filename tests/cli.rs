@@ -22,6 +22,18 @@ fn tpla(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// Runs `tpla args`, asserts success, returns stdout.
+fn tpla_ok(args: &[&str]) -> String {
+    let o = tpla(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{args:?}: {out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tpla-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -303,7 +315,7 @@ fn decode_rejects_page_size_zero() {
 
 #[test]
 fn decode_main_job_runs_and_checks_itself() {
-    let o = tpla(&[
+    let out = tpla_ok(&[
         "decode",
         "--backend",
         "cpu",
@@ -316,12 +328,6 @@ fn decode_main_job_runs_and_checks_itself() {
         "--preset",
         "deepseek-v2-lite",
     ]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(out.contains("per-device speedup TPLA vs MLA"), "{out}");
     assert!(out.contains("(ok)"), "{out}");
 }
@@ -428,7 +434,7 @@ fn bench_reports(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn bench_on_the_cpu_writes_a_report() {
     let dir = tmp("bench-cpu");
-    let o = tpla(&[
+    tpla_ok(&[
         "bench",
         "--backend",
         "cpu",
@@ -447,7 +453,6 @@ fn bench_on_the_cpu_writes_a_report() {
         "--out-dir",
         dir.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = bench_reports(&dir);
     assert_eq!(r.len(), 1, "one report in {}", dir.display());
     assert!(r[0]["jit_ms"].as_f64().is_some_and(|t| t > 0.0), "{}", r[0]);
@@ -474,7 +479,7 @@ fn bench_on_cuda_writes_a_report() {
         return;
     }
     let dir = tmp("bench-cuda");
-    let o = tpla(&[
+    tpla_ok(&[
         "bench",
         "--backend",
         "cuda",
@@ -488,7 +493,6 @@ fn bench_on_cuda_writes_a_report() {
         "--out-dir",
         dir.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = bench_reports(&dir);
     assert_eq!(r.len(), 1);
     let text = r[0].to_string();
@@ -504,7 +508,7 @@ fn bench_on_cuda_writes_a_report() {
 
 #[test]
 fn decode_over_two_cpu_ranks_checks_itself() {
-    let o = tpla(&[
+    let out = tpla_ok(&[
         "decode",
         "--devices",
         "2",
@@ -521,12 +525,6 @@ fn decode_over_two_cpu_ranks_checks_itself() {
         "--page-size",
         "16",
     ]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(out.contains("TPLA g=2 (+ all-reduce)"), "{out}");
     assert!(
         out.contains("vs f64 reference (sequence 0)") && out.contains("(ok)"),

@@ -15,6 +15,7 @@ use tpla_runtime::{Executor, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
 use super::error::CliError;
+use super::sample::{self, check_against_reference, median};
 use super::{BackendArg, PresetArg};
 
 /// Options of `tpla decode`.
@@ -106,11 +107,6 @@ struct Timing {
     tpla_shards: Vec<Vec<f64>>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 impl ExecJob for DecodeJob {
     type Out = ();
     fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
@@ -164,14 +160,9 @@ impl ExecJob for DecodeJob {
         }
 
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-        let random_rows =
-            |n: usize, rng: &mut rand::rngs::StdRng| -> Result<HostTensor<bf16>, CliError> {
-                let v: Vec<bf16> = (0..a.batch * n * (LAT + ROPE))
-                    .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
-                    .collect();
-                HostTensor::from_vec(&[a.batch, n, LAT + ROPE], v)
-                    .map_err(|e| CliError::Usage(e.to_string()))
-            };
+        let random_rows = |n: usize, rng: &mut rand::rngs::StdRng| {
+            sample::random_rows(a.batch, n, LAT + ROPE, rng)
+        };
         let t0 = Instant::now();
         let prefix = random_rows(a.context, &mut rng)?;
         mla.append(exec, &prefix)?;
@@ -285,17 +276,7 @@ impl ExecJob for DecodeJob {
             .map(|x| x.to_f32() as f64)
             .collect();
         let r = latent_attention(&q0, &rows, heads, LAT, ROPE, scale as f64);
-        let e = rel_error(&m64[..heads * LAT], &r.out);
-        println!(
-            "MLA output vs f64 reference (sequence 0): rel err {e:.2e} {}",
-            if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" }
-        );
-        if e > 1e-2 || !e.is_finite() {
-            return Err(CliError::Usage(format!(
-                "kernel output disagrees with the f64 reference: rel err {e:.3e}"
-            )));
-        }
-        Ok(())
+        check_against_reference("MLA output", &m64[..heads * LAT], &r.out)
     }
 }
 

@@ -8,11 +8,12 @@ use rand::{Rng, SeedableRng};
 use tpla::decoder::DecoderShape;
 use tpla::tp::{HeadParallelMla, TpDecoder, TpStage};
 use tpla_runtime::half::bf16;
-use tpla_runtime::reference::{rel_error, tpla_attention};
+use tpla_runtime::reference::tpla_attention;
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
 
 use super::decode::DecodeArgs;
 use super::error::CliError;
+use super::sample::{self, check_against_reference, median};
 use super::BackendArg;
 
 const LAT: usize = 512;
@@ -83,11 +84,6 @@ fn open_gpus(k: usize) -> Result<GpuGroup, RuntimeError> {
     Ok((execs, open()?, group))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn run<X: Executor, C: AllReduce<X>>(
     a: &DecodeArgs,
     execs: Vec<X>,
@@ -133,12 +129,7 @@ fn run<X: Executor, C: AllReduce<X>>(
 
     let d = LAT + ROPE;
     let random_rows =
-        |n: usize, rng: &mut rand::rngs::StdRng| -> Result<HostTensor<bf16>, CliError> {
-            let v: Vec<bf16> = (0..a.batch * n * d)
-                .map(|_| bf16::from_f32(rng.gen_range(-1.0f32..1.0)))
-                .collect();
-            HostTensor::from_vec(&[a.batch, n, d], v).map_err(|e| CliError::Usage(e.to_string()))
-        };
+        |n: usize, rng: &mut rand::rngs::StdRng| sample::random_rows(a.batch, n, d, rng);
     // Sequence 0's rows, kept for the f64 check.
     let mut seq0: Vec<f64> = Vec::with_capacity(max_tokens * d);
     let keep = |rows: &HostTensor<bf16>, seq0: &mut Vec<f64>| {
@@ -264,15 +255,5 @@ fn run<X: Executor, C: AllReduce<X>>(
             }
         }
     }
-    let e = rel_error(&got, &want);
-    println!(
-        "TPLA all-reduced output vs f64 reference (sequence 0): rel err {e:.2e} {}",
-        if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" }
-    );
-    if e > 1e-2 || !e.is_finite() {
-        return Err(CliError::Usage(format!(
-            "tensor-parallel output disagrees with the f64 reference: rel err {e:.3e}"
-        )));
-    }
-    Ok(())
+    check_against_reference("TPLA all-reduced output", &got, &want)
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod info;
 pub mod model;
 pub mod run;
+pub mod sample;
 pub mod tune;
 
 use clap::{Parser, Subcommand, ValueEnum};

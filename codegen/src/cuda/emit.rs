@@ -244,6 +244,15 @@ fn analyse(k: &Kernel) -> Info {
     info
 }
 
+/// Shapes `(m, n)` of the gemms that take the fragment (tensor-core) path.
+fn frag_gemms(info: &Info) -> Vec<(usize, usize)> {
+    info.gemms
+        .iter()
+        .copied()
+        .filter(|&(m, n)| Geo::frag_ok(m, n))
+        .collect()
+}
+
 /// Warps per block: the fewest (4 or 8) that keep the largest fragment tile within a register
 /// budget per thread (128 accumulators, 96 when a gemm splits f32 operands into hi/lo parts,
 /// which needs more temporaries), else 8. A `WARPS` / `NUM_WARPS` config value overrides.
@@ -253,12 +262,7 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
             return *v as usize;
         }
     }
-    let frag: Vec<(usize, usize)> = info
-        .gemms
-        .iter()
-        .copied()
-        .filter(|&(m, n)| Geo::frag_ok(m, n))
-        .collect();
+    let frag = frag_gemms(info);
     if frag.is_empty() {
         return 8;
     }
@@ -279,12 +283,7 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
 /// the block is whole warpgroups and the accumulators fit the register budget under that geometry.
 fn use_warpgroups(k: &Kernel, info: &Info, target: &Target, nw: usize) -> bool {
     let off = k.config.iter().any(|(name, v)| name == "WGMMA" && *v == 0);
-    let frag: Vec<(usize, usize)> = info
-        .gemms
-        .iter()
-        .copied()
-        .filter(|&(m, n)| Geo::frag_ok(m, n))
-        .collect();
+    let frag = frag_gemms(info);
     let g = Geo { nw, wg: true };
     target.wgmma
         && !off
