@@ -752,13 +752,31 @@ impl Hazards {
     }
 }
 
+/// Bit position of the thread-affinity tag in a hazard resource id (see [`conflict`]).
+const AFFINITY_SHIFT: u32 = 32;
+
+/// A buffer access every thread makes only to the elements it owns under element-to-thread
+/// mapping `tag` (> 0): the `for (i_ = tid; i_ < n; i_ += threads)` loop over one shape.
+fn with_affinity(buf: usize, tag: usize) -> usize {
+    buf | (tag << AFFINITY_SHIFT)
+}
+
+/// Whether two accesses to hazard resources need a barrier between them: the same resource,
+/// unless both carry the same affinity tag (then each thread only meets its own earlier writes).
+fn conflict(a: usize, b: usize) -> bool {
+    let mask = (1usize << AFFINITY_SHIFT) - 1;
+    let (ta, tb) = (a >> AFFINITY_SHIFT, b >> AFFINITY_SHIFT);
+    (a & mask) == (b & mask) && !(ta != 0 && ta == tb)
+}
+
 fn insert_barriers(nodes: &[Node], st: &mut Hazards) -> Vec<Node> {
     let mut out = Vec::new();
     for n in nodes {
         match n {
             Node::Code { reads, writes, .. } => {
-                let hazard = reads.iter().any(|x| st.w.contains(x))
-                    || writes.iter().any(|x| st.w.contains(x) || st.r.contains(x));
+                let hits = |set: &BTreeSet<usize>, x: usize| set.iter().any(|&y| conflict(x, y));
+                let hazard = reads.iter().any(|&x| hits(&st.w, x))
+                    || writes.iter().any(|&x| hits(&st.w, x) || hits(&st.r, x));
                 if hazard {
                     out.push(Node::Barrier);
                     *st = Hazards::default();
@@ -904,6 +922,8 @@ struct Lower<'a> {
     paged: HashMap<TileId, (usize, String, usize)>,
     /// Nesting depth of the block being lowered.
     depth: usize,
+    /// Affinity tags of flat element-to-thread mappings, by shape (see [`conflict`]).
+    affinity: HashMap<Vec<usize>, usize>,
     /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
     /// (the loop body's own level) to issue it while the tensor cores run.
     deferred_prefetch: Option<(String, usize)>,
@@ -1643,24 +1663,51 @@ impl<'a> Lower<'a> {
     fn lower_elementwise(&mut self, dst: TileId, op: &TileOp, out: &mut Vec<Node>) {
         let it = self.iter_of(dst);
         let res = self.shape(dst);
+        // A flat loop writing a shared tile element-for-element: operands of the same shape read
+        // the same way are thread-private dependencies (no barrier between such ops).
+        let base = View::base(res.len());
+        let tag = match (&it, &self.repr[dst]) {
+            (Iter::Flat { shape }, Repr::Smem { view, .. }) if *view == base => {
+                Some(self.affinity_tag(shape))
+            }
+            _ => None,
+        };
         let mut reads = Vec::new();
         let mut acc: HashMap<TileId, Access> = HashMap::new();
         for t in operand_tiles(op) {
-            acc.entry(t).or_insert_with(|| {
-                let (a, r) = self.access(t, &it, &res, out);
-                reads.extend(r);
-                a
-            });
+            if acc.contains_key(&t) {
+                continue;
+            }
+            let (a, mut r) = self.access(t, &it, &res, out);
+            if let (Some(tag), Access::Smem(b, v)) = (tag, &a) {
+                if *v == base && self.shape(t) == res {
+                    r.iter_mut()
+                        .filter(|x| **x == *b)
+                        .for_each(|x| *x = with_affinity(*x, tag));
+                }
+            }
+            reads.extend(r);
+            acc.insert(t, a);
         }
         let (head, tail, ctx) = self.open(&it);
         let val = self.ew_value(dst, op, &ctx, &acc, &res);
         let w = self.write(dst, &ctx, &val);
         let text = format!("{head}    {w}\n{tail}\n");
+        let mut writes = self.dst_writes(dst);
+        if let Some(tag) = tag {
+            writes.iter_mut().for_each(|x| *x = with_affinity(*x, tag));
+        }
         out.push(Node::Code {
             text,
             reads,
-            writes: self.dst_writes(dst),
+            writes,
         });
+    }
+
+    /// The affinity tag (> 0) of flat loops over `shape`.
+    fn affinity_tag(&mut self, shape: &[usize]) -> usize {
+        let n = self.affinity.len() + 1;
+        *self.affinity.entry(shape.to_vec()).or_insert(n)
     }
 
     fn operand_value(
@@ -3468,6 +3515,7 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
         paged: HashMap::new(),
         wgmma_fns: BTreeSet::new(),
         depth: 0,
+        affinity: HashMap::new(),
         deferred_prefetch: None,
     };
     lw.resolve(&lay);
