@@ -231,6 +231,39 @@ fn every_library_kernel_compiles_for_sm90a_without_spills() {
     check(&outcomes, "library kernels");
 }
 
+/// Ampere (A100, sm_80) and Ada (L40, sm_89) get the mma.sync / cp.async path (no wgmma): every
+/// library kernel at its default config and at each latent width compiles there without spills.
+#[test]
+fn library_kernels_compile_for_ampere_and_ada_without_spills() {
+    if !nvrtc_or_skip("library_kernels_compile_for_ampere_and_ada_without_spills") {
+        return;
+    }
+    for target in [Target::new(8, 0), Target::new(8, 9)] {
+        let cases = library_cases()
+            .into_iter()
+            .filter(|c| {
+                // Defaults only: the first candidate of every tune parameter.
+                [
+                    "BLOCK_H=16,BLOCK_N=32",
+                    "BLOCK_D=128,BLOCK_H=16",
+                    "BLOCK_B=16,BLOCK_K=64,BLOCK_V=64",
+                    "append_rows",
+                ]
+                .iter()
+                .any(|d| c.label.contains(d))
+                    && !c.label.contains("STAGES=1")
+                    && !c.label.contains("STAGES=3")
+            })
+            .collect::<Vec<_>>();
+        assert!(cases.len() >= 16, "{} cases", cases.len());
+        let outcomes = compile_all(cases, target);
+        check(
+            &outcomes,
+            &format!("library kernels on {}", target.arch_name()),
+        );
+    }
+}
+
 #[test]
 fn builder_decode_variants_compile_for_sm90a_without_spills() {
     if !nvrtc_or_skip("builder_decode_variants_compile_for_sm90a_without_spills") {
