@@ -49,22 +49,59 @@ pub enum TpStage {
     AllReduce,
 }
 
-/// One rank: its decoder (one latent group, or a head slice for the baseline) and its `W_UV`.
-struct Rank<X: Executor> {
+/// One rank's share of a layer: its decoder (a latent group of the cache for every head under
+/// TPLA, or a head slice of the whole cache for the MLA baseline) and its `W_UV` block.
+///
+/// [`TpDecoder`] drives a group of these from one process. An engine that runs one process per
+/// GPU builds the one for its rank with [`TpShard::tpla`], calls [`TpShard::step`] and sums the
+/// result over the group itself (e.g. `tpla_runtime::cuda::nccl::NcclRank::all_reduce_sum`).
+pub struct TpShard<X: Executor> {
     dec: LatentDecoder<X>,
     w: X::Tensor<bf16>,
     proj: Config,
+    dv: usize,
 }
 
-impl<X: Executor> Rank<X> {
-    /// Attention then projection: `[batch, heads, dv]` on this rank's executor.
-    fn run(
+impl<X: Executor> TpShard<X> {
+    /// TPLA rank `rank` of `shape.groups` on `exec`: latent group `rank` of the cache for every
+    /// head, and rows `[rank·w, (rank+1)·w)` of each head's `W_UV` (`[heads, lat, dv]`).
+    pub fn tpla(
+        exec: &X,
+        shape: DecoderShape,
+        rank: usize,
+        w_uv: &HostTensor<bf16>,
+    ) -> Result<Self, RuntimeError> {
+        let dv = check_w(w_uv, shape.heads, shape.lat)?;
+        let dec = LatentDecoder::new_shard(exec, shape, rank)?;
+        let width = dec.shard_width();
+        let w = exec.upload(&w_rows(w_uv, rank * width..(rank + 1) * width))?;
+        let proj = head_proj.default_config(&[("LAT", width as i64), ("DV", dv as i64)]);
+        Ok(TpShard { dec, w, proj, dv })
+    }
+
+    /// Appends full-width rows `[batch, n, lat + rope]`; this rank keeps its part.
+    pub fn append(&mut self, exec: &X, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+        self.dec.append(exec, rows)
+    }
+
+    /// This rank's query from the full-width `q` (`[batch, heads, lat + rope]`).
+    pub fn query(&self, exec: &X, q: &HostTensor<bf16>) -> Result<X::Tensor<bf16>, RuntimeError> {
+        Ok(self
+            .dec
+            .shard_queries(exec, q)?
+            .pop()
+            .expect("one shard per rank"))
+    }
+
+    /// Attention then (unless `stop` is [`TpStage::Attention`]) the `W_UV` projection: this
+    /// rank's `[batch, heads, dv]` partial sum (or its latent output), not yet reduced.
+    pub fn step(
         &self,
         exec: &X,
         q: &X::Tensor<bf16>,
-        dv: usize,
         stop: TpStage,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let dv = self.dv;
         let s = self.dec.shape();
         let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
         let (o, _lse) = outs.pop().expect("one shard per rank");
@@ -80,8 +117,7 @@ impl<X: Executor> Rank<X> {
 /// The executors of a group and what each rank holds, in rank order.
 struct RankSet<X: Executor> {
     execs: Vec<X>,
-    ranks: Vec<Rank<X>>,
-    dv: usize,
+    ranks: Vec<TpShard<X>>,
 }
 
 impl<X: Executor> RankSet<X> {
@@ -89,7 +125,7 @@ impl<X: Executor> RankSet<X> {
     /// past the cache before anything changes, and every rank checks the same.
     fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
         for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
-            rank.dec.append(exec, rows)?;
+            rank.append(exec, rows)?;
         }
         Ok(())
     }
@@ -111,7 +147,7 @@ impl<X: Executor> RankSet<X> {
             .iter()
             .zip(&self.execs)
             .zip(queries)
-            .map(|((rank, exec), q)| rank.run(exec, q, self.dv, stop))
+            .map(|((rank, exec), q)| rank.step(exec, q, stop))
             .collect()
     }
 
@@ -144,17 +180,14 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
                 collective.ranks()
             )));
         }
-        let dv = check_w(w_uv, shape.heads, shape.lat)?;
-        let mut ranks = Vec::with_capacity(g);
-        for (r, exec) in execs.iter().enumerate() {
-            let dec = LatentDecoder::new_shard(exec, shape.clone(), r)?;
-            let width = dec.shard_width();
-            let w = exec.upload(&w_rows(w_uv, r * width..(r + 1) * width))?;
-            let proj = head_proj.default_config(&[("LAT", width as i64), ("DV", dv as i64)]);
-            ranks.push(Rank { dec, w, proj });
-        }
+        check_w(w_uv, shape.heads, shape.lat)?;
+        let ranks = execs
+            .iter()
+            .enumerate()
+            .map(|(r, exec)| TpShard::tpla(exec, shape.clone(), r, w_uv))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(TpDecoder {
-            set: RankSet { execs, ranks, dv },
+            set: RankSet { execs, ranks },
             collective,
             shape,
         })
@@ -189,12 +222,7 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
         }
         let mut out = Vec::with_capacity(self.set.ranks.len());
         for (rank, exec) in self.set.ranks.iter().zip(&self.set.execs) {
-            out.push(
-                rank.dec
-                    .shard_queries(exec, q)?
-                    .pop()
-                    .expect("one shard per rank"),
-            );
+            out.push(rank.query(exec, q)?);
         }
         Ok(out)
     }
@@ -263,10 +291,10 @@ impl<X: Executor> HeadParallelMla<X> {
                     .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
             )?;
             let proj = head_proj.default_config(&[("LAT", lat as i64), ("DV", dv as i64)]);
-            ranks.push(Rank { dec, w, proj });
+            ranks.push(TpShard { dec, w, proj, dv });
         }
         Ok(HeadParallelMla {
-            set: RankSet { execs, ranks, dv },
+            set: RankSet { execs, ranks },
             shape,
         })
     }

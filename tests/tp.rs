@@ -195,3 +195,90 @@ fn tpla_over_two_gpus_with_nccl_matches_the_reference() {
     };
     check_tpla(execs, group, "cuda+nccl g=2");
 }
+
+/// One process per GPU, as serving engines run: the test re-runs itself as two child processes
+/// (rank 0 and 1) that join one NCCL group through an id passed in the environment, each builds
+/// only its `TpShard`, steps it and all-reduces with `NcclRank`. Each child checks its result
+/// against the f64 reference. Skipped with a message without two GPUs; fails instead when
+/// `TPLA_REQUIRE_GPUS=2`.
+#[test]
+fn tpla_across_two_processes_with_nccl_ranks_matches_the_reference() {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+    use tpla::tp::{TpShard, TpStage};
+    use tpla_runtime::cuda::nccl::{NcclId, NcclRank};
+    use tpla_runtime::cuda::CudaExecutor;
+    const NAME: &str = "tpla_across_two_processes_with_nccl_ranks_matches_the_reference";
+
+    if let Ok(rank) = std::env::var("TPLA_TP_CHILD_RANK") {
+        // Child: one rank.
+        let rank: usize = rank.parse().unwrap();
+        let id = NcclId::from_hex(&std::env::var("TPLA_TP_NCCL_ID").unwrap()).unwrap();
+        let exec = CudaExecutor::new(rank).unwrap();
+        let comm = NcclRank::new(&exec, &id, rank, 2).unwrap();
+        let p = problem(2, 7);
+        let mut shard = TpShard::tpla(&exec, p.shape.clone(), rank, &p.w).unwrap();
+        shard.append(&exec, &p.rows).unwrap();
+        let q = shard.query(&exec, &p.q).unwrap();
+        let mut y = shard.step(&exec, &q, TpStage::Projection).unwrap();
+        comm.all_reduce_sum(&mut y).unwrap();
+        let got = to_f64(&exec.download(&y).unwrap());
+        let e = rel_error(&got, &reference(&p, 2));
+        assert!(e <= 1e-2, "process rank {rank}: rel err {e}");
+        println!("process rank {rank}: rel err {e:.2e}");
+        return;
+    }
+    let required = std::env::var("TPLA_REQUIRE_GPUS").is_ok_and(|v| v.trim() == "2");
+    if let Err(e) = CudaExecutor::new(0).and_then(|_| CudaExecutor::new(1)) {
+        assert!(
+            !required,
+            "TPLA_REQUIRE_GPUS=2 but two GPUs are not usable: {e}"
+        );
+        eprintln!("SKIP {NAME}: {e}");
+        return;
+    }
+    let id = match NcclId::new() {
+        Ok(id) => id,
+        Err(e) => {
+            assert!(
+                !required,
+                "TPLA_REQUIRE_GPUS=2 but NCCL is unavailable: {e}"
+            );
+            eprintln!("SKIP {NAME}: {e}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<_> = (0..2)
+        .map(|r| {
+            Command::new(&exe)
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env("TPLA_TP_CHILD_RANK", r.to_string())
+                .env("TPLA_TP_NCCL_ID", id.to_hex())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // ncclCommInitRank waits for every rank: never hang the suite if one child dies early.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut ok = [false; 2];
+    let mut done = [false; 2];
+    while done.iter().any(|d| !d) {
+        for (r, c) in children.iter_mut().enumerate() {
+            if !done[r] {
+                if let Some(status) = c.try_wait().unwrap() {
+                    done[r] = true;
+                    ok[r] = status.success();
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            children.iter_mut().for_each(|c| {
+                let _ = c.kill();
+            });
+            panic!("the rank processes did not finish in 180 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok.iter().all(|&o| o), "rank processes succeeded: {ok:?}");
+}
