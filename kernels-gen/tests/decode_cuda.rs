@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use tpla_codegen::KernelDef;
 use tpla_kernels::ops::{decode_attention, DecodeParams};
-use tpla_kernels::{append_rows, combine_splits, latent_decode};
+use tpla_kernels::{append_rows, combine_splits, head_proj, latent_decode};
 use tpla_runtime::cuda::device::executor_or_skip;
 use tpla_runtime::cuda::CudaExecutor;
 use tpla_runtime::half::bf16;
@@ -196,6 +196,52 @@ fn cuda_combine_matches_cpu() {
     }
 }
 
+/// The per-head `W_UV` projection on the GPU against the f64 product (of bf16-rounded inputs)
+/// and the CPU JIT, every tune candidate at each latent width, with partial batch and column
+/// blocks and NaN-poisoned outputs.
+#[test]
+fn cuda_head_proj_matches_reference_and_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for lat in [512usize, 256, 128, 64] {
+        let (b, h, dv) = (19usize, 3usize, 72usize);
+        let x: Vec<f32> = (0..b * h * lat).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..h * lat * dv)
+            .map(|_| rng.gen_range(-1.0..1.0))
+            .collect();
+        let x = HostTensor::from_vec(&[b, h, lat], x).unwrap();
+        let w = HostTensor::<bf16>::from_f32(&[h, lat, dv], &w).unwrap();
+        // f64 reference on the kernel's inputs: x rounded to bf16 (its cast), w as stored.
+        let mut want = vec![0.0f64; b * h * dv];
+        for bi in 0..b {
+            for hi in 0..h {
+                for c in 0..lat {
+                    let xv = bf16::from_f32(x.data()[(bi * h + hi) * lat + c]).to_f64();
+                    for v in 0..dv {
+                        want[(bi * h + hi) * dv + v] +=
+                            xv * w.data()[(hi * lat + c) * dv + v].to_f64();
+                    }
+                }
+            }
+        }
+        let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+        let consts = [("LAT", lat as i64), ("DV", dv as i64)];
+        for cfg in head_proj.tune_space(&consts) {
+            let mut co = HostTensor::<f32>::full(&[b, h, dv], f32::NAN);
+            head_proj::launch(cpu(), &cfg, &x, &w, &mut co).unwrap();
+            let mut go = g
+                .upload(&HostTensor::<f32>::full(&[b, h, dv], f32::NAN))
+                .unwrap();
+            head_proj::launch(g, &cfg, &gx, &gw, &mut go).unwrap();
+            let go = g.download(&go).unwrap();
+            let e = rel_error(&f64s(go.data()), &want);
+            assert!(e < 1e-3, "lat {lat} [{cfg}]: GPU vs f64 {e}");
+            let c = rel_error(&f64s(go.data()), &f64s(co.data()));
+            assert!(c < 1e-2, "lat {lat} [{cfg}]: GPU vs CPU {c}");
+        }
+    }
+}
+
 #[test]
 fn cuda_append_matches_cpu_and_touches_nothing_else() {
     let Some(g) = gpu() else { return };
@@ -263,6 +309,12 @@ fn sanitizer_smoke_every_kernel() {
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         assert!(out.data().iter().all(|x| x.is_finite()));
     }
+    let x = HostTensor::<f32>::full(&[5, 2, 128], 0.25);
+    let w = HostTensor::<bf16>::full(&[2, 128, 40], bf16::from_f32(0.5));
+    let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+    let mut gy = g.alloc::<f32>(&[5, 2, 40]).unwrap();
+    let pcfg = head_proj.default_config(&[("LAT", 128), ("DV", 40)]);
+    head_proj::launch(g, &pcfg, &gx, &gw, &mut gy).unwrap();
     let rows = HostTensor::<bf16>::from_f32(&[2, 3, 80], &vec![0.5; 480]).unwrap();
     let mut cache = HostPagedCache::<bf16>::new(2, 10, 4, 80).unwrap();
     cache.set_seq_lens(&[3, 10]).unwrap();
