@@ -17,7 +17,7 @@ use tpla_macros::kernel;
 #[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE))]
 pub fn latent_decode<
     #[tune(16, 32, 64)] const BLOCK_H: usize,
-    #[tune(32, 16, 64)] const BLOCK_N: usize,
+    #[tune(64, 32, 16)] const BLOCK_N: usize,
     #[tune(2, 1, 3)] const STAGES: usize,
 >(
     q: Tensor<bf16, dims![batch, heads, LAT + ROPE]>,
