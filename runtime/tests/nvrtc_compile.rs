@@ -244,7 +244,7 @@ fn library_kernels_compile_for_ampere_and_ada_without_spills() {
             .filter(|c| {
                 // Defaults only: the first candidate of every tune parameter.
                 [
-                    "BLOCK_H=16,BLOCK_N=32",
+                    "BLOCK_H=16,BLOCK_N=64",
                     "BLOCK_D=128,BLOCK_H=16",
                     "BLOCK_B=16,BLOCK_K=64,BLOCK_V=64",
                     "append_rows",
