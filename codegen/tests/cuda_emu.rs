@@ -678,8 +678,23 @@ fn decode_case(
     splits: usize,
     seed: u64,
 ) {
+    decode_case_with(cxx, p, &[], target, heads, seq_lens, splits, seed)
+}
+
+/// [`decode_case`] with extra emitter config values (e.g. `WG_SPLIT`).
+#[allow(clippy::too_many_arguments)]
+fn decode_case_with(
+    cxx: &str,
+    p: DecodeParams,
+    extra: &[(&str, i64)],
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
     let tag = format!(
-        "decode_h{}_n{}_s{}_lat{}_q{}_p{}_sm{}{}_{:?}",
+        "decode_h{}_n{}_s{}_lat{}_q{}_p{}_sm{}{}_{:?}{}",
         p.block_h,
         p.block_n,
         p.stages,
@@ -688,9 +703,15 @@ fn decode_case(
         p.p_bf16 as u8,
         target.sm.0,
         target.sm.1,
-        target.f32_gemm
+        target.f32_gemm,
+        extra
+            .iter()
+            .map(|(n, v)| format!("_{n}{v}"))
+            .collect::<String>()
     );
-    let k = latent_decode(p).unwrap();
+    let mut k = latent_decode(p).unwrap();
+    k.config
+        .extend(extra.iter().map(|(n, v)| (n.to_string(), *v)));
     let d = p.lat + p.rope;
     let batch = seq_lens.len();
     let mut rng = Rng::new(seed);
@@ -894,6 +915,42 @@ fn emulated_decode_warpgroup_paths() {
         ..dp(16, 512)
     };
     decode_case(&cxx, p, Target::sm90(), 64, &[90], 1, 13);
+    // Warpgroups split q·kᵀ too (WG_SPLIT = 32): cross-warpgroup row statistics and P through
+    // shared memory, both gemms from shared-memory descriptors, no duplicate tensor work.
+    let src = |extra: i64| {
+        let mut k = latent_decode(dp(64, 512)).unwrap();
+        k.config.push(("WG_SPLIT".into(), extra));
+        tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap().code
+    };
+    let split = src(32);
+    assert!(
+        split.contains("tpla_wgmma_m64n32k16_00(") && split.contains("tpla_wgmma_m64n256k16_01(")
+    );
+    assert!(
+        !split.contains("k16_r1("),
+        "P from shared memory when q·kᵀ is split"
+    );
+    assert!(src(128).contains("tpla_wgmma_m64n64k16_00("));
+    decode_case_with(
+        &cxx,
+        dp(64, 512),
+        &[("WG_SPLIT", 32)],
+        Target::sm90(),
+        64,
+        &[150, 33],
+        2,
+        14,
+    );
+    decode_case_with(
+        &cxx,
+        dp(32, 256),
+        &[("WG_SPLIT", 32)],
+        Target::sm90(),
+        40,
+        &[70],
+        1,
+        15,
+    );
 }
 
 #[test]

@@ -14,11 +14,18 @@ use tpla_macros::kernel;
 /// (FlashMLA's precision contract: a GPU feeds both gemms to bf16 tensor cores, the CPU JIT keeps
 /// f32). Scores use `exp2` with `scale · log2(e)` folded in. An empty split writes zeros and an lse of
 /// about -6.9e29, which the combine weighs as zero.
+///
+/// `WG_SPLIT` is a schedule knob for Hopper's warpgroup path and changes no result: the fewest
+/// columns a warpgroup takes when warpgroups split a tile. 128 keeps `q·kᵀ` whole in each
+/// warpgroup (P stays in registers); 32 splits it (no duplicate tensor work, P through shared
+/// memory), which pays off where the decode is compute-bound (128 heads). The CPU JIT and
+/// pre-Hopper GPUs ignore it.
 #[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE))]
 pub fn latent_decode<
     #[tune(16, 32, 64)] const BLOCK_H: usize,
     #[tune(64, 32, 16)] const BLOCK_N: usize,
     #[tune(2, 1, 3)] const STAGES: usize,
+    #[tune(128, 32)] const WG_SPLIT: usize,
 >(
     q: Tensor<bf16, dims![batch, heads, LAT + ROPE]>,
     cache: Paged<bf16, dims![LAT + ROPE]>,

@@ -290,14 +290,16 @@ fn cuda_append_matches_cpu_and_touches_nothing_else() {
 #[test]
 fn sanitizer_smoke_every_kernel() {
     let Some(g) = gpu() else { return };
-    for (lat, bh, bn, st) in [
-        (512usize, 16i64, 32i64, 2i64),
-        // Hopper warpgroup paths: two warpgroups (latent 512), one (256), 32-token blocks.
-        (512, 64, 64, 2),
-        (512, 64, 32, 3),
-        (256, 64, 64, 2),
-        (64, 32, 16, 3),
-        (128, 64, 16, 1),
+    for (lat, bh, bn, st, wg) in [
+        (512usize, 16i64, 32i64, 2i64, 128i64),
+        // Hopper warpgroup paths: two warpgroups (latent 512), one (256), 32-token blocks, and
+        // warpgroups splitting q·kᵀ (P and row statistics through shared memory).
+        (512, 64, 64, 2, 128),
+        (512, 64, 32, 3, 128),
+        (512, 64, 64, 2, 32),
+        (256, 64, 64, 2, 128),
+        (64, 32, 16, 3, 128),
+        (128, 64, 16, 1, 128),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
@@ -305,7 +307,8 @@ fn sanitizer_smoke_every_kernel() {
             .decode
             .with("BLOCK_H", bh)
             .with("BLOCK_N", bn)
-            .with("STAGES", st);
+            .with("STAGES", st)
+            .with("WG_SPLIT", wg);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         assert!(out.data().iter().all(|x| x.is_finite()));
     }

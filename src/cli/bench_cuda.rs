@@ -147,11 +147,19 @@ fn run_case(
     let mut best: Option<(Config, usize, f64)> = None;
     for &bh in &bhs {
         for &bn in bns {
-            for (&st, &warps) in sts.iter().flat_map(|s| WARPS.iter().map(move |w| (s, w))) {
+            // WG_SPLIT only matters for the 64-row (warpgroup) tiles.
+            let splits_wg: &[i64] = if bh == 64 { &[128, 32] } else { &[128] };
+            let knobs = sts.iter().flat_map(|s| {
+                WARPS
+                    .iter()
+                    .flat_map(move |w| splits_wg.iter().map(move |g| (s, w, g)))
+            });
+            for (&st, &warps, &wg_split) in knobs {
                 let mut cfg = Config::new()
                     .with("BLOCK_H", bh)
                     .with("BLOCK_N", bn)
                     .with("STAGES", st)
+                    .with("WG_SPLIT", wg_split)
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
                 if warps > 0 {

@@ -56,6 +56,11 @@ fn join(a: Lay, b: Lay) -> Lay {
 struct Geo {
     nw: usize,
     wg: bool,
+    /// Under `wg`: the fewest columns a warpgroup takes when warpgroups split a tile (config
+    /// `WG_SPLIT`, default 128). 128 keeps q·kᵀ whole per warpgroup (duplicated, P stays in
+    /// registers); 32 splits it too (no duplicate tensor work; P and the row statistics go
+    /// through shared memory).
+    wg_split: usize,
 }
 
 impl Geo {
@@ -81,7 +86,7 @@ impl Geo {
             // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
             // row statistics stay in registers and P feeds wgmma from registers.
             let groups = self.nw / 4;
-            return if (n / 8).is_multiple_of(groups) && n / groups >= 128 {
+            return if (n / 8).is_multiple_of(groups) && n / groups >= self.wg_split {
                 groups
             } else {
                 1
@@ -270,7 +275,11 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
     let budget = if split { 96 } else { 128 };
     // At most 8 warps: a 512-thread block may use only 128 registers per thread.
     for nw in [4usize, 8] {
-        let g = Geo { nw, wg: false };
+        let g = Geo {
+            nw,
+            wg: false,
+            wg_split: 128,
+        };
         if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
         }
@@ -281,10 +290,22 @@ fn choose_warps(k: &Kernel, info: &Info, target: &Target) -> usize {
 /// Whether the kernel uses the warpgroup geometry (and with it `wgmma` where operands allow):
 /// the target allows it, the config does not say `WGMMA = 0`, every tensor-core gemm has 64 rows,
 /// the block is whole warpgroups and the accumulators fit the register budget under that geometry.
+/// The `WG_SPLIT` config value (see [`Geo::wg_split`]), 128 when absent or not a multiple of 8.
+fn wg_split(k: &Kernel) -> usize {
+    k.config
+        .iter()
+        .find(|(name, v)| name == "WG_SPLIT" && *v >= 8 && *v % 8 == 0)
+        .map_or(128, |(_, v)| *v as usize)
+}
+
 fn use_warpgroups(k: &Kernel, info: &Info, target: &Target, nw: usize) -> bool {
     let off = k.config.iter().any(|(name, v)| name == "WGMMA" && *v == 0);
     let frag = frag_gemms(info);
-    let g = Geo { nw, wg: true };
+    let g = Geo {
+        nw,
+        wg: true,
+        wg_split: wg_split(k),
+    };
     target.wgmma
         && !off
         && nw.is_multiple_of(4)
@@ -3485,6 +3506,7 @@ fn emit_with_cap(k: &Kernel, target: Target, cap: usize) -> Result<CudaSource, I
     let geo = Geo {
         nw,
         wg: use_warpgroups(k, &info, &target, nw),
+        wg_split: wg_split(k),
     };
     let mut lcx = LayoutCx {
         k,
