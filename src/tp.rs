@@ -79,6 +79,22 @@ impl<X: Executor> TpShard<X> {
         Ok(TpShard { dec, w, proj, dv })
     }
 
+    /// Replaces the decode kernel's tune values (e.g. from the tune database of this rank's
+    /// device).
+    pub fn set_decode_config(&mut self, config: Config) {
+        self.dec.set_decode_config(config);
+    }
+
+    /// Latent width of this rank's cache rows (without RoPE).
+    pub fn width(&self) -> usize {
+        self.dec.shard_width()
+    }
+
+    /// Heads this rank attends with.
+    pub fn heads(&self) -> usize {
+        self.dec.shape().heads
+    }
+
     /// Appends full-width rows `[batch, n, lat + rope]`; this rank keeps its part.
     pub fn append(&mut self, exec: &X, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
         self.dec.append(exec, rows)
@@ -202,6 +218,11 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
         &self.set.execs
     }
 
+    /// The ranks with their executors, e.g. to set tuned kernel configs per device.
+    pub fn shards_mut(&mut self) -> impl Iterator<Item = (&X, &mut TpShard<X>)> {
+        self.set.execs.iter().zip(self.set.ranks.iter_mut())
+    }
+
     /// Appends full-width rows `[batch, n, lat + rope]`: every rank keeps its latent group. A
     /// bad shape or a length past the cache is refused before any rank changes.
     pub fn append(&mut self, rows: &HostTensor<bf16>) -> Result<(), RuntimeError> {
@@ -297,6 +318,11 @@ impl<X: Executor> HeadParallelMla<X> {
             set: RankSet { execs, ranks },
             shape,
         })
+    }
+
+    /// The ranks with their executors, e.g. to set tuned kernel configs per device.
+    pub fn shards_mut(&mut self) -> impl Iterator<Item = (&X, &mut TpShard<X>)> {
+        self.set.execs.iter().zip(self.set.ranks.iter_mut())
     }
 
     /// Appends full rows to every rank (each holds the whole cache).

@@ -575,3 +575,59 @@ fn decode_on_more_gpus_than_present_is_a_typed_error() {
         "rank",
     );
 }
+
+/// `tpla decode --devices k` reads the tune database of each rank's device, like `tpla decode`.
+#[test]
+fn decode_over_ranks_uses_the_tuned_config_of_each_rank() {
+    let dir = tmp("tune-tp");
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("TPLA_TUNE_DIR", &dir)
+            .env("TPLA_REQUIRE_GPU", "0")
+            .output()
+            .unwrap()
+    };
+    // One thread: the identity of each of two CPU ranks sharing two threads.
+    let o = run(&[
+        "tune",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--batch",
+        "2",
+        "--context",
+        "128",
+        "--reps",
+        "1",
+        "--preset",
+        "deepseek-v2-lite",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "decode",
+        "--devices",
+        "2",
+        "--backend",
+        "cpu",
+        "--threads",
+        "2",
+        "--batch",
+        "2",
+        "--context",
+        "126",
+        "--steps",
+        "2",
+        "--page-size",
+        "16",
+        "--preset",
+        "deepseek-v2-lite",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("kernel configs: tuned") && out.contains("(ok)"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

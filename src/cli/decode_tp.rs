@@ -7,8 +7,11 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use tpla::decoder::DecoderShape;
 use tpla::tp::{HeadParallelMla, TpDecoder, TpStage};
+use tpla_codegen::KernelDef;
+use tpla_kernels::latent_decode;
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::tpla_attention;
+use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
 
 use super::decode::DecodeArgs;
@@ -118,10 +121,30 @@ fn run<X: Executor, C: AllReduce<X>>(
         HostTensor::from_vec(&[heads, LAT, dv], wv).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut tp = TpDecoder::new(execs, collective, shape.clone(), &w)?;
     let mut mla = HeadParallelMla::new(mla_execs, shape, &w)?;
+    // Tuned decode configs per rank's device, as `tpla decode` uses them on one device.
+    let mut tuned = Vec::new();
+    let shards = tp.shards_mut().chain(mla.shards_mut());
+    for (exec, shard) in shards {
+        let (db, warning) = TuneDb::open(&default_dir(), &exec.device_identity());
+        if let Some(w) = warning {
+            eprintln!("tpla: {w}");
+        }
+        let bucket = decode_bucket(a.batch, shard.heads(), shard.width(), ROPE, max_tokens);
+        if let Some(c) = db.get(latent_decode.name(), &bucket) {
+            tuned.push(format!("{c} for {bucket}"));
+            shard.set_decode_config(c);
+        }
+    }
+    tuned.dedup();
     println!(
         "tpla decode --devices {k}: {} (H={heads}, latent {LAT} + rope {ROPE}, v_head {dv}), batch {}, context {}, page {}",
         cfg.name, a.batch, a.context, a.page_size
     );
+    if tuned.is_empty() {
+        println!("kernel configs: defaults (run `tpla tune` to pick the fastest for this device)");
+    } else {
+        println!("kernel configs: tuned ({})", tuned.join("; "));
+    }
     println!(
         "ranks: {}; {how}; TPLA g={k} (latent group per rank, all heads) vs MLA (heads split, whole cache per rank)",
         names.join(" | ")

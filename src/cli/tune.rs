@@ -103,7 +103,14 @@ impl ExecJob for TuneJob {
                 format!("latent_decode, {bucket}"),
                 "median us"
             );
+            // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
+            // same kernel, so only the default is timed.
+            let cuda = exec.backend_name().starts_with("cuda");
+            let default_split = latent_decode.default_config(&[]).get("WG_SPLIT").ok();
             for cand in latent_decode.tune_space(&[]) {
+                if !cuda && cand.get("WG_SPLIT").ok() != default_split {
+                    continue;
+                }
                 let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
                 let splits = match choose_splits(exec, &p, a.context) {
