@@ -23,7 +23,31 @@
 //!
 //! Register arrays are indexed only inside fully unrolled loops (compile-time indices), so nothing
 //! is demoted to local memory. `__syncthreads()` is inserted between statements that touch the
-//! same shared (or global) buffer from different threads, including around loop back edges.
+//! same shared (or global) buffer from different threads, including around loop back edges;
+//! dependencies a thread has only on its own elements (flat elementwise loops over one shape)
+//! need none.
+//!
+//! # Hopper (sm_90a): warpgroup gemms
+//!
+//! Where [`Target::wgmma`] allows and every tensor-core gemm has 64 rows, the kernel uses the
+//! warpgroup geometry: 4 warps along M form a warpgroup whose fragments are exactly the
+//! `wgmma.mma_async` accumulator layout, and warpgroups split only tiles at least `WG_SPLIT`
+//! (default 128) columns wide per group, so narrower tiles (q·kᵀ) are computed whole by each and
+//! every warp owns whole rows. Such a gemm becomes `K / 16` `wgmma` instructions followed by a
+//! commit and a wait:
+//!
+//! - shared-memory operands are bf16 tiles stored column-blocked (`[cols / 64][rows][64]`, 128-byte
+//!   rows XOR-swizzled by `row & 7`, blocks 1024-byte aligned: the hardware's 128-byte swizzle) and
+//!   described by one descriptor per gemm plus constant offsets per K step; K-major and M/N-major
+//!   views (`kv.t()` and `kv.cols(..)`) are both direct;
+//! - a register fragment whose warps own whole rows (P after the softmax) is fed as the register
+//!   A operand, converted to bf16 pairs in place;
+//! - every barrier carries `fence.proxy.async`, so generic-proxy writes (stores, `cp.async`) are
+//!   visible to the tensor cores' async-proxy reads;
+//! - a paged loop issues the next block's copy inside its first warpgroup gemm (between the
+//!   commit and the wait), with one barrier per block.
+//!
+//! Other gemms (other shapes, f32 operands split into hi/lo parts) keep `mma.sync`.
 //!
 //! # Numerics
 //!
