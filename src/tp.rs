@@ -170,6 +170,22 @@ impl<X: Executor> RankSet<X> {
     fn synchronize(&self) -> Result<(), RuntimeError> {
         self.execs.iter().try_for_each(|e| e.synchronize())
     }
+
+    fn shards_mut(&mut self) -> impl Iterator<Item = (&X, &mut TpShard<X>)> {
+        self.execs.iter().zip(self.ranks.iter_mut())
+    }
+}
+
+/// A full-width query `[batch, heads, lat + rope]` for `shape`, or a typed error.
+fn check_query(shape: &DecoderShape, q: &HostTensor<bf16>) -> Result<(), RuntimeError> {
+    let want = [shape.batch, shape.heads, shape.lat + shape.rope];
+    if q.shape() != want {
+        return Err(RuntimeError::InvalidInput(format!(
+            "q must be {want:?}, got {:?}",
+            q.shape()
+        )));
+    }
+    Ok(())
 }
 
 /// TPLA over `g` executors (see the module docs).
@@ -220,7 +236,7 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
 
     /// The ranks with their executors, e.g. to set tuned kernel configs per device.
     pub fn shards_mut(&mut self) -> impl Iterator<Item = (&X, &mut TpShard<X>)> {
-        self.set.execs.iter().zip(self.set.ranks.iter_mut())
+        self.set.shards_mut()
     }
 
     /// Appends full-width rows `[batch, n, lat + rope]`: every rank keeps its latent group. A
@@ -231,16 +247,7 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
 
     /// Each rank's query (`q` is `[batch, heads, lat + rope]`, full width) on its executor.
     pub fn rank_queries(&self, q: &HostTensor<bf16>) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
-        let s = &self.shape;
-        if q.shape() != [s.batch, s.heads, s.lat + s.rope] {
-            return Err(RuntimeError::InvalidInput(format!(
-                "q must be [{}, {}, {}], got {:?}",
-                s.batch,
-                s.heads,
-                s.lat + s.rope,
-                q.shape()
-            )));
-        }
+        check_query(&self.shape, q)?;
         let mut out = Vec::with_capacity(self.set.ranks.len());
         for (rank, exec) in self.set.ranks.iter().zip(&self.set.execs) {
             out.push(rank.query(exec, q)?);
@@ -322,7 +329,7 @@ impl<X: Executor> HeadParallelMla<X> {
 
     /// The ranks with their executors, e.g. to set tuned kernel configs per device.
     pub fn shards_mut(&mut self) -> impl Iterator<Item = (&X, &mut TpShard<X>)> {
-        self.set.execs.iter().zip(self.set.ranks.iter_mut())
+        self.set.shards_mut()
     }
 
     /// Appends full rows to every rank (each holds the whole cache).
@@ -332,16 +339,9 @@ impl<X: Executor> HeadParallelMla<X> {
 
     /// Each rank's query: its heads of `q` (`[batch, heads, lat + rope]`).
     pub fn rank_queries(&self, q: &HostTensor<bf16>) -> Result<Vec<X::Tensor<bf16>>, RuntimeError> {
+        check_query(&self.shape, q)?;
         let s = &self.shape;
         let d = s.lat + s.rope;
-        if q.shape() != [s.batch, s.heads, d] {
-            return Err(RuntimeError::InvalidInput(format!(
-                "q must be [{}, {}, {d}], got {:?}",
-                s.batch,
-                s.heads,
-                q.shape()
-            )));
-        }
         let k = self.set.ranks.len();
         let hk = s.heads / k;
         (0..k)

@@ -14,6 +14,16 @@ fn bin() -> String {
     std::env::var("TPLA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tpla").to_string())
 }
 
+/// `tpla args` with its tune database in `dir`.
+fn tpla_with_tune_dir(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("TPLA_TUNE_DIR", dir)
+        .env("TPLA_REQUIRE_GPU", "0")
+        .output()
+        .expect("the binary runs")
+}
+
 fn tpla(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
@@ -344,14 +354,7 @@ fn info_lists_backends() {
 #[test]
 fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
     let dir = tmp("tune");
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .env("TPLA_TUNE_DIR", &dir)
-            .env("TPLA_REQUIRE_GPU", "0")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| tpla_with_tune_dir(&dir, args);
     let o = run(&[
         "tune",
         "--backend",
@@ -580,14 +583,7 @@ fn decode_on_more_gpus_than_present_is_a_typed_error() {
 #[test]
 fn decode_over_ranks_uses_the_tuned_config_of_each_rank() {
     let dir = tmp("tune-tp");
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .env("TPLA_TUNE_DIR", &dir)
-            .env("TPLA_REQUIRE_GPU", "0")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| tpla_with_tune_dir(&dir, args);
     // One thread: the identity of each of two CPU ranks sharing two threads.
     let o = run(&[
         "tune",

@@ -3108,31 +3108,22 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
 ",
                 addr = b.addr("r_", &format!("(ch_ * {v})")),
             )
-        } else if vec_ok {
-            let v = 16 / elem.size();
-            let cpr = row / v;
-            format!(
-                "{{
-    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
-    for (int r_ = warp; r_ < {block}; r_ += {nw}) {{
-        const int t_ = t0_ + r_;
-        bool ok_ = t_ < {hi} && {ps} > 0;
-        const {cty}* src_ = {data};
-        if (ok_) {{
-            const int pi_ = t_ / {ps};
-            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
-            ok_ = pg_ >= 0 && pg_ < {np};
-            if (ok_) src_ = {data} + ((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {row};
-        }}
-        for (int ch_ = lane; ch_ < {cpr}; ch_ += 32)
-            tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);
-    }}
-}}
-",
-                addr = b.addr("r_", &format!("(ch_ * {v})")),
-            )
         } else {
+            // A warp per row: the row's page lookup, then its copy (16-byte chunks where rows
+            // allow, else element by element).
+            let copy = if vec_ok {
+                let v = 16 / elem.size();
+                format!(
+                    "for (int ch_ = lane; ch_ < {cpr}; ch_ += 32)\n            tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);",
+                    cpr = row / v,
+                    addr = b.addr("r_", &format!("(ch_ * {v})")),
+                )
+            } else {
+                format!(
+                    "for (int c_ = lane; c_ < {row}; c_ += 32) dst_[{addr}] = ok_ ? src_[c_] : ({cty})0;",
+                    addr = b.addr("r_", "c_"),
+                )
+            };
             format!(
                 "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
@@ -3147,11 +3138,10 @@ for (int i_ = 0; i_ < {regs}; ++i_) {{
             ok_ = pg_ >= 0 && pg_ < {np};
             if (ok_) src_ = {data} + ((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {row};
         }}
-        for (int c_ = lane; c_ < {row}; c_ += 32) dst_[{addr}] = ok_ ? src_[c_] : ({cty})0;
+        {copy}
     }}
 }}
-",
-                addr = b.addr("r_", "c_"),
+"
             )
         };
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
