@@ -5,12 +5,14 @@
 # benchmark. Logs and the benchmark JSON go to $OUT (default /tmp/tpla-gpu-check); a summary is
 # printed at the end (step logs in $OUT/logs.tgz). Exit status: 0 when every step passed.
 #   scripts/gpu-check.sh [tests|sanitize|bench|all|multi]   (default all; multi: two GPUs, NCCL)
+# TPLA_GPU_BIN=DIR runs the binaries of DIR instead of gpu-bin/ (an older build carried beside the
+# new one, for a same-run comparison).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
 OUT=${OUT:-/tmp/tpla-gpu-check}
 mkdir -p "$OUT"
-bin=gpu-bin
+bin=${TPLA_GPU_BIN:-gpu-bin}
 if [ ! -x "$bin/cuda_exec" ]; then
   echo "gpu-check: $bin/ is missing; run scripts/gpu-build.sh on the build machine and carry $bin" >&2
   exit 2
