@@ -1,10 +1,13 @@
 //! `tpla bench` on a CUDA GPU: split-KV latent decode (the `tpla-kernels` DSL kernels) for MLA
 //! (latent 512 + RoPE 64) and a TPLA shard (256 + 64) at H ∈ {16, 64, 128}, (B, L) ∈
-//! {(128, 4096), (64, 32768)}, page size 64, s_q = 1. For each case a sweep of tune configs
+//! {(128, 4096), (64, 32768)}, page size 64, s_q = 1; then page sizes 1 and 16 (MLA, B 128 x 4K,
+//! H 16/64) and a variable-length batch (64 sequences, lengths uniform in 1..=32768; MLA H 16/64,
+//! the shard at H 64), each with a smaller sweep. For each case a sweep of tune configs
 //! (BLOCK_H × BLOCK_N × STAGES × warps) times the decode (median of 20 event-timed runs after
 //! warm-up); the full op (decode, plus the combine when there is more than one split) then decides
 //! among the four fastest. A same-process roofline (streaming read, device copy), cold NVRTC
-//! compile times per variant and cache-hit times are reported beside it; the table is printed and
+//! compile times per variant and cache-hit times are reported beside it, and each case's bandwidth
+//! as a fraction of both (bytes: KV once + q + out, bf16); the table is printed and
 //! `DIR/cuda-decode-DATE-COMMIT.json` written (device, driver, date, commit).
 
 use std::path::PathBuf;
@@ -13,7 +16,7 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::{combine_splits, latent_decode};
 use tpla_runtime::cuda::bench::{
     self, measure, roofline_default, BenchReport, CompileTimes, DecodeCaseResult, DecodeShape,
-    Measurement,
+    Measurement, Roofline,
 };
 use tpla_runtime::cuda::{
     compile_kernel, nvrtc, CudaExecutor, CudaPagedCache, CudaTensor, KernelCache,
@@ -53,13 +56,24 @@ fn pattern(i: usize, salt: u64) -> f32 {
     ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
+/// Sequence lengths of the variable-length case: uniform in `1..=max`, fixed by `i`.
+fn variable_lengths(batch: usize, max: usize) -> Vec<usize> {
+    (0..batch)
+        .map(|i| 1 + ((i as u64 ^ 0x5EED).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize % max)
+        .collect()
+}
+
+/// A device cache with pages shuffled between sequences; `lens` tokens per sequence (each at
+/// most `context`), `page_size` tokens per page.
 fn device_cache(
     exec: &CudaExecutor,
-    batch: usize,
     context: usize,
     d: usize,
+    page_size: usize,
+    lens: &[usize],
 ) -> Result<CudaPagedCache<bf16>, RuntimeError> {
-    let mut c = HostPagedCache::<bf16>::new(batch, context, 64, d)?;
+    let batch = lens.len();
+    let mut c = HostPagedCache::<bf16>::new(batch, context, page_size, d)?;
     // Shuffle whole pages between sequences so the block table matters.
     let mut table = c.block_table().to_vec();
     let n = table.len();
@@ -70,8 +84,17 @@ fn device_cache(
     for (i, x) in c.data_mut().iter_mut().enumerate() {
         *x = bf16::from_f32(pattern(i, 7));
     }
-    c.set_seq_lens(&vec![context; batch])?;
+    c.set_seq_lens(lens)?;
     exec.upload_paged(&c)
+}
+
+/// How wide a case's config sweep is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// BLOCK_H x BLOCK_N {32, 64} x STAGES {2, 3} x warps x WG_SPLIT (or `--quick`'s subset).
+    Full,
+    /// BLOCK_H x BLOCK_N 64 x STAGES {2, 3}, the emitter's warps, WG_SPLIT 128 (the extra cases).
+    Narrow,
 }
 
 /// Warp counts tried per config: 0 = the emitter's choice, 8 = forced.
@@ -121,9 +144,11 @@ fn run_case(
     cache: &CudaPagedCache<bf16>,
     shape: DecodeShape,
     opts: &GpuBenchOpts,
-    read_gbps: f64,
+    sweep: Sweep,
+    roof: &Roofline,
 ) -> Result<DecodeCaseResult, RuntimeError> {
     let quick = opts.quick;
+    let narrow = sweep == Sweep::Narrow;
     let d = shape.lat + shape.rope;
     let (b, h) = (shape.batch, shape.heads);
     let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
@@ -132,7 +157,7 @@ fn run_case(
         .into_iter()
         .filter(|&x| x as usize <= h.max(16))
         .collect();
-    let bns: &[i64] = if quick { &[64] } else { &[32, 64] };
+    let bns: &[i64] = if quick || narrow { &[64] } else { &[32, 64] };
     let sts: &[i64] = if quick { &[2] } else { &[2, 3] };
     let max_splits = 64;
     let mut bufs = Bufs {
@@ -148,9 +173,14 @@ fn run_case(
     for &bh in &bhs {
         for &bn in bns {
             // WG_SPLIT only matters for the 64-row (warpgroup) tiles.
-            let splits_wg: &[i64] = if bh == 64 { &[128, 32] } else { &[128] };
+            let splits_wg: &[i64] = if bh == 64 && !narrow {
+                &[128, 32]
+            } else {
+                &[128]
+            };
+            let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
-                WARPS
+                warps_tried
                     .iter()
                     .flat_map(move |w| splits_wg.iter().map(move |g| (s, w, g)))
             });
@@ -225,7 +255,8 @@ fn run_case(
         splits,
         gbps,
         tflops,
-        fraction_of_read_roofline: gbps / read_gbps,
+        fraction_of_read_roofline: gbps / roof.read_gbps,
+        fraction_of_copy_roofline: gbps / roof.copy_gbps,
         time,
         decode_only,
         tried,
@@ -294,10 +325,15 @@ fn time_full_op(
 }
 
 /// GPU vs CPU executor on a small problem with the chosen config (max relative difference).
-fn check_small(exec: &CudaExecutor, cfg: &str, lat: usize) -> Result<f64, RuntimeError> {
+fn check_small(
+    exec: &CudaExecutor,
+    cfg: &str,
+    lat: usize,
+    page_size: usize,
+) -> Result<f64, RuntimeError> {
     let (b, h, l, d) = (2usize, 16usize, 300usize, lat + 64);
     let cfg = parse_config(cfg).with("BLOCK_H", 16);
-    let mut c = HostPagedCache::<bf16>::new(b, l, 16, d)?;
+    let mut c = HostPagedCache::<bf16>::new(b, l, page_size.min(16), d)?;
     for (i, x) in c.data_mut().iter_mut().enumerate() {
         *x = bf16::from_f32(pattern(i, 11));
     }
@@ -328,7 +364,7 @@ fn check_small(exec: &CudaExecutor, cfg: &str, lat: usize) -> Result<f64, Runtim
 
 /// Runs the GPU benchmark matrix on `exec`, prints the table and writes the JSON report.
 pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
-    let (quick, out) = (opts.quick, opts.out.as_path());
+    let out = opts.out.as_path();
     println!("tpla bench (cuda) on {}", exec.backend_name());
     let roof = roofline_default(exec)?;
     println!(
@@ -383,44 +419,49 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     let _ = std::fs::remove_dir_all(&tmp);
 
     let mut cases = Vec::new();
-    let bl: &[(usize, usize)] = if quick {
-        &[(128, 4096)]
-    } else {
-        &[(128, 4096), (64, 32768)]
-    };
-    let only = opts.variant.clone();
-    for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
-        if only.as_deref().is_some_and(|v| v != variant) {
-            continue;
-        }
-        for &(batch, context) in bl {
-            let cache = device_cache(exec, batch, context, lat + 64)?;
-            for &heads in &opts.heads {
-                let shape = DecodeShape {
-                    batch,
-                    heads,
-                    context,
-                    lat,
-                    rope: 64,
-                    page_size: 64,
-                };
-                match run_case(exec, variant, &cache, shape, opts, roof.read_gbps) {
-                    Ok(mut r) => {
-                        r.check_rel_diff = check_small(exec, &r.config, lat).unwrap_or(f64::NAN);
-                        println!(
-                            "{variant} H={heads} B={batch} L={context}: {:.1} us, {:.0} GB/s ({:.2}x read roofline), {:.1} TFLOPS, {} splits {}, vs CPU {:.1e}",
-                            r.time.median_ms * 1e3,
-                            r.gbps,
-                            r.fraction_of_read_roofline,
-                            r.tflops,
-                            r.config,
-                            r.splits,
-                            r.check_rel_diff
-                        );
-                        cases.push(r);
-                    }
-                    Err(e) => println!("{variant} H={heads} B={batch} L={context}: FAILED: {e}"),
+    for spec in case_specs(opts) {
+        let d = spec.lat + 64;
+        let lens = match spec.variable {
+            true => variable_lengths(spec.batch, spec.context),
+            false => vec![spec.context; spec.batch],
+        };
+        let cache = device_cache(exec, spec.context, d, spec.page_size, &lens)?;
+        for &heads in &spec.heads {
+            let mut shape = DecodeShape::equal(
+                spec.batch,
+                heads,
+                spec.context,
+                spec.lat,
+                64,
+                spec.page_size,
+            );
+            if spec.variable {
+                shape.total_tokens = lens.iter().sum();
+                shape.lengths = format!("uniform 1..={}", spec.context);
+            }
+            let (variant, batch, context) = (spec.variant, spec.batch, spec.context);
+            let page = spec.page_size;
+            match run_case(exec, variant, &cache, shape, opts, spec.sweep, &roof) {
+                Ok(mut r) => {
+                    r.check_rel_diff =
+                        check_small(exec, &r.config, spec.lat, page).unwrap_or(f64::NAN);
+                    println!(
+                        "{variant} H={heads} B={batch} L={context} page {page} ({}): {:.1} us, {:.0} GB/s ({:.2}x read, {:.2}x copy roofline), {:.1} TFLOPS, {} splits {}, vs CPU {:.1e}",
+                        r.shape.lengths,
+                        r.time.median_ms * 1e3,
+                        r.gbps,
+                        r.fraction_of_read_roofline,
+                        r.fraction_of_copy_roofline,
+                        r.tflops,
+                        r.config,
+                        r.splits,
+                        r.check_rel_diff
+                    );
+                    cases.push(r);
                 }
+                Err(e) => println!(
+                    "{variant} H={heads} B={batch} L={context} page {page}: FAILED: {e}"
+                ),
             }
         }
     }
@@ -438,4 +479,75 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     let path = bench::write_report(out, &report)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// One cache (variant, batch, lengths, page size) of the matrix and the head counts run on it.
+struct CaseSpec {
+    variant: &'static str,
+    lat: usize,
+    batch: usize,
+    context: usize,
+    page_size: usize,
+    variable: bool,
+    heads: Vec<usize>,
+    sweep: Sweep,
+}
+
+/// The bench matrix: MLA and the shard at (128, 4K) and (64, 32K), page 64, every `--gpu-heads`;
+/// then (not with `--quick`) page sizes 1 and 16 and the variable-length batch at H 16 / 64.
+fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
+    let bl: &[(usize, usize)] = if opts.quick {
+        &[(128, 4096)]
+    } else {
+        &[(128, 4096), (64, 32768)]
+    };
+    let mut specs = Vec::new();
+    for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
+        for &(batch, context) in bl {
+            specs.push(CaseSpec {
+                variant,
+                lat,
+                batch,
+                context,
+                page_size: 64,
+                variable: false,
+                heads: opts.heads.clone(),
+                sweep: Sweep::Full,
+            });
+        }
+    }
+    if !opts.quick {
+        let small: Vec<usize> = opts.heads.iter().copied().filter(|&h| h <= 64).collect();
+        for page_size in [1, 16] {
+            specs.push(CaseSpec {
+                variant: "mla",
+                lat: 512,
+                batch: 128,
+                context: 4096,
+                page_size,
+                variable: false,
+                heads: small.clone(),
+                sweep: Sweep::Narrow,
+            });
+        }
+        for (variant, lat, heads) in [
+            ("mla", 512, small.clone()),
+            ("tpla-shard", 256, small.iter().copied().filter(|&h| h == 64).collect()),
+        ] {
+            specs.push(CaseSpec {
+                variant,
+                lat,
+                batch: 64,
+                context: 32768,
+                page_size: 64,
+                variable: true,
+                heads,
+                sweep: Sweep::Narrow,
+            });
+        }
+    }
+    specs.retain(|c| {
+        !c.heads.is_empty() && opts.variant.as_deref().is_none_or(|v| v == c.variant)
+    });
+    specs
 }

@@ -161,8 +161,12 @@ pub struct DecodeShape {
     pub batch: usize,
     /// Query heads.
     pub heads: usize,
-    /// Tokens per sequence.
+    /// Tokens per sequence: every sequence's length, or the longest of a variable-length batch.
     pub context: usize,
+    /// Tokens over the whole batch (Σ len): `batch · context` when every length is `context`.
+    pub total_tokens: usize,
+    /// `equal`, or how the variable lengths were drawn (e.g. `uniform 1..=32768`).
+    pub lengths: String,
     /// Latent (value) width: 512 for MLA, 512/g for a TPLA shard.
     pub lat: usize,
     /// RoPE width.
@@ -172,9 +176,29 @@ pub struct DecodeShape {
 }
 
 impl DecodeShape {
+    /// A batch whose sequences all hold `context` tokens.
+    pub fn equal(
+        batch: usize,
+        heads: usize,
+        context: usize,
+        lat: usize,
+        rope: usize,
+        page_size: usize,
+    ) -> DecodeShape {
+        DecodeShape {
+            batch,
+            heads,
+            context,
+            total_tokens: batch * context,
+            lengths: "equal".into(),
+            lat,
+            rope,
+            page_size,
+        }
+    }
     /// `2 · s_q · Σlen · H · (d_qk + d_v)` with `d_qk = lat + rope`, `d_v = lat`.
     pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.context) as f64
+        2.0 * self.total_tokens as f64
             * self.heads as f64
             * (2 * self.lat + self.rope) as f64
     }
@@ -184,7 +208,7 @@ impl DecodeShape {
         let dv = self.lat as f64;
         let b = self.batch as f64;
         let h = self.heads as f64;
-        2.0 * ((self.batch * self.context) as f64 * dqk + b * h * dqk + b * h * dv)
+        2.0 * (self.total_tokens as f64 * dqk + b * h * dqk + b * h * dv)
     }
 }
 
@@ -209,6 +233,9 @@ pub struct DecodeCaseResult {
     pub tflops: f64,
     /// `gbps / roofline.read_gbps`.
     pub fraction_of_read_roofline: f64,
+    /// `gbps / roofline.copy_gbps`: the same bytes (KV once + q + out, bf16) against the
+    /// device copy (read + write), the roofline FlashInfer's and FlashMLA's figures are quoted on.
+    pub fraction_of_copy_roofline: f64,
     /// Configs tried (config, splits, median ms).
     pub tried: Vec<(String, usize, f64)>,
     /// Max relative difference of the output against the CPU executor (or NaN if not checked).
@@ -297,7 +324,7 @@ pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
         "device {} (sm_{}{}, {} SMs, driver {}), NVRTC {}.{}, commit {}\n\
          roofline: read {:.0} GB/s, copy {:.0} GB/s (read + write)\n\
-         {:<11} {:>4} {:>4} {:>6} {:>4} {:>7} {:>10} {:>9} {:>8} {:>7}  config\n",
+         {:<11} {:>4} {:>4} {:>6} {:>4} {:>4} {:>7} {:>10} {:>9} {:>8} {:>7} {:>7}  config\n",
         r.device.name,
         r.device.compute_capability.0,
         r.device.compute_capability.1,
@@ -313,26 +340,35 @@ pub fn table(r: &BenchReport) -> String {
         "B",
         "L",
         "lat",
+        "page",
         "splits",
         "time(us)",
         "GB/s",
         "TFLOPS",
-        "x read"
+        "x read",
+        "x copy"
     );
     for c in &r.cases {
         s.push_str(&format!(
-            "{:<11} {:>4} {:>4} {:>6} {:>4} {:>7} {:>10.1} {:>9.0} {:>8.1} {:>7.2}  {}\n",
+            "{:<11} {:>4} {:>4} {:>6} {:>4} {:>4} {:>7} {:>10.1} {:>9.0} {:>8.1} {:>7.2} {:>7.2}  {}{}\n",
             c.variant,
             c.shape.heads,
             c.shape.batch,
             c.shape.context,
             c.shape.lat,
+            c.shape.page_size,
             c.splits,
             c.time.median_ms * 1e3,
             c.gbps,
             c.tflops,
             c.fraction_of_read_roofline,
-            c.config
+            c.fraction_of_copy_roofline,
+            c.config,
+            if c.shape.lengths == "equal" {
+                String::new()
+            } else {
+                format!(" (lengths {}, Σ {})", c.shape.lengths, c.shape.total_tokens)
+            }
         ));
     }
     s
@@ -344,25 +380,27 @@ mod tests {
 
     #[test]
     fn flop_and_byte_counts_follow_flashmla() {
-        let s = DecodeShape {
-            batch: 2,
-            heads: 16,
-            context: 100,
-            lat: 512,
-            rope: 64,
-            page_size: 64,
-        };
+        let s = DecodeShape::equal(2, 16, 100, 512, 64, 64);
         assert_eq!(s.flops(), 2.0 * 200.0 * 16.0 * (576.0 + 512.0));
         assert_eq!(
             s.bytes(),
             2.0 * (200.0 * 576.0 + 2.0 * 16.0 * 576.0 + 2.0 * 16.0 * 512.0)
         );
         // Intensity tends to H (d_qk + d_v) / d_qk FLOP/B (about 2 H) for long contexts.
-        let long = DecodeShape {
-            context: 1 << 20,
-            ..s
-        };
+        let long = DecodeShape::equal(2, 16, 1 << 20, 512, 64, 64);
         let i = long.flops() / long.bytes();
         assert!((i - 16.0 * 1088.0 / 576.0).abs() < 0.01 * i, "{i}");
+    }
+
+    #[test]
+    fn variable_lengths_count_the_tokens_present() {
+        let mut s = DecodeShape::equal(2, 16, 100, 512, 64, 64);
+        s.total_tokens = 100 + 7;
+        s.lengths = "given".into();
+        assert_eq!(s.flops(), 2.0 * 107.0 * 16.0 * (576.0 + 512.0));
+        assert_eq!(
+            s.bytes(),
+            2.0 * (107.0 * 576.0 + 2.0 * 16.0 * 576.0 + 2.0 * 16.0 * 512.0)
+        );
     }
 }
