@@ -13,7 +13,9 @@ what=${1:-all}
 OUT=${OUT:-/tmp/tpla-gpu-check}
 mkdir -p "$OUT"
 bin=${TPLA_GPU_BIN:-gpu-bin}
-if [ ! -x "$bin/cuda_exec" ]; then
+need=cuda_exec
+[ "$what" = bench ] && need=tpla
+if [ ! -x "$bin/$need" ]; then
   echo "gpu-check: $bin/ is missing; run scripts/gpu-build.sh on the build machine and carry $bin" >&2
   exit 2
 fi
