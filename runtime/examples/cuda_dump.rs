@@ -5,7 +5,10 @@
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
 //! a change to the emitter and `diff -r` the two directories to see exactly what the change does
 //! to the code the GPU runs.
-use tpla_codegen::cuda::samples::{latent_decode, DecodeParams};
+#[path = "../../codegen/tests/support/samples.rs"]
+mod samples;
+
+use samples::{latent_decode, DecodeParams};
 use tpla_codegen::ir::Kernel;
 use tpla_codegen::{Config, KernelDef};
 use tpla_runtime::cuda::nvrtc::{compile, default_options};

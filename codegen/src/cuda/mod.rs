@@ -110,10 +110,7 @@ mod node;
 mod pipeline;
 mod print;
 mod repr;
-pub mod samples;
 mod sync;
-#[cfg(test)]
-mod tests;
 mod util;
 
 use crate::error::IrError;

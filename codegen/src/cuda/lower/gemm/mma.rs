@@ -163,7 +163,7 @@ impl<'a> Lower<'a> {
             }
             if blo {
                 mmas.push_str(&format!(
-                    "            tpla_mma_bf16_16816({d}, af_[mi]h, {bl});\n"
+                    "            tpla_mma_bf16_16816({d}, af_h[mi], {bl});\n"
                 ));
             }
         }
