@@ -121,10 +121,9 @@ pub(crate) fn smem_bytes(bufs: &[Buf]) -> usize {
     bufs.last().map_or(0, |b| b.offset + b.bytes())
 }
 
-/// A view of a buffer: logical axis `i` indexes physical axis `axes[i]` (0 = rows, 1 = cols,
-/// `None` for a unit axis), offset by `off`.
-
 impl<'a> Lower<'a> {
+    /// The memory pass: every tile's representation from its layout, creating (and placing)
+    /// the shared-memory buffers, paged rings and register arrays it needs.
     pub(crate) fn resolve(&mut self, lay: &[Lay]) {
         let n = self.k.tiles.len();
         self.repr = vec![Repr::None; n];
@@ -159,7 +158,7 @@ impl<'a> Lower<'a> {
                         let vec_ok = self.target.has_tensor_cores()
                             && (row * elem.size()).is_multiple_of(16);
                         let st = if vec_ok {
-                            (*stages).clamp(1, self.stages_cap.max(1))
+                            (*stages).clamp(1, self.paging.cap.max(1))
                         } else {
                             1
                         };
@@ -167,9 +166,9 @@ impl<'a> Lower<'a> {
                         let ring =
                             self.add_buf(&format!("{id}_ring"), elem, &[*block, row], st, false);
                         let cur = format!("{id}_cur");
-                        self.bufs[ring].name = cur.clone();
+                        self.smem.bufs[ring].name = cur.clone();
                         let hi = format!("{id}_hi");
-                        self.decls.push(format!(
+                        self.decl.lines.push(format!(
                             "int {id}_lo = 0, {hi} = 0, {id}_n = 0, {id}_b = 0; {cty}* {cur} = nullptr; (void){cur};",
                             cty = elem.cty()
                         ));
@@ -184,7 +183,7 @@ impl<'a> Lower<'a> {
                             },
                             view: View::base(1),
                         };
-                        self.paged.insert(*tile, (ring, id, st));
+                        self.paging.loops.insert(*tile, (ring, id, st));
                     }
                     self.resolve_block(body, lay, done)
                 }
@@ -228,23 +227,23 @@ impl<'a> Lower<'a> {
         self.repr[t] = match lay[t] {
             Lay::Frag { m, n } => {
                 let arr = format!("t{t}");
-                self.decls.push(format!(
+                self.decl.lines.push(format!(
                     "{} {arr}[{}];",
                     self.tile_vt(t).cty(),
                     self.geo.frag_regs(m, n)
                 ));
-                self.geo_m.insert(m);
-                self.geo_mn.insert((m, n));
+                self.decl.geo_m.insert(m);
+                self.decl.geo_mn.insert((m, n));
                 Repr::Frag { m, n, arr }
             }
             Lay::Rows { m } => {
                 let arr = format!("t{t}");
-                self.decls.push(format!(
+                self.decl.lines.push(format!(
                     "{} {arr}[{}];",
                     self.tile_vt(t).cty(),
                     self.geo.mt(m) * 2
                 ));
-                self.geo_m.insert(m);
+                self.decl.geo_m.insert(m);
                 Repr::Rows { m, arr }
             }
             Lay::Any | Lay::Bottom if self.info.single_def[t].as_ref().is_some_and(inlineable) => {
@@ -291,12 +290,12 @@ impl<'a> Lower<'a> {
     }
 
     pub(crate) fn shadow_buf(&mut self, t: TileId, elem: Elem) -> usize {
-        if let Some(b) = self.shadows.get(&(t, elem)) {
+        if let Some(b) = self.smem.shadows.get(&(t, elem)) {
             return *b;
         }
         let shape = self.shape(t);
         let b = self.add_buf(&format!("sh_t{t}_"), elem, &shape, 1, true);
-        self.shadows.insert((t, elem), b);
+        self.smem.shadows.insert((t, elem), b);
         b
     }
 

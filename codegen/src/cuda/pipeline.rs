@@ -12,6 +12,9 @@ use crate::error::IrError;
 use crate::ir::*;
 use crate::schedule::Schedule;
 
+/// Validates `k`, reads its [`Schedule`] once and runs [`PASSES`]; where the result needs more
+/// shared memory than `target` has, runs them again with fewer paged-loop stages, then with f32
+/// gemm operands rounded to bf16.
 pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     crate::validate::validate(k)?;
     let sched = Schedule::from_config(&k.config)?;
@@ -44,15 +47,15 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     ))
 }
 
-pub(crate) fn max_stages(body: &[Stmt]) -> usize {
-    body.iter()
-        .map(|s| match s {
-            Stmt::For { body, .. } => max_stages(body),
-            Stmt::PagedBlocks { stages, body, .. } => (*stages).max(max_stages(body)),
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0)
+/// The deepest pipelining hint of any paged loop in `body` (0 without one).
+fn max_stages(body: &[Stmt]) -> usize {
+    let mut max = 0;
+    crate::visit::walk_stmts(body, &mut |s| {
+        if let Stmt::PagedBlocks { stages, .. } = s {
+            max = max.max(*stages);
+        }
+    });
+    max
 }
 
 /// One pass: reads and extends the lowering state.

@@ -55,14 +55,14 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     let (k, geo, target) = (lw.k, lw.geo, lw.target);
     // wgmma reads shared memory through the async proxy: every barrier that publishes
     // generic-proxy writes (stores, cp.async) to it carries a proxy fence.
-    let barrier = if lw.wgmma_fns.is_empty() {
+    let barrier = if lw.decl.wgmma_fns.is_empty() {
         "__syncthreads();"
     } else {
         "tpla_fence_proxy_async(); __syncthreads();"
     };
     let mut body = String::new();
     print_nodes(nodes, 1, barrier, &mut body);
-    let shared_bytes = smem_bytes(&lw.bufs);
+    let shared_bytes = smem_bytes(&lw.smem.bufs);
 
     // Signature.
     let mut params = Vec::new();
@@ -141,7 +141,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     let name = format!("tpla_{}", sanitize(&k.name));
     let mut code = String::new();
     code.push_str(PRELUDE);
-    for &(n, a, tb) in &lw.wgmma_fns {
+    for &(n, a, tb) in &lw.decl.wgmma_fns {
         code.push_str(&wgmma_fn(n, a, tb));
     }
     code.push_str(&format!(
@@ -168,20 +168,20 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         if geo.wg { 1024 } else { 128 }
     ));
     code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n    (void)lane; (void)warp;\n");
-    for m in &lw.geo_m {
+    for m in &lw.decl.geo_m {
         code.push_str(&format!(
             "    const int wm{m} = warp % {};\n    (void)wm{m};\n",
             geo.wm(*m)
         ));
     }
-    for (m, n) in &lw.geo_mn {
+    for (m, n) in &lw.decl.geo_mn {
         let (wm, wn) = (geo.wm(*m), geo.wn(*m, *n));
         code.push_str(&format!(
             "    const int wn{m}_{n} = (warp / {wm}) % {wn}, wr{m}_{n} = warp / {};\n    (void)wn{m}_{n}; (void)wr{m}_{n};\n",
             wm * wn
         ));
     }
-    for b in &lw.bufs {
+    for b in &lw.smem.bufs {
         if b.tracked {
             code.push_str(&format!(
                 "    {cty}* const {n} = ({cty}*)(tpla_smem + {o});\n",
@@ -198,7 +198,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
             code.push_str(&format!("    (void)s{i};\n"));
         }
     }
-    for d in &lw.decls {
+    for d in &lw.decl.lines {
         code.push_str(&format!("    {d}\n"));
     }
     code.push_str(&body);
@@ -209,7 +209,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         block_threads: nt as u32,
         shared_bytes: shared_bytes as u32,
         params,
-        stages: lw.stages_used.clone(),
+        stages: lw.paging.used.clone(),
         f32_gemm: target.f32_gemm,
     }
 }

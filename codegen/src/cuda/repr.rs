@@ -2,6 +2,8 @@
 
 use crate::ir::*;
 
+/// A view of a buffer: logical axis `i` indexes physical axis `axes[i]` (0 = rows, 1 = cols,
+/// `None` for a unit axis), offset by `off`.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct View {
     pub(crate) axes: Vec<Option<u8>>,

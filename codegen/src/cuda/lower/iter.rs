@@ -167,7 +167,7 @@ impl<'a> Lower<'a> {
     ) -> (Access, Vec<usize>) {
         if let Some(a) = self.direct_access(x, it, res) {
             let reads = match &a {
-                Access::Smem(b, _) if self.bufs[*b].tracked => vec![*b],
+                Access::Smem(b, _) if self.smem.bufs[*b].tracked => vec![*b],
                 _ => vec![],
             };
             return (a, reads);
@@ -206,7 +206,7 @@ impl<'a> Lower<'a> {
         );
         let view = View::base(shape.len());
         let (r, c) = view.phys(&ctx.coords);
-        let buf = &self.bufs[b];
+        let buf = &self.smem.bufs[b];
         let text = format!(
             "if ({guard}) {{\n{head}    {}[{}] = {};\n{tail}\n}}\n",
             buf.name,
@@ -245,7 +245,7 @@ impl<'a> Lower<'a> {
             Access::Reg(arr, Slot::Row) => format!("{arr}[{}]", ctx.row_slot),
             Access::Smem(b, view) => {
                 let (r, c) = view.phys(&coords);
-                let buf = &self.bufs[*b];
+                let buf = &self.smem.bufs[*b];
                 buf.elem
                     .load(&format!("{}[{}]", buf.name, buf.addr(&r, &c)), vt)
             }
@@ -272,7 +272,7 @@ impl<'a> Lower<'a> {
             Repr::Rows { arr, .. } => format!("{arr}[{}] = {v};", ctx.row_slot),
             Repr::Smem { buf, view } => {
                 let (r, c) = view.phys(&ctx.coords);
-                let b = &self.bufs[*buf];
+                let b = &self.smem.bufs[*buf];
                 format!("{}[{}] = {};", b.name, b.addr(&r, &c), b.elem.store(v, vt))
             }
             Repr::Inline { .. } | Repr::None => String::new(),
@@ -281,7 +281,7 @@ impl<'a> Lower<'a> {
 
     pub(crate) fn dst_writes(&self, dst: TileId) -> Vec<usize> {
         match &self.repr[dst] {
-            Repr::Smem { buf, .. } if self.bufs[*buf].tracked => vec![*buf],
+            Repr::Smem { buf, .. } if self.smem.bufs[*buf].tracked => vec![*buf],
             _ => vec![],
         }
     }

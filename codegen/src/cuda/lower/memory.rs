@@ -71,7 +71,7 @@ impl<'a> Lower<'a> {
             });
             return Ok(());
         };
-        let b = self.bufs[buf].clone();
+        let b = self.smem.bufs[buf].clone();
         let (r, c) = Self::norm(&shape);
         let v = 16 / gel.size();
         let nt = nt_total(&self.geo);
@@ -168,10 +168,10 @@ impl<'a> Lower<'a> {
                 if view == View::base(shape.len())
                     && !shape.is_empty()
                     && Self::last_contiguous(index)
-                    && self.bufs[buf].elem == gel
+                    && self.smem.bufs[buf].elem == gel
                     && Self::norm(&shape).1 % (16 / gel.size()) == 0 =>
             {
-                let b = self.bufs[buf].clone();
+                let b = self.smem.bufs[buf].clone();
                 let (r, c) = Self::norm(&shape);
                 let v = 16 / gel.size();
                 let cpr = c / v;

@@ -36,30 +36,59 @@ pub(crate) struct Lower<'a> {
     pub(crate) nodes: Vec<Node>,
     /// The translation unit (the `print` pass).
     pub(crate) source: Option<CudaSource>,
+    /// Warp geometry (the `geometry` pass).
     pub(crate) geo: Geo,
+    /// Per-tile facts (the `analysis` pass).
     pub(crate) info: Info,
+    /// Every tile's representation (the `memory` pass).
     pub(crate) repr: Vec<Repr>,
-    pub(crate) bufs: Vec<Buf>,
-    pub(crate) shadows: HashMap<(TileId, Elem), usize>,
-    /// Declarations at function scope (register arrays, loop state).
-    pub(crate) decls: Vec<String>,
-    /// Warp-geometry constants needed.
-    pub(crate) geo_m: BTreeSet<usize>,
-    pub(crate) geo_mn: BTreeSet<(usize, usize)>,
+    /// Shared-memory buffers.
+    pub(crate) smem: Smem,
+    /// What the printer declares at function scope.
+    pub(crate) decl: Decls,
+    /// Paged-loop pipelining.
+    pub(crate) paging: Paging,
+    /// Counter for fresh C names.
     pub(crate) uniq: usize,
-    pub(crate) stages_cap: usize,
-    pub(crate) stages_used: Vec<usize>,
-    /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
-    pub(crate) paged: HashMap<TileId, (usize, String, usize)>,
     /// Nesting depth of the block being lowered.
     pub(crate) depth: usize,
     /// Affinity tags of flat element-to-thread mappings, by shape (see [`conflict`]).
     pub(crate) affinity: HashMap<Vec<usize>, usize>,
+}
+
+/// The shared-memory buffers of a kernel, in placement order (see [`place`]).
+#[derive(Default)]
+pub(crate) struct Smem {
+    /// The buffers; an index into it is a hazard resource id.
+    pub(crate) bufs: Vec<Buf>,
+    /// Shadow copies of register tiles, by tile and storage type.
+    pub(crate) shadows: HashMap<(TileId, Elem), usize>,
+}
+
+/// Declarations the lowering asks the printer for.
+#[derive(Default)]
+pub(crate) struct Decls {
+    /// Declarations at function scope (register arrays, loop state).
+    pub(crate) lines: Vec<String>,
+    /// Warp-geometry constants needed: `wm{m}`, and `wn{m}_{n}` / `wr{m}_{n}`.
+    pub(crate) geo_m: BTreeSet<usize>,
+    pub(crate) geo_mn: BTreeSet<(usize, usize)>,
+    /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
+    pub(crate) wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
+}
+
+/// Pipelining state of paged block loops.
+#[derive(Default)]
+pub(crate) struct Paging {
+    /// The most stages a loop may use.
+    pub(crate) cap: usize,
+    /// Stages used by each loop, in program order.
+    pub(crate) used: Vec<usize>,
+    /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
+    pub(crate) loops: HashMap<TileId, (usize, String, usize)>,
     /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
     /// (the loop body's own level) to issue it while the tensor cores run.
     pub(crate) deferred_prefetch: Option<(String, usize)>,
-    /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
-    pub(crate) wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
 }
 
 pub(crate) struct Fusion {
@@ -70,19 +99,13 @@ pub(crate) struct Fusion {
     pub(crate) init: TileId,
 }
 
+/// Whether `s` (its nested bodies included) assigns any of `tiles`.
 pub(crate) fn assigns_any(s: &Stmt, tiles: &[TileId]) -> bool {
-    match s {
-        Stmt::Assign { dst, .. } => tiles.contains(dst),
-        Stmt::For { body, .. } => body.iter().any(|s| assigns_any(s, tiles)),
-        Stmt::PagedBlocks {
-            tile, valid, body, ..
-        } => {
-            tiles.contains(tile)
-                || tiles.contains(valid)
-                || body.iter().any(|s| assigns_any(s, tiles))
-        }
-        _ => false,
-    }
+    crate::visit::any_stmt(std::slice::from_ref(s), &mut |s| {
+        crate::visit::stmt_writes(s)
+            .iter()
+            .any(|t| tiles.contains(t))
+    })
 }
 
 impl<'a> Lower<'a> {
@@ -98,19 +121,15 @@ impl<'a> Lower<'a> {
             geo: Geo::default(),
             info: Info::default(),
             repr: Vec::new(),
-            bufs: Vec::new(),
-            shadows: HashMap::new(),
-            decls: Vec::new(),
-            geo_m: BTreeSet::new(),
-            geo_mn: BTreeSet::new(),
+            smem: Smem::default(),
+            decl: Decls::default(),
+            paging: Paging {
+                cap: stages_cap,
+                ..Paging::default()
+            },
             uniq: 0,
-            stages_cap,
-            stages_used: Vec::new(),
-            paged: HashMap::new(),
-            wgmma_fns: BTreeSet::new(),
             depth: 0,
             affinity: HashMap::new(),
-            deferred_prefetch: None,
         }
     }
 
@@ -124,6 +143,7 @@ impl<'a> Lower<'a> {
             "layout" => format!("{:?}", self.lay),
             "geometry" => format!("{:?} under {:?}", self.geo, self.sched),
             "memory" => self
+                .smem
                 .bufs
                 .iter()
                 .map(|b| {
@@ -177,7 +197,7 @@ impl<'a> Lower<'a> {
         let (r, c) = Self::norm(shape);
         let name = self.fresh(prefix);
         let buf = new_buf(name, elem, (r, c), slots, tracked, self.geo.wg);
-        place(&mut self.bufs, buf)
+        place(&mut self.smem.bufs, buf)
     }
 
     // -------------------------------------------------------------- representation resolution

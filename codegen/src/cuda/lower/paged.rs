@@ -50,8 +50,8 @@ impl<'a> Lower<'a> {
         let row = &row;
         let elem = Elem::of_dtype(dtype);
         let vec_ok = self.target.has_tensor_cores() && (row * elem.size()).is_multiple_of(16);
-        let (ring, id, st) = self.paged[tile].clone();
-        self.stages_used.push(st);
+        let (ring, id, st) = self.paging.loops[tile].clone();
+        self.paging.used.push(st);
         let cur = format!("{id}_cur");
         let (data, bt, lens, ps, pps, np, nb) = self.paged_names(*cache);
         let (lo, hi, nblk, bvar) = (
@@ -60,7 +60,7 @@ impl<'a> Lower<'a> {
             format!("{id}_n"),
             format!("{id}_b"),
         );
-        let b = self.bufs[ring].clone();
+        let b = self.smem.bufs[ring].clone();
         let slot = b.slot_elems();
         let nw = self.geo.nw;
         let base = format!("{id}_base");
@@ -161,12 +161,12 @@ impl<'a> Lower<'a> {
             "{{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}\ntpla_cp_async_commit();\n",
             ahead = st - 1
         );
-        let saved = self.deferred_prefetch.take();
+        let saved = self.paging.deferred_prefetch.take();
         if st >= 2 {
-            self.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
+            self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
         }
         let inner = self.lower_block(body)?;
-        let unplaced = std::mem::replace(&mut self.deferred_prefetch, saved);
+        let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);
         let mut reads = self.index_reads(batch);
         reads.extend(self.index_reads(split));
         reads.extend(self.index_reads(num_splits));
@@ -190,7 +190,7 @@ for (int j_ = 0; j_ < {pre}; ++j_) {{
             ns = self.idx(num_splits),
             sp = self.idx(split),
             pre = st - 1,
-            ring_off = self.bufs[ring].offset,
+            ring_off = self.smem.bufs[ring].offset,
         );
         out.push(Node::Code {
             text: format!("{{\n{setup}"),

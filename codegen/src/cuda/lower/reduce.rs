@@ -63,7 +63,7 @@ impl<'a> Lower<'a> {
                 });
             } else {
                 let scratch = self.add_buf("red", Elem::F32, &[wn, m], 1, true);
-                let sname = self.bufs[scratch].name.clone();
+                let sname = self.smem.bufs[scratch].name.clone();
                 text.push_str(&format!(
                     "if ((lane & 3) == 0 && wr{m}_{n} == 0) {{\n#pragma unroll\nfor (int mi = 0; mi < {mt}; ++mi) {{\n#pragma unroll\nfor (int h = 0; h < 2; ++h) {{\n    const int r_ = (wm{m} * {mt} + mi) * 16 + (lane >> 2) + (h << 3);\n    {sname}[wn{m}_{n} * {m} + r_] = red_[mi * 2 + h];\n}}}}\n}}\n}}\n"
                 ));
@@ -126,7 +126,7 @@ impl<'a> Lower<'a> {
         };
         let dshape = self.shape(dst);
         let write = if let Some(tb) = target_buf {
-            format!("{}[o_] = v_;", self.bufs[tb].name)
+            format!("{}[o_] = v_;", self.smem.bufs[tb].name)
         } else {
             let Repr::Smem { buf, view } = &self.repr[dst] else {
                 unreachable!()
@@ -140,7 +140,7 @@ impl<'a> Lower<'a> {
             };
             // rank-2 results of a reduction cannot occur (rank drops); keep general anyway
             let (r, c) = view.phys(&dc);
-            let b = &self.bufs[*buf];
+            let b = &self.smem.bufs[*buf];
             format!(
                 "{}[{}] = {};",
                 b.name,

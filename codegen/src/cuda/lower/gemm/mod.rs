@@ -23,7 +23,7 @@ impl<'a> Lower<'a> {
     pub(crate) fn operand_terms(&self, t: TileId) -> (bool, bool) {
         let exact = self.k.tiles[t].dtype == DType::BF16
             || self.info.exact_bf16[t]
-            || matches!(&self.repr[t], Repr::Smem { buf, .. } if self.bufs[*buf].elem == Elem::Bf16);
+            || matches!(&self.repr[t], Repr::Smem { buf, .. } if self.smem.bufs[*buf].elem == Elem::Bf16);
         if exact {
             (true, false)
         } else {
@@ -39,7 +39,7 @@ impl<'a> Lower<'a> {
     ) -> (usize, View, Vec<usize>) {
         match self.repr[t].clone() {
             Repr::Smem { buf, view } => {
-                let r = if self.bufs[buf].tracked {
+                let r = if self.smem.bufs[buf].tracked {
                     vec![buf]
                 } else {
                     vec![]
@@ -64,7 +64,7 @@ impl<'a> Lower<'a> {
                 let vt = self.tile_vt(t);
                 let v = self.read(&a, &ctx, &shape, &shape, vt);
                 let (r, c) = View::base(shape.len()).phys(&ctx.coords);
-                let bb = &self.bufs[b];
+                let bb = &self.smem.bufs[b];
                 out.push(Node::Code {
                     text: format!(
                         "{head}    {}[{}] = {};\n{tail}\n",
@@ -118,7 +118,7 @@ impl<'a> Lower<'a> {
         if let Some(arr) = a_regs {
             let nwg = n / self.geo.wn(m, n);
             let n0 = format!("wn{m}_{n} * {nwg}");
-            let bb = self.bufs[bbuf].clone();
+            let bb = self.smem.bufs[bbuf].clone();
             if nwg.is_multiple_of(8)
                 && nwg <= 256
                 && self.wgmma_operand(&bb, &bview, 0, &n0, nwg).is_some()
@@ -136,13 +136,13 @@ impl<'a> Lower<'a> {
         let (abuf, aview, mut reads) = self.gemm_operand(a, mma && !a_lo, out);
         reads.extend(rb);
         // After shadowing, terms depend on the actual storage.
-        let a_lo = a_lo && self.bufs[abuf].elem != Elem::Bf16;
-        let b_lo = b_lo && self.bufs[bbuf].elem != Elem::Bf16;
+        let a_lo = a_lo && self.smem.bufs[abuf].elem != Elem::Bf16;
+        let b_lo = b_lo && self.smem.bufs[bbuf].elem != Elem::Bf16;
         if !frag {
             return self.gemm_flat(dst, (abuf, aview), (bbuf, bview), kd, init, reads, out);
         }
-        let ab = self.bufs[abuf].clone();
-        let bb = self.bufs[bbuf].clone();
+        let ab = self.smem.bufs[abuf].clone();
+        let bb = self.smem.bufs[bbuf].clone();
         let kind = if mma {
             GemmKind::Tensor {
                 a: (ab, aview, a_lo),
@@ -167,8 +167,8 @@ impl<'a> Lower<'a> {
         kind: GemmKind,
         out: &mut Vec<Node>,
     ) -> Result<(), IrError> {
-        self.geo_m.insert(m);
-        self.geo_mn.insert((m, n));
+        self.decl.geo_m.insert(m);
+        self.decl.geo_mn.insert((m, n));
         let (mt, ntl) = (self.geo.mt(m), self.geo.ntl(m, n));
         let regs = self.geo.frag_regs(m, n);
         let (acc, local) = match &self.repr[dst] {

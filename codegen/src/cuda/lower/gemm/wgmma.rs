@@ -90,7 +90,8 @@ impl<'a> Lower<'a> {
         let (setup, issue) = match a {
             WgmmaA::Smem(ab, av) => {
                 let aop = self.wgmma_operand(ab, av, 1, "0", m)?;
-                self.wgmma_fns
+                self.decl
+                    .wgmma_fns
                     .insert((nwg, WgmmaForm::Smem(aop.mn_major), tb));
                 (
                     format!(
@@ -108,7 +109,7 @@ impl<'a> Lower<'a> {
                 if !self.rs_geometry(m, kd) {
                     return None;
                 }
-                self.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
+                self.decl.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
                 // Accumulator layout -> A layout: columns 16k.. of rows g / g + 8 are n-tiles
                 // 2k and 2k + 1 of the fragment, packed to bf16 pairs.
                 (
@@ -132,8 +133,8 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
             }
         };
         // Every early return is above: the deferred copy is placed exactly once.
-        let overlap = match &self.deferred_prefetch {
-            Some((_, d)) if *d == self.depth => self.deferred_prefetch.take().unwrap().0,
+        let overlap = match &self.paging.deferred_prefetch {
+            Some((_, d)) if *d == self.depth => self.paging.deferred_prefetch.take().unwrap().0,
             _ => String::new(),
         };
         Some(format!(
