@@ -8,12 +8,15 @@
 
 #![allow(clippy::needless_range_loop)]
 
+#[path = "support/samples.rs"]
+mod samples;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use half::bf16;
+use samples::{combine_splits, latent_decode, DecodeParams};
 use tpla_codegen::cpu::{abi, CpuKernel};
-use tpla_codegen::cuda::samples::{combine_splits, latent_decode, DecodeParams};
 use tpla_codegen::cuda::{emit, CudaSource, F32Gemm, PagedInt, PagedPtr, ParamAbi, Target};
 use tpla_codegen::ir::*;
 use tpla_codegen::launch::{check_launch, ArgDesc};
@@ -263,6 +266,27 @@ fn run_emu(
     tag: &str,
 ) -> Result<Vec<HostArg>, String> {
     let plan = check_launch(k, &descs(k, args)).map_err(|e| e.to_string())?;
+    // `TPLA_EMU_DUMP_DIR=dir` (a fresh directory): keep every distinct emulated source of a tag,
+    // with its launch facts, as `dir/{tag}.{n}.cu` to `diff -r` the code of two emitter versions.
+    if let Ok(out) = std::env::var("TPLA_EMU_DUMP_DIR") {
+        let _ = std::fs::create_dir_all(&out);
+        let text = format!(
+            "// threads {} smem {} stages {:?} f32_gemm {:?}\n{}",
+            src.block_threads, src.shared_bytes, src.stages, src.f32_gemm, src.code
+        );
+        let mut n = 0;
+        loop {
+            let path = Path::new(&out).join(format!("{tag}.{n}.cu"));
+            match std::fs::read_to_string(&path) {
+                Ok(old) if old == text => break,
+                Ok(_) => n += 1,
+                Err(_) => {
+                    let _ = std::fs::write(&path, &text);
+                    break;
+                }
+            }
+        }
+    }
     let dir = std::env::temp_dir().join(format!("tpla-emu-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     // Buffers and the call.

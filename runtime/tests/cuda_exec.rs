@@ -1,9 +1,12 @@
 //! The CUDA executor on a GPU: copies, the paged cache, errors, and the builder-made decode
-//! variants of `tpla_codegen::cuda::samples` (bf16 / f32 operands, every tile size) against the
-//! CPU executor, with outputs poisoned beforehand. Every test prints SKIP and passes without a
-//! GPU, unless `TPLA_REQUIRE_GPU=1`.
+//! variants of the test-support samples (`codegen/tests/support/samples.rs`: bf16 / f32
+//! operands, every tile size) against the CPU executor, with outputs poisoned beforehand. Every
+//! test prints SKIP and passes without a GPU, unless `TPLA_REQUIRE_GPU=1`.
 
-use tpla_codegen::cuda::samples::{latent_decode, DecodeParams};
+#[path = "../../codegen/tests/support/samples.rs"]
+mod samples;
+
+use samples::{latent_decode, DecodeParams};
 use tpla_codegen::ir::Kernel;
 use tpla_codegen::{Config, IrError, KernelDef, TuneParam};
 use tpla_runtime::cuda::device::{device_count, executor_or_skip};

@@ -1,7 +1,7 @@
 //! CI without a GPU: every kernel of `tpla-kernels` × every tune candidate × latent width
 //! {512, 256, 128, 64} (+ RoPE 64) is lowered to CUDA C++ and compiled by NVRTC for sm_90a; ptxas'
 //! report must show no stack frame and no spilled bytes. The builder-made decode variants of
-//! `tpla_codegen::cuda::samples` (bf16 q, bf16 p) are compiled too.
+//! test-support samples (`codegen/tests/support/samples.rs`: bf16 q, bf16 p) are compiled too.
 //!
 //! Without libnvrtc the test prints a SKIP line and passes, unless `TPLA_REQUIRE_NVRTC=1`
 //! (`.ci/nvrtc.sh` installs the `nvidia-cuda-nvrtc` wheel and sets both).
@@ -9,7 +9,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tpla_codegen::cuda::samples::{latent_decode, DecodeParams};
+#[path = "../../codegen/tests/support/samples.rs"]
+mod samples;
+
+use samples::{latent_decode, DecodeParams};
 use tpla_codegen::ir::Kernel;
 use tpla_codegen::{Config, KernelDef};
 use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc, PtxasReport};

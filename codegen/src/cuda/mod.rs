@@ -5,6 +5,28 @@
 //! `extern "C" __global__` function. It includes no toolkit header, so compiling it needs only
 //! libnvrtc (and its builtins library).
 //!
+//! # Passes
+//!
+//! [`emit`] validates the kernel, reads its [`Schedule`](crate::schedule::Schedule) knobs
+//! (`WARPS`, `WGMMA`, `WG_SPLIT`: a bad value is an [`IrError::BadConfig`] naming the knob) and
+//! runs one list of named passes, `pipeline::PASSES`, over a lowering state (`TPLA_DUMP=<pass>`
+//! or `TPLA_DUMP=all` prints the state after each pass named):
+//!
+//! 1. `analysis` (`analysis.rs`): assignments and uses per tile, exact bf16 values, gemm
+//!    operands and shapes (through the IR walker [`crate::visit`]);
+//! 2. `layout` (`layout.rs`): where each tile lives (the lattice below);
+//! 3. `geometry` (`geometry.rs`): warps per block, warpgroups, the fragment split of each tile;
+//! 4. `memory` (`memory.rs`): shared-memory buffers (swizzle, column blocking, paged rings),
+//!    placed as they are created, and every tile's representation (`repr.rs`);
+//! 5. `lower` (`lower/`): statements and tile ops to code nodes (`node.rs`), one module per op
+//!    family: `elementwise`, `reduce`, `memory` (loads, stores), `paged` (block loops, paged
+//!    stores), `gemm` (`fma`, `mma` for `mma.sync`, `wgmma`);
+//! 6. `sync` (`sync.rs`): `__syncthreads()` between conflicting accesses;
+//! 7. `print` (`print.rs`): the translation unit. Nothing is patched after it is printed.
+//!
+//! If the result needs more shared memory than the target has, the pipeline runs again with
+//! fewer pipeline stages, then with f32 gemm operands rounded to bf16.
+//!
 //! # Execution model
 //!
 //! One program (one cell of [`Kernel::grid`]) is one thread block of
@@ -78,10 +100,18 @@
 //! `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` must be raised first.
 //! Index arithmetic is 32-bit (as the IR allows for GPUs); addresses are 64-bit.
 
-mod emit;
-pub mod samples;
-#[cfg(test)]
-mod tests;
+mod analysis;
+mod elem;
+mod geometry;
+mod layout;
+mod lower;
+mod memory;
+mod node;
+mod pipeline;
+mod print;
+mod repr;
+mod sync;
+mod util;
 
 use crate::error::IrError;
 use crate::ir::{DType, Kernel};
@@ -259,5 +289,5 @@ pub struct CudaSource {
 /// Fails with [`IrError::Backend`] when the kernel cannot be lowered, e.g. when its tiles need
 /// more shared memory than the target offers even without pipelining.
 pub fn emit(kernel: &Kernel, target: Target) -> Result<CudaSource, IrError> {
-    emit::emit(kernel, target)
+    pipeline::emit(kernel, target)
 }

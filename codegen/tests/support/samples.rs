@@ -1,10 +1,13 @@
-//! Builder-made kernels used by the CUDA backend's tests and benchmarks before (and beside) the
-//! DSL kernel library: they mirror `tpla-kernels`' latent decode and combine kernels.
+//! Test support, not part of the library: builder-made kernels used by the CUDA backend's tests
+//! (here and in `tpla-runtime`) beside the DSL kernel library; they mirror `tpla-kernels`'
+//! latent decode and combine kernels. Include it with
+//! `#[path = ".../codegen/tests/support/samples.rs"] mod samples;`.
+#![allow(dead_code)]
 
-use crate::builder::KernelBuilder;
-use crate::config::Config;
-use crate::error::IrError;
-use crate::ir::*;
+use tpla_codegen::builder::KernelBuilder;
+use tpla_codegen::config::Config;
+use tpla_codegen::error::IrError;
+use tpla_codegen::ir::*;
 
 /// Shape and tune values of [`latent_decode`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,8 +1,12 @@
 //! Emitter unit tests (no GPU, no NVRTC: structure of the generated code). NVRTC compilation of
 //! every variant is tested in `tpla-runtime`'s `nvrtc_compile` test.
 
-use super::samples::{combine_splits, latent_decode, DecodeParams};
-use super::*;
+#[path = "support/samples.rs"]
+mod samples;
+
+use samples::{combine_splits, latent_decode, DecodeParams};
+use tpla_codegen::cuda::*;
+use tpla_codegen::IrError;
 
 fn decode(bh: usize, bn: usize, st: usize, lat: usize, q_bf16: bool, p_bf16: bool) -> DecodeParams {
     DecodeParams {
@@ -106,4 +110,35 @@ fn oversized_tiles_are_a_typed_error() {
             other.map(|s| s.shared_bytes)
         ),
     }
+}
+
+#[test]
+fn bad_schedule_knobs_are_typed_errors_naming_the_knob() {
+    let with = |knob: &str, v: i64| {
+        let mut k = latent_decode(decode(64, 32, 2, 128, true, true)).unwrap();
+        k.config.push((knob.into(), v));
+        emit(&k, Target::sm90())
+    };
+    for (knob, v) in [
+        ("WARPS", 3),
+        ("NUM_WARPS", 0),
+        ("WG_SPLIT", 7),
+        ("WGMMA", 2),
+    ] {
+        match with(knob, v) {
+            Err(IrError::BadConfig { name, value, .. }) => {
+                assert_eq!((name.as_str(), value), (knob, v));
+            }
+            other => panic!(
+                "{knob}={v}: expected BadConfig, got {:?}",
+                other.map(|s| s.name)
+            ),
+        }
+    }
+    // Valid values steer the schedule.
+    assert_eq!(with("WARPS", 8).unwrap().block_threads, 256);
+    assert_eq!(with("WARPS", 4).unwrap().block_threads, 128);
+    let wg = |src: CudaSource| src.code[PRELUDE.len()..].contains("tpla_wgmma_m64n");
+    assert!(wg(with("WGMMA", 1).unwrap()));
+    assert!(!wg(with("WGMMA", 0).unwrap()));
 }

@@ -1,0 +1,137 @@
+//! Geometry pass: warps per block, warpgroups, and the fragment split of each tile.
+
+use crate::cuda::analysis::*;
+use crate::cuda::util::*;
+use crate::cuda::{F32Gemm, Target};
+use crate::schedule::Schedule;
+
+/// Warp geometry: `nw` warps per block. A fragment tile `[m, n]` is split over `wm(m)` warps
+/// along rows and `wn(m, n)` along columns; remaining warps hold replicas.
+///
+/// With `wg` (warpgroup geometry, for `wgmma`), 64-row tiles are split over 4 warps along rows:
+/// warps `4g .. 4g + 3` form warpgroup `g`, which owns a column slice of `n / wn` columns, and
+/// each warp's fragments are exactly the `wgmma` accumulator layout (warp `w % 4` holds rows
+/// `16 (w % 4) ..`, thread `lane` the mma.sync m16n8 positions).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Geo {
+    pub(crate) nw: usize,
+    pub(crate) wg: bool,
+    /// Under `wg`: the fewest columns a warpgroup takes when warpgroups split a tile (config
+    /// `WG_SPLIT`, default 128). 128 keeps q·kᵀ whole per warpgroup (duplicated, P stays in
+    /// registers); 32 splits it too (no duplicate tensor work; P and the row statistics go
+    /// through shared memory).
+    pub(crate) wg_split: usize,
+}
+
+impl Geo {
+    pub(crate) fn frag_ok(m: usize, n: usize) -> bool {
+        m > 0 && n > 0 && m.is_multiple_of(16) && n.is_multiple_of(8)
+    }
+    /// Warps along M. At most about `sqrt(nw)`: each warp then reuses every B fragment it loads
+    /// from shared memory for `mt` m-tiles, which halves the `ldmatrix` traffic of wide gemms
+    /// (P·V) against splitting M over all warps.
+    pub(crate) fn wm(&self, m: usize) -> usize {
+        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
+            return 4;
+        }
+        let mut w = gcd(m / 16, self.nw);
+        while w > 1 && w * w > self.nw {
+            w /= 2;
+        }
+        w
+    }
+    pub(crate) fn wn(&self, m: usize, n: usize) -> usize {
+        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
+            // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
+            // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
+            // row statistics stay in registers and P feeds wgmma from registers.
+            let groups = self.nw / 4;
+            return if (n / 8).is_multiple_of(groups) && n / groups >= self.wg_split {
+                groups
+            } else {
+                1
+            };
+        }
+        gcd(n / 8, self.nw / self.wm(m))
+    }
+    /// m-tiles of 16 rows per warp.
+    pub(crate) fn mt(&self, m: usize) -> usize {
+        m / 16 / self.wm(m)
+    }
+    /// n-tiles of 8 columns per warp.
+    pub(crate) fn ntl(&self, m: usize, n: usize) -> usize {
+        n / 8 / self.wn(m, n)
+    }
+    pub(crate) fn frag_regs(&self, m: usize, n: usize) -> usize {
+        self.mt(m) * self.ntl(m, n) * 4
+    }
+}
+
+/// Shapes `(m, n)` of the gemms that take the fragment (tensor-core) path.
+pub(crate) fn frag_gemms(info: &Info) -> Vec<(usize, usize)> {
+    info.gemms
+        .iter()
+        .copied()
+        .filter(|&(m, n)| Geo::frag_ok(m, n))
+        .collect()
+}
+
+/// The geometry pass: warps per block and whether the warpgroup geometry is used.
+pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
+    let nw = choose_warps(sched, info, target);
+    Geo {
+        nw,
+        wg: use_warpgroups(sched, info, target, nw),
+        wg_split: sched.wg_split,
+    }
+}
+
+/// Warps per block: the fewest (4 or 8) that keep the largest fragment tile within a register
+/// budget per thread (128 accumulators, 96 when a gemm splits f32 operands into hi/lo parts,
+/// which needs more temporaries), else 8. The schedule's `WARPS` overrides.
+fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
+    if let Some(w) = sched.warps {
+        return w;
+    }
+    let frag = frag_gemms(info);
+    if frag.is_empty() {
+        return 8;
+    }
+    let split = target.f32_gemm == F32Gemm::Split && target.has_tensor_cores() && info.split_gemm;
+    let budget = if split { 96 } else { 128 };
+    // At most 8 warps: a 512-thread block may use only 128 registers per thread.
+    for nw in [4usize, 8] {
+        let g = Geo {
+            nw,
+            wg: false,
+            wg_split: 128,
+        };
+        if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
+            return nw;
+        }
+    }
+    8
+}
+
+/// Whether the kernel uses the warpgroup geometry (and with it `wgmma` where operands allow):
+/// the target allows it, the schedule does not say `WGMMA = 0`, every tensor-core gemm has 64
+/// rows, the block is whole warpgroups and the accumulators fit the register budget under that
+/// geometry.
+fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> bool {
+    let frag = frag_gemms(info);
+    let g = Geo {
+        nw,
+        wg: true,
+        wg_split: sched.wg_split,
+    };
+    target.wgmma
+        && sched.wgmma
+        && nw.is_multiple_of(4)
+        && !frag.is_empty()
+        && frag.iter().all(|&(m, _)| m == 64)
+        && frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= 128)
+}
+
+pub(crate) fn nt_total(geo: &Geo) -> usize {
+    geo.nw * 32
+}

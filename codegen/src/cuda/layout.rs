@@ -1,0 +1,186 @@
+//! Analysis: where each tile variable lives (fragment / row registers, shared memory, inline).
+
+use crate::cuda::analysis::*;
+use crate::cuda::geometry::*;
+use crate::ir::*;
+
+/// Where a tile variable lives (analysis lattice; `Bottom` < `Any` < register layouts < `Smem`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lay {
+    Bottom,
+    Any,
+    Frag { m: usize, n: usize },
+    Rows { m: usize },
+    Smem,
+}
+
+pub(crate) fn join(a: Lay, b: Lay) -> Lay {
+    match (a, b) {
+        (Lay::Bottom, x) | (x, Lay::Bottom) => x,
+        (Lay::Any, x) | (x, Lay::Any) => x,
+        (x, y) if x == y => x,
+        _ => Lay::Smem,
+    }
+}
+
+pub(crate) fn pure_index(i: &Index) -> bool {
+    match i {
+        Index::Var(_) | Index::Load { .. } => false,
+        Index::Bin(_, a, b) => pure_index(a) && pure_index(b),
+        Index::SeqLen { batch, .. } => pure_index(batch),
+        _ => true,
+    }
+}
+
+pub(crate) fn pure_fscalar(s: &FScalar) -> bool {
+    match s {
+        FScalar::Lit(_) | FScalar::Param(_) => true,
+        FScalar::FromIndex(i) => pure_index(i),
+        FScalar::Bin(_, a, b) => pure_fscalar(a) && pure_fscalar(b),
+        FScalar::Unary(_, a) => pure_fscalar(a),
+    }
+}
+
+pub(crate) fn inlineable(op: &TileOp) -> bool {
+    match op {
+        TileOp::Full(Operand::Scalar(s)) => pure_fscalar(s),
+        TileOp::Full(Operand::Int(i)) => pure_index(i),
+        TileOp::Iota { .. } => true,
+        _ => false,
+    }
+}
+
+pub(crate) struct LayoutCx<'a> {
+    pub(crate) k: &'a Kernel,
+    pub(crate) lay: Vec<Lay>,
+}
+
+impl LayoutCx<'_> {
+    pub(crate) fn shape(&self, t: TileId) -> &[usize] {
+        &self.k.tiles[t].shape
+    }
+
+    pub(crate) fn elementwise(&self, shape: &[usize], ops: &[TileId]) -> Lay {
+        let compat_frag = |t: TileId, m: usize, n: usize| match self.lay[t] {
+            Lay::Frag { m: a, n: b } => a == m && b == n && self.shape(t) == [m, n],
+            Lay::Rows { m: a } => a == m && self.shape(t) == [m, 1],
+            Lay::Smem | Lay::Any | Lay::Bottom => true,
+        };
+        if shape.len() == 2 {
+            let (m, n) = (shape[0], shape[1]);
+            let has = ops
+                .iter()
+                .any(|&t| self.lay[t] == Lay::Frag { m, n } && self.shape(t) == shape);
+            if has && ops.iter().all(|&t| compat_frag(t, m, n)) {
+                return Lay::Frag { m, n };
+            }
+        }
+        if !shape.is_empty() && (shape.len() == 1 || shape[1] == 1) {
+            let m = shape[0];
+            let has = ops
+                .iter()
+                .any(|&t| self.lay[t] == Lay::Rows { m } && self.shape(t) == shape);
+            let compat = |t: TileId| match self.lay[t] {
+                Lay::Rows { m: a } => a == m && self.shape(t) == shape,
+                Lay::Frag { .. } => false,
+                _ => true,
+            };
+            if has && ops.iter().all(|&t| compat(t)) {
+                return Lay::Rows { m };
+            }
+        }
+        if ops.is_empty()
+            || ops
+                .iter()
+                .any(|&t| matches!(self.lay[t], Lay::Any | Lay::Bottom))
+        {
+            // Undetermined until the operands settle; resolves to Smem if it stays so.
+            let all_ok = ops
+                .iter()
+                .all(|&t| !matches!(self.lay[t], Lay::Frag { .. }) || shape.len() == 2);
+            if all_ok {
+                return Lay::Any;
+            }
+        }
+        Lay::Smem
+    }
+
+    pub(crate) fn pref(&self, dst: TileId, op: &TileOp) -> Lay {
+        let shape = self.shape(dst).to_vec();
+        match op {
+            TileOp::Full(_) | TileOp::Iota { .. } => Lay::Any,
+            TileOp::Load { .. } => Lay::Smem,
+            TileOp::Unary(_, t) | TileOp::Cast(t) => match self.lay[*t] {
+                Lay::Bottom | Lay::Any => Lay::Any,
+                l => l,
+            },
+            TileOp::Binary(..) | TileOp::Compare(..) | TileOp::Select { .. } => {
+                self.elementwise(&shape, &operand_tiles(op))
+            }
+            TileOp::Reduce { src, axis, .. } => match self.lay[*src] {
+                Lay::Frag { m, .. } if *axis == 1 => Lay::Rows { m },
+                Lay::Bottom | Lay::Any => Lay::Any,
+                _ => Lay::Smem,
+            },
+            TileOp::Gemm { a, b } => {
+                let (m, n) = (self.shape(*a)[0], self.shape(*b)[1]);
+                if Geo::frag_ok(m, n) {
+                    Lay::Frag { m, n }
+                } else {
+                    Lay::Smem
+                }
+            }
+            TileOp::View(src, v) => match (self.lay[*src], v) {
+                (Lay::Rows { m }, ViewOp::Unsqueeze(1)) if self.shape(*src).len() == 1 => {
+                    Lay::Rows { m }
+                }
+                (Lay::Bottom | Lay::Any, _) => Lay::Any,
+                _ => Lay::Smem,
+            },
+        }
+    }
+
+    pub(crate) fn walk(&mut self, body: &[Stmt], changed: &mut bool) {
+        for s in body {
+            match s {
+                Stmt::Assign { dst, op } => {
+                    let p = self.pref(*dst, op);
+                    let j = join(self.lay[*dst], p);
+                    if j != self.lay[*dst] {
+                        self.lay[*dst] = j;
+                        *changed = true;
+                    }
+                }
+                Stmt::For { body, .. } => self.walk(body, changed),
+                Stmt::PagedBlocks {
+                    tile, valid, body, ..
+                } => {
+                    self.lay[*tile] = Lay::Smem;
+                    if self.lay[*valid] == Lay::Bottom {
+                        self.lay[*valid] = Lay::Any;
+                        *changed = true;
+                    }
+                    self.walk(body, changed)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The layout analysis: the fixpoint of [`LayoutCx::walk`] over the kernel body (at most 64
+/// rounds), one [`Lay`] per tile.
+pub(crate) fn layouts(k: &Kernel) -> Vec<Lay> {
+    let mut lcx = LayoutCx {
+        k,
+        lay: vec![Lay::Bottom; k.tiles.len()],
+    };
+    for _ in 0..64 {
+        let mut changed = false;
+        lcx.walk(&k.body, &mut changed);
+        if !changed {
+            break;
+        }
+    }
+    lcx.lay
+}

@@ -1,0 +1,170 @@
+//! Lowering of elementwise ops (unary, binary, compare, select, cast, full, iota).
+
+use std::collections::HashMap;
+
+use crate::cuda::analysis::*;
+use crate::cuda::elem::*;
+use crate::cuda::lower::expr::*;
+use crate::cuda::lower::iter::*;
+use crate::cuda::lower::*;
+use crate::cuda::node::*;
+use crate::cuda::repr::*;
+use crate::cuda::sync::*;
+use crate::ir::*;
+
+impl<'a> Lower<'a> {
+    pub(crate) fn lower_elementwise(&mut self, dst: TileId, op: &TileOp, out: &mut Vec<Node>) {
+        let it = self.iter_of(dst);
+        let res = self.shape(dst);
+        // A flat loop writing a shared tile element-for-element: operands of the same shape read
+        // the same way are thread-private dependencies (no barrier between such ops).
+        let base = View::base(res.len());
+        let tag = match (&it, &self.repr[dst]) {
+            (Iter::Flat { shape }, Repr::Smem { view, .. }) if *view == base => {
+                Some(self.affinity_tag(shape))
+            }
+            _ => None,
+        };
+        let mut reads = Vec::new();
+        let mut acc: HashMap<TileId, Access> = HashMap::new();
+        for t in operand_tiles(op) {
+            if acc.contains_key(&t) {
+                continue;
+            }
+            let (a, mut r) = self.access(t, &it, &res, out);
+            if let (Some(tag), Access::Smem(b, v)) = (tag, &a) {
+                if *v == base && self.shape(t) == res {
+                    r.iter_mut()
+                        .filter(|x| **x == *b)
+                        .for_each(|x| *x = with_affinity(*x, tag));
+                }
+            }
+            reads.extend(r);
+            acc.insert(t, a);
+        }
+        let (head, tail, ctx) = self.open(&it);
+        let val = self.ew_value(dst, op, &ctx, &acc, &res);
+        let w = self.write(dst, &ctx, &val);
+        let text = format!("{head}    {w}\n{tail}\n");
+        let mut writes = self.dst_writes(dst);
+        if let Some(tag) = tag {
+            writes.iter_mut().for_each(|x| *x = with_affinity(*x, tag));
+        }
+        out.push(Node::Code {
+            text,
+            reads,
+            writes,
+        });
+    }
+
+    /// The affinity tag (> 0) of flat loops over `shape`.
+    pub(crate) fn affinity_tag(&mut self, shape: &[usize]) -> usize {
+        let n = self.affinity.len() + 1;
+        *self.affinity.entry(shape.to_vec()).or_insert(n)
+    }
+
+    pub(crate) fn operand_value(
+        &self,
+        o: &Operand,
+        ctx: &Ctx,
+        acc: &HashMap<TileId, Access>,
+        res: &[usize],
+        vt: Vt,
+    ) -> String {
+        match o {
+            Operand::Tile(t) => {
+                let a = &acc[t];
+                self.read(a, ctx, &self.k.tiles[*t].shape, res, vt)
+            }
+            _ => self.scalar_operand(o, vt),
+        }
+    }
+
+    pub(crate) fn operand_class(&self, o: &Operand) -> Vt {
+        match o {
+            Operand::Tile(t) => self.tile_vt(*t),
+            Operand::Scalar(_) => Vt::F32,
+            Operand::Int(_) => Vt::I32,
+        }
+    }
+
+    pub(crate) fn ew_value(
+        &self,
+        dst: TileId,
+        op: &TileOp,
+        ctx: &Ctx,
+        acc: &HashMap<TileId, Access>,
+        res: &[usize],
+    ) -> String {
+        let vt = self.tile_vt(dst);
+        match op {
+            TileOp::Full(o) => self.scalar_operand(o, vt),
+            TileOp::Iota { axis } => convert(&ctx.coords[*axis], Vt::I32, vt),
+            TileOp::Unary(u, t) => {
+                let x = self.read(&acc[t], ctx, &self.k.tiles[*t].shape, res, Vt::F32);
+                float_un(*u, &x)
+            }
+            TileOp::Cast(t) => {
+                let from = self.tile_vt(*t);
+                let x = self.read(&acc[t], ctx, &self.k.tiles[*t].shape, res, from);
+                convert(&x, from, vt)
+            }
+            TileOp::Binary(b, x, y) => {
+                let cls = if self.operand_class(x) == Vt::I32 || self.operand_class(y) == Vt::I32 {
+                    if matches!(x, Operand::Tile(_)) || matches!(y, Operand::Tile(_)) {
+                        vt
+                    } else {
+                        Vt::I32
+                    }
+                } else {
+                    Vt::F32
+                };
+                let cls = if vt == Vt::I32 { Vt::I32 } else { cls };
+                let a = self.operand_value(x, ctx, acc, res, cls);
+                let c = self.operand_value(y, ctx, acc, res, cls);
+                if cls == Vt::I32 {
+                    let f = match b {
+                        BinaryOp::Add => "tpla_iadd",
+                        BinaryOp::Sub => "tpla_isub",
+                        BinaryOp::Mul => "tpla_imul",
+                        BinaryOp::Div => "tpla_idiv",
+                        BinaryOp::Max => "tpla_imax",
+                        BinaryOp::Min => "tpla_imin",
+                    };
+                    format!("{f}({a}, {c})")
+                } else {
+                    float_bin(*b, &a, &c)
+                }
+            }
+            TileOp::Compare(c, x, y) => {
+                let tile_cls = [x, y].iter().find_map(|o| match o {
+                    Operand::Tile(t) => Some(self.tile_vt(*t)),
+                    _ => None,
+                });
+                let cls = tile_cls.unwrap_or(Vt::F32);
+                let a = self.operand_value(x, ctx, acc, res, cls);
+                let b = self.operand_value(y, ctx, acc, res, cls);
+                let sym = match c {
+                    CmpOp::Lt => "<",
+                    CmpOp::Le => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::Ge => ">=",
+                    CmpOp::Eq => "==",
+                    CmpOp::Ne => "!=",
+                };
+                convert(&format!("(({a}) {sym} ({b}))"), Vt::Bool, vt)
+            }
+            TileOp::Select {
+                mask,
+                on_true,
+                on_false,
+            } => {
+                let m = self.read(&acc[mask], ctx, &self.k.tiles[*mask].shape, res, Vt::Bool);
+                let a = self.operand_value(on_true, ctx, acc, res, vt);
+                let b = self.operand_value(on_false, ctx, acc, res, vt);
+                format!("(({m}) ? ({a}) : ({b}))")
+            }
+            _ => unreachable!("not elementwise"),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Lowering pass: statements and tile ops to code nodes, one module per op family.
+
+pub(crate) mod elementwise;
+pub(crate) mod expr;
+pub(crate) mod gemm;
+pub(crate) mod iter;
+pub(crate) mod memory;
+pub(crate) mod paged;
+pub(crate) mod reduce;
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::cuda::analysis::*;
+use crate::cuda::elem::*;
+use crate::cuda::geometry::*;
+use crate::cuda::layout::*;
+use crate::cuda::lower::gemm::wgmma::*;
+use crate::cuda::memory::*;
+use crate::cuda::node::*;
+use crate::cuda::print::*;
+use crate::cuda::repr::*;
+use crate::cuda::{CudaSource, Target};
+use crate::error::IrError;
+use crate::ir::*;
+use crate::schedule::Schedule;
+
+/// The lowering state, filled in by the passes of [`crate::cuda::pipeline::PASSES`] in order.
+pub(crate) struct Lower<'a> {
+    pub(crate) k: &'a Kernel,
+    pub(crate) target: Target,
+    /// The validated schedule knobs.
+    pub(crate) sched: Schedule,
+    /// Layout of every tile (the `layout` pass).
+    pub(crate) lay: Vec<Lay>,
+    /// The lowered body (the `lower` pass; barriers added by `sync`).
+    pub(crate) nodes: Vec<Node>,
+    /// The translation unit (the `print` pass).
+    pub(crate) source: Option<CudaSource>,
+    /// Warp geometry (the `geometry` pass).
+    pub(crate) geo: Geo,
+    /// Per-tile facts (the `analysis` pass).
+    pub(crate) info: Info,
+    /// Every tile's representation (the `memory` pass).
+    pub(crate) repr: Vec<Repr>,
+    /// Shared-memory buffers.
+    pub(crate) smem: Smem,
+    /// What the printer declares at function scope.
+    pub(crate) decl: Decls,
+    /// Paged-loop pipelining.
+    pub(crate) paging: Paging,
+    /// Counter for fresh C names.
+    pub(crate) uniq: usize,
+    /// Nesting depth of the block being lowered.
+    pub(crate) depth: usize,
+    /// Affinity tags of flat element-to-thread mappings, by shape (see [`conflict`]).
+    pub(crate) affinity: HashMap<Vec<usize>, usize>,
+}
+
+/// The shared-memory buffers of a kernel, in placement order (see [`place`]).
+#[derive(Default)]
+pub(crate) struct Smem {
+    /// The buffers; an index into it is a hazard resource id.
+    pub(crate) bufs: Vec<Buf>,
+    /// Shadow copies of register tiles, by tile and storage type.
+    pub(crate) shadows: HashMap<(TileId, Elem), usize>,
+}
+
+/// Declarations the lowering asks the printer for.
+#[derive(Default)]
+pub(crate) struct Decls {
+    /// Declarations at function scope (register arrays, loop state).
+    pub(crate) lines: Vec<String>,
+    /// Warp-geometry constants needed: `wm{m}`, and `wn{m}_{n}` / `wr{m}_{n}`.
+    pub(crate) geo_m: BTreeSet<usize>,
+    pub(crate) geo_mn: BTreeSet<(usize, usize)>,
+    /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
+    pub(crate) wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
+}
+
+/// Pipelining state of paged block loops.
+#[derive(Default)]
+pub(crate) struct Paging {
+    /// The most stages a loop may use.
+    pub(crate) cap: usize,
+    /// Stages used by each loop, in program order.
+    pub(crate) used: Vec<usize>,
+    /// Per paged loop (keyed by its `tile`): ring buffer, name prefix, stages.
+    pub(crate) loops: HashMap<TileId, (usize, String, usize)>,
+    /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
+    /// (the loop body's own level) to issue it while the tensor cores run.
+    pub(crate) deferred_prefetch: Option<(String, usize)>,
+}
+
+pub(crate) struct Fusion {
+    pub(crate) gemm: TileId,
+    pub(crate) add_dst: TileId,
+    pub(crate) a: TileId,
+    pub(crate) b: TileId,
+    pub(crate) init: TileId,
+}
+
+/// Whether `s` (its nested bodies included) assigns any of `tiles`.
+pub(crate) fn assigns_any(s: &Stmt, tiles: &[TileId]) -> bool {
+    crate::visit::any_stmt(std::slice::from_ref(s), &mut |s| {
+        crate::visit::stmt_writes(s)
+            .iter()
+            .any(|t| tiles.contains(t))
+    })
+}
+
+impl<'a> Lower<'a> {
+    /// The state before the first pass.
+    pub(crate) fn new(k: &'a Kernel, target: Target, sched: Schedule, stages_cap: usize) -> Self {
+        Lower {
+            k,
+            target,
+            sched,
+            lay: Vec::new(),
+            nodes: Vec::new(),
+            source: None,
+            geo: Geo::default(),
+            info: Info::default(),
+            repr: Vec::new(),
+            smem: Smem::default(),
+            decl: Decls::default(),
+            paging: Paging {
+                cap: stages_cap,
+                ..Paging::default()
+            },
+            uniq: 0,
+            depth: 0,
+            affinity: HashMap::new(),
+        }
+    }
+
+    /// A readable summary of what pass `name` produced (for `TPLA_DUMP`).
+    pub(crate) fn dump(&self, name: &str) -> String {
+        match name {
+            "analysis" => format!(
+                "gemms {:?}, split f32 gemm {}, assigns {:?}",
+                self.info.gemms, self.info.split_gemm, self.info.assigns
+            ),
+            "layout" => format!("{:?}", self.lay),
+            "geometry" => format!("{:?} under {:?}", self.geo, self.sched),
+            "memory" => self
+                .smem
+                .bufs
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{} {:?} {} rows, stride {}, {} slot(s), at byte {}\n",
+                        b.name, b.elem, b.rows, b.stride, b.slots, b.offset
+                    )
+                })
+                .collect(),
+            "lower" | "sync" => {
+                let mut s = String::new();
+                print_nodes(&self.nodes, 0, "__syncthreads();", &mut s);
+                s
+            }
+            _ => self
+                .source
+                .as_ref()
+                .map(|s| s.code.clone())
+                .unwrap_or_default(),
+        }
+    }
+    pub(crate) fn fresh(&mut self, p: &str) -> String {
+        self.uniq += 1;
+        format!("{p}{}", self.uniq)
+    }
+
+    pub(crate) fn tile_vt(&self, t: TileId) -> Vt {
+        Vt::of(self.k.tiles[t].dtype)
+    }
+
+    pub(crate) fn shape(&self, t: TileId) -> Vec<usize> {
+        self.k.tiles[t].shape.clone()
+    }
+
+    pub(crate) fn norm(shape: &[usize]) -> (usize, usize) {
+        match shape.len() {
+            0 => (1, 1),
+            1 => (1, shape[0]),
+            _ => (shape[0], shape[1]),
+        }
+    }
+
+    pub(crate) fn add_buf(
+        &mut self,
+        prefix: &str,
+        elem: Elem,
+        shape: &[usize],
+        slots: usize,
+        tracked: bool,
+    ) -> usize {
+        let (r, c) = Self::norm(shape);
+        let name = self.fresh(prefix);
+        let buf = new_buf(name, elem, (r, c), slots, tracked, self.geo.wg);
+        place(&mut self.smem.bufs, buf)
+    }
+
+    // -------------------------------------------------------------- representation resolution
+
+    pub(crate) fn lower_block(&mut self, body: &[Stmt]) -> Result<Vec<Node>, IrError> {
+        self.depth += 1;
+        let r = self.lower_block_at_depth(body);
+        self.depth -= 1;
+        r
+    }
+
+    pub(crate) fn lower_block_at_depth(&mut self, body: &[Stmt]) -> Result<Vec<Node>, IrError> {
+        let mut out = Vec::new();
+        let fused = self.find_fusions(body);
+        for s in body {
+            match s {
+                Stmt::Let { dst, value } => out.push(Node::Code {
+                    text: format!("s{dst} = {};\n", self.idx(value)),
+                    reads: self.index_reads(value),
+                    writes: vec![],
+                }),
+                Stmt::Assign { dst, op } => {
+                    if let TileOp::Gemm { .. } = op {
+                        if fused.iter().any(|f| f.gemm == *dst) {
+                            continue;
+                        }
+                    }
+                    if let Some(f) = fused.iter().find(|f| {
+                        f.add_dst == *dst
+                            && matches!(op, TileOp::Binary(BinaryOp::Add, ..))
+                            && operand_tiles(op).contains(&f.gemm)
+                    }) {
+                        let (a, b, x) = (f.a, f.b, f.init);
+                        self.lower_gemm(*dst, a, b, Some(x), &mut out)?;
+                        continue;
+                    }
+                    self.lower_assign(*dst, op, &mut out)?;
+                }
+                Stmt::Store { param, index, src } => {
+                    self.lower_store(*param, index, *src, &mut out)?
+                }
+                Stmt::For {
+                    var,
+                    start,
+                    end,
+                    body,
+                } => {
+                    let inner = self.lower_block(body)?;
+                    let e = self.fresh("e");
+                    let i = self.fresh("i");
+                    let mut reads = self.index_reads(start);
+                    reads.extend(self.index_reads(end));
+                    out.push(Node::Code {
+                        text: format!(
+                            "const int {e} = {};\nint {i} = {};\n",
+                            self.idx(end),
+                            self.idx(start)
+                        ),
+                        reads,
+                        writes: vec![],
+                    });
+                    out.push(Node::Scope {
+                        head: format!(
+                            "for (; {i} < {e}; {i} = tpla_iadd({i}, 1)) {{\n    s{var} = {i};"
+                        ),
+                        body: inner,
+                        tail: "}".into(),
+                        looped: true,
+                    });
+                }
+                Stmt::PagedBlocks { .. } => self.lower_paged_blocks(s, &mut out)?,
+                Stmt::PagedStore {
+                    cache,
+                    batch,
+                    start,
+                    src,
+                } => self.lower_paged_store(*cache, batch, start, *src, &mut out)?,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn index_reads(&self, i: &Index) -> Vec<usize> {
+        let mut v = Vec::new();
+        fn walk(i: &Index, v: &mut Vec<usize>) {
+            match i {
+                Index::Load { param, index } => {
+                    v.push(GLOBAL_RES + *param);
+                    index.iter().for_each(|x| walk(x, v));
+                }
+                Index::Bin(_, a, b) => {
+                    walk(a, v);
+                    walk(b, v);
+                }
+                Index::SeqLen { batch, .. } => walk(batch, v),
+                _ => {}
+            }
+        }
+        walk(i, &mut v);
+        v
+    }
+
+    pub(crate) fn find_fusions(&self, body: &[Stmt]) -> Vec<Fusion> {
+        let mut out = Vec::new();
+        for (i, s) in body.iter().enumerate() {
+            let Stmt::Assign {
+                dst: g,
+                op: TileOp::Gemm { a, b },
+            } = s
+            else {
+                continue;
+            };
+            if self.info.assigns[*g] != 1 || self.info.uses[*g] != 1 {
+                continue;
+            }
+            for (j, s2) in body.iter().enumerate().skip(i + 1) {
+                if let Stmt::Assign {
+                    dst,
+                    op: TileOp::Binary(BinaryOp::Add, x, y),
+                } = s2
+                {
+                    let other = match (x, y) {
+                        (Operand::Tile(p), Operand::Tile(q)) if p == g && q != g => Some(*q),
+                        (Operand::Tile(p), Operand::Tile(q)) if q == g && p != g => Some(*p),
+                        _ => None,
+                    };
+                    let Some(other) = other else { continue };
+                    let (m, n) = (self.k.tiles[*a].shape[0], self.k.tiles[*b].shape[1]);
+                    let dst_ok = matches!(self.repr[*dst], Repr::Frag { m: m2, n: n2, .. } if m2 == m && n2 == n)
+                        && self.k.tiles[other].shape == [m, n];
+                    let untouched = !body[i + 1..j].iter().any(|s| assigns_any(s, &[*a, *b, *g]));
+                    if dst_ok && untouched {
+                        out.push(Fusion {
+                            gemm: *g,
+                            add_dst: *dst,
+                            a: *a,
+                            b: *b,
+                            init: other,
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn lower_assign(
+        &mut self,
+        dst: TileId,
+        op: &TileOp,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
+        match op {
+            TileOp::View(src, _) => {
+                // Views alias; a view of a register tile reads its shadow, refreshed here.
+                if matches!(self.repr[*src], Repr::Frag { .. } | Repr::Rows { .. })
+                    && matches!(self.repr[dst], Repr::Smem { .. })
+                {
+                    let elem = self.shadow_elem(*src, false);
+                    self.materialize(*src, elem, out);
+                }
+                Ok(())
+            }
+            TileOp::Load { param, index } => self.lower_load(dst, *param, index, out),
+            TileOp::Gemm { a, b } => self.lower_gemm(dst, *a, *b, None, out),
+            TileOp::Reduce { op: rop, src, axis } => self.lower_reduce(dst, *rop, *src, *axis, out),
+            _ => {
+                if matches!(self.repr[dst], Repr::Inline { .. } | Repr::None) {
+                    return Ok(());
+                }
+                self.lower_elementwise(dst, op, out);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Lowering of paged block loops (cp.async rings) and paged stores.
+
+use crate::cuda::elem::*;
+use crate::cuda::lower::*;
+use crate::cuda::node::*;
+use crate::cuda::util::*;
+use crate::error::IrError;
+use crate::ir::*;
+
+impl<'a> Lower<'a> {
+    pub(crate) fn paged_names(
+        &self,
+        cache: ParamId,
+    ) -> (String, String, String, String, String, String, String) {
+        (
+            format!("p{cache}_data"),
+            format!("p{cache}_bt"),
+            format!("p{cache}_lens"),
+            format!("p{cache}_ps"),
+            format!("p{cache}_pps"),
+            format!("p{cache}_np"),
+            format!("p{cache}_nb"),
+        )
+    }
+
+    pub(crate) fn lower_paged_blocks(
+        &mut self,
+        s: &Stmt,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
+        let Stmt::PagedBlocks {
+            cache,
+            batch,
+            split,
+            num_splits,
+            block,
+            stages,
+            start,
+            tile,
+            valid,
+            body,
+        } = s
+        else {
+            unreachable!()
+        };
+        let _ = (stages, valid);
+        let ParamKind::Paged { dtype, row, .. } = self.k.params[*cache].kind else {
+            return Err(backend_err(self.k, "paged loop over a non-paged parameter"));
+        };
+        let row = &row;
+        let elem = Elem::of_dtype(dtype);
+        let vec_ok = self.target.has_tensor_cores() && (row * elem.size()).is_multiple_of(16);
+        let (ring, id, st) = self.paging.loops[tile].clone();
+        self.paging.used.push(st);
+        let cur = format!("{id}_cur");
+        let (data, bt, lens, ps, pps, np, nb) = self.paged_names(*cache);
+        let (lo, hi, nblk, bvar) = (
+            format!("{id}_lo"),
+            format!("{id}_hi"),
+            format!("{id}_n"),
+            format!("{id}_b"),
+        );
+        let b = self.smem.bufs[ring].clone();
+        let slot = b.slot_elems();
+        let nw = self.geo.nw;
+        let base = format!("{id}_base");
+        let cty = elem.cty();
+        // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks).
+        let rows_per_warp = block.div_ceil(nw);
+        let issue = if vec_ok && rows_per_warp <= 32 {
+            // The page lookups of a warp's rows are independent global loads: lane `i` resolves
+            // row `warp + i * nw` (one load latency per block instead of one per row), and the
+            // row offsets are broadcast with a shuffle while the copies are issued.
+            let v = 16 / elem.size();
+            let cpr = row / v;
+            // The warp's rows x 16-byte chunks, enumerated flat over its lanes: every lane issues
+            // the same number of copies (no divergent tail pass per row), and a chunk's row comes
+            // from the lane that looked it up.
+            let total = rows_per_warp * cpr;
+            let iters = total.div_ceil(32);
+            let mut guard = Vec::new();
+            if !total.is_multiple_of(32) {
+                guard.push(format!("f_ < {total}"));
+            }
+            if !block.is_multiple_of(nw) {
+                guard.push(format!("r_ < {block}"));
+            }
+            let guard = if guard.is_empty() {
+                String::new()
+            } else {
+                format!("if ({}) ", guard.join(" && "))
+            };
+            format!(
+                "{{
+    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
+    int row_ = -1;
+    {{
+        const int r_ = warp + lane * {nw};
+        const int t_ = t0_ + r_;
+        if (r_ < {block} && t_ < {hi} && {ps} > 0) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+            if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
+        }}
+    }}
+#pragma unroll
+    for (int q_ = 0; q_ < {iters}; ++q_) {{
+        const int f_ = lane + q_ * 32;
+        const int rl_ = f_ / {cpr};
+        const int ch_ = f_ - rl_ * {cpr};
+        const int r_ = warp + rl_ * {nw};
+        const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
+        const bool ok_ = rw_ >= 0;
+        {guard}tpla_cp_async16(&dst_[{addr}], {data} + (ok_ ? (tpla_i64)rw_ * {row} : (tpla_i64)0) + ch_ * {v}, ok_);
+    }}
+}}
+",
+                addr = b.addr("r_", &format!("(ch_ * {v})")),
+            )
+        } else {
+            // A warp per row: the row's page lookup, then its copy (16-byte chunks where rows
+            // allow, else element by element).
+            let copy = if vec_ok {
+                let v = 16 / elem.size();
+                format!(
+                    "for (int ch_ = lane; ch_ < {cpr}; ch_ += 32)\n            tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);",
+                    cpr = row / v,
+                    addr = b.addr("r_", &format!("(ch_ * {v})")),
+                )
+            } else {
+                format!(
+                    "for (int c_ = lane; c_ < {row}; c_ += 32) dst_[{addr}] = ok_ ? src_[c_] : ({cty})0;",
+                    addr = b.addr("r_", "c_"),
+                )
+            };
+            format!(
+                "{{
+    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
+    for (int r_ = warp; r_ < {block}; r_ += {nw}) {{
+        const int t_ = t0_ + r_;
+        bool ok_ = t_ < {hi} && {ps} > 0;
+        const {cty}* src_ = {data};
+        if (ok_) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+            ok_ = pg_ >= 0 && pg_ < {np};
+            if (ok_) src_ = {data} + ((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {row};
+        }}
+        {copy}
+    }}
+}}
+"
+            )
+        };
+        // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
+        // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
+        // body when there is one (overlapping the tensor cores), else at the top of the body.
+        let prefetch = format!(
+            "{{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}\ntpla_cp_async_commit();\n",
+            ahead = st - 1
+        );
+        let saved = self.paging.deferred_prefetch.take();
+        if st >= 2 {
+            self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
+        }
+        let inner = self.lower_block(body)?;
+        let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);
+        let mut reads = self.index_reads(batch);
+        reads.extend(self.index_reads(split));
+        reads.extend(self.index_reads(num_splits));
+        reads.push(GLOBAL_RES + *cache);
+        let setup = format!(
+            "{bvar} = {b};
+{{
+    const int len_ = tpla_ld_i32({lens}, {bvar}, {nb});
+    const int chunk_ = tpla_imul(tpla_icdiv(tpla_icdiv(len_, {ns}), {block}), {block});
+    {lo} = tpla_imul({sp}, chunk_);
+    {hi} = tpla_imin(len_, tpla_iadd({lo}, chunk_));
+    {nblk} = {hi} > {lo} ? tpla_icdiv(tpla_isub({hi}, {lo}), {block}) : 0;
+}}
+{cty}* const {base} = ({cty}*)(tpla_smem + {ring_off});
+for (int j_ = 0; j_ < {pre}; ++j_) {{
+    if (j_ < {nblk}) {issue}
+    tpla_cp_async_commit();
+}}
+",
+            b = self.idx(batch),
+            ns = self.idx(num_splits),
+            sp = self.idx(split),
+            pre = st - 1,
+            ring_off = self.smem.bufs[ring].offset,
+        );
+        out.push(Node::Code {
+            text: format!("{{\n{setup}"),
+            reads,
+            writes: vec![],
+        });
+        let head = if st >= 2 {
+            format!(
+                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_cp_async_wait<{}>();",
+                st - 2
+            )
+        } else {
+            format!(
+                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    {prefetch}    tpla_cp_async_wait<0>();"
+            )
+        };
+        let mut body_nodes = vec![
+            Node::Barrier,
+            Node::Code {
+                text: format!(
+                    "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n{}",
+                    unplaced.map(|(p, _)| p).unwrap_or_default()
+                ),
+                reads: vec![],
+                writes: vec![],
+            },
+        ];
+        body_nodes.extend(inner);
+        if st < 2 {
+            // One slot: the next block's copy overwrites what this iteration read.
+            body_nodes.push(Node::Barrier);
+        }
+        out.push(Node::Scope {
+            head,
+            body: body_nodes,
+            tail: "}".into(),
+            looped: true,
+        });
+        out.push(Node::Code {
+            text: "tpla_cp_async_wait<0>();\n}\n".into(),
+            reads: vec![],
+            writes: vec![],
+        });
+        Ok(())
+    }
+
+    pub(crate) fn lower_paged_store(
+        &mut self,
+        cache: ParamId,
+        batch: &Index,
+        start: &Index,
+        src: TileId,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
+        let ParamKind::Paged { dtype, row, .. } = self.k.params[cache].kind else {
+            return Err(backend_err(
+                self.k,
+                "paged store into a non-paged parameter",
+            ));
+        };
+        let gel = Elem::of_dtype(dtype);
+        let shape = self.shape(src);
+        let vt = self.tile_vt(src);
+        let it = self.iter_of(src);
+        let guard = self.writer_guard(src);
+        let (a, mut reads) = self.access(src, &it, &shape, out);
+        let (head, tail, ctx) = self.open(&it);
+        let v = self.read(&a, &ctx, &shape, &shape, vt);
+        let (data, bt, lens, ps, pps, np, nb) = self.paged_names(cache);
+        let (r, c) = (ctx.coords[0].clone(), ctx.coords[1].clone());
+        let text = format!(
+            "{{
+const int pb_ = {b};
+const int pst_ = {st};
+const int plen_ = tpla_ld_i32({lens}, pb_, {nb});
+if ({guard}) {{
+{head}    {{
+        const int t_ = tpla_iadd(pst_, {r});
+        if (t_ >= 0 && t_ < plen_ && {ps} > 0) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64)pb_ * {pps} + pi_] : -1;
+            if (pg_ >= 0 && pg_ < {np}) {data}[((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {row} + ({c})] = {val};
+        }}
+    }}
+{tail}
+}}
+}}
+",
+            b = self.idx(batch),
+            st = self.idx(start),
+            val = gel.store(&v, vt),
+        );
+        reads.extend(self.index_reads(batch));
+        reads.extend(self.index_reads(start));
+        reads.push(GLOBAL_RES + cache);
+        out.push(Node::Code {
+            text,
+            reads,
+            writes: vec![GLOBAL_RES + cache],
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! The pass list from tile IR to CUDA C++.
+
+use crate::cuda::analysis::*;
+use crate::cuda::geometry::*;
+use crate::cuda::layout::*;
+use crate::cuda::lower::*;
+use crate::cuda::print::*;
+use crate::cuda::sync::*;
+use crate::cuda::util::*;
+use crate::cuda::{CudaSource, F32Gemm, Target};
+use crate::error::IrError;
+use crate::ir::*;
+use crate::schedule::Schedule;
+
+/// Validates `k`, reads its [`Schedule`] once and runs [`PASSES`]; where the result needs more
+/// shared memory than `target` has, runs them again with fewer paged-loop stages, then with f32
+/// gemm operands rounded to bf16.
+pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
+    crate::validate::validate(k)?;
+    let sched = Schedule::from_config(&k.config)?;
+    let max_stages = max_stages(&k.body).max(1);
+    // Shared memory decides: fewer pipeline stages first, then (for f32 gemm operands) bf16
+    // rounding instead of the hi/lo split, which halves the operand tiles.
+    let mut policies = vec![target.f32_gemm];
+    if target.f32_gemm == F32Gemm::Split && target.has_tensor_cores() {
+        policies.push(F32Gemm::RoundBf16);
+    }
+    let mut smallest = None;
+    for policy in policies {
+        let t = target.with_f32_gemm(policy);
+        for cap in (1..=max_stages).rev() {
+            let src = emit_with_cap(k, t, sched, cap)?;
+            if src.shared_bytes <= target.max_shared_bytes {
+                return Ok(src);
+            }
+            smallest = Some(smallest.map_or(src.shared_bytes, |s: u32| s.min(src.shared_bytes)));
+        }
+    }
+    Err(backend_err(
+        k,
+        format!(
+            "needs at least {} bytes of shared memory; {} allows {} per block",
+            smallest.unwrap_or(0),
+            target.arch_name(),
+            target.max_shared_bytes
+        ),
+    ))
+}
+
+/// The deepest pipelining hint of any paged loop in `body` (0 without one).
+fn max_stages(body: &[Stmt]) -> usize {
+    let mut max = 0;
+    crate::visit::walk_stmts(body, &mut |s| {
+        if let Stmt::PagedBlocks { stages, .. } = s {
+            max = max.max(*stages);
+        }
+    });
+    max
+}
+
+/// One pass: reads and extends the lowering state.
+type Pass = fn(&mut Lower) -> Result<(), IrError>;
+
+/// The passes from tile IR to CUDA C++, in order. `TPLA_DUMP=<name>[,<name>..]` (or `all`)
+/// prints the state after the passes named to stderr.
+///
+/// - `analysis`: per-tile facts (assignments, uses, exact bf16 values, gemm operands);
+/// - `layout`: where each tile lives (fragment / row registers, shared memory, inline);
+/// - `geometry`: warps per block, warpgroups, the fragment split of each tile (from the
+///   [`Schedule`] and the register budget);
+/// - `memory`: shared-memory buffers (swizzle, column blocking, paged rings) and every tile's
+///   representation;
+/// - `lower`: statements and tile ops to code nodes, by op family (elementwise, reduce, memory /
+///   paged, gemm: fma / mma.sync / wgmma);
+/// - `sync`: barriers between conflicting shared-memory accesses;
+/// - `print`: the translation unit.
+pub(crate) const PASSES: [(&str, Pass); 7] = [
+    ("analysis", |s| {
+        s.info = analyse(s.k);
+        Ok(())
+    }),
+    ("layout", |s| {
+        s.lay = layouts(s.k);
+        Ok(())
+    }),
+    ("geometry", |s| {
+        s.geo = geometry(&s.sched, &s.info, &s.target);
+        Ok(())
+    }),
+    ("memory", |s| {
+        let lay = std::mem::take(&mut s.lay);
+        s.resolve(&lay);
+        s.lay = lay;
+        Ok(())
+    }),
+    ("lower", |s| {
+        let k = s.k;
+        s.nodes = s.lower_block(&k.body)?;
+        Ok(())
+    }),
+    ("sync", |s| {
+        s.nodes = insert_barriers(&s.nodes, &mut Hazards::default());
+        Ok(())
+    }),
+    ("print", |s| {
+        s.source = Some(print_kernel(s, &s.nodes));
+        Ok(())
+    }),
+];
+
+/// Runs [`PASSES`] on `k` for `target` with paged loops pipelined at most `cap` deep.
+pub(crate) fn emit_with_cap(
+    k: &Kernel,
+    target: Target,
+    sched: Schedule,
+    cap: usize,
+) -> Result<CudaSource, IrError> {
+    let dump = std::env::var("TPLA_DUMP").unwrap_or_default();
+    let mut state = Lower::new(k, target, sched, cap);
+    for (name, pass) in PASSES {
+        pass(&mut state)?;
+        if dump.split(',').any(|d| d == name || d == "all") {
+            eprintln!(
+                "// ---- TPLA_DUMP after `{name}` ({}):\n{}",
+                k.name,
+                state.dump(name)
+            );
+        }
+    }
+    Ok(state.source.expect("the print pass ran"))
+}

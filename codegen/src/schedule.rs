@@ -1,0 +1,139 @@
+//! Schedule knobs: config values that steer how a backend maps a kernel onto the hardware
+//! without changing what it computes.
+//!
+//! A kernel's config (`Kernel::config`) may carry, beside its tune parameters and shape constants:
+//!
+//! | knob | values | meaning |
+//! |---|---|---|
+//! | `WARPS` (alias `NUM_WARPS`) | 1, 2, 4, 8, 16, 32 | warps per CUDA block (default: chosen from the register budget) |
+//! | `WGMMA` | 0, 1 | 0 turns Hopper's warpgroup `wgmma` path off (default 1: on where the target allows) |
+//! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
+//!
+//! [`Schedule::from_config`] reads and validates them once: a bad value is an
+//! [`IrError::BadConfig`] naming the knob, never silently ignored.
+
+use crate::error::IrError;
+
+/// Warp counts `WARPS` may take.
+pub const WARPS_VALUES: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+/// The validated schedule knobs of one kernel config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Schedule {
+    /// Warps per block (`WARPS` / `NUM_WARPS`); `None`: the backend chooses.
+    pub warps: Option<usize>,
+    /// Whether Hopper warpgroup gemms are allowed (`WGMMA`, default true).
+    pub wgmma: bool,
+    /// The fewest columns a warpgroup takes when warpgroups split a tile (`WG_SPLIT`).
+    pub wg_split: usize,
+}
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule {
+            warps: None,
+            wgmma: true,
+            wg_split: 128,
+        }
+    }
+}
+
+fn bad(name: &str, value: i64, why: impl Into<String>) -> IrError {
+    IrError::BadConfig {
+        name: name.to_string(),
+        value,
+        why: why.into(),
+    }
+}
+
+impl Schedule {
+    /// Reads the schedule knobs from a kernel's `(name, value)` config pairs; other names are
+    /// ignored. Fails with [`IrError::BadConfig`] naming the knob when a value is out of range,
+    /// or when `WARPS` and `NUM_WARPS` disagree.
+    pub fn from_config(config: &[(String, i64)]) -> Result<Schedule, IrError> {
+        let mut s = Schedule::default();
+        for (name, v) in config {
+            let v = *v;
+            match name.as_str() {
+                "WARPS" | "NUM_WARPS" => {
+                    let w = usize::try_from(v)
+                        .ok()
+                        .filter(|w| WARPS_VALUES.contains(w))
+                        .ok_or_else(|| bad(name, v, format!("must be one of {WARPS_VALUES:?}")))?;
+                    if s.warps.is_some_and(|x| x != w) {
+                        return Err(bad(name, v, "WARPS and NUM_WARPS disagree"));
+                    }
+                    s.warps = Some(w);
+                }
+                "WGMMA" => {
+                    s.wgmma = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
+                "WG_SPLIT" => {
+                    if v < 8 || v % 8 != 0 {
+                        return Err(bad(name, v, "must be a positive multiple of 8"));
+                    }
+                    s.wg_split = v as usize;
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    fn knob_of(e: IrError) -> String {
+        match e {
+            IrError::BadConfig { name, .. } => name,
+            other => panic!("expected BadConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_knobs_give_the_defaults() {
+        let s = Schedule::from_config(&cfg(&[("BLOCK_H", 3), ("LAT", 512)])).unwrap();
+        assert_eq!(s, Schedule::default());
+        assert_eq!((s.warps, s.wgmma, s.wg_split), (None, true, 128));
+    }
+
+    #[test]
+    fn valid_knobs_are_read() {
+        let s =
+            Schedule::from_config(&cfg(&[("WARPS", 8), ("WGMMA", 0), ("WG_SPLIT", 32)])).unwrap();
+        assert_eq!((s.warps, s.wgmma, s.wg_split), (Some(8), false, 32));
+        let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
+        assert_eq!(s.warps, Some(4));
+    }
+
+    #[test]
+    fn bad_values_name_the_knob() {
+        for (knob, v) in [
+            ("WARPS", 3),
+            ("WARPS", 0),
+            ("WARPS", -8),
+            ("NUM_WARPS", 64),
+            ("WG_SPLIT", 7),
+            ("WG_SPLIT", 0),
+            ("WG_SPLIT", -16),
+            ("WGMMA", 2),
+            ("WGMMA", -1),
+        ] {
+            let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
+            assert!(e.to_string().contains(knob), "{e}");
+            assert_eq!(knob_of(e), knob);
+        }
+        let e = Schedule::from_config(&cfg(&[("WARPS", 4), ("NUM_WARPS", 8)])).unwrap_err();
+        assert_eq!(knob_of(e), "NUM_WARPS");
+    }
+}
