@@ -1,10 +1,10 @@
-//! `tpla convert` and `tpla accuracy`: the model tools of `tpla_runtime::model`.
+//! `tpla convert` and `tpla accuracy`: the model tools of `tpla_model`.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use tpla_runtime::model::tensors::OutDtype;
-use tpla_runtime::model::{
+use tpla_model::tensors::OutDtype;
+use tpla_model::{
     convert as convert_model, run_accuracy, AccuracyOptions, ConvertOptions, MuConvention,
     Transform,
 };

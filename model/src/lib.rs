@@ -1,4 +1,5 @@
-//! TPLA reparameterisation and fidelity (issue 3), pure CPU, f64 where the math is checked.
+//! tpla-model: TPLA reparameterisation and fidelity (issue 3), pure CPU, f64 where the math is
+//! checked. Kept out of `tpla-runtime` so an engine linking the runtime builds no faer or plotters.
 //!
 //! - [`config`]: presets (deepseek-v3, kimi-k2, deepseek-v2-lite) and the softmax scale.
 //! - [`weights`] / [`tensors`]: one MLA layer, loaded from / stored to safetensors by DeepSeek names.

@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-/// Errors raised by [`crate::model`]. No function of the module panics on bad input.
+/// Errors raised by [`crate`]. No function of the module panics on bad input.
 #[derive(Debug, Error)]
 pub enum ModelError {
     /// A tensor the preset needs is not in the checkpoint.
