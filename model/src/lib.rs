@@ -7,7 +7,10 @@
 //! - [`hadamard`], [`pca`]: the two orthogonal transforms; [`reparam`]: γ folding, rotation, m_i, μ_i.
 //! - [`layer_ref`]: f64 reference decode of MLA and TPLA; [`shard`]: per-rank weights for g groups
 //!   and k devices; [`pdsep`]: prefill/decode separation.
-//! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`]: `tpla convert`.
+//! - [`accuracy`]: the fidelity harness behind `tpla accuracy` ([`report`]: its table, JSON, PNG);
+//!   [`convert`]: `tpla convert`.
+//! - [`fsio`]: atomic output files and directories; [`limits`]: bounds on user-given sizes;
+//!   [`progress`]: progress reporting of long work.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -15,13 +18,17 @@ pub mod accuracy;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod fsio;
 pub mod hadamard;
 pub mod layer_ref;
+pub mod limits;
 pub mod linalg;
 pub mod pca;
 pub mod pdsep;
 pub mod plot;
+pub mod progress;
 pub mod reparam;
+pub mod report;
 pub mod shard;
 pub mod synthetic;
 pub mod tensors;
@@ -31,5 +38,6 @@ pub use accuracy::{run_accuracy, AccuracyOptions, AccuracyReport};
 pub use config::{MlaConfig, Preset};
 pub use convert::{convert, ConvertManifest, ConvertOptions};
 pub use error::{ModelError, Result};
+pub use progress::Progress;
 pub use reparam::{Corrections, MuConvention, Transform};
 pub use weights::MlaLayer;

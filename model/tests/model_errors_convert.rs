@@ -161,6 +161,7 @@ fn too_few_calibration_samples() {
         mu: MuConvention::One,
         dtype: OutDtype::F32,
         out_dir: dir.join("out"),
+        force: false,
     };
     assert!(matches!(
         convert(&opts).unwrap_err(),
@@ -215,6 +216,7 @@ fn convert_writes_rank_files_that_decode_as_tpla() {
         mu: MuConvention::InverseEnergy,
         dtype: OutDtype::F64,
         out_dir: dir.clone(),
+        force: false,
     };
     let man = convert(&opts).unwrap();
     assert_eq!(man.ranks.len(), 4);
