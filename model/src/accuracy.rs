@@ -39,10 +39,10 @@
 use super::config::{MlaConfig, Preset};
 use super::error::Result;
 use super::layer_ref::{mla_decode, mla_entry};
-use super::linalg::{axpy, cosine, dot, rel_err, softmax_in_place, Mat};
-use super::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
 use super::limits::check_accuracy;
+use super::linalg::{axpy, cosine, dot, rel_err, softmax_in_place, Mat};
 use super::progress::Progress;
+use super::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
 use super::report::decide_mu;
 use super::synthetic::{synthetic_hidden, synthetic_layer};
 use super::tensors::Checkpoint;
@@ -302,7 +302,10 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
 }
 
 /// [`run_accuracy`], reporting progress (one unit per evaluated step).
-pub fn run_accuracy_with(opts: &AccuracyOptions, progress: &dyn Progress) -> Result<AccuracyReport> {
+pub fn run_accuracy_with(
+    opts: &AccuracyOptions,
+    progress: &dyn Progress,
+) -> Result<AccuracyReport> {
     let start = std::time::Instant::now();
     let cfg = harness_config(opts);
     let l = cfg.kv_lora_rank;

@@ -57,8 +57,12 @@ fn temp_file_in(dir: &Path, target: &Path) -> Result<tempfile::NamedTempFile> {
     };
     #[cfg(unix)]
     b.permissions(perms);
-    b.tempfile_in(dir)
-        .map_err(|e| out_err(target, format!("cannot create a file in its directory: {e}")))
+    b.tempfile_in(dir).map_err(|e| {
+        out_err(
+            target,
+            format!("cannot create a file in its directory: {e}"),
+        )
+    })
 }
 
 /// An output file reserved before the work and written atomically after it.
@@ -262,7 +266,10 @@ mod tests {
         let o = OutputDir::prepare(&out, true).unwrap();
         std::fs::write(o.staged("rank0"), b"c").unwrap();
         o.commit().unwrap();
-        let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec!["rank0"]);
         assert_eq!(std::fs::read(out.join("rank0")).unwrap(), b"c");
         // Nothing but the output is left beside it.

@@ -98,6 +98,9 @@ pub fn check_convert(opts: &ConvertOptions, cfg: &MlaConfig) -> Result<()> {
             ),
         });
     }
+    if opts.transform == Transform::Pca && opts.checkpoint.is_some() && opts.calib.is_none() {
+        return Err(ModelError::MissingCalibration);
+    }
     if let Some(v) = &opts.layers {
         if let Some(&bad) = v.iter().find(|&&i| i >= cfg.layers) {
             return Err(ModelError::InvalidValue {
@@ -137,7 +140,10 @@ pub fn check_accuracy(opts: &AccuracyOptions, cfg: &MlaConfig) -> Result<()> {
     check_at_most("--decode", opts.decode_tokens, MAX_TOKENS, why)?;
     check_at_most("--prefill", opts.prefill_tokens, MAX_TOKENS, why)?;
     check_at_most("--calib-tokens", opts.calib_tokens, MAX_TOKENS, why)?;
-    let (p, total) = (opts.prefill_tokens, opts.prefill_tokens + opts.decode_tokens);
+    let (p, total) = (
+        opts.prefill_tokens,
+        opts.prefill_tokens + opts.decode_tokens,
+    );
     if total / opts.stride == p / opts.stride {
         return Err(ModelError::InvalidValue {
             name: "--stride",
@@ -166,7 +172,10 @@ pub fn check_accuracy(opts: &AccuracyOptions, cfg: &MlaConfig) -> Result<()> {
     // thread the logits of one step; the layer and its reparameterised copies.
     let nt = opts.transforms.len().max(1) as u64;
     let (d, lu, rope) = (cfg.hidden as u64, l as u64, cfg.qk_rope as u64);
-    let per_token = d + 2 * lu + 2 * rope + cfg.heads as u64 * cfg.q_head() as u64
+    let per_token = d
+        + 2 * lu
+        + 2 * rope
+        + cfg.heads as u64 * cfg.q_head() as u64
         + nt * (3 * lu + FINE as u64 + 1);
     let threads = rayon::current_num_threads() as u64;
     let values = total as u64 * (per_token + 12 * threads)
@@ -189,7 +198,10 @@ mod tests {
         assert!(check_at_most("--devices", 64, MAX_DEVICES, "").is_ok());
         let e = check_at_most("--devices", 512, MAX_DEVICES, "x").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("--devices 512") && msg.contains("limit 64"), "{msg}");
+        assert!(
+            msg.contains("--devices 512") && msg.contains("limit 64"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -7,9 +7,7 @@ use tpla_model::layer_ref::{
 };
 use tpla_model::linalg::{rel_err, Mat};
 use tpla_model::pdsep::PdSession;
-use tpla_model::reparam::{
-    reparameterise, Corrections, MuConvention, Rotation, Transform,
-};
+use tpla_model::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
 use tpla_model::shard::{reassemble, shard_all, ShardPlan};
 use tpla_model::synthetic::{random_orthogonal, synthetic_hidden, synthetic_layer, Gauss};
 use tpla_model::weights::MlaLayer;
