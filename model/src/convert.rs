@@ -175,7 +175,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
     convert_with(opts, &())
 }
 
-/// [`convert`], reporting progress (one unit per layer, then one per rank file).
+/// [`convert`], reporting progress (three units per layer, then one per rank file).
 pub fn convert_with(opts: &ConvertOptions, progress: &dyn Progress) -> Result<ConvertManifest> {
     let cfg = match opts.shape {
         Some((d, h)) => MlaConfig::small(
@@ -224,7 +224,8 @@ pub fn convert_with(opts: &ConvertOptions, progress: &dyn Progress) -> Result<Co
     let mut writers: Vec<TensorWriter> =
         (0..opts.devices).map(|_| TensorWriter::default()).collect();
     let mut lm = Vec::new();
-    progress.start("reparameterising layers", layers.len() as u64);
+    // Three units per layer: loaded (or generated), rotation built, reparameterised and sharded.
+    progress.start("reparameterising layers", 3 * layers.len() as u64);
     for &idx in &layers {
         let layer = match &ck {
             Some(c) => MlaLayer::load(c, &cfg, idx)?,
@@ -248,12 +249,14 @@ pub fn convert_with(opts: &ConvertOptions, progress: &dyn Progress) -> Result<Co
         let src = calib_name
             .clone()
             .unwrap_or_else(|| "synthetic calibration stream".into());
+        progress.inc(1);
         let rot = Rotation::build(
             opts.transform,
             cfg.kv_lora_rank,
             opts.seed,
             calib.as_ref().map(|m| (m, src.as_str())),
         )?;
+        progress.inc(1);
         let corr = rot.corrections(opts.groups, opts.mu)?;
         let lr = reparameterise(&layer, &rot.u);
         for (w, sh) in writers.iter_mut().zip(shard_all(&lr, &corr, &plan)?) {

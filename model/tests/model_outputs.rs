@@ -264,8 +264,8 @@ fn progress_counts_the_work_and_reports_write_atomically() {
     let c = Counter::default();
     convert_with(&small(base.join("o"), 2, 4), &c).unwrap();
     let phases = c.phases.lock().unwrap().clone();
-    assert_eq!(phases.iter().map(|p| p.1).collect::<Vec<_>>(), [1, 4]);
-    assert_eq!(c.done.load(Ordering::Relaxed), 5);
+    assert_eq!(phases.iter().map(|p| p.1).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(c.done.load(Ordering::Relaxed), 7);
 
     let c = Counter::default();
     let rep = run_accuracy_with(&small_accuracy(), &c).unwrap();
