@@ -98,6 +98,18 @@ pub fn check_convert(opts: &ConvertOptions, cfg: &MlaConfig) -> Result<()> {
             ),
         });
     }
+    // `--force` replaces --out whole: it must not hold an input of this run.
+    if let Ok(out) = opts.out_dir.canonicalize() {
+        for (flag, input) in [("--checkpoint", &opts.checkpoint), ("--calib", &opts.calib)] {
+            let input = input.as_ref().and_then(|p| p.canonicalize().ok());
+            if input.is_some_and(|p| p.starts_with(&out)) {
+                return Err(ModelError::OutputPath {
+                    path: opts.out_dir.display().to_string(),
+                    detail: format!("holds the {flag} input; choose another --out"),
+                });
+            }
+        }
+    }
     if opts.transform == Transform::Pca && opts.checkpoint.is_some() && opts.calib.is_none() {
         return Err(ModelError::MissingCalibration);
     }

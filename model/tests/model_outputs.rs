@@ -83,6 +83,24 @@ fn rerun_with_fewer_devices_leaves_no_stale_rank_files() {
 }
 
 #[test]
+fn force_never_replaces_a_directory_holding_an_input() {
+    let out = tmp("inputs");
+    let ck = out.join("model.safetensors");
+    std::fs::write(&ck, b"weights").unwrap();
+    let opts = ConvertOptions {
+        checkpoint: Some(ck.clone()),
+        force: true,
+        ..small(out.clone(), 2, 2)
+    };
+    let e = convert(&opts).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::OutputPath { detail, .. } if detail.contains("--checkpoint")),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&ck).unwrap(), b"weights");
+}
+
+#[test]
 fn manifest_byte_counts_are_the_file_sizes() {
     let out = tmp("bytes").join("o");
     for dtype in [OutDtype::Bf16, OutDtype::F64] {
