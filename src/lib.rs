@@ -5,7 +5,8 @@
 //! and sums the outputs with one all-reduce (see `shared/TPLA.md`). This crate is the facade:
 //!
 //! - [`codegen`]: the tile IR and its backends (Cranelift CPU JIT, CUDA C++ for NVRTC);
-//! - [`runtime`]: executors, the paged latent cache, the f64 reference, model reparameterisation;
+//! - [`runtime`]: executors, the paged latent cache, the f64 reference;
+//! - [`model`]: checkpoints, Hadamard/PCA reparameterisation, sharding, the accuracy harness;
 //! - [`kernels`]: the kernel library written in the `#[kernel]` DSL ([`kernel`]);
 //! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for engines and the CLI.
 
@@ -16,4 +17,5 @@ pub mod tp;
 pub use tpla_codegen as codegen;
 pub use tpla_kernels as kernels;
 pub use tpla_macros::kernel;
+pub use tpla_model as model;
 pub use tpla_runtime as runtime;

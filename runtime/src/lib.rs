@@ -6,7 +6,6 @@ pub mod cpu_exec;
 pub mod cuda;
 pub mod error;
 pub mod exec;
-pub mod model;
 pub mod paged;
 pub mod reference;
 pub mod tensor;

@@ -44,5 +44,5 @@ pub enum CliError {
     },
     /// From the model tools (convert, accuracy).
     #[error(transparent)]
-    Model(#[from] tpla_runtime::model::error::ModelError),
+    Model(#[from] tpla_model::error::ModelError),
 }

@@ -38,8 +38,8 @@ pub enum PresetArg {
 
 impl PresetArg {
     /// The runtime preset.
-    pub fn preset(self) -> tpla_runtime::model::config::Preset {
-        use tpla_runtime::model::config::Preset;
+    pub fn preset(self) -> tpla_model::config::Preset {
+        use tpla_model::config::Preset;
         match self {
             PresetArg::DeepseekV3 => Preset::DeepseekV3,
             PresetArg::KimiK2 => Preset::KimiK2,

@@ -1,13 +1,18 @@
-//! `tpla convert` and `tpla accuracy`: the model tools of `tpla_runtime::model`.
+//! `tpla convert` and `tpla accuracy`: the model tools of `tpla_model`.
+//!
+//! Output paths are checked before the work, outputs are written atomically, and long work
+//! shows a progress bar on stderr (only when stderr is a terminal).
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use clap::{Args, ValueEnum};
-use tpla_runtime::model::tensors::OutDtype;
-use tpla_runtime::model::{
-    convert as convert_model, run_accuracy, AccuracyOptions, ConvertOptions, MuConvention,
-    Transform,
-};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tpla_model::accuracy::run_accuracy_with;
+use tpla_model::convert::convert_with;
+use tpla_model::fsio::OutputFile;
+use tpla_model::tensors::OutDtype;
+use tpla_model::{AccuracyOptions, ConvertOptions, MuConvention, Progress, Transform};
 
 use super::error::CliError;
 use super::PresetArg;
@@ -77,13 +82,16 @@ pub struct ConvertArgs {
     /// Latent transform.
     #[arg(long, value_enum, default_value = "pca")]
     pub transform: TransformArg,
-    /// Latent groups g (must divide 512).
+    /// Latent groups g (must divide 512 and --devices; at most 64).
     #[arg(long, default_value_t = 2)]
     pub groups: usize,
-    /// Devices k (a multiple of g; k/g head shards per group).
+    /// Devices k (a multiple of g; k/g head shards per group; at most 64).
     #[arg(long, default_value_t = 2)]
     pub devices: usize,
-    /// Calibration latents for PCA (safetensors); generated from the layer when absent.
+    /// Calibration file of --transform pca (safetensors): per layer
+    /// `model.layers.N.self_attn.calib_latents` [n, 512] or `calib_hidden` [n, D], else a shared
+    /// `latents` or `hidden_states` tensor; n >= 512. Required for PCA of a --checkpoint; without
+    /// --checkpoint PCA uses the synthetic calibration stream. Refused with other transforms.
     #[arg(long)]
     pub calib: Option<PathBuf>,
     /// μ convention.
@@ -95,9 +103,13 @@ pub struct ConvertArgs {
     /// Seed (Hadamard signs, synthetic data).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output directory: rank{r}.safetensors and manifest.json.
+    /// Output directory: rank{r}.safetensors and manifest.json, written whole (a failed run
+    /// leaves it as it was). A non-empty directory is refused unless --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace a non-empty --out directory whole: every file in it is removed.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `tpla accuracy`.
@@ -112,16 +124,16 @@ pub struct AccuracyArgs {
     /// Layer index in the checkpoint.
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
-    /// Prefill tokens P of the pd-sep mode.
+    /// Prefill tokens P of the pd-sep mode (at most 65536).
     #[arg(long, default_value_t = 512)]
     pub prefill: usize,
-    /// Decoded tokens N.
+    /// Decoded tokens N (at most 65536).
     #[arg(long, default_value_t = 1024)]
     pub decode: usize,
-    /// Calibration tokens (at least the latent width).
+    /// Calibration tokens (at least the latent width, at most 65536).
     #[arg(long, default_value_t = 4096)]
     pub calib_tokens: usize,
-    /// Evaluate every stride-th decode step.
+    /// Evaluate every stride-th decode step (at most --decode).
     #[arg(long, default_value_t = 16)]
     pub stride: usize,
     /// Group counts (comma list, each dividing 8).
@@ -130,12 +142,48 @@ pub struct AccuracyArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// JSON output.
+    /// JSON output (written atomically; its directory must exist).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// PNG plot of error vs decoded tokens.
+    /// PNG plot of error vs decoded tokens (written atomically; its directory must exist).
     #[arg(long)]
     pub png: Option<PathBuf>,
+}
+
+/// A progress bar on stderr, one per phase; indicatif draws nothing when stderr is not a terminal.
+struct Bar(Mutex<Option<ProgressBar>>);
+
+impl Bar {
+    fn new() -> Self {
+        Bar(Mutex::new(None))
+    }
+
+    fn with(&self, f: impl FnOnce(&ProgressBar)) {
+        if let Some(pb) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            f(pb);
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, what: &str, len: u64) {
+        let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:<24} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(what.to_string());
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(pb);
+    }
+
+    fn inc(&self, n: u64) {
+        self.with(|pb| pb.inc(n));
+    }
+
+    fn finish(&self) {
+        self.with(|pb| pb.finish_and_clear());
+    }
 }
 
 /// Runs `tpla convert`.
@@ -157,20 +205,35 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
             DtypeArg::F64 => OutDtype::F64,
         },
         out_dir: a.out.clone(),
+        force: a.force,
     };
-    let manifest = convert_model(&opts)?;
-    let json = serde_json::to_string(&manifest).unwrap_or_default();
+    let manifest = convert_with(&opts, &Bar::new())?;
+    let path = a.out.join("manifest.json");
+    let manifest_bytes = std::fs::metadata(&path)
+        .map_err(|e| CliError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?
+        .len();
+    let rank_bytes: u64 = manifest.ranks.iter().map(|r| r.bytes).sum();
     println!(
-        "wrote {} rank files and manifest.json to {} ({} bytes of manifest)",
-        a.devices,
+        "wrote {} rank files ({rank_bytes} bytes) and manifest.json ({manifest_bytes} bytes) to {}",
+        manifest.ranks.len(),
         a.out.display(),
-        json.len()
     );
     Ok(())
 }
 
 /// Runs `tpla accuracy`.
 pub fn accuracy(a: AccuracyArgs) -> Result<(), CliError> {
+    if a.json.is_some() && a.json == a.png {
+        return Err(CliError::Usage(
+            "--json and --png name the same file".to_string(),
+        ));
+    }
+    // Checked (and reserved) before the work, written atomically after it.
+    let json = a.json.as_deref().map(OutputFile::prepare).transpose()?;
+    let png = a.png.as_deref().map(OutputFile::prepare).transpose()?;
     let opts = AccuracyOptions {
         preset: a.preset.preset(),
         checkpoint: a.checkpoint,
@@ -183,14 +246,16 @@ pub fn accuracy(a: AccuracyArgs) -> Result<(), CliError> {
         groups: a.groups,
         ..AccuracyOptions::default()
     };
-    let report = run_accuracy(&opts)?;
+    let report = run_accuracy_with(&opts, &Bar::new())?;
     println!("{}", report.table());
-    if let Some(p) = &a.json {
-        report.write_json(p)?;
+    if let Some(out) = json {
+        let p = out.path().to_path_buf();
+        report.write_json_to(out)?;
         println!("wrote {}", p.display());
     }
-    if let Some(p) = &a.png {
-        report.write_png(p, MuConvention::One)?;
+    if let Some(out) = png {
+        let p = out.path().to_path_buf();
+        report.write_png_to(out, MuConvention::One)?;
         println!("wrote {}", p.display());
     }
     Ok(())

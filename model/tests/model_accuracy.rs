@@ -1,13 +1,13 @@
 //! The accuracy harness agrees with the f64 references, and its exact options give zero error.
 
-use tpla_runtime::model::accuracy::{
+use tpla_model::accuracy::{
     harness_config, harness_inputs, run_accuracy, AccuracyOptions, Mode, Slicing,
 };
-use tpla_runtime::model::config::Preset;
-use tpla_runtime::model::layer_ref::{mla_decode, mla_entry, NormMode, SoftmaxMode};
-use tpla_runtime::model::linalg::rel_err;
-use tpla_runtime::model::pdsep::PdSession;
-use tpla_runtime::model::reparam::{reparameterise, MuConvention, Rotation, Transform};
+use tpla_model::config::Preset;
+use tpla_model::layer_ref::{mla_decode, mla_entry, NormMode, SoftmaxMode};
+use tpla_model::linalg::rel_err;
+use tpla_model::pdsep::PdSession;
+use tpla_model::reparam::{reparameterise, MuConvention, Rotation, Transform};
 
 #[test]
 fn harness_matches_reference_and_exact_is_zero() {

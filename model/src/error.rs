@@ -4,7 +4,7 @@
 
 use thiserror::Error;
 
-/// Errors raised by [`crate::model`]. No function of the module panics on bad input.
+/// Errors raised by [`crate`]. No function of the module panics on bad input.
 #[derive(Debug, Error)]
 pub enum ModelError {
     /// A tensor the preset needs is not in the checkpoint.
@@ -56,7 +56,7 @@ pub enum ModelError {
         dims: usize,
     },
     /// The PCA transform needs a calibration set and none was given.
-    #[error("transform `pca` needs a calibration set (--calib FILE)")]
+    #[error("transform `pca` of a --checkpoint needs a calibration file (--calib FILE); without --checkpoint the synthetic calibration stream is used")]
     MissingCalibration,
     /// g latent groups must divide the latent width.
     #[error("groups g = {groups} does not divide the latent width {latent}")]
@@ -88,6 +88,38 @@ pub enum ModelError {
         /// Argument name.
         name: &'static str,
         /// Why it is rejected.
+        detail: String,
+    },
+    /// A user-given size is above what the tool can hold; names the flag and the limit.
+    #[error("{flag} {value} is above the limit {limit}: {detail}")]
+    TooLarge {
+        /// The flag (`--devices`, `--decode`, ...).
+        flag: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest accepted value.
+        limit: usize,
+        /// Why the limit exists.
+        detail: String,
+    },
+    /// The work would need more memory than the machine has available.
+    #[error("{what} needs about {need_mib} MiB of memory, more than the {avail_mib} MiB available; {hint}")]
+    OutOfMemory {
+        /// What was asked for.
+        what: String,
+        /// Estimated need, MiB.
+        need_mib: u64,
+        /// Available, MiB.
+        avail_mib: u64,
+        /// Which flags to lower.
+        hint: String,
+    },
+    /// An output path cannot be written (checked before the work).
+    #[error("cannot write output `{path}`: {detail}")]
+    OutputPath {
+        /// The path given.
+        path: String,
+        /// What is wrong (a directory, missing parent, not empty, ...).
         detail: String,
     },
     /// The Hadamard transform needs a power-of-two width.

@@ -1,17 +1,17 @@
 //! Typed errors on bad input (issue 3 point 8) and the `convert` round trip.
 
-use tpla_runtime::model::config::{MlaConfig, Preset};
-use tpla_runtime::model::convert::{convert, load_rank_layer, ConvertOptions};
-use tpla_runtime::model::error::ModelError;
-use tpla_runtime::model::layer_ref::{
+use tpla_model::config::{MlaConfig, Preset};
+use tpla_model::convert::{convert, load_rank_layer, ConvertOptions};
+use tpla_model::error::ModelError;
+use tpla_model::layer_ref::{
     mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode,
 };
-use tpla_runtime::model::linalg::{rel_err, Mat};
-use tpla_runtime::model::reparam::{reparameterise, MuConvention, Rotation, Transform};
-use tpla_runtime::model::shard::ShardPlan;
-use tpla_runtime::model::synthetic::{synthetic_hidden, synthetic_layer};
-use tpla_runtime::model::tensors::{Checkpoint, OutDtype, TensorWriter};
-use tpla_runtime::model::weights::MlaLayer;
+use tpla_model::linalg::{rel_err, Mat};
+use tpla_model::reparam::{reparameterise, MuConvention, Rotation, Transform};
+use tpla_model::shard::ShardPlan;
+use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
+use tpla_model::tensors::{Checkpoint, OutDtype, TensorWriter};
+use tpla_model::weights::MlaLayer;
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("tpla-model-{}-{name}", std::process::id()));
@@ -161,6 +161,7 @@ fn too_few_calibration_samples() {
         mu: MuConvention::One,
         dtype: OutDtype::F32,
         out_dir: dir.join("out"),
+        force: false,
     };
     assert!(matches!(
         convert(&opts).unwrap_err(),
@@ -215,6 +216,7 @@ fn convert_writes_rank_files_that_decode_as_tpla() {
         mu: MuConvention::InverseEnergy,
         dtype: OutDtype::F64,
         out_dir: dir.clone(),
+        force: false,
     };
     let man = convert(&opts).unwrap();
     assert_eq!(man.ranks.len(), 4);

@@ -4,6 +4,7 @@
 //! that exists is registered; without one the plot is drawn without labels and legend.
 
 use super::error::{ModelError, Result};
+use super::fsio::OutputFile;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -71,8 +72,13 @@ const PALETTE: [RGBColor; 9] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draw panels side by side (log y) into a PNG of `width x height`.
+/// Draw panels side by side (log y) into a PNG of `width x height` at `path`, written atomically.
 pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> Result<()> {
+    line_plot_png_to(OutputFile::prepare(path)?, panels, width, height)
+}
+
+/// [`line_plot_png`] into a prepared output file (the plot is drawn before the file is touched).
+pub fn line_plot_png_to(out: OutputFile, panels: &[Panel], width: u32, height: u32) -> Result<()> {
     let text = font_loaded();
     let mut buf = vec![255u8; (width * height * 3) as usize];
     {
@@ -166,14 +172,15 @@ pub fn line_plot_png(path: &Path, panels: &[Panel], width: u32, height: u32) -> 
         root.present()
             .map_err(|e| ModelError::Plot(e.to_string()))?;
     }
-    let file = std::fs::File::create(path).map_err(|e| ModelError::io(path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width, height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc
-        .write_header()
-        .map_err(|e| ModelError::Plot(e.to_string()))?;
-    w.write_image_data(&buf)
-        .map_err(|e| ModelError::Plot(e.to_string()))?;
-    Ok(())
+    out.commit_with(|w| {
+        let mut enc = png::Encoder::new(w, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc
+            .write_header()
+            .map_err(|e| ModelError::Plot(e.to_string()))?;
+        w.write_image_data(&buf)
+            .map_err(|e| ModelError::Plot(e.to_string()))?;
+        w.finish().map_err(|e| ModelError::Plot(e.to_string()))
+    })
 }

@@ -72,7 +72,7 @@ pub fn energy_fractions(energy: &[f64], g: usize) -> Result<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::synthetic::Gauss;
+    use crate::synthetic::Gauss;
 
     #[test]
     fn pca_eigenvectors_orthonormal_and_descending() {

@@ -1,10 +1,10 @@
 //! Runs the TPLA accuracy harness and writes `bench/results/accuracy-<date>.{json,png}`.
 //!
-//! `cargo run --release -p tpla-runtime --example accuracy -- [DATE] [PRESET] [SEED]`
+//! `cargo run --release -p tpla-model --example accuracy -- [DATE] [PRESET] [SEED]`
 
-use tpla_runtime::model::accuracy::{run_accuracy, AccuracyOptions};
-use tpla_runtime::model::config::Preset;
-use tpla_runtime::model::reparam::MuConvention;
+use tpla_model::accuracy::{run_accuracy, AccuracyOptions};
+use tpla_model::config::Preset;
+use tpla_model::reparam::MuConvention;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -37,11 +37,13 @@
 //! [--transforms none,hadamard,pca] [--groups 2,4,8] [--json FILE] [--png FILE]`.
 
 use super::config::{MlaConfig, Preset};
-use super::error::{ModelError, Result};
+use super::error::Result;
 use super::layer_ref::{mla_decode, mla_entry};
+use super::limits::check_accuracy;
 use super::linalg::{axpy, cosine, dot, rel_err, softmax_in_place, Mat};
-use super::plot::{line_plot_png, Panel, Series};
+use super::progress::Progress;
 use super::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
+use super::report::decide_mu;
 use super::synthetic::{synthetic_hidden, synthetic_layer};
 use super::tensors::Checkpoint;
 use super::weights::{MlaLayer, TokenProj};
@@ -50,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Finest latent split the harness evaluates (g must divide it).
-const FINE: usize = 8;
+pub(crate) const FINE: usize = 8;
 
 /// Which approximations are active.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -296,29 +298,18 @@ pub fn harness_config(opts: &AccuracyOptions) -> MlaConfig {
 
 /// Run the harness.
 pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
+    run_accuracy_with(opts, &())
+}
+
+/// [`run_accuracy`], reporting progress (one unit per evaluated step).
+pub fn run_accuracy_with(
+    opts: &AccuracyOptions,
+    progress: &dyn Progress,
+) -> Result<AccuracyReport> {
     let start = std::time::Instant::now();
     let cfg = harness_config(opts);
     let l = cfg.kv_lora_rank;
-    if opts.stride == 0 || opts.decode_tokens == 0 {
-        return Err(ModelError::InvalidValue {
-            name: "stride/decode_tokens",
-            detail: "must be > 0".into(),
-        });
-    }
-    for &g in &opts.groups {
-        if g == 0 || !l.is_multiple_of(g) {
-            return Err(ModelError::GroupsNotDividingLatent {
-                groups: g,
-                latent: l,
-            });
-        }
-        if !FINE.is_multiple_of(g) || !l.is_multiple_of(FINE) {
-            return Err(ModelError::InvalidValue {
-                name: "groups",
-                detail: format!("harness evaluates g dividing {FINE}, got {g}"),
-            });
-        }
-    }
+    check_accuracy(opts, &cfg)?;
     let HarnessInputs {
         layer,
         source,
@@ -406,6 +397,7 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
 
     let steps: Vec<usize> = (0..total).filter(|n| (n + 1) % opts.stride == 0).collect();
     let p_tok = opts.prefill_tokens;
+    progress.start("evaluating decode steps", steps.len() as u64);
     // For each step: (rel, cos) per variant (NaN where a pd-sep variant has no decoded token yet).
     let results: Vec<Vec<(f64, f64)>> = steps
         .par_iter()
@@ -437,7 +429,7 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
                     }
                 }
             }
-            variants
+            let r = variants
                 .iter()
                 .enumerate()
                 .map(|(vi, v)| {
@@ -447,9 +439,12 @@ pub fn run_accuracy(opts: &AccuracyOptions) -> Result<AccuracyReport> {
                     let y = prepared[v.t].layer.w_o.vecmat(&vcats[vi]);
                     (rel_err(&y, &y_ref), cosine(&y, &y_ref))
                 })
-                .collect()
+                .collect();
+            progress.inc(1);
+            r
         })
         .collect();
+    progress.finish();
 
     let mut rows = Vec::new();
     for (vi, v) in variants.iter().enumerate() {
@@ -563,138 +558,4 @@ fn variant_head(
         }
     }
     pr.layer.w_uv[h].vecmat(&o)
-}
-
-fn decide_mu(rows: &[AccuracyRow]) -> Option<MuDecision> {
-    let (mut wi, mut wo, mut logsum, mut cnt) = (0, 0, 0.0, 0usize);
-    for a in rows
-        .iter()
-        .filter(|r| r.mu == Some(MuConvention::InverseEnergy))
-    {
-        if let Some(b) = rows.iter().find(|b| {
-            b.mu == Some(MuConvention::One)
-                && b.transform == a.transform
-                && b.groups == a.groups
-                && b.slicing == a.slicing
-                && b.mode == a.mode
-        }) {
-            if a.rel_err_mean < b.rel_err_mean {
-                wi += 1
-            } else {
-                wo += 1
-            }
-            logsum += (a.rel_err_mean / b.rel_err_mean).ln();
-            cnt += 1;
-        }
-    }
-    (cnt > 0).then(|| MuDecision {
-        favoured: if wi > wo {
-            MuConvention::InverseEnergy
-        } else {
-            MuConvention::One
-        },
-        wins_inverse_energy: wi,
-        wins_one: wo,
-        geo_mean_ratio: (logsum / cnt as f64).exp(),
-    })
-}
-
-impl AccuracyReport {
-    /// Plain-text table of the summaries.
-    pub fn table(&self) -> String {
-        let mut s = format!(
-            "{} ({}), P = {}, N = {}, stride {}, seed {}: rel. error / cosine of y vs exact MLA over steps >= P\n",
-            self.config.name, self.layer_source, self.options.prefill_tokens, self.options.decode_tokens, self.options.stride, self.options.seed
-        );
-        s += &format!(
-            "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
-            "transform",
-            "g",
-            "slicing",
-            "mu",
-            "mode",
-            "rel_mean",
-            "rel_last",
-            "rel_max",
-            "cos_mean",
-            "cos_min"
-        );
-        for r in &self.rows {
-            s += &format!(
-                "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>9.6}\n",
-                r.transform.name(),
-                r.groups,
-                r.slicing.name(),
-                r.mu.map_or("-", |m| m.name()),
-                r.mode.name(),
-                r.rel_err_mean,
-                r.rel_err_last,
-                r.rel_err_max,
-                r.cosine_mean,
-                r.cosine_min
-            );
-        }
-        if let Some(d) = &self.mu_decision {
-            s += &format!(
-                "mu decision: favoured {} (wins: 1/e {}, one {}; geo-mean err(1/e)/err(1) = {:.3})\n",
-                d.favoured.name(),
-                d.wins_inverse_energy,
-                d.wins_one,
-                d.geo_mean_ratio
-            );
-        }
-        s
-    }
-
-    /// Write the report as pretty JSON.
-    pub fn write_json(&self, path: &std::path::Path) -> Result<()> {
-        let s = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, s).map_err(|e| ModelError::io(path, e))
-    }
-
-    /// PNG of relative error vs decoded tokens: TPLA (slicing both) with μ = `mu`, one panel per mode.
-    pub fn write_png(&self, path: &std::path::Path, mu: MuConvention) -> Result<()> {
-        let mut panels = Vec::new();
-        for mode in [Mode::PdSep, Mode::AllDecoded] {
-            let mut series = Vec::new();
-            for r in self
-                .rows
-                .iter()
-                .filter(|r| r.mode == mode && r.slicing == Slicing::Both && r.mu == Some(mu))
-            {
-                let ti = self
-                    .options
-                    .transforms
-                    .iter()
-                    .position(|&t| t == r.transform)
-                    .unwrap_or(0);
-                let gi = self
-                    .options
-                    .groups
-                    .iter()
-                    .position(|&g| g == r.groups)
-                    .unwrap_or(0);
-                series.push(Series {
-                    label: format!("{} g={}", r.transform.name(), r.groups),
-                    points: r.curve.iter().map(|&(d, e)| (d as f64, e)).collect(),
-                    color: ti * 3 + gi,
-                    dashed: false,
-                });
-            }
-            panels.push(Panel {
-                title: match mode {
-                    Mode::PdSep => format!(
-                        "pd sep: {} prefill tokens, then decode (mu={})",
-                        self.options.prefill_tokens,
-                        mu.name()
-                    ),
-                    Mode::AllDecoded => format!("all tokens decoded (mu={})", mu.name()),
-                },
-                x_label: "tokens decoded".into(),
-                y_label: "rel. error of y vs MLA".into(),
-                series,
-            });
-        }
-        line_plot_png(path, &panels, 1400, 600)
-    }
 }

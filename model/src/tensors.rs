@@ -1,6 +1,7 @@
 //! Safetensors I/O: read named tensors of one or more files as f64, write f32/bf16/f64 tensors.
 
 use super::error::{ModelError, Result};
+use super::fsio::OutputFile;
 use super::linalg::Mat;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -203,14 +204,19 @@ impl TensorWriter {
         })
     }
 
-    /// Serialise to a file.
+    /// Serialise to a file, atomically (a temporary file beside it, then a rename).
     pub fn write(
         &self,
         path: impl AsRef<Path>,
         dtype: OutDtype,
         metadata: Option<HashMap<String, String>>,
     ) -> Result<()> {
-        let bytes = self.to_bytes(dtype, metadata)?;
-        std::fs::write(path.as_ref(), bytes).map_err(|e| ModelError::io(path, e))
+        let out = OutputFile::prepare(path.as_ref())?;
+        out.commit(&self.to_bytes(dtype, metadata)?)
+    }
+
+    /// Number of values held (all tensors).
+    pub fn values(&self) -> usize {
+        self.tensors.values().map(|(_, d)| d.len()).sum()
     }
 }

@@ -1,18 +1,16 @@
 //! Invariants of the TPLA reparameterisation (issue 3 point 4, 5, 7), f64.
 
-use tpla_runtime::model::config::{MlaConfig, Preset};
-use tpla_runtime::model::hadamard::Hadamard;
-use tpla_runtime::model::layer_ref::{
+use tpla_model::config::{MlaConfig, Preset};
+use tpla_model::hadamard::Hadamard;
+use tpla_model::layer_ref::{
     mla_decode, mla_entry, tpla_decode, tpla_entry, NormMode, SoftmaxMode,
 };
-use tpla_runtime::model::linalg::{rel_err, Mat};
-use tpla_runtime::model::pdsep::PdSession;
-use tpla_runtime::model::reparam::{
-    reparameterise, Corrections, MuConvention, Rotation, Transform,
-};
-use tpla_runtime::model::shard::{reassemble, shard_all, ShardPlan};
-use tpla_runtime::model::synthetic::{random_orthogonal, synthetic_hidden, synthetic_layer, Gauss};
-use tpla_runtime::model::weights::MlaLayer;
+use tpla_model::linalg::{rel_err, Mat};
+use tpla_model::pdsep::PdSession;
+use tpla_model::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
+use tpla_model::shard::{reassemble, shard_all, ShardPlan};
+use tpla_model::synthetic::{random_orthogonal, synthetic_hidden, synthetic_layer, Gauss};
+use tpla_model::weights::MlaLayer;
 
 fn small(q_lora: Option<usize>) -> MlaConfig {
     MlaConfig::small(Preset::DeepseekV3, 256, 4, q_lora)

@@ -50,7 +50,7 @@ impl Transform {
 
 /// Logit correction convention under the sliced softmax (TPLA.md §3, open point).
 ///
-/// Default: [`MuConvention::One`], decided on the accuracy harness (`runtime/examples/accuracy.rs`,
+/// Default: [`MuConvention::One`], decided on the accuracy harness (`model/examples/accuracy.rs`,
 /// results in `bench/results/accuracy-2026-11-26*.json`): synthetic DeepSeek-V2-Lite-shaped layer,
 /// P = 512 prefill + N = 1024 decoded tokens, every 16th step, relative error of y vs exact MLA
 /// (mean over the same 1024 query steps), TPLA with both slices:

@@ -9,14 +9,22 @@
 //! the UK rows, `kv_a_layernorm` the constant `1/sqrt(m_i/g)`, `q_b_proj`/`q_proj` and `o_proj`
 //! restricted to the rank's heads) and `DIR/manifest.json` ([`ConvertManifest`]).
 //!
-//! Calibration file (`--calib`, safetensors): per layer `model.layers.N.self_attn.calib_latents`
-//! `[n, 512]` (raw latents c = x·W_DKV) or `model.layers.N.self_attn.calib_hidden` `[n, D]`
-//! (attention inputs), else one shared `latents` or `hidden_states` tensor. Without `--checkpoint`
+//! Calibration file (`--calib`, safetensors, only with `--transform pca`): per layer
+//! `model.layers.N.self_attn.calib_latents` `[n, 512]` (raw latents c = x·W_DKV) or
+//! `model.layers.N.self_attn.calib_hidden` `[n, D]` (attention inputs), else one shared `latents`
+//! or `hidden_states` tensor; n ≥ 512. PCA of a `--checkpoint` needs it; without `--checkpoint`
 //! and without `--calib`, PCA calibrates on the synthetic calibration stream.
+//!
+//! The output directory is written whole ([`OutputDir`]): a non-empty DIR is refused unless
+//! `force`, and then replaced, so no file of an earlier run survives; a failed run changes
+//! nothing. Sizes are bounded before any allocation ([`super::limits`]).
 
 use super::config::{MlaConfig, Preset};
 use super::error::{ModelError, Result};
+use super::fsio::{write_atomic, OutputDir};
+use super::limits::{check_convert, check_memory, convert_memory};
 use super::linalg::Mat;
+use super::progress::Progress;
 use super::reparam::{reparameterise, Corrections, MuConvention, Rotation, Transform};
 use super::shard::{shard_all, RankInfo, ShardPlan};
 use super::synthetic::{synthetic_hidden, synthetic_layer};
@@ -50,8 +58,10 @@ pub struct ConvertOptions {
     pub mu: MuConvention,
     /// Output dtype.
     pub dtype: OutDtype,
-    /// Output directory (created).
+    /// Output directory (created; written whole, see the module docs).
     pub out_dir: PathBuf,
+    /// Replace a non-empty `out_dir` (every file in it is removed).
+    pub force: bool,
 }
 
 /// Per-layer record of the manifest.
@@ -70,6 +80,9 @@ pub struct RankManifest {
     pub info: RankInfo,
     /// File name within the output directory.
     pub file: String,
+    /// Size of the file in bytes, as written.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// `manifest.json` of a converted checkpoint.
@@ -159,6 +172,11 @@ pub fn calib_latents(ck: &Checkpoint, path: &str, layer: &MlaLayer, idx: usize) 
 /// Convert: reparameterise every selected layer, shard for (g, k), write rank files and the
 /// manifest. Returns the manifest.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
+    convert_with(opts, &())
+}
+
+/// [`convert`], reporting progress (three units per layer, then one per rank file).
+pub fn convert_with(opts: &ConvertOptions, progress: &dyn Progress) -> Result<ConvertManifest> {
     let cfg = match opts.shape {
         Some((d, h)) => MlaConfig::small(
             opts.preset,
@@ -168,7 +186,9 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         ),
         None => opts.preset.config(),
     };
+    check_convert(opts, &cfg)?;
     let plan = ShardPlan::new(&cfg, opts.groups, opts.devices)?;
+    let out = OutputDir::prepare(&opts.out_dir, opts.force)?;
     let ck = match &opts.checkpoint {
         Some(p) => Some(Checkpoint::open(p)?),
         None => None,
@@ -178,20 +198,34 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         None => None,
     };
     let calib_name = opts.calib.as_ref().map(|p| p.display().to_string());
-    let layers = match (&opts.layers, &ck) {
+    let mut layers = match (&opts.layers, &ck) {
         (Some(v), _) => v.clone(),
         (None, Some(c)) => layer_indices(c),
         (None, None) => vec![0],
     };
+    layers.sort_unstable();
+    layers.dedup();
     if layers.is_empty() {
         return Err(ModelError::PresetMismatch {
             preset: cfg.name.clone(),
             detail: "no `model.layers.N.self_attn.kv_b_proj.weight` in the checkpoint".into(),
         });
     }
+    check_memory(
+        &format!(
+            "converting {} layer(s) of {} for {} devices",
+            layers.len(),
+            cfg.name,
+            opts.devices
+        ),
+        convert_memory(&cfg, &plan, layers.len()),
+        "convert fewer --layers per run, or lower --devices",
+    )?;
     let mut writers: Vec<TensorWriter> =
         (0..opts.devices).map(|_| TensorWriter::default()).collect();
     let mut lm = Vec::new();
+    // Three units per layer: loaded (or generated), rotation built, reparameterised and sharded.
+    progress.start("reparameterising layers", 3 * layers.len() as u64);
     for &idx in &layers {
         let layer = match &ck {
             Some(c) => MlaLayer::load(c, &cfg, idx)?,
@@ -215,12 +249,14 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         let src = calib_name
             .clone()
             .unwrap_or_else(|| "synthetic calibration stream".into());
+        progress.inc(1);
         let rot = Rotation::build(
             opts.transform,
             cfg.kv_lora_rank,
             opts.seed,
             calib.as_ref().map(|m| (m, src.as_str())),
         )?;
+        progress.inc(1);
         let corr = rot.corrections(opts.groups, opts.mu)?;
         let lr = reparameterise(&layer, &rot.u);
         for (w, sh) in writers.iter_mut().zip(shard_all(&lr, &corr, &plan)?) {
@@ -230,8 +266,10 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
             layer: idx,
             corrections: corr,
         });
+        progress.inc(1);
     }
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| ModelError::io(&opts.out_dir, e))?;
+    progress.finish();
+    progress.start("writing rank files", opts.devices as u64);
     let mut ranks = Vec::new();
     for (r, w) in writers.iter().enumerate() {
         let file = format!("rank{r}.safetensors");
@@ -243,9 +281,15 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
             "tpla.transform".to_string(),
             opts.transform.name().to_string(),
         );
-        w.write(opts.out_dir.join(&file), opts.dtype, Some(meta))?;
-        ranks.push(RankManifest { info, file });
+        let path = out.staged(&file);
+        w.write(&path, opts.dtype, Some(meta))?;
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| ModelError::io(&path, e))?
+            .len();
+        ranks.push(RankManifest { info, file, bytes });
+        progress.inc(1);
     }
+    progress.finish();
     let manifest = ConvertManifest {
         preset: opts.preset,
         config: cfg,
@@ -263,9 +307,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertManifest> {
         layers: lm,
         ranks,
     };
-    let path = opts.out_dir.join("manifest.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)
-        .map_err(|e| ModelError::io(&path, e))?;
+    write_atomic(
+        &out.staged("manifest.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    out.commit()?;
     Ok(manifest)
 }
 
