@@ -389,6 +389,9 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
         &[(128, 4096), (64, 32768)]
     };
     let only = opts.variant.clone();
+    let variants = if only.is_some() { 1 } else { 2 };
+    let progress =
+        super::bench::progress_bar((variants * bl.len() * opts.heads.len()) as u64, "cases");
     for &(variant, lat) in &[("mla", 512usize), ("tpla-shard", 256usize)] {
         if only.as_deref().is_some_and(|v| v != variant) {
             continue;
@@ -404,10 +407,11 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                     rope: 64,
                     page_size: 64,
                 };
+                progress.inc(1);
                 match run_case(exec, variant, &cache, shape, opts, roof.read_gbps) {
                     Ok(mut r) => {
                         r.check_rel_diff = check_small(exec, &r.config, lat).unwrap_or(f64::NAN);
-                        println!(
+                        progress.suspend(|| println!(
                             "{variant} H={heads} B={batch} L={context}: {:.1} us, {:.0} GB/s ({:.2}x read roofline), {:.1} TFLOPS, {} splits {}, vs CPU {:.1e}",
                             r.time.median_ms * 1e3,
                             r.gbps,
@@ -416,18 +420,21 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                             r.config,
                             r.splits,
                             r.check_rel_diff
-                        );
+                        ));
                         cases.push(r);
                     }
-                    Err(e) => println!("{variant} H={heads} B={batch} L={context}: FAILED: {e}"),
+                    Err(e) => progress.suspend(|| {
+                        println!("{variant} H={heads} B={batch} L={context}: FAILED: {e}")
+                    }),
                 }
             }
         }
     }
+    progress.finish_and_clear();
     let report = BenchReport {
         kind: "cuda-latent-decode".into(),
         date: bench::today(),
-        git_commit: bench::git_commit(),
+        git_commit: super::bench::BUILD_COMMIT.to_string(),
         device: exec.info().clone(),
         nvrtc: nvrtc::nvrtc().map(|l| l.version).unwrap_or((0, 0)),
         roofline: roof,
