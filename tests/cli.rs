@@ -636,10 +636,7 @@ fn decode_over_ranks_uses_the_tuned_config_of_each_rank() {
 /// The tune file of the CPU executor with `threads` threads in `dir`, as `tpla decode` reads it.
 fn cpu_tune_file(dir: &Path, threads: usize) -> (PathBuf, String) {
     let device = format!("cpu {} {threads} threads", std::env::consts::ARCH);
-    (
-        dir.join(tpla_runtime::tune::file_name(&device)),
-        device,
-    )
+    (dir.join(tpla_runtime::tune::file_name(&device)), device)
 }
 
 /// The shape buckets `tpla decode --preset deepseek-v2-lite --batch 1 --context 126 --steps 2`
@@ -697,7 +694,10 @@ fn default_decode_config() -> tpla_codegen::Config {
 fn decode_reports_a_stale_tune_file_once_and_runs_on_defaults() {
     let dir = tmp("tune-stale");
     let mut old = tpla_codegen::Config::new();
-    for (k, v) in default_decode_config().iter().filter(|(k, _)| *k != "WG_SPLIT") {
+    for (k, v) in default_decode_config()
+        .iter()
+        .filter(|(k, _)| *k != "WG_SPLIT")
+    {
         old.set(k, v);
     }
     let [mla, shard] = v2_lite_decode_buckets();
@@ -707,7 +707,10 @@ fn decode_reports_a_stale_tune_file_once_and_runs_on_defaults() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
-    assert!(o.status.success(), "a stale tune file never stops a decode: {err}");
+    assert!(
+        o.status.success(),
+        "a stale tune file never stops a decode: {err}"
+    );
     assert!(
         err.contains("stale") && err.contains("WG_SPLIT") && err.contains("moved aside"),
         "{err}"
@@ -716,7 +719,10 @@ fn decode_reports_a_stale_tune_file_once_and_runs_on_defaults() {
     assert!(!path.exists());
     let o = tpla_with_tune_dir(&dir, &V2_LITE_DECODE);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && !err.contains("tune file"), "reported once: {err}");
+    assert!(
+        o.status.success() && !err.contains("tune file"),
+        "reported once: {err}"
+    );
 }
 
 /// An entry outside the schedule space (BLOCK_H = 48) is dropped with a warning; the valid entry
@@ -726,7 +732,10 @@ fn decode_drops_an_invalid_tune_entry_and_keeps_the_valid_one() {
     let dir = tmp("tune-invalid");
     let [mla, shard] = v2_lite_decode_buckets();
     let bad = default_decode_config().with("BLOCK_H", 48);
-    write_tune_file(&dir, &[(mla, default_decode_config()), (shard.clone(), bad)]);
+    write_tune_file(
+        &dir,
+        &[(mla, default_decode_config()), (shard.clone(), bad)],
+    );
     let o = tpla_with_tune_dir(&dir, &V2_LITE_DECODE);
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
@@ -737,9 +746,15 @@ fn decode_drops_an_invalid_tune_entry_and_keeps_the_valid_one() {
         err.contains("dropped") && err.contains(&shard) && err.contains("BLOCK_H=48"),
         "{err}"
     );
-    assert!(out.contains("kernel configs: tuned"), "the valid entry is used: {out}");
+    assert!(
+        out.contains("kernel configs: tuned"),
+        "the valid entry is used: {out}"
+    );
     let o = tpla_with_tune_dir(&dir, &V2_LITE_DECODE);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("dropped"), "reported once");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("dropped"),
+        "reported once"
+    );
 }
 
 /// Random bytes where the tune file should be: reported and moved aside, as the README says.
@@ -753,7 +768,10 @@ fn decode_moves_aside_a_tune_file_of_random_bytes() {
     let o = tpla_with_tune_dir(&dir, &V2_LITE_DECODE);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("unusable") && err.contains("moved aside"), "{err}");
+    assert!(
+        err.contains("unusable") && err.contains("moved aside"),
+        "{err}"
+    );
     assert!(!path.exists());
     let moved = path.with_extension("json.corrupt");
     assert_eq!(std::fs::read(moved).unwrap(), noise);
@@ -823,7 +841,11 @@ fn a_failed_run_output_write_keeps_the_previous_output() {
         .output()
         .unwrap();
     assert!(!o.status.success(), "the write must have failed");
-    assert_eq!(std::fs::read(&out).unwrap(), previous, "previous output intact");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        previous,
+        "previous output intact"
+    );
     // Without the limit it is replaced.
     tpla_ok(&[
         "run",
@@ -885,7 +907,11 @@ fn bench_writes_to_the_data_dir_with_the_build_commit() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let results = data.join("tpla").join("bench");
     assert!(
         out.contains(&format!("wrote {}", results.display())),
@@ -896,5 +922,7 @@ fn bench_writes_to_the_data_dir_with_the_build_commit() {
     let commit = r[0]["git_commit"].as_str().unwrap();
     assert_eq!(commit, env!("TPLA_BUILD_COMMIT"));
     assert_ne!(Some(commit.to_string()), other_head);
-    assert!(!std::fs::read_dir(&repo).unwrap().any(|e| e.unwrap().file_name() == "bench"));
+    assert!(!std::fs::read_dir(&repo)
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == "bench"));
 }

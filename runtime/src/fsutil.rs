@@ -108,10 +108,18 @@ mod tests {
         let (plain, atomic) = (d.path().join("plain"), d.path().join("atomic"));
         std::fs::write(&plain, b"x").unwrap();
         write_atomic(&atomic, b"x").unwrap();
-        assert_eq!(mode(&atomic), mode(&plain), "a new file: 0o666 less the umask");
+        assert_eq!(
+            mode(&atomic),
+            mode(&plain),
+            "a new file: 0o666 less the umask"
+        );
         std::fs::set_permissions(&atomic, std::fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&atomic, b"y").unwrap();
-        assert_eq!(mode(&atomic), 0o640, "a replaced file keeps its permissions");
+        assert_eq!(
+            mode(&atomic),
+            0o640,
+            "a replaced file keeps its permissions"
+        );
     }
 
     #[test]

@@ -263,7 +263,11 @@ impl TuneDb {
     /// Opens (or starts) the database of `device` in `dir`, checking every entry against the
     /// schedule space of `kernels` (entries of other kernels are kept but never checked). What
     /// was wrong with the file (moved aside, entries dropped) comes back as warnings to print.
-    pub fn open(dir: &Path, device: &str, kernels: &[&dyn KernelDef]) -> (TuneDb, Vec<TuneWarning>) {
+    pub fn open(
+        dir: &Path,
+        device: &str,
+        kernels: &[&dyn KernelDef],
+    ) -> (TuneDb, Vec<TuneWarning>) {
         let spaces: BTreeMap<String, Space> = kernels
             .iter()
             .map(|k| (k.name().to_string(), Space::of(*k)))

@@ -27,7 +27,9 @@ impl KernelDef for Fake {
         &["LAT", "ROPE"]
     }
     fn build(&self, _: &Config) -> Result<Kernel, IrError> {
-        Err(IrError::MissingConfig("a test kernel is never built".into()))
+        Err(IrError::MissingConfig(
+            "a test kernel is never built".into(),
+        ))
     }
 }
 
@@ -57,8 +59,10 @@ fn write_file(d: &Path, entries: &[(&str, &[(&str, i64)])]) {
     let entries: serde_json::Map<String, serde_json::Value> = entries
         .iter()
         .map(|(bucket, cfg)| {
-            let cfg: serde_json::Map<String, serde_json::Value> =
-                cfg.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+            let cfg: serde_json::Map<String, serde_json::Value> = cfg
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).into()))
+                .collect();
             (
                 format!("latent_decode/{bucket}"),
                 serde_json::json!({"config": cfg, "time_us": 10.0, "date": "2026-11-20"}),
@@ -76,11 +80,20 @@ fn round_trip_per_device() {
     let (mut db, warn) = TuneDb::open(d.path(), DEV, K);
     assert!(warn.is_empty() && db.is_empty());
     let cfg = good(64).with("LAT", 512);
-    db.put("latent_decode", "H64-lat512+64-B32-L32768", &cfg, 1234.5, "2026-11-26");
+    db.put(
+        "latent_decode",
+        "H64-lat512+64-B32-L32768",
+        &cfg,
+        1234.5,
+        "2026-11-26",
+    );
     assert!(db.save().unwrap().is_empty());
     let (db2, warn) = TuneDb::open(d.path(), DEV, K);
     assert!(warn.is_empty(), "{warn:?}");
-    assert_eq!(db2.get("latent_decode", "H64-lat512+64-B32-L32768"), Some(cfg));
+    assert_eq!(
+        db2.get("latent_decode", "H64-lat512+64-B32-L32768"),
+        Some(cfg)
+    );
     let (other, _) = TuneDb::open(d.path(), "cpu x86_64 2 threads", K);
     assert!(other.is_empty(), "another device has its own file");
     assert!(
@@ -98,7 +111,10 @@ fn corrupt_file_is_reported_moved_aside_and_rebuilt() {
     assert_eq!(warn.len(), 1, "{warn:?}");
     assert!(warn[0].to_string().contains("unusable"), "{}", warn[0]);
     assert!(db.is_empty());
-    assert!(d.path().join(format!("{}.corrupt", file_name(DEV))).exists());
+    assert!(d
+        .path()
+        .join(format!("{}.corrupt", file_name(DEV)))
+        .exists());
     db.put("latent_decode", "b", &good(16), 1.0, "2026-11-26");
     db.save().unwrap();
     let (db, warn) = TuneDb::open(d.path(), DEV, K);
@@ -155,7 +171,10 @@ fn a_stale_file_is_reported_once_and_moved_aside() {
         panic!("{warn:?}");
     };
     assert!(why.contains("stale") && why.contains("WG_SPLIT"), "{why}");
-    assert!(d.path().join(format!("{}.corrupt", file_name(DEV))).exists());
+    assert!(d
+        .path()
+        .join(format!("{}.corrupt", file_name(DEV)))
+        .exists());
     let (db, warn) = TuneDb::open(d.path(), DEV, K);
     assert!(db.is_empty() && warn.is_empty(), "reported once: {warn:?}");
 }
@@ -168,7 +187,10 @@ fn an_invalid_entry_is_dropped_with_a_warning_and_the_rest_kept() {
         &[
             ("ok", &[("BLOCK_H", 64), ("WG_SPLIT", 32)]),
             ("range", &[("BLOCK_H", 48), ("WG_SPLIT", 32)]),
-            ("unknown", &[("BLOCK_H", 64), ("WG_SPLIT", 32), ("WARPS", 8)]),
+            (
+                "unknown",
+                &[("BLOCK_H", 64), ("WG_SPLIT", 32), ("WARPS", 8)],
+            ),
             ("shape", &[("BLOCK_H", 64), ("WG_SPLIT", 32), ("LAT", 0)]),
         ],
     );
@@ -180,7 +202,9 @@ fn an_invalid_entry_is_dropped_with_a_warning_and_the_rest_kept() {
     );
     let text: Vec<String> = warn.iter().map(|w| w.to_string()).collect();
     assert_eq!(text.len(), 3, "{text:?}");
-    assert!(text.iter().any(|w| w.contains("latent_decode/range") && w.contains("48")));
+    assert!(text
+        .iter()
+        .any(|w| w.contains("latent_decode/range") && w.contains("48")));
     assert!(text.iter().any(|w| w.contains("unknown parameter WARPS")));
     assert!(text.iter().any(|w| w.contains("LAT=0")));
     // Rewritten without them: the next open is quiet.
@@ -199,7 +223,10 @@ fn entries_of_kernels_not_checked_are_kept_through_a_save() {
     db.put("latent_decode", "b", &good(32), 1.0, "d");
     db.save().unwrap();
     let (db, _) = TuneDb::open(d.path(), DEV, &[]);
-    assert_eq!(db.get("other_kernel", "b"), Some(Config::new().with("X", 7)));
+    assert_eq!(
+        db.get("other_kernel", "b"),
+        Some(Config::new().with("X", 7))
+    );
     assert_eq!(db.len(), 2);
 }
 
@@ -260,7 +287,10 @@ fn a_file_corrupted_before_a_save_is_moved_aside_and_the_save_succeeds() {
     std::fs::write(d.path().join(file_name(DEV)), [0xffu8, 0, 1, 2]).unwrap();
     db.put("latent_decode", "b", &good(16), 1.0, "d");
     let warn = db.save().unwrap();
-    assert!(matches!(warn.as_slice(), [TuneWarning::Unusable { .. }]), "{warn:?}");
+    assert!(
+        matches!(warn.as_slice(), [TuneWarning::Unusable { .. }]),
+        "{warn:?}"
+    );
     let (db, warn) = TuneDb::open(d.path(), DEV, K);
     assert!(warn.is_empty() && db.len() == 1);
 }

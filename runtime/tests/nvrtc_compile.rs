@@ -465,7 +465,11 @@ mod cubin {
                 let (off, size) = (u64_at(elf, h + 24)?, u64_at(elf, h + 32)?);
                 let kind = u32_at(elf, h + 4)?;
                 // SHT_NOBITS holds no bytes in the file.
-                let data = if kind == 8 { &[][..] } else { elf.get(off..off + size)? };
+                let data = if kind == 8 {
+                    &[][..]
+                } else {
+                    elf.get(off..off + size)?
+                };
                 Some((u32_at(elf, h)?, kind, u32_at(elf, h + 40)? as usize, data))
             })
             .collect::<Option<_>>()?;
@@ -553,12 +557,17 @@ fn cubin_attributes_show_registers_and_stack_frame() {
                 "{name} {arch}: CUBIN {} registers, {} B stack; ptxas {:?}",
                 e.registers,
                 e.stack_frame_bytes,
-                c.report.as_ref().map(|r| (r.registers, r.stack_frame_bytes))
+                c.report
+                    .as_ref()
+                    .map(|r| (r.registers, r.stack_frame_bytes))
             );
             assert_eq!(e.stack_frame_bytes > 0, has_frame, "{name} {arch}");
             assert!(e.registers > 0);
             if let Some(r) = &c.report {
-                assert_eq!((e.registers, e.stack_frame_bytes), (r.registers, r.stack_frame_bytes));
+                assert_eq!(
+                    (e.registers, e.stack_frame_bytes),
+                    (r.registers, r.stack_frame_bytes)
+                );
             }
             assert!(cubin::report(elf, "no_such_kernel").is_err());
             assert!(cubin::report(&elf[..elf.len() / 3], name).is_err());

@@ -147,7 +147,10 @@ impl ExecJob for TuneJob {
                 }
                 times.sort_by(|x, y| x.total_cmp(y));
                 let med = times[times.len() / 2];
-                say(format!("  {:<52} {med:>12.1}", format!("{cand} splits={splits}")));
+                say(format!(
+                    "  {:<52} {med:>12.1}",
+                    format!("{cand} splits={splits}")
+                ));
                 if best.as_ref().is_none_or(|(t, _)| med < *t) {
                     best = Some((med, cand));
                 }
