@@ -6,6 +6,7 @@ pub mod cpu_exec;
 pub mod cuda;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod paged;
 pub mod reference;
 pub mod tensor;

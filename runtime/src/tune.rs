@@ -2,16 +2,26 @@
 //! device identity (GPU name, compute capability, SM count, driver; or CPU arch and threads).
 //!
 //! Files live under `$TPLA_TUNE_DIR`, else `$XDG_CACHE_HOME/tpla/tune`, else
-//! `~/.cache/tpla/tune`. Saves are atomic (write a temporary file, then rename). A file that does
-//! not parse is reported, moved aside to `NAME.corrupt`, and the database starts empty: a broken
-//! tune file never stops a decode.
+//! `~/.cache/tpla/tune`. Nothing in a tune file ever stops a decode:
+//! - a file that does not parse (random bytes, truncated JSON), of another format version, for
+//!   another device, or none of whose entries fits the current schedule space (a stale file) is
+//!   reported once, moved aside to `NAME.json.corrupt`, and the database starts empty;
+//! - an entry that does not fit the schedule space of its kernel (a tune parameter missing, a
+//!   value that is not one of the candidates, an unknown parameter) is reported and dropped, and
+//!   the file is rewritten without it.
+//!
+//! Writers serialise on a lock file (`NAME.json.lock`); a save re-reads the file under the lock,
+//! merges its own new entries over what is there and replaces the file atomically, so concurrent
+//! `tpla tune` runs of different shapes keep each other's entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tpla_codegen::Config;
+use tpla_codegen::{Config, KernelDef, TuneParam};
 
+use crate::fsutil::write_atomic;
 use crate::RuntimeError;
 
 /// Format version written into every file.
@@ -35,16 +45,81 @@ struct TuneFile {
     entries: BTreeMap<String, TuneEntry>,
 }
 
-/// Why an existing tune file was not used.
+/// A problem with a tune file that was handled (never fatal): print it and go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("tune file {path} is unusable ({why}); moved aside to {moved_to} and starting empty")]
-pub struct CorruptTuneFile {
-    /// The file.
-    pub path: String,
-    /// The parse error.
-    pub why: String,
-    /// Where it was moved.
-    pub moved_to: String,
+pub enum TuneWarning {
+    /// The whole file was unusable (does not parse, stale, another device) and was moved aside.
+    #[error("tune file {path} is unusable ({why}); moved aside to {moved_to}, using defaults")]
+    Unusable {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+        /// Where it was moved (or why it could not be).
+        moved_to: String,
+    },
+    /// One entry did not fit its kernel's schedule space and was dropped.
+    #[error("tune file {path}: entry `{key}` dropped ({why}); that shape uses the defaults")]
+    Dropped {
+        /// The file.
+        path: String,
+        /// The entry (`kernel/bucket`).
+        key: String,
+        /// Why it does not fit.
+        why: String,
+    },
+    /// The file exists but could not be read or repaired (permissions, a failing disk...).
+    #[error("tune file {path}: {why}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        why: String,
+    },
+}
+
+/// The schedule space of one kernel: what a stored config must fit.
+#[derive(Clone, Copy, Debug)]
+struct Space {
+    params: &'static [TuneParam],
+    shape_constants: &'static [&'static str],
+}
+
+impl Space {
+    fn of(def: &dyn KernelDef) -> Space {
+        Space {
+            params: def.tune_params(),
+            shape_constants: def.shape_constants(),
+        }
+    }
+
+    /// Why `config` does not fit this space, if it does not.
+    fn check(&self, config: &BTreeMap<String, i64>) -> Result<(), String> {
+        for t in self.params {
+            match config.get(t.name) {
+                None => return Err(format!("no value for tune parameter {}", t.name)),
+                Some(v) if !t.candidates.contains(v) => {
+                    return Err(format!(
+                        "{}={v} is not one of the candidates {:?}",
+                        t.name, t.candidates
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (k, v) in config {
+            if self.params.iter().any(|t| t.name == k) {
+                continue;
+            }
+            if !self.shape_constants.contains(&k.as_str()) {
+                return Err(format!("unknown parameter {k}"));
+            }
+            if *v <= 0 {
+                return Err(format!("shape constant {k}={v} is not positive"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The tuned configs of one device.
@@ -52,7 +127,10 @@ pub struct CorruptTuneFile {
 pub struct TuneDb {
     path: PathBuf,
     device: String,
+    spaces: BTreeMap<String, Space>,
     entries: BTreeMap<String, TuneEntry>,
+    /// Keys put by this process: a save writes these over whatever the file holds then.
+    touched: BTreeSet<String>,
 }
 
 /// The default directory of tune files.
@@ -105,51 +183,177 @@ fn nearest_pow2(n: usize) -> usize {
     }
 }
 
-impl TuneDb {
-    /// Opens (or starts) the database of `device` in `dir`. A corrupt file is moved aside and
-    /// reported in the second value.
-    pub fn open(dir: &Path, device: &str) -> (TuneDb, Option<CorruptTuneFile>) {
-        let path = dir.join(file_name(device));
-        let mut db = TuneDb {
-            path: path.clone(),
-            device: device.to_string(),
-            entries: BTreeMap::new(),
-        };
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return (db, None);
-        };
-        let parsed: Result<TuneFile, String> = serde_json::from_str::<TuneFile>(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                if f.format != TUNE_FORMAT {
-                    Err(format!("format {} (expected {TUNE_FORMAT})", f.format))
-                } else if f.device != device {
-                    Err(format!("written for device `{}`", f.device))
-                } else {
-                    Ok(f)
-                }
-            });
-        match parsed {
-            Ok(f) => {
-                db.entries = f.entries;
-                (db, None)
-            }
-            Err(why) => {
-                let moved = path.with_extension("json.corrupt");
-                let moved_to = match std::fs::rename(&path, &moved) {
-                    Ok(()) => moved.display().to_string(),
-                    Err(e) => format!("(not moved: {e})"),
-                };
-                (
-                    db,
-                    Some(CorruptTuneFile {
-                        path: path.display().to_string(),
-                        why,
-                        moved_to,
-                    }),
-                )
+/// What reading a tune file found.
+#[derive(Default)]
+struct Loaded {
+    /// Entries that fit (and those of kernels this process does not know, kept as they are).
+    entries: BTreeMap<String, TuneEntry>,
+    /// Entries that do not fit: (key, why).
+    dropped: Vec<(String, String)>,
+    /// Why the whole file is unusable.
+    unusable: Option<String>,
+    /// Why the file could not be read (it is left where it is).
+    unreadable: Option<String>,
+}
+
+/// Reads and checks the file at `path` (a missing file is an empty database).
+fn load(path: &Path, device: &str, spaces: &BTreeMap<String, Space>) -> Loaded {
+    let mut out = Loaded::default();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            out.unreadable = Some(format!("cannot be read: {e}"));
+            return out;
+        }
+    };
+    let file = match serde_json::from_slice::<TuneFile>(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            out.unusable = Some(format!("not a tune file: {e}"));
+            return out;
+        }
+    };
+    if file.format != TUNE_FORMAT {
+        out.unusable = Some(format!(
+            "format {} (this tpla reads {TUNE_FORMAT})",
+            file.format
+        ));
+        return out;
+    }
+    if file.device != device {
+        out.unusable = Some(format!("written for device `{}`", file.device));
+        return out;
+    }
+    for (key, entry) in file.entries {
+        let kernel = key.split('/').next().unwrap_or_default();
+        match spaces.get(kernel).map(|s| s.check(&entry.config)) {
+            Some(Err(why)) => out.dropped.push((key, why)),
+            _ => {
+                out.entries.insert(key, entry);
             }
         }
+    }
+    if out.entries.is_empty() && !out.dropped.is_empty() {
+        let (key, why) = &out.dropped[0];
+        out.unusable = Some(format!(
+            "stale: none of its {} entries fits the current schedule space, e.g. `{key}`: {why}",
+            out.dropped.len()
+        ));
+        out.dropped.clear();
+    }
+    out
+}
+
+/// Takes the exclusive lock of the database at `path` (held until the file is dropped).
+fn lock(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("json.lock"))?;
+    f.lock()?;
+    Ok(f)
+}
+
+impl TuneDb {
+    /// Opens (or starts) the database of `device` in `dir`, checking every entry against the
+    /// schedule space of `kernels` (entries of other kernels are kept but never checked). What
+    /// was wrong with the file (moved aside, entries dropped) comes back as warnings to print.
+    pub fn open(
+        dir: &Path,
+        device: &str,
+        kernels: &[&dyn KernelDef],
+    ) -> (TuneDb, Vec<TuneWarning>) {
+        let spaces: BTreeMap<String, Space> = kernels
+            .iter()
+            .map(|k| (k.name().to_string(), Space::of(*k)))
+            .collect();
+        let mut db = TuneDb {
+            path: dir.join(file_name(device)),
+            device: device.to_string(),
+            spaces,
+            entries: BTreeMap::new(),
+            touched: BTreeSet::new(),
+        };
+        let mut loaded = load(&db.path, device, &db.spaces);
+        let mut warnings = Vec::new();
+        if loaded.unusable.is_some() || !loaded.dropped.is_empty() {
+            // Repair under the lock, from a fresh read: a writer may have replaced the file.
+            match lock(&db.path) {
+                Ok(_guard) => {
+                    loaded = load(&db.path, device, &db.spaces);
+                    warnings = db.repair(&loaded);
+                }
+                Err(e) => {
+                    let what = match &loaded.unusable {
+                        Some(why) => format!("unusable ({why})"),
+                        None => format!("{} entries do not fit", loaded.dropped.len()),
+                    };
+                    warnings.push(db.io_warning(format!("{what}; not repaired (lock: {e})")));
+                }
+            }
+        }
+        if let Some(why) = loaded.unreadable.take() {
+            warnings.push(db.io_warning(format!("{why}; using defaults")));
+        }
+        db.entries = loaded.entries;
+        (db, warnings)
+    }
+
+    fn io_warning(&self, why: String) -> TuneWarning {
+        TuneWarning::Io {
+            path: self.path.display().to_string(),
+            why,
+        }
+    }
+
+    /// Moves an unusable file aside or rewrites it without its dropped entries (lock held).
+    fn repair(&self, loaded: &Loaded) -> Vec<TuneWarning> {
+        let path = self.path.display().to_string();
+        if let Some(why) = &loaded.unusable {
+            let moved = self.path.with_extension("json.corrupt");
+            let moved_to = match std::fs::rename(&self.path, &moved) {
+                Ok(()) => moved.display().to_string(),
+                Err(e) => format!("(not moved: {e})"),
+            };
+            return vec![TuneWarning::Unusable {
+                path,
+                why: why.clone(),
+                moved_to,
+            }];
+        }
+        let mut warnings: Vec<TuneWarning> = loaded
+            .dropped
+            .iter()
+            .map(|(key, why)| TuneWarning::Dropped {
+                path: path.clone(),
+                key: key.clone(),
+                why: why.clone(),
+            })
+            .collect();
+        if !loaded.dropped.is_empty() {
+            if let Err(e) = self.write(&loaded.entries) {
+                warnings.push(self.io_warning(format!("not rewritten: {e}")));
+            }
+        }
+        warnings
+    }
+
+    fn write(&self, entries: &BTreeMap<String, TuneEntry>) -> Result<(), RuntimeError> {
+        let file = TuneFile {
+            format: TUNE_FORMAT,
+            device: self.device.clone(),
+            entries: entries.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file)
+            .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
+        write_atomic(&self.path, (text + "\n").as_bytes()).map_err(|e| {
+            RuntimeError::InvalidInput(format!("writing tune file {}: {e}", self.path.display()))
+        })
     }
 
     /// The file backing this database.
@@ -176,8 +380,10 @@ impl TuneDb {
     /// Records `config` as the best for (`kernel`, `bucket`).
     pub fn put(&mut self, kernel: &str, bucket: &str, config: &Config, time_us: f64, date: &str) {
         let config = config.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let key = format!("{kernel}/{bucket}");
+        self.touched.insert(key.clone());
         self.entries.insert(
-            format!("{kernel}/{bucket}"),
+            key,
             TuneEntry {
                 config,
                 time_us,
@@ -196,103 +402,38 @@ impl TuneDb {
         self.entries.is_empty()
     }
 
-    /// Writes the database atomically (temporary file in the same directory, then rename).
-    pub fn save(&self) -> Result<(), RuntimeError> {
-        let io = |e: std::io::Error| {
-            RuntimeError::InvalidInput(format!("writing tune file {}: {e}", self.path.display()))
+    /// Saves the entries put since `open`: under the file's lock, re-reads the file (another
+    /// process may have saved meanwhile), puts this database's new entries over it and replaces
+    /// the file atomically. Afterwards this database holds the merged entries. A file that became
+    /// unusable meanwhile is moved aside (returned as a warning).
+    pub fn save(&mut self) -> Result<Vec<TuneWarning>, RuntimeError> {
+        let _guard = lock(&self.path).map_err(|e| {
+            RuntimeError::InvalidInput(format!("locking tune file {}: {e}", self.path.display()))
+        })?;
+        let disk = load(&self.path, &self.device, &self.spaces);
+        if let Some(why) = &disk.unreadable {
+            return Err(RuntimeError::InvalidInput(format!(
+                "tune file {} {why}",
+                self.path.display()
+            )));
+        }
+        let warnings = if disk.unusable.is_some() {
+            self.repair(&disk)
+        } else {
+            Vec::new()
         };
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file = TuneFile {
-            format: TUNE_FORMAT,
-            device: self.device.clone(),
-            entries: self.entries.clone(),
-        };
-        let text = serde_json::to_string_pretty(&file)
-            .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
-        let tmp = self
-            .path
-            .with_extension(format!("json.tmp{}", std::process::id()));
-        std::fs::write(&tmp, text + "\n").map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
-        })
+        let mut merged = disk.entries;
+        for key in &self.touched {
+            if let Some(e) = self.entries.get(key) {
+                merged.insert(key.clone(), e.clone());
+            }
+        }
+        self.write(&merged)?;
+        self.entries = merged;
+        Ok(warnings)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("tpla-tune-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    #[test]
-    fn round_trip_per_device() {
-        let d = dir("rt");
-        let (mut db, warn) = TuneDb::open(&d, "cuda NVIDIA H200 sm_90 132 SMs driver 13000");
-        assert!(warn.is_none() && db.is_empty());
-        let cfg = Config::new().with("BLOCK_H", 64).with("LAT", 512);
-        db.put(
-            "latent_decode",
-            "H64-lat512+64-B32-L32768",
-            &cfg,
-            1234.5,
-            "2026-11-26",
-        );
-        db.save().unwrap();
-        let (db2, warn) = TuneDb::open(&d, "cuda NVIDIA H200 sm_90 132 SMs driver 13000");
-        assert!(warn.is_none());
-        assert_eq!(
-            db2.get("latent_decode", "H64-lat512+64-B32-L32768"),
-            Some(cfg)
-        );
-        let (other, _) = TuneDb::open(&d, "cpu x86_64 2 threads");
-        assert!(other.is_empty(), "another device has its own file");
-        let leftovers: Vec<_> = std::fs::read_dir(&d)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "atomic save leaves no temporary file");
-    }
-
-    #[test]
-    fn corrupt_file_is_reported_moved_aside_and_rebuilt() {
-        let d = dir("corrupt");
-        std::fs::create_dir_all(&d).unwrap();
-        let dev = "cpu x86_64 2 threads";
-        std::fs::write(d.join(file_name(dev)), "{ this is not json").unwrap();
-        let (mut db, warn) = TuneDb::open(&d, dev);
-        let w = warn.expect("reported");
-        assert!(w.to_string().contains("unusable"), "{w}");
-        assert!(db.is_empty());
-        assert!(d.join(format!("{}.corrupt", file_name(dev))).exists());
-        db.put("k", "b", &Config::new().with("X", 1), 1.0, "2026-11-26");
-        db.save().unwrap();
-        assert_eq!(TuneDb::open(&d, dev).0.len(), 1, "rebuilt");
-    }
-
-    #[test]
-    fn file_for_another_device_is_not_trusted() {
-        let d = dir("other");
-        let (mut db, _) = TuneDb::open(&d, "gpu A");
-        db.put("k", "b", &Config::new().with("X", 1), 1.0, "d");
-        db.save().unwrap();
-        std::fs::rename(d.join(file_name("gpu A")), d.join(file_name("gpu B"))).unwrap();
-        let (db, warn) = TuneDb::open(&d, "gpu B");
-        assert!(warn.is_some() && db.is_empty());
-    }
-
-    #[test]
-    fn buckets_round_up() {
-        assert_eq!(
-            decode_bucket(100, 64, 256, 64, 30000),
-            "H64-lat256+64-B128-L32768"
-        );
-    }
-}
+#[path = "tune_tests.rs"]
+mod tests;

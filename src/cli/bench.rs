@@ -4,8 +4,10 @@
 //! [`super::bench_cuda`] against a same-process roofline. On the CPU: the JIT-compiled
 //! `latent_decode` (+ combine) against a plain rustc -O implementation of the same math on the
 //! same thread count, next to a streaming-read roofline measured in the same process. Results are
-//! printed and stored as JSON under `bench/results/`.
+//! printed and stored as JSON in `--out-dir` (default: the user's data directory, see
+//! [`default_out_dir`]), labelled with the commit this binary was built from ([`BUILD_COMMIT`]).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
@@ -43,9 +45,10 @@ pub struct BenchArgs {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Directory for the JSON result.
-    #[arg(long, default_value = "bench/results")]
-    pub out_dir: String,
+    /// Directory for the JSON result [default: $XDG_DATA_HOME/tpla/bench, else
+    /// ~/.local/share/tpla/bench].
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
     /// GPU: fewer shapes and configs (B 128 x 4K; BLOCK_N 64, 2 stages).
     #[arg(long)]
     pub quick: bool,
@@ -94,7 +97,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
         }
         let opts = super::bench_cuda::GpuBenchOpts {
             quick: a.quick,
-            out: a.out_dir.clone().into(),
+            out: out_dir(&a),
             variant: a.variant.clone(),
             heads: a.gpu_heads.clone(),
             config: a.config.clone(),
@@ -150,7 +153,45 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-pub use tpla_runtime::cuda::bench::{git_commit, today};
+pub use tpla_runtime::cuda::bench::today;
+
+/// The commit this binary was built from (`git rev-parse --short HEAD` at build time, `-dirty`
+/// when tracked files differed from it; `unknown` when built without git metadata): recorded in
+/// every JSON report, whatever directory the binary runs in.
+pub const BUILD_COMMIT: &str = env!("TPLA_BUILD_COMMIT");
+
+/// Where `tpla bench` writes its JSON by default: `$XDG_DATA_HOME/tpla/bench`, else
+/// `~/.local/share/tpla/bench`, else `tpla/bench` under the temporary directory.
+pub fn default_out_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".local").join("share"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tpla")
+        .join("bench")
+}
+
+fn out_dir(a: &BenchArgs) -> PathBuf {
+    a.out_dir.clone().unwrap_or_else(default_out_dir)
+}
+
+/// A progress bar on stderr for long work (`tpla bench`, `tpla tune`); hidden when stderr is not
+/// a terminal. Print through [`indicatif::ProgressBar::suspend`] while it is shown.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {pos}/{len}, {elapsed} (eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
 
 fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
     if a.batch == 0 || a.heads == 0 || a.context == 0 || a.lat == 0 || a.reps == 0 {
@@ -192,7 +233,9 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
     decode_attention(&exec, &params, &q, &cache, &mut out, &mut lse)?;
     tpla::baseline::plain_decode(&pool, &qv, &cache, a.heads, a.lat, scale, &mut plain);
     let (mut tj, mut tp) = (Vec::new(), Vec::new());
+    let progress = progress_bar(a.reps as u64, "timing");
     for _ in 0..a.reps {
+        progress.inc(1);
         out.data_mut().iter_mut().for_each(|x| *x = f32::NAN);
         let t = Instant::now();
         decode_attention(&exec, &params, &q, &cache, &mut out, &mut lse)?;
@@ -202,6 +245,7 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
         tpla::baseline::plain_decode(&pool, &qv, &cache, a.heads, a.lat, scale, &mut plain);
         tp.push(t.elapsed().as_secs_f64());
     }
+    progress.finish_and_clear();
     let (jit, pl) = (median(tj), median(tp));
     let diff = rel_error(
         &out.data().iter().map(|&x| x as f64).collect::<Vec<_>>(),
@@ -214,7 +258,7 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
     let result = CpuBenchResult {
         kind: "cpu-latent-decode",
         date: today(),
-        git_commit: git_commit(),
+        git_commit: BUILD_COMMIT.to_string(),
         cpu: cpu_name(),
         threads,
         batch: a.batch,
@@ -258,19 +302,22 @@ fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
             "JIT and plain outputs disagree: rel {diff:.3e}"
         )));
     }
-    std::fs::create_dir_all(&a.out_dir).map_err(|e| CliError::Io {
-        path: a.out_dir.clone(),
+    let dir = out_dir(a);
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::Io {
+        path: dir.display().to_string(),
         message: e.to_string(),
     })?;
-    let path = format!(
-        "{}/cpu-decode-{}-{}.json",
-        a.out_dir, result.date, result.git_commit
-    );
+    let path = dir.join(format!(
+        "cpu-decode-{}-{}.json",
+        result.date, result.git_commit
+    ));
     let json = serde_json::to_string_pretty(&result).map_err(|e| CliError::Usage(e.to_string()))?;
-    std::fs::write(&path, json + "\n").map_err(|e| CliError::Io {
-        path: path.clone(),
-        message: e.to_string(),
+    tpla_runtime::fsutil::write_atomic(&path, (json + "\n").as_bytes()).map_err(|e| {
+        CliError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }
     })?;
-    println!("wrote {path}");
+    println!("wrote {}", path.display());
     Ok(())
 }

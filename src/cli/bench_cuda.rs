@@ -419,7 +419,10 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     let _ = std::fs::remove_dir_all(&tmp);
 
     let mut cases = Vec::new();
-    for spec in case_specs(opts) {
+    let specs = case_specs(opts);
+    let total: usize = specs.iter().map(|c| c.heads.len()).sum();
+    let progress = super::bench::progress_bar(total as u64, "cases");
+    for spec in specs {
         let d = spec.lat + 64;
         let lens = match spec.variable {
             true => variable_lengths(spec.batch, spec.context),
@@ -441,11 +444,12 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
             }
             let (variant, batch, context) = (spec.variant, spec.batch, spec.context);
             let page = spec.page_size;
+            progress.inc(1);
             match run_case(exec, variant, &cache, shape, opts, spec.sweep, &roof) {
                 Ok(mut r) => {
                     r.check_rel_diff =
                         check_small(exec, &r.config, spec.lat, page).unwrap_or(f64::NAN);
-                    println!(
+                    progress.suspend(|| println!(
                         "{variant} H={heads} B={batch} L={context} page {page} ({}): {:.1} us, {:.0} GB/s ({:.2}x read, {:.2}x copy roofline), {:.1} TFLOPS, {} splits {}, vs CPU {:.1e}",
                         r.shape.lengths,
                         r.time.median_ms * 1e3,
@@ -456,19 +460,20 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                         r.config,
                         r.splits,
                         r.check_rel_diff
-                    );
+                    ));
                     cases.push(r);
                 }
-                Err(e) => println!(
-                    "{variant} H={heads} B={batch} L={context} page {page}: FAILED: {e}"
-                ),
+                Err(e) => progress.suspend(|| {
+                    println!("{variant} H={heads} B={batch} L={context} page {page}: FAILED: {e}")
+                }),
             }
         }
     }
+    progress.finish_and_clear();
     let report = BenchReport {
         kind: "cuda-latent-decode".into(),
         date: bench::today(),
-        git_commit: bench::git_commit(),
+        git_commit: super::bench::BUILD_COMMIT.to_string(),
         device: exec.info().clone(),
         nvrtc: nvrtc::nvrtc().map(|l| l.version).unwrap_or((0, 0)),
         roofline: roof,

@@ -129,8 +129,9 @@ impl ExecJob for DecodeJob {
         };
         let mut mla = LatentDecoder::new(exec, shape(1))?;
         let mut tpla = LatentDecoder::new(exec, shape(a.g))?;
-        let (db, warning) = TuneDb::open(&default_dir(), &exec.device_identity());
-        if let Some(w) = warning {
+        let (db, warnings) =
+            TuneDb::open(&default_dir(), &exec.device_identity(), &[&latent_decode]);
+        for w in warnings {
             eprintln!("tpla: {w}");
         }
         let mut tuned = Vec::new();

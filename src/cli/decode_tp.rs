@@ -125,8 +125,9 @@ fn run<X: Executor, C: AllReduce<X>>(
     let mut tuned = Vec::new();
     let shards = tp.shards_mut().chain(mla.shards_mut());
     for (exec, shard) in shards {
-        let (db, warning) = TuneDb::open(&default_dir(), &exec.device_identity());
-        if let Some(w) = warning {
+        let (db, warnings) =
+            TuneDb::open(&default_dir(), &exec.device_identity(), &[&latent_decode]);
+        for w in warnings {
             eprintln!("tpla: {w}");
         }
         let bucket = decode_bucket(a.batch, shard.heads(), shard.width(), ROPE, max_tokens);

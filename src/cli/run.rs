@@ -197,7 +197,9 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         })
         .collect::<Result<_, CliError>>()?;
     let bytes = safetensors::serialize(views, &None).map_err(|e| io(&out, e))?;
-    std::fs::write(&out, bytes).map_err(|e| io(&out, e))?;
+    // Atomic: a failed write (full disk, killed process) leaves an earlier output intact.
+    tpla_runtime::fsutil::write_atomic(std::path::Path::new(&out), &bytes)
+        .map_err(|e| io(&out, e))?;
     let names: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
     println!("wrote {} ({})", out, names.join(", "));
     Ok(())

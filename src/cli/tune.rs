@@ -65,8 +65,8 @@ impl ExecJob for TuneJob {
         let cfg = a.preset.preset().config();
         let (heads, rope, scale) = (cfg.heads, 64usize, cfg.scale as f32);
         let dir = default_dir();
-        let (mut db, warning) = TuneDb::open(&dir, &exec.device_identity());
-        if let Some(w) = warning {
+        let (mut db, warnings) = TuneDb::open(&dir, &exec.device_identity(), &[&latent_decode]);
+        for w in warnings {
             eprintln!("tpla: {w}");
         }
         println!(
@@ -81,6 +81,20 @@ impl ExecJob for TuneJob {
         if a.g > 1 {
             widths.push(512 / a.g);
         }
+        // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
+        // same kernel, so only the default is timed.
+        let cuda = exec.backend_name().starts_with("cuda");
+        let default_split = latent_decode.default_config(&[]).get("WG_SPLIT").ok();
+        let candidates: Vec<_> = latent_decode
+            .tune_space(&[])
+            .into_iter()
+            .filter(|c| cuda || c.get("WG_SPLIT").ok() == default_split)
+            .collect();
+        let progress = super::bench::progress_bar(
+            (widths.len() * candidates.len()) as u64,
+            "timing candidates",
+        );
+        let say = |line: String| progress.suspend(|| println!("{line}"));
         for lat in widths {
             let d = lat + rope;
             let q: Vec<bf16> = (0..a.batch * heads * d)
@@ -98,25 +112,19 @@ impl ExecJob for TuneJob {
             let cache = exec.upload_paged(&host)?;
             let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
             let mut best: Option<(f64, tpla_codegen::Config)> = None;
-            println!(
+            say(format!(
                 "  {:<52} {:>12}",
                 format!("latent_decode, {bucket}"),
                 "median us"
-            );
-            // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
-            // same kernel, so only the default is timed.
-            let cuda = exec.backend_name().starts_with("cuda");
-            let default_split = latent_decode.default_config(&[]).get("WG_SPLIT").ok();
-            for cand in latent_decode.tune_space(&[]) {
-                if !cuda && cand.get("WG_SPLIT").ok() != default_split {
-                    continue;
-                }
+            ));
+            for cand in candidates.iter().cloned() {
+                progress.inc(1);
                 let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
                 let splits = match choose_splits(exec, &p, a.context) {
                     Ok(s) => s,
                     Err(e) => {
-                        println!("  {:<52} skipped: {e}", cand.to_string());
+                        say(format!("  {:<52} skipped: {e}", cand.to_string()));
                         continue;
                     }
                 };
@@ -126,7 +134,7 @@ impl ExecJob for TuneJob {
                 // Warm-up compiles; a candidate that cannot build here (e.g. too much shared
                 // memory) is reported and skipped.
                 if let Err(e) = decode_attention(exec, &p, &q, &cache, &mut out, &mut lse) {
-                    println!("  {:<52} skipped: {e}", cand.to_string());
+                    say(format!("  {:<52} skipped: {e}", cand.to_string()));
                     continue;
                 }
                 exec.synchronize()?;
@@ -139,17 +147,23 @@ impl ExecJob for TuneJob {
                 }
                 times.sort_by(|x, y| x.total_cmp(y));
                 let med = times[times.len() / 2];
-                println!("  {:<52} {med:>12.1}", format!("{cand} splits={splits}"));
+                say(format!(
+                    "  {:<52} {med:>12.1}",
+                    format!("{cand} splits={splits}")
+                ));
                 if best.as_ref().is_none_or(|(t, _)| med < *t) {
                     best = Some((med, cand));
                 }
             }
             if let Some((t, c)) = best {
-                println!("  best: {c} ({t:.1} us)");
+                say(format!("  best: {c} ({t:.1} us)"));
                 db.put(latent_decode.name(), &bucket, &c, t, &today());
             }
         }
-        db.save()?;
+        progress.finish_and_clear();
+        for w in db.save()? {
+            eprintln!("tpla: {w}");
+        }
         println!("wrote {}", db.path().display());
         Ok(())
     }

@@ -256,7 +256,7 @@ pub struct BenchReport {
     pub kind: String,
     /// UTC date.
     pub date: String,
-    /// `git rev-parse --short HEAD`, or `unknown`.
+    /// The commit the benchmarking binary was built from (the caller's build-time constant).
     pub git_commit: String,
     /// The device.
     pub device: DeviceInfo,
@@ -288,33 +288,15 @@ pub fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The current git commit (short), `$TPLA_GIT_COMMIT` when set (binaries run away from the
-/// checkout), else `unknown`.
-pub fn git_commit() -> String {
-    if let Ok(c) = std::env::var("TPLA_GIT_COMMIT") {
-        if !c.is_empty() {
-            return c;
-        }
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// Writes the report as `DIR/cuda-decode-DATE-COMMIT.json`; returns the path.
+/// Writes the report as `DIR/cuda-decode-DATE-COMMIT.json` atomically (a failed write leaves an
+/// earlier report of that name intact); returns the path.
 pub fn write_report(dir: &Path, r: &BenchReport) -> Result<PathBuf, RuntimeError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| RuntimeError::InvalidInput(format!("{}: {e}", dir.display())))?;
     let path = dir.join(format!("cuda-decode-{}-{}.json", r.date, r.git_commit));
     let json =
         serde_json::to_string_pretty(r).map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, json)
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    crate::fsutil::write_atomic(&path, (json + "\n").as_bytes())
         .map_err(|e| RuntimeError::InvalidInput(format!("{}: {e}", path.display())))?;
     Ok(path)
 }
