@@ -147,9 +147,12 @@ pub fn read_inputs(bytes: &[u8], rope: usize) -> Result<RunInputs, RunError> {
     bounded("--rope", rope, MAX_ROPE)?;
 
     let q = tensor(&st, "q")?;
-    let want_q = format!("[batch >= 1, heads >= 1, lat + {rope}]");
-    if q.shape().len() != 3 || q.shape()[2] <= rope || q.shape()[0] == 0 || q.shape()[1] == 0 {
-        return Err(shape_err("q", q.shape(), &want_q));
+    if q.shape().len() != 3 || q.shape()[2] <= rope {
+        return Err(shape_err(
+            "q",
+            q.shape(),
+            &format!("[batch, heads, lat + {rope}]"),
+        ));
     }
     let (batch, heads, row) = (q.shape()[0], q.shape()[1], q.shape()[2]);
     bounded("latent width of `q`", row - rope, MAX_LAT)?;

@@ -68,13 +68,13 @@ fn case() -> impl Strategy<Value = Case> {
                 let cap = (pps * page_size) as i32;
                 (
                     // Page pool: sometimes one page short, so some ids are out of range.
-                    prop_oneof![4 => Just(pages), 1 => Just(pages.saturating_sub(1))],
+                    prop_oneof![8 => Just(pages), 1 => Just(pages.saturating_sub(1))],
                     proptest::collection::vec(
-                        prop_oneof![12 => 0..pages as i32, 1 => Just(-1i32), 1 => Just(pages as i32)],
+                        prop_oneof![60 => 0..pages as i32, 1 => Just(-1i32), 1 => Just(pages as i32)],
                         pages,
                     ),
                     proptest::collection::vec(
-                        prop_oneof![8 => 0..=cap, 1 => Just(0), 1 => Just(cap + 1), 1 => Just(-3)],
+                        prop_oneof![16 => 0..=cap, 2 => Just(0), 1 => Just(cap + 1), 1 => Just(-3)],
                         batch,
                     ),
                     proptest::collection::vec(finite_or_not(), batch * heads * d),
