@@ -331,12 +331,24 @@ const HUGE: &str = "18446744073709551615";
 #[test]
 fn absurd_sizes_are_clear_errors_naming_the_flag() {
     for (flag, needle) in [
-        ("--splits", "--splits 18446744073709551615 is past the limit of 1024"),
-        ("--context", "--context 18446744073709551615 is past the limit"),
+        (
+            "--splits",
+            "--splits 18446744073709551615 is past the limit of 1024",
+        ),
+        (
+            "--context",
+            "--context 18446744073709551615 is past the limit",
+        ),
         ("--batch", "--batch 18446744073709551615 is past the limit"),
         ("--steps", "--steps 18446744073709551615 is past the limit"),
-        ("--page-size", "--page-size 18446744073709551615 is past the limit"),
-        ("--threads", "--threads 18446744073709551615 is past the limit"),
+        (
+            "--page-size",
+            "--page-size 18446744073709551615 is past the limit",
+        ),
+        (
+            "--threads",
+            "--threads 18446744073709551615 is past the limit",
+        ),
     ] {
         expect_error(&["decode", "--backend", "cpu", flag, HUGE], needle);
         expect_error(
@@ -371,14 +383,25 @@ fn decode_needing_more_memory_than_the_host_has_is_refused() {
     expect_error(&tp, "of host memory");
     // A small run against a small stated budget: the same check, deterministic.
     let o = Command::new(bin())
-        .args(["decode", "--backend", "cpu", "--batch", "64", "--context", "100000"])
+        .args([
+            "decode",
+            "--backend",
+            "cpu",
+            "--batch",
+            "64",
+            "--context",
+            "100000",
+        ])
         .env("TPLA_HOST_MEMORY", "100000000")
         .env("TPLA_REQUIRE_GPU", "0")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("TPLA_HOST_MEMORY") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("TPLA_HOST_MEMORY") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -388,15 +411,45 @@ fn run_rejects_absurd_splits_before_reading() {
     write_inputs(&inp, |_| {});
     let (i, o) = (inp.to_str().unwrap(), out.to_str().unwrap());
     expect_error(
-        &["run", "--inputs", i, "--out", o, "--backend", "cpu", "--splits", HUGE],
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            o,
+            "--backend",
+            "cpu",
+            "--splits",
+            HUGE,
+        ],
         "--splits 18446744073709551615 is past the limit of 1024",
     );
     expect_error(
-        &["run", "--inputs", i, "--out", o, "--backend", "cpu", "--splits", "0"],
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            o,
+            "--backend",
+            "cpu",
+            "--splits",
+            "0",
+        ],
         "--splits 0 is below the minimum of 1",
     );
     expect_error(
-        &["run", "--inputs", i, "--out", o, "--backend", "cpu", "--rope", HUGE],
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            o,
+            "--backend",
+            "cpu",
+            "--rope",
+            HUGE,
+        ],
         "--rope",
     );
     assert!(!out.exists());
@@ -410,11 +463,27 @@ fn run_checks_the_output_path_before_the_work() {
     let i = missing_in.to_str().unwrap();
     let no_dir = dir.join("no-such-dir").join("out.safetensors");
     expect_error(
-        &["run", "--inputs", i, "--out", no_dir.to_str().unwrap(), "--backend", "cpu"],
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            no_dir.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
         "does not exist",
     );
     expect_error(
-        &["run", "--inputs", i, "--out", dir.to_str().unwrap(), "--backend", "cpu"],
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            dir.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ],
         "is a directory",
     );
     assert_eq!(
@@ -430,8 +499,8 @@ fn run_makes_non_finite_pairs_nan_warns_and_gives_empty_sequences_minus_inf() {
     let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
     let (h, lat, d) = (3usize, 64usize, 128usize);
     write_inputs(&inp, |t| {
-        // q[0, 1, 5] = NaN (f32 input); sequence 1 empty.
-        let at = ((1) * d + 5) * 4;
+        // q[0, 1, 5] = NaN (f32 input, flat index (0·h + 1)·d + 5); sequence 1 empty.
+        let at = (d + 5) * 4;
         t[0].3[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         t[3].3 = [50i32, 0].iter().flat_map(|x| x.to_le_bytes()).collect();
     });
@@ -448,16 +517,25 @@ fn run_makes_non_finite_pairs_nan_warns_and_gives_empty_sequences_minus_inf() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("warning: non-finite") && err.contains("1 of 6"), "{err}");
+    assert!(
+        err.contains("warning: non-finite") && err.contains("1 of 6"),
+        "{err}"
+    );
     let (out_v, lse) = (read_f32(&out, "out"), read_f32(&out, "lse"));
     let (out_t, lse_t) = (read_f32(&out, "out_tpla"), read_f32(&out, "lse_tpla"));
     for hh in 0..h {
         let row = &out_v[hh * lat..(hh + 1) * lat];
         if hh == 1 {
-            assert!(row.iter().all(|x| x.is_nan()) && lse[hh].is_nan(), "{}", lse[hh]);
+            assert!(
+                row.iter().all(|x| x.is_nan()) && lse[hh].is_nan(),
+                "{}",
+                lse[hh]
+            );
             // Column 5 is in latent group 0: shard 0 is NaN, shard 1 is not.
             assert!(out_t[hh * lat..hh * lat + 32].iter().all(|x| x.is_nan()));
-            assert!(out_t[hh * lat + 32..(hh + 1) * lat].iter().all(|x| x.is_finite()));
+            assert!(out_t[hh * lat + 32..(hh + 1) * lat]
+                .iter()
+                .all(|x| x.is_finite()));
             assert!(lse_t[hh].is_nan() && lse_t[2 * h + hh].is_finite());
         } else {
             assert!(row.iter().all(|x| x.is_finite()) && lse[hh].is_finite());

@@ -150,7 +150,12 @@ fn file(c: &Case) -> Vec<u8> {
     }
     let views: Vec<(String, TensorView<'_>)> = t
         .iter()
-        .map(|(n, dt, s, data)| (n.to_string(), TensorView::new(*dt, s.clone(), data).unwrap()))
+        .map(|(n, dt, s, data)| {
+            (
+                n.to_string(),
+                TensorView::new(*dt, s.clone(), data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, &None).unwrap()
 }
@@ -159,7 +164,9 @@ fn file(c: &Case) -> Vec<u8> {
 fn valid(c: &Case) -> bool {
     let cap = (c.pages_per_seq * c.page_size) as i32;
     c.damage == 0
-        && c.table.iter().all(|&p| p >= 0 && (p as usize) < c.num_pages)
+        && c.table
+            .iter()
+            .all(|&p| p >= 0 && (p as usize) < c.num_pages)
         && c.lat.is_multiple_of(c.groups)
         && c.lens.iter().all(|&l| (0..=cap).contains(&l))
 }
@@ -180,15 +187,17 @@ fn check(c: &Case, r: &RunOutputs) -> Result<(), TestCaseError> {
             let off = (page * c.page_size + t % c.page_size) * d;
             rows.extend(c.pool[off..off + d].iter().map(|&x| round(x)));
         }
-        let q: Vec<f64> = c.q[s * h * d..(s + 1) * h * d].iter().map(|&x| round(x)).collect();
+        let q: Vec<f64> = c.q[s * h * d..(s + 1) * h * d]
+            .iter()
+            .map(|&x| round(x))
+            .collect();
         let want = latent_attention(&q, &rows, h, lat, rope, 0.125);
         let shards: Vec<_> = (0..c.groups)
             .map(|i| tpla_shard_attention(&q, &rows, h, lat, rope, 0.125, c.groups, i))
             .collect();
         // Columns of group i: its latent slice and the RoPE part.
-        let cols = |i: usize, row: &[f64]| -> bool {
-            fin(&row[i * w..(i + 1) * w]) && fin(&row[lat..d])
-        };
+        let cols =
+            |i: usize, row: &[f64]| -> bool { fin(&row[i * w..(i + 1) * w]) && fin(&row[lat..d]) };
         for hh in 0..h {
             let bh = s * h + hh;
             let out = &r.out[bh * lat..(bh + 1) * lat];
@@ -269,7 +278,9 @@ fn a_plain_case_runs_and_agrees() {
         num_pages: batch * pps,
         table: (0..(batch * pps) as i32).rev().collect(),
         lens: vec![50, 0],
-        q: (0..batch * heads * d).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect(),
+        q: (0..batch * heads * d)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+            .collect(),
         pool: (0..batch * pps * ps * d)
             .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
             .collect(),
@@ -288,7 +299,9 @@ fn a_plain_case_runs_and_agrees() {
 fn nan_past_the_length_is_ignored() {
     let (lat, rope, ps) = (64, 64, 16);
     let d = lat + rope;
-    let mut pool: Vec<f32> = (0..2 * ps * d).map(|i| ((i % 9) as f32 - 4.0) / 4.0).collect();
+    let mut pool: Vec<f32> = (0..2 * ps * d)
+        .map(|i| ((i % 9) as f32 - 4.0) / 4.0)
+        .collect();
     pool[(ps + 3) * d + 1] = f32::NAN; // token 19 of a 10-token sequence
     let c = Case {
         batch: 1,

@@ -13,9 +13,9 @@ use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{Executor, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
+use super::decode_args::{DecodeArgs, LAT, ROPE};
 use super::error::CliError;
 use super::sample::{self, check_against_reference, median};
-use super::decode_args::{DecodeArgs, LAT, ROPE};
 
 /// Runs `tpla decode`: checks every size first, then one device or `--devices k` ranks.
 pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
@@ -149,11 +149,7 @@ impl ExecJob for DecodeJob {
 
         let steps_timed = timing.mla.len();
         let mla_s = median(&mut timing.mla);
-        let shard_s: Vec<f64> = timing
-            .tpla_shards
-            .iter_mut()
-            .map(|v| median(v))
-            .collect();
+        let shard_s: Vec<f64> = timing.tpla_shards.iter_mut().map(|v| median(v)).collect();
         let per_device = shard_s.iter().copied().fold(0.0, f64::max);
         let len = a.context + a.steps;
         let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;

@@ -78,11 +78,6 @@ impl MemoryPlan {
         self
     }
 
-    /// The total in bytes.
-    pub fn bytes(&self) -> u128 {
-        self.bytes
-    }
-
     /// Fails when the total exceeds the host's available memory, naming the flags that size
     /// the run (`flags`, e.g. `"--batch 4 and --context 100000"`).
     pub fn check_host(&self, flags: &str) -> Result<(), CliError> {
@@ -149,7 +144,9 @@ mod tests {
 
     #[test]
     fn bounds_name_the_flag() {
-        let e = check("--splits", 5000, 1, MAX_SPLITS).unwrap_err().to_string();
+        let e = check("--splits", 5000, 1, MAX_SPLITS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--splits") && e.contains("1024"), "{e}");
         let e = check("--batch", 0, 1, MAX_BATCH).unwrap_err().to_string();
         assert!(e.contains("--batch") && e.contains("minimum of 1"), "{e}");
@@ -161,6 +158,6 @@ mod tests {
         let mut p = MemoryPlan::default();
         p.add(&[usize::MAX, usize::MAX, usize::MAX], 8);
         p.add(&[usize::MAX], 8);
-        assert_eq!(p.bytes(), u128::MAX);
+        assert_eq!(p.bytes, u128::MAX);
     }
 }

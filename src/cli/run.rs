@@ -66,7 +66,10 @@ pub fn check_output_path(path: &str) -> Result<(), CliError> {
             format!("directory {} does not exist", dir.display()),
         ));
     }
-    let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let probe = dir.join(format!(".{name}.tpla-probe-{}", std::process::id()));
     match std::fs::OpenOptions::new()
         .write(true)
