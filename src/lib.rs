@@ -8,10 +8,12 @@
 //! - [`runtime`]: executors, the paged latent cache, the f64 reference;
 //! - [`model`]: checkpoints, Hadamard/PCA reparameterisation, sharding, the accuracy harness;
 //! - [`kernels`]: the kernel library written in the `#[kernel]` DSL ([`kernel`]);
-//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for engines and the CLI.
+//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for engines and the CLI;
+//! - [`run`]: decode attention on named tensors (what `tpla run` does), edge cases defined.
 
 pub mod baseline;
 pub mod decoder;
+pub mod run;
 pub mod tp;
 
 pub use tpla_codegen as codegen;

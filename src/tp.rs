@@ -10,6 +10,8 @@
 //! Kernel launches are asynchronous on GPU executors, so the ranks' work overlaps although one
 //! host thread issues it.
 
+use std::time::{Duration, Instant};
+
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::head_proj;
 use tpla_runtime::half::bf16;
@@ -117,17 +119,39 @@ impl<X: Executor> TpShard<X> {
         q: &X::Tensor<bf16>,
         stop: TpStage,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let dv = self.dv;
-        let s = self.dec.shape();
-        let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
-        let (o, _lse) = outs.pop().expect("one shard per rank");
+        let o = self.attend(exec, q)?;
         if stop == TpStage::Attention {
             return Ok(o);
         }
-        let mut y = exec.alloc::<f32>(&[s.batch, s.heads, dv])?;
-        head_proj::launch(exec, &self.proj, &o, &self.w, &mut y)?;
+        self.project(exec, &o)
+    }
+
+    /// This rank's decode attention: its `[batch, heads, width]` latent output.
+    fn attend(&self, exec: &X, q: &X::Tensor<bf16>) -> Result<X::Tensor<f32>, RuntimeError> {
+        let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
+        let (o, _lse) = outs.pop().expect("one shard per rank");
+        Ok(o)
+    }
+
+    /// The `W_UV` projection of a latent output: this rank's `[batch, heads, dv]` partial sum.
+    fn project(&self, exec: &X, o: &X::Tensor<f32>) -> Result<X::Tensor<f32>, RuntimeError> {
+        let s = self.dec.shape();
+        let mut y = exec.alloc::<f32>(&[s.batch, s.heads, self.dv])?;
+        head_proj::launch(exec, &self.proj, o, &self.w, &mut y)?;
         Ok(y)
     }
+}
+
+/// Wall time of each phase of one step ([`TpDecoder::step_timed`]): every rank finishes a phase
+/// before the next starts, so the phases add up to the step and none can be negative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// Decode attention on every rank.
+    pub attention: Duration,
+    /// The `W_UV` projection on every rank.
+    pub projection: Duration,
+    /// The all-reduce of the projections.
+    pub all_reduce: Duration,
 }
 
 /// The executors of a group and what each rank holds, in rank order.
@@ -164,6 +188,16 @@ impl<X: Executor> RankSet<X> {
             .zip(&self.execs)
             .zip(queries)
             .map(|((rank, exec), q)| rank.step(exec, q, stop))
+            .collect()
+    }
+
+    /// Each rank's `W_UV` projection of its latent output.
+    fn project(&self, outs: &[X::Tensor<f32>]) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        self.ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(outs)
+            .map(|((rank, exec), o)| rank.project(exec, o))
             .collect()
     }
 
@@ -273,6 +307,36 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
                 .all_reduce_sum(&self.set.execs, &mut parts)?;
         }
         Ok(parts)
+    }
+
+    /// One step like [`TpDecoder::step`], with every rank synchronised after each phase
+    /// (attention, projection, all-reduce) and the wall time of each phase: for reporting where
+    /// a step's time goes. The caller synchronises before, so the attention time is its own.
+    pub fn step_timed(
+        &self,
+        queries: &[X::Tensor<bf16>],
+    ) -> Result<(Vec<X::Tensor<f32>>, StepTimes), RuntimeError> {
+        let t = Instant::now();
+        let outs = self.set.run(queries, TpStage::Attention)?;
+        self.set.synchronize()?;
+        let attention = t.elapsed();
+        let t = Instant::now();
+        let mut parts = self.set.project(&outs)?;
+        self.set.synchronize()?;
+        let projection = t.elapsed();
+        let t = Instant::now();
+        self.collective
+            .all_reduce_sum(&self.set.execs, &mut parts)?;
+        self.set.synchronize()?;
+        let all_reduce = t.elapsed();
+        Ok((
+            parts,
+            StepTimes {
+                attention,
+                projection,
+                all_reduce,
+            },
+        ))
     }
 
     /// Waits for every rank.

@@ -90,6 +90,9 @@ struct CpuBenchResult {
 /// Runs `tpla bench`.
 pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let gpu = |exec: tpla_runtime::cuda::CudaExecutor| -> Result<(), CliError> {
+        if let Some(&h) = a.gpu_heads.iter().max() {
+            super::limits::at_most("--gpu-heads", h, super::limits::MAX_HEADS)?;
+        }
         if a.gpu_heads.is_empty() || a.gpu_heads.contains(&0) {
             return Err(CliError::Usage(
                 "--gpu-heads needs positive head counts".into(),
@@ -194,11 +197,19 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 fn cpu_bench(a: &BenchArgs) -> Result<(), CliError> {
-    if a.batch == 0 || a.heads == 0 || a.context == 0 || a.lat == 0 || a.reps == 0 {
-        return Err(CliError::Usage(
-            "bench sizes and --reps must be positive".into(),
-        ));
-    }
+    super::limits::check_sizes(&[
+        ("--batch", a.batch, 1, super::limits::MAX_BATCH),
+        ("--heads", a.heads, 1, super::limits::MAX_HEADS),
+        ("--context", a.context, 1, super::limits::MAX_CONTEXT),
+        ("--lat", a.lat, 1, super::limits::MAX_LAT),
+        ("--reps", a.reps, 1, super::limits::MAX_REPS),
+        ("--threads", a.threads, 0, super::limits::MAX_THREADS),
+    ])?;
+    super::limits::MemoryPlan::default()
+        .add(&[2, a.batch, a.context + 64, a.lat + 64], 2)
+        .add(&[67, a.batch, a.heads, a.lat], 4)
+        .add_bytes(256 << 20)
+        .check_host("--batch, --heads, --context and --lat")?;
     let rope = 64;
     let d = a.lat + rope;
     let exec = CpuExecutor::new(a.threads)?;

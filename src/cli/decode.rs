@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use clap::Args;
 use rand::{Rng, SeedableRng};
 use tpla::decoder::{concat_shards, DecoderShape, LatentDecoder};
 use tpla_codegen::KernelDef;
@@ -14,85 +13,14 @@ use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{Executor, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
+use super::decode_args::{DecodeArgs, LAT, ROPE};
 use super::error::CliError;
 use super::sample::{self, check_against_reference, median};
-use super::{BackendArg, PresetArg};
 
-/// Options of `tpla decode`.
-#[derive(Args, Debug, Clone)]
-pub struct DecodeArgs {
-    /// Model whose attention shape and softmax scale are used.
-    #[arg(long, value_enum, default_value = "deepseek-v3")]
-    pub preset: PresetArg,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    /// Tokens already in each sequence's cache before decoding.
-    #[arg(long, default_value_t = 4096)]
-    pub context: usize,
-    /// TPLA latent groups (devices the latent is split across); must divide 512.
-    #[arg(long, short, default_value_t = 2)]
-    pub g: usize,
-    /// Decode steps (one new token per sequence each).
-    #[arg(long, default_value_t = 8)]
-    pub steps: usize,
-    /// Tokens per cache page.
-    #[arg(long, default_value_t = 64)]
-    pub page_size: usize,
-    /// KV splits per sequence (0 = chosen from the grid size).
-    #[arg(long, default_value_t = 0)]
-    pub splits: usize,
-    /// Executor.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendArg,
-    /// CPU threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Seed of the random cache and queries.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Tensor-parallel ranks (GPUs 0..k with NCCL, or k CPU ranks): k >= 2 runs TPLA with
-    /// g = k against head-parallel MLA, one layer including `W_UV` and the all-reduce.
-    #[arg(long, default_value_t = 1)]
-    pub devices: usize,
-}
-
-const LAT: usize = 512;
-const ROPE: usize = 64;
-
-/// Runs `tpla decode`.
+/// Runs `tpla decode`: checks every size first, then one device or `--devices k` ranks.
 pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
-    if args.batch == 0 || args.context == 0 || args.steps == 0 {
-        return Err(CliError::Usage(
-            "--batch, --context and --steps must be at least 1".into(),
-        ));
-    }
-    if args.g == 0 || !LAT.is_multiple_of(args.g) {
-        return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
-            "g = {} must divide the latent width {LAT}",
-            args.g
-        ))
-        .into());
-    }
-    if args.devices == 0 {
-        return Err(CliError::Usage("--devices must be at least 1".into()));
-    }
+    args.validate()?;
     if args.devices > 1 {
-        if !LAT.is_multiple_of(args.devices) {
-            return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
-                "{} devices must divide the latent width {LAT} (g = devices)",
-                args.devices
-            ))
-            .into());
-        }
-        let heads = args.preset.preset().config().heads;
-        if !heads.is_multiple_of(args.devices) {
-            return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
-                "{} devices must divide the {heads} heads (the MLA baseline splits them)",
-                args.devices
-            ))
-            .into());
-        }
         return super::decode_tp::decode_tp(args);
     }
     let backend = args.backend;
@@ -111,6 +39,7 @@ impl ExecJob for DecodeJob {
     type Out = ();
     fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
         let a = self.0;
+        a.check_memory(exec.backend_name().starts_with("cpu"))?;
         let cfg = a.preset.preset().config();
         let heads = cfg.heads;
         let scale = cfg.scale as f32;
@@ -187,22 +116,25 @@ impl ExecJob for DecodeJob {
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let qm = mla.shard_queries(exec, &q)?;
             let qt = tpla.shard_queries(exec, &q)?;
+            if step == 0 {
+                // Warm-up: compiles the kernels, so that every step (even of `--steps 1`) is
+                // timed without compilation. Attention leaves the caches unchanged.
+                mla.attend_prepared(exec, &qm)?;
+                for (i, qi) in qt.iter().enumerate() {
+                    tpla.attend_shard(exec, &tpla.shards()[i], qi)?;
+                }
+            }
             exec.synchronize()?;
             let t = Instant::now();
             let om = mla.attend_prepared(exec, &qm)?;
             exec.synchronize()?;
-            // The first step compiles the kernels: keep it out of the timings.
-            if step > 0 {
-                timing.mla.push(t.elapsed().as_secs_f64());
-            }
+            timing.mla.push(t.elapsed().as_secs_f64());
             let mut ot = Vec::new();
             for (i, qi) in qt.iter().enumerate() {
                 let t = Instant::now();
                 ot.push(tpla.attend_shard(exec, &tpla.shards()[i], qi)?);
                 exec.synchronize()?;
-                if step > 0 {
-                    timing.tpla_shards[i].push(t.elapsed().as_secs_f64());
-                }
+                timing.tpla_shards[i].push(t.elapsed().as_secs_f64());
             }
             if step + 1 == a.steps {
                 last = Some((q, om, ot));
@@ -216,24 +148,9 @@ impl ExecJob for DecodeJob {
             .collect::<Result<_, _>>()?;
         let tpla_out = concat_shards(&parts, a.batch * heads, LAT / a.g);
 
-        let steps_timed = a.steps.saturating_sub(1).max(1);
-        let mut tm = timing.mla.clone();
-        let mla_s = if tm.is_empty() {
-            f64::NAN
-        } else {
-            median(&mut tm)
-        };
-        let shard_s: Vec<f64> = timing
-            .tpla_shards
-            .iter()
-            .map(|v| {
-                if v.is_empty() {
-                    f64::NAN
-                } else {
-                    median(&mut v.clone())
-                }
-            })
-            .collect();
+        let steps_timed = timing.mla.len();
+        let mla_s = median(&mut timing.mla);
+        let shard_s: Vec<f64> = timing.tpla_shards.iter_mut().map(|v| median(v)).collect();
         let per_device = shard_s.iter().copied().fold(0.0, f64::max);
         let len = a.context + a.steps;
         let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tpla::decoder::DecoderShape;
-use tpla::tp::{HeadParallelMla, TpDecoder, TpStage};
+use tpla::tp::{HeadParallelMla, TpDecoder};
 use tpla_codegen::KernelDef;
 use tpla_kernels::latent_decode;
 use tpla_runtime::half::bf16;
@@ -14,13 +14,10 @@ use tpla_runtime::reference::tpla_attention;
 use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
 
-use super::decode::DecodeArgs;
+use super::decode_args::{DecodeArgs, LAT, ROPE};
 use super::error::CliError;
 use super::sample::{self, check_against_reference, median};
 use super::BackendArg;
-
-const LAT: usize = 512;
-const ROPE: usize = 64;
 
 /// Runs the tensor-parallel decode on `args.devices` ranks of the chosen backend.
 pub fn decode_tp(a: DecodeArgs) -> Result<(), CliError> {
@@ -95,6 +92,7 @@ fn run<X: Executor, C: AllReduce<X>>(
     how: &str,
 ) -> Result<(), CliError> {
     let k = a.devices;
+    a.check_memory(execs[0].backend_name().starts_with("cpu"))?;
     let cfg = a.preset.preset().config();
     let (heads, dv) = (cfg.heads, cfg.v_head);
     let scale = cfg.scale as f32;
@@ -174,8 +172,8 @@ fn run<X: Executor, C: AllReduce<X>>(
     );
 
     let (mut t_tp, mut t_mla) = (Vec::new(), Vec::new());
-    // TPLA step parts: attention only, + W_UV (no all-reduce).
-    let (mut t_att, mut t_proj) = (Vec::new(), Vec::new());
+    // TPLA step phases, each timed alone with the ranks synchronised between them.
+    let (mut t_att, mut t_proj, mut t_ar) = (Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
     for step in 0..a.steps {
         let row = random_rows(1, &mut rng)?;
@@ -188,41 +186,33 @@ fn run<X: Executor, C: AllReduce<X>>(
         let q = HostTensor::<bf16>::from_f32(&[a.batch, heads, d], &qv)
             .map_err(|e| CliError::Usage(e.to_string()))?;
         let (qt, qm) = (tp.rank_queries(&q)?, mla.rank_queries(&q)?);
+        if step == 0 {
+            // Warm-up: compiles the kernels, so that every step (even of `--steps 1`) is timed
+            // without compilation. A step leaves the caches unchanged.
+            mla.step(&qm)?;
+            tp.step(&qt)?;
+        }
         tp.synchronize()?;
         mla.synchronize()?;
         let t = Instant::now();
-        let ym = mla.step(&qm)?;
+        mla.step(&qm)?;
         mla.synchronize()?;
-        let tm = t.elapsed().as_secs_f64();
-        let part = |stop| -> Result<f64, CliError> {
-            let t = Instant::now();
-            tp.step_until(&qt, stop)?;
-            tp.synchronize()?;
-            Ok(t.elapsed().as_secs_f64())
-        };
-        let (ta, tpj) = (part(TpStage::Attention)?, part(TpStage::Projection)?);
+        t_mla.push(t.elapsed().as_secs_f64());
+        let (_, parts) = tp.step_timed(&qt)?;
+        t_att.push(parts.attention.as_secs_f64());
+        t_proj.push(parts.projection.as_secs_f64());
+        t_ar.push(parts.all_reduce.as_secs_f64());
         let t = Instant::now();
         let yt = tp.step(&qt)?;
         tp.synchronize()?;
-        let tt = t.elapsed().as_secs_f64();
-        // The first step compiles the kernels: keep it out of the timings.
-        if step > 0 {
-            t_mla.push(tm);
-            t_tp.push(tt);
-            t_att.push(ta);
-            t_proj.push(tpj);
-        }
+        t_tp.push(t.elapsed().as_secs_f64());
         if step + 1 == a.steps {
-            last = Some((q, yt, ym));
+            last = Some((q, yt));
         }
     }
-    let (q, yt, _ym) = last.expect("steps >= 1");
-    let timed = t_tp.len().max(1);
-    let (mla_s, tp_s) = if t_tp.is_empty() {
-        (f64::NAN, f64::NAN)
-    } else {
-        (median(&mut t_mla), median(&mut t_tp))
-    };
+    let (q, yt) = last.expect("steps >= 1");
+    let timed = t_tp.len();
+    let (mla_s, tp_s) = (median(&mut t_mla), median(&mut t_tp));
     let len = a.context + a.steps;
     let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;
     println!();
@@ -249,15 +239,12 @@ fn run<X: Executor, C: AllReduce<X>>(
         mla_s / tp_s,
         (LAT + ROPE) as f64 / (LAT / k + ROPE) as f64
     );
-    if !t_att.is_empty() {
-        let (att, proj) = (median(&mut t_att), median(&mut t_proj));
-        println!(
-            "TPLA step parts: attention {:.3} ms, + W_UV {:.3} ms, + all-reduce {:.3} ms (each timed as its own prefix of the step)",
-            att * 1e3,
-            (proj - att) * 1e3,
-            (tp_s - proj) * 1e3
-        );
-    }
+    println!(
+        "TPLA step parts: attention {:.3} ms, W_UV {:.3} ms, all-reduce {:.3} ms (medians; each phase timed alone, the ranks synchronised between phases)",
+        median(&mut t_att) * 1e3,
+        median(&mut t_proj) * 1e3,
+        median(&mut t_ar) * 1e3
+    );
     if backend.starts_with("cpu") {
         println!(
             "(CPU ranks share this host and run one after another: times are sums over the ranks)"

@@ -8,32 +8,34 @@ pub enum CliError {
     /// From the runtime (bad shapes, unavailable backend, launch errors...).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    /// A named input tensor is missing from a file.
-    #[error("input file has no tensor named `{0}`")]
-    MissingTensor(String),
-    /// A named input tensor has the wrong shape.
-    #[error("tensor `{name}` has shape {got:?}, expected {expected}")]
-    TensorShape {
-        /// Tensor name.
-        name: String,
-        /// Its shape.
-        got: Vec<usize>,
-        /// What was expected.
-        expected: String,
-    },
-    /// A named input tensor has the wrong dtype.
-    #[error("tensor `{name}` has dtype {got}, expected {expected}")]
-    TensorDType {
-        /// Tensor name.
-        name: String,
-        /// Its dtype.
-        got: String,
-        /// What was expected.
-        expected: String,
-    },
+    /// Bad `tpla run` inputs (missing tensor, shape, dtype, value).
+    #[error(transparent)]
+    Run(#[from] tpla::run::RunError),
     /// A bad command-line value.
     #[error("{0}")]
     Usage(String),
+    /// A size past its fixed limit (see `limits`).
+    #[error("{flag} {value} is past the limit of {limit}")]
+    Limit {
+        /// The flag (or input) that sets the size.
+        flag: String,
+        /// The value given.
+        value: u128,
+        /// The largest accepted.
+        limit: u128,
+    },
+    /// A run that needs more memory than the host has.
+    #[error("{flags} need about {} of host memory, but {} is available ({origin}): lower them", super::limits::human(*need), super::limits::human(*available))]
+    Memory {
+        /// The flags (with their values) that size the run.
+        flags: String,
+        /// Estimated peak bytes.
+        need: u128,
+        /// Bytes available.
+        available: u128,
+        /// Where the available figure comes from.
+        origin: &'static str,
+    },
     /// File input/output.
     #[error("{path}: {message}")]
     Io {

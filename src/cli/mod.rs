@@ -4,9 +4,11 @@ pub mod backend;
 pub mod bench;
 pub mod bench_cuda;
 pub mod decode;
+pub mod decode_args;
 pub mod decode_tp;
 pub mod error;
 pub mod info;
+pub mod limits;
 pub mod model;
 pub mod run;
 pub mod sample;
@@ -63,7 +65,7 @@ pub enum Command {
     /// List the backends found, and why each missing one is missing.
     Info,
     /// Decode attention of an MLA model, exact MLA and TPLA side by side (the main job).
-    Decode(decode::DecodeArgs),
+    Decode(decode_args::DecodeArgs),
     /// Decode attention on tensors read from a safetensors file; writes the outputs to another.
     Run(run::RunArgs),
     /// Benchmarks (CPU: the JIT kernel against plain Rust; GPU: kernels against a roofline).

@@ -1,35 +1,28 @@
 //! `tpla run`: decode attention on named tensors from a safetensors file, so any other
-//! implementation can be checked against tpla.
+//! implementation can be checked against tpla. The tensors, their shapes and dtypes, and the
+//! edge cases (empty sequences, non-finite inputs, f32 `q` rounded to bf16) are documented in
+//! [`tpla::run`], which does the work between reading and writing.
 //!
-//! Inputs (names, dtypes, shapes):
-//! - `q`: bf16 or f32 `[batch, heads, lat + rope]` (f32 is rounded to bf16: the kernels take
-//!   bf16 queries, as FlashMLA does)
-//! - `cache`: bf16 `[num_pages, page_size, lat + rope]` (the page pool)
-//! - `block_table`: i32 `[batch, pages_per_seq]`
-//! - `seq_lens`: i32 `[batch]`
-//! - `scale`: f32 `[]` or `[1]`
-//!
-//! Outputs (f32): `out [batch, heads, lat]`, `lse [batch, heads]` (natural log); with
-//! `--groups g > 1` also `out_tpla [batch, heads, lat]` (the g shard outputs side by side) and
-//! `lse_tpla [g, batch, heads]`.
+//! Before any work the output path is checked (its directory exists and is writable, the path
+//! is not a directory), as are the sizes (`--splits`) and the memory the run needs.
 
-use std::collections::HashMap;
+use std::path::Path;
 
 use clap::Args;
-use safetensors::{Dtype, SafeTensors};
-use tpla::decoder::{concat_shards, shard_rows};
-use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
-use tpla_runtime::half::bf16;
-use tpla_runtime::{Executor, HostPagedCache, HostTensor};
+use safetensors::Dtype;
+use tpla::run::{read_inputs, run_decode, run_memory, RunError, RunInputs, RunOutputs};
+use tpla_kernels::ops::shard_width;
+use tpla_runtime::Executor;
 
 use super::backend::{dispatch, ExecJob};
 use super::error::CliError;
+use super::limits::{check, MemoryPlan, MAX_SPLITS};
 use super::BackendArg;
 
 /// Options of `tpla run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Input safetensors file (see the module docs for names and shapes).
+    /// Input safetensors file (see `tpla::run` for names and shapes).
     #[arg(long)]
     pub inputs: String,
     /// Output safetensors file.
@@ -41,20 +34,12 @@ pub struct RunArgs {
     /// Also run TPLA with this many latent groups.
     #[arg(long, default_value_t = 1)]
     pub groups: usize,
-    /// KV splits per sequence.
+    /// KV splits per sequence (1 to 1024).
     #[arg(long, default_value_t = 4)]
     pub splits: usize,
     /// Executor.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
-}
-
-/// Decoded inputs.
-struct Inputs {
-    q: HostTensor<bf16>,
-    cache: HostPagedCache<bf16>,
-    scale: f32,
-    lat: usize,
 }
 
 fn io(path: &str, e: impl std::fmt::Display) -> CliError {
@@ -64,134 +49,82 @@ fn io(path: &str, e: impl std::fmt::Display) -> CliError {
     }
 }
 
-fn tensor<'a>(
-    st: &'a SafeTensors<'a>,
-    name: &str,
-) -> Result<safetensors::tensor::TensorView<'a>, CliError> {
-    st.tensor(name)
-        .map_err(|_| CliError::MissingTensor(name.to_string()))
-}
-
-fn shape_err(name: &str, got: &[usize], expected: &str) -> CliError {
-    CliError::TensorShape {
-        name: name.into(),
-        got: got.to_vec(),
-        expected: expected.into(),
+/// Fails unless `path` can be written: it is not a directory, and its directory exists and
+/// takes a new file (probed with a file created and removed at once).
+pub fn check_output_path(path: &str) -> Result<(), CliError> {
+    let p = Path::new(path);
+    if path.is_empty() || p.is_dir() {
+        return Err(io(path, "is a directory, not an output file"));
     }
-}
-
-fn dtype_err(name: &str, got: Dtype, expected: &str) -> CliError {
-    CliError::TensorDType {
-        name: name.into(),
-        got: format!("{got:?}"),
-        expected: expected.into(),
-    }
-}
-
-fn words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    bytes
-        .chunks_exact(N)
-        .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
-}
-
-fn read_inputs(path: &str, rope: usize) -> Result<Inputs, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| io(path, format!("not a safetensors file: {e}")))?;
-
-    let q = tensor(&st, "q")?;
-    if q.shape().len() != 3 || q.shape()[2] <= rope {
-        return Err(shape_err(
-            "q",
-            q.shape(),
-            &format!("[batch, heads, lat + {rope}]"),
-        ));
-    }
-    let qv: Vec<f32> = match q.dtype() {
-        Dtype::F32 => words::<4>(q.data()).map(f32::from_le_bytes).collect(),
-        Dtype::BF16 => words::<2>(q.data())
-            .map(|w| bf16::from_bits(u16::from_le_bytes(w)).to_f32())
-            .collect(),
-        d => return Err(dtype_err("q", d, "F32 or BF16")),
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
-    let (batch, heads, row) = (q.shape()[0], q.shape()[1], q.shape()[2]);
-    let q = HostTensor::<bf16>::from_f32(&[batch, heads, row], &qv)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-
-    let cache = tensor(&st, "cache")?;
-    if cache.dtype() != Dtype::BF16 {
-        return Err(dtype_err("cache", cache.dtype(), "BF16"));
-    }
-    if cache.shape().len() != 3 || cache.shape()[2] != row || cache.shape()[1] == 0 {
-        return Err(shape_err(
-            "cache",
-            cache.shape(),
-            &format!("[num_pages, page_size >= 1, {row}]"),
+    if !dir.is_dir() {
+        return Err(io(
+            path,
+            format!("directory {} does not exist", dir.display()),
         ));
     }
-    let page_size = cache.shape()[1];
-    let pool: Vec<bf16> = words::<2>(cache.data())
-        .map(|w| bf16::from_bits(u16::from_le_bytes(w)))
-        .collect();
-
-    let bt = tensor(&st, "block_table")?;
-    if bt.dtype() != Dtype::I32 {
-        return Err(dtype_err("block_table", bt.dtype(), "I32"));
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let probe = dir.join(format!(".{name}.tpla-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(f) => {
+            drop(f);
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(io(
+            path,
+            format!("directory {} is not writable: {e}", dir.display()),
+        )),
     }
-    if bt.shape().len() != 2 || bt.shape()[0] != batch {
-        return Err(shape_err(
-            "block_table",
-            bt.shape(),
-            &format!("[{batch}, pages_per_seq]"),
-        ));
-    }
-    let table: Vec<i32> = words::<4>(bt.data()).map(i32::from_le_bytes).collect();
-
-    let sl = tensor(&st, "seq_lens")?;
-    if sl.dtype() != Dtype::I32 {
-        return Err(dtype_err("seq_lens", sl.dtype(), "I32"));
-    }
-    if sl.shape() != [batch] {
-        return Err(shape_err("seq_lens", sl.shape(), &format!("[{batch}]")));
-    }
-    let lens: Vec<i32> = words::<4>(sl.data()).map(i32::from_le_bytes).collect();
-    if let Some(bad) = lens.iter().find(|&&l| l < 0) {
-        return Err(CliError::Usage(format!(
-            "seq_lens holds a negative length {bad}"
-        )));
-    }
-    let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
-
-    let sc = tensor(&st, "scale")?;
-    if sc.dtype() != Dtype::F32 {
-        return Err(dtype_err("scale", sc.dtype(), "F32"));
-    }
-    if sc.data().len() != 4 {
-        return Err(shape_err("scale", sc.shape(), "[] or [1]"));
-    }
-    let scale = f32::from_le_bytes(sc.data().try_into().expect("4 bytes"));
-
-    let cache = HostPagedCache::from_parts(pool, page_size, row, table, &lens)?;
-    Ok(Inputs {
-        q,
-        cache,
-        scale,
-        lat: row - rope,
-    })
 }
 
 /// Runs `tpla run`.
 pub fn run(args: RunArgs) -> Result<(), CliError> {
-    let inputs = read_inputs(&args.inputs, args.rope)?;
+    check_output_path(&args.out)?;
+    check("--splits", args.splits, 1, MAX_SPLITS)?;
+    let bytes = std::fs::read(&args.inputs).map_err(|e| io(&args.inputs, e))?;
+    let inputs = read_inputs(&bytes, args.rope).map_err(|e| match e {
+        RunError::Format(m) => io(&args.inputs, format!("not a safetensors file: {m}")),
+        e => e.into(),
+    })?;
+    drop(bytes);
     shard_width(inputs.lat, args.groups)?;
+    let mut plan = MemoryPlan::default();
+    plan.add_bytes(run_memory(&inputs, args.splits));
+    plan.check_host(&format!("--splits {} with these inputs", args.splits))?;
     let (backend, out) = (args.backend, args.out.clone());
-    let outputs = dispatch(backend, 0, RunJob { args, inputs })?;
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = outputs
+    let job = RunJob {
+        groups: args.groups,
+        splits: args.splits,
+        inputs: &inputs,
+    };
+    let outputs = dispatch(backend, 0, job)?;
+    if outputs.non_finite > 0 {
+        eprintln!(
+            "tpla run: warning: non-finite values in q or the cache: {} of {} (sequence, head) outputs are NaN",
+            outputs.non_finite,
+            inputs.batch() * inputs.heads()
+        );
+    }
+    let tensors = outputs.tensors(&inputs);
+    let data: Vec<Vec<u8>> = tensors.iter().map(|t| le_bytes(t.2)).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, shape, data)| {
+        .zip(&data)
+        .map(|((name, shape, _), bytes)| {
             Ok((
-                name.clone(),
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                name.to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
                     .map_err(|e| io(&out, e))?,
             ))
         })
@@ -200,84 +133,33 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     // Atomic: a failed write (full disk, killed process) leaves an earlier output intact.
     tpla_runtime::fsutil::write_atomic(std::path::Path::new(&out), &bytes)
         .map_err(|e| io(&out, e))?;
-    let names: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
+    let names: Vec<&str> = tensors.iter().map(|t| t.0).collect();
     println!("wrote {} ({})", out, names.join(", "));
     Ok(())
 }
 
-struct RunJob {
-    args: RunArgs,
-    inputs: Inputs,
+struct RunJob<'a> {
+    groups: usize,
+    splits: usize,
+    inputs: &'a RunInputs,
 }
-
-type Outputs = Vec<(String, Vec<usize>, Vec<u8>)>;
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-impl ExecJob for RunJob {
-    type Out = Outputs;
-    fn run<X: Executor>(self, exec: &X) -> Result<Outputs, CliError> {
-        let RunJob { args, inputs } = self;
-        let (batch, heads) = (inputs.q.shape()[0], inputs.q.shape()[1]);
-        let (lat, rope) = (inputs.lat, args.rope);
+impl ExecJob for RunJob<'_> {
+    type Out = RunOutputs;
+    fn run<X: Executor>(self, exec: &X) -> Result<RunOutputs, CliError> {
+        let i = self.inputs;
         eprintln!(
-            "tpla run: batch {batch}, heads {heads}, latent {lat} + rope {rope}, on {}",
+            "tpla run: batch {}, heads {}, latent {} + rope {}, on {}",
+            i.batch(),
+            i.heads(),
+            i.lat,
+            i.rope,
             exec.backend_name()
         );
-        let mut results = HashMap::new();
-        for g in [1, args.groups] {
-            if g == 1 && results.contains_key(&1) {
-                continue;
-            }
-            let w = shard_width(lat, g)?;
-            let p = DecodeParams::new(batch, heads, w, rope, args.splits, inputs.scale);
-            let mut outs = Vec::new();
-            let mut lses = Vec::new();
-            for i in 0..g {
-                let q = HostTensor::from_vec(
-                    &[batch, heads, w + rope],
-                    shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i),
-                )
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-                let rows = inputs.cache.data().len() / (lat + rope);
-                let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i);
-                let lens: Vec<usize> = inputs
-                    .cache
-                    .seq_lens()
-                    .iter()
-                    .map(|&l| l as usize)
-                    .collect();
-                let cache = HostPagedCache::from_parts(
-                    pool,
-                    inputs.cache.page_size(),
-                    w + rope,
-                    inputs.cache.block_table().to_vec(),
-                    &lens,
-                )?;
-                let (q, cache) = (exec.upload(&q)?, exec.upload_paged(&cache)?);
-                let mut out = exec.alloc::<f32>(&[batch, heads, w])?;
-                let mut lse = exec.alloc::<f32>(&[batch, heads])?;
-                decode_attention(exec, &p, &q, &cache, &mut out, &mut lse)?;
-                outs.push(exec.download(&out)?.into_vec());
-                lses.extend(exec.download(&lse)?.into_vec());
-            }
-            results.insert(g, (concat_shards(&outs, batch * heads, w), lses));
-        }
-        let mut out: Outputs = Vec::new();
-        let (o, l) = &results[&1];
-        out.push(("out".into(), vec![batch, heads, lat], le_bytes(o)));
-        out.push(("lse".into(), vec![batch, heads], le_bytes(l)));
-        if args.groups > 1 {
-            let (o, l) = &results[&args.groups];
-            out.push(("out_tpla".into(), vec![batch, heads, lat], le_bytes(o)));
-            out.push((
-                "lse_tpla".into(),
-                vec![args.groups, batch, heads],
-                le_bytes(l),
-            ));
-        }
-        Ok(out)
+        Ok(run_decode(exec, i, self.groups, self.splits)?)
     }
 }

@@ -46,11 +46,17 @@ pub struct TuneArgs {
 
 /// Runs `tpla tune`.
 pub fn tune(a: TuneArgs) -> Result<(), CliError> {
-    if a.batch == 0 || a.context == 0 || a.reps == 0 {
-        return Err(CliError::Usage(
-            "--batch, --context and --reps must be at least 1".into(),
-        ));
-    }
+    super::limits::check_sizes(&[
+        ("--batch", a.batch, 1, super::limits::MAX_BATCH),
+        ("--context", a.context, 1, super::limits::MAX_CONTEXT),
+        ("--reps", a.reps, 1, super::limits::MAX_REPS),
+        ("--threads", a.threads, 0, super::limits::MAX_THREADS),
+    ])?;
+    let heads = a.preset.preset().config().heads;
+    super::limits::MemoryPlan::default()
+        .add(&[2, a.batch, a.context + 64, 512 + 64], 2)
+        .add(&[67, a.batch, heads, 512], 4)
+        .check_host("--batch and --context")?;
     shard_width(512, a.g)?;
     let (backend, threads) = (a.backend, a.threads);
     dispatch(backend, threads, TuneJob(a))
