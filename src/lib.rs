@@ -7,10 +7,13 @@
 //! - [`codegen`]: the tile IR and its backends (Cranelift CPU JIT, CUDA C++ for NVRTC);
 //! - [`runtime`]: executors, the paged latent cache, the f64 reference, model reparameterisation;
 //! - [`kernels`]: the kernel library written in the `#[kernel]` DSL ([`kernel`]);
-//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for engines and the CLI.
+//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for the CLI and tests;
+//! - [`engine`]: decode, append and merge over memory a serving engine owns (its pool, block
+//!   table, lengths, slot mapping), graph-capturable.
 
 pub mod baseline;
 pub mod decoder;
+pub mod engine;
 pub mod tp;
 
 pub use tpla_codegen as codegen;
