@@ -64,12 +64,20 @@ pub struct EnginePlan<X: ViewExecutor> {
 
 type Space<X> = <X as ViewExecutor>::Space;
 
+/// Most KV splits a plan takes (a launch grid axis on a GPU holds 65535).
+const MAX_SPLITS: usize = 1024;
+
 impl<X: ViewExecutor> EnginePlan<X> {
     /// A plan for `caps` with softmax `scale`. `splits = 0` chooses the KV split count from the
     /// capacities and the device's occupancy (the longest sequence the plan allows); any other
     /// value is used as is. Allocates the split workspace (`splits · max_batch · heads · (lat +
     /// 1)` f32) once.
-    pub fn new(exec: &X, caps: Capacities, scale: f32, splits: usize) -> Result<Self, RuntimeError> {
+    pub fn new(
+        exec: &X,
+        caps: Capacities,
+        scale: f32,
+        splits: usize,
+    ) -> Result<Self, RuntimeError> {
         for (what, v) in [
             ("max_batch", caps.max_batch),
             ("page_size", caps.page_size),
@@ -82,14 +90,8 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 )));
             }
         }
-        let mut params = DecodeParams::new(
-            caps.max_batch,
-            caps.heads,
-            caps.lat,
-            caps.rope,
-            1,
-            scale,
-        );
+        let mut params =
+            DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
         params.validate()?;
         params.splits = if splits == 0 {
             let per_unit = exec.resident_programs(&latent_decode, &params.decode_config())?;
@@ -98,10 +100,19 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 .checked_mul(caps.page_size)
                 .ok_or_else(|| RuntimeError::InvalidInput("capacity overflows".into()))?;
             splits_for_occupancy(&params, max_len, exec.compute_units() * per_unit)
+        } else if splits > MAX_SPLITS {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{splits} KV splits, at most {MAX_SPLITS}"
+            )));
         } else {
             splits
         };
         let (s, b, h, l) = (params.splits, caps.max_batch, caps.heads, caps.lat);
+        [s, b, h, l + caps.rope]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize / 4)
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("capacities {caps:?} overflow")))?;
         // With one split the decode writes the caller's out/lse directly: no workspace.
         let (ws, ws_lse) = if s > 1 {
             (vec![s, b, h, l], vec![s, b, h])
@@ -111,12 +122,18 @@ impl<X: ViewExecutor> EnginePlan<X> {
         let part = exec.alloc::<f32>(&ws)?;
         let part_lse = exec.alloc::<f32>(&ws_lse)?;
         let ones_host = vec![1i32; caps.max_append];
-        let ones = exec.upload(&HostTensor::from_vec(&[caps.max_append], ones_host.clone()).map_err(
-            |e| RuntimeError::InvalidInput(e.to_string()),
-        )?)?;
+        let ones = exec.upload(
+            &HostTensor::from_vec(&[caps.max_append], ones_host.clone())
+                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+        )?;
         let append = append_rows
             .default_config(&[("ROW", (caps.lat + caps.rope) as i64)])
             .with("BLOCK_T", 1);
+        // Load every kernel now (the occupancy query builds and loads it on a GPU), so no
+        // compilation or module load happens inside a later graph capture.
+        exec.resident_programs(&latent_decode, &params.decode_config())?;
+        exec.resident_programs(&combine_splits, &params.combine_config())?;
+        exec.resident_programs(&append_rows, &append)?;
         Ok(EnginePlan {
             caps,
             params,
@@ -136,10 +153,15 @@ impl<X: ViewExecutor> EnginePlan<X> {
     pub fn splits(&self) -> usize {
         self.params.splits
     }
-    /// Replaces the decode kernel's tune values (e.g. from the tune database). Call before
-    /// capturing a graph: the kernels are chosen at launch.
-    pub fn set_decode_config(&mut self, config: Config) {
-        self.params.decode = config;
+    /// Replaces the decode kernel's tune values (e.g. from the tune database) and loads that
+    /// kernel. Call before capturing a graph: the kernel is chosen at launch. On error nothing
+    /// changes.
+    pub fn set_decode_config(&mut self, exec: &X, config: Config) -> Result<(), RuntimeError> {
+        let mut params = self.params.clone();
+        params.decode = config;
+        exec.resident_programs(&latent_decode, &params.decode_config())?;
+        self.params = params;
+        Ok(())
     }
 
     /// Writes `rows` (`[n, lat + rope]` bf16) into the pool at `slots` (`[n]` i32, distinct,
@@ -246,7 +268,13 @@ impl<X: ViewExecutor> EnginePlan<X> {
             // split axis of 1.
             let o = tensor(out.arg_mut())?.prefix(&ps)?;
             let l = tensor(lse.arg_mut())?.prefix(&pls)?;
-            let args = [q.arg(), cache, KernelArg::Tensor(o), KernelArg::Tensor(l), scale];
+            let args = [
+                q.arg(),
+                cache,
+                KernelArg::Tensor(o),
+                KernelArg::Tensor(l),
+                scale,
+            ];
             return exec.launch(&latent_decode, &p.decode_config(), &args);
         }
         {
@@ -289,7 +317,9 @@ impl<X: ViewExecutor> EnginePlan<X> {
     fn ones_view(&self, n: usize) -> Result<TensorView<'_, i32, Space<X>>, RuntimeError> {
         if <Space<X> as MemorySpace>::HOST {
             // SAFETY: host space with its own slice (owned by the plan, never written).
-            unsafe { TensorView::from_raw(self.ones_host.as_ptr() as u64, &[n], Some(&self.ones_host)) }
+            unsafe {
+                TensorView::from_raw(self.ones_host.as_ptr() as u64, &[n], Some(&self.ones_host))
+            }
         } else {
             let ptr = tensor(X::tensor_arg(&self.ones))?.ptr();
             // SAFETY: `ones` is the plan's device buffer of `max_append >= n` i32 ones, allocated
@@ -302,7 +332,9 @@ impl<X: ViewExecutor> EnginePlan<X> {
 fn tensor(a: KernelArg<'_>) -> Result<tpla_runtime::TensorArg<'_>, RuntimeError> {
     match a {
         KernelArg::Tensor(t) => Ok(t),
-        _ => Err(RuntimeError::InvalidInput("expected a tensor argument".into())),
+        _ => Err(RuntimeError::InvalidInput(
+            "expected a tensor argument".into(),
+        )),
     }
 }
 

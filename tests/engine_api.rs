@@ -91,7 +91,12 @@ impl Engine {
     }
 
     /// One append call for several sequences, each with its own count; then the lengths move.
-    fn append(&mut self, plan: &EnginePlan<CpuExecutor>, exec: &CpuExecutor, counts: &[(usize, usize)]) {
+    fn append(
+        &mut self,
+        plan: &EnginePlan<CpuExecutor>,
+        exec: &CpuExecutor,
+        counts: &[(usize, usize)],
+    ) {
         let mut slots = Vec::new();
         let mut rows = Vec::new();
         for &(b, n) in counts {
@@ -155,19 +160,32 @@ fn check(e: &Engine, out: &[f32], lse: &[f32], q: &[bf16], what: &str) {
     for b in 0..BATCH {
         let o = &out[b * HEADS * LAT..(b + 1) * HEADS * LAT];
         let l = &lse[b * HEADS..(b + 1) * HEADS];
-        assert!(o.iter().chain(l).all(|x| !x.is_nan()), "{what}: seq {b} left NaN");
+        assert!(
+            o.iter().chain(l).all(|x| !x.is_nan()),
+            "{what}: seq {b} left NaN"
+        );
         if e.lens[b] == 0 {
             assert!(o.iter().all(|&x| x == 0.0), "{what}: empty seq {b} out");
-            assert!(l.iter().all(|&x| x < EMPTY_LSE), "{what}: empty seq {b} lse {l:?}");
+            assert!(
+                l.iter().all(|&x| x < EMPTY_LSE),
+                "{what}: empty seq {b} lse {l:?}"
+            );
             continue;
         }
         let qb = f64s(&q[b * HEADS * ROW..(b + 1) * HEADS * ROW]);
         let r = latent_attention(&qb, &f64s(&e.rows[b]), HEADS, LAT, ROPE, SCALE as f64);
         let got: Vec<f64> = o.iter().map(|&x| x as f64).collect();
         let err = tpla_runtime::reference::rel_error(&got, &r.out);
-        assert!(err < 1e-4, "{what}: seq {b} (len {}) rel error {err}", e.lens[b]);
+        assert!(
+            err < 1e-4,
+            "{what}: seq {b} (len {}) rel error {err}",
+            e.lens[b]
+        );
         for (h, (&g, &w)) in l.iter().zip(&r.lse).enumerate() {
-            assert!((g as f64 - w).abs() < 1e-3, "{what}: seq {b} head {h} lse {g} vs {w}");
+            assert!(
+                (g as f64 - w).abs() < 1e-3,
+                "{what}: seq {b} head {h} lse {g} vs {w}"
+            );
         }
     }
 }
@@ -258,13 +276,21 @@ fn merge_of_two_halves_is_the_whole() {
     let mut lv = TensorViewMut::new(&mut lse, &[1, HEADS]).unwrap();
     merge(&exec, &pv, &plv, (&mut ov, &mut lv)).unwrap();
     let w = &whole[..HEADS * LAT];
-    let diff = w.iter().zip(&out).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = w
+        .iter()
+        .zip(&out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff < 1e-5, "merged halves differ from the whole by {diff}");
     for (a, b) in whole_lse[..HEADS].iter().zip(&lse) {
         assert!((a - b).abs() < 1e-4, "lse {a} vs {b}");
     }
     // The halves themselves differ from the whole: the merge did real work.
-    let half_diff = w.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let half_diff = w
+        .iter()
+        .zip(&parts)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(half_diff > 1e-3, "{half_diff}");
 }
 
@@ -283,7 +309,10 @@ fn bad_engine_input_is_refused_without_writing() {
         let sv = TensorView::new(slots, &[2]).unwrap();
         let rv = TensorView::new(&rows, &[2, ROW]).unwrap();
         let err = plan.append(&exec, &mut pool, &sv, &rv).unwrap_err();
-        assert!(matches!(err, RuntimeError::InvalidInput(_)), "{slots:?}: {err}");
+        assert!(
+            matches!(err, RuntimeError::InvalidInput(_)),
+            "{slots:?}: {err}"
+        );
     }
     // Too many rows for the plan, and rows of the wrong width.
     let big = e.random_rows(49);
@@ -295,14 +324,16 @@ fn bad_engine_input_is_refused_without_writing() {
     let sv = TensorView::new(&slots[..2], &[2]).unwrap();
     let rv = TensorView::new(&big, &[2, ROW - 1]).unwrap();
     assert!(plan.append(&exec, &mut pool, &sv, &rv).is_err());
-    drop(pool);
     assert!(e.pool == before, "a refused append wrote the pool");
 
     // A block table entry the lengths reach that lies outside the pool; a length past the table.
     let q = e.random_rows(HEADS);
     let mut out = vec![f32::NAN; HEADS * LAT];
     let mut lse = vec![f32::NAN; HEADS];
-    for (table, len) in [([PAGES as i32; PPS], 3), ([0; PPS], (PPS * PAGE + 1) as i32)] {
+    for (table, len) in [
+        ([PAGES as i32; PPS], 3),
+        ([0; PPS], (PPS * PAGE + 1) as i32),
+    ] {
         let pool = KvPool::new(&mut e.pool, PAGE, ROW).unwrap();
         let bt = TensorView::new(&table, &[1, PPS]).unwrap();
         let lens = [len];
@@ -310,10 +341,61 @@ fn bad_engine_input_is_refused_without_writing() {
         let qv = TensorView::new(&q, &[1, HEADS, ROW]).unwrap();
         let mut ov = TensorViewMut::new(&mut out, &[1, HEADS, LAT]).unwrap();
         let mut sv = TensorViewMut::new(&mut lse, &[1, HEADS]).unwrap();
-        assert!(plan.decode(&exec, &pool, &bt, &lv, &qv, (&mut ov, &mut sv)).is_err());
+        assert!(plan
+            .decode(&exec, &pool, &bt, &lv, &qv, (&mut ov, &mut sv))
+            .is_err());
     }
-    assert!(out.iter().all(|x| x.is_nan()), "a refused decode wrote its output");
+    assert!(
+        out.iter().all(|x| x.is_nan()),
+        "a refused decode wrote its output"
+    );
     // Views that do not fit their buffers.
     assert!(TensorView::<f32, Host>::new(&out, &[HEADS, LAT + 1]).is_err());
     assert!(KvPool::new(&mut e.pool[1..], PAGE, ROW).is_err());
+}
+
+/// A device-space argument never reaches the CPU executor (nor a host one a GPU): the launch is
+/// refused before anything runs.
+#[test]
+fn arguments_of_the_other_memory_space_are_refused() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::exec::{check_space, ArgSpace};
+    use tpla_runtime::view::Device;
+    use tpla_runtime::Executor;
+    let exec = CpuExecutor::new(0).unwrap();
+    // SAFETY: the address is never dereferenced: the space check refuses it first (this test is
+    // about that check).
+    let dev = unsafe { TensorView::<f32, Device>::from_device(0x1000, &[1, 1, 1, LAT]) }.unwrap();
+    let dev_lse = unsafe { TensorView::<f32, Device>::from_device(0x2000, &[1, 1, 1]) }.unwrap();
+    assert!(check_space(&[dev.arg()], ArgSpace::Host).is_err());
+    assert!(check_space(&[dev.arg()], ArgSpace::Device).is_ok());
+    let mut out = vec![f32::NAN; LAT];
+    let mut lse = vec![f32::NAN; 1];
+    let mut ov = TensorViewMut::new(&mut out, &[1, 1, LAT]).unwrap();
+    let mut lv = TensorViewMut::new(&mut lse, &[1, 1]).unwrap();
+    let k = tpla_kernels::combine_splits;
+    let cfg = k.default_config(&[("LAT", LAT as i64)]);
+    let args = [dev.arg(), dev_lse.arg(), ov.arg_mut(), lv.arg_mut()];
+    let err = exec.launch(&k, &cfg, &args).unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidInput(_)), "{err}");
+    assert!(out.iter().all(|x| x.is_nan()));
+}
+
+#[test]
+fn bad_capacities_are_refused() {
+    let exec = CpuExecutor::new(0).unwrap();
+    for (f, splits) in [
+        (Box::new(|c: &mut Capacities| c.max_batch = 0) as Box<dyn Fn(&mut Capacities)>, 2),
+        (Box::new(|c: &mut Capacities| c.heads = 0), 2),
+        (Box::new(|c: &mut Capacities| c.page_size = 0), 2),
+        (Box::new(|c: &mut Capacities| c.max_append = 0), 2),
+        (Box::new(|c: &mut Capacities| c.max_batch = usize::MAX / 2), 2),
+        (Box::new(|_: &mut Capacities| {}), 1 << 20),
+    ] {
+        let mut c = caps();
+        f(&mut c);
+        let e = EnginePlan::new(&exec, c.clone(), SCALE, splits).err();
+        assert!(matches!(e, Some(RuntimeError::InvalidInput(_))), "{c:?}: {e:?}");
+    }
+    assert!(EnginePlan::new(&exec, caps(), f32::NAN, 2).is_err());
 }

@@ -85,12 +85,13 @@ fn latent_decoder_appends_per_sequence_and_resets() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(4);
     let mut dec = LatentDecoder::new(&exec, shape(3, 2)).unwrap();
     let mut rows: Vec<Vec<bf16>> = vec![Vec::new(); 3];
-    let mut add = |dec: &mut LatentDecoder<CpuExecutor>, rows: &mut Vec<Vec<bf16>>, b: usize, n: usize| {
-        let r = random(&mut rng, n * D);
-        dec.append_seq(&exec, b, &HostTensor::from_vec(&[n, D], r.clone()).unwrap())
-            .unwrap();
-        rows[b].extend(r);
-    };
+    let mut add =
+        |dec: &mut LatentDecoder<CpuExecutor>, rows: &mut Vec<Vec<bf16>>, b: usize, n: usize| {
+            let r = random(&mut rng, n * D);
+            dec.append_seq(&exec, b, &HostTensor::from_vec(&[n, D], r.clone()).unwrap())
+                .unwrap();
+            rows[b].extend(r);
+        };
     add(&mut dec, &mut rows, 0, 20);
     add(&mut dec, &mut rows, 2, 33);
     add(&mut dec, &mut rows, 0, 1);

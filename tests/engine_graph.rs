@@ -77,8 +77,7 @@ fn run(splits: usize) {
             TensorView::<i32, _>::from_device(ptr(&table, &stream), &[BATCH, PPS]).unwrap(),
             TensorView::<i32, _>::from_device(ptr(&lens, &stream), &[BATCH]).unwrap(),
             TensorView::<bf16, _>::from_device(ptr(&q, &stream), &[BATCH, HEADS, ROW]).unwrap(),
-            TensorViewMut::<f32, _>::from_device(ptr(&out, &stream), &[BATCH, HEADS, LAT])
-                .unwrap(),
+            TensorViewMut::<f32, _>::from_device(ptr(&out, &stream), &[BATCH, HEADS, LAT]).unwrap(),
             TensorViewMut::<f32, _>::from_device(ptr(&lse, &stream), &[BATCH, HEADS]).unwrap(),
         )
     };
@@ -103,7 +102,12 @@ fn run(splits: usize) {
             .collect();
         (t, l, qh)
     };
-    let write = |t: &[i32], l: &[i32], qh: &[bf16], table: &mut CudaSlice<i32>, lens: &mut CudaSlice<i32>, q: &mut CudaSlice<u16>| {
+    let write = |t: &[i32],
+                 l: &[i32],
+                 qh: &[bf16],
+                 table: &mut CudaSlice<i32>,
+                 lens: &mut CudaSlice<i32>,
+                 q: &mut CudaSlice<u16>| {
         stream.memcpy_htod(t, table).unwrap();
         stream.memcpy_htod(l, lens).unwrap();
         stream.memcpy_htod(&bits(qh), q).unwrap();
@@ -112,14 +116,28 @@ fn run(splits: usize) {
     // Warm-up outside the capture: kernels are compiled and loaded on first use.
     let (t, l, qh) = step(0);
     write(&t, &l, &qh, &mut table, &mut lens, &mut q);
-    plan.decode(&exec, &pool_v, &table_v, &lens_v, &q_v, (&mut out_v, &mut lse_v))
-        .unwrap();
+    plan.decode(
+        &exec,
+        &pool_v,
+        &table_v,
+        &lens_v,
+        &q_v,
+        (&mut out_v, &mut lse_v),
+    )
+    .unwrap();
     stream.synchronize().unwrap();
 
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
         .unwrap();
-    let captured = plan.decode(&exec, &pool_v, &table_v, &lens_v, &q_v, (&mut out_v, &mut lse_v));
+    let captured = plan.decode(
+        &exec,
+        &pool_v,
+        &table_v,
+        &lens_v,
+        &q_v,
+        (&mut out_v, &mut lse_v),
+    );
     let graph = stream
         .end_capture(sys::CUgraphInstantiate_flags(0))
         .unwrap()
@@ -130,15 +148,22 @@ fn run(splits: usize) {
         let (t, l, qh) = step(round);
         write(&t, &l, &qh, &mut table, &mut lens, &mut q);
         // Poison the graph's output buffers (same stream, before the replay).
-        stream.memcpy_htod(&vec![f32::NAN; BATCH * HEADS * LAT], &mut out).unwrap();
-        stream.memcpy_htod(&vec![f32::NAN; BATCH * HEADS], &mut lse).unwrap();
+        stream
+            .memcpy_htod(&vec![f32::NAN; BATCH * HEADS * LAT], &mut out)
+            .unwrap();
+        stream
+            .memcpy_htod(&vec![f32::NAN; BATCH * HEADS], &mut lse)
+            .unwrap();
         graph.launch().unwrap();
         let o = stream.clone_dtoh(&out).unwrap();
         let s = stream.clone_dtoh(&lse).unwrap();
         for b in 0..BATCH {
             let ob = &o[b * HEADS * LAT..(b + 1) * HEADS * LAT];
             let sb = &s[b * HEADS..(b + 1) * HEADS];
-            assert!(ob.iter().chain(sb).all(|x| !x.is_nan()), "round {round} seq {b}: NaN left");
+            assert!(
+                ob.iter().chain(sb).all(|x| !x.is_nan()),
+                "round {round} seq {b}: NaN left"
+            );
             let len = l[b] as usize;
             if len == 0 {
                 assert!(ob.iter().all(|&x| x == 0.0) && sb.iter().all(|&x| x < -1e29));
@@ -158,9 +183,12 @@ fn run(splits: usize) {
             let got: Vec<f64> = ob.iter().map(|&x| x as f64).collect();
             let e = rel_error(&got, &r.out);
             // bf16 tensor cores take P in bf16 (FlashMLA's contract).
-            assert!(e < 2e-2, "round {round} seq {b} len {len}: rel error {e}");
+            assert!(e < 5e-3, "round {round} seq {b} len {len}: rel error {e}");
             for (g, w) in sb.iter().zip(&r.lse) {
-                assert!((*g as f64 - w).abs() < 2e-2, "round {round} seq {b}: lse {g} vs {w}");
+                assert!(
+                    (*g as f64 - w).abs() < 5e-3,
+                    "round {round} seq {b}: lse {g} vs {w}"
+                );
             }
         }
     }

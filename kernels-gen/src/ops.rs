@@ -176,8 +176,9 @@ fn decode_unsplit<X: Executor>(
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
     let (b, h, lat) = (p.batch, p.heads, p.lat);
-    let shape_of =
-        |a: tpla_runtime::KernelArg<'_>| a.tensor_shape().map(<[usize]>::to_vec).unwrap_or_default();
+    let shape_of = |a: tpla_runtime::KernelArg<'_>| {
+        a.tensor_shape().map(<[usize]>::to_vec).unwrap_or_default()
+    };
     // Exact shapes first: the reshape below must not accept a permuted layout.
     for (what, got, want) in [
         ("out", shape_of(X::tensor_arg(out)), vec![b, h, lat]),

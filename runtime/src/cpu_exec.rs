@@ -10,7 +10,7 @@ use tpla_codegen::ir::{Kernel, ParamKind};
 use tpla_codegen::launch::check_launch;
 use tpla_codegen::{Config, KernelDef};
 
-use crate::exec::{Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
+use crate::exec::{check_space, ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
 use crate::paged::HostPagedCache;
 use crate::tensor::{Element, HostTensor};
 use crate::RuntimeError;
@@ -132,13 +132,19 @@ impl Executor for CpuExecutor {
         // SAFETY: the borrowed tensor's host buffer holds exactly `shape` elements of `T` and
         // cannot be written while the shared borrow lives.
         KernelArg::Tensor(unsafe {
-            TensorArg::new(t.data().as_ptr() as u64, T::DTYPE, t.shape(), false)
+            TensorArg::new(
+                t.data().as_ptr() as u64,
+                T::DTYPE,
+                t.shape(),
+                false,
+                ArgSpace::Host,
+            )
         })
     }
     fn tensor_arg_mut<T: Element>(t: &mut HostTensor<T>) -> KernelArg<'_> {
         let ptr = t.data_mut().as_mut_ptr() as u64;
         // SAFETY: as above; the exclusive borrow makes this the only access while it lives.
-        KernelArg::Tensor(unsafe { TensorArg::new(ptr, T::DTYPE, t.shape(), true) })
+        KernelArg::Tensor(unsafe { TensorArg::new(ptr, T::DTYPE, t.shape(), true, ArgSpace::Host) })
     }
     fn paged_arg<T: Element>(c: &HostPagedCache<T>) -> KernelArg<'_> {
         paged(c, c.data().as_ptr() as u64, false)
@@ -154,6 +160,7 @@ impl Executor for CpuExecutor {
         config: &Config,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
+        check_space(args, ArgSpace::Host)?;
         let compiled = self.compile(kernel, config)?;
         let descs: Vec<_> = args.iter().map(|a| a.desc()).collect();
         let plan = check_launch(&compiled.ir, &descs)?;
@@ -262,6 +269,7 @@ fn paged<T: Element>(c: &HostPagedCache<T>, data: u64, writable: bool) -> Kernel
             geometry,
             Some((c.block_table(), c.seq_lens())),
             writable,
+            ArgSpace::Host,
         )
     })
 }

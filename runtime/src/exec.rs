@@ -24,10 +24,11 @@ use crate::RuntimeError;
 /// Safe code cannot forge an address:
 ///
 /// ```compile_fail,E0133
-/// use tpla_runtime::{KernelArg, TensorArg};
+/// use tpla_runtime::exec::{ArgSpace, KernelArg, TensorArg};
 /// use tpla_codegen::ir::DType;
 /// // error[E0133]: call to unsafe function `TensorArg::new` is unsafe
-/// let forged = KernelArg::Tensor(TensorArg::new(0xdead_beef, DType::F32, &[1 << 20], true));
+/// let forged = TensorArg::new(0xdead_beef, DType::F32, &[1 << 20], true, ArgSpace::Host);
+/// let _ = KernelArg::Tensor(forged);
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub enum KernelArg<'a> {
@@ -49,7 +50,36 @@ pub struct TensorArg<'a> {
     dtype: DType,
     shape: &'a [usize],
     writable: bool,
+    space: ArgSpace,
     _borrow: PhantomData<&'a ()>,
+}
+
+/// Which memory an argument's addresses point into. Every executor refuses arguments of the
+/// other space ([`check_space`]), so a host buffer never reaches a GPU kernel nor a device
+/// address the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgSpace {
+    /// Host memory (the CPU executor).
+    Host,
+    /// Device memory of a CUDA context (the CUDA executor).
+    Device,
+}
+
+/// Checks that every tensor and paged argument lives in `space`; a typed error otherwise.
+pub fn check_space(args: &[KernelArg<'_>], space: ArgSpace) -> Result<(), RuntimeError> {
+    for (i, a) in args.iter().enumerate() {
+        let got = match a {
+            KernelArg::Tensor(t) => t.space,
+            KernelArg::Paged(p) => p.space,
+            _ => continue,
+        };
+        if got != space {
+            return Err(RuntimeError::InvalidInput(format!(
+                "argument {i} is in {got:?} memory, but this executor runs on {space:?} memory"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl<'a> TensorArg<'a> {
@@ -64,13 +94,21 @@ impl<'a> TensorArg<'a> {
     /// - if `writable`, nothing else reads or writes those elements while the launch runs (no
     ///   other argument of the same launch overlaps them), and writing any bit pattern of
     ///   `dtype` there is acceptable to the owner;
-    /// - if not `writable`, nothing writes them while the launch runs.
-    pub unsafe fn new(ptr: u64, dtype: DType, shape: &'a [usize], writable: bool) -> Self {
+    /// - if not `writable`, nothing writes them while the launch runs;
+    /// - `space` names the memory `ptr` points into.
+    pub unsafe fn new(
+        ptr: u64,
+        dtype: DType,
+        shape: &'a [usize],
+        writable: bool,
+        space: ArgSpace,
+    ) -> Self {
         TensorArg {
             ptr,
             dtype,
             shape,
             writable,
+            space,
             _borrow: PhantomData,
         }
     }
@@ -90,6 +128,10 @@ impl<'a> TensorArg<'a> {
     pub fn writable(&self) -> bool {
         self.writable
     }
+    /// The memory it points into.
+    pub fn space(&self) -> ArgSpace {
+        self.space
+    }
     /// The same memory seen with another shape of at most as many elements (a row-major prefix):
     /// safe, since the prefix lies inside what the argument already vouches for.
     pub fn prefix<'b>(&self, shape: &'b [usize]) -> Result<TensorArg<'b>, RuntimeError>
@@ -106,10 +148,7 @@ impl<'a> TensorArg<'a> {
                 "a view of shape {shape:?} ({want} elements) does not fit a buffer of {have}"
             )));
         }
-        Ok(TensorArg {
-            shape,
-            ..*self
-        })
+        Ok(TensorArg { shape, ..*self })
     }
 }
 
@@ -128,6 +167,7 @@ pub struct PagedArg<'a> {
     pages_per_seq: usize,
     host_tables: Option<(&'a [i32], &'a [i32])>,
     writable: bool,
+    space: ArgSpace,
 }
 
 /// The geometry of a paged cache: `data [num_pages, page_size, row]`, block table
@@ -163,7 +203,8 @@ impl<'a> PagedArg<'a> {
     /// - if `writable`, no other argument of a launch or other work touches the pool rows the
     ///   kernel writes while it runs, and no two writes of a launch reach the same row; if not,
     ///   nothing writes the pool while a launch reads it. Nothing writes the tables while a
-    ///   launch runs.
+    ///   launch runs;
+    /// - `space` names the memory the three addresses point into.
     pub unsafe fn new(
         data: u64,
         block_table: u64,
@@ -171,6 +212,7 @@ impl<'a> PagedArg<'a> {
         geometry: PagedGeometry,
         host_tables: Option<(&'a [i32], &'a [i32])>,
         writable: bool,
+        space: ArgSpace,
     ) -> Self {
         PagedArg {
             data,
@@ -184,6 +226,7 @@ impl<'a> PagedArg<'a> {
             pages_per_seq: geometry.pages_per_seq,
             host_tables,
             writable,
+            space,
         }
     }
     /// Address of the page pool.
@@ -216,6 +259,10 @@ impl<'a> PagedArg<'a> {
     /// Passed for writing.
     pub fn writable(&self) -> bool {
         self.writable
+    }
+    /// The memory it points into.
+    pub fn space(&self) -> ArgSpace {
+        self.space
     }
     /// Sequence `b` alone, as a cache of batch 1 (its block-table row and length): safe, since
     /// it is part of what the argument already vouches for. Needs the host tables (to offset

@@ -15,11 +15,11 @@ pub mod view;
 
 pub use collective::{AllReduce, HostAllReduce};
 pub use cpu_exec::CpuExecutor;
-pub use error::RuntimeError;
-pub use exec::{Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
-pub use half;
 /// The CUDA driver bindings the CUDA executor is built on (streams, graphs, device buffers), so
 /// engines and tests use the very version tpla does.
 pub use cudarc;
+pub use error::RuntimeError;
+pub use exec::{ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
+pub use half;
 pub use paged::HostPagedCache;
 pub use tensor::{Element, HostTensor};

@@ -9,7 +9,7 @@
 
 use std::marker::PhantomData;
 
-use crate::exec::{Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
+use crate::exec::{ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
 use crate::tensor::Element;
 use crate::RuntimeError;
 
@@ -23,6 +23,8 @@ mod sealed {
 pub trait MemorySpace: sealed::Sealed + 'static {
     /// True for host memory: views carry their slices, so tables can be checked on the host.
     const HOST: bool;
+    /// The space launch arguments are tagged with.
+    const SPACE: ArgSpace;
 }
 
 /// Host memory (the CPU executor).
@@ -34,9 +36,11 @@ pub struct Device;
 
 impl MemorySpace for Host {
     const HOST: bool = true;
+    const SPACE: ArgSpace = ArgSpace::Host;
 }
 impl MemorySpace for Device {
     const HOST: bool = false;
+    const SPACE: ArgSpace = ArgSpace::Device;
 }
 
 /// An executor that runs kernels over views of memory in [`ViewExecutor::Space`].
@@ -181,7 +185,9 @@ impl<'a, T: Element, M: MemorySpace> TensorView<'a, T, M> {
     pub fn arg(&self) -> KernelArg<'_> {
         // SAFETY: a host view borrows `shape.product()` elements for 'a (shared: nobody writes
         // them); a device view was made under `from_device`'s contract, which is this one.
-        KernelArg::Tensor(unsafe { TensorArg::new(self.ptr, T::DTYPE, self.shape(), false) })
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(self.ptr, T::DTYPE, self.shape(), false, M::SPACE)
+        })
     }
 }
 
@@ -233,7 +239,9 @@ impl<T: Element, M: MemorySpace> TensorViewMut<'_, T, M> {
         // SAFETY: a host view holds the exclusive borrow of its elements for 'a, and `&mut self`
         // makes this argument its only use; a device view was made under `from_device`'s
         // contract, which is this one.
-        KernelArg::Tensor(unsafe { TensorArg::new(self.ptr, T::DTYPE, self.shape(), true) })
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(self.ptr, T::DTYPE, self.shape(), true, M::SPACE)
+        })
     }
 }
 
@@ -375,6 +383,7 @@ impl<T: Element, M: MemorySpace> KvPool<'_, T, M> {
                 geometry,
                 host,
                 false,
+                M::SPACE,
             )
         }))
     }
@@ -428,7 +437,15 @@ impl<T: Element, M: MemorySpace> KvPool<'_, T, M> {
         // distinct, so no two programs write the same row) and every length is 1; device views
         // promise the same through their `from_device` contract.
         Ok(KernelArg::Paged(unsafe {
-            PagedArg::new(self.ptr, slots.ptr(), ones.ptr(), geometry, host, true)
+            PagedArg::new(
+                self.ptr,
+                slots.ptr(),
+                ones.ptr(),
+                geometry,
+                host,
+                true,
+                M::SPACE,
+            )
         }))
     }
 }

@@ -28,7 +28,7 @@ use tpla_codegen::{Config, KernelDef};
 use super::cache::KernelCache;
 use super::nvrtc::Image;
 use super::{compile_kernel, CompiledKernel, Target};
-use crate::exec::{Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
+use crate::exec::{check_space, ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
 use crate::paged::HostPagedCache;
 use crate::tensor::{Element, HostTensor};
 use crate::RuntimeError;
@@ -500,6 +500,7 @@ impl CudaExecutor {
         k: &LoadedKernel,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
+        check_space(args, ArgSpace::Device)?;
         let descs: Vec<_> = args.iter().map(|a| a.desc()).collect();
         let plan = check_launch(&k.ir, &descs)?;
         if plan.programs() == 0 {
@@ -745,6 +746,7 @@ fn paged_arg<T: Element>(c: &CudaPagedCache<T>, writable: bool) -> KernelArg<'_>
             geometry,
             Some((&c.host_block_table, &c.host_seq_lens)),
             writable,
+            ArgSpace::Device,
         )
     })
 }
@@ -785,11 +787,15 @@ impl Executor for CudaExecutor {
     fn tensor_arg<T: Element>(t: &CudaTensor<T>) -> KernelArg<'_> {
         // SAFETY: `t.ptr` is `t`'s own device buffer of `len · size_of::<T>()` bytes (at least),
         // kept alive and unwritten by the shared borrow.
-        KernelArg::Tensor(unsafe { TensorArg::new(t.ptr, T::DTYPE, &t.shape, false) })
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(t.ptr, T::DTYPE, &t.shape, false, ArgSpace::Device)
+        })
     }
     fn tensor_arg_mut<T: Element>(t: &mut CudaTensor<T>) -> KernelArg<'_> {
         // SAFETY: as above; the exclusive borrow makes this the only access while it lives.
-        KernelArg::Tensor(unsafe { TensorArg::new(t.ptr, T::DTYPE, &t.shape, true) })
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(t.ptr, T::DTYPE, &t.shape, true, ArgSpace::Device)
+        })
     }
     fn paged_arg<T: Element>(c: &CudaPagedCache<T>) -> KernelArg<'_> {
         paged_arg(c, false)
