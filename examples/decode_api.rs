@@ -1,58 +1,80 @@
-//! The library API an engine calls: per-shard paged caches, append then attend, on any executor.
+//! The smallest engine-style program: the engine owns the KV page pool, the block table, the
+//! lengths and the slot mapping; tpla appends through the slots and decodes over views of that
+//! memory, returning the output and its log-sum-exp. (On a GPU the same calls take device-pointer
+//! views made with the `unsafe` `from_device` constructors and run on the engine's stream via
+//! `CudaExecutor::with_stream`.)
 //!
 //! Run: `cargo run --release --example decode_api`.
 
 use rand::{Rng, SeedableRng};
-use tpla::decoder::{concat_shards, DecoderShape, LatentDecoder};
+use tpla::engine::{Capacities, EnginePlan};
 use tpla_runtime::half::bf16;
-use tpla_runtime::{CpuExecutor, Executor, HostTensor};
+use tpla_runtime::view::{slot_of, KvPool, TensorView, TensorViewMut};
+use tpla_runtime::CpuExecutor;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exec = CpuExecutor::new(0)?;
-    let (batch, heads, lat, rope) = (2, 16, 512, 64);
-    let shape = |groups| DecoderShape {
-        batch,
-        heads,
-        lat,
-        rope,
-        groups,
+    let caps = Capacities {
+        max_batch: 2,
+        heads: 16,
+        lat: 512,
+        rope: 64,
         page_size: 64,
-        max_tokens: 1024,
-        splits: 2,
-        scale: 0.1352,
+        max_pages_per_seq: 16,
+        max_append: 1024,
     };
-    let mut mla = LatentDecoder::new(&exec, shape(1))?;
-    let mut tpla = LatentDecoder::new(&exec, shape(2))?;
-
+    let row = caps.lat + caps.rope;
+    let mut plan = EnginePlan::new(&exec, caps.clone(), 0.1352, 0)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    // Prefill writes 500 cache rows [ĉ | k_pe] per sequence; each shard keeps its latent slice.
-    let rows: Vec<bf16> = (0..batch * 500 * (lat + rope))
-        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
-        .collect();
-    let rows = HostTensor::from_vec(&[batch, 500, lat + rope], rows)?;
-    mla.append(&exec, &rows)?;
-    tpla.append(&exec, &rows)?;
+    let mut random = |n: usize| -> Vec<bf16> {
+        (0..n)
+            .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+            .collect()
+    };
 
-    // One decode step: attend with an absorbed query.
-    let q: Vec<f32> = (0..batch * heads * (lat + rope))
-        .map(|_| rng.gen_range(-1.0..1.0))
-        .collect();
-    let q = HostTensor::<bf16>::from_f32(&[batch, heads, lat + rope], &q)?;
-    let exact = mla.attend(&exec, &q)?;
-    let shards = tpla.attend(&exec, &q)?;
-    let exact = exec.download(&exact[0].0)?.into_vec();
-    let parts: Vec<Vec<f32>> = shards
-        .iter()
-        .map(|(o, _)| exec.download(o).map(|t| t.into_vec()))
-        .collect::<Result<_, _>>()?;
-    let approx = concat_shards(&parts, batch * heads, lat / 2);
-    let e = tpla_runtime::reference::rel_error(
-        &approx.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-        &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-    );
+    // The engine's memory: 32 pages, sequence 0 on pages 7, 3, 9; sequence 1 on pages 12, 0.
+    let mut pool = vec![bf16::ZERO; 32 * caps.page_size * row];
+    let mut table = vec![0i32; 2 * caps.max_pages_per_seq];
+    table[..3].copy_from_slice(&[7, 3, 9]);
+    table[16..18].copy_from_slice(&[12, 0]);
+    let mut lens = [0i32; 2];
+
+    // Prefill: 150 and 90 tokens; the engine maps each token to its slot.
+    for (b, n) in [(0usize, 150usize), (1, 90)] {
+        let pages = &table[b * 16..(b + 1) * 16];
+        let slots = (0..n)
+            .map(|t| slot_of(pages, caps.page_size, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = random(n * row);
+        plan.append(
+            &exec,
+            &mut KvPool::new(&mut pool, caps.page_size, row)?,
+            &TensorView::new(&slots, &[n])?,
+            &TensorView::new(&rows, &[n, row])?,
+        )?;
+        lens[b] += n as i32;
+    }
+
+    // One decode step with an absorbed query per sequence.
+    let q = random(2 * caps.heads * row);
+    let mut out = vec![f32::NAN; 2 * caps.heads * caps.lat];
+    let mut lse = vec![f32::NAN; 2 * caps.heads];
+    plan.decode(
+        &exec,
+        &KvPool::new(&mut pool, caps.page_size, row)?,
+        &TensorView::new(&table, &[2, 16])?,
+        &TensorView::new(&lens, &[2])?,
+        &TensorView::new(&q, &[2, caps.heads, row])?,
+        (
+            &mut TensorViewMut::new(&mut out, &[2, caps.heads, caps.lat])?,
+            &mut TensorViewMut::new(&mut lse, &[2, caps.heads])?,
+        ),
+    )?;
     println!(
-        "lengths {:?}; TPLA (g=2) vs MLA attention output on random data: rel diff {e:.3e}",
-        tpla.lens()
+        "lengths {lens:?}, {} splits; lse of sequence 0, head 0: {:.4}; out[0..4] = {:?}",
+        plan.splits(),
+        lse[0],
+        &out[..4]
     );
     Ok(())
 }

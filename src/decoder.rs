@@ -11,7 +11,7 @@ use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{decode_attention, shard_width, splits_for_occupancy, DecodeParams};
 use tpla_runtime::half::bf16;
-use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
+use tpla_runtime::{Executor, HostPagedCache, HostTensor, KernelArg, RuntimeError};
 
 /// Static shape of a decoder.
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +164,91 @@ impl<X: Executor> LatentDecoder<X> {
             append_rows::launch(exec, &self.append, &part, cache)?;
         }
         self.lens = new_lens;
+        Ok(())
+    }
+
+    /// Appends `rows` (`[n, lat + rope]`, full width) to sequence `b` alone: continuous
+    /// batching, where each sequence grows by its own count. Errors (bad sequence, shape, too
+    /// long) change nothing.
+    pub fn append_seq(
+        &mut self,
+        exec: &X,
+        b: usize,
+        rows: &HostTensor<bf16>,
+    ) -> Result<(), RuntimeError> {
+        let s = &self.shape;
+        let full = s.lat + s.rope;
+        if b >= s.batch {
+            return Err(RuntimeError::InvalidInput(format!(
+                "sequence {b} of a batch of {}",
+                s.batch
+            )));
+        }
+        let n = match rows.shape() {
+            [n, d] if *n > 0 && *d == full => *n,
+            sh => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "rows must be [n >= 1, {full}], got {sh:?}"
+                )))
+            }
+        };
+        let len = self.lens[b] + n;
+        if len > s.max_tokens {
+            return Err(RuntimeError::LengthPastCache {
+                len,
+                capacity: s.max_tokens,
+            });
+        }
+        let mut lens = self.lens.clone();
+        lens[b] = len;
+        let row = self.width + s.rope;
+        for (j, cache) in self.shards.iter_mut().enumerate() {
+            let i = self.first + j;
+            let mut part = Vec::with_capacity(n * row);
+            for r in rows.data().chunks(full) {
+                part.extend_from_slice(&r[i * self.width..(i + 1) * self.width]);
+                part.extend_from_slice(&r[s.lat..]);
+            }
+            let part = exec.upload(
+                &HostTensor::from_vec(&[1, n, row], part)
+                    .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+            )?;
+            exec.set_seq_lens(cache, &lens)?;
+            let seq = match X::paged_arg_mut(cache) {
+                KernelArg::Paged(p) => p.sequence(b),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!(
+                    "{}: its paged cache has no host tables",
+                    exec.backend_name()
+                ))
+            })?;
+            exec.launch(
+                &append_rows,
+                &self.append,
+                &[X::tensor_arg(&part), KernelArg::Paged(seq)],
+            )?;
+        }
+        self.lens = lens;
+        Ok(())
+    }
+
+    /// Empties sequence `b` (freed, or reset for a new request): its length becomes 0 and the
+    /// next [`Self::append_seq`] writes from its first page again.
+    pub fn reset_seq(&mut self, exec: &X, b: usize) -> Result<(), RuntimeError> {
+        if b >= self.shape.batch {
+            return Err(RuntimeError::InvalidInput(format!(
+                "sequence {b} of a batch of {}",
+                self.shape.batch
+            )));
+        }
+        let mut lens = self.lens.clone();
+        lens[b] = 0;
+        for cache in self.shards.iter_mut() {
+            exec.set_seq_lens(cache, &lens)?;
+        }
+        self.lens = lens;
         Ok(())
     }
 

@@ -8,11 +8,14 @@
 //! - [`runtime`]: executors, the paged latent cache, the f64 reference;
 //! - [`model`]: checkpoints, Hadamard/PCA reparameterisation, sharding, the accuracy harness;
 //! - [`kernels`]: the kernel library written in the `#[kernel]` DSL ([`kernel`]);
-//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for engines and the CLI;
+//! - [`decoder`]: MLA / TPLA decode attention over per-shard caches, for the CLI and tests;
+//! - [`engine`]: decode, append and merge over memory a serving engine owns (its pool, block
+//!   table, lengths, slot mapping), graph-capturable;
 //! - [`run`]: decode attention on named tensors (what `tpla run` does), edge cases defined.
 
 pub mod baseline;
 pub mod decoder;
+pub mod engine;
 pub mod run;
 pub mod tp;
 

@@ -17,7 +17,7 @@ use tpla_kernels::head_proj;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
 
-use crate::decoder::{DecoderShape, LatentDecoder};
+use crate::decoder::{DecoderShape, LatentDecoder, ShardOutput};
 
 /// The `[heads, rows, dv]` block of `w` (`[heads, lat, dv]`) holding latent rows `rows` of every
 /// head: rank `r`'s share of `W_UV` under TPLA.
@@ -111,6 +111,24 @@ impl<X: Executor> TpShard<X> {
             .expect("one shard per rank"))
     }
 
+    /// This rank's decode attention alone: its latent output `[batch, heads, w]` and log-sum-exp
+    /// `[batch, heads]` (natural log), e.g. to merge with prefix or cascade attention
+    /// ([`tpla_kernels::ops::merge_states`]) before [`TpShard::project`].
+    pub fn attend(&self, exec: &X, q: &X::Tensor<bf16>) -> Result<ShardOutput<X>, RuntimeError> {
+        let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
+        outs.pop()
+            .ok_or_else(|| RuntimeError::InvalidInput("a rank holds one shard".into()))
+    }
+
+    /// This rank's `W_UV` projection of a latent output `[batch, heads, w]`: its
+    /// `[batch, heads, dv]` partial sum, not yet reduced.
+    pub fn project(&self, exec: &X, o: &X::Tensor<f32>) -> Result<X::Tensor<f32>, RuntimeError> {
+        let s = self.dec.shape();
+        let mut y = exec.alloc::<f32>(&[s.batch, s.heads, self.dv])?;
+        head_proj::launch(exec, &self.proj, o, &self.w, &mut y)?;
+        Ok(y)
+    }
+
     /// Attention then (unless `stop` is [`TpStage::Attention`]) the `W_UV` projection: this
     /// rank's `[batch, heads, dv]` partial sum (or its latent output), not yet reduced.
     pub fn step(
@@ -119,26 +137,11 @@ impl<X: Executor> TpShard<X> {
         q: &X::Tensor<bf16>,
         stop: TpStage,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let o = self.attend(exec, q)?;
+        let (o, _lse) = self.attend(exec, q)?;
         if stop == TpStage::Attention {
             return Ok(o);
         }
         self.project(exec, &o)
-    }
-
-    /// This rank's decode attention: its `[batch, heads, width]` latent output.
-    fn attend(&self, exec: &X, q: &X::Tensor<bf16>) -> Result<X::Tensor<f32>, RuntimeError> {
-        let mut outs = self.dec.attend_prepared(exec, std::slice::from_ref(q))?;
-        let (o, _lse) = outs.pop().expect("one shard per rank");
-        Ok(o)
-    }
-
-    /// The `W_UV` projection of a latent output: this rank's `[batch, heads, dv]` partial sum.
-    fn project(&self, exec: &X, o: &X::Tensor<f32>) -> Result<X::Tensor<f32>, RuntimeError> {
-        let s = self.dec.shape();
-        let mut y = exec.alloc::<f32>(&[s.batch, s.heads, self.dv])?;
-        head_proj::launch(exec, &self.proj, o, &self.w, &mut y)?;
-        Ok(y)
     }
 }
 
@@ -337,6 +340,53 @@ impl<X: Executor, C: AllReduce<X>> TpDecoder<X, C> {
                 all_reduce,
             },
         ))
+    }
+
+    /// Each rank's decode attention with its LSE, before projection: rank `r`'s latent output
+    /// `[batch, heads, lat / g]` and log-sum-exp `[batch, heads]`, on its executor. Each rank
+    /// has its own softmax (TPLA), so prefix/cascade states merge per rank; then
+    /// [`TpDecoder::project_reduce`] finishes the step.
+    pub fn attend(&self, queries: &[X::Tensor<bf16>]) -> Result<Vec<ShardOutput<X>>, RuntimeError> {
+        if queries.len() != self.set.ranks.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} queries for {} ranks",
+                queries.len(),
+                self.set.ranks.len()
+            )));
+        }
+        self.set
+            .ranks
+            .iter()
+            .zip(&self.set.execs)
+            .zip(queries)
+            .map(|((rank, exec), q)| rank.attend(exec, q))
+            .collect()
+    }
+
+    /// Projects each rank's latent output (`[batch, heads, lat / g]`, e.g. from
+    /// [`TpDecoder::attend`] after a merge) and all-reduces: every rank's `[batch, heads, dv]`.
+    pub fn project_reduce(
+        &self,
+        latent: &[X::Tensor<f32>],
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        if latent.len() != self.set.ranks.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} latent outputs for {} ranks",
+                latent.len(),
+                self.set.ranks.len()
+            )));
+        }
+        let mut parts = self
+            .set
+            .ranks
+            .iter()
+            .zip(&self.set.execs)
+            .zip(latent)
+            .map(|((rank, exec), o)| rank.project(exec, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.collective
+            .all_reduce_sum(&self.set.execs, &mut parts)?;
+        Ok(parts)
     }
 
     /// Waits for every rank.

@@ -81,7 +81,8 @@ impl DecodeParams {
             .with("LAT", self.lat as i64)
             .with("ROPE", self.rope as i64)
     }
-    fn combine_config(&self) -> Config {
+    /// The combine kernel's full config: tune values plus `LAT`.
+    pub fn combine_config(&self) -> Config {
         self.combine.clone().with("LAT", self.lat as i64)
     }
 }
@@ -139,6 +140,31 @@ pub fn decode_attention<X: Executor>(
     combine_splits::launch(exec, &p.combine_config(), &part, &part_lse, out, lse)
 }
 
+/// Merges attention states: `(parts[i], lses[i])` for `i` in `0..n` (`parts` is
+/// `[n, batch, heads, lat]`, `lses` `[n, batch, heads]`, natural-log LSE) into `out`
+/// (`[batch, heads, lat]`) and `lse` (`[batch, heads]`): the exact softmax merge, for split-KV,
+/// cascade (shared prefix + suffix) and context-parallel attention. A state with no tokens must
+/// carry a very negative finite LSE (decode writes about −6.9e29), not −∞.
+pub fn merge_states<X: Executor>(
+    exec: &X,
+    parts: &X::Tensor<f32>,
+    lses: &X::Tensor<f32>,
+    out: &mut X::Tensor<f32>,
+    lse: &mut X::Tensor<f32>,
+) -> Result<(), RuntimeError> {
+    use tpla_codegen::KernelDef;
+    let lat = match X::tensor_arg(parts).tensor_shape() {
+        Some(&[_, _, _, lat]) => lat,
+        s => {
+            return Err(RuntimeError::InvalidInput(format!(
+                "merge: states must be [n, batch, heads, lat], got {s:?}"
+            )))
+        }
+    };
+    let cfg = combine_splits.default_config(&[("LAT", lat as i64)]);
+    combine_splits::launch(exec, &cfg, parts, lses, out, lse)
+}
+
 /// One split: the decode kernel's partial output is already the normalised result, so it writes
 /// `out` and `lse` directly (viewed with a leading split axis of 1) and no combine runs.
 fn decode_unsplit<X: Executor>(
@@ -150,9 +176,8 @@ fn decode_unsplit<X: Executor>(
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
     let (b, h, lat) = (p.batch, p.heads, p.lat);
-    let shape_of = |a: tpla_runtime::KernelArg<'_>| match a {
-        tpla_runtime::KernelArg::Tensor { shape, .. } => shape.to_vec(),
-        _ => Vec::new(),
+    let shape_of = |a: tpla_runtime::KernelArg<'_>| {
+        a.tensor_shape().map(<[usize]>::to_vec).unwrap_or_default()
     };
     // Exact shapes first: the reshape below must not accept a permuted layout.
     for (what, got, want) in [

@@ -10,7 +10,7 @@ use tpla_codegen::ir::{Kernel, ParamKind};
 use tpla_codegen::launch::check_launch;
 use tpla_codegen::{Config, KernelDef};
 
-use crate::exec::{Executor, KernelArg};
+use crate::exec::{check_space, ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
 use crate::paged::HostPagedCache;
 use crate::tensor::{Element, HostTensor};
 use crate::RuntimeError;
@@ -96,31 +96,20 @@ fn pack_args(ir: &Kernel, args: &[KernelArg<'_>]) -> Vec<u64> {
     let mut slots = Vec::new();
     for (p, a) in ir.params.iter().zip(args) {
         match (&p.kind, a) {
-            (ParamKind::Tensor { .. }, KernelArg::Tensor { ptr, shape, .. }) => {
-                slots.push(*ptr);
-                slots.extend(shape.iter().map(|&d| d as u64));
+            (ParamKind::Tensor { .. }, KernelArg::Tensor(t)) => {
+                slots.push(t.ptr());
+                slots.extend(t.shape().iter().map(|&d| d as u64));
             }
-            (
-                ParamKind::Paged { .. },
-                KernelArg::Paged {
-                    data,
-                    block_table,
-                    seq_lens,
-                    page_size,
-                    pages_per_seq,
-                    num_pages,
-                    batch,
-                    ..
-                },
-            ) => {
+            (ParamKind::Paged { .. }, KernelArg::Paged(c)) => {
+                let g = c.geometry();
                 slots.extend([
-                    *data,
-                    *block_table,
-                    *seq_lens,
-                    *page_size as u64,
-                    *pages_per_seq as u64,
-                    *num_pages as u64,
-                    *batch as u64,
+                    c.data(),
+                    c.block_table(),
+                    c.seq_lens(),
+                    g.page_size as u64,
+                    g.pages_per_seq as u64,
+                    g.num_pages as u64,
+                    g.batch as u64,
                 ]);
             }
             (_, KernelArg::F32(v)) => slots.push(v.to_bits() as u64),
@@ -140,21 +129,22 @@ impl Executor for CpuExecutor {
     type Paged<T: Element> = HostPagedCache<T>;
 
     fn tensor_arg<T: Element>(t: &HostTensor<T>) -> KernelArg<'_> {
-        KernelArg::Tensor {
-            ptr: t.data().as_ptr() as u64,
-            dtype: T::DTYPE,
-            shape: t.shape(),
-            writable: false,
-        }
+        // SAFETY: the borrowed tensor's host buffer holds exactly `shape` elements of `T` and
+        // cannot be written while the shared borrow lives.
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(
+                t.data().as_ptr() as u64,
+                T::DTYPE,
+                t.shape(),
+                false,
+                ArgSpace::Host,
+            )
+        })
     }
     fn tensor_arg_mut<T: Element>(t: &mut HostTensor<T>) -> KernelArg<'_> {
         let ptr = t.data_mut().as_mut_ptr() as u64;
-        KernelArg::Tensor {
-            ptr,
-            dtype: T::DTYPE,
-            shape: t.shape(),
-            writable: true,
-        }
+        // SAFETY: as above; the exclusive borrow makes this the only access while it lives.
+        KernelArg::Tensor(unsafe { TensorArg::new(ptr, T::DTYPE, t.shape(), true, ArgSpace::Host) })
     }
     fn paged_arg<T: Element>(c: &HostPagedCache<T>) -> KernelArg<'_> {
         paged(c, c.data().as_ptr() as u64, false)
@@ -170,6 +160,7 @@ impl Executor for CpuExecutor {
         config: &Config,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
+        check_space(args, ArgSpace::Host)?;
         let compiled = self.compile(kernel, config)?;
         let descs: Vec<_> = args.iter().map(|a| a.desc()).collect();
         let plan = check_launch(&compiled.ir, &descs)?;
@@ -259,17 +250,26 @@ impl Executor for CpuExecutor {
 }
 
 fn paged<T: Element>(c: &HostPagedCache<T>, data: u64, writable: bool) -> KernelArg<'_> {
-    KernelArg::Paged {
-        data,
-        block_table: c.block_table().as_ptr() as u64,
-        seq_lens: c.seq_lens().as_ptr() as u64,
+    let geometry = PagedGeometry {
         dtype: T::DTYPE,
         num_pages: c.num_pages(),
         page_size: c.page_size(),
         row: c.row(),
         batch: c.batch(),
         pages_per_seq: c.pages_per_seq(),
-        host_tables: Some((c.block_table(), c.seq_lens())),
-        writable,
-    }
+    };
+    // SAFETY: `data` is the pool of `c` (borrowed by the caller, mutably when `writable`), sized
+    // `num_pages · page_size · row`; the tables are `c`'s own, passed as the host tables too, so
+    // every launch checks the entries the lengths reach.
+    KernelArg::Paged(unsafe {
+        PagedArg::new(
+            data,
+            c.block_table().as_ptr() as u64,
+            c.seq_lens().as_ptr() as u64,
+            geometry,
+            Some((c.block_table(), c.seq_lens())),
+            writable,
+            ArgSpace::Host,
+        )
+    })
 }

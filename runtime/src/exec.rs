@@ -13,92 +13,307 @@ use tpla_codegen::{Config, KernelDef};
 use crate::tensor::Element;
 use crate::RuntimeError;
 
-/// One launch argument: an address (host or device, per executor) plus its description.
+/// One launch argument: a dense tensor, a paged cache or a scalar.
+///
+/// Tensor and paged-cache arguments carry raw addresses, so they can only be made by the
+/// executors' typed accessors ([`Executor::tensor_arg`] and friends, which take a borrow of a
+/// live buffer), by the engine views in [`crate::view`] (whose device constructors are `unsafe`),
+/// or by the `unsafe` constructors [`TensorArg::new`] and [`PagedArg::new`] with their stated
+/// contracts. [`Executor::launch`] is therefore safe: every address it receives was vouched for.
+///
+/// Safe code cannot forge an address:
+///
+/// ```compile_fail,E0133
+/// use tpla_runtime::exec::{ArgSpace, KernelArg, TensorArg};
+/// use tpla_codegen::ir::DType;
+/// // error[E0133]: call to unsafe function `TensorArg::new` is unsafe
+/// let forged = TensorArg::new(0xdead_beef, DType::F32, &[1 << 20], true, ArgSpace::Host);
+/// let _ = KernelArg::Tensor(forged);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum KernelArg<'a> {
     /// A dense tensor.
-    Tensor {
-        /// Address of element 0.
-        ptr: u64,
-        /// Element type.
-        dtype: DType,
-        /// Shape.
-        shape: &'a [usize],
-        /// Passed for writing.
-        writable: bool,
-    },
+    Tensor(TensorArg<'a>),
     /// A paged cache.
-    Paged {
-        /// Address of the page pool.
-        data: u64,
-        /// Address of the block table (i32).
-        block_table: u64,
-        /// Address of the sequence lengths (i32).
-        seq_lens: u64,
-        /// Element type of the pool.
-        dtype: DType,
-        /// Pages in the pool.
-        num_pages: usize,
-        /// Tokens per page.
-        page_size: usize,
-        /// Elements per token row.
-        row: usize,
-        /// Sequences.
-        batch: usize,
-        /// Block-table entries per sequence.
-        pages_per_seq: usize,
-        /// Host copies of the tables, when the executor has them (enables full validation).
-        host_tables: Option<(&'a [i32], &'a [i32])>,
-        /// Passed for writing.
-        writable: bool,
-    },
+    Paged(PagedArg<'a>),
     /// An f32 scalar.
     F32(f32),
     /// An i32 scalar.
     I32(i32),
-    /// Never constructed; ties the lifetime.
-    #[doc(hidden)]
-    _Borrow(PhantomData<&'a ()>),
+}
+
+/// A dense row-major tensor argument: an address (host or device, per executor), its element
+/// type and shape. Fields are private: see [`TensorArg::new`].
+#[derive(Clone, Copy, Debug)]
+pub struct TensorArg<'a> {
+    ptr: u64,
+    dtype: DType,
+    shape: &'a [usize],
+    writable: bool,
+    space: ArgSpace,
+    _borrow: PhantomData<&'a ()>,
+}
+
+/// Which memory an argument's addresses point into. Every executor refuses arguments of the
+/// other space ([`check_space`]), so a host buffer never reaches a GPU kernel nor a device
+/// address the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgSpace {
+    /// Host memory (the CPU executor).
+    Host,
+    /// Device memory of a CUDA context (the CUDA executor).
+    Device,
+}
+
+/// Checks that every tensor and paged argument lives in `space`; a typed error otherwise.
+pub fn check_space(args: &[KernelArg<'_>], space: ArgSpace) -> Result<(), RuntimeError> {
+    for (i, a) in args.iter().enumerate() {
+        let got = match a {
+            KernelArg::Tensor(t) => t.space,
+            KernelArg::Paged(p) => p.space,
+            _ => continue,
+        };
+        if got != space {
+            return Err(RuntimeError::InvalidInput(format!(
+                "argument {i} is in {got:?} memory, but this executor runs on {space:?} memory"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl<'a> TensorArg<'a> {
+    /// A tensor argument from a raw address.
+    ///
+    /// # Safety
+    /// For as long as `'a` and any launch that receives the argument runs (on a device: until the
+    /// work queued on the executor's stream has finished):
+    /// - `ptr` is the address of a live allocation in the memory of the executor it is passed to
+    ///   (host memory for the CPU executor, device memory of that executor's context on CUDA),
+    ///   aligned for `dtype` and holding at least `shape.iter().product()` elements of `dtype`;
+    /// - if `writable`, nothing else reads or writes those elements while the launch runs (no
+    ///   other argument of the same launch overlaps them), and writing any bit pattern of
+    ///   `dtype` there is acceptable to the owner;
+    /// - if not `writable`, nothing writes them while the launch runs;
+    /// - `space` names the memory `ptr` points into.
+    pub unsafe fn new(
+        ptr: u64,
+        dtype: DType,
+        shape: &'a [usize],
+        writable: bool,
+        space: ArgSpace,
+    ) -> Self {
+        TensorArg {
+            ptr,
+            dtype,
+            shape,
+            writable,
+            space,
+            _borrow: PhantomData,
+        }
+    }
+    /// Address of element 0.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Shape.
+    pub fn shape(&self) -> &'a [usize] {
+        self.shape
+    }
+    /// Passed for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    /// The memory it points into.
+    pub fn space(&self) -> ArgSpace {
+        self.space
+    }
+    /// The same memory seen with another shape of at most as many elements (a row-major prefix):
+    /// safe, since the prefix lies inside what the argument already vouches for.
+    pub fn prefix<'b>(&self, shape: &'b [usize]) -> Result<TensorArg<'b>, RuntimeError>
+    where
+        'a: 'b,
+    {
+        let have: usize = self.shape.iter().product();
+        let want = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("shape {shape:?} overflows")))?;
+        if want > have {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a view of shape {shape:?} ({want} elements) does not fit a buffer of {have}"
+            )));
+        }
+        Ok(TensorArg { shape, ..*self })
+    }
+}
+
+/// A paged cache argument: page pool, block table and sequence lengths. Fields are private: see
+/// [`PagedArg::new`].
+#[derive(Clone, Copy, Debug)]
+pub struct PagedArg<'a> {
+    data: u64,
+    block_table: u64,
+    seq_lens: u64,
+    dtype: DType,
+    num_pages: usize,
+    page_size: usize,
+    row: usize,
+    batch: usize,
+    pages_per_seq: usize,
+    host_tables: Option<(&'a [i32], &'a [i32])>,
+    writable: bool,
+    space: ArgSpace,
+}
+
+/// The geometry of a paged cache: `data [num_pages, page_size, row]`, block table
+/// `[batch, pages_per_seq]` (i32), lengths `[batch]` (i32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagedGeometry {
+    /// Element type of the pool.
+    pub dtype: DType,
+    /// Pages in the pool.
+    pub num_pages: usize,
+    /// Tokens per page.
+    pub page_size: usize,
+    /// Elements per token row.
+    pub row: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Block-table entries per sequence.
+    pub pages_per_seq: usize,
+}
+
+impl<'a> PagedArg<'a> {
+    /// A paged cache argument from raw addresses.
+    ///
+    /// # Safety
+    /// For as long as `'a` and any launch that receives the argument runs:
+    /// - `data` addresses at least `num_pages · page_size · row` elements of `dtype`,
+    ///   `block_table` at least `batch · pages_per_seq` i32 and `seq_lens` at least `batch` i32,
+    ///   all live, aligned and in the executor's memory (as for [`TensorArg::new`]);
+    /// - every length is in `0..=pages_per_seq · page_size`, and every block-table entry that a
+    ///   length reaches (`block_table[b][0..ceil(len_b / page_size)]`) is in `0..num_pages`
+    ///   (when `host_tables` is given these are checked before each launch and must be the
+    ///   very contents of the tables at `block_table` and `seq_lens`);
+    /// - if `writable`, no other argument of a launch or other work touches the pool rows the
+    ///   kernel writes while it runs, and no two writes of a launch reach the same row; if not,
+    ///   nothing writes the pool while a launch reads it. Nothing writes the tables while a
+    ///   launch runs;
+    /// - `space` names the memory the three addresses point into.
+    pub unsafe fn new(
+        data: u64,
+        block_table: u64,
+        seq_lens: u64,
+        geometry: PagedGeometry,
+        host_tables: Option<(&'a [i32], &'a [i32])>,
+        writable: bool,
+        space: ArgSpace,
+    ) -> Self {
+        PagedArg {
+            data,
+            block_table,
+            seq_lens,
+            dtype: geometry.dtype,
+            num_pages: geometry.num_pages,
+            page_size: geometry.page_size,
+            row: geometry.row,
+            batch: geometry.batch,
+            pages_per_seq: geometry.pages_per_seq,
+            host_tables,
+            writable,
+            space,
+        }
+    }
+    /// Address of the page pool.
+    pub fn data(&self) -> u64 {
+        self.data
+    }
+    /// Address of the block table (i32).
+    pub fn block_table(&self) -> u64 {
+        self.block_table
+    }
+    /// Address of the sequence lengths (i32).
+    pub fn seq_lens(&self) -> u64 {
+        self.seq_lens
+    }
+    /// The pool's geometry.
+    pub fn geometry(&self) -> PagedGeometry {
+        PagedGeometry {
+            dtype: self.dtype,
+            num_pages: self.num_pages,
+            page_size: self.page_size,
+            row: self.row,
+            batch: self.batch,
+            pages_per_seq: self.pages_per_seq,
+        }
+    }
+    /// Host copies of the tables, when the executor has them (enables full validation).
+    pub fn host_tables(&self) -> Option<(&'a [i32], &'a [i32])> {
+        self.host_tables
+    }
+    /// Passed for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    /// The memory it points into.
+    pub fn space(&self) -> ArgSpace {
+        self.space
+    }
+    /// Sequence `b` alone, as a cache of batch 1 (its block-table row and length): safe, since
+    /// it is part of what the argument already vouches for. Needs the host tables (to offset
+    /// into them); `None` without them or when `b` is out of range.
+    pub fn sequence(&self, b: usize) -> Option<PagedArg<'a>> {
+        let (bt, lens) = self.host_tables?;
+        if b >= self.batch {
+            return None;
+        }
+        let pps = self.pages_per_seq;
+        let row = bt.get(b * pps..(b + 1) * pps)?;
+        let len = lens.get(b..b + 1)?;
+        Some(PagedArg {
+            block_table: self.block_table + (b * pps * std::mem::size_of::<i32>()) as u64,
+            seq_lens: self.seq_lens + (b * std::mem::size_of::<i32>()) as u64,
+            batch: 1,
+            host_tables: Some((row, len)),
+            ..*self
+        })
+    }
 }
 
 impl<'a> KernelArg<'a> {
     /// The description the launch checks need.
     pub fn desc(&self) -> ArgDesc<'a> {
         match *self {
-            KernelArg::Tensor {
-                dtype,
-                shape,
-                writable,
-                ..
-            } => ArgDesc::Tensor {
-                dtype,
-                shape,
-                writable,
+            KernelArg::Tensor(t) => ArgDesc::Tensor {
+                dtype: t.dtype,
+                shape: t.shape,
+                writable: t.writable,
             },
-            KernelArg::Paged {
-                dtype,
-                num_pages,
-                page_size,
-                row,
-                batch,
-                pages_per_seq,
-                host_tables,
-                writable,
-                ..
-            } => ArgDesc::Paged {
-                dtype,
-                num_pages,
-                page_size,
-                row,
-                batch,
-                pages_per_seq,
-                block_table: host_tables.map(|t| t.0),
-                seq_lens: host_tables.map(|t| t.1),
-                writable,
+            KernelArg::Paged(p) => ArgDesc::Paged {
+                dtype: p.dtype,
+                num_pages: p.num_pages,
+                page_size: p.page_size,
+                row: p.row,
+                batch: p.batch,
+                pages_per_seq: p.pages_per_seq,
+                block_table: p.host_tables.map(|t| t.0),
+                seq_lens: p.host_tables.map(|t| t.1),
+                writable: p.writable,
             },
             KernelArg::F32(v) => ArgDesc::F32(v),
             KernelArg::I32(v) => ArgDesc::I32(v),
-            KernelArg::_Borrow(_) => ArgDesc::I32(0),
+        }
+    }
+    /// The shape of a tensor argument (`None` for anything else).
+    pub fn tensor_shape(&self) -> Option<&'a [usize]> {
+        match self {
+            KernelArg::Tensor(t) => Some(t.shape),
+            _ => None,
         }
     }
 }
@@ -118,7 +333,9 @@ pub trait Executor {
     /// A writable paged cache argument.
     fn paged_arg_mut<T: Element>(c: &mut Self::Paged<T>) -> KernelArg<'_>;
     /// Builds (or fetches from the cache) `kernel` for `config`, checks `args` and runs it.
-    /// On error nothing was written.
+    /// On error nothing was written. Safe because raw addresses only enter a [`KernelArg`]
+    /// through `unsafe` constructors whose callers promise they are valid ([`TensorArg::new`],
+    /// [`PagedArg::new`], the device views of [`crate::view`]).
     fn launch(
         &self,
         kernel: &dyn KernelDef,

@@ -28,7 +28,7 @@ use tpla_codegen::{Config, KernelDef};
 use super::cache::KernelCache;
 use super::nvrtc::Image;
 use super::{compile_kernel, CompiledKernel, Target};
-use crate::exec::{Executor, KernelArg};
+use crate::exec::{check_space, ArgSpace, Executor, KernelArg, PagedArg, PagedGeometry, TensorArg};
 use crate::paged::HostPagedCache;
 use crate::tensor::{Element, HostTensor};
 use crate::RuntimeError;
@@ -500,6 +500,7 @@ impl CudaExecutor {
         k: &LoadedKernel,
         args: &[KernelArg<'_>],
     ) -> Result<(), RuntimeError> {
+        check_space(args, ArgSpace::Device)?;
         let descs: Vec<_> = args.iter().map(|a| a.desc()).collect();
         let plan = check_launch(&k.ir, &descs)?;
         if plan.programs() == 0 {
@@ -521,34 +522,26 @@ impl CudaExecutor {
         for slot in &k.compiled.source.params {
             vals.push(match slot {
                 ParamAbi::Tensor { param, .. } => match args[*param] {
-                    KernelArg::Tensor { ptr, .. } => V::U64(ptr),
+                    KernelArg::Tensor(t) => V::U64(t.ptr()),
                     _ => unreachable!("checked by check_launch"),
                 },
                 ParamAbi::PagedPtr { param, what } => match args[*param] {
-                    KernelArg::Paged {
-                        data,
-                        block_table,
-                        seq_lens,
-                        ..
-                    } => V::U64(match what {
-                        PagedPtr::Data => data,
-                        PagedPtr::BlockTable => block_table,
-                        PagedPtr::SeqLens => seq_lens,
+                    KernelArg::Paged(c) => V::U64(match what {
+                        PagedPtr::Data => c.data(),
+                        PagedPtr::BlockTable => c.block_table(),
+                        PagedPtr::SeqLens => c.seq_lens(),
                     }),
                     _ => unreachable!("checked by check_launch"),
                 },
                 ParamAbi::PagedInt { param, what } => match args[*param] {
-                    KernelArg::Paged {
-                        page_size,
-                        pages_per_seq,
-                        num_pages,
-                        batch,
-                        ..
-                    } => V::I32(to_i32(match what {
-                        PagedInt::PageSize => page_size,
-                        PagedInt::PagesPerSeq => pages_per_seq,
-                        PagedInt::NumPages => num_pages,
-                        PagedInt::Batch => batch,
+                    KernelArg::Paged(c) => V::I32(to_i32({
+                        let g = c.geometry();
+                        match what {
+                            PagedInt::PageSize => g.page_size,
+                            PagedInt::PagesPerSeq => g.pages_per_seq,
+                            PagedInt::NumPages => g.num_pages,
+                            PagedInt::Batch => g.batch,
+                        }
                     })?),
                     _ => unreachable!("checked by check_launch"),
                 },
@@ -574,9 +567,10 @@ impl CudaExecutor {
         // SAFETY: `func` belongs to a module kept alive by `k`; `ptrs` has one pointer per kernel
         // parameter, in the order and with the types of `CudaSource::params` (u64 device
         // addresses, i32, f32), each pointing into `vals`, which outlives the call (the driver
-        // copies the values at launch). Device addresses come from live buffers borrowed by
-        // `args`, checked by `check_launch` against the kernel's shapes (including every block
-        // table entry the sequence lengths reach); writable buffers are borrowed mutably.
+        // copies the values at launch). Device addresses come from `TensorArg`/`PagedArg`, whose
+        // (unsafe) constructors promise live buffers of the described sizes and the aliasing
+        // rules; `check_launch` matched those sizes against the kernel's shapes (and, where host
+        // tables are given, every block table entry the sequence lengths reach).
         unsafe {
             result::launch_kernel(
                 k.func.cu_function(),
@@ -732,19 +726,29 @@ fn to_i32(v: usize) -> Result<i32, RuntimeError> {
 }
 
 fn paged_arg<T: Element>(c: &CudaPagedCache<T>, writable: bool) -> KernelArg<'_> {
-    KernelArg::Paged {
-        data: c.data_ptr,
-        block_table: c.block_table_ptr,
-        seq_lens: c.seq_lens_ptr,
+    let geometry = PagedGeometry {
         dtype: T::DTYPE,
         num_pages: c.num_pages,
         page_size: c.page_size,
         row: c.row,
         batch: c.host_seq_lens.len(),
         pages_per_seq: c.pages_per_seq,
-        host_tables: Some((&c.host_block_table, &c.host_seq_lens)),
-        writable,
-    }
+    };
+    // SAFETY: the addresses are `c`'s own device buffers (borrowed by the caller, mutably when
+    // `writable`), sized for this geometry; the host tables mirror the device tables (every
+    // write goes through `set_seq_lens`/`set_block_table`, which update both), so each launch
+    // checks the entries the lengths reach.
+    KernelArg::Paged(unsafe {
+        PagedArg::new(
+            c.data_ptr,
+            c.block_table_ptr,
+            c.seq_lens_ptr,
+            geometry,
+            Some((&c.host_block_table, &c.host_seq_lens)),
+            writable,
+            ArgSpace::Device,
+        )
+    })
 }
 
 impl Executor for CudaExecutor {
@@ -781,20 +785,17 @@ impl Executor for CudaExecutor {
     type Paged<T: Element> = CudaPagedCache<T>;
 
     fn tensor_arg<T: Element>(t: &CudaTensor<T>) -> KernelArg<'_> {
-        KernelArg::Tensor {
-            ptr: t.ptr,
-            dtype: T::DTYPE,
-            shape: &t.shape,
-            writable: false,
-        }
+        // SAFETY: `t.ptr` is `t`'s own device buffer of `len · size_of::<T>()` bytes (at least),
+        // kept alive and unwritten by the shared borrow.
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(t.ptr, T::DTYPE, &t.shape, false, ArgSpace::Device)
+        })
     }
     fn tensor_arg_mut<T: Element>(t: &mut CudaTensor<T>) -> KernelArg<'_> {
-        KernelArg::Tensor {
-            ptr: t.ptr,
-            dtype: T::DTYPE,
-            shape: &t.shape,
-            writable: true,
-        }
+        // SAFETY: as above; the exclusive borrow makes this the only access while it lives.
+        KernelArg::Tensor(unsafe {
+            TensorArg::new(t.ptr, T::DTYPE, &t.shape, true, ArgSpace::Device)
+        })
     }
     fn paged_arg<T: Element>(c: &CudaPagedCache<T>) -> KernelArg<'_> {
         paged_arg(c, false)

@@ -1,0 +1,366 @@
+//! The engine front door: decode and append over memory the engine owns.
+//!
+//! A serving engine (vLLM, SGLang, TensorRT-LLM, mistral.rs) keeps its own KV page pool, block
+//! table, sequence lengths and slot mapping, and calls attention on its own stream, often inside
+//! a CUDA graph. [`EnginePlan`] is made once from fixed [`Capacities`]: it chooses the KV split
+//! count from them (no per-step host work depends on the lengths) and allocates its split
+//! workspace once, at addresses that never change. After that:
+//!
+//! - [`EnginePlan::append`] writes new token rows into the pool at the engine's slots
+//!   (vLLM's `slot_mapping`: `page · page_size + offset`), so every sequence grows by its own
+//!   count; the engine then bumps its own lengths. Freeing or resetting a sequence is the
+//!   engine's business: set its length to 0 (and reuse its pages elsewhere).
+//! - [`EnginePlan::decode`] runs decode attention over views of the pool, block table, lengths,
+//!   queries, outputs and LSE: launches only, with no allocation, no copy and no host sync, so
+//!   it can be captured in a CUDA graph and replayed with new table contents.
+//! - [`merge`] combines attention states `(out_i, lse_i)` exactly (cascade, context parallel).
+//!
+//! Views live in [`tpla_runtime::view`]: safe host-slice views for the CPU executor, `unsafe`
+//! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
+
+use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::ops::{splits_for_occupancy, DecodeParams};
+use tpla_kernels::{append_rows, combine_splits, latent_decode};
+use tpla_runtime::half::bf16;
+use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
+use tpla_runtime::{HostTensor, KernelArg, RuntimeError};
+
+/// What an [`EnginePlan`] is sized for; fixed for its lifetime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capacities {
+    /// Most sequences in one decode call.
+    pub max_batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Latent width of the cache rows (512 for MLA, 512 / g for a TPLA shard).
+    pub lat: usize,
+    /// RoPE width (64).
+    pub rope: usize,
+    /// Tokens per page of the pool.
+    pub page_size: usize,
+    /// Most block-table entries a sequence uses (so the longest sequence is
+    /// `max_pages_per_seq · page_size` tokens).
+    pub max_pages_per_seq: usize,
+    /// Most token rows one [`EnginePlan::append`] writes.
+    pub max_append: usize,
+}
+
+/// Output views of one decode: `[batch, heads, lat]` and `[batch, heads]`.
+pub type DecodeOut<'o, 'a, S> = (
+    &'o mut TensorViewMut<'a, f32, S>,
+    &'o mut TensorViewMut<'a, f32, S>,
+);
+
+/// Split count, kernel configs and device workspace for decode over engine-owned memory.
+pub struct EnginePlan<X: ViewExecutor> {
+    caps: Capacities,
+    params: DecodeParams,
+    append: Config,
+    part: X::Tensor<f32>,
+    part_lse: X::Tensor<f32>,
+    ones: X::Tensor<i32>,
+    ones_host: Vec<i32>,
+}
+
+type Space<X> = <X as ViewExecutor>::Space;
+
+/// Most KV splits a plan takes (a launch grid axis on a GPU holds 65535).
+const MAX_SPLITS: usize = 1024;
+
+impl<X: ViewExecutor> EnginePlan<X> {
+    /// A plan for `caps` with softmax `scale`. `splits = 0` chooses the KV split count from the
+    /// capacities and the device's occupancy (the longest sequence the plan allows); any other
+    /// value is used as is. Allocates the split workspace (`splits · max_batch · heads · (lat +
+    /// 1)` f32) once.
+    pub fn new(
+        exec: &X,
+        caps: Capacities,
+        scale: f32,
+        splits: usize,
+    ) -> Result<Self, RuntimeError> {
+        for (what, v) in [
+            ("max_batch", caps.max_batch),
+            ("page_size", caps.page_size),
+            ("max_pages_per_seq", caps.max_pages_per_seq),
+            ("max_append", caps.max_append),
+        ] {
+            if v == 0 {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "capacity {what} must be at least 1"
+                )));
+            }
+        }
+        let mut params =
+            DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
+        params.validate()?;
+        params.splits = if splits == 0 {
+            let per_unit = exec.resident_programs(&latent_decode, &params.decode_config())?;
+            let max_len = caps
+                .max_pages_per_seq
+                .checked_mul(caps.page_size)
+                .ok_or_else(|| RuntimeError::InvalidInput("capacity overflows".into()))?;
+            splits_for_occupancy(&params, max_len, exec.compute_units() * per_unit)
+        } else if splits > MAX_SPLITS {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{splits} KV splits, at most {MAX_SPLITS}"
+            )));
+        } else {
+            splits
+        };
+        let (s, b, h, l) = (params.splits, caps.max_batch, caps.heads, caps.lat);
+        [s, b, h, l + caps.rope]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize / 4)
+            .ok_or_else(|| RuntimeError::InvalidInput(format!("capacities {caps:?} overflow")))?;
+        // With one split the decode writes the caller's out/lse directly: no workspace.
+        let (ws, ws_lse) = if s > 1 {
+            (vec![s, b, h, l], vec![s, b, h])
+        } else {
+            (vec![1], vec![1])
+        };
+        let part = exec.alloc::<f32>(&ws)?;
+        let part_lse = exec.alloc::<f32>(&ws_lse)?;
+        let ones_host = vec![1i32; caps.max_append];
+        let ones = exec.upload(
+            &HostTensor::from_vec(&[caps.max_append], ones_host.clone())
+                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+        )?;
+        let append = append_rows
+            .default_config(&[("ROW", (caps.lat + caps.rope) as i64)])
+            .with("BLOCK_T", 1);
+        // Load every kernel now (the occupancy query builds and loads it on a GPU), so no
+        // compilation or module load happens inside a later graph capture.
+        exec.resident_programs(&latent_decode, &params.decode_config())?;
+        exec.resident_programs(&combine_splits, &params.combine_config())?;
+        exec.resident_programs(&append_rows, &append)?;
+        Ok(EnginePlan {
+            caps,
+            params,
+            append,
+            part,
+            part_lse,
+            ones,
+            ones_host,
+        })
+    }
+
+    /// The capacities.
+    pub fn capacities(&self) -> &Capacities {
+        &self.caps
+    }
+    /// KV splits every decode uses.
+    pub fn splits(&self) -> usize {
+        self.params.splits
+    }
+    /// Replaces the decode kernel's tune values (e.g. from the tune database) and loads that
+    /// kernel. Call before capturing a graph: the kernel is chosen at launch. On error nothing
+    /// changes.
+    pub fn set_decode_config(&mut self, exec: &X, config: Config) -> Result<(), RuntimeError> {
+        let mut params = self.params.clone();
+        params.decode = config;
+        exec.resident_programs(&latent_decode, &params.decode_config())?;
+        self.params = params;
+        Ok(())
+    }
+
+    /// Writes `rows` (`[n, lat + rope]` bf16) into the pool at `slots` (`[n]` i32, distinct,
+    /// each `page · page_size + offset`). `n` may differ per call up to `max_append`; sequences
+    /// grow by whatever count of their tokens are in the mapping. On the host a bad slot (out
+    /// of the pool, repeated) is an error and nothing is written.
+    pub fn append(
+        &self,
+        exec: &X,
+        pool: &mut KvPool<'_, bf16, Space<X>>,
+        slots: &TensorView<'_, i32, Space<X>>,
+        rows: &TensorView<'_, bf16, Space<X>>,
+    ) -> Result<(), RuntimeError> {
+        let row = self.caps.lat + self.caps.rope;
+        let n = match slots.shape() {
+            [n] => *n,
+            s => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "slot mapping must be [n], got {s:?}"
+                )))
+            }
+        };
+        if rows.shape() != [n, row] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rows must be [{n}, {row}], got {:?}",
+                rows.shape()
+            )));
+        }
+        if n > self.caps.max_append {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{n} rows in one append, the plan allows {}",
+                self.caps.max_append
+            )));
+        }
+        self.check_pool(pool)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let ones = self.ones_view(n)?;
+        let cache = pool.slot_rows(slots, &ones)?;
+        // The kernel takes `[batch, new_tokens, ROW]`: n one-token sequences.
+        let shape = [n, 1, row];
+        let rows_arg = KernelArg::Tensor(tensor(rows.arg())?.prefix(&shape)?);
+        exec.launch(&append_rows, &self.append, &[rows_arg, cache])
+    }
+
+    /// Decode attention of one query per sequence: `q` `[batch, heads, lat + rope]` bf16 over
+    /// the pool read through `block_table` (`[batch, pages_per_seq]` i32) and `seq_lens`
+    /// (`[batch]` i32), into `out` (`[batch, heads, lat]` f32) and `lse` (`[batch, heads]` f32,
+    /// natural log; about −6.9e29 for an empty sequence, whose output is zero). `batch` may be
+    /// anything up to `max_batch`. Only kernel launches reach the executor's stream.
+    pub fn decode(
+        &mut self,
+        exec: &X,
+        pool: &KvPool<'_, bf16, Space<X>>,
+        block_table: &TensorView<'_, i32, Space<X>>,
+        seq_lens: &TensorView<'_, i32, Space<X>>,
+        q: &TensorView<'_, bf16, Space<X>>,
+        (out, lse): DecodeOut<'_, '_, Space<X>>,
+    ) -> Result<(), RuntimeError> {
+        let c = &self.caps;
+        let (h, lat, row) = (c.heads, c.lat, c.lat + c.rope);
+        let b = match seq_lens.shape() {
+            [b] => *b,
+            s => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "seq_lens must be [batch], got {s:?}"
+                )))
+            }
+        };
+        if b == 0 || b > c.max_batch {
+            return Err(RuntimeError::InvalidInput(format!(
+                "batch {b} outside 1..={}",
+                c.max_batch
+            )));
+        }
+        if let [_, pps] = block_table.shape() {
+            if *pps > c.max_pages_per_seq {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "block table of {pps} pages per sequence, the plan allows {}",
+                    c.max_pages_per_seq
+                )));
+            }
+        }
+        for (what, got, want) in [
+            ("q", q.shape(), &[b, h, row][..]),
+            ("out", out.shape(), &[b, h, lat][..]),
+            ("lse", lse.shape(), &[b, h][..]),
+        ] {
+            if got != want {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "decode: {what} has shape {got:?}, expected {want:?}"
+                )));
+            }
+        }
+        self.check_pool(pool)?;
+        let cache = pool.paged(block_table, seq_lens)?;
+        let p = &self.params;
+        let s = p.splits;
+        let scale = KernelArg::F32(p.scale);
+        let (ps, pls) = ([s, b, h, lat], [s, b, h]);
+        if s == 1 {
+            // One split is already normalised: write the caller's buffers, seen with a leading
+            // split axis of 1.
+            let o = tensor(out.arg_mut())?.prefix(&ps)?;
+            let l = tensor(lse.arg_mut())?.prefix(&pls)?;
+            let args = [
+                q.arg(),
+                cache,
+                KernelArg::Tensor(o),
+                KernelArg::Tensor(l),
+                scale,
+            ];
+            return exec.launch(&latent_decode, &p.decode_config(), &args);
+        }
+        {
+            let part = tensor(X::tensor_arg_mut(&mut self.part))?.prefix(&ps)?;
+            let part_lse = tensor(X::tensor_arg_mut(&mut self.part_lse))?.prefix(&pls)?;
+            let args = [
+                q.arg(),
+                cache,
+                KernelArg::Tensor(part),
+                KernelArg::Tensor(part_lse),
+                scale,
+            ];
+            exec.launch(&latent_decode, &p.decode_config(), &args)?;
+        }
+        let part = tensor(X::tensor_arg(&self.part))?.prefix(&ps)?;
+        let part_lse = tensor(X::tensor_arg(&self.part_lse))?.prefix(&pls)?;
+        let args = [
+            KernelArg::Tensor(part),
+            KernelArg::Tensor(part_lse),
+            out.arg_mut(),
+            lse.arg_mut(),
+        ];
+        exec.launch(&combine_splits, &p.combine_config(), &args)
+    }
+
+    fn check_pool(&self, pool: &KvPool<'_, bf16, Space<X>>) -> Result<(), RuntimeError> {
+        let row = self.caps.lat + self.caps.rope;
+        if pool.page_size() != self.caps.page_size || pool.row() != row {
+            return Err(RuntimeError::InvalidInput(format!(
+                "pool of [{}, {}] rows per page, the plan expects [{}, {row}]",
+                pool.page_size(),
+                pool.row(),
+                self.caps.page_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// `n` ones (the lengths of a slot append), in the executor's space.
+    fn ones_view(&self, n: usize) -> Result<TensorView<'_, i32, Space<X>>, RuntimeError> {
+        if <Space<X> as MemorySpace>::HOST {
+            // SAFETY: host space with its own slice (owned by the plan, never written).
+            unsafe {
+                TensorView::from_raw(self.ones_host.as_ptr() as u64, &[n], Some(&self.ones_host))
+            }
+        } else {
+            let ptr = tensor(X::tensor_arg(&self.ones))?.ptr();
+            // SAFETY: `ones` is the plan's device buffer of `max_append >= n` i32 ones, allocated
+            // on this executor, alive as long as `self` is borrowed, never written after upload.
+            unsafe { TensorView::from_raw(ptr, &[n], None) }
+        }
+    }
+}
+
+fn tensor(a: KernelArg<'_>) -> Result<tpla_runtime::TensorArg<'_>, RuntimeError> {
+    match a {
+        KernelArg::Tensor(t) => Ok(t),
+        _ => Err(RuntimeError::InvalidInput(
+            "expected a tensor argument".into(),
+        )),
+    }
+}
+
+/// Merges attention states exactly: `parts` `[n, batch, heads, lat]` and `lses`
+/// `[n, batch, heads]` (natural log) into `out` `[batch, heads, lat]` and `lse` `[batch, heads]`.
+/// E.g. decode over a shared prefix and over each suffix (cascade), or over the context shards of
+/// several devices (context parallel), merged into attention over the whole context. A state
+/// with no tokens must carry a very negative finite LSE (decode writes about −6.9e29).
+pub fn merge<X: ViewExecutor>(
+    exec: &X,
+    parts: &TensorView<'_, f32, Space<X>>,
+    lses: &TensorView<'_, f32, Space<X>>,
+    (out, lse): DecodeOut<'_, '_, Space<X>>,
+) -> Result<(), RuntimeError> {
+    let lat = match parts.shape() {
+        [_, _, _, lat] => *lat,
+        s => {
+            return Err(RuntimeError::InvalidInput(format!(
+                "merge: states must be [n, batch, heads, lat], got {s:?}"
+            )))
+        }
+    };
+    let cfg = combine_splits.default_config(&[("LAT", lat as i64)]);
+    exec.launch(
+        &combine_splits,
+        &cfg,
+        &[parts.arg(), lses.arg(), out.arg_mut(), lse.arg_mut()],
+    )
+}
