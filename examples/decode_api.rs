@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|(o, _)| exec.download(o).map(|t| t.into_vec()))
         .collect::<Result<_, _>>()?;
-    let approx = concat_shards(&parts, batch * heads, lat / 2);
+    let approx = concat_shards(&parts, batch * heads, lat / 2)?;
     let e = tpla_runtime::reference::rel_error(
         &approx.iter().map(|&x| x as f64).collect::<Vec<_>>(),
         &exact.iter().map(|&x| x as f64).collect::<Vec<_>>(),

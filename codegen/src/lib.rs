@@ -11,6 +11,7 @@ pub mod builder;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod dump;
 pub mod error;
 pub mod ir;
 pub mod launch;

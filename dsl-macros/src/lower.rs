@@ -99,7 +99,7 @@ pub struct Ctx {
     tmp: usize,
 }
 
-const IR: &str = "::tpla_codegen::ir";
+const IR: &str = "__tpla_private::codegen::ir";
 
 fn ir() -> TokenStream {
     IR.parse().unwrap()
@@ -440,7 +440,7 @@ impl Ctx {
                 let a = self.index(&c.args[0])?;
                 let e = self.index(&c.args[1])?;
                 (
-                    quote!(let #name: ::tpla_codegen::ir::Index = { let (__a, __e) = (#a, #e); __tpla_b.begin_for(#label, __a, __e) };),
+                    quote!(let #name: __tpla_private::codegen::ir::Index = { let (__a, __e) = (#a, #e); __tpla_b.begin_for(#label, __a, __e) };),
                     Var::Index {
                         id: name.clone(),
                         sym: None,
@@ -1266,7 +1266,7 @@ impl Ctx {
                 s[axis] = len;
                 let what = format!("{method} range");
                 view(
-                    quote!(#irp::ViewOp::Slice { axis: #axis, start: ::tpla_codegen::builder::const_dim(#what, #st + 1)? - 1, len: ::tpla_codegen::builder::const_dim(#what, #ln)? }),
+                    quote!(#irp::ViewOp::Slice { axis: #axis, start: __tpla_private::codegen::builder::const_dim(#what, #st + 1)? - 1, len: __tpla_private::codegen::builder::const_dim(#what, #ln)? }),
                     s,
                 )
             }
@@ -1348,7 +1348,7 @@ impl Ctx {
                     };
                     let what = format!("tile span of `{id}`");
                     let lt = len.to_tokens();
-                    slices.push(quote!(#irp::Slice::Span { start: #start, len: ::tpla_codegen::builder::const_dim(#what, #lt)? }));
+                    slices.push(quote!(#irp::Slice::Span { start: #start, len: __tpla_private::codegen::builder::const_dim(#what, #lt)? }));
                     shape.push(len);
                 }
                 other => {

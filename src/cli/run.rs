@@ -236,11 +236,11 @@ impl ExecJob for RunJob {
             for i in 0..g {
                 let q = HostTensor::from_vec(
                     &[batch, heads, w + rope],
-                    shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i),
+                    shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i)?,
                 )
                 .map_err(|e| CliError::Usage(e.to_string()))?;
                 let rows = inputs.cache.data().len() / (lat + rope);
-                let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i);
+                let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i)?;
                 let lens: Vec<usize> = inputs
                     .cache
                     .seq_lens()
@@ -261,7 +261,7 @@ impl ExecJob for RunJob {
                 outs.push(exec.download(&out)?.into_vec());
                 lses.extend(exec.download(&lse)?.into_vec());
             }
-            results.insert(g, (concat_shards(&outs, batch * heads, w), lses));
+            results.insert(g, (concat_shards(&outs, batch * heads, w)?, lses));
         }
         let mut out: Outputs = Vec::new();
         let (o, l) = &results[&1];

@@ -106,8 +106,15 @@ impl ExecJob for TuneJob {
             // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
             // same kernel, so only the default is timed.
             let cuda = exec.backend_name().starts_with("cuda");
-            let default_split = latent_decode.default_config(&[]).get("WG_SPLIT").ok();
-            for cand in latent_decode.tune_space(&[]) {
+            let default_split = latent_decode
+                .default_config(&[])
+                .map_err(tpla_runtime::RuntimeError::from)?
+                .get("WG_SPLIT")
+                .ok();
+            for cand in latent_decode
+                .tune_space(&[])
+                .map_err(tpla_runtime::RuntimeError::from)?
+            {
                 if !cuda && cand.get("WG_SPLIT").ok() != default_split {
                     continue;
                 }

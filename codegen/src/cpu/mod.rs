@@ -76,6 +76,16 @@ impl std::fmt::Debug for CpuKernel {
     }
 }
 
+/// The Cranelift function name of `kernel`: its name and config, `name[K=V,..]`.
+fn clif_name(kernel: &Kernel) -> String {
+    let cfg: Vec<String> = kernel
+        .config
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{}[{}]", kernel.name, cfg.join(","))
+}
+
 impl CpuKernel {
     /// Lowers and compiles one kernel (already validated by the builder).
     ///
@@ -123,7 +133,9 @@ impl CpuKernel {
             .declare_function(math::LOG2_SYMBOL, Linkage::Import, &unary)
             .map_err(|e| err(e.to_string()))?;
         ctx.func.signature = sig;
-        ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        // Named after the kernel and its config so that `TPLA_DUMP=clif` reads
+        // `function %latent_decode[BLOCK_H=16,..]`, not `function u0:0`.
+        ctx.func.name = UserFuncName::testcase(clif_name(kernel));
         let mut fctx = FunctionBuilderContext::new();
         let tcfg = module.target_config();
         {
