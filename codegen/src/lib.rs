@@ -15,6 +15,7 @@ pub mod dump;
 pub mod error;
 pub mod ir;
 pub mod launch;
+pub mod ops;
 pub mod printer;
 pub mod shape;
 pub mod validate;
