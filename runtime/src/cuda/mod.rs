@@ -7,7 +7,7 @@
 //! - [`compile_kernel`]: IR + [`Target`] -> CUDA C++ ([`tpla_codegen::cuda::emit`]) -> image.
 //! - [`device`]: [`CudaExecutor`] (device discovery, device tensors, the paged cache on the
 //!   device, launches on the executor's or the caller's stream).
-//! - [`bench`]: event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
+//! - [`bench`](mod@bench): event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
 //!   reports.
 //!
 //! `TPLA_DUMP=cuda` (or any comma list containing `cuda`) prints each generated source to stderr;

@@ -6,7 +6,7 @@
 //! - [`hadamard`], [`pca`]: the two orthogonal transforms; [`reparam`]: γ folding, rotation, m_i, μ_i.
 //! - [`layer_ref`]: f64 reference decode of MLA and TPLA; [`shard`]: per-rank weights for g groups
 //!   and k devices; [`pdsep`]: prefill/decode separation.
-//! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`]: `tpla convert`.
+//! - [`accuracy`]: the fidelity harness behind `tpla accuracy`; [`convert`](mod@convert): `tpla convert`.
 
 #![allow(clippy::needless_range_loop)]
 
