@@ -4,9 +4,9 @@
 //!
 //! Run: `cargo run --release --example custom_kernel` (add `TPLA_DUMP=ir` to see the IR).
 
+use tpla::codegen::KernelDef;
 use tpla::kernel;
-use tpla_codegen::KernelDef;
-use tpla_runtime::{CpuExecutor, Executor, HostTensor};
+use tpla::runtime::{CpuExecutor, Executor, HostTensor};
 
 /// Normalises `BLOCK_T` rows of width `W` per program with their own RMS times `corr`.
 #[kernel(grid = (cdiv(tokens, BLOCK_T)), constants(W))]
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x = HostTensor::from_vec(&[tokens, w], data.clone())?;
     let mut y = HostTensor::<f32>::full(&[tokens, w], f32::NAN);
     let exec = CpuExecutor::new(0)?;
-    let config = rms_norm_slice.default_config(&[("W", w as i64)]);
+    let config = rms_norm_slice.default_config(&[("W", w as i64)])?;
     // m_i / g = 1 for a Hadamard-balanced slice.
     rms_norm_slice::launch(&exec, &config, &x, &mut y, 1.0, 1e-6)?;
 

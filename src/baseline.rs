@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use tpla_runtime::half::bf16;
 use tpla_runtime::HostPagedCache;
 
-/// `out[b, h, :]` = softmax(scale · q[b,h]·kᵀ) · V over every token of sequence `b`.
+/// `out[b, h, :]` = softmax(scale · q\[b,h\]·kᵀ) · V over every token of sequence `b`.
 /// `q` is `[batch, heads, lat + rope]`; `out` is `[batch, heads, lat]`.
 pub fn plain_decode(
     pool: &rayon::ThreadPool,

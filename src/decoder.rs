@@ -101,7 +101,7 @@ impl<X: Executor> LatentDecoder<X> {
         let shards = groups
             .map(|_| exec.upload_paged(&host))
             .collect::<Result<Vec<_>, _>>()?;
-        let append = append_rows.default_config(&[("ROW", (width + shape.rope) as i64)]);
+        let append = append_rows.default_config(&[("ROW", (width + shape.rope) as i64)])?;
         Ok(LatentDecoder {
             lens: vec![0; shape.batch],
             shape,
@@ -155,7 +155,7 @@ impl<X: Executor> LatentDecoder<X> {
         }
         for (j, cache) in self.shards.iter_mut().enumerate() {
             let i = self.first + j;
-            let slice = shard_rows(rows.data(), s.batch * n, s.lat, s.rope, self.width, i);
+            let slice = shard_rows(rows.data(), s.batch * n, s.lat, s.rope, self.width, i)?;
             let part = exec.upload(
                 &HostTensor::from_vec(&[s.batch, n, self.width + s.rope], slice)
                     .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
@@ -343,7 +343,7 @@ impl<X: Executor> LatentDecoder<X> {
         let s = &self.shape;
         (self.first..self.first + self.shards.len())
             .map(|i| {
-                let data = shard_rows(q.data(), s.batch * s.heads, s.lat, s.rope, self.width, i);
+                let data = shard_rows(q.data(), s.batch * s.heads, s.lat, s.rope, self.width, i)?;
                 exec.upload(
                     &HostTensor::from_vec(&[s.batch, s.heads, self.width + s.rope], data)
                         .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
@@ -354,17 +354,34 @@ impl<X: Executor> LatentDecoder<X> {
 }
 
 /// Concatenates per-shard outputs (`[batch, heads, w]` each) along the latent axis.
-pub fn concat_shards(parts: &[Vec<f32>], batch_heads: usize, width: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(parts.len() * batch_heads * width);
+///
+/// A part that does not hold exactly `batch_heads · width` values is an
+/// [`RuntimeError::InvalidInput`] naming it.
+pub fn concat_shards(
+    parts: &[Vec<f32>],
+    batch_heads: usize,
+    width: usize,
+) -> Result<Vec<f32>, RuntimeError> {
+    let want = batch_heads * width;
+    if let Some((i, p)) = parts.iter().enumerate().find(|(_, p)| p.len() != want) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "shard output {i} has {} values, expected {batch_heads} rows x {width} = {want}",
+            p.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(parts.len() * want);
     for r in 0..batch_heads {
         for p in parts {
             out.extend_from_slice(&p[r * width..(r + 1) * width]);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Picks shard `i` of each `[lat + rope]` row: latent columns `[i·w, (i+1)·w)` then the RoPE part.
+///
+/// `data` must hold exactly `rows · (lat + rope)` values and the shard must lie inside the
+/// latent (`(i + 1) · w <= lat`); otherwise an [`RuntimeError::InvalidInput`] says which.
 pub fn shard_rows<T: Copy>(
     data: &[T],
     rows: usize,
@@ -372,13 +389,66 @@ pub fn shard_rows<T: Copy>(
     rope: usize,
     w: usize,
     i: usize,
-) -> Vec<T> {
+) -> Result<Vec<T>, RuntimeError> {
     let d = lat + rope;
+    if data.len() != rows * d {
+        return Err(RuntimeError::InvalidInput(format!(
+            "{} values are not {rows} rows of {lat} + {rope}",
+            data.len()
+        )));
+    }
+    let end = i.checked_add(1).and_then(|n| n.checked_mul(w));
+    if end.is_none_or(|e| e > lat) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "latent shard {i} of width {w} does not fit in a latent of {lat}"
+        )));
+    }
     let mut out = Vec::with_capacity(rows * (w + rope));
     for r in 0..rows {
         let row = &data[r * d..(r + 1) * d];
         out.extend_from_slice(&row[i * w..(i + 1) * w]);
         out.extend_from_slice(&row[lat..]);
     }
-    out
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_rows_picks_the_latent_slice_and_the_rope() {
+        // 2 rows of lat 4 + rope 1: shard 1 of width 2 is columns 2..4 plus column 4.
+        let data: Vec<i32> = (0..10).collect();
+        assert_eq!(
+            shard_rows(&data, 2, 4, 1, 2, 1).unwrap(),
+            [2, 3, 4, 7, 8, 9]
+        );
+    }
+
+    #[test]
+    fn shard_rows_rejects_wrong_sizes_instead_of_panicking() {
+        let data: Vec<i32> = (0..10).collect();
+        for (rows, lat, w, i) in [
+            (3, 4, 2, 0),
+            (2, 4, 2, 2),
+            (2, 4, 3, 1),
+            (2, 4, usize::MAX, 1),
+        ] {
+            let e = shard_rows(&data, rows, lat, 1, w, i).unwrap_err();
+            assert!(matches!(e, RuntimeError::InvalidInput(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn concat_shards_interleaves_rows_and_rejects_short_parts() {
+        let parts = vec![vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0, 8.0]];
+        assert_eq!(
+            concat_shards(&parts, 2, 2).unwrap(),
+            [1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]
+        );
+        let short = vec![vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0]];
+        let e = concat_shards(&short, 2, 2).unwrap_err();
+        assert!(e.to_string().contains("shard output 1"), "{e}");
+    }
 }

@@ -127,7 +127,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
         )?;
         let append = append_rows
-            .default_config(&[("ROW", (caps.lat + caps.rope) as i64)])
+            .default_config(&[("ROW", (caps.lat + caps.rope) as i64)])?
             .with("BLOCK_T", 1);
         // Load every kernel now (the occupancy query builds and loads it on a GPU), so no
         // compilation or module load happens inside a later graph capture.
@@ -357,7 +357,7 @@ pub fn merge<X: ViewExecutor>(
             )))
         }
     };
-    let cfg = combine_splits.default_config(&[("LAT", lat as i64)]);
+    let cfg = combine_splits.default_config(&[("LAT", lat as i64)])?;
     exec.launch(
         &combine_splits,
         &cfg,

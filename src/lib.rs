@@ -24,3 +24,10 @@ pub use tpla_kernels as kernels;
 pub use tpla_macros::kernel;
 pub use tpla_model as model;
 pub use tpla_runtime as runtime;
+
+/// What code emitted by `#[kernel]` names (`::tpla::__private::{codegen, runtime}`); not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use tpla_codegen as codegen;
+    pub use tpla_runtime as runtime;
+}

@@ -330,8 +330,8 @@ fn pass<X: Executor>(
     let mut poisoned = vec![false; batch * heads];
     let (mut outs, mut lses) = (Vec::with_capacity(g), Vec::with_capacity(g * batch * heads));
     for i in 0..g {
-        let qs = shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i);
-        let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i);
+        let qs = shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i)?;
+        let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i)?;
         let bad = non_finite_pairs(&qs, &pool, &inputs.cache, batch, heads, w + rope);
         let q = HostTensor::from_vec(&[batch, heads, w + rope], qs)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
@@ -363,7 +363,7 @@ fn pass<X: Executor>(
         lses.extend(lse);
     }
     let n = poisoned.iter().filter(|&&p| p).count();
-    Ok((concat_shards(&outs, batch * heads, w), lses, n))
+    Ok((concat_shards(&outs, batch * heads, w)?, lses, n))
 }
 
 /// For each (sequence, head): whether its query row or a cache row of the sequence inside its

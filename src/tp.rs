@@ -77,7 +77,7 @@ impl<X: Executor> TpShard<X> {
         let dec = LatentDecoder::new_shard(exec, shape, rank)?;
         let width = dec.shard_width();
         let w = exec.upload(&w_rows(w_uv, rank * width..(rank + 1) * width))?;
-        let proj = head_proj.default_config(&[("LAT", width as i64), ("DV", dv as i64)]);
+        let proj = head_proj.default_config(&[("LAT", width as i64), ("DV", dv as i64)])?;
         Ok(TpShard { dec, w, proj, dv })
     }
 
@@ -432,7 +432,7 @@ impl<X: Executor> HeadParallelMla<X> {
                 &HostTensor::from_vec(&[hk, lat, dv], wd.to_vec())
                     .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
             )?;
-            let proj = head_proj.default_config(&[("LAT", lat as i64), ("DV", dv as i64)]);
+            let proj = head_proj.default_config(&[("LAT", lat as i64), ("DV", dv as i64)])?;
             ranks.push(TpShard { dec, w, proj, dv });
         }
         Ok(HeadParallelMla {

@@ -971,7 +971,7 @@ const V2_LITE_DECODE: [&str; 14] = [
 
 fn default_decode_config() -> tpla_codegen::Config {
     use tpla_codegen::KernelDef;
-    tpla_kernels::latent_decode.default_config(&[])
+    tpla_kernels::latent_decode.default_config(&[]).unwrap()
 }
 
 /// A tune file from before `WG_SPLIT` existed: decode runs on defaults, the file is reported

@@ -374,7 +374,7 @@ fn arguments_of_the_other_memory_space_are_refused() {
     let mut ov = TensorViewMut::new(&mut out, &[1, 1, LAT]).unwrap();
     let mut lv = TensorViewMut::new(&mut lse, &[1, 1]).unwrap();
     let k = tpla_kernels::combine_splits;
-    let cfg = k.default_config(&[("LAT", LAT as i64)]);
+    let cfg = k.default_config(&[("LAT", LAT as i64)]).unwrap();
     let args = [dev.arg(), dev_lse.arg(), ov.arg_mut(), lv.arg_mut()];
     let err = exec.launch(&k, &cfg, &args).unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidInput(_)), "{err}");

@@ -101,26 +101,86 @@ pub trait KernelDef: Sync {
     }
 
     /// The config with every tune parameter at its first candidate plus the given shape constants.
-    fn default_config(&self, shape_constants: &[(&str, i64)]) -> Config {
+    ///
+    /// A name that is not one of [`shape_constants`](Self::shape_constants) is rejected here,
+    /// with [`IrError::UnknownConstant`], rather than surfacing at launch.
+    fn default_config(&self, shape_constants: &[(&str, i64)]) -> Result<Config, IrError> {
+        let known = self.shape_constants();
         let mut c = Config::new();
         for t in self.tune_params() {
             c.set(t.name, t.candidates[0]);
         }
         for (k, v) in shape_constants {
+            if !known.contains(k) {
+                return Err(IrError::UnknownConstant {
+                    kernel: self.name().to_string(),
+                    name: (*k).to_string(),
+                    known: known.iter().map(|s| s.to_string()).collect(),
+                });
+            }
             c.set(k, *v);
         }
-        c
+        Ok(c)
     }
 
-    /// Every combination of tune candidates, each with the given shape constants.
-    fn tune_space(&self, shape_constants: &[(&str, i64)]) -> Vec<Config> {
-        let mut out = vec![self.default_config(shape_constants)];
+    /// Every combination of tune candidates, each with the given shape constants (checked as in
+    /// [`default_config`](Self::default_config)).
+    fn tune_space(&self, shape_constants: &[(&str, i64)]) -> Result<Vec<Config>, IrError> {
+        let mut out = vec![self.default_config(shape_constants)?];
         for t in self.tune_params() {
             out = out
                 .into_iter()
                 .flat_map(|c| t.candidates.iter().map(move |v| c.clone().with(t.name, *v)))
                 .collect();
         }
-        out
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Two;
+    impl KernelDef for Two {
+        fn name(&self) -> &'static str {
+            "two"
+        }
+        fn tune_params(&self) -> &'static [TuneParam] {
+            &[TuneParam {
+                name: "BLOCK",
+                candidates: &[16, 32],
+            }]
+        }
+        fn shape_constants(&self) -> &'static [&'static str] {
+            &["LAT", "ROPE"]
+        }
+        fn build(&self, _: &Config) -> Result<Kernel, IrError> {
+            Err(IrError::Invalid("not built in this test".into()))
+        }
+    }
+
+    #[test]
+    fn default_config_rejects_an_unknown_constant_by_name() {
+        let e = Two.default_config(&[("LAT", 512), ("CC", 8)]).unwrap_err();
+        assert_eq!(
+            e,
+            IrError::UnknownConstant {
+                kernel: "two".into(),
+                name: "CC".into(),
+                known: vec!["LAT".into(), "ROPE".into()],
+            }
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("`CC`") && msg.contains("LAT, ROPE"), "{msg}");
+        assert!(Two.tune_space(&[("CC", 8)]).is_err());
+    }
+
+    #[test]
+    fn default_config_keeps_known_constants_and_first_candidates() {
+        let c = Two.default_config(&[("LAT", 512)]).unwrap();
+        assert_eq!(c.get("LAT"), Ok(512));
+        assert_eq!(c.get("BLOCK"), Ok(16));
+        assert_eq!(Two.tune_space(&[("ROPE", 64)]).unwrap().len(), 2);
     }
 }

@@ -8,6 +8,24 @@ pub enum IrError {
     /// The config lacks a tune parameter or shape constant the kernel needs.
     #[error("config has no value for `{0}`")]
     MissingConfig(String),
+    /// A shape constant given to `KernelDef::default_config` that the kernel does not declare.
+    #[error("kernel `{kernel}` has no shape constant `{name}` (its shape constants: {})", known_list(.known))]
+    UnknownConstant {
+        /// The kernel.
+        kernel: String,
+        /// The name given.
+        name: String,
+        /// The kernel's shape constants.
+        known: Vec<String>,
+    },
+    /// `TPLA_DUMP` holds a name that is not a stage.
+    #[error("TPLA_DUMP={value:?}: `{item}` is not a stage; expected a comma list of {}", crate::dump::ACCEPTED.join(", "))]
+    BadDump {
+        /// The whole value.
+        value: String,
+        /// The item not understood.
+        item: String,
+    },
     /// A config value is not among a tune parameter's candidates, or is not positive.
     #[error("config value {name} = {value} is invalid: {why}")]
     BadConfig {
@@ -75,4 +93,12 @@ pub enum IrError {
         /// What went wrong.
         message: String,
     },
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    }
 }

@@ -281,17 +281,9 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
-    /// DSL name.
+    /// DSL spelling, from the op table ([`crate::ops`]).
     pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp2 => "exp2",
-            UnaryOp::Log2 => "log2",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Rsqrt => "rsqrt",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Recip => "recip",
-        }
+        self.def().name
     }
     /// Reference semantics in f32.
     pub fn apply(self, x: f32) -> f32 {
@@ -325,16 +317,9 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    /// DSL spelling.
+    /// DSL spelling, from the op table ([`crate::ops`]).
     pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "+",
-            BinaryOp::Sub => "-",
-            BinaryOp::Mul => "*",
-            BinaryOp::Div => "/",
-            BinaryOp::Max => "max",
-            BinaryOp::Min => "min",
-        }
+        self.def().name
     }
     /// Reference semantics in f32.
     pub fn apply(self, a: f32, b: f32) -> f32 {
@@ -367,16 +352,9 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
-    /// DSL spelling.
+    /// DSL spelling, from the op table ([`crate::ops`]).
     pub fn name(self) -> &'static str {
-        match self {
-            CmpOp::Lt => "<",
-            CmpOp::Le => "<=",
-            CmpOp::Gt => ">",
-            CmpOp::Ge => ">=",
-            CmpOp::Eq => "==",
-            CmpOp::Ne => "!=",
-        }
+        self.def().name
     }
 }
 

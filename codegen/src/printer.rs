@@ -3,6 +3,7 @@
 use std::fmt::{self, Write};
 
 use crate::ir::*;
+use crate::ops::table::{self, Form};
 
 struct P<'a> {
     k: &'a Kernel,
@@ -64,44 +65,47 @@ impl P<'_> {
             .collect();
         parts.join(", ")
     }
+    /// One operation, spelled with its op-table name ([`TileOp::def`]).
     fn op(&self, op: &TileOp) -> String {
+        let name = op.def().name;
         match op {
-            TileOp::Full(v) => format!("full({})", self.operand(v)),
-            TileOp::Iota { axis } => format!("iota(axis={axis})"),
+            TileOp::Full(v) => format!("{name}({})", self.operand(v)),
+            TileOp::Iota { axis } => format!("{name}(axis={axis})"),
             TileOp::Load { param, index } => format!(
-                "load {}[{}]",
+                "{name} {}[{}]",
                 self.k.params[*param].name,
                 self.slices(index)
             ),
-            TileOp::Unary(u, t) => format!("{}({})", u.name(), self.tile(*t)),
-            TileOp::Binary(b, x, y) => {
-                format!("{} {} {}", self.operand(x), b.name(), self.operand(y))
-            }
-            TileOp::Compare(c, x, y) => {
-                format!("{} {} {}", self.operand(x), c.name(), self.operand(y))
-            }
+            TileOp::Unary(_, t) => format!("{name}({})", self.tile(*t)),
+            TileOp::Binary(_, x, y) | TileOp::Compare(_, x, y) => match op.def().form {
+                Form::Infix => format!("{} {name} {}", self.operand(x), self.operand(y)),
+                _ => format!("{name}({}, {})", self.operand(x), self.operand(y)),
+            },
             TileOp::Select {
                 mask,
                 on_true,
                 on_false,
             } => {
                 format!(
-                    "select({}, {}, {})",
+                    "{name}({}, {}, {})",
                     self.tile(*mask),
                     self.operand(on_true),
                     self.operand(on_false)
                 )
             }
-            TileOp::Reduce { op, src, axis } => {
-                format!("reduce_{op:?}({}, axis={axis})", self.tile(*src)).to_lowercase()
+            TileOp::Reduce { src, axis, .. } => {
+                format!("{name}({}, axis={axis})", self.tile(*src))
             }
-            TileOp::Gemm { a, b } => format!("gemm({}, {})", self.tile(*a), self.tile(*b)),
-            TileOp::Cast(t) => format!("cast({})", self.tile(*t)),
+            TileOp::Gemm { a, b } => format!("{name}({}, {})", self.tile(*a), self.tile(*b)),
+            TileOp::Cast(t) => format!("{name}({})", self.tile(*t)),
             TileOp::View(t, v) => match v {
-                ViewOp::Transpose => format!("view {}.t()", self.tile(*t)),
-                ViewOp::Unsqueeze(a) => format!("view {}.unsqueeze({a})", self.tile(*t)),
+                ViewOp::Transpose => format!("view {}.{name}()", self.tile(*t)),
+                ViewOp::Unsqueeze(a) => format!("view {}.{name}({a})", self.tile(*t)),
                 ViewOp::Slice { axis, start, len } => {
-                    format!("view {}[axis {axis}: {start}..+{len}]", self.tile(*t))
+                    format!(
+                        "view {}.{name}({start}..+{len}) [axis {axis}]",
+                        self.tile(*t)
+                    )
                 }
             },
         }
@@ -132,7 +136,8 @@ impl P<'_> {
                 Stmt::Store { param, index, src } => {
                     let _ = writeln!(
                         self.out,
-                        "{pad}store {}[{}] <- {}",
+                        "{pad}{} {}[{}] <- {}",
+                        table::STORE.name,
                         self.k.params[*param].name,
                         self.slices(index),
                         self.tile(*src)
@@ -168,11 +173,12 @@ impl P<'_> {
                 } => {
                     let _ = writeln!(
                         self.out,
-                        "{pad}for ({}#{start}, {}, {}) in {}.blocks(batch={}, split={}/{}, block={block}, stages={stages}) {{",
+                        "{pad}for ({}#{start}, {}, {}) in {}.{}(batch={}, split={}/{}, block={block}, stages={stages}) {{",
                         self.k.scalars[*start],
                         self.tile(*tile),
                         self.tile(*valid),
                         self.k.params[*cache].name,
+                        table::BLOCKS.name,
                         self.index(batch),
                         self.index(split),
                         self.index(num_splits)
@@ -188,8 +194,10 @@ impl P<'_> {
                 } => {
                     let _ = writeln!(
                         self.out,
-                        "{pad}paged_store {}[batch={}, from {}] <- {}",
+                        "{pad}{} {}.{}(batch={}, from {}) <- {}",
+                        table::STORE.name,
                         self.k.params[*cache].name,
+                        table::PAGED_ROWS.name,
                         self.index(batch),
                         self.index(start),
                         self.tile(*src)

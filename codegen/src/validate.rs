@@ -3,6 +3,8 @@
 
 use crate::error::IrError;
 use crate::ir::*;
+use crate::ops::table::STORE;
+use crate::ops::DtypeRule;
 use crate::shape::{infer, region_shape, TileType};
 
 /// Checks a kernel; the builder calls this, and backends may rely on it having passed.
@@ -199,9 +201,18 @@ fn check_block(k: &Kernel, body: &[Stmt], assigns: &[usize]) -> Result<(), IrErr
                         k.params[*param].name
                     )));
                 }
-                if t.dtype != dtype || t.shape != shape {
+                // The op table's `store` dtype rule: the tile's dtype is the tensor's.
+                let op = format!("{} into `{}`", STORE.name, k.params[*param].name);
+                if STORE.dtype == DtypeRule::MustMatch && t.dtype != dtype {
+                    return Err(IrError::DTypeMismatch {
+                        op,
+                        left: t.dtype,
+                        right: dtype,
+                    });
+                }
+                if t.shape != shape {
                     return Err(IrError::ShapeMismatch {
-                        op: format!("store into `{}`", k.params[*param].name),
+                        op,
                         left: t.shape.clone(),
                         right: shape,
                     });
@@ -267,4 +278,48 @@ fn check_block(k: &Kernel, body: &[Stmt], assigns: &[usize]) -> Result<(), IrErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, KernelBuilder};
+
+    /// A store of an f32 tile into a tensor relabelled bf16: the dtype rule of `store`, not a
+    /// shape mismatch between two equal shapes.
+    #[test]
+    fn store_of_the_wrong_dtype_is_a_dtype_mismatch() {
+        let mut b = KernelBuilder::new("k", &Config::new());
+        let x = b.tensor("x", DType::F32, vec![ParamDim::Const(4)], false);
+        let y = b.tensor("y", DType::F32, vec![ParamDim::Const(4)], true);
+        let idx = vec![Slice::Span {
+            start: Index::Const(0),
+            len: 4,
+        }];
+        let t = b
+            .define(
+                "t",
+                TileOp::Load {
+                    param: x,
+                    index: idx.clone(),
+                },
+            )
+            .unwrap();
+        b.store(y, idx, t).unwrap();
+        b.grid([Index::Const(1), Index::Const(1), Index::Const(1)]);
+        let mut k = b.finish().unwrap();
+        k.params[y].kind = ParamKind::Tensor {
+            dtype: DType::BF16,
+            dims: vec![ParamDim::Const(4)],
+            writable: true,
+        };
+        assert_eq!(
+            validate(&k),
+            Err(IrError::DTypeMismatch {
+                op: "store into `y`".into(),
+                left: DType::F32,
+                right: DType::BF16,
+            })
+        );
+    }
 }

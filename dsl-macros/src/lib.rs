@@ -4,7 +4,7 @@
 //! time (unknown operations, dtype and shape mismatches including gemm inner dimensions, tile
 //! sizes that are not constants, unknown tune parameters: each reported at the author's span) and
 //! replaces it with a unit struct of the same name that
-//! - implements `tpla_codegen::KernelDef`: `build(&config)` records the body into the tile IR for
+//! - implements `tpla::codegen::KernelDef`: `build(&config)` records the body into the tile IR for
 //!   concrete tune values and shape constants;
 //! - has a typed launcher `NAME::launch(&executor, &config, args..)` taking one argument per
 //!   kernel parameter, so a wrong argument count or type is a compile error at the call site.
@@ -24,6 +24,13 @@
 //! ```
 //!
 //! Add `dump` to the attribute to print the generated code at expansion time.
+//!
+//! The emitted code names one path only, `::tpla::__private` (a hidden re-export of the codegen
+//! and runtime crates), so a crate that depends on `tpla` alone can write kernels. A crate that
+//! cannot depend on `tpla` points the macro at its own `__private` module with
+//! `#[kernel(crate = path, ..)]`, or (as `tpla-kernels` does) declares `extern crate self as tpla;`
+//! next to a `#[doc(hidden)] pub mod __private { pub use tpla_codegen as codegen; pub use
+//! tpla_runtime as runtime; }`.
 
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
@@ -122,12 +129,12 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
                     dim_code.push(match &d {
                         DimS::Runtime(n) => {
                             let d = format_ident!("__tpla_dim_{}", n);
-                            quote!(::tpla_codegen::ir::ParamDim::Runtime(#d))
+                            quote!(__tpla_private::codegen::ir::ParamDim::Runtime(#d))
                         }
                         DimS::Const(s) => {
                             let t = s.to_tokens();
                             let what = format!("dimension `{s}` of `{label}`");
-                            quote!(::tpla_codegen::ir::ParamDim::Const(::tpla_codegen::builder::const_dim(#what, #t)?))
+                            quote!(__tpla_private::codegen::ir::ParamDim::Const(__tpla_private::codegen::builder::const_dim(#what, #t)?))
                         }
                     });
                     ds.push(d);
@@ -180,14 +187,14 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
                 let irdt = dt.ir();
                 let (var, rt, arg) = match dt {
                     sig::Dt::F32 => (
-                        quote!(::tpla_codegen::ir::FScalar::Param(__p)),
+                        quote!(__tpla_private::codegen::ir::FScalar::Param(__p)),
                         quote!(f32),
-                        quote!(::tpla_runtime::KernelArg::F32(#id)),
+                        quote!(__tpla_private::runtime::KernelArg::F32(#id)),
                     ),
                     _ => (
-                        quote!(::tpla_codegen::ir::Index::Scalar(__p)),
+                        quote!(__tpla_private::codegen::ir::Index::Scalar(__p)),
                         quote!(i32),
-                        quote!(::tpla_runtime::KernelArg::I32(#id)),
+                        quote!(__tpla_private::runtime::KernelArg::I32(#id)),
                     ),
                 };
                 param_code
@@ -223,7 +230,7 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
         }
     }
     while grid_code.len() < 3 {
-        grid_code.push(quote!(::tpla_codegen::ir::Index::Const(1)));
+        grid_code.push(quote!(__tpla_private::codegen::ir::Index::Const(1)));
     }
     let _ = attr.grid_span;
 
@@ -232,12 +239,16 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
     let tune_entries = tunes.iter().map(|t| {
         let n = t.name.to_string();
         let c = &t.candidates;
-        quote!(::tpla_codegen::TuneParam { name: #n, candidates: &[#(#c),*] })
+        quote!(__tpla_private::codegen::TuneParam { name: #n, candidates: &[#(#c),*] })
     });
     let const_locals = tune_names.iter().chain(const_names.iter()).map(|n| {
         let id = format_ident!("{}", n);
         quote!(let #id: i64 = __tpla_config.get(#n)?;)
     });
+    let krate = match &attr.krate {
+        Some(p) => quote!(#p),
+        None => quote!(::tpla),
+    };
     let launch_doc = format!(
         "Launches `{name_str}` on `exec` with `config`; arguments follow the kernel signature."
     );
@@ -248,15 +259,18 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
         #[derive(Clone, Copy, Debug, Default)]
         #vis struct #name;
 
-        impl ::tpla_codegen::KernelDef for #name {
+        const _: () = {
+        use #krate::__private as __tpla_private;
+
+        impl __tpla_private::codegen::KernelDef for #name {
             fn name(&self) -> &'static str { #name_str }
-            fn tune_params(&self) -> &'static [::tpla_codegen::TuneParam] { &[#(#tune_entries),*] }
+            fn tune_params(&self) -> &'static [__tpla_private::codegen::TuneParam] { &[#(#tune_entries),*] }
             fn shape_constants(&self) -> &'static [&'static str] { &[#(#const_names),*] }
             #[allow(non_snake_case, unused_variables, unused_braces, clippy::all)]
-            fn build(&self, __tpla_config: &::tpla_codegen::Config) -> ::core::result::Result<::tpla_codegen::ir::Kernel, ::tpla_codegen::IrError> {
+            fn build(&self, __tpla_config: &__tpla_private::codegen::Config) -> ::core::result::Result<__tpla_private::codegen::ir::Kernel, __tpla_private::codegen::IrError> {
                 self.check_config(__tpla_config)?;
                 #(#const_locals)*
-                let mut __tpla_b = ::tpla_codegen::KernelBuilder::new(#name_str, __tpla_config);
+                let mut __tpla_b = __tpla_private::codegen::KernelBuilder::new(#name_str, __tpla_config);
                 #(#dim_regs)*
                 #(#param_code)*
                 let __grid = [#(#grid_code),*];
@@ -269,14 +283,15 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
         impl #name {
             #[doc = #launch_doc]
             #[allow(clippy::too_many_arguments)]
-            #vis fn launch<X: ::tpla_runtime::Executor>(
+            #vis fn launch<X: __tpla_private::runtime::Executor>(
                 exec: &X,
-                config: &::tpla_codegen::Config,
+                config: &__tpla_private::codegen::Config,
                 #(#launch_params),*
-            ) -> ::core::result::Result<(), ::tpla_runtime::RuntimeError> {
+            ) -> ::core::result::Result<(), __tpla_private::runtime::RuntimeError> {
                 let __args = [#(#launch_args),*];
                 exec.launch(&#name, config, &__args)
             }
         }
+        };
     })
 }

@@ -12,6 +12,8 @@ use syn::{
     Stmt, UnOp,
 };
 
+use tpla_optable::{self as optable, Form, Operand as OpKind};
+
 use crate::sig::Dt;
 use crate::sym::{shape_str, Sym};
 
@@ -99,7 +101,7 @@ pub struct Ctx {
     tmp: usize,
 }
 
-const IR: &str = "::tpla_codegen::ir";
+const IR: &str = "__tpla_private::codegen::ir";
 
 fn ir() -> TokenStream {
     IR.parse().unwrap()
@@ -374,8 +376,8 @@ impl Ctx {
     }
 
     fn store(&mut self, c: &ExprCall) -> R<TokenStream> {
-        if c.args.len() != 2 {
-            return err(c, "store(destination, tile) takes 2 arguments");
+        if c.args.len() != optable::STORE.arity() {
+            return err(c, optable::STORE.arity_message());
         }
         let Expr::MethodCall(dst) = &c.args[0] else {
             return err(
@@ -434,13 +436,13 @@ impl Ctx {
         let label = name.to_string();
         let (head, var) = match &*f.expr {
             Expr::Call(c) if call_name(c).as_deref() == Some("range") => {
-                if c.args.len() != 2 {
-                    return err(c, "range(start, end) takes 2 arguments");
+                if c.args.len() != optable::RANGE.arity() {
+                    return err(c, optable::RANGE.arity_message());
                 }
                 let a = self.index(&c.args[0])?;
                 let e = self.index(&c.args[1])?;
                 (
-                    quote!(let #name: ::tpla_codegen::ir::Index = { let (__a, __e) = (#a, #e); __tpla_b.begin_for(#label, __a, __e) };),
+                    quote!(let #name: __tpla_private::codegen::ir::Index = { let (__a, __e) = (#a, #e); __tpla_b.begin_for(#label, __a, __e) };),
                     Var::Index {
                         id: name.clone(),
                         sym: None,
@@ -449,8 +451,8 @@ impl Ctx {
             }
             Expr::MethodCall(m) => {
                 let (blocks, stages) = if m.method == "pipelined" {
-                    if m.args.len() != 1 {
-                        return err(m, ".pipelined(STAGES) takes 1 argument");
+                    if m.args.len() != optable::PIPELINED.arity() {
+                        return err(m, optable::PIPELINED.arity_message());
                     }
                     let Expr::MethodCall(inner) = &*m.receiver else {
                         return err(&m.receiver, "expected cache.blocks::<N>(..)");
@@ -476,11 +478,8 @@ impl Ctx {
                     Some(syn::GenericArgument::Const(e)) => self.sym(e)?,
                     _ => return err(tf, "blocks::<N>: N is a constant"),
                 };
-                if blocks.args.len() != 3 {
-                    return err(
-                        blocks,
-                        "blocks::<N>(batch, split, num_splits) takes 3 arguments",
-                    );
+                if blocks.args.len() != optable::BLOCKS.arity() {
+                    return err(blocks, optable::BLOCKS.arity_message());
                 }
                 let bt = self.index(&blocks.args[0])?;
                 let sp = self.index(&blocks.args[1])?;
@@ -847,19 +846,14 @@ impl Ctx {
         let Some(name) = call_name(c) else {
             return err(&c.func, "call a DSL operation by name");
         };
-        let args: Vec<&Expr> = c.args.iter().collect();
-        let nargs = |n: usize| -> R<()> {
-            if args.len() != n {
-                return err(
-                    c,
-                    format!(
-                        "`{name}` takes {n} argument{}",
-                        if n == 1 { "" } else { "s" }
-                    ),
-                );
-            }
-            Ok(())
+        // The op table decides which operations exist and how many operands each takes.
+        let Some(def) = optable::call(&name) else {
+            return err(&c.func, optable::unknown_message(&name, Form::Call));
         };
+        let args: Vec<&Expr> = c.args.iter().collect();
+        if args.len() != def.arity() {
+            return err(c, def.arity_message());
+        }
         let op = |code: TokenStream, dt: Dt, shape: Vec<Sym>, typed: bool| {
             Ok(Lowered::Op(OpV {
                 code,
@@ -870,15 +864,13 @@ impl Ctx {
         };
         match name.as_str() {
             "program_id" => {
-                nargs(1)?;
                 let axis = self.axis(args[0], 3)? as u8;
                 Ok(Lowered::V(Val::I {
                     code: quote!(#irp::Index::ProgramId(#axis)),
                     sym: None,
                 }))
             }
-            "cdiv" | "min" | "max" if !args.is_empty() => {
-                nargs(2)?;
+            "cdiv" | "min" | "max" => {
                 let (l, r) = (self.val(args[0])?, self.val(args[1])?);
                 let ir_op = match name.as_str() {
                     "cdiv" => quote!(CeilDiv),
@@ -909,7 +901,6 @@ impl Ctx {
                 }
             }
             "load" => {
-                nargs(1)?;
                 let Expr::MethodCall(m) = args[0] else {
                     return err(args[0], "load(tensor.tile([..]))");
                 };
@@ -928,7 +919,6 @@ impl Ctx {
                 )
             }
             "zeros" | "full" => {
-                nargs(if name == "zeros" { 1 } else { 2 })?;
                 let dt = turbofish_dt(&c.func)?.unwrap_or(Dt::F32);
                 let shape = self.dims_arg(args[0])?;
                 let value = if name == "zeros" {
@@ -959,7 +949,6 @@ impl Ctx {
                 op(quote!(#irp::TileOp::Full(#value)), dt, shape, true)
             }
             "iota" => {
-                nargs(2)?;
                 let shape = self.dims_arg(args[0])?;
                 let axis = self.axis(args[1], shape.len())?;
                 op(
@@ -970,7 +959,6 @@ impl Ctx {
                 )
             }
             "gemm" => {
-                nargs(2)?;
                 let (a, da, sa) = self.tile_arg(args[0], "gemm")?;
                 let (b, db, sb) = self.tile_arg(args[1], "gemm")?;
                 if sa.len() != 2 || sb.len() != 2 {
@@ -1013,19 +1001,16 @@ impl Ctx {
                 )
             }
             "exp2" | "log2" | "sqrt" | "rsqrt" | "abs" | "recip" => {
-                nargs(1)?;
                 let u = format_ident!("{}", capitalize(&name));
                 match self.val(args[0])? {
                     Val::Tile {
                         code, dt, shape, ..
                     } => {
                         if !dt.is_float() {
+                            let got = format!("{} tile", dt.name());
                             return err(
                                 args[0],
-                                format!(
-                                    "dtype mismatch: {name} needs a float tile, got {}",
-                                    dt.name()
-                                ),
+                                format!("dtype mismatch: {}", def.operand_message(0, &got)),
                             );
                         }
                         op(
@@ -1044,12 +1029,12 @@ impl Ctx {
                 }
             }
             "reduce_max" | "reduce_sum" => {
-                nargs(2)?;
                 let (t, dt, mut shape) = self.tile_arg(args[0], &name)?;
                 if !dt.is_float() {
+                    let got = format!("{} tile", dt.name());
                     return err(
                         args[0],
-                        format!("dtype mismatch: {name} needs a float tile"),
+                        format!("dtype mismatch: {}", def.operand_message(0, &got)),
                     );
                 }
                 let axis = self.axis(args[1], shape.len())?;
@@ -1067,15 +1052,12 @@ impl Ctx {
                 )
             }
             "select" => {
-                nargs(3)?;
                 let (m, dm, sm) = self.tile_arg(args[0], "select")?;
                 if dm != Dt::Bool {
+                    let got = format!("{} tile", dm.name());
                     return err(
                         args[0],
-                        format!(
-                            "dtype mismatch: select needs a bool mask, got {}",
-                            dm.name()
-                        ),
+                        format!("dtype mismatch: {}", def.operand_message(0, &got)),
                     );
                 }
                 let (a, b) = (self.val(args[1])?, self.val(args[2])?);
@@ -1099,7 +1081,10 @@ impl Ctx {
             }
             "range" => err(c, "range(a, b) is only a loop source"),
             "store" => err(c, "store(..) is a statement"),
-            other => err(&c.func, format!("unknown operation `{other}`")),
+            other => err(
+                &c.func,
+                format!("`{other}` is in the op table but the macro does not lower it"),
+            ),
         }
     }
 
@@ -1127,7 +1112,7 @@ impl Ctx {
                                 Ok(Lowered::V(Val::I { code: quote!(#irp::Index::Load { param: #id, index: vec![#(#idx),*] }), sym: None }))
                             }
                             "tile" => err(m, format!("a tile region is loaded with load({id}.tile([..])) or written with store({id}.tile([..]), value)")),
-                            other => err(&m.method, format!("unknown operation `.{other}()` on tensor `{id}`")),
+                            other => err(&m.method, optable::unknown_method_message(other, OpKind::Tensor, &format!("tensor `{id}`"))),
                         };
                     }
                     Some(Var::Paged { id, .. }) => {
@@ -1148,7 +1133,11 @@ impl Ctx {
                             })),
                             other => err(
                                 &m.method,
-                                format!("unknown operation `.{other}()` on paged cache `{id}`"),
+                                optable::unknown_method_message(
+                                    other,
+                                    OpKind::Paged,
+                                    &format!("paged cache `{id}`"),
+                                ),
                             ),
                         };
                     }
@@ -1266,7 +1255,7 @@ impl Ctx {
                 s[axis] = len;
                 let what = format!("{method} range");
                 view(
-                    quote!(#irp::ViewOp::Slice { axis: #axis, start: ::tpla_codegen::builder::const_dim(#what, #st + 1)? - 1, len: ::tpla_codegen::builder::const_dim(#what, #ln)? }),
+                    quote!(#irp::ViewOp::Slice { axis: #axis, start: __tpla_private::codegen::builder::const_dim(#what, #st + 1)? - 1, len: __tpla_private::codegen::builder::const_dim(#what, #ln)? }),
                     s,
                 )
             }
@@ -1294,7 +1283,10 @@ impl Ctx {
                 &m.method,
                 format!("`.{method}()` is defined on the block variable of a `blocks` loop"),
             ),
-            other => err(&m.method, format!("unknown operation `.{other}()`")),
+            other => err(
+                &m.method,
+                optable::unknown_method_message(other, OpKind::Tile, "a tile"),
+            ),
         }
     }
 
@@ -1348,7 +1340,7 @@ impl Ctx {
                     };
                     let what = format!("tile span of `{id}`");
                     let lt = len.to_tokens();
-                    slices.push(quote!(#irp::Slice::Span { start: #start, len: ::tpla_codegen::builder::const_dim(#what, #lt)? }));
+                    slices.push(quote!(#irp::Slice::Span { start: #start, len: __tpla_private::codegen::builder::const_dim(#what, #lt)? }));
                     shape.push(len);
                 }
                 other => {

@@ -40,28 +40,30 @@ impl Dt {
     /// The `tpla_codegen::ir::DType` variant.
     pub fn ir(self) -> TokenStream {
         match self {
-            Dt::F32 => quote::quote!(::tpla_codegen::ir::DType::F32),
-            Dt::Bf16 => quote::quote!(::tpla_codegen::ir::DType::BF16),
-            Dt::I32 => quote::quote!(::tpla_codegen::ir::DType::I32),
-            Dt::Bool => quote::quote!(::tpla_codegen::ir::DType::Bool),
+            Dt::F32 => quote::quote!(__tpla_private::codegen::ir::DType::F32),
+            Dt::Bf16 => quote::quote!(__tpla_private::codegen::ir::DType::BF16),
+            Dt::I32 => quote::quote!(__tpla_private::codegen::ir::DType::I32),
+            Dt::Bool => quote::quote!(__tpla_private::codegen::ir::DType::Bool),
         }
     }
     /// The Rust element type of a tensor argument.
     pub fn rust(self) -> TokenStream {
         match self {
             Dt::F32 => quote::quote!(f32),
-            Dt::Bf16 => quote::quote!(::tpla_runtime::half::bf16),
+            Dt::Bf16 => quote::quote!(__tpla_private::runtime::half::bf16),
             Dt::I32 => quote::quote!(i32),
             Dt::Bool => quote::quote!(bool),
         }
     }
 }
 
-/// `#[kernel(grid = (..), constants(A, B), dump)]`.
+/// `#[kernel(grid = (..), constants(A, B), crate = path, dump)]`.
 pub struct KernelAttr {
     pub grid: Vec<Expr>,
     pub grid_span: Span,
     pub constants: Vec<Ident>,
+    /// The crate whose `__private` module the emitted code names (`::tpla` unless given).
+    pub krate: Option<syn::Path>,
     pub dump: bool,
 }
 
@@ -70,7 +72,17 @@ impl Parse for KernelAttr {
         let mut grid = None;
         let mut constants = Vec::new();
         let mut dump = false;
+        let mut krate = None;
         while !input.is_empty() {
+            if input.peek(Token![crate]) {
+                input.parse::<Token![crate]>()?;
+                input.parse::<Token![=]>()?;
+                krate = Some(input.parse::<syn::Path>()?);
+                if !input.is_empty() {
+                    input.parse::<Token![,]>()?;
+                }
+                continue;
+            }
             let key: Ident = input.parse()?;
             match key.to_string().as_str() {
                 "grid" => {
@@ -97,7 +109,7 @@ impl Parse for KernelAttr {
                 _ => {
                     return Err(syn::Error::new(
                         key.span(),
-                        "expected `grid = (...)`, `constants(...)` or `dump`",
+                        "expected `grid = (...)`, `constants(...)`, `crate = path` or `dump`",
                     ))
                 }
             }
@@ -110,6 +122,7 @@ impl Parse for KernelAttr {
             grid,
             grid_span,
             constants,
+            krate,
             dump,
         })
     }

@@ -5,6 +5,17 @@
 //! - [`append_rows`]: paged cache append;
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices.
 
+// `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
+// `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
+extern crate self as tpla;
+
+/// What code emitted by `#[kernel]` names; not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use tpla_codegen as codegen;
+    pub use tpla_runtime as runtime;
+}
+
 mod append;
 mod combine;
 mod decode;
@@ -15,3 +26,42 @@ pub use append::append_rows;
 pub use combine::combine_splits;
 pub use decode::latent_decode;
 pub use proj::head_proj;
+
+#[cfg(test)]
+mod readme {
+    /// The ```rust block of the README's "Writing a kernel" section.
+    fn readme_snippet(readme: &str) -> Option<&str> {
+        let section = &readme[readme.find("## Writing a kernel")?..];
+        let start = section.find("```rust\n")? + "```rust\n".len();
+        let len = section[start..].find("```")?;
+        Some(&section[start..start + len])
+    }
+
+    /// `latent_decode` as written in decode.rs: from its `#[kernel(` attribute to the end.
+    fn decode_kernel(src: &str) -> Option<&str> {
+        Some(src[src.find("#[kernel(")?..].trim_end())
+    }
+
+    #[test]
+    fn readme_kernel_snippet_is_decode_rs() {
+        let readme = include_str!("../../README.md");
+        let snippet = readme_snippet(readme)
+            .expect("README.md has a ```rust block under `## Writing a kernel`");
+        let kernel = decode_kernel(include_str!("decode.rs")).expect("decode.rs has a #[kernel]");
+        if snippet.trim_end() != kernel {
+            let line = snippet
+                .lines()
+                .zip(kernel.lines())
+                .position(|(a, b)| a != b)
+                .map_or_else(
+                    || "a trailing line".to_string(),
+                    |i| format!("line {}", i + 1),
+                );
+            panic!(
+                "README.md's kernel snippet differs from kernels-gen/src/decode.rs at {line} of the \
+                 kernel: copy `latent_decode` (from `#[kernel(` to its closing brace) into the \
+                 README's ```rust block under `## Writing a kernel`"
+            );
+        }
+    }
+}

@@ -46,8 +46,11 @@ impl DecodeParams {
             scale,
             decode: latent_decode
                 .default_config(&[("LAT", lat as i64), ("ROPE", rope as i64)])
+                .expect("latent_decode declares LAT and ROPE")
                 .with("BLOCK_H", block_h_for(heads)),
-            combine: combine_splits.default_config(&[("LAT", lat as i64)]),
+            combine: combine_splits
+                .default_config(&[("LAT", lat as i64)])
+                .expect("combine_splits declares LAT"),
         }
     }
     /// Checks the shapes: every size positive, the scale finite.
@@ -161,7 +164,7 @@ pub fn merge_states<X: Executor>(
             )))
         }
     };
-    let cfg = combine_splits.default_config(&[("LAT", lat as i64)]);
+    let cfg = combine_splits.default_config(&[("LAT", lat as i64)])?;
     combine_splits::launch(exec, &cfg, parts, lses, out, lse)
 }
 

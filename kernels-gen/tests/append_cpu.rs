@@ -28,6 +28,7 @@ fn check(page_size: usize, block_t: i64, new_tokens: usize, old_lens: &[usize], 
     let rows = HostTensor::<bf16>::from_f32(&[batch, new_tokens, row], &vals).unwrap();
     let cfg = append_rows
         .default_config(&[("ROW", row as i64)])
+        .unwrap()
         .with("BLOCK_T", block_t);
     append_rows::launch(&ex, &cfg, &rows, &mut cache).unwrap();
     for b in 0..batch {

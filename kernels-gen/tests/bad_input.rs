@@ -19,7 +19,9 @@ fn setup() -> (CpuExecutor, HostTensor<bf16>, HostPagedCache<bf16>) {
 fn wrong_query_width_is_a_shape_error_and_writes_nothing() {
     let (ex, _, cache) = setup();
     let q = HostTensor::<bf16>::full(&[2, 4, 100], bf16::from_f32(0.5));
-    let cfg = latent_decode.default_config(&[("LAT", 64), ("ROPE", 64)]);
+    let cfg = latent_decode
+        .default_config(&[("LAT", 64), ("ROPE", 64)])
+        .unwrap();
     let mut out = HostTensor::<f32>::full(&[1, 2, 4, 64], -7.0);
     let mut lse = HostTensor::<f32>::full(&[1, 2, 4], -7.0);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
@@ -33,7 +35,9 @@ fn wrong_query_width_is_a_shape_error_and_writes_nothing() {
 #[test]
 fn disagreeing_batch_is_a_dim_mismatch() {
     let (ex, q, cache) = setup();
-    let cfg = latent_decode.default_config(&[("LAT", 64), ("ROPE", 64)]);
+    let cfg = latent_decode
+        .default_config(&[("LAT", 64), ("ROPE", 64)])
+        .unwrap();
     let mut out = HostTensor::<f32>::zeros(&[1, 3, 4, 64]);
     let mut lse = HostTensor::<f32>::zeros(&[1, 2, 4]);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
@@ -47,7 +51,9 @@ fn disagreeing_batch_is_a_dim_mismatch() {
 fn cache_row_width_must_match_the_kernel() {
     let (ex, q, _) = setup();
     let cache = HostPagedCache::<bf16>::new(2, 32, 16, 96).unwrap();
-    let cfg = latent_decode.default_config(&[("LAT", 64), ("ROPE", 64)]);
+    let cfg = latent_decode
+        .default_config(&[("LAT", 64), ("ROPE", 64)])
+        .unwrap();
     let mut out = HostTensor::<f32>::zeros(&[1, 2, 4, 64]);
     let mut lse = HostTensor::<f32>::zeros(&[1, 2, 4]);
     let e = latent_decode::launch(&ex, &cfg, &q, &cache, &mut out, &mut lse, 0.1).unwrap_err();
@@ -95,6 +101,7 @@ fn zero_heads_is_rejected_before_launch() {
 fn unknown_tune_value_is_a_config_error() {
     let cfg = latent_decode
         .default_config(&[("LAT", 64), ("ROPE", 64)])
+        .unwrap()
         .with("BLOCK_H", 12);
     let e = latent_decode.build(&cfg).unwrap_err();
     assert!(
@@ -102,7 +109,7 @@ fn unknown_tune_value_is_a_config_error() {
         "{e}"
     );
     let e = latent_decode
-        .build(&latent_decode.default_config(&[("LAT", 64)]))
+        .build(&latent_decode.default_config(&[("LAT", 64)]).unwrap())
         .unwrap_err();
     assert!(
         matches!(e, IrError::MissingConfig(ref n) if n == "ROPE"),
@@ -117,7 +124,7 @@ fn wrong_dtype_is_rejected() {
     use tpla_runtime::Executor;
     let (ex, _, mut cache) = setup();
     let rows = HostTensor::<f32>::zeros(&[2, 1, 128]);
-    let cfg = append_rows.default_config(&[("ROW", 128)]);
+    let cfg = append_rows.default_config(&[("ROW", 128)]).unwrap();
     let args = [
         CpuExecutor::tensor_arg(&rows),
         CpuExecutor::paged_arg_mut(&mut cache),

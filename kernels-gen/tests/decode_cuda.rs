@@ -116,7 +116,7 @@ fn cuda_every_tune_candidate_and_width_agrees() {
     let Some(g) = gpu() else { return };
     for lat in [512usize, 256, 128, 64] {
         let p = Problem::new(lat as u64, 2, 20, lat, 64, vec![130, 64], 16, 0.2);
-        for cfg in latent_decode.tune_space(&[]) {
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
             let (bh, bn) = (cfg.get("BLOCK_H").unwrap(), cfg.get("BLOCK_N").unwrap());
             let mut params = DecodeParams::new(2, 20, lat, 64, 3, 0.2);
             params.decode = cfg.clone();
@@ -172,6 +172,7 @@ fn cuda_combine_matches_cpu() {
         let lse = HostTensor::from_vec(&[s, b, h], lse).unwrap();
         let cfg = combine_splits
             .default_config(&[("LAT", lat as i64)])
+            .unwrap()
             .with("BLOCK_D", bd);
         let mut co = HostTensor::<f32>::full(&[b, h, lat], f32::NAN);
         let mut cl = HostTensor::<f32>::full(&[b, h], f32::NAN);
@@ -226,7 +227,7 @@ fn cuda_head_proj_matches_reference_and_cpu() {
         }
         let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
         let consts = [("LAT", lat as i64), ("DV", dv as i64)];
-        for cfg in head_proj.tune_space(&consts) {
+        for cfg in head_proj.tune_space(&consts).unwrap() {
             let mut co = HostTensor::<f32>::full(&[b, h, dv], f32::NAN);
             head_proj::launch(cpu(), &cfg, &x, &w, &mut co).unwrap();
             let mut go = g
@@ -271,6 +272,7 @@ fn cuda_append_matches_cpu_and_touches_nothing_else() {
         let rows = HostTensor::<bf16>::from_f32(&[batch, new_tokens, row], &vals).unwrap();
         let cfg = append_rows
             .default_config(&[("ROW", row as i64)])
+            .unwrap()
             .with("BLOCK_T", bt);
         let mut cpu_cache = cache.clone();
         append_rows::launch(cpu(), &cfg, &rows, &mut cpu_cache).unwrap();
@@ -316,14 +318,16 @@ fn sanitizer_smoke_every_kernel() {
     let w = HostTensor::<bf16>::full(&[2, 128, 40], bf16::from_f32(0.5));
     let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
     let mut gy = g.alloc::<f32>(&[5, 2, 40]).unwrap();
-    let pcfg = head_proj.default_config(&[("LAT", 128), ("DV", 40)]);
+    let pcfg = head_proj
+        .default_config(&[("LAT", 128), ("DV", 40)])
+        .unwrap();
     head_proj::launch(g, &pcfg, &gx, &gw, &mut gy).unwrap();
     let rows = HostTensor::<bf16>::from_f32(&[2, 3, 80], &vec![0.5; 480]).unwrap();
     let mut cache = HostPagedCache::<bf16>::new(2, 10, 4, 80).unwrap();
     cache.set_seq_lens(&[3, 10]).unwrap();
     let grows = g.upload(&rows).unwrap();
     let mut gcache = g.upload_paged(&cache).unwrap();
-    let cfg = append_rows.default_config(&[("ROW", 80)]);
+    let cfg = append_rows.default_config(&[("ROW", 80)]).unwrap();
     append_rows::launch(g, &cfg, &grows, &mut gcache).unwrap();
     g.synchronize().unwrap();
 }

@@ -8,7 +8,7 @@
 //! - [`layer_ref`]: f64 reference decode of MLA and TPLA; [`shard`]: per-rank weights for g groups
 //!   and k devices; [`pdsep`]: prefill/decode separation.
 //! - [`accuracy`]: the fidelity harness behind `tpla accuracy` ([`report`]: its table, JSON, PNG);
-//!   [`convert`]: `tpla convert`.
+//!   [`convert`](mod@convert): `tpla convert`.
 //! - [`fsio`]: atomic output files and directories; [`limits`]: bounds on user-given sizes;
 //!   [`progress`]: progress reporting of long work.
 

@@ -38,9 +38,9 @@ pub struct MlaLayer {
     pub w_kr: Mat,
     /// Latent RMSNorm γ `[512]` (`kv_a_layernorm`); all ones once folded.
     pub kv_norm: Vec<f64>,
-    /// Per head `[512, 128]`: latent rows of W_UK (k_nope_h = ĉ · W_UK[h]).
+    /// Per head `[512, 128]`: latent rows of W_UK (k_nope_h = ĉ · W_UK\[h\]).
     pub w_uk: Vec<Mat>,
-    /// Per head `[512, 128]`: latent rows of W_UV (v_h = o_h · W_UV[h]).
+    /// Per head `[512, 128]`: latent rows of W_UV (v_h = o_h · W_UV\[h\]).
     pub w_uv: Vec<Mat>,
     /// Output projection `[H·128, D]`.
     pub w_o: Mat,

@@ -78,7 +78,7 @@ fn dump_all(dir: &std::path::Path) {
                 _ if def.name() == "latent_decode" => vec![("LAT", lat), ("ROPE", ROPE)],
                 _ => vec![("LAT", lat)],
             };
-            for cfg in def.tune_space(&consts) {
+            for cfg in def.tune_space(&consts).expect("tune space") {
                 let mut extras: Vec<(&str, Config)> = vec![("", cfg.clone())];
                 if def.name() == "latent_decode" {
                     for (tag, knob, v) in

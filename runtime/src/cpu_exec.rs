@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use tpla_codegen::cpu::CpuKernel;
+use tpla_codegen::dump::{DumpStages, Stage};
 use tpla_codegen::ir::{Kernel, ParamKind};
 use tpla_codegen::launch::check_launch;
 use tpla_codegen::{Config, KernelDef};
@@ -53,7 +54,8 @@ impl CpuExecutor {
     /// Builds and compiles `kernel` for `config`, or returns the cached result.
     ///
     /// With `TPLA_DUMP=ir` (or `clif`, or a comma list) the IR and the Cranelift IR are printed to
-    /// stderr the first time a specialisation is compiled.
+    /// stderr the first time a specialisation is compiled; a value that names no stage is an
+    /// error ([`tpla_codegen::IrError::BadDump`]).
     pub fn compile(
         &self,
         kernel: &dyn KernelDef,
@@ -68,13 +70,13 @@ impl CpuExecutor {
         {
             return Ok(c.clone());
         }
+        let dump = DumpStages::from_env()?;
         let ir = kernel.build(config)?;
         let code = CpuKernel::compile(&ir)?;
-        let dump = std::env::var("TPLA_DUMP").unwrap_or_default();
-        if dump.split(',').any(|d| d == "ir") {
+        if dump.wants(Stage::Ir) {
             eprintln!("{ir}");
         }
-        if dump.split(',').any(|d| d == "clif") {
+        if dump.wants(Stage::Clif) {
             eprintln!("{}", code.clif());
         }
         let compiled = Arc::new(CompiledCpu { ir, code });

@@ -56,7 +56,7 @@ struct Case {
 fn library_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut add = |def: &dyn KernelDef, consts: &[(&str, i64)]| {
-        for cfg in def.tune_space(consts) {
+        for cfg in def.tune_space(consts).unwrap() {
             cases.push(Case {
                 label: format!("{} [{cfg}]", def.name()),
                 kernel: def.build(&cfg).map_err(|e| e.to_string()),

@@ -294,7 +294,7 @@ fn time_full_op(
     let (b, h) = (shape.batch, shape.heads);
     let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
     let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
-    let ccfg = combine_splits.default_config(&[("LAT", shape.lat as i64)]);
+    let ccfg = combine_splits.default_config(&[("LAT", shape.lat as i64)])?;
     let decode_only = measure(exec, 3, 30, || {
         latent_decode::launch(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
     })?;
@@ -395,7 +395,7 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
             vec![("LAT", 512i64)],
         ),
     ] {
-        let cfg = def.default_config(&consts);
+        let cfg = def.default_config(&consts)?;
         let ir = def.build(&cfg)?;
         let cold_cache = KernelCache::new(Some(tmp.clone()));
         let cold = compile_kernel(&ir, exec.target(), &cold_cache).map_err(RuntimeError::from)?;

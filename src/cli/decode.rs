@@ -146,7 +146,7 @@ impl ExecJob for DecodeJob {
             .iter()
             .map(|(o, _)| exec.download(o).map(|t| t.into_vec()))
             .collect::<Result<_, _>>()?;
-        let tpla_out = concat_shards(&parts, a.batch * heads, LAT / a.g);
+        let tpla_out = concat_shards(&parts, a.batch * heads, LAT / a.g)?;
 
         let steps_timed = timing.mla.len();
         let mla_s = median(&mut timing.mla);

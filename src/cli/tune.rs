@@ -90,9 +90,14 @@ impl ExecJob for TuneJob {
         // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
         // same kernel, so only the default is timed.
         let cuda = exec.backend_name().starts_with("cuda");
-        let default_split = latent_decode.default_config(&[]).get("WG_SPLIT").ok();
+        let default_split = latent_decode
+            .default_config(&[])
+            .map_err(tpla_runtime::RuntimeError::from)?
+            .get("WG_SPLIT")
+            .ok();
         let candidates: Vec<_> = latent_decode
             .tune_space(&[])
+            .map_err(tpla_runtime::RuntimeError::from)?
             .into_iter()
             .filter(|c| cuda || c.get("WG_SPLIT").ok() == default_split)
             .collect();

@@ -8,7 +8,7 @@
 //! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
-//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `gemm.rs`). Everything else
+//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`). Everything else
 //! takes a scalar path that handles arbitrary strides. `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.
 //!
@@ -16,13 +16,10 @@
 //! 0 and out-of-range stores are skipped, as the IR specifies.
 
 pub mod abi;
-mod elementwise;
-mod gemm;
 pub mod layout;
 mod loops;
 mod lower;
 mod math;
-mod memory;
 
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
@@ -76,6 +73,16 @@ impl std::fmt::Debug for CpuKernel {
     }
 }
 
+/// The Cranelift function name of `kernel`: its name and config, `name[K=V,..]`.
+fn clif_name(kernel: &Kernel) -> String {
+    let cfg: Vec<String> = kernel
+        .config
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{}[{}]", kernel.name, cfg.join(","))
+}
+
 impl CpuKernel {
     /// Lowers and compiles one kernel (already validated by the builder).
     ///
@@ -123,7 +130,9 @@ impl CpuKernel {
             .declare_function(math::LOG2_SYMBOL, Linkage::Import, &unary)
             .map_err(|e| err(e.to_string()))?;
         ctx.func.signature = sig;
-        ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        // Named after the kernel and its config so that `TPLA_DUMP=clif` reads
+        // `function %latent_decode[BLOCK_H=16,..]`, not `function u0:0`.
+        ctx.func.name = UserFuncName::testcase(clif_name(kernel));
         let mut fctx = FunctionBuilderContext::new();
         let tcfg = module.target_config();
         {

@@ -1,6 +1,6 @@
 use tpla_macros::kernel;
 
-#[kernel(grid = (batch), constants(D))]
+#[kernel(crate = tpla_kernels, grid = (batch), constants(D))]
 pub fn k<#[tune(16)] const BH: usize>(
     x: Tensor<f32, dims![batch, BH, D]>,
     w: Tensor<bf16, dims![batch, BH, D]>,

@@ -1,6 +1,6 @@
 use tpla_macros::kernel;
 
-#[kernel(grid = (batch), constants(LAT, ROPE))]
+#[kernel(crate = tpla_kernels, grid = (batch), constants(LAT, ROPE))]
 pub fn k<#[tune(16)] const BH: usize>(
     q: Tensor<f32, dims![batch, BH, LAT + ROPE]>,
     kv: Tensor<f32, dims![batch, BH, LAT]>,

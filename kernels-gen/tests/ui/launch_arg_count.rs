@@ -1,7 +1,7 @@
 use tpla_macros::kernel;
 use tpla_runtime::{CpuExecutor, HostTensor};
 
-#[kernel(grid = (batch), constants(D))]
+#[kernel(crate = tpla_kernels, grid = (batch), constants(D))]
 pub fn scale_rows<#[tune(16)] const BH: usize>(x: Tensor<f32, dims![batch, D]>, y: TensorMut<f32, dims![batch, D]>, s: f32) {
     let b = program_id(0);
     let t = load(x.tile([b..b + 1, ..]));

@@ -245,7 +245,7 @@ pub struct DecodeCaseResult {
 /// Cold and warm compilation times.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CompileTimes {
-    /// Per variant: (kernel [config], cold NVRTC compile ms, memory-cache hit ms, disk-cache hit ms).
+    /// Per variant: (kernel \[config\], cold NVRTC compile ms, memory-cache hit ms, disk-cache hit ms).
     pub variants: Vec<(String, f64, f64, f64)>,
 }
 

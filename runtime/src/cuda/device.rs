@@ -465,7 +465,7 @@ impl CudaExecutor {
     /// The loaded function's registers and local memory come from the driver
     /// ([`LoadedKernel::resources`]), also where NVRTC's log has no ptxas report.
     pub fn load(&self, ir: Kernel) -> Result<LoadedKernel, RuntimeError> {
-        if super::dump_requested("ir") {
+        if super::dump_requested(tpla_codegen::dump::Stage::Ir)? {
             eprintln!("{ir}");
         }
         let compiled = compile_kernel(&ir, self.target, &self.cache).map_err(RuntimeError::from)?;

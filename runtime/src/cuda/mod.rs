@@ -7,10 +7,11 @@
 //! - [`compile_kernel`]: IR + [`Target`] -> CUDA C++ ([`tpla_codegen::cuda::emit`]) -> image.
 //! - [`device`]: [`CudaExecutor`] (device discovery, device tensors, the paged cache on the
 //!   device, launches on the executor's or the caller's stream).
-//! - [`bench`]: event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
+//! - [`bench`](mod@bench): event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
 //!   reports.
 //!
-//! `TPLA_DUMP=cuda` (or any comma list containing `cuda`) prints each generated source to stderr.
+//! `TPLA_DUMP=cuda` (or any comma list containing `cuda`) prints each generated source to stderr;
+//! a value naming no stage is an error ([`tpla_codegen::dump`]).
 
 pub mod bench;
 pub mod cache;
@@ -26,6 +27,7 @@ pub use device::{
 pub use nvrtc::{Image, NvrtcError, NvrtcLib, PtxasReport};
 pub use tpla_codegen::cuda::{CudaSource, F32Gemm, Target};
 
+use tpla_codegen::dump::{DumpStages, Stage};
 use tpla_codegen::ir::Kernel;
 use tpla_codegen::IrError;
 
@@ -83,11 +85,10 @@ pub struct CompiledKernel {
     pub options: Vec<String>,
 }
 
-/// Whether `TPLA_DUMP` asks for `stage` (comma-separated list, e.g. `ir,cuda`).
-pub fn dump_requested(stage: &str) -> bool {
-    std::env::var("TPLA_DUMP")
-        .map(|v| v.split(',').any(|s| s.trim() == stage || s.trim() == "all"))
-        .unwrap_or(false)
+/// Whether `TPLA_DUMP` asks for `stage` (parsed by [`tpla_codegen::dump::DumpStages`]); a value
+/// naming no stage is an [`IrError::BadDump`].
+pub fn dump_requested(stage: Stage) -> Result<bool, IrError> {
+    Ok(DumpStages::from_env()?.wants(stage))
 }
 
 /// Emits CUDA C++ for `kernel` on `target` and compiles it through `cache`.
@@ -97,7 +98,7 @@ pub fn compile_kernel(
     cache: &KernelCache,
 ) -> Result<CompiledKernel, CudaError> {
     let source = tpla_codegen::cuda::emit(kernel, target)?;
-    if dump_requested("cuda") {
+    if dump_requested(Stage::Cuda)? {
         eprintln!(
             "// ===== TPLA_DUMP=cuda: {} ({})\n{}",
             kernel.name, source.name, source.code

@@ -5,7 +5,7 @@
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 
-use super::lower::{elem_ty, mem, Ix, Lower, ParamVals};
+use super::{elem_ty, mem, Ix, Lower, ParamVals};
 use crate::error::IrError;
 use crate::ir::*;
 
@@ -32,10 +32,7 @@ impl Lower<'_, '_> {
             strides,
         } = &self.params[param]
         else {
-            return Err(super::lower::backend_err(
-                self.k,
-                "load/store of a non-tensor",
-            ));
+            return Err(super::backend_err(self.k, "load/store of a non-tensor"));
         };
         let (ptr, dtype, dims, strides) = (*ptr, *dtype, dims.clone(), strides.clone());
         let mut ats = Vec::new();
@@ -110,7 +107,7 @@ impl Lower<'_, '_> {
     }
 
     /// Loads one tensor element converted to tile storage (f32 or i32).
-    pub(super) fn load_elem(&mut self, dtype: DType, addr: Value, off: i32) -> Value {
+    pub(in crate::cpu) fn load_elem(&mut self, dtype: DType, addr: Value, off: i32) -> Value {
         match dtype {
             DType::F32 => self.b.ins().load(types::F32, mem(), addr, off),
             DType::I32 => self.b.ins().load(types::I32, mem(), addr, off),
@@ -127,7 +124,7 @@ impl Lower<'_, '_> {
     }
 
     /// Stores one tile element (f32 or i32) into a tensor element of `dtype`.
-    pub(super) fn store_elem(&mut self, dtype: DType, v: Value, addr: Value, off: i32) {
+    pub(in crate::cpu) fn store_elem(&mut self, dtype: DType, v: Value, addr: Value, off: i32) {
         match dtype {
             DType::F32 | DType::I32 => {
                 self.b.ins().store(mem(), v, addr, off);
@@ -144,7 +141,7 @@ impl Lower<'_, '_> {
     }
 
     /// Copies `n` contiguous tensor elements at `src` into dense scratch at `dst`.
-    pub(super) fn copy_row_in(&mut self, dtype: DType, src: Value, dst: Value, n: usize) {
+    pub(in crate::cpu) fn copy_row_in(&mut self, dtype: DType, src: Value, dst: Value, n: usize) {
         let esz = dtype.size_bytes();
         let vec = matches!(dtype, DType::F32 | DType::I32 | DType::BF16);
         let n4 = if vec { n / 4 * 4 } else { 0 };
@@ -198,7 +195,7 @@ impl Lower<'_, '_> {
 
     /// Copies `n` tile elements at `src` (scratch, stride `stride` elements) into contiguous
     /// tensor elements of `dtype` at `dst`.
-    pub(super) fn copy_row_out(
+    pub(in crate::cpu) fn copy_row_out(
         &mut self,
         src: Value,
         stride: usize,
@@ -255,7 +252,7 @@ impl Lower<'_, '_> {
     }
 
     /// Fills `n` dense scratch elements at `dst` with zero bits.
-    pub(super) fn zero_row(&mut self, dst: Value, n: usize) {
+    pub(in crate::cpu) fn zero_row(&mut self, dst: Value, n: usize) {
         let z = self.i32c(0, true);
         let n4 = n / 4 * 4;
         if n4 <= 32 {
@@ -276,7 +273,7 @@ impl Lower<'_, '_> {
     }
 
     /// `dst = load(param[index])`, bounds-masked.
-    pub(super) fn load_tile(
+    pub(in crate::cpu) fn load_tile(
         &mut self,
         dst: TileId,
         param: ParamId,
@@ -380,7 +377,7 @@ impl Lower<'_, '_> {
     }
 
     /// `param[index] = src`, skipping elements out of range.
-    pub(super) fn store_tile(
+    pub(in crate::cpu) fn store_tile(
         &mut self,
         param: ParamId,
         index: &[Slice],
@@ -523,7 +520,7 @@ impl Lower<'_, '_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn paged_blocks(
+    pub(in crate::cpu) fn paged_blocks(
         &mut self,
         cache: ParamId,
         batch: &Index,
@@ -536,7 +533,7 @@ impl Lower<'_, '_> {
         body: &[Stmt],
     ) -> Result<(), IrError> {
         let ParamVals::Paged { dtype, row, .. } = &self.params[cache] else {
-            return Err(super::lower::backend_err(
+            return Err(super::backend_err(
                 self.k,
                 "paged loop over a non-paged param",
             ));
@@ -593,7 +590,7 @@ impl Lower<'_, '_> {
         res
     }
 
-    pub(super) fn paged_store(
+    pub(in crate::cpu) fn paged_store(
         &mut self,
         cache: ParamId,
         batch: &Index,
@@ -601,7 +598,7 @@ impl Lower<'_, '_> {
         src: TileId,
     ) -> Result<(), IrError> {
         let ParamVals::Paged { dtype, .. } = &self.params[cache] else {
-            return Err(super::lower::backend_err(
+            return Err(super::backend_err(
                 self.k,
                 "paged store into a non-paged param",
             ));

@@ -1,19 +1,27 @@
 //! Lowering of a kernel body to Cranelift IR: function entry, index arithmetic, float scalars
-//! and statement dispatch. Tile operations live in `elementwise`, `memory` and `gemm`.
+//! and statement dispatch. Tile operations are lowered by op family (the op table's
+//! [`Family`](crate::ops::Family)), one module each: `elementwise` (also constants), `reduce`,
+//! `memory` (tensors and paged caches) and `gemm`; views alias their source and emit nothing.
+
+mod elementwise;
+mod gemm;
+mod memory;
+mod reduce;
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
-use super::abi;
-use super::layout::{Layouts, TileLayout};
+use crate::cpu::abi;
+use crate::cpu::layout::{Layouts, TileLayout};
 use crate::error::IrError;
 use crate::ir::*;
+use crate::ops::Family;
 
 /// A compile-time constant or a runtime i64 value.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Ix {
+pub(in crate::cpu) enum Ix {
     /// Known while compiling.
     C(i64),
     /// Computed at run time.
@@ -21,7 +29,7 @@ pub(super) enum Ix {
 }
 
 /// Entry-block values describing one parameter.
-pub(super) enum ParamVals {
+pub(in crate::cpu) enum ParamVals {
     Tensor {
         ptr: Value,
         dtype: DType,
@@ -44,12 +52,12 @@ pub(super) enum ParamVals {
 }
 
 /// Host functions the generated code calls.
-pub(super) struct HostFns {
+pub(in crate::cpu) struct HostFns {
     pub log2: FuncRef,
 }
 
 /// State of the lowering of one kernel.
-pub(super) struct Lower<'a, 'f> {
+pub(in crate::cpu) struct Lower<'a, 'f> {
     pub k: &'a Kernel,
     pub b: FunctionBuilder<'f>,
     pub lay: &'a Layouts,
@@ -65,12 +73,12 @@ pub(super) struct Lower<'a, 'f> {
 
 /// Flags for every load and store the backend emits: in bounds by construction, possibly
 /// unaligned.
-pub(super) fn mem() -> MemFlagsData {
+pub(in crate::cpu) fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
 /// Storage type of one element of a tile of `dtype`.
-pub(super) fn elem_ty(dtype: DType) -> Type {
+pub(in crate::cpu) fn elem_ty(dtype: DType) -> Type {
     if dtype.is_float() {
         types::F32
     } else {
@@ -79,7 +87,7 @@ pub(super) fn elem_ty(dtype: DType) -> Type {
 }
 
 /// The 4-lane vector of `ty`.
-pub(super) fn vec_ty(ty: Type) -> Type {
+pub(in crate::cpu) fn vec_ty(ty: Type) -> Type {
     if ty == types::F32 {
         types::F32X4
     } else {
@@ -87,7 +95,7 @@ pub(super) fn vec_ty(ty: Type) -> Type {
     }
 }
 
-pub(super) fn backend_err(k: &Kernel, message: impl Into<String>) -> IrError {
+pub(in crate::cpu) fn backend_err(k: &Kernel, message: impl Into<String>) -> IrError {
     IrError::Backend {
         backend: "cpu",
         kernel: k.name.clone(),
@@ -97,7 +105,7 @@ pub(super) fn backend_err(k: &Kernel, message: impl Into<String>) -> IrError {
 
 impl<'a, 'f> Lower<'a, 'f> {
     /// Sets up the entry block: function parameters, argument slots and runtime dims.
-    pub(super) fn new(
+    pub(in crate::cpu) fn new(
         k: &'a Kernel,
         mut b: FunctionBuilder<'f>,
         lay: &'a Layouts,
@@ -187,7 +195,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// Lowers the body and returns.
-    pub(super) fn finish(mut self, tcfg: TargetFrontendConfig) -> Result<(), IrError> {
+    pub(in crate::cpu) fn finish(mut self, tcfg: TargetFrontendConfig) -> Result<(), IrError> {
         let body = &self.k.body;
         self.stmts(body)?;
         self.b.ins().return_(&[]);
@@ -196,27 +204,27 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// The value of an [`Ix`].
-    pub(super) fn val(&mut self, x: Ix) -> Value {
+    pub(in crate::cpu) fn val(&mut self, x: Ix) -> Value {
         ix_value(&mut self.b, x)
     }
 
     /// `scratch + offset` (bytes).
-    pub(super) fn scratch_at(&mut self, offset: usize) -> Value {
+    pub(in crate::cpu) fn scratch_at(&mut self, offset: usize) -> Value {
         self.b.ins().iadd_imm_s(self.scratch, offset as i64)
     }
 
     /// Layout of a tile.
-    pub(super) fn layout(&self, t: TileId) -> TileLayout {
+    pub(in crate::cpu) fn layout(&self, t: TileId) -> TileLayout {
         self.lay.tiles[t].clone()
     }
 
     /// i64 constant.
-    pub(super) fn i64c(&mut self, v: i64) -> Value {
+    pub(in crate::cpu) fn i64c(&mut self, v: i64) -> Value {
         self.b.ins().iconst(types::I64, v)
     }
 
     /// Evaluates integer index arithmetic (i64), folding constants.
-    pub(super) fn index(&mut self, i: &Index) -> Ix {
+    pub(in crate::cpu) fn index(&mut self, i: &Index) -> Ix {
         match i {
             Index::Const(c) => Ix::C(*c),
             Index::ProgramId(a) => Ix::V(self.pids[*a as usize]),
@@ -287,7 +295,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// `0 <= x < bound` as an i8 truth value.
-    pub(super) fn in_range(&mut self, x: Ix, bound: Ix) -> Value {
+    pub(in crate::cpu) fn in_range(&mut self, x: Ix, bound: Ix) -> Value {
         let xv = self.val(x);
         let bv = self.val(bound);
         // Unsigned comparison covers both ends when bound >= 0.
@@ -295,7 +303,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// One index operator on i64 values with the IR's conventions (no traps).
-    pub(super) fn index_bin(&mut self, op: IndexOp, a: Value, b: Value) -> Value {
+    pub(in crate::cpu) fn index_bin(&mut self, op: IndexOp, a: Value, b: Value) -> Value {
         match op {
             IndexOp::Add => self.b.ins().iadd(a, b),
             IndexOp::Sub => self.b.ins().isub(a, b),
@@ -344,7 +352,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// `seq_lens[batch]` of a paged parameter as i64 (0 when `batch` is out of range).
-    pub(super) fn seq_len(&mut self, cache: ParamId, batch: Value) -> Value {
+    pub(in crate::cpu) fn seq_len(&mut self, cache: ParamId, batch: Value) -> Value {
         let ParamVals::Paged {
             seq_lens, batch: n, ..
         } = &self.params[cache]
@@ -368,7 +376,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// Evaluates a float scalar expression.
-    pub(super) fn fscalar(&mut self, s: &FScalar) -> Value {
+    pub(in crate::cpu) fn fscalar(&mut self, s: &FScalar) -> Value {
         match s {
             FScalar::Lit(x) => self.b.ins().f32const(*x),
             FScalar::Param(p) => match &self.params[*p] {
@@ -396,7 +404,7 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// Lowers a statement list.
-    pub(super) fn stmts(&mut self, body: &[Stmt]) -> Result<(), IrError> {
+    pub(in crate::cpu) fn stmts(&mut self, body: &[Stmt]) -> Result<(), IrError> {
         for s in body {
             self.stmt(s)?;
         }
@@ -453,23 +461,30 @@ impl<'a, 'f> Lower<'a, 'f> {
         Ok(())
     }
 
+    /// Lowers one tile operation in the module of its op family.
     fn assign(&mut self, dst: TileId, op: &TileOp) -> Result<(), IrError> {
-        match op {
-            TileOp::View(..) => Ok(()),
-            TileOp::Load { param, index } => self.load_tile(dst, *param, index),
-            TileOp::Gemm { a, b } => self.gemm(dst, *a, *b),
-            TileOp::Reduce { op, src, axis } => self.reduce(dst, *op, *src, *axis),
-            TileOp::Iota { axis } => {
+        match (op.family(), op) {
+            (Family::View, _) => Ok(()),
+            (Family::Memory, TileOp::Load { param, index }) => self.load_tile(dst, *param, index),
+            (Family::Gemm, TileOp::Gemm { a, b }) => self.gemm(dst, *a, *b),
+            (Family::Reduce, TileOp::Reduce { op, src, axis }) => {
+                self.reduce(dst, *op, *src, *axis)
+            }
+            (Family::Constant, TileOp::Iota { axis }) => {
                 self.iota(dst, *axis);
                 Ok(())
             }
-            other => self.elementwise_op(dst, other),
+            (Family::Constant | Family::Elementwise, _) => self.elementwise_op(dst, op),
+            (family, _) => Err(backend_err(
+                self.k,
+                format!("`{}` is not a {} tile op", op.def().name, family.name()),
+            )),
         }
     }
 }
 
 /// The value of an [`Ix`] at the builder's position.
-pub(super) fn ix_value(b: &mut FunctionBuilder<'_>, x: Ix) -> Value {
+pub(in crate::cpu) fn ix_value(b: &mut FunctionBuilder<'_>, x: Ix) -> Value {
     match x {
         Ix::C(c) => b.ins().iconst(types::I64, c),
         Ix::V(v) => v,

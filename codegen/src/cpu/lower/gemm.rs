@@ -15,7 +15,7 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::elementwise::Src;
-use super::lower::{mem, Lower};
+use super::{mem, Lower};
 use crate::error::IrError;
 use crate::ir::TileId;
 
@@ -35,7 +35,12 @@ const NN_MR: usize = 4;
 const NN_NV: usize = 2;
 
 impl Lower<'_, '_> {
-    pub(super) fn gemm(&mut self, dst: TileId, a: TileId, b: TileId) -> Result<(), IrError> {
+    pub(in crate::cpu) fn gemm(
+        &mut self,
+        dst: TileId,
+        a: TileId,
+        b: TileId,
+    ) -> Result<(), IrError> {
         let al = self.layout(a);
         let bl = self.layout(b);
         let dl = self.layout(dst);
