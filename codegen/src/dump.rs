@@ -1,7 +1,8 @@
 //! `TPLA_DUMP`: which compilation stages print what they produced, parsed in one place.
 //!
-//! The value is a comma list of [`ACCEPTED`] names (`ir`, `clif`, `cuda`, or `all`); unset or
-//! empty prints nothing. Anything else is an [`IrError::BadDump`] naming the accepted values, so a
+//! The value is a comma list of [`ACCEPTED`] names (`ir`, `clif`, `cuda`, `all`, or the name of
+//! a CUDA backend pass, [`CUDA_PASSES`], to print the lowering state after it); unset or empty
+//! prints nothing. Anything else is an [`IrError::BadDump`] naming the accepted values, so a
 //! typo is reported instead of silently printing nothing.
 
 use crate::error::IrError;
@@ -10,7 +11,15 @@ use crate::error::IrError;
 pub const VAR: &str = "TPLA_DUMP";
 
 /// The names `TPLA_DUMP` accepts, in the order the error message lists them.
-pub const ACCEPTED: &[&str] = &["ir", "clif", "cuda", "all"];
+pub const ACCEPTED: &[&str] = &[
+    "ir", "clif", "cuda", "all", "analysis", "layout", "geometry", "memory", "lower", "sync",
+    "print",
+];
+
+/// The CUDA backend's passes (`codegen::cuda`'s pass list), in order: each can be dumped.
+pub const CUDA_PASSES: &[&str] = &[
+    "analysis", "layout", "geometry", "memory", "lower", "sync", "print",
+];
 
 /// A stage whose output can be printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +38,8 @@ pub struct DumpStages {
     ir: bool,
     clif: bool,
     cuda: bool,
+    /// Bit `i`: print the state after [`CUDA_PASSES`]`[i]`.
+    passes: u32,
 }
 
 impl DumpStages {
@@ -46,7 +57,12 @@ impl DumpStages {
                         ir: true,
                         clif: true,
                         cuda: true,
+                        passes: (1 << CUDA_PASSES.len()) - 1,
                     }
+                }
+                _ if CUDA_PASSES.contains(&item) => {
+                    let i = CUDA_PASSES.iter().position(|p| *p == item).unwrap_or(0);
+                    d.passes |= 1 << i;
                 }
                 _ => {
                     return Err(IrError::BadDump {
@@ -71,6 +87,14 @@ impl DumpStages {
         }
     }
 
+    /// Whether the CUDA lowering state after pass `name` is to be printed.
+    pub fn wants_pass(self, name: &str) -> bool {
+        CUDA_PASSES
+            .iter()
+            .position(|p| *p == name)
+            .is_some_and(|i| self.passes & (1 << i) != 0)
+    }
+
     /// Whether `stage` is to be printed.
     pub fn wants(self, stage: Stage) -> bool {
         match stage {
@@ -92,6 +116,15 @@ mod tests {
         assert!(d.wants(Stage::Ir) && d.wants(Stage::Cuda) && !d.wants(Stage::Clif));
         let d = DumpStages::parse("all").unwrap();
         assert!(d.wants(Stage::Ir) && d.wants(Stage::Cuda) && d.wants(Stage::Clif));
+        assert!(CUDA_PASSES.iter().all(|p| d.wants_pass(p)));
+    }
+
+    #[test]
+    fn accepts_cuda_pass_names() {
+        let d = DumpStages::parse("geometry,sync").unwrap();
+        assert!(d.wants_pass("geometry") && d.wants_pass("sync"));
+        assert!(!d.wants_pass("lower") && !d.wants(Stage::Cuda) && !d.wants_pass("bogus"));
+        assert!(CUDA_PASSES.iter().all(|p| ACCEPTED.contains(p)));
     }
 
     #[test]

@@ -115,11 +115,11 @@ pub(crate) fn emit_with_cap(
     sched: Schedule,
     cap: usize,
 ) -> Result<CudaSource, IrError> {
-    let dump = std::env::var("TPLA_DUMP").unwrap_or_default();
+    let dump = crate::dump::DumpStages::from_env()?;
     let mut state = Lower::new(k, target, sched, cap);
     for (name, pass) in PASSES {
         pass(&mut state)?;
-        if dump.split(',').any(|d| d == name || d == "all") {
+        if dump.wants_pass(name) {
             eprintln!(
                 "// ---- TPLA_DUMP after `{name}` ({}):\n{}",
                 k.name,
@@ -128,4 +128,14 @@ pub(crate) fn emit_with_cap(
         }
     }
     Ok(state.source.expect("the print pass ran"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// `TPLA_DUMP` accepts exactly the names of the pass list.
+    #[test]
+    fn dump_names_are_the_pass_names() {
+        let names: Vec<&str> = super::PASSES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, crate::dump::CUDA_PASSES);
+    }
 }
