@@ -34,6 +34,7 @@ build decode_cuda test --release -p tpla-kernels --test decode_cuda --no-run
 build tpla build --release --bin tpla
 build cli_tests test --release -p tpla --test cli --no-run
 build tp_tests test --release -p tpla --test tp --no-run
+build engine_graph test --release -p tpla --test engine_graph --no-run
 git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
 if ! git diff --quiet HEAD -- codegen runtime kernels-gen 2>/dev/null; then
   echo "$(cat "$out/COMMIT")-dirty" >"$out/COMMIT"
