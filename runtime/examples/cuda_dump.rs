@@ -41,9 +41,10 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 }
 
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
-/// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8 and with `WGMMA` = 0;
-/// and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile size) on sm_90a and
-/// sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA gemms.
+/// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
+/// with `PRODUCER` = 1; and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
+/// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
+/// gemms.
 fn dump_all(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("create dir");
     std::fs::write(dir.join("prelude.cu"), tpla_codegen::cuda::PRELUDE).expect("write prelude");
@@ -81,9 +82,12 @@ fn dump_all(dir: &std::path::Path) {
             for cfg in def.tune_space(&consts) {
                 let mut extras: Vec<(&str, Config)> = vec![("", cfg.clone())];
                 if def.name() == "latent_decode" {
-                    for (tag, knob, v) in
-                        [("w4", "WARPS", 4), ("w8", "WARPS", 8), ("nowg", "WGMMA", 0)]
-                    {
+                    for (tag, knob, v) in [
+                        ("w4", "WARPS", 4),
+                        ("w8", "WARPS", 8),
+                        ("nowg", "WGMMA", 0),
+                        ("ws", "PRODUCER", 1),
+                    ] {
                         extras.push((tag, cfg.clone().with(knob, v)));
                     }
                 }

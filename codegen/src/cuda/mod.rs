@@ -112,6 +112,7 @@ mod print;
 mod repr;
 mod sync;
 mod util;
+mod warpspec;
 
 use crate::error::IrError;
 use crate::ir::{DType, Kernel};

@@ -60,6 +60,8 @@ pub(crate) struct Lower<'a> {
     pub(crate) deferred_prefetch: Option<(String, usize)>,
     /// `wgmma` instruction variants used: `(n, A form, B N-major)`.
     pub(crate) wgmma_fns: BTreeSet<(usize, WgmmaForm, bool)>,
+    /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
+    pub(crate) producer_code: Option<(String, usize)>,
 }
 
 pub(crate) struct Fusion {
@@ -111,6 +113,7 @@ impl<'a> Lower<'a> {
             depth: 0,
             affinity: HashMap::new(),
             deferred_prefetch: None,
+            producer_code: None,
         }
     }
 
