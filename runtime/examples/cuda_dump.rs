@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: [WARPS=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] [PRODUCER=1] [WG_SPLIT=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 //!
 //! `cuda_dump --all DIR` instead writes the CUDA source of every kernel variant the backend's
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
@@ -155,14 +155,17 @@ fn main() {
         .collect();
     let path = std::env::args().nth(5);
     let path: Option<String> = path;
-    let mut cfg = Config::new()
+    let cfg = Config::new()
         .with("LAT", a[0])
         .with("ROPE", 64)
         .with("BLOCK_H", a[1])
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
-    if let Some(w) = std::env::var("WARPS").ok().and_then(|w| w.parse().ok()) {
-        cfg.set("WARPS", w);
+    let mut cfg = cfg.with("WG_SPLIT", 128);
+    for knob in ["WARPS", "PRODUCER", "WG_SPLIT"] {
+        if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
+            cfg.set(knob, w);
+        }
     }
     let k = if std::env::var("COMBINE").is_ok() {
         // COMBINE=1 cuda_dump LAT BLOCK_H BLOCK_D 0: the split combine instead.

@@ -68,7 +68,7 @@ impl<'a> Lower<'a> {
         let cty = elem.cty();
         // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks) by the
         // `nw` warps numbered `warp`.
-        let mk_issue = |warp: &str, nw: usize| {
+        let mk_issue = |warp: &str, nw: usize, unroll: &str| {
             let rows_per_warp = block.div_ceil(nw);
             if vec_ok && rows_per_warp <= 32 {
                 // The page lookups of a warp's rows are independent global loads: lane `i` resolves
@@ -107,7 +107,7 @@ impl<'a> Lower<'a> {
             if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
         }}
     }}
-#pragma unroll
+#pragma unroll{unroll}
     for (int q_ = 0; q_ < {iters}; ++q_) {{
         const int f_ = lane + q_ * 32;
         const int rl_ = f_ / {cpr};
@@ -158,7 +158,7 @@ impl<'a> Lower<'a> {
                 )
             }
         };
-        let issue = mk_issue("warp", nw);
+        let issue = mk_issue("warp", nw, "");
         let ws = self.geo.producer;
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
         // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
@@ -205,7 +205,7 @@ impl<'a> Lower<'a> {
                     _ => {}
                 }
             }
-            let code = producer_loop(&format!("{lets}{setup}"), &mk_issue("pw_", 4), &nblk, st);
+            let code = producer_loop(&format!("{lets}{setup}"), &mk_issue("pw_", 4, " 1"), &nblk, st);
             self.producer_code = Some((code, st));
             // Consumers: wait for the block's stage to be full, compute, release the stage.
             out.push(Node::Code {
