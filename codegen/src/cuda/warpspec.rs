@@ -185,7 +185,8 @@ pub(crate) fn warpspec_head(producer: &str, st: usize, mbar_off: usize, nw: usiz
         s.push('\n');
     }
     s.push_str(&format!(
-        "        tpla_cp_async_wait<0>();
+        "        tpla_cp_async_commit();
+        tpla_cp_async_wait<0>();
         return;
     }}
     tpla_setmaxnreg_inc<{}>();
