@@ -8,6 +8,7 @@
 //! | `WARPS` (alias `NUM_WARPS`) | 1, 2, 4, 8, 16, 32 | warps per CUDA block (default: chosen from the register budget) |
 //! | `WGMMA` | 0, 1 | 0 turns Hopper's warpgroup `wgmma` path off (default 1: on where the target allows) |
 //! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
+//! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -26,6 +27,8 @@ pub struct Schedule {
     pub wgmma: bool,
     /// The fewest columns a warpgroup takes when warpgroups split a tile (`WG_SPLIT`).
     pub wg_split: usize,
+    /// Whether a producer warpgroup streams the paged blocks (`PRODUCER`, default false).
+    pub producer: bool,
 }
 
 impl Default for Schedule {
@@ -34,6 +37,7 @@ impl Default for Schedule {
             warps: None,
             wgmma: true,
             wg_split: 128,
+            producer: false,
         }
     }
 }
@@ -67,6 +71,13 @@ impl Schedule {
                 }
                 "WGMMA" => {
                     s.wgmma = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
+                "PRODUCER" => {
+                    s.producer = match v {
                         0 => false,
                         1 => true,
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
@@ -112,6 +123,12 @@ mod tests {
         let s =
             Schedule::from_config(&cfg(&[("WARPS", 8), ("WGMMA", 0), ("WG_SPLIT", 32)])).unwrap();
         assert_eq!((s.warps, s.wgmma, s.wg_split), (Some(8), false, 32));
+        assert!(!s.producer);
+        assert!(
+            Schedule::from_config(&cfg(&[("PRODUCER", 1)]))
+                .unwrap()
+                .producer
+        );
         let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
         assert_eq!(s.warps, Some(4));
     }
@@ -128,6 +145,8 @@ mod tests {
             ("WG_SPLIT", -16),
             ("WGMMA", 2),
             ("WGMMA", -1),
+            ("PRODUCER", 2),
+            ("PRODUCER", -1),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");

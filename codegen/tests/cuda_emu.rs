@@ -977,6 +977,65 @@ fn emulated_decode_warpgroup_paths() {
     );
 }
 
+/// Warp specialisation (`PRODUCER = 1`): a producer warpgroup streams the paged blocks through
+/// the full / empty mbarrier ring while the consumer warpgroups only compute (latent 512 and 256,
+/// 32- and 64-token blocks, two and three stages, odd lengths, several splits, a partial head
+/// block, and q·kᵀ split over warpgroups).
+#[test]
+fn emulated_decode_producer_warpgroup() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_producer_warpgroup") else {
+        return;
+    };
+    let dp = |bn, st, lat| DecodeParams {
+        lat,
+        rope: 64,
+        block_h: 64,
+        block_n: bn,
+        stages: st,
+        q_bf16: true,
+        p_bf16: true,
+    };
+    let emit_ws = |p: DecodeParams, knobs: &[(&str, i64)]| {
+        let mut k = latent_decode(p).unwrap();
+        k.config
+            .extend(knobs.iter().map(|(n, v)| (n.to_string(), *v)));
+        tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap()
+    };
+    // The producer warpgroup joins the consumer warps; consumers never copy.
+    let (on, off) = (
+        emit_ws(dp(64, 2, 512), &[("PRODUCER", 1)]),
+        emit_ws(dp(64, 2, 512), &[]),
+    );
+    assert_eq!(on.block_threads, off.block_threads + 128);
+    assert!(on.code.contains("tpla_cp_async_mbar_arrive(") && on.code.contains("setmaxnreg"));
+    let consumer = &on.code[on.code.find("tpla_setmaxnreg_inc<").unwrap()..];
+    assert!(!consumer.contains("__syncthreads"));
+    let blocks = &consumer[consumer.find("for (int it_").unwrap()..];
+    assert!(!blocks.contains("tpla_cp_async16(") && blocks.contains("tpla_mbar_wait("));
+    assert!(!off.code.contains("tpla_mbar"));
+    // Elsewhere (no warpgroup path) the knob changes nothing.
+    let pre = |knobs: &[(&str, i64)]| {
+        let mut k = latent_decode(dp(64, 2, 256)).unwrap();
+        k.config
+            .extend(knobs.iter().map(|(n, v)| (n.to_string(), *v)));
+        tpla_codegen::cuda::emit(&k, Target::new(8, 0))
+            .unwrap()
+            .code
+    };
+    assert_eq!(pre(&[("PRODUCER", 1)]).replace(",PRODUCER=1", ""), pre(&[]));
+    let ws = |p, knobs: &[(&str, i64)], heads, lens: &[i32], splits, seed| {
+        let mut all = vec![("PRODUCER", 1)];
+        all.extend_from_slice(knobs);
+        decode_case_with(&cxx, p, &all, Target::sm90(), heads, lens, splits, seed)
+    };
+    // Splits of several blocks per stage of the ring, so every stage is refilled (the empty
+    // barriers matter), with partial last blocks and a one-block split.
+    ws(dp(64, 2, 256), &[], 64, &[390, 41], 2, 21);
+    ws(dp(32, 3, 256), &[], 40, &[75, 301], 2, 22);
+    ws(dp(32, 3, 512), &[], 64, &[333], 2, 23);
+    ws(dp(64, 2, 512), &[("WG_SPLIT", 32)], 64, &[300, 33], 2, 24);
+}
+
 #[test]
 fn emulated_combine_matches_cpu() {
     let Some(cxx) = skip_without_cxx("emulated_combine_matches_cpu") else {

@@ -138,6 +138,33 @@ fn cuda_every_tune_candidate_and_width_agrees() {
     }
 }
 
+/// Warp specialisation (`PRODUCER = 1`: a producer warpgroup feeding an mbarrier ring) on every
+/// 64-row config at latent 512 and 256, with splits of many blocks so each ring stage is refilled
+/// many times, a partial last block and a one-block sequence.
+#[test]
+fn cuda_producer_warpgroup_agrees() {
+    let Some(g) = gpu() else { return };
+    for lat in [512usize, 256] {
+        let p = Problem::new(lat as u64 + 7, 3, 64, lat, 64, vec![1000, 333, 9], 16, 0.2);
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H").unwrap() != 64 {
+                continue;
+            }
+            let mut params = DecodeParams::new(3, 64, lat, 64, 2, 0.2);
+            params.decode = cfg.clone().with("PRODUCER", 1);
+            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+            let hl = 64 * lat;
+            for b in 0..3 {
+                let e = rel_error(
+                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                    &p.reference(b, true).out,
+                );
+                assert!(e <= 5e-3, "lat {lat} {cfg} PRODUCER=1 b {b}: {e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn cuda_empty_and_single_token_sequences() {
     let Some(g) = gpu() else { return };
@@ -292,16 +319,21 @@ fn cuda_append_matches_cpu_and_touches_nothing_else() {
 #[test]
 fn sanitizer_smoke_every_kernel() {
     let Some(g) = gpu() else { return };
-    for (lat, bh, bn, st, wg) in [
-        (512usize, 16i64, 32i64, 2i64, 128i64),
+    for (lat, bh, bn, st, wg, ws) in [
+        (512usize, 16i64, 32i64, 2i64, 128i64, 0i64),
         // Hopper warpgroup paths: two warpgroups (latent 512), one (256), 32-token blocks, and
         // warpgroups splitting q·kᵀ (P and row statistics through shared memory).
-        (512, 64, 64, 2, 128),
-        (512, 64, 32, 3, 128),
-        (512, 64, 64, 2, 32),
-        (256, 64, 64, 2, 128),
-        (64, 32, 16, 3, 128),
-        (128, 64, 16, 1, 128),
+        (512, 64, 64, 2, 128, 0),
+        (512, 64, 32, 3, 128, 0),
+        (512, 64, 64, 2, 32, 0),
+        (256, 64, 64, 2, 128, 0),
+        (64, 32, 16, 3, 128, 0),
+        (128, 64, 16, 1, 128, 0),
+        // Warp specialisation: a producer warpgroup and the full / empty mbarrier ring.
+        (512, 64, 64, 2, 128, 1),
+        (512, 64, 32, 3, 32, 1),
+        (256, 64, 64, 2, 128, 1),
+        (256, 64, 16, 3, 128, 1),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
@@ -310,7 +342,8 @@ fn sanitizer_smoke_every_kernel() {
             .with("BLOCK_H", bh)
             .with("BLOCK_N", bn)
             .with("STAGES", st)
-            .with("WG_SPLIT", wg);
+            .with("WG_SPLIT", wg)
+            .with("PRODUCER", ws);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         assert!(out.data().iter().all(|x| x.is_finite()));
     }

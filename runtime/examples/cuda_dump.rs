@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: [WARPS=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] [PRODUCER=1] [WG_SPLIT=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 //!
 //! `cuda_dump --all DIR` instead writes the CUDA source of every kernel variant the backend's
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
@@ -41,9 +41,10 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 }
 
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
-/// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8 and with `WGMMA` = 0;
-/// and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile size) on sm_90a and
-/// sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA gemms.
+/// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
+/// with `PRODUCER` = 1; and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
+/// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
+/// gemms.
 fn dump_all(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("create dir");
     std::fs::write(dir.join("prelude.cu"), tpla_codegen::cuda::PRELUDE).expect("write prelude");
@@ -81,9 +82,12 @@ fn dump_all(dir: &std::path::Path) {
             for cfg in def.tune_space(&consts).expect("tune space") {
                 let mut extras: Vec<(&str, Config)> = vec![("", cfg.clone())];
                 if def.name() == "latent_decode" {
-                    for (tag, knob, v) in
-                        [("w4", "WARPS", 4), ("w8", "WARPS", 8), ("nowg", "WGMMA", 0)]
-                    {
+                    for (tag, knob, v) in [
+                        ("w4", "WARPS", 4),
+                        ("w8", "WARPS", 8),
+                        ("nowg", "WGMMA", 0),
+                        ("ws", "PRODUCER", 1),
+                    ] {
                         extras.push((tag, cfg.clone().with(knob, v)));
                     }
                 }
@@ -151,14 +155,17 @@ fn main() {
         .collect();
     let path = std::env::args().nth(5);
     let path: Option<String> = path;
-    let mut cfg = Config::new()
+    let cfg = Config::new()
         .with("LAT", a[0])
         .with("ROPE", 64)
         .with("BLOCK_H", a[1])
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
-    if let Some(w) = std::env::var("WARPS").ok().and_then(|w| w.parse().ok()) {
-        cfg.set("WARPS", w);
+    let mut cfg = cfg.with("WG_SPLIT", 128);
+    for knob in ["WARPS", "PRODUCER", "WG_SPLIT"] {
+        if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
+            cfg.set(knob, w);
+        }
     }
     let k = if std::env::var("COMBINE").is_ok() {
         // COMBINE=1 cuda_dump LAT BLOCK_H BLOCK_D 0: the split combine instead.

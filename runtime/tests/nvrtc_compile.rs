@@ -340,6 +340,40 @@ fn builder_decode_variants_compile_for_sm90a_without_spills() {
     check(&outcomes, "builder decode variants");
 }
 
+/// Warp specialisation (`PRODUCER = 1`: a producer warpgroup, mbarrier ring, `setmaxnreg`): every
+/// 64-row (warpgroup) variant of the library decode kernel compiles for sm_90a without spills,
+/// with the producer warpgroup in the block.
+#[test]
+fn producer_decode_variants_compile_for_sm90a_without_spills() {
+    if !nvrtc_or_skip("producer_decode_variants_compile_for_sm90a_without_spills") {
+        return;
+    }
+    let mut cases = Vec::new();
+    for lat in WIDTHS {
+        let consts = [("LAT", lat as i64), ("ROPE", ROPE as i64)];
+        for cfg in tpla_kernels::latent_decode.tune_space(&consts).unwrap() {
+            if cfg.get("BLOCK_H").ok() != Some(64) {
+                continue;
+            }
+            let cfg = cfg.with("PRODUCER", 1);
+            let kernel = tpla_kernels::latent_decode
+                .build(&cfg)
+                .map_err(|e| e.to_string());
+            if let Ok(k) = &kernel {
+                let src = tpla_codegen::cuda::emit(k, Target::sm90()).unwrap();
+                assert!(src.code.contains("setmaxnreg"), "{cfg}: no producer");
+            }
+            cases.push(Case {
+                label: format!("latent_decode [{cfg}]"),
+                kernel,
+            });
+        }
+    }
+    assert_eq!(cases.len(), 72);
+    let outcomes = compile_all(cases, Target::sm90());
+    check(&outcomes, "warp-specialised decode variants");
+}
+
 #[test]
 fn a_compile_error_returns_the_log_and_saves_the_source() {
     if !nvrtc_or_skip("a_compile_error_returns_the_log_and_saves_the_source") {

@@ -178,13 +178,17 @@ fn run_case(
             } else {
                 &[128]
             };
+            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring).
+            let producers: &[i64] = if bh == 64 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
-                warps_tried
-                    .iter()
-                    .flat_map(move |w| splits_wg.iter().map(move |g| (s, w, g)))
+                warps_tried.iter().flat_map(move |w| {
+                    splits_wg
+                        .iter()
+                        .flat_map(move |g| producers.iter().map(move |pr| (s, w, g, pr)))
+                })
             });
-            for (&st, &warps, &wg_split) in knobs {
+            for (&st, &warps, &wg_split, &producer) in knobs {
                 let mut cfg = Config::new()
                     .with("BLOCK_H", bh)
                     .with("BLOCK_N", bn)
@@ -192,6 +196,9 @@ fn run_case(
                     .with("WG_SPLIT", wg_split)
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
+                if producer > 0 {
+                    cfg.set("PRODUCER", producer);
+                }
                 if warps > 0 {
                     // The emitter's warp-count override (not a tune parameter of the kernel).
                     cfg.set("WARPS", warps);

@@ -21,6 +21,9 @@ pub(crate) struct Geo {
     /// registers); 32 splits it too (no duplicate tensor work; P and the row statistics go
     /// through shared memory).
     pub(crate) wg_split: usize,
+    /// A producer warpgroup (after the `nw` consumer warps) streams the paged blocks (schedule
+    /// `PRODUCER`, see `warpspec.rs`); set by the pipeline where it applies.
+    pub(crate) producer: bool,
 }
 
 impl Geo {
@@ -83,6 +86,7 @@ pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
         nw,
         wg: use_warpgroups(sched, info, target, nw),
         wg_split: sched.wg_split,
+        producer: false,
     }
 }
 
@@ -105,6 +109,7 @@ fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
             nw,
             wg: false,
             wg_split: 128,
+            producer: false,
         };
         if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
@@ -123,6 +128,7 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         nw,
         wg: true,
         wg_split: sched.wg_split,
+        producer: false,
     };
     target.wgmma
         && sched.wgmma
@@ -132,6 +138,17 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         && frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= 128)
 }
 
+/// Threads that run the kernel body (the consumers under warp specialisation).
 pub(crate) fn nt_total(geo: &Geo) -> usize {
     geo.nw * 32
+}
+
+/// Threads per block: the body's, plus the producer warpgroup under warp specialisation.
+pub(crate) fn nt_launch(geo: &Geo) -> usize {
+    nt_total(geo)
+        + if geo.producer {
+            crate::cuda::warpspec::PRODUCER_THREADS
+        } else {
+            0
+        }
 }

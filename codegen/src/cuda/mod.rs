@@ -67,7 +67,12 @@
 //! - every barrier carries `fence.proxy.async`, so generic-proxy writes (stores, `cp.async`) are
 //!   visible to the tensor cores' async-proxy reads;
 //! - a paged loop issues the next block's copy inside its first warpgroup gemm (between the
-//!   commit and the wait), with one barrier per block.
+//!   commit and the wait), with one barrier per block;
+//! - with the schedule knob `PRODUCER = 1` (warp specialisation, `warpspec.rs`) a producer
+//!   warpgroup after the consumer warps issues every paged copy instead, into the same ring
+//!   guarded by full / empty `mbarrier`s (`cp.async.mbarrier.arrive.noinc` / `try_wait.parity`);
+//!   the consumers' barriers become `bar.sync 1` over the consumer threads and `setmaxnreg`
+//!   moves registers from the producer (24) to them.
 //!
 //! Other gemms (other shapes, f32 operands split into hi/lo parts) keep `mma.sync`.
 //!
@@ -112,6 +117,7 @@ mod print;
 mod repr;
 mod sync;
 mod util;
+mod warpspec;
 
 use crate::error::IrError;
 use crate::ir::{DType, Kernel};

@@ -7,6 +7,7 @@ use crate::cuda::lower::*;
 use crate::cuda::print::*;
 use crate::cuda::sync::*;
 use crate::cuda::util::*;
+use crate::cuda::warpspec::producer_applies;
 use crate::cuda::{CudaSource, F32Gemm, Target};
 use crate::error::IrError;
 use crate::ir::*;
@@ -85,6 +86,7 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     }),
     ("geometry", |s| {
         s.geo = geometry(&s.sched, &s.info, &s.target);
+        s.geo.producer = s.geo.wg && s.sched.producer && producer_applies(s.k);
         Ok(())
     }),
     ("memory", |s| {

@@ -7,6 +7,7 @@ use crate::cuda::lower::*;
 use crate::cuda::memory::*;
 use crate::cuda::node::*;
 use crate::cuda::util::*;
+use crate::cuda::warpspec::*;
 use crate::cuda::{CudaSource, PagedInt, PagedPtr, ParamAbi, PRELUDE};
 use crate::ir::*;
 
@@ -55,14 +56,25 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     let (k, geo, target) = (lw.k, lw.geo, lw.target);
     // wgmma reads shared memory through the async proxy: every barrier that publishes
     // generic-proxy writes (stores, cp.async) to it carries a proxy fence.
-    let barrier = if lw.decl.wgmma_fns.is_empty() {
-        "__syncthreads();"
+    // Under warp specialisation the body's barriers span the consumer warps only.
+    let nt = nt_total(&geo);
+    let fence = if lw.decl.wgmma_fns.is_empty() {
+        ""
     } else {
-        "tpla_fence_proxy_async(); __syncthreads();"
+        "tpla_fence_proxy_async(); "
+    };
+    let barrier = match &lw.paging.producer_code {
+        Some(_) => format!("{fence}tpla_bar_sync(1, {nt});"),
+        None => format!("{fence}__syncthreads();"),
     };
     let mut body = String::new();
-    print_nodes(nodes, 1, barrier, &mut body);
-    let shared_bytes = smem_bytes(&lw.smem.bufs);
+    print_nodes(nodes, 1, &barrier, &mut body);
+    let mut shared_bytes = smem_bytes(&lw.smem.bufs);
+    // The ring's full and empty mbarriers after the buffers.
+    let mbar_off = shared_bytes.next_multiple_of(8);
+    if let Some((_, st)) = &lw.paging.producer_code {
+        shared_bytes = mbar_off + 16 * st;
+    }
 
     // Signature.
     let mut params = Vec::new();
@@ -137,10 +149,13 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         params.push(ParamAbi::Dim { dim: d });
     }
 
-    let nt = nt_total(&geo);
+    let nt_block = nt_launch(&geo);
     let name = format!("tpla_{}", sanitize(&k.name));
     let mut code = String::new();
     code.push_str(PRELUDE);
+    if lw.paging.producer_code.is_some() {
+        code.push_str(WARPSPEC_FNS);
+    }
     for &(n, a, tb) in &lw.decl.wgmma_fns {
         code.push_str(&wgmma_fn(n, a, tb));
     }
@@ -152,11 +167,11 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
             .map(|(a, b)| format!("{a}={b}"))
             .collect::<Vec<_>>()
             .join(","),
-        nt,
+        nt_block,
         shared_bytes
     ));
     code.push_str(&format!(
-        "extern \"C\" __global__ void __launch_bounds__({nt}, 1) {name}(\n    {}) {{\n",
+        "extern \"C\" __global__ void __launch_bounds__({nt_block}, 1) {name}(\n    {}) {{\n",
         if sig.is_empty() {
             "void".to_string()
         } else {
@@ -201,12 +216,15 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     for d in &lw.decl.lines {
         code.push_str(&format!("    {d}\n"));
     }
+    if let Some((producer, st)) = &lw.paging.producer_code {
+        code.push_str(&warpspec_head(producer, *st, mbar_off, geo.nw));
+    }
     code.push_str(&body);
     code.push_str("}\n");
     CudaSource {
         name,
         code,
-        block_threads: nt as u32,
+        block_threads: nt_block as u32,
         shared_bytes: shared_bytes as u32,
         params,
         stages: lw.paging.used.clone(),

@@ -1,4 +1,10 @@
 //! Synchronisation pass: inserts `__syncthreads()` between conflicting shared-memory accesses.
+//!
+//! A paged loop's ring is not a tracked resource here: its ordering is the loop's own. Without
+//! warp specialisation the loop opens every block with an explicit barrier node; under
+//! `PRODUCER = 1` the full / empty mbarriers of `warpspec.rs` order the streamed tiles and the
+//! loop emits one barrier before it (publishing what the consumers wrote earlier), so this pass
+//! only adds barriers for the consumers' other buffers (printed as the consumers' named barrier).
 
 use std::collections::BTreeSet;
 

@@ -80,12 +80,16 @@ struct Block {
 };
 
 inline Block* B = nullptr;
+// Counts events that let a waiting thread go on (a barrier completing, an mbarrier arrival, a
+// thread finishing): spinning threads that see none for long are deadlocked.
+inline long progress = 0;
 
 inline void wait(Bar& b) {
     long g = b.gen;
     if (++b.arrived == b.need) {
         b.arrived = 0;
         b.gen++;
+        progress++;
         return;
     }
     Fiber& f = B->th[B->cur];
@@ -97,6 +101,7 @@ inline void wait(Bar& b) {
 inline void entry() {
     B->body();
     B->th[B->cur].done = true;
+    progress++;
 }
 
 inline emu_dim3 tidx() { return emu_dim3{(unsigned)B->cur, 0, 0}; }
@@ -350,4 +355,90 @@ inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db
         }
     emu::wait(emu::B->wg_bar[g]);
     for (int i = 0; i < n / 2; ++i) d[i] = out[(size_t)i];
+}
+
+// ---- warp specialisation: mbarriers and named barriers ----------------------------------------
+// An mbarrier is its 8-byte shared-memory word: bits 0..31 the arrivals still pending in the
+// current phase, 32..62 the expected count, 63 the current phase's parity. Copies are synchronous
+// here, so `cp.async.mbarrier.arrive.noinc` is a plain arrive.
+namespace emu {
+// Yields to the other fibers while a thread spins (`seen`: the progress count of its last
+// yield, `idle`: its yields since progress changed); 4096 rounds of the block without any
+// progress are a deadlock.
+struct Spin {
+    long seen = -1;
+    long idle = 0;
+};
+inline void spin_yield(Spin& s) {
+    if (progress != s.seen) {
+        s.seen = progress;
+        s.idle = 0;
+    }
+    if (++s.idle > 4096) {
+        fprintf(stderr, "emu: deadlock in block (%u,%u,%u): an mbarrier phase never completes\n",
+                B->bid.x, B->bid.y, B->bid.z);
+        exit(3);
+    }
+    Fiber& f = B->th[B->cur];
+    f.wait = nullptr;
+    swapcontext(&f.ctx, &B->sched);
+}
+inline std::vector<Bar>& named_bars() {
+    static std::vector<Bar> bars(16);
+    return bars;
+}
+}  // namespace emu
+
+inline void tpla_emu_mbar_check(const void* b) {
+    const unsigned char* p = (const unsigned char*)b;
+    if (p < emu::B->smem.data() || p + 8 > emu::B->smem.data() + emu::B->smem.size() ||
+        ((uintptr_t)p & 7u) != 0) {
+        fprintf(stderr, "emu: mbarrier outside shared memory or not 8-byte aligned\n");
+        exit(4);
+    }
+}
+inline void tpla_emu_mbar_init(unsigned long long* b, int count) {
+    tpla_emu_mbar_check(b);
+    *b = ((unsigned long long)(unsigned)count << 32) | (unsigned)count;
+}
+inline void tpla_emu_mbar_arrive(unsigned long long* b) {
+    tpla_emu_mbar_check(b);
+    unsigned long long v = *b;
+    const unsigned count = (unsigned)((v >> 32) & 0x7fffffffu);
+    unsigned pending = (unsigned)v;
+    if (count == 0 || pending == 0) {
+        fprintf(stderr, "emu: arrive on an uninitialised mbarrier\n");
+        exit(4);
+    }
+    unsigned long long phase = v >> 63;
+    if (--pending == 0) {
+        pending = count;
+        phase ^= 1ull;
+    }
+    *b = (phase << 63) | ((unsigned long long)count << 32) | pending;
+    emu::progress++;
+}
+// Waits until the phase with parity `parity` has completed: the current phase's parity differs.
+// Every wait first lets the other fibers run for a while (a slow observer), so a role that skips
+// a wait it needs runs ahead far enough to show: a producer that does not wait for a stage to be
+// empty overwrites blocks the consumers have not read yet.
+inline void tpla_emu_mbar_wait(unsigned long long* b, int parity) {
+    tpla_emu_mbar_check(b);
+    emu::Spin spin;
+    for (int i = 0; i < 256; ++i) emu::spin_yield(spin);
+    while ((int)(*b >> 63) == (parity & 1)) emu::spin_yield(spin);
+}
+inline void tpla_emu_bar_sync(int id, int n) {
+    if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {
+        fprintf(stderr, "emu: bad named barrier %d over %d threads\n", id, n);
+        exit(4);
+    }
+    emu::Bar& bar = emu::named_bars()[id];
+    if (bar.arrived == 0) bar.need = n;
+    if (bar.need != n) {
+        fprintf(stderr, "emu: named barrier %d used with %d and %d threads\n", id, bar.need, n);
+        exit(4);
+    }
+    emu::B->barriers++;
+    emu::wait(bar);
 }

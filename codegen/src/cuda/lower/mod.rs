@@ -89,6 +89,8 @@ pub(crate) struct Paging {
     /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
     /// (the loop body's own level) to issue it while the tensor cores run.
     pub(crate) deferred_prefetch: Option<(String, usize)>,
+    /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
+    pub(crate) producer_code: Option<(String, usize)>,
 }
 
 pub(crate) struct Fusion {

@@ -4,6 +4,7 @@ use crate::cuda::elem::*;
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
 use crate::cuda::util::*;
+use crate::cuda::warpspec::{producer_loop, MBAR};
 use crate::error::IrError;
 use crate::ir::*;
 
@@ -65,38 +66,40 @@ impl<'a> Lower<'a> {
         let nw = self.geo.nw;
         let base = format!("{id}_base");
         let cty = elem.cty();
-        // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks).
-        let rows_per_warp = block.div_ceil(nw);
-        let issue = if vec_ok && rows_per_warp <= 32 {
-            // The page lookups of a warp's rows are independent global loads: lane `i` resolves
-            // row `warp + i * nw` (one load latency per block instead of one per row), and the
-            // row offsets are broadcast with a shuffle while the copies are issued.
-            let v = 16 / elem.size();
-            let cpr = row / v;
-            // The warp's rows x 16-byte chunks, enumerated flat over its lanes: every lane issues
-            // the same number of copies (no divergent tail pass per row), and a chunk's row comes
-            // from the lane that looked it up.
-            let total = rows_per_warp * cpr;
-            let iters = total.div_ceil(32);
-            let mut guard = Vec::new();
-            if !total.is_multiple_of(32) {
-                guard.push(format!("f_ < {total}"));
-            }
-            if !block.is_multiple_of(nw) {
-                guard.push(format!("r_ < {block}"));
-            }
-            let guard = if guard.is_empty() {
-                String::new()
-            } else {
-                format!("if ({}) ", guard.join(" && "))
-            };
-            format!(
+        // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks) by the
+        // `nw` warps numbered `warp`.
+        let mk_issue = |warp: &str, nw: usize, unroll: &str| {
+            let rows_per_warp = block.div_ceil(nw);
+            if vec_ok && rows_per_warp <= 32 {
+                // The page lookups of a warp's rows are independent global loads: lane `i` resolves
+                // row `warp + i * nw` (one load latency per block instead of one per row), and the
+                // row offsets are broadcast with a shuffle while the copies are issued.
+                let v = 16 / elem.size();
+                let cpr = row / v;
+                // The warp's rows x 16-byte chunks, enumerated flat over its lanes: every lane issues
+                // the same number of copies (no divergent tail pass per row), and a chunk's row comes
+                // from the lane that looked it up.
+                let total = rows_per_warp * cpr;
+                let iters = total.div_ceil(32);
+                let mut guard = Vec::new();
+                if !total.is_multiple_of(32) {
+                    guard.push(format!("f_ < {total}"));
+                }
+                if !block.is_multiple_of(nw) {
+                    guard.push(format!("r_ < {block}"));
+                }
+                let guard = if guard.is_empty() {
+                    String::new()
+                } else {
+                    format!("if ({}) ", guard.join(" && "))
+                };
+                format!(
                 "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
     {cty}* dst_ = {base} + (j_ % {st}) * {slot};
     int row_ = -1;
     {{
-        const int r_ = warp + lane * {nw};
+        const int r_ = {warp} + lane * {nw};
         const int t_ = t0_ + r_;
         if (r_ < {block} && t_ < {hi} && {ps} > 0) {{
             const int pi_ = t_ / {ps};
@@ -104,12 +107,12 @@ impl<'a> Lower<'a> {
             if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
         }}
     }}
-#pragma unroll
+#pragma unroll{unroll}
     for (int q_ = 0; q_ < {iters}; ++q_) {{
         const int f_ = lane + q_ * 32;
         const int rl_ = f_ / {cpr};
         const int ch_ = f_ - rl_ * {cpr};
-        const int r_ = warp + rl_ * {nw};
+        const int r_ = {warp} + rl_ * {nw};
         const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
         const bool ok_ = rw_ >= 0;
         {guard}tpla_cp_async16(&dst_[{addr}], {data} + (ok_ ? (tpla_i64)rw_ * {row} : (tpla_i64)0) + ch_ * {v}, ok_);
@@ -118,27 +121,27 @@ impl<'a> Lower<'a> {
 ",
                 addr = b.addr("r_", &format!("(ch_ * {v})")),
             )
-        } else {
-            // A warp per row: the row's page lookup, then its copy (16-byte chunks where rows
-            // allow, else element by element).
-            let copy = if vec_ok {
-                let v = 16 / elem.size();
-                format!(
+            } else {
+                // A warp per row: the row's page lookup, then its copy (16-byte chunks where rows
+                // allow, else element by element).
+                let copy = if vec_ok {
+                    let v = 16 / elem.size();
+                    format!(
                     "for (int ch_ = lane; ch_ < {cpr}; ch_ += 32)\n            tpla_cp_async16(&dst_[{addr}], src_ + ch_ * {v}, ok_);",
                     cpr = row / v,
                     addr = b.addr("r_", &format!("(ch_ * {v})")),
                 )
-            } else {
-                format!(
+                } else {
+                    format!(
                     "for (int c_ = lane; c_ < {row}; c_ += 32) dst_[{addr}] = ok_ ? src_[c_] : ({cty})0;",
                     addr = b.addr("r_", "c_"),
                 )
-            };
-            format!(
-                "{{
+                };
+                format!(
+                    "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
     {cty}* dst_ = {base} + (j_ % {st}) * {slot};
-    for (int r_ = warp; r_ < {block}; r_ += {nw}) {{
+    for (int r_ = {warp}; r_ < {block}; r_ += {nw}) {{
         const int t_ = t0_ + r_;
         bool ok_ = t_ < {hi} && {ps} > 0;
         const {cty}* src_ = {data};
@@ -152,8 +155,11 @@ impl<'a> Lower<'a> {
     }}
 }}
 "
-            )
+                )
+            }
         };
+        let issue = mk_issue("warp", nw, "");
+        let ws = self.geo.producer;
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
         // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
         // body when there is one (overlapping the tensor cores), else at the top of the body.
@@ -162,7 +168,7 @@ impl<'a> Lower<'a> {
             ahead = st - 1
         );
         let saved = self.paging.deferred_prefetch.take();
-        if st >= 2 {
+        if st >= 2 && !ws {
             self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
         }
         let inner = self.lower_block(body)?;
@@ -181,16 +187,69 @@ impl<'a> Lower<'a> {
     {nblk} = {hi} > {lo} ? tpla_icdiv(tpla_isub({hi}, {lo}), {block}) : 0;
 }}
 {cty}* const {base} = ({cty}*)(tpla_smem + {ring_off});
-for (int j_ = 0; j_ < {pre}; ++j_) {{
-    if (j_ < {nblk}) {issue}
-    tpla_cp_async_commit();
-}}
 ",
             b = self.idx(batch),
             ns = self.idx(num_splits),
             sp = self.idx(split),
-            pre = st - 1,
             ring_off = self.smem.bufs[ring].offset,
+        );
+        if ws {
+            // The producer repeats the top-level `let`s before the loop (pure index values).
+            let mut lets = String::new();
+            for s in &self.k.body {
+                match s {
+                    Stmt::Let { dst, value } => {
+                        lets.push_str(&format!("s{dst} = {};\n", self.idx(value)))
+                    }
+                    Stmt::PagedBlocks { .. } => break,
+                    _ => {}
+                }
+            }
+            let code = producer_loop(&format!("{lets}{setup}"), &mk_issue("pw_", 4, " 1"), &nblk, st);
+            self.paging.producer_code = Some((code, st));
+            // Consumers: wait for the block's stage to be full, compute, release the stage.
+            out.push(Node::Code {
+                text: format!("{{\n{setup}"),
+                reads,
+                writes: vec![],
+            });
+            let mut body_nodes = vec![Node::Code {
+                text: format!(
+                    "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n"
+                ),
+                reads: vec![],
+                writes: vec![],
+            }];
+            body_nodes.extend(inner);
+            // Whatever the consumers wrote before the loop is published once, not per block.
+            out.push(Node::Barrier);
+            body_nodes.push(Node::Code {
+                text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
+                reads: vec![],
+                writes: vec![],
+            });
+            out.push(Node::Scope {
+                head: format!(
+                    "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
+                ),
+                body: body_nodes,
+                tail: "}".into(),
+                looped: true,
+            });
+            out.push(Node::Code {
+                text: "}\n".into(),
+                reads: vec![],
+                writes: vec![],
+            });
+            return Ok(());
+        }
+        let setup = format!(
+            "{setup}for (int j_ = 0; j_ < {pre}; ++j_) {{
+    if (j_ < {nblk}) {issue}
+    tpla_cp_async_commit();
+}}
+",
+            pre = st - 1
         );
         out.push(Node::Code {
             text: format!("{{\n{setup}"),

@@ -1,0 +1,197 @@
+//! Warp specialisation (schedule knob `PRODUCER = 1`, Hopper warpgroup path only).
+//!
+//! The block gets one more warpgroup, the producer, after the `nw` consumer warps. The producer
+//! streams the blocks of the kernel's paged loop into the loop's shared-memory ring with
+//! `cp.async`, each thread signalling the stage's *full* mbarrier with
+//! `cp.async.mbarrier.arrive.noinc` (it fires when the thread's copies have landed); before
+//! refilling a stage it waits on the stage's *empty* mbarrier, which every consumer thread arrives
+//! on once it has finished the iteration that read the stage (the `wgmma`s of an iteration complete
+//! in place, so every read of the stage is done by then). Consumers wait on *full*, fence the
+//! generic-proxy writes against the `wgmma` (async-proxy) reads, and never copy.
+//!
+//! The streamed ring is ordered by these mbarriers alone: the ring is not a tracked hazard
+//! resource of the sync pass, and the loop's per-block block-wide barrier is dropped. Every other
+//! barrier of the consumers becomes the named barrier 1 over the consumer threads (`bar.sync 1, n`),
+//! since the producer warpgroup has left the common path. `setmaxnreg` moves registers from the
+//! producer (24) to the consumers.
+//!
+//! Applies only where the kernel has exactly one paged loop, at the top level of its body, whose
+//! sequence / split indices the producer can compute on its own (no scalar variables); elsewhere
+//! the knob changes nothing.
+
+use crate::ir::*;
+
+/// Threads of the producer warpgroup.
+pub(crate) const PRODUCER_THREADS: usize = 128;
+/// Registers per thread the producer keeps (`setmaxnreg.dec`).
+pub(crate) const PRODUCER_REGS: usize = 24;
+
+/// Registers per consumer thread after `setmaxnreg.inc`: what the producer frees, shared by the
+/// consumer warps, at most 240, a multiple of 8.
+pub(crate) fn consumer_regs(nw: usize) -> usize {
+    let total = 65536 - PRODUCER_THREADS * PRODUCER_REGS;
+    (total / (nw * 32)).min(240) / 8 * 8
+}
+
+/// Whether the kernel's paged loop can be fed by a producer warpgroup (see the module docs).
+pub(crate) fn producer_applies(k: &Kernel) -> bool {
+    fn count(body: &[Stmt]) -> usize {
+        body.iter()
+            .map(|s| match s {
+                Stmt::For { body, .. } => count(body),
+                Stmt::PagedBlocks { body, .. } => 1 + count(body),
+                _ => 0,
+            })
+            .sum()
+    }
+    // The scalars the producer can compute: those of the top-level `let`s before the loop whose
+    // values need nothing else (it repeats them, see [`producer_lets`]).
+    fn pure(i: &Index, defined: &[ScalarId]) -> bool {
+        match i {
+            Index::Var(v) => defined.contains(v),
+            Index::Bin(_, a, b) => pure(a, defined) && pure(b, defined),
+            Index::SeqLen { batch, .. } => pure(batch, defined),
+            Index::Load { index, .. } => index.iter().all(|x| pure(x, defined)),
+            _ => true,
+        }
+    }
+    let mut defined = Vec::new();
+    let mut top = Vec::new();
+    for s in &k.body {
+        match s {
+            Stmt::Let { dst, value } if pure(value, &defined) => defined.push(*dst),
+            Stmt::PagedBlocks {
+                batch,
+                split,
+                num_splits,
+                ..
+            } => top
+                .push(pure(batch, &defined) && pure(split, &defined) && pure(num_splits, &defined)),
+            _ => {}
+        }
+    }
+    count(&k.body) == 1 && top == [true]
+}
+
+/// Device functions of the warp-specialised schedule, printed after the prelude only when used
+/// (so every other kernel's source stays as it was).
+pub(crate) const WARPSPEC_FNS: &str = r#"
+// ---- warp specialisation: mbarriers, named barriers, register rebalancing (sm_90a) ----------
+__device__ __forceinline__ void tpla_mbar_init(unsigned long long* b, int count) {
+#ifdef __CUDA_ARCH__
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(tpla_smem_addr(b)), "r"(count) : "memory");
+#else
+    tpla_emu_mbar_init(b, count);
+#endif
+}
+// Makes the initialised mbarriers visible (then a block-wide barrier).
+__device__ __forceinline__ void tpla_mbar_init_fence() {
+#ifdef __CUDA_ARCH__
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// [thread] Arrives once on `b` (release).
+__device__ __forceinline__ void tpla_mbar_arrive(unsigned long long* b) {
+#ifdef __CUDA_ARCH__
+    asm volatile("{\n.reg .b64 st_;\nmbarrier.arrive.shared::cta.b64 st_, [%0];\n}\n" :: "r"(tpla_smem_addr(b)) : "memory");
+#else
+    tpla_emu_mbar_arrive(b);
+#endif
+}
+// [thread] Arrives on `b` once every cp.async this thread issued before has completed.
+__device__ __forceinline__ void tpla_cp_async_mbar_arrive(unsigned long long* b) {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(tpla_smem_addr(b)) : "memory");
+#else
+    tpla_emu_mbar_arrive(b);
+#endif
+}
+// [thread] Waits until the phase of `b` with parity `parity` has completed (acquire).
+__device__ __forceinline__ void tpla_mbar_wait(unsigned long long* b, int parity) {
+#ifdef __CUDA_ARCH__
+    asm volatile(
+        "{\n.reg .pred p_;\nWAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p_, [%0], %1;\n"
+        "@!p_ bra WAIT_%=;\n}\n" :: "r"(tpla_smem_addr(b)), "r"(parity) : "memory");
+#else
+    tpla_emu_mbar_wait(b, parity);
+#endif
+}
+// [threads] Named barrier `id` over `n` threads (whole warps).
+__device__ __forceinline__ void tpla_bar_sync(int id, int n) {
+#ifdef __CUDA_ARCH__
+    asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory");
+#else
+    tpla_emu_bar_sync(id, n);
+#endif
+}
+// [warpgroup] Register rebalancing between the roles.
+template <int N>
+__device__ __forceinline__ void tpla_setmaxnreg_dec() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void tpla_setmaxnreg_inc() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(N));
+#endif
+}
+"#;
+
+/// The kernel-scope pointer to the ring's mbarriers: `full[0..st]` then `empty[0..st]`.
+pub(crate) const MBAR: &str = "tpla_mbar";
+
+/// The producer warpgroup's loop: the paged loop's `setup` (sequence, split bounds, ring base),
+/// then per block `j_`: wait for its stage to be empty (from the second round on), `issue` its
+/// copies (by producer warp `pw_` of 4), arrive on the stage's full barrier when they land.
+pub(crate) fn producer_loop(setup: &str, issue: &str, nblk: &str, st: usize) -> String {
+    format!(
+        "{{
+{setup}for (int j_ = 0; j_ < {nblk}; ++j_) {{
+    if (j_ >= {st}) tpla_mbar_wait(&{MBAR}[{st} + j_ % {st}], ((j_ / {st}) + 1) & 1);
+    {issue}    tpla_cp_async_mbar_arrive(&{MBAR}[j_ % {st}]);
+}}
+}}
+"
+    )
+}
+
+/// The kernel's opening under warp specialisation: the mbarriers (at `mbar_off` in shared memory,
+/// `st` stages) initialised and published block-wide, then the producer warpgroup (warps `nw ..
+/// nw + 3`) runs `producer` with few registers and leaves; the consumers take the freed registers
+/// and go on to the body.
+pub(crate) fn warpspec_head(producer: &str, st: usize, mbar_off: usize, nw: usize) -> String {
+    let mut s = format!(
+        "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
+    if (tid == 0) {{
+        for (int i_ = 0; i_ < {st}; ++i_) {{
+            tpla_mbar_init(&{MBAR}[i_], {PRODUCER_THREADS});
+            tpla_mbar_init(&{MBAR}[{st} + i_], {consumers});
+        }}
+        tpla_mbar_init_fence();
+    }}
+    __syncthreads();
+    if (warp >= {nw}) {{
+        tpla_setmaxnreg_dec<{PRODUCER_REGS}>();
+        const int pw_ = warp - {nw};
+",
+        consumers = nw * 32,
+    );
+    for line in producer.lines().filter(|l| !l.is_empty()) {
+        s.push_str("        ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "        tpla_cp_async_commit();
+        tpla_cp_async_wait<0>();
+        return;
+    }}
+    tpla_setmaxnreg_inc<{}>();
+",
+        consumer_regs(nw)
+    ));
+    s
+}
