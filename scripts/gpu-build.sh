@@ -8,9 +8,14 @@ out=gpu-bin
 rm -rf "$out"
 mkdir -p "$out"
 
-exe_of() { # cargo args... -> path of the last executable built
-  cargo "$@" --message-format=json 2>/dev/null |
-    grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4
+exe_of() { # cargo args... -> path of the test executable built (else the last executable)
+  # A test target that needs a binary (CARGO_BIN_EXE_*) builds that binary too, and its artifact
+  # may come last: prefer the artifact built with the test profile flag.
+  local json exe
+  json=$(cargo "$@" --message-format=json 2>/dev/null)
+  exe=$(printf '%s\n' "$json" | grep '"test":true' | grep -o '"executable":"[^"]*"' | tail -1)
+  [ -n "$exe" ] || exe=$(printf '%s\n' "$json" | grep -o '"executable":"[^"]*"' | tail -1)
+  printf '%s\n' "$exe" | cut -d'"' -f4
 }
 
 build() { # name cargo-args...
