@@ -385,17 +385,26 @@ fn arguments_of_the_other_memory_space_are_refused() {
 fn bad_capacities_are_refused() {
     let exec = CpuExecutor::new(0).unwrap();
     for (f, splits) in [
-        (Box::new(|c: &mut Capacities| c.max_batch = 0) as Box<dyn Fn(&mut Capacities)>, 2),
+        (
+            Box::new(|c: &mut Capacities| c.max_batch = 0) as Box<dyn Fn(&mut Capacities)>,
+            2,
+        ),
         (Box::new(|c: &mut Capacities| c.heads = 0), 2),
         (Box::new(|c: &mut Capacities| c.page_size = 0), 2),
         (Box::new(|c: &mut Capacities| c.max_append = 0), 2),
-        (Box::new(|c: &mut Capacities| c.max_batch = usize::MAX / 2), 2),
+        (
+            Box::new(|c: &mut Capacities| c.max_batch = usize::MAX / 2),
+            2,
+        ),
         (Box::new(|_: &mut Capacities| {}), 1 << 20),
     ] {
         let mut c = caps();
         f(&mut c);
         let e = EnginePlan::new(&exec, c.clone(), SCALE, splits).err();
-        assert!(matches!(e, Some(RuntimeError::InvalidInput(_))), "{c:?}: {e:?}");
+        assert!(
+            matches!(e, Some(RuntimeError::InvalidInput(_))),
+            "{c:?}: {e:?}"
+        );
     }
     assert!(EnginePlan::new(&exec, caps(), f32::NAN, 2).is_err());
 }

@@ -544,7 +544,11 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
         }
         for (variant, lat, heads) in [
             ("mla", 512, small.clone()),
-            ("tpla-shard", 256, small.iter().copied().filter(|&h| h == 64).collect()),
+            (
+                "tpla-shard",
+                256,
+                small.iter().copied().filter(|&h| h == 64).collect(),
+            ),
         ] {
             specs.push(CaseSpec {
                 variant,
@@ -558,8 +562,6 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
             });
         }
     }
-    specs.retain(|c| {
-        !c.heads.is_empty() && opts.variant.as_deref().is_none_or(|v| v == c.variant)
-    });
+    specs.retain(|c| !c.heads.is_empty() && opts.variant.as_deref().is_none_or(|v| v == c.variant));
     specs
 }

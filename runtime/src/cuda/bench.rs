@@ -198,9 +198,7 @@ impl DecodeShape {
     }
     /// `2 · s_q · Σlen · H · (d_qk + d_v)` with `d_qk = lat + rope`, `d_v = lat`.
     pub fn flops(&self) -> f64 {
-        2.0 * self.total_tokens as f64
-            * self.heads as f64
-            * (2 * self.lat + self.rope) as f64
+        2.0 * self.total_tokens as f64 * self.heads as f64 * (2 * self.lat + self.rope) as f64
     }
     /// `2 · (Σlen · d_qk + B · s_q · H · d_qk + B · s_q · H · d_v)` bytes (bf16).
     pub fn bytes(&self) -> f64 {

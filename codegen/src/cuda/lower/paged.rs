@@ -205,7 +205,12 @@ impl<'a> Lower<'a> {
                     _ => {}
                 }
             }
-            let code = producer_loop(&format!("{lets}{setup}"), &mk_issue("pw_", 4, " 1"), &nblk, st);
+            let code = producer_loop(
+                &format!("{lets}{setup}"),
+                &mk_issue("pw_", 4, " 1"),
+                &nblk,
+                st,
+            );
             self.paging.producer_code = Some((code, st));
             // Consumers: wait for the block's stage to be full, compute, release the stage.
             out.push(Node::Code {
