@@ -85,6 +85,35 @@ impl Lower<'_, '_> {
     }
 
     /// Truth value that `start + k` is in range for span `s` (`k` an i64 value).
+    /// Whether every column `0..cols` of the region's inner span is in bounds (and the
+    /// `ats` condition holds): the test for the contiguous whole-row copy paths.
+    fn whole_rows_ok(&mut self, r: &Region, cols: usize, ats: Option<Value>) -> Value {
+        let inner = r.spans[1].expect("a contiguous inner span");
+        let last = self.i64c(cols as i64 - 1);
+        let lo_ok = self.span_ok(inner, last);
+        let z = self.i64c(0);
+        let hi_ok = self.span_ok(inner, z);
+        let all = self.b.ins().band(lo_ok, hi_ok);
+        match ats {
+            Some(a) => self.b.ins().band(all, a),
+            None => all,
+        }
+    }
+
+    /// Row `i` of the region: whether it is in bounds (`None` when the region has no outer
+    /// span) and its element offset.
+    fn row_offset(&mut self, r: &Region, i: Value) -> (Option<Value>, Value) {
+        let (ok, row) = match r.spans[0] {
+            Some(s) => {
+                let ok = self.span_ok(s, i);
+                let st = self.val(s.1);
+                (Some(ok), self.b.ins().imul(i, st))
+            }
+            None => (None, self.i64c(0)),
+        };
+        (ok, self.b.ins().iadd(r.base, row))
+    }
+
     fn span_ok(&mut self, s: (Ix, Ix, Ix), k: Value) -> Value {
         let st = self.val(s.0);
         let x = self.b.ins().iadd(st, k);
@@ -336,28 +365,12 @@ impl Lower<'_, '_> {
             scalar_path(self);
             return Ok(());
         }
-        let inner = r.spans[1].unwrap();
-        let last = self.i64c(cols as i64 - 1);
-        let lo_ok = self.span_ok(inner, last);
-        let z = self.i64c(0);
-        let hi_ok = self.span_ok(inner, z);
-        let mut all = self.b.ins().band(lo_ok, hi_ok);
-        if let Some(a) = ats {
-            all = self.b.ins().band(all, a);
-        }
+        let all = self.whole_rows_ok(&r, cols, ats);
         self.if_else(
             all,
             |l| {
                 l.for_const(0, rows as i64, 1, |l, i| {
-                    let (ook, ooff) = match r.spans[0] {
-                        Some(s) => {
-                            let ok = l.span_ok(s, i);
-                            let st = l.val(s.1);
-                            (Some(ok), l.b.ins().imul(i, st))
-                        }
-                        None => (None, l.i64c(0)),
-                    };
-                    let off = l.b.ins().iadd(r.base, ooff);
+                    let (ook, off) = l.row_offset(&r, i);
                     let src = l.elem_addr(r.ptr, r.dtype, off);
                     let o = l.b.ins().imul_imm_s(i, (d.strides[0] * 4) as i64);
                     let drow = l.b.ins().iadd(d.base, o);
@@ -439,28 +452,12 @@ impl Lower<'_, '_> {
             scalar_path(self);
             return Ok(());
         }
-        let inner = r.spans[1].unwrap();
-        let last = self.i64c(cols as i64 - 1);
-        let lo_ok = self.span_ok(inner, last);
-        let z = self.i64c(0);
-        let hi_ok = self.span_ok(inner, z);
-        let mut all = self.b.ins().band(lo_ok, hi_ok);
-        if let Some(a) = ats {
-            all = self.b.ins().band(all, a);
-        }
+        let all = self.whole_rows_ok(&r, cols, ats);
         self.if_else(
             all,
             |l| {
                 l.for_const(0, rows as i64, 1, |l, i| {
-                    let (ook, ooff) = match r.spans[0] {
-                        Some(s) => {
-                            let ok = l.span_ok(s, i);
-                            let st = l.val(s.1);
-                            (Some(ok), l.b.ins().imul(i, st))
-                        }
-                        None => (None, l.i64c(0)),
-                    };
-                    let off = l.b.ins().iadd(r.base, ooff);
+                    let (ook, off) = l.row_offset(&r, i);
                     let dstp = l.elem_addr(r.ptr, r.dtype, off);
                     let o = l.b.ins().imul_imm_s(i, (s0 * 4) as i64);
                     let srow = l.b.ins().iadd(sbase, o);
