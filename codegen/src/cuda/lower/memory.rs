@@ -13,6 +13,26 @@ impl<'a> Lower<'a> {
     // -------------------------------------------------------------- tensor regions
 
     /// Tensor index expressions of a region for tile coordinates `coords` (tile rank).
+    /// The index expressions of a tile copied as 16-byte vectors per row between a tensor and
+    /// shared memory, in the coordinates `r_` (row) and `c_` (first column of the vector).
+    fn vector_rows(&self, index: &[Slice], dims: &[String], rank: usize) -> VectorRows {
+        let coords: Vec<String> = if rank == 1 {
+            vec!["c_".into()]
+        } else {
+            vec!["r_".into(), "c_".into()]
+        };
+        let idx = self.region_index(index, &coords);
+        let nd = dims.len();
+        let (row_inb, _) = self.offset_expr(&dims[..nd - 1], &idx[..nd - 1]);
+        let (_, off) = self.offset_expr(dims, &idx);
+        VectorRows {
+            row_inb,
+            off,
+            last: idx[nd - 1].clone(),
+            dl: dims[nd - 1].clone(),
+        }
+    }
+
     pub(crate) fn region_index(&self, index: &[Slice], coords: &[String]) -> Vec<String> {
         let mut span = 0;
         index
@@ -82,17 +102,12 @@ impl<'a> Lower<'a> {
             && view == View::base(shape.len())
         {
             let cpr = c / v;
-            let coords: Vec<String> = if shape.len() == 1 {
-                vec!["c_".into()]
-            } else {
-                vec!["r_".into(), "c_".into()]
-            };
-            let idx = self.region_index(index, &coords);
-            let nd = dims.len();
-            let (row_inb, _) = self.offset_expr(&dims[..nd - 1], &idx[..nd - 1]);
-            let (_, off) = self.offset_expr(&dims, &idx);
-            let last = &idx[nd - 1];
-            let dl = &dims[nd - 1];
+            let VectorRows {
+                row_inb,
+                off,
+                last,
+                dl,
+            } = self.vector_rows(index, &dims, shape.len());
             format!(
                 "for (int i_ = tid; i_ < {total}; i_ += {nt}) {{
     const int r_ = i_ / {cpr}, c_ = (i_ % {cpr}) * {v};
@@ -175,17 +190,12 @@ impl<'a> Lower<'a> {
                 let (r, c) = Self::norm(&shape);
                 let v = 16 / gel.size();
                 let cpr = c / v;
-                let coords: Vec<String> = if shape.len() == 1 {
-                    vec!["c_".into()]
-                } else {
-                    vec!["r_".into(), "c_".into()]
-                };
-                let idx = self.region_index(index, &coords);
-                let nd = dims.len();
-                let (row_inb, _) = self.offset_expr(&dims[..nd - 1], &idx[..nd - 1]);
-                let (_, off) = self.offset_expr(&dims, &idx);
-                let last = &idx[nd - 1];
-                let dl = &dims[nd - 1];
+                let VectorRows {
+                    row_inb,
+                    off,
+                    last,
+                    dl,
+                } = self.vector_rows(index, &dims, shape.len());
                 let text = format!(
                     "for (int i_ = tid; i_ < {total}; i_ += {nt}) {{
     const int r_ = i_ / {cpr}, c_ = (i_ % {cpr}) * {v};
@@ -255,4 +265,16 @@ impl<'a> Lower<'a> {
     }
 
     // -------------------------------------------------------------- reductions
+}
+
+/// What [`Lower::vector_rows`] gives a vectorised row copy.
+struct VectorRows {
+    /// Whether the row (every coordinate but the last) is inside the tensor.
+    row_inb: String,
+    /// Element offset of the vector's first element.
+    off: String,
+    /// The last coordinate's index expression.
+    last: String,
+    /// The last dimension's extent.
+    dl: String,
 }
