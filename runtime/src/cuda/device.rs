@@ -385,6 +385,40 @@ impl CudaExecutor {
         CudaExecutor::with_stream(stream, Arc::new(KernelCache::with_default_dir()))
     }
 
+    /// An executor on device `ordinal`'s primary context (the one PyTorch and the CUDA runtime
+    /// use) that issues all its work on `stream`, a `CUstream` another library owns: torch's
+    /// current stream, a C caller's stream, or 0 for the legacy default stream. Kernels it
+    /// launches are ordered with the owner's work on that stream and can be captured in the
+    /// owner's CUDA graph.
+    ///
+    /// # Safety
+    /// `stream` is 0 or a live stream of device `ordinal`'s primary context, and its owner keeps
+    /// it alive while this executor, or anything made from it, is used.
+    pub unsafe fn from_raw_stream(
+        ordinal: usize,
+        stream: u64,
+    ) -> Result<CudaExecutor, RuntimeError> {
+        driver_available()?;
+        let n = device_count();
+        if ordinal >= n {
+            return Err(unavailable(format!(
+                "no CUDA device {ordinal} ({n} present)"
+            )));
+        }
+        let ctx = catch("retaining the primary context", || {
+            CudaContext::new(ordinal)
+        })?
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot use the primary context of device {ordinal}: {e:?}"
+            ))
+        })?;
+        // SAFETY: the caller guarantees `stream` is 0 or a live stream of this primary context
+        // that outlives the executor; the wrapper never destroys it.
+        let stream = unsafe { ctx.wrap_borrowed_stream(stream as cudarc::driver::sys::CUstream) };
+        CudaExecutor::with_stream(stream, Arc::new(KernelCache::with_default_dir()))
+    }
+
     /// An executor that issues all its work on `stream` (e.g. an engine's decode stream, so the
     /// kernels can be captured in the engine's CUDA graph), using `cache` for compiled kernels.
     pub fn with_stream(
