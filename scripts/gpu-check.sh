@@ -4,7 +4,8 @@
 # host's toolkit, compute-sanitizer memcheck and racecheck on every kernel, and the decode
 # benchmark. Logs and the benchmark JSON go to $OUT (default /tmp/tpla-gpu-check); a summary is
 # printed at the end (step logs in $OUT/logs.tgz). Exit status: 0 when every step passed.
-#   scripts/gpu-check.sh [tests|sanitize|bench|all|multi]   (default all; multi: two GPUs, NCCL)
+#   scripts/gpu-check.sh [tests|sanitize|bench|all|multi|ncu]   (default all; multi: two GPUs, NCCL;
+#   ncu: Nsight Compute sections of the decode kernels at B64 x 32K, MLA and TPLA shard, per preset)
 # TPLA_GPU_BIN=DIR runs the binaries of DIR instead of gpu-bin/ (an older build carried beside the
 # new one, for a same-run comparison).
 set -uo pipefail
@@ -82,6 +83,18 @@ fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   step cuda_bench 540 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
   grep -A40 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null || true
+fi
+if [ "$what" = ncu ]; then
+  # Where the decode kernels' time goes (throughputs, pipes, stalls, occupancy) at batch 64 x 32K:
+  # the MLA kernel and the g = 2 TPLA shard kernel of each preset, one launch of each.
+  ncu_bin=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for preset in ${TPLA_NCU_PRESETS:-deepseek-v3 kimi-k2 deepseek-v2-lite}; do
+    step "ncu_$preset" 300 "$ncu_bin" --clock-control none -k regex:latent_decode -c 4 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+      "$bin/tpla" decode --backend cuda --preset "$preset" --batch 64 --context 32768 --steps 1
+    cp "$OUT/ncu_$preset.log" "$OUT/ncu-$preset.txt"
+  done
 fi
 if [ -n "$nvrtc_pid" ]; then
   wait "$nvrtc_pid" || status=1
