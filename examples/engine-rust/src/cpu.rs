@@ -14,6 +14,10 @@ pub struct Cpu {
     pool: Vec<bf16>,
     out: Vec<f32>,
     lse: Vec<f32>,
+    /// The last decode's inputs (for `time_decode`).
+    table: Vec<i32>,
+    lens: Vec<i32>,
+    q: Vec<bf16>,
 }
 
 impl Cpu {
@@ -27,6 +31,9 @@ impl Cpu {
             pool: vec![bf16::ZERO; PAGES * PAGE * ROW],
             out: vec![f32::NAN; BATCH * HEADS * LAT],
             lse: vec![f32::NAN; BATCH * HEADS],
+            table: Vec::new(),
+            lens: Vec::new(),
+            q: Vec::new(),
         })
     }
 }
@@ -51,6 +58,9 @@ impl Backend for Cpu {
     }
 
     fn decode(&mut self, table: &[i32], lens: &[i32], q: &[bf16]) -> Res<(Vec<f32>, Vec<f32>)> {
+        self.table = table.to_vec();
+        self.lens = lens.to_vec();
+        self.q = q.to_vec();
         self.out.fill(f32::NAN);
         self.lse.fill(f32::NAN);
         self.plan.decode(
@@ -65,5 +75,15 @@ impl Backend for Cpu {
             ),
         )?;
         Ok((self.out.clone(), self.lse.clone()))
+    }
+
+    fn time_decode(&mut self, calls: usize) -> Res<f64> {
+        // The CPU backend runs the decode inside the call: this is its compute time.
+        let (table, lens, q) = (self.table.clone(), self.lens.clone(), self.q.clone());
+        let t0 = std::time::Instant::now();
+        for _ in 0..calls {
+            self.decode(&table, &lens, &q)?;
+        }
+        Ok(t0.elapsed().as_secs_f64() / calls as f64)
     }
 }

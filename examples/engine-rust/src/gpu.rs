@@ -149,6 +149,39 @@ impl Backend for Gpu {
             .memcpy_htod(&vec![f32::NAN; BATCH * HEADS * LAT], &mut self.out)?;
         self.stream
             .memcpy_htod(&vec![f32::NAN; BATCH * HEADS], &mut self.lse)?;
+        self.decode_launches()?;
+        let out = self.stream.clone_dtoh(&self.out)?;
+        let lse = self.stream.clone_dtoh(&self.lse)?;
+        self.stream.synchronize()?;
+        Ok((out, lse))
+    }
+
+    fn time_decode(&mut self, calls: usize) -> Res<f64> {
+        // Warm, then time the calls in rounds of at most 100 (a few hundred launches queued),
+        // waiting for the device between rounds, outside the timed part.
+        for _ in 0..10 {
+            self.decode_launches()?;
+        }
+        self.stream.synchronize()?;
+        let mut host = std::time::Duration::ZERO;
+        let mut left = calls;
+        while left > 0 {
+            let n = left.min(100);
+            let t0 = std::time::Instant::now();
+            for _ in 0..n {
+                self.decode_launches()?;
+            }
+            host += t0.elapsed();
+            self.stream.synchronize()?;
+            left -= n;
+        }
+        Ok(host.as_secs_f64() / calls as f64)
+    }
+}
+
+impl Gpu {
+    /// One `EnginePlan::decode` over the engine's buffers: kernel launches on the stream only.
+    fn decode_launches(&mut self) -> Res<()> {
         self.plan.decode(
             &self.exec,
             &self.pool_v,
@@ -157,9 +190,6 @@ impl Backend for Gpu {
             &self.q_v,
             (&mut self.out_v, &mut self.lse_v),
         )?;
-        let out = self.stream.clone_dtoh(&self.out)?;
-        let lse = self.stream.clone_dtoh(&self.lse)?;
-        self.stream.synchronize()?;
-        Ok((out, lse))
+        Ok(())
     }
 }

@@ -14,6 +14,9 @@
 //! runs on the program's own stream (`CudaExecutor::with_stream`). Elsewhere (or with `--cpu`)
 //! the same calls run on the CPU backend over host views. `TPLA_REQUIRE_GPU=1` makes a missing
 //! GPU an error.
+//!
+//! `--bench [CALLS]` then times `EnginePlan::decode` alone and prints one JSON line: the host
+//! time per call (on a GPU, the launches only; the target is under 10 µs).
 
 mod cpu;
 mod gpu;
@@ -62,6 +65,9 @@ trait Backend {
     /// One decode over the pool through `table` (`[BATCH, PPS]`) and `lens` (`[BATCH]`) for `q`
     /// (`[BATCH, HEADS, ROW]`): `(out [BATCH, HEADS, LAT], lse [BATCH, HEADS])`.
     fn decode(&mut self, table: &[i32], lens: &[i32], q: &[bf16]) -> Res<(Vec<f32>, Vec<f32>)>;
+    /// Host seconds per call of `EnginePlan::decode` alone, over `calls` calls on the inputs of
+    /// the last `decode` (on a GPU: the launches only; the device work is not waited for).
+    fn time_decode(&mut self, calls: usize) -> Res<f64>;
 }
 
 /// The plan's capacities.
@@ -223,7 +229,23 @@ fn backend() -> Res<Box<dyn Backend>> {
     Ok(Box::new(cpu::Cpu::new()?))
 }
 
+/// The `--bench [CALLS]` argument: `Some(calls)` when given (default 2000).
+fn bench_calls() -> Res<Option<usize>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(i) = args.iter().position(|a| a == "--bench") else {
+        return Ok(None);
+    };
+    match args.get(i + 1).filter(|a| !a.starts_with("--")) {
+        None => Ok(Some(2000)),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("--bench takes a positive call count, got `{n}`").into()),
+        },
+    }
+}
+
 fn run() -> Res<bool> {
+    let bench = bench_calls()?;
     let mut backend = backend()?;
     let mut engine = Engine::new(0x7e57_c0de);
     println!(
@@ -254,6 +276,18 @@ fn run() -> Res<bool> {
             i + 1,
             engine.lens,
             if pass { "ok" } else { "MISMATCH" }
+        );
+    }
+    if let (Some(calls), true) = (bench, ok) {
+        let secs = backend.time_decode(calls)?;
+        println!(
+            "{{\"bench\":\"engine_decode_host\",\"backend\":\"{}\",\"splits\":{},\
+             \"batch\":{BATCH},\"heads\":{HEADS},\"lens\":{:?},\"calls\":{calls},\
+             \"host_us_per_call\":{:.3}}}",
+            backend.name().replace('"', "'"),
+            backend.splits(),
+            engine.lens,
+            secs * 1e6
         );
     }
     Ok(ok)
