@@ -15,8 +15,9 @@
 //! the same calls run on the CPU backend over host views. `TPLA_REQUIRE_GPU=1` makes a missing
 //! GPU an error.
 //!
-//! `--bench [CALLS]` then times `EnginePlan::decode` alone and prints one JSON line: the host
-//! time per call (on a GPU, the launches only; the target is under 10 µs).
+//! Arguments: `--cpu` forces the CPU backend; `--bench [CALLS]` (default 2000) then times
+//! `EnginePlan::decode` alone and prints one JSON line: the host time per call (on a GPU, the
+//! launches only; the target is under 10 µs).
 
 mod cpu;
 mod gpu;
@@ -213,9 +214,46 @@ impl Engine {
     }
 }
 
+/// The command line: `[--cpu] [--bench [CALLS]]`.
+struct Args {
+    /// Use the CPU backend even when a GPU is present.
+    cpu: bool,
+    /// Time `EnginePlan::decode` over this many calls after the checks.
+    bench: Option<usize>,
+}
+
+fn args() -> Res<Args> {
+    let mut a = Args {
+        cpu: false,
+        bench: None,
+    };
+    let mut it = std::env::args().skip(1).peekable();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--cpu" => a.cpu = true,
+            "--bench" => {
+                let calls =
+                    match it.next_if(|n| !n.starts_with("--")) {
+                        None => 2000,
+                        Some(n) => n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                            format!("--bench takes a positive call count, got `{n}`")
+                        })?,
+                    };
+                a.bench = Some(calls);
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}` (usage: [--cpu] [--bench [CALLS]])"
+                )
+                .into())
+            }
+        }
+    }
+    Ok(a)
+}
+
 /// The GPU backend when a device is usable (and `--cpu` not given), else the CPU backend.
-fn backend() -> Res<Box<dyn Backend>> {
-    let want_cpu = std::env::args().skip(1).any(|a| a == "--cpu");
+fn backend(want_cpu: bool) -> Res<Box<dyn Backend>> {
     let require_gpu = std::env::var("TPLA_REQUIRE_GPU").as_deref() == Ok("1");
     if !want_cpu {
         match tpla::runtime::cuda_devices() {
@@ -229,24 +267,9 @@ fn backend() -> Res<Box<dyn Backend>> {
     Ok(Box::new(cpu::Cpu::new()?))
 }
 
-/// The `--bench [CALLS]` argument: `Some(calls)` when given (default 2000).
-fn bench_calls() -> Res<Option<usize>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(i) = args.iter().position(|a| a == "--bench") else {
-        return Ok(None);
-    };
-    match args.get(i + 1).filter(|a| !a.starts_with("--")) {
-        None => Ok(Some(2000)),
-        Some(n) => match n.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(format!("--bench takes a positive call count, got `{n}`").into()),
-        },
-    }
-}
-
 fn run() -> Res<bool> {
-    let bench = bench_calls()?;
-    let mut backend = backend()?;
+    let Args { cpu, bench } = args()?;
+    let mut backend = backend(cpu)?;
     let mut engine = Engine::new(0x7e57_c0de);
     println!(
         "backend {}, {} KV splits, batch {BATCH}, {HEADS} heads, latent {LAT}+{ROPE}, \
