@@ -61,6 +61,7 @@ if [ "$what" = all ] || [ "$what" = tests ]; then
   step decode_cuda 420 "$bin/decode_cuda" --test-threads=1 --nocapture
   step cli_tests 120 env TPLA_BIN="$bin/tpla" "$bin/cli_tests" --test-threads=2 --nocapture
   [ -x "$bin/engine_graph" ] && step engine_graph 120 "$bin/engine_graph" --test-threads=1 --nocapture
+  [ -x "$bin/engine_rust" ] && step engine_rust 120 "$bin/engine_rust" --bench
   step tpla_info 60 "$bin/tpla" info
   step tpla_decode 240 "$bin/tpla" decode --backend cuda
   step tpla_decode_k2 240 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 --context 32768 --steps 6

@@ -12,6 +12,9 @@
 //! - [`engine`]: decode, append and merge over memory a serving engine owns (its pool, block
 //!   table, lengths, slot mapping), graph-capturable;
 //! - [`run`]: decode attention on named tensors (what `tpla run` does), edge cases defined.
+//!
+//! Cargo features: `cuda` (the CUDA backend), `model` (the [`model`] module), `cli` (the `tpla`
+//! binary; implies both; the default). With none, the decode API runs on the CPU backend.
 
 pub mod baseline;
 pub mod decoder;
@@ -22,6 +25,7 @@ pub mod tp;
 pub use tpla_codegen as codegen;
 pub use tpla_kernels as kernels;
 pub use tpla_macros::kernel;
+#[cfg(feature = "model")]
 pub use tpla_model as model;
 pub use tpla_runtime as runtime;
 

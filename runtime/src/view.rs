@@ -53,6 +53,7 @@ impl ViewExecutor for crate::CpuExecutor {
     type Space = Host;
 }
 
+#[cfg(feature = "cuda")]
 impl ViewExecutor for crate::cuda::CudaExecutor {
     type Space = Device;
 }
