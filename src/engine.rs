@@ -22,7 +22,7 @@
 //! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::ops::{splits_for_occupancy, Balanced, DecodeParams};
+use tpla_kernels::ops::{Balanced, DecodeParams};
 use tpla_kernels::{append_rows, combine_counted, combine_splits, latent_decode, split_schedule};
 use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
@@ -143,9 +143,9 @@ impl<X: ViewExecutor> EnginePlan<X> {
             DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
         params.validate()?;
         params.splits = if splits == 0 {
-            // Uniform splits from the occupancy (kept for callers of `build` with 0).
-            let per_unit = exec.resident_programs(&latent_decode, &params.decode_config())?;
-            splits_for_occupancy(&params, max_len(&caps)?, exec.compute_units() * per_unit)
+            return Err(RuntimeError::InvalidInput(
+                "a plan needs at least one split".into(),
+            ));
         } else if splits > MAX_SPLITS {
             return Err(RuntimeError::InvalidInput(format!(
                 "{splits} KV splits, at most {MAX_SPLITS}"
