@@ -201,29 +201,28 @@ fn play(splits: usize) {
 }
 
 fn play_plan(exec: &CpuExecutor, mut plan: EnginePlan<CpuExecutor>, seed: u64) {
-    let exec = exec;
     let mut e = Engine::new(seed);
     // Prefill, one sequence per call, lengths straddling page boundaries; seq 3 stays empty.
     for (b, n) in [(0, 37), (1, 5), (2, 48)] {
-        e.append(&plan, &exec, &[(b, n)]);
+        e.append(&plan, exec, &[(b, n)]);
     }
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "after prefill");
 
     // Continuous batching: one append call, a different count per sequence (seq 2 speculates).
     for step in 0..3 {
-        e.append(&plan, &exec, &[(0, 1), (1, 1), (2, 3), (3, 2)]);
-        let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+        e.append(&plan, exec, &[(0, 1), (1, 1), (2, 3), (3, 2)]);
+        let (o, l, q) = decode_all(&mut plan, exec, &mut e);
         check(&e, &o, &l, &q, &format!("step {step}"));
     }
 
     // Free seq 1 and refill its slot with a new sequence on recycled (stale) pages.
     e.free_seq(1);
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "after free");
     e.free_seq(0);
-    e.append(&plan, &exec, &[(1, 40), (0, 3)]);
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    e.append(&plan, exec, &[(1, 40), (0, 3)]);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "slot reused");
 }
 
