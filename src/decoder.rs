@@ -9,7 +9,10 @@
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
-use tpla_kernels::ops::{decode_attention, shard_width, splits_for_occupancy, DecodeParams};
+use tpla_kernels::ops::{
+    decode_attention, decode_attention_balanced, shard_width, Balanced, BalancedWorkspace,
+    DecodeParams,
+};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, KernelArg, RuntimeError};
 
@@ -30,8 +33,8 @@ pub struct DecoderShape {
     pub page_size: usize,
     /// Tokens each sequence can hold.
     pub max_tokens: usize,
-    /// KV splits per sequence; 0 chooses them per call from the lengths and the device's
-    /// occupancy (`tpla_kernels::ops::choose_splits`).
+    /// KV splits per sequence; 0 balances them per call on the device from the lengths and the
+    /// device's occupancy (`tpla_kernels::ops::decode_attention_balanced`).
     pub splits: usize,
     /// The model's softmax scale.
     pub scale: f32,
@@ -51,7 +54,8 @@ pub struct LatentDecoder<X: Executor> {
     lens: Vec<usize>,
     params: DecodeParams,
     append: Config,
-    /// Program slots of the device for the current decode config (queried once per config).
+    /// Program slots of the device for the current (balanced) decode config (queried once per
+    /// config).
     slots: std::sync::OnceLock<usize>,
 }
 
@@ -311,18 +315,21 @@ impl<X: Executor> LatentDecoder<X> {
         let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
         let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
         if s.splits == 0 {
-            let mut p = self.params.clone();
+            // The balanced schedule: pieces computed on the device from the cache's lengths,
+            // the grid sized for the longest sequence now held.
+            let p = &self.params;
             let slots = match self.slots.get() {
                 Some(&n) => n,
                 None => {
                     let per_unit =
-                        exec.resident_programs(&latent_decode, &self.params.decode_config())?;
+                        exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
                     *self.slots.get_or_init(|| exec.compute_units() * per_unit)
                 }
             };
-            p.splits =
-                splits_for_occupancy(&p, self.lens.iter().copied().max().unwrap_or(1), slots);
-            decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
+            let max_len = self.lens.iter().copied().max().unwrap_or(1);
+            let sched = Balanced::for_occupancy(p, max_len, slots);
+            let mut ws = BalancedWorkspace::new(exec, p, sched)?;
+            decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
         } else {
             decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
         }

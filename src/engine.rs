@@ -2,9 +2,12 @@
 //!
 //! A serving engine (vLLM, SGLang, TensorRT-LLM, mistral.rs) keeps its own KV page pool, block
 //! table, sequence lengths and slot mapping, and calls attention on its own stream, often inside
-//! a CUDA graph. [`EnginePlan`] is made once from fixed [`Capacities`]: it chooses the KV split
-//! count from them (no per-step host work depends on the lengths) and allocates its split
-//! workspace once, at addresses that never change. After that:
+//! a CUDA graph. [`EnginePlan`] is made once from fixed [`Capacities`]: it sizes the KV split
+//! grid from them and the device, and allocates its split workspace once, at addresses that
+//! never change. By default the splits are balanced per step on the device: a schedule kernel
+//! reads the device-resident lengths and gives every sequence pieces of about equal token counts
+//! across the whole batch ([`tpla_kernels::split_schedule`]), so no host work depends on the
+//! lengths; a fixed count of uniform splits per sequence can be asked for instead. After that:
 //!
 //! - [`EnginePlan::append`] writes new token rows into the pool at the engine's slots
 //!   (vLLM's `slot_mapping`: `page · page_size + offset`), so every sequence grows by its own
@@ -19,8 +22,8 @@
 //! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::ops::{splits_for_occupancy, DecodeParams};
-use tpla_kernels::{append_rows, combine_splits, latent_decode};
+use tpla_kernels::ops::{Balanced, DecodeParams};
+use tpla_kernels::{append_rows, combine_counted, combine_splits, latent_decode, split_schedule};
 use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
 use tpla_runtime::{HostTensor, KernelArg, RuntimeError};
@@ -60,6 +63,14 @@ pub struct EnginePlan<X: ViewExecutor> {
     part_lse: X::Tensor<f32>,
     ones: X::Tensor<i32>,
     ones_host: Vec<i32>,
+    balanced: Option<Tables<X>>,
+}
+
+/// The balanced schedule's sizes and its device tables `chunk`, `nsplits` (`[max_batch]` i32).
+struct Tables<X: ViewExecutor> {
+    sched: Balanced,
+    chunk: X::Tensor<i32>,
+    nsplits: X::Tensor<i32>,
 }
 
 type Space<X> = <X as ViewExecutor>::Space;
@@ -68,38 +79,73 @@ type Space<X> = <X as ViewExecutor>::Space;
 const MAX_SPLITS: usize = 1024;
 
 impl<X: ViewExecutor> EnginePlan<X> {
-    /// A plan for `caps` with softmax `scale`. `splits = 0` chooses the KV split count from the
-    /// capacities and the device's occupancy (the longest sequence the plan allows); any other
-    /// value is used as is. Allocates the split workspace (`splits · max_batch · heads · (lat +
-    /// 1)` f32) once.
+    /// A plan for `caps` with softmax `scale`. `splits = 0` balances the splits per step on the
+    /// device ([`EnginePlan::new_balanced`] with sizes from the capacities and the device's
+    /// occupancy); any other value gives every sequence that many uniform splits. Allocates the
+    /// split workspace (`splits · max_batch · heads · (lat + 1)` f32) once.
     pub fn new(
         exec: &X,
         caps: Capacities,
         scale: f32,
         splits: usize,
     ) -> Result<Self, RuntimeError> {
-        for (what, v) in [
-            ("max_batch", caps.max_batch),
-            ("page_size", caps.page_size),
-            ("max_pages_per_seq", caps.max_pages_per_seq),
-            ("max_append", caps.max_append),
-        ] {
-            if v == 0 {
-                return Err(RuntimeError::InvalidInput(format!(
-                    "capacity {what} must be at least 1"
-                )));
-            }
+        if splits == 0 {
+            return Self::new_balanced(exec, caps, scale, None);
         }
+        Self::build(exec, caps, scale, splits, None)
+    }
+
+    /// A plan whose every decode first runs the balanced schedule on the device: sequence `b`
+    /// gets `nsplits[b]` pieces of `chunk[b]` tokens, about equal across the batch and about
+    /// filling the device, on a grid of `sched.max_splits` splits (see
+    /// [`tpla_kernels::split_schedule`]). `None` sizes the schedule from the capacities (the
+    /// longest sequence they allow) and the decode kernel's occupancy. A grid of one split is
+    /// the unsplit decode (no schedule runs).
+    pub fn new_balanced(
+        exec: &X,
+        caps: Capacities,
+        scale: f32,
+        sched: Option<Balanced>,
+    ) -> Result<Self, RuntimeError> {
+        let sched = match sched {
+            Some(s) => s,
+            None => {
+                check_caps(&caps)?;
+                let p =
+                    DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
+                p.validate()?;
+                let per_unit =
+                    exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
+                Balanced::for_occupancy(&p, max_len(&caps)?, exec.compute_units() * per_unit)
+            }
+        };
+        if sched.max_splits == 0 || sched.max_splits > MAX_SPLITS || sched.units == 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "balanced schedule {sched:?}: max_splits must be in 1..={MAX_SPLITS}, units at \
+                 least 1"
+            )));
+        }
+        if sched.max_splits == 1 {
+            return Self::build(exec, caps, scale, 1, None);
+        }
+        Self::build(exec, caps, scale, sched.max_splits, Some(sched))
+    }
+
+    fn build(
+        exec: &X,
+        caps: Capacities,
+        scale: f32,
+        splits: usize,
+        balanced: Option<Balanced>,
+    ) -> Result<Self, RuntimeError> {
+        check_caps(&caps)?;
         let mut params =
             DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
         params.validate()?;
         params.splits = if splits == 0 {
-            let per_unit = exec.resident_programs(&latent_decode, &params.decode_config())?;
-            let max_len = caps
-                .max_pages_per_seq
-                .checked_mul(caps.page_size)
-                .ok_or_else(|| RuntimeError::InvalidInput("capacity overflows".into()))?;
-            splits_for_occupancy(&params, max_len, exec.compute_units() * per_unit)
+            return Err(RuntimeError::InvalidInput(
+                "a plan needs at least one split".into(),
+            ));
         } else if splits > MAX_SPLITS {
             return Err(RuntimeError::InvalidInput(format!(
                 "{splits} KV splits, at most {MAX_SPLITS}"
@@ -134,6 +180,19 @@ impl<X: ViewExecutor> EnginePlan<X> {
         exec.resident_programs(&latent_decode, &params.decode_config())?;
         exec.resident_programs(&combine_splits, &params.combine_config())?;
         exec.resident_programs(&append_rows, &append)?;
+        let balanced = match balanced {
+            None => None,
+            Some(sched) => {
+                exec.resident_programs(&latent_decode, &params.balanced_decode_config())?;
+                exec.resident_programs(&combine_counted, &params.combine_config())?;
+                exec.resident_programs(&split_schedule, &Balanced::schedule_config(&params)?)?;
+                Some(Tables {
+                    sched,
+                    chunk: exec.alloc::<i32>(&[b])?,
+                    nsplits: exec.alloc::<i32>(&[b])?,
+                })
+            }
+        };
         Ok(EnginePlan {
             caps,
             params,
@@ -142,6 +201,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             part_lse,
             ones,
             ones_host,
+            balanced,
         })
     }
 
@@ -149,9 +209,14 @@ impl<X: ViewExecutor> EnginePlan<X> {
     pub fn capacities(&self) -> &Capacities {
         &self.caps
     }
-    /// KV splits every decode uses.
+    /// KV splits of the decode grid: every sequence's count with uniform splits, the most any
+    /// sequence gets with the balanced schedule.
     pub fn splits(&self) -> usize {
         self.params.splits
+    }
+    /// The balanced schedule's sizes, `None` for uniform splits (or a grid of one split).
+    pub fn balanced(&self) -> Option<Balanced> {
+        self.balanced.as_ref().map(|t| t.sched)
     }
     /// Replaces the decode kernel's tune values (e.g. from the tune database) and loads that
     /// kernel. Call before capturing a graph: the kernel is chosen at launch. On error nothing
@@ -160,6 +225,10 @@ impl<X: ViewExecutor> EnginePlan<X> {
         let mut params = self.params.clone();
         params.decode = config;
         exec.resident_programs(&latent_decode, &params.decode_config())?;
+        if self.balanced.is_some() {
+            exec.resident_programs(&latent_decode, &params.balanced_decode_config())?;
+            exec.resident_programs(&split_schedule, &Balanced::schedule_config(&params)?)?;
+        }
         self.params = params;
         Ok(())
     }
@@ -277,6 +346,31 @@ impl<X: ViewExecutor> EnginePlan<X> {
             ];
             return exec.launch(&latent_decode, &p.decode_config(), &args);
         }
+        let bshape = [b];
+        if let Some(t) = &mut self.balanced {
+            // The schedule, from the device-resident lengths, into the plan's tables.
+            tpla_kernels::ops::launch_schedule(
+                exec,
+                p,
+                &t.sched,
+                tensor(seq_lens.arg())?,
+                tensor(X::tensor_arg_mut(&mut t.chunk))?.prefix(&bshape)?,
+                tensor(X::tensor_arg_mut(&mut t.nsplits))?.prefix(&bshape)?,
+            )?;
+        }
+        let (cache, config) = match &self.balanced {
+            None => (cache, p.decode_config()),
+            Some(t) => {
+                let KernelArg::Paged(pa) = cache else {
+                    return Err(RuntimeError::InvalidInput("the pool is not paged".into()));
+                };
+                let chunk = tensor(X::tensor_arg(&t.chunk))?.prefix(&bshape)?;
+                (
+                    KernelArg::Paged(pa.with_split_table(chunk)?),
+                    p.balanced_decode_config(),
+                )
+            }
+        };
         {
             let part = tensor(X::tensor_arg_mut(&mut self.part))?.prefix(&ps)?;
             let part_lse = tensor(X::tensor_arg_mut(&mut self.part_lse))?.prefix(&pls)?;
@@ -287,17 +381,28 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 KernelArg::Tensor(part_lse),
                 scale,
             ];
-            exec.launch(&latent_decode, &p.decode_config(), &args)?;
+            exec.launch(&latent_decode, &config, &args)?;
         }
-        let part = tensor(X::tensor_arg(&self.part))?.prefix(&ps)?;
-        let part_lse = tensor(X::tensor_arg(&self.part_lse))?.prefix(&pls)?;
-        let args = [
-            KernelArg::Tensor(part),
-            KernelArg::Tensor(part_lse),
-            out.arg_mut(),
-            lse.arg_mut(),
-        ];
-        exec.launch(&combine_splits, &p.combine_config(), &args)
+        let part = KernelArg::Tensor(tensor(X::tensor_arg(&self.part))?.prefix(&ps)?);
+        let part_lse = KernelArg::Tensor(tensor(X::tensor_arg(&self.part_lse))?.prefix(&pls)?);
+        match &self.balanced {
+            None => {
+                let args = [part, part_lse, out.arg_mut(), lse.arg_mut()];
+                exec.launch(&combine_splits, &p.combine_config(), &args)
+            }
+            Some(t) => {
+                // Only the pieces the schedule gave each sequence were written.
+                let n = tensor(X::tensor_arg(&t.nsplits))?.prefix(&bshape)?;
+                let args = [
+                    part,
+                    part_lse,
+                    KernelArg::Tensor(n),
+                    out.arg_mut(),
+                    lse.arg_mut(),
+                ];
+                exec.launch(&combine_counted, &p.combine_config(), &args)
+            }
+        }
     }
 
     fn check_pool(&self, pool: &KvPool<'_, bf16, Space<X>>) -> Result<(), RuntimeError> {
@@ -327,6 +432,29 @@ impl<X: ViewExecutor> EnginePlan<X> {
             unsafe { TensorView::from_raw(ptr, &[n], None) }
         }
     }
+}
+
+fn check_caps(caps: &Capacities) -> Result<(), RuntimeError> {
+    for (what, v) in [
+        ("max_batch", caps.max_batch),
+        ("page_size", caps.page_size),
+        ("max_pages_per_seq", caps.max_pages_per_seq),
+        ("max_append", caps.max_append),
+    ] {
+        if v == 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "capacity {what} must be at least 1"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The longest sequence the capacities allow.
+fn max_len(caps: &Capacities) -> Result<usize, RuntimeError> {
+    caps.max_pages_per_seq
+        .checked_mul(caps.page_size)
+        .ok_or_else(|| RuntimeError::InvalidInput("capacity overflows".into()))
 }
 
 fn tensor(a: KernelArg<'_>) -> Result<tpla_runtime::TensorArg<'_>, RuntimeError> {

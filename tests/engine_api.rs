@@ -7,6 +7,7 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tpla::engine::{merge, Capacities, EnginePlan};
+use tpla_kernels::ops::Balanced;
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::latent_attention;
 use tpla_runtime::view::{slot_of, Host, KvPool, TensorView, TensorViewMut};
@@ -192,32 +193,36 @@ fn check(e: &Engine, out: &[f32], lse: &[f32], q: &[bf16], what: &str) {
 
 fn play(splits: usize) {
     let exec = CpuExecutor::new(0).unwrap();
-    let mut plan = EnginePlan::new(&exec, caps(), SCALE, splits).unwrap();
+    let plan = EnginePlan::new(&exec, caps(), SCALE, splits).unwrap();
     if splits != 0 {
         assert_eq!(plan.splits(), splits);
     }
-    let mut e = Engine::new(splits as u64 + 11);
+    play_plan(&exec, plan, splits as u64 + 11);
+}
+
+fn play_plan(exec: &CpuExecutor, mut plan: EnginePlan<CpuExecutor>, seed: u64) {
+    let mut e = Engine::new(seed);
     // Prefill, one sequence per call, lengths straddling page boundaries; seq 3 stays empty.
     for (b, n) in [(0, 37), (1, 5), (2, 48)] {
-        e.append(&plan, &exec, &[(b, n)]);
+        e.append(&plan, exec, &[(b, n)]);
     }
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "after prefill");
 
     // Continuous batching: one append call, a different count per sequence (seq 2 speculates).
     for step in 0..3 {
-        e.append(&plan, &exec, &[(0, 1), (1, 1), (2, 3), (3, 2)]);
-        let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+        e.append(&plan, exec, &[(0, 1), (1, 1), (2, 3), (3, 2)]);
+        let (o, l, q) = decode_all(&mut plan, exec, &mut e);
         check(&e, &o, &l, &q, &format!("step {step}"));
     }
 
     // Free seq 1 and refill its slot with a new sequence on recycled (stale) pages.
     e.free_seq(1);
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "after free");
     e.free_seq(0);
-    e.append(&plan, &exec, &[(1, 40), (0, 3)]);
-    let (o, l, q) = decode_all(&mut plan, &exec, &mut e);
+    e.append(&plan, exec, &[(1, 40), (0, 3)]);
+    let (o, l, q) = decode_all(&mut plan, exec, &mut e);
     check(&e, &o, &l, &q, "slot reused");
 }
 
@@ -234,6 +239,42 @@ fn engine_owned_memory_with_three_splits() {
 #[test]
 fn engine_owned_memory_with_splits_from_capacities() {
     play(0);
+}
+
+#[test]
+fn engine_owned_memory_with_the_balanced_schedule() {
+    // Pieces on blocks of 16 tokens for 16 work units on a grid of 4 splits: the lengths of the
+    // play (0 to about 50 tokens, changing every step) get 1 to 4 pieces each, recomputed on
+    // the device at every decode.
+    let exec = CpuExecutor::new(0).unwrap();
+    let sched = Balanced {
+        max_splits: 4,
+        units: 16,
+        min_chunk: 16,
+    };
+    let mut plan = EnginePlan::new_balanced(&exec, caps(), SCALE, Some(sched)).unwrap();
+    let mut cfg = plan_decode_config();
+    cfg.set("BLOCK_N", 16);
+    plan.set_decode_config(&exec, cfg).unwrap();
+    assert_eq!((plan.splits(), plan.balanced()), (4, Some(sched)));
+    play_plan(&exec, plan, 17);
+    // A grid of one split is the unsplit decode.
+    let one = Balanced {
+        max_splits: 1,
+        ..sched
+    };
+    let plan = EnginePlan::new_balanced(&exec, caps(), SCALE, Some(one)).unwrap();
+    assert_eq!((plan.splits(), plan.balanced()), (1, None));
+    let bad = Balanced {
+        max_splits: 0,
+        ..sched
+    };
+    assert!(EnginePlan::new_balanced(&exec, caps(), SCALE, Some(bad)).is_err());
+}
+
+/// The decode kernel's default tune values for [`caps`].
+fn plan_decode_config() -> tpla_codegen::Config {
+    tpla_kernels::ops::DecodeParams::new(BATCH, HEADS, LAT, ROPE, 1, SCALE).decode
 }
 
 /// Decode over two page-aligned halves of a context, merged, equals the decode of the whole.

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tpla::engine::{Capacities, EnginePlan};
+use tpla_kernels::ops::Balanced;
 use tpla_runtime::cuda::device::executor_or_skip;
 use tpla_runtime::cuda::{CudaExecutor, KernelCache};
 use tpla_runtime::cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtr};
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::{latent_attention, rel_error};
 use tpla_runtime::view::{KvPool, TensorView, TensorViewMut};
+use tpla_runtime::RuntimeError;
 
 const HEADS: usize = 16;
 const LAT: usize = 128;
@@ -36,6 +38,16 @@ fn bits(v: &[bf16]) -> Vec<u16> {
 }
 
 fn run(splits: usize) {
+    run_plan(splits as u64, |exec, caps| {
+        EnginePlan::new(exec, caps, SCALE, splits)
+    });
+}
+
+/// Captures the decode of the plan `make` builds and replays it (see the module docs).
+fn run_plan(
+    seed: u64,
+    make: impl FnOnce(&CudaExecutor, Capacities) -> Result<EnginePlan<CudaExecutor>, RuntimeError>,
+) {
     let Some(base) = executor_or_skip("engine graph capture") else {
         return;
     };
@@ -52,8 +64,8 @@ fn run(splits: usize) {
         max_pages_per_seq: PPS,
         max_append: 8,
     };
-    let mut plan = EnginePlan::new(&exec, caps, SCALE, splits).unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(splits as u64 + 3);
+    let mut plan = make(&exec, caps).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 3);
     let mut random = |n: usize| -> Vec<bf16> {
         (0..n)
             .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
@@ -197,6 +209,22 @@ fn run(splits: usize) {
 #[test]
 fn graph_replay_with_three_splits() {
     run(3);
+}
+
+/// The balanced schedule runs on the device inside the graph: every replay's new lengths get
+/// new pieces (up to 3 of 64 tokens here) with no host work.
+#[test]
+fn graph_replay_with_the_balanced_schedule() {
+    let sched = Balanced {
+        max_splits: 6,
+        units: 12,
+        min_chunk: 64,
+    };
+    run_plan(7, |exec, caps| {
+        let plan = EnginePlan::new_balanced(exec, caps, SCALE, Some(sched))?;
+        assert_eq!(plan.balanced(), Some(sched));
+        Ok(plan)
+    });
 }
 
 #[test]

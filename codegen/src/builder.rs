@@ -68,7 +68,9 @@ impl KernelBuilder {
         )
     }
 
-    /// Declares a paged cache parameter whose rows have `row` elements.
+    /// Declares a paged cache parameter whose rows have `row` elements. A read-only cache is
+    /// `chunked` (carries a per-sequence split table) when the config sets the schedule knob
+    /// `KV_CHUNKS = 1`; any value other than 0 and 1 is an error naming the knob.
     pub fn paged(
         &mut self,
         name: &str,
@@ -77,12 +79,14 @@ impl KernelBuilder {
         writable: bool,
     ) -> Result<ParamId, IrError> {
         let row = positive(name, row)?;
+        let chunked = crate::schedule::kv_chunks(&self.kernel.config)? && !writable;
         Ok(self.push_param(
             name,
             ParamKind::Paged {
                 dtype,
                 row,
                 writable,
+                chunked,
             },
         ))
     }
@@ -333,6 +337,7 @@ impl KernelBuilder {
             dtype,
             row,
             writable,
+            ..
         } = p.kind
         else {
             return Err(IrError::Invalid(format!(

@@ -112,6 +112,11 @@ pub enum ParamKind {
         row: usize,
         /// Whether the kernel may store rows into it.
         writable: bool,
+        /// Whether the argument also carries a per-sequence split table `chunk [batch]` of i32
+        /// (the schedule knob `KV_CHUNKS = 1`, read-only caches only): its
+        /// [`Stmt::PagedBlocks`] loops then split sequence `b` into pieces of `chunk[b]` tokens
+        /// instead of `num_splits` equal pieces.
+        chunked: bool,
     },
     /// A scalar passed by value (`F32` or `I32`).
     Scalar {
@@ -494,11 +499,26 @@ pub enum Stmt {
         body: Vec<Stmt>,
     },
     /// Streams the tokens of one split of sequence `batch` of a paged cache in blocks of `block`
-    /// rows. With `len = seq_lens[batch]` and `chunk = ceil(ceil(len / num_splits) / block) * block`,
-    /// the split covers tokens `[split * chunk, min(len, (split + 1) * chunk))`; each iteration sets
-    /// `start` to the block's first token, `tile` (`[block, row]`, the cache dtype) to the rows
-    /// (zero past the range) and `valid` (`Bool [block]`) to whether each row is inside the range.
-    /// `stages` is a pipelining hint: how many blocks a backend may keep in flight.
+    /// rows. With `len = seq_lens[batch]`, the split covers the tokens `[lo, hi)` given below;
+    /// each iteration sets `start` to the block's first token (`lo + i * block`), `tile`
+    /// (`[block, row]`, the cache dtype) to the rows (zero past `hi`) and `valid` (`Bool [block]`)
+    /// to whether each row is inside `[lo, hi)`. `stages` is a pipelining hint: how many blocks a
+    /// backend may keep in flight.
+    ///
+    /// - Uniform splits (the cache is not `chunked`): with
+    ///   `chunk = ceil(ceil(len / num_splits) / block) * block`, `lo = split * chunk` and
+    ///   `hi = min(len, (split + 1) * chunk)` (the loop runs no iteration when `lo >= hi`; what
+    ///   follows the loop still runs).
+    /// - Per-sequence splits (the cache is `chunked`, carrying `chunk [batch]` of i32): with
+    ///   `c = chunk[batch]` when it is at least 1, else `c = max(len, 1)` (the whole sequence is
+    ///   split 0), the sequence has `nsplits = max(1, ceil(len / c))` splits and `num_splits` is
+    ///   not read. A program whose `split` is in `0..nsplits` covers `lo = split * c`,
+    ///   `hi = min(len, lo + c)` (split 0 of an empty sequence covers nothing and runs on). A
+    ///   program whose `split` is outside `0..nsplits` ends at this statement: neither the loop
+    ///   nor any statement after it runs, so it writes nothing that follows the loop. Such a
+    ///   statement must therefore be at the top level of the kernel body, and `batch` and
+    ///   `split` must be the same in every thread of a program (they are: indices are per
+    ///   program). A `batch` outside the cache reads `len = 0` and `c = 1`.
     PagedBlocks {
         /// The paged parameter read.
         cache: ParamId,

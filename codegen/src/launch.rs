@@ -34,6 +34,8 @@ pub enum ArgDesc<'a> {
         seq_lens: Option<&'a [i32]>,
         /// Whether it was passed for writing.
         writable: bool,
+        /// Whether it carries a per-sequence split table (`chunk [batch]`, i32).
+        chunks: bool,
     },
     /// An f32 scalar.
     F32(f32),
@@ -208,6 +210,7 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
                     dtype,
                     row,
                     writable,
+                    chunked,
                 },
                 ArgDesc::Paged {
                     dtype: d,
@@ -219,10 +222,25 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
                     block_table,
                     seq_lens,
                     writable: w,
+                    chunks,
                 },
             ) => {
                 if *writable && !*w {
                     return Err(kind_err("a read-only paged cache"));
+                }
+                if chunked != chunks {
+                    return Err(LaunchError::Paged {
+                        param: p.name.clone(),
+                        why: if *chunked {
+                            "the kernel was built with KV_CHUNKS = 1 and needs a split table, \
+                             but the cache has none"
+                                .into()
+                        } else {
+                            "the cache carries a split table, but the kernel was built without \
+                             KV_CHUNKS = 1"
+                                .into()
+                        },
+                    });
                 }
                 if dtype != d {
                     return Err(LaunchError::DType {
@@ -356,6 +374,7 @@ fn describe(k: &ParamKind) -> String {
             dtype,
             row,
             writable,
+            ..
         } => format!(
             "a {}paged cache of {dtype} rows of {row}",
             if *writable { "writable " } else { "" }

@@ -244,9 +244,11 @@ impl fmt::Display for Kernel {
                     dtype,
                     row,
                     writable,
+                    chunked,
                 } => format!(
-                    "{}paged<{dtype}, [{row}]>",
-                    if *writable { "mut " } else { "" }
+                    "{}paged<{dtype}, [{row}]{}>",
+                    if *writable { "mut " } else { "" },
+                    if *chunked { ", chunks" } else { "" }
                 ),
                 ParamKind::Scalar { dtype } => dtype.to_string(),
             };

@@ -8,6 +8,7 @@
 //! | `WARPS` (alias `NUM_WARPS`) | 1, 2, 4, 8, 16, 32 | warps per CUDA block (default: chosen from the register budget) |
 //! | `WGMMA` | 0, 1 | 0 turns Hopper's warpgroup `wgmma` path off (default 1: on where the target allows) |
 //! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
+//! | `KV_CHUNKS` | 0, 1 | 1: every read-only paged cache carries a per-sequence split table `chunk [batch]` (i32) and its block loops split sequence `b` into pieces of `chunk[b]` tokens, programs past a sequence's last piece ending at the loop (see `Stmt::PagedBlocks`); changes the argument ABI, read by the kernel builder (default 0) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
@@ -47,6 +48,24 @@ fn bad(name: &str, value: i64, why: impl Into<String>) -> IrError {
         name: name.to_string(),
         value,
         why: why.into(),
+    }
+}
+
+/// The `KV_CHUNKS` knob of a kernel config (see the module table): false when absent, an
+/// [`IrError::BadConfig`] naming the knob for a value other than 0 or 1.
+pub fn kv_chunks(config: &[(String, i64)]) -> Result<bool, IrError> {
+    match config
+        .iter()
+        .find(|(n, _)| n == "KV_CHUNKS")
+        .map(|(_, v)| *v)
+    {
+        None | Some(0) => Ok(false),
+        Some(1) => Ok(true),
+        Some(v) => Err(bad(
+            "KV_CHUNKS",
+            v,
+            "must be 0 (uniform splits) or 1 (a split table)",
+        )),
     }
 }
 
@@ -109,6 +128,17 @@ mod tests {
             IrError::BadConfig { name, .. } => name,
             other => panic!("expected BadConfig, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn kv_chunks_is_0_or_1_and_a_bad_value_names_the_knob() {
+        assert!(!kv_chunks(&cfg(&[("LAT", 512)])).unwrap());
+        assert!(!kv_chunks(&cfg(&[("KV_CHUNKS", 0)])).unwrap());
+        assert!(kv_chunks(&cfg(&[("KV_CHUNKS", 1)])).unwrap());
+        assert_eq!(
+            knob_of(kv_chunks(&cfg(&[("KV_CHUNKS", 2)])).unwrap_err()),
+            "KV_CHUNKS"
+        );
     }
 
     #[test]

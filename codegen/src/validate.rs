@@ -14,7 +14,37 @@ pub fn validate(k: &Kernel) -> Result<(), IrError> {
     }
     let mut assigns = vec![0usize; k.tiles.len()];
     count_assigns(&k.body, &mut assigns);
-    check_block(k, &k.body, &assigns)
+    check_block(k, &k.body, &assigns)?;
+    check_chunked_loops_top_level(k)
+}
+
+/// A block loop over a `chunked` cache ends its program when the split is past the sequence's
+/// last (see [`Stmt::PagedBlocks`]), which is only well-defined at the top level of the body.
+fn check_chunked_loops_top_level(k: &Kernel) -> Result<(), IrError> {
+    let chunked = |c: ParamId| {
+        matches!(
+            k.params.get(c).map(|p| &p.kind),
+            Some(ParamKind::Paged { chunked: true, .. })
+        )
+    };
+    let top_level_ok = k
+        .body
+        .iter()
+        .filter_map(crate::visit::nested_body)
+        .all(|inner| {
+            !crate::visit::any_stmt(
+                inner,
+                &mut |s| matches!(s, Stmt::PagedBlocks { cache, .. } if chunked(*cache)),
+            )
+        });
+    if !top_level_ok {
+        return Err(IrError::Invalid(
+            "a block loop over a cache with a split table (KV_CHUNKS = 1) must be at the top \
+             level of the kernel body"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_grid_index(k: &Kernel, i: &Index) -> Result<(), IrError> {
@@ -89,6 +119,7 @@ fn paged(k: &Kernel, p: ParamId) -> Result<(DType, usize, bool), IrError> {
             dtype,
             row,
             writable,
+            ..
         }) => Ok((*dtype, *row, *writable)),
         _ => Err(IrError::Invalid(format!(
             "parameter #{p} is not a paged cache"

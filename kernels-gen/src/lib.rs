@@ -1,7 +1,9 @@
 //! The tpla kernel library, written only in the `#[kernel]` DSL.
 //!
 //! - [`latent_decode`]: split-KV latent attention for MLA and TPLA shards;
-//! - [`combine_splits`]: log-sum-exp merge of the splits;
+//! - [`combine_splits`]: log-sum-exp merge of the splits ([`combine_counted`]: of a per-sequence
+//!   count of them);
+//! - [`split_schedule`]: the balanced split-KV schedule, computed on the device;
 //! - [`append_rows`]: paged cache append;
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices.
 
@@ -21,11 +23,13 @@ mod combine;
 mod decode;
 pub mod ops;
 mod proj;
+mod schedule;
 
 pub use append::append_rows;
-pub use combine::combine_splits;
+pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use proj::head_proj;
+pub use schedule::split_schedule;
 
 #[cfg(test)]
 mod readme {

@@ -42,7 +42,8 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
 /// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
-/// with `PRODUCER` = 1; and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
+/// with `PRODUCER` = 1 and with `KV_CHUNKS` = 1 (a per-sequence split table); `combine_counted`
+/// and `split_schedule` (the balanced schedule); and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
 /// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
 /// gemms.
 fn dump_all(dir: &std::path::Path) {
@@ -64,9 +65,10 @@ fn dump_all(dir: &std::path::Path) {
         ),
         ("sm90a_fma", Target::sm90().with_f32_gemm(F32Gemm::Fma)),
     ];
-    let defs: [(&dyn KernelDef, &str); 4] = [
+    let defs: [(&dyn KernelDef, &str); 5] = [
         (&tpla_kernels::latent_decode, "LAT"),
         (&tpla_kernels::combine_splits, "LAT"),
+        (&tpla_kernels::combine_counted, "LAT"),
         (&tpla_kernels::append_rows, "ROW"),
         (&tpla_kernels::head_proj, "LAT"),
     ];
@@ -87,6 +89,7 @@ fn dump_all(dir: &std::path::Path) {
                         ("w8", "WARPS", 8),
                         ("nowg", "WGMMA", 0),
                         ("ws", "PRODUCER", 1),
+                        ("chunks", "KV_CHUNKS", 1),
                     ] {
                         extras.push((tag, cfg.clone().with(knob, v)));
                     }
@@ -137,6 +140,18 @@ fn dump_all(dir: &std::path::Path) {
                     }
                 }
             }
+        }
+    }
+    // The balanced schedule's kernel per BLOCK_N, for a small and a large batch.
+    for bn in [16, 32, 64] {
+        for max_b in [32, 1024] {
+            let cfg = tpla_kernels::split_schedule
+                .default_config(&[("BLOCK_N", bn), ("MAX_B", max_b)])
+                .expect("split_schedule constants");
+            let file = format!("split_schedule.{cfg}.sm90a.cu").replace(['=', ','], "_");
+            let k = tpla_kernels::split_schedule.build(&cfg);
+            write_variant(dir, &file, k.map_err(|e| e.to_string()), Target::sm90());
+            n += 1;
         }
     }
     println!("{n} variants written to {}", dir.display());

@@ -102,7 +102,7 @@ fn pack_args(ir: &Kernel, args: &[KernelArg<'_>]) -> Vec<u64> {
                 slots.push(t.ptr());
                 slots.extend(t.shape().iter().map(|&d| d as u64));
             }
-            (ParamKind::Paged { .. }, KernelArg::Paged(c)) => {
+            (ParamKind::Paged { chunked, .. }, KernelArg::Paged(c)) => {
                 let g = c.geometry();
                 slots.extend([
                     c.data(),
@@ -113,6 +113,10 @@ fn pack_args(ir: &Kernel, args: &[KernelArg<'_>]) -> Vec<u64> {
                     g.num_pages as u64,
                     g.batch as u64,
                 ]);
+                if *chunked {
+                    // check_launch matched the kernel's table with the argument's.
+                    slots.push(c.split_table().map_or(0, |t| t.ptr()));
+                }
             }
             (_, KernelArg::F32(v)) => slots.push(v.to_bits() as u64),
             (_, KernelArg::I32(v)) => slots.push(*v as i64 as u64),

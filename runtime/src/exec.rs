@@ -168,6 +168,7 @@ pub struct PagedArg<'a> {
     host_tables: Option<(&'a [i32], &'a [i32])>,
     writable: bool,
     space: ArgSpace,
+    split_table: Option<TensorArg<'a>>,
 }
 
 /// The geometry of a paged cache: `data [num_pages, page_size, row]`, block table
@@ -227,7 +228,66 @@ impl<'a> PagedArg<'a> {
             host_tables,
             writable,
             space,
+            split_table: None,
         }
+    }
+    /// The same cache with a per-sequence split table `chunk [batch]` (i32, read-only), for
+    /// kernels built with the schedule knob `KV_CHUNKS = 1`: their block loops split sequence `b`
+    /// into pieces of `chunk[b]` tokens (see `tpla_codegen::ir::Stmt::PagedBlocks`; any value
+    /// is safe, the bounds stay inside the sequence). Safe: the tensor argument vouches for its
+    /// memory. A typed error when `chunks` is not i32, is in the other memory space, is passed
+    /// for writing, or has fewer than `batch` elements.
+    pub fn with_split_table(self, chunks: TensorArg<'a>) -> Result<PagedArg<'a>, RuntimeError> {
+        let n: usize = chunks.shape().iter().product();
+        let why = if chunks.dtype() != DType::I32 {
+            Some(format!("is {}, not i32", chunks.dtype()))
+        } else if chunks.space() != self.space {
+            Some(format!(
+                "is in {:?} memory, the cache in {:?}",
+                chunks.space(),
+                self.space
+            ))
+        } else if chunks.writable() {
+            Some("is passed for writing; a launch only reads it".into())
+        } else if n < self.batch {
+            Some(format!("has {n} entries for a batch of {}", self.batch))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(RuntimeError::InvalidInput(format!("split table {why}"))),
+            None => Ok(PagedArg {
+                split_table: Some(chunks),
+                ..self
+            }),
+        }
+    }
+    /// The split table, when the argument carries one ([`PagedArg::with_split_table`]).
+    pub fn split_table(&self) -> Option<TensorArg<'a>> {
+        self.split_table
+    }
+    /// The sequence lengths seen as an i32 tensor of `shape` (at most `batch` elements, e.g.
+    /// `[batch]`), read-only: what a kernel that computes a schedule from the lengths takes.
+    /// Safe: the lengths are part of what the argument vouches for.
+    pub fn seq_lens_arg<'b>(&self, shape: &'b [usize]) -> Result<TensorArg<'b>, RuntimeError>
+    where
+        'a: 'b,
+    {
+        let n: usize = shape.iter().product();
+        if n > self.batch {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a view of {n} sequence lengths of a batch of {}",
+                self.batch
+            )));
+        }
+        Ok(TensorArg {
+            ptr: self.seq_lens,
+            dtype: DType::I32,
+            shape,
+            writable: false,
+            space: self.space,
+            _borrow: PhantomData,
+        })
     }
     /// Address of the page pool.
     pub fn data(&self) -> u64 {
@@ -280,6 +340,8 @@ impl<'a> PagedArg<'a> {
             seq_lens: self.seq_lens + (b * std::mem::size_of::<i32>()) as u64,
             batch: 1,
             host_tables: Some((row, len)),
+            // A split table is per batch: the one-sequence view would need its entry `b`.
+            split_table: None,
             ..*self
         })
     }
@@ -304,6 +366,7 @@ impl<'a> KernelArg<'a> {
                 block_table: p.host_tables.map(|t| t.0),
                 seq_lens: p.host_tables.map(|t| t.1),
                 writable: p.writable,
+                chunks: p.split_table.is_some(),
             },
             KernelArg::F32(v) => ArgDesc::F32(v),
             KernelArg::I32(v) => ArgDesc::I32(v),
@@ -399,4 +462,83 @@ pub trait Executor {
     }
     /// A short name for messages (`cpu`, `cuda:0`).
     fn backend_name(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(batch: usize) -> PagedGeometry {
+        PagedGeometry {
+            dtype: DType::BF16,
+            num_pages: 4,
+            page_size: 16,
+            row: 8,
+            batch,
+            pages_per_seq: 2,
+        }
+    }
+
+    #[test]
+    fn a_split_table_must_be_i32_read_only_same_space_and_cover_the_batch() {
+        let (pool, bt, lens) = (vec![0u16; 4 * 16 * 8], vec![0i32; 6], vec![0i32; 3]);
+        let (table, floats) = (vec![16i32; 3], vec![0f32; 3]);
+        // SAFETY: host buffers of the stated sizes, alive for the whole test, never launched.
+        let (paged, t, short, f, w, dev) = unsafe {
+            let p = PagedArg::new(
+                pool.as_ptr() as u64,
+                bt.as_ptr() as u64,
+                lens.as_ptr() as u64,
+                geometry(3),
+                Some((&bt, &lens)),
+                false,
+                ArgSpace::Host,
+            );
+            let a = table.as_ptr() as u64;
+            (
+                p,
+                TensorArg::new(a, DType::I32, &[3], false, ArgSpace::Host),
+                TensorArg::new(a, DType::I32, &[2], false, ArgSpace::Host),
+                TensorArg::new(
+                    floats.as_ptr() as u64,
+                    DType::F32,
+                    &[3],
+                    false,
+                    ArgSpace::Host,
+                ),
+                TensorArg::new(a, DType::I32, &[3], true, ArgSpace::Host),
+                TensorArg::new(a, DType::I32, &[3], false, ArgSpace::Device),
+            )
+        };
+        assert!(paged.split_table().is_none());
+        let with = paged.with_split_table(t).unwrap();
+        assert_eq!(with.split_table().map(|t| t.ptr()), Some(t.ptr()));
+        assert!(matches!(
+            KernelArg::Paged(with).desc(),
+            ArgDesc::Paged { chunks: true, .. }
+        ));
+        assert!(matches!(
+            KernelArg::Paged(paged).desc(),
+            ArgDesc::Paged { chunks: false, .. }
+        ));
+        for (bad, why) in [
+            (short, "2 entries"),
+            (f, "not i32"),
+            (w, "for writing"),
+            (dev, "Device"),
+        ] {
+            let e = paged.with_split_table(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        // A one-sequence view drops the table (it is indexed by the whole batch).
+        assert!(with.sequence(1).unwrap().split_table().is_none());
+        // The lengths as a tensor: at most `batch` of them.
+        let s = [3];
+        let l = paged.seq_lens_arg(&s).unwrap();
+        assert_eq!(
+            (l.ptr(), l.dtype(), l.writable()),
+            (lens.as_ptr() as u64, DType::I32, false)
+        );
+        assert!(paged.seq_lens_arg(&[4]).is_err());
+    }
 }

@@ -2,7 +2,9 @@
 //! (latent 512 + RoPE 64) and a TPLA shard (256 + 64) at H ∈ {16, 64, 128}, (B, L) ∈
 //! {(128, 4096), (64, 32768)}, page size 64, s_q = 1; then page sizes 1 and 16 (MLA, B 128 x 4K,
 //! H 16/64) and a variable-length batch (64 sequences, lengths uniform in 1..=32768; MLA H 16/64,
-//! the shard at H 64), each with a smaller sweep. For each case a sweep of tune configs
+//! the shard at H 64), each with a smaller sweep; a variable-length case is run with uniform
+//! splits and again (row `+bal`) with the balanced schedule computed on the device
+//! (`super::bench_balanced`). For each case a sweep of tune configs
 //! (BLOCK_H × BLOCK_N × STAGES × warps) times the decode (median of 20 event-timed runs after
 //! warm-up); the full op (decode, plus the combine when there is more than one split) then decides
 //! among the four fastest. A same-process roofline (streaming read, device copy), cold NVRTC
@@ -273,7 +275,7 @@ fn run_case(
 }
 
 /// A config from its `KEY=value,...` display form.
-fn parse_config(text: &str) -> Config {
+pub(crate) fn parse_config(text: &str) -> Config {
     let mut cfg = Config::new();
     for kv in text.split(',') {
         if let Some((k, v)) = kv.split_once('=') {
@@ -468,7 +470,33 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                         r.splits,
                         r.check_rel_diff
                     ));
+                    let balanced = spec
+                        .variable
+                        .then(|| super::bench_balanced::balanced_row(exec, &r, &cache, &roof));
                     cases.push(r);
+                    match balanced {
+                        None => {}
+                        Some(Ok(row)) => {
+                            let r = row.result;
+                            progress.suspend(|| println!(
+                                "{} H={heads} B={batch} L={context} page {page} ({}): {:.1} us (schedule {:.1} us), {:.0} GB/s ({:.2}x read, {:.2}x copy roofline), {} max splits {}, vs uniform {:.1e}",
+                                r.variant,
+                                r.shape.lengths,
+                                r.time.median_ms * 1e3,
+                                row.schedule.median_ms * 1e3,
+                                r.gbps,
+                                r.fraction_of_read_roofline,
+                                r.fraction_of_copy_roofline,
+                                r.config,
+                                r.splits,
+                                r.check_rel_diff
+                            ));
+                            cases.push(r);
+                        }
+                        Some(Err(e)) => progress.suspend(|| {
+                            println!("{variant}+bal H={heads} B={batch} L={context}: FAILED: {e}")
+                        }),
+                    }
                 }
                 Err(e) => progress.suspend(|| {
                     println!("{variant} H={heads} B={batch} L={context} page {page}: FAILED: {e}")

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_balanced;
 pub mod bench_cuda;
 pub mod decode;
 pub mod decode_args;

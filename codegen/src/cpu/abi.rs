@@ -5,7 +5,7 @@
 //! | parameter | slots |
 //! |---|---|
 //! | `Tensor` of rank r | `[data ptr, dim0, .., dim(r-1)]` |
-//! | `Paged` | `[data ptr, block_table ptr, seq_lens ptr, page_size, pages_per_seq, num_pages, batch]` |
+//! | `Paged` | `[data ptr, block_table ptr, seq_lens ptr, page_size, pages_per_seq, num_pages, batch]`, then `chunk ptr` (i32 `[batch]`) when the parameter is `chunked` |
 //! | `Scalar` F32 | `[f32 bits in the low 32 bits]` |
 //! | `Scalar` I32 | `[value as i64 bits]` |
 //!
@@ -33,12 +33,15 @@ pub const PAGED_PAGES_PER_SEQ: usize = 4;
 pub const PAGED_NUM_PAGES: usize = 5;
 /// Slot of the batch size.
 pub const PAGED_BATCH: usize = 6;
+/// Slot of the split-table pointer (`chunk [batch]`, i32), present only when the parameter is
+/// `chunked`.
+pub const PAGED_CHUNKS: usize = 7;
 
 /// Number of `u64` slots `param` takes.
 pub fn slots_for(param: &Param) -> usize {
     match &param.kind {
         ParamKind::Tensor { dims, .. } => 1 + dims.len(),
-        ParamKind::Paged { .. } => 7,
+        ParamKind::Paged { chunked, .. } => 7 + usize::from(*chunked),
         ParamKind::Scalar { .. } => 1,
     }
 }

@@ -96,7 +96,7 @@
 //! | parameter | slots |
 //! |---|---|
 //! | `Tensor` (f32 / bf16 / i32) | one device pointer to the dense row-major data (bf16 as raw `u16`) |
-//! | `Paged` | `data` pointer (`[num_pages, page_size, row]`), `block_table` pointer (`i32 [batch, pages_per_seq]`), `seq_lens` pointer (`i32 [batch]`), then `int page_size, pages_per_seq, num_pages, batch` |
+//! | `Paged` | `data` pointer (`[num_pages, page_size, row]`), `block_table` pointer (`i32 [batch, pages_per_seq]`), `seq_lens` pointer (`i32 [batch]`), the split-table pointer `chunk` (`i32 [batch]`) only when the parameter is `chunked`, then `int page_size, pages_per_seq, num_pages, batch` |
 //! | `Scalar` f32 / i32 | the value (`float` / `int`) |
 //! | runtime dim | its value as `int` |
 //!
@@ -216,6 +216,8 @@ pub enum PagedPtr {
     BlockTable,
     /// `seq_lens [batch]` of i32.
     SeqLens,
+    /// The split table `chunk [batch]` of i32 (only for a `chunked` parameter).
+    Chunks,
 }
 
 /// What a paged parameter's integer slot holds.

@@ -95,7 +95,10 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                 });
             }
             ParamKind::Paged {
-                dtype, writable, ..
+                dtype,
+                writable,
+                chunked,
+                ..
             } => {
                 let c = if *writable { "" } else { "const " };
                 sig.push(format!(
@@ -104,6 +107,9 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                 ));
                 sig.push(format!("const int* __restrict__ p{i}_bt"));
                 sig.push(format!("const int* __restrict__ p{i}_lens"));
+                if *chunked {
+                    sig.push(format!("const int* __restrict__ p{i}_chunk"));
+                }
                 for (n, w) in [
                     ("ps", PagedInt::PageSize),
                     ("pps", PagedInt::PagesPerSeq),
@@ -125,6 +131,12 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                     param: i,
                     what: PagedPtr::SeqLens,
                 });
+                if *chunked {
+                    params.push(ParamAbi::PagedPtr {
+                        param: i,
+                        what: PagedPtr::Chunks,
+                    });
+                }
                 for w in [
                     PagedInt::PageSize,
                     PagedInt::PagesPerSeq,

@@ -32,6 +32,12 @@ pub struct DecodeParams {
 /// `cache` paged bf16 rows of `LAT+ROPE`, outputs `out [splits, batch, heads, LAT]` (normalised
 /// per split) and `lse [splits, batch, heads]` (natural log), `scale` the softmax scale.
 pub fn latent_decode(p: DecodeParams) -> Result<Kernel, IrError> {
+    latent_decode_with(p, &[])
+}
+
+/// [`latent_decode`] built with extra config values (schedule knobs such as `KV_CHUNKS`, which
+/// the builder reads).
+pub fn latent_decode_with(p: DecodeParams, extra: &[(&str, i64)]) -> Result<Kernel, IrError> {
     let DecodeParams {
         lat,
         rope,
@@ -47,6 +53,7 @@ pub fn latent_decode(p: DecodeParams) -> Result<Kernel, IrError> {
         .with("STAGES", stages as i64)
         .with("LAT", lat as i64)
         .with("ROPE", rope as i64);
+    let cfg = extra.iter().fold(cfg, |c, (n, v)| c.with(n, *v));
     let d = lat + rope;
     let mut kb = KernelBuilder::new("latent_decode", &cfg);
     let batch = kb.dim("batch");

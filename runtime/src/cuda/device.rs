@@ -564,6 +564,8 @@ impl CudaExecutor {
                         PagedPtr::Data => c.data(),
                         PagedPtr::BlockTable => c.block_table(),
                         PagedPtr::SeqLens => c.seq_lens(),
+                        // check_launch matched the kernel's table with the argument's.
+                        PagedPtr::Chunks => c.split_table().map_or(0, |t| t.ptr()),
                     }),
                     _ => unreachable!("checked by check_launch"),
                 },

@@ -6,6 +6,7 @@
 mod elementwise;
 mod gemm;
 mod memory;
+mod paged;
 mod reduce;
 
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -44,6 +45,8 @@ pub(in crate::cpu) enum ParamVals {
         pages_per_seq: Value,
         num_pages: Value,
         batch: Value,
+        /// The split table (`chunk [batch]`, i32) of a `chunked` cache.
+        chunks: Option<Value>,
         dtype: DType,
         row: usize,
     },
@@ -158,7 +161,13 @@ impl<'a, 'f> Lower<'a, 'f> {
                         strides,
                     }
                 }
-                ParamKind::Paged { dtype, row, .. } => ParamVals::Paged {
+                ParamKind::Paged {
+                    dtype,
+                    row,
+                    chunked,
+                    ..
+                } => ParamVals::Paged {
+                    chunks: chunked.then(|| slot(abi::PAGED_CHUNKS)),
                     ptr: slot(abi::PAGED_DATA),
                     block_table: slot(abi::PAGED_BLOCK_TABLE),
                     seq_lens: slot(abi::PAGED_SEQ_LENS),

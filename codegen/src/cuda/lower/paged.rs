@@ -45,7 +45,13 @@ impl<'a> Lower<'a> {
             unreachable!()
         };
         let _ = (stages, valid);
-        let ParamKind::Paged { dtype, row, .. } = self.k.params[*cache].kind else {
+        let ParamKind::Paged {
+            dtype,
+            row,
+            chunked,
+            ..
+        } = self.k.params[*cache].kind
+        else {
             return Err(backend_err(self.k, "paged loop over a non-paged parameter"));
         };
         let row = &row;
@@ -177,20 +183,27 @@ impl<'a> Lower<'a> {
         reads.extend(self.index_reads(split));
         reads.extend(self.index_reads(num_splits));
         reads.push(GLOBAL_RES + *cache);
+        let sp = self.idx(split);
+        let bounds = if chunked {
+            chunked_bounds(*cache, &bvar, &nb, &sp, &lo, &hi)
+        } else {
+            format!(
+                "    const int chunk_ = tpla_imul(tpla_icdiv(tpla_icdiv(len_, {ns}), {block}), {block});
+    {lo} = tpla_imul({sp}, chunk_);
+    {hi} = tpla_imin(len_, tpla_iadd({lo}, chunk_));
+",
+                ns = self.idx(num_splits),
+            )
+        };
         let setup = format!(
             "{bvar} = {b};
 {{
     const int len_ = tpla_ld_i32({lens}, {bvar}, {nb});
-    const int chunk_ = tpla_imul(tpla_icdiv(tpla_icdiv(len_, {ns}), {block}), {block});
-    {lo} = tpla_imul({sp}, chunk_);
-    {hi} = tpla_imin(len_, tpla_iadd({lo}, chunk_));
-    {nblk} = {hi} > {lo} ? tpla_icdiv(tpla_isub({hi}, {lo}), {block}) : 0;
+{bounds}    {nblk} = {hi} > {lo} ? tpla_icdiv(tpla_isub({hi}, {lo}), {block}) : 0;
 }}
 {cty}* const {base} = ({cty}*)(tpla_smem + {ring_off});
 ",
             b = self.idx(batch),
-            ns = self.idx(num_splits),
-            sp = self.idx(split),
             ring_off = self.smem.bufs[ring].offset,
         );
         if ws {
@@ -357,4 +370,20 @@ if ({guard}) {{
         });
         Ok(())
     }
+}
+
+/// The split bounds `lo`, `hi` of a `chunked` cache (see [`Stmt::PagedBlocks`]): split `sp` of
+/// sequence `bvar` in pieces of `chunk[bvar]` tokens (`len_` is in scope). A program whose split
+/// is past the sequence's last returns here: the split and sequence are per program, so every
+/// thread of the block returns together, after its committed asynchronous copies have landed.
+fn chunked_bounds(cache: ParamId, bvar: &str, nb: &str, sp: &str, lo: &str, hi: &str) -> String {
+    format!(
+        "    const int ce_ = (unsigned){bvar} < (unsigned){nb} ? p{cache}_chunk[{bvar}] : 1;
+    const int c_ = ce_ >= 1 ? ce_ : tpla_imax(len_, 1);
+    const int ns_ = len_ > 0 ? (len_ - 1) / c_ + 1 : 1;
+    if ((unsigned)({sp}) >= (unsigned)ns_) {{ tpla_cp_async_commit(); tpla_cp_async_wait<0>(); return; }}
+    {lo} = {sp} * c_;
+    {hi} = {lo} + tpla_imin(c_, len_ - {lo});
+"
+    )
 }
