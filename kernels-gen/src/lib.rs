@@ -3,7 +3,8 @@
 //! - [`latent_decode`]: split-KV latent attention for MLA and TPLA shards;
 //! - [`combine_splits`]: log-sum-exp merge of the splits;
 //! - [`append_rows`]: paged cache append;
-//! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices.
+//! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
+//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -16,12 +17,14 @@ pub mod __private {
     pub use tpla_runtime as runtime;
 }
 
+mod add;
 mod append;
 mod combine;
 mod decode;
 pub mod ops;
 mod proj;
 
+pub use add::add_rows;
 pub use append::append_rows;
 pub use combine::combine_splits;
 pub use decode::latent_decode;
