@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_cuda;
 pub mod decode;
 pub mod decode_args;
+pub mod decode_layer;
 pub mod decode_tp;
 pub mod error;
 pub mod info;
