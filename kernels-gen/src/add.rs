@@ -5,7 +5,10 @@ use tpla_macros::kernel;
 
 /// `out[r, :] = a[r, :] + b[r, :]` over `BLOCK_R` rows × `BLOCK_C` columns per program.
 #[kernel(grid = (cdiv(rows, BLOCK_R), cdiv(COLS, BLOCK_C)), constants(COLS))]
-pub fn add_rows<#[tune(16, 4, 64)] const BLOCK_R: usize, #[tune(128, 64, 256)] const BLOCK_C: usize>(
+pub fn add_rows<
+    #[tune(16, 4, 64)] const BLOCK_R: usize,
+    #[tune(128, 64, 256)] const BLOCK_C: usize,
+>(
     a: Tensor<f32, dims![rows, COLS]>,
     b: Tensor<f32, dims![rows, COLS]>,
     out: TensorMut<f32, dims![rows, COLS]>,

@@ -66,14 +66,19 @@ pub struct LayerArgs {
 pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     let l = &a.layer;
     if l.layers == 0 || l.layers > 64 {
-        return Err(CliError::Usage(format!("--layers {} must be in 1..=64", l.layers)));
+        return Err(CliError::Usage(format!(
+            "--layers {} must be in 1..=64",
+            l.layers
+        )));
     }
     if l.tp == 0 || l.tp > 16 {
         return Err(CliError::Usage(format!("--tp {} must be in 1..=16", l.tp)));
     }
     if let Some(e) = l.max_rel_err {
         if !(e.is_finite() && e > 0.0) {
-            return Err(CliError::Usage(format!("--max-rel-err {e} must be a positive number")));
+            return Err(CliError::Usage(format!(
+                "--max-rel-err {e} must be a positive number"
+            )));
         }
     }
     if l.max_batch {
@@ -86,9 +91,15 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
         a.preset.preset().config()
     };
     if cfg.q_lora_rank.is_none() {
-        return Err(CliError::Usage(format!("{}: the layer forms need a q_lora model (deepseek-v3, kimi-k2)", cfg.name)));
+        return Err(CliError::Usage(format!(
+            "{}: the layer forms need a q_lora model (deepseek-v3, kimi-k2)",
+            cfg.name
+        )));
     }
-    let tpla = Form::Tpla { groups: a.g, norm: KvNorm::Sliced };
+    let tpla = Form::Tpla {
+        groups: a.g,
+        norm: KvNorm::Sliced,
+    };
     let all = [Form::MlaTp, tpla, Form::Dcp];
     for f in all {
         tpla::layer::roles(f, l.tp, cfg.heads, cfg.kv_lora_rank)?;
@@ -114,11 +125,31 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     }
     let use_cpu = |why: Option<String>| -> Result<(), CliError> {
         if let Some(why) = why {
-            eprintln!("tpla: no GPU backend ({why}); running the {} ranks on the CPU JIT", l.tp);
+            eprintln!(
+                "tpla: no GPU backend ({why}); running the {} ranks on the CPU JIT",
+                l.tp
+            );
         }
-        let threads = (if a.threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { a.threads } / l.tp).max(1);
-        let make = || (0..l.tp).map(|_| CpuExecutor::new(threads)).collect::<Result<Vec<_>, _>>();
-        run(&a, &cfg, &forms, &make, HostAllReduce { ranks: l.tp }, "host sum", tpla_err)
+        let threads = (if a.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            a.threads
+        } / l.tp)
+            .max(1);
+        let make = || {
+            (0..l.tp)
+                .map(|_| CpuExecutor::new(threads))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        run(
+            &a,
+            &cfg,
+            &forms,
+            &make,
+            HostAllReduce { ranks: l.tp },
+            "host sum",
+            tpla_err,
+        )
     };
     let open_gpu = || -> Result<Vec<tpla_runtime::cuda::CudaExecutor>, RuntimeError> {
         let first = super::backend::open_cuda()?;
@@ -130,9 +161,25 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     };
     match a.backend {
         super::BackendArg::Cpu => use_cpu(None),
-        super::BackendArg::Cuda => run(&a, &cfg, &forms, &open_gpu, DeviceSum { ranks: l.tp }, "device-side sum on GPU 0", tpla_err),
+        super::BackendArg::Cuda => run(
+            &a,
+            &cfg,
+            &forms,
+            &open_gpu,
+            DeviceSum { ranks: l.tp },
+            "device-side sum on GPU 0",
+            tpla_err,
+        ),
         super::BackendArg::Auto => match super::backend::open_cuda() {
-            Ok(_) => run(&a, &cfg, &forms, &open_gpu, DeviceSum { ranks: l.tp }, "device-side sum on GPU 0", tpla_err),
+            Ok(_) => run(
+                &a,
+                &cfg,
+                &forms,
+                &open_gpu,
+                DeviceSum { ranks: l.tp },
+                "device-side sum on GPU 0",
+                tpla_err,
+            ),
             Err(e) => use_cpu(Some(e.to_string())),
         },
     }
@@ -143,8 +190,14 @@ fn max_batch(dir: &std::path::Path) -> Result<(), CliError> {
     let hw = Hardware::h200();
     let rows = sweep(&hw);
     println!("largest batch per form (modelled: H200 rooflines, 141 GB, fp8 weights, bf16 cache)");
-    println!("{:<12} {:<15} {:>3} {:>6} {:<10} {:>9} {:>9} {:>12}", "model", "budget", "tp", "ctx", "form", "weights", "max batch", "tokens/s");
-    for r in rows.iter().filter(|r| r.context == 32768 || r.context == 4096) {
+    println!(
+        "{:<12} {:<15} {:>3} {:>6} {:<10} {:>9} {:>9} {:>12}",
+        "model", "budget", "tp", "ctx", "form", "weights", "max batch", "tokens/s"
+    );
+    for r in rows
+        .iter()
+        .filter(|r| r.context == 32768 || r.context == 4096)
+    {
         println!(
             "{:<12} {:<15} {:>3} {:>5}K {:<10} {:>7.1}GB {:>9} {:>12.0}",
             r.model,
@@ -173,21 +226,52 @@ fn max_batch(dir: &std::path::Path) -> Result<(), CliError> {
 
 /// TPLA's worst relative output error against exact MLA on a small synthetic layer (f64).
 fn tpla_error(g: usize) -> Result<f64, CliError> {
-    let layer = prepare(&synthetic_layer(&MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128)), 7)?)?;
-    let xs = vec![(0..16).map(|t| synthetic_hidden(256, 16, 7, 100).row(t).to_vec()).collect::<Vec<_>>()];
-    let t = reference_steps(&layer, Form::Tpla { groups: g, norm: KvNorm::Sliced }, None, &xs);
+    let layer = prepare(&synthetic_layer(
+        &MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128)),
+        7,
+    )?)?;
+    let xs = vec![(0..16)
+        .map(|t| synthetic_hidden(256, 16, 7, 100).row(t).to_vec())
+        .collect::<Vec<_>>()];
+    let t = reference_steps(
+        &layer,
+        Form::Tpla {
+            groups: g,
+            norm: KvNorm::Sliced,
+        },
+        None,
+        &xs,
+    );
     let m = reference_steps(&layer, Form::MlaTp, None, &xs);
-    Ok(t.iter().zip(&m).map(|(a, b)| tpla_model::linalg::rel_err(&a[0], &b[0])).fold(0.0, f64::max))
+    Ok(t.iter()
+        .zip(&m)
+        .map(|(a, b)| tpla_model::linalg::rel_err(&a[0], &b[0]))
+        .fold(0.0, f64::max))
 }
 
-fn auto(a: &DecodeArgs, cfg: &MlaConfig, all: &[Form], err: f64, allowed: &dyn Fn(&Form) -> bool) -> Form {
+fn auto(
+    a: &DecodeArgs,
+    cfg: &MlaConfig,
+    all: &[Form],
+    err: f64,
+    allowed: &dyn Fn(&Form) -> bool,
+) -> Form {
     let hw = Hardware::h200();
     let len = a.context + a.steps;
     let mut best = (Form::MlaTp, f64::INFINITY);
     for f in all {
         let t = layer_cost(cfg, *f, a.layer.tp, a.batch, len, 2.0, &hw).total_s();
         let ok = allowed(f);
-        println!("auto: {:<8} predicted {:>9.3} ms per layer per device{}", f.name(), t * 1e3, if ok { "" } else { " (excluded: error over --max-rel-err)" });
+        println!(
+            "auto: {:<8} predicted {:>9.3} ms per layer per device{}",
+            f.name(),
+            t * 1e3,
+            if ok {
+                ""
+            } else {
+                " (excluded: error over --max-rel-err)"
+            }
+        );
         if ok && t < best.1 {
             best = (*f, t);
         }
@@ -202,22 +286,62 @@ fn auto(a: &DecodeArgs, cfg: &MlaConfig, all: &[Form], err: f64, allowed: &dyn F
 
 type Make<'a, X> = &'a dyn Fn() -> Result<Vec<X>, RuntimeError>;
 
-fn build<X: Executor, C: AllReduce<X> + Copy>(make: Make<'_, X>, coll: C, layer: &MlaLayer, form: Form, shape: &LayerShape, n: usize) -> Result<Vec<TpLayer<X, C>>, CliError> {
-    (0..n).map(|_| Ok(TpLayer::new(make()?, coll, layer, form, shape.clone(), None)?)).collect()
+fn build<X: Executor, C: AllReduce<X> + Copy>(
+    make: Make<'_, X>,
+    coll: C,
+    layer: &MlaLayer,
+    form: Form,
+    shape: &LayerShape,
+    n: usize,
+) -> Result<Vec<TpLayer<X, C>>, CliError> {
+    (0..n)
+        .map(|_| {
+            Ok(TpLayer::new(
+                make()?,
+                coll,
+                layer,
+                form,
+                shape.clone(),
+                None,
+            )?)
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<X: Executor, C: AllReduce<X> + Copy>(a: &DecodeArgs, cfg: &MlaConfig, forms: &[Form], make: Make<'_, X>, coll: C, coll_name: &str, tpla_err: f64) -> Result<(), CliError> {
+fn run<X: Executor, C: AllReduce<X> + Copy>(
+    a: &DecodeArgs,
+    cfg: &MlaConfig,
+    forms: &[Form],
+    make: Make<'_, X>,
+    coll: C,
+    coll_name: &str,
+    tpla_err: f64,
+) -> Result<(), CliError> {
     let l = &a.layer;
-    let backend = make()?.first().map(|e| e.backend_name()).unwrap_or_default();
+    let backend = make()?
+        .first()
+        .map(|e| e.backend_name())
+        .unwrap_or_default();
     println!(
         "tpla decode --form: {} (H={}, D={}), {} layers, tp {}, batch {}, context {}, backend {backend} ({coll_name} for the collective)",
         cfg.name, cfg.heads, cfg.hidden, l.layers, l.tp, a.batch, a.context
     );
     let t0 = std::time::Instant::now();
     let layer = prepare(&synthetic_layer(cfg, a.seed)?)?;
-    println!("synthetic weights (seed {}, one set shared by the {} layers) in {:.1} s", a.seed, l.layers, t0.elapsed().as_secs_f64());
-    let shape = LayerShape { batch: a.batch, max_tokens: a.context + a.steps + 1, page_size: a.page_size, splits: a.splits, poison: false };
+    println!(
+        "synthetic weights (seed {}, one set shared by the {} layers) in {:.1} s",
+        a.seed,
+        l.layers,
+        t0.elapsed().as_secs_f64()
+    );
+    let shape = LayerShape {
+        batch: a.batch,
+        max_tokens: a.context + a.steps + 1,
+        page_size: a.page_size,
+        splits: a.splits,
+        poison: false,
+    };
     let hw = Hardware::h200();
     let mut rows = Vec::new();
     for &form in forms {
@@ -228,8 +352,11 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(a: &DecodeArgs, cfg: &MlaConfig, for
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
         let mut per_step: Vec<(f64, RankTimes)> = Vec::new();
         for step in 0..=a.steps {
-            let xv: Vec<f32> = (0..a.batch * cfg.hidden).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-            let mut x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv).map_err(|e| CliError::Usage(e.to_string()))?;
+            let xv: Vec<f32> = (0..a.batch * cfg.hidden)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let mut x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             let mut ranks = vec![RankTimes::default(); l.tp];
             for s in stack.iter_mut() {
                 let (y, times) = s.step(&x)?;
@@ -240,7 +367,11 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(a: &DecodeArgs, cfg: &MlaConfig, for
             }
             if step > 0 {
                 // Step 0 compiles the kernels: untimed.
-                let worst = ranks.iter().copied().max_by_key(|r| r.total()).unwrap_or_default();
+                let worst = ranks
+                    .iter()
+                    .copied()
+                    .max_by_key(|r| r.total())
+                    .unwrap_or_default();
                 per_step.push((worst.total().as_secs_f64(), worst));
             }
         }
@@ -253,7 +384,10 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(a: &DecodeArgs, cfg: &MlaConfig, for
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
-    println!("{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>12}", "form", "attn ms", "proj ms", "host ms", "coll ms (m)", "step ms", "tokens/s", "model ms");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>12}",
+        "form", "attn ms", "proj ms", "host ms", "coll ms (m)", "step ms", "tokens/s", "model ms"
+    );
     let mut times = Vec::new();
     for (form, t, coll, model) in &rows {
         let dev = (t.attention + t.projections).as_secs_f64();
@@ -274,14 +408,20 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(a: &DecodeArgs, cfg: &MlaConfig, for
     println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'model ms' is the cost model's H200 prediction)", a.steps, l.layers);
     if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
         for (n, t) in times.iter().filter(|(n, _)| n != base) {
-            println!("{n} vs mla-tp (attention + projections + modelled collective): {:.2}x", bt / t);
+            println!(
+                "{n} vs mla-tp (attention + projections + modelled collective): {:.2}x",
+                bt / t
+            );
         }
     }
     for &form in forms {
         let e = check(make, coll, form)?;
         println!("reference check {} (small synthetic layer, tp {}, same ranks and collective): rel err {e:.2e} {}", form.name(), l.tp, if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" });
         if !(e <= 1e-2) {
-            return Err(CliError::Usage(format!("{} disagrees with its f64 reference: rel err {e:.3e}", form.name())));
+            return Err(CliError::Usage(format!(
+                "{} disagrees with its f64 reference: rel err {e:.3e}",
+                form.name()
+            )));
         }
     }
     if forms.iter().any(|f| !f.exact()) {
@@ -300,22 +440,51 @@ fn prenorm(y: HostTensor<f32>, d: usize) -> HostTensor<f32> {
 }
 
 /// The form on a small synthetic layer against its f64 reference: the worst relative error.
-fn check<X: Executor, C: AllReduce<X> + Copy>(make: Make<'_, X>, coll: C, form: Form) -> Result<f64, CliError> {
+fn check<X: Executor, C: AllReduce<X> + Copy>(
+    make: Make<'_, X>,
+    coll: C,
+    form: Form,
+) -> Result<f64, CliError> {
     let cfg = MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128));
     let layer = prepare(&synthetic_layer(&cfg, 11)?)?;
     let (b, steps) = (2, 6);
-    let xs: Vec<Vec<Vec<f64>>> = (0..b).map(|i| (0..steps).map(|t| synthetic_hidden(256, steps, 11, 50 + i).row(t).to_vec()).collect()).collect();
+    let xs: Vec<Vec<Vec<f64>>> = (0..b)
+        .map(|i| {
+            (0..steps)
+                .map(|t| synthetic_hidden(256, steps, 11, 50 + i).row(t).to_vec())
+                .collect()
+        })
+        .collect();
     let want = reference_steps(&layer, form, None, &xs);
-    let shape = LayerShape { batch: b as usize, max_tokens: steps, page_size: 4, splits: 2, poison: true };
+    let shape = LayerShape {
+        batch: b as usize,
+        max_tokens: steps,
+        page_size: 4,
+        splits: 2,
+        poison: true,
+    };
     let mut tl = TpLayer::new(make()?, coll, &layer, form, shape, None)?;
     let mut worst = 0.0f64;
     for (t, w) in want.iter().enumerate() {
-        let x: Vec<f32> = xs.iter().flat_map(|s| s[t].iter().map(|&v| v as f32)).collect();
-        let (y, _) = tl.step(&HostTensor::from_vec(&[b as usize, 256], x).map_err(|e| CliError::Usage(e.to_string()))?)?;
+        let x: Vec<f32> = xs
+            .iter()
+            .flat_map(|s| s[t].iter().map(|&v| v as f32))
+            .collect();
+        let (y, _) = tl.step(
+            &HostTensor::from_vec(&[b as usize, 256], x)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        )?;
         for (bi, wb) in w.iter().enumerate() {
-            let got: Vec<f64> = y.data()[bi * 256..(bi + 1) * 256].iter().map(|&v| f64::from(v)).collect();
+            let got: Vec<f64> = y.data()[bi * 256..(bi + 1) * 256]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
             let e = tpla_model::linalg::rel_err(&got, wb);
-            worst = if e.is_finite() { worst.max(e) } else { f64::INFINITY };
+            worst = if e.is_finite() {
+                worst.max(e)
+            } else {
+                f64::INFINITY
+            };
         }
     }
     Ok(worst)

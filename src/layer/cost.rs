@@ -136,7 +136,15 @@ pub fn block_params(cfg: &MlaConfig, form: Form, tp: usize) -> f64 {
 
 /// One device's cost of one layer's decode step: `batch` sequences of `len` tokens, weights of
 /// `weight_bytes` per parameter.
-pub fn layer_cost(cfg: &MlaConfig, form: Form, tp: usize, batch: usize, len: usize, weight_bytes: f64, hw: &Hardware) -> LayerCost {
+pub fn layer_cost(
+    cfg: &MlaConfig,
+    form: Form,
+    tp: usize,
+    batch: usize,
+    len: usize,
+    weight_bytes: f64,
+    hw: &Hardware,
+) -> LayerCost {
     let (b, l) = (batch as f64, len as f64);
     let (ha, w, tokens, _) = per_rank(cfg, form, tp, l);
     let rope = cfg.qk_rope as f64;
@@ -158,7 +166,10 @@ pub fn layer_cost(cfg: &MlaConfig, form: Form, tp: usize, batch: usize, len: usi
             coll_bytes += states;
             coll_s += hw.all_gather(states, tp);
         }
-        Form::Tpla { groups, norm: super::plan::KvNorm::Exact } if groups > 1 => {
+        Form::Tpla {
+            groups,
+            norm: super::plan::KvNorm::Exact,
+        } if groups > 1 => {
             coll_bytes += b * 4.0;
             coll_s += hw.all_reduce(b * 4.0, groups);
         }
@@ -199,10 +210,23 @@ impl ModelRest {
     /// DeepSeek-V3 (config.json: 3 dense layers of 18432, 256 experts top-8 + 1 shared of 2048,
     /// vocab 129280) and Kimi-K2 (1 dense layer, 384 experts top-8 + 1 shared, vocab 163840).
     pub fn for_preset(name: &str) -> Option<Self> {
-        let base = ModelRest { dense_layers: 3, dense_inter: 18432, experts: 256, top_k: 8, shared: 1, expert_inter: 2048, vocab: 129280 };
+        let base = ModelRest {
+            dense_layers: 3,
+            dense_inter: 18432,
+            experts: 256,
+            top_k: 8,
+            shared: 1,
+            expert_inter: 2048,
+            vocab: 129280,
+        };
         match name {
             "deepseek-v3" => Some(base),
-            "kimi-k2" => Some(ModelRest { dense_layers: 1, experts: 384, vocab: 163840, ..base }),
+            "kimi-k2" => Some(ModelRest {
+                dense_layers: 1,
+                experts: 384,
+                vocab: 163840,
+                ..base
+            }),
             _ => None,
         }
     }
@@ -216,7 +240,9 @@ impl ModelRest {
     pub fn params(&self, cfg: &MlaConfig) -> f64 {
         let d = cfg.hidden as f64;
         let dense = self.dense_layers as f64 * 3.0 * d * self.dense_inter as f64;
-        let moe = (cfg.layers - self.dense_layers) as f64 * (self.experts + self.shared) as f64 * self.expert_params(cfg.hidden);
+        let moe = (cfg.layers - self.dense_layers) as f64
+            * (self.experts + self.shared) as f64
+            * self.expert_params(cfg.hidden);
         dense + moe + 2.0 * self.vocab as f64 * d
     }
 
@@ -230,7 +256,14 @@ impl ModelRest {
     /// One device's modelled time for the rest of the model in one step at `batch` (tensor
     /// parallel over `tp`: every weight split `tp` ways): the weights it reads (touched experts,
     /// shared experts, dense FFNs, LM head) against the FLOPs of the routed tokens.
-    pub fn step_s(&self, cfg: &MlaConfig, tp: usize, batch: usize, weight_bytes: f64, hw: &Hardware) -> f64 {
+    pub fn step_s(
+        &self,
+        cfg: &MlaConfig,
+        tp: usize,
+        batch: usize,
+        weight_bytes: f64,
+        hw: &Hardware,
+    ) -> f64 {
         let (d, r, b) = (cfg.hidden as f64, tp as f64, batch as f64);
         let moe_layers = (cfg.layers - self.dense_layers) as f64;
         let ep = self.expert_params(cfg.hidden);
@@ -252,7 +285,13 @@ mod tests {
 
     fn hw1() -> Hardware {
         // Round figures so the expected times are easy to check by hand.
-        Hardware { mem_bytes_per_s: 1e12, flops: 1e14, bus_bytes_per_s: 1e11, latency_s: 1e-6, memory_bytes: 1e11 }
+        Hardware {
+            mem_bytes_per_s: 1e12,
+            flops: 1e14,
+            bus_bytes_per_s: 1e11,
+            latency_s: 1e-6,
+            memory_bytes: 1e11,
+        }
     }
 
     #[test]
@@ -261,10 +300,24 @@ mod tests {
         let hw = hw1();
         // MLA-TP2, B 1, 1000 tokens: 64 heads over 576-wide rows.
         let c = layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw);
-        assert_eq!(c.attn_bytes, 2.0 * (1000.0 * 576.0 + 64.0 * 576.0) + 4.0 * 64.0 * 512.0);
+        assert_eq!(
+            c.attn_bytes,
+            2.0 * (1000.0 * 576.0 + 64.0 * 576.0) + 4.0 * 64.0 * 512.0
+        );
         assert_eq!(c.attn_flops, 2.0 * 1000.0 * 64.0 * (576.0 + 512.0));
         // TPLA g = 2 at TP2: 128 heads over 320-wide rows, V 256.
-        let t = layer_cost(&cfg, Form::Tpla { groups: 2, norm: KvNorm::Sliced }, 2, 1, 1000, 1.0, &hw);
+        let t = layer_cost(
+            &cfg,
+            Form::Tpla {
+                groups: 2,
+                norm: KvNorm::Sliced,
+            },
+            2,
+            1,
+            1000,
+            1.0,
+            &hw,
+        );
         assert_eq!(t.attn_flops, 2.0 * 1000.0 * 128.0 * (320.0 + 256.0));
         // DCP2: 500 tokens, 128 heads, 576 wide.
         let d = layer_cost(&cfg, Form::Dcp, 2, 1, 1000, 1.0, &hw);
@@ -281,7 +334,10 @@ mod tests {
         let cfg = Preset::DeepseekV3.config();
         // TP1 MLA: q_a 7168·1536, kv_a 7168·576, q_b 1536·128·192, UK 128·128·512, UV 128·512·128,
         // o 128·128·7168: 187.1 M, the per-layer attention size of DeepSeek-V3.
-        let full = 7168.0 * (1536.0 + 576.0) + 1536.0 * 128.0 * 192.0 + 2.0 * 128.0 * 128.0 * 512.0 + 128.0 * 128.0 * 7168.0;
+        let full = 7168.0 * (1536.0 + 576.0)
+            + 1536.0 * 128.0 * 192.0
+            + 2.0 * 128.0 * 128.0 * 512.0
+            + 128.0 * 128.0 * 7168.0;
         assert_eq!(block_params(&cfg, Form::MlaTp, 1), full);
         assert!((full / 1e6 - 187.1).abs() < 0.1, "{full}");
         // Whole model: 61 blocks + the rest ≈ 671 B parameters.
@@ -289,7 +345,8 @@ mod tests {
         let total = 61.0 * full + rest.params(&cfg);
         assert!((total / 1e9 - 671.0).abs() < 3.0, "{}", total / 1e9);
         let kimi = Preset::KimiK2.config();
-        let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1) + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
+        let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1)
+            + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
         assert!((kt / 1e12 - 1.03).abs() < 0.02, "{}", kt / 1e12);
     }
 

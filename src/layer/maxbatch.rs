@@ -54,7 +54,14 @@ pub struct MaxBatchRow {
 pub const DEPLOYED_WEIGHT_BYTES: f64 = 1.0;
 
 /// Weights on one GPU, bytes.
-pub fn weights_per_gpu(cfg: &MlaConfig, rest: &ModelRest, form: Form, tp: usize, budget: Budget, wb: f64) -> f64 {
+pub fn weights_per_gpu(
+    cfg: &MlaConfig,
+    rest: &ModelRest,
+    form: Form,
+    tp: usize,
+    budget: Budget,
+    wb: f64,
+) -> f64 {
     let attn = cfg.layers as f64 * block_params(cfg, form, tp) * wb;
     let other = match budget {
         Budget::FullModel => rest.params(cfg),
@@ -76,12 +83,24 @@ pub fn kv_per_seq(cfg: &MlaConfig, form: Form, tp: usize, context: usize) -> f64
 
 /// The largest batch of `form` and its modelled step.
 #[allow(clippy::too_many_arguments)]
-pub fn row(cfg: &MlaConfig, rest: &ModelRest, form: Form, tp: usize, context: usize, budget: Budget, hw: &Hardware) -> MaxBatchRow {
+pub fn row(
+    cfg: &MlaConfig,
+    rest: &ModelRest,
+    form: Form,
+    tp: usize,
+    context: usize,
+    budget: Budget,
+    hw: &Hardware,
+) -> MaxBatchRow {
     let wb = DEPLOYED_WEIGHT_BYTES;
     let weights = weights_per_gpu(cfg, rest, form, tp, budget, wb);
     let kv = kv_per_seq(cfg, form, tp, context);
     let free = hw.memory_bytes - RESERVE_BYTES - weights;
-    let max_batch = if free > 0.0 { (free / kv).floor() as usize } else { 0 };
+    let max_batch = if free > 0.0 {
+        (free / kv).floor() as usize
+    } else {
+        0
+    };
     let (step_ms, tokens_per_s) = if max_batch == 0 {
         (0.0, 0.0)
     } else {
@@ -108,9 +127,18 @@ pub fn row(cfg: &MlaConfig, rest: &ModelRest, form: Form, tp: usize, context: us
 
 /// The forms compared at `tp`: MLA-TP, TPLA g = 2 (the paper's), TPLA g = tp, DCP.
 pub fn forms(tp: usize) -> Vec<Form> {
-    let mut f = vec![Form::MlaTp, Form::Tpla { groups: 2, norm: KvNorm::Sliced }];
+    let mut f = vec![
+        Form::MlaTp,
+        Form::Tpla {
+            groups: 2,
+            norm: KvNorm::Sliced,
+        },
+    ];
     if tp != 2 {
-        f.push(Form::Tpla { groups: tp, norm: KvNorm::Sliced });
+        f.push(Form::Tpla {
+            groups: tp,
+            norm: KvNorm::Sliced,
+        });
     }
     f.push(Form::Dcp);
     f
@@ -136,10 +164,22 @@ pub fn sweep(hw: &Hardware) -> Vec<MaxBatchRow> {
 }
 
 /// TPLA (g = 2) over MLA-TP tokens/s in `rows` for one model, budget, tp and context.
-pub fn tpla_speedup(rows: &[MaxBatchRow], model: &str, budget: Budget, tp: usize, context: usize) -> Option<f64> {
+pub fn tpla_speedup(
+    rows: &[MaxBatchRow],
+    model: &str,
+    budget: Budget,
+    tp: usize,
+    context: usize,
+) -> Option<f64> {
     let find = |form: &str| {
         rows.iter()
-            .find(|r| r.model == model && r.budget == budget && r.tp == tp && r.context == context && r.form == form)
+            .find(|r| {
+                r.model == model
+                    && r.budget == budget
+                    && r.tp == tp
+                    && r.context == context
+                    && r.form == form
+            })
             .map(|r| r.tokens_per_s)
     };
     let (t, m) = (find("tpla-g2")?, find("mla-tp")?);
@@ -159,17 +199,45 @@ mod tests {
         let rest = ModelRest::for_preset("deepseek-v3").unwrap();
         // 61 layers × 32768 tokens × 576 × 2 B = 2.303 GB per sequence for MLA; 320 wide for TPLA
         // g = 2; a quarter of 576 for DCP4.
-        assert_eq!(kv_per_seq(&cfg, Form::MlaTp, 2, 32768), 61.0 * 32768.0 * 1152.0);
-        assert_eq!(kv_per_seq(&cfg, Form::Tpla { groups: 2, norm: KvNorm::Sliced }, 2, 32768), 61.0 * 32768.0 * 640.0);
-        assert_eq!(kv_per_seq(&cfg, Form::Dcp, 4, 32768), 61.0 * 32768.0 * 288.0);
+        assert_eq!(
+            kv_per_seq(&cfg, Form::MlaTp, 2, 32768),
+            61.0 * 32768.0 * 1152.0
+        );
+        assert_eq!(
+            kv_per_seq(
+                &cfg,
+                Form::Tpla {
+                    groups: 2,
+                    norm: KvNorm::Sliced
+                },
+                2,
+                32768
+            ),
+            61.0 * 32768.0 * 640.0
+        );
+        assert_eq!(
+            kv_per_seq(&cfg, Form::Dcp, 4, 32768),
+            61.0 * 32768.0 * 288.0
+        );
         let hw = Hardware::h200();
         // The full 671 B model in fp8 does not fit on 2 H200s.
         let r = row(&cfg, &rest, Form::MlaTp, 2, 32768, Budget::FullModel, &hw);
         assert_eq!(r.max_batch, 0);
         // Attention-only at TP2: (141 − 6 − weights) GB / 2.303 GB.
-        let r = row(&cfg, &rest, Form::MlaTp, 2, 32768, Budget::AttentionOnly, &hw);
+        let r = row(
+            &cfg,
+            &rest,
+            Form::MlaTp,
+            2,
+            32768,
+            Budget::AttentionOnly,
+            &hw,
+        );
         let w = weights_per_gpu(&cfg, &rest, Form::MlaTp, 2, Budget::AttentionOnly, 1.0);
-        assert_eq!(r.max_batch, ((141e9 - 6e9 - w) / (61.0 * 32768.0 * 1152.0)).floor() as usize);
+        assert_eq!(
+            r.max_batch,
+            ((141e9 - 6e9 - w) / (61.0 * 32768.0 * 1152.0)).floor() as usize
+        );
         assert!(r.max_batch > 40 && r.max_batch < 60, "{}", r.max_batch);
         assert!(r.tokens_per_s > 0.0);
     }
@@ -177,12 +245,22 @@ mod tests {
     #[test]
     fn the_sweep_covers_every_point_and_tpla_holds_more_sequences() {
         let rows = sweep(&Hardware::h200());
-        // 2 models × 2 budgets × 4 contexts × (4 forms at TP2 + 5 at TP4 + 5 at TP8).
-        assert_eq!(rows.len(), 2 * 2 * 4 * 14);
-        for r in rows.iter().filter(|r| r.form == "tpla-g2" && r.budget == Budget::AttentionOnly) {
+        // 2 models × 2 budgets × 4 contexts × (3 forms at TP2: MLA-TP, TPLA g=2, DCP; 4 at TP4
+        // and TP8, adding TPLA g=tp).
+        assert_eq!(rows.len(), 2 * 2 * 4 * (3 + 4 + 4));
+        for r in rows
+            .iter()
+            .filter(|r| r.form == "tpla-g2" && r.budget == Budget::AttentionOnly)
+        {
             let m = rows
                 .iter()
-                .find(|m| m.form == "mla-tp" && m.model == r.model && m.tp == r.tp && m.context == r.context && m.budget == r.budget)
+                .find(|m| {
+                    m.form == "mla-tp"
+                        && m.model == r.model
+                        && m.tp == r.tp
+                        && m.context == r.context
+                        && m.budget == r.budget
+                })
                 .unwrap();
             assert!(r.max_batch > m.max_batch, "{r:?} vs {m:?}");
         }

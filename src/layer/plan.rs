@@ -80,7 +80,12 @@ fn split(n: usize, parts: usize, i: usize) -> Range<usize> {
 
 /// The roles of the `tp` ranks of `form` for a layer of `heads` heads and latent width `lat`, or
 /// a typed error when the form does not divide the layer.
-pub fn roles(form: Form, tp: usize, heads: usize, lat: usize) -> Result<Vec<RankRole>, RuntimeError> {
+pub fn roles(
+    form: Form,
+    tp: usize,
+    heads: usize,
+    lat: usize,
+) -> Result<Vec<RankRole>, RuntimeError> {
     let bad = |m: String| Err(RuntimeError::InvalidInput(m));
     if tp == 0 {
         return bad("tensor parallelism needs at least one rank".into());
@@ -151,16 +156,45 @@ mod tests {
 
     #[test]
     fn tpla_below_tp_splits_heads_inside_each_group() {
-        let r = roles(Form::Tpla { groups: 2, norm: KvNorm::Sliced }, 4, 8, 512).unwrap();
-        let got: Vec<_> = r.iter().map(|x| (x.attn_heads.clone(), x.latent.clone())).collect();
+        let r = roles(
+            Form::Tpla {
+                groups: 2,
+                norm: KvNorm::Sliced,
+            },
+            4,
+            8,
+            512,
+        )
+        .unwrap();
+        let got: Vec<_> = r
+            .iter()
+            .map(|x| (x.attn_heads.clone(), x.latent.clone()))
+            .collect();
         assert_eq!(
             got,
-            vec![(0..4, 0..256), (4..8, 0..256), (0..4, 256..512), (4..8, 256..512)]
+            vec![
+                (0..4, 0..256),
+                (4..8, 0..256),
+                (0..4, 256..512),
+                (4..8, 256..512)
+            ]
         );
-        assert!(roles(Form::Tpla { groups: 3, norm: KvNorm::Sliced }, 4, 8, 512).is_err());
+        assert!(roles(
+            Form::Tpla {
+                groups: 3,
+                norm: KvNorm::Sliced
+            },
+            4,
+            8,
+            512
+        )
+        .is_err());
         assert!(roles(Form::MlaTp, 3, 8, 512).is_err());
         let d = roles(Form::Dcp, 4, 8, 512).unwrap();
-        assert_eq!((d[3].attn_heads.clone(), d[3].out_heads.clone()), (0..8, 6..8));
+        assert_eq!(
+            (d[3].attn_heads.clone(), d[3].out_heads.clone()),
+            (0..8, 6..8)
+        );
         assert_eq!([0, 1, 2, 3].map(|r| dcp_tokens(10, r, 4)), [3, 3, 2, 2]);
         assert_eq!(dcp_tokens(2, 3, 4), 0);
     }

@@ -48,7 +48,11 @@ pub(crate) struct Proj<X: Executor> {
 }
 
 /// An output buffer of `shape`: NaN-filled when `poison`, else as the executor allocates.
-pub(crate) fn out_buf<X: Executor>(exec: &X, shape: &[usize], poison: bool) -> Result<X::Tensor<f32>, RuntimeError> {
+pub(crate) fn out_buf<X: Executor>(
+    exec: &X,
+    shape: &[usize],
+    poison: bool,
+) -> Result<X::Tensor<f32>, RuntimeError> {
     if poison {
         exec.upload(&HostTensor::full(shape, f32::NAN))
     } else {
@@ -60,11 +64,21 @@ impl<X: Executor> Proj<X> {
     fn new(exec: &X, w: &HostTensor<bf16>, poison: bool) -> Result<Self, RuntimeError> {
         let shape = [w.shape()[0], w.shape()[1], w.shape()[2]];
         let cfg = head_proj.default_config(&[("LAT", shape[1] as i64), ("DV", shape[2] as i64)])?;
-        Ok(Proj { w: exec.upload(w)?, cfg, shape, poison })
+        Ok(Proj {
+            w: exec.upload(w)?,
+            cfg,
+            shape,
+            poison,
+        })
     }
 
     /// `x` `[batch, heads, in]` times the per-head matrices: `[batch, heads, out]`.
-    pub(crate) fn apply(&self, exec: &X, x: &X::Tensor<f32>, batch: usize) -> Result<X::Tensor<f32>, RuntimeError> {
+    pub(crate) fn apply(
+        &self,
+        exec: &X,
+        x: &X::Tensor<f32>,
+        batch: usize,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
         let mut y = out_buf(exec, &[batch, self.shape[0], self.shape[2]], self.poison)?;
         head_proj::launch(exec, &self.cfg, x, &self.w, &mut y)?;
         Ok(y)
@@ -97,7 +111,10 @@ pub(crate) struct Down {
     pub k_pe: Vec<f32>,
 }
 
-fn host<T: tpla_runtime::Element>(shape: &[usize], v: Vec<T>) -> Result<HostTensor<T>, RuntimeError> {
+fn host<T: tpla_runtime::Element>(
+    shape: &[usize],
+    v: Vec<T>,
+) -> Result<HostTensor<T>, RuntimeError> {
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
@@ -132,7 +149,13 @@ impl<X: Executor> Rank<X> {
 
     /// The fused down-projection of `x` (`[batch, 1, D]` on this executor), then q RMSNorm and
     /// RoPE of `k_pe` at `pos` on the host.
-    pub(crate) fn down(&self, exec: &X, x: &X::Tensor<f32>, pos: usize, t: &mut RankTimes) -> Result<Down, RuntimeError> {
+    pub(crate) fn down(
+        &self,
+        exec: &X,
+        x: &X::Tensor<f32>,
+        pos: usize,
+        t: &mut RankTimes,
+    ) -> Result<Down, RuntimeError> {
         let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
         let s = Instant::now();
         let y = self.down.apply(exec, x, b)?;
@@ -141,7 +164,11 @@ impl<X: Executor> Rank<X> {
         let s = Instant::now();
         let y = exec.download(&y)?;
         let n = ql + w + rope;
-        let (mut q_a, mut c, mut k_pe) = (Vec::with_capacity(b * ql), Vec::with_capacity(b * w), Vec::with_capacity(b * rope));
+        let (mut q_a, mut c, mut k_pe) = (
+            Vec::with_capacity(b * ql),
+            Vec::with_capacity(b * w),
+            Vec::with_capacity(b * rope),
+        );
         let eps = self.cfg.rms_eps as f32;
         for row in y.data().chunks(n) {
             let mut q = row[..ql].to_vec();
@@ -159,8 +186,20 @@ impl<X: Executor> Rank<X> {
 
     /// The rank's absorbed query `[batch, heads_r, w + rope]` (bf16, on the executor) from the
     /// normalised query latent: `W_UQ`, RoPE of `q_pe`, then `q_nope · μ W_UK[latent]ᵀ`.
-    pub(crate) fn query(&self, exec: &X, q_a: &[f32], pos: usize, t: &mut RankTimes) -> Result<X::Tensor<bf16>, RuntimeError> {
-        let (b, ql, w, rope, nope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope, self.cfg.qk_nope);
+    pub(crate) fn query(
+        &self,
+        exec: &X,
+        q_a: &[f32],
+        pos: usize,
+        t: &mut RankTimes,
+    ) -> Result<X::Tensor<bf16>, RuntimeError> {
+        let (b, ql, w, rope, nope) = (
+            self.batch,
+            self.q_lora,
+            self.width(),
+            self.cfg.qk_rope,
+            self.cfg.qk_nope,
+        );
         let hr = self.role.attn_heads.len();
         let s = Instant::now();
         let qa = exec.upload(&host(&[b, 1, ql], q_a.to_vec())?)?;
@@ -197,10 +236,18 @@ impl<X: Executor> Rank<X> {
     }
 
     /// Appends this step's cache rows (`[batch, w + rope]`, already normalised) to the cache.
-    pub(crate) fn append(&mut self, exec: &X, rows: &[f32], t: &mut RankTimes) -> Result<(), RuntimeError> {
+    pub(crate) fn append(
+        &mut self,
+        exec: &X,
+        rows: &[f32],
+        t: &mut RankTimes,
+    ) -> Result<(), RuntimeError> {
         let (b, d) = (self.batch, self.width() + self.cfg.qk_rope);
         let s = Instant::now();
-        let rows = host(&[b, 1, d], rows.iter().map(|&v| bf16::from_f32(v)).collect())?;
+        let rows = host(
+            &[b, 1, d],
+            rows.iter().map(|&v| bf16::from_f32(v)).collect(),
+        )?;
         self.dec.append(exec, &rows)?;
         exec.synchronize()?;
         t.host += s.elapsed();
@@ -208,9 +255,17 @@ impl<X: Executor> Rank<X> {
     }
 
     /// Decode attention over this rank's cache.
-    pub(crate) fn attend(&self, exec: &X, q: &X::Tensor<bf16>, t: &mut RankTimes) -> Result<ShardOutput<X>, RuntimeError> {
+    pub(crate) fn attend(
+        &self,
+        exec: &X,
+        q: &X::Tensor<bf16>,
+        t: &mut RankTimes,
+    ) -> Result<ShardOutput<X>, RuntimeError> {
         let s = Instant::now();
-        let out = self.dec.attend_prepared(exec, std::slice::from_ref(q))?.pop();
+        let out = self
+            .dec
+            .attend_prepared(exec, std::slice::from_ref(q))?
+            .pop();
         exec.synchronize()?;
         t.attention += s.elapsed();
         out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
@@ -218,7 +273,12 @@ impl<X: Executor> Rank<X> {
 
     /// `W_UV` then `W_O` of the output heads: latent output `[batch, out_heads, w]` to this
     /// rank's partial `[batch, D]`, not yet reduced.
-    pub(crate) fn output(&self, exec: &X, o: &X::Tensor<f32>, t: &mut RankTimes) -> Result<X::Tensor<f32>, RuntimeError> {
+    pub(crate) fn output(
+        &self,
+        exec: &X,
+        o: &X::Tensor<f32>,
+        t: &mut RankTimes,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
         let s = Instant::now();
         let mut v = self.uv.apply(exec, o, b)?;

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use tpla_model::plot::{line_plot_png, Panel, Series};
 
-use super::cost::{Hardware, COLLECTIVE_LATENCY_S, MATMUL_EFFICIENCY, MEM_EFFICIENCY, NVLINK_BUS_BYTES_PER_S, RESERVE_BYTES};
+use super::cost::{
+    Hardware, COLLECTIVE_LATENCY_S, MATMUL_EFFICIENCY, MEM_EFFICIENCY, NVLINK_BUS_BYTES_PER_S,
+    RESERVE_BYTES,
+};
 use super::maxbatch::{tpla_speedup, Budget, MaxBatchRow, DEPLOYED_WEIGHT_BYTES, PAPER};
 
 /// The JSON document of a sweep.
@@ -42,22 +45,41 @@ pub fn max_batch_json(rows: &[MaxBatchRow], hw: &Hardware) -> serde_json::Value 
 }
 
 /// Writes `max_batch.json` and `max_batch.png` into `dir`; returns their paths.
-pub fn write_max_batch(dir: &Path, rows: &[MaxBatchRow], hw: &Hardware) -> tpla_model::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir).map_err(|e| tpla_model::ModelError::Io { path: dir.display().to_string(), source: e })?;
+pub fn write_max_batch(
+    dir: &Path,
+    rows: &[MaxBatchRow],
+    hw: &Hardware,
+) -> tpla_model::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(|e| tpla_model::ModelError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
     let json_path = dir.join("max_batch.json");
-    let text = serde_json::to_string_pretty(&max_batch_json(rows, hw)).expect("plain values serialise");
+    let text =
+        serde_json::to_string_pretty(&max_batch_json(rows, hw)).expect("plain values serialise");
     tpla_model::fsio::write_atomic(&json_path, text.as_bytes())?;
     let mut panels = Vec::new();
     for (model, paper) in PAPER {
         let mut series = Vec::new();
         for (ci, form) in ["mla-tp", "tpla-g2", "dcp"].iter().enumerate() {
-            for (tp, dashed) in [(2, false), (8, true)] {
+            for (ti, tp) in [2, 8].into_iter().enumerate() {
                 let points: Vec<(f64, f64)> = rows
                     .iter()
-                    .filter(|r| r.model == model && r.budget == Budget::AttentionOnly && r.tp == tp && r.form == *form && r.tokens_per_s > 0.0)
+                    .filter(|r| {
+                        r.model == model
+                            && r.budget == Budget::AttentionOnly
+                            && r.tp == tp
+                            && r.form == *form
+                            && r.tokens_per_s > 0.0
+                    })
                     .map(|r| (r.context as f64 / 1024.0, r.tokens_per_s))
                     .collect();
-                series.push(Series { label: format!("{form} TP{tp}"), points, color: ci, dashed });
+                series.push(Series {
+                    label: format!("{form} TP{tp}"),
+                    points,
+                    color: 2 * ci + ti,
+                    dashed: false,
+                });
             }
         }
         let ours = tpla_speedup(rows, model, Budget::AttentionOnly, 2, 32768).unwrap_or(0.0);

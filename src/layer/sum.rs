@@ -15,7 +15,10 @@ pub struct DeviceSum {
 }
 
 fn shape_of<X: Executor>(t: &X::Tensor<f32>) -> Vec<usize> {
-    X::tensor_arg(t).tensor_shape().map(<[usize]>::to_vec).unwrap_or_default()
+    X::tensor_arg(t)
+        .tensor_shape()
+        .map(<[usize]>::to_vec)
+        .unwrap_or_default()
 }
 
 impl<X: Executor> AllReduce<X> for DeviceSum {
@@ -23,11 +26,17 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
         self.ranks
     }
 
-    fn all_reduce_sum(&self, execs: &[X], parts: &mut [X::Tensor<f32>]) -> Result<(), RuntimeError> {
+    fn all_reduce_sum(
+        &self,
+        execs: &[X],
+        parts: &mut [X::Tensor<f32>],
+    ) -> Result<(), RuntimeError> {
         check_group(self.ranks, execs.len(), parts.iter().map(shape_of::<X>))?;
         let shape = shape_of::<X>(&parts[0]);
         let [rows, cols] = shape[..] else {
-            return Err(RuntimeError::InvalidInput(format!("device sum takes [rows, cols] tensors, got {shape:?}")));
+            return Err(RuntimeError::InvalidInput(format!(
+                "device sum takes [rows, cols] tensors, got {shape:?}"
+            )));
         };
         execs.iter().try_for_each(|e| e.synchronize())?;
         let exec = &execs[0];

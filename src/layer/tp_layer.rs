@@ -46,7 +46,10 @@ pub struct TpLayer<X: Executor, C: AllReduce<X>> {
     max_tokens: usize,
 }
 
-fn host<T: tpla_runtime::Element>(shape: &[usize], v: Vec<T>) -> Result<HostTensor<T>, RuntimeError> {
+fn host<T: tpla_runtime::Element>(
+    shape: &[usize],
+    v: Vec<T>,
+) -> Result<HostTensor<T>, RuntimeError> {
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
@@ -70,7 +73,9 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         let cfg = &layer.cfg;
         let corr = match form {
-            Form::Tpla { groups, .. } => Some(corr.unwrap_or_else(|| Corrections::uniform(groups, MuConvention::One))),
+            Form::Tpla { groups, .. } => {
+                Some(corr.unwrap_or_else(|| Corrections::uniform(groups, MuConvention::One)))
+            }
             _ => None,
         };
         let roles = roles(form, tp, cfg.heads, cfg.kv_lora_rank)?;
@@ -129,11 +134,15 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         &self.execs
     }
 
-    /// Fills every sequence's cache with `context` random rows (values in ±1, bf16): the cache a
-    /// long prefix leaves, for timing. Not comparable with a reference.
+    /// Fills every sequence's cache with `context` random rows (values in ±1, bf16; one random
+    /// block of 512 tokens repeated): the cache a long prefix leaves, for timing. Not comparable
+    /// with a reference.
     pub fn fill_random(&mut self, context: usize, seed: u64) -> Result<(), RuntimeError> {
         if self.len + context > self.max_tokens {
-            return Err(RuntimeError::LengthPastCache { len: self.len + context, capacity: self.max_tokens });
+            return Err(RuntimeError::LengthPastCache {
+                len: self.len + context,
+                capacity: self.max_tokens,
+            });
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         const CHUNK: usize = 512;
@@ -143,10 +152,17 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 Some((r, k)) => dcp_tokens(self.len + context, r, k) - dcp_tokens(self.len, r, k),
                 None => context,
             };
+            // One random chunk per rank, appended as often as needed: timing does not depend
+            // on the values, and drawing every value of a 32K cache would dominate the run.
+            let chunk: Vec<bf16> = (0..self.batch * CHUNK.min(n) * d)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
             while n > 0 {
                 let m = n.min(CHUNK);
-                let v = (0..self.batch * m * d).map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0))).collect();
-                rank.dec.append(exec, &host(&[self.batch, m, d], v)?)?;
+                rank.dec.append(
+                    exec,
+                    &host(&[self.batch, m, d], chunk[..self.batch * m * d].to_vec())?,
+                )?;
                 n -= m;
             }
             exec.synchronize()?;
@@ -158,13 +174,22 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// One decode step: `x` `[batch, D]` (hidden states of the new token of every sequence, at
     /// position `len()`) to the layer output `[batch, D]`, with every rank's time. The token is
     /// appended to the cache first (append-then-attend).
-    pub fn step(&mut self, x: &HostTensor<f32>) -> Result<(HostTensor<f32>, Vec<RankTimes>), RuntimeError> {
+    pub fn step(
+        &mut self,
+        x: &HostTensor<f32>,
+    ) -> Result<(HostTensor<f32>, Vec<RankTimes>), RuntimeError> {
         let (b, d) = (self.batch, self.hidden);
         if x.shape() != [b, d] {
-            return Err(RuntimeError::InvalidInput(format!("x must be [{b}, {d}], got {:?}", x.shape())));
+            return Err(RuntimeError::InvalidInput(format!(
+                "x must be [{b}, {d}], got {:?}",
+                x.shape()
+            )));
         }
         if self.len >= self.max_tokens {
-            return Err(RuntimeError::LengthPastCache { len: self.len + 1, capacity: self.max_tokens });
+            return Err(RuntimeError::LengthPastCache {
+                len: self.len + 1,
+                capacity: self.max_tokens,
+            });
         }
         let pos = self.len;
         let tp = self.ranks.len();
@@ -179,7 +204,13 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         let exact_ms = self.exact_mean_square(&downs);
         let mut outs = Vec::with_capacity(tp);
-        for (i, ((rank, exec), t)) in self.ranks.iter_mut().zip(&self.execs).zip(&mut times).enumerate() {
+        for (i, ((rank, exec), t)) in self
+            .ranks
+            .iter_mut()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .enumerate()
+        {
             let dn = &downs[i];
             let q = rank.query(exec, &dn.q_a, pos, t)?;
             let s = Instant::now();
@@ -190,8 +221,18 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             for bi in 0..b {
                 let mut c = dn.c[bi * w..(bi + 1) * w].to_vec();
                 let f = match (self.form, &exact_ms) {
-                    (Form::Tpla { norm: KvNorm::Sliced, .. }, _) => {
-                        let gain = self.corr.as_ref().map_or(1.0, |c| c.norm_gain(rank.role.group)) as f32;
+                    (
+                        Form::Tpla {
+                            norm: KvNorm::Sliced,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        let gain = self
+                            .corr
+                            .as_ref()
+                            .map_or(1.0, |c| c.norm_gain(rank.role.group))
+                            as f32;
                         gain / glue::rms(&c, self.eps)
                     }
                     (_, Some(ms)) => 1.0 / (ms[bi] + self.eps).sqrt(),
@@ -212,7 +253,13 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             _ => outs.into_iter().map(|(o, _)| o).collect(),
         };
         let mut parts = Vec::with_capacity(tp);
-        for (((rank, exec), t), o) in self.ranks.iter().zip(&self.execs).zip(&mut times).zip(&latent) {
+        for (((rank, exec), t), o) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .zip(&latent)
+        {
             parts.push(rank.output(exec, o, t)?);
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
@@ -224,7 +271,11 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// Under TPLA with the exact norm: `mean(c²)` over the whole latent per sequence (the sum
     /// of every group's `Σ c_i²`, one scalar all-reduce per token in a deployment).
     fn exact_mean_square(&self, downs: &[Down]) -> Option<Vec<f32>> {
-        let Form::Tpla { norm: KvNorm::Exact, groups } = self.form else {
+        let Form::Tpla {
+            norm: KvNorm::Exact,
+            groups,
+        } = self.form
+        else {
             return None;
         };
         let lat = self.ranks[0].role.latent.len() * groups;
@@ -233,7 +284,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             let i = self.ranks.iter().position(|r| r.role.group == g)?;
             let w = self.ranks[i].role.latent.len();
             for (bi, m) in ms.iter_mut().enumerate() {
-                *m += downs[i].c[bi * w..(bi + 1) * w].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>();
+                *m += downs[i].c[bi * w..(bi + 1) * w]
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>();
             }
         }
         Some(ms.into_iter().map(|m| (m / lat as f64) as f32).collect())
@@ -265,7 +319,9 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             let mut lses = Vec::with_capacity(tp * b * hs.len());
             for (o, l) in &host_states {
                 for bi in 0..b {
-                    parts.extend_from_slice(&o.data()[(bi * h + hs.start) * lat..(bi * h + hs.end) * lat]);
+                    parts.extend_from_slice(
+                        &o.data()[(bi * h + hs.start) * lat..(bi * h + hs.end) * lat],
+                    );
                     lses.extend_from_slice(&l.data()[bi * h + hs.start..bi * h + hs.end]);
                 }
             }

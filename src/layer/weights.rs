@@ -25,7 +25,8 @@ pub fn prepare(layer: &MlaLayer) -> Result<MlaLayer, RuntimeError> {
         )));
     }
     let mut l = fold_gamma(layer);
-    let round = |m: &mut tpla_model::linalg::Mat| m.data.iter_mut().for_each(|v| *v = round_bf16(*v));
+    let round =
+        |m: &mut tpla_model::linalg::Mat| m.data.iter_mut().for_each(|v| *v = round_bf16(*v));
     if let QPath::Lora { w_dq, q_norm, w_uq } = &mut l.q {
         round(w_dq);
         round(w_uq);
@@ -71,7 +72,9 @@ pub fn rank_weights(
 ) -> Result<RankWeights, RuntimeError> {
     let cfg = &layer.cfg;
     let QPath::Lora { w_dq, q_norm, w_uq } = &layer.q else {
-        return Err(RuntimeError::InvalidInput("layer has no q_lora path".into()));
+        return Err(RuntimeError::InvalidInput(
+            "layer has no q_lora path".into(),
+        ));
     };
     let (d, ql, rope, nope, dv) = (cfg.hidden, w_dq.cols, cfg.qk_rope, cfg.qk_nope, cfg.v_head);
     let lat = role.latent.clone();
