@@ -110,6 +110,22 @@ fn bad_layer_options_are_clear_errors() {
         "cpu",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--layers 0"));
+    // A stack whose caches cannot fit in host memory is refused before anything is allocated.
+    let o = tpla(&[
+        "decode",
+        "--form",
+        "mla-tp",
+        "--small",
+        "--backend",
+        "cpu",
+        "--batch",
+        "100000",
+        "--context",
+        "1000000",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("of host memory"), "{err}");
 }
 
 #[test]

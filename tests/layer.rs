@@ -11,7 +11,7 @@ use tpla_model::{Corrections, MlaConfig, MuConvention, Preset};
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor};
 
 const BATCH: usize = 2;
-const STEPS: usize = 10;
+const STEPS: usize = 8;
 
 fn small() -> MlaConfig {
     MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128))
