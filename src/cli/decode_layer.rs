@@ -401,13 +401,26 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
         let len = a.context + a.steps;
         let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
         let n = l.layers as f64;
-        rows.push((form, med, model.coll_s * n, model.total_s() * n));
+        rows.push((
+            form,
+            med,
+            model.coll_s * n,
+            (model.attn_s + model.proj_s) * n,
+        ));
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>12}",
-        "form", "attn ms", "proj ms", "host ms", "coll ms (m)", "step ms", "tokens/s", "model ms"
+        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "form",
+        "attn ms",
+        "proj ms",
+        "host ms",
+        "coll ms (m)",
+        "step ms",
+        "tokens/s",
+        "model a+p ms",
+        "meas/model"
     );
     let mut times = Vec::new();
     for (form, t, coll, model) in &rows {
@@ -415,7 +428,7 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
         let step = t.total().as_secs_f64() + coll;
         times.push((form.name(), dev + coll));
         println!(
-            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>12.3}",
+            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
             form.name(),
             t.attention.as_secs_f64() * 1e3,
             t.projections.as_secs_f64() * 1e3,
@@ -423,10 +436,21 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
             coll * 1e3,
             step * 1e3,
             a.batch as f64 / step,
-            model * 1e3
+            model * 1e3,
+            dev / model
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'model ms' is the cost model's H200 prediction)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'model a+p' is the cost model's H200 attention + projections, 'meas/model' measured attn + proj over it)", a.steps, l.layers);
+    if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
+        for (form, t, coll, _) in &rows {
+            let per_layer = ((t.attention + t.projections).as_secs_f64() + coll) / l.layers as f64;
+            let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
+            println!(
+                "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + modelled collective; MoE/FFN/LM-head weight reads modelled, bf16)",
+                form.name(), a.batch, a.batch as f64 / step, cfg.layers
+            );
+        }
+    }
     if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
         for (n, t) in times.iter().filter(|(n, _)| n != base) {
             println!(
