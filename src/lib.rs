@@ -19,6 +19,7 @@
 pub mod baseline;
 pub mod decoder;
 pub mod engine;
+pub mod layer;
 pub mod run;
 pub mod tp;
 

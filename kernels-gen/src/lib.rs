@@ -5,7 +5,8 @@
 //!   count of them);
 //! - [`split_schedule`]: the balanced split-KV schedule, computed on the device;
 //! - [`append_rows`]: paged cache append;
-//! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices.
+//! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
+//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -18,6 +19,7 @@ pub mod __private {
     pub use tpla_runtime as runtime;
 }
 
+mod add;
 mod append;
 mod combine;
 mod decode;
@@ -25,6 +27,7 @@ pub mod ops;
 mod proj;
 mod schedule;
 
+pub use add::add_rows;
 pub use append::append_rows;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;

@@ -20,6 +20,9 @@ use super::sample::{self, check_against_reference, median};
 /// Runs `tpla decode`: checks every size first, then one device or `--devices k` ranks.
 pub fn decode(args: DecodeArgs) -> Result<(), CliError> {
     args.validate()?;
+    if args.layer.form.is_some() || args.layer.max_batch {
+        return super::decode_layer::decode_layer(args);
+    }
     if args.devices > 1 {
         return super::decode_tp::decode_tp(args);
     }

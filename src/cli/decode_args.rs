@@ -53,6 +53,9 @@ pub struct DecodeArgs {
     /// g = k against head-parallel MLA, one layer including `W_UV` and the all-reduce.
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
+    /// Whole attention layers in a parallel form (`--form`, `--tp`, `--layers`, `--max-batch`).
+    #[command(flatten)]
+    pub layer: super::decode_layer::LayerArgs,
 }
 
 impl DecodeArgs {

@@ -1,0 +1,363 @@
+//! A roofline model of one decode step per device for each [`Form`]: bytes, FLOPs and
+//! collective bytes, the predicted time, and the rest of the model's weight reads (modelled).
+//!
+//! Everything here is arithmetic on the model's config and a [`Hardware`] description; nothing
+//! is measured. The H200 figures in [`Hardware::h200`] are modelled (datasheet peaks times a
+//! stated efficiency), and a caller with measured rooflines replaces them.
+
+use serde::Serialize;
+use tpla_model::MlaConfig;
+
+use super::plan::Form;
+
+/// Bytes of one bf16 value.
+const BF16: f64 = 2.0;
+
+/// Peak HBM bandwidth of an H200 (datasheet, bytes/s).
+pub const H200_HBM_BYTES_PER_S: f64 = 4.8e12;
+/// Dense bf16 matmul peak of an H200 (datasheet, FLOP/s, no sparsity).
+pub const H200_BF16_FLOPS: f64 = 989e12;
+/// Modelled fraction of peak bandwidth a good kernel reaches (GLA/FlashMLA report 90-93 %).
+pub const MEM_EFFICIENCY: f64 = 0.85;
+/// Modelled fraction of the matmul peak reached (FlashMLA: 660 of 989 TFLOPS on H800).
+pub const MATMUL_EFFICIENCY: f64 = 0.67;
+/// Modelled NVLink bus bandwidth per direction for collectives (H200 NVLink 4: 900 GB/s total,
+/// about 450 GB/s each way), bytes/s.
+pub const NVLINK_BUS_BYTES_PER_S: f64 = 450e9;
+/// Modelled latency of one collective call (a few µs on NVLink), seconds.
+pub const COLLECTIVE_LATENCY_S: f64 = 5e-6;
+/// HBM of one H200, bytes (141 GB).
+pub const H200_HBM_BYTES: f64 = 141e9;
+/// Memory held back per GPU for activations, workspace and the allocator (modelled), bytes.
+pub const RESERVE_BYTES: f64 = 6e9;
+
+/// The rooflines a prediction uses.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Hardware {
+    /// Achievable memory bandwidth, bytes/s.
+    pub mem_bytes_per_s: f64,
+    /// Achievable matmul rate, FLOP/s.
+    pub flops: f64,
+    /// Collective bus bandwidth per direction, bytes/s.
+    pub bus_bytes_per_s: f64,
+    /// Latency of one collective, seconds.
+    pub latency_s: f64,
+    /// Device memory, bytes.
+    pub memory_bytes: f64,
+}
+
+impl Hardware {
+    /// An H200 with the modelled figures above.
+    pub fn h200() -> Self {
+        Hardware {
+            mem_bytes_per_s: H200_HBM_BYTES_PER_S * MEM_EFFICIENCY,
+            flops: H200_BF16_FLOPS * MATMUL_EFFICIENCY,
+            bus_bytes_per_s: NVLINK_BUS_BYTES_PER_S,
+            latency_s: COLLECTIVE_LATENCY_S,
+            memory_bytes: H200_HBM_BYTES,
+        }
+    }
+
+    /// Roofline time of work moving `bytes` and doing `flops`.
+    pub fn time(&self, bytes: f64, flops: f64) -> f64 {
+        (bytes / self.mem_bytes_per_s).max(flops / self.flops)
+    }
+
+    /// Ring all-reduce of `bytes` over `ranks`: `latency + 2 (R−1)/R · bytes / bus`.
+    pub fn all_reduce(&self, bytes: f64, ranks: usize) -> f64 {
+        if ranks <= 1 {
+            return 0.0;
+        }
+        let r = ranks as f64;
+        self.latency_s + 2.0 * (r - 1.0) / r * bytes / self.bus_bytes_per_s
+    }
+
+    /// All-gather / all-to-all where each rank ends with `bytes` of which `(R−1)/R` came from
+    /// the others: `latency + (R−1)/R · bytes / bus`.
+    pub fn all_gather(&self, bytes: f64, ranks: usize) -> f64 {
+        if ranks <= 1 {
+            return 0.0;
+        }
+        let r = ranks as f64;
+        self.latency_s + (r - 1.0) / r * bytes / self.bus_bytes_per_s
+    }
+}
+
+/// One device's work in one layer's decode step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LayerCost {
+    /// Cache bytes read by attention (plus its query and output).
+    pub attn_bytes: f64,
+    /// Attention FLOPs (FlashMLA convention: `2·Σlen·H·(d_qk + d_v)`).
+    pub attn_flops: f64,
+    /// Weight bytes of the block's dense projections read by this rank.
+    pub proj_bytes: f64,
+    /// Dense projection FLOPs.
+    pub proj_flops: f64,
+    /// Bytes each rank contributes to collectives (all-reduce of `[B, D]`, DCP's state
+    /// exchange, the exact norm's scalar).
+    pub coll_bytes: f64,
+    /// Predicted attention time, s.
+    pub attn_s: f64,
+    /// Predicted projection time, s.
+    pub proj_s: f64,
+    /// Predicted collective time, s (modelled NVLink).
+    pub coll_s: f64,
+}
+
+impl LayerCost {
+    /// The layer's predicted step time on one device (no overlap).
+    pub fn total_s(&self) -> f64 {
+        self.attn_s + self.proj_s + self.coll_s
+    }
+}
+
+/// The per-rank shape of a form: (heads attended, latent width of the cache rows, tokens of a
+/// sequence held out of `len`, heads whose `W_UV`/`W_O` it applies, heads whose `W_UQ` it runs).
+fn per_rank(cfg: &MlaConfig, form: Form, tp: usize, len: f64) -> (f64, f64, f64, f64) {
+    let (h, lat, r) = (cfg.heads as f64, cfg.kv_lora_rank as f64, tp as f64);
+    match form {
+        Form::MlaTp => (h / r, lat, len, h / r),
+        Form::Tpla { groups, .. } => {
+            let g = groups as f64;
+            (h / (r / g), lat / g, len, h / (r / g))
+        }
+        Form::Dcp => (h, lat, len / r, h / r),
+    }
+}
+
+/// Parameters of this rank's share of one attention block.
+pub fn block_params(cfg: &MlaConfig, form: Form, tp: usize) -> f64 {
+    let (ha, w, _, ho) = per_rank(cfg, form, tp, 0.0);
+    let (d, ql) = (cfg.hidden as f64, cfg.q_lora_rank.unwrap_or(0) as f64);
+    let (rope, nope, dv) = (cfg.qk_rope as f64, cfg.qk_nope as f64, cfg.v_head as f64);
+    d * (ql + w + rope) + ql * ha * (nope + rope) + ha * nope * w + ho * w * dv + ho * dv * d
+}
+
+/// One device's cost of one layer's decode step: `batch` sequences of `len` tokens, weights of
+/// `weight_bytes` per parameter.
+pub fn layer_cost(
+    cfg: &MlaConfig,
+    form: Form,
+    tp: usize,
+    batch: usize,
+    len: usize,
+    weight_bytes: f64,
+    hw: &Hardware,
+) -> LayerCost {
+    let (b, l) = (batch as f64, len as f64);
+    let (ha, w, tokens, _) = per_rank(cfg, form, tp, l);
+    let rope = cfg.qk_rope as f64;
+    let (dqk, dv_lat) = (w + rope, w);
+    let attn_bytes = BF16 * (b * tokens * dqk + b * ha * dqk) + 4.0 * b * ha * dv_lat;
+    let attn_flops = 2.0 * b * tokens * ha * (dqk + dv_lat);
+    let params = block_params(cfg, form, tp);
+    let proj_bytes = params * weight_bytes;
+    let proj_flops = 2.0 * b * params;
+    let d = cfg.hidden as f64;
+    let out = b * d * BF16;
+    let mut coll_bytes = out;
+    let mut coll_s = hw.all_reduce(out, tp);
+    match form {
+        Form::Dcp => {
+            // Each rank ends with every rank's (out, lse) of its head slice, f32.
+            let h = cfg.heads as f64;
+            let states = b * (h / tp as f64) * (cfg.kv_lora_rank as f64 + 1.0) * 4.0 * tp as f64;
+            coll_bytes += states;
+            coll_s += hw.all_gather(states, tp);
+        }
+        Form::Tpla {
+            groups,
+            norm: super::plan::KvNorm::Exact,
+        } if groups > 1 => {
+            coll_bytes += b * 4.0;
+            coll_s += hw.all_reduce(b * 4.0, groups);
+        }
+        _ => {}
+    }
+    LayerCost {
+        attn_bytes,
+        attn_flops,
+        proj_bytes,
+        proj_flops,
+        coll_bytes,
+        attn_s: hw.time(attn_bytes, attn_flops),
+        proj_s: hw.time(proj_bytes, proj_flops),
+        coll_s,
+    }
+}
+
+/// The non-attention part of a model, from its public config (modelled: what a step must read).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelRest {
+    /// Layers with a dense FFN (the first few).
+    pub dense_layers: usize,
+    /// Dense FFN intermediate width.
+    pub dense_inter: usize,
+    /// Routed experts per MoE layer.
+    pub experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Shared experts per MoE layer.
+    pub shared: usize,
+    /// Expert intermediate width.
+    pub expert_inter: usize,
+    /// Vocabulary (embedding and LM head).
+    pub vocab: usize,
+}
+
+impl ModelRest {
+    /// DeepSeek-V3 (config.json: 3 dense layers of 18432, 256 experts top-8 + 1 shared of 2048,
+    /// vocab 129280) and Kimi-K2 (1 dense layer, 384 experts top-8 + 1 shared, vocab 163840).
+    pub fn for_preset(name: &str) -> Option<Self> {
+        let base = ModelRest {
+            dense_layers: 3,
+            dense_inter: 18432,
+            experts: 256,
+            top_k: 8,
+            shared: 1,
+            expert_inter: 2048,
+            vocab: 129280,
+        };
+        match name {
+            "deepseek-v3" => Some(base),
+            "kimi-k2" => Some(ModelRest {
+                dense_layers: 1,
+                experts: 384,
+                vocab: 163840,
+                ..base
+            }),
+            _ => None,
+        }
+    }
+
+    /// Parameters of one expert (gate, up, down).
+    pub fn expert_params(&self, hidden: usize) -> f64 {
+        3.0 * hidden as f64 * self.expert_inter as f64
+    }
+
+    /// All non-attention parameters of a model with `layers` layers.
+    pub fn params(&self, cfg: &MlaConfig) -> f64 {
+        let d = cfg.hidden as f64;
+        let dense = self.dense_layers as f64 * 3.0 * d * self.dense_inter as f64;
+        let moe = (cfg.layers - self.dense_layers) as f64
+            * (self.experts + self.shared) as f64
+            * self.expert_params(cfg.hidden);
+        dense + moe + 2.0 * self.vocab as f64 * d
+    }
+
+    /// Expected distinct experts a batch of `batch` tokens touches in one layer (uniform routing):
+    /// `E · (1 − (1 − k/E)^B)`.
+    pub fn experts_touched(&self, batch: usize) -> f64 {
+        let e = self.experts as f64;
+        e * (1.0 - (1.0 - self.top_k as f64 / e).powf(batch as f64))
+    }
+
+    /// One device's modelled time for the rest of the model in one step at `batch` (tensor
+    /// parallel over `tp`: every weight split `tp` ways): the weights it reads (touched experts,
+    /// shared experts, dense FFNs, LM head) against the FLOPs of the routed tokens.
+    pub fn step_s(
+        &self,
+        cfg: &MlaConfig,
+        tp: usize,
+        batch: usize,
+        weight_bytes: f64,
+        hw: &Hardware,
+    ) -> f64 {
+        let (d, r, b) = (cfg.hidden as f64, tp as f64, batch as f64);
+        let moe_layers = (cfg.layers - self.dense_layers) as f64;
+        let ep = self.expert_params(cfg.hidden);
+        let read = moe_layers * (self.experts_touched(batch) + self.shared as f64) * ep
+            + self.dense_layers as f64 * 3.0 * d * self.dense_inter as f64
+            + self.vocab as f64 * d;
+        let active = moe_layers * (self.top_k + self.shared) as f64 * ep
+            + self.dense_layers as f64 * 3.0 * d * self.dense_inter as f64
+            + self.vocab as f64 * d;
+        hw.time(read * weight_bytes / r, 2.0 * b * active / r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::KvNorm;
+    use tpla_model::Preset;
+
+    fn hw1() -> Hardware {
+        // Round figures so the expected times are easy to check by hand.
+        Hardware {
+            mem_bytes_per_s: 1e12,
+            flops: 1e14,
+            bus_bytes_per_s: 1e11,
+            latency_s: 1e-6,
+            memory_bytes: 1e11,
+        }
+    }
+
+    #[test]
+    fn attention_bytes_and_flops_by_hand() {
+        let cfg = Preset::DeepseekV3.config();
+        let hw = hw1();
+        // MLA-TP2, B 1, 1000 tokens: 64 heads over 576-wide rows.
+        let c = layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw);
+        assert_eq!(
+            c.attn_bytes,
+            2.0 * (1000.0 * 576.0 + 64.0 * 576.0) + 4.0 * 64.0 * 512.0
+        );
+        assert_eq!(c.attn_flops, 2.0 * 1000.0 * 64.0 * (576.0 + 512.0));
+        // TPLA g = 2 at TP2: 128 heads over 320-wide rows, V 256.
+        let t = layer_cost(
+            &cfg,
+            Form::Tpla {
+                groups: 2,
+                norm: KvNorm::Sliced,
+            },
+            2,
+            1,
+            1000,
+            1.0,
+            &hw,
+        );
+        assert_eq!(t.attn_flops, 2.0 * 1000.0 * 128.0 * (320.0 + 256.0));
+        // DCP2: 500 tokens, 128 heads, 576 wide.
+        let d = layer_cost(&cfg, Form::Dcp, 2, 1, 1000, 1.0, &hw);
+        assert_eq!(d.attn_flops, 2.0 * 500.0 * 128.0 * (576.0 + 512.0));
+        // All-reduce of [1, 7168] bf16 over 2 ranks: 1 µs + 2·(1/2)·14336 B / 1e11 B/s.
+        assert!((c.coll_s - (1e-6 + 14336.0 / 1e11)).abs() < 1e-15);
+        // DCP adds the exchange of 64 heads × 513 f32 × 2 ranks, half of it remote.
+        let states = 64.0 * 513.0 * 4.0 * 2.0;
+        assert!((d.coll_s - c.coll_s - (1e-6 + 0.5 * states / 1e11)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn block_params_of_deepseek_v3_by_hand() {
+        let cfg = Preset::DeepseekV3.config();
+        // TP1 MLA: q_a 7168·1536, kv_a 7168·576, q_b 1536·128·192, UK 128·128·512, UV 128·512·128,
+        // o 128·128·7168: 187.1 M, the per-layer attention size of DeepSeek-V3.
+        let full = 7168.0 * (1536.0 + 576.0)
+            + 1536.0 * 128.0 * 192.0
+            + 2.0 * 128.0 * 128.0 * 512.0
+            + 128.0 * 128.0 * 7168.0;
+        assert_eq!(block_params(&cfg, Form::MlaTp, 1), full);
+        assert!((full / 1e6 - 187.1).abs() < 0.1, "{full}");
+        // Whole model: 61 blocks + the rest ≈ 671 B parameters.
+        let rest = ModelRest::for_preset("deepseek-v3").unwrap();
+        let total = 61.0 * full + rest.params(&cfg);
+        assert!((total / 1e9 - 671.0).abs() < 3.0, "{}", total / 1e9);
+        let kimi = Preset::KimiK2.config();
+        let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1)
+            + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
+        assert!((kt / 1e12 - 1.03).abs() < 0.02, "{}", kt / 1e12);
+    }
+
+    #[test]
+    fn roofline_and_experts_touched() {
+        let hw = hw1();
+        assert_eq!(hw.time(1e12, 1e13), 1.0);
+        assert_eq!(hw.time(1e11, 1e15), 10.0);
+        assert_eq!(hw.all_reduce(1e9, 1), 0.0);
+        let r = ModelRest::for_preset("deepseek-v3").unwrap();
+        assert_eq!(r.experts_touched(1), 8.0);
+        assert!((r.experts_touched(1000) - 256.0).abs() < 1e-6);
+    }
+}

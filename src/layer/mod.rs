@@ -1,0 +1,36 @@
+//! One DeepSeek MLA attention layer of decode (one token per sequence) under tensor parallelism,
+//! in three forms over `tp` ranks ([`Form`]):
+//!
+//! - **MLA-TP**: heads split, the whole `[ĉ | k_pe]` cache on every rank, all-reduce after `W_O`;
+//! - **TPLA**: `g` latent groups, every head inside a group (`g < tp` splits the heads inside
+//!   each group, TPLA.md §2), sliced kv RMSNorm with its correction or the exact norm;
+//! - **DCP**: tokens interleaved over the ranks (token `t` on rank `t mod tp`), all heads on
+//!   every rank, the partial `(out, lse)` states merged exactly (the combine kernel,
+//!   [`tpla_kernels::ops::merge_states`]), then `W_UV`/`W_O` of each rank's head slice.
+//!
+//! Each rank runs the whole block: the fused down-projection (`W_DQ | W_DKV | W_KR`), q RMSNorm,
+//! `W_UQ`, RoPE, absorption of `W_UK` into the latent, the kv RMSNorm, RoPE of `k_pe`, the paged
+//! append, split-KV decode attention, `W_UV`, `W_O`, and the all-reduce of `[batch, D]`. Dense
+//! projections run through the DSL kernel [`tpla_kernels::head_proj`] (a plain gemm with one
+//! "head") on every backend; the element-wise steps run on the host ([`glue`]).
+//!
+//! [`TpLayer`] is generic over the executor and the collective: CPU ranks with
+//! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
+//! [`reference`] holds the f64 references; [`cost`] the roofline model and the largest batches.
+
+pub mod cost;
+pub mod glue;
+pub mod maxbatch;
+pub mod plan;
+pub mod rank;
+pub mod reference;
+pub mod report;
+pub mod sum;
+pub mod tp_layer;
+pub mod weights;
+
+pub use plan::{roles, Form, KvNorm, RankRole};
+pub use rank::RankTimes;
+pub use sum::DeviceSum;
+pub use tp_layer::{LayerShape, TpLayer};
+pub use weights::prepare;

@@ -1,0 +1,57 @@
+//! [`DeviceSum`]: the all-reduce of ranks that share one device (run one after another), as a
+//! sum on that device: what stands in for NVLink when a one-GPU run measures per-rank work.
+
+use tpla_codegen::KernelDef;
+use tpla_kernels::add_rows;
+use tpla_runtime::{collective::check_group, AllReduce, Executor, RuntimeError};
+
+/// Sums `[rows, cols]` tensors of ranks that all live on one device with [`add_rows`]; every
+/// part then holds the sum. The executors must share that device (e.g. one CUDA device opened
+/// once per rank, or CPU executors).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceSum {
+    /// Ranks in the group.
+    pub ranks: usize,
+}
+
+fn shape_of<X: Executor>(t: &X::Tensor<f32>) -> Vec<usize> {
+    X::tensor_arg(t)
+        .tensor_shape()
+        .map(<[usize]>::to_vec)
+        .unwrap_or_default()
+}
+
+impl<X: Executor> AllReduce<X> for DeviceSum {
+    fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    fn all_reduce_sum(
+        &self,
+        execs: &[X],
+        parts: &mut [X::Tensor<f32>],
+    ) -> Result<(), RuntimeError> {
+        check_group(self.ranks, execs.len(), parts.iter().map(shape_of::<X>))?;
+        let shape = shape_of::<X>(&parts[0]);
+        let [rows, cols] = shape[..] else {
+            return Err(RuntimeError::InvalidInput(format!(
+                "device sum takes [rows, cols] tensors, got {shape:?}"
+            )));
+        };
+        execs.iter().try_for_each(|e| e.synchronize())?;
+        let exec = &execs[0];
+        let cfg = add_rows.default_config(&[("COLS", cols as i64)])?;
+        let mut acc = exec.alloc::<f32>(&[rows, cols])?;
+        let zeros = exec.upload(&tpla_runtime::HostTensor::<f32>::zeros(&[rows, cols]))?;
+        add_rows::launch(exec, &cfg, &parts[0], &zeros, &mut acc)?;
+        for p in &parts[1..] {
+            let mut next = exec.alloc::<f32>(&[rows, cols])?;
+            add_rows::launch(exec, &cfg, &acc, p, &mut next)?;
+            acc = next;
+        }
+        for p in parts.iter_mut() {
+            add_rows::launch(exec, &cfg, &acc, &zeros, p)?;
+        }
+        exec.synchronize()
+    }
+}

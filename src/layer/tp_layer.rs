@@ -1,0 +1,342 @@
+//! [`TpLayer`]: one attention layer of decode over the ranks of a tensor-parallel group, in one
+//! of the three [`Form`]s.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use tpla_kernels::ops::merge_states;
+use tpla_model::{Corrections, MlaLayer, MuConvention};
+use tpla_runtime::half::bf16;
+use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
+
+use super::glue;
+use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
+use super::rank::{out_buf, Down, Rank, RankTimes};
+use super::weights::rank_weights;
+use crate::decoder::DecoderShape;
+
+/// Sizes of a layer's decode batch and cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Sequences (one token each per step).
+    pub batch: usize,
+    /// Tokens each sequence can hold.
+    pub max_tokens: usize,
+    /// Tokens per cache page.
+    pub page_size: usize,
+    /// KV splits (0: chosen per call).
+    pub splits: usize,
+    /// Fill every output buffer with NaN before a kernel writes it (tests: an element no kernel
+    /// writes shows up as NaN instead of a stale zero).
+    pub poison: bool,
+}
+
+/// One attention layer over `tp` ranks (see [`Form`]). The layer's weights must come from
+/// [`super::weights::prepare`] (γ folded, bf16).
+pub struct TpLayer<X: Executor, C: AllReduce<X>> {
+    form: Form,
+    execs: Vec<X>,
+    ranks: Vec<Rank<X>>,
+    collective: C,
+    corr: Option<Corrections>,
+    batch: usize,
+    hidden: usize,
+    eps: f32,
+    len: usize,
+    max_tokens: usize,
+}
+
+fn host<T: tpla_runtime::Element>(
+    shape: &[usize],
+    v: Vec<T>,
+) -> Result<HostTensor<T>, RuntimeError> {
+    HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
+}
+
+impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
+    /// Rank `r` runs on `execs[r]`. `corr` gives TPLA's corrections (`None`: uniform energy,
+    /// μ = 1); other forms ignore it.
+    pub fn new(
+        execs: Vec<X>,
+        collective: C,
+        layer: &MlaLayer,
+        form: Form,
+        shape: LayerShape,
+        corr: Option<Corrections>,
+    ) -> Result<Self, RuntimeError> {
+        let tp = execs.len();
+        if collective.ranks() != tp {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{tp} executors and a {}-rank collective",
+                collective.ranks()
+            )));
+        }
+        let cfg = &layer.cfg;
+        let corr = match form {
+            Form::Tpla { groups, .. } => {
+                Some(corr.unwrap_or_else(|| Corrections::uniform(groups, MuConvention::One)))
+            }
+            _ => None,
+        };
+        let roles = roles(form, tp, cfg.heads, cfg.kv_lora_rank)?;
+        let mut ranks = Vec::with_capacity(tp);
+        for (role, exec) in roles.into_iter().zip(&execs) {
+            let w = rank_weights(layer, form, &role, corr.as_ref())?;
+            let max_tokens = match role.tokens {
+                Some((r, n)) => dcp_tokens(shape.max_tokens, r, n).max(1),
+                None => shape.max_tokens,
+            };
+            let dshape = DecoderShape {
+                batch: shape.batch,
+                heads: role.attn_heads.len(),
+                lat: role.latent.len(),
+                rope: cfg.qk_rope,
+                groups: 1,
+                page_size: shape.page_size,
+                max_tokens,
+                splits: shape.splits,
+                scale: cfg.scale as f32,
+            };
+            ranks.push(Rank::new(exec, role, &w, cfg, dshape, shape.poison)?);
+        }
+        Ok(TpLayer {
+            form,
+            execs,
+            ranks,
+            collective,
+            corr,
+            batch: shape.batch,
+            hidden: cfg.hidden,
+            eps: cfg.rms_eps as f32,
+            len: 0,
+            max_tokens: shape.max_tokens,
+        })
+    }
+
+    /// The form.
+    pub fn form(&self) -> Form {
+        self.form
+    }
+    /// Tokens every sequence holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no token has been appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The roles of the ranks, in rank order.
+    pub fn roles(&self) -> Vec<RankRole> {
+        self.ranks.iter().map(|r| r.role.clone()).collect()
+    }
+    /// The executors, in rank order.
+    pub fn execs(&self) -> &[X] {
+        &self.execs
+    }
+
+    /// Fills every sequence's cache with `context` random rows (values in ±1, bf16; one random
+    /// block of 512 tokens repeated): the cache a long prefix leaves, for timing. Not comparable
+    /// with a reference.
+    pub fn fill_random(&mut self, context: usize, seed: u64) -> Result<(), RuntimeError> {
+        if self.len + context > self.max_tokens {
+            return Err(RuntimeError::LengthPastCache {
+                len: self.len + context,
+                capacity: self.max_tokens,
+            });
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        const CHUNK: usize = 512;
+        for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
+            let d = rank.role.latent.len() + rank.dec.shape().rope;
+            let mut n = match rank.role.tokens {
+                Some((r, k)) => dcp_tokens(self.len + context, r, k) - dcp_tokens(self.len, r, k),
+                None => context,
+            };
+            // One random chunk per rank, appended as often as needed: timing does not depend
+            // on the values, and drawing every value of a 32K cache would dominate the run.
+            let chunk: Vec<bf16> = (0..self.batch * CHUNK.min(n) * d)
+                .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)))
+                .collect();
+            while n > 0 {
+                let m = n.min(CHUNK);
+                rank.dec.append(
+                    exec,
+                    &host(&[self.batch, m, d], chunk[..self.batch * m * d].to_vec())?,
+                )?;
+                n -= m;
+            }
+            exec.synchronize()?;
+        }
+        self.len += context;
+        Ok(())
+    }
+
+    /// One decode step: `x` `[batch, D]` (hidden states of the new token of every sequence, at
+    /// position `len()`) to the layer output `[batch, D]`, with every rank's time. The token is
+    /// appended to the cache first (append-then-attend).
+    pub fn step(
+        &mut self,
+        x: &HostTensor<f32>,
+    ) -> Result<(HostTensor<f32>, Vec<RankTimes>), RuntimeError> {
+        let (b, d) = (self.batch, self.hidden);
+        if x.shape() != [b, d] {
+            return Err(RuntimeError::InvalidInput(format!(
+                "x must be [{b}, {d}], got {:?}",
+                x.shape()
+            )));
+        }
+        if self.len >= self.max_tokens {
+            return Err(RuntimeError::LengthPastCache {
+                len: self.len + 1,
+                capacity: self.max_tokens,
+            });
+        }
+        let pos = self.len;
+        let tp = self.ranks.len();
+        let mut times = vec![RankTimes::default(); tp];
+        let xh = host(&[b, 1, d], x.data().to_vec())?;
+        let mut downs: Vec<Down> = Vec::with_capacity(tp);
+        for ((rank, exec), t) in self.ranks.iter().zip(&self.execs).zip(&mut times) {
+            let s = Instant::now();
+            let xd = exec.upload(&xh)?;
+            t.host += s.elapsed();
+            downs.push(rank.down(exec, &xd, pos, t)?);
+        }
+        let exact_ms = self.exact_mean_square(&downs);
+        let mut outs = Vec::with_capacity(tp);
+        for (i, ((rank, exec), t)) in self
+            .ranks
+            .iter_mut()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .enumerate()
+        {
+            let dn = &downs[i];
+            let q = rank.query(exec, &dn.q_a, pos, t)?;
+            let s = Instant::now();
+            let holds = rank.role.tokens.is_none_or(|(r, n)| pos % n == r);
+            let w = rank.role.latent.len();
+            let rope = dn.k_pe.len() / b;
+            let mut rows = Vec::with_capacity(b * (w + rope));
+            for bi in 0..b {
+                let mut c = dn.c[bi * w..(bi + 1) * w].to_vec();
+                let f = match (self.form, &exact_ms) {
+                    (
+                        Form::Tpla {
+                            norm: KvNorm::Sliced,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        let gain = self
+                            .corr
+                            .as_ref()
+                            .map_or(1.0, |c| c.norm_gain(rank.role.group))
+                            as f32;
+                        gain / glue::rms(&c, self.eps)
+                    }
+                    (_, Some(ms)) => 1.0 / (ms[bi] + self.eps).sqrt(),
+                    _ => 1.0 / glue::rms(&c, self.eps),
+                };
+                c.iter_mut().for_each(|v| *v *= f);
+                rows.extend(c);
+                rows.extend_from_slice(&dn.k_pe[bi * rope..(bi + 1) * rope]);
+            }
+            t.host += s.elapsed();
+            if holds {
+                rank.append(exec, &rows, t)?;
+            }
+            outs.push(rank.attend(exec, &q, t)?);
+        }
+        let latent = match self.form {
+            Form::Dcp => self.dcp_merge(outs, &mut times)?,
+            _ => outs.into_iter().map(|(o, _)| o).collect(),
+        };
+        let mut parts = Vec::with_capacity(tp);
+        for (((rank, exec), t), o) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .zip(&latent)
+        {
+            parts.push(rank.output(exec, o, t)?);
+        }
+        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        let y = self.execs[0].download(&parts[0])?;
+        self.len += 1;
+        Ok((y, times))
+    }
+
+    /// Under TPLA with the exact norm: `mean(c²)` over the whole latent per sequence (the sum
+    /// of every group's `Σ c_i²`, one scalar all-reduce per token in a deployment).
+    fn exact_mean_square(&self, downs: &[Down]) -> Option<Vec<f32>> {
+        let Form::Tpla {
+            norm: KvNorm::Exact,
+            groups,
+        } = self.form
+        else {
+            return None;
+        };
+        let lat = self.ranks[0].role.latent.len() * groups;
+        let mut ms = vec![0.0f64; self.batch];
+        for g in 0..groups {
+            let i = self.ranks.iter().position(|r| r.role.group == g)?;
+            let w = self.ranks[i].role.latent.len();
+            for (bi, m) in ms.iter_mut().enumerate() {
+                *m += downs[i].c[bi * w..(bi + 1) * w]
+                    .iter()
+                    .map(|v| f64::from(*v).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        Some(ms.into_iter().map(|m| (m / lat as f64) as f32).collect())
+    }
+
+    /// DCP: rank `r` gathers the partial states of its output heads from every rank (staged
+    /// through the host here; an all-to-all in a deployment) and merges them exactly.
+    fn dcp_merge(
+        &self,
+        outs: Vec<(X::Tensor<f32>, X::Tensor<f32>)>,
+        times: &mut [RankTimes],
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        let tp = self.ranks.len();
+        let mut host_states = Vec::with_capacity(tp);
+        for ((o, l), (exec, t)) in outs.iter().zip(self.execs.iter().zip(times.iter_mut())) {
+            let s = Instant::now();
+            host_states.push((exec.download(o)?, exec.download(l)?));
+            t.host += s.elapsed();
+        }
+        let (b, h, lat) = {
+            let s = host_states[0].0.shape();
+            (s[0], s[1], s[2])
+        };
+        let mut merged = Vec::with_capacity(tp);
+        for ((rank, exec), t) in self.ranks.iter().zip(&self.execs).zip(times.iter_mut()) {
+            let s = Instant::now();
+            let hs = rank.role.out_heads.clone();
+            let mut parts = Vec::with_capacity(tp * b * hs.len() * lat);
+            let mut lses = Vec::with_capacity(tp * b * hs.len());
+            for (o, l) in &host_states {
+                for bi in 0..b {
+                    parts.extend_from_slice(
+                        &o.data()[(bi * h + hs.start) * lat..(bi * h + hs.end) * lat],
+                    );
+                    lses.extend_from_slice(&l.data()[bi * h + hs.start..bi * h + hs.end]);
+                }
+            }
+            let parts = exec.upload(&host(&[tp, b, hs.len(), lat], parts)?)?;
+            let lses = exec.upload(&host(&[tp, b, hs.len()], lses)?)?;
+            t.host += s.elapsed();
+            let s = Instant::now();
+            let poison = self.ranks[0].poison;
+            let mut out = out_buf(exec, &[b, hs.len(), lat], poison)?;
+            let mut lse = out_buf(exec, &[b, hs.len()], poison)?;
+            merge_states(exec, &parts, &lses, &mut out, &mut lse)?;
+            exec.synchronize()?;
+            t.attention += s.elapsed();
+            merged.push(out);
+        }
+        Ok(merged)
+    }
+}
