@@ -40,6 +40,7 @@ build tpla build --release --bin tpla
 build cli_tests test --release -p tpla --test cli --no-run
 build tp_tests test --release -p tpla --test tp --no-run
 build engine_graph test --release -p tpla --test engine_graph --no-run
+build layer_tests test --release -p tpla --test layer --no-run
 # The engine-style program outside the workspace (tpla with default features off, plus cuda):
 # `gpu-bin/engine_rust` decodes and checks itself; `--bench` adds the host-overhead JSON line.
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target} build engine_rust build --release \

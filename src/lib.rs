@@ -19,6 +19,7 @@
 pub mod baseline;
 pub mod decoder;
 pub mod engine;
+#[cfg(feature = "model")]
 pub mod layer;
 pub mod run;
 pub mod tp;

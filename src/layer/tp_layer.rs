@@ -144,7 +144,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 capacity: self.max_tokens,
             });
         }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         const CHUNK: usize = 512;
         for (rank, exec) in self.ranks.iter_mut().zip(&self.execs) {
             let d = rank.role.latent.len() + rank.dec.shape().rope;
