@@ -56,8 +56,11 @@ pub fn latent_decode<
         let s = gemm(qt, kv.t()) * (scale * LOG2_E);
         let mut s = select(kv.valid().unsqueeze(0), s, -1.0e30);
         if SQ > 1 {
-            let last_seen = cache.len(b) - SQ + (h0 + iota([BLOCK_H, 1], 0)) / (heads / SQ);
-            s = select(kv.start() + iota([1, BLOCK_N], 1) <= last_seen, s, -2.0e30);
+            // Row r is token j = r / (heads / SQ); it sees up to len − SQ + j, column n of the
+            // block is token kv.start() + n.
+            let j = (h0 + iota([BLOCK_H, 1], 0)) / (heads / SQ);
+            let last_col = cache.len(b) - SQ + j - kv.start();
+            s = select(iota([1, BLOCK_N], 1) <= last_col, s, -2.0e30);
         }
         let m_new = max(m, reduce_max(s, 1));
         let p = exp2(s - m_new.unsqueeze(1));

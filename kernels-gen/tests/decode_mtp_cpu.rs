@@ -4,94 +4,22 @@
 
 mod common;
 
-use common::{f64s, Problem};
+use common::mtp::Mtp;
+use common::Problem;
 use tpla_kernels::ops::{decode_attention, DecodeParams};
 use tpla_runtime::half::bf16;
-use tpla_runtime::reference::{latent_attention_causal, rel_error, tpla_shard_attention_causal};
-use tpla_runtime::{CpuExecutor, HostPagedCache, HostTensor};
+use tpla_runtime::reference::tpla_shard_attention_causal;
+use tpla_runtime::{CpuExecutor, Executor, HostPagedCache, HostTensor};
 
 fn exec() -> &'static CpuExecutor {
     static EX: std::sync::OnceLock<CpuExecutor> = std::sync::OnceLock::new();
     EX.get_or_init(|| CpuExecutor::new(2).unwrap())
 }
 
-/// The kernel's view of one problem: `rows = sq · heads` query rows per sequence.
-struct Mtp<'a> {
-    p: &'a Problem,
-    sq: usize,
-    heads: usize,
-}
-
-impl Mtp<'_> {
-    /// Runs decode (NaN-poisoned outputs) with `splits` and `BLOCK_N`; returns out and lse.
-    fn run(&self, splits: usize, block_n: i64) -> (Vec<f32>, Vec<f32>) {
-        let p = self.p;
-        assert_eq!(p.heads, self.sq * self.heads);
-        let mut params = DecodeParams::new(p.batch, self.heads, p.lat, p.rope, splits, p.scale)
-            .with_query_len(self.sq);
-        params.decode = params.decode.with("BLOCK_N", block_n);
-        let mut out = HostTensor::<f32>::full(&[p.batch, p.heads, p.lat], f32::NAN);
-        let mut lse = HostTensor::<f32>::full(&[p.batch, p.heads], f32::NAN);
-        decode_attention(exec(), &params, &p.q_tensor(), &p.cache, &mut out, &mut lse).unwrap();
-        (out.data().to_vec(), lse.data().to_vec())
-    }
-
-    /// Checks `(out, lse)` of sequence `b` against `want` (`[sq, heads, lat]`, `[sq, heads]`):
-    /// rows that see tokens to 1e-5, rows that see none exactly zero with lse below -1e29.
-    fn check(
-        &self,
-        b: usize,
-        out: &[f32],
-        lse: &[f32],
-        want: &tpla_runtime::reference::AttentionOut,
-        what: &str,
-    ) {
-        let (rows, lat) = (self.p.heads, self.p.lat);
-        let out = &out[b * rows * lat..(b + 1) * rows * lat];
-        let lse = &lse[b * rows..(b + 1) * rows];
-        for r in 0..rows {
-            let got = f64s(&out[r * lat..(r + 1) * lat]);
-            if want.lse[r] == f64::NEG_INFINITY {
-                assert!(
-                    got.iter().all(|&x| x == 0.0),
-                    "{what}: row {r} sees nothing, output {:?}..",
-                    &got[..4]
-                );
-                assert!(
-                    lse[r] < -1e29,
-                    "{what}: row {r} sees nothing, lse {}",
-                    lse[r]
-                );
-            } else {
-                let e = rel_error(&got, &want.out[r * lat..(r + 1) * lat]);
-                assert!(
-                    e <= 1e-5,
-                    "{what}: row {r} (token {}) rel error {e}",
-                    r / self.heads
-                );
-                let el = (lse[r] as f64 - want.lse[r]).abs() / want.lse[r].abs().max(1.0);
-                assert!(
-                    el <= 1e-5,
-                    "{what}: row {r} lse {} vs {}",
-                    lse[r],
-                    want.lse[r]
-                );
-            }
-        }
-    }
-
-    /// The bf16-rounded rows of sequence `b` and its queries, as f64.
-    fn inputs(&self, b: usize) -> (Vec<f64>, Vec<f64>) {
-        let p = self.p;
-        let d = p.lat + p.rope;
-        let n = p.heads * d;
-        let q = f64s(&p.q[b * n..(b + 1) * n]);
-        let rows = p.rows[b]
-            .iter()
-            .map(|&x| bf16::from_f32(x).to_f32() as f64)
-            .collect();
-        (q, rows)
-    }
+fn run(m: &Mtp<'_>, splits: usize, block_n: i64) -> (Vec<f32>, Vec<f32>) {
+    m.run(exec(), &m.params(splits, block_n), |e, t| {
+        e.download(t).unwrap()
+    })
 }
 
 #[test]
@@ -117,16 +45,14 @@ fn mtp_matches_the_causal_reference_for_mla_and_shards() {
             );
             let m = Mtp { p: &p, sq, heads };
             for (splits, bn) in [(1, 64), (2, 16), (3, 32)] {
-                let (out, lse) = m.run(splits, bn);
+                let (out, lse) = run(&m, splits, bn);
                 for b in 0..p.batch {
-                    let (q, rows) = m.inputs(b);
-                    let want =
-                        latent_attention_causal(&q, &rows, sq, heads, lat, 64, p.scale as f64);
+                    let want = m.want(b);
                     let what = format!(
                         "sq {sq} lat {lat} heads {heads} splits {splits} bn {bn} len {}",
                         p.lens[b]
                     );
-                    m.check(b, &out, &lse, &want, &what);
+                    m.check(b, &out, &lse, &want, 1e-5, &what);
                 }
             }
             n += 1;
@@ -174,7 +100,7 @@ fn mtp_tpla_shard_of_a_full_width_cache() {
         sq,
         heads,
     };
-    let (out, lse) = m.run(2, 16);
+    let (out, lse) = run(&m, 2, 16);
     let full_view = Mtp { p: &p, sq, heads };
     for b in 0..lens.len() {
         let (q, rows) = full_view.inputs(b);
@@ -185,6 +111,7 @@ fn mtp_tpla_shard_of_a_full_width_cache() {
             &out,
             &lse,
             &want,
+            1e-5,
             &format!("shard {i}/{g} len {}", lens[b]),
         );
     }
