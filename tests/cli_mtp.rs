@@ -17,10 +17,11 @@ const PS: usize = 16;
 const PAGES: usize = 4;
 const SCALE: f64 = 0.1352f32 as f64;
 
+/// The named tensors of a `tpla run` input file (name, dtype, shape, bytes).
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
 /// Rank-4 q of `sq` tokens and lengths [50, 2] (the second shorter than s_q = 3 or 4).
-fn mtp_inputs(
-    sq: usize,
-) -> impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<f32> {
+fn mtp_inputs(sq: usize) -> impl FnOnce(&mut Tensors) -> Vec<f32> {
     move |t| {
         let mut rng = rand::rngs::StdRng::seed_from_u64(sq as u64);
         let q: Vec<f32> = (0..2 * sq * H * D)

@@ -1483,7 +1483,17 @@ fn emulated_multi_token_decode_matches_cpu() {
         return;
     };
     // (s_q, heads, BLOCK_H, BLOCK_N, LAT, lengths, splits, extra knobs)
-    let cases: [(i64, usize, i64, i64, i64, &[i32], usize, &[(&str, i64)]); 3] = [
+    type Case<'a> = (
+        i64,
+        usize,
+        i64,
+        i64,
+        i64,
+        &'a [i32],
+        usize,
+        &'a [(&'a str, i64)],
+    );
+    let cases: [Case<'_>; 3] = [
         (2, 8, 16, 32, 128, &[70, 1, 33], 2, &[]),
         (4, 16, 64, 16, 64, &[3, 40, 17], 3, &[]),
         (2, 32, 64, 64, 128, &[65, 2], 2, &[("PRODUCER", 1)]),

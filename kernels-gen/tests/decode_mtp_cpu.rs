@@ -102,7 +102,7 @@ fn mtp_tpla_shard_of_a_full_width_cache() {
     };
     let (out, lse) = run(&m, 2, 16);
     let full_view = Mtp { p: &p, sq, heads };
-    for b in 0..lens.len() {
+    for (b, len) in lens.iter().enumerate() {
         let (q, rows) = full_view.inputs(b);
         let want =
             tpla_shard_attention_causal(&q, &rows, sq, heads, full, rope, p.scale as f64, g, i);
@@ -112,7 +112,7 @@ fn mtp_tpla_shard_of_a_full_width_cache() {
             &lse,
             &want,
             1e-5,
-            &format!("shard {i}/{g} len {}", lens[b]),
+            &format!("shard {i}/{g} len {len}"),
         );
     }
 }
