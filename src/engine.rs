@@ -151,7 +151,8 @@ impl<X: ViewExecutor> EnginePlan<X> {
     /// Lets [`decode`](Self::decode) take up to `max_q_len` query tokens per sequence (MTP,
     /// speculative verify; 1 to [`MAX_QUERY_LEN`]): sizes the split workspace for `max_q_len ·
     /// heads` rows once and loads the multi-token kernels now, so nothing is allocated or
-    /// compiled inside a later graph capture. A plan starts at 1. On error nothing changes.
+    /// compiled inside a later graph capture. Call it before capturing: with several splits it
+    /// replaces the workspace (new addresses). A plan starts at 1. On error nothing changes.
     pub fn reserve_query_len(&mut self, exec: &X, max_q_len: usize) -> Result<(), RuntimeError> {
         if !(1..=MAX_QUERY_LEN).contains(&max_q_len) {
             return Err(RuntimeError::InvalidInput(format!(
