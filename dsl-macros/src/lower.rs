@@ -407,7 +407,12 @@ impl Ctx {
                     Ok(quote!((#l #op #r)))
                 }
                 BinOp::Lt(_) | BinOp::Le(_) | BinOp::Gt(_) | BinOp::Ge(_) | BinOp::Eq(_) | BinOp::Ne(_) => {
-                    let (l, r, op) = (self.sym(&b.left)?.to_tokens(), self.sym(&b.right)?.to_tokens(), b.op);
+                    let side = |e: &Expr| {
+                        self.sym(e).map(|s| s.to_tokens()).map_err(|_| {
+                            syn::Error::new_spanned(e, "an `if` condition is decided when the kernel is built: compare tune parameters, shape constants and literals, not values known only when it runs")
+                        })
+                    };
+                    let (l, r, op) = (side(&b.left)?, side(&b.right)?, b.op);
                     Ok(quote!((#l #op #r)))
                 }
                 _ => err(b.op, "an `if` condition compares constants with < <= > >= == != (and && ||)"),
