@@ -4,7 +4,7 @@
 
 use tpla_codegen::KernelDef;
 use tpla_macros::kernel;
-use tpla_runtime::{CpuExecutor, Executor, HostTensor};
+use tpla_runtime::{CpuExecutor, HostTensor};
 
 #[kernel(crate = tpla_kernels, grid = (batch), constants(D, MODE = 1))]
 pub fn by_mode<#[tune(16)] const BH: usize>(
