@@ -22,7 +22,7 @@
 //! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::ops::{Balanced, DecodeParams};
+use tpla_kernels::ops::{Balanced, DecodeParams, MAX_QUERY_LEN};
 use tpla_kernels::{append_rows, combine_counted, combine_splits, latent_decode, split_schedule};
 use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
@@ -64,6 +64,8 @@ pub struct EnginePlan<X: ViewExecutor> {
     ones: X::Tensor<i32>,
     ones_host: Vec<i32>,
     balanced: Option<Tables<X>>,
+    /// Most query tokens per sequence a decode takes (see [`EnginePlan::reserve_query_len`]).
+    max_q_len: usize,
 }
 
 /// The balanced schedule's sizes and its device tables `chunk`, `nsplits` (`[max_batch]` i32).
@@ -202,7 +204,47 @@ impl<X: ViewExecutor> EnginePlan<X> {
             ones,
             ones_host,
             balanced,
+            max_q_len: 1,
         })
+    }
+
+    /// Lets [`decode`](Self::decode) take up to `max_q_len` query tokens per sequence (MTP,
+    /// speculative verify; 1 to [`MAX_QUERY_LEN`]): sizes the split workspace for `max_q_len ·
+    /// heads` rows once and loads the multi-token kernels now, so nothing is allocated or
+    /// compiled inside a later graph capture. Call it before capturing: with several splits it
+    /// replaces the workspace (new addresses). A plan starts at 1. On error nothing changes.
+    pub fn reserve_query_len(&mut self, exec: &X, max_q_len: usize) -> Result<(), RuntimeError> {
+        if !(1..=MAX_QUERY_LEN).contains(&max_q_len) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{max_q_len} query tokens per sequence, expected 1 to {MAX_QUERY_LEN}"
+            )));
+        }
+        for sq in 2..=max_q_len {
+            let p = self.params.clone().with_query_len(sq);
+            exec.resident_programs(&latent_decode, &p.decode_config())?;
+            if self.balanced.is_some() {
+                exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
+            }
+        }
+        let (s, b, h, l) = (
+            self.params.splits,
+            self.caps.max_batch,
+            self.caps.heads,
+            self.caps.lat,
+        );
+        if s > 1 && max_q_len > self.max_q_len {
+            let rows = max_q_len * h;
+            let part = exec.alloc::<f32>(&[s, b, rows, l])?;
+            let part_lse = exec.alloc::<f32>(&[s, b, rows])?;
+            (self.part, self.part_lse) = (part, part_lse);
+        }
+        self.max_q_len = self.max_q_len.max(max_q_len);
+        Ok(())
+    }
+
+    /// Most query tokens per sequence [`decode`](Self::decode) takes.
+    pub fn max_query_len(&self) -> usize {
+        self.max_q_len
     }
 
     /// The capacities.
@@ -282,6 +324,13 @@ impl<X: ViewExecutor> EnginePlan<X> {
     /// (`[batch]` i32), into `out` (`[batch, heads, lat]` f32) and `lse` (`[batch, heads]` f32,
     /// natural log; about −6.9e29 for an empty sequence, whose output is zero). `batch` may be
     /// anything up to `max_batch`. Only kernel launches reach the executor's stream.
+    ///
+    /// Several query tokens per sequence (MTP, speculative verify): `q` `[batch, s_q, heads,
+    /// lat + rope]`, `out` `[batch, s_q, heads, lat]`, `lse` `[batch, s_q, heads]`, with `s_q`
+    /// up to [`max_query_len`](Self::max_query_len) (raise it with
+    /// [`reserve_query_len`](Self::reserve_query_len)). They are the last `s_q` tokens of each
+    /// sequence (already appended): token `j` sees the cache up to position `len − s_q + j`; a
+    /// token that sees nothing (`len < s_q − j`) gets a zero output and lse ≈ −6.9e29.
     pub fn decode(
         &mut self,
         exec: &X,
@@ -292,7 +341,19 @@ impl<X: ViewExecutor> EnginePlan<X> {
         (out, lse): DecodeOut<'_, '_, Space<X>>,
     ) -> Result<(), RuntimeError> {
         let c = &self.caps;
-        let (h, lat, row) = (c.heads, c.lat, c.lat + c.rope);
+        let (heads, lat, row) = (c.heads, c.lat, c.lat + c.rope);
+        // Rank 4: s_q tokens per sequence, packed with the heads into `s_q · heads` rows.
+        let sq = match q.shape() {
+            [_, sq, _, _] => *sq,
+            _ => 1,
+        };
+        if sq == 0 || sq > self.max_q_len {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{sq} query tokens per sequence, the plan allows 1 to {} (reserve_query_len)",
+                self.max_q_len
+            )));
+        }
+        let h = sq * heads;
         let b = match seq_lens.shape() {
             [b] => *b,
             s => {
@@ -315,10 +376,19 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 )));
             }
         }
+        let (qs, os, ls) = if q.shape().len() == 4 {
+            (
+                vec![b, sq, heads, row],
+                vec![b, sq, heads, lat],
+                vec![b, sq, heads],
+            )
+        } else {
+            (vec![b, heads, row], vec![b, heads, lat], vec![b, heads])
+        };
         for (what, got, want) in [
-            ("q", q.shape(), &[b, h, row][..]),
-            ("out", out.shape(), &[b, h, lat][..]),
-            ("lse", lse.shape(), &[b, h][..]),
+            ("q", q.shape(), &qs[..]),
+            ("out", out.shape(), &os[..]),
+            ("lse", lse.shape(), &ls[..]),
         ] {
             if got != want {
                 return Err(RuntimeError::InvalidInput(format!(
@@ -328,17 +398,25 @@ impl<X: ViewExecutor> EnginePlan<X> {
         }
         self.check_pool(pool)?;
         let cache = pool.paged(block_table, seq_lens)?;
-        let p = &self.params;
+        let multi;
+        let p = if sq > 1 {
+            multi = self.params.clone().with_query_len(sq);
+            &multi
+        } else {
+            &self.params
+        };
         let s = p.splits;
         let scale = KernelArg::F32(p.scale);
         let (ps, pls) = ([s, b, h, lat], [s, b, h]);
+        let q_rows = [b, h, row];
+        let q_arg = KernelArg::Tensor(tensor(q.arg())?.prefix(&q_rows)?);
         if s == 1 {
             // One split is already normalised: write the caller's buffers, seen with a leading
             // split axis of 1.
             let o = tensor(out.arg_mut())?.prefix(&ps)?;
             let l = tensor(lse.arg_mut())?.prefix(&pls)?;
             let args = [
-                q.arg(),
+                q_arg,
                 cache,
                 KernelArg::Tensor(o),
                 KernelArg::Tensor(l),
@@ -375,7 +453,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             let part = tensor(X::tensor_arg_mut(&mut self.part))?.prefix(&ps)?;
             let part_lse = tensor(X::tensor_arg_mut(&mut self.part_lse))?.prefix(&pls)?;
             let args = [
-                q.arg(),
+                q_arg,
                 cache,
                 KernelArg::Tensor(part),
                 KernelArg::Tensor(part_lse),
@@ -385,9 +463,13 @@ impl<X: ViewExecutor> EnginePlan<X> {
         }
         let part = KernelArg::Tensor(tensor(X::tensor_arg(&self.part))?.prefix(&ps)?);
         let part_lse = KernelArg::Tensor(tensor(X::tensor_arg(&self.part_lse))?.prefix(&pls)?);
+        // `[batch, s_q, heads, ..]` outputs seen as `[batch, s_q · heads, ..]` rows.
+        let (o_rows, l_rows) = ([b, h, lat], [b, h]);
+        let out_arg = KernelArg::Tensor(tensor(out.arg_mut())?.prefix(&o_rows)?);
+        let lse_arg = KernelArg::Tensor(tensor(lse.arg_mut())?.prefix(&l_rows)?);
         match &self.balanced {
             None => {
-                let args = [part, part_lse, out.arg_mut(), lse.arg_mut()];
+                let args = [part, part_lse, out_arg, lse_arg];
                 exec.launch(&combine_splits, &p.combine_config(), &args)
             }
             Some(t) => {
@@ -397,8 +479,8 @@ impl<X: ViewExecutor> EnginePlan<X> {
                     part,
                     part_lse,
                     KernelArg::Tensor(n),
-                    out.arg_mut(),
-                    lse.arg_mut(),
+                    out_arg,
+                    lse_arg,
                 ];
                 exec.launch(&combine_counted, &p.combine_config(), &args)
             }

@@ -2,8 +2,11 @@
 //! safetensors file), as a library function: [`read_inputs`] then [`run_decode`].
 //!
 //! Inputs (names, dtypes, shapes):
-//! - `q`: bf16 or f32 `[batch, heads, lat + rope]`. **f32 is rounded to bf16** before the
-//!   kernels (they take bf16 queries, as FlashMLA does).
+//! - `q`: bf16 or f32 `[batch, heads, lat + rope]`, or `[batch, s_q, heads, lat + rope]` for
+//!   `s_q` (1 to 4) query tokens per sequence (MTP, speculative verify): the last `s_q` tokens of
+//!   each sequence, attended causally (token `j` sees the cache up to position
+//!   `len - s_q + j`). **f32 is rounded to bf16** before the kernels (they take bf16 queries, as
+//!   FlashMLA does).
 //! - `cache`: bf16 `[num_pages, page_size, lat + rope]` (the page pool)
 //! - `block_table`: i32 `[batch, pages_per_seq]` (page ids below `num_pages`)
 //! - `seq_lens`: i32 `[batch]` (each at most `pages_per_seq * page_size`)
@@ -11,19 +14,21 @@
 //!
 //! Outputs (f32): `out [batch, heads, lat]`, `lse [batch, heads]` (natural log); with
 //! `groups g > 1` also `out_tpla [batch, heads, lat]` (the g shard outputs side by side) and
-//! `lse_tpla [g, batch, heads]`.
+//! `lse_tpla [g, batch, heads]`. A rank-4 `q` gives `[batch, s_q, heads, ..]` in place of
+//! `[batch, heads, ..]` in each.
 //!
 //! Edge cases, defined as the f64 reference (and torch) define them:
 //! - an **empty sequence** (`seq_lens[b] == 0`) gives `out[b, h, :] = 0` and
-//!   `lse[b, h] = -inf` for every head;
+//!   `lse[b, h] = -inf` for every head; so does a query token that sees no cache row
+//!   (`seq_lens[b] < s_q - j`);
 //! - a **non-finite value** (NaN or ±Inf) in `q[b, h, :]`, or in a cache row of sequence `b`
 //!   inside its length, makes `out[b, h, :]` and `lse[b, h]` NaN (a cache row: every head of
-//!   `b`). For a TPLA shard only the shard's columns (its latent slice and the RoPE part) count.
+//!   `b`, and with `s_q > 1` every token that sees the row). For a TPLA shard only the shard's columns (its latent slice and the RoPE part) count.
 //!   Rows past a sequence's length are never read. [`RunOutputs::non_finite`] counts the
 //!   (sequence, head) pairs affected.
 
 use safetensors::{Dtype, SafeTensors};
-use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams};
+use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams, MAX_QUERY_LEN};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
 
@@ -78,7 +83,7 @@ pub enum RunError {
 /// Decoded, validated inputs of a run.
 #[derive(Clone, Debug)]
 pub struct RunInputs {
-    /// `[batch, heads, lat + rope]`, rounded to bf16.
+    /// `[batch, heads, lat + rope]` or `[batch, s_q, heads, lat + rope]`, rounded to bf16.
     pub q: HostTensor<bf16>,
     /// The paged cache (pool, block table, lengths).
     pub cache: HostPagedCache<bf16>,
@@ -97,7 +102,20 @@ impl RunInputs {
     }
     /// Heads.
     pub fn heads(&self) -> usize {
-        self.q.shape()[1]
+        let s = self.q.shape();
+        s[s.len() - 2]
+    }
+    /// Query tokens per sequence (1 for a rank-3 `q`).
+    pub fn query_len(&self) -> usize {
+        match self.q.shape() {
+            [_, sq, _, _] => *sq,
+            _ => 1,
+        }
+    }
+    /// The leading output axes: `[batch, heads]`, or `[batch, s_q, heads]` for a rank-4 `q`.
+    fn rows_shape(&self) -> Vec<usize> {
+        let s = self.q.shape();
+        s[..s.len() - 1].to_vec()
     }
 }
 
@@ -147,14 +165,17 @@ pub fn read_inputs(bytes: &[u8], rope: usize) -> Result<RunInputs, RunError> {
     bounded("--rope", rope, MAX_ROPE)?;
 
     let q = tensor(&st, "q")?;
-    if q.shape().len() != 3 || q.shape()[2] <= rope {
+    let qshape = q.shape().to_vec();
+    let sq_ok =
+        qshape.len() == 3 || (qshape.len() == 4 && (1..=MAX_QUERY_LEN).contains(&qshape[1]));
+    if !sq_ok || qshape[qshape.len() - 1] <= rope {
         return Err(shape_err(
             "q",
             q.shape(),
-            &format!("[batch, heads, lat + {rope}]"),
+            &format!("[batch, heads, lat + {rope}] or [batch, s_q (1 to {MAX_QUERY_LEN}), heads, lat + {rope}]"),
         ));
     }
-    let (batch, heads, row) = (q.shape()[0], q.shape()[1], q.shape()[2]);
+    let (batch, row) = (qshape[0], qshape[qshape.len() - 1]);
     bounded("latent width of `q`", row - rope, MAX_LAT)?;
     let qv: Vec<f32> = match q.dtype() {
         Dtype::F32 => words::<4>(q.data()).map(f32::from_le_bytes).collect(),
@@ -163,8 +184,8 @@ pub fn read_inputs(bytes: &[u8], rope: usize) -> Result<RunInputs, RunError> {
             .collect(),
         d => return Err(dtype_err("q", d, "F32 or BF16")),
     };
-    let q = HostTensor::<bf16>::from_f32(&[batch, heads, row], &qv)
-        .map_err(|e| RunError::Invalid(e.to_string()))?;
+    let q =
+        HostTensor::<bf16>::from_f32(&qshape, &qv).map_err(|e| RunError::Invalid(e.to_string()))?;
 
     let cache = tensor(&st, "cache")?;
     if cache.dtype() != Dtype::BF16 {
@@ -246,15 +267,16 @@ pub struct RunOutputs {
 impl RunOutputs {
     /// The named output tensors with their shapes, in file order.
     pub fn tensors(&self, inputs: &RunInputs) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let (b, h, lat) = (inputs.batch(), inputs.heads(), inputs.lat);
+        let rows = inputs.rows_shape();
+        let with = |pre: &[usize], post: &[usize]| [pre, &rows, post].concat();
         let mut v = vec![
-            ("out", vec![b, h, lat], self.out.as_slice()),
-            ("lse", vec![b, h], self.lse.as_slice()),
+            ("out", with(&[], &[inputs.lat]), self.out.as_slice()),
+            ("lse", rows.clone(), self.lse.as_slice()),
         ];
         if let Some((o, l)) = &self.tpla {
-            let g = l.len() / (b * h);
-            v.push(("out_tpla", vec![b, h, lat], o.as_slice()));
-            v.push(("lse_tpla", vec![g, b, h], l.as_slice()));
+            let g = l.len() / rows.iter().product::<usize>().max(1);
+            v.push(("out_tpla", with(&[], &[inputs.lat]), o.as_slice()));
+            v.push(("lse_tpla", with(&[g], &[]), l.as_slice()));
         }
         v
     }
@@ -265,7 +287,7 @@ impl RunOutputs {
 pub fn run_memory(inputs: &RunInputs, splits: usize) -> u128 {
     let (b, h, lat) = (
         inputs.batch() as u128,
-        inputs.heads() as u128,
+        (inputs.query_len() * inputs.heads()) as u128,
         inputs.lat as u128,
     );
     let row = (inputs.lat + inputs.rope) as u128;
@@ -317,9 +339,13 @@ fn pass<X: Executor>(
     g: usize,
     splits: usize,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), RunError> {
-    let (batch, heads, lat, rope) = (inputs.batch(), inputs.heads(), inputs.lat, inputs.rope);
+    let (batch, lat, rope) = (inputs.batch(), inputs.lat, inputs.rope);
+    let sq = inputs.query_len();
+    // The kernel's rows: s_q tokens × heads per sequence, row j · heads + h.
+    let heads = sq * inputs.heads();
     let w = shard_width(lat, g)?;
-    let p = DecodeParams::new(batch, heads, w, rope, splits, inputs.scale);
+    let p =
+        DecodeParams::new(batch, inputs.heads(), w, rope, splits, inputs.scale).with_query_len(sq);
     let lens: Vec<usize> = inputs
         .cache
         .seq_lens()
@@ -332,7 +358,7 @@ fn pass<X: Executor>(
     for i in 0..g {
         let qs = shard_rows(inputs.q.data(), batch * heads, lat, rope, w, i)?;
         let pool = shard_rows(inputs.cache.data(), rows, lat, rope, w, i)?;
-        let bad = non_finite_pairs(&qs, &pool, &inputs.cache, batch, heads, w + rope);
+        let bad = non_finite_pairs(&qs, &pool, &inputs.cache, batch, heads, sq, w + rope);
         let q = HostTensor::from_vec(&[batch, heads, w + rope], qs)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
         let cache = HostPagedCache::from_parts(
@@ -350,7 +376,10 @@ fn pass<X: Executor>(
         let mut lse = exec.download(&lse)?.into_vec();
         for (bh, &is_bad) in bad.iter().enumerate() {
             let o = &mut out[bh * w..(bh + 1) * w];
-            if lens[bh / heads] == 0 {
+            // Token j = (bh % heads) / (heads / sq) sees tokens 0..=len - sq + j: none if len
+            // + j < sq (an empty sequence for every token).
+            let j = (bh % heads) / inputs.heads();
+            if lens[bh / heads] + j < sq {
                 o.fill(0.0);
                 lse[bh] = f32::NEG_INFINITY;
             } else if is_bad {
@@ -366,15 +395,17 @@ fn pass<X: Executor>(
     Ok((concat_shards(&outs, batch * heads, w)?, lses, n))
 }
 
-/// For each (sequence, head): whether its query row or a cache row of the sequence inside its
-/// length holds a non-finite value. `q` is `[batch, heads, row]`, `pool` the page pool with
-/// rows of `row` values laid out as `cache`'s.
+/// For each (sequence, query row): whether the query row or a cache row that it sees holds a
+/// non-finite value. `q` is `[batch, heads, row]` with `heads = sq · model heads` (row
+/// `j · heads / sq + h` is token `j`, which sees cache tokens `0..=len - sq + j`), `pool` the
+/// page pool with rows of `row` values laid out as `cache`'s.
 fn non_finite_pairs(
     q: &[bf16],
     pool: &[bf16],
     cache: &HostPagedCache<bf16>,
     batch: usize,
     heads: usize,
+    sq: usize,
     row: usize,
 ) -> Vec<bool> {
     let bad = |v: &[bf16]| v.iter().any(|x| !x.is_finite());
@@ -382,14 +413,17 @@ fn non_finite_pairs(
     let table = cache.block_table();
     let mut out = vec![false; batch * heads];
     for (b, &len) in cache.seq_lens().iter().enumerate() {
-        let cache_bad = (0..len as usize).any(|t| {
+        // The first bad cache row: token j sees it when first_bad <= len - sq + j.
+        let first_bad = (0..len as usize).find(|&t| {
             let page = table[b * pps + t / ps] as usize;
             let r = page * ps + t % ps;
             bad(&pool[r * row..(r + 1) * row])
         });
         for h in 0..heads {
             let bh = b * heads + h;
-            out[bh] = cache_bad || bad(&q[bh * row..(bh + 1) * row]);
+            let j = h / (heads / sq);
+            let sees_bad = first_bad.is_some_and(|t| t + sq <= len as usize + j);
+            out[bh] = sees_bad || bad(&q[bh * row..(bh + 1) * row]);
         }
     }
     out

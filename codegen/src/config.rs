@@ -71,8 +71,15 @@ pub trait KernelDef: Sync {
     fn tune_params(&self) -> &'static [TuneParam];
     /// Shape constants (upper-case dims that are not tune parameters), fixed per specialisation.
     fn shape_constants(&self) -> &'static [&'static str];
-    /// Builds the IR for `config`, which must give every tune parameter and shape constant.
+    /// Builds the IR for `config`, which must give every tune parameter and every shape constant
+    /// that has no default.
     fn build(&self, config: &Config) -> Result<Kernel, IrError>;
+    /// Shape constants declared with a default (`constants(SQ = 1)`): a config without the name
+    /// builds with this value. [`default_config`](Self::default_config) leaves them out, so a
+    /// config that does not mention them keeps its name, its tune-database key and its code.
+    fn constant_defaults(&self) -> &'static [(&'static str, i64)] {
+        &[]
+    }
 
     /// Checks that `config` sets every tune parameter to one of its candidates and every shape
     /// constant to a positive value.
@@ -88,7 +95,12 @@ pub trait KernelDef: Sync {
             }
         }
         for c in self.shape_constants() {
-            let v = config.get(c)?;
+            let default = self.constant_defaults().iter().find(|(n, _)| n == c);
+            let v = match (config.try_get(c), default) {
+                (Some(v), _) => v,
+                (None, Some(&(_, d))) => d,
+                (None, None) => config.get(c)?,
+            };
             if v <= 0 {
                 return Err(IrError::BadConfig {
                     name: (*c).into(),
@@ -100,7 +112,8 @@ pub trait KernelDef: Sync {
         Ok(())
     }
 
-    /// The config with every tune parameter at its first candidate plus the given shape constants.
+    /// The config with every tune parameter at its first candidate plus the given shape constants
+    /// (a constant with a default may be left out).
     ///
     /// A name that is not one of [`shape_constants`](Self::shape_constants) is rejected here,
     /// with [`IrError::UnknownConstant`], rather than surfacing at launch.
@@ -174,6 +187,46 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("`CC`") && msg.contains("LAT, ROPE"), "{msg}");
         assert!(Two.tune_space(&[("CC", 8)]).is_err());
+    }
+
+    struct WithDefault;
+    impl KernelDef for WithDefault {
+        fn name(&self) -> &'static str {
+            "with_default"
+        }
+        fn tune_params(&self) -> &'static [TuneParam] {
+            &[]
+        }
+        fn shape_constants(&self) -> &'static [&'static str] {
+            &["LAT", "SQ"]
+        }
+        fn constant_defaults(&self) -> &'static [(&'static str, i64)] {
+            &[("SQ", 1)]
+        }
+        fn build(&self, _: &Config) -> Result<Kernel, IrError> {
+            Err(IrError::Invalid("not built in this test".into()))
+        }
+    }
+
+    #[test]
+    fn a_constant_with_a_default_may_be_left_out_but_not_set_bad() {
+        let c = WithDefault.default_config(&[("LAT", 512)]).unwrap();
+        assert_eq!(c.try_get("SQ"), None, "defaults stay out of the config");
+        assert_eq!(WithDefault.check_config(&c), Ok(()));
+        let two = WithDefault
+            .default_config(&[("LAT", 512), ("SQ", 2)])
+            .unwrap();
+        assert_eq!(WithDefault.check_config(&two), Ok(()));
+        let bad = c.clone().with("SQ", 0);
+        assert!(matches!(
+            WithDefault.check_config(&bad),
+            Err(IrError::BadConfig { .. })
+        ));
+        // A constant without a default is still required.
+        assert_eq!(
+            WithDefault.check_config(&Config::new()),
+            Err(IrError::MissingConfig("LAT".into()))
+        );
     }
 
     #[test]

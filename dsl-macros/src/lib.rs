@@ -23,6 +23,11 @@
 //! }
 //! ```
 //!
+//! A shape constant may carry a default, `constants(LAT, SQ = 1)`: a config without it builds with
+//! that value. A body may branch on constants with `if SQ > 1 { .. } else { .. }` (comparisons of
+//! tune parameters, shape constants and literals, joined by `&&` and `||`): the condition is
+//! decided when the kernel is built, so a specialisation holds only the branch it takes.
+//!
 //! Add `dump` to the attribute to print the generated code at expansion time.
 //!
 //! The emitted code names one path only, `::tpla::__private` (a hidden re-export of the codegen
@@ -243,7 +248,14 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
     });
     let const_locals = tune_names.iter().chain(const_names.iter()).map(|n| {
         let id = format_ident!("{}", n);
-        quote!(let #id: i64 = __tpla_config.get(#n)?;)
+        match attr.defaults.iter().find(|(d, _)| d == n) {
+            Some((_, v)) => quote!(let #id: i64 = __tpla_config.try_get(#n).unwrap_or(#v);),
+            None => quote!(let #id: i64 = __tpla_config.get(#n)?;),
+        }
+    });
+    let default_entries = attr.defaults.iter().map(|(d, v)| {
+        let n = d.to_string();
+        quote!((#n, #v))
     });
     let krate = match &attr.krate {
         Some(p) => quote!(#p),
@@ -266,6 +278,7 @@ fn expand(attr: &KernelAttr, f: &ItemFn) -> syn::Result<TokenStream2> {
             fn name(&self) -> &'static str { #name_str }
             fn tune_params(&self) -> &'static [__tpla_private::codegen::TuneParam] { &[#(#tune_entries),*] }
             fn shape_constants(&self) -> &'static [&'static str] { &[#(#const_names),*] }
+            fn constant_defaults(&self) -> &'static [(&'static str, i64)] { &[#(#default_entries),*] }
             #[allow(non_snake_case, unused_variables, unused_braces, clippy::all)]
             fn build(&self, __tpla_config: &__tpla_private::codegen::Config) -> ::core::result::Result<__tpla_private::codegen::ir::Kernel, __tpla_private::codegen::IrError> {
                 self.check_config(__tpla_config)?;

@@ -364,14 +364,60 @@ impl Ctx {
             }
             Expr::Call(c) if call_name(c).as_deref() == Some("store") => self.store(c),
             Expr::ForLoop(f) => self.for_loop(f),
+            Expr::If(i) => self.const_if(i),
             Expr::Block(b) => {
                 let body = self.block(&b.block.stmts)?;
                 Ok(quote!({ #body }))
             }
             other => err(
                 other,
-                "expected `let`, an assignment, `store(..)` or a `for` loop",
+                "expected `let`, an assignment, `store(..)`, a `for` loop or an `if` on constants",
             ),
+        }
+    }
+
+    /// `if COND { .. } else { .. }` on constants: decided when the kernel is built, so only the
+    /// taken branch reaches the IR (a specialisation pays nothing for the branch it does not take).
+    fn const_if(&mut self, i: &syn::ExprIf) -> R<TokenStream> {
+        let cond = self.const_cond(&i.cond)?;
+        let then = self.block(&i.then_branch.stmts)?;
+        let els = match i.else_branch.as_ref().map(|(_, e)| &**e) {
+            None => quote!(),
+            Some(Expr::Block(b)) => {
+                let body = self.block(&b.block.stmts)?;
+                quote!(else { #body })
+            }
+            Some(Expr::If(inner)) => {
+                let inner = self.const_if(inner)?;
+                quote!(else #inner)
+            }
+            Some(other) => return err(other, "expected `else { .. }` or `else if`"),
+        };
+        Ok(quote!(if #cond { #then } #els))
+    }
+
+    /// A build-time condition: comparisons of constants (tune parameters, shape constants,
+    /// literals) joined by `&&` and `||`.
+    fn const_cond(&self, e: &Expr) -> R<TokenStream> {
+        match e {
+            Expr::Paren(p) => self.const_cond(&p.expr),
+            Expr::Binary(b) => match b.op {
+                BinOp::And(_) | BinOp::Or(_) => {
+                    let (l, r, op) = (self.const_cond(&b.left)?, self.const_cond(&b.right)?, b.op);
+                    Ok(quote!((#l #op #r)))
+                }
+                BinOp::Lt(_) | BinOp::Le(_) | BinOp::Gt(_) | BinOp::Ge(_) | BinOp::Eq(_) | BinOp::Ne(_) => {
+                    let side = |e: &Expr| {
+                        self.sym(e).map(|s| s.to_tokens()).map_err(|_| {
+                            syn::Error::new_spanned(e, "an `if` condition is decided when the kernel is built: compare tune parameters, shape constants and literals, not values known only when it runs")
+                        })
+                    };
+                    let (l, r, op) = (side(&b.left)?, side(&b.right)?, b.op);
+                    Ok(quote!((#l #op #r)))
+                }
+                _ => err(b.op, "an `if` condition compares constants with < <= > >= == != (and && ||)"),
+            },
+            _ => err(e, "an `if` in a kernel tests constants when the kernel is built, e.g. `if SQ > 1 { .. }`"),
         }
     }
 

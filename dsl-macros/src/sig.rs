@@ -57,11 +57,13 @@ impl Dt {
     }
 }
 
-/// `#[kernel(grid = (..), constants(A, B), crate = path, dump)]`.
+/// `#[kernel(grid = (..), constants(A, B, C = 1), crate = path, dump)]`.
 pub struct KernelAttr {
     pub grid: Vec<Expr>,
     pub grid_span: Span,
     pub constants: Vec<Ident>,
+    /// `C = 1` in `constants(..)`: the value a config without `C` builds with.
+    pub defaults: Vec<(Ident, i64)>,
     /// The crate whose `__private` module the emitted code names (`::tpla` unless given).
     pub krate: Option<syn::Path>,
     pub dump: bool,
@@ -71,6 +73,7 @@ impl Parse for KernelAttr {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let mut grid = None;
         let mut constants = Vec::new();
+        let mut defaults = Vec::new();
         let mut dump = false;
         let mut krate = None;
         while !input.is_empty() {
@@ -102,8 +105,13 @@ impl Parse for KernelAttr {
                 "constants" => {
                     let content;
                     syn::parenthesized!(content in input);
-                    let list = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                    constants.extend(list);
+                    let list = Punctuated::<ConstDecl, Token![,]>::parse_terminated(&content)?;
+                    for c in list {
+                        if let Some(v) = c.default {
+                            defaults.push((c.name.clone(), v));
+                        }
+                        constants.push(c.name);
+                    }
                 }
                 "dump" => dump = true,
                 _ => {
@@ -122,9 +130,37 @@ impl Parse for KernelAttr {
             grid,
             grid_span,
             constants,
+            defaults,
             krate,
             dump,
         })
+    }
+}
+
+/// One entry of `constants(..)`: `NAME` or `NAME = value` (a positive default).
+struct ConstDecl {
+    name: Ident,
+    default: Option<i64>,
+}
+
+impl Parse for ConstDecl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let name: Ident = input.parse()?;
+        let default = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            let lit: syn::LitInt = input.parse()?;
+            let v: i64 = lit.base10_parse()?;
+            if v <= 0 {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "a shape constant's default must be positive",
+                ));
+            }
+            Some(v)
+        } else {
+            None
+        };
+        Ok(ConstDecl { name, default })
     }
 }
 

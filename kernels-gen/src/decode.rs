@@ -20,7 +20,19 @@ use tpla_macros::kernel;
 /// warpgroup (P stays in registers); 32 splits it (no duplicate tensor work, P through shared
 /// memory), which pays off where the decode is compute-bound (128 heads). The CPU JIT and
 /// pre-Hopper GPUs ignore it.
-#[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE))]
+///
+/// Multi-token queries (MTP, speculative verify): `SQ` new tokens per sequence, the last `SQ` of
+/// its cache, packed with the heads into the row block. Here `heads` counts query rows, `SQ ×` the
+/// model's heads: q `[batch, SQ, H, D]` seen as `[batch, SQ·H, D]`, so row `r` is token
+/// `j = r / H`, and 32 heads × 2 tokens fill a 64-row tile. Token `j` sees the cache up to its
+/// own position, `len − SQ + j`; masked scores are −2e30, below the running max's start, so a row
+/// that sees nothing in a block (or at all: `len < SQ − j`) adds nothing and ends as an empty
+/// split does (zero output, lse ≈ −6.9e29). The mask sits under `if SQ > 1`, a condition on a
+/// constant that the macro decides when the kernel is built: at `SQ = 1` (the default, so
+/// configs without `SQ` are single-token) not one op is added, and the generated code is the
+/// single-token kernel's, byte for byte (a runtime mask the backends would have to fold could not
+/// promise that on the hot H = 128 path).
+#[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE, SQ = 1))]
 pub fn latent_decode<
     #[tune(16, 32, 64)] const BLOCK_H: usize,
     #[tune(64, 32, 16)] const BLOCK_N: usize,
@@ -42,7 +54,14 @@ pub fn latent_decode<
     let mut l = zeros::<f32>([BLOCK_H]);
     for kv in cache.blocks::<BLOCK_N>(b, split, splits).pipelined(STAGES) {
         let s = gemm(qt, kv.t()) * (scale * LOG2_E);
-        let s = select(kv.valid().unsqueeze(0), s, -1.0e30);
+        let mut s = select(kv.valid().unsqueeze(0), s, -1.0e30);
+        if SQ > 1 {
+            // Row r is token j = r / (heads / SQ); it sees up to len − SQ + j, column n of the
+            // block is token kv.start() + n.
+            let j = (h0 + iota([BLOCK_H, 1], 0)) / (heads / SQ);
+            let last_col = cache.len(b) - SQ + j - kv.start();
+            s = select(iota([1, BLOCK_N], 1) <= last_col, s, -2.0e30);
+        }
         let m_new = max(m, reduce_max(s, 1));
         let p = exp2(s - m_new.unsqueeze(1));
         let alpha = exp2(m - m_new);

@@ -10,8 +10,13 @@ use crate::{combine_counted, combine_splits, latent_decode, split_schedule};
 pub struct DecodeParams {
     /// Sequences.
     pub batch: usize,
-    /// Query heads.
+    /// Query heads (of the model; the kernel's rows are `sq · heads`).
     pub heads: usize,
+    /// Query tokens per sequence (1 to [`MAX_QUERY_LEN`]; MTP / speculative verify): the last `sq`
+    /// tokens of each sequence, attended causally. With `sq > 1`, q, out and lse have `sq · heads`
+    /// rows per sequence, row `j · heads + h` for token `j` and head `h` (a free reshape of
+    /// `[batch, sq, heads, ..]`).
+    pub sq: usize,
     /// Latent width of the cache rows (512 for MLA, 512/g for a TPLA shard).
     pub lat: usize,
     /// RoPE width (64 for DeepSeek).
@@ -40,6 +45,7 @@ impl DecodeParams {
         DecodeParams {
             batch,
             heads,
+            sq: 1,
             lat,
             rope,
             splits,
@@ -53,8 +59,26 @@ impl DecodeParams {
                 .expect("combine_splits declares LAT"),
         }
     }
-    /// Checks the shapes: every size positive, the scale finite.
+    /// The same shapes with `sq` query tokens per sequence; `BLOCK_H` is re-chosen for the
+    /// `sq · heads` rows (set tune values after this).
+    pub fn with_query_len(mut self, sq: usize) -> Self {
+        self.sq = sq;
+        let bh = block_h_for(self.rows());
+        self.decode.set("BLOCK_H", bh);
+        self
+    }
+    /// Query rows per sequence: `sq · heads`.
+    pub fn rows(&self) -> usize {
+        self.sq.saturating_mul(self.heads)
+    }
+    /// Checks the shapes: every size positive, `sq` at most [`MAX_QUERY_LEN`], the scale finite.
     pub fn validate(&self) -> Result<(), RuntimeError> {
+        if !(1..=MAX_QUERY_LEN).contains(&self.sq) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} query tokens per sequence, expected 1 to {MAX_QUERY_LEN}",
+                self.sq
+            )));
+        }
         for (what, v) in [
             ("batch", self.batch),
             ("heads", self.heads),
@@ -77,18 +101,30 @@ impl DecodeParams {
         Ok(())
     }
 
-    /// The decode kernel's full config: tune values plus `LAT` and `ROPE`.
+    /// The decode kernel's full config: tune values plus `LAT`, `ROPE` and, for `sq > 1`, `SQ`
+    /// (a single-token config leaves `SQ` out: the kernel's default, so its name and tune key are
+    /// those of plain decode).
     pub fn decode_config(&self) -> Config {
-        self.decode
+        let c = self
+            .decode
             .clone()
             .with("LAT", self.lat as i64)
-            .with("ROPE", self.rope as i64)
+            .with("ROPE", self.rope as i64);
+        if self.sq > 1 {
+            c.with("SQ", self.sq as i64)
+        } else {
+            c
+        }
     }
     /// The combine kernel's full config: tune values plus `LAT`.
     pub fn combine_config(&self) -> Config {
         self.combine.clone().with("LAT", self.lat as i64)
     }
 }
+
+/// Most query tokens per sequence that [`DecodeParams::validate`] accepts (MTP and speculative
+/// verify use 1 to 4).
+pub const MAX_QUERY_LEN: usize = 4;
 
 /// The `BLOCK_H` candidate that covers `heads` in as few programs as possible: every program
 /// streams the whole cache of its split, so heads per program divide the bytes read.
@@ -116,7 +152,8 @@ fn latent_decode_block_h() -> Vec<i64> {
 }
 
 /// Latent decode attention: split-KV partials, then the log-sum-exp combine, into `out`
-/// (`[batch, heads, lat]`) and `lse` (`[batch, heads]`, natural log).
+/// (`[batch, heads, lat]`) and `lse` (`[batch, heads]`, natural log). With `p.sq > 1` the rows
+/// are `sq · heads` (q `[batch, sq · heads, lat + rope]`, see [`DecodeParams::sq`]).
 pub fn decode_attention<X: Executor>(
     exec: &X,
     p: &DecodeParams,
@@ -129,8 +166,8 @@ pub fn decode_attention<X: Executor>(
     if p.splits == 1 {
         return decode_unsplit(exec, p, q, cache, out, lse);
     }
-    let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.heads, p.lat])?;
-    let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.heads])?;
+    let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.rows(), p.lat])?;
+    let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.rows()])?;
     latent_decode::launch(
         exec,
         &p.decode_config(),
@@ -178,7 +215,7 @@ fn decode_unsplit<X: Executor>(
     out: &mut X::Tensor<f32>,
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
-    let (b, h, lat) = (p.batch, p.heads, p.lat);
+    let (b, h, lat) = (p.batch, p.rows(), p.lat);
     let shape_of = |a: tpla_runtime::KernelArg<'_>| {
         a.tensor_shape().map(<[usize]>::to_vec).unwrap_or_default()
     };
@@ -240,7 +277,7 @@ pub fn splits_for_occupancy(p: &DecodeParams, len: usize, slots: usize) -> usize
     let cfg = p.decode_config();
     let bh = cfg.get("BLOCK_H").unwrap_or(16).max(1) as usize;
     let bn = cfg.get("BLOCK_N").unwrap_or(32).max(1) as usize;
-    let programs = p.batch * p.heads.div_ceil(bh);
+    let programs = p.batch * p.rows().div_ceil(bh);
     let slots = slots.max(1);
     // A split shorter than 512 tokens costs more in launch and combine than it adds in parallelism.
     let max_s = (len / (4 * bn).max(512)).clamp(1, 64);

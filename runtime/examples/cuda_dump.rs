@@ -177,7 +177,7 @@ fn main() {
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
     let mut cfg = cfg.with("WG_SPLIT", 128);
-    for knob in ["WARPS", "PRODUCER", "WG_SPLIT"] {
+    for knob in ["WARPS", "PRODUCER", "WG_SPLIT", "SQ"] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);
         }

@@ -112,6 +112,75 @@ pub fn tpla_attention(
     out
 }
 
+/// Multi-token (MTP / speculative-verify) decode of one sequence: `s_q` query tokens, the last
+/// `s_q` tokens of the sequence, attended causally.
+///
+/// `q` is `[s_q, heads, lat + rope]` and `rows` the whole cache `[len, lat + rope]`, new tokens
+/// included. Query token `j` sees cache tokens `0 ..= len - s_q + j`; where that range is empty
+/// (`len < s_q - j`) its rows get a zero output and `lse = -inf`. Returns out `[s_q, heads, lat]`
+/// and lse `[s_q, heads]`. `s_q = 1` is [`latent_attention`].
+pub fn latent_attention_causal(
+    q: &[f64],
+    rows: &[f64],
+    s_q: usize,
+    heads: usize,
+    lat: usize,
+    rope: usize,
+    scale: f64,
+) -> AttentionOut {
+    let d = lat + rope;
+    assert_eq!(
+        q.len(),
+        s_q * heads * d,
+        "q must be [s_q, heads, lat + rope]"
+    );
+    assert_eq!(rows.len() % d, 0, "rows must be [len, lat + rope]");
+    let len = rows.len() / d;
+    let mut out = AttentionOut {
+        out: Vec::with_capacity(s_q * heads * lat),
+        lse: Vec::with_capacity(s_q * heads),
+    };
+    for j in 0..s_q {
+        // Tokens 0 ..= len - s_q + j: a prefix of `len + 1 + j - s_q` rows (none if negative).
+        let seen = (len + 1 + j).saturating_sub(s_q).min(len);
+        let qj = &q[j * heads * d..(j + 1) * heads * d];
+        let r = latent_attention(qj, &rows[..seen * d], heads, lat, rope, scale);
+        out.out.extend(r.out);
+        out.lse.extend(r.lse);
+    }
+    out
+}
+
+/// [`latent_attention_causal`] for one TPLA shard `i` of `g` (as [`tpla_shard_attention`]):
+/// out `[s_q, heads, lat/g]`, lse `[s_q, heads]`.
+#[allow(clippy::too_many_arguments)]
+pub fn tpla_shard_attention_causal(
+    q: &[f64],
+    rows: &[f64],
+    s_q: usize,
+    heads: usize,
+    lat: usize,
+    rope: usize,
+    scale: f64,
+    g: usize,
+    i: usize,
+) -> AttentionOut {
+    assert!(
+        g > 0 && lat.is_multiple_of(g) && i < g,
+        "g must divide lat and i < g"
+    );
+    let d = lat + rope;
+    let w = lat / g;
+    let pick = |row: &[f64]| -> Vec<f64> {
+        let mut v = row[i * w..(i + 1) * w].to_vec();
+        v.extend_from_slice(&row[lat..d]);
+        v
+    };
+    let qs: Vec<f64> = q.chunks(d).flat_map(pick).collect();
+    let rs: Vec<f64> = rows.chunks(d).flat_map(pick).collect();
+    latent_attention_causal(&qs, &rs, s_q, heads, w, rope, scale)
+}
+
 /// Relative error `‖a − b‖₂ / ‖b‖₂` (NaN anywhere gives +inf).
 pub fn rel_error(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -169,6 +238,69 @@ mod tests {
         let tpla = tpla_attention(&q, &rows, h, lat, rope, 0.3, 2);
         let e = rel_error(&tpla, &mla.out);
         assert!(e > 1e-6 && e < 1.0, "e = {e}");
+    }
+
+    #[test]
+    fn causal_token_j_sees_the_prefix_up_to_its_own_position() {
+        let (sq, h, lat, rope, len) = (3, 2, 8, 4, 7);
+        let d = lat + rope;
+        let q = lcg(sq * h * d, 7);
+        let rows = lcg(len * d, 8);
+        let c = latent_attention_causal(&q, &rows, sq, h, lat, rope, 0.4);
+        for j in 0..sq {
+            let seen = len - sq + j + 1;
+            let r = latent_attention(
+                &q[j * h * d..(j + 1) * h * d],
+                &rows[..seen * d],
+                h,
+                lat,
+                rope,
+                0.4,
+            );
+            assert_eq!(&c.out[j * h * lat..(j + 1) * h * lat], &r.out[..]);
+            assert_eq!(&c.lse[j * h..(j + 1) * h], &r.lse[..]);
+        }
+        // The last token sees everything: s_q = 1 on its own query is the same result.
+        let last = latent_attention(&q[(sq - 1) * h * d..], &rows, h, lat, rope, 0.4);
+        assert_eq!(&c.out[(sq - 1) * h * lat..], &last.out[..]);
+        // The first token does not see the last two rows: changing them leaves it alone.
+        let mut rows2 = rows.clone();
+        rows2[(len - 1) * d..].iter_mut().for_each(|x| *x += 1.0);
+        let c2 = latent_attention_causal(&q, &rows2, sq, h, lat, rope, 0.4);
+        assert_eq!(c.out[..h * lat], c2.out[..h * lat]);
+        assert_ne!(c.out[(sq - 1) * h * lat..], c2.out[(sq - 1) * h * lat..]);
+    }
+
+    #[test]
+    fn causal_rows_with_nothing_visible_are_zero_with_lse_minus_inf() {
+        let (sq, h, lat, rope, len) = (4, 2, 4, 2, 2);
+        let d = lat + rope;
+        let c = latent_attention_causal(
+            &lcg(sq * h * d, 9),
+            &lcg(len * d, 10),
+            sq,
+            h,
+            lat,
+            rope,
+            1.0,
+        );
+        // len - sq + j < 0 for j < 2: tokens 0 and 1 see nothing.
+        assert!(c.out[..2 * h * lat].iter().all(|&x| x == 0.0));
+        assert!(c.lse[..2 * h].iter().all(|&x| x == f64::NEG_INFINITY));
+        assert!(c.lse[2 * h..].iter().all(|x| x.is_finite()));
+        let s = tpla_shard_attention_causal(
+            &lcg(sq * h * d, 9),
+            &lcg(len * d, 10),
+            sq,
+            h,
+            lat,
+            rope,
+            1.0,
+            2,
+            1,
+        );
+        assert_eq!(s.out.len(), sq * h * lat / 2);
+        assert!(s.lse[2 * h..].iter().all(|x| x.is_finite()));
     }
 
     #[test]

@@ -611,3 +611,65 @@ fn cubin_attributes_show_registers_and_stack_frame() {
         }
     }
 }
+
+/// Multi-token queries (`SQ = 2, 4`: MTP / speculative verify, causal among the new tokens): the
+/// library decode kernel at MLA and shard widths, every `BLOCK_H`, 16- and 64-token blocks and the
+/// warp-specialised 64-row variant, compiles for sm_90a without spills; the defaults at every
+/// width for Ampere and Ada too. One variant sits at the register limit already at `SQ = 1`
+/// (`BLOCK_H = 32, BLOCK_N = 64, LAT = 512`: 254 registers) and the causal mask's extra
+/// registers spill a few bytes there: it must compile with at most 16 bytes of spill loads.
+#[test]
+fn multi_token_decode_variants_compile_without_spills() {
+    if !nvrtc_or_skip("multi_token_decode_variants_compile_without_spills") {
+        return;
+    }
+    let case = |cfg: Config| Case {
+        label: format!("latent_decode [{cfg}]"),
+        kernel: tpla_kernels::latent_decode
+            .build(&cfg)
+            .map_err(|e| e.to_string()),
+    };
+    let (mut hopper, mut older) = (Vec::new(), Vec::new());
+    for sq in [2i64, 4] {
+        for lat in WIDTHS {
+            let consts = [("LAT", lat as i64), ("ROPE", ROPE as i64), ("SQ", sq)];
+            let base = tpla_kernels::latent_decode.default_config(&consts).unwrap();
+            older.push(case(base.clone()));
+            if lat != 512 && lat != 128 {
+                continue;
+            }
+            for bh in [16, 32, 64] {
+                hopper.push(case(base.clone().with("BLOCK_H", bh)));
+            }
+            let wide = base.clone().with("BLOCK_H", 64);
+            hopper.push(case(wide.clone().with("BLOCK_N", 16)));
+            hopper.push(case(wide.with("PRODUCER", 1)));
+        }
+    }
+    assert_eq!((hopper.len(), older.len()), (20, 8));
+    let edge = "BLOCK_H=32,BLOCK_N=64,LAT=512,";
+    let (at_limit, rest): (Vec<_>, Vec<_>) = compile_all(hopper, Target::sm90())
+        .into_iter()
+        .partition(|o| o.label.contains(edge));
+    check(&rest, "multi-token decode on sm_90a");
+    assert_eq!(at_limit.len(), 2);
+    for o in &at_limit {
+        match &o.result {
+            Ok((r, ..)) => assert!(r.spill_load_bytes <= 16, "{}: {r:?}", o.label),
+            Err(e) => panic!("{}: {e}", o.label),
+        }
+    }
+    for target in [Target::new(8, 0), Target::new(8, 9)] {
+        let cases: Vec<Case> = older
+            .iter()
+            .map(|c| Case {
+                label: c.label.clone(),
+                kernel: c.kernel.clone(),
+            })
+            .collect();
+        check(
+            &compile_all(cases, target),
+            &format!("multi-token decode on {}", target.arch_name()),
+        );
+    }
+}

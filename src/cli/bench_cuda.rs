@@ -148,6 +148,7 @@ fn run_case(
     opts: &GpuBenchOpts,
     sweep: Sweep,
     roof: &Roofline,
+    sq: usize,
 ) -> Result<DecodeCaseResult, RuntimeError> {
     let quick = opts.quick;
     let narrow = sweep == Sweep::Narrow;
@@ -200,6 +201,10 @@ fn run_case(
                     .with("ROPE", shape.rope as i64);
                 if producer > 0 {
                     cfg.set("PRODUCER", producer);
+                }
+                if sq > 1 {
+                    // Multi-token queries: `h` counts rows, s_q tokens x heads.
+                    cfg.set("SQ", sq as i64);
                 }
                 if warps > 0 {
                     // The emitter's warp-count override (not a tune parameter of the kernel).
@@ -441,7 +446,7 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
         for &heads in &spec.heads {
             let mut shape = DecodeShape::equal(
                 spec.batch,
-                heads,
+                heads * spec.sq,
                 spec.context,
                 spec.lat,
                 64,
@@ -454,7 +459,9 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
             let (variant, batch, context) = (spec.variant, spec.batch, spec.context);
             let page = spec.page_size;
             progress.inc(1);
-            match run_case(exec, variant, &cache, shape, opts, spec.sweep, &roof) {
+            match run_case(
+                exec, variant, &cache, shape, opts, spec.sweep, &roof, spec.sq,
+            ) {
                 Ok(mut r) => {
                     r.check_rel_diff =
                         check_small(exec, &r.config, spec.lat, page).unwrap_or(f64::NAN);
@@ -531,6 +538,9 @@ struct CaseSpec {
     variable: bool,
     heads: Vec<usize>,
     sweep: Sweep,
+    /// Query tokens per sequence (MTP); with `s_q > 1` the case's `heads` in the report are the
+    /// kernel's rows, `s_q · H` (what its flops count), and the variant says `-sq2` / `-sq4`.
+    sq: usize,
 }
 
 /// The bench matrix: MLA and the shard at (128, 4K) and (64, 32K), page 64, every `--gpu-heads`;
@@ -553,6 +563,7 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
                 variable: false,
                 heads: opts.heads.clone(),
                 sweep: Sweep::Full,
+                sq: 1,
             });
         }
     }
@@ -568,6 +579,7 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
                 variable: false,
                 heads: small.clone(),
                 sweep: Sweep::Narrow,
+                sq: 1,
             });
         }
         for (variant, lat, heads) in [
@@ -587,6 +599,31 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
                 variable: true,
                 heads,
                 sweep: Sweep::Narrow,
+                sq: 1,
+            });
+        }
+        // Multi-token queries (MTP, speculative verify) beside s_q = 1: MLA at H 16 / 64 / 128
+        // and the shard at H 128, on the long-context batch where the decode turns compute-bound.
+        for (variant, lat, sq, heads) in [
+            ("mla-sq2", 512, 2, [16, 64, 128].as_slice()),
+            ("mla-sq4", 512, 4, &[16, 64, 128]),
+            ("tpla-shard-sq2", 256, 2, &[128]),
+            ("tpla-shard-sq4", 256, 4, &[128]),
+        ] {
+            specs.push(CaseSpec {
+                variant,
+                lat,
+                batch: 64,
+                context: 32768,
+                page_size: 64,
+                variable: false,
+                heads: heads
+                    .iter()
+                    .copied()
+                    .filter(|h| opts.heads.contains(h))
+                    .collect(),
+                sweep: Sweep::Narrow,
+                sq,
             });
         }
     }

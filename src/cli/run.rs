@@ -113,7 +113,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         eprintln!(
             "tpla run: warning: non-finite values in q or the cache: {} of {} (sequence, head) outputs are NaN",
             outputs.non_finite,
-            inputs.batch() * inputs.heads()
+            inputs.batch() * inputs.query_len() * inputs.heads()
         );
     }
     let tensors = outputs.tensors(&inputs);
@@ -153,8 +153,9 @@ impl ExecJob for RunJob<'_> {
     fn run<X: Executor>(self, exec: &X) -> Result<RunOutputs, CliError> {
         let i = self.inputs;
         eprintln!(
-            "tpla run: batch {}, heads {}, latent {} + rope {}, on {}",
+            "tpla run: batch {}, query tokens {}, heads {}, latent {} + rope {}, on {}",
             i.batch(),
+            i.query_len(),
             i.heads(),
             i.lat,
             i.rope,

@@ -7,6 +7,8 @@ use rand::{Rng, SeedableRng};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{HostPagedCache, HostTensor};
 
+pub mod mtp;
+
 /// One random decode problem.
 pub struct Problem {
     pub batch: usize,
