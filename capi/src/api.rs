@@ -84,7 +84,8 @@ pub unsafe extern "C" fn tpla_plan_create(
 ) -> tpla_status_t {
     guard(|| {
         // SAFETY: the caller's contract: null or a readable `tpla_capacities_t`.
-        let c = *unsafe { caps.as_ref() }.ok_or_else(|| Error::invalid("`caps` is a null pointer"))?;
+        let c =
+            *unsafe { caps.as_ref() }.ok_or_else(|| Error::invalid("`caps` is a null pointer"))?;
         if out.is_null() {
             return Err(Error::invalid("`out` is a null pointer"));
         }
@@ -146,12 +147,17 @@ pub unsafe extern "C" fn tpla_plan_destroy(plan: *mut tpla_plan_t) {
 /// # Safety
 /// `plan` is NULL or a live plan; `splits` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn tpla_plan_splits(plan: *const tpla_plan_t, splits: *mut usize) -> tpla_status_t {
+pub unsafe extern "C" fn tpla_plan_splits(
+    plan: *const tpla_plan_t,
+    splits: *mut usize,
+) -> tpla_status_t {
     guard(|| {
         // SAFETY: the caller's contract: null or a live plan.
-        let plan = unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
+        let plan =
+            unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
         // SAFETY: the caller's contract: null or writable.
-        let s = unsafe { splits.as_mut() }.ok_or_else(|| Error::invalid("`splits` is a null pointer"))?;
+        let s = unsafe { splits.as_mut() }
+            .ok_or_else(|| Error::invalid("`splits` is a null pointer"))?;
         *s = plan.backend.splits();
         Ok(())
     })

@@ -16,9 +16,12 @@ use crate::tpla_plan_t;
 ///
 /// # Safety
 /// `plan` is null or a live plan no other thread uses meanwhile.
-unsafe fn cuda<'a>(plan: *const tpla_plan_t) -> Result<&'a Engine<tpla::runtime::cuda::CudaExecutor>, Error> {
+unsafe fn cuda<'a>(
+    plan: *const tpla_plan_t,
+) -> Result<&'a Engine<tpla::runtime::cuda::CudaExecutor>, Error> {
     // SAFETY: the caller's contract: null or a live plan.
-    let plan = unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
+    let plan =
+        unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
     match &plan.backend {
         Backend::Cuda(e) => {
             e.bind()?;
@@ -66,7 +69,10 @@ pub unsafe extern "C" fn tpla_cuda_malloc(
 /// `plan` is NULL or a live plan; `ptr` is NULL or an allocation of `tpla_cuda_malloc` with the
 /// same plan's context, not yet freed, that no queued work still uses.
 #[no_mangle]
-pub unsafe extern "C" fn tpla_cuda_free(plan: *const tpla_plan_t, ptr: *mut c_void) -> tpla_status_t {
+pub unsafe extern "C" fn tpla_cuda_free(
+    plan: *const tpla_plan_t,
+    ptr: *mut c_void,
+) -> tpla_status_t {
     guard(|| {
         // SAFETY: the caller's contract on `plan`.
         unsafe { cuda(plan) }?;
@@ -87,7 +93,8 @@ pub unsafe extern "C" fn tpla_cuda_free(plan: *const tpla_plan_t, ptr: *mut c_vo
 pub unsafe extern "C" fn tpla_synchronize(plan: *const tpla_plan_t) -> tpla_status_t {
     guard(|| {
         // SAFETY: the caller's contract: null or a live plan.
-        let p = unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
+        let p =
+            unsafe { plan.as_ref() }.ok_or_else(|| Error::invalid("`plan` is a null pointer"))?;
         match &p.backend {
             Backend::Cpu(_) => Ok(()),
             Backend::Cuda(_) => {

@@ -18,6 +18,8 @@ pub struct Engine<X: ViewExecutor> {
 }
 
 /// The backend a plan runs on.
+// One per plan, boxed behind the C handle: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     /// The Cranelift CPU JIT over host memory.
     Cpu(Engine<CpuExecutor>),

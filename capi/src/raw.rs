@@ -48,7 +48,9 @@ pub fn buffer<T>(
         .filter(|&b| b <= isize::MAX as usize)
         .and_then(|b| (ptr as usize).checked_add(b));
     if end.is_none() {
-        return Err(Error::invalid(format!("`{name}` of {dims:?} elements overflows the address space")));
+        return Err(Error::invalid(format!(
+            "`{name}` of {dims:?} elements overflows the address space"
+        )));
     }
     Ok(Buf {
         ptr,
@@ -71,7 +73,12 @@ pub fn output<T>(name: &'static str, ptr: *mut T, dims: &[usize]) -> Result<Buf<
 impl<T> Buf<T> {
     fn range(&self) -> (usize, usize, &'static str, bool) {
         let start = self.ptr as usize;
-        (start, start + self.len * size_of::<T>(), self.name, self.writable)
+        (
+            start,
+            start + self.len * size_of::<T>(),
+            self.name,
+            self.writable,
+        )
     }
     /// This buffer's byte range, for [`no_overlap`].
     pub fn region(&self) -> Region {
@@ -118,7 +125,10 @@ pub trait RawSpace: MemorySpace + Sized {
     /// # Safety
     /// `buf` points to `buf.len` initialised elements of this space that nothing writes while
     /// the view lives (and, on a device, until the work queued with it has finished).
-    unsafe fn view<'a, T: Element>(buf: Buf<T>, shape: &[usize]) -> Result<TensorView<'a, T, Self>, RuntimeError>;
+    unsafe fn view<'a, T: Element>(
+        buf: Buf<T>,
+        shape: &[usize],
+    ) -> Result<TensorView<'a, T, Self>, RuntimeError>;
     /// A writable view of `buf` as `shape`.
     ///
     /// # Safety
@@ -132,11 +142,18 @@ pub trait RawSpace: MemorySpace + Sized {
     ///
     /// # Safety
     /// As [`RawSpace::view_mut`].
-    unsafe fn pool<'a>(buf: Buf<bf16>, page_size: usize, row: usize) -> Result<KvPool<'a, bf16, Self>, RuntimeError>;
+    unsafe fn pool<'a>(
+        buf: Buf<bf16>,
+        page_size: usize,
+        row: usize,
+    ) -> Result<KvPool<'a, bf16, Self>, RuntimeError>;
 }
 
 impl RawSpace for Host {
-    unsafe fn view<'a, T: Element>(buf: Buf<T>, shape: &[usize]) -> Result<TensorView<'a, T, Host>, RuntimeError> {
+    unsafe fn view<'a, T: Element>(
+        buf: Buf<T>,
+        shape: &[usize],
+    ) -> Result<TensorView<'a, T, Host>, RuntimeError> {
         // SAFETY: `buf` is non-null, aligned and its byte size fits isize (checked when made);
         // the caller promises `len` initialised elements nothing writes meanwhile.
         let s = unsafe { std::slice::from_raw_parts(buf.ptr.cast_const(), buf.len) };
@@ -151,7 +168,11 @@ impl RawSpace for Host {
         let s = unsafe { std::slice::from_raw_parts_mut(buf.ptr, buf.len) };
         TensorViewMut::new(s, shape)
     }
-    unsafe fn pool<'a>(buf: Buf<bf16>, page_size: usize, row: usize) -> Result<KvPool<'a, bf16, Host>, RuntimeError> {
+    unsafe fn pool<'a>(
+        buf: Buf<bf16>,
+        page_size: usize,
+        row: usize,
+    ) -> Result<KvPool<'a, bf16, Host>, RuntimeError> {
         // SAFETY: as in `view_mut`.
         let s = unsafe { std::slice::from_raw_parts_mut(buf.ptr, buf.len) };
         KvPool::new(s, page_size, row)
@@ -159,7 +180,10 @@ impl RawSpace for Host {
 }
 
 impl RawSpace for Device {
-    unsafe fn view<'a, T: Element>(buf: Buf<T>, shape: &[usize]) -> Result<TensorView<'a, T, Device>, RuntimeError> {
+    unsafe fn view<'a, T: Element>(
+        buf: Buf<T>,
+        shape: &[usize],
+    ) -> Result<TensorView<'a, T, Device>, RuntimeError> {
         // SAFETY: the caller's contract is `from_device`'s: a live, aligned device allocation of
         // `shape.product()` elements nothing writes until the queued work has finished.
         unsafe { TensorView::from_device(buf.ptr as u64, shape) }
@@ -171,7 +195,11 @@ impl RawSpace for Device {
         // SAFETY: as in `view`, plus exclusive access, which is `TensorViewMut::from_device`'s.
         unsafe { TensorViewMut::from_device(buf.ptr as u64, shape) }
     }
-    unsafe fn pool<'a>(buf: Buf<bf16>, page_size: usize, row: usize) -> Result<KvPool<'a, bf16, Device>, RuntimeError> {
+    unsafe fn pool<'a>(
+        buf: Buf<bf16>,
+        page_size: usize,
+        row: usize,
+    ) -> Result<KvPool<'a, bf16, Device>, RuntimeError> {
         let num_pages = buf.len / (page_size * row).max(1);
         // SAFETY: `KvPool::from_device`'s contract is the caller's (a live pool of `buf.len`
         // elements that only tpla's appends write while they run).

@@ -114,3 +114,42 @@ pub fn guard(body: impl FnOnce() -> Result<(), Error>) -> tpla_status_t {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: `tpla_last_error` returns a NUL-terminated string valid until the next call.
+        unsafe { CStr::from_ptr(tpla_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_with_its_message_and_a_success_clears_it() {
+        let s = guard(|| panic!("boom {}", 7));
+        assert_eq!(s, TPLA_STATUS_INTERNAL);
+        assert!(last().contains("boom 7"), "{}", last());
+        assert_eq!(guard(|| Ok(())), TPLA_STATUS_OK);
+        assert_eq!(last(), "");
+    }
+
+    #[test]
+    fn errors_map_to_their_status_and_a_nul_cuts_the_message() {
+        let s = guard(|| Err(RuntimeError::Device("out of memory\0hidden".into()).into()));
+        assert_eq!(s, TPLA_STATUS_CUDA_ERROR);
+        assert_eq!(last(), "device error: out of memory");
+        let unavailable = RuntimeError::BackendUnavailable {
+            backend: "cuda".into(),
+            reason: "no driver".into(),
+        };
+        assert_eq!(guard(|| Err(unavailable.into())), TPLA_STATUS_UNAVAILABLE);
+        assert_eq!(
+            guard(|| Err(Error::invalid("bad"))),
+            TPLA_STATUS_INVALID_ARGUMENT
+        );
+        assert_eq!(last(), "bad");
+    }
+}

@@ -89,7 +89,10 @@ fn c_test_program_passes_on_the_cpu_backend() {
         .lines()
         .find(|l| l.starts_with("test_decode:"))
         .expect("the summary line");
-    assert!(line.ends_with(" 0 failed") && !line.contains(": 0 passed"), "{line}");
+    assert!(
+        line.ends_with(" 0 failed") && !line.contains(": 0 passed"),
+        "{line}"
+    );
 }
 
 #[test]
