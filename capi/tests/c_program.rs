@@ -3,7 +3,8 @@
 //! them on the CPU backend: `tests/c/test_decode.c` (engine-style decode, append, combine
 //! against a naive C reference, and the error paths) and `examples/c/decode.c`. Without a C
 //! compiler (`$CC` or `cc`) the tests skip with a notice; `TPLA_REQUIRE_CC=1` makes that a
-//! failure.
+//! failure. On a machine with a CUDA device the test program's GPU variant and `decode cuda`
+//! run too (`TPLA_REQUIRE_GPU=1` makes their absence a failure).
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::path::{Path, PathBuf};
@@ -38,9 +39,15 @@ fn library() -> PathBuf {
         .unwrap_or_else(|| panic!("{name} not found next to {}", exe.display()))
 }
 
-/// Compiles `source` (warnings are errors) against the header and the library, runs it with
-/// `args`, and returns its stdout; panics with its output when either step fails.
-fn compile_and_run(cc: &str, source: &Path, args: &[&str]) -> String {
+/// A compiled C program in a temporary folder.
+struct Program {
+    exe: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Compiles `source` (warnings are errors) against the header and the library; panics with the
+/// compiler's output when that fails.
+fn compile(cc: &str, source: &Path) -> Program {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = library();
     let lib_dir = lib.parent().expect("the library's folder");
@@ -63,27 +70,35 @@ fn compile_and_run(cc: &str, source: &Path, args: &[&str]) -> String {
         source.display(),
         String::from_utf8_lossy(&built.stderr)
     );
-    let ran = Command::new(&exe)
-        .args(args)
-        .output()
-        .expect("running the C program");
-    let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&ran.stderr);
-    println!("{stdout}{stderr}");
-    assert!(
-        ran.status.success(),
-        "{} exited with {:?}:\n{stdout}\n{stderr}",
-        source.display(),
-        ran.status
-    );
-    stdout
+    Program { exe, _dir: dir }
+}
+
+impl Program {
+    /// Runs the program with `args` and returns its stdout; panics with its output when it
+    /// fails.
+    fn run(&self, args: &[&str]) -> String {
+        let ran = Command::new(&self.exe)
+            .args(args)
+            .output()
+            .expect("running the C program");
+        let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&ran.stderr);
+        println!("{stdout}{stderr}");
+        assert!(
+            ran.status.success(),
+            "{} {args:?} exited with {:?}:\n{stdout}\n{stderr}",
+            self.exe.display(),
+            ran.status
+        );
+        stdout
+    }
 }
 
 #[test]
 fn c_test_program_passes_on_the_cpu_backend() {
     let Some(cc) = compiler() else { return };
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_decode.c");
-    let stdout = compile_and_run(&cc, &source, &[]);
+    let stdout = compile(&cc, &source).run(&[]);
     // The program counts its checks; a run that checked nothing is no pass.
     let line = stdout
         .lines()
@@ -99,6 +114,20 @@ fn c_test_program_passes_on_the_cpu_backend() {
 fn c_example_runs_on_the_cpu_backend() {
     let Some(cc) = compiler() else { return };
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/c/decode.c");
-    let stdout = compile_and_run(&cc, &source, &[]);
-    assert!(stdout.contains("lse"), "{stdout}");
+    let program = compile(&cc, &source);
+    let stdout = program.run(&[]);
+    assert!(
+        stdout.starts_with("cpu: ") && stdout.contains("lse"),
+        "{stdout}"
+    );
+    if tpla_capi::tpla_cuda_available() == 1 {
+        let stdout = program.run(&["cuda"]);
+        assert!(stdout.starts_with("cuda: "), "{stdout}");
+    } else {
+        assert!(
+            std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"),
+            "TPLA_REQUIRE_GPU=1 but no CUDA device"
+        );
+        eprintln!("SKIP: no CUDA device, `decode cuda` did not run");
+    }
 }
