@@ -122,7 +122,11 @@ impl Core {
         self.lead.into_iter().collect()
     }
 
-    fn tables(&self, lens: &Bound<'_, PyAny>, table: &Bound<'_, PyAny>) -> PyResult<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        lens: &Bound<'_, PyAny>,
+        table: &Bound<'_, PyAny>,
+    ) -> PyResult<(Tensor, Tensor)> {
         let l = tensor(lens, "seq_lens", Dt::I32)?;
         let t = tensor(table, "block_table", Dt::I32)?;
         expect_rank("seq_lens", &l, 1, "[batch]")?;
@@ -150,7 +154,11 @@ impl Core {
         Ok((l, t))
     }
 
-    fn plan(&mut self, seq_lens: &Bound<'_, PyAny>, block_table: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn plan(
+        &mut self,
+        seq_lens: &Bound<'_, PyAny>,
+        block_table: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         self.tables(seq_lens, block_table)?;
         self.planned = Some((seq_lens.clone().unbind(), block_table.clone().unbind()));
         Ok(())
@@ -166,7 +174,11 @@ impl Core {
         };
         expect_rank("cache", &c, lead.len() + 3, &what)?;
         let r = lead.len();
-        if c.shape[..r] != lead[..] || c.shape[r + 1] != ps || c.shape[r + 2] != row || c.shape[r] == 0 {
+        if c.shape[..r] != lead[..]
+            || c.shape[r + 1] != ps
+            || c.shape[r + 2] != row
+            || c.shape[r] == 0
+        {
             return Err(PyValueError::new_err(format!(
                 "cache has shape {:?}, expected {what} with num_pages >= 1",
                 c.shape
@@ -212,7 +224,7 @@ impl Core {
         let lead = self.lead_shape();
         let with_lead = |s: &[usize]| [&lead[..], s].concat();
         let q = match self.lead {
-            Some(g) if q.getattr("ndim")?.extract::<usize>()? == 3 => {
+            Some(g) if crate::tensor::ndim(q) == Some(3) => {
                 // A full-width query: split it into the shards' queries (a torch copy).
                 shard_latent(py, q, g, self.caps.rope)?
             }
@@ -262,7 +274,7 @@ impl Core {
         slots: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let rows = match self.lead {
-            Some(g) if rows.getattr("ndim")?.extract::<usize>()? == 2 => {
+            Some(g) if crate::tensor::ndim(rows) == Some(2) => {
                 shard_latent(py, rows, g, self.caps.rope)?
             }
             _ => rows.clone(),
@@ -315,7 +327,13 @@ where
         // on these tensors meanwhile on the host, and on a device everything is ordered on
         // torch's current stream.
         unsafe {
-            let pool = X::Space::pool(&a.cache, i * a.pages * c.page_size * row, a.pages, c.page_size, row)?;
+            let pool = X::Space::pool(
+                &a.cache,
+                i * a.pages * c.page_size * row,
+                a.pages,
+                c.page_size,
+                row,
+            )?;
             let table = X::Space::view::<i32>(&a.table, 0, &[b, pps])?;
             let lens = X::Space::view::<i32>(&a.lens, 0, &[b])?;
             let q = X::Space::view::<bf16>(&a.q, i * b * h * row, &[b, h, row])?;
@@ -345,7 +363,13 @@ where
         // SAFETY: as in `decode_shards`: live tensors held by the caller, shard `i` inside each,
         // the pool (written) disjoint from rows and slots.
         unsafe {
-            let mut pool = X::Space::pool(cache, i * pages * c.page_size * row, pages, c.page_size, row)?;
+            let mut pool = X::Space::pool(
+                cache,
+                i * pages * c.page_size * row,
+                pages,
+                c.page_size,
+                row,
+            )?;
             let s = X::Space::view::<i32>(slots, 0, &[n])?;
             let r = X::Space::view::<bf16>(rows, i * n * row, &[n, row])?;
             plan.append(exec, &mut pool, &s, &r)?;

@@ -13,7 +13,9 @@ use tpla::runtime::{KernelArg, RuntimeError};
 
 use crate::backend::{preload, py_err, with_exec, Mem};
 use crate::decode::shard_latent;
-use crate::tensor::{expect_device, expect_disjoint, expect_rank, expect_shape, tensor, torch, Dt, Tensor};
+use crate::tensor::{
+    expect_device, expect_disjoint, expect_rank, expect_shape, tensor, torch, Dt, Tensor,
+};
 
 /// Writes `rows` into `cache` at `slots` on the cache's device (torch's current stream on a GPU).
 ///
@@ -46,7 +48,7 @@ pub fn append(
         }
     };
     let rows = match lead {
-        Some(g) if rows.getattr("ndim")?.extract::<usize>()? == 2 => {
+        Some(g) if crate::tensor::ndim(rows) == Some(2) => {
             let full = rows.getattr("shape")?.get_item(1)?.extract::<usize>()?;
             let w = row.checked_sub(rope).filter(|&w| w > 0);
             if w.map(|w| w * g + rope) != Some(full) {

@@ -196,9 +196,10 @@ pub fn tensor(obj: &Bound<'_, PyAny>, name: &str, dt: Dt) -> PyResult<Tensor> {
     }
     let dev = if obj.getattr(intern!(py, "is_cuda"))?.is_truthy()? {
         let i: i64 = obj.call_method0(intern!(py, "get_device"))?.extract()?;
-        Dev::Cuda(usize::try_from(i).map_err(|_| {
-            PyValueError::new_err(format!("{name} reports CUDA device {i}"))
-        })?)
+        Dev::Cuda(
+            usize::try_from(i)
+                .map_err(|_| PyValueError::new_err(format!("{name} reports CUDA device {i}")))?,
+        )
     } else if obj.getattr(intern!(py, "is_cpu"))?.is_truthy()? {
         Dev::Cpu
     } else {
@@ -295,4 +296,12 @@ pub fn expect_disjoint(written: &[(&str, &Tensor)], all: &[(&str, &Tensor)]) -> 
         }
     }
     Ok(())
+}
+
+/// `obj.ndim`, or `None` for an object without one (it is then rejected by [`tensor`]).
+pub fn ndim(obj: &Bound<'_, PyAny>) -> Option<usize> {
+    obj.getattr(intern!(obj.py(), "ndim"))
+        .ok()?
+        .extract()
+        .ok()
 }

@@ -247,6 +247,19 @@ def test_run_before_plan_and_missing_backends_are_runtime_errors():
                device="cuda:0")
 
 
+def test_tpla_shape_errors():
+    gen = torch.Generator().manual_seed(8)
+    dec, cache, table, lens, q, _ = make(gen, groups=2)
+    dec.plan(lens, table)
+    raises(ValueError, "do not split into 2 latent shards", dec.run, q[..., :-1].contiguous(),
+           cache)
+    raises(ValueError, r"cache has shape \[40, 16, 128\], expected \[2, num_pages, 16, 128\]",
+           dec.run, q, cache[0])
+    raises(ValueError, r"rows of width 190 are not 2 shards", tpla.append, cache,
+           random_rows(gen, 1, ROW - 2), torch.zeros(1, dtype=torch.int32))
+    raises(TypeError, "q must be a torch.Tensor", dec.run, "q", cache)
+
+
 def test_combine_errors():
     o = torch.zeros(2, 3, 4, 8)
     l = torch.zeros(2, 3, 4)
