@@ -253,7 +253,7 @@ def test_tpla_shape_errors():
     dec.plan(lens, table)
     raises(ValueError, "do not split into 2 latent shards", dec.run, q[..., :-1].contiguous(),
            cache)
-    raises(ValueError, r"cache has shape \[40, 16, 128\], expected \[2, num_pages, 16, 128\]",
+    raises(ValueError, r"cache must be \[2, num_pages, 16, 128\], got shape \[40, 16, 128\]",
            dec.run, q, cache[0])
     raises(ValueError, r"rows of width 190 are not 2 shards", tpla.append, cache,
            random_rows(gen, 1, ROW - 2), torch.zeros(1, dtype=torch.int32))
