@@ -14,7 +14,6 @@ py="$venv/bin/python"
 if [ ! -x "$py" ]; then
   python3 -m venv "$venv"
 fi
-"$py" -m pip install --quiet --upgrade pip
 "$py" -m pip install --quiet maturin pytest numpy
 if ! "$py" -c "import torch" 2>/dev/null; then
   "$py" -m pip install --quiet --timeout 15 --retries 0 torch \
