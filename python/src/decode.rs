@@ -185,7 +185,8 @@ impl Core {
             )));
         }
         expect_device(self.dev, &[("cache", &c)])?;
-        Ok((c.clone(), c.shape[r]))
+        let pages = c.shape[r];
+        Ok((c, pages))
     }
 
     /// An output tensor: the caller's (checked) or a new one.
