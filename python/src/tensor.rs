@@ -300,8 +300,5 @@ pub fn expect_disjoint(written: &[(&str, &Tensor)], all: &[(&str, &Tensor)]) -> 
 
 /// `obj.ndim`, or `None` for an object without one (it is then rejected by [`tensor`]).
 pub fn ndim(obj: &Bound<'_, PyAny>) -> Option<usize> {
-    obj.getattr(intern!(obj.py(), "ndim"))
-        .ok()?
-        .extract()
-        .ok()
+    obj.getattr(intern!(obj.py(), "ndim")).ok()?.extract().ok()
 }
