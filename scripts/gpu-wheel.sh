@@ -43,6 +43,8 @@ PY
   [ -n "$lib" ] && export TPLA_NVRTC_LIB="$lib"
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" TPLA_REQUIRE_GPU=1
-"$py" -m pytest -q -s -p no:cacheprovider python/tests
-"$py" python/bench_overhead.py
-"$py" examples/python/decode.py
+status=0
+"$py" -m pytest -q -s -p no:cacheprovider python/tests || status=$?
+"$py" python/bench_overhead.py || status=$?
+"$py" examples/python/decode.py || status=$?
+exit $status
