@@ -419,6 +419,42 @@ impl CudaExecutor {
         CudaExecutor::with_stream(stream, Arc::new(KernelCache::with_default_dir()))
     }
 
+    /// An executor on this one's context, device, kernel cache and already loaded kernels that
+    /// issues its work on `stream`, a `CUstream` another library owns (e.g. whatever stream is
+    /// torch's current one at a call). No driver call and no module load: kernels this executor
+    /// has loaded are launched as they are (modules belong to the context, not to a stream), so
+    /// launches on a stream being captured into a CUDA graph load nothing.
+    ///
+    /// # Safety
+    /// As [`CudaExecutor::from_raw_stream`]: `stream` is 0 or a live stream of this executor's
+    /// context, kept alive by its owner while the new executor, or anything made from it, is used.
+    pub unsafe fn on_raw_stream(&self, stream: u64) -> CudaExecutor {
+        // SAFETY: the caller guarantees `stream` is 0 or a live stream of this context that
+        // outlives the executor; the wrapper never destroys it.
+        let stream = unsafe {
+            self.ctx
+                .wrap_borrowed_stream(stream as cudarc::driver::sys::CUstream)
+        };
+        let loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        CudaExecutor {
+            ctx: self.ctx.clone(),
+            stream,
+            info: self.info.clone(),
+            target: self.target,
+            cache: self.cache.clone(),
+            loaded: Mutex::new(loaded),
+        }
+    }
+
+    /// Kernels loaded so far (what [`CudaExecutor::on_raw_stream`] hands on).
+    pub fn loaded_kernels(&self) -> usize {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// An executor that issues all its work on `stream` (e.g. an engine's decode stream, so the
     /// kernels can be captured in the engine's CUDA graph), using `cache` for compiled kernels.
     pub fn with_stream(

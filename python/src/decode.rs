@@ -1,0 +1,549 @@
+//! `MlaDecode` and `TplaDecode`: FlashInfer-shaped wrappers over [`EnginePlan`].
+//!
+//! Both hold one [`EnginePlan`] per latent group (one for MLA, `g` for TPLA, each sized for rows
+//! of `lat / g + rope`). `plan` stores the engine's `seq_lens` and `block_table` tensors; `run`
+//! reads every tensor's address and shape again (so a tensor resized in between is caught, not
+//! read through a stale address) and launches decode on torch's current stream: no allocation
+//! unless `out`/`lse` are left to it, no copy, no host sync.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use tpla::engine::{Capacities, EnginePlan};
+use tpla::kernels::ops::shard_width;
+use tpla::runtime::cuda::CudaExecutor;
+use tpla::runtime::half::bf16;
+use tpla::runtime::view::ViewExecutor;
+use tpla::runtime::{CpuExecutor, RuntimeError};
+
+use crate::backend::{cpu, cuda_device, py_err, CudaDevice, Mem};
+use crate::tensor::{
+    expect_device, expect_disjoint, expect_rank, expect_shape, tensor, torch, Dev, Dt, Tensor,
+};
+
+enum Plans {
+    Cpu(Vec<EnginePlan<CpuExecutor>>),
+    Cuda(Arc<CudaDevice>, Vec<EnginePlan<CudaExecutor>>),
+}
+
+impl Drop for Plans {
+    fn drop(&mut self) {
+        // The workspace is freed on the legacy stream; work queued on torch's streams may still
+        // read it.
+        if let Plans::Cuda(d, _) = self {
+            d.synchronize_all();
+        }
+    }
+}
+
+/// What `MlaDecode` and `TplaDecode` share. `lead` is `None` for MLA (tensors without a group
+/// axis) and `Some(g)` for TPLA (a leading axis of `g` shards).
+pub struct Core {
+    lead: Option<usize>,
+    full_lat: usize,
+    caps: Capacities,
+    dev: Dev,
+    plans: Plans,
+    planned: Option<(Py<PyAny>, Py<PyAny>)>,
+}
+
+/// The tensors of one call, checked.
+struct Args {
+    q: Tensor,
+    cache: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    lens: Tensor,
+    table: Tensor,
+    pages: usize,
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        groups: Option<usize>,
+        caps: Capacities,
+        scale: f32,
+        splits: usize,
+        device: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Core> {
+        let full_lat = caps.lat;
+        let g = groups.unwrap_or(1);
+        let caps = Capacities {
+            lat: shard_width(full_lat, g).map_err(py_err)?,
+            ..caps
+        };
+        let dev = crate::backend::parse_device(py, device)?;
+        let plans = match dev {
+            Dev::Cpu => {
+                let x = cpu()?;
+                Plans::Cpu(
+                    (0..g)
+                        .map(|_| EnginePlan::new(x, caps.clone(), scale, splits))
+                        .collect::<Result<_, _>>()
+                        .map_err(py_err)?,
+                )
+            }
+            Dev::Cuda(i) => {
+                let d = cuda_device(i)?;
+                let plans = (0..g)
+                    .map(|_| EnginePlan::new(&d.base, caps.clone(), scale, splits))
+                    .collect::<Result<_, _>>()
+                    .map_err(py_err)?;
+                // The workspace was allocated (and the append ones uploaded) on the legacy
+                // stream; torch's streams may not be ordered after it.
+                d.base
+                    .stream()
+                    .synchronize()
+                    .map_err(|e| PyRuntimeError::new_err(format!("synchronize: {e:?}")))?;
+                Plans::Cuda(d, plans)
+            }
+        };
+        Ok(Core {
+            lead: groups,
+            full_lat,
+            caps,
+            dev,
+            plans,
+            planned: None,
+        })
+    }
+
+    fn row(&self) -> usize {
+        self.caps.lat + self.caps.rope
+    }
+
+    /// `[g]` for TPLA, `[]` for MLA: the leading shape of every per-shard tensor.
+    fn lead_shape(&self) -> Vec<usize> {
+        self.lead.into_iter().collect()
+    }
+
+    fn tables(
+        &self,
+        lens: &Bound<'_, PyAny>,
+        table: &Bound<'_, PyAny>,
+    ) -> PyResult<(Tensor, Tensor)> {
+        let l = tensor(lens, "seq_lens", Dt::I32)?;
+        let t = tensor(table, "block_table", Dt::I32)?;
+        expect_rank("seq_lens", &l, 1, "[batch]")?;
+        expect_rank("block_table", &t, 2, "[batch, pages_per_seq]")?;
+        expect_device(self.dev, &[("seq_lens", &l), ("block_table", &t)])?;
+        let (b, c) = (l.shape[0], &self.caps);
+        if b == 0 || b > c.max_batch {
+            return Err(PyValueError::new_err(format!(
+                "seq_lens holds {b} sequences; the plan takes 1 to max_batch = {}",
+                c.max_batch
+            )));
+        }
+        if t.shape[0] != b {
+            return Err(PyValueError::new_err(format!(
+                "block_table has {} rows for {b} sequences",
+                t.shape[0]
+            )));
+        }
+        if t.shape[1] > c.max_pages_per_seq {
+            return Err(PyValueError::new_err(format!(
+                "block_table has {} pages per sequence; the plan allows max_pages_per_seq = {}",
+                t.shape[1], c.max_pages_per_seq
+            )));
+        }
+        Ok((l, t))
+    }
+
+    fn plan(
+        &mut self,
+        seq_lens: &Bound<'_, PyAny>,
+        block_table: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.tables(seq_lens, block_table)?;
+        self.planned = Some((seq_lens.clone().unbind(), block_table.clone().unbind()));
+        Ok(())
+    }
+
+    fn cache(&self, cache: &Bound<'_, PyAny>) -> PyResult<(Tensor, usize)> {
+        let c = tensor(cache, "cache", Dt::Bf16)?;
+        let lead = self.lead_shape();
+        let (ps, row) = (self.caps.page_size, self.row());
+        let what = match self.lead {
+            Some(g) => format!("[{g}, num_pages, {ps}, {row}]"),
+            None => format!("[num_pages, {ps}, {row}]"),
+        };
+        expect_rank("cache", &c, lead.len() + 3, &what)?;
+        let r = lead.len();
+        if c.shape[..r] != lead[..]
+            || c.shape[r + 1] != ps
+            || c.shape[r + 2] != row
+            || c.shape[r] == 0
+        {
+            return Err(PyValueError::new_err(format!(
+                "cache has shape {:?}, expected {what} with num_pages >= 1",
+                c.shape
+            )));
+        }
+        expect_device(self.dev, &[("cache", &c)])?;
+        let pages = c.shape[r];
+        Ok((c, pages))
+    }
+
+    /// An output tensor: the caller's (checked) or a new one.
+    fn output<'py>(
+        &self,
+        py: Python<'py>,
+        given: Option<Bound<'py, PyAny>>,
+        name: &str,
+        shape: &[usize],
+    ) -> PyResult<(Bound<'py, PyAny>, Tensor)> {
+        let obj = match given {
+            Some(o) => o,
+            None => torch(py)?.new_tensor(py, shape, Dt::F32, self.dev)?,
+        };
+        let t = tensor(&obj, name, Dt::F32)?;
+        expect_shape(name, &t, shape)?;
+        Ok((obj, t))
+    }
+
+    fn run<'py>(
+        &mut self,
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        cache: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyAny>>,
+        lse: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let Some((l, t)) = &self.planned else {
+            return Err(PyRuntimeError::new_err(
+                "call plan(seq_lens, block_table) before run",
+            ));
+        };
+        let (lens, table) = self.tables(l.bind(py), t.bind(py))?;
+        let b = lens.shape[0];
+        let (h, w, row) = (self.caps.heads, self.caps.lat, self.row());
+        let lead = self.lead_shape();
+        let with_lead = |s: &[usize]| [&lead[..], s].concat();
+        let q = match self.lead {
+            Some(g) if crate::tensor::ndim(q) == Some(3) => {
+                // A full-width query: split it into the shards' queries (a torch copy).
+                shard_latent(py, q, g, self.caps.rope)?
+            }
+            _ => q.clone(),
+        };
+        let qt = tensor(&q, "q", Dt::Bf16)?;
+        expect_shape("q", &qt, &with_lead(&[b, h, row]))?;
+        let (ct, pages) = self.cache(cache)?;
+        let (out, ot) = self.output(py, out, "out", &with_lead(&[b, h, w]))?;
+        let (lse, lt) = self.output(py, lse, "lse", &with_lead(&[b, h]))?;
+        expect_device(self.dev, &[("q", &qt), ("out", &ot), ("lse", &lt)])?;
+        let all = [
+            ("q", &qt),
+            ("cache", &ct),
+            ("out", &ot),
+            ("lse", &lt),
+            ("seq_lens", &lens),
+            ("block_table", &table),
+        ];
+        expect_disjoint(&[all[1], all[2], all[3]], &all)?;
+        let args = Args {
+            q: qt,
+            cache: ct,
+            out: ot,
+            lse: lt,
+            lens,
+            table,
+            pages,
+        };
+        let caps = &self.caps;
+        match &mut self.plans {
+            Plans::Cpu(plans) => decode_shards(cpu()?, plans, caps, &args),
+            Plans::Cuda(d, plans) => {
+                let x = d.current(py, torch(py)?)?;
+                decode_shards(&*x, plans, caps, &args)
+            }
+        }
+        .map_err(py_err)?;
+        PyTuple::new(py, [out, lse])
+    }
+
+    fn append(
+        &mut self,
+        py: Python<'_>,
+        cache: &Bound<'_, PyAny>,
+        rows: &Bound<'_, PyAny>,
+        slots: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let rows = match self.lead {
+            Some(g) if crate::tensor::ndim(rows) == Some(2) => {
+                shard_latent(py, rows, g, self.caps.rope)?
+            }
+            _ => rows.clone(),
+        };
+        let (ct, pages) = self.cache(cache)?;
+        let rt = tensor(&rows, "rows", Dt::Bf16)?;
+        let st = tensor(slots, "slots", Dt::I32)?;
+        expect_rank("slots", &st, 1, "[n]")?;
+        let n = st.shape[0];
+        let lead = self.lead_shape();
+        expect_shape("rows", &rt, &[&lead[..], &[n, self.row()]].concat())?;
+        expect_device(self.dev, &[("rows", &rt), ("slots", &st)])?;
+        let all = [("cache", &ct), ("rows", &rt), ("slots", &st)];
+        expect_disjoint(&all[..1], &all)?;
+        let caps = &self.caps;
+        match &mut self.plans {
+            Plans::Cpu(plans) => append_shards(cpu()?, plans, caps, pages, &ct, &rt, &st),
+            Plans::Cuda(d, plans) => {
+                let x = d.current(py, torch(py)?)?;
+                append_shards(&*x, plans, caps, pages, &ct, &rt, &st)
+            }
+        }
+        .map_err(py_err)
+    }
+
+    fn splits(&self) -> usize {
+        match &self.plans {
+            Plans::Cpu(p) => p[0].splits(),
+            Plans::Cuda(_, p) => p[0].splits(),
+        }
+    }
+}
+
+fn decode_shards<X: ViewExecutor>(
+    exec: &X,
+    plans: &mut [EnginePlan<X>],
+    c: &Capacities,
+    a: &Args,
+) -> Result<(), RuntimeError>
+where
+    X::Space: Mem,
+{
+    let (b, h, w, row) = (a.lens.shape[0], c.heads, c.lat, c.lat + c.rope);
+    let pps = a.table.shape[1];
+    for (i, plan) in plans.iter_mut().enumerate() {
+        // SAFETY: every tensor was read from a live torch tensor the caller holds for this call
+        // (the Python objects are borrowed until it returns); shard `i`'s elements lie inside it
+        // (shapes checked against the leading group axis); the written ones (out, lse) and the
+        // pool share no memory with any other argument (`expect_disjoint`); torch runs nothing
+        // on these tensors meanwhile on the host, and on a device everything is ordered on
+        // torch's current stream.
+        unsafe {
+            let pool = X::Space::pool(
+                &a.cache,
+                i * a.pages * c.page_size * row,
+                a.pages,
+                c.page_size,
+                row,
+            )?;
+            let table = X::Space::view::<i32>(&a.table, 0, &[b, pps])?;
+            let lens = X::Space::view::<i32>(&a.lens, 0, &[b])?;
+            let q = X::Space::view::<bf16>(&a.q, i * b * h * row, &[b, h, row])?;
+            let mut out = X::Space::view_mut::<f32>(&a.out, i * b * h * w, &[b, h, w])?;
+            let mut lse = X::Space::view_mut::<f32>(&a.lse, i * b * h, &[b, h])?;
+            plan.decode(exec, &pool, &table, &lens, &q, (&mut out, &mut lse))?;
+        }
+    }
+    Ok(())
+}
+
+fn append_shards<X: ViewExecutor>(
+    exec: &X,
+    plans: &mut [EnginePlan<X>],
+    c: &Capacities,
+    pages: usize,
+    cache: &Tensor,
+    rows: &Tensor,
+    slots: &Tensor,
+) -> Result<(), RuntimeError>
+where
+    X::Space: Mem,
+{
+    let row = c.lat + c.rope;
+    let n = slots.shape[0];
+    for (i, plan) in plans.iter_mut().enumerate() {
+        // SAFETY: as in `decode_shards`: live tensors held by the caller, shard `i` inside each,
+        // the pool (written) disjoint from rows and slots.
+        unsafe {
+            let mut pool = X::Space::pool(
+                cache,
+                i * pages * c.page_size * row,
+                pages,
+                c.page_size,
+                row,
+            )?;
+            let s = X::Space::view::<i32>(slots, 0, &[n])?;
+            let r = X::Space::view::<bf16>(rows, i * n * row, &[n, row])?;
+            plan.append(exec, &mut pool, &s, &r)?;
+        }
+    }
+    Ok(())
+}
+
+static SHARD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `tpla.shard_latent(x, groups, rope)`: the shards' `[g, ..., lat/g + rope]` rows of full-width
+/// `x` (a torch copy, capturable in a graph).
+pub fn shard_latent<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    groups: usize,
+    rope: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f = SHARD.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("tpla._shard")?.getattr("shard_latent")?.unbind())
+    })?;
+    f.bind(py).call1((x, groups, rope))
+}
+
+macro_rules! shared_methods {
+    ($ty:ident, { $($own:tt)* }) => {
+        #[pymethods]
+        impl $ty {
+            $($own)*
+
+            /// Stores the engine's `seq_lens` (`[batch]` int32) and `block_table` (`[batch,
+            /// pages_per_seq]` int32) tensors for the next `run` calls. Their contents may change
+            /// between runs (e.g. between CUDA graph replays); no host sync.
+            fn plan(&mut self, seq_lens: &Bound<'_, PyAny>, block_table: &Bound<'_, PyAny>) -> PyResult<()> {
+                self.0.plan(seq_lens, block_table)
+            }
+
+            /// Writes token `rows` into the `cache` at `slots` (`[n]` int32, distinct, each
+            /// `page * page_size + offset`), on torch's current stream.
+            fn append(&mut self, py: Python<'_>, cache: &Bound<'_, PyAny>, rows: &Bound<'_, PyAny>, slots: &Bound<'_, PyAny>) -> PyResult<()> {
+                self.0.append(py, cache, rows, slots)
+            }
+
+            /// Decode attention of one query per sequence over the planned tables; returns
+            /// `(out, lse)` (float32; lse is the natural-log log-sum-exp, about -6.9e29 for an
+            /// empty sequence, whose output is 0). `out`/`lse` given are written in place.
+            #[pyo3(signature = (q, cache, out=None, lse=None))]
+            fn run<'py>(
+                &mut self,
+                py: Python<'py>,
+                q: &Bound<'py, PyAny>,
+                cache: &Bound<'py, PyAny>,
+                out: Option<Bound<'py, PyAny>>,
+                lse: Option<Bound<'py, PyAny>>,
+            ) -> PyResult<Bound<'py, PyTuple>> {
+                self.0.run(py, q, cache, out, lse)
+            }
+
+            /// KV splits every run uses (fixed by the capacities).
+            #[getter]
+            fn splits(&self) -> usize {
+                self.0.splits()
+            }
+            /// The device, `cpu` or `cuda:N`.
+            #[getter]
+            fn device(&self) -> String {
+                self.0.dev.to_string()
+            }
+            /// Latent width of the cache rows of one shard (`lat / groups`).
+            #[getter]
+            fn shard_width(&self) -> usize {
+                self.0.caps.lat
+            }
+            /// The full latent width.
+            #[getter]
+            fn lat(&self) -> usize {
+                self.0.full_lat
+            }
+            /// RoPE width.
+            #[getter]
+            fn rope(&self) -> usize {
+                self.0.caps.rope
+            }
+            /// Query heads.
+            #[getter]
+            fn heads(&self) -> usize {
+                self.0.caps.heads
+            }
+            /// Tokens per page.
+            #[getter]
+            fn page_size(&self) -> usize {
+                self.0.caps.page_size
+            }
+        }
+    };
+}
+
+/// MLA decode over an engine's paged latent cache (`[num_pages, page_size, lat + rope]` bf16).
+#[pyclass(module = "tpla")]
+pub struct MlaDecode(Core);
+
+shared_methods!(MlaDecode, {
+    /// Capacities fixed for the object's life; `device` is `"cpu"` (default), `"cuda"`,
+    /// `"cuda:N"` or a `torch.device`. `splits = 0` chooses the KV split count.
+    #[new]
+    #[pyo3(signature = (max_batch, heads, lat, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        max_batch: usize,
+        heads: usize,
+        lat: usize,
+        page_size: usize,
+        max_pages_per_seq: usize,
+        scale: f32,
+        rope: usize,
+        max_append: usize,
+        splits: usize,
+        device: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let caps = Capacities {
+            max_batch,
+            heads,
+            lat,
+            rope,
+            page_size,
+            max_pages_per_seq,
+            max_append,
+        };
+        Core::new(py, None, caps, scale, splits, device).map(MlaDecode)
+    }
+});
+
+/// TPLA decode: `groups` latent shards on one device, each what one tensor-parallel rank holds.
+/// Cache `[groups, num_pages, page_size, lat / groups + rope]`; `run` returns per-shard
+/// `out [groups, batch, heads, lat / groups]` and `lse [groups, batch, heads]`.
+#[pyclass(module = "tpla")]
+pub struct TplaDecode(Core);
+
+shared_methods!(TplaDecode, {
+    /// As `MlaDecode`, with `lat` the full latent width split into `groups` shards.
+    #[new]
+    #[pyo3(signature = (max_batch, heads, lat, groups, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        max_batch: usize,
+        heads: usize,
+        lat: usize,
+        groups: usize,
+        page_size: usize,
+        max_pages_per_seq: usize,
+        scale: f32,
+        rope: usize,
+        max_append: usize,
+        splits: usize,
+        device: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let caps = Capacities {
+            max_batch,
+            heads,
+            lat,
+            rope,
+            page_size,
+            max_pages_per_seq,
+            max_append,
+        };
+        Core::new(py, Some(groups), caps, scale, splits, device).map(TplaDecode)
+    }
+
+    /// Latent groups (shards).
+    #[getter]
+    fn groups(&self) -> usize {
+        self.0.lead.unwrap_or(1)
+    }
+});
