@@ -36,6 +36,7 @@ build() { # name cargo-args...
 build cuda_exec test --release -p tpla-runtime --test cuda_exec --no-run
 build nvrtc_compile test --release -p tpla-runtime --test nvrtc_compile --no-run
 build decode_cuda test --release -p tpla-kernels --test decode_cuda --no-run
+build decode_mtp_cuda test --release -p tpla-kernels --test decode_mtp_cuda --no-run
 build tpla build --release --bin tpla
 build cli_tests test --release -p tpla --test cli --no-run
 build tp_tests test --release -p tpla --test tp --no-run
@@ -45,6 +46,16 @@ build layer_tests test --release -p tpla --test layer --no-run
 # `gpu-bin/engine_rust` decodes and checks itself; `--bench` adds the host-overhead JSON line.
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target} build engine_rust build --release \
   --manifest-path examples/engine-rust/Cargo.toml
+# The C ABI: libtpla_capi.so and the C test + example linked against it (rpath $ORIGIN), so the
+# GPU host runs them without a toolchain: `gpu-bin/c_test_decode`, `gpu-bin/c_decode cuda`.
+echo "building the C ABI programs"
+cargo build --release -q -p tpla-capi
+cp target/release/libtpla_capi.so "$out/"
+for src in capi/tests/c/test_decode.c examples/c/decode.c; do
+  name=c_$(basename "$src" .c)
+  ${CC:-cc} -std=c11 -O1 -Wall -Wextra -Werror -I capi/include "$src" -L "$out" -ltpla_capi \
+    -Wl,-rpath,'$ORIGIN' -lm -o "$out/$name"
+done
 git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
 if ! git diff --quiet HEAD -- codegen runtime kernels-gen 2>/dev/null; then
   echo "$(cat "$out/COMMIT")-dirty" >"$out/COMMIT"

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One call on a GPU host that checks everything a session changed, inside a fixed time budget:
+# correctness first (in parallel: the GPU tests of the kernels, the engine front doors, the C ABI
+# and the layer), then the sanitizers, then the timed steps one after another (Python host
+# overhead and graph capture, the Rust host overhead, the decode benchmark, the layer's three
+# forms). Every step has a time limit inside the budget, so a slow step costs only itself; logs
+# are re-archived after every step (only a few files come back from a lent machine).
+#   OUT=dir TPLA_SESSION_BUDGET=seconds scripts/gpu-session.sh
+# gpu-bin/ (scripts/gpu-build.sh then scripts/gpu-wheel.sh) may come as gpu-bin.tar.xz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/tpla-gpu-session}
+mkdir -p "$OUT"
+[ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
+bin=gpu-bin
+budget=${TPLA_SESSION_BUDGET:-540}
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1 NCCL_NVLS_ENABLE=0 RUST_BACKTRACE=1
+export TPLA_KERNEL_CACHE_DIR="${TMPDIR:-/tmp}/tpla-gpu-session-kernels"
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+summary="$OUT/summary.txt"
+: >"$summary"
+archive() { (cd "$OUT" && tar czf logs.tgz ./*.log 2>/dev/null); }
+left() { echo $((budget - SECONDS)); }
+step() { # name limit command...   (the limit is cut to what is left of the budget)
+  local name=$1 limit=$2
+  shift 2
+  local l
+  l=$(left)
+  [ "$l" -lt "$limit" ] && limit=$l
+  if [ "$limit" -le 5 ]; then
+    printf '%-24s SKIPPED (budget spent)\n' "$name" >>"$summary"
+    return
+  fi
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local line
+  line=$(grep -aE "test result:|ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|wrote |host_us" "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-150)
+  printf '%-24s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$line" >>"$summary"
+  archive
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/device.txt" 2>&1
+echo "commit $(cat $bin/COMMIT 2>/dev/null)" >>"$OUT/device.txt"
+cat "$OUT/device.txt"
+
+# Correctness, in parallel (separate processes; the GPU is shared, nothing here is timed).
+step decode_cuda 300 "$bin/decode_cuda" --test-threads=1 &
+step decode_mtp_cuda 300 "$bin/decode_mtp_cuda" --test-threads=1 &
+step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
+step layer_tests 300 "$bin/layer_tests" --test-threads=1 &
+step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 &
+(step engine_rust 120 "$bin/engine_rust"
+ step c_test_decode 120 "$bin/c_test_decode"
+ step c_decode_cuda 60 "$bin/c_decode" cuda) &
+wait
+
+# compute-sanitizer on every kernel variant's smoke test (incl. the balanced schedule's).
+for tool in memcheck racecheck synccheck; do
+  step "sanitizer_$tool" 120 "$sanitizer" --tool "$tool" --error-exitcode 9 \
+    "$bin/decode_cuda" --test-threads=1 sanitizer_smoke_every_kernel
+done
+step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 \
+  "$bin/decode_mtp_cuda" --test-threads=1
+
+# Timed, one at a time.
+step python_gpu 200 bash scripts/gpu-wheel.sh test
+step engine_rust_bench 60 "$bin/engine_rust" --bench
+step cuda_bench 240 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
+grep -aA60 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null
+for p in kimi-k2 deepseek-v3; do
+  step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
+    --context 32768 --steps 5 --backend cuda
+done
+archive
+echo
+cat "$summary"
