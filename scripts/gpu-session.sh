@@ -20,6 +20,8 @@ export TPLA_KERNEL_CACHE_DIR="${TMPDIR:-/tmp}/tpla-gpu-session-kernels"
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 summary="$OUT/summary.txt"
 : >"$summary"
+# Only 8 files come back from a lent machine: every step log goes into logs.tgz (kept up to
+# date after each step), the logs themselves are removed at the end.
 archive() { (cd "$OUT" && tar czf logs.tgz ./*.log 2>/dev/null); }
 left() { echo $((budget - SECONDS)); }
 step() { # name limit command...   (the limit is cut to what is left of the budget)
@@ -74,5 +76,6 @@ for p in kimi-k2 deepseek-v3; do
     --context 32768 --steps 5 --backend cuda
 done
 archive
+rm -f "$OUT"/*.log
 echo
 cat "$summary"

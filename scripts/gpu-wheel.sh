@@ -45,6 +45,6 @@ fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" TPLA_REQUIRE_GPU=1
 status=0
 "$py" -m pytest -q -s -p no:cacheprovider python/tests || status=$?
-"$py" python/bench_overhead.py || status=$?
-"$py" examples/python/decode.py || status=$?
+PYTHONSAFEPATH=1 "$py" python/bench_overhead.py || status=$?
+PYTHONSAFEPATH=1 "$py" examples/python/decode.py || status=$?
 exit $status

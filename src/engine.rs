@@ -475,13 +475,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             Some(t) => {
                 // Only the pieces the schedule gave each sequence were written.
                 let n = tensor(X::tensor_arg(&t.nsplits))?.prefix(&bshape)?;
-                let args = [
-                    part,
-                    part_lse,
-                    KernelArg::Tensor(n),
-                    out_arg,
-                    lse_arg,
-                ];
+                let args = [part, part_lse, KernelArg::Tensor(n), out_arg, lse_arg];
                 exec.launch(&combine_counted, &p.combine_config(), &args)
             }
         }

@@ -379,10 +379,7 @@ fn sanitizer_smoke_every_kernel_balanced() {
     for (lat, bh, bn) in [(512usize, 64i64, 64i64), (256, 64, 32), (512, 16, 32)] {
         let p = Problem::new(5, 4, 17, lat, 64, vec![0, 40, 3000, 700], 16, 0.3);
         let mut params = DecodeParams::new(p.batch, p.heads, lat, 64, 1, p.scale);
-        params.decode = params
-            .decode
-            .with("BLOCK_H", bh)
-            .with("BLOCK_N", bn);
+        params.decode = params.decode.with("BLOCK_H", bh).with("BLOCK_N", bn);
         let sched = Balanced {
             max_splits: 8,
             units: 6,
@@ -400,20 +397,30 @@ fn sanitizer_smoke_every_kernel_balanced() {
         for b in 0..p.batch {
             let got = f64s(&out.data()[b * hl..(b + 1) * hl]);
             if p.lens[b] == 0 {
-                assert!(got.iter().all(|&x| x == 0.0), "lat {lat}: empty sequence {b}");
+                assert!(
+                    got.iter().all(|&x| x == 0.0),
+                    "lat {lat}: empty sequence {b}"
+                );
                 continue;
             }
             let want = p.reference(b, true);
             let e = rel_error(&got, &want.out);
-            assert!(e <= 1e-2, "lat {lat} BLOCK_H {bh}: sequence {b} rel error {e}");
+            assert!(
+                e <= 1e-2,
+                "lat {lat} BLOCK_H {bh}: sequence {b} rel error {e}"
+            );
             let got_lse = f64s(&lse.data()[b * p.heads..(b + 1) * p.heads]);
             let e = rel_error(&got_lse, &want.lse);
             assert!(e <= 1e-2, "lat {lat}: sequence {b} lse rel error {e}");
         }
     }
-    let a = g.upload(&HostTensor::<f32>::full(&[37, 200], 0.25)).unwrap();
+    let a = g
+        .upload(&HostTensor::<f32>::full(&[37, 200], 0.25))
+        .unwrap();
     let b = g.upload(&HostTensor::<f32>::full(&[37, 200], 0.5)).unwrap();
-    let mut y = g.upload(&HostTensor::<f32>::full(&[37, 200], f32::NAN)).unwrap();
+    let mut y = g
+        .upload(&HostTensor::<f32>::full(&[37, 200], f32::NAN))
+        .unwrap();
     let cfg = add_rows.default_config(&[("COLS", 200)]).unwrap();
     add_rows::launch(g, &cfg, &a, &b, &mut y).unwrap();
     assert!(g.download(&y).unwrap().data().iter().all(|&x| x == 0.75));

@@ -47,7 +47,10 @@ pub struct Core {
     caps: Capacities,
     dev: Dev,
     plans: Plans,
-    planned: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// The planned `seq_lens` and `block_table`: the torch objects (kept alive) and what was read
+    /// from them once, at `plan` (addresses, shapes), so `run` re-reads neither: new contents
+    /// written into the same tensors are what the next `run` sees.
+    planned: Option<(Py<PyAny>, Py<PyAny>, Tensor, Tensor)>,
 }
 
 /// The tensors of one call, checked.
@@ -159,8 +162,13 @@ impl Core {
         seq_lens: &Bound<'_, PyAny>,
         block_table: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.tables(seq_lens, block_table)?;
-        self.planned = Some((seq_lens.clone().unbind(), block_table.clone().unbind()));
+        let (l, t) = self.tables(seq_lens, block_table)?;
+        self.planned = Some((
+            seq_lens.clone().unbind(),
+            block_table.clone().unbind(),
+            l,
+            t,
+        ));
         Ok(())
     }
 
@@ -214,12 +222,12 @@ impl Core {
         out: Option<Bound<'py, PyAny>>,
         lse: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let Some((l, t)) = &self.planned else {
+        let Some((_, _, lens, table)) = &self.planned else {
             return Err(PyRuntimeError::new_err(
                 "call plan(seq_lens, block_table) before run",
             ));
         };
-        let (lens, table) = self.tables(l.bind(py), t.bind(py))?;
+        let (lens, table) = (lens.clone(), table.clone());
         let b = lens.shape[0];
         let (h, w, row) = (self.caps.heads, self.caps.lat, self.row());
         let lead = self.lead_shape();
