@@ -16,7 +16,7 @@
 //!
 //! [`TpLayer`] is generic over the executor and the collective: CPU ranks with
 //! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
-//! [`reference`] holds the f64 references; [`cost`] the roofline model and the largest batches.
+//! [`reference`](mod@reference) holds the f64 references; [`cost`] the roofline model and the largest batches.
 
 pub mod cost;
 pub mod glue;
