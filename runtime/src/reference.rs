@@ -71,20 +71,8 @@ pub fn tpla_shard_attention(
     g: usize,
     i: usize,
 ) -> AttentionOut {
-    assert!(
-        g > 0 && lat.is_multiple_of(g) && i < g,
-        "g must divide lat and i < g"
-    );
-    let d = lat + rope;
-    let w = lat / g;
-    let pick = |row: &[f64]| -> Vec<f64> {
-        let mut v = row[i * w..(i + 1) * w].to_vec();
-        v.extend_from_slice(&row[lat..d]);
-        v
-    };
-    let qs: Vec<f64> = q.chunks(d).flat_map(pick).collect();
-    let rs: Vec<f64> = rows.chunks(d).flat_map(pick).collect();
-    latent_attention(&qs, &rs, heads, w, rope, scale)
+    // One query token: the causal form sees every row, exactly as `latent_attention`.
+    tpla_shard_attention_causal(q, rows, 1, heads, lat, rope, scale, g, i)
 }
 
 /// TPLA decode of one sequence with `g` shards: the concatenation of the shard outputs along the
