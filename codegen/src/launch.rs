@@ -336,7 +336,12 @@ fn check_paged(
         }
         let capacity = pages_per_seq * page_size;
         for (b, &len) in lens.iter().enumerate() {
-            if len < 0 || len as usize > capacity {
+            if len < 0 {
+                return Err(err(format!(
+                    "sequence {b} has length {len}, which is negative"
+                )));
+            }
+            if len as usize > capacity {
                 return Err(err(format!(
                     "sequence {b} has length {len}, beyond the block table's {capacity} tokens"
                 )));
@@ -389,5 +394,32 @@ fn describe_arg(a: &ArgDesc<'_>) -> String {
         ArgDesc::Paged { dtype, .. } => format!("a paged cache of {dtype}"),
         ArgDesc::F32(_) => "an f32 scalar".into(),
         ArgDesc::I32(_) => "an i32 scalar".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_paged;
+
+    /// `check_paged` for one sequence of a 2-page table of 4-token pages (capacity 8).
+    fn lens_error(len: i32) -> Option<String> {
+        check_paged("cache", 8, 8, 4, 4, 1, 2, Some(&[0, 1]), Some(&[len]))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_negative_length_is_named_as_such_and_a_long_one_by_the_capacity() {
+        assert_eq!(lens_error(8), None);
+        let neg = lens_error(-1).expect("a negative length is an error");
+        assert!(
+            neg.contains("sequence 0 has length -1, which is negative"),
+            "{neg}"
+        );
+        let long = lens_error(9).expect("a length past the table is an error");
+        assert!(
+            long.contains("length 9, beyond the block table's 8 tokens"),
+            "{long}"
+        );
     }
 }

@@ -219,7 +219,7 @@ def test_bad_table_contents_are_value_errors_and_write_nothing(setup):
     neg = lens.clone()
     neg[3] = -1
     dec.plan(neg, table)
-    raises(ValueError, "sequence 3 has length -1", dec.run, q, cache, out=out)
+    raises(ValueError, "sequence 3 has length -1, which is negative", dec.run, q, cache, out=out)
     assert bool((out == 7.0).all()), "a rejected run writes nothing"
     dec.plan(lens, table)
 
