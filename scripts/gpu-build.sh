@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on the development machine, everything scripts/gpu-check.sh runs on a GPU host (which
 # has no cargo): release test binaries and the benchmark, stripped, into gpu-bin/ (git-ignored,
-# carried to the GPU host; well under 64 MiB). Usage: scripts/gpu-build.sh
+# carried to the GPU host; well under 64 MiB). Usage: scripts/gpu-build.sh [lean]
+# (lean: the kernel, CLI and layer binaries only, skipping the engine program and the C ABI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=gpu-bin
@@ -42,6 +43,11 @@ build cli_tests test --release -p tpla --test cli --no-run
 build tp_tests test --release -p tpla --test tp --no-run
 build engine_graph test --release -p tpla --test engine_graph --no-run
 build layer_tests test --release -p tpla --test layer --no-run
+if [ "${1:-}" = lean ]; then # kernels, CLI and layer only (no engine program, no C ABI)
+  git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"
+  du -sh "$out"
+  exit 0
+fi
 # The engine-style program outside the workspace (tpla with default features off, plus cuda):
 # `gpu-bin/engine_rust` decodes and checks itself; `--bench` adds the host-overhead JSON line.
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target} build engine_rust build --release \

@@ -53,7 +53,7 @@ step decode_mtp_cuda 300 "$bin/decode_mtp_cuda" --test-threads=1 &
 step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
 step layer_tests 300 "$bin/layer_tests" --test-threads=1 &
 step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 &
-(step engine_rust 120 "$bin/engine_rust"
+[ -x "$bin/engine_rust" ] && (step engine_rust 120 "$bin/engine_rust"
  step c_test_decode 120 "$bin/c_test_decode"
  step c_decode_cuda 60 "$bin/c_decode" cuda) &
 wait
@@ -67,14 +67,16 @@ step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 
   "$bin/decode_mtp_cuda" --test-threads=1
 
 # Timed, one at a time.
-step python_gpu 200 bash scripts/gpu-wheel.sh test
-step engine_rust_bench 60 "$bin/engine_rust" --bench
+[ -d "$bin/python" ] && step python_gpu 200 bash scripts/gpu-wheel.sh test
+[ -x "$bin/engine_rust" ] && step engine_rust_bench 60 "$bin/engine_rust" --bench
 step cuda_bench 240 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
 grep -aA60 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
-    --context 32768 --steps 5 --backend cuda
+    --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
 done
+# Result directories (bench JSON, layer JSON) travel as one archive.
+(cd "$OUT" && tar czf results.tgz bench-results layer-results 2>/dev/null; rm -rf bench-results layer-results)
 archive
 rm -f "$OUT"/*.log
 echo
