@@ -10,10 +10,11 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
-    decode_attention, decode_attention_balanced, shard_width, Balanced, BalancedWorkspace,
-    DecodeParams,
+    choose_splits, decode_attention, decode_attention_balanced, shard_width, Balanced,
+    BalancedWorkspace, DecodeParams,
 };
 use tpla_runtime::half::bf16;
+use tpla_runtime::tune::SplitPolicy;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, KernelArg, RuntimeError};
 
 /// Static shape of a decoder.
@@ -57,6 +58,8 @@ pub struct LatentDecoder<X: Executor> {
     /// Program slots of the device for the current (balanced) decode config (queried once per
     /// config).
     slots: std::sync::OnceLock<usize>,
+    /// How `splits = 0` splits the tokens (balanced unless the tune database says otherwise).
+    policy: SplitPolicy,
 }
 
 impl<X: Executor> LatentDecoder<X> {
@@ -115,6 +118,7 @@ impl<X: Executor> LatentDecoder<X> {
             params,
             append,
             slots: std::sync::OnceLock::new(),
+            policy: SplitPolicy::Balanced,
         })
     }
 
@@ -134,6 +138,15 @@ impl<X: Executor> LatentDecoder<X> {
     pub fn set_decode_config(&mut self, config: Config) {
         self.params.decode = config;
         self.slots = std::sync::OnceLock::new();
+    }
+
+    /// How a decode with `splits = 0` splits each sequence's tokens: [`SplitPolicy::Balanced`]
+    /// (the default: pieces computed on the device from the lengths) or
+    /// [`SplitPolicy::Uniform`] (the same split count for every sequence, chosen on the host for
+    /// whole waves at the longest length held), e.g. as the tune database stored it. A fixed
+    /// `splits` in the shape is kept either way.
+    pub fn set_split_policy(&mut self, policy: SplitPolicy) {
+        self.policy = policy;
     }
 
     /// Appends `rows` (`[batch, n, lat + rope]`, full width) to every shard: shard `i` keeps
@@ -314,7 +327,12 @@ impl<X: Executor> LatentDecoder<X> {
         let s = &self.shape;
         let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
         let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
-        if s.splits == 0 {
+        if s.splits == 0 && self.policy == SplitPolicy::Uniform {
+            let mut p = self.params.clone();
+            let max_len = self.lens.iter().copied().max().unwrap_or(1);
+            p.splits = choose_splits(exec, &p, max_len)?;
+            decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
+        } else if s.splits == 0 {
             // The balanced schedule: pieces computed on the device from the cache's lengths,
             // the grid sized for the longest sequence now held.
             let p = &self.params;

@@ -87,6 +87,12 @@ impl<X: Executor> TpShard<X> {
         self.dec.set_decode_config(config);
     }
 
+    /// Replaces how a decode with `splits = 0` splits the tokens (see
+    /// [`LatentDecoder::set_split_policy`]).
+    pub fn set_split_policy(&mut self, policy: tpla_runtime::tune::SplitPolicy) {
+        self.dec.set_split_policy(policy);
+    }
+
     /// Latent width of this rank's cache rows (without RoPE).
     pub fn width(&self) -> usize {
         self.dec.shard_width()

@@ -220,8 +220,24 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
         "1",
         "--preset",
         "deepseek-v2-lite",
+        "--var-len",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Format 2: each winner is stored with the split policy it was fastest with (both timed).
+    let tuned = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a tune file");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tuned).unwrap()).unwrap();
+    assert_eq!(file["format"], 2, "{file}");
+    for (key, e) in file["entries"].as_object().unwrap() {
+        let p = e["split_policy"].as_str().unwrap_or_default();
+        assert!(p == "uniform" || p == "balanced", "{key}: {e}");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(" balanced"), "the balanced policy was timed: {stdout}");
     let decode = [
         "decode",
         "--backend",
@@ -238,7 +254,7 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
     let o = run(&decode);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        o.status.success() && out.contains("kernel configs: tuned"),
+        o.status.success() && out.contains("kernel configs: tuned") && out.contains(" splits from"),
         "{out}"
     );
     for f in std::fs::read_dir(&dir).unwrap() {

@@ -28,7 +28,7 @@ fn v2_lite_decode_buckets() -> [String; 2] {
     [512, 256].map(|lat| tpla_runtime::tune::decode_bucket(1, heads, lat, 64, 128))
 }
 
-/// Writes a format-1 tune file for the one-thread CPU device: `(bucket, config)` entries.
+/// Writes a tune file of the current format for the one-thread CPU device: `(bucket, config)` entries.
 fn write_tune_file(dir: &Path, entries: &[(String, tpla_codegen::Config)]) -> PathBuf {
     let (path, device) = cpu_tune_file(dir, 1);
     let entries: serde_json::Map<String, serde_json::Value> = entries
@@ -42,7 +42,8 @@ fn write_tune_file(dir: &Path, entries: &[(String, tpla_codegen::Config)]) -> Pa
             )
         })
         .collect();
-    let file = serde_json::json!({"format": 1, "device": device, "entries": entries});
+    let format = tpla_runtime::tune::TUNE_FORMAT;
+    let file = serde_json::json!({"format": format, "device": device, "entries": entries});
     std::fs::write(&path, file.to_string()).unwrap();
     path
 }

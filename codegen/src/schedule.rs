@@ -51,6 +51,12 @@ fn bad(name: &str, value: i64, why: impl Into<String>) -> IrError {
     }
 }
 
+/// The schedule knobs `tpla tune` searches beside a kernel's `#[tune]` parameters, with their
+/// candidate values (the first is the default), and which the tune database may therefore store.
+/// They change how a kernel runs, never what it computes, and apply only where the backend says
+/// so (a CUDA Hopper target's warpgroup path): elsewhere a tuner times the default alone.
+pub const SEARCHED_KNOBS: &[(&str, &[i64])] = &[("PRODUCER", &[0, 1])];
+
 /// The `KV_CHUNKS` knob of a kernel config (see the module table): false when absent, an
 /// [`IrError::BadConfig`] naming the knob for a value other than 0 or 1.
 pub fn kv_chunks(config: &[(String, i64)]) -> Result<bool, IrError> {
@@ -127,6 +133,22 @@ mod tests {
         match e {
             IrError::BadConfig { name, .. } => name,
             other => panic!("expected BadConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_searched_knob_value_is_valid_and_the_first_is_the_default() {
+        for (name, values) in SEARCHED_KNOBS {
+            for v in *values {
+                Schedule::from_config(&cfg(&[(name, *v)]))
+                    .unwrap_or_else(|e| panic!("{name}={v}: {e}"));
+            }
+            let first = Schedule::from_config(&cfg(&[(name, values[0])])).unwrap();
+            assert_eq!(
+                first,
+                Schedule::default(),
+                "{name}: the first value is the default"
+            );
         }
     }
 

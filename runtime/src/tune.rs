@@ -10,6 +10,11 @@
 //!   value that is not one of the candidates, an unknown parameter) is reported and dropped, and
 //!   the file is rewritten without it.
 //!
+//! Format 2 (this one) stores, beside the kernel's `#[tune]` values and shape constants, the
+//! schedule knobs `tpla tune` searches ([`tpla_codegen::schedule::SEARCHED_KNOBS`]: producer
+//! warpgroup, ...) and the split policy of the winner ([`SplitPolicy`]). Files of format 1 are
+//! moved aside like any other unusable file.
+//!
 //! Writers serialise on a lock file (`NAME.json.lock`); a save re-reads the file under the lock,
 //! merges its own new entries over what is there and replaces the file atomically, so concurrent
 //! `tpla tune` runs of different shapes keep each other's entries.
@@ -19,13 +24,35 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tpla_codegen::schedule::SEARCHED_KNOBS;
 use tpla_codegen::{Config, KernelDef, TuneParam};
 
 use crate::fsutil::write_atomic;
 use crate::RuntimeError;
 
 /// Format version written into every file.
-pub const TUNE_FORMAT: u32 = 1;
+pub const TUNE_FORMAT: u32 = 2;
+
+/// How a tuned decode splits each sequence's tokens across programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitPolicy {
+    /// The same number of splits for every sequence, chosen on the host for whole waves of
+    /// resident programs (`tpla_kernels::ops::choose_splits`).
+    Uniform,
+    /// Pieces balanced over the sequences' lengths on the device
+    /// (`tpla_kernels::ops::decode_attention_balanced`).
+    Balanced,
+}
+
+impl std::fmt::Display for SplitPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SplitPolicy::Uniform => "uniform",
+            SplitPolicy::Balanced => "balanced",
+        })
+    }
+}
 
 /// One tuned entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +63,9 @@ pub struct TuneEntry {
     pub time_us: f64,
     /// When (YYYY-MM-DD).
     pub date: String,
+    /// The split policy it was timed with (absent: the caller's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_policy: Option<SplitPolicy>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -109,6 +139,14 @@ impl Space {
         }
         for (k, v) in config {
             if self.params.iter().any(|t| t.name == k) {
+                continue;
+            }
+            if let Some((_, values)) = SEARCHED_KNOBS.iter().find(|(n, _)| n == k) {
+                if !values.contains(v) {
+                    return Err(format!(
+                        "schedule knob {k}={v} is not one of the searched values {values:?}"
+                    ));
+                }
                 continue;
             }
             if !self.shape_constants.contains(&k.as_str()) {
@@ -377,8 +415,26 @@ impl TuneDb {
         self.entries.get(&format!("{kernel}/{bucket}"))
     }
 
+    /// The split policy stored with the tuned config of `kernel` for `bucket`, if any.
+    pub fn split_policy(&self, kernel: &str, bucket: &str) -> Option<SplitPolicy> {
+        self.entry(kernel, bucket).and_then(|e| e.split_policy)
+    }
+
     /// Records `config` as the best for (`kernel`, `bucket`).
     pub fn put(&mut self, kernel: &str, bucket: &str, config: &Config, time_us: f64, date: &str) {
+        self.put_with_policy(kernel, bucket, config, None, time_us, date)
+    }
+
+    /// Records `config`, timed with `policy`, as the best for (`kernel`, `bucket`).
+    pub fn put_with_policy(
+        &mut self,
+        kernel: &str,
+        bucket: &str,
+        config: &Config,
+        policy: Option<SplitPolicy>,
+        time_us: f64,
+        date: &str,
+    ) {
         let config = config.iter().map(|(k, v)| (k.to_string(), v)).collect();
         let key = format!("{kernel}/{bucket}");
         self.touched.insert(key.clone());
@@ -388,6 +444,7 @@ impl TuneDb {
                 config,
                 time_us,
                 date: date.to_string(),
+                split_policy: policy,
             },
         );
     }

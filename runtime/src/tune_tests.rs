@@ -54,8 +54,13 @@ fn files(d: &Path) -> Vec<String> {
     v
 }
 
-/// A file as an older tpla wrote it: format 1, entries `(bucket, config)`.
+/// A file of this format with entries `(bucket, config)`.
 fn write_file(d: &Path, entries: &[(&str, &[(&str, i64)])]) {
+    write_file_of_format(d, TUNE_FORMAT, entries)
+}
+
+/// A file of `format` with entries `(bucket, config)`.
+fn write_file_of_format(d: &Path, format: u32, entries: &[(&str, &[(&str, i64)])]) {
     let entries: serde_json::Map<String, serde_json::Value> = entries
         .iter()
         .map(|(bucket, cfg)| {
@@ -69,7 +74,7 @@ fn write_file(d: &Path, entries: &[(&str, &[(&str, i64)])]) {
             )
         })
         .collect();
-    let f = serde_json::json!({"format": 1, "device": DEV, "entries": entries});
+    let f = serde_json::json!({"format": format, "device": DEV, "entries": entries});
     std::fs::create_dir_all(d).unwrap();
     std::fs::write(d.join(file_name(DEV)), f.to_string()).unwrap();
 }
@@ -177,6 +182,76 @@ fn a_stale_file_is_reported_once_and_moved_aside() {
         .exists());
     let (db, warn) = TuneDb::open(d.path(), DEV, K);
     assert!(db.is_empty() && warn.is_empty(), "reported once: {warn:?}");
+}
+
+#[test]
+fn a_file_of_format_1_is_moved_aside_once() {
+    // What tpla wrote before the schedule knobs and split policies were searched: every entry
+    // would still fit, but the format says the search space was smaller.
+    let d = dir();
+    write_file_of_format(
+        d.path(),
+        1,
+        &[(
+            "H16-lat512+64-B4-L4096",
+            &[("BLOCK_H", 16), ("WG_SPLIT", 128)],
+        )],
+    );
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert!(db.is_empty());
+    let [TuneWarning::Unusable { why, moved_to, .. }] = warn.as_slice() else {
+        panic!("{warn:?}");
+    };
+    assert!(why.contains("format 1") && why.contains("reads 2"), "{why}");
+    assert!(Path::new(moved_to).exists(), "{moved_to}");
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert!(db.is_empty() && warn.is_empty(), "reported once: {warn:?}");
+}
+
+#[test]
+fn searched_schedule_knobs_and_the_split_policy_round_trip() {
+    let d = dir();
+    let (mut db, _) = TuneDb::open(d.path(), DEV, K);
+    let cfg = good(64).with("PRODUCER", 1);
+    db.put_with_policy(
+        "latent_decode",
+        "b",
+        &cfg,
+        Some(SplitPolicy::Balanced),
+        9.0,
+        "d",
+    );
+    db.put("latent_decode", "u", &good(32), 8.0, "d");
+    db.save().unwrap();
+    let text = std::fs::read_to_string(db.path()).unwrap();
+    assert!(text.contains("\"split_policy\": \"balanced\""), "{text}");
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert!(warn.is_empty(), "{warn:?}");
+    assert_eq!(db.get("latent_decode", "b"), Some(cfg));
+    assert_eq!(
+        db.split_policy("latent_decode", "b"),
+        Some(SplitPolicy::Balanced)
+    );
+    assert_eq!(db.split_policy("latent_decode", "u"), None);
+}
+
+#[test]
+fn a_searched_knob_outside_its_values_is_dropped() {
+    let d = dir();
+    write_file(
+        d.path(),
+        &[
+            ("ok", &[("BLOCK_H", 64), ("WG_SPLIT", 32), ("PRODUCER", 1)]),
+            ("bad", &[("BLOCK_H", 64), ("WG_SPLIT", 32), ("PRODUCER", 2)]),
+        ],
+    );
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert_eq!(db.len(), 1);
+    let text: Vec<String> = warn.iter().map(|w| w.to_string()).collect();
+    assert!(
+        text.len() == 1 && text[0].contains("PRODUCER=2") && text[0].contains("searched values"),
+        "{text:?}"
+    );
 }
 
 #[test]

@@ -70,8 +70,13 @@ impl ExecJob for DecodeJob {
         for dec in [&mut mla, &mut tpla] {
             let bucket = decode_bucket(a.batch, heads, dec.shard_width(), ROPE, max_tokens);
             if let Some(c) = db.get(latent_decode.name(), &bucket) {
-                tuned.push(format!("{} from {}", c, db.path().display()));
+                let policy = db.split_policy(latent_decode.name(), &bucket);
+                let how = policy.map(|p| format!(", {p} splits")).unwrap_or_default();
+                tuned.push(format!("{c}{how} from {}", db.path().display()));
                 dec.set_decode_config(c);
+                if let Some(p) = policy {
+                    dec.set_split_policy(p);
+                }
             }
         }
         println!(

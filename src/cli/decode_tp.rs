@@ -130,8 +130,13 @@ fn run<X: Executor, C: AllReduce<X>>(
         }
         let bucket = decode_bucket(a.batch, shard.heads(), shard.width(), ROPE, max_tokens);
         if let Some(c) = db.get(latent_decode.name(), &bucket) {
-            tuned.push(format!("{c} for {bucket}"));
+            let policy = db.split_policy(latent_decode.name(), &bucket);
+            let how = policy.map(|p| format!(", {p} splits")).unwrap_or_default();
+            tuned.push(format!("{c}{how} for {bucket}"));
             shard.set_decode_config(c);
+            if let Some(p) = policy {
+                shard.set_split_policy(p);
+            }
         }
     }
     tuned.dedup();

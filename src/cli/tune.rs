@@ -1,16 +1,25 @@
 //! `tpla tune`: time every tune candidate of the decode kernel on this device for a decode shape
 //! (MLA width and the TPLA shard width) and store the fastest in the tune database, which
 //! `tpla decode` then uses.
+//!
+//! The space searched: the kernel's `#[tune]` values (head block, KV block, stages, warpgroup
+//! split), times the schedule knobs of [`SEARCHED_KNOBS`] where they apply (a CUDA Hopper
+//! target: producer warpgroup, ...), all with uniform splits; then the winner is timed again with
+//! the balanced split schedule, and the faster split policy is stored with it.
 
 use std::time::Instant;
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
-use tpla_codegen::KernelDef;
+use tpla_codegen::schedule::SEARCHED_KNOBS;
+use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::latent_decode;
-use tpla_kernels::ops::{choose_splits, decode_attention, shard_width, DecodeParams};
+use tpla_kernels::ops::{
+    choose_balanced, choose_splits, decode_attention, decode_attention_balanced, shard_width,
+    BalancedWorkspace, DecodeParams,
+};
 use tpla_runtime::half::bf16;
-use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
+use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
 use tpla_runtime::{Executor, HostPagedCache, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
@@ -42,6 +51,34 @@ pub struct TuneArgs {
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Sequence lengths drawn uniformly from 1..=context (seeded) instead of all equal to it:
+    /// the mixed-length batches a serving engine sees, where the split policy matters most.
+    #[arg(long)]
+    pub var_len: bool,
+}
+
+/// The schedule-knob settings to search on a backend: every combination of
+/// [`SEARCHED_KNOBS`] where they apply (`hopper`), else only the defaults (no knob set).
+fn knob_settings(hopper: bool) -> Vec<Vec<(&'static str, i64)>> {
+    let mut out = vec![Vec::new()];
+    if !hopper {
+        return out;
+    }
+    for (name, values) in SEARCHED_KNOBS {
+        out = out
+            .into_iter()
+            .flat_map(|set| {
+                values.iter().map(move |v| {
+                    let mut s = set.clone();
+                    if *v != values[0] {
+                        s.push((*name, *v));
+                    }
+                    s
+                })
+            })
+            .collect();
+    }
+    out
 }
 
 /// Runs `tpla tune`.
@@ -95,14 +132,21 @@ impl ExecJob for TuneJob {
             .map_err(tpla_runtime::RuntimeError::from)?
             .get("WG_SPLIT")
             .ok();
-        let candidates: Vec<_> = latent_decode
+        let hopper = cuda && exec.backend_name().contains("sm_90");
+        let knobs = knob_settings(hopper);
+        let candidates: Vec<Config> = latent_decode
             .tune_space(&[])
             .map_err(tpla_runtime::RuntimeError::from)?
             .into_iter()
             .filter(|c| cuda || c.get("WG_SPLIT").ok() == default_split)
+            .flat_map(|c| {
+                knobs
+                    .iter()
+                    .map(move |set| set.iter().fold(c.clone(), |c, (k, v)| c.with(k, *v)))
+            })
             .collect();
         let progress = super::bench::progress_bar(
-            (widths.len() * candidates.len()) as u64,
+            (widths.len() * (candidates.len() + 1)) as u64,
             "timing candidates",
         );
         let say = |line: String| progress.suspend(|| println!("{line}"));
@@ -119,7 +163,12 @@ impl ExecJob for TuneJob {
             host.data_mut()
                 .iter_mut()
                 .for_each(|x| *x = bf16::from_f32(rng.gen_range(-1.0f32..1.0)));
-            host.set_seq_lens(&vec![a.context; a.batch])?;
+            let lens: Vec<usize> = if a.var_len {
+                (0..a.batch).map(|_| rng.gen_range(1..=a.context)).collect()
+            } else {
+                vec![a.context; a.batch]
+            };
+            host.set_seq_lens(&lens)?;
             let cache = exec.upload_paged(&host)?;
             let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
             let mut best: Option<(f64, tpla_codegen::Config)> = None;
@@ -167,8 +216,28 @@ impl ExecJob for TuneJob {
                 }
             }
             if let Some((t, c)) = best {
-                say(format!("  best: {c} ({t:.1} us)"));
-                db.put(latent_decode.name(), &bucket, &c, t, &today());
+                // The winner again with the balanced split schedule (pieces computed on the
+                // device from the lengths): the faster policy is stored with it.
+                progress.inc(1);
+                let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
+                p.decode = c.clone();
+                let balanced = time_balanced(exec, &p, a.context, a.reps, &q, &cache);
+                let (policy, t) = match balanced {
+                    Ok(tb) => {
+                        say(format!("  {:<52} {tb:>12.1}", format!("{c} balanced")));
+                        if tb < t {
+                            (SplitPolicy::Balanced, tb)
+                        } else {
+                            (SplitPolicy::Uniform, t)
+                        }
+                    }
+                    Err(e) => {
+                        say(format!("  {:<52} skipped: {e}", format!("{c} balanced")));
+                        (SplitPolicy::Uniform, t)
+                    }
+                };
+                say(format!("  best: {c}, {policy} splits ({t:.1} us)"));
+                db.put_with_policy(latent_decode.name(), &bucket, &c, Some(policy), t, &today());
             }
         }
         progress.finish_and_clear();
@@ -177,5 +246,49 @@ impl ExecJob for TuneJob {
         }
         println!("wrote {}", db.path().display());
         Ok(())
+    }
+}
+
+/// Median time (µs) of `reps` balanced decodes of `p` (after an untimed warm-up).
+fn time_balanced<X: Executor>(
+    exec: &X,
+    p: &DecodeParams,
+    max_len: usize,
+    reps: usize,
+    q: &X::Tensor<bf16>,
+    cache: &X::Paged<bf16>,
+) -> Result<f64, CliError> {
+    let sched = choose_balanced(exec, p, max_len)?;
+    let mut ws = BalancedWorkspace::new(exec, p, sched)?;
+    let mut out = exec.alloc::<f32>(&[p.batch, p.heads, p.lat])?;
+    let mut lse = exec.alloc::<f32>(&[p.batch, p.heads])?;
+    decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
+    exec.synchronize()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
+        exec.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|x, y| x.total_cmp(y));
+    Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_are_searched_only_where_they_apply_and_every_combination_once() {
+        assert_eq!(knob_settings(false), vec![Vec::<(&str, i64)>::new()]);
+        let all = knob_settings(true);
+        let expected: usize = SEARCHED_KNOBS.iter().map(|(_, v)| v.len()).product();
+        assert_eq!(all.len(), expected);
+        assert!(all.contains(&Vec::new()), "the defaults are one of them");
+        let mut dedup = all.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), all.len());
     }
 }
