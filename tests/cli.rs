@@ -237,7 +237,10 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
         assert!(p == "uniform" || p == "balanced", "{key}: {e}");
     }
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains(" balanced"), "the balanced policy was timed: {stdout}");
+    assert!(
+        stdout.contains(" balanced"),
+        "the balanced policy was timed: {stdout}"
+    );
     let decode = [
         "decode",
         "--backend",
