@@ -159,6 +159,7 @@ fn descs<'a>(k: &Kernel, args: &'a [HostArg]) -> Vec<ArgDesc<'a>> {
                     seq_lens: Some(seq_lens),
                     writable,
                     chunks: chunks.is_some(),
+                    format: tpla_codegen::ir::PagedFormat::Plain,
                 },
                 HostArg::F32(v) => ArgDesc::F32(*v),
                 HostArg::I32(v) => ArgDesc::I32(*v),

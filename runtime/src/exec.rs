@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use tpla_codegen::ir::DType;
+use tpla_codegen::ir::{DType, PagedFormat};
 use tpla_codegen::launch::ArgDesc;
 use tpla_codegen::{Config, KernelDef};
 
@@ -169,6 +169,7 @@ pub struct PagedArg<'a> {
     writable: bool,
     space: ArgSpace,
     split_table: Option<TensorArg<'a>>,
+    format: PagedFormat,
 }
 
 /// The geometry of a paged cache: `data [num_pages, page_size, row]`, block table
@@ -229,7 +230,23 @@ impl<'a> PagedArg<'a> {
             writable,
             space,
             split_table: None,
+            format: PagedFormat::Plain,
         }
+    }
+    /// The same cache with its rows stored in `format` (default [`PagedFormat::Plain`]): the
+    /// pool then holds `num_pages · page_size` rows of `format.row_bytes(dtype, row)` bytes,
+    /// e.g. FP8 rows for kernels built with `KV_FP8`
+    /// (see [`tpla_codegen::kv_format`]).
+    ///
+    /// # Safety
+    /// As for [`PagedArg::new`], with `data` addressing at least `num_pages · page_size`
+    /// rows of `format.row_bytes(dtype, row)` bytes, 16-byte aligned.
+    pub unsafe fn with_format(self, format: PagedFormat) -> PagedArg<'a> {
+        PagedArg { format, ..self }
+    }
+    /// How the rows are stored in the pool.
+    pub fn format(&self) -> PagedFormat {
+        self.format
     }
     /// The same cache with a per-sequence split table `chunk [batch]` (i32, read-only), for
     /// kernels built with the schedule knob `KV_CHUNKS = 1`: their block loops split sequence `b`
@@ -367,6 +384,7 @@ impl<'a> KernelArg<'a> {
                 seq_lens: p.host_tables.map(|t| t.1),
                 writable: p.writable,
                 chunks: p.split_table.is_some(),
+                format: p.format,
             },
             KernelArg::F32(v) => ArgDesc::F32(v),
             KernelArg::I32(v) => ArgDesc::I32(v),

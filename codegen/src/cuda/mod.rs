@@ -120,7 +120,7 @@ mod util;
 mod warpspec;
 
 use crate::error::IrError;
-use crate::ir::{DType, Kernel};
+use crate::ir::{DType, Kernel, PagedFormat, ParamKind};
 
 /// The device prelude every generated kernel starts with.
 pub const PRELUDE: &str = include_str!("prelude.cu");
@@ -297,5 +297,20 @@ pub struct CudaSource {
 /// Fails with [`IrError::Backend`] when the kernel cannot be lowered, e.g. when its tiles need
 /// more shared memory than the target offers even without pipelining.
 pub fn emit(kernel: &Kernel, target: Target) -> Result<CudaSource, IrError> {
+    if kernel.params.iter().any(|p| {
+        matches!(
+            p.kind,
+            ParamKind::Paged {
+                format: PagedFormat::Fp8 { .. },
+                ..
+            }
+        )
+    }) {
+        return Err(IrError::Backend {
+            backend: "cuda",
+            kernel: kernel.name.clone(),
+            message: "the FP8 paged format (KV_FP8) is not lowered to CUDA yet".into(),
+        });
+    }
     pipeline::emit(kernel, target)
 }
