@@ -6,12 +6,14 @@
 //!
 //! - [`PagedFormat::Plain`]: `row` elements of the parameter's dtype (the default).
 //! - [`PagedFormat::Fp8`] with `lat` quantised columns (FlashMLA's FP8 latent cache): each token
-//!   row is `lat` e4m3 bytes, then `lat / 128` f32 scales (one per group of 128 columns), then
-//!   the remaining `row − lat` columns (the RoPE part) as bf16, padded with zero bytes to a
-//!   multiple of 16 bytes so that every row starts 16-byte aligned. MLA (`576 = 512 + 64`):
-//!   512 + 16 + 128 = 656 bytes; a g = 2 TPLA shard (`256 + 64`): 256 + 8 + 128 = 392, padded
-//!   to 400; g = 4 (`128 + 64`): 128 + 4 + 128 = 260, padded to 272. A shard's scales are its
-//!   own slice of the full row's scales (groups of 128 columns never straddle a shard).
+//!   row is `lat` e4m3 bytes, then `lat / 128` f32 scales (one per group of 128 columns), zero
+//!   padded to a multiple of 16 bytes, then the remaining `row − lat` columns (the RoPE part) as
+//!   bf16, zero padded to a multiple of 16 bytes: every row and its RoPE part start 16-byte
+//!   aligned (a 16-byte copy moves them). MLA (`576 = 512 + 64`): 512 + 16 + 128 = 656 bytes,
+//!   FlashMLA's row, no padding; a g = 2 TPLA shard (`256 + 64`): 256 + 8 (+ 8 padding) + 128 =
+//!   400; g = 4 (`128 + 64`): 128 + 4 (+ 12) + 128 = 272 (padding at the end instead would give
+//!   the same sizes but an unaligned RoPE part). A shard's scales are its own slice of the full
+//!   row's scales (groups of 128 columns never straddle a shard).
 //!
 //! The rule, shared by both backends and the reference ([`quantise_row`], [`dequantise_row`]):
 //! a paged store quantises each row's 128-column group `x` with `amax = max |x|` (NaN
@@ -70,7 +72,13 @@ impl std::fmt::Display for PagedFormat {
 
 /// Bytes of an FP8 row of `row` columns whose first `lat` are quantised (16-byte padded).
 pub fn fp8_row_bytes(lat: usize, row: usize) -> usize {
-    (lat + 4 * (lat / FP8_GROUP) + 2 * (row - lat)).next_multiple_of(16)
+    (fp8_rope_offset(lat) + 2 * (row - lat)).next_multiple_of(16)
+}
+
+/// Byte offset of the bf16 RoPE part of an FP8 row with `lat` quantised columns: after the
+/// e4m3 bytes and the scales, 16-byte aligned.
+pub fn fp8_rope_offset(lat: usize) -> usize {
+    (lat + 4 * (lat / FP8_GROUP)).next_multiple_of(16)
 }
 
 /// The `KV_FP8` knob of a kernel config for a paged parameter of `dtype` with `row` columns:
@@ -171,7 +179,7 @@ pub fn quantise_row(x: &[f32], lat: usize) -> Vec<u8> {
         }
         out[lat + 4 * g..lat + 4 * g + 4].copy_from_slice(&s.to_le_bytes());
     }
-    let rope = lat + 4 * groups;
+    let rope = fp8_rope_offset(lat);
     for (j, v) in x[lat..].iter().enumerate() {
         out[rope + 2 * j..rope + 2 * j + 2].copy_from_slice(&bf16_bits(*v).to_le_bytes());
     }
@@ -181,14 +189,13 @@ pub fn quantise_row(x: &[f32], lat: usize) -> Vec<u8> {
 /// The `row` columns a kernel reads from an FP8 row with `lat` quantised columns:
 /// `bf16(e4m3 · scale)`, then the bf16 RoPE columns.
 pub fn dequantise_row(bytes: &[u8], lat: usize, row: usize) -> Vec<f32> {
-    let groups = lat / FP8_GROUP;
     let mut out = Vec::with_capacity(row);
     for c in 0..lat {
         let g = lat + 4 * (c / FP8_GROUP);
         let s = f32::from_le_bytes(bytes[g..g + 4].try_into().expect("4 bytes"));
         out.push(round_bf16(e4m3_to_f32(bytes[c]) * s));
     }
-    let rope = lat + 4 * groups;
+    let rope = fp8_rope_offset(lat);
     for j in 0..row - lat {
         let b = u16::from_le_bytes([bytes[rope + 2 * j], bytes[rope + 2 * j + 1]]);
         out.push(f32::from_bits((b as u32) << 16));
@@ -283,7 +290,8 @@ mod tests {
         x[5] = 900.0;
         let bytes = quantise_row(&x, 256);
         assert_eq!(bytes.len(), 400);
-        assert!(bytes[392..].iter().all(|&b| b == 0));
+        assert_eq!(fp8_rope_offset(256), 272);
+        assert!(bytes[264..272].iter().all(|&b| b == 0));
         assert_eq!(&bytes[256 + 4..264], &1.0f32.to_le_bytes());
         assert_eq!(bytes[5], 0x7e);
         let y = dequantise_row(&bytes, 256, 320);

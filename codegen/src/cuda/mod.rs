@@ -297,20 +297,24 @@ pub struct CudaSource {
 /// Fails with [`IrError::Backend`] when the kernel cannot be lowered, e.g. when its tiles need
 /// more shared memory than the target offers even without pipelining.
 pub fn emit(kernel: &Kernel, target: Target) -> Result<CudaSource, IrError> {
-    if kernel.params.iter().any(|p| {
-        matches!(
-            p.kind,
-            ParamKind::Paged {
-                format: PagedFormat::Fp8 { .. },
-                ..
+    for p in &kernel.params {
+        if let ParamKind::Paged {
+            format: PagedFormat::Fp8 { lat },
+            row,
+            ..
+        } = p.kind
+        {
+            if !(row - lat).is_multiple_of(8) {
+                return Err(IrError::Backend {
+                    backend: "cuda",
+                    kernel: kernel.name.clone(),
+                    message: format!(
+                        "an FP8 paged cache needs its bf16 columns ({}) in chunks of 8",
+                        row - lat
+                    ),
+                });
             }
-        )
-    }) {
-        return Err(IrError::Backend {
-            backend: "cuda",
-            kernel: kernel.name.clone(),
-            message: "the FP8 paged format (KV_FP8) is not lowered to CUDA yet".into(),
-        });
+        }
     }
     pipeline::emit(kernel, target)
 }

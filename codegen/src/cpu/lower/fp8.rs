@@ -6,7 +6,7 @@ use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 
 use super::{mem, Lower};
 use crate::ir::DType;
-use crate::kv_format::{fp8_row_bytes, E4M3_MAX, FP8_GROUP};
+use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, E4M3_MAX, FP8_GROUP};
 
 impl Lower<'_, '_> {
     /// Reads the FP8 row at `src` (`lat` quantised columns of a `row`-column row) into dense
@@ -33,7 +33,7 @@ impl Lower<'_, '_> {
                 l.b.ins().store(mem(), v, d, 0);
             });
         });
-        let rope = self.b.ins().iadd_imm_s(src, (lat + 4 * groups) as i64);
+        let rope = self.b.ins().iadd_imm_s(src, fp8_rope_offset(lat) as i64);
         let rdst = self.b.ins().iadd_imm_s(dst, (lat * 4) as i64);
         self.copy_row_in(DType::BF16, rope, rdst, row - lat);
     }
@@ -91,12 +91,14 @@ impl Lower<'_, '_> {
                 l.b.ins().istore8(mem(), byte, d, 0);
             });
         });
-        let rope_at = lat + 4 * groups;
+        let rope_at = fp8_rope_offset(lat);
         let rsrc = self.b.ins().iadd_imm_s(src, lat as i64 * st);
         let rdst = self.b.ins().iadd_imm_s(dst, rope_at as i64);
         self.copy_row_out(rsrc, stride, tile_ty, DType::BF16, rdst, n - lat);
         let z = self.i32c(0, false);
-        for p in rope_at + 2 * (n - lat)..fp8_row_bytes(lat, n) {
+        let pads =
+            (lat + 4 * groups..rope_at).chain(rope_at + 2 * (n - lat)..fp8_row_bytes(lat, n));
+        for p in pads {
             self.b.ins().istore8(mem(), z, dst, p as i32);
         }
     }
