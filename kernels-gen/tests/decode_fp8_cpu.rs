@@ -187,3 +187,63 @@ fn pool_clone_meta(p: &Fp8Pool) -> Fp8Pool {
         seq_lens: p.seq_lens.clone(),
     }
 }
+
+#[test]
+fn the_fp8_front_door_appends_then_decodes_on_a_carrier_pool() {
+    use tpla_codegen::kv_format::dequantise_row;
+    use tpla_kernels::fp8::{
+        append_rows_fp8, decode_attention_fp8, fp8_carrier_row, read_fp8_token,
+    };
+    use tpla_kernels::ops::DecodeParams;
+    let (lat, rope, heads, batch, newt) = (256usize, 64usize, 16usize, 2usize, 40usize);
+    let row = lat + rope;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut cache =
+        HostPagedCache::<bf16>::new(batch, 64, 16, fp8_carrier_row(lat, rope)).unwrap();
+    assert_eq!(cache.row(), 200);
+    cache.set_seq_lens(&[newt, newt - 3]).unwrap();
+    let vals: Vec<f32> = (0..batch * newt * row)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)).to_f32())
+        .collect();
+    let rows = HostTensor::<bf16>::from_f32(&[batch, newt, row], &vals).unwrap();
+    let cfg = tpla_codegen::Config::new().with("BLOCK_T", 16);
+    append_rows_fp8(exec(), &cfg, &rows, &mut cache, lat, rope).unwrap();
+    let lens = [newt, newt - 3];
+    for b in 0..batch {
+        for t in 0..lens[b] {
+            let j = t + newt - lens[b];
+            let src = &vals[(b * newt + j) * row..(b * newt + j + 1) * row];
+            let want = dequantise_row(&quantise_row(src, lat), lat, row);
+            assert_eq!(read_fp8_token(&cache, b, t, lat, rope).unwrap(), want);
+        }
+    }
+    let p = DecodeParams::new(batch, heads, lat, rope, 2, 0.1);
+    let qv: Vec<f32> = (0..batch * heads * row)
+        .map(|_| bf16::from_f32(rng.gen_range(-1.0..1.0)).to_f32())
+        .collect();
+    let q = HostTensor::<bf16>::from_f32(&[batch, heads, row], &qv).unwrap();
+    let mut out = HostTensor::<f32>::full(&[batch, heads, lat], f32::NAN);
+    let mut lse = HostTensor::<f32>::full(&[batch, heads], f32::NAN);
+    decode_attention_fp8(exec(), &p, &q, &cache, &mut out, &mut lse).unwrap();
+    for b in 0..batch {
+        let rows: Vec<f64> = (0..lens[b])
+            .flat_map(|t| read_fp8_token(&cache, b, t, lat, rope).unwrap())
+            .map(|x| x as f64)
+            .collect();
+        let qb: Vec<f64> = qv[b * heads * row..(b + 1) * heads * row]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let want = tpla_runtime::reference::latent_attention(&qb, &rows, heads, lat, rope, 0.1);
+        let got: Vec<f64> = out.data()[b * heads * lat..(b + 1) * heads * lat]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let e = tpla_runtime::reference::rel_error(&got, &want.out);
+        assert!(e < 2e-5, "b {b}: rel error {e}");
+    }
+    // A plain bf16 cache is not a carrier of FP8 rows: a typed error, nothing launched.
+    let plain = HostPagedCache::<bf16>::new(batch, 64, 16, row).unwrap();
+    let e = decode_attention_fp8(exec(), &p, &q, &plain, &mut out, &mut lse).unwrap_err();
+    assert!(e.to_string().contains("carrier"), "{e}");
+}

@@ -248,6 +248,37 @@ impl<'a> PagedArg<'a> {
     pub fn format(&self) -> PagedFormat {
         self.format
     }
+    /// The FP8 view of a bf16 *carrier* pool: a plain bf16 cache whose rows of
+    /// `fp8_row_bytes(lat, row) / 2` elements hold FP8 rows of `row` columns (`lat` quantised;
+    /// see `tpla_codegen::kv_format`), seen as the cache of a kernel built with `KV_FP8 = lat`.
+    /// Safe: the bytes are the same. A typed error when the argument is not a plain bf16 cache
+    /// of exactly that row size or `lat` is not a multiple of 128 within the row.
+    pub fn fp8_view(self, lat: usize, row: usize) -> Result<PagedArg<'a>, RuntimeError> {
+        use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
+        let carrier = fp8_row_bytes(lat.min(row), row) / 2;
+        let why = if lat == 0 || lat % FP8_GROUP != 0 || lat > row {
+            Some(format!(
+                "{lat} quantised columns of a {row}-column row (a multiple of {FP8_GROUP} is needed)"
+            ))
+        } else if self.dtype != DType::BF16 || self.format != PagedFormat::Plain {
+            Some(format!("the carrier is {} {}, not plain bf16", self.dtype, self.format))
+        } else if self.row != carrier {
+            Some(format!(
+                "the carrier rows have {} bf16, FP8 rows of {row} columns need {carrier}",
+                self.row
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(RuntimeError::InvalidInput(format!("FP8 cache: {why}"))),
+            None => Ok(PagedArg {
+                row,
+                format: PagedFormat::Fp8 { lat },
+                ..self
+            }),
+        }
+    }
     /// The same cache with a per-sequence split table `chunk [batch]` (i32, read-only), for
     /// kernels built with the schedule knob `KV_CHUNKS = 1`: their block loops split sequence `b`
     /// into pieces of `chunk[b]` tokens (see `tpla_codegen::ir::Stmt::PagedBlocks`; any value
