@@ -31,7 +31,16 @@ fn fp8_decode_matches_the_reference_over_the_dequantised_cache() {
         (256, 64, 1),
         (512, 64, 2),
     ] {
-        let p = Problem::new(300 + n, lens.len(), sq * heads, lat, 64, lens.clone(), 16, 0.1352);
+        let p = Problem::new(
+            300 + n,
+            lens.len(),
+            sq * heads,
+            lat,
+            64,
+            lens.clone(),
+            16,
+            0.1352,
+        );
         let mut pool = Fp8Pool::from_problem(&p);
         let m = Mtp { p: &p, sq, heads };
         for (splits, bn) in [(1, 64), (2, 16), (3, 32)] {
@@ -62,7 +71,11 @@ fn fp8_decode_is_within_bf16_tolerance_of_the_exact_result() {
     let (heads, lat) = (16usize, 512usize);
     let p = Problem::new(11, lens.len(), heads, lat, 64, lens.clone(), 16, 0.1352);
     let mut pool = Fp8Pool::from_problem(&p);
-    let m = Mtp { p: &p, sq: 1, heads };
+    let m = Mtp {
+        p: &p,
+        sq: 1,
+        heads,
+    };
     let (out, lse) = decode_fp8(exec(), &m.params(2, 32), &p.q_tensor(), &mut pool);
     // e4m3 keeps 3 mantissa bits: each cached latent value is within 2^-4 of itself
     // (relative), which bounds the output's relative error (a convex combination of rows);
@@ -77,7 +90,11 @@ fn fp8_decode_is_within_bf16_tolerance_of_the_exact_result() {
 fn an_fp8_kernel_refuses_a_bf16_pool_and_a_bf16_kernel_an_fp8_pool() {
     let lens = vec![5usize];
     let p = Problem::new(3, 1, 16, 256, 64, lens, 16, 0.1);
-    let m = Mtp { p: &p, sq: 1, heads: 16 };
+    let m = Mtp {
+        p: &p,
+        sq: 1,
+        heads: 16,
+    };
     let params = m.params(1, 16);
     let q = p.q_tensor();
     let mut out = HostTensor::<f32>::full(&[1, 1, 16, 256], 0.0);
@@ -90,7 +107,9 @@ fn an_fp8_kernel_refuses_a_bf16_pool_and_a_bf16_kernel_an_fp8_pool() {
         CpuExecutor::tensor_arg_mut(&mut lse),
         KernelArg::F32(0.1),
     ];
-    let e = exec().launch(&tpla_kernels::latent_decode, &fp8, &args).unwrap_err();
+    let e = exec()
+        .launch(&tpla_kernels::latent_decode, &fp8, &args)
+        .unwrap_err();
     assert!(e.to_string().contains("FP8"), "{e}");
     let mut pool = Fp8Pool::from_problem(&p);
     let args = [
@@ -106,7 +125,9 @@ fn an_fp8_kernel_refuses_a_bf16_pool_and_a_bf16_kernel_an_fp8_pool() {
     assert!(e.to_string().contains("400 bytes"), "{e}");
     // A bad knob value names the knob.
     let bad = params.decode_config().with("KV_FP8", 100);
-    let e = exec().launch(&tpla_kernels::latent_decode, &bad, &args).unwrap_err();
+    let e = exec()
+        .launch(&tpla_kernels::latent_decode, &bad, &args)
+        .unwrap_err();
     assert!(e.to_string().contains("KV_FP8"), "{e}");
 }
 
@@ -159,7 +180,10 @@ fn fp8_append_quantises_exactly_as_the_reference_rule() {
         let args = [CpuExecutor::tensor_arg(&rows), pool.arg(true)];
         exec().launch(&append_rows, &cfg, &args).unwrap();
         let rb = fp8_row_bytes(lat, row);
-        let mut untouched = Fp8Pool { data: before, ..pool_clone_meta(&pool) };
+        let mut untouched = Fp8Pool {
+            data: before,
+            ..pool_clone_meta(&pool)
+        };
         for b in 0..batch {
             for t in old[b]..lens[b] {
                 let j = t - old[b];
@@ -170,7 +194,10 @@ fn fp8_append_quantises_exactly_as_the_reference_rule() {
             }
         }
         assert_eq!(rb, pool.row_bytes);
-        assert!(pool.data == untouched.data, "lat {lat}: bytes outside the new rows changed");
+        assert!(
+            pool.data == untouched.data,
+            "lat {lat}: bytes outside the new rows changed"
+        );
     }
 }
 
@@ -198,8 +225,7 @@ fn the_fp8_front_door_appends_then_decodes_on_a_carrier_pool() {
     let (lat, rope, heads, batch, newt) = (256usize, 64usize, 16usize, 2usize, 40usize);
     let row = lat + rope;
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    let mut cache =
-        HostPagedCache::<bf16>::new(batch, 64, 16, fp8_carrier_row(lat, rope)).unwrap();
+    let mut cache = HostPagedCache::<bf16>::new(batch, 64, 16, fp8_carrier_row(lat, rope)).unwrap();
     assert_eq!(cache.row(), 200);
     cache.set_seq_lens(&[newt, newt - 3]).unwrap();
     let vals: Vec<f32> = (0..batch * newt * row)

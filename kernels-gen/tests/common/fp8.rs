@@ -7,7 +7,9 @@ use tpla_codegen::kv_format::{dequantise_row, fp8_row_bytes, quantise_row};
 use tpla_kernels::ops::DecodeParams;
 use tpla_kernels::{combine_splits, latent_decode};
 use tpla_runtime::half::bf16;
-use tpla_runtime::{ArgSpace, CpuExecutor, Executor, HostTensor, KernelArg, PagedArg, PagedGeometry};
+use tpla_runtime::{
+    ArgSpace, CpuExecutor, Executor, HostTensor, KernelArg, PagedArg, PagedGeometry,
+};
 
 /// A host page pool of FP8 rows (16-byte aligned) sharing a [`Problem`]'s tables.
 pub struct Fp8Pool {
@@ -64,7 +66,9 @@ impl Fp8Pool {
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and every u8 pattern is a valid u128.
-        unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), self.data.len() * 16) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), self.data.len() * 16)
+        }
     }
 
     /// The bytes of token `t` of sequence `b`.
@@ -141,7 +145,42 @@ pub fn decode_fp8(
     }
     let mut out = HostTensor::<f32>::full(&shape[1..], f32::NAN);
     let mut lse = HostTensor::<f32>::full(&shape[1..3], f32::NAN);
-    combine_splits::launch(ex, &params.combine_config(), &part, &part_lse, &mut out, &mut lse)
-        .unwrap();
+    combine_splits::launch(
+        ex,
+        &params.combine_config(),
+        &part,
+        &part_lse,
+        &mut out,
+        &mut lse,
+    )
+    .unwrap();
     (out.data().to_vec(), lse.data().to_vec())
+}
+
+/// The problem's bf16-rounded rows quantised into a carrier pool (a bf16 cache whose rows hold
+/// the FP8 rows, see `tpla_kernels::fp8`), with the problem's block table and lengths; every
+/// byte no token owns is 0xff (NaN).
+pub fn carrier_from_problem(p: &Problem) -> tpla_runtime::HostPagedCache<bf16> {
+    let c = &p.cache;
+    let (row, lat) = (p.lat + p.rope, p.lat);
+    let mut cache = tpla_runtime::HostPagedCache::<bf16>::new(
+        p.batch,
+        c.pages_per_seq() * c.page_size(),
+        c.page_size(),
+        tpla_kernels::fp8::fp8_carrier_row(lat, p.rope),
+    )
+    .unwrap();
+    cache.set_block_table(c.block_table().to_vec()).unwrap();
+    cache
+        .data_mut()
+        .iter_mut()
+        .for_each(|x| *x = bf16::from_bits(0xffff));
+    for (b, rows) in p.rows.iter().enumerate() {
+        for (t, r) in rows.chunks(row).enumerate() {
+            let r: Vec<f32> = r.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+            tpla_kernels::fp8::write_fp8_token(&mut cache, b, t, &r, lat).unwrap();
+        }
+    }
+    cache.set_seq_lens(&p.lens).unwrap();
+    cache
 }
