@@ -67,6 +67,35 @@ pub fn read_fp8_token(
     Ok(dequantise_row(&bytes_of(row), lat, lat + rope))
 }
 
+/// One [`latent_decode`] launch (`out` / `lse` the split partials, as the typed launcher takes
+/// them), reading `cache` as an FP8 carrier pool when `cfg` sets `KV_FP8` (its `LAT` and `ROPE`
+/// give the row) and as bf16 rows otherwise.
+pub fn launch_decode<X: Executor>(
+    exec: &X,
+    cfg: &Config,
+    q: &X::Tensor<bf16>,
+    cache: &X::Paged<bf16>,
+    out: &mut X::Tensor<f32>,
+    lse: &mut X::Tensor<f32>,
+    scale: f32,
+) -> Result<(), RuntimeError> {
+    let Some(lat) = cfg.try_get("KV_FP8").filter(|&v| v > 0) else {
+        return latent_decode::launch(exec, cfg, q, cache, out, lse, scale);
+    };
+    let row = cfg.get("LAT")? + cfg.get("ROPE")?;
+    let KernelArg::Paged(c) = X::paged_arg(cache) else {
+        unreachable!("a paged cache argument")
+    };
+    let args = [
+        X::tensor_arg(q),
+        KernelArg::Paged(c.fp8_view(lat as usize, row as usize)?),
+        X::tensor_arg_mut(out),
+        X::tensor_arg_mut(lse),
+        KernelArg::F32(scale),
+    ];
+    exec.launch(&latent_decode, cfg, &args)
+}
+
 /// [`crate::ops::decode_attention`] over an FP8 carrier pool: `out` `[batch, rows, lat]` and
 /// `lse` `[batch, rows]`. The decode config is `p.decode_config()` with `KV_FP8 = lat`.
 pub fn decode_attention_fp8<X: Executor>(
@@ -81,17 +110,7 @@ pub fn decode_attention_fp8<X: Executor>(
     let cfg = p.decode_config().with("KV_FP8", p.lat as i64);
     let (b, h, lat) = (p.batch, p.rows(), p.lat);
     let launch = |part: &mut X::Tensor<f32>, part_lse: &mut X::Tensor<f32>| {
-        let KernelArg::Paged(c) = X::paged_arg(cache) else {
-            unreachable!("a paged cache argument")
-        };
-        let args = [
-            X::tensor_arg(q),
-            KernelArg::Paged(c.fp8_view(lat, lat + p.rope)?),
-            X::tensor_arg_mut(part),
-            X::tensor_arg_mut(part_lse),
-            KernelArg::F32(p.scale),
-        ];
-        exec.launch(&latent_decode, &cfg, &args)
+        launch_decode(exec, &cfg, q, cache, part, part_lse, p.scale)
     };
     if p.splits > 1 {
         let mut part = exec.alloc::<f32>(&[p.splits, b, h, lat])?;
