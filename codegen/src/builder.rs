@@ -70,7 +70,8 @@ impl KernelBuilder {
 
     /// Declares a paged cache parameter whose rows have `row` elements. A read-only cache is
     /// `chunked` (carries a per-sequence split table) when the config sets the schedule knob
-    /// `KV_CHUNKS = 1`; any value other than 0 and 1 is an error naming the knob.
+    /// `KV_CHUNKS = 1`; any value other than 0 and 1 is an error naming the knob. The rows'
+    /// storage format follows the knob `KV_FP8` ([`crate::kv_format::kv_fp8`]).
     pub fn paged(
         &mut self,
         name: &str,
@@ -80,6 +81,7 @@ impl KernelBuilder {
     ) -> Result<ParamId, IrError> {
         let row = positive(name, row)?;
         let chunked = crate::schedule::kv_chunks(&self.kernel.config)? && !writable;
+        let format = crate::kv_format::kv_fp8(&self.kernel.config, dtype, row)?;
         Ok(self.push_param(
             name,
             ParamKind::Paged {
@@ -87,6 +89,7 @@ impl KernelBuilder {
                 row,
                 writable,
                 chunked,
+                format,
             },
         ))
     }

@@ -28,6 +28,8 @@
 
 use std::fmt;
 
+pub use crate::kv_format::PagedFormat;
+
 /// Element type of a tensor, tile or scalar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
@@ -117,6 +119,9 @@ pub enum ParamKind {
         /// [`Stmt::PagedBlocks`] loops then split sequence `b` into pieces of `chunk[b]` tokens
         /// instead of `num_splits` equal pieces.
         chunked: bool,
+        /// How the rows are stored in the page pool (the schedule knob `KV_FP8`): the kernel
+        /// reads and writes `row` columns of `dtype` whatever the format.
+        format: PagedFormat,
     },
     /// A scalar passed by value (`F32` or `I32`).
     Scalar {

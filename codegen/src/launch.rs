@@ -1,6 +1,6 @@
 //! Launch-time checks: what only the arguments can tell (runtime dims, dtypes, paged tables).
 
-use crate::ir::{DType, Kernel, ParamDim, ParamKind};
+use crate::ir::{DType, Kernel, PagedFormat, ParamDim, ParamKind};
 
 /// What a backend knows about one argument before launching.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +36,8 @@ pub enum ArgDesc<'a> {
         writable: bool,
         /// Whether it carries a per-sequence split table (`chunk [batch]`, i32).
         chunks: bool,
+        /// How its rows are stored in the pool (the bytes of a row follow from it).
+        format: PagedFormat,
     },
     /// An f32 scalar.
     F32(f32),
@@ -211,6 +213,7 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
                     row,
                     writable,
                     chunked,
+                    format,
                 },
                 ArgDesc::Paged {
                     dtype: d,
@@ -223,6 +226,7 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
                     seq_lens,
                     writable: w,
                     chunks,
+                    format: f,
                 },
             ) => {
                 if *writable && !*w {
@@ -240,6 +244,17 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
                              KV_CHUNKS = 1"
                                 .into()
                         },
+                    });
+                }
+                if format != f {
+                    return Err(LaunchError::Paged {
+                        param: p.name.clone(),
+                        why: format!(
+                            "the kernel reads {format} of {} bytes, but the cache holds {f} of \
+                             {} bytes",
+                            format.row_bytes(*dtype, *row),
+                            f.row_bytes(*d, *r)
+                        ),
                     });
                 }
                 if dtype != d {

@@ -16,6 +16,7 @@ pub mod cuda;
 pub mod dump;
 pub mod error;
 pub mod ir;
+pub mod kv_format;
 pub mod launch;
 pub mod ops;
 pub mod printer;

@@ -245,10 +245,15 @@ impl fmt::Display for Kernel {
                     row,
                     writable,
                     chunked,
+                    format,
                 } => format!(
-                    "{}paged<{dtype}, [{row}]{}>",
+                    "{}paged<{dtype}, [{row}]{}{}>",
                     if *writable { "mut " } else { "" },
-                    if *chunked { ", chunks" } else { "" }
+                    if *chunked { ", chunks" } else { "" },
+                    match format {
+                        PagedFormat::Plain => String::new(),
+                        PagedFormat::Fp8 { lat } => format!(", fp8 {lat}"),
+                    }
                 ),
                 ParamKind::Scalar { dtype } => dtype.to_string(),
             };

@@ -9,6 +9,7 @@
 //! | `WGMMA` | 0, 1 | 0 turns Hopper's warpgroup `wgmma` path off (default 1: on where the target allows) |
 //! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
 //! | `KV_CHUNKS` | 0, 1 | 1: every read-only paged cache carries a per-sequence split table `chunk [batch]` (i32) and its block loops split sequence `b` into pieces of `chunk[b]` tokens, programs past a sequence's last piece ending at the loop (see `Stmt::PagedBlocks`); changes the argument ABI, read by the kernel builder (default 0) |
+//! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an

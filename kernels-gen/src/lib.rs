@@ -5,6 +5,7 @@
 //!   count of them);
 //! - [`split_schedule`]: the balanced split-KV schedule, computed on the device;
 //! - [`append_rows`]: paged cache append;
+//! - [`fp8`]: the FP8 latent cache (the decode and the append with the knob `KV_FP8`);
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
 //! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce).
 
@@ -23,6 +24,7 @@ mod add;
 mod append;
 mod combine;
 mod decode;
+pub mod fp8;
 pub mod ops;
 mod proj;
 mod schedule;

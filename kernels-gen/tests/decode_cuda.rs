@@ -425,3 +425,165 @@ fn sanitizer_smoke_every_kernel_balanced() {
     add_rows::launch(g, &cfg, &a, &b, &mut y).unwrap();
     assert!(g.download(&y).unwrap().data().iter().all(|&x| x == 0.75));
 }
+
+/// FP8 latent cache (`KV_FP8`): decode over a carrier pool on the GPU against the CPU JIT (same
+/// pool) and the f64 reference over the dequantised rows, NaN-filled unused pages and poisoned
+/// outputs; the append quantising on the GPU gives the CPU JIT's bytes.
+#[test]
+fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
+    use tpla_kernels::fp8::{
+        append_rows_fp8, decode_attention_fp8, fp8_carrier_row, read_fp8_token,
+    };
+    let Some(g) = gpu() else { return };
+    for (lat, heads, splits, lens) in [
+        (512usize, 16usize, 1usize, vec![1usize, 70, 333]),
+        (512, 64, 3, vec![129, 40]),
+        (256, 16, 2, vec![1, 95]),
+        (256, 64, 1, vec![200]),
+    ] {
+        let p = Problem::new(5, lens.len(), heads, lat, 64, lens.clone(), 64, 0.1352);
+        let carrier = common::fp8::carrier_from_problem(&p);
+        let params = DecodeParams::new(p.batch, heads, lat, 64, splits, p.scale);
+        let run = |x: &dyn Fn() -> (Vec<f32>, Vec<f32>)| x();
+        let gpu_out = run(&|| {
+            let q = g.upload(&p.q_tensor()).unwrap();
+            let c = g.upload_paged(&carrier).unwrap();
+            let mut out = g
+                .upload(&HostTensor::<f32>::full(&[p.batch, heads, lat], f32::NAN))
+                .unwrap();
+            let mut lse = g
+                .upload(&HostTensor::<f32>::full(&[p.batch, heads], f32::NAN))
+                .unwrap();
+            decode_attention_fp8(g, &params, &q, &c, &mut out, &mut lse).unwrap();
+            (
+                g.download(&out).unwrap().data().to_vec(),
+                g.download(&lse).unwrap().data().to_vec(),
+            )
+        });
+        let mut out = HostTensor::<f32>::full(&[p.batch, heads, lat], f32::NAN);
+        let mut lse = HostTensor::<f32>::full(&[p.batch, heads], f32::NAN);
+        decode_attention_fp8(cpu(), &params, &p.q_tensor(), &carrier, &mut out, &mut lse).unwrap();
+        let hl = heads * lat;
+        for b in 0..p.batch {
+            let rows: Vec<f64> = (0..lens[b])
+                .flat_map(|t| read_fp8_token(&carrier, b, t, lat, 64).unwrap())
+                .map(|x| x as f64)
+                .collect();
+            let q = f64s(&p.q[b * heads * (lat + 64)..(b + 1) * heads * (lat + 64)]);
+            let want = tpla_runtime::reference::latent_attention(
+                &q,
+                &rows,
+                heads,
+                lat,
+                64,
+                p.scale as f64,
+            );
+            let got = f64s(&gpu_out.0[b * hl..(b + 1) * hl]);
+            let what = format!("lat {lat} heads {heads} splits {splits} len {}", lens[b]);
+            assert!(
+                rel_error(&got, &want.out) <= 1e-2,
+                "{what}: vs the dequantised reference"
+            );
+            assert!(
+                rel_error(&got, &f64s(&out.data()[b * hl..(b + 1) * hl])) <= 1e-2,
+                "{what}: vs cpu"
+            );
+            let gl = f64s(&gpu_out.1[b * heads..(b + 1) * heads]);
+            assert!(rel_error(&gl, &want.lse) <= 1e-2, "{what}: lse");
+        }
+    }
+    // Append: rows quantised on the GPU are the CPU JIT's bytes; nothing else moves.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    for (lat, bt) in [(512usize, 16i64), (256, 1), (128, 64)] {
+        let (row, newt, old) = (lat + 64, 37usize, vec![0usize, 17, 64]);
+        let mut cache = HostPagedCache::<bf16>::new(3, 128, 16, fp8_carrier_row(lat, 64)).unwrap();
+        cache
+            .data_mut()
+            .iter_mut()
+            .for_each(|x| *x = bf16::from_bits(0x7f7f));
+        let lens: Vec<usize> = old.iter().map(|l| l + newt).collect();
+        cache.set_seq_lens(&lens).unwrap();
+        let mut vals: Vec<f32> = (0..3 * newt * row)
+            .map(|_| rng.gen_range(-2.0..2.0))
+            .collect();
+        vals.chunks_mut(row)
+            .step_by(3)
+            .for_each(|r| r[..128].iter_mut().for_each(|x| *x = 0.0));
+        vals.chunks_mut(row)
+            .skip(1)
+            .step_by(3)
+            .for_each(|r| r[9] = 1000.0);
+        let rows = HostTensor::<bf16>::from_f32(&[3, newt, row], &vals).unwrap();
+        let cfg = tpla_codegen::Config::new().with("BLOCK_T", bt);
+        let mut cpu_cache = cache.clone();
+        append_rows_fp8(cpu(), &cfg, &rows, &mut cpu_cache, lat, 64).unwrap();
+        let grows = g.upload(&rows).unwrap();
+        let mut gcache = g.upload_paged(&cache).unwrap();
+        append_rows_fp8(g, &cfg, &grows, &mut gcache, lat, 64).unwrap();
+        // Bit patterns: the carrier's bf16 view of scale bytes may read as NaN.
+        let bits =
+            |c: &HostPagedCache<bf16>| c.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let back = g.download_paged(&gcache).unwrap();
+        assert!(
+            bits(&back) == bits(&cpu_cache),
+            "lat {lat} BLOCK_T {bt}: bytes differ"
+        );
+        assert!(
+            bits(&back) != bits(&cache),
+            "lat {lat} BLOCK_T {bt}: nothing written"
+        );
+    }
+}
+
+/// The FP8 cache's kernels once each on tiny inputs, for compute-sanitizer (gpu-check.sh runs
+/// every test named `sanitizer_smoke_every_kernel*`): the dequantising decode (MLA rows on the
+/// warpgroup path, shard rows on one stage) and the quantising append.
+#[test]
+fn sanitizer_smoke_every_kernel_fp8() {
+    use tpla_kernels::fp8::{append_rows_fp8, decode_attention_fp8, fp8_carrier_row};
+    let Some(g) = gpu() else { return };
+    for (lat, bh, bn, st) in [
+        (512usize, 64i64, 64i64, 2i64),
+        (256, 16, 32, 1),
+        (512, 16, 16, 3),
+    ] {
+        let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
+        let carrier = common::fp8::carrier_from_problem(&p);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", bh)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st);
+        let q = g.upload(&p.q_tensor()).unwrap();
+        let c = g.upload_paged(&carrier).unwrap();
+        let mut out = g
+            .upload(&HostTensor::<f32>::full(&[2, 17, lat], f32::NAN))
+            .unwrap();
+        let mut lse = g
+            .upload(&HostTensor::<f32>::full(&[2, 17], f32::NAN))
+            .unwrap();
+        decode_attention_fp8(g, &params, &q, &c, &mut out, &mut lse).unwrap();
+        assert!(g
+            .download(&out)
+            .unwrap()
+            .data()
+            .iter()
+            .all(|x| x.is_finite()));
+    }
+    let rows = HostTensor::<bf16>::from_f32(&[2, 3, 320], &vec![0.5; 1920]).unwrap();
+    let mut cache = HostPagedCache::<bf16>::new(2, 10, 4, fp8_carrier_row(256, 64)).unwrap();
+    cache.set_seq_lens(&[3, 10]).unwrap();
+    let grows = g.upload(&rows).unwrap();
+    let mut gcache = g.upload_paged(&cache).unwrap();
+    append_rows_fp8(
+        g,
+        &tpla_codegen::Config::new(),
+        &grows,
+        &mut gcache,
+        256,
+        64,
+    )
+    .unwrap();
+    g.synchronize().unwrap();
+}

@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use tpla_codegen::ir::DType;
+use tpla_codegen::ir::{DType, PagedFormat};
 use tpla_codegen::launch::ArgDesc;
 use tpla_codegen::{Config, KernelDef};
 
@@ -169,6 +169,7 @@ pub struct PagedArg<'a> {
     writable: bool,
     space: ArgSpace,
     split_table: Option<TensorArg<'a>>,
+    format: PagedFormat,
 }
 
 /// The geometry of a paged cache: `data [num_pages, page_size, row]`, block table
@@ -229,6 +230,53 @@ impl<'a> PagedArg<'a> {
             writable,
             space,
             split_table: None,
+            format: PagedFormat::Plain,
+        }
+    }
+    /// The same cache with its rows stored in `format` (default [`PagedFormat::Plain`]): the
+    /// pool then holds `num_pages · page_size` rows of `format.row_bytes(dtype, row)` bytes,
+    /// e.g. FP8 rows for kernels built with `KV_FP8`
+    /// (see [`tpla_codegen::kv_format`]).
+    ///
+    /// # Safety
+    /// As for [`PagedArg::new`], with `data` addressing at least `num_pages · page_size`
+    /// rows of `format.row_bytes(dtype, row)` bytes, 16-byte aligned.
+    pub unsafe fn with_format(self, format: PagedFormat) -> PagedArg<'a> {
+        PagedArg { format, ..self }
+    }
+    /// How the rows are stored in the pool.
+    pub fn format(&self) -> PagedFormat {
+        self.format
+    }
+    /// The FP8 view of a bf16 *carrier* pool: a plain bf16 cache whose rows of
+    /// `fp8_row_bytes(lat, row) / 2` elements hold FP8 rows of `row` columns (`lat` quantised;
+    /// see `tpla_codegen::kv_format`), seen as the cache of a kernel built with `KV_FP8 = lat`.
+    /// Safe: the bytes are the same. A typed error when the argument is not a plain bf16 cache
+    /// of exactly that row size or `lat` is not a multiple of 128 within the row.
+    pub fn fp8_view(self, lat: usize, row: usize) -> Result<PagedArg<'a>, RuntimeError> {
+        use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
+        let carrier = fp8_row_bytes(lat.min(row), row) / 2;
+        let why = if lat == 0 || lat % FP8_GROUP != 0 || lat > row {
+            Some(format!(
+                "{lat} quantised columns of a {row}-column row (a multiple of {FP8_GROUP} is needed)"
+            ))
+        } else if self.dtype != DType::BF16 || self.format != PagedFormat::Plain {
+            Some(format!("the carrier is {} {}, not plain bf16", self.dtype, self.format))
+        } else if self.row != carrier {
+            Some(format!(
+                "the carrier rows have {} bf16, FP8 rows of {row} columns need {carrier}",
+                self.row
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(RuntimeError::InvalidInput(format!("FP8 cache: {why}"))),
+            None => Ok(PagedArg {
+                row,
+                format: PagedFormat::Fp8 { lat },
+                ..self
+            }),
         }
     }
     /// The same cache with a per-sequence split table `chunk [batch]` (i32, read-only), for
@@ -367,6 +415,7 @@ impl<'a> KernelArg<'a> {
                 seq_lens: p.host_tables.map(|t| t.1),
                 writable: p.writable,
                 chunks: p.split_table.is_some(),
+                format: p.format,
             },
             KernelArg::F32(v) => ArgDesc::F32(v),
             KernelArg::I32(v) => ArgDesc::I32(v),

@@ -9,12 +9,14 @@
 //! warm-up); the full op (decode, plus the combine when there is more than one split) then decides
 //! among the four fastest. A same-process roofline (streaming read, device copy), cold NVRTC
 //! compile times per variant and cache-hit times are reported beside it, and each case's bandwidth
-//! as a fraction of both (bytes: KV once + q + out, bf16); the table is printed and
+//! as a fraction of both (bytes: KV once + q + out, bf16; the FP8 cache rows `mla-fp8`, H 16/64
+//! at 4K and 32K, count 656 bytes a token); the table is printed and
 //! `DIR/cuda-decode-DATE-COMMIT.json` written (device, driver, date, commit).
 
 use std::path::PathBuf;
 
 use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::fp8::{fp8_carrier_row, launch_decode};
 use tpla_kernels::{combine_splits, latent_decode};
 use tpla_runtime::cuda::bench::{
     self, measure, roofline_default, BenchReport, CompileTimes, DecodeCaseResult, DecodeShape,
@@ -85,6 +87,37 @@ fn device_cache(
     c.set_block_table(table)?;
     for (i, x) in c.data_mut().iter_mut().enumerate() {
         *x = bf16::from_f32(pattern(i, 7));
+    }
+    c.set_seq_lens(lens)?;
+    exec.upload_paged(&c)
+}
+
+/// [`device_cache`] holding FP8 rows of `lat + 64` columns (a bf16 carrier pool, see
+/// `tpla_kernels::fp8`): 1024 distinct quantised pattern rows repeated over the pool.
+fn device_cache_fp8(
+    exec: &CudaExecutor,
+    context: usize,
+    lat: usize,
+    page_size: usize,
+    lens: &[usize],
+) -> Result<CudaPagedCache<bf16>, RuntimeError> {
+    let carrier = fp8_carrier_row(lat, 64);
+    let mut c = HostPagedCache::<bf16>::new(lens.len(), context, page_size, carrier)?;
+    let mut table = c.block_table().to_vec();
+    let n = table.len();
+    for i in 0..n {
+        table.swap(i, (i * 7919 + 13) % n);
+    }
+    c.set_block_table(table)?;
+    let rows: Vec<Vec<bf16>> = (0..1024)
+        .map(|r| {
+            let v: Vec<f32> = (0..lat + 64).map(|j| pattern(r * (lat + 64) + j, 7)).collect();
+            let b = tpla_codegen::kv_format::quantise_row(&v, lat);
+            b.chunks(2).map(|p| bf16::from_bits(u16::from_le_bytes([p[0], p[1]]))).collect()
+        })
+        .collect();
+    for (i, row) in c.data_mut().chunks_mut(carrier).enumerate() {
+        row.copy_from_slice(&rows[i % rows.len()]);
     }
     c.set_seq_lens(lens)?;
     exec.upload_paged(&c)
@@ -182,7 +215,9 @@ fn run_case(
                 &[128]
             };
             // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring).
-            let producers: &[i64] = if bh == 64 { &[0, 1] } else { &[0] };
+            // Not with FP8 rows: the producer copies bf16 rows.
+            let fp8 = variant.contains("fp8");
+            let producers: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
@@ -202,6 +237,9 @@ fn run_case(
                 if producer > 0 {
                     cfg.set("PRODUCER", producer);
                 }
+                if fp8 {
+                    cfg.set("KV_FP8", shape.lat as i64);
+                }
                 if sq > 1 {
                     // Multi-token queries: `h` counts rows, s_q tokens x heads.
                     cfg.set("SQ", sq as i64);
@@ -220,7 +258,7 @@ fn run_case(
                 let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
                 let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
                 let m = measure(exec, 3, 20, || {
-                    latent_decode::launch(
+                    launch_decode(
                         exec,
                         &cfg,
                         &bufs.q,
@@ -310,13 +348,13 @@ fn time_full_op(
     let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
     let ccfg = combine_splits.default_config(&[("LAT", shape.lat as i64)])?;
     let decode_only = measure(exec, 3, 30, || {
-        latent_decode::launch(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
+        launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
     })?;
     let time = if splits == 1 {
         bufs.out.reshape(&[1, b, h, shape.lat])?;
         bufs.lse.reshape(&[1, b, h])?;
         let t = measure(exec, 3, 30, || {
-            latent_decode::launch(
+            launch_decode(
                 exec,
                 cfg,
                 &bufs.q,
@@ -331,7 +369,7 @@ fn time_full_op(
         t?
     } else {
         measure(exec, 3, 30, || {
-            latent_decode::launch(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)?;
+            launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)?;
             combine_splits::launch(exec, &ccfg, &part, &part_lse, &mut bufs.out, &mut bufs.lse)
         })?
     };
@@ -347,9 +385,19 @@ fn check_small(
 ) -> Result<f64, RuntimeError> {
     let (b, h, l, d) = (2usize, 16usize, 300usize, lat + 64);
     let cfg = parse_config(cfg).with("BLOCK_H", 16);
-    let mut c = HostPagedCache::<bf16>::new(b, l, page_size.min(16), d)?;
+    let fp8 = cfg.try_get("KV_FP8").is_some_and(|v| v > 0);
+    let width = if fp8 { fp8_carrier_row(lat, 64) } else { d };
+    let mut c = HostPagedCache::<bf16>::new(b, l, page_size.min(16), width)?;
     for (i, x) in c.data_mut().iter_mut().enumerate() {
         *x = bf16::from_f32(pattern(i, 11));
+    }
+    if fp8 {
+        for t in 0..l {
+            for s in 0..b {
+                let v: Vec<f32> = (0..d).map(|j| pattern((s * l + t) * d + j, 11)).collect();
+                tpla_kernels::fp8::write_fp8_token(&mut c, s, t, &v, lat)?;
+            }
+        }
     }
     c.set_seq_lens(&[l, l / 3])?;
     let qv: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 5)).collect();
@@ -359,12 +407,12 @@ fn check_small(
     let cpu = CpuExecutor::new(0)?;
     let mut po = HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN);
     let mut pl = HostTensor::<f32>::full(&[splits, b, h], f32::NAN);
-    latent_decode::launch(&cpu, &cfg, &q, &c, &mut po, &mut pl, 0.1)?;
+    launch_decode(&cpu, &cfg, &q, &c, &mut po, &mut pl, 0.1)?;
     let gq = exec.upload(&q)?;
     let gc = exec.upload_paged(&c)?;
     let mut go = exec.upload(&HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN))?;
     let mut gl = exec.upload(&HostTensor::<f32>::full(&[splits, b, h], f32::NAN))?;
-    latent_decode::launch(exec, &cfg, &gq, &gc, &mut go, &mut gl, 0.1)?;
+    launch_decode(exec, &cfg, &gq, &gc, &mut go, &mut gl, 0.1)?;
     let go = exec.download(&go)?;
     let num: f64 = go
         .data()
@@ -442,7 +490,12 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
             true => variable_lengths(spec.batch, spec.context),
             false => vec![spec.context; spec.batch],
         };
-        let cache = device_cache(exec, spec.context, d, spec.page_size, &lens)?;
+        let fp8 = spec.variant.contains("fp8");
+        let cache = if fp8 {
+            device_cache_fp8(exec, spec.context, spec.lat, spec.page_size, &lens)?
+        } else {
+            device_cache(exec, spec.context, d, spec.page_size, &lens)?
+        };
         for &heads in &spec.heads {
             let mut shape = DecodeShape::equal(
                 spec.batch,
@@ -452,6 +505,9 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                 64,
                 spec.page_size,
             );
+            if fp8 {
+                shape.kv_row_bytes = fp8_carrier_row(spec.lat, 64) * 2;
+            }
             if spec.variable {
                 shape.total_tokens = lens.iter().sum();
                 shape.lengths = format!("uniform 1..={}", spec.context);
@@ -598,6 +654,20 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
                 page_size: 64,
                 variable: true,
                 heads,
+                sweep: Sweep::Narrow,
+                sq: 1,
+            });
+        }
+        // The FP8 latent cache (656-byte rows) beside bf16: MLA at H 16 / 64, 4K and 32K.
+        for (batch, context) in [(128, 4096), (64, 32768)] {
+            specs.push(CaseSpec {
+                variant: "mla-fp8",
+                lat: 512,
+                batch,
+                context,
+                page_size: 64,
+                variable: false,
+                heads: small.clone(),
                 sweep: Sweep::Narrow,
                 sq: 1,
             });

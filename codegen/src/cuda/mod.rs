@@ -120,7 +120,7 @@ mod util;
 mod warpspec;
 
 use crate::error::IrError;
-use crate::ir::{DType, Kernel};
+use crate::ir::{DType, Kernel, PagedFormat, ParamKind};
 
 /// The device prelude every generated kernel starts with.
 pub const PRELUDE: &str = include_str!("prelude.cu");
@@ -297,5 +297,24 @@ pub struct CudaSource {
 /// Fails with [`IrError::Backend`] when the kernel cannot be lowered, e.g. when its tiles need
 /// more shared memory than the target offers even without pipelining.
 pub fn emit(kernel: &Kernel, target: Target) -> Result<CudaSource, IrError> {
+    for p in &kernel.params {
+        if let ParamKind::Paged {
+            format: PagedFormat::Fp8 { lat },
+            row,
+            ..
+        } = p.kind
+        {
+            if !(row - lat).is_multiple_of(8) {
+                return Err(IrError::Backend {
+                    backend: "cuda",
+                    kernel: kernel.name.clone(),
+                    message: format!(
+                        "an FP8 paged cache needs its bf16 columns ({}) in chunks of 8",
+                        row - lat
+                    ),
+                });
+            }
+        }
+    }
     pipeline::emit(kernel, target)
 }

@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{HostPagedCache, HostTensor};
 
+pub mod fp8;
 pub mod mtp;
 
 /// One random decode problem.

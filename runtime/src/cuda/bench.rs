@@ -173,6 +173,9 @@ pub struct DecodeShape {
     pub rope: usize,
     /// Tokens per cache page.
     pub page_size: usize,
+    /// Bytes of one cache row in the pool: `2 · (lat + rope)` for bf16 rows, 656 for MLA's
+    /// FP8 rows (`tpla_codegen::kv_format`).
+    pub kv_row_bytes: usize,
 }
 
 impl DecodeShape {
@@ -194,19 +197,21 @@ impl DecodeShape {
             lat,
             rope,
             page_size,
+            kv_row_bytes: 2 * (lat + rope),
         }
     }
     /// `2 · s_q · Σlen · H · (d_qk + d_v)` with `d_qk = lat + rope`, `d_v = lat`.
     pub fn flops(&self) -> f64 {
         2.0 * self.total_tokens as f64 * self.heads as f64 * (2 * self.lat + self.rope) as f64
     }
-    /// `2 · (Σlen · d_qk + B · s_q · H · d_qk + B · s_q · H · d_v)` bytes (bf16).
+    /// `Σlen · kv_row_bytes + 2 · (B · s_q · H · d_qk + B · s_q · H · d_v)` bytes (the cache rows
+    /// as stored, bf16 q and out).
     pub fn bytes(&self) -> f64 {
         let dqk = (self.lat + self.rope) as f64;
         let dv = self.lat as f64;
         let b = self.batch as f64;
         let h = self.heads as f64;
-        2.0 * (self.total_tokens as f64 * dqk + b * h * dqk + b * h * dv)
+        self.total_tokens as f64 * self.kv_row_bytes as f64 + 2.0 * (b * h * dqk + b * h * dv)
     }
 }
 

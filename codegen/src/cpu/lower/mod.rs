@@ -4,6 +4,7 @@
 //! `memory` (tensors and paged caches) and `gemm`; views alias their source and emit nothing.
 
 mod elementwise;
+mod fp8;
 mod gemm;
 mod memory;
 mod paged;
@@ -49,6 +50,8 @@ pub(in crate::cpu) enum ParamVals {
         chunks: Option<Value>,
         dtype: DType,
         row: usize,
+        /// How the rows are stored in the pool.
+        format: PagedFormat,
     },
     /// The raw slot (f32 bits or i64).
     Scalar { slot: Value },
@@ -165,6 +168,7 @@ impl<'a, 'f> Lower<'a, 'f> {
                     dtype,
                     row,
                     chunked,
+                    format,
                     ..
                 } => ParamVals::Paged {
                     chunks: chunked.then(|| slot(abi::PAGED_CHUNKS)),
@@ -177,6 +181,7 @@ impl<'a, 'f> Lower<'a, 'f> {
                     batch: slot(abi::PAGED_BATCH),
                     dtype: *dtype,
                     row: *row,
+                    format: *format,
                 },
                 ParamKind::Scalar { .. } => ParamVals::Scalar { slot: slot(0) },
             });

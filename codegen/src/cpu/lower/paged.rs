@@ -20,20 +20,14 @@ impl Lower<'_, '_> {
             num_pages,
             dtype,
             row,
+            format,
             ..
         } = &self.params[cache]
         else {
             unreachable!("validated paged parameter")
         };
-        let (ptr, bt, ps, pps, np, dtype, row) = (
-            *ptr,
-            *block_table,
-            *page_size,
-            *pages_per_seq,
-            *num_pages,
-            *dtype,
-            *row,
-        );
+        let (ptr, bt, ps, pps, np) = (*ptr, *block_table, *page_size, *pages_per_seq, *num_pages);
+        let row_bytes = format.row_bytes(*dtype, *row);
         let pi = self.index_bin(IndexOp::Div, t, ps);
         let po = self.index_bin(IndexOp::Rem, t, ps);
         let e = self.b.ins().imul(batch, pps);
@@ -47,7 +41,7 @@ impl Lower<'_, '_> {
         let off = self
             .b
             .ins()
-            .imul_imm_s(tok, (row * dtype.size_bytes()) as i64);
+            .imul_imm_s(tok, row_bytes as i64);
         (self.b.ins().iadd(ptr, off), ok)
     }
 
@@ -64,13 +58,16 @@ impl Lower<'_, '_> {
         valid: TileId,
         body: &[Stmt],
     ) -> Result<(), IrError> {
-        let ParamVals::Paged { dtype, row, .. } = &self.params[cache] else {
+        let ParamVals::Paged {
+            dtype, row, format, ..
+        } = &self.params[cache]
+        else {
             return Err(super::backend_err(
                 self.k,
                 "paged loop over a non-paged param",
             ));
         };
-        let (dtype, row) = (*dtype, *row);
+        let (dtype, row, format) = (*dtype, *row, *format);
         let bi = self.index(batch);
         let bi = self.val(bi);
         let sp = self.index(split);
@@ -115,7 +112,10 @@ impl Lower<'_, '_> {
                         let (src, page_ok) = l.paged_row(cache, bi, t);
                         l.if_else(
                             page_ok,
-                            |l| l.copy_row_in(dtype, src, drow, row),
+                            |l| match format {
+                                PagedFormat::Plain => l.copy_row_in(dtype, src, drow, row),
+                                PagedFormat::Fp8 { lat } => l.fp8_row_in(lat, src, drow, row),
+                            },
                             |l| l.zero_row(drow, row),
                         );
                     },
@@ -190,13 +190,13 @@ impl Lower<'_, '_> {
         start: &Index,
         src: TileId,
     ) -> Result<(), IrError> {
-        let ParamVals::Paged { dtype, .. } = &self.params[cache] else {
+        let ParamVals::Paged { dtype, format, .. } = &self.params[cache] else {
             return Err(super::backend_err(
                 self.k,
                 "paged store into a non-paged param",
             ));
         };
-        let dtype = *dtype;
+        let (dtype, format) = (*dtype, *format);
         let bi = self.index(batch);
         let bi = self.val(bi);
         let st = self.index(start);
@@ -205,6 +205,14 @@ impl Lower<'_, '_> {
         let sl = self.layout(src);
         let ([n, cols], [s0, s1]) = sl.rank2();
         let s1 = if cols == 1 { 0 } else { s1 };
+        if let PagedFormat::Fp8 { lat } = format {
+            if cols != row_cols(self, cache) || cols < lat {
+                return Err(super::backend_err(
+                    self.k,
+                    "a store into an FP8 paged cache must write whole rows",
+                ));
+            }
+        }
         let sbase = self.scratch_at(sl.offset);
         let tile_ty = self.k.tiles[src].dtype;
         self.for_const(0, n as i64, 1, |l, r| {
@@ -214,11 +222,20 @@ impl Lower<'_, '_> {
                 let (dstp, page_ok) = l.paged_row(cache, bi, t);
                 let so = l.b.ins().imul_imm_s(r, (s0 * 4) as i64);
                 let srow = l.b.ins().iadd(sbase, so);
-                l.if_then(page_ok, |l| {
-                    l.copy_row_out(srow, s1, tile_ty, dtype, dstp, cols)
+                l.if_then(page_ok, |l| match format {
+                    PagedFormat::Plain => l.copy_row_out(srow, s1, tile_ty, dtype, dstp, cols),
+                    PagedFormat::Fp8 { lat } => l.fp8_row_out(lat, srow, s1, tile_ty, dstp, cols),
                 });
             });
         });
         Ok(())
+    }
+}
+
+/// Columns of a paged parameter's rows.
+fn row_cols(l: &Lower<'_, '_>, cache: ParamId) -> usize {
+    match &l.params[cache] {
+        ParamVals::Paged { row, .. } => *row,
+        _ => 0,
     }
 }

@@ -49,6 +49,7 @@ impl<'a> Lower<'a> {
             dtype,
             row,
             chunked,
+            format,
             ..
         } = self.k.params[*cache].kind
         else {
@@ -74,7 +75,26 @@ impl<'a> Lower<'a> {
         let cty = elem.cty();
         // Issue the copy of block `j_` into its ring slot (warp per row, 16-byte chunks) by the
         // `nw` warps numbered `warp`.
+        let fp8 = crate::cuda::lower::fp8::Fp8Copy {
+            lat: format.fp8_cols(),
+            row: *row,
+            block: *block,
+            data: &data,
+            bt: &bt,
+            ps: &ps,
+            pps: &pps,
+            np: &np,
+            bvar: &bvar,
+            lo: &lo,
+            hi: &hi,
+            base: &base,
+            slot,
+            st,
+        };
         let mk_issue = |warp: &str, nw: usize, unroll: &str| {
+            if fp8.lat > 0 {
+                return fp8.issue(warp, nw, &|r: &str, c: &str| b.addr(r, c));
+            }
             let rows_per_warp = block.div_ceil(nw);
             if vec_ok && rows_per_warp <= 32 {
                 // The page lookups of a warp's rows are independent global loads: lane `i` resolves
@@ -166,6 +186,13 @@ impl<'a> Lower<'a> {
         };
         let issue = mk_issue("warp", nw, "");
         let ws = self.geo.producer;
+        if ws && fp8.lat > 0 {
+            // The producer's ring copies bf16 rows as they are in the pool.
+            return Err(backend_err(
+                self.k,
+                "PRODUCER = 1 does not apply to an FP8 paged cache (KV_FP8)",
+            ));
+        }
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
         // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
         // body when there is one (overlapping the tensor cores), else at the top of the body.
@@ -328,6 +355,9 @@ impl<'a> Lower<'a> {
                 "paged store into a non-paged parameter",
             ));
         };
+        if let PagedFormat::Fp8 { lat } = format_of(&self.k.params[cache].kind) {
+            return self.lower_paged_store_fp8(cache, batch, start, src, lat, row, out);
+        }
         let gel = Elem::of_dtype(dtype);
         let shape = self.shape(src);
         let vt = self.tile_vt(src);
@@ -386,4 +416,11 @@ fn chunked_bounds(cache: ParamId, bvar: &str, nb: &str, sp: &str, lo: &str, hi: 
     {hi} = {lo} + tpla_imin(c_, len_ - {lo});
 "
     )
+}
+
+fn format_of(kind: &ParamKind) -> PagedFormat {
+    match kind {
+        ParamKind::Paged { format, .. } => *format,
+        _ => PagedFormat::Plain,
+    }
 }

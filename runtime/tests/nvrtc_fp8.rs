@@ -1,0 +1,120 @@
+//! CI without a GPU: the FP8 latent cache (`KV_FP8`) variants lowered to CUDA C++ and compiled
+//! by NVRTC for sm_90a and sm_80: the decode reading FP8 rows at latent 512 (MLA, 656-byte
+//! rows) and 256 (a g = 2 TPLA shard, 400-byte rows) over a representative tune subset
+//! (BLOCK_H and BLOCK_N extremes, one to three stages, two query tokens), and the append
+//! quantising rows for every row width and BLOCK_T. Where ptxas reports, no variant may have a
+//! stack frame or spill.
+//!
+//! Without libnvrtc the test prints a SKIP line and passes, unless `TPLA_REQUIRE_NVRTC=1`
+//! (`.ci/nvrtc.sh` installs the `nvidia-cuda-nvrtc` wheel and sets both).
+
+use tpla_codegen::{Config, KernelDef};
+use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc};
+use tpla_runtime::cuda::Target;
+
+fn nvrtc_or_skip(test: &str) -> bool {
+    match nvrtc() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
+                panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
+            }
+            tpla_runtime::cuda::device::skip_notice(&format!(
+                "SKIP {test}: NVRTC unavailable ({e})"
+            ));
+            false
+        }
+    }
+}
+
+/// `(kernel, config, target)` of every variant compiled.
+fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
+    let mut v: Vec<(&'static dyn KernelDef, Config, Target)> = Vec::new();
+    let decode = |lat: i64, bh: i64, bn: i64, st: i64| {
+        tpla_kernels::latent_decode
+            .default_config(&[("LAT", lat), ("ROPE", 64)])
+            .unwrap()
+            .with("KV_FP8", lat)
+            .with("BLOCK_H", bh)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+    };
+    let (sm90, sm80) = (Target::sm90(), Target::new(8, 0));
+    for (lat, bh, bn, st, t) in [
+        (512, 16, 64, 2, sm90),
+        (512, 64, 64, 2, sm90),
+        (512, 16, 16, 1, sm90),
+        (512, 64, 32, 3, sm90),
+        (256, 16, 64, 2, sm90),
+        (256, 64, 64, 2, sm90),
+        (512, 16, 64, 2, sm80),
+        (256, 64, 32, 2, sm80),
+    ] {
+        v.push((&tpla_kernels::latent_decode, decode(lat, bh, bn, st), t));
+    }
+    v.push((
+        &tpla_kernels::latent_decode,
+        decode(512, 64, 64, 2).with("SQ", 2),
+        sm90,
+    ));
+    for lat in [512i64, 256, 128] {
+        for bt in [1i64, 16] {
+            for t in [sm90, sm80] {
+                let cfg = tpla_kernels::append_rows
+                    .default_config(&[("ROW", lat + 64)])
+                    .unwrap()
+                    .with("BLOCK_T", bt)
+                    .with("KV_FP8", lat);
+                v.push((&tpla_kernels::append_rows, cfg, t));
+            }
+        }
+    }
+    v
+}
+
+/// Compiles one variant: `Ok(what ptxas reported)` or why it failed.
+fn compile_one(def: &dyn KernelDef, cfg: &Config, target: Target) -> Result<String, String> {
+    let k = def.build(cfg).map_err(|e| format!("build: {e}"))?;
+    let src = tpla_codegen::cuda::emit(&k, target).map_err(|e| format!("emit: {e}"))?;
+    if !src.code.contains("tpla_e8_") && !src.code.contains("tpla_q8_") {
+        return Err("the kernel does not convert FP8 rows".to_string());
+    }
+    let opts = default_options(&target.arch_name());
+    let c = compile(&src.name, &src.code, &opts).map_err(|e| e.to_string())?;
+    match &c.report {
+        Some(r) if !r.spill_free() => Err(format!(
+            "{} B stack frame, {} / {} B spilled",
+            r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes
+        )),
+        Some(r) => Ok(format!("{} regs", r.registers)),
+        None => Ok("no ptxas report".into()),
+    }
+}
+
+#[test]
+fn nvrtc_compiles_the_fp8_cache_kernels_without_spills() {
+    let test = "nvrtc_compiles_the_fp8_cache_kernels_without_spills";
+    if !nvrtc_or_skip(test) {
+        return;
+    }
+    let queue = std::sync::Mutex::new(cases());
+    let n = queue.lock().unwrap().len();
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let Some((def, cfg, target)) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                let label = format!("{} [{cfg}] {}", def.name(), target.arch_name());
+                match compile_one(def, &cfg, target) {
+                    Ok(what) => println!("{label}: ok ({what})"),
+                    Err(e) => failures.lock().unwrap().push(format!("{label}: {e}")),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    println!("{test}: {n} variants, {} failed", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
