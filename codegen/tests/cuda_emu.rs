@@ -22,6 +22,10 @@ use tpla_codegen::ir::*;
 use tpla_codegen::launch::{check_launch, ArgDesc};
 use tpla_codegen::{Config, KernelBuilder};
 
+/// The TMA producer's tests (`TMA = 1`), in a file of their own.
+#[path = "emu/tma.rs"]
+mod tma;
+
 // ------------------------------------------------------------------------------------ buffers
 
 /// Host bytes with 16-byte alignment.
@@ -309,6 +313,7 @@ fn run_emu(
     // Buffers and the call.
     let mut files = Vec::new(); // (var, path, writable)
     let mut call = Vec::new();
+    let mut maps = Vec::new(); // statements building the emulated tensor maps
     for slot in &src.params {
         match slot {
             ParamAbi::Tensor { param, dtype } => {
@@ -403,6 +408,10 @@ fn run_emu(
                 _ => unreachable!(),
             }),
             ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
+            ParamAbi::PagedTmap { param, box_rows } => {
+                maps.push(tma::emu_tmap(k, &args[*param], *param, *box_rows)?);
+                call.push(format!("m{param}"));
+            }
         }
     }
     let code = ["128", "1024"]
@@ -423,6 +432,9 @@ fn run_emu(
             "    auto {var} = emu::load(\"{}\");\n",
             path.display()
         ));
+    }
+    for m in &maps {
+        main.push_str(m);
     }
     main.push_str(&format!(
         "    emu::launch({}, {}, {}, {}, {}, [&]() {{ {}({}); }});\n",
