@@ -181,8 +181,13 @@ fn run_case(
             } else {
                 &[128]
             };
-            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring).
-            let producers: &[i64] = if bh == 64 { &[0, 1] } else { &[0] };
+            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring); 2 is
+            // PRODUCER = 1 with TMA = 1 (bulk tensor copies), where whole blocks lie in one page.
+            let producers: &[i64] = match (bh, shape.page_size % bn as usize) {
+                (64, 0) => &[0, 1, 2],
+                (64, _) => &[0, 1],
+                _ => &[0],
+            };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
@@ -200,7 +205,10 @@ fn run_case(
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
                 if producer > 0 {
-                    cfg.set("PRODUCER", producer);
+                    cfg.set("PRODUCER", 1);
+                }
+                if producer == 2 {
+                    cfg.set("TMA", 1);
                 }
                 if sq > 1 {
                     // Multi-token queries: `h` counts rows, s_q tokens x heads.
