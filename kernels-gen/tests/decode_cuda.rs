@@ -167,7 +167,7 @@ fn cuda_producer_warpgroup_agrees() {
 
 /// The TMA producer (`PRODUCER = 1`, `TMA = 1`) on every 64-row config at latent 512 and 256:
 /// 64-token pages (bulk tensor copies for every whole block, `cp.async` for a split's partial last
-/// block), 16-token pages (blocks across pages: `cp.async` throughout), odd lengths, a one-block
+/// block), 16-token pages (a box per page), odd lengths, a one-block
 /// sequence, 3 splits; the pool is NaN wherever no sequence holds a token.
 #[test]
 fn cuda_tma_producer_agrees() {
@@ -195,17 +195,19 @@ fn cuda_tma_producer_agrees() {
 
 /// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
 /// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
-/// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback).
+/// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback)
+/// and 16-token pages (a box per page).
 #[test]
 fn sanitizer_smoke_every_kernel_tma() {
     let Some(g) = gpu() else { return };
-    for (lat, bn, st, wg) in [
-        (512usize, 64i64, 2i64, 128i64),
-        (512, 32, 3, 32),
-        (256, 64, 2, 128),
-        (256, 32, 3, 128),
+    for (lat, bn, st, wg, page) in [
+        (512usize, 64i64, 2i64, 128i64, 64usize),
+        (512, 32, 3, 32, 64),
+        (256, 64, 2, 128, 64),
+        (256, 32, 3, 128, 64),
+        (512, 64, 2, 128, 16),
     ] {
-        let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], 64, 0.3);
+        let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
         params.decode = params
             .decode

@@ -182,10 +182,13 @@ fn run_case(
                 &[128]
             };
             // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring); 2 is
-            // PRODUCER = 1 with TMA = 1 (bulk tensor copies), where whole blocks lie in one page.
-            let producers: &[i64] = match (bh, shape.page_size % bn as usize) {
-                (64, 0) => &[0, 1, 2],
-                (64, _) => &[0, 1],
+            // PRODUCER = 1 with TMA = 1 (bulk tensor copies), where blocks lie in one page or
+            // are whole pages of a multiple of 8 tokens.
+            let (page, n) = (shape.page_size, bn as usize);
+            let tma = page % n == 0 || (page % 8 == 0 && n % page == 0);
+            let producers: &[i64] = match (bh, tma) {
+                (64, true) => &[0, 1, 2],
+                (64, false) => &[0, 1],
                 _ => &[0],
             };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };

@@ -271,7 +271,7 @@ pub enum ParamAbi {
     PagedTmap {
         /// Index in [`Kernel::params`].
         param: usize,
-        /// Rows (tokens) of a box: the loop's block.
+        /// Tokens of the loop's block: a box's rows, or a page's where pages are smaller.
         box_rows: u32,
     },
     /// A runtime dimension's value as `int`.

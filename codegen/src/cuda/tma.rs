@@ -7,7 +7,7 @@
 //! A paged cache's page pool `data [num_pages, page_size, row]` is viewed as the 2-D tensor
 //! `[num_pages * page_size, row]` (row stride `row * elem` bytes). The kernel takes one
 //! `CUtensorMap` per streamed cache, by value (`const __grid_constant__`), right after the
-//! cache's other slots ([`crate::cuda::ParamAbi::PagedTmap`]): box `[box_rows, 64]` elements
+//! cache's other slots ([`crate::cuda::ParamAbi::PagedTmap`]): box `[min(box_rows, page_size), 64]` elements
 //! (64 bf16 = 128 bytes, the swizzle span), `CU_TENSOR_MAP_SWIZZLE_128B`, no interleave, zero
 //! out-of-bounds fill. One box lands exactly as one 64-column block of the column-blocked ring
 //! (`Buf::blocked`, 1024-byte aligned: the hardware swizzle of the address is the ring's swizzle).
@@ -15,14 +15,18 @@
 //! # Which blocks use it
 //!
 //! A KV block of `BLOCK_N` tokens `t0 .. t0 + BLOCK_N` is copied by TMA (one elected producer
-//! thread, `row / 64` boxes of `BLOCK_N` rows starting at pool row `page * page_size + t0 %
-//! page_size`, `mbarrier.arrive.expect_tx` on the stage's full barrier) when the whole block lies
-//! inside the split's bounds and inside one valid page. Any other block (the last, partial block
-//! of a split, whose rows past the end may hold anything, NaN included; a block across a page
-//! boundary, e.g. with pages smaller than `BLOCK_N`) is copied by the `cp.async` producer as
+//! thread, `mbarrier.arrive.expect_tx` of the block's bytes on the stage's full barrier) when the
+//! whole block lies inside the split's bounds and in valid pages, and either lies in one page
+//! (`page_size >= BLOCK_N`: `row / 64` boxes of `BLOCK_N` rows starting at pool row
+//! `page * page_size + t0 % page_size`) or is made of whole pages (`page_size < BLOCK_N`, a
+//! multiple of 8 dividing `BLOCK_N`, `t0` on a page boundary: `row / 64` boxes of `page_size` rows
+//! per page, each at its rows of the ring's 8-row swizzle atoms). Any other block (the last,
+//! partial block of a split, whose rows past the end may hold anything, NaN included; a block
+//! across a page boundary; pages of 1 or 4 tokens) is copied by the `cp.async` producer as
 //! before, which zero-fills rows past the end, so `P = 0` never meets a NaN row in `P·V`. The full
 //! barrier counts the 128 producer threads in both cases: on a TMA block the other threads arrive
-//! at once and the elected thread's arrival carries the expected bytes.
+//! at once and the elected thread's arrival carries the expected bytes. Every producer thread
+//! looks the block's pages up itself (the same few table entries), so the choice is uniform.
 
 use crate::cuda::elem::Elem;
 use crate::cuda::memory::Buf;
@@ -44,13 +48,14 @@ pub struct TmapPlan {
     pub dims: [u64; 2],
     /// Bytes between pool rows (a multiple of 16).
     pub row_stride_bytes: u64,
-    /// `[BOX_COLS, box_rows]` elements.
+    /// `[BOX_COLS, min(box_rows, page_size)]` elements.
     pub box_dims: [u32; 2],
     /// Bytes per element (2: bf16).
     pub elem_bytes: u32,
 }
 
-/// Plans the page-pool tensor map of paged parameter `param` (for error messages): refuses, with
+/// Plans the page-pool tensor map of paged parameter `param` (for error messages) for blocks of
+/// `box_rows` tokens (a box of a page's rows when pages are smaller): refuses, with
 /// a [`LaunchError::Paged`] naming the parameter, what TMA cannot address (a pool address or row
 /// stride not 16-byte aligned, a dtype other than bf16, rows not whole boxes, more pool rows than
 /// a 32-bit coordinate reaches, a box of more than 256 rows).
@@ -95,6 +100,8 @@ pub fn plan_paged_tmap(
     if !(1..=256).contains(&box_rows) {
         return Err(bad(format!("a box of {box_rows} rows (1 ..= 256)")));
     }
+    // A block of smaller pages is copied a page per box.
+    let box_rows = box_rows.min(page_size.min(256) as u32);
     Ok(TmapPlan {
         global_address,
         dims: [row as u64, rows],
@@ -183,20 +190,27 @@ pub(crate) fn tma_issue(
     format!(
         "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    int pg_ = -1;
-    if (t0_ + {block} <= {hi} && {ps} > 0 && t0_ % {ps} + {block} <= {ps}) {{
-        const int pi_ = t0_ / {ps};
-        pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
-        if (pg_ >= {np}) pg_ = -1;
+    const int rb_ = {ps} < {block} ? {ps} : {block};
+    bool tma_ = t0_ + {block} <= {hi} && {ps} > 0
+        && ({ps} >= {block} ? t0_ % {ps} + {block} <= {ps} : ({ps} % 8 == 0 && {block} % {ps} == 0 && t0_ % {ps} == 0));
+#pragma unroll 1
+    for (int k_ = 0; tma_ && k_ < {block} / rb_; ++k_) {{
+        const int pi_ = (t0_ + k_ * rb_) / {ps};
+        const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+        tma_ = pg_ >= 0 && pg_ < {np};
     }}
-    if (pg_ >= 0) {{
+    if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
             tpla_mbar_arrive_expect_tx(&{mbar}[j_ % {st}], {bytes}u);
             tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
-            const int r0_ = pg_ * {ps} + t0_ % {ps};
 #pragma unroll 1
-            for (int c_ = 0; c_ < {boxes}; ++c_)
-                tpla_tma_load_2d(dst_ + c_ * {box}, &{tmap}, c_ * {cols}, r0_, &{mbar}[j_ % {st}]);
+            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
+                const int t_ = t0_ + k_ * rb_;
+                const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
+#pragma unroll 1
+                for (int c_ = 0; c_ < {boxes}; ++c_)
+                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{mbar}[j_ % {st}]);
+            }}
         }} else {{
             tpla_mbar_arrive(&{mbar}[j_ % {st}]);
         }}
@@ -245,12 +259,10 @@ mod tests {
         assert_eq!(p.row_stride_bytes, 1152);
         assert_eq!(p.box_dims, [64, 64]);
         assert_eq!(p.elem_bytes, 2);
-        assert_eq!(
-            plan_paged_tmap("kv", 16, DType::BF16, 3, 1, 320, 32)
-                .unwrap()
-                .dims,
-            [320, 3]
-        );
+        let small = plan_paged_tmap("kv", 16, DType::BF16, 3, 1, 320, 32).unwrap();
+        assert_eq!((small.dims, small.box_dims), ([320, 3], [64, 1]));
+        let p16 = plan_paged_tmap("kv", 16, DType::BF16, 8, 16, 576, 64).unwrap();
+        assert_eq!(p16.box_dims, [64, 16]);
     }
 
     #[test]

@@ -247,8 +247,8 @@ fn tma_producer_source_and_abi() {
 
 /// Emulated TMA decode at latent 512 and 256, 32- and 64-token blocks, 2 and 3 stages, 64-token
 /// pages (TMA for every whole block, the `cp.async` fallback for the partial last block of a
-/// split) and 16-token pages (blocks across pages: the fallback throughout), odd lengths, several
-/// splits, an empty split; NaN in every row no sequence holds.
+/// split), 16- and 8-token pages (a box per page), 1-token pages (the fallback throughout), odd
+/// lengths, several splits, an empty split; NaN in every row no sequence holds.
 #[test]
 fn emulated_decode_tma_producer() {
     let Some(cxx) = skip_without_cxx("emulated_decode_tma_producer") else {
@@ -258,7 +258,10 @@ fn emulated_decode_tma_producer() {
     tma_case(&cxx, dp(32, 3, 512), 64, 64, &[201], 3, 32);
     tma_case(&cxx, dp(64, 3, 256), 64, 40, &[390, 41], 2, 33);
     tma_case(&cxx, dp(32, 2, 256), 64, 64, &[130, 5, 97], 4, 34);
+    // Pages smaller than the block: a box per 16- or 8-token page; 1-token pages: cp.async.
     tma_case(&cxx, dp(64, 2, 256), 16, 64, &[150, 77], 2, 35);
+    tma_case(&cxx, dp(32, 3, 512), 8, 64, &[101], 2, 38);
+    tma_case(&cxx, dp(32, 2, 256), 1, 64, &[45], 1, 39);
 }
 
 /// The evidence can fail: an expect-tx of a box too many never completes (the emulator's
@@ -286,9 +289,18 @@ fn emulated_tma_breakages_are_caught() {
     assert!(fewer.contains("more than their mbarrier phase expects"), "{fewer}");
     // Drop the "whole block inside the split" condition of the TMA guard.
     let nan = run(&|c: String| {
-        let at = c.find("if (t0_ + 32 <= ").expect("the TMA guard moved");
+        let guard = "bool tma_ = t0_ + 32 <= ";
+        let at = c.find(guard).expect("the TMA guard moved");
         let end = at + c[at..].find(" && ").unwrap() + 4;
-        format!("{}if ({}", &c[..at], &c[end..])
+        format!("{}bool tma_ = {}", &c[..at], &c[end..])
     });
     assert!(nan.contains("NaN") || nan.contains("nan"), "{nan}");
+    // Blocks of whole 16-token pages go through TMA too (a box per page and 64 columns).
+    let p64 = dp(64, 2, 256);
+    let expect = format!("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 2], {}u)", 64 * 320 * 2);
+    let small = tma_case_patched(&cxx, p64, 16, 64, &[150], 1, 37, &|c: String| {
+        c.replace(&expect, &expect.replace("u)", " + 2048u)"))
+    })
+    .unwrap_err();
+    assert!(small.contains("deadlock"), "{small}");
 }
