@@ -173,7 +173,16 @@ fn cuda_producer_warpgroup_agrees() {
 fn cuda_tma_producer_agrees() {
     let Some(g) = gpu() else { return };
     for (lat, page) in [(512usize, 64usize), (256, 64), (512, 16)] {
-        let p = Problem::new(lat as u64 + 9, 3, 64, lat, 64, vec![1000, 333, 9], page, 0.2);
+        let p = Problem::new(
+            lat as u64 + 9,
+            3,
+            64,
+            lat,
+            64,
+            vec![1000, 333, 9],
+            page,
+            0.2,
+        );
         for cfg in latent_decode.tune_space(&[]).unwrap() {
             if cfg.get("BLOCK_H").unwrap() != 64 {
                 continue;
@@ -224,7 +233,10 @@ fn sanitizer_smoke_every_kernel_tma() {
                 &f64s(&out.data()[b * hl..(b + 1) * hl]),
                 &p.reference(b, true).out,
             );
-            assert!(e <= 5e-3, "lat {lat} BLOCK_N {bn} STAGES {st} TMA=1 b {b}: {e}");
+            assert!(
+                e <= 5e-3,
+                "lat {lat} BLOCK_N {bn} STAGES {st} TMA=1 b {b}: {e}"
+            );
         }
     }
 }

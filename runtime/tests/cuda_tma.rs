@@ -78,7 +78,10 @@ fn a_pool_tma_cannot_address_is_refused_before_launch() {
     }
     exec.synchronize().unwrap();
     let out_host = exec.download(&out).unwrap();
-    assert!(out_host.data().iter().all(|x| x.is_nan()), "a refused launch wrote");
+    assert!(
+        out_host.data().iter().all(|x| x.is_nan()),
+        "a refused launch wrote"
+    );
     // The cache's own pool is aligned: the same kernel runs and writes every output.
     let args = [
         CudaExecutor::tensor_arg(&gq),

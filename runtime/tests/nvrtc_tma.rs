@@ -54,9 +54,7 @@ fn compile_one(cfg: &Config) -> Result<String, String> {
         .map_err(|e| format!("build: {e}"))?;
     let target = Target::sm90();
     let src = tpla_codegen::cuda::emit(&k, target).map_err(|e| format!("emit: {e}"))?;
-    if !src.code.contains("tpla_tma_load_2d(&")
-        && !src.code.contains("tpla_tma_load_2d(dst_")
-    {
+    if !src.code.contains("tpla_tma_load_2d(&") && !src.code.contains("tpla_tma_load_2d(dst_") {
         return Err("no bulk tensor copy".into());
     }
     if !src

@@ -6,8 +6,8 @@ use crate::cuda::lower::gemm::wgmma::*;
 use crate::cuda::lower::*;
 use crate::cuda::memory::*;
 use crate::cuda::node::*;
-use crate::cuda::util::*;
 use crate::cuda::tma::{tmap_name, TMA_FNS};
+use crate::cuda::util::*;
 use crate::cuda::warpspec::*;
 use crate::cuda::{CudaSource, PagedInt, PagedPtr, ParamAbi, PRELUDE};
 use crate::ir::*;
@@ -147,7 +147,10 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                     params.push(ParamAbi::PagedInt { param: i, what: w });
                 }
                 if let Some((_, rows)) = lw.paging.tma.filter(|(c, _)| *c == i) {
-                    sig.push(format!("const __grid_constant__ tpla_tmap {}", tmap_name(i)));
+                    sig.push(format!(
+                        "const __grid_constant__ tpla_tmap {}",
+                        tmap_name(i)
+                    ));
                     params.push(ParamAbi::PagedTmap {
                         param: i,
                         box_rows: rows as u32,

@@ -76,13 +76,13 @@ pub fn plan_paged_tmap(
         return Err(bad(format!("dtype {dtype} (TMA boxes are bf16)")));
     }
     let elem = 2u64;
-    if global_address % 16 != 0 {
+    if !global_address.is_multiple_of(16) {
         return Err(bad(format!(
             "page pool address {global_address:#x} is not 16-byte aligned"
         )));
     }
     let stride = row as u64 * elem;
-    if row == 0 || row as u64 % BOX_COLS as u64 != 0 || stride % 16 != 0 {
+    if row == 0 || !row.is_multiple_of(BOX_COLS as usize) || !stride.is_multiple_of(16) {
         return Err(bad(format!(
             "rows of {row} elements are not whole {BOX_COLS}-column boxes with a 16-byte-aligned stride"
         )));
@@ -151,8 +151,8 @@ __device__ __forceinline__ void tpla_tma_load_2d(void* dst, const tpla_tmap* m, 
 pub(crate) fn tma_applies(ring: &Buf, elem: Elem, block: usize, row: usize) -> bool {
     ring.blocked
         && elem == Elem::Bf16
-        && row % BOX_COLS as usize == 0
-        && block % 8 == 0
+        && row.is_multiple_of(BOX_COLS as usize)
+        && block.is_multiple_of(8)
         && (8..=256).contains(&block)
 }
 
@@ -267,14 +267,28 @@ mod tests {
 
     #[test]
     fn what_tma_cannot_address_is_refused_with_the_reason() {
-        assert!(why(plan_paged_tmap("kv", 0x1008, DType::BF16, 10, 64, 576, 64))
-            .contains("not 16-byte aligned"));
-        assert!(why(plan_paged_tmap("kv", 0x1000, DType::BF16, 10, 64, 520, 64))
-            .contains("whole 64-column boxes"));
+        assert!(
+            why(plan_paged_tmap("kv", 0x1008, DType::BF16, 10, 64, 576, 64))
+                .contains("not 16-byte aligned")
+        );
+        assert!(
+            why(plan_paged_tmap("kv", 0x1000, DType::BF16, 10, 64, 520, 64))
+                .contains("whole 64-column boxes")
+        );
         assert!(why(plan_paged_tmap("kv", 0x1000, DType::F32, 10, 64, 576, 64)).contains("dtype"));
-        assert!(why(plan_paged_tmap("kv", 0x1000, DType::BF16, 0, 64, 576, 64)).contains("pool rows"));
-        assert!(why(plan_paged_tmap("kv", 0x1000, DType::BF16, 1 << 26, 64, 576, 64))
-            .contains("pool rows"));
+        assert!(
+            why(plan_paged_tmap("kv", 0x1000, DType::BF16, 0, 64, 576, 64)).contains("pool rows")
+        );
+        assert!(why(plan_paged_tmap(
+            "kv",
+            0x1000,
+            DType::BF16,
+            1 << 26,
+            64,
+            576,
+            64
+        ))
+        .contains("pool rows"));
         assert!(why(plan_paged_tmap("kv", 0x1000, DType::BF16, 10, 64, 576, 512)).contains("box"));
     }
 }

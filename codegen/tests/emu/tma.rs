@@ -227,7 +227,12 @@ fn tma_producer_source_and_abi() {
     let at = src
         .params
         .iter()
-        .position(|p| *p == ParamAbi::PagedTmap { param: 1, box_rows: 64 })
+        .position(|p| {
+            *p == ParamAbi::PagedTmap {
+                param: 1,
+                box_rows: 64,
+            }
+        })
         .expect("a tensor map slot");
     assert_eq!(
         src.params[at - 1],
@@ -242,7 +247,13 @@ fn tma_producer_source_and_abi() {
     // Without the warpgroup path there is no producer, hence no map and no ABI change.
     let k = tma_kernel(dp(64, 2, 256));
     let pre = emit(&k, Target::new(8, 0)).unwrap();
-    assert!(!pre.code.contains("tpla_tmap") && pre.params.iter().all(|p| !matches!(p, ParamAbi::PagedTmap { .. })));
+    assert!(
+        !pre.code.contains("tpla_tmap")
+            && pre
+                .params
+                .iter()
+                .all(|p| !matches!(p, ParamAbi::PagedTmap { .. }))
+    );
 }
 
 /// Emulated TMA decode at latent 512 and 256, 32- and 64-token blocks, 2 and 3 stages, 64-token
@@ -280,13 +291,22 @@ fn emulated_tma_breakages_are_caught() {
     let expect = format!("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 2], {bytes}u)");
     let more = run(&|c: String| {
         assert!(c.contains(&expect));
-        c.replace(&expect, &expect.replace(&bytes.to_string(), &(bytes + 4096).to_string()))
+        c.replace(
+            &expect,
+            &expect.replace(&bytes.to_string(), &(bytes + 4096).to_string()),
+        )
     });
     assert!(more.contains("deadlock"), "{more}");
     let fewer = run(&|c: String| {
-        c.replace(&expect, &expect.replace(&bytes.to_string(), &(bytes - 4096).to_string()))
+        c.replace(
+            &expect,
+            &expect.replace(&bytes.to_string(), &(bytes - 4096).to_string()),
+        )
     });
-    assert!(fewer.contains("more than their mbarrier phase expects"), "{fewer}");
+    assert!(
+        fewer.contains("more than their mbarrier phase expects"),
+        "{fewer}"
+    );
     // Drop the "whole block inside the split" condition of the TMA guard.
     let nan = run(&|c: String| {
         let guard = "bool tma_ = t0_ + 32 <= ";
@@ -297,7 +317,10 @@ fn emulated_tma_breakages_are_caught() {
     assert!(nan.contains("NaN") || nan.contains("nan"), "{nan}");
     // Blocks of whole 16-token pages go through TMA too (a box per page and 64 columns).
     let p64 = dp(64, 2, 256);
-    let expect = format!("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 2], {}u)", 64 * 320 * 2);
+    let expect = format!(
+        "tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 2], {}u)",
+        64 * 320 * 2
+    );
     let small = tma_case_patched(&cxx, p64, 16, 64, &[150], 1, 37, &|c: String| {
         c.replace(&expect, &expect.replace("u)", " + 2048u)"))
     })

@@ -3,8 +3,8 @@
 use crate::cuda::elem::*;
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
-use crate::cuda::util::*;
 use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
+use crate::cuda::util::*;
 use crate::cuda::warpspec::{producer_loop, MBAR};
 use crate::error::IrError;
 use crate::ir::*;
@@ -220,8 +220,8 @@ impl<'a> Lower<'a> {
                 }
             }
             let fallback = mk_issue("pw_", 4, " 1");
-            let tma = (self.sched.tma && tma_applies(&b, elem, *block, *row))
-                .then(|| tmap_name(*cache));
+            let tma =
+                (self.sched.tma && tma_applies(&b, elem, *block, *row)).then(|| tmap_name(*cache));
             let issue = match &tma {
                 Some(tmap) => {
                     self.paging.tma = Some((*cache, *block));
@@ -241,13 +241,7 @@ impl<'a> Lower<'a> {
                 }
                 None => fallback,
             };
-            let code = producer_loop(
-                &format!("{lets}{setup}"),
-                &issue,
-                &nblk,
-                st,
-                tma.as_deref(),
-            );
+            let code = producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref());
             self.paging.producer_code = Some((code, st));
             // Consumers: wait for the block's stage to be full, compute, release the stage.
             out.push(Node::Code {
