@@ -202,6 +202,8 @@ pub(crate) fn tma_issue(
     if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
             tpla_mbar_arrive_expect_tx(&{mbar}[j_ % {st}], {bytes}u);
+            // The stage may last have been filled by cp.async (generic proxy).
+            tpla_fence_proxy_async();
             tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
 #pragma unroll 1
             for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
