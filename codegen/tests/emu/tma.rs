@@ -327,3 +327,24 @@ fn emulated_tma_breakages_are_caught() {
     .unwrap_err();
     assert!(small.contains("deadlock"), "{small}");
 }
+
+/// The TMA producer over a per-sequence split table (`KV_CHUNKS = 1`): pieces on page
+/// boundaries take boxes of 16-token pages, a piece of 40 tokens (not on a boundary) and short
+/// sequences take `cp.async`; programs past a sequence's last piece leave with the consumers.
+#[test]
+fn emulated_decode_tma_split_table() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_tma_split_table") else {
+        return;
+    };
+    chunked_decode_case(
+        &cxx,
+        dp(32, 2, 256),
+        &[("PRODUCER", 1), ("TMA", 1)],
+        Target::sm90(),
+        64,
+        &[0, 1, 17, 300, 45, 90],
+        &[32, 16, 16, 64, 0, 40],
+        5,
+        40,
+    );
+}
