@@ -11,6 +11,7 @@
 //! | `KV_CHUNKS` | 0, 1 | 1: every read-only paged cache carries a per-sequence split table `chunk [batch]` (i32) and its block loops split sequence `b` into pieces of `chunk[b]` tokens, programs past a sequence's last piece ending at the loop (see `Stmt::PagedBlocks`); changes the argument ABI, read by the kernel builder (default 0) |
 //! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
+//! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -31,6 +32,9 @@ pub struct Schedule {
     pub wg_split: usize,
     /// Whether a producer warpgroup streams the paged blocks (`PRODUCER`, default false).
     pub producer: bool,
+    /// Whether the producer copies with TMA where a block allows (`TMA`, default false; only
+    /// with `producer`).
+    pub tma: bool,
 }
 
 impl Default for Schedule {
@@ -40,6 +44,7 @@ impl Default for Schedule {
             wgmma: true,
             wg_split: 128,
             producer: false,
+            tma: false,
         }
     }
 }
@@ -109,6 +114,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "TMA" => {
+                    s.tma = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -117,6 +129,13 @@ impl Schedule {
                 }
                 _ => {}
             }
+        }
+        if s.tma && !s.producer {
+            return Err(bad(
+                "TMA",
+                1,
+                "needs PRODUCER = 1 (the TMA copies are issued by the producer warpgroup)",
+            ));
         }
         Ok(s)
     }
@@ -182,6 +201,9 @@ mod tests {
                 .unwrap()
                 .producer
         );
+        let s = Schedule::from_config(&cfg(&[("PRODUCER", 1), ("TMA", 1)])).unwrap();
+        assert!(s.producer && s.tma);
+        assert!(!Schedule::from_config(&cfg(&[("TMA", 0)])).unwrap().tma);
         let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
         assert_eq!(s.warps, Some(4));
     }
@@ -200,6 +222,8 @@ mod tests {
             ("WGMMA", -1),
             ("PRODUCER", 2),
             ("PRODUCER", -1),
+            ("TMA", 2),
+            ("TMA", -1),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -207,5 +231,8 @@ mod tests {
         }
         let e = Schedule::from_config(&cfg(&[("WARPS", 4), ("NUM_WARPS", 8)])).unwrap_err();
         assert_eq!(knob_of(e), "NUM_WARPS");
+        let e = Schedule::from_config(&cfg(&[("TMA", 1)])).unwrap_err();
+        assert!(e.to_string().contains("PRODUCER"), "{e}");
+        assert_eq!(knob_of(e), "TMA");
     }
 }

@@ -22,6 +22,10 @@ mod emu;
 
 use emu::*;
 
+/// The TMA producer's tests (`TMA = 1`), in a file of their own.
+#[path = "emu/tma.rs"]
+mod tma;
+
 // ------------------------------------------------------------------------------------ decode
 
 /// f64 reference of one split of the latent decode: `(out [lat], lse)`.

@@ -165,6 +165,82 @@ fn cuda_producer_warpgroup_agrees() {
     }
 }
 
+/// The TMA producer (`PRODUCER = 1`, `TMA = 1`) on every 64-row config at latent 512 and 256:
+/// 64-token pages (bulk tensor copies for every whole block, `cp.async` for a split's partial last
+/// block), 16-token pages (a box per page), odd lengths, a one-block
+/// sequence, 3 splits; the pool is NaN wherever no sequence holds a token.
+#[test]
+fn cuda_tma_producer_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page) in [(512usize, 64usize), (256, 64), (512, 16)] {
+        let p = Problem::new(
+            lat as u64 + 9,
+            3,
+            64,
+            lat,
+            64,
+            vec![1000, 333, 9],
+            page,
+            0.2,
+        );
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H").unwrap() != 64 {
+                continue;
+            }
+            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
+            params.decode = cfg.clone().with("PRODUCER", 1).with("TMA", 1);
+            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+            let hl = 64 * lat;
+            for b in 0..3 {
+                let e = rel_error(
+                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                    &p.reference(b, true).out,
+                );
+                assert!(e <= 5e-3, "lat {lat} page {page} {cfg} TMA=1 b {b}: {e}");
+            }
+        }
+    }
+}
+
+/// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
+/// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
+/// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback)
+/// and 16-token pages (a box per page).
+#[test]
+fn sanitizer_smoke_every_kernel_tma() {
+    let Some(g) = gpu() else { return };
+    for (lat, bn, st, wg, page) in [
+        (512usize, 64i64, 2i64, 128i64, 64usize),
+        (512, 32, 3, 32, 64),
+        (256, 64, 2, 128, 64),
+        (256, 32, 3, 128, 64),
+        (512, 64, 2, 128, 16),
+    ] {
+        let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", wg)
+            .with("PRODUCER", 1)
+            .with("TMA", 1);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        let hl = 17 * lat;
+        for b in 0..2 {
+            let e = rel_error(
+                &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                &p.reference(b, true).out,
+            );
+            assert!(
+                e <= 5e-3,
+                "lat {lat} BLOCK_N {bn} STAGES {st} TMA=1 b {b}: {e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn cuda_empty_and_single_token_sequences() {
     let Some(g) = gpu() else { return };

@@ -214,10 +214,19 @@ fn run_case(
             } else {
                 &[128]
             };
-            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring).
-            // Not with FP8 rows: the producer copies bf16 rows.
+            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring); 2 is
+            // PRODUCER = 1 with TMA = 1 (bulk tensor copies), where blocks lie in one page or
+            // are whole pages of a multiple of 8 tokens. Not with FP8 rows: the producer copies
+            // bf16 rows.
             let fp8 = variant.contains("fp8");
-            let producers: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
+            let (page, n) = (shape.page_size, bn as usize);
+            let tma = page % n == 0 || (page % 8 == 0 && n % page == 0);
+            let producers: &[i64] = match (bh, tma, fp8) {
+                (_, _, true) => &[0],
+                (64, true, _) => &[0, 1, 2],
+                (64, false, _) => &[0, 1],
+                _ => &[0],
+            };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
@@ -235,7 +244,10 @@ fn run_case(
                     .with("LAT", shape.lat as i64)
                     .with("ROPE", shape.rope as i64);
                 if producer > 0 {
-                    cfg.set("PRODUCER", producer);
+                    cfg.set("PRODUCER", 1);
+                }
+                if producer == 2 {
+                    cfg.set("TMA", 1);
                 }
                 if fp8 {
                     cfg.set("KV_FP8", shape.lat as i64);

@@ -97,6 +97,7 @@
 //! |---|---|
 //! | `Tensor` (f32 / bf16 / i32) | one device pointer to the dense row-major data (bf16 as raw `u16`) |
 //! | `Paged` | `data` pointer (`[num_pages, page_size, row]`), `block_table` pointer (`i32 [batch, pages_per_seq]`), `seq_lens` pointer (`i32 [batch]`), the split-table pointer `chunk` (`i32 [batch]`) only when the parameter is `chunked`, then `int page_size, pages_per_seq, num_pages, batch` |
+//! | `Paged`, streamed by a `TMA = 1` producer | the slots above, then its page pool's tensor map (`CUtensorMap`, 128 bytes by value, see [`tma`]) |
 //! | `Scalar` f32 / i32 | the value (`float` / `int`) |
 //! | runtime dim | its value as `int` |
 //!
@@ -116,6 +117,7 @@ mod pipeline;
 mod print;
 mod repr;
 mod sync;
+pub mod tma;
 mod util;
 mod warpspec;
 
@@ -263,6 +265,14 @@ pub enum ParamAbi {
         param: usize,
         /// F32 or I32.
         dtype: DType,
+    },
+    /// The TMA tensor map of a paged parameter's page pool (`TMA = 1`): a 128-byte
+    /// `CUtensorMap` passed by value, planned by [`tma::plan_paged_tmap`] with these box rows.
+    PagedTmap {
+        /// Index in [`Kernel::params`].
+        param: usize,
+        /// Tokens of the loop's block: a box's rows, or a page's where pages are smaller.
+        box_rows: u32,
     },
     /// A runtime dimension's value as `int`.
     Dim {

@@ -6,6 +6,7 @@ use crate::cuda::lower::gemm::wgmma::*;
 use crate::cuda::lower::*;
 use crate::cuda::memory::*;
 use crate::cuda::node::*;
+use crate::cuda::tma::{tmap_name, TMA_FNS};
 use crate::cuda::util::*;
 use crate::cuda::warpspec::*;
 use crate::cuda::{CudaSource, PagedInt, PagedPtr, ParamAbi, PRELUDE};
@@ -145,6 +146,16 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                 ] {
                     params.push(ParamAbi::PagedInt { param: i, what: w });
                 }
+                if let Some((_, rows)) = lw.paging.tma.filter(|(c, _)| *c == i) {
+                    sig.push(format!(
+                        "const __grid_constant__ tpla_tmap {}",
+                        tmap_name(i)
+                    ));
+                    params.push(ParamAbi::PagedTmap {
+                        param: i,
+                        box_rows: rows as u32,
+                    });
+                }
             }
             ParamKind::Scalar { dtype } => {
                 let c = if *dtype == DType::I32 { "int" } else { "float" };
@@ -167,6 +178,9 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     code.push_str(PRELUDE);
     if lw.paging.producer_code.is_some() {
         code.push_str(WARPSPEC_FNS);
+    }
+    if lw.paging.tma.is_some() {
+        code.push_str(TMA_FNS);
     }
     for &(n, a, tb) in &lw.decl.wgmma_fns {
         code.push_str(&wgmma_fn(n, a, tb));

@@ -145,14 +145,31 @@ pub(crate) const MBAR: &str = "tpla_mbar";
 
 /// The producer warpgroup's loop: the paged loop's `setup` (sequence, split bounds, ring base),
 /// then per block `j_`: wait for its stage to be empty (from the second round on), `issue` its
-/// copies (by producer warp `pw_` of 4), arrive on the stage's full barrier when they land.
-pub(crate) fn producer_loop(setup: &str, issue: &str, nblk: &str, st: usize) -> String {
+/// copies (by producer warp `pw_` of 4), arrive on the stage's full barrier when they land. With
+/// a tensor map `tmap` (`TMA = 1`) the issue arrives itself (see `tma.rs`) and the map is
+/// prefetched first.
+pub(crate) fn producer_loop(
+    setup: &str,
+    issue: &str,
+    nblk: &str,
+    st: usize,
+    tmap: Option<&str>,
+) -> String {
+    let (prefetch, arrive) = match tmap {
+        Some(m) => (
+            format!("if (pw_ == 0 && lane == 0) tpla_tmap_prefetch(&{m});\n"),
+            String::new(),
+        ),
+        None => (
+            String::new(),
+            format!("    tpla_cp_async_mbar_arrive(&{MBAR}[j_ % {st}]);\n"),
+        ),
+    };
     format!(
         "{{
-{setup}for (int j_ = 0; j_ < {nblk}; ++j_) {{
+{prefetch}{setup}for (int j_ = 0; j_ < {nblk}; ++j_) {{
     if (j_ >= {st}) tpla_mbar_wait(&{MBAR}[{st} + j_ % {st}], ((j_ / {st}) + 1) & 1);
-    {issue}    tpla_cp_async_mbar_arrive(&{MBAR}[j_ % {st}]);
-}}
+    {issue}{arrive}}}
 }}
 "
     )

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 #include <ucontext.h>
@@ -22,6 +23,7 @@
 #define __launch_bounds__(a, b)
 #define __restrict__
 #define __align__(n) alignas(n)
+#define __grid_constant__
 
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
@@ -74,6 +76,9 @@ struct Block {
     std::vector<uint64_t> xchg;     // [nt][8]
     std::vector<const void*> addr;  // [nt]
     std::vector<unsigned char> smem;
+    // Transaction bytes still expected per mbarrier (by shared-memory offset): `expect_tx` adds,
+    // a bulk copy's completion subtracts; a phase completes when both its arrivals and this reach 0.
+    std::map<unsigned, long> tx;
     emu_dim3 bid{0, 0, 0};
     std::function<void()> body;
     long barriers = 0;
@@ -157,6 +162,7 @@ inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, s
             for (unsigned x = 0; x < gx; ++x) {
                 blk.bid = emu_dim3{x, y, z};
                 blk.smem.assign(smem + 16, 0xff);
+                blk.tx.clear();
                 run_block(nt);
             }
     B = nullptr;
@@ -400,23 +406,62 @@ inline void tpla_emu_mbar_check(const void* b) {
 inline void tpla_emu_mbar_init(unsigned long long* b, int count) {
     tpla_emu_mbar_check(b);
     *b = ((unsigned long long)(unsigned)count << 32) | (unsigned)count;
+    emu::B->tx[tpla_emu_smem_addr(b)] = 0;
 }
+namespace emu {
+// Completes the current phase of `b` if its arrivals and its transaction bytes are all in.
+inline void mbar_try_complete(unsigned long long* b) {
+    unsigned long long v = *b;
+    const unsigned count = (unsigned)((v >> 32) & 0x7fffffffu);
+    if ((unsigned)v != 0 || B->tx[tpla_emu_smem_addr(b)] != 0) return;
+    const unsigned long long phase = (v >> 63) ^ 1ull;
+    *b = (phase << 63) | ((unsigned long long)count << 32) | count;
+    progress++;
+}
+}  // namespace emu
+// An arrival; with transaction bytes pending the phase stays open (pending arrivals 0) until
+// the bytes have landed.
 inline void tpla_emu_mbar_arrive(unsigned long long* b) {
     tpla_emu_mbar_check(b);
     unsigned long long v = *b;
     const unsigned count = (unsigned)((v >> 32) & 0x7fffffffu);
     unsigned pending = (unsigned)v;
-    if (count == 0 || pending == 0) {
+    if (count == 0) {
         fprintf(stderr, "emu: arrive on an uninitialised mbarrier\n");
         exit(4);
     }
-    unsigned long long phase = v >> 63;
-    if (--pending == 0) {
-        pending = count;
-        phase ^= 1ull;
+    if (pending == 0) {
+        fprintf(stderr, "emu: more arrivals on an mbarrier than its count in one phase\n");
+        exit(4);
     }
-    *b = (phase << 63) | ((unsigned long long)count << 32) | pending;
+    *b = (v & ~0xffffffffull) | (pending - 1);
+    const long tx = emu::B->tx[tpla_emu_smem_addr(b)];
+    if (pending == 1 && tx < 0) {
+        fprintf(stderr, "emu: bulk copies completed %ld bytes more than their mbarrier phase expects\n", -tx);
+        exit(4);
+    }
     emu::progress++;
+    emu::mbar_try_complete(b);
+}
+// `mbarrier.arrive.expect_tx`: expects `bytes` more transaction bytes in the current phase, then
+// arrives.
+inline void tpla_emu_mbar_arrive_expect_tx(unsigned long long* b, unsigned bytes) {
+    tpla_emu_mbar_check(b);
+    emu::B->tx[tpla_emu_smem_addr(b)] += (long)bytes;
+    tpla_emu_mbar_arrive(b);
+}
+// A bulk copy's `complete_tx::bytes`: more bytes landing than the phase expects is an error (on
+// the GPU they would count against the next phase).
+inline void tpla_emu_mbar_complete_tx(unsigned long long* b, unsigned bytes) {
+    tpla_emu_mbar_check(b);
+    long& tx = emu::B->tx[tpla_emu_smem_addr(b)];
+    tx -= (long)bytes;
+    if (tx < 0 && (unsigned)*b == 0) {
+        fprintf(stderr, "emu: bulk copies completed %ld bytes more than their mbarrier phase expects\n", -tx);
+        exit(4);
+    }
+    emu::progress++;
+    emu::mbar_try_complete(b);
 }
 // Waits until the phase with parity `parity` has completed: the current phase's parity differs.
 // Every wait first lets the other fibers run for a while (a slow observer), so a role that skips
@@ -441,4 +486,39 @@ inline void tpla_emu_bar_sync(int id, int n) {
     }
     emu::B->barriers++;
     emu::wait(bar);
+}
+
+// ---- TMA: 2-D bulk tensor copies ------------------------------------------------------------
+// The emulated tensor map (the GPU's is opaque, built by cuTensorMapEncodeTiled; the test harness
+// fills this one from the same plan): w[0] global address, w[1] columns (dim 0, elements), w[2]
+// rows (dim 1), w[3] row stride in bytes, w[4] box columns, w[5] box rows, w[6] element bytes,
+// w[7] swizzle span in bytes (128), w[8] the magic 0x7470_6c61_746d_6170 ("tplatmap").
+inline void tpla_emu_tma_load_2d(void* dst, const void* map, int c0, int c1, unsigned long long* bar) {
+    const unsigned long long* w = (const unsigned long long*)map;
+    if (w[8] != 0x74706c61746d6170ull) {
+        fprintf(stderr, "emu: cp.async.bulk.tensor with a tensor map that was never built\n");
+        exit(4);
+    }
+    const unsigned char* g = (const unsigned char*)w[0];
+    const long cols = (long)w[1], rows = (long)w[2], stride = (long)w[3];
+    const long bc = (long)w[4], br = (long)w[5], es = (long)w[6], sw = (long)w[7];
+    if ((w[0] & 15u) != 0 || stride % 16 != 0 || sw != 128 || bc * es != 128 || br < 1 || br > 256) {
+        fprintf(stderr, "emu: tensor map the GPU would refuse (address, stride, box or swizzle)\n");
+        exit(4);
+    }
+    const unsigned d = tpla_emu_smem_addr(dst);
+    if ((d & 1023u) != 0 || (size_t)d + (size_t)(br * 128) > emu::B->smem.size()) {
+        fprintf(stderr, "emu: bulk tensor copy destination not 1024-byte aligned or outside shared memory\n");
+        exit(4);
+    }
+    unsigned char* s = emu::B->smem.data();
+    for (long r = 0; r < br; ++r)
+        for (long c = 0; c < bc; ++c) {
+            const long gr = (long)c1 + r, gc = (long)c0 + c;
+            unsigned off = d + (unsigned)(r * 128 + c * es);
+            off ^= ((off >> 7) & 7u) << 4;  // the 128-byte swizzle of the address
+            if (gr >= 0 && gr < rows && gc >= 0 && gc < cols) memcpy(s + off, g + gr * stride + gc * es, (size_t)es);
+            else memset(s + off, 0, (size_t)es);
+        }
+    tpla_emu_mbar_complete_tx(bar, (unsigned)(br * bc * es));
 }

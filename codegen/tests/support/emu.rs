@@ -12,6 +12,7 @@ use half::bf16;
 use tpla_codegen::cpu::{abi, CpuKernel};
 use tpla_codegen::cuda::{emit, CudaSource, PagedInt, PagedPtr, ParamAbi, Target};
 use tpla_codegen::ir::*;
+use tpla_codegen::cuda::tma::plan_paged_tmap;
 use tpla_codegen::launch::{check_launch, ArgDesc};
 
 // ------------------------------------------------------------------------------------ buffers
@@ -306,6 +307,7 @@ pub fn run_emu(
     // Buffers and the call.
     let mut files = Vec::new(); // (var, path, writable)
     let mut call = Vec::new();
+    let mut maps = Vec::new(); // statements building the emulated tensor maps
     for slot in &src.params {
         match slot {
             ParamAbi::Tensor { param, dtype } => {
@@ -400,6 +402,10 @@ pub fn run_emu(
                 _ => unreachable!(),
             }),
             ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
+            ParamAbi::PagedTmap { param, box_rows } => {
+                maps.push(emu_tmap(k, &args[*param], *param, *box_rows)?);
+                call.push(format!("m{param}"));
+            }
         }
     }
     let code = ["128", "1024"]
@@ -420,6 +426,9 @@ pub fn run_emu(
             "    auto {var} = emu::load(\"{}\");\n",
             path.display()
         ));
+    }
+    for m in &maps {
+        main.push_str(m);
     }
     main.push_str(&format!(
         "    emu::launch({}, {}, {}, {}, {}, [&]() {{ {}({}); }});\n",
@@ -647,5 +656,51 @@ pub fn paged(
         num_pages,
         chunks: None,
     }
+}
+
+
+/// C++ statements building the emulated tensor map `m{param}` of a paged argument (the layout
+/// `tpla_emu_tma_load_2d` reads; dims, stride and box from the same plan the runtime encodes).
+pub fn emu_tmap(
+    k: &Kernel,
+    arg: &HostArg,
+    param: usize,
+    box_rows: u32,
+) -> Result<String, String> {
+    let HostArg::Paged {
+        dtype,
+        row,
+        page_size,
+        num_pages,
+        ..
+    } = arg
+    else {
+        return Err("a tensor map slot for a non-paged argument".into());
+    };
+    // The emulated pool's address is only known in the C++ program (checked there).
+    let plan = plan_paged_tmap(
+        &k.params[param].name,
+        0,
+        *dtype,
+        *num_pages,
+        *page_size,
+        *row,
+        box_rows,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(format!(
+        "    tpla_tmap m{param}{{}};
+    m{param}.w[0] = (unsigned long long)b{param}d.data();
+    m{param}.w[1] = {}ull; m{param}.w[2] = {}ull; m{param}.w[3] = {}ull;
+    m{param}.w[4] = {}ull; m{param}.w[5] = {}ull; m{param}.w[6] = {}ull; m{param}.w[7] = 128ull;
+    m{param}.w[8] = 0x74706c61746d6170ull;
+",
+        plan.dims[0],
+        plan.dims[1],
+        plan.row_stride_bytes,
+        plan.box_dims[0],
+        plan.box_dims[1],
+        plan.elem_bytes
+    ))
 }
 

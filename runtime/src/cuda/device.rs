@@ -587,6 +587,7 @@ impl CudaExecutor {
             U64(u64),
             I32(i32),
             F32(f32),
+            Map(Box<cudarc::driver::sys::CUtensorMap>),
         }
         let mut vals = Vec::with_capacity(k.compiled.source.params.len());
         for slot in &k.compiled.source.params {
@@ -623,6 +624,22 @@ impl CudaExecutor {
                     _ => unreachable!("checked by check_launch"),
                 },
                 ParamAbi::Dim { dim } => V::I32(to_i32(plan.dims[*dim] as usize)?),
+                ParamAbi::PagedTmap { param, box_rows } => match args[*param] {
+                    KernelArg::Paged(c) => {
+                        let g = c.geometry();
+                        let tp = tpla_codegen::cuda::tma::plan_paged_tmap(
+                            &k.ir.params[*param].name,
+                            c.data(),
+                            g.dtype,
+                            g.num_pages,
+                            g.page_size,
+                            g.row,
+                            *box_rows,
+                        )?;
+                        V::Map(super::tmap::encode(&tp)?)
+                    }
+                    _ => unreachable!("checked by check_launch"),
+                },
             });
         }
         let mut ptrs: Vec<*mut c_void> = vals
@@ -631,6 +648,7 @@ impl CudaExecutor {
                 V::U64(x) => x as *mut u64 as *mut c_void,
                 V::I32(x) => x as *mut i32 as *mut c_void,
                 V::F32(x) => x as *mut f32 as *mut c_void,
+                V::Map(m) => &mut **m as *mut cudarc::driver::sys::CUtensorMap as *mut c_void,
             })
             .collect();
         self.ctx
@@ -638,7 +656,7 @@ impl CudaExecutor {
             .map_err(|e| driver_err("binding the context", e))?;
         // SAFETY: `func` belongs to a module kept alive by `k`; `ptrs` has one pointer per kernel
         // parameter, in the order and with the types of `CudaSource::params` (u64 device
-        // addresses, i32, f32), each pointing into `vals`, which outlives the call (the driver
+        // addresses, i32, f32, 128-byte tensor maps), each pointing into `vals`, which outlives the call (the driver
         // copies the values at launch). Device addresses come from `TensorArg`/`PagedArg`, whose
         // (unsafe) constructors promise live buffers of the described sizes and the aliasing
         // rules; `check_launch` matched those sizes against the kernel's shapes (and, where host

@@ -19,6 +19,7 @@ pub mod device;
 pub mod nccl;
 pub mod nvrtc;
 mod sha256;
+mod tmap;
 
 pub use cache::{CacheSource, CachedKernel, KernelCache, Lookup};
 pub use device::{

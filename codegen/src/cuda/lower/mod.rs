@@ -92,6 +92,8 @@ pub(crate) struct Paging {
     pub(crate) deferred_prefetch: Option<(String, usize)>,
     /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
     pub(crate) producer_code: Option<(String, usize)>,
+    /// Under `TMA = 1`: the streamed cache whose tensor map the kernel takes, and the box rows.
+    pub(crate) tma: Option<(ParamId, usize)>,
 }
 
 pub(crate) struct Fusion {

@@ -3,6 +3,7 @@
 use crate::cuda::elem::*;
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
+use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
 use crate::cuda::util::*;
 use crate::cuda::warpspec::{producer_loop, MBAR};
 use crate::error::IrError;
@@ -245,12 +246,29 @@ impl<'a> Lower<'a> {
                     _ => {}
                 }
             }
-            let code = producer_loop(
-                &format!("{lets}{setup}"),
-                &mk_issue("pw_", 4, " 1"),
-                &nblk,
-                st,
-            );
+            let fallback = mk_issue("pw_", 4, " 1");
+            let tma =
+                (self.sched.tma && tma_applies(&b, elem, *block, *row)).then(|| tmap_name(*cache));
+            let issue = match &tma {
+                Some(tmap) => {
+                    self.paging.tma = Some((*cache, *block));
+                    let names = TmaNames {
+                        tmap: tmap.clone(),
+                        bt: bt.clone(),
+                        ps: ps.clone(),
+                        pps: pps.clone(),
+                        np: np.clone(),
+                        bvar: bvar.clone(),
+                        lo: lo.clone(),
+                        hi: hi.clone(),
+                        base: base.clone(),
+                        mbar: MBAR.into(),
+                    };
+                    tma_issue(&names, *block, *row, st, slot, &fallback)
+                }
+                None => fallback,
+            };
+            let code = producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref());
             self.paging.producer_code = Some((code, st));
             // Consumers: wait for the block's stage to be full, compute, release the stage.
             out.push(Node::Code {

@@ -1,0 +1,108 @@
+//! CI without a GPU: the TMA producer (`PRODUCER = 1`, `TMA = 1`) of the library decode compiles
+//! for sm_90a with every warpgroup (BLOCK_H = 64) tune variant at latent 512 (MLA) and 256 (the
+//! TPLA shard), plus the split-table ABI (`KV_CHUNKS = 1`): each takes its tensor map parameter,
+//! issues bulk tensor copies, and ptxas reports no stack frame and no spill.
+//!
+//! Without libnvrtc the test prints a SKIP line and passes, unless `TPLA_REQUIRE_NVRTC=1`
+//! (`.ci/nvrtc.sh` installs the `nvidia-cuda-nvrtc` wheel and sets both).
+
+use tpla_codegen::cuda::ParamAbi;
+use tpla_codegen::{Config, KernelDef};
+use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc};
+use tpla_runtime::cuda::Target;
+
+fn nvrtc_or_skip(test: &str) -> bool {
+    match nvrtc() {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
+                panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
+            }
+            tpla_runtime::cuda::device::skip_notice(&format!(
+                "SKIP {test}: NVRTC unavailable ({e})"
+            ));
+            false
+        }
+    }
+}
+
+fn cases() -> Vec<Config> {
+    let mut v = Vec::new();
+    for lat in [512i64, 256] {
+        let consts = [("LAT", lat), ("ROPE", 64)];
+        for cfg in tpla_kernels::latent_decode.tune_space(&consts).unwrap() {
+            if cfg.get("BLOCK_H").ok() == Some(64) {
+                v.push(cfg.with("PRODUCER", 1).with("TMA", 1));
+            }
+        }
+    }
+    let chunked = tpla_kernels::latent_decode
+        .default_config(&[("LAT", 512), ("ROPE", 64)])
+        .unwrap()
+        .with("BLOCK_H", 64)
+        .with("KV_CHUNKS", 1)
+        .with("PRODUCER", 1)
+        .with("TMA", 1);
+    v.push(chunked);
+    v
+}
+
+/// Compiles one variant: `Ok(what ptxas reported)` or why it failed.
+fn compile_one(cfg: &Config) -> Result<String, String> {
+    let k = tpla_kernels::latent_decode
+        .build(cfg)
+        .map_err(|e| format!("build: {e}"))?;
+    let target = Target::sm90();
+    let src = tpla_codegen::cuda::emit(&k, target).map_err(|e| format!("emit: {e}"))?;
+    if !src.code.contains("tpla_tma_load_2d(&") && !src.code.contains("tpla_tma_load_2d(dst_") {
+        return Err("no bulk tensor copy".into());
+    }
+    if !src
+        .params
+        .iter()
+        .any(|p| matches!(p, ParamAbi::PagedTmap { .. }))
+    {
+        return Err("no tensor map parameter".into());
+    }
+    let opts = default_options(&target.arch_name());
+    let c = compile(&src.name, &src.code, &opts).map_err(|e| e.to_string())?;
+    match &c.report {
+        Some(r) if !r.spill_free() => Err(format!(
+            "{} B stack frame, {} / {} B spilled",
+            r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes
+        )),
+        Some(r) => Ok(format!("{} regs", r.registers)),
+        None => Ok("no ptxas report".into()),
+    }
+}
+
+#[test]
+fn tma_producer_variants_compile_for_sm90a_without_spills() {
+    let test = "tma_producer_variants_compile_for_sm90a_without_spills";
+    if !nvrtc_or_skip(test) {
+        return;
+    }
+    let queue = std::sync::Mutex::new(cases());
+    let n = queue.lock().unwrap().len();
+    assert_eq!(n, 37);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let Some(cfg) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                match compile_one(&cfg) {
+                    Ok(what) => println!("latent_decode [{cfg}]: ok ({what})"),
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("latent_decode [{cfg}]: {e}")),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    println!("{test}: {n} variants, {} failed", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
