@@ -57,11 +57,31 @@ fn bad(name: &str, value: i64, why: impl Into<String>) -> IrError {
     }
 }
 
-/// The schedule knobs `tpla tune` searches beside a kernel's `#[tune]` parameters, with their
-/// candidate values (the first is the default), and which the tune database may therefore store.
-/// They change how a kernel runs, never what it computes, and apply only where the backend says
-/// so (a CUDA Hopper target's warpgroup path): elsewhere a tuner times the default alone.
-pub const SEARCHED_KNOBS: &[(&str, &[i64])] = &[("PRODUCER", &[0, 1])];
+/// The schedule settings `tpla tune` searches beside a kernel's `#[tune]` parameters: each a
+/// whole, valid set of knobs (the first, no knob set, is the default), so knobs that only make
+/// sense together (`TMA` needs `PRODUCER`) are searched together. The tune database may store
+/// any knob value that appears here. They change how a kernel runs, never what it computes, and
+/// apply only where the backend says so (a CUDA Hopper target's warpgroup path): elsewhere a
+/// tuner times the default alone.
+pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] =
+    &[&[], &[("PRODUCER", 1)], &[("PRODUCER", 1), ("TMA", 1)]];
+
+/// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
+/// default, 0): what a tune database entry may hold.
+pub fn is_searched(name: &str, value: i64) -> Option<bool> {
+    let mut known = false;
+    for set in SEARCHED_SETTINGS {
+        for (n, v) in *set {
+            if *n == name {
+                known = true;
+                if *v == value {
+                    return Some(true);
+                }
+            }
+        }
+    }
+    known.then_some(value == 0)
+}
 
 /// The `KV_CHUNKS` knob of a kernel config (see the module table): false when absent, an
 /// [`IrError::BadConfig`] naming the knob for a value other than 0 or 1.
@@ -157,19 +177,16 @@ mod tests {
     }
 
     #[test]
-    fn every_searched_knob_value_is_valid_and_the_first_is_the_default() {
-        for (name, values) in SEARCHED_KNOBS {
-            for v in *values {
-                Schedule::from_config(&cfg(&[(name, *v)]))
-                    .unwrap_or_else(|e| panic!("{name}={v}: {e}"));
-            }
-            let first = Schedule::from_config(&cfg(&[(name, values[0])])).unwrap();
-            assert_eq!(
-                first,
-                Schedule::default(),
-                "{name}: the first value is the default"
-            );
+    fn every_searched_setting_is_valid_distinct_and_the_first_is_the_default() {
+        assert!(SEARCHED_SETTINGS[0].is_empty());
+        for (i, set) in SEARCHED_SETTINGS.iter().enumerate() {
+            Schedule::from_config(&cfg(set)).unwrap_or_else(|e| panic!("{set:?}: {e}"));
+            assert!(!SEARCHED_SETTINGS[..i].contains(set), "{set:?} twice");
         }
+        assert_eq!(is_searched("PRODUCER", 1), Some(true));
+        assert_eq!(is_searched("PRODUCER", 0), Some(true));
+        assert_eq!(is_searched("PRODUCER", 2), Some(false));
+        assert_eq!(is_searched("BLOCK_H", 64), None);
     }
 
     #[test]

@@ -261,7 +261,10 @@ impl<'a> PagedArg<'a> {
                 "{lat} quantised columns of a {row}-column row (a multiple of {FP8_GROUP} is needed)"
             ))
         } else if self.dtype != DType::BF16 || self.format != PagedFormat::Plain {
-            Some(format!("the carrier is {} {}, not plain bf16", self.dtype, self.format))
+            Some(format!(
+                "the carrier is {} {}, not plain bf16",
+                self.dtype, self.format
+            ))
         } else if self.row != carrier {
             Some(format!(
                 "the carrier rows have {} bf16, FP8 rows of {row} columns need {carrier}",

@@ -11,8 +11,8 @@
 //!   the file is rewritten without it.
 //!
 //! Format 2 (this one) stores, beside the kernel's `#[tune]` values and shape constants, the
-//! schedule knobs `tpla tune` searches ([`tpla_codegen::schedule::SEARCHED_KNOBS`]: producer
-//! warpgroup, ...) and the split policy of the winner ([`SplitPolicy`]). Files of format 1 are
+//! schedule knobs `tpla tune` searches ([`tpla_codegen::schedule::SEARCHED_SETTINGS`]: producer
+//! warpgroup, TMA, ...) and the split policy of the winner ([`SplitPolicy`]). Files of format 1 are
 //! moved aside like any other unusable file.
 //!
 //! Writers serialise on a lock file (`NAME.json.lock`); a save re-reads the file under the lock,
@@ -24,7 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tpla_codegen::schedule::SEARCHED_KNOBS;
+use tpla_codegen::schedule::is_searched;
 use tpla_codegen::{Config, KernelDef, TuneParam};
 
 use crate::fsutil::write_atomic;
@@ -141,13 +141,14 @@ impl Space {
             if self.params.iter().any(|t| t.name == k) {
                 continue;
             }
-            if let Some((_, values)) = SEARCHED_KNOBS.iter().find(|(n, _)| n == k) {
-                if !values.contains(v) {
+            match is_searched(k, *v) {
+                Some(true) => continue,
+                Some(false) => {
                     return Err(format!(
-                        "schedule knob {k}={v} is not one of the searched values {values:?}"
-                    ));
+                        "schedule knob {k}={v} is not one of the searched values"
+                    ))
                 }
-                continue;
+                None => {}
             }
             if !self.shape_constants.contains(&k.as_str()) {
                 return Err(format!("unknown parameter {k}"));

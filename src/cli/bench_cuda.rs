@@ -111,9 +111,13 @@ fn device_cache_fp8(
     c.set_block_table(table)?;
     let rows: Vec<Vec<bf16>> = (0..1024)
         .map(|r| {
-            let v: Vec<f32> = (0..lat + 64).map(|j| pattern(r * (lat + 64) + j, 7)).collect();
+            let v: Vec<f32> = (0..lat + 64)
+                .map(|j| pattern(r * (lat + 64) + j, 7))
+                .collect();
             let b = tpla_codegen::kv_format::quantise_row(&v, lat);
-            b.chunks(2).map(|p| bf16::from_bits(u16::from_le_bytes([p[0], p[1]]))).collect()
+            b.chunks(2)
+                .map(|p| bf16::from_bits(u16::from_le_bytes([p[0], p[1]])))
+                .collect()
         })
         .collect();
     for (i, row) in c.data_mut().chunks_mut(carrier).enumerate() {
@@ -270,15 +274,7 @@ fn run_case(
                 let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
                 let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
                 let m = measure(exec, 3, 20, || {
-                    launch_decode(
-                        exec,
-                        &cfg,
-                        &bufs.q,
-                        cache,
-                        &mut part,
-                        &mut part_lse,
-                        scale,
-                    )
+                    launch_decode(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
                 });
                 match m {
                     Ok(m) => {

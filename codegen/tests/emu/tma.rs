@@ -4,6 +4,7 @@
 //! row no sequence holds (unused pages and the tails of last pages) and NaN-poisoned outputs.
 
 use super::*;
+use tpla_codegen::cuda::{PagedInt, ParamAbi};
 
 fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
     DecodeParams {

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use half::bf16;
 use tpla_codegen::cpu::{abi, CpuKernel};
+use tpla_codegen::cuda::tma::plan_paged_tmap;
 use tpla_codegen::cuda::{emit, CudaSource, PagedInt, PagedPtr, ParamAbi, Target};
 use tpla_codegen::ir::*;
-use tpla_codegen::cuda::tma::plan_paged_tmap;
 use tpla_codegen::launch::{check_launch, ArgDesc};
 
 // ------------------------------------------------------------------------------------ buffers
@@ -658,15 +658,9 @@ pub fn paged(
     }
 }
 
-
 /// C++ statements building the emulated tensor map `m{param}` of a paged argument (the layout
 /// `tpla_emu_tma_load_2d` reads; dims, stride and box from the same plan the runtime encodes).
-pub fn emu_tmap(
-    k: &Kernel,
-    arg: &HostArg,
-    param: usize,
-    box_rows: u32,
-) -> Result<String, String> {
+pub fn emu_tmap(k: &Kernel, arg: &HostArg, param: usize, box_rows: u32) -> Result<String, String> {
     let HostArg::Paged {
         dtype,
         row,
@@ -703,4 +697,3 @@ pub fn emu_tmap(
         plan.elem_bytes
     ))
 }
-

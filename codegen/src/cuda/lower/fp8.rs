@@ -70,7 +70,12 @@ impl Fp8Copy<'_> {
     /// The copy of block `j_` into its ring slot by the `nw` warps numbered `warp`, each lane
     /// taking 8-column chunks of the warp's rows (the bf16 tile's address of `(r, c)` is
     /// `addr(r, c)`).
-    pub(crate) fn issue(&self, warp: &str, nw: usize, addr: &dyn Fn(&str, &str) -> String) -> String {
+    pub(crate) fn issue(
+        &self,
+        warp: &str,
+        nw: usize,
+        addr: &dyn Fn(&str, &str) -> String,
+    ) -> String {
         let Fp8Copy {
             lat,
             row,
