@@ -10,6 +10,7 @@
 //! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
 //! | `KV_CHUNKS` | 0, 1 | 1: every read-only paged cache carries a per-sequence split table `chunk [batch]` (i32) and its block loops split sequence `b` into pieces of `chunk[b]` tokens, programs past a sequence's last piece ending at the loop (see `Stmt::PagedBlocks`); changes the argument ABI, read by the kernel builder (default 0) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
+//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator (default 0; applies where `cuda/lower/seesaw.rs` says, elsewhere it changes nothing) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -30,6 +31,8 @@ pub struct Schedule {
     pub wg_split: usize,
     /// Whether a producer warpgroup streams the paged blocks (`PRODUCER`, default false).
     pub producer: bool,
+    /// Whether the two consumer warpgroups take alternate paged blocks (`SEESAW`, default false).
+    pub seesaw: bool,
 }
 
 impl Default for Schedule {
@@ -39,6 +42,7 @@ impl Default for Schedule {
             wgmma: true,
             wg_split: 128,
             producer: false,
+            seesaw: false,
         }
     }
 }
@@ -102,6 +106,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "SEESAW" => {
+                    s.seesaw = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -159,6 +170,17 @@ mod tests {
                 .unwrap()
                 .producer
         );
+        assert!(!s.seesaw);
+        assert!(
+            Schedule::from_config(&cfg(&[("SEESAW", 1)]))
+                .unwrap()
+                .seesaw
+        );
+        assert!(
+            !Schedule::from_config(&cfg(&[("SEESAW", 0)]))
+                .unwrap()
+                .seesaw
+        );
         let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
         assert_eq!(s.warps, Some(4));
     }
@@ -177,6 +199,8 @@ mod tests {
             ("WGMMA", -1),
             ("PRODUCER", 2),
             ("PRODUCER", -1),
+            ("SEESAW", 2),
+            ("SEESAW", -1),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");

@@ -1,0 +1,848 @@
+//! The host-emulation harness of the CUDA backend's tests (`cuda_emu.rs`, `cuda_emu_seesaw.rs`):
+//! host arguments, the CPU backend run, the g++ emulation run (`tests/emu/cuda_emu.h`), and the f64
+//! decode reference. Included with `#[path]` beside `support/samples.rs` (as `samples`).
+
+#![allow(dead_code, unused_imports)]
+
+pub use std::path::{Path, PathBuf};
+pub use std::process::Command;
+
+pub use super::samples::{combine_splits, latent_decode, latent_decode_with, DecodeParams};
+pub use half::bf16;
+pub use tpla_codegen::cpu::{abi, CpuKernel};
+pub use tpla_codegen::cuda::{emit, CudaSource, F32Gemm, PagedInt, PagedPtr, ParamAbi, Target};
+pub use tpla_codegen::ir::*;
+pub use tpla_codegen::launch::{check_launch, ArgDesc};
+pub use tpla_codegen::{Config, KernelBuilder};
+
+// ------------------------------------------------------------------------------------ buffers
+
+/// Host bytes with 16-byte alignment.
+#[derive(Clone)]
+pub struct Bytes {
+    pub words: Vec<u128>,
+    pub len: usize,
+}
+
+impl Bytes {
+    pub fn new(len: usize) -> Bytes {
+        Bytes {
+            words: vec![0; len.div_ceil(16)],
+            len,
+        }
+    }
+    pub fn from_f32(v: &[f32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 4);
+        b.bytes_mut()
+            .copy_from_slice(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+        b
+    }
+    pub fn from_i32(v: &[i32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 4);
+        b.bytes_mut()
+            .copy_from_slice(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+        b
+    }
+    pub fn from_bf16(v: &[f32]) -> Bytes {
+        let mut b = Bytes::new(v.len() * 2);
+        b.bytes_mut().copy_from_slice(
+            &v.iter()
+                .flat_map(|x| bf16::from_f32(*x).to_bits().to_le_bytes())
+                .collect::<Vec<_>>(),
+        );
+        b
+    }
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u8, self.len) }
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, with exclusive access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    }
+    pub fn ptr(&self) -> *const u8 {
+        self.words.as_ptr() as *const u8
+    }
+    pub fn f32s(&self) -> Vec<f32> {
+        self.bytes()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+    pub fn i32s(&self) -> Vec<i32> {
+        self.bytes()
+            .chunks(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+    pub fn bf16s(&self) -> Vec<f32> {
+        self.bytes()
+            .chunks(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect()
+    }
+    /// Decodes as `dtype` to f32 for comparisons.
+    pub fn values(&self, dtype: DType) -> Vec<f32> {
+        match dtype {
+            DType::F32 => self.f32s(),
+            DType::BF16 => self.bf16s(),
+            DType::I32 => self.i32s().iter().map(|&x| x as f32).collect(),
+            DType::Bool => self.bytes().iter().map(|&x| x as f32).collect(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum HostArg {
+    Tensor {
+        dtype: DType,
+        shape: Vec<usize>,
+        data: Bytes,
+    },
+    Paged {
+        dtype: DType,
+        row: usize,
+        data: Bytes,
+        block_table: Vec<i32>,
+        seq_lens: Vec<i32>,
+        page_size: usize,
+        pages_per_seq: usize,
+        num_pages: usize,
+        /// The split table of a `chunked` cache (`KV_CHUNKS = 1`).
+        chunks: Option<Vec<i32>>,
+    },
+    F32(f32),
+    #[allow(dead_code)]
+    // no emulated kernel takes an i32 scalar yet; the ABI plumbing stays tested by compile
+    I32(i32),
+}
+
+pub fn descs<'a>(k: &Kernel, args: &'a [HostArg]) -> Vec<ArgDesc<'a>> {
+    args.iter()
+        .zip(&k.params)
+        .map(|(a, p)| {
+            let writable = match p.kind {
+                ParamKind::Tensor { writable, .. } | ParamKind::Paged { writable, .. } => writable,
+                _ => false,
+            };
+            match a {
+                HostArg::Tensor { dtype, shape, .. } => ArgDesc::Tensor {
+                    dtype: *dtype,
+                    shape,
+                    writable,
+                },
+                HostArg::Paged {
+                    dtype,
+                    row,
+                    block_table,
+                    seq_lens,
+                    page_size,
+                    pages_per_seq,
+                    num_pages,
+                    chunks,
+                    ..
+                } => ArgDesc::Paged {
+                    dtype: *dtype,
+                    num_pages: *num_pages,
+                    page_size: *page_size,
+                    row: *row,
+                    batch: seq_lens.len(),
+                    pages_per_seq: *pages_per_seq,
+                    block_table: Some(block_table),
+                    seq_lens: Some(seq_lens),
+                    writable,
+                    chunks: chunks.is_some(),
+                },
+                HostArg::F32(v) => ArgDesc::F32(*v),
+                HostArg::I32(v) => ArgDesc::I32(*v),
+            }
+        })
+        .collect()
+}
+
+/// Runs the kernel with the CPU backend; returns the args with outputs written.
+pub fn run_cpu(k: &Kernel, args: &[HostArg]) -> Vec<HostArg> {
+    let mut args = args.to_vec();
+    let plan = check_launch(k, &descs(k, &args)).expect("launch check");
+    let ck = CpuKernel::compile(k).expect("cpu compile");
+    let mut slots = Vec::new();
+    let tables: Vec<(Bytes, Bytes, Option<Bytes>)> = args
+        .iter()
+        .map(|a| match a {
+            HostArg::Paged {
+                block_table,
+                seq_lens,
+                chunks,
+                ..
+            } => (
+                Bytes::from_i32(block_table),
+                Bytes::from_i32(seq_lens),
+                chunks.as_deref().map(Bytes::from_i32),
+            ),
+            _ => (Bytes::new(0), Bytes::new(0), None),
+        })
+        .collect();
+    for (a, (bt, sl, _)) in args.iter_mut().zip(&tables) {
+        match a {
+            HostArg::Tensor { shape, data, .. } => abi::push_tensor(&mut slots, data.ptr(), shape),
+            HostArg::Paged {
+                data,
+                page_size,
+                pages_per_seq,
+                num_pages,
+                seq_lens,
+                ..
+            } => abi::push_paged(
+                &mut slots,
+                data.ptr(),
+                bt.ptr() as *const i32,
+                sl.ptr() as *const i32,
+                *page_size,
+                *pages_per_seq,
+                *num_pages,
+                seq_lens.len(),
+            ),
+            HostArg::F32(v) => abi::push_f32(&mut slots, *v),
+            HostArg::I32(v) => abi::push_i32(&mut slots, *v),
+        }
+    }
+    let mut scratch = vec![0u128; ck.scratch_bytes().div_ceil(16) + 1];
+    // The split table slot follows the 7 paged slots (only chunked caches have one).
+    let mut at = 0;
+    for (p, (_, _, ch)) in k.params.iter().zip(&tables) {
+        at += abi::slots_for(p);
+        if let Some(ch) = ch {
+            slots.insert(at - 1, ch.ptr() as usize as u64);
+        }
+    }
+    for z in 0..plan.grid[2] {
+        for y in 0..plan.grid[1] {
+            for x in 0..plan.grid[0] {
+                // SAFETY: slots follow the CPU ABI for buffers that outlive the call and match the
+                // launch check; scratch is 16-byte aligned and large enough.
+                unsafe {
+                    let s = std::slice::from_raw_parts_mut(
+                        scratch.as_mut_ptr() as *mut u8,
+                        scratch.len() * 16,
+                    );
+                    ck.run_program(&slots, &plan.dims, [x as i64, y as i64, z as i64], s);
+                }
+            }
+        }
+    }
+    args
+}
+
+// ------------------------------------------------------------------------------------ emulation
+
+pub fn cxx() -> Option<String> {
+    let c = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let ok = Command::new(&c)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    ok.then_some(c)
+}
+
+pub fn skip_without_cxx(test: &str) -> Option<String> {
+    match cxx() {
+        Some(c) => Some(c),
+        None => {
+            if std::env::var("TPLA_REQUIRE_CXX").as_deref() == Ok("1") {
+                panic!("{test}: no C++ compiler and TPLA_REQUIRE_CXX=1");
+            }
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: no C++ compiler (set CXX) to emulate CUDA kernels"
+            );
+            None
+        }
+    }
+}
+
+pub fn emu_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
+}
+
+/// Compiles `src` with the emulation header and runs it on `args`; returns the args with
+/// outputs written, or the compiler / runtime error.
+pub fn run_emu(
+    cxx: &str,
+    k: &Kernel,
+    src: &CudaSource,
+    args: &[HostArg],
+    tag: &str,
+) -> Result<Vec<HostArg>, String> {
+    let plan = check_launch(k, &descs(k, args)).map_err(|e| e.to_string())?;
+    // `TPLA_EMU_DUMP_DIR=dir` (a fresh directory): keep every distinct emulated source of a tag,
+    // with its launch facts, as `dir/{tag}.{n}.cu` to `diff -r` the code of two emitter versions.
+    if let Ok(out) = std::env::var("TPLA_EMU_DUMP_DIR") {
+        let _ = std::fs::create_dir_all(&out);
+        let text = format!(
+            "// threads {} smem {} stages {:?} f32_gemm {:?}\n{}",
+            src.block_threads, src.shared_bytes, src.stages, src.f32_gemm, src.code
+        );
+        let mut n = 0;
+        loop {
+            let path = Path::new(&out).join(format!("{tag}.{n}.cu"));
+            match std::fs::read_to_string(&path) {
+                Ok(old) if old == text => break,
+                Ok(_) => n += 1,
+                Err(_) => {
+                    let _ = std::fs::write(&path, &text);
+                    break;
+                }
+            }
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("tpla-emu-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // Buffers and the call.
+    let mut files = Vec::new(); // (var, path, writable)
+    let mut call = Vec::new();
+    for slot in &src.params {
+        match slot {
+            ParamAbi::Tensor { param, dtype } => {
+                let HostArg::Tensor { data, .. } = &args[*param] else {
+                    unreachable!()
+                };
+                let var = format!("b{param}");
+                if !files
+                    .iter()
+                    .any(|(v, _, _): &(String, PathBuf, bool)| *v == var)
+                {
+                    let path = dir.join(format!("{var}.bin"));
+                    std::fs::write(&path, data.bytes()).map_err(|e| e.to_string())?;
+                    let w = matches!(
+                        k.params[*param].kind,
+                        ParamKind::Tensor { writable: true, .. }
+                    );
+                    files.push((var.clone(), path, w));
+                }
+                call.push(format!("({}*){var}.data()", cty(*dtype)));
+            }
+            ParamAbi::PagedPtr { param, what } => {
+                let HostArg::Paged {
+                    dtype,
+                    data,
+                    block_table,
+                    seq_lens,
+                    chunks,
+                    ..
+                } = &args[*param]
+                else {
+                    unreachable!()
+                };
+                let (var, bytes, ty, w) = match what {
+                    PagedPtr::Chunks => (
+                        format!("b{param}c"),
+                        Bytes::from_i32(chunks.as_deref().expect("a chunked cache has a table")),
+                        "int",
+                        false,
+                    ),
+                    PagedPtr::Data => (
+                        format!("b{param}d"),
+                        data.clone(),
+                        cty(*dtype),
+                        matches!(
+                            k.params[*param].kind,
+                            ParamKind::Paged { writable: true, .. }
+                        ),
+                    ),
+                    PagedPtr::BlockTable => (
+                        format!("b{param}t"),
+                        Bytes::from_i32(block_table),
+                        "int",
+                        false,
+                    ),
+                    PagedPtr::SeqLens => (
+                        format!("b{param}l"),
+                        Bytes::from_i32(seq_lens),
+                        "int",
+                        false,
+                    ),
+                };
+                let path = dir.join(format!("{var}.bin"));
+                std::fs::write(&path, bytes.bytes()).map_err(|e| e.to_string())?;
+                files.push((var.clone(), path, w));
+                call.push(format!("({ty}*){var}.data()"));
+            }
+            ParamAbi::PagedInt { param, what } => {
+                let HostArg::Paged {
+                    page_size,
+                    pages_per_seq,
+                    num_pages,
+                    seq_lens,
+                    ..
+                } = &args[*param]
+                else {
+                    unreachable!()
+                };
+                call.push(
+                    match what {
+                        PagedInt::PageSize => *page_size,
+                        PagedInt::PagesPerSeq => *pages_per_seq,
+                        PagedInt::NumPages => *num_pages,
+                        PagedInt::Batch => seq_lens.len(),
+                    }
+                    .to_string(),
+                );
+            }
+            ParamAbi::Scalar { param, .. } => call.push(match &args[*param] {
+                HostArg::F32(v) => format!("__uint_as_float(0x{:08x}u)", v.to_bits()),
+                HostArg::I32(v) => format!("({v})"),
+                _ => unreachable!(),
+            }),
+            ParamAbi::Dim { dim } => call.push(plan.dims[*dim].to_string()),
+        }
+    }
+    let code = ["128", "1024"]
+        .iter()
+        .fold(src.code.clone(), |code, align| {
+            code.replace(
+                &format!("extern __shared__ __align__({align}) unsigned char tpla_smem[];"),
+                "unsigned char* tpla_smem = emu::B->smem.data();",
+            )
+        });
+    let mut main = String::from("#include \"cuda_emu.h\"\n");
+    main.push_str(&code);
+    main.push_str(
+        "\nint main(int argc, char** argv) {\n    (void)argc;\n    std::string dir = argv[1];\n",
+    );
+    for (var, path, _) in &files {
+        main.push_str(&format!(
+            "    auto {var} = emu::load(\"{}\");\n",
+            path.display()
+        ));
+    }
+    main.push_str(&format!(
+        "    emu::launch({}, {}, {}, {}, {}, [&]() {{ {}({}); }});\n",
+        plan.grid[0],
+        plan.grid[1],
+        plan.grid[2],
+        src.block_threads,
+        src.shared_bytes,
+        src.name,
+        call.join(", ")
+    ));
+    for (var, path, w) in &files {
+        if *w {
+            main.push_str(&format!(
+                "    emu::save(\"{}.out\", {var});\n",
+                path.display()
+            ));
+        }
+    }
+    main.push_str("    return 0;\n}\n");
+    let cpp = dir.join("main.cpp");
+    std::fs::write(&cpp, &main).map_err(|e| e.to_string())?;
+    let exe = dir.join("main");
+    let out = Command::new(cxx)
+        .args(["-std=c++17", "-O1", "-w", "-I"])
+        .arg(emu_dir())
+        .arg(&cpp)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "C++ compile of {} failed:\n{}",
+            cpp.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let run = Command::new(&exe)
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !run.status.success() {
+        return Err(format!(
+            "emulated kernel failed ({}): {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        ));
+    }
+    let mut res = args.to_vec();
+    for (var, path, w) in &files {
+        if !*w {
+            continue;
+        }
+        let bytes = std::fs::read(format!("{}.out", path.display())).map_err(|e| e.to_string())?;
+        let param: usize = var[1..].trim_end_matches(['d', 't', 'l']).parse().unwrap();
+        match &mut res[param] {
+            HostArg::Tensor { data, .. } | HostArg::Paged { data, .. } => {
+                data.bytes_mut().copy_from_slice(&bytes)
+            }
+            _ => unreachable!(),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(res)
+}
+
+pub fn cty(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float",
+        DType::BF16 => "tpla_bf16",
+        DType::I32 => "int",
+        DType::Bool => "unsigned char",
+    }
+}
+
+/// Max |a - b| over the outputs of param `p`, with both as f32.
+/// bf16 outputs may differ by one rounding step (2^-8 relative) on top of that.
+pub fn max_diff(a: &HostArg, b: &HostArg) -> f32 {
+    let (x, y, dt) = match (a, b) {
+        (
+            HostArg::Tensor {
+                dtype, data: d1, ..
+            },
+            HostArg::Tensor { data: d2, .. },
+        ) => (d1.values(*dtype), d2.values(*dtype), *dtype),
+        (
+            HostArg::Paged {
+                dtype, data: d1, ..
+            },
+            HostArg::Paged { data: d2, .. },
+        ) => (d1.values(*dtype), d2.values(*dtype), *dtype),
+        _ => return 0.0,
+    };
+    let ulp = if dt == DType::BF16 { 1.0 / 128.0 } else { 0.0 };
+    x.iter()
+        .zip(&y)
+        .map(|(p, q)| {
+            if p.is_nan() || q.is_nan() {
+                if p.is_nan() && q.is_nan() {
+                    0.0
+                } else {
+                    f32::INFINITY
+                }
+            } else if p == q {
+                0.0
+            } else {
+                ((p - q).abs() - ulp * p.abs().max(q.abs())).max(0.0)
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Emulates and compares every writable output with the CPU backend.
+pub fn check_vs_cpu(
+    cxx: &str,
+    k: &Kernel,
+    target: Target,
+    args: &[HostArg],
+    tol: f32,
+    tag: &str,
+) -> Vec<HostArg> {
+    let src = emit(k, target).unwrap_or_else(|e| panic!("{tag}: emit failed: {e}"));
+    let gpu = run_emu(cxx, k, &src, args, tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let cpu = run_cpu(k, args);
+    for (i, p) in k.params.iter().enumerate() {
+        let w = matches!(
+            p.kind,
+            ParamKind::Tensor { writable: true, .. } | ParamKind::Paged { writable: true, .. }
+        );
+        if w {
+            let d = max_diff(&gpu[i], &cpu[i]);
+            if d > tol {
+                if let (HostArg::Tensor { dtype, data: g, .. }, HostArg::Tensor { data: c, .. }) =
+                    (&gpu[i], &cpu[i])
+                {
+                    let (g, c) = (g.values(*dtype), c.values(*dtype));
+                    let bad: Vec<(usize, f32, f32)> = (0..g.len())
+                        .filter(|&j| {
+                            !(g[j] == c[j] || (g[j].is_nan() && c[j].is_nan()))
+                                && ((g[j] - c[j]).abs() > tol || g[j].is_nan() != c[j].is_nan())
+                        })
+                        .take(8)
+                        .map(|j| (j, g[j], c[j]))
+                        .collect();
+                    eprintln!(
+                        "{tag}: `{}` first mismatches (index, emulated, cpu): {bad:?}",
+                        p.name
+                    );
+                }
+            }
+            assert!(
+                d <= tol,
+                "{tag}: output `{}` differs from the CPU backend by {d} (tol {tol})",
+                p.name
+            );
+        }
+    }
+    gpu
+}
+
+// ------------------------------------------------------------------------------------ inputs
+
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+pub fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| bf16::from_f32(*x).to_f32()).collect()
+}
+
+/// A paged cache with shuffled pages.
+pub fn paged(
+    rng: &mut Rng,
+    row: usize,
+    seq_lens: &[i32],
+    page_size: usize,
+    poison_out: bool,
+) -> HostArg {
+    let pages_per_seq = seq_lens
+        .iter()
+        .map(|&l| (l as usize).div_ceil(page_size))
+        .max()
+        .unwrap_or(0)
+        .max(1)
+        + 1;
+    let num_pages = seq_lens.len() * pages_per_seq + 3;
+    let mut perm: Vec<i32> = (0..num_pages as i32).collect();
+    for i in (1..perm.len()).rev() {
+        let j = rng.below(i + 1);
+        perm.swap(i, j);
+    }
+    let block_table: Vec<i32> = perm[..seq_lens.len() * pages_per_seq].to_vec();
+    let vals = if poison_out {
+        vec![f32::NAN; num_pages * page_size * row]
+    } else {
+        rng.vec(num_pages * page_size * row)
+    };
+    HostArg::Paged {
+        dtype: DType::BF16,
+        row,
+        data: Bytes::from_bf16(&vals),
+        block_table,
+        seq_lens: seq_lens.to_vec(),
+        page_size,
+        pages_per_seq,
+        num_pages,
+        chunks: None,
+    }
+}
+
+// ------------------------------------------------------------------------------------ decode
+
+/// f64 reference of one split of the latent decode: `(out [lat], lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_ref(
+    q: &[f32],
+    cache: &HostArg,
+    b: usize,
+    h: usize,
+    heads: usize,
+    split: usize,
+    splits: usize,
+    lat: usize,
+    d: usize,
+    bn: usize,
+    scale: f32,
+) -> (Vec<f64>, f64) {
+    let HostArg::Paged { seq_lens, .. } = cache else {
+        unreachable!()
+    };
+    let len = seq_lens[b] as i64;
+    let per = (len + splits as i64 - 1) / splits as i64;
+    let chunk = (per + bn as i64 - 1) / bn as i64 * bn as i64;
+    let lo = split as i64 * chunk;
+    let hi = len.min(lo + chunk);
+    decode_ref_range(q, cache, b, h, heads, lo, hi, lat, d, scale)
+}
+
+/// f64 reference of the latent decode of tokens `lo..hi` of sequence `b`: `(out [lat], lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_ref_range(
+    q: &[f32],
+    cache: &HostArg,
+    b: usize,
+    h: usize,
+    heads: usize,
+    lo: i64,
+    hi: i64,
+    lat: usize,
+    d: usize,
+    scale: f32,
+) -> (Vec<f64>, f64) {
+    let HostArg::Paged {
+        data,
+        block_table,
+        page_size,
+        pages_per_seq,
+        ..
+    } = cache
+    else {
+        unreachable!()
+    };
+    let kv = data.bf16s();
+    let qrow = &q[(b * heads + h) * d..(b * heads + h + 1) * d];
+    let mut scores = Vec::new();
+    let mut rows = Vec::new();
+    for t in lo..hi {
+        let t = t as usize;
+        let page = block_table[b * pages_per_seq + t / page_size] as usize;
+        let r =
+            &kv[(page * page_size + t % page_size) * d..(page * page_size + t % page_size + 1) * d];
+        let s: f64 = qrow
+            .iter()
+            .zip(r)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum::<f64>()
+            * scale as f64;
+        scores.push(s);
+        rows.push(r.to_vec());
+    }
+    if scores.is_empty() {
+        return (vec![0.0; lat], f64::NEG_INFINITY);
+    }
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    let mut out = vec![0.0; lat];
+    for (wt, r) in w.iter().zip(&rows) {
+        for j in 0..lat {
+            out[j] += wt / sum * r[j] as f64;
+        }
+    }
+    (out, m + sum.ln())
+}
+
+pub fn decode_case(
+    cxx: &str,
+    p: DecodeParams,
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
+    decode_case_with(cxx, p, &[], target, heads, seq_lens, splits, seed)
+}
+
+/// [`decode_case`] with extra emitter config values (e.g. `WG_SPLIT`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_case_with(
+    cxx: &str,
+    p: DecodeParams,
+    extra: &[(&str, i64)],
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
+    let tag = format!(
+        "decode_h{}_n{}_s{}_lat{}_q{}_p{}_sm{}{}_{:?}{}",
+        p.block_h,
+        p.block_n,
+        p.stages,
+        p.lat,
+        p.q_bf16 as u8,
+        p.p_bf16 as u8,
+        target.sm.0,
+        target.sm.1,
+        target.f32_gemm,
+        extra
+            .iter()
+            .map(|(n, v)| format!("_{n}{v}"))
+            .collect::<String>()
+    );
+    let mut k = latent_decode(p).unwrap();
+    k.config
+        .extend(extra.iter().map(|(n, v)| (n.to_string(), *v)));
+    let d = p.lat + p.rope;
+    let batch = seq_lens.len();
+    let mut rng = Rng::new(seed);
+    let mut q = rng.vec(batch * heads * d);
+    if p.q_bf16 {
+        q = bf16_round(&q);
+    }
+    let cache = paged(&mut rng, d, seq_lens, 16, false);
+    let scale = 1.0 / (d as f32).sqrt() * 4.0;
+    let args = vec![
+        HostArg::Tensor {
+            dtype: if p.q_bf16 { DType::BF16 } else { DType::F32 },
+            shape: vec![batch, heads, d],
+            data: if p.q_bf16 {
+                Bytes::from_bf16(&q)
+            } else {
+                Bytes::from_f32(&q)
+            },
+        },
+        cache.clone(),
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads, p.lat],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads * p.lat]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads]),
+        },
+        HostArg::F32(scale),
+    ];
+    let src = emit(&k, target).unwrap();
+    // Rounded operands (bf16 p, or the RoundBf16 fallback) loosen the tolerance.
+    let rounded = p.p_bf16
+        || src.f32_gemm == F32Gemm::RoundBf16
+        || (!p.q_bf16 && src.f32_gemm != F32Gemm::Split);
+    let tol = if rounded { 2e-2 } else { 2e-3 };
+    let gpu = check_vs_cpu(cxx, &k, target, &args, tol, &tag);
+    let (HostArg::Tensor { data: out, .. }, HostArg::Tensor { data: lse, .. }) = (&gpu[2], &gpu[3])
+    else {
+        unreachable!()
+    };
+    let (out, lse) = (out.f32s(), lse.f32s());
+    let mut worst = 0.0f64;
+    for s in 0..splits {
+        for b in 0..batch {
+            for h in 0..heads {
+                let (o, l) = decode_ref(
+                    &q, &cache, b, h, heads, s, splits, p.lat, d, p.block_n, scale,
+                );
+                let base = ((s * batch + b) * heads + h) * p.lat;
+                for j in 0..p.lat {
+                    worst = worst.max((out[base + j] as f64 - o[j]).abs());
+                }
+                let gl = lse[(s * batch + b) * heads + h] as f64;
+                if l.is_finite() {
+                    assert!(
+                        (gl - l).abs() <= 1e-2 * l.abs().max(1.0),
+                        "{tag}: lse[{s},{b},{h}] = {gl}, reference {l}"
+                    );
+                } else {
+                    assert!(gl < -1e29, "{tag}: empty split lse = {gl}");
+                }
+            }
+        }
+    }
+    assert!(
+        worst <= tol as f64,
+        "{tag}: out differs from the f64 reference by {worst} (tol {tol})"
+    );
+    println!("{tag}: ok (max |out - ref| = {worst:.2e})");
+}
