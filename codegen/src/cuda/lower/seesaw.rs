@@ -65,6 +65,11 @@ pub(crate) struct Seesaw {
     pub(crate) xgemm: (TileId, TileId),
     /// The accumulator the gemm adds into (its fused destination).
     pub(crate) acc: TileId,
+    /// The row sum of P itself (`reduce_sum(p, 1)` with `p` the gemm's A before its cast), if
+    /// any: P is published there, sharing that exchange's barrier.
+    pub(crate) sum_of_p: Option<(TileId, TileId)>,
+    /// The P exchange buffer once P is published (while the body is lowered).
+    pub(crate) published: Option<usize>,
 }
 
 /// The C pointer to the other warpgroup's slot of the ring whose current-slot pointer is `cur`
@@ -243,6 +248,12 @@ pub(crate) fn pattern(k: &Kernel) -> Option<Seesaw> {
         return None;
     }
     let [(acc, _)] = uses(g)[..] else { return None };
+    // A cast to bf16 (the rounding the exchange applies) or nothing between p and the gemm.
+    let p = match def[a] {
+        Some(TileOp::Cast(p)) if k.tiles[a].dtype == DType::BF16 => *p,
+        _ => a,
+    };
+    let sum_of_p = sums.iter().find(|&&(_, s)| s == p).copied();
     Some(Seesaw {
         block,
         per_block: pb,
@@ -250,7 +261,24 @@ pub(crate) fn pattern(k: &Kernel) -> Option<Seesaw> {
         xreduce,
         xgemm: (a, b),
         acc,
+        sum_of_p,
+        published: None,
     })
+}
+
+/// Packs the `[64, 16 ks]` accumulator-layout fragment `arr` into `ks * 4` bf16 pairs `dst` in
+/// the register-A order of `wgmma` (columns `16k ..` are n-tiles `2k`, `2k + 1`).
+fn pack_bf16(arr: &str, dst: &str, ks: usize) -> String {
+    format!(
+        "#pragma unroll
+for (int k_ = 0; k_ < {ks}; ++k_) {{
+    {dst}[k_ * 4 + 0] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 0], {arr}[(2 * k_) * 4 + 1]);
+    {dst}[k_ * 4 + 1] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 2], {arr}[(2 * k_) * 4 + 3]);
+    {dst}[k_ * 4 + 2] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 0], {arr}[(2 * k_ + 1) * 4 + 1]);
+    {dst}[k_ * 4 + 3] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 2], {arr}[(2 * k_ + 1) * 4 + 3]);
+}}
+"
+    )
 }
 
 /// Whether an operand index of `op` reads scalar `v`.
@@ -421,6 +449,12 @@ impl<'a> Lower<'a> {
         let Repr::Rows { m, arr } = self.repr[dst].clone() else {
             unreachable!("checked by seesaw_plan")
         };
+        let early = self.seesaw.as_ref().and_then(|s| s.sum_of_p);
+        if let Some((_, p)) = early.filter(|&(d, _)| d == dst) {
+            if let Repr::Frag { arr: pa, n, .. } = self.repr[p].clone() {
+                self.seesaw_publish(&pa, n, out);
+            }
+        }
         let mt = self.geo.mt(m);
         let buf = self.add_buf("xr", Elem::F32, &[2, m], 1, true);
         let name = self.smem.bufs[buf].name.clone();
@@ -444,6 +478,38 @@ impl<'a> Lower<'a> {
             reads: vec![buf],
             writes: vec![],
         });
+    }
+
+    /// Publishes this warpgroup's P (the `[64, kd]` fragment `arr`) for the other warpgroup, once
+    /// per iteration: bf16 pairs in the register-A order, one `uint4` per thread and 16 columns.
+    /// Returns the exchange buffer. Called at the sum of P where there is one (so its exchange
+    /// and P's share a barrier), else at the gemm.
+    fn seesaw_publish(&mut self, arr: &str, kd: usize, out: &mut Vec<Node>) -> usize {
+        if let Some(xp) = self.seesaw.as_ref().and_then(|s| s.published) {
+            return xp;
+        }
+        let ks = kd / 16;
+        let xp = self.add_buf("xp", Elem::F32, &[2 * ks * 128, 4], 1, true);
+        let xn = self.smem.bufs[xp].name.clone();
+        out.push(Node::Code {
+            text: format!(
+                "{{
+unsigned px_[{np}];
+{}uint4* const xp_ = (uint4*){xn};
+#pragma unroll
+for (int k_ = 0; k_ < {ks}; ++k_) xp_[({WG} * {ks} + k_) * 128 + (tid & 127)] = make_uint4(px_[k_ * 4], px_[k_ * 4 + 1], px_[k_ * 4 + 2], px_[k_ * 4 + 3]);
+}}
+",
+                pack_bf16(arr, "px_", ks),
+                np = kd / 4,
+            ),
+            reads: vec![],
+            writes: vec![xp],
+        });
+        if let Some(s) = self.seesaw.as_mut() {
+            s.published = Some(xp);
+        }
+        xp
     }
 
     /// Whether `gemm(a, b)` is the seesaw loop's gemm over the block axis.
@@ -484,35 +550,9 @@ impl<'a> Lower<'a> {
         self.decl.geo_m.insert(m);
         self.decl.geo_mn.insert((m, n));
         let ks = kd / 16;
-        let xp = self.add_buf("xp", Elem::F32, &[2 * ks * 128, 4], 1, true);
-        let xn = self.smem.bufs[xp].name.clone();
-        let pack = |dst: &str| {
-            format!(
-                "#pragma unroll
-for (int k_ = 0; k_ < {ks}; ++k_) {{
-    {dst}[k_ * 4 + 0] = tpla_pack_bf16x2({pa}[(2 * k_) * 4 + 0], {pa}[(2 * k_) * 4 + 1]);
-    {dst}[k_ * 4 + 1] = tpla_pack_bf16x2({pa}[(2 * k_) * 4 + 2], {pa}[(2 * k_) * 4 + 3]);
-    {dst}[k_ * 4 + 2] = tpla_pack_bf16x2({pa}[(2 * k_ + 1) * 4 + 0], {pa}[(2 * k_ + 1) * 4 + 1]);
-    {dst}[k_ * 4 + 3] = tpla_pack_bf16x2({pa}[(2 * k_ + 1) * 4 + 2], {pa}[(2 * k_ + 1) * 4 + 3]);
-}}
-"
-            )
-        };
         let np = kd / 4;
-        out.push(Node::Code {
-            text: format!(
-                "{{
-unsigned px_[{np}];
-{}uint4* const xp_ = (uint4*){xn};
-#pragma unroll
-for (int k_ = 0; k_ < {ks}; ++k_) xp_[({WG} * {ks} + k_) * 128 + (tid & 127)] = make_uint4(px_[k_ * 4], px_[k_ * 4 + 1], px_[k_ * 4 + 2], px_[k_ * 4 + 3]);
-}}
-",
-                pack("px_")
-            ),
-            reads: vec![],
-            writes: vec![xp],
-        });
+        let xp = self.seesaw_publish(&pa, kd, out);
+        let xn = self.smem.bufs[xp].name.clone();
         let mut reads = vec![xp];
         let mut text = String::from("{\n");
         match init {
@@ -565,7 +605,7 @@ tpla_wgmma_wait0();
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
 ",
-            pack("pa_"),
+            pack_bf16(&pa, "pa_", ks),
             cur = bb.name,
             at0 = bop.at0,
             lbo = bop.lbo,
