@@ -234,3 +234,89 @@ fn emulated_seesaw_multi_token_decode() {
         println!("{tag}: ok");
     }
 }
+
+/// The pattern check refuses loops that are not the online softmax it is derived from: the
+/// running max combined by `min`, a row sum subtracted, the max reduced over the other axis
+/// of a per-block tile. Each mutation of the decode's loop leaves `SEESAW = 1` without effect.
+#[test]
+fn seesaw_pattern_refuses_other_loops() {
+    let base = || {
+        let mut k = latent_decode(dp(32, 2, 512)).unwrap();
+        k.config.push(("SEESAW".into(), 1));
+        k
+    };
+    let applied = |k: &Kernel| {
+        let code = emit(k, Target::sm90()).unwrap().code;
+        code.contains("_oth = ")
+    };
+    assert!(applied(&base()));
+    fn loop_body(k: &mut Kernel) -> &mut Vec<Stmt> {
+        k.body
+            .iter_mut()
+            .find_map(|s| match s {
+                Stmt::PagedBlocks { body, .. } => Some(body),
+                _ => None,
+            })
+            .unwrap()
+    }
+    // Reductions of the body, by op.
+    let reduced = |k: &mut Kernel, want: ReduceOp| -> TileId {
+        loop_body(k)
+            .iter()
+            .find_map(|s| match s {
+                Stmt::Assign {
+                    dst,
+                    op: TileOp::Reduce { op, .. },
+                } if *op == want => Some(*dst),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Rewrites the binary op that consumes tile `t`.
+    let rewrite = |k: &mut Kernel, t: TileId, from: BinaryOp, to: BinaryOp| {
+        let mut done = false;
+        for s in loop_body(k).iter_mut() {
+            if let Stmt::Assign {
+                op: TileOp::Binary(op, x, y),
+                ..
+            } = s
+            {
+                if *op == from && (*x == Operand::Tile(t) || *y == Operand::Tile(t)) {
+                    *op = to;
+                    done = true;
+                }
+            }
+        }
+        assert!(done);
+    };
+    let mut k = base();
+    let mx = reduced(&mut k, ReduceOp::Max);
+    rewrite(&mut k, mx, BinaryOp::Max, BinaryOp::Min);
+    assert!(!applied(&k), "a running min is not the pattern");
+    let mut k = base();
+    let sum = reduced(&mut k, ReduceOp::Sum);
+    rewrite(&mut k, sum, BinaryOp::Add, BinaryOp::Sub);
+    assert!(!applied(&k), "a subtracted row sum is not the pattern");
+    let mut k = base();
+    for s in loop_body(&mut k).iter_mut() {
+        if let Stmt::Assign {
+            op:
+                TileOp::Reduce {
+                    op: ReduceOp::Max,
+                    axis,
+                    ..
+                },
+            ..
+        } = s
+        {
+            *axis = 0;
+        }
+    }
+    // (The mutated kernel may not validate; either way the schedule must not apply.)
+    if let Ok(src) = emit(&k, Target::sm90()) {
+        assert!(
+            !src.code.contains("_oth = "),
+            "a max over the heads is not the pattern"
+        );
+    }
+}
