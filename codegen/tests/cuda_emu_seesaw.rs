@@ -126,8 +126,8 @@ fn seesaw_elsewhere_changes_nothing() {
 
 /// Emulated decode with the schedule vs the CPU backend and the f64 reference (NaN-poisoned
 /// outputs): odd block counts (the last pair's odd block past the split), a split shorter than
-/// one block, empty splits, several splits, latent 512 and 256, 16- and 32-token blocks, one to
-/// three stages.
+/// one block, empty splits, several splits, latent 512 and 256, 16-, 32- and 64-token blocks,
+/// one to three stages.
 #[test]
 fn emulated_seesaw_decode() {
     let Some(cxx) = skip_without_cxx("emulated_seesaw_decode") else {
@@ -168,6 +168,8 @@ fn emulated_seesaw_decode() {
         3,
         33,
     );
+    // 64-token blocks (latent 256: the pair ring fits), odd block counts in both splits.
+    decode_case_with(&cxx, dp(64, 2, 256), ss, Target::sm90(), 64, &[300, 64], 2, 35);
     // Full width, 16-token blocks, one split of many pairs with a partial last block.
     decode_case_with(&cxx, dp(16, 2, 512), ss, Target::sm90(), 64, &[157], 1, 34);
 }
