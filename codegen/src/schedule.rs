@@ -10,7 +10,7 @@
 //! | `WG_SPLIT` | a positive multiple of 8 | the fewest columns a warpgroup takes when warpgroups split a tile (default 128) |
 //! | `KV_CHUNKS` | 0, 1 | 1: every read-only paged cache carries a per-sequence split table `chunk [batch]` (i32) and its block loops split sequence `b` into pieces of `chunk[b]` tokens, programs past a sequence's last piece ending at the loop (see `Stmt::PagedBlocks`); changes the argument ABI, read by the kernel builder (default 0) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
-//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator (default 0; applies where `cuda/lower/seesaw.rs` says, elsewhere it changes nothing) |
+//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.

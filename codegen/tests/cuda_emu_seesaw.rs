@@ -1,4 +1,4 @@
-//! The two-consumer "seesaw" schedule (`SEESAW = 1`, `cuda/lower/seesaw.rs`) on the host
+//! The two-consumer "seesaw" schedule (`SEESAW = 1`, `cuda/lower/seesaw/`) on the host
 //! emulation: where it applies, where it changes nothing, and the emulated decode against the
 //! CPU backend and the f64 reference with NaN-poisoned outputs (odd block counts, a split shorter
 //! than one block, empty splits, several splits, latent 512 and 256, 16- and 32-token blocks, one

@@ -1,5 +1,5 @@
 //! CI without a GPU: every variant of the library decode kernel that the two-consumer schedule
-//! (`SEESAW = 1`, `codegen/src/cuda/lower/seesaw.rs`) applies to — the 64-row tune candidates at
+//! (`SEESAW = 1`, `codegen/src/cuda/lower/seesaw/`) applies to — the 64-row tune candidates at
 //! latent 512, 256 and 128, and the multi-token form at `SQ = 2` — is lowered and compiled by
 //! NVRTC for sm_90a with no stack frame, no spill and no wgmma serialised by ptxas; the
 //! registers per variant are printed.

@@ -55,7 +55,7 @@ pub(crate) struct Lower<'a> {
     pub(crate) depth: usize,
     /// Affinity tags of flat element-to-thread mappings, by shape (see [`conflict`]).
     pub(crate) affinity: HashMap<Vec<usize>, usize>,
-    /// The two-consumer schedule's plan where it applies (the `geometry` pass, `seesaw.rs`).
+    /// The two-consumer schedule's plan where it applies (the `geometry` pass, `lower/seesaw/`).
     pub(crate) seesaw: Option<seesaw::Seesaw>,
 }
 
