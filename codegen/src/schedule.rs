@@ -12,6 +12,7 @@
 //! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
+//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -35,6 +36,8 @@ pub struct Schedule {
     /// Whether the producer copies with TMA where a block allows (`TMA`, default false; only
     /// with `producer`).
     pub tma: bool,
+    /// Whether the two consumer warpgroups take alternate paged blocks (`SEESAW`, default false).
+    pub seesaw: bool,
 }
 
 impl Default for Schedule {
@@ -45,6 +48,7 @@ impl Default for Schedule {
             wg_split: 128,
             producer: false,
             tma: false,
+            seesaw: false,
         }
     }
 }
@@ -141,6 +145,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "SEESAW" => {
+                    s.seesaw = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -221,6 +232,17 @@ mod tests {
         let s = Schedule::from_config(&cfg(&[("PRODUCER", 1), ("TMA", 1)])).unwrap();
         assert!(s.producer && s.tma);
         assert!(!Schedule::from_config(&cfg(&[("TMA", 0)])).unwrap().tma);
+        assert!(!s.seesaw);
+        assert!(
+            Schedule::from_config(&cfg(&[("SEESAW", 1)]))
+                .unwrap()
+                .seesaw
+        );
+        assert!(
+            !Schedule::from_config(&cfg(&[("SEESAW", 0)]))
+                .unwrap()
+                .seesaw
+        );
         let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
         assert_eq!(s.warps, Some(4));
     }
@@ -241,6 +263,8 @@ mod tests {
             ("PRODUCER", -1),
             ("TMA", 2),
             ("TMA", -1),
+            ("SEESAW", 2),
+            ("SEESAW", -1),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");

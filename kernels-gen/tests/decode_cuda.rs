@@ -202,6 +202,34 @@ fn cuda_tma_producer_agrees() {
     }
 }
 
+/// The two-consumer schedule (`SEESAW = 1`: warpgroups take alternate blocks, exchange row
+/// statistics and P, each keeps half of the accumulator) on every 64-row config at latent 512
+/// and 256 (where it does not apply the knob changes nothing), with odd block counts, a
+/// one-block sequence and several splits.
+#[test]
+fn cuda_seesaw_agrees() {
+    let Some(g) = gpu() else { return };
+    for lat in [512usize, 256] {
+        let p = Problem::new(lat as u64 + 11, 3, 64, lat, 64, vec![1000, 333, 9], 16, 0.2);
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H").unwrap() != 64 {
+                continue;
+            }
+            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
+            params.decode = cfg.clone().with("SEESAW", 1);
+            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+            let hl = 64 * lat;
+            for b in 0..3 {
+                let e = rel_error(
+                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                    &p.reference(b, true).out,
+                );
+                assert!(e <= 5e-3, "lat {lat} {cfg} SEESAW=1 b {b}: {e}");
+            }
+        }
+    }
+}
+
 /// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
 /// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
 /// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback)
@@ -420,6 +448,21 @@ fn sanitizer_smoke_every_kernel() {
             .with("STAGES", st)
             .with("WG_SPLIT", wg)
             .with("PRODUCER", ws);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        assert!(out.data().iter().all(|x| x.is_finite()));
+    }
+    // The two-consumer schedule (SEESAW = 1): named exchanges of row statistics and P, a pair
+    // ring; 70 tokens in 2 splits leave an odd block per split.
+    for (lat, bn, st) in [(512usize, 32i64, 2i64), (256, 16, 3), (512, 16, 1)] {
+        let p = Problem::new(2, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", 128)
+            .with("SEESAW", 1);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         assert!(out.data().iter().all(|x| x.is_finite()));
     }

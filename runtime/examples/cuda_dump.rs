@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [WG_SPLIT=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [SEESAW=1] [WG_SPLIT=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 //!
 //! `cuda_dump --all DIR` instead writes the CUDA source of every kernel variant the backend's
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
@@ -42,7 +42,8 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
 /// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
-/// with `PRODUCER` = 1, with `PRODUCER` = `TMA` = 1 and with `KV_CHUNKS` = 1 (a per-sequence split table); `combine_counted`
+/// with `PRODUCER` = 1, with `PRODUCER` = `TMA` = 1, with `KV_CHUNKS` = 1 (a per-sequence split table) and with
+/// `SEESAW` = 1; `combine_counted`
 /// and `split_schedule` (the balanced schedule); and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
 /// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
 /// gemms.
@@ -90,6 +91,7 @@ fn dump_all(dir: &std::path::Path) {
                         ("nowg", "WGMMA", 0),
                         ("ws", "PRODUCER", 1),
                         ("chunks", "KV_CHUNKS", 1),
+                        ("ss", "SEESAW", 1),
                     ] {
                         extras.push((tag, cfg.clone().with(knob, v)));
                     }
@@ -179,7 +181,7 @@ fn main() {
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
     let mut cfg = cfg.with("WG_SPLIT", 128);
-    for knob in ["WARPS", "PRODUCER", "TMA", "WG_SPLIT", "SQ"] {
+    for knob in ["WARPS", "PRODUCER", "TMA", "WG_SPLIT", "SQ", "SEESAW"] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);
         }

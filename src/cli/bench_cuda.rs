@@ -231,15 +231,23 @@ fn run_case(
                 (64, false, _) => &[0, 1],
                 _ => &[0],
             };
+            // And SEESAW (two consumer warpgroups on alternate blocks; without a producer; bf16
+            // rows only: not emulated with FP8 rows).
+            let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
-                    splits_wg
-                        .iter()
-                        .flat_map(move |g| producers.iter().map(move |pr| (s, w, g, pr)))
+                    splits_wg.iter().flat_map(move |g| {
+                        producers.iter().flat_map(move |pr| {
+                            seesaws
+                                .iter()
+                                .filter(move |&&ss| ss == 0 || *pr == 0)
+                                .map(move |ss| (s, w, g, pr, ss))
+                        })
+                    })
                 })
             });
-            for (&st, &warps, &wg_split, &producer) in knobs {
+            for (&st, &warps, &wg_split, &producer, &seesaw) in knobs {
                 let mut cfg = Config::new()
                     .with("BLOCK_H", bh)
                     .with("BLOCK_N", bn)
@@ -255,6 +263,9 @@ fn run_case(
                 }
                 if fp8 {
                     cfg.set("KV_FP8", shape.lat as i64);
+                }
+                if seesaw > 0 {
+                    cfg.set("SEESAW", seesaw);
                 }
                 if sq > 1 {
                     // Multi-token queries: `h` counts rows, s_q tokens x heads.

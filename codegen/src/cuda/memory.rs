@@ -163,8 +163,10 @@ impl<'a> Lower<'a> {
                             1
                         };
                         let id = self.fresh("pb");
+                        // The two-consumer schedule holds a pair of blocks per stage.
+                        let slots = if self.seesaw.is_some() { 2 * st } else { st };
                         let ring =
-                            self.add_buf(&format!("{id}_ring"), elem, &[*block, row], st, false);
+                            self.add_buf(&format!("{id}_ring"), elem, &[*block, row], slots, false);
                         let cur = format!("{id}_cur");
                         self.smem.bufs[ring].name = cur.clone();
                         let hi = format!("{id}_hi");

@@ -73,6 +73,10 @@
 //!   guarded by full / empty `mbarrier`s (`cp.async.mbarrier.arrive.noinc` / `try_wait.parity`);
 //!   the consumers' barriers become `bar.sync 1` over the consumer threads and `setmaxnreg`
 //!   moves registers from the producer (24) to them.
+//! - with the schedule knob `SEESAW = 1` (`lower/seesaw/`, FlashMLA's two-consumer split) the
+//!   two warpgroups take alternate blocks of the online-softmax paged loop, each with its own
+//!   q·kᵀ, combine the row statistics and exchange P through shared memory, and each adds both
+//!   blocks to its half of the accumulator (register-A `wgmma`s, one commit group).
 //!
 //! Other gemms (other shapes, f32 operands split into hi/lo parts) keep `mma.sync`.
 //!

@@ -27,14 +27,26 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
         policies.push(F32Gemm::RoundBf16);
     }
     let mut smallest = None;
-    for policy in policies {
-        let t = target.with_f32_gemm(policy);
-        for cap in (1..=max_stages).rev() {
-            let src = emit_with_cap(k, t, sched, cap)?;
-            if src.shared_bytes <= target.max_shared_bytes {
-                return Ok(src);
+    // The two-consumer schedule holds two blocks per stage; where no stage count fits, the
+    // kernel is emitted without it.
+    let mut schedules = vec![sched];
+    if sched.seesaw {
+        schedules.push(Schedule {
+            seesaw: false,
+            ..sched
+        });
+    }
+    for sched in schedules {
+        for &policy in &policies {
+            let t = target.with_f32_gemm(policy);
+            for cap in (1..=max_stages).rev() {
+                let src = emit_with_cap(k, t, sched, cap)?;
+                if src.shared_bytes <= target.max_shared_bytes {
+                    return Ok(src);
+                }
+                smallest =
+                    Some(smallest.map_or(src.shared_bytes, |s: u32| s.min(src.shared_bytes)));
             }
-            smallest = Some(smallest.map_or(src.shared_bytes, |s: u32| s.min(src.shared_bytes)));
         }
     }
     Err(backend_err(
@@ -87,6 +99,10 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     ("geometry", |s| {
         s.geo = geometry(&s.sched, &s.info, &s.target);
         s.geo.producer = s.geo.wg && s.sched.producer && producer_applies(s.k);
+        if let Some((geo, plan)) = s.seesaw_plan() {
+            s.geo = geo;
+            s.seesaw = Some(plan);
+        }
         Ok(())
     }),
     ("memory", |s| {

@@ -592,7 +592,7 @@ pub fn check_vs_cpu(
 
 // ------------------------------------------------------------------------------------ inputs
 
-pub struct Rng(u64);
+pub struct Rng(pub u64);
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)

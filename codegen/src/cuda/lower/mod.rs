@@ -8,6 +8,7 @@ pub(crate) mod iter;
 pub(crate) mod memory;
 pub(crate) mod paged;
 pub(crate) mod reduce;
+pub(crate) mod seesaw;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -55,6 +56,8 @@ pub(crate) struct Lower<'a> {
     pub(crate) depth: usize,
     /// Affinity tags of flat element-to-thread mappings, by shape (see [`conflict`]).
     pub(crate) affinity: HashMap<Vec<usize>, usize>,
+    /// The two-consumer schedule's plan where it applies (the `geometry` pass, `lower/seesaw/`).
+    pub(crate) seesaw: Option<seesaw::Seesaw>,
 }
 
 /// The shared-memory buffers of a kernel, in placement order (see [`place`]).
@@ -135,6 +138,7 @@ impl<'a> Lower<'a> {
             uniq: 0,
             depth: 0,
             affinity: HashMap::new(),
+            seesaw: None,
         }
     }
 
@@ -369,7 +373,11 @@ impl<'a> Lower<'a> {
             }
             TileOp::Load { param, index } => self.lower_load(dst, *param, index, out),
             TileOp::Gemm { a, b } => self.lower_gemm(dst, *a, *b, None, out),
-            TileOp::Reduce { op: rop, src, axis } => self.lower_reduce(dst, *rop, *src, *axis, out),
+            TileOp::Reduce { op: rop, src, axis } => {
+                self.lower_reduce(dst, *rop, *src, *axis, out)?;
+                self.seesaw_combine(dst, *rop, out);
+                Ok(())
+            }
             _ => {
                 if matches!(self.repr[dst], Repr::Inline { .. } | Repr::None) {
                     return Ok(());

@@ -71,6 +71,7 @@ impl<'a> Lower<'a> {
         );
         let b = self.smem.bufs[ring].clone();
         let slot = b.slot_elems();
+        let slots = b.slots;
         let nw = self.geo.nw;
         let base = format!("{id}_base");
         let cty = elem.cty();
@@ -123,7 +124,7 @@ impl<'a> Lower<'a> {
                 format!(
                 "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
+    {cty}* dst_ = {base} + (j_ % {slots}) * {slot};
     int row_ = -1;
     {{
         const int r_ = {warp} + lane * {nw};
@@ -167,7 +168,7 @@ impl<'a> Lower<'a> {
                 format!(
                     "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    {cty}* dst_ = {base} + (j_ % {st}) * {slot};
+    {cty}* dst_ = {base} + (j_ % {slots}) * {slot};
     for (int r_ = {warp}; r_ < {block}; r_ += {nw}) {{
         const int t_ = t0_ + r_;
         bool ok_ = t_ < {hi} && {ps} > 0;
@@ -197,10 +198,15 @@ impl<'a> Lower<'a> {
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
         // ends every read of its slot (block `it - 1`), inside the first warpgroup gemm of the
         // body when there is one (overlapping the tensor cores), else at the top of the body.
-        let prefetch = format!(
-            "{{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}\ntpla_cp_async_commit();\n",
-            ahead = st - 1
-        );
+        let seesaw = self.seesaw.is_some();
+        let prefetch = if seesaw {
+            Self::seesaw_prefetch(&issue, st, &nblk)
+        } else {
+            format!(
+                "{{ const int j_ = it_ + {ahead}; if (j_ < {nblk}) {issue} }}\ntpla_cp_async_commit();\n",
+                ahead = st - 1
+            )
+        };
         let saved = self.paging.deferred_prefetch.take();
         if st >= 2 && !ws {
             self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
@@ -234,6 +240,19 @@ impl<'a> Lower<'a> {
             b = self.idx(batch),
             ring_off = self.smem.bufs[ring].offset,
         );
+        if seesaw {
+            self.seesaw_loop(
+                &setup,
+                &issue,
+                (&id, &lo, &nblk, &base),
+                (*start, *block, st, slot),
+                unplaced.map(|(p, _)| p),
+                inner,
+                reads,
+                out,
+            );
+            return Ok(());
+        }
         if ws {
             // The producer repeats the top-level `let`s before the loop (pure index values).
             let mut lets = String::new();

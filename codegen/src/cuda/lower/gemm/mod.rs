@@ -91,6 +91,9 @@ impl<'a> Lower<'a> {
         if matches!(self.repr[dst], Repr::None) {
             return Ok(());
         }
+        if self.is_seesaw_gemm(a, b) {
+            return self.lower_seesaw_gemm(dst, a, b, init, out);
+        }
         let (m, kd) = (self.k.tiles[a].shape[0], self.k.tiles[a].shape[1]);
         let n = self.k.tiles[b].shape[1];
         let frag = Geo::frag_ok(m, n);

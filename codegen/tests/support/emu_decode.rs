@@ -1,0 +1,213 @@
+//! The f64 decode reference and the emulated decode cases shared by the CUDA emulation tests
+//! (`cuda_emu.rs`, `cuda_emu_seesaw.rs`). Include it after `support/samples.rs` (as `samples`)
+//! and `support/emu.rs` (as `emu`): `#[path = "support/emu_decode.rs"] mod emu_decode;`.
+#![allow(dead_code)]
+
+use super::emu::*;
+use super::samples::{combine_splits, latent_decode, latent_decode_with, DecodeParams};
+use tpla_codegen::cuda::{emit, Target};
+use tpla_codegen::ir::*;
+use tpla_codegen::{Config, KernelBuilder};
+
+// ------------------------------------------------------------------------------------ decode
+
+/// f64 reference of one split of the latent decode: `(out [lat], lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_ref(
+    q: &[f32],
+    cache: &HostArg,
+    b: usize,
+    h: usize,
+    heads: usize,
+    split: usize,
+    splits: usize,
+    lat: usize,
+    d: usize,
+    bn: usize,
+    scale: f32,
+) -> (Vec<f64>, f64) {
+    let HostArg::Paged { seq_lens, .. } = cache else {
+        unreachable!()
+    };
+    let len = seq_lens[b] as i64;
+    let per = (len + splits as i64 - 1) / splits as i64;
+    let chunk = (per + bn as i64 - 1) / bn as i64 * bn as i64;
+    let lo = split as i64 * chunk;
+    let hi = len.min(lo + chunk);
+    decode_ref_range(q, cache, b, h, heads, lo, hi, lat, d, scale)
+}
+
+/// f64 reference of the latent decode of tokens `lo..hi` of sequence `b`: `(out [lat], lse)`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_ref_range(
+    q: &[f32],
+    cache: &HostArg,
+    b: usize,
+    h: usize,
+    heads: usize,
+    lo: i64,
+    hi: i64,
+    lat: usize,
+    d: usize,
+    scale: f32,
+) -> (Vec<f64>, f64) {
+    let HostArg::Paged {
+        data,
+        block_table,
+        page_size,
+        pages_per_seq,
+        ..
+    } = cache
+    else {
+        unreachable!()
+    };
+    let kv = data.bf16s();
+    let qrow = &q[(b * heads + h) * d..(b * heads + h + 1) * d];
+    let mut scores = Vec::new();
+    let mut rows = Vec::new();
+    for t in lo..hi {
+        let t = t as usize;
+        let page = block_table[b * pages_per_seq + t / page_size] as usize;
+        let r =
+            &kv[(page * page_size + t % page_size) * d..(page * page_size + t % page_size + 1) * d];
+        let s: f64 = qrow
+            .iter()
+            .zip(r)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum::<f64>()
+            * scale as f64;
+        scores.push(s);
+        rows.push(r.to_vec());
+    }
+    if scores.is_empty() {
+        return (vec![0.0; lat], f64::NEG_INFINITY);
+    }
+    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    let mut out = vec![0.0; lat];
+    for (wt, r) in w.iter().zip(&rows) {
+        for j in 0..lat {
+            out[j] += wt / sum * r[j] as f64;
+        }
+    }
+    (out, m + sum.ln())
+}
+
+pub fn decode_case(
+    cxx: &str,
+    p: DecodeParams,
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
+    decode_case_with(cxx, p, &[], target, heads, seq_lens, splits, seed)
+}
+
+/// [`decode_case`] with extra emitter config values (e.g. `WG_SPLIT`).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_case_with(
+    cxx: &str,
+    p: DecodeParams,
+    extra: &[(&str, i64)],
+    target: Target,
+    heads: usize,
+    seq_lens: &[i32],
+    splits: usize,
+    seed: u64,
+) {
+    let tag = format!(
+        "decode_h{}_n{}_s{}_lat{}_q{}_p{}_sm{}{}_{:?}{}",
+        p.block_h,
+        p.block_n,
+        p.stages,
+        p.lat,
+        p.q_bf16 as u8,
+        p.p_bf16 as u8,
+        target.sm.0,
+        target.sm.1,
+        target.f32_gemm,
+        extra
+            .iter()
+            .map(|(n, v)| format!("_{n}{v}"))
+            .collect::<String>()
+    );
+    let mut k = latent_decode(p).unwrap();
+    k.config
+        .extend(extra.iter().map(|(n, v)| (n.to_string(), *v)));
+    let d = p.lat + p.rope;
+    let batch = seq_lens.len();
+    let mut rng = Rng::new(seed);
+    let mut q = rng.vec(batch * heads * d);
+    if p.q_bf16 {
+        q = bf16_round(&q);
+    }
+    let cache = paged(&mut rng, d, seq_lens, 16, false);
+    let scale = 1.0 / (d as f32).sqrt() * 4.0;
+    let args = vec![
+        HostArg::Tensor {
+            dtype: if p.q_bf16 { DType::BF16 } else { DType::F32 },
+            shape: vec![batch, heads, d],
+            data: if p.q_bf16 {
+                Bytes::from_bf16(&q)
+            } else {
+                Bytes::from_f32(&q)
+            },
+        },
+        cache.clone(),
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads, p.lat],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads * p.lat]),
+        },
+        HostArg::Tensor {
+            dtype: DType::F32,
+            shape: vec![splits, batch, heads],
+            data: Bytes::from_f32(&vec![f32::NAN; splits * batch * heads]),
+        },
+        HostArg::F32(scale),
+    ];
+    let src = emit(&k, target).unwrap();
+    // Rounded operands (bf16 p, or the RoundBf16 fallback) loosen the tolerance.
+    let rounded = p.p_bf16
+        || src.f32_gemm == F32Gemm::RoundBf16
+        || (!p.q_bf16 && src.f32_gemm != F32Gemm::Split);
+    let tol = if rounded { 2e-2 } else { 2e-3 };
+    let gpu = check_vs_cpu(cxx, &k, target, &args, tol, &tag);
+    let (HostArg::Tensor { data: out, .. }, HostArg::Tensor { data: lse, .. }) = (&gpu[2], &gpu[3])
+    else {
+        unreachable!()
+    };
+    let (out, lse) = (out.f32s(), lse.f32s());
+    let mut worst = 0.0f64;
+    for s in 0..splits {
+        for b in 0..batch {
+            for h in 0..heads {
+                let (o, l) = decode_ref(
+                    &q, &cache, b, h, heads, s, splits, p.lat, d, p.block_n, scale,
+                );
+                let base = ((s * batch + b) * heads + h) * p.lat;
+                for j in 0..p.lat {
+                    worst = worst.max((out[base + j] as f64 - o[j]).abs());
+                }
+                let gl = lse[(s * batch + b) * heads + h] as f64;
+                if l.is_finite() {
+                    assert!(
+                        (gl - l).abs() <= 1e-2 * l.abs().max(1.0),
+                        "{tag}: lse[{s},{b},{h}] = {gl}, reference {l}"
+                    );
+                } else {
+                    assert!(gl < -1e29, "{tag}: empty split lse = {gl}");
+                }
+            }
+        }
+    }
+    assert!(
+        worst <= tol as f64,
+        "{tag}: out differs from the f64 reference by {worst} (tol {tol})"
+    );
+    println!("{tag}: ok (max |out - ref| = {worst:.2e})");
+}
+
