@@ -18,10 +18,9 @@ mod emu_decode;
 
 use emu::*;
 use emu_decode::*;
-use samples::DecodeParams;
+use samples::{latent_decode, DecodeParams};
 use tpla_codegen::cuda::{emit, CudaSource, Target};
 use tpla_codegen::ir::*;
-use tpla_codegen::{Config, KernelBuilder};
 
 fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
     DecodeParams {

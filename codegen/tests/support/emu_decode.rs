@@ -4,10 +4,9 @@
 #![allow(dead_code)]
 
 use super::emu::*;
-use super::samples::{combine_splits, latent_decode, latent_decode_with, DecodeParams};
-use tpla_codegen::cuda::{emit, Target};
+use super::samples::{latent_decode, DecodeParams};
+use tpla_codegen::cuda::{emit, F32Gemm, Target};
 use tpla_codegen::ir::*;
-use tpla_codegen::{Config, KernelBuilder};
 
 // ------------------------------------------------------------------------------------ decode
 
