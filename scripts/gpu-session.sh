@@ -5,7 +5,8 @@
 # overhead and graph capture, the Rust host overhead, the decode benchmark, the layer's three
 # forms). Every step has a time limit inside the budget, so a slow step costs only itself; logs
 # are re-archived after every step (only a few files come back from a lent machine).
-#   OUT=dir TPLA_SESSION_BUDGET=seconds scripts/gpu-session.sh
+#   OUT=dir TPLA_SESSION_BUDGET=seconds [TPLA_SESSION_SKIP='layer_.*|python_gpu'] scripts/gpu-session.sh
+# (TPLA_SESSION_SKIP: an extended regex of step names not to run)
 # gpu-bin/ (scripts/gpu-build.sh then scripts/gpu-wheel.sh) may come as gpu-bin.tar.xz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,10 @@ left() { echo $((budget - SECONDS)); }
 step() { # name limit command...   (the limit is cut to what is left of the budget)
   local name=$1 limit=$2
   shift 2
+  if [ -n "${TPLA_SESSION_SKIP:-}" ] && [[ $name =~ ^(${TPLA_SESSION_SKIP})$ ]]; then
+    printf '%-24s SKIPPED (TPLA_SESSION_SKIP)\n' "$name" >>"$summary"
+    return
+  fi
   local l
   l=$(left)
   [ "$l" -lt "$limit" ] && limit=$l
