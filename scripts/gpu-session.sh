@@ -74,7 +74,7 @@ step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 
 # Timed, one at a time.
 [ -d "$bin/python" ] && step python_gpu 200 bash scripts/gpu-wheel.sh test
 [ -x "$bin/engine_rust" ] && step engine_rust_bench 60 "$bin/engine_rust" --bench
-step cuda_bench 240 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
+step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
 grep -aA60 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
