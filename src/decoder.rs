@@ -58,6 +58,10 @@ pub struct LatentDecoder<X: Executor> {
     /// Program slots of the device for the current (balanced) decode config (queried once per
     /// config).
     slots: std::sync::OnceLock<usize>,
+    /// The balanced schedule's buffers (split table, partials), kept between calls while the
+    /// schedule's sizes stay the same: allocating tens of MB of partials per call costs more
+    /// than the decode at small batches.
+    workspace: std::sync::Mutex<Option<BalancedWorkspace<X>>>,
     /// How `splits = 0` splits the tokens (balanced unless the tune database says otherwise).
     policy: SplitPolicy,
 }
@@ -118,6 +122,7 @@ impl<X: Executor> LatentDecoder<X> {
             params,
             append,
             slots: std::sync::OnceLock::new(),
+            workspace: std::sync::Mutex::new(None),
             policy: SplitPolicy::Balanced,
         })
     }
@@ -138,6 +143,7 @@ impl<X: Executor> LatentDecoder<X> {
     pub fn set_decode_config(&mut self, config: Config) {
         self.params.decode = config;
         self.slots = std::sync::OnceLock::new();
+        self.workspace = std::sync::Mutex::new(None);
     }
 
     /// How a decode with `splits = 0` splits each sequence's tokens: [`SplitPolicy::Balanced`]
@@ -346,8 +352,15 @@ impl<X: Executor> LatentDecoder<X> {
             };
             let max_len = self.lens.iter().copied().max().unwrap_or(1);
             let sched = Balanced::for_occupancy(p, max_len, slots);
-            let mut ws = BalancedWorkspace::new(exec, p, sched)?;
-            decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
+            // A poisoned lock only means an earlier call panicked mid-decode: the buffers are
+            // rewritten by every call, so they are still usable.
+            let mut kept = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.as_ref().is_none_or(|ws| ws.schedule() != sched) {
+                *kept = None; // free the old buffers before allocating the new ones
+                *kept = Some(BalancedWorkspace::new(exec, p, sched)?);
+            }
+            let ws = kept.as_mut().expect("set above");
+            decode_attention_balanced(exec, p, ws, q, cache, &mut out, &mut lse)?;
         } else {
             decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
         }
