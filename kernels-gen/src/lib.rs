@@ -6,7 +6,8 @@
 //! - [`split_schedule`]: the balanced split-KV schedule, computed on the device;
 //! - [`append_rows`]: paged cache append;
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
-//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce).
+//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce);
+//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -21,6 +22,7 @@ pub mod __private {
 
 mod add;
 mod append;
+mod cast;
 mod combine;
 mod decode;
 pub mod ops;
@@ -29,6 +31,7 @@ mod schedule;
 
 pub use add::add_rows;
 pub use append::append_rows;
+pub use cast::cast_bf16;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use proj::head_proj;
