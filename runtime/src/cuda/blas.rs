@@ -460,7 +460,7 @@ mod tests {
         let x: Vec<f32> = (0..3 * 2 * 4).map(|i| (i % 7) as f32 - 3.0).collect();
         let w: Vec<f32> = (0..2 * 4 * 5).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
         let [m, n, k, lda, ldb, ldc, sa, sb, sc] = g.column_major().map(|v| v as usize);
-        let mut y = vec![f32::NAN; 3 * 2 * 5];
+        let mut y = [f32::NAN; 3 * 2 * 5];
         for h in 0..g.heads {
             // column-major C[i, j] = Σ_p A[i, p] B[p, j], with X[i, j] at base + i + j·ld.
             for i in 0..m {
