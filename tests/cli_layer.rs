@@ -46,6 +46,107 @@ fn all_forms_side_by_side_with_reference_checks() {
 }
 
 #[test]
+fn all_forms_write_the_model_check_json_under_results_dir() {
+    let dir = tmp("layer-check");
+    let d = dir.to_str().unwrap();
+    let out = tpla_ok(&args(&["--form", "all", "--tp", "2", "--results-dir", d]));
+    assert!(out.contains("same-run rooflines on cpu"), "{out}");
+    assert!(out.contains("meas/pred"), "{out}");
+    assert!(out.contains("projections through DSL head_proj"), "{out}");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(
+        j["label"],
+        "per-device compute measured; collective modelled"
+    );
+    assert_eq!(
+        (j["tp"].as_u64(), j["layers"].as_u64(), j["batch"].as_u64()),
+        (Some(2), Some(1), Some(2))
+    );
+    assert!(j["device"].as_str().unwrap().starts_with("cpu"), "{j}");
+    assert!(j["collective"]["bus_bytes_per_s"].as_f64().unwrap() > 0.0);
+    let forms = j["forms"].as_array().unwrap();
+    assert_eq!(forms.len(), 3);
+    for f in forms {
+        let (m, p, r) = (
+            f["measured_s"].as_f64().unwrap(),
+            f["predicted_s"].as_f64().unwrap(),
+            f["ratio"].as_f64().unwrap(),
+        );
+        assert!(m > 0.0 && p > 0.0 && (r - m / p).abs() <= 1e-9 * r, "{f}");
+        // Each form's line shows the same ratio.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(f["form"].as_str().unwrap())
+                    && l.contains(&format!("{r:.2}"))),
+            "{out}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tiny DeepSeek-named checkpoint of the `--small` shapes (heads as given).
+fn tiny_checkpoint(name: &str, heads: usize) -> std::path::PathBuf {
+    use tpla_model::tensors::{OutDtype, TensorWriter};
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = tpla_model::MlaConfig::small(tpla_model::Preset::DeepseekV3, 256, heads, Some(128));
+    let mut w = TensorWriter::default();
+    tpla_model::synthetic::synthetic_layer(&cfg, 9)
+        .unwrap()
+        .store(&mut w, 0);
+    w.write(dir.join("model.safetensors"), OutDtype::Bf16, None)
+        .unwrap();
+    dir
+}
+
+#[test]
+fn weights_load_from_a_checkpoint_and_wrong_shapes_name_the_tensor() {
+    let dir = tiny_checkpoint("layer-weights", 8);
+    let d = dir.to_str().unwrap();
+    let out = tpla_ok(&args(&["--form", "mla-tp", "--tp", "2", "--weights", d]));
+    assert!(out.contains("weights: layer 0 of"), "{out}");
+    assert!(!out.contains("synthetic weights"), "{out}");
+    let bad = tiny_checkpoint("layer-weights-bad", 4);
+    let o = tpla(&args(&[
+        "--form",
+        "mla-tp",
+        "--tp",
+        "2",
+        "--weights",
+        bad.to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("model.layers.0.self_attn."), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = tpla(&args(&["--form", "mla-tp", "--weights-layer", "1"]));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&bad).ok();
+}
+
+#[test]
+fn cublas_on_cpu_ranks_is_a_clear_error() {
+    let o = tpla(&args(&[
+        "--form", "mla-tp", "--tp", "2", "--gemm", "cublas",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("cublas"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn tpla_below_tp_runs_at_tp4() {
     let out = tpla_ok(&args(&["--form", "tpla", "--tp", "4", "-g", "2"]));
     assert!(
