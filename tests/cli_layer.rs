@@ -181,6 +181,43 @@ fn auto_says_why_and_the_error_budget_excludes_tpla() {
     assert!(err.contains("exceeds --max-rel-err"), "{err}");
 }
 
+/// `auto` reads this device's tune database: a (slow) tuned MLA-TP time replaces the model's
+/// attention for it and moves the pick away from it, and the output says where the figure came
+/// from.
+#[test]
+fn auto_is_calibrated_by_the_tune_database() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::Executor;
+    let dir = tmp("layer-auto-tune");
+    let id = tpla_runtime::CpuExecutor::new(1).unwrap().device_identity();
+    let (mut db, _) = tpla_runtime::tune::TuneDb::open(&dir, &id, &[&tpla_kernels::latent_decode]);
+    // --small at tp 2: MLA-TP ranks hold 4 heads and the whole 512 latent; batch 2, 18 tokens.
+    let bucket = tpla_runtime::tune::decode_bucket(2, 4, 512, 64, 18);
+    let cfg = tpla_kernels::ops::DecodeParams::new(2, 4, 512, 64, 1, 0.1).decode_config();
+    db.put(
+        tpla_kernels::latent_decode.name(),
+        &bucket,
+        &cfg,
+        5e6,
+        "2026-12-03",
+    );
+    db.save().unwrap();
+    let o = common::tpla_with_tune_dir(&dir, &args(&["--form", "auto", "--tp", "2"]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(&format!("attention tune database ({bucket} 5000000 µs")),
+        "{out}"
+    );
+    assert!(out.contains("auto: picked"), "{out}");
+    assert!(!out.contains("auto: picked mla-tp"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn bad_layer_options_are_clear_errors() {
     for (extra, want) in [

@@ -156,7 +156,7 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
         FormArg::Dcp => vec![Form::Dcp],
         FormArg::Tpla => vec![tpla],
         FormArg::All => all.to_vec(),
-        FormArg::Auto => vec![auto(&a, &cfg, &all, tpla_err, &allowed)],
+        FormArg::Auto => vec![auto(&a, &cfg, &all, tpla_err, &allowed)?],
     };
     if let Some(f) = forms.iter().find(|f| !allowed(f)) {
         return Err(CliError::Usage(format!(
@@ -318,33 +318,67 @@ fn auto(
     all: &[Form],
     err: f64,
     allowed: &dyn Fn(&Form) -> bool,
-) -> Form {
+) -> Result<Form, CliError> {
+    use tpla::layer::auto::{pick, predict};
+    use tpla_runtime::tune::{default_dir, TuneDb};
     let hw = Hardware::h200();
     let len = a.context + a.steps;
-    let mut best = (Form::MlaTp, f64::INFINITY);
+    let db = device_identity(a).map(|id| {
+        let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
+        for w in warnings {
+            eprintln!("tpla: {w}");
+        }
+        println!("auto: tune database {} ({id})", db.path().display());
+        db
+    });
+    let mut preds = Vec::new();
     for f in all {
-        let t = layer_cost(cfg, *f, a.layer.tp, a.batch, len, 2.0, &hw).total_s();
-        let ok = allowed(f);
+        let p = predict(cfg, *f, a.layer.tp, a.batch, len, &hw, db.as_ref())?;
         println!(
-            "auto: {:<8} predicted {:>9.3} ms per layer per device{}",
+            "auto: {:<8} predicted {:>9.3} ms per layer per device (attention {}){}",
             f.name(),
-            t * 1e3,
-            if ok {
+            p.total_s() * 1e3,
+            p.source,
+            if allowed(f) {
                 ""
             } else {
                 " (excluded: error over --max-rel-err)"
             }
         );
-        if ok && t < best.1 {
-            best = (*f, t);
-        }
+        preds.push(p);
     }
+    let (form, why) = pick(&preds, allowed)
+        .ok_or_else(|| CliError::Usage("auto: every form is excluded".into()))?;
     println!(
-        "auto: picked {} (fastest by the cost model with modelled H200 rooflines; this device's tune database is not read for it){}",
-        best.0.name(),
-        if a.layer.max_rel_err.is_some() { format!("; TPLA error on the synthetic check layer {err:.2e}") } else { String::new() }
+        "auto: picked {} ({why}; projections and collective modelled with H200 rooflines){}",
+        form.name(),
+        if a.layer.max_rel_err.is_some() {
+            format!("; TPLA error {err:.2e}")
+        } else {
+            String::new()
+        }
     );
-    best.0
+    Ok(form)
+}
+
+/// The identity of the device the run will use (its tune database's key), if one opens.
+fn device_identity(a: &DecodeArgs) -> Option<String> {
+    let cpu = || {
+        let threads = (if a.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            a.threads
+        } / a.layer.tp.max(1))
+        .max(1);
+        CpuExecutor::new(threads).ok().map(|e| e.device_identity())
+    };
+    match a.backend {
+        super::BackendArg::Cpu => cpu(),
+        _ => match super::backend::open_cuda() {
+            Ok(e) => Some(e.device_identity()),
+            Err(_) => cpu(),
+        },
+    }
 }
 
 type Make<'a, X> = &'a dyn Fn() -> Result<Vec<X>, RuntimeError>;
@@ -369,6 +403,38 @@ fn build<X: Executor + 'static, C: AllReduce<X> + Copy>(
             )?)
         })
         .collect()
+}
+
+/// Applies this device's tune database (`tpla tune`) to every layer of the stack; returns what
+/// was used, one line per distinct rank shape.
+fn apply_tune_db<X: Executor + 'static, C: AllReduce<X>>(
+    stack: &mut [TpLayer<X, C>],
+) -> Vec<String> {
+    use tpla_runtime::tune::{default_dir, TuneDb};
+    let Some(id) = stack
+        .first()
+        .and_then(|l| l.execs().first())
+        .map(|e| e.device_identity())
+    else {
+        return Vec::new();
+    };
+    let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
+    for w in warnings {
+        eprintln!("tpla: {w}");
+    }
+    let mut used = Vec::new();
+    for l in stack.iter_mut() {
+        for (_, bucket, cfg, us) in l.apply_tuned(&db) {
+            let line = format!(
+                "{bucket}: {cfg} ({us:.0} µs when tuned, {})",
+                db.path().display()
+            );
+            if !used.contains(&line) {
+                used.push(line);
+            }
+        }
+    }
+    used
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -434,6 +500,17 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             gemm_name = s.gemm();
             println!("{}: projections through {gemm_name}", form.name());
         }
+        let tuned = apply_tune_db(&mut stack);
+        println!(
+            "{}: decode kernel configs {}",
+            form.name(),
+            if tuned.is_empty() {
+                "defaults (no tune database entry for these shapes; `tpla tune` writes them)"
+                    .to_string()
+            } else {
+                tuned.join("; ")
+            }
+        );
         for (i, s) in stack.iter_mut().enumerate() {
             s.fill_random(a.context, a.seed ^ i as u64)?;
         }

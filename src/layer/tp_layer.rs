@@ -126,6 +126,34 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
 }
 
 impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
+    /// Gives every rank's decode kernel the config the tune database `db` holds for its shape
+    /// (`tpla tune` writes it; the same buckets as `tpla decode`); returns `(rank, bucket,
+    /// config, measured µs)` for each rank that found one. Ranks without an entry keep the
+    /// defaults.
+    pub fn apply_tuned(
+        &mut self,
+        db: &tpla_runtime::tune::TuneDb,
+    ) -> Vec<(usize, String, String, f64)> {
+        use tpla_codegen::KernelDef;
+        let mut found = Vec::new();
+        for (r, rank) in self.ranks.iter_mut().enumerate() {
+            let s = rank.dec.shape();
+            let bucket = tpla_runtime::tune::decode_bucket(
+                s.batch,
+                s.heads,
+                rank.dec.shard_width(),
+                s.rope,
+                s.max_tokens,
+            );
+            let name = tpla_kernels::latent_decode.name();
+            if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
+                found.push((r, bucket, c.to_string(), e.time_us));
+                rank.dec.set_decode_config(c);
+            }
+        }
+        found
+    }
+
     /// Which gemm runs the projections (rank 0's; every rank of one executor kind has the same).
     pub fn gemm(&self) -> String {
         self.ranks
