@@ -218,6 +218,45 @@ fn auto_is_calibrated_by_the_tune_database() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--max-rel-err` compares the accuracy harness's figure (synthetic weights: no transform),
+/// not the small check layer's: a budget just above it admits TPLA, just below excludes it.
+#[test]
+fn the_error_budget_uses_the_accuracy_harness_figure() {
+    let b = tpla::layer::budget::tpla_error(
+        tpla_model::Preset::DeepseekV3,
+        2,
+        tpla_model::Transform::None,
+        0,
+    )
+    .unwrap();
+    let above = format!("{}", b.rel_err * 1.01);
+    let below = format!("{}", b.rel_err * 0.99);
+    let out = tpla_ok(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--max-rel-err",
+        &above,
+    ]));
+    assert!(out.contains("from the accuracy harness"), "{out}");
+    assert!(out.contains("reference check tpla-g2"), "{out}");
+    let o = tpla(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--max-rel-err",
+        &below,
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the accuracy harness puts its error at"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_layer_options_are_clear_errors() {
     for (extra, want) in [

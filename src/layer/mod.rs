@@ -19,6 +19,8 @@
 //! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
 //! [`reference`](mod@reference) holds the f64 references; [`cost`] the roofline model and the largest batches.
 
+pub mod auto;
+pub mod budget;
 pub mod check;
 pub mod cost;
 pub mod gemm;

@@ -129,6 +129,7 @@ impl<X: Executor> Rank<X> {
             Vec::with_capacity(b * rope),
         );
         let eps = self.cfg.rms_eps as f32;
+        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
         for row in y.data().chunks(n) {
             let mut q = row[..ql].to_vec();
             glue::rms_norm(&mut q, eps, 1.0);
@@ -136,7 +137,7 @@ impl<X: Executor> Rank<X> {
             q_a.extend(q);
             c.extend_from_slice(&row[ql..ql + w]);
             let mut k = row[ql + w..].to_vec();
-            glue::rope(&mut k, pos, self.cfg.rope_theta);
+            rot.apply(&mut k);
             k_pe.extend(k);
         }
         t.host += s.elapsed();
@@ -171,10 +172,11 @@ impl<X: Executor> Rank<X> {
         let q = exec.download(&q)?;
         let mut q_nope = Vec::with_capacity(b * hr * nope);
         let mut q_pe = Vec::with_capacity(b * hr * rope);
+        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
         for head in q.data().chunks(nope + rope) {
             q_nope.extend_from_slice(&head[..nope]);
             let mut p = head[nope..].to_vec();
-            glue::rope(&mut p, pos, self.cfg.rope_theta);
+            rot.apply(&mut p);
             q_pe.extend(p);
         }
         let qn = exec.upload(&host(&[b, hr, nope], q_nope)?)?;

@@ -221,6 +221,21 @@ pub fn load_layer(
     ))
 }
 
+/// The latent transform of the weights at `path`: `tpla convert`'s (from its manifest), else
+/// none (a plain checkpoint).
+pub fn load_transform(path: &std::path::Path) -> tpla_model::Result<tpla_model::Transform> {
+    let manifest = path.join("manifest.json");
+    if !manifest.is_file() {
+        return Ok(tpla_model::Transform::None);
+    }
+    let text = std::fs::read_to_string(&manifest).map_err(|e| tpla_model::ModelError::Io {
+        path: manifest.display().to_string(),
+        source: e,
+    })?;
+    let m: tpla_model::convert::ConvertManifest = serde_json::from_str(&text)?;
+    Ok(m.transform)
+}
+
 #[cfg(test)]
 #[path = "weights_tests.rs"]
 mod tests;

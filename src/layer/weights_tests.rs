@@ -96,6 +96,8 @@ fn tpla_convert_output_loads_with_one_device_and_is_refused_when_sharded() {
     let (layer, from) = load_layer(&one, &small(256), None).unwrap();
     assert_eq!(layer.w_o.rows, 8 * 128);
     assert_eq!(from.transform.as_deref(), Some("hadamard"));
+    assert_eq!(load_transform(&one).unwrap(), Transform::Hadamard);
+    assert_eq!(load_transform(&root).unwrap(), Transform::None);
     assert!(from.path.ends_with(".safetensors"), "{}", from.path);
     // The preset's dims differ from the converted ones: a typed mismatch.
     let e = load_layer(&one, &small(128), None).unwrap_err();
