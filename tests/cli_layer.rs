@@ -46,6 +46,107 @@ fn all_forms_side_by_side_with_reference_checks() {
 }
 
 #[test]
+fn all_forms_write_the_model_check_json_under_results_dir() {
+    let dir = tmp("layer-check");
+    let d = dir.to_str().unwrap();
+    let out = tpla_ok(&args(&["--form", "all", "--tp", "2", "--results-dir", d]));
+    assert!(out.contains("same-run rooflines on cpu"), "{out}");
+    assert!(out.contains("meas/pred"), "{out}");
+    assert!(out.contains("projections through DSL head_proj"), "{out}");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(
+        j["label"],
+        "per-device compute measured; collective modelled"
+    );
+    assert_eq!(
+        (j["tp"].as_u64(), j["layers"].as_u64(), j["batch"].as_u64()),
+        (Some(2), Some(1), Some(2))
+    );
+    assert!(j["device"].as_str().unwrap().starts_with("cpu"), "{j}");
+    assert!(j["collective"]["bus_bytes_per_s"].as_f64().unwrap() > 0.0);
+    let forms = j["forms"].as_array().unwrap();
+    assert_eq!(forms.len(), 3);
+    for f in forms {
+        let (m, p, r) = (
+            f["measured_s"].as_f64().unwrap(),
+            f["predicted_s"].as_f64().unwrap(),
+            f["ratio"].as_f64().unwrap(),
+        );
+        assert!(m > 0.0 && p > 0.0 && (r - m / p).abs() <= 1e-9 * r, "{f}");
+        // Each form's line shows the same ratio.
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(f["form"].as_str().unwrap())
+                    && l.contains(&format!("{r:.2}"))),
+            "{out}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A tiny DeepSeek-named checkpoint of the `--small` shapes (heads as given).
+fn tiny_checkpoint(name: &str, heads: usize) -> std::path::PathBuf {
+    use tpla_model::tensors::{OutDtype, TensorWriter};
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = tpla_model::MlaConfig::small(tpla_model::Preset::DeepseekV3, 256, heads, Some(128));
+    let mut w = TensorWriter::default();
+    tpla_model::synthetic::synthetic_layer(&cfg, 9)
+        .unwrap()
+        .store(&mut w, 0);
+    w.write(dir.join("model.safetensors"), OutDtype::Bf16, None)
+        .unwrap();
+    dir
+}
+
+#[test]
+fn weights_load_from_a_checkpoint_and_wrong_shapes_name_the_tensor() {
+    let dir = tiny_checkpoint("layer-weights", 8);
+    let d = dir.to_str().unwrap();
+    let out = tpla_ok(&args(&["--form", "mla-tp", "--tp", "2", "--weights", d]));
+    assert!(out.contains("weights: layer 0 of"), "{out}");
+    assert!(!out.contains("synthetic weights"), "{out}");
+    let bad = tiny_checkpoint("layer-weights-bad", 4);
+    let o = tpla(&args(&[
+        "--form",
+        "mla-tp",
+        "--tp",
+        "2",
+        "--weights",
+        bad.to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("model.layers.0.self_attn."), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let o = tpla(&args(&["--form", "mla-tp", "--weights-layer", "1"]));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&bad).ok();
+}
+
+#[test]
+fn cublas_on_cpu_ranks_is_a_clear_error() {
+    let o = tpla(&args(&[
+        "--form", "mla-tp", "--tp", "2", "--gemm", "cublas",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("cublas"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn tpla_below_tp_runs_at_tp4() {
     let out = tpla_ok(&args(&["--form", "tpla", "--tp", "4", "-g", "2"]));
     assert!(
@@ -78,6 +179,82 @@ fn auto_says_why_and_the_error_budget_excludes_tpla() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("exceeds --max-rel-err"), "{err}");
+}
+
+/// `auto` reads this device's tune database: a (slow) tuned MLA-TP time replaces the model's
+/// attention for it and moves the pick away from it, and the output says where the figure came
+/// from.
+#[test]
+fn auto_is_calibrated_by_the_tune_database() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::Executor;
+    let dir = tmp("layer-auto-tune");
+    let id = tpla_runtime::CpuExecutor::new(1).unwrap().device_identity();
+    let (mut db, _) = tpla_runtime::tune::TuneDb::open(&dir, &id, &[&tpla_kernels::latent_decode]);
+    // --small at tp 2: MLA-TP ranks hold 4 heads and the whole 512 latent; batch 2, 18 tokens.
+    let bucket = tpla_runtime::tune::decode_bucket(2, 4, 512, 64, 18);
+    let cfg = tpla_kernels::ops::DecodeParams::new(2, 4, 512, 64, 1, 0.1).decode_config();
+    db.put(
+        tpla_kernels::latent_decode.name(),
+        &bucket,
+        &cfg,
+        5e6,
+        "2026-12-03",
+    );
+    db.save().unwrap();
+    let o = common::tpla_with_tune_dir(&dir, &args(&["--form", "auto", "--tp", "2"]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(&format!("attention tune database ({bucket} 5000000 µs")),
+        "{out}"
+    );
+    assert!(out.contains("auto: picked"), "{out}");
+    assert!(!out.contains("auto: picked mla-tp"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--max-rel-err` compares the accuracy harness's figure (synthetic weights: no transform),
+/// not the small check layer's: a budget just above it admits TPLA, just below excludes it.
+#[test]
+fn the_error_budget_uses_the_accuracy_harness_figure() {
+    let b = tpla::layer::budget::tpla_error(
+        tpla_model::Preset::DeepseekV3,
+        2,
+        tpla_model::Transform::None,
+        0,
+    )
+    .unwrap();
+    let above = format!("{}", b.rel_err * 1.01);
+    let below = format!("{}", b.rel_err * 0.99);
+    let out = tpla_ok(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--max-rel-err",
+        &above,
+    ]));
+    assert!(out.contains("from the accuracy harness"), "{out}");
+    assert!(out.contains("reference check tpla-g2"), "{out}");
+    let o = tpla(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--max-rel-err",
+        &below,
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the accuracy harness puts its error at"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! same checks on one GPU with the ranks in sequence and a device-side sum.
 
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, DeviceSum, Form, KvNorm, LayerShape, TpLayer};
+use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, TpLayer};
 use tpla_model::linalg::rel_err;
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{Corrections, MlaConfig, MuConvention, Preset};
@@ -19,12 +19,23 @@ fn small() -> MlaConfig {
 
 /// Runs `STEPS` decode steps of `form` on `execs` and returns the worst relative error of any
 /// step's output against the reference (after checking every output is finite).
-fn worst_error<X: Executor, C: AllReduce<X>>(
+fn worst_error<X: Executor + 'static, C: AllReduce<X>>(
     execs: Vec<X>,
     coll: C,
     form: Form,
     corr: Option<Corrections>,
 ) -> f64 {
+    run_steps(execs, coll, form, corr, GemmPath::Auto).0
+}
+
+/// As [`worst_error`] with the projections on `gemm`; also returns every step's output.
+fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
+    execs: Vec<X>,
+    coll: C,
+    form: Form,
+    corr: Option<Corrections>,
+    gemm: GemmPath,
+) -> (f64, Vec<Vec<f32>>) {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let d = layer.cfg.hidden;
     let xs: Vec<Vec<Vec<f64>>> = (0..BATCH)
@@ -40,9 +51,11 @@ fn worst_error<X: Executor, C: AllReduce<X>>(
         page_size: 4,
         splits: 2,
         poison: true,
+        gemm,
     };
     let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
     let mut worst = 0.0f64;
+    let mut outs = Vec::new();
     for (t, want_t) in want.iter().enumerate() {
         let x: Vec<f32> = xs
             .iter()
@@ -64,9 +77,10 @@ fn worst_error<X: Executor, C: AllReduce<X>>(
                 .collect();
             worst = worst.max(rel_err(&got, w));
         }
+        outs.push(y.data().to_vec());
     }
     assert_eq!(tp.len(), STEPS);
-    worst
+    (worst, outs)
 }
 
 fn cpu(tp: usize) -> Vec<CpuExecutor> {
@@ -171,6 +185,7 @@ fn bad_forms_are_typed_errors() {
         page_size: 4,
         splits: 1,
         poison: false,
+        gemm: GemmPath::Auto,
     };
     for (tp, form) in [
         (3, Form::MlaTp),
@@ -240,8 +255,8 @@ fn gpu_ranks_in_sequence_match_the_references() {
 }
 
 /// The layer's CUDA kernels at its shapes compile with NVRTC for sm_90a (no GPU needed; skips
-/// without libnvrtc unless `TPLA_REQUIRE_NVRTC=1`): `add_rows` (every tune candidate) and
-/// `head_proj` at the DeepSeek-V3 projection shapes.
+/// without libnvrtc unless `TPLA_REQUIRE_NVRTC=1`): `add_rows` (every tune candidate),
+/// `head_proj` and `cast_bf16` (cuBLAS' input) at the DeepSeek-V3 projection shapes.
 #[test]
 fn layer_kernels_compile_with_nvrtc() {
     use tpla_codegen::KernelDef;
@@ -277,5 +292,194 @@ fn layer_kernels_compile_with_nvrtc() {
             .unwrap();
         build(&tpla_kernels::head_proj, &cfg);
     }
-    assert_eq!(n, cfgs.len() + 4);
+    for cols in [7168, 1536, 128, 16384] {
+        let cfg = tpla_kernels::cast_bf16
+            .default_config(&[("COLS", cols)])
+            .unwrap();
+        build(&tpla_kernels::cast_bf16, &cfg);
+    }
+    assert_eq!(n, cfgs.len() + 8);
+}
+
+/// On the CPU the layer's projections run on the DSL kernel; asking for cuBLAS there is a typed
+/// error, not a panic.
+#[test]
+fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let mut shape = LayerShape {
+        batch: 1,
+        max_tokens: 4,
+        page_size: 4,
+        splits: 1,
+        poison: false,
+        gemm: GemmPath::Auto,
+    };
+    let l = TpLayer::new(
+        cpu(2),
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape.clone(),
+        None,
+    )
+    .unwrap();
+    assert!(l.gemm().starts_with("DSL head_proj"), "{}", l.gemm());
+    shape.gemm = GemmPath::Cublas;
+    let e = TpLayer::new(
+        cpu(2),
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape,
+        None,
+    )
+    .err()
+    .expect("cuBLAS on CPU ranks must be refused");
+    assert!(
+        matches!(e, tpla_runtime::RuntimeError::BackendUnavailable { .. }),
+        "{e:?}"
+    );
+}
+
+/// `cast_bf16` (the activations cast for cuBLAS) rounds exactly as `bf16::from_f32`, checked on
+/// the CPU JIT with a ragged shape (partial tiles).
+#[test]
+fn cast_bf16_rounds_like_half() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::half::bf16;
+    let exec = CpuExecutor::new(1).unwrap();
+    let (r, m, c) = (5, 3, 200);
+    let x: Vec<f32> = (0..r * m * c)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1.2345e-3 - 0.6)
+        .collect();
+    let xt = exec
+        .upload(&HostTensor::from_vec(&[r, m, c], x.clone()).unwrap())
+        .unwrap();
+    let mut out = exec
+        .upload(&HostTensor::full(&[r, m, c], bf16::from_f32(f32::NAN)))
+        .unwrap();
+    let cfg = tpla_kernels::cast_bf16
+        .default_config(&[("COLS", c as i64)])
+        .unwrap();
+    tpla_kernels::cast_bf16::launch(&exec, &cfg, &xt, &mut out).unwrap();
+    let got = exec.download(&out).unwrap();
+    for (i, (g, v)) in got.data().iter().zip(&x).enumerate() {
+        assert_eq!(g.to_bits(), bf16::from_f32(*v).to_bits(), "element {i}");
+    }
+}
+
+/// Whether this host can run the cuBLAS tests; prints why not (and fails under
+/// `TPLA_REQUIRE_CUBLAS=1`).
+fn cublas_ready(test: &str) -> Option<tpla_runtime::cuda::CudaExecutor> {
+    let r = tpla_runtime::cuda::CudaExecutor::new(0).and_then(|e| {
+        tpla_runtime::cuda::blas::Cublas::new(&e)?;
+        Ok(e)
+    });
+    match r {
+        Ok(e) => Some(e),
+        Err(why) => {
+            assert!(
+                std::env::var("TPLA_REQUIRE_CUBLAS").as_deref() != Ok("1"),
+                "TPLA_REQUIRE_CUBLAS=1 but no cuBLAS: {why}"
+            );
+            eprintln!("SKIPPED {test}: no GPU or no libcublas ({why})");
+            None
+        }
+    }
+}
+
+/// cuBLAS' per-head gemm (several heads: the strided-batched call; one head: GemmEx) against an
+/// f64 host product of the same bf16 inputs.
+#[test]
+fn gpu_cublas_head_gemm_matches_the_host_product() {
+    use tpla_runtime::half::bf16;
+    use tpla_runtime::KernelArg;
+    let Some(exec) = cublas_ready("gpu_cublas_head_gemm_matches_the_host_product") else {
+        return;
+    };
+    let blas = tpla_runtime::cuda::blas::Cublas::new(&exec).unwrap();
+    for (b, h, k, n) in [(5, 3, 72, 40), (33, 1, 256, 130)] {
+        let f = |i: usize, s: usize| bf16::from_f32(((i * s) % 97) as f32 / 97.0 - 0.5);
+        let x: Vec<bf16> = (0..b * h * k).map(|i| f(i, 31)).collect();
+        let w: Vec<bf16> = (0..h * k * n).map(|i| f(i, 17)).collect();
+        let xd = exec
+            .upload(&HostTensor::from_vec(&[b, h, k], x.clone()).unwrap())
+            .unwrap();
+        let wd = exec
+            .upload(&HostTensor::from_vec(&[h, k, n], w.clone()).unwrap())
+            .unwrap();
+        let mut yd = exec
+            .upload(&HostTensor::full(&[b, h, n], f32::NAN))
+            .unwrap();
+        let args = (
+            tpla_runtime::cuda::CudaExecutor::tensor_arg(&xd),
+            tpla_runtime::cuda::CudaExecutor::tensor_arg(&wd),
+            tpla_runtime::cuda::CudaExecutor::tensor_arg_mut(&mut yd),
+        );
+        let (KernelArg::Tensor(xa), KernelArg::Tensor(wa), KernelArg::Tensor(ya)) = args else {
+            panic!("dense tensors");
+        };
+        blas.head_gemm(xa, wa, ya).unwrap();
+        let y = exec.download(&yd).unwrap();
+        for bi in 0..b {
+            for hi in 0..h {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| {
+                            f64::from(x[(bi * h + hi) * k + p].to_f32())
+                                * f64::from(w[(hi * k + p) * n + j].to_f32())
+                        })
+                        .sum();
+                    let got = f64::from(y.data()[(bi * h + hi) * n + j]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "[{b},{h},{k},{n}] ({bi},{hi},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The whole layer with its projections on cuBLAS and on the DSL kernel, on one GPU: both match
+/// the references, and each other (same bf16 inputs, f32 accumulation: only summation order
+/// differs).
+#[test]
+fn gpu_cublas_layer_matches_the_dsl_layer() {
+    use tpla_runtime::cuda::CudaExecutor;
+    if cublas_ready("gpu_cublas_layer_matches_the_dsl_layer").is_none() {
+        return;
+    }
+    let open = |tp: usize| -> Vec<CudaExecutor> {
+        (0..tp).map(|_| CudaExecutor::new(0).unwrap()).collect()
+    };
+    for (form, corr) in forms(2) {
+        let (ec, yc) = run_steps(
+            open(2),
+            DeviceSum { ranks: 2 },
+            form,
+            corr.clone(),
+            GemmPath::Cublas,
+        );
+        let (ed, yd) = run_steps(open(2), DeviceSum { ranks: 2 }, form, corr, GemmPath::Dsl);
+        let gap = yc
+            .iter()
+            .zip(&yd)
+            .map(|(a, b)| {
+                let a: Vec<f64> = a.iter().map(|&v| f64::from(v)).collect();
+                let b: Vec<f64> = b.iter().map(|&v| f64::from(v)).collect();
+                rel_err(&a, &b)
+            })
+            .fold(0.0f64, f64::max);
+        eprintln!(
+            "gpu tp 2 {}: cuBLAS {ec:.2e}, DSL {ed:.2e}, cuBLAS vs DSL {gap:.2e}",
+            form.name()
+        );
+        assert!(
+            ec <= 1e-2 && ed <= 1e-2,
+            "{}: {ec:.3e} / {ed:.3e}",
+            form.name()
+        );
+        assert!(gap <= 5e-3, "{}: cuBLAS vs DSL {gap:.3e}", form.name());
+    }
 }

@@ -7,7 +7,8 @@
 //! - [`append_rows`]: paged cache append;
 //! - [`fp8`]: the FP8 latent cache (the decode and the append with the knob `KV_FP8`);
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
-//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce).
+//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce);
+//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -22,6 +23,7 @@ pub mod __private {
 
 mod add;
 mod append;
+mod cast;
 mod combine;
 mod decode;
 pub mod fp8;
@@ -31,6 +33,7 @@ mod schedule;
 
 pub use add::add_rows;
 pub use append::append_rows;
+pub use cast::cast_bf16;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use proj::head_proj;

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
 use tpla::layer::cost::{layer_cost, Hardware};
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, DeviceSum, Form, KvNorm, LayerShape, RankTimes, TpLayer};
+use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, RankTimes, TpLayer};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{MlaConfig, MlaLayer, Preset};
 use tpla_runtime::{AllReduce, CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
@@ -35,6 +35,27 @@ pub enum FormArg {
     Auto,
 }
 
+/// Which gemm `--gemm` asks for (see [`GemmPath`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GemmArg {
+    /// cuBLAS on a CUDA executor when libcublas loads, else the DSL kernel.
+    Auto,
+    /// The DSL kernel `head_proj` everywhere.
+    Dsl,
+    /// cuBLAS, or an error.
+    Cublas,
+}
+
+impl From<GemmArg> for GemmPath {
+    fn from(g: GemmArg) -> GemmPath {
+        match g {
+            GemmArg::Auto => GemmPath::Auto,
+            GemmArg::Dsl => GemmPath::Dsl,
+            GemmArg::Cublas => GemmPath::Cublas,
+        }
+    }
+}
+
 /// The whole-layer options of `tpla decode`.
 #[derive(Args, Debug, Clone)]
 pub struct LayerArgs {
@@ -51,12 +72,26 @@ pub struct LayerArgs {
     /// for DeepSeek-V3 and Kimi-K2 at TP 2/4/8, contexts 4K-32K.
     #[arg(long)]
     pub max_batch: bool,
-    /// Where `--max-batch` writes max_batch.json and max_batch.png.
-    #[arg(long, default_value = "bench/results")]
-    pub results_dir: PathBuf,
+    /// Where `--max-batch` writes max_batch.json and max_batch.png (default bench/results), and
+    /// where `--form` writes its model check as JSON (only when given).
+    #[arg(long)]
+    pub results_dir: Option<PathBuf>,
     /// Exclude TPLA when its output error against exact MLA exceeds this (relative).
     #[arg(long)]
     pub max_rel_err: Option<f64>,
+    /// Which gemm runs the layers' dense projections (auto: cuBLAS on a GPU, the DSL kernel on
+    /// the CPU or where libcublas is missing).
+    #[arg(long, value_enum, default_value_t = GemmArg::Auto)]
+    pub gemm: GemmArg,
+    /// Load the layer's weights from DeepSeek-named safetensors: `tpla convert --devices 1`
+    /// output (a directory with manifest.json) or a checkpoint (file or directory); shapes are
+    /// checked against the preset. Absent: seeded synthetic weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Which layer of `--weights` to load (default: the first converted layer, else 0); one
+    /// set is shared by the timed stack.
+    #[arg(long)]
+    pub weights_layer: Option<usize>,
     /// Small synthetic shapes (hidden 256, 8 heads, q_lora 128) instead of the preset's.
     #[arg(long)]
     pub small: bool,
@@ -81,8 +116,15 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if l.weights_layer.is_some() && l.weights.is_none() {
+        return Err(CliError::Usage("--weights-layer needs --weights".into()));
+    }
     if l.max_batch {
-        max_batch(&l.results_dir)?;
+        let dir = l
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("bench/results"));
+        max_batch(&dir)?;
     }
     let Some(choice) = l.form else { return Ok(()) };
     let cfg = if l.small {
@@ -104,21 +146,37 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     for f in all {
         tpla::layer::roles(f, l.tp, cfg.heads, cfg.kv_lora_rank)?;
     }
-    // TPLA's error on a small synthetic layer (f64 references, no transform): the figure
-    // `--max-rel-err` is compared with. The accuracy harness (`tpla accuracy`) needs a
-    // checkpoint for real figures; this is the cheap stand-in, labelled as such.
+    // TPLA's error on the small check layer (f64 references, no transform), printed beside the
+    // reference checks; `--max-rel-err` uses the accuracy harness's figure instead.
     let tpla_err = tpla_error(a.g)?;
-    let allowed = |f: &Form| f.exact() || l.max_rel_err.is_none_or(|m| tpla_err <= m);
+    // The budget's figure: the accuracy harness's TPLA error for this g and the weights'
+    // latent transform (none for synthetic weights).
+    let budget = match l.max_rel_err {
+        Some(_) => {
+            let transform = match &l.weights {
+                Some(p) => tpla::layer::weights::load_transform(p)?,
+                None => tpla_model::Transform::None,
+            };
+            let b = tpla::layer::budget::tpla_error(a.preset.preset(), a.g, transform, 0)?;
+            println!(
+                "--max-rel-err: TPLA g={} error {:.2e} from the accuracy harness (synthetic {} layer at hidden 256, 8 heads; sliced norm + local softmax, μ = 1, worst cache mode; latent transform {:?}, as the weights run)",
+                a.g, b.rel_err, cfg.name, b.transform
+            );
+            b.rel_err
+        }
+        None => tpla_err,
+    };
+    let allowed = |f: &Form| f.exact() || l.max_rel_err.is_none_or(|m| budget <= m);
     let forms: Vec<Form> = match choice {
         FormArg::MlaTp => vec![Form::MlaTp],
         FormArg::Dcp => vec![Form::Dcp],
         FormArg::Tpla => vec![tpla],
         FormArg::All => all.to_vec(),
-        FormArg::Auto => vec![auto(&a, &cfg, &all, tpla_err, &allowed)],
+        FormArg::Auto => vec![auto(&a, &cfg, &all, budget, &allowed)?],
     };
     if let Some(f) = forms.iter().find(|f| !allowed(f)) {
         return Err(CliError::Usage(format!(
-            "{} exceeds --max-rel-err {}: its error on the synthetic check layer is {tpla_err:.2e}",
+            "{} exceeds --max-rel-err {}: the accuracy harness puts its error at {budget:.2e}",
             f.name(),
             l.max_rel_err.unwrap_or(0.0)
         )));
@@ -276,38 +334,72 @@ fn auto(
     all: &[Form],
     err: f64,
     allowed: &dyn Fn(&Form) -> bool,
-) -> Form {
+) -> Result<Form, CliError> {
+    use tpla::layer::auto::{pick, predict};
+    use tpla_runtime::tune::{default_dir, TuneDb};
     let hw = Hardware::h200();
     let len = a.context + a.steps;
-    let mut best = (Form::MlaTp, f64::INFINITY);
+    let db = device_identity(a).map(|id| {
+        let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
+        for w in warnings {
+            eprintln!("tpla: {w}");
+        }
+        println!("auto: tune database {} ({id})", db.path().display());
+        db
+    });
+    let mut preds = Vec::new();
     for f in all {
-        let t = layer_cost(cfg, *f, a.layer.tp, a.batch, len, 2.0, &hw).total_s();
-        let ok = allowed(f);
+        let p = predict(cfg, *f, a.layer.tp, a.batch, len, &hw, db.as_ref())?;
         println!(
-            "auto: {:<8} predicted {:>9.3} ms per layer per device{}",
+            "auto: {:<8} predicted {:>9.3} ms per layer per device (attention {}){}",
             f.name(),
-            t * 1e3,
-            if ok {
+            p.total_s() * 1e3,
+            p.source,
+            if allowed(f) {
                 ""
             } else {
                 " (excluded: error over --max-rel-err)"
             }
         );
-        if ok && t < best.1 {
-            best = (*f, t);
-        }
+        preds.push(p);
     }
+    let (form, why) = pick(&preds, allowed)
+        .ok_or_else(|| CliError::Usage("auto: every form is excluded".into()))?;
     println!(
-        "auto: picked {} (fastest by the cost model with modelled H200 rooflines; this device's tune database is not read for it){}",
-        best.0.name(),
-        if a.layer.max_rel_err.is_some() { format!("; TPLA error on the synthetic check layer {err:.2e}") } else { String::new() }
+        "auto: picked {} ({why}; projections and collective modelled with H200 rooflines){}",
+        form.name(),
+        if a.layer.max_rel_err.is_some() {
+            format!("; TPLA error {err:.2e}")
+        } else {
+            String::new()
+        }
     );
-    best.0
+    Ok(form)
+}
+
+/// The identity of the device the run will use (its tune database's key), if one opens.
+fn device_identity(a: &DecodeArgs) -> Option<String> {
+    let cpu = || {
+        let threads = (if a.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            a.threads
+        } / a.layer.tp.max(1))
+        .max(1);
+        CpuExecutor::new(threads).ok().map(|e| e.device_identity())
+    };
+    match a.backend {
+        super::BackendArg::Cpu => cpu(),
+        _ => match super::backend::open_cuda() {
+            Ok(e) => Some(e.device_identity()),
+            Err(_) => cpu(),
+        },
+    }
 }
 
 type Make<'a, X> = &'a dyn Fn() -> Result<Vec<X>, RuntimeError>;
 
-fn build<X: Executor, C: AllReduce<X> + Copy>(
+fn build<X: Executor + 'static, C: AllReduce<X> + Copy>(
     make: Make<'_, X>,
     coll: C,
     layer: &MlaLayer,
@@ -329,8 +421,40 @@ fn build<X: Executor, C: AllReduce<X> + Copy>(
         .collect()
 }
 
+/// Applies this device's tune database (`tpla tune`) to every layer of the stack; returns what
+/// was used, one line per distinct rank shape.
+fn apply_tune_db<X: Executor + 'static, C: AllReduce<X>>(
+    stack: &mut [TpLayer<X, C>],
+) -> Vec<String> {
+    use tpla_runtime::tune::{default_dir, TuneDb};
+    let Some(id) = stack
+        .first()
+        .and_then(|l| l.execs().first())
+        .map(|e| e.device_identity())
+    else {
+        return Vec::new();
+    };
+    let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
+    for w in warnings {
+        eprintln!("tpla: {w}");
+    }
+    let mut used = Vec::new();
+    for l in stack.iter_mut() {
+        for (_, bucket, cfg, us) in l.apply_tuned(&db) {
+            let line = format!(
+                "{bucket}: {cfg} ({us:.0} µs when tuned, {})",
+                db.path().display()
+            );
+            if !used.contains(&line) {
+                used.push(line);
+            }
+        }
+    }
+    used
+}
+
 #[allow(clippy::too_many_arguments)]
-fn run<X: Executor, C: AllReduce<X> + Copy>(
+fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     a: &DecodeArgs,
     cfg: &MlaConfig,
     forms: &[Form],
@@ -349,24 +473,60 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
         cfg.name, cfg.heads, cfg.hidden, l.layers, l.tp, a.batch, a.context
     );
     let t0 = std::time::Instant::now();
-    let layer = prepare(&synthetic_layer(cfg, a.seed)?)?;
-    println!(
-        "synthetic weights (seed {}, one set shared by the {} layers) in {:.1} s",
-        a.seed,
-        l.layers,
-        t0.elapsed().as_secs_f64()
-    );
+    let layer = match &l.weights {
+        Some(path) => {
+            let (raw, from) = tpla::layer::weights::load_layer(path, cfg, l.weights_layer)?;
+            println!(
+                "weights: layer {} of {}{} (one set shared by the {} layers) in {:.1} s",
+                from.layer,
+                from.path,
+                from.transform
+                    .map(|t| format!(", tpla convert --transform {t}"))
+                    .unwrap_or_default(),
+                l.layers,
+                t0.elapsed().as_secs_f64()
+            );
+            prepare(&raw)?
+        }
+        None => {
+            let layer = prepare(&synthetic_layer(cfg, a.seed)?)?;
+            println!(
+                "synthetic weights (seed {}, one set shared by the {} layers) in {:.1} s",
+                a.seed,
+                l.layers,
+                t0.elapsed().as_secs_f64()
+            );
+            layer
+        }
+    };
     let shape = LayerShape {
         batch: a.batch,
         max_tokens: a.context + a.steps + 1,
         page_size: a.page_size,
         splits: a.splits,
         poison: false,
+        gemm: l.gemm.into(),
     };
     let hw = Hardware::h200();
     let mut rows = Vec::new();
+    let mut gemm_name = String::new();
     for &form in forms {
         let mut stack = build(make, coll, &layer, form, &shape, l.layers)?;
+        if let Some(s) = stack.first() {
+            gemm_name = s.gemm();
+            println!("{}: projections through {gemm_name}", form.name());
+        }
+        let tuned = apply_tune_db(&mut stack);
+        println!(
+            "{}: decode kernel configs {}",
+            form.name(),
+            if tuned.is_empty() {
+                "defaults (no tune database entry for these shapes; `tpla tune` writes them)"
+                    .to_string()
+            } else {
+                tuned.join("; ")
+            }
+        );
         for (i, s) in stack.iter_mut().enumerate() {
             s.fill_random(a.context, a.seed ^ i as u64)?;
         }
@@ -419,8 +579,8 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
         "coll ms (m)",
         "step ms",
         "tokens/s",
-        "model a+p ms",
-        "meas/model"
+        "spec a+p ms",
+        "meas/spec"
     );
     let mut times = Vec::new();
     for (form, t, coll, model) in &rows {
@@ -440,7 +600,7 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
             dev / model
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'model a+p' is the cost model's H200 attention + projections, 'meas/model' measured attn + proj over it)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'spec a+p' is the cost model's attention + projections with the H200 datasheet figures, 'meas/spec' measured attn + proj over it; the model check below uses this run's rooflines)", a.steps, l.layers);
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
         for (form, t, coll, _) in &rows {
             let per_layer = ((t.attention + t.projections).as_secs_f64() + coll) / l.layers as f64;
@@ -459,6 +619,27 @@ fn run<X: Executor, C: AllReduce<X> + Copy>(
             );
         }
     }
+    let timed: Vec<super::decode_check::Timed> = rows
+        .iter()
+        .map(|(form, t, _, _)| super::decode_check::Timed {
+            form: *form,
+            times: *t,
+        })
+        .collect();
+    let execs = make()?;
+    let exec = execs
+        .first()
+        .ok_or_else(|| CliError::Usage("no ranks".into()))?;
+    super::decode_check::model_check(
+        a,
+        cfg,
+        exec,
+        l.gemm.into(),
+        &gemm_name,
+        &timed,
+        l.results_dir.as_deref(),
+    )?;
+    drop(execs);
     for &form in forms {
         let e = check(make, coll, form)?;
         println!("reference check {} (small synthetic layer, tp {}, same ranks and collective): rel err {e:.2e} {}", form.name(), l.tp, if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" });
@@ -485,7 +666,7 @@ fn prenorm(y: HostTensor<f32>, d: usize) -> HostTensor<f32> {
 }
 
 /// The form on a small synthetic layer against its f64 reference: the worst relative error.
-fn check<X: Executor, C: AllReduce<X> + Copy>(
+fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
     make: Make<'_, X>,
     coll: C,
     form: Form,
@@ -507,6 +688,7 @@ fn check<X: Executor, C: AllReduce<X> + Copy>(
         page_size: 4,
         splits: 2,
         poison: true,
+        gemm: GemmPath::Auto,
     };
     let mut tl = TpLayer::new(make()?, coll, &layer, form, shape, None)?;
     let mut worst = 0.0f64;

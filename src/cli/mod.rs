@@ -6,6 +6,7 @@ pub mod bench_balanced;
 pub mod bench_cuda;
 pub mod decode;
 pub mod decode_args;
+pub mod decode_check;
 pub mod decode_layer;
 pub mod decode_tp;
 pub mod error;

@@ -16,13 +16,37 @@ pub fn rms(x: &[f32], eps: f32) -> f32 {
 
 /// RoPE on interleaved pairs at position `pos` (as `tpla_model::linalg::rope_in_place`).
 pub fn rope(x: &mut [f32], pos: usize, theta: f64) {
-    let d = x.len();
-    for j in 0..d / 2 {
-        let freq = theta.powf(-((2 * j) as f64) / d as f64);
-        let (s, c) = (pos as f64 * freq).sin_cos();
-        let (a, b) = (f64::from(x[2 * j]), f64::from(x[2 * j + 1]));
-        x[2 * j] = (a * c - b * s) as f32;
-        x[2 * j + 1] = (a * s + b * c) as f32;
+    Rope::new(pos, theta, x.len()).apply(x);
+}
+
+/// The rotation of one position for `d`-wide vectors, computed once per step (a step's heads
+/// and sequences all share the position) instead of `d/2` powers and sines per vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    cs: Vec<(f64, f64)>,
+}
+
+impl Rope {
+    /// The table for position `pos`, base `theta`, width `d`.
+    pub fn new(pos: usize, theta: f64, d: usize) -> Self {
+        Rope {
+            cs: (0..d / 2)
+                .map(|j| {
+                    let freq = theta.powf(-((2 * j) as f64) / d as f64);
+                    let (s, c) = (pos as f64 * freq).sin_cos();
+                    (c, s)
+                })
+                .collect(),
+        }
+    }
+
+    /// Rotates `x` (its width must be the table's `d`) in place.
+    pub fn apply(&self, x: &mut [f32]) {
+        for (p, &(c, s)) in x.chunks_exact_mut(2).zip(&self.cs) {
+            let (a, b) = (f64::from(p[0]), f64::from(p[1]));
+            p[0] = (a * c - b * s) as f32;
+            p[1] = (a * s + b * c) as f32;
+        }
     }
 }
 

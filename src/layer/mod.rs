@@ -11,14 +11,19 @@
 //! Each rank runs the whole block: the fused down-projection (`W_DQ | W_DKV | W_KR`), q RMSNorm,
 //! `W_UQ`, RoPE, absorption of `W_UK` into the latent, the kv RMSNorm, RoPE of `k_pe`, the paged
 //! append, split-KV decode attention, `W_UV`, `W_O`, and the all-reduce of `[batch, D]`. Dense
-//! projections run through the DSL kernel [`tpla_kernels::head_proj`] (a plain gemm with one
-//! "head") on every backend; the element-wise steps run on the host ([`glue`]).
+//! projections run through cuBLAS on a CUDA executor and the DSL kernel
+//! [`tpla_kernels::head_proj`] (a plain gemm with one "head") on the CPU ([`gemm`]); the
+//! element-wise steps run on the host ([`glue`]).
 //!
 //! [`TpLayer`] is generic over the executor and the collective: CPU ranks with
 //! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
 //! [`reference`](mod@reference) holds the f64 references; [`cost`] the roofline model and the largest batches.
 
+pub mod auto;
+pub mod budget;
+pub mod check;
 pub mod cost;
+pub mod gemm;
 pub mod glue;
 pub mod maxbatch;
 pub mod plan;
@@ -29,6 +34,7 @@ pub mod sum;
 pub mod tp_layer;
 pub mod weights;
 
+pub use gemm::GemmPath;
 pub use plan::{roles, Form, KvNorm, RankRole};
 pub use rank::RankTimes;
 pub use sum::DeviceSum;

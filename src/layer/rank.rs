@@ -2,12 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::head_proj;
 use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
+use super::gemm::{Engine, GemmPath, Proj};
 use super::glue;
 use super::plan::RankRole;
 use super::weights::RankWeights;
@@ -39,52 +38,6 @@ impl std::ops::AddAssign for RankTimes {
     }
 }
 
-/// A matrix on the executor with the `head_proj` config that multiplies by it.
-pub(crate) struct Proj<X: Executor> {
-    w: X::Tensor<bf16>,
-    cfg: Config,
-    shape: [usize; 3],
-    poison: bool,
-}
-
-/// An output buffer of `shape`: NaN-filled when `poison`, else as the executor allocates.
-pub(crate) fn out_buf<X: Executor>(
-    exec: &X,
-    shape: &[usize],
-    poison: bool,
-) -> Result<X::Tensor<f32>, RuntimeError> {
-    if poison {
-        exec.upload(&HostTensor::full(shape, f32::NAN))
-    } else {
-        exec.alloc::<f32>(shape)
-    }
-}
-
-impl<X: Executor> Proj<X> {
-    fn new(exec: &X, w: &HostTensor<bf16>, poison: bool) -> Result<Self, RuntimeError> {
-        let shape = [w.shape()[0], w.shape()[1], w.shape()[2]];
-        let cfg = head_proj.default_config(&[("LAT", shape[1] as i64), ("DV", shape[2] as i64)])?;
-        Ok(Proj {
-            w: exec.upload(w)?,
-            cfg,
-            shape,
-            poison,
-        })
-    }
-
-    /// `x` `[batch, heads, in]` times the per-head matrices: `[batch, heads, out]`.
-    pub(crate) fn apply(
-        &self,
-        exec: &X,
-        x: &X::Tensor<f32>,
-        batch: usize,
-    ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let mut y = out_buf(exec, &[batch, self.shape[0], self.shape[2]], self.poison)?;
-        head_proj::launch(exec, &self.cfg, x, &self.w, &mut y)?;
-        Ok(y)
-    }
-}
-
 /// One rank's share of the layer on its executor.
 pub(crate) struct Rank<X: Executor> {
     pub role: RankRole,
@@ -99,6 +52,7 @@ pub(crate) struct Rank<X: Executor> {
     pub poison: bool,
     cfg: MlaConfig,
     batch: usize,
+    pub(crate) engine: Engine,
 }
 
 /// A rank's down-projection of the step's token, split on the host.
@@ -118,7 +72,7 @@ fn host<T: tpla_runtime::Element>(
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
-impl<X: Executor> Rank<X> {
+impl<X: Executor + 'static> Rank<X> {
     pub(crate) fn new(
         exec: &X,
         role: RankRole,
@@ -126,23 +80,28 @@ impl<X: Executor> Rank<X> {
         cfg: &MlaConfig,
         shape: DecoderShape,
         poison: bool,
+        gemm: GemmPath,
     ) -> Result<Self, RuntimeError> {
+        let e = Engine::for_executor(exec, gemm)?;
         Ok(Rank {
             poison,
             dec: LatentDecoder::new(exec, shape.clone())?,
-            down: Proj::new(exec, &w.down, poison)?,
-            uq: Proj::new(exec, &w.uq, poison)?,
-            uk: Proj::new(exec, &w.uk, poison)?,
-            uv: Proj::new(exec, &w.uv, poison)?,
-            o: Proj::new(exec, &w.o, poison)?,
+            down: Proj::new(exec, &w.down, &e, poison)?,
+            uq: Proj::new(exec, &w.uq, &e, poison)?,
+            uk: Proj::new(exec, &w.uk, &e, poison)?,
+            uv: Proj::new(exec, &w.uv, &e, poison)?,
+            o: Proj::new(exec, &w.o, &e, poison)?,
             q_norm: w.q_norm.clone(),
             q_lora: w.q_lora,
             cfg: cfg.clone(),
             batch: shape.batch,
             role,
+            engine: e,
         })
     }
+}
 
+impl<X: Executor> Rank<X> {
     fn width(&self) -> usize {
         self.role.latent.len()
     }
@@ -170,6 +129,7 @@ impl<X: Executor> Rank<X> {
             Vec::with_capacity(b * rope),
         );
         let eps = self.cfg.rms_eps as f32;
+        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
         for row in y.data().chunks(n) {
             let mut q = row[..ql].to_vec();
             glue::rms_norm(&mut q, eps, 1.0);
@@ -177,7 +137,7 @@ impl<X: Executor> Rank<X> {
             q_a.extend(q);
             c.extend_from_slice(&row[ql..ql + w]);
             let mut k = row[ql + w..].to_vec();
-            glue::rope(&mut k, pos, self.cfg.rope_theta);
+            rot.apply(&mut k);
             k_pe.extend(k);
         }
         t.host += s.elapsed();
@@ -212,10 +172,11 @@ impl<X: Executor> Rank<X> {
         let q = exec.download(&q)?;
         let mut q_nope = Vec::with_capacity(b * hr * nope);
         let mut q_pe = Vec::with_capacity(b * hr * rope);
+        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
         for head in q.data().chunks(nope + rope) {
             q_nope.extend_from_slice(&head[..nope]);
             let mut p = head[nope..].to_vec();
-            glue::rope(&mut p, pos, self.cfg.rope_theta);
+            rot.apply(&mut p);
             q_pe.extend(p);
         }
         let qn = exec.upload(&host(&[b, hr, nope], q_nope)?)?;

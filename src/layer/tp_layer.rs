@@ -9,9 +9,10 @@ use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
 
+use super::gemm::{out_buf, GemmPath};
 use super::glue;
 use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
-use super::rank::{out_buf, Down, Rank, RankTimes};
+use super::rank::{Down, Rank, RankTimes};
 use super::weights::rank_weights;
 use crate::decoder::DecoderShape;
 
@@ -29,6 +30,8 @@ pub struct LayerShape {
     /// Fill every output buffer with NaN before a kernel writes it (tests: an element no kernel
     /// writes shows up as NaN instead of a stale zero).
     pub poison: bool,
+    /// Which gemm runs the dense projections ([`GemmPath::Auto`]: cuBLAS on a CUDA executor).
+    pub gemm: GemmPath,
 }
 
 /// One attention layer over `tp` ranks (see [`Form`]). The layer's weights must come from
@@ -53,7 +56,7 @@ fn host<T: tpla_runtime::Element>(
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
-impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
+impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
     /// Rank `r` runs on `execs[r]`. `corr` gives TPLA's corrections (`None`: uniform energy,
     /// μ = 1); other forms ignore it.
     pub fn new(
@@ -97,7 +100,15 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 splits: shape.splits,
                 scale: cfg.scale as f32,
             };
-            ranks.push(Rank::new(exec, role, &w, cfg, dshape, shape.poison)?);
+            ranks.push(Rank::new(
+                exec,
+                role,
+                &w,
+                cfg,
+                dshape,
+                shape.poison,
+                shape.gemm,
+            )?);
         }
         Ok(TpLayer {
             form,
@@ -112,8 +123,46 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             max_tokens: shape.max_tokens,
         })
     }
+}
 
-    /// The form.
+impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
+    /// Gives every rank's decode kernel the config the tune database `db` holds for its shape
+    /// (`tpla tune` writes it; the same buckets as `tpla decode`); returns `(rank, bucket,
+    /// config, measured µs)` for each rank that found one. Ranks without an entry keep the
+    /// defaults.
+    pub fn apply_tuned(
+        &mut self,
+        db: &tpla_runtime::tune::TuneDb,
+    ) -> Vec<(usize, String, String, f64)> {
+        use tpla_codegen::KernelDef;
+        let mut found = Vec::new();
+        for (r, rank) in self.ranks.iter_mut().enumerate() {
+            let s = rank.dec.shape();
+            let bucket = tpla_runtime::tune::decode_bucket(
+                s.batch,
+                s.heads,
+                rank.dec.shard_width(),
+                s.rope,
+                s.max_tokens,
+            );
+            let name = tpla_kernels::latent_decode.name();
+            if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
+                found.push((r, bucket, c.to_string(), e.time_us));
+                rank.dec.set_decode_config(c);
+            }
+        }
+        found
+    }
+
+    /// Which gemm runs the projections (rank 0's; every rank of one executor kind has the same).
+    pub fn gemm(&self) -> String {
+        self.ranks
+            .first()
+            .map(|r| r.engine.describe())
+            .unwrap_or_default()
+    }
+
+    /// The layer's form.
     pub fn form(&self) -> Form {
         self.form
     }

@@ -130,3 +130,112 @@ pub fn rank_weights(
         q_lora: ql,
     })
 }
+
+/// The source of [`load_layer`]'s weights, for the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadedFrom {
+    /// The file or directory read.
+    pub path: String,
+    /// The layer index read.
+    pub layer: usize,
+    /// `tpla convert`'s transform when `path` is its output (`None`: a plain checkpoint).
+    pub transform: Option<String>,
+}
+
+/// Loads layer `idx` (default: the first layer `tpla convert` wrote, else 0) of DeepSeek-named
+/// weights at `path` for the preset `cfg`, checking every tensor's shape against it (a typed
+/// [`tpla_model::ModelError`] naming the tensor: `WrongShape`, `MissingTensor`,
+/// `PresetMismatch`).
+///
+/// `path` is either `tpla convert` output (a directory with `manifest.json`; converted with
+/// `--devices 1`, so its one file holds the whole, reparameterised layer: this layer shards it
+/// itself per form) or a checkpoint (`.safetensors` file or directory of them).
+pub fn load_layer(
+    path: &std::path::Path,
+    cfg: &tpla_model::MlaConfig,
+    idx: Option<usize>,
+) -> tpla_model::Result<(MlaLayer, LoadedFrom)> {
+    use tpla_model::convert::ConvertManifest;
+    use tpla_model::tensors::Checkpoint;
+    use tpla_model::ModelError;
+    let manifest = path.join("manifest.json");
+    let (file, idx, transform) = if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest).map_err(|e| ModelError::Io {
+            path: manifest.display().to_string(),
+            source: e,
+        })?;
+        let m: ConvertManifest = serde_json::from_str(&text)?;
+        if m.devices != 1 || m.ranks.len() != 1 {
+            return Err(ModelError::InvalidValue {
+                name: "weights",
+                detail: format!(
+                    "{} holds {} per-rank shards; the layer shards a whole layer itself: convert with `--devices 1`",
+                    path.display(),
+                    m.ranks.len()
+                ),
+            });
+        }
+        let dims = |c: &tpla_model::MlaConfig| {
+            (
+                c.hidden,
+                c.heads,
+                c.kv_lora_rank,
+                c.qk_rope,
+                c.qk_nope,
+                c.v_head,
+                c.q_lora_rank,
+            )
+        };
+        if dims(&m.config) != dims(cfg) {
+            return Err(ModelError::PresetMismatch {
+                preset: cfg.name.clone(),
+                detail: format!(
+                    "{} was converted for {} (hidden, heads, latent, rope, nope, v, q_lora) = {:?}, not {:?}",
+                    manifest.display(),
+                    m.config.name,
+                    dims(&m.config),
+                    dims(cfg)
+                ),
+            });
+        }
+        let idx = match idx {
+            Some(i) => i,
+            None => m.layers.first().map_or(0, |l| l.layer),
+        };
+        (
+            path.join(&m.ranks[0].file),
+            idx,
+            Some(format!("{:?}", m.transform).to_lowercase()),
+        )
+    } else {
+        (path.to_path_buf(), idx.unwrap_or(0), None)
+    };
+    let layer = MlaLayer::load(&Checkpoint::open(&file)?, cfg, idx)?;
+    Ok((
+        layer,
+        LoadedFrom {
+            path: file.display().to_string(),
+            layer: idx,
+            transform,
+        },
+    ))
+}
+
+/// The latent transform of the weights at `path`: `tpla convert`'s (from its manifest), else
+/// none (a plain checkpoint).
+pub fn load_transform(path: &std::path::Path) -> tpla_model::Result<tpla_model::Transform> {
+    let manifest = path.join("manifest.json");
+    if !manifest.is_file() {
+        return Ok(tpla_model::Transform::None);
+    }
+    let text = std::fs::read_to_string(&manifest).map_err(|e| tpla_model::ModelError::Io {
+        path: manifest.display().to_string(),
+        source: e,
+    })?;
+    let m: tpla_model::convert::ConvertManifest = serde_json::from_str(&text)?;
+    Ok(m.transform)
+}
+
+#[cfg(test)]
+#[path = "weights_tests.rs"]
+mod tests;

@@ -7,6 +7,7 @@
 //! - [`compile_kernel`]: IR + [`Target`] -> CUDA C++ ([`tpla_codegen::cuda::emit`]) -> image.
 //! - [`device`]: [`CudaExecutor`] (device discovery, device tensors, the paged cache on the
 //!   device, launches on the executor's or the caller's stream).
+//! - [`blas`]: dense bf16 projections through cuBLAS on the executor's stream.
 //! - [`bench`](mod@bench): event-timed medians, the same-process roofline, decode FLOP/byte counts, JSON
 //!   reports.
 //!
@@ -14,6 +15,7 @@
 //! a value naming no stage is an error ([`tpla_codegen::dump`]).
 
 pub mod bench;
+pub mod blas;
 pub mod cache;
 pub mod device;
 pub mod nccl;

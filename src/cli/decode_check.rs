@@ -1,0 +1,124 @@
+//! The model check of `tpla decode --form`: after the forms are timed, the rooflines are measured
+//! on the same executor ([`tpla::layer::check::measure_rooflines`]), the cost model predicts each
+//! form from them, and the table prints measured, predicted and the ratio (15 % target). With
+//! `--results-dir` the same figures are written as JSON.
+
+use std::any::Any;
+use std::path::Path;
+
+use tpla::layer::check::{
+    measure_rooflines, write_check, CollectiveModel, FormCheck, ModelCheck, LABEL, TOLERANCE,
+};
+use tpla::layer::cost::Hardware;
+use tpla::layer::{Form, GemmPath, RankTimes};
+use tpla_model::MlaConfig;
+use tpla_runtime::Executor;
+
+use super::decode_args::DecodeArgs;
+use super::error::CliError;
+
+/// One timed form: the slowest rank's median step of the stack.
+pub(crate) struct Timed {
+    pub form: Form,
+    pub times: RankTimes,
+}
+
+fn device_of<X: Executor + 'static>(exec: &X) -> (String, Option<i32>, bool) {
+    if let Some(c) = (exec as &dyn Any).downcast_ref::<tpla_runtime::cuda::CudaExecutor>() {
+        let i = c.info();
+        return (i.name.clone(), Some(i.driver_version), true);
+    }
+    (exec.backend_name(), None, false)
+}
+
+/// Measures the rooflines on `exec`, prints the check table and writes the JSON under
+/// `results_dir` when given. Returns the check.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn model_check<X: Executor + 'static>(
+    a: &DecodeArgs,
+    cfg: &MlaConfig,
+    exec: &X,
+    gemm: GemmPath,
+    gemm_name: &str,
+    timed: &[Timed],
+    results_dir: Option<&Path>,
+) -> Result<ModelCheck, CliError> {
+    let l = &a.layer;
+    let (device, driver, gpu) = device_of(exec);
+    let roof = measure_rooflines(exec, gemm, gpu, 5)?;
+    let base = Hardware::h200();
+    let hw = roof.hardware(&base);
+    let len = a.context + a.steps;
+    let forms = timed
+        .iter()
+        .map(|t| {
+            FormCheck::new(
+                cfg,
+                t.form,
+                l.tp,
+                a.batch,
+                len,
+                l.layers,
+                &hw,
+                (t.times.attention + t.times.projections).as_secs_f64(),
+                t.times.host.as_secs_f64(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let check = ModelCheck {
+        label: LABEL,
+        device,
+        driver,
+        date: super::bench::today(),
+        commit: super::bench::BUILD_COMMIT.to_string(),
+        preset: cfg.name.clone(),
+        batch: a.batch,
+        context: a.context,
+        tp: l.tp,
+        layers: l.layers,
+        gemm: gemm_name.to_string(),
+        rooflines: roof,
+        collective: CollectiveModel::of(&base),
+        tolerance: TOLERANCE,
+        forms,
+    };
+    println!();
+    println!(
+        "model check ({LABEL}; NVLink modelled at {:.0} GB/s bus per direction, {:.0} µs per collective)",
+        base.bus_bytes_per_s / 1e9,
+        base.latency_s * 1e6
+    );
+    println!(
+        "same-run rooflines on {}: {:.1} GB/s ({}), {:.2} TFLOP/s ({})",
+        check.device,
+        check.rooflines.mem_bytes_per_s / 1e9,
+        check.rooflines.copy,
+        check.rooflines.flops / 1e12,
+        check.rooflines.matmul
+    );
+    println!(
+        "{:<12} {:>16} {:>16} {:>10} {:>10} {:>12}",
+        "form", "measured a+p ms", "predicted ms", "meas/pred", "host ms", "coll ms (m)"
+    );
+    for f in &check.forms {
+        println!(
+            "{:<12} {:>16.3} {:>16.3} {:>10.2} {:>10.3} {:>12.3} {}",
+            f.form,
+            f.measured_s * 1e3,
+            f.predicted_s * 1e3,
+            f.ratio,
+            f.host_s * 1e3,
+            f.collective_modelled_s * 1e3,
+            if f.within_tolerance {
+                "(within 15 %)"
+            } else {
+                "(OUTSIDE 15 %)"
+            }
+        );
+    }
+    if let Some(dir) = results_dir {
+        let p = write_check(dir, &check)?;
+        println!("model check written to {}", p.display());
+    }
+    Ok(check)
+}

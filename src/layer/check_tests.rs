@@ -1,0 +1,203 @@
+use super::*;
+use tpla_model::Preset;
+use tpla_runtime::CpuExecutor;
+
+fn cfg() -> MlaConfig {
+    Preset::DeepseekV3.config()
+}
+
+fn hw() -> Hardware {
+    Rooflines {
+        mem_bytes_per_s: 3.0e12,
+        flops: 5.0e14,
+        copy: "test".into(),
+        matmul: "test".into(),
+    }
+    .hardware(&Hardware::h200())
+}
+
+fn predicted(form: Form) -> f64 {
+    let m = layer_cost(&cfg(), form, 2, 64, 32768, 2.0, &hw());
+    (m.attn_s + m.proj_s) * 4.0
+}
+
+fn check_at(form: Form, factor: f64) -> FormCheck {
+    FormCheck::new(
+        &cfg(),
+        form,
+        2,
+        64,
+        32768,
+        4,
+        &hw(),
+        predicted(form) * factor,
+        1e-3,
+    )
+    .unwrap()
+}
+
+#[test]
+fn measured_rooflines_replace_only_bandwidth_and_matmul_rate() {
+    let (h, base) = (hw(), Hardware::h200());
+    assert_eq!((h.mem_bytes_per_s, h.flops), (3.0e12, 5.0e14));
+    assert_eq!(
+        (h.bus_bytes_per_s, h.latency_s),
+        (base.bus_bytes_per_s, base.latency_s)
+    );
+}
+
+#[test]
+fn the_ratio_is_measured_over_predicted_and_the_tolerance_is_fifteen_percent() {
+    let tpla = Form::Tpla {
+        groups: 2,
+        norm: super::super::KvNorm::Sliced,
+    };
+    for form in [Form::MlaTp, tpla, Form::Dcp] {
+        for (factor, ok) in [
+            (1.0, true),
+            (1.14, true),
+            (0.86, true),
+            (1.16, false),
+            (0.84, false),
+        ] {
+            let c = check_at(form, factor);
+            assert!(
+                (c.ratio - factor).abs() < 1e-9,
+                "{} {factor}: {}",
+                c.form,
+                c.ratio
+            );
+            assert_eq!(c.within_tolerance, ok, "{} {factor}", c.form);
+            assert!((c.predicted_s - predicted(form)).abs() <= 1e-12 * c.predicted_s);
+            assert!(c.collective_modelled_s > 0.0);
+        }
+    }
+    // The forms' predictions differ (the check is per form, not one shared figure).
+    assert_ne!(predicted(Form::MlaTp), predicted(tpla));
+}
+
+#[test]
+fn times_that_cannot_be_compared_are_errors() {
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let r = FormCheck::new(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), bad, 0.0);
+        assert!(r.is_err(), "{bad}");
+    }
+}
+
+fn sample() -> ModelCheck {
+    ModelCheck {
+        label: LABEL,
+        device: "NVIDIA H200".into(),
+        driver: Some(13000),
+        date: "2026-12-03".into(),
+        commit: "abc123-dirty".into(),
+        preset: "deepseek-v3".into(),
+        batch: 64,
+        context: 32768,
+        tp: 2,
+        layers: 4,
+        gemm: "cuBLAS".into(),
+        rooflines: Rooflines {
+            mem_bytes_per_s: 3.0e12,
+            flops: 5.0e14,
+            copy: "c".into(),
+            matmul: "m".into(),
+        },
+        collective: CollectiveModel::of(&Hardware::h200()),
+        tolerance: TOLERANCE,
+        forms: vec![check_at(Form::MlaTp, 1.1), check_at(Form::Dcp, 1.3)],
+    }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!("tpla-check-{tag}-{}-{nanos}", std::process::id()))
+}
+
+#[test]
+fn the_json_holds_every_figure_and_is_written_atomically() {
+    let dir = scratch("ok").join("nested");
+    let c = sample();
+    assert!(!c.all_within(), "dcp at 1.3 is outside");
+    let p = write_check(&dir, &c).unwrap();
+    assert_eq!(
+        p.file_name().unwrap().to_str().unwrap(),
+        "layer-check-deepseek-v3-tp2-b64-c32768-2026-12-03-abc123-dirty.json"
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    assert_eq!(v["label"], LABEL);
+    assert_eq!(v["device"], "NVIDIA H200");
+    assert_eq!(v["driver"], 13000);
+    assert_eq!(v["commit"], "abc123-dirty");
+    assert_eq!(
+        (
+            v["batch"].as_u64(),
+            v["context"].as_u64(),
+            v["tp"].as_u64(),
+            v["layers"].as_u64()
+        ),
+        (Some(64), Some(32768), Some(2), Some(4))
+    );
+    assert_eq!(
+        v["collective"]["bus_bytes_per_s"],
+        Hardware::h200().bus_bytes_per_s
+    );
+    assert_eq!(v["forms"][0]["form"], "mla-tp");
+    assert!((v["forms"][0]["ratio"].as_f64().unwrap() - 1.1).abs() < 1e-9);
+    assert_eq!(v["forms"][1]["within_tolerance"], false);
+    // Rewriting replaces the file; nothing but the report is left in the directory.
+    let mut c2 = sample();
+    c2.device = "other".into();
+    write_check(&dir, &c2).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    assert_eq!(v["device"], "other");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_failed_write_is_an_error_and_leaves_nothing_behind() {
+    // The report's name is taken by a directory: an error, the directory untouched, no stray
+    // temporary file.
+    let dir = scratch("clash");
+    let c = sample();
+    std::fs::create_dir_all(dir.join(c.file_name()).join("keep")).unwrap();
+    assert!(write_check(&dir, &c).is_err());
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from(c.file_name())]);
+    assert!(dir.join(c.file_name()).join("keep").is_dir());
+    // The directory is a file: an error.
+    let file = scratch("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(write_check(&file, &c).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn file_names_are_sanitised() {
+    let mut c = sample();
+    c.preset = "../evil/x".into();
+    c.commit = "a b".into();
+    let n = c.file_name();
+    assert!(!n.contains('/') && !n.contains(' '), "{n}");
+}
+
+#[test]
+fn cpu_rooflines_are_positive_and_finite() {
+    let exec = CpuExecutor::new(1).unwrap();
+    let r = measure_rooflines(&exec, GemmPath::Auto, false, 1).unwrap();
+    assert!(
+        r.mem_bytes_per_s.is_finite() && r.mem_bytes_per_s > 1e7,
+        "{r:?}"
+    );
+    assert!(r.flops.is_finite() && r.flops > 1e6, "{r:?}");
+    assert!(r.matmul.contains("DSL head_proj"), "{}", r.matmul);
+}
