@@ -16,6 +16,7 @@ use cranelift_frontend::Variable;
 
 use super::elementwise::Src;
 use super::{mem, Lower};
+use crate::cpu::layout::{gemm_kernel, GemmKernel};
 use crate::error::IrError;
 use crate::ir::TileId;
 
@@ -71,12 +72,10 @@ impl Lower<'_, '_> {
             dl.offset
         };
         let out = self.scratch_at(out_off);
-        if ao.s1 <= 1 && bo.s0 <= 1 && k >= 4 {
-            self.gemm_nt(ao, bo, out, m, n, k);
-        } else if bo.s1 <= 1 && n >= 4 {
-            self.gemm_nn(ao, bo, out, m, n, k);
-        } else {
-            self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n));
+        match gemm_kernel(&al, &bl) {
+            GemmKernel::Nt => self.gemm_nt(ao, bo, out, m, n, k),
+            GemmKernel::Nn => self.gemm_nn(ao, bo, out, m, n, k),
+            GemmKernel::Scalar => self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n)),
         }
         if alias {
             let d = self.dst(dst);
@@ -244,7 +243,38 @@ impl Lower<'_, '_> {
     }
 
     /// Broadcast kernel: `b` rows contiguous along N.
+    ///
+    /// `a` is first copied to the planned splat region as `[m][k]` F32X4 vectors, every element
+    /// in all four lanes: the inner loop then loads its `a` operands ready-made (a load port)
+    /// instead of broadcasting a scalar (`vbroadcastss` from a register runs on a vector ALU
+    /// port, the same ports as the multiplies and adds: four of them per eight multiply-adds
+    /// made the loop 5 cycles where 4 suffice).
     fn gemm_nn(&mut self, a: Op, b: Op, out: Value, m: usize, n: usize, k: usize) {
+        let splat_off = self
+            .lay
+            .gemm_splat
+            .expect("splat region planned for the NN gemm kernel");
+        let splat = self.scratch_at(splat_off);
+        self.for_const(0, m as i64, 1, |l, i| {
+            let ao = l.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+            let arow = l.b.ins().iadd(a.base, ao);
+            let so = l.b.ins().imul_imm_s(i, (k * 16) as i64);
+            let srow = l.b.ins().iadd(splat, so);
+            l.for_const(0, k as i64, 1, |l, kk| {
+                let o = l.b.ins().imul_imm_s(kk, (a.s1 * 4) as i64);
+                let pa = l.b.ins().iadd(arow, o);
+                let x = l.b.ins().load(types::F32, mem(), pa, 0);
+                let v = l.b.ins().splat(types::F32X4, x);
+                let o = l.b.ins().ishl_imm_u(kk, 4);
+                let ps = l.b.ins().iadd(srow, o);
+                l.b.ins().store(mem(), v, ps, 0);
+            });
+        });
+        let sa = Op {
+            base: splat,
+            s0: k * 16,
+            s1: 16,
+        };
         let m_main = m / NN_MR * NN_MR;
         let w = NN_NV * 4;
         let n_main = n / w * w;
@@ -259,9 +289,11 @@ impl Lower<'_, '_> {
             if m0 >= m1 || n0 >= n1 {
                 continue;
             }
-            self.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
-                l.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
-                    l.nn_block(a, b, out, n, k, i, j, mr, nv);
+            // Columns outside, rows inside: the `k x 4 nv` strip of `b` stays in L1 across the
+            // row blocks (the splat copy of `a`, `m x k` vectors, is small).
+            self.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
+                l.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
+                    l.nn_block(sa, b, out, n, k, i, j, mr, nv);
                 });
             });
         }
@@ -270,6 +302,8 @@ impl Lower<'_, '_> {
         }
     }
 
+    /// One `mr x (4 nv)` output block of the NN kernel; `a` is the splat copy (strides in
+    /// bytes: `s0` per row, `s1` per K step).
     #[allow(clippy::too_many_arguments)]
     fn nn_block(
         &mut self,
@@ -283,7 +317,7 @@ impl Lower<'_, '_> {
         mr: usize,
         nv: usize,
     ) {
-        let ao = self.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+        let ao = self.b.ins().imul_imm_s(i, a.s0 as i64);
         let pa0 = self.b.ins().iadd(a.base, ao);
         let bo = self.b.ins().imul_imm_s(j, 4);
         let pb0 = self.b.ins().iadd(b.base, bo);
@@ -304,10 +338,9 @@ impl Lower<'_, '_> {
                 })
                 .collect();
             for r in 0..mr {
-                let x =
+                let av =
                     l.b.ins()
-                        .load(types::F32, mem(), pa, (r * a.s0 * 4 + ea) as i32);
-                let av = l.b.ins().splat(types::F32X4, x);
+                        .load(types::F32X4, mem(), pa, (r * a.s0 + ea) as i32);
                 for (c, &bvc) in bv.iter().enumerate() {
                     let acc = l.b.use_var(vars[r * nv + c]);
                     let acc = l.madd(av, bvc, acc);
@@ -317,7 +350,7 @@ impl Lower<'_, '_> {
         };
         // `a`'s and `b`'s offsets along K are carried in variables (no multiplication in the
         // loop). No unrolling (see `nt_block`).
-        let (sa, sb) = (a.s1 * 4, b.s0 * 4);
+        let (sa, sb) = (a.s1, b.s0 * 4);
         let oa: Variable = self.b.declare_var(types::I64);
         let ob: Variable = self.b.declare_var(types::I64);
         let z = self.i64c(0);
