@@ -57,6 +57,8 @@ pub(in crate::cpu) enum ParamVals {
 /// Host functions the generated code calls.
 pub(in crate::cpu) struct HostFns {
     pub log2: FuncRef,
+    /// `prefetch(address, bytes)`, a hint (see `cpu/prefetch.rs`).
+    pub prefetch: FuncRef,
 }
 
 /// State of the lowering of one kernel.
