@@ -28,6 +28,15 @@ struct Op {
     s1: usize,
 }
 
+/// Where the NN kernel's accumulators start (instead of zero): `init[i, j] * col[i]`.
+#[derive(Clone, Copy)]
+struct Init {
+    /// Element `[0, 0]` of a dense `[m, n]` f32 tile.
+    base: Value,
+    /// Element `[0, 0]` of the `[m, 1]` column and its row stride in bytes.
+    col: Option<(Value, usize)>,
+}
+
 /// Blocking of the NT kernel (rows x columns of outputs).
 const NT_MR: usize = 2;
 const NT_NR: usize = 4;
@@ -74,7 +83,7 @@ impl Lower<'_, '_> {
         let out = self.scratch_at(out_off);
         match gemm_kernel(&al, &bl) {
             GemmKernel::Nt => self.gemm_nt(ao, bo, out, m, n, k),
-            GemmKernel::Nn => self.gemm_nn(ao, bo, out, m, n, k),
+            GemmKernel::Nn => self.gemm_nn(ao, bo, out, m, n, k, None),
             GemmKernel::Scalar => self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n)),
         }
         if alias {
@@ -249,7 +258,18 @@ impl Lower<'_, '_> {
     /// instead of broadcasting a scalar (`vbroadcastss` from a register runs on a vector ALU
     /// port, the same ports as the multiplies and adds: four of them per eight multiply-adds
     /// made the loop 5 cycles where 4 suffice).
-    fn gemm_nn(&mut self, a: Op, b: Op, out: Value, m: usize, n: usize, k: usize) {
+    /// With `init`, the accumulators start at `init` (see [`Init`]) instead of zero.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_nn(
+        &mut self,
+        a: Op,
+        b: Op,
+        out: Value,
+        m: usize,
+        n: usize,
+        k: usize,
+        init: Option<Init>,
+    ) {
         let splat_off = self
             .lay
             .gemm_splat
@@ -293,11 +313,12 @@ impl Lower<'_, '_> {
             // row blocks (the splat copy of `a`, `m x k` vectors, is small).
             self.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
                 l.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
-                    l.nn_block(sa, b, out, n, k, i, j, mr, nv);
+                    l.nn_block(sa, b, out, n, k, i, j, mr, nv, init);
                 });
             });
         }
         if n_vec < n {
+            debug_assert!(init.is_none(), "fused gemm updates have no column tail");
             self.gemm_scalar(a, b, out, n, k, (0, m), (n_vec, n));
         }
     }
@@ -316,16 +337,18 @@ impl Lower<'_, '_> {
         j: Value,
         mr: usize,
         nv: usize,
+        init: Option<Init>,
     ) {
         let ao = self.b.ins().imul_imm_s(i, a.s0 as i64);
         let pa0 = self.b.ins().iadd(a.base, ao);
         let bo = self.b.ins().imul_imm_s(j, 4);
         let pb0 = self.b.ins().iadd(b.base, bo);
-        let zero = self.f32c(0.0, true);
-        let vars: Vec<Variable> = (0..mr * nv)
-            .map(|_| {
+        let starts = self.nn_starts(init, n, i, j, mr, nv);
+        let vars: Vec<Variable> = starts
+            .into_iter()
+            .map(|s| {
                 let v = self.b.declare_var(types::F32X4);
-                self.b.def_var(v, zero);
+                self.b.def_var(v, s);
                 v
             })
             .collect();
@@ -379,5 +402,70 @@ impl Lower<'_, '_> {
                     .store(mem(), v, o, ((r * n + c * 4) * 4) as i32);
             }
         }
+    }
+
+    /// The starting values of an `mr x (4 nv)` block's accumulators at rows `i`, columns `j`:
+    /// zero, or `init[i + r, j + 4c..] * col[i + r]`.
+    fn nn_starts(
+        &mut self,
+        init: Option<Init>,
+        n: usize,
+        i: Value,
+        j: Value,
+        mr: usize,
+        nv: usize,
+    ) -> Vec<Value> {
+        let Some(init) = init else {
+            let zero = self.f32c(0.0, true);
+            return vec![zero; mr * nv];
+        };
+        let ro = self.b.ins().imul_imm_s(i, (n * 4) as i64);
+        let p = self.b.ins().iadd(init.base, ro);
+        let co = self.b.ins().imul_imm_s(j, 4);
+        let p = self.b.ins().iadd(p, co);
+        let mut out = Vec::with_capacity(mr * nv);
+        for r in 0..mr {
+            let scale = init.col.map(|(cb, cs)| {
+                let o = self.b.ins().imul_imm_s(i, cs as i64);
+                let pc = self.b.ins().iadd(cb, o);
+                let x = self.b.ins().load(types::F32, mem(), pc, (r * cs) as i32);
+                self.b.ins().splat(types::F32X4, x)
+            });
+            for c in 0..nv {
+                let v = self
+                    .b
+                    .ins()
+                    .load(types::F32X4, mem(), p, ((r * n + c * 4) * 4) as i32);
+                out.push(match scale {
+                    Some(s) => self.b.ins().fmul(v, s),
+                    None => v,
+                });
+            }
+        }
+        out
+    }
+
+    /// Lowers a fused accumulator update (see `fuse.rs`): `x = init * col + a @ b` (or
+    /// `x = init + a @ b`) through the NN kernel, with no intermediate tile.
+    pub(in crate::cpu) fn gemm_update(&mut self, f: &super::fuse::AccUpdate) {
+        let (al, bl) = (self.layout(f.a), self.layout(f.b));
+        let (m, k, n) = (al.shape[0], al.shape[1], bl.shape[1]);
+        let op = |l: &mut Self, t: &crate::cpu::layout::TileLayout| {
+            let s = |i: usize| if t.shape[i] == 1 { 0 } else { t.strides[i] };
+            Op {
+                base: l.scratch_at(t.offset),
+                s0: s(0),
+                s1: s(1),
+            }
+        };
+        let (ao, bo) = (op(self, &al), op(self, &bl));
+        let out = self.scratch_at(self.lay.tiles[f.x].offset);
+        let base = self.scratch_at(self.lay.tiles[f.init].offset);
+        let col = f.col.map(|c| {
+            let cl = self.layout(c);
+            let stride = if cl.shape[0] == 1 { 0 } else { cl.strides[0] * 4 };
+            (self.scratch_at(cl.offset), stride)
+        });
+        self.gemm_nn(ao, bo, out, m, n, k, Some(Init { base, col }));
     }
 }

@@ -4,6 +4,7 @@
 //! `memory` (tensors and paged caches) and `gemm`; views alias their source and emit nothing.
 
 mod elementwise;
+mod fuse;
 mod gemm;
 mod memory;
 mod paged;
@@ -415,9 +416,15 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// Lowers a statement list.
+    /// Lowers a statement list; accumulator updates fed by a gemm are fused (see `fuse.rs`).
     pub(in crate::cpu) fn stmts(&mut self, body: &[Stmt]) -> Result<(), IrError> {
-        for s in body {
-            self.stmt(s)?;
+        let fused = fuse::plan(self.k, self.lay, body);
+        for (i, s) in body.iter().enumerate() {
+            match fused.iter().find(|f| f.covers(i)) {
+                Some(f) if f.gemm == i => self.gemm_update(f),
+                Some(_) => {}
+                None => self.stmt(s)?,
+            }
         }
         Ok(())
     }
