@@ -13,6 +13,8 @@
 #   TPLA      the tpla binary [default: target/release/tpla, else target/debug/tpla]
 #   PYTHON    a Python with numpy [default: python3]
 #   BATCH HEADS CONTEXT LAT THREADS REPS      the case [4 16 4096 512 2 9]
+#   RUN_PREFIX  a command both sides run under, e.g. "chrt -f 10" (real-time priority: on a
+#               machine busy with other work, near-quiet wall times for a few seconds)
 set -euo pipefail
 
 rounds=${1:-3}
@@ -20,6 +22,7 @@ batch=${BATCH:-4} heads=${HEADS:-16} context=${CONTEXT:-4096} lat=${LAT:-512}
 threads=${THREADS:-2} reps=${REPS:-9}
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
+read -r -a prefix <<<"${RUN_PREFIX:-}"
 
 if [[ -n ${TPLA:-} ]]; then
     tpla=$TPLA
@@ -43,19 +46,19 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-echo "tpla: $tpla"
+echo "tpla: $tpla${RUN_PREFIX:+ (under $RUN_PREFIX)}"
 echo "case: B $batch, H $heads, L $context, latent $lat + rope 64, $threads threads; $rounds rounds"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 jit=() np=()
 for r in $(seq "$rounds"); do
     rm -f "$out"/*.json
-    "$tpla" bench --backend cpu --batch "$batch" --heads "$heads" --context "$context" \
+    "${prefix[@]}" "$tpla" bench --backend cpu --batch "$batch" --heads "$heads" --context "$context" \
         --lat "$lat" --threads "$threads" --reps "$reps" --out-dir "$out" >"$out/log" 2>&1 || {
         cat "$out/log" >&2
         exit 1
     }
     j=$("$python" -c 'import glob, json; print(json.load(open(glob.glob("'"$out"'/*.json")[0]))["jit_ms"])')
-    n=$("$python" "$root/bench/numpy_decode.py" --batch "$batch" --heads "$heads" \
+    n=$("${prefix[@]}" "$python" "$root/bench/numpy_decode.py" --batch "$batch" --heads "$heads" \
         --context "$context" --lat "$lat" --threads "$threads" --reps "$reps" |
         "$python" -c 'import json, sys; print(json.loads(sys.stdin.read())["ms"])')
     printf 'round %d: JIT %.3f ms, numpy %.3f ms\n' "$r" "$j" "$n"
