@@ -9,7 +9,9 @@
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
 //! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`). Everything else
-//! takes a scalar path that handles arbitrary strides. `exp2` is computed inline (polynomial,
+//! takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
+//! (`acc = acc * alpha + gemm(p, v)`) is fused into the gemm (`lower/fuse.rs`), and a paged block
+//! loop prefetches the next block's rows while the current one is computed (`prefetch.rs`). `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.
 //!
 //! Index arithmetic is i64 and never traps (division by zero yields 0). Out-of-range loads read
@@ -107,7 +109,9 @@ impl CpuKernel {
     /// Lowers and compiles one kernel (already validated by the builder).
     ///
     /// Errors are `IrError::Backend { backend: "cpu", .. }`. With the environment variable
-    /// `TPLA_CPU_ASM` set, the generated machine code is printed to stderr (debugging aid).
+    /// `TPLA_CPU_ASM` set, the generated machine code is printed to stderr (debugging aid); with
+    /// `TPLA_PERF_MAP` set, it is entered in `/tmp/perf-<pid>.map` for `perf report` and its
+    /// bytes written beside it (profiling aid, see `perf_map`).
     pub fn compile(kernel: &Kernel) -> Result<CpuKernel, IrError> {
         let err = |m: String| backend_err(kernel, m);
         let mut flags = settings::builder();
