@@ -46,6 +46,10 @@ pub struct Layouts {
     /// Byte offset of a temporary region big enough for any gemm whose destination overlaps an
     /// operand (`None` when no such gemm exists).
     pub gemm_temp: Option<usize>,
+    /// Byte offset of a region holding the left operand of the broadcast (NN) gemm kernel with
+    /// every element splat to four lanes, `[m][k]` F32X4 (`None` when no gemm takes that
+    /// kernel). See `lower/gemm.rs`.
+    pub gemm_splat: Option<usize>,
     /// Total scratch bytes, a multiple of [`ALIGN`].
     pub scratch_bytes: usize,
 }
@@ -139,10 +143,14 @@ impl Layouts {
             .map(|t| t.ok_or_else(|| IrError::Invalid("tile without storage".into())))
             .collect::<Result<_, _>>()?;
         let mut temp = 0usize;
+        let mut splat = 0usize;
         for (dst, a, b) in gemms {
             let r = tiles[dst].root;
             if tiles[a].root == r || tiles[b].root == r {
                 temp = temp.max(k.tiles[dst].len() * 4);
+            }
+            if let Some(bytes) = nn_splat_bytes(&tiles[a], &tiles[b]) {
+                splat = splat.max(bytes);
             }
         }
         let gemm_temp = if temp > 0 {
@@ -152,12 +160,56 @@ impl Layouts {
         } else {
             None
         };
+        let gemm_splat = (splat > 0).then(|| {
+            let o = offset;
+            offset += round_up(splat);
+            o
+        });
         Ok(Layouts {
             tiles,
             gemm_temp,
+            gemm_splat,
             scratch_bytes: offset.max(ALIGN),
         })
     }
+}
+
+/// Which register-blocked gemm kernel `a @ b` takes (see `lower/gemm.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// Dot products: `a` rows and `b` columns contiguous along K.
+    Nt,
+    /// Broadcast: `b` rows contiguous along N.
+    Nn,
+    /// Scalar triple loop.
+    Scalar,
+}
+
+/// The stride of axis `i`, 0 where the axis has size 1.
+fn axis_stride(t: &TileLayout, i: usize) -> usize {
+    if t.shape[i] == 1 {
+        0
+    } else {
+        t.strides[i]
+    }
+}
+
+/// The kernel a gemm of rank-2 operands `a [m, k]`, `b [k, n]` takes, from their strides.
+pub fn gemm_kernel(a: &TileLayout, b: &TileLayout) -> GemmKernel {
+    let (k, n) = (a.shape[1], b.shape[1]);
+    if axis_stride(a, 1) <= 1 && axis_stride(b, 0) <= 1 && k >= 4 {
+        GemmKernel::Nt
+    } else if axis_stride(b, 1) <= 1 && n >= 4 {
+        GemmKernel::Nn
+    } else {
+        GemmKernel::Scalar
+    }
+}
+
+/// Bytes of the splat copy of `a` the NN kernel needs (`m * k` F32X4), `None` for other kernels.
+fn nn_splat_bytes(a: &TileLayout, b: &TileLayout) -> Option<usize> {
+    (a.shape.len() == 2 && b.shape.len() == 2 && gemm_kernel(a, b) == GemmKernel::Nn)
+        .then(|| a.shape[0] * a.shape[1] * 16)
 }
 
 fn apply_view(s: &TileLayout, v: &ViewOp) -> TileLayout {

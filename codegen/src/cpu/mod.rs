@@ -9,7 +9,9 @@
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
 //! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`). Everything else
-//! takes a scalar path that handles arbitrary strides. `exp2` is computed inline (polynomial,
+//! takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
+//! (`acc = acc * alpha + gemm(p, v)`) is fused into the gemm (`lower/fuse.rs`), and a paged block
+//! loop prefetches the next block's rows while the current one is computed (`prefetch.rs`). `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.
 //!
 //! Index arithmetic is i64 and never traps (division by zero yields 0). Out-of-range loads read
@@ -20,6 +22,7 @@ pub mod layout;
 mod loops;
 mod lower;
 mod math;
+mod prefetch;
 
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
@@ -83,11 +86,32 @@ fn clif_name(kernel: &Kernel) -> String {
     format!("{}[{}]", kernel.name, cfg.join(","))
 }
 
+/// Appends `code` to `/tmp/perf-<pid>.map` (the file `perf report` reads to name JIT code) and
+/// writes its bytes to `/tmp/tpla-jit-<pid>-<address>.bin` (for `objdump -b binary`). A
+/// profiling aid (`TPLA_PERF_MAP=1`); failures are ignored.
+fn perf_map(code: *const u8, len: usize, name: &str) {
+    use std::io::Write;
+    let pid = std::process::id();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(format!("/tmp/perf-{pid}.map"))
+    {
+        let _ = writeln!(f, "{:x} {len:x} {name}", code as usize);
+    }
+    // SAFETY: `code` is the start of a finalized function of `len` bytes, readable (executable
+    // memory is mapped read + execute) for as long as its module lives, which outlasts this call.
+    let bytes = unsafe { std::slice::from_raw_parts(code, len) };
+    let _ = std::fs::write(format!("/tmp/tpla-jit-{pid}-{:x}.bin", code as usize), bytes);
+}
+
 impl CpuKernel {
     /// Lowers and compiles one kernel (already validated by the builder).
     ///
     /// Errors are `IrError::Backend { backend: "cpu", .. }`. With the environment variable
-    /// `TPLA_CPU_ASM` set, the generated machine code is printed to stderr (debugging aid).
+    /// `TPLA_CPU_ASM` set, the generated machine code is printed to stderr (debugging aid); with
+    /// `TPLA_PERF_MAP` set, it is entered in `/tmp/perf-<pid>.map` for `perf report` and its
+    /// bytes written beside it (profiling aid, see `perf_map`).
     pub fn compile(kernel: &Kernel) -> Result<CpuKernel, IrError> {
         let err = |m: String| backend_err(kernel, m);
         let mut flags = settings::builder();
@@ -111,6 +135,10 @@ impl CpuKernel {
             .map_err(|e| err(e.to_string()))?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol(math::LOG2_SYMBOL, math::host_log2 as *const u8);
+        jb.symbol(
+            prefetch::PREFETCH_SYMBOL,
+            prefetch::host_prefetch as *const u8,
+        );
         let mut module = JITModule::new(jb);
 
         let lay = Layouts::plan(kernel)?;
@@ -122,12 +150,18 @@ impl CpuKernel {
         let mut unary = module.make_signature();
         unary.params.push(AbiParam::new(types::F32));
         unary.returns.push(AbiParam::new(types::F32));
+        let mut binary = module.make_signature();
+        binary.params.push(AbiParam::new(types::I64));
+        binary.params.push(AbiParam::new(types::I64));
         let name = format!("tpla_{}", kernel.name);
         let fid = module
             .declare_function(&name, Linkage::Local, &sig)
             .map_err(|e| err(e.to_string()))?;
         let log2 = module
             .declare_function(math::LOG2_SYMBOL, Linkage::Import, &unary)
+            .map_err(|e| err(e.to_string()))?;
+        let prefetch = module
+            .declare_function(prefetch::PREFETCH_SYMBOL, Linkage::Import, &binary)
             .map_err(|e| err(e.to_string()))?;
         ctx.func.signature = sig;
         // Named after the kernel and its config so that `TPLA_DUMP=clif` reads
@@ -138,6 +172,7 @@ impl CpuKernel {
         {
             let host = HostFns {
                 log2: module.declare_func_in_func(log2, &mut ctx.func),
+                prefetch: module.declare_func_in_func(prefetch, &mut ctx.func),
             };
             let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let lower = Lower::new(kernel, b, &lay, host, fma);
@@ -154,11 +189,15 @@ impl CpuKernel {
                 eprintln!("{v}");
             }
         }
+        let code_len = ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
         module.clear_context(&mut ctx);
         module
             .finalize_definitions()
             .map_err(|e| err(e.to_string()))?;
         let code = module.get_finalized_function(fid);
+        if std::env::var_os("TPLA_PERF_MAP").is_some() {
+            perf_map(code, code_len, &clif_name(kernel));
+        }
         // SAFETY: `code` is the finalized function defined with exactly `ProgramFn`'s signature
         // (six i64 parameters, no returns, the platform's C calling convention).
         let func = unsafe { std::mem::transmute::<*const u8, ProgramFn>(code) };

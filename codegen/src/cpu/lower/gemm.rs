@@ -16,6 +16,7 @@ use cranelift_frontend::Variable;
 
 use super::elementwise::Src;
 use super::{mem, Lower};
+use crate::cpu::layout::{gemm_kernel, GemmKernel};
 use crate::error::IrError;
 use crate::ir::TileId;
 
@@ -25,6 +26,15 @@ struct Op {
     base: Value,
     s0: usize,
     s1: usize,
+}
+
+/// Where the NN kernel's accumulators start (instead of zero): `init[i, j] * col[i]`.
+#[derive(Clone, Copy)]
+struct Init {
+    /// Element `[0, 0]` of a dense `[m, n]` f32 tile.
+    base: Value,
+    /// Element `[0, 0]` of the `[m, 1]` column and its row stride in bytes.
+    col: Option<(Value, usize)>,
 }
 
 /// Blocking of the NT kernel (rows x columns of outputs).
@@ -71,12 +81,10 @@ impl Lower<'_, '_> {
             dl.offset
         };
         let out = self.scratch_at(out_off);
-        if ao.s1 <= 1 && bo.s0 <= 1 && k >= 4 {
-            self.gemm_nt(ao, bo, out, m, n, k);
-        } else if bo.s1 <= 1 && n >= 4 {
-            self.gemm_nn(ao, bo, out, m, n, k);
-        } else {
-            self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n));
+        match gemm_kernel(&al, &bl) {
+            GemmKernel::Nt => self.gemm_nt(ao, bo, out, m, n, k),
+            GemmKernel::Nn => self.gemm_nn(ao, bo, out, m, n, k, None),
+            GemmKernel::Scalar => self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n)),
         }
         if alias {
             let d = self.dst(dst);
@@ -244,7 +252,49 @@ impl Lower<'_, '_> {
     }
 
     /// Broadcast kernel: `b` rows contiguous along N.
-    fn gemm_nn(&mut self, a: Op, b: Op, out: Value, m: usize, n: usize, k: usize) {
+    ///
+    /// `a` is first copied to the planned splat region as `[m][k]` F32X4 vectors, every element
+    /// in all four lanes: the inner loop then loads its `a` operands ready-made (a load port)
+    /// instead of broadcasting a scalar (`vbroadcastss` from a register runs on a vector ALU
+    /// port, the same ports as the multiplies and adds: four of them per eight multiply-adds
+    /// made the loop 5 cycles where 4 suffice).
+    /// With `init`, the accumulators start at `init` (see [`Init`]) instead of zero.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_nn(
+        &mut self,
+        a: Op,
+        b: Op,
+        out: Value,
+        m: usize,
+        n: usize,
+        k: usize,
+        init: Option<Init>,
+    ) {
+        let splat_off = self
+            .lay
+            .gemm_splat
+            .expect("splat region planned for the NN gemm kernel");
+        let splat = self.scratch_at(splat_off);
+        self.for_const(0, m as i64, 1, |l, i| {
+            let ao = l.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+            let arow = l.b.ins().iadd(a.base, ao);
+            let so = l.b.ins().imul_imm_s(i, (k * 16) as i64);
+            let srow = l.b.ins().iadd(splat, so);
+            l.for_const(0, k as i64, 1, |l, kk| {
+                let o = l.b.ins().imul_imm_s(kk, (a.s1 * 4) as i64);
+                let pa = l.b.ins().iadd(arow, o);
+                let x = l.b.ins().load(types::F32, mem(), pa, 0);
+                let v = l.b.ins().splat(types::F32X4, x);
+                let o = l.b.ins().ishl_imm_u(kk, 4);
+                let ps = l.b.ins().iadd(srow, o);
+                l.b.ins().store(mem(), v, ps, 0);
+            });
+        });
+        let sa = Op {
+            base: splat,
+            s0: k * 16,
+            s1: 16,
+        };
         let m_main = m / NN_MR * NN_MR;
         let w = NN_NV * 4;
         let n_main = n / w * w;
@@ -259,17 +309,22 @@ impl Lower<'_, '_> {
             if m0 >= m1 || n0 >= n1 {
                 continue;
             }
-            self.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
-                l.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
-                    l.nn_block(a, b, out, n, k, i, j, mr, nv);
+            // Columns outside, rows inside: the `k x 4 nv` strip of `b` stays in L1 across the
+            // row blocks (the splat copy of `a`, `m x k` vectors, is small).
+            self.for_const(n0 as i64, n1 as i64, (nv * 4) as i64, |l, j| {
+                l.for_const(m0 as i64, m1 as i64, mr as i64, |l, i| {
+                    l.nn_block(sa, b, out, n, k, i, j, mr, nv, init);
                 });
             });
         }
         if n_vec < n {
+            debug_assert!(init.is_none(), "fused gemm updates have no column tail");
             self.gemm_scalar(a, b, out, n, k, (0, m), (n_vec, n));
         }
     }
 
+    /// One `mr x (4 nv)` output block of the NN kernel; `a` is the splat copy (strides in
+    /// bytes: `s0` per row, `s1` per K step).
     #[allow(clippy::too_many_arguments)]
     fn nn_block(
         &mut self,
@@ -282,16 +337,18 @@ impl Lower<'_, '_> {
         j: Value,
         mr: usize,
         nv: usize,
+        init: Option<Init>,
     ) {
-        let ao = self.b.ins().imul_imm_s(i, (a.s0 * 4) as i64);
+        let ao = self.b.ins().imul_imm_s(i, a.s0 as i64);
         let pa0 = self.b.ins().iadd(a.base, ao);
         let bo = self.b.ins().imul_imm_s(j, 4);
         let pb0 = self.b.ins().iadd(b.base, bo);
-        let zero = self.f32c(0.0, true);
-        let vars: Vec<Variable> = (0..mr * nv)
-            .map(|_| {
+        let starts = self.nn_starts(init, n, i, j, mr, nv);
+        let vars: Vec<Variable> = starts
+            .into_iter()
+            .map(|s| {
                 let v = self.b.declare_var(types::F32X4);
-                self.b.def_var(v, zero);
+                self.b.def_var(v, s);
                 v
             })
             .collect();
@@ -304,10 +361,9 @@ impl Lower<'_, '_> {
                 })
                 .collect();
             for r in 0..mr {
-                let x =
+                let av =
                     l.b.ins()
-                        .load(types::F32, mem(), pa, (r * a.s0 * 4 + ea) as i32);
-                let av = l.b.ins().splat(types::F32X4, x);
+                        .load(types::F32X4, mem(), pa, (r * a.s0 + ea) as i32);
                 for (c, &bvc) in bv.iter().enumerate() {
                     let acc = l.b.use_var(vars[r * nv + c]);
                     let acc = l.madd(av, bvc, acc);
@@ -317,7 +373,7 @@ impl Lower<'_, '_> {
         };
         // `a`'s and `b`'s offsets along K are carried in variables (no multiplication in the
         // loop). No unrolling (see `nt_block`).
-        let (sa, sb) = (a.s1 * 4, b.s0 * 4);
+        let (sa, sb) = (a.s1, b.s0 * 4);
         let oa: Variable = self.b.declare_var(types::I64);
         let ob: Variable = self.b.declare_var(types::I64);
         let z = self.i64c(0);
@@ -346,5 +402,70 @@ impl Lower<'_, '_> {
                     .store(mem(), v, o, ((r * n + c * 4) * 4) as i32);
             }
         }
+    }
+
+    /// The starting values of an `mr x (4 nv)` block's accumulators at rows `i`, columns `j`:
+    /// zero, or `init[i + r, j + 4c..] * col[i + r]`.
+    fn nn_starts(
+        &mut self,
+        init: Option<Init>,
+        n: usize,
+        i: Value,
+        j: Value,
+        mr: usize,
+        nv: usize,
+    ) -> Vec<Value> {
+        let Some(init) = init else {
+            let zero = self.f32c(0.0, true);
+            return vec![zero; mr * nv];
+        };
+        let ro = self.b.ins().imul_imm_s(i, (n * 4) as i64);
+        let p = self.b.ins().iadd(init.base, ro);
+        let co = self.b.ins().imul_imm_s(j, 4);
+        let p = self.b.ins().iadd(p, co);
+        let mut out = Vec::with_capacity(mr * nv);
+        for r in 0..mr {
+            let scale = init.col.map(|(cb, cs)| {
+                let o = self.b.ins().imul_imm_s(i, cs as i64);
+                let pc = self.b.ins().iadd(cb, o);
+                let x = self.b.ins().load(types::F32, mem(), pc, (r * cs) as i32);
+                self.b.ins().splat(types::F32X4, x)
+            });
+            for c in 0..nv {
+                let v = self
+                    .b
+                    .ins()
+                    .load(types::F32X4, mem(), p, ((r * n + c * 4) * 4) as i32);
+                out.push(match scale {
+                    Some(s) => self.b.ins().fmul(v, s),
+                    None => v,
+                });
+            }
+        }
+        out
+    }
+
+    /// Lowers a fused accumulator update (see `fuse.rs`): `x = init * col + a @ b` (or
+    /// `x = init + a @ b`) through the NN kernel, with no intermediate tile.
+    pub(in crate::cpu) fn gemm_update(&mut self, f: &super::fuse::AccUpdate) {
+        let (al, bl) = (self.layout(f.a), self.layout(f.b));
+        let (m, k, n) = (al.shape[0], al.shape[1], bl.shape[1]);
+        let op = |l: &mut Self, t: &crate::cpu::layout::TileLayout| {
+            let s = |i: usize| if t.shape[i] == 1 { 0 } else { t.strides[i] };
+            Op {
+                base: l.scratch_at(t.offset),
+                s0: s(0),
+                s1: s(1),
+            }
+        };
+        let (ao, bo) = (op(self, &al), op(self, &bl));
+        let out = self.scratch_at(self.lay.tiles[f.x].offset);
+        let base = self.scratch_at(self.lay.tiles[f.init].offset);
+        let col = f.col.map(|c| {
+            let cl = self.layout(c);
+            let stride = if cl.shape[0] == 1 { 0 } else { cl.strides[0] * 4 };
+            (self.scratch_at(cl.offset), stride)
+        });
+        self.gemm_nn(ao, bo, out, m, n, k, Some(Init { base, col }));
     }
 }

@@ -5,6 +5,7 @@
 
 mod elementwise;
 mod fp8;
+mod fuse;
 mod gemm;
 mod memory;
 mod paged;
@@ -60,6 +61,8 @@ pub(in crate::cpu) enum ParamVals {
 /// Host functions the generated code calls.
 pub(in crate::cpu) struct HostFns {
     pub log2: FuncRef,
+    /// `prefetch(address, bytes)`, a hint (see `cpu/prefetch.rs`).
+    pub prefetch: FuncRef,
 }
 
 /// State of the lowering of one kernel.
@@ -418,9 +421,15 @@ impl<'a, 'f> Lower<'a, 'f> {
     }
 
     /// Lowers a statement list.
+    /// Lowers a statement list; accumulator updates fed by a gemm are fused (see `fuse.rs`).
     pub(in crate::cpu) fn stmts(&mut self, body: &[Stmt]) -> Result<(), IrError> {
-        for s in body {
-            self.stmt(s)?;
+        let fused = fuse::plan(self.k, self.lay, body);
+        for (i, s) in body.iter().enumerate() {
+            match fused.iter().find(|f| f.covers(i)) {
+                Some(f) if f.gemm == i => self.gemm_update(f),
+                Some(_) => {}
+                None => self.stmt(s)?,
+            }
         }
         Ok(())
     }

@@ -42,6 +42,29 @@ impl Lower<'_, '_> {
         (self.b.ins().iadd(ptr, off), ok)
     }
 
+    /// Prefetches the row of token `t + block` (the same row of the next block) when it is
+    /// below `hi` and its page is in range: it arrives while the current block is computed.
+    fn prefetch_row(
+        &mut self,
+        cache: ParamId,
+        batch: Value,
+        t: Value,
+        block: usize,
+        hi: Value,
+        bytes: usize,
+    ) {
+        let next = self.b.ins().iadd_imm_s(t, block as i64);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, next, hi);
+        self.if_then(more, |l| {
+            let (src, page_ok) = l.paged_row(cache, batch, next);
+            l.if_then(page_ok, |l| {
+                let n = l.i64c(bytes as i64);
+                let f = l.host.prefetch;
+                l.b.ins().call(f, &[src, n]);
+            });
+        });
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(in crate::cpu) fn paged_blocks(
         &mut self,
@@ -115,6 +138,7 @@ impl Lower<'_, '_> {
                             },
                             |l| l.zero_row(drow, row),
                         );
+                        l.prefetch_row(cache, bi, t, block, hi, row * dtype.size_bytes());
                     },
                     |l| l.zero_row(drow, row),
                 );
