@@ -9,6 +9,7 @@ use cudarc::driver::sys::{
 };
 use tpla_codegen::cuda::tma::TmapPlan;
 
+use super::device::catch;
 use crate::RuntimeError;
 
 /// Encodes `plan` (bf16, 128-byte swizzle, zero out-of-bounds fill, 256-byte L2 promotion).
@@ -19,12 +20,15 @@ pub(crate) fn encode(plan: &TmapPlan) -> Result<Box<CUtensorMap>, RuntimeError> 
     // Dimension 1's stride only (dimension 0 is contiguous).
     let strides = [plan.row_stride_bytes];
     let elem_strides = [1u32, 1u32];
-    // SAFETY: `map` is a writable, 64/128-byte aligned CUtensorMap; the dimension, stride, box
+    let out: *mut CUtensorMap = &mut *map;
+    // A driver without the entry point (before CUDA 12) makes cudarc's loader panic: caught, and
+    // reported as the backend being unavailable.
+    // SAFETY: `out` is a writable, 64/128-byte aligned CUtensorMap; the dimension, stride, box
     // and element-stride arrays have the lengths rank 2 requires (rank - 1 = 1 stride), and live
     // across the call. The global address is only recorded in the map, not dereferenced here.
-    let r = unsafe {
+    let r = catch("cuTensorMapEncodeTiled", || unsafe {
         cuTensorMapEncodeTiled(
-            &mut *map,
+            out,
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             2,
             plan.global_address as *mut std::ffi::c_void,
@@ -37,7 +41,7 @@ pub(crate) fn encode(plan: &TmapPlan) -> Result<Box<CUtensorMap>, RuntimeError> 
             CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
-    };
+    })?;
     if r != CUresult::CUDA_SUCCESS {
         return Err(RuntimeError::Device(format!(
             "cuTensorMapEncodeTiled refused the page-pool tensor map {plan:?}: {r:?}"
