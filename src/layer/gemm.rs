@@ -1,4 +1,4 @@
-//! The layer's dense projections ([`Proj`]) and which gemm runs them ([`GemmPath`]).
+//! The layer's dense projections (`Proj`) and which gemm runs them ([`GemmPath`]).
 //!
 //! On a CUDA executor the projections go through cuBLAS ([`tpla_runtime::cuda::blas`]: bf16 in,
 //! f32 accumulate, on the executor's stream) after a DSL cast of the f32 activations to bf16
