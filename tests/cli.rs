@@ -487,3 +487,43 @@ fn decode_over_ranks_uses_the_tuned_config_of_each_rank() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `tpla tune --heads N` tunes the shape one rank of a head-split form decodes (its bucket names
+/// N heads, not the preset's), and a head count past the limit is refused naming the flag.
+#[test]
+fn tune_for_a_rank_head_count() {
+    let dir = tmp("tune-heads");
+    let o = tpla_with_tune_dir(
+        &dir,
+        &[
+            "tune",
+            "--backend",
+            "cpu",
+            "--threads",
+            "1",
+            "--g",
+            "1",
+            "--batch",
+            "1",
+            "--context",
+            "64",
+            "--reps",
+            "1",
+            "--preset",
+            "deepseek-v2-lite",
+            "--heads",
+            "8",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a tune file");
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains("latent_decode/H8-lat512+64-B1-L64"), "{text}");
+    let o = tpla_with_tune_dir(&dir, &["tune", "--backend", "cpu", "--heads", "100000"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--heads"), "{err}");
+}

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// GPU: only configs with these values, e.g. `BLOCK_H=64,BLOCK_N=32` (profiling).
     #[arg(long)]
     pub config: Option<String>,
+    /// GPU: store each equal-length single-token case's fastest config in this device's tune
+    /// database (as `tpla tune` would for that shape, uniform splits), so `tpla decode` uses it.
+    #[arg(long)]
+    pub record_tune: bool,
 }
 
 #[derive(Serialize)]
@@ -104,6 +108,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             variant: a.variant.clone(),
             heads: a.gpu_heads.clone(),
             config: a.config.clone(),
+            record_tune: a.record_tune,
         };
         Ok(super::bench_cuda::run(&exec, &opts)?)
     };

@@ -41,6 +41,8 @@ pub struct GpuBenchOpts {
     pub heads: Vec<usize>,
     /// Only configs with these `KEY=value,..` values (profiling one variant).
     pub config: Option<String>,
+    /// Store the fastest config of each equal-length single-token bf16 case in the tune database.
+    pub record_tune: bool,
 }
 
 /// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant).
@@ -336,6 +338,52 @@ fn run_case(
     })
 }
 
+/// Stores the fastest config of each case a decode of that shape would look up (`mla` and
+/// `tpla-shard`, equal lengths, one query token, bf16 rows, 64-token pages) in this device's tune
+/// database, with
+/// uniform splits. Configs with a forced `WARPS` are not a tune-database value and are skipped.
+fn record_tune(exec: &CudaExecutor, cases: &[DecodeCaseResult]) -> Result<(), RuntimeError> {
+    use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
+    let (mut db, warnings) =
+        TuneDb::open(&default_dir(), &exec.device_identity(), &[&latent_decode]);
+    for w in warnings {
+        eprintln!("tpla: {w}");
+    }
+    let mut recorded = Vec::new();
+    for c in cases {
+        let s = &c.shape;
+        let plain = c.variant == "mla" || c.variant == "tpla-shard";
+        if !plain || s.lengths != "equal" || s.page_size != 64 {
+            continue;
+        }
+        let cfg = parse_config(&c.config);
+        if cfg.get("WARPS").is_ok() || cfg.get("SQ").is_ok_and(|v| v > 1) {
+            continue;
+        }
+        let bucket = decode_bucket(s.batch, s.heads, s.lat, s.rope, s.context);
+        let us = c.decode_only.median_ms * 1e3;
+        db.put_with_policy(
+            latent_decode.name(),
+            &bucket,
+            &cfg,
+            Some(SplitPolicy::Uniform),
+            us,
+            &bench::today(),
+        );
+        recorded.push(bucket);
+    }
+    for w in db.save()? {
+        eprintln!("tpla: {w}");
+    }
+    println!(
+        "recorded {} tune entries ({}) in {}",
+        recorded.len(),
+        recorded.join(", "),
+        db.path().display()
+    );
+    Ok(())
+}
+
 /// A config from its `KEY=value,...` display form.
 pub(crate) fn parse_config(text: &str) -> Config {
     let mut cfg = Config::new();
@@ -587,6 +635,9 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
         }
     }
     progress.finish_and_clear();
+    if opts.record_tune {
+        record_tune(exec, &cases)?;
+    }
     let report = BenchReport {
         kind: "cuda-latent-decode".into(),
         date: bench::today(),

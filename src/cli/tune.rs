@@ -36,6 +36,10 @@ pub struct TuneArgs {
     /// Sequences.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Query heads to tune for, instead of the preset's: what one rank of a head-split form
+    /// holds (e.g. 32 for Kimi-K2's 64 heads split over 2 ranks).
+    #[arg(long)]
+    pub heads: Option<usize>,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
@@ -75,7 +79,8 @@ pub fn tune(a: TuneArgs) -> Result<(), CliError> {
         ("--reps", a.reps, 1, super::limits::MAX_REPS),
         ("--threads", a.threads, 0, super::limits::MAX_THREADS),
     ])?;
-    let heads = a.preset.preset().config().heads;
+    let heads = a.heads.unwrap_or(a.preset.preset().config().heads);
+    super::limits::check_sizes(&[("--heads", heads, 1, super::limits::MAX_HEADS)])?;
     super::limits::MemoryPlan::default()
         .add(&[2, a.batch, a.context + 64, 512 + 64], 2)
         .add(&[67, a.batch, heads, 512], 4)
@@ -92,7 +97,7 @@ impl ExecJob for TuneJob {
     fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
         let a = self.0;
         let cfg = a.preset.preset().config();
-        let (heads, rope, scale) = (cfg.heads, 64usize, cfg.scale as f32);
+        let (heads, rope, scale) = (a.heads.unwrap_or(cfg.heads), 64usize, cfg.scale as f32);
         let dir = default_dir();
         let (mut db, warnings) = TuneDb::open(&dir, &exec.device_identity(), &[&latent_decode]);
         for w in warnings {
