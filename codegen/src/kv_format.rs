@@ -101,7 +101,7 @@ pub fn kv_fp8(
     if v == 0 {
         return Ok(PagedFormat::Plain);
     }
-    if v < 0 || v as usize % FP8_GROUP != 0 {
+    if v < 0 || !(v as usize).is_multiple_of(FP8_GROUP) {
         return Err(bad(format!(
             "must be 0 (bf16 rows) or the number of e4m3 columns, a positive multiple of {FP8_GROUP}"
         )));
@@ -237,7 +237,10 @@ mod tests {
     #[test]
     fn the_knob_is_validated_and_names_itself() {
         assert_eq!(kv_fp8(&[], DType::BF16, 576).unwrap(), PagedFormat::Plain);
-        assert_eq!(kv_fp8(&cfg(0), DType::BF16, 576).unwrap(), PagedFormat::Plain);
+        assert_eq!(
+            kv_fp8(&cfg(0), DType::BF16, 576).unwrap(),
+            PagedFormat::Plain
+        );
         assert_eq!(
             kv_fp8(&cfg(512), DType::BF16, 576).unwrap(),
             PagedFormat::Fp8 { lat: 512 }
@@ -249,7 +252,10 @@ mod tests {
             (128, DType::F32, 576),
         ] {
             let e = kv_fp8(&cfg(v), dt, row).unwrap_err();
-            assert!(matches!(&e, IrError::BadConfig { name, .. } if name == "KV_FP8"), "{e}");
+            assert!(
+                matches!(&e, IrError::BadConfig { name, .. } if name == "KV_FP8"),
+                "{e}"
+            );
         }
     }
 
@@ -274,7 +280,11 @@ mod tests {
         for b in 0..0x7du8 {
             let (lo, hi) = (e4m3_to_f32(b), e4m3_to_f32(b + 1));
             let even = if b % 2 == 0 { b } else { b + 1 };
-            assert_eq!(e4m3_from_f32((lo + hi) / 2.0), even, "between {lo} and {hi}");
+            assert_eq!(
+                e4m3_from_f32((lo + hi) / 2.0),
+                even,
+                "between {lo} and {hi}"
+            );
             assert_eq!(e4m3_from_f32(lo + (hi - lo) * 0.26), b);
             assert_eq!(e4m3_from_f32(lo + (hi - lo) * 0.74), b + 1);
         }
@@ -285,7 +295,9 @@ mod tests {
 
     #[test]
     fn rows_quantise_by_group_and_dequantise() {
-        let mut x: Vec<f32> = (0..320).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let mut x: Vec<f32> = (0..320)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         x[128..256].iter_mut().for_each(|v| *v = 0.0);
         x[5] = 900.0;
         let bytes = quantise_row(&x, 256);
@@ -300,6 +312,9 @@ mod tests {
         for (a, b) in x.iter().zip(&y) {
             assert!((a - b).abs() <= 900.0 / 448.0 * 16.0, "{a} {b}");
         }
-        assert_eq!(&y[256..], &x[256..].iter().map(|v| round_bf16(*v)).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            &y[256..],
+            &x[256..].iter().map(|v| round_bf16(*v)).collect::<Vec<_>>()[..]
+        );
     }
 }

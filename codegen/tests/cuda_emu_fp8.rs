@@ -54,12 +54,24 @@ fn fp8_paged(rng: &mut Rng, lat: usize, row: usize, seq_lens: &[i32], page_size:
     }
 }
 
-fn fp8_decode_case(cxx: &str, p: DecodeParams, target: Target, heads: usize, lens: &[i32], splits: usize) {
+fn fp8_decode_case(
+    cxx: &str,
+    p: DecodeParams,
+    warps: i64,
+    target: Target,
+    heads: usize,
+    lens: &[i32],
+    splits: usize,
+) {
     let tag = format!(
-        "fp8_decode_lat{}_h{}_n{}_s{}_sm{}{}",
+        "fp8_decode_lat{}_h{}_n{}_s{}_w{warps}_sm{}{}",
         p.lat, p.block_h, p.block_n, p.stages, target.sm.0, target.sm.1
     );
-    let k = latent_decode_with(p, &[("KV_FP8", p.lat as i64)]).unwrap();
+    let mut knobs = vec![("KV_FP8", p.lat as i64)];
+    if warps > 0 {
+        knobs.push(("WARPS", warps));
+    }
+    let k = latent_decode_with(p, &knobs).unwrap();
     let d = p.lat + p.rope;
     let batch = lens.len();
     let mut rng = Rng::new(p.lat as u64 + heads as u64);
@@ -103,11 +115,37 @@ fn emulated_fp8_decode_matches_cpu() {
         p_bf16: true,
     };
     // A TPLA shard on Hopper, 2 stages, an empty split and a length not a multiple of BLOCK_N.
-    fp8_decode_case(&cxx, dp(16, 32, 2, 128), Target::sm90(), 16, &[70, 1, 33], 2);
+    fp8_decode_case(
+        &cxx,
+        dp(16, 32, 2, 128),
+        0,
+        Target::sm90(),
+        16,
+        &[70, 1, 33],
+        2,
+    );
     // g = 2 shard (400-byte rows, padded scales) on Ampere, one stage.
-    fp8_decode_case(&cxx, dp(16, 16, 1, 256), Target::new(8, 0), 16, &[37, 5], 3);
+    fp8_decode_case(
+        &cxx,
+        dp(16, 16, 1, 256),
+        0,
+        Target::new(8, 0),
+        16,
+        &[37, 5],
+        3,
+    );
     // MLA rows (656 bytes).
-    fp8_decode_case(&cxx, dp(16, 32, 2, 512), Target::sm90(), 16, &[45], 1);
+    fp8_decode_case(&cxx, dp(16, 32, 2, 512), 0, Target::sm90(), 16, &[45], 1);
+    // One warp for a 64-token block: more rows per warp than lanes (a page lookup per chunk).
+    fp8_decode_case(
+        &cxx,
+        dp(16, 64, 1, 128),
+        1,
+        Target::new(8, 0),
+        16,
+        &[70, 9],
+        2,
+    );
 }
 
 /// `append`: rows `[batch, new_tokens, row]` (bf16) stored at `seq_lens[b] - new_tokens + j`
@@ -171,7 +209,10 @@ fn emulated_fp8_append_matches_cpu_byte_for_byte() {
         (512, 4, Target::sm90()),
     ] {
         let row = lat + 64;
-        let tag = format!("fp8_append_lat{lat}_bt{bt}_sm{}{}", target.sm.0, target.sm.1);
+        let tag = format!(
+            "fp8_append_lat{lat}_bt{bt}_sm{}{}",
+            target.sm.0, target.sm.1
+        );
         let k = append_kernel(lat, row, bt);
         let mut rng = Rng::new(lat as u64);
         let (lens, newt) = (vec![12i32, 5, 9], 5usize);
@@ -195,13 +236,19 @@ fn emulated_fp8_append_matches_cpu_byte_for_byte() {
         let src = emit(&k, target).unwrap_or_else(|e| panic!("{tag}: {e}"));
         let gpu = run_emu(&cxx, &k, &src, &args, &tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
         let cpu = run_cpu(&k, &args);
-        let (HostArg::Paged { data: g, .. }, HostArg::Paged { data: c, .. }, HostArg::Paged { data: before, .. }) =
-            (&gpu[1], &cpu[1], &args[1])
+        let (
+            HostArg::Paged { data: g, .. },
+            HostArg::Paged { data: c, .. },
+            HostArg::Paged { data: before, .. },
+        ) = (&gpu[1], &cpu[1], &args[1])
         else {
             unreachable!()
         };
         assert!(g.bytes() != before.bytes(), "{tag}: nothing was written");
-        assert!(g.bytes() == c.bytes(), "{tag}: the emulated FP8 rows differ from the CPU backend's");
+        assert!(
+            g.bytes() == c.bytes(),
+            "{tag}: the emulated FP8 rows differ from the CPU backend's"
+        );
         println!("{tag}: ok");
     }
 }

@@ -14,7 +14,9 @@
 //! Run: `cargo run -p tpla-kernels --example fp8_error [len]` (default 2048 tokens).
 
 use rand::{Rng, SeedableRng};
-use tpla_codegen::kv_format::{dequantise_row, e4m3_from_f32, e4m3_to_f32, quantise_row, round_bf16};
+use tpla_codegen::kv_format::{
+    dequantise_row, e4m3_from_f32, e4m3_to_f32, quantise_row, round_bf16,
+};
 use tpla_kernels::fp8::{decode_attention_fp8, fp8_carrier_row, write_fp8_token};
 use tpla_kernels::ops::DecodeParams;
 use tpla_runtime::half::bf16;
@@ -92,7 +94,12 @@ fn case(len: usize, outliers: bool, seed: u64, ex: &CpuExecutor) -> Errors {
     let attend = |r: &[f32]| latent_attention(&qd, &f64s(r), HEADS, LAT, ROPE, scale).out;
     let (o_bf16, o_fp8) = (attend(&bf16_rows), attend(&fp8));
     let o_tensor = attend(&fp8_rows_per_tensor(&bf16_rows));
-    let tpla = |r: &[f32], g| rel_error(&tpla_attention(&qd, &f64s(r), HEADS, LAT, ROPE, scale, g), &exact);
+    let tpla = |r: &[f32], g| {
+        rel_error(
+            &tpla_attention(&qd, &f64s(r), HEADS, LAT, ROPE, scale, g),
+            &exact,
+        )
+    };
     // The kernel: CPU JIT over the FP8 carrier pool, against the f64 decode of the same rows.
     let mut cache = HostPagedCache::<bf16>::new(1, len, 64, fp8_carrier_row(LAT, ROPE)).unwrap();
     for (t, r) in bf16_rows.chunks(D).enumerate() {

@@ -256,12 +256,15 @@ impl<'a> PagedArg<'a> {
     pub fn fp8_view(self, lat: usize, row: usize) -> Result<PagedArg<'a>, RuntimeError> {
         use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
         let carrier = fp8_row_bytes(lat.min(row), row) / 2;
-        let why = if lat == 0 || lat % FP8_GROUP != 0 || lat > row {
+        let why = if lat == 0 || !lat.is_multiple_of(FP8_GROUP) || lat > row {
             Some(format!(
                 "{lat} quantised columns of a {row}-column row (a multiple of {FP8_GROUP} is needed)"
             ))
         } else if self.dtype != DType::BF16 || self.format != PagedFormat::Plain {
-            Some(format!("the carrier is {} {}, not plain bf16", self.dtype, self.format))
+            Some(format!(
+                "the carrier is {} {}, not plain bf16",
+                self.dtype, self.format
+            ))
         } else if self.row != carrier {
             Some(format!(
                 "the carrier rows have {} bf16, FP8 rows of {row} columns need {carrier}",

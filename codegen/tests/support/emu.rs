@@ -648,4 +648,3 @@ pub fn paged(
         chunks: None,
     }
 }
-

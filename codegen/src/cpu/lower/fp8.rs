@@ -143,7 +143,10 @@ impl Lower<'_, '_> {
         let keep = self.b.ins().ushr_imm_u(ab, 20);
         let keep = self.b.ins().band_imm_u(keep, 7);
         let rem = self.b.ins().band_imm_u(ab, 0xf_ffff);
-        let gt = self.b.ins().icmp_imm_u(IntCC::UnsignedGreaterThan, rem, 0x8_0000);
+        let gt = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedGreaterThan, rem, 0x8_0000);
         let eq = self.b.ins().icmp_imm_s(IntCC::Equal, rem, 0x8_0000);
         let odd = self.b.ins().band_imm_u(keep, 1);
         let odd = self.b.ins().icmp_imm_s(IntCC::NotEqual, odd, 0);

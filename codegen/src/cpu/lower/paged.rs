@@ -38,10 +38,7 @@ impl Lower<'_, '_> {
         let ok = self.b.ins().icmp(IntCC::UnsignedLessThan, page, np);
         let tok = self.b.ins().imul(page, ps);
         let tok = self.b.ins().iadd(tok, po);
-        let off = self
-            .b
-            .ins()
-            .imul_imm_s(tok, row_bytes as i64);
+        let off = self.b.ins().imul_imm_s(tok, row_bytes as i64);
         (self.b.ins().iadd(ptr, off), ok)
     }
 
