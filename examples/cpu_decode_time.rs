@@ -14,7 +14,14 @@ use tpla_runtime::{CpuExecutor, HostPagedCache, HostTensor};
 
 /// `--name value` pairs with defaults; an unknown flag or a bad value is an error.
 fn args() -> Result<[usize; 6], String> {
-    let names = ["--batch", "--heads", "--context", "--lat", "--threads", "--reps"];
+    let names = [
+        "--batch",
+        "--heads",
+        "--context",
+        "--lat",
+        "--threads",
+        "--reps",
+    ];
     let mut v = [4, 16, 4096, 512, 2, 20];
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {

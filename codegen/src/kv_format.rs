@@ -101,7 +101,7 @@ pub fn kv_fp8(
     if v == 0 {
         return Ok(PagedFormat::Plain);
     }
-    if v < 0 || v as usize % FP8_GROUP != 0 {
+    if v < 0 || !(v as usize).is_multiple_of(FP8_GROUP) {
         return Err(bad(format!(
             "must be 0 (bf16 rows) or the number of e4m3 columns, a positive multiple of {FP8_GROUP}"
         )));

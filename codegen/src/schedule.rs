@@ -67,13 +67,12 @@ fn bad(name: &str, value: i64, why: impl Into<String>) -> IrError {
 /// any knob value that appears here. They change how a kernel runs, never what it computes, and
 /// apply only where the backend says so (a CUDA Hopper target's warpgroup path): elsewhere a
 /// tuner times the default alone.
-pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] =
-    &[
-        &[],
-        &[("PRODUCER", 1)],
-        &[("PRODUCER", 1), ("TMA", 1)],
-        &[("SEESAW", 1)],
-    ];
+pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
+    &[],
+    &[("PRODUCER", 1)],
+    &[("PRODUCER", 1), ("TMA", 1)],
+    &[("SEESAW", 1)],
+];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
 /// default, 0): what a tune database entry may hold.

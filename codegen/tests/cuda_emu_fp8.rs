@@ -57,16 +57,21 @@ fn fp8_paged(rng: &mut Rng, lat: usize, row: usize, seq_lens: &[i32], page_size:
 fn fp8_decode_case(
     cxx: &str,
     p: DecodeParams,
+    warps: i64,
     target: Target,
     heads: usize,
     lens: &[i32],
     splits: usize,
 ) {
     let tag = format!(
-        "fp8_decode_lat{}_h{}_n{}_s{}_sm{}{}",
+        "fp8_decode_lat{}_h{}_n{}_s{}_w{warps}_sm{}{}",
         p.lat, p.block_h, p.block_n, p.stages, target.sm.0, target.sm.1
     );
-    let k = latent_decode_with(p, &[("KV_FP8", p.lat as i64)]).unwrap();
+    let mut knobs = vec![("KV_FP8", p.lat as i64)];
+    if warps > 0 {
+        knobs.push(("WARPS", warps));
+    }
+    let k = latent_decode_with(p, &knobs).unwrap();
     let d = p.lat + p.rope;
     let batch = lens.len();
     let mut rng = Rng::new(p.lat as u64 + heads as u64);
@@ -113,15 +118,34 @@ fn emulated_fp8_decode_matches_cpu() {
     fp8_decode_case(
         &cxx,
         dp(16, 32, 2, 128),
+        0,
         Target::sm90(),
         16,
         &[70, 1, 33],
         2,
     );
     // g = 2 shard (400-byte rows, padded scales) on Ampere, one stage.
-    fp8_decode_case(&cxx, dp(16, 16, 1, 256), Target::new(8, 0), 16, &[37, 5], 3);
+    fp8_decode_case(
+        &cxx,
+        dp(16, 16, 1, 256),
+        0,
+        Target::new(8, 0),
+        16,
+        &[37, 5],
+        3,
+    );
     // MLA rows (656 bytes).
-    fp8_decode_case(&cxx, dp(16, 32, 2, 512), Target::sm90(), 16, &[45], 1);
+    fp8_decode_case(&cxx, dp(16, 32, 2, 512), 0, Target::sm90(), 16, &[45], 1);
+    // One warp for a 64-token block: more rows per warp than lanes (a page lookup per chunk).
+    fp8_decode_case(
+        &cxx,
+        dp(16, 64, 1, 128),
+        1,
+        Target::new(8, 0),
+        16,
+        &[70, 9],
+        2,
+    );
 }
 
 /// `append`: rows `[batch, new_tokens, row]` (bf16) stored at `seq_lens[b] - new_tokens + j`

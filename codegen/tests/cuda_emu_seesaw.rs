@@ -176,7 +176,16 @@ fn emulated_seesaw_decode() {
         33,
     );
     // 64-token blocks (latent 256: the pair ring fits), odd block counts in both splits.
-    decode_case_with(&cxx, dp(64, 2, 256), ss, Target::sm90(), 64, &[300, 64], 2, 35);
+    decode_case_with(
+        &cxx,
+        dp(64, 2, 256),
+        ss,
+        Target::sm90(),
+        64,
+        &[300, 64],
+        2,
+        35,
+    );
     // Full width, 16-token blocks, one split of many pairs with a partial last block.
     decode_case_with(&cxx, dp(16, 2, 512), ss, Target::sm90(), 64, &[157], 1, 34);
 }

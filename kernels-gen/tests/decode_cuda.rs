@@ -583,8 +583,8 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
         let mut lse = HostTensor::<f32>::full(&[p.batch, heads], f32::NAN);
         decode_attention_fp8(cpu(), &params, &p.q_tensor(), &carrier, &mut out, &mut lse).unwrap();
         let hl = heads * lat;
-        for b in 0..p.batch {
-            let rows: Vec<f64> = (0..lens[b])
+        for (b, &len) in lens.iter().enumerate() {
+            let rows: Vec<f64> = (0..len)
                 .flat_map(|t| read_fp8_token(&carrier, b, t, lat, 64).unwrap())
                 .map(|x| x as f64)
                 .collect();
@@ -598,7 +598,7 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
                 p.scale as f64,
             );
             let got = f64s(&gpu_out.0[b * hl..(b + 1) * hl]);
-            let what = format!("lat {lat} heads {heads} splits {splits} len {}", lens[b]);
+            let what = format!("lat {lat} heads {heads} splits {splits} len {len}");
             assert!(
                 rel_error(&got, &want.out) <= 1e-2,
                 "{what}: vs the dequantised reference"

@@ -24,15 +24,17 @@ fn exec() -> &'static CpuExecutor {
 fn fp8_decode_matches_the_reference_over_the_dequantised_cache() {
     // Lengths: one token, inside a block, a non-multiple of BLOCK_N across splits.
     let lens = vec![1usize, 37, 70];
-    let mut n = 0;
-    for (lat, heads, sq) in [
+    for (n, (lat, heads, sq)) in [
         (512usize, 16usize, 1usize),
         (256, 16, 2),
         (256, 64, 1),
         (512, 64, 2),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let p = Problem::new(
-            300 + n,
+            300 + n as u64,
             lens.len(),
             sq * heads,
             lat,
@@ -61,7 +63,6 @@ fn fp8_decode_matches_the_reference_over_the_dequantised_cache() {
                 m.check(b, &out, &lse, &want, 2e-5, &what);
             }
         }
-        n += 1;
     }
 }
 

@@ -256,7 +256,7 @@ impl<'a> PagedArg<'a> {
     pub fn fp8_view(self, lat: usize, row: usize) -> Result<PagedArg<'a>, RuntimeError> {
         use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
         let carrier = fp8_row_bytes(lat.min(row), row) / 2;
-        let why = if lat == 0 || lat % FP8_GROUP != 0 || lat > row {
+        let why = if lat == 0 || !lat.is_multiple_of(FP8_GROUP) || lat > row {
             Some(format!(
                 "{lat} quantised columns of a {row}-column row (a multiple of {FP8_GROUP} is needed)"
             ))

@@ -102,7 +102,10 @@ fn perf_map(code: *const u8, len: usize, name: &str) {
     // SAFETY: `code` is the start of a finalized function of `len` bytes, readable (executable
     // memory is mapped read + execute) for as long as its module lives, which outlasts this call.
     let bytes = unsafe { std::slice::from_raw_parts(code, len) };
-    let _ = std::fs::write(format!("/tmp/tpla-jit-{pid}-{:x}.bin", code as usize), bytes);
+    let _ = std::fs::write(
+        format!("/tmp/tpla-jit-{pid}-{:x}.bin", code as usize),
+        bytes,
+    );
 }
 
 impl CpuKernel {

@@ -209,4 +209,3 @@ pub fn decode_case_with(
     );
     println!("{tag}: ok (max |out - ref| = {worst:.2e})");
 }
-

@@ -142,8 +142,7 @@ fn group_at(
         };
         let roots = [t[acc].root, t[col].root, t[y].root];
         let clean = body[mi + 1..gi].iter().all(|s| {
-            nested_body(s).is_none()
-                && stmt_writes(s).iter().all(|w| !roots.contains(&t[*w].root))
+            nested_body(s).is_none() && stmt_writes(s).iter().all(|w| !roots.contains(&t[*w].root))
         });
         (clean && float(acc) && t[col].root != xl.root).then_some((mi, acc, col))
     });
@@ -273,7 +272,10 @@ mod tests {
             }
         }
         for (i, (g, w)) in o.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {i}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "element {i}: {g} vs {w}"
+            );
         }
         (groups, o, yv)
     }

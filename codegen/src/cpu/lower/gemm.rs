@@ -463,7 +463,11 @@ impl Lower<'_, '_> {
         let base = self.scratch_at(self.lay.tiles[f.init].offset);
         let col = f.col.map(|c| {
             let cl = self.layout(c);
-            let stride = if cl.shape[0] == 1 { 0 } else { cl.strides[0] * 4 };
+            let stride = if cl.shape[0] == 1 {
+                0
+            } else {
+                cl.strides[0] * 4
+            };
             (self.scratch_at(cl.offset), stride)
         });
         self.gemm_nn(ao, bo, out, m, n, k, Some(Init { base, col }));

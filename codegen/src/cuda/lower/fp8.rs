@@ -95,26 +95,10 @@ impl Fp8Copy<'_> {
         let (rb, rope_at) = (fp8_row_bytes(lat, row), fp8_rope_offset(lat));
         let (cpr, lat8) = (row / 8, lat / 8);
         let dst = addr("r_", "(ch_ * 8)");
-        format!(
-            "{{
-    {DECODE}
-    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
-    const unsigned char* const d8_ = (const unsigned char*){data};
-    for (int f_ = lane; f_ < {per_warp}; f_ += 32) {{
-        const int r_ = {warp} + (f_ / {cpr}) * {nw};
-        const int ch_ = f_ % {cpr};
-        if (r_ >= {block}) continue;
-        const int t_ = t0_ + r_;
-        bool ok_ = t_ < {hi} && {ps} > 0;
-        const unsigned char* src_ = d8_;
-        if (ok_) {{
-            const int pi_ = t_ / {ps};
-            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
-            ok_ = pg_ >= 0 && pg_ < {np};
-            if (ok_) src_ = d8_ + ((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {rb};
-        }}
-        if (ch_ < {lat8}) {{
+        let rows_per_warp = block.div_ceil(nw);
+        // The chunk: a latent chunk converted in registers, a RoPE chunk copied.
+        let chunk = format!(
+            "if (ch_ < {lat8}) {{
             uint4 o_ = make_uint4(0u, 0u, 0u, 0u);
             if (ok_) {{
                 const unsigned long long r64_ = *(const unsigned long long*)(src_ + ch_ * 8);
@@ -128,11 +112,69 @@ impl Fp8Copy<'_> {
             *(uint4*)&dst_[{dst}] = o_;
         }} else {{
             tpla_cp_async16(&dst_[{dst}], src_ + {rope_at} + (ch_ - {lat8}) * 16, ok_);
+        }}"
+        );
+        let head = format!(
+            "{{
+    {DECODE}
+    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
+    const unsigned char* const d8_ = (const unsigned char*){data};
+"
+        );
+        if rows_per_warp <= 32 {
+            // As for bf16 rows: lane `i` resolves the page of the warp's row `i` (one load
+            // latency per block), the chunks of the warp's rows are spread flat over its lanes
+            // and take their row from the lane that looked it up.
+            let total = rows_per_warp * cpr;
+            return format!(
+                "{head}    int row_ = -1;
+    {{
+        const int r_ = {warp} + lane * {nw};
+        const int t_ = t0_ + r_;
+        if (r_ < {block} && t_ < {hi} && {ps} > 0) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+            if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
+        }}
+    }}
+#pragma unroll 2
+    for (int q_ = 0; q_ < {iters}; ++q_) {{
+        const int f_ = lane + q_ * 32;
+        const int rl_ = f_ / {cpr};
+        const int ch_ = f_ - rl_ * {cpr};
+        const int r_ = {warp} + rl_ * {nw};
+        const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
+        const bool ok_ = rw_ >= 0;
+        if (f_ < {total} && r_ < {block}) {{
+        const unsigned char* const src_ = d8_ + (ok_ ? (tpla_i64)rw_ * {rb} : (tpla_i64)0);
+        {chunk}
         }}
     }}
 }}
 ",
-            per_warp = block.div_ceil(nw) * cpr,
+                iters = total.div_ceil(32),
+            );
+        }
+        format!(
+            "{head}    for (int f_ = lane; f_ < {per_warp}; f_ += 32) {{
+        const int r_ = {warp} + (f_ / {cpr}) * {nw};
+        const int ch_ = f_ % {cpr};
+        if (r_ >= {block}) continue;
+        const int t_ = t0_ + r_;
+        bool ok_ = t_ < {hi} && {ps} > 0;
+        const unsigned char* src_ = d8_;
+        if (ok_) {{
+            const int pi_ = t_ / {ps};
+            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+            ok_ = pg_ >= 0 && pg_ < {np};
+            if (ok_) src_ = d8_ + ((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {rb};
+        }}
+        {chunk}
+    }}
+}}
+",
+            per_warp = rows_per_warp * cpr,
         )
     }
 }

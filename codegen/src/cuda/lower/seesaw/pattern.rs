@@ -24,7 +24,6 @@ pub(crate) struct Seesaw {
     pub(crate) published: Option<usize>,
 }
 
-
 /// The single-use and shape facts of the online-softmax loop (see the module docs); `None` where
 /// the kernel has not exactly one paged loop, at the top level, of that form.
 pub(crate) fn pattern(k: &Kernel) -> Option<Seesaw> {
