@@ -33,7 +33,7 @@ fn args() -> Result<[usize; 6], String> {
         v[i] = x
             .parse()
             .ok()
-            .filter(|&n: &usize| n >= 1 && n <= 1 << 20)
+            .filter(|n: &usize| (1..=1 << 20).contains(n))
             .ok_or_else(|| format!("`{flag} {x}`: expected an integer in 1..=1048576"))?;
     }
     Ok(v)
