@@ -53,7 +53,9 @@ echo "commit $(cat $bin/COMMIT 2>/dev/null)" >>"$OUT/device.txt"
 cat "$OUT/device.txt"
 
 # Correctness, in parallel (separate processes; the GPU is shared, nothing here is timed).
-step decode_cuda 300 "$bin/decode_cuda" --test-threads=1 &
+# TPLA_SESSION_DECODE_FILTER: only the decode_cuda tests whose names contain it (e.g. the
+# variants a session changed; the sanitizer steps below run their smoke tests either way).
+step decode_cuda 300 "$bin/decode_cuda" --test-threads=1 ${TPLA_SESSION_DECODE_FILTER:-} &
 step decode_mtp_cuda 300 "$bin/decode_mtp_cuda" --test-threads=1 &
 step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
 step layer_tests 300 "$bin/layer_tests" --test-threads=1 &
@@ -74,7 +76,9 @@ step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 
 # Timed, one at a time.
 [ -d "$bin/python" ] && step python_gpu 200 bash scripts/gpu-wheel.sh test
 [ -x "$bin/engine_rust" ] && step engine_rust_bench 60 "$bin/engine_rust" --bench
-step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results"
+# --record-tune: the sweep's winners go into this machine's tune database, which the layer
+# runs below then use (their decode buckets where the bench has them).
+step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
 grep -aA60 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
