@@ -137,29 +137,49 @@ fn seesaw_elsewhere_changes_nothing() {
 #[test]
 fn seesaw_with_producer_applies() {
     for (bn, st, lat) in [(32, 2, 512), (16, 3, 256), (32, 1, 256)] {
-        let src = emit_with(dp(bn, st, lat), &[("SEESAW", 1), ("PRODUCER", 1)], Target::sm90());
+        let src = emit_with(
+            dp(bn, st, lat),
+            &[("SEESAW", 1), ("PRODUCER", 1)],
+            Target::sm90(),
+        );
         let code = &src.code;
         let tag = format!("bn{bn} st{st} lat{lat}");
         let slots = 2 * st;
         assert_eq!(src.block_threads, 384, "{tag}");
-        assert!(code.contains("2 * it_ < pb") && code.contains("_oth = "), "{tag}");
-        assert!(code.contains("+ 1) & ~1); ++j_)"), "{tag}: pairs up to an even count");
+        assert!(
+            code.contains("2 * it_ < pb") && code.contains("_oth = "),
+            "{tag}"
+        );
+        assert!(
+            code.contains("+ 1) & ~1); ++j_)"),
+            "{tag}: pairs up to an even count"
+        );
         assert!(
             code.contains(&format!("tpla_mbar_init(&tpla_mbar[{slots} + i_], 256)")),
             "{tag}: both consumer warpgroups release a slot"
         );
         assert!(
-            code.contains(&format!("tpla_mbar_wait(&tpla_mbar[(2 * it_ + 1) % {slots}], (it_ / {st}) & 1)")),
+            code.contains(&format!(
+                "tpla_mbar_wait(&tpla_mbar[(2 * it_ + 1) % {slots}], (it_ / {st}) & 1)"
+            )),
             "{tag}: the other slot is waited for too"
         );
         assert!(
-            code.contains(&format!("tpla_mbar_arrive(&tpla_mbar[{slots} + (2 * it_ + 1) % {slots}])")),
+            code.contains(&format!(
+                "tpla_mbar_arrive(&tpla_mbar[{slots} + (2 * it_ + 1) % {slots}])"
+            )),
             "{tag}"
         );
         assert!(code.contains("tpla_setmaxnreg_inc<240>()"), "{tag}");
         let consumers = code.rsplit("tpla_setmaxnreg_inc<240>();").next().unwrap();
-        assert!(!consumers.contains("tpla_cp_async16("), "{tag}: consumers never copy");
-        assert!(!consumers.contains("__syncthreads"), "{tag}: named barriers only");
+        assert!(
+            !consumers.contains("tpla_cp_async16("),
+            "{tag}: consumers never copy"
+        );
+        assert!(
+            !consumers.contains("__syncthreads"),
+            "{tag}: named barriers only"
+        );
     }
 }
 

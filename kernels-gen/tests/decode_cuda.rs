@@ -237,8 +237,22 @@ fn cuda_seesaw_agrees() {
 #[test]
 fn cuda_seesaw_producer_agrees() {
     let Some(g) = gpu() else { return };
-    for (lat, page, tma) in [(512usize, 64usize, 1i64), (256, 64, 1), (512, 16, 1), (512, 16, 0)] {
-        let p = Problem::new(lat as u64 + 13, 3, 64, lat, 64, vec![1000, 333, 9], page, 0.2);
+    for (lat, page, tma) in [
+        (512usize, 64usize, 1i64),
+        (256, 64, 1),
+        (512, 16, 1),
+        (512, 16, 0),
+    ] {
+        let p = Problem::new(
+            lat as u64 + 13,
+            3,
+            64,
+            lat,
+            64,
+            vec![1000, 333, 9],
+            page,
+            0.2,
+        );
         for cfg in latent_decode.tune_space(&[]).unwrap() {
             if cfg.get("BLOCK_H").unwrap() != 64 {
                 continue;

@@ -346,7 +346,9 @@ fn emulated_decode_seesaw_tma_producer() {
     assert_eq!(src.block_threads, 384);
     assert!(src.code.contains("_oth = ") && src.code.contains("tpla_tma_load_2d("));
     assert!(src.code.contains("j_ < ((pb") && src.code.contains("+ 1) & ~1)"));
-    assert!(src.code.contains("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 4], 36864u)"));
+    assert!(src
+        .code
+        .contains("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 4], 36864u)"));
     let Some(cxx) = skip_without_cxx("emulated_decode_seesaw_tma_producer") else {
         return;
     };

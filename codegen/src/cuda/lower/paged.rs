@@ -291,8 +291,13 @@ impl<'a> Lower<'a> {
                 // One producer stage per slot (`2 st`); the pairs' blocks up to an even count (an
                 // odd block past the split is zero-filled by the `cp.async` path).
                 let pairs = format!("(({nblk} + 1) & ~1)");
-                let code =
-                    producer_loop(&format!("{lets}{setup}"), &issue, &pairs, slots, tma.as_deref());
+                let code = producer_loop(
+                    &format!("{lets}{setup}"),
+                    &issue,
+                    &pairs,
+                    slots,
+                    tma.as_deref(),
+                );
                 self.paging.producer_code = Some((code, slots));
                 self.seesaw_ws_loop(
                     &setup,

@@ -139,9 +139,10 @@ impl<'a> Lower<'a> {
     /// without the schedule.
     pub(crate) fn seesaw_shares_a_block_tile(&self) -> bool {
         self.seesaw.as_ref().is_some_and(|plan| {
-            plan.per_block.iter().enumerate().any(|(t, &p)| {
-                p && !plan.of_rows[t] && matches!(self.repr[t], Repr::Smem { .. })
-            })
+            plan.per_block
+                .iter()
+                .enumerate()
+                .any(|(t, &p)| p && !plan.of_rows[t] && matches!(self.repr[t], Repr::Smem { .. }))
         })
     }
 
