@@ -12,7 +12,7 @@
 //! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
-//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
+//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -72,6 +72,7 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     &[("PRODUCER", 1)],
     &[("PRODUCER", 1), ("TMA", 1)],
     &[("SEESAW", 1)],
+    &[("SEESAW", 1), ("PRODUCER", 1), ("TMA", 1)],
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's

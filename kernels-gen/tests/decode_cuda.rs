@@ -230,6 +230,55 @@ fn cuda_seesaw_agrees() {
     }
 }
 
+/// The seesaw consumers fed by a producer warpgroup (`SEESAW = PRODUCER = 1`, with and without
+/// `TMA = 1`) on every 64-row config at latent 512 and 256 (where the seesaw does not apply the
+/// producer runs alone): 64- and 16-token pages, odd block counts, a one-block sequence, 3
+/// splits; the pool is NaN wherever no sequence holds a token under TMA.
+#[test]
+fn cuda_seesaw_producer_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page, tma) in [
+        (512usize, 64usize, 1i64),
+        (256, 64, 1),
+        (512, 16, 1),
+        (512, 16, 0),
+    ] {
+        let p = Problem::new(
+            lat as u64 + 13,
+            3,
+            64,
+            lat,
+            64,
+            vec![1000, 333, 9],
+            page,
+            0.2,
+        );
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H").unwrap() != 64 {
+                continue;
+            }
+            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
+            params.decode = cfg
+                .clone()
+                .with("SEESAW", 1)
+                .with("PRODUCER", 1)
+                .with("TMA", tma);
+            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+            let hl = 64 * lat;
+            for b in 0..3 {
+                let e = rel_error(
+                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                    &p.reference(b, true).out,
+                );
+                assert!(
+                    e <= 5e-3,
+                    "lat {lat} page {page} {cfg} SEESAW=PRODUCER=1 TMA={tma} b {b}: {e}"
+                );
+            }
+        }
+    }
+}
+
 /// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
 /// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
 /// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback)
@@ -463,6 +512,27 @@ fn sanitizer_smoke_every_kernel() {
             .with("STAGES", st)
             .with("WG_SPLIT", 128)
             .with("SEESAW", 1);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        assert!(out.data().iter().all(|x| x.is_finite()));
+    }
+    // The seesaw consumers fed by the producer warpgroup (cp.async and TMA): two full and two
+    // empty mbarriers per pair, 256 releases per slot.
+    for (lat, bn, st, tma, page) in [
+        (512usize, 32i64, 2i64, 1i64, 64usize),
+        (256, 16, 3, 1, 16),
+        (512, 16, 1, 0, 16),
+    ] {
+        let p = Problem::new(2, 2, 17, lat, 64, vec![70, 33], page, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", 128)
+            .with("SEESAW", 1)
+            .with("PRODUCER", 1)
+            .with("TMA", tma);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         assert!(out.data().iter().all(|x| x.is_finite()));
     }

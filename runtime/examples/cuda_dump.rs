@@ -43,7 +43,7 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
 /// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
 /// with `PRODUCER` = 1, with `PRODUCER` = `TMA` = 1, with `KV_CHUNKS` = 1 (a per-sequence split table) and with
-/// `SEESAW` = 1; `combine_counted`
+/// `SEESAW` = 1, with `SEESAW` = `PRODUCER` = 1 and with `SEESAW` = `PRODUCER` = `TMA` = 1; `combine_counted`
 /// and `split_schedule` (the balanced schedule); and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
 /// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
 /// gemms.
@@ -97,6 +97,9 @@ fn dump_all(dir: &std::path::Path) {
                     }
                     let tma = cfg.clone().with("PRODUCER", 1).with("TMA", 1);
                     extras.push(("tma", tma));
+                    let base = cfg.clone().with("SEESAW", 1).with("PRODUCER", 1);
+                    extras.push(("ssws", base.clone()));
+                    extras.push(("sstma", base.with("TMA", 1)));
                 }
                 for (tag, cfg) in extras {
                     for (tname, t) in targets {

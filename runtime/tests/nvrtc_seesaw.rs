@@ -1,6 +1,6 @@
 //! CI without a GPU: every variant of the library decode kernel that the two-consumer schedule
 //! (`SEESAW = 1`, `codegen/src/cuda/lower/seesaw/`) applies to — the 64-row tune candidates at
-//! latent 512, 256 and 128, and the multi-token form at `SQ = 2` — is lowered and compiled by
+//! latent 512, 256 and 128 (at `SQ = 2` it no longer applies: a shared per-block tile) — is lowered and compiled by
 //! NVRTC for sm_90a with no stack frame, no spill and no wgmma serialised by ptxas; the
 //! registers per variant are printed.
 //! Variants whose code is the same (up to the config comment) are compiled once.
@@ -29,7 +29,25 @@ fn nvrtc_or_skip(test: &str) -> bool {
 
 #[test]
 fn nvrtc_compiles_every_seesaw_decode_variant_without_spills() {
-    let test = "nvrtc_compiles_every_seesaw_decode_variant_without_spills";
+    compile_every_variant(
+        "nvrtc_compiles_every_seesaw_decode_variant_without_spills",
+        &[("SEESAW", 1)],
+    );
+}
+
+/// The seesaw consumers fed by the TMA producer warpgroup (384 threads; the consumers' code
+/// after `setmaxnreg.inc` must fit its 240 registers, the producer's its 24; the TMA producer
+/// holds the `cp.async` producer's copy as its fallback, so this covers `PRODUCER = 1` alone too).
+#[test]
+fn nvrtc_compiles_every_seesaw_tma_producer_variant_without_spills() {
+    compile_every_variant(
+        "nvrtc_compiles_every_seesaw_tma_producer_variant_without_spills",
+        &[("SEESAW", 1), ("PRODUCER", 1), ("TMA", 1)],
+    );
+}
+
+/// Compiles every distinct variant the schedule applies to with the knobs `knobs`.
+fn compile_every_variant(test: &str, knobs: &[(&str, i64)]) {
     if !nvrtc_or_skip(test) {
         return;
     }
@@ -44,7 +62,7 @@ fn nvrtc_compiles_every_seesaw_decode_variant_without_spills() {
             if cfg.get("BLOCK_H").ok() != Some(64) {
                 continue;
             }
-            let cfg = cfg.with("SEESAW", 1);
+            let cfg = knobs.iter().fold(cfg, |c, &(n, v)| c.with(n, v));
             let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
             let src = tpla_codegen::cuda::emit(&k, t).unwrap();
             if !src.code.contains("_oth = ") {

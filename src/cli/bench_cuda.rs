@@ -233,19 +233,16 @@ fn run_case(
                 (64, false, _) => &[0, 1],
                 _ => &[0],
             };
-            // And SEESAW (two consumer warpgroups on alternate blocks; without a producer; bf16
-            // rows only: not emulated with FP8 rows).
+            // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
+            // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             let knobs = sts.iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
                     splits_wg.iter().flat_map(move |g| {
-                        producers.iter().flat_map(move |pr| {
-                            seesaws
-                                .iter()
-                                .filter(move |&&ss| ss == 0 || *pr == 0)
-                                .map(move |ss| (s, w, g, pr, ss))
-                        })
+                        producers
+                            .iter()
+                            .flat_map(move |pr| seesaws.iter().map(move |ss| (s, w, g, pr, ss)))
                     })
                 })
             });

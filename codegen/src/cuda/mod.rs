@@ -76,7 +76,9 @@
 //! - with the schedule knob `SEESAW = 1` (`lower/seesaw/`, FlashMLA's two-consumer split) the
 //!   two warpgroups take alternate blocks of the online-softmax paged loop, each with its own
 //!   q·kᵀ, combine the row statistics and exchange P through shared memory, and each adds both
-//!   blocks to its half of the accumulator (register-A `wgmma`s, one commit group).
+//!   blocks to its half of the accumulator (register-A `wgmma`s, one commit group); with
+//!   `PRODUCER = 1` (and `TMA = 1`) the producer warpgroup feeds their pair ring, one mbarrier
+//!   stage per slot.
 //!
 //! Other gemms (other shapes, f32 operands split into hi/lo parts) keep `mma.sync`.
 //!

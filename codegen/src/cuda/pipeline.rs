@@ -36,11 +36,18 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
             ..sched
         });
     }
-    for sched in schedules {
+    'schedules: for sched in schedules {
         for &policy in &policies {
             let t = target.with_f32_gemm(policy);
             for cap in (1..=max_stages).rev() {
-                let src = emit_with_cap(k, t, sched, cap)?;
+                let src = match emit_with_cap(k, t, sched, cap) {
+                    Err(IrError::Backend { ref message, .. })
+                        if sched.seesaw && message.contains(SEESAW_SHARED_TILE) =>
+                    {
+                        continue 'schedules
+                    }
+                    r => r?,
+                };
                 if src.shared_bytes <= target.max_shared_bytes {
                     return Ok(src);
                 }
@@ -59,6 +66,10 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
         ),
     ))
 }
+
+/// The memory pass's refusal of a two-consumer plan that would share a per-block tile (see
+/// [`Lower::seesaw_shares_a_block_tile`]): [`emit`] then emits the kernel without the schedule.
+const SEESAW_SHARED_TILE: &str = "the seesaw schedule would share a per-block shared-memory tile";
 
 /// The deepest pipelining hint of any paged loop in `body` (0 without one).
 fn max_stages(body: &[Stmt]) -> usize {
@@ -109,6 +120,9 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
         let lay = std::mem::take(&mut s.lay);
         s.resolve(&lay);
         s.lay = lay;
+        if s.seesaw_shares_a_block_tile() {
+            return Err(backend_err(s.k, SEESAW_SHARED_TILE));
+        }
         Ok(())
     }),
     ("lower", |s| {

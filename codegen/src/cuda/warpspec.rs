@@ -15,6 +15,9 @@
 //! since the producer warpgroup has left the common path. `setmaxnreg` moves registers from the
 //! producer (24) to the consumers.
 //!
+//! Under `SEESAW = 1` the consumers are the two seesaw warpgroups and every ring slot is a stage
+//! (see `lower/seesaw/`).
+//!
 //! Applies only where the kernel has exactly one paged loop, at the top level of its body, whose
 //! sequence / split indices the producer can compute on its own (no scalar variables); elsewhere
 //! the knob changes nothing.

@@ -19,9 +19,16 @@ fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
 }
 
 fn tma_kernel(p: DecodeParams) -> Kernel {
+    tma_kernel_with(p, &[])
+}
+
+/// The TMA decode with the further schedule knobs `extra` (`SEESAW = 1`).
+fn tma_kernel_with(p: DecodeParams, extra: &[(&str, i64)]) -> Kernel {
     let mut k = latent_decode(p).unwrap();
     k.config
         .extend([("PRODUCER".to_string(), 1), ("TMA".to_string(), 1)]);
+    k.config
+        .extend(extra.iter().map(|(n, v)| (n.to_string(), *v)));
     k
 }
 
@@ -81,11 +88,33 @@ fn tma_case_patched(
     seed: u64,
     patch: &dyn Fn(String) -> String,
 ) -> Result<f64, String> {
+    tma_case_knobs(cxx, p, &[], page, heads, lens, splits, seed, patch)
+}
+
+/// [`tma_case_patched`] with the further schedule knobs `extra`.
+#[allow(clippy::too_many_arguments)]
+fn tma_case_knobs(
+    cxx: &str,
+    p: DecodeParams,
+    extra: &[(&str, i64)],
+    page: usize,
+    heads: usize,
+    lens: &[i32],
+    splits: usize,
+    seed: u64,
+    patch: &dyn Fn(String) -> String,
+) -> Result<f64, String> {
     let tag = format!(
-        "tma_n{}_s{}_lat{}_page{page}_seed{seed}",
-        p.block_n, p.stages, p.lat
+        "tma_n{}_s{}_lat{}_page{page}_seed{seed}{}",
+        p.block_n,
+        p.stages,
+        p.lat,
+        extra
+            .iter()
+            .map(|(n, v)| format!("_{n}{v}"))
+            .collect::<String>()
     );
-    let k = tma_kernel(p);
+    let k = tma_kernel_with(p, extra);
     let d = p.lat + p.rope;
     let batch = lens.len();
     let mut rng = Rng::new(seed);
@@ -302,4 +331,40 @@ fn emulated_decode_tma_split_table() {
         5,
         40,
     );
+}
+
+/// The seesaw consumers fed by the TMA producer (`SEESAW = PRODUCER = TMA = 1`): 384 threads,
+/// one producer stage per ring slot (`2 STAGES`), the producer streaming up to an even block
+/// count; emulated at latent 512 and 256, 16- and 32-token blocks, 1 to 3 stages, odd block
+/// counts (the last pair's odd block past the split, zero-filled), several splits, a split
+/// shorter than a block, an empty split, pages smaller than a block; NaN in every row no
+/// sequence holds.
+#[test]
+fn emulated_decode_seesaw_tma_producer() {
+    let ss = &[("SEESAW", 1)];
+    let src = emit(&tma_kernel_with(dp(32, 2, 512), ss), Target::sm90()).unwrap();
+    assert_eq!(src.block_threads, 384);
+    assert!(src.code.contains("_oth = ") && src.code.contains("tpla_tma_load_2d("));
+    assert!(src.code.contains("j_ < ((pb") && src.code.contains("+ 1) & ~1)"));
+    assert!(src
+        .code
+        .contains("tpla_mbar_arrive_expect_tx(&tpla_mbar[j_ % 4], 36864u)"));
+    let Some(cxx) = skip_without_cxx("emulated_decode_seesaw_tma_producer") else {
+        return;
+    };
+    let case = |p, page, heads, lens: &[i32], splits, seed| {
+        if let Err(e) = tma_case_knobs(&cxx, p, ss, page, heads, lens, splits, seed, &|c| c) {
+            panic!("{e}");
+        }
+    };
+    // 333 tokens in 2 splits: 167 + 166 -> 6 blocks of 32 each, the last partial (cp.async).
+    case(dp(32, 2, 512), 64, 64, &[333, 20, 1], 2, 61);
+    // Three stages of pairs refilled, 16-token blocks in 8-token pages (a box per page).
+    case(dp(16, 3, 256), 8, 64, &[301, 75], 2, 62);
+    // One stage, 50 of 64 head rows, three splits, odd block counts.
+    case(dp(32, 1, 256), 64, 50, &[97, 33], 3, 63);
+    // Full width, one split of many pairs, 16-token pages (box per page at 32-token blocks).
+    case(dp(32, 2, 512), 16, 64, &[157], 1, 64);
+    // 64-token blocks at latent 256 (the pair ring fits), odd block counts in both splits.
+    case(dp(64, 2, 256), 64, 64, &[300, 64], 2, 65);
 }

@@ -240,7 +240,7 @@ impl<'a> Lower<'a> {
             b = self.idx(batch),
             ring_off = self.smem.bufs[ring].offset,
         );
-        if seesaw {
+        if seesaw && !ws {
             self.seesaw_loop(
                 &setup,
                 &issue,
@@ -283,10 +283,32 @@ impl<'a> Lower<'a> {
                         base: base.clone(),
                         mbar: MBAR.into(),
                     };
-                    tma_issue(&names, *block, *row, st, slot, &fallback)
+                    tma_issue(&names, *block, *row, slots, slot, &fallback)
                 }
                 None => fallback,
             };
+            if seesaw {
+                // One producer stage per slot (`2 st`); the pairs' blocks up to an even count (an
+                // odd block past the split is zero-filled by the `cp.async` path).
+                let pairs = format!("(({nblk} + 1) & ~1)");
+                let code = producer_loop(
+                    &format!("{lets}{setup}"),
+                    &issue,
+                    &pairs,
+                    slots,
+                    tma.as_deref(),
+                );
+                self.paging.producer_code = Some((code, slots));
+                self.seesaw_ws_loop(
+                    &setup,
+                    (&id, &lo, &nblk, &base),
+                    (*start, *block, st, slot),
+                    inner,
+                    reads,
+                    out,
+                );
+                return Ok(());
+            }
             let code = producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref());
             self.paging.producer_code = Some((code, st));
             // Consumers: wait for the block's stage to be full, compute, release the stage.

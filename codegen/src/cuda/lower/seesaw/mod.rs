@@ -29,14 +29,21 @@
 //! as in the multi-token form), `l = l * alpha + reduce_sum(p, 1)` and
 //! `acc = acc * alpha + gemm(p, kv.cols(..))`. The geometry must give each warpgroup whole
 //! `[64, BLOCK_N]` fragments and half of the accumulator columns (two warpgroups, eight warps;
-//! see [`Lower::seesaw_plan`]). Elsewhere, or without a warpgroup path, or under `PRODUCER = 1`,
-//! or where the pair ring does not fit in shared memory, the knob changes nothing.
+//! see [`Lower::seesaw_plan`]). Elsewhere, or without a warpgroup path, or where the pair ring
+//! does not fit in shared memory, the knob changes nothing.
 //!
 //! The ring holds `2 × STAGES` blocks: pair `i` lives in slots `2 (i % STAGES)` and
 //! `2 (i % STAGES) + 1`, and the copy of pair `i + STAGES - 1` is issued (by every thread, as
 //! without the knob) inside the first warpgroup gemm of pair `i`. A pair whose odd block is past
 //! the split still copies it (zero-filled rows, masked to `-1e30`), so the odd warpgroup's
 //! products are exact zeros.
+//!
+//! Under `PRODUCER = 1` (and so `TMA = 1`) the ring is fed by the producer warpgroup of
+//! `warpspec.rs` instead ([`Lower::seesaw_ws_loop`]): each of the `2 × STAGES` slots is one
+//! producer stage with its full / empty mbarriers, the producer streams the blocks up to the next
+//! even count (the odd block past the split zero-filled by its `cp.async` path), and both consumer
+//! warpgroups wait on the full barriers of both slots of their pair (P·V reads both) and arrive on
+//! both empty barriers (256 arrivals) once the pair's iteration is done.
 
 mod pattern;
 
@@ -79,12 +86,12 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
 }
 
 impl<'a> Lower<'a> {
-    /// The geometry decision: where the schedule asks for it, the kernel has the [`pattern`], the
-    /// target has the warpgroup path and no producer warpgroup is used, the plan with eight warps
-    /// (two warpgroups) in which each warpgroup holds the block's `[64, BLOCK_N]` fragments whole
+    /// The geometry decision: where the schedule asks for it, the kernel has the [`pattern`] and
+    /// the target has the warpgroup path, the plan with eight consumer warps (two warpgroups; a
+    /// producer warpgroup after them under `PRODUCER = 1`) in which each warpgroup holds the block's `[64, BLOCK_N]` fragments whole
     /// and half of the accumulator, the block's P as a register-A operand.
     pub(crate) fn seesaw_plan(&self) -> Option<(Geo, Seesaw)> {
-        if !self.sched.seesaw || self.geo.producer || self.sched.warps.is_some_and(|w| w != 8) {
+        if !self.sched.seesaw || self.sched.warps.is_some_and(|w| w != 8) {
             return None;
         }
         let plan = pattern(self.k)?;
@@ -92,7 +99,10 @@ impl<'a> Lower<'a> {
             warps: Some(8),
             ..self.sched
         };
-        let geo = geometry(&sched, &self.info, &self.target);
+        let geo = Geo {
+            producer: self.geo.producer,
+            ..geometry(&sched, &self.info, &self.target)
+        };
         let (a, _) = plan.xgemm;
         let (m, bn) = (self.k.tiles[a].shape[0], plan.block);
         let n = self.k.tiles[plan.acc].shape[1];
@@ -115,11 +125,25 @@ impl<'a> Lower<'a> {
                 .iter()
                 .all(|&t| self.lay[t] == Lay::Rows { m })
             // Per-block values stay in registers or are recomputed (never a shared tile both
-            // warpgroups would write).
+            // warpgroups would write; see also [`Lower::seesaw_shares_a_block_tile`]).
             && plan.per_block.iter().enumerate().all(|(t, &p)| {
                 !p || plan.of_rows[t] || !matches!(self.lay[t], Lay::Smem)
             });
         ok.then_some((geo, plan))
+    }
+
+    /// After the memory pass: whether the plan would leave a per-block tile (not a view of the
+    /// ring) in shared memory, which both warpgroups would share with different blocks (an
+    /// index tile the layout left to the memory pass, e.g. the causal limit
+    /// `len - s_q + row - kv.start()` of multi-token queries). The kernel is then emitted
+    /// without the schedule.
+    pub(crate) fn seesaw_shares_a_block_tile(&self) -> bool {
+        self.seesaw.as_ref().is_some_and(|plan| {
+            plan.per_block
+                .iter()
+                .enumerate()
+                .any(|(t, &p)| p && !plan.of_rows[t] && matches!(self.repr[t], Repr::Smem { .. }))
+        })
     }
 
     /// The copy of pair `it_ + st - 1` (both blocks, one commit group), issued where the
@@ -206,6 +230,72 @@ impl<'a> Lower<'a> {
         });
         out.push(Node::Code {
             text: "tpla_cp_async_wait<0>();\n}\n".into(),
+            reads: vec![],
+            writes: vec![],
+        });
+    }
+
+    /// The consumers' paged loop over pairs fed by a producer warpgroup (`PRODUCER = 1`): `setup`
+    /// (sequence, split bounds, ring base), one barrier publishing what the consumers wrote before
+    /// the loop, then per pair: wait for both slots' full mbarriers (the pair's two blocks, one
+    /// producer stage each, `2 st` stages), the warpgroup's block start and ring slots, the body
+    /// (`inner`), and one arrival of every consumer thread on both slots' empty mbarriers.
+    pub(crate) fn seesaw_ws_loop(
+        &mut self,
+        setup: &str,
+        ids: (&str, &str, &str, &str),
+        (start, block, st, slot): (ScalarId, usize, usize, usize),
+        inner: Vec<Node>,
+        reads: Vec<usize>,
+        out: &mut Vec<Node>,
+    ) {
+        let (id, lo, nblk, base) = ids;
+        let mbar = crate::cuda::warpspec::MBAR;
+        let cur = format!("{id}_cur");
+        let oth = other_slot(&cur);
+        self.decl
+            .lines
+            .push(format!("const tpla_bf16* {oth} = nullptr; (void){oth};"));
+        let slots = 2 * st;
+        out.push(Node::Code {
+            text: format!("{{\n{setup}"),
+            reads,
+            writes: vec![],
+        });
+        out.push(Node::Barrier);
+        // Both blocks of pair `it_` are in round `it_ / st` of their stages.
+        let head = format!(
+            "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
+    tpla_mbar_wait(&{mbar}[(2 * it_) % {slots}], (it_ / {st}) & 1);
+    tpla_mbar_wait(&{mbar}[(2 * it_ + 1) % {slots}], (it_ / {st}) & 1);
+    tpla_fence_proxy_async();"
+        );
+        let mut body = vec![Node::Code {
+            text: format!(
+                "s{start} = tpla_iadd({lo}, tpla_imul(2 * it_ + {WG}, {block}));
+{cur} = {base} + ((2 * it_ + {WG}) % {slots}) * {slot};
+{oth} = {base} + ((2 * it_ + 1 - {WG}) % {slots}) * {slot};
+"
+            ),
+            reads: vec![],
+            writes: vec![],
+        }];
+        body.extend(inner);
+        body.push(Node::Code {
+            text: format!(
+                "tpla_mbar_arrive(&{mbar}[{slots} + (2 * it_) % {slots}]);\ntpla_mbar_arrive(&{mbar}[{slots} + (2 * it_ + 1) % {slots}]);\n"
+            ),
+            reads: vec![],
+            writes: vec![],
+        });
+        out.push(Node::Scope {
+            head,
+            body,
+            tail: "}".into(),
+            looped: true,
+        });
+        out.push(Node::Code {
+            text: "}\n".into(),
             reads: vec![],
             writes: vec![],
         });
