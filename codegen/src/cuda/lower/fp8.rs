@@ -44,6 +44,10 @@ const ENCODE: &str = "auto tpla_q8_ = [](float x) -> unsigned {
         return sg | (code < 0x7eu ? code : 0x7eu);
     };";
 
+/// Steps of a lane's latent loads issued together before their conversions (see
+/// [`Fp8Copy::issue`]): the loads a lane keeps in flight, two registers and a scale each.
+const LOADS_IN_FLIGHT: usize = 8;
+
 /// What the FP8 block copy needs to know about its loop.
 pub(crate) struct Fp8Copy<'s> {
     /// Quantised columns and columns per row.
@@ -125,8 +129,28 @@ impl Fp8Copy<'_> {
         if rows_per_warp <= 32 {
             // As for bf16 rows: lane `i` resolves the page of the warp's row `i` (one load
             // latency per block), the chunks of the warp's rows are spread flat over its lanes
-            // and take their row from the lane that looked it up.
+            // and take their row from the lane that looked it up. The latent loads go in
+            // batches of `LOADS_IN_FLIGHT` steps: every load of a batch is issued before any
+            // shared store of it (the compiler cannot move a global load above a store it
+            // cannot prove disjoint), so a batch pays one load latency, not one per step.
             let total = rows_per_warp * cpr;
+            let iters = total.div_ceil(32);
+            let nb = iters.min(LOADS_IN_FLIGHT);
+            let mut guard = vec![format!("q_ < {iters}")];
+            if !total.is_multiple_of(32) {
+                guard.push(format!("f_ < {total}"));
+            }
+            if !block.is_multiple_of(nw) {
+                guard.push(format!("r_ < {block}"));
+            }
+            let guard = guard.join(" && ");
+            let step = format!(
+                "const int q_ = q0_ + u_;
+            const int f_ = lane + q_ * 32;
+            const int rl_ = f_ / {cpr};
+            const int ch_ = f_ - rl_ * {cpr};
+            const int r_ = {warp} + rl_ * {nw};"
+            );
             return format!(
                 "{head}    int row_ = -1;
     {{
@@ -138,22 +162,48 @@ impl Fp8Copy<'_> {
             if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
         }}
     }}
-#pragma unroll 2
-    for (int q_ = 0; q_ < {iters}; ++q_) {{
-        const int f_ = lane + q_ * 32;
-        const int rl_ = f_ / {cpr};
-        const int ch_ = f_ - rl_ * {cpr};
-        const int r_ = {warp} + rl_ * {nw};
-        const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
-        const bool ok_ = rw_ >= 0;
-        if (f_ < {total} && r_ < {block}) {{
-        const unsigned char* const src_ = d8_ + (ok_ ? (tpla_i64)rw_ * {rb} : (tpla_i64)0);
-        {chunk}
+    for (int q0_ = 0; q0_ < {iters}; q0_ += {nb}) {{
+        unsigned long long raw_[{nb}];
+        float sc_[{nb}];
+        int rw_[{nb}];
+#pragma unroll
+        for (int u_ = 0; u_ < {nb}; ++u_) {{
+            {step}
+            (void)r_;
+            rw_[u_] = tpla_shfl_idx(row_, rl_ & 31);
+            raw_[u_] = 0ull;
+            sc_[u_] = 0.0f;
+            if ({guard} && ch_ < {lat8} && rw_[u_] >= 0) {{
+                const unsigned char* const src_ = d8_ + (tpla_i64)rw_[u_] * {rb};
+                raw_[u_] = *(const unsigned long long*)(src_ + ch_ * 8);
+                sc_[u_] = *(const float*)(src_ + {lat} + ((ch_ * 8) / {FP8_GROUP}) * 4);
+            }}
+        }}
+#pragma unroll
+        for (int u_ = 0; u_ < {nb}; ++u_) {{
+            {step}
+            if ({guard}) {{
+                const bool ok_ = rw_[u_] >= 0;
+                if (ch_ < {lat8}) {{
+                    const unsigned rx_ = (unsigned)raw_[u_], ry_ = (unsigned)(raw_[u_] >> 32);
+                    const float s_ = sc_[u_];
+                    uint4 o_ = make_uint4(0u, 0u, 0u, 0u);
+                    if (ok_) {{
+                        o_.x = tpla_pack_bf16x2(tpla_e8_(rx_ & 255u) * s_, tpla_e8_((rx_ >> 8) & 255u) * s_);
+                        o_.y = tpla_pack_bf16x2(tpla_e8_((rx_ >> 16) & 255u) * s_, tpla_e8_(rx_ >> 24) * s_);
+                        o_.z = tpla_pack_bf16x2(tpla_e8_(ry_ & 255u) * s_, tpla_e8_((ry_ >> 8) & 255u) * s_);
+                        o_.w = tpla_pack_bf16x2(tpla_e8_((ry_ >> 16) & 255u) * s_, tpla_e8_(ry_ >> 24) * s_);
+                    }}
+                    *(uint4*)&dst_[{dst}] = o_;
+                }} else {{
+                    const unsigned char* const src_ = d8_ + (ok_ ? (tpla_i64)rw_[u_] * {rb} : (tpla_i64)0);
+                    tpla_cp_async16(&dst_[{dst}], src_ + {rope_at} + (ch_ - {lat8}) * 16, ok_);
+                }}
+            }}
         }}
     }}
 }}
-",
-                iters = total.div_ceil(32),
+"
             );
         }
         format!(
