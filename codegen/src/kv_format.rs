@@ -317,4 +317,52 @@ mod tests {
             &x[256..].iter().map(|v| round_bf16(*v)).collect::<Vec<_>>()[..]
         );
     }
+
+    /// `cvt.rn.f16x2.e4m3x2` modelled in software (e4m3 fields -> IEEE f16 bits), as the CUDA
+    /// path on sm_89+ uses it.
+    fn e4m3_to_f16_bits(b: u8) -> u16 {
+        let (sign, e, m) = (((b >> 7) as u16) << 15, ((b >> 3) & 15) as i32, (b & 7) as u16);
+        if b & 0x7f == 0x7f {
+            return sign | 0x7e00;
+        }
+        if e == 0 {
+            if m == 0 {
+                return sign;
+            }
+            // m * 2^-9: normalise the 3-bit mantissa into an f16 normal.
+            let shift = m.leading_zeros() as i32 - 13; // 0..=2 for m in 1..=7
+            let exp = -6 - shift - 1 + 15;
+            let frac = ((m << (shift + 1)) & 7) << 7;
+            return sign | ((exp as u16) << 10) | frac;
+        }
+        sign | (((e - 7 + 15) as u16) << 10) | (m << 7)
+    }
+
+    /// IEEE f16 bits widened to f32 (exact).
+    fn f16_bits_to_f32(h: u16) -> f32 {
+        let sign = if h >> 15 == 1 { -1.0f32 } else { 1.0 };
+        let (e, f) = ((h >> 10) & 31, (h & 1023) as f32);
+        match e {
+            0 => sign * f * 2f32.powi(-24),
+            31 if f != 0.0 => f32::NAN,
+            31 => sign * f32::INFINITY,
+            _ => sign * (1.0 + f / 1024.0) * 2f32.powi(e as i32 - 15),
+        }
+    }
+
+    #[test]
+    fn the_hardware_e4m3_conversion_through_f16_is_the_software_rule() {
+        for b in 0..=255u8 {
+            let (sw, hw) = (e4m3_to_f32(b), f16_bits_to_f32(e4m3_to_f16_bits(b)));
+            if sw.is_nan() {
+                assert!(hw.is_nan(), "{b:#04x}");
+            } else {
+                assert_eq!(sw.to_bits(), hw.to_bits(), "{b:#04x}: {sw} vs {hw}");
+                // Times any scale, one rounding to bf16: identical on both paths.
+                for s in [1.0f32, 0.013_671_875, 3.7e-3, 1.0e-30] {
+                    assert_eq!(round_bf16(sw * s).to_bits(), round_bf16(hw * s).to_bits());
+                }
+            }
+        }
+    }
 }

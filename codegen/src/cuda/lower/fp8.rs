@@ -6,8 +6,8 @@
 //! bytes loaded from global memory, dequantised (`bf16(e4m3 · scale)`) and stored as one 16-byte
 //! shared-memory write; a RoPE chunk (bf16 in the pool, 16-byte aligned) is a `cp.async` as
 //! before. The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
-//! choice this module leaves open. The conversion is done in software (bit arithmetic, exact),
-//! so sm_80 and sm_90a run the same code; sm_89+'s `cvt.*.e4m3x2` could replace it.
+//! choice this module leaves open. The conversion is the hardware `cvt.rn.f16x2.e4m3x2` on
+//! sm_89+ and exact bit arithmetic elsewhere, with the same results (see `DECODE`).
 //!
 //! Writes: a paged row store quantises each row's 128-column groups with one warp per
 //! (row, group): lanes take 4 columns each, a warp max gives `amax`, then `scale = amax / 448`
@@ -21,11 +21,27 @@ use crate::error::IrError;
 use crate::ir::*;
 use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 
-/// `tpla_e8_`: an e4m3 byte to f32 (exact; `0x7f`/`0xff` are NaN), as a local lambda.
+/// `tpla_e8_`: an e4m3 byte to f32 (exact; `0x7f`/`0xff` are NaN), as a local lambda; and
+/// `tpla_e8x2_`: two e4m3 bytes (low byte first) times the scale, packed as bf16x2. On sm_89+ the
+/// pair goes through the hardware `cvt.rn.f16x2.e4m3x2` then f16 -> f32: every finite e4m3 value
+/// is exact in f16 and f32, so the product and its single rounding to bf16 are the software
+/// rule's bit for bit; a NaN byte stays NaN, and `cvt.rn.bf16x2.f32` (the pack on the GPU) writes
+/// every NaN as the same canonical bf16 NaN on both paths. Elsewhere (sm_80, the host emulator)
+/// the software decode.
 const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
         const unsigned m = b & 0x7fu;
         const float f = __uint_as_float(__float_as_uint(__uint_as_float(m << 20) * 0x1p120f) | ((b & 0x80u) << 24));
         return m == 0x7fu ? __uint_as_float(0x7fffffffu) : f;
+    };
+    auto tpla_e8x2_ = [&](unsigned p, float s, unsigned& o) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+        float a, b;
+        asm(\"{ .reg .b32 h2_; .reg .b16 l_, u_; cvt.rn.f16x2.e4m3x2 h2_, %2; mov.b32 {l_, u_}, h2_; cvt.f32.f16 %0, l_; cvt.f32.f16 %1, u_; }\"
+            : \"=f\"(a), \"=f\"(b) : \"h\"((unsigned short)p));
+        o = tpla_pack_bf16x2(a * s, b * s);
+#else
+        o = tpla_pack_bf16x2(tpla_e8_(p & 255u) * s, tpla_e8_((p >> 8) & 255u) * s);
+#endif
     };";
 
 /// `tpla_q8_`: f32 to an e4m3 byte, round to nearest even, saturating to ±448, NaN to NaN, as a
@@ -43,6 +59,10 @@ const ENCODE: &str = "auto tpla_q8_ = [](float x) -> unsigned {
         const unsigned code = (((au >> 23) - 120u) << 3) + keep + up;
         return sg | (code < 0x7eu ? code : 0x7eu);
     };";
+
+/// Steps of a lane's latent loads issued together before their conversions (see
+/// [`Fp8Copy::issue`]): the loads a lane keeps in flight, two registers and a scale each.
+const LOADS_IN_FLIGHT: usize = 8;
 
 /// What the FP8 block copy needs to know about its loop.
 pub(crate) struct Fp8Copy<'s> {
@@ -104,10 +124,10 @@ impl Fp8Copy<'_> {
                 const unsigned long long r64_ = *(const unsigned long long*)(src_ + ch_ * 8);
                 const unsigned rx_ = (unsigned)r64_, ry_ = (unsigned)(r64_ >> 32);
                 const float sc_ = *(const float*)(src_ + {lat} + ((ch_ * 8) / {FP8_GROUP}) * 4);
-                o_.x = tpla_pack_bf16x2(tpla_e8_(rx_ & 255u) * sc_, tpla_e8_((rx_ >> 8) & 255u) * sc_);
-                o_.y = tpla_pack_bf16x2(tpla_e8_((rx_ >> 16) & 255u) * sc_, tpla_e8_(rx_ >> 24) * sc_);
-                o_.z = tpla_pack_bf16x2(tpla_e8_(ry_ & 255u) * sc_, tpla_e8_((ry_ >> 8) & 255u) * sc_);
-                o_.w = tpla_pack_bf16x2(tpla_e8_((ry_ >> 16) & 255u) * sc_, tpla_e8_(ry_ >> 24) * sc_);
+                tpla_e8x2_(rx_ & 0xffffu, sc_, o_.x);
+                tpla_e8x2_(rx_ >> 16, sc_, o_.y);
+                tpla_e8x2_(ry_ & 0xffffu, sc_, o_.z);
+                tpla_e8x2_(ry_ >> 16, sc_, o_.w);
             }}
             *(uint4*)&dst_[{dst}] = o_;
         }} else {{
@@ -125,8 +145,28 @@ impl Fp8Copy<'_> {
         if rows_per_warp <= 32 {
             // As for bf16 rows: lane `i` resolves the page of the warp's row `i` (one load
             // latency per block), the chunks of the warp's rows are spread flat over its lanes
-            // and take their row from the lane that looked it up.
+            // and take their row from the lane that looked it up. The latent loads go in
+            // batches of `LOADS_IN_FLIGHT` steps: every load of a batch is issued before any
+            // shared store of it (the compiler cannot move a global load above a store it
+            // cannot prove disjoint), so a batch pays one load latency, not one per step.
             let total = rows_per_warp * cpr;
+            let iters = total.div_ceil(32);
+            let nb = iters.min(LOADS_IN_FLIGHT);
+            let mut guard = vec![format!("q_ < {iters}")];
+            if !total.is_multiple_of(32) {
+                guard.push(format!("f_ < {total}"));
+            }
+            if !block.is_multiple_of(nw) {
+                guard.push(format!("r_ < {block}"));
+            }
+            let guard = guard.join(" && ");
+            let step = format!(
+                "const int q_ = q0_ + u_;
+            const int f_ = lane + q_ * 32;
+            const int rl_ = f_ / {cpr};
+            const int ch_ = f_ - rl_ * {cpr};
+            const int r_ = {warp} + rl_ * {nw};"
+            );
             return format!(
                 "{head}    int row_ = -1;
     {{
@@ -138,22 +178,48 @@ impl Fp8Copy<'_> {
             if (pg_ >= 0 && pg_ < {np}) row_ = pg_ * {ps} + (t_ % {ps});
         }}
     }}
-#pragma unroll 2
-    for (int q_ = 0; q_ < {iters}; ++q_) {{
-        const int f_ = lane + q_ * 32;
-        const int rl_ = f_ / {cpr};
-        const int ch_ = f_ - rl_ * {cpr};
-        const int r_ = {warp} + rl_ * {nw};
-        const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
-        const bool ok_ = rw_ >= 0;
-        if (f_ < {total} && r_ < {block}) {{
-        const unsigned char* const src_ = d8_ + (ok_ ? (tpla_i64)rw_ * {rb} : (tpla_i64)0);
-        {chunk}
+    for (int q0_ = 0; q0_ < {iters}; q0_ += {nb}) {{
+        unsigned long long raw_[{nb}];
+        float sc_[{nb}];
+        int rw_[{nb}];
+#pragma unroll
+        for (int u_ = 0; u_ < {nb}; ++u_) {{
+            {step}
+            (void)r_;
+            rw_[u_] = tpla_shfl_idx(row_, rl_ & 31);
+            raw_[u_] = 0ull;
+            sc_[u_] = 0.0f;
+            if ({guard} && ch_ < {lat8} && rw_[u_] >= 0) {{
+                const unsigned char* const src_ = d8_ + (tpla_i64)rw_[u_] * {rb};
+                raw_[u_] = *(const unsigned long long*)(src_ + ch_ * 8);
+                sc_[u_] = *(const float*)(src_ + {lat} + ((ch_ * 8) / {FP8_GROUP}) * 4);
+            }}
+        }}
+#pragma unroll
+        for (int u_ = 0; u_ < {nb}; ++u_) {{
+            {step}
+            if ({guard}) {{
+                const bool ok_ = rw_[u_] >= 0;
+                if (ch_ < {lat8}) {{
+                    const unsigned rx_ = (unsigned)raw_[u_], ry_ = (unsigned)(raw_[u_] >> 32);
+                    const float s_ = sc_[u_];
+                    uint4 o_ = make_uint4(0u, 0u, 0u, 0u);
+                    if (ok_) {{
+                        tpla_e8x2_(rx_ & 0xffffu, s_, o_.x);
+                        tpla_e8x2_(rx_ >> 16, s_, o_.y);
+                        tpla_e8x2_(ry_ & 0xffffu, s_, o_.z);
+                        tpla_e8x2_(ry_ >> 16, s_, o_.w);
+                    }}
+                    *(uint4*)&dst_[{dst}] = o_;
+                }} else {{
+                    const unsigned char* const src_ = d8_ + (ok_ ? (tpla_i64)rw_[u_] * {rb} : (tpla_i64)0);
+                    tpla_cp_async16(&dst_[{dst}], src_ + {rope_at} + (ch_ - {lat8}) * 16, ok_);
+                }}
+            }}
         }}
     }}
 }}
-",
-                iters = total.div_ceil(32),
+"
             );
         }
         format!(
