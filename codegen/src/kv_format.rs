@@ -321,7 +321,11 @@ mod tests {
     /// `cvt.rn.f16x2.e4m3x2` modelled in software (e4m3 fields -> IEEE f16 bits), as the CUDA
     /// path on sm_89+ uses it.
     fn e4m3_to_f16_bits(b: u8) -> u16 {
-        let (sign, e, m) = (((b >> 7) as u16) << 15, ((b >> 3) & 15) as i32, (b & 7) as u16);
+        let (sign, e, m) = (
+            ((b >> 7) as u16) << 15,
+            ((b >> 3) & 15) as i32,
+            (b & 7) as u16,
+        );
         if b & 0x7f == 0x7f {
             return sign | 0x7e00;
         }
