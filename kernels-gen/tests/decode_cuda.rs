@@ -138,102 +138,75 @@ fn cuda_every_tune_candidate_and_width_agrees() {
     }
 }
 
+/// Every 64-row tune candidate at latent `lat` with the schedule `knobs` added, on sequences of
+/// 1000, 333 and 9 tokens in `page`-token pages and `splits` splits (ring stages refilled many
+/// times, a partial last block, a one-block sequence), each sequence against the f64 reference.
+fn every_64_row_config_agrees(
+    g: &CudaExecutor,
+    seed: u64,
+    lat: usize,
+    page: usize,
+    splits: usize,
+    knobs: &[(&str, i64)],
+) {
+    let p = Problem::new(seed, 3, 64, lat, 64, vec![1000, 333, 9], page, 0.2);
+    for cfg in latent_decode.tune_space(&[]).unwrap() {
+        if cfg.get("BLOCK_H").unwrap() != 64 {
+            continue;
+        }
+        let mut params = DecodeParams::new(3, 64, lat, 64, splits, 0.2);
+        params.decode = knobs.iter().fold(cfg.clone(), |c, (k, v)| c.with(k, *v));
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        let hl = 64 * lat;
+        for b in 0..3 {
+            let e = rel_error(
+                &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                &p.reference(b, true).out,
+            );
+            assert!(
+                e <= 5e-3,
+                "lat {lat} page {page} {cfg} {knobs:?} b {b}: {e}"
+            );
+        }
+    }
+}
+
 /// Warp specialisation (`PRODUCER = 1`: a producer warpgroup feeding an mbarrier ring) on every
-/// 64-row config at latent 512 and 256, with splits of many blocks so each ring stage is refilled
-/// many times, a partial last block and a one-block sequence.
+/// 64-row config at latent 512 and 256.
 #[test]
 fn cuda_producer_warpgroup_agrees() {
     let Some(g) = gpu() else { return };
     for lat in [512usize, 256] {
-        let p = Problem::new(lat as u64 + 7, 3, 64, lat, 64, vec![1000, 333, 9], 16, 0.2);
-        for cfg in latent_decode.tune_space(&[]).unwrap() {
-            if cfg.get("BLOCK_H").unwrap() != 64 {
-                continue;
-            }
-            let mut params = DecodeParams::new(3, 64, lat, 64, 2, 0.2);
-            params.decode = cfg.clone().with("PRODUCER", 1);
-            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-            let hl = 64 * lat;
-            for b in 0..3 {
-                let e = rel_error(
-                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                    &p.reference(b, true).out,
-                );
-                assert!(e <= 5e-3, "lat {lat} {cfg} PRODUCER=1 b {b}: {e}");
-            }
-        }
+        every_64_row_config_agrees(g, lat as u64 + 7, lat, 16, 2, &[("PRODUCER", 1)]);
     }
 }
 
 /// The TMA producer (`PRODUCER = 1`, `TMA = 1`) on every 64-row config at latent 512 and 256:
 /// 64-token pages (bulk tensor copies for every whole block, `cp.async` for a split's partial last
-/// block), 16-token pages (a box per page), odd lengths, a one-block
-/// sequence, 3 splits; the pool is NaN wherever no sequence holds a token.
+/// block), 16-token pages (a box per page); the pool is NaN wherever no sequence holds a token.
 #[test]
 fn cuda_tma_producer_agrees() {
     let Some(g) = gpu() else { return };
     for (lat, page) in [(512usize, 64usize), (256, 64), (512, 16)] {
-        let p = Problem::new(
-            lat as u64 + 9,
-            3,
-            64,
-            lat,
-            64,
-            vec![1000, 333, 9],
-            page,
-            0.2,
-        );
-        for cfg in latent_decode.tune_space(&[]).unwrap() {
-            if cfg.get("BLOCK_H").unwrap() != 64 {
-                continue;
-            }
-            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
-            params.decode = cfg.clone().with("PRODUCER", 1).with("TMA", 1);
-            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-            let hl = 64 * lat;
-            for b in 0..3 {
-                let e = rel_error(
-                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                    &p.reference(b, true).out,
-                );
-                assert!(e <= 5e-3, "lat {lat} page {page} {cfg} TMA=1 b {b}: {e}");
-            }
-        }
+        let knobs = [("PRODUCER", 1), ("TMA", 1)];
+        every_64_row_config_agrees(g, lat as u64 + 9, lat, page, 3, &knobs);
     }
 }
 
 /// The two-consumer schedule (`SEESAW = 1`: warpgroups take alternate blocks, exchange row
 /// statistics and P, each keeps half of the accumulator) on every 64-row config at latent 512
-/// and 256 (where it does not apply the knob changes nothing), with odd block counts, a
-/// one-block sequence and several splits.
+/// and 256 (where it does not apply the knob changes nothing).
 #[test]
 fn cuda_seesaw_agrees() {
     let Some(g) = gpu() else { return };
     for lat in [512usize, 256] {
-        let p = Problem::new(lat as u64 + 11, 3, 64, lat, 64, vec![1000, 333, 9], 16, 0.2);
-        for cfg in latent_decode.tune_space(&[]).unwrap() {
-            if cfg.get("BLOCK_H").unwrap() != 64 {
-                continue;
-            }
-            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
-            params.decode = cfg.clone().with("SEESAW", 1);
-            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-            let hl = 64 * lat;
-            for b in 0..3 {
-                let e = rel_error(
-                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                    &p.reference(b, true).out,
-                );
-                assert!(e <= 5e-3, "lat {lat} {cfg} SEESAW=1 b {b}: {e}");
-            }
-        }
+        every_64_row_config_agrees(g, lat as u64 + 11, lat, 16, 3, &[("SEESAW", 1)]);
     }
 }
 
 /// The seesaw consumers fed by a producer warpgroup (`SEESAW = PRODUCER = 1`, with and without
 /// `TMA = 1`) on every 64-row config at latent 512 and 256 (where the seesaw does not apply the
-/// producer runs alone): 64- and 16-token pages, odd block counts, a one-block sequence, 3
-/// splits; the pool is NaN wherever no sequence holds a token under TMA.
+/// producer runs alone): 64- and 16-token pages.
 #[test]
 fn cuda_seesaw_producer_agrees() {
     let Some(g) = gpu() else { return };
@@ -243,39 +216,8 @@ fn cuda_seesaw_producer_agrees() {
         (512, 16, 1),
         (512, 16, 0),
     ] {
-        let p = Problem::new(
-            lat as u64 + 13,
-            3,
-            64,
-            lat,
-            64,
-            vec![1000, 333, 9],
-            page,
-            0.2,
-        );
-        for cfg in latent_decode.tune_space(&[]).unwrap() {
-            if cfg.get("BLOCK_H").unwrap() != 64 {
-                continue;
-            }
-            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
-            params.decode = cfg
-                .clone()
-                .with("SEESAW", 1)
-                .with("PRODUCER", 1)
-                .with("TMA", tma);
-            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-            let hl = 64 * lat;
-            for b in 0..3 {
-                let e = rel_error(
-                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                    &p.reference(b, true).out,
-                );
-                assert!(
-                    e <= 5e-3,
-                    "lat {lat} page {page} {cfg} SEESAW=PRODUCER=1 TMA={tma} b {b}: {e}"
-                );
-            }
-        }
+        let knobs = [("SEESAW", 1), ("PRODUCER", 1), ("TMA", tma)];
+        every_64_row_config_agrees(g, lat as u64 + 13, lat, page, 3, &knobs);
     }
 }
 
