@@ -44,7 +44,8 @@ def main():
         counts = [len(re.findall(r"\b" + o + r"[.\s]", sass)) for o in OPS]
         print(f"{label[:60]:<60} " + " ".join(f"{c:>9}" for c in counts))
         if out:
-            open(os.path.join(out, label[:80] + ".sass"), "w").write(sass)
+            # Several variants share a kernel name: the cache key tells their files apart.
+            open(os.path.join(out, label[:60] + "-" + name[:12] + ".sass"), "w").write(sass)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,13 @@ fn emulated_decode_producer_warpgroup() {
     let blocks = &consumer[consumer.find("for (int it_").unwrap()..];
     assert!(!blocks.contains("tpla_cp_async16(") && blocks.contains("tpla_mbar_wait("));
     assert!(!off.code.contains("tpla_mbar"));
+    // The next block's q·kᵀ is issued behind this block's P·V (`lower/first_gemm.rs`), block 0's
+    // before the loop; never with one stage (its slot would still be in use).
+    let next = blocks.find("if (it_ + 1 < ").expect("the next block's q·kᵀ in the loop");
+    let commit = blocks[..next].rfind("tpla_wgmma_commit();").expect("behind a gemm's commit");
+    assert!(!blocks[commit..next].contains("tpla_wgmma_wait0();"));
+    let one_stage = emit_ws(dp(64, 1, 256), &[("PRODUCER", 1)]);
+    assert!(!one_stage.code.contains("if (it_ + 1 < "));
     // Elsewhere (no warpgroup path) the knob changes nothing.
     let pre = |knobs: &[(&str, i64)]| {
         let mut k = latent_decode(dp(64, 2, 256)).unwrap();

@@ -65,6 +65,25 @@ pub struct BenchArgs {
     /// database (as `tpla tune` would for that shape, uniform splits), so `tpla decode` uses it.
     #[arg(long)]
     pub record_tune: bool,
+    /// GPU: only this equal-length shape, `BATCHxCONTEXT` (e.g. `64x32768`, page 64), and none of
+    /// the page-size, variable-length, FP8 or multi-token cases (profiling one case).
+    #[arg(long, value_parser = parse_shape)]
+    pub gpu_shape: Option<(usize, usize)>,
+}
+
+/// Parses `BATCHxCONTEXT` (both positive).
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (b, l) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not BATCHxCONTEXT (e.g. 64x32768)"))?;
+    let num = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("`{t}` in `{s}` is not a positive integer"))
+    };
+    Ok((num(b)?, num(l)?))
 }
 
 #[derive(Serialize)]
@@ -109,6 +128,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             heads: a.gpu_heads.clone(),
             config: a.config.clone(),
             record_tune: a.record_tune,
+            shape: a.gpu_shape,
         };
         Ok(super::bench_cuda::run(&exec, &opts)?)
     };

@@ -43,9 +43,13 @@ pub struct GpuBenchOpts {
     pub config: Option<String>,
     /// Store the fastest config of each equal-length single-token bf16 case in the tune database.
     pub record_tune: bool,
+    /// Only this equal-length `(batch, context)` case, page 64, none of the extra cases.
+    pub shape: Option<(usize, usize)>,
 }
 
-/// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant).
+/// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant); a
+/// key the config does not carry counts as 0 (a schedule knob's default), so `SEESAW=0` selects
+/// the configs without the knob.
 fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
     let Some(want) = want else {
         return true;
@@ -53,7 +57,7 @@ fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
     let have = parse_config(&cfg.to_string());
     parse_config(want)
         .iter()
-        .all(|(k, v)| have.get(k).ok() == Some(v))
+        .all(|(k, v)| have.get(k).unwrap_or(0) == v)
 }
 
 /// Pseudo-random bf16 in [-1, 1) without a slow RNG (the pool can be gigabytes).
@@ -669,7 +673,10 @@ struct CaseSpec {
 /// The bench matrix: MLA and the shard at (128, 4K) and (64, 32K), page 64, every `--gpu-heads`;
 /// then (not with `--quick`) page sizes 1 and 16 and the variable-length batch at H 16 / 64.
 fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
-    let bl: &[(usize, usize)] = if opts.quick {
+    let one = opts.shape.map(|s| [s]);
+    let bl: &[(usize, usize)] = if let Some(one) = &one {
+        one
+    } else if opts.quick {
         &[(128, 4096)]
     } else {
         &[(128, 4096), (64, 32768)]
@@ -690,7 +697,7 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
             });
         }
     }
-    if !opts.quick {
+    if !opts.quick && opts.shape.is_none() {
         let small: Vec<usize> = opts.heads.iter().copied().filter(|&h| h <= 64).collect();
         for page_size in [1, 16] {
             specs.push(CaseSpec {

@@ -2,6 +2,7 @@
 
 pub(crate) mod elementwise;
 pub(crate) mod expr;
+pub(crate) mod first_gemm;
 pub(crate) mod fp8;
 pub(crate) mod gemm;
 pub(crate) mod iter;

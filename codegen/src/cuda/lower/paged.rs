@@ -211,7 +211,47 @@ impl<'a> Lower<'a> {
         if st >= 2 && !ws {
             self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));
         }
-        let inner = self.lower_block(body)?;
+        // Under the producer with two or more stages, the first gemm (q·kᵀ) of block `it + 1` is
+        // issued behind block `it`'s last gemm (`first_gemm.rs`): lowered once, placed before the
+        // loop (block 0) and inside the last gemm (the next block), as the copy is without the
+        // producer.
+        let mut hoisted = None;
+        let hoist = (ws && !seesaw && st >= 2)
+            .then(|| super::first_gemm::hoistable_first_gemm(self.k, s, body, 64))
+            .flatten();
+        let inner = if let Some(g) = hoist {
+            let first = self.lower_block(&body[..=g])?;
+            let text: Option<String> = first
+                .iter()
+                .map(|n| match n {
+                    Node::Code { text, .. } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            match text.filter(|t| t.contains("tpla_wgmma_commit")) {
+                Some(qk) => {
+                    let next = format!(
+                        "if (it_ + 1 < {nblk}) {{
+tpla_mbar_wait(&{MBAR}[(it_ + 1) % {st}], ((it_ + 1) / {st}) & 1);
+tpla_fence_proxy_async();
+{cur} = {base} + ((it_ + 1) % {st}) * {slot};
+{qk}}}
+"
+                    );
+                    self.paging.deferred_prefetch = Some((next, self.depth + 1));
+                    let rest = self.lower_block(&body[g + 1..])?;
+                    hoisted = Some(qk);
+                    rest
+                }
+                None => {
+                    let mut all = first;
+                    all.extend(self.lower_block(&body[g + 1..])?);
+                    all
+                }
+            }
+        } else {
+            self.lower_block(body)?
+        };
         let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);
         let mut reads = self.index_reads(batch);
         reads.extend(self.index_reads(split));
@@ -327,6 +367,24 @@ impl<'a> Lower<'a> {
             body_nodes.extend(inner);
             // Whatever the consumers wrote before the loop is published once, not per block.
             out.push(Node::Barrier);
+            if let Some(qk) = &hoisted {
+                // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
+                // takes it at its end (same order, no overlap).
+                out.push(Node::Code {
+                    text: format!(
+                        "if ({nblk} > 0) {{\ntpla_mbar_wait(&{MBAR}[0], 0);\ntpla_fence_proxy_async();\n{cur} = {base};\n{qk}}}\n"
+                    ),
+                    reads: vec![],
+                    writes: vec![],
+                });
+                if let Some((next, _)) = &unplaced {
+                    body_nodes.push(Node::Code {
+                        text: next.clone(),
+                        reads: vec![],
+                        writes: vec![],
+                    });
+                }
+            }
             body_nodes.push(Node::Code {
                 text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
                 reads: vec![],

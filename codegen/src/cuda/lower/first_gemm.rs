@@ -1,0 +1,80 @@
+//! Software pipelining of a paged loop's first gemm under the producer warpgroup.
+//!
+//! In the online-softmax loop `s = gemm(q, kv.t()); …softmax…; acc = acc·α + gemm(p, kv.cols(..))`
+//! the consumers' tensor cores idle from the end of block `i`'s `P·V` until block `i + 1`'s `q·kᵀ`
+//! has been issued (its 36 instructions at latent 512 + 64) and waited for. Under `PRODUCER = 1`
+//! with two or more ring stages, block `i + 1` is already in its slot while block `i` is computed,
+//! so its `q·kᵀ` can be issued right behind block `i`'s `P·V` (between that gemm's commit and its
+//! wait): the two run back to back on the tensor cores, and the next iteration starts with its
+//! scores in registers. The first block's `q·kᵀ` is issued before the loop.
+//!
+//! That is a reordering of the kernel's own statements, not new math: it applies where the loop
+//! body is flat assignments, the first is a gemm whose A operand the loop never assigns (the
+//! query tile), the body has exactly one other gemm (the `P·V`), and the first gemm's result is
+//! dead from that gemm on (nothing at or after it reads it, nothing outside the loop reads it).
+
+use crate::ir::*;
+use crate::visit::{stmt_reads, walk_stmts};
+
+/// Where the first gemm of `body` (the paged loop `lp` of kernel `k`) can be issued one block
+/// ahead (see the module docs): `Some(i)`, its index (only views, which emit no code, come
+/// before it); `rows` is the tile height the warpgroup path needs.
+pub(crate) fn hoistable_first_gemm(
+    k: &Kernel,
+    lp: &Stmt,
+    body: &[Stmt],
+    rows: usize,
+) -> Option<usize> {
+    if !body.iter().all(|s| matches!(s, Stmt::Assign { .. })) {
+        return None;
+    }
+    let is_gemm = |s: &Stmt| {
+        matches!(
+            s,
+            Stmt::Assign {
+                op: TileOp::Gemm { .. },
+                ..
+            }
+        )
+    };
+    let gemms: Vec<usize> = (0..body.len()).filter(|&i| is_gemm(&body[i])).collect();
+    let [first, last] = gemms[..] else {
+        return None;
+    };
+    let Stmt::Assign {
+        dst,
+        op: TileOp::Gemm { a, .. },
+    } = &body[first]
+    else {
+        unreachable!()
+    };
+    let only_views = body[..first].iter().all(|s| {
+        matches!(
+            s,
+            Stmt::Assign {
+                op: TileOp::View(..),
+                ..
+            }
+        )
+    });
+    if !only_views || k.tiles[*dst].shape.first() != Some(&rows) {
+        return None;
+    }
+    let assigns = |s: &Stmt, t: TileId| matches!(s, Stmt::Assign { dst: d, .. } if *d == t);
+    if body.iter().any(|s| assigns(s, *a)) || body[first + 1..].iter().any(|s| assigns(s, *dst))
+    {
+        return None;
+    }
+    if body[last..].iter().any(|s| stmt_reads(s).contains(dst)) {
+        return None;
+    }
+    let mut read_outside = false;
+    for s in &k.body {
+        if !std::ptr::eq(s, lp) {
+            walk_stmts(std::slice::from_ref(s), &mut |s| {
+                read_outside |= stmt_reads(s).contains(dst);
+            });
+        }
+    }
+    (!read_outside).then_some(first)
+}
