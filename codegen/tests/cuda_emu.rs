@@ -176,6 +176,17 @@ fn emulated_decode_warpgroup_paths() {
         "P from shared memory when q·kᵀ is split"
     );
     assert!(src(128).contains("tpla_wgmma_m64n64k16_00("));
+    // The denominator's per-block row sums stay per warpgroup, made whole once after the loop
+    // (`lower/partial_sum.rs`): inside the loop only the row maximum crosses warpgroups.
+    let (lp, after) = split.split_at(split.find("for (int it_").unwrap());
+    let (body, tail) = after.split_at(after.find("\n    }\n").unwrap());
+    let _ = lp;
+    assert_eq!(
+        body.matches("__syncthreads()").count(),
+        3,
+        "max, P, end of block"
+    );
+    assert!(tail.contains("lsum") && !body.contains("lsum"));
     decode_case_with(
         &cxx,
         dp(64, 512),
@@ -236,8 +247,12 @@ fn emulated_decode_producer_warpgroup() {
     assert!(!off.code.contains("tpla_mbar"));
     // The next block's q·kᵀ is issued behind this block's P·V (`lower/first_gemm.rs`), block 0's
     // before the loop; never with one stage (its slot would still be in use).
-    let next = blocks.find("if (it_ + 1 < ").expect("the next block's q·kᵀ in the loop");
-    let commit = blocks[..next].rfind("tpla_wgmma_commit();").expect("behind a gemm's commit");
+    let next = blocks
+        .find("if (it_ + 1 < ")
+        .expect("the next block's q·kᵀ in the loop");
+    let commit = blocks[..next]
+        .rfind("tpla_wgmma_commit();")
+        .expect("behind a gemm's commit");
     assert!(!blocks[commit..next].contains("tpla_wgmma_wait0();"));
     let one_stage = emit_ws(dp(64, 1, 256), &[("PRODUCER", 1)]);
     assert!(!one_stage.code.contains("if (it_ + 1 < "));

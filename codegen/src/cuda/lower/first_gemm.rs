@@ -61,8 +61,7 @@ pub(crate) fn hoistable_first_gemm(
         return None;
     }
     let assigns = |s: &Stmt, t: TileId| matches!(s, Stmt::Assign { dst: d, .. } if *d == t);
-    if body.iter().any(|s| assigns(s, *a)) || body[first + 1..].iter().any(|s| assigns(s, *dst))
-    {
+    if body.iter().any(|s| assigns(s, *a)) || body[first + 1..].iter().any(|s| assigns(s, *dst)) {
         return None;
     }
     if body[last..].iter().any(|s| stmt_reads(s).contains(dst)) {

@@ -8,6 +8,7 @@ pub(crate) mod gemm;
 pub(crate) mod iter;
 pub(crate) mod memory;
 pub(crate) mod paged;
+pub(crate) mod partial_sum;
 pub(crate) mod reduce;
 pub(crate) mod seesaw;
 
@@ -98,6 +99,11 @@ pub(crate) struct Paging {
     pub(crate) producer_code: Option<(String, usize)>,
     /// Under `TMA = 1`: the streamed cache whose tensor map the kernel takes, and the box rows.
     pub(crate) tma: Option<(ParamId, usize)>,
+    /// Row sums of the top-level paged loop that may stay per-warpgroup partials, with the
+    /// carried sum each accumulates into (`partial_sum.rs`).
+    pub(crate) partial_sums: Vec<(TileId, TileId)>,
+    /// Carried sums kept as partials, to combine after the loop: `(l, m, n, wn)`.
+    pub(crate) pending_sums: Vec<(TileId, usize, usize, usize)>,
 }
 
 pub(crate) struct Fusion {
@@ -278,7 +284,10 @@ impl<'a> Lower<'a> {
                         looped: true,
                     });
                 }
-                Stmt::PagedBlocks { .. } => self.lower_paged_blocks(s, &mut out)?,
+                Stmt::PagedBlocks { .. } => {
+                    self.lower_paged_blocks(s, &mut out)?;
+                    self.combine_partial_sums(&mut out);
+                }
                 Stmt::PagedStore {
                     cache,
                     batch,

@@ -207,6 +207,9 @@ impl<'a> Lower<'a> {
                 ahead = st - 1
             )
         };
+        if !seesaw {
+            self.paging.partial_sums = super::partial_sum::partial_sums(self.k, s);
+        }
         let saved = self.paging.deferred_prefetch.take();
         if st >= 2 && !ws {
             self.paging.deferred_prefetch = Some((prefetch.clone(), self.depth + 1));

@@ -43,7 +43,9 @@ impl<'a> Lower<'a> {
                 c2 = comb("v_", &format!("{arr}[(mi * {ntl} + ni) * 4 + h * 2 + 1]")),
             );
             let dst_rows = matches!(&self.repr[dst], Repr::Rows { m: m2, .. } if *m2 == m);
-            if wn == 1 {
+            // A carried sum's per-block partial stays per warpgroup (`partial_sum.rs`).
+            let keep_partial = wn > 1 && dst_rows && self.keep_partial_sum(dst, m, n, wn);
+            if wn == 1 || keep_partial {
                 let it = Iter::Rows {
                     m,
                     rank: self.k.tiles[dst].shape.len(),
