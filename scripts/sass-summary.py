@@ -10,7 +10,7 @@ written there too.
 """
 import json, os, re, subprocess, sys, tempfile
 
-OPS = ["HGMMA", "HMMA", "LDGSTS", "UBLKCP", "UTMALDG", "SYNCS", "BAR", "USETMAXREG"]
+OPS = ["HGMMA", "HMMA", "LDGSTS", "UBLKCP", "UTMALDG", "SYNCS", "BAR", "USETMAXREG", "WARPGROUP.DEPBAR", "WARPGROUP.ARRIVE"]
 
 
 def main():
@@ -18,7 +18,7 @@ def main():
     out = sys.argv[2] if len(sys.argv) > 2 else None
     if out:
         os.makedirs(out, exist_ok=True)
-    print(f"{'kernel':<60} " + " ".join(f"{o:>9}" for o in OPS))
+    print(f"{'kernel':<60} " + " ".join(f"{o.replace('WARPGROUP.', 'WG.'):>9}" for o in OPS))
     for name in sorted(os.listdir(cache)):
         if not name.endswith(".bin"):
             continue
@@ -41,8 +41,8 @@ def main():
         os.unlink(f.name)
         fn = re.search(r"Function : (\S+)", sass)
         label = fn.group(1) if fn else name
-        counts = [len(re.findall(r"\b" + o + r"[.\s]", sass)) for o in OPS]
-        print(f"{label[:60]:<60} " + " ".join(f"{c:>9}" for c in counts))
+        counts = [len(re.findall(r"\b" + re.escape(o) + r"[.\s]", sass)) for o in OPS]
+        print(f"{label[:60]:<60} " + " ".join(f"{c:>9}" for c in counts) + f"  {name[:12]}")
         if out:
             # Several variants share a kernel name: the cache key tells their files apart.
             open(os.path.join(out, label[:60] + "-" + name[:12] + ".sass"), "w").write(sass)

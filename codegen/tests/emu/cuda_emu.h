@@ -326,7 +326,8 @@ inline float emu_wgmma_elem(unsigned long long desc, int mn, int k, int mn_major
     return __uint_as_float((unsigned)h << 16);
 }
 
-inline void tpla_emu_wgmma(float* d, unsigned long long da, unsigned long long db, int n, int ta, int tb) {
+// `scale_d` 0: the first instruction of a zero-initialised gemm ignores d's old value.
+inline void tpla_emu_wgmma(float* d, unsigned long long da, unsigned long long db, int n, int ta, int tb, int scale_d = 1) {
     const int t = emu::B->cur % 128, w = t / 32, l = t % 32;
     for (int j = 0; j < n / 8; ++j)
         for (int e = 0; e < 4; ++e) {
@@ -334,14 +335,14 @@ inline void tpla_emu_wgmma(float* d, unsigned long long da, unsigned long long d
             float s = 0.0f;
             for (int k = 0; k < 16; ++k)
                 s += emu_wgmma_elem(da, row, k, ta) * emu_wgmma_elem(db, col, k, tb);
-            d[j * 4 + e] += s;
+            d[j * 4 + e] = (scale_d ? d[j * 4 + e] : 0.0f) + s;
         }
 }
 
 // wgmma with A from registers: each thread holds the mma.sync A fragment (bf16 pairs) of rows
 // 16 (warp % 4) .. of its warpgroup; exchanged through the block's scratch at a warpgroup
 // rendezvous.
-inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db, int n, int tb) {
+inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db, int n, int tb, int scale_d = 1) {
     const int t = emu::B->cur, g = t / 128, tl = t % 128, w = tl / 32, l = tl % 32;
     uint64_t* x = &emu::B->xchg[(size_t)t * 8];
     for (int i = 0; i < 4; ++i) x[i] = a[i];
@@ -357,7 +358,7 @@ inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db
             const int row = 16 * w + l / 4 + 8 * (e >> 1), col = 8 * j + 2 * (l % 4) + (e & 1);
             float s = 0.0f;
             for (int k = 0; k < 16; ++k) s += A(row, k) * emu_wgmma_elem(db, col, k, tb);
-            out[(size_t)j * 4 + e] = d[j * 4 + e] + s;
+            out[(size_t)j * 4 + e] = (scale_d ? d[j * 4 + e] : 0.0f) + s;
         }
     emu::wait(emu::B->wg_bar[g]);
     for (int i = 0; i < n / 2; ++i) d[i] = out[(size_t)i];

@@ -182,7 +182,11 @@ impl<'a> Lower<'a> {
         if local {
             text.push_str(&format!("float gacc_[{regs}];\n"));
         }
-        // Initial accumulator: zero or the fused addend.
+        // Initial accumulator: zero or the fused addend (a `wgmma` zeroes through its first
+        // instruction instead, see `wgmma_gemm`).
+        let zeroing = format!(
+            "#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) {acc}[i_] = 0.0f;\n"
+        );
         match init {
             Some(x) if x != dst || local => {
                 let it = Iter::Frag { m, n };
@@ -195,15 +199,13 @@ impl<'a> Lower<'a> {
                     ctx.frag_slot
                 ));
             }
-            Some(_) => {}
-            None => text.push_str(&format!(
-                "#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) {acc}[i_] = 0.0f;\n"
-            )),
+            _ => {}
         }
+        let zero = init.is_none();
         match kind {
             GemmKind::WgmmaRegsA(arr, bb, bview) => {
                 let code = self
-                    .wgmma_gemm(m, n, kd, &acc, WgmmaA::Regs(&arr), (&bb, &bview))
+                    .wgmma_gemm(m, n, kd, &acc, WgmmaA::Regs(&arr), (&bb, &bview), zero)
                     .expect("operands checked by the caller");
                 text.push_str(&code);
             }
@@ -211,34 +213,54 @@ impl<'a> Lower<'a> {
                 let (ab, aview, a_lo) = a;
                 let (bb, bview, b_lo) = b;
                 let warpgroup = if !a_lo && !b_lo {
-                    self.wgmma_gemm(m, n, kd, &acc, WgmmaA::Smem(&ab, &aview), (&bb, &bview))
+                    self.wgmma_gemm(
+                        m,
+                        n,
+                        kd,
+                        &acc,
+                        WgmmaA::Smem(&ab, &aview),
+                        (&bb, &bview),
+                        zero,
+                    )
                 } else {
                     None
                 };
                 match warpgroup {
                     Some(code) => text.push_str(&code),
-                    None => text.push_str(&self.mma_loop(
-                        m,
-                        n,
-                        kd,
-                        mt,
-                        ntl,
-                        &acc,
-                        (&ab, &aview, a_lo),
-                        (&bb, &bview, b_lo),
-                    )),
+                    None => {
+                        if zero {
+                            text.push_str(&zeroing);
+                        }
+                        let code = self.mma_loop(
+                            m,
+                            n,
+                            kd,
+                            mt,
+                            ntl,
+                            &acc,
+                            (&ab, &aview, a_lo),
+                            (&bb, &bview, b_lo),
+                        );
+                        text.push_str(&code);
+                    }
                 }
             }
-            GemmKind::Fma { a, b } => text.push_str(&self.fma_frag_loop(
-                m,
-                n,
-                kd,
-                mt,
-                ntl,
-                &acc,
-                (&a.0, &a.1),
-                (&b.0, &b.1),
-            )),
+            GemmKind::Fma { a, b } => {
+                if zero {
+                    text.push_str(&zeroing);
+                }
+                let code = self.fma_frag_loop(
+                    m,
+                    n,
+                    kd,
+                    mt,
+                    ntl,
+                    &acc,
+                    (&a.0, &a.1),
+                    (&b.0, &b.1),
+                );
+                text.push_str(&code);
+            }
         }
         if local {
             // The destination is a shared tile: one writer per element.

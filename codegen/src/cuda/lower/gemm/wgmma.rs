@@ -64,6 +64,12 @@ impl<'a> Lower<'a> {
     /// shared memory, and a column slice per warpgroup of at most 256. Issues `kd / 16`
     /// instructions, commits and waits, so the gemm completes in place like the `mma.sync` loop
     /// it replaces.
+    ///
+    /// With `zero_init` the first instruction ignores the accumulator's old value (`wgmma`'s
+    /// scale-d predicate off), so no zeroing instruction writes the accumulator registers: a
+    /// register write inside an open `wgmma` pipeline stage (the next block's q·kᵀ issued behind
+    /// a P·V, `first_gemm.rs`) would make ptxas serialise every `wgmma` of the kernel.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn wgmma_gemm(
         &mut self,
         m: usize,
@@ -72,7 +78,9 @@ impl<'a> Lower<'a> {
         acc: &str,
         a: WgmmaA,
         b: (&Buf, &View),
+        zero_init: bool,
     ) -> Option<String> {
+        let scale = if zero_init { ", k_ == 0 ? 0 : 1" } else { "" };
         let (wm, wn) = (self.geo.wm(m), self.geo.wn(m, n));
         if !self.geo.wg || m != 64 || wm != 4 || !kd.is_multiple_of(16) {
             return None;
@@ -99,7 +107,7 @@ impl<'a> Lower<'a> {
                         ab.name, aop.at0, aop.lbo
                     ),
                     format!(
-                        "    tpla_wgmma_m64n{nwg}k16_{}{tbi}({acc}, {}, {bdesc});\n",
+                        "    tpla_wgmma_m64n{nwg}k16_{}{tbi}({acc}, {}, {bdesc}{scale});\n",
                         aop.mn_major as u8,
                         aop.step("da_"),
                     ),
@@ -127,7 +135,7 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
                         ks = kd / 16
                     ),
                     format!(
-                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], {bdesc});\n"
+                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], {bdesc}{scale});\n"
                     ),
                 )
             }
@@ -213,7 +221,7 @@ pub(crate) fn wgmma_fn(n: usize, a: WgmmaForm, tb: bool) -> String {
             format!("%{regs}"),
             "\"l\"(da)".to_string(),
             format!("{}, ", ta as u8),
-            format!("tpla_emu_wgmma(d, da, db, {n}, {}, {tb});", ta as u8),
+            format!("tpla_emu_wgmma(d, da, db, {n}, {}, {tb}, scale_d);", ta as u8),
             regs + 1,
         ),
         WgmmaForm::Regs => (
@@ -222,18 +230,18 @@ pub(crate) fn wgmma_fn(n: usize, a: WgmmaForm, tb: bool) -> String {
             format!("{{%{}, %{}, %{}, %{}}}", regs, regs + 1, regs + 2, regs + 3),
             "\"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3])".to_string(),
             String::new(),
-            format!("tpla_emu_wgmma_rs(d, a, db, {n}, {tb});"),
+            format!("tpla_emu_wgmma_rs(d, a, db, {n}, {tb}, scale_d);"),
             regs + 4,
         ),
     };
     format!(
-        "__device__ __forceinline__ void {name}(float* d, {a_param}, unsigned long long db) {{
+        "__device__ __forceinline__ void {name}(float* d, {a_param}, unsigned long long db, int scale_d = 1) {{
 #ifdef __CUDA_ARCH__
     asm volatile(
         \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{sc}, 0;\\n\"
         \"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{list}}}, {a_asm}, %{db}, p, 1, 1, {trans_a}{tb};\\n}}\\n\"
         : {outs}
-        : {a_in}, \"l\"(db), \"r\"(1));
+        : {a_in}, \"l\"(db), \"r\"(scale_d));
 #else
     {emu}
 #endif
