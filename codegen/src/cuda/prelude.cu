@@ -243,6 +243,12 @@ __device__ __forceinline__ void tpla_wgmma_wait0() {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
+// Waits until at most one committed group is pending (the older ones are done).
+__device__ __forceinline__ void tpla_wgmma_wait1() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#endif
+}
 // Keeps the compiler from moving accumulator reads or writes across the asynchronous gemm.
 __device__ __forceinline__ void tpla_fence_operand(float& r) {
 #ifdef __CUDA_ARCH__

@@ -13,8 +13,23 @@
 //! query tile), the body has exactly one other gemm (the `P·V`), and the first gemm's result is
 //! dead from that gemm on (nothing at or after it reads it, nothing outside the loop reads it).
 
+use crate::cuda::lower::Lower;
+use crate::cuda::repr::Repr;
 use crate::ir::*;
 use crate::visit::{stmt_reads, walk_stmts};
+
+impl Lower<'_> {
+    /// The register fragment a statement assigns: its register count per thread and array.
+    pub(crate) fn frag_of(&self, s: &Stmt) -> Option<(usize, String)> {
+        let Stmt::Assign { dst, .. } = s else {
+            return None;
+        };
+        match &self.repr[*dst] {
+            Repr::Frag { m, n, arr } => Some((self.geo.frag_regs(*m, *n), arr.clone())),
+            _ => None,
+        }
+    }
+}
 
 /// Where the first gemm of `body` (the paged loop `lp` of kernel `k`) can be issued one block
 /// ahead (see the module docs): `Some(i)`, its index (only views, which emit no code, come

@@ -95,6 +95,11 @@ pub(crate) struct Paging {
     /// A paged loop's next-block copy waiting for the first warpgroup gemm at the given depth
     /// (the loop body's own level) to issue it while the tensor cores run.
     pub(crate) deferred_prefetch: Option<(String, usize)>,
+    /// What replaces that gemm's wait where the deferred code commits a group of its own (the
+    /// next block's q·kᵀ, `first_gemm.rs`): wait for this gemm only.
+    pub(crate) deferred_wait: Option<String>,
+    /// Lower `wgmma` gemms without their wait (the caller waits; `first_gemm.rs`).
+    pub(crate) gemm_no_wait: bool,
     /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
     pub(crate) producer_code: Option<(String, usize)>,
     /// Under `TMA = 1`: the streamed cache whose tensor map the kernel takes, and the box rows.

@@ -141,9 +141,23 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
             }
         };
         // Every early return is above: the deferred copy is placed exactly once.
-        let overlap = match &self.paging.deferred_prefetch {
-            Some((_, d)) if *d == self.depth => self.paging.deferred_prefetch.take().unwrap().0,
-            _ => String::new(),
+        let (overlap, wait) = match &self.paging.deferred_prefetch {
+            Some((_, d)) if *d == self.depth => (
+                self.paging.deferred_prefetch.take().unwrap().0,
+                self.paging
+                    .deferred_wait
+                    .take()
+                    .unwrap_or_else(|| "tpla_wgmma_wait0();\n".into()),
+            ),
+            _ => (String::new(), "tpla_wgmma_wait0();\n".into()),
+        };
+        // Without its wait (the caller's): nothing after the commit.
+        let after = if self.paging.gemm_no_wait {
+            String::new()
+        } else {
+            format!(
+                "{overlap}{wait}#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);\n"
+            )
         };
         Some(format!(
             "{{
@@ -155,10 +169,7 @@ tpla_wgmma_fence();
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
 {issue}}}
 tpla_wgmma_commit();
-{overlap}tpla_wgmma_wait0();
-#pragma unroll
-for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
-}}
+{after}}}
 ",
             bn = b.0.name,
             bat0 = bop.at0,
