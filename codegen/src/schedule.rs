@@ -13,6 +13,7 @@
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
 //! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
+//! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -38,6 +39,9 @@ pub struct Schedule {
     pub tma: bool,
     /// Whether the two consumer warpgroups take alternate paged blocks (`SEESAW`, default false).
     pub seesaw: bool,
+    /// Whether the producer-fed paged loop issues the next block's first gemm behind this
+    /// block's last one (`QK_AHEAD`, default false; `cuda/lower/first_gemm.rs`).
+    pub qk_ahead: bool,
 }
 
 impl Default for Schedule {
@@ -49,6 +53,7 @@ impl Default for Schedule {
             producer: false,
             tma: false,
             seesaw: false,
+            qk_ahead: false,
         }
     }
 }
@@ -152,6 +157,13 @@ impl Schedule {
                 }
                 "SEESAW" => {
                     s.seesaw = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
+                "QK_AHEAD" => {
+                    s.qk_ahead = match v {
                         0 => false,
                         1 => true,
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
@@ -270,6 +282,7 @@ mod tests {
             ("TMA", -1),
             ("SEESAW", 2),
             ("SEESAW", -1),
+            ("QK_AHEAD", 2),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");

@@ -245,16 +245,24 @@ fn emulated_decode_producer_warpgroup() {
     let blocks = &consumer[consumer.find("for (int it_").unwrap()..];
     assert!(!blocks.contains("tpla_cp_async16(") && blocks.contains("tpla_mbar_wait("));
     assert!(!off.code.contains("tpla_mbar"));
-    // The next block's q·kᵀ is issued behind this block's P·V (`lower/first_gemm.rs`), block 0's
-    // before the loop; never with one stage (its slot would still be in use).
-    let next = blocks
+    // With QK_AHEAD = 1 the next block's q·kᵀ is issued behind this block's P·V
+    // (`lower/first_gemm.rs`), block 0's before the loop; never with one stage (its slot would
+    // still be in use). Off by default.
+    assert!(
+        !blocks.contains("if (it_ + 1 < "),
+        "QK_AHEAD is off by default"
+    );
+    let ahead = emit_ws(dp(64, 2, 512), &[("PRODUCER", 1), ("QK_AHEAD", 1)]);
+    let ahead = &ahead.code[ahead.code.find("tpla_setmaxnreg_inc<").unwrap()..];
+    let ahead = &ahead[ahead.find("for (int it_").unwrap()..];
+    let next = ahead
         .find("if (it_ + 1 < ")
         .expect("the next block's q·kᵀ in the loop");
-    let commit = blocks[..next]
+    let commit = ahead[..next]
         .rfind("tpla_wgmma_commit();")
         .expect("behind a gemm's commit");
-    assert!(!blocks[commit..next].contains("tpla_wgmma_wait0();"));
-    let one_stage = emit_ws(dp(64, 1, 256), &[("PRODUCER", 1)]);
+    assert!(!ahead[commit..next].contains("tpla_wgmma_wait0();"));
+    let one_stage = emit_ws(dp(64, 1, 256), &[("PRODUCER", 1), ("QK_AHEAD", 1)]);
     assert!(!one_stage.code.contains("if (it_ + 1 < "));
     // Elsewhere (no warpgroup path) the knob changes nothing.
     let pre = |knobs: &[(&str, i64)]| {
@@ -277,6 +285,15 @@ fn emulated_decode_producer_warpgroup() {
     ws(dp(32, 3, 256), &[], 40, &[75, 301], 2, 22);
     ws(dp(32, 3, 512), &[], 64, &[333], 2, 23);
     ws(dp(64, 2, 512), &[("WG_SPLIT", 32)], 64, &[300, 33], 2, 24);
+    ws(dp(64, 2, 512), &[("QK_AHEAD", 1)], 64, &[390, 41], 2, 25);
+    ws(
+        dp(32, 3, 256),
+        &[("QK_AHEAD", 1), ("WG_SPLIT", 32)],
+        64,
+        &[300, 33],
+        2,
+        26,
+    );
 }
 
 /// The split bounds of a chunked cache (`Stmt::PagedBlocks`): `(c, nsplits)` of a sequence of

@@ -216,7 +216,12 @@ fn main() {
                 c.compile_time.as_secs_f64() * 1e3
             );
             // ptxas' warnings (e.g. wgmma serialised) beside its report.
-            for line in c.log.lines().filter(|l| std::env::var("FULL_LOG").is_ok() || l.contains("arning") || l.contains("wgmma") || l.contains("C7")) {
+            for line in c.log.lines().filter(|l| {
+                std::env::var("FULL_LOG").is_ok()
+                    || l.contains("arning")
+                    || l.contains("wgmma")
+                    || l.contains("C7")
+            }) {
                 println!("{line}");
             }
             // Beside the source: the CUBIN (for nvdisasm / cuobjdump) when one was produced.

@@ -219,7 +219,7 @@ impl<'a> Lower<'a> {
         // loop (block 0) and inside the last gemm (the next block), as the copy is without the
         // producer.
         let mut hoisted = None;
-        let hoist = (ws && !seesaw && st >= 2)
+        let hoist = (ws && !seesaw && st >= 2 && self.sched.qk_ahead)
             .then(|| super::first_gemm::hoistable_first_gemm(self.k, s, body, 64))
             .flatten();
         let inner = if let Some(g) = hoist {

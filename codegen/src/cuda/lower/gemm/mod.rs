@@ -184,9 +184,8 @@ impl<'a> Lower<'a> {
         }
         // Initial accumulator: zero or the fused addend (a `wgmma` zeroes through its first
         // instruction instead, see `wgmma_gemm`).
-        let zeroing = format!(
-            "#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) {acc}[i_] = 0.0f;\n"
-        );
+        let zeroing =
+            format!("#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) {acc}[i_] = 0.0f;\n");
         match init {
             Some(x) if x != dst || local => {
                 let it = Iter::Frag { m, n };
@@ -249,16 +248,7 @@ impl<'a> Lower<'a> {
                 if zero {
                     text.push_str(&zeroing);
                 }
-                let code = self.fma_frag_loop(
-                    m,
-                    n,
-                    kd,
-                    mt,
-                    ntl,
-                    &acc,
-                    (&a.0, &a.1),
-                    (&b.0, &b.1),
-                );
+                let code = self.fma_frag_loop(m, n, kd, mt, ntl, &acc, (&a.0, &a.1), (&b.0, &b.1));
                 text.push_str(&code);
             }
         }

@@ -232,7 +232,10 @@ pub(crate) fn wgmma_fn(n: usize, a: WgmmaForm, tb: bool) -> String {
             format!("%{regs}"),
             "\"l\"(da)".to_string(),
             format!("{}, ", ta as u8),
-            format!("tpla_emu_wgmma(d, da, db, {n}, {}, {tb}, scale_d);", ta as u8),
+            format!(
+                "tpla_emu_wgmma(d, da, db, {n}, {}, {tb}, scale_d);",
+                ta as u8
+            ),
             regs + 1,
         ),
         WgmmaForm::Regs => (
