@@ -49,11 +49,7 @@ fn calls_host_gemm(clif: &str) -> bool {
     let Some(decl) = clif.lines().find(|l| l.ends_with("; tpla_cpu_gemm")) else {
         return false;
     };
-    let fref = decl
-        .trim_start()
-        .split_whitespace()
-        .next()
-        .unwrap_or_default();
+    let fref = decl.split_whitespace().next().unwrap_or_default();
     clif.contains(&format!("call {fref}("))
 }
 

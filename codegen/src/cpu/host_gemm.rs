@@ -3,25 +3,25 @@
 //! Cranelift's x64 backend emits 128-bit vectors only, so the register-blocked gemm loops it
 //! compiles (`lower/gemm.rs`) peak at four multiply-adds per instruction. For gemm tiles above
 //! [`HOST_GEMM_MIN_MACS`] multiply-adds the generated code instead fills a [`GemmCall`] on its
-//! stack and calls [`host_gemm`], whose AVX-512 microkernels (compiled into this crate with
+//! stack and calls `host_gemm`, whose AVX-512 microkernels (compiled into this crate with
 //! `#[target_feature]`, chosen at run time) run sixteen lanes with fused multiply-adds, as
 //! it already calls the host for `log2` and prefetch. Where the host has no AVX-512 (other
 //! x86-64 CPUs, aarch64) the backend keeps its own loops ([`host_gemm_available`] is false);
-//! [`host_gemm`] still computes the right result there with a portable loop.
+//! `host_gemm` still computes the right result there with a portable loop.
 //!
 //! Semantics, for `i < m`, `j < n` (strides in elements):
 //! `out[i*ldo + j] = start(i, j) + sum_k a[i*a_s0 + k*a_s1] * b[k*b_s0 + j*b_s1]`, where
 //! `start` is `0`, `init[i*ldo + j]` or `init[i*ldo + j] * col[i*col_s]`; `init` may be `out`
 //! itself (each element is read before it is written), the operands may not overlap `out`.
 
-/// Symbol name of [`host_gemm`].
+/// Symbol name of `host_gemm`.
 pub(super) const GEMM_SYMBOL: &str = "tpla_cpu_gemm";
 
 /// Gemms with fewer multiply-adds than this stay in the generated loops (a call, the stores of
 /// its arguments and the edge handling cost more than they save on a small tile).
 pub const HOST_GEMM_MIN_MACS: usize = 4096;
 
-/// The arguments of one [`host_gemm`] call, written by the generated code (field order and
+/// The arguments of one `host_gemm` call, written by the generated code (field order and
 /// types are part of that contract: eight-byte fields, see [`GemmCall::FIELDS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +74,7 @@ impl GemmCall {
     pub const BYTES: u32 = 14 * 8;
 }
 
-/// Whether [`host_gemm`] has a vector kernel on this machine (AVX-512F): only then does the
+/// Whether `host_gemm` has a vector kernel on this machine (AVX-512F): only then does the
 /// backend call it.
 pub fn host_gemm_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -111,7 +111,7 @@ pub(super) unsafe extern "C" fn host_gemm(call: *const GemmCall) {
 /// The accumulator start of element `(i, j)` (see the module doc).
 ///
 /// # Safety
-/// As [`host_gemm`].
+/// As `host_gemm`.
 #[inline(always)]
 unsafe fn start(c: &GemmCall, i: isize, j: isize) -> f32 {
     if c.init.is_null() {
@@ -130,7 +130,7 @@ unsafe fn start(c: &GemmCall, i: isize, j: isize) -> f32 {
 /// Plain loops: any strides, any machine.
 ///
 /// # Safety
-/// As [`host_gemm`].
+/// As `host_gemm`.
 unsafe fn portable(c: &GemmCall) {
     for i in 0..c.m as isize {
         for j in 0..c.n as isize {

@@ -8,8 +8,10 @@
 //! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
-//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`). Everything else
-//! takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
+//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`); gemm tiles
+//! of at least [`host_gemm::HOST_GEMM_MIN_MACS`] multiply-adds instead call a host-compiled
+//! AVX-512 microkernel ([`host_gemm`], [`CpuOptions::host_gemm`]) where the CPU has AVX-512F.
+//! Everything else takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
 //! (`acc = acc * alpha + gemm(p, v)`) is fused into the gemm (`lower/fuse.rs`), and a paged block
 //! loop prefetches the next block's rows while the current one is computed (`prefetch.rs`). `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.

@@ -265,13 +265,13 @@ unsafe fn nn(c: &GemmCall) {
     let mut j = 0;
     while j < n {
         let w = (n - j).min(strip);
-        let last: __mmask16 = if w % 16 == 0 {
+        let last: __mmask16 = if w.is_multiple_of(16) {
             0xFFFF
         } else {
             ((1u32 << (w % 16)) - 1) as u16
         };
         // SAFETY (every strip): columns `j..j + w` inside `[m, n]`.
-        match (w.div_ceil(16), w % 16 == 0) {
+        match (w.div_ceil(16), w.is_multiple_of(16)) {
             (4, true) => unsafe { nn_strip::<4, false>(c, j, last) },
             (4, false) => unsafe { nn_strip::<4, true>(c, j, last) },
             (3, _) => unsafe { nn_strip::<3, true>(c, j, last) },
