@@ -8,8 +8,10 @@
 //! What runs vectorized (F32X4 / I32X4): elementwise operations and row reductions whose
 //! innermost axis is contiguous or broadcast, tensor and paged row loads (bf16 widened four at a
 //! time) and stores (bf16 narrowed eight at a time), and gemm (register-blocked kernels for
-//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`). Everything else
-//! takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
+//! `a @ b.t()`-style dot products and for `b` contiguous along N, see `lower/gemm.rs`); gemm tiles
+//! of at least [`host_gemm::HOST_GEMM_MIN_MACS`] multiply-adds instead call a host-compiled
+//! AVX-512 microkernel ([`host_gemm`], [`CpuOptions::host_gemm`]) where the CPU has AVX-512F.
+//! Everything else takes a scalar path that handles arbitrary strides. An accumulator update fed by a gemm
 //! (`acc = acc * alpha + gemm(p, v)`) is fused into the gemm (`lower/fuse.rs`), and a paged block
 //! loop prefetches the next block's rows while the current one is computed (`prefetch.rs`). `exp2` is computed inline (polynomial,
 //! vectorized); `log2` calls the host's `f32::log2`.
@@ -18,6 +20,7 @@
 //! 0 and out-of-range stores are skipped, as the IR specifies.
 
 pub mod abi;
+pub mod host_gemm;
 pub mod layout;
 mod loops;
 mod lower;
@@ -38,6 +41,30 @@ use lower::{backend_err, HostFns, Lower};
 
 /// Signature of the generated function (see [`abi`]).
 type ProgramFn = unsafe extern "C" fn(*const u64, *const i64, i64, i64, i64, *mut u8);
+
+/// Code-generation choices of the CPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Gemm tiles of at least [`host_gemm::HOST_GEMM_MIN_MACS`] multiply-adds call the
+    /// host-compiled gemm ([`host_gemm`]) instead of the generated loops. Correct on any host;
+    /// fast where [`host_gemm::host_gemm_available`] (AVX-512F).
+    pub host_gemm: bool,
+}
+
+impl CpuOptions {
+    /// Environment variable that turns the host gemm off when set to `0` (for A/B timing).
+    pub const HOST_GEMM_VAR: &'static str = "TPLA_CPU_HOST_GEMM";
+}
+
+impl Default for CpuOptions {
+    /// The host gemm where this machine has its vector kernel, unless `TPLA_CPU_HOST_GEMM=0`.
+    fn default() -> Self {
+        let off = std::env::var_os(Self::HOST_GEMM_VAR).is_some_and(|v| v == "0");
+        CpuOptions {
+            host_gemm: !off && host_gemm::host_gemm_available(),
+        }
+    }
+}
 
 /// A kernel compiled to native code for this machine.
 pub struct CpuKernel {
@@ -86,6 +113,28 @@ fn clif_name(kernel: &Kernel) -> String {
     format!("{}[{}]", kernel.name, cfg.join(","))
 }
 
+/// `clif` with each imported host function's declaration line (`fn0 = u0:1 sig0`) followed by
+/// its symbol as a comment (`; tpla_cpu_gemm`), so that a dump shows which host function a
+/// `call fn0(..)` calls.
+fn name_host_calls(clif: &str, host: &[(cranelift_module::FuncId, &str)]) -> String {
+    let mut out = String::with_capacity(clif.len() + 64);
+    for line in clif.lines() {
+        out.push_str(line);
+        let decl = line.trim_start();
+        if decl.starts_with("fn") && decl.contains(" = ") {
+            if let Some((_, sym)) = host.iter().find(|(id, _)| {
+                let name = format!("u0:{}", id.as_u32());
+                decl.split_whitespace().any(|w| w == name)
+            }) {
+                out.push_str(" ; ");
+                out.push_str(sym);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Appends `code` to `/tmp/perf-<pid>.map` (the file `perf report` reads to name JIT code) and
 /// writes its bytes to `/tmp/tpla-jit-<pid>-<address>.bin` (for `objdump -b binary`). A
 /// profiling aid (`TPLA_PERF_MAP=1`); failures are ignored.
@@ -116,6 +165,11 @@ impl CpuKernel {
     /// `TPLA_PERF_MAP` set, it is entered in `/tmp/perf-<pid>.map` for `perf report` and its
     /// bytes written beside it (profiling aid, see `perf_map`).
     pub fn compile(kernel: &Kernel) -> Result<CpuKernel, IrError> {
+        Self::compile_with(kernel, &CpuOptions::default())
+    }
+
+    /// [`compile`](Self::compile) with explicit [`CpuOptions`].
+    pub fn compile_with(kernel: &Kernel, opts: &CpuOptions) -> Result<CpuKernel, IrError> {
         let err = |m: String| backend_err(kernel, m);
         let mut flags = settings::builder();
         flags
@@ -142,6 +196,7 @@ impl CpuKernel {
             prefetch::PREFETCH_SYMBOL,
             prefetch::host_prefetch as *const u8,
         );
+        jb.symbol(host_gemm::GEMM_SYMBOL, host_gemm::host_gemm as *const u8);
         let mut module = JITModule::new(jb);
 
         let lay = Layouts::plan(kernel)?;
@@ -156,6 +211,8 @@ impl CpuKernel {
         let mut binary = module.make_signature();
         binary.params.push(AbiParam::new(types::I64));
         binary.params.push(AbiParam::new(types::I64));
+        let mut gemm_sig = module.make_signature();
+        gemm_sig.params.push(AbiParam::new(types::I64));
         let name = format!("tpla_{}", kernel.name);
         let fid = module
             .declare_function(&name, Linkage::Local, &sig)
@@ -165,6 +222,9 @@ impl CpuKernel {
             .map_err(|e| err(e.to_string()))?;
         let prefetch = module
             .declare_function(prefetch::PREFETCH_SYMBOL, Linkage::Import, &binary)
+            .map_err(|e| err(e.to_string()))?;
+        let gemm = module
+            .declare_function(host_gemm::GEMM_SYMBOL, Linkage::Import, &gemm_sig)
             .map_err(|e| err(e.to_string()))?;
         ctx.func.signature = sig;
         // Named after the kernel and its config so that `TPLA_DUMP=clif` reads
@@ -176,12 +236,22 @@ impl CpuKernel {
             let host = HostFns {
                 log2: module.declare_func_in_func(log2, &mut ctx.func),
                 prefetch: module.declare_func_in_func(prefetch, &mut ctx.func),
+                gemm: opts
+                    .host_gemm
+                    .then(|| module.declare_func_in_func(gemm, &mut ctx.func)),
             };
             let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let lower = Lower::new(kernel, b, &lay, host, fma);
             lower.finish(tcfg)?;
         }
-        let clif = ctx.func.display().to_string();
+        let clif = name_host_calls(
+            &ctx.func.display().to_string(),
+            &[
+                (log2, math::LOG2_SYMBOL),
+                (prefetch, prefetch::PREFETCH_SYMBOL),
+                (gemm, host_gemm::GEMM_SYMBOL),
+            ],
+        );
         let asm = std::env::var_os("TPLA_CPU_ASM").is_some();
         ctx.set_disasm(asm);
         module

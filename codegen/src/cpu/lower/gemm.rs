@@ -10,6 +10,11 @@
 //! - a scalar triple loop for any other strides and for the edges.
 //!
 //! A destination that shares storage with an operand is computed in a temporary and copied.
+//!
+//! Where enabled, NT and NN gemms of at least `HOST_GEMM_MIN_MACS` multiply-adds call the
+//! host-compiled gemm instead of these loops (`gemm_host.rs`, `cpu/host_gemm.rs`): 16-lane
+//! fused multiply-adds where Cranelift emits 4-lane multiplies and adds. The loops here stay
+//! the path for small tiles, other strides, and hosts without the vector kernel.
 
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::Variable;
@@ -22,19 +27,19 @@ use crate::ir::TileId;
 
 /// Operand geometry: address of element `[0, 0]` and strides in elements.
 #[derive(Clone, Copy)]
-struct Op {
-    base: Value,
-    s0: usize,
-    s1: usize,
+pub(super) struct Op {
+    pub base: Value,
+    pub s0: usize,
+    pub s1: usize,
 }
 
 /// Where the NN kernel's accumulators start (instead of zero): `init[i, j] * col[i]`.
 #[derive(Clone, Copy)]
-struct Init {
+pub(super) struct Init {
     /// Element `[0, 0]` of a dense `[m, n]` f32 tile.
-    base: Value,
+    pub base: Value,
     /// Element `[0, 0]` of the `[m, 1]` column and its row stride in bytes.
-    col: Option<(Value, usize)>,
+    pub col: Option<(Value, usize)>,
 }
 
 /// Blocking of the NT kernel (rows x columns of outputs).
@@ -81,10 +86,11 @@ impl Lower<'_, '_> {
             dl.offset
         };
         let out = self.scratch_at(out_off);
-        match gemm_kernel(&al, &bl) {
-            GemmKernel::Nt => self.gemm_nt(ao, bo, out, m, n, k),
-            GemmKernel::Nn => self.gemm_nn(ao, bo, out, m, n, k, None),
-            GemmKernel::Scalar => self.gemm_scalar(ao, bo, out, n, k, (0, m), (0, n)),
+        let kernel = gemm_kernel(&al, &bl);
+        if self.takes_host_gemm(kernel, m, n, k) {
+            self.host_gemm_call(ao, bo, out, m, n, k, None);
+        } else {
+            self.gemm_loops(kernel, ao, bo, out, (m, n, k));
         }
         if alias {
             let d = self.dst(dst);
@@ -96,6 +102,23 @@ impl Lower<'_, '_> {
             self.elementwise(d, &[src], true, &mut |_, v, _| v[0]);
         }
         Ok(())
+    }
+
+    /// The generated loops of a gemm of `m x n x k` that takes `kernel`.
+    fn gemm_loops(
+        &mut self,
+        kernel: GemmKernel,
+        a: Op,
+        b: Op,
+        out: Value,
+        mnk: (usize, usize, usize),
+    ) {
+        let (m, n, k) = mnk;
+        match kernel {
+            GemmKernel::Nt => self.gemm_nt(a, b, out, m, n, k),
+            GemmKernel::Nn => self.gemm_nn(a, b, out, m, n, k, None),
+            GemmKernel::Scalar => self.gemm_scalar(a, b, out, n, k, (0, m), (0, n)),
+        }
     }
 
     /// `acc + x * y` as a multiply and an add. Cranelift's x64 `fma` always overwrites a
@@ -470,6 +493,11 @@ impl Lower<'_, '_> {
             };
             (self.scratch_at(cl.offset), stride)
         });
-        self.gemm_nn(ao, bo, out, m, n, k, Some(Init { base, col }));
+        let init = Some(Init { base, col });
+        if self.takes_host_gemm(GemmKernel::Nn, m, n, k) {
+            self.host_gemm_call(ao, bo, out, m, n, k, init);
+        } else {
+            self.gemm_nn(ao, bo, out, m, n, k, init);
+        }
     }
 }

@@ -7,6 +7,7 @@ mod elementwise;
 mod fp8;
 mod fuse;
 mod gemm;
+mod gemm_host;
 mod memory;
 mod paged;
 mod reduce;
@@ -63,6 +64,8 @@ pub(in crate::cpu) struct HostFns {
     pub log2: FuncRef,
     /// `prefetch(address, bytes)`, a hint (see `cpu/prefetch.rs`).
     pub prefetch: FuncRef,
+    /// `gemm(&GemmCall)` (see `cpu/host_gemm.rs`); `None`: every gemm takes the generated loops.
+    pub gemm: Option<FuncRef>,
 }
 
 /// State of the lowering of one kernel.

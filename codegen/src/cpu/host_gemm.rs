@@ -1,0 +1,274 @@
+//! Host-compiled tile gemm for the generated code.
+//!
+//! Cranelift's x64 backend emits 128-bit vectors only, so the register-blocked gemm loops it
+//! compiles (`lower/gemm.rs`) peak at four multiply-adds per instruction. For gemm tiles above
+//! [`HOST_GEMM_MIN_MACS`] multiply-adds the generated code instead fills a [`GemmCall`] on its
+//! stack and calls `host_gemm`, whose AVX-512 microkernels (compiled into this crate with
+//! `#[target_feature]`, chosen at run time) run sixteen lanes with fused multiply-adds, as
+//! it already calls the host for `log2` and prefetch. Where the host has no AVX-512 (other
+//! x86-64 CPUs, aarch64) the backend keeps its own loops ([`host_gemm_available`] is false);
+//! `host_gemm` still computes the right result there with a portable loop.
+//!
+//! Semantics, for `i < m`, `j < n` (strides in elements):
+//! `out[i*ldo + j] = start(i, j) + sum_k a[i*a_s0 + k*a_s1] * b[k*b_s0 + j*b_s1]`, where
+//! `start` is `0`, `init[i*ldo + j]` or `init[i*ldo + j] * col[i*col_s]`; `init` may be `out`
+//! itself (each element is read before it is written), the operands may not overlap `out`.
+
+/// Symbol name of `host_gemm`.
+pub(super) const GEMM_SYMBOL: &str = "tpla_cpu_gemm";
+
+/// Gemms with fewer multiply-adds than this stay in the generated loops (a call, the stores of
+/// its arguments and the edge handling cost more than they save on a small tile).
+pub const HOST_GEMM_MIN_MACS: usize = 4096;
+
+/// The arguments of one `host_gemm` call, written by the generated code (field order and
+/// types are part of that contract: eight-byte fields, see [`GemmCall::FIELDS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GemmCall {
+    /// Element `[0, 0]` of the left operand `[m, k]`.
+    pub a: *const f32,
+    /// Element `[0, 0]` of the right operand `[k, n]`.
+    pub b: *const f32,
+    /// Element `[0, 0]` of the dense destination `[m, n]`, row stride `ldo`.
+    pub out: *mut f32,
+    /// Where the accumulators start (`[m, n]`, row stride `ldo`), or null for zero.
+    pub init: *const f32,
+    /// A column `[m, 1]` scaling `init` row by row (stride `col_s`), or null for none.
+    pub col: *const f32,
+    /// Rows of the result.
+    pub m: i64,
+    /// Columns of the result.
+    pub n: i64,
+    /// The contracted length.
+    pub k: i64,
+    /// Strides of `a` (rows, K) in elements.
+    pub a_s0: i64,
+    pub a_s1: i64,
+    /// Strides of `b` (K, columns) in elements.
+    pub b_s0: i64,
+    pub b_s1: i64,
+    /// Row stride of `out` and `init` in elements.
+    pub ldo: i64,
+    /// Stride of `col` in elements.
+    pub col_s: i64,
+}
+
+impl GemmCall {
+    /// Field names in memory order; each field is eight bytes at `8 * index`.
+    pub const FIELDS: [&'static str; 14] = [
+        "a", "b", "out", "init", "col", "m", "n", "k", "a_s0", "a_s1", "b_s0", "b_s1", "ldo",
+        "col_s",
+    ];
+
+    /// Byte offset of field `name` (one of [`Self::FIELDS`]).
+    pub fn offset(name: &str) -> i32 {
+        let i = Self::FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .expect("a GemmCall field");
+        (i * 8) as i32
+    }
+
+    /// Size in bytes.
+    pub const BYTES: u32 = 14 * 8;
+}
+
+/// Whether `host_gemm` has a vector kernel on this machine (AVX-512F): only then does the
+/// backend call it.
+pub fn host_gemm_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The host gemm the generated code calls (see the module doc).
+///
+/// # Safety
+/// `call` points to a valid [`GemmCall`] whose pointers cover every element the strides and
+/// sizes address; `out` overlaps neither operand nor `col` (it may equal `init`).
+pub(super) unsafe extern "C" fn host_gemm(call: *const GemmCall) {
+    // SAFETY: the caller passes a valid, initialized call record.
+    let c = unsafe { &*call };
+    if c.m <= 0 || c.n <= 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present; the pointer contract is the caller's.
+        unsafe { avx512::gemm(c) };
+        return;
+    }
+    // SAFETY: the pointer contract is the caller's.
+    unsafe { portable(c) }
+}
+
+/// The accumulator start of element `(i, j)` (see the module doc).
+///
+/// # Safety
+/// As `host_gemm`.
+#[inline(always)]
+unsafe fn start(c: &GemmCall, i: isize, j: isize) -> f32 {
+    if c.init.is_null() {
+        return 0.0;
+    }
+    // SAFETY: `(i, j)` is inside the `[m, n]` result, which `init` covers.
+    let x = unsafe { *c.init.offset(i * c.ldo as isize + j) };
+    if c.col.is_null() {
+        x
+    } else {
+        // SAFETY: row `i` of the `[m, 1]` column.
+        x * unsafe { *c.col.offset(i * c.col_s as isize) }
+    }
+}
+
+/// Plain loops: any strides, any machine.
+///
+/// # Safety
+/// As `host_gemm`.
+unsafe fn portable(c: &GemmCall) {
+    for i in 0..c.m as isize {
+        for j in 0..c.n as isize {
+            // SAFETY: the pointer contract of `host_gemm`, indices inside `[m, k]`, `[k, n]`.
+            let mut s = unsafe { start(c, i, j) };
+            for kk in 0..c.k as isize {
+                // SAFETY: as above.
+                let (x, y) = unsafe {
+                    (
+                        *c.a.offset(i * c.a_s0 as isize + kk * c.a_s1 as isize),
+                        *c.b.offset(kk * c.b_s0 as isize + j * c.b_s1 as isize),
+                    )
+                };
+                s = x.mul_add(y, s);
+            }
+            // SAFETY: `(i, j)` is inside the destination.
+            unsafe { *c.out.offset(i * c.ldo as isize + j) = s };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random f32 in `[-1, 1)`, never zero.
+    fn rnd(state: &mut u64) -> f32 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let x = ((*state >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
+        if x == 0.0 {
+            0.5
+        } else {
+            x
+        }
+    }
+
+    /// Runs `host_gemm` (and the portable loop) on `a @ b` (NT when `nt`: `b` given as `[n, k]`
+    /// rows) with a scaled start, against an f64 reference.
+    fn check(m: usize, n: usize, k: usize, nt: bool, init: bool, seed: u64) {
+        let mut s = seed;
+        let a: Vec<f32> = (0..m * k).map(|_| rnd(&mut s)).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rnd(&mut s)).collect();
+        let ini: Vec<f32> = (0..m * n).map(|_| rnd(&mut s)).collect();
+        let col: Vec<f32> = (0..m).map(|_| rnd(&mut s)).collect();
+        let (b_s0, b_s1) = if nt { (1, k) } else { (n, 1) };
+        let mut want = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = if init {
+                    ini[i * n + j] as f64 * col[i] as f64
+                } else {
+                    0.0
+                };
+                for kk in 0..k {
+                    acc += a[i * k + kk] as f64 * b[kk * b_s0 + j * b_s1] as f64;
+                }
+                want[i * n + j] = acc;
+            }
+        }
+        for vector in [true, false] {
+            let mut out = if init {
+                ini.clone()
+            } else {
+                vec![f32::NAN; m * n]
+            };
+            let call = GemmCall {
+                a: a.as_ptr(),
+                b: b.as_ptr(),
+                out: out.as_mut_ptr(),
+                init: if init { out.as_ptr() } else { std::ptr::null() },
+                col: if init { col.as_ptr() } else { std::ptr::null() },
+                m: m as i64,
+                n: n as i64,
+                k: k as i64,
+                a_s0: k as i64,
+                a_s1: 1,
+                b_s0: b_s0 as i64,
+                b_s1: b_s1 as i64,
+                ldo: n as i64,
+                col_s: 1,
+            };
+            if vector {
+                // SAFETY: every pointer covers the shapes of `call`; `init` is `out` itself.
+                unsafe { host_gemm(&call) };
+            } else {
+                // SAFETY: as above.
+                unsafe { portable(&call) };
+            }
+            for (e, (g, w)) in out.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
+                assert!(
+                    (*g as f64 - w).abs() <= tol,
+                    "m {m} n {n} k {k} nt {nt} init {init} vector {vector}: \
+                     element {e}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_f64_on_edges_and_blocks() {
+        let mut seed = 1;
+        for &(m, n, k) in &[
+            (16, 64, 576),
+            (16, 512, 64),
+            (5, 7, 3),
+            (1, 1, 1),
+            (7, 33, 17),
+            (13, 50, 100),
+            (4, 16, 16),
+            (3, 129, 31),
+        ] {
+            for nt in [true, false] {
+                for init in [false, true] {
+                    seed += 1;
+                    check(m, n, k, nt, init, seed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn call_record_layout_is_fourteen_words() {
+        assert_eq!(std::mem::size_of::<GemmCall>(), GemmCall::BYTES as usize);
+        assert_eq!(GemmCall::offset("a"), 0);
+        assert_eq!(GemmCall::offset("col_s"), 13 * 8);
+        assert_eq!(
+            std::mem::offset_of!(GemmCall, ldo),
+            GemmCall::offset("ldo") as usize
+        );
+        assert_eq!(
+            std::mem::offset_of!(GemmCall, k),
+            GemmCall::offset("k") as usize
+        );
+    }
+}
