@@ -3,6 +3,9 @@
 //! exact kv norm) against the TPLA reference, at TP 2, 4 and 8 with in-process CPU ranks; and the
 //! same checks on one GPU with the ranks in sequence and a device-side sum.
 
+#[path = "layer_glue/mod.rs"]
+mod glue_kernels;
+
 use tpla::layer::reference::reference_steps;
 use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, TpLayer};
 use tpla_model::linalg::rel_err;

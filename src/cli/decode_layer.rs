@@ -565,33 +565,35 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             form,
             med,
             model.coll_s * n,
-            (model.attn_s + model.proj_s) * n,
+            model.device_s() * n,
         ));
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
         "form",
         "attn ms",
         "proj ms",
+        "glue ms",
         "host ms",
         "coll ms (m)",
         "step ms",
         "tokens/s",
-        "spec a+p ms",
+        "spec a+p+g ms",
         "meas/spec"
     );
     let mut times = Vec::new();
     for (form, t, coll, model) in &rows {
-        let dev = (t.attention + t.projections).as_secs_f64();
+        let dev = t.device().as_secs_f64();
         let step = t.total().as_secs_f64() + coll;
         times.push((form.name(), dev + coll));
         println!(
-            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
+            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
             form.name(),
             t.attention.as_secs_f64() * 1e3,
             t.projections.as_secs_f64() * 1e3,
+            t.glue.as_secs_f64() * 1e3,
             t.host.as_secs_f64() * 1e3,
             coll * 1e3,
             step * 1e3,
@@ -600,10 +602,10 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             dev / model
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'spec a+p' is the cost model's attention + projections with the H200 datasheet figures, 'meas/spec' measured attn + proj over it; the model check below uses this run's rooflines)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; the model check below uses this run's rooflines)", a.steps, l.layers);
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
         for (form, t, coll, _) in &rows {
-            let per_layer = ((t.attention + t.projections).as_secs_f64() + coll) / l.layers as f64;
+            let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
             let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
             println!(
                 "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + modelled collective; MoE/FFN/LM-head weight reads modelled, bf16)",
@@ -614,7 +616,7 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
         for (n, t) in times.iter().filter(|(n, _)| n != base) {
             println!(
-                "{n} vs mla-tp (attention + projections + modelled collective): {:.2}x",
+                "{n} vs mla-tp (attention + projections + glue + modelled collective): {:.2}x",
                 bt / t
             );
         }
