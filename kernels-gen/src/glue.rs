@@ -1,5 +1,5 @@
-//! The element-wise steps of an MLA decode layer around its projections and attention: the
-//! RMSNorms of the down-projection, RoPE, the absorbed query and the cache row, and the exact
+//! The element-wise steps of an MLA decode layer around its projections and attention: row
+//! RMSNorm, the norms of the down-projection, RoPE, the absorbed query and the cache row, and the exact
 //! merge of context-parallel partial states.
 //!
 //! RoPE rotates interleaved pairs `(x[2j], x[2j+1])` by the angle `pos · θ^(−2j/rope)`. The
@@ -9,6 +9,25 @@
 //! built once on the host (`[positions, rope / 2]`), indexed by the step's position.
 
 use tpla_macros::kernel;
+
+/// `out[r, :] = x[r, :] / sqrt(mean(x[r, :]²) + eps) · gain`: RMSNorm of whole rows with a
+/// gain vector (a block's input norm). One program normalises `BLOCK_R` rows.
+#[kernel(grid = (cdiv(rows, BLOCK_R)), constants(COLS))]
+pub fn rms_norm_rows<#[tune(1, 2, 4)] const BLOCK_R: usize>(
+    x: Tensor<f32, dims![rows, COLS]>,
+    gain: Tensor<f32, dims![COLS]>,
+    out: TensorMut<f32, dims![rows, COLS]>,
+    eps: f32,
+) {
+    let r0 = program_id(0) * BLOCK_R;
+    let v = load(x.tile([r0..r0 + BLOCK_R, 0..COLS]));
+    let inv_rms = rsqrt(reduce_sum(v * v, 1) / COLS + eps);
+    let g = load(gain.tile([0..COLS]));
+    store(
+        out.tile([r0..r0 + BLOCK_R, 0..COLS]),
+        v * inv_rms.unsqueeze(1) * g.unsqueeze(0),
+    );
+}
 
 /// The norms of one token's fused down-projection row `y = [q_a (QL) | c (W) | k_pe (ROPE)]`:
 /// `q_out = q_a / sqrt(mean(q_a²) + eps) · gain` (the query latent's RMSNorm with its `γ`) and
@@ -105,8 +124,14 @@ pub fn assemble_query<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     let h0 = program_id(1) * BLOCK_H;
     let a0 = load(absorbed.tile([b, h0..h0 + BLOCK_H, .., 0]));
     let a1 = load(absorbed.tile([b, h0..h0 + BLOCK_H, .., 1]));
-    store(out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 0]), a0.cast::<bf16>());
-    store(out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 1]), a1.cast::<bf16>());
+    store(
+        out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 0]),
+        a0.cast::<bf16>(),
+    );
+    store(
+        out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 1]),
+        a1.cast::<bf16>(),
+    );
     let x0 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 0]));
     let x1 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 1]));
     let cs = load(cos.tile([pos, ..])).unsqueeze(0);

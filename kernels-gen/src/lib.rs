@@ -10,9 +10,9 @@
 //! - [`add_rows`], [`copy_rows`]: element-wise sum and copy (a one-device stand-in for an
 //!   all-reduce);
 //! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm);
-//! - [`glue`]: a decode layer's element-wise steps ([`down_norms`], [`cache_row`],
-//!   [`query_nope`], [`assemble_query`]) and the context-parallel state exchange and merge
-//!   ([`place_state`], [`merge_heads`]).
+//! - [`glue`]: a decode layer's element-wise steps ([`rms_norm_rows`], [`down_norms`],
+//!   [`cache_row`], [`query_nope`], [`assemble_query`]) and the context-parallel state exchange
+//!   and merge ([`place_state`], [`merge_heads`]).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -41,7 +41,9 @@ pub use append::append_rows;
 pub use cast::cast_bf16;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
-pub use glue::{assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope};
+pub use glue::{
+    assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope, rms_norm_rows,
+};
 pub use proj::head_proj;
 pub use schedule::split_schedule;
 

@@ -532,19 +532,28 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
         let mut per_step: Vec<(f64, RankTimes)> = Vec::new();
+        let norm = Prenorm::new(&stack, cfg.hidden)?;
         for step in 0..=a.steps {
             let xv: Vec<f32> = (0..a.batch * cfg.hidden)
                 .map(|_| rng.gen_range(-1.0f32..1.0))
                 .collect();
-            let mut x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
+            let x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let mut ranks = vec![RankTimes::default(); l.tp];
-            for s in stack.iter_mut() {
-                let (y, times) = s.step(&x)?;
+            // The stack's input goes up once per rank (host); layer to layer the hidden states
+            // stay on the executors (each rank's all-reduced output, normalised there).
+            let mut xs = Vec::with_capacity(l.tp);
+            for (exec, t) in stack[0].execs().iter().zip(&mut ranks) {
+                let s = std::time::Instant::now();
+                xs.push(exec.upload(&x)?);
+                t.host += s.elapsed();
+            }
+            for (i, s) in stack.iter_mut().enumerate() {
+                let (ys, times) = s.step_device(xs)?;
                 for (acc, t) in ranks.iter_mut().zip(times) {
                     *acc += t;
                 }
-                x = prenorm(y, cfg.hidden);
+                xs = norm.apply(s.execs(), i, ys)?;
             }
             if step > 0 {
                 // Step 0 compiles the kernels: untimed.
@@ -561,12 +570,7 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         let len = a.context + a.steps;
         let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
         let n = l.layers as f64;
-        rows.push((
-            form,
-            med,
-            model.coll_s * n,
-            model.device_s() * n,
-        ));
+        rows.push((form, med, model.coll_s * n, model.device_s() * n));
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
@@ -659,12 +663,52 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
 }
 
 /// RMSNorm of each row (the next layer's input norm), so a stack of random layers stays finite.
-fn prenorm(y: HostTensor<f32>, d: usize) -> HostTensor<f32> {
-    let mut v = y.into_vec();
-    for row in v.chunks_mut(d) {
-        tpla::layer::glue::rms_norm(row, 1e-6, 1.0);
+/// The RMSNorm between the layers of the timed stack (no gain, eps 1e-6: the next block's input
+/// norm), on each rank's executor with [`tpla_kernels::rms_norm_rows`]; untimed, like the rest
+/// of the model between attention blocks.
+struct Prenorm<X: Executor> {
+    cfg: tpla_codegen::Config,
+    /// A gain of ones `[D]` per layer and rank, on that rank's executor.
+    ones: Vec<Vec<X::Tensor<f32>>>,
+}
+
+impl<X: Executor> Prenorm<X> {
+    fn new<C: AllReduce<X>>(stack: &[TpLayer<X, C>], d: usize) -> Result<Self, RuntimeError> {
+        use tpla_codegen::KernelDef;
+        let ones = stack
+            .iter()
+            .map(|s| {
+                s.execs()
+                    .iter()
+                    .map(|e| e.upload(&HostTensor::full(&[d], 1.0f32)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cfg = tpla_kernels::rms_norm_rows.default_config(&[("COLS", d as i64)])?;
+        Ok(Prenorm { cfg, ones })
     }
-    HostTensor::from_vec(&[v.len() / d, d], v).expect("same size")
+
+    /// The normalised `ys` of layer `layer`, each on its rank's executor (synchronised, so the
+    /// next layer's executors may read them).
+    fn apply(
+        &self,
+        execs: &[X],
+        layer: usize,
+        ys: Vec<X::Tensor<f32>>,
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        let mut out = Vec::with_capacity(ys.len());
+        for ((exec, y), g) in execs.iter().zip(&ys).zip(&self.ones[layer]) {
+            let shape = X::tensor_arg(y)
+                .tensor_shape()
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default();
+            let mut x = exec.alloc::<f32>(&shape)?;
+            tpla_kernels::rms_norm_rows::launch(exec, &self.cfg, y, g, &mut x, 1e-6)?;
+            exec.synchronize()?;
+            out.push(x);
+        }
+        Ok(out)
+    }
 }
 
 /// The form on a small synthetic layer against its f64 reference: the worst relative error.

@@ -55,7 +55,9 @@ impl Rope {
 /// rank `r`'s tokens) with natural-log sum-exp `lses[r]` gives `Σ_r w_r · parts[r]`,
 /// `w_r = exp(lse_r − lse)`, and `lse = log Σ_r exp(lse_r)`; in f64.
 pub fn merge(parts: &[&[f32]], lses: &[f32]) -> (Vec<f32>, f32) {
-    let m = lses.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+    let m = lses
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
     let ws: Vec<f64> = lses.iter().map(|&l| (f64::from(l) - m).exp()).collect();
     let total: f64 = ws.iter().sum();
     let n = parts.first().map_or(0, |p| p.len());

@@ -265,7 +265,9 @@ impl<X: Executor> Rank<X> {
         let hr = self.role.attn_heads.len();
         let p = self.position(pos)?;
         X::reshape(&mut down.q_a, &[b, 1, ql])?;
-        let q = timed(exec, &mut t.projections, || self.uq.apply(exec, &down.q_a, b));
+        let q = timed(exec, &mut t.projections, || {
+            self.uq.apply(exec, &down.q_a, b)
+        });
         X::reshape(&mut down.q_a, &[b, ql])?;
         let mut q = q?;
         X::reshape(&mut q, &[b, hr, nope + rope])?;

@@ -221,7 +221,8 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
 
     /// One decode step: `x` `[batch, D]` (hidden states of the new token of every sequence, at
     /// position `len()`) to the layer output `[batch, D]`, with every rank's time. The token is
-    /// appended to the cache first (append-then-attend).
+    /// appended to the cache first (append-then-attend). `x` is uploaded to every rank (timed as
+    /// [`RankTimes::host`]) and rank 0's output downloaded; [`Self::step_device`] does neither.
     pub fn step(
         &mut self,
         x: &HostTensor<f32>,
@@ -233,6 +234,47 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 x.shape()
             )));
         }
+        let mut host_s = Vec::with_capacity(self.execs.len());
+        let mut xs = Vec::with_capacity(self.execs.len());
+        for exec in &self.execs {
+            let s = Instant::now();
+            xs.push(exec.upload(x)?);
+            host_s.push(s.elapsed());
+        }
+        let (ys, mut times) = self.step_device(xs)?;
+        for (t, h) in times.iter_mut().zip(host_s) {
+            t.host += h;
+        }
+        let y = self.execs[0].download(&ys[0])?;
+        Ok((y, times))
+    }
+
+    /// [`Self::step`] on tensors already on the ranks' executors: `xs[r]` (`[batch, D]`, on
+    /// `execs()[r]`) holds the step's hidden states; returns every rank's copy of the
+    /// all-reduced output `[batch, D]` (on its executor), what a tensor-parallel model feeds its
+    /// next block. Nothing of the step moves through the host but the sequence lengths the
+    /// append sets.
+    pub fn step_device(
+        &mut self,
+        mut xs: Vec<X::Tensor<f32>>,
+    ) -> Result<(Vec<X::Tensor<f32>>, Vec<RankTimes>), RuntimeError> {
+        let (b, d) = (self.batch, self.hidden);
+        let tp = self.ranks.len();
+        if xs.len() != tp {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} inputs for {tp} ranks",
+                xs.len()
+            )));
+        }
+        if let Some(bad) = xs
+            .iter()
+            .map(|x| X::tensor_arg(x).tensor_shape().map(<[usize]>::to_vec))
+            .find(|s| s.as_deref() != Some(&[b, d][..]))
+        {
+            return Err(RuntimeError::InvalidInput(format!(
+                "x must be [{b}, {d}] on every rank, got {bad:?}"
+            )));
+        }
         if self.len >= self.max_tokens {
             return Err(RuntimeError::LengthPastCache {
                 len: self.len + 1,
@@ -240,16 +282,18 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             });
         }
         let pos = self.len;
-        let tp = self.ranks.len();
         let mut times = vec![RankTimes::default(); tp];
-        let xh = host(&[b, 1, d], x.data().to_vec())?;
         let mut downs: Vec<Down<X>> = Vec::with_capacity(tp);
         let mut c_sq: Vec<X::Tensor<f32>> = Vec::with_capacity(tp);
-        for ((rank, exec), t) in self.ranks.iter().zip(&self.execs).zip(&mut times) {
-            let s = Instant::now();
-            let xd = exec.upload(&xh)?;
-            t.host += s.elapsed();
-            let (dn, sq) = rank.down(exec, &xd, t)?;
+        for (((rank, exec), t), x) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .zip(xs.iter_mut())
+        {
+            X::reshape(x, &[b, 1, d])?;
+            let (dn, sq) = rank.down(exec, x, t)?;
             downs.push(dn);
             c_sq.push(sq);
         }
@@ -285,9 +329,8 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             parts.push(rank.output(exec, o, t)?);
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
-        let y = self.execs[0].download(&parts[0])?;
         self.len += 1;
-        Ok((y, times))
+        Ok((parts, times))
     }
 
     /// DCP: every rank's partial state `(out, lse)` (all heads, its tokens) goes to every rank

@@ -6,7 +6,9 @@
 use rand::{Rng, SeedableRng};
 use tpla::layer::glue::{self, RopeTable};
 use tpla_codegen::KernelDef;
-use tpla_kernels::{assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope};
+use tpla_kernels::{
+    assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope, rms_norm_rows,
+};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{CpuExecutor, Element, Executor, HostTensor};
 
@@ -18,7 +20,8 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn up<X: Executor, T: Element>(exec: &X, shape: &[usize], v: Vec<T>) -> X::Tensor<T> {
-    exec.upload(&HostTensor::from_vec(shape, v).unwrap()).unwrap()
+    exec.upload(&HostTensor::from_vec(shape, v).unwrap())
+        .unwrap()
 }
 
 fn poisoned<X: Executor>(exec: &X, shape: &[usize]) -> X::Tensor<f32> {
@@ -47,6 +50,35 @@ fn assert_bf16(what: &str, got: &[bf16], want: &[f32]) {
     assert_close(what, &g, &w, 1.0 / 128.0, 1e-3);
 }
 
+/// `rms_norm_rows` = `glue::rms_norm` of every row, then the gain.
+pub fn rms_norm_rows_matches_the_host<X: Executor>(exec: &X) {
+    let (rows, cols, eps) = (5, 200, 1e-6f32);
+    let x = random(rows * cols, 30);
+    let gain = random(cols, 31);
+    let cfg = rms_norm_rows
+        .default_config(&[("COLS", cols as i64)])
+        .unwrap();
+    let (xd, gd) = (
+        up(exec, &[rows, cols], x.clone()),
+        up(exec, &[cols], gain.clone()),
+    );
+    let mut out = poisoned(exec, &[rows, cols]);
+    rms_norm_rows::launch(exec, &cfg, &xd, &gd, &mut out, eps).unwrap();
+    let mut want = Vec::new();
+    for row in x.chunks(cols) {
+        let mut r = row.to_vec();
+        glue::rms_norm(&mut r, eps, 1.0);
+        want.extend(r.iter().zip(&gain).map(|(v, g)| v * g));
+    }
+    assert_close(
+        "rows",
+        exec.download(&out).unwrap().data(),
+        &want,
+        1e-5,
+        1e-3,
+    );
+}
+
 /// `down_norms` = the q RMSNorm (`glue::rms_norm`, then γ) and `share · Σ c²`.
 pub fn down_norms_matches_the_host<X: Executor>(exec: &X) {
     let (b, ql, w, rope, eps, share) = (3, 96, 64, 16, 1e-6f32, 0.75f32);
@@ -67,8 +99,20 @@ pub fn down_norms_matches_the_host<X: Executor>(exec: &X) {
         let ss: f64 = row[ql..ql + w].iter().map(|v| f64::from(*v).powi(2)).sum();
         want_sq.push((ss * f64::from(share)) as f32);
     }
-    assert_close("q_a", exec.download(&q).unwrap().data(), &want_q, 1e-5, 1e-3);
-    assert_close("c_sq", exec.download(&sq).unwrap().data(), &want_sq, 1e-5, 1e-3);
+    assert_close(
+        "q_a",
+        exec.download(&q).unwrap().data(),
+        &want_q,
+        1e-5,
+        1e-3,
+    );
+    assert_close(
+        "c_sq",
+        exec.download(&sq).unwrap().data(),
+        &want_sq,
+        1e-5,
+        1e-3,
+    );
 }
 
 /// `cache_row` = `c · gain / glue::rms(c)` and `glue::rope(k_pe, pos)`, in bf16.
@@ -157,9 +201,16 @@ pub fn query_kernels_match_the_host<X: Executor>(exec: &X) {
 /// (one rank's state empty: the very negative LSE decode writes).
 pub fn dcp_kernels_match_the_host<X: Executor>(exec: &X) {
     let (tp, b, h, lat) = (3usize, 2usize, 5usize, 40usize);
-    let outs: Vec<Vec<f32>> = (0..tp).map(|r| random(b * h * lat, 10 + r as u64)).collect();
+    let outs: Vec<Vec<f32>> = (0..tp)
+        .map(|r| random(b * h * lat, 10 + r as u64))
+        .collect();
     let mut lses: Vec<Vec<f32>> = (0..tp)
-        .map(|r| random(b * h, 20 + r as u64).iter().map(|v| 3.0 * v).collect())
+        .map(|r| {
+            random(b * h, 20 + r as u64)
+                .iter()
+                .map(|v| 3.0 * v)
+                .collect()
+        })
         .collect();
     lses[1][3] = -6.9e29;
     let place = place_state.default_config(&[("LAT", lat as i64)]).unwrap();
@@ -167,15 +218,34 @@ pub fn dcp_kernels_match_the_host<X: Executor>(exec: &X) {
     for r in 0..tp {
         let o = up(exec, &[b, h, lat], outs[r].clone());
         let l = up(exec, &[b, h], lses[r].clone());
-        let (mut p, mut s) = (poisoned(exec, &[tp, b, h, lat]), poisoned(exec, &[tp, b, h]));
+        let (mut p, mut s) = (
+            poisoned(exec, &[tp, b, h, lat]),
+            poisoned(exec, &[tp, b, h]),
+        );
         place_state::launch(exec, &place, &o, &l, &mut p, &mut s, r as i32).unwrap();
         let (p, s) = (exec.download(&p).unwrap(), exec.download(&s).unwrap());
         for slot in 0..tp {
             let (ps, ls) = (b * h * lat, b * h);
-            let want_p = if slot == r { outs[r].clone() } else { vec![0.0; ps] };
-            let want_l = if slot == r { lses[r].clone() } else { vec![0.0; ls] };
-            assert_eq!(&p.data()[slot * ps..(slot + 1) * ps], &want_p[..], "rank {r} slot {slot}");
-            assert_eq!(&s.data()[slot * ls..(slot + 1) * ls], &want_l[..], "rank {r} slot {slot}");
+            let want_p = if slot == r {
+                outs[r].clone()
+            } else {
+                vec![0.0; ps]
+            };
+            let want_l = if slot == r {
+                lses[r].clone()
+            } else {
+                vec![0.0; ls]
+            };
+            assert_eq!(
+                &p.data()[slot * ps..(slot + 1) * ps],
+                &want_p[..],
+                "rank {r} slot {slot}"
+            );
+            assert_eq!(
+                &s.data()[slot * ls..(slot + 1) * ls],
+                &want_l[..],
+                "rank {r} slot {slot}"
+            );
         }
         sum_p.iter_mut().zip(p.data()).for_each(|(a, v)| *a += v);
         sum_l.iter_mut().zip(s.data()).for_each(|(a, v)| *a += v);
@@ -196,11 +266,22 @@ pub fn dcp_kernels_match_the_host<X: Executor>(exec: &X) {
         }
     }
     // Inputs in ±1: a merged value may cancel towards 0, so the bound is relative to 1.
-    assert_close("merged", exec.download(&out).unwrap().data(), &want, 1e-5, 1.0);
+    assert_close(
+        "merged",
+        exec.download(&out).unwrap().data(),
+        &want,
+        1e-5,
+        1.0,
+    );
 }
 
 fn cpu() -> CpuExecutor {
     CpuExecutor::new(1).unwrap()
+}
+
+#[test]
+fn rms_norm_rows_matches_the_host_on_cpu() {
+    rms_norm_rows_matches_the_host(&cpu());
 }
 
 #[test]
@@ -230,14 +311,15 @@ fn gpu_glue_kernels_match_the_host() {
     else {
         return;
     };
+    rms_norm_rows_matches_the_host(&g);
     down_norms_matches_the_host(&g);
     cache_row_matches_the_host(&g);
     query_kernels_match_the_host(&g);
     dcp_kernels_match_the_host(&g);
 }
 
-/// The glue kernels at the DeepSeek-V3 and Kimi-K2 TP2 shapes (q_lora 1536; latent 512, 256;
-/// nope 128, rope 64) compile with NVRTC for sm_90a (no GPU needed; skips without libnvrtc
+/// The glue kernels at the DeepSeek-V3 and Kimi-K2 TP2 shapes (hidden 7168; q_lora 1536;
+/// latent 512, 256; nope 128, rope 64) compile with NVRTC for sm_90a (no GPU needed; skips without libnvrtc
 /// unless `TPLA_REQUIRE_NVRTC=1`).
 #[test]
 fn glue_kernels_compile_with_nvrtc() {
@@ -271,6 +353,7 @@ fn glue_kernels_compile_with_nvrtc() {
         );
     }
     build(&query_nope, &[("NOPE", 128), ("ROPE", 64)]);
+    build(&rms_norm_rows, &[("COLS", 7168)]);
     build(&place_state, &[("LAT", 512)]);
     build(&merge_heads, &[("LAT", 512)]);
     build(&tpla_kernels::copy_rows, &[("COLS", 7168)]);
