@@ -275,8 +275,56 @@ pub fn dcp_kernels_match_the_host<X: Executor>(exec: &X) {
     );
 }
 
+/// `append_device` of device rows writes the same cache as `append` of those rows from the host;
+/// a wrong shape, a cache overrun or a decoder of several shards is a typed error that changes
+/// nothing.
+pub fn append_device_writes_what_append_writes<X: Executor>(exec: &X) {
+    use tpla::decoder::{DecoderShape, LatentDecoder};
+    let shape = DecoderShape {
+        batch: 2,
+        heads: 4,
+        lat: 32,
+        rope: 16,
+        groups: 1,
+        page_size: 4,
+        max_tokens: 6,
+        splits: 1,
+        scale: 0.1,
+    };
+    let row = 48;
+    let rows: Vec<bf16> = random(2 * 3 * row, 40)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let host_rows = HostTensor::from_vec(&[2, 3, row], rows.clone()).unwrap();
+    let mut a = LatentDecoder::new(exec, shape.clone()).unwrap();
+    let mut b = LatentDecoder::new(exec, shape.clone()).unwrap();
+    a.append(exec, &host_rows).unwrap();
+    let dev = up(exec, &[2, 3, row], rows);
+    b.append_device(exec, &dev).unwrap();
+    assert_eq!(a.lens(), b.lens());
+    let (ca, cb) = (
+        exec.download_paged(&a.shards()[0]).unwrap(),
+        exec.download_paged(&b.shards()[0]).unwrap(),
+    );
+    assert_eq!(ca.data(), cb.data());
+    let wrong = up(exec, &[2, 1, row + 2], vec![bf16::ONE; 2 * (row + 2)]);
+    assert!(b.append_device(exec, &wrong).is_err(), "wrong width");
+    let long = up(exec, &[2, 4, row], vec![bf16::ONE; 2 * 4 * row]);
+    assert!(b.append_device(exec, &long).is_err(), "past the cache");
+    assert_eq!(b.lens(), &[3, 3], "unchanged after errors");
+    let mut two = LatentDecoder::new(exec, DecoderShape { groups: 2, ..shape }).unwrap();
+    let half = up(exec, &[2, 1, 32], vec![bf16::ONE; 64]);
+    assert!(two.append_device(exec, &half).is_err(), "two shards");
+}
+
 fn cpu() -> CpuExecutor {
     CpuExecutor::new(1).unwrap()
+}
+
+#[test]
+fn append_device_writes_what_append_writes_on_cpu() {
+    append_device_writes_what_append_writes(&cpu());
 }
 
 #[test]
@@ -304,7 +352,7 @@ fn dcp_kernels_match_the_host_on_cpu() {
     dcp_kernels_match_the_host(&cpu());
 }
 
-/// The same checks on the GPU (skips visibly without one; fails with `TPLA_REQUIRE_GPU=1`).
+/// The same checks (and the device append) on the GPU (skips visibly without one; fails with `TPLA_REQUIRE_GPU=1`).
 #[test]
 fn gpu_glue_kernels_match_the_host() {
     let Some(g) = tpla_runtime::cuda::device::executor_or_skip("gpu_glue_kernels_match_the_host")
@@ -316,11 +364,12 @@ fn gpu_glue_kernels_match_the_host() {
     cache_row_matches_the_host(&g);
     query_kernels_match_the_host(&g);
     dcp_kernels_match_the_host(&g);
+    append_device_writes_what_append_writes(&g);
 }
 
 /// The glue kernels at the DeepSeek-V3 and Kimi-K2 TP2 shapes (hidden 7168; q_lora 1536;
 /// latent 512, 256; nope 128, rope 64) compile with NVRTC for sm_90a (no GPU needed; skips without libnvrtc
-/// unless `TPLA_REQUIRE_NVRTC=1`).
+/// unless `TPLA_REQUIRE_NVRTC=1`), with no register spills where ptxas reports.
 #[test]
 fn glue_kernels_compile_with_nvrtc() {
     use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc};
@@ -338,8 +387,18 @@ fn glue_kernels_compile_with_nvrtc() {
         let cfg = def.default_config(consts).unwrap();
         let k = def.build(&cfg).unwrap();
         let src = tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap();
-        compile(&src.name, &src.code, &opts)
+        let c = compile(&src.name, &src.code, &opts)
             .unwrap_or_else(|e| panic!("{} [{cfg}]: {e}", def.name()));
+        if let Some(r) = &c.report {
+            eprintln!(
+                "{} [{cfg}]: {} registers, {} B static shared, spill-free {}",
+                def.name(),
+                r.registers,
+                r.static_shared_bytes,
+                r.spill_free()
+            );
+            assert!(r.spill_free(), "{} [{cfg}] spills: {r:?}", def.name());
+        }
     };
     for w in [512i64, 256] {
         build(&down_norms, &[("QL", 1536), ("W", w), ("ROPE", 64)]);
