@@ -113,7 +113,7 @@ fn host<T: tpla_runtime::Element>(
 }
 
 fn even(what: &str, v: usize) -> Result<i64, RuntimeError> {
-    if v % 2 != 0 {
+    if !v.is_multiple_of(2) {
         return Err(RuntimeError::InvalidInput(format!(
             "{what} = {v} must be even (RoPE and the cache rows are handled as pairs)"
         )));

@@ -34,6 +34,10 @@ pub struct LayerShape {
     pub gemm: GemmPath,
 }
 
+/// What [`TpLayer::step_device`] returns: every rank's all-reduced output `[batch, D]` (on its
+/// executor) and every rank's time.
+pub type DeviceStep<X> = (Vec<<X as Executor>::Tensor<f32>>, Vec<RankTimes>);
+
 /// One attention layer over `tp` ranks (see [`Form`]). The layer's weights must come from
 /// [`super::weights::prepare`] (γ folded, bf16).
 pub struct TpLayer<X: Executor, C: AllReduce<X>> {
@@ -257,7 +261,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     pub fn step_device(
         &mut self,
         mut xs: Vec<X::Tensor<f32>>,
-    ) -> Result<(Vec<X::Tensor<f32>>, Vec<RankTimes>), RuntimeError> {
+    ) -> Result<DeviceStep<X>, RuntimeError> {
         let (b, d) = (self.batch, self.hidden);
         let tp = self.ranks.len();
         if xs.len() != tp {
