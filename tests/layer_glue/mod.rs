@@ -415,5 +415,10 @@ fn glue_kernels_compile_with_nvrtc() {
     build(&rms_norm_rows, &[("COLS", 7168)]);
     build(&place_state, &[("LAT", 512)]);
     build(&merge_heads, &[("LAT", 512)]);
-    build(&tpla_kernels::copy_rows, &[("COLS", 7168)]);
+    // The collective stand-in at the layer's shapes: `[B, D]` outputs, the exact norm's
+    // `[B, 1]` sums, DCP's `[.., heads]` LSE and `[.., lat]` state slots.
+    for cols in [7168i64, 1, 64, 128, 512] {
+        build(&tpla_kernels::add_rows, &[("COLS", cols)]);
+        build(&tpla_kernels::copy_rows, &[("COLS", cols)]);
+    }
 }
