@@ -312,7 +312,8 @@ impl<X: Executor> Rank<X> {
         X::reshape(&mut down.y, &[b, (ql + w + rope) / 2, 2])?;
         let mut rows = out_buf_bf16(exec, &[b, (w + rope) / 2, 2], self.poison)?;
         let kv = self.kv;
-        let launched = timed(exec, &mut t.glue, || {
+        // One timed phase (one synchronisation) for the row and its append.
+        let appended = timed(exec, &mut t.glue, || {
             cache_row::launch(
                 exec,
                 &self.glue.row,
@@ -325,13 +326,12 @@ impl<X: Executor> Rank<X> {
                 kv.gain,
                 kv.inv_n,
                 eps,
-            )
+            )?;
+            X::reshape(&mut rows, &[b, 1, w + rope])?;
+            self.dec.append_device(exec, &rows)
         });
         X::reshape(&mut down.y, &[b, ql + w + rope])?;
-        launched?;
-        X::reshape(&mut rows, &[b, 1, w + rope])?;
-        let dec = &mut self.dec;
-        timed(exec, &mut t.glue, || dec.append_device(exec, &rows))
+        appended
     }
 
     /// Decode attention over this rank's cache.
