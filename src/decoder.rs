@@ -190,6 +190,42 @@ impl<X: Executor> LatentDecoder<X> {
         Ok(())
     }
 
+    /// Appends `rows` already on the executor (`[batch, n, w + rope]` bf16 with `w` this
+    /// decoder's shard width) to its one shard: the cache rows a device step assembled, with no
+    /// transfer but the new lengths. A decoder holding several shards needs [`Self::append`].
+    /// Errors (several shards, wrong shape, too long) change nothing.
+    pub fn append_device(&mut self, exec: &X, rows: &X::Tensor<bf16>) -> Result<(), RuntimeError> {
+        let s = &self.shape;
+        let row = self.width + s.rope;
+        if self.shards.len() != 1 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "append_device writes one shard; this decoder holds {}",
+                self.shards.len()
+            )));
+        }
+        let n = match X::tensor_arg(rows).tensor_shape() {
+            Some(&[b, n, d]) if b == s.batch && d == row && n > 0 => n,
+            sh => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "rows must be [{}, n >= 1, {row}], got {sh:?}",
+                    s.batch
+                )))
+            }
+        };
+        let new_lens: Vec<usize> = self.lens.iter().map(|l| l + n).collect();
+        if let Some(&bad) = new_lens.iter().find(|&&l| l > s.max_tokens) {
+            return Err(RuntimeError::LengthPastCache {
+                len: bad,
+                capacity: s.max_tokens,
+            });
+        }
+        let cache = &mut self.shards[0];
+        exec.set_seq_lens(cache, &new_lens)?;
+        append_rows::launch(exec, &self.append, rows, cache)?;
+        self.lens = new_lens;
+        Ok(())
+    }
+
     /// Appends `rows` (`[n, lat + rope]`, full width) to sequence `b` alone: continuous
     /// batching, where each sequence grows by its own count. Errors (bad sequence, shape, too
     /// long) change nothing.

@@ -3,6 +3,9 @@
 //! exact kv norm) against the TPLA reference, at TP 2, 4 and 8 with in-process CPU ranks; and the
 //! same checks on one GPU with the ranks in sequence and a device-side sum.
 
+#[path = "layer_glue/mod.rs"]
+mod glue_kernels;
+
 use tpla::layer::reference::reference_steps;
 use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, TpLayer};
 use tpla_model::linalg::rel_err;
@@ -221,7 +224,30 @@ fn bad_forms_are_typed_errors() {
         "wrong hidden size"
     );
     assert!(l.fill_random(5, 0).is_err(), "past the cache");
+    let d = layer.cfg.hidden;
+    let up = |e: &CpuExecutor, shape: &[usize]| e.upload(&HostTensor::full(shape, 0.5)).unwrap();
+    let one = vec![up(&l.execs()[0], &[1, d])];
+    assert!(l.step_device(one).is_err(), "one input for two ranks");
+    let bad: Vec<_> = l.execs().iter().map(|e| up(e, &[1, d + 1])).collect();
+    assert!(
+        l.step_device(bad).is_err(),
+        "wrong hidden size on the device"
+    );
     assert_eq!(l.len(), 0, "unchanged after errors");
+    let good: Vec<_> = l.execs().iter().map(|e| up(e, &[1, d])).collect();
+    let (ys, times) = l.step_device(good).unwrap();
+    assert_eq!((ys.len(), times.len(), l.len()), (2, 2, 1));
+    let (a, b) = (
+        l.execs()[0].download(&ys[0]).unwrap(),
+        l.execs()[1].download(&ys[1]).unwrap(),
+    );
+    assert_eq!(a.shape(), [1, d]);
+    assert!(a.data().iter().all(|v| v.is_finite()));
+    assert_eq!(
+        a.data(),
+        b.data(),
+        "every rank holds the all-reduced output"
+    );
 }
 
 /// One GPU, the ranks one after another, a device-side sum for the collective.

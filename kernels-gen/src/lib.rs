@@ -7,8 +7,12 @@
 //! - [`append_rows`]: paged cache append;
 //! - [`fp8`]: the FP8 latent cache (the decode and the append with the knob `KV_FP8`);
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
-//! - [`add_rows`]: element-wise sum (a one-device stand-in for an all-reduce);
-//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm).
+//! - [`add_rows`], [`copy_rows`]: element-wise sum and copy (a one-device stand-in for an
+//!   all-reduce);
+//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm);
+//! - [`glue`]: a decode layer's element-wise steps ([`rms_norm_rows`], [`down_norms`],
+//!   [`cache_row`], [`query_nope`], [`assemble_query`]) and the context-parallel state exchange
+//!   and merge ([`place_state`], [`merge_heads`]).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -27,15 +31,19 @@ mod cast;
 mod combine;
 mod decode;
 pub mod fp8;
+pub mod glue;
 pub mod ops;
 mod proj;
 mod schedule;
 
-pub use add::add_rows;
+pub use add::{add_rows, copy_rows};
 pub use append::append_rows;
 pub use cast::cast_bf16;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
+pub use glue::{
+    assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope, rms_norm_rows,
+};
 pub use proj::head_proj;
 pub use schedule::split_schedule;
 

@@ -60,7 +60,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 len,
                 l.layers,
                 &hw,
-                (t.times.attention + t.times.projections).as_secs_f64(),
+                t.times.device().as_secs_f64(),
                 t.times.host.as_secs_f64(),
             )
         })
@@ -98,7 +98,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
     );
     println!(
         "{:<12} {:>16} {:>16} {:>10} {:>10} {:>12}",
-        "form", "measured a+p ms", "predicted ms", "meas/pred", "host ms", "coll ms (m)"
+        "form", "meas a+p+g ms", "predicted ms", "meas/pred", "host ms", "coll ms (m)"
     );
     for f in &check.forms {
         println!(

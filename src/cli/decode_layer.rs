@@ -532,19 +532,28 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
         let mut per_step: Vec<(f64, RankTimes)> = Vec::new();
+        let norm = super::decode_prenorm::Prenorm::new(&stack, cfg.hidden)?;
         for step in 0..=a.steps {
             let xv: Vec<f32> = (0..a.batch * cfg.hidden)
                 .map(|_| rng.gen_range(-1.0f32..1.0))
                 .collect();
-            let mut x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
+            let x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let mut ranks = vec![RankTimes::default(); l.tp];
-            for s in stack.iter_mut() {
-                let (y, times) = s.step(&x)?;
+            // The stack's input goes up once per rank (host); layer to layer the hidden states
+            // stay on the executors (each rank's all-reduced output, normalised there).
+            let mut xs = Vec::with_capacity(l.tp);
+            for (exec, t) in stack[0].execs().iter().zip(&mut ranks) {
+                let s = std::time::Instant::now();
+                xs.push(exec.upload(&x)?);
+                t.host += s.elapsed();
+            }
+            for (i, s) in stack.iter_mut().enumerate() {
+                let (ys, times) = s.step_device(xs)?;
                 for (acc, t) in ranks.iter_mut().zip(times) {
                     *acc += t;
                 }
-                x = prenorm(y, cfg.hidden);
+                xs = norm.apply(s.execs(), i, ys)?;
             }
             if step > 0 {
                 // Step 0 compiles the kernels: untimed.
@@ -561,37 +570,34 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         let len = a.context + a.steps;
         let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
         let n = l.layers as f64;
-        rows.push((
-            form,
-            med,
-            model.coll_s * n,
-            (model.attn_s + model.proj_s) * n,
-        ));
+        rows.push((form, med, model.coll_s * n, model.device_s() * n));
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
         "form",
         "attn ms",
         "proj ms",
+        "glue ms",
         "host ms",
         "coll ms (m)",
         "step ms",
         "tokens/s",
-        "spec a+p ms",
+        "spec a+p+g ms",
         "meas/spec"
     );
     let mut times = Vec::new();
     for (form, t, coll, model) in &rows {
-        let dev = (t.attention + t.projections).as_secs_f64();
+        let dev = t.device().as_secs_f64();
         let step = t.total().as_secs_f64() + coll;
         times.push((form.name(), dev + coll));
         println!(
-            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
+            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
             form.name(),
             t.attention.as_secs_f64() * 1e3,
             t.projections.as_secs_f64() * 1e3,
+            t.glue.as_secs_f64() * 1e3,
             t.host.as_secs_f64() * 1e3,
             coll * 1e3,
             step * 1e3,
@@ -600,10 +606,10 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             dev / model
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'host' is the element-wise glue and transfers; 'spec a+p' is the cost model's attention + projections with the H200 datasheet figures, 'meas/spec' measured attn + proj over it; the model check below uses this run's rooflines)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; the model check below uses this run's rooflines)", a.steps, l.layers);
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
         for (form, t, coll, _) in &rows {
-            let per_layer = ((t.attention + t.projections).as_secs_f64() + coll) / l.layers as f64;
+            let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
             let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
             println!(
                 "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + modelled collective; MoE/FFN/LM-head weight reads modelled, bf16)",
@@ -614,7 +620,7 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
         for (n, t) in times.iter().filter(|(n, _)| n != base) {
             println!(
-                "{n} vs mla-tp (attention + projections + modelled collective): {:.2}x",
+                "{n} vs mla-tp (attention + projections + glue + modelled collective): {:.2}x",
                 bt / t
             );
         }
@@ -657,14 +663,6 @@ fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
 }
 
 /// RMSNorm of each row (the next layer's input norm), so a stack of random layers stays finite.
-fn prenorm(y: HostTensor<f32>, d: usize) -> HostTensor<f32> {
-    let mut v = y.into_vec();
-    for row in v.chunks_mut(d) {
-        tpla::layer::glue::rms_norm(row, 1e-6, 1.0);
-    }
-    HostTensor::from_vec(&[v.len() / d, d], v).expect("same size")
-}
-
 /// The form on a small synthetic layer against its f64 reference: the worst relative error.
 fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
     make: Make<'_, X>,

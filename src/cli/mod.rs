@@ -8,6 +8,7 @@ pub mod decode;
 pub mod decode_args;
 pub mod decode_check;
 pub mod decode_layer;
+pub mod decode_prenorm;
 pub mod decode_tp;
 pub mod error;
 pub mod info;

@@ -23,7 +23,7 @@ pub struct Prediction {
     pub form: Form,
     /// Attention, s per layer per device (slowest rank).
     pub attn_s: f64,
-    /// Projections + collective (modelled), s.
+    /// Projections + glue + collective (modelled), s.
     pub rest_s: f64,
     /// Where `attn_s` came from.
     pub source: String,
@@ -56,7 +56,7 @@ pub fn predict(
     db: Option<&TuneDb>,
 ) -> Result<Prediction, RuntimeError> {
     let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
-    let rest_s = m.proj_s + m.coll_s;
+    let rest_s = m.proj_s + m.glue_s + m.coll_s;
     let modelled = Prediction {
         form,
         attn_s: m.attn_s,

@@ -1,5 +1,5 @@
-//! The 15 % check of the cost model: each form's measured per-device compute (attention
-//! and projections of the slowest rank) beside what [`super::cost::layer_cost`] predicts from
+//! The 15 % check of the cost model: each form's measured per-device compute (attention,
+//! projections and the element-wise glue kernels of the slowest rank) beside what [`super::cost::layer_cost`] predicts from
 //! rooflines measured in the same process ([`measure_rooflines`]: a streaming sum and a matmul
 //! on the same executor and gemm), and the ratio. The collective is modelled (NVLink figures
 //! stated), never measured, and the JSON says so. [`write_check`] writes it atomically.
@@ -118,13 +118,14 @@ pub fn measure_rooflines<X: Executor + 'static>(
 pub struct FormCheck {
     /// The form's name.
     pub form: String,
-    /// Measured attention + projections of the slowest rank, s per step of the stack.
+    /// Measured attention + projections + glue kernels of the slowest rank, s per step of the
+    /// stack.
     pub measured_s: f64,
-    /// Measured host glue (element-wise steps and transfers), s; not in the model.
+    /// Measured host work and transfers (the layer input's upload), s; not in the model.
     pub host_s: f64,
     /// Modelled collective time, s.
     pub collective_modelled_s: f64,
-    /// The cost model's attention + projections from the measured rooflines, s.
+    /// The cost model's attention + projections + glue from the measured rooflines, s.
     pub predicted_s: f64,
     /// `measured_s / predicted_s`.
     pub ratio: f64,
@@ -149,7 +150,7 @@ impl FormCheck {
     ) -> Result<FormCheck, RuntimeError> {
         let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
         let n = layers as f64;
-        let predicted_s = (m.attn_s + m.proj_s) * n;
+        let predicted_s = m.device_s() * n;
         if !(measured_s > 0.0
             && measured_s.is_finite()
             && predicted_s > 0.0

@@ -18,7 +18,7 @@ fn hw() -> Hardware {
 
 fn predicted(form: Form) -> f64 {
     let m = layer_cost(&cfg(), form, 2, 64, 32768, 2.0, &hw());
-    (m.attn_s + m.proj_s) * 4.0
+    m.device_s() * 4.0
 }
 
 fn check_at(form: Form, factor: f64) -> FormCheck {

@@ -1,5 +1,7 @@
 //! A roofline model of one decode step per device for each [`Form`]: bytes, FLOPs and
 //! collective bytes, the predicted time, and the rest of the model's weight reads (modelled).
+//! The element-wise glue kernels (norms, RoPE, query and cache-row assembly, DCP's merge) are
+//! modelled by the bytes they move ([`glue_bytes`]).
 //!
 //! Everything here is arithmetic on the model's config and a [`Hardware`] description; nothing
 //! is measured. The H200 figures in [`Hardware::h200`] are modelled (datasheet peaks times a
@@ -12,6 +14,8 @@ use super::plan::Form;
 
 /// Bytes of one bf16 value.
 const BF16: f64 = 2.0;
+/// Bytes of one f32 value.
+const F32: f64 = 4.0;
 
 /// Peak HBM bandwidth of an H200 (datasheet, bytes/s).
 pub const H200_HBM_BYTES_PER_S: f64 = 4.8e12;
@@ -103,13 +107,49 @@ pub struct LayerCost {
     pub proj_s: f64,
     /// Predicted collective time, s (modelled NVLink).
     pub coll_s: f64,
+    /// Bytes the element-wise glue kernels read and write ([`glue_bytes`]).
+    pub glue_bytes: f64,
+    /// Predicted glue time, s (memory roofline).
+    pub glue_s: f64,
 }
 
 impl LayerCost {
     /// The layer's predicted step time on one device (no overlap).
     pub fn total_s(&self) -> f64 {
-        self.attn_s + self.proj_s + self.coll_s
+        self.device_s() + self.coll_s
     }
+    /// The predicted work on the device: attention, projections and glue.
+    pub fn device_s(&self) -> f64 {
+        self.attn_s + self.proj_s + self.glue_s
+    }
+}
+
+/// Bytes one rank's element-wise glue kernels move in a step (f32 activations, bf16 rows):
+/// the down-projection's norms (read `q_a | c`, write `q_a`), the cache row (read `c | k_pe`,
+/// write it in bf16) and its append (read and write the bf16 row), the `q_nope` split (read and
+/// write `[B, H, nope]`), the query assembly (read the absorbed latent and `q_pe`, write the
+/// bf16 query), and under DCP the merge (read every rank's `(out, lse)` of the rank's heads,
+/// write the merged output).
+pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
+    let (ha, w, _, ho) = per_rank(cfg, form, tp, 0.0);
+    let b = batch as f64;
+    let (ql, rope, nope) = (
+        cfg.q_lora_rank.unwrap_or(0) as f64,
+        cfg.qk_rope as f64,
+        cfg.qk_nope as f64,
+    );
+    let norms = F32 * (b * (ql + w) + ql + b * ql + b);
+    let row = F32 * b * (w + rope) + BF16 * b * (w + rope) * 3.0;
+    let split = 2.0 * F32 * b * ha * nope;
+    let query = F32 * b * ha * (w + rope) + BF16 * b * ha * (w + rope);
+    let merge = match form {
+        Form::Dcp => {
+            let lat = cfg.kv_lora_rank as f64;
+            F32 * (tp as f64 * b * ho * (lat + 1.0) + b * ho * lat)
+        }
+        _ => 0.0,
+    };
+    norms + row + split + query + merge
 }
 
 /// The per-rank shape of a form: (heads attended, latent width of the cache rows, tokens of a
@@ -175,6 +215,7 @@ pub fn layer_cost(
         }
         _ => {}
     }
+    let glue = glue_bytes(cfg, form, tp, batch);
     LayerCost {
         attn_bytes,
         attn_flops,
@@ -184,6 +225,8 @@ pub fn layer_cost(
         attn_s: hw.time(attn_bytes, attn_flops),
         proj_s: hw.time(proj_bytes, proj_flops),
         coll_s,
+        glue_bytes: glue,
+        glue_s: hw.time(glue, 0.0),
     }
 }
 
@@ -348,6 +391,30 @@ mod tests {
         let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1)
             + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
         assert!((kt / 1e12 - 1.03).abs() < 0.02, "{}", kt / 1e12);
+    }
+
+    #[test]
+    fn glue_bytes_by_hand() {
+        let cfg = Preset::DeepseekV3.config();
+        // MLA-TP2, B 1: 64 heads, the whole 512 latent; q_lora 1536, nope 128, rope 64.
+        let norms = 4.0 * (1536.0 + 512.0 + 1536.0 + 1536.0 + 1.0);
+        let row = 4.0 * 576.0 + 2.0 * 576.0 * 3.0;
+        let split = 2.0 * 4.0 * 64.0 * 128.0;
+        let query = 4.0 * 64.0 * 576.0 + 2.0 * 64.0 * 576.0;
+        assert_eq!(
+            glue_bytes(&cfg, Form::MlaTp, 2, 1),
+            norms + row + split + query
+        );
+        // DCP2 adds the merge of 64 output heads from 2 ranks' 128-head states.
+        let dcp = glue_bytes(&cfg, Form::Dcp, 2, 1);
+        let split = 2.0 * 4.0 * 128.0 * 128.0;
+        let query = 4.0 * 128.0 * 576.0 + 2.0 * 128.0 * 576.0;
+        let merge = 4.0 * (2.0 * 64.0 * 513.0 + 64.0 * 512.0);
+        assert_eq!(dcp, norms + row + split + query + merge);
+        let hw = hw1();
+        let c = layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw);
+        assert_eq!(c.glue_s, c.glue_bytes / 1e12);
+        assert_eq!(c.total_s(), c.attn_s + c.proj_s + c.glue_s + c.coll_s);
     }
 
     #[test]

@@ -95,6 +95,19 @@ pub(crate) fn out_buf<X: Executor>(
     }
 }
 
+/// A bf16 output buffer of `shape`: NaN-filled when `poison`, else as the executor allocates.
+pub(crate) fn out_buf_bf16<X: Executor>(
+    exec: &X,
+    shape: &[usize],
+    poison: bool,
+) -> Result<X::Tensor<bf16>, RuntimeError> {
+    if poison {
+        exec.upload(&HostTensor::full(shape, bf16::NAN))
+    } else {
+        exec.alloc::<bf16>(shape)
+    }
+}
+
 /// A matrix `[heads, in, out]` on the executor with the gemm that multiplies by it.
 pub(crate) struct Proj<X: Executor> {
     w: X::Tensor<bf16>,

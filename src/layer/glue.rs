@@ -1,6 +1,7 @@
-//! The element-wise steps of a layer, on the host in f32: RMSNorm, RoPE, splitting the query.
-//! They are small next to the projections and attention (a few values per head per token); the
-//! timing reports them apart as "host".
+//! The element-wise steps of a layer on the host in f32: RMSNorm and RoPE. A step runs them on
+//! the executor (the DSL kernels of [`tpla_kernels::glue`]); these host functions are the
+//! references those kernels are tested against, and [`RopeTable`] builds the cosines and sines
+//! the kernels read.
 
 /// `x / sqrt(mean(x²) + eps) · gain`, in place.
 pub fn rms_norm(x: &mut [f32], eps: f32, gain: f32) {
@@ -50,6 +51,64 @@ impl Rope {
     }
 }
 
+/// The exact merge of attention states over the same heads: `parts[r]` (one head's output over
+/// rank `r`'s tokens) with natural-log sum-exp `lses[r]` gives `Σ_r w_r · parts[r]`,
+/// `w_r = exp(lse_r − lse)`, and `lse = log Σ_r exp(lse_r)`; in f64.
+pub fn merge(parts: &[&[f32]], lses: &[f32]) -> (Vec<f32>, f32) {
+    let m = lses
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &l| m.max(f64::from(l)));
+    let ws: Vec<f64> = lses.iter().map(|&l| (f64::from(l) - m).exp()).collect();
+    let total: f64 = ws.iter().sum();
+    let n = parts.first().map_or(0, |p| p.len());
+    let out = (0..n)
+        .map(|i| {
+            let v: f64 = parts
+                .iter()
+                .zip(&ws)
+                .map(|(p, w)| w * f64::from(p[i]))
+                .sum();
+            (v / total) as f32
+        })
+        .collect();
+    (out, (m + total.ln()) as f32)
+}
+
+/// The RoPE cosines and sines of positions `0..positions` for `d`-wide vectors, `[positions,
+/// d / 2]` each, row-major: the values [`Rope::new`] computes for each position, built once
+/// (the device kernels index them by the step's position).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeTable {
+    /// `cos(pos · θ^(−2j/d))` at `[pos, j]`.
+    pub cos: Vec<f32>,
+    /// `sin(pos · θ^(−2j/d))` at `[pos, j]`.
+    pub sin: Vec<f32>,
+    /// Pairs per position (`d / 2`).
+    pub pairs: usize,
+}
+
+impl RopeTable {
+    /// The table of `positions` positions, base `theta`, width `d`.
+    pub fn new(positions: usize, theta: f64, d: usize) -> Self {
+        let pairs = d / 2;
+        let freqs: Vec<f64> = (0..pairs)
+            .map(|j| theta.powf(-((2 * j) as f64) / d as f64))
+            .collect();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions * pairs),
+            Vec::with_capacity(positions * pairs),
+        );
+        for pos in 0..positions {
+            for f in &freqs {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        RopeTable { cos, sin, pairs }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +121,12 @@ mod tests {
         tpla_model::linalg::rope_in_place(&mut b, 17, 10000.0);
         for (x, y) in a.iter().zip(&b) {
             assert!((f64::from(*x) - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+        let t = RopeTable::new(20, 10000.0, 4);
+        let r = Rope::new(17, 10000.0, 4);
+        for (j, &(c, s)) in r.cs.iter().enumerate() {
+            assert_eq!(t.cos[17 * 2 + j], c as f32);
+            assert_eq!(t.sin[17 * 2 + j], s as f32);
         }
         let mut x = vec![3.0f32, 4.0];
         rms_norm(&mut x, 0.0, 2.0);

@@ -13,7 +13,9 @@
 //! append, split-KV decode attention, `W_UV`, `W_O`, and the all-reduce of `[batch, D]`. Dense
 //! projections run through cuBLAS on a CUDA executor and the DSL kernel
 //! [`tpla_kernels::head_proj`] (a plain gemm with one "head") on the CPU ([`gemm`]); the
-//! element-wise steps run on the host ([`glue`]).
+//! element-wise steps are DSL kernels on the same executor ([`tpla_kernels::glue`]; their host
+//! references are in [`glue`]), so a step moves no activation through the host but its input
+//! and output.
 //!
 //! [`TpLayer`] is generic over the executor and the collective: CPU ranks with
 //! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
@@ -38,5 +40,5 @@ pub use gemm::GemmPath;
 pub use plan::{roles, Form, KvNorm, RankRole};
 pub use rank::RankTimes;
 pub use sum::DeviceSum;
-pub use tp_layer::{LayerShape, TpLayer};
+pub use tp_layer::{DeviceStep, LayerShape, TpLayer};
 pub use weights::prepare;

@@ -1,13 +1,16 @@
-//! One rank of a layer: its weights and cache on its executor, and the steps of a decode token.
+//! One rank of a layer: its weights and cache on its executor, and the steps of a decode token,
+//! every one of them a kernel on the executor.
 
 use std::time::{Duration, Instant};
 
+use tpla_codegen::{Config, KernelDef};
+use tpla_kernels::{assemble_query, cache_row, down_norms, query_nope};
 use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
-use super::gemm::{Engine, GemmPath, Proj};
-use super::glue;
+use super::gemm::{out_buf, out_buf_bf16, Engine, GemmPath, Proj};
+use super::glue::RopeTable;
 use super::plan::RankRole;
 use super::weights::RankWeights;
 use crate::decoder::{DecoderShape, LatentDecoder, ShardOutput};
@@ -17,16 +20,25 @@ use crate::decoder::{DecoderShape, LatentDecoder, ShardOutput};
 pub struct RankTimes {
     /// Dense projections on the executor: down, `W_UQ`, absorption, `W_UV`, `W_O`.
     pub projections: Duration,
-    /// Decode attention (and, under DCP, the merge of the partial states).
+    /// Decode attention on the executor.
     pub attention: Duration,
-    /// The element-wise steps on the host and the transfers around them.
+    /// The element-wise kernels on the executor: the down-projection's norms, the cache row
+    /// (kv norm + RoPE of `k_pe`) and its append, the query's split and assembly (RoPE of
+    /// `q_pe`), and under DCP the merge of the partial states.
+    pub glue: Duration,
+    /// Host work and transfers: the upload of the layer input (the CLI's stack feeds each layer
+    /// from the host).
     pub host: Duration,
 }
 
 impl RankTimes {
     /// The rank's whole step (without the collectives).
     pub fn total(&self) -> Duration {
-        self.projections + self.attention + self.host
+        self.projections + self.attention + self.glue + self.host
+    }
+    /// The work on the executor: projections, attention and glue.
+    pub fn device(&self) -> Duration {
+        self.projections + self.attention + self.glue
     }
 }
 
@@ -34,8 +46,31 @@ impl std::ops::AddAssign for RankTimes {
     fn add_assign(&mut self, o: Self) {
         self.projections += o.projections;
         self.attention += o.attention;
+        self.glue += o.glue;
         self.host += o.host;
     }
+}
+
+/// How a rank's kv RMSNorm scales its latent slice `c`: `c · gain / sqrt(c_sq · inv_n + eps)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct KvScale {
+    /// TPLA's sliced-norm gain of the rank's group (1 elsewhere).
+    pub gain: f32,
+    /// `1 / n`: `n` the latent entries the mean runs over (the slice, or the whole latent).
+    pub inv_n: f32,
+    /// Whether `c_sq` is summed over the ranks first (TPLA's exact norm).
+    pub summed: bool,
+    /// Weight of this rank's `Σ c²` in that sum: 1 for the first rank of each latent group, 0
+    /// for the others (ranks of one group hold the same slice).
+    pub share: f32,
+}
+
+/// The kernel configs of a rank's element-wise steps.
+struct GlueConfigs {
+    norms: Config,
+    row: Config,
+    nope: Config,
+    query: Config,
 }
 
 /// One rank's share of the layer on its executor.
@@ -47,7 +82,14 @@ pub(crate) struct Rank<X: Executor> {
     uk: Proj<X>,
     uv: Proj<X>,
     o: Proj<X>,
-    q_norm: Vec<f32>,
+    /// q RMSNorm `γ` (`[q_lora]`).
+    q_gain: X::Tensor<f32>,
+    /// RoPE cosines and sines `[positions, rope / 2]`.
+    cos: X::Tensor<f32>,
+    sin: X::Tensor<f32>,
+    positions: usize,
+    pub kv: KvScale,
+    glue: GlueConfigs,
     q_lora: usize,
     pub poison: bool,
     cfg: MlaConfig,
@@ -55,14 +97,12 @@ pub(crate) struct Rank<X: Executor> {
     pub(crate) engine: Engine,
 }
 
-/// A rank's down-projection of the step's token, split on the host.
-pub(crate) struct Down {
-    /// RMS-normalised query latent `[batch, q_lora]`.
-    pub q_a: Vec<f32>,
-    /// Raw latent slice `c` `[batch, w]`.
-    pub c: Vec<f32>,
-    /// RoPE'd `k_pe` `[batch, rope]`.
-    pub k_pe: Vec<f32>,
+/// A rank's down-projection of the step's token, on its executor.
+pub(crate) struct Down<X: Executor> {
+    /// `[q_a | c | k_pe]` rows, `[batch, q_lora + w + rope]`.
+    y: X::Tensor<f32>,
+    /// RMS-normalised query latent (γ applied) `[batch, q_lora]`.
+    q_a: X::Tensor<f32>,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -72,17 +112,71 @@ fn host<T: tpla_runtime::Element>(
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
+fn even(what: &str, v: usize) -> Result<i64, RuntimeError> {
+    if !v.is_multiple_of(2) {
+        return Err(RuntimeError::InvalidInput(format!(
+            "{what} = {v} must be even (RoPE and the cache rows are handled as pairs)"
+        )));
+    }
+    Ok((v / 2) as i64)
+}
+
+/// Runs `f` and synchronises, adding the time to `bucket`.
+fn timed<X: Executor, T>(
+    exec: &X,
+    bucket: &mut Duration,
+    f: impl FnOnce() -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
+    let s = Instant::now();
+    let r = f()?;
+    exec.synchronize()?;
+    *bucket += s.elapsed();
+    Ok(r)
+}
+
 impl<X: Executor + 'static> Rank<X> {
+    /// The rank on `exec`; `positions` is how many token positions its RoPE table covers.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         exec: &X,
         role: RankRole,
         w: &RankWeights,
         cfg: &MlaConfig,
         shape: DecoderShape,
+        positions: usize,
+        kv: KvScale,
         poison: bool,
         gemm: GemmPath,
     ) -> Result<Self, RuntimeError> {
         let e = Engine::for_executor(exec, gemm)?;
+        let (ql, wd, rope, nope) = (w.q_lora, role.latent.len(), cfg.qk_rope, cfg.qk_nope);
+        let (qp, wp, rp, np) = (
+            even("q_lora", ql)?,
+            even("the latent slice", wd)?,
+            even("qk_rope", rope)?,
+            even("qk_nope", nope)?,
+        );
+        let glue = GlueConfigs {
+            norms: down_norms.default_config(&[
+                ("QL", ql as i64),
+                ("W", wd as i64),
+                ("ROPE", rope as i64),
+            ])?,
+            row: cache_row.default_config(&[
+                ("QL_PAIRS", qp),
+                ("W_PAIRS", wp),
+                ("ROPE_PAIRS", rp),
+            ])?,
+            nope: query_nope.default_config(&[("NOPE", nope as i64), ("ROPE", rope as i64)])?,
+            query: assemble_query.default_config(&[
+                ("W_PAIRS", wp),
+                ("NOPE_PAIRS", np),
+                ("ROPE_PAIRS", rp),
+            ])?,
+        };
+        let positions = positions.max(1);
+        let table = RopeTable::new(positions, cfg.rope_theta, rope);
+        let pairs = table.pairs;
         Ok(Rank {
             poison,
             dec: LatentDecoder::new(exec, shape.clone())?,
@@ -91,8 +185,13 @@ impl<X: Executor + 'static> Rank<X> {
             uk: Proj::new(exec, &w.uk, &e, poison)?,
             uv: Proj::new(exec, &w.uv, &e, poison)?,
             o: Proj::new(exec, &w.o, &e, poison)?,
-            q_norm: w.q_norm.clone(),
-            q_lora: w.q_lora,
+            q_gain: exec.upload(&host(&[ql], w.q_norm.clone())?)?,
+            cos: exec.upload(&host(&[positions, pairs], table.cos)?)?,
+            sin: exec.upload(&host(&[positions, pairs], table.sin)?)?,
+            positions,
+            kv,
+            glue,
+            q_lora: ql,
             cfg: cfg.clone(),
             batch: shape.batch,
             role,
@@ -106,50 +205,53 @@ impl<X: Executor> Rank<X> {
         self.role.latent.len()
     }
 
-    /// The fused down-projection of `x` (`[batch, 1, D]` on this executor), then q RMSNorm and
-    /// RoPE of `k_pe` at `pos` on the host.
+    fn position(&self, pos: usize) -> Result<i32, RuntimeError> {
+        if pos >= self.positions {
+            return Err(RuntimeError::LengthPastCache {
+                len: pos + 1,
+                capacity: self.positions,
+            });
+        }
+        i32::try_from(pos).map_err(|_| RuntimeError::InvalidInput(format!("position {pos}")))
+    }
+
+    /// The fused down-projection of `x` (`[batch, 1, D]` on this executor), then its norms on
+    /// the executor: the q RMSNorm (γ), and the slice's `share · Σ c²` (`[batch, 1]`, returned
+    /// apart: the exact norm sums it over the ranks).
     pub(crate) fn down(
         &self,
         exec: &X,
         x: &X::Tensor<f32>,
-        pos: usize,
         t: &mut RankTimes,
-    ) -> Result<Down, RuntimeError> {
+    ) -> Result<(Down<X>, X::Tensor<f32>), RuntimeError> {
         let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
-        let s = Instant::now();
-        let y = self.down.apply(exec, x, b)?;
-        exec.synchronize()?;
-        t.projections += s.elapsed();
-        let s = Instant::now();
-        let y = exec.download(&y)?;
-        let n = ql + w + rope;
-        let (mut q_a, mut c, mut k_pe) = (
-            Vec::with_capacity(b * ql),
-            Vec::with_capacity(b * w),
-            Vec::with_capacity(b * rope),
-        );
+        let mut y = timed(exec, &mut t.projections, || self.down.apply(exec, x, b))?;
+        X::reshape(&mut y, &[b, ql + w + rope])?;
+        let mut q_a = out_buf(exec, &[b, ql], self.poison)?;
+        let mut c_sq = out_buf(exec, &[b, 1], self.poison)?;
         let eps = self.cfg.rms_eps as f32;
-        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
-        for row in y.data().chunks(n) {
-            let mut q = row[..ql].to_vec();
-            glue::rms_norm(&mut q, eps, 1.0);
-            q.iter_mut().zip(&self.q_norm).for_each(|(v, g)| *v *= g);
-            q_a.extend(q);
-            c.extend_from_slice(&row[ql..ql + w]);
-            let mut k = row[ql + w..].to_vec();
-            rot.apply(&mut k);
-            k_pe.extend(k);
-        }
-        t.host += s.elapsed();
-        Ok(Down { q_a, c, k_pe })
+        timed(exec, &mut t.glue, || {
+            down_norms::launch(
+                exec,
+                &self.glue.norms,
+                &y,
+                &self.q_gain,
+                &mut q_a,
+                &mut c_sq,
+                eps,
+                self.kv.share,
+            )
+        })?;
+        Ok((Down { y, q_a }, c_sq))
     }
 
-    /// The rank's absorbed query `[batch, heads_r, w + rope]` (bf16, on the executor) from the
-    /// normalised query latent: `W_UQ`, RoPE of `q_pe`, then `q_nope · μ W_UK[latent]ᵀ`.
+    /// The rank's absorbed query `[batch, heads_r, w + rope]` (bf16) from the normalised query
+    /// latent: `W_UQ`, the `q_nope` split, `q_nope · μ W_UK[latent]ᵀ`, then the assembly with
+    /// RoPE of `q_pe` at `pos`.
     pub(crate) fn query(
         &self,
         exec: &X,
-        q_a: &[f32],
+        down: &mut Down<X>,
         pos: usize,
         t: &mut RankTimes,
     ) -> Result<X::Tensor<bf16>, RuntimeError> {
@@ -161,58 +263,75 @@ impl<X: Executor> Rank<X> {
             self.cfg.qk_nope,
         );
         let hr = self.role.attn_heads.len();
-        let s = Instant::now();
-        let qa = exec.upload(&host(&[b, 1, ql], q_a.to_vec())?)?;
-        t.host += s.elapsed();
-        let s = Instant::now();
-        let q = self.uq.apply(exec, &qa, b)?;
-        exec.synchronize()?;
-        t.projections += s.elapsed();
-        let s = Instant::now();
-        let q = exec.download(&q)?;
-        let mut q_nope = Vec::with_capacity(b * hr * nope);
-        let mut q_pe = Vec::with_capacity(b * hr * rope);
-        let rot = glue::Rope::new(pos, self.cfg.rope_theta, rope);
-        for head in q.data().chunks(nope + rope) {
-            q_nope.extend_from_slice(&head[..nope]);
-            let mut p = head[nope..].to_vec();
-            rot.apply(&mut p);
-            q_pe.extend(p);
-        }
-        let qn = exec.upload(&host(&[b, hr, nope], q_nope)?)?;
-        t.host += s.elapsed();
-        let s = Instant::now();
-        let abs = self.uk.apply(exec, &qn, b)?;
-        exec.synchronize()?;
-        t.projections += s.elapsed();
-        let s = Instant::now();
-        let abs = exec.download(&abs)?;
-        let mut full = Vec::with_capacity(b * hr * (w + rope));
-        for (a, p) in abs.data().chunks(w).zip(q_pe.chunks(rope)) {
-            full.extend(a.iter().chain(p).map(|&v| bf16::from_f32(v)));
-        }
-        let q = exec.upload(&host(&[b, hr, w + rope], full)?)?;
-        t.host += s.elapsed();
-        Ok(q)
+        let p = self.position(pos)?;
+        X::reshape(&mut down.q_a, &[b, 1, ql])?;
+        let q = timed(exec, &mut t.projections, || {
+            self.uq.apply(exec, &down.q_a, b)
+        });
+        X::reshape(&mut down.q_a, &[b, ql])?;
+        let mut q = q?;
+        X::reshape(&mut q, &[b, hr, nope + rope])?;
+        let mut qn = out_buf(exec, &[b, hr, nope], self.poison)?;
+        timed(exec, &mut t.glue, || {
+            query_nope::launch(exec, &self.glue.nope, &q, &mut qn)
+        })?;
+        let mut abs = timed(exec, &mut t.projections, || self.uk.apply(exec, &qn, b))?;
+        X::reshape(&mut abs, &[b, hr, w / 2, 2])?;
+        X::reshape(&mut q, &[b, hr, (nope + rope) / 2, 2])?;
+        let mut out = out_buf_bf16(exec, &[b, hr, (w + rope) / 2, 2], self.poison)?;
+        timed(exec, &mut t.glue, || {
+            assemble_query::launch(
+                exec,
+                &self.glue.query,
+                &abs,
+                &q,
+                &self.cos,
+                &self.sin,
+                &mut out,
+                p,
+            )
+        })?;
+        X::reshape(&mut out, &[b, hr, w + rope])?;
+        Ok(out)
     }
 
-    /// Appends this step's cache rows (`[batch, w + rope]`, already normalised) to the cache.
+    /// Appends this step's cache rows to the cache: `[c · gain / sqrt(mean c² + eps) |
+    /// RoPE(k_pe)]` assembled in bf16 from the down-projection and `c_sq` (already summed over
+    /// the ranks where the norm is exact), then the paged append.
     pub(crate) fn append(
         &mut self,
         exec: &X,
-        rows: &[f32],
+        down: &mut Down<X>,
+        c_sq: &X::Tensor<f32>,
+        pos: usize,
         t: &mut RankTimes,
     ) -> Result<(), RuntimeError> {
-        let (b, d) = (self.batch, self.width() + self.cfg.qk_rope);
-        let s = Instant::now();
-        let rows = host(
-            &[b, 1, d],
-            rows.iter().map(|&v| bf16::from_f32(v)).collect(),
-        )?;
-        self.dec.append(exec, &rows)?;
-        exec.synchronize()?;
-        t.host += s.elapsed();
-        Ok(())
+        let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
+        let p = self.position(pos)?;
+        let eps = self.cfg.rms_eps as f32;
+        X::reshape(&mut down.y, &[b, (ql + w + rope) / 2, 2])?;
+        let mut rows = out_buf_bf16(exec, &[b, (w + rope) / 2, 2], self.poison)?;
+        let kv = self.kv;
+        // One timed phase (one synchronisation) for the row and its append.
+        let appended = timed(exec, &mut t.glue, || {
+            cache_row::launch(
+                exec,
+                &self.glue.row,
+                &down.y,
+                c_sq,
+                &self.cos,
+                &self.sin,
+                &mut rows,
+                p,
+                kv.gain,
+                kv.inv_n,
+                eps,
+            )?;
+            X::reshape(&mut rows, &[b, 1, w + rope])?;
+            self.dec.append_device(exec, &rows)
+        });
+        X::reshape(&mut down.y, &[b, ql + w + rope])?;
+        appended
     }
 
     /// Decode attention over this rank's cache.
@@ -222,13 +341,10 @@ impl<X: Executor> Rank<X> {
         q: &X::Tensor<bf16>,
         t: &mut RankTimes,
     ) -> Result<ShardOutput<X>, RuntimeError> {
-        let s = Instant::now();
-        let out = self
-            .dec
-            .attend_prepared(exec, std::slice::from_ref(q))?
-            .pop();
-        exec.synchronize()?;
-        t.attention += s.elapsed();
+        let out = timed(exec, &mut t.attention, || {
+            self.dec.attend_prepared(exec, std::slice::from_ref(q))
+        })?
+        .pop();
         out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
     }
 
@@ -241,13 +357,12 @@ impl<X: Executor> Rank<X> {
         t: &mut RankTimes,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
-        let s = Instant::now();
-        let mut v = self.uv.apply(exec, o, b)?;
-        X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
-        let mut y = self.o.apply(exec, &v, b)?;
-        X::reshape(&mut y, &[b, d])?;
-        exec.synchronize()?;
-        t.projections += s.elapsed();
-        Ok(y)
+        timed(exec, &mut t.projections, || {
+            let mut v = self.uv.apply(exec, o, b)?;
+            X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
+            let mut y = self.o.apply(exec, &v, b)?;
+            X::reshape(&mut y, &[b, d])?;
+            Ok(y)
+        })
     }
 }

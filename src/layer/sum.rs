@@ -2,11 +2,11 @@
 //! sum on that device: what stands in for NVLink when a one-GPU run measures per-rank work.
 
 use tpla_codegen::KernelDef;
-use tpla_kernels::add_rows;
+use tpla_kernels::{add_rows, copy_rows};
 use tpla_runtime::{collective::check_group, AllReduce, Executor, RuntimeError};
 
 /// Sums `[rows, cols]` tensors of ranks that all live on one device with [`add_rows`]; every
-/// part then holds the sum. The executors must share that device (e.g. one CUDA device opened
+/// part then holds the sum ([`copy_rows`]). Nothing moves through the host. The executors must share that device (e.g. one CUDA device opened
 /// once per rank, or CPU executors).
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceSum {
@@ -39,18 +39,21 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
             )));
         };
         execs.iter().try_for_each(|e| e.synchronize())?;
+        if parts.len() < 2 {
+            return Ok(());
+        }
         let exec = &execs[0];
-        let cfg = add_rows.default_config(&[("COLS", cols as i64)])?;
+        let add = add_rows.default_config(&[("COLS", cols as i64)])?;
+        let copy = copy_rows.default_config(&[("COLS", cols as i64)])?;
         let mut acc = exec.alloc::<f32>(&[rows, cols])?;
-        let zeros = exec.upload(&tpla_runtime::HostTensor::<f32>::zeros(&[rows, cols]))?;
-        add_rows::launch(exec, &cfg, &parts[0], &zeros, &mut acc)?;
-        for p in &parts[1..] {
+        add_rows::launch(exec, &add, &parts[0], &parts[1], &mut acc)?;
+        for p in &parts[2..] {
             let mut next = exec.alloc::<f32>(&[rows, cols])?;
-            add_rows::launch(exec, &cfg, &acc, p, &mut next)?;
+            add_rows::launch(exec, &add, &acc, p, &mut next)?;
             acc = next;
         }
         for p in parts.iter_mut() {
-            add_rows::launch(exec, &cfg, &acc, &zeros, p)?;
+            copy_rows::launch(exec, &copy, &acc, p)?;
         }
         exec.synchronize()
     }

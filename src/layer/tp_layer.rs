@@ -4,15 +4,15 @@
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
-use tpla_kernels::ops::merge_states;
+use tpla_codegen::KernelDef;
+use tpla_kernels::{merge_heads, place_state};
 use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
 
 use super::gemm::{out_buf, GemmPath};
-use super::glue;
 use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
-use super::rank::{Down, Rank, RankTimes};
+use super::rank::{Down, KvScale, Rank, RankTimes};
 use super::weights::rank_weights;
 use crate::decoder::DecoderShape;
 
@@ -34,6 +34,10 @@ pub struct LayerShape {
     pub gemm: GemmPath,
 }
 
+/// What [`TpLayer::step_device`] returns: every rank's all-reduced output `[batch, D]` (on its
+/// executor) and every rank's time.
+pub type DeviceStep<X> = (Vec<<X as Executor>::Tensor<f32>>, Vec<RankTimes>);
+
 /// One attention layer over `tp` ranks (see [`Form`]). The layer's weights must come from
 /// [`super::weights::prepare`] (γ folded, bf16).
 pub struct TpLayer<X: Executor, C: AllReduce<X>> {
@@ -41,10 +45,8 @@ pub struct TpLayer<X: Executor, C: AllReduce<X>> {
     execs: Vec<X>,
     ranks: Vec<Rank<X>>,
     collective: C,
-    corr: Option<Corrections>,
     batch: usize,
     hidden: usize,
-    eps: f32,
     len: usize,
     max_tokens: usize,
 }
@@ -83,8 +85,8 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
         };
         let roles = roles(form, tp, cfg.heads, cfg.kv_lora_rank)?;
         let mut ranks = Vec::with_capacity(tp);
-        for (role, exec) in roles.into_iter().zip(&execs) {
-            let w = rank_weights(layer, form, &role, corr.as_ref())?;
+        for (i, (role, exec)) in roles.iter().zip(&execs).enumerate() {
+            let w = rank_weights(layer, form, role, corr.as_ref())?;
             let max_tokens = match role.tokens {
                 Some((r, n)) => dcp_tokens(shape.max_tokens, r, n).max(1),
                 None => shape.max_tokens,
@@ -100,12 +102,15 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
                 splits: shape.splits,
                 scale: cfg.scale as f32,
             };
+            let kv = kv_scale(form, corr.as_ref(), &roles, i, cfg.kv_lora_rank);
             ranks.push(Rank::new(
                 exec,
-                role,
+                role.clone(),
                 &w,
                 cfg,
                 dshape,
+                shape.max_tokens,
+                kv,
                 shape.poison,
                 shape.gemm,
             )?);
@@ -115,10 +120,8 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             execs,
             ranks,
             collective,
-            corr,
             batch: shape.batch,
             hidden: cfg.hidden,
-            eps: cfg.rms_eps as f32,
             len: 0,
             max_tokens: shape.max_tokens,
         })
@@ -222,7 +225,8 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
 
     /// One decode step: `x` `[batch, D]` (hidden states of the new token of every sequence, at
     /// position `len()`) to the layer output `[batch, D]`, with every rank's time. The token is
-    /// appended to the cache first (append-then-attend).
+    /// appended to the cache first (append-then-attend). `x` is uploaded to every rank (timed as
+    /// [`RankTimes::host`]) and rank 0's output downloaded; [`Self::step_device`] does neither.
     pub fn step(
         &mut self,
         x: &HostTensor<f32>,
@@ -234,6 +238,47 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 x.shape()
             )));
         }
+        let mut host_s = Vec::with_capacity(self.execs.len());
+        let mut xs = Vec::with_capacity(self.execs.len());
+        for exec in &self.execs {
+            let s = Instant::now();
+            xs.push(exec.upload(x)?);
+            host_s.push(s.elapsed());
+        }
+        let (ys, mut times) = self.step_device(xs)?;
+        for (t, h) in times.iter_mut().zip(host_s) {
+            t.host += h;
+        }
+        let y = self.execs[0].download(&ys[0])?;
+        Ok((y, times))
+    }
+
+    /// [`Self::step`] on tensors already on the ranks' executors: `xs[r]` (`[batch, D]`, on
+    /// `execs()[r]`) holds the step's hidden states; returns every rank's copy of the
+    /// all-reduced output `[batch, D]` (on its executor), what a tensor-parallel model feeds its
+    /// next block. Nothing of the step moves through the host but the sequence lengths the
+    /// append sets.
+    pub fn step_device(
+        &mut self,
+        mut xs: Vec<X::Tensor<f32>>,
+    ) -> Result<DeviceStep<X>, RuntimeError> {
+        let (b, d) = (self.batch, self.hidden);
+        let tp = self.ranks.len();
+        if xs.len() != tp {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} inputs for {tp} ranks",
+                xs.len()
+            )));
+        }
+        if let Some(bad) = xs
+            .iter()
+            .map(|x| X::tensor_arg(x).tensor_shape().map(<[usize]>::to_vec))
+            .find(|s| s.as_deref() != Some(&[b, d][..]))
+        {
+            return Err(RuntimeError::InvalidInput(format!(
+                "x must be [{b}, {d}] on every rank, got {bad:?}"
+            )));
+        }
         if self.len >= self.max_tokens {
             return Err(RuntimeError::LengthPastCache {
                 len: self.len + 1,
@@ -241,59 +286,35 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             });
         }
         let pos = self.len;
-        let tp = self.ranks.len();
         let mut times = vec![RankTimes::default(); tp];
-        let xh = host(&[b, 1, d], x.data().to_vec())?;
-        let mut downs: Vec<Down> = Vec::with_capacity(tp);
-        for ((rank, exec), t) in self.ranks.iter().zip(&self.execs).zip(&mut times) {
-            let s = Instant::now();
-            let xd = exec.upload(&xh)?;
-            t.host += s.elapsed();
-            downs.push(rank.down(exec, &xd, pos, t)?);
+        let mut downs: Vec<Down<X>> = Vec::with_capacity(tp);
+        let mut c_sq: Vec<X::Tensor<f32>> = Vec::with_capacity(tp);
+        for (((rank, exec), t), x) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .zip(xs.iter_mut())
+        {
+            X::reshape(x, &[b, 1, d])?;
+            let (dn, sq) = rank.down(exec, x, t)?;
+            downs.push(dn);
+            c_sq.push(sq);
         }
-        let exact_ms = self.exact_mean_square(&downs);
+        if self.ranks.iter().any(|r| r.kv.summed) {
+            // TPLA's exact norm: Σ c² over the whole latent, one `[batch, 1]` all-reduce.
+            self.collective.all_reduce_sum(&self.execs, &mut c_sq)?;
+        }
         let mut outs = Vec::with_capacity(tp);
-        for (i, ((rank, exec), t)) in self
+        for ((rank, exec), (t, (dn, sq))) in self
             .ranks
             .iter_mut()
             .zip(&self.execs)
-            .zip(&mut times)
-            .enumerate()
+            .zip(times.iter_mut().zip(downs.iter_mut().zip(&c_sq)))
         {
-            let dn = &downs[i];
-            let q = rank.query(exec, &dn.q_a, pos, t)?;
-            let s = Instant::now();
-            let holds = rank.role.tokens.is_none_or(|(r, n)| pos % n == r);
-            let w = rank.role.latent.len();
-            let rope = dn.k_pe.len() / b;
-            let mut rows = Vec::with_capacity(b * (w + rope));
-            for bi in 0..b {
-                let mut c = dn.c[bi * w..(bi + 1) * w].to_vec();
-                let f = match (self.form, &exact_ms) {
-                    (
-                        Form::Tpla {
-                            norm: KvNorm::Sliced,
-                            ..
-                        },
-                        _,
-                    ) => {
-                        let gain = self
-                            .corr
-                            .as_ref()
-                            .map_or(1.0, |c| c.norm_gain(rank.role.group))
-                            as f32;
-                        gain / glue::rms(&c, self.eps)
-                    }
-                    (_, Some(ms)) => 1.0 / (ms[bi] + self.eps).sqrt(),
-                    _ => 1.0 / glue::rms(&c, self.eps),
-                };
-                c.iter_mut().for_each(|v| *v *= f);
-                rows.extend(c);
-                rows.extend_from_slice(&dn.k_pe[bi * rope..(bi + 1) * rope]);
-            }
-            t.host += s.elapsed();
-            if holds {
-                rank.append(exec, &rows, t)?;
+            let q = rank.query(exec, dn, pos, t)?;
+            if rank.role.tokens.is_none_or(|(r, n)| pos % n == r) {
+                rank.append(exec, dn, sq, pos, t)?;
             }
             outs.push(rank.attend(exec, &q, t)?);
         }
@@ -312,80 +333,102 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             parts.push(rank.output(exec, o, t)?);
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
-        let y = self.execs[0].download(&parts[0])?;
         self.len += 1;
-        Ok((y, times))
+        Ok((parts, times))
     }
 
-    /// Under TPLA with the exact norm: `mean(c²)` over the whole latent per sequence (the sum
-    /// of every group's `Σ c_i²`, one scalar all-reduce per token in a deployment).
-    fn exact_mean_square(&self, downs: &[Down]) -> Option<Vec<f32>> {
-        let Form::Tpla {
-            norm: KvNorm::Exact,
-            groups,
-        } = self.form
-        else {
-            return None;
-        };
-        let lat = self.ranks[0].role.latent.len() * groups;
-        let mut ms = vec![0.0f64; self.batch];
-        for g in 0..groups {
-            let i = self.ranks.iter().position(|r| r.role.group == g)?;
-            let w = self.ranks[i].role.latent.len();
-            for (bi, m) in ms.iter_mut().enumerate() {
-                *m += downs[i].c[bi * w..(bi + 1) * w]
-                    .iter()
-                    .map(|v| f64::from(*v).powi(2))
-                    .sum::<f64>();
-            }
-        }
-        Some(ms.into_iter().map(|m| (m / lat as f64) as f32).collect())
-    }
-
-    /// DCP: rank `r` gathers the partial states of its output heads from every rank (staged
-    /// through the host here; an all-to-all in a deployment) and merges them exactly.
+    /// DCP: every rank's partial state `(out, lse)` (all heads, its tokens) goes to every rank
+    /// (each places its own in its slot of zeroed `[tp, ..]` buffers, and the collective sums
+    /// them: an all-gather written as an all-reduce; an all-to-all of head slices in a
+    /// deployment), then rank `r` merges its output heads exactly on its executor
+    /// ([`merge_heads`]). Placing and exchanging belong to the collective (untimed, modelled);
+    /// the merge is timed as glue.
     fn dcp_merge(
         &self,
         outs: Vec<(X::Tensor<f32>, X::Tensor<f32>)>,
         times: &mut [RankTimes],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
         let tp = self.ranks.len();
-        let mut host_states = Vec::with_capacity(tp);
-        for ((o, l), (exec, t)) in outs.iter().zip(self.execs.iter().zip(times.iter_mut())) {
-            let s = Instant::now();
-            host_states.push((exec.download(o)?, exec.download(l)?));
-            t.host += s.elapsed();
-        }
-        let (b, h, lat) = {
-            let s = host_states[0].0.shape();
-            (s[0], s[1], s[2])
-        };
-        let mut merged = Vec::with_capacity(tp);
-        for ((rank, exec), t) in self.ranks.iter().zip(&self.execs).zip(times.iter_mut()) {
-            let s = Instant::now();
-            let hs = rank.role.out_heads.clone();
-            let mut parts = Vec::with_capacity(tp * b * hs.len() * lat);
-            let mut lses = Vec::with_capacity(tp * b * hs.len());
-            for (o, l) in &host_states {
-                for bi in 0..b {
-                    parts.extend_from_slice(
-                        &o.data()[(bi * h + hs.start) * lat..(bi * h + hs.end) * lat],
-                    );
-                    lses.extend_from_slice(&l.data()[bi * h + hs.start..bi * h + hs.end]);
-                }
+        let (b, h, lat) = match X::tensor_arg(&outs[0].0).tensor_shape() {
+            Some(&[b, h, lat]) => (b, h, lat),
+            s => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "DCP: a partial output must be [batch, heads, lat], got {s:?}"
+                )))
             }
-            let parts = exec.upload(&host(&[tp, b, hs.len(), lat], parts)?)?;
-            let lses = exec.upload(&host(&[tp, b, hs.len()], lses)?)?;
-            t.host += s.elapsed();
-            let s = Instant::now();
-            let poison = self.ranks[0].poison;
+        };
+        let place = place_state.default_config(&[("LAT", lat as i64)])?;
+        let merge = merge_heads.default_config(&[("LAT", lat as i64)])?;
+        let poison = self.ranks[0].poison;
+        let (mut parts, mut lses) = (Vec::with_capacity(tp), Vec::with_capacity(tp));
+        for (r, ((o, l), exec)) in outs.iter().zip(&self.execs).enumerate() {
+            let mut p = out_buf(exec, &[tp, b, h, lat], poison)?;
+            let mut s = out_buf(exec, &[tp, b, h], poison)?;
+            place_state::launch(exec, &place, o, l, &mut p, &mut s, r as i32)?;
+            X::reshape(&mut p, &[tp * b * h, lat])?;
+            X::reshape(&mut s, &[tp * b, h])?;
+            parts.push(p);
+            lses.push(s);
+        }
+        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        self.collective.all_reduce_sum(&self.execs, &mut lses)?;
+        let mut merged = Vec::with_capacity(tp);
+        for (((rank, exec), t), (mut p, mut s)) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(times.iter_mut())
+            .zip(parts.into_iter().zip(lses))
+        {
+            X::reshape(&mut p, &[tp, b, h, lat])?;
+            X::reshape(&mut s, &[tp, b, h])?;
+            let hs = rank.role.out_heads.clone();
             let mut out = out_buf(exec, &[b, hs.len(), lat], poison)?;
-            let mut lse = out_buf(exec, &[b, hs.len()], poison)?;
-            merge_states(exec, &parts, &lses, &mut out, &mut lse)?;
+            let first = i32::try_from(hs.start)
+                .map_err(|_| RuntimeError::InvalidInput(format!("head {}", hs.start)))?;
+            let s0 = Instant::now();
+            merge_heads::launch(exec, &merge, &p, &s, &mut out, first)?;
             exec.synchronize()?;
-            t.attention += s.elapsed();
+            t.glue += s0.elapsed();
             merged.push(out);
         }
         Ok(merged)
+    }
+}
+
+/// How rank `i` of `roles` normalises its kv latent slice under `form`.
+fn kv_scale(
+    form: Form,
+    corr: Option<&Corrections>,
+    roles: &[RankRole],
+    i: usize,
+    lat: usize,
+) -> KvScale {
+    let role = &roles[i];
+    let w = role.latent.len();
+    let own = |gain: f32| KvScale {
+        gain,
+        inv_n: 1.0 / w as f32,
+        summed: false,
+        share: 1.0,
+    };
+    match form {
+        Form::Tpla {
+            norm: KvNorm::Sliced,
+            ..
+        } => own(corr.map_or(1.0, |c| c.norm_gain(role.group)) as f32),
+        Form::Tpla {
+            norm: KvNorm::Exact,
+            ..
+        } => {
+            let first = roles.iter().position(|r| r.group == role.group) == Some(i);
+            KvScale {
+                gain: 1.0,
+                inv_n: 1.0 / lat as f32,
+                summed: true,
+                share: if first { 1.0 } else { 0.0 },
+            }
+        }
+        _ => own(1.0),
     }
 }

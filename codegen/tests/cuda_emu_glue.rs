@@ -1,0 +1,179 @@
+//! The decode layer's element-wise kernels (`tpla_kernels::glue`, and `copy_rows`) as generated
+//! CUDA, run on the host emulation and compared with the CPU backend on the same IR: partial
+//! head and column blocks, strided pair loads and stores (RoPE), `i32` position / slot / head
+//! arguments, NaN-poisoned outputs. (The CPU backend is checked against the host functions of
+//! `tpla::layer::glue` in the `layer` tests.)
+//!
+//! Needs a C++17 compiler (`$CXX`, else `c++`) for the emulation; without one each test prints
+//! SKIP and passes, unless `TPLA_REQUIRE_CXX=1`.
+
+#[path = "support/emu.rs"]
+mod emu;
+
+use emu::*;
+use tpla_codegen::cuda::Target;
+use tpla_codegen::ir::*;
+use tpla_codegen::KernelDef;
+
+fn tensor(dtype: DType, shape: &[usize], v: &[f32]) -> HostArg {
+    assert_eq!(v.len(), shape.iter().product::<usize>());
+    HostArg::Tensor {
+        dtype,
+        shape: shape.to_vec(),
+        data: match dtype {
+            DType::BF16 => Bytes::from_bf16(v),
+            _ => Bytes::from_f32(v),
+        },
+    }
+}
+
+fn input(rng: &mut Rng, shape: &[usize]) -> HostArg {
+    let n = shape.iter().product();
+    tensor(DType::F32, shape, &rng.vec(n))
+}
+
+fn poisoned(dtype: DType, shape: &[usize]) -> HostArg {
+    tensor(dtype, shape, &vec![f32::NAN; shape.iter().product()])
+}
+
+/// `[positions, pairs]` cosines or sines of angles `pos · 0.3^j` (any values do for a
+/// backend comparison).
+fn table(positions: usize, pairs: usize, sin: bool) -> HostArg {
+    let v: Vec<f32> = (0..positions * pairs)
+        .map(|i| {
+            let a = (i / pairs) as f32 * 0.3f32.powi((i % pairs) as i32);
+            if sin {
+                a.sin()
+            } else {
+                a.cos()
+            }
+        })
+        .collect();
+    tensor(DType::F32, &[positions, pairs], &v)
+}
+
+fn check(def: &dyn KernelDef, consts: &[(&str, i64)], args: Vec<HostArg>, tol: f32) {
+    let Some(cxx) = skip_without_cxx(def.name()) else {
+        return;
+    };
+    let cfg = def.default_config(consts).unwrap();
+    let k = def.build(&cfg).unwrap();
+    check_vs_cpu(
+        &cxx,
+        &k,
+        Target::sm90(),
+        &args,
+        tol,
+        &format!("{} [{cfg}]", def.name()),
+    );
+}
+
+#[test]
+fn emulated_norm_kernels_match_cpu() {
+    let mut rng = Rng::new(1);
+    check(
+        &tpla_kernels::rms_norm_rows,
+        &[("COLS", 200)],
+        vec![
+            input(&mut rng, &[5, 200]),
+            input(&mut rng, &[200]),
+            poisoned(DType::F32, &[5, 200]),
+            HostArg::F32(1e-6),
+        ],
+        1e-5,
+    );
+    // q_lora 96, latent slice 64, rope 16.
+    check(
+        &tpla_kernels::down_norms,
+        &[("QL", 96), ("W", 64), ("ROPE", 16)],
+        vec![
+            input(&mut rng, &[3, 176]),
+            input(&mut rng, &[96]),
+            poisoned(DType::F32, &[3, 96]),
+            poisoned(DType::F32, &[3, 1]),
+            HostArg::F32(1e-6),
+            HostArg::F32(0.75),
+        ],
+        1e-5,
+    );
+}
+
+#[test]
+fn emulated_rope_kernels_match_cpu() {
+    let mut rng = Rng::new(2);
+    let c_sq: Vec<f32> = (0..3).map(|i| 20.0 + i as f32).collect();
+    check(
+        &tpla_kernels::cache_row,
+        &[("QL_PAIRS", 48), ("W_PAIRS", 32), ("ROPE_PAIRS", 8)],
+        vec![
+            input(&mut rng, &[3, 88, 2]),
+            tensor(DType::F32, &[3, 1], &c_sq),
+            table(10, 8, false),
+            table(10, 8, true),
+            poisoned(DType::BF16, &[3, 40, 2]),
+            HostArg::I32(7),
+            HostArg::F32(1.3),
+            HostArg::F32(1.0 / 64.0),
+            HostArg::F32(1e-6),
+        ],
+        1e-5,
+    );
+    check(
+        &tpla_kernels::query_nope,
+        &[("NOPE", 24), ("ROPE", 16)],
+        vec![
+            input(&mut rng, &[2, 5, 40]),
+            poisoned(DType::F32, &[2, 5, 24]),
+        ],
+        0.0,
+    );
+    check(
+        &tpla_kernels::assemble_query,
+        &[("W_PAIRS", 32), ("NOPE_PAIRS", 12), ("ROPE_PAIRS", 8)],
+        vec![
+            input(&mut rng, &[2, 5, 32, 2]),
+            input(&mut rng, &[2, 5, 20, 2]),
+            table(12, 8, false),
+            table(12, 8, true),
+            poisoned(DType::BF16, &[2, 5, 40, 2]),
+            HostArg::I32(9),
+        ],
+        1e-5,
+    );
+}
+
+#[test]
+fn emulated_dcp_and_collective_kernels_match_cpu() {
+    let mut rng = Rng::new(3);
+    check(
+        &tpla_kernels::place_state,
+        &[("LAT", 40)],
+        vec![
+            input(&mut rng, &[2, 5, 40]),
+            input(&mut rng, &[2, 5]),
+            poisoned(DType::F32, &[3, 2, 5, 40]),
+            poisoned(DType::F32, &[3, 2, 5]),
+            HostArg::I32(1),
+        ],
+        0.0,
+    );
+    let mut lse = rng.vec(3 * 2 * 5);
+    lse[7] = -6.9e29;
+    check(
+        &tpla_kernels::merge_heads,
+        &[("LAT", 40)],
+        vec![
+            input(&mut rng, &[3, 2, 5, 40]),
+            tensor(DType::F32, &[3, 2, 5], &lse),
+            poisoned(DType::F32, &[2, 3, 40]),
+            HostArg::I32(2),
+        ],
+        1e-5,
+    );
+    check(
+        &tpla_kernels::copy_rows,
+        &[("COLS", 7)],
+        vec![input(&mut rng, &[20, 7]), poisoned(DType::F32, &[20, 7])],
+        0.0,
+    );
+}
