@@ -28,7 +28,7 @@ use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 /// rule's bit for bit; a NaN byte stays NaN, and `cvt.rn.bf16x2.f32` (the pack on the GPU) writes
 /// every NaN as the same canonical bf16 NaN on both paths. Elsewhere (sm_80, the host emulator)
 /// the software decode.
-const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
+pub(crate) const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
         const unsigned m = b & 0x7fu;
         const float f = __uint_as_float(__float_as_uint(__uint_as_float(m << 20) * 0x1p120f) | ((b & 0x80u) << 24));
         return m == 0x7fu ? __uint_as_float(0x7fffffffu) : f;
