@@ -15,6 +15,10 @@
 //! since the producer warpgroup has left the common path. `setmaxnreg` moves registers from the
 //! producer (24) to the consumers.
 //!
+//! Over an FP8 cache (`KV_FP8`) the producer converts instead of copying (`lower/fp8_producer.rs`:
+//! raw rows through a staging ring, dequantised into the same ring slots, then a plain arrive on
+//! *full*) and keeps more registers (`warpspec_head`'s `regs`).
+//!
 //! Under `SEESAW = 1` the consumers are the two seesaw warpgroups and every ring slot is a stage
 //! (see `lower/seesaw/`).
 //!

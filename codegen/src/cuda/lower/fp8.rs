@@ -5,7 +5,8 @@
 //! the kernel's gemms are untouched. Per 8-column chunk of the tile, a latent chunk is 8 e4m3
 //! bytes loaded from global memory, dequantised (`bf16(e4m3 · scale)`) and stored as one 16-byte
 //! shared-memory write; a RoPE chunk (bf16 in the pool, 16-byte aligned) is a `cp.async` as
-//! before. The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
+//! before. Under `PRODUCER = 1` the producer warpgroup converts instead (`fp8_producer.rs`).
+//! The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
 //! choice this module leaves open. The conversion is the hardware `cvt.rn.f16x2.e4m3x2` on
 //! sm_89+ and exact bit arithmetic elsewhere, with the same results (see `DECODE`).
 //!
