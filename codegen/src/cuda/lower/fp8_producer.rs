@@ -98,15 +98,19 @@ pub(crate) fn staging_choices(block: usize, row_bytes: usize) -> Vec<Staging> {
 /// bounds and bf16 ring, `nblk` its block count, `addr(r, c)` the ring slot's element index of
 /// `(r, c)`; the staging ring lies at byte `staging_off` of shared memory. `setup` (the
 /// producer's `let`s and the loop's bounds) comes first. In scope: `pw_` (producer warp 0..4),
-/// `lane`.
+/// `lane`. With `regs` producer registers below 56 the conversion loop is not unrolled (two
+/// units in flight need about twice the live registers).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fp8_producer_loop(
     copy: &Fp8Copy,
     nblk: &str,
     staging: Staging,
     staging_off: usize,
     setup: &str,
+    regs: usize,
     addr: &dyn Fn(&str, &str) -> String,
 ) -> String {
+    let unroll = if regs >= 56 { 2 } else { 1 };
     let Fp8Copy {
         lat,
         row,
@@ -208,7 +212,7 @@ pub(crate) fn fp8_producer_loop(
     const unsigned char* const ss_ = stg_ + (g_ % {sg}) * {piece};
     tpla_bf16* const dst_ = {base} + (j_ % {st}) * {slot};
     const int rb0_ = pc_ * {pr};
-#pragma unroll 2
+#pragma unroll {unroll}
     for (int f_ = pt_; f_ < {lat_items}; f_ += {nt}) {{
         const int oc_ = f_ / {oct};
         const int in_ = f_ - oc_ * {oct};

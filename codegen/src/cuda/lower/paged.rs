@@ -347,6 +347,7 @@ tpla_wgmma_commit();
                     plan,
                     self.smem.bufs[stg].offset,
                     &format!("{lets}{setup}"),
+                    fp8_producer_regs(nw),
                     &|r: &str, c: &str| b.addr(r, c),
                 );
                 self.paging.producer_code = Some((code, st));
