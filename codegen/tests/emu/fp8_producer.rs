@@ -191,7 +191,9 @@ fn fp8_producer_source_and_plan() {
     for (p, min_stages) in [
         (dp(64, 2, 512), 1),
         (dp(32, 2, 512), 2),
+        (dp(32, 3, 512), 2),
         (dp(32, 2, 256), 2),
+        (dp(64, 2, 256), 2),
     ] {
         let src = emit(&producer_kernel(p, &[]), Target::sm90()).unwrap();
         let code = &src.code;
@@ -210,8 +212,13 @@ fn fp8_producer_source_and_plan() {
                 && code.contains("tpla_mbar_arrive(&tpla_mbar[j_ %")
         );
         assert_eq!(src.block_threads, if p.lat == 512 { 384 } else { 256 });
+        let staging = code
+            .lines()
+            .find(|l| l.contains("unsigned char* const sd_ = stg_ + "))
+            .unwrap_or_default()
+            .trim();
         println!(
-            "lat {} BLOCK_N {}: stages {:?}, {} bytes of shared memory",
+            "lat {} BLOCK_N {}: stages {:?}, {} bytes of shared memory, {staging}",
             p.lat, p.block_n, src.stages, src.shared_bytes
         );
         assert!(src.shared_bytes <= Target::sm90().max_shared_bytes);
