@@ -78,8 +78,20 @@ step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 
 [ -x "$bin/engine_rust" ] && step engine_rust_bench 60 "$bin/engine_rust" --bench
 # --record-tune: the sweep's winners go into this machine's tune database, which the layer
 # runs below then use (their decode buckets where the bench has them).
-step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
-grep -aA60 "^device " "$OUT/cuda_bench.log" >"$OUT/bench-table.txt" 2>/dev/null
+# TPLA_SESSION_BENCH_ARGS: instead of the whole matrix, one bench step per ';'-separated list
+# of extra arguments (e.g. '--variant mla --gpu-heads 16,64;--variant mla-fp8 --gpu-heads 16,64').
+if [ -n "${TPLA_SESSION_BENCH_ARGS:-}" ]; then
+  i=0
+  IFS=';' read -ra bench_sets <<<"$TPLA_SESSION_BENCH_ARGS"
+  for extra in "${bench_sets[@]}"; do
+    i=$((i + 1))
+    # shellcheck disable=SC2086
+    step "cuda_bench_$i" 200 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" $extra
+  done
+else
+  step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
+fi
+cat "$OUT"/cuda_bench*.log 2>/dev/null | grep -aA60 "^device " >"$OUT/bench-table.txt"
 # Kimi-K2's MLA-TP rank holds 32 heads, a bucket the bench does not time: tune it, so both
 # forms of the layer run tuned decode configs (like-for-like).
 step tune_kimi_h32 150 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 --context 32768 \

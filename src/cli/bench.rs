@@ -55,8 +55,9 @@ pub struct BenchArgs {
     /// GPU: head counts of the matrix.
     #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
     pub gpu_heads: Vec<usize>,
-    /// GPU: only this variant (`mla` or `tpla-shard`).
-    #[arg(long, value_parser = ["mla", "tpla-shard"])]
+    /// GPU: only this variant's cases (`mla`, `tpla-shard`, the FP8 cache `mla-fp8`, or the
+    /// multi-token `mla-sq2`, `mla-sq4`, `tpla-shard-sq2`, `tpla-shard-sq4`).
+    #[arg(long, value_parser = ["mla", "tpla-shard", "mla-fp8", "mla-sq2", "mla-sq4", "tpla-shard-sq2", "tpla-shard-sq4"])]
     pub variant: Option<String>,
     /// GPU: only configs with these values, e.g. `BLOCK_H=64,BLOCK_N=32` (profiling).
     #[arg(long)]
