@@ -51,6 +51,9 @@ impl Engine {
                 why: "DSL chosen".into(),
             });
         }
+        // Only a CUDA build looks at the executor.
+        #[cfg(not(feature = "cuda"))]
+        let _ = exec;
         #[cfg(feature = "cuda")]
         if let Some(cuda) = (exec as &dyn Any).downcast_ref::<tpla_runtime::cuda::CudaExecutor>() {
             return match tpla_runtime::cuda::blas::Cublas::new(cuda) {
