@@ -61,6 +61,20 @@ pub struct TuneArgs {
     pub var_len: bool,
 }
 
+/// Whether `SEESAW = 1` in `cand` changes the sm_90a decode kernel at latent `lat` (at BLOCK_N
+/// 64 its pair ring does not fit in shared memory and the kernel is the config's without it).
+fn seesaw_applies_sm90(cand: &Config, lat: usize, rope: usize) -> bool {
+    let cfg = cand
+        .clone()
+        .with("LAT", lat as i64)
+        .with("ROPE", rope as i64);
+    latent_decode
+        .build(&cfg)
+        .ok()
+        .and_then(|k| tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok())
+        .is_some_and(|src| src.seesaw)
+}
+
 /// The schedule settings to search on a backend: every one of [`SEARCHED_SETTINGS`] where they
 /// apply (`hopper`), else only the default (no knob set).
 fn knob_settings(hopper: bool) -> &'static [&'static [(&'static str, i64)]] {
@@ -172,6 +186,16 @@ impl ExecJob for TuneJob {
                 progress.inc(1);
                 let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
+                if hopper
+                    && cand.get("SEESAW").ok() == Some(1)
+                    && !seesaw_applies_sm90(&cand, lat, rope)
+                {
+                    say(format!(
+                        "  {:<52} skipped: SEESAW changes nothing here (its ring does not fit)",
+                        cand.to_string()
+                    ));
+                    continue;
+                }
                 let splits = match choose_splits(exec, &p, a.context) {
                     Ok(s) => s,
                     Err(e) => {
@@ -275,5 +299,13 @@ mod tests {
         assert_eq!(knob_settings(false), &[&[] as &[(&str, i64)]]);
         assert_eq!(knob_settings(true).len(), SEARCHED_SETTINGS.len());
         assert!(knob_settings(true).len() > 1);
+        // SEESAW applies at BLOCK_N 32 and changes nothing at 64 (its pair ring does not fit).
+        let base = latent_decode
+            .default_config(&[])
+            .unwrap()
+            .with("BLOCK_H", 64);
+        let ss = |bn: i64| base.clone().with("BLOCK_N", bn).with("SEESAW", 1);
+        assert!(seesaw_applies_sm90(&ss(32), 512, 64));
+        assert!(!seesaw_applies_sm90(&ss(64), 512, 64));
     }
 }

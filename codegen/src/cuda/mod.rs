@@ -306,6 +306,10 @@ pub struct CudaSource {
     /// The f32 gemm policy actually used: [`Target::f32_gemm`], or [`F32Gemm::RoundBf16`] when
     /// the split operands would not fit in shared memory.
     pub f32_gemm: F32Gemm,
+    /// Whether the two-consumer schedule (`SEESAW = 1`) was applied; false where the knob is
+    /// off or changed nothing (its pattern, geometry or shared memory did not allow it), so a
+    /// tuner can skip a config that emits its base config's kernel.
+    pub seesaw: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.
