@@ -17,6 +17,7 @@
 //! partial (`lower_reduce`) and emits the combine after the loop ([`Lower::combine_partial_sums`]).
 
 use crate::cuda::elem::Elem;
+use crate::cuda::lower::iter::Iter;
 use crate::cuda::lower::Lower;
 use crate::cuda::node::Node;
 use crate::cuda::repr::Repr;
@@ -128,15 +129,12 @@ impl Lower<'_> {
             let Repr::Rows { arr, .. } = self.repr[l].clone() else {
                 unreachable!("kept only for row registers")
             };
-            let mt = self.geo.mt(m);
             let scratch = self.add_buf("lsum", Elem::F32, &[wn, m], 1, true);
             let sname = self.smem.bufs[scratch].name.clone();
-            let rows = format!(
-                "#pragma unroll\nfor (int mi = 0; mi < {mt}; ++mi) {{\n#pragma unroll\nfor (int h = 0; h < 2; ++h) {{\n    const int r_ = (wm{m} * {mt} + mi) * 16 + (lane >> 2) + (h << 3);\n"
-            );
+            let (rows, end, _) = self.open(&Iter::Rows { m, rank: 1 });
             out.push(Node::Code {
                 text: format!(
-                    "if ((lane & 3) == 0 && wr{m}_{n} == 0) {{\n{rows}    {sname}[wn{m}_{n} * {m} + r_] = {arr}[mi * 2 + h];\n}}}}\n}}\n"
+                    "if ((lane & 3) == 0 && wr{m}_{n} == 0) {{\n{rows}    {sname}[wn{m}_{n} * {m} + r_] = {arr}[mi * 2 + h];\n{end}\n}}\n"
                 ),
                 reads: vec![],
                 writes: vec![scratch],
@@ -146,7 +144,7 @@ impl Lower<'_> {
                 v = format!("({v} + {sname}[{} + r_])", w * m);
             }
             out.push(Node::Code {
-                text: format!("{rows}    {arr}[mi * 2 + h] = {v};\n}}}}\n"),
+                text: format!("{rows}    {arr}[mi * 2 + h] = {v};\n{end}\n"),
                 reads: vec![scratch],
                 writes: vec![],
             });
