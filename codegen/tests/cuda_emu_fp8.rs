@@ -11,11 +11,18 @@ mod samples;
 #[path = "support/emu.rs"]
 mod emu;
 
+#[path = "support/emu_decode.rs"]
+mod emu_decode;
+
+#[path = "emu/fp8_producer.rs"]
+mod fp8_producer;
+
 use emu::*;
+use emu_decode::decode_ref;
 use samples::{latent_decode_with, DecodeParams};
 use tpla_codegen::cuda::{emit, Target};
 use tpla_codegen::ir::*;
-use tpla_codegen::kv_format::{fp8_row_bytes, quantise_row};
+use tpla_codegen::kv_format::{dequantise_row, fp8_row_bytes, quantise_row};
 use tpla_codegen::{Config, KernelBuilder};
 
 /// A paged cache of FP8 rows (`lat` quantised columns) with shuffled pages: every row a token

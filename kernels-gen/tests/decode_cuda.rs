@@ -559,22 +559,32 @@ fn sanitizer_smoke_every_kernel_balanced() {
 
 /// FP8 latent cache (`KV_FP8`): decode over a carrier pool on the GPU against the CPU JIT (same
 /// pool) and the f64 reference over the dequantised rows, NaN-filled unused pages and poisoned
-/// outputs; the append quantising on the GPU gives the CPU JIT's bytes.
+/// outputs, with the default schedule and fed by the converting producer warpgroup
+/// (`PRODUCER = 1` at BLOCK_H 64, BLOCK_N 64 and 32); the append quantising on the GPU gives the
+/// CPU JIT's bytes.
 #[test]
 fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
     use tpla_kernels::fp8::{
         append_rows_fp8, decode_attention_fp8, fp8_carrier_row, read_fp8_token,
     };
     let Some(g) = gpu() else { return };
-    for (lat, heads, splits, lens) in [
-        (512usize, 16usize, 1usize, vec![1usize, 70, 333]),
-        (512, 64, 3, vec![129, 40]),
-        (256, 16, 2, vec![1, 95]),
-        (256, 64, 1, vec![200]),
+    let producer = |bn: i64| vec![("PRODUCER", 1i64), ("BLOCK_H", 64), ("BLOCK_N", bn)];
+    for (lat, heads, splits, lens, knobs) in [
+        (512usize, 16usize, 1usize, vec![1usize, 70, 333], vec![]),
+        (512, 64, 3, vec![129, 40], vec![]),
+        (256, 16, 2, vec![1, 95], vec![]),
+        (256, 64, 1, vec![200], vec![]),
+        (512, 16, 1, vec![1, 70, 333], producer(64)),
+        (512, 64, 3, vec![129, 40], producer(32)),
+        (256, 64, 2, vec![1, 95, 200], producer(64)),
+        (256, 40, 1, vec![200], producer(32)),
     ] {
         let p = Problem::new(5, lens.len(), heads, lat, 64, lens.clone(), 64, 0.1352);
         let carrier = common::fp8::carrier_from_problem(&p);
-        let params = DecodeParams::new(p.batch, heads, lat, 64, splits, p.scale);
+        let mut params = DecodeParams::new(p.batch, heads, lat, 64, splits, p.scale);
+        for (k, v) in &knobs {
+            params.decode = params.decode.with(k, *v);
+        }
         let run = |x: &dyn Fn() -> (Vec<f32>, Vec<f32>)| x();
         let gpu_out = run(&|| {
             let q = g.upload(&p.q_tensor()).unwrap();
@@ -610,7 +620,7 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
                 p.scale as f64,
             );
             let got = f64s(&gpu_out.0[b * hl..(b + 1) * hl]);
-            let what = format!("lat {lat} heads {heads} splits {splits} len {len}");
+            let what = format!("lat {lat} heads {heads} splits {splits} len {len} {knobs:?}");
             assert!(
                 rel_error(&got, &want.out) <= 1e-2,
                 "{what}: vs the dequantised reference"
@@ -668,15 +678,19 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
 
 /// The FP8 cache's kernels once each on tiny inputs, for compute-sanitizer (gpu-check.sh runs
 /// every test named `sanitizer_smoke_every_kernel*`): the dequantising decode (MLA rows on the
-/// warpgroup path, shard rows on one stage) and the quantising append.
+/// warpgroup path, shard rows on one stage, MLA and shard rows converted by the producer
+/// warpgroup, `PRODUCER = 1`) and the quantising append.
 #[test]
 fn sanitizer_smoke_every_kernel_fp8() {
     use tpla_kernels::fp8::{append_rows_fp8, decode_attention_fp8, fp8_carrier_row};
     let Some(g) = gpu() else { return };
-    for (lat, bh, bn, st) in [
-        (512usize, 64i64, 64i64, 2i64),
-        (256, 16, 32, 1),
-        (512, 16, 16, 3),
+    for (lat, bh, bn, st, producer) in [
+        (512usize, 64i64, 64i64, 2i64, 0i64),
+        (256, 16, 32, 1, 0),
+        (512, 16, 16, 3, 0),
+        (512, 64, 64, 2, 1),
+        (512, 64, 32, 2, 1),
+        (256, 64, 32, 3, 1),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let carrier = common::fp8::carrier_from_problem(&p);
@@ -686,6 +700,9 @@ fn sanitizer_smoke_every_kernel_fp8() {
             .with("BLOCK_H", bh)
             .with("BLOCK_N", bn)
             .with("STAGES", st);
+        if producer > 0 {
+            params.decode.set("PRODUCER", producer);
+        }
         let q = g.upload(&p.q_tensor()).unwrap();
         let c = g.upload_paged(&carrier).unwrap();
         let mut out = g

@@ -1,7 +1,8 @@
 //! CI without a GPU: the FP8 latent cache (`KV_FP8`) variants lowered to CUDA C++ and compiled
 //! by NVRTC for sm_90a and sm_80: the decode reading FP8 rows at latent 512 (MLA, 656-byte
 //! rows) and 256 (a g = 2 TPLA shard, 400-byte rows) over a representative tune subset
-//! (BLOCK_H and BLOCK_N extremes, one to three stages, two query tokens), and the append
+//! (BLOCK_H and BLOCK_N extremes, one to three stages, two query tokens; at BLOCK_H 64 also fed
+//! by the producer warpgroup, `PRODUCER = 1`, which converts into the ring), and the append
 //! quantising rows for every row width and BLOCK_T. Where ptxas reports, no variant may have a
 //! stack frame or spill.
 //!
@@ -57,6 +58,25 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
         decode(512, 64, 64, 2).with("SQ", 2),
         sm90,
     ));
+    // The producer warpgroup converting into the ring (`PRODUCER = 1`, `lower/fp8_producer.rs`):
+    // the bench's H 64 sweep (BLOCK_N 32 / 64, 2 / 3 stages, WG_SPLIT 128 / 32, TMA = 1 which
+    // changes nothing with FP8 rows), the shard, two query tokens.
+    for (lat, bn, st, extra) in [
+        (512, 64, 2, None),
+        (512, 32, 2, None),
+        (512, 32, 3, None),
+        (512, 32, 2, Some(("WG_SPLIT", 32))),
+        (512, 64, 2, Some(("TMA", 1))),
+        (512, 32, 2, Some(("SQ", 2))),
+        (256, 64, 2, None),
+        (256, 32, 3, None),
+    ] {
+        let mut cfg = decode(lat, 64, bn, st).with("PRODUCER", 1);
+        if let Some((k, x)) = extra {
+            cfg.set(k, x);
+        }
+        v.push((&tpla_kernels::latent_decode, cfg, sm90));
+    }
     for lat in [512i64, 256, 128] {
         for bt in [1i64, 16] {
             for t in [sm90, sm80] {
@@ -79,15 +99,29 @@ fn compile_one(def: &dyn KernelDef, cfg: &Config, target: Target) -> Result<Stri
     if !src.code.contains("tpla_e8_") && !src.code.contains("tpla_q8_") {
         return Err("the kernel does not convert FP8 rows".to_string());
     }
+    let producer = cfg.try_get("PRODUCER") == Some(1) && target == Target::sm90();
+    if producer
+        && !src
+            .code
+            .contains("unsigned char* const stg_ = tpla_smem + ")
+    {
+        return Err("PRODUCER = 1 without the FP8 producer's staging ring".to_string());
+    }
     let opts = default_options(&target.arch_name());
+    let t0 = std::time::Instant::now();
     let c = compile(&src.name, &src.code, &opts).map_err(|e| e.to_string())?;
+    let secs = t0.elapsed().as_secs_f64();
+    let what = format!(
+        "{} threads, {} B shared, compiled in {secs:.2} s",
+        src.block_threads, src.shared_bytes
+    );
     match &c.report {
         Some(r) if !r.spill_free() => Err(format!(
-            "{} B stack frame, {} / {} B spilled",
+            "{} B stack frame, {} / {} B spilled ({what})",
             r.stack_frame_bytes, r.spill_store_bytes, r.spill_load_bytes
         )),
-        Some(r) => Ok(format!("{} regs", r.registers)),
-        None => Ok("no ptxas report".into()),
+        Some(r) => Ok(format!("{} regs, {what}", r.registers)),
+        None => Ok(format!("no ptxas report, {what}")),
     }
 }
 

@@ -3,10 +3,12 @@
 
 use crate::cuda::elem::*;
 use crate::cuda::layout::*;
+use crate::cuda::lower::fp8_producer::staging_choices;
 use crate::cuda::lower::*;
 use crate::cuda::repr::*;
 use crate::cuda::F32Gemm;
 use crate::ir::*;
+use crate::kv_format::fp8_row_bytes;
 
 /// A shared-memory buffer.
 #[derive(Clone, Debug)]
@@ -131,6 +133,33 @@ impl<'a> Lower<'a> {
         let body = self.k.body.clone();
         let mut done = vec![false; n];
         self.resolve_block(&body, lay, &mut done);
+        self.place_fp8_staging();
+    }
+
+    /// The staging ring of raw FP8 rows of a producer-fed FP8 cache (`lower/fp8_producer.rs`),
+    /// placed after every other buffer of the pass: choice number `paging.staging_choice` of
+    /// [`staging_choices`] (best first). A plan that does not fit the target is refused by the
+    /// emitter, which tries the next choice, then fewer ring stages (see `pipeline::emit`).
+    fn place_fp8_staging(&mut self) {
+        let Some((block, row_bytes)) = self.paging.fp8_pending.take() else {
+            return;
+        };
+        let choices = staging_choices(block, row_bytes);
+        self.paging.staging_choices = choices.len();
+        let Some(&plan) = choices.get(self.paging.staging_choice).or(choices.last()) else {
+            return;
+        };
+        let name = self.fresh("fp8stg");
+        let buf = new_buf(
+            name,
+            Elem::U8,
+            (plan.rows, plan.row_bytes),
+            plan.slots,
+            false,
+            false,
+        );
+        let at = place(&mut self.smem.bufs, buf);
+        self.paging.fp8_staging = Some((at, plan));
     }
 
     pub(crate) fn resolve_block(&mut self, body: &[Stmt], lay: &[Lay], done: &mut [bool]) {
@@ -153,7 +182,10 @@ impl<'a> Lower<'a> {
                 } => {
                     done[*tile] = true;
                     done[*valid] = true;
-                    if let ParamKind::Paged { dtype, row, .. } = self.k.params[*cache].kind {
+                    if let ParamKind::Paged {
+                        dtype, row, format, ..
+                    } = self.k.params[*cache].kind
+                    {
                         let elem = Elem::of_dtype(dtype);
                         let vec_ok = self.target.has_tensor_cores()
                             && (row * elem.size()).is_multiple_of(16);
@@ -186,6 +218,10 @@ impl<'a> Lower<'a> {
                             view: View::base(1),
                         };
                         self.paging.loops.insert(*tile, (ring, id, st));
+                        let lat = format.fp8_cols();
+                        if lat > 0 && self.geo.producer && self.seesaw.is_none() {
+                            self.paging.fp8_pending = Some((*block, fp8_row_bytes(lat, row)));
+                        }
                     }
                     self.resolve_block(body, lay, done)
                 }

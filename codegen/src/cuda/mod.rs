@@ -72,7 +72,9 @@
 //!   warpgroup after the consumer warps issues every paged copy instead, into the same ring
 //!   guarded by full / empty `mbarrier`s (`cp.async.mbarrier.arrive.noinc` / `try_wait.parity`);
 //!   the consumers' barriers become `bar.sync 1` over the consumer threads and `setmaxnreg`
-//!   moves registers from the producer (24) to them.
+//!   moves registers from the producer (24) to them. Over an FP8 cache (`KV_FP8`) the producer
+//!   `cp.async`s the raw rows into a staging ring (planned after every other buffer, the emitter
+//!   trying the plans best first) and dequantises them into the ring (`lower/fp8_producer.rs`).
 //! - with the schedule knob `SEESAW = 1` (`lower/seesaw/`, FlashMLA's two-consumer split) the
 //!   two warpgroups take alternate blocks of the online-softmax paged loop, each with its own
 //!   q·kᵀ, combine the row statistics and exchange P through shared memory, and each adds both

@@ -40,19 +40,27 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
         for &policy in &policies {
             let t = target.with_f32_gemm(policy);
             for cap in (1..=max_stages).rev() {
-                let src = match emit_with_cap(k, t, sched, cap) {
-                    Err(IrError::Backend { ref message, .. })
-                        if sched.seesaw && message.contains(SEESAW_SHARED_TILE) =>
-                    {
-                        continue 'schedules
+                // A producer-fed FP8 cache's staging rings, best first (one pass without).
+                let mut staging = 0;
+                loop {
+                    let (src, choices) = match emit_with(k, t, sched, cap, staging) {
+                        Err(IrError::Backend { ref message, .. })
+                            if sched.seesaw && message.contains(SEESAW_SHARED_TILE) =>
+                        {
+                            continue 'schedules
+                        }
+                        r => r?,
+                    };
+                    if src.shared_bytes <= target.max_shared_bytes {
+                        return Ok(src);
                     }
-                    r => r?,
-                };
-                if src.shared_bytes <= target.max_shared_bytes {
-                    return Ok(src);
+                    smallest =
+                        Some(smallest.map_or(src.shared_bytes, |s: u32| s.min(src.shared_bytes)));
+                    staging += 1;
+                    if staging >= choices {
+                        break;
+                    }
                 }
-                smallest =
-                    Some(smallest.map_or(src.shared_bytes, |s: u32| s.min(src.shared_bytes)));
             }
         }
     }
@@ -140,15 +148,19 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     }),
 ];
 
-/// Runs [`PASSES`] on `k` for `target` with paged loops pipelined at most `cap` deep.
-pub(crate) fn emit_with_cap(
+/// Runs [`PASSES`] on `k` for `target` with paged loops pipelined at most `cap` deep and staging
+/// ring choice `staging` (see `lower/fp8_producer.rs`); also returns how many staging choices the
+/// kernel has (0 without a staging ring).
+pub(crate) fn emit_with(
     k: &Kernel,
     target: Target,
     sched: Schedule,
     cap: usize,
-) -> Result<CudaSource, IrError> {
+    staging: usize,
+) -> Result<(CudaSource, usize), IrError> {
     let dump = crate::dump::DumpStages::from_env()?;
     let mut state = Lower::new(k, target, sched, cap);
+    state.paging.staging_choice = staging;
     for (name, pass) in PASSES {
         pass(&mut state)?;
         if dump.wants_pass(name) {
@@ -159,7 +171,8 @@ pub(crate) fn emit_with_cap(
             );
         }
     }
-    Ok(state.source.expect("the print pass ran"))
+    let choices = state.paging.staging_choices;
+    Ok((state.source.expect("the print pass ran"), choices))
 }
 
 #[cfg(test)]

@@ -243,7 +243,13 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         code.push_str(&format!("    {d}\n"));
     }
     if let Some((producer, st)) = &lw.paging.producer_code {
-        code.push_str(&warpspec_head(producer, *st, mbar_off, geo.nw));
+        code.push_str(&warpspec_head(
+            producer,
+            *st,
+            mbar_off,
+            geo.nw,
+            lw.paging.producer_regs,
+        ));
     }
     code.push_str(&body);
     code.push_str("}\n");

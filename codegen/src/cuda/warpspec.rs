@@ -15,6 +15,10 @@
 //! since the producer warpgroup has left the common path. `setmaxnreg` moves registers from the
 //! producer (24) to the consumers.
 //!
+//! Over an FP8 cache (`KV_FP8`) the producer converts instead of copying (`lower/fp8_producer.rs`:
+//! raw rows through a staging ring, dequantised into the same ring slots, then a plain arrive on
+//! *full*) and keeps more registers (`warpspec_head`'s `regs`).
+//!
 //! Under `SEESAW = 1` the consumers are the two seesaw warpgroups and every ring slot is a stage
 //! (see `lower/seesaw/`).
 //!
@@ -29,10 +33,10 @@ pub(crate) const PRODUCER_THREADS: usize = 128;
 /// Registers per thread the producer keeps (`setmaxnreg.dec`).
 pub(crate) const PRODUCER_REGS: usize = 24;
 
-/// Registers per consumer thread after `setmaxnreg.inc`: what the producer frees, shared by the
-/// consumer warps, at most 240, a multiple of 8.
-pub(crate) fn consumer_regs(nw: usize) -> usize {
-    let total = 65536 - PRODUCER_THREADS * PRODUCER_REGS;
+/// Registers per consumer thread after `setmaxnreg.inc`: what the producer (keeping
+/// `producer_regs`) frees, shared by the consumer warps, at most 240, a multiple of 8.
+pub(crate) fn consumer_regs(nw: usize, producer_regs: usize) -> usize {
+    let total = 65536 - PRODUCER_THREADS * producer_regs;
     (total / (nw * 32)).min(240) / 8 * 8
 }
 
@@ -180,9 +184,17 @@ pub(crate) fn producer_loop(
 
 /// The kernel's opening under warp specialisation: the mbarriers (at `mbar_off` in shared memory,
 /// `st` stages) initialised and published block-wide, then the producer warpgroup (warps `nw ..
-/// nw + 3`) runs `producer` with few registers and leaves; the consumers take the freed registers
-/// and go on to the body.
-pub(crate) fn warpspec_head(producer: &str, st: usize, mbar_off: usize, nw: usize) -> String {
+/// nw + 3`) runs `producer` with `regs` registers (0: [`PRODUCER_REGS`]; the FP8 producer
+/// converts, so it keeps more) and leaves; the consumers take the freed registers and go on to
+/// the body.
+pub(crate) fn warpspec_head(
+    producer: &str,
+    st: usize,
+    mbar_off: usize,
+    nw: usize,
+    regs: usize,
+) -> String {
+    let regs = if regs == 0 { PRODUCER_REGS } else { regs };
     let mut s = format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
@@ -194,7 +206,7 @@ pub(crate) fn warpspec_head(producer: &str, st: usize, mbar_off: usize, nw: usiz
     }}
     __syncthreads();
     if (warp >= {nw}) {{
-        tpla_setmaxnreg_dec<{PRODUCER_REGS}>();
+        tpla_setmaxnreg_dec<{regs}>();
         const int pw_ = warp - {nw};
 ",
         consumers = nw * 32,
@@ -211,7 +223,7 @@ pub(crate) fn warpspec_head(producer: &str, st: usize, mbar_off: usize, nw: usiz
     }}
     tpla_setmaxnreg_inc<{}>();
 ",
-        consumer_regs(nw)
+        consumer_regs(nw, regs)
     ));
     s
 }

@@ -5,7 +5,8 @@
 //! the kernel's gemms are untouched. Per 8-column chunk of the tile, a latent chunk is 8 e4m3
 //! bytes loaded from global memory, dequantised (`bf16(e4m3 · scale)`) and stored as one 16-byte
 //! shared-memory write; a RoPE chunk (bf16 in the pool, 16-byte aligned) is a `cp.async` as
-//! before. The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
+//! before. Under `PRODUCER = 1` the producer warpgroup converts instead (`fp8_producer.rs`).
+//! The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
 //! choice this module leaves open. The conversion is the hardware `cvt.rn.f16x2.e4m3x2` on
 //! sm_89+ and exact bit arithmetic elsewhere, with the same results (see `DECODE`).
 //!
@@ -28,7 +29,7 @@ use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 /// rule's bit for bit; a NaN byte stays NaN, and `cvt.rn.bf16x2.f32` (the pack on the GPU) writes
 /// every NaN as the same canonical bf16 NaN on both paths. Elsewhere (sm_80, the host emulator)
 /// the software decode.
-const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
+pub(crate) const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
         const unsigned m = b & 0x7fu;
         const float f = __uint_as_float(__float_as_uint(__uint_as_float(m << 20) * 0x1p120f) | ((b & 0x80u) << 24));
         return m == 0x7fu ? __uint_as_float(0x7fffffffu) : f;

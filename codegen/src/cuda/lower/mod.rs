@@ -4,6 +4,7 @@ pub(crate) mod elementwise;
 pub(crate) mod expr;
 pub(crate) mod first_gemm;
 pub(crate) mod fp8;
+pub(crate) mod fp8_producer;
 pub(crate) mod gemm;
 pub(crate) mod iter;
 pub(crate) mod memory;
@@ -109,6 +110,20 @@ pub(crate) struct Paging {
     pub(crate) partial_sums: Vec<(TileId, TileId)>,
     /// Carried sums kept as partials, to combine after the loop: `(l, m, n, wn)`.
     pub(crate) pending_sums: Vec<(TileId, usize, usize, usize)>,
+    /// Registers the producer warpgroup keeps (`setmaxnreg.dec`); 0 for the default
+    /// ([`crate::cuda::warpspec::PRODUCER_REGS`]).
+    pub(crate) producer_regs: usize,
+    /// An FP8 cache fed by the producer (`lower/fp8_producer.rs`): the loop's block and raw row
+    /// bytes, noted by the memory pass until its staging ring is placed (after every other
+    /// buffer of the pass).
+    pub(crate) fp8_pending: Option<(usize, usize)>,
+    /// That staging ring: its buffer and plan.
+    pub(crate) fp8_staging: Option<(usize, fp8_producer::Staging)>,
+    /// Which of the staging rings worth trying ([`fp8_producer::staging_choices`], best first)
+    /// the memory pass takes (the emitter tries them in order until the kernel fits), and how
+    /// many there were (0: no staging ring).
+    pub(crate) staging_choice: usize,
+    pub(crate) staging_choices: usize,
 }
 
 pub(crate) struct Fusion {

@@ -1,6 +1,7 @@
 //! Lowering of paged block loops (cp.async rings) and paged stores.
 
 use crate::cuda::elem::*;
+use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
 use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
@@ -188,11 +189,11 @@ impl<'a> Lower<'a> {
         };
         let issue = mk_issue("warp", nw, "");
         let ws = self.geo.producer;
-        if ws && fp8.lat > 0 {
-            // The producer's ring copies bf16 rows as they are in the pool.
+        if ws && fp8.lat > 0 && self.seesaw.is_some() {
+            // The two-consumer pair ring is fed with bf16 rows as they are in the pool.
             return Err(backend_err(
                 self.k,
-                "PRODUCER = 1 does not apply to an FP8 paged cache (KV_FP8)",
+                "PRODUCER = 1 with SEESAW = 1 does not apply to an FP8 paged cache (KV_FP8)",
             ));
         }
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that
@@ -331,6 +332,39 @@ tpla_wgmma_commit();
                     _ => {}
                 }
             }
+            if fp8.lat > 0 {
+                // The producer converts the raw rows into the ring (`fp8_producer.rs`); `TMA = 1`
+                // does not apply (its boxes are bf16 ring blocks).
+                let Some((stg, plan)) = self.paging.fp8_staging else {
+                    return Err(backend_err(
+                        self.k,
+                        "the FP8 producer's staging ring was not planned",
+                    ));
+                };
+                let code = fp8_producer_loop(
+                    &fp8,
+                    &nblk,
+                    plan,
+                    self.smem.bufs[stg].offset,
+                    &format!("{lets}{setup}"),
+                    fp8_producer_regs(nw),
+                    &|r: &str, c: &str| b.addr(r, c),
+                );
+                self.paging.producer_code = Some((code, st));
+                self.paging.producer_regs = fp8_producer_regs(nw);
+                return self.producer_consumers(
+                    &setup,
+                    (&id, &lo, &nblk, &base, &cur),
+                    (*start, *block, st, slot),
+                    (
+                        hoisted.as_deref(),
+                        unplaced.as_ref().map(|(p, _)| p.as_str()),
+                    ),
+                    inner,
+                    reads,
+                    out,
+                );
+            }
             let fallback = mk_issue("pw_", 4, " 1");
             let tma =
                 (self.sched.tma && tma_applies(&b, elem, *block, *row)).then(|| tmap_name(*cache));
@@ -377,59 +411,18 @@ tpla_wgmma_commit();
             }
             let code = producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref());
             self.paging.producer_code = Some((code, st));
-            // Consumers: wait for the block's stage to be full, compute, release the stage.
-            out.push(Node::Code {
-                text: format!("{{\n{setup}"),
+            return self.producer_consumers(
+                &setup,
+                (&id, &lo, &nblk, &base, &cur),
+                (*start, *block, st, slot),
+                (
+                    hoisted.as_deref(),
+                    unplaced.as_ref().map(|(p, _)| p.as_str()),
+                ),
+                inner,
                 reads,
-                writes: vec![],
-            });
-            let mut body_nodes = vec![Node::Code {
-                text: format!(
-                    "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n"
-                ),
-                reads: vec![],
-                writes: vec![],
-            }];
-            body_nodes.extend(inner);
-            // Whatever the consumers wrote before the loop is published once, not per block.
-            out.push(Node::Barrier);
-            if let Some(qk) = &hoisted {
-                // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
-                // takes it at its end (same order, no overlap).
-                out.push(Node::Code {
-                    text: format!(
-                        "if ({nblk} > 0) {{\ntpla_mbar_wait(&{MBAR}[0], 0);\ntpla_fence_proxy_async();\n{cur} = {base};\n{qk}}}\n"
-                    ),
-                    reads: vec![],
-                    writes: vec![],
-                });
-                if let Some((next, _)) = &unplaced {
-                    body_nodes.push(Node::Code {
-                        text: next.clone(),
-                        reads: vec![],
-                        writes: vec![],
-                    });
-                }
-            }
-            body_nodes.push(Node::Code {
-                text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
-                reads: vec![],
-                writes: vec![],
-            });
-            out.push(Node::Scope {
-                head: format!(
-                    "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
-                ),
-                body: body_nodes,
-                tail: "}".into(),
-                looped: true,
-            });
-            out.push(Node::Code {
-                text: "}\n".into(),
-                reads: vec![],
-                writes: vec![],
-            });
-            return Ok(());
+                out,
+            );
         }
         let setup = format!(
             "{setup}for (int j_ = 0; j_ < {pre}; ++j_) {{
@@ -478,6 +471,76 @@ tpla_wgmma_commit();
         });
         out.push(Node::Code {
             text: "tpla_cp_async_wait<0>();\n}\n".into(),
+            reads: vec![],
+            writes: vec![],
+        });
+        Ok(())
+    }
+
+    /// The consumers' loop under warp specialisation (bf16 and FP8 producers alike): per block
+    /// `it_`, wait for its stage to be full, fence against the `wgmma` reads, compute `inner`,
+    /// release the stage on its empty mbarrier. With a `hoisted` first gemm (`first_gemm.rs`),
+    /// block 0's is issued before the loop, and `unplaced` (the next block's, when no gemm of the
+    /// body took it) at the end of the body.
+    #[allow(clippy::too_many_arguments)]
+    fn producer_consumers(
+        &mut self,
+        setup: &str,
+        (_id, lo, nblk, base, cur): (&str, &str, &str, &str, &str),
+        (start, block, st, slot): (ScalarId, usize, usize, usize),
+        (hoisted, unplaced): (Option<&str>, Option<&str>),
+        inner: Vec<Node>,
+        reads: Vec<usize>,
+        out: &mut Vec<Node>,
+    ) -> Result<(), IrError> {
+        out.push(Node::Code {
+            text: format!("{{\n{setup}"),
+            reads,
+            writes: vec![],
+        });
+        let mut body_nodes = vec![Node::Code {
+            text: format!(
+                "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n"
+            ),
+            reads: vec![],
+            writes: vec![],
+        }];
+        body_nodes.extend(inner);
+        // Whatever the consumers wrote before the loop is published once, not per block.
+        out.push(Node::Barrier);
+        if let Some(qk) = hoisted {
+            // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
+            // takes it at its end (same order, no overlap).
+            out.push(Node::Code {
+                text: format!(
+                    "if ({nblk} > 0) {{\ntpla_mbar_wait(&{MBAR}[0], 0);\ntpla_fence_proxy_async();\n{cur} = {base};\n{qk}}}\n"
+                ),
+                reads: vec![],
+                writes: vec![],
+            });
+            if let Some(next) = unplaced {
+                body_nodes.push(Node::Code {
+                    text: next.to_string(),
+                    reads: vec![],
+                    writes: vec![],
+                });
+            }
+        }
+        body_nodes.push(Node::Code {
+            text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
+            reads: vec![],
+            writes: vec![],
+        });
+        out.push(Node::Scope {
+            head: format!(
+                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
+            ),
+            body: body_nodes,
+            tail: "}".into(),
+            looped: true,
+        });
+        out.push(Node::Code {
+            text: "}\n".into(),
             reads: vec![],
             writes: vec![],
         });
