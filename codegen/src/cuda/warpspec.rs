@@ -33,10 +33,35 @@ pub(crate) const PRODUCER_THREADS: usize = 128;
 /// Registers per thread the producer keeps (`setmaxnreg.dec`).
 pub(crate) const PRODUCER_REGS: usize = 24;
 
+/// Registers a thread holds at launch in a warp-specialised kernel of `threads` threads. The kernel
+/// is declared `__launch_bounds__(threads, 1)` and uses `setmaxnreg`, so ptxas gives every thread
+/// the most the bound allows, in units of 8, and at most 240 (what NVRTC 13.0's ptxas reports for
+/// sm_90a: 168 registers at 384 threads, 240 at 256; `runtime/tests/nvrtc_fp8.rs` prints them).
+/// Counted down, so the pool below is never over-estimated.
+pub(crate) fn launch_regs(threads: usize) -> usize {
+    (65536 / threads).min(240) / 8 * 8
+}
+
+/// The block's register pool that `setmaxnreg` redistributes: what its threads hold at launch
+/// (not the 64 K register file). A `setmaxnreg.inc` that asks for more than the
+/// `setmaxnreg.dec`s have released waits forever, so every split must fit it
+/// ([`split_fits`]).
+pub(crate) fn register_pool(nw: usize) -> usize {
+    let threads = nw * 32 + PRODUCER_THREADS;
+    launch_regs(threads) * threads
+}
+
+/// Whether `producer_regs` per producer thread and `consumer_regs` per consumer thread (of `nw`
+/// consumer warps) fit the block's [`register_pool`].
+pub(crate) fn split_fits(nw: usize, producer_regs: usize, consumer_regs: usize) -> bool {
+    PRODUCER_THREADS * producer_regs + nw * 32 * consumer_regs <= register_pool(nw)
+}
+
 /// Registers per consumer thread after `setmaxnreg.inc`: what the producer (keeping
-/// `producer_regs`) frees, shared by the consumer warps, at most 240, a multiple of 8.
+/// `producer_regs`) frees of the [`register_pool`], shared by the consumer warps, at most 240, a
+/// multiple of 8.
 pub(crate) fn consumer_regs(nw: usize, producer_regs: usize) -> usize {
-    let total = 65536 - PRODUCER_THREADS * producer_regs;
+    let total = register_pool(nw).saturating_sub(PRODUCER_THREADS * producer_regs);
     (total / (nw * 32)).min(240) / 8 * 8
 }
 
@@ -137,12 +162,16 @@ template <int N>
 __device__ __forceinline__ void tpla_setmaxnreg_dec() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(N));
+#elif !defined(__CUDA_ARCH__)
+    tpla_emu_setmaxnreg(N, false);
 #endif
 }
 template <int N>
 __device__ __forceinline__ void tpla_setmaxnreg_inc() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(N));
+#elif !defined(__CUDA_ARCH__)
+    tpla_emu_setmaxnreg(N, true);
 #endif
 }
 "#;
@@ -195,6 +224,11 @@ pub(crate) fn warpspec_head(
     regs: usize,
 ) -> String {
     let regs = if regs == 0 { PRODUCER_REGS } else { regs };
+    debug_assert!(
+        split_fits(nw, regs, consumer_regs(nw, regs)),
+        "setmaxnreg split {regs} + {} past the register pool of {nw} consumer warps",
+        consumer_regs(nw, regs)
+    );
     let mut s = format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
@@ -226,4 +260,25 @@ pub(crate) fn warpspec_head(
         consumer_regs(nw, regs)
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_register_splits_fit_the_pool_the_block_holds_at_launch() {
+        assert_eq!(launch_regs(384), 168);
+        assert_eq!(launch_regs(256), 240);
+        for nw in [4, 8] {
+            let c = consumer_regs(nw, PRODUCER_REGS);
+            assert_eq!(c, 240);
+            assert!(split_fits(nw, PRODUCER_REGS, c));
+        }
+        // FA3's and FlashMLA's 24 + 2 x 240 is the whole pool of 384 threads; 32 + 2 x 240 (the
+        // split that hung on the H200) is past it, so `setmaxnreg.inc` would wait forever.
+        assert_eq!(register_pool(8), 128 * 24 + 256 * 240);
+        assert!(!split_fits(8, 32, 240));
+        assert_eq!(consumer_regs(8, 32), 232);
+    }
 }

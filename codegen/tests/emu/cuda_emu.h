@@ -79,6 +79,10 @@ struct Block {
     // Transaction bytes still expected per mbarrier (by shared-memory offset): `expect_tx` adds,
     // a bulk copy's completion subtracts; a phase completes when both its arrivals and this reach 0.
     std::map<unsigned, long> tx;
+    // `setmaxnreg`: registers each thread holds now, and the block's pool of released ones.
+    std::vector<int> regs;
+    long reg_free = 0;
+    int reg_waiting = 0;  // threads waiting in `setmaxnreg.inc`
     emu_dim3 bid{0, 0, 0};
     std::function<void()> body;
     long barriers = 0;
@@ -142,6 +146,10 @@ inline void run_block(int nt) {
     }
 }
 
+// Registers a thread of an `nt`-thread block holds at launch: what ptxas gives a kernel declared
+// `__launch_bounds__(nt, 1)` that uses `setmaxnreg` (the codegen's `warpspec::launch_regs`).
+inline int launch_regs(int nt) { return std::min(65536 / nt, 240) / 8 * 8; }
+
 // Runs `kernel` (a closure calling the generated __global__ function) over the grid.
 inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, std::function<void()> kernel) {
     Block blk;
@@ -163,6 +171,9 @@ inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, s
                 blk.bid = emu_dim3{x, y, z};
                 blk.smem.assign(smem + 16, 0xff);
                 blk.tx.clear();
+                blk.regs.assign(nt, launch_regs(nt));
+                blk.reg_free = 0;
+                blk.reg_waiting = 0;
                 run_block(nt);
             }
     B = nullptr;
@@ -382,8 +393,12 @@ inline void spin_yield(Spin& s) {
         s.idle = 0;
     }
     if (++s.idle > 4096) {
-        fprintf(stderr, "emu: deadlock in block (%u,%u,%u): an mbarrier phase never completes\n",
-                B->bid.x, B->bid.y, B->bid.z);
+        if (B->reg_waiting > 0)
+            fprintf(stderr, "emu: deadlock in block (%u,%u,%u): %d threads wait in setmaxnreg.inc for registers the block never released\n",
+                    B->bid.x, B->bid.y, B->bid.z, B->reg_waiting);
+        else
+            fprintf(stderr, "emu: deadlock in block (%u,%u,%u): an mbarrier phase never completes\n",
+                    B->bid.x, B->bid.y, B->bid.z);
         exit(3);
     }
     Fiber& f = B->th[B->cur];
@@ -473,6 +488,28 @@ inline void tpla_emu_mbar_wait(unsigned long long* b, int parity) {
     emu::Spin spin;
     for (int i = 0; i < 256; ++i) emu::spin_yield(spin);
     while ((int)(*b >> 63) == (parity & 1)) emu::spin_yield(spin);
+}
+// `setmaxnreg.dec` returns the thread's registers above `n` to the block's pool; `.inc` takes
+// them from it, waiting until enough have been released: on the GPU a split past the registers
+// the block holds at launch waits forever, here it is reported as a deadlock.
+inline void tpla_emu_setmaxnreg(int n, bool inc) {
+    int& have = emu::B->regs[emu::B->cur];
+    if (n % 8 != 0 || n < 24 || n > 256 || (inc ? n < have : n > have)) {
+        fprintf(stderr, "emu: setmaxnreg.%s %d from %d registers\n", inc ? "inc" : "dec", n, have);
+        exit(4);
+    }
+    if (!inc) {
+        emu::B->reg_free += have - n;
+        have = n;
+        emu::progress++;
+        return;
+    }
+    emu::Spin spin;
+    emu::B->reg_waiting++;
+    while (emu::B->reg_free < n - have) emu::spin_yield(spin);
+    emu::B->reg_waiting--;
+    emu::B->reg_free -= n - have;
+    have = n;
 }
 inline void tpla_emu_bar_sync(int id, int n) {
     if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {

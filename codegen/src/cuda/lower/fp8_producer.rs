@@ -24,18 +24,24 @@
 //! minimum).
 
 use crate::cuda::lower::fp8::{Fp8Copy, DECODE};
-use crate::cuda::warpspec::{MBAR, PRODUCER_THREADS};
+use crate::cuda::warpspec::{register_pool, MBAR, PRODUCER_THREADS};
 use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 
 /// Registers per consumer thread the FP8 producer leaves (the bf16 producer's consumers' count).
 const CONSUMER_REGS: usize = 240;
 
 /// Registers per producer thread for the FP8 producer beside `nw` consumer warps
-/// (`setmaxnreg.dec`): what the consumers' 240 leave of the 64 K register file, between 24 (the
-/// bf16 producer's) and 72, a multiple of 8: 72 beside one consumer warpgroup, 32 beside two.
+/// (`setmaxnreg.dec`): what the consumers' 240 leave of the block's register pool
+/// ([`register_pool`]: the registers its threads hold at launch), between 24 (the bf16
+/// producer's) and 72, a multiple of 8: 72 beside one consumer warpgroup, 24 beside two (384
+/// threads hold 168 registers each at launch: 24 x 128 + 240 x 256 is the whole pool).
 /// The conversion holds a 16-byte unit, its scale, two 16-byte results and the addresses.
+///
+/// The pool, not the 64 K register file: a split that asks for more than the pool makes the
+/// consumers' `setmaxnreg.inc` wait forever (the H200 hang of 2026-12-04, 32 + 240 beside two
+/// consumer warpgroups).
 pub(crate) fn fp8_producer_regs(nw: usize) -> usize {
-    let left = 65536usize.saturating_sub(nw * 32 * CONSUMER_REGS) / PRODUCER_THREADS;
+    let left = register_pool(nw).saturating_sub(nw * 32 * CONSUMER_REGS) / PRODUCER_THREADS;
     left.clamp(24, 72) / 8 * 8
 }
 
@@ -288,9 +294,19 @@ mod tests {
     #[test]
     fn the_producer_leaves_the_consumers_their_registers() {
         assert_eq!(fp8_producer_regs(4), 72);
-        assert_eq!(fp8_producer_regs(8), 32);
+        assert_eq!(fp8_producer_regs(8), 24);
         for nw in [4, 8] {
-            assert!(crate::cuda::warpspec::consumer_regs(nw, fp8_producer_regs(nw)) >= 240);
+            let (p, c) = (
+                fp8_producer_regs(nw),
+                crate::cuda::warpspec::consumer_regs(nw, fp8_producer_regs(nw)),
+            );
+            assert!(c >= 240);
+            // Every split asked for fits the registers the block holds at launch: one that does
+            // not makes `setmaxnreg.inc` wait forever.
+            assert!(
+                crate::cuda::warpspec::split_fits(nw, p, c),
+                "{nw}: {p} + {c}"
+            );
         }
     }
 
