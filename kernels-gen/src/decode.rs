@@ -36,7 +36,7 @@ use tpla_macros::kernel;
 pub fn latent_decode<
     #[tune(16, 32, 64)] const BLOCK_H: usize,
     #[tune(64, 32, 16)] const BLOCK_N: usize,
-    #[tune(2, 1, 3)] const STAGES: usize,
+    #[tune(2, 1, 3, 4)] const STAGES: usize,
     #[tune(128, 32)] const WG_SPLIT: usize,
 >(
     q: Tensor<bf16, dims![batch, heads, LAT + ROPE]>,

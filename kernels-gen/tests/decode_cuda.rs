@@ -223,28 +223,34 @@ fn cuda_seesaw_producer_agrees() {
 
 /// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
 /// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
-/// 64- and 32-token blocks, 2 and 3 stages, 64-token pages (TMA and the partial-block fallback)
-/// and 16-token pages (a box per page).
+/// 64- and 32-token blocks, 2 to 4 stages, 64-token pages (TMA and the partial-block fallback)
+/// and 16-token pages (a box per page); 64-row warpgroup consumers and, at BLOCK_H 16 / 32,
+/// mma.sync consumer warps (also fed by the `cp.async` producer, `TMA = 0`). Each checked
+/// against the f64 reference.
 #[test]
 fn sanitizer_smoke_every_kernel_tma() {
     let Some(g) = gpu() else { return };
-    for (lat, bn, st, wg, page) in [
-        (512usize, 64i64, 2i64, 128i64, 64usize),
-        (512, 32, 3, 32, 64),
-        (256, 64, 2, 128, 64),
-        (256, 32, 3, 128, 64),
-        (512, 64, 2, 128, 16),
+    for (lat, bh, bn, st, wg, page, tma) in [
+        (512usize, 64i64, 64i64, 2i64, 128i64, 64usize, 1i64),
+        (512, 64, 32, 3, 32, 64, 1),
+        (256, 64, 64, 2, 128, 64, 1),
+        (256, 64, 32, 3, 128, 64, 1),
+        (512, 64, 64, 2, 128, 16, 1),
+        (512, 16, 64, 2, 128, 64, 1),
+        (512, 16, 32, 4, 128, 64, 1),
+        (256, 32, 32, 4, 128, 16, 1),
+        (512, 16, 64, 2, 128, 64, 0),
     ] {
         let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
         params.decode = params
             .decode
-            .with("BLOCK_H", 64)
+            .with("BLOCK_H", bh)
             .with("BLOCK_N", bn)
             .with("STAGES", st)
             .with("WG_SPLIT", wg)
             .with("PRODUCER", 1)
-            .with("TMA", 1);
+            .with("TMA", tma);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         let hl = 17 * lat;
         for b in 0..2 {
@@ -254,7 +260,7 @@ fn sanitizer_smoke_every_kernel_tma() {
             );
             assert!(
                 e <= 5e-3,
-                "lat {lat} BLOCK_N {bn} STAGES {st} TMA=1 b {b}: {e}"
+                "lat {lat} BLOCK_H {bh} BLOCK_N {bn} STAGES {st} TMA={tma} b {b}: {e}"
             );
         }
     }

@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [SEESAW=1] [WG_SPLIT=n] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [SEESAW=1] [WG_SPLIT=n] [KV_FP8=LAT] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 //!
 //! `cuda_dump --all DIR` instead writes the CUDA source of every kernel variant the backend's
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
@@ -184,7 +184,9 @@ fn main() {
         .with("BLOCK_N", a[2])
         .with("STAGES", a[3]);
     let mut cfg = cfg.with("WG_SPLIT", 128);
-    for knob in ["WARPS", "PRODUCER", "TMA", "WG_SPLIT", "SQ", "SEESAW"] {
+    for knob in [
+        "WARPS", "PRODUCER", "TMA", "WG_SPLIT", "SQ", "SEESAW", "KV_FP8", "QK_AHEAD",
+    ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);
         }

@@ -217,7 +217,15 @@ fn run_case(
         .filter(|&x| x as usize <= h.max(16) || (fp8_rows && x == 64))
         .collect();
     let bns: &[i64] = if quick || narrow { &[64] } else { &[32, 64] };
-    let sts: &[i64] = if quick { &[2] } else { &[2, 3] };
+    // Four stages fit only small blocks (BLOCK_N 32: more bytes in flight than 64-token blocks
+    // at two stages); the emitter caps the depth at what fits either way.
+    let sts_for = |bn: i64| -> &'static [i64] {
+        match (quick, bn) {
+            (true, _) => &[2],
+            (false, 32) => &[2, 3, 4],
+            _ => &[2, 3],
+        }
+    };
     let max_splits = 64;
     let mut bufs = Bufs {
         q: exec.upload(
@@ -245,18 +253,20 @@ fn run_case(
             let fp8 = variant.contains("fp8");
             let (page, n) = (shape.page_size, bn as usize);
             let tma = page % n == 0 || (page % 8 == 0 && n % page == 0);
+            // Below 64 rows the producer feeds mma.sync warps: timed with TMA where it applies.
             let producers: &[i64] = match (bh, tma, fp8) {
                 (64, _, true) => &[1, 0],
                 (_, _, true) => &[0],
                 (64, true, _) => &[0, 1, 2],
                 (64, false, _) => &[0, 1],
+                (_, true, _) if exec.target().wgmma => &[0, 2],
                 _ => &[0],
             };
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
             // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
-            let knobs = sts.iter().flat_map(|s| {
+            let knobs = sts_for(bn).iter().flat_map(|s| {
                 warps_tried.iter().flat_map(move |w| {
                     splits_wg.iter().flat_map(move |g| {
                         producers

@@ -117,7 +117,10 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     }),
     ("geometry", |s| {
         s.geo = geometry(&s.sched, &s.info, &s.target);
-        s.geo.producer = s.geo.wg && s.sched.producer && producer_applies(s.k);
+        // A producer warpgroup needs Hopper (mbarrier rings, `setmaxnreg`) and consumers of
+        // whole warpgroups: the warpgroup (wgmma) geometry, or mma.sync warps in fours.
+        let hopper_consumers = s.geo.wg || (s.target.wgmma && s.geo.nw.is_multiple_of(4));
+        s.geo.producer = hopper_consumers && s.sched.producer && producer_applies(s.k);
         if let Some((geo, plan)) = s.seesaw_plan() {
             s.geo = geo;
             s.seesaw = Some(plan);

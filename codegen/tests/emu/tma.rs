@@ -368,3 +368,36 @@ fn emulated_decode_seesaw_tma_producer() {
     // 64-token blocks at latent 256 (the pair ring fits), odd block counts in both splits.
     case(dp(64, 2, 256), 64, 64, &[300, 64], 2, 65);
 }
+
+/// The producer warpgroup feeding mma.sync consumer warps (BLOCK_H 16 / 32: no warpgroup gemms,
+/// four consumer warps): TMA boxes and the `cp.async` producer, latent 512 and 256, 64- and
+/// 32-token blocks up to four stages, pages of 64 and 16 tokens, odd lengths, several splits,
+/// NaN in every row no sequence holds.
+#[test]
+fn emulated_decode_producer_feeds_mma_sync_warps() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_producer_feeds_mma_sync_warps") else {
+        return;
+    };
+    let p = |bh: usize, bn: usize, st: usize, lat: usize| DecodeParams {
+        block_h: bh,
+        ..dp(bn, st, lat)
+    };
+    let src = emit(&tma_kernel(p(16, 64, 2, 512)), Target::sm90()).unwrap();
+    assert_eq!(
+        src.block_threads,
+        128 + 128,
+        "four consumer warps and the producer"
+    );
+    let body = &src.code[src.code.find("extern \"C\" __global__").unwrap()..];
+    assert!(body.contains("tpla_tma_load_2d(") && !body.contains("tpla_wgmma_"));
+    tma_case(&cxx, p(16, 64, 2, 512), 64, 16, &[333, 64], 2, 41);
+    tma_case(&cxx, p(16, 32, 4, 512), 64, 16, &[201, 7], 3, 42);
+    tma_case(&cxx, p(16, 32, 3, 256), 16, 12, &[130, 5, 97], 2, 43);
+    tma_case(&cxx, p(32, 64, 2, 256), 64, 32, &[150, 77], 2, 44);
+    for (q, knobs) in [
+        (p(16, 64, 2, 512), &[("PRODUCER", 1)][..]),
+        (p(16, 32, 4, 256), &[("PRODUCER", 1)][..]),
+    ] {
+        decode_case_with(&cxx, q, knobs, Target::sm90(), 16, &[190, 41], 2, 45);
+    }
+}

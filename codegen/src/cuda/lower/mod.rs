@@ -232,7 +232,9 @@ impl<'a> Lower<'a> {
     ) -> usize {
         let (r, c) = Self::norm(shape);
         let name = self.fresh(prefix);
-        let buf = new_buf(name, elem, (r, c), slots, tracked, self.geo.wg);
+        // The column-blocked, 128-byte-swizzled layout: what wgmma reads and TMA boxes write.
+        let blocked_ok = self.geo.wg || self.geo.producer;
+        let buf = new_buf(name, elem, (r, c), slots, tracked, blocked_ok);
         place(&mut self.smem.bufs, buf)
     }
 
