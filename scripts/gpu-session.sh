@@ -43,7 +43,7 @@ step() { # name limit command...   (the limit is cut to what is left of the budg
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   local line
-  line=$(grep -aE "test result:|ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|wrote |host_us" "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-150)
+  line=$(grep -aE "test result:|ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|wrote |host_us|speedup" "$OUT/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-150)
   printf '%-24s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$line" >>"$summary"
   archive
 }
@@ -96,6 +96,12 @@ cat "$OUT"/cuda_bench*.log 2>/dev/null | grep -aA60 "^device " >"$OUT/bench-tabl
 # forms of the layer run tuned decode configs (like-for-like).
 step tune_kimi_h32 150 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 --context 32768 \
   --backend cuda
+# Issue 9's end-to-end row: Kimi-K2 attention at batch 32, 32K, per-device TPLA (g = 2) against
+# MLA, with both widths tuned for that bucket first.
+step tune_kimi_b32 150 "$bin/tpla" tune --preset kimi-k2 --batch 32 --context 32768 --g 2 \
+  --backend cuda
+step decode_kimi_b32 120 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 \
+  --context 32768
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
     --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
