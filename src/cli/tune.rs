@@ -75,6 +75,25 @@ fn seesaw_applies_sm90(cand: &Config, lat: usize, rope: usize) -> bool {
         .is_some_and(|src| src.seesaw)
 }
 
+/// The sm_90a decode kernel `cand` emits at latent `lat`, without its header comment (which
+/// names the config): two candidates with the same text are the same kernel (a knob that does
+/// not apply, a depth capped to what fits), so a sweep times the first alone.
+fn sm90_kernel_text(cand: &Config, lat: usize, rope: usize) -> Option<String> {
+    let cfg = cand
+        .clone()
+        .with("LAT", lat as i64)
+        .with("ROPE", rope as i64);
+    let k = latent_decode.build(&cfg).ok()?;
+    let src = tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok()?;
+    Some(
+        src.code
+            .lines()
+            .filter(|l| !l.starts_with("// ---- kernel "))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+}
+
 /// The schedule settings to search on a backend: every one of [`SEARCHED_SETTINGS`] where they
 /// apply (`hopper`), else only the default (no knob set).
 fn knob_settings(hopper: bool) -> &'static [&'static [(&'static str, i64)]] {
@@ -177,6 +196,8 @@ impl ExecJob for TuneJob {
             let cache = exec.upload_paged(&host)?;
             let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
             let mut best: Option<(f64, tpla_codegen::Config)> = None;
+            // Kernel texts timed so far (sm_90a), with the config that first emitted each.
+            let mut timed: std::collections::HashMap<String, String> = Default::default();
             say(format!(
                 "  {:<52} {:>12}",
                 format!("latent_decode, {bucket}"),
@@ -195,6 +216,16 @@ impl ExecJob for TuneJob {
                         cand.to_string()
                     ));
                     continue;
+                }
+                if let Some(text) = hopper.then(|| sm90_kernel_text(&cand, lat, rope)).flatten() {
+                    if let Some(first) = timed.get(&text) {
+                        say(format!(
+                            "  {:<52} skipped: the same kernel as {first}",
+                            cand.to_string()
+                        ));
+                        continue;
+                    }
+                    timed.insert(text, cand.to_string());
                 }
                 let splits = match choose_splits(exec, &p, a.context) {
                     Ok(s) => s,
@@ -307,5 +338,29 @@ mod tests {
         let ss = |bn: i64| base.clone().with("BLOCK_N", bn).with("SEESAW", 1);
         assert!(seesaw_applies_sm90(&ss(32), 512, 64));
         assert!(!seesaw_applies_sm90(&ss(64), 512, 64));
+    }
+
+    #[test]
+    fn candidates_that_emit_the_same_kernel_are_timed_once() {
+        let cfg = |knobs: &[(&str, i64)]| {
+            let mut c = latent_decode.default_config(&[]).unwrap();
+            for (k, v) in knobs {
+                c.set(k, *v);
+            }
+            sm90_kernel_text(&c, 512, 64).unwrap()
+        };
+        let h16 = [("BLOCK_H", 16), ("BLOCK_N", 64), ("STAGES", 2)];
+        // WG_SPLIT only matters to 64-row warpgroup tiles.
+        let mut split = h16.to_vec();
+        split.push(("WG_SPLIT", 32));
+        assert_eq!(cfg(&h16), cfg(&split));
+        // The ring's depth is capped to what fits: 3 or 4 stages of 64 tokens at 64 rows are 2.
+        let h64 = |st| [("BLOCK_H", 64), ("BLOCK_N", 64), ("STAGES", st)];
+        assert_eq!(cfg(&h64(3)), cfg(&h64(4)));
+        // A knob that applies changes the text.
+        let mut producer = h16.to_vec();
+        producer.extend([("PRODUCER", 1), ("TMA", 1)]);
+        assert_ne!(cfg(&h16), cfg(&producer));
+        assert_ne!(cfg(&h64(2)), cfg(&h64(1)));
     }
 }
