@@ -320,15 +320,12 @@ impl<'a> Lower<'a> {
                 self.seesaw_publish(&pa, n, out);
             }
         }
-        let mt = self.geo.mt(m);
         let buf = self.add_buf("xr", Elem::F32, &[2, m], 1, true);
         let name = self.smem.bufs[buf].name.clone();
-        let rows = format!(
-            "#pragma unroll\nfor (int mi = 0; mi < {mt}; ++mi) {{\n#pragma unroll\nfor (int h = 0; h < 2; ++h) {{\n    const int r_ = (wm{m} * {mt} + mi) * 16 + (lane >> 2) + (h << 3);\n"
-        );
+        let (rows, end, _) = self.open(&Iter::Rows { m, rank: 1 });
         out.push(Node::Code {
             text: format!(
-                "if ((lane & 3) == 0) {{\n{rows}    {name}[{WG} * {m} + r_] = {arr}[mi * 2 + h];\n}}}}\n}}\n"
+                "if ((lane & 3) == 0) {{\n{rows}    {name}[{WG} * {m} + r_] = {arr}[mi * 2 + h];\n{end}\n}}\n"
             ),
             reads: vec![],
             writes: vec![buf],
@@ -339,7 +336,7 @@ impl<'a> Lower<'a> {
             ReduceOp::Max => format!("tpla_fmax({a}, {b})"),
         };
         out.push(Node::Code {
-            text: format!("{rows}    {arr}[mi * 2 + h] = {v};\n}}}}\n"),
+            text: format!("{rows}    {arr}[mi * 2 + h] = {v};\n{end}\n"),
             reads: vec![buf],
             writes: vec![],
         });
