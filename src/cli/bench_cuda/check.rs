@@ -1,0 +1,98 @@
+//! The full op of a case's best configs (decode plus combine) and the small checks against the
+//! CPU backend.
+
+use super::*;
+
+/// Times the decode alone (into preallocated partials) and the full op: with one split the
+/// decode writes `out` / `lse` directly (as the library's `decode_attention` does), otherwise
+/// the combine follows.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn time_full_op(
+    exec: &CudaExecutor,
+    cfg: &Config,
+    splits: usize,
+    bufs: &mut Bufs,
+    cache: &CudaPagedCache<bf16>,
+    shape: &DecodeShape,
+    scale: f32,
+) -> Result<(Measurement, Measurement), RuntimeError> {
+    let (b, h) = (shape.batch, shape.heads);
+    let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
+    let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
+    let ccfg = combine_splits.default_config(&[("LAT", shape.lat as i64)])?;
+    let decode_only = measure(exec, 3, 30, || {
+        launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
+    })?;
+    let time = if splits == 1 {
+        bufs.out.reshape(&[1, b, h, shape.lat])?;
+        bufs.lse.reshape(&[1, b, h])?;
+        let t = measure(exec, 3, 30, || {
+            launch_decode(
+                exec,
+                cfg,
+                &bufs.q,
+                cache,
+                &mut bufs.out,
+                &mut bufs.lse,
+                scale,
+            )
+        });
+        bufs.out.reshape(&[b, h, shape.lat])?;
+        bufs.lse.reshape(&[b, h])?;
+        t?
+    } else {
+        measure(exec, 3, 30, || {
+            launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)?;
+            combine_splits::launch(exec, &ccfg, &part, &part_lse, &mut bufs.out, &mut bufs.lse)
+        })?
+    };
+    Ok((decode_only, time))
+}
+
+/// GPU vs CPU executor on a small problem with the chosen config (max relative difference).
+pub(super) fn check_small(
+    exec: &CudaExecutor,
+    cfg: &str,
+    lat: usize,
+    page_size: usize,
+) -> Result<f64, RuntimeError> {
+    let (b, h, l, d) = (2usize, 16usize, 300usize, lat + 64);
+    let cfg = parse_config(cfg).with("BLOCK_H", 16);
+    let fp8 = cfg.try_get("KV_FP8").is_some_and(|v| v > 0);
+    let width = if fp8 { fp8_carrier_row(lat, 64) } else { d };
+    let mut c = HostPagedCache::<bf16>::new(b, l, page_size.min(16), width)?;
+    for (i, x) in c.data_mut().iter_mut().enumerate() {
+        *x = bf16::from_f32(pattern(i, 11));
+    }
+    if fp8 {
+        for t in 0..l {
+            for s in 0..b {
+                let v: Vec<f32> = (0..d).map(|j| pattern((s * l + t) * d + j, 11)).collect();
+                tpla_kernels::fp8::write_fp8_token(&mut c, s, t, &v, lat)?;
+            }
+        }
+    }
+    c.set_seq_lens(&[l, l / 3])?;
+    let qv: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 5)).collect();
+    let q = HostTensor::<bf16>::from_f32(&[b, h, d], &qv)
+        .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
+    let splits = 3;
+    let cpu = CpuExecutor::new(0)?;
+    let mut po = HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN);
+    let mut pl = HostTensor::<f32>::full(&[splits, b, h], f32::NAN);
+    launch_decode(&cpu, &cfg, &q, &c, &mut po, &mut pl, 0.1)?;
+    let gq = exec.upload(&q)?;
+    let gc = exec.upload_paged(&c)?;
+    let mut go = exec.upload(&HostTensor::<f32>::full(&[splits, b, h, lat], f32::NAN))?;
+    let mut gl = exec.upload(&HostTensor::<f32>::full(&[splits, b, h], f32::NAN))?;
+    launch_decode(exec, &cfg, &gq, &gc, &mut go, &mut gl, 0.1)?;
+    let go = exec.download(&go)?;
+    let num: f64 = go
+        .data()
+        .iter()
+        .zip(po.data())
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = po.data().iter().map(|b| (*b as f64).powi(2)).sum();
+    Ok((num / den.max(1e-30)).sqrt())
+}

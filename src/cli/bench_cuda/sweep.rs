@@ -1,0 +1,304 @@
+//! The per-case sweep of tune configs: which configs a case times, how they are timed, and
+//! the winners recorded in the tune database.
+
+use super::*;
+
+/// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant); a
+/// key the config does not carry counts as 0 (a schedule knob's default), so `SEESAW=0` selects
+/// the configs without the knob.
+pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
+    let Some(want) = want else {
+        return true;
+    };
+    let have = parse_config(&cfg.to_string());
+    parse_config(want)
+        .iter()
+        .all(|(k, v)| have.get(k).unwrap_or(0) == v)
+}
+
+/// Whether `SEESAW = 1` in `cfg` changes the emitted decode kernel on this device (at BLOCK_N 64
+/// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
+pub(super) fn seesaw_applies(exec: &CudaExecutor, cfg: &Config) -> bool {
+    latent_decode
+        .build(cfg)
+        .ok()
+        .and_then(|k| tpla_codegen::cuda::emit(&k, exec.target()).ok())
+        .is_some_and(|src| src.seesaw)
+}
+
+/// How wide a case's config sweep is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sweep {
+    /// BLOCK_H x BLOCK_N {32, 64} x STAGES {2, 3} x warps x WG_SPLIT (or `--quick`'s subset).
+    Full,
+    /// BLOCK_H x BLOCK_N 64 x STAGES {2, 3}, the emitter's warps, WG_SPLIT 128 (the extra cases).
+    Narrow,
+}
+
+/// Warp counts tried per config: 0 = the emitter's choice, 8 = forced.
+pub(super) const WARPS: [i64; 2] = [0, 8];
+
+/// Resident blocks per SM of a variant: the driver's occupancy for the loaded function.
+pub(super) fn blocks_per_sm(exec: &CudaExecutor, cfg: &Config) -> usize {
+    exec.resident_programs(&latent_decode, cfg)
+        .unwrap_or_else(|e| {
+            eprintln!("blocks_per_sm [{cfg}]: {e}; assuming 1");
+            1
+        })
+        .max(1)
+}
+
+/// KV splits: the count whose grid wastes the least of the last wave of resident blocks
+/// (time ~ waves / splits), with a 1% charge per split for the combine; ties go to fewer splits.
+pub(super) fn splits_for(
+    exec: &CudaExecutor,
+    per_sm: usize,
+    batch: usize,
+    heads: usize,
+    bh: usize,
+    bn: usize,
+    context: usize,
+) -> usize {
+    let programs = batch * heads.div_ceil(bh);
+    let slots = exec.info().sm_count as usize * per_sm;
+    let max_s = (context / (4 * bn)).clamp(1, 64);
+    let cost =
+        |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
+    (1..=max_s)
+        .min_by(|&x, &y| cost(x).partial_cmp(&cost(y)).unwrap().then(x.cmp(&y)))
+        .unwrap_or(1)
+}
+
+/// The query, output and log-sum-exp buffers a case's runs share.
+pub(super) struct Bufs {
+    pub(super) q: CudaTensor<bf16>,
+    pub(super) out: CudaTensor<f32>,
+    pub(super) lse: CudaTensor<f32>,
+}
+
+/// Times one case: every config of its sweep on `cache` (checked against the CPU backend on a
+/// small problem first), then the full op of the fastest few; returns the case's result row.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_case(
+    exec: &CudaExecutor,
+    variant: &str,
+    cache: &CudaPagedCache<bf16>,
+    shape: DecodeShape,
+    opts: &GpuBenchOpts,
+    sweep: Sweep,
+    roof: &Roofline,
+    sq: usize,
+) -> Result<DecodeCaseResult, RuntimeError> {
+    let quick = opts.quick;
+    let narrow = sweep == Sweep::Narrow;
+    let d = shape.lat + shape.rope;
+    let (b, h) = (shape.batch, shape.heads);
+    let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    // FP8 rows also at BLOCK_H 64 below 64 heads: the producer warpgroup that converts them
+    // needs the 64-row warpgroup gemms.
+    let fp8_rows = variant.contains("fp8");
+    let bhs: Vec<i64> = [16i64, 32, 64]
+        .into_iter()
+        .filter(|&x| x as usize <= h.max(16) || (fp8_rows && x == 64))
+        .collect();
+    let bns: &[i64] = if quick || narrow { &[64] } else { &[32, 64] };
+    // Four stages fit only small blocks (BLOCK_N 32: more bytes in flight than 64-token blocks
+    // at two stages); the emitter caps the depth at what fits either way.
+    let sts_for = |bn: i64| -> &'static [i64] {
+        match (quick, bn) {
+            (true, _) => &[2],
+            (false, 32) => &[2, 3, 4],
+            _ => &[2, 3],
+        }
+    };
+    let max_splits = 64;
+    let mut bufs = Bufs {
+        q: exec.upload(
+            &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
+                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+        )?,
+        out: exec.alloc(&[b, h, shape.lat])?,
+        lse: exec.alloc(&[b, h])?,
+    };
+    let mut tried = Vec::new();
+    let mut best: Option<(Config, usize, f64)> = None;
+    for &bh in &bhs {
+        for &bn in bns {
+            // WG_SPLIT only matters for the 64-row (warpgroup) tiles.
+            let splits_wg: &[i64] = if bh == 64 && !narrow {
+                &[128, 32]
+            } else {
+                &[128]
+            };
+            // So does PRODUCER (warp specialisation: a producer warpgroup feeds the ring); 2 is
+            // PRODUCER = 1 with TMA = 1 (bulk tensor copies), where blocks lie in one page or
+            // are whole pages of a multiple of 8 tokens. With FP8 rows the producer converts
+            // the raw rows into the ring (TMA does not apply: its boxes are bf16), and the
+            // bench times it first: the fastest config is reported, with its knobs.
+            let fp8 = variant.contains("fp8");
+            let (page, n) = (shape.page_size, bn as usize);
+            let tma = page % n == 0 || (page % 8 == 0 && n % page == 0);
+            // Below 64 rows the producer feeds mma.sync warps: timed with TMA where it applies.
+            let producers: &[i64] = match (bh, tma, fp8) {
+                (64, _, true) => &[1, 0],
+                (_, _, true) => &[0],
+                (64, true, _) => &[0, 1, 2],
+                (64, false, _) => &[0, 1],
+                (_, true, _) if exec.target().wgmma => &[0, 2],
+                _ => &[0],
+            };
+            // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
+            // producer; bf16 rows only: not emulated with FP8 rows).
+            let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
+            let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
+            let knobs = sts_for(bn).iter().flat_map(|s| {
+                warps_tried.iter().flat_map(move |w| {
+                    splits_wg.iter().flat_map(move |g| {
+                        producers
+                            .iter()
+                            .flat_map(move |pr| seesaws.iter().map(move |ss| (s, w, g, pr, ss)))
+                    })
+                })
+            });
+            for (&st, &warps, &wg_split, &producer, &seesaw) in knobs {
+                let mut cfg = Config::new()
+                    .with("BLOCK_H", bh)
+                    .with("BLOCK_N", bn)
+                    .with("STAGES", st)
+                    .with("WG_SPLIT", wg_split)
+                    .with("LAT", shape.lat as i64)
+                    .with("ROPE", shape.rope as i64);
+                if producer > 0 {
+                    cfg.set("PRODUCER", 1);
+                }
+                if producer == 2 {
+                    cfg.set("TMA", 1);
+                }
+                if fp8 {
+                    cfg.set("KV_FP8", shape.lat as i64);
+                }
+                if seesaw > 0 {
+                    cfg.set("SEESAW", seesaw);
+                }
+                if sq > 1 {
+                    // Multi-token queries: `h` counts rows, s_q tokens x heads.
+                    cfg.set("SQ", sq as i64);
+                }
+                if warps > 0 {
+                    // The emitter's warp-count override (not a tune parameter of the kernel).
+                    cfg.set("WARPS", warps);
+                }
+                if !config_selected(&cfg, opts.config.as_deref()) {
+                    continue;
+                }
+                if seesaw > 0 && !seesaw_applies(exec, &cfg) {
+                    // The knob changes nothing here: the same kernel as the config without it.
+                    continue;
+                }
+                let per_sm = blocks_per_sm(exec, &cfg);
+                let splits =
+                    splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context)
+                        .min(max_splits);
+                let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
+                let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
+                let m = measure(exec, 3, 20, || {
+                    launch_decode(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
+                });
+                match m {
+                    Ok(m) => {
+                        tried.push((cfg.to_string(), splits, m.median_ms));
+                        if best.as_ref().is_none_or(|(_, _, t)| m.median_ms < *t) {
+                            best = Some((cfg.clone(), splits, m.median_ms));
+                        }
+                    }
+                    Err(e) => tried.push((format!("{cfg} failed: {e}"), splits, f64::NAN)),
+                }
+            }
+        }
+    }
+    if best.is_none() {
+        return Err(RuntimeError::InvalidInput("no config ran".into()));
+    }
+    // The full op (decode, plus the combine when there is more than one split) decides among
+    // the fastest decodes: a split count that needs a combine can lose to one that does not.
+    let mut ranked: Vec<&(String, usize, f64)> = tried.iter().filter(|t| t.2.is_finite()).collect();
+    ranked.sort_by(|x, y| x.2.total_cmp(&y.2));
+    let mut finals: Vec<(Config, usize, Measurement, Measurement)> = Vec::new();
+    for (cfg_s, splits, _) in ranked.into_iter().take(4) {
+        let cfg = parse_config(cfg_s);
+        let splits = *splits;
+        let (decode_only, time) =
+            time_full_op(exec, &cfg, splits, &mut bufs, cache, &shape, scale)?;
+        finals.push((cfg, splits, decode_only, time));
+    }
+    let (cfg, splits, decode_only, time) = finals
+        .into_iter()
+        .min_by(|x, y| x.3.median_ms.total_cmp(&y.3.median_ms))
+        .expect("at least one config ran");
+    let gbps = shape.bytes() / (time.median_ms * 1e-3) / 1e9;
+    let tflops = shape.flops() / (time.median_ms * 1e-3) / 1e12;
+    Ok(DecodeCaseResult {
+        variant: variant.into(),
+        config: cfg.to_string(),
+        splits,
+        gbps,
+        tflops,
+        fraction_of_read_roofline: gbps / roof.read_gbps,
+        fraction_of_copy_roofline: gbps / roof.copy_gbps,
+        time,
+        decode_only,
+        tried,
+        check_rel_diff: f64::NAN,
+        shape,
+    })
+}
+
+/// Stores the fastest config of each case a decode of that shape would look up (`mla` and
+/// `tpla-shard`, equal lengths, one query token, bf16 rows, 64-token pages) in this device's tune
+/// database, with
+/// uniform splits. Configs with a forced `WARPS` are not a tune-database value and are skipped.
+pub(super) fn record_tune(
+    exec: &CudaExecutor,
+    cases: &[DecodeCaseResult],
+) -> Result<(), RuntimeError> {
+    use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
+    let (mut db, warnings) =
+        TuneDb::open(&default_dir(), &exec.device_identity(), &[&latent_decode]);
+    for w in warnings {
+        eprintln!("tpla: {w}");
+    }
+    let mut recorded = Vec::new();
+    for c in cases {
+        let s = &c.shape;
+        let plain = c.variant == "mla" || c.variant == "tpla-shard";
+        if !plain || s.lengths != "equal" || s.page_size != 64 {
+            continue;
+        }
+        let cfg = parse_config(&c.config);
+        if cfg.get("WARPS").is_ok() || cfg.get("SQ").is_ok_and(|v| v > 1) {
+            continue;
+        }
+        let bucket = decode_bucket(s.batch, s.heads, s.lat, s.rope, s.context);
+        let us = c.decode_only.median_ms * 1e3;
+        db.put_with_policy(
+            latent_decode.name(),
+            &bucket,
+            &cfg,
+            Some(SplitPolicy::Uniform),
+            us,
+            &bench::today(),
+        );
+        recorded.push(bucket);
+    }
+    for w in db.save()? {
+        eprintln!("tpla: {w}");
+    }
+    println!(
+        "recorded {} tune entries ({}) in {}",
+        recorded.len(),
+        recorded.join(", "),
+        db.path().display()
+    );
+    Ok(())
+}
