@@ -76,8 +76,8 @@ pub(super) struct Bufs {
     pub(super) lse: CudaTensor<f32>,
 }
 
-/// Times one case: every config of its sweep on `cache` (checked against the CPU backend on a
-/// small problem first), then the full op of the fastest few; returns the case's result row.
+/// Times one case: every config of its sweep on `cache` (the decode alone), then the full op
+/// (decode plus combine) of the fastest few; returns the case's result row.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_case(
     exec: &CudaExecutor,
