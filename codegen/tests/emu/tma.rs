@@ -3,6 +3,7 @@
 //! mbarriers, the tensor map parameter; decode against the f64 reference with NaN in every pool
 //! row no sequence holds (unused pages and the tails of last pages) and NaN-poisoned outputs.
 
+use super::split_table::chunked_decode_case;
 use super::*;
 use tpla_codegen::cuda::{PagedInt, ParamAbi};
 
