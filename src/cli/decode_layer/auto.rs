@@ -11,6 +11,7 @@ use tpla_runtime::{CpuExecutor, Executor};
 use crate::cli::decode_args::DecodeArgs;
 use crate::cli::error::CliError;
 
+/// TPLA's worst relative output error against exact MLA on a small synthetic layer (f64).
 pub(super) fn tpla_error(g: usize) -> Result<f64, CliError> {
     let layer = prepare(&synthetic_layer(
         &MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128)),
