@@ -1,0 +1,71 @@
+//! Device discovery: the properties of one CUDA device ([`DeviceInfo`]).
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::CudaContext;
+
+use super::driver_err;
+use crate::cuda::Target;
+use crate::RuntimeError;
+
+/// What a device is.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Ordinal.
+    pub ordinal: usize,
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability.
+    pub compute_capability: (u32, u32),
+    /// Streaming multiprocessors.
+    pub sm_count: u32,
+    /// Global memory in bytes.
+    pub total_memory: u64,
+    /// L2 cache in bytes.
+    pub l2_bytes: u64,
+    /// Opt-in shared memory per block in bytes.
+    pub max_shared_per_block: u32,
+    /// Driver version as reported by `cuDriverGetVersion` (e.g. 13000).
+    pub driver_version: i32,
+}
+
+impl DeviceInfo {
+    /// The codegen target for this device (its shared-memory limit included).
+    pub fn target(&self) -> Target {
+        let mut t = Target::new(self.compute_capability.0, self.compute_capability.1);
+        if self.max_shared_per_block > 0 {
+            t.max_shared_bytes = self.max_shared_per_block;
+        }
+        // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection).
+        if std::env::var("TPLA_CUDA_WGMMA").is_ok_and(|v| v.trim() == "0") {
+            t = t.with_wgmma(false);
+        }
+        t
+    }
+}
+
+pub(super) fn device_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo, RuntimeError> {
+    let attr = |a: CUdevice_attribute| {
+        ctx.attribute(a)
+            .map_err(|e| driver_err("cuDeviceGetAttribute", e))
+    };
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| driver_err("compute capability", e))?;
+    let mut driver = 0i32;
+    // SAFETY: valid out-pointer; the driver library is loaded (a context exists).
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+    Ok(DeviceInfo {
+        ordinal: ctx.ordinal(),
+        name: ctx.name().map_err(|e| driver_err("device name", e))?,
+        compute_capability: (major as u32, minor as u32),
+        sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+        total_memory: ctx.total_mem().map_err(|e| driver_err("total memory", e))? as u64,
+        l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u64,
+        max_shared_per_block: attr(
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )? as u32,
+        driver_version: driver,
+    })
+}

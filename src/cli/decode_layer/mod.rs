@@ -1,0 +1,272 @@
+//! `tpla decode --form mla-tp|tpla|dcp|all|auto --tp k --layers N [--max-batch]`: a stack of
+//! whole attention layers (`tpla::layer`) under tensor parallelism in each form, side by side.
+//!
+//! On a GPU the `k` ranks run one after another on GPU 0 (a device-side sum stands in for the
+//! collective), so each rank's time is what that rank's GPU would spend; on the CPU they are `k`
+//! in-process ranks. Compute is measured; the collectives are modelled (NVLink bandwidth and
+//! latency, `tpla::layer::cost`), and the table says so.
+//!
+//! This module holds the arguments and the entry point; `stack` builds, times and checks the
+//! stacks, `auto` picks the form for `--form auto`, `max_batch` runs the `--max-batch` sweep.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use tpla::layer::{DeviceSum, Form, GemmPath, KvNorm};
+use tpla_model::MlaConfig;
+use tpla_runtime::{CpuExecutor, HostAllReduce, RuntimeError};
+
+use super::decode_args::DecodeArgs;
+use super::error::CliError;
+
+mod auto;
+mod max_batch;
+mod stack;
+
+use auto::{auto, tpla_error};
+use max_batch::max_batch;
+use stack::run;
+
+/// Which forms `--form` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormArg {
+    /// Heads split, whole cache per rank.
+    MlaTp,
+    /// TPLA with g = `--g` latent groups (g < tp splits heads inside each group).
+    Tpla,
+    /// Decode context parallelism (tokens interleaved over the ranks).
+    Dcp,
+    /// All three side by side.
+    All,
+    /// The one the cost model predicts fastest here (within `--max-rel-err`).
+    Auto,
+}
+
+/// Which gemm `--gemm` asks for (see [`GemmPath`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GemmArg {
+    /// cuBLAS on a CUDA executor when libcublas loads, else the DSL kernel.
+    Auto,
+    /// The DSL kernel `head_proj` everywhere.
+    Dsl,
+    /// cuBLAS, or an error.
+    Cublas,
+}
+
+impl From<GemmArg> for GemmPath {
+    fn from(g: GemmArg) -> GemmPath {
+        match g {
+            GemmArg::Auto => GemmPath::Auto,
+            GemmArg::Dsl => GemmPath::Dsl,
+            GemmArg::Cublas => GemmPath::Cublas,
+        }
+    }
+}
+
+/// The whole-layer options of `tpla decode`.
+#[derive(Args, Debug, Clone)]
+pub struct LayerArgs {
+    /// Run whole attention layers in this parallel form (absent: attention only, as before).
+    #[arg(long, value_enum)]
+    pub form: Option<FormArg>,
+    /// Tensor-parallel ranks of the layer forms.
+    #[arg(long, default_value_t = 2)]
+    pub tp: usize,
+    /// Layers in the timed stack (the rest of the model is modelled).
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Print (and write under `--results-dir`) each form's largest batch and modelled tokens/s
+    /// for DeepSeek-V3 and Kimi-K2 at TP 2/4/8, contexts 4K-32K.
+    #[arg(long)]
+    pub max_batch: bool,
+    /// Where `--max-batch` writes max_batch.json and max_batch.png (default bench/results), and
+    /// where `--form` writes its model check as JSON (only when given).
+    #[arg(long)]
+    pub results_dir: Option<PathBuf>,
+    /// Exclude TPLA when its output error against exact MLA exceeds this (relative).
+    #[arg(long)]
+    pub max_rel_err: Option<f64>,
+    /// Which gemm runs the layers' dense projections (auto: cuBLAS on a GPU, the DSL kernel on
+    /// the CPU or where libcublas is missing).
+    #[arg(long, value_enum, default_value_t = GemmArg::Auto)]
+    pub gemm: GemmArg,
+    /// Load the layer's weights from DeepSeek-named safetensors: `tpla convert --devices 1`
+    /// output (a directory with manifest.json) or a checkpoint (file or directory); shapes are
+    /// checked against the preset. Absent: seeded synthetic weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Which layer of `--weights` to load (default: the first converted layer, else 0); one
+    /// set is shared by the timed stack.
+    #[arg(long)]
+    pub weights_layer: Option<usize>,
+    /// Small synthetic shapes (hidden 256, 8 heads, q_lora 128) instead of the preset's.
+    #[arg(long)]
+    pub small: bool,
+}
+
+/// Runs the layer forms (and/or the largest-batch sweep).
+pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
+    let l = &a.layer;
+    if l.layers == 0 || l.layers > 64 {
+        return Err(CliError::Usage(format!(
+            "--layers {} must be in 1..=64",
+            l.layers
+        )));
+    }
+    if l.tp == 0 || l.tp > 16 {
+        return Err(CliError::Usage(format!("--tp {} must be in 1..=16", l.tp)));
+    }
+    if let Some(e) = l.max_rel_err {
+        if !(e.is_finite() && e > 0.0) {
+            return Err(CliError::Usage(format!(
+                "--max-rel-err {e} must be a positive number"
+            )));
+        }
+    }
+    if l.weights_layer.is_some() && l.weights.is_none() {
+        return Err(CliError::Usage("--weights-layer needs --weights".into()));
+    }
+    if l.max_batch {
+        let dir = l
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("bench/results"));
+        max_batch(&dir)?;
+    }
+    let Some(choice) = l.form else { return Ok(()) };
+    let cfg = if l.small {
+        MlaConfig::small(a.preset.preset(), 256, 8, Some(128))
+    } else {
+        a.preset.preset().config()
+    };
+    if cfg.q_lora_rank.is_none() {
+        return Err(CliError::Usage(format!(
+            "{}: the layer forms need a q_lora model (deepseek-v3, kimi-k2)",
+            cfg.name
+        )));
+    }
+    let tpla = Form::Tpla {
+        groups: a.g,
+        norm: KvNorm::Sliced,
+    };
+    let all = [Form::MlaTp, tpla, Form::Dcp];
+    for f in all {
+        tpla::layer::roles(f, l.tp, cfg.heads, cfg.kv_lora_rank)?;
+    }
+    // TPLA's error on the small check layer (f64 references, no transform), printed beside the
+    // reference checks; `--max-rel-err` uses the accuracy harness's figure instead.
+    let tpla_err = tpla_error(a.g)?;
+    // The budget's figure: the accuracy harness's TPLA error for this g and the weights'
+    // latent transform (none for synthetic weights).
+    let budget = match l.max_rel_err {
+        Some(_) => {
+            let transform = match &l.weights {
+                Some(p) => tpla::layer::weights::load_transform(p)?,
+                None => tpla_model::Transform::None,
+            };
+            let b = tpla::layer::budget::tpla_error(a.preset.preset(), a.g, transform, 0)?;
+            println!(
+                "--max-rel-err: TPLA g={} error {:.2e} from the accuracy harness (synthetic {} layer at hidden 256, 8 heads; sliced norm + local softmax, μ = 1, worst cache mode; latent transform {:?}, as the weights run)",
+                a.g, b.rel_err, cfg.name, b.transform
+            );
+            b.rel_err
+        }
+        None => tpla_err,
+    };
+    let allowed = |f: &Form| f.exact() || l.max_rel_err.is_none_or(|m| budget <= m);
+    let forms: Vec<Form> = match choice {
+        FormArg::MlaTp => vec![Form::MlaTp],
+        FormArg::Dcp => vec![Form::Dcp],
+        FormArg::Tpla => vec![tpla],
+        FormArg::All => all.to_vec(),
+        FormArg::Auto => vec![auto(&a, &cfg, &all, budget, &allowed)?],
+    };
+    if let Some(f) = forms.iter().find(|f| !allowed(f)) {
+        return Err(CliError::Usage(format!(
+            "{} exceeds --max-rel-err {}: the accuracy harness puts its error at {budget:.2e}",
+            f.name(),
+            l.max_rel_err.unwrap_or(0.0)
+        )));
+    }
+    let use_cpu = |why: Option<String>| -> Result<(), CliError> {
+        check_memory(&a, &cfg, true)?;
+        if let Some(why) = why {
+            eprintln!(
+                "tpla: no GPU backend ({why}); running the {} ranks on the CPU JIT",
+                l.tp
+            );
+        }
+        let threads = (if a.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            a.threads
+        } / l.tp)
+            .max(1);
+        let make = || {
+            (0..l.tp)
+                .map(|_| CpuExecutor::new(threads))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        run(
+            &a,
+            &cfg,
+            &forms,
+            &make,
+            HostAllReduce { ranks: l.tp },
+            "host sum",
+            tpla_err,
+        )
+    };
+    let open_gpu = || -> Result<Vec<tpla_runtime::cuda::CudaExecutor>, RuntimeError> {
+        check_memory(&a, &cfg, false).map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
+        let first = super::backend::open_cuda()?;
+        let mut v = vec![first];
+        for _ in 1..l.tp {
+            v.push(tpla_runtime::cuda::CudaExecutor::new(0)?);
+        }
+        Ok(v)
+    };
+    match a.backend {
+        super::BackendArg::Cpu => use_cpu(None),
+        super::BackendArg::Cuda => run(
+            &a,
+            &cfg,
+            &forms,
+            &open_gpu,
+            DeviceSum { ranks: l.tp },
+            "device-side sum on GPU 0",
+            tpla_err,
+        ),
+        super::BackendArg::Auto => match super::backend::open_cuda() {
+            Ok(_) => run(
+                &a,
+                &cfg,
+                &forms,
+                &open_gpu,
+                DeviceSum { ranks: l.tp },
+                "device-side sum on GPU 0",
+                tpla_err,
+            ),
+            Err(e) => use_cpu(Some(e.to_string())),
+        },
+    }
+}
+
+/// Fails when the host lacks the memory of the run: the f64 synthetic weights (three copies
+/// while they are prepared), one host cache while a rank's cache is built, and on the CPU every
+/// rank's caches of the stack (MLA-TP's whole cache per rank is the largest form).
+fn check_memory(a: &DecodeArgs, cfg: &MlaConfig, on_cpu: bool) -> Result<(), CliError> {
+    let mut p = super::limits::MemoryPlan::default();
+    let params = tpla::layer::cost::block_params(cfg, Form::MlaTp, 1) as usize;
+    p.add(&[3, params], 8);
+    let tokens = (a.context + a.steps + 1).div_ceil(a.page_size.max(1)) * a.page_size.max(1);
+    let row = cfg.kv_lora_rank + cfg.qk_rope;
+    p.add(&[a.batch, tokens, row], 2);
+    if on_cpu {
+        p.add(&[a.layer.layers, a.layer.tp, a.batch, tokens, row], 2);
+    }
+    p.check_host(&format!(
+        "--batch {}, --context {}, --layers {} and --tp {}",
+        a.batch, a.context, a.layer.layers, a.layer.tp
+    ))
+}

@@ -1,0 +1,330 @@
+//! The layer stack of each form: building it on the ranks, applying the tune database, the
+//! timed decode steps with their modelled collectives, and the check against the f64 reference.
+
+use rand::{Rng, SeedableRng};
+use tpla::layer::cost::{layer_cost, Hardware};
+use tpla::layer::reference::reference_steps;
+use tpla::layer::{prepare, Form, GemmPath, LayerShape, RankTimes, TpLayer};
+use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
+use tpla_model::{MlaConfig, MlaLayer, Preset};
+use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
+
+use crate::cli::decode_args::DecodeArgs;
+use crate::cli::error::CliError;
+
+pub(super) type Make<'a, X> = &'a dyn Fn() -> Result<Vec<X>, RuntimeError>;
+
+pub(super) fn build<X: Executor + 'static, C: AllReduce<X> + Copy>(
+    make: Make<'_, X>,
+    coll: C,
+    layer: &MlaLayer,
+    form: Form,
+    shape: &LayerShape,
+    n: usize,
+) -> Result<Vec<TpLayer<X, C>>, CliError> {
+    (0..n)
+        .map(|_| {
+            Ok(TpLayer::new(
+                make()?,
+                coll,
+                layer,
+                form,
+                shape.clone(),
+                None,
+            )?)
+        })
+        .collect()
+}
+
+/// Applies this device's tune database (`tpla tune`) to every layer of the stack; returns what
+/// was used, one line per distinct rank shape.
+pub(super) fn apply_tune_db<X: Executor + 'static, C: AllReduce<X>>(
+    stack: &mut [TpLayer<X, C>],
+) -> Vec<String> {
+    use tpla_runtime::tune::{default_dir, TuneDb};
+    let Some(id) = stack
+        .first()
+        .and_then(|l| l.execs().first())
+        .map(|e| e.device_identity())
+    else {
+        return Vec::new();
+    };
+    let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
+    for w in warnings {
+        eprintln!("tpla: {w}");
+    }
+    let mut used = Vec::new();
+    for l in stack.iter_mut() {
+        for (_, bucket, cfg, us) in l.apply_tuned(&db) {
+            let line = format!(
+                "{bucket}: {cfg} ({us:.0} µs when tuned, {})",
+                db.path().display()
+            );
+            if !used.contains(&line) {
+                used.push(line);
+            }
+        }
+    }
+    used
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
+    a: &DecodeArgs,
+    cfg: &MlaConfig,
+    forms: &[Form],
+    make: Make<'_, X>,
+    coll: C,
+    coll_name: &str,
+    tpla_err: f64,
+) -> Result<(), CliError> {
+    let l = &a.layer;
+    let backend = make()?
+        .first()
+        .map(|e| e.backend_name())
+        .unwrap_or_default();
+    println!(
+        "tpla decode --form: {} (H={}, D={}), {} layers, tp {}, batch {}, context {}, backend {backend} ({coll_name} for the collective)",
+        cfg.name, cfg.heads, cfg.hidden, l.layers, l.tp, a.batch, a.context
+    );
+    let t0 = std::time::Instant::now();
+    let layer = match &l.weights {
+        Some(path) => {
+            let (raw, from) = tpla::layer::weights::load_layer(path, cfg, l.weights_layer)?;
+            println!(
+                "weights: layer {} of {}{} (one set shared by the {} layers) in {:.1} s",
+                from.layer,
+                from.path,
+                from.transform
+                    .map(|t| format!(", tpla convert --transform {t}"))
+                    .unwrap_or_default(),
+                l.layers,
+                t0.elapsed().as_secs_f64()
+            );
+            prepare(&raw)?
+        }
+        None => {
+            let layer = prepare(&synthetic_layer(cfg, a.seed)?)?;
+            println!(
+                "synthetic weights (seed {}, one set shared by the {} layers) in {:.1} s",
+                a.seed,
+                l.layers,
+                t0.elapsed().as_secs_f64()
+            );
+            layer
+        }
+    };
+    let shape = LayerShape {
+        batch: a.batch,
+        max_tokens: a.context + a.steps + 1,
+        page_size: a.page_size,
+        splits: a.splits,
+        poison: false,
+        gemm: l.gemm.into(),
+    };
+    let hw = Hardware::h200();
+    let mut rows = Vec::new();
+    let mut gemm_name = String::new();
+    for &form in forms {
+        let mut stack = build(make, coll, &layer, form, &shape, l.layers)?;
+        if let Some(s) = stack.first() {
+            gemm_name = s.gemm();
+            println!("{}: projections through {gemm_name}", form.name());
+        }
+        let tuned = apply_tune_db(&mut stack);
+        println!(
+            "{}: decode kernel configs {}",
+            form.name(),
+            if tuned.is_empty() {
+                "defaults (no tune database entry for these shapes; `tpla tune` writes them)"
+                    .to_string()
+            } else {
+                tuned.join("; ")
+            }
+        );
+        for (i, s) in stack.iter_mut().enumerate() {
+            s.fill_random(a.context, a.seed ^ i as u64)?;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+        let mut per_step: Vec<(f64, RankTimes)> = Vec::new();
+        let norm = crate::cli::decode_prenorm::Prenorm::new(&stack, cfg.hidden)?;
+        for step in 0..=a.steps {
+            let xv: Vec<f32> = (0..a.batch * cfg.hidden)
+                .map(|_| rng.gen_range(-1.0f32..1.0))
+                .collect();
+            let x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let mut ranks = vec![RankTimes::default(); l.tp];
+            // The stack's input goes up once per rank (host); layer to layer the hidden states
+            // stay on the executors (each rank's all-reduced output, normalised there).
+            let mut xs = Vec::with_capacity(l.tp);
+            for (exec, t) in stack[0].execs().iter().zip(&mut ranks) {
+                let s = std::time::Instant::now();
+                xs.push(exec.upload(&x)?);
+                t.host += s.elapsed();
+            }
+            for (i, s) in stack.iter_mut().enumerate() {
+                let (ys, times) = s.step_device(xs)?;
+                for (acc, t) in ranks.iter_mut().zip(times) {
+                    *acc += t;
+                }
+                xs = norm.apply(s.execs(), i, ys)?;
+            }
+            if step > 0 {
+                // Step 0 compiles the kernels: untimed.
+                let worst = ranks
+                    .iter()
+                    .copied()
+                    .max_by_key(|r| r.total())
+                    .unwrap_or_default();
+                per_step.push((worst.total().as_secs_f64(), worst));
+            }
+        }
+        per_step.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (_, med) = per_step[per_step.len() / 2];
+        let len = a.context + a.steps;
+        let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
+        let n = l.layers as f64;
+        rows.push((form, med, model.coll_s * n, model.device_s() * n));
+    }
+    println!();
+    println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "form",
+        "attn ms",
+        "proj ms",
+        "glue ms",
+        "host ms",
+        "coll ms (m)",
+        "step ms",
+        "tokens/s",
+        "spec a+p+g ms",
+        "meas/spec"
+    );
+    let mut times = Vec::new();
+    for (form, t, coll, model) in &rows {
+        let dev = t.device().as_secs_f64();
+        let step = t.total().as_secs_f64() + coll;
+        times.push((form.name(), dev + coll));
+        println!(
+            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
+            form.name(),
+            t.attention.as_secs_f64() * 1e3,
+            t.projections.as_secs_f64() * 1e3,
+            t.glue.as_secs_f64() * 1e3,
+            t.host.as_secs_f64() * 1e3,
+            coll * 1e3,
+            step * 1e3,
+            a.batch as f64 / step,
+            model * 1e3,
+            dev / model
+        );
+    }
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; the model check below uses this run's rooflines)", a.steps, l.layers);
+    if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
+        for (form, t, coll, _) in &rows {
+            let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
+            let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
+            println!(
+                "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + modelled collective; MoE/FFN/LM-head weight reads modelled, bf16)",
+                form.name(), a.batch, a.batch as f64 / step, cfg.layers
+            );
+        }
+    }
+    if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
+        for (n, t) in times.iter().filter(|(n, _)| n != base) {
+            println!(
+                "{n} vs mla-tp (attention + projections + glue + modelled collective): {:.2}x",
+                bt / t
+            );
+        }
+    }
+    let timed: Vec<crate::cli::decode_check::Timed> = rows
+        .iter()
+        .map(|(form, t, _, _)| crate::cli::decode_check::Timed {
+            form: *form,
+            times: *t,
+        })
+        .collect();
+    let execs = make()?;
+    let exec = execs
+        .first()
+        .ok_or_else(|| CliError::Usage("no ranks".into()))?;
+    crate::cli::decode_check::model_check(
+        a,
+        cfg,
+        exec,
+        l.gemm.into(),
+        &gemm_name,
+        &timed,
+        l.results_dir.as_deref(),
+    )?;
+    drop(execs);
+    for &form in forms {
+        let e = check(make, coll, form)?;
+        println!("reference check {} (small synthetic layer, tp {}, same ranks and collective): rel err {e:.2e} {}", form.name(), l.tp, if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" });
+        if e.is_nan() || e > 1e-2 {
+            return Err(CliError::Usage(format!(
+                "{} disagrees with its f64 reference: rel err {e:.3e}",
+                form.name()
+            )));
+        }
+    }
+    if forms.iter().any(|f| !f.exact()) {
+        println!("TPLA vs exact MLA on that layer (f64, no transform): rel err {tpla_err:.2e}");
+    }
+    Ok(())
+}
+
+/// The form on a small synthetic layer against its f64 reference: the worst relative error.
+pub(super) fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
+    make: Make<'_, X>,
+    coll: C,
+    form: Form,
+) -> Result<f64, CliError> {
+    let cfg = MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128));
+    let layer = prepare(&synthetic_layer(&cfg, 11)?)?;
+    let (b, steps) = (2, 6);
+    let xs: Vec<Vec<Vec<f64>>> = (0..b)
+        .map(|i| {
+            (0..steps)
+                .map(|t| synthetic_hidden(256, steps, 11, 50 + i).row(t).to_vec())
+                .collect()
+        })
+        .collect();
+    let want = reference_steps(&layer, form, None, &xs);
+    let shape = LayerShape {
+        batch: b as usize,
+        max_tokens: steps,
+        page_size: 4,
+        splits: 2,
+        poison: true,
+        gemm: GemmPath::Auto,
+    };
+    let mut tl = TpLayer::new(make()?, coll, &layer, form, shape, None)?;
+    let mut worst = 0.0f64;
+    for (t, w) in want.iter().enumerate() {
+        let x: Vec<f32> = xs
+            .iter()
+            .flat_map(|s| s[t].iter().map(|&v| v as f32))
+            .collect();
+        let (y, _) = tl.step(
+            &HostTensor::from_vec(&[b as usize, 256], x)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        )?;
+        for (bi, wb) in w.iter().enumerate() {
+            let got: Vec<f64> = y.data()[bi * 256..(bi + 1) * 256]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let e = tpla_model::linalg::rel_err(&got, wb);
+            worst = if e.is_finite() {
+                worst.max(e)
+            } else {
+                f64::INFINITY
+            };
+        }
+    }
+    Ok(worst)
+}
