@@ -102,6 +102,12 @@ step tune_kimi_b32 150 "$bin/tpla" tune --preset kimi-k2 --batch 32 --context 32
   --backend cuda
 step decode_kimi_b32 120 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 \
   --context 32768
+# The layer forms' other decode buckets (B64, 32K): each preset's heads at latent 512 and at the
+# g = 2 shard's 256 (Kimi's 64 heads also cover DeepSeek's MLA-TP rank).
+step tune_kimi_g2 150 "$bin/tpla" tune --preset kimi-k2 --batch 64 --context 32768 --g 2 \
+  --backend cuda
+step tune_deepseek_g2 150 "$bin/tpla" tune --preset deepseek-v3 --batch 64 --context 32768 \
+  --g 2 --backend cuda
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
     --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
