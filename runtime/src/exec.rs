@@ -497,11 +497,6 @@ pub trait Executor {
             .map(|n| n.get())
             .unwrap_or(1)
     }
-    /// Builds `kernel` at each of `configs` ahead of their first launch, in parallel where that
-    /// pays (NVRTC compiles for a CUDA device, on every host core), so a sweep over many configs
-    /// does not compile them one at a time. Best effort: a config that does not build is left
-    /// for its launch to report. Default: nothing (the CPU JIT compiles at launch).
-    fn precompile(&self, _kernel: &dyn KernelDef, _configs: &[Config]) {}
     /// How many programs of `kernel` at `config` run at once on one compute unit (resident
     /// blocks per SM on a GPU, one per thread on the CPU). Used to size the grid to whole waves.
     fn resident_programs(

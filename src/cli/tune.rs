@@ -7,7 +7,6 @@
 //! target: producer warpgroup, ...), all with uniform splits; then the winner is timed again with
 //! the balanced split schedule, and the faster split policy is stored with it.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use clap::Args;
@@ -197,27 +196,8 @@ impl ExecJob for TuneJob {
             let cache = exec.upload_paged(&host)?;
             let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
             let mut best: Option<(f64, tpla_codegen::Config)> = None;
-            // On sm_90a each distinct kernel is timed once (candidates whose emitted text is an
-            // earlier one's are skipped) and the distinct ones are compiled up front, in
-            // parallel: cold NVRTC compiles, one at a time, were most of a tune's time.
-            let mut same_as: HashMap<String, String> = HashMap::new();
-            if hopper {
-                let mut first_of: HashMap<String, String> = HashMap::new();
-                for cand in &candidates {
-                    if let Some(text) = sm90_kernel_text(cand, lat, rope) {
-                        match first_of.get(&text) {
-                            Some(first) => same_as.insert(cand.to_string(), first.clone()),
-                            None => first_of.insert(text, cand.to_string()),
-                        };
-                    }
-                }
-                let distinct: Vec<tpla_codegen::Config> = candidates
-                    .iter()
-                    .filter(|c| !same_as.contains_key(&c.to_string()))
-                    .map(|c| c.clone().with("LAT", lat as i64).with("ROPE", rope as i64))
-                    .collect();
-                exec.precompile(&latent_decode, &distinct);
-            }
+            // Kernel texts timed so far (sm_90a), with the config that first emitted each.
+            let mut timed: std::collections::HashMap<String, String> = Default::default();
             say(format!(
                 "  {:<52} {:>12}",
                 format!("latent_decode, {bucket}"),
@@ -237,12 +217,15 @@ impl ExecJob for TuneJob {
                     ));
                     continue;
                 }
-                if let Some(first) = same_as.get(&cand.to_string()) {
-                    say(format!(
-                        "  {:<52} skipped: the same kernel as {first}",
-                        cand.to_string()
-                    ));
-                    continue;
+                if let Some(text) = hopper.then(|| sm90_kernel_text(&cand, lat, rope)).flatten() {
+                    if let Some(first) = timed.get(&text) {
+                        say(format!(
+                            "  {:<52} skipped: the same kernel as {first}",
+                            cand.to_string()
+                        ));
+                        continue;
+                    }
+                    timed.insert(text, cand.to_string());
                 }
                 let splits = match choose_splits(exec, &p, a.context) {
                     Ok(s) => s,

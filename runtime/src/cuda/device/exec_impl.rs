@@ -44,17 +44,6 @@ impl Executor for CudaExecutor {
         self.info.sm_count as usize
     }
 
-    fn precompile(&self, kernel: &dyn KernelDef, configs: &[Config]) {
-        use rayon::prelude::*;
-        // NVRTC needs no context: the compiles run on the rayon pool and land in the kernel
-        // cache (memory and disk), where each config's first launch finds its image.
-        configs.par_iter().for_each(|c| {
-            if let Ok(ir) = kernel.build(c) {
-                let _ = crate::cuda::compile_kernel(&ir, self.target, &self.cache);
-            }
-        });
-    }
-
     fn resident_programs(
         &self,
         kernel: &dyn KernelDef,
