@@ -94,19 +94,19 @@ fi
 cat "$OUT"/cuda_bench*.log 2>/dev/null | grep -aA60 "^device " >"$OUT/bench-table.txt"
 # Kimi-K2's MLA-TP rank holds 32 heads, a bucket the bench does not time: tune it, so both
 # forms of the layer run tuned decode configs (like-for-like).
-step tune_kimi_h32 150 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 --context 32768 \
+step tune_kimi_h32 240 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 --context 32768 \
   --backend cuda
 # Issue 9's end-to-end row: Kimi-K2 attention at batch 32, 32K, per-device TPLA (g = 2) against
 # MLA, with both widths tuned for that bucket first.
-step tune_kimi_b32 150 "$bin/tpla" tune --preset kimi-k2 --batch 32 --context 32768 --g 2 \
+step tune_kimi_b32 240 "$bin/tpla" tune --preset kimi-k2 --batch 32 --context 32768 --g 2 \
   --backend cuda
 step decode_kimi_b32 120 "$bin/tpla" decode --backend cuda --preset kimi-k2 --batch 32 \
   --context 32768
 # The layer forms' other decode buckets (B64, 32K): each preset's heads at latent 512 and at the
 # g = 2 shard's 256 (Kimi's 64 heads also cover DeepSeek's MLA-TP rank).
-step tune_kimi_g2 150 "$bin/tpla" tune --preset kimi-k2 --batch 64 --context 32768 --g 2 \
+step tune_kimi_g2 240 "$bin/tpla" tune --preset kimi-k2 --batch 64 --context 32768 --g 2 \
   --backend cuda
-step tune_deepseek_g2 150 "$bin/tpla" tune --preset deepseek-v3 --batch 64 --context 32768 \
+step tune_deepseek_g2 240 "$bin/tpla" tune --preset deepseek-v3 --batch 64 --context 32768 \
   --g 2 --backend cuda
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
