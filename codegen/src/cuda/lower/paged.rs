@@ -332,7 +332,7 @@ tpla_wgmma_commit();
                     _ => {}
                 }
             }
-            if fp8.lat > 0 {
+            let code = if fp8.lat > 0 {
                 // The producer converts the raw rows into the ring (`fp8_producer.rs`); `TMA = 1`
                 // does not apply (its boxes are bf16 ring blocks).
                 let Some((stg, plan)) = self.paging.fp8_staging else {
@@ -341,75 +341,64 @@ tpla_wgmma_commit();
                         "the FP8 producer's staging ring was not planned",
                     ));
                 };
-                let code = fp8_producer_loop(
+                let regs = fp8_producer_regs(nw);
+                self.paging.producer_regs = regs;
+                fp8_producer_loop(
                     &fp8,
                     &nblk,
                     plan,
                     self.smem.bufs[stg].offset,
                     &format!("{lets}{setup}"),
-                    fp8_producer_regs(nw),
+                    regs,
                     &|r: &str, c: &str| b.addr(r, c),
-                );
-                self.paging.producer_code = Some((code, st));
-                self.paging.producer_regs = fp8_producer_regs(nw);
-                return self.producer_consumers(
-                    &setup,
-                    (&id, &lo, &nblk, &base, &cur),
-                    (*start, *block, st, slot),
-                    (
-                        hoisted.as_deref(),
-                        unplaced.as_ref().map(|(p, _)| p.as_str()),
-                    ),
-                    inner,
-                    reads,
-                    out,
-                );
-            }
-            let fallback = mk_issue("pw_", 4, " 1");
-            let tma =
-                (self.sched.tma && tma_applies(&b, elem, *block, *row)).then(|| tmap_name(*cache));
-            let issue = match &tma {
-                Some(tmap) => {
-                    self.paging.tma = Some((*cache, *block));
-                    let names = TmaNames {
-                        tmap: tmap.clone(),
-                        bt: bt.clone(),
-                        ps: ps.clone(),
-                        pps: pps.clone(),
-                        np: np.clone(),
-                        bvar: bvar.clone(),
-                        lo: lo.clone(),
-                        hi: hi.clone(),
-                        base: base.clone(),
-                        mbar: MBAR.into(),
-                    };
-                    tma_issue(&names, *block, *row, slots, slot, &fallback)
+                )
+            } else {
+                let fallback = mk_issue("pw_", 4, " 1");
+                let tma = (self.sched.tma && tma_applies(&b, elem, *block, *row))
+                    .then(|| tmap_name(*cache));
+                let issue = match &tma {
+                    Some(tmap) => {
+                        self.paging.tma = Some((*cache, *block));
+                        let names = TmaNames {
+                            tmap: tmap.clone(),
+                            bt: bt.clone(),
+                            ps: ps.clone(),
+                            pps: pps.clone(),
+                            np: np.clone(),
+                            bvar: bvar.clone(),
+                            lo: lo.clone(),
+                            hi: hi.clone(),
+                            base: base.clone(),
+                            mbar: MBAR.into(),
+                        };
+                        tma_issue(&names, *block, *row, slots, slot, &fallback)
+                    }
+                    None => fallback,
+                };
+                if seesaw {
+                    // One producer stage per slot (`2 st`); the pairs' blocks up to an even count
+                    // (an odd block past the split is zero-filled by the `cp.async` path).
+                    let pairs = format!("(({nblk} + 1) & ~1)");
+                    let code = producer_loop(
+                        &format!("{lets}{setup}"),
+                        &issue,
+                        &pairs,
+                        slots,
+                        tma.as_deref(),
+                    );
+                    self.paging.producer_code = Some((code, slots));
+                    self.seesaw_ws_loop(
+                        &setup,
+                        (&id, &lo, &nblk, &base),
+                        (*start, *block, st, slot),
+                        inner,
+                        reads,
+                        out,
+                    );
+                    return Ok(());
                 }
-                None => fallback,
+                producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref())
             };
-            if seesaw {
-                // One producer stage per slot (`2 st`); the pairs' blocks up to an even count (an
-                // odd block past the split is zero-filled by the `cp.async` path).
-                let pairs = format!("(({nblk} + 1) & ~1)");
-                let code = producer_loop(
-                    &format!("{lets}{setup}"),
-                    &issue,
-                    &pairs,
-                    slots,
-                    tma.as_deref(),
-                );
-                self.paging.producer_code = Some((code, slots));
-                self.seesaw_ws_loop(
-                    &setup,
-                    (&id, &lo, &nblk, &base),
-                    (*start, *block, st, slot),
-                    inner,
-                    reads,
-                    out,
-                );
-                return Ok(());
-            }
-            let code = producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref());
             self.paging.producer_code = Some((code, st));
             return self.producer_consumers(
                 &setup,
