@@ -1,0 +1,133 @@
+//! The latent decode on the GPU under the schedule knobs of the Hopper warpgroup path (every
+//! 64-row config with `PRODUCER`, `TMA`, `SEESAW`) and the TMA producer (also feeding mma.sync
+//! warps) under compute-sanitizer, each against the CPU JIT and the f64 reference.
+
+use super::*;
+
+/// Every 64-row tune candidate at latent `lat` with the schedule `knobs` added, on sequences of
+/// 1000, 333 and 9 tokens in `page`-token pages and `splits` splits (ring stages refilled many
+/// times, a partial last block, a one-block sequence), each sequence against the f64 reference.
+fn every_64_row_config_agrees(
+    g: &CudaExecutor,
+    seed: u64,
+    lat: usize,
+    page: usize,
+    splits: usize,
+    knobs: &[(&str, i64)],
+) {
+    let p = Problem::new(seed, 3, 64, lat, 64, vec![1000, 333, 9], page, 0.2);
+    for cfg in latent_decode.tune_space(&[]).unwrap() {
+        if cfg.get("BLOCK_H").unwrap() != 64 {
+            continue;
+        }
+        let mut params = DecodeParams::new(3, 64, lat, 64, splits, 0.2);
+        params.decode = knobs.iter().fold(cfg.clone(), |c, (k, v)| c.with(k, *v));
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        let hl = 64 * lat;
+        for b in 0..3 {
+            let e = rel_error(
+                &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                &p.reference(b, true).out,
+            );
+            assert!(
+                e <= 5e-3,
+                "lat {lat} page {page} {cfg} {knobs:?} b {b}: {e}"
+            );
+        }
+    }
+}
+
+/// Warp specialisation (`PRODUCER = 1`: a producer warpgroup feeding an mbarrier ring) on every
+/// 64-row config at latent 512 and 256.
+#[test]
+fn cuda_producer_warpgroup_agrees() {
+    let Some(g) = gpu() else { return };
+    for lat in [512usize, 256] {
+        every_64_row_config_agrees(g, lat as u64 + 7, lat, 16, 2, &[("PRODUCER", 1)]);
+    }
+}
+
+/// The TMA producer (`PRODUCER = 1`, `TMA = 1`) on every 64-row config at latent 512 and 256:
+/// 64-token pages (bulk tensor copies for every whole block, `cp.async` for a split's partial last
+/// block), 16-token pages (a box per page); the pool is NaN wherever no sequence holds a token.
+#[test]
+fn cuda_tma_producer_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page) in [(512usize, 64usize), (256, 64), (512, 16)] {
+        let knobs = [("PRODUCER", 1), ("TMA", 1)];
+        every_64_row_config_agrees(g, lat as u64 + 9, lat, page, 3, &knobs);
+    }
+}
+
+/// The two-consumer schedule (`SEESAW = 1`: warpgroups take alternate blocks, exchange row
+/// statistics and P, each keeps half of the accumulator) on every 64-row config at latent 512
+/// and 256 (where it does not apply the knob changes nothing).
+#[test]
+fn cuda_seesaw_agrees() {
+    let Some(g) = gpu() else { return };
+    for lat in [512usize, 256] {
+        every_64_row_config_agrees(g, lat as u64 + 11, lat, 16, 3, &[("SEESAW", 1)]);
+    }
+}
+
+/// The seesaw consumers fed by a producer warpgroup (`SEESAW = PRODUCER = 1`, with and without
+/// `TMA = 1`) on every 64-row config at latent 512 and 256 (where the seesaw does not apply the
+/// producer runs alone): 64- and 16-token pages.
+#[test]
+fn cuda_seesaw_producer_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page, tma) in [
+        (512usize, 64usize, 1i64),
+        (256, 64, 1),
+        (512, 16, 1),
+        (512, 16, 0),
+    ] {
+        let knobs = [("SEESAW", 1), ("PRODUCER", 1), ("TMA", tma)];
+        every_64_row_config_agrees(g, lat as u64 + 13, lat, page, 3, &knobs);
+    }
+}
+
+/// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
+/// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
+/// 64- and 32-token blocks, 2 to 4 stages, 64-token pages (TMA and the partial-block fallback)
+/// and 16-token pages (a box per page); 64-row warpgroup consumers and, at BLOCK_H 16 / 32,
+/// mma.sync consumer warps (also fed by the `cp.async` producer, `TMA = 0`). Each checked
+/// against the f64 reference.
+#[test]
+fn sanitizer_smoke_every_kernel_tma() {
+    let Some(g) = gpu() else { return };
+    for (lat, bh, bn, st, wg, page, tma) in [
+        (512usize, 64i64, 64i64, 2i64, 128i64, 64usize, 1i64),
+        (512, 64, 32, 3, 32, 64, 1),
+        (256, 64, 64, 2, 128, 64, 1),
+        (256, 64, 32, 3, 128, 64, 1),
+        (512, 64, 64, 2, 128, 16, 1),
+        (512, 16, 64, 2, 128, 64, 1),
+        (512, 16, 32, 4, 128, 64, 1),
+        (256, 32, 32, 4, 128, 16, 1),
+        (512, 16, 64, 2, 128, 64, 0),
+    ] {
+        let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", bh)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", wg)
+            .with("PRODUCER", 1)
+            .with("TMA", tma);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        let hl = 17 * lat;
+        for b in 0..2 {
+            let e = rel_error(
+                &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                &p.reference(b, true).out,
+            );
+            assert!(
+                e <= 5e-3,
+                "lat {lat} BLOCK_H {bh} BLOCK_N {bn} STAGES {st} TMA={tma} b {b}: {e}"
+            );
+        }
+    }
+}
