@@ -16,7 +16,7 @@ if [ ! -f "$_tpla_nvrtc_lib/libnvrtc.so.13" ]; then
     return 1 2>/dev/null || exit 1
   fi
   echo "nvrtc.sh: installing nvidia-cuda-nvrtc==13.0.88 into $_tpla_nvrtc_dir"
-  $_tpla_pip install --quiet --disable-pip-version-check --no-deps \
+  $_tpla_pip install --quiet --no-cache-dir --disable-pip-version-check --no-deps \
     --target "$_tpla_nvrtc_dir" nvidia-cuda-nvrtc==13.0.88 || {
     echo "nvrtc.sh: pip install failed" >&2
     return 1 2>/dev/null || exit 1

@@ -14,18 +14,18 @@ py="$venv/bin/python"
 if [ ! -x "$py" ]; then
   python3 -m venv "$venv"
 fi
-"$py" -m pip install --quiet maturin pytest numpy
+"$py" -m pip install --quiet --no-cache-dir maturin pytest numpy
 if ! "$py" -c "import torch" 2>/dev/null; then
-  "$py" -m pip install --quiet --timeout 15 --retries 0 torch \
+  "$py" -m pip install --quiet --no-cache-dir --timeout 15 --retries 0 torch \
       --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
-    || "$py" -m pip install --quiet torch
+    || "$py" -m pip install --quiet --no-cache-dir torch
 fi
 
 wheels=target/python-wheels
 rm -rf "$wheels"
 time "$venv/bin/maturin" build --quiet --profile "${TPLA_PY_PROFILE:-dev}" \
   -m python/Cargo.toml -o "$wheels"
-"$py" -m pip install --quiet --force-reinstall --no-deps "$wheels"/tpla-*.whl
+"$py" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$wheels"/tpla-*.whl
 
 # From the repository root, so `import tpla` is the installed wheel, not python/tpla/.
 "$py" -m pytest -q -p no:cacheprovider python/tests
