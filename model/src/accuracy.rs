@@ -38,6 +38,7 @@
 
 use super::config::{MlaConfig, Preset};
 use super::error::Result;
+use super::kv_cache::KvCache;
 use super::layer_ref::{mla_decode, mla_entry};
 use super::limits::check_accuracy;
 use super::linalg::{axpy, cosine, dot, rel_err, softmax_in_place, Mat};
@@ -133,6 +134,15 @@ pub struct AccuracyOptions {
     pub groups: Vec<usize>,
     /// μ conventions to evaluate.
     pub mu: Vec<MuConvention>,
+    /// Cache formats evaluated beside f64 for exact MLA (`exact` slicing) and TPLA (`both`):
+    /// [`KvCache::Bf16`] and [`KvCache::Fp8`] by default. FP8 rows exist only where a shard's
+    /// width is a whole number of 128-column scale groups.
+    #[serde(default = "default_kv_caches")]
+    pub kv_caches: Vec<KvCache>,
+}
+
+fn default_kv_caches() -> Vec<KvCache> {
+    vec![KvCache::Bf16, KvCache::Fp8]
 }
 
 impl Default for AccuracyOptions {
@@ -150,6 +160,7 @@ impl Default for AccuracyOptions {
             transforms: vec![Transform::None, Transform::Hadamard, Transform::Pca],
             groups: vec![2, 4, 8],
             mu: vec![MuConvention::InverseEnergy, MuConvention::One],
+            kv_caches: default_kv_caches(),
         }
     }
 }
@@ -167,6 +178,12 @@ pub struct AccuracyRow {
     pub mode: Mode,
     /// μ convention (only where the softmax is sliced).
     pub mu: Option<MuConvention>,
+    /// How the cache stores the latent and RoPE key.
+    #[serde(default)]
+    pub kv_cache: KvCache,
+    /// Mean relative error of y against the same variant on the bf16 cache (FP8 rows only).
+    #[serde(default)]
+    pub rel_err_vs_bf16_mean: Option<f64>,
     /// Mean relative error of y over steps ≥ P.
     pub rel_err_mean: f64,
     /// Max relative error over steps ≥ P.
@@ -233,6 +250,7 @@ struct Variant {
     mode: Mode,
     mu_conv: Option<MuConvention>,
     corr: Corrections,
+    kv: KvCache,
 }
 
 struct Prepared {
@@ -373,16 +391,28 @@ pub fn run_accuracy_with(
                     } else {
                         vec![None]
                     };
+                    // Cache formats: f64 everywhere; the quantised ones for MLA and TPLA.
+                    let mut kvs = vec![KvCache::F64];
+                    if matches!(slicing, Slicing::Exact | Slicing::Both) {
+                        for &k in &opts.kv_caches {
+                            if !kvs.contains(&k) && k.holds_width(l / g) {
+                                kvs.push(k);
+                            }
+                        }
+                    }
                     for mu_conv in convs {
                         let corr = rot.corrections(g, mu_conv.unwrap_or(MuConvention::One))?;
-                        variants.push(Variant {
-                            t: ti,
-                            groups: g,
-                            slicing,
-                            mode,
-                            mu_conv,
-                            corr,
-                        });
+                        for &kv in &kvs {
+                            variants.push(Variant {
+                                t: ti,
+                                groups: g,
+                                slicing,
+                                mode,
+                                mu_conv,
+                                corr: corr.clone(),
+                                kv,
+                            });
+                        }
                     }
                 }
             }
@@ -395,11 +425,25 @@ pub fn run_accuracy_with(
         });
     }
 
+    // The bf16-cache variant each FP8 variant is also compared with.
+    let bf16_sibling: Vec<Option<usize>> = variants
+        .iter()
+        .map(|v| {
+            (v.kv == KvCache::Fp8).then(|| {
+                variants.iter().position(|b| {
+                    b.kv == KvCache::Bf16
+                        && (b.t, b.groups, b.slicing, b.mode, b.mu_conv)
+                            == (v.t, v.groups, v.slicing, v.mode, v.mu_conv)
+                })
+            })?
+        })
+        .collect();
     let steps: Vec<usize> = (0..total).filter(|n| (n + 1) % opts.stride == 0).collect();
     let p_tok = opts.prefill_tokens;
     progress.start("evaluating decode steps", steps.len() as u64);
-    // For each step: (rel, cos) per variant (NaN where a pd-sep variant has no decoded token yet).
-    let results: Vec<Vec<(f64, f64)>> = steps
+    // For each step: (rel, cos, rel vs the bf16 cache) per variant (NaN where a pd-sep variant
+    // has no decoded token yet, or where there is no bf16 sibling).
+    let results: Vec<Vec<(f64, f64, f64)>> = steps
         .par_iter()
         .map(|&n| {
             let q = &proj[n];
@@ -424,20 +468,36 @@ pub fn run_accuracy_with(
                         if v.mode == Mode::PdSep && n < p_tok {
                             continue;
                         }
-                        let vh = variant_head(&cfg, pr, v, &fine, &rope, n, p_tok, h);
+                        let query = HeadQuery {
+                            qf: &qf,
+                            q_pe: &q.q_pe[h],
+                            fine: &fine,
+                            rope: &rope,
+                        };
+                        let vh = variant_head(&cfg, pr, v, &query, &proj, n, p_tok, h);
                         vcats[vi].extend(vh);
                     }
                 }
             }
-            let r = variants
+            let ys: Vec<Option<Vec<f64>>> = variants
                 .iter()
                 .enumerate()
                 .map(|(vi, v)| {
-                    if v.mode == Mode::PdSep && n < p_tok {
-                        return (f64::NAN, f64::NAN);
+                    let skipped = v.mode == Mode::PdSep && n < p_tok;
+                    (!skipped).then(|| prepared[v.t].layer.w_o.vecmat(&vcats[vi]))
+                })
+                .collect();
+            let r = ys
+                .iter()
+                .enumerate()
+                .map(|(vi, y)| match y {
+                    None => (f64::NAN, f64::NAN, f64::NAN),
+                    Some(y) => {
+                        let vs_bf16 = bf16_sibling[vi]
+                            .and_then(|b| ys[b].as_ref())
+                            .map_or(f64::NAN, |yb| rel_err(y, yb));
+                        (rel_err(y, &y_ref), cosine(y, &y_ref), vs_bf16)
                     }
-                    let y = prepared[v.t].layer.w_o.vecmat(&vcats[vi]);
-                    (rel_err(&y, &y_ref), cosine(&y, &y_ref))
                 })
                 .collect();
             progress.inc(1);
@@ -449,9 +509,9 @@ pub fn run_accuracy_with(
     let mut rows = Vec::new();
     for (vi, v) in variants.iter().enumerate() {
         let mut curve = Vec::new();
-        let (mut rs, mut cs) = (Vec::new(), Vec::new());
+        let (mut rs, mut cs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
         for (si, &n) in steps.iter().enumerate() {
-            let (r, c) = results[si][vi];
+            let (r, c, b) = results[si][vi];
             if r.is_nan() {
                 continue;
             }
@@ -463,6 +523,9 @@ pub fn run_accuracy_with(
             if n >= p_tok {
                 rs.push(r);
                 cs.push(c);
+                if !b.is_nan() {
+                    bs.push(b);
+                }
             }
         }
         let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
@@ -473,6 +536,8 @@ pub fn run_accuracy_with(
             slicing: v.slicing,
             mode: v.mode,
             mu: v.mu_conv,
+            kv_cache: v.kv,
+            rel_err_vs_bf16_mean: (!bs.is_empty()).then(|| mean(&bs)),
             rel_err_mean: mean(&rs),
             rel_err_max: rs.iter().cloned().fold(0.0, f64::max),
             rel_err_last: mean(last),
@@ -493,13 +558,25 @@ pub fn run_accuracy_with(
     })
 }
 
+/// One head's query at one step: the absorbed query, its RoPE part, and its exact partial
+/// logits against the f64 cache (per fine slice, and of the RoPE key).
+struct HeadQuery<'a> {
+    qf: &'a [f64],
+    q_pe: &'a [f64],
+    fine: &'a [Vec<f64>],
+    rope: &'a [f64],
+}
+
+/// The head's output (`w_uv · o`) of variant `v` at step `n`. With an f64 cache the logits come
+/// from the precomputed exact partial products; with a quantised one, each stored row
+/// (`f · c_i` and the RoPE key) is read back through the format first.
 #[allow(clippy::too_many_arguments)]
 fn variant_head(
     cfg: &MlaConfig,
     pr: &Prepared,
     v: &Variant,
-    fine: &[Vec<f64>],
-    rope: &[f64],
+    q: &HeadQuery,
+    proj: &[TokenProj],
     n: usize,
     p_tok: usize,
     h: usize,
@@ -509,52 +586,67 @@ fn variant_head(
     let w = l / g;
     let per = FINE / g;
     let len = n + 1;
-    // Norm factor f[i][t] and partial logits r[i][t].
+    let quantised = v.kv != KvCache::F64;
+    // Norm factor f[i][t]; logit part lp[i][t] = q_i · (f c_i); RoPE logit; stored rows k[i][t].
     let mut f = vec![vec![0.0; len]; g];
-    let mut r = vec![vec![0.0; len]; g];
+    let mut lp = vec![vec![0.0; len]; g];
+    let mut stored: Vec<Vec<Vec<f64>>> = vec![Vec::new(); g];
     for t in 0..len {
         let exact = !v.slicing.local_norm() || (v.mode == Mode::PdSep && t < p_tok);
         for i in 0..g {
-            let fs: f64 = (i * per..(i + 1) * per).map(|j| fine[j][t]).sum();
-            r[i][t] = fs;
             f[i][t] = if exact {
                 pr.inv_rms[t]
             } else {
                 let ss: f64 = pr.fine_ss[t][i * per..(i + 1) * per].iter().sum();
                 v.corr.norm_gain(i) / (ss / w as f64 + cfg.rms_eps).sqrt()
             };
+            if quantised {
+                let row: Vec<f64> = pr.c[t][i * w..(i + 1) * w]
+                    .iter()
+                    .map(|c| f[i][t] * c)
+                    .collect();
+                let k = v.kv.read_back_latent(&row);
+                lp[i][t] = dot(&q.qf[i * w..(i + 1) * w], &k);
+                stored[i].push(k);
+            } else {
+                let fs: f64 = (i * per..(i + 1) * per).map(|j| q.fine[j][t]).sum();
+                lp[i][t] = f[i][t] * fs;
+            }
         }
     }
-    let mut a = vec![vec![0.0; len]; g];
+    let rope: Vec<f64> = if quantised {
+        (0..len)
+            .map(|t| dot(q.q_pe, &v.kv.read_back_rope(&proj[t].k_pe)))
+            .collect()
+    } else {
+        q.rope[..len].to_vec()
+    };
+    // Softmax weights per group and token.
+    let mut s_w = vec![vec![0.0; len]; g];
     if v.slicing.local_softmax() {
         for i in 0..g {
             let mut s: Vec<f64> = (0..len)
-                .map(|t| cfg.scale * (v.corr.mu[i] * f[i][t] * r[i][t] + rope[t]))
+                .map(|t| cfg.scale * (v.corr.mu[i] * lp[i][t] + rope[t]))
                 .collect();
             softmax_in_place(&mut s);
-            for t in 0..len {
-                a[i][t] = s[t] * f[i][t];
-            }
+            s_w[i] = s;
         }
     } else {
         let mut s: Vec<f64> = (0..len)
-            .map(|t| cfg.scale * ((0..g).map(|i| f[i][t] * r[i][t]).sum::<f64>() + rope[t]))
+            .map(|t| cfg.scale * ((0..g).map(|i| lp[i][t]).sum::<f64>() + rope[t]))
             .collect();
         softmax_in_place(&mut s);
-        for i in 0..g {
-            for t in 0..len {
-                a[i][t] = s[t] * f[i][t];
-            }
-        }
+        s_w = vec![s; g];
     }
     let mut o = vec![0.0; l];
     for t in 0..len {
         for i in 0..g {
-            axpy(
-                &mut o[i * w..(i + 1) * w],
-                a[i][t],
-                &pr.c[t][i * w..(i + 1) * w],
-            );
+            let out = &mut o[i * w..(i + 1) * w];
+            if quantised {
+                axpy(out, s_w[i][t], &stored[i][t]);
+            } else {
+                axpy(out, s_w[i][t] * f[i][t], &pr.c[t][i * w..(i + 1) * w]);
+            }
         }
     }
     pr.layer.w_uv[h].vecmat(&o)

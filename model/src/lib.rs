@@ -20,6 +20,7 @@ pub mod convert;
 pub mod error;
 pub mod fsio;
 pub mod hadamard;
+pub mod kv_cache;
 pub mod layer_ref;
 pub mod limits;
 pub mod linalg;

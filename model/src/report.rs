@@ -5,6 +5,7 @@
 use super::accuracy::{AccuracyReport, AccuracyRow, Mode, MuDecision, Slicing};
 use super::error::Result;
 use super::fsio::OutputFile;
+use super::kv_cache::KvCache;
 use super::plot::{line_plot_png_to, Panel, Series};
 use super::reparam::MuConvention;
 
@@ -16,33 +17,39 @@ impl AccuracyReport {
             self.config.name, self.layer_source, self.options.prefill_tokens, self.options.decode_tokens, self.options.stride, self.options.seed
         );
         s += &format!(
-            "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10} {:>10} {:>10} {:>9} {:>9}\n",
+            "{:<9} {:>2} {:<13} {:<15} {:<12} {:<4} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}\n",
             "transform",
             "g",
             "slicing",
             "mu",
             "mode",
+            "kv",
             "rel_mean",
             "rel_last",
             "rel_max",
             "cos_mean",
-            "cos_min"
+            "cos_min",
+            "vs_bf16"
         );
         for r in &self.rows {
             s += &format!(
-                "{:<9} {:>2} {:<13} {:<15} {:<12} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>9.6}\n",
+                "{:<9} {:>2} {:<13} {:<15} {:<12} {:<4} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.6} {:>9.6} {:>10}\n",
                 r.transform.name(),
                 r.groups,
                 r.slicing.name(),
                 r.mu.map_or("-", |m| m.name()),
                 r.mode.name(),
+                r.kv_cache.name(),
                 r.rel_err_mean,
                 r.rel_err_last,
                 r.rel_err_max,
                 r.cosine_mean,
-                r.cosine_min
+                r.cosine_min,
+                r.rel_err_vs_bf16_mean
+                    .map_or("-".to_string(), |e| format!("{e:.3e}"))
             );
         }
+        s += &self.kv_table();
         if let Some(d) = &self.mu_decision {
             s += &format!(
                 "mu decision: favoured {} (wins: 1/e {}, one {}; geo-mean err(1/e)/err(1) = {:.3})\n",
@@ -50,6 +57,77 @@ impl AccuracyReport {
                 d.wins_inverse_energy,
                 d.wins_one,
                 d.geo_mean_ratio
+            );
+        }
+        s
+    }
+
+    /// TPLA's error and the cache formats' side by side (issue 11 point 2): mean rel. error of y
+    /// vs exact f64 MLA for exact MLA and TPLA (`both`, μ = 1 where evaluated) on each cache
+    /// format, per transform, g and mode. Empty when only f64 was evaluated.
+    pub fn kv_table(&self) -> String {
+        let mut kvs: Vec<KvCache> = vec![KvCache::F64];
+        for k in &self.options.kv_caches {
+            if !kvs.contains(k) {
+                kvs.push(*k);
+            }
+        }
+        if kvs.len() == 1 {
+            return String::new();
+        }
+        let mu = if self.options.mu.contains(&MuConvention::One) {
+            MuConvention::One
+        } else {
+            self.options
+                .mu
+                .first()
+                .copied()
+                .unwrap_or(MuConvention::One)
+        };
+        let find = |tr, g, mode, slicing, kv| {
+            self.rows.iter().find(|r| {
+                r.transform == tr
+                    && r.groups == g
+                    && r.mode == mode
+                    && r.slicing == slicing
+                    && r.kv_cache == kv
+                    && (slicing == Slicing::Exact || r.mu == Some(mu))
+            })
+        };
+        let mut s = format!(
+            "\nKV cache formats beside TPLA: mean rel. error of y vs exact f64 MLA (TPLA = both, mu = {})\n",
+            mu.name()
+        );
+        s += &format!("{:<9} {:>2} {:<12}", "transform", "g", "mode");
+        for who in ["MLA", "TPLA"] {
+            for k in &kvs {
+                s += &format!(" {:>10}", format!("{who} {}", k.name()));
+            }
+        }
+        s += "\n";
+        let mut missing_fp8 = Vec::new();
+        for &tr in &self.options.transforms {
+            for &g in &self.options.groups {
+                for mode in [Mode::PdSep, Mode::AllDecoded] {
+                    s += &format!("{:<9} {:>2} {:<12}", tr.name(), g, mode.name());
+                    for slicing in [Slicing::Exact, Slicing::Both] {
+                        for &k in &kvs {
+                            let cell = find(tr, g, mode, slicing, k)
+                                .map_or("-".to_string(), |r| format!("{:.3e}", r.rel_err_mean));
+                            if cell == "-" && k == KvCache::Fp8 && !missing_fp8.contains(&g) {
+                                missing_fp8.push(g);
+                            }
+                            s += &format!(" {cell:>10}");
+                        }
+                    }
+                    s += "\n";
+                }
+            }
+        }
+        for g in missing_fp8 {
+            s += &format!(
+                "fp8 at g = {g}: none (a shard of {} columns is narrower than one 128-column scale group)\n",
+                self.config.kv_lora_rank / g
             );
         }
         s
@@ -81,11 +159,12 @@ impl AccuracyReport {
         let mut panels = Vec::new();
         for mode in [Mode::PdSep, Mode::AllDecoded] {
             let mut series = Vec::new();
-            for r in self
-                .rows
-                .iter()
-                .filter(|r| r.mode == mode && r.slicing == Slicing::Both && r.mu == Some(mu))
-            {
+            for r in self.rows.iter().filter(|r| {
+                r.mode == mode
+                    && r.slicing == Slicing::Both
+                    && r.mu == Some(mu)
+                    && r.kv_cache == KvCache::F64
+            }) {
                 let ti = self
                     .options
                     .transforms
@@ -135,6 +214,7 @@ pub(crate) fn decide_mu(rows: &[AccuracyRow]) -> Option<MuDecision> {
                 && b.groups == a.groups
                 && b.slicing == a.slicing
                 && b.mode == a.mode
+                && b.kv_cache == a.kv_cache
         }) {
             if a.rel_err_mean < b.rel_err_mean {
                 wi += 1

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tpla_model::accuracy::run_accuracy_with;
 use tpla_model::convert::convert_with;
 use tpla_model::fsio::OutputFile;
+use tpla_model::kv_cache::KvCache;
 use tpla_model::tensors::OutDtype;
 use tpla_model::{AccuracyOptions, ConvertOptions, MuConvention, Progress, Transform};
 
@@ -139,6 +140,10 @@ pub struct AccuracyArgs {
     /// Group counts (comma list, each dividing 8).
     #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
     pub groups: Vec<usize>,
+    /// Cache formats evaluated beside f64 for MLA and TPLA (comma list of bf16, fp8; "f64"
+    /// alone for none): FP8 is e4m3 with per-token, per-128-column scales, as the kernels store it.
+    #[arg(long, value_delimiter = ',', default_value = "bf16,fp8", value_parser = parse_kv_cache)]
+    pub kv_caches: Vec<KvCache>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -224,6 +229,11 @@ pub fn convert(a: ConvertArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+fn parse_kv_cache(s: &str) -> Result<KvCache, String> {
+    KvCache::parse(s)
+        .ok_or_else(|| format!("unknown cache format `{s}` (expected f64, bf16 or fp8)"))
+}
+
 /// Runs `tpla accuracy`.
 pub fn accuracy(a: AccuracyArgs) -> Result<(), CliError> {
     if a.json.is_some() && a.json == a.png {
@@ -244,6 +254,7 @@ pub fn accuracy(a: AccuracyArgs) -> Result<(), CliError> {
         calib_tokens: a.calib_tokens,
         stride: a.stride,
         groups: a.groups,
+        kv_caches: a.kv_caches,
         ..AccuracyOptions::default()
     };
     let report = run_accuracy_with(&opts, &Bar::new())?;
