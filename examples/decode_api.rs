@@ -7,7 +7,7 @@
 //! Run: `cargo run --release --example decode_api`.
 
 use rand::{Rng, SeedableRng};
-use tpla::engine::{Capacities, EnginePlan};
+use tpla::engine::{Capacities, EnginePlan, KvDtype};
 use tpla_runtime::half::bf16;
 use tpla_runtime::view::{slot_of, KvPool, TensorView, TensorViewMut};
 use tpla_runtime::CpuExecutor;
@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         page_size: 64,
         max_pages_per_seq: 16,
         max_append: 1024,
+        kv_dtype: KvDtype::Bf16,
     };
     let row = caps.lat + caps.rope;
     let mut plan = EnginePlan::new(&exec, caps.clone(), 0.1352, 0)?;

@@ -6,7 +6,7 @@
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tpla::engine::{merge, Capacities, EnginePlan};
+use tpla::engine::{merge, Capacities, EnginePlan, KvDtype};
 use tpla_kernels::ops::Balanced;
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::latent_attention;
@@ -34,6 +34,7 @@ fn caps() -> Capacities {
         page_size: PAGE,
         max_pages_per_seq: PPS,
         max_append: 48,
+        kv_dtype: KvDtype::Bf16,
     }
 }
 

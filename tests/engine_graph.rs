@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tpla::engine::{Capacities, EnginePlan};
+use tpla::engine::{Capacities, EnginePlan, KvDtype};
 use tpla_kernels::ops::Balanced;
 use tpla_runtime::cuda::device::executor_or_skip;
 use tpla_runtime::cuda::{CudaExecutor, KernelCache};
@@ -63,6 +63,7 @@ fn run_plan(
         page_size: PAGE,
         max_pages_per_seq: PPS,
         max_append: 8,
+        kv_dtype: KvDtype::Bf16,
     };
     let mut plan = make(&exec, caps).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 3);

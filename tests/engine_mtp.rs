@@ -5,7 +5,7 @@
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tpla::engine::{Capacities, EnginePlan};
+use tpla::engine::{Capacities, EnginePlan, KvDtype};
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::{latent_attention_causal, rel_error};
 use tpla_runtime::view::{KvPool, TensorView, TensorViewMut};
@@ -29,6 +29,7 @@ fn caps() -> Capacities {
         page_size: PAGE,
         max_pages_per_seq: PPS,
         max_append: 8,
+        kv_dtype: KvDtype::Bf16,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use tpla::engine::Capacities;
+use tpla::engine::{Capacities, KvDtype};
 use tpla::runtime::cuda::CudaExecutor;
 use tpla::runtime::half::bf16;
 use tpla::runtime::CpuExecutor;
@@ -97,6 +97,7 @@ pub unsafe extern "C" fn tpla_plan_create(
             page_size: c.page_size,
             max_pages_per_seq: c.max_pages_per_seq,
             max_append: c.max_append,
+            kv_dtype: KvDtype::Bf16,
         };
         let backend = match backend {
             TPLA_BACKEND_CPU => {

@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
-use tpla::engine::{Capacities, EnginePlan};
+use tpla::engine::{Capacities, EnginePlan, KvDtype};
 use tpla::kernels::ops::shard_width;
 use tpla::runtime::cuda::CudaExecutor;
 use tpla::runtime::half::bf16;
@@ -507,6 +507,7 @@ shared_methods!(MlaDecode, {
             page_size,
             max_pages_per_seq,
             max_append,
+            kv_dtype: KvDtype::Bf16,
         };
         Core::new(py, None, caps, scale, splits, device).map(MlaDecode)
     }
@@ -545,6 +546,7 @@ shared_methods!(TplaDecode, {
             page_size,
             max_pages_per_seq,
             max_append,
+            kv_dtype: KvDtype::Bf16,
         };
         Core::new(py, Some(groups), caps, scale, splits, device).map(TplaDecode)
     }

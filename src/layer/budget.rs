@@ -37,6 +37,7 @@ pub fn options(preset: Preset, groups: usize, transform: Transform, seed: u64) -
         transforms: vec![transform],
         groups: vec![groups],
         mu: vec![MuConvention::One],
+        kv_caches: vec![],
     }
 }
 

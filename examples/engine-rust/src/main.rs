@@ -25,7 +25,7 @@ mod gpu;
 use std::error::Error;
 use std::process::ExitCode;
 
-use tpla::engine::Capacities;
+use tpla::engine::{Capacities, KvDtype};
 use tpla::runtime::half::bf16;
 use tpla::runtime::reference::{latent_attention, rel_error};
 use tpla::runtime::view::slot_of;
@@ -81,6 +81,7 @@ fn capacities() -> Capacities {
         page_size: PAGE,
         max_pages_per_seq: PPS,
         max_append: MAX_APPEND,
+        kv_dtype: KvDtype::Bf16,
     }
 }
 

@@ -28,6 +28,9 @@ use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
 use tpla_runtime::{HostTensor, KernelArg, RuntimeError};
 
+mod kv_dtype;
+pub use kv_dtype::KvDtype;
+
 /// What an [`EnginePlan`] is sized for; fixed for its lifetime.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Capacities {
@@ -46,6 +49,17 @@ pub struct Capacities {
     pub max_pages_per_seq: usize,
     /// Most token rows one [`EnginePlan::append`] writes.
     pub max_append: usize,
+    /// How the pool stores a row: bf16 `lat + rope` columns, or the FP8 latent cache (rows of
+    /// [`KvDtype::pool_row`] bf16 carrier elements; appends quantise, decode dequantises).
+    pub kv_dtype: KvDtype,
+}
+
+impl Capacities {
+    /// bf16 elements per row of the pool the plan reads and writes (`lat + rope` for bf16, the
+    /// FP8 row's bytes / 2 for FP8).
+    pub fn pool_row(&self) -> Result<usize, RuntimeError> {
+        self.kv_dtype.pool_row(self.lat, self.rope)
+    }
 }
 
 /// Output views of one decode: `[batch, heads, lat]` and `[batch, heads]`.
@@ -113,9 +127,12 @@ impl<X: ViewExecutor> EnginePlan<X> {
             Some(s) => s,
             None => {
                 check_caps(&caps)?;
-                let p =
+                let mut p =
                     DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
                 p.validate()?;
+                if caps.kv_dtype == KvDtype::Fp8 {
+                    p.decode.set("KV_FP8", caps.lat as i64);
+                }
                 let per_unit =
                     exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
                 Balanced::for_occupancy(&p, max_len(&caps)?, exec.compute_units() * per_unit)
@@ -144,6 +161,10 @@ impl<X: ViewExecutor> EnginePlan<X> {
         let mut params =
             DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
         params.validate()?;
+        let fp8 = caps.kv_dtype == KvDtype::Fp8;
+        if fp8 {
+            params.decode.set("KV_FP8", caps.lat as i64);
+        }
         params.splits = if splits == 0 {
             return Err(RuntimeError::InvalidInput(
                 "a plan needs at least one split".into(),
@@ -174,9 +195,12 @@ impl<X: ViewExecutor> EnginePlan<X> {
             &HostTensor::from_vec(&[caps.max_append], ones_host.clone())
                 .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
         )?;
-        let append = append_rows
+        let mut append = append_rows
             .default_config(&[("ROW", (caps.lat + caps.rope) as i64)])?
             .with("BLOCK_T", 1);
+        if fp8 {
+            append.set("KV_FP8", caps.lat as i64);
+        }
         // Load every kernel now (the occupancy query builds and loads it on a GPU), so no
         // compilation or module load happens inside a later graph capture.
         exec.resident_programs(&latent_decode, &params.decode_config())?;
@@ -266,6 +290,9 @@ impl<X: ViewExecutor> EnginePlan<X> {
     pub fn set_decode_config(&mut self, exec: &X, config: Config) -> Result<(), RuntimeError> {
         let mut params = self.params.clone();
         params.decode = config;
+        if self.caps.kv_dtype == KvDtype::Fp8 {
+            params.decode.set("KV_FP8", self.caps.lat as i64);
+        }
         exec.resident_programs(&latent_decode, &params.decode_config())?;
         if self.balanced.is_some() {
             exec.resident_programs(&latent_decode, &params.balanced_decode_config())?;
@@ -312,7 +339,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             return Ok(());
         }
         let ones = self.ones_view(n)?;
-        let cache = pool.slot_rows(slots, &ones)?;
+        let cache = self.cache_format(pool.slot_rows(slots, &ones)?)?;
         // The kernel takes `[batch, new_tokens, ROW]`: n one-token sequences.
         let shape = [n, 1, row];
         let rows_arg = KernelArg::Tensor(tensor(rows.arg())?.prefix(&shape)?);
@@ -397,7 +424,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             }
         }
         self.check_pool(pool)?;
-        let cache = pool.paged(block_table, seq_lens)?;
+        let cache = self.cache_format(pool.paged(block_table, seq_lens)?)?;
         let multi;
         let p = if sq > 1 {
             multi = self.params.clone().with_query_len(sq);
@@ -482,16 +509,28 @@ impl<X: ViewExecutor> EnginePlan<X> {
     }
 
     fn check_pool(&self, pool: &KvPool<'_, bf16, Space<X>>) -> Result<(), RuntimeError> {
-        let row = self.caps.lat + self.caps.rope;
+        let row = self.caps.pool_row()?;
         if pool.page_size() != self.caps.page_size || pool.row() != row {
             return Err(RuntimeError::InvalidInput(format!(
-                "pool of [{}, {}] rows per page, the plan expects [{}, {row}]",
+                "pool of [{}, {}] rows per page, the plan expects [{}, {row}] ({} rows)",
                 pool.page_size(),
                 pool.row(),
-                self.caps.page_size
+                self.caps.page_size,
+                self.caps.kv_dtype.name()
             )));
         }
         Ok(())
+    }
+
+    /// The pool argument as the kernels read it: as is for bf16, as FP8 rows of `lat + rope`
+    /// columns for FP8.
+    fn cache_format<'a>(&self, cache: KernelArg<'a>) -> Result<KernelArg<'a>, RuntimeError> {
+        match (self.caps.kv_dtype, cache) {
+            (KvDtype::Fp8, KernelArg::Paged(pa)) => Ok(KernelArg::Paged(
+                pa.fp8_view(self.caps.lat, self.caps.lat + self.caps.rope)?,
+            )),
+            (_, cache) => Ok(cache),
+        }
     }
 
     /// `n` ones (the lengths of a slot append), in the executor's space.
@@ -523,6 +562,7 @@ fn check_caps(caps: &Capacities) -> Result<(), RuntimeError> {
             )));
         }
     }
+    caps.pool_row()?;
     Ok(())
 }
 

@@ -1,0 +1,78 @@
+//! How an engine's page pool stores a token row: bf16, or the FP8 latent cache (issue 11
+//! point 2), chosen once in [`super::Capacities`].
+
+use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
+use tpla_runtime::RuntimeError;
+
+/// The pool's row format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// `lat + rope` bf16 columns a row.
+    #[default]
+    Bf16,
+    /// FlashMLA's FP8 row: `lat` e4m3 bytes, one f32 scale per 128 latent columns, then the
+    /// RoPE key in bf16, each part padded to 16 bytes (656 bytes for MLA's 512 + 64 instead of
+    /// 1152; `tpla_codegen::kv_format` has the rule). The pool is a bf16 tensor used as a byte
+    /// carrier: [`KvDtype::pool_row`] bf16 elements a row (a byte tensor of twice that many
+    /// bytes a row, seen as bf16). Appends quantise; decode dequantises in the kernel. Needs
+    /// `lat` a multiple of 128 (MLA 512, TPLA shards 256 and 128).
+    Fp8,
+}
+
+impl KvDtype {
+    /// Spelling on the command line and in Python (`bf16`, `fp8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8 => "fp8",
+        }
+    }
+
+    /// The format named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [KvDtype::Bf16, KvDtype::Fp8]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    /// bf16 elements per pool row for rows of `lat + rope` columns; for FP8 a typed error
+    /// unless `lat` is a positive multiple of 128.
+    pub fn pool_row(self, lat: usize, rope: usize) -> Result<usize, RuntimeError> {
+        match self {
+            KvDtype::Bf16 => lat
+                .checked_add(rope)
+                .ok_or_else(|| RuntimeError::InvalidInput("lat + rope overflows".into())),
+            KvDtype::Fp8 => {
+                if lat == 0 || !lat.is_multiple_of(FP8_GROUP) {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "an FP8 cache needs the latent width to be a multiple of {FP8_GROUP}, \
+                         got {lat}"
+                    )));
+                }
+                Ok(fp8_row_bytes(lat, lat + rope) / 2)
+            }
+        }
+    }
+
+    /// Bytes a row takes in the pool.
+    pub fn row_bytes(self, lat: usize, rope: usize) -> Result<usize, RuntimeError> {
+        Ok(self.pool_row(lat, rope)? * 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_formats() {
+        assert_eq!(KvDtype::Bf16.pool_row(512, 64).unwrap(), 576);
+        assert_eq!(KvDtype::Fp8.row_bytes(512, 64).unwrap(), 656);
+        assert_eq!(KvDtype::Fp8.row_bytes(256, 64).unwrap(), 400);
+        assert_eq!(KvDtype::Fp8.row_bytes(128, 64).unwrap(), 272);
+        let e = KvDtype::Fp8.pool_row(64, 64).unwrap_err().to_string();
+        assert!(e.contains("multiple of 128"), "{e}");
+        assert_eq!(KvDtype::parse("fp8"), Some(KvDtype::Fp8));
+        assert_eq!(KvDtype::parse("e4m3"), None);
+    }
+}
