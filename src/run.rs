@@ -12,6 +12,10 @@
 //! - `seq_lens`: i32 `[batch]` (each at most `pages_per_seq * page_size`)
 //! - `scale`: f32 `[]` or `[1]`
 //!
+//! The cache is given as bf16 values; [`run_decode_as`] with [`KvDtype::Fp8`] (`tpla run
+//! --kv-dtype fp8`) stores it as the FP8 latent cache first (each shard's rows quantised as an
+//! engine's FP8 append would), so the outputs show what that cache format costs.
+//!
 //! Outputs (f32): `out [batch, heads, lat]`, `lse [batch, heads]` (natural log); with
 //! `groups g > 1` also `out_tpla [batch, heads, lat]` (the g shard outputs side by side) and
 //! `lse_tpla [g, batch, heads]`. A rank-4 `q` gives `[batch, s_q, heads, ..]` in place of
@@ -28,11 +32,14 @@
 //!   (sequence, head) pairs affected.
 
 use safetensors::{Dtype, SafeTensors};
+use tpla_codegen::kv_format::quantise_row;
+use tpla_kernels::fp8::decode_attention_fp8;
 use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams, MAX_QUERY_LEN};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
 
 use crate::decoder::{concat_shards, shard_rows};
+use crate::engine::KvDtype;
 
 /// Largest latent width accepted.
 pub const MAX_LAT: usize = 1 << 14;
@@ -310,15 +317,30 @@ pub fn run_decode<X: Executor>(
     groups: usize,
     splits: usize,
 ) -> Result<RunOutputs, RunError> {
-    shard_width(inputs.lat, groups)?;
+    run_decode_as(exec, inputs, groups, splits, KvDtype::Bf16)
+}
+
+/// [`run_decode`] with the cache stored as `kv`: with [`KvDtype::Fp8`] every shard's pool rows
+/// are quantised to FP8 rows first (what an engine's FP8 append stores; a TPLA shard's scales
+/// are its slice of the full row's) and the kernels read them back, so the outputs carry the
+/// FP8 cache's error. FP8 needs each shard's latent width to be a multiple of 128.
+pub fn run_decode_as<X: Executor>(
+    exec: &X,
+    inputs: &RunInputs,
+    groups: usize,
+    splits: usize,
+    kv: KvDtype,
+) -> Result<RunOutputs, RunError> {
+    let w = shard_width(inputs.lat, groups)?;
+    kv.pool_row(w, inputs.rope)?;
     if splits == 0 || splits > MAX_SPLITS {
         return Err(RunError::Invalid(format!(
             "splits = {splits} must lie in 1..={MAX_SPLITS}"
         )));
     }
-    let (mla_out, mla_lse, non_finite) = pass(exec, inputs, 1, splits)?;
+    let (mla_out, mla_lse, non_finite) = pass(exec, inputs, 1, splits, kv)?;
     let tpla = if groups > 1 {
-        let (o, l, _) = pass(exec, inputs, groups, splits)?;
+        let (o, l, _) = pass(exec, inputs, groups, splits, kv)?;
         Some((o, l))
     } else {
         None
@@ -338,6 +360,7 @@ fn pass<X: Executor>(
     inputs: &RunInputs,
     g: usize,
     splits: usize,
+    kv: KvDtype,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), RunError> {
     let (batch, lat, rope) = (inputs.batch(), inputs.lat, inputs.rope);
     let sq = inputs.query_len();
@@ -361,17 +384,25 @@ fn pass<X: Executor>(
         let bad = non_finite_pairs(&qs, &pool, &inputs.cache, batch, heads, sq, w + rope);
         let q = HostTensor::from_vec(&[batch, heads, w + rope], qs)
             .map_err(|e| RunError::Invalid(e.to_string()))?;
+        let prow = kv.pool_row(w, rope)?;
+        let pool = match kv {
+            KvDtype::Bf16 => pool,
+            KvDtype::Fp8 => fp8_rows(&pool, w, rope),
+        };
         let cache = HostPagedCache::from_parts(
             pool,
             inputs.cache.page_size(),
-            w + rope,
+            prow,
             inputs.cache.block_table().to_vec(),
             &lens,
         )?;
         let (q, cache) = (exec.upload(&q)?, exec.upload_paged(&cache)?);
         let mut out = exec.alloc::<f32>(&[batch, heads, w])?;
         let mut lse = exec.alloc::<f32>(&[batch, heads])?;
-        decode_attention(exec, &p, &q, &cache, &mut out, &mut lse)?;
+        match kv {
+            KvDtype::Bf16 => decode_attention(exec, &p, &q, &cache, &mut out, &mut lse)?,
+            KvDtype::Fp8 => decode_attention_fp8(exec, &p, &q, &cache, &mut out, &mut lse)?,
+        }
         let mut out = exec.download(&out)?.into_vec();
         let mut lse = exec.download(&lse)?.into_vec();
         for (bh, &is_bad) in bad.iter().enumerate() {
@@ -393,6 +424,26 @@ fn pass<X: Executor>(
     }
     let n = poisoned.iter().filter(|&&p| p).count();
     Ok((concat_shards(&outs, batch * heads, w)?, lses, n))
+}
+
+/// Every `lat + rope`-column bf16 row of `pool` as an FP8 row, in bf16 carrier elements.
+fn fp8_rows(pool: &[bf16], lat: usize, rope: usize) -> Vec<bf16> {
+    let row = lat + rope;
+    let mut out =
+        Vec::with_capacity(pool.len() / row * tpla_kernels::fp8::fp8_carrier_row(lat, rope));
+    let mut vals = vec![0f32; row];
+    for r in pool.chunks_exact(row) {
+        for (v, x) in vals.iter_mut().zip(r) {
+            *v = x.to_f32();
+        }
+        let bytes = quantise_row(&vals, lat);
+        out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))),
+        );
+    }
+    out
 }
 
 /// For each (sequence, query row): whether the query row or a cache row that it sees holds a

@@ -324,3 +324,61 @@ fn nan_past_the_length_is_ignored() {
     assert_eq!(r.non_finite, 0);
     check(&c, &r).unwrap();
 }
+
+/// `run_decode_as` with the FP8 cache: every shard's rows are quantised before the kernels, so
+/// MLA and TPLA (g = 2, shards of 128) agree with the f64 reference over the rows dequantised by
+/// the format (a full row's 128-column scale groups are the shards' own), and differ from the
+/// bf16 run by the cache's rounding. A shard width FP8 cannot hold is a typed error.
+#[test]
+fn fp8_cache_runs_agree_with_the_reference_over_dequantised_rows() {
+    use tpla::codegen::kv_format::{dequantise_row, quantise_row};
+    use tpla::engine::KvDtype;
+    use tpla::run::run_decode_as;
+    let (batch, heads, lat, rope, ps, pps) = (2, 3, 256, 64, 16, 4);
+    let d = lat + rope;
+    let pool: Vec<f32> = (0..batch * pps * ps * d)
+        .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 17.0).to_f32())
+        .collect();
+    let c = Case {
+        batch,
+        heads,
+        lat,
+        rope,
+        page_size: ps,
+        pages_per_seq: pps,
+        num_pages: batch * pps,
+        table: vec![7, 2, 5, 0, 1, 6, 3, 4],
+        lens: vec![50, 17],
+        q: (0..batch * heads * d)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0)
+            .collect(),
+        pool,
+        q_bf16: true,
+        groups: 2,
+        splits: 3,
+        damage: 0,
+    };
+    let inputs = read_inputs(&file(&c), rope).unwrap();
+    let fp8 = run_decode_as(exec(), &inputs, 2, 3, KvDtype::Fp8).unwrap();
+    let plain = run_decode(exec(), &inputs, 2, 3).unwrap();
+    let dequantised = Case {
+        pool: c
+            .pool
+            .chunks(d)
+            .flat_map(|r| dequantise_row(&quantise_row(r, lat), lat, d))
+            .collect(),
+        ..c.clone()
+    };
+    check(&dequantised, &fp8).unwrap();
+    let diff = fp8
+        .out
+        .iter()
+        .zip(&plain.out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 1e-4 && diff < 0.2, "FP8 vs bf16 cache: {diff}");
+    let e = run_decode_as(exec(), &inputs, 4, 3, KvDtype::Fp8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 128"), "{e}");
+}

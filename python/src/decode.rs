@@ -116,8 +116,15 @@ impl Core {
         })
     }
 
+    /// Columns of a row the caller appends (and of a query): `lat + rope`.
     fn row(&self) -> usize {
         self.caps.lat + self.caps.rope
+    }
+
+    /// bf16 elements of a pool row as the plans see it (`row()` for bf16, the FP8 row's bytes
+    /// / 2 for FP8).
+    fn pool_row(&self) -> usize {
+        self.caps.pool_row().unwrap_or(self.row())
     }
 
     /// `[g]` for TPLA, `[]` for MLA: the leading shape of every per-shard tensor.
@@ -172,10 +179,16 @@ impl Core {
         Ok(())
     }
 
+    /// The pool, checked: bf16 `[.., num_pages, page_size, lat + rope]`, or for FP8 uint8
+    /// `[.., num_pages, page_size, row_bytes]` (16-byte aligned), seen as bf16 carrier rows.
     fn cache(&self, cache: &Bound<'_, PyAny>) -> PyResult<(Tensor, usize)> {
-        let c = tensor(cache, "cache", Dt::Bf16)?;
+        let fp8 = self.caps.kv_dtype == KvDtype::Fp8;
+        let mut c = tensor(cache, "cache", if fp8 { Dt::U8 } else { Dt::Bf16 })?;
         let lead = self.lead_shape();
-        let (ps, row) = (self.caps.page_size, self.row());
+        let (ps, row) = (
+            self.caps.page_size,
+            if fp8 { 2 * self.pool_row() } else { self.row() },
+        );
         let what = match self.lead {
             Some(g) => format!("[{g}, num_pages, {ps}, {row}]"),
             None => format!("[num_pages, {ps}, {row}]"),
@@ -194,6 +207,16 @@ impl Core {
         }
         expect_device(self.dev, &[("cache", &c)])?;
         let pages = c.shape[r];
+        if fp8 {
+            if c.ptr % 16 != 0 {
+                return Err(PyValueError::new_err(
+                    "an FP8 cache must start 16-byte aligned (a whole torch allocation is)",
+                ));
+            }
+            // The bytes as the bf16 carrier rows the kernels take.
+            c.shape[r + 2] = self.pool_row();
+            c.dt = Dt::Bf16;
+        }
         Ok((c, pages))
     }
 
@@ -327,6 +350,7 @@ where
     X::Space: Mem,
 {
     let (b, h, w, row) = (a.lens.shape[0], c.heads, c.lat, c.lat + c.rope);
+    let prow = c.pool_row()?;
     let pps = a.table.shape[1];
     for (i, plan) in plans.iter_mut().enumerate() {
         // SAFETY: every tensor was read from a live torch tensor the caller holds for this call
@@ -338,10 +362,10 @@ where
         unsafe {
             let pool = X::Space::pool(
                 &a.cache,
-                i * a.pages * c.page_size * row,
+                i * a.pages * c.page_size * prow,
                 a.pages,
                 c.page_size,
-                row,
+                prow,
             )?;
             let table = X::Space::view::<i32>(&a.table, 0, &[b, pps])?;
             let lens = X::Space::view::<i32>(&a.lens, 0, &[b])?;
@@ -367,6 +391,7 @@ where
     X::Space: Mem,
 {
     let row = c.lat + c.rope;
+    let prow = c.pool_row()?;
     let n = slots.shape[0];
     for (i, plan) in plans.iter_mut().enumerate() {
         // SAFETY: as in `decode_shards`: live tensors held by the caller, shard `i` inside each,
@@ -374,10 +399,10 @@ where
         unsafe {
             let mut pool = X::Space::pool(
                 cache,
-                i * pages * c.page_size * row,
+                i * pages * c.page_size * prow,
                 pages,
                 c.page_size,
-                row,
+                prow,
             )?;
             let s = X::Space::view::<i32>(slots, 0, &[n])?;
             let r = X::Space::view::<bf16>(rows, i * n * row, &[n, row])?;
@@ -385,6 +410,12 @@ where
         }
     }
     Ok(())
+}
+
+fn parse_kv_dtype(s: &str) -> PyResult<KvDtype> {
+    KvDtype::parse(s).ok_or_else(|| {
+        PyValueError::new_err(format!("kv_dtype must be \"bf16\" or \"fp8\", got {s:?}"))
+    })
 }
 
 static SHARD: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -472,6 +503,18 @@ macro_rules! shared_methods {
             fn page_size(&self) -> usize {
                 self.0.caps.page_size
             }
+            /// How the cache stores a row: `"bf16"`, or `"fp8"` (e4m3 latent with one float32
+            /// scale per 128 columns and a bf16 RoPE key; appends quantise).
+            #[getter]
+            fn kv_dtype(&self) -> &'static str {
+                self.0.caps.kv_dtype.name()
+            }
+            /// Bytes of one cache row of one shard: `2 * (lat + rope)` for bf16; for FP8 the
+            /// last dimension of the uint8 cache (656 for MLA's 512 + 64).
+            #[getter]
+            fn row_bytes(&self) -> usize {
+                2 * self.0.pool_row()
+            }
         }
     };
 }
@@ -484,7 +527,7 @@ shared_methods!(MlaDecode, {
     /// Capacities fixed for the object's life; `device` is `"cpu"` (default), `"cuda"`,
     /// `"cuda:N"` or a `torch.device`. `splits = 0` chooses the KV split count.
     #[new]
-    #[pyo3(signature = (max_batch, heads, lat, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None))]
+    #[pyo3(signature = (max_batch, heads, lat, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None, kv_dtype="bf16"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -498,7 +541,9 @@ shared_methods!(MlaDecode, {
         max_append: usize,
         splits: usize,
         device: Option<&Bound<'_, PyAny>>,
+        kv_dtype: &str,
     ) -> PyResult<Self> {
+        let kv_dtype = parse_kv_dtype(kv_dtype)?;
         let caps = Capacities {
             max_batch,
             heads,
@@ -507,7 +552,7 @@ shared_methods!(MlaDecode, {
             page_size,
             max_pages_per_seq,
             max_append,
-            kv_dtype: KvDtype::Bf16,
+            kv_dtype,
         };
         Core::new(py, None, caps, scale, splits, device).map(MlaDecode)
     }
@@ -522,7 +567,7 @@ pub struct TplaDecode(Core);
 shared_methods!(TplaDecode, {
     /// As `MlaDecode`, with `lat` the full latent width split into `groups` shards.
     #[new]
-    #[pyo3(signature = (max_batch, heads, lat, groups, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None))]
+    #[pyo3(signature = (max_batch, heads, lat, groups, page_size, max_pages_per_seq, scale, *, rope=64, max_append=4096, splits=0, device=None, kv_dtype="bf16"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -537,7 +582,9 @@ shared_methods!(TplaDecode, {
         max_append: usize,
         splits: usize,
         device: Option<&Bound<'_, PyAny>>,
+        kv_dtype: &str,
     ) -> PyResult<Self> {
+        let kv_dtype = parse_kv_dtype(kv_dtype)?;
         let caps = Capacities {
             max_batch,
             heads,
@@ -546,7 +593,7 @@ shared_methods!(TplaDecode, {
             page_size,
             max_pages_per_seq,
             max_append,
-            kv_dtype: KvDtype::Bf16,
+            kv_dtype,
         };
         Core::new(py, Some(groups), caps, scale, splits, device).map(TplaDecode)
     }

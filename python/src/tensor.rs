@@ -20,6 +20,8 @@ pub enum Dt {
     F32,
     /// `torch.int32`
     I32,
+    /// `torch.uint8` (the bytes of an FP8 cache)
+    U8,
 }
 
 impl Dt {
@@ -28,11 +30,13 @@ impl Dt {
             Dt::Bf16 => "torch.bfloat16",
             Dt::F32 => "torch.float32",
             Dt::I32 => "torch.int32",
+            Dt::U8 => "torch.uint8",
         }
     }
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
+            Dt::U8 => 1,
             Dt::Bf16 => 2,
             Dt::F32 | Dt::I32 => 4,
         }
@@ -86,6 +90,7 @@ pub struct Torch {
     bf16: Py<PyAny>,
     f32: Py<PyAny>,
     i32: Py<PyAny>,
+    u8: Py<PyAny>,
     /// `torch.empty`
     pub empty: Py<PyAny>,
     /// `torch.ones`
@@ -112,6 +117,7 @@ pub fn torch(py: Python<'_>) -> PyResult<&Torch> {
             bf16: t.getattr("bfloat16")?.unbind(),
             f32: t.getattr("float32")?.unbind(),
             i32: t.getattr("int32")?.unbind(),
+            u8: t.getattr("uint8")?.unbind(),
             empty: t.getattr("empty")?.unbind(),
             ones: t.getattr("ones")?.unbind(),
             stack: t.getattr("stack")?.unbind(),
@@ -127,6 +133,7 @@ impl Torch {
             Dt::Bf16 => &self.bf16,
             Dt::F32 => &self.f32,
             Dt::I32 => &self.i32,
+            Dt::U8 => &self.u8,
         }
     }
 

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use clap::Args;
 use safetensors::Dtype;
-use tpla::run::{read_inputs, run_decode, run_memory, RunError, RunInputs, RunOutputs};
+use tpla::engine::KvDtype;
+use tpla::run::{read_inputs, run_decode_as, run_memory, RunError, RunInputs, RunOutputs};
 use tpla_kernels::ops::shard_width;
 use tpla_runtime::Executor;
 
@@ -40,6 +41,15 @@ pub struct RunArgs {
     /// Executor.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
+    /// How the cache is stored for the kernels: `bf16` (as given) or `fp8` (each row quantised
+    /// first: e4m3 latent, one f32 scale per 128 columns, bf16 RoPE; the latent width of every
+    /// shard must be a multiple of 128).
+    #[arg(long, default_value = "bf16", value_parser = parse_kv_dtype)]
+    pub kv_dtype: KvDtype,
+}
+
+fn parse_kv_dtype(s: &str) -> Result<KvDtype, String> {
+    KvDtype::parse(s).ok_or_else(|| format!("unknown cache dtype `{s}` (expected bf16 or fp8)"))
 }
 
 fn io(path: &str, e: impl std::fmt::Display) -> CliError {
@@ -98,7 +108,8 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         e => e.into(),
     })?;
     drop(bytes);
-    shard_width(inputs.lat, args.groups)?;
+    let width = shard_width(inputs.lat, args.groups)?;
+    args.kv_dtype.pool_row(width, inputs.rope)?;
     let mut plan = MemoryPlan::default();
     plan.add_bytes(run_memory(&inputs, args.splits));
     plan.check_host(&format!("--splits {} with these inputs", args.splits))?;
@@ -106,6 +117,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let job = RunJob {
         groups: args.groups,
         splits: args.splits,
+        kv_dtype: args.kv_dtype,
         inputs: &inputs,
     };
     let outputs = dispatch(backend, 0, job)?;
@@ -141,6 +153,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
 struct RunJob<'a> {
     groups: usize,
     splits: usize,
+    kv_dtype: KvDtype,
     inputs: &'a RunInputs,
 }
 
@@ -153,14 +166,21 @@ impl ExecJob for RunJob<'_> {
     fn run<X: Executor>(self, exec: &X) -> Result<RunOutputs, CliError> {
         let i = self.inputs;
         eprintln!(
-            "tpla run: batch {}, query tokens {}, heads {}, latent {} + rope {}, on {}",
+            "tpla run: batch {}, query tokens {}, heads {}, latent {} + rope {}, {} cache, on {}",
             i.batch(),
             i.query_len(),
             i.heads(),
             i.lat,
             i.rope,
+            self.kv_dtype.name(),
             exec.backend_name()
         );
-        Ok(run_decode(exec, i, self.groups, self.splits)?)
+        Ok(run_decode_as(
+            exec,
+            i,
+            self.groups,
+            self.splits,
+            self.kv_dtype,
+        )?)
     }
 }
