@@ -36,6 +36,9 @@ typedef enum {
 // freed by `tpla_plan_destroy`. Used by one thread at a time.
 typedef struct tpla_plan_t tpla_plan_t;
 
+// How the pool stores a token row (`TPLA_KV_BF16` or `TPLA_KV_FP8`).
+typedef uint32_t tpla_kv_dtype_t;
+
 // What a plan is sized for, fixed for its lifetime (the fields of tpla's `engine::Capacities`).
 typedef struct {
   // Most sequences in one decode.
@@ -53,6 +56,8 @@ typedef struct {
   size_t max_pages_per_seq;
   // Most token rows one `tpla_append` writes.
   size_t max_append;
+  // How the pool stores a row: `TPLA_KV_BF16` (0) or `TPLA_KV_FP8`.
+  tpla_kv_dtype_t kv_dtype;
 } tpla_capacities_t;
 
 // Which executor a plan runs on (`TPLA_BACKEND_CPU` or `TPLA_BACKEND_CUDA`).
@@ -64,6 +69,15 @@ typedef uint32_t tpla_backend_t;
 // The CUDA backend: every buffer is device memory of the device's primary context, and work is
 // queued on the plan's `CUstream`.
 #define TPLA_BACKEND_CUDA 1
+
+// `lat + rope` bf16 values a row (the default: a zero-initialised field).
+#define TPLA_KV_BF16 0
+
+// The FP8 latent cache: `lat` e4m3 bytes, one float scale per 128 latent columns, then the RoPE
+// key as bf16, each part padded to 16 bytes (656 bytes for 512 + 64). The pool is still passed
+// as `uint16_t` rows, of `tpla_pool_row` elements; `tpla_append` quantises the bf16 rows it is
+// given; decode dequantises. `lat` must be a multiple of 128.
+#define TPLA_KV_FP8 1
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,6 +94,14 @@ float tpla_bf16_to_f32(uint16_t bits);
 
 // The library version, e.g. `"0.1.0"` (a static string).
 const char *tpla_version(void);
+
+// Writes to `*row` the `uint16_t` elements of one pool row for `caps`: `lat + rope` for
+// `TPLA_KV_BF16`, the FP8 row's bytes / 2 for `TPLA_KV_FP8` (328 for 512 + 64).
+//
+// # Safety
+// `caps` is NULL or readable; `row` is NULL or writable.
+tpla_status_t tpla_pool_row(const tpla_capacities_t *caps,
+                            size_t *row);
 
 // Makes a plan for `caps` with softmax `scale` (e.g. `1 / sqrt(192)` for MLA).
 //
@@ -120,7 +142,8 @@ tpla_status_t tpla_plan_splits(const tpla_plan_t *plan,
 // Decode attention, one query per sequence, over the caller's page pool.
 //
 // Layouts (row-major, `row = lat + rope`, bf16 values as their `uint16_t` bits):
-// - `pool`: `[num_pages, page_size, row]` bf16. Token `t` of sequence `b` is in page
+// - `pool`: `[num_pages, page_size, row]` bf16 (with `TPLA_KV_FP8`: rows of `tpla_pool_row`
+//   `uint16_t` holding the FP8 bytes). Token `t` of sequence `b` is in page
 //   `block_table[b][t / page_size]` at offset `t % page_size`. Only read.
 // - `block_table`: `[batch, pages_per_seq]` int32, `1 <= pages_per_seq <= max_pages_per_seq`.
 // - `seq_lens`: `[batch]` int32, each in `0..=pages_per_seq * page_size` (0: an empty
@@ -154,7 +177,8 @@ tpla_status_t tpla_decode(tpla_plan_t *plan,
 
 // Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).
 //
-// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode`.
+// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode` (FP8 rows with
+//   `TPLA_KV_FP8`: the bf16 `rows` are quantised into them).
 // - `slots`: `[n]` int32, distinct, each `page * page_size + offset` in `0..num_pages *
 //   page_size`.
 // - `rows`: `[n, row]` bf16; row `i` goes to slot `slots[i]`.
@@ -252,6 +276,14 @@ const char *tpla_last_error(void);
 // call failed. The pointer stays valid until the next tpla call on this thread.
 const char *tpla_last_error(void);
 
+// Writes to `*row` the `uint16_t` elements of one pool row for `caps`: `lat + rope` for
+// `TPLA_KV_BF16`, the FP8 row's bytes / 2 for `TPLA_KV_FP8` (328 for 512 + 64).
+//
+// # Safety
+// `caps` is NULL or readable; `row` is NULL or writable.
+tpla_status_t tpla_pool_row(const tpla_capacities_t *caps,
+                            size_t *row);
+
 // Makes a plan for `caps` with softmax `scale` (e.g. `1 / sqrt(192)` for MLA).
 //
 // `splits` is the number of KV splits every decode uses: 0 lets tpla choose from the capacities
@@ -291,7 +323,8 @@ tpla_status_t tpla_plan_splits(const tpla_plan_t *plan,
 // Decode attention, one query per sequence, over the caller's page pool.
 //
 // Layouts (row-major, `row = lat + rope`, bf16 values as their `uint16_t` bits):
-// - `pool`: `[num_pages, page_size, row]` bf16. Token `t` of sequence `b` is in page
+// - `pool`: `[num_pages, page_size, row]` bf16 (with `TPLA_KV_FP8`: rows of `tpla_pool_row`
+//   `uint16_t` holding the FP8 bytes). Token `t` of sequence `b` is in page
 //   `block_table[b][t / page_size]` at offset `t % page_size`. Only read.
 // - `block_table`: `[batch, pages_per_seq]` int32, `1 <= pages_per_seq <= max_pages_per_seq`.
 // - `seq_lens`: `[batch]` int32, each in `0..=pages_per_seq * page_size` (0: an empty
@@ -325,7 +358,8 @@ tpla_status_t tpla_decode(tpla_plan_t *plan,
 
 // Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).
 //
-// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode`.
+// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode` (FP8 rows with
+//   `TPLA_KV_FP8`: the bf16 `rows` are quantised into them).
 // - `slots`: `[n]` int32, distinct, each `page * page_size + offset` in `0..num_pages *
 //   page_size`.
 // - `rows`: `[n, row]` bf16; row `i` goes to slot `slots[i]`.

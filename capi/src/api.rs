@@ -20,6 +20,18 @@ pub const TPLA_BACKEND_CPU: tpla_backend_t = 0;
 /// queued on the plan's `CUstream`.
 pub const TPLA_BACKEND_CUDA: tpla_backend_t = 1;
 
+/// How the pool stores a token row (`TPLA_KV_BF16` or `TPLA_KV_FP8`).
+#[allow(non_camel_case_types)]
+pub type tpla_kv_dtype_t = u32;
+
+/// `lat + rope` bf16 values a row (the default: a zero-initialised field).
+pub const TPLA_KV_BF16: tpla_kv_dtype_t = 0;
+/// The FP8 latent cache: `lat` e4m3 bytes, one float scale per 128 latent columns, then the RoPE
+/// key as bf16, each part padded to 16 bytes (656 bytes for 512 + 64). The pool is still passed
+/// as `uint16_t` rows, of `tpla_pool_row` elements; `tpla_append` quantises the bf16 rows it is
+/// given; decode dequantises. `lat` must be a multiple of 128.
+pub const TPLA_KV_FP8: tpla_kv_dtype_t = 1;
+
 /// What a plan is sized for, fixed for its lifetime (the fields of tpla's `engine::Capacities`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +52,49 @@ pub struct tpla_capacities_t {
     pub max_pages_per_seq: usize,
     /// Most token rows one `tpla_append` writes.
     pub max_append: usize,
+    /// How the pool stores a row: `TPLA_KV_BF16` (0) or `TPLA_KV_FP8`.
+    pub kv_dtype: tpla_kv_dtype_t,
+}
+
+/// The engine capacities of `c`, or an invalid-argument error for an unknown `kv_dtype`.
+fn capacities(c: &tpla_capacities_t) -> Result<Capacities, Error> {
+    let kv_dtype = match c.kv_dtype {
+        TPLA_KV_BF16 => KvDtype::Bf16,
+        TPLA_KV_FP8 => KvDtype::Fp8,
+        other => return Err(Error::invalid(format!("unknown kv_dtype {other}"))),
+    };
+    Ok(Capacities {
+        max_batch: c.max_batch,
+        heads: c.heads,
+        lat: c.lat,
+        rope: c.rope,
+        page_size: c.page_size,
+        max_pages_per_seq: c.max_pages_per_seq,
+        max_append: c.max_append,
+        kv_dtype,
+    })
+}
+
+/// Writes to `*row` the `uint16_t` elements of one pool row for `caps`: `lat + rope` for
+/// `TPLA_KV_BF16`, the FP8 row's bytes / 2 for `TPLA_KV_FP8` (328 for 512 + 64).
+///
+/// # Safety
+/// `caps` is NULL or readable; `row` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tpla_pool_row(
+    caps: *const tpla_capacities_t,
+    row: *mut usize,
+) -> tpla_status_t {
+    guard(|| {
+        // SAFETY: the caller's contract: null or a readable `tpla_capacities_t`.
+        let c =
+            *unsafe { caps.as_ref() }.ok_or_else(|| Error::invalid("`caps` is a null pointer"))?;
+        // SAFETY: the caller's contract: null or writable.
+        let out =
+            unsafe { row.as_mut() }.ok_or_else(|| Error::invalid("`row` is a null pointer"))?;
+        *out = capacities(&c)?.pool_row()?;
+        Ok(())
+    })
 }
 
 /// A decode plan: an executor plus its split workspace. Opaque; made by `tpla_plan_create`,
@@ -89,16 +144,7 @@ pub unsafe extern "C" fn tpla_plan_create(
         if out.is_null() {
             return Err(Error::invalid("`out` is a null pointer"));
         }
-        let caps = Capacities {
-            max_batch: c.max_batch,
-            heads: c.heads,
-            lat: c.lat,
-            rope: c.rope,
-            page_size: c.page_size,
-            max_pages_per_seq: c.max_pages_per_seq,
-            max_append: c.max_append,
-            kv_dtype: KvDtype::Bf16,
-        };
+        let caps = capacities(&c)?;
         let backend = match backend {
             TPLA_BACKEND_CPU => {
                 if device != 0 || !cu_stream.is_null() {
@@ -167,7 +213,8 @@ pub unsafe extern "C" fn tpla_plan_splits(
 /// Decode attention, one query per sequence, over the caller's page pool.
 ///
 /// Layouts (row-major, `row = lat + rope`, bf16 values as their `uint16_t` bits):
-/// - `pool`: `[num_pages, page_size, row]` bf16. Token `t` of sequence `b` is in page
+/// - `pool`: `[num_pages, page_size, row]` bf16 (with `TPLA_KV_FP8`: rows of `tpla_pool_row`
+///   `uint16_t` holding the FP8 bytes). Token `t` of sequence `b` is in page
 ///   `block_table[b][t / page_size]` at offset `t % page_size`. Only read.
 /// - `block_table`: `[batch, pages_per_seq]` int32, `1 <= pages_per_seq <= max_pages_per_seq`.
 /// - `seq_lens`: `[batch]` int32, each in `0..=pages_per_seq * page_size` (0: an empty
@@ -222,7 +269,8 @@ pub unsafe extern "C" fn tpla_decode(
 
 /// Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).
 ///
-/// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode`.
+/// - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode` (FP8 rows with
+///   `TPLA_KV_FP8`: the bf16 `rows` are quantised into them).
 /// - `slots`: `[n]` int32, distinct, each `page * page_size + offset` in `0..num_pages *
 ///   page_size`.
 /// - `rows`: `[n, row]` bf16; row `i` goes to slot `slots[i]`.

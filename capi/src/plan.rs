@@ -101,6 +101,7 @@ where
     pub unsafe fn decode(&mut self, a: &DecodeArgs) -> Result<(), Error> {
         let c = self.plan.capacities().clone();
         let (b, h, lat, row) = (a.batch, c.heads, c.lat, c.lat + c.rope);
+        let prow = c.pool_row()?;
         if b == 0 || b > c.max_batch {
             return Err(Error::invalid(format!(
                 "batch {b} outside 1..={} (the plan's max_batch)",
@@ -114,7 +115,7 @@ where
             )));
         }
         positive("num_pages", a.num_pages)?;
-        let pool = buffer("pool", a.pool, &[a.num_pages, c.page_size, row], false)?;
+        let pool = buffer("pool", a.pool, &[a.num_pages, c.page_size, prow], false)?;
         let table = input("block_table", a.block_table, &[b, a.pages_per_seq])?;
         let lens = input("seq_lens", a.seq_lens, &[b])?;
         let q = input("q", a.q, &[b, h, row])?;
@@ -132,7 +133,7 @@ where
         // nothing); the caller's contract covers the rest (live memory of this space, no other
         // writer while the call and its queued work run).
         unsafe {
-            let pool = X::Space::pool(pool, c.page_size, row)?;
+            let pool = X::Space::pool(pool, c.page_size, prow)?;
             let table = X::Space::view(table, &[b, a.pages_per_seq])?;
             let lens = X::Space::view(lens, &[b])?;
             let q = X::Space::view(q, &[b, h, row])?;
@@ -150,7 +151,7 @@ where
     /// The pointer contract of `tpla_append`.
     pub unsafe fn append(&self, a: &AppendArgs) -> Result<(), Error> {
         let c = self.plan.capacities();
-        let row = c.lat + c.rope;
+        let (row, prow) = (c.lat + c.rope, c.pool_row()?);
         if a.n > c.max_append {
             return Err(Error::invalid(format!(
                 "{} rows in one append, the plan's max_append is {}",
@@ -161,13 +162,13 @@ where
         if a.n == 0 {
             return Ok(());
         }
-        let pool = buffer("pool", a.pool, &[a.num_pages, c.page_size, row], true)?;
+        let pool = buffer("pool", a.pool, &[a.num_pages, c.page_size, prow], true)?;
         let slots = input("slots", a.slots, &[a.n])?;
         let rows = input("rows", a.rows, &[a.n, row])?;
         no_overlap(&[pool.region(), slots.region(), rows.region()])?;
         // SAFETY: as in `decode`: checked buffers, the caller's contract for the rest.
         unsafe {
-            let mut pool = X::Space::pool(pool, c.page_size, row)?;
+            let mut pool = X::Space::pool(pool, c.page_size, prow)?;
             let slots = X::Space::view(slots, &[a.n])?;
             let rows = X::Space::view(rows, &[a.n, row])?;
             self.plan.append(&self.exec, &mut pool, &slots, &rows)?;

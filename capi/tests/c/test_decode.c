@@ -356,6 +356,130 @@ static void error_cases(tpla_plan_t *plan) {
     tpla_plan_destroy(NULL);
 }
 
+/* The FP8 latent cache (TPLA_KV_FP8): tpla_append quantises bf16 rows into the pool, whose
+ * bytes this test decodes itself (e4m3, per-128-column float scales, bf16 RoPE) to build the
+ * reference; decode must match attention over those dequantised rows. */
+#define LAT8 128
+#define ROPE8 32
+#define ROW8 (LAT8 + ROPE8)
+#define PPS8 4
+#define PAGES8 9
+
+static double e4m3(uint8_t b) {
+    int e = (b >> 3) & 15, m = b & 7;
+    if (e == 15 && m == 7) return NAN;
+    double v = e == 0 ? ldexp(m / 8.0, -6) : ldexp(1.0 + m / 8.0, e - 7);
+    return (b & 0x80) ? -v : v;
+}
+
+/* f rounded to bf16 (nearest even), as the kernels widen a dequantised value. */
+static double round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&f, &u, sizeof f);
+    return (double)f;
+}
+
+static void fp8_cases(void) {
+    tpla_capacities_t caps = {.max_batch = 2, .heads = HEADS, .lat = LAT8, .rope = ROPE8,
+                              .page_size = PAGE, .max_pages_per_seq = PPS8, .max_append = 64,
+                              .kv_dtype = TPLA_KV_FP8};
+    size_t prow = 0;
+    MUST(tpla_pool_row(&caps, &prow));
+    /* 128 e4m3 + one scale padded to 16 + 32 bf16 = 208 bytes. */
+    CHECK(prow == 104, "FP8 pool row of %zu uint16_t, want 104", prow);
+    if (prow != 104) return;
+    static uint16_t pool8[PAGES8 * PAGE * 104];
+    for (size_t i = 0; i < sizeof pool8 / sizeof *pool8; i++) pool8[i] = 0xffff; /* NaN bytes */
+    tpla_plan_t *plan = NULL;
+    MUST(tpla_plan_create(&caps, SCALE, 2, TPLA_BACKEND_CPU, 0, NULL, &plan));
+    int32_t tab[2][PPS8] = {{3, 7, 1, 5}, {0, 8, 2, 6}}, lens8[2] = {45, 20};
+    static uint16_t rows[64 * ROW8];
+    static int32_t slots[64];
+    static uint16_t given[2][PPS8 * PAGE][ROW8];
+    for (int b = 0; b < 2; b++) {
+        for (int t = 0; t < lens8[b]; t++) {
+            for (int i = 0; i < ROW8; i++)
+                given[b][t][i] = tpla_f32_to_bf16((i < 64 ? 4.0f : 0.5f) * uniform());
+            slots[t] = tab[b][t / PAGE] * PAGE + t % PAGE;
+            memcpy(rows + t * ROW8, given[b][t], sizeof given[b][t]);
+        }
+        MUST(tpla_append(plan, pool8, PAGES8, slots, rows, (size_t)lens8[b]));
+    }
+    /* Decode the stored bytes here; RoPE must be stored exactly, the latent to e4m3 precision. */
+    static double deq[2][PPS8 * PAGE][ROW8];
+    double worst = 0.0;
+    int rope_exact = 1;
+    for (int b = 0; b < 2; b++) {
+        for (int t = 0; t < lens8[b]; t++) {
+            const uint8_t *r = (const uint8_t *)(pool8 + (size_t)(tab[b][t / PAGE] * PAGE + t % PAGE) * 104);
+            float scale;
+            memcpy(&scale, r + LAT8, sizeof scale);
+            for (int i = 0; i < LAT8; i++) {
+                deq[b][t][i] = round_bf16((float)e4m3(r[i]) * scale);
+                double d = fabs(deq[b][t][i] - widen(given[b][t][i]));
+                if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
+            }
+            for (int i = 0; i < ROPE8; i++) {
+                uint16_t bits;
+                memcpy(&bits, r + LAT8 + 16 + 2 * i, sizeof bits);
+                rope_exact &= bits == given[b][t][LAT8 + i];
+                deq[b][t][LAT8 + i] = widen(bits);
+            }
+        }
+    }
+    CHECK(rope_exact, "FP8 rows keep the RoPE key's bf16 bits");
+    /* Half an e4m3 step at the top of a group whose largest value is below 4: < 4 / 16. */
+    CHECK(worst > 0.0 && worst < 0.25, "FP8 latent read-back error %g", worst);
+    static uint16_t q8[2 * HEADS * ROW8];
+    for (int i = 0; i < 2 * HEADS * ROW8; i++) q8[i] = tpla_f32_to_bf16(2.0f * uniform());
+    float o8[2 * HEADS * LAT8], l8[2 * HEADS];
+    poison(o8, 2 * HEADS * LAT8);
+    poison(l8, 2 * HEADS);
+    MUST(tpla_decode(plan, pool8, PAGES8, &tab[0][0], PPS8, lens8, q8, o8, l8, 2));
+    for (int b = 0; b < 2; b++) {
+        for (int h = 0; h < HEADS; h++) {
+            const uint16_t *qh = q8 + (b * HEADS + h) * ROW8;
+            double sc[PPS8 * PAGE], m = -INFINITY, total = 0.0, ref[LAT8] = {0}, err = 0.0, mag = 1e-6;
+            for (int t = 0; t < lens8[b]; t++) {
+                double s = 0.0;
+                for (int i = 0; i < ROW8; i++) s += widen(qh[i]) * deq[b][t][i];
+                sc[t] = (double)SCALE * s;
+                if (sc[t] > m) m = sc[t];
+            }
+            for (int t = 0; t < lens8[b]; t++) {
+                double p = exp(sc[t] - m);
+                total += p;
+                for (int i = 0; i < LAT8; i++) ref[i] += p * deq[b][t][i];
+            }
+            for (int i = 0; i < LAT8; i++) {
+                ref[i] /= total;
+                double d = fabs((double)o8[(b * HEADS + h) * LAT8 + i] - ref[i]);
+                if (!(d <= err)) err = isnan(d) ? INFINITY : d;
+                if (fabs(ref[i]) > mag) mag = fabs(ref[i]);
+            }
+            CHECK(err <= 1e-3 * mag, "FP8 seq %d head %d: out differs by %g (scale %g)", b, h, err,
+                  mag);
+            double dl = fabs((double)l8[b * HEADS + h] - (m + log(total)));
+            CHECK(dl <= 1e-3 * (1.0 + fabs(m)), "FP8 seq %d head %d: lse off by %g", b, h, dl);
+        }
+    }
+    /* FP8 needs a latent width of whole 128-column groups; an unknown kv_dtype is refused. */
+    tpla_plan_t *none = NULL;
+    tpla_capacities_t bad = caps;
+    bad.lat = 64;
+    tpla_status_t s = tpla_plan_create(&bad, SCALE, 1, TPLA_BACKEND_CPU, 0, NULL, &none);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT && message_has("multiple of 128") && none == NULL,
+          "FP8 at lat 64: status %d", (int)s);
+    bad = caps;
+    bad.kv_dtype = 9;
+    s = tpla_plan_create(&bad, SCALE, 1, TPLA_BACKEND_CPU, 0, NULL, &none);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT && message_has("kv_dtype") && none == NULL,
+          "kv_dtype 9: status %d", (int)s);
+    tpla_plan_destroy(plan);
+}
+
 /* The same engine steps on a CUDA plan (default stream) when a device is present. */
 static void gpu_variant(void) {
     if (!tpla_cuda_available()) {
@@ -423,6 +547,7 @@ int main(void) {
 
     tpla_plan_destroy(split3);
     tpla_plan_destroy(split1);
+    fp8_cases();
     gpu_variant();
     printf("test_decode: %d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
