@@ -77,6 +77,20 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
         }
         v.push((&tpla_kernels::latent_decode, cfg, sm90));
     }
+    // What `EnginePlan` builds with `kv_dtype: Fp8` on its default tune values: the uniform and
+    // the balanced (`KV_CHUNKS`) decode, one and two query tokens, MLA and a g = 2 shard.
+    for (heads, lat) in [(16usize, 512usize), (128, 512), (128, 256)] {
+        let mut p = tpla_kernels::ops::DecodeParams::new(8, heads, lat, 64, 4, 0.1);
+        p.decode.set("KV_FP8", lat as i64);
+        for p in [p.clone(), p.with_query_len(2)] {
+            v.push((&tpla_kernels::latent_decode, p.decode_config(), sm90));
+            v.push((
+                &tpla_kernels::latent_decode,
+                p.balanced_decode_config(),
+                sm90,
+            ));
+        }
+    }
     for lat in [512i64, 256, 128] {
         for bt in [1i64, 16] {
             for t in [sm90, sm80] {
