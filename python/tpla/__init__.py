@@ -22,6 +22,11 @@ token ``t`` of sequence ``b`` lives in page ``block_table[b, t // page_size]`` a
   returns the per-shard results ``out [groups, batch, heads, lat/groups]`` and
   ``lse [groups, batch, heads]``: what each rank produces; ``concat_shards(out)`` lays them side
   by side as ``[batch, heads, lat]``.
+- ``kv_dtype="fp8"`` (both classes): the cache holds FP8 rows (e4m3 latent, one float32 scale
+  per 128 latent columns, bf16 RoPE key; 656 bytes for 512 + 64 instead of 1152): pass it as
+  ``torch.uint8`` ``[..., num_pages, page_size, row_bytes]`` (``dec.row_bytes``), write it with
+  ``dec.append`` (which quantises the bf16 rows), and ``run`` reads it back. ``lat`` (per shard)
+  must be a multiple of 128.
 - ``append(cache, rows, slots, *, rope=64)``: rows ``[n, row]`` into the pool at int32
   ``slots`` ``[n]`` (TPLA caches: rows per shard ``[groups, n, row]`` or full width).
 - ``combine(outs, lses, *, out=None, lse=None) -> (out, lse)``: exact merge of attention states
