@@ -75,8 +75,9 @@ def test_fp8_cache_quantises_on_append_and_decodes_like_the_dequantised_referenc
             if n:
                 exact[slots_of(table[b], PAGE, 0, n).long()] = rows[b].float()
         plain, _ = reference(qi, exact.reshape(NUM_PAGES, PAGE, -1), table, lens, SCALE, w)
-        diff = (oi - plain).abs().max().item()
-        assert 1e-4 < diff < 0.1, f"shard {i}: FP8 vs bf16 rows differ by {diff}"
+        # The cache's own rounding shows, relative to the output's scale, and stays FP8-sized.
+        diff = ((oi - plain).abs().max() / plain.abs().max()).item()
+        assert 1e-4 < diff < 0.1, f"shard {i}: FP8 vs bf16 rows differ by {diff} (relative)"
 
 
 def test_fp8_choices_are_typed_errors():
