@@ -42,6 +42,7 @@ build tpla build --release --bin tpla
 build cli_tests test --release -p tpla --test cli --no-run
 build tp_tests test --release -p tpla --test tp --no-run
 build engine_graph test --release -p tpla --test engine_graph --no-run
+build engine_fp8_cuda test --release -p tpla --test engine_fp8_cuda --no-run
 build layer_tests test --release -p tpla --test layer --no-run
 if [ "${1:-}" = lean ]; then # kernels, CLI and layer only (no engine program, no C ABI)
   git rev-parse --short HEAD >"$out/COMMIT" 2>/dev/null || echo unknown >"$out/COMMIT"

@@ -58,6 +58,7 @@ cat "$OUT/device.txt"
 step decode_cuda 300 "$bin/decode_cuda" --test-threads=1 ${TPLA_SESSION_DECODE_FILTER:-} &
 step decode_mtp_cuda 300 "$bin/decode_mtp_cuda" --test-threads=1 &
 step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
+[ -x "$bin/engine_fp8_cuda" ] && step engine_fp8_cuda 200 "$bin/engine_fp8_cuda" --test-threads=1 &
 step layer_tests 300 "$bin/layer_tests" --test-threads=1 &
 step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 &
 [ -x "$bin/engine_rust" ] && (step engine_rust 120 "$bin/engine_rust"
@@ -72,6 +73,8 @@ for tool in memcheck racecheck synccheck; do
 done
 step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 \
   "$bin/decode_mtp_cuda" --test-threads=1
+[ -x "$bin/engine_fp8_cuda" ] && step sanitizer_memcheck_engine_fp8 200 "$sanitizer" --tool memcheck \
+  --error-exitcode 9 "$bin/engine_fp8_cuda" --test-threads=1
 
 # Timed, one at a time.
 [ -d "$bin/python" ] && step python_gpu 200 bash scripts/gpu-wheel.sh test

@@ -49,7 +49,6 @@ impl AccuracyReport {
                     .map_or("-".to_string(), |e| format!("{e:.3e}"))
             );
         }
-        s += &self.kv_table();
         if let Some(d) = &self.mu_decision {
             s += &format!(
                 "mu decision: favoured {} (wins: 1/e {}, one {}; geo-mean err(1/e)/err(1) = {:.3})\n",
@@ -59,7 +58,7 @@ impl AccuracyReport {
                 d.geo_mean_ratio
             );
         }
-        s
+        s + &self.kv_table()
     }
 
     /// TPLA's error and the cache formats' side by side (issue 11 point 2): mean rel. error of y
