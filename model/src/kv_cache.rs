@@ -49,7 +49,7 @@ impl KvCache {
 
     /// Whether a latent slice of `width` columns can be stored in this format.
     pub fn holds_width(self, width: usize) -> bool {
-        self != KvCache::Fp8 || (width > 0 && width % FP8_GROUP == 0)
+        self != KvCache::Fp8 || (width > 0 && width.is_multiple_of(FP8_GROUP))
     }
 
     /// The latent slice `x` as a kernel reads it back from the cache.
