@@ -70,13 +70,44 @@ fn fp8_decode_case(
     lens: &[i32],
     splits: usize,
 ) {
+    fp8_decode_case_with(cxx, p, warps, &[], None, target, heads, lens, splits);
+}
+
+/// [`fp8_decode_case`] with extra knobs and, when `chunks` is given, a per-sequence split table
+/// (`KV_CHUNKS = 1`: the balanced schedule's decode, as `EnginePlan` runs it over an FP8 pool).
+#[allow(clippy::too_many_arguments)]
+fn fp8_decode_case_with(
+    cxx: &str,
+    p: DecodeParams,
+    warps: i64,
+    extra: &[(&str, i64)],
+    chunks: Option<&[i32]>,
+    target: Target,
+    heads: usize,
+    lens: &[i32],
+    splits: usize,
+) {
     let tag = format!(
-        "fp8_decode_lat{}_h{}_n{}_s{}_w{warps}_sm{}{}",
-        p.lat, p.block_h, p.block_n, p.stages, target.sm.0, target.sm.1
+        "fp8_decode_lat{}_h{}_n{}_s{}_w{warps}_sm{}{}{}{}",
+        p.lat,
+        p.block_h,
+        p.block_n,
+        p.stages,
+        target.sm.0,
+        target.sm.1,
+        extra
+            .iter()
+            .map(|(n, v)| format!("_{n}{v}"))
+            .collect::<String>(),
+        if chunks.is_some() { "_chunked" } else { "" }
     );
     let mut knobs = vec![("KV_FP8", p.lat as i64)];
     if warps > 0 {
         knobs.push(("WARPS", warps));
+    }
+    knobs.extend_from_slice(extra);
+    if chunks.is_some() {
+        knobs.push(("KV_CHUNKS", 1));
     }
     let k = latent_decode_with(p, &knobs).unwrap();
     let d = p.lat + p.rope;
@@ -89,7 +120,13 @@ fn fp8_decode_case(
             shape: vec![batch, heads, d],
             data: Bytes::from_bf16(&q),
         },
-        fp8_paged(&mut rng, p.lat, d, lens, 16),
+        {
+            let mut cache = fp8_paged(&mut rng, p.lat, d, lens, 16);
+            if let HostArg::Paged { chunks: c, .. } = &mut cache {
+                *c = chunks.map(<[i32]>::to_vec);
+            }
+            cache
+        },
         HostArg::Tensor {
             dtype: DType::F32,
             shape: vec![splits, batch, heads, p.lat],
@@ -105,6 +142,48 @@ fn fp8_decode_case(
     // p is bf16 on tensor cores and f32 on the CPU backend.
     check_vs_cpu(cxx, &k, target, &args, 2e-2, &tag);
     println!("{tag}: ok");
+}
+
+/// The FP8 pool under the balanced schedule's split table (what `EnginePlan` with `kv_dtype:
+/// Fp8` and `splits = 0` launches): sequence-local chunks, an entry of 0, programs past a
+/// sequence's last split; plain and producer-fed on Hopper.
+#[test]
+fn emulated_fp8_decode_over_a_split_table_matches_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_fp8_decode_over_a_split_table_matches_cpu") else {
+        return;
+    };
+    let dp = |bh, bn, st, lat| DecodeParams {
+        lat,
+        rope: 64,
+        block_h: bh,
+        block_n: bn,
+        stages: st,
+        q_bf16: true,
+        p_bf16: true,
+    };
+    let (lens, chunks) = ([0, 1, 17, 300, 45], [32, 16, 16, 64, 0]);
+    fp8_decode_case_with(
+        &cxx,
+        dp(16, 32, 2, 512),
+        0,
+        &[],
+        Some(&chunks),
+        Target::sm90(),
+        16,
+        &lens,
+        5,
+    );
+    fp8_decode_case_with(
+        &cxx,
+        dp(64, 64, 2, 256),
+        0,
+        &[("PRODUCER", 1)],
+        Some(&chunks),
+        Target::sm90(),
+        64,
+        &lens,
+        5,
+    );
 }
 
 #[test]
