@@ -286,3 +286,44 @@ fn decode_over_ranks_prints_no_negative_phase() {
     assert_eq!(nums.len(), 3, "{line}");
     assert!(nums.iter().all(|&x| x >= 0.0), "{line}");
 }
+
+/// `tpla run --kv-dtype fp8` on a latent FP8 cannot hold (64 columns: not a whole 128-column
+/// scale group) is refused before any work, and no output is written; an unknown dtype is a
+/// usage error. `tpla tune --compile-only` without a kernel cache directory says so.
+#[test]
+fn fp8_run_and_compile_only_tune_refuse_what_they_cannot_do() {
+    let dir = tmp("kv-dtype");
+    let (inp, out) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
+    write_inputs(&inp, |_| {});
+    let (i, o) = (inp.to_str().unwrap(), out.to_str().unwrap());
+    expect_error(
+        &[
+            "run",
+            "--inputs",
+            i,
+            "--out",
+            o,
+            "--backend",
+            "cpu",
+            "--kv-dtype",
+            "fp8",
+        ],
+        "multiple of 128",
+    );
+    assert!(!out.exists(), "a refused run wrote its output");
+    expect_error(
+        &["run", "--inputs", i, "--out", o, "--kv-dtype", "fp16"],
+        "unknown cache dtype `fp16`",
+    );
+    let o = Command::new(bin())
+        .args(["tune", "--compile-only"])
+        .env("TPLA_KERNEL_CACHE_DIR", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(2) && err.contains("kernel cache directory"),
+        "{:?}: {err}",
+        o.status
+    );
+}

@@ -59,6 +59,12 @@ pub struct TuneArgs {
     /// the mixed-length batches a serving engine sees, where the split policy matters most.
     #[arg(long)]
     pub var_len: bool,
+    /// Compile every candidate for sm_90a (Hopper) into the kernel cache instead of timing:
+    /// no GPU needed, only NVRTC. A later `tpla tune` on a Hopper GPU with the same NVRTC
+    /// major.minor then loads them from `$TPLA_KERNEL_CACHE_DIR` instead of compiling (a cold
+    /// tune of one width compiles for minutes); the cache directory can be copied to that host.
+    #[arg(long)]
+    pub compile_only: bool,
 }
 
 /// Whether `SEESAW = 1` in `cand` changes the sm_90a decode kernel at latent `lat` (at BLOCK_N
@@ -119,8 +125,98 @@ pub fn tune(a: TuneArgs) -> Result<(), CliError> {
         .add(&[67, a.batch, heads, 512], 4)
         .check_host("--batch and --context")?;
     shard_width(512, a.g)?;
+    if a.compile_only {
+        return compile_candidates(&a);
+    }
     let (backend, threads) = (a.backend, a.threads);
     dispatch(backend, threads, TuneJob(a))
+}
+
+/// The candidates `tpla tune` times on a backend: the kernel's tune space (every warpgroup split
+/// on CUDA, the default elsewhere) times the schedule settings searched there.
+fn tune_candidates(cuda: bool, hopper: bool) -> Result<Vec<Config>, CliError> {
+    let default_split = latent_decode
+        .default_config(&[])
+        .map_err(tpla_runtime::RuntimeError::from)?
+        .get("WG_SPLIT")
+        .ok();
+    let knobs = knob_settings(hopper);
+    Ok(latent_decode
+        .tune_space(&[])
+        .map_err(tpla_runtime::RuntimeError::from)?
+        .into_iter()
+        .filter(|c| cuda || c.get("WG_SPLIT").ok() == default_split)
+        .flat_map(|c| {
+            knobs
+                .iter()
+                .map(move |set| set.iter().fold(c.clone(), |c, (k, v)| c.with(k, *v)))
+        })
+        .collect())
+}
+
+/// `tpla tune --compile-only`: every sm_90a kernel a Hopper tune of these widths would time (the
+/// decode candidates, skipped and deduplicated as there, and the combine), compiled by NVRTC
+/// into the kernel cache.
+fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
+    use tpla_runtime::cuda::{compile_kernel, KernelCache};
+    let cfg = a.preset.preset().config();
+    let (heads, rope, scale) = (a.heads.unwrap_or(cfg.heads), 64usize, cfg.scale as f32);
+    let cache = KernelCache::with_default_dir();
+    let Some(dir) = cache.dir().map(|d| d.display().to_string()) else {
+        return Err(CliError::Usage(
+            "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
+        ));
+    };
+    let target = tpla_codegen::cuda::Target::sm90();
+    let candidates = tune_candidates(true, true)?;
+    let mut widths = vec![512usize];
+    if a.g > 1 {
+        widths.push(512 / a.g);
+    }
+    let (mut compiled, mut cached, mut skipped) = (0usize, 0usize, 0usize);
+    let start = Instant::now();
+    for lat in widths {
+        let mut texts = std::collections::HashSet::new();
+        let mut configs = Vec::new();
+        for cand in &candidates {
+            if cand.get("SEESAW").ok() == Some(1) && !seesaw_applies_sm90(cand, lat, rope) {
+                continue;
+            }
+            if let Some(text) = sm90_kernel_text(cand, lat, rope) {
+                if !texts.insert(text) {
+                    continue;
+                }
+            }
+            let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
+            p.decode = cand.clone();
+            configs.push((&latent_decode as &dyn KernelDef, p.decode_config()));
+            if configs.len() == 1 {
+                configs.push((&tpla_kernels::combine_splits, p.combine_config()));
+            }
+        }
+        for (def, config) in configs {
+            let lookup = def
+                .build(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|ir| compile_kernel(&ir, target, &cache).map_err(|e| e.to_string()));
+            match lookup {
+                Ok(k) if k.lookup.source == tpla_runtime::cuda::CacheSource::Compiled => {
+                    compiled += 1
+                }
+                Ok(_) => cached += 1,
+                Err(e) => {
+                    skipped += 1;
+                    eprintln!("tpla tune: {} {config}: not compiled: {e}", def.name());
+                }
+            }
+        }
+    }
+    println!(
+        "tpla tune --compile-only: sm_90a, {compiled} compiled, {cached} already cached, \
+         {skipped} not buildable, in {:.0} s, into {dir}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 struct TuneJob(TuneArgs);
@@ -151,24 +247,8 @@ impl ExecJob for TuneJob {
         // WG_SPLIT steers only the CUDA warpgroup schedule: elsewhere its values are the
         // same kernel, so only the default is timed.
         let cuda = exec.backend_name().starts_with("cuda");
-        let default_split = latent_decode
-            .default_config(&[])
-            .map_err(tpla_runtime::RuntimeError::from)?
-            .get("WG_SPLIT")
-            .ok();
         let hopper = cuda && exec.backend_name().contains("sm_90");
-        let knobs = knob_settings(hopper);
-        let candidates: Vec<Config> = latent_decode
-            .tune_space(&[])
-            .map_err(tpla_runtime::RuntimeError::from)?
-            .into_iter()
-            .filter(|c| cuda || c.get("WG_SPLIT").ok() == default_split)
-            .flat_map(|c| {
-                knobs
-                    .iter()
-                    .map(move |set| set.iter().fold(c.clone(), |c, (k, v)| c.with(k, *v)))
-            })
-            .collect();
+        let candidates = tune_candidates(cuda, hopper)?;
         let progress = super::bench::progress_bar(
             (widths.len() * (candidates.len() + 1)) as u64,
             "timing candidates",
