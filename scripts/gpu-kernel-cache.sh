@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Compiles here (NVRTC only, no GPU) every sm_90a decode kernel `tpla tune` times at latent 512
-# and 256 (`tpla tune --compile-only --g 2`: the candidates do not depend on heads, batch or
-# context) into a fresh kernel cache, packed as kernel-cache.tar.xz to carry to the device:
-# gpu-session.sh preloads it, so the session's tunes load kernels instead of compiling them (a
-# cold tune spent 150+ s of device time compiling). The cache key is the SHA-256 of source, NVRTC
+# Compiles here (NVRTC only, no GPU) every sm_90a kernel the device session's tunes and bench
+# would compile: `tpla tune --compile-only --g 2` (every tune candidate at latent 512 and 256;
+# they do not depend on heads, batch or context) and `tpla bench --backend cuda --compile-only`
+# (every config the bench matrix sweeps), into a fresh kernel cache packed as
+# kernel-cache.tar.xz to carry to the device: gpu-session.sh preloads it, so those steps load
+# kernels instead of compiling them (510 kernels, about 4 minutes of NVRTC here; a cold tune
+# spent 150+ s of device time compiling). The cache key is the SHA-256 of source, NVRTC
 # major.minor and options, so it hits where the device's NVRTC is 13.0 like .ci/nvrtc.sh's, and
 # is ignored (compiled again) elsewhere.
 #   scripts/gpu-kernel-cache.sh            # with gpu-bin/tpla (scripts/gpu-build.sh), same commit
@@ -16,6 +18,7 @@ bin=${TPLA_BIN:-gpu-bin/tpla}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 TPLA_KERNEL_CACHE_DIR=$dir "$bin" tune --compile-only --g 2
+TPLA_KERNEL_CACHE_DIR=$dir "$bin" bench --backend cuda --compile-only
 tar cJf kernel-cache.tar.xz.tmp -C "$dir" .
 mv kernel-cache.tar.xz.tmp kernel-cache.tar.xz
 du -h kernel-cache.tar.xz

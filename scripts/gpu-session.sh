@@ -18,8 +18,10 @@ budget=${TPLA_SESSION_BUDGET:-540}
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1 NCCL_NVLS_ENABLE=0 RUST_BACKTRACE=1
 export TPLA_KERNEL_CACHE_DIR="${TMPDIR:-/tmp}/tpla-gpu-session-kernels"
-# Kernels compiled on the development machine (scripts/gpu-kernel-cache.sh: every tune
-# candidate at latent 512 / 256), carried as kernel-cache.tar.xz: the tunes load them.
+# Kernels compiled on the development machine (scripts/gpu-kernel-cache.sh: every tune candidate
+# at latent 512 / 256 and every bench sweep config), carried as kernel-cache.tar.xz: the tunes
+# and the bench load them instead of compiling (the bench's own cold-compile figures use a
+# fresh cache of their own).
 if [ -f kernel-cache.tar.xz ]; then
   mkdir -p "$TPLA_KERNEL_CACHE_DIR" && tar xJf kernel-cache.tar.xz -C "$TPLA_KERNEL_CACHE_DIR" &&
     echo "kernel cache: $(ls "$TPLA_KERNEL_CACHE_DIR" | wc -l) entries preloaded"

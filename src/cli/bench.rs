@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// the page-size, variable-length, FP8 or multi-token cases (profiling one case).
     #[arg(long, value_parser = parse_shape)]
     pub gpu_shape: Option<(usize, usize)>,
+    /// GPU: compile every sm_90a kernel the matrix would sweep into the kernel cache
+    /// (`$TPLA_KERNEL_CACHE_DIR`) instead of timing: no GPU needed, only NVRTC. A later bench on a
+    /// Hopper GPU with the same NVRTC major.minor loads them (scripts/gpu-kernel-cache.sh).
+    #[arg(long)]
+    pub compile_only: bool,
 }
 
 /// Parses `BATCHxCONTEXT` (both positive).
@@ -113,24 +118,27 @@ struct CpuBenchResult {
 
 /// Runs `tpla bench`.
 pub fn bench(a: BenchArgs) -> Result<(), CliError> {
+    if let Some(&h) = a.gpu_heads.iter().max() {
+        super::limits::at_most("--gpu-heads", h, super::limits::MAX_HEADS)?;
+    }
+    if a.gpu_heads.is_empty() || a.gpu_heads.contains(&0) {
+        return Err(CliError::Usage(
+            "--gpu-heads needs positive head counts".into(),
+        ));
+    }
+    let opts = super::bench_cuda::GpuBenchOpts {
+        quick: a.quick,
+        out: out_dir(&a),
+        variant: a.variant.clone(),
+        heads: a.gpu_heads.clone(),
+        config: a.config.clone(),
+        record_tune: a.record_tune,
+        shape: a.gpu_shape,
+    };
+    if a.compile_only {
+        return Ok(super::bench_cuda::compile_only(&opts)?);
+    }
     let gpu = |exec: tpla_runtime::cuda::CudaExecutor| -> Result<(), CliError> {
-        if let Some(&h) = a.gpu_heads.iter().max() {
-            super::limits::at_most("--gpu-heads", h, super::limits::MAX_HEADS)?;
-        }
-        if a.gpu_heads.is_empty() || a.gpu_heads.contains(&0) {
-            return Err(CliError::Usage(
-                "--gpu-heads needs positive head counts".into(),
-            ));
-        }
-        let opts = super::bench_cuda::GpuBenchOpts {
-            quick: a.quick,
-            out: out_dir(&a),
-            variant: a.variant.clone(),
-            heads: a.gpu_heads.clone(),
-            config: a.config.clone(),
-            record_tune: a.record_tune,
-            shape: a.gpu_shape,
-        };
         Ok(super::bench_cuda::run(&exec, &opts)?)
     };
     match a.backend {

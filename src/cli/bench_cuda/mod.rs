@@ -231,6 +231,75 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     Ok(())
 }
 
+/// `tpla bench --compile-only`: every sm_90a decode kernel the matrix sweeps (the same
+/// [`sweep_configs`] per case) and each case's combine, compiled by NVRTC into the kernel cache
+/// (`$TPLA_KERNEL_CACHE_DIR`), without a device. A later bench on a Hopper GPU whose NVRTC has
+/// the same major.minor loads them from disk instead of compiling.
+pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
+    use tpla_runtime::cuda::CacheSource;
+    let target = tpla_codegen::cuda::Target::sm90();
+    let cache = KernelCache::with_default_dir();
+    let Some(dir) = cache.dir().map(|d| d.display().to_string()) else {
+        return Err(RuntimeError::InvalidInput(
+            "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
+        ));
+    };
+    let start = std::time::Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    let (mut compiled, mut cached, mut failed) = (0usize, 0usize, 0usize);
+    let mut compile = |def: &dyn KernelDef, cfg: Config| {
+        if !seen.insert((def.name().to_string(), cfg.to_string())) {
+            return;
+        }
+        let lookup = def
+            .build(&cfg)
+            .map_err(|e| e.to_string())
+            .and_then(|ir| compile_kernel(&ir, target, &cache).map_err(|e| e.to_string()));
+        match lookup {
+            Ok(k) if k.lookup.source == CacheSource::Compiled => compiled += 1,
+            Ok(_) => cached += 1,
+            Err(e) => {
+                failed += 1;
+                eprintln!("tpla bench: {} [{cfg}]: not compiled: {e}", def.name());
+            }
+        }
+    };
+    for spec in case_specs(opts) {
+        for &heads in &spec.heads {
+            let shape = DecodeShape::equal(
+                spec.batch,
+                heads * spec.sq,
+                spec.context,
+                spec.lat,
+                64,
+                spec.page_size,
+            );
+            let configs = sweep_configs(
+                spec.variant,
+                &shape,
+                spec.sweep,
+                opts.quick,
+                spec.sq,
+                target,
+                opts.config.as_deref(),
+            );
+            for cfg in configs {
+                compile(&latent_decode, cfg);
+            }
+        }
+        compile(
+            &combine_splits,
+            combine_splits.default_config(&[("LAT", spec.lat as i64)])?,
+        );
+    }
+    println!(
+        "tpla bench --compile-only: sm_90a, {compiled} compiled, {cached} already cached, \
+         {failed} not buildable, in {:.0} s, into {dir}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// One cache (variant, batch, lengths, page size) of the matrix and the head counts run on it.
 struct CaseSpec {
     variant: &'static str,

@@ -18,11 +18,11 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 
 /// Whether `SEESAW = 1` in `cfg` changes the emitted decode kernel on this device (at BLOCK_N 64
 /// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
-pub(super) fn seesaw_applies(exec: &CudaExecutor, cfg: &Config) -> bool {
+pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     latent_decode
         .build(cfg)
         .ok()
-        .and_then(|k| tpla_codegen::cuda::emit(&k, exec.target()).ok())
+        .and_then(|k| tpla_codegen::cuda::emit(&k, target).ok())
         .is_some_and(|src| src.seesaw)
 }
 
@@ -76,31 +76,27 @@ pub(super) struct Bufs {
     pub(super) lse: CudaTensor<f32>,
 }
 
-/// Times one case: every config of its sweep on `cache` (the decode alone), then the full op
-/// (decode plus combine) of the fastest few; returns the case's result row.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run_case(
-    exec: &CudaExecutor,
+/// The configs a case's sweep times, in order, on `target` (pure: `tpla bench --compile-only`
+/// compiles the same list without a device): BLOCK_H x BLOCK_N x STAGES x warps x WG_SPLIT x
+/// PRODUCER x SEESAW as they apply to the variant (`fp8` rows, `sq` query tokens), minus the
+/// configs `want` leaves out and SEESAW where it changes nothing on `target`.
+pub(super) fn sweep_configs(
     variant: &str,
-    cache: &CudaPagedCache<bf16>,
-    shape: DecodeShape,
-    opts: &GpuBenchOpts,
+    shape: &DecodeShape,
     sweep: Sweep,
-    roof: &Roofline,
+    quick: bool,
     sq: usize,
-) -> Result<DecodeCaseResult, RuntimeError> {
-    let quick = opts.quick;
+    target: tpla_codegen::cuda::Target,
+    want: Option<&str>,
+) -> Vec<Config> {
     let narrow = sweep == Sweep::Narrow;
-    let d = shape.lat + shape.rope;
-    let (b, h) = (shape.batch, shape.heads);
-    let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
-    let scale = 1.0 / (d as f32).sqrt();
+    let h = shape.heads;
     // FP8 rows also at BLOCK_H 64 below 64 heads: the producer warpgroup that converts them
     // needs the 64-row warpgroup gemms.
-    let fp8_rows = variant.contains("fp8");
+    let fp8 = variant.contains("fp8");
     let bhs: Vec<i64> = [16i64, 32, 64]
         .into_iter()
-        .filter(|&x| x as usize <= h.max(16) || (fp8_rows && x == 64))
+        .filter(|&x| x as usize <= h.max(16) || (fp8 && x == 64))
         .collect();
     let bns: &[i64] = if quick || narrow { &[64] } else { &[32, 64] };
     // Four stages fit only small blocks (BLOCK_N 32: more bytes in flight than 64-token blocks
@@ -112,17 +108,7 @@ pub(super) fn run_case(
             _ => &[2, 3],
         }
     };
-    let max_splits = 64;
-    let mut bufs = Bufs {
-        q: exec.upload(
-            &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
-                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
-        )?,
-        out: exec.alloc(&[b, h, shape.lat])?,
-        lse: exec.alloc(&[b, h])?,
-    };
-    let mut tried = Vec::new();
-    let mut best: Option<(Config, usize, f64)> = None;
+    let mut out = Vec::new();
     for &bh in &bhs {
         for &bn in bns {
             // WG_SPLIT only matters for the 64-row (warpgroup) tiles.
@@ -136,7 +122,6 @@ pub(super) fn run_case(
             // are whole pages of a multiple of 8 tokens. With FP8 rows the producer converts
             // the raw rows into the ring (TMA does not apply: its boxes are bf16), and the
             // bench times it first: the fastest config is reported, with its knobs.
-            let fp8 = variant.contains("fp8");
             let (page, n) = (shape.page_size, bn as usize);
             let tma = page % n == 0 || (page % 8 == 0 && n % page == 0);
             // Below 64 rows the producer feeds mma.sync warps: timed with TMA where it applies.
@@ -145,76 +130,118 @@ pub(super) fn run_case(
                 (_, _, true) => &[0],
                 (64, true, _) => &[0, 1, 2],
                 (64, false, _) => &[0, 1],
-                (_, true, _) if exec.target().wgmma => &[0, 2],
+                (_, true, _) if target.wgmma => &[0, 2],
                 _ => &[0],
             };
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
             // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
-            let knobs = sts_for(bn).iter().flat_map(|s| {
-                warps_tried.iter().flat_map(move |w| {
-                    splits_wg.iter().flat_map(move |g| {
-                        producers
-                            .iter()
-                            .flat_map(move |pr| seesaws.iter().map(move |ss| (s, w, g, pr, ss)))
-                    })
-                })
-            });
-            for (&st, &warps, &wg_split, &producer, &seesaw) in knobs {
-                let mut cfg = Config::new()
-                    .with("BLOCK_H", bh)
-                    .with("BLOCK_N", bn)
-                    .with("STAGES", st)
-                    .with("WG_SPLIT", wg_split)
-                    .with("LAT", shape.lat as i64)
-                    .with("ROPE", shape.rope as i64);
-                if producer > 0 {
-                    cfg.set("PRODUCER", 1);
-                }
-                if producer == 2 {
-                    cfg.set("TMA", 1);
-                }
-                if fp8 {
-                    cfg.set("KV_FP8", shape.lat as i64);
-                }
-                if seesaw > 0 {
-                    cfg.set("SEESAW", seesaw);
-                }
-                if sq > 1 {
-                    // Multi-token queries: `h` counts rows, s_q tokens x heads.
-                    cfg.set("SQ", sq as i64);
-                }
-                if warps > 0 {
-                    // The emitter's warp-count override (not a tune parameter of the kernel).
-                    cfg.set("WARPS", warps);
-                }
-                if !config_selected(&cfg, opts.config.as_deref()) {
-                    continue;
-                }
-                if seesaw > 0 && !seesaw_applies(exec, &cfg) {
-                    // The knob changes nothing here: the same kernel as the config without it.
-                    continue;
-                }
-                let per_sm = blocks_per_sm(exec, &cfg);
-                let splits =
-                    splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context)
-                        .min(max_splits);
-                let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
-                let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
-                let m = measure(exec, 3, 20, || {
-                    launch_decode(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
-                });
-                match m {
-                    Ok(m) => {
-                        tried.push((cfg.to_string(), splits, m.median_ms));
-                        if best.as_ref().is_none_or(|(_, _, t)| m.median_ms < *t) {
-                            best = Some((cfg.clone(), splits, m.median_ms));
+            for &st in sts_for(bn) {
+                for &warps in warps_tried {
+                    for &wg_split in splits_wg {
+                        for &producer in producers {
+                            for &seesaw in seesaws {
+                                let mut cfg = Config::new()
+                                    .with("BLOCK_H", bh)
+                                    .with("BLOCK_N", bn)
+                                    .with("STAGES", st)
+                                    .with("WG_SPLIT", wg_split)
+                                    .with("LAT", shape.lat as i64)
+                                    .with("ROPE", shape.rope as i64);
+                                if producer > 0 {
+                                    cfg.set("PRODUCER", 1);
+                                }
+                                if producer == 2 {
+                                    cfg.set("TMA", 1);
+                                }
+                                if fp8 {
+                                    cfg.set("KV_FP8", shape.lat as i64);
+                                }
+                                if seesaw > 0 {
+                                    cfg.set("SEESAW", seesaw);
+                                }
+                                if sq > 1 {
+                                    // Multi-token queries: `h` counts rows, s_q tokens x heads.
+                                    cfg.set("SQ", sq as i64);
+                                }
+                                if warps > 0 {
+                                    // The emitter's warp-count override (not a tune parameter).
+                                    cfg.set("WARPS", warps);
+                                }
+                                if !config_selected(&cfg, want) {
+                                    continue;
+                                }
+                                if seesaw > 0 && !seesaw_applies(target, &cfg) {
+                                    // The knob changes nothing here: the config without it.
+                                    continue;
+                                }
+                                out.push(cfg);
+                            }
                         }
                     }
-                    Err(e) => tried.push((format!("{cfg} failed: {e}"), splits, f64::NAN)),
                 }
             }
+        }
+    }
+    out
+}
+
+/// Times one case: every config of its sweep on `cache` (the decode alone), then the full op
+/// (decode plus combine) of the fastest few; returns the case's result row.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_case(
+    exec: &CudaExecutor,
+    variant: &str,
+    cache: &CudaPagedCache<bf16>,
+    shape: DecodeShape,
+    opts: &GpuBenchOpts,
+    sweep: Sweep,
+    roof: &Roofline,
+    sq: usize,
+) -> Result<DecodeCaseResult, RuntimeError> {
+    let d = shape.lat + shape.rope;
+    let (b, h) = (shape.batch, shape.heads);
+    let q: Vec<f32> = (0..b * h * d).map(|i| pattern(i, 3)).collect();
+    let scale = 1.0 / (d as f32).sqrt();
+    let max_splits = 64;
+    let mut bufs = Bufs {
+        q: exec.upload(
+            &HostTensor::<bf16>::from_f32(&[b, h, d], &q)
+                .map_err(|e| RuntimeError::InvalidInput(e.to_string()))?,
+        )?,
+        out: exec.alloc(&[b, h, shape.lat])?,
+        lse: exec.alloc(&[b, h])?,
+    };
+    let mut tried = Vec::new();
+    let mut best: Option<(Config, usize, f64)> = None;
+    let configs = sweep_configs(
+        variant,
+        &shape,
+        sweep,
+        opts.quick,
+        sq,
+        exec.target(),
+        opts.config.as_deref(),
+    );
+    for cfg in configs {
+        let (bh, bn) = (cfg.get("BLOCK_H")?, cfg.get("BLOCK_N")?);
+        let per_sm = blocks_per_sm(exec, &cfg);
+        let splits =
+            splits_for(exec, per_sm, b, h, bh as usize, bn as usize, shape.context).min(max_splits);
+        let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
+        let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
+        let m = measure(exec, 3, 20, || {
+            launch_decode(exec, &cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
+        });
+        match m {
+            Ok(m) => {
+                tried.push((cfg.to_string(), splits, m.median_ms));
+                if best.as_ref().is_none_or(|(_, _, t)| m.median_ms < *t) {
+                    best = Some((cfg.clone(), splits, m.median_ms));
+                }
+            }
+            Err(e) => tried.push((format!("{cfg} failed: {e}"), splits, f64::NAN)),
         }
     }
     if best.is_none() {
@@ -301,4 +328,68 @@ pub(super) fn record_tune(
         db.path().display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tpla_codegen::cuda::Target;
+
+    fn shape(heads: usize, lat: usize, page: usize) -> DecodeShape {
+        DecodeShape::equal(64, heads, 32768, lat, 64, page)
+    }
+
+    #[test]
+    fn sweeps_list_distinct_configs_with_the_knobs_that_apply() {
+        let t = Target::sm90();
+        let full = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, false, 1, t, None);
+        let texts: std::collections::HashSet<String> = full.iter().map(|c| c.to_string()).collect();
+        assert_eq!(texts.len(), full.len(), "a config listed twice");
+        assert!(full.iter().all(|c| c.get("LAT").ok() == Some(512)));
+        for (k, v) in [
+            ("BLOCK_N", 32),
+            ("STAGES", 4),
+            ("WARPS", 8),
+            ("TMA", 1),
+            ("WG_SPLIT", 32),
+        ] {
+            assert!(full.iter().any(|c| c.get(k).ok() == Some(v)), "no {k}={v}");
+        }
+        // At 16 heads the 64-row block is not tried; FP8 rows add it (their producer needs it),
+        // never with TMA or SEESAW.
+        let h16 = sweep_configs("mla", &shape(16, 512, 64), Sweep::Full, false, 1, t, None);
+        assert!(h16.iter().all(|c| c.get("BLOCK_H").ok() != Some(64)));
+        let fp8 = sweep_configs(
+            "mla-fp8",
+            &shape(16, 512, 64),
+            Sweep::Narrow,
+            false,
+            1,
+            t,
+            None,
+        );
+        assert!(fp8.iter().any(|c| c.get("BLOCK_H").ok() == Some(64)));
+        assert!(fp8.iter().all(|c| c.get("KV_FP8").ok() == Some(512)
+            && c.get("TMA").is_err()
+            && c.get("SEESAW").is_err()));
+        // --quick: BLOCK_N 64, two stages; `want` keeps only the matching configs; SQ is set.
+        let quick = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, true, 1, t, None);
+        assert!(quick.len() < full.len() / 4);
+        assert!(quick
+            .iter()
+            .all(|c| c.get("BLOCK_N").ok() == Some(64) && c.get("STAGES").ok() == Some(2)));
+        let some = sweep_configs(
+            "mla-sq2",
+            &shape(128, 512, 64),
+            Sweep::Narrow,
+            false,
+            2,
+            t,
+            Some("BLOCK_H=64,PRODUCER=1"),
+        );
+        assert!(!some.is_empty());
+        assert!(some.iter().all(|c| c.get("BLOCK_H").ok() == Some(64)
+            && c.get("PRODUCER").ok() == Some(1)
+            && c.get("SQ").ok() == Some(2)));
+    }
 }
