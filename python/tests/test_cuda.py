@@ -14,6 +14,7 @@ from reference import (
     reference, slots_of,
 )
 from test_decode import LENS, NUM_PAGES, ROW, make
+from test_fp8 import fp8_case
 
 HAVE_GPU = torch.cuda.is_available() and tpla.cuda_available()
 if not HAVE_GPU:
@@ -158,3 +159,9 @@ def test_host_overhead_of_run():
     us, splits = host_overhead_us()
     print(f"\ntpla run host overhead: {us:.2f} us per run ({splits} split(s); target < 10 us)")
     assert us < 200, f"{us:.1f} us per run"
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_fp8_cache_on_gpu_matches_the_dequantised_reference(groups):
+    """kv_dtype="fp8" on CUDA tensors: the append's bytes and the decode, as on the CPU."""
+    fp8_case(groups, DEV, GPU_TOL)
