@@ -167,6 +167,13 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
             "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
         ));
     };
+    // No NVRTC is one clear error, not a "not compiled" line per kernel.
+    tpla_runtime::cuda::nvrtc::nvrtc().map_err(|e| {
+        CliError::Runtime(tpla_runtime::RuntimeError::BackendUnavailable {
+            backend: "nvrtc".into(),
+            reason: format!("--compile-only needs NVRTC: {e}"),
+        })
+    })?;
     let target = tpla_codegen::cuda::Target::sm90();
     let candidates = tune_candidates(true, true)?;
     let mut widths = vec![512usize];

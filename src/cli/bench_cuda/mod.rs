@@ -244,6 +244,11 @@ pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
             "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
         ));
     };
+    // No NVRTC is one clear error, not a "not buildable" line per kernel.
+    nvrtc::nvrtc().map_err(|e| RuntimeError::BackendUnavailable {
+        backend: "nvrtc".into(),
+        reason: format!("--compile-only needs NVRTC: {e}"),
+    })?;
     let start = std::time::Instant::now();
     let mut seen = std::collections::HashSet::new();
     let (mut compiled, mut cached, mut failed) = (0usize, 0usize, 0usize);
