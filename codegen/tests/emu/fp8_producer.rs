@@ -244,7 +244,7 @@ fn fp8_producer_source_and_plan() {
     }
 }
 
-/// Emulated: MLA rows at 64- and 16-token blocks, the g = 2 and g = 4 shards (latent 256 / 128),
+/// Emulated: MLA rows at 64-, 32- and 16-token blocks, the g = 2 and g = 4 shards (latent 256 / 128),
 /// 1 to 3 stages, pages of 64, 16, 8 and 1 tokens, lengths ending mid-block, several splits
 /// (one empty), fewer heads than rows.
 #[test]
@@ -256,6 +256,9 @@ fn emulated_fp8_producer_decode() {
     producer_case(&cxx, dp(32, 2, 256), 16, 40, &[130, 5, 97], 3, 72);
     producer_case(&cxx, dp(32, 3, 128), 1, 64, &[45], 1, 73);
     producer_case(&cxx, dp(16, 2, 512), 8, 64, &[101, 17], 2, 74);
+    // MLA rows at 32-token blocks with three bf16 stages beside the staging ring: the FP8
+    // configs the bench sweeps from 2026-12-04 evening (two consumer warpgroups, 384 threads).
+    producer_case(&cxx, dp(32, 3, 512), 64, 64, &[250, 31], 2, 75);
 }
 
 /// The evidence can fail: without the producer's wait for an empty slot it runs ahead of the
