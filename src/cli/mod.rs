@@ -14,6 +14,7 @@ pub mod error;
 pub mod info;
 pub mod limits;
 pub mod model;
+mod precompile;
 pub mod run;
 pub mod sample;
 pub mod tune;

@@ -158,33 +158,16 @@ fn tune_candidates(cuda: bool, hopper: bool) -> Result<Vec<Config>, CliError> {
 /// decode candidates, skipped and deduplicated as there, and the combine), compiled by NVRTC
 /// into the kernel cache.
 fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
-    use tpla_runtime::cuda::{compile_kernel, KernelCache};
     let cfg = a.preset.preset().config();
     let (heads, rope, scale) = (a.heads.unwrap_or(cfg.heads), 64usize, cfg.scale as f32);
-    let cache = KernelCache::with_default_dir();
-    let Some(dir) = cache.dir().map(|d| d.display().to_string()) else {
-        return Err(CliError::Usage(
-            "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
-        ));
-    };
-    // No NVRTC is one clear error, not a "not compiled" line per kernel.
-    tpla_runtime::cuda::nvrtc::nvrtc().map_err(|e| {
-        CliError::Runtime(tpla_runtime::RuntimeError::BackendUnavailable {
-            backend: "nvrtc".into(),
-            reason: format!("--compile-only needs NVRTC: {e}"),
-        })
-    })?;
-    let target = tpla_codegen::cuda::Target::sm90();
+    let mut pre = super::precompile::Precompiler::new("tune")?;
     let candidates = tune_candidates(true, true)?;
     let mut widths = vec![512usize];
     if a.g > 1 {
         widths.push(512 / a.g);
     }
-    let (mut compiled, mut cached, mut skipped) = (0usize, 0usize, 0usize);
-    let start = Instant::now();
     for lat in widths {
         let mut texts = std::collections::HashSet::new();
-        let mut configs = Vec::new();
         for cand in &candidates {
             if cand.get("SEESAW").ok() == Some(1) && !seesaw_applies_sm90(cand, lat, rope) {
                 continue;
@@ -196,33 +179,11 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
             }
             let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
             p.decode = cand.clone();
-            configs.push((&latent_decode as &dyn KernelDef, p.decode_config()));
-            if configs.len() == 1 {
-                configs.push((&tpla_kernels::combine_splits, p.combine_config()));
-            }
-        }
-        for (def, config) in configs {
-            let lookup = def
-                .build(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|ir| compile_kernel(&ir, target, &cache).map_err(|e| e.to_string()));
-            match lookup {
-                Ok(k) if k.lookup.source == tpla_runtime::cuda::CacheSource::Compiled => {
-                    compiled += 1
-                }
-                Ok(_) => cached += 1,
-                Err(e) => {
-                    skipped += 1;
-                    eprintln!("tpla tune: {} {config}: not compiled: {e}", def.name());
-                }
-            }
+            pre.compile(&latent_decode, &p.decode_config());
+            pre.compile(&tpla_kernels::combine_splits, &p.combine_config());
         }
     }
-    println!(
-        "tpla tune --compile-only: sm_90a, {compiled} compiled, {cached} already cached, \
-         {skipped} not buildable, in {:.0} s, into {dir}",
-        start.elapsed().as_secs_f64()
-    );
+    pre.report();
     Ok(())
 }
 

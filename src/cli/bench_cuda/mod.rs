@@ -236,39 +236,7 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
 /// (`$TPLA_KERNEL_CACHE_DIR`), without a device. A later bench on a Hopper GPU whose NVRTC has
 /// the same major.minor loads them from disk instead of compiling.
 pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
-    use tpla_runtime::cuda::CacheSource;
-    let target = tpla_codegen::cuda::Target::sm90();
-    let cache = KernelCache::with_default_dir();
-    let Some(dir) = cache.dir().map(|d| d.display().to_string()) else {
-        return Err(RuntimeError::InvalidInput(
-            "--compile-only needs a kernel cache directory (TPLA_KERNEL_CACHE_DIR is off)".into(),
-        ));
-    };
-    // No NVRTC is one clear error, not a "not buildable" line per kernel.
-    nvrtc::nvrtc().map_err(|e| RuntimeError::BackendUnavailable {
-        backend: "nvrtc".into(),
-        reason: format!("--compile-only needs NVRTC: {e}"),
-    })?;
-    let start = std::time::Instant::now();
-    let mut seen = std::collections::HashSet::new();
-    let (mut compiled, mut cached, mut failed) = (0usize, 0usize, 0usize);
-    let mut compile = |def: &dyn KernelDef, cfg: Config| {
-        if !seen.insert((def.name().to_string(), cfg.to_string())) {
-            return;
-        }
-        let lookup = def
-            .build(&cfg)
-            .map_err(|e| e.to_string())
-            .and_then(|ir| compile_kernel(&ir, target, &cache).map_err(|e| e.to_string()));
-        match lookup {
-            Ok(k) if k.lookup.source == CacheSource::Compiled => compiled += 1,
-            Ok(_) => cached += 1,
-            Err(e) => {
-                failed += 1;
-                eprintln!("tpla bench: {} [{cfg}]: not compiled: {e}", def.name());
-            }
-        }
-    };
+    let mut pre = super::precompile::Precompiler::new("bench")?;
     for spec in case_specs(opts) {
         for &heads in &spec.heads {
             let shape = DecodeShape::equal(
@@ -285,23 +253,19 @@ pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
                 spec.sweep,
                 opts.quick,
                 spec.sq,
-                target,
+                pre.target(),
                 opts.config.as_deref(),
             );
             for cfg in configs {
-                compile(&latent_decode, cfg);
+                pre.compile(&latent_decode, &cfg);
             }
         }
-        compile(
+        pre.compile(
             &combine_splits,
-            combine_splits.default_config(&[("LAT", spec.lat as i64)])?,
+            &combine_splits.default_config(&[("LAT", spec.lat as i64)])?,
         );
     }
-    println!(
-        "tpla bench --compile-only: sm_90a, {compiled} compiled, {cached} already cached, \
-         {failed} not buildable, in {:.0} s, into {dir}",
-        start.elapsed().as_secs_f64()
-    );
+    pre.report();
     Ok(())
 }
 
