@@ -32,8 +32,7 @@
 //!   (sequence, head) pairs affected.
 
 use safetensors::{Dtype, SafeTensors};
-use tpla_codegen::kv_format::quantise_row;
-use tpla_kernels::fp8::decode_attention_fp8;
+use tpla_kernels::fp8::{decode_attention_fp8, fp8_carrier_values};
 use tpla_kernels::ops::{decode_attention, shard_width, DecodeParams, MAX_QUERY_LEN};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, RuntimeError};
@@ -428,22 +427,15 @@ fn pass<X: Executor>(
 
 /// Every `lat + rope`-column bf16 row of `pool` as an FP8 row, in bf16 carrier elements.
 fn fp8_rows(pool: &[bf16], lat: usize, rope: usize) -> Vec<bf16> {
-    let row = lat + rope;
-    let mut out =
-        Vec::with_capacity(pool.len() / row * tpla_kernels::fp8::fp8_carrier_row(lat, rope));
-    let mut vals = vec![0f32; row];
-    for r in pool.chunks_exact(row) {
-        for (v, x) in vals.iter_mut().zip(r) {
-            *v = x.to_f32();
-        }
-        let bytes = quantise_row(&vals, lat);
-        out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))),
-        );
-    }
-    out
+    let mut vals = vec![0f32; lat + rope];
+    pool.chunks_exact(lat + rope)
+        .flat_map(|r| {
+            for (v, x) in vals.iter_mut().zip(r) {
+                *v = x.to_f32();
+            }
+            fp8_carrier_values(&vals, lat)
+        })
+        .collect()
 }
 
 /// For each (sequence, query row): whether the query row or a cache row that it sees holds a

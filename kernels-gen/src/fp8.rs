@@ -20,6 +20,15 @@ pub fn fp8_carrier_row(lat: usize, rope: usize) -> usize {
     fp8_row_bytes(lat, lat + rope) / 2
 }
 
+/// `values` (`lat + rope` columns) quantised with the FP8 rule, as the bf16 carrier elements
+/// of one pool row ([`fp8_carrier_row`] of them).
+pub fn fp8_carrier_values(values: &[f32], lat: usize) -> Vec<bf16> {
+    quantise_row(values, lat)
+        .chunks_exact(2)
+        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+        .collect()
+}
+
 fn bytes_of(row: &[bf16]) -> Vec<u8> {
     row.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect()
 }
@@ -40,12 +49,7 @@ pub fn write_fp8_token(
             cache.row()
         )));
     }
-    let bytes = quantise_row(values, lat);
-    let row: Vec<bf16> = bytes
-        .chunks(2)
-        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-        .collect();
-    cache.write_token(b, t, &row)
+    cache.write_token(b, t, &fp8_carrier_values(values, lat))
 }
 
 /// The `lat + rope` columns a kernel reads from token `t` of sequence `b` of a host carrier pool
