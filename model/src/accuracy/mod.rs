@@ -55,7 +55,7 @@ use super::report::decide_mu;
 use super::synthetic::{synthetic_hidden, synthetic_layer};
 use super::tensors::Checkpoint;
 use super::weights::{MlaLayer, TokenProj};
-use head::{variant_head, HeadQuery};
+use head::{variant_head, HeadQuery, StoredRows};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -459,31 +459,16 @@ pub fn run_accuracy_with(
             let mut vcats: Vec<Vec<f64>> =
                 vec![Vec::with_capacity(cfg.heads * cfg.v_head); variants.len()];
             for (ti, pr) in prepared.iter().enumerate() {
-                for h in 0..cfg.heads {
-                    let qf = pr.layer.absorb_query(h, &q.q_nope[h]);
-                    let fw = l / FINE;
-                    let rope: Vec<f64> = (0..=n).map(|t| dot(&q.q_pe[h], &proj[t].k_pe)).collect();
-                    let fine: Vec<Vec<f64>> = (0..FINE)
-                        .map(|j| {
-                            (0..=n)
-                                .map(|t| {
-                                    dot(&qf[j * fw..(j + 1) * fw], &pr.c[t][j * fw..(j + 1) * fw])
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    for (vi, v) in variants.iter().enumerate().filter(|(_, v)| v.t == ti) {
-                        if v.mode == Mode::PdSep && n < p_tok {
-                            continue;
-                        }
-                        let query = HeadQuery {
-                            qf: &qf,
-                            q_pe: &q.q_pe[h],
-                            fine: &fine,
-                            rope: &rope,
-                        };
-                        let vh = variant_head(&cfg, pr, v, &query, &proj, n, p_tok, h);
-                        vcats[vi].extend(vh);
+                let queries: Vec<HeadQuery> = (0..cfg.heads)
+                    .map(|h| HeadQuery::new(&cfg, pr, q, &proj, n, h))
+                    .collect();
+                for (vi, v) in variants.iter().enumerate().filter(|(_, v)| v.t == ti) {
+                    if v.mode == Mode::PdSep && n < p_tok {
+                        continue;
+                    }
+                    let stored = StoredRows::new(&cfg, pr, v, &proj, n, p_tok);
+                    for (h, query) in queries.iter().enumerate() {
+                        vcats[vi].extend(variant_head(&cfg, pr, v, &stored, query, h));
                     }
                 }
             }
