@@ -152,15 +152,7 @@ fn emulated_fp8_decode_over_a_split_table_matches_cpu() {
     let Some(cxx) = skip_without_cxx("emulated_fp8_decode_over_a_split_table_matches_cpu") else {
         return;
     };
-    let dp = |bh, bn, st, lat| DecodeParams {
-        lat,
-        rope: 64,
-        block_h: bh,
-        block_n: bn,
-        stages: st,
-        q_bf16: true,
-        p_bf16: true,
-    };
+    let dp = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
     let (lens, chunks) = ([0, 1, 17, 300, 45], [32, 16, 16, 64, 0]);
     fp8_decode_case_with(
         &cxx,
@@ -191,15 +183,7 @@ fn emulated_fp8_decode_matches_cpu() {
     let Some(cxx) = skip_without_cxx("emulated_fp8_decode_matches_cpu") else {
         return;
     };
-    let dp = |bh, bn, st, lat| DecodeParams {
-        lat,
-        rope: 64,
-        block_h: bh,
-        block_n: bn,
-        stages: st,
-        q_bf16: true,
-        p_bf16: true,
-    };
+    let dp = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
     // A TPLA shard on Hopper, 2 stages, an empty split and a length not a multiple of BLOCK_N.
     fp8_decode_case(
         &cxx,

@@ -7,15 +7,7 @@
 use super::*;
 
 fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
-    DecodeParams {
-        lat,
-        rope: 64,
-        block_h: 64,
-        block_n: bn,
-        stages: st,
-        q_bf16: true,
-        p_bf16: true,
-    }
+    DecodeParams::bf16(lat, 64, bn, st)
 }
 
 /// The FP8 decode with the producer warpgroup, and the further knobs `extra`.

@@ -134,15 +134,7 @@ fn emulated_decode_split_table() {
     let Some(cxx) = skip_without_cxx("emulated_decode_split_table") else {
         return;
     };
-    let dp = |bh, bn, st, lat| DecodeParams {
-        lat,
-        rope: 64,
-        block_h: bh,
-        block_n: bn,
-        stages: st,
-        q_bf16: true,
-        p_bf16: true,
-    };
+    let dp = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
     // Very uneven lengths: empty, one token, a chunk that is not a multiple of BLOCK_N, an entry
     // of 0 and one negative (the whole sequence in split 0), a sequence using every split.
     let lens = [0, 1, 17, 300, 45, 90];

@@ -28,6 +28,22 @@ pub struct DecodeParams {
     pub p_bf16: bool,
 }
 
+impl DecodeParams {
+    /// bf16 `q` and `p` (the kernel library's decode), RoPE 64: `lat`, `BLOCK_H`, `BLOCK_N`,
+    /// `STAGES`.
+    pub fn bf16(lat: usize, block_h: usize, block_n: usize, stages: usize) -> DecodeParams {
+        DecodeParams {
+            lat,
+            rope: 64,
+            block_h,
+            block_n,
+            stages,
+            q_bf16: true,
+            p_bf16: true,
+        }
+    }
+}
+
 /// Split-KV latent decode (MQA, one kv head), as in `tpla-kernels`: `q [batch, heads, LAT+ROPE]`,
 /// `cache` paged bf16 rows of `LAT+ROPE`, outputs `out [splits, batch, heads, LAT]` (normalised
 /// per split) and `lse [splits, batch, heads]` (natural log), `scale` the softmax scale.
