@@ -16,6 +16,28 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
         .all(|(k, v)| have.get(k).unwrap_or(0) == v)
 }
 
+/// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
+/// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
+/// filtering them all out ([`pinned_knobs`]).
+const SWEPT_KNOBS: [&str; 12] = [
+    "BLOCK_H", "BLOCK_N", "STAGES", "WG_SPLIT", "LAT", "ROPE", "PRODUCER", "TMA", "KV_FP8",
+    "SEESAW", "SQ", "WARPS",
+];
+
+/// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
+/// pinned on every config of the sweep, so `--config BLOCK_N=32,QK_AHEAD=1` times the BLOCK_N 32
+/// configs with the knob on.
+pub(super) fn pinned_knobs(want: Option<&str>) -> Vec<(String, i64)> {
+    let Some(want) = want else {
+        return Vec::new();
+    };
+    parse_config(want)
+        .iter()
+        .filter(|(k, v)| *v != 0 && !SWEPT_KNOBS.contains(k))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
 /// Whether `SEESAW = 1` in `cfg` changes the emitted decode kernel on this device (at BLOCK_N 64
 /// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
 pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
@@ -114,6 +136,7 @@ pub(super) fn sweep_configs(
             _ => &[2, 3],
         }
     };
+    let pinned = pinned_knobs(want);
     let mut out = Vec::new();
     for &bh in &bhs {
         for &bn in bns {
@@ -174,6 +197,9 @@ pub(super) fn sweep_configs(
                                 if warps > 0 {
                                     // The emitter's warp-count override (not a tune parameter).
                                     cfg.set("WARPS", warps);
+                                }
+                                for (k, v) in &pinned {
+                                    cfg.set(k, *v);
                                 }
                                 if !config_selected(&cfg, want) {
                                     continue;
@@ -400,5 +426,22 @@ mod tests {
         assert!(some.iter().all(|c| c.get("BLOCK_H").ok() == Some(64)
             && c.get("PRODUCER").ok() == Some(1)
             && c.get("SQ").ok() == Some(2)));
+    }
+
+    #[test]
+    fn a_knob_the_sweep_does_not_vary_is_pinned_not_filtered() {
+        let t = Target::sm90();
+        let want = Some("BLOCK_N=32,PRODUCER=1,TMA=1,QK_AHEAD=1");
+        let ahead = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, false, 1, t, want);
+        assert!(!ahead.is_empty());
+        assert!(ahead.iter().all(|c| c.get("QK_AHEAD").ok() == Some(1)
+            && c.get("BLOCK_N").ok() == Some(32)
+            && c.get("TMA").ok() == Some(1)));
+        // A zero is a default, never pinned; swept knobs still filter.
+        assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
+        assert_eq!(
+            pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),
+            vec![("QK_AHEAD".to_string(), 1)]
+        );
     }
 }
