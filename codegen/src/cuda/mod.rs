@@ -135,11 +135,6 @@ use crate::ir::{DType, Kernel, PagedFormat, ParamKind};
 /// The device prelude every generated kernel starts with.
 pub const PRELUDE: &str = include_str!("prelude.cu");
 
-/// The FP8 row decode every kernel reading FP8 rows inlines (local lambdas `tpla_e8_`, one
-/// e4m3 byte to f32, and `tpla_e8x4_`, four bytes times a scale to two bf16x2), as C++
-/// statements: tests compile it alone against the reference rule ([`crate::kv_format`]).
-pub const FP8_DECODE: &str = lower::fp8::DECODE;
-
 /// How a gemm with an f32-labelled operand uses the tensor cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum F32Gemm {

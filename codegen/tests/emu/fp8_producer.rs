@@ -198,7 +198,7 @@ fn fp8_producer_source_and_plan() {
         assert!(code.contains(&format!("tpla_setmaxnreg_dec<{regs}>()")));
         assert!(code.contains("tpla_setmaxnreg_inc<240>()"));
         assert!(code.contains("tpla_bar_sync(2, 128)"));
-        assert!(code.contains("tpla_e8x4_(w_.x, sc_, a_.x, a_.y)"));
+        assert!(code.contains("tpla_e8x2_(w_.x & 0xffffu, sc_, a_.x)"));
         assert!(
             code.contains("tpla_fence_proxy_async();\n")
                 && code.contains("tpla_mbar_arrive(&tpla_mbar[j_ %")

@@ -7,7 +7,8 @@
 //! shared-memory write; a RoPE chunk (bf16 in the pool, 16-byte aligned) is a `cp.async` as
 //! before. Under `PRODUCER = 1` the producer warpgroup converts instead (`fp8_producer.rs`).
 //! The later alternative, feeding e4m3 to an fp8 `wgmma` for `q·kᵀ`, is a compiler
-//! choice this module leaves open. The conversion is exact bit arithmetic, four bytes at a time (see `DECODE`).
+//! choice this module leaves open. The conversion is the hardware `cvt.rn.f16x2.e4m3x2` on
+//! sm_89+ and exact bit arithmetic elsewhere, with the same results (see `DECODE`).
 //!
 //! Writes: a paged row store quantises each row's 128-column groups with one warp per
 //! (row, group): lanes take 4 columns each, a warp max gives `amax`, then `scale = amax / 448`
@@ -22,36 +23,26 @@ use crate::ir::*;
 use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 
 /// `tpla_e8_`: an e4m3 byte to f32 (exact; `0x7f`/`0xff` are NaN), as a local lambda; and
-/// `tpla_e8x4_`: four e4m3 bytes (low byte first) times the scale, packed as two bf16x2 (bytes
-/// 0, 1 and bytes 2, 3).
-///
-/// The word form is bit arithmetic, the same on every target and in the host emulator: each
-/// byte's seven magnitude bits go to f32 bits 20-26 and its sign to bit 31, which is the e4m3
-/// value times 2^-120 exactly (normal and subnormal codes alike; NVRTC compiles without
-/// flush-to-zero); times 2^120 (exact) then times the scale gives the one rounding of the
-/// reference rule, and `cvt.rn.bf16x2.f32` (the pack) the one rounding to bf16. A word holding a
-/// NaN code (`0x7f`/`0xff`, found for all four bytes at once) takes the per-byte rule, so NaN
-/// stays NaN. Per four values that is about 11 integer operations, 8 multiplies and 2
-/// conversions, where the hardware `cvt.rn.f16x2.e4m3x2` path it replaces (2026-12-04) spent 8
-/// conversions: the conversion pipe runs at a quarter of the integer one's rate, and it bounded
-/// the FP8 producer warpgroup (every FP8 case ran at ~880 GB/s on the H200 whatever the heads).
+/// `tpla_e8x2_`: two e4m3 bytes (low byte first) times the scale, packed as bf16x2. On sm_89+ the
+/// pair goes through the hardware `cvt.rn.f16x2.e4m3x2` then f16 -> f32: every finite e4m3 value
+/// is exact in f16 and f32, so the product and its single rounding to bf16 are the software
+/// rule's bit for bit; a NaN byte stays NaN, and `cvt.rn.bf16x2.f32` (the pack on the GPU) writes
+/// every NaN as the same canonical bf16 NaN on both paths. Elsewhere (sm_80, the host emulator)
+/// the software decode.
 pub(crate) const DECODE: &str = "auto tpla_e8_ = [](unsigned b) -> float {
         const unsigned m = b & 0x7fu;
         const float f = __uint_as_float(__float_as_uint(__uint_as_float(m << 20) * 0x1p120f) | ((b & 0x80u) << 24));
         return m == 0x7fu ? __uint_as_float(0x7fffffffu) : f;
     };
-    auto tpla_e8x4_ = [&](unsigned w, float s, unsigned& lo, unsigned& hi) {
-        if ((((w & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u) != 0u) {
-            lo = tpla_pack_bf16x2(tpla_e8_(w & 255u) * s, tpla_e8_((w >> 8) & 255u) * s);
-            hi = tpla_pack_bf16x2(tpla_e8_((w >> 16) & 255u) * s, tpla_e8_(w >> 24) * s);
-            return;
-        }
-        const float x0_ = __uint_as_float(((w << 20) & 0x07f00000u) | ((w << 24) & 0x80000000u));
-        const float x1_ = __uint_as_float(((w << 12) & 0x07f00000u) | ((w << 16) & 0x80000000u));
-        const float x2_ = __uint_as_float(((w << 4) & 0x07f00000u) | ((w << 8) & 0x80000000u));
-        const float x3_ = __uint_as_float(((w >> 4) & 0x07f00000u) | (w & 0x80000000u));
-        lo = tpla_pack_bf16x2((x0_ * 0x1p120f) * s, (x1_ * 0x1p120f) * s);
-        hi = tpla_pack_bf16x2((x2_ * 0x1p120f) * s, (x3_ * 0x1p120f) * s);
+    auto tpla_e8x2_ = [&](unsigned p, float s, unsigned& o) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+        float a, b;
+        asm(\"{ .reg .b32 h2_; .reg .b16 l_, u_; cvt.rn.f16x2.e4m3x2 h2_, %2; mov.b32 {l_, u_}, h2_; cvt.f32.f16 %0, l_; cvt.f32.f16 %1, u_; }\"
+            : \"=f\"(a), \"=f\"(b) : \"h\"((unsigned short)p));
+        o = tpla_pack_bf16x2(a * s, b * s);
+#else
+        o = tpla_pack_bf16x2(tpla_e8_(p & 255u) * s, tpla_e8_((p >> 8) & 255u) * s);
+#endif
     };";
 
 /// `tpla_q8_`: f32 to an e4m3 byte, round to nearest even, saturating to ±448, NaN to NaN, as a
@@ -134,8 +125,10 @@ impl Fp8Copy<'_> {
                 const unsigned long long r64_ = *(const unsigned long long*)(src_ + ch_ * 8);
                 const unsigned rx_ = (unsigned)r64_, ry_ = (unsigned)(r64_ >> 32);
                 const float sc_ = *(const float*)(src_ + {lat} + ((ch_ * 8) / {FP8_GROUP}) * 4);
-                tpla_e8x4_(rx_, sc_, o_.x, o_.y);
-                tpla_e8x4_(ry_, sc_, o_.z, o_.w);
+                tpla_e8x2_(rx_ & 0xffffu, sc_, o_.x);
+                tpla_e8x2_(rx_ >> 16, sc_, o_.y);
+                tpla_e8x2_(ry_ & 0xffffu, sc_, o_.z);
+                tpla_e8x2_(ry_ >> 16, sc_, o_.w);
             }}
             *(uint4*)&dst_[{dst}] = o_;
         }} else {{
@@ -213,8 +206,10 @@ impl Fp8Copy<'_> {
                     const float s_ = sc_[u_];
                     uint4 o_ = make_uint4(0u, 0u, 0u, 0u);
                     if (ok_) {{
-                        tpla_e8x4_(rx_, s_, o_.x, o_.y);
-                        tpla_e8x4_(ry_, s_, o_.z, o_.w);
+                        tpla_e8x2_(rx_ & 0xffffu, s_, o_.x);
+                        tpla_e8x2_(rx_ >> 16, s_, o_.y);
+                        tpla_e8x2_(ry_ & 0xffffu, s_, o_.z);
+                        tpla_e8x2_(ry_ >> 16, s_, o_.w);
                     }}
                     *(uint4*)&dst_[{dst}] = o_;
                 }} else {{

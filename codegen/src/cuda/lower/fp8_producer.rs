@@ -7,7 +7,8 @@
 //! picks them, [`staging_choices`]), so `slots - 1` pieces are in flight while it converts one.
 //! After a piece has landed (`cp.async.wait_group` then a named barrier over the producer threads,
 //! which also ends every read of the slot refilled next), the producer dequantises it
-//! (`bf16(e4m3 · scale)`, four bytes at a time in bit arithmetic, see `fp8.rs`) into the bf16 ring slot of its block, in the same
+//! (`bf16(e4m3 · scale)`, the hardware `cvt.rn.f16x2.e4m3x2` on sm_89+, the software rule
+//! elsewhere: the same bits, see `fp8.rs`) into the bf16 ring slot of its block, in the same
 //! swizzled, column-blocked layout the consumers' `wgmma`s read, and copies the RoPE columns.
 //! Before the first piece of a block it waits for the slot's *empty* mbarrier; after the last it
 //! fences (`fence.proxy.async`: the generic-proxy stores against the tensor cores' async-proxy
@@ -228,10 +229,14 @@ pub(crate) fn fp8_producer_loop(
             const uint4 w_ = *(const uint4*)(s_ + u_ * 16);
             const float sc_ = *(const float*)(s_ + {lat} + ((u_ * 16) / {FP8_GROUP}) * 4);
             uint4 a_, b_;
-            tpla_e8x4_(w_.x, sc_, a_.x, a_.y);
-            tpla_e8x4_(w_.y, sc_, a_.z, a_.w);
-            tpla_e8x4_(w_.z, sc_, b_.x, b_.y);
-            tpla_e8x4_(w_.w, sc_, b_.z, b_.w);
+            tpla_e8x2_(w_.x & 0xffffu, sc_, a_.x);
+            tpla_e8x2_(w_.x >> 16, sc_, a_.y);
+            tpla_e8x2_(w_.y & 0xffffu, sc_, a_.z);
+            tpla_e8x2_(w_.y >> 16, sc_, a_.w);
+            tpla_e8x2_(w_.z & 0xffffu, sc_, b_.x);
+            tpla_e8x2_(w_.z >> 16, sc_, b_.y);
+            tpla_e8x2_(w_.w & 0xffffu, sc_, b_.z);
+            tpla_e8x2_(w_.w >> 16, sc_, b_.w);
             const int r_ = rb0_ + rl_;
             *(uint4*)&dst_[{a0}] = a_;
             *(uint4*)&dst_[{a1}] = b_;
