@@ -6,7 +6,8 @@
 # instruction counts of every kernel compiled (scripts/sass-summary.py) and their full SASS.
 # Needs gpu-bin/ from scripts/gpu-build.sh (or gpu-bin.tar.xz); everything goes to $OUT as
 # profile.tgz plus a short table (profile-summary.txt).
-#   OUT=dir [TPLA_PROFILE_CASES='name|variant|heads|BxL|config ...'] scripts/gpu-profile.sh
+#   OUT=dir [TPLA_PROFILE_CASES='name|variant|heads|BxL|config ...'] [TPLA_PROFILE_NCU_ARGS='--section SourceCounters'] scripts/gpu-profile.sh
+# (a case of variant mla-fp8 profiles the FP8 cache of that shape)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/tpla-profile}
@@ -28,7 +29,7 @@ for c in $CASES; do
   timeout 150 "$NCU" --clock-control none -k regex:tpla_latent_decode --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section SchedulerStats --section LaunchStats --section Occupancy \
-    --metrics "$M" \
+    --metrics "$M" ${TPLA_PROFILE_NCU_ARGS:-} \
     gpu-bin/tpla bench --backend cuda --out-dir "$OUT/profile/$name-json" --variant "$variant" \
     --gpu-heads "$heads" --gpu-shape "$shape" --config "$cfg" >"$OUT/profile/$name.txt" 2>&1
   echo "rc=$? $name $variant H$heads $shape $cfg" >>"$summary"

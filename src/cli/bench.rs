@@ -67,7 +67,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub record_tune: bool,
     /// GPU: only this equal-length shape, `BATCHxCONTEXT` (e.g. `64x32768`, page 64), and none of
-    /// the page-size, variable-length, FP8 or multi-token cases (profiling one case).
+    /// the page-size, variable-length or multi-token cases (profiling one case); the FP8 case of
+    /// that shape only with `--variant mla-fp8`.
     #[arg(long, value_parser = parse_shape)]
     pub gpu_shape: Option<(usize, usize)>,
     /// GPU: compile every sm_90a kernel the matrix would sweep into the kernel cache

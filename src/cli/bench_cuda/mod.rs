@@ -51,7 +51,8 @@ pub struct GpuBenchOpts {
     pub config: Option<String>,
     /// Store the fastest config of each equal-length single-token bf16 case in the tune database.
     pub record_tune: bool,
-    /// Only this equal-length `(batch, context)` case, page 64, none of the extra cases.
+    /// Only this equal-length `(batch, context)` case, page 64, none of the extra cases (the FP8
+    /// one of that shape with `variant` `mla-fp8`).
     pub shape: Option<(usize, usize)>,
 }
 
@@ -310,6 +311,20 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
                 sq: 1,
             });
         }
+    }
+    // `--gpu-shape` with `--variant mla-fp8`: the FP8 case of that one shape (profiling it).
+    if let (Some((batch, context)), Some("mla-fp8")) = (opts.shape, opts.variant.as_deref()) {
+        specs.push(CaseSpec {
+            variant: "mla-fp8",
+            lat: 512,
+            batch,
+            context,
+            page_size: 64,
+            variable: false,
+            heads: opts.heads.clone(),
+            sweep: Sweep::Narrow,
+            sq: 1,
+        });
     }
     if !opts.quick && opts.shape.is_none() {
         let small: Vec<usize> = opts.heads.iter().copied().filter(|&h| h <= 64).collect();
