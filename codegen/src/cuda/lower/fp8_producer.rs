@@ -116,6 +116,7 @@ pub(crate) fn fp8_producer_loop(
     regs: usize,
     addr: &dyn Fn(&str, &str) -> String,
 ) -> String {
+    // Unrolled further, the 24-register producer spills (NVRTC 13.0, sm_90a).
     let unroll = if regs >= 56 { 2 } else { 1 };
     let Fp8Copy {
         lat,
@@ -159,11 +160,27 @@ pub(crate) fn fp8_producer_loop(
     } else {
         format!("if ({}) ", guard.join(" && "))
     };
+    // A piece whose rows are all valid and lie in one page is one contiguous run of `piece`
+    // bytes in the pool, laid out as the staging slot is: its 16-byte chunks go flat over the
+    // producer's threads (about 11 `cp.async` a thread for 32 rows of 656 bytes, no page lookup
+    // or row split per chunk). Otherwise each row is looked up (rows past the split or in an
+    // invalid page zero-filled).
     let issue = format!(
         "{{
     const int jb_ = gi_ / {ppb};
     const int t0_ = tpla_iadd({lo}, tpla_iadd(tpla_imul(jb_, {block}), (gi_ - jb_ * {ppb}) * {pr}));
     unsigned char* const sd_ = stg_ + (gi_ % {sg}) * {piece};
+    int pf_ = -1;
+    if ({ps} > 0 && t0_ + {pr} <= {hi} && t0_ % {ps} + {pr} <= {ps}) {{
+        const int pi_ = t0_ / {ps};
+        const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+        if (pg_ >= 0 && pg_ < {np}) pf_ = pg_ * {ps} + t0_ % {ps};
+    }}
+    if (pf_ >= 0) {{
+        const unsigned char* const sp_ = d8_ + (tpla_i64)pf_ * {rb};
+#pragma unroll 1
+        for (int c_ = pt_; c_ < {chunks}; c_ += {nt}) tpla_cp_async16(sd_ + c_ * 16, sp_ + c_ * 16, true);
+    }} else {{
     int row_ = -1;
     {{
         const int r_ = pw_ + lane * 4;
@@ -184,18 +201,15 @@ pub(crate) fn fp8_producer_loop(
         const bool ok_ = rw_ >= 0;
         {guard}tpla_cp_async16(sd_ + r_ * {rb} + ch_ * 16, d8_ + (ok_ ? (tpla_i64)rw_ * {rb} : (tpla_i64)0) + ch_ * 16, ok_);
     }}
+    }}
 }}",
         iters = total.div_ceil(32),
+        chunks = piece / 16,
     );
     // The conversion of piece `g_` (rows `pc_ * pr ..` of block `j_`): latent units of 16 bytes
     // (8 rows x 4 units a warp), then the RoPE columns' 16-byte chunks.
     let units = lat / 16;
     let lat_items = pr.div_ceil(8) * 8 * units;
-    let row_guard = if pr.is_multiple_of(8) {
-        "true".to_string()
-    } else {
-        format!("rl_ < {pr}")
-    };
     let rc = (row - lat) / 8;
     let rope = if rc == 0 {
         String::new()
@@ -213,17 +227,44 @@ pub(crate) fn fp8_producer_loop(
             a = addr("r_", &format!("({lat} + c_ * 8)")),
         )
     };
+    // Thread `pt_` takes items `pt_ + nt i` of the piece (`oct` items a group of 8 rows: row
+    // `pt_ & 7` of the group, 16-byte unit `in >> 3`): where `nt` divides `oct`, group `i / per`
+    // and unit `(pt_ >> 3) + (nt / 8) (i % per)`; where `oct` divides `nt`, group
+    // `pt_ / oct + (nt / oct) i` and unit `(pt_ % oct) >> 3`. No division left in the loop.
+    let oct = 8 * units;
+    let (first, group, unit) = if oct.is_multiple_of(nt) {
+        let per = oct / nt;
+        (
+            "const int u0_ = pt_ >> 3;".to_string(),
+            format!("(i_ / {per})"),
+            format!("(u0_ + (i_ - (i_ / {per}) * {per}) * {})", nt / 8),
+        )
+    } else {
+        debug_assert!(nt.is_multiple_of(oct));
+        (
+            format!("const int g0_ = pt_ / {oct}, u0_ = (pt_ % {oct}) >> 3;"),
+            format!("(g0_ + i_ * {})", nt / oct),
+            "u0_".to_string(),
+        )
+    };
+    let iters = lat_items.div_ceil(nt);
+    let row_guard = match (lat_items.is_multiple_of(nt), pr.is_multiple_of(8)) {
+        (true, true) => "true".to_string(),
+        (true, false) => format!("rl_ < {pr}"),
+        (false, _) => format!("oc_ < {} && rl_ < {pr}", pr.div_ceil(8)),
+    };
     let convert = format!(
         "{{
     const unsigned char* const ss_ = stg_ + (g_ % {sg}) * {piece};
     tpla_bf16* const dst_ = {base} + (j_ % {st}) * {slot};
     const int rb0_ = pc_ * {pr};
+    const int r7_ = pt_ & 7;
+    {first}
 #pragma unroll {unroll}
-    for (int f_ = pt_; f_ < {lat_items}; f_ += {nt}) {{
-        const int oc_ = f_ / {oct};
-        const int in_ = f_ - oc_ * {oct};
-        const int rl_ = oc_ * 8 + (in_ & 7);
-        const int u_ = in_ >> 3;
+    for (int i_ = 0; i_ < {iters}; ++i_) {{
+        const int oc_ = {group};
+        const int rl_ = oc_ * 8 + r7_;
+        const int u_ = {unit};
         if ({row_guard}) {{
             const unsigned char* const s_ = ss_ + rl_ * {rb};
             const uint4 w_ = *(const uint4*)(s_ + u_ * 16);
@@ -243,7 +284,6 @@ pub(crate) fn fp8_producer_loop(
         }}
     }}{rope}
 }}",
-        oct = 8 * units,
         a0 = addr("r_", "(u_ * 16)"),
         a1 = addr("r_", "(u_ * 16 + 8)"),
     );
