@@ -244,3 +244,66 @@ fn emulated_chained_seesaw_breakages_are_caught() {
     println!("caught: {wg0}\ncaught: {wg1}\ncaught: {early}");
     println!("unbroken max |out - ref| = {worst:.2e}");
 }
+
+/// The chained plan needs the online softmax in the kernel's order: the denominator updated
+/// before the `P·V` gemm (warpgroup 0 rescales it there). Moved after the gemm (the same
+/// result), `SEESAW = 2` steps aside and the kernel is the base config's.
+#[test]
+fn chained_seesaw_refuses_a_denominator_updated_after_the_gemm() {
+    let knobs = CHAINED_TMA;
+    let build = |reorder: bool| {
+        let mut k = latent_decode(dp(32, 2, 512)).unwrap();
+        k.config
+            .extend(knobs.iter().map(|(n, v)| (n.to_string(), *v)));
+        if reorder {
+            let body = k
+                .body
+                .iter_mut()
+                .find_map(|s| match s {
+                    Stmt::PagedBlocks { body, .. } => Some(body),
+                    _ => None,
+                })
+                .unwrap();
+            let sum = body
+                .iter()
+                .find_map(|s| match s {
+                    Stmt::Assign {
+                        dst,
+                        op:
+                            TileOp::Reduce {
+                                op: ReduceOp::Sum, ..
+                            },
+                    } => Some(*dst),
+                    _ => None,
+                })
+                .unwrap();
+            let l_at = body
+                .iter()
+                .position(|s| {
+                    matches!(s, Stmt::Assign { op: TileOp::Binary(BinaryOp::Add, x, y), .. }
+                        if *x == Operand::Tile(sum) || *y == Operand::Tile(sum))
+                })
+                .unwrap();
+            let gemm_at = body
+                .iter()
+                .rposition(|s| {
+                    matches!(
+                        s,
+                        Stmt::Assign {
+                            op: TileOp::Gemm { .. },
+                            ..
+                        }
+                    )
+                })
+                .unwrap();
+            assert!(l_at < gemm_at);
+            let l = body.remove(l_at);
+            body.insert(gemm_at, l);
+        }
+        emit(&k, Target::sm90()).unwrap()
+    };
+    assert!(build(false).seesaw_chained);
+    let moved = build(true);
+    assert!(!moved.seesaw && !moved.seesaw_chained);
+    assert!(!moved.code.contains("tpla_bar_arrive("));
+}

@@ -54,6 +54,8 @@ use crate::cuda::lower::partial_sum::partial_sums;
 use crate::cuda::lower::Lower;
 use crate::cuda::node::Node;
 use crate::cuda::repr::Repr;
+use crate::cuda::util::backend_err;
+use crate::error::IrError;
 use crate::ir::*;
 
 use super::{pack_bf16, Seesaw, WG};
@@ -119,7 +121,19 @@ pub(crate) fn chained_plan(lw: &Lower, plan: &Seesaw, geo: &Geo) -> Option<Chain
     };
     let rows = |t: TileId| lw.lay[t] == Lay::Rows { m };
     let (m_old, m_new) = plan.maxes;
-    let ok = geo.producer
+    // The gemm rescales `l` (assigned before it) and reads the carried `m` (assigned after it).
+    let Stmt::PagedBlocks { body, .. } = lp else {
+        unreachable!()
+    };
+    let at = |f: &dyn Fn(TileId, &TileOp) -> bool| {
+        body.iter()
+            .position(|s| matches!(s, Stmt::Assign { dst, op } if f(*dst, op)))
+    };
+    let gemm_at = at(&|_, op| matches!(op, TileOp::Gemm { a, b } if (*a, *b) == plan.xgemm))?;
+    let l_at = at(&|d, _| d == l)?;
+    let ordered = l_at < gemm_at && at(&|d, _| d == m_old).is_none_or(|i| i > gemm_at);
+    let ok = ordered
+        && geo.producer
         && t == sum
         && plan.xreduce.len() == 2
         && matches!(lw.lay[p], Lay::Frag { .. })
@@ -250,7 +264,8 @@ if ({WG} == 0) {{
     /// The chained `P·V` after the accumulator's `init` (already in `acc`): the own block's
     /// product issued (P `pa_` from registers, V at descriptor `db_`), then warpgroup 0 waits for
     /// `m1` and P1, rescales `O_L`, `l0` and takes `m := m1`, warpgroup 1 rescales the P0 it
-    /// read; then the other block's product (V at `do_`). Returns the code.
+    /// read; then the other block's product (V at `do_`). Returns the code; an error where the
+    /// two maxima would share registers (warpgroup 1 reads the carried one after the pair's).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn chained_gemm_text(
         &mut self,
@@ -261,7 +276,7 @@ if ({WG} == 0) {{
         own: &str,
         other: &str,
         wgmma: &str,
-    ) -> String {
+    ) -> Result<String, IrError> {
         let (_, xm1, xp) = self.chained_bufs(m, ks);
         let plan = self.seesaw.as_ref().unwrap();
         let (m_old, m_new) = plan.maxes;
@@ -271,10 +286,16 @@ if ({WG} == 0) {{
             _ => unreachable!("checked by chained_plan"),
         };
         let (m_old, m_new, l) = (arr(m_old), arr(m_new), arr(l));
+        if m_old == m_new {
+            return Err(backend_err(
+                self.k,
+                "SEESAW = 2: the carried max and the pair's max share registers",
+            ));
+        }
         let regs = self.geo.frag_regs(m, n);
         let (rows, end, _) = self.open(&Iter::Rows { m, rank: 1 });
         let (frag, fend, ctx) = self.open(&Iter::Frag { m, n });
-        format!(
+        Ok(format!(
             "#pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 tpla_wgmma_fence();
@@ -326,7 +347,7 @@ for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
             kd = ks * 16,
             np = ks * 4,
             slot = ctx.frag_slot,
-        )
+        ))
     }
 
     /// After the loop: `l = l0 + l1`, each warpgroup's denominator through shared memory (both

@@ -1,4 +1,5 @@
-//! The two-consumer "seesaw" schedule (schedule knob `SEESAW = 1`, Hopper warpgroup path).
+//! The two-consumer "seesaw" schedule (schedule knob `SEESAW = 1`, and `2`: [`chained`];
+//! Hopper warpgroup path).
 //!
 //! FlashMLA's sm90 decode splits the work of one 64-row block between two consumer warpgroups
 //! without duplicating `q·kᵀ`: the paged loop's blocks alternate between them (warpgroup 0 takes
@@ -44,6 +45,13 @@
 //! even count (the odd block past the split zero-filled by its `cp.async` path), and both consumer
 //! warpgroups wait on the full barriers of both slots of their pair (P·V reads both) and arrive on
 //! both empty barriers (256 arrivals) once the pair's iteration is done.
+//!
+//! `SEESAW = 2` ([`chained`]) is the same pair loop under the producer, staggered: warpgroup 1's
+//! running max starts from warpgroup 0's (published with a named-barrier arrive, no wait), the
+//! row sums stay per warpgroup until after the loop, and each warpgroup rescales what it received
+//! by `exp2(m0 - m1)`, so one warpgroup's softmax overlaps the other's gemms. The hooks here
+//! ([`Lower::seesaw_combine`], [`Lower::lower_seesaw_gemm`], [`Lower::seesaw_ws_loop`]) hand over
+//! to it where its plan was made.
 
 pub(crate) mod chained;
 mod pattern;
@@ -489,7 +497,7 @@ const unsigned long long do_ = tpla_wgmma_desc(tpla_smem_addr({other}) + {at0}, 
                 lbo = bop.lbo,
             ));
             let wgmma = format!("tpla_wgmma_m64n{nwg}k16_r{}", tb as u8);
-            text.push_str(&self.chained_gemm_text(m, n, ks, &acc, &step_b, &step_o, &wgmma));
+            text.push_str(&self.chained_gemm_text(m, n, ks, &acc, &step_b, &step_o, &wgmma)?);
             out.push(Node::Code {
                 text,
                 reads: reads.into_iter().filter(|&r| r != xp).collect(),
