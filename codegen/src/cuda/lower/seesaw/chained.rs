@@ -264,7 +264,8 @@ if ({WG} == 0) {{
     /// The chained `P·V` after the accumulator's `init` (already in `acc`): the own block's
     /// product issued (P `pa_` from registers, V at descriptor `db_`), then warpgroup 0 waits for
     /// `m1` and P1, rescales `O_L`, `l0` and takes `m := m1`, warpgroup 1 rescales the P0 it
-    /// read; then the other block's product (V at `do_`). Returns the code; an error where the
+    /// read; then the other block's product (V at `do_`; warpgroup 1, whose accumulator is not
+    /// rescaled, issues it behind its first without waiting for it). Returns the code; an error where the
     /// two maxima would share registers (warpgroup 1 reads the carried one after the pair's).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn chained_gemm_text(
@@ -324,15 +325,15 @@ if ({WG} == 0) {{
 #pragma unroll
     for (int j_ = 0; j_ < {np}; ++j_) {PO}[j_] = tpla_scale_bf16x2({PO}[j_], f_[j_ & 1]);
 }}
-tpla_wgmma_wait0();
-#pragma unroll
-for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 if ({WG} == 0) {{
+    tpla_wgmma_wait0();
+#pragma unroll
+    for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 {frag}        {acc}[{slot}] *= f_[e >> 1];
 {fend}
-}}
 #pragma unroll
-for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
+    for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
+}}
 tpla_wgmma_fence();
 #pragma unroll
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
