@@ -265,8 +265,9 @@ if ({WG} == 0) {{
     /// product issued (P `pa_` from registers, V at descriptor `db_`), then warpgroup 0 waits for
     /// `m1` and P1, rescales `O_L`, `l0` and takes `m := m1`, warpgroup 1 rescales the P0 it
     /// read; then the other block's product (V at `do_`; warpgroup 1, whose accumulator is not
-    /// rescaled, issues it behind its first without waiting for it). Returns the code; an error where the
-    /// two maxima would share registers (warpgroup 1 reads the carried one after the pair's).
+    /// rescaled, issues it behind its first without waiting for it). Returns the code; an error
+    /// where the two maxima would share registers (warpgroup 1 reads the carried one after the
+    /// pair's).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn chained_gemm_text(
         &mut self,
