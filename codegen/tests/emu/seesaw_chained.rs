@@ -151,6 +151,10 @@ fn emulated_chained_seesaw_decode() {
     case(dp(32, 3, 256), 16, 64, &[97, 33], 3, 75, None);
     // 16-token blocks at three stages: pairs refill the six-slot ring many times.
     case(dp(16, 3, 256), 16, 64, &[301, 40], 2, 76, Some(0.5));
+    // One stage (the two slots refilled every pair); latent 128 (64 accumulator columns per
+    // warpgroup).
+    case(dp(32, 1, 256), 64, 64, &[97, 33], 3, 80, Some(0.5));
+    case(dp(16, 2, 128), 16, 64, &[130, 7], 2, 81, Some(0.5));
 }
 
 /// The `cp.async` producer (`PRODUCER = 1`, `TMA = 0`) feeding the chained consumers, vs the CPU
