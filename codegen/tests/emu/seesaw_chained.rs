@@ -51,6 +51,15 @@ fn chained_seesaw_applies_with_the_producer() {
                     "{tag}: handoff on barrier {arrive}"
                 );
             }
+            // Each warpgroup waits for its own slot at the top, the other's before its second
+            // P·V.
+            let slots = 2 * st;
+            for wait in [
+                format!("tpla_mbar_wait(&tpla_mbar[(2 * it_ + (warp >> 2)) % {slots}]"),
+                format!("tpla_mbar_wait(&tpla_mbar[(2 * it_ + 1 - (warp >> 2)) % {slots}]"),
+            ] {
+                assert!(code.contains(&wait), "{tag}: {wait}");
+            }
             let body = &code[code.find("for (int it_ = 0; 2 * it_ <").unwrap()..];
             let lp = &body[..body.find("tpla_mbar_arrive(&tpla_mbar[").unwrap()];
             assert!(

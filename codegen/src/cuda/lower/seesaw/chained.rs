@@ -18,6 +18,10 @@
 //!   arrive); `O_R = O_R·exp2(m - m1) + P1·V1_R` issued; P0 times `exp2(m0 - m1)` per row
 //!   (unpacked, multiplied, packed again: a second bf16 rounding); `O_R += P0·V0_R`.
 //!
+//! Each warpgroup waits for its own block's ring slot at the top of the pair and for the other
+//! block's only before its second `P·V`, so warpgroup 0 starts on the even block while the odd
+//! one is still landing.
+//!
 //! After the loop both denominators are relative to the same final `m`: `l = l0 + l1` through
 //! shared memory once ([`Lower::chained_combine_sums`]).
 //!
@@ -264,7 +268,8 @@ if ({WG} == 0) {{
     /// The chained `P·V` after the accumulator's `init` (already in `acc`): the own block's
     /// product issued (P `pa_` from registers, V at descriptor `db_`), then warpgroup 0 waits for
     /// `m1` and P1, rescales `O_L`, `l0` and takes `m := m1`, warpgroup 1 rescales the P0 it
-    /// read; then the other block's product (V at `do_`; warpgroup 1, whose accumulator is not
+    /// read; then, once the other block's ring slot is full (the loop waited for the
+    /// warpgroup's own only), its product (V at `do_`; warpgroup 1, whose accumulator is not
     /// rescaled, issues it behind its first without waiting for it). Returns the code; an error
     /// where the two maxima would share registers (warpgroup 1 reads the carried one after the
     /// pair's).
@@ -295,6 +300,17 @@ if ({WG} == 0) {{
             ));
         }
         let regs = self.geo.frag_regs(m, n);
+        // The other block's ring slot: pair `it_` is in round `it_ / st` of its stages.
+        let st = *self
+            .paging
+            .used
+            .last()
+            .ok_or_else(|| backend_err(self.k, "SEESAW = 2: the P·V gemm outside its loop"))?;
+        let mbar = crate::cuda::warpspec::MBAR;
+        let other_full = format!(
+            "tpla_mbar_wait(&{mbar}[(2 * it_ + 1 - {WG}) % {slots}], (it_ / {st}) & 1);\ntpla_fence_proxy_async();",
+            slots = 2 * st
+        );
         let (rows, end, _) = self.open(&Iter::Rows { m, rank: 1 });
         let (frag, fend, ctx) = self.open(&Iter::Frag { m, n });
         Ok(format!(
@@ -335,6 +351,7 @@ if ({WG} == 0) {{
 #pragma unroll
     for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
+{other_full}
 tpla_wgmma_fence();
 #pragma unroll
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{

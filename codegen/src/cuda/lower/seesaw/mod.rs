@@ -279,13 +279,23 @@ impl<'a> Lower<'a> {
             writes: vec![],
         });
         out.push(Node::Barrier);
-        // Both blocks of pair `it_` are in round `it_ / st` of their stages.
-        let head = format!(
-            "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
+        // Both blocks of pair `it_` are in round `it_ / st` of their stages. Under `SEESAW = 2`
+        // a warpgroup waits for its own block here, for the other's before its second P·V
+        // (`chained.rs`).
+        let head = if self.seesaw.as_ref().is_some_and(|s| s.chained.is_some()) {
+            format!(
+                "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
+    tpla_mbar_wait(&{mbar}[(2 * it_ + {WG}) % {slots}], (it_ / {st}) & 1);
+    tpla_fence_proxy_async();"
+            )
+        } else {
+            format!(
+                "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
     tpla_mbar_wait(&{mbar}[(2 * it_) % {slots}], (it_ / {st}) & 1);
     tpla_mbar_wait(&{mbar}[(2 * it_ + 1) % {slots}], (it_ / {st}) & 1);
     tpla_fence_proxy_async();"
-        );
+            )
+        };
         let mut body = vec![Node::Code {
             text: format!(
                 "s{start} = tpla_iadd({lo}, tpla_imul(2 * it_ + {WG}, {block}));
