@@ -12,7 +12,7 @@
 //! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
-//! | `SEESAW` | 0, 1, 2 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring. 2: the same split with FlashMLA's staggered schedule: chained maxima (warpgroup 1 starts from warpgroup 0's), named-barrier arrive / sync pairs instead of symmetric exchanges, per-warpgroup denominators combined after the loop (`cuda/lower/seesaw/chained.rs`; only under `PRODUCER = 1`) (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
+//! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
@@ -37,9 +37,8 @@ pub struct Schedule {
     /// Whether the producer copies with TMA where a block allows (`TMA`, default false; only
     /// with `producer`).
     pub tma: bool,
-    /// Whether and how the two consumer warpgroups take alternate paged blocks (`SEESAW`,
-    /// default off).
-    pub seesaw: SeesawMode,
+    /// Whether the two consumer warpgroups take alternate paged blocks (`SEESAW`, default false).
+    pub seesaw: bool,
     /// Whether the producer-fed paged loop issues the next block's first gemm behind this
     /// block's last one (`QK_AHEAD`, default false; `cuda/lower/first_gemm.rs`).
     pub qk_ahead: bool,
@@ -53,30 +52,9 @@ impl Default for Schedule {
             wg_split: 128,
             producer: false,
             tma: false,
-            seesaw: SeesawMode::Off,
+            seesaw: false,
             qk_ahead: false,
         }
-    }
-}
-
-/// The `SEESAW` knob: whether the two consumer warpgroups split the paged loop's blocks, and
-/// how they meet (see `cuda/lower/seesaw/`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum SeesawMode {
-    /// `SEESAW = 0`: no two-consumer split.
-    #[default]
-    Off,
-    /// `SEESAW = 1`: lock step, the row maxima and sums exchanged symmetrically every pair.
-    Symmetric,
-    /// `SEESAW = 2`: staggered, warpgroup 1's maximum chained from warpgroup 0's, each
-    /// warpgroup's softmax overlapping the other's gemms.
-    Chained,
-}
-
-impl SeesawMode {
-    /// Whether the two-consumer split is asked for (either form).
-    pub fn is_on(self) -> bool {
-        self != SeesawMode::Off
     }
 }
 
@@ -179,16 +157,9 @@ impl Schedule {
                 }
                 "SEESAW" => {
                     s.seesaw = match v {
-                        0 => SeesawMode::Off,
-                        1 => SeesawMode::Symmetric,
-                        2 => SeesawMode::Chained,
-                        _ => {
-                            return Err(bad(
-                                name,
-                                v,
-                                "must be 0 (off), 1 (symmetric exchange) or 2 (chained maxima)",
-                            ))
-                        }
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
                 "QK_AHEAD" => {
@@ -278,16 +249,17 @@ mod tests {
         let s = Schedule::from_config(&cfg(&[("PRODUCER", 1), ("TMA", 1)])).unwrap();
         assert!(s.producer && s.tma);
         assert!(!Schedule::from_config(&cfg(&[("TMA", 0)])).unwrap().tma);
-        assert_eq!(s.seesaw, SeesawMode::Off);
-        for (v, mode) in [
-            (0, SeesawMode::Off),
-            (1, SeesawMode::Symmetric),
-            (2, SeesawMode::Chained),
-        ] {
-            let s = Schedule::from_config(&cfg(&[("SEESAW", v)])).unwrap();
-            assert_eq!(s.seesaw, mode);
-            assert_eq!(s.seesaw.is_on(), v != 0);
-        }
+        assert!(!s.seesaw);
+        assert!(
+            Schedule::from_config(&cfg(&[("SEESAW", 1)]))
+                .unwrap()
+                .seesaw
+        );
+        assert!(
+            !Schedule::from_config(&cfg(&[("SEESAW", 0)]))
+                .unwrap()
+                .seesaw
+        );
         let s = Schedule::from_config(&cfg(&[("NUM_WARPS", 4), ("WARPS", 4)])).unwrap();
         assert_eq!(s.warps, Some(4));
     }
@@ -308,7 +280,7 @@ mod tests {
             ("PRODUCER", -1),
             ("TMA", 2),
             ("TMA", -1),
-            ("SEESAW", 3),
+            ("SEESAW", 2),
             ("SEESAW", -1),
             ("QK_AHEAD", 2),
         ] {

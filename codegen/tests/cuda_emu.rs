@@ -35,10 +35,6 @@ mod tma;
 #[path = "emu/split_table.rs"]
 mod split_table;
 
-/// `SEESAW = 2`, the staggered two-consumer schedule, in a file of its own.
-#[path = "emu/seesaw_chained.rs"]
-mod seesaw_chained;
-
 /// The Hopper warpgroup paths (wgmma geometries, the producer warpgroup), in a file of their own.
 #[path = "emu/warpgroup.rs"]
 mod warpgroup;

@@ -124,7 +124,7 @@ fn seesaw_elsewhere_changes_nothing() {
     );
     let bad = {
         let mut k = latent_decode(dp(32, 2, 512)).unwrap();
-        k.config.push(("SEESAW".into(), 3));
+        k.config.push(("SEESAW".into(), 2));
         emit(&k, sm90).unwrap_err().to_string()
     };
     assert!(bad.contains("SEESAW"), "{bad}");

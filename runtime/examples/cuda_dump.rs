@@ -1,5 +1,5 @@
 //! Prints the generated CUDA C++ of the decode kernel for one config and, where NVRTC loads, the
-//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [SEESAW=1|2] [WG_SPLIT=n] [KV_FP8=LAT] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
+//! ptxas report. Usage: [WARPS=n] [PRODUCER=1 [TMA=1]] [SEESAW=1] [WG_SPLIT=n] [KV_FP8=LAT] cuda_dump LAT BLOCK_H BLOCK_N STAGES [out.cu]
 //!
 //! `cuda_dump --all DIR` instead writes the CUDA source of every kernel variant the backend's
 //! tests cover into `DIR`, one file per variant (see [`dump_all`]): regenerate it before and after
@@ -43,8 +43,7 @@ fn write_variant(dir: &std::path::Path, file: &str, k: Result<Kernel, String>, t
 /// Every library kernel x tune candidate x latent width {512, 256, 128, 64} on sm_90a, sm_80,
 /// sm_89 and sm_75; on sm_90a also the decode kernel with `WARPS` = 4 / 8, with `WGMMA` = 0 and
 /// with `PRODUCER` = 1, with `PRODUCER` = `TMA` = 1, with `KV_CHUNKS` = 1 (a per-sequence split table) and with
-/// `SEESAW` = 1, with `SEESAW` = `PRODUCER` = 1, with `SEESAW` = `PRODUCER` = `TMA` = 1 and with
-/// `SEESAW` = 2, `PRODUCER` = `TMA` = 1; `combine_counted`
+/// `SEESAW` = 1, with `SEESAW` = `PRODUCER` = 1 and with `SEESAW` = `PRODUCER` = `TMA` = 1; `combine_counted`
 /// and `split_schedule` (the balanced schedule); and the builder decode samples (bf16 / f32 q, bf16 / f32 p, every tile
 /// size) on sm_90a and sm_80, and on sm_90a with f32 gemm operands rounded to bf16 and with FMA
 /// gemms.
@@ -101,8 +100,6 @@ fn dump_all(dir: &std::path::Path) {
                     let base = cfg.clone().with("SEESAW", 1).with("PRODUCER", 1);
                     extras.push(("ssws", base.clone()));
                     extras.push(("sstma", base.with("TMA", 1)));
-                    let chained = cfg.clone().with("SEESAW", 2).with("PRODUCER", 1);
-                    extras.push(("ss2tma", chained.with("TMA", 1)));
                 }
                 for (tag, cfg) in extras {
                     for (tname, t) in targets {

@@ -80,9 +80,7 @@
 //!   q·kᵀ, combine the row statistics and exchange P through shared memory, and each adds both
 //!   blocks to its half of the accumulator (register-A `wgmma`s, one commit group); with
 //!   `PRODUCER = 1` (and `TMA = 1`) the producer warpgroup feeds their pair ring, one mbarrier
-//!   stage per slot. `SEESAW = 2` (producer-fed only, `lower/seesaw/chained.rs`) staggers the
-//!   two warpgroups: warpgroup 1's running max is chained from warpgroup 0's, the handoffs are
-//!   named-barrier arrive / sync pairs, so one warpgroup's softmax overlaps the other's gemms.
+//!   stage per slot.
 //!
 //! Other gemms (other shapes, f32 operands split into hi/lo parts) keep `mma.sync`.
 //!
@@ -310,13 +308,10 @@ pub struct CudaSource {
     /// The f32 gemm policy actually used: [`Target::f32_gemm`], or [`F32Gemm::RoundBf16`] when
     /// the split operands would not fit in shared memory.
     pub f32_gemm: F32Gemm,
-    /// Whether the two-consumer schedule (`SEESAW = 1` or `2`) was applied; false where the
-    /// knob is off or changed nothing (its pattern, geometry or shared memory did not allow it),
-    /// so a tuner can skip a config that emits its base config's kernel.
+    /// Whether the two-consumer schedule (`SEESAW = 1`) was applied; false where the knob is
+    /// off or changed nothing (its pattern, geometry or shared memory did not allow it), so a
+    /// tuner can skip a config that emits its base config's kernel.
     pub seesaw: bool,
-    /// Whether it was applied in the staggered form of `SEESAW = 2` (chained maxima,
-    /// `lower/seesaw/chained.rs`); false under `SEESAW = 1` and wherever `seesaw` is false.
-    pub seesaw_chained: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

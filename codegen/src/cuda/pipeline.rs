@@ -11,7 +11,7 @@ use crate::cuda::warpspec::producer_applies;
 use crate::cuda::{CudaSource, F32Gemm, Target};
 use crate::error::IrError;
 use crate::ir::*;
-use crate::schedule::{Schedule, SeesawMode};
+use crate::schedule::Schedule;
 
 /// Validates `k`, reads its [`Schedule`] once and runs [`PASSES`]; where the result needs more
 /// shared memory than `target` has, runs them again with fewer paged-loop stages, then with f32
@@ -30,9 +30,9 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     // The two-consumer schedule holds two blocks per stage; where no stage count fits, the
     // kernel is emitted without it.
     let mut schedules = vec![sched];
-    if sched.seesaw.is_on() {
+    if sched.seesaw {
         schedules.push(Schedule {
-            seesaw: SeesawMode::Off,
+            seesaw: false,
             ..sched
         });
     }
@@ -45,7 +45,7 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
                 loop {
                     let (src, choices) = match emit_with(k, t, sched, cap, staging) {
                         Err(IrError::Backend { ref message, .. })
-                            if sched.seesaw.is_on() && message.contains(SEESAW_SHARED_TILE) =>
+                            if sched.seesaw && message.contains(SEESAW_SHARED_TILE) =>
                         {
                             continue 'schedules
                         }

@@ -182,10 +182,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     if lw.paging.tma.is_some() {
         code.push_str(TMA_FNS);
     }
-    let chained = lw.seesaw.as_ref().is_some_and(|s| s.chained.is_some());
-    if chained {
-        code.push_str(crate::cuda::lower::seesaw::chained::CHAINED_FNS);
-    }
     for &(n, a, tb) in &lw.decl.wgmma_fns {
         code.push_str(&wgmma_fn(n, a, tb));
     }
@@ -266,6 +262,5 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         stages: lw.paging.used.clone(),
         f32_gemm: target.f32_gemm,
         seesaw: lw.seesaw.is_some(),
-        seesaw_chained: chained,
     }
 }

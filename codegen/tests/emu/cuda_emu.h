@@ -86,8 +86,6 @@ struct Block {
     emu_dim3 bid{0, 0, 0};
     std::function<void()> body;
     long barriers = 0;
-    // Per named barrier and thread: the phase (generation) it last reached the barrier in.
-    std::vector<long> bar_seen;  // [16][nt]
 };
 
 inline Block* B = nullptr;
@@ -127,14 +125,9 @@ inline void run_block(int nt) {
         f.ctx.uc_link = &B->sched;
         makecontext(&f.ctx, (void (*)())entry, 0);
     }
-    // Every other block runs its fibers in reverse order, so a thread that reads what another
-    // publishes without waiting for it (a missing barrier) runs ahead of the writer in one of
-    // the two orders, whichever of them comes first in the block.
-    const bool reverse = ((B->bid.x + B->bid.y + B->bid.z) & 1u) != 0;
     for (;;) {
         bool any = false, all_done = true;
-        for (int k = 0; k < nt; ++k) {
-            const int i = reverse ? nt - 1 - k : k;
+        for (int i = 0; i < nt; ++i) {
             Fiber& f = B->th[i];
             if (f.done) continue;
             all_done = false;
@@ -156,8 +149,6 @@ inline void run_block(int nt) {
 // Registers a thread of an `nt`-thread block holds at launch: what ptxas gives a kernel declared
 // `__launch_bounds__(nt, 1)` that uses `setmaxnreg` (the codegen's `warpspec::launch_regs`).
 inline int launch_regs(int nt) { return std::min(65536 / nt, 240) / 8 * 8; }
-
-inline void check_named_bars();
 
 // Runs `kernel` (a closure calling the generated __global__ function) over the grid.
 inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, std::function<void()> kernel) {
@@ -183,9 +174,7 @@ inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, s
                 blk.regs.assign(nt, launch_regs(nt));
                 blk.reg_free = 0;
                 blk.reg_waiting = 0;
-                blk.bar_seen.assign((size_t)16 * nt, -1);
                 run_block(nt);
-                check_named_bars();
             }
     B = nullptr;
 }
@@ -522,61 +511,19 @@ inline void tpla_emu_setmaxnreg(int n, bool inc) {
     emu::B->reg_free -= n - have;
     have = n;
 }
-namespace emu {
-// A thread reaching named barrier `id` over `n` threads (`bar.sync` or `bar.arrive`): checks
-// the id and count, and that the thread has not reached the barrier before in the current
-// phase (on the GPU that arrival would count towards the phase the other threads wait on, so
-// the phase could complete without them: a schedule whose arrive runs a phase ahead).
-inline Bar& named_reach(int id, int n) {
-    if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > B->nt) {
+inline void tpla_emu_bar_sync(int id, int n) {
+    if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {
         fprintf(stderr, "emu: bad named barrier %d over %d threads\n", id, n);
         exit(4);
     }
-    Bar& bar = named_bars()[id];
+    emu::Bar& bar = emu::named_bars()[id];
     if (bar.arrived == 0) bar.need = n;
     if (bar.need != n) {
         fprintf(stderr, "emu: named barrier %d used with %d and %d threads\n", id, bar.need, n);
         exit(4);
     }
-    long& seen = B->bar_seen[(size_t)id * B->nt + B->cur];
-    if (seen == bar.gen) {
-        fprintf(stderr, "emu: thread %d reaches named barrier %d twice in one phase (block (%u,%u,%u))\n",
-                B->cur, id, B->bid.x, B->bid.y, B->bid.z);
-        exit(4);
-    }
-    seen = bar.gen;
-    return bar;
-}
-// At the end of a block every named barrier's phase is complete: an arrive nobody synced on
-// (or a sync short of arrivals, which would have deadlocked) is reported.
-inline void check_named_bars() {
-    for (size_t id = 0; id < named_bars().size(); ++id) {
-        const Bar& bar = named_bars()[id];
-        if (bar.arrived != 0) {
-            fprintf(stderr, "emu: named barrier %zu left with %d of %d arrivals at the end of block (%u,%u,%u)\n",
-                    id, bar.arrived, bar.need, B->bid.x, B->bid.y, B->bid.z);
-            exit(4);
-        }
-    }
-}
-}  // namespace emu
-inline void tpla_emu_bar_sync(int id, int n) {
-    emu::Bar& bar = emu::named_reach(id, n);
     emu::B->barriers++;
     emu::wait(bar);
-}
-// `bar.arrive`: counts towards the barrier's phase without waiting for it. The arriving thread
-// then lets the other fibers run for a while (a slow publisher), so a thread that reads what the
-// arriving side publishes next without waiting for it runs ahead far enough to show.
-inline void tpla_emu_bar_arrive(int id, int n) {
-    emu::Bar& bar = emu::named_reach(id, n);
-    if (++bar.arrived == bar.need) {
-        bar.arrived = 0;
-        bar.gen++;
-        emu::progress++;
-    }
-    emu::Spin spin;
-    for (int i = 0; i < 256; ++i) emu::spin_yield(spin);
 }
 
 // ---- TMA: 2-D bulk tensor copies ------------------------------------------------------------

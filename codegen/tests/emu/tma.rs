@@ -105,27 +105,8 @@ fn tma_case_knobs(
     seed: u64,
     patch: &dyn Fn(String) -> String,
 ) -> Result<f64, String> {
-    let scale = 1.0 / ((p.lat + p.rope) as f32).sqrt() * 4.0;
-    tma_case_scaled(cxx, p, extra, page, heads, lens, splits, seed, scale, patch)
-}
-
-/// [`tma_case_knobs`] with the softmax scale `scale` (a larger one spreads the scores, so the
-/// running maxima move more between blocks).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn tma_case_scaled(
-    cxx: &str,
-    p: DecodeParams,
-    extra: &[(&str, i64)],
-    page: usize,
-    heads: usize,
-    lens: &[i32],
-    splits: usize,
-    seed: u64,
-    scale: f32,
-    patch: &dyn Fn(String) -> String,
-) -> Result<f64, String> {
     let tag = format!(
-        "tma_n{}_s{}_lat{}_page{page}_seed{seed}_scale{scale}{}",
+        "tma_n{}_s{}_lat{}_page{page}_seed{seed}{}",
         p.block_n,
         p.stages,
         p.lat,
@@ -140,6 +121,7 @@ pub(super) fn tma_case_scaled(
     let mut rng = Rng::new(seed);
     let q = bf16_round(&rng.vec(batch * heads * d));
     let cache = nan_tailed_cache(&mut rng, d, lens, page);
+    let scale = 1.0 / (d as f32).sqrt() * 4.0;
     let args = vec![
         HostArg::Tensor {
             dtype: DType::BF16,

@@ -87,23 +87,6 @@ fn cuda_seesaw_producer_agrees() {
     }
 }
 
-/// `SEESAW = 2` (the staggered schedule: chained maxima, named-barrier arrive / sync handoffs)
-/// fed by the producer warpgroup, with and without `TMA = 1`, on every 64-row config at latent
-/// 512 and 256 (where it does not apply the producer runs alone): 64- and 16-token pages.
-#[test]
-fn cuda_chained_seesaw_agrees() {
-    let Some(g) = gpu() else { return };
-    for (lat, page, tma) in [
-        (512usize, 64usize, 1i64),
-        (256, 64, 1),
-        (512, 16, 1),
-        (256, 16, 0),
-    ] {
-        let knobs = [("SEESAW", 2), ("PRODUCER", 1), ("TMA", tma)];
-        every_64_row_config_agrees(g, lat as u64 + 17, lat, page, 3, &knobs);
-    }
-}
-
 /// The TMA producer under compute-sanitizer (gpu-check.sh runs every test named
 /// `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck): latent 512 and 256,
 /// 64- and 32-token blocks, 2 to 4 stages, 64-token pages (TMA and the partial-block fallback)

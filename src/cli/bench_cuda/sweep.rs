@@ -38,9 +38,8 @@ pub(super) fn pinned_knobs(want: Option<&str>) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// Whether `SEESAW = 1` or `2` in `cfg` changes the emitted decode kernel on this device (at
-/// BLOCK_N 64 its pair ring does not fit, and `SEESAW = 2` needs the producer warpgroup; there
-/// the kernel is the base config's): a sweep times it only then.
+/// Whether `SEESAW = 1` in `cfg` changes the emitted decode kernel on this device (at BLOCK_N 64
+/// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
 pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     latent_decode
         .build(cfg)
@@ -164,9 +163,8 @@ pub(super) fn sweep_configs(
                 _ => &[0],
             };
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
-            // producer; bf16 rows only: not emulated with FP8 rows); 2, the staggered form,
-            // applies under a producer only (dropped below where it changes nothing).
-            let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1, 2] } else { &[0] };
+            // producer; bf16 rows only: not emulated with FP8 rows).
+            let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
             for &st in sts_for(bn) {
                 for &warps in warps_tried {
@@ -318,8 +316,7 @@ pub(super) fn run_case(
 /// Stores the fastest config of each case a decode of that shape would look up (`mla` and
 /// `tpla-shard`, equal lengths, one query token, bf16 rows, 64-token pages) in this device's tune
 /// database, with
-/// uniform splits. Configs with a forced `WARPS`, or a schedule knob value the tuner does not
-/// search, are not a tune-database value and are skipped.
+/// uniform splits. Configs with a forced `WARPS` are not a tune-database value and are skipped.
 pub(super) fn record_tune(
     exec: &CudaExecutor,
     cases: &[DecodeCaseResult],
@@ -339,13 +336,6 @@ pub(super) fn record_tune(
         }
         let cfg = parse_config(&c.config);
         if cfg.get("WARPS").is_ok() || cfg.get("SQ").is_ok_and(|v| v > 1) {
-            continue;
-        }
-        // Nor is a schedule knob value the tuner does not search (`SEESAW = 2`): the database
-        // would drop the entry when it is next opened.
-        let searched =
-            |(k, v): (&str, i64)| tpla_codegen::schedule::is_searched(k, v) != Some(false);
-        if !cfg.iter().all(searched) {
             continue;
         }
         let bucket = decode_bucket(s.batch, s.heads, s.lat, s.rope, s.context);
@@ -436,35 +426,6 @@ mod tests {
         assert!(some.iter().all(|c| c.get("BLOCK_H").ok() == Some(64)
             && c.get("PRODUCER").ok() == Some(1)
             && c.get("SQ").ok() == Some(2)));
-    }
-
-    #[test]
-    fn chained_seesaw_is_swept_under_a_producer_where_it_applies() {
-        let t = Target::sm90();
-        for (lat, stages) in [(512, &[2][..]), (256, &[2, 3][..])] {
-            let full = sweep_configs("mla", &shape(128, lat, 64), Sweep::Full, false, 1, t, None);
-            let chained: Vec<&Config> = full
-                .iter()
-                .filter(|c| c.get("SEESAW").ok() == Some(2))
-                .collect();
-            assert!(!chained.is_empty(), "lat {lat}: no SEESAW=2 config");
-            assert!(chained.iter().all(|c| c.get("PRODUCER").ok() == Some(1)));
-            for &st in stages {
-                assert!(
-                    chained.iter().any(|c| c.get("BLOCK_N").ok() == Some(32)
-                        && c.get("STAGES").ok() == Some(st)
-                        && c.get("TMA").ok() == Some(1)),
-                    "lat {lat}: no BLOCK_N 32, {st} stages, TMA"
-                );
-            }
-            // The config string the coordinator times selects exactly those.
-            let want = Some("BLOCK_H=64,BLOCK_N=32,PRODUCER=1,TMA=1,SEESAW=2");
-            let some = sweep_configs("mla", &shape(128, lat, 64), Sweep::Full, false, 1, t, want);
-            assert!(!some.is_empty());
-            assert!(some.iter().all(|c| c.get("SEESAW").ok() == Some(2)
-                && c.get("BLOCK_N").ok() == Some(32)
-                && c.get("TMA").ok() == Some(1)));
-        }
     }
 
     #[test]

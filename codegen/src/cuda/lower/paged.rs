@@ -193,7 +193,7 @@ impl<'a> Lower<'a> {
             // The two-consumer pair ring is fed with bf16 rows as they are in the pool.
             return Err(backend_err(
                 self.k,
-                "PRODUCER = 1 with SEESAW = 1 or 2 does not apply to an FP8 paged cache (KV_FP8)",
+                "PRODUCER = 1 with SEESAW = 1 does not apply to an FP8 paged cache (KV_FP8)",
             ));
         }
         // With two or more stages the copy of block `it + st - 1` is issued after the barrier that

@@ -1,5 +1,4 @@
-//! The two-consumer "seesaw" schedule (schedule knob `SEESAW = 1`, and `2`: [`chained`];
-//! Hopper warpgroup path).
+//! The two-consumer "seesaw" schedule (schedule knob `SEESAW = 1`, Hopper warpgroup path).
 //!
 //! FlashMLA's sm90 decode splits the work of one 64-row block between two consumer warpgroups
 //! without duplicating `q·kᵀ`: the paged loop's blocks alternate between them (warpgroup 0 takes
@@ -45,15 +44,7 @@
 //! even count (the odd block past the split zero-filled by its `cp.async` path), and both consumer
 //! warpgroups wait on the full barriers of both slots of their pair (P·V reads both) and arrive on
 //! both empty barriers (256 arrivals) once the pair's iteration is done.
-//!
-//! `SEESAW = 2` ([`chained`]) is the same pair loop under the producer, staggered: warpgroup 1's
-//! running max starts from warpgroup 0's (published with a named-barrier arrive, no wait), the
-//! row sums stay per warpgroup until after the loop, and each warpgroup rescales what it received
-//! by `exp2(m0 - m1)`, so one warpgroup's softmax overlaps the other's gemms. The hooks here
-//! ([`Lower::seesaw_combine`], [`Lower::lower_seesaw_gemm`], [`Lower::seesaw_ws_loop`]) hand over
-//! to it where its plan was made.
 
-pub(crate) mod chained;
 mod pattern;
 
 pub(crate) use pattern::{pattern, Seesaw};
@@ -69,7 +60,6 @@ use crate::cuda::repr::*;
 use crate::cuda::util::*;
 use crate::error::IrError;
 use crate::ir::*;
-use crate::schedule::SeesawMode;
 
 /// The C pointer to the other warpgroup's slot of the ring whose current-slot pointer is `cur`
 /// (`{id}_cur`, see the memory pass).
@@ -101,10 +91,10 @@ impl<'a> Lower<'a> {
     /// producer warpgroup after them under `PRODUCER = 1`) in which each warpgroup holds the block's `[64, BLOCK_N]` fragments whole
     /// and half of the accumulator, the block's P as a register-A operand.
     pub(crate) fn seesaw_plan(&self) -> Option<(Geo, Seesaw)> {
-        if !self.sched.seesaw.is_on() || self.sched.warps.is_some_and(|w| w != 8) {
+        if !self.sched.seesaw || self.sched.warps.is_some_and(|w| w != 8) {
             return None;
         }
-        let mut plan = pattern(self.k)?;
+        let plan = pattern(self.k)?;
         let sched = crate::schedule::Schedule {
             warps: Some(8),
             ..self.sched
@@ -139,13 +129,7 @@ impl<'a> Lower<'a> {
             && plan.per_block.iter().enumerate().all(|(t, &p)| {
                 !p || plan.of_rows[t] || !matches!(self.lay[t], Lay::Smem)
             });
-        if !ok {
-            return None;
-        }
-        if self.sched.seesaw == SeesawMode::Chained {
-            plan.chained = Some(chained::chained_plan(self, &plan, &geo)?);
-        }
-        Some((geo, plan))
+        ok.then_some((geo, plan))
     }
 
     /// After the memory pass: whether the plan would leave a per-block tile (not a view of the
@@ -279,23 +263,13 @@ impl<'a> Lower<'a> {
             writes: vec![],
         });
         out.push(Node::Barrier);
-        // Both blocks of pair `it_` are in round `it_ / st` of their stages. Under `SEESAW = 2`
-        // a warpgroup waits for its own block here, for the other's before its second P·V
-        // (`chained.rs`).
-        let head = if self.seesaw.as_ref().is_some_and(|s| s.chained.is_some()) {
-            format!(
-                "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
-    tpla_mbar_wait(&{mbar}[(2 * it_ + {WG}) % {slots}], (it_ / {st}) & 1);
-    tpla_fence_proxy_async();"
-            )
-        } else {
-            format!(
-                "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
+        // Both blocks of pair `it_` are in round `it_ / st` of their stages.
+        let head = format!(
+            "for (int it_ = 0; 2 * it_ < {nblk}; ++it_) {{
     tpla_mbar_wait(&{mbar}[(2 * it_) % {slots}], (it_ / {st}) & 1);
     tpla_mbar_wait(&{mbar}[(2 * it_ + 1) % {slots}], (it_ / {st}) & 1);
     tpla_fence_proxy_async();"
-            )
-        };
+        );
         let mut body = vec![Node::Code {
             text: format!(
                 "s{start} = tpla_iadd({lo}, tpla_imul(2 * it_ + {WG}, {block}));
@@ -325,9 +299,6 @@ impl<'a> Lower<'a> {
             reads: vec![],
             writes: vec![],
         });
-        if self.seesaw.as_ref().is_some_and(|s| s.chained.is_some()) {
-            self.chained_combine_sums(out);
-        }
     }
 
     /// After a row reduction over the block axis (`dst`, row registers): combines the two
@@ -344,23 +315,6 @@ impl<'a> Lower<'a> {
             unreachable!("checked by seesaw_plan")
         };
         let early = self.seesaw.as_ref().and_then(|s| s.sum_of_p);
-        if self.seesaw.as_ref().is_some_and(|s| s.chained.is_some()) {
-            // SEESAW = 2: the max chained from warpgroup 0's, the sum kept per warpgroup (P is
-            // published there).
-            let (a, _) = self.seesaw.as_ref().unwrap().xgemm;
-            let kd = self.k.tiles[a].shape[1];
-            match op {
-                ReduceOp::Max => self.chained_max(m, &arr, kd / 16, out),
-                ReduceOp::Sum => {
-                    if let Some((_, p)) = early.filter(|&(d, _)| d == dst) {
-                        if let Repr::Frag { arr: pa, .. } = self.repr[p].clone() {
-                            self.chained_publish(m, &pa, kd, out);
-                        }
-                    }
-                }
-            }
-            return;
-        }
         if let Some((_, p)) = early.filter(|&(d, _)| d == dst) {
             if let Repr::Frag { arr: pa, n, .. } = self.repr[p].clone() {
                 self.seesaw_publish(&pa, n, out);
@@ -459,17 +413,8 @@ for (int k_ = 0; k_ < {ks}; ++k_) xp_[({WG} * {ks} + k_) * 128 + (tid & 127)] = 
         self.decl.geo_mn.insert((m, n));
         let ks = kd / 16;
         let np = kd / 4;
-        let chained = self.seesaw.as_ref().is_some_and(|s| s.chained.is_some());
-        let xp = if chained {
-            usize::MAX
-        } else {
-            self.seesaw_publish(&pa, kd, out)
-        };
-        let xn = if chained {
-            String::new()
-        } else {
-            self.smem.bufs[xp].name.clone()
-        };
+        let xp = self.seesaw_publish(&pa, kd, out);
+        let xn = self.smem.bufs[xp].name.clone();
         let mut reads = vec![xp];
         let mut text = String::from("{\n");
         match init {
@@ -494,27 +439,6 @@ for (int k_ = 0; k_ < {ks}; ++k_) xp_[({WG} * {ks} + k_) * 128 + (tid & 127)] = 
         let regs = nwg / 2;
         let step_b = bop.step("db_");
         let step_o = bop.step("do_");
-        if self.seesaw.as_ref().is_some_and(|s| s.chained.is_some()) {
-            // SEESAW = 2: the other warpgroup's P arrives later, through `chained.rs`.
-            text.push_str(&format!(
-                "unsigned pa_[{np}];
-{}const unsigned long long db_ = tpla_wgmma_desc(tpla_smem_addr({cur}) + {at0}, {lbo}u);
-const unsigned long long do_ = tpla_wgmma_desc(tpla_smem_addr({other}) + {at0}, {lbo}u);
-",
-                pack_bf16(&pa, "pa_", ks),
-                cur = bb.name,
-                at0 = bop.at0,
-                lbo = bop.lbo,
-            ));
-            let wgmma = format!("tpla_wgmma_m64n{nwg}k16_r{}", tb as u8);
-            text.push_str(&self.chained_gemm_text(m, n, ks, &acc, &step_b, &step_o, &wgmma)?);
-            out.push(Node::Code {
-                text,
-                reads: reads.into_iter().filter(|&r| r != xp).collect(),
-                writes: self.dst_writes(dst),
-            });
-            return Ok(());
-        }
         text.push_str(&format!(
             "unsigned pa_[{np}];
 {}unsigned pb_[{np}];

@@ -22,10 +22,6 @@ pub(crate) struct Seesaw {
     pub(crate) sum_of_p: Option<(TileId, TileId)>,
     /// The P exchange buffer once P is published (while the body is lowered).
     pub(crate) published: Option<usize>,
-    /// The carried running max `m` and the pair's `m_new = max(m, reduce_max(s, 1))`.
-    pub(crate) maxes: (TileId, TileId),
-    /// `SEESAW = 2` (`super::chained`): the staggered form's tiles and exchange buffers.
-    pub(crate) chained: Option<super::chained::Chained>,
 }
 
 /// The single-use and shape facts of the online-softmax loop (see the module docs); `None` where
@@ -163,8 +159,7 @@ pub(crate) fn pattern(k: &Kernel) -> Option<Seesaw> {
         (Operand::Tile(p), Operand::Tile(q)) if *q == t && *p != t => Some(*p),
         _ => None,
     };
-    let m_old = other(x, y, mx)?;
-    if pb[m_old] {
+    if other(x, y, mx).is_none_or(|m| pb[m]) {
         return None;
     }
     // p = exp2(s - m_new) (through casts and views): what the sums and the gemm consume.
@@ -211,8 +206,6 @@ pub(crate) fn pattern(k: &Kernel) -> Option<Seesaw> {
         acc,
         sum_of_p,
         published: None,
-        maxes: (m_old, m_new),
-        chained: None,
     })
 }
 
