@@ -27,15 +27,18 @@ use crate::cuda::lower::fp8::{Fp8Copy, DECODE};
 use crate::cuda::warpspec::{register_pool, MBAR, PRODUCER_THREADS};
 use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 
-/// Registers per consumer thread the FP8 producer leaves (the bf16 producer's consumers' count).
-const CONSUMER_REGS: usize = 240;
+/// Registers per consumer thread the FP8 producer leaves at least: 8 fewer than the bf16
+/// producer's consumers hold (240), which NVRTC fits without spills, so that beside two consumer
+/// warpgroups the converting producer gets 40 instead of 24 and its loop can be unrolled (at 24
+/// it spilled unrolled; the 2026-12-04 H200 profile had the producer, about 1100 instructions a
+/// 32-token block issued one at a time, bounding the FP8 decode).
+const CONSUMER_REGS: usize = 232;
 
 /// Registers per producer thread for the FP8 producer beside `nw` consumer warps
-/// (`setmaxnreg.dec`): what the consumers' 240 leave of the block's register pool
-/// ([`register_pool`]: the registers its threads hold at launch), between 24 (the bf16
-/// producer's) and 72, a multiple of 8: 72 beside one consumer warpgroup, 24 beside two (384
-/// threads hold 168 registers each at launch: 24 x 128 + 240 x 256 is the whole pool).
-/// The conversion holds a 16-byte unit, its scale, two 16-byte results and the addresses.
+/// (`setmaxnreg.dec`): what [`CONSUMER_REGS`] leave of the block's register pool
+/// ([`register_pool`]: the registers its threads hold at launch), between 24 and 72, a multiple
+/// of 8: 72 beside one consumer warpgroup, 40 beside two (384 threads hold 168 registers each at
+/// launch: 40 x 128 + 232 x 256 is the whole pool).
 ///
 /// The pool, not the 64 K register file: a split that asks for more than the pool makes the
 /// consumers' `setmaxnreg.inc` wait forever (the H200 hang of 2026-12-04, 32 + 240 beside two
@@ -104,8 +107,8 @@ pub(crate) fn staging_choices(block: usize, row_bytes: usize) -> Vec<Staging> {
 /// bounds and bf16 ring, `nblk` its block count, `addr(r, c)` the ring slot's element index of
 /// `(r, c)`; the staging ring lies at byte `staging_off` of shared memory. `setup` (the
 /// producer's `let`s and the loop's bounds) comes first. In scope: `pw_` (producer warp 0..4),
-/// `lane`. With `regs` producer registers below 56 the conversion loop is not unrolled (two
-/// units in flight need about twice the live registers).
+/// `lane`. With `regs` producer registers below 40 the conversion loop is not unrolled (the
+/// units in flight need more live registers).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fp8_producer_loop(
     copy: &Fp8Copy,
@@ -116,8 +119,9 @@ pub(crate) fn fp8_producer_loop(
     regs: usize,
     addr: &dyn Fn(&str, &str) -> String,
 ) -> String {
-    // Unrolled further, the 24-register producer spills (NVRTC 13.0, sm_90a).
-    let unroll = if regs >= 56 { 2 } else { 1 };
+    // Unrolled at 24 registers, the producer spills (NVRTC 13.0, sm_90a); at 40 eight units
+    // in flight do not.
+    let unroll = if regs >= 40 { 8 } else { 1 };
     let Fp8Copy {
         lat,
         row,
@@ -334,13 +338,13 @@ mod tests {
     #[test]
     fn the_producer_leaves_the_consumers_their_registers() {
         assert_eq!(fp8_producer_regs(4), 72);
-        assert_eq!(fp8_producer_regs(8), 24);
+        assert_eq!(fp8_producer_regs(8), 40);
         for nw in [4, 8] {
             let (p, c) = (
                 fp8_producer_regs(nw),
                 crate::cuda::warpspec::consumer_regs(nw, fp8_producer_regs(nw)),
             );
-            assert!(c >= 240);
+            assert!(c >= CONSUMER_REGS);
             // Every split asked for fits the registers the block holds at launch: one that does
             // not makes `setmaxnreg.inc` wait forever.
             assert!(
