@@ -15,8 +15,16 @@
 //! reads) and arrives on the slot's *full* mbarrier. The consumers' code is the bf16 producer
 //! schedule's, unchanged.
 //!
-//! Rows past the split's end and rows of invalid pages are zero-filled in the staging slot, so
-//! they dequantise to 0 (bytes 0, scale 0), never NaN: `P = 0` never meets a NaN in `P·V`.
+//! A piece whose rows are all before the split's end and lie in one valid page is one contiguous
+//! run of the pool with the staging slot's layout: its 16-byte chunks are spread flat over the
+//! producer's threads. Other pieces are copied row by row: rows past the split's end and rows of
+//! invalid pages are zero-filled in the staging slot, so they dequantise to 0 (bytes 0, scale 0),
+//! never NaN: `P = 0` never meets a NaN in `P·V`.
+//!
+//! Registers: beside two consumer warpgroups the producer gets 40 and they 232 (the pool of 384
+//! threads at 168 each); its conversion loop is unrolled where it has 40 or more. Measured on the
+//! H200 (`bench/NOTES-fp8.md`, 2026-12-04 night), the producer's instruction count is what bounds
+//! this decode.
 //!
 //! The conversion loop maps a warp's lanes to 8 consecutive rows x 4 16-byte units: the staging
 //! rows (656 bytes apart, 16 modulo 128) and the ring's 128-byte XOR swizzle then spread the
