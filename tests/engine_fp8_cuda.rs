@@ -15,6 +15,7 @@ use tpla_runtime::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use tpla_runtime::half::bf16;
 use tpla_runtime::reference::{latent_attention_causal, rel_error};
 use tpla_runtime::view::{KvPool, TensorView, TensorViewMut};
+use tpla_runtime::Executor;
 
 const ROPE: usize = 64;
 const PAGE: usize = 64;
@@ -48,6 +49,13 @@ fn play(exec: &CudaExecutor, heads: usize, lat: usize, splits: usize, seed: u64)
     };
     let prow = caps.pool_row().unwrap();
     let mut plan = EnginePlan::new(exec, caps, SCALE, splits).unwrap();
+    // On a Hopper GPU the plan's FP8 default is the producer-fed schedule.
+    let cfg = plan.decode_config();
+    assert_eq!(
+        cfg.try_get("PRODUCER") == Some(1),
+        exec.hopper_schedules(),
+        "{what}: {cfg}"
+    );
     plan.reserve_query_len(exec, 2).unwrap();
     let stream = exec.stream().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

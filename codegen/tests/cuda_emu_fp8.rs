@@ -176,6 +176,19 @@ fn emulated_fp8_decode_over_a_split_table_matches_cpu() {
         &lens,
         5,
     );
+    // The plan's FP8 default on a Hopper device (`src/engine/kv_dtype.rs`): MLA at 16 heads in
+    // a 64-row block, 32-token blocks, two stages, fed by the producer.
+    fp8_decode_case_with(
+        &cxx,
+        dp(64, 32, 2, 512),
+        0,
+        &[("PRODUCER", 1)],
+        Some(&chunks),
+        Target::sm90(),
+        16,
+        &lens,
+        5,
+    );
 }
 
 #[test]

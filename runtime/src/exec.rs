@@ -507,6 +507,12 @@ pub trait Executor {
         let _ = (kernel, config);
         Ok(1)
     }
+    /// Whether the device runs the warp-specialised Hopper schedules (a producer warpgroup
+    /// feeding `wgmma` consumer warpgroups: sm_90a). Plans pick their default decode schedule
+    /// from it; false elsewhere (the CPU, other GPUs).
+    fn hopper_schedules(&self) -> bool {
+        false
+    }
     /// What the tune database keys on: the device model and everything that changes which
     /// config is fastest (for a GPU: name, compute capability, SM count, driver).
     fn device_identity(&self) -> String {

@@ -91,6 +91,30 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
             ));
         }
     }
+    // And on a Hopper device, where the plan's FP8 default is the producer-fed schedule
+    // (`src/engine/kv_dtype.rs`: 64-row blocks kept for two query tokens).
+    for (heads, lat) in [(16usize, 512usize), (64, 512), (128, 256)] {
+        let mut p = tpla_kernels::ops::DecodeParams::new(8, heads, lat, 64, 4, 0.1);
+        p.decode.set("KV_FP8", lat as i64);
+        for (k, x) in [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", 32),
+            ("STAGES", 2),
+            ("PRODUCER", 1),
+        ] {
+            p.decode.set(k, x);
+        }
+        let mut p2 = p.clone().with_query_len(2);
+        p2.decode.set("BLOCK_H", 64);
+        for p in [p, p2] {
+            v.push((&tpla_kernels::latent_decode, p.decode_config(), sm90));
+            v.push((
+                &tpla_kernels::latent_decode,
+                p.balanced_decode_config(),
+                sm90,
+            ));
+        }
+    }
     for lat in [512i64, 256, 128] {
         for bt in [1i64, 16] {
             for t in [sm90, sm80] {

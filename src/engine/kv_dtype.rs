@@ -2,7 +2,8 @@
 //! point 2), chosen once in [`super::Capacities`].
 
 use tpla_codegen::kv_format::{fp8_row_bytes, FP8_GROUP};
-use tpla_runtime::RuntimeError;
+use tpla_kernels::ops::DecodeParams;
+use tpla_runtime::{Executor, RuntimeError};
 
 /// The pool's row format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -74,5 +75,26 @@ mod tests {
         assert!(e.contains("multiple of 128"), "{e}");
         assert_eq!(KvDtype::parse("fp8"), Some(KvDtype::Fp8));
         assert_eq!(KvDtype::parse("e4m3"), None);
+    }
+}
+
+/// Sets an FP8 plan's decode config: `KV_FP8 = lat`, and on a device with the Hopper schedules
+/// ([`Executor::hopper_schedules`]) the producer-fed form: the producer warpgroup converts the
+/// rows into a two-stage ring of 32-token blocks read by 64-row `wgmma` consumers
+/// (`BLOCK_H=64,BLOCK_N=32,STAGES=2,PRODUCER=1`). On the H200 (2026-12-04, `tpla bench`, MLA H16
+/// / H64, B128 x 4K and B64 x 32K) that was the fastest FP8 config of every case, 328-345 us at
+/// 4K where the consumer-loaded configs took 480-700 us (`bench/NOTES-fp8.md`). A config set
+/// later (`set_decode_config`, e.g. from the tune database) replaces it.
+pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodeParams, lat: usize) {
+    params.decode.set("KV_FP8", lat as i64);
+    if exec.hopper_schedules() {
+        for (knob, value) in [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", 32),
+            ("STAGES", 2),
+            ("PRODUCER", 1),
+        ] {
+            params.decode.set(knob, value);
+        }
     }
 }

@@ -29,6 +29,7 @@ use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExe
 use tpla_runtime::{HostTensor, KernelArg, RuntimeError};
 
 mod kv_dtype;
+use kv_dtype::fp8_decode_schedule;
 pub use kv_dtype::KvDtype;
 
 /// What an [`EnginePlan`] is sized for; fixed for its lifetime.
@@ -131,7 +132,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                     DecodeParams::new(caps.max_batch, caps.heads, caps.lat, caps.rope, 1, scale);
                 p.validate()?;
                 if caps.kv_dtype == KvDtype::Fp8 {
-                    p.decode.set("KV_FP8", caps.lat as i64);
+                    fp8_decode_schedule(exec, &mut p, caps.lat);
                 }
                 let per_unit =
                     exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
@@ -163,7 +164,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
         params.validate()?;
         let fp8 = caps.kv_dtype == KvDtype::Fp8;
         if fp8 {
-            params.decode.set("KV_FP8", caps.lat as i64);
+            fp8_decode_schedule(exec, &mut params, caps.lat);
         }
         params.splits = if splits == 0 {
             return Err(RuntimeError::InvalidInput(
@@ -244,7 +245,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             )));
         }
         for sq in 2..=max_q_len {
-            let p = self.params.clone().with_query_len(sq);
+            let p = self.query_params(sq);
             exec.resident_programs(&latent_decode, &p.decode_config())?;
             if self.balanced.is_some() {
                 exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
@@ -266,9 +267,29 @@ impl<X: ViewExecutor> EnginePlan<X> {
         Ok(())
     }
 
+    /// The decode parameters for `sq` query tokens per sequence: `BLOCK_H` re-chosen for the
+    /// `sq · heads` rows, except under the FP8 producer schedule ([`fp8_decode_schedule`]),
+    /// which keeps its 64-row blocks (the form measured and emulated).
+    fn query_params(&self, sq: usize) -> DecodeParams {
+        let mut p = self.params.clone().with_query_len(sq);
+        let fp8_producer = |c: &Config| {
+            c.try_get("KV_FP8").is_some_and(|v| v > 0) && c.try_get("PRODUCER") == Some(1)
+        };
+        if fp8_producer(&self.params.decode) {
+            p.decode.set("BLOCK_H", 64);
+        }
+        p
+    }
+
     /// Most query tokens per sequence [`decode`](Self::decode) takes.
     pub fn max_query_len(&self) -> usize {
         self.max_q_len
+    }
+
+    /// The decode kernel's config for one query token (the tune values, `LAT`, `ROPE` and, for
+    /// an FP8 pool, `KV_FP8`): what to log, or to compare with the tune database.
+    pub fn decode_config(&self) -> Config {
+        self.params.decode_config()
     }
 
     /// The capacities.
@@ -427,7 +448,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
         let cache = self.cache_format(pool.paged(block_table, seq_lens)?)?;
         let multi;
         let p = if sq > 1 {
-            multi = self.params.clone().with_query_len(sq);
+            multi = self.query_params(sq);
             &multi
         } else {
             &self.params

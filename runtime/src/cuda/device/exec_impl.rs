@@ -61,6 +61,10 @@ impl Executor for CudaExecutor {
         Ok((n as usize).max(1))
     }
 
+    fn hopper_schedules(&self) -> bool {
+        self.target().wgmma
+    }
+
     fn device_identity(&self) -> String {
         let i = &self.info;
         format!(
