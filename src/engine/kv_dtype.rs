@@ -61,23 +61,6 @@ impl KvDtype {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_follow_the_formats() {
-        assert_eq!(KvDtype::Bf16.pool_row(512, 64).unwrap(), 576);
-        assert_eq!(KvDtype::Fp8.row_bytes(512, 64).unwrap(), 656);
-        assert_eq!(KvDtype::Fp8.row_bytes(256, 64).unwrap(), 400);
-        assert_eq!(KvDtype::Fp8.row_bytes(128, 64).unwrap(), 272);
-        let e = KvDtype::Fp8.pool_row(64, 64).unwrap_err().to_string();
-        assert!(e.contains("multiple of 128"), "{e}");
-        assert_eq!(KvDtype::parse("fp8"), Some(KvDtype::Fp8));
-        assert_eq!(KvDtype::parse("e4m3"), None);
-    }
-}
-
 /// Sets an FP8 plan's decode config: `KV_FP8 = lat`, and on a device with the Hopper schedules
 /// ([`Executor::hopper_schedules`]) the producer-fed form: the producer warpgroup converts the
 /// rows into a two-stage ring of 32-token blocks read by 64-row `wgmma` consumers
@@ -96,5 +79,22 @@ pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodePara
         ] {
             params.decode.set(knob, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_formats() {
+        assert_eq!(KvDtype::Bf16.pool_row(512, 64).unwrap(), 576);
+        assert_eq!(KvDtype::Fp8.row_bytes(512, 64).unwrap(), 656);
+        assert_eq!(KvDtype::Fp8.row_bytes(256, 64).unwrap(), 400);
+        assert_eq!(KvDtype::Fp8.row_bytes(128, 64).unwrap(), 272);
+        let e = KvDtype::Fp8.pool_row(64, 64).unwrap_err().to_string();
+        assert!(e.contains("multiple of 128"), "{e}");
+        assert_eq!(KvDtype::parse("fp8"), Some(KvDtype::Fp8));
+        assert_eq!(KvDtype::parse("e4m3"), None);
     }
 }
