@@ -90,14 +90,14 @@ step sanitizer_memcheck_mtp 120 "$sanitizer" --tool memcheck --error-exitcode 9 
 # --record-tune: the sweep's winners go into this machine's tune database, which the layer
 # runs below then use (their decode buckets where the bench has them).
 # TPLA_SESSION_BENCH_ARGS: instead of the whole matrix, one bench step per ';'-separated list
-# of extra arguments (e.g. '--variant mla --gpu-heads 16,64;--variant mla-fp8 --gpu-heads 16,64').
+# of extra arguments, each writing its JSON into bench-results/N/ (e.g. '--variant mla --gpu-heads 16,64;--variant mla-fp8 --gpu-heads 16,64').
 if [ -n "${TPLA_SESSION_BENCH_ARGS:-}" ]; then
   i=0
   IFS=';' read -ra bench_sets <<<"$TPLA_SESSION_BENCH_ARGS"
   for extra in "${bench_sets[@]}"; do
     i=$((i + 1))
     # shellcheck disable=SC2086
-    step "cuda_bench_$i" 200 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" $extra
+    step "cuda_bench_$i" 200 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results/$i" $extra
   done
 else
   step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
