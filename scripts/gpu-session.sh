@@ -119,6 +119,12 @@ step tune_kimi_g2 240 "$bin/tpla" tune --preset kimi-k2 --batch 64 --context 327
   --backend cuda
 step tune_deepseek_g2 240 "$bin/tpla" tune --preset deepseek-v3 --batch 64 --context 32768 \
   --g 2 --backend cuda
+# The DCP form's ranks: all heads at latent 512 over half the context each (bucket L16384), so
+# DCP runs tuned configs too (it ran defaults until 2026-12-04).
+for p in kimi-k2 deepseek-v3; do
+  step "tune_${p%%-*}_dcp" 240 "$bin/tpla" tune --preset "$p" --batch 64 --context 16384 --g 1 \
+    --backend cuda
+done
 for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
     --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
