@@ -450,7 +450,9 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
         append_rows_fp8, decode_attention_fp8, fp8_carrier_row, read_fp8_token,
     };
     let Some(g) = gpu() else { return };
-    let producer = |bn: i64| vec![("PRODUCER", 1i64), ("BLOCK_H", 64), ("BLOCK_N", bn)];
+    let producer_rows =
+        |bh: i64, bn: i64| vec![("PRODUCER", 1i64), ("BLOCK_H", bh), ("BLOCK_N", bn)];
+    let producer = |bn: i64| producer_rows(64, bn);
     for (lat, heads, splits, lens, knobs) in [
         (512usize, 16usize, 1usize, vec![1usize, 70, 333], vec![]),
         (512, 64, 3, vec![129, 40], vec![]),
@@ -460,6 +462,9 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
         (512, 64, 3, vec![129, 40], producer(32)),
         (256, 64, 2, vec![1, 95, 200], producer(64)),
         (256, 40, 1, vec![200], producer(32)),
+        // The producer feeding mma.sync warps (16- and 32-row blocks).
+        (512, 16, 2, vec![1, 70, 333], producer_rows(16, 32)),
+        (512, 32, 1, vec![129, 40], producer_rows(32, 32)),
     ] {
         let p = Problem::new(5, lens.len(), heads, lat, 64, lens.clone(), 64, 0.1352);
         let carrier = common::fp8::carrier_from_problem(&p);
@@ -561,7 +566,8 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
 /// The FP8 cache's kernels once each on tiny inputs, for compute-sanitizer (gpu-check.sh runs
 /// every test named `sanitizer_smoke_every_kernel*`): the dequantising decode (MLA rows on the
 /// warpgroup path, shard rows on one stage, MLA and shard rows converted by the producer
-/// warpgroup, `PRODUCER = 1`) and the quantising append.
+/// warpgroup, `PRODUCER = 1`, for 64-row wgmma and 16- / 32-row mma.sync consumers) and the
+/// quantising append.
 #[test]
 fn sanitizer_smoke_every_kernel_fp8() {
     use tpla_kernels::fp8::{append_rows_fp8, decode_attention_fp8, fp8_carrier_row};
@@ -574,6 +580,9 @@ fn sanitizer_smoke_every_kernel_fp8() {
         (512, 64, 32, 2, 1),
         (512, 64, 32, 3, 1),
         (256, 64, 32, 3, 1),
+        (512, 16, 32, 2, 1),
+        (512, 32, 32, 3, 1),
+        (256, 16, 64, 2, 1),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let carrier = common::fp8::carrier_from_problem(&p);

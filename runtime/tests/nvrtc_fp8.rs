@@ -77,6 +77,16 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
         }
         v.push((&tpla_kernels::latent_decode, cfg, sm90));
     }
+    // The producer feeding 16- / 32-row mma.sync consumer warps (one warpgroup).
+    for (lat, bh, bn, st) in [
+        (512, 16, 32, 2),
+        (512, 16, 64, 2),
+        (512, 32, 32, 3),
+        (256, 16, 32, 2),
+    ] {
+        let cfg = decode(lat, bh, bn, st).with("PRODUCER", 1);
+        v.push((&tpla_kernels::latent_decode, cfg, sm90));
+    }
     // What `EnginePlan` builds with `kv_dtype: Fp8` on its default tune values: the uniform and
     // the balanced (`KV_CHUNKS`) decode, one and two query tokens, MLA and a g = 2 shard.
     for (heads, lat) in [(16usize, 512usize), (128, 512), (128, 256)] {

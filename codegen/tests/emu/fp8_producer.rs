@@ -173,7 +173,7 @@ fn producer_case(
     }
 }
 
-/// What the compiler chooses: the producer keeps 32 registers beside two consumer warpgroups
+/// What the compiler chooses: the producer keeps 40 registers beside two consumer warpgroups
 /// (latent 512), 72 beside one (latent 256), and converts, a staging ring of
 /// raw rows lies after the bf16 ring, every plan fits the H200's shared memory (the 64-token
 /// MLA block falls back to one bf16 stage), `TMA = 1` changes nothing (no tensor map), and
@@ -252,6 +252,13 @@ fn emulated_fp8_producer_decode() {
     // MLA rows at 32-token blocks with three bf16 stages beside the staging ring: the FP8
     // configs the bench sweeps from 2026-12-04 evening (two consumer warpgroups, 384 threads).
     producer_case(&cxx, dp(32, 3, 512), 64, 64, &[250, 31], 2, 75);
+    // 16- and 32-row blocks: the producer feeds four mma.sync consumer warps (one warpgroup,
+    // 256 threads), the memory-bound H16 shape without padding to 64 rows.
+    let small = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
+    producer_case(&cxx, small(16, 32, 2, 512), 64, 16, &[300, 70], 2, 76);
+    producer_case(&cxx, small(16, 64, 2, 512), 16, 16, &[129, 1], 1, 77);
+    producer_case(&cxx, small(32, 32, 3, 512), 64, 32, &[97, 200], 2, 78);
+    producer_case(&cxx, small(16, 32, 2, 256), 1, 16, &[55, 33], 2, 79);
 }
 
 /// The evidence can fail: without the producer's wait for an empty slot it runs ahead of the

@@ -113,8 +113,8 @@ pub(super) fn sweep_configs(
 ) -> Vec<Config> {
     let narrow = sweep == Sweep::Narrow;
     let h = shape.heads;
-    // FP8 rows also at BLOCK_H 64 below 64 heads: the producer warpgroup that converts them
-    // needs the 64-row warpgroup gemms.
+    // FP8 rows also at BLOCK_H 64 below 64 heads: their producer-fed form was first built for
+    // 64-row warpgroup gemms (it feeds 16- / 32-row mma.sync warps too).
     let fp8 = variant.contains("fp8");
     let bhs: Vec<i64> = [16i64, 32, 64]
         .into_iter()
@@ -156,6 +156,8 @@ pub(super) fn sweep_configs(
             // Below 64 rows the producer feeds mma.sync warps: timed with TMA where it applies.
             let producers: &[i64] = match (bh, tma, fp8) {
                 (64, _, true) => &[1, 0],
+                // The FP8 producer feeding 16- / 32-row mma.sync warps (Hopper).
+                (_, _, true) if target.wgmma => &[1, 0],
                 (_, _, true) => &[0],
                 (64, true, _) => &[0, 1, 2],
                 (64, false, _) => &[0, 1],
