@@ -4,7 +4,7 @@
 # A, B, A, B; then the bf16 decode of the same shapes (the FP8 / bf16 ratio, same run); first
 # the FP8 correctness tests of `gpu-bin/decode_cuda` and `gpu-bin/engine_fp8_cuda`, and the FP8
 # sanitizer smoke test under memcheck, racecheck and synccheck. Prints a short table last.
-#   OUT=dir scripts/gpu-fp8-ab.sh       (gpu-bin/ may come as gpu-bin.tar.xz)
+#   OUT=dir [TPLA_FP8_AB_ROUNDS=2] scripts/gpu-fp8-ab.sh       (gpu-bin/ may come as gpu-bin.tar.xz)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/tpla-fp8-ab}
@@ -28,7 +28,7 @@ for tool in memcheck racecheck synccheck; do
     sanitizer_smoke_every_kernel_fp8 >"$L/san-$tool.log" 2>&1
   echo "$tool: rc $? $(grep -aE 'ERROR SUMMARY|RACECHECK SUMMARY' "$L/san-$tool.log" | tail -1)" >>"$T"
 done
-for round in 1 2; do
+for round in $(seq 1 "${TPLA_FP8_AB_ROUNDS:-2}"); do
   for bin in tpla.before tpla; do
     timeout 150 $B/$bin bench --backend cuda --variant mla-fp8 --gpu-heads 16,64 \
       --out-dir "$OUT/json-$bin" >"$L/fp8-$bin-$round.log" 2>&1
