@@ -154,41 +154,27 @@ fn emulated_fp8_decode_over_a_split_table_matches_cpu() {
     };
     let dp = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
     let (lens, chunks) = ([0, 1, 17, 300, 45], [32, 16, 16, 64, 0]);
-    fp8_decode_case_with(
-        &cxx,
-        dp(16, 32, 2, 512),
-        0,
-        &[],
-        Some(&chunks),
-        Target::sm90(),
-        16,
-        &lens,
-        5,
-    );
-    fp8_decode_case_with(
-        &cxx,
-        dp(64, 64, 2, 256),
-        0,
-        &[("PRODUCER", 1)],
-        Some(&chunks),
-        Target::sm90(),
-        64,
-        &lens,
-        5,
-    );
-    // The plan's FP8 default on a Hopper device (`src/engine/kv_dtype.rs`): MLA at 16 heads in
-    // a 64-row block, 32-token blocks, two stages, fed by the producer.
-    fp8_decode_case_with(
-        &cxx,
-        dp(64, 32, 2, 512),
-        0,
-        &[("PRODUCER", 1)],
-        Some(&chunks),
-        Target::sm90(),
-        16,
-        &lens,
-        5,
-    );
+    let producer: &[(&str, i64)] = &[("PRODUCER", 1)];
+    // (params, knobs, heads): consumer-loaded; producer-fed; and the plan's FP8 default on a
+    // Hopper device (`src/engine/kv_dtype.rs`): MLA at 16 heads in a 64-row block, 32-token
+    // blocks, two stages, fed by the producer.
+    for (p, knobs, heads) in [
+        (dp(16, 32, 2, 512), &[][..], 16),
+        (dp(64, 64, 2, 256), producer, 64),
+        (dp(64, 32, 2, 512), producer, 16),
+    ] {
+        fp8_decode_case_with(
+            &cxx,
+            p,
+            0,
+            knobs,
+            Some(&chunks),
+            Target::sm90(),
+            heads,
+            &lens,
+            5,
+        );
+    }
 }
 
 #[test]

@@ -285,6 +285,24 @@ struct CaseSpec {
     sq: usize,
 }
 
+impl CaseSpec {
+    /// The FP8 latent cache's case (MLA rows of 656 bytes, page 64, equal lengths, the narrow
+    /// sweep) at `batch` x `context` for `heads`.
+    fn fp8(batch: usize, context: usize, heads: Vec<usize>) -> CaseSpec {
+        CaseSpec {
+            variant: "mla-fp8",
+            lat: 512,
+            batch,
+            context,
+            page_size: 64,
+            variable: false,
+            heads,
+            sweep: Sweep::Narrow,
+            sq: 1,
+        }
+    }
+}
+
 /// The bench matrix: MLA and the shard at (128, 4K) and (64, 32K), page 64, every `--gpu-heads`;
 /// then (not with `--quick`) page sizes 1 and 16 and the variable-length batch at H 16 / 64.
 fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
@@ -314,17 +332,7 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
     }
     // `--gpu-shape` with `--variant mla-fp8`: the FP8 case of that one shape (profiling it).
     if let (Some((batch, context)), Some("mla-fp8")) = (opts.shape, opts.variant.as_deref()) {
-        specs.push(CaseSpec {
-            variant: "mla-fp8",
-            lat: 512,
-            batch,
-            context,
-            page_size: 64,
-            variable: false,
-            heads: opts.heads.clone(),
-            sweep: Sweep::Narrow,
-            sq: 1,
-        });
+        specs.push(CaseSpec::fp8(batch, context, opts.heads.clone()));
     }
     if !opts.quick && opts.shape.is_none() {
         let small: Vec<usize> = opts.heads.iter().copied().filter(|&h| h <= 64).collect();
@@ -363,17 +371,7 @@ fn case_specs(opts: &GpuBenchOpts) -> Vec<CaseSpec> {
         }
         // The FP8 latent cache (656-byte rows) beside bf16: MLA at H 16 / 64, 4K and 32K.
         for (batch, context) in [(128, 4096), (64, 32768)] {
-            specs.push(CaseSpec {
-                variant: "mla-fp8",
-                lat: 512,
-                batch,
-                context,
-                page_size: 64,
-                variable: false,
-                heads: small.clone(),
-                sweep: Sweep::Narrow,
-                sq: 1,
-            });
+            specs.push(CaseSpec::fp8(batch, context, small.clone()));
         }
         // Multi-token queries (MTP, speculative verify) beside s_q = 1: MLA at H 16 / 64 / 128
         // and the shard at H 128, on the long-context batch where the decode turns compute-bound.
