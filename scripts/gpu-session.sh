@@ -129,6 +129,10 @@ for p in kimi-k2 deepseek-v3; do
   step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
     --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
 done
+# The same-run A/B of the layer's phase timing: MLA-TP of Kimi-K2 timed the old way (the host
+# clock, the device synchronised after every phase) beside the event-timed runs above.
+step layer_kimi-k2_sync 150 "$bin/tpla" decode --form mla-tp --preset kimi-k2 --tp 2 --layers 4 \
+  --batch 64 --context 32768 --steps 5 --backend cuda --sync-phases
 # Result directories (bench JSON, layer JSON) travel as one archive.
 (cd "$OUT" && tar czf results.tgz bench-results layer-results 2>/dev/null; rm -rf bench-results layer-results)
 archive

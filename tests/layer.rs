@@ -7,7 +7,7 @@
 mod glue_kernels;
 
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, TpLayer};
+use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, PhaseTiming, TpLayer};
 use tpla_model::linalg::rel_err;
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{Corrections, MlaConfig, MuConvention, Preset};
@@ -55,6 +55,7 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
         splits: 2,
         poison: true,
         gemm,
+        timing: PhaseTiming::Events,
     };
     let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
     let mut worst = 0.0f64;
@@ -68,6 +69,14 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
             .step(&HostTensor::from_vec(&[BATCH, d], x).unwrap())
             .unwrap();
         assert_eq!(times.len(), tp.execs().len());
+        for (r, rt) in times.iter().enumerate() {
+            let zero = std::time::Duration::ZERO;
+            assert!(
+                rt.attention > zero && rt.projections > zero && rt.glue > zero,
+                "{} step {t} rank {r}: every phase runs work and is timed: {rt:?}",
+                form.name()
+            );
+        }
         assert!(
             y.data().iter().all(|v| v.is_finite()),
             "{} step {t}: non-finite output",
@@ -189,6 +198,7 @@ fn bad_forms_are_typed_errors() {
         splits: 1,
         poison: false,
         gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
     };
     for (tp, form) in [
         (3, Form::MlaTp),
@@ -339,6 +349,7 @@ fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
         splits: 1,
         poison: false,
         gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
     };
     let l = TpLayer::new(
         cpu(2),

@@ -41,6 +41,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
     gemm: GemmPath,
     gemm_name: &str,
     timed: &[Timed],
+    timing: &str,
     results_dir: Option<&Path>,
 ) -> Result<ModelCheck, CliError> {
     let l = &a.layer;
@@ -49,10 +50,15 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let base = Hardware::h200();
     let hw = roof.hardware(&base);
     let len = a.context + a.steps;
+    let (db, _) = tpla_runtime::tune::TuneDb::open(
+        &tpla_runtime::tune::default_dir(),
+        &exec.device_identity(),
+        &[&tpla_kernels::latent_decode],
+    );
     let forms = timed
         .iter()
         .map(|t| {
-            FormCheck::new(
+            let mut c = FormCheck::new(
                 cfg,
                 t.form,
                 l.tp,
@@ -62,9 +68,11 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 &hw,
                 t.times.device().as_secs_f64(),
                 t.times.host.as_secs_f64(),
-            )
+            )?;
+            c.calibrate(cfg, t.form, l.tp, a.batch, len, l.layers, &hw, &db)?;
+            Ok(c)
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, tpla_runtime::RuntimeError>>()?;
     let check = ModelCheck {
         label: LABEL,
         device,
@@ -77,6 +85,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
         tp: l.tp,
         layers: l.layers,
         gemm: gemm_name.to_string(),
+        timing: timing.to_string(),
         rooflines: roof,
         collective: CollectiveModel::of(&base),
         tolerance: TOLERANCE,
@@ -96,10 +105,18 @@ pub(crate) fn model_check<X: Executor + 'static>(
         check.rooflines.flops / 1e12,
         check.rooflines.matmul
     );
+    println!("phase timing: {}", check.timing);
     println!(
         "{:<12} {:>16} {:>16} {:>10} {:>10} {:>12}",
         "form", "meas a+p+g ms", "predicted ms", "meas/pred", "host ms", "coll ms (m)"
     );
+    let verdict = |ok: bool| {
+        if ok {
+            "(within 15 %)"
+        } else {
+            "(OUTSIDE 15 %)"
+        }
+    };
     for f in &check.forms {
         println!(
             "{:<12} {:>16.3} {:>16.3} {:>10.2} {:>10.3} {:>12.3} {}",
@@ -109,12 +126,26 @@ pub(crate) fn model_check<X: Executor + 'static>(
             f.ratio,
             f.host_s * 1e3,
             f.collective_modelled_s * 1e3,
-            if f.within_tolerance {
-                "(within 15 %)"
-            } else {
-                "(OUTSIDE 15 %)"
-            }
+            verdict(f.within_tolerance)
         );
+    }
+    println!("the same model with each rank's attention from this device's tune database (projections and glue from the rooflines):");
+    for f in &check.forms {
+        match &f.tuned_attention {
+            Some(t) => println!(
+                "{:<12} {:>16.3} {:>16.3} {:>10.2} {} attention: {}",
+                f.form,
+                f.measured_s * 1e3,
+                t.predicted_s * 1e3,
+                t.ratio,
+                verdict(t.within_tolerance),
+                t.source
+            ),
+            None => println!(
+                "{:<12} (the tune database lacks a rank's decode bucket: `tpla tune` writes it)",
+                f.form
+            ),
+        }
     }
     if let Some(dir) = results_dir {
         let p = write_check(dir, &check)?;

@@ -131,6 +131,24 @@ pub struct FormCheck {
     pub ratio: f64,
     /// `|ratio − 1| ≤ TOLERANCE`.
     pub within_tolerance: bool,
+    /// The same prediction with each rank's attention taken from this device's tune database
+    /// (the decode kernel's measured time for the rank's bucket, scaled to the batch and length,
+    /// as `--form auto` calibrates it) and the projections and glue still from the rooflines;
+    /// `None` where the database lacks a rank's bucket.
+    pub tuned_attention: Option<TunedAttention>,
+}
+
+/// [`FormCheck::tuned_attention`]: the model with measured decode-kernel times.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TunedAttention {
+    /// Predicted attention + projections + glue of the stack, s.
+    pub predicted_s: f64,
+    /// `measured_s / predicted_s`.
+    pub ratio: f64,
+    /// `|ratio − 1| ≤ TOLERANCE`.
+    pub within_tolerance: bool,
+    /// Where the attention figure came from.
+    pub source: String,
 }
 
 impl FormCheck {
@@ -170,7 +188,39 @@ impl FormCheck {
             predicted_s,
             ratio,
             within_tolerance: (ratio - 1.0).abs() <= TOLERANCE,
+            tuned_attention: None,
         })
+    }
+
+    /// Adds the prediction whose attention comes from the tune database `db` (see
+    /// [`FormCheck::tuned_attention`]); leaves it `None` where `db` lacks a rank's bucket.
+    #[allow(clippy::too_many_arguments)]
+    pub fn calibrate(
+        &mut self,
+        cfg: &MlaConfig,
+        form: Form,
+        tp: usize,
+        batch: usize,
+        len: usize,
+        layers: usize,
+        hw: &Hardware,
+        db: &tpla_runtime::tune::TuneDb,
+    ) -> Result<(), RuntimeError> {
+        let p = super::auto::predict(cfg, form, tp, batch, len, hw, Some(db))?;
+        if !p.source.starts_with("tune database") {
+            self.tuned_attention = None;
+            return Ok(());
+        }
+        let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
+        let predicted_s = (p.attn_s + m.proj_s + m.glue_s) * layers as f64;
+        let ratio = self.measured_s / predicted_s;
+        self.tuned_attention = Some(TunedAttention {
+            predicted_s,
+            ratio,
+            within_tolerance: (ratio - 1.0).abs() <= TOLERANCE,
+            source: p.source,
+        });
+        Ok(())
     }
 }
 
@@ -221,6 +271,8 @@ pub struct ModelCheck {
     pub layers: usize,
     /// Which gemm ran the projections.
     pub gemm: String,
+    /// How each phase was timed ([`super::clock::PhaseTiming`]; [`super::TpLayer::timing`]).
+    pub timing: String,
     /// The same-process rooflines the prediction used.
     pub rooflines: Rooflines,
     /// The collective model.

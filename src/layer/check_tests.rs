@@ -84,6 +84,38 @@ fn times_that_cannot_be_compared_are_errors() {
     }
 }
 
+/// With the rank's decode bucket in the tune database, the calibrated prediction is the
+/// measured kernel time plus the modelled projections and glue; without it there is none.
+#[test]
+fn the_tune_database_calibrates_the_checks_attention() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::tune::{decode_bucket, TuneDb};
+    let dir = scratch("calibrate");
+    let name = tpla_kernels::latent_decode.name();
+    let (mut db, _) = TuneDb::open(&dir, "test-device", &[&tpla_kernels::latent_decode]);
+    let mut c = check_at(Form::MlaTp, 1.1);
+    c.calibrate(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), &db)
+        .unwrap();
+    assert_eq!(
+        c.tuned_attention, None,
+        "an empty database calibrates nothing"
+    );
+    // MLA-TP at TP 2: 64 of DeepSeek-V3's 128 heads per rank, the whole latent.
+    let bucket = decode_bucket(64, 64, 512, 64, 32768);
+    let kcfg = tpla_kernels::ops::DecodeParams::new(64, 64, 512, 64, 1, 0.1).decode_config();
+    db.put(name, &bucket, &kcfg, 2000.0, "2026-12-04");
+    c.calibrate(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), &db)
+        .unwrap();
+    let t = c.tuned_attention.clone().expect("calibrated");
+    let m = layer_cost(&cfg(), Form::MlaTp, 2, 64, 32768, 2.0, &hw());
+    let want = (2000e-6 + m.proj_s + m.glue_s) * 4.0;
+    assert!((t.predicted_s - want).abs() < 1e-12, "{t:?} vs {want}");
+    assert!((t.ratio - c.measured_s / want).abs() < 1e-12);
+    assert_eq!(t.within_tolerance, (t.ratio - 1.0).abs() <= TOLERANCE);
+    assert!(t.source.contains("tune database"), "{}", t.source);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn sample() -> ModelCheck {
     ModelCheck {
         label: LABEL,
@@ -97,6 +129,7 @@ fn sample() -> ModelCheck {
         tp: 2,
         layers: 4,
         gemm: "cuBLAS".into(),
+        timing: "events".into(),
         rooflines: Rooflines {
             mem_bytes_per_s: 3.0e12,
             flops: 5.0e14,

@@ -24,6 +24,7 @@
 pub mod auto;
 pub mod budget;
 pub mod check;
+pub mod clock;
 pub mod cost;
 pub mod gemm;
 pub mod glue;
@@ -36,6 +37,7 @@ pub mod sum;
 pub mod tp_layer;
 pub mod weights;
 
+pub use clock::PhaseTiming;
 pub use gemm::GemmPath;
 pub use plan::{roles, Form, KvNorm, RankRole};
 pub use rank::RankTimes;

@@ -1,7 +1,7 @@
 //! One rank of a layer: its weights and cache on its executor, and the steps of a decode token,
 //! every one of them a kernel on the executor.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::{assemble_query, cache_row, down_norms, query_nope};
@@ -9,13 +9,15 @@ use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
+use super::clock::{Clock, Phase, PhaseTiming, StepTimer};
 use super::gemm::{out_buf, out_buf_bf16, Engine, GemmPath, Proj};
 use super::glue::RopeTable;
 use super::plan::RankRole;
 use super::weights::RankWeights;
 use crate::decoder::{DecoderShape, LatentDecoder, ShardOutput};
 
-/// Where one rank's step time went (each part synchronised, so they add up).
+/// Where one rank's step time went: each phase timed as [`super::clock::PhaseTiming`] says
+/// (device events by default), so the parts add up to the rank's work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RankTimes {
     /// Dense projections on the executor: down, `W_UQ`, absorption, `W_UV`, `W_O`.
@@ -95,6 +97,8 @@ pub(crate) struct Rank<X: Executor> {
     cfg: MlaConfig,
     batch: usize,
     pub(crate) engine: Engine,
+    /// How this rank's phases are timed.
+    pub(crate) clock: Clock,
 }
 
 /// A rank's down-projection of the step's token, on its executor.
@@ -121,19 +125,6 @@ fn even(what: &str, v: usize) -> Result<i64, RuntimeError> {
     Ok((v / 2) as i64)
 }
 
-/// Runs `f` and synchronises, adding the time to `bucket`.
-fn timed<X: Executor, T>(
-    exec: &X,
-    bucket: &mut Duration,
-    f: impl FnOnce() -> Result<T, RuntimeError>,
-) -> Result<T, RuntimeError> {
-    let s = Instant::now();
-    let r = f()?;
-    exec.synchronize()?;
-    *bucket += s.elapsed();
-    Ok(r)
-}
-
 impl<X: Executor + 'static> Rank<X> {
     /// The rank on `exec`; `positions` is how many token positions its RoPE table covers.
     #[allow(clippy::too_many_arguments)]
@@ -147,6 +138,7 @@ impl<X: Executor + 'static> Rank<X> {
         kv: KvScale,
         poison: bool,
         gemm: GemmPath,
+        timing: PhaseTiming,
     ) -> Result<Self, RuntimeError> {
         let e = Engine::for_executor(exec, gemm)?;
         let (ql, wd, rope, nope) = (w.q_lora, role.latent.len(), cfg.qk_rope, cfg.qk_nope);
@@ -196,6 +188,7 @@ impl<X: Executor + 'static> Rank<X> {
             batch: shape.batch,
             role,
             engine: e,
+            clock: Clock::for_executor(exec, timing),
         })
     }
 }
@@ -222,15 +215,15 @@ impl<X: Executor> Rank<X> {
         &self,
         exec: &X,
         x: &X::Tensor<f32>,
-        t: &mut RankTimes,
+        t: &mut StepTimer,
     ) -> Result<(Down<X>, X::Tensor<f32>), RuntimeError> {
         let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
-        let mut y = timed(exec, &mut t.projections, || self.down.apply(exec, x, b))?;
+        let mut y = t.time(exec, Phase::Projections, || self.down.apply(exec, x, b))?;
         X::reshape(&mut y, &[b, ql + w + rope])?;
         let mut q_a = out_buf(exec, &[b, ql], self.poison)?;
         let mut c_sq = out_buf(exec, &[b, 1], self.poison)?;
         let eps = self.cfg.rms_eps as f32;
-        timed(exec, &mut t.glue, || {
+        t.time(exec, Phase::Glue, || {
             down_norms::launch(
                 exec,
                 &self.glue.norms,
@@ -253,7 +246,7 @@ impl<X: Executor> Rank<X> {
         exec: &X,
         down: &mut Down<X>,
         pos: usize,
-        t: &mut RankTimes,
+        t: &mut StepTimer,
     ) -> Result<X::Tensor<bf16>, RuntimeError> {
         let (b, ql, w, rope, nope) = (
             self.batch,
@@ -265,21 +258,21 @@ impl<X: Executor> Rank<X> {
         let hr = self.role.attn_heads.len();
         let p = self.position(pos)?;
         X::reshape(&mut down.q_a, &[b, 1, ql])?;
-        let q = timed(exec, &mut t.projections, || {
+        let q = t.time(exec, Phase::Projections, || {
             self.uq.apply(exec, &down.q_a, b)
         });
         X::reshape(&mut down.q_a, &[b, ql])?;
         let mut q = q?;
         X::reshape(&mut q, &[b, hr, nope + rope])?;
         let mut qn = out_buf(exec, &[b, hr, nope], self.poison)?;
-        timed(exec, &mut t.glue, || {
+        t.time(exec, Phase::Glue, || {
             query_nope::launch(exec, &self.glue.nope, &q, &mut qn)
         })?;
-        let mut abs = timed(exec, &mut t.projections, || self.uk.apply(exec, &qn, b))?;
+        let mut abs = t.time(exec, Phase::Projections, || self.uk.apply(exec, &qn, b))?;
         X::reshape(&mut abs, &[b, hr, w / 2, 2])?;
         X::reshape(&mut q, &[b, hr, (nope + rope) / 2, 2])?;
         let mut out = out_buf_bf16(exec, &[b, hr, (w + rope) / 2, 2], self.poison)?;
-        timed(exec, &mut t.glue, || {
+        t.time(exec, Phase::Glue, || {
             assemble_query::launch(
                 exec,
                 &self.glue.query,
@@ -304,7 +297,7 @@ impl<X: Executor> Rank<X> {
         down: &mut Down<X>,
         c_sq: &X::Tensor<f32>,
         pos: usize,
-        t: &mut RankTimes,
+        t: &mut StepTimer,
     ) -> Result<(), RuntimeError> {
         let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
         let p = self.position(pos)?;
@@ -313,7 +306,7 @@ impl<X: Executor> Rank<X> {
         let mut rows = out_buf_bf16(exec, &[b, (w + rope) / 2, 2], self.poison)?;
         let kv = self.kv;
         // One timed phase (one synchronisation) for the row and its append.
-        let appended = timed(exec, &mut t.glue, || {
+        let appended = t.time(exec, Phase::Glue, || {
             cache_row::launch(
                 exec,
                 &self.glue.row,
@@ -339,12 +332,13 @@ impl<X: Executor> Rank<X> {
         &self,
         exec: &X,
         q: &X::Tensor<bf16>,
-        t: &mut RankTimes,
+        t: &mut StepTimer,
     ) -> Result<ShardOutput<X>, RuntimeError> {
-        let out = timed(exec, &mut t.attention, || {
-            self.dec.attend_prepared(exec, std::slice::from_ref(q))
-        })?
-        .pop();
+        let out = t
+            .time(exec, Phase::Attention, || {
+                self.dec.attend_prepared(exec, std::slice::from_ref(q))
+            })?
+            .pop();
         out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
     }
 
@@ -354,10 +348,10 @@ impl<X: Executor> Rank<X> {
         &self,
         exec: &X,
         o: &X::Tensor<f32>,
-        t: &mut RankTimes,
+        t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
-        timed(exec, &mut t.projections, || {
+        t.time(exec, Phase::Projections, || {
             let mut v = self.uv.apply(exec, o, b)?;
             X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
             let mut y = self.o.apply(exec, &v, b)?;

@@ -10,6 +10,7 @@ use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
 
+use super::clock::{Phase, PhaseTiming, StepTimer};
 use super::gemm::{out_buf, GemmPath};
 use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
 use super::rank::{Down, KvScale, Rank, RankTimes};
@@ -32,6 +33,9 @@ pub struct LayerShape {
     pub poison: bool,
     /// Which gemm runs the dense projections ([`GemmPath::Auto`]: cuBLAS on a CUDA executor).
     pub gemm: GemmPath,
+    /// How each rank's phases are timed ([`PhaseTiming::Events`]: device events, one
+    /// synchronisation per step).
+    pub timing: PhaseTiming,
 }
 
 /// What [`TpLayer::step_device`] returns: every rank's all-reduced output `[batch, D]` (on its
@@ -113,6 +117,7 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
                 kv,
                 shape.poison,
                 shape.gemm,
+                shape.timing,
             )?);
         }
         Ok(TpLayer {
@@ -163,6 +168,11 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             .first()
             .map(|r| r.engine.describe())
             .unwrap_or_default()
+    }
+
+    /// How the ranks' phases are timed (rank 0's clock), for reports.
+    pub fn timing(&self) -> &'static str {
+        self.ranks.first().map_or("", |r| r.clock.describe())
     }
 
     /// The layer's form.
@@ -286,7 +296,11 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             });
         }
         let pos = self.len;
-        let mut times = vec![RankTimes::default(); tp];
+        let mut times: Vec<StepTimer> = self
+            .ranks
+            .iter()
+            .map(|r| StepTimer::new(&r.clock))
+            .collect();
         let mut downs: Vec<Down<X>> = Vec::with_capacity(tp);
         let mut c_sq: Vec<X::Tensor<f32>> = Vec::with_capacity(tp);
         for (((rank, exec), t), x) in self
@@ -334,6 +348,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
         self.len += 1;
+        let times = times
+            .into_iter()
+            .map(StepTimer::finish)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((parts, times))
     }
 
@@ -346,7 +364,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     fn dcp_merge(
         &self,
         outs: Vec<(X::Tensor<f32>, X::Tensor<f32>)>,
-        times: &mut [RankTimes],
+        times: &mut [StepTimer],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
         let tp = self.ranks.len();
         let (b, h, lat) = match X::tensor_arg(&outs[0].0).tensor_shape() {
@@ -386,10 +404,9 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             let mut out = out_buf(exec, &[b, hs.len(), lat], poison)?;
             let first = i32::try_from(hs.start)
                 .map_err(|_| RuntimeError::InvalidInput(format!("head {}", hs.start)))?;
-            let s0 = Instant::now();
-            merge_heads::launch(exec, &merge, &p, &s, &mut out, first)?;
-            exec.synchronize()?;
-            t.glue += s0.elapsed();
+            t.time(exec, Phase::Glue, || {
+                merge_heads::launch(exec, &merge, &p, &s, &mut out, first)
+            })?;
             merged.push(out);
         }
         Ok(merged)

@@ -102,6 +102,11 @@ pub struct LayerArgs {
     /// Small synthetic shapes (hidden 256, 8 heads, q_lora 128) instead of the preset's.
     #[arg(long)]
     pub small: bool,
+    /// Time each phase of a layer step on the host clock with the device synchronised after it
+    /// (launch latency included; how the layer was timed before), instead of device events
+    /// around each phase with one synchronisation per step.
+    #[arg(long)]
+    pub sync_phases: bool,
 }
 
 /// Runs the layer forms (and/or the largest-batch sweep).

@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use tpla::layer::cost::{layer_cost, Hardware};
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, Form, GemmPath, LayerShape, RankTimes, TpLayer};
+use tpla::layer::{prepare, Form, GemmPath, LayerShape, PhaseTiming, RankTimes, TpLayer};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{MlaConfig, MlaLayer, Preset};
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
@@ -121,14 +121,21 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         splits: a.splits,
         poison: false,
         gemm: l.gemm.into(),
+        timing: if l.sync_phases {
+            PhaseTiming::Synchronised
+        } else {
+            PhaseTiming::Events
+        },
     };
     let hw = Hardware::h200();
     let mut rows = Vec::new();
     let mut gemm_name = String::new();
+    let mut timing = "";
     for &form in forms {
         let mut stack = build(make, coll, &layer, form, &shape, l.layers)?;
         if let Some(s) = stack.first() {
             gemm_name = s.gemm();
+            timing = s.timing();
             println!("{}: projections through {gemm_name}", form.name());
         }
         let tuned = apply_tune_db(&mut stack);
@@ -146,7 +153,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             s.fill_random(a.context, a.seed ^ i as u64)?;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-        let mut per_step: Vec<(f64, RankTimes)> = Vec::new();
+        let mut per_step: Vec<(f64, RankTimes, f64)> = Vec::new();
         let norm = crate::cli::decode_prenorm::Prenorm::new(&stack, cfg.hidden)?;
         for step in 0..=a.steps {
             let xv: Vec<f32> = (0..a.batch * cfg.hidden)
@@ -158,6 +165,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             // The stack's input goes up once per rank (host); layer to layer the hidden states
             // stay on the executors (each rank's all-reduced output, normalised there).
             let mut xs = Vec::with_capacity(l.tp);
+            let wall = std::time::Instant::now();
             for (exec, t) in stack[0].execs().iter().zip(&mut ranks) {
                 let s = std::time::Instant::now();
                 xs.push(exec.upload(&x)?);
@@ -170,6 +178,12 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
                 }
                 xs = norm.apply(s.execs(), i, ys)?;
             }
+            for exec in stack[0].execs() {
+                exec.synchronize()?;
+            }
+            // The whole stack on the host clock: every rank's work one after another on this
+            // device, launches and the per-layer synchronisation included.
+            let wall = wall.elapsed().as_secs_f64();
             if step > 0 {
                 // Step 0 compiles the kernels: untimed.
                 let worst = ranks
@@ -177,20 +191,24 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
                     .copied()
                     .max_by_key(|r| r.total())
                     .unwrap_or_default();
-                per_step.push((worst.total().as_secs_f64(), worst));
+                per_step.push((worst.total().as_secs_f64(), worst, wall));
             }
         }
         per_step.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (_, med) = per_step[per_step.len() / 2];
+        let (_, med, _) = per_step[per_step.len() / 2];
+        let mut walls: Vec<f64> = per_step.iter().map(|p| p.2).collect();
+        walls.sort_by(f64::total_cmp);
+        let wall = walls[walls.len() / 2];
         let len = a.context + a.steps;
         let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
         let n = l.layers as f64;
-        rows.push((form, med, model.coll_s * n, model.device_s() * n));
+        rows.push((form, med, model.coll_s * n, model.device_s() * n, wall));
     }
     println!();
     println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
+    println!("phase timing: {timing}");
     println!(
-        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10}",
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10} {:>20}",
         "form",
         "attn ms",
         "proj ms",
@@ -200,15 +218,16 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         "step ms",
         "tokens/s",
         "spec a+p+g ms",
-        "meas/spec"
+        "meas/spec",
+        "wall ms (all ranks)"
     );
     let mut times = Vec::new();
-    for (form, t, coll, model) in &rows {
+    for (form, t, coll, model, wall) in &rows {
         let dev = t.device().as_secs_f64();
         let step = t.total().as_secs_f64() + coll;
         times.push((form.name(), dev + coll));
         println!(
-            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2}",
+            "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2} {:>20.3}",
             form.name(),
             t.attention.as_secs_f64() * 1e3,
             t.projections.as_secs_f64() * 1e3,
@@ -218,12 +237,13 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             step * 1e3,
             a.batch as f64 / step,
             model * 1e3,
-            dev / model
+            dev / model,
+            wall * 1e3
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; the model check below uses this run's rooflines)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' the host clock over the whole stack with every rank's work one after another on this device, launches and one synchronisation per layer included; the model check below uses this run's rooflines)", a.steps, l.layers);
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
-        for (form, t, coll, _) in &rows {
+        for (form, t, coll, _, _) in &rows {
             let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
             let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
             println!(
@@ -242,7 +262,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     }
     let timed: Vec<crate::cli::decode_check::Timed> = rows
         .iter()
-        .map(|(form, t, _, _)| crate::cli::decode_check::Timed {
+        .map(|(form, t, _, _, _)| crate::cli::decode_check::Timed {
             form: *form,
             times: *t,
         })
@@ -258,6 +278,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         l.gemm.into(),
         &gemm_name,
         &timed,
+        timing,
         l.results_dir.as_deref(),
     )?;
     drop(execs);
@@ -301,6 +322,7 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
         splits: 2,
         poison: true,
         gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
     };
     let mut tl = TpLayer::new(make()?, coll, &layer, form, shape, None)?;
     let mut worst = 0.0f64;
