@@ -56,6 +56,11 @@ fn play(exec: &CudaExecutor, heads: usize, lat: usize, splits: usize, seed: u64)
         exec.hopper_schedules(),
         "{what}: {cfg}"
     );
+    // ... with 16-row blocks up to 16 heads, 64-row blocks above.
+    if exec.hopper_schedules() {
+        let rows = if heads <= 16 { 16 } else { 64 };
+        assert_eq!(cfg.try_get("BLOCK_H"), Some(rows), "{what}: {cfg}");
+    }
     plan.reserve_query_len(exec, 2).unwrap();
     let stream = exec.stream().clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

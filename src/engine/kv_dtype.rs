@@ -62,23 +62,43 @@ impl KvDtype {
 }
 
 /// Sets an FP8 plan's decode config: `KV_FP8 = lat`, and on a device with the Hopper schedules
-/// ([`Executor::hopper_schedules`]) the producer-fed form: the producer warpgroup converts the
-/// rows into a two-stage ring of 32-token blocks read by 64-row `wgmma` consumers
-/// (`BLOCK_H=64,BLOCK_N=32,STAGES=2,PRODUCER=1`). On the H200 (2026-12-04, `tpla bench`, MLA H16
-/// / H64, B128 x 4K and B64 x 32K) that was the fastest FP8 config of every case, 328-345 us at
-/// 4K where the consumer-loaded configs took 480-700 us (`bench/NOTES-fp8.md`). A config set
-/// later (`set_decode_config`, e.g. from the tune database) replaces it.
+/// ([`Executor::hopper_schedules`]) the producer-fed form, where a producer warpgroup converts
+/// the rows into a shared-memory ring read by the consumers. Its shape follows the heads, as
+/// the H200 measured it (2026-12-04, `tpla bench`, MLA B128 x 4K and B64 x 32K,
+/// `bench/NOTES-fp8.md`):
+/// - up to 16 heads: 16-row `mma.sync` consumer warps, a three-stage ring of 64-token blocks
+///   (`BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1`): 240 / 906 us where 64-row blocks took
+///   318-328 / 1254-1256 us;
+/// - more heads: 64-row `wgmma` consumers, a two-stage ring of 32-token blocks
+///   (`BLOCK_H=64,BLOCK_N=32,STAGES=2,PRODUCER=1`): 337-345 us at H64 B128 x 4K, where the
+///   consumer-loaded configs took 480-700 us.
+///
+/// A config set later (`set_decode_config`, e.g. from the tune database) replaces it.
 pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodeParams, lat: usize) {
     params.decode.set("KV_FP8", lat as i64);
     if exec.hopper_schedules() {
-        for (knob, value) in [
+        for (knob, value) in fp8_hopper_knobs(params.heads) {
+            params.decode.set(knob, value);
+        }
+    }
+}
+
+/// The producer-fed FP8 schedule's knobs for `heads` query rows ([`fp8_decode_schedule`]).
+pub(super) fn fp8_hopper_knobs(heads: usize) -> [(&'static str, i64); 4] {
+    if heads <= 16 {
+        [
+            ("BLOCK_H", 16),
+            ("BLOCK_N", 64),
+            ("STAGES", 3),
+            ("PRODUCER", 1),
+        ]
+    } else {
+        [
             ("BLOCK_H", 64),
             ("BLOCK_N", 32),
             ("STAGES", 2),
             ("PRODUCER", 1),
-        ] {
-            params.decode.set(knob, value);
-        }
+        ]
     }
 }
 
@@ -96,5 +116,13 @@ mod tests {
         assert!(e.contains("multiple of 128"), "{e}");
         assert_eq!(KvDtype::parse("fp8"), Some(KvDtype::Fp8));
         assert_eq!(KvDtype::parse("e4m3"), None);
+    }
+
+    #[test]
+    fn the_hopper_fp8_schedule_follows_the_heads() {
+        let h = |heads| fp8_hopper_knobs(heads)[0].1;
+        assert_eq!((h(8), h(16), h(32), h(128)), (16, 16, 64, 64));
+        assert!(fp8_hopper_knobs(16).contains(&("STAGES", 3)));
+        assert!(fp8_hopper_knobs(64).contains(&("BLOCK_N", 32)));
     }
 }

@@ -269,13 +269,24 @@ impl<X: ViewExecutor> EnginePlan<X> {
 
     /// The decode parameters for `sq` query tokens per sequence: `BLOCK_H` re-chosen for the
     /// `sq · heads` rows, except under the FP8 producer schedule ([`fp8_decode_schedule`]),
-    /// which keeps its 64-row blocks (the form measured and emulated).
+    /// which runs 64-row blocks (the form measured and emulated with several query tokens): a
+    /// plan whose one-token blocks are narrower (16 heads or fewer) takes the 64-row schedule.
     fn query_params(&self, sq: usize) -> DecodeParams {
         let mut p = self.params.clone().with_query_len(sq);
         let fp8_producer = |c: &Config| {
             c.try_get("KV_FP8").is_some_and(|v| v > 0) && c.try_get("PRODUCER") == Some(1)
         };
         if fp8_producer(&self.params.decode) {
+            if self
+                .params
+                .decode
+                .try_get("BLOCK_H")
+                .is_some_and(|b| b < 64)
+            {
+                for (knob, value) in kv_dtype::fp8_hopper_knobs(64) {
+                    p.decode.set(knob, value);
+                }
+            }
             p.decode.set("BLOCK_H", 64);
         }
         p
