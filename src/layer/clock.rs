@@ -88,6 +88,27 @@ impl Clock {
     }
 }
 
+/// Orders rank `r`'s next work after everything already queued by the other ranks' clocks
+/// (`clocks[r]` excepted), without the host waiting: ranks that share one device each have a
+/// stream of their own, and a rank's kernels running beside another rank's would share the
+/// device's multiprocessors, which no rank does on its own GPU (and which would put the other
+/// rank's time into this rank's phases). A no-op for host clocks (their work is already done).
+pub(crate) fn serialise(clocks: &[Clock], r: usize) -> Result<(), RuntimeError> {
+    #[cfg(feature = "cuda")]
+    if let Some(Clock::Cuda(mine)) = clocks.get(r) {
+        for (i, c) in clocks.iter().enumerate() {
+            if let Clock::Cuda(other) = c {
+                if i != r && other.cu_stream() != mine.cu_stream() {
+                    mine.join(other).map_err(|e| event_err("stream join", e))?;
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (clocks, r);
+    Ok(())
+}
+
 /// A phase whose end has been queued but not yet read.
 #[cfg(feature = "cuda")]
 struct Pending {

@@ -10,7 +10,7 @@ use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
 
-use super::clock::{Phase, PhaseTiming, StepTimer};
+use super::clock::{serialise, Clock, Phase, PhaseTiming, StepTimer};
 use super::gemm::{out_buf, GemmPath};
 use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
 use super::rank::{Down, KvScale, Rank, RankTimes};
@@ -296,20 +296,19 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             });
         }
         let pos = self.len;
-        let mut times: Vec<StepTimer> = self
-            .ranks
-            .iter()
-            .map(|r| StepTimer::new(&r.clock))
-            .collect();
+        let clocks: Vec<Clock> = self.ranks.iter().map(|r| r.clock.clone()).collect();
+        let mut times: Vec<StepTimer> = clocks.iter().map(StepTimer::new).collect();
         let mut downs: Vec<Down<X>> = Vec::with_capacity(tp);
         let mut c_sq: Vec<X::Tensor<f32>> = Vec::with_capacity(tp);
-        for (((rank, exec), t), x) in self
+        for (r, (((rank, exec), t), x)) in self
             .ranks
             .iter()
             .zip(&self.execs)
             .zip(&mut times)
             .zip(xs.iter_mut())
+            .enumerate()
         {
+            serialise(&clocks, r)?;
             X::reshape(x, &[b, 1, d])?;
             let (dn, sq) = rank.down(exec, x, t)?;
             downs.push(dn);
@@ -320,12 +319,14 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             self.collective.all_reduce_sum(&self.execs, &mut c_sq)?;
         }
         let mut outs = Vec::with_capacity(tp);
-        for ((rank, exec), (t, (dn, sq))) in self
+        for (r, ((rank, exec), (t, (dn, sq)))) in self
             .ranks
             .iter_mut()
             .zip(&self.execs)
             .zip(times.iter_mut().zip(downs.iter_mut().zip(&c_sq)))
+            .enumerate()
         {
+            serialise(&clocks, r)?;
             let q = rank.query(exec, dn, pos, t)?;
             if rank.role.tokens.is_none_or(|(r, n)| pos % n == r) {
                 rank.append(exec, dn, sq, pos, t)?;
@@ -333,17 +334,19 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             outs.push(rank.attend(exec, &q, t)?);
         }
         let latent = match self.form {
-            Form::Dcp => self.dcp_merge(outs, &mut times)?,
+            Form::Dcp => self.dcp_merge(outs, &clocks, &mut times)?,
             _ => outs.into_iter().map(|(o, _)| o).collect(),
         };
         let mut parts = Vec::with_capacity(tp);
-        for (((rank, exec), t), o) in self
+        for (r, (((rank, exec), t), o)) in self
             .ranks
             .iter()
             .zip(&self.execs)
             .zip(&mut times)
             .zip(&latent)
+            .enumerate()
         {
+            serialise(&clocks, r)?;
             parts.push(rank.output(exec, o, t)?);
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
@@ -364,6 +367,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     fn dcp_merge(
         &self,
         outs: Vec<(X::Tensor<f32>, X::Tensor<f32>)>,
+        clocks: &[Clock],
         times: &mut [StepTimer],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
         let tp = self.ranks.len();
@@ -391,13 +395,15 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
         self.collective.all_reduce_sum(&self.execs, &mut lses)?;
         let mut merged = Vec::with_capacity(tp);
-        for (((rank, exec), t), (mut p, mut s)) in self
+        for (r, (((rank, exec), t), (mut p, mut s))) in self
             .ranks
             .iter()
             .zip(&self.execs)
             .zip(times.iter_mut())
             .zip(parts.into_iter().zip(lses))
+            .enumerate()
         {
+            serialise(clocks, r)?;
             X::reshape(&mut p, &[tp, b, h, lat])?;
             X::reshape(&mut s, &[tp, b, h])?;
             let hs = rank.role.out_heads.clone();
