@@ -490,6 +490,13 @@ pub trait Executor {
     ) -> Result<(), RuntimeError>;
     /// Waits until all queued work has finished.
     fn synchronize(&self) -> Result<(), RuntimeError>;
+    /// Orders the work queued on this executor from now on after the work already queued on
+    /// `other` (another executor of the same device, e.g. one per rank), without the host
+    /// waiting where the backend can order it on the device (CUDA: this stream waits for an
+    /// event on `other`'s). The default waits on the host for `other` to finish.
+    fn order_after(&self, other: &Self) -> Result<(), RuntimeError> {
+        other.synchronize()
+    }
     /// Independent processors work can be spread over (CPU threads, GPU multiprocessors); used
     /// to choose KV splits.
     fn compute_units(&self) -> usize {

@@ -32,13 +32,15 @@ impl<X: Executor> Prenorm<X> {
         Ok(Prenorm { cfg, ones })
     }
 
-    /// The normalised `ys` of layer `layer`, each on its rank's executor (synchronised, so the
-    /// next layer's executors may read them).
+    /// The normalised `ys` of layer `layer`, each on its rank's executor; `next` (the next
+    /// layer's executors, rank for rank) is ordered after it on the device, so the next layer
+    /// may read them without the host waiting.
     pub(crate) fn apply(
         &self,
         execs: &[X],
         layer: usize,
         ys: Vec<X::Tensor<f32>>,
+        next: Option<&[X]>,
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
         let mut out = Vec::with_capacity(ys.len());
         for ((exec, y), g) in execs.iter().zip(&ys).zip(&self.ones[layer]) {
@@ -48,8 +50,12 @@ impl<X: Executor> Prenorm<X> {
                 .unwrap_or_default();
             let mut x = exec.alloc::<f32>(&shape)?;
             tpla_kernels::rms_norm_rows::launch(exec, &self.cfg, y, g, &mut x, 1e-6)?;
-            exec.synchronize()?;
             out.push(x);
+        }
+        if let Some(next) = next {
+            for (n, e) in next.iter().zip(execs) {
+                n.order_after(e)?;
+            }
         }
         Ok(out)
     }

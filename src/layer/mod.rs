@@ -42,5 +42,5 @@ pub use gemm::GemmPath;
 pub use plan::{roles, Form, KvNorm, RankRole};
 pub use rank::RankTimes;
 pub use sum::DeviceSum;
-pub use tp_layer::{DeviceStep, LayerShape, TpLayer};
+pub use tp_layer::{DeviceStep, LayerShape, PendingTimes, TpLayer};
 pub use weights::prepare;

@@ -38,11 +38,15 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
                 "device sum takes [rows, cols] tensors, got {shape:?}"
             )));
         };
-        execs.iter().try_for_each(|e| e.synchronize())?;
         if parts.len() < 2 {
             return Ok(());
         }
         let exec = &execs[0];
+        // Ordered on the device, not by the host: the sum on `exec` after every rank's queued
+        // work, and every rank's later work after the sum (the executors share one device).
+        for e in &execs[1..] {
+            exec.order_after(e)?;
+        }
         let add = add_rows.default_config(&[("COLS", cols as i64)])?;
         let copy = copy_rows.default_config(&[("COLS", cols as i64)])?;
         let mut acc = exec.alloc::<f32>(&[rows, cols])?;
@@ -55,6 +59,9 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
         for p in parts.iter_mut() {
             copy_rows::launch(exec, &copy, &acc, p)?;
         }
-        exec.synchronize()
+        for e in &execs[1..] {
+            e.order_after(exec)?;
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,16 @@ pub struct LayerShape {
 /// executor) and every rank's time.
 pub type DeviceStep<X> = (Vec<<X as Executor>::Tensor<f32>>, Vec<RankTimes>);
 
+/// Every rank's phase times of a queued layer step ([`TpLayer::step_queued`]).
+pub struct PendingTimes(Vec<StepTimer>);
+
+impl PendingTimes {
+    /// Waits for the step's work and returns every rank's times, in rank order.
+    pub fn finish(self) -> Result<Vec<RankTimes>, RuntimeError> {
+        self.0.into_iter().map(StepTimer::finish).collect()
+    }
+}
+
 /// One attention layer over `tp` ranks (see [`Form`]). The layer's weights must come from
 /// [`super::weights::prepare`] (γ folded, bf16).
 pub struct TpLayer<X: Executor, C: AllReduce<X>> {
@@ -268,10 +278,18 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// all-reduced output `[batch, D]` (on its executor), what a tensor-parallel model feeds its
     /// next block. Nothing of the step moves through the host but the sequence lengths the
     /// append sets.
-    pub fn step_device(
+    pub fn step_device(&mut self, xs: Vec<X::Tensor<f32>>) -> Result<DeviceStep<X>, RuntimeError> {
+        let (ys, pending) = self.step_queued(xs)?;
+        Ok((ys, pending.finish()?))
+    }
+
+    /// [`Self::step_device`] without waiting for the device: the step's work is queued (on a
+    /// GPU the host returns while it runs) and its times are read by [`PendingTimes::finish`],
+    /// so a stack of layers can be queued back to back as an engine queues a decode step.
+    pub fn step_queued(
         &mut self,
         mut xs: Vec<X::Tensor<f32>>,
-    ) -> Result<DeviceStep<X>, RuntimeError> {
+    ) -> Result<(Vec<X::Tensor<f32>>, PendingTimes), RuntimeError> {
         let (b, d) = (self.batch, self.hidden);
         let tp = self.ranks.len();
         if xs.len() != tp {
@@ -351,11 +369,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
         self.len += 1;
-        let times = times
-            .into_iter()
-            .map(StepTimer::finish)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((parts, times))
+        Ok((parts, PendingTimes(times)))
     }
 
     /// DCP: every rank's partial state `(out, lse)` (all heads, its tokens) goes to every rank

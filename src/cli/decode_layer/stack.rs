@@ -171,15 +171,24 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
                 xs.push(exec.upload(&x)?);
                 t.host += s.elapsed();
             }
-            for (i, s) in stack.iter_mut().enumerate() {
-                let (ys, times) = s.step_device(xs)?;
-                for (acc, t) in ranks.iter_mut().zip(times) {
+            // The whole stack is queued before any time is read: the host runs ahead of the
+            // device as in an engine's decode step (the step's last layer is waited for below).
+            let mut pending = Vec::with_capacity(stack.len());
+            for i in 0..stack.len() {
+                let (ys, p) = stack[i].step_queued(xs)?;
+                pending.push(p);
+                let next = stack.get(i + 1).map(|n| n.execs());
+                xs = norm.apply(stack[i].execs(), i, ys, next)?;
+            }
+            for p in pending {
+                for (acc, t) in ranks.iter_mut().zip(p.finish()?) {
                     *acc += t;
                 }
-                xs = norm.apply(s.execs(), i, ys)?;
             }
-            for exec in stack[0].execs() {
-                exec.synchronize()?;
+            for s in &stack {
+                for exec in s.execs() {
+                    exec.synchronize()?;
+                }
             }
             // The whole stack on the host clock: every rank's work one after another on this
             // device, launches and the per-layer synchronisation included.

@@ -208,6 +208,15 @@ impl Executor for CudaExecutor {
             .map_err(|e| driver_err("synchronize", e))
     }
 
+    fn order_after(&self, other: &Self) -> Result<(), RuntimeError> {
+        if self.stream.cu_stream() == other.stream.cu_stream() {
+            return Ok(()); // one stream is already in order
+        }
+        self.stream
+            .join(&other.stream)
+            .map_err(|e| driver_err("ordering one stream after another", e))
+    }
+
     fn backend_name(&self) -> String {
         format!(
             "cuda:{} ({}, {}, {} SMs)",
