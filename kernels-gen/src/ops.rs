@@ -430,6 +430,7 @@ pub fn decode_attention_balanced<X: Executor>(
     };
     let lens_shape = [p.batch];
     let lens = pa.seq_lens_arg(&lens_shape)?;
+    let g = pa.geometry();
     launch_schedule(
         exec,
         p,
@@ -437,6 +438,7 @@ pub fn decode_attention_balanced<X: Executor>(
         lens,
         tensor_of(X::tensor_arg_mut(&mut ws.chunk))?,
         tensor_of(X::tensor_arg_mut(&mut ws.nsplits))?,
+        g.pages_per_seq * g.page_size,
     )?;
     let chunk = tensor_of(X::tensor_arg(&ws.chunk))?;
     let cache = KernelArg::Paged(pa.with_split_table(chunk)?);
@@ -458,8 +460,19 @@ pub fn decode_attention_balanced<X: Executor>(
     exec.launch(&combine_counted, &p.combine_config(), &args)
 }
 
+/// Bisection rounds of [`crate::split_schedule`] for sequences of at most `max_len` tokens in
+/// blocks of `block_n`: each round halves the interval of piece sizes (at most `ceil(max_len /
+/// block_n)` blocks wide), so `floor(log2(blocks)) + 1` rounds close it; one more for safety, at
+/// most 24 (the kernel counts in f32, exact below 2^24 blocks). A fixed 24 took ~42 us on the
+/// H200 (2026-12-04); 11 rounds at 32K tokens of 64-token blocks.
+pub fn schedule_rounds(max_len: usize, block_n: usize) -> i32 {
+    let blocks = max_len.div_ceil(block_n.max(1)).max(1);
+    (blocks.ilog2() as i32 + 2).min(24)
+}
+
 /// Launches [`crate::split_schedule`]: `chunk` and `nsplits` (`[batch]` i32, passed for
-/// writing) from `lens` (`[batch]` i32).
+/// writing) from `lens` (`[batch]` i32), every length at most `max_len` (the cache's capacity:
+/// it bounds the search, [`schedule_rounds`]).
 pub fn launch_schedule<X: Executor>(
     exec: &X,
     p: &DecodeParams,
@@ -467,12 +480,15 @@ pub fn launch_schedule<X: Executor>(
     lens: TensorArg<'_>,
     chunk: TensorArg<'_>,
     nsplits: TensorArg<'_>,
+    max_len: usize,
 ) -> Result<(), RuntimeError> {
     let int = |what: &str, v: usize| {
         i32::try_from(v)
             .map(KernelArg::I32)
             .map_err(|_| RuntimeError::InvalidInput(format!("schedule {what} {v} overflows i32")))
     };
+    let cfg = Balanced::schedule_config(p)?;
+    let rounds = schedule_rounds(max_len, cfg.get("BLOCK_N")? as usize);
     let args = [
         KernelArg::Tensor(lens),
         KernelArg::Tensor(chunk),
@@ -480,8 +496,8 @@ pub fn launch_schedule<X: Executor>(
         int("units", sched.units)?,
         int("max_splits", sched.max_splits)?,
         int("min_chunk", sched.min_chunk)?,
+        KernelArg::I32(rounds),
     ];
-    let cfg = Balanced::schedule_config(p)?;
     let max_b = cfg.get("MAX_B")? as usize;
     if lens.shape().iter().product::<usize>() > max_b {
         return Err(RuntimeError::InvalidInput(format!(
@@ -499,5 +515,38 @@ fn tensor_of(a: KernelArg<'_>) -> Result<TensorArg<'_>, RuntimeError> {
         _ => Err(RuntimeError::InvalidInput(
             "expected a tensor argument".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule_rounds;
+
+    /// Enough rounds to close an interval as wide as the capacity's blocks (each round halves
+    /// it: `w -> floor(w / 2)`), and never more than 24.
+    #[test]
+    fn schedule_rounds_close_the_widest_interval() {
+        for (max_len, bn) in [
+            (1usize, 64usize),
+            (64, 64),
+            (65, 64),
+            (4096, 32),
+            (32768, 64),
+            (1 << 20, 16),
+        ] {
+            let blocks = max_len.div_ceil(bn);
+            let (mut w, mut n) = (blocks.saturating_sub(1), 0);
+            while w > 0 {
+                w /= 2;
+                n += 1;
+            }
+            let r = schedule_rounds(max_len, bn);
+            assert!(
+                r as usize >= n && r <= 24,
+                "{max_len} / {bn}: {r} rounds, {n} needed"
+            );
+        }
+        assert_eq!(schedule_rounds(32768, 64), 11);
+        assert_eq!(schedule_rounds(usize::MAX / 2, 1), 24);
     }
 }

@@ -15,7 +15,7 @@ use tpla_macros::kernel;
 ///
 /// Work is counted in blocks of `BLOCK_N` tokens. With `u = units · ceil(batch / units)` (the
 /// work units of whole waves that hold a piece of every sequence), the kernel searches (bisection,
-/// 24 rounds) for the smallest piece `c` (in blocks, at least `ceil(min_chunk / BLOCK_N)` and the
+/// `rounds` rounds: [`crate::ops::schedule_rounds`] of the cache's capacity closes the interval) for the smallest piece `c` (in blocks, at least `ceil(min_chunk / BLOCK_N)` and the
 /// balanced bound `ceil(total / u)`) whose pieces number at most `u` in all, counting sequence
 /// `b` as `n_b = max(1, ceil(blocks_b / max(c, fit_b)))` where `fit_b = ceil(blocks_b /
 /// max_splits)` keeps every `n_b <= max_splits`; when no `c` fits it takes one piece per
@@ -31,6 +31,7 @@ pub fn split_schedule(
     units: i32,
     max_splits: i32,
     min_chunk: i32,
+    rounds: i32,
 ) {
     let live = iota([MAX_B], 0) < batch;
     let lens = max(load(seq_lens.tile([0..MAX_B])).cast::<f32>(), 0.0);
@@ -44,7 +45,7 @@ pub fn split_schedule(
     let least = max(cdiv(min_chunk, BLOCK_N), 1);
     let mut lo = max(((total + (u - 1)) / u).cast::<i32>().cast::<f32>(), least);
     let mut hi = max(reduce_max(blocks, 0), lo);
-    for _round in range(0, 24) {
+    for _round in range(0, rounds) {
         let mid = ((lo + hi) * 0.5).cast::<i32>().cast::<f32>();
         let per = max(fit, mid);
         let n = max(

@@ -85,7 +85,16 @@ pub fn balanced_row(
         ) else {
             unreachable!("device tensors are tensor arguments")
         };
-        tpla_kernels::ops::launch_schedule(exec, &p, &sched, pa.seq_lens_arg(&lens_shape)?, c, n)
+        let g = pa.geometry();
+        tpla_kernels::ops::launch_schedule(
+            exec,
+            &p,
+            &sched,
+            pa.seq_lens_arg(&lens_shape)?,
+            c,
+            n,
+            g.pages_per_seq * g.page_size,
+        )
     })?;
     // Correctness beside the timing: the same config with uniform splits.
     let mut ws = BalancedWorkspace::new(exec, &p, sched)?;

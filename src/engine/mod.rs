@@ -493,6 +493,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 tensor(seq_lens.arg())?,
                 tensor(X::tensor_arg_mut(&mut t.chunk))?.prefix(&bshape)?,
                 tensor(X::tensor_arg_mut(&mut t.nsplits))?.prefix(&bshape)?,
+                self.caps.max_pages_per_seq * self.caps.page_size,
             )?;
         }
         let (cache, config) = match &self.balanced {
