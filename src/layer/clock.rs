@@ -1,4 +1,4 @@
-//! How a rank's step is timed: [`StepTimer`] splits one decode step into [`Phase`]s.
+//! How a rank's step is timed: a step timer splits one decode step into [`Phase`]s.
 //!
 //! A serving engine queues a rank's whole step on its stream and synchronises once (or replays
 //! a captured graph); it does not wait for the device after every projection. On a CUDA
