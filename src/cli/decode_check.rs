@@ -58,7 +58,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let forms = timed
         .iter()
         .map(|t| {
-            let mut c = FormCheck::new(
+            FormCheck::new(
                 cfg,
                 t.form,
                 l.tp,
@@ -68,11 +68,10 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 &hw,
                 t.times.device().as_secs_f64(),
                 t.times.host.as_secs_f64(),
-            )?;
-            c.calibrate(cfg, t.form, l.tp, a.batch, len, l.layers, &hw, &db)?;
-            Ok(c)
+                Some(&db),
+            )
         })
-        .collect::<Result<Vec<_>, tpla_runtime::RuntimeError>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let check = ModelCheck {
         label: LABEL,
         device,

@@ -25,6 +25,8 @@ pub struct Prediction {
     pub attn_s: f64,
     /// Projections + glue + collective (modelled), s.
     pub rest_s: f64,
+    /// Whether `attn_s` is the tune database's measured kernel time (else the roofline model).
+    pub from_tune_db: bool,
     /// Where `attn_s` came from.
     pub source: String,
 }
@@ -61,6 +63,7 @@ pub fn predict(
         form,
         attn_s: m.attn_s,
         rest_s,
+        from_tune_db: false,
         source: "roofline model".into(),
     };
     let Some(db) = db else {
@@ -91,11 +94,14 @@ pub fn predict(
             worst = Some((t, format!("{bucket} {:.0} µs", e.time_us)));
         }
     }
-    let (attn_s, what) = worst.unwrap_or((m.attn_s, String::new()));
+    let Some((attn_s, what)) = worst else {
+        return Ok(modelled);
+    };
     Ok(Prediction {
         form,
         attn_s,
         rest_s,
+        from_tune_db: true,
         source: format!("tune database ({what}, scaled to batch {batch}, len {len})"),
     })
 }

@@ -153,7 +153,9 @@ pub struct TunedAttention {
 
 impl FormCheck {
     /// The check of `form` over a stack of `layers` at `batch` sequences of `len` tokens:
-    /// `measured_s` against the model on `hw`. A non-positive or non-finite time is an error.
+    /// `measured_s` against the model on `hw`, and, with the tune database `db`, against the
+    /// model whose attention is the database's kernel time ([`FormCheck::tuned_attention`]). A
+    /// non-positive or non-finite time is an error.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &MlaConfig,
@@ -165,6 +167,7 @@ impl FormCheck {
         hw: &Hardware,
         measured_s: f64,
         host_s: f64,
+        db: Option<&tpla_runtime::tune::TuneDb>,
     ) -> Result<FormCheck, RuntimeError> {
         let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
         let n = layers as f64;
@@ -179,7 +182,27 @@ impl FormCheck {
                 form.name()
             )));
         }
-        let ratio = measured_s / predicted_s;
+        let verdict = |predicted_s: f64| {
+            let ratio = measured_s / predicted_s;
+            (ratio, (ratio - 1.0).abs() <= TOLERANCE)
+        };
+        let tuned_attention = match db {
+            Some(db) => {
+                let p = super::auto::predict(cfg, form, tp, batch, len, hw, Some(db))?;
+                p.from_tune_db.then(|| {
+                    let predicted_s = (p.attn_s + m.proj_s + m.glue_s) * n;
+                    let (ratio, within_tolerance) = verdict(predicted_s);
+                    TunedAttention {
+                        predicted_s,
+                        ratio,
+                        within_tolerance,
+                        source: p.source,
+                    }
+                })
+            }
+            None => None,
+        };
+        let (ratio, within_tolerance) = verdict(predicted_s);
         Ok(FormCheck {
             form: form.name(),
             measured_s,
@@ -187,40 +210,9 @@ impl FormCheck {
             collective_modelled_s: m.coll_s * n,
             predicted_s,
             ratio,
-            within_tolerance: (ratio - 1.0).abs() <= TOLERANCE,
-            tuned_attention: None,
+            within_tolerance,
+            tuned_attention,
         })
-    }
-
-    /// Adds the prediction whose attention comes from the tune database `db` (see
-    /// [`FormCheck::tuned_attention`]); leaves it `None` where `db` lacks a rank's bucket.
-    #[allow(clippy::too_many_arguments)]
-    pub fn calibrate(
-        &mut self,
-        cfg: &MlaConfig,
-        form: Form,
-        tp: usize,
-        batch: usize,
-        len: usize,
-        layers: usize,
-        hw: &Hardware,
-        db: &tpla_runtime::tune::TuneDb,
-    ) -> Result<(), RuntimeError> {
-        let p = super::auto::predict(cfg, form, tp, batch, len, hw, Some(db))?;
-        if !p.source.starts_with("tune database") {
-            self.tuned_attention = None;
-            return Ok(());
-        }
-        let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
-        let predicted_s = (p.attn_s + m.proj_s + m.glue_s) * layers as f64;
-        let ratio = self.measured_s / predicted_s;
-        self.tuned_attention = Some(TunedAttention {
-            predicted_s,
-            ratio,
-            within_tolerance: (ratio - 1.0).abs() <= TOLERANCE,
-            source: p.source,
-        });
-        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ fn check_at(form: Form, factor: f64) -> FormCheck {
         &hw(),
         predicted(form) * factor,
         1e-3,
+        None,
     )
     .unwrap()
 }
@@ -79,7 +80,7 @@ fn the_ratio_is_measured_over_predicted_and_the_tolerance_is_fifteen_percent() {
 #[test]
 fn times_that_cannot_be_compared_are_errors() {
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let r = FormCheck::new(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), bad, 0.0);
+        let r = FormCheck::new(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), bad, 0.0, None);
         assert!(r.is_err(), "{bad}");
     }
 }
@@ -93,19 +94,32 @@ fn the_tune_database_calibrates_the_checks_attention() {
     let dir = scratch("calibrate");
     let name = tpla_kernels::latent_decode.name();
     let (mut db, _) = TuneDb::open(&dir, "test-device", &[&tpla_kernels::latent_decode]);
-    let mut c = check_at(Form::MlaTp, 1.1);
-    c.calibrate(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), &db)
-        .unwrap();
+    let measured = predicted(Form::MlaTp) * 1.1;
+    let check = |db: &TuneDb| {
+        FormCheck::new(
+            &cfg(),
+            Form::MlaTp,
+            2,
+            64,
+            32768,
+            4,
+            &hw(),
+            measured,
+            1e-3,
+            Some(db),
+        )
+        .unwrap()
+    };
     assert_eq!(
-        c.tuned_attention, None,
+        check(&db).tuned_attention,
+        None,
         "an empty database calibrates nothing"
     );
     // MLA-TP at TP 2: 64 of DeepSeek-V3's 128 heads per rank, the whole latent.
     let bucket = decode_bucket(64, 64, 512, 64, 32768);
     let kcfg = tpla_kernels::ops::DecodeParams::new(64, 64, 512, 64, 1, 0.1).decode_config();
     db.put(name, &bucket, &kcfg, 2000.0, "2026-12-04");
-    c.calibrate(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), &db)
-        .unwrap();
+    let c = check(&db);
     let t = c.tuned_attention.clone().expect("calibrated");
     let m = layer_cost(&cfg(), Form::MlaTp, 2, 64, 32768, 2.0, &hw());
     let want = (2000e-6 + m.proj_s + m.glue_s) * 4.0;

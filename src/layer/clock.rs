@@ -65,7 +65,7 @@ impl Clock {
             Clock::Host => "host clock, each phase waited for (launch latency included)",
             #[cfg(feature = "cuda")]
             Clock::Cuda(_) => {
-                "device events around each phase on the executor's stream, read once per layer step"
+                "device events around each phase on the executor's stream, read once the queued work is done"
             }
         }
     }

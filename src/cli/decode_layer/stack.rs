@@ -191,7 +191,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
                 }
             }
             // The whole stack on the host clock: every rank's work one after another on this
-            // device, launches and the per-layer synchronisation included.
+            // device, launches included.
             let wall = wall.elapsed().as_secs_f64();
             if step > 0 {
                 // Step 0 compiles the kernels: untimed.
@@ -250,7 +250,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             wall * 1e3
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' the host clock over the whole stack with every rank's work one after another on this device, launches and one synchronisation per layer included; the model check below uses this run's rooflines)", a.steps, l.layers);
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' the host clock over the whole stack with every rank's work one after another on this device, launches included; the model check below uses this run's rooflines)", a.steps, l.layers);
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
         for (form, t, coll, _, _) in &rows {
             let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
