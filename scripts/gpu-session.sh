@@ -125,9 +125,12 @@ for p in kimi-k2 deepseek-v3; do
   step "tune_${p%%-*}_dcp" 240 "$bin/tpla" tune --preset "$p" --batch 64 --context 16384 --g 1 \
     --backend cuda
 done
+# TPLA both ways: reduced after W_O (the paper's form) and after W_UV (reduce-scatter by heads,
+# half of W_O per rank), side by side with MLA-TP and DCP in one run.
 for p in kimi-k2 deepseek-v3; do
-  step "layer_$p" 150 "$bin/tpla" decode --form all --preset "$p" --tp 2 --layers 4 --batch 64 \
-    --context 32768 --steps 5 --backend cuda --results-dir "$OUT/layer-results"
+  step "layer_$p" 180 "$bin/tpla" decode --form all --tpla-reduce both --preset "$p" --tp 2 \
+    --layers 4 --batch 64 --context 32768 --steps 5 --backend cuda \
+    --results-dir "$OUT/layer-results"
 done
 # The same-run A/B of the layer's phase timing: MLA-TP of Kimi-K2 timed the old way (the host
 # clock, the device synchronised after every phase) beside the event-timed runs above.

@@ -7,7 +7,9 @@
 mod glue_kernels;
 
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, PhaseTiming, TpLayer};
+use tpla::layer::{
+    prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, PhaseTiming, ReduceAt, TpLayer,
+};
 use tpla_model::linalg::rel_err;
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{Corrections, MlaConfig, MuConvention, Preset};
@@ -111,6 +113,7 @@ fn forms(tp: usize) -> Vec<(Form, Option<Corrections>)> {
             Form::Tpla {
                 groups: tp,
                 norm: KvNorm::Sliced,
+                reduce: ReduceAt::Wo,
             },
             None,
         ),
@@ -118,15 +121,32 @@ fn forms(tp: usize) -> Vec<(Form, Option<Corrections>)> {
             Form::Tpla {
                 groups: 2,
                 norm: KvNorm::Sliced,
+                reduce: ReduceAt::Wo,
             },
             Some(corr2()),
         ),
     ];
+    // Reduced after `W_UV`: g = tp (every rank all heads, one slot) and g = 2 (at tp > 2 the
+    // heads split inside each group: slots placed, then summed).
+    for (groups, corr) in [(tp, None), (2, Some(corr2()))] {
+        if groups == 2 && tp == 2 && corr.is_none() {
+            continue;
+        }
+        f.push((
+            Form::Tpla {
+                groups,
+                norm: KvNorm::Sliced,
+                reduce: ReduceAt::Wuv,
+            },
+            corr,
+        ));
+    }
     if tp == 2 {
         f.push((
             Form::Tpla {
                 groups: 2,
                 norm: KvNorm::Exact,
+                reduce: ReduceAt::Wo,
             },
             None,
         ));
@@ -172,6 +192,7 @@ fn tpla_differs_from_exact_mla_so_the_check_can_fail() {
     let form = Form::Tpla {
         groups: 2,
         norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wo,
     };
     let a = reference_steps(&layer, form, Some(&corr2()), &xs);
     let b = reference_steps(&layer, Form::MlaTp, None, &xs);
@@ -186,6 +207,54 @@ fn tpla_differs_from_exact_mla_so_the_check_can_fail() {
 fn device_sum_on_cpu_ranks_equals_the_host_all_reduce() {
     let e = worst_error(cpu(2), DeviceSum { ranks: 2 }, Form::MlaTp, None);
     assert!(e <= 1e-2, "{e}");
+    // TPLA reduced after `W_UV` with heads split inside the groups: the slots go through the
+    // device sum too.
+    let wuv = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wuv,
+    };
+    let e = worst_error(cpu(4), DeviceSum { ranks: 4 }, wuv, Some(corr2()));
+    assert!(e <= 1e-2, "{e}");
+}
+
+/// Reducing after `W_UV` or after `W_O` is the same sum in another order: the two outputs agree
+/// far more closely than either is to the reference's tolerance, at every step; and the `W_UV`
+/// form's ranks hold `1/g` of the `W_O` heads.
+#[test]
+fn reducing_after_wuv_equals_reducing_after_wo() {
+    for tp in [2, 4] {
+        let form = |reduce| Form::Tpla {
+            groups: 2,
+            norm: KvNorm::Sliced,
+            reduce,
+        };
+        let run = |reduce| {
+            run_steps(
+                cpu(tp),
+                HostAllReduce { ranks: tp },
+                form(reduce),
+                Some(corr2()),
+                GemmPath::Auto,
+            )
+        };
+        let ((ea, a), (eb, b)) = (run(ReduceAt::Wo), run(ReduceAt::Wuv));
+        for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+            let (x, y): (Vec<f64>, Vec<f64>) = (
+                x.iter().map(|&v| f64::from(v)).collect(),
+                y.iter().map(|&v| f64::from(v)).collect(),
+            );
+            let gap = rel_err(&y, &x);
+            assert!(gap < 5e-3, "tp {tp} step {t}: W_UV vs W_O {gap:.2e}");
+        }
+        eprintln!("tp {tp} g 2: error after W_O {ea:.2e}, after W_UV {eb:.2e}");
+        let roles = tpla::layer::roles(form(ReduceAt::Wuv), tp, 8, 512).unwrap();
+        for r in &roles {
+            assert_eq!(r.uv_heads, r.attn_heads);
+            assert_eq!(r.out_heads.len() * 2, r.uv_heads.len(), "{r:?}");
+            assert!(r.reduces_values());
+        }
+    }
 }
 
 #[test]
@@ -207,6 +276,7 @@ fn bad_forms_are_typed_errors() {
             Form::Tpla {
                 groups: 3,
                 norm: KvNorm::Sliced,
+                reduce: ReduceAt::Wo,
             },
         ),
     ] {

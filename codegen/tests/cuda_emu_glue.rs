@@ -176,4 +176,25 @@ fn emulated_dcp_and_collective_kernels_match_cpu() {
         vec![input(&mut rng, &[20, 7]), poisoned(DType::F32, &[20, 7])],
         0.0,
     );
+    check(
+        &tpla_kernels::place_rows,
+        &[("COLS", 20)],
+        vec![
+            input(&mut rng, &[21, 20]),
+            poisoned(DType::F32, &[3, 21, 20]),
+            HostArg::I32(2),
+        ],
+        0.0,
+    );
+    check(
+        &tpla_kernels::take_heads,
+        &[("DV", 20)],
+        vec![
+            input(&mut rng, &[6, 7, 20]),
+            poisoned(DType::F32, &[3, 4, 20]),
+            HostArg::I32(3),
+            HostArg::I32(3),
+        ],
+        0.0,
+    );
 }

@@ -210,3 +210,38 @@ pub fn merge_heads<
         acc / total.unsqueeze(1),
     );
 }
+
+/// Slot `s` of `parts` (`[slots, rows, COLS]`) gets `x` (`[rows, COLS]`) when `s == slot` and
+/// zeros otherwise: summed over the ranks (an all-reduce), slot `s` holds the sum of the ranks
+/// that placed into it. TPLA reduced after `W_UV` with heads split inside each latent group:
+/// the ranks holding the same heads place into the same slot. One program per slot and
+/// `BLOCK_R` rows.
+#[kernel(grid = (slots, cdiv(rows, BLOCK_R)), constants(COLS))]
+pub fn place_rows<#[tune(8, 2, 32)] const BLOCK_R: usize>(
+    x: Tensor<f32, dims![rows, COLS]>,
+    parts: TensorMut<f32, dims![slots, rows, COLS]>,
+    slot: i32,
+) {
+    let s = program_id(0);
+    let r0 = program_id(1) * BLOCK_R;
+    let mine = iota([1, 1], 0) + s == slot;
+    let v = load(x.tile([r0..r0 + BLOCK_R, ..]));
+    store(parts.tile([s, r0..r0 + BLOCK_R, ..]), select(mine, v, 0.0));
+}
+
+/// `out[b, h, :] = values[row0 + b, first + h, :]`: a rank's output heads out of the reduced
+/// values of its head slice (`[rows, heads, DV]`, slot `row0 / batch`), the input of its share
+/// of `W_O` when TPLA reduces after `W_UV`. One program per sequence and `BLOCK_H` heads.
+#[kernel(grid = (batch, cdiv(heads_out, BLOCK_H)), constants(DV))]
+pub fn take_heads<#[tune(16, 4, 32)] const BLOCK_H: usize>(
+    values: Tensor<f32, dims![rows, heads, DV]>,
+    out: TensorMut<f32, dims![batch, heads_out, DV]>,
+    row0: i32,
+    first: i32,
+) {
+    let b = program_id(0);
+    let o0 = program_id(1) * BLOCK_H;
+    let h0 = first + o0;
+    let v = load(values.tile([row0 + b, h0..h0 + BLOCK_H, ..]));
+    store(out.tile([b, o0..o0 + BLOCK_H, ..]), v);
+}

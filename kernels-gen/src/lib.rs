@@ -12,7 +12,8 @@
 //! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm);
 //! - [`glue`]: a decode layer's element-wise steps ([`rms_norm_rows`], [`down_norms`],
 //!   [`cache_row`], [`query_nope`], [`assemble_query`]) and the context-parallel state exchange
-//!   and merge ([`place_state`], [`merge_heads`]).
+//!   and merge ([`place_state`], [`merge_heads`]), TPLA's reduce-scatter of values by heads
+//!   ([`place_rows`], [`take_heads`]).
 
 // `#[kernel]` emits `::tpla::__private::..` paths; inside this crate (which `tpla` depends on)
 // `::tpla` is this crate itself, and `__private` below re-exports what those paths need.
@@ -42,7 +43,8 @@ pub use cast::cast_bf16;
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use glue::{
-    assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope, rms_norm_rows,
+    assemble_query, cache_row, down_norms, merge_heads, place_rows, place_state, query_nope,
+    rms_norm_rows, take_heads,
 };
 pub use proj::head_proj;
 pub use schedule::split_schedule;

@@ -192,6 +192,7 @@ mod tests {
         let tpla = Form::Tpla {
             groups: 2,
             norm: super::super::KvNorm::Sliced,
+            reduce: super::super::ReduceAt::Wo,
         };
         let t = predict(&cfg, tpla, 2, 64, 32768, &hw, Some(&db)).unwrap();
         // The slow tuned MLA-TP time (9 ms) loses to the modelled TPLA; without the database

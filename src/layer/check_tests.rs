@@ -52,6 +52,7 @@ fn the_ratio_is_measured_over_predicted_and_the_tolerance_is_fifteen_percent() {
     let tpla = Form::Tpla {
         groups: 2,
         norm: super::super::KvNorm::Sliced,
+        reduce: super::super::ReduceAt::Wo,
     };
     for form in [Form::MlaTp, tpla, Form::Dcp] {
         for (factor, ok) in [

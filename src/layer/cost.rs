@@ -10,7 +10,7 @@
 use serde::Serialize;
 use tpla_model::MlaConfig;
 
-use super::plan::Form;
+use super::plan::{Form, KvNorm, ReduceAt};
 
 /// Bytes of one bf16 value.
 const BF16: f64 = 2.0;
@@ -76,6 +76,12 @@ impl Hardware {
         self.latency_s + 2.0 * (r - 1.0) / r * bytes / self.bus_bytes_per_s
     }
 
+    /// Ring reduce-scatter of `bytes` (each rank's whole input) over `ranks`, each ending with
+    /// its `1/R` summed: `latency + (R−1)/R · bytes / bus`.
+    pub fn reduce_scatter(&self, bytes: f64, ranks: usize) -> f64 {
+        self.all_gather(bytes, ranks)
+    }
+
     /// All-gather / all-to-all where each rank ends with `bytes` of which `(R−1)/R` came from
     /// the others: `latency + (R−1)/R · bytes / bus`.
     pub fn all_gather(&self, bytes: f64, ranks: usize) -> f64 {
@@ -131,7 +137,7 @@ impl LayerCost {
 /// bf16 query), and under DCP the merge (read every rank's `(out, lse)` of the rank's heads,
 /// write the merged output).
 pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
-    let (ha, w, _, ho) = per_rank(cfg, form, tp, 0.0);
+    let (ha, w, _, _, ho) = per_rank(cfg, form, tp, 0.0);
     let b = batch as f64;
     let (ql, rope, nope) = (
         cfg.q_lora_rank.unwrap_or(0) as f64,
@@ -149,29 +155,43 @@ pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
         }
         _ => 0.0,
     };
-    norms + row + split + query + merge
+    // TPLA reduced after `W_UV`: the output heads taken out of the reduced values.
+    let take = match form {
+        Form::Tpla {
+            reduce: ReduceAt::Wuv,
+            ..
+        } => 2.0 * F32 * b * ho * cfg.v_head as f64,
+        _ => 0.0,
+    };
+    norms + row + split + query + merge + take
 }
 
-/// The per-rank shape of a form: (heads attended, latent width of the cache rows, tokens of a
-/// sequence held out of `len`, heads whose `W_UV`/`W_O` it applies, heads whose `W_UQ` it runs).
-fn per_rank(cfg: &MlaConfig, form: Form, tp: usize, len: f64) -> (f64, f64, f64, f64) {
+/// The per-rank shape of a form: (heads attended (whose `W_UQ` it runs), latent width of the
+/// cache rows, tokens of a sequence held out of `len`, heads whose `W_UV` it applies, heads
+/// whose `W_O` it applies).
+fn per_rank(cfg: &MlaConfig, form: Form, tp: usize, len: f64) -> (f64, f64, f64, f64, f64) {
     let (h, lat, r) = (cfg.heads as f64, cfg.kv_lora_rank as f64, tp as f64);
     match form {
-        Form::MlaTp => (h / r, lat, len, h / r),
-        Form::Tpla { groups, .. } => {
+        Form::MlaTp => (h / r, lat, len, h / r, h / r),
+        Form::Tpla { groups, reduce, .. } => {
             let g = groups as f64;
-            (h / (r / g), lat / g, len, h / (r / g))
+            let ha = h / (r / g);
+            let ho = match reduce {
+                ReduceAt::Wo => ha,
+                ReduceAt::Wuv => ha / g,
+            };
+            (ha, lat / g, len, ha, ho)
         }
-        Form::Dcp => (h, lat, len / r, h / r),
+        Form::Dcp => (h, lat, len / r, h / r, h / r),
     }
 }
 
 /// Parameters of this rank's share of one attention block.
 pub fn block_params(cfg: &MlaConfig, form: Form, tp: usize) -> f64 {
-    let (ha, w, _, ho) = per_rank(cfg, form, tp, 0.0);
+    let (ha, w, _, hv, ho) = per_rank(cfg, form, tp, 0.0);
     let (d, ql) = (cfg.hidden as f64, cfg.q_lora_rank.unwrap_or(0) as f64);
     let (rope, nope, dv) = (cfg.qk_rope as f64, cfg.qk_nope as f64, cfg.v_head as f64);
-    d * (ql + w + rope) + ql * ha * (nope + rope) + ha * nope * w + ho * w * dv + ho * dv * d
+    d * (ql + w + rope) + ql * ha * (nope + rope) + ha * nope * w + hv * w * dv + ho * dv * d
 }
 
 /// One device's cost of one layer's decode step: `batch` sequences of `len` tokens, weights of
@@ -186,7 +206,7 @@ pub fn layer_cost(
     hw: &Hardware,
 ) -> LayerCost {
     let (b, l) = (batch as f64, len as f64);
-    let (ha, w, tokens, _) = per_rank(cfg, form, tp, l);
+    let (ha, w, tokens, _, _) = per_rank(cfg, form, tp, l);
     let rope = cfg.qk_rope as f64;
     let (dqk, dv_lat) = (w + rope, w);
     let attn_bytes = BF16 * (b * tokens * dqk + b * ha * dqk) + 4.0 * b * ha * dv_lat;
@@ -208,10 +228,19 @@ pub fn layer_cost(
         }
         Form::Tpla {
             groups,
-            norm: super::plan::KvNorm::Exact,
-        } if groups > 1 => {
-            coll_bytes += b * 4.0;
-            coll_s += hw.all_reduce(b * 4.0, groups);
+            norm,
+            reduce,
+        } => {
+            if norm == KvNorm::Exact && groups > 1 {
+                coll_bytes += b * 4.0;
+                coll_s += hw.all_reduce(b * 4.0, groups);
+            }
+            if reduce == ReduceAt::Wuv {
+                // The values of the rank's heads, bf16, reduce-scattered over the groups.
+                let values = b * ha * cfg.v_head as f64 * BF16;
+                coll_bytes += values;
+                coll_s += hw.reduce_scatter(values, groups);
+            }
         }
         _ => {}
     }
@@ -323,7 +352,6 @@ impl ModelRest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::KvNorm;
     use tpla_model::Preset;
 
     fn hw1() -> Hardware {
@@ -354,6 +382,7 @@ mod tests {
             Form::Tpla {
                 groups: 2,
                 norm: KvNorm::Sliced,
+                reduce: ReduceAt::Wo,
             },
             2,
             1,
@@ -391,6 +420,36 @@ mod tests {
         let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1)
             + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
         assert!((kt / 1e12 - 1.03).abs() < 0.02, "{}", kt / 1e12);
+    }
+
+    #[test]
+    fn reducing_after_wuv_by_hand() {
+        // Kimi-K2 TPLA g = 2 at TP2: every rank attends with all 64 heads; reduced after W_UV it
+        // applies W_O to 32 of them and reduce-scatters the values [B, 64, 128] (bf16) first.
+        let cfg = Preset::KimiK2.config();
+        let hw = hw1();
+        let form = |reduce| Form::Tpla {
+            groups: 2,
+            norm: KvNorm::Sliced,
+            reduce,
+        };
+        let (wo, wuv) = (form(ReduceAt::Wo), form(ReduceAt::Wuv));
+        let saved = block_params(&cfg, wo, 2) - block_params(&cfg, wuv, 2);
+        assert_eq!(saved, 32.0 * 128.0 * 7168.0, "half of W_O");
+        let (a, b) = (
+            layer_cost(&cfg, wo, 2, 4, 1000, 2.0, &hw),
+            layer_cost(&cfg, wuv, 2, 4, 1000, 2.0, &hw),
+        );
+        let values = 4.0 * 64.0 * 128.0 * 2.0;
+        assert_eq!(b.coll_bytes - a.coll_bytes, values);
+        assert!((b.coll_s - a.coll_s - (1e-6 + 0.5 * values / 1e11)).abs() < 1e-15);
+        assert_eq!(b.glue_bytes - a.glue_bytes, 2.0 * 4.0 * 4.0 * 32.0 * 128.0);
+        assert_eq!(a.attn_bytes, b.attn_bytes);
+        // Every other form is unchanged by the option's existence.
+        assert_eq!(
+            block_params(&cfg, Form::MlaTp, 2) * 2.0,
+            block_params(&cfg, Form::MlaTp, 1) + 7168.0 * (1536.0 + 576.0)
+        );
     }
 
     #[test]

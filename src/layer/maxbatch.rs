@@ -13,7 +13,7 @@ use serde::Serialize;
 use tpla_model::{MlaConfig, Preset};
 
 use super::cost::{block_params, layer_cost, Hardware, ModelRest, RESERVE_BYTES};
-use super::plan::{Form, KvNorm};
+use super::plan::{Form, KvNorm, ReduceAt};
 
 /// Which weights share the GPU with the cache (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -132,12 +132,14 @@ pub fn forms(tp: usize) -> Vec<Form> {
         Form::Tpla {
             groups: 2,
             norm: KvNorm::Sliced,
+            reduce: ReduceAt::Wo,
         },
     ];
     if tp != 2 {
         f.push(Form::Tpla {
             groups: tp,
             norm: KvNorm::Sliced,
+            reduce: ReduceAt::Wo,
         });
     }
     f.push(Form::Dcp);
@@ -208,7 +210,8 @@ mod tests {
                 &cfg,
                 Form::Tpla {
                     groups: 2,
-                    norm: KvNorm::Sliced
+                    norm: KvNorm::Sliced,
+                    reduce: ReduceAt::Wo,
                 },
                 2,
                 32768

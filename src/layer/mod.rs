@@ -39,7 +39,7 @@ pub mod weights;
 
 pub use clock::PhaseTiming;
 pub use gemm::GemmPath;
-pub use plan::{roles, Form, KvNorm, RankRole};
+pub use plan::{roles, Form, KvNorm, RankRole, ReduceAt};
 pub use rank::RankTimes;
 pub use sum::DeviceSum;
 pub use tp_layer::{DeviceStep, LayerShape, PendingTimes, TpLayer};

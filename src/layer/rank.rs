@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::{assemble_query, cache_row, down_norms, query_nope};
+use tpla_kernels::{assemble_query, cache_row, down_norms, query_nope, take_heads};
 use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
@@ -342,21 +342,54 @@ impl<X: Executor> Rank<X> {
         out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
     }
 
-    /// `W_UV` then `W_O` of the output heads: latent output `[batch, out_heads, w]` to this
-    /// rank's partial `[batch, D]`, not yet reduced.
-    pub(crate) fn output(
+    /// `W_UV` of the rank's value heads: latent output `[batch, uv_heads, w]` to its values
+    /// `[batch, uv_heads, v_head]` (partial over the latent groups under TPLA).
+    pub(crate) fn values(
         &self,
         exec: &X,
         o: &X::Tensor<f32>,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
         t.time(exec, Phase::Projections, || {
-            let mut v = self.uv.apply(exec, o, b)?;
-            X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
-            let mut y = self.o.apply(exec, &v, b)?;
-            X::reshape(&mut y, &[b, d])?;
-            Ok(y)
+            self.uv.apply(exec, o, self.batch)
         })
+    }
+
+    /// `W_O` of the output heads: values `[batch, out_heads, v_head]` to this rank's partial
+    /// `[batch, D]`, not yet reduced.
+    pub(crate) fn project_out(
+        &self,
+        exec: &X,
+        v: &mut X::Tensor<f32>,
+        t: &mut StepTimer,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
+        X::reshape(v, &[b, 1, self.role.out_heads.len() * dv])?;
+        let mut y = t.time(exec, Phase::Projections, || self.o.apply(exec, v, b))?;
+        X::reshape(&mut y, &[b, d])?;
+        Ok(y)
+    }
+
+    /// The rank's output heads out of the reduced values `[slots · batch, uv_heads, v_head]`
+    /// (slot `slot`): `[batch, out_heads, v_head]`, timed as glue.
+    pub(crate) fn take_out_heads(
+        &self,
+        exec: &X,
+        reduced: &X::Tensor<f32>,
+        slot: usize,
+        t: &mut StepTimer,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let (b, dv) = (self.batch, self.cfg.v_head);
+        let (uv, out) = (&self.role.uv_heads, &self.role.out_heads);
+        let cfg = take_heads.default_config(&[("DV", dv as i64)])?;
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| RuntimeError::InvalidInput(format!("index {v}")))
+        };
+        let (row0, first) = (int(slot * b)?, int(out.start - uv.start)?);
+        let mut v = out_buf(exec, &[b, out.len(), dv], self.poison)?;
+        t.time(exec, Phase::Glue, || {
+            take_heads::launch(exec, &cfg, reduced, &mut v, row0, first)
+        })?;
+        Ok(v)
     }
 }

@@ -38,7 +38,8 @@ pub fn reference_steps(
                             p[..=t].iter().map(|q| mla_entry(layer, q)).collect();
                         mla_decode(layer, &p[t], &cache)
                     }
-                    Form::Tpla { groups, norm } => {
+                    // Where the groups' outputs are reduced changes only the rounding order.
+                    Form::Tpla { groups, norm, .. } => {
                         let uniform = Corrections::uniform(groups, MuConvention::One);
                         let corr = corr.unwrap_or(&uniform);
                         let mode = match norm {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tpla_codegen::KernelDef;
-use tpla_kernels::{merge_heads, place_state};
+use tpla_kernels::{merge_heads, place_rows, place_state};
 use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
@@ -355,7 +355,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             Form::Dcp => self.dcp_merge(outs, &clocks, &mut times)?,
             _ => outs.into_iter().map(|(o, _)| o).collect(),
         };
-        let mut parts = Vec::with_capacity(tp);
+        let mut values = Vec::with_capacity(tp);
         for (r, (((rank, exec), t), o)) in self
             .ranks
             .iter()
@@ -365,11 +365,86 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             .enumerate()
         {
             serialise(&clocks, r)?;
-            parts.push(rank.output(exec, o, t)?);
+            values.push(rank.values(exec, o, t)?);
+        }
+        if self.ranks.iter().any(|r| r.role.reduces_values()) {
+            values = self.reduce_scatter_values(values, &clocks, &mut times)?;
+        }
+        let mut parts = Vec::with_capacity(tp);
+        for (r, (((rank, exec), t), v)) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(&mut times)
+            .zip(values.iter_mut())
+            .enumerate()
+        {
+            serialise(&clocks, r)?;
+            parts.push(rank.project_out(exec, v, t)?);
         }
         self.collective.all_reduce_sum(&self.execs, &mut parts)?;
         self.len += 1;
         Ok((parts, PendingTimes(times)))
+    }
+
+    /// TPLA reduced after `W_UV`: every rank's values `[batch, uv_heads, v_head]` are partial
+    /// sums over the latent groups; the ranks holding the same heads (one per group) sum them,
+    /// and each keeps its `out_heads`. Written as an all-reduce of slots (the ranks of a group
+    /// hold different heads, so each places its values in the slot of its head slice,
+    /// [`place_rows`], when a group has more than one rank) followed by [`take_heads`]: a
+    /// reduce-scatter in a deployment. Placing and summing belong to the collective (untimed,
+    /// modelled); taking the heads is timed as glue.
+    fn reduce_scatter_values(
+        &self,
+        values: Vec<X::Tensor<f32>>,
+        clocks: &[Clock],
+        times: &mut [StepTimer],
+    ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
+        let (b, tp) = (self.batch, self.ranks.len());
+        let groups = match self.form {
+            Form::Tpla { groups, .. } => groups,
+            _ => 1,
+        };
+        // Ranks per latent group, each holding its own head slice: the slots.
+        let slots = tp / groups;
+        let (hv, dv) = match X::tensor_arg(&values[0]).tensor_shape() {
+            Some(&[vb, hv, dv]) if vb == b => (hv, dv),
+            s => {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "values must be [batch, heads, v_head], got {s:?}"
+                )))
+            }
+        };
+        let poison = self.ranks[0].poison;
+        let mut parts = Vec::with_capacity(tp);
+        for ((rank, exec), mut v) in self.ranks.iter().zip(&self.execs).zip(values) {
+            X::reshape(&mut v, &[b * hv, dv])?;
+            if slots == 1 {
+                parts.push(v);
+                continue;
+            }
+            let place = place_rows.default_config(&[("COLS", dv as i64)])?;
+            let mut p = out_buf(exec, &[slots, b * hv, dv], poison)?;
+            let slot = (rank.role.rank % slots) as i32;
+            place_rows::launch(exec, &place, &v, &mut p, slot)?;
+            X::reshape(&mut p, &[slots * b * hv, dv])?;
+            parts.push(p);
+        }
+        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        let mut mine = Vec::with_capacity(tp);
+        for (r, (((rank, exec), t), mut p)) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(times.iter_mut())
+            .zip(parts)
+            .enumerate()
+        {
+            serialise(clocks, r)?;
+            X::reshape(&mut p, &[slots * b, hv, dv])?;
+            mine.push(rank.take_out_heads(exec, &p, r % slots, t)?);
+        }
+        Ok(mine)
     }
 
     /// DCP: every rank's partial state `(out, lse)` (all heads, its tokens) goes to every rank

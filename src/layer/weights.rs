@@ -50,7 +50,7 @@ pub struct RankWeights {
     pub uq: HostTensor<bf16>,
     /// `[heads_r, nope, w]`: `μ · W_UK[h][latent]ᵀ` (absorption into the latent).
     pub uk: HostTensor<bf16>,
-    /// `[out_heads, w_v, v_head]`: `W_UV[h]` rows of the latent this rank's attention output has.
+    /// `[uv_heads, w_v, v_head]`: `W_UV[h]` rows of the latent this rank's attention output has.
     pub uv: HostTensor<bf16>,
     /// `[1, out_heads · v_head, D]`: `W_O` rows of the output heads.
     pub o: HostTensor<bf16>,
@@ -110,22 +110,24 @@ pub fn rank_weights(
         }
     }
     let mut uv = Vec::new();
-    let mut o = Vec::new();
-    for h in role.out_heads.clone() {
+    for h in role.uv_heads.clone() {
         for l in lat.clone() {
             uv.extend_from_slice(layer.w_uv[h].row(l));
         }
+    }
+    let mut o = Vec::new();
+    for h in role.out_heads.clone() {
         for r in h * dv..(h + 1) * dv {
             o.extend_from_slice(layer.w_o.row(r));
         }
     }
-    let ho = role.out_heads.len();
+    let (hv, ho) = (role.uv_heads.len(), role.out_heads.len());
     Ok(RankWeights {
         down: tensor(&[1, d, ql + w + rope], down),
         q_norm: q_norm.iter().map(|&v| v as f32).collect(),
         uq: tensor(&[1, ql, (h1 - h0) * qh], uq),
         uk: tensor(&[h1 - h0, nope, w], uk),
-        uv: tensor(&[ho, w, dv], uv),
+        uv: tensor(&[hv, w, dv], uv),
         o: tensor(&[1, ho * dv, d], o),
         q_lora: ql,
     })

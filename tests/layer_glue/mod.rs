@@ -7,7 +7,8 @@ use rand::{Rng, SeedableRng};
 use tpla::layer::glue::{self, RopeTable};
 use tpla_codegen::KernelDef;
 use tpla_kernels::{
-    assemble_query, cache_row, down_norms, merge_heads, place_state, query_nope, rms_norm_rows,
+    assemble_query, cache_row, down_norms, merge_heads, place_rows, place_state, query_nope,
+    rms_norm_rows, take_heads,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::{CpuExecutor, Element, Executor, HostTensor};
@@ -275,6 +276,38 @@ pub fn dcp_kernels_match_the_host<X: Executor>(exec: &X) {
     );
 }
 
+/// TPLA reduced after `W_UV`: `place_rows` puts a rank's values in its slot and zeros elsewhere;
+/// `take_heads` copies a head range of one slot's rows. Ragged shapes (partial row and head
+/// blocks), a head range that does not start at 0.
+pub fn value_kernels_match_the_host<X: Executor>(exec: &X) {
+    let (slots, b, h, dv) = (3usize, 3usize, 7usize, 20usize);
+    let x = random(b * h * dv, 50);
+    let place = place_rows.default_config(&[("COLS", dv as i64)]).unwrap();
+    let xt = up(exec, &[b * h, dv], x.clone());
+    let mut p = poisoned(exec, &[slots, b * h, dv]);
+    place_rows::launch(exec, &place, &xt, &mut p, 1).unwrap();
+    let got = exec.download(&p).unwrap();
+    let n = b * h * dv;
+    for s in 0..slots {
+        let want = if s == 1 { x.clone() } else { vec![0.0; n] };
+        assert_eq!(&got.data()[s * n..(s + 1) * n], &want[..], "slot {s}");
+    }
+    let take = take_heads.default_config(&[("DV", dv as i64)]).unwrap();
+    let values = random(slots * b * h * dv, 51);
+    let vt = up(exec, &[slots * b, h, dv], values.clone());
+    let (slot, first, count) = (2usize, 3usize, 4usize);
+    let mut out = poisoned(exec, &[b, count, dv]);
+    take_heads::launch(exec, &take, &vt, &mut out, (slot * b) as i32, first as i32).unwrap();
+    let mut want = Vec::new();
+    for bi in 0..b {
+        for hh in first..first + count {
+            let at = (((slot * b) + bi) * h + hh) * dv;
+            want.extend_from_slice(&values[at..at + dv]);
+        }
+    }
+    assert_eq!(exec.download(&out).unwrap().data(), &want[..]);
+}
+
 /// `append_device` of device rows writes the same cache as `append` of those rows from the host;
 /// a wrong shape, a cache overrun or a decoder of several shards is a typed error that changes
 /// nothing.
@@ -352,6 +385,11 @@ fn dcp_kernels_match_the_host_on_cpu() {
     dcp_kernels_match_the_host(&cpu());
 }
 
+#[test]
+fn value_kernels_match_the_host_on_cpu() {
+    value_kernels_match_the_host(&cpu());
+}
+
 /// The same checks (and the device append) on the GPU (skips visibly without one; fails with `TPLA_REQUIRE_GPU=1`).
 #[test]
 fn gpu_glue_kernels_match_the_host() {
@@ -364,6 +402,7 @@ fn gpu_glue_kernels_match_the_host() {
     cache_row_matches_the_host(&g);
     query_kernels_match_the_host(&g);
     dcp_kernels_match_the_host(&g);
+    value_kernels_match_the_host(&g);
     append_device_writes_what_append_writes(&g);
 }
 
@@ -415,6 +454,8 @@ fn glue_kernels_compile_with_nvrtc() {
     build(&rms_norm_rows, &[("COLS", 7168)]);
     build(&place_state, &[("LAT", 512)]);
     build(&merge_heads, &[("LAT", 512)]);
+    build(&place_rows, &[("COLS", 128)]);
+    build(&take_heads, &[("DV", 128)]);
     // The collective stand-in at the layer's shapes: `[B, D]` outputs, the exact norm's
     // `[B, 1]` sums, DCP's `[.., heads]` LSE and `[.., lat]` state slots.
     for cols in [7168i64, 1, 64, 128, 512] {

@@ -3,7 +3,7 @@
 
 use tpla::layer::cost::Hardware;
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, Form, KvNorm};
+use tpla::layer::{prepare, Form, KvNorm, ReduceAt};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{MlaConfig, Preset};
 use tpla_runtime::{CpuExecutor, Executor};
@@ -25,6 +25,7 @@ pub(super) fn tpla_error(g: usize) -> Result<f64, CliError> {
         Form::Tpla {
             groups: g,
             norm: KvNorm::Sliced,
+            reduce: ReduceAt::Wo,
         },
         None,
         &xs,

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use tpla::layer::{DeviceSum, Form, GemmPath, KvNorm};
+use tpla::layer::{DeviceSum, Form, GemmPath, KvNorm, ReduceAt};
 use tpla_model::MlaConfig;
 use tpla_runtime::{CpuExecutor, HostAllReduce, RuntimeError};
 
@@ -40,6 +40,28 @@ pub enum FormArg {
     All,
     /// The one the cost model predicts fastest here (within `--max-rel-err`).
     Auto,
+}
+
+/// Where `--tpla-reduce` reduces TPLA's partial outputs (see [`ReduceAt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReduceArg {
+    /// After `W_O`: one all-reduce of `[batch, D]`; every rank applies `W_O` to all its heads.
+    Wo,
+    /// After `W_UV`: a reduce-scatter of the values by heads, `W_O` on `1/g` of the heads, then
+    /// the all-reduce.
+    Wuv,
+    /// Both variants side by side (`--form tpla|all|auto`).
+    Both,
+}
+
+impl ReduceArg {
+    fn points(self) -> &'static [ReduceAt] {
+        match self {
+            ReduceArg::Wo => &[ReduceAt::Wo],
+            ReduceArg::Wuv => &[ReduceAt::Wuv],
+            ReduceArg::Both => &[ReduceAt::Wo, ReduceAt::Wuv],
+        }
+    }
 }
 
 /// Which gemm `--gemm` asks for (see [`GemmPath`]).
@@ -102,6 +124,11 @@ pub struct LayerArgs {
     /// Small synthetic shapes (hidden 256, 8 heads, q_lora 128) instead of the preset's.
     #[arg(long)]
     pub small: bool,
+    /// Where TPLA reduces the latent groups' partial outputs: after `W_O` (the paper's form),
+    /// after `W_UV` (reduce-scatter by heads first, so each rank reads `1/g` of `W_O`), or both
+    /// side by side.
+    #[arg(long, value_enum, default_value_t = ReduceArg::Wo)]
+    pub tpla_reduce: ReduceArg,
     /// Time each phase of a layer step on the host clock with the device synchronised after it
     /// (launch latency included; how the layer was timed before), instead of device events
     /// around each phase with one synchronisation per step.
@@ -150,12 +177,21 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
             cfg.name
         )));
     }
-    let tpla = Form::Tpla {
-        groups: a.g,
-        norm: KvNorm::Sliced,
-    };
-    let all = [Form::MlaTp, tpla, Form::Dcp];
-    for f in all {
+    let tplas: Vec<Form> = l
+        .tpla_reduce
+        .points()
+        .iter()
+        .map(|&reduce| Form::Tpla {
+            groups: a.g,
+            norm: KvNorm::Sliced,
+            reduce,
+        })
+        .collect();
+    let all: Vec<Form> = std::iter::once(Form::MlaTp)
+        .chain(tplas.iter().copied())
+        .chain([Form::Dcp])
+        .collect();
+    for &f in &all {
         tpla::layer::roles(f, l.tp, cfg.heads, cfg.kv_lora_rank)?;
     }
     // TPLA's error on the small check layer (f64 references, no transform), printed beside the
@@ -182,8 +218,8 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     let forms: Vec<Form> = match choice {
         FormArg::MlaTp => vec![Form::MlaTp],
         FormArg::Dcp => vec![Form::Dcp],
-        FormArg::Tpla => vec![tpla],
-        FormArg::All => all.to_vec(),
+        FormArg::Tpla => tplas,
+        FormArg::All => all.clone(),
         FormArg::Auto => vec![auto(&a, &cfg, &all, budget, &allowed)?],
     };
     if let Some(f) = forms.iter().find(|f| !allowed(f)) {
