@@ -45,6 +45,27 @@ fn all_forms_side_by_side_with_reference_checks() {
     assert_eq!(out.matches("(ok)").count(), 3, "{out}");
 }
 
+/// TPLA reduced after `W_O` and after `W_UV` side by side, each checked against the reference.
+#[test]
+fn tpla_reduced_both_ways_side_by_side() {
+    let out = tpla_ok(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--tpla-reduce",
+        "both",
+    ]));
+    for form in ["tpla-g2 ", "tpla-g2-wuv "] {
+        assert!(
+            out.lines().any(|l| l.starts_with(form)),
+            "no row for {form}: {out}"
+        );
+        assert!(out.contains(&format!("reference check {form}")), "{out}");
+    }
+    assert_eq!(out.matches("(ok)").count(), 2, "{out}");
+}
+
 #[test]
 fn all_forms_write_the_model_check_json_under_results_dir() {
     let dir = tmp("layer-check");
@@ -270,6 +291,18 @@ fn bad_layer_options_are_clear_errors() {
         ),
         (vec!["--form", "dcp", "--tp", "0"], "--tp 0"),
         (vec!["--form", "dcp", "--max-rel-err=-1"], "--max-rel-err"),
+        (
+            vec!["--form", "all", "--tp", "2", "--devices", "4"],
+            "--devices = --tp",
+        ),
+        (
+            vec!["--form", "all", "--tp", "2", "--devices", "2"],
+            "needs the CUDA backend",
+        ),
+        (
+            vec!["--form", "tpla", "--tp", "2", "--tpla-reduce", "sideways"],
+            "--tpla-reduce",
+        ),
     ] {
         let o = tpla(&args(&extra));
         let err = String::from_utf8_lossy(&o.stderr);

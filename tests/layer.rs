@@ -360,6 +360,46 @@ fn gpu_ranks_in_sequence_match_the_references() {
     }
 }
 
+/// One GPU per rank with NCCL between them (in one process), the collective timed: every form
+/// at TP 2 (and TP 4 / 8 where the host has the GPUs) against its reference. Skips visibly
+/// without two GPUs and NCCL; fails instead under `TPLA_REQUIRE_GPUS=2` (or more).
+#[test]
+fn gpus_with_nccl_match_the_references() {
+    use tpla_runtime::cuda::nccl::NcclGroup;
+    use tpla_runtime::cuda::CudaExecutor;
+    let required: usize = std::env::var("TPLA_REQUIRE_GPUS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let open = |tp: usize| -> Result<(Vec<CudaExecutor>, NcclGroup), String> {
+        let execs = (0..tp)
+            .map(|r| CudaExecutor::new(r).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let group = NcclGroup::new(&execs).map_err(|e| e.to_string())?;
+        Ok((execs, group))
+    };
+    let mut ran = 0;
+    for tp in [2, 4, 8] {
+        if let Err(why) = open(tp) {
+            assert!(
+                required < tp,
+                "TPLA_REQUIRE_GPUS={required} but {tp} GPUs with NCCL are not usable: {why}"
+            );
+            eprintln!("SKIPPED gpus_with_nccl_match_the_references at tp {tp}: {why}");
+            break;
+        }
+        for (form, corr) in forms(tp) {
+            let (execs, group) = open(tp).unwrap();
+            assert!(AllReduce::<CudaExecutor>::crosses_devices(&group));
+            let e = worst_error(execs, group, form, corr);
+            eprintln!("nccl tp {tp} {}: worst rel err {e:.2e}", form.name());
+            assert!(e <= 1e-2, "nccl tp {tp} {}: {e:.3e}", form.name());
+        }
+        ran = tp;
+    }
+    eprintln!("gpus_with_nccl_match_the_references: ran up to tp {ran}");
+}
+
 /// The layer's CUDA kernels at its shapes compile with NVRTC for sm_90a (no GPU needed; skips
 /// without libnvrtc unless `TPLA_REQUIRE_NVRTC=1`): `add_rows` (every tune candidate),
 /// `head_proj` and `cast_bf16` (cuBLAS' input) at the DeepSeek-V3 projection shapes.
@@ -589,4 +629,94 @@ fn gpu_cublas_layer_matches_the_dsl_layer() {
         );
         assert!(gap <= 5e-3, "{}: cuBLAS vs DSL {gap:.3e}", form.name());
     }
+}
+
+/// A host sum that says it crosses devices and takes a known time per call.
+struct SlowLink {
+    inner: HostAllReduce,
+    pause: std::time::Duration,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AllReduce<CpuExecutor> for SlowLink {
+    fn ranks(&self) -> usize {
+        self.inner.ranks
+    }
+    fn all_reduce_sum(
+        &self,
+        execs: &[CpuExecutor],
+        parts: &mut [HostTensor<f32>],
+    ) -> Result<(), tpla_runtime::RuntimeError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.pause);
+        self.inner.all_reduce_sum(execs, parts)
+    }
+    fn crosses_devices(&self) -> bool {
+        true
+    }
+}
+
+/// A collective that crosses devices is timed as every rank's collective phase (each call, in
+/// `RankTimes::total`); a stand-in is not timed (its time is modelled).
+#[test]
+fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let d = layer.cfg.hidden;
+    let shape = LayerShape {
+        batch: 1,
+        max_tokens: 4,
+        page_size: 4,
+        splits: 1,
+        poison: true,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+    };
+    let x = HostTensor::full(&[1, d], 0.25f32);
+    let wuv = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Exact,
+        reduce: ReduceAt::Wuv,
+    };
+    // MLA-TP: one all-reduce; TPLA exact norm reduced after W_UV: three; DCP: three.
+    for (form, calls_per_step) in [(Form::MlaTp, 1), (wuv, 3), (Form::Dcp, 3)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let pause = Duration::from_millis(15);
+        let link = SlowLink {
+            inner: HostAllReduce { ranks: 2 },
+            pause,
+            calls: calls.clone(),
+        };
+        let mut l = TpLayer::new(cpu(2), link, &layer, form, shape.clone(), None).unwrap();
+        assert!(l.collective_measured());
+        let (_, times) = l.step(&x).unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            calls_per_step,
+            "{}",
+            form.name()
+        );
+        for t in &times {
+            assert!(
+                t.collective >= pause * calls_per_step as u32,
+                "{}: {t:?}",
+                form.name()
+            );
+            assert!(t.total() >= t.device() + t.collective);
+        }
+    }
+    let mut l = TpLayer::new(
+        cpu(2),
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape,
+        None,
+    )
+    .unwrap();
+    assert!(!l.collective_measured());
+    let (_, times) = l.step(&x).unwrap();
+    assert!(times.iter().all(|t| t.collective == Duration::ZERO));
 }

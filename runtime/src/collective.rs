@@ -16,6 +16,12 @@ pub trait AllReduce<X: Executor> {
     /// shapes), and the error says which rank or shape was wrong.
     fn all_reduce_sum(&self, execs: &[X], parts: &mut [X::Tensor<f32>])
         -> Result<(), RuntimeError>;
+    /// Whether the sum moves data between devices over their link (NCCL), so that its time is
+    /// the collective's and worth measuring; `false` (the default) for stand-ins: a host sum of
+    /// CPU ranks, or a sum on the one device that ranks share.
+    fn crosses_devices(&self) -> bool {
+        false
+    }
 }
 
 /// The all-reduce of CPU ranks: the sum of host tensors.

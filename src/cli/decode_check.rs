@@ -70,6 +70,12 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 t.times.host.as_secs_f64(),
                 Some(&db),
             )
+            .map(|mut f| {
+                // A stand-in's collective is not timed (zero); NCCL's always takes time.
+                let c = t.times.collective.as_secs_f64();
+                f.collective_measured_s = (c > 0.0).then_some(c);
+                f
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let check = ModelCheck {
@@ -118,14 +124,21 @@ pub(crate) fn model_check<X: Executor + 'static>(
     };
     for f in &check.forms {
         println!(
-            "{:<12} {:>16.3} {:>16.3} {:>10.2} {:>10.3} {:>12.3} {}",
+            "{:<12} {:>16.3} {:>16.3} {:>10.2} {:>10.3} {:>12.3} {}{}",
             f.form,
             f.measured_s * 1e3,
             f.predicted_s * 1e3,
             f.ratio,
             f.host_s * 1e3,
             f.collective_modelled_s * 1e3,
-            verdict(f.within_tolerance)
+            verdict(f.within_tolerance),
+            f.collective_measured_s
+                .map(|c| format!(
+                    "; collective measured {:.3} ms ({:.2}x the model)",
+                    c * 1e3,
+                    c / f.collective_modelled_s
+                ))
+                .unwrap_or_default()
         );
     }
     println!("the same model with each rank's attention from this device's tune database (projections and glue from the rooflines):");

@@ -125,6 +125,9 @@ pub struct FormCheck {
     pub host_s: f64,
     /// Modelled collective time, s.
     pub collective_modelled_s: f64,
+    /// Measured collective time of the slowest rank, s, where the ranks ran on their own GPUs
+    /// with NCCL (`None`: a stand-in summed them and only the model's figure exists).
+    pub collective_measured_s: Option<f64>,
     /// The cost model's attention + projections + glue from the measured rooflines, s.
     pub predicted_s: f64,
     /// `measured_s / predicted_s`.
@@ -208,6 +211,7 @@ impl FormCheck {
             measured_s,
             host_s,
             collective_modelled_s: m.coll_s * n,
+            collective_measured_s: None,
             predicted_s,
             ratio,
             within_tolerance,

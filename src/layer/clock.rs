@@ -36,6 +36,8 @@ pub enum Phase {
     Attention,
     /// The element-wise kernels.
     Glue,
+    /// Collectives that cross devices ([`tpla_runtime::AllReduce::crosses_devices`]).
+    Collective,
 }
 
 impl Phase {
@@ -44,6 +46,7 @@ impl Phase {
             Phase::Projections => &mut t.projections,
             Phase::Attention => &mut t.attention,
             Phase::Glue => &mut t.glue,
+            Phase::Collective => &mut t.collective,
         }
     }
 }
@@ -88,17 +91,22 @@ impl Clock {
     }
 }
 
-/// Orders rank `r`'s next work after everything already queued by the other ranks' clocks
-/// (`clocks[r]` excepted), without the host waiting: ranks that share one device each have a
-/// stream of their own, and a rank's kernels running beside another rank's would share the
-/// device's multiprocessors, which no rank does on its own GPU (and which would put the other
-/// rank's time into this rank's phases). A no-op for host clocks (their work is already done).
+/// Orders rank `r`'s next work after everything already queued by the other ranks' clocks on
+/// the same device (`clocks[r]` excepted), without the host waiting: ranks that share one
+/// device each have a stream of their own, and a rank's kernels running beside another rank's
+/// would share the device's multiprocessors, which no rank does on its own GPU (and which would
+/// put the other rank's time into this rank's phases). Ranks on other devices run in parallel,
+/// as they do in a deployment. A no-op for host clocks (their work is already done).
 pub(crate) fn serialise(clocks: &[Clock], r: usize) -> Result<(), RuntimeError> {
     #[cfg(feature = "cuda")]
     if let Some(Clock::Cuda(mine)) = clocks.get(r) {
+        let device = mine.context().ordinal();
         for (i, c) in clocks.iter().enumerate() {
             if let Clock::Cuda(other) = c {
-                if i != r && other.cu_stream() != mine.cu_stream() {
+                if i != r
+                    && other.cu_stream() != mine.cu_stream()
+                    && other.context().ordinal() == device
+                {
                     mine.join(other).map_err(|e| event_err("stream join", e))?;
                 }
             }
@@ -171,6 +179,55 @@ impl StepTimer {
                 Ok(r)
             }
         }
+    }
+
+    /// Times `f`, which queues work on every rank at once (a collective), as `phase` of every
+    /// rank: on CUDA clocks an event on each rank's stream before and after; on host clocks the
+    /// host time of `f` and of waiting for every executor, added to each rank.
+    pub(crate) fn time_all<X: Executor, T>(
+        timers: &mut [StepTimer],
+        execs: &[X],
+        phase: Phase,
+        f: impl FnOnce() -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        #[cfg(feature = "cuda")]
+        {
+            let streams: Option<Vec<_>> = timers
+                .iter()
+                .map(|t| match &t.clock {
+                    Clock::Cuda(stream) => Some(stream.clone()),
+                    Clock::Host => None,
+                })
+                .collect();
+            if let Some(streams) = streams {
+                let flags =
+                    Some(tpla_runtime::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+                let record = |s: &tpla_runtime::cudarc::driver::CudaStream| {
+                    s.record_event(flags)
+                        .map_err(|e| event_err("event record", e))
+                };
+                let starts = streams
+                    .iter()
+                    .map(|s| record(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let r = f()?;
+                for ((t, s), start) in timers.iter_mut().zip(&streams).zip(starts) {
+                    let end = record(s)?;
+                    t.pending.push(Pending { phase, start, end });
+                }
+                return Ok(r);
+            }
+        }
+        let s = Instant::now();
+        let r = f()?;
+        for e in execs {
+            e.synchronize()?;
+        }
+        let took = s.elapsed();
+        for t in timers.iter_mut() {
+            *phase.bucket(&mut t.done) += took;
+        }
+        Ok(r)
     }
 
     /// Waits for the step's last phase and returns every phase's time.

@@ -3,7 +3,9 @@
 //!
 //! - **MLA-TP**: heads split, the whole `[ĉ | k_pe]` cache on every rank, all-reduce after `W_O`;
 //! - **TPLA**: `g` latent groups, every head inside a group (`g < tp` splits the heads inside
-//!   each group, TPLA.md §2), sliced kv RMSNorm with its correction or the exact norm;
+//!   each group, TPLA.md §2), sliced kv RMSNorm with its correction or the exact norm; the
+//!   groups' partial outputs all-reduced after `W_O`, or first reduce-scattered by heads after
+//!   `W_UV` so each rank applies `W_O` to `1/g` of its heads ([`ReduceAt`]);
 //! - **DCP**: tokens interleaved over the ranks (token `t` on rank `t mod tp`), all heads on
 //!   every rank, the partial `(out, lse)` states merged exactly (the combine kernel,
 //!   [`tpla_kernels::ops::merge_states`]), then `W_UV`/`W_O` of each rank's head slice.
@@ -18,7 +20,9 @@
 //! and output.
 //!
 //! [`TpLayer`] is generic over the executor and the collective: CPU ranks with
-//! [`tpla_runtime::HostAllReduce`], or ranks one after another on one GPU with [`DeviceSum`].
+//! [`tpla_runtime::HostAllReduce`], ranks one after another on one GPU with [`DeviceSum`] (both
+//! stand-ins, whose time the cost model gives), or one GPU per rank with NCCL, whose time is
+//! measured as each rank's collective phase.
 //! [`reference`](mod@reference) holds the f64 references; [`cost`] the roofline model and the largest batches.
 
 pub mod auto;

@@ -31,12 +31,17 @@ pub struct RankTimes {
     /// Host work and transfers: the upload of the layer input (the CLI's stack feeds each layer
     /// from the host).
     pub host: Duration,
+    /// The collectives, measured on the rank's stream where they cross devices (NCCL; the wait
+    /// for the slowest rank included); zero where a stand-in sums the ranks (a host sum, or a
+    /// sum on the one device they share), whose time is modelled instead.
+    pub collective: Duration,
 }
 
 impl RankTimes {
-    /// The rank's whole step (without the collectives).
+    /// The rank's whole step: its work, host transfers and the measured collectives (zero when
+    /// they are modelled).
     pub fn total(&self) -> Duration {
-        self.projections + self.attention + self.glue + self.host
+        self.projections + self.attention + self.glue + self.host + self.collective
     }
     /// The work on the executor: projections, attention and glue.
     pub fn device(&self) -> Duration {
@@ -50,6 +55,7 @@ impl std::ops::AddAssign for RankTimes {
         self.attention += o.attention;
         self.glue += o.glue;
         self.host += o.host;
+        self.collective += o.collective;
     }
 }
 

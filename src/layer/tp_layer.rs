@@ -334,7 +334,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         if self.ranks.iter().any(|r| r.kv.summed) {
             // TPLA's exact norm: Σ c² over the whole latent, one `[batch, 1]` all-reduce.
-            self.collective.all_reduce_sum(&self.execs, &mut c_sq)?;
+            self.all_reduce(&mut c_sq, &mut times)?;
         }
         let mut outs = Vec::with_capacity(tp);
         for (r, ((rank, exec), (t, (dn, sq)))) in self
@@ -382,9 +382,31 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             serialise(&clocks, r)?;
             parts.push(rank.project_out(exec, v, t)?);
         }
-        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        self.all_reduce(&mut parts, &mut times)?;
         self.len += 1;
         Ok((parts, PendingTimes(times)))
+    }
+
+    /// Sums `parts` over the ranks with the collective. Where it crosses devices (NCCL) it is
+    /// timed as every rank's [`Phase::Collective`]; a stand-in's time (a host sum, a sum on the
+    /// one shared device) is left out, as the cost model gives it instead.
+    fn all_reduce(
+        &self,
+        parts: &mut [X::Tensor<f32>],
+        times: &mut [StepTimer],
+    ) -> Result<(), RuntimeError> {
+        if self.collective.crosses_devices() {
+            StepTimer::time_all(times, &self.execs, Phase::Collective, || {
+                self.collective.all_reduce_sum(&self.execs, parts)
+            })
+        } else {
+            self.collective.all_reduce_sum(&self.execs, parts)
+        }
+    }
+
+    /// Whether the collective's time is measured (it crosses devices) rather than modelled.
+    pub fn collective_measured(&self) -> bool {
+        self.collective.crosses_devices()
     }
 
     /// TPLA reduced after `W_UV`: every rank's values `[batch, uv_heads, v_head]` are partial
@@ -430,7 +452,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             X::reshape(&mut p, &[slots * b * hv, dv])?;
             parts.push(p);
         }
-        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
+        self.all_reduce(&mut parts, times)?;
         let mut mine = Vec::with_capacity(tp);
         for (r, (((rank, exec), t), mut p)) in self
             .ranks
@@ -481,8 +503,8 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             parts.push(p);
             lses.push(s);
         }
-        self.collective.all_reduce_sum(&self.execs, &mut parts)?;
-        self.collective.all_reduce_sum(&self.execs, &mut lses)?;
+        self.all_reduce(&mut parts, times)?;
+        self.all_reduce(&mut lses, times)?;
         let mut merged = Vec::with_capacity(tp);
         for (r, (((rank, exec), t), (mut p, mut s))) in self
             .ranks

@@ -66,6 +66,10 @@ impl AllReduce<CudaExecutor> for NcclGroup {
         self.comms.len()
     }
 
+    fn crosses_devices(&self) -> bool {
+        true
+    }
+
     fn all_reduce_sum(
         &self,
         execs: &[CudaExecutor],

@@ -253,42 +253,69 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
             &cfg,
             &forms,
             &make,
-            HostAllReduce { ranks: l.tp },
+            &|_: &[CpuExecutor]| Ok(HostAllReduce { ranks: l.tp }),
             "host sum",
             tpla_err,
         )
     };
+    // `--devices tp`: rank r on GPU r, NCCL between them, the collective measured. Otherwise
+    // every rank on GPU 0, one after another, a device-side sum standing in for the collective.
+    let spread = a.devices > 1;
+    if spread && a.devices != l.tp {
+        return Err(CliError::Usage(format!(
+            "--devices {} with --form: one GPU per rank needs --devices = --tp ({})",
+            a.devices, l.tp
+        )));
+    }
+    if spread && a.backend == super::BackendArg::Cpu {
+        return Err(CliError::Usage(
+            "--devices > 1 with --form runs one GPU per rank: it needs the CUDA backend".into(),
+        ));
+    }
     let open_gpu = || -> Result<Vec<tpla_runtime::cuda::CudaExecutor>, RuntimeError> {
         check_memory(&a, &cfg, false).map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
         let first = super::backend::open_cuda()?;
         let mut v = vec![first];
-        for _ in 1..l.tp {
-            v.push(tpla_runtime::cuda::CudaExecutor::new(0)?);
+        for r in 1..l.tp {
+            v.push(tpla_runtime::cuda::CudaExecutor::new(if spread {
+                r
+            } else {
+                0
+            })?);
         }
         Ok(v)
     };
-    match a.backend {
-        super::BackendArg::Cpu => use_cpu(None),
-        super::BackendArg::Cuda => run(
-            &a,
-            &cfg,
-            &forms,
-            &open_gpu,
-            DeviceSum { ranks: l.tp },
-            "device-side sum on GPU 0",
-            tpla_err,
-        ),
-        super::BackendArg::Auto => match super::backend::open_cuda() {
-            Ok(_) => run(
+    let on_gpu = || -> Result<(), CliError> {
+        if spread {
+            use tpla_runtime::cuda::nccl::NcclGroup;
+            run(
                 &a,
                 &cfg,
                 &forms,
                 &open_gpu,
-                DeviceSum { ranks: l.tp },
+                &|e: &[tpla_runtime::cuda::CudaExecutor]| NcclGroup::new(e),
+                "NCCL across GPUs 0..tp",
+                tpla_err,
+            )
+        } else {
+            run(
+                &a,
+                &cfg,
+                &forms,
+                &open_gpu,
+                &|_: &[tpla_runtime::cuda::CudaExecutor]| Ok(DeviceSum { ranks: l.tp }),
                 "device-side sum on GPU 0",
                 tpla_err,
-            ),
-            Err(e) => use_cpu(Some(e.to_string())),
+            )
+        }
+    };
+    match a.backend {
+        super::BackendArg::Cpu => use_cpu(None),
+        super::BackendArg::Cuda => on_gpu(),
+        super::BackendArg::Auto => match super::backend::open_cuda() {
+            Ok(_) => on_gpu(),
+            Err(e) if !spread => use_cpu(Some(e.to_string())),
+            Err(e) => Err(e.into()),
         },
     }
 }

@@ -14,25 +14,32 @@ use crate::cli::error::CliError;
 
 pub(super) type Make<'a, X> = &'a dyn Fn() -> Result<Vec<X>, RuntimeError>;
 
-pub(super) fn build<X: Executor + 'static, C: AllReduce<X> + Copy>(
+/// The collective of a set of rank executors (an NCCL group is bound to their streams).
+pub(super) type Coll<'a, X, C> = &'a dyn Fn(&[X]) -> Result<C, RuntimeError>;
+
+/// A layer on fresh rank executors with their collective.
+fn layer_on<X: Executor + 'static, C: AllReduce<X>>(
     make: Make<'_, X>,
-    coll: C,
+    coll: Coll<'_, X, C>,
+    layer: &MlaLayer,
+    form: Form,
+    shape: LayerShape,
+) -> Result<TpLayer<X, C>, CliError> {
+    let execs = make()?;
+    let c = coll(&execs)?;
+    Ok(TpLayer::new(execs, c, layer, form, shape, None)?)
+}
+
+pub(super) fn build<X: Executor + 'static, C: AllReduce<X>>(
+    make: Make<'_, X>,
+    coll: Coll<'_, X, C>,
     layer: &MlaLayer,
     form: Form,
     shape: &LayerShape,
     n: usize,
 ) -> Result<Vec<TpLayer<X, C>>, CliError> {
     (0..n)
-        .map(|_| {
-            Ok(TpLayer::new(
-                make()?,
-                coll,
-                layer,
-                form,
-                shape.clone(),
-                None,
-            )?)
-        })
+        .map(|_| layer_on(make, coll, layer, form, shape.clone()))
         .collect()
 }
 
@@ -69,12 +76,12 @@ pub(super) fn apply_tune_db<X: Executor + 'static, C: AllReduce<X>>(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
+pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     a: &DecodeArgs,
     cfg: &MlaConfig,
     forms: &[Form],
     make: Make<'_, X>,
-    coll: C,
+    coll: Coll<'_, X, C>,
     coll_name: &str,
     tpla_err: f64,
 ) -> Result<(), CliError> {
@@ -131,11 +138,13 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     let mut rows = Vec::new();
     let mut gemm_name = String::new();
     let mut timing = "";
+    let mut measured = false;
     for &form in forms {
         let mut stack = build(make, coll, &layer, form, &shape, l.layers)?;
         if let Some(s) = stack.first() {
             gemm_name = s.gemm();
             timing = s.timing();
+            measured = s.collective_measured();
             println!("{}: projections through {gemm_name}", form.name());
         }
         let tuned = apply_tune_db(&mut stack);
@@ -211,10 +220,27 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         let len = a.context + a.steps;
         let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
         let n = l.layers as f64;
-        rows.push((form, med, model.coll_s * n, model.device_s() * n, wall));
+        // A measured collective is in `med` (its `collective` field); a stand-in's is modelled.
+        let coll_s = if measured {
+            med.collective.as_secs_f64()
+        } else {
+            model.coll_s * n
+        };
+        rows.push(Row {
+            form,
+            times: med,
+            coll_s,
+            model_coll_s: model.coll_s * n,
+            spec_s: model.device_s() * n,
+            wall_s: wall,
+        });
     }
     println!();
-    println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
+    if measured {
+        println!("per-device compute and collective measured (one GPU per rank, {coll_name}); 'coll model' is the cost model's NVLink figure ({:.0} GB/s bus, {:.0} µs latency) for comparison", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
+    } else {
+        println!("per-device compute measured; collective modelled (NVLink {:.0} GB/s bus, {:.0} µs latency)", hw.bus_bytes_per_s / 1e9, hw.latency_s * 1e6);
+    }
     println!("phase timing: {timing}");
     println!(
         "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>10} {:>14} {:>10} {:>20}",
@@ -223,7 +249,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         "proj ms",
         "glue ms",
         "host ms",
-        "coll ms (m)",
+        if measured { "coll ms" } else { "coll ms (m)" },
         "step ms",
         "tokens/s",
         "spec a+p+g ms",
@@ -231,9 +257,11 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
         "wall ms (all ranks)"
     );
     let mut times = Vec::new();
-    for (form, t, coll, model, wall) in &rows {
+    for r in &rows {
+        let (form, t, coll, model, wall) = (&r.form, &r.times, &r.coll_s, &r.spec_s, &r.wall_s);
         let dev = t.device().as_secs_f64();
-        let step = t.total().as_secs_f64() + coll;
+        // `total` holds a measured collective already.
+        let step = t.total().as_secs_f64() + if measured { 0.0 } else { *coll };
         times.push((form.name(), dev + coll));
         println!(
             "{:<12} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>12.3} {:>12.3} {:>10.1} {:>14.3} {:>10.2} {:>20.3}",
@@ -250,13 +278,32 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
             wall * 1e3
         );
     }
-    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' the host clock over the whole stack with every rank's work one after another on this device, launches included; the model check below uses this run's rooflines)", a.steps, l.layers);
+    let wall_means = if measured {
+        "the host clock over the whole stack with the ranks running in parallel on their GPUs, launches included"
+    } else {
+        "the host clock over the whole stack with every rank's work one after another on this device, launches included"
+    };
+    println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' {wall_means}; the model check below uses this run's rooflines)", a.steps, l.layers);
+    if measured {
+        for r in &rows {
+            println!(
+                "{}: collective measured {:.3} ms, modelled {:.3} ms per {}-layer step (measured / modelled {:.2})",
+                r.form.name(),
+                r.coll_s * 1e3,
+                r.model_coll_s * 1e3,
+                l.layers,
+                r.coll_s / r.model_coll_s
+            );
+        }
+    }
+    let coll_word = if measured { "measured" } else { "modelled" };
     if let Some(rest) = tpla::layer::cost::ModelRest::for_preset(&cfg.name) {
-        for (form, t, coll, _, _) in &rows {
+        for r in &rows {
+            let (form, t, coll) = (&r.form, &r.times, &r.coll_s);
             let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
             let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
             println!(
-                "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + modelled collective; MoE/FFN/LM-head weight reads modelled, bf16)",
+                "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + {coll_word} collective; MoE/FFN/LM-head weight reads modelled, bf16)",
                 form.name(), a.batch, a.batch as f64 / step, cfg.layers
             );
         }
@@ -264,16 +311,16 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
     if let Some((base, bt)) = times.iter().find(|(n, _)| n == "mla-tp") {
         for (n, t) in times.iter().filter(|(n, _)| n != base) {
             println!(
-                "{n} vs mla-tp (attention + projections + glue + modelled collective): {:.2}x",
+                "{n} vs mla-tp (attention + projections + glue + {coll_word} collective): {:.2}x",
                 bt / t
             );
         }
     }
     let timed: Vec<crate::cli::decode_check::Timed> = rows
         .iter()
-        .map(|(form, t, _, _, _)| crate::cli::decode_check::Timed {
-            form: *form,
-            times: *t,
+        .map(|r| crate::cli::decode_check::Timed {
+            form: r.form,
+            times: r.times,
         })
         .collect();
     let execs = make()?;
@@ -308,9 +355,9 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X> + Copy>(
 }
 
 /// The form on a small synthetic layer against its f64 reference: the worst relative error.
-pub(super) fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
+pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
     make: Make<'_, X>,
-    coll: C,
+    coll: Coll<'_, X, C>,
     form: Form,
 ) -> Result<f64, CliError> {
     let cfg = MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128));
@@ -333,7 +380,7 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
     };
-    let mut tl = TpLayer::new(make()?, coll, &layer, form, shape, None)?;
+    let mut tl = layer_on(make, coll, &layer, form, shape)?;
     let mut worst = 0.0f64;
     for (t, w) in want.iter().enumerate() {
         let x: Vec<f32> = xs
@@ -358,4 +405,19 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X> + Copy>(
         }
     }
     Ok(worst)
+}
+
+/// One form's line of the table.
+struct Row {
+    form: Form,
+    /// The median step's times of the slowest rank (its measured collective included).
+    times: RankTimes,
+    /// The collective per step: measured where it crosses devices, else modelled.
+    coll_s: f64,
+    /// The cost model's collective per step.
+    model_coll_s: f64,
+    /// The cost model's attention + projections + glue per step (datasheet figures).
+    spec_s: f64,
+    /// The host clock over the whole stack.
+    wall_s: f64,
 }
