@@ -25,6 +25,9 @@ step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
 [ -x "$bin/engine_fp8_cuda" ] && step engine_fp8_cuda 200 "$bin/engine_fp8_cuda" --test-threads=1 &
 step layer_tests 300 "$bin/layer_tests" --test-threads=1 &
 step cuda_exec 300 "$bin/cuda_exec" --test-threads=1 &
+# NcclRank's bounds on one GPU (a group of one; a group of two nobody else joins, given up).
+[ -x "$bin/tp_tests" ] && step tp_nccl_one_gpu 120 "$bin/tp_tests" --test-threads=1 --nocapture \
+  nccl_rank_joins_sums &
 [ -x "$bin/engine_rust" ] && (step engine_rust 120 "$bin/engine_rust"
  step c_test_decode 120 "$bin/c_test_decode"
  step c_decode_cuda 60 "$bin/c_decode" cuda) &

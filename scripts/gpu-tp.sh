@@ -23,8 +23,9 @@ fi
 export TPLA_REQUIRE_GPUS=$k
 
 step layer_nccl 300 "$bin/layer_tests" --test-threads=1 --nocapture gpus_with_nccl
-[ -x "$bin/tp_tests" ] && step tp_two_processes 240 "$bin/tp_tests" --test-threads=1 --nocapture \
-  two_processes
+# The NCCL process groups: the two-process reference check, a rank killed mid-step (the other
+# must fail within its bound), ranks that disagree on the configuration.
+[ -x "$bin/tp_tests" ] && step tp_processes 300 "$bin/tp_tests" --test-threads=1 --nocapture
 # The TP2 ranks' decode buckets (as gpu-session.sh): MLA-TP ranks, the g = 2 shards, DCP.
 if [ "$k" -eq 2 ]; then
   step tune_kimi_h32 240 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 \

@@ -222,6 +222,7 @@ fn tpla_across_two_processes_with_nccl_ranks_matches_the_reference() {
         let q = shard.query(&exec, &p.q).unwrap();
         let mut y = shard.step(&exec, &q, TpStage::Projection).unwrap();
         comm.all_reduce_sum(&mut y).unwrap();
+        comm.wait().unwrap();
         let got = to_f64(&exec.download(&y).unwrap());
         let e = rel_error(&got, &reference(&p, 2));
         assert!(e <= 1e-2, "process rank {rank}: rel err {e}");
@@ -281,4 +282,253 @@ fn tpla_across_two_processes_with_nccl_ranks_matches_the_reference() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(ok.iter().all(|&o| o), "rank processes succeeded: {ok:?}");
+}
+
+/// Faults of a group of processes (one GPU each, `NcclRank`), as an engine meets them. The
+/// child side: `TPLA_TP_FAULT_MODE=kill` steps until a collective fails (printing each step),
+/// and exits 3 with the error; `mismatch` checks the configuration with `NcclRank::agree` (rank
+/// r claims batch 2 + r) and exits 4 with the error. Every wait is bounded by
+/// `FAULT_TIMEOUT`.
+const FAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn fault_child(mode: &str, rank: usize) -> ! {
+    use std::io::Write;
+    use tpla::tp::{TpShard, TpStage};
+    use tpla_runtime::cuda::nccl::{NcclId, NcclRank};
+    use tpla_runtime::cuda::CudaExecutor;
+    let id = NcclId::from_hex(&std::env::var("TPLA_TP_NCCL_ID").unwrap()).unwrap();
+    let exec = CudaExecutor::new(rank).unwrap();
+    let comm = NcclRank::with_timeout(&exec, &id, rank, 2, FAULT_TIMEOUT).unwrap();
+    let fail = |code: i32, e: RuntimeError| -> ! {
+        println!("rank {rank}: {e}");
+        std::io::stdout().flush().unwrap();
+        std::process::exit(code)
+    };
+    if mode == "mismatch" {
+        let config = format!("TPLA g=2, batch {}, heads 4, latent 128", 2 + rank);
+        match comm.agree(&exec, &config) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => fail(4, e),
+        }
+    }
+    let p = problem(2, 7);
+    if let Err(e) = comm.agree(&exec, &format!("{:?}", p.shape)) {
+        fail(4, e);
+    }
+    let mut shard = TpShard::tpla(&exec, p.shape.clone(), rank, &p.w).unwrap();
+    shard.append(&exec, &p.rows).unwrap();
+    let q = shard.query(&exec, &p.q).unwrap();
+    for step in 0..2000 {
+        let mut y = shard.step(&exec, &q, TpStage::Projection).unwrap();
+        if let Err(e) = comm.all_reduce_sum(&mut y).and_then(|_| comm.wait()) {
+            fail(3, e);
+        }
+        println!("rank {rank} step {step} ok");
+        std::io::stdout().flush().unwrap();
+    }
+    std::process::exit(0)
+}
+
+/// Spawns the two ranks of `test` in `mode` with a fresh NCCL id, stdout piped; `None` (after
+/// printing why, or failing under `TPLA_REQUIRE_GPUS=2`) without two GPUs and NCCL.
+fn spawn_fault_ranks(test: &str, mode: &str) -> Option<Vec<std::process::Child>> {
+    use std::process::{Command, Stdio};
+    use tpla_runtime::cuda::nccl::NcclId;
+    use tpla_runtime::cuda::CudaExecutor;
+    let required = std::env::var("TPLA_REQUIRE_GPUS").is_ok_and(|v| v.trim() == "2");
+    let id = CudaExecutor::new(0)
+        .and_then(|_| CudaExecutor::new(1))
+        .and_then(|_| NcclId::new());
+    let id = match id {
+        Ok(id) => id,
+        Err(e) => {
+            assert!(
+                !required,
+                "TPLA_REQUIRE_GPUS=2 but two GPUs with NCCL are not usable: {e}"
+            );
+            eprintln!("SKIP {test}: {e}");
+            return None;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    Some(
+        (0..2)
+            .map(|r| {
+                Command::new(&exe)
+                    .args(["--exact", test, "--nocapture", "--test-threads=1"])
+                    .env("TPLA_TP_FAULT_MODE", mode)
+                    .env("TPLA_TP_CHILD_RANK", r.to_string())
+                    .env("TPLA_TP_NCCL_ID", id.to_hex())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    )
+}
+
+/// Lines of a child's stdout, as they come, on a channel.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Kill rank 1 mid-run (SIGKILL after its third step): rank 0 returns a typed collective error
+/// within the bound (`FAULT_TIMEOUT` plus 20 s of slack for the abort) and exits; it never
+/// hangs. Skipped with a message without two GPUs; fails instead under `TPLA_REQUIRE_GPUS=2`.
+#[test]
+fn a_rank_killed_mid_step_makes_the_other_fail_within_the_bound() {
+    use std::time::{Duration, Instant};
+    const NAME: &str = "a_rank_killed_mid_step_makes_the_other_fail_within_the_bound";
+    if let (Ok(mode), Ok(rank)) = (
+        std::env::var("TPLA_TP_FAULT_MODE"),
+        std::env::var("TPLA_TP_CHILD_RANK"),
+    ) {
+        fault_child(&mode, rank.parse().unwrap());
+    }
+    let Some(mut children) = spawn_fault_ranks(NAME, "kill") else {
+        return;
+    };
+    let (out0, out1) = (lines_of(&mut children[0]), lines_of(&mut children[1]));
+    // Wait (bounded) for rank 1's third step, then kill it.
+    let start = Instant::now();
+    loop {
+        match out1.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) if l.contains("rank 1 step 3 ok") => break,
+            Ok(_) => {}
+            Err(e) => {
+                children.iter_mut().for_each(|c| {
+                    let _ = c.kill();
+                });
+                panic!("rank 1 did not reach step 3 ({e:?}, {:?})", start.elapsed());
+            }
+        }
+    }
+    children[1].kill().unwrap();
+    let killed = Instant::now();
+    let bound = FAULT_TIMEOUT + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = children[0].try_wait().unwrap() {
+            break s;
+        }
+        if killed.elapsed() > bound {
+            let _ = children[0].kill();
+            panic!("rank 0 still running {bound:?} after its peer was killed: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed.elapsed();
+    let _ = children[1].wait();
+    // The child has exited: its stdout is closed, so this ends once every line is read.
+    let lines: Vec<String> = out0.iter().collect();
+    let last = lines.last().cloned().unwrap_or_default();
+    println!("rank 0 ended {took:?} after the kill: {last}");
+    assert_eq!(status.code(), Some(3), "rank 0: {lines:?}");
+    assert!(
+        last.contains("collective failed on rank 0 of 2"),
+        "rank 0's error: {last}"
+    );
+}
+
+/// Ranks that disagree on the configuration (batch 2 against 3) are refused at start: each
+/// names the other in a typed error, within the bound. Skipped without two GPUs.
+#[test]
+fn ranks_that_disagree_on_the_configuration_are_refused_at_start() {
+    use std::time::{Duration, Instant};
+    const NAME: &str = "ranks_that_disagree_on_the_configuration_are_refused_at_start";
+    if let (Ok(mode), Ok(rank)) = (
+        std::env::var("TPLA_TP_FAULT_MODE"),
+        std::env::var("TPLA_TP_CHILD_RANK"),
+    ) {
+        fault_child(&mode, rank.parse().unwrap());
+    }
+    let Some(mut children) = spawn_fault_ranks(NAME, "mismatch") else {
+        return;
+    };
+    let outs: Vec<_> = children.iter_mut().map(lines_of).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (r, c) in children.iter_mut().enumerate() {
+        let status = loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("rank {r} did not finish the configuration check");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let lines: Vec<String> = outs[r].iter().collect();
+        let other = 1 - r;
+        assert_eq!(status.code(), Some(4), "rank {r}: {lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("another configuration") && l.contains(&format!("[{other}]"))),
+            "rank {r}: {lines:?}"
+        );
+    }
+}
+
+/// `NcclRank`'s bounds on one GPU: a group of one sums to itself and agrees with itself; a
+/// group of two that only this rank joins is given up after the bound with a typed error (no
+/// hang). Skips visibly without a GPU and NCCL; fails instead under `TPLA_REQUIRE_GPU=1`.
+#[test]
+fn nccl_rank_joins_sums_and_gives_up_within_its_bound_on_one_gpu() {
+    use std::time::{Duration, Instant};
+    use tpla_runtime::cuda::nccl::{NcclId, NcclRank};
+    use tpla_runtime::cuda::CudaExecutor;
+    const NAME: &str = "nccl_rank_joins_sums_and_gives_up_within_its_bound_on_one_gpu";
+    let ready = CudaExecutor::new(0).and_then(|e| Ok((e, NcclId::new()?)));
+    let (exec, id) = match ready {
+        Ok(r) => r,
+        Err(e) => {
+            assert!(
+                std::env::var("TPLA_REQUIRE_GPU").as_deref() != Ok("1"),
+                "TPLA_REQUIRE_GPU=1 but no GPU with NCCL: {e}"
+            );
+            eprintln!("SKIP {NAME}: {e}");
+            return;
+        }
+    };
+    let one = NcclRank::with_timeout(&exec, &id, 0, 1, Duration::from_secs(30)).unwrap();
+    one.agree(&exec, "one rank").unwrap();
+    let x: Vec<f32> = (0..300).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let mut t = exec
+        .upload(&HostTensor::from_vec(&[3, 100], x.clone()).unwrap())
+        .unwrap();
+    one.all_reduce_sum(&mut t).unwrap();
+    one.wait().unwrap();
+    assert_eq!(
+        exec.download(&t).unwrap().data(),
+        &x[..],
+        "a sum over one rank"
+    );
+    drop(one);
+    let bound = Duration::from_secs(3);
+    let lonely = NcclId::new().unwrap();
+    let start = Instant::now();
+    let e = NcclRank::with_timeout(&exec, &lonely, 0, 2, bound).unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        matches!(&e, RuntimeError::Collective { rank: 0, world: 2, detail } if detail.contains("joined")),
+        "{e:?}"
+    );
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(
+        NcclRank::new(&exec, &lonely, 2, 2).is_err(),
+        "rank past the group"
+    );
 }

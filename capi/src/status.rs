@@ -56,7 +56,7 @@ impl From<RuntimeError> for Error {
             | RuntimeError::LengthPastCache { .. }
             | RuntimeError::Launch(_) => TPLA_STATUS_INVALID_ARGUMENT,
             RuntimeError::BackendUnavailable { .. } => TPLA_STATUS_UNAVAILABLE,
-            RuntimeError::Device(_) => TPLA_STATUS_CUDA_ERROR,
+            RuntimeError::Device(_) | RuntimeError::Collective { .. } => TPLA_STATUS_CUDA_ERROR,
             RuntimeError::Ir(_) => TPLA_STATUS_UNSUPPORTED,
         };
         Error {

@@ -34,4 +34,16 @@ pub enum RuntimeError {
     /// A device-side failure (launch, copy, out of memory), with the driver's message.
     #[error("device error: {0}")]
     Device(String),
+    /// A collective over the ranks of a group failed: a rank did not join or finish within the
+    /// bound, left the group, or disagreed on the run's configuration. The communicator has been
+    /// aborted (nothing of it is left running); the group must be formed again.
+    #[error("collective failed on rank {rank} of {world}: {detail}")]
+    Collective {
+        /// This process's rank.
+        rank: usize,
+        /// Ranks in the group.
+        world: usize,
+        /// What happened, and within which bound.
+        detail: String,
+    },
 }

@@ -5,6 +5,7 @@
 //! re-export) is behind the `cuda` feature (on by default). Without it the CPU backend, the views
 //! and the references still build, and [`cuda_devices`] says why there is no GPU.
 
+pub mod bounded;
 pub mod collective;
 pub mod cpu_exec;
 #[cfg(feature = "cuda")]
