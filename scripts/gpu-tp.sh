@@ -37,11 +37,19 @@ if [ "$k" -eq 2 ]; then
       --g 1 --backend cuda
   done
 fi
+# Each run: MLA-TP, TPLA reduced after W_O and after W_UV, DCP; f32 payload first, then (32K)
+# the same with a bf16 payload (time and error of each, issue 13).
 for ctx in ${TPLA_TP_CONTEXTS:-32768 4096 16384 8192}; do
   for p in kimi-k2 deepseek-v3; do
     step "layer_${p%%-*}_tp${k}_${ctx}" 240 "$bin/tpla" decode --form all --tpla-reduce both \
       --preset "$p" --tp "$k" --devices "$k" --layers 4 --batch 64 --context "$ctx" --steps 5 \
       --backend cuda --results-dir "$OUT/layer-results/${p}_${ctx}"
+    if [ "$ctx" = 32768 ]; then
+      step "layer_${p%%-*}_tp${k}_${ctx}_bf16" 240 "$bin/tpla" decode --form all \
+        --tpla-reduce both --payload bf16 --preset "$p" --tp "$k" --devices "$k" --layers 4 \
+        --batch 64 --context "$ctx" --steps 5 --backend cuda \
+        --results-dir "$OUT/layer-results/${p}_${ctx}_bf16"
+    fi
   done
 done
 (cd "$OUT" && tar czf results.tgz layer-results 2>/dev/null; rm -rf layer-results)

@@ -66,6 +66,15 @@ fn tpla_reduced_both_ways_side_by_side() {
     assert_eq!(out.matches("(ok)").count(), 2, "{out}");
 }
 
+/// `--payload bf16`: the output collectives carry bf16; every form's reference check passes on
+/// that path.
+#[test]
+fn a_bf16_payload_runs_every_form_and_checks_it() {
+    let out = tpla_ok(&args(&["--form", "all", "--tp", "2", "--payload", "bf16"]));
+    assert!(out.contains("bf16 payload"), "{out}");
+    assert_eq!(out.matches("(ok)").count(), 3, "{out}");
+}
+
 #[test]
 fn all_forms_write_the_model_check_json_under_results_dir() {
     let dir = tmp("layer-check");

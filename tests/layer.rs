@@ -8,7 +8,7 @@ mod glue_kernels;
 
 use tpla::layer::reference::reference_steps;
 use tpla::layer::{
-    prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, PhaseTiming, ReduceAt, TpLayer,
+    prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, Payload, PhaseTiming, ReduceAt, TpLayer,
 };
 use tpla_model::linalg::rel_err;
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
@@ -30,7 +30,7 @@ fn worst_error<X: Executor + 'static, C: AllReduce<X>>(
     form: Form,
     corr: Option<Corrections>,
 ) -> f64 {
-    run_steps(execs, coll, form, corr, GemmPath::Auto).0
+    run_steps(execs, coll, form, corr, GemmPath::Auto, Payload::F32).0
 }
 
 /// As [`worst_error`] with the projections on `gemm`; also returns every step's output.
@@ -40,6 +40,7 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
     form: Form,
     corr: Option<Corrections>,
     gemm: GemmPath,
+    payload: Payload,
 ) -> (f64, Vec<Vec<f32>>) {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let d = layer.cfg.hidden;
@@ -58,6 +59,7 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
         poison: true,
         gemm,
         timing: PhaseTiming::Events,
+        payload,
     };
     let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
     let mut worst = 0.0f64;
@@ -236,6 +238,7 @@ fn reducing_after_wuv_equals_reducing_after_wo() {
                 form(reduce),
                 Some(corr2()),
                 GemmPath::Auto,
+                Payload::F32,
             )
         };
         let ((ea, a), (eb, b)) = (run(ReduceAt::Wo), run(ReduceAt::Wuv));
@@ -268,6 +271,7 @@ fn bad_forms_are_typed_errors() {
         poison: false,
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
+        payload: Payload::F32,
     };
     for (tp, form) in [
         (3, Form::MlaTp),
@@ -460,6 +464,7 @@ fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
         poison: false,
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
+        payload: Payload::F32,
     };
     let l = TpLayer::new(
         cpu(2),
@@ -607,8 +612,16 @@ fn gpu_cublas_layer_matches_the_dsl_layer() {
             form,
             corr.clone(),
             GemmPath::Cublas,
+            Payload::F32,
         );
-        let (ed, yd) = run_steps(open(2), DeviceSum { ranks: 2 }, form, corr, GemmPath::Dsl);
+        let (ed, yd) = run_steps(
+            open(2),
+            DeviceSum { ranks: 2 },
+            form,
+            corr,
+            GemmPath::Dsl,
+            Payload::F32,
+        );
         let gap = yc
             .iter()
             .zip(&yd)
@@ -673,6 +686,7 @@ fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
         poison: true,
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
+        payload: Payload::F32,
     };
     let x = HostTensor::full(&[1, d], 0.25f32);
     let wuv = Form::Tpla {
@@ -719,4 +733,64 @@ fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
     assert!(!l.collective_measured());
     let (_, times) = l.step(&x).unwrap();
     assert!(times.iter().all(|t| t.collective == Duration::ZERO));
+}
+
+/// A bf16 payload on the output collectives: every form still matches its reference (host sum
+/// and device sum, TP 2 and 4, TPLA reduced after `W_O` and after `W_UV`); the outputs differ
+/// from the f32 payload's (the rounding happened) by less than the tolerance.
+#[test]
+fn a_bf16_payload_matches_the_references() {
+    let wuv = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wuv,
+    };
+    for tp in [2, 4] {
+        for (form, corr) in [
+            (Form::MlaTp, None),
+            (Form::tpla(2), Some(corr2())),
+            (wuv, Some(corr2())),
+            (Form::Dcp, None),
+        ] {
+            let run = |payload, device: bool| {
+                if device {
+                    run_steps(
+                        cpu(tp),
+                        DeviceSum { ranks: tp },
+                        form,
+                        corr.clone(),
+                        GemmPath::Auto,
+                        payload,
+                    )
+                } else {
+                    run_steps(
+                        cpu(tp),
+                        HostAllReduce { ranks: tp },
+                        form,
+                        corr.clone(),
+                        GemmPath::Auto,
+                        payload,
+                    )
+                }
+            };
+            let (e32, y32) = run(Payload::F32, false);
+            let (e16, y16) = run(Payload::Bf16, false);
+            let (ed, yd) = run(Payload::Bf16, true);
+            eprintln!(
+                "tp {tp} {}: rel err f32 payload {e32:.2e}, bf16 {e16:.2e} (device sum {ed:.2e})",
+                form.name()
+            );
+            assert!(e16 <= 1e-2 && ed <= 1e-2, "tp {tp} {}", form.name());
+            let flat = |y: &Vec<Vec<f32>>| -> Vec<f64> {
+                y.iter().flatten().map(|&v| f64::from(v)).collect()
+            };
+            let gap = rel_err(&flat(&y16), &flat(&y32));
+            assert!(
+                gap > 0.0 && gap < 1e-2,
+                "tp {tp} {}: {gap:.2e}",
+                form.name()
+            );
+            assert_eq!(y16, yd, "host and device bf16 sums agree bit for bit");
+        }
+    }
 }

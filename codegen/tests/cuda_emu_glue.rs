@@ -32,6 +32,11 @@ fn input(rng: &mut Rng, shape: &[usize]) -> HostArg {
     tensor(DType::F32, shape, &rng.vec(n))
 }
 
+fn input_bf16(rng: &mut Rng, shape: &[usize]) -> HostArg {
+    let n = shape.iter().product();
+    tensor(DType::BF16, shape, &rng.vec(n))
+}
+
 fn poisoned(dtype: DType, shape: &[usize]) -> HostArg {
     tensor(dtype, shape, &vec![f32::NAN; shape.iter().product()])
 }
@@ -174,6 +179,24 @@ fn emulated_dcp_and_collective_kernels_match_cpu() {
         &tpla_kernels::copy_rows,
         &[("COLS", 7)],
         vec![input(&mut rng, &[20, 7]), poisoned(DType::F32, &[20, 7])],
+        0.0,
+    );
+    check(
+        &tpla_kernels::widen_f32,
+        &[("COLS", 20)],
+        vec![
+            input_bf16(&mut rng, &[5, 3, 20]),
+            poisoned(DType::F32, &[5, 3, 20]),
+        ],
+        0.0,
+    );
+    check(
+        &tpla_kernels::cast_bf16,
+        &[("COLS", 20)],
+        vec![
+            input(&mut rng, &[5, 3, 20]),
+            poisoned(DType::BF16, &[5, 3, 20]),
+        ],
         0.0,
     );
     check(

@@ -9,7 +9,8 @@
 //! - [`head_proj`]: per-head projection of latent outputs (`W_UV`), summed over TPLA devices;
 //! - [`add_rows`], [`copy_rows`]: element-wise sum and copy (a one-device stand-in for an
 //!   all-reduce);
-//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm);
+//! - [`cast_bf16`]: f32 to bf16 (the input of a bf16 library gemm, a bf16 collective payload),
+//!   and back ([`widen_f32`]);
 //! - [`glue`]: a decode layer's element-wise steps ([`rms_norm_rows`], [`down_norms`],
 //!   [`cache_row`], [`query_nope`], [`assemble_query`]) and the context-parallel state exchange
 //!   and merge ([`place_state`], [`merge_heads`]), TPLA's reduce-scatter of values by heads
@@ -39,7 +40,7 @@ mod schedule;
 
 pub use add::{add_rows, copy_rows};
 pub use append::append_rows;
-pub use cast::cast_bf16;
+pub use cast::{cast_bf16, widen_f32};
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use glue::{

@@ -195,7 +195,7 @@ pub fn block_params(cfg: &MlaConfig, form: Form, tp: usize) -> f64 {
 }
 
 /// One device's cost of one layer's decode step: `batch` sequences of `len` tokens, weights of
-/// `weight_bytes` per parameter.
+/// `weight_bytes` per parameter, the output collectives in bf16 (what engines send).
 pub fn layer_cost(
     cfg: &MlaConfig,
     form: Form,
@@ -203,6 +203,22 @@ pub fn layer_cost(
     batch: usize,
     len: usize,
     weight_bytes: f64,
+    hw: &Hardware,
+) -> LayerCost {
+    layer_cost_payload(cfg, form, tp, batch, len, weight_bytes, BF16, hw)
+}
+
+/// [`layer_cost`] with the output collectives (the all-reduce of `[B, D]`, TPLA's values
+/// reduce-scattered after `W_UV`) carrying `payload_bytes` per element.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_cost_payload(
+    cfg: &MlaConfig,
+    form: Form,
+    tp: usize,
+    batch: usize,
+    len: usize,
+    weight_bytes: f64,
+    payload_bytes: f64,
     hw: &Hardware,
 ) -> LayerCost {
     let (b, l) = (batch as f64, len as f64);
@@ -215,7 +231,7 @@ pub fn layer_cost(
     let proj_bytes = params * weight_bytes;
     let proj_flops = 2.0 * b * params;
     let d = cfg.hidden as f64;
-    let out = b * d * BF16;
+    let out = b * d * payload_bytes;
     let mut coll_bytes = out;
     let mut coll_s = hw.all_reduce(out, tp);
     match form {
@@ -236,8 +252,8 @@ pub fn layer_cost(
                 coll_s += hw.all_reduce(b * 4.0, groups);
             }
             if reduce == ReduceAt::Wuv {
-                // The values of the rank's heads, bf16, reduce-scattered over the groups.
-                let values = b * ha * cfg.v_head as f64 * BF16;
+                // The values of the rank's heads, reduce-scattered over the groups.
+                let values = b * ha * cfg.v_head as f64 * payload_bytes;
                 coll_bytes += values;
                 coll_s += hw.reduce_scatter(values, groups);
             }

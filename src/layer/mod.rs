@@ -45,6 +45,6 @@ pub use clock::PhaseTiming;
 pub use gemm::GemmPath;
 pub use plan::{roles, Form, KvNorm, RankRole, ReduceAt};
 pub use rank::RankTimes;
-pub use sum::DeviceSum;
+pub use sum::{DeviceSum, Payload};
 pub use tp_layer::{DeviceStep, LayerShape, PendingTimes, TpLayer};
 pub use weights::prepare;

@@ -2,8 +2,38 @@
 //! sum on that device: what stands in for NVLink when a one-GPU run measures per-rank work.
 
 use tpla_codegen::KernelDef;
-use tpla_kernels::{add_rows, copy_rows};
+use tpla_kernels::{add_rows, cast_bf16, copy_rows, widen_f32};
+use tpla_runtime::half::bf16;
 use tpla_runtime::{collective::check_group, AllReduce, Executor, RuntimeError};
+
+/// The element type the layer's output collectives carry (the all-reduce of `[batch, D]` and,
+/// TPLA reduced after `W_UV`, the values' reduce-scatter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// f32: the projections' own precision.
+    #[default]
+    F32,
+    /// bf16: half the bytes on the link; each rank's part is rounded to bf16 before the sum and
+    /// the sum rounded once more (what engines send).
+    Bf16,
+}
+
+impl Payload {
+    /// Bytes of one element.
+    pub fn bytes(self) -> f64 {
+        match self {
+            Payload::F32 => 4.0,
+            Payload::Bf16 => 2.0,
+        }
+    }
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Payload::F32 => "f32",
+            Payload::Bf16 => "bf16",
+        }
+    }
+}
 
 /// Sums `[rows, cols]` tensors of ranks that all live on one device with [`add_rows`]; every
 /// part then holds the sum ([`copy_rows`]). Nothing moves through the host. The executors must share that device (e.g. one CUDA device opened
@@ -61,6 +91,49 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
         }
         for e in &execs[1..] {
             e.order_after(exec)?;
+        }
+        Ok(())
+    }
+
+    /// The bf16 payload: every part widened to f32, summed as above, the sum rounded once to
+    /// bf16 into every part (as the host sum; what NCCL's bf16 ring gives at two ranks).
+    fn all_reduce_sum_bf16(
+        &self,
+        execs: &[X],
+        parts: &mut [X::Tensor<bf16>],
+    ) -> Result<(), RuntimeError> {
+        let shape_b = |t: &X::Tensor<bf16>| {
+            X::tensor_arg(t)
+                .tensor_shape()
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default()
+        };
+        check_group(self.ranks, execs.len(), parts.iter().map(shape_b))?;
+        let shape = shape_b(&parts[0]);
+        let [rows, cols] = shape[..] else {
+            return Err(RuntimeError::InvalidInput(format!(
+                "device sum takes [rows, cols] tensors, got {shape:?}"
+            )));
+        };
+        let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
+        let round = cast_bf16.default_config(&[("COLS", cols as i64)])?;
+        let mut wide = Vec::with_capacity(parts.len());
+        for (p, e) in parts.iter_mut().zip(execs) {
+            let mut w = e.alloc::<f32>(&[rows, 1, cols])?;
+            X::reshape(p, &[rows, 1, cols])?;
+            let launched = widen_f32::launch(e, &widen, p, &mut w);
+            X::reshape(p, &[rows, cols])?;
+            launched?;
+            X::reshape(&mut w, &[rows, cols])?;
+            wide.push(w);
+        }
+        self.all_reduce_sum(execs, &mut wide)?;
+        for ((p, mut w), e) in parts.iter_mut().zip(wide).zip(execs) {
+            X::reshape(&mut w, &[rows, 1, cols])?;
+            X::reshape(p, &[rows, 1, cols])?;
+            let launched = cast_bf16::launch(e, &round, &w, p);
+            X::reshape(p, &[rows, cols])?;
+            launched?;
         }
         Ok(())
     }

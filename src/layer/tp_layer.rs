@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use tpla_codegen::KernelDef;
-use tpla_kernels::{merge_heads, place_rows, place_state};
+use tpla_kernels::{cast_bf16, merge_heads, place_rows, place_state, widen_f32};
 use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
@@ -14,6 +14,7 @@ use super::clock::{serialise, Clock, Phase, PhaseTiming, StepTimer};
 use super::gemm::{out_buf, GemmPath};
 use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
 use super::rank::{Down, KvScale, Rank, RankTimes};
+use super::sum::Payload;
 use super::weights::rank_weights;
 use crate::decoder::DecoderShape;
 
@@ -36,6 +37,8 @@ pub struct LayerShape {
     /// How each rank's phases are timed ([`PhaseTiming::Events`]: device events, one
     /// synchronisation per step).
     pub timing: PhaseTiming,
+    /// The element type of the output collectives ([`Payload::F32`] by default).
+    pub payload: Payload,
 }
 
 /// What [`TpLayer::step_device`] returns: every rank's all-reduced output `[batch, D]` (on its
@@ -63,6 +66,7 @@ pub struct TpLayer<X: Executor, C: AllReduce<X>> {
     hidden: usize,
     len: usize,
     max_tokens: usize,
+    payload: Payload,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -139,6 +143,7 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             hidden: cfg.hidden,
             len: 0,
             max_tokens: shape.max_tokens,
+            payload: shape.payload,
         })
     }
 }
@@ -382,7 +387,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             serialise(&clocks, r)?;
             parts.push(rank.project_out(exec, v, t)?);
         }
-        self.all_reduce(&mut parts, &mut times)?;
+        self.reduce_output(&mut parts, &mut times)?;
         self.len += 1;
         Ok((parts, PendingTimes(times)))
     }
@@ -402,6 +407,64 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         } else {
             self.collective.all_reduce_sum(&self.execs, parts)
         }
+    }
+
+    /// [`Self::all_reduce`] of output parts `[rows, cols]` in the layer's [`Payload`]: with bf16
+    /// each rank's part is rounded to bf16 on its executor (timed as glue), summed in bf16 by
+    /// the collective, and widened back (glue).
+    fn reduce_output(
+        &self,
+        parts: &mut [X::Tensor<f32>],
+        times: &mut [StepTimer],
+    ) -> Result<(), RuntimeError> {
+        if self.payload == Payload::F32 {
+            return self.all_reduce(parts, times);
+        }
+        let shape = X::tensor_arg(&parts[0])
+            .tensor_shape()
+            .map(<[usize]>::to_vec)
+            .unwrap_or_default();
+        let [rows, cols] = shape[..] else {
+            return Err(RuntimeError::InvalidInput(format!(
+                "an output collective takes [rows, cols] parts, got {shape:?}"
+            )));
+        };
+        let round = cast_bf16.default_config(&[("COLS", cols as i64)])?;
+        let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
+        let mut narrow = Vec::with_capacity(parts.len());
+        for ((p, exec), t) in parts.iter_mut().zip(&self.execs).zip(times.iter_mut()) {
+            let mut b = exec.alloc::<bf16>(&[rows, 1, cols])?;
+            X::reshape(p, &[rows, 1, cols])?;
+            let cast = t.time(exec, Phase::Glue, || {
+                cast_bf16::launch(exec, &round, p, &mut b)
+            });
+            X::reshape(p, &[rows, cols])?;
+            cast?;
+            X::reshape(&mut b, &[rows, cols])?;
+            narrow.push(b);
+        }
+        if self.collective.crosses_devices() {
+            StepTimer::time_all(times, &self.execs, Phase::Collective, || {
+                self.collective
+                    .all_reduce_sum_bf16(&self.execs, &mut narrow)
+            })?;
+        } else {
+            self.collective
+                .all_reduce_sum_bf16(&self.execs, &mut narrow)?;
+        }
+        for (((p, mut b), exec), t) in parts
+            .iter_mut()
+            .zip(narrow)
+            .zip(&self.execs)
+            .zip(times.iter_mut())
+        {
+            X::reshape(&mut b, &[rows, 1, cols])?;
+            X::reshape(p, &[rows, 1, cols])?;
+            let w = t.time(exec, Phase::Glue, || widen_f32::launch(exec, &widen, &b, p));
+            X::reshape(p, &[rows, cols])?;
+            w?;
+        }
+        Ok(())
     }
 
     /// Whether the collective's time is measured (it crosses devices) rather than modelled.
@@ -452,7 +515,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             X::reshape(&mut p, &[slots * b * hv, dv])?;
             parts.push(p);
         }
-        self.all_reduce(&mut parts, times)?;
+        self.reduce_output(&mut parts, times)?;
         let mut mine = Vec::with_capacity(tp);
         for (r, (((rank, exec), t), mut p)) in self
             .ranks

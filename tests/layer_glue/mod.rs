@@ -456,6 +456,11 @@ fn glue_kernels_compile_with_nvrtc() {
     build(&merge_heads, &[("LAT", 512)]);
     build(&place_rows, &[("COLS", 128)]);
     build(&take_heads, &[("DV", 128)]);
+    // The bf16 payload's round trip at the output collectives' widths.
+    for cols in [7168i64, 128] {
+        build(&tpla_kernels::cast_bf16, &[("COLS", cols)]);
+        build(&tpla_kernels::widen_f32, &[("COLS", cols)]);
+    }
     // The collective stand-in at the layer's shapes: `[B, D]` outputs, the exact norm's
     // `[B, 1]` sums, DCP's `[.., heads]` LSE and `[.., lat]` state slots.
     for cols in [7168i64, 1, 64, 128, 512] {

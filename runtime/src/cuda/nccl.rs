@@ -102,6 +102,34 @@ impl AllReduce<CudaExecutor> for NcclGroup {
         let end = group_end().map_err(|e| nccl_err("group end", e));
         result.and(end.map(|_| ()))
     }
+
+    fn all_reduce_sum_bf16(
+        &self,
+        execs: &[CudaExecutor],
+        parts: &mut [CudaTensor<half::bf16>],
+    ) -> Result<(), RuntimeError> {
+        check_group(
+            self.comms.len(),
+            execs.len(),
+            parts.iter().map(|p| p.shape().to_vec()),
+        )?;
+        group_start().map_err(|e| nccl_err("group start", e))?;
+        let mut result = Ok(());
+        for (comm, part) in self.comms.iter().zip(parts.iter_mut()) {
+            let Some(mut view) = part.bf16_view_mut() else {
+                result = Err(RuntimeError::Device(
+                    "a tensor smaller than its shape".into(),
+                ));
+                break;
+            };
+            if let Err(e) = comm.all_reduce_in_place(&mut view, &ReduceOp::Sum) {
+                result = Err(nccl_err("all-reduce (bf16)", e));
+                break;
+            }
+        }
+        let end = group_end().map_err(|e| nccl_err("group end", e));
+        result.and(end.map(|_| ()))
+    }
 }
 
 /// An NCCL unique id: rank 0 creates it and the engine hands it to every process of the group

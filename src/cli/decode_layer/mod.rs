@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use tpla::layer::{DeviceSum, Form, GemmPath, KvNorm, ReduceAt};
+use tpla::layer::{DeviceSum, Form, GemmPath, KvNorm, Payload, ReduceAt};
 use tpla_model::MlaConfig;
 use tpla_runtime::{CpuExecutor, HostAllReduce, RuntimeError};
 
@@ -60,6 +60,24 @@ impl ReduceArg {
             ReduceArg::Wo => &[ReduceAt::Wo],
             ReduceArg::Wuv => &[ReduceAt::Wuv],
             ReduceArg::Both => &[ReduceAt::Wo, ReduceAt::Wuv],
+        }
+    }
+}
+
+/// The element type of the layer's output collectives (`--payload`, see [`Payload`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PayloadArg {
+    /// f32, the projections' precision.
+    F32,
+    /// bf16: half the bytes on the link.
+    Bf16,
+}
+
+impl From<PayloadArg> for Payload {
+    fn from(p: PayloadArg) -> Payload {
+        match p {
+            PayloadArg::F32 => Payload::F32,
+            PayloadArg::Bf16 => Payload::Bf16,
         }
     }
 }
@@ -129,6 +147,11 @@ pub struct LayerArgs {
     /// side by side.
     #[arg(long, value_enum, default_value_t = ReduceArg::Wo)]
     pub tpla_reduce: ReduceArg,
+    /// The element type of the output collectives (the all-reduce of `[batch, D]`, and the
+    /// values' reduce-scatter of `--tpla-reduce wuv`): f32, or bf16 (half the bytes; each part
+    /// and the sum rounded to bf16).
+    #[arg(long, value_enum, default_value_t = PayloadArg::F32)]
+    pub payload: PayloadArg,
     /// Time each phase of a layer step on the host clock with the device synchronised after it
     /// (launch latency included; how the layer was timed before), instead of device events
     /// around each phase with one synchronisation per step.

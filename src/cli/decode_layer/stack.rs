@@ -2,9 +2,9 @@
 //! timed decode steps with their modelled collectives, and the check against the f64 reference.
 
 use rand::{Rng, SeedableRng};
-use tpla::layer::cost::{layer_cost, Hardware};
+use tpla::layer::cost::{layer_cost_payload, Hardware};
 use tpla::layer::reference::reference_steps;
-use tpla::layer::{prepare, Form, GemmPath, LayerShape, PhaseTiming, RankTimes, TpLayer};
+use tpla::layer::{prepare, Form, GemmPath, LayerShape, Payload, PhaseTiming, RankTimes, TpLayer};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{MlaConfig, MlaLayer, Preset};
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
@@ -91,8 +91,8 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         .map(|e| e.backend_name())
         .unwrap_or_default();
     println!(
-        "tpla decode --form: {} (H={}, D={}), {} layers, tp {}, batch {}, context {}, backend {backend} ({coll_name} for the collective)",
-        cfg.name, cfg.heads, cfg.hidden, l.layers, l.tp, a.batch, a.context
+        "tpla decode --form: {} (H={}, D={}), {} layers, tp {}, batch {}, context {}, backend {backend} ({coll_name} for the collective, {} payload)",
+        cfg.name, cfg.heads, cfg.hidden, l.layers, l.tp, a.batch, a.context, Payload::from(l.payload).name()
     );
     let t0 = std::time::Instant::now();
     let layer = match &l.weights {
@@ -133,6 +133,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         } else {
             PhaseTiming::Events
         },
+        payload: l.payload.into(),
     };
     let hw = Hardware::h200();
     let mut rows = Vec::new();
@@ -218,7 +219,16 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         walls.sort_by(f64::total_cmp);
         let wall = walls[walls.len() / 2];
         let len = a.context + a.steps;
-        let model = layer_cost(cfg, form, l.tp, a.batch, len, 2.0, &hw);
+        let model = layer_cost_payload(
+            cfg,
+            form,
+            l.tp,
+            a.batch,
+            len,
+            2.0,
+            shape.payload.bytes(),
+            &hw,
+        );
         let n = l.layers as f64;
         // A measured collective is in `med` (its `collective` field); a stand-in's is modelled.
         let coll_s = if measured {
@@ -339,7 +349,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     )?;
     drop(execs);
     for &form in forms {
-        let e = check(make, coll, form)?;
+        let e = check(make, coll, form, shape.payload)?;
         println!("reference check {} (small synthetic layer, tp {}, same ranks and collective): rel err {e:.2e} {}", form.name(), l.tp, if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" });
         if e.is_nan() || e > 1e-2 {
             return Err(CliError::Usage(format!(
@@ -359,6 +369,7 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
     make: Make<'_, X>,
     coll: Coll<'_, X, C>,
     form: Form,
+    payload: Payload,
 ) -> Result<f64, CliError> {
     let cfg = MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128));
     let layer = prepare(&synthetic_layer(&cfg, 11)?)?;
@@ -379,6 +390,7 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
         poison: true,
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
+        payload,
     };
     let mut tl = layer_on(make, coll, &layer, form, shape)?;
     let mut worst = 0.0f64;

@@ -28,6 +28,17 @@ impl CudaTensor<f32> {
     }
 }
 
+impl CudaTensor<half::bf16> {
+    /// The buffer as a typed bf16 view for cudarc APIs that take typed device slices (NCCL).
+    pub(crate) fn bf16_view_mut(&mut self) -> Option<cudarc::driver::CudaViewMut<'_, half::bf16>> {
+        let n = self.len();
+        // SAFETY: the buffer was allocated for `n` bf16 elements (`alloc`/`upload` size it as
+        // `len * size_of::<T>()` bytes, at least 16) and holds bf16 data; a `u8` -> `bf16` view
+        // of that many elements stays inside it, and device allocations are 256-byte aligned.
+        unsafe { self.buf.transmute_mut::<half::bf16>(n) }
+    }
+}
+
 impl<T: Element> CudaTensor<T> {
     /// Gives the tensor another shape with the same number of elements (no data moves); on a
     /// count mismatch it is an error and the tensor is unchanged.
