@@ -794,3 +794,63 @@ fn a_bf16_payload_matches_the_references() {
         }
     }
 }
+
+/// `apply_tuned` gives each rank the tune database's config for its decode bucket and the split
+/// policy it was timed with; the step still matches the reference.
+#[test]
+fn the_tune_database_sets_each_ranks_config_and_split_policy() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::tune::{decode_bucket, SplitPolicy, TuneDb};
+    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let shape = LayerShape {
+        batch: 2,
+        max_tokens: 8,
+        page_size: 4,
+        splits: 0,
+        poison: true,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+        payload: Payload::F32,
+    };
+    let execs = cpu(2);
+    let (mut db, _) = TuneDb::open(
+        &dir,
+        &execs[0].device_identity(),
+        &[&tpla_kernels::latent_decode],
+    );
+    // MLA-TP at tp 2 of the small layer: 4 heads per rank over the whole 512 + 64 cache.
+    let bucket = decode_bucket(2, 4, 512, 64, 8);
+    let cfg = tpla_kernels::latent_decode
+        .default_config(&[("LAT", 512), ("ROPE", 64)])
+        .unwrap();
+    db.put_with_policy(
+        tpla_kernels::latent_decode.name(),
+        &bucket,
+        &cfg,
+        Some(SplitPolicy::Uniform),
+        12.5,
+        "2026-12-04",
+    );
+    let mut l = TpLayer::new(
+        execs,
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape,
+        None,
+    )
+    .unwrap();
+    let found = l.apply_tuned(&db);
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (r, (rank, b, what, us)) in found.iter().enumerate() {
+        assert_eq!((*rank, b.as_str(), *us), (r, bucket.as_str(), 12.5));
+        assert!(what.ends_with(", uniform splits"), "{what}");
+    }
+    let (y, _) = l
+        .step(&HostTensor::full(&[2, layer.cfg.hidden], 0.3f32))
+        .unwrap();
+    assert!(y.data().iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

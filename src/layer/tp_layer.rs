@@ -150,9 +150,10 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
 
 impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// Gives every rank's decode kernel the config the tune database `db` holds for its shape
-    /// (`tpla tune` writes it; the same buckets as `tpla decode`); returns `(rank, bucket,
-    /// config, measured µs)` for each rank that found one. Ranks without an entry keep the
-    /// defaults.
+    /// (`tpla tune` writes it; the same buckets as `tpla decode`), and the split policy it was
+    /// timed with (uniform splits chosen on the host, or the balanced schedule computed on the
+    /// device: `tpla tune` stores the faster); returns `(rank, bucket, config and policy,
+    /// measured µs)` for each rank that found one. Ranks without an entry keep the defaults.
     pub fn apply_tuned(
         &mut self,
         db: &tpla_runtime::tune::TuneDb,
@@ -170,7 +171,12 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             );
             let name = tpla_kernels::latent_decode.name();
             if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
-                found.push((r, bucket, c.to_string(), e.time_us));
+                let mut what = c.to_string();
+                if let Some(policy) = e.split_policy {
+                    rank.dec.set_split_policy(policy);
+                    what = format!("{what}, {policy} splits");
+                }
+                found.push((r, bucket, what, e.time_us));
                 rank.dec.set_decode_config(c);
             }
         }
