@@ -94,7 +94,7 @@ fn emulated_norm_kernels_match_cpu() {
         vec![
             input(&mut rng, &[3, 176]),
             input(&mut rng, &[96]),
-            poisoned(DType::F32, &[3, 96]),
+            poisoned(DType::BF16, &[3, 96]),
             poisoned(DType::F32, &[3, 1]),
             HostArg::F32(1e-6),
             HostArg::F32(0.75),
@@ -128,7 +128,7 @@ fn emulated_rope_kernels_match_cpu() {
         &[("NOPE", 24), ("ROPE", 16)],
         vec![
             input(&mut rng, &[2, 5, 40]),
-            poisoned(DType::F32, &[2, 5, 24]),
+            poisoned(DType::BF16, &[2, 5, 24]),
         ],
         0.0,
     );

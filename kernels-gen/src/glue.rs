@@ -30,7 +30,8 @@ pub fn rms_norm_rows<#[tune(1, 2, 4)] const BLOCK_R: usize>(
 }
 
 /// The norms of one token's fused down-projection row `y = [q_a (QL) | c (W) | k_pe (ROPE)]`:
-/// `q_out = q_a / sqrt(mean(q_a²) + eps) · gain` (the query latent's RMSNorm with its `γ`) and
+/// `q_out = q_a / sqrt(mean(q_a²) + eps) · gain` (the query latent's RMSNorm with its `γ`, in
+/// bf16: the input of the bf16 `W_UQ` gemm, so no cast kernel runs between them) and
 /// `c_sq = share · Σ c²` (the kv latent slice's sum of squares, which the cache row's norm
 /// divides by; `share` is 0 on a rank whose slice another rank already counts). One program
 /// normalises `BLOCK_B` sequences.
@@ -38,7 +39,7 @@ pub fn rms_norm_rows<#[tune(1, 2, 4)] const BLOCK_R: usize>(
 pub fn down_norms<#[tune(1, 2, 4)] const BLOCK_B: usize>(
     y: Tensor<f32, dims![batch, QL + W + ROPE]>,
     gain: Tensor<f32, dims![QL]>,
-    q_out: TensorMut<f32, dims![batch, QL]>,
+    q_out: TensorMut<bf16, dims![batch, QL]>,
     c_sq: TensorMut<f32, dims![batch, 1]>,
     eps: f32,
     share: f32,
@@ -49,7 +50,7 @@ pub fn down_norms<#[tune(1, 2, 4)] const BLOCK_B: usize>(
     let g = load(gain.tile([0..QL]));
     store(
         q_out.tile([b0..b0 + BLOCK_B, 0..QL]),
-        q * inv_rms.unsqueeze(1) * g.unsqueeze(0),
+        (q * inv_rms.unsqueeze(1) * g.unsqueeze(0)).cast::<bf16>(),
     );
     let c = load(y.tile([b0..b0 + BLOCK_B, QL..QL + W]));
     store(
@@ -93,17 +94,18 @@ pub fn cache_row(
     );
 }
 
-/// `q_nope[b, h, :] = q[b, h, 0..NOPE]`: the non-rotary part of every head's query, the input
-/// of the absorption into the latent. One program per sequence and `BLOCK_H` heads.
+/// `q_nope[b, h, :] = bf16(q[b, h, 0..NOPE])`: the non-rotary part of every head's query, the
+/// input of the (bf16) absorption gemm into the latent. One program per sequence and `BLOCK_H`
+/// heads.
 #[kernel(grid = (batch, cdiv(heads, BLOCK_H)), constants(NOPE, ROPE))]
 pub fn query_nope<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     q: Tensor<f32, dims![batch, heads, NOPE + ROPE]>,
-    q_nope: TensorMut<f32, dims![batch, heads, NOPE]>,
+    q_nope: TensorMut<bf16, dims![batch, heads, NOPE]>,
 ) {
     let b = program_id(0);
     let h0 = program_id(1) * BLOCK_H;
     let x = load(q.tile([b, h0..h0 + BLOCK_H, 0..NOPE]));
-    store(q_nope.tile([b, h0..h0 + BLOCK_H, ..]), x);
+    store(q_nope.tile([b, h0..h0 + BLOCK_H, ..]), x.cast::<bf16>());
 }
 
 /// The absorbed query, bf16 `[absorbed (W) | RoPE(q_pe) (ROPE)]` per head: `absorbed` is

@@ -131,9 +131,9 @@ impl LayerCost {
 }
 
 /// Bytes one rank's element-wise glue kernels move in a step (f32 activations, bf16 rows):
-/// the down-projection's norms (read `q_a | c`, write `q_a`), the cache row (read `c | k_pe`,
-/// write it in bf16) and its append (read and write the bf16 row), the `q_nope` split (read and
-/// write `[B, H, nope]`), the query assembly (read the absorbed latent and `q_pe`, write the
+/// the down-projection's norms (read `q_a | c`, write `q_a` in bf16), the cache row (read `c |
+/// k_pe`, write it in bf16) and its append (read and write the bf16 row), the `q_nope` split
+/// (read `[B, H, nope]`, write it in bf16), the query assembly (read the absorbed latent and `q_pe`, write the
 /// bf16 query), and under DCP the merge (read every rank's `(out, lse)` of the rank's heads,
 /// write the merged output).
 pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
@@ -144,9 +144,9 @@ pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
         cfg.qk_rope as f64,
         cfg.qk_nope as f64,
     );
-    let norms = F32 * (b * (ql + w) + ql + b * ql + b);
+    let norms = F32 * (b * (ql + w) + ql + b) + BF16 * b * ql;
     let row = F32 * b * (w + rope) + BF16 * b * (w + rope) * 3.0;
-    let split = 2.0 * F32 * b * ha * nope;
+    let split = (F32 + BF16) * b * ha * nope;
     let query = F32 * b * ha * (w + rope) + BF16 * b * ha * (w + rope);
     let merge = match form {
         Form::Dcp => {
@@ -472,9 +472,9 @@ mod tests {
     fn glue_bytes_by_hand() {
         let cfg = Preset::DeepseekV3.config();
         // MLA-TP2, B 1: 64 heads, the whole 512 latent; q_lora 1536, nope 128, rope 64.
-        let norms = 4.0 * (1536.0 + 512.0 + 1536.0 + 1536.0 + 1.0);
+        let norms = 4.0 * (1536.0 + 512.0 + 1536.0 + 1.0) + 2.0 * 1536.0;
         let row = 4.0 * 576.0 + 2.0 * 576.0 * 3.0;
-        let split = 2.0 * 4.0 * 64.0 * 128.0;
+        let split = 6.0 * 64.0 * 128.0;
         let query = 4.0 * 64.0 * 576.0 + 2.0 * 64.0 * 576.0;
         assert_eq!(
             glue_bytes(&cfg, Form::MlaTp, 2, 1),
@@ -482,7 +482,7 @@ mod tests {
         );
         // DCP2 adds the merge of 64 output heads from 2 ranks' 128-head states.
         let dcp = glue_bytes(&cfg, Form::Dcp, 2, 1);
-        let split = 2.0 * 4.0 * 128.0 * 128.0;
+        let split = 6.0 * 128.0 * 128.0;
         let query = 4.0 * 128.0 * 576.0 + 2.0 * 128.0 * 576.0;
         let merge = 4.0 * (2.0 * 64.0 * 513.0 + 64.0 * 512.0);
         assert_eq!(dcp, norms + row + split + query + merge);

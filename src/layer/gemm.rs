@@ -12,9 +12,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use tpla_codegen::{Config, KernelDef};
-#[cfg(feature = "cuda")]
-use tpla_kernels::cast_bf16;
-use tpla_kernels::head_proj;
+use tpla_kernels::{cast_bf16, head_proj, widen_f32};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
@@ -145,6 +143,57 @@ impl<X: Executor> Proj<X> {
         })
     }
 
+    /// `x` `[batch, heads, in]` in bf16 times the per-head matrices: `[batch, heads, out]`.
+    /// cuBLAS reads `x` as it is (no cast kernel: its producer wrote bf16); the DSL kernel,
+    /// which takes f32, gets it widened (exact).
+    pub(crate) fn apply_bf16(
+        &self,
+        exec: &X,
+        x: &X::Tensor<bf16>,
+        batch: usize,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let mut y = out_buf(exec, &[batch, self.shape[0], self.shape[2]], self.poison)?;
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Cublas(blas) => cublas_gemm::<X, f32>(blas, x, &self.w, &mut y)?,
+            _ => {
+                let cols = self.shape[1];
+                let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
+                let mut xf = exec.alloc::<f32>(&[batch, self.shape[0], cols])?;
+                widen_f32::launch(exec, &widen, x, &mut xf)?;
+                head_proj::launch(exec, &self.cfg, &xf, &self.w, &mut y)?;
+            }
+        }
+        Ok(y)
+    }
+
+    /// [`Self::apply`] with the product rounded to bf16 (the input of the next bf16 gemm):
+    /// cuBLAS writes bf16 itself (no cast kernel after it), the DSL path casts its f32 result.
+    pub(crate) fn apply_to_bf16(
+        &self,
+        exec: &X,
+        x: &X::Tensor<f32>,
+        batch: usize,
+    ) -> Result<X::Tensor<bf16>, RuntimeError> {
+        let shape = [batch, self.shape[0], self.shape[2]];
+        let mut y = out_buf_bf16(exec, &shape, self.poison)?;
+        match (&self.engine, &self.cast) {
+            #[cfg(feature = "cuda")]
+            (Engine::Cublas(blas), Some(cast)) => {
+                let mut xb = exec.alloc::<bf16>(&[batch, self.shape[0], self.shape[1]])?;
+                cast_bf16::launch(exec, cast, x, &mut xb)?;
+                cublas_gemm::<X, bf16>(blas, &xb, &self.w, &mut y)?;
+                drop(xb);
+            }
+            _ => {
+                let yf = self.apply(exec, x, batch)?;
+                let round = cast_bf16.default_config(&[("COLS", self.shape[2] as i64)])?;
+                cast_bf16::launch(exec, &round, &yf, &mut y)?;
+            }
+        }
+        Ok(y)
+    }
+
     /// `x` `[batch, heads, in]` times the per-head matrices: `[batch, heads, out]`.
     pub(crate) fn apply(
         &self,
@@ -158,19 +207,7 @@ impl<X: Executor> Proj<X> {
             (Engine::Cublas(blas), Some(cast)) => {
                 let mut xb = exec.alloc::<bf16>(&[batch, self.shape[0], self.shape[1]])?;
                 cast_bf16::launch(exec, cast, x, &mut xb)?;
-                let (xa, wa) = (X::tensor_arg(&xb), X::tensor_arg(&self.w));
-                let ya = X::tensor_arg_mut(&mut y);
-                let (
-                    tpla_runtime::KernelArg::Tensor(xa),
-                    tpla_runtime::KernelArg::Tensor(wa),
-                    tpla_runtime::KernelArg::Tensor(ya),
-                ) = (xa, wa, ya)
-                else {
-                    return Err(RuntimeError::InvalidInput(
-                        "cuBLAS projection: the executor's tensors are not dense".into(),
-                    ));
-                };
-                blas.head_gemm(xa, wa, ya)?;
+                cublas_gemm::<X, f32>(blas, &xb, &self.w, &mut y)?;
                 // `xb` must live until the gemm has read it: the executor's stream orders the
                 // free after the gemm (cudarc frees stream-ordered).
                 drop(xb);
@@ -179,4 +216,28 @@ impl<X: Executor> Proj<X> {
         }
         Ok(y)
     }
+}
+
+/// `y = x · w` per head on cuBLAS (`x`, `w` bf16; `y` f32 or bf16), queued on the stream.
+#[cfg(feature = "cuda")]
+fn cublas_gemm<X: Executor, T: tpla_runtime::Element>(
+    blas: &tpla_runtime::cuda::blas::Cublas,
+    x: &X::Tensor<bf16>,
+    w: &X::Tensor<bf16>,
+    y: &mut X::Tensor<T>,
+) -> Result<(), RuntimeError> {
+    let (xa, wa) = (X::tensor_arg(x), X::tensor_arg(w));
+    let ya = X::tensor_arg_mut(y);
+    let (
+        tpla_runtime::KernelArg::Tensor(xa),
+        tpla_runtime::KernelArg::Tensor(wa),
+        tpla_runtime::KernelArg::Tensor(ya),
+    ) = (xa, wa, ya)
+    else {
+        return Err(RuntimeError::InvalidInput(
+            "cuBLAS projection: the executor's tensors are not dense".into(),
+        ));
+    };
+    blas.head_gemm(xa, wa, ya)?;
+    Ok(())
 }

@@ -111,8 +111,9 @@ pub(crate) struct Rank<X: Executor> {
 pub(crate) struct Down<X: Executor> {
     /// `[q_a | c | k_pe]` rows, `[batch, q_lora + w + rope]`.
     y: X::Tensor<f32>,
-    /// RMS-normalised query latent (γ applied) `[batch, q_lora]`.
-    q_a: X::Tensor<f32>,
+    /// RMS-normalised query latent (γ applied) `[batch, q_lora]`, bf16 (the `W_UQ` gemm's
+    /// input).
+    q_a: X::Tensor<bf16>,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -226,7 +227,7 @@ impl<X: Executor> Rank<X> {
         let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
         let mut y = t.time(exec, Phase::Projections, || self.down.apply(exec, x, b))?;
         X::reshape(&mut y, &[b, ql + w + rope])?;
-        let mut q_a = out_buf(exec, &[b, ql], self.poison)?;
+        let mut q_a = out_buf_bf16(exec, &[b, ql], self.poison)?;
         let mut c_sq = out_buf(exec, &[b, 1], self.poison)?;
         let eps = self.cfg.rms_eps as f32;
         t.time(exec, Phase::Glue, || {
@@ -265,16 +266,18 @@ impl<X: Executor> Rank<X> {
         let p = self.position(pos)?;
         X::reshape(&mut down.q_a, &[b, 1, ql])?;
         let q = t.time(exec, Phase::Projections, || {
-            self.uq.apply(exec, &down.q_a, b)
+            self.uq.apply_bf16(exec, &down.q_a, b)
         });
         X::reshape(&mut down.q_a, &[b, ql])?;
         let mut q = q?;
         X::reshape(&mut q, &[b, hr, nope + rope])?;
-        let mut qn = out_buf(exec, &[b, hr, nope], self.poison)?;
+        let mut qn = out_buf_bf16(exec, &[b, hr, nope], self.poison)?;
         t.time(exec, Phase::Glue, || {
             query_nope::launch(exec, &self.glue.nope, &q, &mut qn)
         })?;
-        let mut abs = t.time(exec, Phase::Projections, || self.uk.apply(exec, &qn, b))?;
+        let mut abs = t.time(exec, Phase::Projections, || {
+            self.uk.apply_bf16(exec, &qn, b)
+        })?;
         X::reshape(&mut abs, &[b, hr, w / 2, 2])?;
         X::reshape(&mut q, &[b, hr, (nope + rope) / 2, 2])?;
         let mut out = out_buf_bf16(exec, &[b, hr, (w + rope) / 2, 2], self.poison)?;
@@ -346,6 +349,25 @@ impl<X: Executor> Rank<X> {
             })?
             .pop();
         out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
+    }
+
+    /// `W_UV` then `W_O` of the output heads (the rank does not reduce its values first):
+    /// latent output `[batch, heads, w]` to this rank's partial `[batch, D]`, not yet reduced.
+    /// The values pass between the two gemms in bf16, written so by the first.
+    pub(crate) fn output(
+        &self,
+        exec: &X,
+        o: &X::Tensor<f32>,
+        t: &mut StepTimer,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
+        t.time(exec, Phase::Projections, || {
+            let mut v = self.uv.apply_to_bf16(exec, o, b)?;
+            X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
+            let mut y = self.o.apply_bf16(exec, &v, b)?;
+            X::reshape(&mut y, &[b, d])?;
+            Ok(y)
+        })
     }
 
     /// `W_UV` of the rank's value heads: latent output `[batch, uv_heads, w]` to its values

@@ -366,32 +366,44 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             Form::Dcp => self.dcp_merge(outs, &clocks, &mut times)?,
             _ => outs.into_iter().map(|(o, _)| o).collect(),
         };
-        let mut values = Vec::with_capacity(tp);
-        for (r, (((rank, exec), t), o)) in self
-            .ranks
-            .iter()
-            .zip(&self.execs)
-            .zip(&mut times)
-            .zip(&latent)
-            .enumerate()
-        {
-            serialise(&clocks, r)?;
-            values.push(rank.values(exec, o, t)?);
-        }
-        if self.ranks.iter().any(|r| r.role.reduces_values()) {
-            values = self.reduce_scatter_values(values, &clocks, &mut times)?;
-        }
         let mut parts = Vec::with_capacity(tp);
-        for (r, (((rank, exec), t), v)) in self
-            .ranks
-            .iter()
-            .zip(&self.execs)
-            .zip(&mut times)
-            .zip(values.iter_mut())
-            .enumerate()
-        {
-            serialise(&clocks, r)?;
-            parts.push(rank.project_out(exec, v, t)?);
+        if self.ranks.iter().any(|r| r.role.reduces_values()) {
+            let mut values = Vec::with_capacity(tp);
+            for (r, (((rank, exec), t), o)) in self
+                .ranks
+                .iter()
+                .zip(&self.execs)
+                .zip(&mut times)
+                .zip(&latent)
+                .enumerate()
+            {
+                serialise(&clocks, r)?;
+                values.push(rank.values(exec, o, t)?);
+            }
+            let mut values = self.reduce_scatter_values(values, &clocks, &mut times)?;
+            for (r, (((rank, exec), t), v)) in self
+                .ranks
+                .iter()
+                .zip(&self.execs)
+                .zip(&mut times)
+                .zip(values.iter_mut())
+                .enumerate()
+            {
+                serialise(&clocks, r)?;
+                parts.push(rank.project_out(exec, v, t)?);
+            }
+        } else {
+            for (r, (((rank, exec), t), o)) in self
+                .ranks
+                .iter()
+                .zip(&self.execs)
+                .zip(&mut times)
+                .zip(&latent)
+                .enumerate()
+            {
+                serialise(&clocks, r)?;
+                parts.push(rank.output(exec, o, t)?);
+            }
         }
         self.reduce_output(&mut parts, &mut times)?;
         self.len += 1;

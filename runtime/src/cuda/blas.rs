@@ -303,18 +303,31 @@ impl Cublas {
     }
 
     /// `y[b, h, :] = x[b, h, :] · w[h]`: `x` bf16 `[batch, heads, k]`, `w` bf16
-    /// `[heads, k, n]`, `y` f32 `[batch, heads, n]` (writable), all device tensors of this
-    /// handle's executor. Queued on the executor's stream (no synchronisation).
+    /// `[heads, k, n]`, `y` f32 or bf16 `[batch, heads, n]` (writable; f32 accumulation either
+    /// way, bf16 rounds the result once), all device tensors of this handle's executor. Queued
+    /// on the executor's stream (no synchronisation).
     pub fn head_gemm(
         &self,
         x: TensorArg<'_>,
         w: TensorArg<'_>,
         y: TensorArg<'_>,
     ) -> Result<HeadGemm, RuntimeError> {
+        let c_type = match y.dtype() {
+            DType::BF16 => R_16BF,
+            _ => R_32F,
+        };
         for (name, t, dt) in [
             ("x", &x, DType::BF16),
             ("w", &w, DType::BF16),
-            ("y", &y, DType::F32),
+            (
+                "y",
+                &y,
+                if y.dtype() == DType::BF16 {
+                    DType::BF16
+                } else {
+                    DType::F32
+                },
+            ),
         ] {
             if t.space() != ArgSpace::Device || t.dtype() != dt {
                 return Err(bad(format!(
@@ -373,7 +386,7 @@ impl Cublas {
                     ldb,
                     be,
                     c,
-                    R_32F,
+                    c_type,
                     ldc,
                     COMPUTE_32F,
                     GEMM_DEFAULT,
@@ -397,7 +410,7 @@ impl Cublas {
                     sb,
                     be,
                     c,
-                    R_32F,
+                    c_type,
                     ldc,
                     sc,
                     g.heads as c_int,
