@@ -146,6 +146,26 @@ impl<X: Executor> LatentDecoder<X> {
         self.workspace = std::sync::Mutex::new(None);
     }
 
+    /// Query tokens per sequence of every later attend: 1 (decode) to
+    /// [`tpla_kernels::ops::MAX_QUERY_LEN`] (MTP, speculative verify). With `sq > 1` the
+    /// queries are `[batch, sq · heads, w + rope]` (token-major within a sequence), the `sq` new
+    /// tokens are the last `sq` of each cache (append first), token `j` sees the cache up to its
+    /// own position, and the outputs are `[batch, sq · heads, w]`. Out of range: a typed error,
+    /// nothing changed.
+    pub fn set_query_len(&mut self, sq: usize) -> Result<(), RuntimeError> {
+        let p = self.params.clone().with_query_len(sq);
+        p.validate()?;
+        self.params = p;
+        self.slots = std::sync::OnceLock::new();
+        self.workspace = std::sync::Mutex::new(None);
+        Ok(())
+    }
+
+    /// Query tokens per sequence ([`Self::set_query_len`]).
+    pub fn query_len(&self) -> usize {
+        self.params.sq
+    }
+
     /// How a decode with `splits = 0` splits each sequence's tokens: [`SplitPolicy::Balanced`]
     /// (the default: pieces computed on the device from the lengths) or
     /// [`SplitPolicy::Uniform`] (the same split count for every sequence, chosen on the host for
@@ -367,8 +387,9 @@ impl<X: Executor> LatentDecoder<X> {
         q: &X::Tensor<bf16>,
     ) -> Result<ShardOutput<X>, RuntimeError> {
         let s = &self.shape;
-        let mut out = exec.alloc::<f32>(&[s.batch, s.heads, self.width])?;
-        let mut lse = exec.alloc::<f32>(&[s.batch, s.heads])?;
+        let rows = self.params.rows();
+        let mut out = exec.alloc::<f32>(&[s.batch, rows, self.width])?;
+        let mut lse = exec.alloc::<f32>(&[s.batch, rows])?;
         if s.splits == 0 && self.policy == SplitPolicy::Uniform {
             let mut p = self.params.clone();
             let max_len = self.lens.iter().copied().max().unwrap_or(1);

@@ -66,6 +66,32 @@ fn tpla_reduced_both_ways_side_by_side() {
     assert_eq!(out.matches("(ok)").count(), 2, "{out}");
 }
 
+/// `--query-len 2` (MTP): MLA-TP and TPLA run two new tokens per sequence per step, each checked
+/// against the reference.
+#[test]
+fn two_query_tokens_per_step_run_and_check() {
+    let out = tpla_ok(&args(&[
+        "--form",
+        "tpla",
+        "--tp",
+        "2",
+        "--query-len",
+        "2",
+        "--tpla-reduce",
+        "both",
+    ]));
+    assert_eq!(out.matches("(ok)").count(), 2, "{out}");
+    let out = tpla_ok(&args(&[
+        "--form",
+        "mla-tp",
+        "--tp",
+        "2",
+        "--query-len",
+        "2",
+    ]));
+    assert_eq!(out.matches("(ok)").count(), 1, "{out}");
+}
+
 /// `--payload bf16`: the output collectives carry bf16; every form's reference check passes on
 /// that path.
 #[test]
@@ -311,6 +337,11 @@ fn bad_layer_options_are_clear_errors() {
         (
             vec!["--form", "tpla", "--tp", "2", "--tpla-reduce", "sideways"],
             "--tpla-reduce",
+        ),
+        (vec!["--form", "all", "--query-len", "5"], "--query-len 5"),
+        (
+            vec!["--form", "dcp", "--query-len", "2"],
+            "DCP with 2 query tokens",
         ),
     ] {
         let o = tpla(&args(&extra));

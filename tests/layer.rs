@@ -60,6 +60,7 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
         gemm,
         timing: PhaseTiming::Events,
         payload,
+        query_len: 1,
     };
     let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
     let mut worst = 0.0f64;
@@ -272,6 +273,7 @@ fn bad_forms_are_typed_errors() {
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
         payload: Payload::F32,
+        query_len: 1,
     };
     for (tp, form) in [
         (3, Form::MlaTp),
@@ -360,6 +362,21 @@ fn gpu_ranks_in_sequence_match_the_references() {
             let e = worst_error(open(tp).unwrap(), DeviceSum { ranks: tp }, form, corr);
             eprintln!("gpu tp {tp} {}: worst rel err {e:.2e}", form.name());
             assert!(e <= 1e-2, "gpu tp {tp} {}: {e:.3e}", form.name());
+        }
+    }
+    // Two and four new tokens per sequence (MTP): MLA-TP and TPLA.
+    for sq in [2, 4] {
+        for (form, corr) in [(Form::MlaTp, None), (Form::tpla(2), Some(corr2()))] {
+            let e = worst_error_multi_token(
+                open(2).unwrap(),
+                DeviceSum { ranks: 2 },
+                form,
+                corr,
+                sq,
+                12,
+            );
+            eprintln!("gpu tp 2 sq {sq} {}: worst rel err {e:.2e}", form.name());
+            assert!(e <= 1e-2, "gpu tp 2 sq {sq} {}: {e:.3e}", form.name());
         }
     }
 }
@@ -465,6 +482,7 @@ fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
         payload: Payload::F32,
+        query_len: 1,
     };
     let l = TpLayer::new(
         cpu(2),
@@ -687,6 +705,7 @@ fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
         payload: Payload::F32,
+        query_len: 1,
     };
     let x = HostTensor::full(&[1, d], 0.25f32);
     let wuv = Form::Tpla {
@@ -813,6 +832,7 @@ fn the_tune_database_sets_each_ranks_config_and_split_policy() {
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
         payload: Payload::F32,
+        query_len: 1,
     };
     let execs = cpu(2);
     let (mut db, _) = TuneDb::open(
@@ -853,4 +873,133 @@ fn the_tune_database_sets_each_ranks_config_and_split_policy() {
         .unwrap();
     assert!(y.data().iter().all(|v| v.is_finite()));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `tokens / sq` steps of `sq` new tokens per sequence and returns the worst relative error
+/// of any token's output against the reference's one-token decode at its position (token `j`
+/// of a step sees the cache up to itself, so the two are the same computation).
+fn worst_error_multi_token<X: Executor + 'static, C: AllReduce<X>>(
+    execs: Vec<X>,
+    coll: C,
+    form: Form,
+    corr: Option<Corrections>,
+    sq: usize,
+    tokens: usize,
+) -> f64 {
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let d = layer.cfg.hidden;
+    let xs: Vec<Vec<Vec<f64>>> = (0..BATCH)
+        .map(|b| {
+            let m = synthetic_hidden(d, tokens, 7, 100 + b as u64);
+            (0..tokens).map(|t| m.row(t).to_vec()).collect()
+        })
+        .collect();
+    let want = reference_steps(&layer, form, corr.as_ref(), &xs);
+    let shape = LayerShape {
+        batch: BATCH,
+        max_tokens: tokens + 1,
+        page_size: 4,
+        splits: 0,
+        poison: true,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+        payload: Payload::F32,
+        query_len: sq,
+    };
+    let mut l = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
+    let mut worst = 0.0f64;
+    for k in 0..tokens / sq {
+        let x: Vec<f32> = xs
+            .iter()
+            .flat_map(|seq| {
+                seq[k * sq..(k + 1) * sq]
+                    .iter()
+                    .flatten()
+                    .map(|&v| v as f32)
+            })
+            .collect();
+        let (y, _) = l
+            .step(&HostTensor::from_vec(&[BATCH * sq, d], x).unwrap())
+            .unwrap();
+        assert_eq!(y.shape(), [BATCH * sq, d]);
+        for (row, got) in y.data().chunks(d).enumerate() {
+            assert!(got.iter().all(|v| v.is_finite()), "step {k} row {row}");
+            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+            worst = worst.max(rel_err(&got, &want[k * sq + row % sq][row / sq]));
+        }
+    }
+    assert_eq!(l.len(), tokens / sq * sq);
+    worst
+}
+
+/// MTP / speculative verify: 2-4 new tokens per sequence per step, MLA-TP and TPLA (both reduce
+/// points) at TP 2 and 4, each token against the reference; DCP and 5 tokens are typed errors.
+#[test]
+fn several_query_tokens_per_step_match_the_reference() {
+    let wuv = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wuv,
+    };
+    for (tp, sq) in [(2, 2), (2, 4), (4, 3)] {
+        for (form, corr) in [
+            (Form::MlaTp, None),
+            (Form::tpla(2), Some(corr2())),
+            (wuv, Some(corr2())),
+        ] {
+            let e =
+                worst_error_multi_token(cpu(tp), HostAllReduce { ranks: tp }, form, corr, sq, 12);
+            eprintln!("tp {tp} sq {sq} {}: worst rel err {e:.2e}", form.name());
+            assert!(e <= 1e-2, "tp {tp} sq {sq} {}: {e:.3e}", form.name());
+        }
+    }
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let shape = |query_len| LayerShape {
+        batch: 1,
+        max_tokens: 8,
+        page_size: 4,
+        splits: 0,
+        poison: false,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+        payload: Payload::F32,
+        query_len,
+    };
+    for (form, sq, want) in [
+        (Form::Dcp, 2, "DCP with 2 query tokens"),
+        (Form::MlaTp, 5, "5 query tokens"),
+        (Form::MlaTp, 0, "0 query tokens"),
+    ] {
+        let e = TpLayer::new(
+            cpu(2),
+            HostAllReduce { ranks: 2 },
+            &layer,
+            form,
+            shape(sq),
+            None,
+        )
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    // A step whose tokens would pass the cache is refused whole.
+    let mut l = TpLayer::new(
+        cpu(2),
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape(3),
+        None,
+    )
+    .unwrap();
+    let x = HostTensor::full(&[3, layer.cfg.hidden], 0.2f32);
+    l.step(&x).unwrap();
+    l.step(&x).unwrap();
+    assert!(l.step(&x).is_err(), "6 + 3 tokens past 8");
+    assert_eq!(l.len(), 6);
+    assert!(
+        l.step(&HostTensor::full(&[1, layer.cfg.hidden], 0.2f32))
+            .is_err(),
+        "one row for three tokens"
+    );
 }

@@ -123,6 +123,28 @@ fn emulated_rope_kernels_match_cpu() {
         ],
         1e-5,
     );
+    // Two new tokens per sequence: rows at positions 7 and 8 alternately.
+    check(
+        &tpla_kernels::cache_row,
+        &[
+            ("QL_PAIRS", 48),
+            ("W_PAIRS", 32),
+            ("ROPE_PAIRS", 8),
+            ("SQ", 2),
+        ],
+        vec![
+            input(&mut rng, &[4, 88, 2]),
+            tensor(DType::F32, &[4, 1], &[20.0, 21.0, 22.0, 23.0]),
+            table(10, 8, false),
+            table(10, 8, true),
+            poisoned(DType::BF16, &[4, 40, 2]),
+            HostArg::I32(7),
+            HostArg::F32(1.3),
+            HostArg::F32(1.0 / 64.0),
+            HostArg::F32(1e-6),
+        ],
+        1e-5,
+    );
     check(
         &tpla_kernels::query_nope,
         &[("NOPE", 24), ("ROPE", 16)],
@@ -142,6 +164,25 @@ fn emulated_rope_kernels_match_cpu() {
             table(12, 8, true),
             poisoned(DType::BF16, &[2, 5, 40, 2]),
             HostArg::I32(9),
+        ],
+        1e-5,
+    );
+    // Three new tokens per sequence (rows at positions 8, 9, 10).
+    check(
+        &tpla_kernels::assemble_query,
+        &[
+            ("W_PAIRS", 32),
+            ("NOPE_PAIRS", 12),
+            ("ROPE_PAIRS", 8),
+            ("SQ", 3),
+        ],
+        vec![
+            input(&mut rng, &[6, 5, 32, 2]),
+            input(&mut rng, &[6, 5, 20, 2]),
+            table(12, 8, false),
+            table(12, 8, true),
+            poisoned(DType::BF16, &[6, 5, 40, 2]),
+            HostArg::I32(8),
         ],
         1e-5,
     );

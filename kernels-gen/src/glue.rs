@@ -62,8 +62,10 @@ pub fn down_norms<#[tune(1, 2, 4)] const BLOCK_B: usize>(
 /// The cache row of sequence `b`'s new token, bf16 `[c · gain / sqrt(ms + eps) | RoPE(k_pe)]`
 /// with `ms = c_sq[b] · inv_n` (the mean square the norm uses: of this slice, or of the whole
 /// latent when `c_sq` was summed over the ranks), from the down-projection row
-/// `y = [q_a | c | k_pe]` viewed as pairs. One program per sequence.
-#[kernel(grid = (batch), constants(QL_PAIRS, W_PAIRS, ROPE_PAIRS))]
+/// `y = [q_a | c | k_pe]` viewed as pairs. With `SQ` new tokens per sequence (MTP, speculative
+/// verify) the rows are sequence-major, `b = seq · SQ + j`, and row `b`'s token sits at
+/// position `pos + b % SQ`. One program per row.
+#[kernel(grid = (batch), constants(QL_PAIRS, W_PAIRS, ROPE_PAIRS, SQ = 1))]
 pub fn cache_row(
     y: Tensor<f32, dims![batch, QL_PAIRS + W_PAIRS + ROPE_PAIRS, 2]>,
     c_sq: Tensor<f32, dims![batch, 1]>,
@@ -82,8 +84,9 @@ pub fn cache_row(
     let k = QL_PAIRS + W_PAIRS;
     let x0 = load(y.tile([b, k..k + ROPE_PAIRS, 0]));
     let x1 = load(y.tile([b, k..k + ROPE_PAIRS, 1]));
-    let cs = load(cos.tile([pos, ..]));
-    let sn = load(sin.tile([pos, ..]));
+    let at = pos + b % SQ;
+    let cs = load(cos.tile([at, ..]));
+    let sn = load(sin.tile([at, ..]));
     store(
         row.tile([b, W_PAIRS..W_PAIRS + ROPE_PAIRS, 0]),
         (x0 * cs - x1 * sn).cast::<bf16>(),
@@ -111,9 +114,13 @@ pub fn query_nope<#[tune(16, 4, 64)] const BLOCK_H: usize>(
 /// The absorbed query, bf16 `[absorbed (W) | RoPE(q_pe) (ROPE)]` per head: `absorbed` is
 /// `q_nope · W_UK` (`[batch, heads, W]`) and `q_pe` the last `ROPE` columns of the head's query
 /// `q` (`[batch, heads, NOPE + ROPE]`), all viewed as pairs. The latent part is copied pair
-/// half by pair half, so that every store addresses the output the same way. One program per
-/// sequence and `BLOCK_H` heads.
-#[kernel(grid = (batch, cdiv(heads, BLOCK_H)), constants(W_PAIRS, NOPE_PAIRS, ROPE_PAIRS))]
+/// half by pair half, so that every store addresses the output the same way. With `SQ` new
+/// tokens per sequence the rows are sequence-major and row `b` is at position `pos + b % SQ`
+/// (as [`cache_row`]). One program per row and `BLOCK_H` heads.
+#[kernel(
+    grid = (batch, cdiv(heads, BLOCK_H)),
+    constants(W_PAIRS, NOPE_PAIRS, ROPE_PAIRS, SQ = 1)
+)]
 pub fn assemble_query<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     absorbed: Tensor<f32, dims![batch, heads, W_PAIRS, 2]>,
     q: Tensor<f32, dims![batch, heads, NOPE_PAIRS + ROPE_PAIRS, 2]>,
@@ -136,8 +143,9 @@ pub fn assemble_query<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     );
     let x0 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 0]));
     let x1 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 1]));
-    let cs = load(cos.tile([pos, ..])).unsqueeze(0);
-    let sn = load(sin.tile([pos, ..])).unsqueeze(0);
+    let at = pos + b % SQ;
+    let cs = load(cos.tile([at, ..])).unsqueeze(0);
+    let sn = load(sin.tile([at, ..])).unsqueeze(0);
     store(
         out.tile([b, h0..h0 + BLOCK_H, W_PAIRS..W_PAIRS + ROPE_PAIRS, 0]),
         (x0 * cs - x1 * sn).cast::<bf16>(),

@@ -101,7 +101,13 @@ pub(crate) struct Rank<X: Executor> {
     q_lora: usize,
     pub poison: bool,
     cfg: MlaConfig,
+    /// Sequences.
     batch: usize,
+    /// Query tokens per sequence per step (1, or 2-4 for MTP / speculative verify).
+    sq: usize,
+    /// Activation rows per step: `batch · sq`, sequence-major (token `j` of sequence `s` is row
+    /// `s · sq + j`).
+    rows: usize,
     pub(crate) engine: Engine,
     /// How this rank's phases are timed.
     pub(crate) clock: Clock,
@@ -146,8 +152,12 @@ impl<X: Executor + 'static> Rank<X> {
         poison: bool,
         gemm: GemmPath,
         timing: PhaseTiming,
+        sq: usize,
     ) -> Result<Self, RuntimeError> {
         let e = Engine::for_executor(exec, gemm)?;
+        let mut dec = LatentDecoder::new(exec, shape.clone())?;
+        dec.set_query_len(sq)?;
+        let sq_c = sq as i64;
         let (ql, wd, rope, nope) = (w.q_lora, role.latent.len(), cfg.qk_rope, cfg.qk_nope);
         let (qp, wp, rp, np) = (
             even("q_lora", ql)?,
@@ -165,12 +175,14 @@ impl<X: Executor + 'static> Rank<X> {
                 ("QL_PAIRS", qp),
                 ("W_PAIRS", wp),
                 ("ROPE_PAIRS", rp),
+                ("SQ", sq_c),
             ])?,
             nope: query_nope.default_config(&[("NOPE", nope as i64), ("ROPE", rope as i64)])?,
             query: assemble_query.default_config(&[
                 ("W_PAIRS", wp),
                 ("NOPE_PAIRS", np),
                 ("ROPE_PAIRS", rp),
+                ("SQ", sq_c),
             ])?,
         };
         let positions = positions.max(1);
@@ -178,7 +190,7 @@ impl<X: Executor + 'static> Rank<X> {
         let pairs = table.pairs;
         Ok(Rank {
             poison,
-            dec: LatentDecoder::new(exec, shape.clone())?,
+            dec,
             down: Proj::new(exec, &w.down, &e, poison)?,
             uq: Proj::new(exec, &w.uq, &e, poison)?,
             uk: Proj::new(exec, &w.uk, &e, poison)?,
@@ -193,6 +205,8 @@ impl<X: Executor + 'static> Rank<X> {
             q_lora: ql,
             cfg: cfg.clone(),
             batch: shape.batch,
+            sq,
+            rows: shape.batch * sq,
             role,
             engine: e,
             clock: Clock::for_executor(exec, timing),
@@ -205,10 +219,12 @@ impl<X: Executor> Rank<X> {
         self.role.latent.len()
     }
 
+    /// The first new token's position, checked with the step's last (`pos + sq − 1`) against
+    /// the RoPE table.
     fn position(&self, pos: usize) -> Result<i32, RuntimeError> {
-        if pos >= self.positions {
+        if pos + self.sq > self.positions {
             return Err(RuntimeError::LengthPastCache {
-                len: pos + 1,
+                len: pos + self.sq,
                 capacity: self.positions,
             });
         }
@@ -224,7 +240,7 @@ impl<X: Executor> Rank<X> {
         x: &X::Tensor<f32>,
         t: &mut StepTimer,
     ) -> Result<(Down<X>, X::Tensor<f32>), RuntimeError> {
-        let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
+        let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
         let mut y = t.time(exec, Phase::Projections, || self.down.apply(exec, x, b))?;
         X::reshape(&mut y, &[b, ql + w + rope])?;
         let mut q_a = out_buf_bf16(exec, &[b, ql], self.poison)?;
@@ -256,7 +272,7 @@ impl<X: Executor> Rank<X> {
         t: &mut StepTimer,
     ) -> Result<X::Tensor<bf16>, RuntimeError> {
         let (b, ql, w, rope, nope) = (
-            self.batch,
+            self.rows,
             self.q_lora,
             self.width(),
             self.cfg.qk_rope,
@@ -293,7 +309,8 @@ impl<X: Executor> Rank<X> {
                 p,
             )
         })?;
-        X::reshape(&mut out, &[b, hr, w + rope])?;
+        // Sequence-major rows are the attention's `[batch, sq · heads, w + rope]`.
+        X::reshape(&mut out, &[self.batch, self.sq * hr, w + rope])?;
         Ok(out)
     }
 
@@ -308,7 +325,7 @@ impl<X: Executor> Rank<X> {
         pos: usize,
         t: &mut StepTimer,
     ) -> Result<(), RuntimeError> {
-        let (b, ql, w, rope) = (self.batch, self.q_lora, self.width(), self.cfg.qk_rope);
+        let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
         let p = self.position(pos)?;
         let eps = self.cfg.rms_eps as f32;
         X::reshape(&mut down.y, &[b, (ql + w + rope) / 2, 2])?;
@@ -329,7 +346,7 @@ impl<X: Executor> Rank<X> {
                 kv.inv_n,
                 eps,
             )?;
-            X::reshape(&mut rows, &[b, 1, w + rope])?;
+            X::reshape(&mut rows, &[self.batch, self.sq, w + rope])?;
             self.dec.append_device(exec, &rows)
         });
         X::reshape(&mut down.y, &[b, ql + w + rope])?;
@@ -343,12 +360,17 @@ impl<X: Executor> Rank<X> {
         q: &X::Tensor<bf16>,
         t: &mut StepTimer,
     ) -> Result<ShardOutput<X>, RuntimeError> {
-        let out = t
+        let (mut o, mut lse) = t
             .time(exec, Phase::Attention, || {
                 self.dec.attend_prepared(exec, std::slice::from_ref(q))
             })?
-            .pop();
-        out.ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))
+            .pop()
+            .ok_or_else(|| RuntimeError::InvalidInput("a rank holds one cache".into()))?;
+        // `[batch, sq · heads, w]` is `[rows, heads, w]`, sequence-major.
+        let hr = self.role.attn_heads.len();
+        X::reshape(&mut o, &[self.rows, hr, self.width()])?;
+        X::reshape(&mut lse, &[self.rows, hr])?;
+        Ok((o, lse))
     }
 
     /// `W_UV` then `W_O` of the output heads (the rank does not reduce its values first):
@@ -360,7 +382,7 @@ impl<X: Executor> Rank<X> {
         o: &X::Tensor<f32>,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
+        let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
         t.time(exec, Phase::Projections, || {
             let mut v = self.uv.apply_to_bf16(exec, o, b)?;
             X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
@@ -379,7 +401,7 @@ impl<X: Executor> Rank<X> {
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         t.time(exec, Phase::Projections, || {
-            self.uv.apply(exec, o, self.batch)
+            self.uv.apply(exec, o, self.rows)
         })
     }
 
@@ -391,7 +413,7 @@ impl<X: Executor> Rank<X> {
         v: &mut X::Tensor<f32>,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let (b, dv, d) = (self.batch, self.cfg.v_head, self.cfg.hidden);
+        let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
         X::reshape(v, &[b, 1, self.role.out_heads.len() * dv])?;
         let mut y = t.time(exec, Phase::Projections, || self.o.apply(exec, v, b))?;
         X::reshape(&mut y, &[b, d])?;
@@ -407,7 +429,7 @@ impl<X: Executor> Rank<X> {
         slot: usize,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let (b, dv) = (self.batch, self.cfg.v_head);
+        let (b, dv) = (self.rows, self.cfg.v_head);
         let (uv, out) = (&self.role.uv_heads, &self.role.out_heads);
         let cfg = take_heads.default_config(&[("DV", dv as i64)])?;
         let int = |v: usize| {

@@ -39,6 +39,17 @@ pub struct LayerShape {
     pub timing: PhaseTiming,
     /// The element type of the output collectives ([`Payload::F32`] by default).
     pub payload: Payload,
+    /// New tokens per sequence per step: 1 (decode), or 2 to 4 (MTP, speculative verify; token
+    /// `j` sees the cache up to its own position). Not with DCP, whose ranks hold interleaved
+    /// tokens (the kernel's causal mask takes the last `sq` cache rows as the new tokens).
+    pub query_len: usize,
+}
+
+impl LayerShape {
+    /// Activation rows per step: `batch · query_len`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.query_len
+    }
 }
 
 /// What [`TpLayer::step_device`] returns: every rank's all-reduced output `[batch, D]` (on its
@@ -67,6 +78,8 @@ pub struct TpLayer<X: Executor, C: AllReduce<X>> {
     len: usize,
     max_tokens: usize,
     payload: Payload,
+    /// New tokens per sequence per step.
+    sq: usize,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -92,6 +105,19 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             return Err(RuntimeError::InvalidInput(format!(
                 "{tp} executors and a {}-rank collective",
                 collective.ranks()
+            )));
+        }
+        if !(1..=tpla_kernels::ops::MAX_QUERY_LEN).contains(&shape.query_len) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} query tokens per sequence, expected 1 to {}",
+                shape.query_len,
+                tpla_kernels::ops::MAX_QUERY_LEN
+            )));
+        }
+        if form == Form::Dcp && shape.query_len > 1 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "DCP with {} query tokens per sequence: its ranks hold interleaved tokens, and the decode kernel's causal mask takes the last query-length cache rows as the new tokens (use 1, or MLA-TP / TPLA)",
+                shape.query_len
             )));
         }
         let cfg = &layer.cfg;
@@ -132,6 +158,7 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
                 shape.poison,
                 shape.gemm,
                 shape.timing,
+                shape.query_len,
             )?);
         }
         Ok(TpLayer {
@@ -144,6 +171,7 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             len: 0,
             max_tokens: shape.max_tokens,
             payload: shape.payload,
+            sq: shape.query_len,
         })
     }
 }
@@ -254,15 +282,17 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         Ok(())
     }
 
-    /// One decode step: `x` `[batch, D]` (hidden states of the new token of every sequence, at
-    /// position `len()`) to the layer output `[batch, D]`, with every rank's time. The token is
-    /// appended to the cache first (append-then-attend). `x` is uploaded to every rank (timed as
-    /// [`RankTimes::host`]) and rank 0's output downloaded; [`Self::step_device`] does neither.
+    /// One decode step: `x` `[batch · query_len, D]` (hidden states of the new tokens,
+    /// sequence-major: token `j` of sequence `s` is row `s · query_len + j`, at position
+    /// `len() + j`) to the layer output of the same shape, with every rank's time. The tokens
+    /// are appended to the cache first (append-then-attend). `x` is uploaded to every rank
+    /// (timed as [`RankTimes::host`]) and rank 0's output downloaded; [`Self::step_device`]
+    /// does neither.
     pub fn step(
         &mut self,
         x: &HostTensor<f32>,
     ) -> Result<(HostTensor<f32>, Vec<RankTimes>), RuntimeError> {
-        let (b, d) = (self.batch, self.hidden);
+        let (b, d) = (self.batch * self.sq, self.hidden);
         if x.shape() != [b, d] {
             return Err(RuntimeError::InvalidInput(format!(
                 "x must be [{b}, {d}], got {:?}",
@@ -301,7 +331,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         &mut self,
         mut xs: Vec<X::Tensor<f32>>,
     ) -> Result<(Vec<X::Tensor<f32>>, PendingTimes), RuntimeError> {
-        let (b, d) = (self.batch, self.hidden);
+        let (b, d) = (self.batch * self.sq, self.hidden);
         let tp = self.ranks.len();
         if xs.len() != tp {
             return Err(RuntimeError::InvalidInput(format!(
@@ -318,9 +348,9 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 "x must be [{b}, {d}] on every rank, got {bad:?}"
             )));
         }
-        if self.len >= self.max_tokens {
+        if self.len + self.sq > self.max_tokens {
             return Err(RuntimeError::LengthPastCache {
-                len: self.len + 1,
+                len: self.len + self.sq,
                 capacity: self.max_tokens,
             });
         }
@@ -406,7 +436,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             }
         }
         self.reduce_output(&mut parts, &mut times)?;
-        self.len += 1;
+        self.len += self.sq;
         Ok((parts, PendingTimes(times)))
     }
 
@@ -503,7 +533,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         clocks: &[Clock],
         times: &mut [StepTimer],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
-        let (b, tp) = (self.batch, self.ranks.len());
+        let (b, tp) = (self.batch * self.sq, self.ranks.len());
         let groups = match self.form {
             Form::Tpla { groups, .. } => groups,
             _ => 1,

@@ -450,6 +450,25 @@ fn glue_kernels_compile_with_nvrtc() {
             &assemble_query,
             &[("W_PAIRS", w / 2), ("NOPE_PAIRS", 64), ("ROPE_PAIRS", 32)],
         );
+        // Two new tokens per sequence (MTP).
+        build(
+            &assemble_query,
+            &[
+                ("W_PAIRS", w / 2),
+                ("NOPE_PAIRS", 64),
+                ("ROPE_PAIRS", 32),
+                ("SQ", 2),
+            ],
+        );
+        build(
+            &cache_row,
+            &[
+                ("QL_PAIRS", 768),
+                ("W_PAIRS", w / 2),
+                ("ROPE_PAIRS", 32),
+                ("SQ", 2),
+            ],
+        );
     }
     build(&query_nope, &[("NOPE", 128), ("ROPE", 64)]);
     build(&rms_norm_rows, &[("COLS", 7168)]);

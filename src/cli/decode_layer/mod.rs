@@ -152,6 +152,10 @@ pub struct LayerArgs {
     /// and the sum rounded to bf16).
     #[arg(long, value_enum, default_value_t = PayloadArg::F32)]
     pub payload: PayloadArg,
+    /// New tokens per sequence per step, 1-4 (MTP / speculative verify: token j sees the cache
+    /// up to its own position); tokens/s counts all of them. Not with DCP.
+    #[arg(long, default_value_t = 1)]
+    pub query_len: usize,
     /// Time each phase of a layer step on the host clock with the device synchronised after it
     /// (launch latency included; how the layer was timed before), instead of device events
     /// around each phase with one synchronisation per step.
@@ -177,6 +181,13 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
                 "--max-rel-err {e} must be a positive number"
             )));
         }
+    }
+    if !(1..=tpla_kernels::ops::MAX_QUERY_LEN).contains(&l.query_len) {
+        return Err(CliError::Usage(format!(
+            "--query-len {} must be in 1..={}",
+            l.query_len,
+            tpla_kernels::ops::MAX_QUERY_LEN
+        )));
     }
     if l.weights_layer.is_some() && l.weights.is_none() {
         return Err(CliError::Usage("--weights-layer needs --weights".into()));

@@ -123,7 +123,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     };
     let shape = LayerShape {
         batch: a.batch,
-        max_tokens: a.context + a.steps + 1,
+        max_tokens: a.context + (a.steps + 1) * l.query_len,
         page_size: a.page_size,
         splits: a.splits,
         poison: false,
@@ -134,6 +134,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
             PhaseTiming::Events
         },
         payload: l.payload.into(),
+        query_len: l.query_len,
     };
     let hw = Hardware::h200();
     let mut rows = Vec::new();
@@ -166,10 +167,10 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         let mut per_step: Vec<(f64, RankTimes, f64)> = Vec::new();
         let norm = crate::cli::decode_prenorm::Prenorm::new(&stack, cfg.hidden)?;
         for step in 0..=a.steps {
-            let xv: Vec<f32> = (0..a.batch * cfg.hidden)
+            let xv: Vec<f32> = (0..a.batch * l.query_len * cfg.hidden)
                 .map(|_| rng.gen_range(-1.0f32..1.0))
                 .collect();
-            let x = HostTensor::from_vec(&[a.batch, cfg.hidden], xv)
+            let x = HostTensor::from_vec(&[a.batch * l.query_len, cfg.hidden], xv)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let mut ranks = vec![RankTimes::default(); l.tp];
             // The stack's input goes up once per rank (host); layer to layer the hidden states
@@ -282,7 +283,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
             t.host.as_secs_f64() * 1e3,
             coll * 1e3,
             step * 1e3,
-            a.batch as f64 / step,
+            (a.batch * l.query_len) as f64 / step,
             model * 1e3,
             dev / model,
             wall * 1e3
@@ -314,7 +315,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
             let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch, 2.0, &hw);
             println!(
                 "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + {coll_word} collective; MoE/FFN/LM-head weight reads modelled, bf16)",
-                form.name(), a.batch, a.batch as f64 / step, cfg.layers
+                form.name(), a.batch, (a.batch * l.query_len) as f64 / step, cfg.layers
             );
         }
     }
@@ -349,7 +350,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     )?;
     drop(execs);
     for &form in forms {
-        let e = check(make, coll, form, shape.payload)?;
+        let e = check(make, coll, form, shape.payload, shape.query_len)?;
         println!("reference check {} (small synthetic layer, tp {}, same ranks and collective): rel err {e:.2e} {}", form.name(), l.tp, if e <= 1e-2 { "(ok)" } else { "(TOO LARGE)" });
         if e.is_nan() || e > 1e-2 {
             return Err(CliError::Usage(format!(
@@ -364,51 +365,63 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     Ok(())
 }
 
-/// The form on a small synthetic layer against its f64 reference: the worst relative error.
+/// The form on a small synthetic layer against its f64 reference: the worst relative error,
+/// with `sq` new tokens per sequence per step (each token's output against the reference's
+/// one-token decode at its position: the causal mask among the new tokens makes them equal).
 pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
     make: Make<'_, X>,
     coll: Coll<'_, X, C>,
     form: Form,
     payload: Payload,
+    sq: usize,
 ) -> Result<f64, CliError> {
     let cfg = MlaConfig::small(Preset::DeepseekV3, 256, 8, Some(128));
     let layer = prepare(&synthetic_layer(&cfg, 11)?)?;
-    let (b, steps) = (2, 6);
+    // 12 tokens: whole steps for every query length 1-4.
+    let (b, tokens) = (2usize, 12usize);
     let xs: Vec<Vec<Vec<f64>>> = (0..b)
         .map(|i| {
-            (0..steps)
-                .map(|t| synthetic_hidden(256, steps, 11, 50 + i).row(t).to_vec())
+            (0..tokens)
+                .map(|t| {
+                    synthetic_hidden(256, tokens, 11, 50 + i as u64)
+                        .row(t)
+                        .to_vec()
+                })
                 .collect()
         })
         .collect();
     let want = reference_steps(&layer, form, None, &xs);
     let shape = LayerShape {
-        batch: b as usize,
-        max_tokens: steps,
+        batch: b,
+        max_tokens: tokens,
         page_size: 4,
         splits: 2,
         poison: true,
         gemm: GemmPath::Auto,
         timing: PhaseTiming::Events,
         payload,
+        query_len: sq,
     };
     let mut tl = layer_on(make, coll, &layer, form, shape)?;
     let mut worst = 0.0f64;
-    for (t, w) in want.iter().enumerate() {
+    for k in 0..tokens / sq {
+        // Sequence-major rows: token j of sequence s is row s · sq + j.
         let x: Vec<f32> = xs
             .iter()
-            .flat_map(|s| s[t].iter().map(|&v| v as f32))
+            .flat_map(|seq| {
+                seq[k * sq..(k + 1) * sq]
+                    .iter()
+                    .flatten()
+                    .map(|&v| v as f32)
+            })
             .collect();
         let (y, _) = tl.step(
-            &HostTensor::from_vec(&[b as usize, 256], x)
-                .map_err(|e| CliError::Usage(e.to_string()))?,
+            &HostTensor::from_vec(&[b * sq, 256], x).map_err(|e| CliError::Usage(e.to_string()))?,
         )?;
-        for (bi, wb) in w.iter().enumerate() {
-            let got: Vec<f64> = y.data()[bi * 256..(bi + 1) * 256]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let e = tpla_model::linalg::rel_err(&got, wb);
+        for (row, got) in y.data().chunks(256).enumerate() {
+            let (seq, j) = (row / sq, row % sq);
+            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+            let e = tpla_model::linalg::rel_err(&got, &want[k * sq + j][seq]);
             worst = if e.is_finite() {
                 worst.max(e)
             } else {
