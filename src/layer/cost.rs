@@ -221,11 +221,41 @@ pub fn layer_cost_payload(
     payload_bytes: f64,
     hw: &Hardware,
 ) -> LayerCost {
-    let (b, l) = (batch as f64, len as f64);
+    layer_cost_tokens(
+        cfg,
+        form,
+        tp,
+        batch,
+        1,
+        len,
+        weight_bytes,
+        payload_bytes,
+        hw,
+    )
+}
+
+/// [`layer_cost_payload`] with `query_len` new tokens per sequence per step (MTP, speculative
+/// verify): the cache is read once per step, the query rows, projections, glue and collectives
+/// scale with `batch · query_len`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_cost_tokens(
+    cfg: &MlaConfig,
+    form: Form,
+    tp: usize,
+    batch: usize,
+    query_len: usize,
+    len: usize,
+    weight_bytes: f64,
+    payload_bytes: f64,
+    hw: &Hardware,
+) -> LayerCost {
+    let (seqs, l) = (batch as f64, len as f64);
+    // Query rows per step.
+    let b = seqs * query_len.max(1) as f64;
     let (ha, w, tokens, _, _) = per_rank(cfg, form, tp, l);
     let rope = cfg.qk_rope as f64;
     let (dqk, dv_lat) = (w + rope, w);
-    let attn_bytes = BF16 * (b * tokens * dqk + b * ha * dqk) + 4.0 * b * ha * dv_lat;
+    let attn_bytes = BF16 * (seqs * tokens * dqk + b * ha * dqk) + 4.0 * b * ha * dv_lat;
     let attn_flops = 2.0 * b * tokens * ha * (dqk + dv_lat);
     let params = block_params(cfg, form, tp);
     let proj_bytes = params * weight_bytes;
@@ -260,7 +290,7 @@ pub fn layer_cost_payload(
         }
         _ => {}
     }
-    let glue = glue_bytes(cfg, form, tp, batch);
+    let glue = glue_bytes(cfg, form, tp, batch * query_len.max(1));
     LayerCost {
         attn_bytes,
         attn_flops,
@@ -436,6 +466,26 @@ mod tests {
         let kt = 61.0 * block_params(&kimi, Form::MlaTp, 1)
             + ModelRest::for_preset("kimi-k2").unwrap().params(&kimi);
         assert!((kt / 1e12 - 1.03).abs() < 0.02, "{}", kt / 1e12);
+    }
+
+    #[test]
+    fn several_query_tokens_read_the_cache_once() {
+        let cfg = Preset::KimiK2.config();
+        let hw = hw1();
+        let one = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 1, 1000, 2.0, 2.0, &hw);
+        let two = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 2, 1000, 2.0, 2.0, &hw);
+        assert_eq!(one, layer_cost(&cfg, Form::MlaTp, 2, 4, 1000, 2.0, &hw));
+        // The cache (4 × 1000 rows of 576) once; queries and outputs per row.
+        let (cache, per_row) = (
+            2.0 * 4.0 * 1000.0 * 576.0,
+            2.0 * 32.0 * 576.0 + 4.0 * 32.0 * 512.0,
+        );
+        assert_eq!(one.attn_bytes, cache + 4.0 * per_row);
+        assert_eq!(two.attn_bytes, cache + 8.0 * per_row);
+        assert_eq!(two.attn_flops, 2.0 * one.attn_flops);
+        assert_eq!(two.proj_bytes, one.proj_bytes);
+        assert_eq!(two.proj_flops, 2.0 * one.proj_flops);
+        assert!(two.coll_bytes == 2.0 * one.coll_bytes && two.glue_bytes > one.glue_bytes);
     }
 
     #[test]

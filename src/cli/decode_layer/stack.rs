@@ -2,7 +2,7 @@
 //! timed decode steps with their modelled collectives, and the check against the f64 reference.
 
 use rand::{Rng, SeedableRng};
-use tpla::layer::cost::{layer_cost_payload, Hardware};
+use tpla::layer::cost::{layer_cost_tokens, Hardware};
 use tpla::layer::reference::reference_steps;
 use tpla::layer::{prepare, Form, GemmPath, LayerShape, Payload, PhaseTiming, RankTimes, TpLayer};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
@@ -220,11 +220,12 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         walls.sort_by(f64::total_cmp);
         let wall = walls[walls.len() / 2];
         let len = a.context + a.steps;
-        let model = layer_cost_payload(
+        let model = layer_cost_tokens(
             cfg,
             form,
             l.tp,
             a.batch,
+            l.query_len,
             len,
             2.0,
             shape.payload.bytes(),
@@ -338,16 +339,23 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     let exec = execs
         .first()
         .ok_or_else(|| CliError::Usage("no ranks".into()))?;
-    crate::cli::decode_check::model_check(
-        a,
-        cfg,
-        exec,
-        l.gemm.into(),
-        &gemm_name,
-        &timed,
-        timing,
-        l.results_dir.as_deref(),
-    )?;
+    if l.query_len > 1 {
+        println!(
+            "model check: skipped (its prediction and the tune database's decode buckets are for one query token per sequence; --query-len {})",
+            l.query_len
+        );
+    } else {
+        crate::cli::decode_check::model_check(
+            a,
+            cfg,
+            exec,
+            l.gemm.into(),
+            &gemm_name,
+            &timed,
+            timing,
+            l.results_dir.as_deref(),
+        )?;
+    }
     drop(execs);
     for &form in forms {
         let e = check(make, coll, form, shape.payload, shape.query_len)?;
