@@ -91,6 +91,9 @@ for p in kimi-k2 deepseek-v3; do
     --layers 4 --batch 64 --context 32768 --steps 5 --backend cuda \
     --results-dir "$OUT/layer-results"
 done
+# Two new tokens per sequence per step (MTP): MLA-TP and both TPLA reduce points, Kimi-K2.
+step layer_kimi-k2_mtp2 150 "$bin/tpla" decode --form all --tpla-reduce both --query-len 2 \
+  --preset kimi-k2 --tp 2 --layers 4 --batch 64 --context 32768 --steps 5 --backend cuda
 # The same-run A/B of the layer's phase timing: MLA-TP of Kimi-K2 timed the old way (the host
 # clock, the device synchronised after every phase) beside the event-timed runs above.
 step layer_kimi-k2_sync 150 "$bin/tpla" decode --form mla-tp --preset kimi-k2 --tp 2 --layers 4 \

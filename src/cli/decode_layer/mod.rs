@@ -249,6 +249,17 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
         None => tpla_err,
     };
     let allowed = |f: &Form| f.exact() || l.max_rel_err.is_none_or(|m| budget <= m);
+    // DCP's ranks hold interleaved tokens: the decode kernel's mask for several query tokens
+    // does not fit them, so `all` and `auto` leave it out (asked for alone, it is an error).
+    let all: Vec<Form> = if l.query_len > 1 && choice != FormArg::Dcp {
+        println!(
+            "--query-len {}: DCP left out (its ranks hold interleaved tokens)",
+            l.query_len
+        );
+        all.into_iter().filter(|f| *f != Form::Dcp).collect()
+    } else {
+        all
+    };
     let forms: Vec<Form> = match choice {
         FormArg::MlaTp => vec![Form::MlaTp],
         FormArg::Dcp => vec![Form::Dcp],

@@ -313,7 +313,8 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         for r in &rows {
             let (form, t, coll) = (&r.form, &r.times, &r.coll_s);
             let per_layer = (t.device().as_secs_f64() + coll) / l.layers as f64;
-            let step = per_layer * cfg.layers as f64 + rest.step_s(cfg, l.tp, a.batch * l.query_len, 2.0, &hw);
+            let step = per_layer * cfg.layers as f64
+                + rest.step_s(cfg, l.tp, a.batch * l.query_len, 2.0, &hw);
             println!(
                 "{}: whole model at batch {} ≈ {:.1} tokens/s ({} layers at the measured per-layer time + {coll_word} collective; MoE/FFN/LM-head weight reads modelled, bf16)",
                 form.name(), a.batch, (a.batch * l.query_len) as f64 / step, cfg.layers
