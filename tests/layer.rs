@@ -6,7 +6,7 @@
 #[path = "layer_glue/mod.rs"]
 mod glue_kernels;
 
-use tpla::layer::reference::reference_steps;
+use tpla::layer::reference::{reference_steps, run_against_reference};
 use tpla::layer::{
     prepare, DeviceSum, Form, GemmPath, KvNorm, LayerShape, Payload, PhaseTiming, ReduceAt, TpLayer,
 };
@@ -44,35 +44,15 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
 ) -> (f64, Vec<Vec<f32>>) {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let d = layer.cfg.hidden;
-    let xs: Vec<Vec<Vec<f64>>> = (0..BATCH)
-        .map(|b| {
-            let m = synthetic_hidden(d, STEPS, 7, 100 + b as u64);
-            (0..STEPS).map(|t| m.row(t).to_vec()).collect()
-        })
-        .collect();
-    let want = reference_steps(&layer, form, corr.as_ref(), &xs);
+    let xs = hidden_tokens(d, STEPS);
     let shape = LayerShape {
-        batch: BATCH,
-        max_tokens: STEPS + 3,
-        page_size: 4,
-        splits: 2,
-        poison: true,
         gemm,
-        timing: PhaseTiming::Events,
         payload,
-        query_len: 1,
+        ..layer_shape(BATCH, STEPS + 3, 2, 1)
     };
-    let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
-    let mut worst = 0.0f64;
-    let mut outs = Vec::new();
-    for (t, want_t) in want.iter().enumerate() {
-        let x: Vec<f32> = xs
-            .iter()
-            .flat_map(|s| s[t].iter().map(|&v| v as f32))
-            .collect();
-        let (y, times) = tp
-            .step(&HostTensor::from_vec(&[BATCH, d], x).unwrap())
-            .unwrap();
+    let mut tp = TpLayer::new(execs, coll, &layer, form, shape, corr.clone()).unwrap();
+    let run = run_against_reference(&mut tp, &layer, corr.as_ref(), &xs).unwrap();
+    for (t, (times, y)) in run.times.iter().zip(&run.outputs).enumerate() {
         assert_eq!(times.len(), tp.execs().len());
         for (r, rt) in times.iter().enumerate() {
             let zero = std::time::Duration::ZERO;
@@ -83,21 +63,40 @@ fn run_steps<X: Executor + 'static, C: AllReduce<X>>(
             );
         }
         assert!(
-            y.data().iter().all(|v| v.is_finite()),
+            y.iter().all(|v| v.is_finite()),
             "{} step {t}: non-finite output",
             form.name()
         );
-        for (b, w) in want_t.iter().enumerate() {
-            let got: Vec<f64> = y.data()[b * d..(b + 1) * d]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            worst = worst.max(rel_err(&got, w));
-        }
-        outs.push(y.data().to_vec());
     }
     assert_eq!(tp.len(), STEPS);
-    (worst, outs)
+    (run.worst, run.outputs)
+}
+
+/// `BATCH` sequences of `tokens` synthetic hidden states of width `d` (`xs[b][t]`).
+fn hidden_tokens(d: usize, tokens: usize) -> Vec<Vec<Vec<f64>>> {
+    (0..BATCH)
+        .map(|b| {
+            let m = synthetic_hidden(d, tokens, 7, 100 + b as u64);
+            (0..tokens).map(|t| m.row(t).to_vec()).collect()
+        })
+        .collect()
+}
+
+/// A layer shape of `batch` sequences, `max_tokens` tokens (pages of 4), `splits` KV splits
+/// (0: chosen per call) and `query_len` new tokens per step; outputs poisoned, the gemm picked
+/// per executor, event timing, an f32 payload.
+fn layer_shape(batch: usize, max_tokens: usize, splits: usize, query_len: usize) -> LayerShape {
+    LayerShape {
+        batch,
+        max_tokens,
+        page_size: 4,
+        splits,
+        poison: true,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+        payload: Payload::F32,
+        query_len,
+    }
 }
 
 fn cpu(tp: usize) -> Vec<CpuExecutor> {
@@ -265,15 +264,8 @@ fn reducing_after_wuv_equals_reducing_after_wo() {
 fn bad_forms_are_typed_errors() {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let shape = LayerShape {
-        batch: 1,
-        max_tokens: 4,
-        page_size: 4,
-        splits: 1,
         poison: false,
-        gemm: GemmPath::Auto,
-        timing: PhaseTiming::Events,
-        payload: Payload::F32,
-        query_len: 1,
+        ..layer_shape(1, 4, 1, 1)
     };
     for (tp, form) in [
         (3, Form::MlaTp),
@@ -474,15 +466,8 @@ fn layer_kernels_compile_with_nvrtc() {
 fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let mut shape = LayerShape {
-        batch: 1,
-        max_tokens: 4,
-        page_size: 4,
-        splits: 1,
         poison: false,
-        gemm: GemmPath::Auto,
-        timing: PhaseTiming::Events,
-        payload: Payload::F32,
-        query_len: 1,
+        ..layer_shape(1, 4, 1, 1)
     };
     let l = TpLayer::new(
         cpu(2),
@@ -696,17 +681,7 @@ fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
     use std::time::Duration;
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let d = layer.cfg.hidden;
-    let shape = LayerShape {
-        batch: 1,
-        max_tokens: 4,
-        page_size: 4,
-        splits: 1,
-        poison: true,
-        gemm: GemmPath::Auto,
-        timing: PhaseTiming::Events,
-        payload: Payload::F32,
-        query_len: 1,
-    };
+    let shape = layer_shape(1, 4, 1, 1);
     let x = HostTensor::full(&[1, d], 0.25f32);
     let wuv = Form::Tpla {
         groups: 2,
@@ -823,17 +798,7 @@ fn the_tune_database_sets_each_ranks_config_and_split_policy() {
     let dir = std::env::temp_dir().join(format!("tpla-layer-tune-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
-    let shape = LayerShape {
-        batch: 2,
-        max_tokens: 8,
-        page_size: 4,
-        splits: 0,
-        poison: true,
-        gemm: GemmPath::Auto,
-        timing: PhaseTiming::Events,
-        payload: Payload::F32,
-        query_len: 1,
-    };
+    let shape = layer_shape(2, 8, 0, 1);
     let execs = cpu(2);
     let (mut db, _) = TuneDb::open(
         &dir,
@@ -888,48 +853,16 @@ fn worst_error_multi_token<X: Executor + 'static, C: AllReduce<X>>(
 ) -> f64 {
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
     let d = layer.cfg.hidden;
-    let xs: Vec<Vec<Vec<f64>>> = (0..BATCH)
-        .map(|b| {
-            let m = synthetic_hidden(d, tokens, 7, 100 + b as u64);
-            (0..tokens).map(|t| m.row(t).to_vec()).collect()
-        })
-        .collect();
-    let want = reference_steps(&layer, form, corr.as_ref(), &xs);
-    let shape = LayerShape {
-        batch: BATCH,
-        max_tokens: tokens + 1,
-        page_size: 4,
-        splits: 0,
-        poison: true,
-        gemm: GemmPath::Auto,
-        timing: PhaseTiming::Events,
-        payload: Payload::F32,
-        query_len: sq,
-    };
-    let mut l = TpLayer::new(execs, coll, &layer, form, shape, corr).unwrap();
-    let mut worst = 0.0f64;
-    for k in 0..tokens / sq {
-        let x: Vec<f32> = xs
-            .iter()
-            .flat_map(|seq| {
-                seq[k * sq..(k + 1) * sq]
-                    .iter()
-                    .flatten()
-                    .map(|&v| v as f32)
-            })
-            .collect();
-        let (y, _) = l
-            .step(&HostTensor::from_vec(&[BATCH * sq, d], x).unwrap())
-            .unwrap();
-        assert_eq!(y.shape(), [BATCH * sq, d]);
-        for (row, got) in y.data().chunks(d).enumerate() {
-            assert!(got.iter().all(|v| v.is_finite()), "step {k} row {row}");
-            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
-            worst = worst.max(rel_err(&got, &want[k * sq + row % sq][row / sq]));
-        }
+    let xs = hidden_tokens(d, tokens);
+    let shape = layer_shape(BATCH, tokens + 1, 0, sq);
+    let mut l = TpLayer::new(execs, coll, &layer, form, shape, corr.clone()).unwrap();
+    let run = run_against_reference(&mut l, &layer, corr.as_ref(), &xs).unwrap();
+    for (k, y) in run.outputs.iter().enumerate() {
+        assert_eq!(y.len(), BATCH * sq * d, "step {k}");
+        assert!(y.iter().all(|v| v.is_finite()), "step {k}");
     }
     assert_eq!(l.len(), tokens / sq * sq);
-    worst
+    run.worst
 }
 
 /// MTP / speculative verify: 2-4 new tokens per sequence per step, MLA-TP and TPLA (both reduce

@@ -54,21 +54,7 @@ impl AllReduce<CpuExecutor> for HostAllReduce {
         execs: &[CpuExecutor],
         parts: &mut [HostTensor<f32>],
     ) -> Result<(), RuntimeError> {
-        check_group(
-            self.ranks,
-            execs.len(),
-            parts.iter().map(|p| p.shape().to_vec()),
-        )?;
-        let mut sum = vec![0.0f32; parts[0].data().len()];
-        for p in parts.iter() {
-            for (s, x) in sum.iter_mut().zip(p.data()) {
-                *s += x;
-            }
-        }
-        for p in parts.iter_mut() {
-            p.data_mut().copy_from_slice(&sum);
-        }
-        Ok(())
+        host_sum(self.ranks, execs, parts, |x| x, |s| s)
     }
 
     /// Sums in f32 in rank order and rounds once to bf16: what NCCL's bf16 ring gives at two
@@ -79,23 +65,36 @@ impl AllReduce<CpuExecutor> for HostAllReduce {
         execs: &[CpuExecutor],
         parts: &mut [HostTensor<half::bf16>],
     ) -> Result<(), RuntimeError> {
-        check_group(
+        host_sum(
             self.ranks,
-            execs.len(),
-            parts.iter().map(|p| p.shape().to_vec()),
-        )?;
-        let mut sum = vec![0.0f32; parts[0].data().len()];
-        for p in parts.iter() {
-            for (s, x) in sum.iter_mut().zip(p.data()) {
-                *s += x.to_f32();
-            }
-        }
-        let sum: Vec<half::bf16> = sum.into_iter().map(half::bf16::from_f32).collect();
-        for p in parts.iter_mut() {
-            p.data_mut().copy_from_slice(&sum);
-        }
-        Ok(())
+            execs,
+            parts,
+            half::bf16::to_f32,
+            half::bf16::from_f32,
+        )
     }
+}
+
+/// The host sum of `parts` in f32 (rank order), written back into every part through `from`.
+fn host_sum<T: crate::Element>(
+    ranks: usize,
+    execs: &[CpuExecutor],
+    parts: &mut [HostTensor<T>],
+    to: fn(T) -> f32,
+    from: fn(f32) -> T,
+) -> Result<(), RuntimeError> {
+    check_group(ranks, execs.len(), parts.iter().map(|p| p.shape().to_vec()))?;
+    let mut sum = vec![0.0f32; parts[0].data().len()];
+    for p in parts.iter() {
+        for (s, x) in sum.iter_mut().zip(p.data()) {
+            *s += to(*x);
+        }
+    }
+    let sum: Vec<T> = sum.into_iter().map(from).collect();
+    for p in parts.iter_mut() {
+        p.data_mut().copy_from_slice(&sum);
+    }
+    Ok(())
 }
 
 /// Checks that a group of `ranks` got one executor and one part per rank, all parts of one shape.

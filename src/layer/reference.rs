@@ -61,3 +61,66 @@ pub fn reference_steps(
         })
         .collect()
 }
+
+/// What [`run_against_reference`] saw.
+#[derive(Clone, Debug)]
+pub struct ReferenceRun {
+    /// The worst relative error of any token's output (infinite where an output is not finite).
+    pub worst: f64,
+    /// Every step's output, `[batch · query_len, D]` row-major.
+    pub outputs: Vec<Vec<f32>>,
+    /// Every step's per-rank times.
+    pub times: Vec<Vec<super::RankTimes>>,
+}
+
+/// Steps `tl` through the token sequences `xs` (`xs[b][t]`, as [`reference_steps`]),
+/// `query_len` tokens per sequence a step (sequence-major rows), and compares every token's
+/// output with the reference's one-token decode at its position (the causal mask among a
+/// step's new tokens makes the two the same computation). `layer` and `corr` must be the ones
+/// `tl` was built from; the token count must be a multiple of the query length.
+pub fn run_against_reference<X: tpla_runtime::Executor, C: tpla_runtime::AllReduce<X>>(
+    tl: &mut super::TpLayer<X, C>,
+    layer: &MlaLayer,
+    corr: Option<&Corrections>,
+    xs: &[Vec<Vec<f64>>],
+) -> Result<ReferenceRun, tpla_runtime::RuntimeError> {
+    let (sq, d) = (tl.query_len(), layer.cfg.hidden);
+    let tokens = xs.first().map_or(0, Vec::len);
+    if !tokens.is_multiple_of(sq) {
+        return Err(tpla_runtime::RuntimeError::InvalidInput(format!(
+            "{tokens} tokens are not whole steps of {sq}"
+        )));
+    }
+    let want = reference_steps(layer, tl.form(), corr, xs);
+    let mut run = ReferenceRun {
+        worst: 0.0,
+        outputs: Vec::new(),
+        times: Vec::new(),
+    };
+    for k in 0..tokens / sq {
+        let x: Vec<f32> = xs
+            .iter()
+            .flat_map(|seq| {
+                seq[k * sq..(k + 1) * sq]
+                    .iter()
+                    .flatten()
+                    .map(|&v| v as f32)
+            })
+            .collect();
+        let x = tpla_runtime::HostTensor::from_vec(&[xs.len() * sq, d], x)
+            .map_err(|e| tpla_runtime::RuntimeError::InvalidInput(e.to_string()))?;
+        let (y, times) = tl.step(&x)?;
+        for (row, got) in y.data().chunks(d).enumerate() {
+            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+            let e = tpla_model::linalg::rel_err(&got, &want[k * sq + row % sq][row / sq]);
+            run.worst = if e.is_finite() {
+                run.worst.max(e)
+            } else {
+                f64::INFINITY
+            };
+        }
+        run.outputs.push(y.data().to_vec());
+        run.times.push(times);
+    }
+    Ok(run)
+}

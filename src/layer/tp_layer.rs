@@ -228,6 +228,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     pub fn form(&self) -> Form {
         self.form
     }
+    /// New tokens per sequence per step ([`LayerShape::query_len`]).
+    pub fn query_len(&self) -> usize {
+        self.sq
+    }
     /// Tokens every sequence holds.
     pub fn len(&self) -> usize {
         self.len
@@ -396,48 +400,50 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             Form::Dcp => self.dcp_merge(outs, &clocks, &mut times)?,
             _ => outs.into_iter().map(|(o, _)| o).collect(),
         };
-        let mut parts = Vec::with_capacity(tp);
-        if self.ranks.iter().any(|r| r.role.reduces_values()) {
-            let mut values = Vec::with_capacity(tp);
-            for (r, (((rank, exec), t), o)) in self
-                .ranks
-                .iter()
-                .zip(&self.execs)
-                .zip(&mut times)
-                .zip(&latent)
-                .enumerate()
-            {
-                serialise(&clocks, r)?;
-                values.push(rank.values(exec, o, t)?);
-            }
+        let mut parts = if self.ranks.iter().any(|r| r.role.reduces_values()) {
+            let values = self.each_rank(&clocks, &mut times, &latent, |rank, exec, t, o| {
+                rank.values(exec, o, t)
+            })?;
             let mut values = self.reduce_scatter_values(values, &clocks, &mut times)?;
-            for (r, (((rank, exec), t), v)) in self
-                .ranks
-                .iter()
-                .zip(&self.execs)
-                .zip(&mut times)
-                .zip(values.iter_mut())
-                .enumerate()
-            {
-                serialise(&clocks, r)?;
-                parts.push(rank.project_out(exec, v, t)?);
-            }
+            self.each_rank(
+                &clocks,
+                &mut times,
+                values.iter_mut(),
+                |rank, exec, t, v| rank.project_out(exec, v, t),
+            )?
         } else {
-            for (r, (((rank, exec), t), o)) in self
-                .ranks
-                .iter()
-                .zip(&self.execs)
-                .zip(&mut times)
-                .zip(&latent)
-                .enumerate()
-            {
-                serialise(&clocks, r)?;
-                parts.push(rank.output(exec, o, t)?);
-            }
-        }
+            self.each_rank(&clocks, &mut times, &latent, |rank, exec, t, o| {
+                rank.output(exec, o, t)
+            })?
+        };
         self.reduce_output(&mut parts, &mut times)?;
         self.len += self.sq;
         Ok((parts, PendingTimes(times)))
+    }
+
+    /// `f(rank, its executor, its timer, item)` for every rank in order, with the rank's work
+    /// ordered after the other ranks' queued work on its device ([`serialise`]); the results in
+    /// rank order.
+    fn each_rank<I, T>(
+        &self,
+        clocks: &[Clock],
+        times: &mut [StepTimer],
+        items: impl IntoIterator<Item = I>,
+        mut f: impl FnMut(&Rank<X>, &X, &mut StepTimer, I) -> Result<T, RuntimeError>,
+    ) -> Result<Vec<T>, RuntimeError> {
+        let mut out = Vec::with_capacity(self.ranks.len());
+        for (r, (((rank, exec), t), item)) in self
+            .ranks
+            .iter()
+            .zip(&self.execs)
+            .zip(times.iter_mut())
+            .zip(items)
+            .enumerate()
+        {
+            serialise(clocks, r)?;
+            out.push(f(rank, exec, t, item)?);
+        }
+        Ok(out)
     }
 
     /// Sums `parts` over the ranks with the collective. Where it crosses devices (NCCL) it is
@@ -448,12 +454,20 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         parts: &mut [X::Tensor<f32>],
         times: &mut [StepTimer],
     ) -> Result<(), RuntimeError> {
+        self.timed_collective(times, || self.collective.all_reduce_sum(&self.execs, parts))
+    }
+
+    /// Runs `f` (a collective call), timed as every rank's [`Phase::Collective`] where the
+    /// collective crosses devices.
+    fn timed_collective(
+        &self,
+        times: &mut [StepTimer],
+        f: impl FnOnce() -> Result<(), RuntimeError>,
+    ) -> Result<(), RuntimeError> {
         if self.collective.crosses_devices() {
-            StepTimer::time_all(times, &self.execs, Phase::Collective, || {
-                self.collective.all_reduce_sum(&self.execs, parts)
-            })
+            StepTimer::time_all(times, &self.execs, Phase::Collective, f)
         } else {
-            self.collective.all_reduce_sum(&self.execs, parts)
+            f()
         }
     }
 
@@ -491,15 +505,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             X::reshape(&mut b, &[rows, cols])?;
             narrow.push(b);
         }
-        if self.collective.crosses_devices() {
-            StepTimer::time_all(times, &self.execs, Phase::Collective, || {
-                self.collective
-                    .all_reduce_sum_bf16(&self.execs, &mut narrow)
-            })?;
-        } else {
+        self.timed_collective(times, || {
             self.collective
-                .all_reduce_sum_bf16(&self.execs, &mut narrow)?;
-        }
+                .all_reduce_sum_bf16(&self.execs, &mut narrow)
+        })?;
         for (((p, mut b), exec), t) in parts
             .iter_mut()
             .zip(narrow)
@@ -564,20 +573,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             parts.push(p);
         }
         self.reduce_output(&mut parts, times)?;
-        let mut mine = Vec::with_capacity(tp);
-        for (r, (((rank, exec), t), mut p)) in self
-            .ranks
-            .iter()
-            .zip(&self.execs)
-            .zip(times.iter_mut())
-            .zip(parts)
-            .enumerate()
-        {
-            serialise(clocks, r)?;
+        self.each_rank(clocks, times, parts, |rank, exec, t, mut p| {
             X::reshape(&mut p, &[slots * b, hv, dv])?;
-            mine.push(rank.take_out_heads(exec, &p, r % slots, t)?);
-        }
-        Ok(mine)
+            rank.take_out_heads(exec, &p, rank.role.rank % slots, t)
+        })
     }
 
     /// DCP: every rank's partial state `(out, lse)` (all heads, its tokens) goes to every rank
@@ -616,28 +615,23 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         }
         self.all_reduce(&mut parts, times)?;
         self.all_reduce(&mut lses, times)?;
-        let mut merged = Vec::with_capacity(tp);
-        for (r, (((rank, exec), t), (mut p, mut s))) in self
-            .ranks
-            .iter()
-            .zip(&self.execs)
-            .zip(times.iter_mut())
-            .zip(parts.into_iter().zip(lses))
-            .enumerate()
-        {
-            serialise(clocks, r)?;
-            X::reshape(&mut p, &[tp, b, h, lat])?;
-            X::reshape(&mut s, &[tp, b, h])?;
-            let hs = rank.role.out_heads.clone();
-            let mut out = out_buf(exec, &[b, hs.len(), lat], poison)?;
-            let first = i32::try_from(hs.start)
-                .map_err(|_| RuntimeError::InvalidInput(format!("head {}", hs.start)))?;
-            t.time(exec, Phase::Glue, || {
-                merge_heads::launch(exec, &merge, &p, &s, &mut out, first)
-            })?;
-            merged.push(out);
-        }
-        Ok(merged)
+        self.each_rank(
+            clocks,
+            times,
+            parts.into_iter().zip(lses),
+            |rank, exec, t, (mut p, mut s)| {
+                X::reshape(&mut p, &[tp, b, h, lat])?;
+                X::reshape(&mut s, &[tp, b, h])?;
+                let hs = rank.role.out_heads.clone();
+                let mut out = out_buf(exec, &[b, hs.len(), lat], poison)?;
+                let first = i32::try_from(hs.start)
+                    .map_err(|_| RuntimeError::InvalidInput(format!("head {}", hs.start)))?;
+                t.time(exec, Phase::Glue, || {
+                    merge_heads::launch(exec, &merge, &p, &s, &mut out, first)
+                })?;
+                Ok(out)
+            },
+        )
     }
 }
 

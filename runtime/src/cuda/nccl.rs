@@ -26,6 +26,18 @@ impl std::fmt::Debug for NcclGroup {
     }
 }
 
+/// `catch`'s "backend unavailable" (cudarc panics when libnccl cannot be loaded) named as
+/// NCCL's; other errors as they are.
+fn as_nccl_unavailable(e: RuntimeError) -> RuntimeError {
+    match e {
+        RuntimeError::BackendUnavailable { reason, .. } => RuntimeError::BackendUnavailable {
+            backend: "nccl".into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
 fn nccl_err(what: &str, e: impl std::fmt::Debug) -> RuntimeError {
     RuntimeError::Device(format!("NCCL {what}: {e:?}"))
 }
@@ -51,15 +63,7 @@ impl NcclGroup {
         let streams: Vec<Arc<CudaStream>> = execs.iter().map(|e| e.stream().clone()).collect();
         // cudarc panics when libnccl cannot be loaded: report that as the backend being absent.
         let comms = catch("loading libnccl", || Comm::from_devices(streams))
-            .map_err(|e| match e {
-                RuntimeError::BackendUnavailable { reason, .. } => {
-                    RuntimeError::BackendUnavailable {
-                        backend: "nccl".into(),
-                        reason,
-                    }
-                }
-                other => other,
-            })?
+            .map_err(as_nccl_unavailable)?
             .map_err(|e| nccl_err("ncclCommInitAll", e))?;
         Ok(NcclGroup { comms })
     }
@@ -79,34 +83,27 @@ impl AllReduce<CudaExecutor> for NcclGroup {
         execs: &[CudaExecutor],
         parts: &mut [CudaTensor<f32>],
     ) -> Result<(), RuntimeError> {
-        check_group(
-            self.comms.len(),
-            execs.len(),
-            parts.iter().map(|p| p.shape().to_vec()),
-        )?;
-        group_start().map_err(|e| nccl_err("group start", e))?;
-        let mut result = Ok(());
-        for (comm, part) in self.comms.iter().zip(parts.iter_mut()) {
-            let Some(mut view) = part.f32_view_mut() else {
-                result = Err(RuntimeError::Device(
-                    "a tensor smaller than its shape".into(),
-                ));
-                break;
-            };
-            if let Err(e) = comm.all_reduce_in_place(&mut view, &ReduceOp::Sum) {
-                result = Err(nccl_err("all-reduce", e));
-                break;
-            }
-        }
-        // The group is always closed, also after a failed enqueue.
-        let end = group_end().map_err(|e| nccl_err("group end", e));
-        result.and(end.map(|_| ()))
+        self.grouped_sum(execs, parts, CudaTensor::f32_view_mut, "all-reduce")
     }
 
     fn all_reduce_sum_bf16(
         &self,
         execs: &[CudaExecutor],
         parts: &mut [CudaTensor<half::bf16>],
+    ) -> Result<(), RuntimeError> {
+        self.grouped_sum(execs, parts, CudaTensor::bf16_view_mut, "all-reduce (bf16)")
+    }
+}
+
+impl NcclGroup {
+    /// Every rank's part summed in place, the ranks' calls in one NCCL group; `view` gives a
+    /// part's typed device view.
+    fn grouped_sum<E: crate::Element, T: cudarc::nccl::safe::NcclType>(
+        &self,
+        execs: &[CudaExecutor],
+        parts: &mut [CudaTensor<E>],
+        view: for<'a> fn(&'a mut CudaTensor<E>) -> Option<cudarc::driver::CudaViewMut<'a, T>>,
+        what: &str,
     ) -> Result<(), RuntimeError> {
         check_group(
             self.comms.len(),
@@ -116,17 +113,18 @@ impl AllReduce<CudaExecutor> for NcclGroup {
         group_start().map_err(|e| nccl_err("group start", e))?;
         let mut result = Ok(());
         for (comm, part) in self.comms.iter().zip(parts.iter_mut()) {
-            let Some(mut view) = part.bf16_view_mut() else {
+            let Some(mut v) = view(part) else {
                 result = Err(RuntimeError::Device(
                     "a tensor smaller than its shape".into(),
                 ));
                 break;
             };
-            if let Err(e) = comm.all_reduce_in_place(&mut view, &ReduceOp::Sum) {
-                result = Err(nccl_err("all-reduce (bf16)", e));
+            if let Err(e) = comm.all_reduce_in_place(&mut v, &ReduceOp::Sum) {
+                result = Err(nccl_err(what, e));
                 break;
             }
         }
+        // The group is always closed, also after a failed enqueue.
         let end = group_end().map_err(|e| nccl_err("group end", e));
         result.and(end.map(|_| ()))
     }
@@ -267,15 +265,7 @@ impl NcclRank {
                     Ok(RawComm(comm.assume_init()))
                 }
             })
-            .map_err(|e| match e {
-                RuntimeError::BackendUnavailable { reason, .. } => {
-                    RuntimeError::BackendUnavailable {
-                        backend: "nccl".into(),
-                        reason,
-                    }
-                }
-                other => other,
-            })
+            .map_err(as_nccl_unavailable)
             .and_then(|r| r);
             if let Err(mpsc::SendError(Ok(late))) = tx.send(joined) {
                 // The caller gave up waiting: nobody will use this communicator.

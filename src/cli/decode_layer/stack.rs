@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use tpla::layer::cost::{layer_cost_tokens, Hardware};
-use tpla::layer::reference::reference_steps;
+use tpla::layer::reference::run_against_reference;
 use tpla::layer::{prepare, Form, GemmPath, LayerShape, Payload, PhaseTiming, RankTimes, TpLayer};
 use tpla_model::synthetic::{synthetic_hidden, synthetic_layer};
 use tpla_model::{MlaConfig, MlaLayer, Preset};
@@ -399,7 +399,6 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
                 .collect()
         })
         .collect();
-    let want = reference_steps(&layer, form, None, &xs);
     let shape = LayerShape {
         batch: b,
         max_tokens: tokens,
@@ -412,33 +411,7 @@ pub(super) fn check<X: Executor + 'static, C: AllReduce<X>>(
         query_len: sq,
     };
     let mut tl = layer_on(make, coll, &layer, form, shape)?;
-    let mut worst = 0.0f64;
-    for k in 0..tokens / sq {
-        // Sequence-major rows: token j of sequence s is row s · sq + j.
-        let x: Vec<f32> = xs
-            .iter()
-            .flat_map(|seq| {
-                seq[k * sq..(k + 1) * sq]
-                    .iter()
-                    .flatten()
-                    .map(|&v| v as f32)
-            })
-            .collect();
-        let (y, _) = tl.step(
-            &HostTensor::from_vec(&[b * sq, 256], x).map_err(|e| CliError::Usage(e.to_string()))?,
-        )?;
-        for (row, got) in y.data().chunks(256).enumerate() {
-            let (seq, j) = (row / sq, row % sq);
-            let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
-            let e = tpla_model::linalg::rel_err(&got, &want[k * sq + j][seq]);
-            worst = if e.is_finite() {
-                worst.max(e)
-            } else {
-                f64::INFINITY
-            };
-        }
-    }
-    Ok(worst)
+    Ok(run_against_reference(&mut tl, &layer, None, &xs)?.worst)
 }
 
 /// One form's line of the table.
