@@ -23,6 +23,9 @@ fi
 export TPLA_REQUIRE_GPUS=$k
 
 step layer_nccl 300 "$bin/layer_tests" --test-threads=1 --nocapture gpus_with_nccl
+# One process per GPU: each builds only its rank of the layer (NcclRank, bounded waits).
+step layer_processes 300 "$bin/layer_tests" --test-threads=1 --nocapture \
+  layer_ranks_in_two_processes
 # The NCCL process groups: the two-process reference check, a rank killed mid-step (the other
 # must fail within its bound), ranks that disagree on the configuration.
 [ -x "$bin/tp_tests" ] && step tp_processes 300 "$bin/tp_tests" --test-threads=1 --nocapture

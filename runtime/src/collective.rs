@@ -8,9 +8,30 @@
 use crate::{CpuExecutor, Executor, HostTensor, RuntimeError};
 
 /// Element-wise sum over the ranks, in place: afterwards every rank's tensor holds the sum.
+///
+/// A collective may drive every rank of its group from this process (`ranks() == world()`:
+/// the host sum, a sum on one device, NCCL over the GPUs of one process), or only some of them,
+/// the others living in other processes or threads (`ranks() < world()`, e.g. one NCCL rank per
+/// process): a call then passes this process's parts, ranks `first_rank()..first_rank() +
+/// ranks()` of the group.
 pub trait AllReduce<X: Executor> {
-    /// Ranks in the group.
+    /// Ranks this process passes to each call (its executors and parts).
     fn ranks(&self) -> usize;
+    /// Ranks in the whole group (by default [`Self::ranks`]: all of them here).
+    fn world(&self) -> usize {
+        self.ranks()
+    }
+    /// The group index of this process's first rank (0 by default).
+    fn first_rank(&self) -> usize {
+        0
+    }
+    /// Waits, within the collective's own bound, for the collectives queued so far, so that a
+    /// later blocking wait cannot hang on a rank that left; a typed error if one did. The
+    /// default has nothing to wait for.
+    fn settle(&self, execs: &[X]) -> Result<(), RuntimeError> {
+        let _ = execs;
+        Ok(())
+    }
     /// Sums `parts[r]` (a tensor of `execs[r]`) over all ranks. Every part must have the same
     /// shape; on error nothing has been changed where that can be checked beforehand (count and
     /// shapes), and the error says which rank or shape was wrong.

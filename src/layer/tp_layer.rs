@@ -80,6 +80,8 @@ pub struct TpLayer<X: Executor, C: AllReduce<X>> {
     payload: Payload,
     /// New tokens per sequence per step.
     sq: usize,
+    /// Ranks in the whole group (`ranks` holds this process's share).
+    world: usize,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -100,11 +102,17 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
         shape: LayerShape,
         corr: Option<Corrections>,
     ) -> Result<Self, RuntimeError> {
-        let tp = execs.len();
-        if collective.ranks() != tp {
+        // The group has `tp` ranks; this process drives `local` of them from `first` on.
+        let (tp, local, first) = (
+            collective.world(),
+            collective.ranks(),
+            collective.first_rank(),
+        );
+        if execs.len() != local || local == 0 || first + local > tp {
             return Err(RuntimeError::InvalidInput(format!(
-                "{tp} executors and a {}-rank collective",
-                collective.ranks()
+                "{} executors for a collective over ranks {first}..{} of {tp}",
+                execs.len(),
+                first + local
             )));
         }
         if !(1..=tpla_kernels::ops::MAX_QUERY_LEN).contains(&shape.query_len) {
@@ -128,8 +136,8 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             _ => None,
         };
         let roles = roles(form, tp, cfg.heads, cfg.kv_lora_rank)?;
-        let mut ranks = Vec::with_capacity(tp);
-        for (i, (role, exec)) in roles.iter().zip(&execs).enumerate() {
+        let mut ranks = Vec::with_capacity(local);
+        for ((i, role), exec) in roles.iter().enumerate().skip(first).zip(&execs) {
             let w = rank_weights(layer, form, role, corr.as_ref())?;
             let max_tokens = match role.tokens {
                 Some((r, n)) => dcp_tokens(shape.max_tokens, r, n).max(1),
@@ -172,6 +180,7 @@ impl<X: Executor + 'static, C: AllReduce<X>> TpLayer<X, C> {
             max_tokens: shape.max_tokens,
             payload: shape.payload,
             sq: shape.query_len,
+            world: tp,
         })
     }
 }
@@ -325,7 +334,14 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// append sets.
     pub fn step_device(&mut self, xs: Vec<X::Tensor<f32>>) -> Result<DeviceStep<X>, RuntimeError> {
         let (ys, pending) = self.step_queued(xs)?;
+        // A collective across processes waits within its bound before the blocking reads.
+        self.collective.settle(&self.execs)?;
         Ok((ys, pending.finish()?))
+    }
+
+    /// Ranks in the whole group; [`Self::roles`] and [`Self::execs`] hold this process's share.
+    pub fn world(&self) -> usize {
+        self.world
     }
 
     /// [`Self::step_device`] without waiting for the device: the step's work is queued (on a
@@ -542,7 +558,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         clocks: &[Clock],
         times: &mut [StepTimer],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
-        let (b, tp) = (self.batch * self.sq, self.ranks.len());
+        let (b, tp) = (self.batch * self.sq, self.world);
         let groups = match self.form {
             Form::Tpla { groups, .. } => groups,
             _ => 1,
@@ -558,7 +574,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             }
         };
         let poison = self.ranks[0].poison;
-        let mut parts = Vec::with_capacity(tp);
+        let mut parts = Vec::with_capacity(self.ranks.len());
         for ((rank, exec), mut v) in self.ranks.iter().zip(&self.execs).zip(values) {
             X::reshape(&mut v, &[b * hv, dv])?;
             if slots == 1 {
@@ -591,7 +607,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         clocks: &[Clock],
         times: &mut [StepTimer],
     ) -> Result<Vec<X::Tensor<f32>>, RuntimeError> {
-        let tp = self.ranks.len();
+        let tp = self.world;
         let (b, h, lat) = match X::tensor_arg(&outs[0].0).tensor_shape() {
             Some(&[b, h, lat]) => (b, h, lat),
             s => {
@@ -604,10 +620,11 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         let merge = merge_heads.default_config(&[("LAT", lat as i64)])?;
         let poison = self.ranks[0].poison;
         let (mut parts, mut lses) = (Vec::with_capacity(tp), Vec::with_capacity(tp));
-        for (r, ((o, l), exec)) in outs.iter().zip(&self.execs).enumerate() {
+        for ((rank, (o, l)), exec) in self.ranks.iter().zip(&outs).zip(&self.execs) {
             let mut p = out_buf(exec, &[tp, b, h, lat], poison)?;
             let mut s = out_buf(exec, &[tp, b, h], poison)?;
-            place_state::launch(exec, &place, o, l, &mut p, &mut s, r as i32)?;
+            let slot = rank.role.rank as i32;
+            place_state::launch(exec, &place, o, l, &mut p, &mut s, slot)?;
             X::reshape(&mut p, &[tp * b * h, lat])?;
             X::reshape(&mut s, &[tp * b, h])?;
             parts.push(p);

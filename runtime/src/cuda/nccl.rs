@@ -431,6 +431,40 @@ impl NcclRank {
     }
 }
 
+/// One process's rank as the layer's collective: each call passes this rank's one part, summed
+/// over the group's processes; [`AllReduce::settle`] is [`NcclRank::wait`] (bounded).
+impl AllReduce<CudaExecutor> for NcclRank {
+    fn ranks(&self) -> usize {
+        1
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn first_rank(&self) -> usize {
+        self.rank
+    }
+    fn crosses_devices(&self) -> bool {
+        true
+    }
+    fn settle(&self, _execs: &[CudaExecutor]) -> Result<(), RuntimeError> {
+        self.wait()
+    }
+    fn all_reduce_sum(
+        &self,
+        execs: &[CudaExecutor],
+        parts: &mut [CudaTensor<f32>],
+    ) -> Result<(), RuntimeError> {
+        let [part] = parts else {
+            return Err(RuntimeError::InvalidInput(format!(
+                "an NCCL rank sums one part of its own, got {} ({} executors)",
+                parts.len(),
+                execs.len()
+            )));
+        };
+        NcclRank::all_reduce_sum(self, part)
+    }
+}
+
 impl Drop for NcclRank {
     fn drop(&mut self) {
         // Abort rather than destroy: destroying waits for outstanding work, which a dead peer
