@@ -88,6 +88,10 @@ pub struct CudaPagedCache<T> {
     pub(super) seq_lens_ptr: u64,
     pub(super) host_block_table: Vec<i32>,
     pub(super) host_seq_lens: Vec<i32>,
+    /// Page-locked staging buffers for [`crate::Executor::set_seq_lens`], used in turn: a copy
+    /// from pageable memory may make the host wait for the stream (the driver stages it),
+    /// which would stop the host queueing ahead of the device at every append.
+    pub(super) lens_stage: LensStage,
     pub(super) num_pages: usize,
     pub(super) page_size: usize,
     pub(super) row: usize,
@@ -153,4 +157,48 @@ pub(super) fn from_bytes<T: Element>(b: &[u8]) -> Vec<T> {
         )
     };
     v
+}
+
+/// [`CudaPagedCache::lens_stage`]: a ring of page-locked buffers of the lengths, allocated on
+/// first use. Writing a buffer waits for its previous copy only (its event), so the host runs
+/// ahead as long as fewer than [`LensStage::DEPTH`] copies of this cache are in flight.
+#[derive(Default)]
+pub(crate) struct LensStage {
+    ring: Vec<cudarc::driver::PinnedHostSlice<u8>>,
+    next: usize,
+}
+
+impl LensStage {
+    /// Buffers in the ring.
+    pub(crate) const DEPTH: usize = 4;
+
+    /// The next buffer of `bytes` bytes on `ctx`, holding `data` (after its previous copy).
+    pub(crate) fn stage(
+        &mut self,
+        ctx: &std::sync::Arc<cudarc::driver::CudaContext>,
+        data: &[u8],
+    ) -> Result<&cudarc::driver::PinnedHostSlice<u8>, cudarc::driver::DriverError> {
+        if self.ring.len() < Self::DEPTH {
+            // SAFETY: the allocation is filled below before any copy reads it.
+            let buf = unsafe { ctx.alloc_pinned::<u8>(data.len())? };
+            self.ring.push(buf);
+            self.next = self.ring.len() - 1;
+        } else {
+            self.next = (self.next + 1) % Self::DEPTH;
+        }
+        let buf = &mut self.ring[self.next];
+        // Exactly the copy's size: a copy takes the whole staged slice.
+        if buf.len() != data.len() {
+            // SAFETY: as above.
+            *buf = unsafe { ctx.alloc_pinned::<u8>(data.len())? };
+        }
+        buf.as_mut_slice()?[..data.len()].copy_from_slice(data);
+        Ok(&self.ring[self.next])
+    }
+}
+
+impl std::fmt::Debug for LensStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LensStage({} buffers)", self.ring.len())
+    }
 }

@@ -153,6 +153,7 @@ impl Executor for CudaExecutor {
             seq_lens_ptr,
             host_block_table: c.block_table().to_vec(),
             host_seq_lens: c.seq_lens().to_vec(),
+            lens_stage: Default::default(),
             num_pages: c.num_pages(),
             page_size: c.page_size(),
             row: c.row(),
@@ -194,9 +195,18 @@ impl Executor for CudaExecutor {
             return Err(RuntimeError::LengthPastCache { len, capacity });
         }
         let v: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-        let mut view = c.seq_lens.slice_mut(0..v.len() * 4);
+        if v.is_empty() {
+            return Ok(());
+        }
+        let bytes = as_bytes(&v);
+        let staged = c
+            .lens_stage
+            .stage(self.stream.context(), bytes)
+            .map_err(|e| driver_err("staging the sequence lengths", e))?;
+        let mut view = c.seq_lens.slice_mut(0..bytes.len());
+        // From page-locked memory the copy is queued on the stream without the host waiting.
         self.stream
-            .memcpy_htod(as_bytes(&v), &mut view)
+            .memcpy_htod(staged, &mut view)
             .map_err(|e| driver_err("host-to-device copy", e))?;
         c.host_seq_lens = v;
         Ok(())
