@@ -103,12 +103,14 @@ pub(crate) fn model_check<X: Executor + 'static>(
         base.latency_s * 1e6
     );
     println!(
-        "same-run rooflines on {}: {:.1} GB/s ({}), {:.2} TFLOP/s ({})",
+        "same-run rooflines on {}: {:.1} GB/s ({}), {:.2} TFLOP/s ({}), {:.1} us per small kernel ({}; each phase pays it per kernel it launches)",
         check.device,
         check.rooflines.mem_bytes_per_s / 1e9,
         check.rooflines.copy,
         check.rooflines.flops / 1e12,
-        check.rooflines.matmul
+        check.rooflines.matmul,
+        check.rooflines.kernel_s * 1e6,
+        check.rooflines.kernel
     );
     println!("phase timing: {}", check.timing);
     println!(

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tpla_codegen::KernelDef;
-use tpla_kernels::add_rows;
+use tpla_kernels::{add_rows, copy_rows};
 use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
@@ -35,6 +35,11 @@ pub struct Rooflines {
     pub copy: String,
     /// How the matmul rate was measured.
     pub matmul: String,
+    /// Time per kernel of a chain of tiny kernels queued back to back, s (the model's
+    /// per-kernel floor, [`Hardware::kernel_s`]).
+    pub kernel_s: f64,
+    /// How the kernel floor was measured.
+    pub kernel: String,
 }
 
 impl Rooflines {
@@ -43,6 +48,7 @@ impl Rooflines {
         Hardware {
             mem_bytes_per_s: self.mem_bytes_per_s,
             flops: self.flops,
+            kernel_s: self.kernel_s,
             ..*base
         }
     }
@@ -102,7 +108,22 @@ pub fn measure_rooflines<X: Executor + 'static>(
         proj.apply(exec, &x, mk)?;
         exec.synchronize()
     })?;
+    // The kernel floor: a chain of tiny copies queued back to back, waited for once.
+    const CHAIN: usize = 64;
+    let tiny = exec.upload(&HostTensor::<f32>::full(&[1, 128], 1.0))?;
+    let mut tiny_out = exec.alloc::<f32>(&[1, 128])?;
+    let copy = copy_rows.default_config(&[("COLS", 128)])?;
+    let chain_s = median_s(runs, || {
+        for _ in 0..CHAIN {
+            copy_rows::launch(exec, &copy, &tiny, &mut tiny_out)?;
+        }
+        exec.synchronize()
+    })?;
     Ok(Rooflines {
+        kernel_s: chain_s / CHAIN as f64,
+        kernel: format!(
+            "{CHAIN} copy_rows [1, 128] launches queued back to back, waited for once, median of {runs}"
+        ),
         mem_bytes_per_s: bytes / copy_s,
         flops: 2.0 * (mk as f64).powi(3) / mm_s,
         copy: format!("add_rows [{rows}, {cols}] f32 (2 reads + 1 write), median of {runs}"),

@@ -12,6 +12,8 @@ fn hw() -> Hardware {
         flops: 5.0e14,
         copy: "test".into(),
         matmul: "test".into(),
+        kernel_s: 5e-6,
+        kernel: "test".into(),
     }
     .hardware(&Hardware::h200())
 }
@@ -150,6 +152,8 @@ fn sample() -> ModelCheck {
             flops: 5.0e14,
             copy: "c".into(),
             matmul: "m".into(),
+            kernel_s: 5e-6,
+            kernel: "k".into(),
         },
         collective: CollectiveModel::of(&Hardware::h200()),
         tolerance: TOLERANCE,
@@ -248,4 +252,7 @@ fn cpu_rooflines_are_positive_and_finite() {
     );
     assert!(r.flops.is_finite() && r.flops > 1e6, "{r:?}");
     assert!(r.matmul.contains("DSL head_proj"), "{}", r.matmul);
+    // A tiny kernel costs something, and far less than a second.
+    assert!(r.kernel_s > 0.0 && r.kernel_s < 1e-1, "{r:?}");
+    assert_eq!(r.hardware(&Hardware::h200()).kernel_s, r.kernel_s);
 }

@@ -30,6 +30,10 @@ pub const MATMUL_EFFICIENCY: f64 = 0.67;
 pub const NVLINK_BUS_BYTES_PER_S: f64 = 450e9;
 /// Modelled latency of one collective call (a few µs on NVLink), seconds.
 pub const COLLECTIVE_LATENCY_S: f64 = 5e-6;
+/// Modelled time one small kernel costs in a queued stream (launch, ramp-up and drain of a
+/// kernel far below the rooflines), seconds; a same-run measurement replaces it
+/// (`check::measure_rooflines`).
+pub const KERNEL_FLOOR_S: f64 = 4e-6;
 /// HBM of one H200, bytes (141 GB).
 pub const H200_HBM_BYTES: f64 = 141e9;
 /// Memory held back per GPU for activations, workspace and the allocator (modelled), bytes.
@@ -48,6 +52,9 @@ pub struct Hardware {
     pub latency_s: f64,
     /// Device memory, bytes.
     pub memory_bytes: f64,
+    /// Time one kernel costs beyond its roofline time (launch, ramp-up, drain), seconds: each
+    /// phase pays it once per kernel it launches ([`KernelCounts`]).
+    pub kernel_s: f64,
 }
 
 impl Hardware {
@@ -59,6 +66,7 @@ impl Hardware {
             bus_bytes_per_s: NVLINK_BUS_BYTES_PER_S,
             latency_s: COLLECTIVE_LATENCY_S,
             memory_bytes: H200_HBM_BYTES,
+            kernel_s: KERNEL_FLOOR_S,
         }
     }
 
@@ -93,6 +101,54 @@ impl Hardware {
     }
 }
 
+/// Kernels one rank launches in a layer step, per phase, on the GPU path (cuBLAS for the
+/// projections; a uniform-split decode: the decode kernel and its combine).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct KernelCounts {
+    /// Decode attention.
+    pub attention: f64,
+    /// The projections' gemms and their casts.
+    pub projections: f64,
+    /// The element-wise kernels.
+    pub glue: f64,
+}
+
+impl KernelCounts {
+    /// The counts of `form` with the output collectives in `payload_bytes` per element:
+    /// - attention: decode + combine;
+    /// - projections: the down-projection (its input's cast + gemm), `W_UQ`, `W_UK`, `W_UV`
+    ///   (the attention output's cast + gemm), `W_O`; reduced after `W_UV`, `W_O` casts its
+    ///   reduced f32 input;
+    /// - glue: the down norms, the `q_nope` split, the query assembly, the cache row and its
+    ///   append; DCP's merge; the head take after a reduce-scatter; a bf16 payload's cast and
+    ///   widening around each output collective.
+    pub fn of(form: Form, payload_bytes: f64) -> Self {
+        let wuv = matches!(
+            form,
+            Form::Tpla {
+                reduce: ReduceAt::Wuv,
+                ..
+            }
+        );
+        let output_collectives = if wuv { 2.0 } else { 1.0 };
+        let mut glue = 5.0;
+        if form == Form::Dcp {
+            glue += 1.0;
+        }
+        if wuv {
+            glue += 1.0;
+        }
+        if payload_bytes < F32 {
+            glue += 2.0 * output_collectives;
+        }
+        KernelCounts {
+            attention: 2.0,
+            projections: if wuv { 8.0 } else { 7.0 },
+            glue,
+        }
+    }
+}
+
 /// One device's work in one layer's decode step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct LayerCost {
@@ -117,6 +173,8 @@ pub struct LayerCost {
     pub glue_bytes: f64,
     /// Predicted glue time, s (memory roofline).
     pub glue_s: f64,
+    /// Kernels per phase; each phase's time above holds `count · kernel_s` of the hardware.
+    pub kernels: KernelCounts,
 }
 
 impl LayerCost {
@@ -195,7 +253,8 @@ pub fn block_params(cfg: &MlaConfig, form: Form, tp: usize) -> f64 {
 }
 
 /// One device's cost of one layer's decode step: `batch` sequences of `len` tokens, weights of
-/// `weight_bytes` per parameter, the output collectives in bf16 (what engines send).
+/// `weight_bytes` per parameter, the output collectives in f32 (the layer's default payload;
+/// [`layer_cost_payload`] for bf16).
 pub fn layer_cost(
     cfg: &MlaConfig,
     form: Form,
@@ -205,7 +264,7 @@ pub fn layer_cost(
     weight_bytes: f64,
     hw: &Hardware,
 ) -> LayerCost {
-    layer_cost_payload(cfg, form, tp, batch, len, weight_bytes, BF16, hw)
+    layer_cost_payload(cfg, form, tp, batch, len, weight_bytes, F32, hw)
 }
 
 /// [`layer_cost`] with the output collectives (the all-reduce of `[B, D]`, TPLA's values
@@ -291,17 +350,19 @@ pub fn layer_cost_tokens(
         _ => {}
     }
     let glue = glue_bytes(cfg, form, tp, batch * query_len.max(1));
+    let k = KernelCounts::of(form, payload_bytes);
     LayerCost {
         attn_bytes,
         attn_flops,
         proj_bytes,
         proj_flops,
         coll_bytes,
-        attn_s: hw.time(attn_bytes, attn_flops),
-        proj_s: hw.time(proj_bytes, proj_flops),
+        attn_s: hw.time(attn_bytes, attn_flops) + k.attention * hw.kernel_s,
+        proj_s: hw.time(proj_bytes, proj_flops) + k.projections * hw.kernel_s,
         coll_s,
         glue_bytes: glue,
-        glue_s: hw.time(glue, 0.0),
+        glue_s: hw.time(glue, 0.0) + k.glue * hw.kernel_s,
+        kernels: k,
     }
 }
 
@@ -408,7 +469,36 @@ mod tests {
             bus_bytes_per_s: 1e11,
             latency_s: 1e-6,
             memory_bytes: 1e11,
+            kernel_s: 0.0,
         }
+    }
+
+    #[test]
+    fn every_kernel_adds_its_floor_to_its_phase() {
+        let cfg = Preset::DeepseekV3.config();
+        let hw = Hardware {
+            kernel_s: 1e-3,
+            ..hw1()
+        };
+        let (a, b) = (
+            layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw1()),
+            layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw),
+        );
+        assert!((b.attn_s - a.attn_s - 2e-3).abs() < 1e-12);
+        assert!((b.proj_s - a.proj_s - 7e-3).abs() < 1e-12);
+        assert!((b.glue_s - a.glue_s - 5e-3).abs() < 1e-12);
+        assert_eq!(b.coll_s, a.coll_s);
+        // DCP merges, TPLA reduced after W_UV takes heads and casts W_O's input, and a bf16
+        // payload casts and widens around each output collective.
+        let wuv = Form::Tpla {
+            groups: 2,
+            norm: KvNorm::Sliced,
+            reduce: ReduceAt::Wuv,
+        };
+        assert_eq!(KernelCounts::of(Form::Dcp, 4.0).glue, 6.0);
+        let k = KernelCounts::of(wuv, 2.0);
+        assert_eq!((k.projections, k.glue), (8.0, 6.0 + 4.0));
+        assert_eq!(KernelCounts::of(Form::MlaTp, 2.0).glue, 7.0);
     }
 
     #[test]
@@ -440,8 +530,8 @@ mod tests {
         // DCP2: 500 tokens, 128 heads, 576 wide.
         let d = layer_cost(&cfg, Form::Dcp, 2, 1, 1000, 1.0, &hw);
         assert_eq!(d.attn_flops, 2.0 * 500.0 * 128.0 * (576.0 + 512.0));
-        // All-reduce of [1, 7168] bf16 over 2 ranks: 1 µs + 2·(1/2)·14336 B / 1e11 B/s.
-        assert!((c.coll_s - (1e-6 + 14336.0 / 1e11)).abs() < 1e-15);
+        // All-reduce of [1, 7168] f32 over 2 ranks: 1 µs + 2·(1/2)·28672 B / 1e11 B/s.
+        assert!((c.coll_s - (1e-6 + 28672.0 / 1e11)).abs() < 1e-15);
         // DCP adds the exchange of 64 heads × 513 f32 × 2 ranks, half of it remote.
         let states = 64.0 * 513.0 * 4.0 * 2.0;
         assert!((d.coll_s - c.coll_s - (1e-6 + 0.5 * states / 1e11)).abs() < 1e-15);
@@ -472,8 +562,8 @@ mod tests {
     fn several_query_tokens_read_the_cache_once() {
         let cfg = Preset::KimiK2.config();
         let hw = hw1();
-        let one = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 1, 1000, 2.0, 2.0, &hw);
-        let two = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 2, 1000, 2.0, 2.0, &hw);
+        let one = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 1, 1000, 2.0, 4.0, &hw);
+        let two = layer_cost_tokens(&cfg, Form::MlaTp, 2, 4, 2, 1000, 2.0, 4.0, &hw);
         assert_eq!(one, layer_cost(&cfg, Form::MlaTp, 2, 4, 1000, 2.0, &hw));
         // The cache (4 × 1000 rows of 576) once; queries and outputs per row.
         let (cache, per_row) = (
@@ -491,7 +581,7 @@ mod tests {
     #[test]
     fn reducing_after_wuv_by_hand() {
         // Kimi-K2 TPLA g = 2 at TP2: every rank attends with all 64 heads; reduced after W_UV it
-        // applies W_O to 32 of them and reduce-scatters the values [B, 64, 128] (bf16) first.
+        // applies W_O to 32 of them and reduce-scatters the values [B, 64, 128] (f32) first.
         let cfg = Preset::KimiK2.config();
         let hw = hw1();
         let form = |reduce| Form::Tpla {
@@ -506,7 +596,7 @@ mod tests {
             layer_cost(&cfg, wo, 2, 4, 1000, 2.0, &hw),
             layer_cost(&cfg, wuv, 2, 4, 1000, 2.0, &hw),
         );
-        let values = 4.0 * 64.0 * 128.0 * 2.0;
+        let values = 4.0 * 64.0 * 128.0 * 4.0;
         assert_eq!(b.coll_bytes - a.coll_bytes, values);
         assert!((b.coll_s - a.coll_s - (1e-6 + 0.5 * values / 1e11)).abs() < 1e-15);
         assert_eq!(b.glue_bytes - a.glue_bytes, 2.0 * 4.0 * 4.0 * 32.0 * 128.0);
