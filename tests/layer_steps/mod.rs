@@ -1,0 +1,152 @@
+//! A layer step's shape and configuration: the tune database's configs and split policy per
+//! rank, and several new tokens per sequence per step (MTP, speculative verify).
+
+use super::*;
+
+/// `apply_tuned` gives each rank the tune database's config for its decode bucket and the split
+/// policy it was timed with; the step still matches the reference.
+#[test]
+fn the_tune_database_sets_each_ranks_config_and_split_policy() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::tune::{decode_bucket, SplitPolicy, TuneDb};
+    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let shape = layer_shape(2, 8, 0, 1);
+    let execs = cpu(2);
+    let (mut db, _) = TuneDb::open(
+        &dir,
+        &execs[0].device_identity(),
+        &[&tpla_kernels::latent_decode],
+    );
+    // MLA-TP at tp 2 of the small layer: 4 heads per rank over the whole 512 + 64 cache.
+    let bucket = decode_bucket(2, 4, 512, 64, 8);
+    let cfg = tpla_kernels::latent_decode
+        .default_config(&[("LAT", 512), ("ROPE", 64)])
+        .unwrap();
+    db.put_with_policy(
+        tpla_kernels::latent_decode.name(),
+        &bucket,
+        &cfg,
+        Some(SplitPolicy::Uniform),
+        12.5,
+        "2026-12-04",
+    );
+    let mut l = TpLayer::new(
+        execs,
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape,
+        None,
+    )
+    .unwrap();
+    let found = l.apply_tuned(&db);
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (r, (rank, b, what, us)) in found.iter().enumerate() {
+        assert_eq!((*rank, b.as_str(), *us), (r, bucket.as_str(), 12.5));
+        assert!(what.ends_with(", uniform splits"), "{what}");
+    }
+    let (y, _) = l
+        .step(&HostTensor::full(&[2, layer.cfg.hidden], 0.3f32))
+        .unwrap();
+    assert!(y.data().iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `tokens / sq` steps of `sq` new tokens per sequence and returns the worst relative error
+/// of any token's output against the reference's one-token decode at its position (token `j`
+/// of a step sees the cache up to itself, so the two are the same computation).
+pub(crate) fn worst_error_multi_token<X: Executor + 'static, C: AllReduce<X>>(
+    execs: Vec<X>,
+    coll: C,
+    form: Form,
+    corr: Option<Corrections>,
+    sq: usize,
+    tokens: usize,
+) -> f64 {
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let d = layer.cfg.hidden;
+    let xs = hidden_tokens(d, tokens);
+    let shape = layer_shape(BATCH, tokens + 1, 0, sq);
+    let mut l = TpLayer::new(execs, coll, &layer, form, shape, corr.clone()).unwrap();
+    let run = run_against_reference(&mut l, &layer, corr.as_ref(), &xs).unwrap();
+    for (k, y) in run.outputs.iter().enumerate() {
+        assert_eq!(y.len(), BATCH * sq * d, "step {k}");
+        assert!(y.iter().all(|v| v.is_finite()), "step {k}");
+    }
+    assert_eq!(l.len(), tokens / sq * sq);
+    run.worst
+}
+
+/// MTP / speculative verify: 2-4 new tokens per sequence per step, MLA-TP and TPLA (both reduce
+/// points) at TP 2 and 4, each token against the reference; DCP and 5 tokens are typed errors.
+#[test]
+fn several_query_tokens_per_step_match_the_reference() {
+    let wuv = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wuv,
+    };
+    for (tp, sq) in [(2, 2), (2, 4), (4, 3)] {
+        for (form, corr) in [
+            (Form::MlaTp, None),
+            (Form::tpla(2), Some(corr2())),
+            (wuv, Some(corr2())),
+        ] {
+            let e =
+                worst_error_multi_token(cpu(tp), HostAllReduce { ranks: tp }, form, corr, sq, 12);
+            eprintln!("tp {tp} sq {sq} {}: worst rel err {e:.2e}", form.name());
+            assert!(e <= 1e-2, "tp {tp} sq {sq} {}: {e:.3e}", form.name());
+        }
+    }
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let shape = |query_len| LayerShape {
+        batch: 1,
+        max_tokens: 8,
+        page_size: 4,
+        splits: 0,
+        poison: false,
+        gemm: GemmPath::Auto,
+        timing: PhaseTiming::Events,
+        payload: Payload::F32,
+        query_len,
+    };
+    for (form, sq, want) in [
+        (Form::Dcp, 2, "DCP with 2 query tokens"),
+        (Form::MlaTp, 5, "5 query tokens"),
+        (Form::MlaTp, 0, "0 query tokens"),
+    ] {
+        let e = TpLayer::new(
+            cpu(2),
+            HostAllReduce { ranks: 2 },
+            &layer,
+            form,
+            shape(sq),
+            None,
+        )
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    // A step whose tokens would pass the cache is refused whole.
+    let mut l = TpLayer::new(
+        cpu(2),
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape(3),
+        None,
+    )
+    .unwrap();
+    let x = HostTensor::full(&[3, layer.cfg.hidden], 0.2f32);
+    l.step(&x).unwrap();
+    l.step(&x).unwrap();
+    assert!(l.step(&x).is_err(), "6 + 3 tokens past 8");
+    assert_eq!(l.len(), 6);
+    assert!(
+        l.step(&HostTensor::full(&[1, layer.cfg.hidden], 0.2f32))
+            .is_err(),
+        "one row for three tokens"
+    );
+}
