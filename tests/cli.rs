@@ -202,6 +202,7 @@ fn info_lists_backends() {
     assert!(o.status.success());
     assert!(out.contains("cpu   available"), "{out}");
     assert!(out.contains("cuda"), "{out}");
+    assert!(out.contains("nccl  "), "{out}");
 }
 
 #[test]

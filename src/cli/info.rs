@@ -17,6 +17,28 @@ pub fn info() {
         Ok(desc) => println!("  cuda  available: {desc}"),
         Err(why) => println!("  cuda  unavailable: {why}"),
     }
+    match probe_nccl() {
+        Ok(desc) => println!("  nccl  available: {desc}"),
+        Err(why) => println!("  nccl  unavailable: {why}"),
+    }
+}
+
+/// Whether tensor parallelism over NCCL can run here: libnccl loads and how many GPUs there
+/// are (the layer forms need one per rank).
+fn probe_nccl() -> Result<String, String> {
+    use tpla_runtime::cuda::device::device_count;
+    let gpus = device_count();
+    if gpus == 0 {
+        return Err("no CUDA GPU".into());
+    }
+    tpla_runtime::cuda::nccl::NcclId::new().map_err(|e| e.to_string())?;
+    Ok(if gpus >= 2 {
+        format!(
+            "libnccl loads, {gpus} GPUs: `tpla decode --devices k` and `--form all --tp k --devices k` run over them"
+        )
+    } else {
+        "libnccl loads, 1 GPU: one process per rank needs one GPU each (the layer forms run their ranks in sequence on it)".into()
+    })
 }
 
 fn cpu_features() -> String {
