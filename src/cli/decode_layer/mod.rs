@@ -38,7 +38,8 @@ pub enum FormArg {
     Dcp,
     /// All three side by side.
     All,
-    /// The one the cost model predicts fastest here (within `--max-rel-err`).
+    /// The one the cost model predicts fastest here (within `--max-rel-err`), TPLA at either
+    /// reduce point.
     Auto,
 }
 
@@ -265,7 +266,24 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
         FormArg::Dcp => vec![Form::Dcp],
         FormArg::Tpla => tplas,
         FormArg::All => all.clone(),
-        FormArg::Auto => vec![auto(&a, &cfg, &all, budget, &allowed)?],
+        FormArg::Auto => {
+            // Every form the run could take, TPLA at both reduce points whatever
+            // `--tpla-reduce` says: the cost model picks.
+            let mut cands = all.clone();
+            for reduce in [ReduceAt::Wo, ReduceAt::Wuv] {
+                let f = Form::Tpla {
+                    groups: a.g,
+                    norm: KvNorm::Sliced,
+                    reduce,
+                };
+                if !cands.contains(&f)
+                    && tpla::layer::roles(f, l.tp, cfg.heads, cfg.kv_lora_rank).is_ok()
+                {
+                    cands.push(f);
+                }
+            }
+            vec![auto(&a, &cfg, &cands, budget, &allowed)?]
+        }
     };
     if let Some(f) = forms.iter().find(|f| !allowed(f)) {
         return Err(CliError::Usage(format!(
