@@ -40,12 +40,15 @@ fn check_at(form: Form, factor: f64) -> FormCheck {
 }
 
 #[test]
-fn measured_rooflines_replace_only_bandwidth_and_matmul_rate() {
+fn measured_rooflines_replace_bandwidth_matmul_rate_and_kernel_floor_only() {
     let (h, base) = (hw(), Hardware::h200());
-    assert_eq!((h.mem_bytes_per_s, h.flops), (3.0e12, 5.0e14));
     assert_eq!(
-        (h.bus_bytes_per_s, h.latency_s),
-        (base.bus_bytes_per_s, base.latency_s)
+        (h.mem_bytes_per_s, h.flops, h.kernel_s),
+        (3.0e12, 5.0e14, 5e-6)
+    );
+    assert_eq!(
+        (h.bus_bytes_per_s, h.latency_s, h.memory_bytes),
+        (base.bus_bytes_per_s, base.latency_s, base.memory_bytes)
     );
 }
 
