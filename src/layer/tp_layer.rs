@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
-
 use tpla_model::{Corrections, MlaLayer, MuConvention};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, HostTensor, RuntimeError};
@@ -15,10 +14,11 @@ use super::plan::{dcp_tokens, roles, Form, KvNorm, RankRole};
 use super::rank::{Down, KvScale, Rank, RankTimes};
 use super::sum::Payload;
 use super::weights::rank_weights;
+use crate::decoder::DecoderShape;
 
+/// The step's collectives (a second `impl` block of [`TpLayer`]).
 #[path = "exchange.rs"]
 mod exchange;
-use crate::decoder::DecoderShape;
 
 /// Sizes of a layer's decode batch and cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
