@@ -5,7 +5,8 @@
 # TP2 ranks need tuned, then `tpla decode --form all --tpla-reduce both --tp k --devices k` for
 # DeepSeek-V3 and Kimi-K2 at 4K-32K: every form's ranks on their own GPUs, the collective
 # measured (and printed beside the cost model's figure), each form's reference check.
-#   OUT=dir TPLA_SESSION_BUDGET=seconds [TPLA_TP_CONTEXTS='32768 4096'] scripts/gpu-tp.sh
+#   OUT=dir TPLA_SESSION_BUDGET=seconds [TPLA_TP_CONTEXTS='32768 4096'] [TPLA_TP_BATCHES='128']
+#   scripts/gpu-tp.sh
 # gpu-bin/ (scripts/gpu-build.sh; keep tp_tests in the archive) may come as gpu-bin.tar.xz.
 set -uo pipefail
 # shellcheck source=scripts/gpu-lib.sh
@@ -53,6 +54,15 @@ for ctx in ${TPLA_TP_CONTEXTS:-32768 4096 16384 8192}; do
         --batch 64 --context "$ctx" --steps 5 --backend cuda \
         --results-dir "$OUT/layer-results/${p}_${ctx}_bf16"
     fi
+  done
+done
+# Larger batches at 32K (towards each form's largest batch: TPLA's and DCP's caches per GPU are
+# about half MLA-TP's, so they fit about twice the sequences; `tpla decode --max-batch` models it).
+for b in ${TPLA_TP_BATCHES:-128 256}; do
+  for p in kimi-k2 deepseek-v3; do
+    step "layer_${p%%-*}_tp${k}_32768_b$b" 240 "$bin/tpla" decode --form all --tpla-reduce both \
+      --preset "$p" --tp "$k" --devices "$k" --layers 4 --batch "$b" --context 32768 --steps 3 \
+      --backend cuda --results-dir "$OUT/layer-results/${p}_32768_b$b"
   done
 done
 (cd "$OUT" && tar czf results.tgz layer-results 2>/dev/null; rm -rf layer-results)
