@@ -231,7 +231,56 @@ fn a_bf16_payload_matches_the_references() {
 struct ThreadSum {
     rank: usize,
     world: usize,
-    shared: std::sync::Arc<(std::sync::Mutex<Vec<Vec<f32>>>, std::sync::Barrier)>,
+    shared: std::sync::Arc<(std::sync::Mutex<Vec<Vec<f32>>>, TimedBarrier)>,
+}
+
+/// A barrier whose wait gives up after 60 s with a typed error: a thread that panicked before
+/// arriving fails the others instead of hanging the suite.
+struct TimedBarrier {
+    n: usize,
+    state: std::sync::Mutex<(usize, u64)>,
+    cv: std::sync::Condvar,
+}
+
+impl TimedBarrier {
+    fn new(n: usize) -> Self {
+        TimedBarrier {
+            n,
+            state: std::sync::Mutex::new((0, 0)),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    fn wait(&self) -> Result<(), tpla_runtime::RuntimeError> {
+        let mut st = self.state.lock().unwrap();
+        let generation = st.1;
+        st.0 += 1;
+        if st.0 == self.n {
+            *st = (0, generation + 1);
+            self.cv.notify_all();
+            return Ok(());
+        }
+        let (st, timeout) = self
+            .cv
+            .wait_timeout_while(st, std::time::Duration::from_secs(60), |s| {
+                s.1 == generation
+            })
+            .unwrap();
+        drop(st);
+        if timeout.timed_out() {
+            return Err(tpla_runtime::RuntimeError::InvalidInput(
+                "a rank's thread did not reach the sum within 60 s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn shared(world: usize) -> std::sync::Arc<(std::sync::Mutex<Vec<Vec<f32>>>, TimedBarrier)> {
+        std::sync::Arc::new((
+            std::sync::Mutex::new(vec![Vec::new(); world]),
+            TimedBarrier::new(world),
+        ))
+    }
 }
 
 impl AllReduce<CpuExecutor> for ThreadSum {
@@ -251,7 +300,7 @@ impl AllReduce<CpuExecutor> for ThreadSum {
     ) -> Result<(), tpla_runtime::RuntimeError> {
         let (slots, barrier) = (&self.shared.0, &self.shared.1);
         slots.lock().unwrap()[self.rank] = parts[0].data().to_vec();
-        barrier.wait();
+        barrier.wait()?;
         let sum = {
             let all = slots.lock().unwrap();
             let mut sum = vec![0.0f32; all[0].len()];
@@ -263,7 +312,7 @@ impl AllReduce<CpuExecutor> for ThreadSum {
             sum
         };
         // Everyone has read the slots before anyone writes the next call's part.
-        barrier.wait();
+        barrier.wait()?;
         parts[0].data_mut().copy_from_slice(&sum);
         Ok(())
     }
@@ -307,10 +356,7 @@ fn one_rank_per_thread_equals_all_ranks_in_one_place() {
         )
         .unwrap();
         let want = run_against_reference(&mut whole, &layer, None, &xs).unwrap();
-        let shared = std::sync::Arc::new((
-            std::sync::Mutex::new(vec![Vec::new(); tp]),
-            std::sync::Barrier::new(tp),
-        ));
+        let shared = TimedBarrier::shared(tp);
         let got: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..tp)
                 .map(|rank| {
@@ -351,10 +397,7 @@ fn one_rank_per_thread_equals_all_ranks_in_one_place() {
         ThreadSum {
             rank: 1,
             world: 2,
-            shared: std::sync::Arc::new((
-                std::sync::Mutex::new(vec![Vec::new(); 2]),
-                std::sync::Barrier::new(2),
-            )),
+            shared: TimedBarrier::shared(2),
         },
         &layer,
         Form::MlaTp,
