@@ -158,7 +158,7 @@ fn emulated_rope_kernels_match_cpu() {
         &tpla_kernels::assemble_query,
         &[("W_PAIRS", 32), ("NOPE_PAIRS", 12), ("ROPE_PAIRS", 8)],
         vec![
-            input(&mut rng, &[2, 5, 32, 2]),
+            input_bf16(&mut rng, &[2, 5, 32, 2]),
             input(&mut rng, &[2, 5, 20, 2]),
             table(12, 8, false),
             table(12, 8, true),
@@ -177,7 +177,7 @@ fn emulated_rope_kernels_match_cpu() {
             ("SQ", 3),
         ],
         vec![
-            input(&mut rng, &[6, 5, 32, 2]),
+            input_bf16(&mut rng, &[6, 5, 32, 2]),
             input(&mut rng, &[6, 5, 20, 2]),
             table(12, 8, false),
             table(12, 8, true),

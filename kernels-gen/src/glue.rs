@@ -112,7 +112,8 @@ pub fn query_nope<#[tune(16, 4, 64)] const BLOCK_H: usize>(
 }
 
 /// The absorbed query, bf16 `[absorbed (W) | RoPE(q_pe) (ROPE)]` per head: `absorbed` is
-/// `q_nope · W_UK` (`[batch, heads, W]`) and `q_pe` the last `ROPE` columns of the head's query
+/// `q_nope · W_UK` (`[batch, heads, W]`, bf16 as the gemm wrote it) and `q_pe` the last `ROPE`
+/// columns of the head's query
 /// `q` (`[batch, heads, NOPE + ROPE]`), all viewed as pairs. The latent part is copied pair
 /// half by pair half, so that every store addresses the output the same way. With `SQ` new
 /// tokens per sequence the rows are sequence-major and row `b` is at position `pos + b % SQ`
@@ -122,7 +123,7 @@ pub fn query_nope<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     constants(W_PAIRS, NOPE_PAIRS, ROPE_PAIRS, SQ = 1)
 )]
 pub fn assemble_query<#[tune(16, 4, 64)] const BLOCK_H: usize>(
-    absorbed: Tensor<f32, dims![batch, heads, W_PAIRS, 2]>,
+    absorbed: Tensor<bf16, dims![batch, heads, W_PAIRS, 2]>,
     q: Tensor<f32, dims![batch, heads, NOPE_PAIRS + ROPE_PAIRS, 2]>,
     cos: Tensor<f32, dims![positions, ROPE_PAIRS]>,
     sin: Tensor<f32, dims![positions, ROPE_PAIRS]>,
@@ -133,14 +134,8 @@ pub fn assemble_query<#[tune(16, 4, 64)] const BLOCK_H: usize>(
     let h0 = program_id(1) * BLOCK_H;
     let a0 = load(absorbed.tile([b, h0..h0 + BLOCK_H, .., 0]));
     let a1 = load(absorbed.tile([b, h0..h0 + BLOCK_H, .., 1]));
-    store(
-        out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 0]),
-        a0.cast::<bf16>(),
-    );
-    store(
-        out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 1]),
-        a1.cast::<bf16>(),
-    );
+    store(out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 0]), a0);
+    store(out.tile([b, h0..h0 + BLOCK_H, 0..W_PAIRS, 1]), a1);
     let x0 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 0]));
     let x1 = load(q.tile([b, h0..h0 + BLOCK_H, NOPE_PAIRS..NOPE_PAIRS + ROPE_PAIRS, 1]));
     let at = pos + b % SQ;

@@ -105,7 +105,7 @@ pub fn measure_rooflines<X: Executor + 'static>(
     let proj = Proj::new(exec, &w, &engine, false)?;
     let x = exec.upload(&HostTensor::<f32>::full(&[mk, 1, mk], 0.5))?;
     let mm_s = median_s(runs, || {
-        proj.apply(exec, &x, mk)?;
+        proj.apply::<f32, f32>(exec, &x, mk)?;
         exec.synchronize()
     })?;
     // The kernel floor: a chain of tiny copies queued back to back, waited for once.

@@ -191,7 +191,7 @@ impl LayerCost {
 /// Bytes one rank's element-wise glue kernels move in a step (f32 activations, bf16 rows):
 /// the down-projection's norms (read `q_a | c`, write `q_a` in bf16), the cache row (read `c |
 /// k_pe`, write it in bf16) and its append (read and write the bf16 row), the `q_nope` split
-/// (read `[B, H, nope]`, write it in bf16), the query assembly (read the absorbed latent and `q_pe`, write the
+/// (read `[B, H, nope]`, write it in bf16), the query assembly (read the absorbed latent in bf16 and `q_pe`, write the
 /// bf16 query), and under DCP the merge (read every rank's `(out, lse)` of the rank's heads,
 /// write the merged output).
 pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
@@ -205,7 +205,7 @@ pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
     let norms = F32 * (b * (ql + w) + ql + b) + BF16 * b * ql;
     let row = F32 * b * (w + rope) + BF16 * b * (w + rope) * 3.0;
     let split = (F32 + BF16) * b * ha * nope;
-    let query = F32 * b * ha * (w + rope) + BF16 * b * ha * (w + rope);
+    let query = BF16 * b * ha * w + F32 * b * ha * rope + BF16 * b * ha * (w + rope);
     let merge = match form {
         Form::Dcp => {
             let lat = cfg.kv_lora_rank as f64;

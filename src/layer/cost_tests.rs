@@ -155,7 +155,8 @@ fn glue_bytes_by_hand() {
     let norms = 4.0 * (1536.0 + 512.0 + 1536.0 + 1.0) + 2.0 * 1536.0;
     let row = 4.0 * 576.0 + 2.0 * 576.0 * 3.0;
     let split = 6.0 * 64.0 * 128.0;
-    let query = 4.0 * 64.0 * 576.0 + 2.0 * 64.0 * 576.0;
+    // The absorbed latent in bf16, q_pe in f32, the query written in bf16.
+    let query = 2.0 * 64.0 * 512.0 + 4.0 * 64.0 * 64.0 + 2.0 * 64.0 * 576.0;
     assert_eq!(
         glue_bytes(&cfg, Form::MlaTp, 2, 1),
         norms + row + split + query
@@ -163,7 +164,7 @@ fn glue_bytes_by_hand() {
     // DCP2 adds the merge of 64 output heads from 2 ranks' 128-head states.
     let dcp = glue_bytes(&cfg, Form::Dcp, 2, 1);
     let split = 6.0 * 128.0 * 128.0;
-    let query = 4.0 * 128.0 * 576.0 + 2.0 * 128.0 * 576.0;
+    let query = 2.0 * 128.0 * 512.0 + 4.0 * 128.0 * 64.0 + 2.0 * 128.0 * 576.0;
     let merge = 4.0 * (2.0 * 64.0 * 513.0 + 64.0 * 512.0);
     assert_eq!(dcp, norms + row + split + query + merge);
     let hw = hw1();

@@ -109,11 +109,138 @@ pub(crate) fn out_buf_bf16<X: Executor>(
     }
 }
 
+/// A tensor argument either borrowed as it was given or converted into a new one.
+pub(crate) enum Held<'a, T> {
+    /// The caller's tensor.
+    Borrowed(&'a T),
+    /// A converted copy.
+    Owned(T),
+}
+
+impl<T> Held<'_, T> {
+    /// The tensor.
+    pub(crate) fn get(&self) -> &T {
+        match self {
+            Held::Borrowed(t) => t,
+            Held::Owned(t) => t,
+        }
+    }
+}
+
+/// The element type of a projection's input or output: f32, or bf16 (what cuBLAS reads, and
+/// what a bf16 producer writes so that no cast kernel runs between them). The DSL gemm reads
+/// and writes f32, so there a bf16 activation is widened (exact) or its f32 result rounded.
+pub(crate) trait Activation: tpla_runtime::Element {
+    /// `x` (`[rows, mid, cols]`) as bf16 for cuBLAS.
+    #[cfg(feature = "cuda")]
+    fn as_bf16<'a, X: Executor>(
+        exec: &X,
+        x: &'a X::Tensor<Self>,
+        shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<bf16>>, RuntimeError>;
+    /// `x` (`[rows, mid, cols]`) as f32 for the DSL gemm.
+    fn as_f32<'a, X: Executor>(
+        exec: &X,
+        x: &'a X::Tensor<Self>,
+        shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<f32>>, RuntimeError>;
+    /// The DSL gemm's f32 result `y` (`[rows, mid, cols]`) as this type.
+    fn from_gemm<X: Executor>(
+        exec: &X,
+        y: X::Tensor<f32>,
+        shape: [usize; 3],
+        poison: bool,
+    ) -> Result<X::Tensor<Self>, RuntimeError>;
+    /// An output buffer (NaN-filled when `poison`), for cuBLAS to write.
+    #[cfg(feature = "cuda")]
+    fn out<X: Executor>(
+        exec: &X,
+        shape: &[usize],
+        poison: bool,
+    ) -> Result<X::Tensor<Self>, RuntimeError>;
+}
+
+impl Activation for f32 {
+    #[cfg(feature = "cuda")]
+    fn as_bf16<'a, X: Executor>(
+        exec: &X,
+        x: &'a X::Tensor<f32>,
+        shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<bf16>>, RuntimeError> {
+        let cast = cast_bf16.default_config(&[("COLS", shape[2] as i64)])?;
+        let mut xb = exec.alloc::<bf16>(&shape)?;
+        cast_bf16::launch(exec, &cast, x, &mut xb)?;
+        Ok(Held::Owned(xb))
+    }
+    fn as_f32<'a, X: Executor>(
+        _exec: &X,
+        x: &'a X::Tensor<f32>,
+        _shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<f32>>, RuntimeError> {
+        Ok(Held::Borrowed(x))
+    }
+    fn from_gemm<X: Executor>(
+        _exec: &X,
+        y: X::Tensor<f32>,
+        _shape: [usize; 3],
+        _poison: bool,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        Ok(y)
+    }
+    #[cfg(feature = "cuda")]
+    fn out<X: Executor>(
+        exec: &X,
+        shape: &[usize],
+        poison: bool,
+    ) -> Result<X::Tensor<f32>, RuntimeError> {
+        out_buf(exec, shape, poison)
+    }
+}
+
+impl Activation for bf16 {
+    #[cfg(feature = "cuda")]
+    fn as_bf16<'a, X: Executor>(
+        _exec: &X,
+        x: &'a X::Tensor<bf16>,
+        _shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<bf16>>, RuntimeError> {
+        Ok(Held::Borrowed(x))
+    }
+    fn as_f32<'a, X: Executor>(
+        exec: &X,
+        x: &'a X::Tensor<bf16>,
+        shape: [usize; 3],
+    ) -> Result<Held<'a, X::Tensor<f32>>, RuntimeError> {
+        let widen = widen_f32.default_config(&[("COLS", shape[2] as i64)])?;
+        let mut xf = exec.alloc::<f32>(&shape)?;
+        widen_f32::launch(exec, &widen, x, &mut xf)?;
+        Ok(Held::Owned(xf))
+    }
+    fn from_gemm<X: Executor>(
+        exec: &X,
+        y: X::Tensor<f32>,
+        shape: [usize; 3],
+        poison: bool,
+    ) -> Result<X::Tensor<bf16>, RuntimeError> {
+        let round = cast_bf16.default_config(&[("COLS", shape[2] as i64)])?;
+        let mut yb = out_buf_bf16(exec, &shape, poison)?;
+        cast_bf16::launch(exec, &round, &y, &mut yb)?;
+        Ok(yb)
+    }
+    #[cfg(feature = "cuda")]
+    fn out<X: Executor>(
+        exec: &X,
+        shape: &[usize],
+        poison: bool,
+    ) -> Result<X::Tensor<bf16>, RuntimeError> {
+        out_buf_bf16(exec, shape, poison)
+    }
+}
+
 /// A matrix `[heads, in, out]` on the executor with the gemm that multiplies by it.
 pub(crate) struct Proj<X: Executor> {
     w: X::Tensor<bf16>,
     cfg: Config,
-    cast: Option<Config>,
     engine: Engine,
     shape: [usize; 3],
     poison: bool,
@@ -128,93 +255,44 @@ impl<X: Executor> Proj<X> {
     ) -> Result<Self, RuntimeError> {
         let shape = [w.shape()[0], w.shape()[1], w.shape()[2]];
         let cfg = head_proj.default_config(&[("LAT", shape[1] as i64), ("DV", shape[2] as i64)])?;
-        let cast = match engine {
-            Engine::Dsl { .. } => None,
-            #[cfg(feature = "cuda")]
-            Engine::Cublas(_) => Some(cast_bf16.default_config(&[("COLS", shape[1] as i64)])?),
-        };
         Ok(Proj {
             w: exec.upload(w)?,
             cfg,
-            cast,
             engine: engine.clone(),
             shape,
             poison,
         })
     }
 
-    /// `x` `[batch, heads, in]` in bf16 times the per-head matrices: `[batch, heads, out]`.
-    /// cuBLAS reads `x` as it is (no cast kernel: its producer wrote bf16); the DSL kernel,
-    /// which takes f32, gets it widened (exact).
-    pub(crate) fn apply_bf16(
+    /// `x` `[batch, heads, in]` (f32 or bf16) times the per-head matrices: `[batch, heads,
+    /// out]` in `O` (f32, or bf16 rounded once from the f32 accumulation). On cuBLAS a bf16
+    /// input is read as it is and a bf16 output written by the gemm (an f32 input is cast
+    /// first); the DSL gemm widens a bf16 input and rounds a bf16 output.
+    pub(crate) fn apply<I: Activation, O: Activation>(
         &self,
         exec: &X,
-        x: &X::Tensor<bf16>,
+        x: &X::Tensor<I>,
         batch: usize,
-    ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let mut y = out_buf(exec, &[batch, self.shape[0], self.shape[2]], self.poison)?;
+    ) -> Result<X::Tensor<O>, RuntimeError> {
+        let (h, k, n) = (self.shape[0], self.shape[1], self.shape[2]);
         match &self.engine {
             #[cfg(feature = "cuda")]
-            Engine::Cublas(blas) => cublas_gemm::<X, f32>(blas, x, &self.w, &mut y)?,
-            _ => {
-                let cols = self.shape[1];
-                let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
-                let mut xf = exec.alloc::<f32>(&[batch, self.shape[0], cols])?;
-                widen_f32::launch(exec, &widen, x, &mut xf)?;
-                head_proj::launch(exec, &self.cfg, &xf, &self.w, &mut y)?;
-            }
-        }
-        Ok(y)
-    }
-
-    /// [`Self::apply`] with the product rounded to bf16 (the input of the next bf16 gemm):
-    /// cuBLAS writes bf16 itself (no cast kernel after it), the DSL path casts its f32 result.
-    pub(crate) fn apply_to_bf16(
-        &self,
-        exec: &X,
-        x: &X::Tensor<f32>,
-        batch: usize,
-    ) -> Result<X::Tensor<bf16>, RuntimeError> {
-        let shape = [batch, self.shape[0], self.shape[2]];
-        let mut y = out_buf_bf16(exec, &shape, self.poison)?;
-        match (&self.engine, &self.cast) {
-            #[cfg(feature = "cuda")]
-            (Engine::Cublas(blas), Some(cast)) => {
-                let mut xb = exec.alloc::<bf16>(&[batch, self.shape[0], self.shape[1]])?;
-                cast_bf16::launch(exec, cast, x, &mut xb)?;
-                cublas_gemm::<X, bf16>(blas, &xb, &self.w, &mut y)?;
+            Engine::Cublas(blas) => {
+                let xb = I::as_bf16(exec, x, [batch, h, k])?;
+                let mut y = O::out(exec, &[batch, h, n], self.poison)?;
+                cublas_gemm::<X, O>(blas, xb.get(), &self.w, &mut y)?;
+                // A cast input must live until the gemm has read it: the executor's stream
+                // orders the free after the gemm (cudarc frees stream-ordered).
                 drop(xb);
+                Ok(y)
             }
-            _ => {
-                let yf = self.apply(exec, x, batch)?;
-                let round = cast_bf16.default_config(&[("COLS", self.shape[2] as i64)])?;
-                cast_bf16::launch(exec, &round, &yf, &mut y)?;
+            Engine::Dsl { .. } => {
+                let xf = I::as_f32(exec, x, [batch, h, k])?;
+                let mut y = out_buf(exec, &[batch, h, n], self.poison)?;
+                head_proj::launch(exec, &self.cfg, xf.get(), &self.w, &mut y)?;
+                O::from_gemm(exec, y, [batch, h, n], self.poison)
             }
         }
-        Ok(y)
-    }
-
-    /// `x` `[batch, heads, in]` times the per-head matrices: `[batch, heads, out]`.
-    pub(crate) fn apply(
-        &self,
-        exec: &X,
-        x: &X::Tensor<f32>,
-        batch: usize,
-    ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let mut y = out_buf(exec, &[batch, self.shape[0], self.shape[2]], self.poison)?;
-        match (&self.engine, &self.cast) {
-            #[cfg(feature = "cuda")]
-            (Engine::Cublas(blas), Some(cast)) => {
-                let mut xb = exec.alloc::<bf16>(&[batch, self.shape[0], self.shape[1]])?;
-                cast_bf16::launch(exec, cast, x, &mut xb)?;
-                cublas_gemm::<X, f32>(blas, &xb, &self.w, &mut y)?;
-                // `xb` must live until the gemm has read it: the executor's stream orders the
-                // free after the gemm (cudarc frees stream-ordered).
-                drop(xb);
-            }
-            _ => head_proj::launch(exec, &self.cfg, x, &self.w, &mut y)?,
-        }
-        Ok(y)
     }
 }
 

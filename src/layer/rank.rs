@@ -241,7 +241,9 @@ impl<X: Executor> Rank<X> {
         t: &mut StepTimer,
     ) -> Result<(Down<X>, X::Tensor<f32>), RuntimeError> {
         let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
-        let mut y = t.time(exec, Phase::Projections, || self.down.apply(exec, x, b))?;
+        let mut y = t.time(exec, Phase::Projections, || {
+            self.down.apply::<f32, f32>(exec, x, b)
+        })?;
         X::reshape(&mut y, &[b, ql + w + rope])?;
         let mut q_a = out_buf_bf16(exec, &[b, ql], self.poison)?;
         let mut c_sq = out_buf(exec, &[b, 1], self.poison)?;
@@ -282,7 +284,7 @@ impl<X: Executor> Rank<X> {
         let p = self.position(pos)?;
         X::reshape(&mut down.q_a, &[b, 1, ql])?;
         let q = t.time(exec, Phase::Projections, || {
-            self.uq.apply_bf16(exec, &down.q_a, b)
+            self.uq.apply::<bf16, f32>(exec, &down.q_a, b)
         });
         X::reshape(&mut down.q_a, &[b, ql])?;
         let mut q = q?;
@@ -292,7 +294,7 @@ impl<X: Executor> Rank<X> {
             query_nope::launch(exec, &self.glue.nope, &q, &mut qn)
         })?;
         let mut abs = t.time(exec, Phase::Projections, || {
-            self.uk.apply_bf16(exec, &qn, b)
+            self.uk.apply::<bf16, bf16>(exec, &qn, b)
         })?;
         X::reshape(&mut abs, &[b, hr, w / 2, 2])?;
         X::reshape(&mut q, &[b, hr, (nope + rope) / 2, 2])?;
@@ -384,9 +386,9 @@ impl<X: Executor> Rank<X> {
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
         t.time(exec, Phase::Projections, || {
-            let mut v = self.uv.apply_to_bf16(exec, o, b)?;
+            let mut v = self.uv.apply::<f32, bf16>(exec, o, b)?;
             X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
-            let mut y = self.o.apply_bf16(exec, &v, b)?;
+            let mut y = self.o.apply::<bf16, f32>(exec, &v, b)?;
             X::reshape(&mut y, &[b, d])?;
             Ok(y)
         })
@@ -401,7 +403,7 @@ impl<X: Executor> Rank<X> {
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         t.time(exec, Phase::Projections, || {
-            self.uv.apply(exec, o, self.rows)
+            self.uv.apply::<f32, f32>(exec, o, self.rows)
         })
     }
 
@@ -415,7 +417,9 @@ impl<X: Executor> Rank<X> {
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
         X::reshape(v, &[b, 1, self.role.out_heads.len() * dv])?;
-        let mut y = t.time(exec, Phase::Projections, || self.o.apply(exec, v, b))?;
+        let mut y = t.time(exec, Phase::Projections, || {
+            self.o.apply::<f32, f32>(exec, v, b)
+        })?;
         X::reshape(&mut y, &[b, d])?;
         Ok(y)
     }

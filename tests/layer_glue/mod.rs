@@ -183,7 +183,13 @@ pub fn query_kernels_match_the_host<X: Executor>(exec: &X) {
         ])
         .unwrap();
     let qp = up(exec, &[b, h, (nope + rope) / 2, 2], q.clone());
-    let ad = up(exec, &[b, h, w / 2, 2], abs.clone());
+    // The absorbed latent comes from the gemm in bf16.
+    let abs: Vec<f32> = abs.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    let ad = up(
+        exec,
+        &[b, h, w / 2, 2],
+        abs.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(),
+    );
     let cos = up(exec, &[12, rope / 2], table.cos);
     let sin = up(exec, &[12, rope / 2], table.sin);
     let mut out = poisoned_bf16(exec, &[b, h, (w + rope) / 2, 2]);
