@@ -9,6 +9,8 @@
 mod collectives;
 #[path = "layer_glue/mod.rs"]
 mod glue_kernels;
+#[path = "procs/mod.rs"]
+mod procs;
 #[path = "layer_steps/mod.rs"]
 mod steps;
 
@@ -103,6 +105,23 @@ fn layer_shape(batch: usize, max_tokens: usize, splits: usize, query_len: usize)
         payload: Payload::F32,
         query_len,
     }
+}
+
+/// `form` of `layer` over `tp` CPU ranks summed by the host all-reduce.
+fn cpu_layer(
+    tp: usize,
+    layer: &tpla_model::MlaLayer,
+    form: Form,
+    shape: LayerShape,
+) -> Result<TpLayer<CpuExecutor, HostAllReduce>, tpla_runtime::RuntimeError> {
+    TpLayer::new(
+        cpu(tp),
+        HostAllReduce { ranks: tp },
+        layer,
+        form,
+        shape,
+        None,
+    )
 }
 
 fn cpu(tp: usize) -> Vec<CpuExecutor> {
@@ -244,25 +263,9 @@ fn bad_forms_are_typed_errors() {
             },
         ),
     ] {
-        assert!(TpLayer::new(
-            cpu(tp),
-            HostAllReduce { ranks: tp },
-            &layer,
-            form,
-            shape.clone(),
-            None
-        )
-        .is_err());
+        assert!(cpu_layer(tp, &layer, form, shape.clone()).is_err());
     }
-    let mut l = TpLayer::new(
-        cpu(2),
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::Dcp,
-        shape,
-        None,
-    )
-    .unwrap();
+    let mut l = cpu_layer(2, &layer, Form::Dcp, shape).unwrap();
     assert!(
         l.step(&HostTensor::zeros(&[1, 7])).is_err(),
         "wrong hidden size"
@@ -395,27 +398,12 @@ fn cpu_projections_use_the_dsl_kernel_and_refuse_cublas() {
         poison: false,
         ..layer_shape(1, 4, 1, 1)
     };
-    let l = TpLayer::new(
-        cpu(2),
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::MlaTp,
-        shape.clone(),
-        None,
-    )
-    .unwrap();
+    let l = cpu_layer(2, &layer, Form::MlaTp, shape.clone()).unwrap();
     assert!(l.gemm().starts_with("DSL head_proj"), "{}", l.gemm());
     shape.gemm = GemmPath::Cublas;
-    let e = TpLayer::new(
-        cpu(2),
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::MlaTp,
-        shape,
-        None,
-    )
-    .err()
-    .expect("cuBLAS on CPU ranks must be refused");
+    let e = cpu_layer(2, &layer, Form::MlaTp, shape)
+        .err()
+        .expect("cuBLAS on CPU ranks must be refused");
     assert!(
         matches!(e, tpla_runtime::RuntimeError::BackendUnavailable { .. }),
         "{e:?}"

@@ -9,6 +9,9 @@ use tpla::tp::{HeadParallelMla, TpDecoder};
 use tpla_runtime::reference::{rel_error, tpla_attention};
 use tpla_runtime::{CpuExecutor, Executor, HostAllReduce, HostTensor, RuntimeError};
 
+#[path = "procs/mod.rs"]
+mod procs;
+
 const DV: usize = 32;
 
 struct Problem {
@@ -204,7 +207,7 @@ fn tpla_over_two_gpus_with_nccl_matches_the_reference() {
 #[test]
 fn tpla_across_two_processes_with_nccl_ranks_matches_the_reference() {
     use std::process::Command;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use tpla::tp::{TpShard, TpStage};
     use tpla_runtime::cuda::nccl::{NcclId, NcclRank};
     use tpla_runtime::cuda::CudaExecutor;
@@ -261,26 +264,14 @@ fn tpla_across_two_processes_with_nccl_ranks_matches_the_reference() {
         })
         .collect();
     // ncclCommInitRank waits for every rank: never hang the suite if one child dies early.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut ok = [false; 2];
-    let mut done = [false; 2];
-    while done.iter().any(|d| !d) {
-        for (r, c) in children.iter_mut().enumerate() {
-            if !done[r] {
-                if let Some(status) = c.try_wait().unwrap() {
-                    done[r] = true;
-                    ok[r] = status.success();
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            children.iter_mut().for_each(|c| {
-                let _ = c.kill();
-            });
-            panic!("the rank processes did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ok: Vec<bool> = procs::wait_all(
+        &mut children,
+        Duration::from_secs(180),
+        "the rank processes",
+    )
+    .iter()
+    .map(|s| s.success())
+    .collect();
     assert!(ok.iter().all(|&o| o), "rank processes succeeded: {ok:?}");
 }
 
@@ -416,16 +407,11 @@ fn a_rank_killed_mid_step_makes_the_other_fail_within_the_bound() {
     children[1].kill().unwrap();
     let killed = Instant::now();
     let bound = FAULT_TIMEOUT + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = children[0].try_wait().unwrap() {
-            break s;
-        }
-        if killed.elapsed() > bound {
-            let _ = children[0].kill();
-            panic!("rank 0 still running {bound:?} after its peer was killed: it hangs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = procs::wait_all(
+        &mut children[..1],
+        bound,
+        "rank 0, after its peer was killed (it hangs)",
+    )[0];
     let took = killed.elapsed();
     let _ = children[1].wait();
     // The child has exited: its stdout is closed, so this ends once every line is read.
@@ -443,7 +429,7 @@ fn a_rank_killed_mid_step_makes_the_other_fail_within_the_bound() {
 /// names the other in a typed error, within the bound. Skipped without two GPUs.
 #[test]
 fn ranks_that_disagree_on_the_configuration_are_refused_at_start() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     const NAME: &str = "ranks_that_disagree_on_the_configuration_are_refused_at_start";
     if let (Ok(mode), Ok(rank)) = (
         std::env::var("TPLA_TP_FAULT_MODE"),
@@ -455,18 +441,12 @@ fn ranks_that_disagree_on_the_configuration_are_refused_at_start() {
         return;
     };
     let outs: Vec<_> = children.iter_mut().map(lines_of).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (r, c) in children.iter_mut().enumerate() {
-        let status = loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("rank {r} did not finish the configuration check");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+    let statuses = procs::wait_all(
+        &mut children,
+        Duration::from_secs(120),
+        "the configuration check",
+    );
+    for (r, status) in statuses.iter().enumerate() {
         let lines: Vec<String> = outs[r].iter().collect();
         let other = 1 - r;
         assert_eq!(status.code(), Some(4), "rank {r}: {lines:?}");

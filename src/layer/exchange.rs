@@ -3,14 +3,14 @@
 //! `W_UV`, and DCP's exchange and exact merge of the partial attention states.
 
 use tpla_codegen::KernelDef;
-use tpla_kernels::{cast_bf16, merge_heads, place_rows, place_state, widen_f32};
+use tpla_kernels::{merge_heads, place_rows, place_state};
 use tpla_runtime::half::bf16;
 use tpla_runtime::{AllReduce, Executor, RuntimeError};
 
 use super::super::clock::{Clock, Phase, StepTimer};
 use super::super::gemm::out_buf;
 use super::super::plan::Form;
-use super::super::sum::Payload;
+use super::super::sum::{round_rows, widen_rows, Payload};
 use super::TpLayer;
 
 impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
@@ -59,18 +59,10 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
                 "an output collective takes [rows, cols] parts, got {shape:?}"
             )));
         };
-        let round = cast_bf16.default_config(&[("COLS", cols as i64)])?;
-        let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
         let mut narrow = Vec::with_capacity(parts.len());
         for ((p, exec), t) in parts.iter_mut().zip(&self.execs).zip(times.iter_mut()) {
-            let mut b = exec.alloc::<bf16>(&[rows, 1, cols])?;
-            X::reshape(p, &[rows, 1, cols])?;
-            let cast = t.time(exec, Phase::Glue, || {
-                cast_bf16::launch(exec, &round, p, &mut b)
-            });
-            X::reshape(p, &[rows, cols])?;
-            cast?;
-            X::reshape(&mut b, &[rows, cols])?;
+            let mut b = exec.alloc::<bf16>(&[rows, cols])?;
+            t.time(exec, Phase::Glue, || round_rows(exec, p, &mut b))?;
             narrow.push(b);
         }
         self.timed_collective(times, || {
@@ -83,11 +75,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             .zip(&self.execs)
             .zip(times.iter_mut())
         {
-            X::reshape(&mut b, &[rows, 1, cols])?;
-            X::reshape(p, &[rows, 1, cols])?;
-            let w = t.time(exec, Phase::Glue, || widen_f32::launch(exec, &widen, &b, p));
-            X::reshape(p, &[rows, cols])?;
-            w?;
+            t.time(exec, Phase::Glue, || widen_rows(exec, &mut b, p))?;
         }
         Ok(())
     }

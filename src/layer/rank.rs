@@ -10,7 +10,7 @@ use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
 use super::clock::{Clock, Phase, PhaseTiming, StepTimer};
-use super::gemm::{out_buf, out_buf_bf16, Engine, GemmPath, Proj};
+use super::gemm::{out_buf, out_buf_bf16, Activation, Engine, GemmPath, Proj};
 use super::glue::RopeTable;
 use super::plan::RankRole;
 use super::weights::RankWeights;
@@ -384,14 +384,10 @@ impl<X: Executor> Rank<X> {
         o: &X::Tensor<f32>,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
-        let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
-        t.time(exec, Phase::Projections, || {
-            let mut v = self.uv.apply::<f32, bf16>(exec, o, b)?;
-            X::reshape(&mut v, &[b, 1, self.role.out_heads.len() * dv])?;
-            let mut y = self.o.apply::<bf16, f32>(exec, &v, b)?;
-            X::reshape(&mut y, &[b, d])?;
-            Ok(y)
-        })
+        let mut v = t.time(exec, Phase::Projections, || {
+            self.uv.apply::<f32, bf16>(exec, o, self.rows)
+        })?;
+        self.project_out(exec, &mut v, t)
     }
 
     /// `W_UV` of the rank's value heads: latent output `[batch, uv_heads, w]` to its values
@@ -407,18 +403,19 @@ impl<X: Executor> Rank<X> {
         })
     }
 
-    /// `W_O` of the output heads: values `[batch, out_heads, v_head]` to this rank's partial
+    /// `W_O` of the output heads: values `[batch, out_heads, v_head]` (f32, or bf16 as `W_UV`
+    /// wrote them) to this rank's partial
     /// `[batch, D]`, not yet reduced.
-    pub(crate) fn project_out(
+    pub(crate) fn project_out<A: Activation>(
         &self,
         exec: &X,
-        v: &mut X::Tensor<f32>,
+        v: &mut X::Tensor<A>,
         t: &mut StepTimer,
     ) -> Result<X::Tensor<f32>, RuntimeError> {
         let (b, dv, d) = (self.rows, self.cfg.v_head, self.cfg.hidden);
         X::reshape(v, &[b, 1, self.role.out_heads.len() * dv])?;
         let mut y = t.time(exec, Phase::Projections, || {
-            self.o.apply::<f32, f32>(exec, v, b)
+            self.o.apply::<A, f32>(exec, v, b)
         })?;
         X::reshape(&mut y, &[b, d])?;
         Ok(y)

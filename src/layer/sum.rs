@@ -115,26 +115,69 @@ impl<X: Executor> AllReduce<X> for DeviceSum {
                 "device sum takes [rows, cols] tensors, got {shape:?}"
             )));
         };
-        let widen = widen_f32.default_config(&[("COLS", cols as i64)])?;
-        let round = cast_bf16.default_config(&[("COLS", cols as i64)])?;
         let mut wide = Vec::with_capacity(parts.len());
         for (p, e) in parts.iter_mut().zip(execs) {
-            let mut w = e.alloc::<f32>(&[rows, 1, cols])?;
-            X::reshape(p, &[rows, 1, cols])?;
-            let launched = widen_f32::launch(e, &widen, p, &mut w);
-            X::reshape(p, &[rows, cols])?;
-            launched?;
-            X::reshape(&mut w, &[rows, cols])?;
+            let mut w = e.alloc::<f32>(&[rows, cols])?;
+            widen_rows(e, p, &mut w)?;
             wide.push(w);
         }
         self.all_reduce_sum(execs, &mut wide)?;
         for ((p, mut w), e) in parts.iter_mut().zip(wide).zip(execs) {
-            X::reshape(&mut w, &[rows, 1, cols])?;
-            X::reshape(p, &[rows, 1, cols])?;
-            let launched = cast_bf16::launch(e, &round, &w, p);
-            X::reshape(p, &[rows, cols])?;
-            launched?;
+            round_rows(e, &mut w, p)?;
         }
         Ok(())
     }
+}
+
+/// `[rows, cols]` of a rank-2 tensor, or a typed error naming `what`.
+fn rows_cols<X: Executor, T: tpla_runtime::Element>(
+    t: &X::Tensor<T>,
+    what: &str,
+) -> Result<[usize; 2], RuntimeError> {
+    match X::tensor_arg(t).tensor_shape() {
+        Some(&[rows, cols]) => Ok([rows, cols]),
+        s => Err(RuntimeError::InvalidInput(format!(
+            "{what} takes [rows, cols] tensors, got {s:?}"
+        ))),
+    }
+}
+
+/// Runs `f` on `a` and `b` (both `[rows, cols]`) seen as `[rows, 1, cols]`, the shape the cast
+/// kernels take; both shapes are restored whatever `f` returns.
+fn as_rows3<X: Executor, A: tpla_runtime::Element, B: tpla_runtime::Element>(
+    a: &mut X::Tensor<A>,
+    b: &mut X::Tensor<B>,
+    f: impl FnOnce(&mut X::Tensor<A>, &mut X::Tensor<B>, usize) -> Result<(), RuntimeError>,
+) -> Result<(), RuntimeError> {
+    let [rows, cols] = rows_cols::<X, A>(a, "a row cast")?;
+    X::reshape(a, &[rows, 1, cols])?;
+    X::reshape(b, &[rows, 1, cols])?;
+    let r = f(a, b, cols);
+    X::reshape(a, &[rows, cols])?;
+    X::reshape(b, &[rows, cols])?;
+    r
+}
+
+/// `dst = bf16(src)`, both `[rows, cols]` on `exec` (the bf16 payload's rounding).
+pub(crate) fn round_rows<X: Executor>(
+    exec: &X,
+    src: &mut X::Tensor<f32>,
+    dst: &mut X::Tensor<bf16>,
+) -> Result<(), RuntimeError> {
+    as_rows3::<X, f32, bf16>(src, dst, |s, d, cols| {
+        let cfg = cast_bf16.default_config(&[("COLS", cols as i64)])?;
+        cast_bf16::launch(exec, &cfg, s, d)
+    })
+}
+
+/// `dst = f32(src)` (exact), both `[rows, cols]` on `exec`.
+pub(crate) fn widen_rows<X: Executor>(
+    exec: &X,
+    src: &mut X::Tensor<bf16>,
+    dst: &mut X::Tensor<f32>,
+) -> Result<(), RuntimeError> {
+    as_rows3::<X, bf16, f32>(src, dst, |s, d, cols| {
+        let cfg = widen_f32.default_config(&[("COLS", cols as i64)])?;
+        widen_f32::launch(exec, &cfg, s, d)
+    })
 }

@@ -152,15 +152,7 @@ fn collectives_that_cross_devices_are_timed_and_stand_ins_are_not() {
             assert!(t.total() >= t.device() + t.collective);
         }
     }
-    let mut l = TpLayer::new(
-        cpu(2),
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::MlaTp,
-        shape,
-        None,
-    )
-    .unwrap();
+    let mut l = cpu_layer(2, &layer, Form::MlaTp, shape).unwrap();
     assert!(!l.collective_measured());
     let (_, times) = l.step(&x).unwrap();
     assert!(times.iter().all(|t| t.collective == Duration::ZERO));
@@ -346,15 +338,7 @@ fn one_rank_per_thread_equals_all_ranks_in_one_place() {
         (2, Form::Dcp),
     ] {
         let shape = layer_shape(BATCH, 5, 2, 1);
-        let mut whole = TpLayer::new(
-            cpu(tp),
-            HostAllReduce { ranks: tp },
-            &layer,
-            form,
-            shape.clone(),
-            None,
-        )
-        .unwrap();
+        let mut whole = cpu_layer(tp, &layer, form, shape.clone()).unwrap();
         let want = run_against_reference(&mut whole, &layer, None, &xs).unwrap();
         let shared = TimedBarrier::shared(tp);
         let got: Vec<_> = std::thread::scope(|s| {
@@ -416,7 +400,7 @@ fn one_rank_per_thread_equals_all_ranks_in_one_place() {
 #[test]
 fn layer_ranks_in_two_processes_match_the_reference() {
     use std::process::Command;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use tpla_runtime::cuda::nccl::{NcclId, NcclRank};
     use tpla_runtime::cuda::CudaExecutor;
     const NAME: &str = "collectives::layer_ranks_in_two_processes_match_the_reference";
@@ -499,23 +483,13 @@ fn layer_ranks_in_two_processes_match_the_reference() {
             c.spawn().unwrap()
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut ok = [None; 2];
-    while ok.iter().any(Option::is_none) {
-        for (r, c) in children.iter_mut().enumerate() {
-            if ok[r].is_none() {
-                if let Some(status) = c.try_wait().unwrap() {
-                    ok[r] = Some(status.success());
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            children.iter_mut().for_each(|c| {
-                let _ = c.kill();
-            });
-            panic!("the rank processes did not finish in 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(ok, [Some(true), Some(true)], "rank processes succeeded");
+    let ok: Vec<bool> = super::procs::wait_all(
+        &mut children,
+        Duration::from_secs(300),
+        "the rank processes",
+    )
+    .iter()
+    .map(|s| s.success())
+    .collect();
+    assert_eq!(ok, [true, true], "rank processes succeeded");
 }

@@ -117,28 +117,13 @@ fn several_query_tokens_per_step_match_the_reference() {
         (Form::MlaTp, 5, "5 query tokens"),
         (Form::MlaTp, 0, "0 query tokens"),
     ] {
-        let e = TpLayer::new(
-            cpu(2),
-            HostAllReduce { ranks: 2 },
-            &layer,
-            form,
-            shape(sq),
-            None,
-        )
-        .err()
-        .expect("refused");
+        let e = cpu_layer(2, &layer, form, shape(sq))
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains(want), "{e}");
     }
     // A step whose tokens would pass the cache is refused whole.
-    let mut l = TpLayer::new(
-        cpu(2),
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::MlaTp,
-        shape(3),
-        None,
-    )
-    .unwrap();
+    let mut l = cpu_layer(2, &layer, Form::MlaTp, shape(3)).unwrap();
     let x = HostTensor::full(&[3, layer.cfg.hidden], 0.2f32);
     l.step(&x).unwrap();
     l.step(&x).unwrap();
