@@ -34,7 +34,7 @@ use tpla_macros::kernel;
 /// promise that on the hot H = 128 path).
 #[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE, SQ = 1))]
 pub fn latent_decode<
-    #[tune(16, 32, 64)] const BLOCK_H: usize,
+    #[tune(16, 32, 64, 128)] const BLOCK_H: usize,
     #[tune(64, 32, 16)] const BLOCK_N: usize,
     #[tune(2, 1, 3, 4)] const STAGES: usize,
     #[tune(128, 32)] const WG_SPLIT: usize,

@@ -118,6 +118,11 @@ fn cuda_every_tune_candidate_and_width_agrees() {
         let p = Problem::new(lat as u64, 2, 20, lat, 64, vec![130, 64], 16, 0.2);
         for cfg in latent_decode.tune_space(&[]).unwrap() {
             let (bh, bn) = (cfg.get("BLOCK_H").unwrap(), cfg.get("BLOCK_N").unwrap());
+            if bh == 128 && lat == 512 {
+                // Refused by the emitter (256 accumulator registers per thread), which
+                // `nvrtc_compile` checks.
+                continue;
+            }
             let mut params = DecodeParams::new(2, 20, lat, 64, 3, 0.2);
             params.decode = cfg.clone();
             let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
@@ -311,6 +316,9 @@ fn sanitizer_smoke_every_kernel() {
         (512, 64, 32, 3, 32, 1),
         (256, 64, 64, 2, 128, 1),
         (256, 64, 16, 3, 128, 1),
+        // 128-row blocks: two warpgroups stacked along the rows, alone and fed by the producer.
+        (256, 128, 64, 2, 128, 0),
+        (128, 128, 32, 3, 128, 1),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);

@@ -57,6 +57,9 @@ fn library_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut add = |def: &dyn KernelDef, consts: &[(&str, i64)]| {
         for cfg in def.tune_space(consts).unwrap() {
+            if too_tall(&cfg) {
+                continue;
+            }
             cases.push(Case {
                 label: format!("{} [{cfg}]", def.name()),
                 kernel: def.build(&cfg).map_err(|e| e.to_string()),
@@ -74,6 +77,52 @@ fn library_cases() -> Vec<Case> {
         add(&tpla_kernels::head_proj, &[("LAT", lat), ("DV", 128)]);
     }
     cases
+}
+
+/// A decode config whose 128-row head block cannot hold the latent's accumulators (256
+/// registers per thread at latent 512): the emitter refuses it with a config error
+/// (`latent_decode_blocks_too_tall_for_the_registers_are_refused`), so it is not compiled.
+fn too_tall(cfg: &Config) -> bool {
+    cfg.get("BLOCK_H").ok() == Some(128) && cfg.get("LAT").ok() == Some(512)
+}
+
+/// The 128-row decode blocks the library tune space holds at latent 512 are refused before any
+/// compile, with an error that names the knob to change; at the shard widths they build on the
+/// warpgroup geometry (compiled without spills by the library test above).
+#[test]
+fn latent_decode_blocks_too_tall_for_the_registers_are_refused() {
+    let consts = [("LAT", 512), ("ROPE", ROPE as i64)];
+    let tall: Vec<Config> = tpla_kernels::latent_decode
+        .tune_space(&consts)
+        .unwrap()
+        .into_iter()
+        .filter(too_tall)
+        .collect();
+    assert!(!tall.is_empty());
+    for cfg in tall {
+        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        let e = tpla_codegen::cuda::emit(&k, Target::sm90())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("BLOCK_H") && e.contains("registers"),
+            "{cfg}: {e}"
+        );
+    }
+    for lat in [256i64, 128] {
+        let cfg = tpla_kernels::latent_decode
+            .default_config(&[("LAT", lat), ("ROPE", ROPE as i64)])
+            .unwrap()
+            .with("BLOCK_H", 128)
+            .with("BLOCK_N", 64);
+        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        assert!(
+            tpla_codegen::cuda::emit(&k, Target::sm90())
+                .unwrap()
+                .warpgroups,
+            "{cfg}"
+        );
+    }
 }
 
 fn sample_cases() -> Vec<Case> {
@@ -352,7 +401,12 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
     for lat in WIDTHS {
         let consts = [("LAT", lat as i64), ("ROPE", ROPE as i64)];
         for cfg in tpla_kernels::latent_decode.tune_space(&consts).unwrap() {
-            if cfg.get("BLOCK_H").ok() != Some(64) {
+            // 64-row blocks, and 128-row ones (two warpgroups along the rows) at the shard
+            // widths where they build, WG_SPLIT being moot there.
+            let tall = cfg.get("BLOCK_H").ok() == Some(128)
+                && lat <= 256
+                && cfg.get("WG_SPLIT").ok() == Some(128);
+            if cfg.get("BLOCK_H").ok() != Some(64) && !tall {
                 continue;
             }
             let cfg = cfg.with("PRODUCER", 1);
@@ -369,8 +423,9 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
             });
         }
     }
-    // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}.
-    assert_eq!(cases.len(), 96);
+    // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}, and 128-row
+    // blocks at 3 widths x BLOCK_N x STAGES.
+    assert_eq!(cases.len(), 96 + 36);
     let outcomes = compile_all(cases, Target::sm90());
     check(&outcomes, "warp-specialised decode variants");
 }
@@ -642,12 +697,16 @@ fn multi_token_decode_variants_compile_without_spills() {
             for bh in [16, 32, 64] {
                 hopper.push(case(base.clone().with("BLOCK_H", bh)));
             }
+            if lat == 128 {
+                // Two tokens x 64 heads fill a 128-row block: two warpgroups along the rows.
+                hopper.push(case(base.clone().with("BLOCK_H", 128)));
+            }
             let wide = base.clone().with("BLOCK_H", 64);
             hopper.push(case(wide.clone().with("BLOCK_N", 16)));
             hopper.push(case(wide.with("PRODUCER", 1)));
         }
     }
-    assert_eq!((hopper.len(), older.len()), (20, 8));
+    assert_eq!((hopper.len(), older.len()), (22, 8));
     let edge = "BLOCK_H=32,BLOCK_N=64,LAT=512,";
     let (at_limit, rest): (Vec<_>, Vec<_>) = compile_all(hopper, Target::sm90())
         .into_iter()

@@ -81,6 +81,36 @@ fn seesaw_applies_sm90(cand: &Config, lat: usize, rope: usize) -> bool {
         .is_some_and(|src| src.seesaw)
 }
 
+/// Why `tpla tune` does not time `cand` for `heads` heads at latent `lat`, if it does not: a
+/// 128-row head block needs more than 64 heads, and on Hopper the warpgroup geometry (two
+/// warpgroups stacked along the rows), which fits its accumulators only at latent 256 and below.
+fn block_rows_skip(
+    cand: &Config,
+    heads: usize,
+    lat: usize,
+    rope: usize,
+    hopper: bool,
+) -> Option<&'static str> {
+    let bh = cand.get("BLOCK_H").ok()?;
+    if bh <= 64 {
+        return None;
+    }
+    if heads <= 64 {
+        return Some("128-row blocks need more than 64 heads");
+    }
+    let cfg = cand
+        .clone()
+        .with("LAT", lat as i64)
+        .with("ROPE", rope as i64);
+    let wg = latent_decode
+        .build(&cfg)
+        .ok()
+        .and_then(|k| tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok())
+        .is_some_and(|src| src.warpgroups);
+    (hopper && !wg)
+        .then_some("128-row blocks need two warpgroups' registers, which this width does not fit")
+}
+
 /// The sm_90a decode kernel `cand` emits at latent `lat`, without its header comment (which
 /// names the config): two candidates with the same text are the same kernel (a knob that does
 /// not apply, a depth capped to what fits), so a sweep times the first alone.
@@ -170,6 +200,9 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
         let mut texts = std::collections::HashSet::new();
         for cand in &candidates {
             if cand.get("SEESAW").ok() == Some(1) && !seesaw_applies_sm90(cand, lat, rope) {
+                continue;
+            }
+            if block_rows_skip(cand, heads, lat, rope, true).is_some() {
                 continue;
             }
             if let Some(text) = sm90_kernel_text(cand, lat, rope) {
@@ -263,6 +296,10 @@ impl ExecJob for TuneJob {
                         "  {:<52} skipped: SEESAW changes nothing here (its ring does not fit)",
                         cand.to_string()
                     ));
+                    continue;
+                }
+                if let Some(why) = block_rows_skip(&cand, heads, lat, rope, hopper) {
+                    say(format!("  {:<52} skipped: {why}", cand.to_string()));
                     continue;
                 }
                 if let Some(text) = hopper.then(|| sm90_kernel_text(&cand, lat, rope)).flatten() {

@@ -11,7 +11,10 @@ use crate::schedule::Schedule;
 /// With `wg` (warpgroup geometry, for `wgmma`), 64-row tiles are split over 4 warps along rows:
 /// warps `4g .. 4g + 3` form warpgroup `g`, which owns a column slice of `n / wn` columns, and
 /// each warp's fragments are exactly the `wgmma` accumulator layout (warp `w % 4` holds rows
-/// `16 (w % 4) ..`, thread `lane` the mma.sync m16n8 positions).
+/// `16 (w % 4) ..`, thread `lane` the mma.sync m16n8 positions). Taller tiles (128 rows with
+/// two warpgroups) stack the warpgroups along the rows instead: warpgroup `g` owns rows
+/// `64 g ..` whole, so row statistics never cross warpgroups and both share one B operand
+/// (FlashAttention-3's two consumer warpgroups; [`Geo::wg_rows`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Geo {
     pub(crate) nw: usize,
@@ -34,8 +37,8 @@ impl Geo {
     /// from shared memory for `mt` m-tiles, which halves the `ldmatrix` traffic of wide gemms
     /// (P·V) against splitting M over all warps.
     pub(crate) fn wm(&self, m: usize) -> usize {
-        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
-            return 4;
+        if let Some(rows) = self.wg_rows(m) {
+            return 4 * rows;
         }
         let mut w = gcd(m / 16, self.nw);
         while w > 1 && w * w > self.nw {
@@ -44,11 +47,11 @@ impl Geo {
         w
     }
     pub(crate) fn wn(&self, m: usize, n: usize) -> usize {
-        if self.wg && m == 64 && self.nw.is_multiple_of(4) {
+        if let Some(rows) = self.wg_rows(m) {
             // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
             // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
             // row statistics stay in registers and P feeds wgmma from registers.
-            let groups = self.nw / 4;
+            let groups = self.nw / 4 / rows;
             return if (n / 8).is_multiple_of(groups) && n / groups >= self.wg_split {
                 groups
             } else {
@@ -56,6 +59,17 @@ impl Geo {
             };
         }
         gcd(n / 8, self.nw / self.wm(m))
+    }
+    /// Under `wg`: how many warpgroups are stacked along the rows of an `m`-row tile, each
+    /// owning 64 rows (1 for 64-row tiles, 2 for 128 rows over two warpgroups); `None` where the
+    /// warpgroup geometry does not cover the tile (not a multiple of 64 rows, or more row
+    /// slices than warpgroups).
+    pub(crate) fn wg_rows(&self, m: usize) -> Option<usize> {
+        if !self.wg || !self.nw.is_multiple_of(4) || m == 0 || !m.is_multiple_of(64) {
+            return None;
+        }
+        let rows = m / 64;
+        (self.nw / 4).is_multiple_of(rows).then_some(rows)
     }
     /// m-tiles of 16 rows per warp.
     pub(crate) fn mt(&self, m: usize) -> usize {
@@ -81,10 +95,20 @@ pub(crate) fn frag_gemms(info: &Info) -> Vec<(usize, usize)> {
 
 /// The geometry pass: warps per block and whether the warpgroup geometry is used.
 pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
-    let nw = choose_warps(sched, info, target);
+    let mut nw = choose_warps(sched, info, target);
+    let mut wg = use_warpgroups(sched, info, target, nw);
+    // Tiles taller than 64 rows take one warpgroup per 64 rows (two for 128) where the
+    // warpgroup geometry then applies, rather than fewer mma.sync warps.
+    let tallest = frag_gemms(info).iter().map(|&(m, _)| m).max().unwrap_or(0);
+    let stacked = 4 * tallest / 64;
+    if !wg && sched.warps.is_none() && tallest > 64 && stacked <= 8 && stacked > nw {
+        if use_warpgroups(sched, info, target, stacked) {
+            (nw, wg) = (stacked, true);
+        }
+    }
     Geo {
         nw,
-        wg: use_warpgroups(sched, info, target, nw),
+        wg,
         wg_split: sched.wg_split,
         producer: false,
     }
@@ -120,8 +144,8 @@ fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
 
 /// Whether the kernel uses the warpgroup geometry (and with it `wgmma` where operands allow):
 /// the target allows it, the schedule does not say `WGMMA = 0`, every tensor-core gemm has 64
-/// rows, the block is whole warpgroups and the accumulators fit the register budget under that
-/// geometry.
+/// rows (or 64 per warpgroup, [`Geo::wg_rows`]), the block is whole warpgroups and the
+/// accumulators fit the register budget under that geometry.
 fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> bool {
     let frag = frag_gemms(info);
     let g = Geo {
@@ -134,8 +158,24 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         && sched.wgmma
         && nw.is_multiple_of(4)
         && !frag.is_empty()
-        && frag.iter().all(|&(m, _)| m == 64)
+        && frag.iter().all(|&(m, _)| g.wg_rows(m).is_some())
         && frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= 128)
+}
+
+/// Why the geometry cannot hold the kernel's register tiles, if it cannot: a tensor-core tile
+/// whose accumulators need more than 128 registers per thread even at 8 warps (e.g. 128 heads
+/// × latent 512: 256 per thread), which would spill on every target. A config error a tuner
+/// skips, not a kernel to time.
+pub(crate) fn registers_exceeded(geo: &Geo, info: &Info) -> Option<String> {
+    let (m, n) = frag_gemms(info)
+        .into_iter()
+        .find(|&(m, n)| geo.frag_regs(m, n) > 128)?;
+    Some(format!(
+        "a [{m}, {n}] accumulator tile needs {} registers per thread at {} warps (at most 128 \
+         fit beside the operands): use fewer rows (BLOCK_H) or a narrower latent",
+        geo.frag_regs(m, n),
+        geo.nw
+    ))
 }
 
 /// Threads that run the kernel body (the consumers under warp specialisation).

@@ -312,6 +312,10 @@ pub struct CudaSource {
     /// off or changed nothing (its pattern, geometry or shared memory did not allow it), so a
     /// tuner can skip a config that emits its base config's kernel.
     pub seesaw: bool,
+    /// Whether the kernel runs on the Hopper warpgroup geometry (`wgmma` where operands allow):
+    /// a tuner skips a 128-row head block that does not (its accumulators would not fit the
+    /// registers of two warpgroups stacked along the rows).
+    pub warpgroups: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

@@ -117,6 +117,16 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     }),
     ("geometry", |s| {
         s.geo = geometry(&s.sched, &s.info, &s.target);
+        // (A forced `WARPS` is the caller's choice and is emitted as asked.)
+        if let Some(why) = s
+            .sched
+            .warps
+            .is_none()
+            .then(|| registers_exceeded(&s.geo, &s.info))
+            .flatten()
+        {
+            return Err(backend_err(s.k, &why));
+        }
         // A producer warpgroup needs Hopper (mbarrier rings, `setmaxnreg`) and consumers of
         // whole warpgroups: the warpgroup (wgmma) geometry, or mma.sync warps in fours.
         let hopper_consumers = s.geo.wg || (s.target.wgmma && s.geo.nw.is_multiple_of(4));

@@ -262,5 +262,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         stages: lw.paging.used.clone(),
         f32_gemm: target.f32_gemm,
         seesaw: lw.seesaw.is_some(),
+        warpgroups: geo.wg,
     }
 }

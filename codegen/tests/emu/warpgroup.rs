@@ -181,3 +181,64 @@ fn emulated_decode_producer_warpgroup() {
         26,
     );
 }
+
+/// 128-row head blocks on two warpgroups stacked along the rows (FlashAttention-3's consumer
+/// pair): each warpgroup owns 64 heads whole (its own q·kᵀ rows, softmax and accumulator), both
+/// read one K / V tile; only where the accumulators fit (latent 256 and below). Checked against
+/// the f64 reference with and without the producer warpgroup (cp.async and TMA), a partial head
+/// block, several splits and odd lengths.
+#[test]
+fn emulated_decode_two_warpgroups_along_rows() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_two_warpgroups_along_rows") else {
+        return;
+    };
+    let dp = |bn, st, lat| DecodeParams {
+        lat,
+        rope: 64,
+        block_h: 128,
+        block_n: bn,
+        stages: st,
+        q_bf16: true,
+        p_bf16: true,
+    };
+    let emit_with = |p: DecodeParams, knobs: &[(&str, i64)]| {
+        let mut k = latent_decode(p).unwrap();
+        k.config
+            .extend(knobs.iter().map(|(n, v)| (n.to_string(), *v)));
+        tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap()
+    };
+    let src = emit_with(dp(64, 2, 256), &[]);
+    assert!(src.warpgroups);
+    assert!(
+        emit_with(dp(32, 2, 128), &[]).warpgroups,
+        "not fewer mma.sync warps"
+    );
+    assert_eq!(src.block_threads, 256, "two consumer warpgroups");
+    // q·kᵀ: each warpgroup's A starts at its own 64 rows; P·V: A from its registers, all 256
+    // value columns per warpgroup (no column split, no exchange).
+    assert!(src.code.contains("tpla_wgmma_m64n64k16_00(") && src.code.contains("(wm128 / 4) * 64"));
+    assert!(src.code.contains("tpla_wgmma_m64n256k16_r1("));
+    let body = &src.code[src.code.find("for (int it_").unwrap()..];
+    assert!(
+        !body.contains("red_s"),
+        "row statistics stay in each warpgroup's registers"
+    );
+    // At latent 512 the accumulators (256 per thread) do not fit: no warpgroup geometry (and
+    // no room in shared memory for the query), which `tpla tune` and `tpla bench` skip.
+    let wide = latent_decode(dp(64, 1, 512)).unwrap();
+    assert!(tpla_codegen::cuda::emit(&wide, Target::sm90()).map_or(true, |s| !s.warpgroups));
+    let case = |p, knobs: &[(&str, i64)], heads, lens: &[i32], splits, seed| {
+        decode_case_with(&cxx, p, knobs, Target::sm90(), heads, lens, splits, seed)
+    };
+    case(dp(64, 2, 256), &[], 128, &[130, 40], 2, 41);
+    case(dp(32, 2, 128), &[], 100, &[75], 1, 42);
+    case(dp(64, 3, 256), &[("PRODUCER", 1)], 128, &[390, 41], 2, 43);
+    case(
+        dp(64, 3, 256),
+        &[("PRODUCER", 1), ("TMA", 1)],
+        96,
+        &[300, 33],
+        2,
+        44,
+    );
+}

@@ -37,6 +37,49 @@ fn every_64_row_config_agrees(
     }
 }
 
+/// 128-row head blocks (two warpgroups stacked along the rows, `Geo::wg_rows`) on every
+/// candidate at the shard widths, alone, fed by the `cp.async` producer and by TMA: 150 heads (a
+/// whole block and a partial one), sequences of 1000, 333 and 9 tokens in 64- and 16-token pages,
+/// 3 splits, each sequence against the f64 reference.
+#[test]
+fn cuda_two_warpgroup_rows_agree() {
+    let Some(g) = gpu() else { return };
+    let heads = 150;
+    for (lat, page) in [(256usize, 64usize), (128, 16)] {
+        let p = Problem::new(
+            lat as u64 + 17,
+            3,
+            heads,
+            lat,
+            64,
+            vec![1000, 333, 9],
+            page,
+            0.2,
+        );
+        for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H").unwrap() != 128 || cfg.get("WG_SPLIT").unwrap() != 128 {
+                continue;
+            }
+            for knobs in [&[][..], &[("PRODUCER", 1)], &[("PRODUCER", 1), ("TMA", 1)]] {
+                let mut params = DecodeParams::new(3, heads, lat, 64, 3, 0.2);
+                params.decode = knobs.iter().fold(cfg.clone(), |c, (k, v)| c.with(k, *v));
+                let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+                let hl = heads * lat;
+                for b in 0..3 {
+                    let e = rel_error(
+                        &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                        &p.reference(b, true).out,
+                    );
+                    assert!(
+                        e <= 5e-3,
+                        "lat {lat} page {page} {cfg} {knobs:?} b {b}: {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Warp specialisation (`PRODUCER = 1`: a producer warpgroup feeding an mbarrier ring) on every
 /// 64-row config at latent 512 and 256.
 #[test]
@@ -106,6 +149,8 @@ fn sanitizer_smoke_every_kernel_tma() {
         (512, 16, 32, 4, 128, 64, 1),
         (256, 32, 32, 4, 128, 16, 1),
         (512, 16, 64, 2, 128, 64, 0),
+        (256, 128, 64, 3, 128, 64, 1),
+        (128, 128, 32, 2, 128, 16, 1),
     ] {
         let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);

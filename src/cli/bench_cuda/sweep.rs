@@ -48,6 +48,17 @@ pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -
         .is_some_and(|src| src.seesaw)
 }
 
+/// Whether a 128-row config (`BLOCK_H = 128`) emits a kernel on the warpgroup geometry on this
+/// device: two warpgroups of 64 rows, which fit their accumulators only at latent 256 and below
+/// (elsewhere the config does not build or would spill, and is not timed).
+pub(super) fn warpgroup_rows_apply(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    latent_decode
+        .build(cfg)
+        .ok()
+        .and_then(|k| tpla_codegen::cuda::emit(&k, target).ok())
+        .is_some_and(|src| src.warpgroups)
+}
+
 /// How wide a case's config sweep is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Sweep {
@@ -116,9 +127,12 @@ pub(super) fn sweep_configs(
     // FP8 rows also at BLOCK_H 64 below 64 heads: their producer-fed form was first built for
     // 64-row warpgroup gemms (it feeds 16- / 32-row mma.sync warps too).
     let fp8 = variant.contains("fp8");
-    let bhs: Vec<i64> = [16i64, 32, 64]
+    // 128-row blocks (two warpgroups stacked along the rows) only where the rows fill them and
+    // the kernel keeps the warpgroup geometry (latent 256 and below; checked per config below).
+    let bhs: Vec<i64> = [16i64, 32, 64, 128]
         .into_iter()
         .filter(|&x| x as usize <= h.max(16) || (fp8 && x == 64))
+        .filter(|&x| x < 128 || (target.wgmma && !fp8))
         .collect();
     // FP8 rows sweep BLOCK_N 32 too, even narrowly: at latent 512 a 64-token block leaves room
     // for one bf16 ring stage beside the staging ring (`bench/NOTES-fp8.md`), 32 for two or three.
@@ -159,15 +173,20 @@ pub(super) fn sweep_configs(
                 // The FP8 producer feeding 16- / 32-row mma.sync warps (Hopper).
                 (_, _, true) if target.wgmma => &[1, 0],
                 (_, _, true) => &[0],
-                (64, true, _) => &[0, 1, 2],
-                (64, false, _) => &[0, 1],
+                (64 | 128, true, _) => &[0, 1, 2],
+                (64 | 128, false, _) => &[0, 1],
                 (_, true, _) if target.wgmma => &[0, 2],
                 _ => &[0],
             };
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
             // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
-            let warps_tried: &[i64] = if narrow { &WARPS[..1] } else { &WARPS };
+            // A 128-row block is two warpgroups by construction: no warp count to force.
+            let warps_tried: &[i64] = if narrow || bh == 128 {
+                &WARPS[..1]
+            } else {
+                &WARPS
+            };
             for &st in sts_for(bn) {
                 for &warps in warps_tried {
                     for &wg_split in splits_wg {
@@ -208,6 +227,9 @@ pub(super) fn sweep_configs(
                                 }
                                 if seesaw > 0 && !seesaw_applies(target, &cfg) {
                                     // The knob changes nothing here: the config without it.
+                                    continue;
+                                }
+                                if bh == 128 && !warpgroup_rows_apply(target, &cfg) {
                                     continue;
                                 }
                                 out.push(cfg);

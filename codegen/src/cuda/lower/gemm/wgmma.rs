@@ -7,14 +7,19 @@ use crate::cuda::repr::*;
 
 impl<'a> Lower<'a> {
     /// Whether a `[m, kd]` register fragment can be wgmma's A operand: the warpgroup geometry
-    /// gives each warp whole 16-row slices (`wm = 4`, one column group), the accumulator layout
-    /// that is also wgmma's register-A layout per 16 columns.
+    /// gives each warp whole 16-row slices (64 rows per warpgroup, one column group), the
+    /// accumulator layout that is also wgmma's register-A layout per 16 columns.
     pub(crate) fn rs_geometry(&self, m: usize, kd: usize) -> bool {
-        self.geo.wg
-            && m == 64
-            && self.geo.wm(m) == 4
-            && self.geo.wn(m, kd) == 1
-            && kd.is_multiple_of(16)
+        self.geo.wg_rows(m).is_some() && self.geo.wn(m, kd) == 1 && kd.is_multiple_of(16)
+    }
+
+    /// The first row of this warpgroup's 64-row slice of an `m`-row A operand (a C expression):
+    /// 0, or `64 ×` the warpgroup's row slice where warpgroups are stacked along the rows.
+    fn wg_row0(&self, m: usize) -> String {
+        match self.geo.wg_rows(m) {
+            Some(rows) if rows > 1 => format!("(wm{m} / 4) * 64"),
+            _ => "0".to_string(),
+        }
     }
 
     /// Where a wgmma shared-memory operand starts and how it is described, if it qualifies:
@@ -60,7 +65,7 @@ impl<'a> Lower<'a> {
     }
 
     /// The gemm as warpgroup `wgmma` instructions, where the geometry and both operands allow:
-    /// 64 rows, B (and A unless it is a register fragment) bf16 in blocked (128-byte swizzled)
+    /// 64 rows per warpgroup (a 128-row tile is two warpgroups' m64 gemms on one B), B (and A unless it is a register fragment) bf16 in blocked (128-byte swizzled)
     /// shared memory, and a column slice per warpgroup of at most 256. Issues `kd / 16`
     /// instructions, commits and waits, so the gemm completes in place like the `mma.sync` loop
     /// it replaces.
@@ -81,8 +86,8 @@ impl<'a> Lower<'a> {
         zero_init: bool,
     ) -> Option<String> {
         let scale = if zero_init { ", k_ == 0 ? 0 : 1" } else { "" };
-        let (wm, wn) = (self.geo.wm(m), self.geo.wn(m, n));
-        if !self.geo.wg || m != 64 || wm != 4 || !kd.is_multiple_of(16) {
+        let wn = self.geo.wn(m, n);
+        if self.geo.wg_rows(m).is_none() || !kd.is_multiple_of(16) {
             return None;
         }
         let nwg = n / wn;
@@ -97,7 +102,7 @@ impl<'a> Lower<'a> {
         let bdesc = bop.step("db_");
         let (setup, issue) = match a {
             WgmmaA::Smem(ab, av) => {
-                let aop = self.wgmma_operand(ab, av, 1, "0", m)?;
+                let aop = self.wgmma_operand(ab, av, 1, &self.wg_row0(m), 64)?;
                 self.decl
                     .wgmma_fns
                     .insert((nwg, WgmmaForm::Smem(aop.mn_major), tb));
