@@ -101,10 +101,14 @@ pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
     // warpgroup geometry then applies, rather than fewer mma.sync warps.
     let tallest = frag_gemms(info).iter().map(|&(m, _)| m).max().unwrap_or(0);
     let stacked = 4 * tallest / 64;
-    if !wg && sched.warps.is_none() && tallest > 64 && stacked <= 8 && stacked > nw {
-        if use_warpgroups(sched, info, target, stacked) {
-            (nw, wg) = (stacked, true);
-        }
+    if !wg
+        && sched.warps.is_none()
+        && tallest > 64
+        && stacked <= 8
+        && stacked > nw
+        && use_warpgroups(sched, info, target, stacked)
+    {
+        (nw, wg) = (stacked, true);
     }
     Geo {
         nw,
