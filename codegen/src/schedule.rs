@@ -14,6 +14,7 @@
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
 //! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
+//! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -42,6 +43,9 @@ pub struct Schedule {
     /// Whether the producer-fed paged loop issues the next block's first gemm behind this
     /// block's last one (`QK_AHEAD`, default false; `cuda/lower/first_gemm.rs`).
     pub qk_ahead: bool,
+    /// Whether row-stacked warpgroups take turns issuing their gemms (`PINGPONG`, default
+    /// false; `cuda/lower/gemm/wgmma.rs`).
+    pub pingpong: bool,
 }
 
 impl Default for Schedule {
@@ -54,6 +58,7 @@ impl Default for Schedule {
             tma: false,
             seesaw: false,
             qk_ahead: false,
+            pingpong: false,
         }
     }
 }
@@ -78,6 +83,8 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     &[("PRODUCER", 1), ("TMA", 1)],
     &[("SEESAW", 1)],
     &[("SEESAW", 1), ("PRODUCER", 1), ("TMA", 1)],
+    &[("PINGPONG", 1), ("PRODUCER", 1)],
+    &[("PINGPONG", 1), ("PRODUCER", 1), ("TMA", 1)],
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
@@ -164,6 +171,13 @@ impl Schedule {
                 }
                 "QK_AHEAD" => {
                     s.qk_ahead = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
+                "PINGPONG" => {
+                    s.pingpong = match v {
                         0 => false,
                         1 => true,
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
@@ -283,6 +297,7 @@ mod tests {
             ("SEESAW", 2),
             ("SEESAW", -1),
             ("QK_AHEAD", 2),
+            ("PINGPONG", 2),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");

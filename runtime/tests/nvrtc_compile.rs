@@ -410,6 +410,16 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
                 continue;
             }
             let cfg = cfg.with("PRODUCER", 1);
+            if tall && lat == 256 {
+                // The row-stacked warpgroups taking turns (named barriers around each gemm).
+                let pp = cfg.clone().with("PINGPONG", 1);
+                cases.push(Case {
+                    label: format!("latent_decode [{pp}]"),
+                    kernel: tpla_kernels::latent_decode
+                        .build(&pp)
+                        .map_err(|e| e.to_string()),
+                });
+            }
             let kernel = tpla_kernels::latent_decode
                 .build(&cfg)
                 .map_err(|e| e.to_string());
@@ -425,7 +435,7 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
     }
     // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}, and 128-row
     // blocks at 3 widths x BLOCK_N x STAGES.
-    assert_eq!(cases.len(), 96 + 36);
+    assert_eq!(cases.len(), 96 + 36 + 12);
     let outcomes = compile_all(cases, Target::sm90());
     check(&outcomes, "warp-specialised decode variants");
 }

@@ -157,6 +157,14 @@ __device__ __forceinline__ void tpla_bar_sync(int id, int n) {
     tpla_emu_bar_sync(id, n);
 #endif
 }
+// [threads] Arrive at named barrier `id` over `n` threads without waiting.
+__device__ __forceinline__ void tpla_bar_arrive(int id, int n) {
+#ifdef __CUDA_ARCH__
+    asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(n) : "memory");
+#else
+    tpla_emu_bar_arrive(id, n);
+#endif
+}
 // [warpgroup] Register rebalancing between the roles.
 template <int N>
 __device__ __forceinline__ void tpla_setmaxnreg_dec() {

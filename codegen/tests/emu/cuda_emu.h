@@ -115,6 +115,8 @@ inline void entry() {
 
 inline emu_dim3 tidx() { return emu_dim3{(unsigned)B->cur, 0, 0}; }
 
+inline std::vector<Bar>& named_bars();
+
 inline void run_block(int nt) {
     for (int i = 0; i < nt; ++i) {
         Fiber& f = B->th[i];
@@ -144,6 +146,14 @@ inline void run_block(int nt) {
             exit(3);
         }
     }
+    // A block that ends with arrivals pending at a named barrier (a `bar.arrive` nobody waited
+    // for) would leave the next block on that SM a barrier in an unknown phase.
+    for (size_t i = 0; i < named_bars().size(); ++i)
+        if (named_bars()[i].arrived != 0) {
+            fprintf(stderr, "emu: block (%u,%u,%u) ended with %d arrival(s) pending at named barrier %zu\n",
+                    B->bid.x, B->bid.y, B->bid.z, named_bars()[i].arrived, i);
+            exit(3);
+        }
 }
 
 // Registers a thread of an `nt`-thread block holds at launch: what ptxas gives a kernel declared
@@ -524,6 +534,26 @@ inline void tpla_emu_bar_sync(int id, int n) {
     }
     emu::B->barriers++;
     emu::wait(bar);
+}
+
+// `bar.arrive`: counts this thread's arrival at named barrier `id` without waiting; the phase
+// completes (releasing its `bar.sync` waiters) when `n` threads have arrived or synced.
+inline void tpla_emu_bar_arrive(int id, int n) {
+    if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {
+        fprintf(stderr, "emu: bad named barrier %d over %d threads\n", id, n);
+        exit(4);
+    }
+    emu::Bar& bar = emu::named_bars()[id];
+    if (bar.arrived == 0) bar.need = n;
+    if (bar.need != n) {
+        fprintf(stderr, "emu: named barrier %d used with %d and %d threads\n", id, bar.need, n);
+        exit(4);
+    }
+    if (++bar.arrived == bar.need) {
+        bar.arrived = 0;
+        bar.gen++;
+        emu::progress++;
+    }
 }
 
 // ---- TMA: 2-D bulk tensor copies ------------------------------------------------------------

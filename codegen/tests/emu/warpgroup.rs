@@ -241,4 +241,51 @@ fn emulated_decode_two_warpgroups_along_rows() {
         2,
         44,
     );
+    // PINGPONG: the two warpgroups take turns issuing their gemms (two named barriers); an
+    // empty split (no block) and odd block counts keep both barriers balanced, which the
+    // emulator checks at the end of every block.
+    let pp = emit_with(dp(64, 3, 256), &[("PRODUCER", 1), ("PINGPONG", 1)]);
+    assert_eq!(
+        pp.code
+            .matches("tpla_bar_sync(3 + (warp >> 2), 256);")
+            .count(),
+        2
+    );
+    assert_eq!(
+        pp.code
+            .matches("tpla_bar_arrive(3 + ((warp >> 2) ^ 1), 256);")
+            .count(),
+        2
+    );
+    // Without the producer, or on 64-row blocks, the knob changes nothing.
+    let same = |p: DecodeParams, knobs: &[(&str, i64)]| {
+        let mut on = knobs.to_vec();
+        on.push(("PINGPONG", 1));
+        let strip = |c: String| c.replace(",PINGPONG=1", "");
+        strip(emit_with(p, &on).code) == emit_with(p, knobs).code
+    };
+    assert!(same(dp(64, 3, 256), &[]));
+    assert!(same(
+        DecodeParams {
+            block_h: 64,
+            ..dp(64, 3, 256)
+        },
+        &[("PRODUCER", 1)]
+    ));
+    case(
+        dp(64, 3, 256),
+        &[("PRODUCER", 1), ("PINGPONG", 1)],
+        128,
+        &[390, 41, 0],
+        3,
+        45,
+    );
+    case(
+        dp(32, 2, 128),
+        &[("PRODUCER", 1), ("TMA", 1), ("PINGPONG", 1)],
+        100,
+        &[75, 300],
+        2,
+        46,
+    );
 }

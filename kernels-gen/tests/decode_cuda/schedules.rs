@@ -38,7 +38,8 @@ fn every_64_row_config_agrees(
 }
 
 /// 128-row head blocks (two warpgroups stacked along the rows, `Geo::wg_rows`) on every
-/// candidate at the shard widths, alone, fed by the `cp.async` producer and by TMA: 150 heads (a
+/// candidate at the shard widths, alone, fed by the `cp.async` producer and by TMA, with and
+/// without `PINGPONG` (the warpgroups taking turns at the tensor cores): 150 heads (a
 /// whole block and a partial one), sequences of 1000, 333 and 9 tokens in 64- and 16-token pages,
 /// 3 splits, each sequence against the f64 reference.
 #[test]
@@ -60,7 +61,13 @@ fn cuda_two_warpgroup_rows_agree() {
             if cfg.get("BLOCK_H").unwrap() != 128 || cfg.get("WG_SPLIT").unwrap() != 128 {
                 continue;
             }
-            for knobs in [&[][..], &[("PRODUCER", 1)], &[("PRODUCER", 1), ("TMA", 1)]] {
+            for knobs in [
+                &[][..],
+                &[("PRODUCER", 1)],
+                &[("PRODUCER", 1), ("TMA", 1)],
+                &[("PRODUCER", 1), ("PINGPONG", 1)],
+                &[("PRODUCER", 1), ("TMA", 1), ("PINGPONG", 1)],
+            ] {
                 let mut params = DecodeParams::new(3, heads, lat, 64, 3, 0.2);
                 params.decode = knobs.iter().fold(cfg.clone(), |c, (k, v)| c.with(k, *v));
                 let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
@@ -151,6 +158,9 @@ fn sanitizer_smoke_every_kernel_tma() {
         (512, 16, 64, 2, 128, 64, 0),
         (256, 128, 64, 3, 128, 64, 1),
         (128, 128, 32, 2, 128, 16, 1),
+        // PINGPONG = 1 below (WG_SPLIT = 0 marks it: the knob is moot on 128-row blocks).
+        (256, 128, 64, 3, 0, 64, 1),
+        (256, 128, 32, 2, 0, 16, 0),
     ] {
         let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
         let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
@@ -159,9 +169,10 @@ fn sanitizer_smoke_every_kernel_tma() {
             .with("BLOCK_H", bh)
             .with("BLOCK_N", bn)
             .with("STAGES", st)
-            .with("WG_SPLIT", wg)
+            .with("WG_SPLIT", if wg == 0 { 128 } else { wg })
             .with("PRODUCER", 1)
-            .with("TMA", tma);
+            .with("TMA", tma)
+            .with("PINGPONG", (wg == 0) as i64);
         let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
         let hl = 17 * lat;
         for b in 0..2 {

@@ -19,9 +19,9 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 12] = [
+const SWEPT_KNOBS: [&str; 13] = [
     "BLOCK_H", "BLOCK_N", "STAGES", "WG_SPLIT", "LAT", "ROPE", "PRODUCER", "TMA", "KV_FP8",
-    "SEESAW", "SQ", "WARPS",
+    "SEESAW", "SQ", "WARPS", "PINGPONG",
 ];
 
 /// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
@@ -181,6 +181,8 @@ pub(super) fn sweep_configs(
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
             // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
+            // And PINGPONG (row-stacked warpgroups taking turns; only under a producer).
+            let pingpongs: &[i64] = if bh == 128 { &[0, 1] } else { &[0] };
             // A 128-row block is two warpgroups by construction: no warp count to force.
             let warps_tried: &[i64] = if narrow || bh == 128 {
                 &WARPS[..1]
@@ -191,7 +193,13 @@ pub(super) fn sweep_configs(
                 for &warps in warps_tried {
                     for &wg_split in splits_wg {
                         for &producer in producers {
-                            for &seesaw in seesaws {
+                            for (&seesaw, &pingpong) in seesaws
+                                .iter()
+                                .flat_map(|s| pingpongs.iter().map(move |p| (s, p)))
+                            {
+                                if pingpong > 0 && producer == 0 {
+                                    continue;
+                                }
                                 let mut cfg = Config::new()
                                     .with("BLOCK_H", bh)
                                     .with("BLOCK_N", bn)
@@ -210,6 +218,9 @@ pub(super) fn sweep_configs(
                                 }
                                 if seesaw > 0 {
                                     cfg.set("SEESAW", seesaw);
+                                }
+                                if pingpong > 0 {
+                                    cfg.set("PINGPONG", 1);
                                 }
                                 if sq > 1 {
                                     // Multi-token queries: `h` counts rows, s_q tokens x heads.

@@ -101,6 +101,11 @@ pub(crate) struct Paging {
     pub(crate) deferred_wait: Option<String>,
     /// Lower `wgmma` gemms without their wait (the caller waits; `first_gemm.rs`).
     pub(crate) gemm_no_wait: bool,
+    /// `PINGPONG = 1` inside the consumers' loop under warp specialisation: row-stacked
+    /// warpgroups take turns issuing their gemms (`gemm/wgmma.rs`); `pingponged` records that a
+    /// gemm did, so the loop adds the first turn and the last wait.
+    pub(crate) pingpong: bool,
+    pub(crate) pingponged: bool,
     /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
     pub(crate) producer_code: Option<(String, usize)>,
     /// Under `TMA = 1`: the streamed cache whose tensor map the kernel takes, and the box rows.

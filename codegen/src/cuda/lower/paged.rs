@@ -2,6 +2,7 @@
 
 use crate::cuda::elem::*;
 use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
+use crate::cuda::lower::gemm::wgmma::PINGPONG_BAR;
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
 use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
@@ -220,6 +221,8 @@ impl<'a> Lower<'a> {
         // loop (block 0) and inside the last gemm (the next block), as the copy is without the
         // producer.
         let mut hoisted = None;
+        self.paging.pingpong = ws && !seesaw && self.sched.pingpong;
+        self.paging.pingponged = false;
         let hoist = (ws && !seesaw && st >= 2 && self.sched.qk_ahead)
             .then(|| super::first_gemm::hoistable_first_gemm(self.k, s, body, 64))
             .flatten();
@@ -279,6 +282,7 @@ tpla_wgmma_commit();
         } else {
             self.lower_block(body)?
         };
+        self.paging.pingpong = false;
         let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);
         let mut reads = self.index_reads(batch);
         reads.extend(self.index_reads(split));
@@ -497,6 +501,16 @@ tpla_wgmma_commit();
         body_nodes.extend(inner);
         // Whatever the consumers wrote before the loop is published once, not per block.
         out.push(Node::Barrier);
+        // `PINGPONG`: warpgroup 1 gives warpgroup 0 the first turn; after the loop warpgroup 0
+        // takes the last hand-off, so both barriers end balanced (every arrival waited for).
+        let pp = std::mem::take(&mut self.paging.pingponged);
+        if pp {
+            out.push(Node::Code {
+                text: format!("if ((warp >> 2) == 1) tpla_bar_arrive({PINGPONG_BAR}, 256);\n"),
+                reads: vec![],
+                writes: vec![],
+            });
+        }
         if let Some(qk) = hoisted {
             // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
             // takes it at its end (same order, no overlap).
@@ -528,8 +542,13 @@ tpla_wgmma_commit();
             tail: "}".into(),
             looped: true,
         });
+        let last = if pp {
+            format!("if ((warp >> 2) == 0) tpla_bar_sync({PINGPONG_BAR}, 256);\n")
+        } else {
+            String::new()
+        };
         out.push(Node::Code {
-            text: "}\n".into(),
+            text: format!("{last}}}\n"),
             reads: vec![],
             writes: vec![],
         });

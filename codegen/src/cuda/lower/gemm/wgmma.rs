@@ -145,6 +145,18 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
                 )
             }
         };
+        // `PINGPONG`: wait for this warpgroup's turn before issuing, hand the turn to the other
+        // warpgroup once issued (FlashAttention-3's ping-pong; the loop gives warpgroup 0 the
+        // first turn and takes the last hand-off, `lower/paged.rs`).
+        let (turn, hand_off) = if self.paging.pingpong && self.geo.wg_rows(m) == Some(2) {
+            self.paging.pingponged = true;
+            (
+                format!("tpla_bar_sync({PINGPONG_BAR} + (warp >> 2), 256);\n"),
+                format!("tpla_bar_arrive({PINGPONG_BAR} + ((warp >> 2) ^ 1), 256);\n"),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         // Every early return is above: the deferred copy is placed exactly once.
         let (overlap, wait) = match &self.paging.deferred_prefetch {
             Some((_, d)) if *d == self.depth => (
@@ -169,12 +181,12 @@ for (int k_ = 0; k_ < {ks}; ++k_) {{
 {setup}const unsigned long long db_ = tpla_wgmma_desc(tpla_smem_addr({bn}) + {bat0}, {blbo}u);
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
-tpla_wgmma_fence();
+{turn}tpla_wgmma_fence();
 #pragma unroll
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
 {issue}}}
 tpla_wgmma_commit();
-{after}}}
+{hand_off}{after}}}
 ",
             bn = b.0.name,
             bat0 = bop.at0,
@@ -182,6 +194,11 @@ tpla_wgmma_commit();
         ))
     }
 }
+
+/// The first of the two named barriers of `PINGPONG` (one per row-stacked warpgroup: the turn
+/// of warpgroup g is barrier `PINGPONG_BAR + g`); 0 is `__syncthreads`, 1 the consumers'
+/// barrier under warp specialisation, 2 the FP8 producer's.
+pub(crate) const PINGPONG_BAR: usize = 3;
 
 /// A wgmma shared-memory operand: its byte offset in the buffer at step `k_` and at `k_ = 0`
 /// (C expressions), whether it is M/N-major and its descriptor's leading byte offset.
