@@ -521,7 +521,9 @@ inline void tpla_emu_setmaxnreg(int n, bool inc) {
     emu::B->reg_free -= n - have;
     have = n;
 }
-inline void tpla_emu_bar_sync(int id, int n) {
+// Named barrier `id` over `n` threads, checked: a valid id and count, the same count as the
+// phase's first arrival.
+inline emu::Bar& emu_named_bar(int id, int n) {
     if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {
         fprintf(stderr, "emu: bad named barrier %d over %d threads\n", id, n);
         exit(4);
@@ -532,6 +534,11 @@ inline void tpla_emu_bar_sync(int id, int n) {
         fprintf(stderr, "emu: named barrier %d used with %d and %d threads\n", id, bar.need, n);
         exit(4);
     }
+    return bar;
+}
+
+inline void tpla_emu_bar_sync(int id, int n) {
+    emu::Bar& bar = emu_named_bar(id, n);
     emu::B->barriers++;
     emu::wait(bar);
 }
@@ -539,16 +546,7 @@ inline void tpla_emu_bar_sync(int id, int n) {
 // `bar.arrive`: counts this thread's arrival at named barrier `id` without waiting; the phase
 // completes (releasing its `bar.sync` waiters) when `n` threads have arrived or synced.
 inline void tpla_emu_bar_arrive(int id, int n) {
-    if (id < 0 || id >= 16 || n <= 0 || n % 32 != 0 || n > emu::B->nt) {
-        fprintf(stderr, "emu: bad named barrier %d over %d threads\n", id, n);
-        exit(4);
-    }
-    emu::Bar& bar = emu::named_bars()[id];
-    if (bar.arrived == 0) bar.need = n;
-    if (bar.need != n) {
-        fprintf(stderr, "emu: named barrier %d used with %d and %d threads\n", id, bar.need, n);
-        exit(4);
-    }
+    emu::Bar& bar = emu_named_bar(id, n);
     if (++bar.arrived == bar.need) {
         bar.arrived = 0;
         bar.gen++;

@@ -41,22 +41,25 @@ pub(super) fn pinned_knobs(want: Option<&str>) -> Vec<(String, i64)> {
 /// Whether `SEESAW = 1` in `cfg` changes the emitted decode kernel on this device (at BLOCK_N 64
 /// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
 pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    emitted(target, cfg).is_some_and(|src| src.seesaw)
+}
+
+/// The decode kernel `cfg` emits on `target`, if it builds and emits.
+fn emitted(
+    target: tpla_codegen::cuda::Target,
+    cfg: &Config,
+) -> Option<tpla_codegen::cuda::CudaSource> {
     latent_decode
         .build(cfg)
         .ok()
         .and_then(|k| tpla_codegen::cuda::emit(&k, target).ok())
-        .is_some_and(|src| src.seesaw)
 }
 
 /// Whether a 128-row config (`BLOCK_H = 128`) emits a kernel on the warpgroup geometry on this
 /// device: two warpgroups of 64 rows, which fit their accumulators only at latent 256 and below
 /// (elsewhere the config does not build or would spill, and is not timed).
 pub(super) fn warpgroup_rows_apply(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
-    latent_decode
-        .build(cfg)
-        .ok()
-        .and_then(|k| tpla_codegen::cuda::emit(&k, target).ok())
-        .is_some_and(|src| src.warpgroups)
+    emitted(target, cfg).is_some_and(|src| src.warpgroups)
 }
 
 /// How wide a case's config sweep is.
