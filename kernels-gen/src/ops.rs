@@ -53,7 +53,7 @@ impl DecodeParams {
             decode: latent_decode
                 .default_config(&[("LAT", lat as i64), ("ROPE", rope as i64)])
                 .expect("latent_decode declares LAT and ROPE")
-                .with("BLOCK_H", block_h_for(heads)),
+                .with("BLOCK_H", block_h_for(heads, lat)),
             combine: combine_splits
                 .default_config(&[("LAT", lat as i64)])
                 .expect("combine_splits declares LAT"),
@@ -63,7 +63,7 @@ impl DecodeParams {
     /// `sq · heads` rows (set tune values after this).
     pub fn with_query_len(mut self, sq: usize) -> Self {
         self.sq = sq;
-        let bh = block_h_for(self.rows());
+        let bh = block_h_for(self.rows(), self.lat);
         self.decode.set("BLOCK_H", bh);
         self
     }
@@ -127,15 +127,24 @@ impl DecodeParams {
 pub const MAX_QUERY_LEN: usize = 4;
 
 /// The `BLOCK_H` candidate that covers `heads` in as few programs as possible: every program
-/// streams the whole cache of its split, so heads per program divide the bytes read.
-pub fn block_h_for(heads: usize) -> i64 {
-    let cands = latent_decode_block_h();
+/// streams the whole cache of its split, so heads per program divide the bytes read. Blocks
+/// above 64 rows only at latent widths up to [`TALL_BLOCK_MAX_LAT`]: a 128-row block's
+/// accumulators fit two warpgroups' registers there (the TPLA shards), not at MLA's 512, where
+/// the CUDA backend refuses the config.
+pub fn block_h_for(heads: usize, lat: usize) -> i64 {
+    let cands: Vec<i64> = latent_decode_block_h()
+        .into_iter()
+        .filter(|&c| c <= 64 || lat <= TALL_BLOCK_MAX_LAT)
+        .collect();
     cands
         .iter()
         .copied()
         .find(|&c| c as usize >= heads)
         .unwrap_or_else(|| *cands.iter().max().unwrap_or(&16))
 }
+
+/// The widest latent at which the default decode config takes 128-row head blocks.
+pub const TALL_BLOCK_MAX_LAT: usize = 256;
 
 fn latent_decode_block_h() -> Vec<i64> {
     use tpla_codegen::KernelDef;
@@ -520,7 +529,21 @@ fn tensor_of(a: KernelArg<'_>) -> Result<TensorArg<'_>, RuntimeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::schedule_rounds;
+    use super::{block_h_for, schedule_rounds, DecodeParams};
+
+    /// The default head block covers the rows in as few programs as possible, with 128-row
+    /// blocks only at the shard widths (MLA's latent 512 would not fit their registers).
+    #[test]
+    fn default_head_blocks_are_tall_only_at_the_shard_widths() {
+        assert_eq!(block_h_for(16, 512), 16);
+        assert_eq!(block_h_for(128, 512), 64);
+        assert_eq!(block_h_for(128, 256), 128);
+        assert_eq!(block_h_for(100, 128), 128);
+        assert_eq!(block_h_for(64, 256), 64);
+        let rows = |p: DecodeParams| p.decode.get("BLOCK_H").unwrap();
+        assert_eq!(rows(DecodeParams::new(4, 64, 512, 64, 1, 0.1).with_query_len(2)), 64);
+        assert_eq!(rows(DecodeParams::new(4, 64, 256, 64, 1, 0.1).with_query_len(2)), 128);
+    }
 
     /// Enough rounds to close an interval as wide as the capacity's blocks (each round halves
     /// it: `w -> floor(w / 2)`), and never more than 24.

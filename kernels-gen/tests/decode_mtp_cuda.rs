@@ -81,8 +81,12 @@ fn cuda_mtp_every_tune_candidate_agrees() {
         let p = Problem::new(lat as u64, lens.len(), sq * heads, lat, 64, lens, 16, 0.2);
         let m = Mtp { p: &p, sq, heads };
         for cfg in latent_decode.tune_space(&[]).unwrap() {
+            if cfg.get("BLOCK_H") == Ok(128) && lat == 512 {
+                // Refused by the emitter (256 accumulator registers per thread).
+                continue;
+            }
             for producer in [false, true] {
-                if producer && cfg.get("BLOCK_H") != Ok(64) {
+                if producer && cfg.get("BLOCK_H").is_ok_and(|bh| bh < 64) {
                     continue;
                 }
                 let mut params = m.params(3, 16);
