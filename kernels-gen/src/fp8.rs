@@ -101,7 +101,8 @@ pub fn launch_decode<X: Executor>(
 }
 
 /// [`crate::ops::decode_attention`] over an FP8 carrier pool: `out` `[batch, rows, lat]` and
-/// `lse` `[batch, rows]`. The decode config is `p.decode_config()` with `KV_FP8 = lat`.
+/// `lse` `[batch, rows]`. The decode config is `p.decode_config()` with `KV_FP8 = lat` and head
+/// blocks of at most 64 rows ([`DecodeParams::set_fp8_cache`]).
 pub fn decode_attention_fp8<X: Executor>(
     exec: &X,
     p: &DecodeParams,
@@ -111,7 +112,9 @@ pub fn decode_attention_fp8<X: Executor>(
     lse: &mut X::Tensor<f32>,
 ) -> Result<(), RuntimeError> {
     p.validate()?;
-    let cfg = p.decode_config().with("KV_FP8", p.lat as i64);
+    let mut fp8 = p.clone();
+    fp8.set_fp8_cache();
+    let cfg = fp8.decode_config();
     let (b, h, lat) = (p.batch, p.rows(), p.lat);
     let launch = |part: &mut X::Tensor<f32>, part_lse: &mut X::Tensor<f32>| {
         launch_decode(exec, &cfg, q, cache, part, part_lse, p.scale)

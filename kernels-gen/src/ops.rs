@@ -63,9 +63,27 @@ impl DecodeParams {
     /// `sq · heads` rows (set tune values after this).
     pub fn with_query_len(mut self, sq: usize) -> Self {
         self.sq = sq;
-        let bh = block_h_for(self.rows(), self.lat);
+        let bh = self.default_block_h();
         self.decode.set("BLOCK_H", bh);
         self
+    }
+    /// Makes the decode read an FP8 latent cache (`KV_FP8 = lat`, see
+    /// `tpla_codegen::kv_format`), with head blocks of at most 64 rows: the FP8 row conversion
+    /// has not been checked on the GPU with 128-row blocks (two warpgroups stacked along the
+    /// rows), so the default stays on the geometry it was measured with.
+    pub fn set_fp8_cache(&mut self) {
+        self.decode.set("KV_FP8", self.lat as i64);
+        let bh = self.decode.get("BLOCK_H").unwrap_or(16);
+        self.decode.set("BLOCK_H", bh.min(self.default_block_h()));
+    }
+    /// The default `BLOCK_H` for these rows ([`block_h_for`]), at most 64 over an FP8 cache.
+    fn default_block_h(&self) -> i64 {
+        let bh = block_h_for(self.rows(), self.lat);
+        if self.decode.get("KV_FP8").unwrap_or(0) > 0 {
+            bh.min(64)
+        } else {
+            bh
+        }
     }
     /// Query rows per sequence: `sq · heads`.
     pub fn rows(&self) -> usize {
@@ -541,8 +559,20 @@ mod tests {
         assert_eq!(block_h_for(100, 128), 128);
         assert_eq!(block_h_for(64, 256), 64);
         let rows = |p: DecodeParams| p.decode.get("BLOCK_H").unwrap();
-        assert_eq!(rows(DecodeParams::new(4, 64, 512, 64, 1, 0.1).with_query_len(2)), 64);
-        assert_eq!(rows(DecodeParams::new(4, 64, 256, 64, 1, 0.1).with_query_len(2)), 128);
+        assert_eq!(
+            rows(DecodeParams::new(4, 64, 512, 64, 1, 0.1).with_query_len(2)),
+            64
+        );
+        assert_eq!(
+            rows(DecodeParams::new(4, 64, 256, 64, 1, 0.1).with_query_len(2)),
+            128
+        );
+        // Not over an FP8 cache, before or after the query length is set.
+        let mut fp8 = DecodeParams::new(4, 128, 256, 64, 1, 0.1);
+        fp8.set_fp8_cache();
+        assert_eq!(rows(fp8.clone()), 64);
+        assert_eq!(fp8.decode.get("KV_FP8").unwrap(), 256);
+        assert_eq!(rows(fp8.with_query_len(2)), 64);
     }
 
     /// Enough rounds to close an interval as wide as the capacity's blocks (each round halves

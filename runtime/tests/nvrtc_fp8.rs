@@ -91,7 +91,7 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
     // the balanced (`KV_CHUNKS`) decode, one and two query tokens, MLA and a g = 2 shard.
     for (heads, lat) in [(16usize, 512usize), (128, 512), (128, 256)] {
         let mut p = tpla_kernels::ops::DecodeParams::new(8, heads, lat, 64, 4, 0.1);
-        p.decode.set("KV_FP8", lat as i64);
+        p.set_fp8_cache();
         for p in [p.clone(), p.with_query_len(2)] {
             v.push((&tpla_kernels::latent_decode, p.decode_config(), sm90));
             v.push((
@@ -112,7 +112,7 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
     ];
     for (heads, lat) in [(16usize, 512usize), (64, 512), (128, 256)] {
         let mut p = tpla_kernels::ops::DecodeParams::new(8, heads, lat, 64, 4, 0.1);
-        p.decode.set("KV_FP8", lat as i64);
+        p.set_fp8_cache();
         let narrow = [
             ("BLOCK_H", 16),
             ("BLOCK_N", 64),

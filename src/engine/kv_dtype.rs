@@ -75,7 +75,8 @@ impl KvDtype {
 ///
 /// A config set later (`set_decode_config`, e.g. from the tune database) replaces it.
 pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodeParams, lat: usize) {
-    params.decode.set("KV_FP8", lat as i64);
+    debug_assert_eq!(params.lat, lat);
+    params.set_fp8_cache();
     if exec.hopper_schedules() {
         for (knob, value) in fp8_hopper_knobs(params.heads) {
             params.decode.set(knob, value);

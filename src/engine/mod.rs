@@ -323,7 +323,8 @@ impl<X: ViewExecutor> EnginePlan<X> {
         let mut params = self.params.clone();
         params.decode = config;
         if self.caps.kv_dtype == KvDtype::Fp8 {
-            params.decode.set("KV_FP8", self.caps.lat as i64);
+            // `KV_FP8 = lat`, head blocks of at most 64 rows.
+            params.set_fp8_cache();
         }
         exec.resident_programs(&latent_decode, &params.decode_config())?;
         if self.balanced.is_some() {
