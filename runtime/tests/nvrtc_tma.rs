@@ -37,9 +37,12 @@ fn cases() -> Vec<Config> {
                 cfg.get("STAGES").ok().unwrap_or(0),
             );
             // Every warpgroup config; the producer feeding mma.sync warps (BLOCK_H 16 / 32) at
-            // the blocks and depths the bench times.
-            let mma_sync_warps = bh != Some(64) && bn >= 32 && (st == 2 || st == 4);
-            if (bh == Some(64) && st <= 3) || mma_sync_warps {
+            // the blocks and depths the bench times; 128-row blocks (two warpgroups along the
+            // rows) at the shard width, where they build.
+            let mma_sync_warps = matches!(bh, Some(16 | 32)) && bn >= 32 && (st == 2 || st == 4);
+            let tall =
+                bh == Some(128) && lat == 256 && st <= 3 && cfg.get("WG_SPLIT").ok() == Some(128);
+            if (bh == Some(64) && st <= 3) || mma_sync_warps || tall {
                 v.push(cfg.with("PRODUCER", 1).with("TMA", 1));
             }
         }
@@ -92,7 +95,7 @@ fn tma_producer_variants_compile_for_sm90a_without_spills() {
     }
     let queue = std::sync::Mutex::new(cases());
     let n = queue.lock().unwrap().len();
-    assert_eq!(n, 69);
+    assert_eq!(n, 69 + 9);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..2 {
