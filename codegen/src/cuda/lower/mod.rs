@@ -1,5 +1,6 @@
 //! Lowering pass: statements and tile ops to code nodes, one module per op family.
 
+pub(crate) mod consumer_loop;
 pub(crate) mod elementwise;
 pub(crate) mod expr;
 pub(crate) mod first_gemm;

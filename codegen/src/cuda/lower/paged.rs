@@ -2,7 +2,6 @@
 
 use crate::cuda::elem::*;
 use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
-use crate::cuda::lower::gemm::wgmma::PINGPONG_BAR;
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
 use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
@@ -464,91 +463,6 @@ tpla_wgmma_commit();
         });
         out.push(Node::Code {
             text: "tpla_cp_async_wait<0>();\n}\n".into(),
-            reads: vec![],
-            writes: vec![],
-        });
-        Ok(())
-    }
-
-    /// The consumers' loop under warp specialisation (bf16 and FP8 producers alike): per block
-    /// `it_`, wait for its stage to be full, fence against the `wgmma` reads, compute `inner`,
-    /// release the stage on its empty mbarrier. With a `hoisted` first gemm (`first_gemm.rs`),
-    /// block 0's is issued before the loop, and `unplaced` (the next block's, when no gemm of the
-    /// body took it) at the end of the body.
-    #[allow(clippy::too_many_arguments)]
-    fn producer_consumers(
-        &mut self,
-        setup: &str,
-        (_id, lo, nblk, base, cur): (&str, &str, &str, &str, &str),
-        (start, block, st, slot): (ScalarId, usize, usize, usize),
-        (hoisted, unplaced): (Option<&str>, Option<&str>),
-        inner: Vec<Node>,
-        reads: Vec<usize>,
-        out: &mut Vec<Node>,
-    ) -> Result<(), IrError> {
-        out.push(Node::Code {
-            text: format!("{{\n{setup}"),
-            reads,
-            writes: vec![],
-        });
-        let mut body_nodes = vec![Node::Code {
-            text: format!(
-                "s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));\n{cur} = {base} + (it_ % {st}) * {slot};\n"
-            ),
-            reads: vec![],
-            writes: vec![],
-        }];
-        body_nodes.extend(inner);
-        // Whatever the consumers wrote before the loop is published once, not per block.
-        out.push(Node::Barrier);
-        // `PINGPONG`: warpgroup 1 gives warpgroup 0 the first turn; after the loop warpgroup 0
-        // takes the last hand-off, so both barriers end balanced (every arrival waited for).
-        let pp = std::mem::take(&mut self.paging.pingponged);
-        if pp {
-            out.push(Node::Code {
-                text: format!("if ((warp >> 2) == 1) tpla_bar_arrive({PINGPONG_BAR}, 256);\n"),
-                reads: vec![],
-                writes: vec![],
-            });
-        }
-        if let Some(qk) = hoisted {
-            // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
-            // takes it at its end (same order, no overlap).
-            out.push(Node::Code {
-                text: format!(
-                    "if ({nblk} > 0) {{\ntpla_mbar_wait(&{MBAR}[0], 0);\ntpla_fence_proxy_async();\n{cur} = {base};\n{qk}}}\n"
-                ),
-                reads: vec![],
-                writes: vec![],
-            });
-            if let Some(next) = unplaced {
-                body_nodes.push(Node::Code {
-                    text: next.to_string(),
-                    reads: vec![],
-                    writes: vec![],
-                });
-            }
-        }
-        body_nodes.push(Node::Code {
-            text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
-            reads: vec![],
-            writes: vec![],
-        });
-        out.push(Node::Scope {
-            head: format!(
-                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
-            ),
-            body: body_nodes,
-            tail: "}".into(),
-            looped: true,
-        });
-        let last = if pp {
-            format!("if ((warp >> 2) == 0) tpla_bar_sync({PINGPONG_BAR}, 256);\n")
-        } else {
-            String::new()
-        };
-        out.push(Node::Code {
-            text: format!("{last}}}\n"),
             reads: vec![],
             writes: vec![],
         });
