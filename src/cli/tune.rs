@@ -70,15 +70,17 @@ pub struct TuneArgs {
 /// Whether `SEESAW = 1` in `cand` changes the sm_90a decode kernel at latent `lat` (at BLOCK_N
 /// 64 its pair ring does not fit in shared memory and the kernel is the config's without it).
 fn seesaw_applies_sm90(cand: &Config, lat: usize, rope: usize) -> bool {
+    emit_sm90(cand, lat, rope).is_some_and(|src| src.seesaw)
+}
+
+/// The sm_90a decode kernel `cand` emits at latent `lat`, if it builds and emits.
+fn emit_sm90(cand: &Config, lat: usize, rope: usize) -> Option<tpla_codegen::cuda::CudaSource> {
     let cfg = cand
         .clone()
         .with("LAT", lat as i64)
         .with("ROPE", rope as i64);
-    latent_decode
-        .build(&cfg)
-        .ok()
-        .and_then(|k| tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok())
-        .is_some_and(|src| src.seesaw)
+    let k = latent_decode.build(&cfg).ok()?;
+    tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok()
 }
 
 /// Why `tpla tune` does not time `cand` for `heads` heads at latent `lat`, if it does not: a
@@ -98,15 +100,7 @@ fn block_rows_skip(
     if heads <= 64 {
         return Some("128-row blocks need more than 64 heads");
     }
-    let cfg = cand
-        .clone()
-        .with("LAT", lat as i64)
-        .with("ROPE", rope as i64);
-    let wg = latent_decode
-        .build(&cfg)
-        .ok()
-        .and_then(|k| tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok())
-        .is_some_and(|src| src.warpgroups);
+    let wg = emit_sm90(cand, lat, rope).is_some_and(|src| src.warpgroups);
     (hopper && !wg)
         .then_some("128-row blocks need two warpgroups' registers, which this width does not fit")
 }
@@ -115,12 +109,7 @@ fn block_rows_skip(
 /// names the config): two candidates with the same text are the same kernel (a knob that does
 /// not apply, a depth capped to what fits), so a sweep times the first alone.
 fn sm90_kernel_text(cand: &Config, lat: usize, rope: usize) -> Option<String> {
-    let cfg = cand
-        .clone()
-        .with("LAT", lat as i64)
-        .with("ROPE", rope as i64);
-    let k = latent_decode.build(&cfg).ok()?;
-    let src = tpla_codegen::cuda::emit(&k, tpla_codegen::cuda::Target::sm90()).ok()?;
+    let src = emit_sm90(cand, lat, rope)?;
     Some(
         src.code
             .lines()
