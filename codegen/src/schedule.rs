@@ -15,6 +15,7 @@
 //! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
 //! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
+//! | `SOFTMAX_OVERLAP` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, FlashAttention-3's overlap inside a warpgroup: block `i`'s P·V is issued right behind block `i + 1`'s q·kᵀ and runs on the tensor cores while block `i + 1`'s softmax is computed; the accumulator's rescale moves after that gemm (`cuda/lower/softmax_overlap.rs`; default 0; applies where that file's pattern matches, elsewhere it changes nothing; not with `QK_AHEAD` or `PINGPONG`, which order the same loop otherwise) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -46,6 +47,10 @@ pub struct Schedule {
     /// Whether row-stacked warpgroups take turns issuing their gemms (`PINGPONG`, default
     /// false; `cuda/lower/gemm/wgmma.rs`).
     pub pingpong: bool,
+    /// Whether the producer-fed paged loop issues each block's P·V behind the next block's
+    /// q·kᵀ, overlapping it with that block's softmax (`SOFTMAX_OVERLAP`, default false;
+    /// `cuda/lower/softmax_overlap.rs`).
+    pub softmax_overlap: bool,
 }
 
 impl Default for Schedule {
@@ -59,6 +64,7 @@ impl Default for Schedule {
             seesaw: false,
             qk_ahead: false,
             pingpong: false,
+            softmax_overlap: false,
         }
     }
 }
@@ -183,6 +189,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "SOFTMAX_OVERLAP" => {
+                    s.softmax_overlap = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -198,6 +211,16 @@ impl Schedule {
                 1,
                 "needs PRODUCER = 1 (the TMA copies are issued by the producer warpgroup)",
             ));
+        }
+        // Three orders of one loop's gemms: at most one of them.
+        for (other, set) in [("QK_AHEAD", s.qk_ahead), ("PINGPONG", s.pingpong)] {
+            if s.softmax_overlap && set {
+                return Err(bad(
+                    "SOFTMAX_OVERLAP",
+                    1,
+                    format!("orders the loop's gemms otherwise than {other} = 1: set one of them"),
+                ));
+            }
         }
         Ok(s)
     }
@@ -298,6 +321,7 @@ mod tests {
             ("SEESAW", -1),
             ("QK_AHEAD", 2),
             ("PINGPONG", 2),
+            ("SOFTMAX_OVERLAP", 2),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -308,5 +332,10 @@ mod tests {
         let e = Schedule::from_config(&cfg(&[("TMA", 1)])).unwrap_err();
         assert!(e.to_string().contains("PRODUCER"), "{e}");
         assert_eq!(knob_of(e), "TMA");
+        for other in ["QK_AHEAD", "PINGPONG"] {
+            let e = Schedule::from_config(&cfg(&[("SOFTMAX_OVERLAP", 1), (other, 1)])).unwrap_err();
+            assert!(e.to_string().contains(other), "{e}");
+            assert_eq!(knob_of(e), "SOFTMAX_OVERLAP");
+        }
     }
 }

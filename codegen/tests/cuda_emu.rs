@@ -39,6 +39,10 @@ mod split_table;
 #[path = "emu/warpgroup.rs"]
 mod warpgroup;
 
+/// FlashAttention-3's overlap inside a warpgroup (`SOFTMAX_OVERLAP = 1`), in a file of its own.
+#[path = "emu/softmax_overlap.rs"]
+mod softmax_overlap;
+
 #[test]
 fn emulated_decode_matches_cpu_and_reference() {
     let Some(cxx) = skip_without_cxx("emulated_decode_matches_cpu_and_reference") else {

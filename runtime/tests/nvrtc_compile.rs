@@ -420,6 +420,20 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
                         .map_err(|e| e.to_string()),
                 });
             }
+            let (bn, st) = (cfg.get("BLOCK_N").ok(), cfg.get("STAGES").ok());
+            if matches!(bn, Some(32 | 64))
+                && matches!(st, Some(2 | 3))
+                && cfg.get("WG_SPLIT").ok() == Some(128)
+            {
+                // FlashAttention-3's overlap inside each warpgroup: P kept packed across blocks.
+                let ov = cfg.clone().with("SOFTMAX_OVERLAP", 1);
+                cases.push(Case {
+                    label: format!("latent_decode [{ov}]"),
+                    kernel: tpla_kernels::latent_decode
+                        .build(&ov)
+                        .map_err(|e| e.to_string()),
+                });
+            }
             let kernel = tpla_kernels::latent_decode
                 .build(&cfg)
                 .map_err(|e| e.to_string());
@@ -434,8 +448,9 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
         }
     }
     // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}, and 128-row
-    // blocks at 3 widths x BLOCK_N x STAGES.
-    assert_eq!(cases.len(), 96 + 36 + 12);
+    // blocks at 3 widths x BLOCK_N x STAGES; SOFTMAX_OVERLAP at BLOCK_N {32, 64} x STAGES
+    // {2, 3} on the 4 + 3 widths.
+    assert_eq!(cases.len(), 96 + 36 + 12 + 16 + 12);
     let outcomes = compile_all(cases, Target::sm90());
     check(&outcomes, "warp-specialised decode variants");
 }

@@ -255,3 +255,9 @@ __device__ __forceinline__ void tpla_fence_operand(float& r) {
     asm volatile("" : "+f"(r) :: "memory");
 #endif
 }
+// The same for a packed register-A operand (bf16 pairs) that an issued gemm still reads.
+__device__ __forceinline__ void tpla_fence_operand(unsigned& r) {
+#ifdef __CUDA_ARCH__
+    asm volatile("" : "+r"(r) :: "memory");
+#endif
+}

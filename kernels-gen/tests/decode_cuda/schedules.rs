@@ -174,3 +174,61 @@ fn sanitizer_smoke_every_kernel_tma() {
         }
     }
 }
+
+/// FlashAttention-3's overlap inside a warpgroup (`SOFTMAX_OVERLAP = 1`: each block's P·V issued
+/// behind the next block's q·kᵀ and run during its softmax) on every 128-row candidate at the
+/// shard widths and every 64-row candidate at latent 512 and 256, fed by the `cp.async` and the
+/// TMA producers (where it does not apply, one stage or P through shared memory, the knob
+/// changes nothing).
+#[test]
+fn cuda_softmax_overlap_agrees() {
+    let Some(g) = gpu() else { return };
+    for tma in [0i64, 1] {
+        let knobs = [("PRODUCER", 1), ("TMA", tma), ("SOFTMAX_OVERLAP", 1)];
+        for (lat, page) in [(256usize, 64usize), (128, 16)] {
+            every_config_of_rows_agrees(g, lat as u64 + 19, (128, 150), lat, page, 3, &knobs);
+        }
+        for (lat, page) in [(512usize, 64usize), (256, 16)] {
+            every_64_row_config_agrees(g, lat as u64 + 23, lat, page, 3, &knobs);
+        }
+    }
+}
+
+/// `SOFTMAX_OVERLAP = 1` under compute-sanitizer (memcheck, racecheck, synccheck; see
+/// `sanitizer_smoke_every_kernel_tma`): 128- and 64-row blocks, two and three stages, the
+/// `cp.async` and TMA producers, a split with no block (the P·V after the loop skipped), each
+/// checked against the f64 reference.
+#[test]
+fn sanitizer_smoke_every_kernel_overlap() {
+    let Some(g) = gpu() else { return };
+    for (lat, bh, bn, st, page, tma) in [
+        (256usize, 128i64, 64i64, 3i64, 64usize, 1i64),
+        (128, 128, 32, 2, 16, 0),
+        (512, 64, 64, 2, 64, 1),
+        (256, 64, 32, 3, 16, 0),
+    ] {
+        let p = Problem::new(3, 2, 17, lat, 64, vec![150, 33], page, 0.3);
+        let mut params = DecodeParams::new(2, 17, lat, 64, 3, 0.3);
+        params.decode = params
+            .decode
+            .with("BLOCK_H", bh)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", 128)
+            .with("PRODUCER", 1)
+            .with("TMA", tma)
+            .with("SOFTMAX_OVERLAP", 1);
+        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+        let hl = 17 * lat;
+        for b in 0..2 {
+            let e = rel_error(
+                &f64s(&out.data()[b * hl..(b + 1) * hl]),
+                &p.reference(b, true).out,
+            );
+            assert!(
+                e <= 5e-3,
+                "lat {lat} BLOCK_H {bh} BLOCK_N {bn} STAGES {st} TMA={tma} b {b}: {e}"
+            );
+        }
+    }
+}

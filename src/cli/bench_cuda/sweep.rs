@@ -19,9 +19,21 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 13] = [
-    "BLOCK_H", "BLOCK_N", "STAGES", "WG_SPLIT", "LAT", "ROPE", "PRODUCER", "TMA", "KV_FP8",
-    "SEESAW", "SQ", "WARPS", "PINGPONG",
+const SWEPT_KNOBS: [&str; 14] = [
+    "BLOCK_H",
+    "BLOCK_N",
+    "STAGES",
+    "WG_SPLIT",
+    "LAT",
+    "ROPE",
+    "PRODUCER",
+    "TMA",
+    "KV_FP8",
+    "SEESAW",
+    "SQ",
+    "WARPS",
+    "PINGPONG",
+    "SOFTMAX_OVERLAP",
 ];
 
 /// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
@@ -184,8 +196,14 @@ pub(super) fn sweep_configs(
             // And SEESAW (two consumer warpgroups on alternate blocks, alone or fed by either
             // producer; bf16 rows only: not emulated with FP8 rows).
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
-            // And PINGPONG (row-stacked warpgroups taking turns; only under a producer).
-            let pingpongs: &[i64] = if bh == 128 { &[0, 1] } else { &[0] };
+            // And how the warpgroups order their gemms under a producer: 1 is PINGPONG
+            // (row-stacked warpgroups taking turns), 2 SOFTMAX_OVERLAP (each block's P·V behind
+            // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup).
+            let orders: &[i64] = match (bh, fp8) {
+                (128, _) => &[0, 1, 2],
+                (64, false) => &[0, 2],
+                _ => &[0],
+            };
             // A 128-row block is two warpgroups by construction: no warp count to force.
             let warps_tried: &[i64] = if narrow || bh == 128 {
                 &WARPS[..1]
@@ -196,11 +214,15 @@ pub(super) fn sweep_configs(
                 for &warps in warps_tried {
                     for &wg_split in splits_wg {
                         for &producer in producers {
-                            for (&seesaw, &pingpong) in seesaws
+                            for (&seesaw, &order) in seesaws
                                 .iter()
-                                .flat_map(|s| pingpongs.iter().map(move |p| (s, p)))
+                                .flat_map(|s| orders.iter().map(move |p| (s, p)))
                             {
-                                if pingpong > 0 && producer == 0 {
+                                if order > 0 && producer == 0 {
+                                    continue;
+                                }
+                                // The overlap needs two ring stages and P in registers.
+                                if order == 2 && (st < 2 || seesaw > 0 || wg_split != 128) {
                                     continue;
                                 }
                                 let mut cfg = Config::new()
@@ -222,8 +244,10 @@ pub(super) fn sweep_configs(
                                 if seesaw > 0 {
                                     cfg.set("SEESAW", seesaw);
                                 }
-                                if pingpong > 0 {
-                                    cfg.set("PINGPONG", 1);
+                                match order {
+                                    1 => cfg.set("PINGPONG", 1),
+                                    2 => cfg.set("SOFTMAX_OVERLAP", 1),
+                                    _ => {}
                                 }
                                 if sq > 1 {
                                     // Multi-token queries: `h` counts rows, s_q tokens x heads.
@@ -237,6 +261,13 @@ pub(super) fn sweep_configs(
                                     cfg.set(k, *v);
                                 }
                                 if !config_selected(&cfg, want) {
+                                    continue;
+                                }
+                                // A pinned knob that orders the gemms otherwise (QK_AHEAD with
+                                // SOFTMAX_OVERLAP, say) makes a config the backend refuses.
+                                let knobs: Vec<(String, i64)> =
+                                    cfg.iter().map(|(k, v)| (k.to_string(), v)).collect();
+                                if tpla_codegen::schedule::Schedule::from_config(&knobs).is_err() {
                                     continue;
                                 }
                                 if seesaw > 0 && !seesaw_applies(target, &cfg) {
@@ -476,6 +507,13 @@ mod tests {
             && c.get("BLOCK_N").ok() == Some(32)
             && c.get("TMA").ok() == Some(1)));
         // A zero is a default, never pinned; swept knobs still filter.
+        assert!(ahead.iter().all(|c| c.get("SOFTMAX_OVERLAP").is_err()));
+        let plain = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, false, 1, t, None);
+        assert!(plain
+            .iter()
+            .any(|c| c.get("SOFTMAX_OVERLAP").ok() == Some(1)
+                && c.get("STAGES").ok() >= Some(2)
+                && c.get("PRODUCER").ok() == Some(1)));
         assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
         assert_eq!(
             pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),

@@ -15,14 +15,15 @@ impl Lower<'_> {
     /// `it_`, wait for its stage to be full, fence against the `wgmma` reads, compute `inner`,
     /// release the stage on its empty mbarrier. With a `hoisted` first gemm (`first_gemm.rs`),
     /// block 0's is issued before the loop, and `unplaced` (the next block's, when no gemm of the
-    /// body took it) at the end of the body.
+    /// body took it) at the end of the body. `overlap_after` follows a rotated body
+    /// (`softmax_overlap.rs`), which releases its blocks' slots itself.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn producer_consumers(
         &mut self,
         setup: &str,
         (_id, lo, nblk, base, cur): (&str, &str, &str, &str, &str),
         (start, block, st, slot): (ScalarId, usize, usize, usize),
-        (hoisted, unplaced): (Option<&str>, Option<&str>),
+        (hoisted, unplaced, overlap_after): (Option<&str>, Option<&str>, Option<&str>),
         inner: Vec<Node>,
         reads: Vec<usize>,
         out: &mut Vec<Node>,
@@ -70,11 +71,15 @@ impl Lower<'_> {
                 });
             }
         }
-        body_nodes.push(Node::Code {
-            text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
-            reads: vec![],
-            writes: vec![],
-        });
+        // Under `SOFTMAX_OVERLAP` the body releases the previous block's slot and the code after
+        // the loop the last one's (`softmax_overlap.rs`).
+        if overlap_after.is_none() {
+            body_nodes.push(Node::Code {
+                text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
+                reads: vec![],
+                writes: vec![],
+            });
+        }
         out.push(Node::Scope {
             head: format!(
                 "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
@@ -88,8 +93,9 @@ impl Lower<'_> {
         } else {
             String::new()
         };
+        let after = overlap_after.unwrap_or_default();
         out.push(Node::Code {
-            text: format!("{last}}}\n"),
+            text: format!("{after}{last}}}\n"),
             reads: vec![],
             writes: vec![],
         });

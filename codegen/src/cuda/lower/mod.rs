@@ -13,6 +13,7 @@ pub(crate) mod paged;
 pub(crate) mod partial_sum;
 pub(crate) mod reduce;
 pub(crate) mod seesaw;
+pub(crate) mod softmax_overlap;
 
 use std::collections::{BTreeSet, HashMap};
 

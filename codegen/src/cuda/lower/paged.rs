@@ -225,7 +225,26 @@ impl<'a> Lower<'a> {
         let hoist = (ws && !seesaw && st >= 2 && self.sched.qk_ahead)
             .then(|| super::first_gemm::hoistable_first_gemm(self.k, s, body, 64))
             .flatten();
-        let inner = if let Some(g) = hoist {
+        // `SOFTMAX_OVERLAP`: the body rotated so each block's P·V runs during the next block's
+        // softmax (`softmax_overlap.rs`); its last P·V follows the loop.
+        let overlap = (ws && !seesaw && st >= 2 && self.sched.softmax_overlap)
+            .then(|| super::softmax_overlap::overlap_plan(self, body, ring))
+            .flatten();
+        let mut overlapped = None;
+        if let Some(plan) = &overlap {
+            let names = super::softmax_overlap::RingNames {
+                base: &base,
+                cur: &cur,
+                st,
+                slot,
+                nblk: &nblk,
+            };
+            overlapped = self.lower_overlapped(body, plan, &names)?;
+        }
+        let overlap_after = overlapped.as_ref().map(|(_, after)| after.clone());
+        let inner = if let Some((nodes, _)) = overlapped {
+            nodes
+        } else if let Some(g) = hoist {
             self.paging.gemm_no_wait = true;
             let first = self.lower_block(&body[..=g]);
             self.paging.gemm_no_wait = false;
@@ -410,6 +429,7 @@ tpla_wgmma_commit();
                 (
                     hoisted.as_deref(),
                     unplaced.as_ref().map(|(p, _)| p.as_str()),
+                    overlap_after.as_deref(),
                 ),
                 inner,
                 reads,

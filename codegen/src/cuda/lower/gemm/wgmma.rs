@@ -123,24 +123,22 @@ impl<'a> Lower<'a> {
                     return None;
                 }
                 self.decl.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
-                // Accumulator layout -> A layout: columns 16k.. of rows g / g + 8 are n-tiles
-                // 2k and 2k + 1 of the fragment, packed to bf16 pairs.
                 (
-                    format!(
-                        "unsigned pa_[{np}];
-#pragma unroll
-for (int k_ = 0; k_ < {ks}; ++k_) {{
-    pa_[k_ * 4 + 0] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 0], {arr}[(2 * k_) * 4 + 1]);
-    pa_[k_ * 4 + 1] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 2], {arr}[(2 * k_) * 4 + 3]);
-    pa_[k_ * 4 + 2] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 0], {arr}[(2 * k_ + 1) * 4 + 1]);
-    pa_[k_ * 4 + 3] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 2], {arr}[(2 * k_ + 1) * 4 + 3]);
-}}
-",
-                        np = kd / 4,
-                        ks = kd / 16
-                    ),
+                    format!("unsigned pa_[{np}];\n{}", pack_a_regs(arr, "pa_", kd), np = kd / 4),
                     format!(
                         "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], {bdesc}{scale});\n"
+                    ),
+                )
+            }
+            WgmmaA::Packed(packed) => {
+                if !self.rs_geometry(m, kd) {
+                    return None;
+                }
+                self.decl.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
+                (
+                    String::new(),
+                    format!(
+                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &{packed}[(k_ / 16) * 4], {bdesc}{scale});\n"
                     ),
                 )
             }
@@ -224,7 +222,28 @@ impl WgmmaOperand {
 /// wgmma's A operand.
 pub(crate) enum WgmmaA<'a> {
     Smem(&'a Buf, &'a View),
+    /// An f32 accumulator-layout fragment, packed to bf16 pairs in front of the gemm.
     Regs(&'a str),
+    /// An array already packed by [`pack_a_regs`] (`kd / 4` registers), which must stay
+    /// untouched until the gemm is waited for (`softmax_overlap.rs`).
+    Packed(&'a str),
+}
+
+/// C statements packing the f32 accumulator-layout fragment `src` of a `[64·k, kd]` tile into
+/// wgmma's register-A layout in `dst` (`kd / 4` registers of bf16 pairs): columns `16k..` of
+/// rows g / g + 8 are n-tiles `2k` and `2k + 1` of the fragment.
+pub(crate) fn pack_a_regs(src: &str, dst: &str, kd: usize) -> String {
+    format!(
+        "#pragma unroll
+for (int k_ = 0; k_ < {ks}; ++k_) {{
+    {dst}[k_ * 4 + 0] = tpla_pack_bf16x2({src}[(2 * k_) * 4 + 0], {src}[(2 * k_) * 4 + 1]);
+    {dst}[k_ * 4 + 1] = tpla_pack_bf16x2({src}[(2 * k_) * 4 + 2], {src}[(2 * k_) * 4 + 3]);
+    {dst}[k_ * 4 + 2] = tpla_pack_bf16x2({src}[(2 * k_ + 1) * 4 + 0], {src}[(2 * k_ + 1) * 4 + 1]);
+    {dst}[k_ * 4 + 3] = tpla_pack_bf16x2({src}[(2 * k_ + 1) * 4 + 2], {src}[(2 * k_ + 1) * 4 + 3]);
+}}
+",
+        ks = kd / 16
+    )
 }
 
 /// The A-operand form of a wgmma instruction variant.
