@@ -1,5 +1,5 @@
 //! `SOFTMAX_OVERLAP = 1` under host emulation: the producer-fed decode loop rotated so block
-//! `i`'s P·V is issued behind block `i + 1`'s q·kᵀ and waited for after its softmax
+//! `i`'s P·V is issued after block `i + 1`'s q·kᵀ and waited for after its softmax
 //! (`cuda/lower/softmax_overlap.rs`), against the f64 reference.
 
 use super::*;
@@ -29,19 +29,23 @@ fn emulated_decode_softmax_overlap() {
         tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap().code
     };
     let on = [("PRODUCER", 1), ("SOFTMAX_OVERLAP", 1)];
-    // The rotated loop: the previous block's P·V from the packed P between the scores' gemm and
-    // their wait, the previous slot released after the P·V's wait, the last P·V after the loop.
+    // The rotated loop: block i's q·kᵀ (waited for), then block i - 1's rescale and P·V from
+    // the packed P, the softmax between the warpgroup's two scheduling barriers, the P·V's wait,
+    // the previous slot released; the last P·V after the loop.
     let code = emit_with(dp(128, 64, 3, 256), &on);
     let body = &code[code.find("for (int it_").unwrap()..];
-    let (qk, pv, wait1) = (
-        body.find("tpla_wgmma_m64n64k16_00(").unwrap(),
-        body.find("tpla_wgmma_m64n256k16_r1(t").unwrap(),
-        body.find("tpla_wgmma_wait1();").unwrap(),
+    let at = |pat: &str| body.find(pat).unwrap_or_else(|| panic!("no {pat}"));
+    let (qk, pv) = (
+        at("tpla_wgmma_m64n64k16_00("),
+        at("tpla_wgmma_m64n256k16_r1(t"),
     );
+    let bar = "tpla_bar_sync(5 + (warp >> 2), 128);";
     assert!(
-        qk < pv && pv < wait1,
-        "q·kᵀ, then the previous P·V, then the scores' wait"
+        qk < pv && pv < at(bar),
+        "q·kᵀ, the previous P·V, then the softmax"
     );
+    assert_eq!(body.matches(bar).count(), 2);
+    assert!(!body.contains("tpla_wgmma_wait1"));
     assert!(body.contains("if (it_ > 0) tpla_mbar_arrive(&tpla_mbar[3 + (it_ + 3 - 1) % 3]);"));
     assert_eq!(
         body.matches("tpla_wgmma_m64n256k16_r1(").count(),

@@ -23,7 +23,7 @@ impl Lower<'_> {
         setup: &str,
         (_id, lo, nblk, base, cur): (&str, &str, &str, &str, &str),
         (start, block, st, slot): (ScalarId, usize, usize, usize),
-        (hoisted, unplaced, overlap_after): (Option<&str>, Option<&str>, Option<&str>),
+        (hoisted, unplaced, overlap_after): (Option<&str>, Option<&str>, Option<Vec<Node>>),
         inner: Vec<Node>,
         reads: Vec<usize>,
         out: &mut Vec<Node>,
@@ -93,9 +93,9 @@ impl Lower<'_> {
         } else {
             String::new()
         };
-        let after = overlap_after.unwrap_or_default();
+        out.extend(overlap_after.unwrap_or_default());
         out.push(Node::Code {
-            text: format!("{after}{last}}}\n"),
+            text: format!("{last}}}\n"),
             reads: vec![],
             writes: vec![],
         });

@@ -241,8 +241,11 @@ impl<'a> Lower<'a> {
             };
             overlapped = self.lower_overlapped(body, plan, &names)?;
         }
-        let overlap_after = overlapped.as_ref().map(|(_, after)| after.clone());
-        let inner = if let Some((nodes, _)) = overlapped {
+        let (inner, overlap_after) = match overlapped {
+            Some((nodes, after)) => (Some(nodes), Some(after)),
+            None => (None, None),
+        };
+        let inner = if let Some(nodes) = inner {
             nodes
         } else if let Some(g) = hoist {
             self.paging.gemm_no_wait = true;
@@ -429,7 +432,7 @@ tpla_wgmma_commit();
                 (
                     hoisted.as_deref(),
                     unplaced.as_ref().map(|(p, _)| p.as_str()),
-                    overlap_after.as_deref(),
+                    overlap_after,
                 ),
                 inner,
                 reads,

@@ -11,14 +11,22 @@
 //! acc = scaled + gemm(pb, v_i)   (P·V)
 //! ```
 //!
-//! and each warpgroup runs it in order: q·kᵀ, wait, softmax, P·V, wait. The rotated loop issues
-//! block `i`'s q·kᵀ, then block `i - 1`'s P·V (P kept packed in registers from the previous
-//! iteration, V still in its ring slot), waits for the scores only, computes block `i`'s softmax
-//! while the P·V runs, waits for it, releases block `i - 1`'s slot, rescales the accumulator by
-//! block `i`'s alpha and packs block `i`'s P. After the loop the last block's P·V is issued and
-//! waited for. Because the rescale is linear, `(acc + P_{i-1}·V_{i-1})·α_i` is the kernel's own
-//! `acc·α_i + …` sum in another order: no new math, the same rounding points (P is rounded to
+//! and each warpgroup runs it in order: q·kᵀ, wait, softmax, P·V, wait. The rotated loop, per
+//! block `i`: issues and waits for block `i`'s q·kᵀ; rescales the accumulator by block `i - 1`'s
+//! alpha and issues block `i - 1`'s P·V (P kept in registers from the previous iteration and
+//! packed here, V still in its ring slot); computes block `i`'s softmax while that gemm runs;
+//! waits for it and releases block `i - 1`'s slot. After the loop the last block's rescale and
+//! P·V follow. Because the rescale is linear, `(acc·α_{i-1} + P_{i-1}·V_{i-1})` then `·α_i` is
+//! the kernel's own sum in another order: no new math, the same rounding points (P is rounded to
 //! bf16 once, as the gemm needed it anyway).
+//!
+//! Two details are there for ptxas (sm_90a, NVRTC 13.0; `tests/nvrtc_compile.rs` fails on their
+//! absence): the accumulator is rescaled only when no gemm is in flight (touching registers a
+//! gemm wrote while another is pending makes ptxas inject a wait for all, C7517, so the q·kᵀ is
+//! waited for first, not overlapped with the rescale as in FlashAttention-3), and the softmax
+//! sits between two syncs of the warpgroup's own named barrier, which keep ptxas from hoisting
+//! the P·V's wait above it (without them it did, and the overlap measured 11-14 % slower than
+//! the loop as written, H200 2026-12-05).
 //!
 //! It applies under the producer warpgroup with two or more ring stages (the consumers hold two
 //! slots at once), where the body is flat assignments, its first non-view statement is a gemm
@@ -33,6 +41,10 @@ use crate::cuda::warpspec::MBAR;
 use crate::error::IrError;
 use crate::ir::*;
 use crate::visit::stmt_reads;
+
+/// The first of the named barriers a warpgroup of the rotated loop syncs alone (`5 +` its index:
+/// 0 is `__syncthreads`, 1 the consumers', 2 the FP8 producer's, 3 and 4 `PINGPONG`'s).
+pub(crate) const OVERLAP_BAR: usize = 5;
 
 /// Where the statements of a loop body that [`SOFTMAX_OVERLAP`](crate::schedule) moves are.
 pub(crate) struct OverlapPlan {
@@ -131,6 +143,9 @@ pub(crate) fn overlap_plan(l: &Lower, body: &[Stmt], ring: usize) -> Option<Over
     })
 }
 
+/// A rotated loop body and the nodes that follow the loop.
+pub(crate) type Rotated = (Vec<Node>, Vec<Node>);
+
 /// The ring names the rotated loop uses: the ring's base pointer, the current block's pointer,
 /// the stage count, a stage's size in elements and the block count.
 pub(crate) struct RingNames<'n> {
@@ -162,15 +177,56 @@ impl Lower<'_> {
         code
     }
 
-    /// The rotated body of a producer-fed loop (see the module docs) and the code that follows
-    /// the loop (the last block's P·V and the release of its slot), or `None` where the P·V
-    /// cannot be issued from registers (the loop is then lowered as written).
+    /// The f32 register arrays (and their sizes) of what the rescale and P's definition read,
+    /// views followed to their sources, and of P: the softmax's results the next iteration
+    /// (or the code after the loop) uses.
+    fn softmax_outputs(&self, body: &[Stmt], p: &OverlapPlan) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        let Stmt::Assign { op: a_op, .. } = &body[p.moved[3]] else {
+            unreachable!()
+        };
+        let mut todo = crate::visit::op_tiles(&p.rescale);
+        todo.extend(crate::visit::op_tiles(a_op));
+        todo.push(p.a);
+        while let Some(t) = todo.pop() {
+            if t == p.acc {
+                continue;
+            }
+            let view_of = body.iter().find_map(|s| match s {
+                Stmt::Assign {
+                    dst,
+                    op: TileOp::View(src, _),
+                } if *dst == t => Some(*src),
+                _ => None,
+            });
+            if let Some(src) = view_of {
+                todo.push(src);
+                continue;
+            }
+            if self.k.tiles[t].dtype != DType::F32 {
+                continue;
+            }
+            let arr = match &self.repr[t] {
+                Repr::Frag { m, n, arr } => (arr.clone(), self.geo.frag_regs(*m, *n)),
+                Repr::Rows { m, arr } => (arr.clone(), self.geo.mt(*m) * 2),
+                _ => continue,
+            };
+            if !out.contains(&arr) {
+                out.push(arr);
+            }
+        }
+        out
+    }
+
+    /// The rotated body of a producer-fed loop (see the module docs) and the nodes that follow
+    /// the loop (the last block's rescale, P·V and slot release), or `None` where the P·V cannot
+    /// be issued from registers (the loop is then lowered as written).
     pub(crate) fn lower_overlapped(
         &mut self,
         body: &[Stmt],
         p: &OverlapPlan,
         r: &RingNames,
-    ) -> Result<Option<(Vec<Node>, String)>, IrError> {
+    ) -> Result<Option<Rotated>, IrError> {
         let RingNames {
             base,
             cur,
@@ -186,9 +242,9 @@ impl Lower<'_> {
         ) else {
             return Ok(None);
         };
-        let Some((s_regs, s_arr)) = self.frag_of(&body[p.qk]) else {
+        if self.frag_of(&body[p.qk]).is_none() {
             return Ok(None);
-        };
+        }
         let Repr::Frag { arr: acc, .. } = self.repr[p.acc].clone() else {
             return Ok(None);
         };
@@ -211,54 +267,62 @@ impl Lower<'_> {
                 "#pragma unroll\nfor (int i_ = 0; i_ < {n}; ++i_) tpla_fence_operand({arr}[i_]);\n"
             )
         };
-        // Block i's q·kᵀ, committed and not waited for.
-        self.paging.gemm_no_wait = true;
-        let qk = self.lower_block(&body[..=p.qk]);
-        self.paging.gemm_no_wait = false;
-        let mut nodes = qk?;
-        // Block i - 1's P·V behind it (an empty group at block 0 keeps the count of groups the
-        // same on both paths), then the scores.
-        nodes.push(code(format!(
-            "if (it_ > 0) {{
-{cur} = {base} + ((it_ + {st} - 1) % {st}) * {slot};
-{pv}{cur} = {base} + (it_ % {st}) * {slot};
-}} else {{
-tpla_wgmma_commit();
-}}
-tpla_wgmma_wait1();
-{}",
-            fence(&s_arr, s_regs)
+        // Block i - 1's rescale (its alpha and P are still in their registers: block i's softmax
+        // has not run yet), P packed for the gemm (registers no gemm is reading: the last P·V
+        // was waited for), its P·V.
+        let mut previous = Vec::new();
+        self.lower_assign(p.acc, &p.rescale, &mut previous)?;
+        previous.push(code(pack_a_regs(&a_arr, &packed, kd)));
+        let mut after = previous.clone();
+        // Block i's q·kᵀ, waited for: no gemm is in flight when the accumulator is rescaled
+        // (ptxas waits for every gemm before a register a gemm wrote is touched while another
+        // is pending, C7517, which would serialise the loop again).
+        let mut nodes = self.lower_block(&body[..=p.qk])?;
+        previous.push(code(format!(
+            "{cur} = {base} + ((it_ + {st} - 1) % {st}) * {slot};\n{pv}{cur} = {base} + (it_ % {st}) * {slot};\n"
         )));
-        // Block i's softmax while the P·V runs.
+        nodes.push(Node::Scope {
+            head: "if (it_ > 0) {".into(),
+            body: previous,
+            tail: "}".into(),
+            looped: false,
+        });
+        // Block i's softmax while the P·V runs, and its P (the gemm reads the packed copy).
+        // The warpgroup's named barriers around it fence ptxas' scheduling: without them it
+        // hoists the P·V's wait above the softmax (H200 build, 2026-12-05).
+        let fence_sched = format!("tpla_bar_sync({OVERLAP_BAR} + (warp >> 2), 128);\n");
+        nodes.push(code(fence_sched.clone()));
         let rest: Vec<Stmt> = (p.qk + 1..body.len())
             .filter(|i| !p.moved.contains(i))
             .map(|i| body[i].clone())
             .collect();
         nodes.extend(self.lower_block(&rest)?);
-        // The P·V is done: its slot is free, the accumulator takes block i's rescale, and block
-        // i's P is packed for the next iteration's P·V.
+        let Stmt::Assign { op: a_op, .. } = &body[p.moved[3]] else {
+            unreachable!()
+        };
+        self.lower_assign(p.a, a_op, &mut nodes)?;
+        // What the next iteration reads of the softmax is computed before the wait; then
+        // block i - 1's slot is free.
+        let mut pinned = String::new();
+        for (arr, n) in self.softmax_outputs(body, p) {
+            pinned.push_str(&fence(&arr, n));
+        }
         nodes.push(code(format!(
-            "tpla_wgmma_wait0();
+            "{pinned}{fence_sched}tpla_wgmma_wait0();
 {}{}if (it_ > 0) tpla_mbar_arrive(&{MBAR}[{st} + (it_ + {st} - 1) % {st}]);
 ",
             fence(&acc, acc_regs),
             fence(&packed, kd / 4),
         )));
-        let mut tail = Vec::new();
-        self.lower_assign(p.acc, &p.rescale, &mut tail)?;
-        let Stmt::Assign { op: a_op, .. } = &body[p.moved[3]] else {
-            unreachable!()
-        };
-        self.lower_assign(p.a, a_op, &mut tail)?;
-        nodes.extend(tail);
-        nodes.push(code(pack_a_regs(&a_arr, &packed, kd)));
-        let after = format!(
-            "if ({nblk} > 0) {{
-{cur} = {base} + (({nblk} - 1) % {st}) * {slot};
-{pv_waited}tpla_mbar_arrive(&{MBAR}[{st} + ({nblk} - 1) % {st}]);
-}}
-"
-        );
+        after.push(code(format!(
+            "{cur} = {base} + (({nblk} - 1) % {st}) * {slot};\n{pv_waited}tpla_mbar_arrive(&{MBAR}[{st} + ({nblk} - 1) % {st}]);\n"
+        )));
+        let after = vec![Node::Scope {
+            head: format!("if ({nblk} > 0) {{"),
+            body: after,
+            tail: "}".into(),
+            looped: false,
+        }];
         Ok(Some((nodes, after)))
     }
 }
