@@ -259,11 +259,11 @@ fn emulated_seesaw_decode() {
 }
 
 /// Multi-token queries (the library kernel at `SQ = 2`): the causal limit per row and block
-/// (`len - s_q + row - kv.start()`) is an integer tile in shared memory, which both warpgroups
-/// would share with different block starts (only warpgroup 0's was written: warpgroup 1 masked
-/// its block with warpgroup 0's start, the 99-token case below differed from the CPU by 0.14), so
-/// the schedule does not apply there; the knob changes nothing and the decode (alone and with
-/// the TMA producer) matches the CPU backend.
+/// (`len - s_q + row - kv.start()`) is an integer tile in each warpgroup's row registers (the
+/// layout pass pulls it in, `cuda/layout.rs`), so the two warpgroups mask their own blocks with
+/// their own block starts and the schedule applies; the decode (alone and with the TMA
+/// producer) matches the CPU backend. (Until 2026-12-05 the limit was a shared-memory tile both
+/// warpgroups would have shared with different starts, and the schedule refused the loop.)
 #[test]
 fn emulated_seesaw_multi_token_decode() {
     use tpla_codegen::KernelDef;
@@ -294,8 +294,8 @@ fn emulated_seesaw_multi_token_decode() {
         let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
         let src = emit(&k, Target::sm90()).unwrap();
         assert!(
-            !src.code.contains("_oth = "),
-            "no seesaw over a shared per-block tile"
+            src.code.contains("_oth = "),
+            "the seesaw applies: the causal limit lives in registers"
         );
         let (rows, d, lat) = (sq as usize * heads, lat as usize + 64, lat as usize);
         let batch = lens.len();

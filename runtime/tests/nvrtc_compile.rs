@@ -597,7 +597,9 @@ fn cubin_attributes_show_registers_and_stack_frame() {
 /// warp-specialised 64-row variant, compiles for sm_90a without spills; the defaults at every
 /// width for Ampere and Ada too. One variant sits at the register limit already at `SQ = 1`
 /// (`BLOCK_H = 32, BLOCK_N = 64, LAT = 512`: 254 registers) and the causal mask's extra
-/// registers spill a few bytes there: it must compile with at most 16 bytes of spill loads.
+/// registers spill a few bytes there: it must compile with at most 16 bytes of spill stores and
+/// 64 of spill loads (16 / 16 while the mask went through shared memory with two block barriers
+/// per block; since 2026-12-05 the layout pass keeps it in registers, `cuda/layout.rs`).
 #[test]
 fn multi_token_decode_variants_compile_without_spills() {
     if !nvrtc_or_skip("multi_token_decode_variants_compile_without_spills") {
@@ -639,7 +641,11 @@ fn multi_token_decode_variants_compile_without_spills() {
     assert_eq!(at_limit.len(), 2);
     for o in &at_limit {
         match &o.result {
-            Ok((r, ..)) => assert!(r.spill_load_bytes <= 16, "{}: {r:?}", o.label),
+            Ok((r, ..)) => assert!(
+                r.spill_store_bytes <= 16 && r.spill_load_bytes <= 64,
+                "{}: {r:?}",
+                o.label
+            ),
             Err(e) => panic!("{}: {e}", o.label),
         }
     }

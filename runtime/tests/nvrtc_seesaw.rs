@@ -1,6 +1,7 @@
 //! CI without a GPU: every variant of the library decode kernel that the two-consumer schedule
 //! (`SEESAW = 1`, `codegen/src/cuda/lower/seesaw/`) applies to — the 64-row tune candidates at
-//! latent 512, 256 and 128 (at `SQ = 2` it no longer applies: a shared per-block tile) — is lowered and compiled by
+//! latent 512, 256 and 128, and at latent 512 with `SQ = 2` (the causal limit in each warpgroup's
+//! registers since 2026-12-05) — is lowered and compiled by
 //! NVRTC for sm_90a with no stack frame, no spill and no wgmma serialised by ptxas; the
 //! registers per variant are printed.
 //! Variants whose code is the same (up to the config comment) are compiled once.

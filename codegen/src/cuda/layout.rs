@@ -178,9 +178,61 @@ pub(crate) fn layouts(k: &Kernel) -> Vec<Lay> {
     for _ in 0..64 {
         let mut changed = false;
         lcx.walk(&k.body, &mut changed);
+        changed |= lcx.pull_into_registers(&k.body);
         if !changed {
             break;
         }
     }
     lcx.lay
+}
+
+impl LayoutCx<'_> {
+    /// The backward half of the analysis: a tile still undetermined (`Any`, so bound for shared
+    /// memory) that an elementwise op with a register result reads, at that result's shape (or
+    /// one value per row of it), takes the register layout too, unless it is inlined (a single
+    /// `iota` or constant). Without it a tile computed only from indices and scalars, such as
+    /// the multi-token decode's causal mask (`iota`, the row's token, a compare) feeding a
+    /// `select` on the scores, went through shared memory with two block barriers per block.
+    /// Returns whether a layout changed.
+    fn pull_into_registers(&mut self, body: &[Stmt]) -> bool {
+        let mut defs = vec![0usize; self.k.tiles.len()];
+        let mut inline = vec![false; self.k.tiles.len()];
+        crate::visit::walk_stmts(body, &mut |s| {
+            if let Stmt::Assign { dst, op } = s {
+                defs[*dst] += 1;
+                inline[*dst] = inlineable(op);
+            }
+        });
+        let mut changed = false;
+        crate::visit::walk_stmts(body, &mut |s| {
+            let Stmt::Assign { dst, op } = s else {
+                return;
+            };
+            let elementwise = matches!(
+                op,
+                TileOp::Binary(..)
+                    | TileOp::Compare(..)
+                    | TileOp::Select { .. }
+                    | TileOp::Unary(..)
+                    | TileOp::Cast(_)
+            );
+            let m = match self.lay[*dst] {
+                Lay::Frag { m, .. } | Lay::Rows { m } if elementwise => m,
+                _ => return,
+            };
+            for t in operand_tiles(op) {
+                if self.lay[t] != Lay::Any || (defs[t] == 1 && inline[t]) {
+                    continue;
+                }
+                let want = match (self.shape(t), self.lay[*dst]) {
+                    (sh, Lay::Frag { m, n }) if sh == [m, n] => Lay::Frag { m, n },
+                    ([r, 1], _) | ([r], _) if *r == m => Lay::Rows { m },
+                    _ => continue,
+                };
+                self.lay[t] = want;
+                changed = true;
+            }
+        });
+        changed
+    }
 }
