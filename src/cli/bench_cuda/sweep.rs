@@ -157,11 +157,15 @@ pub(super) fn sweep_configs(
         &[32, 64]
     };
     // Four stages fit only small blocks (BLOCK_N 32: more bytes in flight than 64-token blocks
-    // at two stages); the emitter caps the depth at what fits either way.
-    let sts_for = |bn: i64| -> &'static [i64] {
+    // at two stages), and 64-token blocks of 64 rows at the shard widths (40 KB of query and
+    // four 40 KB stages at latent 256: the depth `SOFTMAX_OVERLAP`, which holds one more block,
+    // needs); the emitter caps the depth at what fits either way.
+    let deep64 = shape.lat <= 256;
+    let sts_for = |bh: i64, bn: i64| -> &'static [i64] {
         match (quick, bn) {
             (true, _) => &[2],
             (false, 32) => &[2, 3, 4],
+            (false, 64) if bh == 64 && deep64 => &[2, 3, 4],
             _ => &[2, 3],
         }
     };
@@ -210,7 +214,7 @@ pub(super) fn sweep_configs(
             } else {
                 &WARPS
             };
-            for &st in sts_for(bn) {
+            for &st in sts_for(bh, bn) {
                 for &warps in warps_tried {
                     for &wg_split in splits_wg {
                         for &producer in producers {
@@ -509,6 +513,21 @@ mod tests {
         // A zero is a default, never pinned; swept knobs still filter.
         assert!(ahead.iter().all(|c| c.get("SOFTMAX_OVERLAP").is_err()));
         let plain = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, false, 1, t, None);
+        let deep = |c: &Config| {
+            c.get("BLOCK_N").ok() == Some(64)
+                && c.get("STAGES").ok() == Some(4)
+                && c.get("BLOCK_H").ok() == Some(64)
+        };
+        let shard = sweep_configs(
+            "tpla-shard",
+            &shape(64, 256, 64),
+            Sweep::Full,
+            false,
+            1,
+            t,
+            None,
+        );
+        assert!(shard.iter().any(deep) && !plain.iter().any(deep));
         assert!(plain
             .iter()
             .any(|c| c.get("SOFTMAX_OVERLAP").ok() == Some(1)
