@@ -67,6 +67,17 @@ fn emulated_decode_softmax_overlap() {
     };
     assert!(same(dp(128, 64, 3, 256), &[]), "no producer");
     assert!(same(dp(64, 64, 1, 256), &[("PRODUCER", 1)]), "one stage");
+    // Nor over an FP8 cache (its producer converts into the ring; not tried rotated).
+    let fp8 = |on: bool| {
+        let mut knobs = vec![("KV_FP8", 256i64), ("PRODUCER", 1)];
+        if on {
+            knobs.push(("SOFTMAX_OVERLAP", 1));
+        }
+        let k = latent_decode_with(dp(64, 64, 2, 256), &knobs).unwrap();
+        let code = tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap().code;
+        code.replace(",SOFTMAX_OVERLAP=1", "")
+    };
+    assert_eq!(fp8(true), fp8(false), "FP8 cache");
     let case = |p, knobs: &[(&str, i64)], heads, lens: &[i32], splits, seed| {
         decode_case_with(&cxx, p, knobs, Target::sm90(), heads, lens, splits, seed)
     };

@@ -226,8 +226,9 @@ impl<'a> Lower<'a> {
             .then(|| super::first_gemm::hoistable_first_gemm(self.k, s, body, 64))
             .flatten();
         // `SOFTMAX_OVERLAP`: the body rotated so each block's P·V runs during the next block's
-        // softmax (`softmax_overlap.rs`); its last P·V follows the loop.
-        let overlap = (ws && !seesaw && st >= 2 && self.sched.softmax_overlap)
+        // softmax (`softmax_overlap.rs`); its last P·V follows the loop. Not over an FP8 cache:
+        // its producer's staging ring and barrier were never tried with the rotated consumers.
+        let overlap = (ws && !seesaw && st >= 2 && fp8.lat == 0 && self.sched.softmax_overlap)
             .then(|| super::softmax_overlap::overlap_plan(self, body, ring))
             .flatten();
         let mut overlapped = None;
