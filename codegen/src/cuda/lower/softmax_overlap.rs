@@ -25,11 +25,12 @@
 //! gemm wrote while another is pending makes ptxas inject a wait for all, C7517, so the q·kᵀ is
 //! waited for first, not overlapped with the rescale as in FlashAttention-3), and the softmax
 //! sits between two syncs of the warpgroup's own named barrier, which keep ptxas from hoisting
-//! the P·V's wait above it (without them it did, and the overlap measured 11-14 % slower than
-//! the loop as written, H200 2026-12-05).
+//! the P·V's wait above it (without them it did: that first form measured 1.04-1.6x slower than
+//! the loop as written on the H200, 2026-12-05, partly for that, partly for the extra ring slot
+//! the rotated loop holds; `bench/NOTES-cuda-decode.md`).
 //!
 //! It applies under the producer warpgroup with two or more ring stages (the consumers hold two
-//! slots at once), where the body is flat assignments, its first non-view statement is a gemm
+//! slots at once) over a bf16 cache (not an FP8 one: `paged.rs`), where the body is flat assignments, its first non-view statement is a gemm
 //! whose A operand the loop never assigns, and its other gemm is fused into `acc = acc·x + P·V`
 //! with P a register fragment in wgmma's A layout and V a view of the ring ([`overlap_plan`]);
 //! elsewhere the knob changes nothing.
