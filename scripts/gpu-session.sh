@@ -59,7 +59,9 @@ if [ -n "${TPLA_SESSION_BENCH_ARGS:-}" ]; then
     step "cuda_bench_$i" 200 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results/$i" $extra
   done
 else
-  step cuda_bench 330 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
+  # (117-181 s in the sessions of 12-03 / 12-04; the 128-row, PINGPONG, SOFTMAX_OVERLAP and
+  # four-stage configs added since lengthen the sweep)
+  step cuda_bench 420 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
 fi
 cat "$OUT"/cuda_bench*.log 2>/dev/null | grep -aA60 "^device " >"$OUT/bench-table.txt"
 # Kimi-K2's MLA-TP rank holds 32 heads, a bucket the bench does not time: tune it, so both
