@@ -149,29 +149,41 @@ fn sanitizer_smoke_every_kernel_tma() {
         (256, 128, 64, 3, 0, 64, 1),
         (256, 128, 32, 2, 0, 16, 0),
     ] {
-        let p = Problem::new(2, 2, 17, lat, 64, vec![150, 33], page, 0.3);
-        let mut params = DecodeParams::new(2, 17, lat, 64, 2, 0.3);
-        params.decode = params
-            .decode
-            .with("BLOCK_H", bh)
-            .with("BLOCK_N", bn)
-            .with("STAGES", st)
-            .with("WG_SPLIT", if wg == 0 { 128 } else { wg })
-            .with("PRODUCER", 1)
-            .with("TMA", tma)
-            .with("PINGPONG", (wg == 0) as i64);
-        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-        let hl = 17 * lat;
-        for b in 0..2 {
-            let e = rel_error(
-                &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                &p.reference(b, true).out,
-            );
-            assert!(
-                e <= 5e-3,
-                "lat {lat} BLOCK_H {bh} BLOCK_N {bn} STAGES {st} TMA={tma} b {b}: {e}"
-            );
-        }
+        let knobs = [
+            ("BLOCK_H", bh),
+            ("BLOCK_N", bn),
+            ("STAGES", st),
+            ("WG_SPLIT", if wg == 0 { 128 } else { wg }),
+            ("PRODUCER", 1),
+            ("TMA", tma),
+            ("PINGPONG", (wg == 0) as i64),
+        ];
+        two_sequences_agree(g, 2, lat, page, 2, &knobs);
+    }
+}
+
+/// One launch of the decode with `knobs` on 17 heads of two sequences (150 and 33 tokens) in
+/// `page`-token pages and `splits` splits, each sequence against the f64 reference: the small
+/// case the sanitizer tests run.
+fn two_sequences_agree(
+    g: &CudaExecutor,
+    seed: u64,
+    lat: usize,
+    page: usize,
+    splits: usize,
+    knobs: &[(&str, i64)],
+) {
+    let p = Problem::new(seed, 2, 17, lat, 64, vec![150, 33], page, 0.3);
+    let mut params = DecodeParams::new(2, 17, lat, 64, splits, 0.3);
+    params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
+    let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
+    let hl = 17 * lat;
+    for b in 0..2 {
+        let e = rel_error(
+            &f64s(&out.data()[b * hl..(b + 1) * hl]),
+            &p.reference(b, true).out,
+        );
+        assert!(e <= 5e-3, "lat {lat} page {page} {knobs:?} b {b}: {e}");
     }
 }
 
@@ -207,28 +219,15 @@ fn sanitizer_smoke_every_kernel_overlap() {
         (512, 64, 64, 2, 64, 1),
         (256, 64, 32, 3, 16, 0),
     ] {
-        let p = Problem::new(3, 2, 17, lat, 64, vec![150, 33], page, 0.3);
-        let mut params = DecodeParams::new(2, 17, lat, 64, 3, 0.3);
-        params.decode = params
-            .decode
-            .with("BLOCK_H", bh)
-            .with("BLOCK_N", bn)
-            .with("STAGES", st)
-            .with("WG_SPLIT", 128)
-            .with("PRODUCER", 1)
-            .with("TMA", tma)
-            .with("SOFTMAX_OVERLAP", 1);
-        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-        let hl = 17 * lat;
-        for b in 0..2 {
-            let e = rel_error(
-                &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                &p.reference(b, true).out,
-            );
-            assert!(
-                e <= 5e-3,
-                "lat {lat} BLOCK_H {bh} BLOCK_N {bn} STAGES {st} TMA={tma} b {b}: {e}"
-            );
-        }
+        let knobs = [
+            ("BLOCK_H", bh),
+            ("BLOCK_N", bn),
+            ("STAGES", st),
+            ("WG_SPLIT", 128),
+            ("PRODUCER", 1),
+            ("TMA", tma),
+            ("SOFTMAX_OVERLAP", 1),
+        ];
+        two_sequences_agree(g, 3, lat, page, 3, &knobs);
     }
 }

@@ -231,22 +231,20 @@ impl<'a> Lower<'a> {
         let overlap = (ws && !seesaw && st >= 2 && fp8.lat == 0 && self.sched.softmax_overlap)
             .then(|| super::softmax_overlap::overlap_plan(self, body, ring))
             .flatten();
-        let mut overlapped = None;
-        if let Some(plan) = &overlap {
-            let names = super::softmax_overlap::RingNames {
-                base: &base,
-                cur: &cur,
-                st,
-                slot,
-                nblk: &nblk,
-            };
-            overlapped = self.lower_overlapped(body, plan, &names)?;
-        }
-        let (inner, overlap_after) = match overlapped {
-            Some((nodes, after)) => (Some(nodes), Some(after)),
-            None => (None, None),
+        let names = super::softmax_overlap::RingNames {
+            base: &base,
+            cur: &cur,
+            st,
+            slot,
+            nblk: &nblk,
         };
-        let inner = if let Some(nodes) = inner {
+        let overlapped = match &overlap {
+            Some(plan) => self.lower_overlapped(body, plan, &names)?,
+            None => None,
+        };
+        let mut overlap_after = None;
+        let inner = if let Some((nodes, after)) = overlapped {
+            overlap_after = Some(after);
             nodes
         } else if let Some(g) = hoist {
             self.paging.gemm_no_wait = true;

@@ -131,7 +131,13 @@ pub(crate) fn overlap_plan(l: &Lower, body: &[Stmt], ring: usize) -> Option<Over
     let n = l.k.tiles[v].shape[1];
     let frag = |t: TileId, r: usize, c: usize| matches!(&l.repr[t], Repr::Frag { m: m2, n: n2, .. } if *m2 == r && *n2 == c);
     let ring_view = matches!(&l.repr[v], Repr::Smem { buf, .. } if *buf == ring);
-    if !frag(a, m, kd) || !frag(acc, m, n) || !ring_view || !l.rs_geometry(m, kd) {
+    let scores_in_registers = l.frag_of(&body[qk]).is_some();
+    if !frag(a, m, kd)
+        || !frag(acc, m, n)
+        || !ring_view
+        || !scores_in_registers
+        || !l.rs_geometry(m, kd)
+    {
         return None;
     }
     Some(OverlapPlan {
@@ -243,9 +249,6 @@ impl Lower<'_> {
         ) else {
             return Ok(None);
         };
-        if self.frag_of(&body[p.qk]).is_none() {
-            return Ok(None);
-        }
         let Repr::Frag { arr: acc, .. } = self.repr[p.acc].clone() else {
             return Ok(None);
         };

@@ -70,21 +70,6 @@ fn other_slot(cur: &str) -> String {
 /// The warpgroup index of a thread (C expression).
 const WG: &str = "(warp >> 2)";
 
-/// Packs the `[64, 16 ks]` accumulator-layout fragment `arr` into `ks * 4` bf16 pairs `dst` in
-/// the register-A order of `wgmma` (columns `16k ..` are n-tiles `2k`, `2k + 1`).
-fn pack_bf16(arr: &str, dst: &str, ks: usize) -> String {
-    format!(
-        "#pragma unroll
-for (int k_ = 0; k_ < {ks}; ++k_) {{
-    {dst}[k_ * 4 + 0] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 0], {arr}[(2 * k_) * 4 + 1]);
-    {dst}[k_ * 4 + 1] = tpla_pack_bf16x2({arr}[(2 * k_) * 4 + 2], {arr}[(2 * k_) * 4 + 3]);
-    {dst}[k_ * 4 + 2] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 0], {arr}[(2 * k_ + 1) * 4 + 1]);
-    {dst}[k_ * 4 + 3] = tpla_pack_bf16x2({arr}[(2 * k_ + 1) * 4 + 2], {arr}[(2 * k_ + 1) * 4 + 3]);
-}}
-"
-    )
-}
-
 impl<'a> Lower<'a> {
     /// The geometry decision: where the schedule asks for it, the kernel has the [`pattern`] and
     /// the target has the warpgroup path, the plan with eight consumer warps (two warpgroups; a
@@ -362,7 +347,7 @@ unsigned px_[{np}];
 for (int k_ = 0; k_ < {ks}; ++k_) xp_[({WG} * {ks} + k_) * 128 + (tid & 127)] = make_uint4(px_[k_ * 4], px_[k_ * 4 + 1], px_[k_ * 4 + 2], px_[k_ * 4 + 3]);
 }}
 ",
-                pack_bf16(arr, "px_", ks),
+                pack_a_regs(arr, "px_", ks * 16),
                 np = kd / 4,
             ),
             reads: vec![],
@@ -467,7 +452,7 @@ tpla_wgmma_wait0();
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 }}
 ",
-            pack_bf16(&pa, "pa_", ks),
+            pack_a_regs(&pa, "pa_", ks * 16),
             cur = bb.name,
             at0 = bop.at0,
             lbo = bop.lbo,
