@@ -16,6 +16,7 @@
 //! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
 //! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
 //! | `SOFTMAX_OVERLAP` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, FlashAttention-3's overlap inside a warpgroup: block `i`'s P·V is issued after block `i + 1`'s q·kᵀ and runs on the tensor cores while block `i + 1`'s softmax is computed; the accumulator's rescale moves in front of that gemm (`cuda/lower/softmax_overlap.rs`; default 0, searched by the tuner; applies where that file's pattern matches and the cache is bf16, elsewhere it changes nothing; not with `QK_AHEAD` or `PINGPONG`, which order the same loop otherwise) |
+//! | `WG_KV_SPLIT` | 0, 1 | 1 (needs `PRODUCER = 1`): where a 64-row tile would run on one consumer warpgroup, two take alternate blocks of the paged loop, each with the whole accumulator and its own softmax state, merged once after the loop (`cuda/lower/kv_split.rs`; default 0; applies where that file's pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD` or `SOFTMAX_OVERLAP`) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -51,6 +52,10 @@ pub struct Schedule {
     /// q·kᵀ, overlapping it with that block's softmax (`SOFTMAX_OVERLAP`, default false;
     /// `cuda/lower/softmax_overlap.rs`).
     pub softmax_overlap: bool,
+    /// Whether two consumer warpgroups take alternate blocks of the producer-fed paged loop of a
+    /// 64-row tile, each with the whole accumulator, merged after the loop (`WG_KV_SPLIT`,
+    /// default false; `cuda/lower/kv_split.rs`).
+    pub wg_kv_split: bool,
 }
 
 impl Default for Schedule {
@@ -65,6 +70,7 @@ impl Default for Schedule {
             qk_ahead: false,
             pingpong: false,
             softmax_overlap: false,
+            wg_kv_split: false,
         }
     }
 }
@@ -93,6 +99,8 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     &[("PINGPONG", 1), ("PRODUCER", 1), ("TMA", 1)],
     &[("SOFTMAX_OVERLAP", 1), ("PRODUCER", 1)],
     &[("SOFTMAX_OVERLAP", 1), ("PRODUCER", 1), ("TMA", 1)],
+    &[("WG_KV_SPLIT", 1), ("PRODUCER", 1)],
+    &[("WG_KV_SPLIT", 1), ("PRODUCER", 1), ("TMA", 1)],
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
@@ -198,6 +206,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "WG_KV_SPLIT" => {
+                    s.wg_kv_split = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -221,6 +236,27 @@ impl Schedule {
                     "SOFTMAX_OVERLAP",
                     1,
                     format!("orders the loop's gemms otherwise than {other} = 1: set one of them"),
+                ));
+            }
+        }
+        if s.wg_kv_split && !s.producer {
+            return Err(bad(
+                "WG_KV_SPLIT",
+                1,
+                "needs PRODUCER = 1 (the warpgroups take their blocks from the producer's ring)",
+            ));
+        }
+        // The split warpgroups run the loop as written, each on its own blocks.
+        for (other, set) in [
+            ("SEESAW", s.seesaw),
+            ("QK_AHEAD", s.qk_ahead),
+            ("SOFTMAX_OVERLAP", s.softmax_overlap),
+        ] {
+            if s.wg_kv_split && set {
+                return Err(bad(
+                    "WG_KV_SPLIT",
+                    1,
+                    format!("splits the loop's blocks otherwise than {other} = 1: set one of them"),
                 ));
             }
         }
@@ -324,6 +360,7 @@ mod tests {
             ("QK_AHEAD", 2),
             ("PINGPONG", 2),
             ("SOFTMAX_OVERLAP", 2),
+            ("WG_KV_SPLIT", 2),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -339,5 +376,16 @@ mod tests {
             assert!(e.to_string().contains(other), "{e}");
             assert_eq!(knob_of(e), "SOFTMAX_OVERLAP");
         }
+        let e = Schedule::from_config(&cfg(&[("WG_KV_SPLIT", 1)])).unwrap_err();
+        assert!(e.to_string().contains("PRODUCER"), "{e}");
+        assert_eq!(knob_of(e), "WG_KV_SPLIT");
+        for other in ["SEESAW", "QK_AHEAD", "SOFTMAX_OVERLAP"] {
+            let set = [("WG_KV_SPLIT", 1), ("PRODUCER", 1), (other, 1)];
+            let e = Schedule::from_config(&cfg(&set)).unwrap_err();
+            assert!(e.to_string().contains(other), "{e}");
+            assert_eq!(knob_of(e), "WG_KV_SPLIT");
+        }
+        let s = Schedule::from_config(&cfg(&[("WG_KV_SPLIT", 1), ("PRODUCER", 1)])).unwrap();
+        assert!(s.wg_kv_split && s.producer);
     }
 }

@@ -18,6 +18,11 @@ mod emu_decode;
 
 use emu::*;
 use emu_decode::*;
+
+/// `WG_KV_SPLIT = 1`: the same two warpgroups on alternate blocks, each with the whole
+/// accumulator, merged after the loop (in a file of its own).
+#[path = "emu/kv_split.rs"]
+mod kv_split;
 use samples::{latent_decode, DecodeParams};
 use tpla_codegen::cuda::{emit, CudaSource, Target};
 use tpla_codegen::ir::*;

@@ -441,6 +441,26 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
                         .map_err(|e| e.to_string()),
                 });
             }
+            if !tall
+                && lat <= 256
+                && matches!(st, Some(2 | 4))
+                && cfg.get("WG_SPLIT").ok() == Some(128)
+            {
+                // Two warpgroups on alternate blocks of the 64-row tile, each with the whole
+                // accumulator (up to 128 registers of it at latent 256).
+                let kv = cfg.clone().with("WG_KV_SPLIT", 1);
+                let kernel = tpla_kernels::latent_decode
+                    .build(&kv)
+                    .map_err(|e| e.to_string());
+                if let Ok(k) = &kernel {
+                    let src = tpla_codegen::cuda::emit(k, Target::sm90()).unwrap();
+                    assert!(src.code.contains("it_ += 2)"), "{kv}: not split");
+                }
+                cases.push(Case {
+                    label: format!("latent_decode [{kv}]"),
+                    kernel,
+                });
+            }
             let kernel = tpla_kernels::latent_decode
                 .build(&cfg)
                 .map_err(|e| e.to_string());
@@ -456,8 +476,9 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
     }
     // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}, and 128-row
     // blocks at 3 widths x BLOCK_N x STAGES; SOFTMAX_OVERLAP at BLOCK_N {32, 64} x STAGES
-    // {2, 3, 4} on the 4 + 3 widths.
-    assert_eq!(cases.len(), 96 + 36 + 12 + 24 + 18);
+    // {2, 3, 4} on the 4 + 3 widths; WG_KV_SPLIT at the 3 shard widths x BLOCK_N x STAGES
+    // {2, 4}.
+    assert_eq!(cases.len(), 96 + 36 + 12 + 24 + 18 + 18);
     let outcomes = compile_all(cases, Target::sm90());
     check(&outcomes, "warp-specialised decode variants");
 }

@@ -27,6 +27,10 @@ pub(crate) struct Geo {
     /// A producer warpgroup (after the `nw` consumer warps) streams the paged blocks (schedule
     /// `PRODUCER`, see `warpspec.rs`); set by the pipeline where it applies.
     pub(crate) producer: bool,
+    /// Under `wg`: the warpgroups past the first are replicas of it, each holding every tile
+    /// whole, and take alternate blocks of the paged loop (schedule `WG_KV_SPLIT`, see
+    /// `lower/kv_split.rs`); set by the geometry pass where it applies.
+    pub(crate) kv_split: bool,
 }
 
 impl Geo {
@@ -48,6 +52,9 @@ impl Geo {
     }
     pub(crate) fn wn(&self, m: usize, n: usize) -> usize {
         if let Some(rows) = self.wg_rows(m) {
+            if self.kv_split {
+                return 1;
+            }
             // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
             // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
             // row statistics stay in registers and P feeds wgmma from registers.
@@ -115,6 +122,7 @@ pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
         wg,
         wg_split: sched.wg_split,
         producer: false,
+        kv_split: false,
     }
 }
 
@@ -138,6 +146,7 @@ fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
             wg: false,
             wg_split: 128,
             producer: false,
+            kv_split: false,
         };
         if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
@@ -157,6 +166,7 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         wg: true,
         wg_split: sched.wg_split,
         producer: false,
+        kv_split: false,
     };
     target.wgmma
         && sched.wgmma

@@ -316,6 +316,9 @@ pub struct CudaSource {
     /// a tuner skips a 128-row head block that does not (its accumulators would not fit the
     /// registers of two warpgroups stacked along the rows).
     pub warpgroups: bool,
+    /// Whether two consumer warpgroups split the paged loop's blocks (`WG_KV_SPLIT = 1`); false
+    /// where the knob is off or changed nothing, so a tuner can skip the config.
+    pub kv_split: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

@@ -3,6 +3,7 @@
 use crate::cuda::analysis::*;
 use crate::cuda::geometry::*;
 use crate::cuda::layout::*;
+use crate::cuda::lower::kv_split::{barrier_in_split_loop, KV_SPLIT_REFUSED};
 use crate::cuda::lower::*;
 use crate::cuda::print::*;
 use crate::cuda::sync::*;
@@ -29,10 +30,17 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     let mut smallest = None;
     // The two-consumer schedule holds two blocks per stage; where no stage count fits, the
     // kernel is emitted without it.
+    // So does the KV split where its loop body would synchronise its warpgroups.
     let mut schedules = vec![sched];
     if sched.seesaw {
         schedules.push(Schedule {
             seesaw: false,
+            ..sched
+        });
+    }
+    if sched.wg_kv_split {
+        schedules.push(Schedule {
+            wg_kv_split: false,
             ..sched
         });
     }
@@ -45,7 +53,8 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
                 loop {
                     let (src, choices) = match emit_with(k, t, sched, cap, staging) {
                         Err(IrError::Backend { ref message, .. })
-                            if sched.seesaw && message.contains(SEESAW_SHARED_TILE) =>
+                            if (sched.seesaw && message.contains(SEESAW_SHARED_TILE))
+                                || (sched.wg_kv_split && message.contains(KV_SPLIT_REFUSED)) =>
                         {
                             continue 'schedules
                         }
@@ -135,6 +144,10 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
             s.geo = geo;
             s.seesaw = Some(plan);
         }
+        if let Some((geo, plan)) = s.kv_split_plan() {
+            s.geo = geo;
+            s.kv_split = Some(plan);
+        }
         Ok(())
     }),
     ("memory", |s| {
@@ -143,6 +156,9 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
         s.lay = lay;
         if s.seesaw_shares_a_block_tile() {
             return Err(backend_err(s.k, SEESAW_SHARED_TILE));
+        }
+        if s.kv_split_shares_a_block_tile() {
+            return Err(backend_err(s.k, KV_SPLIT_REFUSED));
         }
         Ok(())
     }),
@@ -153,6 +169,9 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     }),
     ("sync", |s| {
         s.nodes = insert_barriers(&s.nodes, &mut Hazards::default());
+        if s.kv_split.is_some() && barrier_in_split_loop(&s.nodes) {
+            return Err(backend_err(s.k, KV_SPLIT_REFUSED));
+        }
         Ok(())
     }),
     ("print", |s| {

@@ -247,7 +247,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
             producer,
             *st,
             mbar_off,
-            geo.nw,
+            (geo.nw, if geo.kv_split { 128 } else { geo.nw * 32 }),
             lw.paging.producer_regs,
         ));
     }
@@ -263,5 +263,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         f32_gemm: target.f32_gemm,
         seesaw: lw.seesaw.is_some(),
         warpgroups: geo.wg,
+        kv_split: geo.kv_split,
     }
 }

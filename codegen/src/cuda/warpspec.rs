@@ -223,12 +223,13 @@ pub(crate) fn producer_loop(
 /// `st` stages) initialised and published block-wide, then the producer warpgroup (warps `nw ..
 /// nw + 3`) runs `producer` with `regs` registers (0: [`PRODUCER_REGS`]; the FP8 producer
 /// converts, so it keeps more) and leaves; the consumers take the freed registers and go on to
-/// the body.
+/// the body. Each stage's empty mbarrier counts `releasers` arrivals: the consumer threads
+/// that read a block (all of them, or one warpgroup's under `WG_KV_SPLIT`).
 pub(crate) fn warpspec_head(
     producer: &str,
     st: usize,
     mbar_off: usize,
-    nw: usize,
+    (nw, releasers): (usize, usize),
     regs: usize,
 ) -> String {
     let regs = if regs == 0 { PRODUCER_REGS } else { regs };
@@ -242,7 +243,7 @@ pub(crate) fn warpspec_head(
     if (tid == 0) {{
         for (int i_ = 0; i_ < {st}; ++i_) {{
             tpla_mbar_init(&{MBAR}[i_], {PRODUCER_THREADS});
-            tpla_mbar_init(&{MBAR}[{st} + i_], {consumers});
+            tpla_mbar_init(&{MBAR}[{st} + i_], {releasers});
         }}
         tpla_mbar_init_fence();
     }}
@@ -251,7 +252,6 @@ pub(crate) fn warpspec_head(
         tpla_setmaxnreg_dec<{regs}>();
         const int pw_ = warp - {nw};
 ",
-        consumers = nw * 32,
     );
     for line in producer.lines().filter(|l| !l.is_empty()) {
         s.push_str("        ");

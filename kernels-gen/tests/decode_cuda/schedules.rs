@@ -231,3 +231,44 @@ fn sanitizer_smoke_every_kernel_overlap() {
         two_sequences_agree(g, 3, lat, page, 3, &knobs);
     }
 }
+
+/// Two consumer warpgroups on alternate blocks of a 64-row tile (`WG_KV_SPLIT = 1`: each with
+/// the whole accumulator, merged after the loop) on every 64-row candidate at the shard widths,
+/// fed by the `cp.async` and the TMA producers (at latent 512 the accumulator needs both
+/// warpgroups and the knob changes nothing).
+#[test]
+fn cuda_wg_kv_split_agrees() {
+    let Some(g) = gpu() else { return };
+    for tma in [0i64, 1] {
+        let knobs = [("PRODUCER", 1), ("TMA", tma), ("WG_KV_SPLIT", 1)];
+        for (lat, page) in [(256usize, 64usize), (128, 16)] {
+            every_64_row_config_agrees(g, lat as u64 + 29, lat, page, 3, &knobs);
+        }
+    }
+}
+
+/// `WG_KV_SPLIT = 1` under compute-sanitizer (memcheck, racecheck, synccheck; see
+/// `sanitizer_smoke_every_kernel_tma`): two and four stages, 64-, 32- and 16-token blocks (the
+/// merge through the ring in one, two and four chunks), the `cp.async` and TMA producers, a
+/// split of one block (the second warpgroup without one), each checked against the f64
+/// reference.
+#[test]
+fn sanitizer_smoke_every_kernel_kv_split() {
+    let Some(g) = gpu() else { return };
+    for (lat, bn, st, page, tma) in [
+        (256usize, 64i64, 4i64, 64usize, 1i64),
+        (256, 32, 2, 16, 0),
+        (128, 16, 2, 16, 1),
+    ] {
+        let knobs = [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", bn),
+            ("STAGES", st),
+            ("WG_SPLIT", 128),
+            ("PRODUCER", 1),
+            ("TMA", tma),
+            ("WG_KV_SPLIT", 1),
+        ];
+        two_sequences_agree(g, 4, lat, page, 3, &knobs);
+    }
+}

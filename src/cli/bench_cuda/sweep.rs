@@ -19,7 +19,7 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 14] = [
+const SWEPT_KNOBS: [&str; 15] = [
     "BLOCK_H",
     "BLOCK_N",
     "STAGES",
@@ -34,6 +34,7 @@ const SWEPT_KNOBS: [&str; 14] = [
     "WARPS",
     "PINGPONG",
     "SOFTMAX_OVERLAP",
+    "WG_KV_SPLIT",
 ];
 
 /// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
@@ -54,6 +55,12 @@ pub(super) fn pinned_knobs(want: Option<&str>) -> Vec<(String, i64)> {
 /// its pair ring does not fit and the kernel is the base config's): a sweep times it only then.
 pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     emitted(target, cfg).is_some_and(|src| src.seesaw)
+}
+
+/// Whether `WG_KV_SPLIT = 1` in `cfg` changes the emitted decode kernel on this device (two
+/// consumer warpgroups on one 64-row tile; not at latent 512, whose accumulator needs both).
+pub(super) fn kv_split_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    emitted(target, cfg).is_some_and(|src| src.kv_split)
 }
 
 /// The decode kernel `cfg` emits on `target`, if it builds and emits.
@@ -202,10 +209,11 @@ pub(super) fn sweep_configs(
             let seesaws: &[i64] = if bh == 64 && !fp8 { &[0, 1] } else { &[0] };
             // And how the warpgroups order their gemms under a producer: 1 is PINGPONG
             // (row-stacked warpgroups taking turns), 2 SOFTMAX_OVERLAP (each block's P·V behind
-            // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup).
+            // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
+            // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
-                (64, false) => &[0, 2],
+                (64, false) => &[0, 2, 3],
                 _ => &[0],
             };
             // A 128-row block is two warpgroups by construction: no warp count to force.
@@ -227,6 +235,11 @@ pub(super) fn sweep_configs(
                                 }
                                 // The overlap needs two ring stages and P in registers.
                                 if order == 2 && (st < 2 || seesaw > 0 || wg_split != 128) {
+                                    continue;
+                                }
+                                // The split takes the emitter's warps (it adds the second
+                                // warpgroup itself); WG_SPLIT is moot under it.
+                                if order == 3 && (seesaw > 0 || wg_split != 128 || warps > 0) {
                                     continue;
                                 }
                                 let mut cfg = Config::new()
@@ -251,6 +264,7 @@ pub(super) fn sweep_configs(
                                 match order {
                                     1 => cfg.set("PINGPONG", 1),
                                     2 => cfg.set("SOFTMAX_OVERLAP", 1),
+                                    3 => cfg.set("WG_KV_SPLIT", 1),
                                     _ => {}
                                 }
                                 if sq > 1 {
@@ -272,6 +286,9 @@ pub(super) fn sweep_configs(
                                 let knobs: Vec<(String, i64)> =
                                     cfg.iter().map(|(k, v)| (k.to_string(), v)).collect();
                                 if tpla_codegen::schedule::Schedule::from_config(&knobs).is_err() {
+                                    continue;
+                                }
+                                if order == 3 && !kv_split_applies(target, &cfg) {
                                     continue;
                                 }
                                 if seesaw > 0 && !seesaw_applies(target, &cfg) {
@@ -533,6 +550,12 @@ mod tests {
             .any(|c| c.get("SOFTMAX_OVERLAP").ok() == Some(1)
                 && c.get("STAGES").ok() >= Some(2)
                 && c.get("PRODUCER").ok() == Some(1)));
+        // The KV split on the shard's 64-row tiles only (latent 512 needs both warpgroups).
+        let split = |c: &Config| c.get("WG_KV_SPLIT").ok() == Some(1);
+        assert!(shard
+            .iter()
+            .any(|c| split(c) && c.get("BLOCK_H").ok() == Some(64)));
+        assert!(!plain.iter().any(split));
         assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
         assert_eq!(
             pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),

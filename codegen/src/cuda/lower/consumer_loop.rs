@@ -82,7 +82,8 @@ impl Lower<'_> {
         }
         out.push(Node::Scope {
             head: format!(
-                "for (int it_ = 0; it_ < {nblk}; ++it_) {{\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();"
+                "{}\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();",
+                self.consumer_loop_head(nblk)
             ),
             body: body_nodes,
             tail: "}".into(),

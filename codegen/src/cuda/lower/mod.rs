@@ -8,6 +8,7 @@ pub(crate) mod fp8;
 pub(crate) mod fp8_producer;
 pub(crate) mod gemm;
 pub(crate) mod iter;
+pub(crate) mod kv_split;
 pub(crate) mod memory;
 pub(crate) mod paged;
 pub(crate) mod partial_sum;
@@ -63,6 +64,9 @@ pub(crate) struct Lower<'a> {
     pub(crate) affinity: HashMap<Vec<usize>, usize>,
     /// The two-consumer schedule's plan where it applies (the `geometry` pass, `lower/seesaw/`).
     pub(crate) seesaw: Option<seesaw::Seesaw>,
+    /// The two warpgroups' split of the loop's blocks where it applies (the `geometry` pass,
+    /// `lower/kv_split.rs`).
+    pub(crate) kv_split: Option<kv_split::KvSplit>,
 }
 
 /// The shared-memory buffers of a kernel, in placement order (see [`place`]).
@@ -173,6 +177,7 @@ impl<'a> Lower<'a> {
             depth: 0,
             affinity: HashMap::new(),
             seesaw: None,
+            kv_split: None,
         }
     }
 

@@ -424,7 +424,7 @@ tpla_wgmma_commit();
                 producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref())
             };
             self.paging.producer_code = Some((code, st));
-            return self.producer_consumers(
+            self.producer_consumers(
                 &setup,
                 (&id, &lo, &nblk, &base, &cur),
                 (*start, *block, st, slot),
@@ -436,7 +436,10 @@ tpla_wgmma_commit();
                 inner,
                 reads,
                 out,
-            );
+            )?;
+            // Under `WG_KV_SPLIT` the second warpgroup's state merges into the first's.
+            out.extend(self.kv_split_merge(ring)?);
+            return Ok(());
         }
         let setup = format!(
             "{setup}for (int j_ = 0; j_ < {pre}; ++j_) {{
