@@ -53,6 +53,11 @@ pub(crate) fn inlineable(op: &TileOp) -> bool {
 pub(crate) struct LayoutCx<'a> {
     pub(crate) k: &'a Kernel,
     pub(crate) lay: Vec<Lay>,
+    /// A kernel without gemms whose accumulators were seeded in registers
+    /// ([`gemmless_accumulators`]): an elementwise op of shared-memory operands stays
+    /// undetermined (it may be computed into registers where a register op reads it) instead
+    /// of going to shared memory.
+    pub(crate) gemmless: bool,
 }
 
 impl LayoutCx<'_> {
@@ -102,6 +107,9 @@ impl LayoutCx<'_> {
                 return Lay::Any;
             }
         }
+        if self.gemmless {
+            return Lay::Any;
+        }
         Lay::Smem
     }
 
@@ -109,6 +117,8 @@ impl LayoutCx<'_> {
         let shape = self.shape(dst).to_vec();
         match op {
             TileOp::Full(_) | TileOp::Iota { .. } => Lay::Any,
+            // (Without gemms a load may go straight into the registers that read it.)
+            TileOp::Load { .. } if self.gemmless => Lay::Any,
             TileOp::Load { .. } => Lay::Smem,
             TileOp::Unary(_, t) | TileOp::Cast(t) => match self.lay[*t] {
                 Lay::Bottom | Lay::Any => Lay::Any,
@@ -171,10 +181,16 @@ impl LayoutCx<'_> {
 /// The layout analysis: the fixpoint of [`LayoutCx::walk`] over the kernel body (at most 64
 /// rounds), one [`Lay`] per tile.
 pub(crate) fn layouts(k: &Kernel) -> Vec<Lay> {
+    let seeds = gemmless_accumulators(k);
     let mut lcx = LayoutCx {
         k,
         lay: vec![Lay::Bottom; k.tiles.len()],
+        gemmless: !seeds.is_empty(),
     };
+    for t in seeds {
+        let sh = &k.tiles[t].shape;
+        lcx.lay[t] = Lay::Frag { m: sh[0], n: sh[1] };
+    }
     for _ in 0..64 {
         let mut changed = false;
         lcx.walk(&k.body, &mut changed);
@@ -184,6 +200,58 @@ pub(crate) fn layouts(k: &Kernel) -> Vec<Lay> {
         }
     }
     lcx.lay
+}
+
+/// The seed of a kernel without gemms (the split-KV combines, the DCP merge): its f32
+/// accumulators, 2-D tiles a loop adds into (assigned before a loop and in its body) of a shape
+/// the fragment layout covers, start in registers in that layout; the elementwise ops that
+/// feed them follow, and the row vectors they read (the weights, the running max) take the row
+/// layout ([`LayoutCx::pull_into_registers`]). Without it such a kernel kept every tile in shared
+/// memory: a `[16, 128]` accumulator was read and written through shared memory twice per
+/// split, with a block barrier around every load. Kernels with a gemm are seeded by their
+/// gemms and are left as they are.
+fn gemmless_accumulators(k: &Kernel) -> Vec<TileId> {
+    let gemm = crate::visit::any_stmt(&k.body, &mut |s| {
+        matches!(
+            s,
+            Stmt::Assign {
+                op: TileOp::Gemm { .. },
+                ..
+            }
+        )
+    });
+    if gemm {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    let mut assigned: Vec<TileId> = Vec::new();
+    fn walk(body: &[Stmt], assigned: &mut Vec<TileId>, out: &mut Vec<TileId>, k: &Kernel) {
+        for s in body {
+            match s {
+                Stmt::Assign { dst, .. } => assigned.push(*dst),
+                Stmt::For { body: inner, .. } => {
+                    let before = assigned.clone();
+                    crate::visit::walk_stmts(inner, &mut |s| {
+                        if let Stmt::Assign { dst, .. } = s {
+                            let tile = &k.tiles[*dst];
+                            if before.contains(dst)
+                                && tile.dtype == DType::F32
+                                && tile.shape.len() == 2
+                                && Geo::frag_ok(tile.shape[0], tile.shape[1])
+                                && !out.contains(dst)
+                            {
+                                out.push(*dst);
+                            }
+                        }
+                    });
+                    walk(inner, assigned, out, k);
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(&k.body, &mut assigned, &mut out, k);
+    out
 }
 
 impl LayoutCx<'_> {
@@ -216,6 +284,19 @@ impl LayoutCx<'_> {
                     | TileOp::Unary(..)
                     | TileOp::Cast(_)
             );
+            // A row vector seen as a column (`w.unsqueeze(1)`) in row registers: the vector
+            // too.
+            if let (TileOp::View(src, ViewOp::Unsqueeze(1)), Lay::Rows { m }) = (op, self.lay[*dst])
+            {
+                if self.lay[*src] == Lay::Any
+                    && self.shape(*src) == [m]
+                    && !(defs[*src] == 1 && inline[*src])
+                {
+                    self.lay[*src] = Lay::Rows { m };
+                    changed = true;
+                }
+                return;
+            }
             let m = match self.lay[*dst] {
                 Lay::Frag { m, .. } | Lay::Rows { m } if elementwise => m,
                 _ => return,
