@@ -378,13 +378,45 @@ for (int i_ = {lo}; i_ < {hi}; ++i_) {{
 }
 
 /// Whether the consumers' split loop (its head from [`Lower::consumer_loop_head`]) in `nodes`
-/// contains a barrier (after the sync pass).
+/// contains a barrier across the warpgroups (after the sync pass): a barrier node, or code
+/// that syncs the block or a named barrier of other than one warpgroup's 128 threads (a
+/// warpgroup's own named barrier, as `SOFTMAX_OVERLAP` uses, is fine).
 pub(crate) fn barrier_in_split_loop(nodes: &[Node]) -> bool {
+    fn crosses_warpgroups(text: &str) -> bool {
+        if text.contains("__syncthreads") {
+            return true;
+        }
+        ["tpla_bar_sync(", "tpla_bar_arrive("].iter().any(|call| {
+            text.match_indices(call).any(|(at, _)| {
+                // The arguments up to the call's own closing parenthesis.
+                let rest = &text[at + call.len()..];
+                let mut depth = 0usize;
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| match c {
+                        '(' => {
+                            depth += 1;
+                            false
+                        }
+                        ')' if depth == 0 => true,
+                        ')' => {
+                            depth -= 1;
+                            false
+                        }
+                        _ => false,
+                    })
+                    .map_or(rest.len(), |(i, _)| i);
+                rest[..end].rsplit(',').next().map(str::trim) != Some("128")
+            })
+        })
+    }
     fn any_barrier(nodes: &[Node]) -> bool {
         nodes.iter().any(|n| match n {
             Node::Barrier => true,
-            Node::Scope { body, .. } => any_barrier(body),
-            Node::Code { .. } => false,
+            Node::Scope {
+                head, body, tail, ..
+            } => crosses_warpgroups(head) || crosses_warpgroups(tail) || any_barrier(body),
+            Node::Code { text, .. } => crosses_warpgroups(text),
         })
     }
     nodes.iter().any(|n| match n {
@@ -431,5 +463,17 @@ mod tests {
             looped: false,
         };
         assert!(barrier_in_split_loop(&[outer]));
+        // Barriers in code text: the consumers' (256 threads) or the block's cross the
+        // warpgroups, a warpgroup's own (128) does not.
+        assert!(barrier_in_split_loop(&[lp(vec![code(
+            "tpla_bar_sync(1, 256);"
+        )])]));
+        assert!(barrier_in_split_loop(&[lp(vec![code(
+            "if (w) tpla_bar_arrive(3, 256);"
+        )])]));
+        assert!(barrier_in_split_loop(&[lp(vec![code("__syncthreads();")])]));
+        assert!(!barrier_in_split_loop(&[lp(vec![code(
+            "tpla_bar_sync(5 + (warp >> 2), 128);"
+        )])]));
     }
 }
