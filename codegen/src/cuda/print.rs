@@ -242,6 +242,13 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     for d in &lw.decl.lines {
         code.push_str(&format!("    {d}\n"));
     }
+    // A balanced schedule's program with no piece leaves before the mbarriers, the producer's
+    // split and the query load.
+    if let Some(exit) = &lw.paging.early_exit {
+        for line in exit.lines() {
+            code.push_str(&format!("    {line}\n"));
+        }
+    }
     if let Some((producer, st)) = &lw.paging.producer_code {
         code.push_str(&warpspec_head(
             producer,

@@ -73,6 +73,19 @@ pub(crate) fn chunked_decode_case(
         },
         HostArg::F32(scale),
     ];
+    // A program past its sequence's last piece leaves first: before the mbarriers, the
+    // producer's split and the query load.
+    let code = emit(&k, target).unwrap().code;
+    let code = &code[code.find("__global__").unwrap()..];
+    let exit = code
+        .find(">= (unsigned)ns_) return;")
+        .expect("the early exit");
+    for later in ["tpla_mbar_init(&", "for (int i_ = tid;", "tpla_setmaxnreg_"] {
+        assert!(
+            code.find(later).is_none_or(|at| exit < at),
+            "{tag}: the early exit comes after {later}"
+        );
+    }
     let tol = 2e-2;
     let gpu = check_vs_cpu(cxx, &k, target, &args, tol, &tag);
     let (HostArg::Tensor { data: out, .. }, HostArg::Tensor { data: lse, .. }) = (&gpu[2], &gpu[3])
@@ -172,6 +185,18 @@ fn emulated_decode_split_table() {
         &chunks,
         5,
         33,
+    );
+    // The TMA producer feeding two warpgroups on alternate blocks (`WG_KV_SPLIT`).
+    chunked_decode_case(
+        &cxx,
+        dp(64, 32, 3, 128),
+        &[("PRODUCER", 1), ("TMA", 1), ("WG_KV_SPLIT", 1)],
+        Target::sm90(),
+        50,
+        &lens,
+        &chunks,
+        5,
+        34,
     );
 }
 

@@ -135,6 +135,10 @@ pub(crate) struct Paging {
     /// many there were (0: no staging ring).
     pub(crate) staging_choice: usize,
     pub(crate) staging_choices: usize,
+    /// A paged loop over a split table (`KV_CHUNKS = 1`) at the kernel's top level: the code
+    /// with which a program past its sequence's last piece leaves at the kernel's start,
+    /// printed before anything else (`paged.rs`).
+    pub(crate) early_exit: Option<String>,
 }
 
 pub(crate) struct Fusion {

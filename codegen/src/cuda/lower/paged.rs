@@ -309,6 +309,11 @@ tpla_wgmma_commit();
         reads.extend(self.index_reads(num_splits));
         reads.push(GLOBAL_RES + *cache);
         let sp = self.idx(split);
+        if chunked {
+            self.paging.early_exit = self.top_level_lets_before(s).map(|lets| {
+                chunked_early_exit(*cache, &lets, (&self.idx(batch), &sp), (&lens, &nb))
+            });
+        }
         let bounds = if chunked {
             chunked_bounds(*cache, &bvar, &nb, &sp, &lo, &hi)
         } else {
@@ -494,6 +499,24 @@ tpla_wgmma_commit();
         Ok(())
     }
 
+    /// The top-level `let`s before paged loop `lp` as C assignments, where `lp` is a statement
+    /// of the kernel's top level and everything before it is a `let` or a tile assignment (no
+    /// store: a program leaving at the kernel's start skips nothing it would have written).
+    fn top_level_lets_before(&self, lp: &Stmt) -> Option<String> {
+        let at = self.k.body.iter().position(|s| std::ptr::eq(s, lp))?;
+        let mut lets = String::new();
+        for s in &self.k.body[..at] {
+            match s {
+                Stmt::Let { dst, value } => {
+                    lets.push_str(&format!("s{dst} = {};\n", self.idx(value)))
+                }
+                Stmt::Assign { .. } => {}
+                _ => return None,
+            }
+        }
+        Some(lets)
+    }
+
     pub(crate) fn lower_paged_store(
         &mut self,
         cache: ParamId,
@@ -561,13 +584,47 @@ if ({guard}) {{
 /// thread of the block returns together, after its committed asynchronous copies have landed.
 fn chunked_bounds(cache: ParamId, bvar: &str, nb: &str, sp: &str, lo: &str, hi: &str) -> String {
     format!(
+        "{}    if ((unsigned)({sp}) >= (unsigned)ns_) {{ tpla_cp_async_commit(); tpla_cp_async_wait<0>(); return; }}
+    {lo} = {sp} * c_;
+    {hi} = {lo} + tpla_imin(c_, len_ - {lo});
+",
+        chunked_pieces(cache, bvar, nb)
+    )
+}
+
+/// The piece length `c_` and piece count `ns_` of sequence `bvar` of a `chunked` cache (`len_`
+/// in scope): [`chunked_bounds`] and the early exit ([`chunked_early_exit`]) share them.
+fn chunked_pieces(cache: ParamId, bvar: &str, nb: &str) -> String {
+    format!(
         "    const int ce_ = (unsigned){bvar} < (unsigned){nb} ? p{cache}_chunk[{bvar}] : 1;
     const int c_ = ce_ >= 1 ? ce_ : tpla_imax(len_, 1);
     const int ns_ = len_ > 0 ? (len_ - 1) / c_ + 1 : 1;
-    if ((unsigned)({sp}) >= (unsigned)ns_) {{ tpla_cp_async_commit(); tpla_cp_async_wait<0>(); return; }}
-    {lo} = {sp} * c_;
-    {hi} = {lo} + tpla_imin(c_, len_ - {lo});
 "
+    )
+}
+
+/// The kernel's first statement where a program past its sequence's last piece can leave before
+/// anything else (`lets`: the top-level scalars the indices need; `b`, `sp`: the loop's sequence
+/// and split): such a program of the balanced schedule writes nothing, so it need not initialise
+/// mbarriers, load its query tile or rebalance registers first (most of a balanced grid's
+/// programs are such; `Paging::early_exit`).
+fn chunked_early_exit(
+    cache: ParamId,
+    lets: &str,
+    (b, sp): (&str, &str),
+    (lens, nb): (&str, &str),
+) -> String {
+    format!(
+        "{{
+{lets}const int eb_ = {b};
+const int len_ = tpla_ld_i32({lens}, eb_, {nb});
+{}if ((unsigned)({sp}) >= (unsigned)ns_) return;
+}}
+",
+        chunked_pieces(cache, "eb_", nb)
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect::<String>()
     )
 }
 
