@@ -289,7 +289,9 @@ impl Lower<'_> {
         let (Repr::Rows { arr: m, .. }, Repr::Rows { arr: l, .. }, Repr::Frag { m: rows, n, arr }) =
             (&self.repr[plan.m], &self.repr[plan.l], &self.repr[plan.acc])
         else {
-            unreachable!("the plan requires register state")
+            // (The plan asked the layout for these; a memory pass that placed them otherwise
+            // makes the kernel go without the split.)
+            return Err(backend_err(self.k, KV_SPLIT_REFUSED));
         };
         let buf = &self.smem.bufs[ring];
         // Per thread: the row slots of m and l, then the accumulator's fragment registers, each
