@@ -349,6 +349,18 @@ impl Balanced {
         }
     }
 
+    /// The same sizes with the pieces of `waves` waves of program slots instead of one: pieces
+    /// about `waves` times shorter, so the longest piece (what the last wave waits for) is closer
+    /// to the average, at the cost of more partials for the combine. With one program slot per
+    /// SM (the decode's ring fills shared memory), one wave leaves the rounding of 64 sequences
+    /// into ~130 pieces to the slowest SM; `tpla bench` times 1-4 waves on its `+bal` rows.
+    pub fn with_waves(self, waves: usize) -> Balanced {
+        Balanced {
+            units: self.units.saturating_mul(waves.max(1)),
+            ..self
+        }
+    }
+
     /// The schedule kernel's config: its `BLOCK_N` is the decode's, so pieces start on blocks,
     /// and `MAX_B`, the most sequences it takes, covers `p.batch` (a power of two, at least 32).
     pub fn schedule_config(p: &DecodeParams) -> Result<Config, RuntimeError> {

@@ -1,10 +1,13 @@
 //! The balanced split schedule in `tpla bench --backend cuda`: beside each variable-length row
 //! (uniform splits, the sweep's best config), a `+bal` row runs the same case with per-sequence
 //! pieces computed on the device ([`tpla_kernels::split_schedule`]), timed as the whole op:
-//! schedule, decode (`KV_CHUNKS = 1`) and the counted combine.
+//! schedule, decode (`KV_CHUNKS = 1`) and the counted combine. The three fastest configs of the
+//! sweep run with pieces of one wave of program slots; the fastest of them again with two, three
+//! and four waves ([`Balanced::with_waves`]), and the row reports the best of all.
 
 use tpla_kernels::ops::{
-    choose_balanced, decode_attention, decode_attention_balanced, BalancedWorkspace, DecodeParams,
+    choose_balanced, decode_attention, decode_attention_balanced, Balanced, BalancedWorkspace,
+    DecodeParams,
 };
 use tpla_kernels::split_schedule;
 use tpla_runtime::cuda::bench::{measure, DecodeCaseResult, Measurement, Roofline};
@@ -20,6 +23,8 @@ pub struct BalancedRow {
     pub result: DecodeCaseResult,
     /// The schedule kernel alone.
     pub schedule: Measurement,
+    /// The waves of program slots the reported pieces were sized for.
+    pub waves: usize,
 }
 
 /// The balanced row of the case whose uniform row is `uniform` (over `cache`): the three fastest
@@ -47,29 +52,41 @@ pub fn balanced_row(
     let mut ranked: Vec<&(String, usize, f64)> =
         uniform.tried.iter().filter(|t| t.2.is_finite()).collect();
     ranked.sort_by(|x, y| x.2.total_cmp(&y.2));
-    let mut best: Option<(DecodeParams, usize, Measurement)> = None;
+    let mut best: Option<(DecodeParams, Balanced, usize, Measurement)> = None;
     let mut tried = Vec::new();
-    for (cfg, _, _) in ranked.into_iter().take(3) {
-        let mut p = DecodeParams::new(b, h, shape.lat, shape.rope, 1, scale);
-        p.decode = parse_config(cfg);
-        let sched = choose_balanced(exec, &p, shape.context)?;
-        let mut ws = BalancedWorkspace::new(exec, &p, sched)?;
+    let mut time_one = |p: &DecodeParams,
+                        waves: usize,
+                        best: &mut Option<(DecodeParams, Balanced, usize, Measurement)>|
+     -> Result<(), RuntimeError> {
+        let sched = choose_balanced(exec, p, shape.context)?.with_waves(waves);
+        let mut ws = BalancedWorkspace::new(exec, p, sched)?;
         let m = measure(exec, 3, 30, || {
-            decode_attention_balanced(exec, &p, &mut ws, &q, cache, &mut out, &mut lse)
+            decode_attention_balanced(exec, p, &mut ws, &q, cache, &mut out, &mut lse)
         })?;
         tried.push((
-            p.balanced_decode_config().to_string(),
+            format!("{} waves={waves}", p.balanced_decode_config()),
             sched.max_splits,
             m.median_ms,
         ));
-        if best.as_ref().is_none_or(|x| m.median_ms < x.2.median_ms) {
-            best = Some((p, sched.max_splits, m));
+        if best.as_ref().is_none_or(|x| m.median_ms < x.3.median_ms) {
+            *best = Some((p.clone(), sched, waves, m));
+        }
+        Ok(())
+    };
+    for (cfg, _, _) in ranked.into_iter().take(3) {
+        let mut p = DecodeParams::new(b, h, shape.lat, shape.rope, 1, scale);
+        p.decode = parse_config(cfg);
+        time_one(&p, 1, &mut best)?;
+    }
+    if let Some(p) = best.as_ref().map(|x| x.0.clone()) {
+        for waves in 2..=4 {
+            time_one(&p, waves, &mut best)?;
         }
     }
-    let (p, max_splits, time) =
+    let (p, sched, waves, time) =
         best.ok_or_else(|| RuntimeError::InvalidInput("no config of the sweep ran".into()))?;
+    let max_splits = sched.max_splits;
     // The schedule alone, into tables of its own.
-    let sched = choose_balanced(exec, &p, shape.context)?;
     let scfg = tpla_kernels::ops::Balanced::schedule_config(&p)?;
     exec.resident_programs(&split_schedule, &scfg)?;
     let mut chunk = exec.alloc::<i32>(&[b])?;
@@ -130,5 +147,6 @@ pub fn balanced_row(
             shape,
         },
         schedule,
+        waves,
     })
 }

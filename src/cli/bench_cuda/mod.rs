@@ -187,11 +187,12 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                         Some(Ok(row)) => {
                             let r = row.result;
                             progress.suspend(|| println!(
-                                "{} H={heads} B={batch} L={context} page {page} ({}): {:.1} us (schedule {:.1} us), {:.0} GB/s ({:.2}x read, {:.2}x copy roofline), {} max splits {}, vs uniform {:.1e}",
+                                "{} H={heads} B={batch} L={context} page {page} ({}): {:.1} us (schedule {:.1} us, pieces of {} wave(s)), {:.0} GB/s ({:.2}x read, {:.2}x copy roofline), {} max splits {}, vs uniform {:.1e}",
                                 r.variant,
                                 r.shape.lengths,
                                 r.time.median_ms * 1e3,
                                 row.schedule.median_ms * 1e3,
+                                row.waves,
                                 r.gbps,
                                 r.fraction_of_read_roofline,
                                 r.fraction_of_copy_roofline,
