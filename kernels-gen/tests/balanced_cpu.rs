@@ -165,6 +165,36 @@ fn pieces_about_fill_the_units_and_respect_max_splits() {
     assert_eq!((chunk[3], nsplits[3]), (1760, 4));
 }
 
+/// `Balanced::with_waves`: pieces sized for more waves of program slots are shorter (the longest
+/// piece, what the last wave waits for, nearer the average), every table still exact and within
+/// the units of the waves, and the grid's `max_splits` unchanged.
+#[test]
+fn more_waves_give_shorter_pieces_within_their_units() {
+    let lens = vec![4000, 100, 3000, 7000, 0, 900, 2500, 6100];
+    let p = Problem::new(13, lens.len(), 1, 64, 64, lens.clone(), 64, 0.2);
+    let params = params(&p, 32);
+    let one = Balanced {
+        max_splits: 64,
+        units: 10,
+        min_chunk: 128,
+    };
+    let mut longest = Vec::new();
+    for waves in 1..=4 {
+        let sched = one.with_waves(waves);
+        assert_eq!(sched.units, 10 * waves);
+        assert_eq!(sched.max_splits, one.max_splits);
+        let mut ws = BalancedWorkspace::new(exec(), &params, sched).unwrap();
+        let (chunk, nsplits) = run_in(&p, &mut ws, &params);
+        check_tables(&lens, &chunk, &nsplits, &sched, 32);
+        longest.push(*chunk.iter().max().unwrap());
+    }
+    assert!(
+        longest.windows(2).all(|w| w[1] < w[0]),
+        "longest piece per wave count 1..4: {longest:?}"
+    );
+    assert_eq!(one.with_waves(0), one, "zero waves count as one");
+}
+
 #[test]
 fn more_sequences_than_units_take_whole_waves() {
     // 12 sequences on 5 units: 3 waves of 5, so 15 pieces, the long sequences split.
