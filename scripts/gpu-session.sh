@@ -55,6 +55,13 @@ if [ -n "${TPLA_SESSION_BENCH_ARGS:-}" ]; then
   IFS=';' read -ra bench_sets <<<"$TPLA_SESSION_BENCH_ARGS"
   for extra in "${bench_sets[@]}"; do
     i=$((i + 1))
+    # TPLA_SESSION_AB=1 with gpu-bin/tpla.before (an earlier commit's binary): each set is timed
+    # by it first, then by gpu-bin/tpla, in the same call (the same-run before/after of a change).
+    if [ "${TPLA_SESSION_AB:-0}" = 1 ] && [ -x "$bin/tpla.before" ]; then
+      # shellcheck disable=SC2086
+      step "cuda_bench_${i}_before" 200 "$bin/tpla.before" bench --backend cuda \
+        --out-dir "$OUT/bench-results/$i-before" $extra
+    fi
     # shellcheck disable=SC2086
     step "cuda_bench_$i" 200 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results/$i" $extra
   done
@@ -63,7 +70,9 @@ else
   # four-stage configs added since lengthen the sweep)
   step cuda_bench 420 "$bin/tpla" bench --backend cuda --out-dir "$OUT/bench-results" --record-tune
 fi
-cat "$OUT"/cuda_bench*.log 2>/dev/null | grep -aA60 "^device " >"$OUT/bench-table.txt"
+for f in "$OUT"/cuda_bench*.log; do
+  [ -f "$f" ] && { echo "== $(basename "$f" .log)"; grep -aA60 "^device " "$f"; }
+done >"$OUT/bench-table.txt" 2>/dev/null
 # Kimi-K2's MLA-TP rank holds 32 heads, a bucket the bench does not time: tune it, so both
 # forms of the layer run tuned decode configs (like-for-like).
 step tune_kimi_h32 240 "$bin/tpla" tune --preset kimi-k2 --heads 32 --batch 64 --context 32768 \
