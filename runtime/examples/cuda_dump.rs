@@ -185,7 +185,17 @@ fn main() {
         .with("STAGES", a[3]);
     let mut cfg = cfg.with("WG_SPLIT", 128);
     for knob in [
-        "WARPS", "PRODUCER", "TMA", "WG_SPLIT", "SQ", "SEESAW", "KV_FP8", "QK_AHEAD",
+        "WARPS",
+        "PRODUCER",
+        "TMA",
+        "WG_SPLIT",
+        "SQ",
+        "SEESAW",
+        "KV_FP8",
+        "QK_AHEAD",
+        "WG_KV_SPLIT",
+        "PINGPONG",
+        "SOFTMAX_OVERLAP",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

@@ -67,6 +67,7 @@ fn kv_split_elsewhere_changes_nothing() {
     assert!(same(dp(64, 64, 2, 256), &ws, Target::new(8, 0)), "sm_80");
     assert!(same(dp(128, 64, 2, 256), &ws, Target::sm90()), "128 rows");
     assert!(same(dp(64, 64, 2, 512), &ws, Target::sm90()), "latent 512");
+    assert!(same(dp(64, 64, 1, 256), &ws, Target::sm90()), "one stage");
     assert!(
         same(
             dp(32, 64, 2, 256),
@@ -197,6 +198,15 @@ fn emulated_decode_kv_split() {
     case(dp(64, 64, 4, 256), &tma, 40, &[300, 64, 130], 2, 62);
     case(dp(64, 32, 2, 256), &tma, 64, &[200, 7], 2, 63);
     case(dp(64, 16, 2, 128), &on, 64, &[97, 33], 1, 64);
+    // One stage: no slot for each warpgroup, so the kernel goes without the split (with it,
+    // warpgroup 1 passed its first wait on the previous phase's parity and the block deadlocked:
+    // emulated here, hung on the H100 on 2026-12-05); still correct.
+    let one = dp(64, 64, 1, 256);
+    let code = emit(&latent_decode_with(one, &on).unwrap(), Target::sm90())
+        .unwrap()
+        .code;
+    assert!(!code.contains(SPLIT_LOOP), "one stage: no split");
+    decode_case_with(&cxx, one, &on, Target::sm90(), 64, &[390, 41], 1, 65);
 }
 
 /// Multi-token queries (the library kernel at `SQ = 2`, 32 heads x 2 tokens in the 64-row tile):

@@ -28,6 +28,13 @@ impl Lower<'_> {
         reads: Vec<usize>,
         out: &mut Vec<Node>,
     ) -> Result<(), IrError> {
+        // `WG_KV_SPLIT` needs a slot per warpgroup: with one stage, warpgroup 1 would wait for
+        // block 1 on the parity of the phase before block 0's, pass at once and read (and
+        // release) a slot the producer has not filled; a hang on the H100 (2026-12-05). The
+        // kernel goes without the split.
+        if self.kv_split.is_some() && st < 2 {
+            return Err(crate::cuda::lower::kv_split::refused(self.k));
+        }
         out.push(Node::Code {
             text: format!("{{\n{setup}"),
             reads,

@@ -48,9 +48,11 @@ use crate::ir::*;
 use crate::visit::stmt_reads;
 
 /// The refusal that makes the emitter try the kernel again without the split (see the module
-/// docs): the loop body would synchronise the two warpgroups.
+/// docs): the loop body would synchronise the two warpgroups, or the ring has one stage (each
+/// warpgroup needs a slot of its own).
 pub(crate) const KV_SPLIT_REFUSED: &str =
-    "the KV split's loop body would synchronise warpgroups that run different block counts";
+    "the KV split does not apply: its loop body would synchronise warpgroups that run different \
+     block counts, or its ring has fewer than two stages";
 
 /// The warpgroup index of a consumer thread (C expression).
 const WG: &str = "(warp >> 2)";
@@ -68,6 +70,11 @@ pub(crate) struct KvSplit {
     per_block: Vec<bool>,
     /// Per tile: a view of the ring.
     of_rows: Vec<bool>,
+}
+
+/// The error that makes `emit` go without the split ([`KV_SPLIT_REFUSED`]).
+pub(crate) fn refused(k: &Kernel) -> IrError {
+    backend_err(k, KV_SPLIT_REFUSED)
 }
 
 /// The online-softmax state of the kernel's one top-level paged loop over a bf16 cache, if the
