@@ -270,3 +270,42 @@ fn emulated_kv_split_multi_token_decode() {
         println!("{tag}: ok");
     }
 }
+
+/// Every 64-row `WG_KV_SPLIT` config the bench and the tuner can pick at latent 256 (BLOCK_N 16 /
+/// 32 / 64 x 1-4 stages x the `cp.async` and TMA producers), each emulated against the f64
+/// reference over odd block counts: the split where it applies (two stages or more; a plan that
+/// would not fit shared memory with the stages asked may be emitted with fewer), none on one
+/// stage. The one-stage deadlock reached the H100 because no emulated case had one stage.
+#[test]
+fn emulated_kv_split_every_stage_count() {
+    let Some(cxx) = skip_without_cxx("emulated_kv_split_every_stage_count") else {
+        return;
+    };
+    let mut seed = 80;
+    for bn in [64usize, 32, 16] {
+        for st in 1..=4usize {
+            for tma in [0i64, 1] {
+                let p = dp(64, bn, st, 256);
+                let knobs = [("PRODUCER", 1), ("TMA", tma), ("WG_KV_SPLIT", 1)];
+                let src = emit(&latent_decode_with(p, &knobs).unwrap(), Target::sm90()).unwrap();
+                assert_eq!(
+                    src.kv_split,
+                    st >= 2,
+                    "{p:?}: the split on two stages or more"
+                );
+                seed += 1;
+                let blocks = (5 * bn + 3) as i32;
+                decode_case_with(
+                    &cxx,
+                    p,
+                    &knobs,
+                    Target::sm90(),
+                    64,
+                    &[blocks, 2 * bn as i32 + 1],
+                    2,
+                    seed,
+                );
+            }
+        }
+    }
+}
