@@ -11,7 +11,7 @@ use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
     choose_splits, decode_attention, decode_attention_balanced, shard_width, Balanced,
-    BalancedWorkspace, DecodeParams,
+    BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::SplitPolicy;
@@ -408,7 +408,7 @@ impl<X: Executor> LatentDecoder<X> {
                 }
             };
             let max_len = self.lens.iter().copied().max().unwrap_or(1);
-            let sched = Balanced::for_occupancy(p, max_len, slots);
+            let sched = Balanced::for_occupancy(p, max_len, slots).with_waves(BALANCED_WAVES);
             // A poisoned lock only means an earlier call panicked mid-decode: the buffers are
             // rewritten by every call, so they are still usable.
             let mut kept = self.workspace.lock().unwrap_or_else(|e| e.into_inner());

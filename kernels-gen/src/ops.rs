@@ -319,6 +319,12 @@ pub fn splits_for_occupancy(p: &DecodeParams, len: usize, slots: usize) -> usize
 /// past a sequence's last piece exit at once, but each still costs a block launch.
 pub const MAX_BALANCED_SPLITS: usize = 64;
 
+/// Waves of program slots the balanced schedule's pieces are sized for where the engine, the
+/// decoder and `tpla tune` run it ([`Balanced::with_waves`]). Measured on an H100 (2026-12-05,
+/// `tpla bench` `+bal`, MLA H16, 64 sequences of 1..32K tokens, same call): 1 wave 483.7 us, 2
+/// waves 465.8, 3 waves 470.5, 4 waves 477.2 (`bench/NOTES-cuda-decode.md`).
+pub const BALANCED_WAVES: usize = 2;
+
 /// Plan-time sizes of the balanced split schedule ([`crate::split_schedule`]): fixed once from
 /// the capacities and the device, so the schedule itself needs no host work per step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

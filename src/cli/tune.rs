@@ -16,7 +16,7 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
     choose_balanced, choose_splits, decode_attention, decode_attention_balanced, shard_width,
-    BalancedWorkspace, DecodeParams,
+    BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
@@ -378,7 +378,7 @@ fn time_balanced<X: Executor>(
     q: &X::Tensor<bf16>,
     cache: &X::Paged<bf16>,
 ) -> Result<f64, CliError> {
-    let sched = choose_balanced(exec, p, max_len)?;
+    let sched = choose_balanced(exec, p, max_len)?.with_waves(BALANCED_WAVES);
     let mut ws = BalancedWorkspace::new(exec, p, sched)?;
     let mut out = exec.alloc::<f32>(&[p.batch, p.heads, p.lat])?;
     let mut lse = exec.alloc::<f32>(&[p.batch, p.heads])?;

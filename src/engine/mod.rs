@@ -22,7 +22,7 @@
 //! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::ops::{Balanced, DecodeParams, MAX_QUERY_LEN};
+use tpla_kernels::ops::{Balanced, DecodeParams, BALANCED_WAVES, MAX_QUERY_LEN};
 use tpla_kernels::{append_rows, combine_counted, combine_splits, latent_decode, split_schedule};
 use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExecutor};
@@ -137,6 +137,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 let per_unit =
                     exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
                 Balanced::for_occupancy(&p, max_len(&caps)?, exec.compute_units() * per_unit)
+                    .with_waves(BALANCED_WAVES)
             }
         };
         if sched.max_splits == 0 || sched.max_splits > MAX_SPLITS || sched.units == 0 {
