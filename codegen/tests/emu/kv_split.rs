@@ -21,7 +21,7 @@ const SPLIT_LOOP: &str = "for (int it_ = (warp >> 2); it_ < ";
 fn kv_split_applies_to_the_64_row_shard_decode() {
     let on = [("PRODUCER", 1), ("WG_KV_SPLIT", 1)];
     for (p, tma) in [
-        (dp(64, 64, 3, 256), 0),
+        (dp(64, 64, 2, 256), 0),
         (dp(64, 64, 4, 256), 1),
         (dp(64, 32, 2, 256), 1),
         (dp(64, 64, 2, 128), 0),
@@ -194,7 +194,7 @@ fn emulated_decode_kv_split() {
         assert!(code.contains(SPLIT_LOOP), "{p:?} splits");
         decode_case_with(&cxx, p, knobs, Target::sm90(), heads, lens, splits, seed)
     };
-    case(dp(64, 64, 3, 256), &on, 64, &[390, 41, 0], 3, 61);
+    case(dp(64, 64, 2, 256), &on, 64, &[390, 41, 0], 3, 61);
     case(dp(64, 64, 4, 256), &tma, 40, &[300, 64, 130], 2, 62);
     case(dp(64, 32, 2, 256), &tma, 64, &[200, 7], 2, 63);
     case(dp(64, 16, 2, 128), &on, 64, &[97, 33], 1, 64);
@@ -273,9 +273,10 @@ fn emulated_kv_split_multi_token_decode() {
 
 /// Every 64-row `WG_KV_SPLIT` config the bench and the tuner can pick at latent 256 (BLOCK_N 16 /
 /// 32 / 64 x 1-4 stages x the `cp.async` and TMA producers), each emulated against the f64
-/// reference over odd block counts: the split where it applies (two stages or more; a plan that
-/// would not fit shared memory with the stages asked may be emitted with fewer), none on one
-/// stage. The one-stage deadlock reached the H100 because no emulated case had one stage.
+/// reference over odd block counts: the split on an even stage count (every slot one
+/// warpgroup's), none on an odd one. The emulator's copies land at once and in order, so it
+/// shows the one-stage deadlock but not the three-stage one (a TMA copy landing after a later
+/// block's), which hung and faulted `tpla bench` on the H100; the stage rule excludes both.
 #[test]
 fn emulated_kv_split_every_stage_count() {
     let Some(cxx) = skip_without_cxx("emulated_kv_split_every_stage_count") else {
@@ -290,8 +291,8 @@ fn emulated_kv_split_every_stage_count() {
                 let src = emit(&latent_decode_with(p, &knobs).unwrap(), Target::sm90()).unwrap();
                 assert_eq!(
                     src.kv_split,
-                    st >= 2,
-                    "{p:?}: the split on two stages or more"
+                    st % 2 == 0,
+                    "{p:?}: the split on even stage counts"
                 );
                 seed += 1;
                 let blocks = (5 * bn + 3) as i32;

@@ -28,11 +28,14 @@ impl Lower<'_> {
         reads: Vec<usize>,
         out: &mut Vec<Node>,
     ) -> Result<(), IrError> {
-        // `WG_KV_SPLIT` needs a slot per warpgroup: with one stage, warpgroup 1 would wait for
-        // block 1 on the parity of the phase before block 0's, pass at once and read (and
-        // release) a slot the producer has not filled; a hang on the H100 (2026-12-05). The
-        // kernel goes without the split.
-        if self.kv_split.is_some() && st < 2 {
+        // `WG_KV_SPLIT` needs every ring slot to belong to one warpgroup: an even stage count
+        // (block `j` in slot `j % st`; warpgroup `j % 2`). Otherwise a warpgroup waits on a
+        // slot whose previous phase is the other warpgroup's block: where that block has not
+        // landed yet (TMA copies land in any order; with one stage, from the start) the wait
+        // on the parity passes at once, the warpgroup reads and releases a slot the producer
+        // has not filled, and the block deadlocks or faults (H100, 2026-12-05: `tpla bench` at
+        // 3 stages, `cuda_wg_kv_split_agrees` at 1). The kernel goes without the split.
+        if self.kv_split.is_some() && (st < 2 || st % 2 != 0) {
             return Err(crate::cuda::lower::kv_split::refused(self.k));
         }
         out.push(Node::Code {

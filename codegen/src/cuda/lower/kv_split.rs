@@ -48,11 +48,11 @@ use crate::ir::*;
 use crate::visit::stmt_reads;
 
 /// The refusal that makes the emitter try the kernel again without the split (see the module
-/// docs): the loop body would synchronise the two warpgroups, or the ring has one stage (each
-/// warpgroup needs a slot of its own).
+/// docs): the loop body would synchronise the two warpgroups, or the ring's stage count is odd
+/// (each slot must belong to one warpgroup).
 pub(crate) const KV_SPLIT_REFUSED: &str =
     "the KV split does not apply: its loop body would synchronise warpgroups that run different \
-     block counts, or its ring has fewer than two stages";
+     block counts, or its ring's stage count is not even";
 
 /// The warpgroup index of a consumer thread (C expression).
 const WG: &str = "(warp >> 2)";
