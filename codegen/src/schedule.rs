@@ -99,8 +99,10 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     &[("PINGPONG", 1), ("PRODUCER", 1), ("TMA", 1)],
     &[("SOFTMAX_OVERLAP", 1), ("PRODUCER", 1)],
     &[("SOFTMAX_OVERLAP", 1), ("PRODUCER", 1), ("TMA", 1)],
-    &[("WG_KV_SPLIT", 1), ("PRODUCER", 1)],
-    &[("WG_KV_SPLIT", 1), ("PRODUCER", 1), ("TMA", 1)],
+    // `WG_KV_SPLIT` is not searched: on the H100 (2026-12-05) its kernels deadlocked at one and
+    // at three ring stages, which every host check had passed; the even-stage rule that fixes
+    // both (f2bebbb) has not yet run on a GPU at scale. Until it has, the knob is opt-in
+    // (`tpla bench --config WG_KV_SPLIT=1`, or a decode config set by hand).
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
