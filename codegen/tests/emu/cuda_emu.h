@@ -86,6 +86,18 @@ struct Block {
     emu_dim3 bid{0, 0, 0};
     std::function<void()> body;
     long barriers = 0;
+    // Bulk tensor copies issued and not landed yet: each lands (its bytes written, its
+    // transaction bytes completed) at a later yield of a spinning thread, in a pseudo-random
+    // order, as the GPU's TMA copies may (a block's copy can land after a later block's).
+    struct Pending {
+        std::vector<unsigned> off;        // shared-memory byte offset per element
+        std::vector<unsigned char> data;  // the elements, `es` bytes each
+        long es = 0;
+        unsigned long long* bar = nullptr;
+        unsigned bytes = 0;
+    };
+    std::vector<Pending> pending;
+    unsigned long long rng = 0x9e3779b97f4a7c15ull;
 };
 
 inline Block* B = nullptr;
@@ -116,6 +128,7 @@ inline void entry() {
 inline emu_dim3 tidx() { return emu_dim3{(unsigned)B->cur, 0, 0}; }
 
 inline std::vector<Bar>& named_bars();
+inline void land_one_copy();
 
 inline void run_block(int nt) {
     for (int i = 0; i < nt; ++i) {
@@ -140,11 +153,28 @@ inline void run_block(int nt) {
             swapcontext(&B->sched, &f.ctx);
         }
         if (all_done) break;
+        // One round of the block: an in-flight copy lands with probability 1/8, so a copy can
+        // stay in flight while a warpgroup computes a whole block (a later copy landing first).
+        if (!B->pending.empty()) {
+            B->rng = B->rng * 6364136223846793005ull + 1442695040888963407ull;
+            if (((B->rng >> 33) & 7) == 0) land_one_copy();
+        }
+        if (!any && !B->pending.empty()) {
+            land_one_copy();  // every thread waits at a barrier: the copies still land
+            continue;
+        }
         if (!any) {
             fprintf(stderr, "emu: deadlock in block (%u,%u,%u): a barrier not reached by every thread\n",
                     B->bid.x, B->bid.y, B->bid.z);
             exit(3);
         }
+    }
+    // A block that ends with bulk copies in flight: they would write into the shared memory of
+    // the next block on that SM.
+    if (!B->pending.empty()) {
+        fprintf(stderr, "emu: block (%u,%u,%u) ended with %zu bulk tensor copies in flight\n",
+                B->bid.x, B->bid.y, B->bid.z, B->pending.size());
+        exit(3);
     }
     // A block that ends with arrivals pending at a named barrier (a `bar.arrive` nobody waited
     // for) would leave the next block on that SM a barrier in an unknown phase.
@@ -181,6 +211,8 @@ inline void launch(unsigned gx, unsigned gy, unsigned gz, int nt, size_t smem, s
                 blk.bid = emu_dim3{x, y, z};
                 blk.smem.assign(smem + 16, 0xff);
                 blk.tx.clear();
+                blk.pending.clear();
+                blk.rng = 0x9e3779b97f4a7c15ull ^ (((unsigned long long)z << 42) | ((unsigned long long)y << 21) | x);
                 blk.regs.assign(nt, launch_regs(nt));
                 blk.reg_free = 0;
                 blk.reg_waiting = 0;
@@ -387,8 +419,9 @@ inline void tpla_emu_wgmma_rs(float* d, const unsigned* a, unsigned long long db
 
 // ---- warp specialisation: mbarriers and named barriers ----------------------------------------
 // An mbarrier is its 8-byte shared-memory word: bits 0..31 the arrivals still pending in the
-// current phase, 32..62 the expected count, 63 the current phase's parity. Copies are synchronous
-// here, so `cp.async.mbarrier.arrive.noinc` is a plain arrive.
+// current phase, 32..62 the expected count, 63 the current phase's parity. `cp.async` copies are
+// synchronous here, so `cp.async.mbarrier.arrive.noinc` is a plain arrive; bulk tensor (TMA)
+// copies land later, in a pseudo-random order (`Block::pending`).
 namespace emu {
 // Yields to the other fibers while a thread spins (`seen`: the progress count of its last
 // yield, `idle`: its yields since progress changed); 4096 rounds of the block without any
@@ -397,7 +430,11 @@ struct Spin {
     long seen = -1;
     long idle = 0;
 };
+inline void land_one_copy();
 inline void spin_yield(Spin& s) {
+    // In-flight bulk copies land once per scheduler round (`run_block`); a thread spinning long
+    // without progress lands one itself, so a copy is never what a deadlock waits for.
+    if (!B->pending.empty() && s.idle > 64) land_one_copy();
     if (progress != s.seen) {
         s.seen = progress;
         s.idle = 0;
@@ -496,7 +533,12 @@ inline void tpla_emu_mbar_complete_tx(unsigned long long* b, unsigned bytes) {
 inline void tpla_emu_mbar_wait(unsigned long long* b, int parity) {
     tpla_emu_mbar_check(b);
     emu::Spin spin;
-    for (int i = 0; i < 256; ++i) emu::spin_yield(spin);
+    // A pseudo-random 0..256 yields: mostly long enough to show a skipped wait, sometimes short
+    // enough that the wait is tested while copies are still in flight (a wait whose parity
+    // passes early then shows).
+    emu::B->rng = emu::B->rng * 6364136223846793005ull + 1442695040888963407ull;
+    const int first = (int)((emu::B->rng >> 33) % 257);
+    for (int i = 0; i < first; ++i) emu::spin_yield(spin);
     while ((int)(*b >> 63) == (parity & 1)) emu::spin_yield(spin);
 }
 // `setmaxnreg.dec` returns the thread's registers above `n` to the block's pool; `.inc` takes
@@ -577,14 +619,36 @@ inline void tpla_emu_tma_load_2d(void* dst, const void* map, int c0, int c1, uns
         fprintf(stderr, "emu: bulk tensor copy destination not 1024-byte aligned or outside shared memory\n");
         exit(4);
     }
-    unsigned char* s = emu::B->smem.data();
+    tpla_emu_mbar_check(bar);
+    // Read now, land later (`emu::land_one_copy`): the global source does not change meanwhile.
+    emu::Block::Pending p;
+    p.es = es;
+    p.bar = bar;
+    p.bytes = (unsigned)(br * bc * es);
+    p.off.reserve((size_t)(br * bc));
+    p.data.assign((size_t)(br * bc * es), 0);
     for (long r = 0; r < br; ++r)
         for (long c = 0; c < bc; ++c) {
             const long gr = (long)c1 + r, gc = (long)c0 + c;
             unsigned off = d + (unsigned)(r * 128 + c * es);
             off ^= ((off >> 7) & 7u) << 4;  // the 128-byte swizzle of the address
-            if (gr >= 0 && gr < rows && gc >= 0 && gc < cols) memcpy(s + off, g + gr * stride + gc * es, (size_t)es);
-            else memset(s + off, 0, (size_t)es);
+            if (gr >= 0 && gr < rows && gc >= 0 && gc < cols)
+                memcpy(p.data.data() + p.off.size() * es, g + gr * stride + gc * es, (size_t)es);
+            p.off.push_back(off);
         }
-    tpla_emu_mbar_complete_tx(bar, (unsigned)(br * bc * es));
+    emu::B->pending.push_back(std::move(p));
 }
+namespace emu {
+// Lands one in-flight bulk copy, chosen pseudo-randomly among those issued.
+inline void land_one_copy() {
+    B->rng = B->rng * 6364136223846793005ull + 1442695040888963407ull;
+    // The newest copy half of the time, else any: later blocks often land first.
+    const size_t n = B->pending.size();
+    const size_t i = ((B->rng >> 40) & 1) ? n - 1 : (size_t)((B->rng >> 33) % n);
+    Block::Pending p = std::move(B->pending[i]);
+    B->pending.erase(B->pending.begin() + (long)i);
+    unsigned char* s = B->smem.data();
+    for (size_t e = 0; e < p.off.size(); ++e) memcpy(s + p.off[e], p.data.data() + e * p.es, (size_t)p.es);
+    tpla_emu_mbar_complete_tx(p.bar, p.bytes);
+}
+}  // namespace emu
