@@ -209,3 +209,47 @@ pub fn decode_case_with(
     );
     println!("{tag}: ok (max |out - ref| = {worst:.2e})");
 }
+
+/// A multi-token decode kernel `k` (built with `SQ > 1`; `rows` = `SQ` x heads query rows of
+/// `lat` + 64 columns) emulated against the CPU backend over a paged cache (page 16) with
+/// `lens`, its outputs NaN-poisoned before the run; every output must be written.
+#[allow(clippy::too_many_arguments)]
+pub fn check_multi_token_decode(
+    cxx: &str,
+    k: &Kernel,
+    rows: usize,
+    lat: usize,
+    lens: &[i32],
+    splits: usize,
+    seed: u64,
+    tag: &str,
+) {
+    let (d, batch) = (lat + 64, lens.len());
+    let mut rng = Rng::new(seed);
+    let q = bf16_round(&rng.vec(batch * rows * d));
+    let nan = |shape: Vec<usize>| HostArg::Tensor {
+        dtype: DType::F32,
+        data: Bytes::from_f32(&vec![f32::NAN; shape.iter().product()]),
+        shape,
+    };
+    let args = vec![
+        HostArg::Tensor {
+            dtype: DType::BF16,
+            shape: vec![batch, rows, d],
+            data: Bytes::from_bf16(&q),
+        },
+        paged(&mut rng, d, lens, 16, false),
+        nan(vec![splits, batch, rows, lat]),
+        nan(vec![splits, batch, rows]),
+        HostArg::F32(0.125),
+    ];
+    let out = check_vs_cpu(cxx, k, Target::sm90(), &args, 2e-2, tag);
+    let HostArg::Tensor { data, .. } = &out[2] else {
+        unreachable!()
+    };
+    assert!(
+        data.f32s().iter().all(|x| x.is_finite()),
+        "{tag}: every output written"
+    );
+    println!("{tag}: ok");
+}
