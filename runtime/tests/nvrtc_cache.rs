@@ -15,24 +15,12 @@ mod samples;
 mod cubin;
 
 use samples::{latent_decode, DecodeParams};
-use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc, Image};
+use tpla_runtime::cuda::nvrtc::{compile, default_options, Image};
 use tpla_runtime::cuda::Target;
 
-/// Returns false (after printing SKIP) when NVRTC is unavailable and not required.
-fn nvrtc_or_skip(test: &str) -> bool {
-    match nvrtc() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
-            }
-            tpla_runtime::cuda::device::skip_notice(&format!(
-                "SKIP {test}: NVRTC unavailable ({e})"
-            ));
-            false
-        }
-    }
-}
+#[path = "nvrtc_compile/skip.rs"]
+mod skip;
+use skip::nvrtc_or_skip;
 
 #[test]
 fn a_compile_error_returns_the_log_and_saves_the_source() {

@@ -15,38 +15,15 @@ mod samples;
 use samples::{latent_decode, DecodeParams};
 use tpla_codegen::ir::Kernel;
 use tpla_codegen::{Config, KernelDef};
-use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc, Image, PtxasReport};
+use tpla_runtime::cuda::nvrtc::{compile, default_options, Image, PtxasReport};
 use tpla_runtime::cuda::Target;
 
 const WIDTHS: [usize; 4] = [512, 256, 128, 64];
 const ROPE: usize = 64;
 
-/// Returns false (after printing SKIP) when NVRTC is unavailable and not required.
-fn nvrtc_or_skip(test: &str) -> bool {
-    match nvrtc() {
-        Ok(lib) => {
-            println!(
-                "{test}: NVRTC {}.{} from {}",
-                lib.version.0,
-                lib.version.1,
-                lib.path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "the loader path".into())
-            );
-            true
-        }
-        Err(e) => {
-            if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
-            }
-            tpla_runtime::cuda::device::skip_notice(&format!(
-                "SKIP {test}: NVRTC unavailable ({e})"
-            ));
-            false
-        }
-    }
-}
+#[path = "nvrtc_compile/skip.rs"]
+mod skip;
+use skip::nvrtc_or_skip;
 
 struct Case {
     label: String,

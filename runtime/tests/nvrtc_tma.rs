@@ -8,23 +8,12 @@
 
 use tpla_codegen::cuda::ParamAbi;
 use tpla_codegen::{Config, KernelDef};
-use tpla_runtime::cuda::nvrtc::{compile, default_options, nvrtc};
+use tpla_runtime::cuda::nvrtc::{compile, default_options};
 use tpla_runtime::cuda::Target;
 
-fn nvrtc_or_skip(test: &str) -> bool {
-    match nvrtc() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("TPLA_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("{test}: TPLA_REQUIRE_NVRTC=1 but NVRTC is unavailable: {e}");
-            }
-            tpla_runtime::cuda::device::skip_notice(&format!(
-                "SKIP {test}: NVRTC unavailable ({e})"
-            ));
-            false
-        }
-    }
-}
+#[path = "nvrtc_compile/skip.rs"]
+mod skip;
+use skip::nvrtc_or_skip;
 
 fn cases() -> Vec<Config> {
     let mut v = Vec::new();
