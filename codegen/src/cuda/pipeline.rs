@@ -3,7 +3,7 @@
 use crate::cuda::analysis::*;
 use crate::cuda::geometry::*;
 use crate::cuda::layout::*;
-use crate::cuda::lower::kv_split::{barrier_in_split_loop, KV_SPLIT_REFUSED};
+use crate::cuda::lower::kv_split::{barrier_in_split_loop, refused, KV_SPLIT_REFUSED};
 use crate::cuda::lower::*;
 use crate::cuda::print::*;
 use crate::cuda::sync::*;
@@ -158,7 +158,7 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
             return Err(backend_err(s.k, SEESAW_SHARED_TILE));
         }
         if s.kv_split_shares_a_block_tile() {
-            return Err(backend_err(s.k, KV_SPLIT_REFUSED));
+            return Err(refused(s.k));
         }
         Ok(())
     }),
@@ -170,7 +170,7 @@ pub(crate) const PASSES: [(&str, Pass); 7] = [
     ("sync", |s| {
         s.nodes = insert_barriers(&s.nodes, &mut Hazards::default());
         if s.kv_split.is_some() && barrier_in_split_loop(&s.nodes) {
-            return Err(backend_err(s.k, KV_SPLIT_REFUSED));
+            return Err(refused(s.k));
         }
         Ok(())
     }),

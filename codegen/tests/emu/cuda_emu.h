@@ -101,6 +101,12 @@ struct Block {
 };
 
 inline Block* B = nullptr;
+// The block's pseudo-random stream (an LCG, seeded per block): which in-flight copy lands and
+// when, and how long a waiter spins first.
+inline unsigned long long next_rand() {
+    B->rng = B->rng * 6364136223846793005ull + 1442695040888963407ull;
+    return B->rng;
+}
 // Counts events that let a waiting thread go on (a barrier completing, an mbarrier arrival, a
 // thread finishing): spinning threads that see none for long are deadlocked.
 inline long progress = 0;
@@ -155,10 +161,7 @@ inline void run_block(int nt) {
         if (all_done) break;
         // One round of the block: an in-flight copy lands with probability 1/8, so a copy can
         // stay in flight while a warpgroup computes a whole block (a later copy landing first).
-        if (!B->pending.empty()) {
-            B->rng = B->rng * 6364136223846793005ull + 1442695040888963407ull;
-            if (((B->rng >> 33) & 7) == 0) land_one_copy();
-        }
+        if (!B->pending.empty() && ((next_rand() >> 33) & 7) == 0) land_one_copy();
         if (!any && !B->pending.empty()) {
             land_one_copy();  // every thread waits at a barrier: the copies still land
             continue;
@@ -536,8 +539,7 @@ inline void tpla_emu_mbar_wait(unsigned long long* b, int parity) {
     // A pseudo-random 0..256 yields: mostly long enough to show a skipped wait, sometimes short
     // enough that the wait is tested while copies are still in flight (a wait whose parity
     // passes early then shows).
-    emu::B->rng = emu::B->rng * 6364136223846793005ull + 1442695040888963407ull;
-    const int first = (int)((emu::B->rng >> 33) % 257);
+    const int first = (int)((emu::next_rand() >> 33) % 257);
     for (int i = 0; i < first; ++i) emu::spin_yield(spin);
     while ((int)(*b >> 63) == (parity & 1)) emu::spin_yield(spin);
 }
@@ -641,10 +643,10 @@ inline void tpla_emu_tma_load_2d(void* dst, const void* map, int c0, int c1, uns
 namespace emu {
 // Lands one in-flight bulk copy, chosen pseudo-randomly among those issued.
 inline void land_one_copy() {
-    B->rng = B->rng * 6364136223846793005ull + 1442695040888963407ull;
     // The newest copy half of the time, else any: later blocks often land first.
+    const unsigned long long r = next_rand();
     const size_t n = B->pending.size();
-    const size_t i = ((B->rng >> 40) & 1) ? n - 1 : (size_t)((B->rng >> 33) % n);
+    const size_t i = ((r >> 40) & 1) ? n - 1 : (size_t)((r >> 33) % n);
     Block::Pending p = std::move(B->pending[i]);
     B->pending.erase(B->pending.begin() + (long)i);
     unsigned char* s = B->smem.data();

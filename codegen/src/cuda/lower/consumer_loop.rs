@@ -36,7 +36,7 @@ impl Lower<'_> {
         // has not filled, and the block deadlocks or faults (H100, 2026-12-05: `tpla bench` at
         // 3 stages, `cuda_wg_kv_split_agrees` at 1). The kernel goes without the split.
         if self.kv_split.is_some() && (st < 2 || st % 2 != 0) {
-            return Err(crate::cuda::lower::kv_split::refused(self.k));
+            return Err(super::kv_split::refused(self.k));
         }
         out.push(Node::Code {
             text: format!("{{\n{setup}"),

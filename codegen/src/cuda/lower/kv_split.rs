@@ -298,7 +298,7 @@ impl Lower<'_> {
         else {
             // (The plan asked the layout for these; a memory pass that placed them otherwise
             // makes the kernel go without the split.)
-            return Err(backend_err(self.k, KV_SPLIT_REFUSED));
+            return Err(refused(self.k));
         };
         let buf = &self.smem.bufs[ring];
         // Per thread: the row slots of m and l, then the accumulator's fragment registers, each
@@ -309,7 +309,7 @@ impl Lower<'_> {
         let per_chunk = buf.bytes() / (128 * 4);
         if per_chunk <= 2 * rs {
             // (No ring is that small: a 16-token block of 64 bf16 columns holds 16 floats.)
-            return Err(backend_err(self.k, KV_SPLIT_REFUSED));
+            return Err(refused(self.k));
         }
         let x = format!("((float*)(tpla_smem + {})) + (tid & 127)", buf.offset);
         let mut out = vec![
