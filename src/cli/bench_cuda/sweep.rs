@@ -210,15 +210,10 @@ pub(super) fn sweep_configs(
             // And how the warpgroups order their gemms under a producer: 1 is PINGPONG
             // (row-stacked warpgroups taking turns), 2 SOFTMAX_OVERLAP (each block's P·V behind
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
-            // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), only where
-            // `--config` asks for it: opt-in until its even-stage fix has run on a GPU at scale
-            // (`SEARCHED_SETTINGS`).
-            let kv_split_asked =
-                want.is_some_and(|w| parse_config(w).get("WG_KV_SPLIT").ok() == Some(1));
+            // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
-                (64, false) if kv_split_asked => &[0, 2, 3],
-                (64, false) => &[0, 2],
+                (64, false) => &[0, 2, 3],
                 _ => &[0],
             };
             // A 128-row block is two warpgroups by construction: no warp count to force.
@@ -555,10 +550,17 @@ mod tests {
             .any(|c| c.get("SOFTMAX_OVERLAP").ok() == Some(1)
                 && c.get("STAGES").ok() >= Some(2)
                 && c.get("PRODUCER").ok() == Some(1)));
-        // The KV split only where `--config` asks for it (opt-in), and then on the shard's
-        // 64-row tiles only (latent 512 needs both warpgroups), never on an odd stage count.
+        // The KV split on the shard's 64-row tiles only (latent 512 needs both warpgroups),
+        // never on an odd stage count; `--config WG_KV_SPLIT=1` sweeps only split configs.
         let split = |c: &Config| c.get("WG_KV_SPLIT").ok() == Some(1);
-        assert!(!shard.iter().any(split) && !plain.iter().any(split));
+        assert!(shard
+            .iter()
+            .any(|c| split(c) && c.get("BLOCK_H").ok() == Some(64)));
+        assert!(shard
+            .iter()
+            .filter(|c| split(c))
+            .all(|c| c.get("STAGES").unwrap_or(0) % 2 == 0));
+        assert!(!plain.iter().any(split));
         let asked = |lat| {
             sweep_configs(
                 "tpla-shard",
