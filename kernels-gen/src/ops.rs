@@ -375,7 +375,11 @@ impl Balanced {
         let max_b = p.batch.max(32).checked_next_power_of_two().ok_or_else(|| {
             RuntimeError::InvalidInput(format!("a batch of {} is too large", p.batch))
         })?;
-        Ok(split_schedule.default_config(&[("BLOCK_N", bn), ("MAX_B", max_b as i64)])?)
+        Ok(split_schedule.default_config(&[
+            ("BLOCK_N", bn),
+            ("MAX_B", max_b as i64),
+            ("PROBES", schedule_probes(max_b) as i64),
+        ])?)
     }
 }
 
@@ -505,14 +509,28 @@ pub fn decode_attention_balanced<X: Executor>(
     exec.launch(&combine_counted, &p.combine_config(), &args)
 }
 
-/// Bisection rounds of [`crate::split_schedule`] for sequences of at most `max_len` tokens in
-/// blocks of `block_n`: each round halves the interval of piece sizes (at most `ceil(max_len /
-/// block_n)` blocks wide), so `floor(log2(blocks)) + 1` rounds close it; one more for safety, at
-/// most 24 (the kernel counts in f32, exact below 2^24 blocks). A fixed 24 took ~42 us on the
-/// H200 (2026-12-04); 11 rounds at 32K tokens of 64-token blocks.
-pub fn schedule_rounds(max_len: usize, block_n: usize) -> i32 {
+/// Search rounds of [`crate::split_schedule`] for sequences of at most `max_len` tokens in
+/// blocks of `block_n`, with `probes` piece sizes tried a round: a round shrinks the interval
+/// of sizes (at most `ceil(max_len / block_n)` blocks wide) from `w` to below `w / probes`, so
+/// the smallest `r` with `probes^r >= blocks` closes it; one more for safety, at most 24 (the
+/// kernel counts in f32, exact below 2^24 blocks). 3 rounds at 32K tokens of 64-token blocks
+/// with 32 probes, where the bisection (2 probes' worth) took 11 (~22 us on the H200,
+/// 2026-12-05; a fixed 24 took ~42 us).
+pub fn schedule_rounds(max_len: usize, block_n: usize, probes: usize) -> i32 {
     let blocks = max_len.div_ceil(block_n.max(1)).max(1);
-    (blocks.ilog2() as i32 + 2).min(24)
+    let probes = probes.max(2);
+    let (mut reach, mut r) = (1usize, 0i32);
+    while reach < blocks && r < 24 {
+        reach = reach.saturating_mul(probes);
+        r += 1;
+    }
+    (r + 1).min(24)
+}
+
+/// Piece sizes [`crate::split_schedule`] tries a round for a table of `max_b` sequences: its
+/// `[PROBES, MAX_B]` tiles stay at 2048 elements (8 KB of f32 each), 2 to 64 probes.
+pub fn schedule_probes(max_b: usize) -> usize {
+    (2048 / max_b.max(1)).clamp(2, 64)
 }
 
 /// Launches [`crate::split_schedule`]: `chunk` and `nsplits` (`[batch]` i32, passed for
@@ -533,7 +551,11 @@ pub fn launch_schedule<X: Executor>(
             .map_err(|_| RuntimeError::InvalidInput(format!("schedule {what} {v} overflows i32")))
     };
     let cfg = Balanced::schedule_config(p)?;
-    let rounds = schedule_rounds(max_len, cfg.get("BLOCK_N")? as usize);
+    let rounds = schedule_rounds(
+        max_len,
+        cfg.get("BLOCK_N")? as usize,
+        cfg.get("PROBES")? as usize,
+    );
     let args = [
         KernelArg::Tensor(lens),
         KernelArg::Tensor(chunk),
@@ -565,7 +587,7 @@ fn tensor_of(a: KernelArg<'_>) -> Result<TensorArg<'_>, RuntimeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{block_h_for, schedule_rounds, DecodeParams};
+    use super::{block_h_for, schedule_probes, schedule_rounds, DecodeParams};
 
     /// The default head block covers the rows in as few programs as possible, with 128-row
     /// blocks only at the shard widths (MLA's latent 512 would not fit their registers).
@@ -593,31 +615,37 @@ mod tests {
         assert_eq!(rows(fp8.with_query_len(2)), 64);
     }
 
-    /// Enough rounds to close an interval as wide as the capacity's blocks (each round halves
-    /// it: `w -> floor(w / 2)`), and never more than 24.
+    /// Enough rounds to close an interval as wide as the capacity's blocks (a round of `p`
+    /// probes takes it from `w` to at most `ceil(w / p) - 1`), and never more than 24.
     #[test]
     fn schedule_rounds_close_the_widest_interval() {
-        for (max_len, bn) in [
-            (1usize, 64usize),
-            (64, 64),
-            (65, 64),
-            (4096, 32),
-            (32768, 64),
-            (1 << 20, 16),
-        ] {
-            let blocks = max_len.div_ceil(bn);
-            let (mut w, mut n) = (blocks.saturating_sub(1), 0);
-            while w > 0 {
-                w /= 2;
-                n += 1;
+        for probes in [2usize, 4, 32, 64] {
+            for (max_len, bn) in [
+                (1usize, 64usize),
+                (64, 64),
+                (65, 64),
+                (4096, 32),
+                (32768, 64),
+                (1 << 20, 16),
+            ] {
+                let blocks = max_len.div_ceil(bn);
+                let (mut w, mut n) = (blocks.saturating_sub(1), 0);
+                while w > 0 {
+                    w = w.div_ceil(probes) - 1;
+                    n += 1;
+                }
+                let r = schedule_rounds(max_len, bn, probes);
+                assert!(
+                    r as usize >= n && r <= 24,
+                    "{max_len} / {bn}, {probes} probes: {r} rounds, {n} needed"
+                );
             }
-            let r = schedule_rounds(max_len, bn);
-            assert!(
-                r as usize >= n && r <= 24,
-                "{max_len} / {bn}: {r} rounds, {n} needed"
-            );
         }
-        assert_eq!(schedule_rounds(32768, 64), 11);
-        assert_eq!(schedule_rounds(usize::MAX / 2, 1), 24);
+        assert_eq!(schedule_rounds(32768, 64, 32), 3);
+        assert_eq!(schedule_rounds(32768, 64, 2), 10);
+        assert_eq!(schedule_rounds(usize::MAX / 2, 1, 2), 24);
+        assert_eq!(schedule_probes(64), 32);
+        assert_eq!(schedule_probes(1024), 2);
+        assert_eq!(schedule_probes(32), 64);
     }
 }

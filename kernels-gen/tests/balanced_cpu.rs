@@ -195,6 +195,75 @@ fn more_waves_give_shorter_pieces_within_their_units() {
     assert_eq!(one.with_waves(0), one, "zero waves count as one");
 }
 
+/// The schedule kernel alone (no decode), at batches whose `[PROBES, MAX_B]` tiles give 64, 32,
+/// 4 and 2 probes a round and capacities wide enough for several rounds: the tables are the
+/// exact model's (the smallest fitting piece) after the rounds `schedule_rounds` gives.
+#[test]
+fn the_probing_search_finds_the_smallest_piece_in_its_rounds() {
+    use tpla_kernels::ops::{launch_schedule, schedule_rounds};
+    use tpla_runtime::{Executor, KernelArg, TensorArg};
+    fn tensor(a: KernelArg<'_>) -> TensorArg<'_> {
+        match a {
+            KernelArg::Tensor(t) => t,
+            _ => unreachable!("host tensors are tensor arguments"),
+        }
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |m: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % m as u64) as usize
+    };
+    for (batch, capacity, bn, units) in [
+        (20usize, 1usize << 15, 64usize, 33usize),
+        (64, 1 << 15, 64, 264),
+        (300, 1 << 20, 16, 132),
+        (700, 1 << 18, 32, 500),
+    ] {
+        let lens: Vec<usize> = (0..batch)
+            .map(|i| match i % 5 {
+                0 => next(capacity + 1),
+                1 => next(64),
+                _ => next(capacity / 3),
+            })
+            .collect();
+        let mut p = DecodeParams::new(batch, 16, 64, 64, 1, 0.1);
+        p.decode = p.decode.with("BLOCK_N", bn as i64);
+        let sched = Balanced {
+            max_splits: 64,
+            units,
+            min_chunk: 4 * bn,
+        };
+        let e = exec();
+        let lens_t = e
+            .upload(
+                &HostTensor::<i32>::from_vec(&[batch], lens.iter().map(|&l| l as i32).collect())
+                    .unwrap(),
+            )
+            .unwrap();
+        let mut chunk = HostTensor::<i32>::full(&[batch], -7);
+        let mut nsplits = HostTensor::<i32>::full(&[batch], -7);
+        launch_schedule(
+            e,
+            &p,
+            &sched,
+            tensor(CpuExecutor::tensor_arg(&lens_t)),
+            tensor(CpuExecutor::tensor_arg_mut(&mut chunk)),
+            tensor(CpuExecutor::tensor_arg_mut(&mut nsplits)),
+            capacity,
+        )
+        .unwrap();
+        check_tables(&lens, chunk.data(), nsplits.data(), &sched, bn);
+        let cfg = Balanced::schedule_config(&p).unwrap();
+        let probes = cfg.get("PROBES").unwrap() as usize;
+        assert!(
+            schedule_rounds(capacity, bn, probes) >= 3,
+            "batch {batch}: {probes} probes, capacity {capacity} take several rounds"
+        );
+    }
+}
+
 #[test]
 fn more_sequences_than_units_take_whole_waves() {
     // 12 sequences on 5 units: 3 waves of 5, so 15 pieces, the long sequences split.

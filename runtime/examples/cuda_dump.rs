@@ -153,7 +153,14 @@ fn dump_all(dir: &std::path::Path) {
     for bn in [16, 32, 64] {
         for max_b in [32, 1024] {
             let cfg = tpla_kernels::split_schedule
-                .default_config(&[("BLOCK_N", bn), ("MAX_B", max_b)])
+                .default_config(&[
+                    ("BLOCK_N", bn),
+                    ("MAX_B", max_b),
+                    (
+                        "PROBES",
+                        tpla_kernels::ops::schedule_probes(max_b as usize) as i64,
+                    ),
+                ])
                 .expect("split_schedule constants");
             let file = format!("split_schedule.{cfg}.sm90a.cu").replace(['=', ','], "_");
             let k = tpla_kernels::split_schedule.build(&cfg);

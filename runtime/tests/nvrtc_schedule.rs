@@ -59,7 +59,14 @@ fn cases() -> Vec<(&'static str, &'static dyn KernelDef, Config, Target)> {
     for bn in [16i64, 32, 64] {
         for max_b in [32i64, 1024] {
             let cfg = tpla_kernels::split_schedule
-                .default_config(&[("BLOCK_N", bn), ("MAX_B", max_b)])
+                .default_config(&[
+                    ("BLOCK_N", bn),
+                    ("MAX_B", max_b),
+                    (
+                        "PROBES",
+                        tpla_kernels::ops::schedule_probes(max_b as usize) as i64,
+                    ),
+                ])
                 .unwrap();
             v.push(("split_schedule", &tpla_kernels::split_schedule, cfg, sm90));
         }
