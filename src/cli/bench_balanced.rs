@@ -141,6 +141,7 @@ pub fn balanced_row(
             fraction_of_read_roofline: gbps / roof.read_gbps,
             fraction_of_copy_roofline: gbps / roof.copy_gbps,
             decode_only: time.clone(),
+            schedule: Some(schedule.clone()),
             time,
             tried,
             check_rel_diff: (num / den.max(1e-30)).sqrt(),

@@ -228,8 +228,13 @@ pub struct DecodeCaseResult {
     pub splits: usize,
     /// Decode + combine.
     pub time: Measurement,
-    /// Decode kernel alone.
+    /// Decode kernel alone (on a balanced row, `+bal`: the whole op, as `time`; the schedule
+    /// kernel alone is `schedule`).
     pub decode_only: Measurement,
+    /// The balanced split schedule's kernel alone, timed into tables of its own (`+bal` rows
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Measurement>,
     /// Bytes / median time (decode + combine), GB/s.
     pub gbps: f64,
     /// FLOPs / median time, TFLOPS.

@@ -397,6 +397,7 @@ pub(super) fn run_case(
         fraction_of_copy_roofline: gbps / roof.copy_gbps,
         time,
         decode_only,
+        schedule: None,
         tried,
         check_rel_diff: f64::NAN,
         shape,
