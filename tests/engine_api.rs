@@ -450,3 +450,101 @@ fn bad_capacities_are_refused() {
     }
     assert!(EnginePlan::new(&exec, caps(), f32::NAN, 2).is_err());
 }
+
+/// Decodes every sequence with `q` through `schedule`d tables (`reuse`) or a plain decode, into
+/// NaN-poisoned outputs; returns (out, lse) or the error.
+fn decode_q(
+    plan: &mut EnginePlan<CpuExecutor>,
+    exec: &CpuExecutor,
+    e: &mut Engine,
+    q: &[bf16],
+    reuse: bool,
+) -> Result<(Vec<f32>, Vec<f32>), RuntimeError> {
+    let mut out = vec![f32::NAN; BATCH * HEADS * LAT];
+    let mut lse = vec![f32::NAN; BATCH * HEADS];
+    let r = {
+        let pool = KvPool::new(&mut e.pool, PAGE, ROW).unwrap();
+        let bt = TensorView::new(&e.table, &[BATCH, PPS]).unwrap();
+        let lens = TensorView::new(&e.lens, &[BATCH]).unwrap();
+        let qv = TensorView::new(q, &[BATCH, HEADS, ROW]).unwrap();
+        let mut ov = TensorViewMut::new(&mut out, &[BATCH, HEADS, LAT]).unwrap();
+        let mut lv = TensorViewMut::new(&mut lse, &[BATCH, HEADS]).unwrap();
+        if reuse {
+            plan.decode_scheduled(exec, &pool, &bt, &lens, &qv, (&mut ov, &mut lv))
+        } else {
+            plan.decode(exec, &pool, &bt, &lens, &qv, (&mut ov, &mut lv))
+        }
+    };
+    if r.is_err() {
+        assert!(
+            out.iter().chain(&lse).all(|x| x.is_nan()),
+            "a refused decode wrote nothing"
+        );
+    }
+    r.map(|()| (out, lse))
+}
+
+/// The schedule once per step, decoded through by several layers (`schedule` then
+/// `decode_scheduled`): the same outputs as `decode`, bit for bit, for every layer's query; a
+/// reuse without a schedule, or after the config's block changed, is refused and writes
+/// nothing; on a uniform plan both calls are plain decodes.
+#[test]
+fn one_schedule_serves_every_layer_of_a_step() {
+    let exec = CpuExecutor::new(0).unwrap();
+    let sched = Balanced {
+        max_splits: 4,
+        units: 16,
+        min_chunk: 16,
+    };
+    let mut plan = EnginePlan::new_balanced(&exec, caps(), SCALE, Some(sched)).unwrap();
+    let mut cfg = plan_decode_config();
+    cfg.set("BLOCK_N", 16);
+    plan.set_decode_config(&exec, cfg.clone()).unwrap();
+    let mut e = Engine::new(23);
+    for (b, n) in [(0, 37), (1, 5), (2, 48), (3, 20)] {
+        e.append(&plan, &exec, &[(b, n)]);
+    }
+    let q0 = e.random_rows(BATCH * HEADS);
+    let err = decode_q(&mut plan, &exec, &mut e, &q0, true).unwrap_err();
+    assert!(err.to_string().contains("schedule first"), "{err}");
+    for step in 0..2 {
+        let lens = e.lens.clone();
+        let lv = TensorView::new(&lens, &[BATCH]).unwrap();
+        plan.schedule(&exec, &lv, 1).unwrap();
+        for layer in 0..3 {
+            let q = e.random_rows(BATCH * HEADS);
+            let (o, l) = decode_q(&mut plan, &exec, &mut e, &q, true).unwrap();
+            check(&e, &o, &l, &q, &format!("step {step} layer {layer}"));
+            let (o2, l2) = decode_q(&mut plan, &exec, &mut e, &q, false).unwrap();
+            assert!(
+                o.iter()
+                    .zip(&o2)
+                    .chain(l.iter().zip(&l2))
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "step {step} layer {layer}: scheduled decode differs from decode"
+            );
+        }
+        // The next step: longer sequences, a new schedule.
+        e.append(&plan, &exec, &[(0, 9), (1, 17), (2, 1), (3, 20)]);
+    }
+    // Bad arguments to the schedule itself.
+    let lens = e.lens.clone();
+    let lv = TensorView::new(&lens, &[BATCH]).unwrap();
+    assert!(plan.schedule(&exec, &lv, 0).is_err());
+    assert!(plan.schedule(&exec, &lv, plan.max_query_len() + 1).is_err());
+    // A new block size makes the tables stale.
+    plan.schedule(&exec, &lv, 1).unwrap();
+    cfg.set("BLOCK_N", 32);
+    plan.set_decode_config(&exec, cfg).unwrap();
+    let q = e.random_rows(BATCH * HEADS);
+    let err = decode_q(&mut plan, &exec, &mut e, &q, true).unwrap_err();
+    assert!(err.to_string().contains("call schedule again"), "{err}");
+    plan.schedule(&exec, &lv, 1).unwrap();
+    let (o, l) = decode_q(&mut plan, &exec, &mut e, &q, true).unwrap();
+    check(&e, &o, &l, &q, "after a new block size");
+    // Uniform splits: nothing to schedule, the same decode either way.
+    let mut uniform = EnginePlan::new(&exec, caps(), SCALE, 3).unwrap();
+    uniform.schedule(&exec, &lv, 1).unwrap();
+    let (o, l) = decode_q(&mut uniform, &exec, &mut e, &q, true).unwrap();
+    check(&e, &o, &l, &q, "uniform plan");
+}

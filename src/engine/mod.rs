@@ -29,8 +29,11 @@ use tpla_runtime::view::{KvPool, MemorySpace, TensorView, TensorViewMut, ViewExe
 use tpla_runtime::{HostTensor, KernelArg, RuntimeError};
 
 mod kv_dtype;
+mod merge;
+mod step_schedule;
 use kv_dtype::fp8_decode_schedule;
 pub use kv_dtype::KvDtype;
+pub use merge::merge;
 
 /// What an [`EnginePlan`] is sized for; fixed for its lifetime.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +91,9 @@ struct Tables<X: ViewExecutor> {
     sched: Balanced,
     chunk: X::Tensor<i32>,
     nsplits: X::Tensor<i32>,
+    /// What the tables were last computed for, `None` before the first schedule (or after a
+    /// failed one): [`EnginePlan::decode_scheduled`] reuses them only for the same.
+    scheduled: Option<step_schedule::Stamp>,
 }
 
 type Space<X> = <X as ViewExecutor>::Space;
@@ -218,6 +224,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                     sched,
                     chunk: exec.alloc::<i32>(&[b])?,
                     nsplits: exec.alloc::<i32>(&[b])?,
+                    scheduled: None,
                 })
             }
         };
@@ -392,6 +399,10 @@ impl<X: ViewExecutor> EnginePlan<X> {
     /// [`reserve_query_len`](Self::reserve_query_len)). They are the last `s_q` tokens of each
     /// sequence (already appended): token `j` sees the cache up to position `len − s_q + j`; a
     /// token that sees nothing (`len < s_q − j`) gets a zero output and lse ≈ −6.9e29.
+    ///
+    /// A balanced plan runs its schedule kernel first, every call; where several layers decode
+    /// over the same lengths in a step, [`schedule`](Self::schedule) once and
+    /// [`decode_scheduled`](Self::decode_scheduled) per layer run it once instead.
     pub fn decode(
         &mut self,
         exec: &X,
@@ -399,7 +410,23 @@ impl<X: ViewExecutor> EnginePlan<X> {
         block_table: &TensorView<'_, i32, Space<X>>,
         seq_lens: &TensorView<'_, i32, Space<X>>,
         q: &TensorView<'_, bf16, Space<X>>,
+        outs: DecodeOut<'_, '_, Space<X>>,
+    ) -> Result<(), RuntimeError> {
+        self.decode_with(exec, pool, block_table, seq_lens, q, outs, false)
+    }
+
+    /// [`decode`](Self::decode), with `reuse` the balanced tables of the last schedule
+    /// instead of computing them (refused unless they were computed for this batch and block).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_with(
+        &mut self,
+        exec: &X,
+        pool: &KvPool<'_, bf16, Space<X>>,
+        block_table: &TensorView<'_, i32, Space<X>>,
+        seq_lens: &TensorView<'_, i32, Space<X>>,
+        q: &TensorView<'_, bf16, Space<X>>,
         (out, lse): DecodeOut<'_, '_, Space<X>>,
+        reuse: bool,
     ) -> Result<(), RuntimeError> {
         let c = &self.caps;
         let (heads, lat, row) = (c.heads, c.lat, c.lat + c.rope);
@@ -487,16 +514,13 @@ impl<X: ViewExecutor> EnginePlan<X> {
         }
         let bshape = [b];
         if let Some(t) = &mut self.balanced {
-            // The schedule, from the device-resident lengths, into the plan's tables.
-            tpla_kernels::ops::launch_schedule(
-                exec,
-                p,
-                &t.sched,
-                tensor(seq_lens.arg())?,
-                tensor(X::tensor_arg_mut(&mut t.chunk))?.prefix(&bshape)?,
-                tensor(X::tensor_arg_mut(&mut t.nsplits))?.prefix(&bshape)?,
-                self.caps.max_pages_per_seq * self.caps.page_size,
-            )?;
+            let stamp = step_schedule::Stamp::of(p, b);
+            if reuse {
+                step_schedule::check_reuse(t.scheduled, stamp)?;
+            } else {
+                // The schedule, from the device-resident lengths, into the plan's tables.
+                step_schedule::run(exec, p, t, seq_lens, b, &self.caps)?;
+            }
         }
         let (cache, config) = match &self.balanced {
             None => (cache, p.decode_config()),
@@ -615,31 +639,4 @@ fn tensor(a: KernelArg<'_>) -> Result<tpla_runtime::TensorArg<'_>, RuntimeError>
             "expected a tensor argument".into(),
         )),
     }
-}
-
-/// Merges attention states exactly: `parts` `[n, batch, heads, lat]` and `lses`
-/// `[n, batch, heads]` (natural log) into `out` `[batch, heads, lat]` and `lse` `[batch, heads]`.
-/// E.g. decode over a shared prefix and over each suffix (cascade), or over the context shards of
-/// several devices (context parallel), merged into attention over the whole context. A state
-/// with no tokens must carry a very negative finite LSE (decode writes about −6.9e29).
-pub fn merge<X: ViewExecutor>(
-    exec: &X,
-    parts: &TensorView<'_, f32, Space<X>>,
-    lses: &TensorView<'_, f32, Space<X>>,
-    (out, lse): DecodeOut<'_, '_, Space<X>>,
-) -> Result<(), RuntimeError> {
-    let lat = match parts.shape() {
-        [_, _, _, lat] => *lat,
-        s => {
-            return Err(RuntimeError::InvalidInput(format!(
-                "merge: states must be [n, batch, heads, lat], got {s:?}"
-            )))
-        }
-    };
-    let cfg = combine_splits.default_config(&[("LAT", lat as i64)])?;
-    exec.launch(
-        &combine_splits,
-        &cfg,
-        &[parts.arg(), lses.arg(), out.arg_mut(), lse.arg_mut()],
-    )
 }
