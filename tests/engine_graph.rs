@@ -38,15 +38,20 @@ fn bits(v: &[bf16]) -> Vec<u16> {
 }
 
 fn run(splits: usize) {
-    run_plan(splits as u64, |exec, caps| {
-        EnginePlan::new(exec, caps, SCALE, splits)
-    });
+    run_plan(
+        splits as u64,
+        |exec, caps| EnginePlan::new(exec, caps, SCALE, splits),
+        None,
+    );
 }
 
-/// Captures the decode of the plan `make` builds and replays it (see the module docs).
+/// Captures the decode of the plan `make` builds and replays it (see the module docs). With
+/// `layers = Some(n)` the captured step is one `schedule` and `n` `decode_scheduled` calls (an
+/// engine's layers over one set of lengths; the last writes the checked outputs).
 fn run_plan(
     seed: u64,
     make: impl FnOnce(&CudaExecutor, Capacities) -> Result<EnginePlan<CudaExecutor>, RuntimeError>,
+    layers: Option<usize>,
 ) {
     let Some(base) = executor_or_skip("engine graph capture") else {
         return;
@@ -129,28 +134,37 @@ fn run_plan(
     // Warm-up outside the capture: kernels are compiled and loaded on first use.
     let (t, l, qh) = step(0);
     write(&t, &l, &qh, &mut table, &mut lens, &mut q);
-    plan.decode(
-        &exec,
-        &pool_v,
-        &table_v,
-        &lens_v,
-        &q_v,
-        (&mut out_v, &mut lse_v),
-    )
-    .unwrap();
+    let mut decode_step = |plan: &mut EnginePlan<CudaExecutor>| -> Result<(), RuntimeError> {
+        let Some(n) = layers else {
+            return plan.decode(
+                &exec,
+                &pool_v,
+                &table_v,
+                &lens_v,
+                &q_v,
+                (&mut out_v, &mut lse_v),
+            );
+        };
+        plan.schedule(&exec, &lens_v, 1)?;
+        for _ in 0..n {
+            plan.decode_scheduled(
+                &exec,
+                &pool_v,
+                &table_v,
+                &lens_v,
+                &q_v,
+                (&mut out_v, &mut lse_v),
+            )?;
+        }
+        Ok(())
+    };
+    decode_step(&mut plan).unwrap();
     stream.synchronize().unwrap();
 
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
         .unwrap();
-    let captured = plan.decode(
-        &exec,
-        &pool_v,
-        &table_v,
-        &lens_v,
-        &q_v,
-        (&mut out_v, &mut lse_v),
-    );
+    let captured = decode_step(&mut plan);
     let graph = stream
         .end_capture(sys::CUgraphInstantiate_flags(0))
         .unwrap()
@@ -221,11 +235,31 @@ fn graph_replay_with_the_balanced_schedule() {
         units: 12,
         min_chunk: 64,
     };
-    run_plan(7, |exec, caps| {
-        let plan = EnginePlan::new_balanced(exec, caps, SCALE, Some(sched))?;
-        assert_eq!(plan.balanced(), Some(sched));
-        Ok(plan)
-    });
+    run_plan(
+        7,
+        |exec, caps| {
+            let plan = EnginePlan::new_balanced(exec, caps, SCALE, Some(sched))?;
+            assert_eq!(plan.balanced(), Some(sched));
+            Ok(plan)
+        },
+        None,
+    );
+}
+
+/// An engine's step in one graph: the balanced schedule once (`schedule`), then three layers'
+/// decodes through its tables (`decode_scheduled`); every replay's new lengths get new pieces.
+#[test]
+fn graph_replay_of_one_schedule_and_three_layer_decodes() {
+    let sched = Balanced {
+        max_splits: 6,
+        units: 12,
+        min_chunk: 64,
+    };
+    run_plan(
+        8,
+        |exec, caps| EnginePlan::new_balanced(exec, caps, SCALE, Some(sched)),
+        Some(3),
+    );
 }
 
 #[test]
