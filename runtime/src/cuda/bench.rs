@@ -24,8 +24,19 @@ pub struct Measurement {
     pub reps: usize,
 }
 
+/// Bytes the timing loop of [`measure`] zeroes before each timed run: more than any Hopper L2
+/// (50-60 MB), and on the device long enough (~60-90 us) that the host has queued the run's
+/// launches before the start event is reached.
+const FLUSH_BYTES: usize = 256 << 20;
+
 /// Runs `f` `warmup` times, then `reps` times each between two events recorded on the
 /// executor's stream, and returns the median (and extremes) of the event times.
+///
+/// Before each timed run the stream zeroes a 256 MB buffer (as Triton's `do_bench` does): the
+/// L2 starts cold, and the start event runs only once that memset ends, by which time the host
+/// has queued the run, so the time is the GPU's alone. Recorded right after a synchronisation
+/// instead, the start event ran at once and the time included the host's first launch (about
+/// 20 us for a one-program kernel, 2026-12-05).
 pub fn measure<F>(
     exec: &CudaExecutor,
     warmup: usize,
@@ -46,8 +57,14 @@ where
         .synchronize()
         .map_err(|e| driver_err("synchronize", e))?;
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut flush = stream
+        .alloc_zeros::<u8>(FLUSH_BYTES)
+        .map_err(|e| driver_err("allocate the timing loop's flush buffer", e))?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
+        stream
+            .memset_zeros(&mut flush)
+            .map_err(|e| driver_err("flush memset", e))?;
         let start = stream
             .record_event(flags)
             .map_err(|e| driver_err("event record", e))?;
