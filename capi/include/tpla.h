@@ -175,6 +175,39 @@ tpla_status_t tpla_decode(tpla_plan_t *plan,
                           float *lse,
                           size_t batch);
 
+// Computes the split tables of a balanced plan (`splits = 0`) for one step's lengths, so that
+// every layer's `tpla_decode_scheduled` in that step reuses them instead of each running the
+// schedule kernel (`tpla_decode` runs it every call). `seq_lens` is `[batch]` int32 as in
+// `tpla_decode`, `batch` in `1..=max_batch`. On a plan with uniform splits it does nothing. On
+// CUDA it only queues one kernel on the plan's stream.
+//
+// # Safety
+// `plan` is NULL or a live plan used by no other thread meanwhile; `seq_lens` is NULL or holds
+// `batch` int32 in the backend's memory, written by no one else until the call (CPU) or its
+// queued work (CUDA) is done.
+tpla_status_t tpla_schedule(tpla_plan_t *plan,
+                            const int32_t *seq_lens,
+                            size_t batch);
+
+// `tpla_decode` through the split tables of the last `tpla_schedule` instead of computing
+// them: the same arguments, and `seq_lens` must hold the lengths that schedule read (tpla
+// cannot check device memory). Without a schedule for this batch (or after one for another
+// batch) it is `TPLA_STATUS_INVALID_ARGUMENT` and nothing is written or queued. On a plan with
+// uniform splits it is `tpla_decode`.
+//
+// # Safety
+// As `tpla_decode`.
+tpla_status_t tpla_decode_scheduled(tpla_plan_t *plan,
+                                    uint16_t *pool,
+                                    size_t num_pages,
+                                    const int32_t *block_table,
+                                    size_t pages_per_seq,
+                                    const int32_t *seq_lens,
+                                    const uint16_t *q,
+                                    float *out,
+                                    float *lse,
+                                    size_t batch);
+
 // Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).
 //
 // - `pool`: `[num_pages, page_size, row]` bf16, as in `tpla_decode` (FP8 rows with
@@ -355,6 +388,39 @@ tpla_status_t tpla_decode(tpla_plan_t *plan,
                           float *out,
                           float *lse,
                           size_t batch);
+
+// Computes the split tables of a balanced plan (`splits = 0`) for one step's lengths, so that
+// every layer's `tpla_decode_scheduled` in that step reuses them instead of each running the
+// schedule kernel (`tpla_decode` runs it every call). `seq_lens` is `[batch]` int32 as in
+// `tpla_decode`, `batch` in `1..=max_batch`. On a plan with uniform splits it does nothing. On
+// CUDA it only queues one kernel on the plan's stream.
+//
+// # Safety
+// `plan` is NULL or a live plan used by no other thread meanwhile; `seq_lens` is NULL or holds
+// `batch` int32 in the backend's memory, written by no one else until the call (CPU) or its
+// queued work (CUDA) is done.
+tpla_status_t tpla_schedule(tpla_plan_t *plan,
+                            const int32_t *seq_lens,
+                            size_t batch);
+
+// `tpla_decode` through the split tables of the last `tpla_schedule` instead of computing
+// them: the same arguments, and `seq_lens` must hold the lengths that schedule read (tpla
+// cannot check device memory). Without a schedule for this batch (or after one for another
+// batch) it is `TPLA_STATUS_INVALID_ARGUMENT` and nothing is written or queued. On a plan with
+// uniform splits it is `tpla_decode`.
+//
+// # Safety
+// As `tpla_decode`.
+tpla_status_t tpla_decode_scheduled(tpla_plan_t *plan,
+                                    uint16_t *pool,
+                                    size_t num_pages,
+                                    const int32_t *block_table,
+                                    size_t pages_per_seq,
+                                    const int32_t *seq_lens,
+                                    const uint16_t *q,
+                                    float *out,
+                                    float *lse,
+                                    size_t batch);
 
 // Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).
 //

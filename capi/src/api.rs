@@ -263,7 +263,71 @@ pub unsafe extern "C" fn tpla_decode(
             batch,
         };
         // SAFETY: the caller's contract is `Backend::decode`'s (bf16 is `repr(transparent)` u16).
-        unsafe { plan.backend.decode(&args) }
+        unsafe { plan.backend.decode(&args, false) }
+    })
+}
+
+/// Computes the split tables of a balanced plan (`splits = 0`) for one step's lengths, so that
+/// every layer's `tpla_decode_scheduled` in that step reuses them instead of each running the
+/// schedule kernel (`tpla_decode` runs it every call). `seq_lens` is `[batch]` int32 as in
+/// `tpla_decode`, `batch` in `1..=max_batch`. On a plan with uniform splits it does nothing. On
+/// CUDA it only queues one kernel on the plan's stream.
+///
+/// # Safety
+/// `plan` is NULL or a live plan used by no other thread meanwhile; `seq_lens` is NULL or holds
+/// `batch` int32 in the backend's memory, written by no one else until the call (CPU) or its
+/// queued work (CUDA) is done.
+#[no_mangle]
+pub unsafe extern "C" fn tpla_schedule(
+    plan: *mut tpla_plan_t,
+    seq_lens: *const i32,
+    batch: usize,
+) -> tpla_status_t {
+    guard(|| {
+        // SAFETY: the caller's contract on `plan`.
+        let plan = unsafe { plan_mut(plan) }?;
+        // SAFETY: the caller's contract is `Backend::schedule`'s.
+        unsafe { plan.backend.schedule(seq_lens, batch) }
+    })
+}
+
+/// `tpla_decode` through the split tables of the last `tpla_schedule` instead of computing
+/// them: the same arguments, and `seq_lens` must hold the lengths that schedule read (tpla
+/// cannot check device memory). Without a schedule for this batch (or after one for another
+/// batch) it is `TPLA_STATUS_INVALID_ARGUMENT` and nothing is written or queued. On a plan with
+/// uniform splits it is `tpla_decode`.
+///
+/// # Safety
+/// As `tpla_decode`.
+#[no_mangle]
+pub unsafe extern "C" fn tpla_decode_scheduled(
+    plan: *mut tpla_plan_t,
+    pool: *mut u16,
+    num_pages: usize,
+    block_table: *const i32,
+    pages_per_seq: usize,
+    seq_lens: *const i32,
+    q: *const u16,
+    out: *mut f32,
+    lse: *mut f32,
+    batch: usize,
+) -> tpla_status_t {
+    guard(|| {
+        // SAFETY: the caller's contract on `plan`.
+        let plan = unsafe { plan_mut(plan) }?;
+        let args = DecodeArgs {
+            pool: pool.cast::<bf16>(),
+            num_pages,
+            block_table,
+            pages_per_seq,
+            seq_lens,
+            q: q.cast::<bf16>(),
+            out,
+            lse,
+            batch,
+        };
+        // SAFETY: the caller's contract is `Backend::decode`'s (bf16 is `repr(transparent)` u16).
+        unsafe { plan.backend.decode(&args, true) }
     })
 }
 

@@ -98,7 +98,7 @@ where
     /// # Safety
     /// The pointer contract of `tpla_decode` (each buffer holds the elements its sizes name, in
     /// this backend's memory, and is neither freed nor written by anyone else meanwhile).
-    pub unsafe fn decode(&mut self, a: &DecodeArgs) -> Result<(), Error> {
+    pub unsafe fn decode(&mut self, a: &DecodeArgs, reuse: bool) -> Result<(), Error> {
         let c = self.plan.capacities().clone();
         let (b, h, lat, row) = (a.batch, c.heads, c.lat, c.lat + c.rope);
         let prow = c.pool_row()?;
@@ -139,8 +139,41 @@ where
             let q = X::Space::view(q, &[b, h, row])?;
             let mut out = X::Space::view_mut(out, &[b, h, lat])?;
             let mut lse = X::Space::view_mut(lse, &[b, h])?;
-            self.plan
-                .decode(&self.exec, &pool, &table, &lens, &q, (&mut out, &mut lse))?;
+            if reuse {
+                self.plan.decode_scheduled(
+                    &self.exec,
+                    &pool,
+                    &table,
+                    &lens,
+                    &q,
+                    (&mut out, &mut lse),
+                )?;
+            } else {
+                self.plan
+                    .decode(&self.exec, &pool, &table, &lens, &q, (&mut out, &mut lse))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `tpla_schedule`.
+    ///
+    /// # Safety
+    /// The pointer contract of `tpla_schedule` (`seq_lens` holds `batch` int32 in this
+    /// backend's memory, written by no one else meanwhile).
+    pub unsafe fn schedule(&mut self, seq_lens: *const i32, batch: usize) -> Result<(), Error> {
+        let max = self.plan.capacities().max_batch;
+        if batch == 0 || batch > max {
+            return Err(Error::invalid(format!(
+                "batch {batch} outside 1..={max} (the plan's max_batch)"
+            )));
+        }
+        let lens = input("seq_lens", seq_lens, &[batch])?;
+        // SAFETY: the buffer was checked (non-null, aligned, sized); the caller's contract
+        // covers the rest (live memory of this space, no other writer meanwhile).
+        unsafe {
+            let lens = X::Space::view(lens, &[batch])?;
+            self.plan.schedule(&self.exec, &lens, 1)?;
         }
         Ok(())
     }
@@ -232,14 +265,30 @@ impl Backend {
     ///
     /// # Safety
     /// As [`Engine::decode`].
-    pub unsafe fn decode(&mut self, a: &DecodeArgs) -> Result<(), Error> {
+    pub unsafe fn decode(&mut self, a: &DecodeArgs, reuse: bool) -> Result<(), Error> {
         match self {
             // SAFETY: the caller's contract is `Engine::decode`'s.
-            Backend::Cpu(e) => unsafe { e.decode(a) },
+            Backend::Cpu(e) => unsafe { e.decode(a, reuse) },
             Backend::Cuda(e) => {
                 e.bind()?;
                 // SAFETY: as above.
-                unsafe { e.decode(a) }
+                unsafe { e.decode(a, reuse) }
+            }
+        }
+    }
+
+    /// `tpla_schedule` on this backend.
+    ///
+    /// # Safety
+    /// As [`Engine::schedule`].
+    pub unsafe fn schedule(&mut self, seq_lens: *const i32, batch: usize) -> Result<(), Error> {
+        match self {
+            // SAFETY: the caller's contract is `Engine::schedule`'s.
+            Backend::Cpu(e) => unsafe { e.schedule(seq_lens, batch) },
+            Backend::Cuda(e) => {
+                e.bind()?;
+                // SAFETY: as above.
+                unsafe { e.schedule(seq_lens, batch) }
             }
         }
     }

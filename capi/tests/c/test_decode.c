@@ -356,6 +356,47 @@ static void error_cases(tpla_plan_t *plan) {
     tpla_plan_destroy(NULL);
 }
 
+/* The balanced schedule once per step: tpla_schedule, then tpla_decode_scheduled per layer
+ * (here two "layers" over the same lengths), each checked against the reference; a reuse
+ * before any schedule or for another batch is refused with nothing written. Capacities for
+ * 1024-token sequences give the balanced plan (splits = 0) two splits, so it has tables. */
+static void scheduled_cases(void) {
+    tpla_capacities_t caps = CAPS;
+    caps.max_pages_per_seq = 64;
+    tpla_plan_t *plan = NULL;
+    MUST(tpla_plan_create(&caps, SCALE, 0, TPLA_BACKEND_CPU, 0, NULL, &plan));
+    size_t splits = 0;
+    MUST(tpla_plan_splits(plan, &splits));
+    CHECK(splits == 2, "balanced plan for 1024-token sequences: %zu splits, want 2", splits);
+    poison(out, sizeof out / sizeof *out);
+    poison(lse, sizeof lse / sizeof *lse);
+    tpla_status_t s = tpla_decode_scheduled(plan, pool, PAGES, &table[0][0], PPS, lens, q, out,
+                                            lse, BATCH);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT && message_has("schedule first") &&
+              all_nan(out, sizeof out / sizeof *out),
+          "decode_scheduled before a schedule: status %d, %s", (int)s, tpla_last_error());
+    s = tpla_schedule(plan, NULL, BATCH);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT, "schedule of null lengths: status %d", (int)s);
+    s = tpla_schedule(plan, lens, 0);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT, "schedule of batch 0: status %d", (int)s);
+    MUST(tpla_schedule(plan, lens, BATCH));
+    for (int layer = 0; layer < 2; layer++) {
+        poison(out, sizeof out / sizeof *out);
+        poison(lse, sizeof lse / sizeof *lse);
+        MUST(tpla_decode_scheduled(plan, pool, PAGES, &table[0][0], PPS, lens, q, out, lse,
+                                   BATCH));
+        for (int b = 0; b < BATCH; b++)
+            check_sequence("scheduled", out + b * HEADS * LAT, lse + b * HEADS,
+                           q + b * HEADS * ROW, table[b], lens[b]);
+    }
+    poison(out, sizeof out / sizeof *out);
+    s = tpla_decode_scheduled(plan, pool, PAGES, &table[0][0], PPS, lens, q, out, lse, BATCH - 1);
+    CHECK(s == TPLA_STATUS_INVALID_ARGUMENT && message_has("call schedule again") &&
+              all_nan(out, sizeof out / sizeof *out),
+          "decode_scheduled for another batch: status %d, %s", (int)s, tpla_last_error());
+    tpla_plan_destroy(plan);
+}
+
 /* The FP8 latent cache (TPLA_KV_FP8): tpla_append quantises bf16 rows into the pool, whose
  * bytes this test decodes itself (e4m3, per-128-column float scales, bf16 RoPE) to build the
  * reference; decode must match attention over those dequantised rows. */
@@ -544,6 +585,7 @@ int main(void) {
     error_cases(split3);
     /* The plan still works after the errors. */
     decode_and_check(split3, "after the errors");
+    scheduled_cases();
 
     tpla_plan_destroy(split3);
     tpla_plan_destroy(split1);
