@@ -134,25 +134,15 @@ fn f64s(v: &[bf16]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 
-/// Decodes every sequence of the engine with NaN-poisoned outputs; returns (out, lse, q).
+/// Decodes every sequence of the engine with a random query into NaN-poisoned outputs;
+/// returns (out, lse, q).
 fn decode_all(
     plan: &mut EnginePlan<CpuExecutor>,
     exec: &CpuExecutor,
     e: &mut Engine,
 ) -> (Vec<f32>, Vec<f32>, Vec<bf16>) {
     let q: Vec<bf16> = e.random_rows(BATCH * HEADS);
-    let mut out = vec![f32::NAN; BATCH * HEADS * LAT];
-    let mut lse = vec![f32::NAN; BATCH * HEADS];
-    {
-        let pool = KvPool::new(&mut e.pool, PAGE, ROW).unwrap();
-        let bt = TensorView::new(&e.table, &[BATCH, PPS]).unwrap();
-        let lens = TensorView::new(&e.lens, &[BATCH]).unwrap();
-        let qv = TensorView::new(&q, &[BATCH, HEADS, ROW]).unwrap();
-        let mut ov = TensorViewMut::new(&mut out, &[BATCH, HEADS, LAT]).unwrap();
-        let mut lv = TensorViewMut::new(&mut lse, &[BATCH, HEADS]).unwrap();
-        plan.decode(exec, &pool, &bt, &lens, &qv, (&mut ov, &mut lv))
-            .unwrap();
-    }
+    let (out, lse) = decode_q(plan, exec, e, &q, false).unwrap();
     (out, lse, q)
 }
 

@@ -248,22 +248,31 @@ pub unsafe extern "C" fn tpla_decode(
     lse: *mut f32,
     batch: usize,
 ) -> tpla_status_t {
+    let args = DecodeArgs {
+        pool: pool.cast::<bf16>(),
+        num_pages,
+        block_table,
+        pages_per_seq,
+        seq_lens,
+        q: q.cast::<bf16>(),
+        out,
+        lse,
+        batch,
+    };
+    // SAFETY: the caller's contract is `decode_call`'s.
+    unsafe { decode_call(plan, &args, false) }
+}
+
+/// `tpla_decode` (`reuse` false) or `tpla_decode_scheduled` (`reuse` true) on `args`.
+///
+/// # Safety
+/// The contract of `tpla_decode` for `plan` and the buffers of `args`.
+unsafe fn decode_call(plan: *mut tpla_plan_t, args: &DecodeArgs, reuse: bool) -> tpla_status_t {
     guard(|| {
         // SAFETY: the caller's contract on `plan`.
         let plan = unsafe { plan_mut(plan) }?;
-        let args = DecodeArgs {
-            pool: pool.cast::<bf16>(),
-            num_pages,
-            block_table,
-            pages_per_seq,
-            seq_lens,
-            q: q.cast::<bf16>(),
-            out,
-            lse,
-            batch,
-        };
         // SAFETY: the caller's contract is `Backend::decode`'s (bf16 is `repr(transparent)` u16).
-        unsafe { plan.backend.decode(&args, false) }
+        unsafe { plan.backend.decode(args, reuse) }
     })
 }
 
@@ -312,23 +321,19 @@ pub unsafe extern "C" fn tpla_decode_scheduled(
     lse: *mut f32,
     batch: usize,
 ) -> tpla_status_t {
-    guard(|| {
-        // SAFETY: the caller's contract on `plan`.
-        let plan = unsafe { plan_mut(plan) }?;
-        let args = DecodeArgs {
-            pool: pool.cast::<bf16>(),
-            num_pages,
-            block_table,
-            pages_per_seq,
-            seq_lens,
-            q: q.cast::<bf16>(),
-            out,
-            lse,
-            batch,
-        };
-        // SAFETY: the caller's contract is `Backend::decode`'s (bf16 is `repr(transparent)` u16).
-        unsafe { plan.backend.decode(&args, true) }
-    })
+    let args = DecodeArgs {
+        pool: pool.cast::<bf16>(),
+        num_pages,
+        block_table,
+        pages_per_seq,
+        seq_lens,
+        q: q.cast::<bf16>(),
+        out,
+        lse,
+        batch,
+    };
+    // SAFETY: the caller's contract is `decode_call`'s.
+    unsafe { decode_call(plan, &args, true) }
 }
 
 /// Writes `n` token rows into the pool at the engine's slots (vLLM's `slot_mapping`).

@@ -21,6 +21,8 @@
 //! Views live in [`tpla_runtime::view`]: safe host-slice views for the CPU executor, `unsafe`
 //! device-pointer views for CUDA (use `CudaExecutor::with_stream` with the engine's stream).
 
+use std::borrow::Cow;
+
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::ops::{Balanced, DecodeParams, BALANCED_WAVES, MAX_QUERY_LEN};
 use tpla_kernels::{append_rows, combine_counted, combine_splits, latent_decode, split_schedule};
@@ -253,7 +255,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
             )));
         }
         for sq in 2..=max_q_len {
-            let p = self.query_params(sq);
+            let p = query_params(&self.params, sq);
             exec.resident_programs(&latent_decode, &p.decode_config())?;
             if self.balanced.is_some() {
                 exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
@@ -273,31 +275,6 @@ impl<X: ViewExecutor> EnginePlan<X> {
         }
         self.max_q_len = self.max_q_len.max(max_q_len);
         Ok(())
-    }
-
-    /// The decode parameters for `sq` query tokens per sequence: `BLOCK_H` re-chosen for the
-    /// `sq · heads` rows, except under the FP8 producer schedule ([`fp8_decode_schedule`]),
-    /// which runs 64-row blocks (the form measured and emulated with several query tokens): a
-    /// plan whose one-token blocks are narrower (16 heads or fewer) takes the 64-row schedule.
-    fn query_params(&self, sq: usize) -> DecodeParams {
-        let mut p = self.params.clone().with_query_len(sq);
-        let fp8_producer = |c: &Config| {
-            c.try_get("KV_FP8").is_some_and(|v| v > 0) && c.try_get("PRODUCER") == Some(1)
-        };
-        if fp8_producer(&self.params.decode) {
-            if self
-                .params
-                .decode
-                .try_get("BLOCK_H")
-                .is_some_and(|b| b < 64)
-            {
-                for (knob, value) in kv_dtype::fp8_hopper_knobs(64) {
-                    p.decode.set(knob, value);
-                }
-            }
-            p.decode.set("BLOCK_H", 64);
-        }
-        p
     }
 
     /// Most query tokens per sequence [`decode`](Self::decode) takes.
@@ -486,13 +463,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
         }
         self.check_pool(pool)?;
         let cache = self.cache_format(pool.paged(block_table, seq_lens)?)?;
-        let multi;
-        let p = if sq > 1 {
-            multi = self.query_params(sq);
-            &multi
-        } else {
-            &self.params
-        };
+        let p = &*query_params(&self.params, sq);
         let s = p.splits;
         let scale = KernelArg::F32(p.scale);
         let (ps, pls) = ([s, b, h, lat], [s, b, h]);
@@ -606,6 +577,29 @@ impl<X: ViewExecutor> EnginePlan<X> {
             unsafe { TensorView::from_raw(ptr, &[n], None) }
         }
     }
+}
+
+/// The decode parameters for `sq` query tokens per sequence: `BLOCK_H` re-chosen for the
+/// `sq · heads` rows, except under the FP8 producer schedule ([`fp8_decode_schedule`]),
+/// which runs 64-row blocks (the form measured and emulated with several query tokens): a
+/// plan whose one-token blocks are narrower (16 heads or fewer) takes the 64-row schedule.
+/// One token is the plan's own parameters, borrowed.
+fn query_params(params: &DecodeParams, sq: usize) -> Cow<'_, DecodeParams> {
+    if sq <= 1 {
+        return Cow::Borrowed(params);
+    }
+    let mut p = params.clone().with_query_len(sq);
+    let fp8_producer =
+        |c: &Config| c.try_get("KV_FP8").is_some_and(|v| v > 0) && c.try_get("PRODUCER") == Some(1);
+    if fp8_producer(&params.decode) {
+        if params.decode.try_get("BLOCK_H").is_some_and(|b| b < 64) {
+            for (knob, value) in kv_dtype::fp8_hopper_knobs(64) {
+                p.decode.set(knob, value);
+            }
+        }
+        p.decode.set("BLOCK_H", 64);
+    }
+    Cow::Owned(p)
 }
 
 fn check_caps(caps: &Capacities) -> Result<(), RuntimeError> {

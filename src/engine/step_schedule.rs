@@ -14,7 +14,7 @@ use tpla_runtime::half::bf16;
 use tpla_runtime::view::{KvPool, TensorView, ViewExecutor};
 use tpla_runtime::RuntimeError;
 
-use super::{tensor, Capacities, DecodeOut, EnginePlan, Space, Tables};
+use super::{query_params, tensor, Capacities, DecodeOut, EnginePlan, Space, Tables};
 
 /// What a schedule computed the tables for: the batch and the decode kernel's block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,13 +102,7 @@ impl<X: ViewExecutor> EnginePlan<X> {
                 )))
             }
         };
-        let multi;
-        let p = if query_len > 1 {
-            multi = self.query_params(query_len);
-            &multi
-        } else {
-            &self.params
-        };
+        let p = &*query_params(&self.params, query_len);
         match &mut self.balanced {
             Some(t) if p.splits > 1 => run(exec, p, t, seq_lens, batch, &self.caps),
             _ => Ok(()),
