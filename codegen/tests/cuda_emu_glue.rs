@@ -339,3 +339,70 @@ fn emulated_split_combines_match_cpu() {
         }
     }
 }
+
+/// The balanced split schedule (`split_schedule`) as generated CUDA against the CPU backend:
+/// its element-wise chains are computed in registers by the `fusion` pass, so this checks that
+/// pass on a kernel whose chains cross a loop (the probing rounds) and loop-carried tiles
+/// (`lo`, `hi`). Lengths mixed: 0, negative, short, long, one past a block; outputs poisoned.
+#[test]
+fn emulated_split_schedule_matches_cpu() {
+    let Some(cxx) = skip_without_cxx("emulated_split_schedule_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(5);
+    for (max_b, batch, block_n) in [(32usize, 20usize, 64usize), (256, 200, 16)] {
+        let probes = tpla_kernels::ops::schedule_probes(max_b);
+        let mut lens: Vec<i32> = rng
+            .vec(batch)
+            .iter()
+            .map(|x| (x.abs() * 20000.0) as i32)
+            .collect();
+        lens[0] = 0;
+        lens[1] = -5;
+        lens[2] = 1;
+        lens[3] = block_n as i32 + 1;
+        lens[4] = 32768;
+        let i32s = |v: &[i32]| HostArg::Tensor {
+            dtype: DType::I32,
+            shape: vec![batch],
+            data: Bytes::from_i32(v),
+        };
+        let poison = vec![-12345; batch];
+        let consts = [
+            ("BLOCK_N", block_n as i64),
+            ("MAX_B", max_b as i64),
+            ("PROBES", probes as i64),
+        ];
+        let rounds = tpla_kernels::ops::schedule_rounds(32768, block_n, probes);
+        for (units, max_splits, min_chunk) in [(132, 64, 256), (16, 4, 0)] {
+            let cfg = tpla_kernels::split_schedule.default_config(&consts).unwrap();
+            let k = tpla_kernels::split_schedule.build(&cfg).unwrap();
+            let code = tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap();
+            check_vs_cpu(
+                &cxx,
+                &k,
+                Target::sm90(),
+                &[
+                    i32s(&lens),
+                    i32s(&poison),
+                    i32s(&poison),
+                    HostArg::I32(units),
+                    HostArg::I32(max_splits),
+                    HostArg::I32(min_chunk),
+                    HostArg::I32(rounds),
+                ],
+                0.0,
+                &format!("split_schedule [{cfg}] units {units} max_splits {max_splits}"),
+            );
+            // The fused chains leave one buffer per reduced, loop-carried or reused tile: the
+            // `[PROBES, MAX_B]` chain of each round is one loop (two tiles of that size, where
+            // unfused it wrote eight), and some 20 `[MAX_B]` tiles remain (of some 60).
+            let tile = (probes * max_b * 4) as u32;
+            assert!(
+                code.shared_bytes < 3 * tile + 32 * 4 * max_b as u32,
+                "split_schedule [{cfg}]: {} bytes of shared memory",
+                code.shared_bytes
+            );
+        }
+    }
+}

@@ -284,6 +284,10 @@ impl<'a> Lower<'a> {
                 self.decl.geo_m.insert(m);
                 Repr::Rows { m, arr }
             }
+            _ if self.fused.get(t).copied().unwrap_or(false) => Repr::Inline {
+                kind: InlineKind::Fused,
+                view: View::base(rank),
+            },
             Lay::Any | Lay::Bottom if self.info.single_def[t].as_ref().is_some_and(inlineable) => {
                 let view = View::base(rank);
                 let kind = match op {

@@ -116,6 +116,7 @@
 
 mod analysis;
 mod elem;
+mod fusion;
 mod geometry;
 mod layout;
 mod lower;

@@ -107,6 +107,8 @@ type Pass = fn(&mut Lower) -> Result<(), IrError>;
 ///
 /// - `analysis`: per-tile facts (assignments, uses, exact bf16 values, gemm operands);
 /// - `layout`: where each tile lives (fragment / row registers, shared memory, inline);
+/// - `fusion`: element-wise chains printed inside their last op's loop, in registers
+///   (`fusion.rs`);
 /// - `geometry`: warps per block, warpgroups, the fragment split of each tile (from the
 ///   [`Schedule`] and the register budget);
 /// - `memory`: shared-memory buffers (swizzle, column blocking, paged rings) and every tile's
@@ -115,13 +117,17 @@ type Pass = fn(&mut Lower) -> Result<(), IrError>;
 ///   paged, gemm: fma / mma.sync / wgmma);
 /// - `sync`: barriers between conflicting shared-memory accesses;
 /// - `print`: the translation unit.
-pub(crate) const PASSES: [(&str, Pass); 7] = [
+pub(crate) const PASSES: [(&str, Pass); 8] = [
     ("analysis", |s| {
         s.info = analyse(s.k);
         Ok(())
     }),
     ("layout", |s| {
         s.lay = layouts(s.k);
+        Ok(())
+    }),
+    ("fusion", |s| {
+        s.fused = crate::cuda::fusion::fused_tiles(s.k, &s.info.assigns, &s.info.uses, &s.lay);
         Ok(())
     }),
     ("geometry", |s| {

@@ -27,8 +27,18 @@ impl<'a> Lower<'a> {
         };
         let mut reads = Vec::new();
         let mut acc: HashMap<TileId, Access> = HashMap::new();
-        for t in operand_tiles(op) {
-            if acc.contains_key(&t) {
+        // Fused operands (the `fusion` pass) are computed here, at this loop's element, from
+        // their own operands: operands first, so each expression finds its operands' values.
+        let mut fused = Vec::new();
+        let mut pending = operand_tiles(op);
+        let mut order = Vec::new();
+        while let Some(t) = pending.pop() {
+            if acc.contains_key(&t) || order.contains(&t) {
+                continue;
+            }
+            if matches!(self.repr[t], Repr::Inline { kind: InlineKind::Fused, .. }) {
+                order.push(t);
+                pending.extend(operand_tiles(self.fused_def(t)));
                 continue;
             }
             let (a, mut r) = self.access(t, &it, &res, out);
@@ -42,7 +52,17 @@ impl<'a> Lower<'a> {
             reads.extend(r);
             acc.insert(t, a);
         }
+        // A fused tile is read once, by the op after it in its chain: reversed discovery order
+        // puts every fused tile after the fused tiles it reads.
+        fused.extend(order.into_iter().rev());
         let (head, tail, ctx) = self.open(&it);
+        for t in fused {
+            let def = self.fused_def(t).clone();
+            let text = format!("({})", self.ew_value(t, &def, &ctx, &acc, &res));
+            let vt = self.tile_vt(t);
+            let view = View::base(res.len());
+            acc.insert(t, Access::Inline(InlineKind::Expr { text, vt }, view));
+        }
         let val = self.ew_value(dst, op, &ctx, &acc, &res);
         let w = self.write(dst, &ctx, &val);
         let text = format!("{head}    {w}\n{tail}\n");
@@ -55,6 +75,13 @@ impl<'a> Lower<'a> {
             reads,
             writes,
         });
+    }
+
+    /// The defining op of a fused tile (assigned once: the `fusion` pass's rule).
+    fn fused_def(&self, t: TileId) -> &TileOp {
+        self.info.single_def[t]
+            .as_ref()
+            .expect("a fused tile is assigned once")
     }
 
     /// The affinity tag (> 0) of flat loops over `shape`.

@@ -259,6 +259,8 @@ impl<'a> Lower<'a> {
                     InlineKind::Valid { start, hi } => {
                         convert(&format!("(tpla_iadd({start}, {c}) < {hi})"), Vt::Bool, vt)
                     }
+                    InlineKind::Expr { text, vt: from } => convert(text, *from, vt),
+                    InlineKind::Fused => unreachable!("a fused tile is read through its Expr"),
                 }
             }
         }

@@ -40,6 +40,8 @@ pub(crate) struct Lower<'a> {
     pub(crate) sched: Schedule,
     /// Layout of every tile (the `layout` pass).
     pub(crate) lay: Vec<Lay>,
+    /// Tiles computed inside their single consumer's loop (the `fusion` pass).
+    pub(crate) fused: Vec<bool>,
     /// The lowered body (the `lower` pass; barriers added by `sync`).
     pub(crate) nodes: Vec<Node>,
     /// The translation unit (the `print` pass).
@@ -166,6 +168,7 @@ impl<'a> Lower<'a> {
             target,
             sched,
             lay: Vec::new(),
+            fused: Vec::new(),
             nodes: Vec::new(),
             source: None,
             geo: Geo::default(),
@@ -193,6 +196,13 @@ impl<'a> Lower<'a> {
                 self.info.gemms, self.info.split_gemm, self.info.assigns
             ),
             "layout" => format!("{:?}", self.lay),
+            "fusion" => format!(
+                "fused {:?}",
+                (0..self.fused.len())
+                    .filter(|&t| self.fused[t])
+                    .map(|t| &self.k.tiles[t].name)
+                    .collect::<Vec<_>>()
+            ),
             "geometry" => format!("{:?} under {:?}", self.geo, self.sched),
             "memory" => self
                 .smem
