@@ -12,8 +12,8 @@ pub const VAR: &str = "TPLA_DUMP";
 
 /// The names `TPLA_DUMP` accepts, in the order the error message lists them.
 pub const ACCEPTED: &[&str] = &[
-    "ir", "clif", "cuda", "all", "analysis", "layout", "fusion", "geometry", "memory", "lower", "sync",
-    "print",
+    "ir", "clif", "cuda", "all", "analysis", "layout", "fusion", "geometry", "memory", "lower",
+    "sync", "print",
 ];
 
 /// The CUDA backend's passes (`codegen::cuda`'s pass list), in order: each can be dumped.

@@ -22,6 +22,8 @@ fn tensor(dtype: DType, shape: &[usize], v: &[f32]) -> HostArg {
         shape: shape.to_vec(),
         data: match dtype {
             DType::BF16 => Bytes::from_bf16(v),
+            // (Counts and positions: `2.0` is the integer 2, not its f32 bit pattern.)
+            DType::I32 => Bytes::from_i32(&v.iter().map(|&x| x as i32).collect::<Vec<_>>()),
             _ => Bytes::from_f32(v),
         },
     }
@@ -265,7 +267,7 @@ fn emulated_dcp_and_collective_kernels_match_cpu() {
 
 /// The split-KV combines (`combine_splits`, `combine_counted`) and the DCP merge over every tune
 /// config, at the shard and MLA widths: a partial head block (20 heads), an empty split's lse
-/// (-6.9e29), counts of 0 (clamped to 1), 2 and past the splits. Where the accumulator tile
+/// (-6.9e29), counts of 2 and 0 (clamped to 1). Where the accumulator tile
 /// takes the fragment layout (16- and 32-head blocks), the kernel is all registers: no shared
 /// memory, no barrier (`cuda/layout.rs`, `gemmless_accumulators`).
 #[test]
@@ -375,7 +377,9 @@ fn emulated_split_schedule_matches_cpu() {
         ];
         let rounds = tpla_kernels::ops::schedule_rounds(32768, block_n, probes);
         for (units, max_splits, min_chunk) in [(132, 64, 256), (16, 4, 0)] {
-            let cfg = tpla_kernels::split_schedule.default_config(&consts).unwrap();
+            let cfg = tpla_kernels::split_schedule
+                .default_config(&consts)
+                .unwrap();
             let k = tpla_kernels::split_schedule.build(&cfg).unwrap();
             let code = tpla_codegen::cuda::emit(&k, Target::sm90()).unwrap();
             check_vs_cpu(

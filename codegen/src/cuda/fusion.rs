@@ -105,7 +105,11 @@ impl Cx<'_> {
         }
         // The consumer: the next statement of this list that reads `dst`.
         let j = (i + 1..body.len()).find(|&j| reads(&body[j], dst))?;
-        let Stmt::Assign { dst: user, op: user_op } = &body[j] else {
+        let Stmt::Assign {
+            dst: user,
+            op: user_op,
+        } = &body[j]
+        else {
             return None;
         };
         if !elementwise(user_op)
@@ -165,30 +169,54 @@ mod tests {
         };
         let lit = |v: f32| Operand::Scalar(FScalar::Lit(v));
         let a = kb
-            .define("a", TileOp::Load { param: x, index: span() })
+            .define(
+                "a",
+                TileOp::Load {
+                    param: x,
+                    index: span(),
+                },
+            )
             .unwrap();
         let b = kb
-            .define("b", TileOp::Binary(BinaryOp::Add, Operand::Tile(a), lit(1.0)))
+            .define(
+                "b",
+                TileOp::Binary(BinaryOp::Add, Operand::Tile(a), lit(1.0)),
+            )
             .unwrap();
         let c = kb
-            .define("c", TileOp::Binary(BinaryOp::Mul, Operand::Tile(b), lit(2.0)))
+            .define(
+                "c",
+                TileOp::Binary(BinaryOp::Mul, Operand::Tile(b), lit(2.0)),
+            )
             .unwrap();
         let d = kb
-            .define("d", TileOp::Binary(BinaryOp::Sub, Operand::Tile(c), Operand::Tile(a)))
+            .define(
+                "d",
+                TileOp::Binary(BinaryOp::Sub, Operand::Tile(c), Operand::Tile(a)),
+            )
             .unwrap();
         kb.store(y, span(), d).unwrap();
         // A reassigned operand between definition and use: `e` reads `m`, `m` changes, then
         // `f` reads `e`: `e` must keep its own buffer.
         let m = kb
-            .define("m", TileOp::Binary(BinaryOp::Add, Operand::Tile(a), lit(0.0)))
+            .define(
+                "m",
+                TileOp::Binary(BinaryOp::Add, Operand::Tile(a), lit(0.0)),
+            )
             .unwrap();
         let e = kb
-            .define("e", TileOp::Binary(BinaryOp::Mul, Operand::Tile(m), lit(3.0)))
+            .define(
+                "e",
+                TileOp::Binary(BinaryOp::Mul, Operand::Tile(m), lit(3.0)),
+            )
             .unwrap();
         kb.assign(m, TileOp::Binary(BinaryOp::Add, Operand::Tile(a), lit(5.0)))
             .unwrap();
         let f = kb
-            .define("f", TileOp::Binary(BinaryOp::Add, Operand::Tile(e), Operand::Tile(m)))
+            .define(
+                "f",
+                TileOp::Binary(BinaryOp::Add, Operand::Tile(e), Operand::Tile(m)),
+            )
             .unwrap();
         kb.store(y, span(), f).unwrap();
         kb.finish().unwrap()

@@ -59,11 +59,17 @@ impl View {
 pub(crate) enum InlineKind {
     Value(String),
     Iota(Option<u8>),
-    Valid { start: String, hi: String },
+    Valid {
+        start: String,
+        hi: String,
+    },
     /// Computed inside its single consumer's loop (the `fusion` pass): no buffer, no loop.
     Fused,
     /// A fused tile's value at the consumer's element, of value type `vt`.
-    Expr { text: String, vt: crate::cuda::elem::Vt },
+    Expr {
+        text: String,
+        vt: crate::cuda::elem::Vt,
+    },
 }
 
 #[derive(Clone, Debug)]

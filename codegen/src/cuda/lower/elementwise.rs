@@ -36,7 +36,13 @@ impl<'a> Lower<'a> {
             if acc.contains_key(&t) || order.contains(&t) {
                 continue;
             }
-            if matches!(self.repr[t], Repr::Inline { kind: InlineKind::Fused, .. }) {
+            if matches!(
+                self.repr[t],
+                Repr::Inline {
+                    kind: InlineKind::Fused,
+                    ..
+                }
+            ) {
                 order.push(t);
                 pending.extend(operand_tiles(self.fused_def(t)));
                 continue;
