@@ -15,11 +15,10 @@ use pyo3::types::PyTuple;
 use tpla::engine::{Capacities, EnginePlan, KvDtype};
 use tpla::kernels::ops::shard_width;
 use tpla::runtime::cuda::CudaExecutor;
-use tpla::runtime::half::bf16;
-use tpla::runtime::view::ViewExecutor;
-use tpla::runtime::{CpuExecutor, RuntimeError};
+use tpla::runtime::CpuExecutor;
 
-use crate::backend::{cpu, cuda_device, py_err, CudaDevice, Mem};
+use crate::backend::{cpu, cuda_device, py_err, CudaDevice};
+use crate::shards::{append_shards, decode_shards, schedule_shards};
 use crate::tensor::{
     expect_device, expect_disjoint, expect_rank, expect_shape, tensor, torch, Dev, Dt, Tensor,
 };
@@ -51,17 +50,20 @@ pub struct Core {
     /// from them once, at `plan` (addresses, shapes), so `run` re-reads neither: new contents
     /// written into the same tensors are what the next `run` sees.
     planned: Option<(Py<PyAny>, Py<PyAny>, Tensor, Tensor)>,
+    /// `plan(.., fixed_lengths=True)`: the split schedule was computed at `plan`, and every
+    /// `run` until the next `plan` decodes through it.
+    scheduled: bool,
 }
 
 /// The tensors of one call, checked.
-struct Args {
-    q: Tensor,
-    cache: Tensor,
-    out: Tensor,
-    lse: Tensor,
-    lens: Tensor,
-    table: Tensor,
-    pages: usize,
+pub(crate) struct Args {
+    pub(crate) q: Tensor,
+    pub(crate) cache: Tensor,
+    pub(crate) out: Tensor,
+    pub(crate) lse: Tensor,
+    pub(crate) lens: Tensor,
+    pub(crate) table: Tensor,
+    pub(crate) pages: usize,
 }
 
 impl Core {
@@ -113,6 +115,7 @@ impl Core {
             dev,
             plans,
             planned: None,
+            scheduled: false,
         })
     }
 
@@ -166,16 +169,32 @@ impl Core {
 
     fn plan(
         &mut self,
+        py: Python<'_>,
         seq_lens: &Bound<'_, PyAny>,
         block_table: &Bound<'_, PyAny>,
+        fixed_lengths: bool,
     ) -> PyResult<()> {
         let (l, t) = self.tables(seq_lens, block_table)?;
+        // A failed schedule leaves no plan behind (the next `run` asks for one).
+        self.planned = None;
+        self.scheduled = false;
+        if fixed_lengths {
+            match &mut self.plans {
+                Plans::Cpu(plans) => schedule_shards(cpu()?, plans, &l),
+                Plans::Cuda(d, plans) => {
+                    let x = d.current(py, torch(py)?)?;
+                    schedule_shards(&*x, plans, &l)
+                }
+            }
+            .map_err(py_err)?;
+        }
         self.planned = Some((
             seq_lens.clone().unbind(),
             block_table.clone().unbind(),
             l,
             t,
         ));
+        self.scheduled = fixed_lengths;
         Ok(())
     }
 
@@ -286,12 +305,12 @@ impl Core {
             table,
             pages,
         };
-        let caps = &self.caps;
+        let (caps, scheduled) = (&self.caps, self.scheduled);
         match &mut self.plans {
-            Plans::Cpu(plans) => decode_shards(cpu()?, plans, caps, &args),
+            Plans::Cpu(plans) => decode_shards(cpu()?, plans, caps, &args, scheduled),
             Plans::Cuda(d, plans) => {
                 let x = d.current(py, torch(py)?)?;
-                decode_shards(&*x, plans, caps, &args)
+                decode_shards(&*x, plans, caps, &args, scheduled)
             }
         }
         .map_err(py_err)?;
@@ -340,78 +359,6 @@ impl Core {
     }
 }
 
-fn decode_shards<X: ViewExecutor>(
-    exec: &X,
-    plans: &mut [EnginePlan<X>],
-    c: &Capacities,
-    a: &Args,
-) -> Result<(), RuntimeError>
-where
-    X::Space: Mem,
-{
-    let (b, h, w, row) = (a.lens.shape[0], c.heads, c.lat, c.lat + c.rope);
-    let prow = c.pool_row()?;
-    let pps = a.table.shape[1];
-    for (i, plan) in plans.iter_mut().enumerate() {
-        // SAFETY: every tensor was read from a live torch tensor the caller holds for this call
-        // (the Python objects are borrowed until it returns); shard `i`'s elements lie inside it
-        // (shapes checked against the leading group axis); the written ones (out, lse) and the
-        // pool share no memory with any other argument (`expect_disjoint`); torch runs nothing
-        // on these tensors meanwhile on the host, and on a device everything is ordered on
-        // torch's current stream.
-        unsafe {
-            let pool = X::Space::pool(
-                &a.cache,
-                i * a.pages * c.page_size * prow,
-                a.pages,
-                c.page_size,
-                prow,
-            )?;
-            let table = X::Space::view::<i32>(&a.table, 0, &[b, pps])?;
-            let lens = X::Space::view::<i32>(&a.lens, 0, &[b])?;
-            let q = X::Space::view::<bf16>(&a.q, i * b * h * row, &[b, h, row])?;
-            let mut out = X::Space::view_mut::<f32>(&a.out, i * b * h * w, &[b, h, w])?;
-            let mut lse = X::Space::view_mut::<f32>(&a.lse, i * b * h, &[b, h])?;
-            plan.decode(exec, &pool, &table, &lens, &q, (&mut out, &mut lse))?;
-        }
-    }
-    Ok(())
-}
-
-fn append_shards<X: ViewExecutor>(
-    exec: &X,
-    plans: &mut [EnginePlan<X>],
-    c: &Capacities,
-    pages: usize,
-    cache: &Tensor,
-    rows: &Tensor,
-    slots: &Tensor,
-) -> Result<(), RuntimeError>
-where
-    X::Space: Mem,
-{
-    let row = c.lat + c.rope;
-    let prow = c.pool_row()?;
-    let n = slots.shape[0];
-    for (i, plan) in plans.iter_mut().enumerate() {
-        // SAFETY: as in `decode_shards`: live tensors held by the caller, shard `i` inside each,
-        // the pool (written) disjoint from rows and slots.
-        unsafe {
-            let mut pool = X::Space::pool(
-                cache,
-                i * pages * c.page_size * prow,
-                pages,
-                c.page_size,
-                prow,
-            )?;
-            let s = X::Space::view::<i32>(slots, 0, &[n])?;
-            let r = X::Space::view::<bf16>(rows, i * n * row, &[n, row])?;
-            plan.append(exec, &mut pool, &s, &r)?;
-        }
-    }
-    Ok(())
-}
-
 fn parse_kv_dtype(s: &str) -> PyResult<KvDtype> {
     KvDtype::parse(s).ok_or_else(|| {
         PyValueError::new_err(format!("kv_dtype must be \"bf16\" or \"fp8\", got {s:?}"))
@@ -443,8 +390,16 @@ macro_rules! shared_methods {
             /// Stores the engine's `seq_lens` (`[batch]` int32) and `block_table` (`[batch,
             /// pages_per_seq]` int32) tensors for the next `run` calls. Their contents may change
             /// between runs (e.g. between CUDA graph replays); no host sync.
-            fn plan(&mut self, seq_lens: &Bound<'_, PyAny>, block_table: &Bound<'_, PyAny>) -> PyResult<()> {
-                self.0.plan(seq_lens, block_table)
+            ///
+            /// `fixed_lengths=True` is the once-per-step form (FlashMLA's metadata, FlashInfer's
+            /// `plan`): the lengths in `seq_lens` are final, the balanced split schedule is
+            /// computed here, on torch's current stream, and every `run` until the next `plan`
+            /// (the layers of one decode step) decodes through it instead of computing it
+            /// again. New lengths then need a new `plan` (a `run` cannot see them change: it
+            /// would decode the old pieces). Without balanced splits it changes nothing.
+            #[pyo3(signature = (seq_lens, block_table, fixed_lengths=false))]
+            fn plan(&mut self, py: Python<'_>, seq_lens: &Bound<'_, PyAny>, block_table: &Bound<'_, PyAny>, fixed_lengths: bool) -> PyResult<()> {
+                self.0.plan(py, seq_lens, block_table, fixed_lengths)
             }
 
             /// Writes token `rows` into the `cache` at `slots` (`[n]` int32, distinct, each

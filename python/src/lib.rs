@@ -10,6 +10,7 @@
 mod backend;
 mod decode;
 mod ops;
+mod shards;
 mod tensor;
 
 use pyo3::prelude::*;

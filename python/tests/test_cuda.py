@@ -69,7 +69,10 @@ def test_gpu_errors():
         cpu_dec.run(q, cache.cpu())
 
 
-def test_cuda_graph_capture_and_replay_with_new_tables():
+@pytest.mark.parametrize("fixed", [False, True])
+def test_cuda_graph_capture_and_replay_with_new_tables(fixed):
+    # fixed: the once-per-step form, plan(fixed_lengths=True) (the schedule kernel, captured)
+    # then two runs (two layers) through it.
     gen = torch.Generator().manual_seed(14)
     b = 4
     dec = tpla.MlaDecode(b, HEADS, LAT, PAGE, PPS, SCALE, rope=ROPE, device=DEV)
@@ -86,14 +89,19 @@ def test_cuda_graph_capture_and_replay_with_new_tables():
     # torch captures in global mode, so a sync or allocation inside plan/run would fail here.
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
+    out2 = torch.zeros(b, HEADS, LAT, device=DEV)
+    lse2 = torch.zeros(b, HEADS, device=DEV)
+    layers = [(out, lse), (out2, lse2)] if fixed else [(out, lse)]
     with torch.cuda.stream(side):
-        dec.plan(lens, table)
-        dec.run(q, cache, out=out, lse=lse)
+        dec.plan(lens, table, fixed_lengths=fixed)
+        for o, l in layers:
+            dec.run(q, cache, out=o, lse=l)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        dec.plan(lens, table)
-        dec.run(q, cache, out=out, lse=lse)
+        dec.plan(lens, table, fixed_lengths=fixed)
+        for o, l in layers:
+            dec.run(q, cache, out=o, lse=l)
     for replay in range(5):
         new_lens = torch.randint(0, PPS * PAGE + 1, (b,), generator=gen).to(torch.int32)
         new_table, _ = engine_state(gen, [0] * b, NUM_PAGES)
@@ -101,12 +109,14 @@ def test_cuda_graph_capture_and_replay_with_new_tables():
         lens.copy_(new_lens)
         table.copy_(new_table)
         q.copy_(new_q)
-        out.fill_(float("nan"))
+        for o, _ in layers:
+            o.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
         want, want_lse = reference(new_q, cache, new_table, new_lens, SCALE, LAT)
-        check_close(out, want, f"replay {replay} out", atol=GPU_TOL, rtol=GPU_TOL)
-        check_lse(lse, want_lse, f"replay {replay} lse", atol=GPU_TOL)
+        for i, (o, l) in enumerate(layers):
+            check_close(o, want, f"replay {replay} layer {i} out", atol=GPU_TOL, rtol=GPU_TOL)
+            check_lse(l, want_lse, f"replay {replay} layer {i} lse", atol=GPU_TOL)
         print(f"replay {replay}: lens {new_lens.tolist()} ok")
 
 

@@ -80,6 +80,31 @@ def test_new_lengths_and_tables_in_the_same_tensors_are_read_by_the_next_run():
     check_lse(lse, want_lse, "lse after new lengths")
 
 
+@pytest.mark.parametrize("groups,splits", [(None, 0), (None, 3), (2, 3)])
+def test_fixed_lengths_schedule_once_and_serve_every_run(groups, splits):
+    # plan(fixed_lengths=True) computes the split schedule once; the layers of a step (three
+    # runs here) decode through it, bit for bit what a run that schedules for itself gives.
+    gen = torch.Generator().manual_seed(8)
+    dec, cache, table, lens, q, _ = make(gen, splits=splits, groups=groups)
+    dec.plan(lens, table)
+    want, want_lse = dec.run(q, cache)
+    dec.plan(lens, table, fixed_lengths=True)
+    for layer in range(3):
+        out, lse = dec.run(q, cache)
+        assert torch.equal(out, want) and torch.equal(lse, want_lse), f"layer {layer}"
+    if groups is None:
+        ref, ref_lse = reference(q, cache, table, lens, SCALE, LAT)
+        check_close(out, ref, "out")
+        check_lse(lse, ref_lse, "lse")
+    # A plan without it schedules in every run again: new lengths in the same tensor are seen.
+    dec.plan(lens, table)
+    lens[0] = 20
+    out, _ = dec.run(q, cache)
+    if groups is None:
+        ref, _ = reference(q, cache, table, lens, SCALE, LAT)
+        check_close(out, ref, "out after new lengths")
+
+
 def test_plan_append_method_writes_what_module_append_writes():
     gen = torch.Generator().manual_seed(4)
     dec = tpla.MlaDecode(2, HEADS, LAT, PAGE, PPS, SCALE, rope=ROPE, max_append=64)

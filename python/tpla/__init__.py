@@ -14,6 +14,9 @@ token ``t`` of sequence ``b`` lives in page ``block_table[b, t // page_size]`` a
   between runs and graph replays), ``run(q, cache, out=None, lse=None) -> (out, lse)`` with ``q``
   ``[batch, heads, lat + rope]`` bf16, ``out`` ``[batch, heads, lat]`` float32 and ``lse``
   ``[batch, heads]`` float32 (natural log). ``append(cache, rows, slots)`` writes rows.
+  ``plan(seq_lens, block_table, fixed_lengths=True)`` computes the balanced split schedule once
+  (on torch's current stream) for every ``run`` until the next ``plan``: the layers of one
+  decode step share it; new lengths then need a new ``plan``.
 - ``TplaDecode(max_batch, heads, lat, groups, page_size, ...)``: ``groups`` latent shards on one
   device, shard ``i`` being what tensor-parallel rank ``i`` holds (``src/decoder.rs``). The cache
   is ``[groups, num_pages, page_size, lat/groups + rope]`` (one pool per shard, sharing the
