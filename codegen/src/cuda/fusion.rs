@@ -130,7 +130,8 @@ impl Cx<'_> {
             }
         }
         // Between the chain's first definition and the consumer: no reassigned leaf, no scalar
-        // definition, no store, no loop.
+        // definition, no store, no loop. (A leaf that is a view cannot change under it: a view
+        // and the tile it views are both assigned once, which validation enforces.)
         let clear = body[start + 1..j].iter().all(|s| match s {
             Stmt::Assign { dst: d, .. } => !leaves.contains(d),
             _ => false,
