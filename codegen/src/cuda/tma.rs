@@ -163,7 +163,9 @@ pub(crate) fn tmap_name(cache: usize) -> String {
 
 /// The producer's copy of block `j_` (in scope: `j_`, `pw_`, `lane`, the loop's bounds and
 /// base), TMA where the block allows (see the module docs), else `fallback` (the `cp.async`
-/// copy, each thread then arriving when its copies land).
+/// copy, each thread then arriving when its copies land). `wait` (the wait for the stage to be
+/// empty) comes after the block-table reads that decide between the two, so their global-memory
+/// latency overlaps the wait instead of following it: a freed stage's copy is issued at once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tma_issue(
     names: &TmaNames,
@@ -172,6 +174,7 @@ pub(crate) fn tma_issue(
     st: usize,
     slot: usize,
     fallback: &str,
+    wait: &str,
 ) -> String {
     let TmaNames {
         tmap,
@@ -199,6 +202,7 @@ pub(crate) fn tma_issue(
         const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
         tma_ = pg_ >= 0 && pg_ < {np};
     }}
+    {wait}
     if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
             tpla_mbar_arrive_expect_tx(&{mbar}[j_ % {st}], {bytes}u);

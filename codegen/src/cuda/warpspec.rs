@@ -187,10 +187,15 @@ __device__ __forceinline__ void tpla_setmaxnreg_inc() {
 /// The kernel-scope pointer to the ring's mbarriers: `full[0..st]` then `empty[0..st]`.
 pub(crate) const MBAR: &str = "tpla_mbar";
 
+/// The producer's wait for block `j_`'s stage (of `st`) to be empty, from the second round on.
+pub(crate) fn empty_wait(st: usize) -> String {
+    format!("if (j_ >= {st}) tpla_mbar_wait(&{MBAR}[{st} + j_ % {st}], ((j_ / {st}) + 1) & 1);")
+}
+
 /// The producer warpgroup's loop: the paged loop's `setup` (sequence, split bounds, ring base),
-/// then per block `j_`: wait for its stage to be empty (from the second round on), `issue` its
-/// copies (by producer warp `pw_` of 4), arrive on the stage's full barrier when they land. With
-/// a tensor map `tmap` (`TMA = 1`) the issue arrives itself (see `tma.rs`) and the map is
+/// then per block `j_`: wait for its stage to be empty ([`empty_wait`]), `issue` its copies (by
+/// producer warp `pw_` of 4), arrive on the stage's full barrier when they land. With a tensor
+/// map `tmap` (`TMA = 1`) the issue waits and arrives itself (see `tma.rs`) and the map is
 /// prefetched first.
 pub(crate) fn producer_loop(
     setup: &str,
@@ -199,21 +204,22 @@ pub(crate) fn producer_loop(
     st: usize,
     tmap: Option<&str>,
 ) -> String {
-    let (prefetch, arrive) = match tmap {
+    let (prefetch, wait, arrive) = match tmap {
         Some(m) => (
             format!("if (pw_ == 0 && lane == 0) tpla_tmap_prefetch(&{m});\n"),
+            String::new(),
             String::new(),
         ),
         None => (
             String::new(),
+            format!("    {}\n", empty_wait(st)),
             format!("    tpla_cp_async_mbar_arrive(&{MBAR}[j_ % {st}]);\n"),
         ),
     };
     format!(
         "{{
 {prefetch}{setup}for (int j_ = 0; j_ < {nblk}; ++j_) {{
-    if (j_ >= {st}) tpla_mbar_wait(&{MBAR}[{st} + j_ % {st}], ((j_ / {st}) + 1) & 1);
-    {issue}{arrive}}}
+{wait}    {issue}{arrive}}}
 }}
 "
     )

@@ -6,7 +6,7 @@ use crate::cuda::lower::*;
 use crate::cuda::node::*;
 use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
 use crate::cuda::util::*;
-use crate::cuda::warpspec::{producer_loop, MBAR};
+use crate::cuda::warpspec::{empty_wait, producer_loop, MBAR};
 use crate::error::IrError;
 use crate::ir::*;
 
@@ -400,7 +400,15 @@ tpla_wgmma_commit();
                             base: base.clone(),
                             mbar: MBAR.into(),
                         };
-                        tma_issue(&names, *block, *row, slots, slot, &fallback)
+                        tma_issue(
+                            &names,
+                            *block,
+                            *row,
+                            slots,
+                            slot,
+                            &fallback,
+                            &empty_wait(slots),
+                        )
                     }
                     None => fallback,
                 };
