@@ -75,7 +75,9 @@ def test_cuda_graph_capture_and_replay_with_new_tables(fixed):
     # then two runs (two layers) through it.
     gen = torch.Generator().manual_seed(14)
     b = 4
-    dec = tpla.MlaDecode(b, HEADS, LAT, PAGE, PPS, SCALE, rope=ROPE, device=DEV)
+    # (Three splits with fixed: the balanced schedule has something to compute.)
+    dec = tpla.MlaDecode(b, HEADS, LAT, PAGE, PPS, SCALE, rope=ROPE, device=DEV,
+                         splits=3 if fixed else 0)
     assert dec.splits >= 1
     cache = torch.zeros(NUM_PAGES, PAGE, ROW, dtype=torch.bfloat16, device=DEV)
     cache.copy_(random_rows(gen, NUM_PAGES * PAGE, ROW).reshape(NUM_PAGES, PAGE, ROW).to(DEV))
