@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// Hopper GPU with the same NVRTC major.minor loads them (scripts/gpu-kernel-cache.sh).
     #[arg(long)]
     pub compile_only: bool,
+    /// GPU: keep each sequence's pages in order, one after another in the pool, instead of
+    /// shuffled between sequences (an engine's pool after a long run): whether the decode's speed
+    /// depends on where the pages lie (address translation, DRAM locality).
+    #[arg(long)]
+    pub contiguous_pages: bool,
 }
 
 /// Parses `BATCHxCONTEXT` (both positive).
@@ -135,6 +140,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
         config: a.config.clone(),
         record_tune: a.record_tune,
         shape: a.gpu_shape,
+        contiguous_pages: a.contiguous_pages,
     };
     if a.compile_only {
         return Ok(super::bench_cuda::compile_only(&opts)?);

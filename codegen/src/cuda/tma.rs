@@ -132,6 +132,15 @@ __device__ __forceinline__ void tpla_tmap_prefetch(const tpla_tmap* m) {
     asm volatile("prefetch.tensormap [%0];\n" :: "l"((unsigned long long)m) : "memory");
 #endif
 }
+// [thread] Prefetches the box at (column c0, row c1) of `m` into L2 (a hint: nothing waits on it).
+__device__ __forceinline__ void tpla_tma_prefetch_2d(const tpla_tmap* m, int c0, int c1) {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global [%0, {%1, %2}];\n"
+                 :: "l"((unsigned long long)m), "r"(c0), "r"(c1) : "memory");
+#else
+    tpla_emu_tma_prefetch_2d(m, c0, c1);
+#endif
+}
 // [thread] Copies the box at (column c0, row c1) of `m` to `dst` (1024-byte aligned), completing
 // its bytes on the mbarrier `b`.
 __device__ __forceinline__ void tpla_tma_load_2d(void* dst, const tpla_tmap* m, int c0, int c1, unsigned long long* b) {
@@ -166,6 +175,8 @@ pub(crate) fn tmap_name(cache: usize) -> String {
 /// copy, each thread then arriving when its copies land). `wait` (the wait for the stage to be
 /// empty) comes after the block-table reads that decide between the two, so their global-memory
 /// latency overlaps the wait instead of following it: a freed stage's copy is issued at once.
+/// With `prefetch` (`PREFETCH = 1`) the issuing thread then prefetches into L2 the block `st`
+/// ahead (the next to use this stage) where it lies in one valid page.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn tma_issue(
     names: &TmaNames,
@@ -175,6 +186,7 @@ pub(crate) fn tma_issue(
     slot: usize,
     fallback: &str,
     wait: &str,
+    prefetch: bool,
 ) -> String {
     let TmaNames {
         tmap,
@@ -190,6 +202,27 @@ pub(crate) fn tma_issue(
     } = names;
     let boxes = row / BOX_COLS as usize;
     let bytes = block * row * 2;
+    let cols = BOX_COLS;
+    let ahead = if prefetch {
+        format!(
+            "            {{
+                // L2 prefetch of block j_ + {st}, the next for this stage (pages of at least a block).
+                const int tp_ = tpla_iadd({lo}, tpla_imul(j_ + {st}, {block}));
+                if ({ps} >= {block} && tp_ + {block} <= {hi} && tp_ % {ps} + {block} <= {ps}) {{
+                    const int pi_ = tp_ / {ps};
+                    const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+                    if (pg_ >= 0 && pg_ < {np}) {{
+#pragma unroll 1
+                        for (int c_ = 0; c_ < {boxes}; ++c_)
+                            tpla_tma_prefetch_2d(&{tmap}, c_ * {cols}, pg_ * {ps} + tp_ % {ps});
+                    }}
+                }}
+            }}
+"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "{{
     const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
@@ -217,7 +250,7 @@ pub(crate) fn tma_issue(
                 for (int c_ = 0; c_ < {boxes}; ++c_)
                     tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{mbar}[j_ % {st}]);
             }}
-        }} else {{
+{ahead}        }} else {{
             tpla_mbar_arrive(&{mbar}[j_ % {st}]);
         }}
     }} else {{
@@ -226,7 +259,6 @@ pub(crate) fn tma_issue(
 }}
 ",
         box = block * BOX_COLS as usize,
-        cols = BOX_COLS,
     )
 }
 

@@ -603,6 +603,21 @@ inline void tpla_emu_bar_arrive(int id, int n) {
 // fills this one from the same plan): w[0] global address, w[1] columns (dim 0, elements), w[2]
 // rows (dim 1), w[3] row stride in bytes, w[4] box columns, w[5] box rows, w[6] element bytes,
 // w[7] swizzle span in bytes (128), w[8] the magic 0x7470_6c61_746d_6170 ("tplatmap").
+// `cp.async.bulk.prefetch.tensor` into L2: nothing lands, but the box must lie inside the tensor
+// (a prefetch the kernel computed from a wrong page or past the split is a bug even if harmless).
+inline void tpla_emu_tma_prefetch_2d(const void* map, int c0, int c1) {
+    const unsigned long long* w = (const unsigned long long*)map;
+    if (w[8] != 0x74706c61746d6170ull) {
+        fprintf(stderr, "emu: L2 prefetch with a tensor map that was never built\n");
+        exit(4);
+    }
+    const long cols = (long)w[1], rows = (long)w[2], bc = (long)w[4], br = (long)w[5];
+    if (c0 < 0 || c1 < 0 || (long)c0 + bc > cols || (long)c1 + br > rows) {
+        fprintf(stderr, "emu: L2 prefetch of box (%d, %d) outside the %ld x %ld tensor\n", c0, c1, cols, rows);
+        exit(4);
+    }
+}
+
 inline void tpla_emu_tma_load_2d(void* dst, const void* map, int c0, int c1, unsigned long long* bar) {
     const unsigned long long* w = (const unsigned long long*)map;
     if (w[8] != 0x74706c61746d6170ull) {

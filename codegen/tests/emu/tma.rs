@@ -313,6 +313,41 @@ fn emulated_tma_breakages_are_caught() {
     assert!(small.contains("deadlock"), "{small}");
 }
 
+/// `PREFETCH = 1`: the producer also prefetches into L2 the block a ring round ahead. The
+/// emulator checks every prefetched box lies inside the pool (`tpla_emu_tma_prefetch_2d`);
+/// results as without it, with the split warpgroups too, 64- and 16-token pages (the latter
+/// prefetch nothing: a block spans pages), splits whose last block is partial.
+#[test]
+fn emulated_decode_tma_l2_prefetch() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_tma_l2_prefetch") else {
+        return;
+    };
+    let pf = [("PREFETCH", 1)];
+    let split = [("PREFETCH", 1), ("WG_KV_SPLIT", 1)];
+    // (params, knobs, page, lengths, splits)
+    type Case<'a> = (DecodeParams, &'a [(&'a str, i64)], usize, &'a [i32], usize);
+    let cases: [Case; 5] = [
+        (dp(64, 2, 512), &pf, 64, &[333, 64], 2),
+        (dp(32, 3, 256), &pf, 64, &[390, 41, 200], 3),
+        (dp(64, 4, 256), &pf, 64, &[1000], 1),
+        (dp(64, 2, 256), &split, 64, &[517, 130], 2),
+        (dp(64, 2, 256), &pf, 16, &[150, 77], 2),
+    ];
+    for (i, (p, extra, page, lens, splits)) in cases.into_iter().enumerate() {
+        let seed = 60 + i as u64;
+        if let Err(e) = tma_case_knobs(&cxx, p, extra, page, 64, lens, splits, seed, &|c| c) {
+            panic!("{e}");
+        }
+    }
+    // The check sees the prefetches: pointed past the pool, the run is refused.
+    let past = |c: String| {
+        assert!(c.contains("tpla_tma_prefetch_2d(&"), "no prefetch printed");
+        c.replace("pg_ * p1_ps + tp_ % p1_ps)", "(pg_ + 100000) * p1_ps)")
+    };
+    let r = tma_case_knobs(&cxx, dp(64, 2, 512), &pf, 64, 64, &[333, 64], 2, 70, &past);
+    assert!(r.is_err(), "an out-of-bounds prefetch went unnoticed");
+}
+
 /// The TMA producer over a per-sequence split table (`KV_CHUNKS = 1`): pieces on page
 /// boundaries take boxes of 16-token pages, a piece of 40 tokens (not on a boundary) and short
 /// sequences take `cp.async`; programs past a sequence's last piece leave with the consumers.

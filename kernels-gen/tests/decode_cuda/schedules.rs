@@ -96,6 +96,18 @@ fn cuda_tma_producer_agrees() {
     }
 }
 
+/// The TMA producer with the L2 prefetch of the block a ring round ahead (`PREFETCH = 1`) on
+/// every 64-row config at latent 512 and 256, 64-token pages (prefetches) and 16-token pages
+/// (none: a block spans pages); a hint that must change no result.
+#[test]
+fn cuda_tma_l2_prefetch_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page) in [(512usize, 64usize), (256, 64), (256, 16)] {
+        let knobs = [("PRODUCER", 1), ("TMA", 1), ("PREFETCH", 1)];
+        every_64_row_config_agrees(g, lat as u64 + 21, lat, page, 3, &knobs);
+    }
+}
+
 /// The two-consumer schedule (`SEESAW = 1`: warpgroups take alternate blocks, exchange row
 /// statistics and P, each keeps half of the accumulator) on every 64-row config at latent 512
 /// and 256 (where it does not apply the knob changes nothing).
@@ -148,6 +160,9 @@ fn sanitizer_smoke_every_kernel_tma() {
         // PINGPONG = 1 below (WG_SPLIT = 0 marks it: the knob is moot on 128-row blocks).
         (256, 128, 64, 3, 0, 64, 1),
         (256, 128, 32, 2, 0, 16, 0),
+        // PREFETCH = 1 below (TMA = 2 marks it): the L2 prefetch a ring round ahead.
+        (512, 64, 64, 2, 32, 64, 2),
+        (256, 64, 64, 3, 128, 64, 2),
     ] {
         let knobs = [
             ("BLOCK_H", bh),
@@ -155,8 +170,9 @@ fn sanitizer_smoke_every_kernel_tma() {
             ("STAGES", st),
             ("WG_SPLIT", if wg == 0 { 128 } else { wg }),
             ("PRODUCER", 1),
-            ("TMA", tma),
+            ("TMA", tma.min(1)),
             ("PINGPONG", (wg == 0) as i64),
+            ("PREFETCH", (tma == 2) as i64),
         ];
         two_sequences_agree(g, 2, lat, page, 2, &knobs);
     }

@@ -16,24 +16,28 @@ pub(super) fn variable_lengths(batch: usize, max: usize) -> Vec<usize> {
         .collect()
 }
 
-/// A device cache with pages shuffled between sequences; `lens` tokens per sequence (each at
-/// most `context`), `page_size` tokens per page.
+/// A device cache with pages shuffled between sequences (else each sequence's pages in order,
+/// one after another); `lens` tokens per sequence (each at most `context`), `page_size` tokens
+/// per page.
 pub(super) fn device_cache(
     exec: &CudaExecutor,
     context: usize,
     d: usize,
     page_size: usize,
     lens: &[usize],
+    shuffled: bool,
 ) -> Result<CudaPagedCache<bf16>, RuntimeError> {
     let batch = lens.len();
     let mut c = HostPagedCache::<bf16>::new(batch, context, page_size, d)?;
-    // Shuffle whole pages between sequences so the block table matters.
-    let mut table = c.block_table().to_vec();
-    let n = table.len();
-    for i in 0..n {
-        table.swap(i, (i * 7919 + 13) % n);
+    if shuffled {
+        // Shuffle whole pages between sequences so the block table matters.
+        let mut table = c.block_table().to_vec();
+        let n = table.len();
+        for i in 0..n {
+            table.swap(i, (i * 7919 + 13) % n);
+        }
+        c.set_block_table(table)?;
     }
-    c.set_block_table(table)?;
     for (i, x) in c.data_mut().iter_mut().enumerate() {
         *x = bf16::from_f32(pattern(i, 7));
     }

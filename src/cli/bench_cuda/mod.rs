@@ -54,6 +54,8 @@ pub struct GpuBenchOpts {
     /// Only this equal-length `(batch, context)` case, page 64, none of the extra cases (the FP8
     /// one of that shape with `variant` `mla-fp8`).
     pub shape: Option<(usize, usize)>,
+    /// Each sequence's pages in order in the pool (`--contiguous-pages`), not shuffled.
+    pub contiguous_pages: bool,
 }
 
 /// A config from its `KEY=value,...` display form.
@@ -139,7 +141,14 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
         let cache = if fp8 {
             device_cache_fp8(exec, spec.context, spec.lat, spec.page_size, &lens)?
         } else {
-            device_cache(exec, spec.context, d, spec.page_size, &lens)?
+            device_cache(
+                exec,
+                spec.context,
+                d,
+                spec.page_size,
+                &lens,
+                !opts.contiguous_pages,
+            )?
         };
         for &heads in &spec.heads {
             let mut shape = DecodeShape::equal(

@@ -408,6 +408,7 @@ tpla_wgmma_commit();
                             slot,
                             &fallback,
                             &empty_wait(slots),
+                            self.sched.l2_prefetch,
                         )
                     }
                     None => fallback,
