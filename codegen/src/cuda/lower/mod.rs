@@ -11,6 +11,7 @@ pub(crate) mod iter;
 pub(crate) mod kv_split;
 pub(crate) mod memory;
 pub(crate) mod paged;
+pub(crate) mod paged_store;
 pub(crate) mod partial_sum;
 pub(crate) mod reduce;
 pub(crate) mod seesaw;

@@ -1,4 +1,5 @@
-//! Lowering of paged block loops (cp.async rings) and paged stores.
+//! Lowering of paged block loops (cp.async and TMA rings, the producer warpgroup); paged stores
+//! are in `paged_store.rs`.
 
 use crate::cuda::elem::*;
 use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
@@ -525,66 +526,6 @@ tpla_wgmma_commit();
         }
         Some(lets)
     }
-
-    pub(crate) fn lower_paged_store(
-        &mut self,
-        cache: ParamId,
-        batch: &Index,
-        start: &Index,
-        src: TileId,
-        out: &mut Vec<Node>,
-    ) -> Result<(), IrError> {
-        let ParamKind::Paged { dtype, row, .. } = self.k.params[cache].kind else {
-            return Err(backend_err(
-                self.k,
-                "paged store into a non-paged parameter",
-            ));
-        };
-        if let PagedFormat::Fp8 { lat } = format_of(&self.k.params[cache].kind) {
-            return self.lower_paged_store_fp8(cache, batch, start, src, lat, row, out);
-        }
-        let gel = Elem::of_dtype(dtype);
-        let shape = self.shape(src);
-        let vt = self.tile_vt(src);
-        let it = self.iter_of(src);
-        let guard = self.writer_guard(src);
-        let (a, mut reads) = self.access(src, &it, &shape, out);
-        let (head, tail, ctx) = self.open(&it);
-        let v = self.read(&a, &ctx, &shape, &shape, vt);
-        let (data, bt, lens, ps, pps, np, nb) = self.paged_names(cache);
-        let (r, c) = (ctx.coords[0].clone(), ctx.coords[1].clone());
-        let text = format!(
-            "{{
-const int pb_ = {b};
-const int pst_ = {st};
-const int plen_ = tpla_ld_i32({lens}, pb_, {nb});
-if ({guard}) {{
-{head}    {{
-        const int t_ = tpla_iadd(pst_, {r});
-        if (t_ >= 0 && t_ < plen_ && {ps} > 0) {{
-            const int pi_ = t_ / {ps};
-            const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64)pb_ * {pps} + pi_] : -1;
-            if (pg_ >= 0 && pg_ < {np}) {data}[((tpla_i64)pg_ * {ps} + (t_ % {ps})) * {row} + ({c})] = {val};
-        }}
-    }}
-{tail}
-}}
-}}
-",
-            b = self.idx(batch),
-            st = self.idx(start),
-            val = gel.store(&v, vt),
-        );
-        reads.extend(self.index_reads(batch));
-        reads.extend(self.index_reads(start));
-        reads.push(GLOBAL_RES + cache);
-        out.push(Node::Code {
-            text,
-            reads,
-            writes: vec![GLOBAL_RES + cache],
-        });
-        Ok(())
-    }
 }
 
 /// The split bounds `lo`, `hi` of a `chunked` cache (see [`Stmt::PagedBlocks`]): split `sp` of
@@ -637,7 +578,7 @@ const int len_ = tpla_ld_i32({lens}, eb_, {nb});
     )
 }
 
-fn format_of(kind: &ParamKind) -> PagedFormat {
+pub(crate) fn format_of(kind: &ParamKind) -> PagedFormat {
     match kind {
         ParamKind::Paged { format, .. } => *format,
         _ => PagedFormat::Plain,
