@@ -22,7 +22,7 @@
 
 use crate::cuda::layout::Lay;
 use crate::ir::*;
-use crate::visit::{op_tiles, walk_stmts};
+use crate::visit::{any_stmt, op_tiles, stmt_reads};
 
 /// Whether `op` is lowered element for element from operands of its own shape (broadcast).
 fn elementwise(op: &TileOp) -> bool {
@@ -142,11 +142,7 @@ impl Cx<'_> {
 
 /// Whether statement `s` (or anything nested in it) reads tile `t`.
 fn reads(s: &Stmt, t: TileId) -> bool {
-    let mut found = false;
-    walk_stmts(std::slice::from_ref(s), &mut |x| {
-        found |= crate::visit::stmt_reads(x).contains(&t);
-    });
-    found
+    any_stmt(std::slice::from_ref(s), &mut |x| stmt_reads(x).contains(&t))
 }
 
 #[cfg(test)]

@@ -29,7 +29,6 @@ impl<'a> Lower<'a> {
         let mut acc: HashMap<TileId, Access> = HashMap::new();
         // Fused operands (the `fusion` pass) are computed here, at this loop's element, from
         // their own operands: operands first, so each expression finds its operands' values.
-        let mut fused = Vec::new();
         let mut pending = operand_tiles(op);
         let mut order = Vec::new();
         while let Some(t) = pending.pop() {
@@ -58,11 +57,10 @@ impl<'a> Lower<'a> {
             reads.extend(r);
             acc.insert(t, a);
         }
+        let (head, tail, ctx) = self.open(&it);
         // A fused tile is read once, by the op after it in its chain: reversed discovery order
         // puts every fused tile after the fused tiles it reads.
-        fused.extend(order.into_iter().rev());
-        let (head, tail, ctx) = self.open(&it);
-        for t in fused {
+        for t in order.into_iter().rev() {
             let def = self.fused_def(t).clone();
             let text = format!("({})", self.ew_value(t, &def, &ctx, &acc, &res));
             let vt = self.tile_vt(t);
