@@ -16,9 +16,17 @@ def number(s):
         return 0.0
 
 
+def r_operand(sass):
+    """The barrier operand of a `SYNCS...TRYWAIT P, [addr], R` instruction."""
+    return sass[sass.find("["):sass.find("]") + 1]
+
+
 def main(path):
     with open(path, newline="") as f:
         lines = [l for l in f if l.startswith('"')]
+    # ncu prints a `"Kernel Name",...` line before the header: the header is the `"Address"` line.
+    head = next((i for i, l in enumerate(lines) if l.startswith('"Address"')), 0)
+    lines = lines[head:]
     rows = list(csv.DictReader(lines))
     if not rows:
         print(f"{path}: no CSV rows (ncu said:)")
@@ -35,21 +43,58 @@ def main(path):
         print("columns:", list(cols))
         return
     total = sum(number(r[samp]) for r in rows) or 1.0
-    split = next((i for i, r in enumerate(rows) if "USETMAXREG" in r[src] and ("TRYALLOC" in r[src] or ".INC" in r[src])), None)
-    print(f"{len(rows)} instructions, {total:.0f} stall samples; consumers start at row {split}")
+    # Roles: the consumers' code follows `USETMAXREG.TRY_ALLOC` (setmaxnreg.inc), the producer's
+    # follows `USETMAXREG.DEALLOC` (setmaxnreg.dec) up to the kernel's end, where ptxas also puts
+    # the out-of-line retry loops of every mbarrier wait; a retry loop is given the side of the
+    # in-line wait on the same barrier operand.
+    def side_of(i):
+        return "prologue" if inc is None or i < inc else ("producer" if dec is not None and i > dec else "consumer")
+    inc = next((i for i, r in enumerate(rows) if "USETMAXREG" in r[src] and "TRY_ALLOC" in r[src]), None)
+    dec = next((i for i, r in enumerate(rows) if "USETMAXREG" in r[src] and "DEALLOC" in r[src]), None)
+    sides = [side_of(i) for i in range(len(rows))]
+    waits = [i for i, r in enumerate(rows) if "TRYWAIT" in r[src]]
+    first_of = {}
+    for i in waits:
+        operand = r_operand(rows[i][src])
+        if number(rows[i].get("Instructions Executed", "0")) > 0 and operand not in first_of:
+            first_of[operand] = i
+    # a retry loop: a TRYWAIT whose operand was seen before, and its branch after it
+    for i in waits:
+        operand = r_operand(rows[i][src])
+        if operand in first_of and first_of[operand] != i:
+            for j in (i, i + 1):
+                if j < len(rows):
+                    sides[j] = sides[first_of[operand]]
+    print(f"{len(rows)} instructions, {total:.0f} stall samples; consumers from row {inc}, producer from row {dec}")
     print("\ntop instructions by stall samples:")
     for i, r in sorted(enumerate(rows), key=lambda x: -number(x[1][samp]))[:30]:
-        side = "?" if split is None else ("producer" if i < split else "consumer")
-        print(f"  {number(r[samp]) / total * 100:5.1f} %  {side:8s} {r.get(addr, '')}  {r[src].strip()[:90]}")
-    print("\nmbarrier waits (SYNCS):")
+        reasons = sorted(((number(r[c]), c[6:]) for c in cols
+                          if c.startswith("stall_") and "Not Issued" not in c), reverse=True)
+        why = " ".join(f"{c}:{n / max(number(r[samp]), 1) * 100:.0f}%" for n, c in reasons[:2] if n > 0)
+        print(f"  {number(r[samp]) / total * 100:5.1f} %  {sides[i]:8s} {r[src].strip()[:70]:70s} {why}")
+    print("\nmbarrier waits (the TRYWAIT and the branch on its result):")
+    on_wait = set()
+    for i in waits:
+        # the wait's predicate (`TRYWAIT P0, ...`) is tested by the next `@!P0 BRA` (a few
+        # independent instructions may sit between); that branch holds the wait's samples
+        pred = rows[i][src].split("TRYWAIT", 1)[1].strip().split(",")[0]
+        on_wait.add(i)
+        for j in range(i + 1, min(i + 12, len(rows))):
+            if rows[j][src].strip().startswith(f"@!{pred}") and "BRA" in rows[j][src]:
+                on_wait.add(j)
+                sides[j] = sides[i]
+                break
     for side in ("producer", "consumer"):
-        s = sum(number(r[samp]) for i, r in enumerate(rows)
-                if "SYNCS" in r[src] and split is not None and (i < split) == (side == "producer"))
+        s = sum(number(rows[i][samp]) for i in on_wait if i < len(rows) and sides[i] == side)
         print(f"  {side}: {s / total * 100:.1f} % of the samples")
-    for side in ("producer", "consumer"):
-        s = sum(number(r[samp]) for i, r in enumerate(rows)
-                if split is not None and (i < split) == (side == "producer"))
+    for side in ("prologue", "producer", "consumer"):
+        s = sum(number(r[samp]) for i, r in enumerate(rows) if sides[i] == side)
         print(f"  all {side} instructions: {s / total * 100:.1f} %")
+    print("\nstall reasons over the whole kernel:")
+    reasons = [(sum(number(r[c]) for r in rows), c[6:]) for c in cols
+               if c.startswith("stall_") and "Not Issued" not in c]
+    for n, c in sorted(reasons, reverse=True)[:8]:
+        print(f"  {c:18s} {n / total * 100:5.1f} %")
 
 
 if __name__ == "__main__":
