@@ -18,6 +18,7 @@
 //! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
 //! | `SOFTMAX_OVERLAP` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, FlashAttention-3's overlap inside a warpgroup: block `i`'s P·V is issued after block `i + 1`'s q·kᵀ and runs on the tensor cores while block `i + 1`'s softmax is computed; the accumulator's rescale moves in front of that gemm (`cuda/lower/softmax_overlap.rs`; default 0, searched by the tuner; applies where that file's pattern matches and the cache is bf16, elsewhere it changes nothing; not with `QK_AHEAD` or `PINGPONG`, which order the same loop otherwise) |
 //! | `WG_KV_SPLIT` | 0, 1 | 1 (needs `PRODUCER = 1`): where a 64-row tile would run on one consumer warpgroup, two take alternate blocks of the paged loop, each with the whole accumulator and its own softmax state, merged once after the loop (`cuda/lower/kv_split.rs`; default 0; applies where that file's pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD` or `SOFTMAX_OVERLAP`) |
+//! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): where two consumer warpgroups split a 64-row tile's wide accumulator, a third one, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the two *value* warpgroups, which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, not searched by the tuner; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -60,6 +61,9 @@ pub struct Schedule {
     /// 64-row tile, each with the whole accumulator, merged after the loop (`WG_KV_SPLIT`,
     /// default false; `cuda/lower/kv_split.rs`).
     pub wg_kv_split: bool,
+    /// Whether a score warpgroup computes q·kᵀ and the softmax for two value warpgroups that
+    /// hold the accumulator (`SCORE_WG`, default false; `cuda/lower/roles.rs`).
+    pub score_wg: bool,
 }
 
 impl Default for Schedule {
@@ -76,6 +80,7 @@ impl Default for Schedule {
             pingpong: false,
             softmax_overlap: false,
             wg_kv_split: false,
+            score_wg: false,
         }
     }
 }
@@ -231,6 +236,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "SCORE_WG" => {
+                    s.score_wg = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -282,6 +294,28 @@ impl Schedule {
                     "WG_KV_SPLIT",
                     1,
                     format!("splits the loop's blocks otherwise than {other} = 1: set one of them"),
+                ));
+            }
+        }
+        if s.score_wg && !s.producer {
+            return Err(bad(
+                "SCORE_WG",
+                1,
+                "needs PRODUCER = 1 (the ring and its copies of the producer schedule, issued by a value warpgroup)",
+            ));
+        }
+        // The score warpgroup's loop is the body as written, minus the accumulator's update.
+        for (other, set) in [
+            ("SEESAW", s.seesaw),
+            ("QK_AHEAD", s.qk_ahead),
+            ("SOFTMAX_OVERLAP", s.softmax_overlap),
+            ("WG_KV_SPLIT", s.wg_kv_split),
+        ] {
+            if s.score_wg && set {
+                return Err(bad(
+                    "SCORE_WG",
+                    1,
+                    format!("orders the loop's work otherwise than {other} = 1: set one of them"),
                 ));
             }
         }
@@ -387,6 +421,8 @@ mod tests {
             ("SOFTMAX_OVERLAP", 2),
             ("WG_KV_SPLIT", 2),
             ("PREFETCH", 2),
+            ("SCORE_WG", 2),
+            ("SCORE_WG", -1),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -416,5 +452,16 @@ mod tests {
         }
         let s = Schedule::from_config(&cfg(&[("WG_KV_SPLIT", 1), ("PRODUCER", 1)])).unwrap();
         assert!(s.wg_kv_split && s.producer);
+        let e = Schedule::from_config(&cfg(&[("SCORE_WG", 1)])).unwrap_err();
+        assert!(e.to_string().contains("PRODUCER"), "{e}");
+        assert_eq!(knob_of(e), "SCORE_WG");
+        for other in ["SEESAW", "QK_AHEAD", "SOFTMAX_OVERLAP", "WG_KV_SPLIT"] {
+            let set = [("SCORE_WG", 1), ("PRODUCER", 1), (other, 1)];
+            let e = Schedule::from_config(&cfg(&set)).unwrap_err();
+            assert!(e.to_string().contains(other), "{e}");
+            assert_eq!(knob_of(e), "SCORE_WG");
+        }
+        let s = Schedule::from_config(&cfg(&[("SCORE_WG", 1), ("PRODUCER", 1)])).unwrap();
+        assert!(s.score_wg && s.producer);
     }
 }

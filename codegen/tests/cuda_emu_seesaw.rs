@@ -23,6 +23,10 @@ use emu_decode::*;
 /// accumulator, merged after the loop (in a file of its own).
 #[path = "emu/kv_split.rs"]
 mod kv_split;
+
+/// `SCORE_WG = 1`: a score warpgroup beside two value warpgroups (in a file of its own).
+#[path = "emu/roles.rs"]
+mod roles;
 use samples::{latent_decode, DecodeParams};
 use tpla_codegen::cuda::{emit, CudaSource, Target};
 use tpla_codegen::ir::*;

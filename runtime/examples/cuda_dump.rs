@@ -203,6 +203,8 @@ fn main() {
         "WG_KV_SPLIT",
         "PINGPONG",
         "SOFTMAX_OVERLAP",
+        "SCORE_WG",
+        "PREFETCH",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

@@ -31,6 +31,11 @@ pub(crate) struct Geo {
     /// whole, and take alternate blocks of the paged loop (schedule `WG_KV_SPLIT`, see
     /// `lower/kv_split.rs`); set by the geometry pass where it applies.
     pub(crate) kv_split: bool,
+    /// Under `wg` (`SCORE_WG`, see `lower/roles.rs`): the accumulator's width where warps
+    /// `0 .. 3` form the score warpgroup and warps `4 .. 11` the two value warpgroups (0: off).
+    /// A `[64, roles_wide]` tile is split over the value warpgroups (half each); any other
+    /// 64-row tile lies whole in the score warpgroup.
+    pub(crate) roles_wide: usize,
 }
 
 impl Geo {
@@ -54,6 +59,9 @@ impl Geo {
         if let Some(rows) = self.wg_rows(m) {
             if self.kv_split {
                 return 1;
+            }
+            if self.roles_wide > 0 {
+                return if n == self.roles_wide { 2 } else { 1 };
             }
             // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
             // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:
@@ -123,6 +131,7 @@ pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
         wg_split: sched.wg_split,
         producer: false,
         kv_split: false,
+        roles_wide: 0,
     }
 }
 
@@ -147,6 +156,7 @@ fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
             wg_split: 128,
             producer: false,
             kv_split: false,
+            roles_wide: 0,
         };
         if frag.iter().all(|&(m, n)| g.frag_regs(m, n) <= budget) {
             return nw;
@@ -167,6 +177,7 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         wg_split: sched.wg_split,
         producer: false,
         kv_split: false,
+        roles_wide: 0,
     };
     target.wgmma
         && sched.wgmma
@@ -199,8 +210,9 @@ pub(crate) fn nt_total(geo: &Geo) -> usize {
 
 /// Threads per block: the body's, plus the producer warpgroup under warp specialisation.
 pub(crate) fn nt_launch(geo: &Geo) -> usize {
+    // (Under `SCORE_WG` the score warpgroup issues the copies itself: no producer warpgroup.)
     nt_total(geo)
-        + if geo.producer {
+        + if geo.producer && geo.roles_wide == 0 {
             crate::cuda::warpspec::PRODUCER_THREADS
         } else {
             0

@@ -4,6 +4,7 @@ use crate::cuda::analysis::*;
 use crate::cuda::geometry::*;
 use crate::cuda::layout::*;
 use crate::cuda::lower::kv_split::{barrier_in_split_loop, refused, KV_SPLIT_REFUSED};
+use crate::cuda::lower::roles::{barrier_in_value_scope, ROLES_REFUSED};
 use crate::cuda::lower::*;
 use crate::cuda::print::*;
 use crate::cuda::sync::*;
@@ -44,6 +45,13 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
             ..sched
         });
     }
+    // And the score warpgroup where its roles would read each other's tiles otherwise.
+    if sched.score_wg {
+        schedules.push(Schedule {
+            score_wg: false,
+            ..sched
+        });
+    }
     'schedules: for sched in schedules {
         for &policy in &policies {
             let t = target.with_f32_gemm(policy);
@@ -54,7 +62,8 @@ pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
                     let (src, choices) = match emit_with(k, t, sched, cap, staging) {
                         Err(IrError::Backend { ref message, .. })
                             if (sched.seesaw && message.contains(SEESAW_SHARED_TILE))
-                                || (sched.wg_kv_split && message.contains(KV_SPLIT_REFUSED)) =>
+                                || (sched.wg_kv_split && message.contains(KV_SPLIT_REFUSED))
+                                || (sched.score_wg && message.contains(ROLES_REFUSED)) =>
                         {
                             continue 'schedules
                         }
@@ -154,6 +163,10 @@ pub(crate) const PASSES: [(&str, Pass); 8] = [
             s.geo = geo;
             s.kv_split = Some(plan);
         }
+        if let Some((geo, plan)) = s.roles_plan() {
+            s.geo = geo;
+            s.roles = Some(plan);
+        }
         Ok(())
     }),
     ("memory", |s| {
@@ -177,6 +190,9 @@ pub(crate) const PASSES: [(&str, Pass); 8] = [
         s.nodes = insert_barriers(&s.nodes, &mut Hazards::default());
         if s.kv_split.is_some() && barrier_in_split_loop(&s.nodes) {
             return Err(refused(s.k));
+        }
+        if s.roles.is_some() && barrier_in_value_scope(&s.nodes) {
+            return Err(crate::cuda::lower::roles::refused(s.k));
         }
         Ok(())
     }),

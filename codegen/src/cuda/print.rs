@@ -217,6 +217,14 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     }
     for (m, n) in &lw.decl.geo_mn {
         let (wm, wn) = (geo.wm(*m), geo.wn(*m, *n));
+        if geo.roles_wide > 0 {
+            code.push_str(&crate::cuda::lower::roles::warp_constants(
+                *m,
+                *n,
+                geo.roles_wide,
+            ));
+            continue;
+        }
         code.push_str(&format!(
             "    const int wn{m}_{n} = (warp / {wm}) % {wn}, wr{m}_{n} = warp / {};\n    (void)wn{m}_{n}; (void)wr{m}_{n};\n",
             wm * wn
@@ -249,12 +257,23 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
             code.push_str(&format!("    {line}\n"));
         }
     }
-    if let Some((producer, st)) = &lw.paging.producer_code {
+    if let (Some((_, st)), true) = (&lw.paging.producer_code, geo.roles_wide > 0) {
+        code.push_str(&crate::cuda::lower::roles::roles_head(*st, mbar_off));
+    } else if let Some((producer, st)) = &lw.paging.producer_code {
         code.push_str(&warpspec_head(
             producer,
             *st,
             mbar_off,
-            (geo.nw, if geo.kv_split { 128 } else { geo.nw * 32 }),
+            (
+                geo.nw,
+                if geo.kv_split {
+                    128
+                } else if geo.roles_wide > 0 {
+                    256
+                } else {
+                    geo.nw * 32
+                },
+            ),
             lw.paging.producer_regs,
         ));
     }

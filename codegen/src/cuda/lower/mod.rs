@@ -14,6 +14,7 @@ pub(crate) mod paged;
 pub(crate) mod paged_store;
 pub(crate) mod partial_sum;
 pub(crate) mod reduce;
+pub(crate) mod roles;
 pub(crate) mod seesaw;
 pub(crate) mod softmax_overlap;
 
@@ -70,6 +71,9 @@ pub(crate) struct Lower<'a> {
     /// The two warpgroups' split of the loop's blocks where it applies (the `geometry` pass,
     /// `lower/kv_split.rs`).
     pub(crate) kv_split: Option<kv_split::KvSplit>,
+    /// The score / value warpgroups' split of the loop where it applies (the `geometry` pass,
+    /// `lower/roles.rs`).
+    pub(crate) roles: Option<roles::Roles>,
 }
 
 /// The shared-memory buffers of a kernel, in placement order (see [`place`]).
@@ -186,6 +190,7 @@ impl<'a> Lower<'a> {
             affinity: HashMap::new(),
             seesaw: None,
             kv_split: None,
+            roles: None,
         }
     }
 
@@ -278,71 +283,90 @@ impl<'a> Lower<'a> {
         let mut out = Vec::new();
         let fused = self.find_fusions(body);
         for s in body {
-            match s {
-                Stmt::Let { dst, value } => out.push(Node::Code {
-                    text: format!("s{dst} = {};\n", self.idx(value)),
-                    reads: self.index_reads(value),
-                    writes: vec![],
-                }),
-                Stmt::Assign { dst, op } => {
-                    if let TileOp::Gemm { .. } = op {
-                        if fused.iter().any(|f| f.gemm == *dst) {
-                            continue;
-                        }
-                    }
-                    if let Some(f) = fused.iter().find(|f| {
-                        f.add_dst == *dst
-                            && matches!(op, TileOp::Binary(BinaryOp::Add, ..))
-                            && operand_tiles(op).contains(&f.gemm)
-                    }) {
-                        let (a, b, x) = (f.a, f.b, f.init);
-                        self.lower_gemm(*dst, a, b, Some(x), &mut out)?;
-                        continue;
-                    }
-                    self.lower_assign(*dst, op, &mut out)?;
-                }
-                Stmt::Store { param, index, src } => {
-                    self.lower_store(*param, index, *src, &mut out)?
-                }
-                Stmt::For {
-                    var,
-                    start,
-                    end,
-                    body,
-                } => {
-                    let inner = self.lower_block(body)?;
-                    let e = self.fresh("e");
-                    let i = self.fresh("i");
-                    let mut reads = self.index_reads(start);
-                    reads.extend(self.index_reads(end));
-                    out.push(Node::Code {
-                        text: format!(
-                            "const int {e} = {};\nint {i} = {};\n",
-                            self.idx(end),
-                            self.idx(start)
-                        ),
-                        reads,
+            // Under `SCORE_WG` the kernel's top-level statements that read the accumulator run in
+            // the value warpgroups only (`roles.rs`).
+            let value_guard = self.depth == 1
+                && self
+                    .roles
+                    .as_ref()
+                    .is_some_and(|p| roles::is_value_stmt(p, s));
+            let first = out.len();
+            'stmt: {
+                match s {
+                    Stmt::Let { dst, value } => out.push(Node::Code {
+                        text: format!("s{dst} = {};\n", self.idx(value)),
+                        reads: self.index_reads(value),
                         writes: vec![],
-                    });
-                    out.push(Node::Scope {
-                        head: format!(
-                            "for (; {i} < {e}; {i} = tpla_iadd({i}, 1)) {{\n    s{var} = {i};"
-                        ),
-                        body: inner,
-                        tail: "}".into(),
-                        looped: true,
-                    });
+                    }),
+                    Stmt::Assign { dst, op } => {
+                        if let TileOp::Gemm { .. } = op {
+                            if fused.iter().any(|f| f.gemm == *dst) {
+                                break 'stmt;
+                            }
+                        }
+                        if let Some(f) = fused.iter().find(|f| {
+                            f.add_dst == *dst
+                                && matches!(op, TileOp::Binary(BinaryOp::Add, ..))
+                                && operand_tiles(op).contains(&f.gemm)
+                        }) {
+                            let (a, b, x) = (f.a, f.b, f.init);
+                            self.lower_gemm(*dst, a, b, Some(x), &mut out)?;
+                            break 'stmt;
+                        }
+                        self.lower_assign(*dst, op, &mut out)?;
+                    }
+                    Stmt::Store { param, index, src } => {
+                        self.lower_store(*param, index, *src, &mut out)?
+                    }
+                    Stmt::For {
+                        var,
+                        start,
+                        end,
+                        body,
+                    } => {
+                        let inner = self.lower_block(body)?;
+                        let e = self.fresh("e");
+                        let i = self.fresh("i");
+                        let mut reads = self.index_reads(start);
+                        reads.extend(self.index_reads(end));
+                        out.push(Node::Code {
+                            text: format!(
+                                "const int {e} = {};\nint {i} = {};\n",
+                                self.idx(end),
+                                self.idx(start)
+                            ),
+                            reads,
+                            writes: vec![],
+                        });
+                        out.push(Node::Scope {
+                            head: format!(
+                                "for (; {i} < {e}; {i} = tpla_iadd({i}, 1)) {{\n    s{var} = {i};"
+                            ),
+                            body: inner,
+                            tail: "}".into(),
+                            looped: true,
+                        });
+                    }
+                    Stmt::PagedBlocks { .. } => {
+                        self.lower_paged_blocks(s, &mut out)?;
+                        self.combine_partial_sums(&mut out);
+                    }
+                    Stmt::PagedStore {
+                        cache,
+                        batch,
+                        start,
+                        src,
+                    } => self.lower_paged_store(*cache, batch, start, *src, &mut out)?,
                 }
-                Stmt::PagedBlocks { .. } => {
-                    self.lower_paged_blocks(s, &mut out)?;
-                    self.combine_partial_sums(&mut out);
-                }
-                Stmt::PagedStore {
-                    cache,
-                    batch,
-                    start,
-                    src,
-                } => self.lower_paged_store(*cache, batch, start, *src, &mut out)?,
+            }
+            if value_guard && out.len() > first {
+                let body: Vec<Node> = out.drain(first..).collect();
+                out.push(Node::Scope {
+                    head: roles::VALUE_GUARD.into(),
+                    body,
+                    tail: "}".into(),
+                    looped: false,
+                });
             }
         }
         Ok(out)

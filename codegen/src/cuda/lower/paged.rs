@@ -244,7 +244,13 @@ impl<'a> Lower<'a> {
             None => None,
         };
         let mut overlap_after = None;
-        let inner = if let Some((nodes, after)) = overlapped {
+        // `SCORE_WG`: the body lowered once per role (`roles.rs`), placed by `roles_consumers`.
+        let mut role_parts = None;
+        let mut role_issue = None;
+        let inner = if ws && self.roles.is_some() {
+            role_parts = Some(self.lower_roles(body)?);
+            vec![]
+        } else if let Some((nodes, after)) = overlapped {
             overlap_after = Some(after);
             nodes
         } else if let Some(g) = hoist {
@@ -408,12 +414,25 @@ tpla_wgmma_commit();
                             slots,
                             slot,
                             &fallback,
-                            &empty_wait(slots),
+                            // (Under `SCORE_WG` the score warpgroup issues a block's copies
+                            // once its slot's readers are done: no wait, `roles.rs`.)
+                            &if self.roles.is_some() {
+                                String::new()
+                            } else {
+                                empty_wait(slots)
+                            },
                             self.sched.l2_prefetch,
                         )
                     }
                     None => fallback,
                 };
+                if self.roles.is_some() {
+                    role_issue = Some(if tma.is_some() {
+                        issue.clone()
+                    } else {
+                        format!("{issue}tpla_cp_async_mbar_arrive(&{MBAR}[j_ % {st}]);\n")
+                    });
+                }
                 if seesaw {
                     // One producer stage per slot (`2 st`); the pairs' blocks up to an even count
                     // (an odd block past the split is zero-filled by the `cp.async` path).
@@ -439,6 +458,22 @@ tpla_wgmma_commit();
                 producer_loop(&format!("{lets}{setup}"), &issue, &nblk, st, tma.as_deref())
             };
             self.paging.producer_code = Some((code, st));
+            if let Some(parts) = role_parts {
+                let Some(issue) = role_issue else {
+                    return Err(super::roles::refused(self.k));
+                };
+                self.roles_consumers(
+                    &setup,
+                    &issue,
+                    (&lo, &nblk, &base, &cur),
+                    (*start, *block, st, slot),
+                    parts,
+                    reads,
+                    out,
+                );
+                self.roles_publish_state(out);
+                return Ok(());
+            }
             self.producer_consumers(
                 &setup,
                 (&id, &lo, &nblk, &base, &cur),

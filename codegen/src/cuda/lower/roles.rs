@@ -1,0 +1,550 @@
+//! A score warpgroup and two value warpgroups on one 64-row tile (schedule knob `SCORE_WG = 1`,
+//! Hopper warpgroup path under `PRODUCER = 1`).
+//!
+//! At latent 512 a 64-row tile's `[64, 512]` accumulator takes two consumer warpgroups (128
+//! registers per thread each). The plain schedule then either computes q·kᵀ twice (once per
+//! warpgroup, `WG_SPLIT = 128`) or splits its columns and exchanges row statistics and P through
+//! shared memory (`WG_SPLIT = 32`); either way both warpgroups run q·kᵀ, the softmax and P·V in
+//! lock step, and the tensor cores idle through every softmax. FlashAttention-3's warp
+//! specialisation, one step further: a third consumer warpgroup, the *score* warpgroup, runs the
+//! kernel's loop body without the accumulator's update (q·kᵀ, the mask, the running max, P, the
+//! rescale `alpha`, the denominator), and the two *value* warpgroups run only that update
+//! (`acc = acc · alpha + P·V`, each on half of the columns). Each block's P and `alpha` pass
+//! through shared memory between two named barriers:
+//!
+//! ```text
+//! score, block i:  wait full[i]; issue S = q·kᵀ (async)
+//!                  sync(P_FREE)            -- the value warpgroups are done with block i-1
+//!                  wait S; softmax -> P, alpha; P, alpha -> shared; fence; arrive(P_READY)
+//! value, block i:  wait full[i]; sync(P_READY); alpha <- shared
+//!                  acc = acc · alpha + P·V; arrive(P_FREE); arrive(empty[i])
+//!                  value warpgroup 0: wait empty[i]; issue block i+STAGES's copies into its slot
+//! ```
+//!
+//! so block `i + 1`'s q·kᵀ and softmax run while block `i`'s P·V does. The value warpgroups
+//! arrive on `P_FREE` once before their loop and the score warpgroup waits once after its loop,
+//! so both barriers end balanced. There is no producer warpgroup: a block of 512 threads would
+//! leave ptxas 128 registers per thread, fewer than a `[64, 256]` accumulator's `wgmma` needs
+//! (154). The first value warpgroup issues the ring's copies instead (the producer's TMA /
+//! `cp.async` code, one elected thread for TMA): the first `STAGES` blocks before its loop, then
+//! block `i + STAGES` once both value warpgroups have released block `i`'s slot on its empty
+//! mbarrier (256 arrivals; the score warpgroup's q·kᵀ of that block finished before its
+//! `P_READY`). The value warpgroups wait for the score warpgroup about half of the time (H100
+//! profile, 2026-12-05), so the copies cost the critical path nothing there; issued by the score
+//! warpgroup they took a fifth of its time. After the loop the score warpgroup publishes `m` and
+//! `l` to every consumer (one block-wide barrier), and the code after the loop runs as written,
+//! the statements that read the accumulator in the value warpgroups only.
+//!
+//! Measured (H100, 2026-12-05, `bench/results/score-wg-2026-12-05-h100/`): MLA H128 B64x32K
+//! 1297 us at `BLOCK_N = 64, STAGES = 2` against 1389 us for the best plain TMA schedule; at
+//! `BLOCK_N = 32` slower (one warpgroup issuing `m64n32k16` q·kᵀ costs as much per instruction as
+//! `m64n64k16`). compute-sanitizer's racecheck reports hazards on the `P_FREE` / `P_READY`
+//! handoffs (memcheck and synccheck clean, results equal the f64 reference on the GPU): the knob
+//! is opt-in, not searched by the tuner, until that is understood.
+//!
+//! The split is only valid for the online softmax that [`super::kv_split::pattern`] checks (the
+//! loop carries exactly `m`, `l`, `acc`). The value statements are the accumulator's update and
+//! what it is computed from inside the loop (the rescale, the P·V gemm and its sum); they may
+//! read the score warpgroup's tiles only as the rescale (row registers) or the P·V gemm's A
+//! operand (a fragment, then read from its shared-memory copy). Anything else, or a role body
+//! that would need a barrier of its own, refuses the plan ([`ROLES_REFUSED`]) and the kernel is
+//! emitted without it. Where it applies the block is 12 warps: score warps 0-3, value warps 4-11
+//! (`Geo::roles_wide`), 384 threads at 168 registers each.
+
+use crate::cuda::elem::Elem;
+use crate::cuda::geometry::*;
+use crate::cuda::layout::Lay;
+use crate::cuda::lower::iter::Iter;
+use crate::cuda::lower::*;
+use crate::cuda::node::*;
+use crate::cuda::repr::Repr;
+use crate::cuda::util::backend_err;
+use crate::cuda::warpspec::MBAR;
+use crate::error::IrError;
+use crate::ir::*;
+use crate::visit::stmt_reads;
+
+/// The refusal that makes the emitter try the kernel again without the score warpgroup.
+pub(crate) const ROLES_REFUSED: &str =
+    "the score warpgroup does not apply: a value statement reads a score tile other than the \
+     rescale or the P·V operand, or a role's loop body needs a barrier of its own";
+
+/// Named barrier: the score warpgroup has published a block's P and rescale.
+const P_READY_BAR: usize = 9;
+/// Named barrier: the value warpgroups are done with the published P and rescale.
+const P_FREE_BAR: usize = 10;
+/// Where the score body's handshake goes (replaced by `roles_consumers`, behind the issue of
+/// q·kᵀ): wait for the value warpgroups to be done with the previous block's P and rescale.
+const SLOT_HANDSHAKE: &str = "// tpla: roles slot handshake\n";
+/// Threads meeting at those barriers (the three consumer warpgroups).
+const ROLE_THREADS: usize = 384;
+/// The guard of the value warpgroups' code outside the loop.
+pub(crate) const VALUE_GUARD: &str = "if (warp >= 4) {";
+
+/// The plan: the loop's online-softmax state and which of its tiles the value warpgroups
+/// compute.
+#[derive(Clone, Debug)]
+pub(crate) struct Roles {
+    pub(crate) m: TileId,
+    pub(crate) l: TileId,
+    pub(crate) acc: TileId,
+    /// Per tile: computed by the value warpgroups (in the loop: the accumulator's update; after
+    /// it: whatever reads the accumulator).
+    pub(crate) value: Vec<bool>,
+    /// Score tiles the value statements read: row tiles (the rescale) and gemm A operands.
+    pub(crate) handoff: Vec<TileId>,
+}
+
+/// The warp constants `wn{m}_{n}` / `wr{m}_{n}` under the roles geometry: a `[m, wide]` tile over
+/// the two value warpgroups (warps 4-7 take the first half), any other tile whole in the score
+/// warpgroup (warps 0-3), whose `wr` is 0 there (the replica index that guards stores).
+pub(crate) fn warp_constants(m: usize, n: usize, wide: usize) -> String {
+    let (wn, wr) = if n == wide {
+        ("(warp / 4 + 1) % 2", "warp < 4 ? 1 : 0")
+    } else {
+        ("0", "warp / 4")
+    };
+    format!(
+        "    const int wn{m}_{n} = {wn}, wr{m}_{n} = {wr};\n    (void)wn{m}_{n}; (void)wr{m}_{n};\n"
+    )
+}
+
+/// The tile a view chain (assigned in `body`) starts from.
+fn root(body: &[Stmt], mut t: TileId) -> TileId {
+    loop {
+        let def = body.iter().find_map(|s| match s {
+            Stmt::Assign {
+                dst,
+                op: TileOp::View(src, _),
+            } if *dst == t => Some(*src),
+            _ => None,
+        });
+        match def {
+            Some(src) => t = src,
+            None => return t,
+        }
+    }
+}
+
+/// The roles of the kernel's one top-level paged loop, if it has the online-softmax form and
+/// the value statements read the score warpgroup's tiles only as the module docs allow.
+pub(crate) fn pattern(k: &Kernel) -> Option<Roles> {
+    let sw = super::kv_split::pattern(k)?;
+    let (m, l, acc) = (sw.m, sw.l, sw.acc);
+    let at = k
+        .body
+        .iter()
+        .position(|s| matches!(s, Stmt::PagedBlocks { .. }))?;
+    let Stmt::PagedBlocks { body, tile, .. } = &k.body[at] else {
+        unreachable!()
+    };
+    let n = k.tiles.len();
+    let mut value = vec![false; n];
+    value[acc] = true;
+    // Forward from the accumulator: what reads a value tile is a value tile; a gemm a value
+    // statement reads is one too (P·V).
+    loop {
+        let mut changed = false;
+        for s in body {
+            let Stmt::Assign { dst, op } = s else {
+                return None;
+            };
+            if value[*dst] || matches!(op, TileOp::View(..)) {
+                continue;
+            }
+            let reads_value = stmt_reads(s).iter().any(|&t| value[t]);
+            let gemm_for_value = matches!(op, TileOp::Gemm { .. })
+                && body.iter().any(|u| {
+                    matches!(u, Stmt::Assign { dst: d, op: o } if value[*d] && !matches!(o, TileOp::View(..)))
+                        && stmt_reads(u).contains(dst)
+                });
+            if reads_value || gemm_for_value {
+                value[*dst] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // Tiles assigned in the loop by the score warpgroup.
+    let score_tile = |t: TileId| {
+        body.iter()
+            .any(|s| matches!(s, Stmt::Assign { dst, op } if *dst == t && !value[t] && !matches!(op, TileOp::View(..))))
+    };
+    let mut handoff = Vec::new();
+    for s in body {
+        let Stmt::Assign { dst, op } = s else {
+            unreachable!()
+        };
+        if matches!(op, TileOp::View(..)) {
+            continue;
+        }
+        if value[*dst] {
+            for &r in &stmt_reads(s) {
+                let r0 = root(body, r);
+                if r0 == *tile || !score_tile(r0) {
+                    continue;
+                }
+                // A score tile: the rescale (a row tile, possibly unsqueezed) or the A operand of
+                // the P·V gemm.
+                let as_a = matches!(op, TileOp::Gemm { a, .. } if *a == r && r0 == r);
+                let rows = k.tiles[r0].shape.len() == 1;
+                if !(as_a || rows) {
+                    return None;
+                }
+                if !handoff.contains(&r0) {
+                    handoff.push(r0);
+                }
+            }
+        } else if stmt_reads(s)
+            .iter()
+            .any(|&t| value[root(body, t)] || value[t])
+        {
+            return None;
+        }
+    }
+    // After the loop: whatever reads the accumulator (or a tile computed from it) is the value
+    // warpgroups'; they read other tiles (m, l and what comes of them) from their own copies.
+    for s in &k.body[at + 1..] {
+        if let Stmt::Assign { dst, .. } = s {
+            if stmt_reads(s).iter().any(|&t| value[t]) {
+                value[*dst] = true;
+            }
+        }
+    }
+    Some(Roles {
+        m,
+        l,
+        acc,
+        value,
+        handoff,
+    })
+}
+
+/// Whether a top-level statement belongs to the value warpgroups (see [`Roles::value`]).
+pub(crate) fn is_value_stmt(plan: &Roles, s: &Stmt) -> bool {
+    match s {
+        Stmt::Assign { dst, .. } => plan.value[*dst],
+        Stmt::Store { src, .. } => plan.value[*src],
+        _ => false,
+    }
+}
+
+impl Lower<'_> {
+    /// The geometry decision: where the schedule asks for it and the geometry pass chose two
+    /// consumer warpgroups splitting a 64-row tile's wide accumulator under the producer, the
+    /// three-warpgroup geometry and the plan.
+    pub(crate) fn roles_plan(&self) -> Option<(Geo, Roles)> {
+        let g = self.geo;
+        if !self.sched.score_wg
+            || self.sched.warps.is_some()
+            || self.seesaw.is_some()
+            || self.kv_split.is_some()
+            || !(g.wg && g.producer && g.nw == 8)
+        {
+            return None;
+        }
+        let frag = frag_gemms(&self.info);
+        if frag.is_empty() || frag.iter().any(|&(m, _)| m != 64) {
+            return None;
+        }
+        let plan = pattern(self.k)?;
+        let wide = *self.k.tiles[plan.acc].shape.get(1)?;
+        let geo = Geo {
+            nw: 12,
+            roles_wide: wide,
+            ..g
+        };
+        let rows_ok = |t: TileId| self.lay[t] == Lay::Rows { m: 64 };
+        let ok = wide >= 128
+            && (wide / 2).is_multiple_of(8)
+            && self.lay[plan.acc] == Lay::Frag { m: 64, n: wide }
+            && rows_ok(plan.m)
+            && rows_ok(plan.l)
+            && frag.iter().all(|&(_, n)| n <= wide)
+            && frag.iter().all(|&(m, n)| geo.frag_regs(m, n) <= 128)
+            && plan
+                .handoff
+                .iter()
+                .all(|&t| match self.k.tiles[t].shape.len() {
+                    1 => rows_ok(t),
+                    _ => matches!(self.lay[t], Lay::Frag { m: 64, .. }),
+                });
+        ok.then_some((geo, plan))
+    }
+
+    /// Lowers the loop body twice: the score statements, then what publishes the handoff tiles;
+    /// the value statements, with the rescale fetched first and the gemm operand read from its
+    /// shared-memory copy. Returns `(score, publish, fetch, value)`.
+    pub(crate) fn lower_roles(&mut self, body: &[Stmt]) -> Result<[Vec<Node>; 4], IrError> {
+        let plan = self.roles.clone().expect("roles planned");
+        let (score_stmts, value_stmts): (Vec<Stmt>, Vec<Stmt>) =
+            body.iter().cloned().partition(|s| match s {
+                // (Views alias and emit no code: in the score list unless of a value tile.)
+                Stmt::Assign { dst, .. } => !plan.value[*dst],
+                _ => true,
+            });
+        // The score body up to its first warpgroup gemm (q·kᵀ) is lowered without that gemm's
+        // wait, so the slot handshake and the next block's copies are issued while it runs.
+        let first_gemm = score_stmts.iter().position(|s| {
+            matches!(
+                s,
+                Stmt::Assign {
+                    op: TileOp::Gemm { .. },
+                    ..
+                }
+            )
+        });
+        let mut score = Vec::new();
+        let mut rest = &score_stmts[..];
+        if let Some(g) = first_gemm {
+            self.paging.gemm_no_wait = true;
+            let first = self.lower_block(&score_stmts[..=g]);
+            self.paging.gemm_no_wait = false;
+            let first = first?;
+            let committed = first.iter().any(
+                |n| matches!(n, Node::Code { text, .. } if text.contains("tpla_wgmma_commit")),
+            );
+            match (committed, self.frag_of(&score_stmts[g])) {
+                (true, Some((regs, arr))) => {
+                    score.extend(first);
+                    score.push(Node::Code {
+                        text: format!(
+                            "{SLOT_HANDSHAKE}tpla_wgmma_wait0();\n#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({arr}[i_]);\n"
+                        ),
+                        reads: vec![],
+                        writes: vec![],
+                    });
+                    rest = &score_stmts[g + 1..];
+                }
+                // Not a warpgroup gemm into registers: the whole body with its waits, the
+                // handshake after it.
+                _ => return Err(backend_err(self.k, ROLES_REFUSED)),
+            }
+        }
+        score.extend(self.lower_block(rest)?);
+        if first_gemm.is_none() {
+            score.push(Node::Code {
+                text: SLOT_HANDSHAKE.into(),
+                reads: vec![],
+                writes: vec![],
+            });
+        }
+        let mut publish = Vec::new();
+        let mut fetch = Vec::new();
+        let mut saved = Vec::new();
+        for &t in &plan.handoff {
+            let elem = self.shadow_elem(t, self.k.tiles[t].shape.len() == 2);
+            if let [rows, cols] = self.shape(t)[..] {
+                // The gemm operand's copy in the column-blocked (128-byte swizzled) layout that
+                // `wgmma` reads, its columns padded to a whole 64-column block (P of a 32-token
+                // block): only the tile's own columns are written and read.
+                if elem == Elem::Bf16
+                    && !cols.is_multiple_of(64)
+                    && !self.smem.shadows.contains_key(&(t, elem))
+                {
+                    let b = self.add_buf(
+                        &format!("sh_t{t}_"),
+                        elem,
+                        &[rows, cols.next_multiple_of(64)],
+                        1,
+                        true,
+                    );
+                    self.smem.shadows.insert((t, elem), b);
+                }
+            }
+            let buf = self.materialize(t, elem, &mut publish);
+            if let Repr::Rows { m, arr } = self.repr[t].clone() {
+                let it = Iter::Rows {
+                    m,
+                    rank: self.k.tiles[t].shape.len(),
+                };
+                let (head, tail, ctx) = self.open(&it);
+                let (r, c) = View::base(self.k.tiles[t].shape.len()).phys(&ctx.coords);
+                let b = &self.smem.bufs[buf];
+                fetch.push(Node::Code {
+                    text: format!(
+                        "{head}    {arr}[{}] = {}[{}];\n{tail}\n",
+                        ctx.row_slot,
+                        b.name,
+                        b.addr(&r, &c)
+                    ),
+                    reads: vec![],
+                    writes: vec![],
+                });
+            } else {
+                // The gemm's A operand: the value warpgroups read the copy.
+                saved.push((t, self.repr[t].clone()));
+                self.repr[t] = Repr::Smem {
+                    buf,
+                    view: View::base(self.k.tiles[t].shape.len()),
+                };
+            }
+        }
+        let value = self.lower_block(&value_stmts);
+        for (t, r) in saved {
+            self.repr[t] = r;
+        }
+        let value = value?;
+        if has_barrier(&score) || has_barrier(&value) {
+            return Err(backend_err(self.k, ROLES_REFUSED));
+        }
+        Ok([score, publish, fetch, value])
+    }
+
+    /// The consumers' side of the loop under the roles: the score warpgroup's loop and the value
+    /// warpgroups', as in the module docs, after the setup and one barrier publishing what the
+    /// consumers wrote before the loop.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn roles_consumers(
+        &mut self,
+        setup: &str,
+        issue: &str,
+        (lo, nblk, base, cur): (&str, &str, &str, &str),
+        (start, block, st, slot): (ScalarId, usize, usize, usize),
+        [score, publish, fetch, value]: [Vec<Node>; 4],
+        reads: Vec<usize>,
+        out: &mut Vec<Node>,
+    ) {
+        let issue: String = issue
+            .lines()
+            .map(|l| format!("            {l}\n"))
+            .collect();
+        let text = |nodes: &[Node]| {
+            let mut s = String::new();
+            crate::cuda::print::print_nodes(nodes, 2, "", &mut s);
+            s
+        };
+        let head = format!(
+            "    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);
+        tpla_fence_proxy_async();
+        s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));
+        {cur} = {base} + (it_ % {st}) * {slot};
+"
+        );
+        let (score, publish, fetch, value) =
+            (text(&score), text(&publish), text(&fetch), text(&value));
+        let handshake = format!("        tpla_bar_sync({P_FREE_BAR}, {ROLE_THREADS});\n");
+        let score = score.replacen(&format!("        {}", SLOT_HANDSHAKE), &handshake, 1);
+        let n = ROLE_THREADS;
+        out.push(Node::Code {
+            text: format!("{{\n{setup}"),
+            reads,
+            writes: vec![],
+        });
+        out.push(Node::Barrier);
+        let issue: String = issue
+            .lines()
+            .map(|l| format!("            {l}\n"))
+            .collect();
+        out.push(Node::Code {
+            text: format!(
+                "if (warp < 4) {{
+    for (int it_ = 0; it_ < {nblk}; ++it_) {{
+    {head}{score}{publish}        tpla_fence_proxy_async();
+        tpla_bar_arrive({P_READY_BAR}, {n});
+    }}
+    tpla_bar_sync({P_FREE_BAR}, {n});
+}} else {{
+    const int pw_ = warp - 4;
+    if (warp < 8) {{
+        for (int j_ = 0; j_ < {st} && j_ < {nblk}; ++j_) {{
+{issue}        }}
+    }}
+    tpla_bar_arrive({P_FREE_BAR}, {n});
+    for (int it_ = 0; it_ < {nblk}; ++it_) {{
+    {head}        tpla_bar_sync({P_READY_BAR}, {n});
+{fetch}{value}        tpla_bar_arrive({P_FREE_BAR}, {n});
+        tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);
+        if (warp < 8 && it_ + {st} < {nblk}) {{
+            const int j_ = it_ + {st};
+            tpla_mbar_wait(&{MBAR}[{st} + it_ % {st}], (it_ / {st}) & 1);
+{issue}        }}
+    }}
+}}
+}}
+"
+            ),
+            reads: vec![],
+            writes: vec![],
+        });
+    }
+
+    /// After the loops: the score warpgroup's `m` and `l` to every consumer (their shared-memory
+    /// copies, then each consumer's registers; the sync pass puts the barrier between).
+    pub(crate) fn roles_publish_state(&mut self, out: &mut Vec<Node>) {
+        let Some(plan) = self.roles.clone() else {
+            return;
+        };
+        let mut fetch = Vec::new();
+        for t in [plan.m, plan.l] {
+            let elem = self.shadow_elem(t, false);
+            let buf = self.materialize(t, elem, out);
+            let Repr::Rows { m, arr } = self.repr[t].clone() else {
+                unreachable!("the plan asked for row tiles")
+            };
+            let it = Iter::Rows {
+                m,
+                rank: self.k.tiles[t].shape.len(),
+            };
+            let (head, tail, ctx) = self.open(&it);
+            let (r, c) = View::base(self.k.tiles[t].shape.len()).phys(&ctx.coords);
+            let b = &self.smem.bufs[buf];
+            fetch.push(Node::Code {
+                text: format!(
+                    "{head}    {arr}[{}] = {}[{}];\n{tail}\n",
+                    ctx.row_slot,
+                    b.name,
+                    b.addr(&r, &c)
+                ),
+                reads: vec![buf],
+                writes: vec![],
+            });
+        }
+        out.extend(fetch);
+    }
+}
+
+/// The kernel's opening under the roles: the ring's mbarriers (at `mbar_off`, `st` stages) — full
+/// (the issuing warpgroup's 128 arrivals, as a producer warpgroup's) and empty (the value
+/// warpgroups' 256) — initialised and published block-wide.
+pub(crate) fn roles_head(st: usize, mbar_off: usize) -> String {
+    format!(
+        "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
+    if (tid == 0) {{
+        for (int i_ = 0; i_ < {st}; ++i_) {{
+            tpla_mbar_init(&{MBAR}[i_], 128);
+            tpla_mbar_init(&{MBAR}[{st} + i_], 256);
+        }}
+        tpla_mbar_init_fence();
+    }}
+    __syncthreads();
+"
+    )
+}
+
+/// Whether `nodes` hold a barrier (at any depth).
+pub(crate) fn has_barrier(nodes: &[Node]) -> bool {
+    nodes.iter().any(|n| match n {
+        Node::Barrier => true,
+        Node::Scope { body, .. } => has_barrier(body),
+        Node::Code { .. } => false,
+    })
+}
+
+/// Whether a barrier landed inside a value-guarded scope (it would wait for the score
+/// warpgroup, which never reaches it): the sync pass's output is then refused.
+pub(crate) fn barrier_in_value_scope(nodes: &[Node]) -> bool {
+    nodes.iter().any(|n| match n {
+        Node::Scope { head, body, .. } => {
+            (head == VALUE_GUARD && has_barrier(body)) || barrier_in_value_scope(body)
+        }
+        _ => false,
+    })
+}
+
+/// The error that makes `emit` go without the score warpgroup.
+pub(crate) fn refused(k: &Kernel) -> IrError {
+    backend_err(k, ROLES_REFUSED)
+}

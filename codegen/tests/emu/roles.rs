@@ -1,0 +1,118 @@
+//! `SCORE_WG = 1` under host emulation: a score warpgroup computes each block's q·kᵀ and
+//! softmax and issues the ring's copies, two value warpgroups keep the accumulator and run the
+//! rescale and P·V one block behind (`codegen/src/cuda/lower/roles.rs`).
+
+use super::emu::*;
+use super::emu_decode::*;
+use super::samples::{latent_decode_with, DecodeParams};
+use tpla_codegen::cuda::{emit, Target};
+
+fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
+    DecodeParams::bf16(lat, 64, bn, st)
+}
+
+const SCORE_BRANCH: &str = "if (warp < 4) {\n";
+
+/// Where it applies (64-row tiles at latent 512, two accumulator warpgroups): 384 threads and no
+/// producer warpgroup, the two role loops with their named barriers and no block-wide barrier
+/// inside them, the value warpgroups' P·V on `wgmma` from the shared copy of P.
+#[test]
+fn score_warpgroup_applies_to_the_latent_512_decode() {
+    for (p, tma) in [
+        (dp(32, 3, 512), 1),
+        (dp(32, 4, 512), 1),
+        (dp(64, 2, 512), 0),
+    ] {
+        let knobs = [("PRODUCER", 1), ("TMA", tma), ("SCORE_WG", 1)];
+        let src = emit(&latent_decode_with(p, &knobs).unwrap(), Target::sm90()).unwrap();
+        let code = &src.code;
+        assert_eq!(src.block_threads, 384, "{p:?}");
+        assert!(
+            !code.contains("tpla_setmaxnreg_dec<"),
+            "{p:?}: no producer warpgroup"
+        );
+        let roles = &code[code.find(SCORE_BRANCH).expect("the score branch")..];
+        let roles = &roles[..roles.find("sh_t2_").expect("m published after the loops")];
+        assert!(
+            !roles.contains("tpla_bar_sync(1, 384)"),
+            "{p:?}: a block barrier in the roles"
+        );
+        for bar in [
+            "tpla_bar_sync(9, 384)",
+            "tpla_bar_arrive(9, 384)",
+            "tpla_bar_sync(10, 384)",
+        ] {
+            assert!(roles.contains(bar), "{p:?}: {bar}");
+        }
+        assert!(
+            roles.contains("tpla_wgmma_m64n256k16"),
+            "{p:?}: P·V on wgmma"
+        );
+        assert!(src.shared_bytes <= 232448, "{p:?}: {} B", src.shared_bytes);
+    }
+    // Latent 256 fits one accumulator warpgroup: the knob changes nothing there.
+    let knobs = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1)];
+    let on = emit(
+        &latent_decode_with(dp(64, 3, 256), &knobs).unwrap(),
+        Target::sm90(),
+    )
+    .unwrap();
+    let off = emit(
+        &latent_decode_with(dp(64, 3, 256), &knobs[..2]).unwrap(),
+        Target::sm90(),
+    )
+    .unwrap();
+    assert_eq!(on.code.replace("SCORE_WG=1,", ""), off.code);
+}
+
+/// The emulated decode against the f64 reference with NaN-poisoned outputs: TMA and `cp.async`
+/// copies, 32- and 64-token blocks, two to four stages, empty and one-block splits, odd lengths,
+/// a partial head block.
+#[test]
+fn emulated_decode_score_warpgroup() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_score_warpgroup") else {
+        return;
+    };
+    let tma = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1)];
+    let cp = [("PRODUCER", 1), ("SCORE_WG", 1)];
+    decode_case_with(
+        &cxx,
+        dp(32, 3, 512),
+        &tma,
+        Target::sm90(),
+        64,
+        &[300, 41, 0],
+        2,
+        71,
+    );
+    decode_case_with(
+        &cxx,
+        dp(32, 4, 512),
+        &tma,
+        Target::sm90(),
+        40,
+        &[130, 33],
+        1,
+        72,
+    );
+    decode_case_with(
+        &cxx,
+        dp(64, 2, 512),
+        &cp,
+        Target::sm90(),
+        64,
+        &[200, 7],
+        3,
+        73,
+    );
+    decode_case_with(
+        &cxx,
+        dp(32, 2, 512),
+        &cp,
+        Target::sm90(),
+        64,
+        &[65, 1],
+        2,
+        74,
+    );
+}
