@@ -12,7 +12,7 @@
 //! | `KV_FP8` | 0, or a positive multiple of 128 no wider than the row | the paged caches' storage format: `n > 0` stores the first `n` columns of each row as e4m3 with one f32 scale per 128 columns, then the rest as bf16 (FlashMLA's 656-byte MLA row; see [`crate::kv_format`]); a block load dequantises into the kernel's bf16 tile, a row store quantises; changes what the pool holds, read by the kernel builder (default 0: bf16 rows) |
 //! | `PRODUCER` | 0, 1 | 1: warp specialisation on Hopper: a producer warpgroup streams the paged blocks into an mbarrier-guarded ring while the other warpgroups only compute (default 0; applies where the warpgroup path is used and the kernel has one top-level paged loop) |
 //! | `TMA` | 0, 1 | 1 (needs `PRODUCER = 1`): the producer copies each whole KV block that lies in one page with TMA bulk tensor copies (one elected thread, a 64-column box per 128 bytes of row, expect-tx on the full barrier), the others with `cp.async`; the streamed bf16 cache then takes a tensor map argument (`cuda::tma`), which changes the argument ABI (default 0) |
-//! | `PREFETCH` | 0, 1 | 1 (needs `TMA = 1`): when the producer issues a block's TMA copies it also prefetches into L2 the block `STAGES` ahead (the next to use that ring slot), with `cp.async.bulk.prefetch.tensor`: more of the cache in flight than the shared-memory ring holds, and its page's address translation warmed (default 0; a hint, it changes no result; not searched by the tuner until a GPU has run it) |
+//! | `PREFETCH` | 0, 1 | 1 (needs `TMA = 1`): when the producer issues a block's TMA copies it also prefetches into L2 the block `STAGES` ahead (the next to use that ring slot), with `cp.async.bulk.prefetch.tensor`: more of the cache in flight than the shared-memory ring holds, and its page's address translation warmed (default 0; a hint, it changes no result; not searched by the tuner: 15-20 % slower on the H100, 2026-12-05) |
 //! | `SEESAW` | 0, 1 | 1: FlashMLA's two-consumer split on Hopper: the two warpgroups take alternate blocks of the kernel's paged loop (each computes its own q·kᵀ), combine the row statistics and exchange P, and each keeps half of the wide accumulator; with `PRODUCER = 1` (and `TMA = 1`) a producer warpgroup feeds their pair ring (default 0; applies where `cuda/lower/seesaw/pattern.rs` and the geometry say, elsewhere it changes nothing) |
 //! | `QK_AHEAD` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, the next block's first gemm (q·kᵀ) is issued behind this block's last (P·V), the scores waited for at the top of the next iteration (`cuda/lower/first_gemm.rs`); default 0: on the H200 (2026-12-04) it made the MLA and shard decode 11-28 % slower at two stages, not searched by the tuner |
 //! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
@@ -115,8 +115,9 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     // 383 us with it against 410 without, B128x4K 124 against 118: the tuner picks per bucket.
     &[("WG_KV_SPLIT", 1), ("PRODUCER", 1)],
     &[("WG_KV_SPLIT", 1), ("PRODUCER", 1), ("TMA", 1)],
-    // (`PREFETCH`, the L2 prefetch a ring round ahead, is opt-in — `--config PREFETCH=1` —
-    // until a GPU has run it: emulated and compiled only, 2026-12-05.)
+    // (Opt-in, `--config KNOB=1`, not searched: `PREFETCH`, the L2 prefetch a ring round ahead,
+    // 15-20 % slower on the H100 on 2026-12-05; `SCORE_WG`, the score warpgroup, whose named
+    // barrier handoffs compute-sanitizer's racecheck reports.)
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
@@ -349,6 +350,10 @@ mod tests {
         assert_eq!(is_searched("PRODUCER", 0), Some(true));
         assert_eq!(is_searched("PRODUCER", 2), Some(false));
         assert_eq!(is_searched("BLOCK_H", 64), None);
+        // Opt-in until their GPU questions are settled (see the module table): the L2 prefetch
+        // was slower on the H100, the score warpgroup's handoffs are reported by racecheck.
+        assert_eq!(is_searched("PREFETCH", 1), None);
+        assert_eq!(is_searched("SCORE_WG", 1), None);
     }
 
     #[test]
