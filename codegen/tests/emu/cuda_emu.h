@@ -146,13 +146,22 @@ inline void run_block(int nt) {
         f.ctx.uc_link = &B->sched;
         makecontext(&f.ctx, (void (*)())entry, 0);
     }
+    // `TPLA_EMU_LAGGARDS` (set by `support/emu.rs::with_laggards`): a runnable thread sits out a
+    // scheduler round with probability 1/4, so warps drift apart as on a GPU and a warpgroup can
+    // run a whole step ahead of another (the fixed round order otherwise lets every runnable
+    // thread reach its next wait each round, which hides a missing wait between warpgroups).
+    static const bool laggards = getenv("TPLA_EMU_LAGGARDS") != nullptr;
     for (;;) {
-        bool any = false, all_done = true;
+        bool any = false, all_done = true, held = false;
         for (int i = 0; i < nt; ++i) {
             Fiber& f = B->th[i];
             if (f.done) continue;
             all_done = false;
             if (f.wait && f.wait->gen == f.gen) continue;
+            if (laggards && ((next_rand() >> 40) & 3) == 0) {
+                held = true;
+                continue;
+            }
             f.wait = nullptr;
             any = true;
             B->cur = i;
@@ -162,6 +171,7 @@ inline void run_block(int nt) {
         // One round of the block: an in-flight copy lands with probability 1/8, so a copy can
         // stay in flight while a warpgroup computes a whole block (a later copy landing first).
         if (!B->pending.empty() && ((next_rand() >> 33) & 7) == 0) land_one_copy();
+        if (!any && held) continue;  // only the laggards were runnable: another round
         if (!any && !B->pending.empty()) {
             land_one_copy();  // every thread waits at a barrier: the copies still land
             continue;

@@ -271,6 +271,21 @@ pub fn emu_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu")
 }
 
+thread_local! {
+    static LAGGARDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the emulator's laggards on for this thread's emulated kernels: each runnable
+/// GPU thread sits out a scheduler round with probability 1/4, so warpgroups drift apart and a
+/// missing wait between them shows (`cuda_emu.h`, `run_block`).
+#[allow(dead_code)]
+pub fn with_laggards<R>(f: impl FnOnce() -> R) -> R {
+    LAGGARDS.with(|l| l.set(true));
+    let r = f();
+    LAGGARDS.with(|l| l.set(false));
+    r
+}
+
 /// Compiles `src` with the emulation header and runs it on `args`; returns the args with
 /// outputs written, or the compiler / runtime error.
 pub fn run_emu(
@@ -467,10 +482,11 @@ pub fn run_emu(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let run = Command::new(&exe)
-        .arg(&dir)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let mut run = Command::new(&exe);
+    if LAGGARDS.with(|l| l.get()) {
+        run.env("TPLA_EMU_LAGGARDS", "1");
+    }
+    let run = run.arg(&dir).output().map_err(|e| e.to_string())?;
     if !run.status.success() {
         return Err(format!(
             "emulated kernel failed ({}): {}",
