@@ -187,6 +187,19 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                         r.splits,
                         r.check_rel_diff
                     ));
+                    // A pinned `--config` usually leaves a few candidates (the emitter's warps
+                    // and a forced count, say): each one's decode time, so a knob's kernel is
+                    // seen even where another candidate wins.
+                    if opts.config.is_some() && (2..=8).contains(&r.tried.len()) {
+                        for (cfg, splits, ms) in &r.tried {
+                            progress.suspend(|| {
+                                println!(
+                                    "    tried {:>9.1} us decode, {splits} splits  {cfg}",
+                                    ms * 1e3
+                                )
+                            });
+                        }
+                    }
                     let balanced = spec
                         .variable
                         .then(|| super::bench_balanced::balanced_row(exec, &r, &cache, &roof));
