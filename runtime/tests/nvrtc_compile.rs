@@ -438,18 +438,21 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
                     kernel,
                 });
             }
-            if lat == 512
-                && matches!((bn, st), (Some(32), Some(2..=4)) | (Some(64), Some(2)))
-                && cfg.get("WG_SPLIT").ok() == Some(128)
-            {
-                // A score warpgroup beside two value warpgroups (`roles.rs`), 384 threads.
+            let roles_fit = match lat {
+                512 => matches!((bn, st), (Some(32), Some(2..=4)) | (Some(64), Some(2))),
+                256 | 128 => matches!((bn, st), (Some(32 | 64), Some(2..=4))),
+                _ => false,
+            };
+            if !tall && roles_fit && cfg.get("WG_SPLIT").ok() == Some(128) {
+                // A score warpgroup beside the value warpgroups (`roles.rs`): two at latent
+                // 512 (384 threads), one at the shard widths (256).
                 let sw = cfg.clone().with("SCORE_WG", 1);
                 let kernel = tpla_kernels::latent_decode
                     .build(&sw)
                     .map_err(|e| e.to_string());
                 if let Ok(k) = &kernel {
                     let src = tpla_codegen::cuda::emit(k, Target::sm90()).unwrap();
-                    assert!(src.code.contains("tpla_bar_sync(9, 384)"), "{sw}: no roles");
+                    assert!(src.code.contains("tpla_bar_sync(9, "), "{sw}: no roles");
                 }
                 cases.push(Case {
                     label: format!("latent_decode [{sw}]"),
@@ -472,8 +475,9 @@ fn producer_decode_variants_compile_for_sm90a_without_spills() {
     // 4 widths x BLOCK_N {16, 32, 64} x STAGES {1, 2, 3, 4} x WG_SPLIT {32, 128}, and 128-row
     // blocks at 3 widths x BLOCK_N x STAGES; SOFTMAX_OVERLAP at BLOCK_N {32, 64} x STAGES
     // {2, 3, 4} on the 4 + 3 widths; WG_KV_SPLIT at the 3 shard widths x BLOCK_N x STAGES
-    // {2, 4}; SCORE_WG at latent 512, BLOCK_N 32 x STAGES {2, 3, 4} and BLOCK_N 64 x 2.
-    assert_eq!(cases.len(), 96 + 36 + 12 + 24 + 18 + 18 + 4);
+    // {2, 4}; SCORE_WG at latent 512, BLOCK_N 32 x STAGES {2, 3, 4} and BLOCK_N 64 x 2, and
+    // at latent 256 and 128, BLOCK_N {32, 64} x STAGES {2, 3, 4}.
+    assert_eq!(cases.len(), 96 + 36 + 12 + 24 + 18 + 18 + 4 + 12);
     let outcomes = compile_all(cases, Target::sm90());
     check(&outcomes, "warp-specialised decode variants");
 }

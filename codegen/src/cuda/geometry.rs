@@ -32,9 +32,9 @@ pub(crate) struct Geo {
     /// `lower/kv_split.rs`); set by the geometry pass where it applies.
     pub(crate) kv_split: bool,
     /// Under `wg` (`SCORE_WG`, see `lower/roles.rs`): the accumulator's width where warps
-    /// `0 .. 3` form the score warpgroup and warps `4 .. 11` the two value warpgroups (0: off).
-    /// A `[64, roles_wide]` tile is split over the value warpgroups (half each); any other
-    /// 64-row tile lies whole in the score warpgroup.
+    /// `0 .. 3` form the score warpgroup and warps `4 .. nw - 1` the one or two value warpgroups
+    /// (0: off). A `[64, roles_wide]` tile is split over the value warpgroups; any other 64-row
+    /// tile lies whole in the score warpgroup.
     pub(crate) roles_wide: usize,
 }
 
@@ -61,7 +61,12 @@ impl Geo {
                 return 1;
             }
             if self.roles_wide > 0 {
-                return if n == self.roles_wide { 2 } else { 1 };
+                // The value warpgroups (after the score one) split the accumulator's columns.
+                return if n == self.roles_wide {
+                    (self.nw - 4) / 4
+                } else {
+                    1
+                };
             }
             // Warpgroups split wide tiles (at least 128 columns each, e.g. P·V); narrower
             // tiles (q·kᵀ) are computed whole by every warpgroup, so each warp holds whole rows:

@@ -222,6 +222,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                 *m,
                 *n,
                 geo.roles_wide,
+                (geo.nw - 4) / 4,
             ));
             continue;
         }
@@ -258,22 +259,15 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         }
     }
     if let (Some((_, st)), true) = (&lw.paging.producer_code, geo.roles_wide > 0) {
-        code.push_str(&crate::cuda::lower::roles::roles_head(*st, mbar_off));
+        code.push_str(&crate::cuda::lower::roles::roles_head(
+            *st, mbar_off, geo.nw,
+        ));
     } else if let Some((producer, st)) = &lw.paging.producer_code {
         code.push_str(&warpspec_head(
             producer,
             *st,
             mbar_off,
-            (
-                geo.nw,
-                if geo.kv_split {
-                    128
-                } else if geo.roles_wide > 0 {
-                    256
-                } else {
-                    geo.nw * 32
-                },
-            ),
+            (geo.nw, if geo.kv_split { 128 } else { geo.nw * 32 }),
             lw.paging.producer_regs,
         ));
     }

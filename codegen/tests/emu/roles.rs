@@ -13,11 +13,12 @@ fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
 
 const SCORE_BRANCH: &str = "if (warp < 4) {\n";
 
-/// Where it applies (64-row tiles at latent 512, two accumulator warpgroups): 384 threads and no
+/// Where it applies (64-row tiles; at latent 512 two accumulator warpgroups): 384 threads and no
 /// producer warpgroup, the two role loops with their named barriers and no block-wide barrier
-/// inside them, the value warpgroups' P·V on `wgmma` from the shared copy of P.
+/// inside them, the value warpgroups' P·V on `wgmma` from the shared copy of P; at the shard
+/// widths one value warpgroup (256 threads).
 #[test]
-fn score_warpgroup_applies_to_the_latent_512_decode() {
+fn score_warpgroup_applies_to_the_latent_decode() {
     for (p, tma) in [
         (dp(32, 3, 512), 1),
         (dp(32, 4, 512), 1),
@@ -50,19 +51,22 @@ fn score_warpgroup_applies_to_the_latent_512_decode() {
         );
         assert!(src.shared_bytes <= 232448, "{p:?}: {} B", src.shared_bytes);
     }
-    // Latent 256 fits one accumulator warpgroup: the knob changes nothing there.
-    let knobs = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1)];
-    let on = emit(
-        &latent_decode_with(dp(64, 3, 256), &knobs).unwrap(),
-        Target::sm90(),
-    )
-    .unwrap();
-    let off = emit(
-        &latent_decode_with(dp(64, 3, 256), &knobs[..2]).unwrap(),
-        Target::sm90(),
-    )
-    .unwrap();
-    assert_eq!(on.code.replace("SCORE_WG=1,", ""), off.code);
+    // At the shard widths one warpgroup holds the accumulator: the score warpgroup and one
+    // value warpgroup, 256 threads, the role barriers and the ring's releases counting them.
+    for lat in [256, 128] {
+        let knobs = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1)];
+        let src = emit(
+            &latent_decode_with(dp(64, 4, lat), &knobs).unwrap(),
+            Target::sm90(),
+        )
+        .unwrap();
+        assert_eq!(src.block_threads, 256, "lat {lat}");
+        assert!(src.code.contains("tpla_bar_sync(9, 256)"), "lat {lat}");
+        assert!(
+            src.code.contains("tpla_mbar_init(&tpla_mbar[4 + i_], 128)"),
+            "lat {lat}"
+        );
+    }
 }
 
 /// The emulated decode against the f64 reference with NaN-poisoned outputs: TMA and `cp.async`
@@ -82,8 +86,12 @@ fn emulated_decode_score_warpgroup() {
     decode_case_with(&cxx, dp(32, 2, 512), &cp, t, 64, &[65, 1], 2, 74);
     // With laggards (warps drifting apart): the copies into a slot wait for both value
     // warpgroups' release (without that wait this fails), P and the rescale for their barriers.
+    // The shard widths: one value warpgroup.
+    decode_case_with(&cxx, dp(64, 4, 256), &tma, t, 64, &[500, 41, 0], 2, 77);
+    decode_case_with(&cxx, dp(32, 2, 128), &cp, t, 40, &[130, 1], 3, 78);
     with_laggards(|| {
         decode_case_with(&cxx, dp(64, 2, 512), &cp, t, 64, &[400, 7], 2, 75);
         decode_case_with(&cxx, dp(32, 3, 512), &tma, t, 64, &[300, 65], 2, 76);
+        decode_case_with(&cxx, dp(64, 3, 256), &cp, t, 64, &[400, 9], 2, 79);
     });
 }

@@ -289,27 +289,29 @@ fn sanitizer_smoke_every_kernel_kv_split() {
     }
 }
 
-/// A score warpgroup beside two value warpgroups (`SCORE_WG = 1`: q·kᵀ and the softmax in one,
-/// the rescale and P·V a block behind in the other two) at latent 512 on the 64-row candidates it
-/// applies to (32-token blocks at two to four stages, 64-token blocks at two), fed by `cp.async`
-/// and TMA copies the score warpgroup issues, 64- and 16-token pages, three splits, on sequences
-/// of 1000, 333 and 9 tokens, each against the f64 reference.
+/// A score warpgroup beside the value warpgroups (`SCORE_WG = 1`: q·kᵀ and the softmax in one,
+/// the rescale and P·V a block behind in the others: two at latent 512, one at the shard width
+/// 256) on 64-row candidates it applies to, fed by `cp.async` and TMA copies a value warpgroup
+/// issues, 64- and 16-token pages, three splits, on sequences of 1000, 333 and 9 tokens, each
+/// against the f64 reference.
 #[test]
 fn cuda_score_warpgroup_agrees() {
     let Some(g) = gpu() else { return };
-    let lat = 512;
-    for (page, tma) in [(64usize, 1i64), (16, 1), (64, 0)] {
-        let p = Problem::new(
-            page as u64 + 31,
-            3,
-            64,
-            lat,
-            64,
-            vec![1000, 333, 9],
-            page,
-            0.2,
-        );
-        for (bn, st) in [(32i64, 2i64), (32, 3), (32, 4), (64, 2)] {
+    for (lat, page, tma) in [
+        (512usize, 64usize, 1i64),
+        (512, 16, 1),
+        (512, 64, 0),
+        (256, 64, 1),
+        (256, 16, 0),
+    ] {
+        let lens = vec![1000, 333, 9];
+        let p = Problem::new(page as u64 + 31, 3, 64, lat, 64, lens, page, 0.2);
+        let shapes: &[(i64, i64)] = if lat == 512 {
+            &[(32, 2), (32, 3), (32, 4), (64, 2)]
+        } else {
+            &[(32, 2), (64, 3), (64, 4)]
+        };
+        for &(bn, st) in shapes {
             let knobs = [
                 ("BLOCK_H", 64),
                 ("BLOCK_N", bn),
@@ -328,19 +330,25 @@ fn cuda_score_warpgroup_agrees() {
                     &f64s(&out.data()[b * hl..(b + 1) * hl]),
                     &p.reference(b, true).out,
                 );
-                assert!(e <= 5e-3, "page {page} {knobs:?} b {b}: {e}");
+                assert!(e <= 5e-3, "lat {lat} page {page} {knobs:?} b {b}: {e}");
             }
         }
     }
 }
 
 /// `SCORE_WG = 1` under compute-sanitizer (memcheck, racecheck, synccheck; see
-/// `sanitizer_smoke_every_kernel_tma`): 32-token blocks at three and four stages with TMA,
-/// 64-token blocks at two stages with `cp.async`, 16-token pages, each against the f64 reference.
+/// `sanitizer_smoke_every_kernel_tma`): at latent 512 32-token blocks at three and four stages
+/// with TMA, 64-token blocks at two stages with `cp.async`, 16-token pages; at latent 256 (one
+/// value warpgroup) 64-token blocks at four stages; each against the f64 reference.
 #[test]
 fn sanitizer_smoke_every_kernel_score_warpgroup() {
     let Some(g) = gpu() else { return };
-    for (bn, st, page, tma) in [(32i64, 3i64, 64usize, 1i64), (32, 4, 16, 1), (64, 2, 64, 0)] {
+    for (lat, bn, st, page, tma) in [
+        (512usize, 32i64, 3i64, 64usize, 1i64),
+        (512, 32, 4, 16, 1),
+        (512, 64, 2, 64, 0),
+        (256, 64, 4, 64, 1),
+    ] {
         let knobs = [
             ("BLOCK_H", 64),
             ("BLOCK_N", bn),
@@ -350,6 +358,6 @@ fn sanitizer_smoke_every_kernel_score_warpgroup() {
             ("TMA", tma),
             ("SCORE_WG", 1),
         ];
-        two_sequences_agree(g, 4, 512, page, 3, &knobs);
+        two_sequences_agree(g, 4, lat, page, 3, &knobs);
     }
 }

@@ -1,16 +1,17 @@
-//! A score warpgroup and two value warpgroups on one 64-row tile (schedule knob `SCORE_WG = 1`,
-//! Hopper warpgroup path under `PRODUCER = 1`).
+//! A score warpgroup beside the value warpgroups of one 64-row tile (schedule knob
+//! `SCORE_WG = 1`, Hopper warpgroup path under `PRODUCER = 1`).
 //!
 //! At latent 512 a 64-row tile's `[64, 512]` accumulator takes two consumer warpgroups (128
-//! registers per thread each). The plain schedule then either computes q·kᵀ twice (once per
-//! warpgroup, `WG_SPLIT = 128`) or splits its columns and exchanges row statistics and P through
-//! shared memory (`WG_SPLIT = 32`); either way both warpgroups run q·kᵀ, the softmax and P·V in
-//! lock step, and the tensor cores idle through every softmax. FlashAttention-3's warp
-//! specialisation, one step further: a third consumer warpgroup, the *score* warpgroup, runs the
-//! kernel's loop body without the accumulator's update (q·kᵀ, the mask, the running max, P, the
-//! rescale `alpha`, the denominator), and the two *value* warpgroups run only that update
-//! (`acc = acc · alpha + P·V`, each on half of the columns). Each block's P and `alpha` pass
-//! through shared memory between two named barriers:
+//! registers per thread each); at the TPLA shard widths (256, 128) one holds it. The plain
+//! schedules run q·kᵀ, the softmax and P·V in lock step in those warpgroups (at latent 512 either
+//! computing q·kᵀ twice, `WG_SPLIT = 128`, or splitting its columns and exchanging row
+//! statistics and P through shared memory, `WG_SPLIT = 32`), and the tensor cores idle through
+//! every softmax. FlashAttention-3's warp specialisation, one step further: one more consumer
+//! warpgroup, the *score* warpgroup, runs the kernel's loop body without the accumulator's
+//! update (q·kᵀ, the mask, the running max, P, the rescale `alpha`, the denominator), and the
+//! *value* warpgroups that held the accumulator run only that update (`acc = acc · alpha + P·V`,
+//! each on its share of the columns). Each block's P and `alpha` pass through shared memory
+//! between two named barriers:
 //!
 //! ```text
 //! score, block i:  wait full[i]; issue S = q·kᵀ (async)
@@ -23,13 +24,13 @@
 //!
 //! so block `i + 1`'s q·kᵀ and softmax run while block `i`'s P·V does. The value warpgroups
 //! arrive on `P_FREE` once before their loop and the score warpgroup waits once after its loop,
-//! so both barriers end balanced. There is no producer warpgroup: a block of 512 threads would
-//! leave ptxas 128 registers per thread, fewer than a `[64, 256]` accumulator's `wgmma` needs
-//! (154). The first value warpgroup issues the ring's copies instead (the producer's TMA /
-//! `cp.async` code, one elected thread for TMA): the first `STAGES` blocks before its loop, then
-//! block `i + STAGES` once both value warpgroups have released block `i`'s slot on its empty
-//! mbarrier (256 arrivals; the score warpgroup's q·kᵀ of that block finished before its
-//! `P_READY`). The value warpgroups wait for the score warpgroup about half of the time (H100
+//! so both barriers end balanced. There is no producer warpgroup: at latent 512 a block of 512
+//! threads would leave ptxas 128 registers per thread, fewer than a `[64, 256]` accumulator's
+//! `wgmma` needs (154). The first value warpgroup issues the ring's copies instead (the
+//! producer's TMA / `cp.async` code, one elected thread for TMA): the first `STAGES` blocks before
+//! its loop, then block `i + STAGES` once every value warpgroup has released block `i`'s slot on
+//! its empty mbarrier (128 arrivals per value warpgroup; the score warpgroup's q·kᵀ of that block
+//! finished before its `P_READY`). The value warpgroups wait for the score warpgroup about half of the time (H100
 //! profile, 2026-12-05), so the copies cost the critical path nothing there; issued by the score
 //! warpgroup they took a fifth of its time. After the loop the score warpgroup publishes `m` and
 //! `l` to every consumer (one block-wide barrier), and the code after the loop runs as written,
@@ -48,8 +49,8 @@
 //! read the score warpgroup's tiles only as the rescale (row registers) or the P·V gemm's A
 //! operand (a fragment, then read from its shared-memory copy). Anything else, or a role body
 //! that would need a barrier of its own, refuses the plan ([`ROLES_REFUSED`]) and the kernel is
-//! emitted without it. Where it applies the block is 12 warps: score warps 0-3, value warps 4-11
-//! (`Geo::roles_wide`), 384 threads at 168 registers each.
+//! emitted without it. Where it applies the block is score warps 0-3 and value warps 4-11 (latent
+//! 512: 384 threads at 168 registers) or 4-7 (the shard widths: 256 threads; `Geo::roles_wide`).
 
 use crate::cuda::elem::Elem;
 use crate::cuda::geometry::*;
@@ -76,8 +77,10 @@ const P_FREE_BAR: usize = 10;
 /// Where the score body's handshake goes (replaced by `roles_consumers`, behind the issue of
 /// q·kᵀ): wait for the value warpgroups to be done with the previous block's P and rescale.
 const SLOT_HANDSHAKE: &str = "// tpla: roles slot handshake\n";
-/// Threads meeting at those barriers (the three consumer warpgroups).
-const ROLE_THREADS: usize = 384;
+/// Threads of the value warpgroups (one or two): `128 ×` the warpgroups after the score one.
+fn value_threads(nw: usize) -> usize {
+    (nw - 4) * 32
+}
 /// The guard of the value warpgroups' code outside the loop.
 pub(crate) const VALUE_GUARD: &str = "if (warp >= 4) {";
 
@@ -96,11 +99,17 @@ pub(crate) struct Roles {
 }
 
 /// The warp constants `wn{m}_{n}` / `wr{m}_{n}` under the roles geometry: a `[m, wide]` tile over
-/// the two value warpgroups (warps 4-7 take the first half), any other tile whole in the score
-/// warpgroup (warps 0-3), whose `wr` is 0 there (the replica index that guards stores).
-pub(crate) fn warp_constants(m: usize, n: usize, wide: usize) -> String {
+/// the `value_wgs` value warpgroups (warps 4-7 take the first half of two), any other tile whole
+/// in the score warpgroup (warps 0-3), whose `wr` is 0 there (the replica index that guards
+/// stores).
+pub(crate) fn warp_constants(m: usize, n: usize, wide: usize, value_wgs: usize) -> String {
     let (wn, wr) = if n == wide {
-        ("(warp / 4 + 1) % 2", "warp < 4 ? 1 : 0")
+        let wn = if value_wgs == 2 {
+            "(warp / 4 + 1) % 2"
+        } else {
+            "0"
+        };
+        (wn, "warp < 4 ? 1 : 0")
     } else {
         ("0", "warp / 4")
     };
@@ -232,16 +241,16 @@ pub(crate) fn is_value_stmt(plan: &Roles, s: &Stmt) -> bool {
 }
 
 impl Lower<'_> {
-    /// The geometry decision: where the schedule asks for it and the geometry pass chose two
-    /// consumer warpgroups splitting a 64-row tile's wide accumulator under the producer, the
-    /// three-warpgroup geometry and the plan.
+    /// The geometry decision: where the schedule asks for it and the geometry pass chose one
+    /// consumer warpgroup, or two splitting the accumulator's columns, for 64-row tiles under the
+    /// producer, the geometry with the score warpgroup in front and the plan.
     pub(crate) fn roles_plan(&self) -> Option<(Geo, Roles)> {
         let g = self.geo;
         if !self.sched.score_wg
             || self.sched.warps.is_some()
             || self.seesaw.is_some()
             || self.kv_split.is_some()
-            || !(g.wg && g.producer && g.nw == 8)
+            || !(g.wg && g.producer && (g.nw == 4 || g.nw == 8))
         {
             return None;
         }
@@ -251,14 +260,15 @@ impl Lower<'_> {
         }
         let plan = pattern(self.k)?;
         let wide = *self.k.tiles[plan.acc].shape.get(1)?;
+        // The score warpgroup in front of the warpgroups that held the accumulator.
         let geo = Geo {
-            nw: 12,
+            nw: g.nw + 4,
             roles_wide: wide,
             ..g
         };
         let rows_ok = |t: TileId| self.lay[t] == Lay::Rows { m: 64 };
         let ok = wide >= 128
-            && (wide / 2).is_multiple_of(8)
+            && (wide / (g.nw / 4)).is_multiple_of(8)
             && self.lay[plan.acc] == Lay::Frag { m: 64, n: wide }
             && rows_ok(plan.m)
             && rows_ok(plan.l)
@@ -425,9 +435,10 @@ impl Lower<'_> {
         );
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
-        let handshake = format!("        tpla_bar_sync({P_FREE_BAR}, {ROLE_THREADS});\n");
+        // Threads meeting at the role barriers: every consumer.
+        let n = self.geo.nw * 32;
+        let handshake = format!("        tpla_bar_sync({P_FREE_BAR}, {n});\n");
         let score = score.replacen(&format!("        {}", SLOT_HANDSHAKE), &handshake, 1);
-        let n = ROLE_THREADS;
         out.push(Node::Code {
             text: format!("{{\n{setup}"),
             reads,
@@ -508,14 +519,16 @@ impl Lower<'_> {
 
 /// The kernel's opening under the roles: the ring's mbarriers (at `mbar_off`, `st` stages) — full
 /// (the issuing warpgroup's 128 arrivals, as a producer warpgroup's) and empty (the value
-/// warpgroups' 256) — initialised and published block-wide.
-pub(crate) fn roles_head(st: usize, mbar_off: usize) -> String {
+/// warpgroups' threads, 128 or 256) — initialised and published block-wide (`nw`: the consumer
+/// warps, score and value).
+pub(crate) fn roles_head(st: usize, mbar_off: usize, nw: usize) -> String {
+    let releasers = value_threads(nw);
     format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
         for (int i_ = 0; i_ < {st}; ++i_) {{
             tpla_mbar_init(&{MBAR}[i_], 128);
-            tpla_mbar_init(&{MBAR}[{st} + i_], 256);
+            tpla_mbar_init(&{MBAR}[{st} + i_], {releasers});
         }}
         tpla_mbar_init_fence();
     }}
