@@ -296,7 +296,8 @@ impl Lower<'_> {
                 _ => true,
             });
         // The score body up to its first warpgroup gemm (q·kᵀ) is lowered without that gemm's
-        // wait, so the slot handshake and the next block's copies are issued while it runs.
+        // wait, so the handshake with the value warpgroups (`P_FREE`) is waited for while it
+        // runs.
         let first_gemm = score_stmts.iter().position(|s| {
             matches!(
                 s,
