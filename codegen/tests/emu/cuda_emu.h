@@ -146,11 +146,14 @@ inline void run_block(int nt) {
         f.ctx.uc_link = &B->sched;
         makecontext(&f.ctx, (void (*)())entry, 0);
     }
-    // `TPLA_EMU_LAGGARDS` (set by `support/emu.rs::with_laggards`): a runnable thread sits out a
-    // scheduler round with probability 1/4, so warps drift apart as on a GPU and a warpgroup can
-    // run a whole step ahead of another (the fixed round order otherwise lets every runnable
-    // thread reach its next wait each round, which hides a missing wait between warpgroups).
-    static const bool laggards = getenv("TPLA_EMU_LAGGARDS") != nullptr;
+    // Laggards (on unless `TPLA_EMU_LAGGARDS=0`): a runnable thread sits out a scheduler round
+    // with probability 1/4, so warps drift apart as on a GPU and a warpgroup can run a whole step
+    // ahead of another (a fixed round order lets every runnable thread reach its next wait each
+    // round, which hid a missing wait between warpgroups: `emu/roles.rs`).
+    static const bool laggards = [] {
+        const char* v = getenv("TPLA_EMU_LAGGARDS");
+        return !(v && v[0] == '0' && v[1] == 0);
+    }();
     for (;;) {
         bool any = false, all_done = true, held = false;
         for (int i = 0; i < nt; ++i) {

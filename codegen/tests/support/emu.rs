@@ -275,7 +275,8 @@ thread_local! {
     static LAGGARDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the emulator's laggards on for this thread's emulated kernels: each runnable
+/// Runs `f` with the emulator's laggards on for this thread's emulated kernels, even where the
+/// environment turned them off (`TPLA_EMU_LAGGARDS=0`; they are on by default): each runnable
 /// GPU thread sits out a scheduler round with probability 1/4, so warpgroups drift apart and a
 /// missing wait between them shows (`cuda_emu.h`, `run_block`).
 #[allow(dead_code)]
