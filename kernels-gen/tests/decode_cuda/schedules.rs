@@ -39,18 +39,32 @@ fn every_config_of_rows_agrees(
         }
         let mut params = DecodeParams::new(3, heads, lat, 64, splits, 0.2);
         params.decode = knobs.iter().fold(cfg.clone(), |c, (k, v)| c.with(k, *v));
-        let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-        let hl = heads * lat;
-        for b in 0..3 {
-            let e = rel_error(
-                &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                &p.reference(b, true).out,
-            );
-            assert!(
-                e <= 5e-3,
-                "lat {lat} page {page} {cfg} {knobs:?} b {b}: {e}"
-            );
-        }
+        each_sequence_agrees(
+            g,
+            &p,
+            &params,
+            (3, heads * lat),
+            &format!("lat {lat} page {page} {cfg} {knobs:?}"),
+        );
+    }
+}
+
+/// Runs `params` on `p` (`batch` sequences, `row` output values each: heads x latent) and checks
+/// every sequence against the f64 reference (relative error at most 5e-3), naming `what`.
+fn each_sequence_agrees(
+    g: &CudaExecutor,
+    p: &Problem,
+    params: &DecodeParams,
+    (batch, row): (usize, usize),
+    what: &str,
+) {
+    let (out, _) = decode_on(g, p, params, |e, t| e.download(t).unwrap());
+    for b in 0..batch {
+        let e = rel_error(
+            &f64s(&out.data()[b * row..(b + 1) * row]),
+            &p.reference(b, true).out,
+        );
+        assert!(e <= 5e-3, "{what} b {b}: {e}");
     }
 }
 
@@ -192,15 +206,13 @@ fn two_sequences_agree(
     let p = Problem::new(seed, 2, 17, lat, 64, vec![150, 33], page, 0.3);
     let mut params = DecodeParams::new(2, 17, lat, 64, splits, 0.3);
     params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
-    let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-    let hl = 17 * lat;
-    for b in 0..2 {
-        let e = rel_error(
-            &f64s(&out.data()[b * hl..(b + 1) * hl]),
-            &p.reference(b, true).out,
-        );
-        assert!(e <= 5e-3, "lat {lat} page {page} {knobs:?} b {b}: {e}");
-    }
+    each_sequence_agrees(
+        g,
+        &p,
+        &params,
+        (2, 17 * lat),
+        &format!("lat {lat} page {page} {knobs:?}"),
+    );
 }
 
 /// FlashAttention-3's overlap inside a warpgroup (`SOFTMAX_OVERLAP = 1`: each block's P·V issued
@@ -323,15 +335,8 @@ fn cuda_score_warpgroup_agrees() {
             ];
             let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
             params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
-            let (out, _) = decode_on(g, &p, &params, |e, t| e.download(t).unwrap());
-            let hl = 64 * lat;
-            for b in 0..3 {
-                let e = rel_error(
-                    &f64s(&out.data()[b * hl..(b + 1) * hl]),
-                    &p.reference(b, true).out,
-                );
-                assert!(e <= 5e-3, "lat {lat} page {page} {knobs:?} b {b}: {e}");
-            }
+            let what = format!("lat {lat} page {page} {knobs:?}");
+            each_sequence_agrees(g, &p, &params, (3, 64 * lat), &what);
         }
     }
 }

@@ -366,21 +366,9 @@ impl Lower<'_> {
                 }
             }
             let buf = self.materialize(t, elem, &mut publish);
-            if let Repr::Rows { m, arr } = self.repr[t].clone() {
-                let it = Iter::Rows {
-                    m,
-                    rank: self.k.tiles[t].shape.len(),
-                };
-                let (head, tail, ctx) = self.open(&it);
-                let (r, c) = View::base(self.k.tiles[t].shape.len()).phys(&ctx.coords);
-                let b = &self.smem.bufs[buf];
+            if matches!(self.repr[t], Repr::Rows { .. }) {
                 fetch.push(Node::Code {
-                    text: format!(
-                        "{head}    {arr}[{}] = {}[{}];\n{tail}\n",
-                        ctx.row_slot,
-                        b.name,
-                        b.addr(&r, &c)
-                    ),
+                    text: self.rows_from_copy(t, buf),
                     reads: vec![],
                     writes: vec![],
                 });
@@ -446,10 +434,6 @@ impl Lower<'_> {
             writes: vec![],
         });
         out.push(Node::Barrier);
-        let issue: String = issue
-            .lines()
-            .map(|l| format!("            {l}\n"))
-            .collect();
         out.push(Node::Code {
             text: format!(
                 "if (warp < 4) {{
@@ -493,28 +477,31 @@ impl Lower<'_> {
         for t in [plan.m, plan.l] {
             let elem = self.shadow_elem(t, false);
             let buf = self.materialize(t, elem, out);
-            let Repr::Rows { m, arr } = self.repr[t].clone() else {
-                unreachable!("the plan asked for row tiles")
-            };
-            let it = Iter::Rows {
-                m,
-                rank: self.k.tiles[t].shape.len(),
-            };
-            let (head, tail, ctx) = self.open(&it);
-            let (r, c) = View::base(self.k.tiles[t].shape.len()).phys(&ctx.coords);
-            let b = &self.smem.bufs[buf];
             fetch.push(Node::Code {
-                text: format!(
-                    "{head}    {arr}[{}] = {}[{}];\n{tail}\n",
-                    ctx.row_slot,
-                    b.name,
-                    b.addr(&r, &c)
-                ),
+                text: self.rows_from_copy(t, buf),
                 reads: vec![buf],
                 writes: vec![],
             });
         }
         out.extend(fetch);
+    }
+
+    /// Code that reads row tile `t` back into its registers from its shared-memory copy `buf`
+    /// (written by [`Lower::materialize`] in the score warpgroup), each thread its own rows.
+    fn rows_from_copy(&self, t: TileId, buf: usize) -> String {
+        let Repr::Rows { m, arr } = &self.repr[t] else {
+            unreachable!("the plan hands over row tiles only")
+        };
+        let rank = self.k.tiles[t].shape.len();
+        let (head, tail, ctx) = self.open(&Iter::Rows { m: *m, rank });
+        let (r, c) = View::base(rank).phys(&ctx.coords);
+        let b = &self.smem.bufs[buf];
+        format!(
+            "{head}    {arr}[{}] = {}[{}];\n{tail}\n",
+            ctx.row_slot,
+            b.name,
+            b.addr(&r, &c)
+        )
     }
 }
 
