@@ -75,6 +75,9 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     let mbar_off = shared_bytes.next_multiple_of(8);
     if let Some((_, st)) = &lw.paging.producer_code {
         shared_bytes = mbar_off + 16 * st;
+        if geo.roles_wide > 0 {
+            shared_bytes += crate::cuda::lower::roles::HANDOFF_MBAR_BYTES;
+        }
     }
 
     // Signature.

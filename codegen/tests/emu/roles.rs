@@ -14,7 +14,7 @@ fn dp(bn: usize, st: usize, lat: usize) -> DecodeParams {
 const SCORE_BRANCH: &str = "if (warp < 4) {\n";
 
 /// Where it applies (64-row tiles; at latent 512 two accumulator warpgroups): 384 threads and no
-/// producer warpgroup, the two role loops with their named barriers and no block-wide barrier
+/// producer warpgroup, the two role loops with their handoff mbarriers and no block-wide barrier
 /// inside them, the value warpgroups' P·V on `wgmma` from the shared copy of P; at the shard
 /// widths one value warpgroup (256 threads).
 #[test]
@@ -38,13 +38,25 @@ fn score_warpgroup_applies_to_the_latent_decode() {
             !roles.contains("tpla_bar_sync(1, 384)"),
             "{p:?}: a block barrier in the roles"
         );
-        for bar in [
-            "tpla_bar_sync(9, 384)",
-            "tpla_bar_arrive(9, 384)",
-            "tpla_bar_sync(10, 384)",
+        // The handoffs on mbarriers after the ring's `2 * STAGES` (P_READY, then P_FREE), each
+        // thread arriving (release) and waiting (acquire) for itself.
+        let (ready, free) = (2 * p.stages, 2 * p.stages + 1);
+        for handoff in [
+            format!("tpla_mbar_arrive(&tpla_mbar[{ready}])"),
+            format!("tpla_mbar_wait(&tpla_mbar[{ready}], it_ & 1)"),
+            format!("tpla_mbar_arrive(&tpla_mbar[{free}])"),
+            format!("tpla_mbar_wait(&tpla_mbar[{free}], (it_ - 1) & 1)"),
         ] {
-            assert!(roles.contains(bar), "{p:?}: {bar}");
+            assert!(roles.contains(&handoff), "{p:?}: {handoff}");
         }
+        assert!(
+            code.contains(&format!("tpla_mbar_init(&tpla_mbar[{free}], 256)")),
+            "{p:?}: P_FREE counts both value warpgroups"
+        );
+        assert!(
+            !roles.contains("tpla_bar_arrive("),
+            "{p:?}: no named-barrier handoff"
+        );
         assert!(
             roles.contains("tpla_wgmma_m64n256k16"),
             "{p:?}: P·V on wgmma"
@@ -61,7 +73,10 @@ fn score_warpgroup_applies_to_the_latent_decode() {
         )
         .unwrap();
         assert_eq!(src.block_threads, 256, "lat {lat}");
-        assert!(src.code.contains("tpla_bar_sync(9, 256)"), "lat {lat}");
+        assert!(
+            src.code.contains("tpla_mbar_init(&tpla_mbar[9], 128)"),
+            "lat {lat}: P_FREE counts the one value warpgroup"
+        );
         assert!(
             src.code.contains("tpla_mbar_init(&tpla_mbar[4 + i_], 128)"),
             "lat {lat}"

@@ -11,27 +11,28 @@
 //! update (q·kᵀ, the mask, the running max, P, the rescale `alpha`, the denominator), and the
 //! *value* warpgroups that held the accumulator run only that update (`acc = acc · alpha + P·V`,
 //! each on its share of the columns). Each block's P and `alpha` pass through shared memory
-//! between two named barriers:
+//! between two mbarriers after the ring's, `P_READY` and `P_FREE`, on which every thread that
+//! wrote or read the handoff arrives (release) and every thread that reads or overwrites it
+//! waits (acquire):
 //!
 //! ```text
 //! score, block i:  wait full[i]; issue S = q·kᵀ (async)
-//!                  sync(P_FREE)            -- the value warpgroups are done with block i-1
+//!                  wait(P_FREE, i-1)       -- the value warpgroups are done with block i-1
 //!                  wait S; softmax -> P, alpha; P, alpha -> shared; fence; arrive(P_READY)
-//! value, block i:  wait full[i]; sync(P_READY); alpha <- shared
+//! value, block i:  wait full[i]; wait(P_READY, i); alpha <- shared
 //!                  acc = acc · alpha + P·V; arrive(P_FREE); arrive(empty[i])
 //!                  value warpgroup 0: wait empty[i]; issue block i+STAGES's copies into its slot
 //! ```
 //!
-//! so block `i + 1`'s q·kᵀ and softmax run while block `i`'s P·V does. The value warpgroups
-//! arrive on `P_FREE` once before their loop and the score warpgroup waits once after its loop,
-//! so both barriers end balanced. There is no producer warpgroup: at latent 512 a block of 512
-//! threads would leave ptxas 128 registers per thread, fewer than a `[64, 256]` accumulator's
-//! `wgmma` needs (154). The first value warpgroup issues the ring's copies instead (the
+//! so block `i + 1`'s q·kᵀ and softmax run while block `i`'s P·V does (the score warpgroup
+//! waits for the last block's `P_FREE` after its loop, before it writes `m` and `l`). There is
+//! no producer warpgroup: at latent 512 a block of 512 threads would leave ptxas 128 registers
+//! per thread, fewer than a `[64, 256]` accumulator's `wgmma` needs (154). The first value warpgroup issues the ring's copies instead (the
 //! producer's TMA / `cp.async` code, one elected thread for TMA): the first `STAGES` blocks before
 //! its loop, then block `i + STAGES` once every value warpgroup has released block `i`'s slot on
 //! its empty mbarrier (128 arrivals per value warpgroup; the score warpgroup's q·kᵀ of that block
-//! finished before its `P_READY`). The value warpgroups wait for the score warpgroup about half of the time (H100
-//! profile, 2026-12-05), so the copies cost the critical path nothing there; issued by the score
+//! finished before its `P_READY`). The value warpgroups wait for the score warpgroup about half
+//! of the time (H100 profile, 2026-12-05), so the copies cost the critical path nothing there; issued by the score
 //! warpgroup they took a fifth of its time. After the loop the score warpgroup publishes `m` and
 //! `l` to every consumer (one block-wide barrier), and the code after the loop runs as written,
 //! the statements that read the accumulator in the value warpgroups only.
@@ -39,9 +40,10 @@
 //! Measured (H100, 2026-12-05, `bench/results/score-wg-2026-12-05-h100/`): MLA H128 B64x32K
 //! 1297 us at `BLOCK_N = 64, STAGES = 2` against 1389 us for the best plain TMA schedule; at
 //! `BLOCK_N = 32` slower (one warpgroup issuing `m64n32k16` q·kᵀ costs as much per instruction as
-//! `m64n64k16`). compute-sanitizer's racecheck reports hazards on the `P_FREE` / `P_READY`
-//! handoffs (memcheck and synccheck clean, results equal the f64 reference on the GPU): the knob
-//! is opt-in, not searched by the tuner, until that is understood.
+//! `m64n64k16`). The first version handed over on named barriers (`bar.arrive` / `bar.sync`,
+//! release / acquire in PTX for every participating thread) and compute-sanitizer's racecheck
+//! reported hazards on them; the mbarriers state the same order in a form it models. The knob is
+//! opt-in, not searched by the tuner.
 //!
 //! The split is only valid for the online softmax that [`super::kv_split::pattern`] checks (the
 //! loop carries exactly `m`, `l`, `acc`). The value statements are the accumulator's update and
@@ -70,10 +72,15 @@ pub(crate) const ROLES_REFUSED: &str =
     "the score warpgroup does not apply: a value statement reads a score tile other than the \
      rescale or the P·V operand, or a role's loop body needs a barrier of its own";
 
-/// Named barrier: the score warpgroup has published a block's P and rescale.
-const P_READY_BAR: usize = 9;
-/// Named barrier: the value warpgroups are done with the published P and rescale.
-const P_FREE_BAR: usize = 10;
+/// The handoff mbarriers, after the ring's `STAGES` full and `STAGES` empty ones: `P_READY`
+/// (the score warpgroup has published a block's P and rescale; its 128 threads arrive) and
+/// `P_FREE` (the value warpgroups are done with them; every value thread arrives). Returns their
+/// indices into the mbarrier array for `st` stages.
+fn handoff_mbars(st: usize) -> (usize, usize) {
+    (2 * st, 2 * st + 1)
+}
+/// Shared-memory bytes of the handoff mbarriers beyond the ring's (two of 8 bytes).
+pub(crate) const HANDOFF_MBAR_BYTES: usize = 16;
 /// Where the score body's handshake goes (replaced by `roles_consumers`, behind the issue of
 /// q·kᵀ): wait for the value warpgroups to be done with the previous block's P and rescale.
 const SLOT_HANDSHAKE: &str = "// tpla: roles slot handshake\n";
@@ -424,9 +431,10 @@ impl Lower<'_> {
         );
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
-        // Threads meeting at the role barriers: every consumer.
-        let n = self.geo.nw * 32;
-        let handshake = format!("        tpla_bar_sync({P_FREE_BAR}, {n});\n");
+        let (ready, free) = handoff_mbars(st);
+        // Block `it_`'s P overwrites block `it_ - 1`'s: wait for its release (phase `it_ - 1`).
+        let handshake =
+            format!("        if (it_ > 0) tpla_mbar_wait(&{MBAR}[{free}], (it_ - 1) & 1);\n");
         let score = score.replacen(&format!("        {}", SLOT_HANDSHAKE), &handshake, 1);
         out.push(Node::Code {
             text: format!("{{\n{setup}"),
@@ -439,19 +447,18 @@ impl Lower<'_> {
                 "if (warp < 4) {{
     for (int it_ = 0; it_ < {nblk}; ++it_) {{
     {head}{score}{publish}        tpla_fence_proxy_async();
-        tpla_bar_arrive({P_READY_BAR}, {n});
+        tpla_mbar_arrive(&{MBAR}[{ready}]);
     }}
-    tpla_bar_sync({P_FREE_BAR}, {n});
+    if ({nblk} > 0) tpla_mbar_wait(&{MBAR}[{free}], (({nblk}) - 1) & 1);
 }} else {{
     const int pw_ = warp - 4;
     if (warp < 8) {{
         for (int j_ = 0; j_ < {st} && j_ < {nblk}; ++j_) {{
 {issue}        }}
     }}
-    tpla_bar_arrive({P_FREE_BAR}, {n});
     for (int it_ = 0; it_ < {nblk}; ++it_) {{
-    {head}        tpla_bar_sync({P_READY_BAR}, {n});
-{fetch}{value}        tpla_bar_arrive({P_FREE_BAR}, {n});
+    {head}        tpla_mbar_wait(&{MBAR}[{ready}], it_ & 1);
+{fetch}{value}        tpla_mbar_arrive(&{MBAR}[{free}]);
         tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);
         if (warp < 8 && it_ + {st} < {nblk}) {{
             const int j_ = it_ + {st};
@@ -511,6 +518,7 @@ impl Lower<'_> {
 /// warps, score and value).
 pub(crate) fn roles_head(st: usize, mbar_off: usize, nw: usize) -> String {
     let releasers = value_threads(nw);
+    let (ready, free) = handoff_mbars(st);
     format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
@@ -518,6 +526,8 @@ pub(crate) fn roles_head(st: usize, mbar_off: usize, nw: usize) -> String {
             tpla_mbar_init(&{MBAR}[i_], 128);
             tpla_mbar_init(&{MBAR}[{st} + i_], {releasers});
         }}
+        tpla_mbar_init(&{MBAR}[{ready}], 128);
+        tpla_mbar_init(&{MBAR}[{free}], {releasers});
         tpla_mbar_init_fence();
     }}
     __syncthreads();
