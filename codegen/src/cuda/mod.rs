@@ -320,6 +320,10 @@ pub struct CudaSource {
     /// Whether two consumer warpgroups split the paged loop's blocks (`WG_KV_SPLIT = 1`); false
     /// where the knob is off or changed nothing, so a tuner can skip the config.
     pub kv_split: bool,
+    /// Whether a score warpgroup feeds the value warpgroups (`SCORE_WG = 1`); false where the
+    /// knob is off or changed nothing (its pattern or geometry did not allow it), so a tuner can
+    /// skip the config.
+    pub score_wg: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

@@ -287,5 +287,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         seesaw: lw.seesaw.is_some(),
         warpgroups: geo.wg,
         kv_split: geo.kv_split,
+        score_wg: geo.roles_wide > 0,
     }
 }

@@ -29,6 +29,10 @@ fn score_warpgroup_applies_to_the_latent_decode() {
         let code = &src.code;
         assert_eq!(src.block_threads, 384, "{p:?}");
         assert!(
+            src.score_wg,
+            "{p:?}: the source says the score warpgroup applied"
+        );
+        assert!(
             !code.contains("tpla_setmaxnreg_dec<"),
             "{p:?}: no producer warpgroup"
         );

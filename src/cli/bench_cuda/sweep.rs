@@ -19,7 +19,7 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 15] = [
+const SWEPT_KNOBS: [&str; 16] = [
     "BLOCK_H",
     "BLOCK_N",
     "STAGES",
@@ -35,6 +35,7 @@ const SWEPT_KNOBS: [&str; 15] = [
     "PINGPONG",
     "SOFTMAX_OVERLAP",
     "WG_KV_SPLIT",
+    "SCORE_WG",
 ];
 
 /// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
@@ -61,6 +62,12 @@ pub(super) fn seesaw_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -
 /// consumer warpgroups on one 64-row tile; not at latent 512, whose accumulator needs both).
 pub(super) fn kv_split_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     emitted(target, cfg).is_some_and(|src| src.kv_split)
+}
+
+/// Whether `SCORE_WG = 1` in `cfg` changes the emitted decode kernel on this device (a score
+/// warpgroup beside the value warpgroups of a 64-row tile over bf16 rows).
+pub(super) fn score_wg_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    emitted(target, cfg).is_some_and(|src| src.score_wg)
 }
 
 /// The decode kernel `cfg` emits on `target`, if it builds and emits.
@@ -210,10 +217,11 @@ pub(super) fn sweep_configs(
             // And how the warpgroups order their gemms under a producer: 1 is PINGPONG
             // (row-stacked warpgroups taking turns), 2 SOFTMAX_OVERLAP (each block's P·V behind
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
-            // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks).
+            // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), 4 SCORE_WG (a
+            // score warpgroup feeding the value warpgroups).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
-                (64, false) => &[0, 2, 3],
+                (64, false) => &[0, 2, 3, 4],
                 _ => &[0],
             };
             // A 128-row block is two warpgroups by construction: no warp count to force.
@@ -239,7 +247,7 @@ pub(super) fn sweep_configs(
                                 }
                                 // The split takes the emitter's warps (it adds the second
                                 // warpgroup itself); WG_SPLIT is moot under it.
-                                if order == 3 && (seesaw > 0 || wg_split != 128 || warps > 0) {
+                                if order >= 3 && (seesaw > 0 || wg_split != 128 || warps > 0) {
                                     continue;
                                 }
                                 let mut cfg = Config::new()
@@ -265,6 +273,7 @@ pub(super) fn sweep_configs(
                                     1 => cfg.set("PINGPONG", 1),
                                     2 => cfg.set("SOFTMAX_OVERLAP", 1),
                                     3 => cfg.set("WG_KV_SPLIT", 1),
+                                    4 => cfg.set("SCORE_WG", 1),
                                     _ => {}
                                 }
                                 if sq > 1 {
@@ -289,6 +298,9 @@ pub(super) fn sweep_configs(
                                     continue;
                                 }
                                 if order == 3 && !kv_split_applies(target, &cfg) {
+                                    continue;
+                                }
+                                if order == 4 && !score_wg_applies(target, &cfg) {
                                     continue;
                                 }
                                 if seesaw > 0 && !seesaw_applies(target, &cfg) {
@@ -579,6 +591,18 @@ mod tests {
             .iter()
             .all(|c| c.get("BLOCK_H").ok() == Some(64) && c.get("STAGES").unwrap_or(0) % 2 == 0));
         assert!(asked(512).is_empty());
+        // The score warpgroup on 64-row tiles over bf16 rows, at latent 512 and the shard
+        // widths, only fed by a producer, with the emitter's warps.
+        let roles = |c: &Config| c.get("SCORE_WG").ok() == Some(1);
+        for configs in [&plain, &shard] {
+            assert!(configs.iter().any(roles));
+            assert!(configs.iter().filter(|c| roles(c)).all(|c| {
+                c.get("BLOCK_H").ok() == Some(64)
+                    && c.get("PRODUCER").ok() == Some(1)
+                    && c.get("WARPS").is_err()
+                    && c.get("WG_SPLIT").ok() == Some(128)
+            }));
+        }
         assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
         assert_eq!(
             pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),
