@@ -18,7 +18,7 @@
 //! | `PINGPONG` | 0, 1 | 1: where two warpgroups are stacked along the rows of a 128-row tile (`cuda/geometry.rs`), FlashAttention-3's ping-pong: the warpgroups take turns issuing their gemms (two named barriers), so one's softmax runs while the other's gemms use the tensor cores (default 0; elsewhere it changes nothing) |
 //! | `SOFTMAX_OVERLAP` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, FlashAttention-3's overlap inside a warpgroup: block `i`'s P·V is issued after block `i + 1`'s q·kᵀ and runs on the tensor cores while block `i + 1`'s softmax is computed; the accumulator's rescale moves in front of that gemm (`cuda/lower/softmax_overlap.rs`; default 0, searched by the tuner; applies where that file's pattern matches and the cache is bf16, elsewhere it changes nothing; not with `QK_AHEAD` or `PINGPONG`, which order the same loop otherwise) |
 //! | `WG_KV_SPLIT` | 0, 1 | 1 (needs `PRODUCER = 1`): where a 64-row tile would run on one consumer warpgroup, two take alternate blocks of the paged loop, each with the whole accumulator and its own softmax state, merged once after the loop (`cuda/lower/kv_split.rs`; default 0; applies where that file's pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD` or `SOFTMAX_OVERLAP`) |
-//! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): on a 64-row tile, one more consumer warpgroup, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the *value* warpgroups that hold the accumulator (two at latent 512, one at the shard widths), which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, not searched by the tuner; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
+//! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): on a 64-row tile, one more consumer warpgroup, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the *value* warpgroups that hold the accumulator (two at latent 512, one at the shard widths), which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, searched with `PRODUCER = TMA = 1`; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -115,9 +115,13 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     // 383 us with it against 410 without, B128x4K 124 against 118: the tuner picks per bucket.
     &[("WG_KV_SPLIT", 1), ("PRODUCER", 1)],
     &[("WG_KV_SPLIT", 1), ("PRODUCER", 1), ("TMA", 1)],
-    // (Opt-in, `--config KNOB=1`, not searched: `PREFETCH`, the L2 prefetch a ring round ahead,
-    // 15-20 % slower on the H100 on 2026-12-05; `SCORE_WG`, the score warpgroup, whose named
-    // barrier handoffs compute-sanitizer's racecheck reports.)
+    // `SCORE_WG` (a score warpgroup feeding the value warpgroups; handoffs on mbarriers,
+    // compute-sanitizer clean). On the H200 (2026-12-05, c92ba84) MLA H128 B64x32K ran 1301 us
+    // with it against 1386 for the best plain TMA schedule, H64 704 against 718; the TPLA shard
+    // (latent 256) H64 471 against 385 with `WG_KV_SPLIT`: the tuner picks per bucket.
+    &[("SCORE_WG", 1), ("PRODUCER", 1), ("TMA", 1)],
+    // (Opt-in, `--config PREFETCH=1`, not searched: the L2 prefetch a ring round ahead, 15-20 %
+    // slower on the H100 on 2026-12-05.)
 ];
 
 /// Whether `name = value` appears in one of the [`SEARCHED_SETTINGS`] (or is a searched knob's
@@ -350,10 +354,9 @@ mod tests {
         assert_eq!(is_searched("PRODUCER", 0), Some(true));
         assert_eq!(is_searched("PRODUCER", 2), Some(false));
         assert_eq!(is_searched("BLOCK_H", 64), None);
-        // Opt-in until their GPU questions are settled (see the module table): the L2 prefetch
-        // was slower on the H100, the score warpgroup's handoffs are reported by racecheck.
+        // Opt-in (see the module table): the L2 prefetch was slower on the H100.
         assert_eq!(is_searched("PREFETCH", 1), None);
-        assert_eq!(is_searched("SCORE_WG", 1), None);
+        assert_eq!(is_searched("SCORE_WG", 1), Some(true));
     }
 
     #[test]

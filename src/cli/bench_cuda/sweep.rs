@@ -218,10 +218,12 @@ pub(super) fn sweep_configs(
             // (row-stacked warpgroups taking turns), 2 SOFTMAX_OVERLAP (each block's P·V behind
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
             // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), 4 SCORE_WG (a
-            // score warpgroup feeding the value warpgroups).
+            // score warpgroup feeding the value warpgroups; at latent 512 only: at the shard
+            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
-                (64, false) => &[0, 2, 3, 4],
+                (64, false) if shape.lat >= 512 => &[0, 2, 3, 4],
+                (64, false) => &[0, 2, 3],
                 _ => &[0],
             };
             // A 128-row block is two warpgroups by construction: no warp count to force.
@@ -591,18 +593,16 @@ mod tests {
             .iter()
             .all(|c| c.get("BLOCK_H").ok() == Some(64) && c.get("STAGES").unwrap_or(0) % 2 == 0));
         assert!(asked(512).is_empty());
-        // The score warpgroup on 64-row tiles over bf16 rows, at latent 512 and the shard
-        // widths, only fed by a producer, with the emitter's warps.
+        // The score warpgroup on 64-row tiles over bf16 rows at latent 512 (not the shard's),
+        // only fed by a producer, with the emitter's warps.
         let roles = |c: &Config| c.get("SCORE_WG").ok() == Some(1);
-        for configs in [&plain, &shard] {
-            assert!(configs.iter().any(roles));
-            assert!(configs.iter().filter(|c| roles(c)).all(|c| {
-                c.get("BLOCK_H").ok() == Some(64)
-                    && c.get("PRODUCER").ok() == Some(1)
-                    && c.get("WARPS").is_err()
-                    && c.get("WG_SPLIT").ok() == Some(128)
-            }));
-        }
+        assert!(plain.iter().any(roles) && !shard.iter().any(roles));
+        assert!(plain.iter().filter(|c| roles(c)).all(|c| {
+            c.get("BLOCK_H").ok() == Some(64)
+                && c.get("PRODUCER").ok() == Some(1)
+                && c.get("WARPS").is_err()
+                && c.get("WG_SPLIT").ok() == Some(128)
+        }));
         assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
         assert_eq!(
             pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),
