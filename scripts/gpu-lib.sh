@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Helpers the GPU-host scripts source (bash). `bench_tried BIN LABEL VARIANT HEADS SHAPE CONFIG
-# [extra tpla-bench args...]` runs one pinned `tpla bench --backend cuda` with the `tpla`
-# executable BIN into $W/json-LABEL and prints one line per candidate it timed (the JSON's
-# `tried`: decode-only median of the tuning pass), then the chosen case's line (median of the
-# timed pass, TFLOPS, fraction of the same run's read roofline). Needs $W.
+# [extra tpla-bench args...]` runs one `tpla bench --backend cuda` of one shape with the `tpla`
+# executable BIN (CONFIG pinned unless empty; BENCH_TIMEOUT seconds, default 120) into
+# $W/json-LABEL-HEADS-SHAPE and prints one line per candidate it timed (the JSON's `tried`:
+# decode-only median of the tuning pass), then the chosen case's line (median of the timed pass,
+# TFLOPS, fraction of the same run's read roofline). Needs $W.
 bench_tried() {
   local bin=$1 label=$2 variant=$3 heads=$4 shape=$5 cfg=$6
   shift 6
   local tag="$label-$heads-$shape" log="$W/bench-$label-$heads-$shape.log"
-  timeout 120 "$bin" bench --backend cuda --gpu-shape "$shape" --out-dir "$W/json-$tag" \
-    --variant "$variant" --gpu-heads "$heads" --config "$cfg" "$@" >"$log" 2>&1
+  local pin=()
+  [ -n "$cfg" ] && pin=(--config "$cfg")
+  timeout "${BENCH_TIMEOUT:-120}" "$bin" bench --backend cuda --gpu-shape "$shape" \
+    --out-dir "$W/json-$tag" --variant "$variant" --gpu-heads "$heads" "${pin[@]}" "$@" >"$log" 2>&1
   local rc=$?
   python3 - "$W/json-$tag" "$label" "$heads" "$shape" "$rc" <<'PY'
 import glob, json, sys
