@@ -19,6 +19,7 @@
 //! | `SOFTMAX_OVERLAP` | 0, 1 | 1: under `PRODUCER = 1` with two or more ring stages, FlashAttention-3's overlap inside a warpgroup: block `i`'s P·V is issued after block `i + 1`'s q·kᵀ and runs on the tensor cores while block `i + 1`'s softmax is computed; the accumulator's rescale moves in front of that gemm (`cuda/lower/softmax_overlap.rs`; default 0, searched by the tuner; applies where that file's pattern matches and the cache is bf16, elsewhere it changes nothing; not with `QK_AHEAD` or `PINGPONG`, which order the same loop otherwise) |
 //! | `WG_KV_SPLIT` | 0, 1 | 1 (needs `PRODUCER = 1`): where a 64-row tile would run on one consumer warpgroup, two take alternate blocks of the paged loop, each with the whole accumulator and its own softmax state, merged once after the loop (`cuda/lower/kv_split.rs`; default 0; applies where that file's pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD` or `SOFTMAX_OVERLAP`) |
 //! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): on a 64-row tile, one more consumer warpgroup, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the *value* warpgroups that hold the accumulator (two at latent 512, one at the shard widths), which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, searched with `PRODUCER = TMA = 1`; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
+//! | `FP8_PRODUCERS` | 1, 2 | 2 (needs `PRODUCER = 1`): where the producer converts an FP8 cache (`KV_FP8`) beside one consumer warpgroup (16- to 64-row blocks whose accumulator one warpgroup holds), two producer warpgroups share each piece's conversion (384 threads; the conversion's instruction issue bounded the FP8 decode on the H200, `bench/NOTES-fp8.md`); elsewhere it changes nothing (default 1) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -64,6 +65,9 @@ pub struct Schedule {
     /// Whether a score warpgroup computes q·kᵀ and the softmax for two value warpgroups that
     /// hold the accumulator (`SCORE_WG`, default false; `cuda/lower/roles.rs`).
     pub score_wg: bool,
+    /// Producer warpgroups converting an FP8 cache beside one consumer warpgroup
+    /// (`FP8_PRODUCERS`, 1 or 2, default 1; `cuda/lower/fp8_producer.rs`).
+    pub fp8_producers: usize,
 }
 
 impl Default for Schedule {
@@ -81,6 +85,7 @@ impl Default for Schedule {
             softmax_overlap: false,
             wg_kv_split: false,
             score_wg: false,
+            fp8_producers: 1,
         }
     }
 }
@@ -248,6 +253,12 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "FP8_PRODUCERS" => {
+                    if !(1..=2).contains(&v) {
+                        return Err(bad(name, v, "must be 1 or 2 (producer warpgroups)"));
+                    }
+                    s.fp8_producers = v as usize;
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -301,6 +312,13 @@ impl Schedule {
                     format!("splits the loop's blocks otherwise than {other} = 1: set one of them"),
                 ));
             }
+        }
+        if s.fp8_producers > 1 && !s.producer {
+            return Err(bad(
+                "FP8_PRODUCERS",
+                s.fp8_producers as i64,
+                "needs PRODUCER = 1 (the producer warpgroups convert the FP8 rows)",
+            ));
         }
         if s.score_wg && !s.producer {
             return Err(bad(
@@ -431,6 +449,8 @@ mod tests {
             ("PREFETCH", 2),
             ("SCORE_WG", 2),
             ("SCORE_WG", -1),
+            ("FP8_PRODUCERS", 0),
+            ("FP8_PRODUCERS", 3),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -449,6 +469,9 @@ mod tests {
             assert!(e.to_string().contains(other), "{e}");
             assert_eq!(knob_of(e), "SOFTMAX_OVERLAP");
         }
+        let e = Schedule::from_config(&cfg(&[("FP8_PRODUCERS", 2)])).unwrap_err();
+        assert!(e.to_string().contains("PRODUCER = 1"), "{e}");
+        assert_eq!(knob_of(e), "FP8_PRODUCERS");
         let e = Schedule::from_config(&cfg(&[("WG_KV_SPLIT", 1)])).unwrap_err();
         assert!(e.to_string().contains("PRODUCER"), "{e}");
         assert_eq!(knob_of(e), "WG_KV_SPLIT");

@@ -450,8 +450,8 @@ fn sanitizer_smoke_every_kernel_balanced() {
 /// FP8 latent cache (`KV_FP8`): decode over a carrier pool on the GPU against the CPU JIT (same
 /// pool) and the f64 reference over the dequantised rows, NaN-filled unused pages and poisoned
 /// outputs, with the default schedule and fed by the converting producer warpgroup
-/// (`PRODUCER = 1` at BLOCK_H 64, BLOCK_N 64 and 32); the append quantising on the GPU gives the
-/// CPU JIT's bytes.
+/// (`PRODUCER = 1` at BLOCK_H 64, BLOCK_N 64 and 32; two of them, `FP8_PRODUCERS = 2`, beside one
+/// consumer warpgroup); the append quantising on the GPU gives the CPU JIT's bytes.
 #[test]
 fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
     use tpla_kernels::fp8::{
@@ -461,6 +461,11 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
     let producer_rows =
         |bh: i64, bn: i64| vec![("PRODUCER", 1i64), ("BLOCK_H", bh), ("BLOCK_N", bn)];
     let producer = |bn: i64| producer_rows(64, bn);
+    let two_producers = |bh: i64, bn: i64| {
+        let mut k = producer_rows(bh, bn);
+        k.push(("FP8_PRODUCERS", 2));
+        k
+    };
     for (lat, heads, splits, lens, knobs) in [
         (512usize, 16usize, 1usize, vec![1usize, 70, 333], vec![]),
         (512, 64, 3, vec![129, 40], vec![]),
@@ -473,6 +478,10 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
         // The producer feeding mma.sync warps (16- and 32-row blocks).
         (512, 16, 2, vec![1, 70, 333], producer_rows(16, 32)),
         (512, 32, 1, vec![129, 40], producer_rows(32, 32)),
+        // Two producer warpgroups converting beside one consumer warpgroup.
+        (512, 16, 2, vec![1, 70, 333], two_producers(16, 64)),
+        (512, 32, 1, vec![129, 40], two_producers(32, 32)),
+        (256, 64, 2, vec![1, 95, 200], two_producers(64, 64)),
     ] {
         let p = Problem::new(5, lens.len(), heads, lat, 64, lens.clone(), 64, 0.1352);
         let carrier = common::fp8::carrier_from_problem(&p);
@@ -574,8 +583,8 @@ fn cuda_fp8_cache_agrees_with_cpu_and_reference() {
 /// The FP8 cache's kernels once each on tiny inputs, for compute-sanitizer (gpu-check.sh runs
 /// every test named `sanitizer_smoke_every_kernel*`): the dequantising decode (MLA rows on the
 /// warpgroup path, shard rows on one stage, MLA and shard rows converted by the producer
-/// warpgroup, `PRODUCER = 1`, for 64-row wgmma and 16- / 32-row mma.sync consumers) and the
-/// quantising append.
+/// warpgroup, `PRODUCER = 1`, for 64-row wgmma and 16- / 32-row mma.sync consumers, and by two,
+/// `FP8_PRODUCERS = 2`) and the quantising append.
 #[test]
 fn sanitizer_smoke_every_kernel_fp8() {
     use tpla_kernels::fp8::{append_rows_fp8, decode_attention_fp8, fp8_carrier_row};
@@ -591,6 +600,10 @@ fn sanitizer_smoke_every_kernel_fp8() {
         (512, 16, 32, 2, 1),
         (512, 32, 32, 3, 1),
         (256, 16, 64, 2, 1),
+        // 2: two producer warpgroups (`FP8_PRODUCERS = 2`).
+        (512, 16, 64, 3, 2),
+        (512, 32, 32, 2, 2),
+        (256, 64, 64, 2, 2),
     ] {
         let p = Problem::new(1, 2, 17, lat, 64, vec![70, 33], 16, 0.3);
         let carrier = common::fp8::carrier_from_problem(&p);
@@ -601,7 +614,8 @@ fn sanitizer_smoke_every_kernel_fp8() {
             .with("BLOCK_N", bn)
             .with("STAGES", st);
         if producer > 0 {
-            params.decode.set("PRODUCER", producer);
+            params.decode.set("PRODUCER", 1);
+            params.decode.set("FP8_PRODUCERS", producer);
         }
         let q = g.upload(&p.q_tensor()).unwrap();
         let c = g.upload_paged(&carrier).unwrap();

@@ -205,6 +205,7 @@ fn main() {
         "SOFTMAX_OVERLAP",
         "SCORE_WG",
         "PREFETCH",
+        "FP8_PRODUCERS",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

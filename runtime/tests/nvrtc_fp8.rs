@@ -74,6 +74,21 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
         (256, 16, 32, 2),
     ] {
         let cfg = decode(lat, bh, bn, st).with("PRODUCER", 1);
+        v.push((&tpla_kernels::latent_decode, cfg.clone(), sm90));
+    }
+    // Two producer warpgroups converting beside one consumer warpgroup (`FP8_PRODUCERS = 2`):
+    // 16- / 32-row blocks and the shard's 64-row block.
+    for (lat, bh, bn, st) in [
+        (512, 16, 64, 3),
+        (512, 16, 32, 2),
+        (512, 32, 32, 3),
+        (256, 16, 64, 3),
+        (256, 64, 64, 2),
+        (128, 16, 64, 3),
+    ] {
+        let cfg = decode(lat, bh, bn, st)
+            .with("PRODUCER", 1)
+            .with("FP8_PRODUCERS", 2);
         v.push((&tpla_kernels::latent_decode, cfg, sm90));
     }
     // What `EnginePlan` builds with `kv_dtype: Fp8` on its default tune values: the uniform and

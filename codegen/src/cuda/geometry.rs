@@ -27,6 +27,9 @@ pub(crate) struct Geo {
     /// A producer warpgroup (after the `nw` consumer warps) streams the paged blocks (schedule
     /// `PRODUCER`, see `warpspec.rs`); set by the pipeline where it applies.
     pub(crate) producer: bool,
+    /// Producer warpgroups under `producer`: 1, or 2 where two convert an FP8 cache beside one
+    /// consumer warpgroup (schedule `FP8_PRODUCERS = 2`, see `lower/fp8_producer.rs`).
+    pub(crate) producer_wgs: usize,
     /// Under `wg`: the warpgroups past the first are replicas of it, each holding every tile
     /// whole, and take alternate blocks of the paged loop (schedule `WG_KV_SPLIT`, see
     /// `lower/kv_split.rs`); set by the geometry pass where it applies.
@@ -135,6 +138,7 @@ pub(crate) fn geometry(sched: &Schedule, info: &Info, target: &Target) -> Geo {
         wg,
         wg_split: sched.wg_split,
         producer: false,
+        producer_wgs: 1,
         kv_split: false,
         roles_wide: 0,
     }
@@ -160,6 +164,7 @@ fn choose_warps(sched: &Schedule, info: &Info, target: &Target) -> usize {
             wg: false,
             wg_split: 128,
             producer: false,
+            producer_wgs: 1,
             kv_split: false,
             roles_wide: 0,
         };
@@ -181,6 +186,7 @@ fn use_warpgroups(sched: &Schedule, info: &Info, target: &Target, nw: usize) -> 
         wg: true,
         wg_split: sched.wg_split,
         producer: false,
+        producer_wgs: 1,
         kv_split: false,
         roles_wide: 0,
     };
@@ -213,12 +219,12 @@ pub(crate) fn nt_total(geo: &Geo) -> usize {
     geo.nw * 32
 }
 
-/// Threads per block: the body's, plus the producer warpgroup under warp specialisation.
+/// Threads per block: the body's, plus the producer warpgroups under warp specialisation.
 pub(crate) fn nt_launch(geo: &Geo) -> usize {
     // (Under `SCORE_WG` the score warpgroup issues the copies itself: no producer warpgroup.)
     nt_total(geo)
         + if geo.producer && geo.roles_wide == 0 {
-            crate::cuda::warpspec::PRODUCER_THREADS
+            geo.producer_wgs * crate::cuda::warpspec::PRODUCER_THREADS
         } else {
             0
         }

@@ -167,6 +167,16 @@ pub(crate) const PASSES: [(&str, Pass); 8] = [
             s.geo = geo;
             s.roles = Some(plan);
         }
+        // Two warpgroups convert an FP8 cache beside one consumer warpgroup (`FP8_PRODUCERS`).
+        if s.geo.producer
+            && s.sched.fp8_producers == 2
+            && s.geo.nw == 4
+            && !s.geo.kv_split
+            && s.geo.roles_wide == 0
+            && crate::cuda::lower::fp8_producer::has_fp8_cache(s.k)
+        {
+            s.geo.producer_wgs = 2;
+        }
         Ok(())
     }),
     ("memory", |s| {

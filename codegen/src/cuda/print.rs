@@ -270,7 +270,11 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
             producer,
             *st,
             mbar_off,
-            (geo.nw, if geo.kv_split { 128 } else { geo.nw * 32 }),
+            (
+                geo.nw,
+                geo.producer_wgs,
+                if geo.kv_split { 128 } else { geo.nw * 32 },
+            ),
             lw.paging.producer_regs,
         ));
     }

@@ -43,25 +43,29 @@ pub(crate) fn launch_regs(threads: usize) -> usize {
 }
 
 /// The block's register pool that `setmaxnreg` redistributes: what its threads hold at launch
-/// (not the 64 K register file). A `setmaxnreg.inc` that asks for more than the
-/// `setmaxnreg.dec`s have released waits forever, so every split must fit it
-/// ([`split_fits`]).
-pub(crate) fn register_pool(nw: usize) -> usize {
-    let threads = nw * 32 + PRODUCER_THREADS;
+/// (not the 64 K register file), with `nw` consumer warps and `pg` producer warpgroups. A
+/// `setmaxnreg.inc` that asks for more than the `setmaxnreg.dec`s have released waits forever,
+/// so every split must fit it ([`split_fits`]).
+pub(crate) fn register_pool(nw: usize, pg: usize) -> usize {
+    let threads = nw * 32 + pg * PRODUCER_THREADS;
     launch_regs(threads) * threads
 }
 
-/// Whether `producer_regs` per producer thread and `consumer_regs` per consumer thread (of `nw`
-/// consumer warps) fit the block's [`register_pool`].
-pub(crate) fn split_fits(nw: usize, producer_regs: usize, consumer_regs: usize) -> bool {
-    PRODUCER_THREADS * producer_regs + nw * 32 * consumer_regs <= register_pool(nw)
+/// Whether `producer_regs` per producer thread (of `pg` producer warpgroups) and `consumer_regs`
+/// per consumer thread (of `nw` consumer warps) fit the block's [`register_pool`].
+pub(crate) fn split_fits(
+    (nw, pg): (usize, usize),
+    producer_regs: usize,
+    consumer_regs: usize,
+) -> bool {
+    pg * PRODUCER_THREADS * producer_regs + nw * 32 * consumer_regs <= register_pool(nw, pg)
 }
 
 /// Registers per consumer thread after `setmaxnreg.inc`: what the producer (keeping
 /// `producer_regs`) frees of the [`register_pool`], shared by the consumer warps, at most 240, a
 /// multiple of 8.
-pub(crate) fn consumer_regs(nw: usize, producer_regs: usize) -> usize {
-    let total = register_pool(nw).saturating_sub(PRODUCER_THREADS * producer_regs);
+pub(crate) fn consumer_regs((nw, pg): (usize, usize), producer_regs: usize) -> usize {
+    let total = register_pool(nw, pg).saturating_sub(pg * PRODUCER_THREADS * producer_regs);
     (total / (nw * 32)).min(240) / 8 * 8
 }
 
@@ -226,29 +230,31 @@ pub(crate) fn producer_loop(
 }
 
 /// The kernel's opening under warp specialisation: the mbarriers (at `mbar_off` in shared memory,
-/// `st` stages) initialised and published block-wide, then the producer warpgroup (warps `nw ..
-/// nw + 3`) runs `producer` with `regs` registers (0: [`PRODUCER_REGS`]; the FP8 producer
-/// converts, so it keeps more) and leaves; the consumers take the freed registers and go on to
-/// the body. Each stage's empty mbarrier counts `releasers` arrivals: the consumer threads
-/// that read a block (all of them, or one warpgroup's under `WG_KV_SPLIT`).
+/// `st` stages) initialised and published block-wide, then the `pg` producer warpgroups (warps
+/// `nw ..`; two only for the FP8 producer, `FP8_PRODUCERS = 2`) run `producer` with `regs`
+/// registers (0: [`PRODUCER_REGS`]; the FP8 producer converts, so it keeps more) and leave; the
+/// consumers take the freed registers and go on to the body. Each stage's full mbarrier counts
+/// every producer thread's arrival, its empty mbarrier `releasers` arrivals: the consumer
+/// threads that read a block (all of them, or one warpgroup's under `WG_KV_SPLIT`).
 pub(crate) fn warpspec_head(
     producer: &str,
     st: usize,
     mbar_off: usize,
-    (nw, releasers): (usize, usize),
+    (nw, pg, releasers): (usize, usize, usize),
     regs: usize,
 ) -> String {
     let regs = if regs == 0 { PRODUCER_REGS } else { regs };
+    let consumers = consumer_regs((nw, pg), regs);
     debug_assert!(
-        split_fits(nw, regs, consumer_regs(nw, regs)),
-        "setmaxnreg split {regs} + {} past the register pool of {nw} consumer warps",
-        consumer_regs(nw, regs)
+        split_fits((nw, pg), regs, consumers),
+        "setmaxnreg split {regs} + {consumers} past the register pool of {nw} consumer warps"
     );
+    let fillers = pg * PRODUCER_THREADS;
     let mut s = format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
         for (int i_ = 0; i_ < {st}; ++i_) {{
-            tpla_mbar_init(&{MBAR}[i_], {PRODUCER_THREADS});
+            tpla_mbar_init(&{MBAR}[i_], {fillers});
             tpla_mbar_init(&{MBAR}[{st} + i_], {releasers});
         }}
         tpla_mbar_init_fence();
@@ -269,9 +275,8 @@ pub(crate) fn warpspec_head(
         tpla_cp_async_wait<0>();
         return;
     }}
-    tpla_setmaxnreg_inc<{}>();
-",
-        consumer_regs(nw, regs)
+    tpla_setmaxnreg_inc<{consumers}>();
+"
     ));
     s
 }
@@ -285,14 +290,18 @@ mod tests {
         assert_eq!(launch_regs(384), 168);
         assert_eq!(launch_regs(256), 240);
         for nw in [4, 8] {
-            let c = consumer_regs(nw, PRODUCER_REGS);
+            let c = consumer_regs((nw, 1), PRODUCER_REGS);
             assert_eq!(c, 240);
-            assert!(split_fits(nw, PRODUCER_REGS, c));
+            assert!(split_fits((nw, 1), PRODUCER_REGS, c));
         }
         // FA3's and FlashMLA's 24 + 2 x 240 is the whole pool of 384 threads; 32 + 2 x 240 (the
         // split that hung on the H200) is past it, so `setmaxnreg.inc` would wait forever.
-        assert_eq!(register_pool(8), 128 * 24 + 256 * 240);
-        assert!(!split_fits(8, 32, 240));
-        assert_eq!(consumer_regs(8, 32), 232);
+        assert_eq!(register_pool(8, 1), 128 * 24 + 256 * 240);
+        assert!(!split_fits((8, 1), 32, 240));
+        assert_eq!(consumer_regs((8, 1), 32), 232);
+        // Two producer warpgroups beside one consumer warpgroup (`FP8_PRODUCERS = 2`): 384
+        // threads at 168, the consumers keep 240 beside two converting warpgroups of 72.
+        assert_eq!(consumer_regs((4, 2), 72), 240);
+        assert!(split_fits((4, 2), 72, 240));
     }
 }

@@ -67,8 +67,14 @@ fn producer_case_patched(
     patch: &dyn Fn(String) -> String,
 ) -> Result<f64, String> {
     let tag = format!(
-        "fp8_producer_lat{}_n{}_s{}_page{page}_h{heads}_seed{seed}",
-        p.lat, p.block_n, p.stages
+        "fp8_producer_lat{}_n{}_s{}_page{page}_h{heads}_seed{seed}{}",
+        p.lat,
+        p.block_n,
+        p.stages,
+        extra
+            .iter()
+            .map(|(k, v)| format!("_{k}{v}"))
+            .collect::<String>()
     );
     let k = producer_kernel(p, extra);
     let d = p.lat + p.rope;
@@ -97,7 +103,7 @@ fn producer_case_patched(
         HostArg::F32(scale),
     ];
     let mut src = emit(&k, Target::sm90()).map_err(|e| format!("{tag}: {e}"))?;
-    if !src.code.contains("tpla_bar_sync(2, 128)")
+    if !(src.code.contains("tpla_bar_sync(2, 128)") || src.code.contains("tpla_bar_sync(2, 256)"))
         || !src
             .code
             .contains("unsigned char* const stg_ = tpla_smem + ")
@@ -313,4 +319,91 @@ fn emulated_fp8_producer_breakages_are_caught() {
     )
     .unwrap_err();
     assert!(split.contains("setmaxnreg.inc"), "{split}");
+}
+
+/// `FP8_PRODUCERS = 2`: two producer warpgroups share each piece's copies and conversion beside
+/// one consumer warpgroup (384 threads, the producer barrier and the full mbarriers counting 256
+/// threads, 72 registers each, the consumers 240); beside two consumer warpgroups (latent 512,
+/// 64 rows) it changes nothing.
+#[test]
+fn two_fp8_producer_warpgroups_source() {
+    let two = [("FP8_PRODUCERS", 2i64)];
+    for p in [
+        DecodeParams::bf16(512, 16, 64, 3),
+        DecodeParams::bf16(512, 32, 32, 2),
+        dp(64, 2, 256),
+    ] {
+        let src = emit(&producer_kernel(p, &two), Target::sm90()).unwrap();
+        let code = &src.code;
+        assert_eq!(src.block_threads, 384, "{p:?}");
+        for needle in [
+            "tpla_bar_sync(2, 256)",
+            "tpla_mbar_init(&tpla_mbar[i_], 256)",
+            "tpla_setmaxnreg_dec<72>()",
+            "tpla_setmaxnreg_inc<240>()",
+            "const int r_ = pw_ + lane * 8;",
+        ] {
+            assert!(code.contains(needle), "{p:?}: {needle}");
+        }
+        let one = emit(&producer_kernel(p, &[]), Target::sm90()).unwrap();
+        assert_eq!(one.block_threads, 256, "{p:?}");
+    }
+    let wide = emit(&producer_kernel(dp(32, 2, 512), &two), Target::sm90()).unwrap();
+    let one = emit(&producer_kernel(dp(32, 2, 512), &[]), Target::sm90()).unwrap();
+    assert_eq!(wide.block_threads, one.block_threads);
+    assert!(
+        wide.code.contains("tpla_bar_sync(2, 128)") && !wide.code.contains("tpla_bar_sync(2, 256)"),
+        "two consumer warpgroups: one producer warpgroup"
+    );
+}
+
+/// `FP8_PRODUCERS = 2` emulated against the CPU backend and the f64 reference: 16- / 32- / 64-row
+/// blocks, MLA rows and both shard widths, pages of 64, 16 and 1 tokens, ends mid-block, empty
+/// splits; two cases with laggards (warps drifting apart), where the producer barrier over both
+/// warpgroups and the full mbarriers' 256 arrivals are what keeps the consumers off a half-converted
+/// block.
+#[test]
+fn emulated_fp8_two_producer_warpgroups() {
+    let Some(cxx) = skip_without_cxx("emulated_fp8_two_producer_warpgroups") else {
+        return;
+    };
+    let two = [("FP8_PRODUCERS", 2i64)];
+    let small = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
+    let case = |p: DecodeParams, page, heads, lens: &[i32], splits, seed| {
+        if let Err(e) =
+            producer_case_patched(&cxx, p, &two, page, heads, lens, splits, seed, &|c| c)
+        {
+            panic!("{e}");
+        }
+    };
+    case(small(16, 64, 3, 512), 64, 16, &[300, 70], 2, 91);
+    case(small(32, 32, 2, 512), 16, 32, &[97, 200, 0], 3, 92);
+    case(dp(64, 2, 256), 64, 64, &[333, 64], 2, 93);
+    case(small(16, 32, 2, 128), 1, 16, &[55, 33], 2, 94);
+    with_laggards(|| {
+        case(small(16, 64, 2, 512), 16, 16, &[129, 1], 1, 95);
+        case(dp(32, 3, 256), 64, 40, &[250, 31], 2, 96);
+        // The evidence can fail: full mbarriers counting one warpgroup's arrivals let the
+        // consumers in when the first warpgroup is done with a block.
+        let e = producer_case_patched(
+            &cxx,
+            dp(32, 2, 256),
+            &two,
+            16,
+            64,
+            &[200],
+            1,
+            97,
+            &|c: String| {
+                let w = "tpla_mbar_init(&tpla_mbar[i_], 256)";
+                assert!(c.contains(w), "the full mbarriers' count moved");
+                c.replace(w, "tpla_mbar_init(&tpla_mbar[i_], 128)")
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("differs") || e.contains("deadlock") || e.contains("out["),
+            "{e}"
+        );
+    });
 }

@@ -19,7 +19,7 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 16] = [
+const SWEPT_KNOBS: [&str; 17] = [
     "BLOCK_H",
     "BLOCK_N",
     "STAGES",
@@ -36,6 +36,7 @@ const SWEPT_KNOBS: [&str; 16] = [
     "SOFTMAX_OVERLAP",
     "WG_KV_SPLIT",
     "SCORE_WG",
+    "FP8_PRODUCERS",
 ];
 
 /// The non-zero `KEY=value`s of `want` that the sweep does not vary (see [`SWEPT_KNOBS`]):
@@ -68,6 +69,16 @@ pub(super) fn kv_split_applies(target: tpla_codegen::cuda::Target, cfg: &Config)
 /// warpgroup beside the value warpgroups of a 64-row tile over bf16 rows).
 pub(super) fn score_wg_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     emitted(target, cfg).is_some_and(|src| src.score_wg)
+}
+
+/// Whether `FP8_PRODUCERS = 2` in `cfg` changes the emitted decode kernel on this device (two
+/// producer warpgroups converting the FP8 rows: 384 threads where one consumer warpgroup computes).
+pub(super) fn two_fp8_producers_apply(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    let one = cfg.clone().with("FP8_PRODUCERS", 1);
+    match (emitted(target, cfg), emitted(target, &one)) {
+        (Some(two), Some(one)) => two.block_threads > one.block_threads,
+        _ => false,
+    }
 }
 
 /// The decode kernel `cfg` emits on `target`, if it builds and emits.
@@ -289,7 +300,12 @@ pub(super) fn sweep_configs(
                                 for (k, v) in &pinned {
                                     cfg.set(k, *v);
                                 }
-                                if !config_selected(&cfg, want) {
+                                // (`--config FP8_PRODUCERS=2` selects the two-warpgroup
+                                // variant of a producer-fed FP8 config, pushed below.)
+                                let two_asked = fp8
+                                    && producer > 0
+                                    && config_selected(&cfg.clone().with("FP8_PRODUCERS", 2), want);
+                                if !config_selected(&cfg, want) && !two_asked {
                                     continue;
                                 }
                                 // A pinned knob that orders the gemms otherwise (QK_AHEAD with
@@ -311,6 +327,19 @@ pub(super) fn sweep_configs(
                                 }
                                 if bh == 128 && !warpgroup_rows_apply(target, &cfg) {
                                     continue;
+                                }
+                                // With FP8 rows converted by the producer, also two producer
+                                // warpgroups where they apply (beside one consumer warpgroup).
+                                if fp8 && producer > 0 {
+                                    let two = cfg.clone().with("FP8_PRODUCERS", 2);
+                                    if config_selected(&two, want)
+                                        && two_fp8_producers_apply(target, &two)
+                                    {
+                                        out.push(two);
+                                    }
+                                    if !config_selected(&cfg, want) {
+                                        continue;
+                                    }
                                 }
                                 out.push(cfg);
                             }
@@ -512,6 +541,27 @@ mod tests {
         assert!(fp8.iter().all(|c| c.get("KV_FP8").ok() == Some(512)
             && c.get("TMA").is_err()
             && c.get("SEESAW").is_err()));
+        // Two converting producer warpgroups beside one consumer warpgroup (16- / 32-row
+        // blocks at latent 512), never beside two (64-row blocks there); `--config
+        // FP8_PRODUCERS=2` selects only them.
+        let two = |c: &Config| c.get("FP8_PRODUCERS").ok() == Some(2);
+        assert!(fp8
+            .iter()
+            .any(|c| two(c) && c.get("BLOCK_H").ok() == Some(16)));
+        assert!(fp8
+            .iter()
+            .filter(|c| two(c))
+            .all(|c| c.get("BLOCK_H").ok() != Some(64) && c.get("PRODUCER").ok() == Some(1)));
+        let only_two = sweep_configs(
+            "mla-fp8",
+            &shape(16, 512, 64),
+            Sweep::Narrow,
+            false,
+            1,
+            t,
+            Some("FP8_PRODUCERS=2"),
+        );
+        assert!(!only_two.is_empty() && only_two.iter().all(two));
         // --quick: BLOCK_N 64, two stages; `want` keeps only the matching configs; SQ is set.
         let quick = sweep_configs("mla", &shape(64, 512, 64), Sweep::Full, true, 1, t, None);
         assert!(quick.len() < full.len() / 4);

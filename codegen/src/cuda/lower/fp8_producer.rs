@@ -42,18 +42,32 @@ use crate::kv_format::{fp8_rope_offset, fp8_row_bytes, FP8_GROUP};
 /// 32-token block issued one at a time, bounding the FP8 decode).
 const CONSUMER_REGS: usize = 232;
 
-/// Registers per producer thread for the FP8 producer beside `nw` consumer warps
-/// (`setmaxnreg.dec`): what [`CONSUMER_REGS`] leave of the block's register pool
+/// Registers per producer thread for the FP8 producer of `pg` warpgroups beside `nw` consumer
+/// warps (`setmaxnreg.dec`): what [`CONSUMER_REGS`] leave of the block's register pool
 /// ([`register_pool`]: the registers its threads hold at launch), between 24 and 72, a multiple
-/// of 8: 72 beside one consumer warpgroup, 40 beside two (384 threads hold 168 registers each at
-/// launch: 40 x 128 + 232 x 256 is the whole pool).
+/// of 8: 72 beside one consumer warpgroup (one or two producer warpgroups), 40 beside two (384
+/// threads hold 168 registers each at launch: 40 x 128 + 232 x 256 is the whole pool).
 ///
 /// The pool, not the 64 K register file: a split that asks for more than the pool makes the
 /// consumers' `setmaxnreg.inc` wait forever (the H200 hang of 2026-12-04, 32 + 240 beside two
 /// consumer warpgroups).
-pub(crate) fn fp8_producer_regs(nw: usize) -> usize {
-    let left = register_pool(nw).saturating_sub(nw * 32 * CONSUMER_REGS) / PRODUCER_THREADS;
+pub(crate) fn fp8_producer_regs(nw: usize, pg: usize) -> usize {
+    let left =
+        register_pool(nw, pg).saturating_sub(nw * 32 * CONSUMER_REGS) / (pg * PRODUCER_THREADS);
     left.clamp(24, 72) / 8 * 8
+}
+
+/// Whether a paged parameter of `k` stores FP8 rows (`KV_FP8`).
+pub(crate) fn has_fp8_cache(k: &crate::ir::Kernel) -> bool {
+    k.params.iter().any(|p| {
+        matches!(
+            p.kind,
+            crate::ir::ParamKind::Paged {
+                format: crate::ir::PagedFormat::Fp8 { .. },
+                ..
+            }
+        )
+    })
 }
 
 /// Named barrier over the producer warpgroup's threads (the consumers use 1).
@@ -114,9 +128,10 @@ pub(crate) fn staging_choices(block: usize, row_bytes: usize) -> Vec<Staging> {
 /// The FP8 producer warpgroup's program (see the module docs): `copy` names the loop's pool,
 /// bounds and bf16 ring, `nblk` its block count, `addr(r, c)` the ring slot's element index of
 /// `(r, c)`; the staging ring lies at byte `staging_off` of shared memory. `setup` (the
-/// producer's `let`s and the loop's bounds) comes first. In scope: `pw_` (producer warp 0..4),
-/// `lane`. With `regs` producer registers below 40 the conversion loop is not unrolled (the
-/// units in flight need more live registers).
+/// producer's `let`s and the loop's bounds) comes first. `pg` producer warpgroups share every
+/// piece's copies and conversion. In scope: `pw_` (producer warp `0 .. 4 pg`), `lane`. With
+/// `regs` producer registers below 40 the conversion loop is not unrolled (the units in flight
+/// need more live registers).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fp8_producer_loop(
     copy: &Fp8Copy,
@@ -124,7 +139,7 @@ pub(crate) fn fp8_producer_loop(
     staging: Staging,
     staging_off: usize,
     setup: &str,
-    regs: usize,
+    (regs, pg): (usize, usize),
     addr: &dyn Fn(&str, &str) -> String,
 ) -> String {
     // Unrolled at 24 registers, the producer spills (NVRTC 13.0, sm_90a); at 40 eight units
@@ -155,16 +170,16 @@ pub(crate) fn fp8_producer_loop(
     debug_assert_eq!(rb, staging.row_bytes);
     let ppb = block / pr;
     let piece = pr * rb;
-    let nt = PRODUCER_THREADS;
-    // The copy of piece `gi_`: producer warp `pw_` takes rows `pw_ + 4 i`, lane `i` looks up row
-    // `pw_ + 4 i`'s page, and the rows' 16-byte chunks go flat over the lanes.
-    let (cpr, rpw) = (rb / 16, pr.div_ceil(4));
+    let (nt, npw) = (pg * PRODUCER_THREADS, pg * 4);
+    // The copy of piece `gi_`: producer warp `pw_` takes rows `pw_ + npw i`, lane `i` looks up
+    // row `pw_ + npw i`'s page, and the rows' 16-byte chunks go flat over the lanes.
+    let (cpr, rpw) = (rb / 16, pr.div_ceil(npw));
     let total = rpw * cpr;
     let mut guard = Vec::new();
     if !total.is_multiple_of(32) {
         guard.push(format!("f_ < {total}"));
     }
-    if !pr.is_multiple_of(4) {
+    if !pr.is_multiple_of(npw) {
         guard.push(format!("r_ < {pr}"));
     }
     let guard = if guard.is_empty() {
@@ -195,7 +210,7 @@ pub(crate) fn fp8_producer_loop(
     }} else {{
     int row_ = -1;
     {{
-        const int r_ = pw_ + lane * 4;
+        const int r_ = pw_ + lane * {npw};
         const int t_ = t0_ + r_;
         if (r_ < {pr} && t_ < {hi} && {ps} > 0) {{
             const int pi_ = t_ / {ps};
@@ -208,7 +223,7 @@ pub(crate) fn fp8_producer_loop(
         const int f_ = lane + q_ * 32;
         const int rl_ = f_ / {cpr};
         const int ch_ = f_ - rl_ * {cpr};
-        const int r_ = pw_ + rl_ * 4;
+        const int r_ = pw_ + rl_ * {npw};
         const int rw_ = tpla_shfl_idx(row_, rl_ & 31);
         const bool ok_ = rw_ >= 0;
         {guard}tpla_cp_async16(sd_ + r_ * {rb} + ch_ * 16, d8_ + (ok_ ? (tpla_i64)rw_ * {rb} : (tpla_i64)0) + ch_ * 16, ok_);
@@ -345,19 +360,18 @@ mod tests {
 
     #[test]
     fn the_producer_leaves_the_consumers_their_registers() {
-        assert_eq!(fp8_producer_regs(4), 72);
-        assert_eq!(fp8_producer_regs(8), 40);
-        for nw in [4, 8] {
-            let (p, c) = (
-                fp8_producer_regs(nw),
-                crate::cuda::warpspec::consumer_regs(nw, fp8_producer_regs(nw)),
-            );
+        assert_eq!(fp8_producer_regs(4, 1), 72);
+        assert_eq!(fp8_producer_regs(8, 1), 40);
+        assert_eq!(fp8_producer_regs(4, 2), 72);
+        for (nw, pg) in [(4, 1), (8, 1), (4, 2)] {
+            let p = fp8_producer_regs(nw, pg);
+            let c = crate::cuda::warpspec::consumer_regs((nw, pg), p);
             assert!(c >= CONSUMER_REGS);
             // Every split asked for fits the registers the block holds at launch: one that does
             // not makes `setmaxnreg.inc` wait forever.
             assert!(
-                crate::cuda::warpspec::split_fits(nw, p, c),
-                "{nw}: {p} + {c}"
+                crate::cuda::warpspec::split_fits((nw, pg), p, c),
+                "{nw} / {pg}: {p} + {c}"
             );
         }
     }

@@ -378,7 +378,8 @@ tpla_wgmma_commit();
                         "the FP8 producer's staging ring was not planned",
                     ));
                 };
-                let regs = fp8_producer_regs(nw);
+                let pg = self.geo.producer_wgs;
+                let regs = fp8_producer_regs(nw, pg);
                 self.paging.producer_regs = regs;
                 fp8_producer_loop(
                     &fp8,
@@ -386,7 +387,7 @@ tpla_wgmma_commit();
                     plan,
                     self.smem.bufs[stg].offset,
                     &format!("{lets}{setup}"),
-                    regs,
+                    (regs, pg),
                     &|r: &str, c: &str| b.addr(r, c),
                 )
             } else {
