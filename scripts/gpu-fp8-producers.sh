@@ -38,7 +38,7 @@ for shape in 64x32768 128x4096; do
 done
 echo "benches done at ${SECONDS}s" >>"$s"
 cp "$s" "$OUT/summary.txt"
-if [ "$SECONDS" -lt 330 ]; then
+if [ "$SECONDS" -lt 240 ]; then
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   timeout 150 "$NCU" -k regex:tpla_split_schedule --launch-skip 3 --launch-count 1 \
     --section SpeedOfLight --section LaunchStats --section WarpStateStats --section SourceCounters \
