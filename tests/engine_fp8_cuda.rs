@@ -56,10 +56,16 @@ fn play(exec: &CudaExecutor, heads: usize, lat: usize, splits: usize, seed: u64)
         exec.hopper_schedules(),
         "{what}: {cfg}"
     );
-    // ... with 16-row blocks up to 16 heads, 64-row blocks above.
+    // ... with 16-row blocks (two converting warpgroups) up to 16 heads, 64-row blocks (one)
+    // above.
     if exec.hopper_schedules() {
-        let rows = if heads <= 16 { 16 } else { 64 };
+        let (rows, converters) = if heads <= 16 { (16, 2) } else { (64, 1) };
         assert_eq!(cfg.try_get("BLOCK_H"), Some(rows), "{what}: {cfg}");
+        assert_eq!(
+            cfg.try_get("FP8_PRODUCERS"),
+            Some(converters),
+            "{what}: {cfg}"
+        );
     }
     plan.reserve_query_len(exec, 2).unwrap();
     let stream = exec.stream().clone();

@@ -106,13 +106,15 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
         }
     }
     // And on a Hopper device, where the plan's FP8 default is the producer-fed schedule
-    // (`src/engine/kv_dtype.rs`: 16-row blocks of three 64-token stages up to 16 heads, 64-row
-    // blocks of two 32-token stages above and for two query tokens).
+    // (`src/engine/kv_dtype.rs`: 16-row blocks of three 64-token stages converted by two
+    // producer warpgroups up to 16 heads, 64-row blocks of two 32-token stages above and for two
+    // query tokens).
     let wide = [
         ("BLOCK_H", 64),
         ("BLOCK_N", 32),
         ("STAGES", 2),
         ("PRODUCER", 1),
+        ("FP8_PRODUCERS", 1),
     ];
     for (heads, lat) in [(16usize, 512usize), (64, 512), (128, 256)] {
         let mut p = tpla_kernels::ops::DecodeParams::new(8, heads, lat, 64, 4, 0.1);
@@ -122,6 +124,7 @@ fn cases() -> Vec<(&'static dyn KernelDef, Config, Target)> {
             ("BLOCK_N", 64),
             ("STAGES", 3),
             ("PRODUCER", 1),
+            ("FP8_PRODUCERS", 2),
         ];
         for (k, x) in if heads <= 16 { narrow } else { wide } {
             p.decode.set(k, x);

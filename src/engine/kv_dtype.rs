@@ -68,10 +68,14 @@ impl KvDtype {
 /// `bench/NOTES-fp8.md`):
 /// - up to 16 heads: 16-row `mma.sync` consumer warps, a three-stage ring of 64-token blocks
 ///   (`BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1`): 240 / 906 us where 64-row blocks took
-///   318-328 / 1254-1256 us;
+///   318-328 / 1254-1256 us; converted by two producer warpgroups (`FP8_PRODUCERS=2`; H100,
+///   2026-12-05: 181 / 674 us against 219 / 840 us with one, bf16 223 / 809 us in the same run,
+///   `bench/results/fp8-producers-2026-12-05-h100/`);
 /// - more heads: 64-row `wgmma` consumers, a two-stage ring of 32-token blocks
 ///   (`BLOCK_H=64,BLOCK_N=32,STAGES=2,PRODUCER=1`): 337-345 us at H64 B128 x 4K, where the
-///   consumer-loaded configs took 480-700 us.
+///   consumer-loaded configs took 480-700 us; one converting warpgroup (`FP8_PRODUCERS=1`: a
+///   second is untimed beside the shard's one consumer warpgroup, and does not apply beside
+///   latent 512's two).
 ///
 /// A config set later (`set_decode_config`, e.g. from the tune database) replaces it.
 pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodeParams, lat: usize) {
@@ -85,13 +89,14 @@ pub(super) fn fp8_decode_schedule<X: Executor>(exec: &X, params: &mut DecodePara
 }
 
 /// The producer-fed FP8 schedule's knobs for `heads` query rows ([`fp8_decode_schedule`]).
-pub(super) fn fp8_hopper_knobs(heads: usize) -> [(&'static str, i64); 4] {
+pub(super) fn fp8_hopper_knobs(heads: usize) -> [(&'static str, i64); 5] {
     if heads <= 16 {
         [
             ("BLOCK_H", 16),
             ("BLOCK_N", 64),
             ("STAGES", 3),
             ("PRODUCER", 1),
+            ("FP8_PRODUCERS", 2),
         ]
     } else {
         [
@@ -99,6 +104,7 @@ pub(super) fn fp8_hopper_knobs(heads: usize) -> [(&'static str, i64); 4] {
             ("BLOCK_N", 32),
             ("STAGES", 2),
             ("PRODUCER", 1),
+            ("FP8_PRODUCERS", 1),
         ]
     }
 }
@@ -125,5 +131,9 @@ mod tests {
         assert_eq!((h(8), h(16), h(32), h(128)), (16, 16, 64, 64));
         assert!(fp8_hopper_knobs(16).contains(&("STAGES", 3)));
         assert!(fp8_hopper_knobs(64).contains(&("BLOCK_N", 32)));
+        // Two converting warpgroups beside the 16-row consumers; one for the 64-row blocks
+        // (which the multi-token plans switch to, resetting it).
+        assert!(fp8_hopper_knobs(16).contains(&("FP8_PRODUCERS", 2)));
+        assert!(fp8_hopper_knobs(64).contains(&("FP8_PRODUCERS", 1)));
     }
 }
