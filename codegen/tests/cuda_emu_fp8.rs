@@ -155,15 +155,19 @@ fn emulated_fp8_decode_over_a_split_table_matches_cpu() {
     let dp = |bh, bn, st, lat| DecodeParams::bf16(lat, bh, bn, st);
     let (lens, chunks) = ([0, 1, 17, 300, 45], [32, 16, 16, 64, 0]);
     let producer: &[(&str, i64)] = &[("PRODUCER", 1)];
+    let two: &[(&str, i64)] = &[("PRODUCER", 1), ("FP8_PRODUCERS", 2)];
     // (params, knobs, heads): consumer-loaded; producer-fed; and the plan's FP8 defaults on a
     // Hopper device (`src/engine/kv_dtype.rs`): MLA at 16 heads in 16-row blocks of three
-    // stages of 64 tokens (one query token), and in a 64-row block of two stages of 32 tokens
-    // (what several query tokens and more heads run), fed by the producer.
+    // stages of 64 tokens converted by two producer warpgroups (one query token), and in a
+    // 64-row block of two stages of 32 tokens (what several query tokens and more heads run),
+    // fed by the producer.
     for (p, knobs, heads) in [
         (dp(16, 32, 2, 512), &[][..], 16),
         (dp(64, 64, 2, 256), producer, 64),
         (dp(64, 32, 2, 512), producer, 16),
         (dp(16, 64, 3, 512), producer, 16),
+        (dp(16, 64, 3, 512), two, 16),
+        (dp(64, 64, 2, 256), two, 64),
     ] {
         fp8_decode_case_with(
             &cxx,
