@@ -74,19 +74,32 @@ def main(path):
         print(f"  {number(r[samp]) / total * 100:5.1f} %  {sides[i]:8s} {r[src].strip()[:70]:70s} {why}")
     print("\nmbarrier waits (the TRYWAIT and the branch on its result):")
     on_wait = set()
+    group = {}  # row -> the barrier operand of its wait (the TRYWAIT, its branch, retries)
     for i in waits:
         # the wait's predicate (`TRYWAIT P0, ...`) is tested by the next `@!P0 BRA` (a few
         # independent instructions may sit between); that branch holds the wait's samples
         pred = rows[i][src].split("TRYWAIT", 1)[1].strip().split(",")[0]
         on_wait.add(i)
+        group[i] = r_operand(rows[i][src])
         for j in range(i + 1, min(i + 12, len(rows))):
             if rows[j][src].strip().startswith(f"@!{pred}") and "BRA" in rows[j][src]:
                 on_wait.add(j)
                 sides[j] = sides[i]
+                group[j] = group[i]
                 break
     for side in ("producer", "consumer"):
         s = sum(number(rows[i][samp]) for i in on_wait if i < len(rows) and sides[i] == side)
         print(f"  {side}: {s / total * 100:.1f} % of the samples")
+    # Per in-line wait, in program order (kernels without `setmaxnreg`, e.g. SCORE_WG's score
+    # and value warpgroups, are told apart by where their waits sit): the samples of the wait,
+    # its branch and the out-of-line retries on the same operand (a register operand reused by
+    # two waits merges them).
+    print("  per wait (first in-line row, operand, times executed, % of all samples):")
+    for operand, i in sorted(first_of.items(), key=lambda x: x[1]):
+        n = sum(number(rows[j][samp]) for j, g in group.items() if g == operand)
+        runs = number(rows[i].get("Instructions Executed", "0"))
+        print(f"    row {i:5d} {rows[i][addr] if addr else '':>20s} {operand:14s} x{runs:10.0f}"
+              f"  {n / total * 100:5.1f} %")
     for side in ("prologue", "producer", "consumer"):
         s = sum(number(r[samp]) for i, r in enumerate(rows) if sides[i] == side)
         print(f"  all {side} instructions: {s / total * 100:.1f} %")
