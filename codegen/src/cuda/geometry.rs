@@ -221,7 +221,7 @@ pub(crate) fn nt_total(geo: &Geo) -> usize {
 
 /// Threads per block: the body's, plus the producer warpgroups under warp specialisation.
 pub(crate) fn nt_launch(geo: &Geo) -> usize {
-    // (Under `SCORE_WG` the score warpgroup issues the copies itself: no producer warpgroup.)
+    // (Under `SCORE_WG` the first value warpgroup issues the copies: no producer warpgroup.)
     nt_total(geo)
         + if geo.producer && geo.roles_wide == 0 {
             geo.producer_wgs * crate::cuda::warpspec::PRODUCER_THREADS

@@ -416,8 +416,9 @@ tpla_wgmma_commit();
                             slots,
                             slot,
                             &fallback,
-                            // (Under `SCORE_WG` the score warpgroup issues a block's copies
-                            // once its slot's readers are done: no wait, `roles.rs`.)
+                            // (Under `SCORE_WG` the first value warpgroup issues a block's
+                            // copies after its own wait for the slot's release, `roles.rs`:
+                            // no wait here.)
                             &if self.roles.is_some() {
                                 String::new()
                             } else {
