@@ -300,12 +300,14 @@ pub(super) fn sweep_configs(
                                 for (k, v) in &pinned {
                                     cfg.set(k, *v);
                                 }
-                                // (`--config FP8_PRODUCERS=2` selects the two-warpgroup
-                                // variant of a producer-fed FP8 config, pushed below.)
-                                let two_asked = fp8
-                                    && producer > 0
-                                    && config_selected(&cfg.clone().with("FP8_PRODUCERS", 2), want);
-                                if !config_selected(&cfg, want) && !two_asked {
+                                // With FP8 rows converted by the producer, also the variant
+                                // with two producer warpgroups (pushed below where it applies;
+                                // `--config FP8_PRODUCERS=2` selects only it).
+                                let two = (fp8 && producer > 0)
+                                    .then(|| cfg.clone().with("FP8_PRODUCERS", 2))
+                                    .filter(|two| config_selected(two, want));
+                                let one_asked = config_selected(&cfg, want);
+                                if !one_asked && two.is_none() {
                                     continue;
                                 }
                                 // A pinned knob that orders the gemms otherwise (QK_AHEAD with
@@ -328,20 +330,14 @@ pub(super) fn sweep_configs(
                                 if bh == 128 && !warpgroup_rows_apply(target, &cfg) {
                                     continue;
                                 }
-                                // With FP8 rows converted by the producer, also two producer
-                                // warpgroups where they apply (beside one consumer warpgroup).
-                                if fp8 && producer > 0 {
-                                    let two = cfg.clone().with("FP8_PRODUCERS", 2);
-                                    if config_selected(&two, want)
-                                        && two_fp8_producers_apply(target, &two)
-                                    {
+                                if let Some(two) = two {
+                                    if two_fp8_producers_apply(target, &two) {
                                         out.push(two);
                                     }
-                                    if !config_selected(&cfg, want) {
-                                        continue;
-                                    }
                                 }
-                                out.push(cfg);
+                                if one_asked {
+                                    out.push(cfg);
+                                }
                             }
                         }
                     }
