@@ -7,24 +7,11 @@
 # Summary printed last; everything in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/tpla-fp8-producers}
-W=/tmp/fp8-producers
-mkdir -p "$OUT" "$W"
 source scripts/gpu-lib.sh
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1
-export TPLA_GIT_COMMIT="$(cat gpu-bin/COMMIT 2>/dev/null || echo unknown)"
-s="$W/summary.txt"
-: >"$s"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$s" 2>&1
-san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+gpu_init fp8-producers
 timeout 150 gpu-bin/decode_cuda --test-threads=1 fp8 >"$W/test.log" 2>&1
 echo "fp8 tests rc=$?: $(grep 'test result' "$W/test.log")" >>"$s"
-for tool in memcheck racecheck synccheck; do
-  timeout 120 "$san" --tool $tool gpu-bin/decode_cuda --test-threads=1 \
-    sanitizer_smoke_every_kernel_fp8 >"$W/$tool.log" 2>&1
-  echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test result' "$W/$tool.log" | tr '\n' ' ')" >>"$s"
-done
+sanitize_rows fp8-smoke gpu-bin/decode_cuda sanitizer_smoke_every_kernel_fp8
 echo "tests done at ${SECONDS}s" >>"$s"
 for shape in 64x32768 128x4096; do
   bench_tried gpu-bin/tpla bf16 mla 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1,TMA=1" >>"$s"
@@ -39,8 +26,7 @@ done
 echo "benches done at ${SECONDS}s" >>"$s"
 cp "$s" "$OUT/summary.txt"
 if [ "$SECONDS" -lt 240 ]; then
-  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 150 "$NCU" -k regex:tpla_split_schedule --launch-skip 3 --launch-count 1 \
+    timeout 150 "$NCU" -k regex:tpla_split_schedule --launch-skip 3 --launch-count 1 \
     --section SpeedOfLight --section LaunchStats --section WarpStateStats --section SourceCounters \
     -f -o "$W/sched" gpu-bin/tpla bench --backend cuda --variant mla --gpu-heads 16 \
     --out-dir "$W/json-sched" --config BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1,TMA=1 >"$W/sched-run.txt" 2>&1

@@ -34,3 +34,31 @@ for f in files:
               f"rel diff {c.get('check_rel_diff', float('nan')):.1e}")
 PY
 }
+
+# `gpu_init NAME` (from the repository root): the opening every GPU-host script shares. $OUT
+# (default /tmp/tpla-NAME) and $W=/tmp/NAME made; the CUDA libraries on the path, GPU and NVRTC
+# required, TPLA_GIT_COMMIT from gpu-bin/COMMIT; the summary $s started with the device's line;
+# $san and $NCU the sanitizer and Nsight Compute.
+gpu_init() {
+  OUT=${OUT:-/tmp/tpla-$1}
+  W=/tmp/$1
+  mkdir -p "$OUT" "$W"
+  export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1
+  export TPLA_GIT_COMMIT="$(cat gpu-bin/COMMIT 2>/dev/null || echo unknown)"
+  s="$W/summary.txt"
+  : >"$s"
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$s" 2>&1
+  san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+}
+
+# `sanitize_rows LABEL BIN TEST`: compute-sanitizer memcheck, racecheck and synccheck on one test
+# of the test executable BIN (logs $W/LABEL-TOOL.log), one summary line each in $s.
+sanitize_rows() {
+  local label=$1 bin=$2 test=$3 tool
+  for tool in memcheck racecheck synccheck; do
+    timeout 120 "$san" --tool $tool "$bin" --test-threads=1 "$test" >"$W/$label-$tool.log" 2>&1
+    echo "$label $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test result' "$W/$label-$tool.log" | tr '\n' ' ')" >>"$s"
+  done
+}

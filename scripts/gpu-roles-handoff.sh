@@ -6,25 +6,12 @@
 # stalls of the roles kernel. Summary printed last; everything in $OUT/roles-handoff.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/tpla-roles-handoff}
-W=/tmp/roles-handoff
-mkdir -p "$OUT" "$W"
 source scripts/gpu-lib.sh
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1
-export TPLA_GIT_COMMIT="$(cat gpu-bin/COMMIT 2>/dev/null || echo unknown)"
-s="$W/summary.txt"
-: >"$s"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$s" 2>&1
-san=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+gpu_init roles-handoff
 timeout 150 gpu-bin/decode_cuda --test-threads=1 score_warpgroup >"$W/test.log" 2>&1
 echo "mbar tests rc=$?: $(grep 'test result' "$W/test.log")" >>"$s"
 for set in gpu-bin gpu-bin-bar; do
-  for tool in racecheck memcheck synccheck; do
-    timeout 100 "$san" --tool $tool $set/decode_cuda --test-threads=1 \
-      sanitizer_smoke_every_kernel_score_warpgroup >"$W/$set-$tool.log" 2>&1
-    echo "$set $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test result' "$W/$set-$tool.log" | tr '\n' ' ')" >>"$s"
-  done
+  sanitize_rows $set $set/decode_cuda sanitizer_smoke_every_kernel_score_warpgroup
 done
 B=BLOCK_H=64,PRODUCER=1,TMA=1
 R="$B,BLOCK_N=64,STAGES=2,WG_SPLIT=128,SCORE_WG=1"

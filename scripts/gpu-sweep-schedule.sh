@@ -6,17 +6,8 @@
 # variable-length `+bal` rows launch it. Summary printed last; files in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/tpla-sweep-schedule}
-W=/tmp/sweep-schedule
-mkdir -p "$OUT" "$W"
 source scripts/gpu-lib.sh
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TPLA_REQUIRE_GPU=1 TPLA_REQUIRE_NVRTC=1
-export TPLA_GIT_COMMIT="$(cat gpu-bin/COMMIT 2>/dev/null || echo unknown)"
-s="$W/summary.txt"
-: >"$s"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >>"$s" 2>&1
-NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+gpu_init sweep-schedule
 timeout 240 "$NCU" -k regex:tpla_split_schedule --launch-skip 3 --launch-count 1 \
   --section SpeedOfLight --section LaunchStats --section WarpStateStats --section SourceCounters \
   -f -o "$W/sched" gpu-bin/tpla bench --backend cuda --variant mla --gpu-heads 16 \
