@@ -61,11 +61,8 @@ pub(crate) fn fp8_producer_regs(nw: usize, pg: usize) -> usize {
 pub(crate) fn has_fp8_cache(k: &crate::ir::Kernel) -> bool {
     k.params.iter().any(|p| {
         matches!(
-            p.kind,
-            crate::ir::ParamKind::Paged {
-                format: crate::ir::PagedFormat::Fp8 { .. },
-                ..
-            }
+            crate::cuda::lower::paged::format_of(&p.kind),
+            crate::ir::PagedFormat::Fp8 { .. }
         )
     })
 }
