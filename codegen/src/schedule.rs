@@ -20,6 +20,7 @@
 //! | `WG_KV_SPLIT` | 0, 1 | 1 (needs `PRODUCER = 1`): where a 64-row tile would run on one consumer warpgroup, two take alternate blocks of the paged loop, each with the whole accumulator and its own softmax state, merged once after the loop (`cuda/lower/kv_split.rs`; default 0; applies where that file's pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD` or `SOFTMAX_OVERLAP`) |
 //! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): on a 64-row tile, one more consumer warpgroup, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the *value* warpgroups that hold the accumulator (two at latent 512, one at the shard widths), which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, searched with `PRODUCER = TMA = 1`; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
 //! | `FP8_PRODUCERS` | 1, 2 | 2 (needs `PRODUCER = 1`): where the producer converts an FP8 cache (`KV_FP8`) beside one consumer warpgroup (16- to 64-row blocks whose accumulator one warpgroup holds), two producer warpgroups share each piece's conversion (384 threads; the conversion's instruction issue bounded the FP8 decode on the H200, `bench/NOTES-fp8.md`); elsewhere it changes nothing (default 1) |
+//! | `FULL_GROUPS` | 1 to 9 | `g > 1` (needs `TMA = 1`): each ring stage's full mbarrier split into `g` column groups of the block's 64-column TMA boxes, each with its own bytes; under `SCORE_WG` the score warpgroup's q·kᵀ waits for each group just before the k-steps that read it, so it starts while the later boxes are in flight (FlashMLA's per-tile K barriers; `cuda/full_groups.rs`); elsewhere it changes nothing (default 1) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -68,6 +69,9 @@ pub struct Schedule {
     /// Producer warpgroups converting an FP8 cache beside one consumer warpgroup
     /// (`FP8_PRODUCERS`, 1 or 2, default 1; `cuda/lower/fp8_producer.rs`).
     pub fp8_producers: usize,
+    /// Full mbarriers per ring stage, one per column group of the TMA boxes (`FULL_GROUPS`, 1
+    /// to 9, default 1; `cuda/full_groups.rs`).
+    pub full_groups: usize,
 }
 
 impl Default for Schedule {
@@ -86,6 +90,7 @@ impl Default for Schedule {
             wg_kv_split: false,
             score_wg: false,
             fp8_producers: 1,
+            full_groups: 1,
         }
     }
 }
@@ -259,6 +264,16 @@ impl Schedule {
                     }
                     s.fp8_producers = v as usize;
                 }
+                "FULL_GROUPS" => {
+                    if !(1..=9).contains(&v) {
+                        return Err(bad(
+                            name,
+                            v,
+                            "must be 1 to 9 (full mbarriers per ring stage)",
+                        ));
+                    }
+                    s.full_groups = v as usize;
+                }
                 "WG_SPLIT" => {
                     if v < 8 || v % 8 != 0 {
                         return Err(bad(name, v, "must be a positive multiple of 8"));
@@ -318,6 +333,13 @@ impl Schedule {
                 "FP8_PRODUCERS",
                 s.fp8_producers as i64,
                 "needs PRODUCER = 1 (the producer warpgroups convert the FP8 rows)",
+            ));
+        }
+        if s.full_groups > 1 && !s.tma {
+            return Err(bad(
+                "FULL_GROUPS",
+                s.full_groups as i64,
+                "needs TMA = 1 (the groups are of the TMA copies' column boxes)",
             ));
         }
         if s.score_wg && !s.producer {
@@ -451,6 +473,8 @@ mod tests {
             ("SCORE_WG", -1),
             ("FP8_PRODUCERS", 0),
             ("FP8_PRODUCERS", 3),
+            ("FULL_GROUPS", 0),
+            ("FULL_GROUPS", 10),
         ] {
             let e = Schedule::from_config(&cfg(&[(knob, v)])).unwrap_err();
             assert!(e.to_string().contains(knob), "{e}");
@@ -494,5 +518,10 @@ mod tests {
         }
         let s = Schedule::from_config(&cfg(&[("SCORE_WG", 1), ("PRODUCER", 1)])).unwrap();
         assert!(s.score_wg && s.producer);
+        let e = Schedule::from_config(&cfg(&[("FULL_GROUPS", 3), ("PRODUCER", 1)])).unwrap_err();
+        assert!(e.to_string().contains("TMA = 1"), "{e}");
+        assert_eq!(knob_of(e), "FULL_GROUPS");
+        let set = [("FULL_GROUPS", 3), ("PRODUCER", 1), ("TMA", 1)];
+        assert_eq!(Schedule::from_config(&cfg(&set)).unwrap().full_groups, 3);
     }
 }

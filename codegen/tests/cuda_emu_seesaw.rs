@@ -24,6 +24,9 @@ use emu_decode::*;
 #[path = "emu/kv_split.rs"]
 mod kv_split;
 
+/// `FULL_GROUPS`: the score warpgroup's ring with a full mbarrier per column group.
+#[path = "emu/full_groups.rs"]
+mod full_groups;
 /// `SCORE_WG = 1`: a score warpgroup beside two value warpgroups (in a file of its own).
 #[path = "emu/roles.rs"]
 mod roles;

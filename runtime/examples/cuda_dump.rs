@@ -206,6 +206,7 @@ fn main() {
         "SCORE_WG",
         "PREFETCH",
         "FP8_PRODUCERS",
+        "FULL_GROUPS",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

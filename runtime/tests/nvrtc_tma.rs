@@ -2,7 +2,9 @@
 //! prefetch `PREFETCH = 1`) of the library decode compiles
 //! for sm_90a with every warpgroup (BLOCK_H = 64) tune variant at latent 512 (MLA) and 256 (the
 //! TPLA shard), plus the split-table ABI (`KV_CHUNKS = 1`): each takes its tensor map parameter,
-//! issues bulk tensor copies, and ptxas reports no stack frame and no spill.
+//! issues bulk tensor copies, and ptxas reports no stack frame and no spill; with the score
+//! warpgroup's full mbarriers per column group (`FULL_GROUPS = 3, 9`), whose waits sit inside
+//! q·kᵀ's k loop, and no variant has its wgmmas serialised by ptxas (C7520).
 //!
 //! Without libnvrtc the test prints a SKIP line and passes, unless `TPLA_REQUIRE_NVRTC=1`
 //! (`.ci/nvrtc.sh` installs the `nvidia-cuda-nvrtc` wheel and sets both).
@@ -49,6 +51,30 @@ fn cases() -> Vec<Config> {
         .with("PRODUCER", 1)
         .with("TMA", 1);
     v.push(chunked);
+    // The score warpgroup's ring with its full mbarriers per column group (`FULL_GROUPS`): the
+    // waits inside q·kᵀ's k loop must not make ptxas serialise the kernel's wgmmas (C7520).
+    for (lat, bn, st) in [
+        (512, 64, 2),
+        (512, 32, 3),
+        (256, 64, 2),
+        (256, 32, 4),
+        (128, 64, 2),
+    ] {
+        for groups in [3, 9] {
+            let cfg = tpla_kernels::latent_decode
+                .default_config(&[("LAT", lat), ("ROPE", 64)])
+                .unwrap()
+                .with("BLOCK_H", 64)
+                .with("BLOCK_N", bn)
+                .with("STAGES", st)
+                .with("WG_SPLIT", 128)
+                .with("PRODUCER", 1)
+                .with("TMA", 1)
+                .with("SCORE_WG", 1)
+                .with("FULL_GROUPS", groups);
+            v.push(cfg);
+        }
+    }
     v
 }
 
@@ -69,8 +95,14 @@ fn compile_one(cfg: &Config) -> Result<String, String> {
     {
         return Err("no tensor map parameter".into());
     }
+    if cfg.get("FULL_GROUPS").is_ok_and(|g| g > 1) && !src.code.contains("if (k_ == ") {
+        return Err("FULL_GROUPS: no group wait inside q·kᵀ".into());
+    }
     let opts = default_options(&target.arch_name());
     let c = compile(&src.name, &src.code, &opts).map_err(|e| e.to_string())?;
+    if c.log.contains("C7520") {
+        return Err(format!("ptxas serialised the wgmmas:\n{}", c.log));
+    }
     match &c.report {
         Some(r) if !r.spill_free() => Err(format!(
             "{} B stack frame, {} / {} B spilled",
@@ -89,7 +121,7 @@ fn tma_producer_variants_compile_for_sm90a_without_spills() {
     }
     let queue = std::sync::Mutex::new(cases());
     let n = queue.lock().unwrap().len();
-    assert_eq!(n, 69 + 9 + 12);
+    assert_eq!(n, 69 + 9 + 12 + 10);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..2 {

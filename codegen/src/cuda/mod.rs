@@ -116,6 +116,7 @@
 
 mod analysis;
 mod elem;
+mod full_groups;
 mod fusion;
 mod geometry;
 mod layout;

@@ -78,6 +78,9 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         if geo.roles_wide > 0 {
             shared_bytes += crate::cuda::lower::roles::HANDOFF_MBAR_BYTES;
         }
+        if let Some((g, _)) = &lw.paging.full_groups {
+            shared_bytes += 8 * g.extra_mbars();
+        }
     }
 
     // Signature.
@@ -263,7 +266,10 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
     }
     if let (Some((_, st)), true) = (&lw.paging.producer_code, geo.roles_wide > 0) {
         code.push_str(&crate::cuda::lower::roles::roles_head(
-            *st, mbar_off, geo.nw,
+            *st,
+            mbar_off,
+            geo.nw,
+            lw.paging.full_groups.as_ref().map(|(g, _)| g),
         ));
     } else if let Some((producer, st)) = &lw.paging.producer_code {
         code.push_str(&warpspec_head(

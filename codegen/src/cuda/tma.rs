@@ -29,6 +29,7 @@
 //! looks the block's pages up itself (the same few table entries), so the choice is uniform.
 
 use crate::cuda::elem::Elem;
+use crate::cuda::full_groups::FullGroups;
 use crate::cuda::memory::Buf;
 use crate::ir::DType;
 use crate::launch::LaunchError;
@@ -198,10 +199,44 @@ pub(crate) fn tma_issue(
         lo,
         hi,
         base,
-        mbar,
+        groups,
     } = names;
     let boxes = row / BOX_COLS as usize;
-    let bytes = block * row * 2;
+    let [expect, arrive, cp_arrive, tile_bar] = full_bars(groups, block, st);
+    let load = format!(
+        "tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{tile_bar});",
+        box = block * BOX_COLS as usize,
+        cols = BOX_COLS
+    );
+    let row0 =
+        format!("const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};");
+    // Per page, every column box; under `FULL_GROUPS` per column box, every page, so each
+    // group's copies are issued before the next group's.
+    let loads = if groups.split() {
+        format!(
+            "#pragma unroll 1
+            for (int c_ = 0; c_ < {boxes}; ++c_)
+#pragma unroll 1
+                for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
+                    const int t_ = t0_ + k_ * rb_;
+                    {row0}
+                    {load}
+                }}
+"
+        )
+    } else {
+        format!(
+            "#pragma unroll 1
+            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
+                const int t_ = t0_ + k_ * rb_;
+                {row0}
+#pragma unroll 1
+                for (int c_ = 0; c_ < {boxes}; ++c_)
+                    {load}
+            }}
+"
+        )
+    };
     let cols = BOX_COLS;
     let ahead = if prefetch {
         format!(
@@ -238,28 +273,37 @@ pub(crate) fn tma_issue(
     {wait}
     if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
-            tpla_mbar_arrive_expect_tx(&{mbar}[j_ % {st}], {bytes}u);
-            // The stage may last have been filled by cp.async (generic proxy).
+{expect}            // The stage may last have been filled by cp.async (generic proxy).
             tpla_fence_proxy_async();
             tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
-#pragma unroll 1
-            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
-                const int t_ = t0_ + k_ * rb_;
-                const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
-#pragma unroll 1
-                for (int c_ = 0; c_ < {boxes}; ++c_)
-                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{mbar}[j_ % {st}]);
-            }}
-{ahead}        }} else {{
-            tpla_mbar_arrive(&{mbar}[j_ % {st}]);
-        }}
+{loads}{ahead}        }} else {{
+{arrive}        }}
     }} else {{
-{fallback}        tpla_cp_async_mbar_arrive(&{mbar}[j_ % {st}]);
-    }}
+{fallback}{cp_arrive}    }}
 }}
-",
-        box = block * BOX_COLS as usize,
+"
     )
+}
+
+/// The `expect_tx` of every full mbarrier of block `j_`'s stage (each group's bytes of a
+/// `block`-row bf16 block), the plain arrival on each, the `cp.async` arrival on each, and the
+/// mbarrier of tile `c_`: the pieces of [`tma_issue`] that name a full mbarrier.
+fn full_bars(groups: &FullGroups, block: usize, st: usize) -> [String; 4] {
+    let stage = format!("j_ % {st}");
+    let expect = (0..groups.groups)
+        .map(|g| {
+            format!(
+                "            tpla_mbar_arrive_expect_tx(&{}, {}u);\n",
+                groups.bar(&stage, g),
+                groups.bytes(g, block)
+            )
+        })
+        .collect();
+    let arrive = groups.each(&stage, |b| format!("            tpla_mbar_arrive(&{b});\n"));
+    let cp_arrive = groups.each(&stage, |b| {
+        format!("        tpla_cp_async_mbar_arrive(&{b});\n")
+    });
+    [expect, arrive, cp_arrive, groups.bar_of_tile(&stage, "c_")]
 }
 
 /// Names the TMA producer's copy refers to (see [`tma_issue`]).
@@ -273,7 +317,8 @@ pub(crate) struct TmaNames {
     pub(crate) lo: String,
     pub(crate) hi: String,
     pub(crate) base: String,
-    pub(crate) mbar: String,
+    /// The ring's full mbarriers: one per stage, or one per column group (`FULL_GROUPS`).
+    pub(crate) groups: crate::cuda::full_groups::FullGroups,
 }
 
 #[cfg(test)]

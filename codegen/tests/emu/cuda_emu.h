@@ -669,12 +669,18 @@ inline void tpla_emu_tma_load_2d(void* dst, const void* map, int c0, int c1, uns
     emu::B->pending.push_back(std::move(p));
 }
 namespace emu {
-// Lands one in-flight bulk copy, chosen pseudo-randomly among those issued.
+// Lands one in-flight bulk copy, chosen pseudo-randomly among those issued; the oldest under
+// `TPLA_EMU_LAND_FIFO=1` (copies landing in issue order: a wait for the first of several
+// mbarriers then passes while the later copies are still in flight).
 inline void land_one_copy() {
+    static const bool fifo = [] {
+        const char* v = getenv("TPLA_EMU_LAND_FIFO");
+        return v && v[0] == '1';
+    }();
     // The newest copy half of the time, else any: later blocks often land first.
     const unsigned long long r = next_rand();
     const size_t n = B->pending.size();
-    const size_t i = ((r >> 40) & 1) ? n - 1 : (size_t)((r >> 33) % n);
+    const size_t i = fifo ? 0 : ((r >> 40) & 1) ? n - 1 : (size_t)((r >> 33) % n);
     Block::Pending p = std::move(B->pending[i]);
     B->pending.erase(B->pending.begin() + (long)i);
     unsigned char* s = B->smem.data();

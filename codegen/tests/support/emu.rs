@@ -52,6 +52,18 @@ pub fn emu_dir() -> PathBuf {
 
 thread_local! {
     static LAGGARDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static LAND_FIFO: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's emulated bulk copies landing in the order they were issued
+/// (`TPLA_EMU_LAND_FIFO=1`; by default they land in a pseudo-random order): a kernel that waits
+/// for the first of several mbarriers of a block and reads the rest is then caught.
+#[allow(dead_code)]
+pub fn with_fifo_landing<R>(f: impl FnOnce() -> R) -> R {
+    LAND_FIFO.with(|l| l.set(true));
+    let r = f();
+    LAND_FIFO.with(|l| l.set(false));
+    r
 }
 
 /// Runs `f` with the emulator's laggards on for this thread's emulated kernels, even where the
@@ -265,6 +277,9 @@ pub fn run_emu(
     let mut run = Command::new(&exe);
     if LAGGARDS.with(|l| l.get()) {
         run.env("TPLA_EMU_LAGGARDS", "1");
+    }
+    if LAND_FIFO.with(|l| l.get()) {
+        run.env("TPLA_EMU_LAND_FIFO", "1");
     }
     let run = run.arg(&dir).output().map_err(|e| e.to_string())?;
     if !run.status.success() {

@@ -147,6 +147,13 @@ pub(crate) struct Paging {
     /// with which a program past its sequence's last piece leaves at the kernel's start,
     /// printed before anything else (`paged.rs`).
     pub(crate) early_exit: Option<String>,
+    /// `FULL_GROUPS` under the score warpgroup: the ring's full mbarriers per column group and
+    /// the ring buffer's name (`full_groups.rs`; set by `paged.rs` where they apply).
+    pub(crate) full_groups: Option<(crate::cuda::full_groups::FullGroups, String)>,
+    /// Waits the next `wgmma` gemm over that ring places inside its k loop, taken by it
+    /// (`gemm/wgmma.rs`), and whether one did.
+    pub(crate) k_waits: Option<crate::cuda::full_groups::KWaits>,
+    pub(crate) k_waits_placed: bool,
 }
 
 pub(crate) struct Fusion {

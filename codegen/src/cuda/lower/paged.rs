@@ -2,6 +2,7 @@
 //! are in `paged_store.rs`.
 
 use crate::cuda::elem::*;
+use crate::cuda::full_groups::FullGroups;
 use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
 use crate::cuda::lower::split_table::{chunked_bounds, chunked_early_exit};
 use crate::cuda::lower::*;
@@ -191,6 +192,21 @@ impl<'a> Lower<'a> {
         };
         let issue = mk_issue("warp", nw, "");
         let ws = self.geo.producer;
+        // `FULL_GROUPS` under the score warpgroup over a TMA-filled ring: one full mbarrier per
+        // column group, after the handoffs' (`full_groups.rs`); the score warpgroup's q·kᵀ waits
+        // for each group inside its k loop (`roles.rs`).
+        let tma_ring = ws && self.sched.tma && tma_applies(&b, elem, *block, *row);
+        let groups = FullGroups::new(
+            if tma_ring && self.roles.is_some() {
+                self.sched.full_groups
+            } else {
+                1
+            },
+            *row,
+            slots,
+            super::roles::handoff_mbars(slots).1 + 1,
+        );
+        self.paging.full_groups = groups.split().then(|| (groups, b.name.clone()));
         if ws && fp8.lat > 0 && self.seesaw.is_some() {
             // The two-consumer pair ring is fed with bf16 rows as they are in the pool.
             return Err(backend_err(
@@ -392,8 +408,7 @@ tpla_wgmma_commit();
                 )
             } else {
                 let fallback = mk_issue("pw_", 4, " 1");
-                let tma = (self.sched.tma && tma_applies(&b, elem, *block, *row))
-                    .then(|| tmap_name(*cache));
+                let tma = tma_ring.then(|| tmap_name(*cache));
                 let issue = match &tma {
                     Some(tmap) => {
                         self.paging.tma = Some((*cache, *block));
@@ -407,7 +422,7 @@ tpla_wgmma_commit();
                             lo: lo.clone(),
                             hi: hi.clone(),
                             base: base.clone(),
-                            mbar: MBAR.into(),
+                            groups,
                         };
                         tma_issue(
                             &names,

@@ -58,6 +58,7 @@
 //! 512: 384 threads at 168 registers) or 4-7 (the shard widths: 256 threads; `Geo::roles_wide`).
 
 use crate::cuda::elem::Elem;
+use crate::cuda::full_groups::{FullGroups, KWaits};
 use crate::cuda::geometry::*;
 use crate::cuda::layout::Lay;
 use crate::cuda::lower::iter::Iter;
@@ -79,7 +80,7 @@ pub(crate) const ROLES_REFUSED: &str =
 /// (the score warpgroup has published a block's P and rescale; its 128 threads arrive) and
 /// `P_FREE` (the value warpgroups are done with them; every value thread arrives). Returns their
 /// indices into the mbarrier array for `st` stages.
-fn handoff_mbars(st: usize) -> (usize, usize) {
+pub(crate) fn handoff_mbars(st: usize) -> (usize, usize) {
     (2 * st, 2 * st + 1)
 }
 /// Shared-memory bytes of the handoff mbarriers beyond the ring's (two of 8 bytes).
@@ -319,10 +320,22 @@ impl Lower<'_> {
         });
         let mut score = Vec::new();
         let mut rest = &score_stmts[..];
+        // `FULL_GROUPS`: q·kᵀ waits for the ring's later column groups inside its k loop.
+        self.paging.k_waits_placed = false;
+        if let Some((fg, ring)) = self.paging.full_groups.clone() {
+            let (stage, parity) = (format!("it_ % {}", fg.st), format!("(it_ / {}) & 1", fg.st));
+            self.paging.k_waits = Some(KWaits {
+                ring,
+                waits: (1..fg.groups)
+                    .map(|g| (fg.first_col(g), fg.wait(g, &stage, &parity)))
+                    .collect(),
+            });
+        }
         if let Some(g) = first_gemm {
             self.paging.gemm_no_wait = true;
             let first = self.lower_block(&score_stmts[..=g]);
             self.paging.gemm_no_wait = false;
+            self.paging.k_waits = None;
             let first = first?;
             let committed = first.iter().any(
                 |n| matches!(n, Node::Code { text, .. } if text.contains("tpla_wgmma_commit")),
@@ -425,13 +438,28 @@ impl Lower<'_> {
             crate::cuda::print::print_nodes(nodes, 2, "", &mut s);
             s
         };
-        let head = format!(
-            "    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);
+        // Under `FULL_GROUPS` the later groups' waits: in the score warpgroup's q·kᵀ where it
+        // placed them, else here; the value warpgroups wait for every group.
+        let later = match &self.paging.full_groups {
+            Some((fg, _)) => fg.wait_from(1, &format!("it_ % {st}"), &format!("(it_ / {st}) & 1")),
+            None => String::new(),
+        };
+        let later: String = later.lines().map(|l| format!("        {l}\n")).collect();
+        let head = |later: &str| {
+            format!(
+                "    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);
         tpla_fence_proxy_async();
-        s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));
+{later}        s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));
         {cur} = {base} + (it_ % {st}) * {slot};
 "
-        );
+            )
+        };
+        let score_head = head(if self.paging.k_waits_placed {
+            ""
+        } else {
+            &later
+        });
+        let head = head(&later);
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
         let (ready, free) = handoff_mbars(st);
@@ -449,7 +477,7 @@ impl Lower<'_> {
             text: format!(
                 "if (warp < 4) {{
     for (int it_ = 0; it_ < {nblk}; ++it_) {{
-    {head}{score}{publish}        tpla_fence_proxy_async();
+    {score_head}{score}{publish}        tpla_fence_proxy_async();
         tpla_mbar_arrive(&{MBAR}[{ready}]);
     }}
     if ({nblk} > 0) tpla_mbar_wait(&{MBAR}[{free}], (({nblk}) - 1) & 1);
@@ -519,9 +547,23 @@ impl Lower<'_> {
 /// (the issuing warpgroup's 128 arrivals, as a producer warpgroup's) and empty (the value
 /// warpgroups' threads, 128 or 256) — initialised and published block-wide (`nw`: the consumer
 /// warps, score and value).
-pub(crate) fn roles_head(st: usize, mbar_off: usize, nw: usize) -> String {
+pub(crate) fn roles_head(
+    st: usize,
+    mbar_off: usize,
+    nw: usize,
+    groups: Option<&FullGroups>,
+) -> String {
     let releasers = value_threads(nw);
     let (ready, free) = handoff_mbars(st);
+    // `FULL_GROUPS`: the later column groups' full mbarriers, counting what the stage's does.
+    let extra = match groups {
+        Some(g) => format!(
+            "        for (int i_ = 0; i_ < {}; ++i_) tpla_mbar_init(&{MBAR}[{} + i_], 128);\n",
+            g.extra_mbars(),
+            g.extra
+        ),
+        None => String::new(),
+    };
     format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
@@ -531,7 +573,7 @@ pub(crate) fn roles_head(st: usize, mbar_off: usize, nw: usize) -> String {
         }}
         tpla_mbar_init(&{MBAR}[{ready}], 128);
         tpla_mbar_init(&{MBAR}[{free}], {releasers});
-        tpla_mbar_init_fence();
+{extra}        tpla_mbar_init_fence();
     }}
     __syncthreads();
 "

@@ -166,6 +166,30 @@ impl<'a> Lower<'a> {
             ),
             _ => (String::new(), "tpla_wgmma_wait0();\n".into()),
         };
+        // `FULL_GROUPS`: the waits for the ring's later column groups, each before the first
+        // k-step that reads it (only over the whole K-major ring row, else left to the caller).
+        let k_waits = match self.paging.k_waits.take() {
+            Some(w)
+                if w.ring == b.0.name
+                    && !bop.mn_major
+                    && b.1.off[1] == 0
+                    && w.waits.iter().all(|(k, _)| k % 16 == 0 && *k < kd) =>
+            {
+                self.paging.k_waits_placed = true;
+                w.waits
+                    .iter()
+                    // (The fence after the wait: without it ptxas inserts its own arrive on the
+                    // wait's divergent path and serialises every `wgmma` of the kernel, C7520.)
+                    .map(|(k, code)| {
+                        format!("    if (k_ == {k}) {{\n{code}tpla_wgmma_fence();\n    }}\n")
+                    })
+                    .collect()
+            }
+            other => {
+                self.paging.k_waits = other;
+                String::new()
+            }
+        };
         // Without its wait (the caller's): nothing after the commit.
         let after = if self.paging.gemm_no_wait {
             String::new()
@@ -182,7 +206,7 @@ for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 {turn}tpla_wgmma_fence();
 #pragma unroll
 for (int k_ = 0; k_ < {kd}; k_ += 16) {{
-{issue}}}
+{k_waits}{issue}}}
 tpla_wgmma_commit();
 {hand_off}{after}}}
 ",
