@@ -304,8 +304,8 @@ fn sanitizer_smoke_every_kernel_kv_split() {
 /// A score warpgroup beside the value warpgroups (`SCORE_WG = 1`: q·kᵀ and the softmax in one,
 /// the rescale and P·V a block behind in the others: two at latent 512, one at the shard width
 /// 256) on 64-row candidates it applies to, fed by `cp.async` and TMA copies a value warpgroup
-/// issues, 64- and 16-token pages, three splits, on sequences of 1000, 333 and 9 tokens, each
-/// against the f64 reference.
+/// issues (TMA also with `FULL_GROUPS = 3`, and 9), 64- and 16-token pages, three splits, on
+/// sequences of 1000, 333 and 9 tokens, each against the f64 reference.
 #[test]
 fn cuda_score_warpgroup_agrees() {
     let Some(g) = gpu() else { return };
@@ -323,20 +323,30 @@ fn cuda_score_warpgroup_agrees() {
         } else {
             &[(32, 2), (64, 3), (64, 4)]
         };
+        // Over TMA copies also with the full mbarriers per column group (`FULL_GROUPS`): three
+        // groups everywhere, one per box at latent 512 on whole-block pages.
+        let groups: &[i64] = match (tma, lat, page) {
+            (1, 512, 64) => &[1, 3, 9],
+            (1, ..) => &[1, 3],
+            _ => &[1],
+        };
         for &(bn, st) in shapes {
-            let knobs = [
-                ("BLOCK_H", 64),
-                ("BLOCK_N", bn),
-                ("STAGES", st),
-                ("WG_SPLIT", 128),
-                ("PRODUCER", 1),
-                ("TMA", tma),
-                ("SCORE_WG", 1),
-            ];
-            let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
-            params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
-            let what = format!("lat {lat} page {page} {knobs:?}");
-            each_sequence_agrees(g, &p, &params, (3, 64 * lat), &what);
+            for &fg in groups {
+                let knobs = [
+                    ("BLOCK_H", 64),
+                    ("BLOCK_N", bn),
+                    ("STAGES", st),
+                    ("WG_SPLIT", 128),
+                    ("PRODUCER", 1),
+                    ("TMA", tma),
+                    ("SCORE_WG", 1),
+                    ("FULL_GROUPS", fg),
+                ];
+                let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
+                params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
+                let what = format!("lat {lat} page {page} {knobs:?}");
+                each_sequence_agrees(g, &p, &params, (3, 64 * lat), &what);
+            }
         }
     }
 }
@@ -344,15 +354,20 @@ fn cuda_score_warpgroup_agrees() {
 /// `SCORE_WG = 1` under compute-sanitizer (memcheck, racecheck, synccheck; see
 /// `sanitizer_smoke_every_kernel_tma`): at latent 512 32-token blocks at three and four stages
 /// with TMA, 64-token blocks at two stages with `cp.async`, 16-token pages; at latent 256 (one
-/// value warpgroup) 64-token blocks at four stages; each against the f64 reference.
+/// value warpgroup) 64-token blocks at four stages; three of them again with the full mbarriers
+/// per column group (`FULL_GROUPS = 3, 9`); each against the f64 reference.
 #[test]
 fn sanitizer_smoke_every_kernel_score_warpgroup() {
     let Some(g) = gpu() else { return };
-    for (lat, bn, st, page, tma) in [
-        (512usize, 32i64, 3i64, 64usize, 1i64),
-        (512, 32, 4, 16, 1),
-        (512, 64, 2, 64, 0),
-        (256, 64, 4, 64, 1),
+    for (lat, bn, st, page, tma, fg) in [
+        (512usize, 32i64, 3i64, 64usize, 1i64, 1i64),
+        (512, 32, 4, 16, 1, 1),
+        (512, 64, 2, 64, 0, 1),
+        (256, 64, 4, 64, 1, 1),
+        // Full mbarriers per column group (`FULL_GROUPS`).
+        (512, 64, 2, 64, 1, 3),
+        (512, 32, 4, 16, 1, 9),
+        (256, 64, 4, 64, 1, 3),
     ] {
         let knobs = [
             ("BLOCK_H", 64),
@@ -362,6 +377,7 @@ fn sanitizer_smoke_every_kernel_score_warpgroup() {
             ("PRODUCER", 1),
             ("TMA", tma),
             ("SCORE_WG", 1),
+            ("FULL_GROUPS", fg),
         ];
         two_sequences_agree(g, 4, lat, page, 3, &knobs);
     }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs on a GPU host with gpu-bin/ (session 9): FULL_GROUPS (the score warpgroup's ring stage
+# split into full mbarriers per column group, q·kᵀ waiting for each inside its k loop). The GPU
+# agreement test and compute-sanitizer on the SCORE_WG smoke test (with FULL_GROUPS rows), the
+# decode-only A/B of FULL_GROUPS 1 / 3 / 9 at MLA H128 / H64 and the shard, then the FP8 items
+# of scripts/gpu-h200-fp8-sq.sh while time is left (budget TPLA_BUDGET seconds, default 540).
+# Summary printed last; everything in $OUT/full-groups.tgz.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/gpu-lib.sh
+gpu_init full-groups
+budget=${TPLA_BUDGET:-540}
+timeout 200 gpu-bin/decode_cuda --test-threads=1 score_warpgroup >"$W/test.log" 2>&1
+echo "score_warpgroup tests rc=$?: $(grep 'test result' "$W/test.log")" >>"$s"
+sanitize_rows roles gpu-bin/decode_cuda sanitizer_smoke_every_kernel_score_warpgroup
+echo "tests done at ${SECONDS}s" >>"$s"
+cp "$s" "$OUT/summary.txt"
+B=BLOCK_H=64,PRODUCER=1,TMA=1
+R="$B,BLOCK_N=64,STAGES=2,WG_SPLIT=128,SCORE_WG=1"
+for shape in 64x32768 128x4096; do
+  for h in 128 64; do
+    for fg in 1 3 9; do
+      bench_tried gpu-bin/tpla "fg$fg" mla $h $shape "$R,FULL_GROUPS=$fg" >>"$s"
+    done
+  done
+  cp "$s" "$OUT/summary.txt"
+done
+for h in 64 128; do
+  for fg in 1 3; do
+    bench_tried gpu-bin/tpla "shard-fg$fg" tpla-shard $h 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_SPLIT=128,SCORE_WG=1,FULL_GROUPS=$fg" >>"$s"
+  done
+done
+echo "full-groups benches done at ${SECONDS}s" >>"$s"
+cp "$s" "$OUT/summary.txt"
+# FP8 on this device (issue 11) and the engine's FP8 plan, while time is left.
+if [ "$SECONDS" -lt $((budget - 200)) ]; then
+  timeout 150 gpu-bin/engine_fp8_cuda --test-threads=1 >"$W/engine-fp8.log" 2>&1
+  echo "engine_fp8_cuda rc=$?: $(grep 'test result' "$W/engine-fp8.log")" >>"$s"
+  for shape in 64x32768 128x4096; do
+    bench_tried gpu-bin/tpla bf16 mla 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1,TMA=1" >>"$s"
+    bench_tried gpu-bin/tpla fp8 mla-fp8 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1" >>"$s"
+  done
+  echo "fp8 done at ${SECONDS}s" >>"$s"
+  cp "$s" "$OUT/summary.txt"
+fi
+if [ "$SECONDS" -lt $((budget - 120)) ]; then
+  timeout 120 "$san" --tool memcheck gpu-bin/engine_fp8_cuda --test-threads=1 >"$W/engine-fp8-memcheck.log" 2>&1
+  echo "engine_fp8_cuda memcheck rc=$?: $(grep -E 'ERROR SUMMARY|test result' "$W/engine-fp8-memcheck.log" | tr '\n' ' ')" >>"$s"
+fi
+tar czf "$OUT/full-groups.tgz" -C /tmp full-groups
+cp "$s" "$OUT/summary.txt"
+cat "$s"
