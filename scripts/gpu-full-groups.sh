@@ -12,7 +12,10 @@ gpu_init full-groups
 budget=${TPLA_BUDGET:-540}
 timeout 200 gpu-bin/decode_cuda --test-threads=1 score_warpgroup >"$W/test.log" 2>&1
 echo "score_warpgroup tests rc=$?: $(grep 'test result' "$W/test.log")" >>"$s"
+timeout 150 gpu-bin/decode_cuda --test-threads=1 full_groups >"$W/test-fg.log" 2>&1
+echo "full_groups tests rc=$?: $(grep 'test result' "$W/test-fg.log")" >>"$s"
 sanitize_rows roles gpu-bin/decode_cuda sanitizer_smoke_every_kernel_score_warpgroup
+sanitize_rows plain-fg gpu-bin/decode_cuda sanitizer_smoke_every_kernel_full_groups
 echo "tests done at ${SECONDS}s" >>"$s"
 cp "$s" "$OUT/summary.txt"
 B=BLOCK_H=64,PRODUCER=1,TMA=1
@@ -27,8 +30,11 @@ for shape in 64x32768 128x4096; do
 done
 for h in 64 128; do
   for fg in 1 3; do
-    bench_tried gpu-bin/tpla "shard-fg$fg" tpla-shard $h 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_SPLIT=128,SCORE_WG=1,FULL_GROUPS=$fg" >>"$s"
+    bench_tried gpu-bin/tpla "shard-kv-fg$fg" tpla-shard $h 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_KV_SPLIT=1,FULL_GROUPS=$fg" >>"$s"
   done
+done
+for fg in 1 3; do
+  bench_tried gpu-bin/tpla "plain32-fg$fg" mla 64 64x32768 "$B,BLOCK_N=64,STAGES=2,WG_SPLIT=32,FULL_GROUPS=$fg" >>"$s"
 done
 echo "full-groups benches done at ${SECONDS}s" >>"$s"
 cp "$s" "$OUT/summary.txt"

@@ -75,6 +75,25 @@ fn cases() -> Vec<Config> {
             v.push(cfg);
         }
     }
+    // The same groups under the plain producer schedule: q·kᵀ split by columns (latent 512),
+    // whole in one warpgroup (latent 256), on alternate blocks (`WG_KV_SPLIT`).
+    for (lat, st, knob) in [
+        (512, 2, ("WG_SPLIT", 32)),
+        (256, 3, ("WG_SPLIT", 128)),
+        (256, 4, ("WG_KV_SPLIT", 1)),
+    ] {
+        let cfg = tpla_kernels::latent_decode
+            .default_config(&[("LAT", lat), ("ROPE", 64)])
+            .unwrap()
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", 64)
+            .with("STAGES", st)
+            .with("PRODUCER", 1)
+            .with("TMA", 1)
+            .with(knob.0, knob.1)
+            .with("FULL_GROUPS", 3);
+        v.push(cfg);
+    }
     v
 }
 
@@ -121,7 +140,7 @@ fn tma_producer_variants_compile_for_sm90a_without_spills() {
     }
     let queue = std::sync::Mutex::new(cases());
     let n = queue.lock().unwrap().len();
-    assert_eq!(n, 69 + 9 + 12 + 10);
+    assert_eq!(n, 69 + 9 + 12 + 10 + 3);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..2 {

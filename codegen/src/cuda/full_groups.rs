@@ -126,8 +126,10 @@ impl FullGroups {
 
 /// Waits a `wgmma` gemm places inside its k loop (`gemm/wgmma.rs`): before the k-step at column
 /// `k` of the buffer named `ring` (read as a K-major B operand from column 0), the code beside it.
+/// Only the gemm assigning tile `gemm` takes them (`lower/k_waits.rs`).
 #[derive(Clone, Debug)]
 pub(crate) struct KWaits {
+    pub(crate) gemm: crate::ir::TileId,
     pub(crate) ring: String,
     pub(crate) waits: Vec<(usize, String)>,
 }

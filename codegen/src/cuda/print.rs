@@ -282,6 +282,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
                 if geo.kv_split { 128 } else { geo.nw * 32 },
             ),
             lw.paging.producer_regs,
+            lw.paging.full_groups.as_ref().map(|(g, _)| g),
         ));
     }
     code.push_str(&body);

@@ -242,6 +242,7 @@ pub(crate) fn warpspec_head(
     mbar_off: usize,
     (nw, pg, releasers): (usize, usize, usize),
     regs: usize,
+    groups: Option<&crate::cuda::full_groups::FullGroups>,
 ) -> String {
     let regs = if regs == 0 { PRODUCER_REGS } else { regs };
     let consumers = consumer_regs((nw, pg), regs);
@@ -250,6 +251,15 @@ pub(crate) fn warpspec_head(
         "setmaxnreg split {regs} + {consumers} past the register pool of {nw} consumer warps"
     );
     let fillers = pg * PRODUCER_THREADS;
+    // `FULL_GROUPS`: the later column groups' full mbarriers, counting what the stage's does.
+    let extra = match groups {
+        Some(g) => format!(
+            "        for (int i_ = 0; i_ < {}; ++i_) tpla_mbar_init(&{MBAR}[{} + i_], {fillers});\n",
+            g.extra_mbars(),
+            g.extra
+        ),
+        None => String::new(),
+    };
     let mut s = format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
@@ -257,7 +267,7 @@ pub(crate) fn warpspec_head(
             tpla_mbar_init(&{MBAR}[i_], {fillers});
             tpla_mbar_init(&{MBAR}[{st} + i_], {releasers});
         }}
-        tpla_mbar_init_fence();
+{extra}        tpla_mbar_init_fence();
     }}
     __syncthreads();
     if (warp >= {nw}) {{

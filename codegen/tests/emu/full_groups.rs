@@ -112,6 +112,41 @@ fn emulated_decode_with_full_groups() {
     });
 }
 
+/// The producer schedule without the score warpgroup: the consumers' own q·kᵀ takes the waits
+/// (q·kᵀ split by columns across the warpgroups at latent 512, `WG_SPLIT = 32`; one warpgroup
+/// at the shard width; two on alternate blocks, `WG_KV_SPLIT`), against the CPU backend and the
+/// f64 reference, with laggards and with the copies landing in issue order.
+#[test]
+fn emulated_plain_producer_decode_with_full_groups() {
+    let Some(cxx) = skip_without_cxx("emulated_plain_producer_decode_with_full_groups") else {
+        return;
+    };
+    let t = Target::sm90();
+    let plain = |g: i64| [("PRODUCER", 1), ("TMA", 1), ("FULL_GROUPS", g)];
+    let split32 = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("FULL_GROUPS", 3),
+        ("WG_SPLIT", 32),
+    ];
+    let kv = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("FULL_GROUPS", 3),
+        ("WG_KV_SPLIT", 1),
+    ];
+    decode_case_with(&cxx, dp(64, 2, 512), &split32, t, 64, &[300, 41, 0], 2, 91);
+    decode_case_with(&cxx, dp(64, 3, 256), &plain(5), t, 64, &[500, 9], 2, 92);
+    decode_case_with(&cxx, dp(64, 4, 256), &kv, t, 64, &[700, 130], 1, 93);
+    with_laggards(|| {
+        decode_case_with(&cxx, dp(32, 2, 512), &split32, t, 40, &[200, 65], 1, 94);
+        decode_case_with(&cxx, dp(64, 4, 256), &kv, t, 64, &[520, 64], 2, 95);
+    });
+    with_fifo_landing(|| {
+        decode_case_with(&cxx, dp(64, 3, 256), &plain(3), t, 64, &[640, 384], 1, 96);
+    });
+}
+
 /// Without the waits inside q·kᵀ (the later groups read unwaited) the emulated decode is wrong:
 /// the emulation catches a missing group wait. (The same kernel with its waits passes the same
 /// way, `emulated_decode_with_full_groups`.)
@@ -120,10 +155,25 @@ fn a_missing_group_wait_fails_the_emulation() {
     let Some(cxx) = skip_without_cxx("a_missing_group_wait_fails_the_emulation") else {
         return;
     };
+    let plain = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("FULL_GROUPS", 3),
+        ("WG_SPLIT", 32),
+    ];
+    for (label, extra) in [
+        ("score warpgroup", &knobs(3)[..]),
+        ("plain producer", &plain[..]),
+    ] {
+        mutated_decode_fails(&cxx, extra, label);
+    }
+}
+
+fn mutated_decode_fails(cxx: &str, extra: &[(&str, i64)], label: &str) {
     let p = dp(64, 2, 512);
-    let k = latent_decode_with(p, &knobs(3)).unwrap();
+    let k = latent_decode_with(p, extra).unwrap();
     let mut src = emit(&k, Target::sm90()).unwrap();
-    assert!(src.code.contains("    if (k_ == 192) {"));
+    assert!(src.code.contains("    if (k_ == 192) {"), "{label}");
     src.code = src
         .code
         .replace("    if (k_ == ", "    if (false && k_ == ");
@@ -152,11 +202,11 @@ fn a_missing_group_wait_fails_the_emulation() {
     ];
     // Copies landing in issue order (group 0's boxes first): the unwaited groups are still in
     // flight when q·kᵀ reads them, holding the block two before.
-    let gpu = with_fifo_landing(|| run_emu(&cxx, &k, &src, &args, "full_groups_mutated")).unwrap();
+    let gpu = with_fifo_landing(|| run_emu(cxx, &k, &src, &args, "full_groups_mutated")).unwrap();
     let cpu = run_cpu(&k, &args);
     let diff = max_diff(&gpu[2], &cpu[2]);
     assert!(
         diff.is_nan() || diff > 2e-2,
-        "the decode without its group waits matched the CPU backend (max diff {diff})"
+        "{label}: the decode without its group waits matched the CPU backend (max diff {diff})"
     );
 }

@@ -110,6 +110,50 @@ fn cuda_tma_producer_agrees() {
     }
 }
 
+/// The TMA producer with the full mbarriers per column group (`FULL_GROUPS = 3`: q·kᵀ waits for
+/// each group inside its k loop) on every 64-row config at latent 512 and 256, 64- and 16-token
+/// pages, and with two warpgroups on alternate blocks (`WG_KV_SPLIT`) at latent 256.
+#[test]
+fn cuda_full_groups_agrees() {
+    let Some(g) = gpu() else { return };
+    for (lat, page) in [(512usize, 64usize), (256, 64), (512, 16)] {
+        let knobs = [("PRODUCER", 1), ("TMA", 1), ("FULL_GROUPS", 3)];
+        every_64_row_config_agrees(g, lat as u64 + 37, lat, page, 3, &knobs);
+    }
+    let knobs = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("WG_KV_SPLIT", 1),
+        ("FULL_GROUPS", 3),
+    ];
+    every_64_row_config_agrees(g, 291, 256, 64, 3, &knobs);
+}
+
+/// `FULL_GROUPS` under compute-sanitizer (memcheck, racecheck, synccheck): the plain producer's
+/// q·kᵀ split by columns (latent 512), whole (latent 256, 16-token pages), on alternate blocks
+/// (`WG_KV_SPLIT`), each against the f64 reference.
+#[test]
+fn sanitizer_smoke_every_kernel_full_groups() {
+    let Some(g) = gpu() else { return };
+    for (lat, bn, st, wg, kv, page, fg) in [
+        (512usize, 64i64, 2i64, 32i64, 0i64, 64usize, 3i64),
+        (256, 64, 3, 128, 0, 16, 5),
+        (256, 64, 4, 128, 1, 64, 3),
+    ] {
+        let knobs = [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", bn),
+            ("STAGES", st),
+            ("WG_SPLIT", wg),
+            ("PRODUCER", 1),
+            ("TMA", 1),
+            ("WG_KV_SPLIT", kv),
+            ("FULL_GROUPS", fg),
+        ];
+        two_sequences_agree(g, 5, lat, page, 2, &knobs);
+    }
+}
+
 /// The TMA producer with the L2 prefetch of the block a ring round ahead (`PREFETCH = 1`) on
 /// every 64-row config at latent 512 and 256, 64-token pages (prefetches) and 16-token pages
 /// (none: a block spans pages); a hint that must change no result.

@@ -90,10 +90,18 @@ impl Lower<'_> {
                 writes: vec![],
             });
         }
+        let later = self.later_group_waits(false);
+        let later = if later.is_empty() {
+            later
+        } else {
+            format!("\n{}", later.trim_end())
+        };
         out.push(Node::Scope {
+            // (Under `FULL_GROUPS` the later column groups' waits too, unless the block's q·kᵀ
+            // took them, `lower/k_waits.rs`.)
             head: format!(
-                "{}\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();",
-                self.consumer_loop_head(nblk)
+                "{}\n    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);\n    tpla_fence_proxy_async();{later}",
+                self.consumer_loop_head(nblk),
             ),
             body: body_nodes,
             tail: "}".into(),

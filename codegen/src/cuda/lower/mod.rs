@@ -8,6 +8,7 @@ pub(crate) mod fp8;
 pub(crate) mod fp8_producer;
 pub(crate) mod gemm;
 pub(crate) mod iter;
+pub(crate) mod k_waits;
 pub(crate) mod kv_split;
 pub(crate) mod memory;
 pub(crate) mod paged;

@@ -192,21 +192,7 @@ impl<'a> Lower<'a> {
         };
         let issue = mk_issue("warp", nw, "");
         let ws = self.geo.producer;
-        // `FULL_GROUPS` under the score warpgroup over a TMA-filled ring: one full mbarrier per
-        // column group, after the handoffs' (`full_groups.rs`); the score warpgroup's q·kᵀ waits
-        // for each group inside its k loop (`roles.rs`).
-        let tma_ring = ws && self.sched.tma && tma_applies(&b, elem, *block, *row);
-        let groups = FullGroups::new(
-            if tma_ring && self.roles.is_some() {
-                self.sched.full_groups
-            } else {
-                1
-            },
-            *row,
-            slots,
-            super::roles::handoff_mbars(slots).1 + 1,
-        );
-        self.paging.full_groups = groups.split().then(|| (groups, b.name.clone()));
+        let tma_ring = ws && fp8.lat == 0 && self.sched.tma && tma_applies(&b, elem, *block, *row);
         if ws && fp8.lat > 0 && self.seesaw.is_some() {
             // The two-consumer pair ring is fed with bf16 rows as they are in the pool.
             return Err(backend_err(
@@ -261,11 +247,32 @@ impl<'a> Lower<'a> {
             None => None,
         };
         let mut overlap_after = None;
+        // `FULL_GROUPS` over a TMA-filled ring: one full mbarrier per column group (after the
+        // handoffs' under the score warpgroup; `full_groups.rs`), the loop's q·kᵀ waiting for
+        // each inside its k loop. Not where the body is reordered (`SEESAW`, `QK_AHEAD`,
+        // `SOFTMAX_OVERLAP`).
+        let plain_body = !seesaw && hoist.is_none() && overlapped.is_none();
+        let groups = FullGroups::new(
+            if tma_ring && (self.roles.is_some() || plain_body) {
+                self.sched.full_groups
+            } else {
+                1
+            },
+            *row,
+            slots,
+            if self.roles.is_some() {
+                super::roles::handoff_mbars(slots).1 + 1
+            } else {
+                2 * slots
+            },
+        );
+        self.paging.full_groups = groups.split().then(|| (groups, b.name.clone()));
+        self.paging.k_waits_placed = false;
         // `SCORE_WG`: the body lowered once per role (`roles.rs`), placed by `roles_consumers`.
         let mut role_parts = None;
         let mut role_issue = None;
         let inner = if ws && self.roles.is_some() {
-            role_parts = Some(self.lower_roles(body)?);
+            role_parts = Some(self.lower_roles(body, *tile)?);
             vec![]
         } else if let Some((nodes, after)) = overlapped {
             overlap_after = Some(after);
@@ -324,7 +331,10 @@ tpla_wgmma_commit();
                 }
             }
         } else {
-            self.lower_block(body)?
+            self.paging.k_waits = self.k_waits_for(body, *tile);
+            let inner = self.lower_block(body);
+            self.paging.k_waits = None;
+            inner?
         };
         self.paging.pingpong = false;
         let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);

@@ -58,7 +58,7 @@
 //! 512: 384 threads at 168 registers) or 4-7 (the shard widths: 256 threads; `Geo::roles_wide`).
 
 use crate::cuda::elem::Elem;
-use crate::cuda::full_groups::{FullGroups, KWaits};
+use crate::cuda::full_groups::FullGroups;
 use crate::cuda::geometry::*;
 use crate::cuda::layout::Lay;
 use crate::cuda::lower::iter::Iter;
@@ -130,7 +130,7 @@ pub(crate) fn warp_constants(m: usize, n: usize, wide: usize, value_wgs: usize) 
 }
 
 /// The tile a view chain (assigned in `body`) starts from.
-fn root(body: &[Stmt], mut t: TileId) -> TileId {
+pub(crate) fn root(body: &[Stmt], mut t: TileId) -> TileId {
     loop {
         let def = body.iter().find_map(|s| match s {
             Stmt::Assign {
@@ -298,7 +298,11 @@ impl Lower<'_> {
     /// Lowers the loop body twice: the score statements, then what publishes the handoff tiles;
     /// the value statements, with the rescale fetched first and the gemm operand read from its
     /// shared-memory copy. Returns `(score, publish, fetch, value)`.
-    pub(crate) fn lower_roles(&mut self, body: &[Stmt]) -> Result<[Vec<Node>; 4], IrError> {
+    pub(crate) fn lower_roles(
+        &mut self,
+        body: &[Stmt],
+        tile: TileId,
+    ) -> Result<[Vec<Node>; 4], IrError> {
         let plan = self.roles.clone().expect("roles planned");
         let (score_stmts, value_stmts): (Vec<Stmt>, Vec<Stmt>) =
             body.iter().cloned().partition(|s| match s {
@@ -321,16 +325,7 @@ impl Lower<'_> {
         let mut score = Vec::new();
         let mut rest = &score_stmts[..];
         // `FULL_GROUPS`: q·kᵀ waits for the ring's later column groups inside its k loop.
-        self.paging.k_waits_placed = false;
-        if let Some((fg, ring)) = self.paging.full_groups.clone() {
-            let (stage, parity) = (format!("it_ % {}", fg.st), format!("(it_ / {}) & 1", fg.st));
-            self.paging.k_waits = Some(KWaits {
-                ring,
-                waits: (1..fg.groups)
-                    .map(|g| (fg.first_col(g), fg.wait(g, &stage, &parity)))
-                    .collect(),
-            });
-        }
+        self.paging.k_waits = self.k_waits_for(&score_stmts, tile);
         if let Some(g) = first_gemm {
             self.paging.gemm_no_wait = true;
             let first = self.lower_block(&score_stmts[..=g]);
@@ -440,11 +435,7 @@ impl Lower<'_> {
         };
         // Under `FULL_GROUPS` the later groups' waits: in the score warpgroup's q·kᵀ where it
         // placed them, else here; the value warpgroups wait for every group.
-        let later = match &self.paging.full_groups {
-            Some((fg, _)) => fg.wait_from(1, &format!("it_ % {st}"), &format!("(it_ / {st}) & 1")),
-            None => String::new(),
-        };
-        let later: String = later.lines().map(|l| format!("        {l}\n")).collect();
+        let (score_later, later) = (self.later_group_waits(false), self.later_group_waits(true));
         let head = |later: &str| {
             format!(
                 "    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);
@@ -454,11 +445,7 @@ impl Lower<'_> {
 "
             )
         };
-        let score_head = head(if self.paging.k_waits_placed {
-            ""
-        } else {
-            &later
-        });
+        let score_head = head(&score_later);
         let head = head(&later);
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));

@@ -201,6 +201,14 @@ impl<'a> Lower<'a> {
             _ => {}
         }
         let zero = init.is_none();
+        // `FULL_GROUPS`: the waits are for one gemm only (`lower/k_waits.rs`); whether it took
+        // them or not, no other gemm may.
+        let target = self.paging.k_waits.as_ref().is_some_and(|w| w.gemm == dst);
+        let stash = if target {
+            None
+        } else {
+            self.paging.k_waits.take()
+        };
         match kind {
             GemmKind::WgmmaRegsA(arr, bb, bview) => {
                 let code = self
@@ -252,6 +260,7 @@ impl<'a> Lower<'a> {
                 text.push_str(&code);
             }
         }
+        self.paging.k_waits = stash;
         if local {
             // The destination is a shared tile: one writer per element.
             let it = Iter::Frag { m, n };
