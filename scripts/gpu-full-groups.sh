@@ -10,6 +10,26 @@ cd "$(dirname "$0")/.."
 source scripts/gpu-lib.sh
 gpu_init full-groups
 budget=${TPLA_BUDGET:-540}
+if [ -n "${TPLA_FG_QUICK:-}" ]; then
+  # The quick A/B: the FULL_GROUPS tests and their sanitizer rows, then three groups against one.
+  timeout 150 gpu-bin/decode_cuda --test-threads=1 full_groups >"$W/test-fg.log" 2>&1
+  echo "full_groups tests rc=$?: $(grep 'test result' "$W/test-fg.log")" >>"$s"
+  sanitize_rows plain-fg gpu-bin/decode_cuda sanitizer_smoke_every_kernel_full_groups
+  B=BLOCK_H=64,PRODUCER=1,TMA=1
+  for h in 128 64; do
+    for fg in 1 3; do
+      bench_tried gpu-bin/tpla "fg$fg" mla $h 64x32768 "$B,BLOCK_N=64,STAGES=2,WG_SPLIT=128,SCORE_WG=1,FULL_GROUPS=$fg" >>"$s"
+    done
+  done
+  for fg in 1 3; do
+    bench_tried gpu-bin/tpla "plain32-fg$fg" mla 64 64x32768 "$B,BLOCK_N=64,STAGES=2,WG_SPLIT=32,FULL_GROUPS=$fg" >>"$s"
+    bench_tried gpu-bin/tpla "shard-kv-fg$fg" tpla-shard 64 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_KV_SPLIT=1,FULL_GROUPS=$fg" >>"$s"
+  done
+  cp "$s" "$OUT/summary.txt"
+  tar czf "$OUT/full-groups.tgz" -C /tmp full-groups
+  cat "$s"
+  exit 0
+fi
 timeout 200 gpu-bin/decode_cuda --test-threads=1 score_warpgroup >"$W/test.log" 2>&1
 echo "score_warpgroup tests rc=$?: $(grep 'test result' "$W/test.log")" >>"$s"
 timeout 150 gpu-bin/decode_cuda --test-threads=1 full_groups >"$W/test-fg.log" 2>&1

@@ -114,7 +114,7 @@ fn compile_one(cfg: &Config) -> Result<String, String> {
     {
         return Err("no tensor map parameter".into());
     }
-    if cfg.get("FULL_GROUPS").is_ok_and(|g| g > 1) && !src.code.contains("if (k_ == ") {
+    if cfg.get("FULL_GROUPS").is_ok_and(|g| g > 1) && !src.group_waits {
         return Err("FULL_GROUPS: no group wait inside q·kᵀ".into());
     }
     let opts = default_options(&target.arch_name());

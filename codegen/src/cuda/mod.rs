@@ -325,6 +325,9 @@ pub struct CudaSource {
     /// knob is off or changed nothing (its pattern or geometry did not allow it), so a tuner can
     /// skip the config.
     pub score_wg: bool,
+    /// Whether the paged loop's q·kᵀ waits for the ring's column groups between its commit
+    /// groups (`FULL_GROUPS > 1`); false where the knob is off or changed nothing.
+    pub group_waits: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

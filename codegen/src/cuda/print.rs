@@ -299,5 +299,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         warpgroups: geo.wg,
         kv_split: geo.kv_split,
         score_wg: geo.roles_wide > 0,
+        group_waits: lw.paging.k_waits_placed,
     }
 }

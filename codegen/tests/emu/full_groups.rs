@@ -57,19 +57,22 @@ fn full_groups_split_the_stage_barrier_by_column_group() {
             "{g}: a third of the 64 x 576 block"
         );
     }
+    // q·kᵀ in three commit groups, each later one after its group's wait and a wgmma fence.
+    assert!(three.group_waits);
     for (k, bar) in [(192, 0), (384, 1)] {
         assert!(
             code.contains(&format!(
-                "if (k_ == {k}) {{\n            tpla_mbar_wait(&tpla_mbar[6 + (it_ % 2) * 2 + {bar}], (it_ / 2) & 1);"
+                "tpla_wgmma_commit();\n            tpla_mbar_wait(&tpla_mbar[6 + (it_ % 2) * 2 + {bar}], (it_ / 2) & 1);\n            tpla_fence_proxy_async();\n            tpla_wgmma_fence();\n            #pragma unroll\n            for (int k_ = {k}; k_ < {}; k_ += 16) {{",
+                k + 192
             )),
-            "group {} waited at k {k}",
+            "group {} waited before k {k}",
             bar + 1
         );
     }
     // Nine groups: one per 64-column box.
     let nine = src(9).code;
     assert!(nine.contains("tpla_mbar_arrive_expect_tx(&tpla_mbar[6 + (j_ % 2) * 8 + 7], 8192u);"));
-    assert!(nine.contains("if (k_ == 512) {"));
+    assert!(nine.contains("for (int k_ = 512; k_ < 576; k_ += 16) {"));
     // Without TMA the knob is refused when the config is read.
     let e = latent_decode_with(p, &[("PRODUCER", 1), ("SCORE_WG", 1), ("FULL_GROUPS", 3)])
         .map(|k| emit(&k, Target::sm90()).map(|_| ()))
@@ -173,10 +176,24 @@ fn mutated_decode_fails(cxx: &str, extra: &[(&str, i64)], label: &str) {
     let p = dp(64, 2, 512);
     let k = latent_decode_with(p, extra).unwrap();
     let mut src = emit(&k, Target::sm90()).unwrap();
-    assert!(src.code.contains("    if (k_ == 192) {"), "{label}");
-    src.code = src
-        .code
-        .replace("    if (k_ == ", "    if (false && k_ == ");
+    assert!(src.group_waits, "{label}");
+    // Drop the waits inside q·kᵀ (a group's wait is the one followed by a wgmma fence); the
+    // value warpgroups' waits for the groups stay.
+    let lines: Vec<&str> = src.code.lines().collect();
+    let mut dropped = 0;
+    let kept: Vec<&str> = (0..lines.len())
+        .filter(|&i| {
+            let qk_wait = lines[i].contains("tpla_mbar_wait(")
+                && lines
+                    .get(i + 2)
+                    .is_some_and(|l| l.contains("tpla_wgmma_fence();"));
+            dropped += qk_wait as usize;
+            !qk_wait
+        })
+        .map(|i| lines[i])
+        .collect();
+    assert_eq!(dropped, 2, "{label}: the two later groups' waits in q·kᵀ");
+    src.code = kept.join("\n");
     let lens = [640, 384, 512];
     let (batch, heads, d) = (lens.len(), 64, 576);
     let mut rng = Rng::new(86);

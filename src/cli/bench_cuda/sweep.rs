@@ -84,7 +84,7 @@ pub(super) fn two_fp8_producers_apply(target: tpla_codegen::cuda::Target, cfg: &
 /// Whether `FULL_GROUPS` in `cfg` changes the emitted decode kernel on this device (the loop's
 /// q·kᵀ waiting for the ring's column groups inside its k loop).
 pub(super) fn full_groups_apply(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
-    emitted(target, cfg).is_some_and(|src| src.code.contains("if (k_ == "))
+    emitted(target, cfg).is_some_and(|src| src.group_waits)
 }
 
 /// The decode kernel `cfg` emits on `target`, if it builds and emits.

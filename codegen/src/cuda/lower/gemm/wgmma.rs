@@ -168,7 +168,7 @@ impl<'a> Lower<'a> {
         };
         // `FULL_GROUPS`: the waits for the ring's later column groups, each before the first
         // k-step that reads it (only over the whole K-major ring row, else left to the caller).
-        let k_waits = match self.paging.k_waits.take() {
+        let k_waits: Vec<(usize, String)> = match self.paging.k_waits.take() {
             Some(w)
                 if w.ring == b.0.name
                     && !bop.mn_major
@@ -177,19 +177,32 @@ impl<'a> Lower<'a> {
             {
                 self.paging.k_waits_placed = true;
                 w.waits
-                    .iter()
-                    // (The fence after the wait: without it ptxas inserts its own arrive on the
-                    // wait's divergent path and serialises every `wgmma` of the kernel, C7520.)
-                    .map(|(k, code)| {
-                        format!("    if (k_ == {k}) {{\n{code}tpla_wgmma_fence();\n    }}\n")
-                    })
-                    .collect()
             }
             other => {
                 self.paging.k_waits = other;
-                String::new()
+                Vec::new()
             }
         };
+        // The k loop, one commit group per column group: each group's wait (and a fence, so
+        // ptxas adds no arrive of its own on the wait's divergent path) between two commits,
+        // as CUTLASS's mainloop waits for its next stage, not inside an open group.
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(k_waits.iter().map(|(k, _)| *k))
+            .collect();
+        let k_loop: String = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &lo)| {
+                let hi = starts.get(i + 1).copied().unwrap_or(kd);
+                let wait = match i {
+                    0 => String::new(),
+                    _ => format!("{}tpla_wgmma_fence();\n", k_waits[i - 1].1),
+                };
+                format!(
+                    "{wait}#pragma unroll\nfor (int k_ = {lo}; k_ < {hi}; k_ += 16) {{\n{issue}}}\ntpla_wgmma_commit();\n"
+                )
+            })
+            .collect();
         // Without its wait (the caller's): nothing after the commit.
         let after = if self.paging.gemm_no_wait {
             String::new()
@@ -204,11 +217,7 @@ impl<'a> Lower<'a> {
 #pragma unroll
 for (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);
 {turn}tpla_wgmma_fence();
-#pragma unroll
-for (int k_ = 0; k_ < {kd}; k_ += 16) {{
-{k_waits}{issue}}}
-tpla_wgmma_commit();
-{hand_off}{after}}}
+{k_loop}{hand_off}{after}}}
 ",
             bn = b.0.name,
             bat0 = bop.at0,
