@@ -107,13 +107,12 @@ impl FullGroups {
         (0..self.groups).map(|g| f(&self.bar(stage, g))).collect()
     }
 
-    /// The wait (phase `parity`) for group `g` of `stage`, followed by the proxy fence a
-    /// `cp.async`-filled block needs before `wgmma` reads it.
+    /// The wait (phase `parity`) for group `g > 0` of `stage`. No proxy fence: a block copied
+    /// by `cp.async` (generic-proxy writes) arrives on every group at once, when each thread's
+    /// copies have landed, so the fence after group 0's wait already covers its later groups;
+    /// TMA writes are async-proxy writes and need none.
     pub(crate) fn wait(&self, g: usize, stage: &str, parity: &str) -> String {
-        format!(
-            "tpla_mbar_wait(&{}, {parity});\ntpla_fence_proxy_async();\n",
-            self.bar(stage, g)
-        )
+        format!("tpla_mbar_wait(&{}, {parity});\n", self.bar(stage, g))
     }
 
     /// [`FullGroups::wait`] for groups `from ..`.

@@ -210,23 +210,10 @@ pub(crate) fn tma_issue(
     );
     let row0 =
         format!("const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};");
-    // Per page, every column box; under `FULL_GROUPS` per column box, every page, so each
-    // group's copies are issued before the next group's.
-    let loads = if groups.split() {
-        format!(
-            "#pragma unroll 1
-            for (int c_ = 0; c_ < {boxes}; ++c_)
-#pragma unroll 1
-                for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
-                    const int t_ = t0_ + k_ * rb_;
-                    {row0}
-                    {load}
-                }}
-"
-        )
-    } else {
-        format!(
-            "#pragma unroll 1
+    // Per page, every column box: under `FULL_GROUPS` the groups' boxes go out in group order
+    // within each page (a block in one page: group 0's boxes first).
+    let loads = format!(
+        "#pragma unroll 1
             for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
                 const int t_ = t0_ + k_ * rb_;
                 {row0}
@@ -235,8 +222,7 @@ pub(crate) fn tma_issue(
                     {load}
             }}
 "
-        )
-    };
+    );
     let cols = BOX_COLS;
     let ahead = if prefetch {
         format!(

@@ -62,7 +62,7 @@ fn full_groups_split_the_stage_barrier_by_column_group() {
     for (k, bar) in [(192, 0), (384, 1)] {
         assert!(
             code.contains(&format!(
-                "tpla_wgmma_commit();\n            tpla_mbar_wait(&tpla_mbar[6 + (it_ % 2) * 2 + {bar}], (it_ / 2) & 1);\n            tpla_fence_proxy_async();\n            tpla_wgmma_fence();\n            #pragma unroll\n            for (int k_ = {k}; k_ < {}; k_ += 16) {{",
+                "tpla_wgmma_commit();\n            tpla_mbar_wait(&tpla_mbar[6 + (it_ % 2) * 2 + {bar}], (it_ / 2) & 1);\n            tpla_wgmma_fence();\n            #pragma unroll\n            for (int k_ = {k}; k_ < {}; k_ += 16) {{",
                 k + 192
             )),
             "group {} waited before k {k}",
@@ -185,7 +185,7 @@ fn mutated_decode_fails(cxx: &str, extra: &[(&str, i64)], label: &str) {
         .filter(|&i| {
             let qk_wait = lines[i].contains("tpla_mbar_wait(")
                 && lines
-                    .get(i + 2)
+                    .get(i + 1)
                     .is_some_and(|l| l.contains("tpla_wgmma_fence();"));
             dropped += qk_wait as usize;
             !qk_wait
