@@ -26,6 +26,18 @@ if [ -n "${TPLA_FG_QUICK:-}" ]; then
     bench_tried gpu-bin/tpla "shard-kv-fg$fg" tpla-shard 64 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_KV_SPLIT=1,FULL_GROUPS=$fg" >>"$s"
   done
   cp "$s" "$OUT/summary.txt"
+  # The SASS of the score-warpgroup kernel with one and three groups (each built into an empty
+  # kernel cache): HGMMA, WARPGROUP.ARRIVE / DEPBAR counts tell a serialised pipe.
+  for fg in 1 3; do
+    d="$W/kc$fg"
+    mkdir -p "$d"
+    TPLA_KERNEL_CACHE_DIR="$d" timeout 90 gpu-bin/tpla bench --backend cuda --gpu-shape 64x4096 \
+      --variant mla --gpu-heads 128 --out-dir "$W/jsass$fg" \
+      --config "$B,BLOCK_N=64,STAGES=2,WG_SPLIT=128,SCORE_WG=1,FULL_GROUPS=$fg" >"$W/sass-run$fg.log" 2>&1
+    echo "SASS fg$fg:" >>"$s"
+    python3 scripts/sass-summary.py "$d" "$W/sass$fg" >>"$s" 2>&1
+  done
+  cp "$s" "$OUT/summary.txt"
   tar czf "$OUT/full-groups.tgz" -C /tmp full-groups
   cat "$s"
   exit 0
