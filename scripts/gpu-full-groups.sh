@@ -22,6 +22,9 @@ if [ -n "${TPLA_FG_QUICK:-}" ]; then
     done
   done
   for fg in 1 3; do
+    # 16-row mma.sync consumers: q·kᵀ takes no waits, the loop head waits for every group (the
+    # cost of the extra mbarriers and arrivals alone).
+    bench_tried gpu-bin/tpla "h16-head-fg$fg" mla 16 64x32768 "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1,TMA=1,FULL_GROUPS=$fg" >>"$s"
     bench_tried gpu-bin/tpla "plain32-fg$fg" mla 64 64x32768 "$B,BLOCK_N=64,STAGES=2,WG_SPLIT=32,FULL_GROUPS=$fg" >>"$s"
     bench_tried gpu-bin/tpla "shard-kv-fg$fg" tpla-shard 64 64x32768 "$B,BLOCK_N=64,STAGES=4,WG_KV_SPLIT=1,FULL_GROUPS=$fg" >>"$s"
   done
