@@ -81,12 +81,6 @@ pub(super) fn two_fp8_producers_apply(target: tpla_codegen::cuda::Target, cfg: &
     }
 }
 
-/// Whether `FULL_GROUPS` in `cfg` changes the emitted decode kernel on this device (the loop's
-/// q·kᵀ waiting for the ring's column groups inside its k loop).
-pub(super) fn full_groups_apply(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
-    emitted(target, cfg).is_some_and(|src| src.group_waits)
-}
-
 /// The decode kernel `cfg` emits on `target`, if it builds and emits.
 fn emitted(
     target: tpla_codegen::cuda::Target,
@@ -341,23 +335,9 @@ pub(super) fn sweep_configs(
                                         out.push(two);
                                     }
                                 }
-                                // With TMA copies of 64-token blocks on 64-row tiles, also the
-                                // full mbarriers per column group (`FULL_GROUPS = 3`) where the
-                                // loop's q·kᵀ takes their waits (unless `--config` pinned the knob).
-                                let grouped = (producer == 2
-                                    && cfg.get("FULL_GROUPS").is_err()
-                                    && bh == 64
-                                    && bn == 64
-                                    && seesaw == 0
-                                    && matches!(order, 0 | 3 | 4))
-                                .then(|| cfg.clone().with("FULL_GROUPS", 3))
-                                .filter(|g| {
-                                    config_selected(g, want) && full_groups_apply(target, g)
-                                });
                                 if one_asked {
                                     out.push(cfg);
                                 }
-                                out.extend(grouped);
                             }
                         }
                     }

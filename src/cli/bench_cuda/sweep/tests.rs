@@ -155,19 +155,6 @@ fn a_knob_the_sweep_does_not_vary_is_pinned_not_filtered() {
             && c.get("WARPS").is_err()
             && c.get("WG_SPLIT").ok() == Some(128)
     }));
-    // The full mbarriers per column group beside the TMA configs of 64-token blocks on 64-row
-    // tiles (the plain producer, the score warpgroup, the KV split), never alone.
-    let grouped = |c: &Config| c.get("FULL_GROUPS").ok() == Some(3);
-    for list in [&plain, &shard] {
-        assert!(list.iter().any(grouped));
-        assert!(list.iter().filter(|c| grouped(c)).all(|c| {
-            c.get("TMA").ok() == Some(1)
-                && c.get("BLOCK_N").ok() == Some(64)
-                && c.get("BLOCK_H").ok() == Some(64)
-        }));
-    }
-    assert!(plain.iter().any(|c| grouped(c) && roles(c)));
-    assert!(shard.iter().any(|c| grouped(c) && split(c)));
     assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
     assert_eq!(
         pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),
