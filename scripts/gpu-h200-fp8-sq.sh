@@ -7,6 +7,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu-lib.sh
 gpu_init h200-fp8-sq
+if [ -n "${TPLA_QUICK:-}" ]; then
+  # FP8 against bf16 at H16 and the s_q = 2 H64 sweep only (a short call).
+  for shape in 64x32768 128x4096; do
+    bench_tried gpu-bin/tpla bf16 mla 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1,TMA=1" >>"$s"
+    bench_tried gpu-bin/tpla fp8 mla-fp8 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1" >>"$s"
+  done
+  cp "$s" "$OUT/summary.txt"
+  BENCH_TIMEOUT=100 bench_tried gpu-bin/tpla sq2 mla-sq2 64 64x32768 "" >>"$s"
+  cp "$s" "$OUT/summary.txt"
+  cat "$s"
+  exit 0
+fi
 timeout 200 gpu-bin/engine_fp8_cuda --test-threads=1 >"$W/engine-fp8.log" 2>&1
 echo "engine_fp8_cuda rc=$?: $(grep 'test result' "$W/engine-fp8.log")" >>"$s"
 timeout 150 gpu-bin/decode_cuda --test-threads=1 fp8 >"$W/test.log" 2>&1
