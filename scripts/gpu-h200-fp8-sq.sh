@@ -14,7 +14,7 @@ if [ -n "${TPLA_QUICK:-}" ]; then
     bench_tried gpu-bin/tpla fp8 mla-fp8 16 $shape "BLOCK_H=16,BLOCK_N=64,STAGES=3,PRODUCER=1" >>"$s"
   done
   cp "$s" "$OUT/summary.txt"
-  BENCH_TIMEOUT=100 bench_tried gpu-bin/tpla sq2 mla-sq2 64 64x32768 "" >>"$s"
+  BENCH_TIMEOUT=${BENCH_TIMEOUT:-100} bench_tried gpu-bin/tpla sq2 mla-sq2 64 64x32768 "" >>"$s"
   cp "$s" "$OUT/summary.txt"
   cat "$s"
   exit 0
