@@ -115,6 +115,19 @@ impl FullGroups {
         format!("tpla_mbar_wait(&{}, {parity});\n", self.bar(stage, g))
     }
 
+    /// The kernel opening's initialisation of the later column groups' full mbarriers (of
+    /// `groups`, if split), each counting `count` arrivals as the stage's own full mbarrier does.
+    pub(crate) fn init_extra(groups: Option<&FullGroups>, count: usize) -> String {
+        match groups {
+            Some(g) if g.split() => format!(
+                "        for (int i_ = 0; i_ < {}; ++i_) tpla_mbar_init(&{MBAR}[{} + i_], {count});\n",
+                g.extra_mbars(),
+                g.extra
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// [`FullGroups::wait`] for groups `from ..`.
     pub(crate) fn wait_from(&self, from: usize, stage: &str, parity: &str) -> String {
         (from..self.groups)

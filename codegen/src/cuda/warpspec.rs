@@ -252,14 +252,7 @@ pub(crate) fn warpspec_head(
     );
     let fillers = pg * PRODUCER_THREADS;
     // `FULL_GROUPS`: the later column groups' full mbarriers, counting what the stage's does.
-    let extra = match groups {
-        Some(g) => format!(
-            "        for (int i_ = 0; i_ < {}; ++i_) tpla_mbar_init(&{MBAR}[{} + i_], {fillers});\n",
-            g.extra_mbars(),
-            g.extra
-        ),
-        None => String::new(),
-    };
+    let extra = crate::cuda::full_groups::FullGroups::init_extra(groups, fillers);
     let mut s = format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{

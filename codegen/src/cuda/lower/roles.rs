@@ -543,14 +543,7 @@ pub(crate) fn roles_head(
     let releasers = value_threads(nw);
     let (ready, free) = handoff_mbars(st);
     // `FULL_GROUPS`: the later column groups' full mbarriers, counting what the stage's does.
-    let extra = match groups {
-        Some(g) => format!(
-            "        for (int i_ = 0; i_ < {}; ++i_) tpla_mbar_init(&{MBAR}[{} + i_], 128);\n",
-            g.extra_mbars(),
-            g.extra
-        ),
-        None => String::new(),
-    };
+    let extra = crate::cuda::full_groups::FullGroups::init_extra(groups, 128);
     format!(
         "    unsigned long long* const {MBAR} = (unsigned long long*)(tpla_smem + {mbar_off});
     if (tid == 0) {{
