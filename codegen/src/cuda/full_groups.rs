@@ -7,9 +7,14 @@
 //! contiguous groups, each with its own full mbarrier carrying its own bytes: q·kᵀ waits for group
 //! 0 at the top of the block, then for group `i` just before its first k-step that reads group
 //! `i`'s columns, so the tensor cores start on the first tiles while the later ones are still in
-//! flight. Under the score warpgroup (`roles.rs`) the profile of 2026-12-05 had the score
-//! warpgroup waiting about a third of its time for the block's data: that wait is what this
-//! shortens.
+//! flight. Each later group's wait sits between two wgmma commit groups (`gemm/wgmma.rs`), the
+//! block's boxes go out page by page in column order (group 0's first).
+//!
+//! Measured (H100 / H200, 2026-12-06, `bench/NOTES-cuda-decode.md`): within noise of one group
+//! (-1.4 % at MLA H128 B64x32K under the score warpgroup, 0 % elsewhere), so the score
+//! warpgroup's data wait of the 2026-12-05 profile is the ring's issue point, not the transfer of
+//! a block's later boxes; opt-in, not searched. Issuing the boxes box-major (one block-table read
+//! per box) made it 14-66 % slower.
 //!
 //! Layout: group 0 of stage `s` is the ring's full mbarrier `s` as before; groups `1 .. g` of
 //! stage `s` are `extra + s * (g - 1) + (i - 1)`, after every other mbarrier of the kernel, so no

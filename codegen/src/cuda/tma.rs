@@ -203,26 +203,6 @@ pub(crate) fn tma_issue(
     } = names;
     let boxes = row / BOX_COLS as usize;
     let [expect, arrive, cp_arrive, tile_bar] = full_bars(groups, block, st);
-    let load = format!(
-        "tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{tile_bar});",
-        box = block * BOX_COLS as usize,
-        cols = BOX_COLS
-    );
-    let row0 =
-        format!("const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};");
-    // Per page, every column box: under `FULL_GROUPS` the groups' boxes go out in group order
-    // within each page (a block in one page: group 0's boxes first).
-    let loads = format!(
-        "#pragma unroll 1
-            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
-                const int t_ = t0_ + k_ * rb_;
-                {row0}
-#pragma unroll 1
-                for (int c_ = 0; c_ < {boxes}; ++c_)
-                    {load}
-            }}
-"
-    );
     let cols = BOX_COLS;
     let ahead = if prefetch {
         format!(
@@ -262,12 +242,21 @@ pub(crate) fn tma_issue(
 {expect}            // The stage may last have been filled by cp.async (generic proxy).
             tpla_fence_proxy_async();
             tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
-{loads}{ahead}        }} else {{
+#pragma unroll 1
+            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
+                const int t_ = t0_ + k_ * rb_;
+                const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
+#pragma unroll 1
+                for (int c_ = 0; c_ < {boxes}; ++c_)
+                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{tile_bar});
+            }}
+{ahead}        }} else {{
 {arrive}        }}
     }} else {{
 {fallback}{cp_arrive}    }}
 }}
-"
+",
+        box = block * BOX_COLS as usize,
     )
 }
 
