@@ -214,6 +214,7 @@ impl<'a> Lower<'a> {
                             kind: InlineKind::Valid {
                                 start: format!("s{start}"),
                                 hi,
+                                block: *block,
                             },
                             view: View::base(1),
                         };

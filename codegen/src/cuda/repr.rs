@@ -59,9 +59,12 @@ impl View {
 pub(crate) enum InlineKind {
     Value(String),
     Iota(Option<u8>),
+    /// The validity mask of a paged loop's block: column `c` is valid where `start + c < hi`;
+    /// `block` is the block's token count (every column valid where `start + block <= hi`).
     Valid {
         start: String,
         hi: String,
+        block: usize,
     },
     /// Computed inside its single consumer's loop (the `fusion` pass): no buffer, no loop.
     Fused,

@@ -58,18 +58,44 @@ impl<'a> Lower<'a> {
             acc.insert(t, a);
         }
         let (head, tail, ctx) = self.open(&it);
-        // A fused tile is read once, by the op after it in its chain: reversed discovery order
-        // puts every fused tile after the fused tiles it reads.
-        for t in order.into_iter().rev() {
-            let def = self.fused_def(t).clone();
-            let text = format!("({})", self.ew_value(t, &def, &ctx, &acc, &res));
-            let vt = self.tile_vt(t);
-            let view = View::base(res.len());
-            acc.insert(t, Access::Inline(InlineKind::Expr { text, vt }, view));
-        }
-        let val = self.ew_value(dst, op, &ctx, &acc, &res);
-        let w = self.write(dst, &ctx, &val);
-        let text = format!("{head}    {w}\n{tail}\n");
+        let body = |acc: &mut HashMap<TileId, Access>| {
+            // A fused tile is read once, by the op after it in its chain: reversed discovery
+            // order puts every fused tile after the fused tiles it reads.
+            for &t in order.iter().rev() {
+                let def = self.fused_def(t).clone();
+                let text = format!("({})", self.ew_value(t, &def, &ctx, acc, &res));
+                let vt = self.tile_vt(t);
+                let view = View::base(res.len());
+                acc.insert(t, Access::Inline(InlineKind::Expr { text, vt }, view));
+            }
+            let val = self.ew_value(dst, op, &ctx, acc, &res);
+            let w = self.write(dst, &ctx, &val);
+            format!("{head}    {w}\n{tail}\n")
+        };
+        let text = match block_mask(&acc) {
+            // A paged block's validity mask: every column is valid on every block but the last
+            // of a split, so the op is emitted twice under one uniform branch, the full blocks'
+            // copy reading the mask as `true` (FlashAttention's masking only the last step;
+            // the score warpgroup's softmax lost 32 compares and 32 selects a block).
+            Some((full, mask_tiles)) => {
+                let mut all_valid = acc.clone();
+                for t in mask_tiles {
+                    let view = match &acc[&t] {
+                        Access::Inline(_, view) => view.clone(),
+                        _ => unreachable!("block_mask returns inline masks"),
+                    };
+                    let kind = InlineKind::Expr {
+                        text: "true".into(),
+                        vt: Vt::Bool,
+                    };
+                    all_valid.insert(t, Access::Inline(kind, view));
+                }
+                let unmasked = body(&mut all_valid);
+                let masked = body(&mut acc);
+                format!("if ({full}) {{\n{unmasked}}} else {{\n{masked}}}\n")
+            }
+            None => body(&mut acc),
+        };
         let mut writes = self.dst_writes(dst);
         if let Some(tag) = tag {
             writes.iter_mut().for_each(|x| *x = with_affinity(*x, tag));
@@ -198,4 +224,24 @@ impl<'a> Lower<'a> {
             _ => unreachable!("not elementwise"),
         }
     }
+}
+
+/// Where an elementwise op reads a paged block's validity mask: the condition under which the
+/// whole block is valid (`start + block <= hi`, one comparison a block) and the operand tiles
+/// that read the mask. `None` where it reads none, or masks of different blocks.
+fn block_mask(acc: &HashMap<TileId, Access>) -> Option<(String, Vec<TileId>)> {
+    let mut full: Option<String> = None;
+    let mut tiles = Vec::new();
+    for (t, a) in acc {
+        if let Access::Inline(InlineKind::Valid { start, hi, block }, _) = a {
+            let cond = format!("tpla_iadd({start}, {block}) <= {hi}");
+            if full.as_ref().is_some_and(|f| *f != cond) {
+                return None;
+            }
+            full = Some(cond);
+            tiles.push(*t);
+        }
+    }
+    tiles.sort_unstable();
+    full.map(|f| (f, tiles))
 }

@@ -34,6 +34,7 @@ pub(crate) enum Slot {
     Row,
 }
 
+#[derive(Clone)]
 pub(crate) enum Access {
     /// An element of a register array, at the iteration's fragment or row slot.
     Reg(String, Slot),
@@ -256,7 +257,7 @@ impl<'a> Lower<'a> {
                     InlineKind::Iota(Some(0)) => convert(&r, Vt::I32, vt),
                     InlineKind::Iota(Some(_)) => convert(&c, Vt::I32, vt),
                     InlineKind::Iota(None) => convert("0", Vt::I32, vt),
-                    InlineKind::Valid { start, hi } => {
+                    InlineKind::Valid { start, hi, .. } => {
                         convert(&format!("(tpla_iadd({start}, {c}) < {hi})"), Vt::Bool, vt)
                     }
                     InlineKind::Expr { text, vt: from } => convert(text, *from, vt),
