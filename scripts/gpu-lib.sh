@@ -8,7 +8,9 @@
 bench_tried() {
   local bin=$1 label=$2 variant=$3 heads=$4 shape=$5 cfg=$6
   shift 6
-  local tag="$label-$heads-$shape" log="$W/bench-$label-$heads-$shape.log"
+  local tag
+  tag="$label-$variant-$heads-$shape-$(printf %s "$cfg" | md5sum | cut -c1-6)"
+  local log="$W/bench-$tag.log"
   local pin=()
   [ -n "$cfg" ] && pin=(--config "$cfg")
   timeout "${BENCH_TIMEOUT:-120}" "$bin" bench --backend cuda --gpu-shape "$shape" \
