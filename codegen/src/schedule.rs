@@ -21,6 +21,7 @@
 //! | `SCORE_WG` | 0, 1 | 1 (needs `PRODUCER = 1`): on a 64-row tile, one more consumer warpgroup, the *score* warpgroup, computes each block's q·kᵀ and softmax alone and hands P and the rescale to the *value* warpgroups that hold the accumulator (two at latent 512, one at the shard widths), which only run the rescale and P·V (and issue the ring's copies; no producer warpgroup): one block's scores are computed while the previous block's P·V runs (`cuda/lower/roles.rs`; default 0, searched with `PRODUCER = TMA = 1`; applies where `kv_split.rs`'s online-softmax pattern matches over a bf16 cache, elsewhere it changes nothing; not with `SEESAW`, `QK_AHEAD`, `SOFTMAX_OVERLAP` or `WG_KV_SPLIT`) |
 //! | `FP8_PRODUCERS` | 1, 2 | 2 (needs `PRODUCER = 1`): where the producer converts an FP8 cache (`KV_FP8`) beside one consumer warpgroup (16- to 64-row blocks whose accumulator one warpgroup holds), two producer warpgroups share each piece's conversion (384 threads; the conversion's instruction issue bounded the FP8 decode on the H200, `bench/NOTES-fp8.md`); elsewhere it changes nothing (default 1) |
 //! | `FULL_GROUPS` | 1 to 9 | `g > 1` (needs `TMA = 1`): each ring stage's full mbarrier split into `g` column groups of the block's 64-column TMA boxes, each with its own bytes; under `SCORE_WG` the score warpgroup's q·kᵀ waits for each group just before the k-steps that read it, so it starts while the later boxes are in flight (FlashMLA's per-tile K barriers; `cuda/full_groups.rs`); so does the plain producer schedule's own q·kᵀ; elsewhere it changes nothing (default 1; within noise of one group on the H100, 2026-12-06: not searched by the tuner) |
+//! | `PV_FIRST` | 0, 1 | 1 (needs `SCORE_WG = 1`): the score warpgroup waits for the value warpgroups' P·V of block `i - 1` before it issues block `i`'s q·kᵀ (not after): the P·V runs alone on the tensor cores and its ring slot, whose refill the score warpgroup waits for two blocks later, is released sooner, at the cost of the q·kᵀ / P·V overlap (default 0; an experiment, not searched) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -66,6 +67,9 @@ pub struct Schedule {
     /// Whether a score warpgroup computes q·kᵀ and the softmax for two value warpgroups that
     /// hold the accumulator (`SCORE_WG`, default false; `cuda/lower/roles.rs`).
     pub score_wg: bool,
+    /// Whether the score warpgroup waits for the previous block's P·V before issuing the next
+    /// q·kᵀ (`PV_FIRST`, default false; only with `score_wg`; `cuda/lower/roles.rs`).
+    pub pv_first: bool,
     /// Producer warpgroups converting an FP8 cache beside one consumer warpgroup
     /// (`FP8_PRODUCERS`, 1 or 2, default 1; `cuda/lower/fp8_producer.rs`).
     pub fp8_producers: usize,
@@ -89,6 +93,7 @@ impl Default for Schedule {
             softmax_overlap: false,
             wg_kv_split: false,
             score_wg: false,
+            pv_first: false,
             fp8_producers: 1,
             full_groups: 1,
         }
@@ -258,6 +263,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "PV_FIRST" => {
+                    s.pv_first = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "FP8_PRODUCERS" => {
                     if !(1..=2).contains(&v) {
                         return Err(bad(name, v, "must be 1 or 2 (producer warpgroups)"));
@@ -347,6 +359,13 @@ impl Schedule {
                 "SCORE_WG",
                 1,
                 "needs PRODUCER = 1 (the ring and its copies of the producer schedule, issued by a value warpgroup)",
+            ));
+        }
+        if s.pv_first && !s.score_wg {
+            return Err(bad(
+                "PV_FIRST",
+                1,
+                "needs SCORE_WG = 1 (it orders the score warpgroup's wait for the value warpgroups)",
             ));
         }
         // The score warpgroup's loop is the body as written, minus the accumulator's update.
@@ -471,6 +490,7 @@ mod tests {
             ("PREFETCH", 2),
             ("SCORE_WG", 2),
             ("SCORE_WG", -1),
+            ("PV_FIRST", 2),
             ("FP8_PRODUCERS", 0),
             ("FP8_PRODUCERS", 3),
             ("FULL_GROUPS", 0),
@@ -523,5 +543,9 @@ mod tests {
         assert_eq!(knob_of(e), "FULL_GROUPS");
         let set = [("FULL_GROUPS", 3), ("PRODUCER", 1), ("TMA", 1)];
         assert_eq!(Schedule::from_config(&cfg(&set)).unwrap().full_groups, 3);
+        let e = Schedule::from_config(&cfg(&[("PV_FIRST", 1), ("PRODUCER", 1)])).unwrap_err();
+        assert_eq!(knob_of(e), "PV_FIRST");
+        let set = [("PV_FIRST", 1), ("SCORE_WG", 1), ("PRODUCER", 1)];
+        assert!(Schedule::from_config(&cfg(&set)).unwrap().pv_first);
     }
 }

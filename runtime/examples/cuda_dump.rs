@@ -207,6 +207,7 @@ fn main() {
         "PREFETCH",
         "FP8_PRODUCERS",
         "FULL_GROUPS",
+        "PV_FIRST",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

@@ -114,3 +114,21 @@ fn emulated_decode_score_warpgroup() {
         decode_case_with(&cxx, dp(64, 3, 256), &cp, t, 64, &[400, 9], 2, 79);
     });
 }
+
+/// `PV_FIRST = 1`: the score warpgroup waits for the previous block's P·V before issuing the
+/// next q·kᵀ. The same handoffs in another order: emulated against the f64 reference, with
+/// laggards, at latent 512 (two value warpgroups) and 256 (one).
+#[test]
+fn emulated_decode_score_warpgroup_pv_first() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_score_warpgroup_pv_first") else {
+        return;
+    };
+    let tma = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1), ("PV_FIRST", 1)];
+    let cp = [("PRODUCER", 1), ("SCORE_WG", 1), ("PV_FIRST", 1)];
+    let t = Target::sm90();
+    decode_case_with(&cxx, dp(32, 3, 512), &tma, t, 64, &[300, 41, 0], 2, 81);
+    with_laggards(|| {
+        decode_case_with(&cxx, dp(64, 2, 512), &cp, t, 64, &[400, 7], 2, 82);
+        decode_case_with(&cxx, dp(64, 4, 256), &tma, t, 64, &[500, 41, 0], 2, 83);
+    });
+}

@@ -450,9 +450,23 @@ impl Lower<'_> {
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
         let (ready, free) = handoff_mbars(st);
-        // Block `it_`'s P overwrites block `it_ - 1`'s: wait for its release (phase `it_ - 1`).
+        // Block `it_`'s P overwrites block `it_ - 1`'s: wait for its release (phase `it_ - 1`),
+        // while block `it_`'s q·kᵀ runs, or (`PV_FIRST`) before it is issued, so that block
+        // `it_ - 1`'s P·V has the tensor cores alone and releases its ring slot sooner.
         let handshake =
             format!("        if (it_ > 0) tpla_mbar_wait(&{MBAR}[{free}], (it_ - 1) & 1);\n");
+        let (score_head, handshake) = if self.sched.pv_first {
+            (
+                format!(
+                    "    {}\n        {}",
+                    handshake.trim(),
+                    score_head.trim_start()
+                ),
+                String::new(),
+            )
+        } else {
+            (score_head, handshake)
+        };
         let score = score.replacen(&format!("        {}", SLOT_HANDSHAKE), &handshake, 1);
         out.push(Node::Code {
             text: format!("{{\n{setup}"),
