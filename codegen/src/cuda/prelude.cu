@@ -122,6 +122,10 @@ __device__ __forceinline__ unsigned tpla_smem_addr(const void* p) {
 __device__ __forceinline__ float tpla_shfl_xor(float v, int m) {
     return __shfl_xor_sync(0xffffffffu, v, m);
 }
+// Whether `p` holds on every lane of the warp (every lane must call it).
+__device__ __forceinline__ bool tpla_warp_all(bool p) {
+    return __all_sync(0xffffffffu, p ? 1 : 0) != 0;
+}
 // Lane `src`'s value of `v` (every lane of the warp must call it).
 __device__ __forceinline__ int tpla_shfl_idx(int v, int src) {
     return __shfl_sync(0xffffffffu, v, src);

@@ -279,6 +279,16 @@ inline float __shfl_xor_sync(unsigned, float v, int m) {
     return r;
 }
 
+inline int __all_sync(unsigned, int p) {
+    const int t = emu::B->cur, w = t / 32;
+    emu::B->xchg[(size_t)t * 8] = p != 0 ? 1u : 0u;
+    emu::wait(emu::B->warp_bar[w]);
+    int r = 1;
+    for (int l = 0; l < 32; ++l) r &= emu::B->xchg[(size_t)(w * 32 + l) * 8] != 0 ? 1 : 0;
+    emu::wait(emu::B->warp_bar[w]);
+    return r;
+}
+
 inline int __shfl_sync(unsigned, int v, int src) {
     const int t = emu::B->cur, w = t / 32;
     emu::B->xchg[(size_t)t * 8] = (unsigned)v;

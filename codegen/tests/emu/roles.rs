@@ -123,7 +123,12 @@ fn emulated_decode_score_warpgroup_pv_first() {
     let Some(cxx) = skip_without_cxx("emulated_decode_score_warpgroup_pv_first") else {
         return;
     };
-    let tma = [("PRODUCER", 1), ("TMA", 1), ("SCORE_WG", 1), ("PV_FIRST", 1)];
+    let tma = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SCORE_WG", 1),
+        ("PV_FIRST", 1),
+    ];
     let cp = [("PRODUCER", 1), ("SCORE_WG", 1), ("PV_FIRST", 1)];
     let t = Target::sm90();
     decode_case_with(&cxx, dp(32, 3, 512), &tma, t, 64, &[300, 41, 0], 2, 81);

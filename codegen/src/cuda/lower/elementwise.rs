@@ -72,6 +72,22 @@ impl<'a> Lower<'a> {
             let w = self.write(dst, &ctx, &val);
             format!("{head}    {w}\n{tail}\n")
         };
+        if let Some((all_one, row_tile)) = self.unit_row_scale(&it, op, &acc) {
+            // `x · a` with `a` a per-row register (the online softmax's rescale of the
+            // accumulator): where every row this warp holds has `a == 1` (the running max did
+            // not move, most blocks of a long sequence), the product is `x` exactly, so the
+            // warp skips the multiplies under one vote.
+            let mut unscaled = acc.clone();
+            let kind = InlineKind::Expr {
+                text: "1.0f".into(),
+                vt: Vt::F32,
+            };
+            unscaled.insert(row_tile, Access::Inline(kind, View::base(res.len())));
+            let same = body(&mut unscaled);
+            let scaled = body(&mut acc);
+            let text = format!("if (tpla_warp_all({all_one})) {{\n{same}}} else {{\n{scaled}}}\n");
+            return self.push_elementwise(dst, text, reads, tag, out);
+        }
         let text = match block_mask(&acc) {
             // A paged block's validity mask: every column is valid on every block but the last
             // of a split, so the op is emitted twice under one uniform branch, the full blocks'
@@ -96,6 +112,17 @@ impl<'a> Lower<'a> {
             }
             None => body(&mut acc),
         };
+        self.push_elementwise(dst, text, reads, tag, out);
+    }
+
+    fn push_elementwise(
+        &mut self,
+        dst: TileId,
+        text: String,
+        reads: Vec<usize>,
+        tag: Option<usize>,
+        out: &mut Vec<Node>,
+    ) {
         let mut writes = self.dst_writes(dst);
         if let Some(tag) = tag {
             writes.iter_mut().for_each(|x| *x = with_affinity(*x, tag));
@@ -105,6 +132,39 @@ impl<'a> Lower<'a> {
             reads,
             writes,
         });
+    }
+
+    /// Where `op` multiplies a fragment tile by a per-row register tile (`Iter::Frag`, the row
+    /// operand read at the row slot): the condition that every row value this thread holds is
+    /// exactly 1, and that operand's tile.
+    fn unit_row_scale(
+        &self,
+        it: &Iter,
+        op: &TileOp,
+        acc: &HashMap<TileId, Access>,
+    ) -> Option<(String, TileId)> {
+        let (Iter::Frag { m, .. }, TileOp::Binary(BinaryOp::Mul, x, y)) = (it, op) else {
+            return None;
+        };
+        let rows = |o: &Operand| match o {
+            Operand::Tile(t) => match acc.get(t) {
+                Some(Access::Reg(arr, Slot::Row)) => Some((arr.clone(), *t)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let frag = |o: &Operand| match o {
+            Operand::Tile(t) => matches!(acc.get(t), Some(Access::Reg(_, Slot::Frag))),
+            _ => false,
+        };
+        let (arr, t) = match (rows(x), rows(y)) {
+            (None, Some(r)) if frag(x) => r,
+            (Some(r), None) if frag(y) => r,
+            _ => return None,
+        };
+        let slots = self.geo.mt(*m) * 2;
+        let cond: Vec<String> = (0..slots).map(|i| format!("{arr}[{i}] == 1.0f")).collect();
+        Some((cond.join(" && "), t))
     }
 
     /// The defining op of a fused tile (assigned once: the `fusion` pass's rule).
