@@ -85,9 +85,15 @@ pub(crate) fn handoff_mbars(st: usize) -> (usize, usize) {
 }
 /// Shared-memory bytes of the handoff mbarriers beyond the ring's (two of 8 bytes).
 pub(crate) const HANDOFF_MBAR_BYTES: usize = 16;
-/// Where the score body's handshake goes (replaced by `roles_consumers`, behind the issue of
-/// q·kᵀ): wait for the value warpgroups to be done with the previous block's P and rescale.
-const SLOT_HANDSHAKE: &str = "// tpla: roles slot handshake\n";
+/// The score warpgroup's handshake with the value warpgroups: block `it_`'s P overwrites block
+/// `it_ - 1`'s, so it waits for that block's release (`P_FREE`, phase `it_ - 1`). Placed behind
+/// the issue of q·kᵀ (so it is waited for while the gemm runs), or at the loop head under
+/// `PV_FIRST` (so block `it_ - 1`'s P·V has the tensor cores alone and releases its ring slot
+/// sooner).
+fn slot_handshake(st: usize) -> String {
+    let free = handoff_mbars(st).1;
+    format!("if (it_ > 0) tpla_mbar_wait(&{MBAR}[{free}], (it_ - 1) & 1);\n")
+}
 /// Threads of the value warpgroups (one or two): `128 ×` the warpgroups after the score one.
 fn value_threads(nw: usize) -> usize {
     (nw - 4) * 32
@@ -324,6 +330,12 @@ impl Lower<'_> {
         });
         let mut score = Vec::new();
         let mut rest = &score_stmts[..];
+        // The handshake's place in the body (at the loop head instead under `PV_FIRST`).
+        let handshake = if self.sched.pv_first {
+            String::new()
+        } else {
+            slot_handshake(self.paging.loops[&tile].2)
+        };
         // `FULL_GROUPS`: q·kᵀ waits for the ring's later column groups inside its k loop.
         self.paging.k_waits = self.k_waits_for(&score_stmts, tile);
         if let Some(g) = first_gemm {
@@ -340,7 +352,7 @@ impl Lower<'_> {
                     score.extend(first);
                     score.push(Node::Code {
                         text: format!(
-                            "{SLOT_HANDSHAKE}tpla_wgmma_wait0();\n#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({arr}[i_]);\n"
+                            "{handshake}tpla_wgmma_wait0();\n#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({arr}[i_]);\n"
                         ),
                         reads: vec![],
                         writes: vec![],
@@ -355,7 +367,7 @@ impl Lower<'_> {
         score.extend(self.lower_block(rest)?);
         if first_gemm.is_none() {
             score.push(Node::Code {
-                text: SLOT_HANDSHAKE.into(),
+                text: handshake,
                 reads: vec![],
                 writes: vec![],
             });
@@ -450,24 +462,15 @@ impl Lower<'_> {
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
         let (ready, free) = handoff_mbars(st);
-        // Block `it_`'s P overwrites block `it_ - 1`'s: wait for its release (phase `it_ - 1`),
-        // while block `it_`'s q·kᵀ runs, or (`PV_FIRST`) before it is issued, so that block
-        // `it_ - 1`'s P·V has the tensor cores alone and releases its ring slot sooner.
-        let handshake =
-            format!("        if (it_ > 0) tpla_mbar_wait(&{MBAR}[{free}], (it_ - 1) & 1);\n");
-        let (score_head, handshake) = if self.sched.pv_first {
-            (
-                format!(
-                    "    {}\n        {}",
-                    handshake.trim(),
-                    score_head.trim_start()
-                ),
-                String::new(),
+        let score_head = if self.sched.pv_first {
+            format!(
+                "    {}        {}",
+                slot_handshake(st),
+                score_head.trim_start()
             )
         } else {
-            (score_head, handshake)
+            score_head
         };
-        let score = score.replacen(&format!("        {}", SLOT_HANDSHAKE), &handshake, 1);
         out.push(Node::Code {
             text: format!("{{\n{setup}"),
             reads,
