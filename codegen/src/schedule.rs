@@ -22,6 +22,7 @@
 //! | `FP8_PRODUCERS` | 1, 2 | 2 (needs `PRODUCER = 1`): where the producer converts an FP8 cache (`KV_FP8`) beside one consumer warpgroup (16- to 64-row blocks whose accumulator one warpgroup holds), two producer warpgroups share each piece's conversion (384 threads; the conversion's instruction issue bounded the FP8 decode on the H200, `bench/NOTES-fp8.md`); elsewhere it changes nothing (default 1) |
 //! | `FULL_GROUPS` | 1 to 9 | `g > 1` (needs `TMA = 1`): each ring stage's full mbarrier split into `g` column groups of the block's 64-column TMA boxes, each with its own bytes; under `SCORE_WG` the score warpgroup's q·kᵀ waits for each group just before the k-steps that read it, so it starts while the later boxes are in flight (FlashMLA's per-tile K barriers; `cuda/full_groups.rs`); so does the plain producer schedule's own q·kᵀ; elsewhere it changes nothing (default 1; within noise of one group on the H100, 2026-12-06: not searched by the tuner) |
 //! | `PV_FIRST` | 0, 1 | 1 (needs `SCORE_WG = 1`): the score warpgroup waits for the value warpgroups' P·V of block `i - 1` before it issues block `i`'s q·kᵀ (not after): the P·V runs alone on the tensor cores and its ring slot, whose refill the score warpgroup waits for two blocks later, is released sooner, at the cost of the q·kᵀ / P·V overlap (default 0; an experiment, not searched) |
+//! | `SPLIT_RELEASE` | 0, 1 | 1 (needs `SCORE_WG = 1`, `TMA = 1`): where two value warpgroups each hold a 64-column-aligned half of the accumulator, each issues the TMA copies of its own half of block `i + STAGES` as soon as its P·V of block `i` is done (no empty-barrier round trip; the RoPE tiles go with the second half), and the ring's full mbarriers split at that column so the score warpgroup's q·kᵀ starts on the first half (FlashMLA's per-tile release; a block copied by `cp.async` keeps the first value warpgroup's whole-block copy; default 0, not searched) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -70,6 +71,9 @@ pub struct Schedule {
     /// Whether the score warpgroup waits for the previous block's P·V before issuing the next
     /// q·kᵀ (`PV_FIRST`, default false; only with `score_wg`; `cuda/lower/roles.rs`).
     pub pv_first: bool,
+    /// Whether each value warpgroup refills its own half of a ring slot after its P·V
+    /// (`SPLIT_RELEASE`, default false; only with `score_wg` and `tma`; `cuda/lower/roles.rs`).
+    pub split_release: bool,
     /// Producer warpgroups converting an FP8 cache beside one consumer warpgroup
     /// (`FP8_PRODUCERS`, 1 or 2, default 1; `cuda/lower/fp8_producer.rs`).
     pub fp8_producers: usize,
@@ -94,6 +98,7 @@ impl Default for Schedule {
             wg_kv_split: false,
             score_wg: false,
             pv_first: false,
+            split_release: false,
             fp8_producers: 1,
             full_groups: 1,
         }
@@ -270,6 +275,13 @@ impl Schedule {
                         _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
                     }
                 }
+                "SPLIT_RELEASE" => {
+                    s.split_release = match v {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(bad(name, v, "must be 0 (off) or 1 (on)")),
+                    }
+                }
                 "FP8_PRODUCERS" => {
                     if !(1..=2).contains(&v) {
                         return Err(bad(name, v, "must be 1 or 2 (producer warpgroups)"));
@@ -366,6 +378,13 @@ impl Schedule {
                 "PV_FIRST",
                 1,
                 "needs SCORE_WG = 1 (it orders the score warpgroup's wait for the value warpgroups)",
+            ));
+        }
+        if s.split_release && !(s.score_wg && s.tma) {
+            return Err(bad(
+                "SPLIT_RELEASE",
+                1,
+                "needs SCORE_WG = 1 and TMA = 1 (the value warpgroups' TMA copies of their halves)",
             ));
         }
         // The score warpgroup's loop is the body as written, minus the accumulator's update.
@@ -491,6 +510,7 @@ mod tests {
             ("SCORE_WG", 2),
             ("SCORE_WG", -1),
             ("PV_FIRST", 2),
+            ("SPLIT_RELEASE", 2),
             ("FP8_PRODUCERS", 0),
             ("FP8_PRODUCERS", 3),
             ("FULL_GROUPS", 0),
@@ -547,5 +567,15 @@ mod tests {
         assert_eq!(knob_of(e), "PV_FIRST");
         let set = [("PV_FIRST", 1), ("SCORE_WG", 1), ("PRODUCER", 1)];
         assert!(Schedule::from_config(&cfg(&set)).unwrap().pv_first);
+        let set = [("SPLIT_RELEASE", 1), ("SCORE_WG", 1), ("PRODUCER", 1)];
+        let e = Schedule::from_config(&cfg(&set)).unwrap_err();
+        assert_eq!(knob_of(e), "SPLIT_RELEASE");
+        let set = [
+            ("SPLIT_RELEASE", 1),
+            ("SCORE_WG", 1),
+            ("PRODUCER", 1),
+            ("TMA", 1),
+        ];
+        assert!(Schedule::from_config(&cfg(&set)).unwrap().split_release);
     }
 }

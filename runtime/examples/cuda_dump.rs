@@ -208,6 +208,7 @@ fn main() {
         "FP8_PRODUCERS",
         "FULL_GROUPS",
         "PV_FIRST",
+        "SPLIT_RELEASE",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

@@ -75,6 +75,22 @@ fn cases() -> Vec<Config> {
             v.push(cfg);
         }
     }
+    // Each value warpgroup refilling its half of the slot (`SPLIT_RELEASE`, latent 512): the
+    // score warpgroup's wait for the second half inside q·kᵀ, as above.
+    for (bn, st) in [(64, 2), (32, 3)] {
+        let cfg = tpla_kernels::latent_decode
+            .default_config(&[("LAT", 512), ("ROPE", 64)])
+            .unwrap()
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", bn)
+            .with("STAGES", st)
+            .with("WG_SPLIT", 128)
+            .with("PRODUCER", 1)
+            .with("TMA", 1)
+            .with("SCORE_WG", 1)
+            .with("SPLIT_RELEASE", 1);
+        v.push(cfg);
+    }
     // The same groups under the plain producer schedule: q·kᵀ split by columns (latent 512),
     // whole in one warpgroup (latent 256), on alternate blocks (`WG_KV_SPLIT`).
     for (lat, st, knob) in [
@@ -114,7 +130,8 @@ fn compile_one(cfg: &Config) -> Result<String, String> {
     {
         return Err("no tensor map parameter".into());
     }
-    if cfg.get("FULL_GROUPS").is_ok_and(|g| g > 1) && !src.group_waits {
+    let split = cfg.get("SPLIT_RELEASE").is_ok_and(|s| s == 1);
+    if (split || cfg.get("FULL_GROUPS").is_ok_and(|g| g > 1)) && !src.group_waits {
         return Err("FULL_GROUPS: no group wait inside q·kᵀ".into());
     }
     let opts = default_options(&target.arch_name());
@@ -140,7 +157,7 @@ fn tma_producer_variants_compile_for_sm90a_without_spills() {
     }
     let queue = std::sync::Mutex::new(cases());
     let n = queue.lock().unwrap().len();
-    assert_eq!(n, 69 + 9 + 12 + 10 + 3);
+    assert_eq!(n, 69 + 9 + 12 + 10 + 2 + 3);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..2 {

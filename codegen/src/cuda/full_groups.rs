@@ -37,6 +37,9 @@ pub(crate) struct FullGroups {
     pub(crate) st: usize,
     /// Index of the first extra mbarrier (group 1 of stage 0).
     pub(crate) extra: usize,
+    /// Where two groups split at a given tile instead of evenly (`SPLIT_RELEASE`: the value
+    /// warpgroups' column halves): the first tile of group 1.
+    pub(crate) at: Option<usize>,
 }
 
 impl FullGroups {
@@ -49,6 +52,21 @@ impl FullGroups {
             tiles,
             st,
             extra,
+            at: None,
+        }
+    }
+
+    /// Two groups over a row of `row` columns, split before 64-column tile `at` (`0 < at <
+    /// row / 64`), for a ring of `st` stages whose extra mbarriers start at `extra`.
+    pub(crate) fn halves(row: usize, at: usize, st: usize, extra: usize) -> FullGroups {
+        let tiles = (row / 64).max(1);
+        assert!(at > 0 && at < tiles, "a split inside the row");
+        FullGroups {
+            groups: 2,
+            tiles,
+            st,
+            extra,
+            at: Some(at),
         }
     }
 
@@ -64,7 +82,20 @@ impl FullGroups {
 
     /// The group of 64-column tile `c`.
     pub(crate) fn group_of(&self, c: usize) -> usize {
-        c * self.groups / self.tiles
+        match self.at {
+            Some(at) => usize::from(c >= at),
+            None => c * self.groups / self.tiles,
+        }
+    }
+
+    /// The 64-column tiles of group `g`.
+    pub(crate) fn tiles_of(&self, g: usize) -> std::ops::Range<usize> {
+        let first = (0..self.tiles).find(|&c| self.group_of(c) == g);
+        let first = first.unwrap_or(self.tiles);
+        let end = (first..self.tiles)
+            .find(|&c| self.group_of(c) != g)
+            .unwrap_or(self.tiles);
+        first..end
     }
 
     /// The first column of group `g` (where a k loop over the row starts reading it).
@@ -100,6 +131,12 @@ impl FullGroups {
             return self.bar(stage, 0);
         }
         let (g, t) = (self.groups, self.tiles);
+        if let Some(at) = self.at {
+            return format!(
+                "{MBAR}[({c}) < {at} ? ({stage}) : {} + ({stage})]",
+                self.extra
+            );
+        }
         format!(
             "{MBAR}[({c}) * {g} / {t} == 0 ? ({stage}) : {} + ({stage}) * {} + ({c}) * {g} / {t} - 1]",
             self.extra,
@@ -175,6 +212,23 @@ mod tests {
         assert_eq!((0..3).map(|i| s.bytes(i, 32)).sum::<usize>(), 32 * 320 * 2);
         assert_eq!(FullGroups::new(16, 320, 2, 6).groups, 5);
         assert!(!FullGroups::new(1, 576, 2, 6).split());
+        // Split at the value warpgroups' halves: tiles 0-3 and 4-8 (the RoPE tile with the second).
+        let h = FullGroups::halves(576, 4, 2, 6);
+        assert_eq!(
+            (0..9).map(|c| h.group_of(c)).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 1, 1, 1, 1, 1]
+        );
+        assert_eq!((h.tiles_of(0), h.tiles_of(1)), (0..4, 4..9));
+        assert_eq!(
+            (h.first_col(1), h.bytes(0, 64), h.bytes(1, 64)),
+            (256, 32768, 40960)
+        );
+        assert_eq!(
+            h.bar_of_tile("s", "c_"),
+            format!("{MBAR}[(c_) < 4 ? (s) : 6 + (s)]")
+        );
+        assert_eq!(h.bar("s", 1), format!("{MBAR}[6 + (s) * 1 + 0]"));
+        assert_eq!(g.tiles_of(1), 3..6);
     }
 
     #[test]

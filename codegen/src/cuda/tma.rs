@@ -224,19 +224,10 @@ pub(crate) fn tma_issue(
     } else {
         String::new()
     };
+    let check = tma_check(names, block);
     format!(
         "{{
-    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    const int rb_ = {ps} < {block} ? {ps} : {block};
-    bool tma_ = t0_ + {block} <= {hi} && {ps} > 0
-        && ({ps} >= {block} ? t0_ % {ps} + {block} <= {ps} : ({ps} % 8 == 0 && {block} % {ps} == 0 && t0_ % {ps} == 0));
-#pragma unroll 1
-    for (int k_ = 0; tma_ && k_ < {block} / rb_; ++k_) {{
-        const int pi_ = (t0_ + k_ * rb_) / {ps};
-        const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
-        tma_ = pg_ >= 0 && pg_ < {np};
-    }}
-    {wait}
+{check}    {wait}
     if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
 {expect}            // The stage may last have been filled by cp.async (generic proxy).
@@ -254,6 +245,108 @@ pub(crate) fn tma_issue(
 {arrive}        }}
     }} else {{
 {fallback}{cp_arrive}    }}
+}}
+",
+        box = block * BOX_COLS as usize,
+    )
+}
+
+/// Whether block `j_` goes by TMA (`tma_`: it lies inside the split's bounds and in valid pages,
+/// in one page or in whole pages of at least 8 rows), with `t0_` its first token and `rb_` the
+/// rows a copy takes.
+fn tma_check(names: &TmaNames, block: usize) -> String {
+    let TmaNames {
+        bt,
+        ps,
+        pps,
+        np,
+        bvar,
+        lo,
+        hi,
+        ..
+    } = names;
+    format!(
+        "    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    const int rb_ = {ps} < {block} ? {ps} : {block};
+    bool tma_ = t0_ + {block} <= {hi} && {ps} > 0
+        && ({ps} >= {block} ? t0_ % {ps} + {block} <= {ps} : ({ps} % 8 == 0 && {block} % {ps} == 0 && t0_ % {ps} == 0));
+#pragma unroll 1
+    for (int k_ = 0; tma_ && k_ < {block} / rb_; ++k_) {{
+        const int pi_ = (t0_ + k_ * rb_) / {ps};
+        const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
+        tma_ = pg_ >= 0 && pg_ < {np};
+    }}
+"
+    )
+}
+
+/// One column group's share of block `j_`'s copy (`SPLIT_RELEASE`, `lower/roles.rs`): where the
+/// block goes by TMA, the warpgroup whose first warp is `pw_ == first` copies the boxes of group
+/// `g` of `names.groups` onto that group's full mbarrier (its elected thread carries the bytes,
+/// its other 127 threads arrive). A block that does not go by TMA is copied whole by the
+/// warpgroup of group 0 after `wait` (the slot's release by every reader), its threads arriving
+/// on every group when their `cp.async` copies land (`fallback`); the other group's warpgroup
+/// then does nothing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tma_issue_group(
+    names: &TmaNames,
+    block: usize,
+    st: usize,
+    slot: usize,
+    g: usize,
+    first: usize,
+    fallback: &str,
+    wait: &str,
+) -> String {
+    let TmaNames {
+        tmap,
+        bt,
+        ps,
+        pps,
+        bvar,
+        base,
+        groups,
+        ..
+    } = names;
+    let check = tma_check(names, block);
+    let stage = format!("j_ % {st}");
+    let bar = groups.bar(&stage, g);
+    let bytes = groups.bytes(g, block);
+    let boxes = groups.tiles_of(g);
+    let (c0, c1) = (boxes.start, boxes.end);
+    let cols = BOX_COLS;
+    let whole = if g == 0 {
+        let cp_arrive = groups.each(&stage, |b| {
+            format!("        tpla_cp_async_mbar_arrive(&{b});\n")
+        });
+        format!(
+            " else {{
+    {wait}
+{fallback}{cp_arrive}    }}"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{{
+{check}    if (tma_) {{
+        if (pw_ == {first} && lane == 0) {{
+            tpla_mbar_arrive_expect_tx(&{bar}, {bytes}u);
+            // The stage may last have been filled by cp.async (generic proxy).
+            tpla_fence_proxy_async();
+            tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
+#pragma unroll 1
+            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
+                const int t_ = t0_ + k_ * rb_;
+                const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
+#pragma unroll 1
+                for (int c_ = {c0}; c_ < {c1}; ++c_)
+                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{bar});
+            }}
+        }} else {{
+            tpla_mbar_arrive(&{bar});
+        }}
+    }}{whole}
 }}
 ",
         box = block * BOX_COLS as usize,

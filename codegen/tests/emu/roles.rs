@@ -137,3 +137,60 @@ fn emulated_decode_score_warpgroup_pv_first() {
         decode_case_with(&cxx, dp(64, 4, 256), &tma, t, 64, &[500, 41, 0], 2, 83);
     });
 }
+
+/// `SPLIT_RELEASE = 1`: each value warpgroup refills its own half of a slot after its own P·V
+/// (TMA), the first one a block copied by `cp.async` whole after the slot's release. Emulated
+/// against the f64 reference with laggards and with copies landing in issue order: 32- and
+/// 64-token blocks, 2-3 stages, lengths that end inside a block (the `cp.async` path) and
+/// sequences shorter than the ring.
+#[test]
+fn emulated_decode_score_warpgroup_split_release() {
+    let Some(cxx) = skip_without_cxx("emulated_decode_score_warpgroup_split_release") else {
+        return;
+    };
+    let knobs = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SCORE_WG", 1),
+        ("SPLIT_RELEASE", 1),
+    ];
+    let t = Target::sm90();
+    decode_case_with(&cxx, dp(64, 2, 512), &knobs, t, 64, &[300, 41, 0], 2, 91);
+    with_laggards(|| {
+        decode_case_with(&cxx, dp(32, 3, 512), &knobs, t, 64, &[400, 65], 2, 92);
+        with_fifo_landing(|| {
+            decode_case_with(&cxx, dp(64, 2, 512), &knobs, t, 64, &[700, 130, 7], 3, 93);
+        });
+    });
+}
+
+/// Without the value warpgroups' named barrier before each refills its half, a warp's elected
+/// thread copies the next block over columns its warpgroup's other warps may still be reading
+/// (a warp's `wgmma` wait covers its own rows only): the emulated decode then differs.
+#[test]
+fn split_release_without_its_warpgroup_barrier_fails() {
+    let Some(cxx) = skip_without_cxx("split_release_without_its_warpgroup_barrier_fails") else {
+        return;
+    };
+    let knobs = [
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SCORE_WG", 1),
+        ("SPLIT_RELEASE", 1),
+    ];
+    let k = latent_decode_with(dp(64, 2, 512), &knobs).unwrap();
+    let mut src = emit(&k, Target::sm90()).unwrap();
+    let lines: Vec<&str> = src.code.lines().collect();
+    let kept: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.contains("tpla_bar_sync(7"))
+        .collect();
+    assert_eq!(
+        lines.len() - kept.len(),
+        2,
+        "one barrier per value warpgroup"
+    );
+    src.code = kept.join("\n");
+    super::full_groups::mutated_run_fails(&cxx, &k, &src, "split release");
+}

@@ -369,13 +369,15 @@ fn cuda_score_warpgroup_agrees() {
         };
         // Over TMA copies also with the full mbarriers per column group (`FULL_GROUPS`): three
         // groups everywhere, one per box at latent 512 on whole-block pages.
-        let groups: &[i64] = match (tma, lat, page) {
-            (1, 512, 64) => &[1, 3, 9],
-            (1, ..) => &[1, 3],
-            _ => &[1],
+        // And (`SPLIT_RELEASE`, latent 512 over TMA) each value warpgroup refilling its half.
+        let groups: &[(i64, i64)] = match (tma, lat, page) {
+            (1, 512, 64) => &[(1, 0), (3, 0), (9, 0), (1, 1)],
+            (1, 512, _) => &[(1, 0), (3, 0), (1, 1)],
+            (1, ..) => &[(1, 0), (3, 0)],
+            _ => &[(1, 0)],
         };
         for &(bn, st) in shapes {
-            for &fg in groups {
+            for &(fg, split) in groups {
                 let knobs = [
                     ("BLOCK_H", 64),
                     ("BLOCK_N", bn),
@@ -385,6 +387,7 @@ fn cuda_score_warpgroup_agrees() {
                     ("TMA", tma),
                     ("SCORE_WG", 1),
                     ("FULL_GROUPS", fg),
+                    ("SPLIT_RELEASE", split),
                 ];
                 let mut params = DecodeParams::new(3, 64, lat, 64, 3, 0.2);
                 params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
@@ -399,19 +402,23 @@ fn cuda_score_warpgroup_agrees() {
 /// `sanitizer_smoke_every_kernel_tma`): at latent 512 32-token blocks at three and four stages
 /// with TMA, 64-token blocks at two stages with `cp.async`, 16-token pages; at latent 256 (one
 /// value warpgroup) 64-token blocks at four stages; three of them again with the full mbarriers
-/// per column group (`FULL_GROUPS = 3, 9`); each against the f64 reference.
+/// per column group (`FULL_GROUPS = 3, 9`) and with each value warpgroup refilling its half
+/// (`SPLIT_RELEASE`); each against the f64 reference.
 #[test]
 fn sanitizer_smoke_every_kernel_score_warpgroup() {
     let Some(g) = gpu() else { return };
-    for (lat, bn, st, page, tma, fg) in [
-        (512usize, 32i64, 3i64, 64usize, 1i64, 1i64),
-        (512, 32, 4, 16, 1, 1),
-        (512, 64, 2, 64, 0, 1),
-        (256, 64, 4, 64, 1, 1),
+    for (lat, bn, st, page, tma, fg, split) in [
+        (512usize, 32i64, 3i64, 64usize, 1i64, 1i64, 0i64),
+        (512, 32, 4, 16, 1, 1, 0),
+        (512, 64, 2, 64, 0, 1, 0),
+        (256, 64, 4, 64, 1, 1, 0),
         // Full mbarriers per column group (`FULL_GROUPS`).
-        (512, 64, 2, 64, 1, 3),
-        (512, 32, 4, 16, 1, 9),
-        (256, 64, 4, 64, 1, 3),
+        (512, 64, 2, 64, 1, 3, 0),
+        (512, 32, 4, 16, 1, 9, 0),
+        (256, 64, 4, 64, 1, 3, 0),
+        // Each value warpgroup refilling its half (`SPLIT_RELEASE`).
+        (512, 64, 2, 64, 1, 1, 1),
+        (512, 32, 3, 16, 1, 1, 1),
     ] {
         let knobs = [
             ("BLOCK_H", 64),
@@ -422,6 +429,7 @@ fn sanitizer_smoke_every_kernel_score_warpgroup() {
             ("TMA", tma),
             ("SCORE_WG", 1),
             ("FULL_GROUPS", fg),
+            ("SPLIT_RELEASE", split),
         ];
         two_sequences_agree(g, 4, lat, page, 3, &knobs);
     }

@@ -18,6 +18,7 @@ pub(crate) mod reduce;
 pub(crate) mod roles;
 pub(crate) mod seesaw;
 pub(crate) mod softmax_overlap;
+pub(crate) mod split_release;
 pub(crate) mod split_table;
 
 use std::collections::{BTreeSet, HashMap};

@@ -2,12 +2,11 @@
 //! are in `paged_store.rs`.
 
 use crate::cuda::elem::*;
-use crate::cuda::full_groups::FullGroups;
 use crate::cuda::lower::fp8_producer::{fp8_producer_loop, fp8_producer_regs};
 use crate::cuda::lower::split_table::{chunked_bounds, chunked_early_exit};
 use crate::cuda::lower::*;
 use crate::cuda::node::*;
-use crate::cuda::tma::{tma_applies, tma_issue, tmap_name, TmaNames};
+use crate::cuda::tma::{tma_applies, tma_issue, tma_issue_group, tmap_name, TmaNames};
 use crate::cuda::util::*;
 use crate::cuda::warpspec::{empty_wait, producer_loop, MBAR};
 use crate::error::IrError;
@@ -252,25 +251,13 @@ impl<'a> Lower<'a> {
         // each inside its k loop. Not where the body is reordered (`SEESAW`, `QK_AHEAD`,
         // `SOFTMAX_OVERLAP`).
         let plain_body = !seesaw && hoist.is_none() && overlapped.is_none();
-        let groups = FullGroups::new(
-            if tma_ring && (self.roles.is_some() || plain_body) {
-                self.sched.full_groups
-            } else {
-                1
-            },
-            *row,
-            slots,
-            if self.roles.is_some() {
-                super::roles::handoff_mbars(slots).1 + 1
-            } else {
-                2 * slots
-            },
-        );
+        let (groups, split_at) = self.ring_full_groups(tma_ring, plain_body, *row, slots);
         self.paging.full_groups = groups.split().then(|| (groups, b.name.clone()));
         self.paging.k_waits_placed = false;
         // `SCORE_WG`: the body lowered once per role (`roles.rs`), placed by `roles_consumers`.
         let mut role_parts = None;
         let mut role_issue = None;
+        let mut split_issue: Option<[String; 2]> = None;
         let inner = if ws && self.roles.is_some() {
             role_parts = Some(self.lower_roles(body, *tile)?);
             vec![]
@@ -434,6 +421,24 @@ tpla_wgmma_commit();
                             base: base.clone(),
                             groups,
                         };
+                        if split_at.is_some() {
+                            // The value warpgroups' halves, each after its own P·V; a block
+                            // that does not go by TMA: the first one's whole copy after the
+                            // slot's release (`roles.rs`).
+                            let wait = super::split_release::slot_release_wait(slots);
+                            split_issue = Some([0, 1].map(|g| {
+                                tma_issue_group(
+                                    &names,
+                                    *block,
+                                    slots,
+                                    slot,
+                                    g,
+                                    4 * g,
+                                    &fallback,
+                                    &wait,
+                                )
+                            }));
+                        }
                         tma_issue(
                             &names,
                             *block,
@@ -492,7 +497,7 @@ tpla_wgmma_commit();
                 };
                 self.roles_consumers(
                     &setup,
-                    &issue,
+                    (&issue, split_issue.as_ref()),
                     (&lo, &nblk, &base, &cur),
                     (*start, *block, st, slot),
                     parts,

@@ -48,6 +48,9 @@
 //! against 1386 for the best plain TMA schedule, H64 704 against 718; the TPLA shard (one value
 //! warpgroup) loses to `WG_KV_SPLIT` (H64 471 against 385 us). The tuner searches it.
 //!
+//! `SPLIT_RELEASE = 1`: each value warpgroup refills its own half of a slot after its own P·V
+//! (`split_release.rs`).
+//!
 //! The split is only valid for the online softmax that [`super::kv_split::pattern`] checks (the
 //! loop carries exactly `m`, `l`, `acc`). The value statements are the accumulator's update and
 //! what it is computed from inside the loop (the rescale, the P·V gemm and its sum); they may
@@ -429,13 +432,15 @@ impl Lower<'_> {
     pub(crate) fn roles_consumers(
         &mut self,
         setup: &str,
-        issue: &str,
+        (issue, split_issue): (&str, Option<&[String; 2]>),
         (lo, nblk, base, cur): (&str, &str, &str, &str),
         (start, block, st, slot): (ScalarId, usize, usize, usize),
         [score, publish, fetch, value]: [Vec<Node>; 4],
         reads: Vec<usize>,
         out: &mut Vec<Node>,
     ) {
+        // Block `it_ + st`'s copies (`split_release.rs`).
+        let refill = super::split_release::refill(issue, split_issue, st, nblk);
         let issue: String = issue
             .lines()
             .map(|l| format!("            {l}\n"))
@@ -495,11 +500,7 @@ impl Lower<'_> {
     {head}        tpla_mbar_wait(&{MBAR}[{ready}], it_ & 1);
 {fetch}{value}        tpla_mbar_arrive(&{MBAR}[{free}]);
         tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);
-        if (warp < 8 && it_ + {st} < {nblk}) {{
-            const int j_ = it_ + {st};
-            tpla_mbar_wait(&{MBAR}[{st} + it_ % {st}], (it_ / {st}) & 1);
-{issue}        }}
-    }}
+{refill}    }}
 }}
 }}
 "
