@@ -198,8 +198,8 @@ pub(crate) fn tma_issue(
         bvar,
         lo,
         hi,
-        base,
         groups,
+        ..
     } = names;
     let boxes = row / BOX_COLS as usize;
     let [expect, arrive, cp_arrive, tile_bar] = full_bars(groups, block, st);
@@ -224,13 +224,46 @@ pub(crate) fn tma_issue(
     } else {
         String::new()
     };
+    let copies = box_copies(names, block, st, slot, (0, boxes), &tile_bar);
     let check = tma_check(names, block);
     format!(
         "{{
 {check}    {wait}
     if (tma_) {{
         if (pw_ == 0 && lane == 0) {{
-{expect}            // The stage may last have been filled by cp.async (generic proxy).
+{expect}{copies}{ahead}        }} else {{
+{arrive}        }}
+    }} else {{
+{fallback}{cp_arrive}    }}
+}}
+",
+    )
+}
+
+/// The elected thread's TMA copies of block `j_` into its ring slot: boxes `c0 .. c1` (64
+/// columns each) of every page run of the block, each onto the mbarrier `bar` (a C lvalue, which
+/// may name the box `c_`).
+#[allow(clippy::too_many_arguments)]
+fn box_copies(
+    names: &TmaNames,
+    block: usize,
+    st: usize,
+    slot: usize,
+    (c0, c1): (usize, usize),
+    bar: &str,
+) -> String {
+    let TmaNames {
+        tmap,
+        bt,
+        ps,
+        pps,
+        bvar,
+        base,
+        ..
+    } = names;
+    let cols = BOX_COLS;
+    format!(
+        "            // The stage may last have been filled by cp.async (generic proxy).
             tpla_fence_proxy_async();
             tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
 #pragma unroll 1
@@ -238,14 +271,9 @@ pub(crate) fn tma_issue(
                 const int t_ = t0_ + k_ * rb_;
                 const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
 #pragma unroll 1
-                for (int c_ = 0; c_ < {boxes}; ++c_)
-                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{tile_bar});
+                for (int c_ = {c0}; c_ < {c1}; ++c_)
+                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{bar});
             }}
-{ahead}        }} else {{
-{arrive}        }}
-    }} else {{
-{fallback}{cp_arrive}    }}
-}}
 ",
         box = block * BOX_COLS as usize,
     )
@@ -298,23 +326,13 @@ pub(crate) fn tma_issue_group(
     fallback: &str,
     wait: &str,
 ) -> String {
-    let TmaNames {
-        tmap,
-        bt,
-        ps,
-        pps,
-        bvar,
-        base,
-        groups,
-        ..
-    } = names;
+    let groups = &names.groups;
     let check = tma_check(names, block);
     let stage = format!("j_ % {st}");
     let bar = groups.bar(&stage, g);
     let bytes = groups.bytes(g, block);
     let boxes = groups.tiles_of(g);
     let (c0, c1) = (boxes.start, boxes.end);
-    let cols = BOX_COLS;
     let whole = if g == 0 {
         let cp_arrive = groups.each(&stage, |b| {
             format!("        tpla_cp_async_mbar_arrive(&{b});\n")
@@ -327,29 +345,18 @@ pub(crate) fn tma_issue_group(
     } else {
         String::new()
     };
+    let copies = box_copies(names, block, st, slot, (c0, c1), &bar);
     format!(
         "{{
 {check}    if (tma_) {{
         if (pw_ == {first} && lane == 0) {{
             tpla_mbar_arrive_expect_tx(&{bar}, {bytes}u);
-            // The stage may last have been filled by cp.async (generic proxy).
-            tpla_fence_proxy_async();
-            tpla_bf16* dst_ = {base} + (j_ % {st}) * {slot};
-#pragma unroll 1
-            for (int k_ = 0; k_ < {block} / rb_; ++k_) {{
-                const int t_ = t0_ + k_ * rb_;
-                const int r0_ = {bt}[(tpla_i64){bvar} * {pps} + t_ / {ps}] * {ps} + t_ % {ps};
-#pragma unroll 1
-                for (int c_ = {c0}; c_ < {c1}; ++c_)
-                    tpla_tma_load_2d(dst_ + c_ * {box} + k_ * rb_ * {cols}, &{tmap}, c_ * {cols}, r0_, &{bar});
-            }}
-        }} else {{
+{copies}        }} else {{
             tpla_mbar_arrive(&{bar});
         }}
     }}{whole}
 }}
 ",
-        box = block * BOX_COLS as usize,
     )
 }
 

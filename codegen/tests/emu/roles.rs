@@ -138,6 +138,14 @@ fn emulated_decode_score_warpgroup_pv_first() {
     });
 }
 
+/// The score warpgroup over TMA copies, each value warpgroup refilling its own half.
+const SPLIT_RELEASE_KNOBS: [(&str, i64); 4] = [
+    ("PRODUCER", 1),
+    ("TMA", 1),
+    ("SCORE_WG", 1),
+    ("SPLIT_RELEASE", 1),
+];
+
 /// `SPLIT_RELEASE = 1`: each value warpgroup refills its own half of a slot after its own P·V
 /// (TMA), the first one a block copied by `cp.async` whole after the slot's release. Emulated
 /// against the f64 reference with laggards and with copies landing in issue order: 32- and
@@ -148,12 +156,7 @@ fn emulated_decode_score_warpgroup_split_release() {
     let Some(cxx) = skip_without_cxx("emulated_decode_score_warpgroup_split_release") else {
         return;
     };
-    let knobs = [
-        ("PRODUCER", 1),
-        ("TMA", 1),
-        ("SCORE_WG", 1),
-        ("SPLIT_RELEASE", 1),
-    ];
+    let knobs = SPLIT_RELEASE_KNOBS;
     let t = Target::sm90();
     decode_case_with(&cxx, dp(64, 2, 512), &knobs, t, 64, &[300, 41, 0], 2, 91);
     with_laggards(|| {
@@ -172,12 +175,7 @@ fn split_release_without_its_warpgroup_barrier_fails() {
     let Some(cxx) = skip_without_cxx("split_release_without_its_warpgroup_barrier_fails") else {
         return;
     };
-    let knobs = [
-        ("PRODUCER", 1),
-        ("TMA", 1),
-        ("SCORE_WG", 1),
-        ("SPLIT_RELEASE", 1),
-    ];
+    let knobs = SPLIT_RELEASE_KNOBS;
     let k = latent_decode_with(dp(64, 2, 512), &knobs).unwrap();
     let mut src = emit(&k, Target::sm90()).unwrap();
     let lines: Vec<&str> = src.code.lines().collect();
