@@ -406,7 +406,18 @@ pub(super) fn run_case(
         }
     }
     if best.is_none() {
-        return Err(RuntimeError::InvalidInput("no config ran".into()));
+        // Say why: a pinned `--config` can select nothing where the sweep does not try a knob
+        // (`SCORE_WG` is tried at latent 512 only, `WG_KV_SPLIT` not there, ...).
+        let why = match (opts.config.as_deref(), tried.is_empty()) {
+            (Some(want), true) => format!(
+                "--config {want} selects none of the configs this case sweeps (latent {}, {h} \
+                 heads): a knob the sweep varies is pinned only where the sweep tries it",
+                shape.lat
+            ),
+            (_, true) => "no config of this case's sweep builds on this device".to_string(),
+            (_, false) => format!("every config failed, e.g. {}", tried[0].0),
+        };
+        return Err(RuntimeError::InvalidInput(why));
     }
     // The full op (decode, plus the combine when there is more than one split) decides among
     // the fastest decodes: a split count that needs a combine can lose to one that does not.
