@@ -72,57 +72,47 @@ impl<'a> Lower<'a> {
             let w = self.write(dst, &ctx, &val);
             format!("{head}    {w}\n{tail}\n")
         };
-        if let Some((all_one, row_tile)) = self.unit_row_scale(&it, op, &acc) {
-            // `x · a` with `a` a per-row register (the online softmax's rescale of the
-            // accumulator): where every row this warp holds has `a == 1` (the running max did
-            // not move, most blocks of a long sequence), the product is `x` exactly, so the
-            // warp skips the multiplies under one vote.
-            let mut unscaled = acc.clone();
-            let kind = InlineKind::Expr {
-                text: "1.0f".into(),
-                vt: Vt::F32,
-            };
-            unscaled.insert(row_tile, Access::Inline(kind, View::base(res.len())));
-            let same = body(&mut unscaled);
-            let scaled = body(&mut acc);
-            let text = format!("if (tpla_warp_all({all_one})) {{\n{same}}} else {{\n{scaled}}}\n");
-            return self.push_elementwise(dst, text, reads, tag, out);
-        }
-        let text = match block_mask(&acc) {
-            // A paged block's validity mask: every column is valid on every block but the last
-            // of a split, so the op is emitted twice under one uniform branch, the full blocks'
-            // copy reading the mask as `true` (FlashAttention's masking only the last step;
-            // the score warpgroup's softmax lost 32 compares and 32 selects a block).
-            Some((full, mask_tiles)) => {
-                let mut all_valid = acc.clone();
-                for t in mask_tiles {
-                    let view = match &acc[&t] {
-                        Access::Inline(_, view) => view.clone(),
+        let expr = |text: &str, vt: Vt| InlineKind::Expr {
+            text: text.into(),
+            vt,
+        };
+        // Where the op has a common special case, it is emitted twice under one uniform branch,
+        // the first copy reading some operands as constants:
+        // - `x · a` with `a` a per-row register (the online softmax's rescale of the
+        //   accumulator): where every row this warp holds has `a == 1` (the running max did not
+        //   move, most blocks of a long sequence), the product is `x` exactly, so the warp skips
+        //   the multiplies under one vote;
+        // - a paged block's validity mask: every column is valid on every block but the last of
+        //   a split, so full blocks read the mask as `true` (FlashAttention's masking only the
+        //   last step; the score warpgroup's softmax lost 32 compares and 32 selects a block).
+        let special = match self.unit_row_scale(&it, op, &acc) {
+            Some((all_one, row_tile)) => Some((
+                format!("tpla_warp_all({all_one})"),
+                vec![(row_tile, expr("1.0f", Vt::F32), View::base(res.len()))],
+            )),
+            None => block_mask(&acc).map(|(full, mask_tiles)| {
+                let consts = mask_tiles
+                    .into_iter()
+                    .map(|t| match &acc[&t] {
+                        Access::Inline(_, view) => (t, expr("true", Vt::Bool), view.clone()),
                         _ => unreachable!("block_mask returns inline masks"),
-                    };
-                    let kind = InlineKind::Expr {
-                        text: "true".into(),
-                        vt: Vt::Bool,
-                    };
-                    all_valid.insert(t, Access::Inline(kind, view));
+                    })
+                    .collect::<Vec<_>>();
+                (full, consts)
+            }),
+        };
+        let text = match special {
+            Some((cond, consts)) => {
+                let mut with_consts = acc.clone();
+                for (t, kind, view) in consts {
+                    with_consts.insert(t, Access::Inline(kind, view));
                 }
-                let unmasked = body(&mut all_valid);
-                let masked = body(&mut acc);
-                format!("if ({full}) {{\n{unmasked}}} else {{\n{masked}}}\n")
+                let special_case = body(&mut with_consts);
+                let general = body(&mut acc);
+                format!("if ({cond}) {{\n{special_case}}} else {{\n{general}}}\n")
             }
             None => body(&mut acc),
         };
-        self.push_elementwise(dst, text, reads, tag, out);
-    }
-
-    fn push_elementwise(
-        &mut self,
-        dst: TileId,
-        text: String,
-        reads: Vec<usize>,
-        tag: Option<usize>,
-        out: &mut Vec<Node>,
-    ) {
         let mut writes = self.dst_writes(dst);
         if let Some(tag) = tag {
             writes.iter_mut().for_each(|x| *x = with_affinity(*x, tag));
