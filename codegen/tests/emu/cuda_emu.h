@@ -98,6 +98,8 @@ struct Block {
     };
     std::vector<Pending> pending;
     unsigned long long rng = 0x9e3779b97f4a7c15ull;
+    // Stalls (`TPLA_EMU_STALLS=1`): scheduler rounds each warp still sits out.
+    std::vector<int> warp_hold;
 };
 
 inline Block* B = nullptr;
@@ -154,13 +156,31 @@ inline void run_block(int nt) {
         const char* v = getenv("TPLA_EMU_LAGGARDS");
         return !(v && v[0] == '0' && v[1] == 0);
     }();
+    // Stalls (`TPLA_EMU_STALLS=1`, off by default): now and then a whole warp sits out 32 to
+    // 287 rounds, as a warp the SM's schedulers pass over for a while, so one warpgroup can fall
+    // a whole ring block behind the others between two of its waits (an mbarrier then completes
+    // two phases past a parity a lagging warp still waits for: the wait never returns, which a
+    // 1-in-4 laggard practically never shows).
+    static const bool stalls = [] {
+        const char* v = getenv("TPLA_EMU_STALLS");
+        return v && v[0] == '1' && v[1] == 0;
+    }();
+    B->warp_hold.assign((nt + 31) / 32, 0);
     for (;;) {
         bool any = false, all_done = true, held = false;
+        if (stalls && ((next_rand() >> 40) & 63) == 0) {
+            const int w = (int)((next_rand() >> 33) % B->warp_hold.size());
+            B->warp_hold[w] = 32 + (int)((next_rand() >> 40) & 255);
+        }
         for (int i = 0; i < nt; ++i) {
             Fiber& f = B->th[i];
             if (f.done) continue;
             all_done = false;
             if (f.wait && f.wait->gen == f.gen) continue;
+            if (B->warp_hold[i / 32] > 0) {
+                held = true;
+                continue;
+            }
             if (laggards && ((next_rand() >> 40) & 3) == 0) {
                 held = true;
                 continue;
@@ -171,6 +191,7 @@ inline void run_block(int nt) {
             swapcontext(&B->sched, &f.ctx);
         }
         if (all_done) break;
+        for (int& h : B->warp_hold) h -= h > 0;
         // One round of the block: an in-flight copy lands with probability 1/8, so a copy can
         // stay in flight while a warpgroup computes a whole block (a later copy landing first).
         if (!B->pending.empty() && ((next_rand() >> 33) & 7) == 0) land_one_copy();

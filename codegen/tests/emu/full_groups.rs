@@ -205,11 +205,26 @@ pub(super) fn mutated_run_fails(
     src: &tpla_codegen::cuda::CudaSource,
     label: &str,
 ) {
+    let args = mutated_args();
+    // Copies landing in issue order (group 0's boxes first): the unwaited groups are still in
+    // flight when q·kᵀ reads them, holding the block two before.
+    let gpu = with_fifo_landing(|| run_emu(cxx, k, src, &args, "mutated")).unwrap();
+    let cpu = run_cpu(k, &args);
+    let diff = max_diff(&gpu[2], &cpu[2]);
+    assert!(
+        diff.is_nan() || diff > 2e-2,
+        "{label}: the mutated decode matched the CPU backend (max diff {diff})"
+    );
+}
+
+/// The arguments of the mutation tests' latent-512 decode: three sequences of 640, 384 and 512
+/// tokens on 64-token pages, 64 heads, one split, outputs NaN.
+pub(super) fn mutated_args() -> Vec<HostArg> {
     let lens = [640, 384, 512];
     let (batch, heads, d) = (lens.len(), 64, 576);
     let mut rng = Rng::new(86);
     let q = bf16_round(&rng.vec(batch * heads * d));
-    let args = vec![
+    vec![
         HostArg::Tensor {
             dtype: DType::BF16,
             shape: vec![batch, heads, d],
@@ -227,14 +242,5 @@ pub(super) fn mutated_run_fails(
             data: Bytes::from_f32(&vec![f32::NAN; batch * heads]),
         },
         HostArg::F32(1.0 / (d as f32).sqrt() * 4.0),
-    ];
-    // Copies landing in issue order (group 0's boxes first): the unwaited groups are still in
-    // flight when q·kᵀ reads them, holding the block two before.
-    let gpu = with_fifo_landing(|| run_emu(cxx, k, src, &args, "mutated")).unwrap();
-    let cpu = run_cpu(k, &args);
-    let diff = max_diff(&gpu[2], &cpu[2]);
-    assert!(
-        diff.is_nan() || diff > 2e-2,
-        "{label}: the mutated decode matched the CPU backend (max diff {diff})"
-    );
+    ]
 }

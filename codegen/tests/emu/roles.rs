@@ -148,7 +148,9 @@ const SPLIT_RELEASE_KNOBS: [(&str, i64); 4] = [
 
 /// `SPLIT_RELEASE = 1`: each value warpgroup refills its own half of a slot after its own P·V
 /// (TMA), the first one a block copied by `cp.async` whole after the slot's release. Emulated
-/// against the f64 reference with laggards and with copies landing in issue order: 32- and
+/// against the f64 reference with laggards, with copies landing in issue order, and with warp
+/// stalls on 64-token pages (the GPU agreement test's row that hung: a value warpgroup that
+/// also waited for the other's half fell two phases behind that half's mbarrier): 32- and
 /// 64-token blocks, 2-3 stages, lengths that end inside a block (the `cp.async` path) and
 /// sequences shorter than the ring.
 #[test]
@@ -163,6 +165,11 @@ fn emulated_decode_score_warpgroup_split_release() {
         decode_case_with(&cxx, dp(32, 3, 512), &knobs, t, 64, &[400, 65], 2, 92);
         with_fifo_landing(|| {
             decode_case_with(&cxx, dp(64, 2, 512), &knobs, t, 64, &[700, 130, 7], 3, 93);
+        });
+        with_stalls(|| {
+            with_page(64, || {
+                decode_case_with(&cxx, dp(32, 3, 512), &knobs, t, 64, &[1000, 333, 9], 3, 95);
+            });
         });
     });
 }
@@ -191,4 +198,41 @@ fn split_release_without_its_warpgroup_barrier_fails() {
     );
     src.code = kept.join("\n");
     super::full_groups::mutated_run_fails(&cxx, &k, &src, "split release");
+}
+
+/// Under `SPLIT_RELEASE` each value warpgroup waits for its own half of a block only. Waiting
+/// also for the other half (the value warpgroups' wait without the knob), one a whole block
+/// behind the other waits for a parity that half's mbarrier has passed twice, refilled by the
+/// other warpgroup: with warp stalls the emulated decode deadlocks (the GPU agreement test hung
+/// on that row), and the same run of the emitted kernel finishes.
+#[test]
+fn split_release_waiting_for_both_halves_deadlocks() {
+    let Some(cxx) = skip_without_cxx("split_release_waiting_for_both_halves_deadlocks") else {
+        return;
+    };
+    let k = latent_decode_with(dp(32, 3, 512), &SPLIT_RELEASE_KNOBS).unwrap();
+    let src = emit(&k, Target::sm90()).unwrap();
+    let args = super::full_groups::mutated_args();
+    let mut both = src.clone();
+    let own = "if (warp < 8) { tpla_mbar_wait(";
+    assert_eq!(src.code.matches(own).count(), 1, "one own-half wait");
+    both.code = src
+        .code
+        .lines()
+        .map(|l| {
+            if l.contains(own) {
+                l.replacen("if (warp < 8) {", "{", 1)
+                    .replacen("} else {", "", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let run = |s| with_stalls(|| with_laggards(|| run_emu(&cxx, &k, s, &args, "split-halves")));
+    run(&src).expect("the emitted kernel under warp stalls");
+    match run(&both) {
+        Ok(_) => panic!("waiting for both halves under warp stalls finished"),
+        Err(err) => assert!(err.contains("deadlock"), "{err}"),
+    }
 }

@@ -53,6 +53,18 @@ pub fn emu_dir() -> PathBuf {
 thread_local! {
     static LAGGARDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     static LAND_FIFO: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static STALLS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with warp stalls in this thread's emulated kernels (`TPLA_EMU_STALLS=1`): now and
+/// then a whole warp sits out 32 to 287 scheduler rounds, so one warpgroup falls a whole ring
+/// block behind another between two of its waits (`cuda_emu.h`, `run_block`).
+#[allow(dead_code)]
+pub fn with_stalls<R>(f: impl FnOnce() -> R) -> R {
+    STALLS.with(|l| l.set(true));
+    let r = f();
+    STALLS.with(|l| l.set(false));
+    r
 }
 
 /// Runs `f` with this thread's emulated bulk copies landing in the order they were issued
@@ -280,6 +292,9 @@ pub fn run_emu(
     }
     if LAND_FIFO.with(|l| l.get()) {
         run.env("TPLA_EMU_LAND_FIFO", "1");
+    }
+    if STALLS.with(|l| l.get()) {
+        run.env("TPLA_EMU_STALLS", "1");
     }
     let run = run.arg(&dir).output().map_err(|e| e.to_string())?;
     if !run.status.success() {

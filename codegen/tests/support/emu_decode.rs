@@ -93,6 +93,20 @@ pub fn decode_ref_range(
     (out, m + sum.ln())
 }
 
+thread_local! {
+    static PAGE: std::cell::Cell<usize> = const { std::cell::Cell::new(16) };
+}
+
+/// Runs `f` with this thread's emulated decode cases ([`decode_case_with`]) on pages of `page`
+/// tokens (16 by default): a block of fewer tokens than a page then comes from inside one.
+#[allow(dead_code)]
+pub fn with_page<R>(page: usize, f: impl FnOnce() -> R) -> R {
+    let old = PAGE.with(|p| p.replace(page));
+    let r = f();
+    PAGE.with(|p| p.set(old));
+    r
+}
+
 pub fn decode_case(
     cxx: &str,
     p: DecodeParams,
@@ -143,7 +157,7 @@ pub fn decode_case_with(
     if p.q_bf16 {
         q = bf16_round(&q);
     }
-    let cache = paged(&mut rng, d, seq_lens, 16, false);
+    let cache = paged(&mut rng, d, seq_lens, PAGE.with(|p| p.get()), false);
     let scale = 1.0 / (d as f32).sqrt() * 4.0;
     let args = vec![
         HostArg::Tensor {

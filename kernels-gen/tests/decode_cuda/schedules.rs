@@ -58,6 +58,8 @@ fn each_sequence_agrees(
     (batch, row): (usize, usize),
     what: &str,
 ) {
+    // Progress under `--nocapture`: a variant that hangs on the GPU is the last one named.
+    eprintln!("agreeing: {what}");
     let (out, _) = decode_on(g, p, params, |e, t| e.download(t).unwrap());
     for b in 0..batch {
         let e = rel_error(

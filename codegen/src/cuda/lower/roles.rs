@@ -451,19 +451,27 @@ impl Lower<'_> {
             s
         };
         // Under `FULL_GROUPS` the later groups' waits: in the score warpgroup's q·kᵀ where it
-        // placed them, else here; the value warpgroups wait for every group.
+        // placed them, else here; the value warpgroups wait for every group, or under
+        // `SPLIT_RELEASE` each for its own half only (`split_release.rs`: a wait for the other
+        // half could fall two phases behind it and never return).
         let (score_later, later) = (self.later_group_waits(false), self.later_group_waits(true));
-        let head = |later: &str| {
+        let first = format!("tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);");
+        let head = |wait: &str, later: &str| {
             format!(
-                "    tpla_mbar_wait(&{MBAR}[it_ % {st}], (it_ / {st}) & 1);
+                "    {wait}
         tpla_fence_proxy_async();
 {later}        s{start} = tpla_iadd({lo}, tpla_imul(it_, {block}));
         {cur} = {base} + (it_ % {st}) * {slot};
 "
             )
         };
-        let score_head = head(&score_later);
-        let head = head(&later);
+        let score_head = head(&first, &score_later);
+        let head = match (split_issue, &self.paging.full_groups) {
+            (Some(_), Some((fg, _))) => {
+                head(&super::split_release::own_half_wait(&first, fg, st), "")
+            }
+            _ => head(&first, &later),
+        };
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
         let (ready, free) = handoff_mbars(st);

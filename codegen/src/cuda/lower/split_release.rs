@@ -32,6 +32,20 @@ pub(crate) fn split_release_tile(geo: &Geo, row: usize) -> Option<usize> {
         .then_some(half / 64)
 }
 
+/// A value warpgroup's wait for its own half of block `it_` (`first`: the wait for the first
+/// half, on the stage's own full mbarrier; `fg`: the ring's two groups split at the halves).
+/// Each waits for its own half only: the other half is refilled by the other value warpgroup
+/// after that one's P·V, and a warpgroup a whole block behind would wait for a parity that
+/// mbarrier has passed twice (never returning; the GPU agreement test hung there, the emulator's
+/// warp stalls show it).
+pub(crate) fn own_half_wait(first: &str, fg: &FullGroups, st: usize) -> String {
+    let second = fg.wait(1, &format!("it_ % {st}"), &format!("(it_ / {st}) & 1"));
+    format!(
+        "if (warp < 8) {{ {first} }} else {{ {} }}",
+        second.trim_end()
+    )
+}
+
 /// The value warpgroups' wait for block `it_`'s slot to be released by every reader (its empty
 /// mbarrier), before block `j_ = it_ + st` is copied into it.
 pub(crate) fn slot_release_wait(st: usize) -> String {
