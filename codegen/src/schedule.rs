@@ -22,7 +22,7 @@
 //! | `FP8_PRODUCERS` | 1, 2 | 2 (needs `PRODUCER = 1`): where the producer converts an FP8 cache (`KV_FP8`) beside one consumer warpgroup (16- to 64-row blocks whose accumulator one warpgroup holds), two producer warpgroups share each piece's conversion (384 threads; the conversion's instruction issue bounded the FP8 decode on the H200, `bench/NOTES-fp8.md`); elsewhere it changes nothing (default 1) |
 //! | `FULL_GROUPS` | 1 to 9 | `g > 1` (needs `TMA = 1`): each ring stage's full mbarrier split into `g` column groups of the block's 64-column TMA boxes, each with its own bytes; under `SCORE_WG` the score warpgroup's q·kᵀ waits for each group just before the k-steps that read it, so it starts while the later boxes are in flight (FlashMLA's per-tile K barriers; `cuda/full_groups.rs`); so does the plain producer schedule's own q·kᵀ; elsewhere it changes nothing (default 1; within noise of one group on the H100, 2026-12-06: not searched by the tuner) |
 //! | `PV_FIRST` | 0, 1 | 1 (needs `SCORE_WG = 1`): the score warpgroup waits for the value warpgroups' P·V of block `i - 1` before it issues block `i`'s q·kᵀ (not after): the P·V runs alone on the tensor cores and its ring slot, whose refill the score warpgroup waits for two blocks later, is released sooner, at the cost of the q·kᵀ / P·V overlap (default 0; an experiment, not searched) |
-//! | `SPLIT_RELEASE` | 0, 1 | 1 (needs `SCORE_WG = 1`, `TMA = 1`): where two value warpgroups each hold a 64-column-aligned half of the accumulator, each issues the TMA copies of its own half of block `i + STAGES` as soon as its P·V of block `i` is done (no empty-barrier round trip; the RoPE tiles go with the second half), and the ring's full mbarriers split at that column so the score warpgroup's q·kᵀ starts on the first half (FlashMLA's per-tile release; a block copied by `cp.async` keeps the first value warpgroup's whole-block copy; its two groups take the place of `FULL_GROUPS`' where both are set; default 0, not searched) |
+//! | `SPLIT_RELEASE` | 0, 1 | 1 (needs `SCORE_WG = 1`, `TMA = 1`): where two value warpgroups each hold a 64-column-aligned half of the accumulator, each issues the TMA copies of its own half of block `i + STAGES` as soon as its P·V of block `i` is done (no empty-barrier round trip; the RoPE tiles go with the second half), and the ring's full mbarriers split at that column so the score warpgroup's q·kᵀ starts on the first half (FlashMLA's per-tile release; a block copied by `cp.async` keeps the first value warpgroup's whole-block copy; its two groups take the place of `FULL_GROUPS`' where both are set; default 0; searched under `SCORE_WG` with TMA, 6 % faster at MLA H128 on the H100) |
 //!
 //! [`Schedule::from_config`] reads and validates them once: a bad value is an
 //! [`IrError::BadConfig`] naming the knob, never silently ignored.
@@ -140,6 +140,15 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     // with it against 1386 for the best plain TMA schedule, H64 704 against 718; the TPLA shard
     // (latent 256) H64 471 against 385 with `WG_KV_SPLIT`: the tuner picks per bucket.
     &[("SCORE_WG", 1), ("PRODUCER", 1), ("TMA", 1)],
+    // `SPLIT_RELEASE` under it (each value warpgroup refilling its own half of a slot; latent
+    // 512 only, elsewhere the same kernel and timed once). On the H100 (2026-12-06, 2b29720) MLA
+    // H128 B64x32K ran 1163 us decode-only with it against 1238, H64 792 against 794.
+    &[
+        ("SCORE_WG", 1),
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SPLIT_RELEASE", 1),
+    ],
     // (Opt-in, `--config PREFETCH=1`, not searched: the L2 prefetch a ring round ahead, 15-20 %
     // slower on the H100 on 2026-12-05.)
 ];

@@ -19,7 +19,7 @@ pub(super) fn config_selected(cfg: &Config, want: Option<&str>) -> bool {
 /// The knobs a sweep varies or sets itself; any other `KEY=value` of `--config` (a schedule knob
 /// the tuner does not search, e.g. `QK_AHEAD=1`) is set on every swept config instead of
 /// filtering them all out ([`pinned_knobs`]).
-const SWEPT_KNOBS: [&str; 17] = [
+const SWEPT_KNOBS: [&str; 18] = [
     "BLOCK_H",
     "BLOCK_N",
     "STAGES",
@@ -36,6 +36,7 @@ const SWEPT_KNOBS: [&str; 17] = [
     "SOFTMAX_OVERLAP",
     "WG_KV_SPLIT",
     "SCORE_WG",
+    "SPLIT_RELEASE",
     "FP8_PRODUCERS",
 ];
 
@@ -69,6 +70,25 @@ pub(super) fn kv_split_applies(target: tpla_codegen::cuda::Target, cfg: &Config)
 /// warpgroup beside the value warpgroups of a 64-row tile over bf16 rows).
 pub(super) fn score_wg_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
     emitted(target, cfg).is_some_and(|src| src.score_wg)
+}
+
+/// Whether `SPLIT_RELEASE = 1` in `cfg` changes the emitted decode kernel on this device (under
+/// the score warpgroup over TMA, where two value warpgroups each refill their half of a slot).
+pub(super) fn split_release_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
+    let without = cfg.clone().with("SPLIT_RELEASE", 0);
+    match (emitted(target, cfg), emitted(target, &without)) {
+        (Some(on), Some(off)) => on.score_wg && kernel_text(&on) != kernel_text(&off),
+        _ => false,
+    }
+}
+
+/// A kernel's code without its header comment (which names the config).
+fn kernel_text(src: &tpla_codegen::cuda::CudaSource) -> String {
+    src.code
+        .lines()
+        .filter(|l| !l.starts_with("// ---- kernel "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether `FP8_PRODUCERS = 2` in `cfg` changes the emitted decode kernel on this device (two
@@ -230,10 +250,11 @@ pub(super) fn sweep_configs(
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
             // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), 4 SCORE_WG (a
             // score warpgroup feeding the value warpgroups; at latent 512 only: at the shard
-            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05).
+            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05), 5 SCORE_WG
+            // with SPLIT_RELEASE (each value warpgroup refilling its half; TMA only).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
-                (64, false) if shape.lat >= 512 => &[0, 2, 3, 4],
+                (64, false) if shape.lat >= 512 => &[0, 2, 3, 4, 5],
                 (64, false) => &[0, 2, 3],
                 _ => &[0],
             };
@@ -263,6 +284,9 @@ pub(super) fn sweep_configs(
                                 if order >= 3 && (seesaw > 0 || wg_split != 128 || warps > 0) {
                                     continue;
                                 }
+                                if order == 5 && producer != 2 {
+                                    continue;
+                                }
                                 let mut cfg = Config::new()
                                     .with("BLOCK_H", bh)
                                     .with("BLOCK_N", bn)
@@ -287,6 +311,10 @@ pub(super) fn sweep_configs(
                                     2 => cfg.set("SOFTMAX_OVERLAP", 1),
                                     3 => cfg.set("WG_KV_SPLIT", 1),
                                     4 => cfg.set("SCORE_WG", 1),
+                                    5 => {
+                                        cfg.set("SCORE_WG", 1);
+                                        cfg.set("SPLIT_RELEASE", 1);
+                                    }
                                     _ => {}
                                 }
                                 if sq > 1 {
@@ -321,6 +349,9 @@ pub(super) fn sweep_configs(
                                     continue;
                                 }
                                 if order == 4 && !score_wg_applies(target, &cfg) {
+                                    continue;
+                                }
+                                if order == 5 && !split_release_applies(target, &cfg) {
                                     continue;
                                 }
                                 if seesaw > 0 && !seesaw_applies(target, &cfg) {

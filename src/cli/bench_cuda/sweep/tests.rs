@@ -155,6 +155,14 @@ fn a_knob_the_sweep_does_not_vary_is_pinned_not_filtered() {
             && c.get("WARPS").is_err()
             && c.get("WG_SPLIT").ok() == Some(128)
     }));
+    // Each value warpgroup refilling its half (`SPLIT_RELEASE`): under the score warpgroup over
+    // TMA, at latent 512 only.
+    let split_release = |c: &Config| c.get("SPLIT_RELEASE").ok() == Some(1);
+    assert!(plain.iter().any(split_release) && !shard.iter().any(split_release));
+    assert!(plain
+        .iter()
+        .filter(|c| split_release(c))
+        .all(|c| roles(c) && c.get("TMA").ok() == Some(1)));
     assert!(pinned_knobs(Some("QK_AHEAD=0,SEESAW=1")).is_empty());
     assert_eq!(
         pinned_knobs(Some("BLOCK_H=64,QK_AHEAD=1")),
