@@ -389,7 +389,7 @@ fn sanitizer_smoke_every_kernel() {
 /// The balanced split schedule on the GPU, small enough for compute-sanitizer (gpu-check.sh runs
 /// every test named `sanitizer_smoke_every_kernel*` under memcheck, racecheck and synccheck):
 /// `split_schedule`, the decode built with `KV_CHUNKS = 1` (programs past a sequence's last piece
-/// write nothing), `combine_counted`, and the layer's `add_rows`. Lengths include 0, a sequence
+/// write nothing; also under the score warpgroup), `combine_counted`, and the layer's `add_rows`. Lengths include 0, a sequence
 /// of one block and one long enough for several pieces; outputs NaN-poisoned; each sequence
 /// checked against the f64 reference.
 #[test]
@@ -397,10 +397,24 @@ fn sanitizer_smoke_every_kernel_balanced() {
     use tpla_kernels::add_rows;
     use tpla_kernels::ops::{decode_attention_balanced, Balanced, BalancedWorkspace};
     let Some(g) = gpu() else { return };
-    for (lat, bh, bn) in [(512usize, 64i64, 64i64), (256, 64, 32), (512, 16, 32)] {
+    // And the score warpgroup over TMA with each value warpgroup refilling its half (what the
+    // var-len sweep picks at 64 heads, then run with the split table).
+    let roles: &[(&str, i64)] = &[
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SCORE_WG", 1),
+        ("SPLIT_RELEASE", 1),
+    ];
+    for (lat, bh, bn, knobs) in [
+        (512usize, 64i64, 64i64, &[][..]),
+        (256, 64, 32, &[]),
+        (512, 16, 32, &[]),
+        (512, 64, 64, roles),
+    ] {
         let p = Problem::new(5, 4, 17, lat, 64, vec![0, 40, 3000, 700], 16, 0.3);
         let mut params = DecodeParams::new(p.batch, p.heads, lat, 64, 1, p.scale);
         params.decode = params.decode.with("BLOCK_H", bh).with("BLOCK_N", bn);
+        params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
         let sched = Balanced {
             max_splits: 8,
             units: 6,

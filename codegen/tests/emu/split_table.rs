@@ -198,6 +198,31 @@ fn emulated_decode_split_table() {
         5,
         34,
     );
+    // The score warpgroup over TMA at latent 512 (the balanced var-len row of `tpla bench` runs
+    // the uniform row's best config with the split table), each value warpgroup refilling its
+    // half, with warp stalls; its programs past a sequence's last piece leave with the rest.
+    let roles = [
+        ("KV_CHUNKS", 1),
+        ("PRODUCER", 1),
+        ("TMA", 1),
+        ("SCORE_WG", 1),
+        ("SPLIT_RELEASE", 1),
+    ];
+    let k = latent_decode_with(dp(64, 64, 2, 512), &roles).unwrap();
+    assert!(emit(&k, Target::sm90()).unwrap().score_wg, "the score warpgroup applies");
+    with_stalls(|| {
+        chunked_decode_case(
+            &cxx,
+            dp(64, 64, 2, 512),
+            &roles[1..],
+            Target::sm90(),
+            64,
+            &lens,
+            &chunks,
+            5,
+            35,
+        )
+    });
 }
 
 #[test]
