@@ -209,6 +209,7 @@ fn main() {
         "FULL_GROUPS",
         "PV_FIRST",
         "SPLIT_RELEASE",
+        "KV_CHUNKS",
     ] {
         if let Some(w) = std::env::var(knob).ok().and_then(|w| w.parse().ok()) {
             cfg.set(knob, w);

@@ -79,6 +79,9 @@ struct Block {
     // Transaction bytes still expected per mbarrier (by shared-memory offset): `expect_tx` adds,
     // a bulk copy's completion subtracts; a phase completes when both its arrivals and this reach 0.
     std::map<unsigned, long> tx;
+    // Per mbarrier (by shared-memory offset): whether its last phase completed and no thread has
+    // waited on it since. An arrival then is compute-sanitizer synccheck's "missing wait".
+    std::map<unsigned, bool> unobserved;
     // `setmaxnreg`: registers each thread holds now, and the block's pool of released ones.
     std::vector<int> regs;
     long reg_free = 0;
@@ -517,6 +520,7 @@ inline void tpla_emu_mbar_init(unsigned long long* b, int count) {
     tpla_emu_mbar_check(b);
     *b = ((unsigned long long)(unsigned)count << 32) | (unsigned)count;
     emu::B->tx[tpla_emu_smem_addr(b)] = 0;
+    emu::B->unobserved[tpla_emu_smem_addr(b)] = false;
 }
 namespace emu {
 // Completes the current phase of `b` if its arrivals and its transaction bytes are all in.
@@ -526,6 +530,7 @@ inline void mbar_try_complete(unsigned long long* b) {
     if ((unsigned)v != 0 || B->tx[tpla_emu_smem_addr(b)] != 0) return;
     const unsigned long long phase = (v >> 63) ^ 1ull;
     *b = (phase << 63) | ((unsigned long long)count << 32) | count;
+    B->unobserved[tpla_emu_smem_addr(b)] = true;
     progress++;
 }
 }  // namespace emu
@@ -543,6 +548,13 @@ inline void tpla_emu_mbar_arrive(unsigned long long* b) {
     if (pending == 0) {
         fprintf(stderr, "emu: more arrivals on an mbarrier than its count in one phase\n");
         exit(4);
+    }
+    // An arrival on the next phase before any thread waited for the last one: compute-sanitizer's
+    // synccheck reports it ("Barrier error detected. Missing wait"), and the GPU kernel faults.
+    if (emu::B->unobserved[tpla_emu_smem_addr(b)]) {
+        fprintf(stderr, "emu: an arrival on an mbarrier (shared offset %u) whose last phase no thread waited for (synccheck: missing wait)\n",
+                tpla_emu_smem_addr(b));
+        exit(5);
     }
     *b = (v & ~0xffffffffull) | (pending - 1);
     const long tx = emu::B->tx[tpla_emu_smem_addr(b)];
@@ -586,6 +598,7 @@ inline void tpla_emu_mbar_wait(unsigned long long* b, int parity) {
     const int first = (int)((emu::next_rand() >> 33) % 257);
     for (int i = 0; i < first; ++i) emu::spin_yield(spin);
     while ((int)(*b >> 63) == (parity & 1)) emu::spin_yield(spin);
+    emu::B->unobserved[tpla_emu_smem_addr(b)] = false;
 }
 // `setmaxnreg.dec` returns the thread's registers above `n` to the block's pool; `.inc` takes
 // them from it, waiting until enough have been released: on the GPU a split past the registers

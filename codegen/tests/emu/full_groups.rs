@@ -208,7 +208,12 @@ pub(super) fn mutated_run_fails(
     let args = mutated_args();
     // Copies landing in issue order (group 0's boxes first): the unwaited groups are still in
     // flight when q·kᵀ reads them, holding the block two before.
-    let gpu = with_fifo_landing(|| run_emu(cxx, k, src, &args, "mutated")).unwrap();
+    let gpu = match with_fifo_landing(|| run_emu(cxx, k, src, &args, "mutated")) {
+        Ok(gpu) => gpu,
+        // The emulator itself refused the run (a missing wait, a deadlock): that fails too.
+        Err(e) if e.contains("emu: ") => return,
+        Err(e) => panic!("{label}: {e}"),
+    };
     let cpu = run_cpu(k, &args);
     let diff = max_diff(&gpu[2], &cpu[2]);
     assert!(

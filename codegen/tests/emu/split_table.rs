@@ -209,7 +209,10 @@ fn emulated_decode_split_table() {
         ("SPLIT_RELEASE", 1),
     ];
     let k = latent_decode_with(dp(64, 64, 2, 512), &roles).unwrap();
-    assert!(emit(&k, Target::sm90()).unwrap().score_wg, "the score warpgroup applies");
+    assert!(
+        emit(&k, Target::sm90()).unwrap().score_wg,
+        "the score warpgroup applies"
+    );
     with_stalls(|| {
         chunked_decode_case(
             &cxx,

@@ -425,7 +425,7 @@ tpla_wgmma_commit();
                             // The value warpgroups' halves, each after its own P·V; a block
                             // that does not go by TMA: the first one's whole copy after the
                             // slot's release (`roles.rs`).
-                            let wait = super::split_release::slot_release_wait(slots);
+                            let wait = super::split_release::split_slot_release_wait(slots);
                             split_issue = Some([0, 1].map(|g| {
                                 tma_issue_group(
                                     &names,

@@ -439,8 +439,15 @@ impl Lower<'_> {
         reads: Vec<usize>,
         out: &mut Vec<Node>,
     ) {
-        // Block `it_ + st`'s copies (`split_release.rs`).
+        // Block `it_ + st`'s copies (`split_release.rs`), and the value threads' release of
+        // block `it_`'s slot on its empty mbarrier (not under `SPLIT_RELEASE`, whose copies
+        // wait for `P_FREE` where they wait at all).
         let refill = super::split_release::refill(issue, split_issue, st, nblk);
+        let release = if split_issue.is_some() {
+            String::new()
+        } else {
+            format!("        tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n")
+        };
         let issue: String = issue
             .lines()
             .map(|l| format!("            {l}\n"))
@@ -507,8 +514,7 @@ impl Lower<'_> {
     for (int it_ = 0; it_ < {nblk}; ++it_) {{
     {head}        tpla_mbar_wait(&{MBAR}[{ready}], it_ & 1);
 {fetch}{value}        tpla_mbar_arrive(&{MBAR}[{free}]);
-        tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);
-{refill}    }}
+{release}{refill}    }}
 }}
 }}
 "

@@ -46,6 +46,18 @@ pub(crate) fn own_half_wait(first: &str, fg: &FullGroups, st: usize) -> String {
     )
 }
 
+/// Under `SPLIT_RELEASE` the first value warpgroup's wait, before it copies a block that does not
+/// go by TMA whole into block `it_`'s slot, for every value thread's release of that slot: their
+/// `P_FREE` arrivals after block `it_`'s P·V (the score warpgroup's q·kᵀ of the block finished
+/// before its `P_READY`). The value warpgroups do not arrive on the empty mbarriers here: a
+/// block that goes by TMA waits for none, and an arrival on a phase nobody waited for is
+/// compute-sanitizer synccheck's "missing wait" (a fault on the GPU: the balanced smoke test's
+/// first run). Every `P_FREE` phase is waited for by the score warpgroup.
+pub(crate) fn split_slot_release_wait(st: usize) -> String {
+    let (_, free) = super::roles::handoff_mbars(st);
+    format!("tpla_mbar_wait(&{MBAR}[{free}], it_ & 1);")
+}
+
 /// The value warpgroups' wait for block `it_`'s slot to be released by every reader (its empty
 /// mbarrier), before block `j_ = it_ + st` is copied into it.
 pub(crate) fn slot_release_wait(st: usize) -> String {
