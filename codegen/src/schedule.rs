@@ -142,7 +142,7 @@ pub const SEARCHED_SETTINGS: &[&[(&str, i64)]] = &[
     &[("SCORE_WG", 1), ("PRODUCER", 1), ("TMA", 1)],
     // `SPLIT_RELEASE` under it (each value warpgroup refilling its own half of a slot; latent
     // 512 only, elsewhere the same kernel and timed once). On the H100 (2026-12-06, 2b29720) MLA
-    // H128 B64x32K ran 1163 us decode-only with it against 1238, H64 792 against 794.
+    // H128 B64x32K ran 1163 us decode-only with it against 1238 (1116 against 1236 without the empty-mbarrier arrivals, 7427c90), H64 792 against 794.
     &[
         ("SCORE_WG", 1),
         ("PRODUCER", 1),
