@@ -250,13 +250,11 @@ pub(super) fn sweep_configs(
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
             // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), 4 SCORE_WG (a
             // score warpgroup feeding the value warpgroups; at latent 512 only: at the shard
-            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200 at 64 heads, 2026-12-05;
-            // tried there from 128 heads on, where the shard is compute-bound), 5 SCORE_WG with
-            // SPLIT_RELEASE (each value warpgroup refilling its half; TMA only).
+            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05), 5 SCORE_WG
+            // with SPLIT_RELEASE (each value warpgroup refilling its half; TMA only).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
                 (64, false) if shape.lat >= 512 => &[0, 2, 3, 4, 5],
-                (64, false) if shape.heads >= 128 => &[0, 2, 3, 4],
                 (64, false) => &[0, 2, 3],
                 _ => &[0],
             };
