@@ -250,7 +250,8 @@ pub(super) fn sweep_configs(
             // the next block's q·kᵀ, FlashAttention-3's overlap inside a warpgroup), 3
             // WG_KV_SPLIT (a second warpgroup on the 64-row tile's odd blocks), 4 SCORE_WG (a
             // score warpgroup feeding the value warpgroups; at latent 512 only: at the shard
-            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05), 5 SCORE_WG
+            // widths it ran 20-25 % slower than WG_KV_SPLIT on the H200, 2026-12-05, and at 128
+            // heads 65 % slower than the 128-row PINGPONG tile on the H100, 2026-12-06), 5 SCORE_WG
             // with SPLIT_RELEASE (each value warpgroup refilling its half; TMA only).
             let orders: &[i64] = match (bh, fp8) {
                 (128, _) => &[0, 1, 2],
