@@ -236,3 +236,56 @@ fn split_release_waiting_for_both_halves_deadlocks() {
         Err(err) => assert!(err.contains("deadlock"), "{err}"),
     }
 }
+
+/// Multi-token queries under the score warpgroup (the library kernel at `SQ = 2`, 32 heads x 2
+/// tokens in the 64-row tile, the causal mask in the score warpgroup's softmax): what `tpla
+/// bench`'s `mla-sq2` rows pick at 64 heads. Latent 512 over TMA, with and without each value
+/// warpgroup refilling its half, and at latent 256 over `cp.async` (one value warpgroup); with
+/// laggards and warp stalls, against the f64 reference.
+#[test]
+fn emulated_score_warpgroup_multi_token_decode() {
+    use tpla_codegen::KernelDef;
+    let Some(cxx) = skip_without_cxx("emulated_score_warpgroup_multi_token_decode") else {
+        return;
+    };
+    for (i, (lat, tma, split, lens, splits)) in [
+        (512i64, 1i64, 1i64, &[300i32, 2, 65][..], 2usize),
+        (512, 1, 0, &[200, 1], 1),
+        (256, 0, 0, &[250, 33], 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (sq, heads) = (2i64, 32usize);
+        let cfg = tpla_kernels::latent_decode
+            .default_config(&[("LAT", lat), ("ROPE", 64), ("SQ", sq)])
+            .unwrap()
+            .with("BLOCK_H", 64)
+            .with("BLOCK_N", 64)
+            .with("STAGES", 2)
+            .with("PRODUCER", 1)
+            .with("TMA", tma)
+            .with("SCORE_WG", 1)
+            .with("SPLIT_RELEASE", split);
+        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        assert!(
+            emit(&k, Target::sm90()).unwrap().score_wg,
+            "{cfg}: the score warpgroup applies"
+        );
+        let tag = format!("score_wg_mtp_{i}_lat{lat}_tma{tma}_split{split}");
+        with_stalls(|| {
+            with_laggards(|| {
+                check_multi_token_decode(
+                    &cxx,
+                    &k,
+                    sq as usize * heads,
+                    lat as usize,
+                    lens,
+                    splits,
+                    90 + i as u64,
+                    &tag,
+                )
+            })
+        });
+    }
+}
