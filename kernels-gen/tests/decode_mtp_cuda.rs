@@ -110,3 +110,49 @@ fn cuda_mtp_every_tune_candidate_agrees() {
         }
     }
 }
+
+/// Two query tokens under the score warpgroup (`SCORE_WG`: the causal mask in its softmax; what
+/// `tpla bench`'s `mla-sq2` sweep picks at 64 heads): latent 512 over TMA with and without each
+/// value warpgroup refilling its half (`SPLIT_RELEASE`), over `cp.async`, and at latent 256 (one
+/// value warpgroup); 32- and 64-token blocks, a sequence that wraps the ring several times, three
+/// splits, against the f64 reference.
+#[test]
+fn cuda_mtp_score_warpgroup_agrees() {
+    let Some(g) = gpu() else { return };
+    let (sq, heads) = (2usize, 32usize);
+    for (lat, tma, split) in [
+        (512usize, 1i64, 1i64),
+        (512, 1, 0),
+        (512, 0, 0),
+        (256, 1, 0),
+    ] {
+        let lens = vec![3, 700, 64];
+        let p = Problem::new(
+            lat as u64 + 7,
+            lens.len(),
+            sq * heads,
+            lat,
+            64,
+            lens,
+            16,
+            0.2,
+        );
+        let m = Mtp { p: &p, sq, heads };
+        for bn in [64i64, 32] {
+            let mut params = m.params(3, bn);
+            params.decode = params
+                .decode
+                .with("BLOCK_H", 64)
+                .with("STAGES", 2)
+                .with("PRODUCER", 1)
+                .with("TMA", tma)
+                .with("SCORE_WG", 1)
+                .with("SPLIT_RELEASE", split);
+            let what = format!("sq {sq} lat {lat} {}", params.decode);
+            let (out, lse) = m.run(g, &params, |e, t| e.download(t).unwrap());
+            for b in 0..p.batch {
+                m.check(b, &out, &lse, &m.want(b), TOL, &what);
+            }
+        }
+    }
+}
