@@ -11,7 +11,17 @@
 //! with the RoPE tiles) onto that half's full mbarrier (`full_groups.rs`, two groups split at the
 //! halves), and the score warpgroup's q·kᵀ waits for the second half only before its first
 //! k-step there. A block that does not go by TMA is copied whole by the first value warpgroup
-//! after the slot's release, as without the knob. FlashMLA's per-tile release in this schedule.
+//! after every value thread's `P_FREE` arrival for the block in that slot. FlashMLA's per-tile
+//! release in this schedule.
+//!
+//! Two rules the first GPU runs taught (session 11; both now fail the host emulator too):
+//! - Each value warpgroup waits for its own half's full mbarrier only ([`own_half_wait`]). The
+//!   other half is refilled by the other warpgroup alone, so a warpgroup a whole block behind
+//!   could find that mbarrier two phases on and wait for a parity that never comes again (the
+//!   GPU agreement test hung; the emulator's warp stalls show it).
+//! - The value warpgroups do not arrive on the ring's empty mbarriers: a block that goes by TMA
+//!   waits for none, and an arrival on a phase nobody waited for is compute-sanitizer synccheck's
+//!   "missing wait", a fault ([`split_slot_release_wait`]).
 
 use crate::cuda::full_groups::FullGroups;
 use crate::cuda::geometry::Geo;
