@@ -52,6 +52,29 @@ def main(path):
     inc = next((i for i, r in enumerate(rows) if "USETMAXREG" in r[src] and "TRY_ALLOC" in r[src]), None)
     dec = next((i for i, r in enumerate(rows) if "USETMAXREG" in r[src] and "DEALLOC" in r[src]), None)
     sides = [side_of(i) for i in range(len(rows))]
+    # Without `setmaxnreg` (`SCORE_WG`: a score warpgroup beside the value warpgroups, no
+    # producer) the roles are told apart by their gemms: each instruction takes the role of the
+    # next `HGMMA` after it in program order, the score warpgroup's q·kᵀ `64x64` (or `64x32`)
+    # steps, the value warpgroups' P·V `64x256` (or `64x128`) ones (the instructions after the
+    # last one, that of the one before); an out-of-line retry loop takes its in-line wait's role
+    # below. The code before the loops is counted with the role laid out first.
+    if inc is None:
+        shape = [None] * len(rows)
+        nxt = None
+        for i in range(len(rows) - 1, -1, -1):
+            t = rows[i][src]
+            if "HGMMA." in t:
+                n = t.split("HGMMA.", 1)[1].split("x", 2)[1]
+                nxt = "score" if n in ("64", "32", "16") else "value"
+            shape[i] = nxt
+        # After the last `HGMMA` of the code laid out last (its role's loop tail and the
+        # handshake after it): the role of the `HGMMA` before.
+        last = max((i for i, r in enumerate(rows) if "HGMMA." in r[src]), default=None)
+        if last is not None:
+            for i in range(last + 1, len(rows)):
+                shape[i] = shape[last]
+        if {"score", "value"} <= set(shape):
+            sides = [r or "prologue" for r in shape]
     waits = [i for i, r in enumerate(rows) if "TRYWAIT" in r[src]]
     first_of = {}
     for i in waits:
@@ -87,7 +110,8 @@ def main(path):
                 sides[j] = sides[i]
                 group[j] = group[i]
                 break
-    for side in ("producer", "consumer"):
+    roles = ("score", "value") if "score" in sides else ("producer", "consumer")
+    for side in roles:
         s = sum(number(rows[i][samp]) for i in on_wait if i < len(rows) and sides[i] == side)
         print(f"  {side}: {s / total * 100:.1f} % of the samples")
     # Per in-line wait, in program order (kernels without `setmaxnreg`, e.g. SCORE_WG's score
@@ -99,8 +123,8 @@ def main(path):
         n = sum(number(rows[j][samp]) for j, g in group.items() if g == operand)
         runs = number(rows[i].get("Instructions Executed", "0"))
         print(f"    row {i:5d} {rows[i][addr] if addr else '':>20s} {operand:14s} x{runs:10.0f}"
-              f"  {n / total * 100:5.1f} %")
-    for side in ("prologue", "producer", "consumer"):
+              f"  {n / total * 100:5.1f} %  {sides[i]}")
+    for side in ("prologue",) + roles:
         s = sum(number(r[samp]) for i, r in enumerate(rows) if sides[i] == side)
         print(f"  all {side} instructions: {s / total * 100:.1f} %")
     print("\nstall reasons over the whole kernel:")
