@@ -278,7 +278,6 @@ fn emulated_seesaw_decode() {
 /// warpgroups would have shared with different starts, and the schedule refused the loop.)
 #[test]
 fn emulated_seesaw_multi_token_decode() {
-    use tpla_codegen::KernelDef;
     let Some(cxx) = skip_without_cxx("emulated_seesaw_multi_token_decode") else {
         return;
     };
@@ -293,17 +292,19 @@ fn emulated_seesaw_multi_token_decode() {
     .enumerate()
     {
         let sq = 2i64;
-        let cfg = tpla_kernels::latent_decode
-            .default_config(&[("LAT", lat), ("ROPE", 64), ("SQ", sq)])
-            .unwrap()
-            .with("BLOCK_H", 64)
-            .with("BLOCK_N", bn)
-            .with("STAGES", 2)
-            .with("WG_SPLIT", 128)
-            .with("SEESAW", 1)
-            .with("PRODUCER", producer)
-            .with("TMA", producer);
-        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        let k = mtp_kernel(
+            lat,
+            sq,
+            &[
+                ("BLOCK_H", 64),
+                ("BLOCK_N", bn),
+                ("STAGES", 2),
+                ("WG_SPLIT", 128),
+                ("SEESAW", 1),
+                ("PRODUCER", producer),
+                ("TMA", producer),
+            ],
+        );
         let src = emit(&k, Target::sm90()).unwrap();
         assert!(
             src.code.contains("_oth = "),

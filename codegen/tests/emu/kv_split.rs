@@ -214,7 +214,6 @@ fn emulated_decode_kv_split() {
 /// CPU backend, with the `cp.async` and the TMA producers.
 #[test]
 fn emulated_kv_split_multi_token_decode() {
-    use tpla_codegen::KernelDef;
     let Some(cxx) = skip_without_cxx("emulated_kv_split_multi_token_decode") else {
         return;
     };
@@ -226,18 +225,20 @@ fn emulated_kv_split_multi_token_decode() {
     .enumerate()
     {
         let (sq, heads) = (2i64, 32usize);
-        let cfg = tpla_kernels::latent_decode
-            .default_config(&[("LAT", lat), ("ROPE", 64), ("SQ", sq)])
-            .unwrap()
-            .with("BLOCK_H", 64)
-            .with("BLOCK_N", bn)
-            .with("STAGES", 2)
-            .with("PRODUCER", 1)
-            .with("TMA", tma)
-            .with("WG_KV_SPLIT", 1);
-        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        let knobs = [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", bn),
+            ("STAGES", 2),
+            ("PRODUCER", 1),
+            ("TMA", tma),
+            ("WG_KV_SPLIT", 1),
+        ];
+        let k = mtp_kernel(lat, sq, &knobs);
         let src = emit(&k, Target::sm90()).unwrap();
-        assert!(src.code.contains(SPLIT_LOOP), "{cfg}: the split applies");
+        assert!(
+            src.code.contains(SPLIT_LOOP),
+            "{knobs:?}: the split applies"
+        );
         let tag = format!("kv_split_mtp_{i}_bn{bn}_lat{lat}_tma{tma}");
         let rows = sq as usize * heads;
         check_multi_token_decode(

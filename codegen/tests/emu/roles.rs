@@ -244,7 +244,6 @@ fn split_release_waiting_for_both_halves_deadlocks() {
 /// laggards and warp stalls, against the f64 reference.
 #[test]
 fn emulated_score_warpgroup_multi_token_decode() {
-    use tpla_codegen::KernelDef;
     let Some(cxx) = skip_without_cxx("emulated_score_warpgroup_multi_token_decode") else {
         return;
     };
@@ -257,20 +256,19 @@ fn emulated_score_warpgroup_multi_token_decode() {
     .enumerate()
     {
         let (sq, heads) = (2i64, 32usize);
-        let cfg = tpla_kernels::latent_decode
-            .default_config(&[("LAT", lat), ("ROPE", 64), ("SQ", sq)])
-            .unwrap()
-            .with("BLOCK_H", 64)
-            .with("BLOCK_N", 64)
-            .with("STAGES", 2)
-            .with("PRODUCER", 1)
-            .with("TMA", tma)
-            .with("SCORE_WG", 1)
-            .with("SPLIT_RELEASE", split);
-        let k = tpla_kernels::latent_decode.build(&cfg).unwrap();
+        let knobs = [
+            ("BLOCK_H", 64),
+            ("BLOCK_N", 64),
+            ("STAGES", 2),
+            ("PRODUCER", 1),
+            ("TMA", tma),
+            ("SCORE_WG", 1),
+            ("SPLIT_RELEASE", split),
+        ];
+        let k = mtp_kernel(lat, sq, &knobs);
         assert!(
             emit(&k, Target::sm90()).unwrap().score_wg,
-            "{cfg}: the score warpgroup applies"
+            "{knobs:?}: the score warpgroup applies"
         );
         let tag = format!("score_wg_mtp_{i}_lat{lat}_tma{tma}_split{split}");
         with_stalls(|| {

@@ -267,3 +267,16 @@ pub fn check_multi_token_decode(
     );
     println!("{tag}: ok");
 }
+
+/// The library decode kernel (`tpla_kernels::latent_decode`) at latent `lat` (RoPE 64) with
+/// `sq` query tokens per sequence and the config values `knobs` set after its defaults: the
+/// multi-token cases [`check_multi_token_decode`] runs.
+#[allow(dead_code)]
+pub fn mtp_kernel(lat: i64, sq: i64, knobs: &[(&str, i64)]) -> Kernel {
+    use tpla_codegen::KernelDef;
+    let cfg = tpla_kernels::latent_decode
+        .default_config(&[("LAT", lat), ("ROPE", 64), ("SQ", sq)])
+        .unwrap();
+    let cfg = knobs.iter().fold(cfg, |c, &(k, v)| c.with(k, v));
+    tpla_kernels::latent_decode.build(&cfg).unwrap()
+}
