@@ -61,9 +61,9 @@ thread_local! {
 /// block behind another between two of its waits (`cuda_emu.h`, `run_block`).
 #[allow(dead_code)]
 pub fn with_stalls<R>(f: impl FnOnce() -> R) -> R {
-    STALLS.with(|l| l.set(true));
+    let was = STALLS.with(|l| l.replace(true));
     let r = f();
-    STALLS.with(|l| l.set(false));
+    STALLS.with(|l| l.set(was));
     r
 }
 
@@ -72,21 +72,23 @@ pub fn with_stalls<R>(f: impl FnOnce() -> R) -> R {
 /// for the first of several mbarriers of a block and reads the rest is then caught.
 #[allow(dead_code)]
 pub fn with_fifo_landing<R>(f: impl FnOnce() -> R) -> R {
-    LAND_FIFO.with(|l| l.set(true));
+    let was = LAND_FIFO.with(|l| l.replace(true));
     let r = f();
-    LAND_FIFO.with(|l| l.set(false));
+    LAND_FIFO.with(|l| l.set(was));
     r
 }
 
 /// Runs `f` with the emulator's laggards on for this thread's emulated kernels, even where the
 /// environment turned them off (`TPLA_EMU_LAGGARDS=0`; they are on by default): each runnable
 /// GPU thread sits out a scheduler round with probability 1/4, so warpgroups drift apart and a
-/// missing wait between them shows (`cuda_emu.h`, `run_block`).
+/// missing wait between them shows (`cuda_emu.h`, `run_block`). Warp stalls ([`with_stalls`])
+/// come with them: a warpgroup falling a whole ring block behind is the drift that hung the
+/// first `SPLIT_RELEASE` on the GPU, which single-round laggards never produce.
 #[allow(dead_code)]
 pub fn with_laggards<R>(f: impl FnOnce() -> R) -> R {
-    LAGGARDS.with(|l| l.set(true));
-    let r = f();
-    LAGGARDS.with(|l| l.set(false));
+    let was = LAGGARDS.with(|l| l.replace(true));
+    let r = with_stalls(f);
+    LAGGARDS.with(|l| l.set(was));
     r
 }
 
