@@ -328,6 +328,10 @@ pub struct CudaSource {
     /// Whether the paged loop's q·kᵀ waits for the ring's column groups between its commit
     /// groups (`FULL_GROUPS > 1`); false where the knob is off or changed nothing.
     pub group_waits: bool,
+    /// Whether each value warpgroup refills its own half of the ring (`SPLIT_RELEASE = 1`);
+    /// false where the knob is off or changed nothing (one value warpgroup, no TMA ring), so a
+    /// tuner can skip the config.
+    pub split_release: bool,
 }
 
 /// Generates CUDA C++ for `kernel` on `target`.

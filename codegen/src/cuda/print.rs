@@ -300,5 +300,6 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         kv_split: geo.kv_split,
         score_wg: geo.roles_wide > 0,
         group_waits: lw.paging.k_waits_placed,
+        split_release: lw.paging.split_release,
     }
 }

@@ -160,6 +160,16 @@ fn emulated_decode_score_warpgroup_split_release() {
     };
     let knobs = SPLIT_RELEASE_KNOBS;
     let t = Target::sm90();
+    // Where it applies (two value warpgroups over TMA) the source says so; not at latent 256
+    // (one value warpgroup) nor without the knob.
+    let applied = |p, knobs: &[(&str, i64)]| {
+        emit(&latent_decode_with(p, knobs).unwrap(), t)
+            .unwrap()
+            .split_release
+    };
+    assert!(applied(dp(64, 2, 512), &knobs) && applied(dp(32, 3, 512), &knobs));
+    assert!(!applied(dp(64, 2, 256), &knobs));
+    assert!(!applied(dp(64, 2, 512), &knobs[..3]));
     decode_case_with(&cxx, dp(64, 2, 512), &knobs, t, 64, &[300, 41, 0], 2, 91);
     with_laggards(|| {
         decode_case_with(&cxx, dp(32, 3, 512), &knobs, t, 64, &[400, 65], 2, 92);

@@ -251,7 +251,20 @@ fn two_sequences_agree(
     splits: usize,
     knobs: &[(&str, i64)],
 ) {
-    let p = Problem::new(seed, 2, 17, lat, 64, vec![600, 33], page, 0.3);
+    sequences_agree(g, seed, lat, page, splits, knobs, 600);
+}
+
+/// [`two_sequences_agree`] with the long sequence `long` tokens long.
+fn sequences_agree(
+    g: &CudaExecutor,
+    seed: u64,
+    lat: usize,
+    page: usize,
+    splits: usize,
+    knobs: &[(&str, i64)],
+    long: usize,
+) {
+    let p = Problem::new(seed, 2, 17, lat, 64, vec![long, 33], page, 0.3);
     let mut params = DecodeParams::new(2, 17, lat, 64, splits, 0.3);
     params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
     each_sequence_agrees(
@@ -408,9 +421,8 @@ fn cuda_score_warpgroup_agrees() {
 /// value warpgroup) 64-token blocks at four stages; three of them again with the full mbarriers
 /// per column group (`FULL_GROUPS = 3, 9`) and with each value warpgroup refilling its half
 /// (`SPLIT_RELEASE`); each against the f64 reference. Sequences of 900 and 33 tokens in three
-/// splits: a split of 300 tokens wraps the ring more than once (the 150-token sequences of the
-/// other smoke tests never reuse a slot at three splits, and synccheck's "missing wait" of the
-/// first `SPLIT_RELEASE` showed only in the balanced smoke test's longer pieces).
+/// splits: a split of 300 tokens wraps even a four-stage ring of 64-token blocks (synccheck's
+/// "missing wait" of the first `SPLIT_RELEASE` showed only where slots are reused).
 #[test]
 fn sanitizer_smoke_every_kernel_score_warpgroup() {
     let Some(g) = gpu() else { return };
@@ -438,10 +450,6 @@ fn sanitizer_smoke_every_kernel_score_warpgroup() {
             ("FULL_GROUPS", fg),
             ("SPLIT_RELEASE", split),
         ];
-        let p = Problem::new(4, 2, 17, lat, 64, vec![900, 33], page, 0.3);
-        let mut params = DecodeParams::new(2, 17, lat, 64, 3, 0.3);
-        params.decode = knobs.iter().fold(params.decode, |c, &(k, v)| c.with(k, v));
-        let what = format!("lat {lat} page {page} {knobs:?}");
-        each_sequence_agrees(g, &p, &params, (2, 17 * lat), &what);
+        sequences_agree(g, 4, lat, page, 3, &knobs, 900);
     }
 }

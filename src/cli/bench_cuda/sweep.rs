@@ -75,20 +75,7 @@ pub(super) fn score_wg_applies(target: tpla_codegen::cuda::Target, cfg: &Config)
 /// Whether `SPLIT_RELEASE = 1` in `cfg` changes the emitted decode kernel on this device (under
 /// the score warpgroup over TMA, where two value warpgroups each refill their half of a slot).
 pub(super) fn split_release_applies(target: tpla_codegen::cuda::Target, cfg: &Config) -> bool {
-    let without = cfg.clone().with("SPLIT_RELEASE", 0);
-    match (emitted(target, cfg), emitted(target, &without)) {
-        (Some(on), Some(off)) => on.score_wg && kernel_text(&on) != kernel_text(&off),
-        _ => false,
-    }
-}
-
-/// A kernel's code without its header comment (which names the config).
-fn kernel_text(src: &tpla_codegen::cuda::CudaSource) -> String {
-    src.code
-        .lines()
-        .filter(|l| !l.starts_with("// ---- kernel "))
-        .collect::<Vec<_>>()
-        .join("\n")
+    emitted(target, cfg).is_some_and(|src| src.split_release)
 }
 
 /// Whether `FP8_PRODUCERS = 2` in `cfg` changes the emitted decode kernel on this device (two

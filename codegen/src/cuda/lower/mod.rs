@@ -156,6 +156,9 @@ pub(crate) struct Paging {
     /// (`gemm/wgmma.rs`), and whether one did.
     pub(crate) k_waits: Option<crate::cuda::full_groups::KWaits>,
     pub(crate) k_waits_placed: bool,
+    /// Whether a paged loop's value warpgroups refill their own halves of its ring
+    /// (`SPLIT_RELEASE` applied, `split_release.rs`; set by `paged.rs`).
+    pub(crate) split_release: bool,
 }
 
 pub(crate) struct Fusion {

@@ -426,6 +426,7 @@ tpla_wgmma_commit();
                             // that does not go by TMA: the first one's whole copy after the
                             // slot's release (`roles.rs`).
                             let wait = super::split_release::split_slot_release_wait(slots);
+                            self.paging.split_release = true;
                             split_issue = Some([0, 1].map(|g| {
                                 tma_issue_group(
                                     &names,
