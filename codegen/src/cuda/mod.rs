@@ -88,7 +88,8 @@
 //!
 //! Elementwise math follows the IR (f32 whatever the label; bf16 rounding to nearest even only when
 //! a bf16 tensor or cache is written). Documented deviations: `exp2`/`log2` use the hardware
-//! approximations `ex2.approx.f32` / `lg2.approx.f32` (about 2 ulp); sums reduce in tree order.
+//! approximations `ex2.approx.ftz.f32` / `lg2.approx.f32` (about 2 ulp; `exp2` flushes a result
+//! below 2^-126 to zero, as the host emulation does); sums reduce in tree order.
 //! A gemm runs on tensor cores (`mma.sync.m16n8k16` bf16, f32 accumulation) on sm_80+ when
 //! `M % 16 == 0`, `N % 8 == 0` and `K % 16 == 0`. A bf16-labelled operand is fed as bf16 (exact
 //! for values loaded from bf16 memory, rounded otherwise); an f32-labelled operand is split into a

@@ -45,10 +45,14 @@ __device__ __forceinline__ unsigned tpla_pack_bits(tpla_bf16 lo, tpla_bf16 hi) {
 }
 
 // ---- float math with the IR's semantics [thread] -------------------------------------------
+// 2^x, flushing a subnormal result (x < -126) to zero: one MUFU.EX2 where the non-flushing form
+// takes four instructions (a range test and two scalings around it), 100 per block of a 64x64
+// softmax. A softmax weight or rescale factor below 2^-126 of the row's largest is zero either way
+// at f32 / bf16 accumulation.
 __device__ __forceinline__ float tpla_exp2(float x) {
 #ifdef __CUDA_ARCH__
     float y;
-    asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 #else
     return tpla_emu_exp2(x);
@@ -129,6 +133,19 @@ __device__ __forceinline__ bool tpla_warp_all(bool p) {
 // Lane `src`'s value of `v` (every lane of the warp must call it).
 __device__ __forceinline__ int tpla_shfl_idx(int v, int src) {
     return __shfl_sync(0xffffffffu, v, src);
+}
+// This thread's warp index, known to ptxas to be the same on every lane of the warp (lane 0's,
+// by a shuffle: CUTLASS's canonical_warp_idx_sync). Values derived from it and the block's
+// uniform values, e.g. a role's loop counter and its wgmma descriptors, then stay in uniform
+// registers instead of being rebuilt per gemm in vector registers and moved over (R2UR): the
+// score warpgroup's loop went from 729 to 560 SASS instructions per block. Every lane calls it,
+// at the kernel's start.
+__device__ __forceinline__ int tpla_warp_index(int tid) {
+#ifdef __CUDA_ARCH__
+    return __shfl_sync(0xffffffffu, tid >> 5, 0);
+#else
+    return tid >> 5;
+#endif
 }
 // Reduction over the 4 lanes of a quad (lanes sharing lane / 4), as in the mma accumulator layout.
 __device__ __forceinline__ float tpla_quad_sum(float v) {

@@ -214,7 +214,7 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         "    extern __shared__ __align__({}) unsigned char tpla_smem[];\n",
         if geo.wg { 1024 } else { 128 }
     ));
-    code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n    (void)lane; (void)warp;\n");
+    code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tpla_warp_index(tid);\n    (void)lane; (void)warp;\n");
     for m in &lw.decl.geo_m {
         code.push_str(&format!(
             "    const int wm{m} = warp % {};\n    (void)wm{m};\n",

@@ -6,6 +6,7 @@
 // bytes so reads of unwritten shared memory show up in the results.
 #pragma once
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -322,7 +323,11 @@ inline int __shfl_sync(unsigned, int v, int src) {
     return r;
 }
 
-inline float tpla_emu_exp2(float x) { return exp2f(x); }
+// ex2.approx.ftz.f32: a subnormal result is flushed to (positive) zero.
+inline float tpla_emu_exp2(float x) {
+    const float y = exp2f(x);
+    return y < FLT_MIN ? 0.0f : y;
+}
 inline float tpla_emu_log2(float x) { return log2f(x); }
 inline int tpla_emu_f2i(float x) {
     if (std::isnan(x)) return 0;
