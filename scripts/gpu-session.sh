@@ -9,8 +9,8 @@
 # (TPLA_SESSION_SKIP: an extended regex of step names not to run)
 # gpu-bin/ (scripts/gpu-build.sh then scripts/gpu-wheel.sh) may come as gpu-bin.tar.xz.
 set -uo pipefail
-# shellcheck source=scripts/gpu-lib.sh
-source "$(dirname "$0")/gpu-lib.sh"
+# shellcheck source=scripts/gpu-session-lib.sh
+source "$(dirname "$0")/gpu-session-lib.sh"
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/device.txt" 2>&1
 echo "commit $(cat $bin/COMMIT 2>/dev/null)" >>"$OUT/device.txt"

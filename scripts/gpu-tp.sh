@@ -9,8 +9,8 @@
 #   scripts/gpu-tp.sh
 # gpu-bin/ (scripts/gpu-build.sh; keep tp_tests in the archive) may come as gpu-bin.tar.xz.
 set -uo pipefail
-# shellcheck source=scripts/gpu-lib.sh
-source "$(dirname "$0")/gpu-lib.sh"
+# shellcheck source=scripts/gpu-session-lib.sh
+source "$(dirname "$0")/gpu-session-lib.sh"
 
 k=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/device.txt" 2>&1
