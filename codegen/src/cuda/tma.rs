@@ -308,8 +308,31 @@ fn tma_check(names: &TmaNames, block: usize) -> String {
     )
 }
 
-/// One column group's share of block `j_`'s copy (`SPLIT_RELEASE`, `lower/roles.rs`): where the
-/// block goes by TMA, the warpgroup whose first warp is `pw_ == first` copies the boxes of group
+/// Under `SPLIT_RELEASE`, at the head of the value warpgroups' iteration `it_` (before their
+/// waits for the block and for `P_READY`): whether block `it_ + st` will go by TMA, as
+/// `tma_pre_` ([`tma_check`], false past the last block). The check reads the block table from
+/// global memory and divides by the runtime page size; in the refill after the P·V, where it sat
+/// before, that load's latency (an L2 hit behind the TMA stream) delayed every copy on the ring's
+/// critical path (the H100 profile of 2026-12-06: the refill's compare on the loaded entry held
+/// more samples than any other value instruction outside the waits). Here it runs under the
+/// waits.
+pub(crate) fn tma_check_ahead(names: &TmaNames, block: usize, st: usize, nblk: &str) -> String {
+    let check: String = tma_check(names, block)
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    format!(
+        "bool tma_pre_ = false;
+if (it_ + {st} < {nblk}) {{
+    const int j_ = it_ + {st};
+{check}    tma_pre_ = tma_;
+}}
+"
+    )
+}
+
+/// One column group's share of block `j_`'s copy (`SPLIT_RELEASE`, `lower/roles.rs`), with
+/// `tma_pre_` from [`tma_check_ahead`] in scope: where the block goes by TMA, the warpgroup whose first warp is `pw_ == first` copies the boxes of group
 /// `g` of `names.groups` onto that group's full mbarrier (its elected thread carries the bytes,
 /// its other 127 threads arrive). A block that does not go by TMA is copied whole by the
 /// warpgroup of group 0 after `wait` (the slot's release by every reader), its threads arriving
@@ -327,7 +350,14 @@ pub(crate) fn tma_issue_group(
     wait: &str,
 ) -> String {
     let groups = &names.groups;
-    let check = tma_check(names, block);
+    let TmaNames { ps, lo, .. } = names;
+    // `t0_` and `rb_` as `tma_check` defines them (the copies read them), `tma_` from ahead.
+    let check = format!(
+        "    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    const int rb_ = {ps} < {block} ? {ps} : {block};
+    const bool tma_ = tma_pre_;
+"
+    );
     let stage = format!("j_ % {st}");
     let bar = groups.bar(&stage, g);
     let bytes = groups.bytes(g, block);

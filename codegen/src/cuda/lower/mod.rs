@@ -159,6 +159,9 @@ pub(crate) struct Paging {
     /// Whether a paged loop's value warpgroups refill their own halves of its ring
     /// (`SPLIT_RELEASE` applied, `split_release.rs`; set by `paged.rs`).
     pub(crate) split_release: bool,
+    /// Under `SPLIT_RELEASE`, the value warpgroups' check of block `it_ + STAGES`'s TMA path at
+    /// the head of their iteration (`tma::tma_check_ahead`; set by `paged.rs`).
+    pub(crate) tma_check_ahead: Option<String>,
 }
 
 pub(crate) struct Fusion {

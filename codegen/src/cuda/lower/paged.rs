@@ -427,6 +427,9 @@ tpla_wgmma_commit();
                             // slot's release (`roles.rs`).
                             let wait = super::split_release::split_slot_release_wait(slots);
                             self.paging.split_release = true;
+                            self.paging.tma_check_ahead = Some(crate::cuda::tma::tma_check_ahead(
+                                &names, *block, slots, &nblk,
+                            ));
                             split_issue = Some([0, 1].map(|g| {
                                 tma_issue_group(
                                     &names,

@@ -479,6 +479,16 @@ impl Lower<'_> {
             }
             _ => head(&first, &later),
         };
+        // `SPLIT_RELEASE`: the refill's TMA check before the waits (`tma::tma_check_ahead`).
+        let head = match (split_issue, &self.paging.tma_check_ahead) {
+            (Some(_), Some(ahead)) => {
+                let mut lines = ahead.lines();
+                let first = lines.next().unwrap_or_default();
+                let rest: String = lines.map(|l| format!("        {l}\n")).collect();
+                format!("    {first}\n{rest}    {head}")
+            }
+            _ => head,
+        };
         let (score, publish, fetch, value) =
             (text(&score), text(&publish), text(&fetch), text(&value));
         let (ready, free) = handoff_mbars(st);
