@@ -16,6 +16,7 @@ pub(crate) mod paged_store;
 pub(crate) mod partial_sum;
 pub(crate) mod reduce;
 pub(crate) mod roles;
+pub(crate) mod roles_pattern;
 pub(crate) mod seesaw;
 pub(crate) mod softmax_overlap;
 pub(crate) mod split_release;

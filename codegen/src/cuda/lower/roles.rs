@@ -60,6 +60,7 @@
 //! emitted without it. Where it applies the block is score warps 0-3 and value warps 4-11 (latent
 //! 512: 384 threads at 168 registers) or 4-7 (the shard widths: 256 threads; `Geo::roles_wide`).
 
+pub(crate) use super::roles_pattern::{is_value_stmt, pattern, root, Roles};
 use crate::cuda::elem::Elem;
 use crate::cuda::full_groups::FullGroups;
 use crate::cuda::geometry::*;
@@ -72,7 +73,6 @@ use crate::cuda::util::backend_err;
 use crate::cuda::warpspec::MBAR;
 use crate::error::IrError;
 use crate::ir::*;
-use crate::visit::stmt_reads;
 
 /// The refusal that makes the emitter try the kernel again without the score warpgroup.
 pub(crate) const ROLES_REFUSED: &str =
@@ -104,20 +104,6 @@ fn value_threads(nw: usize) -> usize {
 /// The guard of the value warpgroups' code outside the loop.
 pub(crate) const VALUE_GUARD: &str = "if (warp >= 4) {";
 
-/// The plan: the loop's online-softmax state and which of its tiles the value warpgroups
-/// compute.
-#[derive(Clone, Debug)]
-pub(crate) struct Roles {
-    pub(crate) m: TileId,
-    pub(crate) l: TileId,
-    pub(crate) acc: TileId,
-    /// Per tile: computed by the value warpgroups (in the loop: the accumulator's update; after
-    /// it: whatever reads the accumulator).
-    pub(crate) value: Vec<bool>,
-    /// Score tiles the value statements read: row tiles (the rescale) and gemm A operands.
-    pub(crate) handoff: Vec<TileId>,
-}
-
 /// The warp constants `wn{m}_{n}` / `wr{m}_{n}` under the roles geometry: a `[m, wide]` tile over
 /// the `value_wgs` value warpgroups (warps 4-7 take the first half of two), any other tile whole
 /// in the score warpgroup (warps 0-3), whose `wr` is 0 there (the replica index that guards
@@ -136,128 +122,6 @@ pub(crate) fn warp_constants(m: usize, n: usize, wide: usize, value_wgs: usize) 
     format!(
         "    const int wn{m}_{n} = {wn}, wr{m}_{n} = {wr};\n    (void)wn{m}_{n}; (void)wr{m}_{n};\n"
     )
-}
-
-/// The tile a view chain (assigned in `body`) starts from.
-pub(crate) fn root(body: &[Stmt], mut t: TileId) -> TileId {
-    loop {
-        let def = body.iter().find_map(|s| match s {
-            Stmt::Assign {
-                dst,
-                op: TileOp::View(src, _),
-            } if *dst == t => Some(*src),
-            _ => None,
-        });
-        match def {
-            Some(src) => t = src,
-            None => return t,
-        }
-    }
-}
-
-/// The roles of the kernel's one top-level paged loop, if it has the online-softmax form and
-/// the value statements read the score warpgroup's tiles only as the module docs allow.
-pub(crate) fn pattern(k: &Kernel) -> Option<Roles> {
-    let sw = super::kv_split::pattern(k)?;
-    let (m, l, acc) = (sw.m, sw.l, sw.acc);
-    let at = k
-        .body
-        .iter()
-        .position(|s| matches!(s, Stmt::PagedBlocks { .. }))?;
-    let Stmt::PagedBlocks { body, tile, .. } = &k.body[at] else {
-        unreachable!()
-    };
-    let n = k.tiles.len();
-    let mut value = vec![false; n];
-    value[acc] = true;
-    // Forward from the accumulator: what reads a value tile is a value tile; a gemm a value
-    // statement reads is one too (P·V).
-    loop {
-        let mut changed = false;
-        for s in body {
-            let Stmt::Assign { dst, op } = s else {
-                return None;
-            };
-            if value[*dst] || matches!(op, TileOp::View(..)) {
-                continue;
-            }
-            let reads_value = stmt_reads(s).iter().any(|&t| value[t]);
-            let gemm_for_value = matches!(op, TileOp::Gemm { .. })
-                && body.iter().any(|u| {
-                    matches!(u, Stmt::Assign { dst: d, op: o } if value[*d] && !matches!(o, TileOp::View(..)))
-                        && stmt_reads(u).contains(dst)
-                });
-            if reads_value || gemm_for_value {
-                value[*dst] = true;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    // Tiles assigned in the loop by the score warpgroup.
-    let score_tile = |t: TileId| {
-        body.iter()
-            .any(|s| matches!(s, Stmt::Assign { dst, op } if *dst == t && !value[t] && !matches!(op, TileOp::View(..))))
-    };
-    let mut handoff = Vec::new();
-    for s in body {
-        let Stmt::Assign { dst, op } = s else {
-            unreachable!()
-        };
-        if matches!(op, TileOp::View(..)) {
-            continue;
-        }
-        if value[*dst] {
-            for &r in &stmt_reads(s) {
-                let r0 = root(body, r);
-                if r0 == *tile || !score_tile(r0) {
-                    continue;
-                }
-                // A score tile: the rescale (a row tile, possibly unsqueezed) or the A operand of
-                // the P·V gemm.
-                let as_a = matches!(op, TileOp::Gemm { a, .. } if *a == r && r0 == r);
-                let rows = k.tiles[r0].shape.len() == 1;
-                if !(as_a || rows) {
-                    return None;
-                }
-                if !handoff.contains(&r0) {
-                    handoff.push(r0);
-                }
-            }
-        } else if stmt_reads(s)
-            .iter()
-            .any(|&t| value[root(body, t)] || value[t])
-        {
-            return None;
-        }
-    }
-    // After the loop: whatever reads the accumulator (or a tile computed from it) is the value
-    // warpgroups'; they read other tiles (m, l and what comes of them) from their own copies.
-    for s in &k.body[at + 1..] {
-        if let Stmt::Assign { dst, .. } = s {
-            if stmt_reads(s).iter().any(|&t| value[t]) {
-                value[*dst] = true;
-            }
-        }
-    }
-    Some(Roles {
-        m,
-        l,
-        acc,
-        value,
-        handoff,
-    })
-}
-
-/// Whether a top-level statement belongs to the value warpgroups (see [`Roles::value`]).
-pub(crate) fn is_value_stmt(plan: &Roles, s: &Stmt) -> bool {
-    match s {
-        Stmt::Assign { dst, .. } => plan.value[*dst],
-        Stmt::Store { src, .. } => plan.value[*src],
-        _ => false,
-    }
 }
 
 impl Lower<'_> {
