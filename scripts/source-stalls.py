@@ -73,6 +73,16 @@ def main(path):
         if last is not None:
             for i in range(last + 1, len(rows)):
                 shape[i] = shape[last]
+        # A `WARPGROUP.DEPBAR` waits for the gemms issued before it: the role of the `HGMMA`
+        # before (by the next one, the value warpgroups' wait after their P·V was counted as the
+        # score warpgroup's, session 12).
+        prev = None
+        for i, r in enumerate(rows):
+            t = r[src]
+            if "HGMMA." in t:
+                prev = shape[i]
+            elif "WARPGROUP.DEPBAR" in t and prev is not None:
+                shape[i] = prev
         if {"score", "value"} <= set(shape):
             sides = [r or "prologue" for r in shape]
     waits = [i for i, r in enumerate(rows) if "TRYWAIT" in r[src]]
