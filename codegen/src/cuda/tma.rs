@@ -289,14 +289,11 @@ fn tma_check(names: &TmaNames, block: usize) -> String {
         pps,
         np,
         bvar,
-        lo,
         hi,
         ..
     } = names;
     format!(
-        "    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    const int rb_ = {ps} < {block} ? {ps} : {block};
-    bool tma_ = t0_ + {block} <= {hi} && {ps} > 0
+        "{}    bool tma_ = t0_ + {block} <= {hi} && {ps} > 0
         && ({ps} >= {block} ? t0_ % {ps} + {block} <= {ps} : ({ps} % 8 == 0 && {block} % {ps} == 0 && t0_ % {ps} == 0));
 #pragma unroll 1
     for (int k_ = 0; tma_ && k_ < {block} / rb_; ++k_) {{
@@ -304,6 +301,17 @@ fn tma_check(names: &TmaNames, block: usize) -> String {
         const int pg_ = pi_ < {pps} ? {bt}[(tpla_i64){bvar} * {pps} + pi_] : -1;
         tma_ = pg_ >= 0 && pg_ < {np};
     }}
+",
+        block_rows(names, block)
+    )
+}
+
+/// Block `j_`'s first token `t0_` and the rows a copy takes, `rb_` (a page, at most the block).
+fn block_rows(names: &TmaNames, block: usize) -> String {
+    let TmaNames { ps, lo, .. } = names;
+    format!(
+        "    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
+    const int rb_ = {ps} < {block} ? {ps} : {block};
 "
     )
 }
@@ -350,13 +358,10 @@ pub(crate) fn tma_issue_group(
     wait: &str,
 ) -> String {
     let groups = &names.groups;
-    let TmaNames { ps, lo, .. } = names;
     // `t0_` and `rb_` as `tma_check` defines them (the copies read them), `tma_` from ahead.
     let check = format!(
-        "    const int t0_ = tpla_iadd({lo}, tpla_imul(j_, {block}));
-    const int rb_ = {ps} < {block} ? {ps} : {block};
-    const bool tma_ = tma_pre_;
-"
+        "{}    const bool tma_ = tma_pre_;\n",
+        block_rows(names, block)
     );
     let stage = format!("j_ % {st}");
     let bar = groups.bar(&stage, g);

@@ -152,7 +152,7 @@ fn sanitizer_smoke_every_kernel_full_groups() {
             ("WG_KV_SPLIT", kv),
             ("FULL_GROUPS", fg),
         ];
-        two_sequences_agree(g, 5, lat, page, 2, &knobs);
+        two_sequences_agree(g, 5, lat, page, 2, &knobs, LONG);
     }
 }
 
@@ -234,28 +234,20 @@ fn sanitizer_smoke_every_kernel_tma() {
             ("PINGPONG", (wg == 0) as i64),
             ("PREFETCH", (tma == 2) as i64),
         ];
-        two_sequences_agree(g, 2, lat, page, 2, &knobs);
+        two_sequences_agree(g, 2, lat, page, 2, &knobs, LONG);
     }
 }
 
-/// One launch of the decode with `knobs` on 17 heads of two sequences (600 and 33 tokens) in
-/// `page`-token pages and `splits` splits, each sequence against the f64 reference: the small
-/// case the sanitizer tests run. A split of the long sequence wraps a four-stage ring of
-/// 32-token blocks at three splits: a protocol fault that shows only when a slot is reused
-/// (synccheck's "missing wait" of the first `SPLIT_RELEASE`) needs that; 150 tokens did not.
-fn two_sequences_agree(
-    g: &CudaExecutor,
-    seed: u64,
-    lat: usize,
-    page: usize,
-    splits: usize,
-    knobs: &[(&str, i64)],
-) {
-    sequences_agree(g, seed, lat, page, splits, knobs, 600);
-}
+/// The long sequence of [`two_sequences_agree`] in the smoke tests: a split of it wraps a
+/// four-stage ring of 32-token blocks at three splits, so a protocol fault that shows only when a
+/// slot is reused (synccheck's "missing wait" of the first `SPLIT_RELEASE`) is caught; 150
+/// tokens did not.
+const LONG: usize = 600;
 
-/// [`two_sequences_agree`] with the long sequence `long` tokens long.
-fn sequences_agree(
+/// One launch of the decode with `knobs` on 17 heads of two sequences (`long` and 33 tokens) in
+/// `page`-token pages and `splits` splits, each sequence against the f64 reference: the small
+/// case the sanitizer tests run.
+fn two_sequences_agree(
     g: &CudaExecutor,
     seed: u64,
     lat: usize,
@@ -317,7 +309,7 @@ fn sanitizer_smoke_every_kernel_overlap() {
             ("TMA", tma),
             ("SOFTMAX_OVERLAP", 1),
         ];
-        two_sequences_agree(g, 3, lat, page, 3, &knobs);
+        two_sequences_agree(g, 3, lat, page, 3, &knobs, LONG);
     }
 }
 
@@ -358,7 +350,7 @@ fn sanitizer_smoke_every_kernel_kv_split() {
             ("TMA", tma),
             ("WG_KV_SPLIT", 1),
         ];
-        two_sequences_agree(g, 4, lat, page, 3, &knobs);
+        two_sequences_agree(g, 4, lat, page, 3, &knobs, LONG);
     }
 }
 
@@ -450,6 +442,6 @@ fn sanitizer_smoke_every_kernel_score_warpgroup() {
             ("FULL_GROUPS", fg),
             ("SPLIT_RELEASE", split),
         ];
-        sequences_agree(g, 4, lat, page, 3, &knobs, 900);
+        two_sequences_agree(g, 4, lat, page, 3, &knobs, 900);
     }
 }

@@ -346,10 +346,8 @@ impl Lower<'_> {
         // `SPLIT_RELEASE`: the refill's TMA check before the waits (`tma::tma_check_ahead`).
         let head = match (split_issue, &self.paging.tma_check_ahead) {
             (Some(_), Some(ahead)) => {
-                let mut lines = ahead.lines();
-                let first = lines.next().unwrap_or_default();
-                let rest: String = lines.map(|l| format!("        {l}\n")).collect();
-                format!("    {first}\n{rest}    {head}")
+                let ahead: String = ahead.lines().map(|l| format!("        {l}\n")).collect();
+                format!("    {}    {head}", ahead.trim_start())
             }
             _ => head,
         };
