@@ -100,6 +100,20 @@ fn dump_all(dir: &std::path::Path) {
                     let base = cfg.clone().with("SEESAW", 1).with("PRODUCER", 1);
                     extras.push(("ssws", base.clone()));
                     extras.push(("sstma", base.with("TMA", 1)));
+                    // Every searched schedule setting the lines above do not name (`PINGPONG`,
+                    // `SOFTMAX_OVERLAP`, `WG_KV_SPLIT`, `SCORE_WG`, `SPLIT_RELEASE`, ...).
+                    for set in tpla_codegen::schedule::SEARCHED_SETTINGS {
+                        let named = set
+                            .iter()
+                            .all(|(n, _)| ["PRODUCER", "TMA", "SEESAW"].contains(n));
+                        if !named {
+                            let mut c = cfg.clone();
+                            for (knob, v) in *set {
+                                c.set(knob, *v);
+                            }
+                            extras.push(("set", c));
+                        }
+                    }
                 }
                 for (tag, cfg) in extras {
                     for (tname, t) in targets {
