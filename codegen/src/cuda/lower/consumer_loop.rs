@@ -63,16 +63,6 @@ impl Lower<'_> {
                 writes: vec![],
             });
         }
-        // `PINGPONG`'s deferred P·V (`pv_defer.rs`): its packed P lives across iterations, the
-        // next q·kᵀ's wait releases the slot, the last one is waited for after the loop.
-        let pv_defer = self.paging.pv_defer.take().filter(|d| d.placed());
-        if let Some(d) = &pv_defer {
-            out.push(Node::Code {
-                text: d.before_loop(),
-                reads: vec![],
-                writes: vec![],
-            });
-        }
         if let Some(qk) = hoisted {
             // Block 0's first gemm; a body without a warpgroup gemm to carry the next block's
             // takes it at its end (same order, no overlap).
@@ -93,7 +83,7 @@ impl Lower<'_> {
         }
         // Under `SOFTMAX_OVERLAP` the body releases the previous block's slot and the code after
         // the loop the last one's (`softmax_overlap.rs`).
-        if overlap_after.is_none() && pv_defer.is_none() {
+        if overlap_after.is_none() {
             body_nodes.push(Node::Code {
                 text: format!("tpla_mbar_arrive(&{MBAR}[{st} + it_ % {st}]);\n"),
                 reads: vec![],
@@ -117,12 +107,11 @@ impl Lower<'_> {
             tail: "}".into(),
             looped: true,
         });
-        let mut last = pv_defer.map(|d| d.after_loop(nblk)).unwrap_or_default();
-        if pp {
-            last.push_str(&format!(
-                "if ((warp >> 2) == 0) tpla_bar_sync({PINGPONG_BAR}, 256);\n"
-            ));
-        }
+        let last = if pp {
+            format!("if ((warp >> 2) == 0) tpla_bar_sync({PINGPONG_BAR}, 256);\n")
+        } else {
+            String::new()
+        };
         out.extend(overlap_after.unwrap_or_default());
         out.push(Node::Code {
             text: format!("{last}}}\n"),

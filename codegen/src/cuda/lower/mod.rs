@@ -14,7 +14,6 @@ pub(crate) mod memory;
 pub(crate) mod paged;
 pub(crate) mod paged_store;
 pub(crate) mod partial_sum;
-pub(crate) mod pv_defer;
 pub(crate) mod reduce;
 pub(crate) mod roles;
 pub(crate) mod roles_pattern;
@@ -124,9 +123,6 @@ pub(crate) struct Paging {
     /// gemm did, so the loop adds the first turn and the last wait.
     pub(crate) pingpong: bool,
     pub(crate) pingponged: bool,
-    /// Under `PINGPONG`, the loop's P·V waited for at the next block's q·kᵀ wait
-    /// (`pv_defer.rs`), with which halves the lowering placed.
-    pub(crate) pv_defer: Option<pv_defer::PvDefer>,
     /// Under warp specialisation: the producer warpgroup's code and the ring's stage count.
     pub(crate) producer_code: Option<(String, usize)>,
     /// Under `TMA = 1`: the streamed cache whose tensor map the kernel takes, and the box rows.

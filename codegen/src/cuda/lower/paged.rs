@@ -318,7 +318,10 @@ tpla_wgmma_commit();
                 }
             }
         } else {
-            self.lower_plain_body(body, *tile, st, fp8.lat == 0)?
+            self.paging.k_waits = self.k_waits_for(body, *tile);
+            let inner = self.lower_block(body);
+            self.paging.k_waits = None;
+            inner?
         };
         self.paging.pingpong = false;
         let unplaced = std::mem::replace(&mut self.paging.deferred_prefetch, saved);

@@ -1,7 +1,6 @@
 //! Hopper warpgroup gemms (`wgmma.mma_async`).
 
 use crate::cuda::elem::*;
-use crate::cuda::lower::pv_defer::PV_PACKED;
 use crate::cuda::lower::*;
 use crate::cuda::memory::*;
 use crate::cuda::repr::*;
@@ -101,9 +100,6 @@ impl<'a> Lower<'a> {
         let regs = nwg / 2;
         let tbi = tb as u8;
         let bdesc = bop.step("db_");
-        // `PINGPONG`'s deferred P·V (`lower/pv_defer.rs`): this gemm is the loop's P·V (its
-        // accumulator is the carried one) or its q·kᵀ, whose wait then covers the P·V.
-        let defer = self.paging.pv_defer.as_ref().map(|d| d.acc == acc);
         let (setup, issue) = match a {
             WgmmaA::Smem(ab, av) => {
                 let aop = self.wgmma_operand(ab, av, 1, &self.wg_row0(m), 64)?;
@@ -127,16 +123,10 @@ impl<'a> Lower<'a> {
                     return None;
                 }
                 self.decl.wgmma_fns.insert((nwg, WgmmaForm::Regs, tb));
-                // The deferred P·V packs P into the array declared before the loop, which
-                // stays untouched until the next block's q·kᵀ wait.
-                let (decl, pa) = match defer {
-                    Some(true) => (String::new(), PV_PACKED),
-                    _ => (format!("unsigned pa_[{}];\n", kd / 4), "pa_"),
-                };
                 (
-                    format!("{decl}{}", pack_a_regs(arr, pa, kd)),
+                    format!("unsigned pa_[{np}];\n{}", pack_a_regs(arr, "pa_", kd), np = kd / 4),
                     format!(
-                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &{pa}[(k_ / 16) * 4], {bdesc}{scale});\n"
+                        "    tpla_wgmma_m64n{nwg}k16_r{tbi}({acc}, &pa_[(k_ / 16) * 4], {bdesc}{scale});\n"
                     ),
                 )
             }
@@ -213,28 +203,12 @@ impl<'a> Lower<'a> {
                 )
             })
             .collect();
-        // Every early return is above: the deferred P·V's halves are placed here.
-        let mut pv_deferred = false;
-        let mut after_wait = String::new();
-        if let Some(d) = self.paging.pv_defer.as_mut() {
-            match defer {
-                Some(true) if matches!(a, WgmmaA::Regs(_)) && !d.pv_placed => {
-                    d.pv_placed = true;
-                    pv_deferred = true;
-                }
-                Some(false) if !d.qk_placed && !self.paging.gemm_no_wait => {
-                    d.qk_placed = true;
-                    after_wait = d.after_qk_wait();
-                }
-                _ => {}
-            }
-        }
-        // Without its wait (the caller's, or the next q·kᵀ's): nothing after the commit.
-        let after = if self.paging.gemm_no_wait || pv_deferred {
+        // Without its wait (the caller's): nothing after the commit.
+        let after = if self.paging.gemm_no_wait {
             String::new()
         } else {
             format!(
-                "{overlap}{wait}#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);\n{after_wait}"
+                "{overlap}{wait}#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({acc}[i_]);\n"
             )
         };
         Some(format!(
