@@ -104,7 +104,7 @@ pub(crate) struct Rank<X: Executor> {
     /// Sequences.
     batch: usize,
     /// Query tokens per sequence per step (1, or 2-4 for MTP / speculative verify).
-    sq: usize,
+    pub(crate) sq: usize,
     /// Activation rows per step: `batch · sq`, sequence-major (token `j` of sequence `s` is row
     /// `s · sq + j`).
     rows: usize,

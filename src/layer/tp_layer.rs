@@ -193,6 +193,12 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
     /// timed with (uniform splits chosen on the host, or the balanced schedule computed on the
     /// device: `tpla tune` stores the faster); returns `(rank, bucket, config and policy,
     /// measured µs)` for each rank that found one. Ranks without an entry keep the defaults.
+    ///
+    /// With `query_len > 1` the kernel's rows are the rank's heads times the new tokens
+    /// (`latent_decode` packs them into its row blocks), so the bucket is the one of that many
+    /// rows: Kimi-K2's TPLA shard at two tokens (64 heads, 128 rows) runs the 128-row config
+    /// `tpla tune` found for DeepSeek-V3's shard, not the 64-row one (which split the rows into
+    /// two 64-row blocks, each reading the whole cache).
     pub fn apply_tuned(
         &mut self,
         db: &tpla_runtime::tune::TuneDb,
@@ -203,7 +209,7 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             let s = rank.dec.shape();
             let bucket = tpla_runtime::tune::decode_bucket(
                 s.batch,
-                s.heads,
+                s.heads * rank.sq,
                 rank.dec.shard_width(),
                 s.rope,
                 s.max_tokens,

@@ -54,6 +54,58 @@ fn the_tune_database_sets_each_ranks_config_and_split_policy() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With two new tokens per sequence the kernel's rows are the rank's heads times two: the tune
+/// database's entry for that many rows is the one applied, not the heads' own.
+#[test]
+fn a_multi_token_layer_takes_the_tuned_config_of_its_query_rows() {
+    use tpla_codegen::KernelDef;
+    use tpla_runtime::tune::{decode_bucket, SplitPolicy, TuneDb};
+    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-sq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
+    let shape = layer_shape(2, 8, 0, 2);
+    let execs = cpu(2);
+    let (mut db, _) = TuneDb::open(
+        &dir,
+        &execs[0].device_identity(),
+        &[&tpla_kernels::latent_decode],
+    );
+    let cfg = tpla_kernels::latent_decode
+        .default_config(&[("LAT", 512), ("ROPE", 64)])
+        .unwrap();
+    // 4 heads per rank: the one-token bucket (4 rows) and the two-token one (8 rows).
+    for (heads, us) in [(4, 99.0), (8, 12.5)] {
+        db.put_with_policy(
+            tpla_kernels::latent_decode.name(),
+            &decode_bucket(2, heads, 512, 64, 8),
+            &cfg,
+            Some(SplitPolicy::Uniform),
+            us,
+            "2026-12-06",
+        );
+    }
+    let mut l = TpLayer::new(
+        execs,
+        HostAllReduce { ranks: 2 },
+        &layer,
+        Form::MlaTp,
+        shape,
+        None,
+    )
+    .unwrap();
+    let rows = decode_bucket(2, 8, 512, 64, 8);
+    let found = l.apply_tuned(&db);
+    assert_eq!(found.len(), 2, "{found:?}");
+    for (r, (rank, b, _, us)) in found.iter().enumerate() {
+        assert_eq!((*rank, b.as_str(), *us), (r, rows.as_str(), 12.5));
+    }
+    let (y, _) = l
+        .step(&HostTensor::full(&[2 * 2, layer.cfg.hidden], 0.3f32))
+        .unwrap();
+    assert!(y.data().iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs `tokens / sq` steps of `sq` new tokens per sequence and returns the worst relative error
 /// of any token's output against the reference's one-token decode at its position (token `j`
 /// of a step sees the cache up to itself, so the two are the same computation).
