@@ -74,7 +74,9 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 // A stand-in's collective is not timed (zero); NCCL's always takes time.
                 let c = t.times.collective.as_secs_f64();
                 f.collective_measured_s = (c > 0.0).then_some(c);
-                f
+                let tm = &t.times;
+                let phases = [tm.attention, tm.projections, tm.glue].map(|d| d.as_secs_f64());
+                f.with_phases(cfg, t.form, l.tp, a.batch, len, l.layers, &hw, phases)
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -142,6 +144,25 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 ))
                 .unwrap_or_default()
         );
+    }
+    println!(
+        "per phase, measured / predicted from the rooflines (which part of the model misses):"
+    );
+    for f in &check.forms {
+        let parts: Vec<String> = f
+            .phases
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.3} / {:.3} ms ({:.2})",
+                    p.phase,
+                    p.measured_s * 1e3,
+                    p.predicted_s * 1e3,
+                    p.ratio
+                )
+            })
+            .collect();
+        println!("{:<12} {}", f.form, parts.join(", "));
     }
     println!("the same model with each rank's attention from this device's tune database (projections and glue from the rooflines):");
     for f in &check.forms {

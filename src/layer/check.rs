@@ -160,6 +160,22 @@ pub struct FormCheck {
     /// as `--form auto` calibrates it) and the projections and glue still from the rooflines;
     /// `None` where the database lacks a rank's bucket.
     pub tuned_attention: Option<TunedAttention>,
+    /// Measured against predicted per phase (attention, projections, glue), where the caller
+    /// had the phases ([`FormCheck::with_phases`]): which part of the model misses.
+    pub phases: Vec<PhaseCheck>,
+}
+
+/// One phase of [`FormCheck::phases`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseCheck {
+    /// `attention`, `projections` or `glue`.
+    pub phase: &'static str,
+    /// Measured on the slowest rank, s per step of the stack.
+    pub measured_s: f64,
+    /// The cost model's figure from the measured rooflines, s per step of the stack.
+    pub predicted_s: f64,
+    /// `measured_s / predicted_s`.
+    pub ratio: f64,
 }
 
 /// [`FormCheck::tuned_attention`]: the model with measured decode-kernel times.
@@ -237,7 +253,39 @@ impl FormCheck {
             ratio,
             within_tolerance,
             tuned_attention,
+            phases: Vec::new(),
         })
+    }
+
+    /// The check with its per-phase comparison: `measured` is the stack's attention,
+    /// projections and glue (s per step, the rank whose sum is [`FormCheck::measured_s`]),
+    /// against the same model on `hw` per phase (each phase's kernel floors included).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_phases(
+        mut self,
+        cfg: &MlaConfig,
+        form: Form,
+        tp: usize,
+        batch: usize,
+        len: usize,
+        layers: usize,
+        hw: &Hardware,
+        measured: [f64; 3],
+    ) -> FormCheck {
+        let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
+        let n = layers as f64;
+        let predicted = [m.attn_s, m.proj_s, m.glue_s];
+        self.phases = ["attention", "projections", "glue"]
+            .into_iter()
+            .zip(measured.into_iter().zip(predicted))
+            .map(|(phase, (measured_s, p))| PhaseCheck {
+                phase,
+                measured_s,
+                predicted_s: p * n,
+                ratio: measured_s / (p * n),
+            })
+            .collect();
+        self
     }
 }
 

@@ -259,3 +259,27 @@ fn cpu_rooflines_are_positive_and_finite() {
     assert!(r.kernel_s > 0.0 && r.kernel_s < 1e-1, "{r:?}");
     assert_eq!(r.hardware(&Hardware::h200()).kernel_s, r.kernel_s);
 }
+
+/// The per-phase check splits the same prediction: its phases add up to the form's predicted
+/// time, and each ratio is that phase's measured over predicted (here projections measured at
+/// twice the model, the rest at it).
+#[test]
+fn the_phases_split_the_prediction_and_name_the_phase_that_misses() {
+    let m = layer_cost(&cfg(), Form::Dcp, 2, 64, 32768, 2.0, &hw());
+    let n = 4.0;
+    let measured = [m.attn_s * n, 2.0 * m.proj_s * n, m.glue_s * n];
+    let f =
+        check_at(Form::Dcp, 1.0).with_phases(&cfg(), Form::Dcp, 2, 64, 32768, 4, &hw(), measured);
+    let names: Vec<&str> = f.phases.iter().map(|p| p.phase).collect();
+    assert_eq!(names, ["attention", "projections", "glue"]);
+    let sum: f64 = f.phases.iter().map(|p| p.predicted_s).sum();
+    assert!(
+        (sum - f.predicted_s).abs() <= 1e-12 * f.predicted_s,
+        "{sum} vs {}",
+        f.predicted_s
+    );
+    let ratios: Vec<f64> = f.phases.iter().map(|p| p.ratio).collect();
+    for (r, want) in ratios.iter().zip([1.0, 2.0, 1.0]) {
+        assert!((r - want).abs() < 1e-9, "{ratios:?}");
+    }
+}
