@@ -29,7 +29,11 @@ done
 K='BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SEESAW=1,STAGES=2,TMA=1,WG_SPLIT=128'
 for s in 32x32768 64x32768; do
   OUT="$OUT/ncu" timeout 150 bash scripts/gpu-source-profile.sh "kimi_shard_$s" tpla-shard 64 "$s" "$K" >/dev/null 2>&1
-  { echo "== ncu $s"; head -30 "$OUT/ncu/kimi_shard_$s-stalls.txt"; } >>"$OUT/summary.txt"
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  { echo "== ncu $s"
+    "$ncu" -i "/tmp/kimi_shard_$s.ncu-rep" --page details 2>/dev/null |
+      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Compute \(SM\)|Grid Size|Waves"
+    head -30 "$OUT/ncu/kimi_shard_$s-stalls.txt"; } >>"$OUT/summary.txt"
 done
 (cd "$OUT" && tar czf ncu.tgz ncu layer && rm -rf ncu layer)
 cat "$OUT/summary.txt"
