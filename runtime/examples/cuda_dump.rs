@@ -114,6 +114,18 @@ fn dump_all(dir: &std::path::Path) {
                             extras.push(("set", c));
                         }
                     }
+                    // Knobs the tuner does not search, but a config may set.
+                    for knobs in [
+                        &[("PRODUCER", 1), ("QK_AHEAD", 1)][..],
+                        &[("PRODUCER", 1), ("TMA", 1), ("QK_AHEAD", 1)],
+                        &[("PRODUCER", 1), ("TMA", 1), ("PREFETCH", 1)],
+                    ] {
+                        let mut c = cfg.clone();
+                        for (knob, v) in knobs {
+                            c.set(knob, *v);
+                        }
+                        extras.push(("opt", c));
+                    }
                 }
                 for (tag, cfg) in extras {
                     for (tname, t) in targets {

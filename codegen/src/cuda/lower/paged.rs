@@ -265,58 +265,9 @@ impl<'a> Lower<'a> {
             overlap_after = Some(after);
             nodes
         } else if let Some(g) = hoist {
-            self.paging.gemm_no_wait = true;
-            let first = self.lower_block(&body[..=g]);
-            self.paging.gemm_no_wait = false;
-            let first = first?;
-            let text: Option<String> = first
-                .iter()
-                .map(|n| match n {
-                    Node::Code { text, .. } => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect();
-            match (
-                text.filter(|t| t.contains("tpla_wgmma_commit")),
-                self.frag_of(&body[g]),
-            ) {
-                (Some(qk), Some((regs, arr))) => {
-                    let next = format!(
-                        "if (it_ + 1 < {nblk}) {{
-tpla_mbar_wait(&{MBAR}[(it_ + 1) % {st}], ((it_ + 1) / {st}) & 1);
-tpla_fence_proxy_async();
-{cur} = {base} + ((it_ + 1) % {st}) * {slot};
-{qk}}} else {{
-tpla_wgmma_commit();
-}}
-"
-                    );
-                    // Behind the last gemm's commit: the next block's q·kᵀ commits a group of
-                    // its own, so that gemm waits for itself only (its slot is released at once)
-                    // and the scores are waited for at the top of the next iteration.
-                    self.paging.deferred_prefetch = Some((next, self.depth + 1));
-                    // (Past the last block an empty group keeps the count the same on both
-                    // paths, so ptxas sees one pattern of groups.)
-                    self.paging.deferred_wait = Some("tpla_wgmma_wait1();\n".into());
-                    let mut rest = vec![Node::Code {
-                        text: format!(
-                            "tpla_wgmma_wait0();\n#pragma unroll\nfor (int i_ = 0; i_ < {regs}; ++i_) tpla_fence_operand({arr}[i_]);\n"
-                        ),
-                        reads: vec![],
-                        writes: vec![],
-                    }];
-                    rest.extend(self.lower_block(&body[g + 1..])?);
-                    self.paging.deferred_wait = None;
-                    hoisted = Some(qk);
-                    rest
-                }
-                _ => {
-                    // Not a warpgroup gemm into registers: lowered again with its wait.
-                    let mut all = self.lower_block(&body[..=g])?;
-                    all.extend(self.lower_block(&body[g + 1..])?);
-                    all
-                }
-            }
+            let (nodes, qk) = self.lower_qk_ahead(body, g, &names)?;
+            hoisted = qk;
+            nodes
         } else {
             self.paging.k_waits = self.k_waits_for(body, *tile);
             let inner = self.lower_block(body);
