@@ -13,7 +13,7 @@ use tpla_model::MlaConfig;
 use tpla_runtime::tune::{decode_bucket, TuneDb};
 use tpla_runtime::RuntimeError;
 
-use super::cost::{layer_cost, Hardware};
+use super::cost::{layer_cost_tokens, Hardware};
 use super::plan::{dcp_tokens, roles, Form};
 
 /// One form's prediction.
@@ -57,7 +57,27 @@ pub fn predict(
     hw: &Hardware,
     db: Option<&TuneDb>,
 ) -> Result<Prediction, RuntimeError> {
-    let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
+    predict_tokens(cfg, form, tp, batch, 1, len, hw, db)
+}
+
+/// [`predict`] with `query_len` new tokens per sequence per step (MTP, speculative verify): the
+/// model's query rows, projections, glue and collectives scale with `batch · query_len`
+/// ([`layer_cost_tokens`]), and a rank's attention is calibrated by the tune bucket of its query
+/// rows (heads × `query_len`, the rows `latent_decode` packs into its blocks and the bucket
+/// [`super::TpLayer::apply_tuned`] takes the config from).
+#[allow(clippy::too_many_arguments)]
+pub fn predict_tokens(
+    cfg: &MlaConfig,
+    form: Form,
+    tp: usize,
+    batch: usize,
+    query_len: usize,
+    len: usize,
+    hw: &Hardware,
+    db: Option<&TuneDb>,
+) -> Result<Prediction, RuntimeError> {
+    let sq = query_len.max(1);
+    let m = layer_cost_tokens(cfg, form, tp, batch, sq, len, 2.0, 4.0, hw);
     let rest_s = m.proj_s + m.glue_s + m.coll_s;
     let modelled = Prediction {
         form,
@@ -78,7 +98,7 @@ pub fn predict(
         };
         let bucket = decode_bucket(
             batch,
-            role.attn_heads.len(),
+            role.attn_heads.len() * sq,
             role.latent.len(),
             cfg.qk_rope,
             len_r,
@@ -210,6 +230,29 @@ mod tests {
         let (f, why) = pick(&[fast, t], &|f| f.exact()).unwrap();
         assert_eq!(f, Form::MlaTp);
         assert!(why.contains("(excluded)"), "{why}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// With two new tokens per sequence a rank's attention comes from the bucket of its query
+    /// rows (MLA-TP's 32 heads x 2 = 64 rows at tp 2), and the rest of the layer is costed at
+    /// twice the rows.
+    #[test]
+    fn multi_token_predictions_take_the_query_rows_bucket() {
+        let cfg = Preset::KimiK2.config();
+        let hw = Hardware::h200();
+        let dir = scratch();
+        let name = tpla_kernels::latent_decode.name();
+        let (mut db, _) = TuneDb::open(&dir, "test-device", &[&tpla_kernels::latent_decode]);
+        let rows = decode_bucket(64, 64, 512, 64, 32768);
+        let c = tpla_kernels::ops::DecodeParams::new(64, 64, 512, 64, 1, 0.1).decode_config();
+        db.put(name, &rows, &c, 800.0, "2026-12-06");
+        let two = predict_tokens(&cfg, Form::MlaTp, 2, 64, 2, 32768, &hw, Some(&db)).unwrap();
+        assert!((two.attn_s - 800e-6).abs() < 1e-12, "{two:?}");
+        assert!(two.source.contains("H64-lat512"), "{}", two.source);
+        // One token per sequence: the 32-row bucket, absent here, so the model.
+        let one = predict(&cfg, Form::MlaTp, 2, 64, 32768, &hw, Some(&db)).unwrap();
+        assert!(one.source.contains("no H32-lat512"), "{}", one.source);
+        assert!(two.rest_s > one.rest_s, "{two:?} {one:?}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -44,7 +44,7 @@ pub(super) fn auto(
     err: f64,
     allowed: &dyn Fn(&Form) -> bool,
 ) -> Result<Form, CliError> {
-    use tpla::layer::auto::{pick, predict};
+    use tpla::layer::auto::{pick, predict_tokens};
     use tpla_runtime::tune::{default_dir, TuneDb};
     let hw = Hardware::h200();
     let len = a.context + a.steps;
@@ -58,7 +58,16 @@ pub(super) fn auto(
     });
     let mut preds = Vec::new();
     for f in all {
-        let p = predict(cfg, *f, a.layer.tp, a.batch, len, &hw, db.as_ref())?;
+        let p = predict_tokens(
+            cfg,
+            *f,
+            a.layer.tp,
+            a.batch,
+            a.layer.query_len,
+            len,
+            &hw,
+            db.as_ref(),
+        )?;
         println!(
             "auto: {:<8} predicted {:>9.3} ms per layer per device (attention {}){}",
             f.name(),
