@@ -49,7 +49,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let roof = measure_rooflines(exec, gemm, gpu, 5)?;
     let base = Hardware::h200();
     let hw = roof.hardware(&base);
-    let len = a.context + a.steps;
+    let len = a.context + a.steps * a.layer.query_len.max(1);
     let (db, _) = tpla_runtime::tune::TuneDb::open(
         &tpla_runtime::tune::default_dir(),
         &exec.device_identity(),
@@ -58,11 +58,12 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let forms = timed
         .iter()
         .map(|t| {
-            FormCheck::new(
+            FormCheck::new_tokens(
                 cfg,
                 t.form,
                 l.tp,
                 a.batch,
+                l.query_len,
                 len,
                 l.layers,
                 &hw,
@@ -76,7 +77,16 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 f.collective_measured_s = (c > 0.0).then_some(c);
                 let tm = &t.times;
                 let phases = [tm.attention, tm.projections, tm.glue].map(|d| d.as_secs_f64());
-                f.with_phases(cfg, t.form, l.tp, a.batch, len, l.layers, &hw, phases)
+                f.with_phases(
+                    cfg,
+                    t.form,
+                    l.tp,
+                    (a.batch, l.query_len),
+                    len,
+                    l.layers,
+                    &hw,
+                    phases,
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -89,6 +99,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
         preset: cfg.name.clone(),
         batch: a.batch,
         context: a.context,
+        query_len: l.query_len,
         tp: l.tp,
         layers: l.layers,
         gemm: gemm_name.to_string(),

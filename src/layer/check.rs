@@ -14,7 +14,7 @@ use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
 
-use super::cost::{layer_cost, Hardware};
+use super::cost::{layer_cost_tokens, Hardware};
 use super::gemm::{Engine, GemmPath, Proj};
 use super::plan::Form;
 
@@ -209,7 +209,30 @@ impl FormCheck {
         host_s: f64,
         db: Option<&tpla_runtime::tune::TuneDb>,
     ) -> Result<FormCheck, RuntimeError> {
-        let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
+        Self::new_tokens(
+            cfg, form, tp, batch, 1, len, layers, hw, measured_s, host_s, db,
+        )
+    }
+
+    /// [`FormCheck::new`] with `query_len` new tokens per sequence per step: the multi-token
+    /// model ([`super::cost::layer_cost_tokens`]) and, for the tuned attention, the tune bucket
+    /// of each rank's query rows ([`super::auto::predict_tokens`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_tokens(
+        cfg: &MlaConfig,
+        form: Form,
+        tp: usize,
+        batch: usize,
+        query_len: usize,
+        len: usize,
+        layers: usize,
+        hw: &Hardware,
+        measured_s: f64,
+        host_s: f64,
+        db: Option<&tpla_runtime::tune::TuneDb>,
+    ) -> Result<FormCheck, RuntimeError> {
+        let sq = query_len.max(1);
+        let m = layer_cost_tokens(cfg, form, tp, batch, sq, len, 2.0, 4.0, hw);
         let n = layers as f64;
         let predicted_s = m.device_s() * n;
         if !(measured_s > 0.0
@@ -228,7 +251,7 @@ impl FormCheck {
         };
         let tuned_attention = match db {
             Some(db) => {
-                let p = super::auto::predict(cfg, form, tp, batch, len, hw, Some(db))?;
+                let p = super::auto::predict_tokens(cfg, form, tp, batch, sq, len, hw, Some(db))?;
                 p.from_tune_db.then(|| {
                     let predicted_s = (p.attn_s + m.proj_s + m.glue_s) * n;
                     let (ratio, within_tolerance) = verdict(predicted_s);
@@ -259,20 +282,21 @@ impl FormCheck {
 
     /// The check with its per-phase comparison: `measured` is the stack's attention,
     /// projections and glue (s per step, the rank whose sum is [`FormCheck::measured_s`]),
-    /// against the same model on `hw` per phase (each phase's kernel floors included).
+    /// against the same model on `hw` per phase (each phase's kernel floors included), at
+    /// `batch` sequences of `query_len` new tokens.
     #[allow(clippy::too_many_arguments)]
     pub fn with_phases(
         mut self,
         cfg: &MlaConfig,
         form: Form,
         tp: usize,
-        batch: usize,
+        (batch, query_len): (usize, usize),
         len: usize,
         layers: usize,
         hw: &Hardware,
         measured: [f64; 3],
     ) -> FormCheck {
-        let m = layer_cost(cfg, form, tp, batch, len, 2.0, hw);
+        let m = layer_cost_tokens(cfg, form, tp, batch, query_len.max(1), len, 2.0, 4.0, hw);
         let n = layers as f64;
         let predicted = [m.attn_s, m.proj_s, m.glue_s];
         self.phases = ["attention", "projections", "glue"]
@@ -330,6 +354,8 @@ pub struct ModelCheck {
     pub batch: usize,
     /// Cached tokens per sequence at the timed steps.
     pub context: usize,
+    /// New tokens per sequence per step (1; 2-4 for MTP / speculative verify).
+    pub query_len: usize,
     /// Tensor-parallel ranks.
     pub tp: usize,
     /// Layers in the timed stack.
@@ -367,8 +393,13 @@ impl ModelCheck {
                 })
                 .collect()
         };
+        let sq = if self.query_len > 1 {
+            format!("-sq{}", self.query_len)
+        } else {
+            String::new()
+        };
         format!(
-            "layer-check-{}-tp{}-b{}-c{}-{}-{}.json",
+            "layer-check-{}-tp{}-b{}-c{}{sq}-{}-{}.json",
             clean(&self.preset),
             self.tp,
             self.batch,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::layer::cost::layer_cost;
 use tpla_model::Preset;
 use tpla_runtime::CpuExecutor;
 
@@ -146,6 +147,7 @@ fn sample() -> ModelCheck {
         preset: "deepseek-v3".into(),
         batch: 64,
         context: 32768,
+        query_len: 1,
         tp: 2,
         layers: 4,
         gemm: "cuBLAS".into(),
@@ -268,8 +270,16 @@ fn the_phases_split_the_prediction_and_name_the_phase_that_misses() {
     let m = layer_cost(&cfg(), Form::Dcp, 2, 64, 32768, 2.0, &hw());
     let n = 4.0;
     let measured = [m.attn_s * n, 2.0 * m.proj_s * n, m.glue_s * n];
-    let f =
-        check_at(Form::Dcp, 1.0).with_phases(&cfg(), Form::Dcp, 2, 64, 32768, 4, &hw(), measured);
+    let f = check_at(Form::Dcp, 1.0).with_phases(
+        &cfg(),
+        Form::Dcp,
+        2,
+        (64, 1),
+        32768,
+        4,
+        &hw(),
+        measured,
+    );
     let names: Vec<&str> = f.phases.iter().map(|p| p.phase).collect();
     assert_eq!(names, ["attention", "projections", "glue"]);
     let sum: f64 = f.phases.iter().map(|p| p.predicted_s).sum();
@@ -282,4 +292,33 @@ fn the_phases_split_the_prediction_and_name_the_phase_that_misses() {
     for (r, want) in ratios.iter().zip([1.0, 2.0, 1.0]) {
         assert!((r - want).abs() < 1e-9, "{ratios:?}");
     }
+}
+
+/// Several new tokens per sequence: the check uses the multi-token model (the projections and
+/// glue at twice the rows cost more; the cache is read once either way) and its JSON file name
+/// says `-sq2`, so it does not replace the one-token check of the same shape.
+#[test]
+fn a_multi_token_check_uses_the_multi_token_model_and_its_own_file() {
+    let one = check_at(Form::MlaTp, 1.0);
+    let two = FormCheck::new_tokens(
+        &cfg(),
+        Form::MlaTp,
+        2,
+        64,
+        2,
+        32768,
+        4,
+        &hw(),
+        one.measured_s,
+        1e-3,
+        None,
+    )
+    .unwrap();
+    assert!(two.predicted_s > one.predicted_s, "{two:?} {one:?}");
+    let mut c = sample();
+    c.query_len = 2;
+    assert_eq!(
+        c.file_name(),
+        "layer-check-deepseek-v3-tp2-b64-c32768-sq2-2026-12-03-abc123-dirty.json"
+    );
 }

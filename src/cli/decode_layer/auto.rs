@@ -47,7 +47,7 @@ pub(super) fn auto(
     use tpla::layer::auto::{pick, predict_tokens};
     use tpla_runtime::tune::{default_dir, TuneDb};
     let hw = Hardware::h200();
-    let len = a.context + a.steps;
+    let len = a.context + a.steps * a.layer.query_len.max(1);
     let db = device_identity(a).map(|id| {
         let (db, warnings) = TuneDb::open(&default_dir(), &id, &[&tpla_kernels::latent_decode]);
         for w in warnings {

@@ -340,23 +340,16 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
     let exec = execs
         .first()
         .ok_or_else(|| CliError::Usage("no ranks".into()))?;
-    if l.query_len > 1 {
-        println!(
-            "model check: skipped (its prediction and the tune database's decode buckets are for one query token per sequence; --query-len {})",
-            l.query_len
-        );
-    } else {
-        crate::cli::decode_check::model_check(
-            a,
-            cfg,
-            exec,
-            l.gemm.into(),
-            &gemm_name,
-            &timed,
-            timing,
-            l.results_dir.as_deref(),
-        )?;
-    }
+    crate::cli::decode_check::model_check(
+        a,
+        cfg,
+        exec,
+        l.gemm.into(),
+        &gemm_name,
+        &timed,
+        timing,
+        l.results_dir.as_deref(),
+    )?;
     drop(execs);
     for &form in forms {
         let e = check(make, coll, form, shape.payload, shape.query_len)?;
