@@ -24,7 +24,7 @@ timeout 200 gpu-bin/tpla decode --form all --tpla-reduce both --query-len 2 --pr
   "${L[@]}" >"$OUT/layer_kimi-k2_mtp2.txt" 2>&1
 echo "layer kimi mtp2 rc=$?" >>"$OUT/summary.txt"
 for f in layer_kimi-k2 layer_kimi-k2_mtp2; do
-  grep -E "kernel configs|^form|^mla-tp |^tpla-g2|^dcp |vs mla-tp|reference check" "$OUT/$f.txt" >>"$OUT/summary.txt"
+  grep -E "kernel configs|^form|^mla-tp |^tpla-g2|^dcp |vs mla-tp|reference check|model check" "$OUT/$f.txt" >>"$OUT/summary.txt"
 done
 K='BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SEESAW=1,STAGES=2,TMA=1,WG_SPLIT=128'
 for s in 32x32768 64x32768; do
