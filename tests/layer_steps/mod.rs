@@ -3,53 +3,68 @@
 
 use super::*;
 
-/// `apply_tuned` gives each rank the tune database's config for its decode bucket and the split
-/// policy it was timed with; the step still matches the reference.
-#[test]
-fn the_tune_database_sets_each_ranks_config_and_split_policy() {
+/// MLA-TP at tp 2 of the small layer (4 heads per rank over the whole 512 + 64 cache) on CPU
+/// ranks, `sq` new tokens per sequence, with a scratch tune database holding the default config
+/// timed at `us` for each `(query rows, us)` of `entries` (batch 2, 8 tokens), uniform splits.
+fn mla_tp_with_tune_entries(
+    tag: &str,
+    sq: usize,
+    entries: &[(usize, f64)],
+) -> (
+    TpLayer<CpuExecutor, HostAllReduce>,
+    tpla_runtime::tune::TuneDb,
+    std::path::PathBuf,
+) {
     use tpla_codegen::KernelDef;
     use tpla_runtime::tune::{decode_bucket, SplitPolicy, TuneDb};
-    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
-    let shape = layer_shape(2, 8, 0, 1);
     let execs = cpu(2);
     let (mut db, _) = TuneDb::open(
         &dir,
         &execs[0].device_identity(),
         &[&tpla_kernels::latent_decode],
     );
-    // MLA-TP at tp 2 of the small layer: 4 heads per rank over the whole 512 + 64 cache.
-    let bucket = decode_bucket(2, 4, 512, 64, 8);
     let cfg = tpla_kernels::latent_decode
         .default_config(&[("LAT", 512), ("ROPE", 64)])
         .unwrap();
-    db.put_with_policy(
-        tpla_kernels::latent_decode.name(),
-        &bucket,
-        &cfg,
-        Some(SplitPolicy::Uniform),
-        12.5,
-        "2026-12-04",
-    );
-    let mut l = TpLayer::new(
+    for &(rows, us) in entries {
+        db.put_with_policy(
+            tpla_kernels::latent_decode.name(),
+            &decode_bucket(2, rows, 512, 64, 8),
+            &cfg,
+            Some(SplitPolicy::Uniform),
+            us,
+            "2026-12-06",
+        );
+    }
+    let l = TpLayer::new(
         execs,
         HostAllReduce { ranks: 2 },
         &layer,
         Form::MlaTp,
-        shape,
+        layer_shape(2, 8, 0, sq),
         None,
     )
     .unwrap();
+    (l, db, dir)
+}
+
+/// `apply_tuned` gives each rank the tune database's config for its decode bucket and the split
+/// policy it was timed with; the step still matches the reference.
+#[test]
+fn the_tune_database_sets_each_ranks_config_and_split_policy() {
+    let (mut l, db, dir) = mla_tp_with_tune_entries("one", 1, &[(4, 12.5)]);
+    let bucket = tpla_runtime::tune::decode_bucket(2, 4, 512, 64, 8);
     let found = l.apply_tuned(&db);
     assert_eq!(found.len(), 2, "{found:?}");
     for (r, (rank, b, what, us)) in found.iter().enumerate() {
         assert_eq!((*rank, b.as_str(), *us), (r, bucket.as_str(), 12.5));
         assert!(what.ends_with(", uniform splits"), "{what}");
     }
-    let (y, _) = l
-        .step(&HostTensor::full(&[2, layer.cfg.hidden], 0.3f32))
-        .unwrap();
+    let hidden = small().hidden;
+    let (y, _) = l.step(&HostTensor::full(&[2, hidden], 0.3f32)).unwrap();
     assert!(y.data().iter().all(|v| v.is_finite()));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -58,50 +73,16 @@ fn the_tune_database_sets_each_ranks_config_and_split_policy() {
 /// database's entry for that many rows is the one applied, not the heads' own.
 #[test]
 fn a_multi_token_layer_takes_the_tuned_config_of_its_query_rows() {
-    use tpla_codegen::KernelDef;
-    use tpla_runtime::tune::{decode_bucket, SplitPolicy, TuneDb};
-    let dir = std::env::temp_dir().join(format!("tpla-layer-tune-sq-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let layer = prepare(&synthetic_layer(&small(), 7).unwrap()).unwrap();
-    let shape = layer_shape(2, 8, 0, 2);
-    let execs = cpu(2);
-    let (mut db, _) = TuneDb::open(
-        &dir,
-        &execs[0].device_identity(),
-        &[&tpla_kernels::latent_decode],
-    );
-    let cfg = tpla_kernels::latent_decode
-        .default_config(&[("LAT", 512), ("ROPE", 64)])
-        .unwrap();
-    // 4 heads per rank: the one-token bucket (4 rows) and the two-token one (8 rows).
-    for (heads, us) in [(4, 99.0), (8, 12.5)] {
-        db.put_with_policy(
-            tpla_kernels::latent_decode.name(),
-            &decode_bucket(2, heads, 512, 64, 8),
-            &cfg,
-            Some(SplitPolicy::Uniform),
-            us,
-            "2026-12-06",
-        );
-    }
-    let mut l = TpLayer::new(
-        execs,
-        HostAllReduce { ranks: 2 },
-        &layer,
-        Form::MlaTp,
-        shape,
-        None,
-    )
-    .unwrap();
-    let rows = decode_bucket(2, 8, 512, 64, 8);
+    // The one-token bucket (4 rows) and the two-token one (8 rows).
+    let (mut l, db, dir) = mla_tp_with_tune_entries("sq", 2, &[(4, 99.0), (8, 12.5)]);
+    let rows = tpla_runtime::tune::decode_bucket(2, 8, 512, 64, 8);
     let found = l.apply_tuned(&db);
     assert_eq!(found.len(), 2, "{found:?}");
     for (r, (rank, b, _, us)) in found.iter().enumerate() {
         assert_eq!((*rank, b.as_str(), *us), (r, rows.as_str(), 12.5));
     }
-    let (y, _) = l
-        .step(&HostTensor::full(&[2 * 2, layer.cfg.hidden], 0.3f32))
-        .unwrap();
+    let hidden = small().hidden;
+    let (y, _) = l.step(&HostTensor::full(&[2 * 2, hidden], 0.3f32)).unwrap();
     assert!(y.data().iter().all(|v| v.is_finite()));
     let _ = std::fs::remove_dir_all(&dir);
 }
