@@ -58,7 +58,7 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let forms = timed
         .iter()
         .map(|t| {
-            FormCheck::new_tokens(
+            FormCheck::new(
                 cfg,
                 t.form,
                 l.tp,

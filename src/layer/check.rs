@@ -195,30 +195,12 @@ impl FormCheck {
     /// The check of `form` over a stack of `layers` at `batch` sequences of `len` tokens:
     /// `measured_s` against the model on `hw`, and, with the tune database `db`, against the
     /// model whose attention is the database's kernel time ([`FormCheck::tuned_attention`]). A
-    /// non-positive or non-finite time is an error.
+    /// non-positive or non-finite time is an error. With `query_len` new tokens per sequence
+    /// per step (MTP) the multi-token model ([`super::cost::layer_cost_tokens`]) and, for the
+    /// tuned attention, the tune bucket of each rank's query rows
+    /// ([`super::auto::predict_tokens`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: &MlaConfig,
-        form: Form,
-        tp: usize,
-        batch: usize,
-        len: usize,
-        layers: usize,
-        hw: &Hardware,
-        measured_s: f64,
-        host_s: f64,
-        db: Option<&tpla_runtime::tune::TuneDb>,
-    ) -> Result<FormCheck, RuntimeError> {
-        Self::new_tokens(
-            cfg, form, tp, batch, 1, len, layers, hw, measured_s, host_s, db,
-        )
-    }
-
-    /// [`FormCheck::new`] with `query_len` new tokens per sequence per step: the multi-token
-    /// model ([`super::cost::layer_cost_tokens`]) and, for the tuned attention, the tune bucket
-    /// of each rank's query rows ([`super::auto::predict_tokens`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new_tokens(
         cfg: &MlaConfig,
         form: Form,
         tp: usize,

@@ -30,6 +30,7 @@ fn check_at(form: Form, factor: f64) -> FormCheck {
         form,
         2,
         64,
+        1,
         32768,
         4,
         &hw(),
@@ -87,7 +88,19 @@ fn the_ratio_is_measured_over_predicted_and_the_tolerance_is_fifteen_percent() {
 #[test]
 fn times_that_cannot_be_compared_are_errors() {
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let r = FormCheck::new(&cfg(), Form::MlaTp, 2, 64, 32768, 4, &hw(), bad, 0.0, None);
+        let r = FormCheck::new(
+            &cfg(),
+            Form::MlaTp,
+            2,
+            64,
+            1,
+            32768,
+            4,
+            &hw(),
+            bad,
+            0.0,
+            None,
+        );
         assert!(r.is_err(), "{bad}");
     }
 }
@@ -108,6 +121,7 @@ fn the_tune_database_calibrates_the_checks_attention() {
             Form::MlaTp,
             2,
             64,
+            1,
             32768,
             4,
             &hw(),
@@ -300,7 +314,7 @@ fn the_phases_split_the_prediction_and_name_the_phase_that_misses() {
 #[test]
 fn a_multi_token_check_uses_the_multi_token_model_and_its_own_file() {
     let one = check_at(Form::MlaTp, 1.0);
-    let two = FormCheck::new_tokens(
+    let two = FormCheck::new(
         &cfg(),
         Form::MlaTp,
         2,
