@@ -58,6 +58,8 @@ pub(crate) fn model_check<X: Executor + 'static>(
     let forms = timed
         .iter()
         .map(|t| {
+            let tm = &t.times;
+            let phases = [tm.attention, tm.projections, tm.glue].map(|d| d.as_secs_f64());
             FormCheck::new(
                 cfg,
                 t.form,
@@ -67,26 +69,16 @@ pub(crate) fn model_check<X: Executor + 'static>(
                 len,
                 l.layers,
                 &hw,
-                t.times.device().as_secs_f64(),
-                t.times.host.as_secs_f64(),
+                tm.device().as_secs_f64(),
+                Some(phases),
+                tm.host.as_secs_f64(),
                 Some(&db),
             )
             .map(|mut f| {
                 // A stand-in's collective is not timed (zero); NCCL's always takes time.
-                let c = t.times.collective.as_secs_f64();
+                let c = tm.collective.as_secs_f64();
                 f.collective_measured_s = (c > 0.0).then_some(c);
-                let tm = &t.times;
-                let phases = [tm.attention, tm.projections, tm.glue].map(|d| d.as_secs_f64());
-                f.with_phases(
-                    cfg,
-                    t.form,
-                    l.tp,
-                    (a.batch, l.query_len),
-                    len,
-                    l.layers,
-                    &hw,
-                    phases,
-                )
+                f
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -161,7 +161,7 @@ pub struct FormCheck {
     /// `None` where the database lacks a rank's bucket.
     pub tuned_attention: Option<TunedAttention>,
     /// Measured against predicted per phase (attention, projections, glue), where the caller
-    /// had the phases ([`FormCheck::with_phases`]): which part of the model misses.
+    /// had the phases (`measured_phases` of [`FormCheck::new`]): which part of the model misses.
     pub phases: Vec<PhaseCheck>,
 }
 
@@ -198,7 +198,9 @@ impl FormCheck {
     /// non-positive or non-finite time is an error. With `query_len` new tokens per sequence
     /// per step (MTP) the multi-token model ([`super::cost::layer_cost_tokens`]) and, for the
     /// tuned attention, the tune bucket of each rank's query rows
-    /// ([`super::auto::predict_tokens`]).
+    /// ([`super::auto::predict_tokens`]). `measured_phases`, where the caller timed them, is the
+    /// stack's attention, projections and glue (s per step, of the rank whose sum is
+    /// `measured_s`), checked against the same model phase by phase ([`FormCheck::phases`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &MlaConfig,
@@ -210,6 +212,7 @@ impl FormCheck {
         layers: usize,
         hw: &Hardware,
         measured_s: f64,
+        measured_phases: Option<[f64; 3]>,
         host_s: f64,
         db: Option<&tpla_runtime::tune::TuneDb>,
     ) -> Result<FormCheck, RuntimeError> {
@@ -248,6 +251,22 @@ impl FormCheck {
             None => None,
         };
         let (ratio, within_tolerance) = verdict(predicted_s);
+        // Per phase, where the caller timed them: the same model, phase by phase.
+        let predicted = [m.attn_s, m.proj_s, m.glue_s].map(|p| p * n);
+        let phases: Vec<PhaseCheck> = measured_phases
+            .map(|measured| {
+                ["attention", "projections", "glue"]
+                    .into_iter()
+                    .zip(measured.into_iter().zip(predicted))
+                    .map(|(phase, (measured_s, predicted_s))| PhaseCheck {
+                        phase,
+                        measured_s,
+                        predicted_s,
+                        ratio: measured_s / predicted_s,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(FormCheck {
             form: form.name(),
             measured_s,
@@ -258,40 +277,8 @@ impl FormCheck {
             ratio,
             within_tolerance,
             tuned_attention,
-            phases: Vec::new(),
+            phases,
         })
-    }
-
-    /// The check with its per-phase comparison: `measured` is the stack's attention,
-    /// projections and glue (s per step, the rank whose sum is [`FormCheck::measured_s`]),
-    /// against the same model on `hw` per phase (each phase's kernel floors included), at
-    /// `batch` sequences of `query_len` new tokens.
-    #[allow(clippy::too_many_arguments)]
-    pub fn with_phases(
-        mut self,
-        cfg: &MlaConfig,
-        form: Form,
-        tp: usize,
-        (batch, query_len): (usize, usize),
-        len: usize,
-        layers: usize,
-        hw: &Hardware,
-        measured: [f64; 3],
-    ) -> FormCheck {
-        let m = layer_cost_tokens(cfg, form, tp, batch, query_len.max(1), len, 2.0, 4.0, hw);
-        let n = layers as f64;
-        let predicted = [m.attn_s, m.proj_s, m.glue_s];
-        self.phases = ["attention", "projections", "glue"]
-            .into_iter()
-            .zip(measured.into_iter().zip(predicted))
-            .map(|(phase, (measured_s, p))| PhaseCheck {
-                phase,
-                measured_s,
-                predicted_s: p * n,
-                ratio: measured_s / (p * n),
-            })
-            .collect();
-        self
     }
 }
 

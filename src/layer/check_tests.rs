@@ -35,6 +35,7 @@ fn check_at(form: Form, factor: f64) -> FormCheck {
         4,
         &hw(),
         predicted(form) * factor,
+        None,
         1e-3,
         None,
     )
@@ -98,6 +99,7 @@ fn times_that_cannot_be_compared_are_errors() {
             4,
             &hw(),
             bad,
+            None,
             0.0,
             None,
         );
@@ -126,6 +128,7 @@ fn the_tune_database_calibrates_the_checks_attention() {
             4,
             &hw(),
             measured,
+            None,
             1e-3,
             Some(db),
         )
@@ -284,16 +287,21 @@ fn the_phases_split_the_prediction_and_name_the_phase_that_misses() {
     let m = layer_cost(&cfg(), Form::Dcp, 2, 64, 32768, 2.0, &hw());
     let n = 4.0;
     let measured = [m.attn_s * n, 2.0 * m.proj_s * n, m.glue_s * n];
-    let f = check_at(Form::Dcp, 1.0).with_phases(
+    let f = FormCheck::new(
         &cfg(),
         Form::Dcp,
         2,
-        (64, 1),
+        64,
+        1,
         32768,
         4,
         &hw(),
-        measured,
-    );
+        measured.iter().sum(),
+        Some(measured),
+        1e-3,
+        None,
+    )
+    .unwrap();
     let names: Vec<&str> = f.phases.iter().map(|p| p.phase).collect();
     assert_eq!(names, ["attention", "projections", "glue"]);
     let sum: f64 = f.phases.iter().map(|p| p.predicted_s).sum();
@@ -324,6 +332,7 @@ fn a_multi_token_check_uses_the_multi_token_model_and_its_own_file() {
         4,
         &hw(),
         one.measured_s,
+        None,
         1e-3,
         None,
     )
