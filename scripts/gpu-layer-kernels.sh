@@ -1,18 +1,48 @@
 #!/usr/bin/env bash
-# Per-kernel device times of one layer step, on the GPU host: Nsight Compute's
-# gpu__time_duration of every kernel `tpla decode --form F` launches (kernels serialised, one
-# metric, so each figure is that kernel alone), as CSV under $OUT (ncu-F.csv). Small context
-# (4K) so the cache fill stays short; the projections and glue do not depend on it.
-#   OUT=dir [TPLA_LAYER_PRESET=kimi-k2] scripts/gpu-layer-kernels.sh [form...]
-set -u
+# Where a layer step's glue and projection time goes: Kimi-K2's layer (TP2, B64, 32K, one
+# layer, one timed step) run plainly (device events per phase) and then under Nsight Compute
+# with only the kernel-duration metric (no cache flush, no clock lock), so each kernel's own
+# device time can be set beside the event-timed phases; then Nsight Compute's launch and
+# speed-of-light sections of the Kimi TPLA shard at B32 and B64 (the B32 bound common to every
+# schedule). gpu-bin/ (tpla) as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
+OUT=${OUT:-/tmp/tpla-layer-kernels}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1 TPLA_KERNEL_CACHE_DIR=/tmp/kc
+mkdir -p /tmp/kc ~/.cache/tpla/tune
+[ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-preset=${TPLA_LAYER_PRESET:-kimi-k2}
-[ $# -gt 0 ] || set -- mla-tp tpla
-for form in "$@"; do
-  timeout 280 "$NCU" --metrics gpu__time_duration.sum --csv --print-units base \
-    gpu-bin/tpla decode --form "$form" --preset "$preset" --tp 2 --layers 1 --batch 64 \
-    --context 4096 --steps 1 --backend cuda >"$OUT/ncu-$form.csv" 2>"$OUT/ncu-$form.err"
-  echo "== $form rc $? kernels $(grep -c gpu__time_duration "$OUT/ncu-$form.csv")"
+id=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+db=~/.cache/tpla/tune/cuda_NVIDIA_H100_80GB_HBM3_sm_90_132_SMs_driver_13000.json
+cp bench/results/session13-layers-2026-12-06-h100/tune-db.json "$db"
+echo "$id, commit $(cat gpu-bin/COMMIT), $(date -u +%FT%TZ)" >"$OUT/summary.txt"
+L=(--preset kimi-k2 --tp 2 --batch 64 --context 32768 --backend cuda)
+timeout 150 gpu-bin/tpla decode --form all --layers 4 --steps 5 "${L[@]}" \
+  --results-dir /tmp/layer >"$OUT/layer_plain.txt" 2>&1
+echo "plain rc=$?" >>"$OUT/summary.txt"
+timeout 150 gpu-bin/tpla decode --form all --layers 4 --steps 5 --sync-phases "${L[@]}" \
+  --results-dir /tmp/layer >"$OUT/layer_sync.txt" 2>&1
+echo "sync rc=$?" >>"$OUT/summary.txt"
+for f in layer_plain layer_sync; do
+  grep -E "^form|^mla-tp |^tpla-g2|^dcp " "$OUT/$f.txt" | head -4 >>"$OUT/summary.txt"
 done
+timeout 240 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+  --csv --print-units base gpu-bin/tpla decode --form all --layers 1 --steps 1 "${L[@]}" \
+  --results-dir /tmp/layer-ncu >"$OUT/layer_ncu.csv" 2>"$OUT/layer_ncu.err"
+echo "ncu layer rc=$? lines $(wc -l <"$OUT/layer_ncu.csv")" >>"$OUT/summary.txt"
+gzip -f "$OUT/layer_ncu.csv"
+K='BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SEESAW=1,STAGES=2,TMA=1,WG_SPLIT=128'
+for s in 32x32768 64x32768; do
+  timeout 100 "$NCU" --clock-control none -k regex:tpla_latent_decode --launch-skip 2 \
+    --launch-count 1 --section LaunchStats --section Occupancy --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section WarpStateStats -f -o "/tmp/shard_$s" \
+    gpu-bin/tpla bench --backend cuda --out-dir "/tmp/shard-$s-json" --variant tpla-shard \
+    --gpu-heads 64 --gpu-shape "$s" --config "$K" >"$OUT/shard_$s-run.txt" 2>&1
+  { echo "== ncu shard H64 $s rc=$?"
+    "$NCU" -i "/tmp/shard_$s.ncu-rep" --page details 2>/dev/null |
+      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Compute \(SM\) Th|Grid Size|Waves Per|Achieved Occ|Registers Per|Block Size|Stall|Issued Warp|Eligible|Active Warps" | head -40
+    grep -E "tpla|roofline|us" "$OUT/shard_$s-run.txt" | tail -6; } >>"$OUT/summary.txt"
+done
+cat "$OUT/summary.txt"

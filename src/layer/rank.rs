@@ -129,6 +129,38 @@ fn host<T: tpla_runtime::Element>(
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
+/// `config` with `kernel`'s `BLOCK_H` (its grid is `(rows, cdiv(heads, BLOCK_H))`) at the
+/// largest candidate that still gives every compute unit of `exec` two programs, else the
+/// smallest: a GPU gets enough blocks in flight to hide memory latency (an H100 at 32 heads
+/// and batch 64 takes 4, 512 blocks, where 16 left 128 blocks for 132 SMs and the absorbed
+/// query's assembly ran at 1.3 TB/s), a CPU of a few threads keeps its tiles coarse.
+fn heads_block<X: Executor>(
+    exec: &X,
+    kernel: &dyn KernelDef,
+    config: Config,
+    rows: usize,
+    heads: usize,
+) -> Result<Config, RuntimeError> {
+    let want = 2 * exec.compute_units().max(1);
+    let mut blocks: Vec<i64> = kernel
+        .tune_params()
+        .iter()
+        .find(|t| t.name == "BLOCK_H")
+        .map(|t| t.candidates.to_vec())
+        .unwrap_or_default();
+    blocks.sort_unstable();
+    let programs = |h: i64| rows * heads.div_ceil(h.max(1) as usize);
+    match blocks
+        .iter()
+        .rev()
+        .find(|&&h| programs(h) >= want)
+        .or(blocks.first())
+    {
+        Some(&h) => Ok(config.with("BLOCK_H", h)),
+        None => Ok(config),
+    }
+}
+
 fn even(what: &str, v: usize) -> Result<i64, RuntimeError> {
     if !v.is_multiple_of(2) {
         return Err(RuntimeError::InvalidInput(format!(
@@ -177,13 +209,25 @@ impl<X: Executor + 'static> Rank<X> {
                 ("ROPE_PAIRS", rp),
                 ("SQ", sq_c),
             ])?,
-            nope: query_nope.default_config(&[("NOPE", nope as i64), ("ROPE", rope as i64)])?,
-            query: assemble_query.default_config(&[
-                ("W_PAIRS", wp),
-                ("NOPE_PAIRS", np),
-                ("ROPE_PAIRS", rp),
-                ("SQ", sq_c),
-            ])?,
+            nope: heads_block(
+                exec,
+                &query_nope,
+                query_nope.default_config(&[("NOPE", nope as i64), ("ROPE", rope as i64)])?,
+                shape.batch * sq,
+                role.attn_heads.len(),
+            )?,
+            query: heads_block(
+                exec,
+                &assemble_query,
+                assemble_query.default_config(&[
+                    ("W_PAIRS", wp),
+                    ("NOPE_PAIRS", np),
+                    ("ROPE_PAIRS", rp),
+                    ("SQ", sq_c),
+                ])?,
+                shape.batch * sq,
+                role.attn_heads.len(),
+            )?,
         };
         let positions = positions.max(1);
         let table = RopeTable::new(positions, cfg.rope_theta, rope);

@@ -338,14 +338,22 @@ pub fn decode_layer(a: DecodeArgs) -> Result<(), CliError> {
     let open_gpu = || -> Result<Vec<tpla_runtime::cuda::CudaExecutor>, RuntimeError> {
         check_memory(&a, &cfg, false).map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
         let first = super::backend::open_cuda()?;
-        let mut v = vec![first];
+        let mut v = Vec::with_capacity(l.tp);
         for r in 1..l.tp {
-            v.push(tpla_runtime::cuda::CudaExecutor::new(if spread {
-                r
+            v.push(if spread {
+                tpla_runtime::cuda::CudaExecutor::new(r)?
             } else {
-                0
-            })?);
+                // Ranks that share the one GPU share its stream too: their work runs one
+                // after another in the order it is queued, as it would on a GPU of its own
+                // each, with no cross-stream waits between them (each costs the device
+                // several µs of idle time that no rank pays on its own GPU).
+                tpla_runtime::cuda::CudaExecutor::with_stream(
+                    first.stream().clone(),
+                    first.kernel_cache().clone(),
+                )?
+            });
         }
+        v.insert(0, first);
         Ok(v)
     };
     let on_gpu = || -> Result<(), CliError> {
