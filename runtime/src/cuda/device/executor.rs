@@ -136,6 +136,12 @@ impl CudaExecutor {
 
     /// An executor that issues all its work on `stream` (e.g. an engine's decode stream, so the
     /// kernels can be captured in the engine's CUDA graph), using `cache` for compiled kernels.
+    ///
+    /// It sets the device's default memory pool to keep up to 2 GiB of freed memory for reuse
+    /// (its release threshold; the driver's default is 0), a process-wide setting of that
+    /// device's stream-ordered allocations. [`CudaExecutor::new`] and
+    /// [`CudaExecutor::from_raw_stream`] come through here; [`CudaExecutor::on_raw_stream`]
+    /// derives from an executor that did.
     pub fn with_stream(
         stream: Arc<CudaStream>,
         cache: Arc<KernelCache>,
@@ -493,15 +499,21 @@ impl CudaExecutor {
     }
 }
 
+/// Freed device memory the default pool keeps for reuse ([`retain_pool_memory`]): 2 GiB, above a
+/// decode step's temporaries (tens of MB) and the layer check's largest benchmark (384 MB).
+const POOL_KEEP_BYTES: u64 = 2 << 30;
+
 /// Keeps device memory freed to the device's default memory pool (where stream-ordered
 /// allocations come from) in the pool for reuse, instead of returning it to the driver at every
 /// synchronisation (the pool's default release threshold, 0). Without it every decode step,
 /// whose buffers are freed when it is waited for, maps its memory anew: slow host calls between
 /// the step's kernels, and a matmul benchmark that allocated 384 MB per run measured 390-507
-/// TFLOPS on one H100 from run to run. PyTorch's caching allocator keeps memory the same way:
-/// what the process freed stays reserved for its later stream-ordered allocations (every
-/// tensor and cache of this crate) until `cuMemPoolTrimTo`. A device without memory pools
-/// allocates synchronously: nothing to do.
+/// TFLOPS on one H100 from run to run. Up to [`POOL_KEEP_BYTES`] stay reserved for the process's
+/// later stream-ordered allocations (every tensor and cache of this crate), as PyTorch's caching
+/// allocator keeps memory; more than that (a large cache freed) still goes back at the next
+/// synchronisation, so that memory other allocators take directly (cuBLAS's workspace, NCCL's
+/// buffers, another library) is not held by the pool. A device without memory pools allocates
+/// synchronously: nothing to do.
 fn retain_pool_memory(ctx: &CudaContext) -> Result<(), RuntimeError> {
     if !ctx.has_async_alloc() {
         return Ok(());
@@ -512,7 +524,7 @@ fn retain_pool_memory(ctx: &CudaContext) -> Result<(), RuntimeError> {
     unsafe {
         let pool = result::device::get_default_mem_pool(ctx.cu_device())
             .map_err(|e| driver_err("getting the default memory pool", e))?;
-        let mut threshold = u64::MAX;
+        let mut threshold = POOL_KEEP_BYTES;
         result::mem_pool::set_attribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
