@@ -6,16 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin-ab.tar.xz ] && tar xJf gpu-bin-ab.tar.xz
-OUT=${OUT:-/tmp/tpla-layer-ab}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1 TPLA_KERNEL_CACHE_DIR=/tmp/kc
-mkdir -p /tmp/kc ~/.cache/tpla/tune
-[ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
-NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-id=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
-cp bench/results/session13-layers-2026-12-06-h100/tune-db.json \
-  ~/.cache/tpla/tune/cuda_NVIDIA_H100_80GB_HBM3_sm_90_132_SMs_driver_13000.json
-echo "$id, commit $(cat gpu-bin/COMMIT), $(date -u +%FT%TZ)" >"$OUT/summary.txt"
+. scripts/gpu-lib.sh
+layer_env /tmp/tpla-layer-ab
 run() { # tag binary preset
   timeout 150 "gpu-bin/$2" decode --form all --preset "$3" --tp 2 --layers 4 --batch 64 \
     --context 32768 --steps 5 --backend cuda --results-dir "/tmp/layer-$1" >"$OUT/$1.txt" 2>&1

@@ -8,16 +8,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
-OUT=${OUT:-/tmp/tpla-layer-kernels}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1 TPLA_KERNEL_CACHE_DIR=/tmp/kc
-mkdir -p /tmp/kc ~/.cache/tpla/tune
-[ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
-NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-id=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
-db=~/.cache/tpla/tune/cuda_NVIDIA_H100_80GB_HBM3_sm_90_132_SMs_driver_13000.json
-cp bench/results/session13-layers-2026-12-06-h100/tune-db.json "$db"
-echo "$id, commit $(cat gpu-bin/COMMIT), $(date -u +%FT%TZ)" >"$OUT/summary.txt"
+. scripts/gpu-lib.sh
+layer_env /tmp/tpla-layer-kernels
 L=(--preset kimi-k2 --tp 2 --batch 64 --context 32768 --backend cuda)
 timeout 150 gpu-bin/tpla decode --form all --layers 4 --steps 5 "${L[@]}" \
   --results-dir /tmp/layer >"$OUT/layer_plain.txt" 2>&1
@@ -26,7 +18,7 @@ timeout 150 gpu-bin/tpla decode --form all --layers 4 --steps 5 --sync-phases "$
   --results-dir /tmp/layer >"$OUT/layer_sync.txt" 2>&1
 echo "sync rc=$?" >>"$OUT/summary.txt"
 for f in layer_plain layer_sync; do
-  grep -E "^form|^mla-tp |^tpla-g2|^dcp " "$OUT/$f.txt" | head -4 >>"$OUT/summary.txt"
+  grep -E "^form|^(mla-tp|tpla-g2|dcp) +[0-9]" "$OUT/$f.txt" | head -4 >>"$OUT/summary.txt"
 done
 timeout 240 "$NCU" --clock-control none --cache-control none --metrics gpu__time_duration.sum \
   --csv --print-units base gpu-bin/tpla decode --form all --layers 1 --steps 1 "${L[@]}" \

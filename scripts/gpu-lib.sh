@@ -64,3 +64,21 @@ sanitize_rows() {
     echo "$label $tool rc=$?: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test result' "$W/$label-$tool.log" | tr '\n' ' ')" >>"$s"
   done
 }
+
+# `layer_env OUT_DEFAULT`: what the layer scripts set up on a GPU host: $OUT (default
+# OUT_DEFAULT) created, the CUDA library path, TPLA_REQUIRE_GPU, the kernel cache from
+# kernel-cache.tar.xz in /tmp/kc, $NCU, session 13's H100 tune database restored (no tune steps;
+# another device identity ignores it), and $OUT/summary.txt begun with the device, the binaries'
+# commit (gpu-bin/COMMIT) and the time.
+layer_env() {
+  OUT=${OUT:-$1}
+  mkdir -p "$OUT"
+  export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1 TPLA_KERNEL_CACHE_DIR=/tmp/kc
+  mkdir -p /tmp/kc ~/.cache/tpla/tune
+  [ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  cp bench/results/session13-layers-2026-12-06-h100/tune-db.json \
+    ~/.cache/tpla/tune/cuda_NVIDIA_H100_80GB_HBM3_sm_90_132_SMs_driver_13000.json
+  echo "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)," \
+    "commit $(cat gpu-bin/COMMIT), $(date -u +%FT%TZ)" >"$OUT/summary.txt"
+}
