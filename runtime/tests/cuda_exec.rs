@@ -273,3 +273,39 @@ fn f32_policies_agree() {
         assert!(r <= tol, "{policy:?}: rel {r}");
     }
 }
+
+#[test]
+fn the_device_pool_keeps_freed_memory_across_a_synchronisation() {
+    use tpla_runtime::cudarc::driver::{result, sys};
+    let Some(exec) =
+        executor_or_skip("the_device_pool_keeps_freed_memory_across_a_synchronisation")
+    else {
+        return;
+    };
+    let ctx = exec.context();
+    if !ctx.has_async_alloc() {
+        tpla_runtime::cuda::device::skip_notice("SKIP: this device has no memory pools");
+        return;
+    }
+    let attr = |a: sys::CUmemPool_attribute| -> u64 {
+        let mut v = 0u64;
+        // SAFETY: the default pool of a live context's device; both attributes read a u64.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(ctx.cu_device()).unwrap();
+            result::mem_pool::get_attribute(pool, a, (&mut v as *mut u64).cast()).unwrap();
+        }
+        v
+    };
+    use sys::CUmemPool_attribute::*;
+    assert_eq!(attr(CU_MEMPOOL_ATTR_RELEASE_THRESHOLD), 2 << 30);
+    // 64 MB allocated, freed and synchronised: still reserved (the driver's default threshold,
+    // 0, would have returned it at the synchronisation).
+    let t = exec.alloc::<f32>(&[16 << 20]).unwrap();
+    drop(t);
+    exec.synchronize().unwrap();
+    let reserved = attr(CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT);
+    assert!(
+        reserved >= 64 << 20,
+        "pool holds {reserved} bytes after the free"
+    );
+}

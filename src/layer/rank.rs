@@ -129,11 +129,9 @@ fn host<T: tpla_runtime::Element>(
     HostTensor::from_vec(shape, v).map_err(|e| RuntimeError::InvalidInput(e.to_string()))
 }
 
-/// `config` with `kernel`'s `BLOCK_H` (its grid is `(rows, cdiv(heads, BLOCK_H))`) at the
-/// largest candidate that still gives every compute unit of `exec` two programs, else the
-/// smallest: a GPU gets enough blocks in flight to hide memory latency (an H100 at 32 heads
-/// and batch 64 takes 4, 512 blocks, where 16 left 128 blocks for 132 SMs and the absorbed
-/// query's assembly ran at 1.3 TB/s), a CPU of a few threads keeps its tiles coarse.
+/// `config` with `kernel`'s `BLOCK_H` (its grid is `(rows, cdiv(heads, BLOCK_H))`) as
+/// [`heads_block_for`] picks it for `exec`'s compute units; `config` as it is where the kernel
+/// has no `BLOCK_H`.
 fn heads_block<X: Executor>(
     exec: &X,
     kernel: &dyn KernelDef,
@@ -141,24 +139,35 @@ fn heads_block<X: Executor>(
     rows: usize,
     heads: usize,
 ) -> Result<Config, RuntimeError> {
-    let want = 2 * exec.compute_units().max(1);
-    let mut blocks: Vec<i64> = kernel
+    let candidates = kernel
         .tune_params()
         .iter()
         .find(|t| t.name == "BLOCK_H")
-        .map(|t| t.candidates.to_vec())
-        .unwrap_or_default();
-    blocks.sort_unstable();
+        .map_or(&[][..], |t| t.candidates);
+    Ok(
+        match heads_block_for(candidates, rows, heads, exec.compute_units()) {
+            Some(h) => config.with("BLOCK_H", h),
+            None => config,
+        },
+    )
+}
+
+/// The largest of `candidates` whose grid `(rows, cdiv(heads, BLOCK_H))` still gives each of
+/// `units` compute units two programs, else the smallest (`None` without candidates): a GPU
+/// gets enough blocks in flight to hide memory latency (an H100 at 32 heads and batch 64 takes
+/// 4, 512 blocks, where 16 left 128 blocks for 132 SMs and the absorbed query's assembly took
+/// 9.5 us instead of 7.0), a CPU of a few threads keeps its tiles coarse.
+fn heads_block_for(candidates: &[i64], rows: usize, heads: usize, units: usize) -> Option<i64> {
+    let want = 2 * units.max(1);
     let programs = |h: i64| rows * heads.div_ceil(h.max(1) as usize);
-    match blocks
+    let mut sorted = candidates.to_vec();
+    sorted.sort_unstable();
+    sorted
         .iter()
         .rev()
         .find(|&&h| programs(h) >= want)
-        .or(blocks.first())
-    {
-        Some(&h) => Ok(config.with("BLOCK_H", h)),
-        None => Ok(config),
-    }
+        .or(sorted.first())
+        .copied()
 }
 
 fn even(what: &str, v: usize) -> Result<i64, RuntimeError> {
@@ -486,5 +495,25 @@ impl<X: Executor> Rank<X> {
             take_heads::launch(exec, &cfg, reduced, &mut v, row0, first)
         })?;
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heads_block_for;
+
+    #[test]
+    fn the_heads_block_fills_the_device_and_stays_coarse_on_few_units() {
+        let c = [16, 4, 64];
+        // H100, batch 64: 32 heads need BLOCK_H 4 (512 programs) for 264; 16 gives only 128.
+        assert_eq!(heads_block_for(&c, 64, 32, 132), Some(4));
+        // 64 heads at batch 128: 16 gives 512 programs, enough.
+        assert_eq!(heads_block_for(&c, 128, 64, 132), Some(16));
+        // Two CPU threads: the coarsest tile that still gives four programs.
+        assert_eq!(heads_block_for(&c, 64, 32, 2), Some(64));
+        assert_eq!(heads_block_for(&c, 1, 32, 2), Some(4));
+        // Too few rows for any: the smallest block, the most programs.
+        assert_eq!(heads_block_for(&c, 1, 4, 132), Some(4));
+        assert_eq!(heads_block_for(&[], 64, 32, 132), None);
     }
 }
