@@ -103,15 +103,33 @@ impl Lower<'_, '_> {
     /// Row `i` of the region: whether it is in bounds (`None` when the region has no outer
     /// span) and its element offset.
     fn row_offset(&mut self, r: &Region, i: Value) -> (Option<Value>, Value) {
-        let (ok, row) = match r.spans[0] {
+        let (ok, row) = self.span_offset(r.spans[0], i);
+        (ok, self.b.ins().iadd(r.base, row))
+    }
+
+    /// Index `k` along one axis of a region: whether it is in range (`None`: the axis has no
+    /// span, always in range) and its element offset (`k · stride`, 0 without a span).
+    fn span_offset(&mut self, span: Option<(Ix, Ix, Ix)>, k: Value) -> (Option<Value>, Value) {
+        match span {
             Some(s) => {
-                let ok = self.span_ok(s, i);
+                let ok = self.span_ok(s, k);
                 let st = self.val(s.1);
-                (Some(ok), self.b.ins().imul(i, st))
+                (Some(ok), self.b.ins().imul(k, st))
             }
             None => (None, self.i64c(0)),
-        };
-        (ok, self.b.ins().iadd(r.base, row))
+        }
+    }
+
+    /// The conjunction of the conditions present (`None` where there are none).
+    fn all_of(&mut self, conds: impl IntoIterator<Item = Option<Value>>) -> Option<Value> {
+        let mut ok = None;
+        for c in conds.into_iter().flatten() {
+            ok = Some(match ok {
+                None => c,
+                Some(o) => self.b.ins().band(o, c),
+            });
+        }
+        ok
     }
 
     fn span_ok(&mut self, s: (Ix, Ix, Ix), k: Value) -> Value {
@@ -315,33 +333,12 @@ impl Lower<'_, '_> {
         let tile_ty = self.k.tiles[dst].dtype;
         let scalar_path = |l: &mut Self| {
             l.for_const(0, rows as i64, 1, |l, i| {
-                let (ook, ooff) = match r.spans[0] {
-                    Some(s) => {
-                        let ok = l.span_ok(s, i);
-                        let st = l.val(s.1);
-                        (Some(ok), l.b.ins().imul(i, st))
-                    }
-                    None => (None, l.i64c(0)),
-                };
-                let rbase = l.b.ins().iadd(r.base, ooff);
+                let (ook, rbase) = l.row_offset(&r, i);
                 let o = l.b.ins().imul_imm_s(i, (d.strides[0] * 4) as i64);
                 let drow = l.b.ins().iadd(d.base, o);
                 l.for_const(0, cols as i64, 1, |l, j| {
-                    let (iok, ioff) = match r.spans[1] {
-                        Some(s) => {
-                            let ok = l.span_ok(s, j);
-                            let st = l.val(s.1);
-                            (Some(ok), l.b.ins().imul(j, st))
-                        }
-                        None => (None, l.i64c(0)),
-                    };
-                    let mut ok = None;
-                    for c in [ats, ook, iok].into_iter().flatten() {
-                        ok = Some(match ok {
-                            None => c,
-                            Some(o) => l.b.ins().band(o, c),
-                        });
-                    }
+                    let (iok, ioff) = l.span_offset(r.spans[1], j);
+                    let ok = l.all_of([ats, ook, iok]);
                     let off = l.b.ins().iadd(rbase, ioff);
                     let addr = l.elem_addr(r.ptr, r.dtype, off);
                     let v = match ok {
@@ -406,33 +403,12 @@ impl Lower<'_, '_> {
         let ats = self.ats_ok(&r);
         let scalar_path = |l: &mut Self| {
             l.for_const(0, rows as i64, 1, |l, i| {
-                let (ook, ooff) = match r.spans[0] {
-                    Some(s) => {
-                        let ok = l.span_ok(s, i);
-                        let st = l.val(s.1);
-                        (Some(ok), l.b.ins().imul(i, st))
-                    }
-                    None => (None, l.i64c(0)),
-                };
-                let rbase = l.b.ins().iadd(r.base, ooff);
+                let (ook, rbase) = l.row_offset(&r, i);
                 let o = l.b.ins().imul_imm_s(i, (s0 * 4) as i64);
                 let srow = l.b.ins().iadd(sbase, o);
                 l.for_const(0, cols as i64, 1, |l, j| {
-                    let (iok, ioff) = match r.spans[1] {
-                        Some(s) => {
-                            let ok = l.span_ok(s, j);
-                            let st = l.val(s.1);
-                            (Some(ok), l.b.ins().imul(j, st))
-                        }
-                        None => (None, l.i64c(0)),
-                    };
-                    let mut ok = None;
-                    for c in [ats, ook, iok].into_iter().flatten() {
-                        ok = Some(match ok {
-                            None => c,
-                            Some(o) => l.b.ins().band(o, c),
-                        });
-                    }
+                    let (iok, ioff) = l.span_offset(r.spans[1], j);
+                    let ok = l.all_of([ats, ook, iok]);
                     let off = l.b.ins().iadd(rbase, ioff);
                     let addr = l.elem_addr(r.ptr, r.dtype, off);
                     let o = l.b.ins().imul_imm_s(j, (s1 * 4) as i64);
