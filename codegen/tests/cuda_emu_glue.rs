@@ -106,6 +106,36 @@ fn emulated_norm_kernels_match_cpu() {
 }
 
 #[test]
+fn emulated_fused_down_row_matches_cpu() {
+    let mut rng = Rng::new(5);
+    // q_lora 96, latent slice 64, rope 16; one token, then two per sequence.
+    for (rows, sq) in [(3, 1), (4, 2)] {
+        check(
+            &tpla_kernels::down_row,
+            &[
+                ("QL_PAIRS", 48),
+                ("W_PAIRS", 32),
+                ("ROPE_PAIRS", 8),
+                ("SQ", sq),
+            ],
+            vec![
+                input(&mut rng, &[rows, 88, 2]),
+                input(&mut rng, &[48, 2]),
+                table(10, 8, false),
+                table(10, 8, true),
+                poisoned(DType::BF16, &[rows, 48, 2]),
+                poisoned(DType::BF16, &[rows, 40, 2]),
+                HostArg::I32(7),
+                HostArg::F32(1.3),
+                HostArg::F32(1.0 / 64.0),
+                HostArg::F32(1e-6),
+            ],
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn emulated_rope_kernels_match_cpu() {
     let mut rng = Rng::new(2);
     let c_sq: Vec<f32> = (0..3).map(|i| 20.0 + i as f32).collect();

@@ -97,6 +97,52 @@ pub fn cache_row(
     );
 }
 
+/// [`down_norms`] and [`cache_row`] in one program per row, where the kv norm needs no sum over
+/// the ranks (every form but TPLA's exact norm): from the down-projection row
+/// `y = [q_a | c | k_pe]` viewed as pairs, the normalised query latent `q_out = bf16(q_a /
+/// sqrt(mean(q_a²) + eps) · γ)` (`gain` viewed as pairs too) and the cache row `bf16([c · kv_gain
+/// / sqrt(Σ c² · inv_n + eps) | RoPE(k_pe)])`. One kernel where the two were, reading `y` once.
+/// With `SQ` new tokens per sequence row `b`'s token is at position `pos + b % SQ`.
+#[kernel(grid = (batch), constants(QL_PAIRS, W_PAIRS, ROPE_PAIRS, SQ = 1))]
+pub fn down_row(
+    y: Tensor<f32, dims![batch, QL_PAIRS + W_PAIRS + ROPE_PAIRS, 2]>,
+    gain: Tensor<f32, dims![QL_PAIRS, 2]>,
+    cos: Tensor<f32, dims![positions, ROPE_PAIRS]>,
+    sin: Tensor<f32, dims![positions, ROPE_PAIRS]>,
+    q_out: TensorMut<bf16, dims![batch, QL_PAIRS, 2]>,
+    row: TensorMut<bf16, dims![batch, W_PAIRS + ROPE_PAIRS, 2]>,
+    pos: i32,
+    kv_gain: f32,
+    inv_n: f32,
+    eps: f32,
+) {
+    let b = program_id(0);
+    let q = load(y.tile([b, 0..QL_PAIRS, ..]));
+    let inv_rms = rsqrt(reduce_sum(reduce_sum(q * q, 1), 0) / (QL_PAIRS * 2) + eps);
+    let g = load(gain.tile([0..QL_PAIRS, ..]));
+    store(
+        q_out.tile([b, 0..QL_PAIRS, ..]),
+        (q * inv_rms * g).cast::<bf16>(),
+    );
+    let c = load(y.tile([b, QL_PAIRS..QL_PAIRS + W_PAIRS, ..]));
+    let scale = rsqrt(reduce_sum(reduce_sum(c * c, 1), 0) * inv_n + eps) * kv_gain;
+    store(row.tile([b, 0..W_PAIRS, ..]), (c * scale).cast::<bf16>());
+    let k = QL_PAIRS + W_PAIRS;
+    let x0 = load(y.tile([b, k..k + ROPE_PAIRS, 0]));
+    let x1 = load(y.tile([b, k..k + ROPE_PAIRS, 1]));
+    let at = pos + b % SQ;
+    let cs = load(cos.tile([at, ..]));
+    let sn = load(sin.tile([at, ..]));
+    store(
+        row.tile([b, W_PAIRS..W_PAIRS + ROPE_PAIRS, 0]),
+        (x0 * cs - x1 * sn).cast::<bf16>(),
+    );
+    store(
+        row.tile([b, W_PAIRS..W_PAIRS + ROPE_PAIRS, 1]),
+        (x0 * sn + x1 * cs).cast::<bf16>(),
+    );
+}
+
 /// `q_nope[b, h, :] = bf16(q[b, h, 0..NOPE])`: the non-rotary part of every head's query, the
 /// input of the (bf16) absorption gemm into the latent. One program per sequence and `BLOCK_H`
 /// heads.

@@ -44,8 +44,8 @@ pub use cast::{cast_bf16, widen_f32};
 pub use combine::{combine_counted, combine_splits};
 pub use decode::latent_decode;
 pub use glue::{
-    assemble_query, cache_row, down_norms, merge_heads, place_rows, place_state, query_nope,
-    rms_norm_rows, take_heads,
+    assemble_query, cache_row, down_norms, down_row, merge_heads, place_rows, place_state,
+    query_nope, rms_norm_rows, take_heads,
 };
 pub use proj::head_proj;
 pub use schedule::split_schedule;

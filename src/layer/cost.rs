@@ -119,7 +119,8 @@ impl KernelCounts {
     /// - projections: the down-projection (its input's cast + gemm), `W_UQ`, `W_UK`, `W_UV`
     ///   (the attention output's cast + gemm), `W_O`; reduced after `W_UV`, `W_O` casts its
     ///   reduced f32 input;
-    /// - glue: the down norms, the `q_nope` split, the query assembly, the cache row and its
+    /// - glue: the down norms with the cache row (one kernel, `down_row`; two where TPLA's
+    ///   exact norm sums `Σ c²` between them), the `q_nope` split, the query assembly, the
     ///   append; DCP's merge; the head take after a reduce-scatter; a bf16 payload's cast and
     ///   widening around each output collective.
     pub fn of(form: Form, payload_bytes: f64) -> Self {
@@ -131,7 +132,14 @@ impl KernelCounts {
             }
         );
         let output_collectives = if wuv { 2.0 } else { 1.0 };
-        let mut glue = 5.0;
+        let exact_norm = matches!(
+            form,
+            Form::Tpla {
+                norm: KvNorm::Exact,
+                ..
+            }
+        );
+        let mut glue = if exact_norm { 5.0 } else { 4.0 };
         if form == Form::Dcp {
             glue += 1.0;
         }
@@ -202,7 +210,18 @@ pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
         cfg.qk_rope as f64,
         cfg.qk_nope as f64,
     );
-    let norms = F32 * (b * (ql + w) + ql + b) + BF16 * b * ql;
+    // The query latent's norm (read `q_a` and `γ`, write `q_a` in bf16); under TPLA's exact
+    // norm a kernel of its own also reads `c` and writes `Σ c²`, elsewhere the cache row's
+    // kernel is the same kernel and reads `c` once (`down_row`).
+    let exact_norm = matches!(
+        form,
+        Form::Tpla {
+            norm: KvNorm::Exact,
+            ..
+        }
+    );
+    let norms =
+        F32 * (b * ql + ql) + BF16 * b * ql + if exact_norm { F32 * (b * w + b) } else { 0.0 };
     let row = F32 * b * (w + rope) + BF16 * b * (w + rope) * 3.0;
     let split = (F32 + BF16) * b * ha * nope;
     let query = BF16 * b * ha * w + F32 * b * ha * rope + BF16 * b * ha * (w + rope);

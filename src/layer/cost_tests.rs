@@ -26,7 +26,7 @@ fn every_kernel_adds_its_floor_to_its_phase() {
     );
     assert!((b.attn_s - a.attn_s - 2e-3).abs() < 1e-12);
     assert!((b.proj_s - a.proj_s - 7e-3).abs() < 1e-12);
-    assert!((b.glue_s - a.glue_s - 5e-3).abs() < 1e-12);
+    assert!((b.glue_s - a.glue_s - 4e-3).abs() < 1e-12);
     assert_eq!(b.coll_s, a.coll_s);
     // DCP merges, TPLA reduced after W_UV takes heads and casts W_O's input, and a bf16
     // payload casts and widens around each output collective.
@@ -35,10 +35,17 @@ fn every_kernel_adds_its_floor_to_its_phase() {
         norm: KvNorm::Sliced,
         reduce: ReduceAt::Wuv,
     };
-    assert_eq!(KernelCounts::of(Form::Dcp, 4.0).glue, 6.0);
+    assert_eq!(KernelCounts::of(Form::Dcp, 4.0).glue, 5.0);
     let k = KernelCounts::of(wuv, 2.0);
-    assert_eq!((k.projections, k.glue), (8.0, 6.0 + 4.0));
-    assert_eq!(KernelCounts::of(Form::MlaTp, 2.0).glue, 7.0);
+    assert_eq!((k.projections, k.glue), (8.0, 5.0 + 4.0));
+    assert_eq!(KernelCounts::of(Form::MlaTp, 2.0).glue, 6.0);
+    // TPLA's exact norm sums Σ c² between the down norms and the cache row: two kernels.
+    let exact = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Exact,
+        reduce: ReduceAt::Wo,
+    };
+    assert_eq!(KernelCounts::of(exact, 4.0).glue, 5.0);
 }
 
 #[test]
@@ -152,7 +159,8 @@ fn reducing_after_wuv_by_hand() {
 fn glue_bytes_by_hand() {
     let cfg = Preset::DeepseekV3.config();
     // MLA-TP2, B 1: 64 heads, the whole 512 latent; q_lora 1536, nope 128, rope 64.
-    let norms = 4.0 * (1536.0 + 512.0 + 1536.0 + 1.0) + 2.0 * 1536.0;
+    // The query latent's norm; the cache row's kernel is the same one and reads `c` once.
+    let norms = 4.0 * (1536.0 + 1536.0) + 2.0 * 1536.0;
     let row = 4.0 * 576.0 + 2.0 * 576.0 * 3.0;
     let split = 6.0 * 64.0 * 128.0;
     // The absorbed latent in bf16, q_pe in f32, the query written in bf16.
@@ -167,6 +175,21 @@ fn glue_bytes_by_hand() {
     let query = 2.0 * 128.0 * 512.0 + 4.0 * 128.0 * 64.0 + 2.0 * 128.0 * 576.0;
     let merge = 4.0 * (2.0 * 64.0 * 513.0 + 64.0 * 512.0);
     assert_eq!(dcp, norms + row + split + query + merge);
+    // TPLA's exact norm: a down-norm kernel of its own reads `c` and writes `Σ c²`.
+    let exact = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Exact,
+        reduce: ReduceAt::Wo,
+    };
+    let sliced = Form::Tpla {
+        groups: 2,
+        norm: KvNorm::Sliced,
+        reduce: ReduceAt::Wo,
+    };
+    assert_eq!(
+        glue_bytes(&cfg, exact, 2, 1) - glue_bytes(&cfg, sliced, 2, 1),
+        4.0 * (256.0 + 1.0)
+    );
     let hw = hw1();
     let c = layer_cost(&cfg, Form::MlaTp, 2, 1, 1000, 1.0, &hw);
     assert_eq!(c.glue_s, c.glue_bytes / 1e12);

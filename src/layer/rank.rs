@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tpla_codegen::{Config, KernelDef};
-use tpla_kernels::{assemble_query, cache_row, down_norms, query_nope, take_heads};
+use tpla_kernels::{assemble_query, cache_row, down_norms, down_row, query_nope, take_heads};
 use tpla_model::MlaConfig;
 use tpla_runtime::half::bf16;
 use tpla_runtime::{Executor, HostTensor, RuntimeError};
@@ -77,6 +77,8 @@ pub(crate) struct KvScale {
 struct GlueConfigs {
     norms: Config,
     row: Config,
+    /// [`down_row`]: the two above in one kernel, where the kv norm needs no sum over ranks.
+    fused: Config,
     nope: Config,
     query: Config,
 }
@@ -92,6 +94,8 @@ pub(crate) struct Rank<X: Executor> {
     o: Proj<X>,
     /// q RMSNorm `γ` (`[q_lora]`).
     q_gain: X::Tensor<f32>,
+    /// The same `γ` viewed as pairs (`[q_lora / 2, 2]`), as [`down_row`] reads it.
+    q_gain_pairs: X::Tensor<f32>,
     /// RoPE cosines and sines `[positions, rope / 2]`.
     cos: X::Tensor<f32>,
     sin: X::Tensor<f32>,
@@ -120,6 +124,10 @@ pub(crate) struct Down<X: Executor> {
     /// RMS-normalised query latent (γ applied) `[batch, q_lora]`, bf16 (the `W_UQ` gemm's
     /// input).
     q_a: X::Tensor<bf16>,
+    /// The step's cache rows `[batch, (w + rope) / 2, 2]` (bf16), where the kv norm needs no
+    /// sum over the ranks and [`down_row`] wrote them beside `q_a`; `None` under the exact norm
+    /// ([`cache_row`] writes them once `Σ c²` is summed).
+    row: Option<X::Tensor<bf16>>,
 }
 
 fn host<T: tpla_runtime::Element>(
@@ -218,6 +226,12 @@ impl<X: Executor + 'static> Rank<X> {
                 ("ROPE_PAIRS", rp),
                 ("SQ", sq_c),
             ])?,
+            fused: down_row.default_config(&[
+                ("QL_PAIRS", qp),
+                ("W_PAIRS", wp),
+                ("ROPE_PAIRS", rp),
+                ("SQ", sq_c),
+            ])?,
             nope: heads_block(
                 exec,
                 &query_nope,
@@ -250,6 +264,7 @@ impl<X: Executor + 'static> Rank<X> {
             uv: Proj::new(exec, &w.uv, &e, poison)?,
             o: Proj::new(exec, &w.o, &e, poison)?,
             q_gain: exec.upload(&host(&[ql], w.q_norm.clone())?)?,
+            q_gain_pairs: exec.upload(&host(&[ql / 2, 2], w.q_norm.clone())?)?,
             cos: exec.upload(&host(&[positions, pairs], table.cos)?)?,
             sin: exec.upload(&host(&[positions, pairs], table.sin)?)?,
             positions,
@@ -285,22 +300,59 @@ impl<X: Executor> Rank<X> {
     }
 
     /// The fused down-projection of `x` (`[batch, 1, D]` on this executor), then its norms on
-    /// the executor: the q RMSNorm (γ), and the slice's `share · Σ c²` (`[batch, 1]`, returned
-    /// apart: the exact norm sums it over the ranks).
+    /// the executor. Where the kv norm needs no sum over the ranks, one kernel ([`down_row`])
+    /// writes the normalised query latent and the step's cache rows (RoPE at `pos`), and no
+    /// `Σ c²` is returned; under the exact norm [`down_norms`] writes the query latent and the
+    /// slice's `share · Σ c²` (`[batch, 1]`, returned apart: the caller sums it over the ranks
+    /// before [`Self::append`] builds the rows).
     pub(crate) fn down(
         &self,
         exec: &X,
         x: &X::Tensor<f32>,
+        pos: usize,
         t: &mut StepTimer,
-    ) -> Result<(Down<X>, X::Tensor<f32>), RuntimeError> {
+    ) -> Result<(Down<X>, Option<X::Tensor<f32>>), RuntimeError> {
         let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
         let mut y = t.time(exec, Phase::Projections, || {
             self.down.apply::<f32, f32>(exec, x, b)
         })?;
+        let eps = self.cfg.rms_eps as f32;
+        if !self.kv.summed {
+            let p = self.position(pos)?;
+            X::reshape(&mut y, &[b, (ql + w + rope) / 2, 2])?;
+            let mut q_a = out_buf_bf16(exec, &[b, ql / 2, 2], self.poison)?;
+            let mut row = out_buf_bf16(exec, &[b, (w + rope) / 2, 2], self.poison)?;
+            let kv = self.kv;
+            t.time(exec, Phase::Glue, || {
+                down_row::launch(
+                    exec,
+                    &self.glue.fused,
+                    &y,
+                    &self.q_gain_pairs,
+                    &self.cos,
+                    &self.sin,
+                    &mut q_a,
+                    &mut row,
+                    p,
+                    kv.gain,
+                    kv.inv_n,
+                    eps,
+                )
+            })?;
+            X::reshape(&mut y, &[b, ql + w + rope])?;
+            X::reshape(&mut q_a, &[b, ql])?;
+            return Ok((
+                Down {
+                    y,
+                    q_a,
+                    row: Some(row),
+                },
+                None,
+            ));
+        }
         X::reshape(&mut y, &[b, ql + w + rope])?;
         let mut q_a = out_buf_bf16(exec, &[b, ql], self.poison)?;
         let mut c_sq = out_buf(exec, &[b, 1], self.poison)?;
-        let eps = self.cfg.rms_eps as f32;
         t.time(exec, Phase::Glue, || {
             down_norms::launch(
                 exec,
@@ -313,7 +365,7 @@ impl<X: Executor> Rank<X> {
                 self.kv.share,
             )
         })?;
-        Ok((Down { y, q_a }, c_sq))
+        Ok((Down { y, q_a, row: None }, Some(c_sq)))
     }
 
     /// The rank's absorbed query `[batch, heads_r, w + rope]` (bf16) from the normalised query
@@ -370,17 +422,27 @@ impl<X: Executor> Rank<X> {
     }
 
     /// Appends this step's cache rows to the cache: `[c · gain / sqrt(mean c² + eps) |
-    /// RoPE(k_pe)]` assembled in bf16 from the down-projection and `c_sq` (already summed over
-    /// the ranks where the norm is exact), then the paged append.
+    /// RoPE(k_pe)]` in bf16, as [`Self::down`] wrote them, or (under the exact norm) assembled
+    /// here from the down-projection and `c_sq` (summed over the ranks), then the paged append.
     pub(crate) fn append(
         &mut self,
         exec: &X,
         down: &mut Down<X>,
-        c_sq: &X::Tensor<f32>,
+        c_sq: Option<&X::Tensor<f32>>,
         pos: usize,
         t: &mut StepTimer,
     ) -> Result<(), RuntimeError> {
         let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
+        if let Some(rows) = down.row.as_mut() {
+            // The rows `down_row` wrote with the query latent.
+            X::reshape(rows, &[self.batch, self.sq, w + rope])?;
+            let appended = t.time(exec, Phase::Glue, || self.dec.append_device(exec, rows));
+            X::reshape(rows, &[b, (w + rope) / 2, 2])?;
+            return appended;
+        }
+        let c_sq = c_sq.ok_or_else(|| {
+            RuntimeError::InvalidInput("the cache rows need the step's sum of squares".into())
+        })?;
         let p = self.position(pos)?;
         let eps = self.cfg.rms_eps as f32;
         X::reshape(&mut down.y, &[b, (ql + w + rope) / 2, 2])?;

@@ -7,8 +7,8 @@ use rand::{Rng, SeedableRng};
 use tpla::layer::glue::{self, RopeTable};
 use tpla_codegen::KernelDef;
 use tpla_kernels::{
-    assemble_query, cache_row, down_norms, merge_heads, place_rows, place_state, query_nope,
-    rms_norm_rows, take_heads,
+    assemble_query, cache_row, down_norms, down_row, merge_heads, place_rows, place_state,
+    query_nope, rms_norm_rows, take_heads,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::{CpuExecutor, Element, Executor, HostTensor};
@@ -148,6 +148,55 @@ pub fn cache_row_matches_the_host<X: Executor>(exec: &X) {
         want.extend(k);
     }
     assert_bf16("cache row", exec.download(&row).unwrap().data(), &want);
+}
+
+/// `down_row` = `down_norms`'s query latent and `cache_row`'s row (with `Σ c²` of the row's own
+/// slice) in one kernel: against the same host functions, one token and then two per sequence.
+pub fn down_row_matches_the_host<X: Executor>(exec: &X) {
+    let (ql, w, rope, eps, gain, pos) = (96, 64, 16, 1e-6f32, 1.3f32, 7usize);
+    let n = ql + w + rope;
+    let q_gain = random(ql, 5);
+    let table = RopeTable::new(10, THETA, rope);
+    for (b, sq) in [(3usize, 1usize), (4, 2)] {
+        let y = random(b * n, 4 + sq as u64);
+        let cfg = down_row
+            .default_config(&[
+                ("QL_PAIRS", (ql / 2) as i64),
+                ("W_PAIRS", (w / 2) as i64),
+                ("ROPE_PAIRS", (rope / 2) as i64),
+                ("SQ", sq as i64),
+            ])
+            .unwrap();
+        let yd = up(exec, &[b, n / 2, 2], y.clone());
+        let gd = up(exec, &[ql / 2, 2], q_gain.clone());
+        let cos = up(exec, &[10, rope / 2], table.cos.clone());
+        let sin = up(exec, &[10, rope / 2], table.sin.clone());
+        let mut q = poisoned_bf16(exec, &[b, ql / 2, 2]);
+        let mut row = poisoned_bf16(exec, &[b, (w + rope) / 2, 2]);
+        let inv_n = 1.0 / w as f32;
+        down_row::launch(
+            exec, &cfg, &yd, &gd, &cos, &sin, &mut q, &mut row, pos as i32, gain, inv_n, eps,
+        )
+        .unwrap();
+        let (mut want_q, mut want_row) = (Vec::new(), Vec::new());
+        for (i, r) in y.chunks(n).enumerate() {
+            let mut x = r[..ql].to_vec();
+            glue::rms_norm(&mut x, eps, 1.0);
+            want_q.extend(x.iter().zip(&q_gain).map(|(v, g)| v * g));
+            let c = &r[ql..ql + w];
+            let f = gain / glue::rms(c, eps);
+            want_row.extend(c.iter().map(|v| v * f));
+            let mut k = r[ql + w..].to_vec();
+            glue::rope(&mut k, pos + i % sq, THETA);
+            want_row.extend(k);
+        }
+        assert_bf16("down_row q_a", exec.download(&q).unwrap().data(), &want_q);
+        assert_bf16(
+            "down_row row",
+            exec.download(&row).unwrap().data(),
+            &want_row,
+        );
+    }
 }
 
 /// `query_nope` copies the first `nope` columns of every head in bf16; `assemble_query` = bf16 of the
@@ -378,6 +427,11 @@ fn down_norms_matches_the_host_on_cpu() {
 }
 
 #[test]
+fn down_row_matches_the_host_on_cpu() {
+    down_row_matches_the_host(&cpu());
+}
+
+#[test]
 fn cache_row_matches_the_host_on_cpu() {
     cache_row_matches_the_host(&cpu());
 }
@@ -407,6 +461,7 @@ fn gpu_glue_kernels_match_the_host() {
     rms_norm_rows_matches_the_host(&g);
     down_norms_matches_the_host(&g);
     cache_row_matches_the_host(&g);
+    down_row_matches_the_host(&g);
     query_kernels_match_the_host(&g);
     dcp_kernels_match_the_host(&g);
     value_kernels_match_the_host(&g);
@@ -450,6 +505,10 @@ fn glue_kernels_compile_with_nvrtc() {
         build(&down_norms, &[("QL", 1536), ("W", w), ("ROPE", 64)]);
         build(
             &cache_row,
+            &[("QL_PAIRS", 768), ("W_PAIRS", w / 2), ("ROPE_PAIRS", 32)],
+        );
+        build(
+            &down_row,
             &[("QL_PAIRS", 768), ("W_PAIRS", w / 2), ("ROPE_PAIRS", 32)],
         );
         build(
