@@ -130,6 +130,10 @@ pub(crate) struct Down<X: Executor> {
     row: Option<X::Tensor<bf16>>,
 }
 
+/// What [`Rank::down`] gives: the down-projection and, under TPLA's exact norm, the slice's
+/// `share · Σ c²` to sum over the ranks.
+pub(crate) type DownStep<X> = (Down<X>, Option<<X as Executor>::Tensor<f32>>);
+
 fn host<T: tpla_runtime::Element>(
     shape: &[usize],
     v: Vec<T>,
@@ -311,7 +315,7 @@ impl<X: Executor> Rank<X> {
         x: &X::Tensor<f32>,
         pos: usize,
         t: &mut StepTimer,
-    ) -> Result<(Down<X>, Option<X::Tensor<f32>>), RuntimeError> {
+    ) -> Result<DownStep<X>, RuntimeError> {
         let (b, ql, w, rope) = (self.rows, self.q_lora, self.width(), self.cfg.qk_rope);
         let mut y = t.time(exec, Phase::Projections, || {
             self.down.apply::<f32, f32>(exec, x, b)
