@@ -132,14 +132,7 @@ impl KernelCounts {
             }
         );
         let output_collectives = if wuv { 2.0 } else { 1.0 };
-        let exact_norm = matches!(
-            form,
-            Form::Tpla {
-                norm: KvNorm::Exact,
-                ..
-            }
-        );
-        let mut glue = if exact_norm { 5.0 } else { 4.0 };
+        let mut glue = if form.exact_kv_norm() { 5.0 } else { 4.0 };
         if form == Form::Dcp {
             glue += 1.0;
         }
@@ -213,15 +206,12 @@ pub fn glue_bytes(cfg: &MlaConfig, form: Form, tp: usize, batch: usize) -> f64 {
     // The query latent's norm (read `q_a` and `γ`, write `q_a` in bf16); under TPLA's exact
     // norm a kernel of its own also reads `c` and writes `Σ c²`, elsewhere the cache row's
     // kernel is the same kernel and reads `c` once (`down_row`).
-    let exact_norm = matches!(
-        form,
-        Form::Tpla {
-            norm: KvNorm::Exact,
-            ..
-        }
-    );
-    let norms =
-        F32 * (b * ql + ql) + BF16 * b * ql + if exact_norm { F32 * (b * w + b) } else { 0.0 };
+    let exact_norm = if form.exact_kv_norm() {
+        F32 * (b * w + b)
+    } else {
+        0.0
+    };
+    let norms = F32 * (b * ql + ql) + BF16 * b * ql + exact_norm;
     let row = F32 * b * (w + rope) + BF16 * b * (w + rope) * 3.0;
     let split = (F32 + BF16) * b * ha * nope;
     let query = BF16 * b * ha * w + F32 * b * ha * rope + BF16 * b * ha * (w + rope);

@@ -79,6 +79,18 @@ impl Form {
         }
     }
 
+    /// Whether the kv RMSNorm is TPLA's exact one, whose `Σ c²` is summed over the ranks
+    /// between the down-projection's norms and the cache row.
+    pub fn exact_kv_norm(&self) -> bool {
+        matches!(
+            self,
+            Form::Tpla {
+                norm: KvNorm::Exact,
+                ..
+            }
+        )
+    }
+
     /// TPLA with `groups` latent groups and the sliced norm, reduced after `W_O`: the paper's
     /// form.
     pub fn tpla(groups: usize) -> Form {

@@ -92,10 +92,9 @@ pub(crate) struct Rank<X: Executor> {
     uk: Proj<X>,
     uv: Proj<X>,
     o: Proj<X>,
-    /// q RMSNorm `γ` (`[q_lora]`).
+    /// q RMSNorm `γ`: `[q_lora / 2, 2]` (pairs, as [`down_row`] reads it) where the kv norm
+    /// needs no sum over the ranks, else `[q_lora]` (as [`down_norms`] reads it).
     q_gain: X::Tensor<f32>,
-    /// The same `γ` viewed as pairs (`[q_lora / 2, 2]`), as [`down_row`] reads it.
-    q_gain_pairs: X::Tensor<f32>,
     /// RoPE cosines and sines `[positions, rope / 2]`.
     cos: X::Tensor<f32>,
     sin: X::Tensor<f32>,
@@ -256,6 +255,7 @@ impl<X: Executor + 'static> Rank<X> {
                 role.attn_heads.len(),
             )?,
         };
+        let gain_shape = if kv.summed { vec![ql] } else { vec![ql / 2, 2] };
         let positions = positions.max(1);
         let table = RopeTable::new(positions, cfg.rope_theta, rope);
         let pairs = table.pairs;
@@ -267,8 +267,7 @@ impl<X: Executor + 'static> Rank<X> {
             uk: Proj::new(exec, &w.uk, &e, poison)?,
             uv: Proj::new(exec, &w.uv, &e, poison)?,
             o: Proj::new(exec, &w.o, &e, poison)?,
-            q_gain: exec.upload(&host(&[ql], w.q_norm.clone())?)?,
-            q_gain_pairs: exec.upload(&host(&[ql / 2, 2], w.q_norm.clone())?)?,
+            q_gain: exec.upload(&host(&gain_shape, w.q_norm.clone())?)?,
             cos: exec.upload(&host(&[positions, pairs], table.cos)?)?,
             sin: exec.upload(&host(&[positions, pairs], table.sin)?)?,
             positions,
@@ -332,7 +331,7 @@ impl<X: Executor> Rank<X> {
                     exec,
                     &self.glue.fused,
                     &y,
-                    &self.q_gain_pairs,
+                    &self.q_gain,
                     &self.cos,
                     &self.sin,
                     &mut q_a,

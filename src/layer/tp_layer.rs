@@ -386,7 +386,8 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
         let clocks: Vec<Clock> = self.ranks.iter().map(|r| r.clock.clone()).collect();
         let mut times: Vec<StepTimer> = clocks.iter().map(StepTimer::new).collect();
         let mut downs: Vec<Down<X>> = Vec::with_capacity(tp);
-        let mut c_sq: Vec<Option<X::Tensor<f32>>> = Vec::with_capacity(tp);
+        // Each rank's `Σ c²` where the exact norm sums it over the ranks (else empty).
+        let mut c_sq: Vec<X::Tensor<f32>> = Vec::with_capacity(tp);
         for (r, (((rank, exec), t), x)) in self
             .ranks
             .iter()
@@ -399,35 +400,24 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             X::reshape(x, &[b, 1, d])?;
             let (dn, sq) = rank.down(exec, x, pos, t)?;
             downs.push(dn);
-            c_sq.push(sq);
+            c_sq.extend(sq);
         }
-        if self.ranks.iter().any(|r| r.kv.summed) {
+        if !c_sq.is_empty() {
             // TPLA's exact norm: Σ c² over the whole latent, one `[batch, 1]` all-reduce.
-            let mut sums = c_sq
-                .iter_mut()
-                .map(|s| {
-                    s.take().ok_or_else(|| {
-                        RuntimeError::InvalidInput(
-                            "the exact kv norm needs every rank's sum of squares".into(),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.all_reduce(&mut sums, &mut times)?;
-            c_sq = sums.into_iter().map(Some).collect();
+            self.all_reduce(&mut c_sq, &mut times)?;
         }
         let mut outs = Vec::with_capacity(tp);
-        for (r, ((rank, exec), (t, (dn, sq)))) in self
+        for (r, ((rank, exec), (t, dn))) in self
             .ranks
             .iter_mut()
             .zip(&self.execs)
-            .zip(times.iter_mut().zip(downs.iter_mut().zip(&c_sq)))
+            .zip(times.iter_mut().zip(downs.iter_mut()))
             .enumerate()
         {
             serialise(&clocks, r)?;
             let q = rank.query(exec, dn, pos, t)?;
             if rank.role.tokens.is_none_or(|(r, n)| pos % n == r) {
-                rank.append(exec, dn, sq.as_ref(), pos, t)?;
+                rank.append(exec, dn, c_sq.get(r), pos, t)?;
             }
             outs.push(rank.attend(exec, &q, t)?);
         }

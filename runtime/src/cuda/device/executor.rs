@@ -519,7 +519,7 @@ fn retain_pool_memory(ctx: &CudaContext) -> Result<(), RuntimeError> {
     if !ctx.has_async_alloc() {
         return Ok(());
     }
-    use cudarc::driver::{result, sys};
+    use cudarc::driver::sys;
     // SAFETY: `ctx.cu_device()` is the device of a live context, so its default pool exists;
     // the release threshold attribute takes a `u64`, which `threshold` is, alive for the call.
     unsafe {
