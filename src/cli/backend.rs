@@ -11,7 +11,7 @@ pub trait ExecJob {
     /// What it returns.
     type Out;
     /// Runs on `exec`.
-    fn run<X: Executor>(self, exec: &X) -> Result<Self::Out, CliError>;
+    fn run<X: Executor + 'static>(self, exec: &X) -> Result<Self::Out, CliError>;
 }
 
 /// A usable CUDA executor on device 0 (driver, device and libnvrtc all load), or why not.
