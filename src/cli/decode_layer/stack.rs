@@ -164,7 +164,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
             s.fill_random(a.context, a.seed ^ i as u64)?;
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-        let mut per_step: Vec<(f64, RankTimes, f64)> = Vec::new();
+        let mut per_step: Vec<(f64, RankTimes, f64, f64)> = Vec::new();
         let norm = crate::cli::decode_prenorm::Prenorm::new(&stack, cfg.hidden)?;
         for step in 0..=a.steps {
             let xv: Vec<f32> = (0..a.batch * l.query_len * cfg.hidden)
@@ -191,6 +191,8 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
                 let next = stack.get(i + 1).map(|n| n.execs());
                 xs = norm.apply(stack[i].execs(), i, ys, next)?;
             }
+            // Everything is queued: on a GPU the host may return long before the device ends.
+            let queued = wall.elapsed().as_secs_f64();
             for p in pending {
                 for (acc, t) in ranks.iter_mut().zip(p.finish()?) {
                     *acc += t;
@@ -211,14 +213,17 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
                     .copied()
                     .max_by_key(|r| r.total())
                     .unwrap_or_default();
-                per_step.push((worst.total().as_secs_f64(), worst, wall));
+                per_step.push((worst.total().as_secs_f64(), worst, wall, queued));
             }
         }
         per_step.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (_, med, _) = per_step[per_step.len() / 2];
-        let mut walls: Vec<f64> = per_step.iter().map(|p| p.2).collect();
-        walls.sort_by(f64::total_cmp);
-        let wall = walls[walls.len() / 2];
+        let (_, med, _, _) = per_step[per_step.len() / 2];
+        let mid = |pick: fn(&(f64, RankTimes, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = per_step.iter().map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (wall, queue) = (mid(|p| p.2), mid(|p| p.3));
         let len = a.context + a.steps;
         let model = layer_cost_tokens(
             cfg,
@@ -245,6 +250,7 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
             model_coll_s: model.coll_s * n,
             spec_s: model.device_s() * n,
             wall_s: wall,
+            queue_s: queue,
         });
     }
     println!();
@@ -296,6 +302,20 @@ pub(super) fn run<X: Executor + 'static, C: AllReduce<X>>(
         "the host clock over the whole stack with every rank's work one after another on this device, launches included"
     };
     println!("(median of {} steps of the {}-layer stack; the slowest rank each step; 'glue' is the element-wise kernels on the device (norms, RoPE, query and cache-row assembly, append, DCP merge), 'host' the upload of each layer's input; 'spec a+p+g' is the cost model's attention + projections + glue with the H200 datasheet figures, 'meas/spec' measured attn + proj + glue over it; 'wall ms (all ranks)' {wall_means}; the model check below uses this run's rooflines)", a.steps, l.layers);
+    // Who sets the pace of the stack: where the host's queueing takes nearly the whole wall,
+    // the device waited for launches (its idle time lands inside the phases above).
+    let queueing: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {:.3} of {:.3} ms",
+                r.form.name(),
+                r.queue_s * 1e3,
+                r.wall_s * 1e3
+            )
+        })
+        .collect();
+    println!("host queueing of the whole stack (all ranks), of its wall: {} (close to the wall: the host set the pace; on the CPU, whose launches run as they are queued, always so)", queueing.join(", "));
     if measured {
         for r in &rows {
             println!(
@@ -420,4 +440,6 @@ struct Row {
     spec_s: f64,
     /// The host clock over the whole stack.
     wall_s: f64,
+    /// The host clock until the whole stack was queued (before any wait for the device).
+    queue_s: f64,
 }
