@@ -43,6 +43,25 @@ fn all_forms_side_by_side_with_reference_checks() {
         assert!(out.contains(&format!("reference check {form} ")), "{out}");
     }
     assert_eq!(out.matches("(ok)").count(), 3, "{out}");
+    // The host's queueing time of the stack, per form, is positive and within its wall.
+    let queueing = out
+        .lines()
+        .find_map(|l| l.strip_prefix("host queueing of the whole stack (all ranks), of its wall: "))
+        .unwrap_or_else(|| panic!("no queueing line: {out}"));
+    for form in ["mla-tp", "tpla-g2", "dcp"] {
+        let rest = queueing
+            .split(", ")
+            .find_map(|part| part.strip_prefix(&format!("{form} ")))
+            .unwrap_or_else(|| panic!("no queueing figure for {form}: {queueing}"));
+        let nums: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert!(
+            nums.len() >= 2 && nums[0] > 0.0 && nums[0] <= nums[1],
+            "{form}: {rest}"
+        );
+    }
 }
 
 /// TPLA reduced after `W_O` and after `W_UV` side by side, each checked against the reference.
