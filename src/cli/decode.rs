@@ -200,26 +200,27 @@ impl ExecJob for DecodeJob {
         let per_device = shard_s.iter().copied().fold(0.0, f64::max);
         let len = a.context + a.steps;
         let bytes = |w: usize| (a.batch * len * (w + ROPE) * 2) as f64;
+        // One table line: `t` seconds per step over a cache of latent width `w`.
+        let row = |name: &str, w: usize, t: f64| {
+            println!(
+                "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
+                name,
+                (w + ROPE) * 2,
+                t * 1e3,
+                a.batch as f64 / t,
+                bytes(w) / t / 1e9
+            )
+        };
         println!();
         println!(
             "{:<24} {:>10} {:>14} {:>12} {:>10}",
             "attention per layer", "row (B)", "ms / step", "tokens/s", "GB/s"
         );
-        println!(
-            "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
-            "MLA (one device)",
-            (LAT + ROPE) * 2,
-            mla_s * 1e3,
-            a.batch as f64 / mla_s,
-            bytes(LAT) / mla_s / 1e9
-        );
-        println!(
-            "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
-            format!("TPLA g={} (per device)", a.g),
-            (LAT / a.g + ROPE) * 2,
-            per_device * 1e3,
-            a.batch as f64 / per_device,
-            bytes(LAT / a.g) / per_device / 1e9
+        row("MLA (one device)", LAT, mla_s);
+        row(
+            &format!("TPLA g={} (per device)", a.g),
+            LAT / a.g,
+            per_device,
         );
         let byte_ratio = (LAT + ROPE) as f64 / (LAT / a.g + ROPE) as f64;
         // On a GPU, the device's own time of the same calls (what `tpla bench` and `tpla tune`
@@ -235,19 +236,8 @@ impl ExecJob for DecodeJob {
                 .iter_mut()
                 .map(|v| median(v))
                 .fold(0.0, f64::max);
-            for (name, t, w) in [
-                ("MLA, device time".to_string(), mla_d, LAT),
-                (format!("TPLA g={}, device time", a.g), shard_d, LAT / a.g),
-            ] {
-                println!(
-                    "{:<24} {:>10} {:>14.3} {:>12.1} {:>10.1}",
-                    name,
-                    (w + ROPE) * 2,
-                    t * 1e3,
-                    a.batch as f64 / t,
-                    bytes(w) / t / 1e9
-                );
-            }
+            row("MLA, device time", LAT, mla_d);
+            row(&format!("TPLA g={}, device time", a.g), LAT / a.g, shard_d);
             Some(mla_d / shard_d)
         };
         match device {
