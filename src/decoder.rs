@@ -14,7 +14,7 @@ use tpla_kernels::ops::{
     BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
-use tpla_runtime::tune::SplitPolicy;
+use tpla_runtime::tune::{SplitPolicy, TuneEntry};
 use tpla_runtime::{Executor, HostPagedCache, HostTensor, KernelArg, RuntimeError};
 
 /// Static shape of a decoder.
@@ -64,6 +64,8 @@ pub struct LatentDecoder<X: Executor> {
     workspace: std::sync::Mutex<Option<BalancedWorkspace<X>>>,
     /// How `splits = 0` splits the tokens (balanced unless the tune database says otherwise).
     policy: SplitPolicy,
+    /// The uniform split count the tune database found fastest (`None`: the occupancy rule's).
+    uniform_splits: Option<usize>,
 }
 
 impl<X: Executor> LatentDecoder<X> {
@@ -124,6 +126,7 @@ impl<X: Executor> LatentDecoder<X> {
             slots: std::sync::OnceLock::new(),
             workspace: std::sync::Mutex::new(None),
             policy: SplitPolicy::Balanced,
+            uniform_splits: None,
         })
     }
 
@@ -173,6 +176,27 @@ impl<X: Executor> LatentDecoder<X> {
     /// `splits` in the shape is kept either way.
     pub fn set_split_policy(&mut self, policy: SplitPolicy) {
         self.policy = policy;
+    }
+
+    /// The split count of a uniform decode with `splits = 0` (see [`Self::set_split_policy`]):
+    /// `Some(n)` uses `n` splits (at most one per `BLOCK_N` tokens of the longest sequence),
+    /// `None` the occupancy rule ([`choose_splits`], the default).
+    pub fn set_uniform_splits(&mut self, splits: Option<usize>) {
+        self.uniform_splits = splits.map(|n| n.max(1));
+    }
+
+    /// Applies a tune database entry: its `config` (from [`TuneDb::get`]) and its split policy
+    /// and count, where it stores them. Returns how it splits, for messages (see
+    /// [`TuneEntry::split_description`]).
+    ///
+    /// [`TuneDb::get`]: tpla_runtime::tune::TuneDb::get
+    pub fn apply_tuned(&mut self, config: Config, entry: &TuneEntry) -> String {
+        self.set_decode_config(config);
+        if let Some(p) = entry.split_policy {
+            self.set_split_policy(p);
+        }
+        self.set_uniform_splits(entry.splits);
+        entry.split_description()
     }
 
     /// Appends `rows` (`[batch, n, lat + rope]`, full width) to every shard: shard `i` keeps
@@ -393,7 +417,13 @@ impl<X: Executor> LatentDecoder<X> {
         if s.splits == 0 && self.policy == SplitPolicy::Uniform {
             let mut p = self.params.clone();
             let max_len = self.lens.iter().copied().max().unwrap_or(1);
-            p.splits = choose_splits(exec, &p, max_len)?;
+            p.splits = match self.uniform_splits {
+                Some(n) => {
+                    let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
+                    n.min(max_len.div_ceil(bn)).max(1)
+                }
+                None => choose_splits(exec, &p, max_len)?,
+            };
             decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
         } else if s.splits == 0 {
             // The balanced schedule: pieces computed on the device from the cache's lengths,

@@ -93,6 +93,12 @@ impl<X: Executor> TpShard<X> {
         self.dec.set_split_policy(policy);
     }
 
+    /// Applies a tune database entry of this rank's device (see
+    /// [`LatentDecoder::apply_tuned`]); returns how it splits, for messages.
+    pub fn apply_tuned(&mut self, config: Config, entry: &tpla_runtime::tune::TuneEntry) -> String {
+        self.dec.apply_tuned(config, entry)
+    }
+
     /// Latent width of this rank's cache rows (without RoPE).
     pub fn width(&self) -> usize {
         self.dec.shard_width()

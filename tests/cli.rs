@@ -242,6 +242,36 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
         stdout.contains(" balanced"),
         "the balanced policy was timed: {stdout}"
     );
+    // At 2048 tokens up to 4 splits are allowed (512 tokens each): the winner is also timed at
+    // other uniform counts, and a count stored with it is a uniform one within that bound.
+    let o = run(&[
+        "tune",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1",
+        "--context",
+        "2048",
+        "--reps",
+        "1",
+        "--preset",
+        "deepseek-v2-lite",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let counts: std::collections::BTreeSet<&str> = stdout
+        .split_whitespace()
+        .filter(|w| w.starts_with("splits="))
+        .collect();
+    assert!(counts.len() >= 3, "several split counts timed: {stdout}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tuned).unwrap()).unwrap();
+    for (key, e) in file["entries"].as_object().unwrap() {
+        if let Some(n) = e.get("splits") {
+            assert_eq!(e["split_policy"], "uniform", "{key}: {e}");
+            assert!((1..=4).contains(&n.as_u64().unwrap()), "{key}: {e}");
+        }
+    }
     let decode = [
         "decode",
         "--backend",

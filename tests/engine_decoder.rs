@@ -155,3 +155,40 @@ fn tp_decoder_returns_per_rank_out_and_lse() {
     assert!(tp.project_reduce(&latent[..1]).is_err());
     assert!(tp.attend(&queries[..1]).is_err());
 }
+
+/// A tune entry's uniform split count (`apply_tuned`) is what the decode uses: every count,
+/// including one past the blocks of the longest sequence (clamped), matches the reference with
+/// mixed lengths, where some splits of the shorter sequences are empty.
+#[test]
+fn a_tuned_uniform_split_count_matches_the_reference() {
+    use tpla_runtime::tune::{SplitPolicy, TuneEntry};
+    let exec = CpuExecutor::new(0).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut auto = shape(3, 2);
+    auto.splits = 0;
+    let mut dec = LatentDecoder::new(&exec, auto).unwrap();
+    let mut rows: Vec<Vec<bf16>> = vec![Vec::new(); 3];
+    for (b, n) in [(0, 61), (1, 2), (2, 37)] {
+        let r = random(&mut rng, n * D);
+        dec.append_seq(&exec, b, &HostTensor::from_vec(&[n, D], r.clone()).unwrap())
+            .unwrap();
+        rows[b] = r;
+    }
+    let q = HostTensor::from_vec(&[3, HEADS, D], random(&mut rng, 3 * HEADS * D)).unwrap();
+    let config = tpla_codegen::KernelDef::default_config(&tpla_kernels::latent_decode, &[])
+        .unwrap()
+        .with("BLOCK_N", 16);
+    for n in [1, 3, 9] {
+        let entry = TuneEntry {
+            config: Default::default(),
+            time_us: 1.0,
+            date: "d".into(),
+            split_policy: Some(SplitPolicy::Uniform),
+            splits: Some(n),
+        };
+        let how = dec.apply_tuned(config.clone(), &entry);
+        assert_eq!(how, format!(", uniform splits ({n})"));
+        let outs = dec.attend(&exec, &q).unwrap();
+        check_shards(&exec, &outs, &rows, &q, 2, 0);
+    }
+}

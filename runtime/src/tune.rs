@@ -66,6 +66,42 @@ pub struct TuneEntry {
     /// The split policy it was timed with (absent: the caller's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_policy: Option<SplitPolicy>,
+    /// The uniform split count `tpla tune` found fastest (only with [`SplitPolicy::Uniform`];
+    /// absent: the occupancy rule's count). Older files have none and still load; older tpla
+    /// versions ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits: Option<usize>,
+}
+
+/// The most uniform splits a stored entry may name (the occupancy rule's own cap).
+pub const MAX_TUNED_SPLITS: usize = 64;
+
+impl TuneEntry {
+    /// Why the entry's split choice is unusable, if it is: a count outside
+    /// `1..=`[`MAX_TUNED_SPLITS`], or a count stored with a policy other than uniform.
+    fn check_splits(&self) -> Result<(), String> {
+        match (self.splits, self.split_policy) {
+            (None, _) => Ok(()),
+            (Some(n), _) if n == 0 || n > MAX_TUNED_SPLITS => {
+                Err(format!("splits={n} is outside 1..={MAX_TUNED_SPLITS}"))
+            }
+            (Some(_), Some(SplitPolicy::Uniform)) => Ok(()),
+            (Some(n), p) => Err(format!(
+                "splits={n} is stored with the {} split policy (only uniform splits have a count)",
+                p.map(|p| p.to_string()).unwrap_or_else(|| "default".into())
+            )),
+        }
+    }
+
+    /// How the entry splits the tokens, for messages: `", uniform splits (8)"`,
+    /// `", balanced splits"`, or nothing where the entry names no policy.
+    pub fn split_description(&self) -> String {
+        match (self.split_policy, self.splits) {
+            (Some(p), Some(n)) => format!(", {p} splits ({n})"),
+            (Some(p), None) => format!(", {p} splits"),
+            (None, _) => String::new(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,8 +302,9 @@ fn load(path: &Path, device: &str, spaces: &BTreeMap<String, Space>) -> Loaded {
     }
     for (key, entry) in file.entries {
         let kernel = key.split('/').next().unwrap_or_default();
-        match spaces.get(kernel).map(|s| s.check(&entry.config)) {
-            Some(Err(why)) => out.dropped.push((key, why)),
+        let fits = spaces.get(kernel).map(|s| s.check(&entry.config));
+        match fits.unwrap_or(Ok(())).and_then(|()| entry.check_splits()) {
+            Err(why) => out.dropped.push((key, why)),
             _ => {
                 out.entries.insert(key, entry);
             }
@@ -421,6 +458,11 @@ impl TuneDb {
         self.entry(kernel, bucket).and_then(|e| e.split_policy)
     }
 
+    /// The uniform split count stored with the tuned config of `kernel` for `bucket`, if any.
+    pub fn uniform_splits(&self, kernel: &str, bucket: &str) -> Option<usize> {
+        self.entry(kernel, bucket).and_then(|e| e.splits)
+    }
+
     /// Records `config` as the best for (`kernel`, `bucket`).
     pub fn put(&mut self, kernel: &str, bucket: &str, config: &Config, time_us: f64, date: &str) {
         self.put_with_policy(kernel, bucket, config, None, time_us, date)
@@ -446,8 +488,33 @@ impl TuneDb {
                 time_us,
                 date: date.to_string(),
                 split_policy: policy,
+                splits: None,
             },
         );
+    }
+
+    /// Records `config`, fastest with `splits` uniform splits, as the best for (`kernel`,
+    /// `bucket`).
+    pub fn put_with_uniform_splits(
+        &mut self,
+        kernel: &str,
+        bucket: &str,
+        config: &Config,
+        splits: usize,
+        time_us: f64,
+        date: &str,
+    ) {
+        self.put_with_policy(
+            kernel,
+            bucket,
+            config,
+            Some(SplitPolicy::Uniform),
+            time_us,
+            date,
+        );
+        if let Some(e) = self.entries.get_mut(&format!("{kernel}/{bucket}")) {
+            e.splits = Some(splits.clamp(1, MAX_TUNED_SPLITS));
+        }
     }
 
     /// Number of entries.

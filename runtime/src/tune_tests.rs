@@ -255,6 +255,63 @@ fn a_searched_knob_outside_its_values_is_dropped() {
 }
 
 #[test]
+fn a_tuned_split_count_round_trips_and_a_bad_one_is_dropped() {
+    let d = dir();
+    let (mut db, _) = TuneDb::open(d.path(), DEV, K);
+    db.put_with_uniform_splits("latent_decode", "s", &good(64), 8, 7.0, "d");
+    db.put_with_policy(
+        "latent_decode",
+        "b",
+        &good(32),
+        Some(SplitPolicy::Balanced),
+        9.0,
+        "d",
+    );
+    db.save().unwrap();
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert!(warn.is_empty(), "{warn:?}");
+    assert_eq!(db.uniform_splits("latent_decode", "s"), Some(8));
+    assert_eq!(
+        db.split_policy("latent_decode", "s"),
+        Some(SplitPolicy::Uniform)
+    );
+    assert_eq!(db.uniform_splits("latent_decode", "b"), None);
+    let e = db.entry("latent_decode", "s").unwrap();
+    assert_eq!(e.split_description(), ", uniform splits (8)");
+    assert_eq!(
+        db.entry("latent_decode", "b").unwrap().split_description(),
+        ", balanced splits"
+    );
+
+    // Hand-edited counts: zero, past the cap, or with the balanced policy are dropped.
+    let entry = |policy: &str, splits: i64| {
+        serde_json::json!({"config": {"BLOCK_H": 64, "WG_SPLIT": 32}, "time_us": 1.0,
+            "date": "d", "split_policy": policy, "splits": splits})
+    };
+    let f = serde_json::json!({"format": TUNE_FORMAT, "device": DEV, "entries": {
+        "latent_decode/ok": entry("uniform", 4),
+        "latent_decode/zero": entry("uniform", 0),
+        "latent_decode/huge": entry("uniform", 65),
+        "latent_decode/bal": entry("balanced", 4),
+    }});
+    std::fs::write(d.path().join(file_name(DEV)), f.to_string()).unwrap();
+    let (db, warn) = TuneDb::open(d.path(), DEV, K);
+    assert_eq!(db.len(), 1);
+    assert_eq!(db.uniform_splits("latent_decode", "ok"), Some(4));
+    let text: Vec<String> = warn.iter().map(|w| w.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text
+        .iter()
+        .any(|w| w.contains("zero") && w.contains("splits=0")));
+    assert!(text
+        .iter()
+        .any(|w| w.contains("huge") && w.contains("splits=65")));
+    assert!(text
+        .iter()
+        .any(|w| w.contains("bal") && w.contains("balanced split policy")));
+}
+
+#[test]
 fn an_invalid_entry_is_dropped_with_a_warning_and_the_rest_kept() {
     let d = dir();
     write_file(

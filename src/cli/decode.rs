@@ -42,25 +42,6 @@ struct Timing {
     tpla_shards_device: Vec<Vec<f64>>,
 }
 
-/// The device time of `f` in seconds where `exec` is a CUDA executor: `f` between two events on
-/// its stream, queued behind a 256 MB memset so that the start event runs after the host has
-/// queued the launches ([`tpla_runtime::cuda::bench::measure`], as `tpla bench` and `tpla tune`
-/// time). `None` on other executors, whose launches finish before they return (the host clock
-/// is their time).
-fn device_seconds<X: Executor + 'static>(
-    exec: &X,
-    f: impl FnMut() -> Result<(), tpla_runtime::RuntimeError>,
-) -> Result<Option<f64>, CliError> {
-    use std::any::Any;
-    match (exec as &dyn Any).downcast_ref::<tpla_runtime::cuda::CudaExecutor>() {
-        Some(cuda) => {
-            let m = tpla_runtime::cuda::bench::measure(cuda, 0, 1, f)?;
-            Ok(Some(m.median_ms * 1e-3))
-        }
-        None => Ok(None),
-    }
-}
-
 impl ExecJob for DecodeJob {
     type Out = ();
     fn run<X: Executor + 'static>(self, exec: &X) -> Result<(), CliError> {
@@ -92,14 +73,11 @@ impl ExecJob for DecodeJob {
         let mut tuned = Vec::new();
         for dec in [&mut mla, &mut tpla] {
             let bucket = decode_bucket(a.batch, heads, dec.shard_width(), ROPE, max_tokens);
-            if let Some(c) = db.get(latent_decode.name(), &bucket) {
-                let policy = db.split_policy(latent_decode.name(), &bucket);
-                let how = policy.map(|p| format!(", {p} splits")).unwrap_or_default();
-                tuned.push(format!("{c}{how} from {}", db.path().display()));
-                dec.set_decode_config(c);
-                if let Some(p) = policy {
-                    dec.set_split_policy(p);
-                }
+            let name = latent_decode.name();
+            if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
+                let shown = c.to_string();
+                let how = dec.apply_tuned(c, e);
+                tuned.push(format!("{shown}{how} from {}", db.path().display()));
             }
         }
         println!(
@@ -171,14 +149,16 @@ impl ExecJob for DecodeJob {
             }
             // The same calls again, timed by the device alone (attention leaves the caches as
             // they are; these outputs are dropped).
-            if let Some(s) = device_seconds(exec, || mla.attend_prepared(exec, &qm).map(drop))? {
+            if let Some(s) =
+                super::clock::device_seconds(exec, || mla.attend_prepared(exec, &qm).map(drop))?
+            {
                 timing.mla_device.push(s);
             }
             for (i, qi) in qt.iter().enumerate() {
                 let shard = &tpla.shards()[i];
-                if let Some(s) =
-                    device_seconds(exec, || tpla.attend_shard(exec, shard, qi).map(drop))?
-                {
+                if let Some(s) = super::clock::device_seconds(exec, || {
+                    tpla.attend_shard(exec, shard, qi).map(drop)
+                })? {
                     timing.tpla_shards_device[i].push(s);
                 }
             }

@@ -129,14 +129,11 @@ fn run<X: Executor, C: AllReduce<X>>(
             eprintln!("tpla: {w}");
         }
         let bucket = decode_bucket(a.batch, shard.heads(), shard.width(), ROPE, max_tokens);
-        if let Some(c) = db.get(latent_decode.name(), &bucket) {
-            let policy = db.split_policy(latent_decode.name(), &bucket);
-            let how = policy.map(|p| format!(", {p} splits")).unwrap_or_default();
-            tuned.push(format!("{c}{how} for {bucket}"));
-            shard.set_decode_config(c);
-            if let Some(p) = policy {
-                shard.set_split_policy(p);
-            }
+        let name = latent_decode.name();
+        if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
+            let shown = c.to_string();
+            let how = shard.apply_tuned(c, e);
+            tuned.push(format!("{shown}{how} for {bucket}"));
         }
     }
     tuned.dedup();

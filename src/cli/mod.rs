@@ -4,6 +4,7 @@ pub mod backend;
 pub mod bench;
 pub mod bench_balanced;
 pub mod bench_cuda;
+pub mod clock;
 pub mod decode;
 pub mod decode_args;
 pub mod decode_check;

@@ -4,10 +4,11 @@
 //!
 //! The space searched: the kernel's `#[tune]` values (head block, KV block, stages, warpgroup
 //! split), times the schedule settings of [`SEARCHED_SETTINGS`] where they apply (a CUDA Hopper
-//! target: producer warpgroup, ...), all with uniform splits; then the winner is timed again with
-//! the balanced split schedule, and the faster split policy is stored with it.
-
-use std::time::Instant;
+//! target: producer warpgroup, ...), all with the occupancy rule's uniform split count; the
+//! fastest few again at other uniform counts (half, two to four times the rule's); then the
+//! winner with the balanced split schedule. The fastest policy (and a uniform count that is not
+//! the rule's) is stored with the config. On a GPU every time is the device's own (events, the L2
+//! flushed before each run, as `tpla bench` times), elsewhere the host clock.
 
 use clap::Args;
 use rand::{Rng, SeedableRng};
@@ -15,8 +16,8 @@ use tpla_codegen::schedule::SEARCHED_SETTINGS;
 use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
-    choose_balanced, choose_splits, decode_attention, decode_attention_balanced, shard_width,
-    BalancedWorkspace, DecodeParams, BALANCED_WAVES,
+    choose_balanced, choose_splits, decode_attention, decode_attention_balanced, max_splits_for,
+    shard_width, BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
@@ -24,6 +25,7 @@ use tpla_runtime::{Executor, HostPagedCache, HostTensor};
 
 use super::backend::{dispatch, ExecJob};
 use super::bench::today;
+use super::clock::median_us;
 use super::error::CliError;
 use super::{BackendArg, PresetArg};
 
@@ -213,7 +215,7 @@ struct TuneJob(TuneArgs);
 
 impl ExecJob for TuneJob {
     type Out = ();
-    fn run<X: Executor>(self, exec: &X) -> Result<(), CliError> {
+    fn run<X: Executor + 'static>(self, exec: &X) -> Result<(), CliError> {
         let a = self.0;
         let cfg = a.preset.preset().config();
         let (heads, rope, scale) = (a.heads.unwrap_or(cfg.heads), 64usize, cfg.scale as f32);
@@ -240,10 +242,17 @@ impl ExecJob for TuneJob {
         let hopper = cuda && exec.backend_name().contains("sm_90");
         let candidates = tune_candidates(cuda, hopper)?;
         let progress = super::bench::progress_bar(
-            (widths.len() * (candidates.len() + 1)) as u64,
+            (widths.len() * (candidates.len() + 2)) as u64,
             "timing candidates",
         );
         let say = |line: String| progress.suspend(|| println!("{line}"));
+        // On a GPU the device's own time (events, the L2 flushed before each run), as `tpla
+        // bench` times; elsewhere the host clock.
+        let clock_name = if cuda {
+            "median us (device)"
+        } else {
+            "median us"
+        };
         for lat in widths {
             let d = lat + rope;
             let q: Vec<bf16> = (0..a.batch * heads * d)
@@ -265,13 +274,14 @@ impl ExecJob for TuneJob {
             host.set_seq_lens(&lens)?;
             let cache = exec.upload_paged(&host)?;
             let bucket = decode_bucket(a.batch, heads, lat, rope, a.context);
-            let mut best: Option<(f64, tpla_codegen::Config)> = None;
+            // Every candidate timed, with the occupancy rule's split count.
+            let mut ranked: Vec<(f64, Config, usize)> = Vec::new();
             // Kernel texts timed so far (sm_90a), with the config that first emitted each.
             let mut timed: std::collections::HashMap<String, String> = Default::default();
             say(format!(
                 "  {:<52} {:>12}",
                 format!("latent_decode, {bucket}"),
-                "median us"
+                clock_name
             ));
             for cand in candidates.iter().cloned() {
                 progress.inc(1);
@@ -309,55 +319,84 @@ impl ExecJob for TuneJob {
                     }
                 };
                 p.splits = splits;
-                let mut out = exec.alloc::<f32>(&[a.batch, heads, lat])?;
-                let mut lse = exec.alloc::<f32>(&[a.batch, heads])?;
-                // Warm-up compiles; a candidate that cannot build here (e.g. too much shared
-                // memory) is reported and skipped.
-                if let Err(e) = decode_attention(exec, &p, &q, &cache, &mut out, &mut lse) {
-                    say(format!("  {:<52} skipped: {e}", cand.to_string()));
-                    continue;
-                }
-                exec.synchronize()?;
-                let mut times = Vec::with_capacity(a.reps);
-                for _ in 0..a.reps {
-                    let t = Instant::now();
-                    decode_attention(exec, &p, &q, &cache, &mut out, &mut lse)?;
-                    exec.synchronize()?;
-                    times.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                times.sort_by(|x, y| x.total_cmp(y));
-                let med = times[times.len() / 2];
+                // The first (untimed) run compiles; a candidate that cannot build here (e.g. too
+                // much shared memory) is reported and skipped.
+                let med = match time_uniform(exec, &p, a.reps, &q, &cache) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        say(format!("  {:<52} skipped: {e}", cand.to_string()));
+                        continue;
+                    }
+                };
                 say(format!(
                     "  {:<52} {med:>12.1}",
                     format!("{cand} splits={splits}")
                 ));
-                if best.as_ref().is_none_or(|(t, _)| med < *t) {
-                    best = Some((med, cand));
+                ranked.push((med, cand, splits));
+            }
+            ranked.sort_by(|x, y| x.0.total_cmp(&y.0));
+            if ranked.is_empty() {
+                continue;
+            }
+            // The fastest few again at other uniform split counts: the occupancy rule counts
+            // waves of resident programs but not what a split's start, its tail or the combine
+            // cost on this device.
+            progress.inc(1);
+            let (mut t, mut c, rule_splits) = ranked[0].clone();
+            let mut splits = rule_splits;
+            for (_, cand, s0) in ranked.iter().take(SPLIT_SEARCH_TOP) {
+                let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
+                p.decode = cand.clone();
+                let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
+                for n in split_candidates(*s0, max_splits_for(bn, a.context)) {
+                    if n == *s0 {
+                        continue;
+                    }
+                    p.splits = n;
+                    match time_uniform(exec, &p, a.reps, &q, &cache) {
+                        Ok(tn) => {
+                            say(format!("  {:<52} {tn:>12.1}", format!("{cand} splits={n}")));
+                            if tn < t {
+                                (t, c, splits) = (tn, cand.clone(), n);
+                            }
+                        }
+                        Err(e) => say(format!(
+                            "  {:<52} skipped: {e}",
+                            format!("{cand} splits={n}")
+                        )),
+                    }
                 }
             }
-            if let Some((t, c)) = best {
-                // The winner again with the balanced split schedule (pieces computed on the
-                // device from the lengths): the faster policy is stored with it.
-                progress.inc(1);
-                let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
-                p.decode = c.clone();
-                let balanced = time_balanced(exec, &p, a.context, a.reps, &q, &cache);
-                let (policy, t) = match balanced {
-                    Ok(tb) => {
-                        say(format!("  {:<52} {tb:>12.1}", format!("{c} balanced")));
-                        if tb < t {
-                            (SplitPolicy::Balanced, tb)
-                        } else {
-                            (SplitPolicy::Uniform, t)
-                        }
+            // The winner again with the balanced split schedule (pieces computed on the device
+            // from the lengths): the faster policy is stored with it.
+            progress.inc(1);
+            let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
+            p.decode = c.clone();
+            match time_balanced(exec, &p, a.context, a.reps, &q, &cache) {
+                Ok(tb) if tb < t => {
+                    say(format!("  {:<52} {tb:>12.1}", format!("{c} balanced")));
+                    say(format!("  best: {c}, balanced splits ({tb:.1} us)"));
+                    let policy = Some(SplitPolicy::Balanced);
+                    db.put_with_policy(latent_decode.name(), &bucket, &c, policy, tb, &today());
+                }
+                other => {
+                    match other {
+                        Ok(tb) => say(format!("  {:<52} {tb:>12.1}", format!("{c} balanced"))),
+                        Err(e) => say(format!("  {:<52} skipped: {e}", format!("{c} balanced"))),
                     }
-                    Err(e) => {
-                        say(format!("  {:<52} skipped: {e}", format!("{c} balanced")));
-                        (SplitPolicy::Uniform, t)
+                    say(format!(
+                        "  best: {c}, uniform splits ({splits}) ({t:.1} us)"
+                    ));
+                    let name = latent_decode.name();
+                    // A count is stored only where it is not what the occupancy rule picks.
+                    let rule = splits_for_rule(exec, &p, a.context).ok();
+                    if rule == Some(splits) {
+                        let policy = Some(SplitPolicy::Uniform);
+                        db.put_with_policy(name, &bucket, &c, policy, t, &today());
+                    } else {
+                        db.put_with_uniform_splits(name, &bucket, &c, splits, t, &today());
                     }
-                };
-                say(format!("  best: {c}, {policy} splits ({t:.1} us)"));
-                db.put_with_policy(latent_decode.name(), &bucket, &c, Some(policy), t, &today());
+                }
             }
         }
         progress.finish_and_clear();
@@ -369,8 +408,46 @@ impl ExecJob for TuneJob {
     }
 }
 
-/// Median time (µs) of `reps` balanced decodes of `p` (after an untimed warm-up).
-fn time_balanced<X: Executor>(
+/// How many of the fastest candidates `tpla tune` times again at other uniform split counts.
+const SPLIT_SEARCH_TOP: usize = 3;
+
+/// The uniform split counts timed for a candidate whose occupancy-rule count is `s0`: half,
+/// once, and two to four times `s0`, each within `1..=max_s`, once each, ascending.
+fn split_candidates(s0: usize, max_s: usize) -> Vec<usize> {
+    let s0 = s0.max(1);
+    let mut v: Vec<usize> = [s0 / 2, s0, 2 * s0, 3 * s0, 4 * s0]
+        .into_iter()
+        .map(|n| n.clamp(1, max_s.max(1)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The occupancy rule's split count for `p` ([`choose_splits`]).
+fn splits_for_rule<X: Executor>(exec: &X, p: &DecodeParams, len: usize) -> Result<usize, CliError> {
+    Ok(choose_splits(exec, p, len)?)
+}
+
+/// Median time (µs) of `reps` uniform decodes of `p` with its `splits` (after an untimed
+/// warm-up, which compiles): device time on CUDA ([`median_us`]).
+fn time_uniform<X: Executor + 'static>(
+    exec: &X,
+    p: &DecodeParams,
+    reps: usize,
+    q: &X::Tensor<bf16>,
+    cache: &X::Paged<bf16>,
+) -> Result<f64, CliError> {
+    let mut out = exec.alloc::<f32>(&[p.batch, p.heads, p.lat])?;
+    let mut lse = exec.alloc::<f32>(&[p.batch, p.heads])?;
+    median_us(exec, reps, || {
+        decode_attention(exec, p, q, cache, &mut out, &mut lse)
+    })
+}
+
+/// Median time (µs) of `reps` balanced decodes of `p` (after an untimed warm-up): device time
+/// on CUDA ([`median_us`]).
+fn time_balanced<X: Executor + 'static>(
     exec: &X,
     p: &DecodeParams,
     max_len: usize,
@@ -382,17 +459,9 @@ fn time_balanced<X: Executor>(
     let mut ws = BalancedWorkspace::new(exec, p, sched)?;
     let mut out = exec.alloc::<f32>(&[p.batch, p.heads, p.lat])?;
     let mut lse = exec.alloc::<f32>(&[p.batch, p.heads])?;
-    decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
-    exec.synchronize()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)?;
-        exec.synchronize()?;
-        times.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    times.sort_by(|x, y| x.total_cmp(y));
-    Ok(times[times.len() / 2])
+    median_us(exec, reps, || {
+        decode_attention_balanced(exec, p, &mut ws, q, cache, &mut out, &mut lse)
+    })
 }
 
 #[cfg(test)]

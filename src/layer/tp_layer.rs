@@ -216,13 +216,9 @@ impl<X: Executor, C: AllReduce<X>> TpLayer<X, C> {
             );
             let name = tpla_kernels::latent_decode.name();
             if let (Some(c), Some(e)) = (db.get(name, &bucket), db.entry(name, &bucket)) {
-                let mut what = c.to_string();
-                if let Some(policy) = e.split_policy {
-                    rank.dec.set_split_policy(policy);
-                    what = format!("{what}, {policy} splits");
-                }
-                found.push((r, bucket, what, e.time_us));
-                rank.dec.set_decode_config(c);
+                let shown = c.to_string();
+                let how = rank.dec.apply_tuned(c, e);
+                found.push((r, bucket, format!("{shown}{how}"), e.time_us));
             }
         }
         found

@@ -304,6 +304,13 @@ pub fn choose_splits<X: Executor>(
     ))
 }
 
+/// The most KV splits a decode of `len` tokens in blocks of `block_n` is given (by
+/// [`choose_splits`] and by `tpla tune`'s search): a split shorter than `max(4 · block_n, 512)`
+/// tokens costs more in launch and combine than it adds in parallelism; at most 64.
+pub fn max_splits_for(block_n: usize, len: usize) -> usize {
+    (len / (4 * block_n.max(1)).max(512)).clamp(1, 64)
+}
+
 /// The split rule of [`choose_splits`] for a known number of program slots (compute units ×
 /// resident programs per unit), so a caller that launches the same config every step can query
 /// the occupancy once.
@@ -313,8 +320,7 @@ pub fn splits_for_occupancy(p: &DecodeParams, len: usize, slots: usize) -> usize
     let bn = cfg.get("BLOCK_N").unwrap_or(32).max(1) as usize;
     let programs = p.batch * p.rows().div_ceil(bh);
     let slots = slots.max(1);
-    // A split shorter than 512 tokens costs more in launch and combine than it adds in parallelism.
-    let max_s = (len / (4 * bn).max(512)).clamp(1, 64);
+    let max_s = max_splits_for(bn, len);
     let cost =
         |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
     (1..=max_s)
