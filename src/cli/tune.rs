@@ -17,7 +17,7 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
     choose_balanced, choose_splits, decode_attention, decode_attention_balanced, max_splits_for,
-    shard_width, BalancedWorkspace, DecodeParams, BALANCED_WAVES,
+    shard_width, uniform_split_candidates, BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
@@ -348,7 +348,7 @@ impl ExecJob for TuneJob {
                 let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
                 let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
-                for n in split_candidates(*s0, max_splits_for(bn, a.context)) {
+                for n in uniform_split_candidates(*s0, max_splits_for(bn, a.context)) {
                     if n == *s0 {
                         continue;
                     }
@@ -410,19 +410,6 @@ impl ExecJob for TuneJob {
 
 /// How many of the fastest candidates `tpla tune` times again at other uniform split counts.
 const SPLIT_SEARCH_TOP: usize = 3;
-
-/// The uniform split counts timed for a candidate whose occupancy-rule count is `s0`: half,
-/// once, and two to four times `s0`, each within `1..=max_s`, once each, ascending.
-fn split_candidates(s0: usize, max_s: usize) -> Vec<usize> {
-    let s0 = s0.max(1);
-    let mut v: Vec<usize> = [s0 / 2, s0, 2 * s0, 3 * s0, 4 * s0]
-        .into_iter()
-        .map(|n| n.clamp(1, max_s.max(1)))
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
 
 /// The occupancy rule's split count for `p` ([`choose_splits`]).
 fn splits_for_rule<X: Executor>(exec: &X, p: &DecodeParams, len: usize) -> Result<usize, CliError> {

@@ -311,6 +311,21 @@ pub fn max_splits_for(block_n: usize, len: usize) -> usize {
     (len / (4 * block_n.max(1)).max(512)).clamp(1, 64)
 }
 
+/// The uniform split counts a search times beside the occupancy rule's `s0` (`tpla tune`,
+/// `tpla bench`): half, once, two, three and four times `s0`, each within `1..=max_s`, once
+/// each, ascending. The rule counts waves of resident programs, not what a split's start, its
+/// tail on the slowest unit or the combine cost on a device.
+pub fn uniform_split_candidates(s0: usize, max_s: usize) -> Vec<usize> {
+    let s0 = s0.max(1);
+    let mut v: Vec<usize> = [s0 / 2, s0, 2 * s0, 3 * s0, 4 * s0]
+        .into_iter()
+        .map(|n| n.clamp(1, max_s.max(1)))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The split rule of [`choose_splits`] for a known number of program slots (compute units ×
 /// resident programs per unit), so a caller that launches the same config every step can query
 /// the occupancy once.
@@ -334,6 +349,21 @@ mod tests {
 
     /// The default head block covers the rows in as few programs as possible, with 128-row
     /// blocks only at the shard widths (MLA's latent 512 would not fit their registers).
+    #[test]
+    fn split_candidates_surround_the_rule_within_the_cap() {
+        use super::{max_splits_for, uniform_split_candidates};
+        assert_eq!(uniform_split_candidates(4, 64), [2, 4, 8, 12, 16]);
+        assert_eq!(uniform_split_candidates(1, 64), [1, 2, 3, 4]);
+        assert_eq!(uniform_split_candidates(2, 4), [1, 2, 4]);
+        assert_eq!(uniform_split_candidates(3, 1), [1]);
+        assert_eq!(uniform_split_candidates(0, 0), [1]);
+        // 32K tokens in 64-token blocks: splits of at least 512 tokens, at most 64.
+        assert_eq!(max_splits_for(64, 32768), 64);
+        assert_eq!(max_splits_for(64, 2048), 4);
+        assert_eq!(max_splits_for(256, 4096), 4);
+        assert_eq!(max_splits_for(64, 100), 1);
+    }
+
     #[test]
     fn default_head_blocks_are_tall_only_at_the_shard_widths() {
         assert_eq!(block_h_for(16, 512), 16);

@@ -2,6 +2,7 @@
 //! the winners recorded in the tune database.
 
 use super::*;
+use tpla_kernels::ops::uniform_split_candidates;
 
 /// Whether `cfg` is in the sweep: every `KEY=value` of `want` (for profiling one variant); a
 /// key the config does not carry counts as 0 (a schedule knob's default), so `SEESAW=0` selects
@@ -450,6 +451,27 @@ pub(super) fn run_case(
             time_full_op(exec, &cfg, splits, &mut bufs, cache, &shape, scale)?;
         finals.push((cfg, splits, decode_only, time));
     }
+    // The two fastest full ops again at other split counts (half, two to four times the
+    // rule's): the rule counts waves of resident programs, not a split's start, the tail on the
+    // slowest SM or the combine on this device. A count that cannot run is left out.
+    finals.sort_by(|x, y| x.3.median_ms.total_cmp(&y.3.median_ms));
+    let searched: Vec<(Config, usize)> =
+        finals.iter().take(2).map(|f| (f.0.clone(), f.1)).collect();
+    for (cfg, s0) in searched {
+        let bn = cfg.get("BLOCK_N")?.max(1) as usize;
+        let max_s = (shape.context / (4 * bn)).clamp(1, max_splits);
+        for n in uniform_split_candidates(s0, max_s) {
+            if n == s0 {
+                continue;
+            }
+            if let Ok((decode_only, time)) =
+                time_full_op(exec, &cfg, n, &mut bufs, cache, &shape, scale)
+            {
+                tried.push((cfg.to_string(), n, decode_only.median_ms));
+                finals.push((cfg.clone(), n, decode_only, time));
+            }
+        }
+    }
     let (cfg, splits, decode_only, time) = finals
         .into_iter()
         .min_by(|x, y| x.3.median_ms.total_cmp(&y.3.median_ms))
@@ -481,7 +503,7 @@ pub(super) fn record_tune(
     exec: &CudaExecutor,
     cases: &[DecodeCaseResult],
 ) -> Result<(), RuntimeError> {
-    use tpla_runtime::tune::{decode_bucket, default_dir, SplitPolicy, TuneDb};
+    use tpla_runtime::tune::{decode_bucket, default_dir, TuneDb};
     let (mut db, warnings) =
         TuneDb::open(&default_dir(), &exec.device_identity(), &[&latent_decode]);
     for w in warnings {
@@ -500,14 +522,9 @@ pub(super) fn record_tune(
         }
         let bucket = decode_bucket(s.batch, s.heads, s.lat, s.rope, s.context);
         let us = c.decode_only.median_ms * 1e3;
-        db.put_with_policy(
-            latent_decode.name(),
-            &bucket,
-            &cfg,
-            Some(SplitPolicy::Uniform),
-            us,
-            &bench::today(),
-        );
+        // The count the bench found fastest (its rule's or the split search's).
+        let name = latent_decode.name();
+        db.put_with_uniform_splits(name, &bucket, &cfg, c.splits, us, &bench::today());
         recorded.push(bucket);
     }
     for w in db.save()? {
