@@ -7,7 +7,9 @@
 #  2. the layer's buckets tuned the same way (B64 32K: 32 heads at 512, 64 heads at 512 and 256),
 #     then `tpla decode --form all` of Kimi-K2 (TP2, 4 layers): the forms' ratios and the host's
 #     queueing time beside each wall;
-#  3. Nsight Compute on the two B32 kernels with the tuned configs (why the shard reaches a lower
+#  3. issue 9's H64 bench rows (MLA and shard, B32/B64 x 32K, B128 x 4K) with the bench's split
+#     search;
+#  4. Nsight Compute on the two B32 kernels with the tuned configs (why the shard reaches a lower
 #     fraction of the read roofline than MLA).
 # Summary last; logs and the tune database come back in $OUT.
 #   OUT=dir [TPLA_KIMI_SKIP_PROFILE=1] scripts/gpu-kimi-b32.sh
@@ -39,6 +41,15 @@ t layer_kimi 180 gpu-bin/tpla decode --form all --tpla-reduce both $K --tp 2 --l
   --batch 64 --context 32768 --steps 5 --results-dir "$OUT/layer-results"
 grep -aE "vs mla-tp|queueing|^(mla-tp|tpla|dcp)" "$OUT/layer_kimi.log" | head -24 | sed 's/^/  /' >>"$s"
 cp ~/.cache/tpla/tune/*.json "$OUT/tune-db.json" 2>/dev/null
+cp "$s" "$OUT/summary.txt"
+# Issue 9's H64 bench rows with session 15's best configs pinned: the rule's split count and the
+# bench's split search side by side (each `tried` line names its count).
+MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
+SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
+for shape in 32x32768 64x32768 128x4096; do
+  bench_tried gpu-bin/tpla splits mla 64 $shape "$MLA64" >>"$s"
+  bench_tried gpu-bin/tpla splits tpla-shard 64 $shape "$SHARD64" >>"$s"
+done
 cp "$s" "$OUT/summary.txt"
 if [ -z "${TPLA_KIMI_SKIP_PROFILE:-}" ]; then
   # The tuned configs of the two B32 buckets, profiled as scripts/gpu-profile.sh does.
