@@ -31,7 +31,8 @@ for f in files:
             tried = json.loads(tried.replace("'", '"'))
         for cfg, splits, ms in tried:
             print(f"{label:<14} H{h:>3} {shape:>9} {ms * 1000:8.1f} us  splits {splits:<3} {cfg}")
-        print(f"{label:<14} H{h:>3} {shape:>9} {c['time']['median_ms'] * 1000:8.1f} us  chosen, "
+        print(f"{label:<14} H{h:>3} {shape:>9} {c['time']['median_ms'] * 1000:8.1f} us  chosen "
+              f"(decode alone {c['decode_only']['median_ms'] * 1000:.1f} us, {c['splits']} splits), "
               f"{c['tflops']:.0f} TFLOPS, {c['fraction_of_read_roofline']:.2f}x read, "
               f"rel diff {c.get('check_rel_diff', float('nan')):.1e}")
 PY
