@@ -10,7 +10,7 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
-    choose_splits, decode_attention, decode_attention_balanced, shard_width, Balanced,
+    decode_attention, decode_attention_balanced, shard_width, splits_for_occupancy, Balanced,
     BalancedWorkspace, DecodeParams, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
@@ -58,6 +58,9 @@ pub struct LatentDecoder<X: Executor> {
     /// Program slots of the device for the current (balanced) decode config (queried once per
     /// config).
     slots: std::sync::OnceLock<usize>,
+    /// Program slots for the current uniform decode config (queried once per config: the
+    /// occupancy query is a driver call a decode step need not repeat).
+    uniform_slots: std::sync::OnceLock<usize>,
     /// The balanced schedule's buffers (split table, partials), kept between calls while the
     /// schedule's sizes stay the same: allocating tens of MB of partials per call costs more
     /// than the decode at small batches.
@@ -124,6 +127,7 @@ impl<X: Executor> LatentDecoder<X> {
             params,
             append,
             slots: std::sync::OnceLock::new(),
+            uniform_slots: std::sync::OnceLock::new(),
             workspace: std::sync::Mutex::new(None),
             policy: SplitPolicy::Balanced,
             uniform_splits: None,
@@ -146,6 +150,7 @@ impl<X: Executor> LatentDecoder<X> {
     pub fn set_decode_config(&mut self, config: Config) {
         self.params.decode = config;
         self.slots = std::sync::OnceLock::new();
+        self.uniform_slots = std::sync::OnceLock::new();
         self.workspace = std::sync::Mutex::new(None);
     }
 
@@ -160,6 +165,7 @@ impl<X: Executor> LatentDecoder<X> {
         p.validate()?;
         self.params = p;
         self.slots = std::sync::OnceLock::new();
+        self.uniform_slots = std::sync::OnceLock::new();
         self.workspace = std::sync::Mutex::new(None);
         Ok(())
     }
@@ -180,7 +186,8 @@ impl<X: Executor> LatentDecoder<X> {
 
     /// The split count of a uniform decode with `splits = 0` (see [`Self::set_split_policy`]):
     /// `Some(n)` uses `n` splits (at most one per `BLOCK_N` tokens of the longest sequence),
-    /// `None` the occupancy rule ([`choose_splits`], the default).
+    /// `None` the occupancy rule
+    /// ([`tpla_kernels::ops::choose_splits`], the default).
     pub fn set_uniform_splits(&mut self, splits: Option<usize>) {
         self.uniform_splits = splits.map(|n| n.max(1));
     }
@@ -422,7 +429,19 @@ impl<X: Executor> LatentDecoder<X> {
                     let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
                     n.min(max_len.div_ceil(bn)).max(1)
                 }
-                None => choose_splits(exec, &p, max_len)?,
+                None => {
+                    let slots = match self.uniform_slots.get() {
+                        Some(&n) => n,
+                        None => {
+                            let per_unit =
+                                exec.resident_programs(&latent_decode, &p.decode_config())?;
+                            *self
+                                .uniform_slots
+                                .get_or_init(|| exec.compute_units() * per_unit)
+                        }
+                    };
+                    splits_for_occupancy(&p, max_len, slots)
+                }
             };
             decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
         } else if s.splits == 0 {
