@@ -209,21 +209,24 @@ fn info_lists_backends() {
 fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
     let dir = tmp("tune");
     let run = |args: &[&str]| tpla_with_tune_dir(&dir, args);
-    let o = run(&[
-        "tune",
-        "--backend",
-        "cpu",
-        "--batch",
-        "1",
-        "--context",
-        "128",
-        "--reps",
-        "1",
-        "--preset",
-        "deepseek-v2-lite",
-        "--var-len",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A one-sequence CPU tune of DeepSeek-V2-Lite at `context` tokens, `extra` args after.
+    let tune = |context: &str, extra: &[&str]| {
+        let mut args = vec![
+            "tune",
+            "--backend",
+            "cpu",
+            "--batch",
+            "1",
+            "--context",
+            context,
+        ];
+        args.extend(["--reps", "1", "--preset", "deepseek-v2-lite"]);
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let o = tune("128", &["--var-len"]);
     // Format 2: each winner is stored with the split policy it was fastest with (both timed).
     let tuned = std::fs::read_dir(&dir)
         .unwrap()
@@ -244,20 +247,7 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
     );
     // At 2048 tokens up to 4 splits are allowed (512 tokens each): the winner is also timed at
     // other uniform counts, and a count stored with it is a uniform one within that bound.
-    let o = run(&[
-        "tune",
-        "--backend",
-        "cpu",
-        "--batch",
-        "1",
-        "--context",
-        "2048",
-        "--reps",
-        "1",
-        "--preset",
-        "deepseek-v2-lite",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tune("2048", &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     let counts: std::collections::BTreeSet<&str> = stdout
         .split_whitespace()
