@@ -425,21 +425,9 @@ impl<X: Executor> LatentDecoder<X> {
             let mut p = self.params.clone();
             let max_len = self.lens.iter().copied().max().unwrap_or(1);
             p.splits = match self.uniform_splits {
-                Some(n) => {
-                    let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
-                    n.min(max_len.div_ceil(bn)).max(1)
-                }
+                Some(n) => n.min(max_len.div_ceil(p.block_n())).max(1),
                 None => {
-                    let slots = match self.uniform_slots.get() {
-                        Some(&n) => n,
-                        None => {
-                            let per_unit =
-                                exec.resident_programs(&latent_decode, &p.decode_config())?;
-                            *self
-                                .uniform_slots
-                                .get_or_init(|| exec.compute_units() * per_unit)
-                        }
-                    };
+                    let slots = program_slots(exec, &self.uniform_slots, &p.decode_config())?;
                     splits_for_occupancy(&p, max_len, slots)
                 }
             };
@@ -448,14 +436,7 @@ impl<X: Executor> LatentDecoder<X> {
             // The balanced schedule: pieces computed on the device from the cache's lengths,
             // the grid sized for the longest sequence now held.
             let p = &self.params;
-            let slots = match self.slots.get() {
-                Some(&n) => n,
-                None => {
-                    let per_unit =
-                        exec.resident_programs(&latent_decode, &p.balanced_decode_config())?;
-                    *self.slots.get_or_init(|| exec.compute_units() * per_unit)
-                }
-            };
+            let slots = program_slots(exec, &self.slots, &p.balanced_decode_config())?;
             let max_len = self.lens.iter().copied().max().unwrap_or(1);
             let sched = Balanced::for_occupancy(p, max_len, slots).with_waves(BALANCED_WAVES);
             // A poisoned lock only means an earlier call panicked mid-decode: the buffers are
@@ -554,6 +535,21 @@ pub fn shard_rows<T: Copy>(
         out.extend_from_slice(&row[lat..]);
     }
     Ok(out)
+}
+
+/// The device's program slots for decode config `cfg` (compute units × resident programs per
+/// unit), from `cache` where an earlier call filled it, else queried from the executor once
+/// (a driver call a decode step need not repeat) and kept there.
+fn program_slots<X: Executor>(
+    exec: &X,
+    cache: &std::sync::OnceLock<usize>,
+    cfg: &Config,
+) -> Result<usize, RuntimeError> {
+    if let Some(&n) = cache.get() {
+        return Ok(n);
+    }
+    let per_unit = exec.resident_programs(&latent_decode, cfg)?;
+    Ok(*cache.get_or_init(|| exec.compute_units() * per_unit))
 }
 
 #[cfg(test)]

@@ -347,7 +347,7 @@ impl ExecJob for TuneJob {
             for (_, cand, s0) in ranked.iter().take(SPLIT_SEARCH_TOP) {
                 let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
                 p.decode = cand.clone();
-                let bn = p.decode_config().get("BLOCK_N").unwrap_or(32).max(1) as usize;
+                let bn = p.block_n();
                 for n in uniform_split_candidates(*s0, max_splits_for(bn, a.context)) {
                     if n == *s0 {
                         continue;
@@ -389,7 +389,7 @@ impl ExecJob for TuneJob {
                     ));
                     let name = latent_decode.name();
                     // A count is stored only where it is not what the occupancy rule picks.
-                    let rule = splits_for_rule(exec, &p, a.context).ok();
+                    let rule = choose_splits(exec, &p, a.context).ok();
                     if rule == Some(splits) {
                         let policy = Some(SplitPolicy::Uniform);
                         db.put_with_policy(name, &bucket, &c, policy, t, &today());
@@ -410,11 +410,6 @@ impl ExecJob for TuneJob {
 
 /// How many of the fastest candidates `tpla tune` times again at other uniform split counts.
 const SPLIT_SEARCH_TOP: usize = 3;
-
-/// The occupancy rule's split count for `p` ([`choose_splits`]).
-fn splits_for_rule<X: Executor>(exec: &X, p: &DecodeParams, len: usize) -> Result<usize, CliError> {
-    Ok(choose_splits(exec, p, len)?)
-}
 
 /// Median time (µs) of `reps` uniform decodes of `p` with its `splits` (after an untimed
 /// warm-up, which compiles): device time on CUDA ([`median_us`]).

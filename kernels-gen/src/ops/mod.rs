@@ -141,6 +141,10 @@ impl DecodeParams {
             c
         }
     }
+    /// The decode config's KV block (`BLOCK_N`, the kernel's default 32 where unset).
+    pub fn block_n(&self) -> usize {
+        self.decode.get("BLOCK_N").unwrap_or(32).max(1) as usize
+    }
     /// The combine kernel's full config: tune values plus `LAT`.
     pub fn combine_config(&self) -> Config {
         self.combine.clone().with("LAT", self.lat as i64)
@@ -332,7 +336,7 @@ pub fn uniform_split_candidates(s0: usize, max_s: usize) -> Vec<usize> {
 pub fn splits_for_occupancy(p: &DecodeParams, len: usize, slots: usize) -> usize {
     let cfg = p.decode_config();
     let bh = cfg.get("BLOCK_H").unwrap_or(16).max(1) as usize;
-    let bn = cfg.get("BLOCK_N").unwrap_or(32).max(1) as usize;
+    let bn = p.block_n();
     let programs = p.batch * p.rows().div_ceil(bh);
     let slots = slots.max(1);
     let max_s = max_splits_for(bn, len);

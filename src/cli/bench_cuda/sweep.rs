@@ -142,12 +142,18 @@ pub(super) fn splits_for(
 ) -> usize {
     let programs = batch * heads.div_ceil(bh);
     let slots = exec.info().sm_count as usize * per_sm;
-    let max_s = (context / (4 * bn)).clamp(1, 64);
+    let max_s = bench_max_splits(bn, context);
     let cost =
         |s: usize| (programs * s).div_ceil(slots) as f64 / s as f64 * (1.0 + 0.01 * s as f64);
     (1..=max_s)
         .min_by(|&x, &y| cost(x).partial_cmp(&cost(y)).unwrap().then(x.cmp(&y)))
         .unwrap_or(1)
+}
+
+/// The most KV splits the bench gives a case of `context` tokens in blocks of `bn` (its rule's
+/// and its split search's cap): four blocks a split at least, at most 64.
+fn bench_max_splits(bn: usize, context: usize) -> usize {
+    (context / (4 * bn.max(1))).clamp(1, 64)
 }
 
 /// The query, output and log-sum-exp buffers a case's runs share.
@@ -459,7 +465,7 @@ pub(super) fn run_case(
         finals.iter().take(2).map(|f| (f.0.clone(), f.1)).collect();
     for (cfg, s0) in searched {
         let bn = cfg.get("BLOCK_N")?.max(1) as usize;
-        let max_s = (shape.context / (4 * bn)).clamp(1, max_splits);
+        let max_s = bench_max_splits(bn, shape.context).min(max_splits);
         for n in uniform_split_candidates(s0, max_s) {
             if n == s0 {
                 continue;
