@@ -12,7 +12,10 @@
 #  4. Nsight Compute on the two B32 kernels with the tuned configs (why the shard reaches a lower
 #     fraction of the read roofline than MLA).
 # Summary last; logs and the tune database come back in $OUT.
-#   OUT=dir [TPLA_KIMI_SKIP_PROFILE=1] scripts/gpu-kimi-b32.sh
+# TPLA_KIMI_PARTS picks the steps (default "b32 layer bench profile": more than one 10-minute
+# device call when nothing is cached; run "b32 bench" and "layer profile" as two calls).
+# TPLA_KIMI_TUNE_FROM=dir loads a tune database $OUT/tune/ brought back by an earlier call.
+#   OUT=dir [TPLA_KIMI_PARTS="b32 bench"] [TPLA_KIMI_SKIP_PROFILE=1] scripts/gpu-kimi-b32.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
@@ -30,28 +33,43 @@ t() { # name limit command...: one step, its log in $OUT, one summary line
   echo "$name rc=$? $((SECONDS - t0))s" >>"$s"
 }
 K="--preset kimi-k2 --backend cuda"
+parts=" ${TPLA_KIMI_PARTS:-b32 layer bench profile} "
+[ -n "${TPLA_KIMI_SKIP_PROFILE:-}" ] && parts=${parts/ profile / }
+part() { [[ $parts == *" $1 "* ]]; }
+echo "parts:$parts" >>"$s"
+# A tune database from an earlier call (its file as it came back, name kept), for the profile.
+if [ -n "${TPLA_KIMI_TUNE_FROM:-}" ]; then
+  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_KIMI_TUNE_FROM"/*.json ~/.cache/tpla/tune/
+fi
+if part b32; then
 t tune_b32 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2
 grep -a "best:" "$OUT/tune_b32.log" | sed 's/^/  /' >>"$s"
 t decode_b32 120 gpu-bin/tpla decode $K --batch 32 --context 32768
 grep -aiE "speedup|^(mla|tpla)|configs|reference" "$OUT/decode_b32.log" | head -16 | sed 's/^/  /' >>"$s"
+fi
+if part layer; then
 t tune_h32 200 gpu-bin/tpla tune $K --heads 32 --batch 64 --context 32768
 t tune_g2 200 gpu-bin/tpla tune $K --batch 64 --context 32768 --g 2
 grep -a "best:" "$OUT/tune_h32.log" "$OUT/tune_g2.log" | sed 's/^/  /' >>"$s"
 t layer_kimi 180 gpu-bin/tpla decode --form all --tpla-reduce both $K --tp 2 --layers 4 \
   --batch 64 --context 32768 --steps 5 --results-dir "$OUT/layer-results"
 grep -aE "vs mla-tp|queueing|^(mla-tp|tpla|dcp)" "$OUT/layer_kimi.log" | head -24 | sed 's/^/  /' >>"$s"
+fi
 cp ~/.cache/tpla/tune/*.json "$OUT/tune-db.json" 2>/dev/null
+mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
 cp "$s" "$OUT/summary.txt"
 # Issue 9's H64 bench rows with session 15's best configs pinned: the rule's split count and the
 # bench's split search side by side (each `tried` line names its count).
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
-for shape in 32x32768 64x32768 128x4096; do
-  bench_tried gpu-bin/tpla splits mla 64 $shape "$MLA64" >>"$s"
-  bench_tried gpu-bin/tpla splits tpla-shard 64 $shape "$SHARD64" >>"$s"
-done
+if part bench; then
+  for shape in 32x32768 64x32768 128x4096; do
+    bench_tried gpu-bin/tpla splits mla 64 $shape "$MLA64" >>"$s"
+    bench_tried gpu-bin/tpla splits tpla-shard 64 $shape "$SHARD64" >>"$s"
+  done
+fi
 cp "$s" "$OUT/summary.txt"
-if [ -z "${TPLA_KIMI_SKIP_PROFILE:-}" ]; then
+if part profile && [ -f "$OUT/tune-db.json" ]; then
   # The tuned configs of the two B32 buckets, profiled as scripts/gpu-profile.sh does.
   cfg_of() { python3 -c "
 import json,sys
@@ -64,6 +82,7 @@ print(','.join(f'{k}={v}' for k,v in e['config'].items() if k not in ('LAT','ROP
     timeout 300 scripts/gpu-profile.sh >/dev/null 2>&1
   cat "$OUT/prof/profile-summary.txt" >>"$s" 2>/dev/null
 fi
-(cd "$OUT" && tar czf logs.tgz ./*.log layer-results 2>/dev/null && rm -rf ./*.log layer-results)
+cp -r "$W"/json-* "$W"/bench-*.log "$OUT/" 2>/dev/null
+(cd "$OUT" && tar czf logs.tgz ./*.log ./json-* layer-results 2>/dev/null; rm -rf ./*.log ./json-* layer-results)
 cp "$s" "$OUT/summary.txt"
 cat "$s"

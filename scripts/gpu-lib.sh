@@ -31,8 +31,11 @@ for f in files:
             tried = json.loads(tried.replace("'", '"'))
         for cfg, splits, ms in tried:
             print(f"{label:<14} H{h:>3} {shape:>9} {ms * 1000:8.1f} us  splits {splits:<3} {cfg}")
+        comb = c.get("combine_only")
+        comb = f", combine alone {comb['median_ms'] * 1000:.1f} us" if comb else ""
         print(f"{label:<14} H{h:>3} {shape:>9} {c['time']['median_ms'] * 1000:8.1f} us  chosen "
-              f"(decode alone {c['decode_only']['median_ms'] * 1000:.1f} us, {c['splits']} splits), "
+              f"(min {c['time']['min_ms'] * 1000:.1f}; decode alone "
+              f"{c['decode_only']['median_ms'] * 1000:.1f} us{comb}, {c['splits']} splits), "
               f"{c['tflops']:.0f} TFLOPS, {c['fraction_of_read_roofline']:.2f}x read, "
               f"rel diff {c.get('check_rel_diff', float('nan')):.1e}")
 PY

@@ -142,6 +142,7 @@ pub fn balanced_row(
             fraction_of_copy_roofline: gbps / roof.copy_gbps,
             decode_only: time.clone(),
             schedule: Some(schedule.clone()),
+            combine_only: None,
             time,
             tried,
             check_rel_diff: (num / den.max(1e-30)).sqrt(),

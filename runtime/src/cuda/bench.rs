@@ -252,6 +252,10 @@ pub struct DecodeCaseResult {
     /// only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Measurement>,
+    /// The combine alone, on the partials the decode left (uniform rows with more than one
+    /// split): with `decode_only` it tells a slow combine from a gap between the two launches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub combine_only: Option<Measurement>,
     /// Bytes / median time (decode + combine), GB/s.
     pub gbps: f64,
     /// FLOPs / median time, TFLOPS.

@@ -3,9 +3,19 @@
 
 use super::*;
 
-/// Times the decode alone (into preallocated partials) and the full op: with one split the
-/// decode writes `out` / `lse` directly (as the library's `decode_attention` does), otherwise
-/// the combine follows.
+/// The three timings of one config at one split count.
+pub(super) struct FullOpTimes {
+    /// The decode alone, into preallocated partials.
+    pub decode_only: Measurement,
+    /// The combine alone on those partials (`None` with one split: there is no combine).
+    pub combine_only: Option<Measurement>,
+    /// The full op: decode, then the combine when there is more than one split.
+    pub time: Measurement,
+}
+
+/// Times the decode alone (into preallocated partials), the combine alone and the full op: with
+/// one split the decode writes `out` / `lse` directly (as the library's `decode_attention`
+/// does), otherwise the combine follows.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn time_full_op(
     exec: &CudaExecutor,
@@ -15,7 +25,7 @@ pub(super) fn time_full_op(
     cache: &CudaPagedCache<bf16>,
     shape: &DecodeShape,
     scale: f32,
-) -> Result<(Measurement, Measurement), RuntimeError> {
+) -> Result<FullOpTimes, RuntimeError> {
     let (b, h) = (shape.batch, shape.heads);
     let mut part = exec.alloc::<f32>(&[splits, b, h, shape.lat])?;
     let mut part_lse = exec.alloc::<f32>(&[splits, b, h])?;
@@ -23,6 +33,7 @@ pub(super) fn time_full_op(
     let decode_only = measure(exec, 3, 30, || {
         launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)
     })?;
+    let mut combine_only = None;
     let time = if splits == 1 {
         bufs.out.reshape(&[1, b, h, shape.lat])?;
         bufs.lse.reshape(&[1, b, h])?;
@@ -41,12 +52,19 @@ pub(super) fn time_full_op(
         bufs.lse.reshape(&[b, h])?;
         t?
     } else {
+        combine_only = Some(measure(exec, 3, 30, || {
+            combine_splits::launch(exec, &ccfg, &part, &part_lse, &mut bufs.out, &mut bufs.lse)
+        })?);
         measure(exec, 3, 30, || {
             launch_decode(exec, cfg, &bufs.q, cache, &mut part, &mut part_lse, scale)?;
             combine_splits::launch(exec, &ccfg, &part, &part_lse, &mut bufs.out, &mut bufs.lse)
         })?
     };
-    Ok((decode_only, time))
+    Ok(FullOpTimes {
+        decode_only,
+        combine_only,
+        time,
+    })
 }
 
 /// GPU vs CPU executor on a small problem with the chosen config (max relative difference).

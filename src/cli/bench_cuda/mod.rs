@@ -187,6 +187,18 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                         r.splits,
                         r.check_rel_diff
                     ));
+                    // Where a combine follows, the parts beside the whole: a full op far above
+                    // decode + combine is a gap between the launches, not a slow kernel.
+                    if let Some(c) = &r.combine_only {
+                        progress.suspend(|| println!(
+                            "    decode alone {:.1} us, combine alone {:.1} us, full op median {:.1} us (min {:.1}, max {:.1})",
+                            r.decode_only.median_ms * 1e3,
+                            c.median_ms * 1e3,
+                            r.time.median_ms * 1e3,
+                            r.time.min_ms * 1e3,
+                            r.time.max_ms * 1e3
+                        ));
+                    }
                     // A pinned `--config` usually leaves a few candidates (the emitter's warps
                     // and a forced count, say): each one's decode time, so a knob's kernel is
                     // seen even where another candidate wins.

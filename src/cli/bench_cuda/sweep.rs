@@ -449,18 +449,17 @@ pub(super) fn run_case(
     // the fastest decodes: a split count that needs a combine can lose to one that does not.
     let mut ranked: Vec<&(String, usize, f64)> = tried.iter().filter(|t| t.2.is_finite()).collect();
     ranked.sort_by(|x, y| x.2.total_cmp(&y.2));
-    let mut finals: Vec<(Config, usize, Measurement, Measurement)> = Vec::new();
+    let mut finals: Vec<(Config, usize, FullOpTimes)> = Vec::new();
     for (cfg_s, splits, _) in ranked.into_iter().take(4) {
         let cfg = parse_config(cfg_s);
         let splits = *splits;
-        let (decode_only, time) =
-            time_full_op(exec, &cfg, splits, &mut bufs, cache, &shape, scale)?;
-        finals.push((cfg, splits, decode_only, time));
+        let times = time_full_op(exec, &cfg, splits, &mut bufs, cache, &shape, scale)?;
+        finals.push((cfg, splits, times));
     }
     // The two fastest full ops again at other split counts (half, two to four times the
     // rule's): the rule counts waves of resident programs, not a split's start, the tail on the
     // slowest SM or the combine on this device. A count that cannot run is left out.
-    finals.sort_by(|x, y| x.3.median_ms.total_cmp(&y.3.median_ms));
+    finals.sort_by(|x, y| x.2.time.median_ms.total_cmp(&y.2.time.median_ms));
     let searched: Vec<(Config, usize)> =
         finals.iter().take(2).map(|f| (f.0.clone(), f.1)).collect();
     for (cfg, s0) in searched {
@@ -470,18 +469,21 @@ pub(super) fn run_case(
             if n == s0 {
                 continue;
             }
-            if let Ok((decode_only, time)) =
-                time_full_op(exec, &cfg, n, &mut bufs, cache, &shape, scale)
-            {
-                tried.push((cfg.to_string(), n, decode_only.median_ms));
-                finals.push((cfg.clone(), n, decode_only, time));
+            if let Ok(times) = time_full_op(exec, &cfg, n, &mut bufs, cache, &shape, scale) {
+                tried.push((cfg.to_string(), n, times.decode_only.median_ms));
+                finals.push((cfg.clone(), n, times));
             }
         }
     }
-    let (cfg, splits, decode_only, time) = finals
+    let (cfg, splits, times) = finals
         .into_iter()
-        .min_by(|x, y| x.3.median_ms.total_cmp(&y.3.median_ms))
+        .min_by(|x, y| x.2.time.median_ms.total_cmp(&y.2.time.median_ms))
         .expect("at least one config ran");
+    let FullOpTimes {
+        decode_only,
+        combine_only,
+        time,
+    } = times;
     let gbps = shape.bytes() / (time.median_ms * 1e-3) / 1e9;
     let tflops = shape.flops() / (time.median_ms * 1e-3) / 1e12;
     Ok(DecodeCaseResult {
@@ -495,6 +497,7 @@ pub(super) fn run_case(
         time,
         decode_only,
         schedule: None,
+        combine_only,
         tried,
         check_rel_diff: f64::NAN,
         shape,
