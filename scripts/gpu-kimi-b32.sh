@@ -14,6 +14,7 @@
 # Summary last; logs and the tune database come back in $OUT.
 # TPLA_KIMI_PARTS picks the steps (default "b32 layer bench profile": more than one 10-minute
 # device call when nothing is cached; run "b32 bench" and "layer profile" as two calls).
+# TPLA_KIMI_BENCH_SHAPES="BxL ..." narrows the bench rows (default 32x32768 64x32768 128x4096).
 # TPLA_KIMI_TUNE_FROM=dir loads a tune database $OUT/tune/ brought back by an earlier call.
 #   OUT=dir [TPLA_KIMI_PARTS="b32 bench"] [TPLA_KIMI_SKIP_PROFILE=1] scripts/gpu-kimi-b32.sh
 set -uo pipefail
@@ -63,7 +64,7 @@ cp "$s" "$OUT/summary.txt"
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
 if part bench; then
-  for shape in 32x32768 64x32768 128x4096; do
+  for shape in ${TPLA_KIMI_BENCH_SHAPES:-32x32768 64x32768 128x4096}; do
     bench_tried gpu-bin/tpla splits mla 64 $shape "$MLA64" >>"$s"
     bench_tried gpu-bin/tpla splits tpla-shard 64 $shape "$SHARD64" >>"$s"
   done
