@@ -5,7 +5,7 @@
 # (every config the bench matrix sweeps), into a fresh kernel cache packed as
 # kernel-cache.tar.xz to carry to the device: gpu-session.sh preloads it, so those steps load
 # kernels instead of compiling them (510 kernels, about 4 minutes of NVRTC here; a cold tune
-# spent 150+ s of device time compiling). The cache key is the SHA-256 of source, NVRTC
+# spent 150+ s of device time compiling), and so do `decode_cuda`'s tests (the widths below). The cache key is the SHA-256 of source, NVRTC
 # major.minor and options, so it hits where the device's NVRTC is 13.0 like .ci/nvrtc.sh's, and
 # is ignored (compiled again) elsewhere.
 #   scripts/gpu-kernel-cache.sh            # with gpu-bin/tpla (scripts/gpu-build.sh), same commit
@@ -18,6 +18,10 @@ bin=${TPLA_BIN:-gpu-bin/tpla}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 TPLA_KERNEL_CACHE_DIR=$dir "$bin" tune --compile-only --g 2
+# Latent 128 and 64 (g = 4 and 8): the widths `decode_cuda`'s every-candidate test and its
+# property test also build; without them the suite spent its 300 s step compiling (sessions 12, 15).
+TPLA_KERNEL_CACHE_DIR=$dir "$bin" tune --compile-only --g 4
+TPLA_KERNEL_CACHE_DIR=$dir "$bin" tune --compile-only --g 8
 TPLA_KERNEL_CACHE_DIR=$dir "$bin" bench --backend cuda --compile-only
 tar cJf kernel-cache.tar.xz.tmp -C "$dir" .
 mv kernel-cache.tar.xz.tmp kernel-cache.tar.xz

@@ -22,7 +22,10 @@ cat "$OUT/device.txt"
 # Four test threads: one thread ran past 300 s beside the other programs twice (2026-12-06,
 # sessions 12 and 15; the kernels compile one test at a time), where alone, with its kernels
 # cached, it took 36 s. The tests check results, they time nothing.
-step decode_cuda 300 "$bin/decode_cuda" --test-threads=4 ${TPLA_SESSION_DECODE_FILTER:-} &
+# TPLA_SESSION_DECODE_THREADS / _LIMIT: its test threads (4) and seconds (300), for a call that
+# runs the suite alone.
+step decode_cuda "${TPLA_SESSION_DECODE_LIMIT:-300}" "$bin/decode_cuda" \
+  --test-threads="${TPLA_SESSION_DECODE_THREADS:-4}" ${TPLA_SESSION_DECODE_FILTER:-} &
 step decode_mtp_cuda 300 "$bin/decode_mtp_cuda" --test-threads=1 &
 step engine_graph 200 "$bin/engine_graph" --test-threads=1 &
 [ -x "$bin/engine_fp8_cuda" ] && step engine_fp8_cuda 200 "$bin/engine_fp8_cuda" --test-threads=1 &

@@ -314,8 +314,9 @@ pub fn check_launch(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<LaunchPlan,
 /// cache with host tables checks every entry its lengths reach (32K entries at 64 sequences of
 /// 32K tokens in 64-token pages): a branch-free pass the compiler vectorises answers the common
 /// case (23 -> 3.4 us on the 2-core development machine, 2026-12-07), and only a table with a
-/// bad entry is searched again for its position.
-fn first_bad_page(row: &[i32], num_pages: usize) -> Option<usize> {
+/// bad entry is searched again for its position. The one page-id rule: the launch check and the
+/// runtime's `set_block_table` (host and device caches) all ask it.
+pub fn first_bad_page(row: &[i32], num_pages: usize) -> Option<usize> {
     // As u32 a negative entry is at least 2^31, and no page at or past 2^31 can be named.
     let limit = num_pages.min(1 << 31) as u32;
     let bad = row.iter().fold(false, |bad, &p| bad | (p as u32 >= limit));

@@ -109,13 +109,10 @@ impl<T: Element> HostPagedCache<T> {
                 self.block_table.len()
             )));
         }
-        if let Some(bad) = table
-            .iter()
-            .find(|&&p| p < 0 || p as usize >= self.num_pages)
-        {
+        if let Some(i) = tpla_codegen::launch::first_bad_page(&table, self.num_pages) {
             return Err(RuntimeError::InvalidInput(format!(
-                "page id {bad} outside 0..{}",
-                self.num_pages
+                "page id {} (entry {i}) outside 0..{}",
+                table[i], self.num_pages
             )));
         }
         self.block_table = table;
@@ -212,5 +209,28 @@ impl<T: Element> HostPagedCache<T> {
     /// The page pool, mutable.
     pub fn data_mut(&mut self) -> &mut [T] {
         &mut self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_outside_the_pool_is_named_by_its_entry_and_changes_nothing() {
+        let data = vec![1.0f32; 4 * 2 * 3];
+        let mut c = HostPagedCache::from_parts(data, 2, 3, vec![0, 1, 2, 3], &[3, 4]).unwrap();
+        for (bad, entry) in [(4, 2), (-1, 1), (i32::MIN, 3)] {
+            let mut table = vec![3, 2, 1, 0];
+            table[entry] = bad;
+            let e = c.set_block_table(table).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("page id {bad} (entry {entry})")),
+                "{e}"
+            );
+            assert_eq!(c.block_table, vec![0, 1, 2, 3]);
+        }
+        c.set_block_table(vec![3, 2, 1, 0]).unwrap();
+        assert_eq!(c.block_table, vec![3, 2, 1, 0]);
     }
 }

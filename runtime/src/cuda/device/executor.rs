@@ -418,10 +418,10 @@ impl CudaExecutor {
                 c.host_block_table.len()
             )));
         }
-        if let Some(&p) = table.iter().find(|&&p| p < 0 || p as usize >= c.num_pages) {
+        if let Some(i) = tpla_codegen::launch::first_bad_page(table, c.num_pages) {
             return Err(RuntimeError::InvalidInput(format!(
-                "page id {p} outside the pool of {} pages",
-                c.num_pages
+                "page id {} (entry {i}) outside the pool of {} pages",
+                table[i], c.num_pages
             )));
         }
         let mut view = c.block_table.slice_mut(0..table.len() * 4);
