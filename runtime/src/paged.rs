@@ -224,10 +224,7 @@ mod tests {
             let mut table = vec![3, 2, 1, 0];
             table[entry] = bad;
             let e = c.set_block_table(table).unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("page id {bad} (entry {entry})")),
-                "{e}"
-            );
+            assert!(e.contains(&format!("page id {bad} (entry {entry})")), "{e}");
             assert_eq!(c.block_table, vec![0, 1, 2, 3]);
         }
         c.set_block_table(vec![3, 2, 1, 0]).unwrap();
