@@ -235,7 +235,7 @@ fn tune_then_decode_uses_the_tuned_config_and_survives_a_corrupt_file() {
         .expect("a tune file");
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&tuned).unwrap()).unwrap();
-    assert_eq!(file["format"], 2, "{file}");
+    assert_eq!(file["format"], tpla_runtime::tune::TUNE_FORMAT, "{file}");
     for (key, e) in file["entries"].as_object().unwrap() {
         let p = e["split_policy"].as_str().unwrap_or_default();
         assert!(p == "uniform" || p == "balanced", "{key}: {e}");

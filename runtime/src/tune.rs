@@ -10,10 +10,14 @@
 //!   value that is not one of the candidates, an unknown parameter) is reported and dropped, and
 //!   the file is rewritten without it.
 //!
-//! Format 2 (this one) stores, beside the kernel's `#[tune]` values and shape constants, the
-//! schedule knobs `tpla tune` searches ([`tpla_codegen::schedule::SEARCHED_SETTINGS`]: producer
-//! warpgroup, TMA, ...) and the split policy of the winner ([`SplitPolicy`]). Files of format 1 are
-//! moved aside like any other unusable file.
+//! Format 2 stores, beside the kernel's `#[tune]` values and shape constants, the schedule knobs
+//! `tpla tune` searches ([`tpla_codegen::schedule::SEARCHED_SETTINGS`]: producer warpgroup, TMA,
+//! ...) and the split policy of the winner ([`SplitPolicy`]). Format 3 (this one) has the same
+//! fields; what changed is the clock: on CUDA every `time_us` is the device's own time (events
+//! behind a cache flush, as `tpla bench` times, since 266204e), where format 2's were the host
+//! clock around a launch and a synchronisation, which adds more to short kernels than to long
+//! ones, so a format-2 entry's time cannot be compared with a new one's. Files of formats 1 and 2
+//! are moved aside like any other unusable file.
 //!
 //! Writers serialise on a lock file (`NAME.json.lock`); a save re-reads the file under the lock,
 //! merges its own new entries over what is there and replaces the file atomically, so concurrent
@@ -31,7 +35,7 @@ use crate::fsutil::write_atomic;
 use crate::RuntimeError;
 
 /// Format version written into every file.
-pub const TUNE_FORMAT: u32 = 2;
+pub const TUNE_FORMAT: u32 = 3;
 
 /// How a tuned decode splits each sequence's tokens across programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
