@@ -38,6 +38,11 @@ for f in files:
               f"{c['decode_only']['median_ms'] * 1000:.1f} us{comb}, {c['splits']} splits), "
               f"{c['tflops']:.0f} TFLOPS, {c['fraction_of_read_roofline']:.2f}x read, "
               f"rel diff {c.get('check_rel_diff', float('nan')):.1e}")
+        t = c["time"]
+        if "host_queue_max_us" in t:
+            print(f"{label:<14} H{h:>3} {shape:>9}   host queued a run in up to "
+                  f"{t['host_queue_max_us']:.1f} us, {t['host_exposed_runs']} of {t['reps']} "
+                  f"runs past the guard")
 PY
 }
 

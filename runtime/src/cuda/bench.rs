@@ -5,6 +5,7 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use cudarc::driver::result;
 
@@ -22,21 +23,46 @@ pub struct Measurement {
     pub max_ms: f64,
     /// Timed runs (after warm-up).
     pub reps: usize,
+    /// The longest the host took to queue one timed run (µs): what the queue guard must cover.
+    pub host_queue_max_us: f64,
+    /// Timed runs whose queueing outlasted the guard queued before them, so that their event
+    /// time may include host time (0 where the guard held every run).
+    pub host_exposed_runs: usize,
 }
 
 /// Bytes the timing loop of [`measure`] zeroes before each timed run: more than any Hopper L2
-/// (50-60 MB), and on the device long enough (~60-90 us) that the host has queued the run's
-/// launches before the start event is reached.
+/// (50-60 MB).
 const FLUSH_BYTES: usize = 256 << 20;
+
+/// One thread waiting `ns` nanoseconds of the global timer: queued between the flush and the
+/// start event, it holds the stream while the host queues the run.
+const QUEUE_GUARD: &str = r#"
+extern "C" __global__ void tpla_queue_guard(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+"#;
+
+/// The guard before a run: twice the longest queueing seen so far, within 20 µs ..= 2 ms.
+fn guard_ns(host_queue_s: f64) -> u64 {
+    ((2.0 * host_queue_s * 1e9) as u64).clamp(20_000, 2_000_000)
+}
 
 /// Runs `f` `warmup` times, then `reps` times each between two events recorded on the
 /// executor's stream, and returns the median (and extremes) of the event times.
 ///
-/// Before each timed run the stream zeroes a 256 MB buffer (as Triton's `do_bench` does): the
-/// L2 starts cold, and the start event runs only once that memset ends, by which time the host
-/// has queued the run, so the time is the GPU's alone. Recorded right after a synchronisation
-/// instead, the start event ran at once and the time included the host's first launch (about
-/// 20 us for a one-program kernel, 2026-12-05).
+/// Before each timed run the stream zeroes a 256 MB buffer (as Triton's `do_bench` does), so the
+/// L2 starts cold, then runs a guard kernel that waits on the device (twice the longest time
+/// the host has taken to queue a run so far, 200 µs before any was seen, within 20 µs ..= 2 ms):
+/// the start event runs only once the guard ends, by which time the host has queued the run,
+/// so the time is the GPU's alone. Until 2026-12-07 the memset alone was the guard (~55 µs on
+/// an H200): a run whose launches took the host longer than that was timed with the host's
+/// share in it, the suspected cause of session 15's full ops timed 100 µs over their kernels.
+/// Each run's queueing is timed by the host clock; [`Measurement::host_exposed_runs`] counts
+/// the runs it outlasted the guard.
 pub fn measure<F>(
     exec: &CudaExecutor,
     warmup: usize,
@@ -50,8 +76,15 @@ where
         return Err(RuntimeError::InvalidInput("at least one timed run".into()));
     }
     let stream = exec.stream();
-    for _ in 0..warmup {
+    let guard = exec.raw_kernel("tpla_queue_guard", QUEUE_GUARD)?;
+    // The first warm-up run may compile; the guard learns from the later ones.
+    let mut queue_s: Option<f64> = None;
+    for i in 0..warmup {
+        let t = Instant::now();
         f()?;
+        if i > 0 {
+            queue_s = Some(queue_s.unwrap_or(0.0).max(t.elapsed().as_secs_f64()));
+        }
     }
     stream
         .synchronize()
@@ -61,14 +94,21 @@ where
         .alloc_zeros::<u8>(FLUSH_BYTES)
         .map_err(|e| driver_err("allocate the timing loop's flush buffer", e))?;
     let mut times = Vec::with_capacity(reps);
+    let (mut host_max, mut exposed) = (0.0f64, 0usize);
     for _ in 0..reps {
         stream
             .memset_zeros(&mut flush)
             .map_err(|e| driver_err("flush memset", e))?;
+        let mut ns = queue_s.map_or(200_000, guard_ns);
+        let mut params = [&mut ns as *mut u64 as *mut c_void];
+        // SAFETY: one u64 parameter, as the kernel declares; it touches no memory.
+        unsafe { exec.launch_raw(&guard, (1, 1, 1), 1, 0, &mut params) }?;
         let start = stream
             .record_event(flags)
             .map_err(|e| driver_err("event record", e))?;
+        let t = Instant::now();
         f()?;
+        let queued = t.elapsed().as_secs_f64();
         let end = stream
             .record_event(flags)
             .map_err(|e| driver_err("event record", e))?;
@@ -79,6 +119,11 @@ where
                 .elapsed_ms(&end)
                 .map_err(|e| driver_err("event elapsed", e))? as f64,
         );
+        if queued * 1e9 > ns as f64 {
+            exposed += 1;
+        }
+        host_max = host_max.max(queued);
+        queue_s = Some(queue_s.unwrap_or(0.0).max(queued));
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(Measurement {
@@ -86,6 +131,8 @@ where
         min_ms: times[0],
         max_ms: times[times.len() - 1],
         reps,
+        host_queue_max_us: host_max * 1e6,
+        host_exposed_runs: exposed,
     })
 }
 

@@ -199,6 +199,16 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                             r.time.max_ms * 1e3
                         ));
                     }
+                    // The queue guard of `measure` should hide the host's launches; where a
+                    // run's queueing outlasted it, the row's event times may hold host time.
+                    if r.time.host_exposed_runs > 0 {
+                        progress.suspend(|| println!(
+                            "    note: {} of {} runs queued longer than the guard before them (host up to {:.1} us): their times may include the host's",
+                            r.time.host_exposed_runs,
+                            r.time.reps,
+                            r.time.host_queue_max_us
+                        ));
+                    }
                     // A pinned `--config` usually leaves a few candidates (the emitter's warps
                     // and a forced count, say): each one's decode time, so a knob's kernel is
                     // seen even where another candidate wins.

@@ -32,6 +32,8 @@ pub struct CudaExecutor {
     pub(super) target: Target,
     pub(super) cache: Arc<KernelCache>,
     pub(super) loaded: Mutex<HashMap<(String, Config), Arc<LoadedKernel>>>,
+    /// Hand-written kernels loaded once by [`CudaExecutor::raw_kernel`], by symbol.
+    pub(super) raw: Mutex<HashMap<&'static str, Arc<RawKernel>>>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -126,6 +128,7 @@ impl CudaExecutor {
             target: self.target,
             cache: self.cache.clone(),
             loaded: Mutex::new(loaded),
+            raw: Mutex::new(HashMap::new()),
         }
     }
 
@@ -160,6 +163,7 @@ impl CudaExecutor {
             target,
             cache,
             loaded: Mutex::new(HashMap::new()),
+            raw: Mutex::new(HashMap::new()),
         })
     }
 
@@ -453,6 +457,25 @@ impl CudaExecutor {
             func,
             _module: module,
         })
+    }
+
+    /// [`CudaExecutor::load_source`] once per executor: the kernel of symbol `name` is compiled
+    /// and loaded on the first call and handed out again after (for kernels a timing loop
+    /// launches on every run).
+    pub fn raw_kernel(
+        &self,
+        name: &'static str,
+        code: &str,
+    ) -> Result<Arc<RawKernel>, RuntimeError> {
+        if let Some(k) = self.raw.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(self.load_source(name, code)?);
+        self.raw
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, k.clone());
+        Ok(k)
     }
 
     /// Launches a [`RawKernel`] on the executor's stream.
