@@ -4,7 +4,7 @@
 # 715 us against 616 us decode alone), timed by gpu-bin/tpla.before (the flush memset alone
 # hides the host's queueing) and by gpu-bin/tpla (a guard kernel after the flush).
 # gpu-bin/ (tpla, tpla.before) as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
-#   OUT=dir [TPLA_GUARD_SHAPES="64x32768 128x4096"] scripts/gpu-guard-ab.sh
+#   OUT=dir [TPLA_GUARD_SHAPES="64x32768 128x4096"] [TPLA_GUARD_ROUNDS=2] scripts/gpu-guard-ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
@@ -14,7 +14,7 @@ export TPLA_KERNEL_CACHE_DIR=/tmp/kc
 mkdir -p /tmp/kc
 [ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
-for round in 1 2; do
+for round in $(seq "${TPLA_GUARD_ROUNDS:-2}"); do
   for shape in ${TPLA_GUARD_SHAPES:-64x32768 128x4096}; do
     bench_tried gpu-bin/tpla.before "before-$round" mla 64 "$shape" "$MLA64" >>"$s"
     bench_tried gpu-bin/tpla "after-$round" mla 64 "$shape" "$MLA64" >>"$s"
