@@ -434,7 +434,16 @@ pub fn table(r: &BenchReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::DecodeShape;
+    use super::{guard_ns, DecodeShape};
+
+    #[test]
+    fn the_queue_guard_is_twice_the_queueing_within_its_bounds() {
+        assert_eq!(guard_ns(30e-6), 60_000);
+        assert_eq!(guard_ns(1e-6), 20_000);
+        assert_eq!(guard_ns(0.0), 20_000);
+        assert_eq!(guard_ns(5e-3), 2_000_000);
+        assert_eq!(guard_ns(f64::INFINITY), 2_000_000);
+    }
 
     #[test]
     fn flop_and_byte_counts_follow_flashmla() {
