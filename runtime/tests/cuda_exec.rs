@@ -309,3 +309,42 @@ fn the_device_pool_keeps_freed_memory_across_a_synchronisation() {
         "pool holds {reserved} bytes after the free"
     );
 }
+
+/// The timing loop's queue guard (`bench::measure`): a run whose host side takes 300 µs before
+/// it launches one small kernel is timed by the kernel alone once the guard has learnt the
+/// queueing (the first run's 200 µs guard is outlasted, and counted); without the guard the
+/// event time would hold the host's 300 µs.
+#[test]
+fn the_timing_loop_keeps_the_hosts_queueing_out_of_the_event_time() {
+    let Some(exec) =
+        executor_or_skip("the_timing_loop_keeps_the_hosts_queueing_out_of_the_event_time")
+    else {
+        return;
+    };
+    let k = exec
+        .load_source(
+            "tpla_test_store",
+            r#"extern "C" __global__ void tpla_test_store(unsigned* p) { p[threadIdx.x] = 7u; }"#,
+        )
+        .unwrap();
+    let (buf, ptr) = exec.alloc_raw(128 * 4).unwrap();
+    let m = tpla_runtime::cuda::bench::measure(&exec, 0, 9, || {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_micros(300) {
+            std::hint::spin_loop();
+        }
+        let mut p = ptr;
+        let mut params = [&mut p as *mut u64 as *mut std::ffi::c_void];
+        // SAFETY: one pointer parameter to a buffer of 128 u32, one thread per element.
+        unsafe { exec.launch_raw(&k, (1, 1, 1), 128, 0, &mut params) }
+    })
+    .unwrap();
+    println!("{m:?}");
+    assert!(m.host_queue_max_us >= 300.0, "{m:?}");
+    assert!(m.host_exposed_runs <= 1, "{m:?}");
+    assert!(
+        m.median_ms < 0.2,
+        "the host's 300 us is in the median: {m:?}"
+    );
+    drop(buf);
+}
