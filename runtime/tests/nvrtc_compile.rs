@@ -559,3 +559,18 @@ fn multi_token_decode_variants_compile_without_spills() {
         );
     }
 }
+
+#[test]
+fn the_timing_loop_and_roofline_kernels_compile_for_hopper_and_ampere() {
+    if !nvrtc_or_skip("the_timing_loop_and_roofline_kernels_compile_for_hopper_and_ampere") {
+        return;
+    }
+    for arch in ["sm_90a", "sm_80"] {
+        for (name, source) in tpla_runtime::cuda::bench::timing_kernels() {
+            let options = tpla_runtime::cuda::nvrtc::default_options(arch);
+            let c = tpla_runtime::cuda::nvrtc::compile(name, source, &options)
+                .unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
+            println!("{name} {arch}: {:?}", c.report);
+        }
+    }
+}

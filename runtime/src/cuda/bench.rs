@@ -46,6 +46,15 @@ extern "C" __global__ void tpla_queue_guard(unsigned long long ns) {
 }
 "#;
 
+/// The hand-written kernels of the timing loop and the roofline, as (symbol, CUDA C++ source):
+/// what `nvrtc_compile` compiles in CI, where no GPU loads them.
+pub fn timing_kernels() -> [(&'static str, &'static str); 2] {
+    [
+        ("tpla_queue_guard", QUEUE_GUARD),
+        ("tpla_stream_read", STREAM_READ),
+    ]
+}
+
 /// The guard before a run: twice the longest queueing seen so far, within 20 µs ..= 2 ms.
 fn guard_ns(host_queue_s: f64) -> u64 {
     ((2.0 * host_queue_s * 1e9) as u64).clamp(20_000, 2_000_000)
