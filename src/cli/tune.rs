@@ -176,7 +176,7 @@ fn tune_candidates(cuda: bool, hopper: bool) -> Result<Vec<Config>, CliError> {
 }
 
 /// `tpla tune --compile-only`: every sm_90a kernel a Hopper tune of these widths would time (the
-/// decode candidates, skipped and deduplicated as there, and the combine), compiled by NVRTC
+/// decode candidates, skipped as there, duplicates of text included, and the combine), compiled by NVRTC
 /// into the kernel cache.
 fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
     let cfg = a.preset.preset().config();
@@ -188,7 +188,6 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
         widths.push(512 / a.g);
     }
     for lat in widths {
-        let mut texts = std::collections::HashSet::new();
         for cand in &candidates {
             if cand.get("SEESAW").ok() == Some(1) && !seesaw_applies_sm90(cand, lat, rope) {
                 continue;
@@ -196,11 +195,9 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
             if block_rows_skip(cand, heads, lat, rope, true).is_some() {
                 continue;
             }
-            if let Some(text) = sm90_kernel_text(cand, lat, rope) {
-                if !texts.insert(text) {
-                    continue;
-                }
-            }
+            // Candidates whose kernel text repeats an earlier one's are compiled too (the tune
+            // times only the first): the cache key hashes the whole source, whose header names
+            // the config, and `decode_cuda`'s every-candidate test loads each config's own.
             let mut p = DecodeParams::new(a.batch, heads, lat, rope, 1, scale);
             p.decode = cand.clone();
             pre.compile(&latent_decode, &p.decode_config());
