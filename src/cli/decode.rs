@@ -235,6 +235,13 @@ impl ExecJob for DecodeJob {
                 .fold(0.0, f64::max);
             row("MLA, device time", LAT, mla_d);
             row(&format!("TPLA g={}, device time", a.g), LAT / a.g, shard_d);
+            // What the host clock adds to each call (launch, wait, host work): equal for both
+            // widths unless one call does more on the host (see the alternating order above).
+            println!(
+                "host clock over device time per call: MLA {:+.1} us, TPLA {:+.1} us",
+                (mla_s - mla_d) * 1e6,
+                (per_device - shard_d) * 1e6
+            );
             Some(mla_d / shard_d)
         };
         match device {
