@@ -10,9 +10,7 @@ cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
 source scripts/gpu-lib.sh
 gpu_init guard-ab
-export TPLA_KERNEL_CACHE_DIR=/tmp/kc
-mkdir -p /tmp/kc
-[ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
+gpu_kernel_cache
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 for round in $(seq "${TPLA_GUARD_ROUNDS:-2}"); do
   for shape in ${TPLA_GUARD_SHAPES:-64x32768 128x4096}; do

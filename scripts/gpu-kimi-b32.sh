@@ -22,9 +22,7 @@ cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
 source scripts/gpu-lib.sh
 gpu_init kimi-b32
-export TPLA_KERNEL_CACHE_DIR=/tmp/kc
-mkdir -p /tmp/kc
-[ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
+gpu_kernel_cache
 echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
 t() { # name limit command...: one step, its log in $OUT, one summary line
   local name=$1 lim=$2

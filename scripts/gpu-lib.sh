@@ -64,6 +64,16 @@ gpu_init() {
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 }
 
+# `gpu_kernel_cache`: the kernels compiled on the development machine (kernel-cache.tar.xz, from
+# scripts/gpu-kernel-cache.sh, where carried) unpacked into /tmp/kc, the kernel cache this run
+# uses (TPLA_KERNEL_CACHE_DIR).
+gpu_kernel_cache() {
+  export TPLA_KERNEL_CACHE_DIR=/tmp/kc
+  mkdir -p /tmp/kc
+  [ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
+  return 0
+}
+
 # `sanitize_rows LABEL BIN TEST`: compute-sanitizer memcheck, racecheck and synccheck on one test
 # of the test executable BIN (logs $W/LABEL-TOOL.log), one summary line each in $s.
 sanitize_rows() {
@@ -82,9 +92,9 @@ sanitize_rows() {
 layer_env() {
   OUT=${OUT:-$1}
   mkdir -p "$OUT"
-  export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1 TPLA_KERNEL_CACHE_DIR=/tmp/kc
-  mkdir -p /tmp/kc ~/.cache/tpla/tune
-  [ -f kernel-cache.tar.xz ] && tar xJf kernel-cache.tar.xz -C /tmp/kc
+  export LD_LIBRARY_PATH=/usr/local/cuda/lib64 TPLA_REQUIRE_GPU=1
+  mkdir -p ~/.cache/tpla/tune
+  gpu_kernel_cache
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   cp bench/results/session13-layers-2026-12-06-h100/tune-db.json \
     ~/.cache/tpla/tune/cuda_NVIDIA_H100_80GB_HBM3_sm_90_132_SMs_driver_13000.json
