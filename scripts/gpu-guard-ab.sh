@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The timing loop's queue guard (session 18), before and after in one call: `tpla bench` of the
 # rows whose full op sat far above decode + combine on the H200 (session 15: MLA H64 B64x32K
-# 715 us against 616 us decode alone), timed by gpu-bin/tpla.before (the flush memset alone
-# hides the host's queueing) and by gpu-bin/tpla (a guard kernel after the flush).
-# gpu-bin/ (tpla, tpla.before) as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
+# 715 us against 616 us decode alone), timed by gpu-bin/tpla with TPLA_BENCH_QUEUE_GUARD=off
+# (the flush memset alone hides the host's queueing, as before) and on (a guard kernel after
+# the flush). gpu-bin/ as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
 #   OUT=dir [TPLA_GUARD_SHAPES="64x32768 128x4096"] [TPLA_GUARD_ROUNDS=2] scripts/gpu-guard-ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ gpu_kernel_cache
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 for round in $(seq "${TPLA_GUARD_ROUNDS:-2}"); do
   for shape in ${TPLA_GUARD_SHAPES:-64x32768 128x4096}; do
-    bench_tried gpu-bin/tpla.before "before-$round" mla 64 "$shape" "$MLA64" >>"$s"
+    TPLA_BENCH_QUEUE_GUARD=off bench_tried gpu-bin/tpla "before-$round" mla 64 "$shape" "$MLA64" >>"$s"
     bench_tried gpu-bin/tpla "after-$round" mla 64 "$shape" "$MLA64" >>"$s"
   done
 done

@@ -60,6 +60,12 @@ fn guard_ns(host_queue_s: f64) -> u64 {
     ((2.0 * host_queue_s * 1e9) as u64).clamp(20_000, 2_000_000)
 }
 
+/// Whether [`measure`] runs its queue guard: yes unless `TPLA_BENCH_QUEUE_GUARD=off` (the A/B
+/// switch of scripts/gpu-guard-ab.sh, timing as before 2026-12-07 with one binary).
+pub fn queue_guard_enabled() -> bool {
+    std::env::var("TPLA_BENCH_QUEUE_GUARD").map_or(true, |v| v != "off" && v != "0")
+}
+
 /// Runs `f` `warmup` times, then `reps` times each between two events recorded on the
 /// executor's stream, and returns the median (and extremes) of the event times.
 ///
@@ -86,6 +92,7 @@ where
     }
     let stream = exec.stream();
     let guard = exec.raw_kernel("tpla_queue_guard", QUEUE_GUARD)?;
+    let guarded = queue_guard_enabled();
     // The first warm-up run may compile; the guard learns from the later ones.
     let mut queue_s: Option<f64> = None;
     for i in 0..warmup {
@@ -108,10 +115,16 @@ where
         stream
             .memset_zeros(&mut flush)
             .map_err(|e| driver_err("flush memset", e))?;
-        let mut ns = queue_s.map_or(200_000, guard_ns);
-        let mut params = [&mut ns as *mut u64 as *mut c_void];
-        // SAFETY: one u64 parameter, as the kernel declares; it touches no memory.
-        unsafe { exec.launch_raw(&guard, (1, 1, 1), 1, 0, &mut params) }?;
+        let mut ns = if guarded {
+            queue_s.map_or(200_000, guard_ns)
+        } else {
+            0
+        };
+        if guarded {
+            let mut params = [&mut ns as *mut u64 as *mut c_void];
+            // SAFETY: one u64 parameter, as the kernel declares; it touches no memory.
+            unsafe { exec.launch_raw(&guard, (1, 1, 1), 1, 0, &mut params) }?;
+        }
         let start = stream
             .record_event(flags)
             .map_err(|e| driver_err("event record", e))?;
