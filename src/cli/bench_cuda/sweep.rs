@@ -371,7 +371,45 @@ pub(super) fn sweep_configs(
             }
         }
     }
+    if out.is_empty() {
+        out.extend(pinned_exactly(variant, shape, sq, target, want));
+    }
     out
+}
+
+/// A `--config` that names a whole config (at least `BLOCK_H` and `BLOCK_N`) the sweep does not
+/// list, e.g. a `tpla tune` winner with a knob the bench sweeps elsewhere only (`SCORE_WG` at the
+/// shard widths): that config as given, with the case's `LAT`, `ROPE`, `SQ` and `KV_FP8` where
+/// it leaves them out, if it builds on `target`. `None` where a knob it pins contradicts the
+/// case (another `LAT`, say) or the kernel does not build.
+fn pinned_exactly(
+    variant: &str,
+    shape: &DecodeShape,
+    sq: usize,
+    target: tpla_codegen::cuda::Target,
+    want: Option<&str>,
+) -> Option<Config> {
+    let mut cfg = parse_config(want?);
+    if cfg.get("BLOCK_H").is_err() || cfg.get("BLOCK_N").is_err() {
+        return None;
+    }
+    let mut needs = vec![("LAT", shape.lat as i64), ("ROPE", shape.rope as i64)];
+    if sq > 1 {
+        needs.push(("SQ", sq as i64));
+    }
+    if variant.contains("fp8") {
+        needs.push(("KV_FP8", shape.lat as i64));
+    }
+    for (k, v) in needs {
+        match cfg.get(k) {
+            Ok(have) if have != v => return None,
+            Ok(_) => {}
+            Err(_) => cfg.set(k, v),
+        }
+    }
+    let knobs: Vec<(String, i64)> = cfg.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    tpla_codegen::schedule::Schedule::from_config(&knobs).ok()?;
+    emitted(target, &cfg).map(|_| cfg)
 }
 
 /// Times one case: every config of its sweep on `cache` (the decode alone), then the full op
@@ -433,11 +471,13 @@ pub(super) fn run_case(
     }
     if best.is_none() {
         // Say why: a pinned `--config` can select nothing where the sweep does not try a knob
-        // (`SCORE_WG` is tried at latent 512 only, `WG_KV_SPLIT` not there, ...).
+        // (`SCORE_WG` is tried at latent 512 only, `WG_KV_SPLIT` not there, ...) and the
+        // config is not whole or does not build as given ([`pinned_exactly`]).
         let why = match (opts.config.as_deref(), tried.is_empty()) {
             (Some(want), true) => format!(
                 "--config {want} selects none of the configs this case sweeps (latent {}, {h} \
-                 heads): a knob the sweep varies is pinned only where the sweep tries it",
+                 heads), and does not build as a whole config here: a knob the sweep varies is \
+                 pinned only where the sweep tries it",
                 shape.lat
             ),
             (_, true) => "no config of this case's sweep builds on this device".to_string(),

@@ -169,3 +169,27 @@ fn a_knob_the_sweep_does_not_vary_is_pinned_not_filtered() {
         vec![("QK_AHEAD".to_string(), 1)]
     );
 }
+
+#[test]
+fn a_whole_config_the_sweep_does_not_list_is_timed_as_given() {
+    let t = Target::sm90();
+    // A `tpla tune` winner at the shard width (H100, 2026-12-07): the bench sweeps SCORE_WG at
+    // latent 512 only, so the filter alone selected nothing.
+    let tuned = "BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,STAGES=4,TMA=1,WG_SPLIT=128";
+    let shard = shape(64, 256, 64);
+    let got = sweep_configs("tpla-shard", &shard, Sweep::Full, false, 1, t, Some(tuned));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let cfg = &got[0];
+    assert!(config_selected(cfg, Some(tuned)));
+    assert_eq!(cfg.get("LAT").ok(), Some(256));
+    assert_eq!(cfg.get("ROPE").ok(), Some(64));
+    // Not whole (no BLOCK_N), or contradicting the case (another LAT): still nothing.
+    let part = Some("BLOCK_H=64,SCORE_WG=1,STAGES=4");
+    assert!(sweep_configs("tpla-shard", &shard, Sweep::Full, false, 1, t, part).is_empty());
+    let other = Some("BLOCK_H=64,BLOCK_N=64,LAT=512,PRODUCER=1,SCORE_WG=1,STAGES=4,TMA=1");
+    assert!(sweep_configs("tpla-shard", &shard, Sweep::Full, false, 1, t, other).is_empty());
+    // A config the sweep lists is not duplicated by the fallback.
+    let listed = "BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128";
+    let got = sweep_configs("tpla-shard", &shard, Sweep::Full, false, 1, t, Some(listed));
+    assert_eq!(got.len(), 1, "{got:?}");
+}
