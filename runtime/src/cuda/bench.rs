@@ -28,6 +28,10 @@ pub struct Measurement {
     /// Timed runs whose queueing outlasted the guard queued before them, so that their event
     /// time may include host time (0 where the guard held every run).
     pub host_exposed_runs: usize,
+    /// How the L2 was emptied before each timed run: `"memset"` (zeroing a 256 MB buffer, as
+    /// Triton's `do_bench`: the L2 then holds dirty lines the run writes back) or `"read"`
+    /// (streaming through it: clean lines, as after a step's weight reads). [`flush_mode`].
+    pub flush: &'static str,
 }
 
 /// Bytes the timing loop of [`measure`] zeroes before each timed run: more than any Hopper L2
@@ -66,6 +70,18 @@ pub fn queue_guard_enabled() -> bool {
     std::env::var("TPLA_BENCH_QUEUE_GUARD").map_or(true, |v| v != "off" && v != "0")
 }
 
+/// How [`measure`] empties the L2 before each timed run: `"memset"` (the default) or, with
+/// `TPLA_BENCH_FLUSH=read`, `"read"`: the streaming-read kernel over the same 256 MB, which
+/// leaves the L2 as cold for the run's data but holding clean lines. After a memset the run also
+/// writes back the L2's dirty lines (~50 MB on an H100, ~16 us at its bandwidth), a cost that
+/// no engine step has where the previous kernels mostly read weights.
+pub fn flush_mode() -> &'static str {
+    match std::env::var("TPLA_BENCH_FLUSH").as_deref() {
+        Ok("read") => "read",
+        _ => "memset",
+    }
+}
+
 /// Runs `f` `warmup` times, then `reps` times each between two events recorded on the
 /// executor's stream, and returns the median (and extremes) of the event times.
 ///
@@ -93,6 +109,12 @@ where
     let stream = exec.stream();
     let guard = exec.raw_kernel("tpla_queue_guard", QUEUE_GUARD)?;
     let guarded = queue_guard_enabled();
+    let flush_by = flush_mode();
+    let reader = if flush_by == "read" {
+        Some(exec.raw_kernel("tpla_stream_read", STREAM_READ)?)
+    } else {
+        None
+    };
     // The first warm-up run may compile; the guard learns from the later ones.
     let mut queue_s: Option<f64> = None;
     for i in 0..warmup {
@@ -109,12 +131,32 @@ where
     let mut flush = stream
         .alloc_zeros::<u8>(FLUSH_BYTES)
         .map_err(|e| driver_err("allocate the timing loop's flush buffer", e))?;
+    let flush_ptr = {
+        use cudarc::driver::DevicePtr;
+        flush.device_ptr(stream).0
+    };
+    let (_sink, sink_ptr) = exec.alloc_raw(16)?;
     let mut times = Vec::with_capacity(reps);
     let (mut host_max, mut exposed) = (0.0f64, 0usize);
     for _ in 0..reps {
-        stream
-            .memset_zeros(&mut flush)
-            .map_err(|e| driver_err("flush memset", e))?;
+        match &reader {
+            None => stream
+                .memset_zeros(&mut flush)
+                .map_err(|e| driver_err("flush memset", e))?,
+            Some(k) => {
+                let (mut p, mut n, mut sink) = (flush_ptr, (FLUSH_BYTES / 16) as u64, sink_ptr);
+                let mut params = [
+                    &mut p as *mut u64 as *mut c_void,
+                    &mut n as *mut u64 as *mut c_void,
+                    &mut sink as *mut u64 as *mut c_void,
+                ];
+                let blocks = exec.info().sm_count.max(1) * 8;
+                // SAFETY: three parameters (pointer, u64 count, pointer) matching the kernel;
+                // the flush buffer holds `n` 16-byte elements and the sink 16 bytes (never
+                // written: the buffer is zeros, the kernel writes only on a non-zero hash).
+                unsafe { exec.launch_raw(k, (blocks, 1, 1), 512, 0, &mut params) }?;
+            }
+        }
         let mut ns = if guarded {
             queue_s.map_or(200_000, guard_ns)
         } else {
@@ -155,6 +197,7 @@ where
         reps,
         host_queue_max_us: host_max * 1e6,
         host_exposed_runs: exposed,
+        flush: flush_by,
     })
 }
 

@@ -77,8 +77,11 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     println!("tpla bench (cuda) on {}", exec.backend_name());
     let roof = roofline_default(exec)?;
     println!(
-        "roofline: read {:.0} GB/s, copy {:.0} GB/s",
-        roof.read_gbps, roof.copy_gbps
+        "roofline: read {:.0} GB/s, copy {:.0} GB/s; L2 emptied before each timed run by {} \
+         (TPLA_BENCH_FLUSH=read: a streaming read, no dirty lines)",
+        roof.read_gbps,
+        roof.copy_gbps,
+        tpla_runtime::cuda::bench::flush_mode()
     );
 
     // Compile times: a fresh disk cache in a temporary directory.
