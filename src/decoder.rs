@@ -10,8 +10,8 @@ use tpla_codegen::{Config, KernelDef};
 use tpla_kernels::append_rows;
 use tpla_kernels::latent_decode;
 use tpla_kernels::ops::{
-    decode_attention, decode_attention_balanced, shard_width, splits_for_occupancy, Balanced,
-    BalancedWorkspace, DecodeParams, BALANCED_WAVES,
+    decode_attention, decode_attention_balanced, decode_attention_into, shard_width,
+    splits_for_occupancy, Balanced, BalancedWorkspace, DecodeParams, SplitPartials, BALANCED_WAVES,
 };
 use tpla_runtime::half::bf16;
 use tpla_runtime::tune::{SplitPolicy, TuneEntry};
@@ -65,6 +65,9 @@ pub struct LatentDecoder<X: Executor> {
     /// schedule's sizes stay the same: allocating tens of MB of partials per call costs more
     /// than the decode at small batches.
     workspace: std::sync::Mutex<Option<BalancedWorkspace<X>>>,
+    /// The uniform schedule's split partials, kept between calls while their sizes fit (for
+    /// the same reason; [`SplitPartials`]).
+    partials: std::sync::Mutex<Option<SplitPartials<X>>>,
     /// How `splits = 0` splits the tokens (balanced unless the tune database says otherwise).
     policy: SplitPolicy,
     /// The uniform split count the tune database found fastest (`None`: the occupancy rule's).
@@ -129,6 +132,7 @@ impl<X: Executor> LatentDecoder<X> {
             slots: std::sync::OnceLock::new(),
             uniform_slots: std::sync::OnceLock::new(),
             workspace: std::sync::Mutex::new(None),
+            partials: std::sync::Mutex::new(None),
             policy: SplitPolicy::Balanced,
             uniform_splits: None,
         })
@@ -431,7 +435,7 @@ impl<X: Executor> LatentDecoder<X> {
                     splits_for_occupancy(&p, max_len, slots)
                 }
             };
-            decode_attention(exec, &p, q, cache, &mut out, &mut lse)?;
+            self.decode_uniform(exec, &p, q, cache, &mut out, &mut lse)?;
         } else if s.splits == 0 {
             // The balanced schedule: pieces computed on the device from the cache's lengths,
             // the grid sized for the longest sequence now held.
@@ -449,9 +453,33 @@ impl<X: Executor> LatentDecoder<X> {
             let ws = kept.as_mut().expect("set above");
             decode_attention_balanced(exec, p, ws, q, cache, &mut out, &mut lse)?;
         } else {
-            decode_attention(exec, &self.params, q, cache, &mut out, &mut lse)?;
+            self.decode_uniform(exec, &self.params, q, cache, &mut out, &mut lse)?;
         }
         Ok((out, lse))
+    }
+
+    /// The uniform split schedule over the kept partials (allocated on first use and whenever
+    /// the sizes change; one split needs none).
+    fn decode_uniform(
+        &self,
+        exec: &X,
+        p: &DecodeParams,
+        q: &X::Tensor<bf16>,
+        cache: &X::Paged<bf16>,
+        out: &mut X::Tensor<f32>,
+        lse: &mut X::Tensor<f32>,
+    ) -> Result<(), RuntimeError> {
+        if p.splits == 1 {
+            return decode_attention(exec, p, q, cache, out, lse);
+        }
+        // As for the balanced workspace: a poisoned lock leaves buffers every call rewrites.
+        let mut kept = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.as_ref().is_some_and(|ws| ws.fits(p)) {
+            *kept = None; // free the old partials before allocating the new ones
+            *kept = Some(SplitPartials::new(exec, p)?);
+        }
+        let ws = kept.as_mut().expect("set above");
+        decode_attention_into(exec, p, ws, q, cache, out, lse)
     }
 
     /// The shard caches.
@@ -553,42 +581,4 @@ fn program_slots<X: Executor>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shard_rows_picks_the_latent_slice_and_the_rope() {
-        // 2 rows of lat 4 + rope 1: shard 1 of width 2 is columns 2..4 plus column 4.
-        let data: Vec<i32> = (0..10).collect();
-        assert_eq!(
-            shard_rows(&data, 2, 4, 1, 2, 1).unwrap(),
-            [2, 3, 4, 7, 8, 9]
-        );
-    }
-
-    #[test]
-    fn shard_rows_rejects_wrong_sizes_instead_of_panicking() {
-        let data: Vec<i32> = (0..10).collect();
-        for (rows, lat, w, i) in [
-            (3, 4, 2, 0),
-            (2, 4, 2, 2),
-            (2, 4, 3, 1),
-            (2, 4, usize::MAX, 1),
-        ] {
-            let e = shard_rows(&data, rows, lat, 1, w, i).unwrap_err();
-            assert!(matches!(e, RuntimeError::InvalidInput(_)), "{e}");
-        }
-    }
-
-    #[test]
-    fn concat_shards_interleaves_rows_and_rejects_short_parts() {
-        let parts = vec![vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0, 8.0]];
-        assert_eq!(
-            concat_shards(&parts, 2, 2).unwrap(),
-            [1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]
-        );
-        let short = vec![vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0]];
-        let e = concat_shards(&short, 2, 2).unwrap_err();
-        assert!(e.to_string().contains("shard output 1"), "{e}");
-    }
-}
+mod tests;

@@ -104,3 +104,37 @@ fn every_tune_candidate_compiles_and_agrees() {
         assert!(exact <= 1e-5, "{cfg}: {exact}");
     }
 }
+
+#[test]
+fn kept_split_partials_give_the_per_call_result_and_refuse_other_sizes() {
+    use tpla_kernels::ops::{decode_attention_into, SplitPartials};
+    let p = Problem::new(17, 2, 16, 128, 64, vec![150, 61], 16, 0.1352);
+    let mut params = DecodeParams::new(2, 16, 128, 64, 3, 0.1352);
+    params.decode = params.decode.with("BLOCK_N", 32);
+    let q = p.q_tensor();
+    let fresh = || {
+        (
+            HostTensor::<f32>::full(&[2, 16, 128], f32::NAN),
+            HostTensor::<f32>::full(&[2, 16], f32::NAN),
+        )
+    };
+    let (mut want, mut want_lse) = fresh();
+    decode_attention(exec(), &params, &q, &p.cache, &mut want, &mut want_lse).unwrap();
+    // The same partials twice (poisoned in between): the per-call result both times.
+    let mut ws = SplitPartials::new(exec(), &params).unwrap();
+    for _ in 0..2 {
+        let (mut out, mut lse) = fresh();
+        decode_attention_into(exec(), &params, &mut ws, &q, &p.cache, &mut out, &mut lse).unwrap();
+        assert_eq!(out.data(), want.data());
+        assert_eq!(lse.data(), want_lse.data());
+    }
+    // Partials sized for another split count: a typed error, the outputs untouched.
+    let mut other = params.clone();
+    other.splits = 2;
+    let (mut out, mut lse) = fresh();
+    let err = decode_attention_into(exec(), &other, &mut ws, &q, &p.cache, &mut out, &mut lse)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("split partials are [3, 2, 16, 128]"), "{err}");
+    assert!(out.data().iter().all(|v| v.is_nan()));
+}

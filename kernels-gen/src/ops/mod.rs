@@ -6,11 +6,13 @@ use tpla_runtime::{Executor, RuntimeError};
 use crate::{combine_splits, latent_decode};
 
 mod balanced;
+mod split_partials;
 
 pub use balanced::{
     choose_balanced, decode_attention_balanced, launch_schedule, schedule_probes, schedule_rounds,
     Balanced, BalancedWorkspace, BALANCED_WAVES, MAX_BALANCED_SPLITS,
 };
+pub use split_partials::{decode_attention_into, SplitPartials};
 
 /// Shapes and tuning of one decode attention call.
 #[derive(Clone, Debug)]
@@ -204,18 +206,8 @@ pub fn decode_attention<X: Executor>(
     if p.splits == 1 {
         return decode_unsplit(exec, p, q, cache, out, lse);
     }
-    let mut part = exec.alloc::<f32>(&[p.splits, p.batch, p.rows(), p.lat])?;
-    let mut part_lse = exec.alloc::<f32>(&[p.splits, p.batch, p.rows()])?;
-    latent_decode::launch(
-        exec,
-        &p.decode_config(),
-        q,
-        cache,
-        &mut part,
-        &mut part_lse,
-        p.scale,
-    )?;
-    combine_splits::launch(exec, &p.combine_config(), &part, &part_lse, out, lse)
+    let mut ws = SplitPartials::new(exec, p)?;
+    decode_attention_into(exec, p, &mut ws, q, cache, out, lse)
 }
 
 /// Merges attention states: `(parts[i], lses[i])` for `i` in `0..n` (`parts` is
