@@ -414,7 +414,9 @@ impl<X: Executor> LatentDecoder<X> {
         Ok(outs)
     }
 
-    /// Decode attention on one shard.
+    /// Decode attention on one shard. Calls share the decoder's kept buffers (the balanced
+    /// workspace, the uniform split partials): calls issued on different streams must be
+    /// ordered by the caller (one stream, as every caller in this crate uses, needs nothing).
     pub fn attend_shard(
         &self,
         exec: &X,
