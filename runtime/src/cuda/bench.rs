@@ -65,20 +65,39 @@ fn guard_ns(host_queue_s: f64) -> u64 {
 }
 
 /// Whether [`measure`] runs its queue guard: yes unless `TPLA_BENCH_QUEUE_GUARD=off` (the A/B
-/// switch of scripts/gpu-guard-ab.sh, timing as before 2026-12-07 with one binary).
-pub fn queue_guard_enabled() -> bool {
-    std::env::var("TPLA_BENCH_QUEUE_GUARD").map_or(true, |v| v != "off" && v != "0")
+/// switch of scripts/gpu-guard-ab.sh, timing as before 2026-12-07 with one binary). A value
+/// other than `on`/`off`/`1`/`0` is an error naming the variable.
+pub fn queue_guard_enabled() -> Result<bool, RuntimeError> {
+    parse_queue_guard(std::env::var("TPLA_BENCH_QUEUE_GUARD").ok().as_deref())
+}
+
+fn parse_queue_guard(v: Option<&str>) -> Result<bool, RuntimeError> {
+    match v {
+        None | Some("on") | Some("1") => Ok(true),
+        Some("off") | Some("0") => Ok(false),
+        Some(other) => Err(RuntimeError::InvalidInput(format!(
+            "TPLA_BENCH_QUEUE_GUARD={other}: expected on or off"
+        ))),
+    }
 }
 
 /// How [`measure`] empties the L2 before each timed run: `"memset"` (the default) or, with
 /// `TPLA_BENCH_FLUSH=read`, `"read"`: the streaming-read kernel over the same 256 MB, which
 /// leaves the L2 as cold for the run's data but holding clean lines. After a memset the run also
-/// writes back the L2's dirty lines (~50 MB on an H100, ~16 us at its bandwidth), a cost that
-/// no engine step has where the previous kernels mostly read weights.
-pub fn flush_mode() -> &'static str {
-    match std::env::var("TPLA_BENCH_FLUSH").as_deref() {
-        Ok("read") => "read",
-        _ => "memset",
+/// writes back the L2's dirty lines (~50 MB on an H100: 10 us more per decode at Kimi-K2 B32
+/// on an H100, 2026-12-07), a cost no engine step has where the previous kernels mostly read
+/// weights. Another value is an error naming the variable.
+pub fn flush_mode() -> Result<&'static str, RuntimeError> {
+    parse_flush(std::env::var("TPLA_BENCH_FLUSH").ok().as_deref())
+}
+
+fn parse_flush(v: Option<&str>) -> Result<&'static str, RuntimeError> {
+    match v {
+        None | Some("memset") => Ok("memset"),
+        Some("read") => Ok("read"),
+        Some(other) => Err(RuntimeError::InvalidInput(format!(
+            "TPLA_BENCH_FLUSH={other}: expected memset or read"
+        ))),
     }
 }
 
@@ -108,8 +127,8 @@ where
     }
     let stream = exec.stream();
     let guard = exec.raw_kernel("tpla_queue_guard", QUEUE_GUARD)?;
-    let guarded = queue_guard_enabled();
-    let flush_by = flush_mode();
+    let guarded = queue_guard_enabled()?;
+    let flush_by = flush_mode()?;
     let reader = if flush_by == "read" {
         Some(exec.raw_kernel("tpla_stream_read", STREAM_READ)?)
     } else {
@@ -499,7 +518,21 @@ pub fn table(r: &BenchReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{guard_ns, DecodeShape};
+    use super::{guard_ns, parse_flush, parse_queue_guard, DecodeShape};
+
+    #[test]
+    fn the_timing_switches_take_their_values_and_name_a_bad_one() {
+        assert_eq!(parse_flush(None).unwrap(), "memset");
+        assert_eq!(parse_flush(Some("read")).unwrap(), "read");
+        assert_eq!(parse_flush(Some("memset")).unwrap(), "memset");
+        let e = parse_flush(Some("Read")).unwrap_err().to_string();
+        assert!(e.contains("TPLA_BENCH_FLUSH=Read"), "{e}");
+        assert!(parse_queue_guard(None).unwrap());
+        assert!(!parse_queue_guard(Some("off")).unwrap());
+        assert!(!parse_queue_guard(Some("0")).unwrap());
+        let e = parse_queue_guard(Some("no")).unwrap_err().to_string();
+        assert!(e.contains("TPLA_BENCH_QUEUE_GUARD=no"), "{e}");
+    }
 
     #[test]
     fn the_queue_guard_is_twice_the_queueing_within_its_bounds() {

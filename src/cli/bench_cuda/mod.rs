@@ -81,7 +81,7 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
          (TPLA_BENCH_FLUSH=read: a streaming read, no dirty lines)",
         roof.read_gbps,
         roof.copy_gbps,
-        tpla_runtime::cuda::bench::flush_mode()
+        tpla_runtime::cuda::bench::flush_mode()?
     );
 
     // Compile times: a fresh disk cache in a temporary directory.
