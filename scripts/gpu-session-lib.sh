@@ -5,7 +5,8 @@
 # budget and the environment of a GPU run, unpacks gpu-bin.tar.xz and the kernel cache, and
 # defines `step NAME LIMIT COMMAND...` (a command under a time limit cut to what is left of the
 # budget, its log archived into $OUT/logs.tgz, one line in $OUT/summary.txt), `archive` and
-# `left`. TPLA_SESSION_SKIP: an extended regex of step names not to run.
+# `left`. TPLA_SESSION_SKIP: an extended regex of step names not to run, matched against the
+# whole name (`layer_.*`, not `layer_`).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/tpla-gpu-session}

@@ -6,7 +6,7 @@
 # forms). Every step has a time limit inside the budget, so a slow step costs only itself; logs
 # are re-archived after every step (only a few files come back from a lent machine).
 #   OUT=dir TPLA_SESSION_BUDGET=seconds [TPLA_SESSION_SKIP='layer_.*|python_gpu'] scripts/gpu-session.sh
-# (TPLA_SESSION_SKIP: an extended regex of step names not to run)
+# (TPLA_SESSION_SKIP: an extended regex of step names not to run, matched against the whole name)
 # gpu-bin/ (scripts/gpu-build.sh then scripts/gpu-wheel.sh) may come as gpu-bin.tar.xz.
 set -uo pipefail
 # shellcheck source=scripts/gpu-session-lib.sh
