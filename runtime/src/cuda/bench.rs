@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use cudarc::driver::result;
 
-use super::device::{driver_err, CudaExecutor, DeviceInfo};
+use super::device::{driver_err, CudaExecutor, DeviceInfo, RawKernel};
 use crate::RuntimeError;
 
 /// Timing of repeated runs, in milliseconds.
@@ -129,8 +129,13 @@ where
     let guard = exec.raw_kernel("tpla_queue_guard", QUEUE_GUARD)?;
     let guarded = queue_guard_enabled()?;
     let flush_by = flush_mode()?;
+    // The read flush: the streaming-read kernel and its 16-byte sink (never written: the flush
+    // buffer is zeros, the kernel writes only on a non-zero hash).
     let reader = if flush_by == "read" {
-        Some(exec.raw_kernel("tpla_stream_read", STREAM_READ)?)
+        Some((
+            exec.raw_kernel("tpla_stream_read", STREAM_READ)?,
+            exec.alloc_raw(16)?,
+        ))
     } else {
         None
     };
@@ -154,7 +159,6 @@ where
         use cudarc::driver::DevicePtr;
         flush.device_ptr(stream).0
     };
-    let (_sink, sink_ptr) = exec.alloc_raw(16)?;
     let mut times = Vec::with_capacity(reps);
     let (mut host_max, mut exposed) = (0.0f64, 0usize);
     for _ in 0..reps {
@@ -162,19 +166,7 @@ where
             None => stream
                 .memset_zeros(&mut flush)
                 .map_err(|e| driver_err("flush memset", e))?,
-            Some(k) => {
-                let (mut p, mut n, mut sink) = (flush_ptr, (FLUSH_BYTES / 16) as u64, sink_ptr);
-                let mut params = [
-                    &mut p as *mut u64 as *mut c_void,
-                    &mut n as *mut u64 as *mut c_void,
-                    &mut sink as *mut u64 as *mut c_void,
-                ];
-                let blocks = exec.info().sm_count.max(1) * 8;
-                // SAFETY: three parameters (pointer, u64 count, pointer) matching the kernel;
-                // the flush buffer holds `n` 16-byte elements and the sink 16 bytes (never
-                // written: the buffer is zeros, the kernel writes only on a non-zero hash).
-                unsafe { exec.launch_raw(k, (blocks, 1, 1), 512, 0, &mut params) }?;
-            }
+            Some((k, (_sink, sink))) => stream_read(exec, k, flush_ptr, FLUSH_BYTES, *sink)?,
         }
         let mut ns = if guarded {
             queue_s.map_or(200_000, guard_ns)
@@ -251,6 +243,28 @@ extern "C" __global__ void __launch_bounds__(512) tpla_stream_read(
 }
 "#;
 
+/// Queues [`STREAM_READ`] (`k`) over the `bytes` (a multiple of 16) at `ptr`, on eight blocks
+/// per SM: the read roofline's run and the timing loop's read flush. `sink` is 16 bytes the
+/// kernel writes only when the buffer's hash hits its constant.
+fn stream_read(
+    exec: &CudaExecutor,
+    k: &RawKernel,
+    ptr: u64,
+    bytes: usize,
+    sink: u64,
+) -> Result<(), RuntimeError> {
+    let (mut p, mut n, mut s) = (ptr, (bytes / 16) as u64, sink);
+    let mut params = [
+        &mut p as *mut u64 as *mut c_void,
+        &mut n as *mut u64 as *mut c_void,
+        &mut s as *mut u64 as *mut c_void,
+    ];
+    let blocks = exec.info().sm_count.max(1) * 8;
+    // SAFETY: three parameters (pointer, u64 count, pointer) matching the kernel; the caller's
+    // buffer holds `n` 16-byte elements at `ptr` and the sink 16 bytes.
+    unsafe { exec.launch_raw(k, (blocks, 1, 1), 512, 0, &mut params) }
+}
+
 /// Measures the read and copy roofline with buffers of `read_bytes` / `copy_bytes` (use several
 /// times the L2 size; 2 GiB and 1 GiB by default in [`roofline_default`]).
 pub fn roofline(
@@ -259,23 +273,12 @@ pub fn roofline(
     copy_bytes: usize,
     reps: usize,
 ) -> Result<Roofline, RuntimeError> {
-    let k = exec.load_source("tpla_stream_read", STREAM_READ)?;
+    let k = exec.raw_kernel("tpla_stream_read", STREAM_READ)?;
     let read_bytes = read_bytes / 16 * 16;
     let (_buf, ptr) = exec.alloc_raw(read_bytes)?;
-    let (_sink, sink_ptr) = exec.alloc_raw(16)?;
-    let blocks = exec.info().sm_count.max(1) * 8;
+    let (_sink, sink) = exec.alloc_raw(16)?;
     let read = measure(exec, 2, reps, || {
-        let mut p = ptr;
-        let mut n = (read_bytes / 16) as u64;
-        let mut s = sink_ptr;
-        let mut params = [
-            &mut p as *mut u64 as *mut c_void,
-            &mut n as *mut u64 as *mut c_void,
-            &mut s as *mut u64 as *mut c_void,
-        ];
-        // SAFETY: three parameters (pointer, u64 count, pointer) matching the kernel; the buffer
-        // holds `n` 16-byte elements and the sink 16 bytes.
-        unsafe { exec.launch_raw(&k, (blocks, 1, 1), 512, 0, &mut params) }
+        stream_read(exec, &k, ptr, read_bytes, sink)
     })?;
     drop(_buf);
     let (_src, src) = exec.alloc_raw(copy_bytes)?;
