@@ -113,6 +113,24 @@ __device__ __forceinline__ int tpla_ld_i32(const int* p, int i, int n) {
     return (unsigned)i < (unsigned)n ? p[i] : 0;
 }
 
+// ---- programmatic dependent launch (sm_90+) [thread] ------------------------------------------
+// Every generated kernel starts with both (`print.rs`), so the runtime may launch any of them as
+// a programmatic dependent of the kernel before it on the stream (`TPLA_PDL`, runtime
+// `cuda/device/launch.rs`): the wait returns once the grids this one depends on have completed
+// and their writes are visible (at once where the launch was an ordinary one), and the trigger
+// lets the next such launch place its blocks on idle multiprocessors as soon as every block of
+// this grid has started, instead of after the last one has ended.
+__device__ __forceinline__ void tpla_grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tpla_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // ---- shared memory addressing [thread] ------------------------------------------------------
 __device__ __forceinline__ unsigned tpla_smem_addr(const void* p) {
 #ifdef __CUDA_ARCH__

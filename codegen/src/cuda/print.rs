@@ -214,6 +214,9 @@ pub(crate) fn print_kernel(lw: &Lower, nodes: &[Node]) -> CudaSource {
         "    extern __shared__ __align__({}) unsigned char tpla_smem[];\n",
         if geo.wg { 1024 } else { 128 }
     ));
+    // Programmatic dependent launch (prelude): wait for the grids this one depends on before
+    // anything reads memory, and let the next grid's blocks start on idle multiprocessors.
+    code.push_str("    tpla_grid_dependency_wait();\n    tpla_launch_dependents();\n");
     code.push_str("    const int tid = threadIdx.x, lane = tid & 31, warp = tpla_warp_index(tid);\n    (void)lane; (void)warp;\n");
     for m in &lw.decl.geo_m {
         code.push_str(&format!(

@@ -78,10 +78,12 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
     let roof = roofline_default(exec)?;
     println!(
         "roofline: read {:.0} GB/s, copy {:.0} GB/s; L2 emptied before each timed run by {} \
-         (TPLA_BENCH_FLUSH=read: a streaming read, no dirty lines)",
+         (TPLA_BENCH_FLUSH=read: a streaming read, no dirty lines); programmatic dependent \
+         launch {} (TPLA_PDL)",
         roof.read_gbps,
         roof.copy_gbps,
-        tpla_runtime::cuda::bench::flush_mode()?
+        tpla_runtime::cuda::bench::flush_mode()?,
+        if exec.dependent_launch() { "on" } else { "off" }
     );
 
     // Compile times: a fresh disk cache in a temporary directory.

@@ -34,6 +34,9 @@ pub struct CudaExecutor {
     pub(super) loaded: Mutex<HashMap<(String, Config), Arc<LoadedKernel>>>,
     /// Hand-written kernels loaded once by [`CudaExecutor::raw_kernel`], by symbol.
     pub(super) raw: Mutex<HashMap<&'static str, Arc<RawKernel>>>,
+    /// Whether generated kernels are launched as programmatic dependents of the kernel before
+    /// them (`launch.rs`: sm_90+, unless `TPLA_PDL=off`).
+    pub(super) dependent_launch: bool,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -129,6 +132,7 @@ impl CudaExecutor {
             cache: self.cache.clone(),
             loaded: Mutex::new(loaded),
             raw: Mutex::new(HashMap::new()),
+            dependent_launch: self.dependent_launch,
         }
     }
 
@@ -156,6 +160,7 @@ impl CudaExecutor {
         let _kept = retain_pool_memory(&ctx).is_ok();
         let info = device_info(&ctx)?;
         let target = info.target();
+        let dependent_launch = super::launch::dependent_launch_enabled(target.sm)?;
         Ok(CudaExecutor {
             ctx,
             stream,
@@ -164,12 +169,18 @@ impl CudaExecutor {
             cache,
             loaded: Mutex::new(HashMap::new()),
             raw: Mutex::new(HashMap::new()),
+            dependent_launch,
         })
     }
 
     /// The device.
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+    /// Whether generated kernels are launched as programmatic dependents of the kernel before
+    /// them on the stream (sm_90+ unless `TPLA_PDL=off`; `cuda/device/launch.rs`).
+    pub fn dependent_launch(&self) -> bool {
+        self.dependent_launch
     }
     /// The codegen target kernels are generated for.
     pub fn target(&self) -> Target {
@@ -345,27 +356,34 @@ impl CudaExecutor {
         self.ctx
             .bind_to_thread()
             .map_err(|e| driver_err("binding the context", e))?;
+        let shape = super::launch::LaunchShape {
+            grid: (
+                plan.grid[0] as u32,
+                plan.grid[1] as u32,
+                plan.grid[2] as u32,
+            ),
+            block: k.compiled.source.block_threads,
+            shared_bytes: k.compiled.source.shared_bytes,
+        };
         // SAFETY: `func` belongs to a module kept alive by `k`; `ptrs` has one pointer per kernel
         // parameter, in the order and with the types of `CudaSource::params` (u64 device
         // addresses, i32, f32, 128-byte tensor maps), each pointing into `vals`, which outlives the call (the driver
         // copies the values at launch). Device addresses come from `TensorArg`/`PagedArg`, whose
         // (unsafe) constructors promise live buffers of the described sizes and the aliasing
         // rules; `check_launch` matched those sizes against the kernel's shapes (and, where host
-        // tables are given, every block table entry the sequence lengths reach).
+        // tables are given, every block table entry the sequence lengths reach). Every generated
+        // kernel begins with `griddepcontrol.wait` (`tpla_codegen::cuda::print`), which a
+        // programmatic dependent launch requires.
         unsafe {
-            result::launch_kernel(
+            super::launch::launch(
                 k.func.cu_function(),
-                (
-                    plan.grid[0] as u32,
-                    plan.grid[1] as u32,
-                    plan.grid[2] as u32,
-                ),
-                (k.compiled.source.block_threads, 1, 1),
-                k.compiled.source.shared_bytes,
+                &shape,
                 self.stream.cu_stream(),
                 &mut ptrs,
+                self.dependent_launch,
             )
         }
+        .map_err(cudarc::driver::DriverError)
         .map_err(|e| driver_err(&format!("launching {}", k.compiled.source.name), e))
     }
 

@@ -13,7 +13,8 @@
 //! the executor, its kernel cache and every existing buffer usable.
 //!
 //! Modules: `info` (device properties), `buffers` (device tensors and the paged cache),
-//! `kernel` (loaded kernels), `executor` ([`CudaExecutor`]'s own methods) and `exec_impl`
+//! `kernel` (loaded kernels), `launch` (ordinary and programmatic dependent launches),
+//! `executor` ([`CudaExecutor`]'s own methods) and `exec_impl`
 //! (the backend-neutral [`Executor`](crate::exec::Executor) interface). This module keeps the
 //! driver probing and error mapping, and the skip helpers for tests and benches.
 
@@ -22,6 +23,7 @@ mod exec_impl;
 mod executor;
 mod info;
 mod kernel;
+mod launch;
 
 pub use buffers::{CudaPagedCache, CudaTensor};
 pub use executor::CudaExecutor;
