@@ -151,16 +151,46 @@ fn bad_schedule_knobs_are_typed_errors_naming_the_knob() {
 fn every_kernel_waits_for_the_grid_it_depends_on_before_touching_memory() {
     let mut sources = vec![
         emit(&combine_splits(512, 128).unwrap(), Target::sm90()).unwrap(),
-        emit(&latent_decode(decode(64, 64, 2, 512, true, true)).unwrap(), Target::sm90()).unwrap(),
-        emit(&latent_decode(decode(16, 32, 2, 256, true, true)).unwrap(), Target::new(8, 0)).unwrap(),
+        emit(
+            &latent_decode(decode(64, 64, 2, 512, true, true)).unwrap(),
+            Target::sm90(),
+        )
+        .unwrap(),
+        emit(
+            &latent_decode(decode(16, 32, 2, 256, true, true)).unwrap(),
+            Target::new(8, 0),
+        )
+        .unwrap(),
     ];
-    sources.push(emit(&latent_decode(decode(16, 32, 2, 128, true, true)).unwrap(), Target::new(7, 5)).unwrap());
+    sources.push(
+        emit(
+            &latent_decode(decode(16, 32, 2, 128, true, true)).unwrap(),
+            Target::new(7, 5),
+        )
+        .unwrap(),
+    );
     for src in &sources {
         let body = src.code.split("__global__").nth(1).unwrap();
-        let mut lines = body.lines().skip_while(|l| !l.contains("extern __shared__"));
-        assert!(lines.next().is_some(), "{}: no shared-memory declaration", src.name);
-        assert_eq!(lines.next().map(str::trim), Some("tpla_grid_dependency_wait();"), "{}", src.name);
-        assert_eq!(lines.next().map(str::trim), Some("tpla_launch_dependents();"), "{}", src.name);
+        let mut lines = body
+            .lines()
+            .skip_while(|l| !l.contains("extern __shared__"));
+        assert!(
+            lines.next().is_some(),
+            "{}: no shared-memory declaration",
+            src.name
+        );
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("tpla_grid_dependency_wait();"),
+            "{}",
+            src.name
+        );
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("tpla_launch_dependents();"),
+            "{}",
+            src.name
+        );
     }
     // The PTX itself only on sm_90+, where it exists.
     assert!(PRELUDE.contains("__CUDA_ARCH__ >= 900\n    asm volatile(\"griddepcontrol.wait;\""));
