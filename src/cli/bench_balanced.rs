@@ -143,6 +143,8 @@ pub fn balanced_row(
             decode_only: time.clone(),
             schedule: Some(schedule.clone()),
             combine_only: None,
+            combine_config: None,
+            combine_tried: Vec::new(),
             time,
             tried,
             check_rel_diff: (num / den.max(1e-30)).sqrt(),

@@ -390,6 +390,12 @@ pub struct DecodeCaseResult {
     /// split): with `decode_only` it tells a slow combine from a gap between the two launches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub combine_only: Option<Measurement>,
+    /// The combine config the full op ran, the fastest of those timed alone (split rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub combine_config: Option<String>,
+    /// Each combine config timed alone on the same partials: config and median ms (split rows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub combine_tried: Vec<(String, f64)>,
     /// Bytes / median time (decode + combine), GB/s.
     pub gbps: f64,
     /// FLOPs / median time, TFLOPS.

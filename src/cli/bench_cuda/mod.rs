@@ -196,9 +196,10 @@ pub fn run(exec: &CudaExecutor, opts: &GpuBenchOpts) -> Result<(), RuntimeError>
                     // decode + combine is a gap between the launches, not a slow kernel.
                     if let Some(c) = &r.combine_only {
                         progress.suspend(|| println!(
-                            "    decode alone {:.1} us, combine alone {:.1} us, full op median {:.1} us (min {:.1}, max {:.1})",
+                            "    decode alone {:.1} us, combine alone {:.1} us [{}], full op median {:.1} us (min {:.1}, max {:.1})",
                             r.decode_only.median_ms * 1e3,
                             c.median_ms * 1e3,
+                            r.combine_config.as_deref().unwrap_or("default"),
                             r.time.median_ms * 1e3,
                             r.time.min_ms * 1e3,
                             r.time.max_ms * 1e3
@@ -311,10 +312,15 @@ pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
                 pre.compile(&latent_decode, &cfg);
             }
         }
-        pre.compile(
-            &combine_splits,
-            &combine_splits.default_config(&[("LAT", spec.lat as i64)])?,
-        );
+        for (bd, bh) in check::COMBINE_CANDIDATES {
+            pre.compile(
+                &combine_splits,
+                &combine_splits
+                    .default_config(&[("LAT", spec.lat as i64)])?
+                    .with("BLOCK_D", bd)
+                    .with("BLOCK_H", bh),
+            );
+        }
     }
     pre.report();
     Ok(())

@@ -523,6 +523,8 @@ pub(super) fn run_case(
         decode_only,
         combine_only,
         time,
+        combine_config,
+        combine_tried,
     } = times;
     let gbps = shape.bytes() / (time.median_ms * 1e-3) / 1e9;
     let tflops = shape.flops() / (time.median_ms * 1e-3) / 1e12;
@@ -538,6 +540,8 @@ pub(super) fn run_case(
         decode_only,
         schedule: None,
         combine_only,
+        combine_config,
+        combine_tried,
         tried,
         check_rel_diff: f64::NAN,
         shape,
