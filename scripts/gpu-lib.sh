@@ -32,7 +32,10 @@ for f in files:
         for cfg, splits, ms in tried:
             print(f"{label:<14} H{h:>3} {shape:>9} {ms * 1000:8.1f} us  splits {splits:<3} {cfg}")
         comb = c.get("combine_only")
-        comb = f", combine alone {comb['median_ms'] * 1000:.1f} us" if comb else ""
+        comb = (f", combine alone {comb['median_ms'] * 1000:.1f} us "
+                f"[{c.get('combine_config', 'default')}]") if comb else ""
+        for ccfg, cms in c.get("combine_tried", []):
+            print(f"{label:<14} H{h:>3} {shape:>9} {cms * 1000:8.1f} us  combine alone {ccfg}")
         print(f"{label:<14} H{h:>3} {shape:>9} {c['time']['median_ms'] * 1000:8.1f} us  chosen "
               f"(min {c['time']['min_ms'] * 1000:.1f}; decode alone "
               f"{c['decode_only']['median_ms'] * 1000:.1f} us{comb}, {c['splits']} splits), "
