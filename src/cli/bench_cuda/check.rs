@@ -32,8 +32,8 @@ pub(super) const COMBINE_CANDIDATES: [(i64, i64); 6] = [
 ];
 
 /// Times each combine candidate alone on the partials `part` / `part_lse` into `out` / `lse`,
-/// checks that every candidate writes what the default writes (the same sums in the same order:
-/// equal to within 1e-6 relative), and returns the fastest config with its measurement and the
+/// checks that every candidate writes what the default writes (normwise relative difference at
+/// most 1e-5), and returns the fastest config with its measurement and the
 /// list of all timed.
 #[allow(clippy::type_complexity)]
 fn best_combine(
@@ -68,14 +68,16 @@ fn best_combine(
         match &reference {
             None => reference = Some(got),
             Some(r) => {
-                let worst = r
-                    .iter()
-                    .zip(&got)
-                    .map(|(a, b)| ((a - b).abs() / a.abs().max(1e-30)) as f64)
-                    .fold(0.0, f64::max);
-                if worst.is_nan() || worst > 1e-6 {
+                // Normwise, as the CPU check: the candidates sum the same partials in the same
+                // order, but their exp2 and division need not round alike (BLOCK_H = 8 differed
+                // by 8.9e-5 in one element, H100 2026-12-07).
+                let (num, den) = r.iter().zip(&got).fold((0.0f64, 0.0f64), |(n, d), (a, b)| {
+                    (n + ((a - b) as f64).powi(2), d + (*a as f64).powi(2))
+                });
+                let rel = (num / den.max(1e-30)).sqrt();
+                if !(rel <= 1e-5) {
                     return Err(RuntimeError::InvalidInput(format!(
-                        "combine [{c}] differs from the default's output (max rel diff {worst:.1e})"
+                        "combine [{c}] differs from the default's output (rel diff {rel:.1e})"
                     )));
                 }
             }
