@@ -68,18 +68,10 @@ fn guard_ns(host_queue_s: f64) -> u64 {
 /// switch of scripts/gpu-guard-ab.sh, timing as before 2026-12-07 with one binary). A value
 /// other than `on`/`off`/`1`/`0` is an error naming the variable.
 pub fn queue_guard_enabled() -> Result<bool, RuntimeError> {
-    parse_queue_guard(std::env::var("TPLA_BENCH_QUEUE_GUARD").ok().as_deref())
+    super::env_switch(QUEUE_GUARD_VAR)
 }
 
-fn parse_queue_guard(v: Option<&str>) -> Result<bool, RuntimeError> {
-    match v {
-        None | Some("on") | Some("1") => Ok(true),
-        Some("off") | Some("0") => Ok(false),
-        Some(other) => Err(RuntimeError::InvalidInput(format!(
-            "TPLA_BENCH_QUEUE_GUARD={other}: expected on or off"
-        ))),
-    }
-}
+const QUEUE_GUARD_VAR: &str = "TPLA_BENCH_QUEUE_GUARD";
 
 /// How [`measure`] empties the L2 before each timed run: `"memset"` (the default) or, with
 /// `TPLA_BENCH_FLUSH=read`, `"read"`: the streaming-read kernel over the same 256 MB, which
@@ -527,7 +519,12 @@ pub fn table(r: &BenchReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{guard_ns, parse_flush, parse_queue_guard, DecodeShape};
+    use super::{guard_ns, parse_flush, DecodeShape, QUEUE_GUARD_VAR};
+    use crate::cuda::parse_switch;
+
+    fn parse_queue_guard(v: Option<&str>) -> Result<bool, crate::RuntimeError> {
+        parse_switch(QUEUE_GUARD_VAR, v)
+    }
 
     #[test]
     fn the_timing_switches_take_their_values_and_name_a_bad_one() {

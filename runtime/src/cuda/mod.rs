@@ -36,6 +36,24 @@ use tpla_codegen::IrError;
 
 use crate::RuntimeError;
 
+/// An on/off switch read from environment variable `var` (the A/B switches `TPLA_PDL`,
+/// `TPLA_BENCH_QUEUE_GUARD`): see [`parse_switch`].
+pub(crate) fn env_switch(var: &str) -> Result<bool, RuntimeError> {
+    parse_switch(var, std::env::var(var).ok().as_deref())
+}
+
+/// The value `v` of switch `var`: unset, `on` or `1` is on; `off` or `0` is off; anything else
+/// is an error naming the variable and its value.
+pub(crate) fn parse_switch(var: &str, v: Option<&str>) -> Result<bool, RuntimeError> {
+    match v {
+        None | Some("on") | Some("1") => Ok(true),
+        Some("off") | Some("0") => Ok(false),
+        Some(other) => Err(RuntimeError::InvalidInput(format!(
+            "{var}={other}: expected on or off"
+        ))),
+    }
+}
+
 /// Failures of the CUDA backend.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CudaError {

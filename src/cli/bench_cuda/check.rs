@@ -7,7 +7,8 @@ use super::*;
 pub(super) struct FullOpTimes {
     /// The decode alone, into preallocated partials.
     pub decode_only: Measurement,
-    /// The combine alone on those partials (`None` with one split: there is no combine).
+    /// The combine alone (`None` with one split: there is no combine), timed once per split
+    /// count of the case, on the partials of the first config run at that count.
     pub combine_only: Option<Measurement>,
     /// The full op: decode, then the combine when there is more than one split.
     pub time: Measurement,
@@ -31,11 +32,14 @@ pub(super) const COMBINE_CANDIDATES: [(i64, i64); 6] = [
     (128, 8),
 ];
 
+/// The combine a case runs at one split count: its config, its time alone and every candidate
+/// timed (config, median ms).
+pub(super) type ChosenCombine = (Config, Measurement, Vec<(String, f64)>);
+
 /// Times each combine candidate alone on the partials `part` / `part_lse` into `out` / `lse`,
 /// checks that every candidate writes what the default writes (normwise relative difference at
 /// most 1e-5), and returns the fastest config with its measurement and the
 /// list of all timed.
-#[allow(clippy::type_complexity)]
 fn best_combine(
     exec: &CudaExecutor,
     lat: usize,
@@ -44,7 +48,7 @@ fn best_combine(
     part_lse: &CudaTensor<f32>,
     out: &mut CudaTensor<f32>,
     lse: &mut CudaTensor<f32>,
-) -> Result<(Config, Measurement, Vec<(String, f64)>), RuntimeError> {
+) -> Result<ChosenCombine, RuntimeError> {
     let mut best: Option<(Config, Measurement)> = None;
     let mut tried = Vec::new();
     let mut reference: Option<Vec<f32>> = None;
@@ -75,7 +79,7 @@ fn best_combine(
                     (n + ((a - b) as f64).powi(2), d + (*a as f64).powi(2))
                 });
                 let rel = (num / den.max(1e-30)).sqrt();
-                if !(rel <= 1e-5) {
+                if rel.is_nan() || rel > 1e-5 {
                     return Err(RuntimeError::InvalidInput(format!(
                         "combine [{c}] differs from the default's output (rel diff {rel:.1e})"
                     )));
@@ -131,15 +135,22 @@ pub(super) fn time_full_op(
         bufs.lse.reshape(&[b, h])?;
         t?
     } else {
-        let (ccfg, alone, tried) = best_combine(
-            exec,
-            shape.lat,
-            h,
-            &part,
-            &part_lse,
-            &mut bufs.out,
-            &mut bufs.lse,
-        )?;
+        let (ccfg, alone, tried) = match bufs.combines.get(&splits) {
+            Some(chosen) => chosen.clone(),
+            None => {
+                let chosen = best_combine(
+                    exec,
+                    shape.lat,
+                    h,
+                    &part,
+                    &part_lse,
+                    &mut bufs.out,
+                    &mut bufs.lse,
+                )?;
+                bufs.combines.insert(splits, chosen.clone());
+                chosen
+            }
+        };
         combine_only = Some(alone);
         combine_config = Some(ccfg.to_string());
         combine_tried = tried;

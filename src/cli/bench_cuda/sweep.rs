@@ -161,6 +161,9 @@ pub(super) struct Bufs {
     pub(super) q: CudaTensor<bf16>,
     pub(super) out: CudaTensor<f32>,
     pub(super) lse: CudaTensor<f32>,
+    /// The combine chosen for each split count of the case (its shapes depend on nothing else,
+    /// so every decode config at that count reuses it).
+    pub(super) combines: std::collections::HashMap<usize, ChosenCombine>,
 }
 
 /// The configs a case's sweep times, in order, on `target` (pure: `tpla bench --compile-only`
@@ -437,6 +440,7 @@ pub(super) fn run_case(
         )?,
         out: exec.alloc(&[b, h, shape.lat])?,
         lse: exec.alloc(&[b, h])?,
+        combines: Default::default(),
     };
     let mut tried = Vec::new();
     let mut best: Option<(Config, usize, f64)> = None;

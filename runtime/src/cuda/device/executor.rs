@@ -383,7 +383,6 @@ impl CudaExecutor {
                 self.dependent_launch,
             )
         }
-        .map_err(cudarc::driver::DriverError)
         .map_err(|e| driver_err(&format!("launching {}", k.compiled.source.name), e))
     }
 

@@ -21,7 +21,7 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, DriverError};
 
 use crate::RuntimeError;
 
@@ -30,7 +30,7 @@ use crate::RuntimeError;
 /// stream capture keeps such launches, for engines' CUDA graphs) unless `TPLA_PDL=off`; a bad
 /// `TPLA_PDL` is an error.
 pub(crate) fn dependent_launch_enabled(sm: (u32, u32)) -> Result<bool, RuntimeError> {
-    let wanted = parse_pdl(std::env::var("TPLA_PDL").ok().as_deref())?;
+    let wanted = crate::cuda::env_switch(PDL_VAR)?;
     Ok(wanted && sm.0 >= 9 && driver_version() >= 12030)
 }
 
@@ -48,15 +48,8 @@ fn driver_version() -> i32 {
     }
 }
 
-fn parse_pdl(v: Option<&str>) -> Result<bool, RuntimeError> {
-    match v {
-        None | Some("on") | Some("1") => Ok(true),
-        Some("off") | Some("0") => Ok(false),
-        Some(other) => Err(RuntimeError::InvalidInput(format!(
-            "TPLA_PDL={other}: expected on or off"
-        ))),
-    }
-}
+/// The switch's environment variable.
+const PDL_VAR: &str = "TPLA_PDL";
 
 /// One launch's geometry.
 pub(crate) struct LaunchShape {
@@ -80,7 +73,7 @@ pub(crate) unsafe fn launch(
     stream: sys::CUstream,
     params: &mut [*mut c_void],
     dependent: bool,
-) -> Result<(), sys::CUresult> {
+) -> Result<(), DriverError> {
     let (gx, gy, gz) = shape.grid;
     let result = if dependent {
         // SAFETY: a zeroed attribute is a valid value of the C union; its id and the one field
@@ -123,13 +116,17 @@ pub(crate) unsafe fn launch(
     };
     match result {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
-        e => Err(e),
+        e => Err(DriverError(e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_pdl(v: Option<&str>) -> Result<bool, RuntimeError> {
+        crate::cuda::parse_switch(PDL_VAR, v)
+    }
 
     #[test]
     fn the_switch_defaults_on_and_refuses_a_bad_value() {
