@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 9's table on whichever card the call got, in one device call (session 21): Kimi-K2 B32
+# 32K tuned and decoded (the per-device TPLA/MLA ratio, two `tpla decode` runs), then the whole
+# `tpla bench --backend cuda` matrix under the read flush, and one line per case beside its
+# target (fraction of the same run's read roofline, TFLOPS, time). gpu-bin/ or gpu-bin.tar.xz;
+# carry kernel-cache.tar.xz.
+#   OUT=dir scripts/gpu-h200-evidence.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
+source scripts/gpu-lib.sh
+gpu_init h200-evidence
+gpu_kernel_cache
+echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
+export TPLA_BENCH_FLUSH=read
+K="--preset kimi-k2 --backend cuda"
+t0=$SECONDS
+timeout 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2 >"$W/tune_b32.log" 2>&1
+echo "tune kimi B32 32K rc=$? $((SECONDS - t0))s" >>"$s"
+grep -a "best:" "$W/tune_b32.log" | sed 's/^/  /' >>"$s"
+for round in 1 2; do
+  timeout 120 gpu-bin/tpla decode $K --batch 32 --context 32768 >"$W/decode-$round.log" 2>&1
+  echo "decode kimi-k2 B32 32K round $round (rc $?):" >>"$s"
+  grep -aE "speedup|device time|rel err" "$W/decode-$round.log" | sed 's/^/  /' >>"$s"
+done
+mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
+cp "$s" "$OUT/summary.txt"
+t0=$SECONDS
+timeout 330 gpu-bin/tpla bench --backend cuda --out-dir "$W/matrix" >"$W/matrix.log" 2>&1
+echo "matrix rc=$? $((SECONDS - t0))s" >>"$s"
+cp "$W"/matrix/*.json "$OUT/" 2>/dev/null
+python3 - "$W"/matrix/*.json >>"$s" <<'PY'
+import json, sys
+try:
+    doc = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"matrix: {e}")
+    sys.exit(0)
+print(f"{'case':<46} {'us':>8} {'x read':>7} {'TFLOPS':>7} splits  config")
+for c in doc["cases"]:
+    sh = c["shape"]
+    lens = "var" if sh["lengths"] != "equal" else "eq"
+    name = (f"{c['variant']} B{sh['batch']} H{sh['heads']} L{sh['context']} {lens} "
+            f"p{sh['page_size']}")
+    print(f"{name:<46} {c['time']['median_ms'] * 1e3:8.1f} "
+          f"{c['fraction_of_read_roofline']:7.2f} {c['tflops']:7.0f} {c['splits']!s:>6}  "
+          f"{c.get('config', '')}")
+PY
+(cd "$W" && tar czf "$OUT/logs.tgz" ./*.log 2>/dev/null)
+cp "$s" "$OUT/summary.txt"
+cat "$s"
