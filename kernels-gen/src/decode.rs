@@ -32,7 +32,12 @@ use tpla_macros::kernel;
 /// configs without `SQ` are single-token) not one op is added, and the generated code is the
 /// single-token kernel's, byte for byte (a runtime mask the backends would have to fold could not
 /// promise that on the hot H = 128 path).
-#[kernel(grid = (batch, cdiv(heads, BLOCK_H), splits), constants(LAT, ROPE, SQ = 1))]
+///
+/// The head blocks of one sequence come first in the grid (the fastest launch axis): where there
+/// are more programs than fit on the device at once, the programs that read the same tokens run
+/// side by side and share them through the L2 cache, instead of one wave reading every sequence
+/// for the first head block and the next reading them all again for the second.
+#[kernel(grid = (cdiv(heads, BLOCK_H), batch, splits), constants(LAT, ROPE, SQ = 1))]
 pub fn latent_decode<
     #[tune(16, 32, 64, 128)] const BLOCK_H: usize,
     #[tune(64, 32, 16)] const BLOCK_N: usize,
@@ -45,8 +50,8 @@ pub fn latent_decode<
     lse: TensorMut<f32, dims![splits, batch, heads]>,
     scale: f32,
 ) {
-    let b = program_id(0);
-    let h0 = program_id(1) * BLOCK_H;
+    let h0 = program_id(0) * BLOCK_H;
+    let b = program_id(1);
     let split = program_id(2);
     let qt = load(q.tile([b, h0..h0 + BLOCK_H, ..]));
     let mut acc = zeros::<f32>([BLOCK_H, LAT]);
