@@ -3,8 +3,11 @@
 # 32K tuned and decoded (the per-device TPLA/MLA ratio, two `tpla decode` runs), then the whole
 # `tpla bench --backend cuda` matrix under the read flush, and one line per case beside its
 # target (fraction of the same run's read roofline, TFLOPS, time). gpu-bin/ or gpu-bin.tar.xz;
-# carry kernel-cache.tar.xz.
-#   OUT=dir scripts/gpu-h200-evidence.sh
+# carry kernel-cache.tar.xz where one was compiled for these binaries. Whatever the cache lacks
+# is compiled first on the host's cores (`--compile-only` runs NVRTC on all of them): the bench
+# matrix's kernels, and the tune candidates where the tune runs. TPLA_EVIDENCE_TUNE_FROM=dir: a
+# tune database brought back by an earlier call; where it has this GPU's file the tune is skipped.
+#   OUT=dir [TPLA_EVIDENCE_TUNE_FROM=dir] scripts/gpu-h200-evidence.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -f gpu-bin.tar.xz ] && [ ! -d gpu-bin ] && tar xJf gpu-bin.tar.xz
@@ -15,9 +18,23 @@ echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
 export TPLA_BENCH_FLUSH=read
 K="--preset kimi-k2 --backend cuda"
 t0=$SECONDS
-timeout 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2 >"$W/tune_b32.log" 2>&1
-echo "tune kimi B32 32K rc=$? $((SECONDS - t0))s" >>"$s"
-grep -a "best:" "$W/tune_b32.log" | sed 's/^/  /' >>"$s"
+timeout 200 gpu-bin/tpla bench --backend cuda --compile-only >"$W/compile-bench.log" 2>&1
+echo "bench --compile-only rc=$? $((SECONDS - t0))s: $(grep -a 'compile-only:' "$W/compile-bench.log")" >>"$s"
+if [ -n "${TPLA_EVIDENCE_TUNE_FROM:-}" ]; then
+  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_EVIDENCE_TUNE_FROM"/*.json ~/.cache/tpla/tune/
+fi
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' _)
+if ls ~/.cache/tpla/tune/ 2>/dev/null | grep -q "cuda_${gpu}_"; then
+  echo "tune database for $gpu brought along: tune skipped" >>"$s"
+else
+  t0=$SECONDS
+  timeout 200 gpu-bin/tpla tune --compile-only --g 2 >"$W/compile-tune.log" 2>&1
+  echo "tune --compile-only rc=$? $((SECONDS - t0))s: $(grep -a 'compile-only:' "$W/compile-tune.log")" >>"$s"
+  t0=$SECONDS
+  timeout 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2 >"$W/tune_b32.log" 2>&1
+  echo "tune kimi B32 32K rc=$? $((SECONDS - t0))s" >>"$s"
+  grep -a "best:" "$W/tune_b32.log" | sed 's/^/  /' >>"$s"
+fi
 for round in 1 2; do
   timeout 120 gpu-bin/tpla decode $K --batch 32 --context 32768 >"$W/decode-$round.log" 2>&1
   echo "decode kimi-k2 B32 32K round $round (rc $?):" >>"$s"
