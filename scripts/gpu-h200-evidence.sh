@@ -3,10 +3,11 @@
 # 32K tuned and decoded (the per-device TPLA/MLA ratio, two `tpla decode` runs), then the whole
 # `tpla bench --backend cuda` matrix under the read flush, and one line per case beside its
 # target (fraction of the same run's read roofline, TFLOPS, time). gpu-bin/ or gpu-bin.tar.xz;
-# carry kernel-cache.tar.xz where one was compiled for these binaries. Whatever the cache lacks
-# is compiled first on the host's cores (`--compile-only` runs NVRTC on all of them): the bench
-# matrix's kernels, and the tune candidates where the tune runs. TPLA_EVIDENCE_TUNE_FROM=dir: a
-# tune database brought back by an earlier call; where it has this GPU's file the tune is skipped.
+# carry kernel-cache.tar.xz compiled for these binaries (scripts/gpu-kernel-cache.sh): without
+# it the matrix compiles as it goes and runs past the call's 330 s (session 21, call 2; NVRTC
+# compiles one program at a time in a process, see `runtime/src/cuda/nvrtc.rs`).
+# TPLA_EVIDENCE_TUNE_FROM=dir: a tune database brought back by an earlier call; where it has this
+# GPU's file the tune is skipped.
 #   OUT=dir [TPLA_EVIDENCE_TUNE_FROM=dir] scripts/gpu-h200-evidence.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,6 @@ gpu_kernel_cache
 echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
 export TPLA_BENCH_FLUSH=read
 K="--preset kimi-k2 --backend cuda"
-t0=$SECONDS
-timeout 200 gpu-bin/tpla bench --backend cuda --compile-only >"$W/compile-bench.log" 2>&1
-echo "bench --compile-only rc=$? $((SECONDS - t0))s: $(grep -a 'compile-only:' "$W/compile-bench.log")" >>"$s"
 if [ -n "${TPLA_EVIDENCE_TUNE_FROM:-}" ]; then
   mkdir -p ~/.cache/tpla/tune && cp "$TPLA_EVIDENCE_TUNE_FROM"/*.json ~/.cache/tpla/tune/
 fi
@@ -27,9 +25,6 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' _)
 if ls ~/.cache/tpla/tune/ 2>/dev/null | grep -q "cuda_${gpu}_"; then
   echo "tune database for $gpu brought along: tune skipped" >>"$s"
 else
-  t0=$SECONDS
-  timeout 200 gpu-bin/tpla tune --compile-only --g 2 >"$W/compile-tune.log" 2>&1
-  echo "tune --compile-only rc=$? $((SECONDS - t0))s: $(grep -a 'compile-only:' "$W/compile-tune.log")" >>"$s"
   t0=$SECONDS
   timeout 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2 >"$W/tune_b32.log" 2>&1
   echo "tune kimi B32 32K rc=$? $((SECONDS - t0))s" >>"$s"

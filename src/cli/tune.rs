@@ -204,7 +204,7 @@ fn compile_candidates(a: &TuneArgs) -> Result<(), CliError> {
             pre.compile(&tpla_kernels::combine_splits, &p.combine_config());
         }
     }
-    pre.finish();
+    pre.report();
     Ok(())
 }
 

@@ -322,7 +322,7 @@ pub fn compile_only(opts: &GpuBenchOpts) -> Result<(), RuntimeError> {
             );
         }
     }
-    pre.finish();
+    pre.report();
     Ok(())
 }
 
