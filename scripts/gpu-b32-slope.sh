@@ -61,9 +61,7 @@ for v, pts in rows.items():
 PY
 # The Kimi-K2 row itself (`tpla decode`, device time) under each flush, with a tune database
 # brought back by an earlier call where TPLA_SLOPE_TUNE_FROM names its directory.
-if [ -n "${TPLA_SLOPE_TUNE_FROM:-}" ]; then
-  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_SLOPE_TUNE_FROM"/*.json ~/.cache/tpla/tune/
-fi
+gpu_tune_from "${TPLA_SLOPE_TUNE_FROM:-}"
 for flush in ${TPLA_SLOPE_FLUSH:-memset read}; do
   TPLA_BENCH_FLUSH=$flush timeout 120 gpu-bin/tpla decode --preset kimi-k2 --backend cuda \
     --batch 32 --context 32768 >"$W/decode-$flush.log" 2>&1

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 9's table on whichever card the call got, in one device call (session 21): Kimi-K2 B32
 # 32K tuned and decoded (the per-device TPLA/MLA ratio, two `tpla decode` runs), then the whole
-# `tpla bench --backend cuda` matrix under the read flush, and one line per case beside its
-# target (fraction of the same run's read roofline, TFLOPS, time). gpu-bin/ or gpu-bin.tar.xz;
+# `tpla bench --backend cuda` matrix under the read flush, and one line per case (time, fraction
+# of the same run's read roofline, TFLOPS, splits, config). gpu-bin/ or gpu-bin.tar.xz;
 # carry kernel-cache.tar.xz compiled for these binaries (scripts/gpu-kernel-cache.sh): without
 # it the matrix compiles as it goes and runs past the call's 330 s (session 21, call 2; NVRTC
 # compiles one program at a time in a process, see `runtime/src/cuda/nvrtc.rs`).
@@ -18,9 +18,7 @@ gpu_kernel_cache
 echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
 export TPLA_BENCH_FLUSH=read
 K="--preset kimi-k2 --backend cuda"
-if [ -n "${TPLA_EVIDENCE_TUNE_FROM:-}" ]; then
-  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_EVIDENCE_TUNE_FROM"/*.json ~/.cache/tpla/tune/
-fi
+gpu_tune_from "${TPLA_EVIDENCE_TUNE_FROM:-}"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' _)
 if ls ~/.cache/tpla/tune/ 2>/dev/null | grep -q "cuda_${gpu}_"; then
   echo "tune database for $gpu brought along: tune skipped" >>"$s"

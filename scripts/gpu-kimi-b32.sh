@@ -37,9 +37,7 @@ parts=" ${TPLA_KIMI_PARTS:-b32 layer bench profile} "
 part() { [[ $parts == *" $1 "* ]]; }
 echo "parts:$parts" >>"$s"
 # A tune database from an earlier call (its file as it came back, name kept), for the profile.
-if [ -n "${TPLA_KIMI_TUNE_FROM:-}" ]; then
-  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_KIMI_TUNE_FROM"/*.json ~/.cache/tpla/tune/
-fi
+gpu_tune_from "${TPLA_KIMI_TUNE_FROM:-}"
 if part b32; then
 t tune_b32 200 gpu-bin/tpla tune $K --batch 32 --context 32768 --g 2
 grep -a "best:" "$OUT/tune_b32.log" | sed 's/^/  /' >>"$s"

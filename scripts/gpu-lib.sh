@@ -77,6 +77,14 @@ gpu_kernel_cache() {
   return 0
 }
 
+# `gpu_tune_from [DIR]`: a tune database brought back by an earlier call (its files as they came
+# back, names kept) copied into this host's ~/.cache/tpla/tune/, where `tpla decode` and the
+# layer apply it if the device matches; nothing when DIR is empty.
+gpu_tune_from() {
+  [ -n "${1:-}" ] || return 0
+  mkdir -p ~/.cache/tpla/tune && cp "$1"/*.json ~/.cache/tpla/tune/
+}
+
 # `sanitize_rows LABEL BIN TEST`: compute-sanitizer memcheck, racecheck and synccheck on one test
 # of the test executable BIN (logs $W/LABEL-TOOL.log), one summary line each in $s.
 sanitize_rows() {

@@ -19,9 +19,7 @@ gpu_kernel_cache
 export TPLA_BENCH_FLUSH=read
 MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
-if [ -n "${TPLA_PDL_TUNE_FROM:-}" ]; then
-  mkdir -p ~/.cache/tpla/tune && cp "$TPLA_PDL_TUNE_FROM"/*.json ~/.cache/tpla/tune/
-fi
+gpu_tune_from "${TPLA_PDL_TUNE_FROM:-}"
 parts=${TPLA_PDL_PARTS:-kimi matrix}
 if [[ " $parts " == *" kimi "* ]]; then
   for round in 1 2; do
