@@ -36,8 +36,11 @@ done
 mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
 cp "$s" "$OUT/summary.txt"
 t0=$SECONDS
-timeout 330 gpu-bin/tpla bench --backend cuda --out-dir "$W/matrix" >"$W/matrix.log" 2>&1
+# --record-tune: the sweep's winners go into this machine's tune database (brought back in tune/),
+# so the database follows the kernels the matrix timed.
+timeout 330 gpu-bin/tpla bench --backend cuda --out-dir "$W/matrix" --record-tune >"$W/matrix.log" 2>&1
 echo "matrix rc=$? $((SECONDS - t0))s" >>"$s"
+mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
 cp "$W"/matrix/*.json "$OUT/" 2>/dev/null
 python3 - "$W"/matrix/*.json >>"$s" <<'PY'
 import json, sys
