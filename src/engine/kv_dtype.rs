@@ -16,7 +16,9 @@ pub enum KvDtype {
     /// 1152; `tpla_codegen::kv_format` has the rule). The pool is a bf16 tensor used as a byte
     /// carrier: [`KvDtype::pool_row`] bf16 elements a row (a byte tensor of twice that many
     /// bytes a row, seen as bf16). Appends quantise; decode dequantises in the kernel. Needs
-    /// `lat` a multiple of 128 (MLA 512, TPLA shards 256 and 128).
+    /// `lat` a multiple of 128 (MLA 512, TPLA shards 256 and 128). A capacity choice, not a
+    /// speed one: on an H200 (2026-12-07) its decode took 1.13x the bf16 cache's time at 16
+    /// heads and 1.8x at 64 (the in-kernel conversion bounds it; `bench/NOTES-fp8.md`).
     Fp8,
 }
 
