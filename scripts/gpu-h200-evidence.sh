@@ -18,6 +18,9 @@ gpu_kernel_cache
 echo "commit $TPLA_GIT_COMMIT  $(date -u +%FT%TZ)" >>"$s"
 export TPLA_BENCH_FLUSH=read
 K="--preset kimi-k2 --backend cuda"
+# This host's tune database into $OUT/tune/: after the Kimi tune (kept if the matrix runs out its
+# time) and again after the matrix's --record-tune.
+save_tune() { mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null; }
 gpu_tune_from "${TPLA_EVIDENCE_TUNE_FROM:-}"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' _)
 if ls ~/.cache/tpla/tune/ 2>/dev/null | grep -q "cuda_${gpu}_"; then
@@ -33,14 +36,14 @@ for round in 1 2; do
   echo "decode kimi-k2 B32 32K round $round (rc $?):" >>"$s"
   grep -aE "speedup|device time|rel err" "$W/decode-$round.log" | sed 's/^/  /' >>"$s"
 done
-mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
+save_tune
 cp "$s" "$OUT/summary.txt"
 t0=$SECONDS
 # --record-tune: the sweep's winners go into this machine's tune database (brought back in tune/),
 # so the database follows the kernels the matrix timed.
 timeout 330 gpu-bin/tpla bench --backend cuda --out-dir "$W/matrix" --record-tune >"$W/matrix.log" 2>&1
 echo "matrix rc=$? $((SECONDS - t0))s" >>"$s"
-mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
+save_tune
 cp "$W"/matrix/*.json "$OUT/" 2>/dev/null
 python3 - "$W"/matrix/*.json >>"$s" <<'PY'
 import json, sys
