@@ -1,12 +1,12 @@
 //! The CPU backend's two gemm paths on the same random inputs: the host-compiled gemm
-//! (`CpuOptions { host_gemm: true }`, `cpu/host_gemm.rs`: AVX-512 where the host has it, a
-//! portable loop elsewhere) and the generated Cranelift loops (`host_gemm: false`), each
+//! (`CpuOptions { host_gemm: true }`, `cpu/host_gemm.rs`: AVX-512 or AVX2 + FMA where the host
+//! has them, a portable loop elsewhere) and the generated Cranelift loops (`host_gemm: false`), each
 //! against an f64 reference, plus which of them the Cranelift IR calls.
 
 #![allow(clippy::needless_range_loop)]
 
 use half::bf16;
-use tpla_codegen::cpu::host_gemm::{host_gemm_available, HOST_GEMM_MIN_MACS};
+use tpla_codegen::cpu::host_gemm::{host_gemm_available, vector_kernel, HOST_GEMM_MIN_MACS};
 use tpla_codegen::cpu::{abi, CpuKernel, CpuOptions};
 use tpla_codegen::ir::*;
 use tpla_codegen::{Config, KernelBuilder};
@@ -279,7 +279,10 @@ fn default_options_follow_the_host() {
         CpuOptions::default().host_gemm,
         host_gemm_available() && !off
     );
-    if !host_gemm_available() {
-        eprintln!("note: no AVX-512F here: the host gemm ran its portable loop in these tests");
+    match vector_kernel() {
+        Some(k) => eprintln!("note: the host gemm ran its {k:?} kernel in these tests"),
+        None => eprintln!(
+            "note: neither AVX-512F nor AVX2 + FMA here: the host gemm ran its portable loop"
+        ),
     }
 }

@@ -3,11 +3,12 @@
 //! Cranelift's x64 backend emits 128-bit vectors only, so the register-blocked gemm loops it
 //! compiles (`lower/gemm.rs`) peak at four multiply-adds per instruction. For gemm tiles above
 //! [`HOST_GEMM_MIN_MACS`] multiply-adds the generated code instead fills a [`GemmCall`] on its
-//! stack and calls `host_gemm`, whose AVX-512 microkernels (compiled into this crate with
-//! `#[target_feature]`, chosen at run time) run sixteen lanes with fused multiply-adds, as
-//! it already calls the host for `log2` and prefetch. Where the host has no AVX-512 (other
-//! x86-64 CPUs, aarch64) the backend keeps its own loops ([`host_gemm_available`] is false);
-//! `host_gemm` still computes the right result there with a portable loop.
+//! stack and calls `host_gemm`, whose microkernels (compiled into this crate with
+//! `#[target_feature]`, chosen at run time: [`vector_kernel`]) run sixteen lanes with fused
+//! multiply-adds on AVX-512F (`avx512.rs`) or eight on AVX2 + FMA (`avx2.rs`), as it already calls
+//! the host for `log2` and prefetch. Where the host has neither (older x86-64 CPUs, aarch64) the
+//! backend keeps its own loops ([`host_gemm_available`] is false); `host_gemm` still computes the
+//! right result there with a portable loop.
 //!
 //! Semantics, for `i < m`, `j < n` (strides in elements):
 //! `out[i*ldo + j] = start(i, j) + sum_k a[i*a_s0 + k*a_s1] * b[k*b_s0 + j*b_s1]`, where
@@ -74,17 +75,33 @@ impl GemmCall {
     pub const BYTES: u32 = 14 * 8;
 }
 
-/// Whether `host_gemm` has a vector kernel on this machine (AVX-512F): only then does the
-/// backend call it.
-pub fn host_gemm_available() -> bool {
+/// The vector microkernels `host_gemm` has, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorKernel {
+    /// Sixteen lanes: AVX-512F.
+    Avx512,
+    /// Eight lanes: AVX2 with FMA.
+    Avx2,
+}
+
+/// The vector kernel `host_gemm` runs on this machine, if it has one.
+pub fn vector_kernel() -> Option<VectorKernel> {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        if std::is_x86_feature_detected!("avx512f") {
+            return Some(VectorKernel::Avx512);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some(VectorKernel::Avx2);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    None
+}
+
+/// Whether `host_gemm` has a vector kernel on this machine (AVX-512F, or AVX2 with FMA): only
+/// then does the backend call it.
+pub fn host_gemm_available() -> bool {
+    vector_kernel().is_some()
 }
 
 /// The host gemm the generated code calls (see the module doc).
@@ -98,14 +115,25 @@ pub(super) unsafe extern "C" fn host_gemm(call: *const GemmCall) {
     if c.m <= 0 || c.n <= 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present; the pointer contract is the caller's.
-        unsafe { avx512::gemm(c) };
-        return;
-    }
     // SAFETY: the pointer contract is the caller's.
-    unsafe { portable(c) }
+    unsafe { run_kernel(vector_kernel(), c) }
+}
+
+/// Runs `kernel` (the portable loop for `None`) on `c`.
+///
+/// # Safety
+/// As `host_gemm`, and the machine has `kernel`'s instructions.
+unsafe fn run_kernel(kernel: Option<VectorKernel>, c: &GemmCall) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked AVX-512F; the pointer contract is the caller's.
+        Some(VectorKernel::Avx512) => unsafe { avx512::gemm(c) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked AVX2 and FMA; the pointer contract is the caller's.
+        Some(VectorKernel::Avx2) => unsafe { avx2::gemm(c) },
+        // SAFETY: the pointer contract is the caller's.
+        _ => unsafe { portable(c) },
+    }
 }
 
 /// The accumulator start of element `(i, j)` (see the module doc).
@@ -153,6 +181,8 @@ unsafe fn portable(c: &GemmCall) {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
 #[cfg(test)]
@@ -195,7 +225,20 @@ mod tests {
                 want[i * n + j] = acc;
             }
         }
-        for vector in [true, false] {
+        // Every kernel this machine can run (AVX-512 hosts also run the AVX2 kernel), then
+        // the portable loop.
+        let mut kernels: Vec<Option<VectorKernel>> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                kernels.push(Some(VectorKernel::Avx512));
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                kernels.push(Some(VectorKernel::Avx2));
+            }
+        }
+        kernels.push(None);
+        for kernel in kernels {
             let mut out = if init {
                 ini.clone()
             } else {
@@ -217,18 +260,14 @@ mod tests {
                 ldo: n as i64,
                 col_s: 1,
             };
-            if vector {
-                // SAFETY: every pointer covers the shapes of `call`; `init` is `out` itself.
-                unsafe { host_gemm(&call) };
-            } else {
-                // SAFETY: as above.
-                unsafe { portable(&call) };
-            }
+            // SAFETY: every pointer covers the shapes of `call`; `init` is `out` itself; the
+            // machine has the kernel's instructions (checked above).
+            unsafe { run_kernel(kernel, &call) };
             for (e, (g, w)) in out.iter().zip(&want).enumerate() {
                 let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
                 assert!(
                     (*g as f64 - w).abs() <= tol,
-                    "m {m} n {n} k {k} nt {nt} init {init} vector {vector}: \
+                    "m {m} n {n} k {k} nt {nt} init {init} {kernel:?}: \
                      element {e}: {g} vs {w}"
                 );
             }

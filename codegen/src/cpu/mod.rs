@@ -47,7 +47,7 @@ type ProgramFn = unsafe extern "C" fn(*const u64, *const i64, i64, i64, i64, *mu
 pub struct CpuOptions {
     /// Gemm tiles of at least [`host_gemm::HOST_GEMM_MIN_MACS`] multiply-adds call the
     /// host-compiled gemm ([`host_gemm`]) instead of the generated loops. Correct on any host;
-    /// fast where [`host_gemm::host_gemm_available`] (AVX-512F).
+    /// fast where [`host_gemm::host_gemm_available`] (AVX-512F, or AVX2 with FMA).
     pub host_gemm: bool,
 }
 
