@@ -201,6 +201,7 @@ fn info_lists_backends() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(out.contains("cpu   available"), "{out}");
+    assert!(out.contains("host gemm: "), "{out}");
     assert!(out.contains("cuda"), "{out}");
     assert!(out.contains("nccl  "), "{out}");
 }

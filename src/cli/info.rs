@@ -13,6 +13,7 @@ pub fn info() {
         std::env::consts::ARCH,
         cpu_features()
     );
+    println!("        host gemm: {}", host_gemm());
     match probe_cuda() {
         Ok(desc) => println!("  cuda  available: {desc}"),
         Err(why) => println!("  cuda  unavailable: {why}"),
@@ -54,10 +55,31 @@ fn cpu_features() -> String {
         if std::arch::is_x86_feature_detected!("fma") {
             f.push("fma");
         }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
         f.join(", ")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         "native".to_string()
+    }
+}
+
+/// Which gemm the CPU JIT's larger tile gemms run here (`codegen/src/cpu/host_gemm.rs`).
+fn host_gemm() -> String {
+    use tpla_codegen::cpu::host_gemm::{vector_kernel, VectorKernel, HOST_GEMM_MIN_MACS};
+    use tpla_codegen::cpu::CpuOptions;
+    let loops = "the generated 4-lane loops";
+    match (vector_kernel(), CpuOptions::default().host_gemm) {
+        (Some(k), true) => {
+            let what = match k {
+                VectorKernel::Avx512 => "AVX-512F microkernels, 16 lanes",
+                VectorKernel::Avx2 => "AVX2 + FMA microkernels, 8 lanes",
+            };
+            format!("{what}, for tiles of {HOST_GEMM_MIN_MACS}+ multiply-adds")
+        }
+        (Some(_), false) => format!("off ({}=0): {loops}", CpuOptions::HOST_GEMM_VAR),
+        (None, _) => format!("no AVX-512F or AVX2 + FMA on this CPU: {loops}"),
     }
 }
