@@ -84,18 +84,29 @@ pub enum VectorKernel {
     Avx2,
 }
 
-/// The vector kernel `host_gemm` runs on this machine, if it has one.
-pub fn vector_kernel() -> Option<VectorKernel> {
+/// Whether this machine has the instructions of `kernel`.
+fn present(kernel: VectorKernel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Some(VectorKernel::Avx512);
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Some(VectorKernel::Avx2);
+        match kernel {
+            VectorKernel::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            VectorKernel::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
         }
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = kernel;
+        false
+    }
+}
+
+/// The vector kernel `host_gemm` runs on this machine, if it has one (the best present).
+pub fn vector_kernel() -> Option<VectorKernel> {
+    [VectorKernel::Avx512, VectorKernel::Avx2]
+        .into_iter()
+        .find(|&k| present(k))
 }
 
 /// Whether `host_gemm` has a vector kernel on this machine (AVX-512F, or AVX2 with FMA): only
@@ -153,6 +164,72 @@ unsafe fn start(c: &GemmCall, i: isize, j: isize) -> f32 {
         // SAFETY: row `i` of the `[m, 1]` column.
         x * unsafe { *c.col.offset(i * c.col_s as isize) }
     }
+}
+
+/// Which microkernel the strides of a call allow (the same rule for every vector width).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// `a` rows and `b` columns contiguous along K (`q @ kv.t()`).
+    Nt,
+    /// `b` rows contiguous along N (`p @ kv.cols(..)`).
+    Nn,
+    /// Anything else: the portable loop.
+    Other,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn form(c: &GemmCall) -> Form {
+    let k_unit = c.a_s1 == 1 || c.k == 1;
+    let kb_unit = c.b_s0 == 1 || c.k == 1;
+    let n_unit = c.b_s1 == 1 || c.n == 1;
+    if c.k <= 0 {
+        Form::Other
+    } else if k_unit && kb_unit {
+        Form::Nt
+    } else if n_unit {
+        Form::Nn
+    } else {
+        Form::Other
+    }
+}
+
+/// Adds the start to the four dot products `sums` of row `i` at columns `j..j + 4` and stores
+/// them (the NT kernels' whole blocks; SSE, present on every x86-64).
+///
+/// # Safety
+/// As `host_gemm`, the four elements inside `[m, n]`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn store_row4(c: &GemmCall, i: usize, j: usize, sums: core::arch::x86_64::__m128) {
+    use core::arch::x86_64::*;
+    let o = i * c.ldo as usize + j;
+    let mut x = sums;
+    // SAFETY: row `i`, columns `j..j + 4` of the destination (and of `init`, `col` row `i`), all
+    // inside `[m, n]`.
+    unsafe {
+        if !c.init.is_null() {
+            let mut s = _mm_loadu_ps(c.init.add(o));
+            if !c.col.is_null() {
+                s = _mm_mul_ps(s, _mm_set1_ps(*c.col.add(i * c.col_s as usize)));
+            }
+            x = _mm_add_ps(x, s);
+        }
+        _mm_storeu_ps(c.out.add(o), x);
+    }
+}
+
+/// Adds the start to the dot product `sum` of element `(i, j)` and stores it (the NT kernels'
+/// edge blocks).
+///
+/// # Safety
+/// As `host_gemm`, `(i, j)` inside `[m, n]`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn store_one(c: &GemmCall, i: usize, j: usize, sum: f32) {
+    let (i, j) = (i as isize, j as isize);
+    // SAFETY: `(i, j)` is inside `[m, n]`.
+    unsafe { *c.out.offset(i * c.ldo as isize + j) = start(c, i, j) + sum };
 }
 
 /// Plain loops: any strides, any machine.
@@ -227,16 +304,11 @@ mod tests {
         }
         // Every kernel this machine can run (AVX-512 hosts also run the AVX2 kernel), then
         // the portable loop.
-        let mut kernels: Vec<Option<VectorKernel>> = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                kernels.push(Some(VectorKernel::Avx512));
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                kernels.push(Some(VectorKernel::Avx2));
-            }
-        }
+        let mut kernels: Vec<Option<VectorKernel>> = [VectorKernel::Avx512, VectorKernel::Avx2]
+            .into_iter()
+            .filter(|&k| present(k))
+            .map(Some)
+            .collect();
         kernels.push(None);
         for kernel in kernels {
             let mut out = if init {

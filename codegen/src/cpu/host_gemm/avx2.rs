@@ -19,7 +19,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{portable, GemmCall};
+use super::{portable, Form, GemmCall};
 
 /// Lanes of a vector.
 const L: usize = 8;
@@ -36,19 +36,12 @@ const NN_VECS: usize = 2;
 /// AVX2 and FMA are present, and the pointer contract of [`super::host_gemm`] holds.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm(c: &GemmCall) {
-    let k_unit = c.a_s1 == 1 || c.k == 1;
-    let kb_unit = c.b_s0 == 1 || c.k == 1;
-    let n_unit = c.b_s1 == 1 || c.n == 1;
     // SAFETY (all three): the caller's contract; the kernels address only elements inside the
     // shapes of `c`.
-    if c.k <= 0 {
-        unsafe { portable(c) }
-    } else if k_unit && kb_unit {
-        unsafe { nt(c) }
-    } else if n_unit {
-        unsafe { nn(c) }
-    } else {
-        unsafe { portable(c) }
+    match super::form(c) {
+        Form::Nt => unsafe { nt(c) },
+        Form::Nn => unsafe { nn(c) },
+        Form::Other => unsafe { portable(c) },
     }
 }
 
@@ -93,12 +86,12 @@ unsafe fn nt(c: &GemmCall) {
         for i in (0..m2).step_by(NT_ROWS) {
             let acc = unsafe { nt_acc::<NT_ROWS, NT_COLS>(c, i, j) };
             for (r, row) in acc.iter().enumerate() {
-                unsafe { nt_store_row(c, i + r, j, reduce_row(row)) };
+                unsafe { super::store_row4(c, i + r, j, reduce_row(row)) };
             }
         }
         for i in m2..m {
             let acc = unsafe { nt_acc::<1, NT_COLS>(c, i, j) };
-            unsafe { nt_store_row(c, i, j, reduce_row(&acc[0])) };
+            unsafe { super::store_row4(c, i, j, reduce_row(&acc[0])) };
         }
     }
     for j in n4..n {
@@ -169,28 +162,6 @@ unsafe fn nt_acc<const R: usize, const C: usize>(
     acc
 }
 
-/// Adds the start to four reduced sums of row `i` at columns `j..j + 4` and stores them.
-///
-/// # Safety
-/// As [`gemm`], the four elements inside `[m, n]`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn nt_store_row(c: &GemmCall, i: usize, j: usize, mut x: __m128) {
-    let o = i * c.ldo as usize + j;
-    // SAFETY: row `i`, columns `j..j + 4` of the destination (and of `init`, `col` row `i`),
-    // all inside `[m, n]`.
-    unsafe {
-        if !c.init.is_null() {
-            let mut s = _mm_loadu_ps(c.init.add(o));
-            if !c.col.is_null() {
-                s = _mm_mul_ps(s, _mm_set1_ps(*c.col.add(i * c.col_s as usize)));
-            }
-            x = _mm_add_ps(x, s);
-        }
-        _mm_storeu_ps(c.out.add(o), x);
-    }
-}
-
 /// Reduces an `R x C` edge block one accumulator at a time, adds the start and stores it.
 ///
 /// # Safety
@@ -205,12 +176,8 @@ unsafe fn nt_store<const R: usize, const C: usize>(
 ) {
     for (r, row) in acc.iter().enumerate() {
         for (q, x) in row.iter().enumerate() {
-            let (ii, jj) = ((i + r) as isize, (j + q) as isize);
-            // SAFETY: `(ii, jj)` is inside `[m, n]`.
-            unsafe {
-                let s = super::start(c, ii, jj) + hsum(*x);
-                *c.out.offset(ii * c.ldo as isize + jj) = s;
-            }
+            // SAFETY: `(i + r, j + q)` is inside `[m, n]`.
+            unsafe { super::store_one(c, i + r, j + q, hsum(*x)) };
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{portable, GemmCall};
+use super::{portable, Form, GemmCall};
 
 /// Rows and columns (vectors for NN) of the main blocks.
 const MR: usize = 4;
@@ -27,19 +27,12 @@ const NR: usize = 4;
 /// AVX-512F is present, and the pointer contract of [`super::host_gemm`] holds.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gemm(c: &GemmCall) {
-    let k_unit = c.a_s1 == 1 || c.k == 1;
-    let kb_unit = c.b_s0 == 1 || c.k == 1;
-    let n_unit = c.b_s1 == 1 || c.n == 1;
     // SAFETY (all three): the caller's contract; the kernels address only elements inside the
     // shapes of `c`.
-    if c.k <= 0 {
-        unsafe { portable(c) }
-    } else if k_unit && kb_unit {
-        unsafe { nt(c) }
-    } else if n_unit {
-        unsafe { nn(c) }
-    } else {
-        unsafe { portable(c) }
+    match super::form(c) {
+        Form::Nt => unsafe { nt(c) },
+        Form::Nn => unsafe { nn(c) },
+        Form::Other => unsafe { portable(c) },
     }
 }
 
@@ -213,20 +206,9 @@ unsafe fn nt_store_4x4(c: &GemmCall, i: usize, j: usize, sums: __m512) {
         _mm512_extractf32x4_ps::<2>(sums),
         _mm512_extractf32x4_ps::<3>(sums),
     ];
-    for (r, mut x) in rows.into_iter().enumerate() {
-        let o = (i + r) * c.ldo as usize + j;
-        // SAFETY: row `i + r`, columns `j..j + 4` of the destination (and of `init`, `col` row
-        // `i + r`), all inside `[m, n]`.
-        unsafe {
-            if !c.init.is_null() {
-                let mut s = _mm_loadu_ps(c.init.add(o));
-                if !c.col.is_null() {
-                    s = _mm_mul_ps(s, _mm_set1_ps(*c.col.add((i + r) * c.col_s as usize)));
-                }
-                x = _mm_add_ps(x, s);
-            }
-            _mm_storeu_ps(c.out.add(o), x);
-        }
+    for (r, x) in rows.into_iter().enumerate() {
+        // SAFETY: row `i + r`, columns `j..j + 4`, inside `[m, n]`.
+        unsafe { super::store_row4(c, i + r, j, x) };
     }
 }
 
@@ -244,12 +226,8 @@ unsafe fn nt_store<const R: usize, const C: usize>(
 ) {
     for (r, row) in acc.iter().enumerate() {
         for (q, x) in row.iter().enumerate() {
-            let (ii, jj) = ((i + r) as isize, (j + q) as isize);
-            // SAFETY: `(ii, jj)` is inside `[m, n]`.
-            unsafe {
-                let s = super::start(c, ii, jj) + _mm512_reduce_add_ps(*x);
-                *c.out.offset(ii * c.ldo as isize + jj) = s;
-            }
+            // SAFETY: `(i + r, j + q)` is inside `[m, n]`.
+            unsafe { super::store_one(c, i + r, j + q, _mm512_reduce_add_ps(*x)) };
         }
     }
 }
