@@ -195,3 +195,37 @@ fn every_kernel_waits_for_the_grid_it_depends_on_before_touching_memory() {
     // The PTX itself only on sm_90+, where it exists.
     assert!(PRELUDE.contains("__CUDA_ARCH__ >= 900\n    asm volatile(\"griddepcontrol.wait;\""));
 }
+
+/// The query tile's load (outside every loop) goes out as `cp.async` copies, all in flight, then
+/// one wait before anything reads it, on sm_80 and later; before sm_80 (no `cp.async`) it is a
+/// copy through registers. A load inside a loop never waits for all of a thread's copies (that
+/// would also wait for a cp.async pipeline's stages).
+#[test]
+fn query_load_goes_out_in_flight_from_ampere_on() {
+    let k = latent_decode(decode(64, 64, 2, 512, true, true)).unwrap();
+    for t in [Target::sm90(), Target::new(8, 0)] {
+        let src = emit(&k, t).unwrap();
+        let body = src.code.split("// ---- kernel").nth(1).unwrap();
+        let copy = body
+            .find("tpla_cp_async16(d_, g_ + o_, true);")
+            .expect("query load as cp.async");
+        let wait = copy
+            + body[copy..]
+                .find("tpla_cp_async_wait<0>();")
+                .expect("a wait");
+        let first_gemm = body
+            .find("tpla_wgmma_m64n")
+            .or_else(|| body.find("tpla_mma_bf16_16816("))
+            .expect("a gemm");
+        assert!(
+            copy < wait && wait < first_gemm,
+            "copy, wait, then the first gemm ({t:?})"
+        );
+        assert!(!body.contains("*(uint4*)d_ = *(const uint4*)(g_ + o_);"));
+    }
+    let small = latent_decode(decode(16, 32, 2, 128, true, true)).unwrap();
+    let old = emit(&small, Target::new(7, 5)).unwrap();
+    let body = old.code.split("// ---- kernel").nth(1).unwrap();
+    assert!(body.contains("*(uint4*)d_ = *(const uint4*)(g_ + o_);"));
+    assert!(!body.contains("tpla_cp_async16(d_, g_ + o_, true);"));
+}
