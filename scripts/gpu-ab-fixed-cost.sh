@@ -20,10 +20,13 @@ M64S3=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=3,TMA=1
 M16=BLOCK_H=16,BLOCK_N=64,PRODUCER=1,STAGES=2,TMA=1,WARPS=8,WG_SPLIT=128
 S64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
 S64P=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_SPLIT=128
-for c in "mla 64 32x256 $M64" "tpla-shard 64 32x256 $S64" "mla 64 32x4096 $M64" \
-  "tpla-shard 64 32x4096 $S64" "mla 64 32x32768 $M64" "tpla-shard 64 32x32768 $S64" \
-  "mla 64 128x4096 $M64S3" "tpla-shard 64 128x4096 $S64" "mla 16 128x4096 $M16" \
-  "mla 64 64x32768 $M64" "tpla-shard 64 64x32768 $S64P"; do
+# TPLA_AB_QUICK=1: the two ends of Kimi's rows and the B128 x 4K rows only (a short device call).
+cases=("mla 64 32x256 $M64" "tpla-shard 64 32x256 $S64" "mla 64 32x32768 $M64"
+  "tpla-shard 64 32x32768 $S64" "mla 64 128x4096 $M64S3" "tpla-shard 64 128x4096 $S64"
+  "mla 16 128x4096 $M16")
+[ -n "${TPLA_AB_QUICK:-}" ] || cases+=("mla 64 32x4096 $M64" "tpla-shard 64 32x4096 $S64"
+  "mla 64 64x32768 $M64" "tpla-shard 64 64x32768 $S64P")
+for c in "${cases[@]}"; do
   read -r variant heads shape cfg <<<"$c"
   for w in before after; do
     b=gpu-bin/tpla
