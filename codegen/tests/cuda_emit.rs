@@ -223,6 +223,11 @@ fn query_load_goes_out_in_flight_from_ampere_on() {
         );
         assert!(!body.contains("*(uint4*)d_ = *(const uint4*)(g_ + o_);"));
     }
+    // Turned off (`TPLA_CUDA_ASYNC_LOADS=0`): the copy through registers on Hopper too.
+    let off = emit(&k, Target::sm90().with_async_tile_loads(false)).unwrap();
+    let body = off.code.split("// ---- kernel").nth(1).unwrap();
+    assert!(body.contains("*(uint4*)d_ = *(const uint4*)(g_ + o_);"));
+    assert!(!body.contains("tpla_cp_async16(d_, g_ + o_, true);"));
     let small = latent_decode(decode(16, 32, 2, 128, true, true)).unwrap();
     let old = emit(&small, Target::new(7, 5)).unwrap();
     let body = old.code.split("// ---- kernel").nth(1).unwrap();

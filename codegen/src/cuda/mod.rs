@@ -163,6 +163,11 @@ pub struct Target {
     /// 128-byte-swizzled shared memory (default on sm_90a; a kernel config `WGMMA = 0` or
     /// `TPLA_CUDA_WGMMA=0` in the runtime turns it off).
     pub wgmma: bool,
+    /// Whether a tile load outside every loop (the query tile) goes out as `cp.async` copies,
+    /// all in flight, then one wait (default on sm_80+; `TPLA_CUDA_ASYNC_LOADS=0` in the runtime
+    /// turns it off: a copy through registers, one round trip to memory per vector a thread
+    /// moves, the code the kernels had before 2026-12-08).
+    pub async_tile_loads: bool,
 }
 
 impl Target {
@@ -183,6 +188,7 @@ impl Target {
             max_shared_bytes,
             f32_gemm: F32Gemm::default(),
             wgmma: (major, minor) == (9, 0),
+            async_tile_loads: major >= 8,
         }
     }
 
@@ -200,6 +206,12 @@ impl Target {
     /// The same target with warpgroup gemms allowed or not (only effective on sm_90a).
     pub fn with_wgmma(mut self, wgmma: bool) -> Target {
         self.wgmma = wgmma && self.sm == (9, 0);
+        self
+    }
+
+    /// The same target with top-level tile loads as `cp.async` or not (only effective on sm_80+).
+    pub fn with_async_tile_loads(mut self, on: bool) -> Target {
+        self.async_tile_loads = on && self.sm.0 >= 8;
         self
     }
 

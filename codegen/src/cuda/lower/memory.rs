@@ -111,10 +111,10 @@ impl<'a> Lower<'a> {
             // A load outside every loop (the query tile, once per program) on sm_80+ goes out as
             // `cp.async` copies, all in flight at once, then one wait: a copy through registers
             // issues one load per iteration and waits for it before the next (12 round trips to
-            // memory for a 64-head query at latent 512, ~10 us per call on an H100). Inside a
-            // loop the wait for all of this thread's copies would also wait for a cp.async
-            // pipeline's stages, so there the copy stays synchronous.
-            let in_flight = self.depth == 1 && self.target.sm.0 >= 8;
+            // memory for a 64-head query at latent 512: `bench/NOTES-cuda-decode.md`, session
+            // 24). Inside a loop the wait for all of this thread's copies would also wait for a
+            // cp.async pipeline's stages, so there the copy stays synchronous.
+            let in_flight = self.depth == 1 && self.target.async_tile_loads;
             let (copy, done) = if in_flight {
                 (
                     "tpla_cp_async16(d_, g_ + o_, true);",

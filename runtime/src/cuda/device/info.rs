@@ -41,6 +41,11 @@ impl DeviceInfo {
         if std::env::var("TPLA_CUDA_WGMMA").is_ok_and(|v| v.trim() == "0") {
             t = t.with_wgmma(false);
         }
+        // `TPLA_CUDA_ASYNC_LOADS=0`: the query tile copied through registers (the same-binary
+        // before / after of the `cp.async` query load, and a way back if it misbehaves).
+        if std::env::var("TPLA_CUDA_ASYNC_LOADS").is_ok_and(|v| v.trim() == "0") {
+            t = t.with_async_tile_loads(false);
+        }
         t
     }
 }
