@@ -6,6 +6,8 @@
 # Cases: Kimi-K2's B32 rows at L = 256 (one block per program: all intercept), 4K and 32K, the
 # matrix's B128 x 4K rows at 16 and 64 heads and B64 x 32K at 64 heads; then `tpla decode` of
 # Kimi-K2 B32 32K by both. gpu-bin/ as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
+# Without gpu-bin/tpla.before, "before" is gpu-bin/tpla under TPLA_AB_BEFORE_ENV (default
+# TPLA_CUDA_ASYNC_LOADS=0: the query tile copied through registers, the code before 7c0da58).
 #   OUT=dir scripts/gpu-ab-fixed-cost.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +15,14 @@ cd "$(dirname "$0")/.."
 source scripts/gpu-lib.sh
 gpu_init ab-fixed-cost
 gpu_kernel_cache
-[ -x gpu-bin/tpla.before ] || { echo "no gpu-bin/tpla.before" >>"$s"; cat "$s"; exit 2; }
+# The "before" side: gpu-bin/tpla.before, else a wrapper running gpu-bin/tpla under the variable.
+before=gpu-bin/tpla.before
+if [ ! -x "$before" ]; then
+  before=$W/tpla-before
+  printf '#!/bin/sh\nexec env %s "%s" "$@"\n' "${TPLA_AB_BEFORE_ENV:-TPLA_CUDA_ASYNC_LOADS=0}" \
+    "$PWD/gpu-bin/tpla" >"$before"
+  chmod +x "$before"
+fi
 export TPLA_BENCH_FLUSH=${TPLA_BENCH_FLUSH:-read}
 M64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
 M64S3=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=3,TMA=1,WG_SPLIT=128
@@ -30,14 +39,14 @@ for c in "${cases[@]}"; do
   read -r variant heads shape cfg <<<"$c"
   for w in before after; do
     b=gpu-bin/tpla
-    [ "$w" = before ] && b=gpu-bin/tpla.before
+    [ "$w" = before ] && b=$before
     BENCH_TIMEOUT=60 bench_tried "$b" "$w" "$variant" "$heads" "$shape" "$cfg" | grep -a chosen |
       sed "s/^/$variant /" >>"$s"
   done
 done
 for w in before after; do
   b=gpu-bin/tpla
-  [ "$w" = before ] && b=gpu-bin/tpla.before
+  [ "$w" = before ] && b=$before
   timeout 120 "$b" decode --preset kimi-k2 --backend cuda --batch 32 --context 32768 \
     >"$W/decode-$w.log" 2>&1
   echo "decode kimi-k2 B32 32K, $w (rc $?):" >>"$s"
