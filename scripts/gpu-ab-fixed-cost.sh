@@ -23,11 +23,12 @@ if [ ! -x "$before" ]; then
     "$PWD/gpu-bin/tpla" >"$before"
   chmod +x "$before"
 fi
+declare -A side=([before]=$before [after]=gpu-bin/tpla)
 export TPLA_BENCH_FLUSH=${TPLA_BENCH_FLUSH:-read}
-M64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
+M64=$KIMI_MLA64
 M64S3=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=3,TMA=1,WG_SPLIT=128
 M16=BLOCK_H=16,BLOCK_N=64,PRODUCER=1,STAGES=2,TMA=1,WARPS=8,WG_SPLIT=128
-S64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
+S64=$KIMI_SHARD64
 S64P=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_SPLIT=128
 # TPLA_AB_QUICK=1: the two ends of Kimi's rows and the B128 x 4K rows only (a short device call).
 cases=("mla 64 32x256 $M64" "tpla-shard 64 32x256 $S64" "mla 64 32x32768 $M64"
@@ -38,16 +39,12 @@ cases=("mla 64 32x256 $M64" "tpla-shard 64 32x256 $S64" "mla 64 32x32768 $M64"
 for c in "${cases[@]}"; do
   read -r variant heads shape cfg <<<"$c"
   for w in before after; do
-    b=gpu-bin/tpla
-    [ "$w" = before ] && b=$before
-    BENCH_TIMEOUT=60 bench_tried "$b" "$w" "$variant" "$heads" "$shape" "$cfg" | grep -a chosen |
+    BENCH_TIMEOUT=60 bench_tried "${side[$w]}" "$w" "$variant" "$heads" "$shape" "$cfg" | grep -a chosen |
       sed "s/^/$variant /" >>"$s"
   done
 done
 for w in before after; do
-  b=gpu-bin/tpla
-  [ "$w" = before ] && b=$before
-  timeout 120 "$b" decode --preset kimi-k2 --backend cuda --batch 32 --context 32768 \
+  timeout 120 "${side[$w]}" decode --preset kimi-k2 --backend cuda --batch 32 --context 32768 \
     >"$W/decode-$w.log" 2>&1
   echo "decode kimi-k2 B32 32K, $w (rc $?):" >>"$s"
   grep -aE "speedup|device time" "$W/decode-$w.log" | sed 's/^/  /' >>"$s"

@@ -17,8 +17,8 @@ gpu_init b32-slope
 gpu_kernel_cache
 # TPLA_SLOPE_MLA_CONFIG / TPLA_SLOPE_SHARD_CONFIG: other whole configs (e.g. without the
 # producer, to see what the TMA ring's setup costs in the intercept).
-MLA64=${TPLA_SLOPE_MLA_CONFIG:-BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128}
-SHARD64=${TPLA_SLOPE_SHARD_CONFIG:-BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128}
+MLA64=${TPLA_SLOPE_MLA_CONFIG:-$KIMI_MLA64}
+SHARD64=${TPLA_SLOPE_SHARD_CONFIG:-$KIMI_SHARD64}
 # `tpla tune --g 2` of B32 32K picked this on the H100 (2026-12-07, 255.2 us).
 SHARD_TUNED=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,STAGES=4,TMA=1,WG_SPLIT=128
 # TPLA_SLOPE_FLUSH: how the timing loop empties the L2 (memset leaves ~50 MB of dirty lines

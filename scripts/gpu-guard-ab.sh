@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/gpu-lib.sh
 gpu_init guard-ab
 gpu_kernel_cache
-MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
+MLA64=$KIMI_MLA64
 for round in $(seq "${TPLA_GUARD_ROUNDS:-2}"); do
   for shape in ${TPLA_GUARD_SHAPES:-64x32768 128x4096}; do
     TPLA_BENCH_QUEUE_GUARD=off bench_tried gpu-bin/tpla "before-$round" mla 64 "$shape" "$MLA64" >>"$s"

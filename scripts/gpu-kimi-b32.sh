@@ -57,8 +57,8 @@ mkdir -p "$OUT/tune" && cp ~/.cache/tpla/tune/*.json "$OUT/tune/" 2>/dev/null
 cp "$s" "$OUT/summary.txt"
 # Issue 9's H64 bench rows with session 15's best configs pinned: the rule's split count and the
 # bench's split search side by side (each `tried` line names its count).
-MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
-SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
+MLA64=$KIMI_MLA64
+SHARD64=$KIMI_SHARD64
 if part bench; then
   for shape in ${TPLA_KIMI_BENCH_SHAPES:-32x32768 64x32768 128x4096}; do
     bench_tried gpu-bin/tpla splits mla 64 $shape "$MLA64" >>"$s"

@@ -5,6 +5,11 @@
 # $W/json-LABEL-HEADS-SHAPE and prints one line per candidate it timed (the JSON's `tried`:
 # decode-only median of the tuning pass), then the chosen case's line (median of the timed pass,
 # TFLOPS, fraction of the same run's read roofline). Needs $W.
+# Kimi-K2's pinned 64-head decode configs (MLA at latent 512, the g = 2 shard at 256): the
+# H100 / H200 winners the B32 scripts time by name (session 22's matrix).
+KIMI_MLA64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,SCORE_WG=1,SPLIT_RELEASE=1,STAGES=2,TMA=1,WG_SPLIT=128
+KIMI_SHARD64=BLOCK_H=64,BLOCK_N=64,PRODUCER=1,STAGES=4,TMA=1,WG_KV_SPLIT=1,WG_SPLIT=128
+
 bench_tried() {
   local bin=$1 label=$2 variant=$3 heads=$4 shape=$5 cfg=$6
   shift 6

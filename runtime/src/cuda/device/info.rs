@@ -37,16 +37,12 @@ impl DeviceInfo {
         if self.max_shared_per_block > 0 {
             t.max_shared_bytes = self.max_shared_per_block;
         }
-        // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection).
-        if std::env::var("TPLA_CUDA_WGMMA").is_ok_and(|v| v.trim() == "0") {
-            t = t.with_wgmma(false);
-        }
-        // `TPLA_CUDA_ASYNC_LOADS=0`: the query tile copied through registers (the same-binary
+        let off = |var: &str| std::env::var(var).is_ok_and(|v| v.trim() == "0");
+        // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection);
+        // `TPLA_CUDA_ASYNC_LOADS=0` copies the query tile through registers (the same-binary
         // before / after of the `cp.async` query load, and a way back if it misbehaves).
-        if std::env::var("TPLA_CUDA_ASYNC_LOADS").is_ok_and(|v| v.trim() == "0") {
-            t = t.with_async_tile_loads(false);
-        }
-        t
+        t.with_wgmma(t.wgmma && !off("TPLA_CUDA_WGMMA"))
+            .with_async_tile_loads(t.async_tile_loads && !off("TPLA_CUDA_ASYNC_LOADS"))
     }
 }
 
