@@ -234,3 +234,46 @@ fn query_load_goes_out_in_flight_from_ampere_on() {
     assert!(body.contains("*(uint4*)d_ = *(const uint4*)(g_ + o_);"));
     assert!(!body.contains("tpla_cp_async16(d_, g_ + o_, true);"));
 }
+
+/// In the split combine's second loop the partials' load is printed beside the log-sum-exp's,
+/// before the `exp2` that reads the latter (`loads_first.rs`), so a thread waits for memory once
+/// per split instead of twice; `with_loads_first(false)` (`TPLA_CUDA_LOADS_FIRST=0`) prints the
+/// body as written. The decode kernel (no `for` loop) is the same either way.
+#[test]
+fn loop_loads_go_first_in_the_combine() {
+    let k = combine_splits(512, 128).unwrap();
+    // The second loop's body: from its last `for (` to the store after it.
+    let second_loop = |code: &str| {
+        let body = code.split("// ---- kernel").nth(1).unwrap().to_string();
+        let at = body.rfind("for (; ").expect("the splits loop");
+        body[at..].to_string()
+    };
+    // The partials (`p0`) are read element-wise or as vectors through `g_ = p0`.
+    let part_load = |code: &str| {
+        ["p0[", "= p0;"]
+            .iter()
+            .filter_map(|m| code.find(m))
+            .min()
+            .expect("the partials' load")
+    };
+    let on = second_loop(&emit(&k, Target::sm90()).unwrap().code);
+    let (part, exp) = (part_load(&on), on.find("tpla_exp2(").unwrap());
+    assert!(
+        part < exp,
+        "the partials are loaded before the weight is computed"
+    );
+    let off = second_loop(
+        &emit(&k, Target::sm90().with_loads_first(false))
+            .unwrap()
+            .code,
+    );
+    let (part, exp) = (part_load(&off), off.find("tpla_exp2(").unwrap());
+    assert!(exp < part, "as written without the rewrite");
+    let d = latent_decode(decode(64, 64, 2, 512, true, true)).unwrap();
+    assert_eq!(
+        emit(&d, Target::sm90()).unwrap().code,
+        emit(&d, Target::sm90().with_loads_first(false))
+            .unwrap()
+            .code
+    );
+}

@@ -12,6 +12,8 @@
 //! runs one list of named passes, `pipeline::PASSES`, over a lowering state (`TPLA_DUMP=<pass>`
 //! or `TPLA_DUMP=all` prints the state after each pass named):
 //!
+//! 0. (before the list, a rewrite of the tile IR) `loads_first.rs`: each `for` body's tile loads
+//!    move to the start of the iteration, so they go out together;
 //! 1. `analysis` (`analysis.rs`): assignments and uses per tile, exact bf16 values, gemm
 //!    operands and shapes (through the IR walker [`crate::visit`]);
 //! 2. `layout` (`layout.rs`): where each tile lives (the lattice below);
@@ -121,6 +123,7 @@ mod full_groups;
 mod fusion;
 mod geometry;
 mod layout;
+mod loads_first;
 mod lower;
 mod memory;
 mod node;
@@ -168,6 +171,10 @@ pub struct Target {
     /// turns it off: a copy through registers, one round trip to memory per vector a thread
     /// moves, the code the kernels had before 2026-12-08).
     pub async_tile_loads: bool,
+    /// Whether the tile loads of each `for` loop body move to the start of their iteration
+    /// before the passes run (`loads_first.rs`; default on; `TPLA_CUDA_LOADS_FIRST=0` in the
+    /// runtime keeps the bodies as written, the code the kernels had before 2026-12-08).
+    pub loads_first: bool,
 }
 
 impl Target {
@@ -189,6 +196,7 @@ impl Target {
             f32_gemm: F32Gemm::default(),
             wgmma: (major, minor) == (9, 0),
             async_tile_loads: major >= 8,
+            loads_first: true,
         }
     }
 
@@ -212,6 +220,12 @@ impl Target {
     /// The same target with top-level tile loads as `cp.async` or not (only effective on sm_80+).
     pub fn with_async_tile_loads(mut self, on: bool) -> Target {
         self.async_tile_loads = on && self.sm.0 >= 8;
+        self
+    }
+
+    /// The same target with the loads of `for` bodies moved first or not (`loads_first.rs`).
+    pub fn with_loads_first(mut self, on: bool) -> Target {
+        self.loads_first = on;
         self
     }
 

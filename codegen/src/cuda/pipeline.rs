@@ -15,11 +15,18 @@ use crate::error::IrError;
 use crate::ir::*;
 use crate::schedule::Schedule;
 
-/// Validates `k`, reads its [`Schedule`] once and runs [`PASSES`]; where the result needs more
+/// Validates `k`, moves the loads of its `for` bodies first (`loads_first.rs`, where
+/// `target.loads_first`), reads its [`Schedule`] once and runs [`PASSES`]; where the result needs more
 /// shared memory than `target` has, runs them again with fewer paged-loop stages, then with f32
 /// gemm operands rounded to bf16.
 pub(super) fn emit(k: &Kernel, target: Target) -> Result<CudaSource, IrError> {
     crate::validate::validate(k)?;
+    // The one rewrite of the tile IR before the passes: each `for` body's loads first.
+    let rewritten = target
+        .loads_first
+        .then(|| crate::cuda::loads_first::loads_first(k))
+        .flatten();
+    let k = rewritten.as_ref().unwrap_or(k);
     let sched = Schedule::from_config(&k.config)?;
     let max_stages = max_stages(&k.body).max(1);
     // Shared memory decides: fewer pipeline stages first, then (for f32 gemm operands) bf16

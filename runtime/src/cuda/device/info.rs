@@ -40,9 +40,11 @@ impl DeviceInfo {
         let off = |var: &str| std::env::var(var).is_ok_and(|v| v.trim() == "0");
         // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection);
         // `TPLA_CUDA_ASYNC_LOADS=0` copies the query tile through registers (the same-binary
-        // before / after of the `cp.async` query load, and a way back if it misbehaves).
+        // before / after of the `cp.async` query load, and a way back if it misbehaves);
+        // `TPLA_CUDA_LOADS_FIRST=0` prints loop bodies' loads where the kernel wrote them.
         t.with_wgmma(t.wgmma && !off("TPLA_CUDA_WGMMA"))
             .with_async_tile_loads(t.async_tile_loads && !off("TPLA_CUDA_ASYNC_LOADS"))
+            .with_loads_first(t.loads_first && !off("TPLA_CUDA_LOADS_FIRST"))
     }
 }
 
