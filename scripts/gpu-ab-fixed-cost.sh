@@ -7,7 +7,10 @@
 # matrix's B128 x 4K rows at 16 and 64 heads and B64 x 32K at 64 heads; then `tpla decode` of
 # Kimi-K2 B32 32K by both. gpu-bin/ as gpu-bin.tar.xz; carry kernel-cache.tar.xz too.
 # Without gpu-bin/tpla.before, "before" is gpu-bin/tpla under TPLA_AB_BEFORE_ENV (default
-# TPLA_CUDA_ASYNC_LOADS=0: the query tile copied through registers, the code before 7c0da58).
+# "TPLA_CUDA_ASYNC_LOADS=0 TPLA_CUDA_LOADS_FIRST=0": the query tile copied through registers and
+# the split combine's loads where it wrote them, the code of 800987d). The two changes touch
+# different kernels, so a row's "decode alone" is the first's effect and "combine alone" the
+# second's.
 #   OUT=dir scripts/gpu-ab-fixed-cost.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,7 @@ gpu_kernel_cache
 before=gpu-bin/tpla.before
 if [ ! -x "$before" ]; then
   before=$W/tpla-before
-  printf '#!/bin/sh\nexec env %s "%s" "$@"\n' "${TPLA_AB_BEFORE_ENV:-TPLA_CUDA_ASYNC_LOADS=0}" \
+  printf '#!/bin/sh\nexec env %s "%s" "$@"\n' "${TPLA_AB_BEFORE_ENV:-TPLA_CUDA_ASYNC_LOADS=0 TPLA_CUDA_LOADS_FIRST=0}" \
     "$PWD/gpu-bin/tpla" >"$before"
   chmod +x "$before"
 fi
