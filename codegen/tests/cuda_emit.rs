@@ -237,8 +237,8 @@ fn query_load_goes_out_in_flight_from_ampere_on() {
 
 /// In the split combine's second loop the partials' load is printed beside the log-sum-exp's,
 /// before the `exp2` that reads the latter (`loads_first.rs`), so a thread waits for memory once
-/// per split instead of twice; `with_loads_first(false)` (`TPLA_CUDA_LOADS_FIRST=0`) prints the
-/// body as written. The decode kernel (no `for` loop) is the same either way.
+/// per split instead of twice, and the first loop is unrolled; `with_loads_first(false)`
+/// (`TPLA_CUDA_LOADS_FIRST=0`) prints both loops as written. The decode kernel (no `for` loop) is the same either way.
 #[test]
 fn loop_loads_go_first_in_the_combine() {
     let k = combine_splits(512, 128).unwrap();
@@ -269,6 +269,24 @@ fn loop_loads_go_first_in_the_combine() {
     );
     let (part, exp) = (part_load(&off), off.find("tpla_exp2(").unwrap());
     assert!(exp < part, "as written without the rewrite");
+    // The first loop (a running max of the heads' rows) is unrolled by 4 so four splits' loads
+    // go out together; the second, at 512 columns a split, is not (registers).
+    let wide = combine_splits(512, 512).unwrap();
+    let unrolled = |t: Target| {
+        let code = emit(&wide, t).unwrap().code;
+        let body = code.split("// ---- kernel").nth(1).unwrap().to_string();
+        let loops: Vec<usize> = body.match_indices("for (; ").map(|(i, _)| i).collect();
+        assert_eq!(loops.len(), 2, "two loops over the splits");
+        loops
+            .iter()
+            .map(|&i| body[..i].trim_end().ends_with("#pragma unroll 4"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(unrolled(Target::sm90()), vec![true, false]);
+    assert_eq!(
+        unrolled(Target::sm90().with_loads_first(false)),
+        vec![false, false]
+    );
     let d = latent_decode(decode(64, 64, 2, 512, true, true)).unwrap();
     assert_eq!(
         emit(&d, Target::sm90()).unwrap().code,

@@ -172,8 +172,10 @@ pub struct Target {
     /// moves, the code the kernels had before 2026-12-08).
     pub async_tile_loads: bool,
     /// Whether the tile loads of each `for` loop body move to the start of their iteration
-    /// before the passes run (`loads_first.rs`; default on; `TPLA_CUDA_LOADS_FIRST=0` in the
-    /// runtime keeps the bodies as written, the code the kernels had before 2026-12-08).
+    /// before the passes run (`loads_first.rs`) and a `for` loop that is a short reduction is
+    /// printed under `#pragma unroll 4` (`lower::small_reduction`), so loop iterations' loads go
+    /// out together (default on; `TPLA_CUDA_LOADS_FIRST=0` in the runtime keeps the loops as
+    /// written, the code the kernels had before 2026-12-08).
     pub loads_first: bool,
 }
 
