@@ -355,7 +355,9 @@ impl<'a> Lower<'a> {
                             reads,
                             writes: vec![],
                         });
-                        let unroll = if self.target.loads_first && small_reduction(self.k, body) {
+                        let unroll = if self.target.loads_first
+                            && crate::cuda::loads_first::small_reduction(self.k, body)
+                        {
                             "#pragma unroll 4\n"
                         } else {
                             ""
@@ -492,25 +494,4 @@ impl<'a> Lower<'a> {
             }
         }
     }
-}
-
-/// Largest tile (elements) of a loop body [`small_reduction`] unrolls.
-const UNROLL_TILE_ELEMS: usize = 256;
-
-/// Whether a `for` body is a short reduction worth `#pragma unroll 4`: only assignments (no
-/// store, nested loop or gemm) of tiles of at most [`UNROLL_TILE_ELEMS`] elements, such as the
-/// split combine's running maximum of the log-sum-exps. NVCC then issues four iterations' loads
-/// before the first `max` (sm_90a SASS, 2026-12-08: 8 loads in flight where the loop as written
-/// waited for each pair in turn; 47 registers either way); bodies with large tiles stay as
-/// written (unrolled, the combine's second loop went from 47 to 72 registers, fewer resident
-/// programs).
-fn small_reduction(k: &Kernel, body: &[Stmt]) -> bool {
-    body.iter().all(|s| match s {
-        Stmt::Assign { dst, op } => {
-            !matches!(op, TileOp::Gemm { .. })
-                && k.tiles[*dst].shape.iter().product::<usize>() <= UNROLL_TILE_ELEMS
-        }
-        Stmt::Let { .. } => true,
-        _ => false,
-    })
 }
