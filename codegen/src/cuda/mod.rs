@@ -13,7 +13,8 @@
 //! or `TPLA_DUMP=all` prints the state after each pass named):
 //!
 //! 0. (before the list, a rewrite of the tile IR) `loads_first.rs`: each `for` body's tile loads
-//!    move to the start of the iteration, so they go out together;
+//!    move to the start of the iteration, so they go out together, and are prefetched one
+//!    iteration ahead where the loop is not a short reduction (those are unrolled);
 //! 1. `analysis` (`analysis.rs`): assignments and uses per tile, exact bf16 values, gemm
 //!    operands and shapes (through the IR walker [`crate::visit`]);
 //! 2. `layout` (`layout.rs`): where each tile lives (the lattice below);
@@ -171,11 +172,11 @@ pub struct Target {
     /// turns it off: a copy through registers, one round trip to memory per vector a thread
     /// moves, the code the kernels had before 2026-12-08).
     pub async_tile_loads: bool,
-    /// Whether the tile loads of each `for` loop body move to the start of their iteration
-    /// before the passes run (`loads_first.rs`) and a `for` loop that is a short reduction is
-    /// printed under `#pragma unroll 4` (`lower::small_reduction`), so loop iterations' loads go
-    /// out together (default on; `TPLA_CUDA_LOADS_FIRST=0` in the runtime keeps the loops as
-    /// written, the code the kernels had before 2026-12-08).
+    /// Whether `for` loops get the loop-load rewrite of `loads_first.rs` before the passes run:
+    /// each body's tile loads first, a short reduction under `#pragma unroll 4`, the leading
+    /// loads of other loops prefetched one iteration ahead (default on;
+    /// `TPLA_CUDA_LOADS_FIRST=0` in the runtime keeps the loops as written, the code the kernels
+    /// had before 2026-12-08).
     pub loads_first: bool,
 }
 
