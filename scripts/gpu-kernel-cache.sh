@@ -10,6 +10,8 @@
 # is ignored (compiled again) elsewhere.
 #   scripts/gpu-kernel-cache.sh            # with gpu-bin/tpla (scripts/gpu-build.sh), same commit
 #   TPLA_BIN=target/debug/tpla scripts/gpu-kernel-cache.sh
+#   TPLA_CACHE_SEED=kernel-cache.tar.xz scripts/gpu-kernel-cache.sh   # start from an archive:
+#     its kernels hit and stay (an A/B's "before" side keeps its kernels), only new ones compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=/dev/null
@@ -17,6 +19,10 @@ source .ci/nvrtc.sh >/dev/null
 bin=${TPLA_BIN:-gpu-bin/tpla}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
+if [ -n "${TPLA_CACHE_SEED:-}" ]; then
+  tar xJf "$TPLA_CACHE_SEED" -C "$dir"
+  echo "seeded with $(find "$dir" -type f | wc -l) files from $TPLA_CACHE_SEED"
+fi
 # Two lanes at once (each `--compile-only` compiles one kernel at a time; the cache's writes are
 # atomic, so a kernel both lanes reach is written twice, harmlessly): ~13 min on 2 cores where
 # one lane took ~25 (2026-12-07: g = 2 alone 929 s).
