@@ -231,7 +231,18 @@ fn prefetch_loop(
         }
         Stmt::For { .. } | Stmt::PagedBlocks { .. } | Stmt::PagedStore { .. } => plain = false,
     });
-    if !plain || small_reduction_tiles(tiles, body) {
+    // The body computes the next iteration's guard from `end` again: it must read no memory
+    // and no scalar the body assigns (nor may the body assign the loop variable).
+    let mut bound = LoadFacts {
+        dst: 0,
+        params: vec![],
+        scalars: vec![],
+    };
+    index_uses(end, &mut bound);
+    let end_fixed = bound.params.is_empty()
+        && bound.scalars.iter().all(|v| !assigned_scalars.contains(v))
+        && !assigned_scalars.contains(&var);
+    if !plain || !end_fixed || small_reduction_tiles(tiles, body) {
         return vec![];
     }
     // The leading loads whose index reads only the loop variable and what the body leaves

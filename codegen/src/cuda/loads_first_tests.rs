@@ -192,16 +192,37 @@ fn loops_that_cannot_be_prefetched_are_left_alone() {
         index: vec![Slice::At(Index::Const(0))],
         src: 2,
     };
-    let let_x = Stmt::Let {
-        dst: 1,
+    let set = |dst: ScalarId| Stmt::Let {
+        dst,
         value: Index::Const(1),
     };
+    let plain = || vec![load(1, 0, Index::Var(0)), add(2, 1, 1)];
     for body in [
         vec![load(1, 0, Index::Var(0)), add(2, 1, 1), store],
-        vec![load(1, 0, Index::Var(1)), add(2, 1, 1), let_x],
+        vec![load(1, 0, Index::Var(1)), add(2, 1, 1), set(1)],
         vec![load(1, 0, Index::Const(2)), add(2, 1, 1)],
+        vec![load(1, 0, Index::Var(0)), add(2, 1, 1), set(0)],
     ] {
         let k = kernel(big(), body);
+        assert!(loads_first(&k).is_none(), "{:?}", k.body);
+    }
+    // The same loop prefetches, but not where its end reads memory or a scalar the body sets.
+    assert!(loads_first(&kernel(big(), plain())).is_some());
+    for (end, extra) in [
+        (
+            Index::Load {
+                param: 3,
+                index: vec![Index::Const(0)],
+            },
+            None,
+        ),
+        (Index::Var(1), Some(set(1))),
+    ] {
+        let mut k = kernel(big(), plain());
+        if let Stmt::For { end: e, body, .. } = &mut k.body[0] {
+            *e = end;
+            body.extend(extra);
+        }
         assert!(loads_first(&k).is_none(), "{:?}", k.body);
     }
     let small = kernel(
