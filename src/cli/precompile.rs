@@ -51,9 +51,11 @@ impl Precompiler {
         })
     }
 
-    /// The target compiled for: Hopper, sm_90a.
+    /// The target compiled for: Hopper, sm_90a, under the environment's code-generation
+    /// switches (`TPLA_CUDA_ASYNC_LOADS=0`, `TPLA_CUDA_LOADS_FIRST=0`, ...), as a run on the GPU
+    /// under the same variables compiles it.
     pub(crate) fn target(&self) -> Target {
-        Target::sm90()
+        tpla_runtime::cuda::with_env_switches(Target::sm90())
     }
 
     /// Builds and compiles `def` at `cfg` unless done already; a config that cannot build (e.g.

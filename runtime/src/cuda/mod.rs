@@ -25,7 +25,8 @@ mod tmap;
 
 pub use cache::{CacheSource, CachedKernel, KernelCache, Lookup};
 pub use device::{
-    CudaExecutor, CudaPagedCache, CudaTensor, DeviceInfo, FunctionResources, LoadedKernel,
+    with_env_switches, CudaExecutor, CudaPagedCache, CudaTensor, DeviceInfo, FunctionResources,
+    LoadedKernel,
 };
 pub use nvrtc::{Image, NvrtcError, NvrtcLib, PtxasReport};
 pub use tpla_codegen::cuda::{CudaSource, F32Gemm, Target};

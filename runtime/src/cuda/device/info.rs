@@ -37,15 +37,21 @@ impl DeviceInfo {
         if self.max_shared_per_block > 0 {
             t.max_shared_bytes = self.max_shared_per_block;
         }
-        let off = |var: &str| std::env::var(var).is_ok_and(|v| v.trim() == "0");
-        // `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for comparisons and bisection);
-        // `TPLA_CUDA_ASYNC_LOADS=0` copies the query tile through registers (the same-binary
-        // before / after of the `cp.async` query load, and a way back if it misbehaves);
-        // `TPLA_CUDA_LOADS_FIRST=0` prints loop bodies' loads where the kernel wrote them.
-        t.with_wgmma(t.wgmma && !off("TPLA_CUDA_WGMMA"))
-            .with_async_tile_loads(t.async_tile_loads && !off("TPLA_CUDA_ASYNC_LOADS"))
-            .with_loads_first(t.loads_first && !off("TPLA_CUDA_LOADS_FIRST"))
+        with_env_switches(t)
     }
+}
+
+/// `t` with the environment's code-generation switches applied, as every kernel this process
+/// compiles for a device sees them (`--compile-only` too, so a kernel cache built under the same
+/// variables holds the same kernels): `TPLA_CUDA_WGMMA=0` keeps every gemm on mma.sync (for
+/// comparisons and bisection); `TPLA_CUDA_ASYNC_LOADS=0` copies the query tile through
+/// registers (the same-binary before / after of the `cp.async` query load, and a way back if it
+/// misbehaves); `TPLA_CUDA_LOADS_FIRST=0` prints `for` loops as the kernel wrote them.
+pub fn with_env_switches(t: Target) -> Target {
+    let off = |var: &str| std::env::var(var).is_ok_and(|v| v.trim() == "0");
+    t.with_wgmma(t.wgmma && !off("TPLA_CUDA_WGMMA"))
+        .with_async_tile_loads(t.async_tile_loads && !off("TPLA_CUDA_ASYNC_LOADS"))
+        .with_loads_first(t.loads_first && !off("TPLA_CUDA_LOADS_FIRST"))
 }
 
 pub(super) fn device_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo, RuntimeError> {

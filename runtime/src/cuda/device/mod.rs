@@ -27,7 +27,7 @@ mod launch;
 
 pub use buffers::{CudaPagedCache, CudaTensor};
 pub use executor::CudaExecutor;
-pub use info::DeviceInfo;
+pub use info::{with_env_switches, DeviceInfo};
 pub use kernel::{FunctionResources, LoadedKernel, RawKernel};
 
 use cudarc::driver::{result, DriverError};
