@@ -233,12 +233,7 @@ fn prefetch_loop(
     });
     // The body computes the next iteration's guard from `end` again: it must read no memory
     // and no scalar the body assigns (nor may the body assign the loop variable).
-    let mut bound = LoadFacts {
-        dst: 0,
-        params: vec![],
-        scalars: vec![],
-    };
-    index_uses(end, &mut bound);
+    let bound = index_facts(end);
     let end_fixed = bound.params.is_empty()
         && bound.scalars.iter().all(|v| !assigned_scalars.contains(v))
         && !assigned_scalars.contains(&var);
@@ -362,15 +357,20 @@ fn prefetchable(index: &[Slice], var: ScalarId) -> bool {
             .all(|i| **i == Index::Var(var) || !mentions(i, var))
 }
 
-/// Whether `i` reads scalar `v`.
-fn mentions(i: &Index, v: ScalarId) -> bool {
+/// The scalars and `i32` tensors index `i` reads (a [`LoadFacts`] without a tile).
+fn index_facts(i: &Index) -> LoadFacts {
     let mut f = LoadFacts {
         dst: 0,
         params: vec![],
         scalars: vec![],
     };
     index_uses(i, &mut f);
-    f.scalars.contains(&v)
+    f
+}
+
+/// Whether `i` reads scalar `v`.
+fn mentions(i: &Index, v: ScalarId) -> bool {
+    index_facts(i).scalars.contains(&v)
 }
 
 /// `i` with scalar `v` replaced by `by`.
